@@ -1,0 +1,98 @@
+//! Running a broker on a thread of its own, for embedding in programs that are not actix
+//! applications (and for tests).
+
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use actix::prelude::*;
+
+use crate::broker::{Broker, BrokerError};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+
+/// A broker running in its own actix `System` on a background thread. Dropping it stops the
+/// broker and joins the thread.
+pub struct BackgroundBroker {
+    local_addr: SocketAddr,
+    registry: Addr<Registry>,
+    metrics: Arc<Metrics>,
+    system: System,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl BackgroundBroker {
+    /// Starts a broker with this configuration.
+    pub fn start(config: Config) -> Result<Self, BrokerError> {
+        Self::start_with(config, |broker| broker)
+    }
+
+    /// Starts a broker; `configure` runs inside the broker's `System` before start-up, so it can
+    /// start hook and interceptor actors there and install them on the [`Broker`].
+    pub fn start_with(
+        config: Config,
+        configure: impl FnOnce(Broker) -> Broker + Send + 'static,
+    ) -> Result<Self, BrokerError> {
+        let (started_tx, started_rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("switchboard".into())
+            .spawn(move || {
+                let runner = System::new();
+                let started = runner.block_on(async move {
+                    let broker = configure(Broker::new(config));
+                    broker.start().await
+                });
+                let running = match started {
+                    Ok(running) => running,
+                    Err(e) => {
+                        let _ = started_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = started_tx.send(Ok((
+                    running.local_addr(),
+                    running.registry().clone(),
+                    running.metrics(),
+                    System::current(),
+                )));
+                let _ = runner.run();
+                drop(running);
+            })
+            .map_err(|_| BrokerError::ThreadExited)?;
+        let (local_addr, registry, metrics, system) =
+            started_rx.recv().map_err(|_| BrokerError::ThreadExited)??;
+        Ok(BackgroundBroker {
+            local_addr,
+            registry,
+            metrics,
+            system,
+            thread: Some(thread),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The Registry.
+    pub fn registry(&self) -> &Addr<Registry> {
+        &self.registry
+    }
+
+    /// The broker's counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+}
+
+impl Drop for BackgroundBroker {
+    fn drop(&mut self) {
+        self.system.stop();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

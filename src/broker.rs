@@ -1,0 +1,148 @@
+//! Assembling a broker: the Registry on its own Arbiter, worker Arbiters for Sessions, and the
+//! listener.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use actix_rt::task::JoinHandle;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tracing::info;
+
+use crate::config::{Config, ConfigError};
+use crate::hooks::{Interceptors, LifecycleHooks};
+use crate::listener::accept_loop;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::session::SessionShared;
+
+/// Why a broker could not start.
+#[derive(Debug, Error)]
+pub enum BrokerError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The listening socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address asked for.
+        addr: SocketAddr,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The broker thread ended before the broker started.
+    #[error("the broker thread exited during start-up")]
+    ThreadExited,
+}
+
+/// A broker to be started: configuration plus the hooks and interceptors to install.
+pub struct Broker {
+    config: Config,
+    hooks: LifecycleHooks,
+    interceptors: Interceptors,
+}
+
+impl Broker {
+    /// A broker with this configuration, no hooks and no interceptors.
+    pub fn new(config: Config) -> Self {
+        Broker {
+            config,
+            hooks: LifecycleHooks::new(),
+            interceptors: Interceptors::default(),
+        }
+    }
+
+    /// Adds lifecycle hooks (they are cumulative).
+    pub fn hooks(mut self, hooks: LifecycleHooks) -> Self {
+        self.hooks.extend(hooks);
+        self
+    }
+
+    /// Sets the interceptors.
+    pub fn interceptors(mut self, interceptors: Interceptors) -> Self {
+        self.interceptors = interceptors;
+        self
+    }
+
+    /// Binds the listener and starts the actors. Must run inside an actix `System`.
+    pub async fn start(self) -> Result<RunningBroker, BrokerError> {
+        let config = self.config;
+        config.validate()?;
+        let addr = SocketAddr::new(config.listener.bind, config.listener.port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| BrokerError::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| BrokerError::Bind { addr, source })?;
+
+        let metrics = Arc::new(Metrics::default());
+        let registry_arbiter = Arbiter::new();
+        let registry = {
+            let sessions = config.sessions.clone();
+            let metrics = metrics.clone();
+            let hooks = self.hooks;
+            Registry::start_in_arbiter(&registry_arbiter.handle(), move |_| {
+                Registry::new(sessions, metrics, hooks)
+            })
+        };
+        let workers: Vec<Arbiter> = (0..config.worker_count()).map(|_| Arbiter::new()).collect();
+        let worker_count = workers.len();
+        let shared = Arc::new(SessionShared::new(
+            config,
+            registry.clone(),
+            self.interceptors,
+            metrics.clone(),
+        ));
+        let handles = workers.iter().map(Arbiter::handle).collect();
+        let accept = actix_rt::spawn(accept_loop(listener, handles, shared));
+        info!(addr = %local_addr, workers = worker_count, "switchboard listening on {local_addr}");
+        Ok(RunningBroker {
+            local_addr,
+            registry,
+            metrics,
+            accept,
+            workers,
+            registry_arbiter,
+        })
+    }
+}
+
+/// A started broker. Dropping it leaves the broker running until the `System` stops; call
+/// [`RunningBroker::stop`] to stop it earlier.
+pub struct RunningBroker {
+    local_addr: SocketAddr,
+    registry: Addr<Registry>,
+    metrics: Arc<Metrics>,
+    accept: JoinHandle<()>,
+    workers: Vec<Arbiter>,
+    registry_arbiter: Arbiter,
+}
+
+impl RunningBroker {
+    /// The address the listener is bound to (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The Registry, e.g. to send it [`AddHooks`](crate::registry::AddHooks).
+    pub fn registry(&self) -> &Addr<Registry> {
+        &self.registry
+    }
+
+    /// The broker's counters.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Stops accepting, closes every connection and stops the actors' threads.
+    pub fn stop(self) {
+        self.accept.abort();
+        for worker in &self.workers {
+            worker.stop();
+        }
+        self.registry_arbiter.stop();
+        info!(addr = %self.local_addr, "switchboard stopped");
+    }
+}

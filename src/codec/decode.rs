@@ -1,0 +1,420 @@
+//! Framing and decoding of client-to-server packets.
+
+use bytes::{Buf, Bytes, BytesMut};
+use mqttbytes::v4;
+use tokio_util::codec::Decoder;
+
+use super::connect::{parse_connect, Connect};
+use super::CodecError;
+use crate::message::{Message, QoS};
+use crate::topic::validate_topic_name;
+
+/// A PUBLISH from a client.
+#[derive(Debug)]
+pub struct Publish {
+    /// DUP flag.
+    pub dup: bool,
+    /// Packet identifier (0 for QoS 0).
+    pub pid: u16,
+    /// The application message; for QoS 0 non-retained messages it carries the inbound frame.
+    pub message: Message,
+}
+
+/// A client-to-server packet, validated.
+#[derive(Debug)]
+pub enum Packet {
+    /// CONNECT.
+    Connect(Box<Connect>),
+    /// PUBLISH.
+    Publish(Publish),
+    /// PUBACK with its packet id.
+    PubAck(u16),
+    /// PUBREC with its packet id.
+    PubRec(u16),
+    /// PUBREL with its packet id.
+    PubRel(u16),
+    /// PUBCOMP with its packet id.
+    PubComp(u16),
+    /// SUBSCRIBE: packet id and (filter, requested QoS) pairs, at least one. Filters are not yet
+    /// validated: a bad filter is refused with 0x80, not by closing the connection.
+    Subscribe {
+        /// Packet identifier.
+        pid: u16,
+        /// Requested filters.
+        filters: Vec<(String, QoS)>,
+    },
+    /// UNSUBSCRIBE: packet id and filters, at least one.
+    Unsubscribe {
+        /// Packet identifier.
+        pid: u16,
+        /// Filters to remove.
+        filters: Vec<String>,
+    },
+    /// PINGREQ.
+    PingReq,
+    /// DISCONNECT.
+    Disconnect,
+}
+
+impl Packet {
+    /// Short name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Packet::Connect(_) => "CONNECT",
+            Packet::Publish(_) => "PUBLISH",
+            Packet::PubAck(_) => "PUBACK",
+            Packet::PubRec(_) => "PUBREC",
+            Packet::PubRel(_) => "PUBREL",
+            Packet::PubComp(_) => "PUBCOMP",
+            Packet::Subscribe { .. } => "SUBSCRIBE",
+            Packet::Unsubscribe { .. } => "UNSUBSCRIBE",
+            Packet::PingReq => "PINGREQ",
+            Packet::Disconnect => "DISCONNECT",
+        }
+    }
+}
+
+/// Decoder of client-to-server MQTT 3.1.1 packets, for `FramedRead`.
+#[derive(Debug, Clone)]
+pub struct MqttCodec {
+    max_packet_size: usize,
+}
+
+impl MqttCodec {
+    /// A codec that refuses packets whose remaining length exceeds `max_packet_size`.
+    pub fn new(max_packet_size: usize) -> Self {
+        MqttCodec { max_packet_size }
+    }
+}
+
+impl Decoder for MqttCodec {
+    type Item = Packet;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Packet>, CodecError> {
+        let header = match mqttbytes::check(src.iter(), self.max_packet_size) {
+            Ok(header) => header,
+            Err(mqttbytes::Error::InsufficientBytes(more)) => {
+                src.reserve(more);
+                return Ok(None);
+            }
+            Err(mqttbytes::Error::PayloadSizeLimitExceeded(size)) => {
+                return Err(CodecError::PacketTooLarge {
+                    size,
+                    max: self.max_packet_size,
+                })
+            }
+            Err(e) => return Err(CodecError::Malformed(e)),
+        };
+        let frame = src.split_to(header.frame_length()).freeze();
+        decode_frame(header, frame).map(Some)
+    }
+}
+
+/// Length of the fixed header (type byte plus remaining-length bytes) of a complete frame.
+fn fixed_header_len(frame: &[u8]) -> usize {
+    1 + frame[1..]
+        .iter()
+        .position(|b| b & 0x80 == 0)
+        .map_or(4, |i| i + 1)
+}
+
+fn decode_frame(header: mqttbytes::FixedHeader, frame: Bytes) -> Result<Packet, CodecError> {
+    let byte1 = frame[0];
+    let packet_type = byte1 >> 4;
+    let flags = byte1 & 0x0F;
+    let expected_flags = match packet_type {
+        3 => flags, // PUBLISH: checked below
+        6 | 8 | 10 => 0b0010,
+        _ => 0,
+    };
+    if flags != expected_flags {
+        return Err(CodecError::InvalidFlags { packet_type, flags });
+    }
+    let body = frame.slice(fixed_header_len(&frame)..);
+    match packet_type {
+        1 => Ok(Packet::Connect(Box::new(parse_connect(body)?))),
+        3 => decode_publish(header, frame),
+        4 => Ok(Packet::PubAck(read_ack(body)?)),
+        5 => Ok(Packet::PubRec(read_ack(body)?)),
+        6 => Ok(Packet::PubRel(read_ack(body)?)),
+        7 => Ok(Packet::PubComp(read_ack(body)?)),
+        8 => decode_subscribe(body),
+        10 => decode_unsubscribe(body),
+        12 | 14 if !body.is_empty() => Err(CodecError::Protocol("PINGREQ/DISCONNECT with a body")),
+        12 => Ok(Packet::PingReq),
+        14 => Ok(Packet::Disconnect),
+        2 | 9 | 11 | 13 => Err(CodecError::UnexpectedPacketType(packet_type)),
+        other => Err(CodecError::InvalidPacketType(other)),
+    }
+}
+
+fn decode_publish(header: mqttbytes::FixedHeader, frame: Bytes) -> Result<Packet, CodecError> {
+    let byte1 = frame[0];
+    if (byte1 >> 1) & 0x03 == 3 {
+        return Err(CodecError::Protocol("PUBLISH with QoS 3 [MQTT-3.3.1-4]"));
+    }
+    if byte1 & 0x08 != 0 && (byte1 >> 1) & 0x03 == 0 {
+        return Err(CodecError::Protocol(
+            "DUP set on a QoS 0 PUBLISH [MQTT-3.3.1-2]",
+        ));
+    }
+    let publish = v4::Publish::read(header, frame.clone()).map_err(|e| match e {
+        mqttbytes::Error::TopicNotUtf8 => CodecError::InvalidUtf8,
+        mqttbytes::Error::PacketIdZero => {
+            CodecError::Protocol("QoS > 0 PUBLISH with packet identifier 0 [MQTT-2.3.1-1]")
+        }
+        other => CodecError::Malformed(other),
+    })?;
+    validate_topic_name(&publish.topic)?;
+    let qos = match publish.qos {
+        mqttbytes::QoS::AtMostOnce => QoS::AtMostOnce,
+        mqttbytes::QoS::AtLeastOnce => QoS::AtLeastOnce,
+        mqttbytes::QoS::ExactlyOnce => QoS::ExactlyOnce,
+    };
+    let message = if qos == QoS::AtMostOnce && !publish.retain {
+        Message::with_qos0_frame(publish.topic, publish.payload, frame)
+    } else {
+        Message::new(publish.topic, publish.payload, qos, publish.retain)
+    };
+    Ok(Packet::Publish(Publish {
+        dup: publish.dup,
+        pid: publish.pkid,
+        message,
+    }))
+}
+
+fn read_ack(mut body: Bytes) -> Result<u16, CodecError> {
+    if body.len() != 2 {
+        return Err(CodecError::Protocol(
+            "acknowledgement with remaining length other than 2",
+        ));
+    }
+    let pid = body.get_u16();
+    if pid == 0 {
+        return Err(CodecError::Protocol("packet identifier 0 [MQTT-2.3.1-1]"));
+    }
+    Ok(pid)
+}
+
+fn read_pid(body: &mut Bytes) -> Result<u16, CodecError> {
+    if body.remaining() < 2 {
+        return Err(CodecError::Protocol(
+            "packet truncated before packet identifier",
+        ));
+    }
+    match body.get_u16() {
+        0 => Err(CodecError::Protocol("packet identifier 0 [MQTT-2.3.1-1]")),
+        pid => Ok(pid),
+    }
+}
+
+fn decode_subscribe(mut body: Bytes) -> Result<Packet, CodecError> {
+    let pid = read_pid(&mut body)?;
+    let mut filters = Vec::new();
+    while body.has_remaining() {
+        let filter = read_string(&mut body)?;
+        if !body.has_remaining() {
+            return Err(CodecError::Protocol(
+                "SUBSCRIBE filter without requested QoS",
+            ));
+        }
+        let options = body.get_u8();
+        let qos = match (options & 0xFC, QoS::from_u8(options & 0x03)) {
+            (0, Some(qos)) => qos,
+            _ => {
+                return Err(CodecError::Protocol(
+                    "SUBSCRIBE reserved bits set or QoS 3 [MQTT-3-8.3-4]",
+                ))
+            }
+        };
+        filters.push((filter, qos));
+    }
+    if filters.is_empty() {
+        return Err(CodecError::Protocol(
+            "SUBSCRIBE without a filter [MQTT-3.8.3-3]",
+        ));
+    }
+    Ok(Packet::Subscribe { pid, filters })
+}
+
+fn decode_unsubscribe(mut body: Bytes) -> Result<Packet, CodecError> {
+    let pid = read_pid(&mut body)?;
+    let mut filters = Vec::new();
+    while body.has_remaining() {
+        filters.push(read_string(&mut body)?);
+    }
+    if filters.is_empty() {
+        return Err(CodecError::Protocol(
+            "UNSUBSCRIBE without a filter [MQTT-3.10.3-2]",
+        ));
+    }
+    Ok(Packet::Unsubscribe { pid, filters })
+}
+
+/// Reads a length-prefixed binary field.
+pub(super) fn read_binary(body: &mut Bytes) -> Result<Bytes, CodecError> {
+    if body.remaining() < 2 {
+        return Err(CodecError::Protocol("field truncated before its length"));
+    }
+    let len = body.get_u16() as usize;
+    if body.remaining() < len {
+        return Err(CodecError::Protocol("field longer than the packet"));
+    }
+    Ok(body.split_to(len))
+}
+
+/// Reads a length-prefixed UTF-8 string: well-formed, no U+0000 `[MQTT-1.5.3-1]` `[MQTT-1.5.3-2]`.
+pub(super) fn read_string(body: &mut Bytes) -> Result<String, CodecError> {
+    let raw = read_binary(body)?;
+    let text = std::str::from_utf8(&raw).map_err(|_| CodecError::InvalidUtf8)?;
+    if text.contains('\0') {
+        return Err(CodecError::InvalidUtf8);
+    }
+    Ok(text.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(bytes: &[u8]) -> Result<Option<Packet>, CodecError> {
+        let mut buf = BytesMut::from(bytes);
+        MqttCodec::new(1024).decode(&mut buf)
+    }
+
+    #[test]
+    fn partial_frames_wait_for_more() {
+        assert!(matches!(decode(&[0x30]), Ok(None)));
+        assert!(matches!(decode(&[0x30, 0x05, 0x00]), Ok(None)));
+    }
+
+    #[test]
+    fn qos0_publish_keeps_its_frame() {
+        let frame = [0x30, 0x06, 0x00, 0x01, b'a', b'x', b'y', b'z'];
+        let Ok(Some(Packet::Publish(p))) = decode(&frame) else {
+            panic!("not a publish")
+        };
+        assert_eq!(p.message.topic, "a");
+        assert_eq!(&p.message.payload[..], b"xyz");
+        assert_eq!(&p.message.qos0_frame()[..], &frame[..]);
+    }
+
+    #[test]
+    fn publish_rules() {
+        // QoS 3 [MQTT-3.3.1-4]
+        assert!(decode(&[0x36, 0x05, 0x00, 0x01, b'a', 0x00, 0x01]).is_err());
+        // DUP on QoS 0 [MQTT-3.3.1-2]
+        assert!(decode(&[0x38, 0x03, 0x00, 0x01, b'a']).is_err());
+        // wildcard in topic name [MQTT-3.3.2-2]
+        assert!(decode(&[0x30, 0x03, 0x00, 0x01, b'#']).is_err());
+        // packet id 0 at QoS 1 [MQTT-2.3.1-1]
+        assert!(decode(&[0x32, 0x05, 0x00, 0x01, b'a', 0x00, 0x00]).is_err());
+        // invalid UTF-8 [MQTT-1.5.3-1]
+        assert!(matches!(
+            decode(&[0x30, 0x03, 0x00, 0x01, 0xFF]),
+            Err(CodecError::InvalidUtf8)
+        ));
+        // topic length beyond the frame
+        assert!(decode(&[0x30, 0x03, 0x00, 0x09, b'a']).is_err());
+    }
+
+    #[test]
+    fn subscribe_rules() {
+        let ok = [0x82, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x01];
+        assert!(matches!(
+            decode(&ok),
+            Ok(Some(Packet::Subscribe { pid: 1, .. }))
+        ));
+        // wrong fixed header flags [MQTT-3.8.1-1]
+        assert!(decode(&[0x80, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x01]).is_err());
+        // no filter [MQTT-3.8.3-3]
+        assert!(decode(&[0x82, 0x02, 0x00, 0x01]).is_err());
+        // reserved bits in options [MQTT-3-8.3-4]
+        assert!(decode(&[0x82, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x05]).is_err());
+        // unsubscribe without filter [MQTT-3.10.3-2]
+        assert!(decode(&[0xA2, 0x02, 0x00, 0x01]).is_err());
+    }
+
+    #[test]
+    fn other_packets() {
+        assert!(matches!(decode(&[0xC0, 0x00]), Ok(Some(Packet::PingReq))));
+        assert!(matches!(
+            decode(&[0xE0, 0x00]),
+            Ok(Some(Packet::Disconnect))
+        ));
+        assert!(matches!(
+            decode(&[0x62, 0x02, 0x00, 0x07]),
+            Ok(Some(Packet::PubRel(7)))
+        ));
+        assert!(
+            decode(&[0x60, 0x02, 0x00, 0x07]).is_err(),
+            "PUBREL flags [MQTT-3.6.1-1]"
+        );
+        assert!(
+            decode(&[0xE1, 0x00]).is_err(),
+            "reserved flags [MQTT-2.2.2-2]"
+        );
+        assert!(matches!(
+            decode(&[0x00, 0x00]),
+            Err(CodecError::InvalidPacketType(0))
+        ));
+        assert!(matches!(
+            decode(&[0xF0, 0x00]),
+            Err(CodecError::InvalidPacketType(15))
+        ));
+        assert!(matches!(
+            decode(&[0x20, 0x02, 0, 0]),
+            Err(CodecError::UnexpectedPacketType(2))
+        ));
+    }
+
+    #[test]
+    fn oversized_and_bad_length() {
+        let mut buf = BytesMut::from(&[0x30u8, 0xFF, 0x7F][..]);
+        assert!(matches!(
+            MqttCodec::new(1024).decode(&mut buf),
+            Err(CodecError::PacketTooLarge { .. })
+        ));
+        assert!(decode(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]).is_err());
+    }
+
+    fn connect_frame(name: &str, level: u8, flags: u8, tail: &[u8]) -> Vec<u8> {
+        let mut body = vec![0, name.len() as u8];
+        body.extend_from_slice(name.as_bytes());
+        body.extend_from_slice(&[level, flags, 0, 60]);
+        body.extend_from_slice(tail);
+        let mut frame = vec![0x10, body.len() as u8];
+        frame.extend(body);
+        frame
+    }
+
+    #[test]
+    fn connect_rules() {
+        let id = [0u8, 1, b'c'];
+        let ok = decode(&connect_frame("MQTT", 4, 0x02, &id));
+        assert!(matches!(ok, Ok(Some(Packet::Connect(_)))));
+        let v31 = decode(&connect_frame("MQIsdp", 3, 0x02, &id));
+        assert!(
+            matches!(v31, Ok(Some(Packet::Connect(c))) if c.protocol == crate::ProtocolVersion::V3_1)
+        );
+        assert!(matches!(
+            decode(&connect_frame("MQTT", 5, 0x02, &id)),
+            Err(CodecError::UnsupportedProtocolLevel(5))
+        ));
+        assert!(matches!(
+            decode(&connect_frame("MQTX", 4, 0x02, &id)),
+            Err(CodecError::InvalidProtocolName)
+        ));
+        // reserved flag [MQTT-3.1.2-3]
+        assert!(decode(&connect_frame("MQTT", 4, 0x03, &id)).is_err());
+        // will QoS without will flag [MQTT-3.1.2-13]
+        assert!(decode(&connect_frame("MQTT", 4, 0x0A, &id)).is_err());
+        // will retain without will flag [MQTT-3.1.2-15]
+        assert!(decode(&connect_frame("MQTT", 4, 0x22, &id)).is_err());
+        // password without user name [MQTT-3.1.2-22]
+        assert!(decode(&connect_frame("MQTT", 4, 0x42, &[0, 1, b'c', 0, 1, b'p'])).is_err());
+        // trailing garbage
+        assert!(decode(&connect_frame("MQTT", 4, 0x02, &[0, 1, b'c', 9])).is_err());
+    }
+}

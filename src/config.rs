@@ -1,0 +1,250 @@
+//! Broker configuration: every setting, its default, and loading from a TOML file.
+//!
+//! `docs/configuration.md` lists the same settings for users; keep the two in step.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The path given.
+        path: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, a key is unknown, or a value has the wrong type.
+    #[error("invalid config at `{key}`: {message}")]
+    Parse {
+        /// Dotted path of the offending key (`.` for the document itself).
+        key: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// A value has the right type but is out of range.
+    #[error("invalid config value for `{key}`: {message}")]
+    Invalid {
+        /// Dotted path of the offending key.
+        key: &'static str,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+/// What happens when a client's message queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueOverflow {
+    /// Drop the oldest queued message to make room for the new one (counted).
+    DropOldest,
+    /// Drop the new message (counted).
+    DropNewest,
+}
+
+/// The whole broker configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[listener]`: where to accept connections.
+    pub listener: ListenerConfig,
+    /// `[limits]`: protection against bad or hostile peers.
+    pub limits: LimitsConfig,
+    /// `[sessions]`: per-client queues and windows.
+    pub sessions: SessionConfig,
+}
+
+/// `[listener]` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerConfig {
+    /// Address to bind. Default `127.0.0.1`.
+    pub bind: IpAddr,
+    /// TCP port; 0 picks a free one. Default 1883.
+    pub port: u16,
+    /// Worker threads running Sessions; 0 means one per core. Default 0.
+    pub workers: usize,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig {
+            bind: IpAddr::from([127, 0, 0, 1]),
+            port: 1883,
+            workers: 0,
+        }
+    }
+}
+
+/// `[limits]` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest accepted packet, as its remaining length in bytes; larger packets close the
+    /// connection. Default 1 MiB; at most 268,435,455.
+    pub max_packet_size: usize,
+    /// Most clients connected at once; CONNECTs beyond get CONNACK 0x03. Default 100,000.
+    pub max_connections: usize,
+    /// How long a new socket may take to send CONNECT before it is closed. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_packet_size: 1024 * 1024,
+            max_connections: 100_000,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[sessions]` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// QoS 1/2 messages sent to one client and not yet acknowledged. Default 32.
+    pub max_inflight: u16,
+    /// QoS 1/2 messages queued for one client beyond the inflight window, online or offline.
+    /// An online client that falls this far behind is disconnected; an offline session applies
+    /// `queue_overflow`. Default 1000.
+    pub max_queued_messages: usize,
+    /// What an offline session does when its queue is full. Default `drop_oldest`.
+    pub queue_overflow: QueueOverflow,
+    /// Bytes a Session may hold unwritten for a slow reader; QoS 0 messages beyond it are dropped
+    /// and counted. Default 1 MiB.
+    pub max_outbound_bytes: usize,
+    /// Capacity of the Registry's mailbox; when it is full, Sessions stop reading their sockets so
+    /// TCP slows publishers down. Default 1024.
+    pub registry_mailbox: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            max_inflight: 32,
+            max_queued_messages: 1000,
+            queue_overflow: QueueOverflow::DropOldest,
+            max_outbound_bytes: 1024 * 1024,
+            registry_mailbox: 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a TOML file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml(&text)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let deserializer = toml::Deserializer::new(text);
+        let config: Config =
+            serde_path_to_error::deserialize(deserializer).map_err(|e| ConfigError::Parse {
+                key: e.path().to_string(),
+                message: e.inner().message().to_string(),
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges that the types alone do not.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, message: &str) -> Result<(), ConfigError> {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.to_string(),
+            })
+        }
+        let limits = &self.limits;
+        let sessions = &self.sessions;
+        if limits.max_packet_size < 2 || limits.max_packet_size > 268_435_455 {
+            return invalid("limits.max_packet_size", "must be between 2 and 268435455");
+        }
+        if limits.max_connections == 0 {
+            return invalid("limits.max_connections", "must be at least 1");
+        }
+        if limits.connect_timeout.is_zero() {
+            return invalid("limits.connect_timeout", "must be more than 0");
+        }
+        if self.listener.workers > 1024 {
+            return invalid("listener.workers", "must be at most 1024");
+        }
+        if sessions.max_inflight == 0 {
+            return invalid("sessions.max_inflight", "must be between 1 and 65535");
+        }
+        if sessions.max_queued_messages == 0 {
+            return invalid("sessions.max_queued_messages", "must be at least 1");
+        }
+        if sessions.max_outbound_bytes < 1024 {
+            return invalid("sessions.max_outbound_bytes", "must be at least 1024");
+        }
+        if sessions.registry_mailbox < 16 {
+            return invalid("sessions.registry_mailbox", "must be at least 16");
+        }
+        Ok(())
+    }
+
+    /// Worker threads to start: the configured number, or one per core.
+    pub fn worker_count(&self) -> usize {
+        match self.listener.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_from_empty_file() {
+        let c = Config::from_toml("").expect("empty config is valid");
+        assert_eq!(c.listener.port, 1883);
+        assert_eq!(c.limits.connect_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn values_parse() {
+        let c = Config::from_toml(
+            "[listener]\nport = 1234\n[limits]\nconnect_timeout = \"500ms\"\n[sessions]\nqueue_overflow = \"drop_newest\"\n",
+        )
+        .expect("valid");
+        assert_eq!(c.listener.port, 1234);
+        assert_eq!(c.limits.connect_timeout, Duration::from_millis(500));
+        assert_eq!(c.sessions.queue_overflow, QueueOverflow::DropNewest);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml("[listener]\nprot = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listener") && err.contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let err = Config::from_toml("[listener]\nport = \"high\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listener.port"), "{err}");
+        let err = Config::from_toml("[limits]\nmax_packet_size = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("limits.max_packet_size"), "{err}");
+    }
+}

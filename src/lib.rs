@@ -1,0 +1,27 @@
+//! Switchboard: an MQTT broker on the actor model.
+//!
+//! Every TCP connection is a [`Session`](session::Session) actor; one [`Registry`](registry::Registry)
+//! actor owns the client table, the topic trie, retained messages, stored sessions and the
+//! lifecycle hooks. They talk only through typed messages (see [`registry`]).
+//!
+//! Start one inside an actix `System` with [`Broker`], or on a thread of its own with
+//! [`BackgroundBroker`]. Extend it with actors: [`hooks`].
+
+#![warn(missing_docs)]
+
+mod background;
+mod broker;
+pub mod codec;
+pub mod config;
+pub mod hooks;
+mod listener;
+pub mod message;
+pub mod metrics;
+pub mod registry;
+pub mod session;
+pub mod topic;
+
+pub use background::BackgroundBroker;
+pub use broker::{Broker, BrokerError, RunningBroker};
+pub use config::Config;
+pub use message::{ConnectReturnCode, ProtocolVersion, QoS};

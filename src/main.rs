@@ -1,0 +1,92 @@
+//! The `switchboard` broker binary.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use switchboard::{Broker, Config};
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+
+/// Switchboard: an MQTT 3.1.1 broker.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// TCP port to listen on (overrides the config file; default 1883).
+    #[arg(short, long)]
+    port: Option<u16>,
+    /// Address to bind (overrides the config file; default 127.0.0.1).
+    #[arg(short, long)]
+    bind: Option<IpAddr>,
+    /// TOML configuration file (see docs/configuration.md).
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Debug logging (RUST_LOG, when set, takes precedence).
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = if cli.verbose { "debug" } else { "info" };
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+
+    let mut config = match &cli.config {
+        Some(path) => match Config::from_file(path) {
+            Ok(config) => config,
+            Err(e) => {
+                error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => Config::default(),
+    };
+    if let Some(port) = cli.port {
+        config.listener.port = port;
+    }
+    if let Some(bind) = cli.bind {
+        config.listener.bind = bind;
+    }
+
+    let system = actix_rt::System::new();
+    let result = system.block_on(async move {
+        let running = Broker::new(config).start().await?;
+        wait_for_shutdown_signal().await;
+        info!("shutdown signal received");
+        running.stop();
+        Ok::<(), switchboard::BrokerError>(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn wait_for_shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,76 @@
+//! Broker-wide counters, updated with relaxed atomics from Sessions and the Registry.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Live counters of one broker. Shared as `Arc<Metrics>`; read with [`Metrics::snapshot`].
+#[derive(Debug, Default)]
+pub struct Metrics {
+    connections_current: AtomicU64,
+    connections_total: AtomicU64,
+    publishes_received: AtomicU64,
+    qos0_dropped_slow_consumer: AtomicU64,
+    queued_dropped: AtomicU64,
+    slow_consumer_disconnects: AtomicU64,
+    protocol_errors: AtomicU64,
+}
+
+/// A copy of the counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MetricsSnapshot {
+    /// TCP connections open now.
+    pub connections_current: u64,
+    /// TCP connections accepted since start.
+    pub connections_total: u64,
+    /// PUBLISH packets received from clients.
+    pub publishes_received: u64,
+    /// QoS 0 messages dropped because a subscriber's output buffer was full.
+    pub qos0_dropped_slow_consumer: u64,
+    /// QoS 1/2 messages dropped by a full offline-session queue.
+    pub queued_dropped: u64,
+    /// Clients disconnected because their QoS 1/2 queue overflowed while online.
+    pub slow_consumer_disconnects: u64,
+    /// Connections closed for malformed packets or protocol violations.
+    pub protocol_errors: u64,
+}
+
+macro_rules! counter {
+    ($inc:ident, $field:ident) => {
+        #[doc = concat!("Adds `n` to `", stringify!($field), "`.")]
+        pub fn $inc(&self, n: u64) {
+            self.$field.fetch_add(n, Ordering::Relaxed);
+        }
+    };
+}
+
+impl Metrics {
+    counter!(add_publishes_received, publishes_received);
+    counter!(add_qos0_dropped, qos0_dropped_slow_consumer);
+    counter!(add_queued_dropped, queued_dropped);
+    counter!(add_slow_consumer_disconnects, slow_consumer_disconnects);
+    counter!(add_protocol_errors, protocol_errors);
+
+    /// A connection opened.
+    pub fn connection_opened(&self) -> u64 {
+        self.connections_total.fetch_add(1, Ordering::Relaxed);
+        self.connections_current.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// A connection closed.
+    pub fn connection_closed(&self) {
+        self.connections_current.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Current values.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        MetricsSnapshot {
+            connections_current: get(&self.connections_current),
+            connections_total: get(&self.connections_total),
+            publishes_received: get(&self.publishes_received),
+            qos0_dropped_slow_consumer: get(&self.qos0_dropped_slow_consumer),
+            queued_dropped: get(&self.queued_dropped),
+            slow_consumer_disconnects: get(&self.slow_consumer_disconnects),
+            protocol_errors: get(&self.protocol_errors),
+        }
+    }
+}

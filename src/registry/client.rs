@@ -1,0 +1,73 @@
+//! The Registry's record of one client: its connection (if any), subscriptions, batch of pending
+//! deliveries, and stored session.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use actix::Addr;
+
+use super::messages::{ConnId, Connect};
+use crate::config::QueueOverflow;
+use crate::message::{Delivery, LastWill, QoS};
+use crate::session::{Session, SessionState};
+
+/// A client's live connection.
+pub(super) struct Attached {
+    pub conn: ConnId,
+    pub session: Addr<Session>,
+    pub peer: SocketAddr,
+    pub will: Option<LastWill>,
+    /// Detach received: deliveries now go to `Client::held` until the Session hands its state.
+    pub detaching: bool,
+}
+
+/// One client id's entry.
+pub(super) struct Client {
+    pub id: Arc<str>,
+    pub clean_session: bool,
+    pub attached: Option<Attached>,
+    /// Filter -> granted QoS; mirrors this client's entries in the trie.
+    pub subscriptions: HashMap<String, QoS>,
+    /// Deliveries collected this turn, sent as one `Deliver`.
+    pub batch: Vec<Delivery>,
+    /// Stored session while offline.
+    pub stored: SessionState,
+    /// QoS 1/2 deliveries that arrived while detaching; appended after the Session's own queue.
+    pub held: VecDeque<Delivery>,
+    /// A CONNECT with this id waiting for the current connection to finish detaching.
+    pub pending: Option<Connect>,
+}
+
+impl Client {
+    pub fn new(id: Arc<str>) -> Self {
+        Client {
+            id,
+            clean_session: true,
+            attached: None,
+            subscriptions: HashMap::new(),
+            batch: Vec::new(),
+            stored: SessionState::default(),
+            held: VecDeque::new(),
+            pending: None,
+        }
+    }
+}
+
+/// Appends to a bounded queue; returns how many messages were dropped (0 or 1).
+pub(super) fn push_bounded(
+    queue: &mut VecDeque<Delivery>,
+    delivery: Delivery,
+    max: usize,
+    overflow: QueueOverflow,
+) -> u64 {
+    if queue.len() < max {
+        queue.push_back(delivery);
+        return 0;
+    }
+    if overflow == QueueOverflow::DropOldest {
+        queue.pop_front();
+        queue.push_back(delivery);
+    }
+    1
+}

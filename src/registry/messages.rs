@@ -1,0 +1,172 @@
+//! Every message between Sessions and the Registry. Each says who sends it and who handles it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+
+use crate::hooks::{DisconnectReason, LifecycleHooks};
+use crate::message::{ConnectReturnCode, Delivery, LastWill, Message, ProtocolVersion, QoS};
+use crate::session::{Session, SessionState};
+
+/// Identifies one TCP connection for the life of the broker (never reused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId(pub u64);
+
+/// The Registry's handle on a client (its slot in the client table). Slots are reused after a
+/// client is forgotten, so every message that names one also names the [`ConnId`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientKey(pub u32);
+
+/// Sent by a Session to the Registry once its CONNECT passed validation and the connect
+/// interceptor. The Registry answers on `reply`, possibly later (after taking over an older
+/// connection with the same client id).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Connect {
+    /// The connection.
+    pub conn: ConnId,
+    /// The Session's address, for deliveries.
+    pub session: Addr<Session>,
+    /// Remote address.
+    pub peer: SocketAddr,
+    /// Protocol spoken.
+    pub protocol: ProtocolVersion,
+    /// Client id as sent; empty means "assign one" (only allowed with clean session).
+    pub client_id: String,
+    /// Clean session flag.
+    pub clean_session: bool,
+    /// The will, published if the connection ends without DISCONNECT.
+    pub will: Option<LastWill>,
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<ConnectOutcome>,
+}
+
+/// The Registry's answer to [`Connect`], sent over the oneshot channel in it.
+#[derive(Debug)]
+pub enum ConnectOutcome {
+    /// Connected: the Session writes CONNACK 0 and re-sends `state`.
+    Accepted {
+        /// The client's slot.
+        key: ClientKey,
+        /// The client id (assigned if the client sent none).
+        client_id: Arc<str>,
+        /// Whether a stored session was resumed.
+        session_present: bool,
+        /// The resumed session (empty when none).
+        state: SessionState,
+    },
+    /// Refused with this CONNACK code.
+    Refused(ConnectReturnCode),
+}
+
+/// Sent by a Session to the Registry for every application message to route (including QoS 0).
+/// Sent with `try_send`: when the Registry's mailbox is full the Session waits, and stops reading
+/// its socket meanwhile.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Publish {
+    /// The message, shared by all its deliveries.
+    pub message: Arc<Message>,
+}
+
+/// Sent by a Session to the Registry for the accepted filters of a SUBSCRIBE. The Session waits
+/// for it to be handled before it writes SUBACK; retained messages follow as a [`Deliver`].
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Subscribe {
+    /// The client.
+    pub key: ClientKey,
+    /// The connection.
+    pub conn: ConnId,
+    /// Validated filters with the QoS to grant.
+    pub filters: Vec<(String, QoS)>,
+}
+
+/// Sent by a Session to the Registry for an UNSUBSCRIBE; handled before the Session writes
+/// UNSUBACK `[MQTT-3.10.4-2]`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unsubscribe {
+    /// The client.
+    pub key: ClientKey,
+    /// The connection.
+    pub conn: ConnId,
+    /// Filters to remove.
+    pub filters: Vec<String>,
+}
+
+/// Sent by a connected Session to the Registry when its connection ends. The Registry publishes
+/// the will if the reason calls for it, stops routing to the Session and answers [`Detached`].
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Detach {
+    /// The client.
+    pub key: ClientKey,
+    /// The connection.
+    pub conn: ConnId,
+    /// Why it ended.
+    pub reason: DisconnectReason,
+}
+
+/// Sent by the Registry to a Session after its [`Detach`]: no [`Deliver`] will follow, so the
+/// Session's state is complete and it answers with [`SessionEnded`].
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Detached;
+
+/// Sent by a Session to the Registry, last, with everything it still holds for the client; the
+/// Registry keeps it for a persistent session and drops it for a clean one.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SessionEnded {
+    /// The client.
+    pub key: ClientKey,
+    /// The connection.
+    pub conn: ConnId,
+    /// Unacknowledged and queued messages, and inbound QoS 2 ids.
+    pub state: SessionState,
+}
+
+/// Sent by the Registry to a Session: the deliveries collected for it during one turn.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Deliver(pub Vec<Delivery>);
+
+/// Sent by the Registry to a Session whose client id another connection has just claimed
+/// `[MQTT-3.1.4-2]`; the Session closes and detaches.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Takeover;
+
+/// Sent by the embedding application to the Registry to add lifecycle hooks at run time.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AddHooks(pub LifecycleHooks);
+
+/// Sent by anyone to the Registry to read its table sizes.
+#[derive(Message)]
+#[rtype(result = "RegistryStats")]
+pub struct GetStats;
+
+/// The Registry's answer to [`GetStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, MessageResponse)]
+pub struct RegistryStats {
+    /// Clients with a live connection.
+    pub clients_online: usize,
+    /// Persistent sessions of clients that are not connected.
+    pub sessions_offline: usize,
+    /// (filter, client) pairs in the trie.
+    pub subscriptions: usize,
+    /// Retained messages.
+    pub retained: usize,
+}
+
+/// Diagnostics for tests: sent by a test to the Registry, it blocks the Registry's thread until
+/// the sender side of the channel sends or is dropped (at most 60 s), simulating a saturated
+/// Registry.
+#[doc(hidden)]
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Freeze(pub std::sync::mpsc::Receiver<()>);

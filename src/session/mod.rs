@@ -1,0 +1,432 @@
+//! The Session actor: one per TCP connection. It owns the socket, the codec, keep-alive, the QoS
+//! state of its client, and a bounded output buffer; it talks to the Registry only by messages.
+//!
+//! Lifecycle: `AwaitingConnect` -> `Connecting` (asking the interceptor, then the Registry) ->
+//! `Connected` -> closing. A connected Session that closes sends [`Detach`], keeps collecting the
+//! deliveries still on their way until [`Detached`], hands everything it holds back with
+//! [`SessionEnded`], and stops.
+
+mod packets;
+mod state;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio_util::codec::FramedRead;
+use tracing::{debug, info, warn};
+
+pub use state::{AckResult, InflightEntry, InflightStage, Outbound, SessionState};
+
+use crate::codec::{self, CodecError, MqttCodec, Packet, PublishHeader};
+use crate::config::Config;
+use crate::hooks::{DisconnectReason, Interceptors};
+use crate::message::{Delivery, QoS};
+use crate::metrics::Metrics;
+use crate::registry::{
+    ClientKey, ConnId, Deliver, Detach, Detached, Registry, SessionEnded, Takeover,
+};
+
+/// Initial read buffer per connection: small, because most devices send small packets and a
+/// fleet has many idle connections. It grows as needed up to the maximum packet size.
+const INITIAL_READ_BUFFER: usize = 512;
+
+/// How long a closing Session waits for its last bytes (e.g. a refusing CONNACK) to be written.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// What every Session of one broker shares.
+pub struct SessionShared {
+    /// Broker configuration.
+    pub config: Config,
+    /// The Registry.
+    pub registry: Addr<Registry>,
+    /// Interceptors to consult.
+    pub interceptors: Interceptors,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    next_conn: AtomicU64,
+}
+
+impl SessionShared {
+    /// Shared state for the Sessions of one broker.
+    pub fn new(
+        config: Config,
+        registry: Addr<Registry>,
+        interceptors: Interceptors,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        SessionShared {
+            config,
+            registry,
+            interceptors,
+            metrics,
+            next_conn: AtomicU64::new(1),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    AwaitingConnect,
+    Connecting,
+    Connected { key: ClientKey, client_id: Arc<str> },
+}
+
+/// The Session actor. Created by the listener with [`Session::start`].
+pub struct Session {
+    conn: ConnId,
+    peer: SocketAddr,
+    shared: Arc<SessionShared>,
+    phase: Phase,
+    keep_alive: Option<Duration>,
+    last_received: Instant,
+    /// Bytes waiting to be written.
+    out: BytesMut,
+    /// The socket's write half; `None` while a write is in progress.
+    writer: Option<OwnedWriteHalf>,
+    /// Size of the write in progress.
+    writing: usize,
+    read_handle: Option<SpawnHandle>,
+    outbound: Outbound,
+    inbound_qos2: std::collections::HashSet<u16>,
+    closing: bool,
+    awaiting_detached: bool,
+    socket_dead: bool,
+}
+
+impl Session {
+    /// Starts a Session for an accepted socket, on the current arbiter.
+    pub fn start(stream: TcpStream, peer: SocketAddr, shared: Arc<SessionShared>) -> Addr<Session> {
+        let conn = ConnId(shared.next_conn.fetch_add(1, Ordering::Relaxed));
+        let (read_half, write_half) = stream.into_split();
+        let max_packet = shared.config.limits.max_packet_size;
+        Session::create(move |ctx| {
+            let reader = FramedRead::with_capacity(
+                read_half,
+                MqttCodec::new(max_packet),
+                INITIAL_READ_BUFFER,
+            );
+            let read_handle = ctx.add_stream(reader);
+            Session {
+                conn,
+                peer,
+                outbound: Outbound::new(shared.config.sessions.max_inflight),
+                shared,
+                phase: Phase::AwaitingConnect,
+                keep_alive: None,
+                last_received: Instant::now(),
+                out: BytesMut::new(),
+                writer: Some(write_half),
+                writing: 0,
+                read_handle: Some(read_handle),
+                inbound_qos2: Default::default(),
+                closing: false,
+                awaiting_detached: false,
+                socket_dead: false,
+            }
+        })
+    }
+
+    fn client_id(&self) -> &str {
+        match &self.phase {
+            Phase::Connected { client_id, .. } => client_id,
+            _ => "",
+        }
+    }
+
+    /// Writes what is buffered, one write at a time; the completion of a write starts the next.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.out.is_empty() || self.socket_dead {
+            return;
+        }
+        let Some(mut writer) = self.writer.take() else {
+            return;
+        };
+        let buf = self.out.split().freeze();
+        self.writing = buf.len();
+        let write = async move {
+            let result = writer.write_all(&buf).await;
+            (writer, result)
+        };
+        ctx.spawn(write.into_actor(self).map(|(writer, result), act, ctx| {
+            act.writing = 0;
+            match result {
+                Ok(()) => {
+                    act.writer = Some(writer);
+                    act.flush(ctx);
+                }
+                Err(e) => {
+                    act.socket_dead = true;
+                    act.close(ctx, DisconnectReason::Network(e.to_string()));
+                }
+            }
+            act.maybe_stop(ctx);
+        }));
+    }
+
+    /// Bytes held for the socket: buffered plus being written.
+    fn unwritten(&self) -> usize {
+        self.out.len() + self.writing
+    }
+
+    /// Ends the connection: stops reading, detaches from the Registry if connected, and stops the
+    /// actor once the output is written (or after [`CLOSE_LINGER`]).
+    fn close(&mut self, ctx: &mut Context<Self>, reason: DisconnectReason) {
+        if self.closing {
+            return;
+        }
+        self.closing = true;
+        if let Some(handle) = self.read_handle.take() {
+            ctx.cancel_future(handle);
+        }
+        if let Phase::Connected { key, .. } = self.phase {
+            self.awaiting_detached = true;
+            self.shared.registry.do_send(Detach {
+                key,
+                conn: self.conn,
+                reason,
+            });
+        } else {
+            debug!(addr = %self.peer, reason = %reason, "connection closed before CONNECT completed");
+        }
+        self.flush(ctx);
+        ctx.run_later(CLOSE_LINGER, |act, ctx| {
+            act.socket_dead = true;
+            act.maybe_stop(ctx);
+        });
+        self.maybe_stop(ctx);
+    }
+
+    fn maybe_stop(&mut self, ctx: &mut Context<Self>) {
+        if !self.closing || self.awaiting_detached {
+            return;
+        }
+        let written = self.writer.is_some() && self.out.is_empty();
+        if written || self.socket_dead {
+            ctx.stop();
+        }
+    }
+
+    fn protocol_error(&mut self, ctx: &mut Context<Self>, error: &CodecError) {
+        self.shared.metrics.add_protocol_errors(1);
+        warn!(
+            addr = %self.peer,
+            client_id = %self.client_id(),
+            error = %error,
+            "closing connection: bad input"
+        );
+        self.close(ctx, DisconnectReason::ProtocolError(error.to_string()));
+    }
+
+    /// Writes a PUBLISH for an outbound delivery.
+    fn write_delivery(&mut self, delivery: &Delivery, pid: u16, dup: bool) {
+        let message = &delivery.message;
+        if delivery.qos == QoS::AtMostOnce && !delivery.retain {
+            self.out.extend_from_slice(message.qos0_frame());
+            return;
+        }
+        codec::write_publish(
+            &mut self.out,
+            &message.topic,
+            &message.payload,
+            PublishHeader {
+                qos: delivery.qos,
+                retain: delivery.retain,
+                dup,
+                pid,
+            },
+        );
+    }
+
+    /// Sends queued QoS 1/2 messages while the window has room.
+    fn pump(&mut self) {
+        while let Some(entry) = self.outbound.next_to_send() {
+            let (delivery, pid) = (entry.delivery.clone(), entry.pid);
+            self.write_delivery(&delivery, pid, false);
+        }
+    }
+
+    /// Re-sends a resumed session's unacknowledged messages: PUBLISH with DUP, or PUBREL
+    /// `[MQTT-4.4.0-1]`.
+    fn resend_inflight(&mut self) {
+        let entries: Vec<InflightEntry> = self.outbound.inflight().cloned().collect();
+        for entry in entries {
+            match entry.stage {
+                InflightStage::AwaitingPubComp => {
+                    codec::write_ack(&mut self.out, codec::Ack::PubRel, entry.pid)
+                }
+                _ => self.write_delivery(&entry.delivery, entry.pid, true),
+            }
+        }
+    }
+
+    fn start_keep_alive(&mut self, ctx: &mut Context<Self>, seconds: u16) {
+        if seconds == 0 {
+            return;
+        }
+        // [MQTT-3.1.2-24] one and a half times the keep-alive without a packet ends the connection.
+        let limit = Duration::from_millis(u64::from(seconds) * 1500);
+        self.keep_alive = Some(limit);
+        let tick = (limit / 4).max(Duration::from_millis(100));
+        ctx.run_interval(tick, move |act, ctx| {
+            if !act.closing && act.last_received.elapsed() > limit {
+                info!(client_id = %act.client_id(), addr = %act.peer, "keep-alive expired");
+                act.close(ctx, DisconnectReason::KeepAliveTimeout);
+            }
+        });
+    }
+
+    fn state_for_registry(&mut self) -> SessionState {
+        let (inflight, queue) = self.outbound.take();
+        SessionState {
+            inflight,
+            queue,
+            inbound_qos2: std::mem::take(&mut self.inbound_qos2),
+        }
+    }
+}
+
+impl Actor for Session {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let open = self.shared.metrics.connection_opened();
+        debug!(addr = %self.peer, conn = self.conn.0, open, "connection accepted");
+        // A socket that never sends CONNECT is closed after the deadline.
+        ctx.run_later(self.shared.config.limits.connect_timeout, |act, ctx| {
+            if act.phase == Phase::AwaitingConnect && !act.closing {
+                info!(addr = %act.peer, "closing connection: no CONNECT before the deadline");
+                act.close(
+                    ctx,
+                    DisconnectReason::Network("no CONNECT before the deadline".into()),
+                );
+            }
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.shared.metrics.connection_closed();
+        // Stopped without the detach handshake (the arbiter is shutting down): tell the Registry
+        // anyway, so it does not keep routing to a dead Session.
+        if let Phase::Connected { key, .. } = self.phase {
+            if !self.closing {
+                self.shared.registry.do_send(Detach {
+                    key,
+                    conn: self.conn,
+                    reason: DisconnectReason::Network("session stopped".into()),
+                });
+            }
+            if self.closing && !self.awaiting_detached {
+                return;
+            }
+            let state = self.state_for_registry();
+            self.shared.registry.do_send(SessionEnded {
+                key,
+                conn: self.conn,
+                state,
+            });
+        }
+    }
+}
+
+impl StreamHandler<Result<Packet, CodecError>> for Session {
+    fn handle(&mut self, item: Result<Packet, CodecError>, ctx: &mut Context<Self>) {
+        if self.closing {
+            return;
+        }
+        self.last_received = Instant::now();
+        match item {
+            Ok(packet) => self.on_packet(packet, ctx),
+            Err(CodecError::Io(e)) => {
+                self.socket_dead = true;
+                self.close(ctx, DisconnectReason::Network(e.to_string()));
+            }
+            Err(e) => {
+                if e.wants_protocol_version_connack() && self.phase == Phase::AwaitingConnect {
+                    // [MQTT-3.1.2-2] unsupported level: CONNACK 0x01, then close.
+                    codec::write_connack(
+                        &mut self.out,
+                        false,
+                        crate::ConnectReturnCode::UnacceptableProtocolVersion,
+                    );
+                }
+                self.protocol_error(ctx, &e);
+            }
+        }
+        self.flush(ctx);
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        self.close(
+            ctx,
+            DisconnectReason::Network("connection closed by peer".into()),
+        );
+    }
+}
+
+impl Handler<Deliver> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
+        let limit = self.shared.config.sessions.max_outbound_bytes;
+        let mut dropped = 0;
+        for delivery in msg.0 {
+            if delivery.qos != QoS::AtMostOnce {
+                self.outbound.push(delivery);
+            } else if self.closing || self.unwritten() >= limit {
+                dropped += 1;
+            } else {
+                self.write_delivery(&delivery, 0, false);
+            }
+        }
+        if dropped > 0 {
+            self.shared.metrics.add_qos0_dropped(dropped);
+            debug!(client_id = %self.client_id(), dropped, "slow consumer: QoS 0 messages dropped");
+        }
+        if self.closing {
+            return;
+        }
+        self.pump();
+        if self.outbound.queued() > self.shared.config.sessions.max_queued_messages {
+            self.shared.metrics.add_slow_consumer_disconnects(1);
+            warn!(
+                client_id = %self.client_id(),
+                queued = self.outbound.queued(),
+                "closing connection: slow consumer, QoS 1/2 queue full"
+            );
+            self.close(ctx, DisconnectReason::SlowConsumer);
+        }
+        self.flush(ctx);
+    }
+}
+
+impl Handler<Takeover> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: Takeover, ctx: &mut Context<Self>) {
+        self.close(ctx, DisconnectReason::TakenOver);
+    }
+}
+
+impl Handler<Detached> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: Detached, ctx: &mut Context<Self>) {
+        if let Phase::Connected { key, .. } = self.phase {
+            let state = self.state_for_registry();
+            self.shared.registry.do_send(SessionEnded {
+                key,
+                conn: self.conn,
+                state,
+            });
+        }
+        self.awaiting_detached = false;
+        self.maybe_stop(ctx);
+    }
+}

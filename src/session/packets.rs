@@ -1,0 +1,356 @@
+//! How a Session answers each packet from its client.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use futures_util::future::join_all;
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+
+use super::{AckResult, Phase, Session};
+use crate::codec::{self, Ack, Connect as ConnectPacket, Packet, Publish as PublishPacket};
+use crate::hooks::{
+    AuthorizeConnect, AuthorizePublish, AuthorizeSubscribe, ConnectDecision, DisconnectReason,
+    PublishDecision, SubscribeDecision,
+};
+use crate::message::{ConnectReturnCode, Message, QoS};
+use crate::registry::{self, ConnectOutcome};
+use crate::topic::{validate_filter, validate_topic_name};
+
+impl Session {
+    pub(super) fn on_packet(&mut self, packet: Packet, ctx: &mut Context<Self>) {
+        let key = match (&self.phase, packet) {
+            (Phase::AwaitingConnect, Packet::Connect(connect)) => {
+                return self.on_connect(*connect, ctx)
+            }
+            (Phase::AwaitingConnect, other) => {
+                return self.violation(
+                    ctx,
+                    other.name(),
+                    "first packet must be CONNECT [MQTT-3.1.0-1]",
+                )
+            }
+            (Phase::Connecting, other) => {
+                // The stream is paused while connecting, so this cannot happen; refuse anyway.
+                return self.violation(ctx, other.name(), "packet before CONNACK");
+            }
+            (Phase::Connected { .. }, Packet::Connect(_)) => {
+                return self.violation(ctx, "CONNECT", "second CONNECT [MQTT-3.1.0-2]")
+            }
+            (Phase::Connected { key, .. }, packet) => (*key, packet),
+        };
+        let (key, packet) = key;
+        match packet {
+            Packet::Publish(publish) => self.on_publish(publish, ctx),
+            Packet::PubAck(pid) => {
+                let result = self.outbound.puback(pid);
+                self.on_ack(pid, result, "PUBACK")
+            }
+            Packet::PubRec(pid) => {
+                let result = self.outbound.pubrec(pid);
+                self.on_ack(pid, result, "PUBREC")
+            }
+            Packet::PubComp(pid) => {
+                let result = self.outbound.pubcomp(pid);
+                self.on_ack(pid, result, "PUBCOMP")
+            }
+            Packet::PubRel(pid) => {
+                // [MQTT-4.3.3-2] discard the stored id, answer PUBCOMP (also for unknown ids).
+                self.inbound_qos2.remove(&pid);
+                codec::write_ack(&mut self.out, Ack::PubComp, pid);
+            }
+            Packet::Subscribe { pid, filters } => self.on_subscribe(key, pid, filters, ctx),
+            Packet::Unsubscribe { pid, filters } => self.on_unsubscribe(key, pid, filters, ctx),
+            Packet::PingReq => codec::write_pingresp(&mut self.out), // [MQTT-3.12.4-1]
+            Packet::Disconnect => self.close(ctx, DisconnectReason::Clean), // [MQTT-3.14.4-3]
+            Packet::Connect(_) => {}
+        }
+    }
+
+    fn violation(&mut self, ctx: &mut Context<Self>, packet: &str, rule: &'static str) {
+        self.shared.metrics.add_protocol_errors(1);
+        warn!(addr = %self.peer, client_id = %self.client_id(), packet, rule, "closing connection: protocol violation");
+        self.close(ctx, DisconnectReason::ProtocolError(rule.to_string()));
+    }
+
+    fn on_ack(&mut self, pid: u16, result: AckResult, name: &str) {
+        match result {
+            AckResult::Completed => self.pump(),
+            AckResult::SendPubRel => codec::write_ack(&mut self.out, Ack::PubRel, pid),
+            AckResult::Unknown => {
+                debug!(client_id = %self.client_id(), pid, packet = name, "acknowledgement for an unknown packet id")
+            }
+        }
+    }
+
+    fn refuse(&mut self, ctx: &mut Context<Self>, code: ConnectReturnCode) {
+        info!(addr = %self.peer, code = code as u8, "connection refused");
+        // [MQTT-3.2.2-4] session present is 0 with a non-zero return code.
+        codec::write_connack(&mut self.out, false, code);
+        self.close(
+            ctx,
+            DisconnectReason::Network(format!("refused with CONNACK {}", code as u8)),
+        );
+    }
+
+    fn on_connect(&mut self, connect: ConnectPacket, ctx: &mut Context<Self>) {
+        self.phase = super::Phase::Connecting;
+        let open = self.shared.metrics.snapshot().connections_current;
+        if open > self.shared.config.limits.max_connections as u64 {
+            return self.refuse(ctx, ConnectReturnCode::ServerUnavailable);
+        }
+        if connect.client_id.is_empty() && !connect.clean_session {
+            // [MQTT-3.1.3-8] zero-length id with clean session 0.
+            return self.refuse(ctx, ConnectReturnCode::IdentifierRejected);
+        }
+        let Some(interceptor) = self.shared.interceptors.connect.clone() else {
+            return self.register(connect, ctx);
+        };
+        let question = AuthorizeConnect {
+            client_id: connect.client_id.clone(),
+            peer: self.peer,
+            protocol: connect.protocol,
+            username: connect.username.clone(),
+            password: connect.password.clone(),
+        };
+        ctx.wait(
+            interceptor
+                .send(question)
+                .into_actor(self)
+                .map(move |answer, act, ctx| {
+                    match answer {
+                        Ok(ConnectDecision::Accept) => act.register(connect, ctx),
+                        Ok(ConnectDecision::Refuse(code))
+                            if code != ConnectReturnCode::Accepted =>
+                        {
+                            act.refuse(ctx, code)
+                        }
+                        Ok(ConnectDecision::Refuse(_)) => act.register(connect, ctx),
+                        Err(e) => {
+                            warn!(error = %e, "connect interceptor unavailable");
+                            act.refuse(ctx, ConnectReturnCode::ServerUnavailable)
+                        }
+                    }
+                    act.flush(ctx);
+                }),
+        );
+    }
+
+    fn register(&mut self, connect: ConnectPacket, ctx: &mut Context<Self>) {
+        let (reply, answer) = oneshot::channel();
+        let keep_alive = connect.keep_alive;
+        let request = registry::Connect {
+            conn: self.conn,
+            session: ctx.address(),
+            peer: self.peer,
+            protocol: connect.protocol,
+            client_id: connect.client_id,
+            clean_session: connect.clean_session,
+            will: connect.will,
+            reply,
+        };
+        let registry = self.shared.registry.clone();
+        let ask = async move {
+            registry.send(request).await.ok()?;
+            answer.await.ok()
+        };
+        ctx.wait(ask.into_actor(self).map(move |outcome, act, ctx| {
+            match outcome {
+                Some(ConnectOutcome::Accepted {
+                    key,
+                    client_id,
+                    session_present,
+                    state,
+                }) => {
+                    act.phase = Phase::Connected { key, client_id };
+                    codec::write_connack(
+                        &mut act.out,
+                        session_present,
+                        ConnectReturnCode::Accepted,
+                    );
+                    act.outbound.restore(state.inflight, state.queue);
+                    act.inbound_qos2 = state.inbound_qos2;
+                    act.resend_inflight();
+                    act.pump();
+                    act.start_keep_alive(ctx, keep_alive);
+                }
+                Some(ConnectOutcome::Refused(code)) => act.refuse(ctx, code),
+                None => {
+                    // A newer connection with the same id won before this one was attached.
+                    act.close(ctx, DisconnectReason::TakenOver);
+                }
+            }
+            act.flush(ctx);
+        }));
+    }
+
+    fn on_publish(&mut self, publish: PublishPacket, ctx: &mut Context<Self>) {
+        self.shared.metrics.add_publishes_received(1);
+        let PublishPacket { pid, message, .. } = publish;
+        let qos = message.qos;
+        if qos == QoS::ExactlyOnce && !self.inbound_qos2.insert(pid) {
+            // A re-sent QoS 2 PUBLISH whose PUBREL has not come: not routed again [MQTT-4.3.3-2].
+            codec::write_ack(&mut self.out, Ack::PubRec, pid);
+            return;
+        }
+        let Some(interceptor) = self.shared.interceptors.publish.clone() else {
+            self.forward(Arc::new(message), ctx);
+            return self.acknowledge_publish(qos, pid);
+        };
+        let question = AuthorizePublish {
+            client_id: Arc::from(self.client_id()),
+            topic: message.topic.clone(),
+            payload: message.payload.clone(),
+            qos,
+            retain: message.retain,
+        };
+        ctx.wait(interceptor.send(question).into_actor(self).map(
+            move |answer, act, ctx| {
+                let message = match answer {
+                    Ok(PublishDecision::Accept) => Some(message),
+                    Ok(PublishDecision::Rewrite { topic, payload }) => match validate_topic_name(&topic) {
+                        Ok(()) => Some(Message::new(topic, payload, message.qos, message.retain)),
+                        Err(e) => {
+                            warn!(client_id = %act.client_id(), error = %e, "publish interceptor rewrote to an invalid topic; dropped");
+                            None
+                        }
+                    },
+                    Ok(PublishDecision::Drop) => None,
+                    Err(e) => {
+                        warn!(error = %e, "publish interceptor unavailable; message dropped");
+                        None
+                    }
+                };
+                if let Some(message) = message {
+                    act.forward(Arc::new(message), ctx);
+                } else {
+                    debug!(client_id = %act.client_id(), "publish dropped by interceptor");
+                }
+                act.acknowledge_publish(qos, pid);
+                act.flush(ctx);
+            },
+        ));
+    }
+
+    /// PUBACK after routing [MQTT-4.3.2-2]; PUBREC for QoS 2 [MQTT-4.3.3-2].
+    fn acknowledge_publish(&mut self, qos: QoS, pid: u16) {
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => codec::write_ack(&mut self.out, Ack::PubAck, pid),
+            QoS::ExactlyOnce => codec::write_ack(&mut self.out, Ack::PubRec, pid),
+        }
+    }
+
+    /// Hands a message to the Registry; when its mailbox is full, waits for room without reading
+    /// the socket, so TCP slows the publisher down.
+    fn forward(&mut self, message: Arc<Message>, ctx: &mut Context<Self>) {
+        use actix::dev::SendError;
+        match self.shared.registry.try_send(registry::Publish { message }) {
+            Ok(()) => {}
+            Err(SendError::Full(publish)) => {
+                let send = self.shared.registry.send(publish);
+                ctx.wait(send.into_actor(self).map(|result, act, ctx| {
+                    if result.is_err() {
+                        act.close(ctx, DisconnectReason::Network("registry stopped".into()));
+                    }
+                }));
+            }
+            Err(SendError::Closed(_)) => {
+                self.close(ctx, DisconnectReason::Network("registry stopped".into()));
+            }
+        }
+    }
+
+    fn on_subscribe(
+        &mut self,
+        key: registry::ClientKey,
+        pid: u16,
+        filters: Vec<(String, QoS)>,
+        ctx: &mut Context<Self>,
+    ) {
+        let client_id: Arc<str> = Arc::from(self.client_id());
+        let mut requests = Vec::with_capacity(filters.len());
+        for (filter, qos) in filters {
+            match validate_filter(&filter) {
+                Ok(()) => requests.push(Some((filter, qos))),
+                Err(e) => {
+                    info!(client_id = %client_id, filter = %filter, error = %e, "subscription refused: invalid filter");
+                    requests.push(None);
+                }
+            }
+        }
+        let conn = self.conn;
+        let registry = self.shared.registry.clone();
+        let interceptor = self.shared.interceptors.subscribe.clone();
+        let decide = async move {
+            let Some(interceptor) = interceptor else {
+                return requests;
+            };
+            let answers = join_all(requests.into_iter().map(|request| {
+                let interceptor = interceptor.clone();
+                let client_id = client_id.clone();
+                async move {
+                    let (filter, qos) = request?;
+                    let question = AuthorizeSubscribe {
+                        client_id,
+                        filter: filter.clone(),
+                        qos,
+                    };
+                    match interceptor.send(question).await {
+                        Ok(SubscribeDecision::Accept) => Some((filter, qos)),
+                        Ok(SubscribeDecision::Rewrite { filter, qos }) => {
+                            validate_filter(&filter).ok().map(|()| (filter, qos))
+                        }
+                        Ok(SubscribeDecision::Refuse) | Err(_) => None,
+                    }
+                }
+            }));
+            answers.await
+        };
+        let subscribe = async move {
+            let granted = decide.await;
+            let accepted: Vec<(String, QoS)> = granted.iter().flatten().cloned().collect();
+            if !accepted.is_empty() {
+                let _ = registry
+                    .send(registry::Subscribe {
+                        key,
+                        conn,
+                        filters: accepted,
+                    })
+                    .await;
+            }
+            granted
+        };
+        ctx.wait(subscribe.into_actor(self).map(move |granted, act, ctx| {
+            // [MQTT-3.8.4-5] one return code per filter, in order; 0x80 for a refused one.
+            let codes: Vec<u8> = granted
+                .iter()
+                .map(|g| {
+                    g.as_ref()
+                        .map_or(codec::SUBACK_FAILURE, |(_, qos)| *qos as u8)
+                })
+                .collect();
+            codec::write_suback(&mut act.out, pid, &codes);
+            act.flush(ctx);
+        }));
+    }
+
+    fn on_unsubscribe(
+        &mut self,
+        key: registry::ClientKey,
+        pid: u16,
+        filters: Vec<String>,
+        ctx: &mut Context<Self>,
+    ) {
+        let send = self.shared.registry.send(registry::Unsubscribe {
+            key,
+            conn: self.conn,
+            filters,
+        });
+        ctx.wait(send.into_actor(self).map(move |_, act, ctx| {
+            // [MQTT-3.10.4-4] [MQTT-3.10.4-5] UNSUBACK, even when nothing matched.
+            codec::write_ack(&mut act.out, Ack::UnsubAck, pid);
+            act.flush(ctx);
+        }));
+    }
+}

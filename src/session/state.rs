@@ -1,0 +1,279 @@
+//! The pure part of a Session: the outbound QoS 1/2 window and queue, packet identifier
+//! allocation, and the state that outlives a connection. No I/O here, so it is unit-tested alone.
+
+use std::collections::{HashSet, VecDeque};
+
+use crate::message::{Delivery, QoS};
+
+/// Where an outbound QoS 1/2 message stands in its handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InflightStage {
+    /// QoS 1 PUBLISH sent, waiting for PUBACK.
+    AwaitingPubAck,
+    /// QoS 2 PUBLISH sent, waiting for PUBREC.
+    AwaitingPubRec,
+    /// PUBREL sent, waiting for PUBCOMP.
+    AwaitingPubComp,
+}
+
+/// An outbound QoS 1/2 message that has a packet identifier.
+#[derive(Debug, Clone)]
+pub struct InflightEntry {
+    /// Packet identifier.
+    pub pid: u16,
+    /// The message.
+    pub delivery: Delivery,
+    /// Handshake stage.
+    pub stage: InflightStage,
+}
+
+/// What a client's session keeps across connections (clean session 0): handed by the Session to
+/// the Registry when the connection ends and back to the next Session on resume.
+#[derive(Debug, Default)]
+pub struct SessionState {
+    /// Sent and unacknowledged, in send order; re-sent on resume `[MQTT-4.4.0-1]`.
+    pub inflight: VecDeque<InflightEntry>,
+    /// Not sent yet, in order.
+    pub queue: VecDeque<Delivery>,
+    /// Inbound QoS 2 packet identifiers whose PUBREL has not arrived: a re-sent PUBLISH with one of
+    /// these is not routed again (exactly once).
+    pub inbound_qos2: HashSet<u16>,
+}
+
+/// What an acknowledgement did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckResult {
+    /// The message is done; its slot in the window is free.
+    Completed,
+    /// PUBREC accepted: send PUBREL.
+    SendPubRel,
+    /// No message in the matching stage has this identifier.
+    Unknown,
+}
+
+/// The outbound QoS 1/2 flow of one client: a window of `max_inflight` messages with packet
+/// identifiers, and a FIFO of messages waiting for a slot. Delivery order is queue order.
+#[derive(Debug)]
+pub struct Outbound {
+    inflight: VecDeque<InflightEntry>,
+    queue: VecDeque<Delivery>,
+    max_inflight: usize,
+    last_pid: u16,
+}
+
+impl Outbound {
+    /// An empty flow with a window of `max_inflight` (at least 1).
+    pub fn new(max_inflight: u16) -> Self {
+        Outbound {
+            inflight: VecDeque::new(),
+            queue: VecDeque::new(),
+            max_inflight: usize::from(max_inflight.max(1)),
+            last_pid: 0,
+        }
+    }
+
+    /// Takes over a stored session's messages. Re-send [`Outbound::inflight`] afterwards.
+    pub fn restore(&mut self, inflight: VecDeque<InflightEntry>, queue: VecDeque<Delivery>) {
+        self.last_pid = inflight.back().map_or(0, |e| e.pid);
+        self.inflight = inflight;
+        self.queue = queue;
+    }
+
+    /// Gives up the messages, for the Registry to keep.
+    pub fn take(&mut self) -> (VecDeque<InflightEntry>, VecDeque<Delivery>) {
+        (
+            std::mem::take(&mut self.inflight),
+            std::mem::take(&mut self.queue),
+        )
+    }
+
+    /// Messages sent and unacknowledged, oldest first.
+    pub fn inflight(&self) -> impl Iterator<Item = &InflightEntry> {
+        self.inflight.iter()
+    }
+
+    /// Number of messages waiting for a window slot.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Number of messages in the window.
+    pub fn inflight_len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Appends a QoS 1/2 delivery.
+    pub fn push(&mut self, delivery: Delivery) {
+        debug_assert!(delivery.qos != QoS::AtMostOnce);
+        self.queue.push_back(delivery);
+    }
+
+    /// Moves the next queued message into the window, if there is room, and returns it with its
+    /// new packet identifier.
+    pub fn next_to_send(&mut self) -> Option<&InflightEntry> {
+        if self.inflight.len() >= self.max_inflight {
+            return None;
+        }
+        let delivery = self.queue.pop_front()?;
+        let pid = self.allocate_pid();
+        let stage = if delivery.qos == QoS::ExactlyOnce {
+            InflightStage::AwaitingPubRec
+        } else {
+            InflightStage::AwaitingPubAck
+        };
+        self.inflight.push_back(InflightEntry {
+            pid,
+            delivery,
+            stage,
+        });
+        self.inflight.back()
+    }
+
+    /// A packet identifier not in use by the window `[MQTT-2.3.1-2]`, never 0.
+    fn allocate_pid(&mut self) -> u16 {
+        loop {
+            self.last_pid = self.last_pid.wrapping_add(1);
+            if self.last_pid != 0 && !self.inflight.iter().any(|e| e.pid == self.last_pid) {
+                return self.last_pid;
+            }
+        }
+    }
+
+    fn position(&self, pid: u16, stage: InflightStage) -> Option<usize> {
+        self.inflight
+            .iter()
+            .position(|e| e.pid == pid && e.stage == stage)
+    }
+
+    /// PUBACK received.
+    pub fn puback(&mut self, pid: u16) -> AckResult {
+        match self.position(pid, InflightStage::AwaitingPubAck) {
+            Some(i) => {
+                self.inflight.remove(i);
+                AckResult::Completed
+            }
+            None => AckResult::Unknown,
+        }
+    }
+
+    /// PUBREC received: the message is now owned by the receiver `[MQTT-4.3.3-1]`.
+    pub fn pubrec(&mut self, pid: u16) -> AckResult {
+        if let Some(i) = self.position(pid, InflightStage::AwaitingPubRec) {
+            self.inflight[i].stage = InflightStage::AwaitingPubComp;
+            return AckResult::SendPubRel;
+        }
+        if self.position(pid, InflightStage::AwaitingPubComp).is_some() {
+            // A repeated PUBREC: answer with PUBREL again.
+            return AckResult::SendPubRel;
+        }
+        AckResult::Unknown
+    }
+
+    /// PUBCOMP received.
+    pub fn pubcomp(&mut self, pid: u16) -> AckResult {
+        match self.position(pid, InflightStage::AwaitingPubComp) {
+            Some(i) => {
+                self.inflight.remove(i);
+                AckResult::Completed
+            }
+            None => AckResult::Unknown,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+    use bytes::Bytes;
+    use std::sync::Arc;
+
+    fn delivery(n: u8, qos: QoS) -> Delivery {
+        Delivery {
+            message: Arc::new(Message::new("t", Bytes::from(vec![n]), qos, false)),
+            qos,
+            retain: false,
+        }
+    }
+
+    fn payload(e: &InflightEntry) -> u8 {
+        e.delivery.message.payload[0]
+    }
+
+    #[test]
+    fn window_limits_inflight_and_keeps_order() {
+        let mut o = Outbound::new(2);
+        for n in 0..5 {
+            o.push(delivery(n, QoS::AtLeastOnce));
+        }
+        let a = o.next_to_send().map(|e| (e.pid, payload(e)));
+        let b = o.next_to_send().map(|e| (e.pid, payload(e)));
+        assert_eq!((a, b), (Some((1, 0)), Some((2, 1))));
+        assert!(o.next_to_send().is_none(), "window of 2 is full");
+        assert_eq!(o.puback(2), AckResult::Completed);
+        assert_eq!(o.puback(2), AckResult::Unknown);
+        assert_eq!(o.next_to_send().map(payload), Some(2));
+        assert_eq!(o.queued(), 2);
+        assert_eq!(o.inflight_len(), 2);
+    }
+
+    #[test]
+    fn qos2_handshake() {
+        let mut o = Outbound::new(4);
+        o.push(delivery(9, QoS::ExactlyOnce));
+        let pid = o.next_to_send().map(|e| e.pid).expect("sent");
+        assert_eq!(
+            o.puback(pid),
+            AckResult::Unknown,
+            "PUBACK does not finish QoS 2"
+        );
+        assert_eq!(o.pubcomp(pid), AckResult::Unknown, "PUBCOMP before PUBREC");
+        assert_eq!(o.pubrec(pid), AckResult::SendPubRel);
+        assert_eq!(o.pubrec(pid), AckResult::SendPubRel, "repeated PUBREC");
+        assert_eq!(
+            o.inflight().next().map(|e| e.stage),
+            Some(InflightStage::AwaitingPubComp)
+        );
+        assert_eq!(o.pubcomp(pid), AckResult::Completed);
+        assert_eq!(o.inflight_len(), 0);
+    }
+
+    #[test]
+    fn packet_ids_skip_zero_and_ids_in_use() {
+        let mut o = Outbound::new(3);
+        let mut inflight = VecDeque::new();
+        for pid in [65535u16, 1] {
+            inflight.push_back(InflightEntry {
+                pid,
+                delivery: delivery(0, QoS::AtLeastOnce),
+                stage: InflightStage::AwaitingPubAck,
+            });
+        }
+        o.restore(inflight, VecDeque::new());
+        o.push(delivery(1, QoS::AtLeastOnce));
+        assert_eq!(
+            o.next_to_send().map(|e| e.pid),
+            Some(2),
+            "0 and 1 are skipped"
+        );
+    }
+
+    #[test]
+    fn take_returns_everything_in_order() {
+        let mut o = Outbound::new(1);
+        for n in 0..3 {
+            o.push(delivery(n, QoS::AtLeastOnce));
+        }
+        o.next_to_send();
+        let (inflight, queue) = o.take();
+        assert_eq!(inflight.iter().map(payload).collect::<Vec<_>>(), vec![0]);
+        assert_eq!(
+            queue
+                .iter()
+                .map(|d| d.message.payload[0])
+                .collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        assert_eq!(o.queued() + o.inflight_len(), 0);
+    }
+}

@@ -1,0 +1,262 @@
+//! The subscription trie: topic filters, level by level, to the subscribers that hold them.
+//!
+//! Matching a topic name walks only the branches that can match (the literal level, `+` and `#`),
+//! so its cost depends on the depth of the topic and the number of matching filters, not on the
+//! number of subscriptions.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+
+/// One level of the trie.
+#[derive(Debug)]
+struct Node<K, V> {
+    /// Children by literal level text.
+    children: HashMap<Box<str>, Node<K, V>>,
+    /// The `+` child.
+    plus: Option<Box<Node<K, V>>>,
+    /// Subscribers whose filter ends in `#` at this level.
+    multi: HashMap<K, V>,
+    /// Subscribers whose filter ends exactly at this level.
+    exact: HashMap<K, V>,
+}
+
+impl<K, V> Default for Node<K, V> {
+    fn default() -> Self {
+        Node {
+            children: HashMap::new(),
+            plus: None,
+            multi: HashMap::new(),
+            exact: HashMap::new(),
+        }
+    }
+}
+
+impl<K, V> Node<K, V> {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty()
+            && self.plus.is_none()
+            && self.multi.is_empty()
+            && self.exact.is_empty()
+    }
+}
+
+/// Maps topic filters to subscribers (`K`, e.g. a client key) with a value each (`V`, e.g. the
+/// granted QoS). A subscriber holds at most one value per filter: inserting again replaces it.
+///
+/// Filters must have been validated with [`validate_filter`](super::validate_filter).
+#[derive(Debug)]
+pub struct SubscriptionTrie<K, V> {
+    root: Node<K, V>,
+    len: usize,
+}
+
+impl<K, V> Default for SubscriptionTrie<K, V> {
+    fn default() -> Self {
+        SubscriptionTrie {
+            root: Node::default(),
+            len: 0,
+        }
+    }
+}
+
+impl<K: Copy + Eq + Hash, V> SubscriptionTrie<K, V> {
+    /// An empty trie.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of (filter, subscriber) pairs held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when no subscription is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Adds or replaces `key`'s subscription to `filter`. Returns the value it replaced, if any.
+    pub fn insert(&mut self, filter: &str, key: K, value: V) -> Option<V> {
+        let mut node = &mut self.root;
+        let mut levels = filter.split('/').peekable();
+        while let Some(level) = levels.next() {
+            if level == "#" && levels.peek().is_none() {
+                let old = node.multi.insert(key, value);
+                if old.is_none() {
+                    self.len += 1;
+                }
+                return old;
+            }
+            node = if level == "+" {
+                node.plus.get_or_insert_with(Box::default)
+            } else {
+                node.children.entry(level.into()).or_default()
+            };
+        }
+        let old = node.exact.insert(key, value);
+        if old.is_none() {
+            self.len += 1;
+        }
+        old
+    }
+
+    /// Removes `key`'s subscription to `filter`, pruning levels left empty. Returns its value.
+    pub fn remove(&mut self, filter: &str, key: K) -> Option<V> {
+        let levels: Vec<&str> = filter.split('/').collect();
+        let removed = Self::remove_at(&mut self.root, &levels, key);
+        if removed.is_some() {
+            self.len -= 1;
+        }
+        removed
+    }
+
+    fn remove_at(node: &mut Node<K, V>, levels: &[&str], key: K) -> Option<V> {
+        let Some((&level, rest)) = levels.split_first() else {
+            return node.exact.remove(&key);
+        };
+        if level == "#" && rest.is_empty() {
+            return node.multi.remove(&key);
+        }
+        if level == "+" {
+            let child = node.plus.as_deref_mut()?;
+            let removed = Self::remove_at(child, rest, key);
+            if child.is_empty() {
+                node.plus = None;
+            }
+            removed
+        } else {
+            let child = node.children.get_mut(level)?;
+            let removed = Self::remove_at(child, rest, key);
+            if child.is_empty() {
+                node.children.remove(level);
+            }
+            removed
+        }
+    }
+
+    /// Calls `visit` for every subscription whose filter matches `topic`, a topic name. A subscriber
+    /// with several matching filters is visited once per filter. Topics starting with `$` are not
+    /// matched by a filter starting with a wildcard `[MQTT-4.7.2-1]`.
+    pub fn for_each_match(&self, topic: &str, mut visit: impl FnMut(K, &V)) {
+        let dollar = topic.starts_with('$');
+        Self::walk(&self.root, topic.split('/'), true, dollar, &mut visit);
+    }
+
+    fn walk<'t>(
+        node: &Node<K, V>,
+        mut levels: std::str::Split<'t, char>,
+        at_root: bool,
+        dollar: bool,
+        visit: &mut impl FnMut(K, &V),
+    ) {
+        let wildcards_allowed = !(at_root && dollar);
+        if wildcards_allowed {
+            // `a/#` matches `a` itself as well as everything below it [MQTT-4.7.1-2].
+            for (k, v) in &node.multi {
+                visit(*k, v);
+            }
+        }
+        let Some(level) = levels.next() else {
+            for (k, v) in &node.exact {
+                visit(*k, v);
+            }
+            return;
+        };
+        if let Some(child) = node.children.get(level) {
+            Self::walk(child, levels.clone(), false, dollar, visit);
+        }
+        if wildcards_allowed {
+            if let Some(child) = node.plus.as_deref() {
+                Self::walk(child, levels, false, dollar, visit);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matches(trie: &SubscriptionTrie<u32, u8>, topic: &str) -> Vec<u32> {
+        let mut out = Vec::new();
+        trie.for_each_match(topic, |k, _| out.push(k));
+        out.sort();
+        out
+    }
+
+    fn trie_of(filters: &[&str]) -> SubscriptionTrie<u32, u8> {
+        let mut trie = SubscriptionTrie::new();
+        for (i, f) in filters.iter().enumerate() {
+            trie.insert(f, i as u32, 0);
+        }
+        trie
+    }
+
+    #[test]
+    fn spec_examples_multi_level() {
+        // [MQTT-4.7.1-2] examples: "sport/tennis/player1/#"
+        let t = trie_of(&["sport/tennis/player1/#"]);
+        assert_eq!(matches(&t, "sport/tennis/player1"), vec![0]);
+        assert_eq!(matches(&t, "sport/tennis/player1/ranking"), vec![0]);
+        assert_eq!(matches(&t, "sport/tennis/player1/score/wimbledon"), vec![0]);
+        assert!(matches(&t, "sport/tennis/player2").is_empty());
+        let t = trie_of(&["sport/#"]);
+        assert_eq!(matches(&t, "sport"), vec![0]);
+        let t = trie_of(&["#"]);
+        assert_eq!(matches(&t, "anything/at/all"), vec![0]);
+        assert_eq!(matches(&t, "/"), vec![0]);
+    }
+
+    #[test]
+    fn spec_examples_single_level() {
+        let t = trie_of(&["sport/tennis/+"]);
+        assert_eq!(matches(&t, "sport/tennis/player1"), vec![0]);
+        assert!(matches(&t, "sport/tennis/player1/ranking").is_empty());
+        let t = trie_of(&["sport/+"]);
+        assert!(matches(&t, "sport").is_empty());
+        assert_eq!(matches(&t, "sport/"), vec![0]);
+        let t = trie_of(&["+/+"]);
+        assert_eq!(matches(&t, "/finance"), vec![0]);
+        let t = trie_of(&["/+"]);
+        assert_eq!(matches(&t, "/finance"), vec![0]);
+        let t = trie_of(&["+"]);
+        assert!(matches(&t, "/finance").is_empty());
+        let t = trie_of(&["+/é/#"]);
+        assert_eq!(matches(&t, "ü/é"), vec![0]);
+    }
+
+    #[test]
+    fn dollar_topics_not_matched_by_leading_wildcards() {
+        // [MQTT-4.7.2-1]
+        let t = trie_of(&["#", "+/monitor/Clients", "$SYS/#", "$SYS/monitor/+"]);
+        assert_eq!(matches(&t, "$SYS/monitor/Clients"), vec![2, 3]);
+        assert_eq!(matches(&t, "SYS/monitor/Clients"), vec![0, 1]);
+    }
+
+    #[test]
+    fn overlapping_filters_visit_each() {
+        let mut t = SubscriptionTrie::new();
+        t.insert("a/b", 7u32, 1u8);
+        t.insert("a/+", 7, 2);
+        t.insert("#", 7, 0);
+        let mut seen = Vec::new();
+        t.for_each_match("a/b", |k, v| seen.push((k, *v)));
+        seen.sort();
+        assert_eq!(seen, vec![(7, 0), (7, 1), (7, 2)]);
+    }
+
+    #[test]
+    fn insert_replaces_and_remove_prunes() {
+        let mut t = SubscriptionTrie::new();
+        assert_eq!(t.insert("a/+/c", 1u32, 0u8), None);
+        assert_eq!(t.insert("a/+/c", 1, 2), Some(0));
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.remove("a/+/c", 2), None);
+        assert_eq!(t.remove("a/+/c", 1), Some(2));
+        assert!(t.is_empty());
+        assert!(t.root.is_empty(), "empty levels are pruned");
+        t.insert("x/#", 3, 1);
+        assert_eq!(t.remove("x/#", 3), Some(1));
+        assert!(t.root.is_empty());
+    }
+}
