@@ -1,0 +1,381 @@
+//! Shared test helpers: a broker on a background thread bound to port 0, a raw-bytes MQTT client
+//! (for what a real client would refuse to send, and for exact flag checks), a rumqttc wrapper,
+//! and a hook probe actor. Every wait has a timeout; nothing sleeps to synchronise.
+#![allow(dead_code)]
+
+pub mod packets;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytes::{Buf, BytesMut};
+use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions};
+use switchboard::hooks::{
+    ClientConnected, ClientDisconnected, ClientSubscribed, ClientUnsubscribed, LifecycleHooks,
+};
+use switchboard::{BackgroundBroker, Broker, Config};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// How long any single expected event may take.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// A test configuration: loopback, port 0, one worker.
+pub fn test_config() -> Config {
+    let mut config = Config::default();
+    config.listener.port = 0;
+    config.listener.workers = 1;
+    config
+}
+
+/// A broker with the test configuration.
+pub fn broker() -> BackgroundBroker {
+    BackgroundBroker::start(test_config()).expect("broker starts")
+}
+
+/// A broker with an adjusted test configuration.
+pub fn broker_with(adjust: impl FnOnce(&mut Config)) -> BackgroundBroker {
+    let mut config = test_config();
+    adjust(&mut config);
+    BackgroundBroker::start(config).expect("broker starts")
+}
+
+/// A lifecycle event as seen by [`HookProbe`].
+#[derive(Debug, Clone)]
+pub enum HookEvent {
+    Connected(ClientConnected),
+    Disconnected(ClientDisconnected),
+    Subscribed(ClientSubscribed),
+    Unsubscribed(ClientUnsubscribed),
+}
+
+/// An actor that forwards every lifecycle event into a channel.
+pub struct HookProbe(pub mpsc::UnboundedSender<HookEvent>);
+
+impl Actor for HookProbe {
+    type Context = Context<Self>;
+}
+
+macro_rules! forward {
+    ($msg:ty, $variant:ident) => {
+        impl Handler<$msg> for HookProbe {
+            type Result = ();
+            fn handle(&mut self, msg: $msg, _: &mut Context<Self>) {
+                let _ = self.0.send(HookEvent::$variant(msg));
+            }
+        }
+    };
+}
+forward!(ClientConnected, Connected);
+forward!(ClientDisconnected, Disconnected);
+forward!(ClientSubscribed, Subscribed);
+forward!(ClientUnsubscribed, Unsubscribed);
+
+/// Receiving end of a [`HookProbe`].
+pub struct Hooks(pub mpsc::UnboundedReceiver<HookEvent>);
+
+impl Hooks {
+    /// The next event, or panic after [`WAIT`].
+    pub async fn next(&mut self) -> HookEvent {
+        tokio::time::timeout(WAIT, self.0.recv())
+            .await
+            .expect("hook event within the timeout")
+            .expect("hook channel open")
+    }
+
+    /// Skips events until `pick` returns `Some`.
+    pub async fn find<T>(&mut self, mut pick: impl FnMut(&HookEvent) -> Option<T>) -> T {
+        loop {
+            let event = self.next().await;
+            if let Some(found) = pick(&event) {
+                return found;
+            }
+        }
+    }
+
+    /// Waits for `client_id` to be subscribed to `filter`.
+    pub async fn subscribed(&mut self, client_id: &str, filter: &str) {
+        self.find(|e| match e {
+            HookEvent::Subscribed(s) if &*s.client_id == client_id && s.filter == filter => Some(()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Waits for `client_id` to disconnect and returns the event.
+    pub async fn disconnected(&mut self, client_id: &str) -> ClientDisconnected {
+        self.find(|e| match e {
+            HookEvent::Disconnected(d) if &*d.client_id == client_id => Some(d.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Waits for `client_id` to connect and returns the event.
+    pub async fn connected(&mut self, client_id: &str) -> ClientConnected {
+        self.find(|e| match e {
+            HookEvent::Connected(c) if &*c.client_id == client_id => Some(c.clone()),
+            _ => None,
+        })
+        .await
+    }
+}
+
+/// A broker with a hook probe installed, plus `configure` for more.
+pub fn broker_with_hooks_and(
+    adjust: impl FnOnce(&mut Config),
+    configure: impl FnOnce(Broker) -> Broker + Send + 'static,
+) -> (BackgroundBroker, Hooks) {
+    let mut config = test_config();
+    adjust(&mut config);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let broker = BackgroundBroker::start_with(config, move |broker| {
+        let probe = HookProbe(tx).start();
+        configure(broker.hooks(LifecycleHooks::all(&probe)))
+    })
+    .expect("broker starts");
+    (broker, Hooks(rx))
+}
+
+/// A broker with a hook probe installed.
+pub fn broker_with_hooks(adjust: impl FnOnce(&mut Config)) -> (BackgroundBroker, Hooks) {
+    broker_with_hooks_and(adjust, |b| b)
+}
+
+/// One packet read off the wire by [`Raw`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub byte1: u8,
+    pub body: Vec<u8>,
+}
+
+impl Frame {
+    pub fn packet_type(&self) -> u8 {
+        self.byte1 >> 4
+    }
+
+    /// The packet id of an acknowledgement.
+    pub fn pid(&self) -> u16 {
+        u16::from_be_bytes([self.body[0], self.body[1]])
+    }
+}
+
+/// A raw MQTT client over a plain TCP socket.
+pub struct Raw {
+    pub stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Raw {
+    pub async fn connect(addr: SocketAddr) -> Raw {
+        let stream = TcpStream::connect(addr).await.expect("tcp connect");
+        Raw {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Connects and completes a CONNECT/CONNACK handshake, asserting CONNACK 0.
+    pub async fn handshake(addr: SocketAddr, client_id: &str, clean: bool) -> (Raw, bool) {
+        let mut raw = Raw::connect(addr).await;
+        raw.send(&packets::connect(client_id, clean, 60)).await;
+        let connack = raw.expect().await;
+        assert_eq!(connack.byte1, 0x20, "CONNACK expected");
+        assert_eq!(connack.body[1], 0, "CONNACK return code 0");
+        (raw, connack.body[0] == 1)
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// The next packet; `None` when the broker closed the connection. Panics after [`WAIT`].
+    pub async fn recv(&mut self) -> Option<Frame> {
+        tokio::time::timeout(WAIT, self.recv_inner())
+            .await
+            .expect("a packet or EOF within the timeout")
+    }
+
+    async fn recv_inner(&mut self) -> Option<Frame> {
+        loop {
+            if let Some(frame) = self.parse() {
+                return Some(frame);
+            }
+            match self.stream.read_buf(&mut self.buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    fn parse(&mut self) -> Option<Frame> {
+        if self.buf.len() < 2 {
+            return None;
+        }
+        let mut len = 0usize;
+        let mut shift = 0;
+        let mut i = 1;
+        loop {
+            let byte = *self.buf.get(i)?;
+            len |= ((byte & 0x7F) as usize) << shift;
+            i += 1;
+            if byte & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+        }
+        if self.buf.len() < i + len {
+            return None;
+        }
+        let byte1 = self.buf[0];
+        self.buf.advance(i);
+        let body = self.buf.split_to(len).to_vec();
+        Some(Frame { byte1, body })
+    }
+
+    /// The next packet; panics if the connection closed.
+    pub async fn expect(&mut self) -> Frame {
+        self.recv().await.expect("a packet, not a closed connection")
+    }
+
+    /// Asserts the broker closes the connection without sending anything more.
+    pub async fn expect_closed(&mut self) {
+        if let Some(frame) = self.recv().await {
+            panic!("expected the connection to close, got {frame:?}");
+        }
+    }
+
+    /// Sends PINGREQ and returns every packet received before the PINGRESP: since the broker
+    /// answers in order, this drains everything it sent before.
+    pub async fn sync(&mut self) -> Vec<Frame> {
+        self.send(&[0xC0, 0x00]).await;
+        let mut before = Vec::new();
+        loop {
+            let frame = self.expect().await;
+            if frame.byte1 == 0xD0 {
+                return before;
+            }
+            before.push(frame);
+        }
+    }
+
+    /// Subscribes and asserts the SUBACK return codes.
+    pub async fn subscribe(&mut self, pid: u16, filters: &[(&str, u8)], expected_codes: &[u8]) {
+        self.send(&packets::subscribe(pid, filters)).await;
+        let suback = self.expect().await;
+        assert_eq!(suback.byte1, 0x90, "SUBACK expected, got {suback:?}");
+        assert_eq!(suback.pid(), pid);
+        assert_eq!(&suback.body[2..], expected_codes);
+    }
+}
+
+/// A rumqttc client whose event loop runs in a task and reports incoming packets.
+pub struct Peer {
+    pub client: AsyncClient,
+    pub events: mpsc::UnboundedReceiver<Result<Incoming, String>>,
+    pub session_present: bool,
+}
+
+/// Options for a rumqttc client of the broker at `addr`.
+pub fn options(addr: SocketAddr, client_id: &str) -> MqttOptions {
+    let mut options = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+    options.set_keep_alive(Duration::from_secs(30));
+    options
+}
+
+/// Connects a rumqttc client and waits for its CONNACK (asserting it is accepted).
+pub async fn peer(options: MqttOptions) -> Peer {
+    let (client, eventloop) = AsyncClient::new(options, 1000);
+    let (tx, mut events) = mpsc::unbounded_channel();
+    tokio::spawn(drive(eventloop, tx));
+    let session_present = loop {
+        match tokio::time::timeout(WAIT, events.recv()).await {
+            Ok(Some(Ok(Incoming::ConnAck(ack)))) => {
+                assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success);
+                break ack.session_present;
+            }
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no CONNACK: {other:?}"),
+        }
+    };
+    Peer {
+        client,
+        events,
+        session_present,
+    }
+}
+
+async fn drive(mut eventloop: EventLoop, tx: mpsc::UnboundedSender<Result<Incoming, String>>) {
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(packet)) => {
+                if tx.send(Ok(packet)).is_err() {
+                    return;
+                }
+            }
+            Ok(Event::Outgoing(_)) => {}
+            Err(e) => {
+                let _ = tx.send(Err(e.to_string()));
+                return;
+            }
+        }
+    }
+}
+
+impl Peer {
+    /// The next incoming packet other than acks of our own traffic.
+    pub async fn next(&mut self) -> Result<Incoming, String> {
+        tokio::time::timeout(WAIT, self.events.recv())
+            .await
+            .expect("an event within the timeout")
+            .expect("event loop alive")
+    }
+
+    /// The next PUBLISH received.
+    pub async fn next_publish(&mut self) -> rumqttc::Publish {
+        loop {
+            match self.next().await {
+                Ok(Incoming::Publish(p)) => return p,
+                Ok(_) => continue,
+                Err(e) => panic!("connection failed while waiting for a PUBLISH: {e}"),
+            }
+        }
+    }
+
+    /// Subscribes and waits for the SUBACK.
+    pub async fn subscribe(&mut self, filter: &str, qos: rumqttc::QoS) -> Vec<rumqttc::SubscribeReasonCode> {
+        self.client.subscribe(filter, qos).await.expect("subscribe queued");
+        loop {
+            match self.next().await {
+                Ok(Incoming::SubAck(ack)) => return ack.return_codes,
+                Ok(_) => continue,
+                Err(e) => panic!("connection failed while waiting for SUBACK: {e}"),
+            }
+        }
+    }
+
+    /// Waits for the acknowledgement of our last QoS 1 (PUBACK) or QoS 2 (PUBCOMP) publish.
+    pub async fn published(&mut self) {
+        loop {
+            match self.next().await {
+                Ok(Incoming::PubAck(_)) | Ok(Incoming::PubComp(_)) => return,
+                Ok(_) => continue,
+                Err(e) => panic!("connection failed while waiting for an ack: {e}"),
+            }
+        }
+    }
+
+    /// Sends DISCONNECT and waits for the event loop to end.
+    pub async fn disconnect(mut self) {
+        self.client.disconnect().await.expect("disconnect queued");
+        loop {
+            match tokio::time::timeout(WAIT, self.events.recv()).await {
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(_))) | Ok(None) => return,
+                Err(_) => panic!("event loop did not end after DISCONNECT"),
+            }
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! CONNECT and CONNACK conformance (MQTT 3.1.1 section 3.1 and 3.2), over real TCP.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::packets::{self, ConnectSpec};
+use common::{broker, broker_with, broker_with_hooks, HookEvent, Raw};
+
+async fn connack_for(spec: ConnectSpec<'_>) -> Option<common::Frame> {
+    let broker = broker();
+    let mut raw = Raw::connect(broker.local_addr()).await;
+    raw.send(&spec.encode()).await;
+    raw.recv().await
+}
+
+#[tokio::test]
+async fn first_packet_from_server_is_connack_accepted() {
+    // [MQTT-3.2.0-1] CONNACK is the first packet the server sends; 0x00 accepts.
+    let frame = connack_for(ConnectSpec {
+        client_id: "c1",
+        ..Default::default()
+    })
+    .await
+    .expect("CONNACK");
+    assert_eq!((frame.byte1, frame.body.clone()), (0x20, vec![0, 0]));
+}
+
+#[tokio::test]
+async fn mqtt_3_1_mqisdp_is_accepted() {
+    let frame = connack_for(ConnectSpec {
+        protocol_name: "MQIsdp",
+        level: 3,
+        client_id: "legacy",
+        ..Default::default()
+    })
+    .await
+    .expect("CONNACK");
+    assert_eq!(frame.body, vec![0, 0]);
+}
+
+#[tokio::test]
+async fn mqtt5_connect_gets_unacceptable_protocol_version_then_close() {
+    // [MQTT-3.1.2-2] unsupported level: CONNACK 0x01, then disconnect.
+    let broker = broker();
+    let mut raw = Raw::connect(broker.local_addr()).await;
+    raw.send(
+        &ConnectSpec {
+            level: 5,
+            client_id: "v5",
+            ..Default::default()
+        }
+        .encode(),
+    )
+    .await;
+    let connack = raw.expect().await;
+    assert_eq!((connack.byte1, connack.body), (0x20, vec![0, 1]));
+    raw.expect_closed().await;
+}
+
+#[tokio::test]
+async fn bad_protocol_name_closes_without_connack() {
+    // [MQTT-3.1.2-1]
+    let frame = connack_for(ConnectSpec {
+        protocol_name: "MQTX",
+        client_id: "x",
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(frame, None);
+}
+
+#[tokio::test]
+async fn reserved_connect_flag_closes() {
+    // [MQTT-3.1.2-3]
+    let frame = connack_for(ConnectSpec {
+        client_id: "x",
+        flags_override: Some(0x03),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(frame, None);
+}
+
+#[tokio::test]
+async fn will_qos_without_will_flag_closes() {
+    // [MQTT-3.1.2-13]
+    let frame = connack_for(ConnectSpec {
+        client_id: "x",
+        flags_override: Some(0x02 | 0x08),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(frame, None);
+}
+
+#[tokio::test]
+async fn password_without_username_closes() {
+    // [MQTT-3.1.2-22]
+    let frame = connack_for(ConnectSpec {
+        client_id: "x",
+        flags_override: Some(0x02 | 0x40),
+        password: Some(b"secret"),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(frame, None);
+}
+
+#[tokio::test]
+async fn first_packet_must_be_connect() {
+    // [MQTT-3.1.0-1]
+    let broker = broker();
+    let mut raw = Raw::connect(broker.local_addr()).await;
+    raw.send(&packets::subscribe(1, &[("a", 0)])).await;
+    raw.expect_closed().await;
+}
+
+#[tokio::test]
+async fn second_connect_is_a_protocol_violation() {
+    // [MQTT-3.1.0-2]
+    let broker = broker();
+    let (mut raw, _) = Raw::handshake(broker.local_addr(), "twice", true).await;
+    raw.send(&packets::connect("twice", true, 60)).await;
+    raw.expect_closed().await;
+}
+
+#[tokio::test]
+async fn zero_length_id_with_persistent_session_is_rejected() {
+    // [MQTT-3.1.3-8] CONNACK 0x02, then close.
+    let broker = broker();
+    let mut raw = Raw::connect(broker.local_addr()).await;
+    raw.send(&packets::connect("", false, 60)).await;
+    let connack = raw.expect().await;
+    assert_eq!(connack.body, vec![0, 2]);
+    raw.expect_closed().await;
+}
+
+#[tokio::test]
+async fn zero_length_id_with_clean_session_gets_a_unique_id() {
+    // [MQTT-3.1.3-6] [MQTT-3.1.3-7]
+    let (broker, mut hooks) = broker_with_hooks(|_| {});
+    let (_a, _) = Raw::handshake(broker.local_addr(), "", true).await;
+    let (_b, _) = Raw::handshake(broker.local_addr(), "", true).await;
+    let mut ids = Vec::new();
+    while ids.len() < 2 {
+        if let HookEvent::Connected(c) = hooks.next().await {
+            ids.push(c.client_id);
+        }
+    }
+    assert!(!ids[0].is_empty() && !ids[1].is_empty());
+    assert_ne!(ids[0], ids[1]);
+}
+
+#[tokio::test]
+async fn server_unavailable_when_connection_limit_reached() {
+    let broker = broker_with(|c| c.limits.max_connections = 1);
+    let (_first, _) = Raw::handshake(broker.local_addr(), "first", true).await;
+    let mut second = Raw::connect(broker.local_addr()).await;
+    second.send(&packets::connect("second", true, 60)).await;
+    let connack = second.expect().await;
+    // [MQTT-3.2.2-4] a non-zero return code carries session present 0.
+    assert_eq!(connack.body, vec![0, 3]);
+    second.expect_closed().await;
+}
+
+#[tokio::test]
+async fn socket_without_connect_is_closed_at_the_deadline() {
+    // [MQTT-3.1.0-1] (a server "SHOULD" close a connection that does not send CONNECT in time).
+    let broker = broker_with(|c| c.limits.connect_timeout = Duration::from_millis(300));
+    let started = Instant::now();
+    let mut raw = Raw::connect(broker.local_addr()).await;
+    raw.expect_closed().await;
+    assert!(started.elapsed() >= Duration::from_millis(250));
+}
+
+#[tokio::test]
+async fn keep_alive_expiry_closes_at_one_and_a_half_times() {
+    // [MQTT-3.1.2-24]
+    let (broker, mut hooks) = broker_with_hooks(|_| {});
+    let mut raw = Raw::connect(broker.local_addr()).await;
+    raw.send(&packets::connect("sleepy", true, 1)).await;
+    assert_eq!(raw.expect().await.body, vec![0, 0]);
+    let connected = Instant::now();
+    raw.expect_closed().await;
+    let elapsed = connected.elapsed();
+    assert!(elapsed >= Duration::from_millis(1400), "closed after {elapsed:?}");
+    let event = hooks.disconnected("sleepy").await;
+    assert_eq!(event.reason, switchboard::hooks::DisconnectReason::KeepAliveTimeout);
+}
+
+#[tokio::test]
+async fn pings_keep_a_connection_alive() {
+    // [MQTT-3.12.4-1] PINGREQ is answered with PINGRESP, and counts as activity.
+    let broker = broker();
+    let mut raw = Raw::connect(broker.local_addr()).await;
+    raw.send(&packets::connect("pinger", true, 1)).await;
+    raw.expect().await;
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(500)).await; // pacing the pings, not synchronising
+        assert!(raw.sync().await.is_empty());
+    }
+}
