@@ -184,9 +184,15 @@ async fn keep_alive_expiry_closes_at_one_and_a_half_times() {
     let connected = Instant::now();
     raw.expect_closed().await;
     let elapsed = connected.elapsed();
-    assert!(elapsed >= Duration::from_millis(1400), "closed after {elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(1400),
+        "closed after {elapsed:?}"
+    );
     let event = hooks.disconnected("sleepy").await;
-    assert_eq!(event.reason, switchboard::hooks::DisconnectReason::KeepAliveTimeout);
+    assert_eq!(
+        event.reason,
+        switchboard::hooks::DisconnectReason::KeepAliveTimeout
+    );
 }
 
 #[tokio::test]
@@ -198,6 +204,6 @@ async fn pings_keep_a_connection_alive() {
     raw.expect().await;
     for _ in 0..6 {
         tokio::time::sleep(Duration::from_millis(500)).await; // pacing the pings, not synchronising
-        assert!(raw.sync().await.is_empty());
+        raw.ping().await;
     }
 }

@@ -71,8 +71,9 @@ pub struct Publish {
     pub message: Arc<Message>,
 }
 
-/// Sent by a Session to the Registry for the accepted filters of a SUBSCRIBE. The Session waits
-/// for it to be handled before it writes SUBACK; retained messages follow as a [`Deliver`].
+/// Sent by a Session to the Registry for the accepted filters of a SUBSCRIBE. The Registry sends
+/// what it already routed to the client, then answers [`Subscribed`], then the matching retained
+/// messages, all through the Session's mailbox, so they arrive in that order.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Subscribe {
@@ -80,12 +81,26 @@ pub struct Subscribe {
     pub key: ClientKey,
     /// The connection.
     pub conn: ConnId,
+    /// Packet identifier of the SUBSCRIBE.
+    pub pid: u16,
     /// Validated filters with the QoS to grant.
     pub filters: Vec<(String, QoS)>,
+    /// The SUBACK return codes, one per requested filter (0x80 for the refused ones).
+    pub codes: Vec<u8>,
 }
 
-/// Sent by a Session to the Registry for an UNSUBSCRIBE; handled before the Session writes
-/// UNSUBACK `[MQTT-3.10.4-2]`.
+/// Sent by the Registry to a Session once a [`Subscribe`] took effect: the Session writes SUBACK.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Subscribed {
+    /// Packet identifier of the SUBSCRIBE.
+    pub pid: u16,
+    /// The SUBACK return codes.
+    pub codes: Vec<u8>,
+}
+
+/// Sent by a Session to the Registry for an UNSUBSCRIBE; the Registry answers [`Unsubscribed`]
+/// once it took effect `[MQTT-3.10.4-2]`.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Unsubscribe {
@@ -93,8 +108,19 @@ pub struct Unsubscribe {
     pub key: ClientKey,
     /// The connection.
     pub conn: ConnId,
+    /// Packet identifier of the UNSUBSCRIBE.
+    pub pid: u16,
     /// Filters to remove.
     pub filters: Vec<String>,
+}
+
+/// Sent by the Registry to a Session once an [`Unsubscribe`] took effect: the Session writes
+/// UNSUBACK.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unsubscribed {
+    /// Packet identifier of the UNSUBSCRIBE.
+    pub pid: u16,
 }
 
 /// Sent by a connected Session to the Registry when its connection ends. The Registry publishes

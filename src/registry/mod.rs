@@ -387,9 +387,17 @@ impl Handler<Subscribe> for Registry {
         let Some(client) = self.attached_client(msg.key, msg.conn) else {
             return;
         };
+        // Deliveries routed before the subscription took effect go before the SUBACK.
+        Self::flush_client(client);
         let client_id = client.id.clone();
         for (filter, qos) in &msg.filters {
             client.subscriptions.insert(filter.clone(), *qos);
+        }
+        if let Some(attached) = &client.attached {
+            attached.session.do_send(Subscribed {
+                pid: msg.pid,
+                codes: msg.codes,
+            });
         }
         let mut retained = Vec::new();
         for (filter, qos) in msg.filters {
@@ -425,6 +433,10 @@ impl Handler<Unsubscribe> for Registry {
         let Some(client) = self.attached_client(msg.key, msg.conn) else {
             return;
         };
+        Self::flush_client(client);
+        if let Some(attached) = &client.attached {
+            attached.session.do_send(Unsubscribed { pid: msg.pid });
+        }
         let client_id = client.id.clone();
         let removed: Vec<String> = msg
             .filters

@@ -30,7 +30,8 @@ use crate::hooks::{DisconnectReason, Interceptors};
 use crate::message::{Delivery, QoS};
 use crate::metrics::Metrics;
 use crate::registry::{
-    ClientKey, ConnId, Deliver, Detach, Detached, Registry, SessionEnded, Takeover,
+    ClientKey, ConnId, Deliver, Detach, Detached, Registry, SessionEnded, Subscribed, Takeover,
+    Unsubscribed,
 };
 
 /// Initial read buffer per connection: small, because most devices send small packets and a
@@ -428,5 +429,28 @@ impl Handler<Detached> for Session {
         }
         self.awaiting_detached = false;
         self.maybe_stop(ctx);
+    }
+}
+
+impl Handler<Subscribed> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: Subscribed, ctx: &mut Context<Self>) {
+        if !self.closing {
+            codec::write_suback(&mut self.out, msg.pid, &msg.codes);
+            self.flush(ctx);
+        }
+    }
+}
+
+impl Handler<Unsubscribed> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unsubscribed, ctx: &mut Context<Self>) {
+        if !self.closing {
+            // [MQTT-3.10.4-4] [MQTT-3.10.4-5] UNSUBACK, even when nothing matched.
+            codec::write_ack(&mut self.out, codec::Ack::UnsubAck, msg.pid);
+            self.flush(ctx);
+        }
     }
 }

@@ -60,7 +60,7 @@ impl Session {
                 codec::write_ack(&mut self.out, Ack::PubComp, pid);
             }
             Packet::Subscribe { pid, filters } => self.on_subscribe(key, pid, filters, ctx),
-            Packet::Unsubscribe { pid, filters } => self.on_unsubscribe(key, pid, filters, ctx),
+            Packet::Unsubscribe { pid, filters } => self.on_unsubscribe(key, pid, filters),
             Packet::PingReq => codec::write_pingresp(&mut self.out), // [MQTT-3.12.4-1]
             Packet::Disconnect => self.close(ctx, DisconnectReason::Clean), // [MQTT-3.14.4-3]
             Packet::Connect(_) => {}
@@ -279,78 +279,70 @@ impl Session {
                 }
             }
         }
-        let conn = self.conn;
-        let registry = self.shared.registry.clone();
-        let interceptor = self.shared.interceptors.subscribe.clone();
-        let decide = async move {
-            let Some(interceptor) = interceptor else {
-                return requests;
-            };
-            let answers = join_all(requests.into_iter().map(|request| {
-                let interceptor = interceptor.clone();
-                let client_id = client_id.clone();
-                async move {
-                    let (filter, qos) = request?;
-                    let question = AuthorizeSubscribe {
-                        client_id,
-                        filter: filter.clone(),
-                        qos,
-                    };
-                    match interceptor.send(question).await {
-                        Ok(SubscribeDecision::Accept) => Some((filter, qos)),
-                        Ok(SubscribeDecision::Rewrite { filter, qos }) => {
-                            validate_filter(&filter).ok().map(|()| (filter, qos))
-                        }
-                        Ok(SubscribeDecision::Refuse) | Err(_) => None,
+        let Some(interceptor) = self.shared.interceptors.subscribe.clone() else {
+            return self.subscribe(key, pid, requests);
+        };
+        let decide = join_all(requests.into_iter().map(move |request| {
+            let interceptor = interceptor.clone();
+            let client_id = client_id.clone();
+            async move {
+                let (filter, qos) = request?;
+                let question = AuthorizeSubscribe {
+                    client_id,
+                    filter: filter.clone(),
+                    qos,
+                };
+                match interceptor.send(question).await {
+                    Ok(SubscribeDecision::Accept) => Some((filter, qos)),
+                    Ok(SubscribeDecision::Rewrite { filter, qos }) => {
+                        validate_filter(&filter).ok().map(|()| (filter, qos))
                     }
+                    Ok(SubscribeDecision::Refuse) | Err(_) => None,
                 }
-            }));
-            answers.await
-        };
-        let subscribe = async move {
-            let granted = decide.await;
-            let accepted: Vec<(String, QoS)> = granted.iter().flatten().cloned().collect();
-            if !accepted.is_empty() {
-                let _ = registry
-                    .send(registry::Subscribe {
-                        key,
-                        conn,
-                        filters: accepted,
-                    })
-                    .await;
             }
-            granted
-        };
-        ctx.wait(subscribe.into_actor(self).map(move |granted, act, ctx| {
-            // [MQTT-3.8.4-5] one return code per filter, in order; 0x80 for a refused one.
-            let codes: Vec<u8> = granted
-                .iter()
-                .map(|g| {
-                    g.as_ref()
-                        .map_or(codec::SUBACK_FAILURE, |(_, qos)| *qos as u8)
-                })
-                .collect();
-            codec::write_suback(&mut act.out, pid, &codes);
+        }));
+        ctx.wait(decide.into_actor(self).map(move |granted, act, ctx| {
+            act.subscribe(key, pid, granted);
             act.flush(ctx);
         }));
     }
 
-    fn on_unsubscribe(
+    /// Sends the granted filters to the Registry, which answers with [`registry::Subscribed`];
+    /// writes the SUBACK at once if every filter was refused.
+    fn subscribe(
         &mut self,
         key: registry::ClientKey,
         pid: u16,
-        filters: Vec<String>,
-        ctx: &mut Context<Self>,
+        granted: Vec<Option<(String, QoS)>>,
     ) {
-        let send = self.shared.registry.send(registry::Unsubscribe {
+        // [MQTT-3.8.4-5] one return code per filter, in order; 0x80 for a refused one.
+        let codes: Vec<u8> = granted
+            .iter()
+            .map(|g| {
+                g.as_ref()
+                    .map_or(codec::SUBACK_FAILURE, |(_, qos)| *qos as u8)
+            })
+            .collect();
+        let filters: Vec<(String, QoS)> = granted.into_iter().flatten().collect();
+        if filters.is_empty() {
+            codec::write_suback(&mut self.out, pid, &codes);
+            return;
+        }
+        self.shared.registry.do_send(registry::Subscribe {
             key,
             conn: self.conn,
+            pid,
+            filters,
+            codes,
+        });
+    }
+
+    fn on_unsubscribe(&mut self, key: registry::ClientKey, pid: u16, filters: Vec<String>) {
+        self.shared.registry.do_send(registry::Unsubscribe {
+            key,
+            conn: self.conn,
+            pid,
             filters,
         });
-        ctx.wait(send.into_actor(self).map(move |_, act, ctx| {
-            // [MQTT-3.10.4-4] [MQTT-3.10.4-5] UNSUBACK, even when nothing matched.
-            codec::write_ack(&mut act.out, Ack::UnsubAck, pid);
-            act.flush(ctx);
-        }));
     }
 }

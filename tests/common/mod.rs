@@ -98,7 +98,9 @@ impl Hooks {
     /// Waits for `client_id` to be subscribed to `filter`.
     pub async fn subscribed(&mut self, client_id: &str, filter: &str) {
         self.find(|e| match e {
-            HookEvent::Subscribed(s) if &*s.client_id == client_id && s.filter == filter => Some(()),
+            HookEvent::Subscribed(s) if &*s.client_id == client_id && s.filter == filter => {
+                Some(())
+            }
             _ => None,
         })
         .await
@@ -237,7 +239,9 @@ impl Raw {
 
     /// The next packet; panics if the connection closed.
     pub async fn expect(&mut self) -> Frame {
-        self.recv().await.expect("a packet, not a closed connection")
+        self.recv()
+            .await
+            .expect("a packet, not a closed connection")
     }
 
     /// Asserts the broker closes the connection without sending anything more.
@@ -247,18 +251,25 @@ impl Raw {
         }
     }
 
-    /// Sends PINGREQ and returns every packet received before the PINGRESP: since the broker
-    /// answers in order, this drains everything it sent before.
+    /// A barrier through the Registry: sends an UNSUBSCRIBE (of a filter nobody holds) and returns
+    /// every packet received before its UNSUBACK. Everything this client published before has
+    /// been routed by then, and everything routed to it before has arrived.
     pub async fn sync(&mut self) -> Vec<Frame> {
-        self.send(&[0xC0, 0x00]).await;
+        self.send(&packets::unsubscribe(0xFFFF, &["test/sync/barrier"])).await;
         let mut before = Vec::new();
         loop {
             let frame = self.expect().await;
-            if frame.byte1 == 0xD0 {
+            if frame.byte1 == 0xB0 && frame.pid() == 0xFFFF {
                 return before;
             }
             before.push(frame);
         }
+    }
+
+    /// Sends PINGREQ and asserts the next packet is PINGRESP.
+    pub async fn ping(&mut self) {
+        self.send(&[0xC0, 0x00]).await;
+        assert_eq!(self.expect().await, Frame { byte1: 0xD0, body: vec![] });
     }
 
     /// Subscribes and asserts the SUBACK return codes.
@@ -345,8 +356,15 @@ impl Peer {
     }
 
     /// Subscribes and waits for the SUBACK.
-    pub async fn subscribe(&mut self, filter: &str, qos: rumqttc::QoS) -> Vec<rumqttc::SubscribeReasonCode> {
-        self.client.subscribe(filter, qos).await.expect("subscribe queued");
+    pub async fn subscribe(
+        &mut self,
+        filter: &str,
+        qos: rumqttc::QoS,
+    ) -> Vec<rumqttc::SubscribeReasonCode> {
+        self.client
+            .subscribe(filter, qos)
+            .await
+            .expect("subscribe queued");
         loop {
             match self.next().await {
                 Ok(Incoming::SubAck(ack)) => return ack.return_codes,

@@ -1,0 +1,235 @@
+//! PUBLISH, SUBSCRIBE, UNSUBSCRIBE and the QoS flows (MQTT 3.1.1 sections 3.3-3.11, 4.3-4.7),
+//! with rumqttc as an independent client and raw bytes where flags must be checked exactly.
+
+mod common;
+
+use common::packets::{self, parse_publish};
+use common::{broker, broker_with_hooks, options, peer, Raw};
+use rumqttc::{QoS, SubscribeReasonCode};
+
+#[tokio::test]
+async fn qos_0_1_2_round_trip_between_independent_clients() {
+    let broker = broker();
+    let addr = broker.local_addr();
+    let mut sub = peer(options(addr, "sub")).await;
+    assert_eq!(
+        sub.subscribe("detrd/status/response/+", QoS::ExactlyOnce)
+            .await,
+        vec![SubscribeReasonCode::Success(QoS::ExactlyOnce)]
+    );
+    let mut publisher = peer(options(addr, "pub")).await;
+    for (n, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
+        .into_iter()
+        .enumerate()
+    {
+        let topic = format!("detrd/status/response/{n}");
+        publisher
+            .client
+            .publish(&topic, qos, false, vec![n as u8; 10])
+            .await
+            .unwrap();
+        if qos != QoS::AtMostOnce {
+            publisher.published().await;
+        }
+        let got = sub.next_publish().await;
+        assert_eq!(
+            (got.topic.as_str(), got.qos, &got.payload[..]),
+            (topic.as_str(), qos, &[n as u8; 10][..])
+        );
+    }
+}
+
+#[tokio::test]
+async fn delivery_qos_is_the_minimum_of_published_and_granted() {
+    // [MQTT-3.8.4-6] [MQTT-3.3.5-1]
+    let broker = broker();
+    let addr = broker.local_addr();
+    let mut sub = peer(options(addr, "sub0")).await;
+    sub.subscribe("t", QoS::AtMostOnce).await;
+    let mut publisher = peer(options(addr, "pub2")).await;
+    publisher
+        .client
+        .publish("t", QoS::ExactlyOnce, false, "x")
+        .await
+        .unwrap();
+    assert_eq!(sub.next_publish().await.qos, QoS::AtMostOnce);
+}
+
+#[tokio::test]
+async fn qos1_messages_arrive_in_order() {
+    // [MQTT-4.6.0-6] ordered topic delivery.
+    let broker = broker();
+    let addr = broker.local_addr();
+    let mut sub = peer(options(addr, "ordered-sub")).await;
+    sub.subscribe("seq/#", QoS::AtLeastOnce).await;
+    let publisher = peer(options(addr, "ordered-pub")).await;
+    for n in 0u32..300 {
+        publisher
+            .client
+            .publish("seq/a", QoS::AtLeastOnce, false, n.to_be_bytes().to_vec())
+            .await
+            .unwrap();
+    }
+    for n in 0u32..300 {
+        assert_eq!(&sub.next_publish().await.payload[..], &n.to_be_bytes()[..]);
+    }
+}
+
+#[tokio::test]
+async fn wildcards_and_dollar_topics() {
+    // [MQTT-4.7.1-2] [MQTT-4.7.1-3] [MQTT-4.7.2-1]
+    let broker = broker();
+    let (mut sub, _) = Raw::handshake(broker.local_addr(), "wild", true).await;
+    sub.subscribe(1, &[("detrd/+/request/#", 0), ("#", 0)], &[0, 0])
+        .await;
+    let (mut publisher, _) = Raw::handshake(broker.local_addr(), "pub", true).await;
+    for topic in [
+        "$SYS/uptime",
+        "detrd/status/request/1AB.ENTER.DETRD",
+        "other",
+    ] {
+        publisher
+            .send(&packets::publish(topic, b"p", 0, 0, false, false))
+            .await;
+    }
+    publisher.sync().await;
+    let got: Vec<String> = sub
+        .sync()
+        .await
+        .iter()
+        .map(|f| parse_publish(f).topic)
+        .collect();
+    // `$SYS/uptime` matches neither `#` nor a filter starting with a wildcard; the request topic
+    // matches both filters but arrives once [MQTT-3.3.5-1].
+    assert_eq!(got, vec!["detrd/status/request/1AB.ENTER.DETRD", "other"]);
+}
+
+#[tokio::test]
+async fn overlapping_subscriptions_deliver_once_at_the_highest_qos() {
+    // [MQTT-3.3.5-1]
+    let broker = broker();
+    let (mut sub, _) = Raw::handshake(broker.local_addr(), "overlap", true).await;
+    sub.subscribe(1, &[("a/+", 0), ("a/b", 2), ("#", 1)], &[0, 2, 1])
+        .await;
+    let (mut publisher, _) = Raw::handshake(broker.local_addr(), "pub", true).await;
+    publisher
+        .send(&packets::publish("a/b", b"once", 2, 5, false, false))
+        .await;
+    assert_eq!(publisher.expect().await.byte1, 0x50, "PUBREC");
+    let frames = sub.sync().await;
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(parse_publish(&frames[0]).qos, 2);
+}
+
+#[tokio::test]
+async fn suback_codes_in_order_with_0x80_for_refused_filters() {
+    // [MQTT-3.8.4-5] one return code per filter, in order; 0x80 marks a failure.
+    let broker = broker();
+    let (mut raw, _) = Raw::handshake(broker.local_addr(), "codes", true).await;
+    raw.subscribe(
+        3,
+        &[("ok/+", 1), ("bad/#/x", 1), ("", 0), ("a+", 2), ("fine", 2)],
+        &[1, 0x80, 0x80, 0x80, 2],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn unsubscribe_stops_delivery_and_is_acknowledged() {
+    // [MQTT-3.10.4-1] [MQTT-3.10.4-4] [MQTT-3.10.4-5]
+    let (broker, mut hooks) = broker_with_hooks(|_| {});
+    let (mut sub, _) = Raw::handshake(broker.local_addr(), "unsub", true).await;
+    sub.subscribe(1, &[("x/y", 1)], &[1]).await;
+    sub.send(&packets::unsubscribe(2, &["x/y", "never/subscribed"]))
+        .await;
+    let unsuback = sub.expect().await;
+    assert_eq!((unsuback.byte1, unsuback.pid()), (0xB0, 2));
+    let (mut publisher, _) = Raw::handshake(broker.local_addr(), "pub", true).await;
+    publisher
+        .send(&packets::publish("x/y", b"late", 1, 1, false, false))
+        .await;
+    assert_eq!(publisher.expect().await.byte1, 0x40);
+    assert!(sub.sync().await.is_empty());
+    hooks
+        .find(|e| {
+            matches!(e, common::HookEvent::Unsubscribed(u) if u.filter == "x/y").then_some(())
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn inbound_qos2_is_routed_exactly_once() {
+    // [MQTT-4.3.3-2] a re-sent PUBLISH with the same packet id before PUBREL is not delivered
+    // again; PUBREL is answered with PUBCOMP.
+    let broker = broker();
+    let (mut sub, _) = Raw::handshake(broker.local_addr(), "eo-sub", true).await;
+    sub.subscribe(1, &[("eo", 0)], &[0]).await;
+    let (mut publisher, _) = Raw::handshake(broker.local_addr(), "eo-pub", true).await;
+    publisher
+        .send(&packets::publish("eo", b"one", 2, 7, false, false))
+        .await;
+    assert_eq!((publisher.expect().await.byte1, 7), (0x50, 7));
+    publisher
+        .send(&packets::publish("eo", b"one", 2, 7, false, true))
+        .await;
+    assert_eq!(
+        publisher.expect().await.byte1,
+        0x50,
+        "PUBREC again for the DUP"
+    );
+    publisher.send(&packets::ack(0x62, 7)).await;
+    let pubcomp = publisher.expect().await;
+    assert_eq!((pubcomp.byte1, pubcomp.pid()), (0x70, 7));
+    // After PUBREL the id is free again: a new message with it is routed.
+    publisher
+        .send(&packets::publish("eo", b"two", 2, 7, false, false))
+        .await;
+    publisher.expect().await;
+    let payloads: Vec<Vec<u8>> = sub
+        .sync()
+        .await
+        .iter()
+        .map(|f| parse_publish(f).payload)
+        .collect();
+    assert_eq!(payloads, vec![b"one".to_vec(), b"two".to_vec()]);
+}
+
+#[tokio::test]
+async fn outbound_qos2_handshake() {
+    // [MQTT-4.3.3-1] PUBLISH QoS 2 -> PUBREC -> PUBREL (flags 0010) -> PUBCOMP.
+    let broker = broker();
+    let (mut sub, _) = Raw::handshake(broker.local_addr(), "q2-sub", true).await;
+    sub.subscribe(1, &[("q2", 2)], &[2]).await;
+    let (mut publisher, _) = Raw::handshake(broker.local_addr(), "q2-pub", true).await;
+    publisher
+        .send(&packets::publish("q2", b"payload", 2, 1, false, false))
+        .await;
+    publisher.expect().await;
+    let published = parse_publish(&sub.expect().await);
+    assert_eq!(
+        (published.qos, published.dup, published.retain),
+        (2, false, false)
+    );
+    assert_ne!(published.pid, 0, "[MQTT-2.3.1-1]");
+    sub.send(&packets::ack(0x50, published.pid)).await;
+    let pubrel = sub.expect().await;
+    assert_eq!(
+        (pubrel.byte1, pubrel.pid()),
+        (0x62, published.pid),
+        "[MQTT-3.6.1-1]"
+    );
+    sub.send(&packets::ack(0x70, published.pid)).await;
+    assert!(sub.sync().await.is_empty());
+}
+
+#[tokio::test]
+async fn qos1_publish_is_acknowledged_with_its_packet_id() {
+    // [MQTT-4.3.2-2] [MQTT-2.3.1-6]
+    let broker = broker();
+    let (mut publisher, _) = Raw::handshake(broker.local_addr(), "q1", true).await;
+    publisher
+        .send(&packets::publish("a", b"x", 1, 4242, false, false))
+        .await;
+    let puback = publisher.expect().await;
+    assert_eq!((puback.byte1, puback.pid()), (0x40, 4242));
+}

@@ -1,0 +1,101 @@
+//! Retained messages (MQTT 3.1.1 section 3.3.1.3).
+
+mod common;
+
+use common::packets::{self, parse_publish};
+use common::{broker, Raw};
+
+#[tokio::test]
+async fn retained_messages_are_stored_replaced_deleted_and_matched_by_wildcards() {
+    let broker = broker();
+    let addr = broker.local_addr();
+    let (mut publisher, _) = Raw::handshake(addr, "retainer", true).await;
+    let publish = |topic: &str, payload: &[u8], qos: u8| {
+        packets::publish(topic, payload, qos, 1, true, false)
+    };
+    publisher.send(&publish("gate/1/state", b"closed", 1)).await;
+    publisher.send(&publish("gate/1/state", b"open", 1)).await; // [MQTT-3.3.1-5] replaces
+    publisher.send(&publish("gate/2/state", b"closed", 0)).await;
+    publisher.send(&publish("gate/3/state", b"gone", 0)).await;
+    publisher.send(&publish("gate/3/state", b"", 0)).await; // [MQTT-3.3.1-10] deletes
+    publisher
+        .send(&publish("$SYS/retained", b"hidden", 0))
+        .await;
+    publisher.sync().await;
+
+    // [MQTT-3.3.1-6] [MQTT-3.3.1-8] sent on subscribe with RETAIN 1, matched through wildcards.
+    let (mut sub, _) = Raw::handshake(addr, "late", true).await;
+    sub.subscribe(1, &[("gate/+/state", 1)], &[1]).await;
+    let mut got: Vec<(String, Vec<u8>, bool, u8)> = sub
+        .sync()
+        .await
+        .iter()
+        .map(parse_publish)
+        .map(|p| (p.topic, p.payload, p.retain, p.qos))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("gate/1/state".into(), b"open".to_vec(), true, 1),
+            ("gate/2/state".into(), b"closed".to_vec(), true, 0),
+        ]
+    );
+    let (mut all, _) = Raw::handshake(addr, "all", true).await;
+    all.subscribe(1, &[("#", 0)], &[0]).await;
+    let topics: Vec<String> = all
+        .sync()
+        .await
+        .iter()
+        .map(|f| parse_publish(f).topic)
+        .collect();
+    assert!(
+        !topics.contains(&"$SYS/retained".to_string()),
+        "[MQTT-4.7.2-1]"
+    );
+
+    // [MQTT-3.3.1-9] a live message to an existing subscription has RETAIN 0.
+    publisher.send(&publish("gate/2/state", b"open", 0)).await;
+    publisher.sync().await;
+    let live: Vec<_> = sub.sync().await.iter().map(parse_publish).collect();
+    assert_eq!(live.len(), 1);
+    assert_eq!((&live[0].payload[..], live[0].retain), (&b"open"[..], false));
+}
+
+#[tokio::test]
+async fn empty_retained_message_is_forwarded_but_not_stored() {
+    // [MQTT-3.3.1-11]
+    let broker = broker();
+    let addr = broker.local_addr();
+    let (mut sub, _) = Raw::handshake(addr, "sub", true).await;
+    sub.subscribe(1, &[("t", 0)], &[0]).await;
+    let (mut publisher, _) = Raw::handshake(addr, "pub", true).await;
+    publisher
+        .send(&packets::publish("t", b"", 0, 0, true, false))
+        .await;
+    publisher.sync().await;
+    let forwarded = parse_publish(&sub.expect().await);
+    assert_eq!(forwarded.payload, b"".to_vec());
+    let (mut late, _) = Raw::handshake(addr, "late", true).await;
+    late.subscribe(1, &[("t", 0)], &[0]).await;
+    assert!(late.sync().await.is_empty());
+}
+
+#[tokio::test]
+async fn resubscribing_resends_retained_messages() {
+    // [MQTT-3.8.4-3]
+    let broker = broker();
+    let addr = broker.local_addr();
+    let (mut publisher, _) = Raw::handshake(addr, "pub", true).await;
+    publisher
+        .send(&packets::publish("r", b"v", 0, 0, true, false))
+        .await;
+    publisher.sync().await;
+    let (mut sub, _) = Raw::handshake(addr, "sub", true).await;
+    for pid in 1..=2 {
+        sub.subscribe(pid, &[("r", 0)], &[0]).await;
+        let got = sub.sync().await;
+        assert_eq!(got.len(), 1);
+        assert!(parse_publish(&got[0]).retain);
+    }
+}
