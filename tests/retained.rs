@@ -59,7 +59,10 @@ async fn retained_messages_are_stored_replaced_deleted_and_matched_by_wildcards(
     publisher.sync().await;
     let live: Vec<_> = sub.sync().await.iter().map(parse_publish).collect();
     assert_eq!(live.len(), 1);
-    assert_eq!((&live[0].payload[..], live[0].retain), (&b"open"[..], false));
+    assert_eq!(
+        (&live[0].payload[..], live[0].retain),
+        (&b"open"[..], false)
+    );
 }
 
 #[tokio::test]

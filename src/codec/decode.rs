@@ -78,12 +78,17 @@ impl Packet {
 #[derive(Debug, Clone)]
 pub struct MqttCodec {
     max_packet_size: usize,
+    /// No packet decoded yet: only CONNECT is acceptable.
+    first_packet: bool,
 }
 
 impl MqttCodec {
     /// A codec that refuses packets whose remaining length exceeds `max_packet_size`.
     pub fn new(max_packet_size: usize) -> Self {
-        MqttCodec { max_packet_size }
+        MqttCodec {
+            max_packet_size,
+            first_packet: true,
+        }
     }
 }
 
@@ -92,6 +97,12 @@ impl Decoder for MqttCodec {
     type Error = CodecError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Packet>, CodecError> {
+        // Judge the first byte as soon as it arrives, so garbage is refused without waiting for
+        // the length it seems to announce.
+        let Some(&byte1) = src.first() else {
+            return Ok(None);
+        };
+        check_first_byte(byte1, self.first_packet)?;
         let header = match mqttbytes::check(src.iter(), self.max_packet_size) {
             Ok(header) => header,
             Err(mqttbytes::Error::InsufficientBytes(more)) => {
@@ -107,8 +118,35 @@ impl Decoder for MqttCodec {
             Err(e) => return Err(CodecError::Malformed(e)),
         };
         let frame = src.split_to(header.frame_length()).freeze();
+        self.first_packet = false;
         decode_frame(header, frame).map(Some)
     }
+}
+
+/// Validates packet type and fixed header flags `[MQTT-2.2.2-2]`, and that the first packet is a
+/// CONNECT `[MQTT-3.1.0-1]`.
+fn check_first_byte(byte1: u8, first_packet: bool) -> Result<(), CodecError> {
+    let packet_type = byte1 >> 4;
+    let flags = byte1 & 0x0F;
+    match packet_type {
+        0 | 15 => return Err(CodecError::InvalidPacketType(packet_type)),
+        2 | 9 | 11 | 13 => return Err(CodecError::UnexpectedPacketType(packet_type)),
+        _ => {}
+    }
+    if first_packet && packet_type != 1 {
+        return Err(CodecError::Protocol(
+            "first packet must be CONNECT [MQTT-3.1.0-1]",
+        ));
+    }
+    let expected_flags = match packet_type {
+        3 => flags, // PUBLISH: checked with the frame
+        6 | 8 | 10 => 0b0010,
+        _ => 0,
+    };
+    if flags != expected_flags {
+        return Err(CodecError::InvalidFlags { packet_type, flags });
+    }
+    Ok(())
 }
 
 /// Length of the fixed header (type byte plus remaining-length bytes) of a complete frame.
@@ -120,17 +158,7 @@ fn fixed_header_len(frame: &[u8]) -> usize {
 }
 
 fn decode_frame(header: mqttbytes::FixedHeader, frame: Bytes) -> Result<Packet, CodecError> {
-    let byte1 = frame[0];
-    let packet_type = byte1 >> 4;
-    let flags = byte1 & 0x0F;
-    let expected_flags = match packet_type {
-        3 => flags, // PUBLISH: checked below
-        6 | 8 | 10 => 0b0010,
-        _ => 0,
-    };
-    if flags != expected_flags {
-        return Err(CodecError::InvalidFlags { packet_type, flags });
-    }
+    let packet_type = frame[0] >> 4;
     let body = frame.slice(fixed_header_len(&frame)..);
     match packet_type {
         1 => Ok(Packet::Connect(Box::new(parse_connect(body)?))),
@@ -144,7 +172,6 @@ fn decode_frame(header: mqttbytes::FixedHeader, frame: Bytes) -> Result<Packet, 
         12 | 14 if !body.is_empty() => Err(CodecError::Protocol("PINGREQ/DISCONNECT with a body")),
         12 => Ok(Packet::PingReq),
         14 => Ok(Packet::Disconnect),
-        2 | 9 | 11 | 13 => Err(CodecError::UnexpectedPacketType(packet_type)),
         other => Err(CodecError::InvalidPacketType(other)),
     }
 }
@@ -278,9 +305,29 @@ pub(super) fn read_string(body: &mut Bytes) -> Result<String, CodecError> {
 mod tests {
     use super::*;
 
+    /// Decodes `bytes` as the packet after a CONNECT (or as the CONNECT itself).
     fn decode(bytes: &[u8]) -> Result<Option<Packet>, CodecError> {
-        let mut buf = BytesMut::from(bytes);
-        MqttCodec::new(1024).decode(&mut buf)
+        let mut codec = MqttCodec::new(1024);
+        codec.first_packet = bytes.first() == Some(&0x10);
+        codec.decode(&mut BytesMut::from(bytes))
+    }
+
+    #[test]
+    fn garbage_is_refused_on_its_first_byte() {
+        let mut codec = MqttCodec::new(1024);
+        assert!(codec
+            .decode(&mut BytesMut::from(&b"GET / HTTP/1.1"[..]))
+            .is_err());
+        let mut codec = MqttCodec::new(1024);
+        assert!(
+            codec.decode(&mut BytesMut::from(&[0x30u8][..])).is_err(),
+            "[MQTT-3.1.0-1]"
+        );
+        let mut codec = MqttCodec::new(1024);
+        assert!(matches!(
+            codec.decode(&mut BytesMut::from(&[0x10u8][..])),
+            Ok(None)
+        ));
     }
 
     #[test]
@@ -372,8 +419,10 @@ mod tests {
     #[test]
     fn oversized_and_bad_length() {
         let mut buf = BytesMut::from(&[0x30u8, 0xFF, 0x7F][..]);
+        let mut codec = MqttCodec::new(1024);
+        codec.first_packet = false;
         assert!(matches!(
-            MqttCodec::new(1024).decode(&mut buf),
+            codec.decode(&mut buf),
             Err(CodecError::PacketTooLarge { .. })
         ));
         assert!(decode(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]).is_err());

@@ -22,6 +22,23 @@ use tokio::sync::mpsc;
 /// How long any single expected event may take.
 pub const WAIT: Duration = Duration::from_secs(5);
 
+/// Re-checks `condition` (yielding in between) until it holds; panics after [`WAIT`]. For state
+/// that has no event of its own, such as counters.
+pub async fn eventually<F, Fut>(mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// A test configuration: loopback, port 0, one worker.
 pub fn test_config() -> Config {
     let mut config = Config::default();
@@ -255,7 +272,8 @@ impl Raw {
     /// every packet received before its UNSUBACK. Everything this client published before has
     /// been routed by then, and everything routed to it before has arrived.
     pub async fn sync(&mut self) -> Vec<Frame> {
-        self.send(&packets::unsubscribe(0xFFFF, &["test/sync/barrier"])).await;
+        self.send(&packets::unsubscribe(0xFFFF, &["test/sync/barrier"]))
+            .await;
         let mut before = Vec::new();
         loop {
             let frame = self.expect().await;
@@ -269,7 +287,13 @@ impl Raw {
     /// Sends PINGREQ and asserts the next packet is PINGRESP.
     pub async fn ping(&mut self) {
         self.send(&[0xC0, 0x00]).await;
-        assert_eq!(self.expect().await, Frame { byte1: 0xD0, body: vec![] });
+        assert_eq!(
+            self.expect().await,
+            Frame {
+                byte1: 0xD0,
+                body: vec![]
+            }
+        );
     }
 
     /// Subscribes and asserts the SUBACK return codes.

@@ -1,0 +1,233 @@
+//! Session takeover, clean and persistent sessions, offline queues and re-delivery
+//! (MQTT 3.1.1 sections 3.1.2.4, 3.1.4, 4.1, 4.4).
+
+mod common;
+
+use common::packets::{self, parse_publish};
+use common::{broker, broker_with_hooks, options, peer, HookEvent, Raw};
+use rumqttc::QoS;
+use switchboard::config::QueueOverflow;
+use switchboard::hooks::DisconnectReason;
+use switchboard::registry::GetStats;
+
+#[tokio::test]
+async fn same_client_id_takes_over_the_existing_connection() {
+    // [MQTT-3.1.4-2] the server disconnects the existing client.
+    let (broker, mut hooks) = broker_with_hooks(|_| {});
+    let (mut first, _) = Raw::handshake(broker.local_addr(), "gate-1", true).await;
+    let (mut second, _) = Raw::handshake(broker.local_addr(), "gate-1", true).await;
+    first.expect_closed().await;
+    let event = hooks.disconnected("gate-1").await;
+    assert_eq!(event.reason, DisconnectReason::TakenOver);
+    second.ping().await;
+}
+
+#[tokio::test]
+async fn persistent_session_keeps_subscriptions_and_queues_qos1_while_offline() {
+    // [MQTT-3.1.2-4] [MQTT-3.1.2-5] [MQTT-3.2.2-2]
+    let broker = broker();
+    let addr = broker.local_addr();
+    let mut opts = options(addr, "radar-app");
+    opts.set_clean_session(false);
+    let mut sub = peer(opts.clone()).await;
+    assert!(!sub.session_present, "[MQTT-3.2.2-3] no stored session yet");
+    sub.subscribe("detrd/status/response/+", QoS::AtLeastOnce)
+        .await;
+    sub.disconnect().await;
+
+    let mut publisher = peer(options(addr, "radar")).await;
+    for n in 0..5u8 {
+        publisher
+            .client
+            .publish(
+                "detrd/status/response/1AB.ENTER.DETRD",
+                QoS::AtLeastOnce,
+                false,
+                vec![n],
+            )
+            .await
+            .unwrap();
+        publisher.published().await;
+    }
+    publisher
+        .client
+        .publish(
+            "detrd/status/response/x",
+            QoS::AtMostOnce,
+            false,
+            "qos0 not kept",
+        )
+        .await
+        .unwrap();
+
+    let mut sub = peer(opts).await;
+    assert!(sub.session_present, "[MQTT-3.2.2-2]");
+    for n in 0..5u8 {
+        let p = sub.next_publish().await;
+        assert_eq!((p.payload.to_vec(), p.qos), (vec![n], QoS::AtLeastOnce));
+    }
+    // Still subscribed without subscribing again.
+    publisher
+        .client
+        .publish(
+            "detrd/status/response/live",
+            QoS::AtLeastOnce,
+            false,
+            "live",
+        )
+        .await
+        .unwrap();
+    assert_eq!(&sub.next_publish().await.payload[..], b"live");
+}
+
+#[tokio::test]
+async fn clean_session_discards_the_stored_session() {
+    // [MQTT-3.1.2-6] [MQTT-3.2.2-1]
+    let broker = broker();
+    let addr = broker.local_addr();
+    let (mut raw, present) = Raw::handshake(addr, "cleaner", false).await;
+    assert!(!present);
+    raw.subscribe(1, &[("c", 1)], &[1]).await;
+    drop(raw);
+    let (mut publisher, _) = Raw::handshake(addr, "pub", true).await;
+    publisher
+        .send(&packets::publish("c", b"queued", 1, 1, false, false))
+        .await;
+    publisher.sync().await;
+    let (mut raw, present) = Raw::handshake(addr, "cleaner", true).await;
+    assert!(!present, "[MQTT-3.2.2-1] clean session: session present 0");
+    assert!(raw.sync().await.is_empty(), "queued message discarded");
+    publisher
+        .send(&packets::publish("c", b"after", 1, 2, false, false))
+        .await;
+    publisher.sync().await;
+    assert!(raw.sync().await.is_empty(), "subscription discarded");
+    drop(raw);
+    // A clean session ends with its connection: reconnecting persistent finds nothing.
+    let (_raw, present) = Raw::handshake(addr, "cleaner", false).await;
+    assert!(!present);
+}
+
+#[tokio::test]
+async fn unacknowledged_messages_are_resent_with_dup_on_reconnect() {
+    // [MQTT-4.4.0-1] re-send unacknowledged PUBLISH (DUP 1, same packet id) and PUBREL.
+    let broker = broker();
+    let addr = broker.local_addr();
+    let (mut sub, _) = Raw::handshake(addr, "device", false).await;
+    sub.subscribe(1, &[("q1", 1), ("q2", 2)], &[1, 2]).await;
+    let (mut publisher, _) = Raw::handshake(addr, "app", true).await;
+    publisher
+        .send(&packets::publish("q1", b"one", 1, 1, false, false))
+        .await;
+    publisher
+        .send(&packets::publish("q2", b"two", 2, 2, false, false))
+        .await;
+    publisher.sync().await;
+    let first: Vec<_> = sub.sync().await.iter().map(parse_publish).collect();
+    assert_eq!(first.len(), 2);
+    assert!(first.iter().all(|p| !p.dup));
+    let q2 = first.iter().find(|p| p.topic == "q2").expect("q2").pid;
+    // PUBREC the QoS 2 one, so the broker owes a PUBREL; acknowledge nothing else.
+    sub.send(&packets::ack(0x50, q2)).await;
+    let pubrel = sub.expect().await;
+    assert_eq!((pubrel.byte1, pubrel.pid()), (0x62, q2));
+    drop(sub);
+
+    let (mut sub, present) = Raw::handshake(addr, "device", false).await;
+    assert!(present);
+    let again = sub.sync().await;
+    assert_eq!(again.len(), 2, "{again:?}");
+    let resent = parse_publish(&again[0]);
+    assert_eq!(
+        (resent.topic.as_str(), resent.dup, resent.pid),
+        ("q1", true, first[0].pid)
+    );
+    assert_eq!(
+        (again[1].byte1, again[1].pid()),
+        (0x62, q2),
+        "PUBREL re-sent"
+    );
+    sub.send(&packets::ack(0x40, resent.pid)).await;
+    sub.send(&packets::ack(0x70, q2)).await;
+    drop(sub);
+    let (mut sub, _) = Raw::handshake(addr, "device", false).await;
+    assert!(
+        sub.sync().await.is_empty(),
+        "acknowledged messages are not re-sent"
+    );
+}
+
+async fn offline_queue_keeps(overflow: QueueOverflow) -> (Vec<u8>, u64) {
+    let (broker, _hooks) = broker_with_hooks(|c| {
+        c.sessions.max_queued_messages = 3;
+        c.sessions.queue_overflow = overflow;
+    });
+    let addr = broker.local_addr();
+    let (mut sub, _) = Raw::handshake(addr, "offline", false).await;
+    sub.subscribe(1, &[("o", 1)], &[1]).await;
+    drop(sub);
+    // Wait until the Registry has the session stored offline.
+    common::eventually(|| async {
+        let stats = broker.registry().send(GetStats).await.unwrap();
+        stats.clients_online == 0 && stats.sessions_offline == 1
+    })
+    .await;
+    let (mut publisher, _) = Raw::handshake(addr, "pub", true).await;
+    for n in 1..=5u8 {
+        publisher
+            .send(&packets::publish("o", &[n], 1, u16::from(n), false, false))
+            .await;
+    }
+    publisher.sync().await;
+    let (mut sub, _) = Raw::handshake(addr, "offline", false).await;
+    let kept = sub
+        .sync()
+        .await
+        .iter()
+        .map(|f| parse_publish(f).payload[0])
+        .collect();
+    (kept, broker.metrics().snapshot().queued_dropped)
+}
+
+#[tokio::test]
+async fn offline_queue_is_bounded_and_drops_oldest() {
+    assert_eq!(
+        offline_queue_keeps(QueueOverflow::DropOldest).await,
+        (vec![3, 4, 5], 2)
+    );
+}
+
+#[tokio::test]
+async fn offline_queue_is_bounded_and_drops_newest() {
+    assert_eq!(
+        offline_queue_keeps(QueueOverflow::DropNewest).await,
+        (vec![1, 2, 3], 2)
+    );
+}
+
+#[tokio::test]
+async fn takeover_hands_the_session_to_the_new_connection() {
+    // [MQTT-3.1.4-2] with clean session 0 the new connection resumes the session.
+    let (broker, mut hooks) = broker_with_hooks(|_| {});
+    let addr = broker.local_addr();
+    let (mut old, _) = Raw::handshake(addr, "moving", false).await;
+    old.subscribe(1, &[("m", 1)], &[1]).await;
+    let (mut publisher, _) = Raw::handshake(addr, "pub", true).await;
+    publisher
+        .send(&packets::publish("m", b"unacked", 1, 1, false, false))
+        .await;
+    publisher.sync().await;
+    assert_eq!(old.sync().await.len(), 1);
+    let (mut new, present) = Raw::handshake(addr, "moving", false).await;
+    assert!(present);
+    old.expect_closed().await;
+    let resent = parse_publish(&new.expect().await);
+    assert_eq!((resent.payload, resent.dup), (b"unacked".to_vec(), true));
+    let reasons: Vec<DisconnectReason> = vec![hooks.disconnected("moving").await.reason];
+    assert_eq!(reasons, vec![DisconnectReason::TakenOver]);
+    let connects = hooks.find(|e| match e {
+        HookEvent::Connected(c) if &*c.client_id == "moving" && c.session_present => Some(()),
+        _ => None,
+    });
+    connects.await;
+}

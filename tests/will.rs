@@ -1,0 +1,75 @@
+//! Last will (MQTT 3.1.1 section 3.1.2.5).
+
+mod common;
+
+use common::packets::{parse_publish, ConnectSpec};
+use common::{broker_with_hooks, Raw};
+
+async fn connect_with_will(addr: std::net::SocketAddr, id: &str, keep_alive: u16) -> Raw {
+    let mut raw = Raw::connect(addr).await;
+    raw.send(
+        &ConnectSpec {
+            client_id: id,
+            keep_alive,
+            will: Some(("gate/1AB/status", b"offline", 1, true)),
+            ..Default::default()
+        }
+        .encode(),
+    )
+    .await;
+    assert_eq!(raw.expect().await.body, vec![0, 0]);
+    raw
+}
+
+#[tokio::test]
+async fn will_is_published_when_the_connection_is_lost() {
+    // [MQTT-3.1.2-8] published when the connection closes without DISCONNECT.
+    let (broker, mut hooks) = broker_with_hooks(|_| {});
+    let addr = broker.local_addr();
+    let (mut watcher, _) = Raw::handshake(addr, "watcher", true).await;
+    watcher.subscribe(1, &[("gate/+/status", 1)], &[1]).await;
+    let gate = connect_with_will(addr, "gate-1AB", 60).await;
+    drop(gate);
+    hooks.disconnected("gate-1AB").await;
+    let will = parse_publish(&watcher.expect().await);
+    assert_eq!(
+        (will.topic.as_str(), &will.payload[..], will.qos),
+        ("gate/1AB/status", &b"offline"[..], 1)
+    );
+    // The will was retained: a late subscriber sees it too.
+    let (mut late, _) = Raw::handshake(addr, "late", true).await;
+    late.subscribe(1, &[("gate/1AB/status", 0)], &[0]).await;
+    assert!(parse_publish(&late.sync().await[0]).retain);
+}
+
+#[tokio::test]
+async fn will_is_published_on_keep_alive_timeout() {
+    let (broker, mut hooks) = broker_with_hooks(|_| {});
+    let addr = broker.local_addr();
+    let (mut watcher, _) = Raw::handshake(addr, "watcher", true).await;
+    watcher.subscribe(1, &[("gate/#", 0)], &[0]).await;
+    let _silent = connect_with_will(addr, "silent", 1).await;
+    hooks.disconnected("silent").await;
+    assert_eq!(
+        parse_publish(&watcher.expect().await).payload,
+        b"offline".to_vec()
+    );
+}
+
+#[tokio::test]
+async fn will_is_not_published_after_disconnect() {
+    // [MQTT-3.1.2-10] [MQTT-3.14.4-3] DISCONNECT discards the will.
+    let (broker, mut hooks) = broker_with_hooks(|_| {});
+    let addr = broker.local_addr();
+    let (mut watcher, _) = Raw::handshake(addr, "watcher", true).await;
+    watcher.subscribe(1, &[("gate/#", 0)], &[0]).await;
+    let mut gate = connect_with_will(addr, "polite", 60).await;
+    gate.send(&[0xE0, 0x00]).await;
+    gate.expect_closed().await;
+    hooks.disconnected("polite").await;
+    // The Registry handled the disconnect (and would have routed a will) before this sync.
+    assert!(watcher.sync().await.is_empty());
+    let (mut late, _) = Raw::handshake(addr, "late", true).await;
+    late.subscribe(1, &[("gate/#", 0)], &[0]).await;
+    assert!(late.sync().await.is_empty(), "no retained will either");
+}
