@@ -46,7 +46,7 @@ async fn delivery_qos_is_the_minimum_of_published_and_granted() {
     let addr = broker.local_addr();
     let mut sub = peer(options(addr, "sub0")).await;
     sub.subscribe("t", QoS::AtMostOnce).await;
-    let mut publisher = peer(options(addr, "pub2")).await;
+    let publisher = peer(options(addr, "pub2")).await;
     publisher
         .client
         .publish("t", QoS::ExactlyOnce, false, "x")

@@ -1,0 +1,150 @@
+//! Slow subscribers cost bounded memory, and a saturated Registry slows publishers down through
+//! TCP instead of queueing without bound (DESIGN.md, "The data path").
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::packets::{self, parse_publish};
+use common::{broker_with, broker_with_hooks, Raw};
+use switchboard::hooks::DisconnectReason;
+use switchboard::registry::Freeze;
+
+/// The tests here measure memory and stall timing: run them one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+#[tokio::test]
+async fn subscriber_that_stops_reading_costs_bounded_memory_and_drops_qos0() {
+    let _serial = SERIAL.lock().await;
+    let broker = broker_with(|c| c.sessions.max_outbound_bytes = 256 * 1024);
+    let addr = broker.local_addr();
+    let (mut stalled, _) = Raw::handshake(addr, "stalled", true).await;
+    stalled.subscribe(1, &[("flood", 0)], &[0]).await;
+    // From here on `stalled` never reads again.
+    let (mut publisher, _) = Raw::handshake(addr, "flooder", true).await;
+    let payload = vec![0xAB; 16 * 1024];
+    let frame = packets::publish("flood", &payload, 0, 0, false, false);
+    let before = rss_bytes();
+    let total = 64 * 1024 * 1024;
+    for _ in 0..total / frame.len() {
+        publisher.send(&frame).await;
+    }
+    publisher.sync().await; // every publish was routed: the flooder was never blocked for good
+    common::eventually(|| async { broker.metrics().snapshot().qos0_dropped_slow_consumer > 0 })
+        .await;
+    let grown = rss_bytes().saturating_sub(before);
+    // 64 MiB went to a reader that took none of it; socket buffers plus the 256 KiB bound are
+    // what may be held. Unbounded buffering would have grown by about 64 MiB.
+    assert!(grown < 24 * 1024 * 1024, "RSS grew by {grown} bytes");
+    drop(stalled);
+}
+
+#[tokio::test]
+async fn qos1_subscriber_that_falls_behind_is_disconnected() {
+    let _serial = SERIAL.lock().await;
+    let (broker, mut hooks) = broker_with_hooks(|c| {
+        c.sessions.max_inflight = 10;
+        c.sessions.max_queued_messages = 50;
+    });
+    let addr = broker.local_addr();
+    let (mut lazy, _) = Raw::handshake(addr, "lazy", true).await;
+    lazy.subscribe(1, &[("work", 1)], &[1]).await;
+    let (mut publisher, _) = Raw::handshake(addr, "boss", true).await;
+    for n in 1..=100u16 {
+        publisher
+            .send(&packets::publish("work", b"job", 1, n, false, false))
+            .await;
+    }
+    let event = hooks.disconnected("lazy").await;
+    assert_eq!(event.reason, DisconnectReason::SlowConsumer);
+    assert_eq!(broker.metrics().snapshot().slow_consumer_disconnects, 1);
+    // It received its window before being cut off, and the connection is closed.
+    let mut received = 0;
+    while let Some(frame) = lazy.recv().await {
+        assert_eq!(parse_publish(&frame).qos, 1);
+        received += 1;
+    }
+    assert_eq!(received, 10);
+}
+
+#[tokio::test]
+async fn saturated_registry_pushes_back_on_the_publisher_and_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let broker = broker_with(|c| {
+        c.sessions.registry_mailbox = 16;
+        c.sessions.max_queued_messages = 1_000_000;
+        c.sessions.max_inflight = 65535;
+    });
+    let addr = broker.local_addr();
+    let (mut sub, _) = Raw::handshake(addr, "counter", true).await;
+    sub.subscribe(1, &[("load", 1)], &[1]).await;
+    let (publisher, _) = Raw::handshake(addr, "firehose", true).await;
+
+    // Block the Registry's thread: Sessions can no longer hand it anything.
+    let (release, frozen) = std::sync::mpsc::channel::<()>();
+    broker.registry().do_send(Freeze(frozen));
+
+    // Write QoS 1 publishes without waiting, until the socket stays full for 500 ms.
+    let payload = vec![7u8; 1024];
+    let mut sent = 0u32;
+    let mut written = 0usize;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut stalled_since: Option<Instant> = None;
+    let limit = 256 * 1024 * 1024;
+    while written < limit {
+        if pending.is_empty() {
+            sent += 1;
+            let pid = (sent % 65535 + 1) as u16;
+            pending = packets::publish("load", &payload, 1, pid, false, false);
+        }
+        match publisher.stream.try_write(&pending) {
+            Ok(n) => {
+                written += n;
+                pending.drain(..n);
+                stalled_since = None;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let since = *stalled_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_millis(500) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await; // pacing retries of a full socket
+            }
+            Err(e) => panic!("write failed: {e}"),
+        }
+    }
+    assert!(
+        written < limit,
+        "the publisher was never slowed down ({written} bytes accepted)"
+    );
+    // Finish the partial frame so the stream stays well-formed, then let the Registry go.
+    drop(release);
+    let mut publisher = publisher;
+    if !pending.is_empty() {
+        publisher.send(&pending).await;
+    }
+    let complete = sent;
+
+    // Every message arrives, exactly once, in order.
+    let mut got = 0u32;
+    while got < complete {
+        let frame = sub.expect().await;
+        if frame.packet_type() == 4 {
+            continue;
+        }
+        let p = parse_publish(&frame);
+        sub.send(&packets::ack(0x40, p.pid)).await;
+        got += 1;
+    }
+    assert!(sub.sync().await.is_empty(), "no duplicates");
+    eprintln!("publisher stalled after {written} bytes ({complete} messages)");
+}

@@ -1,0 +1,173 @@
+//! The `switchboard` binary: flags, config errors, lifecycle log lines, clean shutdown on SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::packets;
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
+
+/// Starts the binary and returns it with a channel of its log lines.
+fn spawn(args: &[&str]) -> (Child, mpsc::Receiver<String>) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary starts");
+    let (tx, rx) = mpsc::channel();
+    for stream in [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                let _ = tx.send(strip_ansi(&line));
+            }
+        });
+    }
+    (child, rx)
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn wait_line(rx: &mpsc::Receiver<String>, needle: &str) -> String {
+    loop {
+        match rx.recv_timeout(common::WAIT) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => continue,
+            Err(_) => panic!("no log line containing {needle:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn binary_logs_lifecycle_events_and_stops_on_sigterm() {
+    let (mut child, logs) = spawn(&["--port", "0"]);
+    let listening = wait_line(&logs, "switchboard listening on");
+    let addr: std::net::SocketAddr = listening
+        .rsplit("listening on ")
+        .next()
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .expect("address in the listening line");
+    let mut raw = common::Raw::connect(addr).await;
+    raw.send(&packets::connect("1AB.ENTER.DETRD", true, 60))
+        .await;
+    raw.expect().await;
+    let line = wait_line(&logs, "client connected");
+    assert!(
+        line.contains("1AB.ENTER.DETRD") && line.contains("MQTT 3.1.1"),
+        "{line}"
+    );
+    raw.subscribe(1, &[("detrd/status/request/1AB.ENTER.DETRD", 1)], &[1])
+        .await;
+    assert!(wait_line(&logs, "client subscribed").contains("detrd/status/request/1AB.ENTER.DETRD"));
+    raw.send(&packets::unsubscribe(
+        2,
+        &["detrd/status/request/1AB.ENTER.DETRD"],
+    ))
+    .await;
+    raw.expect().await;
+    wait_line(&logs, "client unsubscribed");
+    raw.send(&[0xE0, 0x00]).await;
+    assert!(wait_line(&logs, "client disconnected").contains("reason=clean"));
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + common::WAIT;
+    let exit = loop {
+        if let Some(exit) = child.try_wait().expect("wait") {
+            break exit;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "broker did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20)); // polling a child process's exit
+    };
+    assert!(exit.success(), "{exit:?}");
+}
+
+#[test]
+fn unknown_config_key_is_a_clear_startup_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("switchboard.toml");
+    std::fs::write(
+        &path,
+        "[listener]\nport = 0\n\n[limits]\nmax_packet_sise = 10\n",
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .args(["-c", path.to_str().expect("utf-8 path")])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let text = strip_ansi(&String::from_utf8_lossy(&out.stdout))
+        + &strip_ansi(&String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains("limits") && text.contains("max_packet_sise"),
+        "{text}"
+    );
+}
+
+#[test]
+fn bad_config_value_names_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("switchboard.toml");
+    std::fs::write(&path, "[sessions]\nqueue_overflow = \"drop_everything\"\n").expect("write");
+    let out = Command::new(BIN)
+        .args(["--config", path.to_str().expect("utf-8 path")])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let text = strip_ansi(&String::from_utf8_lossy(&out.stdout))
+        + &strip_ansi(&String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("sessions.queue_overflow"), "{text}");
+}
+
+#[test]
+fn config_file_settings_are_used() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("switchboard.toml");
+    std::fs::write(&path, "[listener]\nport = 0\nworkers = 1\n").expect("write");
+    let (mut child, logs) = spawn(&["-c", path.to_str().expect("utf-8 path"), "-v"]);
+    let line = wait_line(&logs, "switchboard listening on");
+    assert!(line.contains("workers=1"), "{line}");
+    child.kill().expect("kill");
+    let _ = child.wait();
+}
