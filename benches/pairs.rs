@@ -113,7 +113,13 @@ fn drain_frames(buf: &mut Vec<u8>, mut f: impl FnMut(u8, &[u8])) {
     buf.drain(..at);
 }
 
-async fn subscriber(addr: SocketAddr, n: usize, qos: u8, delivered: Arc<AtomicU64>, ready: tokio::sync::mpsc::Sender<()>) {
+async fn subscriber(
+    addr: SocketAddr,
+    n: usize,
+    qos: u8,
+    delivered: Arc<AtomicU64>,
+    ready: tokio::sync::mpsc::Sender<()>,
+) {
     let mut s = connect(addr, &format!("bench-sub-{n}")).await;
     let mut body = 1u16.to_be_bytes().to_vec();
     body.extend(mqtt_string(&format!("bench/{n}")));
@@ -149,7 +155,13 @@ async fn subscriber(addr: SocketAddr, n: usize, qos: u8, delivered: Arc<AtomicU6
     }
 }
 
-async fn publisher(addr: SocketAddr, n: usize, args: Arc<Args>, sent: Arc<AtomicU64>, stop: Arc<AtomicBool>) {
+async fn publisher(
+    addr: SocketAddr,
+    n: usize,
+    args: Arc<Args>,
+    sent: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) {
     let s = connect(addr, &format!("bench-pub-{n}")).await;
     let topic = format!("bench/{n}");
     let payload = vec![0x5A; args.payload];
@@ -230,7 +242,10 @@ fn main() {
             addr
         }
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     runtime.block_on(async {
         let delivered = Arc::new(AtomicU64::new(0));
         let sent = Arc::new(AtomicU64::new(0));
@@ -278,7 +293,17 @@ fn main() {
 /// User + system CPU seconds of this process, from /proc (0 where unavailable).
 fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     (ticks(11) + ticks(12)) / 100.0
 }

@@ -97,7 +97,10 @@ impl Broker {
         ));
         let handles = workers.iter().map(Arbiter::handle).collect();
         let accept = actix_rt::spawn(accept_loop(listener, handles, shared));
-        info!(workers = worker_count, "switchboard listening on {local_addr}");
+        info!(
+            workers = worker_count,
+            "switchboard listening on {local_addr}"
+        );
         Ok(RunningBroker {
             local_addr,
             registry,

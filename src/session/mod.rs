@@ -85,7 +85,6 @@ pub struct Session {
     peer: SocketAddr,
     shared: Arc<SessionShared>,
     phase: Phase,
-    keep_alive: Option<Duration>,
     last_received: Instant,
     /// Bytes waiting to be written.
     out: BytesMut,
@@ -120,7 +119,6 @@ impl Session {
                 outbound: Outbound::new(shared.config.sessions.max_inflight),
                 shared,
                 phase: Phase::AwaitingConnect,
-                keep_alive: None,
                 last_received: Instant::now(),
                 out: BytesMut::new(),
                 writer: Some(write_half),
@@ -273,7 +271,6 @@ impl Session {
         }
         // [MQTT-3.1.2-24] one and a half times the keep-alive without a packet ends the connection.
         let limit = Duration::from_millis(u64::from(seconds) * 1500);
-        self.keep_alive = Some(limit);
         let tick = (limit / 4).max(Duration::from_millis(100));
         ctx.run_interval(tick, move |act, ctx| {
             if !act.closing && act.last_received.elapsed() > limit {
