@@ -92,8 +92,7 @@ async fn connect(addr: SocketAddr, id: &str) -> TcpStream {
 /// Splits complete frames off `buf`, calling `f(byte1, body)` for each.
 fn drain_frames(buf: &mut Vec<u8>, mut f: impl FnMut(u8, &[u8])) {
     let mut at = 0;
-    loop {
-        let Some(&byte1) = buf.get(at) else { break };
+    while let Some(&byte1) = buf.get(at) {
         let (mut len, mut shift, mut i) = (0usize, 0, at + 1);
         let complete = loop {
             let Some(&b) = buf.get(i) else { break false };
