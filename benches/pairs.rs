@@ -13,6 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
+use switchboard::codec::{write_publish, PublishHeader};
+use switchboard::QoS;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -52,37 +55,31 @@ fn parse_args() -> Args {
     args
 }
 
-fn frame(byte1: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![byte1];
-    let mut len = body.len();
-    loop {
-        let mut b = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if len == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(body);
-    out
+/// Encodes a packet with mqttbytes (CONNECT, SUBSCRIBE) into a fresh buffer.
+fn encoded(write: impl FnOnce(&mut BytesMut) -> Result<usize, mqttbytes::Error>) -> BytesMut {
+    let mut buf = BytesMut::new();
+    write(&mut buf).expect("encodable packet");
+    buf
 }
 
-fn mqtt_string(s: &str) -> Vec<u8> {
-    let mut v = (s.len() as u16).to_be_bytes().to_vec();
-    v.extend_from_slice(s.as_bytes());
-    v
+/// A PUBLISH frame, encoded by the broker's own writer.
+fn publish_frame(topic: &str, payload: &[u8], qos: QoS, pid: u16) -> BytesMut {
+    let mut buf = BytesMut::new();
+    let header = PublishHeader {
+        qos,
+        retain: false,
+        dup: false,
+        pid,
+    };
+    write_publish(&mut buf, topic, payload, header);
+    buf
 }
 
 async fn connect(addr: SocketAddr, id: &str) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     s.set_nodelay(true).expect("nodelay");
-    let mut body = mqtt_string("MQTT");
-    body.extend([4, 0x02, 0, 60]);
-    body.extend(mqtt_string(id));
-    s.write_all(&frame(0x10, &body)).await.expect("CONNECT");
+    let connect = encoded(|b| mqttbytes::v4::Connect::new(id).write(b));
+    s.write_all(&connect).await.expect("CONNECT");
     let mut connack = [0u8; 4];
     s.read_exact(&mut connack).await.expect("CONNACK");
     assert_eq!(connack, [0x20, 2, 0, 0], "connection refused");
@@ -118,12 +115,19 @@ async fn subscriber(
     qos: u8,
     delivered: Arc<AtomicU64>,
     ready: tokio::sync::mpsc::Sender<()>,
+    closed: Arc<AtomicU64>,
 ) {
     let mut s = connect(addr, &format!("bench-sub-{n}")).await;
-    let mut body = 1u16.to_be_bytes().to_vec();
-    body.extend(mqtt_string(&format!("bench/{n}")));
-    body.push(qos);
-    s.write_all(&frame(0x82, &body)).await.expect("SUBSCRIBE");
+    let qos = if qos == 0 {
+        mqttbytes::QoS::AtMostOnce
+    } else {
+        mqttbytes::QoS::AtLeastOnce
+    };
+    let mut subscribe = mqttbytes::v4::Subscribe::new(format!("bench/{n}"), qos);
+    subscribe.pkid = 1;
+    s.write_all(&encoded(|b| subscribe.write(b)))
+        .await
+        .expect("SUBSCRIBE");
     let mut suback = [0u8; 5];
     s.read_exact(&mut suback).await.expect("SUBACK");
     let _ = ready.send(()).await;
@@ -131,7 +135,10 @@ async fn subscriber(
     let mut acks = Vec::new();
     loop {
         match s.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => {
+                closed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
             Ok(_) => {}
         }
         let mut count = 0;
@@ -166,11 +173,7 @@ async fn publisher(
     let payload = vec![0x5A; args.payload];
     let (mut rd, mut wr) = s.into_split();
     if args.qos == 0 {
-        let one = {
-            let mut body = mqtt_string(&topic);
-            body.extend_from_slice(&payload);
-            frame(0x30, &body)
-        };
+        let one = publish_frame(&topic, &payload, QoS::AtMostOnce, 0);
         let batch: Vec<u8> = one.iter().copied().cycle().take(one.len() * 64).collect();
         while !stop.load(Ordering::Relaxed) {
             if wr.write_all(&batch).await.is_err() {
@@ -212,10 +215,7 @@ async fn publisher(
         out.clear();
         for _ in 0..room {
             pid = pid.wrapping_add(1).max(1);
-            let mut body = mqtt_string(&topic);
-            body.extend(pid.to_be_bytes());
-            body.extend_from_slice(&payload);
-            out.extend(frame(0x32, &body));
+            out.extend_from_slice(&publish_frame(&topic, &payload, QoS::AtLeastOnce, pid));
         }
         if wr.write_all(&out).await.is_err() {
             break;
@@ -249,9 +249,11 @@ fn main() {
         let delivered = Arc::new(AtomicU64::new(0));
         let sent = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
+        let closed = Arc::new(AtomicU64::new(0));
         let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(args.pairs);
         for n in 0..args.pairs {
-            tokio::spawn(subscriber(addr, n, args.qos, delivered.clone(), ready_tx.clone()));
+            let (delivered, ready, closed) = (delivered.clone(), ready_tx.clone(), closed.clone());
+            tokio::spawn(subscriber(addr, n, args.qos, delivered, ready, closed));
         }
         for _ in 0..args.pairs {
             ready_rx.recv().await.expect("subscriber ready");
@@ -286,6 +288,14 @@ fn main() {
             elapsed + 1.0,
             if args.addr.is_none() { " (broker and harness in one process)" } else { " (harness only)" },
         );
+        let closed = closed.load(Ordering::Relaxed);
+        if closed > 0 {
+            println!(
+                "warning: the broker closed {closed} of {} subscriber connections during the run \
+                 (a broker that disconnects slow consumers does this when its queue bound is hit)",
+                args.pairs
+            );
+        }
     });
 }
 

@@ -157,6 +157,8 @@ fn fixed_header_len(frame: &[u8]) -> usize {
         .map_or(4, |i| i + 1)
 }
 
+/// Decodes one complete frame. `mqttbytes::check` succeeded, so the frame holds at least the two
+/// bytes of a fixed header and indexing `frame[0]` cannot fail.
 fn decode_frame(header: mqttbytes::FixedHeader, frame: Bytes) -> Result<Packet, CodecError> {
     let packet_type = frame[0] >> 4;
     let body = frame.slice(fixed_header_len(&frame)..);

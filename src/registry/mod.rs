@@ -14,7 +14,7 @@ use tracing::{debug, info};
 pub use messages::*;
 
 use self::client::{push_bounded, Attached, Client};
-use crate::config::SessionConfig;
+use crate::config::{QueueOverflow, SessionConfig};
 use crate::hooks::{
     ClientConnected, ClientDisconnected, ClientSubscribed, ClientUnsubscribed, LifecycleHooks,
 };
@@ -217,8 +217,8 @@ impl Registry {
             while state.queue.len() > max {
                 dropped += 1;
                 match overflow {
-                    crate::config::QueueOverflow::DropOldest => state.queue.pop_front(),
-                    crate::config::QueueOverflow::DropNewest => state.queue.pop_back(),
+                    QueueOverflow::DropOldest => state.queue.pop_front(),
+                    QueueOverflow::DropNewest => state.queue.pop_back(),
                 };
             }
             for delivery in std::mem::take(&mut client.held) {

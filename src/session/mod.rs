@@ -41,6 +41,10 @@ const INITIAL_READ_BUFFER: usize = 512;
 /// How long a closing Session waits for its last bytes (e.g. a refusing CONNACK) to be written.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
+/// How long a closing Session waits for the Registry's [`Detached`] before it stops regardless.
+/// The Registry answers every Detach of an attached connection, so this is a safety net only.
+const DETACH_DEADLINE: Duration = Duration::from_secs(30);
+
 /// What every Session of one broker shares.
 pub struct SessionShared {
     /// Broker configuration.
@@ -199,6 +203,12 @@ impl Session {
             act.socket_dead = true;
             act.maybe_stop(ctx);
         });
+        ctx.run_later(DETACH_DEADLINE, |act, ctx| {
+            if act.awaiting_detached {
+                warn!(client_id = %act.client_id(), "no answer to Detach from the Registry; stopping");
+                ctx.stop();
+            }
+        });
         self.maybe_stop(ctx);
     }
 
@@ -223,15 +233,16 @@ impl Session {
         self.close(ctx, DisconnectReason::ProtocolError(error.to_string()));
     }
 
-    /// Writes a PUBLISH for an outbound delivery.
-    fn write_delivery(&mut self, delivery: &Delivery, pid: u16, dup: bool) {
+    /// Writes a PUBLISH for an outbound delivery: the shared QoS 0 frame where it applies, else an
+    /// encoding with this subscriber's packet id and flags.
+    fn write_delivery(out: &mut BytesMut, delivery: &Delivery, pid: u16, dup: bool) {
         let message = &delivery.message;
         if delivery.qos == QoS::AtMostOnce && !delivery.retain {
-            self.out.extend_from_slice(message.qos0_frame());
+            out.extend_from_slice(message.qos0_frame());
             return;
         }
         codec::write_publish(
-            &mut self.out,
+            out,
             &message.topic,
             &message.payload,
             PublishHeader {
@@ -246,21 +257,19 @@ impl Session {
     /// Sends queued QoS 1/2 messages while the window has room.
     fn pump(&mut self) {
         while let Some(entry) = self.outbound.next_to_send() {
-            let (delivery, pid) = (entry.delivery.clone(), entry.pid);
-            self.write_delivery(&delivery, pid, false);
+            Self::write_delivery(&mut self.out, &entry.delivery, entry.pid, false);
         }
     }
 
     /// Re-sends a resumed session's unacknowledged messages: PUBLISH with DUP, or PUBREL
     /// `[MQTT-4.4.0-1]`.
     fn resend_inflight(&mut self) {
-        let entries: Vec<InflightEntry> = self.outbound.inflight().cloned().collect();
-        for entry in entries {
+        for entry in self.outbound.inflight() {
             match entry.stage {
                 InflightStage::AwaitingPubComp => {
                     codec::write_ack(&mut self.out, codec::Ack::PubRel, entry.pid)
                 }
-                _ => self.write_delivery(&entry.delivery, entry.pid, true),
+                _ => Self::write_delivery(&mut self.out, &entry.delivery, entry.pid, true),
             }
         }
     }
@@ -380,7 +389,7 @@ impl Handler<Deliver> for Session {
             } else if self.closing || self.unwritten() >= limit {
                 dropped += 1;
             } else {
-                self.write_delivery(&delivery, 0, false);
+                Self::write_delivery(&mut self.out, &delivery, 0, false);
             }
         }
         if dropped > 0 {
