@@ -1,0 +1,732 @@
+//! The managed connection actor: one MQTT 3.1.1 client connection that reconnects forever with
+//! backoff and jitter, re-subscribes when the broker lost the session, queues publishes in a
+//! bounded (optionally durable) queue, and pipelines QoS 1/2 with an inflight window.
+
+mod messages;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::BytesMut;
+use mqttbytes::v4;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio_util::codec::FramedRead;
+use tracing::{debug, info, warn};
+
+pub use messages::*;
+
+use switchboard::codec::{write_ack, write_publish, Ack, PublishHeader};
+use switchboard::QoS;
+
+use crate::codec::{from_mqttbytes, to_mqttbytes, ClientCodec, ClientCodecError};
+use crate::durable::DurableLog;
+use crate::events::{
+    ConnectFailure, ConnectionEvent, DropReason, EnqueueError, LinkDown, MessageId, Received,
+};
+use crate::options::ConnectionOptions;
+use crate::queue::{Outgoing, PendingQueue, PushOutcome};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Down,
+    Connecting,
+    AwaitingConnAck { since: Instant },
+    Up,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The acknowledgement an inflight QoS 1/2 message waits for.
+enum Awaiting {
+    /// PUBACK (QoS 1).
+    Ack,
+    /// PUBREC (QoS 2).
+    Rec,
+    /// PUBCOMP (QoS 2, after our PUBREL).
+    Comp,
+}
+
+#[derive(Debug)]
+struct Inflight {
+    pid: u16,
+    message: Outgoing,
+    stage: Awaiting,
+}
+
+/// A packet from the current socket, or its end (`None`), tagged with the link generation so
+/// that anything from an older socket is ignored.
+struct LinkItem(u64, Option<Result<v4::Packet, ClientCodecError>>);
+
+impl Message for LinkItem {
+    type Result = ();
+}
+
+/// The managed connection actor. Start it with [`ManagedConnection::start_with`]; talk to it with
+/// [`Enqueue`], [`Subscribe`], [`PendingCount`], [`Stop`]; hear from it with [`AddListener`].
+pub struct ManagedConnection {
+    options: ConnectionOptions,
+    generation: u64,
+    link: Link,
+    read_handle: Option<SpawnHandle>,
+    writer: Option<OwnedWriteHalf>,
+    out: BytesMut,
+    queue: PendingQueue,
+    inflight: VecDeque<Inflight>,
+    last_pid: u16,
+    next_id: MessageId,
+    subscriptions: BTreeMap<String, SubscriptionState>,
+    awaiting_suback: HashMap<u16, Vec<String>>,
+    inbound_qos2: HashSet<u16>,
+    listeners: Vec<Recipient<ConnectionEvent>>,
+    attempt: u32,
+    last_sent: Instant,
+    last_received: Instant,
+    durable: Option<DurableLog>,
+    stopping: Option<oneshot::Sender<StopReport>>,
+}
+
+impl ManagedConnection {
+    /// A connection with these options (not started).
+    pub fn new(options: ConnectionOptions) -> Self {
+        let queue = PendingQueue::new(options.queue_capacity, options.overflow);
+        ManagedConnection {
+            options,
+            generation: 0,
+            link: Link::Down,
+            read_handle: None,
+            writer: None,
+            out: BytesMut::new(),
+            queue,
+            inflight: VecDeque::new(),
+            last_pid: 0,
+            next_id: 1,
+            subscriptions: BTreeMap::new(),
+            awaiting_suback: HashMap::new(),
+            inbound_qos2: HashSet::new(),
+            listeners: Vec::new(),
+            attempt: 0,
+            last_sent: Instant::now(),
+            last_received: Instant::now(),
+            durable: None,
+            stopping: None,
+        }
+    }
+
+    /// Starts a connection with these options and listeners already registered (so they see the
+    /// first `Connected`).
+    pub fn start_with(
+        options: ConnectionOptions,
+        listeners: Vec<Recipient<ConnectionEvent>>,
+    ) -> Addr<ManagedConnection> {
+        let mut connection = ManagedConnection::new(options);
+        connection.listeners = listeners;
+        connection.start()
+    }
+
+    fn emit(&self, event: ConnectionEvent) {
+        for listener in &self.listeners {
+            listener.do_send(event.clone());
+        }
+    }
+
+    fn connect(&mut self, ctx: &mut Context<Self>) {
+        if self.link != Link::Down || self.stopping.is_some() {
+            return;
+        }
+        self.link = Link::Connecting;
+        self.generation += 1;
+        let generation = self.generation;
+        let address = (self.options.host.clone(), self.options.port);
+        let connect = tokio::time::timeout(self.options.connect_timeout, async move {
+            TcpStream::connect(address).await
+        });
+        ctx.spawn(connect.into_actor(self).map(move |result, act, ctx| {
+            if act.generation != generation {
+                return;
+            }
+            match result {
+                Ok(Ok(stream)) => act.attach(stream, ctx),
+                Ok(Err(e)) => act.connect_failed(ctx, ConnectFailure::Network(e.to_string())),
+                Err(_) => act.connect_failed(ctx, ConnectFailure::Timeout),
+            }
+        }));
+    }
+
+    fn attach(&mut self, stream: TcpStream, ctx: &mut Context<Self>) {
+        let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
+        let generation = self.generation;
+        let frames = FramedRead::new(read, ClientCodec::new(self.options.max_packet_size));
+        let items = futures_util::StreamExt::chain(
+            futures_util::StreamExt::map(frames, move |item| LinkItem(generation, Some(item))),
+            futures_util::stream::once(async move { LinkItem(generation, None) }),
+        );
+        self.read_handle = Some(ctx.add_stream(items));
+        self.writer = Some(write);
+        self.out.clear();
+        let mut connect = v4::Connect::new(self.options.client_id.clone());
+        connect.keep_alive = self.options.keep_alive.as_secs().min(u64::from(u16::MAX)) as u16;
+        connect.clean_session = self.options.clean_session;
+        if let Some((user, password)) = &self.options.credentials {
+            connect.set_login(user.clone(), password.clone());
+        }
+        connect.last_will = self.options.will.as_ref().map(|w| {
+            v4::LastWill::new(
+                w.topic.clone(),
+                w.payload.clone(),
+                to_mqttbytes(w.qos),
+                w.retain,
+            )
+        });
+        if let Err(e) = connect.write(&mut self.out) {
+            warn!(error = ?e, "cannot encode CONNECT");
+            return self.drop_link(ctx, None, Some(ConnectFailure::Network(format!("{e:?}"))));
+        }
+        self.link = Link::AwaitingConnAck {
+            since: Instant::now(),
+        };
+        self.flush(ctx);
+    }
+
+    fn connect_failed(&mut self, ctx: &mut Context<Self>, failure: ConnectFailure) {
+        self.link = Link::Down;
+        let retry_in = self.options.backoff.delay(self.attempt);
+        self.attempt = self.attempt.saturating_add(1);
+        debug!(client_id = %self.options.client_id, ?failure, ?retry_in, "connect failed");
+        self.emit(ConnectionEvent::ConnectFailed { failure, retry_in });
+        self.schedule_reconnect(ctx, retry_in);
+    }
+
+    fn schedule_reconnect(&mut self, ctx: &mut Context<Self>, delay: Duration) {
+        if self.stopping.is_some() {
+            return;
+        }
+        ctx.run_later(delay, |act, ctx| act.connect(ctx));
+    }
+
+    /// Tears the socket down. With `down` the link was up (a Disconnected event); with `failed`
+    /// it was still connecting (a ConnectFailed event).
+    fn drop_link(
+        &mut self,
+        ctx: &mut Context<Self>,
+        down: Option<LinkDown>,
+        failed: Option<ConnectFailure>,
+    ) {
+        if let Some(handle) = self.read_handle.take() {
+            ctx.cancel_future(handle);
+        }
+        self.writer = None;
+        self.out.clear();
+        self.generation += 1;
+        self.awaiting_suback.clear();
+        self.link = Link::Down;
+        if let Some(failure) = failed {
+            return self.connect_failed(ctx, failure);
+        }
+        if let Some(reason) = down {
+            info!(client_id = %self.options.client_id, ?reason, "disconnected from the broker");
+            self.emit(ConnectionEvent::Disconnected(reason));
+            let retry_in = self.options.backoff.delay(self.attempt);
+            self.attempt = self.attempt.saturating_add(1);
+            self.schedule_reconnect(ctx, retry_in);
+        }
+    }
+
+    fn link_lost(&mut self, ctx: &mut Context<Self>, reason: LinkDown) {
+        match self.link {
+            Link::Up => self.drop_link(ctx, Some(reason), None),
+            Link::AwaitingConnAck { .. } | Link::Connecting => {
+                let failure = match reason {
+                    LinkDown::KeepAliveTimeout => ConnectFailure::Timeout,
+                    LinkDown::Network(e) | LinkDown::Protocol(e) => ConnectFailure::Network(e),
+                    LinkDown::Stopped => ConnectFailure::Network("stopped".into()),
+                };
+                self.drop_link(ctx, None, Some(failure))
+            }
+            Link::Down => {}
+        }
+    }
+
+    fn on_connected(&mut self, ctx: &mut Context<Self>, session_present: bool) {
+        self.link = Link::Up;
+        self.attempt = 0;
+        info!(client_id = %self.options.client_id, session_present, "connected to the broker");
+        self.emit(ConnectionEvent::Connected { session_present });
+        if !session_present {
+            // The broker has no subscriptions for us: send them all again.
+            for state in self.subscriptions.values_mut() {
+                state.granted = None;
+            }
+            let all: Vec<(String, QoS)> = self
+                .subscriptions
+                .iter()
+                .map(|(f, s)| (f.clone(), s.requested))
+                .collect();
+            self.send_subscribe(all);
+        }
+        // Unacknowledged messages go again, in order, with DUP [MQTT-4.4.0-1].
+        let mut out = std::mem::take(&mut self.out);
+        for entry in &self.inflight {
+            match entry.stage {
+                Awaiting::Comp => write_ack(&mut out, Ack::PubRel, entry.pid),
+                _ => write_publish_of(&mut out, &entry.message, entry.pid, true),
+            }
+        }
+        self.out = out;
+        self.pump();
+        self.flush(ctx);
+    }
+
+    fn send_subscribe(&mut self, filters: Vec<(String, QoS)>) {
+        if self.link != Link::Up || filters.is_empty() {
+            return;
+        }
+        let pid = self.allocate_pid();
+        let subscribe = v4::Subscribe::new_many(
+            filters
+                .iter()
+                .map(|(f, q)| v4::SubscribeFilter::new(f.clone(), to_mqttbytes(*q))),
+        );
+        let subscribe = v4::Subscribe {
+            pkid: pid,
+            ..subscribe
+        };
+        match subscribe.write(&mut self.out) {
+            Ok(_) => {
+                self.awaiting_suback
+                    .insert(pid, filters.into_iter().map(|(f, _)| f).collect());
+            }
+            Err(e) => warn!(error = ?e, "cannot encode SUBSCRIBE"),
+        }
+    }
+
+    fn allocate_pid(&mut self) -> u16 {
+        loop {
+            self.last_pid = self.last_pid.wrapping_add(1);
+            let pid = self.last_pid;
+            if pid != 0
+                && !self.inflight.iter().any(|e| e.pid == pid)
+                && !self.awaiting_suback.contains_key(&pid)
+            {
+                return pid;
+            }
+        }
+    }
+
+    /// Sends queued messages while connected and the window has room.
+    fn pump(&mut self) {
+        if self.link != Link::Up {
+            return;
+        }
+        let window = usize::from(self.options.inflight.max(1));
+        while let Some(next) = self.queue.front() {
+            if next.qos != QoS::AtMostOnce && self.inflight.len() >= window {
+                break;
+            }
+            let Some(message) = self.queue.pop() else {
+                break;
+            };
+            if message.qos == QoS::AtMostOnce {
+                write_publish_of(&mut self.out, &message, 0, false);
+                self.delivered(message.id);
+                continue;
+            }
+            let pid = self.allocate_pid();
+            write_publish_of(&mut self.out, &message, pid, false);
+            let stage = if message.qos == QoS::ExactlyOnce {
+                Awaiting::Rec
+            } else {
+                Awaiting::Ack
+            };
+            self.inflight.push_back(Inflight {
+                pid,
+                message,
+                stage,
+            });
+        }
+    }
+
+    fn delivered(&mut self, id: MessageId) {
+        self.forget_durable(id);
+        self.emit(ConnectionEvent::MessageDelivered(id));
+    }
+
+    fn dropped(&mut self, id: MessageId, reason: DropReason) {
+        self.forget_durable(id);
+        self.emit(ConnectionEvent::MessageDropped(id, reason));
+    }
+
+    fn forget_durable(&mut self, id: MessageId) {
+        if let Some(log) = &mut self.durable {
+            if let Err(e) = log.remove(id) {
+                warn!(error = %e, "cannot update the durable queue");
+            }
+        }
+    }
+
+    fn complete(&mut self, pid: u16, stage: Awaiting) {
+        if let Some(i) = self
+            .inflight
+            .iter()
+            .position(|e| e.pid == pid && e.stage == stage)
+        {
+            if let Some(entry) = self.inflight.remove(i) {
+                self.delivered(entry.message.id);
+            }
+        }
+    }
+
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.out.is_empty() {
+            return;
+        }
+        let Some(mut writer) = self.writer.take() else {
+            return;
+        };
+        let buf = self.out.split().freeze();
+        let generation = self.generation;
+        self.last_sent = Instant::now();
+        let write = async move {
+            let result = writer.write_all(&buf).await;
+            (writer, result)
+        };
+        ctx.spawn(
+            write
+                .into_actor(self)
+                .map(move |(writer, result), act, ctx| {
+                    if act.generation != generation {
+                        return; // the link was replaced meanwhile: this socket is done
+                    }
+                    match result {
+                        Ok(()) => {
+                            act.writer = Some(writer);
+                            act.flush(ctx);
+                            act.check_stop(ctx);
+                        }
+                        Err(e) => act.link_lost(ctx, LinkDown::Network(e.to_string())),
+                    }
+                }),
+        );
+    }
+
+    fn on_packet(&mut self, ctx: &mut Context<Self>, packet: v4::Packet) {
+        match packet {
+            v4::Packet::ConnAck(ack) => {
+                if !matches!(self.link, Link::AwaitingConnAck { .. }) {
+                    return self.link_lost(ctx, LinkDown::Protocol("unexpected CONNACK".into()));
+                }
+                if ack.code == v4::ConnectReturnCode::Success {
+                    self.on_connected(ctx, ack.session_present);
+                } else {
+                    let code = ack.code as u8;
+                    warn!(client_id = %self.options.client_id, code, "broker refused the connection");
+                    self.drop_link(ctx, None, Some(ConnectFailure::Refused(code)));
+                }
+            }
+            v4::Packet::Publish(publish) => {
+                let qos = from_mqttbytes(publish.qos);
+                let fresh = qos != QoS::ExactlyOnce || self.inbound_qos2.insert(publish.pkid);
+                match qos {
+                    QoS::AtMostOnce => {}
+                    QoS::AtLeastOnce => write_ack(&mut self.out, Ack::PubAck, publish.pkid),
+                    QoS::ExactlyOnce => write_ack(&mut self.out, Ack::PubRec, publish.pkid),
+                }
+                if fresh {
+                    self.emit(ConnectionEvent::MessageReceived(Received {
+                        topic: publish.topic,
+                        payload: publish.payload,
+                        qos,
+                        retain: publish.retain,
+                    }));
+                }
+            }
+            v4::Packet::PubAck(ack) => self.complete(ack.pkid, Awaiting::Ack),
+            v4::Packet::PubRec(rec) => {
+                if let Some(entry) = self.inflight.iter_mut().find(|e| e.pid == rec.pkid) {
+                    entry.stage = Awaiting::Comp;
+                    write_ack(&mut self.out, Ack::PubRel, rec.pkid);
+                }
+            }
+            v4::Packet::PubRel(rel) => {
+                self.inbound_qos2.remove(&rel.pkid);
+                write_ack(&mut self.out, Ack::PubComp, rel.pkid);
+            }
+            v4::Packet::PubComp(comp) => self.complete(comp.pkid, Awaiting::Comp),
+            v4::Packet::SubAck(ack) => {
+                let filters = self.awaiting_suback.remove(&ack.pkid).unwrap_or_default();
+                for (filter, code) in filters.into_iter().zip(ack.return_codes) {
+                    let granted = match code {
+                        v4::SubscribeReasonCode::Success(q) => Some(from_mqttbytes(q)),
+                        v4::SubscribeReasonCode::Failure => None,
+                    };
+                    if granted.is_none() {
+                        warn!(client_id = %self.options.client_id, filter = %filter, "subscription refused by the broker");
+                    }
+                    if let Some(state) = self.subscriptions.get_mut(&filter) {
+                        state.granted = Some(granted);
+                    }
+                    self.emit(ConnectionEvent::SubscriptionGranted { filter, granted });
+                }
+            }
+            v4::Packet::UnsubAck(_) | v4::Packet::PingResp => {}
+            other => {
+                let what = format!("unexpected packet from the broker: {other:?}");
+                return self.link_lost(ctx, LinkDown::Protocol(what));
+            }
+        }
+        self.pump();
+        self.flush(ctx);
+        self.check_stop(ctx);
+    }
+
+    fn keep_alive_tick(&mut self, ctx: &mut Context<Self>) {
+        let keep_alive = self.options.keep_alive;
+        match self.link {
+            Link::Up if !keep_alive.is_zero() => {
+                if self.last_received.elapsed() > keep_alive.mul_f32(1.5) {
+                    return self.link_lost(ctx, LinkDown::KeepAliveTimeout);
+                }
+                if self.last_sent.elapsed() >= keep_alive && self.writer.is_some() {
+                    self.out.extend_from_slice(&[0xC0, 0x00]);
+                    self.flush(ctx);
+                }
+            }
+            Link::AwaitingConnAck { since } if since.elapsed() > self.options.connect_timeout => {
+                self.drop_link(ctx, None, Some(ConnectFailure::Timeout));
+            }
+            _ => {}
+        }
+    }
+
+    fn pending(&self) -> usize {
+        self.queue.len() + self.inflight.len()
+    }
+
+    /// Finishes a requested stop once everything is delivered (the deadline calls it regardless).
+    fn check_stop(&mut self, ctx: &mut Context<Self>) {
+        if self.stopping.is_some() && self.pending() == 0 {
+            self.finish_stop(ctx);
+        }
+    }
+
+    fn finish_stop(&mut self, ctx: &mut Context<Self>) {
+        let Some(reply) = self.stopping.take() else {
+            return;
+        };
+        let mut undelivered: Vec<MessageId> = self.inflight.iter().map(|e| e.message.id).collect();
+        undelivered.extend(self.queue.drain().map(|m| m.id));
+        if self.durable.is_none() {
+            for &id in &undelivered {
+                self.emit(ConnectionEvent::MessageDropped(id, DropReason::Stopped));
+            }
+        }
+        if self.link == Link::Up {
+            if let Some(mut writer) = self.writer.take() {
+                // DISCONNECT, so the broker discards the will [MQTT-3.14.4-3].
+                let mut last = std::mem::take(&mut self.out);
+                last.extend_from_slice(&[0xE0, 0x00]);
+                actix_rt::spawn(async move {
+                    let _ = writer.write_all(&last).await;
+                    let _ = writer.shutdown().await;
+                });
+            }
+            self.emit(ConnectionEvent::Disconnected(LinkDown::Stopped));
+        }
+        info!(client_id = %self.options.client_id, undelivered = undelivered.len(), "managed connection stopped");
+        let _ = reply.send(StopReport { undelivered });
+        ctx.stop();
+    }
+}
+
+fn write_publish_of(out: &mut BytesMut, message: &Outgoing, pid: u16, dup: bool) {
+    let header = PublishHeader {
+        qos: message.qos,
+        retain: message.retain,
+        dup,
+        pid,
+    };
+    write_publish(out, &message.topic, &message.payload, header);
+}
+
+impl Actor for ManagedConnection {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if let Some(path) = self.options.durable_queue.clone() {
+            match DurableLog::open(&path) {
+                Ok((log, restored)) => {
+                    if !restored.is_empty() {
+                        info!(count = restored.len(), path = %path.display(), "restored pending messages");
+                    }
+                    for message in restored {
+                        self.next_id = self.next_id.max(message.id + 1);
+                        self.queue.push_restored(message);
+                    }
+                    self.durable = Some(log);
+                }
+                Err(e) => {
+                    warn!(error = %e, path = %path.display(), "cannot open the durable queue; continuing without it")
+                }
+            }
+        }
+        let tick = (self.options.keep_alive / 4)
+            .min(self.options.connect_timeout / 4)
+            .max(Duration::from_millis(50));
+        ctx.run_interval(tick, |act, ctx| act.keep_alive_tick(ctx));
+        self.connect(ctx);
+    }
+}
+
+impl StreamHandler<LinkItem> for ManagedConnection {
+    fn handle(&mut self, item: LinkItem, ctx: &mut Context<Self>) {
+        let LinkItem(generation, item) = item;
+        if generation != self.generation {
+            return;
+        }
+        self.last_received = Instant::now();
+        match item {
+            Some(Ok(packet)) => self.on_packet(ctx, packet),
+            Some(Err(e)) => self.link_lost(ctx, LinkDown::Protocol(e.to_string())),
+            None => self.link_lost(
+                ctx,
+                LinkDown::Network("connection closed by the broker".into()),
+            ),
+        }
+    }
+
+    fn finished(&mut self, _: &mut Context<Self>) {
+        // Each socket's stream ends with its own `None` item; the actor lives on to reconnect.
+    }
+}
+
+impl Handler<Enqueue> for ManagedConnection {
+    type Result = Result<MessageId, EnqueueError>;
+
+    fn handle(&mut self, msg: Enqueue, ctx: &mut Context<Self>) -> Self::Result {
+        if self.stopping.is_some() {
+            return Err(EnqueueError::Stopping);
+        }
+        if switchboard::topic::validate_topic_name(&msg.topic).is_err() {
+            return Err(EnqueueError::InvalidTopic);
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let message = Outgoing {
+            id,
+            topic: msg.topic,
+            payload: msg.payload,
+            qos: msg.qos,
+            retain: msg.retain,
+        };
+        let durable_copy = self.durable.is_some().then(|| message.clone());
+        let result = match self.queue.push(message) {
+            PushOutcome::Queued => Ok(id),
+            PushOutcome::QueuedDropping(oldest) => {
+                self.dropped(oldest.id, DropReason::QueueOverflow);
+                Ok(id)
+            }
+            PushOutcome::Dropped(newest) => {
+                self.emit(ConnectionEvent::MessageDropped(
+                    newest.id,
+                    DropReason::QueueOverflow,
+                ));
+                return Ok(id);
+            }
+            PushOutcome::Refused(_) => return Err(EnqueueError::QueueFull),
+        };
+        if let (Some(log), Some(message)) = (&mut self.durable, durable_copy) {
+            if let Err(e) = log.add(&message) {
+                warn!(error = %e, "cannot write the durable queue; the message is kept in memory only");
+            }
+        }
+        self.pump();
+        self.flush(ctx);
+        result
+    }
+}
+
+impl Handler<PendingCount> for ManagedConnection {
+    type Result = usize;
+
+    fn handle(&mut self, _: PendingCount, _: &mut Context<Self>) -> usize {
+        self.pending()
+    }
+}
+
+impl Handler<Subscribe> for ManagedConnection {
+    type Result = ();
+
+    fn handle(&mut self, msg: Subscribe, ctx: &mut Context<Self>) {
+        if switchboard::topic::validate_filter(&msg.filter).is_err() {
+            warn!(filter = %msg.filter, "invalid topic filter; not subscribed");
+            return;
+        }
+        self.subscriptions.insert(
+            msg.filter.clone(),
+            SubscriptionState {
+                requested: msg.qos,
+                granted: None,
+            },
+        );
+        self.send_subscribe(vec![(msg.filter, msg.qos)]);
+        self.flush(ctx);
+    }
+}
+
+impl Handler<Unsubscribe> for ManagedConnection {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unsubscribe, ctx: &mut Context<Self>) {
+        if self.subscriptions.remove(&msg.filter).is_none() || self.link != Link::Up {
+            return;
+        }
+        let pid = self.allocate_pid();
+        let unsubscribe = v4::Unsubscribe {
+            pkid: pid,
+            topics: vec![msg.filter],
+        };
+        if let Err(e) = unsubscribe.write(&mut self.out) {
+            warn!(error = ?e, "cannot encode UNSUBSCRIBE");
+        }
+        self.flush(ctx);
+    }
+}
+
+impl Handler<GetSubscriptions> for ManagedConnection {
+    type Result = MessageResult<GetSubscriptions>;
+
+    fn handle(&mut self, _: GetSubscriptions, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.subscriptions.clone())
+    }
+}
+
+impl Handler<AddListener> for ManagedConnection {
+    type Result = ();
+
+    fn handle(&mut self, msg: AddListener, _: &mut Context<Self>) {
+        if self.link == Link::Up {
+            // A late listener learns the current state.
+            msg.0.do_send(ConnectionEvent::Connected {
+                session_present: true,
+            });
+        }
+        self.listeners.push(msg.0);
+    }
+}
+
+impl Handler<Stop> for ManagedConnection {
+    type Result = ResponseFuture<StopReport>;
+
+    fn handle(&mut self, msg: Stop, ctx: &mut Context<Self>) -> Self::Result {
+        let (reply, answer) = oneshot::channel();
+        if self.stopping.is_none() {
+            self.stopping = Some(reply);
+            ctx.run_later(msg.deadline, |act, ctx| act.finish_stop(ctx));
+            self.check_stop(ctx);
+        }
+        Box::pin(async move { answer.await.unwrap_or_default() })
+    }
+}

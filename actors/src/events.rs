@@ -1,0 +1,107 @@
+//! What a managed connection tells its listeners, and the messages it takes.
+
+use actix::prelude::*;
+use bytes::Bytes;
+use switchboard::QoS;
+use thiserror::Error;
+
+/// Identifies one enqueued message for the life of a connection actor (and across restarts with a
+/// durable queue).
+pub type MessageId = u64;
+
+/// Why the link to the broker went down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkDown {
+    /// The broker closed the connection, or the socket failed.
+    Network(String),
+    /// Nothing arrived within 1.5 times the keep-alive.
+    KeepAliveTimeout,
+    /// The broker sent something this client could not decode.
+    Protocol(String),
+    /// [`Stop`](crate::Stop) was asked for.
+    Stopped,
+}
+
+/// Why a connection attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// TCP connect failed or timed out.
+    Network(String),
+    /// The broker answered CONNACK with this non-zero return code.
+    Refused(u8),
+    /// No CONNACK within the connect timeout.
+    Timeout,
+}
+
+/// Why a message was dropped without being delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The pending queue was full (overflow strategy drop oldest / drop newest).
+    QueueOverflow,
+    /// The connection was stopped before it could be delivered.
+    Stopped,
+}
+
+/// Sent by a [`ManagedConnection`](crate::ManagedConnection) to every registered listener.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub enum ConnectionEvent {
+    /// CONNACK 0 received.
+    Connected {
+        /// Whether the broker kept the session (subscriptions are then not sent again).
+        session_present: bool,
+    },
+    /// The link went down; a reconnect follows unless stopped.
+    Disconnected(LinkDown),
+    /// A connection attempt failed; the next is in `retry_in`.
+    ConnectFailed {
+        /// What failed.
+        failure: ConnectFailure,
+        /// Delay before the next attempt.
+        retry_in: std::time::Duration,
+    },
+    /// SUBACK for a filter: the granted QoS, or `None` if the broker refused it (0x80).
+    SubscriptionGranted {
+        /// The filter.
+        filter: String,
+        /// Granted QoS.
+        granted: Option<QoS>,
+    },
+    /// An application message from the broker.
+    MessageReceived(Received),
+    /// A message left this client for good: QoS 0 written, QoS 1 PUBACKed, QoS 2 PUBCOMPed.
+    MessageDelivered(MessageId),
+    /// A message was dropped.
+    MessageDropped(MessageId, DropReason),
+}
+
+/// An application message received from the broker.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct Received {
+    /// Topic name.
+    pub topic: String,
+    /// Payload.
+    pub payload: Bytes,
+    /// QoS it was delivered with.
+    pub qos: QoS,
+    /// Retain flag (set for retained messages sent on subscribe).
+    pub retain: bool,
+}
+
+/// Why [`Enqueue`](crate::Enqueue) did not take a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum EnqueueError {
+    /// The queue is full and the overflow strategy is [`Overflow::Refuse`](crate::Overflow).
+    #[error("the pending queue is full")]
+    QueueFull,
+    /// The connection is stopping.
+    #[error("the connection is stopping")]
+    Stopping,
+    /// The topic is not a valid topic name.
+    #[error("invalid topic name")]
+    InvalidTopic,
+    /// The durable queue could not be written.
+    #[error("the durable queue could not be written")]
+    Storage,
+}

@@ -1,0 +1,143 @@
+//! Options of a [`ManagedConnection`](crate::ManagedConnection).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use switchboard::QoS;
+
+/// What to do when the pending queue is full and another message is enqueued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// Drop the oldest queued message (reported as dropped) and queue the new one.
+    DropOldest,
+    /// Drop the new message (reported as dropped).
+    DropNewest,
+    /// Refuse the new message: `Enqueue` answers [`EnqueueError::QueueFull`](crate::EnqueueError)
+    /// so the caller can back off.
+    Refuse,
+}
+
+/// Reconnect delays: exponential from `initial` to `max`, each with random jitter.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backoff {
+    /// Delay before the first reconnect attempt.
+    pub initial: Duration,
+    /// Longest delay.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_millis(250),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before attempt number `attempt` (0 = first retry): `initial * 2^attempt` capped at
+    /// `max`, then a uniformly random value between half of it and all of it, so a fleet that lost
+    /// its broker at once does not come back at once.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let exponential = self
+            .initial
+            .saturating_mul(1u32 << attempt.min(20))
+            .min(self.max);
+        let half = exponential / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+}
+
+/// A will: published by the broker if this connection is lost without DISCONNECT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Will {
+    /// Topic.
+    pub topic: String,
+    /// Payload.
+    pub payload: Vec<u8>,
+    /// QoS.
+    pub qos: QoS,
+    /// Retain flag.
+    pub retain: bool,
+}
+
+/// Everything a managed connection needs. Build with [`ConnectionOptions::new`] and adjust fields.
+#[derive(Debug, Clone)]
+pub struct ConnectionOptions {
+    /// Broker host name or address.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// Client identifier.
+    pub client_id: String,
+    /// Keep-alive; a PINGREQ is sent after this long without sending, and the link is considered
+    /// dead after 1.5 times this without receiving. Default 30 s.
+    pub keep_alive: Duration,
+    /// Clean session flag. Default true.
+    pub clean_session: bool,
+    /// User name and password.
+    pub credentials: Option<(String, String)>,
+    /// Will message.
+    pub will: Option<Will>,
+    /// Largest packet accepted from the broker. Default 1 MiB.
+    pub max_packet_size: usize,
+    /// How long to wait for the TCP connect and then for CONNACK. Default 10 s.
+    pub connect_timeout: Duration,
+    /// Reconnect delays.
+    pub backoff: Backoff,
+    /// Most messages waiting to be sent (not counting the inflight window). Default 10,000.
+    pub queue_capacity: usize,
+    /// What a full queue does. Default [`Overflow::DropOldest`].
+    pub overflow: Overflow,
+    /// QoS 1/2 messages sent and not yet acknowledged. Default 16.
+    pub inflight: u16,
+    /// Keep pending messages in this file so they survive a restart of the device process.
+    pub durable_queue: Option<PathBuf>,
+}
+
+impl ConnectionOptions {
+    /// Options with the defaults for a broker at `host:port` and this client id.
+    pub fn new(host: impl Into<String>, port: u16, client_id: impl Into<String>) -> Self {
+        ConnectionOptions {
+            host: host.into(),
+            port,
+            client_id: client_id.into(),
+            keep_alive: Duration::from_secs(30),
+            clean_session: true,
+            credentials: None,
+            will: None,
+            max_packet_size: 1024 * 1024,
+            connect_timeout: Duration::from_secs(10),
+            backoff: Backoff::default(),
+            queue_capacity: 10_000,
+            overflow: Overflow::DropOldest,
+            inflight: 16,
+            durable_queue: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let b = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        };
+        for attempt in 0..40 {
+            let full = (Duration::from_millis(100) * 2u32.pow(attempt.min(20))).min(b.max);
+            let d = b.delay(attempt);
+            assert!(
+                d >= full / 2 && d <= full,
+                "attempt {attempt}: {d:?} not in [{:?}, {full:?}]",
+                full / 2
+            );
+        }
+        let spread: std::collections::HashSet<_> = (0..20).map(|_| b.delay(3)).collect();
+        assert!(spread.len() > 1, "jitter varies the delay");
+    }
+}

@@ -1,0 +1,146 @@
+//! The bounded pending queue of a managed connection: messages enqueued and not yet sent.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use switchboard::QoS;
+
+use crate::events::MessageId;
+use crate::options::Overflow;
+
+/// A message waiting to be published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// Its id (for delivery and drop events).
+    pub id: MessageId,
+    /// Topic name.
+    pub topic: String,
+    /// Payload.
+    pub payload: Bytes,
+    /// QoS.
+    pub qos: QoS,
+    /// Retain flag.
+    pub retain: bool,
+}
+
+/// What [`PendingQueue::push`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// Queued.
+    Queued,
+    /// Queued, and this older message was dropped to make room.
+    QueuedDropping(Outgoing),
+    /// Not queued: the new message was dropped (drop newest).
+    Dropped(Outgoing),
+    /// Not queued: refused (the caller should back off).
+    Refused(Outgoing),
+}
+
+/// A FIFO of at most `capacity` messages with an overflow strategy.
+#[derive(Debug)]
+pub struct PendingQueue {
+    items: VecDeque<Outgoing>,
+    capacity: usize,
+    overflow: Overflow,
+}
+
+impl PendingQueue {
+    /// An empty queue.
+    pub fn new(capacity: usize, overflow: Overflow) -> Self {
+        PendingQueue {
+            items: VecDeque::new(),
+            capacity: capacity.max(1),
+            overflow,
+        }
+    }
+
+    /// Number of queued messages.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Appends a message, applying the overflow strategy when full.
+    pub fn push(&mut self, message: Outgoing) -> PushOutcome {
+        if self.items.len() < self.capacity {
+            self.items.push_back(message);
+            return PushOutcome::Queued;
+        }
+        match self.overflow {
+            Overflow::DropOldest => {
+                let oldest = self.items.pop_front();
+                self.items.push_back(message);
+                match oldest {
+                    Some(oldest) => PushOutcome::QueuedDropping(oldest),
+                    None => PushOutcome::Queued,
+                }
+            }
+            Overflow::DropNewest => PushOutcome::Dropped(message),
+            Overflow::Refuse => PushOutcome::Refused(message),
+        }
+    }
+
+    /// Puts a message back at the front (restored from disk, in order).
+    pub fn push_restored(&mut self, message: Outgoing) {
+        self.items.push_back(message);
+    }
+
+    /// The next message to send.
+    pub fn front(&self) -> Option<&Outgoing> {
+        self.items.front()
+    }
+
+    /// Removes and returns the next message.
+    pub fn pop(&mut self) -> Option<Outgoing> {
+        self.items.pop_front()
+    }
+
+    /// Removes everything.
+    pub fn drain(&mut self) -> impl Iterator<Item = Outgoing> + '_ {
+        self.items.drain(..)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(id: MessageId) -> Outgoing {
+        Outgoing {
+            id,
+            topic: "t".into(),
+            payload: Bytes::new(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+        }
+    }
+
+    fn ids(q: &mut PendingQueue) -> Vec<MessageId> {
+        q.drain().map(|m| m.id).collect()
+    }
+
+    #[test]
+    fn drop_oldest() {
+        let mut q = PendingQueue::new(2, Overflow::DropOldest);
+        assert_eq!(q.push(msg(1)), PushOutcome::Queued);
+        q.push(msg(2));
+        assert_eq!(q.push(msg(3)), PushOutcome::QueuedDropping(msg(1)));
+        assert_eq!(ids(&mut q), vec![2, 3]);
+    }
+
+    #[test]
+    fn drop_newest_and_refuse() {
+        let mut q = PendingQueue::new(1, Overflow::DropNewest);
+        q.push(msg(1));
+        assert_eq!(q.push(msg(2)), PushOutcome::Dropped(msg(2)));
+        assert_eq!(ids(&mut q), vec![1]);
+        let mut q = PendingQueue::new(1, Overflow::Refuse);
+        q.push(msg(1));
+        assert_eq!(q.push(msg(2)), PushOutcome::Refused(msg(2)));
+        assert_eq!(q.len(), 1);
+    }
+}

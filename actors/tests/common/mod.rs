@@ -1,0 +1,205 @@
+//! Test helpers for the device actors: event probes, a cuttable TCP proxy, brokers on loopback.
+//! Every wait has a timeout; nothing sleeps to synchronise.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use actix::prelude::*;
+use switchboard::{BackgroundBroker, Config};
+use switchboard_actors::{
+    Backoff, ConnectionEvent, ConnectionOptions, ManagedConnection, Received,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// How long any single expected event may take.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A broker on `port` (0 = any free port).
+pub fn broker_on(port: u16) -> BackgroundBroker {
+    let mut config = Config::default();
+    config.listener.port = port;
+    config.listener.workers = 1;
+    BackgroundBroker::start(config).expect("broker starts")
+}
+
+/// Options with short reconnect delays for tests.
+pub fn options(port: u16, client_id: &str) -> ConnectionOptions {
+    let mut options = ConnectionOptions::new("127.0.0.1", port, client_id);
+    options.backoff = Backoff {
+        initial: Duration::from_millis(20),
+        max: Duration::from_millis(200),
+    };
+    options.connect_timeout = Duration::from_secs(2);
+    options
+}
+
+/// Forwards every message it gets into a channel.
+pub struct Probe<M: Message<Result = ()> + Send>(pub mpsc::UnboundedSender<M>);
+
+impl<M: Message<Result = ()> + Send + 'static> Actor for Probe<M> {
+    type Context = Context<Self>;
+}
+
+impl<M: Message<Result = ()> + Send + 'static> Handler<M> for Probe<M> {
+    type Result = ();
+    fn handle(&mut self, msg: M, _: &mut Context<Self>) {
+        let _ = self.0.send(msg);
+    }
+}
+
+/// The receiving end of a [`Probe`].
+pub struct Inbox<M>(pub mpsc::UnboundedReceiver<M>);
+
+impl<M: std::fmt::Debug> Inbox<M> {
+    /// The next message, or panic after [`WAIT`].
+    pub async fn next(&mut self) -> M {
+        tokio::time::timeout(WAIT, self.0.recv())
+            .await
+            .expect("an event within the timeout")
+            .expect("probe alive")
+    }
+
+    /// Skips messages until `pick` returns `Some`.
+    pub async fn find<T>(&mut self, mut pick: impl FnMut(&M) -> Option<T>) -> T {
+        loop {
+            let m = self.next().await;
+            if let Some(found) = pick(&m) {
+                return found;
+            }
+        }
+    }
+
+    /// Messages already received, without waiting.
+    pub fn drain_ready(&mut self) -> Vec<M> {
+        let mut out = Vec::new();
+        while let Ok(m) = self.0.try_recv() {
+            out.push(m);
+        }
+        out
+    }
+}
+
+/// A probe actor and its inbox.
+pub fn probe<M: Message<Result = ()> + Send + 'static>() -> (Recipient<M>, Inbox<M>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (Probe(tx).start().recipient(), Inbox(rx))
+}
+
+/// A managed connection whose events go to the returned inbox.
+pub fn connection(options: ConnectionOptions) -> (Addr<ManagedConnection>, Inbox<ConnectionEvent>) {
+    let (recipient, inbox) = probe();
+    (
+        ManagedConnection::start_with(options, vec![recipient]),
+        inbox,
+    )
+}
+
+/// Waits for `Connected` and returns its session-present flag.
+pub async fn connected(events: &mut Inbox<ConnectionEvent>) -> bool {
+    events
+        .find(|e| match e {
+            ConnectionEvent::Connected { session_present } => Some(*session_present),
+            _ => None,
+        })
+        .await
+}
+
+/// Waits for SUBACK of `filter`.
+pub async fn granted(events: &mut Inbox<ConnectionEvent>, filter: &str) {
+    events
+        .find(|e| match e {
+            ConnectionEvent::SubscriptionGranted {
+                filter: f,
+                granted: Some(_),
+            } if f == filter => Some(()),
+            _ => None,
+        })
+        .await
+}
+
+/// Waits for `Disconnected`.
+pub async fn disconnected(events: &mut Inbox<ConnectionEvent>) {
+    events
+        .find(|e| matches!(e, ConnectionEvent::Disconnected(_)).then_some(()))
+        .await
+}
+
+/// Collects `n` received payloads (as UTF-8 strings).
+pub async fn receive(inbox: &mut Inbox<Received>, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let r = inbox.next().await;
+        out.push(String::from_utf8_lossy(&r.payload).into_owned());
+    }
+    out
+}
+
+/// A TCP proxy in front of a broker, which a test can cut (closing every connection and no longer
+/// listening) and start again on the same port.
+pub struct Proxy {
+    pub port: u16,
+    upstream: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Proxy {
+    /// Listens on `port` (0 = any) and forwards to `upstream`.
+    pub async fn start(port: u16, upstream: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("proxy binds");
+        let port = listener.local_addr().expect("addr").port();
+        let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let conns = connections.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                conns.lock().expect("lock").push(conn);
+            }
+        });
+        Proxy {
+            port,
+            upstream,
+            tasks: vec![accept],
+            connections,
+        }
+    }
+
+    /// Closes every proxied connection and stops listening.
+    pub fn cut(&mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        for conn in self.connections.lock().expect("lock").drain(..) {
+            conn.abort();
+        }
+    }
+
+    /// Listens again on the same port.
+    pub async fn resume(&mut self) {
+        let again = Proxy::start(self.port, self.upstream).await;
+        *self = again;
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
+/// A port with nothing listening on it (bound, read, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}

@@ -1,0 +1,421 @@
+//! The managed connection against a real broker over loopback TCP: reconnects, re-subscribes,
+//! queues, overflows, pipelines, survives restarts.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use actix::prelude::*;
+use common::*;
+use switchboard_actors::{
+    ConnectionEvent, Consumer, DropReason, Enqueue, EnqueueError, GetSubscriptions, Overflow,
+    PendingCount, QoS, Received, Stop,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A Consumer of `filter` on its own connection; returns the received-message inbox and the
+/// connection's events, once the subscription is granted.
+async fn consumer(
+    port: u16,
+    id: &str,
+    filter: &str,
+    adjust: impl FnOnce(&mut switchboard_actors::ConnectionOptions),
+) -> (
+    Addr<switchboard_actors::ManagedConnection>,
+    Inbox<Received>,
+    Inbox<ConnectionEvent>,
+) {
+    let mut opts = options(port, id);
+    adjust(&mut opts);
+    let (conn, mut events) = connection(opts);
+    let (sink, received) = probe::<Received>();
+    Consumer::new(
+        conn.clone(),
+        vec![(filter.to_string(), QoS::AtLeastOnce)],
+        sink,
+    )
+    .start();
+    granted(&mut events, filter).await;
+    (conn, received, events)
+}
+
+#[actix_rt::test]
+async fn broker_restart_mid_stream_loses_no_qos1_message() {
+    let broker = broker_on(0);
+    let port = broker.local_addr().port();
+    let (_app, mut received, mut app_events) =
+        consumer(port, "app", "detrd/status/response/+", |_| {}).await;
+    // The radar reaches the broker through a proxy, so the test decides when it may reconnect.
+    let mut proxy = Proxy::start(0, broker.local_addr()).await;
+    let (radar, mut radar_events) = connection(options(proxy.port, "1AB.ENTER.DETRD"));
+    connected(&mut radar_events).await;
+    let topic = "detrd/status/response/1AB.ENTER.DETRD";
+    for n in 0..50 {
+        radar
+            .send(Enqueue::new(topic, format!("{n}"), QoS::AtLeastOnce))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let first = receive(&mut received, 50).await;
+    assert_eq!(first, (0..50).map(|n| n.to_string()).collect::<Vec<_>>());
+    // All acknowledged, so nothing of the first batch is in flight when the link is cut.
+    radar_events
+        .find(|e| matches!(e, ConnectionEvent::MessageDelivered(50)).then_some(()))
+        .await;
+
+    // The broker goes away; the radar keeps producing.
+    drop(broker);
+    proxy.cut();
+    disconnected(&mut radar_events).await;
+    disconnected(&mut app_events).await;
+    for n in 50..100 {
+        radar
+            .send(Enqueue::new(topic, format!("{n}"), QoS::AtLeastOnce))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(radar.send(PendingCount).await.unwrap(), 50);
+
+    // A new broker on the same port: the app reconnects and, the session being gone,
+    // subscribes again; only then is the radar let through.
+    let _broker = broker_on(port);
+    assert!(
+        !connected(&mut app_events).await,
+        "a restarted broker has no session"
+    );
+    granted(&mut app_events, "detrd/status/response/+").await;
+    proxy.resume().await;
+    connected(&mut radar_events).await;
+    let mut counts = BTreeMap::new();
+    for payload in receive(&mut received, 50).await {
+        *counts.entry(payload.parse::<u32>().unwrap()).or_insert(0) += 1;
+    }
+    for n in 50..100 {
+        assert_eq!(counts.get(&n), Some(&1), "message {n}: {counts:?}");
+    }
+    radar_events
+        .find(|e| matches!(e, ConnectionEvent::MessageDelivered(100)).then_some(()))
+        .await;
+    assert_eq!(radar.send(PendingCount).await.unwrap(), 0);
+}
+
+/// Five messages into a queue of three while the broker is unreachable, then the link opens.
+/// Returns the Enqueue results, what arrived, and the drop events.
+async fn overflow_run(
+    overflow: Overflow,
+) -> (
+    Vec<Result<u64, EnqueueError>>,
+    Vec<String>,
+    Vec<(u64, DropReason)>,
+) {
+    let broker = broker_on(0);
+    let (_app, mut received, _) = consumer(broker.local_addr().port(), "app", "q/#", |_| {}).await;
+    let port = free_port();
+    let mut opts = options(port, "device");
+    opts.queue_capacity = 3;
+    opts.overflow = overflow;
+    let (device, mut events) = connection(opts);
+    events
+        .find(|e| matches!(e, ConnectionEvent::ConnectFailed { .. }).then_some(()))
+        .await;
+    let mut results = Vec::new();
+    for n in 1..=5 {
+        results.push(
+            device
+                .send(Enqueue::new("q/x", format!("{n}"), QoS::AtLeastOnce))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(device.send(PendingCount).await.unwrap(), 3);
+    let _proxy = Proxy::start(port, broker.local_addr()).await;
+    let got = receive(&mut received, 3).await;
+    // Everything queued is delivered and the count goes back to zero; drop events came first.
+    let last = if overflow == Overflow::DropOldest {
+        5
+    } else {
+        3
+    };
+    let mut drops = Vec::new();
+    loop {
+        match events.next().await {
+            ConnectionEvent::MessageDropped(id, why) => drops.push((id, why)),
+            ConnectionEvent::MessageDelivered(id) if id == last => break,
+            _ => {}
+        }
+    }
+    assert_eq!(device.send(PendingCount).await.unwrap(), 0);
+    (results, got, drops)
+}
+
+#[actix_rt::test]
+async fn overflow_drop_oldest() {
+    let (results, got, drops) = overflow_run(Overflow::DropOldest).await;
+    assert!(results.iter().all(Result::is_ok));
+    assert_eq!(got, vec!["3", "4", "5"]);
+    assert_eq!(
+        drops,
+        vec![
+            (1, DropReason::QueueOverflow),
+            (2, DropReason::QueueOverflow)
+        ]
+    );
+}
+
+#[actix_rt::test]
+async fn overflow_drop_newest() {
+    let (results, got, drops) = overflow_run(Overflow::DropNewest).await;
+    assert!(results.iter().all(Result::is_ok));
+    assert_eq!(got, vec!["1", "2", "3"]);
+    assert_eq!(
+        drops,
+        vec![
+            (4, DropReason::QueueOverflow),
+            (5, DropReason::QueueOverflow)
+        ]
+    );
+}
+
+#[actix_rt::test]
+async fn overflow_refuse_lets_the_caller_back_off() {
+    let (results, got, drops) = overflow_run(Overflow::Refuse).await;
+    assert_eq!(
+        results,
+        vec![
+            Ok(1),
+            Ok(2),
+            Ok(3),
+            Err(EnqueueError::QueueFull),
+            Err(EnqueueError::QueueFull)
+        ]
+    );
+    assert_eq!(got, vec!["1", "2", "3"]);
+    assert!(drops.is_empty());
+}
+
+#[actix_rt::test]
+async fn session_present_means_no_resubscribe() {
+    let broker = broker_on(0);
+    let mut proxy = Proxy::start(0, broker.local_addr()).await;
+    let (app, mut received, mut events) =
+        consumer(proxy.port, "app", "keep/#", |o| o.clean_session = false).await;
+    let (publisher, _) = connection(options(broker.local_addr().port(), "pub"));
+
+    proxy.cut();
+    disconnected(&mut events).await;
+    // Published while the app is away: the broker keeps it in the app's session.
+    publisher
+        .send(Enqueue::new("keep/a", "while away", QoS::AtLeastOnce))
+        .await
+        .unwrap()
+        .unwrap();
+    proxy.resume().await;
+    assert!(connected(&mut events).await, "the broker kept the session");
+    assert_eq!(receive(&mut received, 1).await, vec!["while away"]);
+    // A message the app sends itself comes back after any SUBACK would have: none may come.
+    app.send(Enqueue::new("keep/echo", "echo", QoS::AtLeastOnce))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(receive(&mut received, 1).await, vec!["echo"]);
+    let resubscribed = events
+        .drain_ready()
+        .into_iter()
+        .any(|e| matches!(e, ConnectionEvent::SubscriptionGranted { .. }));
+    assert!(
+        !resubscribed,
+        "subscriptions are not sent again when the session is present"
+    );
+    let subs = app.send(GetSubscriptions).await.unwrap();
+    assert_eq!(subs["keep/#"].granted, Some(Some(QoS::AtLeastOnce)));
+}
+
+#[actix_rt::test]
+async fn inflight_window_pipelines() {
+    // A fake broker that accepts, answers CONNACK, and counts PUBLISHes before acknowledging any.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut opts = options(port, "pipelined");
+    opts.inflight = 8;
+    let (device, _events) = connection(opts);
+    for n in 0..20 {
+        device
+            .send(Enqueue::new("p", format!("{n}"), QoS::AtLeastOnce))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let (mut socket, _) = tokio::time::timeout(WAIT, listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let connect = read_frame(&mut socket).await;
+    assert_eq!(connect[0], 0x10);
+    socket.write_all(&[0x20, 0x02, 0x00, 0x00]).await.unwrap();
+    let mut pids = Vec::new();
+    for _ in 0..8 {
+        let publish = read_frame(&mut socket).await;
+        assert_eq!(publish[0] & 0xF6, 0x32, "QoS 1 PUBLISH");
+        let topic_len = u16::from_be_bytes([publish[2], publish[3]]) as usize;
+        pids.push(u16::from_be_bytes([
+            publish[4 + topic_len],
+            publish[5 + topic_len],
+        ]));
+    }
+    // Eight in flight at once, no acknowledgement yet: and not a ninth.
+    let ninth = tokio::time::timeout(Duration::from_millis(300), read_frame(&mut socket)).await;
+    assert!(ninth.is_err(), "the window of 8 was exceeded");
+    assert_eq!(device.send(PendingCount).await.unwrap(), 20);
+    socket
+        .write_all(&[0x40, 0x02, (pids[0] >> 8) as u8, pids[0] as u8])
+        .await
+        .unwrap();
+    let next = read_frame(&mut socket).await;
+    assert_eq!(next[0] & 0xF6, 0x32, "one PUBACK frees one slot");
+}
+
+async fn read_frame(socket: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut head = vec![0u8; 2];
+    socket.read_exact(&mut head).await.unwrap();
+    let mut len = (head[1] & 0x7F) as usize;
+    let mut shift = 7;
+    let mut last = head[1];
+    while last & 0x80 != 0 {
+        let mut b = [0u8; 1];
+        socket.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+        len |= ((b[0] & 0x7F) as usize) << shift;
+        shift += 7;
+        last = b[0];
+    }
+    let mut body = vec![0u8; len];
+    socket.read_exact(&mut body).await.unwrap();
+    head.extend(body);
+    head
+}
+
+#[actix_rt::test]
+async fn durable_queue_survives_a_restart_of_the_device_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("radar.queue");
+    let port = free_port();
+    // First "process": no broker reachable; five messages queue up and are left on disk.
+    let mut opts = options(port, "radar");
+    opts.durable_queue = Some(path.clone());
+    let (first, mut events) = connection(opts.clone());
+    events
+        .find(|e| matches!(e, ConnectionEvent::ConnectFailed { .. }).then_some(()))
+        .await;
+    for n in 1..=5 {
+        first
+            .send(Enqueue::new("d/x", format!("{n}"), QoS::AtLeastOnce))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let report = first
+        .send(Stop {
+            deadline: Duration::from_millis(50),
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.undelivered, vec![1, 2, 3, 4, 5]);
+
+    // Second "process": the broker is up; the same file is opened and everything is sent.
+    let broker = broker_on(0);
+    let (_app, mut received, _) = consumer(broker.local_addr().port(), "app", "d/#", |_| {}).await;
+    opts.port = broker.local_addr().port();
+    let (second, mut events) = connection(opts);
+    assert_eq!(
+        receive(&mut received, 5).await,
+        vec!["1", "2", "3", "4", "5"]
+    );
+    events
+        .find(|e| matches!(e, ConnectionEvent::MessageDelivered(5)).then_some(()))
+        .await;
+    // New messages get new ids.
+    assert_eq!(
+        second
+            .send(Enqueue::new("d/x", "6", QoS::AtLeastOnce))
+            .await
+            .unwrap(),
+        Ok(6)
+    );
+}
+
+#[actix_rt::test]
+async fn stop_flushes_the_queue_within_the_deadline() {
+    let broker = broker_on(0);
+    let port = broker.local_addr().port();
+    let (_app, mut received, _) = consumer(port, "app", "s/#", |_| {}).await;
+    let (device, mut events) = connection(options(port, "device"));
+    connected(&mut events).await;
+    for n in 0..10 {
+        device
+            .send(Enqueue::new("s/x", format!("{n}"), QoS::ExactlyOnce))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let report = device.send(Stop { deadline: WAIT }).await.unwrap();
+    assert!(report.undelivered.is_empty());
+    assert_eq!(receive(&mut received, 10).await.len(), 10);
+    assert_eq!(
+        device
+            .send(Enqueue::new("s/x", "late", QoS::AtMostOnce))
+            .await
+            .ok(),
+        None,
+        "a stopped connection takes nothing more"
+    );
+}
+
+#[actix_rt::test]
+async fn stop_reports_what_it_could_not_deliver() {
+    let (device, mut events) = connection(options(free_port(), "offline"));
+    events
+        .find(|e| matches!(e, ConnectionEvent::ConnectFailed { .. }).then_some(()))
+        .await;
+    device
+        .send(Enqueue::new("x", "1", QoS::AtLeastOnce))
+        .await
+        .unwrap()
+        .unwrap();
+    device
+        .send(Enqueue::new("x", "2", QoS::AtMostOnce))
+        .await
+        .unwrap()
+        .unwrap();
+    let report = device
+        .send(Stop {
+            deadline: Duration::from_millis(100),
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.undelivered, vec![1, 2]);
+    let dropped: Vec<_> = events
+        .drain_ready()
+        .into_iter()
+        .filter(|e| matches!(e, ConnectionEvent::MessageDropped(_, DropReason::Stopped)))
+        .collect();
+    assert_eq!(dropped.len(), 2);
+}
+
+#[actix_rt::test]
+async fn connect_failures_are_events_with_growing_delays() {
+    let (_device, mut events) = connection(options(free_port(), "nobody-home"));
+    let mut delays = Vec::new();
+    while delays.len() < 4 {
+        if let ConnectionEvent::ConnectFailed { retry_in, .. } = events.next().await {
+            delays.push(retry_in);
+        }
+    }
+    // 20 ms doubling, capped at 200 ms, each jittered into [d/2, d].
+    for (attempt, d) in delays.iter().enumerate() {
+        let full = Duration::from_millis(20 * (1 << attempt)).min(Duration::from_millis(200));
+        assert!(*d >= full / 2 && *d <= full, "attempt {attempt}: {d:?}");
+    }
+}
