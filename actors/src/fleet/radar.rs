@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use switchboard::QoS;
 
-use super::{answer_status, detection_topic, status_request_topic, Detection, RadarStatus};
+use super::{
+    answer_status, detection_topic, state_topic, status_request_topic, Detection, RadarStatus,
+};
 use crate::device::{Device, Outbox};
 use crate::events::Received;
 
@@ -29,18 +31,31 @@ impl RadarDetector {
     }
 }
 
+impl RadarDetector {
+    fn status(&self) -> RadarStatus {
+        RadarStatus {
+            device: self.id.clone(),
+            healthy: true,
+            detections: self.detections,
+        }
+    }
+}
+
 impl Device for RadarDetector {
     fn subscriptions(&self) -> Vec<(String, QoS)> {
         vec![(status_request_topic(&self.id), QoS::AtLeastOnce)]
     }
 
     fn on_message(&mut self, message: &Received, out: &mut Outbox) {
-        let status = RadarStatus {
-            device: self.id.clone(),
-            healthy: true,
-            detections: self.detections,
-        };
-        answer_status(&self.id, message, &status, out);
+        answer_status(&self.id, message, &self.status(), out);
+    }
+
+    fn on_connected(&mut self, out: &mut Outbox) {
+        // Announce the radar (retained), after its subscriptions on the same connection.
+        match serde_json::to_vec(&self.status()) {
+            Ok(json) => out.publish_retained(state_topic(&self.id), json, QoS::AtLeastOnce),
+            Err(e) => tracing::warn!(error = %e, "cannot encode radar state"),
+        }
     }
 
     fn tick_interval(&self) -> Option<Duration> {

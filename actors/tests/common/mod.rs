@@ -120,6 +120,21 @@ pub async fn granted(events: &mut Inbox<ConnectionEvent>, filter: &str) {
         .await
 }
 
+/// Waits for SUBACKs of all `filters`, in any order.
+pub async fn granted_all(events: &mut Inbox<ConnectionEvent>, filters: &[&str]) {
+    let mut missing: std::collections::BTreeSet<String> =
+        filters.iter().map(|f| f.to_string()).collect();
+    while !missing.is_empty() {
+        if let ConnectionEvent::SubscriptionGranted {
+            filter,
+            granted: Some(_),
+        } = events.next().await
+        {
+            missing.remove(&filter);
+        }
+    }
+}
+
 /// Waits for `Disconnected`.
 pub async fn disconnected(events: &mut Inbox<ConnectionEvent>) {
     events
