@@ -53,6 +53,61 @@ impl Outbox {
 }
 
 /// A device model. Implement it on a plain struct; [`DeviceActor::start`] runs it.
+///
+/// ```
+/// use std::time::Duration;
+/// use switchboard_actors::fleet::{answer_status, status_request_topic};
+/// use switchboard_actors::{Device, Outbox, QoS, Received};
+///
+/// /// A ticket printer: answers status requests, prints on command, reports its paper level.
+/// struct TicketPrinter {
+///     id: String,
+///     paper_left: u32,
+/// }
+///
+/// impl Device for TicketPrinter {
+///     fn subscriptions(&self) -> Vec<(String, QoS)> {
+///         vec![
+///             (status_request_topic(&self.id), QoS::AtLeastOnce),
+///             (format!("detrd/print/{}", self.id), QoS::AtLeastOnce),
+///         ]
+///     }
+///
+///     fn on_message(&mut self, message: &Received, out: &mut Outbox) {
+///         if message.topic == status_request_topic(&self.id) {
+///             let status = serde_json::json!({ "device": self.id, "paper_left": self.paper_left });
+///             answer_status(&self.id, message, &status, out);
+///         } else {
+///             self.paper_left = self.paper_left.saturating_sub(1);
+///         }
+///     }
+///
+///     fn tick_interval(&self) -> Option<Duration> {
+///         Some(Duration::from_secs(60))
+///     }
+///
+///     fn on_tick(&mut self, out: &mut Outbox) {
+///         out.publish_json(format!("detrd/paper/{}", self.id), &self.paper_left, QoS::AtMostOnce);
+///     }
+/// }
+///
+/// // Without a broker: feed it a status request and look at what it would publish.
+/// let mut printer = TicketPrinter { id: "1AB.PRINTER".into(), paper_left: 3 };
+/// let mut out = Outbox::default();
+/// let request = Received {
+///     topic: status_request_topic("1AB.PRINTER"),
+///     payload: r#"{"correlation_id":"c-1","body":{}}"#.into(),
+///     qos: QoS::AtLeastOnce,
+///     retain: false,
+/// };
+/// printer.on_message(&request, &mut out);
+/// let sent = out.take();
+/// assert_eq!(sent[0].topic, "detrd/status/response/1AB.PRINTER");
+/// assert!(String::from_utf8_lossy(&sent[0].payload).contains(r#""correlation_id":"c-1""#));
+/// ```
+///
+/// With a broker: `DeviceActor::start(printer, ConnectionOptions::new("127.0.0.1", 1883,
+/// "1AB.PRINTER"))`. `docs/devices.md` walks through it.
 pub trait Device: Unpin + 'static {
     /// The filters the device listens to, with the QoS to ask for.
     fn subscriptions(&self) -> Vec<(String, QoS)>;

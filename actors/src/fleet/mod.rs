@@ -97,12 +97,7 @@ pub struct Detection {
 /// Answers a status request on the device's response topic, copying the request's correlation id
 /// (a request that is not a JSON envelope, e.g. a plain `mosquitto_pub -m data`, is answered too,
 /// without one).
-pub(crate) fn answer_status<T: Serialize>(
-    id: &str,
-    request: &Received,
-    status: &T,
-    out: &mut Outbox,
-) {
+pub fn answer_status<T: Serialize>(id: &str, request: &Received, status: &T, out: &mut Outbox) {
     let correlation_id = serde_json::from_slice::<Envelope>(&request.payload)
         .ok()
         .and_then(|e| e.correlation_id);
