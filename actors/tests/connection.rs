@@ -419,3 +419,49 @@ async fn connect_failures_are_events_with_growing_delays() {
         assert!(*d >= full / 2 && *d <= full, "attempt {attempt}: {d:?}");
     }
 }
+
+#[actix_rt::test]
+async fn idle_connection_pings_and_stays_up() {
+    // Keep-alive 1 s: the broker would close the link after 1.5 s of silence [MQTT-3.1.2-24];
+    // the client's PINGREQs keep it open.
+    let broker = broker_on(0);
+    let mut opts = options(broker.local_addr().port(), "idle");
+    opts.keep_alive = Duration::from_secs(1);
+    let (_conn, mut events) = connection(opts);
+    connected(&mut events).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await; // idling is the point of this test
+    let dropped = events
+        .drain_ready()
+        .into_iter()
+        .any(|e| matches!(e, ConnectionEvent::Disconnected(_)));
+    assert!(!dropped, "the link stayed up while idle");
+}
+
+#[actix_rt::test]
+async fn a_silent_broker_is_detected_by_keep_alive() {
+    // A fake broker that answers CONNACK and then nothing, not even PINGRESP.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut opts = options(listener.local_addr().unwrap().port(), "watchful");
+    opts.keep_alive = Duration::from_secs(1);
+    let (_conn, mut events) = connection(opts);
+    let (mut socket, _) = tokio::time::timeout(WAIT, listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    read_frame(&mut socket).await;
+    socket.write_all(&[0x20, 0x02, 0x00, 0x00]).await.unwrap();
+    connected(&mut events).await;
+    let started = std::time::Instant::now();
+    let pingreq = read_frame(&mut socket).await;
+    assert_eq!(pingreq, vec![0xC0, 0x00], "PINGREQ after the keep-alive");
+    events
+        .find(|e| {
+            matches!(
+                e,
+                ConnectionEvent::Disconnected(switchboard_actors::LinkDown::KeepAliveTimeout)
+            )
+            .then_some(())
+        })
+        .await;
+    assert!(started.elapsed() >= Duration::from_millis(400));
+}

@@ -177,3 +177,32 @@ async fn plain_seed_style_requests_are_answered_without_correlation() {
     assert_eq!(answer.correlation_id, None);
     assert_eq!(answer.body["device"], id);
 }
+
+#[actix_rt::test]
+async fn publisher_publishes_on_an_interval() {
+    let broker = broker_on(0);
+    let port = broker.local_addr().port();
+    let (conn, mut events) = connection(options(port, "listener"));
+    let (sink, mut ticks) = probe::<Received>();
+    Consumer::new(conn, vec![("tick".into(), QoS::AtMostOnce)], sink).start();
+    granted(&mut events, "tick").await;
+    let (publisher_conn, _) = connection(options(port, "ticker"));
+    let publisher = Publisher::new(publisher_conn).start();
+    let mut n = 0u32;
+    publisher
+        .send(switchboard_actors::PublishEvery {
+            interval: Duration::from_millis(20),
+            make: Box::new(move || {
+                n += 1;
+                Publish {
+                    topic: "tick".into(),
+                    payload: n.to_string().into(),
+                    qos: QoS::AtLeastOnce,
+                    retain: false,
+                }
+            }),
+        })
+        .await
+        .unwrap();
+    assert_eq!(receive(&mut ticks, 3).await, vec!["1", "2", "3"]);
+}
