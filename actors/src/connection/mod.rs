@@ -82,6 +82,8 @@ pub struct ManagedConnection {
     inbound_qos2: HashSet<u16>,
     listeners: Vec<Recipient<ConnectionEvent>>,
     attempt: u32,
+    /// Session-present flag of the last CONNACK (told to listeners that join later).
+    session_present: bool,
     last_sent: Instant,
     last_received: Instant,
     durable: Option<DurableLog>,
@@ -108,6 +110,7 @@ impl ManagedConnection {
             inbound_qos2: HashSet::new(),
             listeners: Vec::new(),
             attempt: 0,
+            session_present: false,
             last_sent: Instant::now(),
             last_received: Instant::now(),
             durable: None,
@@ -255,18 +258,21 @@ impl ManagedConnection {
         self.attempt = 0;
         info!(client_id = %self.options.client_id, session_present, "connected to the broker");
         self.emit(ConnectionEvent::Connected { session_present });
+        self.session_present = session_present;
+        // Without a session the broker has none of our subscriptions: send them all again. With
+        // one, send only those never acknowledged (the link may have dropped before the SUBACK).
         if !session_present {
-            // The broker has no subscriptions for us: send them all again.
             for state in self.subscriptions.values_mut() {
                 state.granted = None;
             }
-            let all: Vec<(String, QoS)> = self
-                .subscriptions
-                .iter()
-                .map(|(f, s)| (f.clone(), s.requested))
-                .collect();
-            self.send_subscribe(all);
         }
+        let unacknowledged: Vec<(String, QoS)> = self
+            .subscriptions
+            .iter()
+            .filter(|(_, s)| s.granted.is_none())
+            .map(|(f, s)| (f.clone(), s.requested))
+            .collect();
+        self.send_subscribe(unacknowledged);
         // Unacknowledged messages go again, in order, with DUP [MQTT-4.4.0-1].
         let mut out = std::mem::take(&mut self.out);
         for entry in &self.inflight {
@@ -710,7 +716,7 @@ impl Handler<AddListener> for ManagedConnection {
         if self.link == Link::Up {
             // A late listener learns the current state.
             msg.0.do_send(ConnectionEvent::Connected {
-                session_present: true,
+                session_present: self.session_present,
             });
         }
         self.listeners.push(msg.0);
