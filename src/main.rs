@@ -32,7 +32,10 @@ fn main() -> ExitCode {
     let default_level = if cli.verbose { "debug" } else { "info" };
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 
     let mut config = match &cli.config {
         Some(path) => match Config::from_file(path) {

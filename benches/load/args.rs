@@ -1,0 +1,90 @@
+//! Command line of the load harness.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+/// A traffic pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// N publishers, each to its own subscriber.
+    Pairs,
+    /// N publishers to one subscriber (`bench/+`).
+    FanIn,
+    /// One publisher to N subscribers.
+    FanOut,
+    /// N publishers over many topics, subscribers on `+` and `#` filters (plus unrelated ones).
+    Wildcard,
+    /// `--topics` retained messages, then N clients subscribing to them all at once.
+    Retained,
+    /// Connections per second: CONNECT, CONNACK, DISCONNECT, with `--concurrency` at a time.
+    ConnectStorm,
+    /// N idle connections; broker RSS per connection (needs the broker's pid).
+    Idle,
+}
+
+/// Load-test an MQTT broker. Without `--addr`, starts the `switchboard` release binary on a free
+/// loopback port and measures it.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "load")]
+pub struct Args {
+    /// Traffic pattern.
+    #[arg(long, value_enum, default_value = "pairs")]
+    pub scenario: Scenario,
+    /// Clients (publishers and/or subscribers, per scenario).
+    #[arg(long, default_value_t = 8)]
+    pub clients: usize,
+    /// QoS of publishes and subscriptions.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub qos: u8,
+    /// Payload bytes (at least 20: publisher, sequence number and timestamp travel in it).
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
+    /// Open loop: total publish rate in messages/s. Without it, closed loop with `--window`.
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Closed loop: messages per publisher published and not yet delivered to every subscriber.
+    #[arg(long, default_value_t = 100)]
+    pub window: u64,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub duration: f64,
+    /// Seconds of traffic before measuring.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    /// Broker to test; default: start `switchboard` on a free port.
+    #[arg(long)]
+    pub addr: Option<SocketAddr>,
+    /// Pid of the broker at `--addr`, for its CPU and RSS.
+    #[arg(long)]
+    pub broker_pid: Option<u32>,
+    /// Name of the broker in reports.
+    #[arg(long, default_value = "switchboard")]
+    pub label: String,
+    /// Topics: retained messages (retained) or topics per publisher (wildcard).
+    #[arg(long, default_value_t = 1000)]
+    pub topics: usize,
+    /// Connections in progress at once (connect-storm, idle).
+    #[arg(long, default_value_t = 50)]
+    pub concurrency: usize,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Append the report as a JSON line to this file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// No live progress line.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Instead of running: read JSON lines from this file and print a comparison table.
+    #[arg(long)]
+    pub table: Option<PathBuf>,
+    /// With `--table`: also draw a bar chart of delivered msgs/s to this SVG file.
+    #[arg(long)]
+    pub chart: Option<PathBuf>,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    pub bench: bool,
+}

@@ -1,0 +1,412 @@
+//! Publisher -> subscriber traffic: pairs, fan-in, fan-out and wildcard. Every client runs on one
+//! single-threaded runtime; the harness's CPU share is reported so it can be checked not to be
+//! the bottleneck.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use crate::args::{Args, Scenario};
+use crate::wire::{self, PublishTemplate};
+
+/// Who publishes where and who subscribes to what.
+pub struct Plan {
+    /// Per publisher, the topics it cycles through.
+    pub publishers: Vec<Vec<String>>,
+    /// Per subscriber, its filters.
+    pub subscribers: Vec<Vec<String>>,
+    /// Subscribers that get each message.
+    pub recipients: u64,
+}
+
+/// The topology of a flow scenario with `n` clients.
+pub fn plan(scenario: Scenario, n: usize, topics: usize) -> Plan {
+    let n = n.max(1);
+    match scenario {
+        Scenario::FanIn => Plan {
+            publishers: (0..n).map(|i| vec![format!("bench/{i}")]).collect(),
+            subscribers: vec![vec!["bench/+".into()]],
+            recipients: 1,
+        },
+        Scenario::FanOut => Plan {
+            publishers: vec![vec!["bench/0".into()]],
+            subscribers: (0..n).map(|_| vec!["bench/0".into()]).collect(),
+            recipients: n as u64,
+        },
+        Scenario::Wildcard => {
+            let per = topics.clamp(1, 1000);
+            Plan {
+                publishers: (0..n)
+                    .map(|i| (0..per).map(|k| format!("bench/{i}/{k}/data")).collect())
+                    .collect(),
+                // Each subscriber matches its publisher through a wildcard and holds ten filters
+                // that match nothing, so the trie is not trivially small.
+                subscribers: (0..n)
+                    .map(|i| {
+                        let main = if i % 2 == 0 {
+                            format!("bench/{i}/+/data")
+                        } else {
+                            format!("bench/{i}/#")
+                        };
+                        let mut filters = vec![main];
+                        filters.extend((0..10).map(|k| format!("other/{i}/{k}/+")));
+                        filters
+                    })
+                    .collect(),
+                recipients: 1,
+            }
+        }
+        _ => Plan {
+            publishers: (0..n).map(|i| vec![format!("bench/{i}")]).collect(),
+            subscribers: (0..n).map(|i| vec![format!("bench/{i}")]).collect(),
+            recipients: 1,
+        },
+    }
+}
+
+/// Counters shared by every client of one run.
+pub struct Shared {
+    pub start: Instant,
+    pub sent: Cell<u64>,
+    pub received: Cell<u64>,
+    pub duplicated: Cell<u64>,
+    pub measuring: Cell<bool>,
+    pub stop: Cell<bool>,
+    pub latency: RefCell<Histogram<u64>>,
+    /// Per publisher: deliveries of its messages (summed over subscribers).
+    pub delivered_from: Vec<Cell<u64>>,
+    /// Per publisher: messages sent.
+    pub sent_by: Vec<Cell<u64>>,
+    pub wake: Vec<Notify>,
+}
+
+impl Shared {
+    fn new(publishers: usize) -> Rc<Shared> {
+        Rc::new(Shared {
+            start: Instant::now(),
+            sent: Cell::new(0),
+            received: Cell::new(0),
+            duplicated: Cell::new(0),
+            measuring: Cell::new(false),
+            stop: Cell::new(false),
+            latency: RefCell::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram")),
+            delivered_from: (0..publishers).map(|_| Cell::new(0)).collect(),
+            sent_by: (0..publishers).map(|_| Cell::new(0)).collect(),
+            wake: (0..publishers).map(|_| Notify::new()).collect(),
+        })
+    }
+
+    fn nanos(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+}
+
+async fn connect(addr: std::net::SocketAddr, id: &str) -> std::io::Result<TcpStream> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    stream.write_all(&wire::connect(id, 0)).await?;
+    let mut connack = [0u8; 4];
+    stream.read_exact(&mut connack).await?;
+    if connack[3] != 0 {
+        return Err(std::io::Error::other(format!("CONNACK {}", connack[3])));
+    }
+    Ok(stream)
+}
+
+async fn subscriber(
+    addr: std::net::SocketAddr,
+    index: usize,
+    filters: Vec<String>,
+    qos: u8,
+    shared: Rc<Shared>,
+    ready: tokio::sync::mpsc::Sender<()>,
+) -> std::io::Result<()> {
+    let mut stream = connect(addr, &format!("bench-sub-{index}")).await?;
+    stream.write_all(&wire::subscribe(1, &filters, qos)).await?;
+    let mut buf = Vec::with_capacity(64 * 1024);
+    loop {
+        stream.read_buf(&mut buf).await?;
+        let (frames, used) = wire::frames(&buf);
+        if frames.iter().any(|f| f.byte1 == 0x90) {
+            buf.drain(..used);
+            break;
+        }
+    }
+    let _ = ready.send(()).await;
+    let mut expected = vec![0u64; shared.delivered_from.len()];
+    let mut acks = Vec::new();
+    loop {
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Ok(());
+        }
+        let now = shared.nanos();
+        let (frames, used) = wire::frames(&buf);
+        for frame in frames {
+            match frame.byte1 >> 4 {
+                3 => {
+                    let Some(stamp) = wire::read_stamp(frame.byte1, &buf[frame.body.clone()])
+                    else {
+                        continue;
+                    };
+                    match (frame.byte1 >> 1) & 3 {
+                        1 => acks.extend([0x40, 2, (stamp.pid >> 8) as u8, stamp.pid as u8]),
+                        2 => acks.extend([0x50, 2, (stamp.pid >> 8) as u8, stamp.pid as u8]),
+                        _ => {}
+                    }
+                    let p = stamp.publisher as usize;
+                    let Some(next) = expected.get_mut(p) else {
+                        continue;
+                    };
+                    if stamp.seq < *next {
+                        shared.duplicated.set(shared.duplicated.get() + 1);
+                        continue;
+                    }
+                    *next = stamp.seq + 1;
+                    shared.received.set(shared.received.get() + 1);
+                    let from = &shared.delivered_from[p];
+                    from.set(from.get() + 1);
+                    shared.wake[p].notify_one();
+                    if shared.measuring.get() {
+                        let micros = now.saturating_sub(stamp.nanos) / 1000;
+                        let _ = shared.latency.borrow_mut().record(micros.max(1));
+                    }
+                }
+                6 => {
+                    let body = &buf[frame.body.clone()];
+                    acks.extend([0x70, 2, body[0], body[1]]); // PUBREL -> PUBCOMP
+                }
+                _ => {}
+            }
+        }
+        buf.drain(..used);
+        if !acks.is_empty() {
+            stream.write_all(&acks).await?;
+            acks.clear();
+        }
+    }
+}
+
+struct Pacing {
+    /// Open loop: messages per second for this publisher.
+    rate: Option<f64>,
+    /// Closed loop: messages not yet delivered everywhere.
+    window: u64,
+    recipients: u64,
+}
+
+async fn publisher(
+    addr: std::net::SocketAddr,
+    index: usize,
+    topics: Vec<String>,
+    args: Rc<Args>,
+    pacing: Pacing,
+    shared: Rc<Shared>,
+) -> std::io::Result<()> {
+    let mut stream = connect(addr, &format!("bench-pub-{index}")).await?;
+    let templates: Vec<PublishTemplate> = topics
+        .iter()
+        .map(|t| PublishTemplate::new(t, args.payload, args.qos, false))
+        .collect();
+    let mut out = Vec::with_capacity(64 * (args.payload + 64));
+    let mut inbox = Vec::with_capacity(16 * 1024);
+    let mut seq = 0u64;
+    let mut pid = 0u16;
+    let mut unacked = 0u32; // QoS 1/2 packet ids in use at the broker
+    let mut budget = 0.0f64;
+    let mut last_tick = Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_millis(5));
+    let sent_by = &shared.sent_by[index];
+    while !shared.stop.get() {
+        let mut allowed = match pacing.rate {
+            Some(rate) => {
+                let now = Instant::now();
+                budget = (budget + rate * now.duration_since(last_tick).as_secs_f64()).min(rate);
+                last_tick = now;
+                budget as u64
+            }
+            None => {
+                let delivered = shared.delivered_from[index].get();
+                let in_pipe = (sent_by.get() * pacing.recipients).saturating_sub(delivered);
+                (pacing.window * pacing.recipients).saturating_sub(in_pipe) / pacing.recipients
+            }
+        };
+        if args.qos > 0 {
+            allowed = allowed.min(u64::from(60_000u32.saturating_sub(unacked)));
+        }
+        let batch = allowed.min(64);
+        if batch > 0 {
+            let nanos = shared.nanos();
+            for _ in 0..batch {
+                pid = pid.wrapping_add(1).max(1);
+                let template = &templates[(seq % templates.len() as u64) as usize];
+                template.write(&mut out, pid, index as u32, seq, nanos);
+                seq += 1;
+            }
+            if args.qos > 0 {
+                unacked += batch as u32;
+            }
+            budget -= batch as f64;
+            sent_by.set(sent_by.get() + batch);
+            shared.sent.set(shared.sent.get() + batch);
+            stream.write_all(&out).await?;
+            out.clear();
+        }
+        // Acknowledgements from the broker (PUBACK / PUBREC -> PUBREL / PUBCOMP).
+        loop {
+            match stream.try_read_buf(&mut inbox) {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        let (frames, used) = wire::frames(&inbox);
+        for frame in frames {
+            match frame.byte1 {
+                0x40 | 0x70 => unacked = unacked.saturating_sub(1),
+                0x50 => {
+                    let body = &inbox[frame.body.clone()];
+                    out.extend([0x62, 2, body[0], body[1]]);
+                }
+                _ => {}
+            }
+        }
+        inbox.drain(..used);
+        if batch == 0 && out.is_empty() {
+            tokio::select! {
+                _ = shared.wake[index].notified(), if pacing.rate.is_none() => {}
+                _ = ticker.tick(), if pacing.rate.is_some() => {}
+                _ = stream.readable() => {}
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        } else if !out.is_empty() {
+            stream.write_all(&out).await?;
+            out.clear();
+        }
+    }
+    Ok(())
+}
+
+/// What a flow run measured.
+pub struct FlowResult {
+    pub sent: u64,
+    pub delivered: u64,
+    pub measured_seconds: f64,
+    pub total_sent: u64,
+    pub total_received: u64,
+    pub expected: u64,
+    pub duplicated: u64,
+    pub latency: Histogram<u64>,
+    pub broker_cpu: Option<f64>,
+    pub harness_cpu: f64,
+}
+
+/// Runs a flow scenario against `addr` and returns what it measured.
+pub async fn run(
+    args: Rc<Args>,
+    addr: std::net::SocketAddr,
+    broker_pid: Option<u32>,
+) -> Result<FlowResult, String> {
+    let plan = plan(args.scenario, args.clients, args.topics);
+    let shared = Shared::new(plan.publishers.len());
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async move {
+            let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(plan.subscribers.len());
+            for (i, filters) in plan.subscribers.iter().cloned().enumerate() {
+                let (shared, ready) = (shared.clone(), ready_tx.clone());
+                let qos = args.qos;
+                tokio::task::spawn_local(async move {
+                    if let Err(e) = subscriber(addr, i, filters, qos, shared, ready).await {
+                        eprintln!("subscriber {i}: {e}");
+                    }
+                });
+            }
+            for _ in 0..plan.subscribers.len() {
+                tokio::time::timeout(Duration::from_secs(30), ready_rx.recv())
+                    .await
+                    .map_err(|_| "subscribers did not get their SUBACK within 30 s".to_string())?;
+            }
+            let per_publisher_rate = args.rate.map(|r| r as f64 / plan.publishers.len() as f64);
+            for (i, topics) in plan.publishers.iter().cloned().enumerate() {
+                let pacing = Pacing {
+                    rate: per_publisher_rate,
+                    window: args.window.max(1),
+                    recipients: plan.recipients,
+                };
+                let (args, shared) = (args.clone(), shared.clone());
+                tokio::task::spawn_local(async move {
+                    if let Err(e) = publisher(addr, i, topics, args, pacing, shared).await {
+                        eprintln!("publisher {i}: {e}");
+                    }
+                });
+            }
+            let progress = |label: &str, t0: Instant, s0: u64, r0: u64| {
+                if !args.quiet {
+                    let secs = t0.elapsed().as_secs_f64().max(1e-9);
+                    let p99 = shared.latency.borrow().value_at_quantile(0.99);
+                    eprint!(
+                        "\r{label} sent {:>9.0}/s delivered {:>9.0}/s p99 {:>7} us   ",
+                        (shared.sent.get() - s0) as f64 / secs,
+                        (shared.received.get() - r0) as f64 / secs,
+                        p99
+                    );
+                }
+            };
+            let warm = Instant::now();
+            while warm.elapsed().as_secs_f64() < args.warmup {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                progress("warm-up ", warm, 0, 0);
+            }
+            shared.latency.borrow_mut().reset();
+            shared.measuring.set(true);
+            let (s0, r0, t0) = (shared.sent.get(), shared.received.get(), Instant::now());
+            let (cpu0, self0) = (
+                broker_pid.map(|p| crate::procstat::cpu_seconds(Some(p))),
+                crate::procstat::cpu_seconds(None),
+            );
+            while t0.elapsed().as_secs_f64() < args.duration {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                progress("measuring", t0, s0, r0);
+            }
+            let measured_seconds = t0.elapsed().as_secs_f64();
+            let (s1, r1) = (shared.sent.get(), shared.received.get());
+            let broker_cpu = broker_pid
+                .zip(cpu0)
+                .map(|(p, c0)| crate::procstat::cpu_seconds(Some(p)) - c0);
+            let harness_cpu = crate::procstat::cpu_seconds(None) - self0;
+            shared.measuring.set(false);
+            shared.stop.set(true);
+            // Drain: wait until everything sent has arrived, or nothing has moved for 2 s.
+            let expected = || shared.sent.get() * plan.recipients;
+            let mut last = (shared.received.get(), Instant::now());
+            while shared.received.get() < expected() && last.1.elapsed() < Duration::from_secs(2) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                if shared.received.get() != last.0 {
+                    last = (shared.received.get(), Instant::now());
+                }
+            }
+            if !args.quiet {
+                eprintln!();
+            }
+            let latency = shared.latency.borrow().clone();
+            Ok(FlowResult {
+                sent: s1 - s0,
+                delivered: r1 - r0,
+                measured_seconds,
+                total_sent: shared.sent.get(),
+                total_received: shared.received.get(),
+                expected: expected(),
+                duplicated: shared.duplicated.get(),
+                latency,
+                broker_cpu,
+                harness_cpu,
+            })
+        })
+        .await
+}

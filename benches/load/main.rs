@@ -1,0 +1,132 @@
+//! The Switchboard load harness: runs one scenario against a broker and reports sent and
+//! delivered rates, loss and duplicates (sequence numbers in payloads), latency quantiles (HDR
+//! histogram, timestamps in payloads), broker CPU and RSS (when its pid is known), and the
+//! harness's own CPU share.
+//!
+//! ```text
+//! cargo bench --bench load -- --scenario fan-in --clients 50
+//! cargo bench --bench load -- --scenario pairs --qos 1 --addr 127.0.0.1:1883 --broker-pid 1234 --label mosquitto
+//! cargo bench --bench load -- --table results.jsonl --chart docs/benchmarks.svg
+//! ```
+//! Without `--addr` it starts the `switchboard` binary (release when run by `cargo bench`) on a
+//! free loopback port. `benches/compare.sh` runs the comparison with Mosquitto.
+
+mod args;
+mod broker;
+mod flows;
+mod procstat;
+mod report;
+mod storms;
+mod wire;
+
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::rc::Rc;
+
+use clap::Parser;
+
+use args::{Args, Scenario};
+use report::{Latency, Report};
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("load: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    if let Some(path) = &args.table {
+        let reports = report::read_reports(path)?;
+        print!("{}", report::table(&reports));
+        if let Some(chart) = &args.chart {
+            std::fs::write(chart, report::chart(&reports)).map_err(|e| e.to_string())?;
+        }
+        return Ok(());
+    }
+    let target = broker::Target::resolve(&args)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let args = Rc::new(args);
+    let mut report = Report {
+        label: args.label.clone(),
+        scenario: serde_json::to_value(args.scenario)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        qos: args.qos,
+        clients: args.clients,
+        payload: args.payload.max(wire::STAMP),
+        load: match args.rate {
+            Some(rate) => format!("open({rate}/s)"),
+            None => format!("closed({})", args.window),
+        },
+        ..Report::default()
+    };
+    match args.scenario {
+        Scenario::Pairs | Scenario::FanIn | Scenario::FanOut | Scenario::Wildcard => {
+            let r = runtime.block_on(flows::run(args.clone(), target.addr, target.pid))?;
+            report.seconds = r.measured_seconds;
+            report.sent_per_s = r.sent as f64 / r.measured_seconds;
+            report.delivered_per_s = r.delivered as f64 / r.measured_seconds;
+            report.lost = r.expected.saturating_sub(r.total_received);
+            report.duplicated = r.duplicated;
+            report.latency_us = Latency::from(&r.latency);
+            report.broker_cpu_s = r.broker_cpu;
+            report.broker_cpu_us_per_msg =
+                r.broker_cpu.map(|c| c * 1e6 / r.delivered.max(1) as f64);
+            report.harness_cpu_share = r.harness_cpu / r.measured_seconds;
+            let _ = r.total_sent;
+        }
+        Scenario::Retained | Scenario::ConnectStorm | Scenario::Idle => {
+            let r = runtime.block_on(async {
+                match args.scenario {
+                    Scenario::Retained => storms::retained(&args, target.addr, target.pid).await,
+                    Scenario::ConnectStorm => {
+                        storms::connect_storm(&args, target.addr, target.pid).await
+                    }
+                    _ => storms::idle(&args, target.addr, target.pid).await,
+                }
+            })?;
+            report.seconds = r.seconds;
+            report.sent_per_s = r.operations as f64 / r.seconds;
+            report.delivered_per_s = report.sent_per_s;
+            report.latency_us = Latency::from(&r.latency);
+            report.broker_cpu_s = r.broker_cpu;
+            report.broker_cpu_us_per_msg =
+                r.broker_cpu.map(|c| c * 1e6 / r.operations.max(1) as f64);
+            report.rss_per_connection_bytes = r.rss_per_connection;
+            report.harness_cpu_share = r.harness_cpu / r.seconds;
+            report.failures = r.failures;
+        }
+    }
+    report.broker_rss_bytes = target.pid.map(procstat::rss_bytes);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).map_err(|e| e.to_string())?
+        );
+    } else {
+        println!("{}", report.text());
+    }
+    if let Some(path) = &args.out {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        writeln!(
+            file,
+            "{}",
+            serde_json::to_string(&report).map_err(|e| e.to_string())?
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,242 @@
+//! Reports: one run as text or JSON, several runs as a comparison table and an SVG bar chart.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+/// Latency quantiles in microseconds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Latency {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+impl From<&Histogram<u64>> for Latency {
+    fn from(h: &Histogram<u64>) -> Self {
+        Latency {
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        }
+    }
+}
+
+/// One run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Report {
+    pub label: String,
+    pub scenario: String,
+    pub qos: u8,
+    pub clients: usize,
+    pub payload: usize,
+    /// "closed(window)" or "open(rate)".
+    pub load: String,
+    pub seconds: f64,
+    /// Messages (or, for storms, operations) per second.
+    pub sent_per_s: f64,
+    pub delivered_per_s: f64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub latency_us: Latency,
+    pub broker_cpu_s: Option<f64>,
+    /// Broker CPU microseconds per delivered message (or operation).
+    pub broker_cpu_us_per_msg: Option<f64>,
+    pub broker_rss_bytes: Option<u64>,
+    pub rss_per_connection_bytes: Option<f64>,
+    /// Harness CPU seconds per second of run: 1.0 is one full core.
+    pub harness_cpu_share: f64,
+    pub failures: u64,
+}
+
+impl Report {
+    /// Human-readable summary.
+    pub fn text(&self) -> String {
+        let mut s = format!(
+            "{} {} qos={} clients={} payload={}B {} over {:.1}s\n  sent {:.0}/s  delivered {:.0}/s  lost {}  duplicated {}  failures {}\n  latency us: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}\n",
+            self.label, self.scenario, self.qos, self.clients, self.payload, self.load, self.seconds,
+            self.sent_per_s, self.delivered_per_s, self.lost, self.duplicated, self.failures,
+            self.latency_us.p50, self.latency_us.p90, self.latency_us.p99, self.latency_us.p999, self.latency_us.max,
+        );
+        if let Some(cpu) = self.broker_cpu_s {
+            let _ = write!(s, "  broker CPU {cpu:.2}s");
+            if let Some(per) = self.broker_cpu_us_per_msg {
+                let _ = write!(s, " ({per:.2} us per delivered message)");
+            }
+        }
+        if let Some(rss) = self.broker_rss_bytes {
+            let _ = write!(s, "  broker RSS {:.1} MB", rss as f64 / 1e6);
+        }
+        if let Some(per) = self.rss_per_connection_bytes {
+            let _ = write!(s, "  RSS per idle connection {per:.0} B");
+        }
+        let _ = write!(
+            s,
+            "\n  harness CPU share {:.2} core{}",
+            self.harness_cpu_share,
+            if self.harness_cpu_share > 0.9 {
+                "  WARNING: the harness may be the bottleneck"
+            } else {
+                ""
+            }
+        );
+        s
+    }
+}
+
+/// Reads JSON-line reports.
+pub fn read_reports(path: &Path) -> Result<Vec<Report>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).map_err(|e| format!("bad report line: {e}")))
+        .collect()
+}
+
+type Key = (String, u8, String);
+/// Per (scenario, QoS, load): per label, median (delivered msgs/s, p99 us).
+type Medians = BTreeMap<Key, BTreeMap<String, (f64, u64)>>;
+
+/// Medians per (scenario, qos, load) and label.
+fn medians(reports: &[Report]) -> (Vec<String>, Medians) {
+    let mut labels: Vec<String> = Vec::new();
+    let mut runs: BTreeMap<Key, BTreeMap<String, Vec<(f64, u64)>>> = BTreeMap::new();
+    for r in reports {
+        if !labels.contains(&r.label) {
+            labels.push(r.label.clone());
+        }
+        runs.entry((r.scenario.clone(), r.qos, r.load.clone()))
+            .or_default()
+            .entry(r.label.clone())
+            .or_default()
+            .push((r.delivered_per_s, r.latency_us.p99));
+    }
+    let med = runs
+        .into_iter()
+        .map(|(k, per)| {
+            let per = per
+                .into_iter()
+                .map(|(label, mut v)| {
+                    v.sort_by(|a, b| a.0.total_cmp(&b.0));
+                    (label, v[v.len() / 2])
+                })
+                .collect();
+            (k, per)
+        })
+        .collect();
+    (labels, med)
+}
+
+/// A comparison table of the medians of several runs per scenario; the ratio is first label over
+/// second.
+pub fn table(reports: &[Report]) -> String {
+    let (labels, med) = medians(reports);
+    let mut s = String::new();
+    let head: Vec<String> = labels.iter().map(|l| format!("{l} msgs/s")).collect();
+    let p99: Vec<String> = labels.iter().map(|l| format!("{l} p99 us")).collect();
+    let _ = writeln!(
+        s,
+        "| scenario | QoS | load | {} | ratio | {} |",
+        head.join(" | "),
+        p99.join(" | ")
+    );
+    let _ = writeln!(s, "|{}", "---|".repeat(4 + 2 * labels.len()));
+    for ((scenario, qos, load), per) in &med {
+        let rate = |l: &String| per.get(l).map(|v| v.0);
+        let rates: Vec<String> = labels
+            .iter()
+            .map(|l| rate(l).map_or("-".into(), |r| format!("{r:.0}")))
+            .collect();
+        let lats: Vec<String> = labels
+            .iter()
+            .map(|l| per.get(l).map_or("-".into(), |v| v.1.to_string()))
+            .collect();
+        let ratio = match (labels.first().and_then(rate), labels.get(1).and_then(rate)) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+            _ => "-".into(),
+        };
+        let _ = writeln!(
+            s,
+            "| {scenario} | {qos} | {load} | {} | {ratio} | {} |",
+            rates.join(" | "),
+            lats.join(" | ")
+        );
+    }
+    s
+}
+
+/// A grouped bar chart (SVG) of median delivered msgs/s per scenario, one bar per label.
+pub fn chart(reports: &[Report]) -> String {
+    let (labels, med) = medians(reports);
+    let colors = ["#2b6cb0", "#c05621", "#2f855a", "#6b46c1"];
+    let groups: Vec<_> = med.iter().collect();
+    let max = groups
+        .iter()
+        .flat_map(|(_, per)| per.values().map(|v| v.0))
+        .fold(1.0f64, f64::max);
+    let (bar, gap, height, top, left) = (22.0, 26.0, 260.0, 30.0, 70.0);
+    let group_w = bar * labels.len() as f64 + gap;
+    let width = left + group_w * groups.len() as f64 + 20.0;
+    let mut s = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{:.0}" font-family="sans-serif" font-size="11">"#,
+        top + height + 70.0
+    );
+    let _ = write!(
+        s,
+        r#"<text x="{left}" y="18" font-size="13">Delivered msgs/s (median)</text>"#
+    );
+    for i in 0..=4 {
+        let v = max * i as f64 / 4.0;
+        let y = top + height - height * i as f64 / 4.0;
+        let _ = write!(
+            s,
+            r##"<line x1="{left}" x2="{width:.0}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.0}" y="{:.1}" text-anchor="end">{:.0}k</text>"##,
+            left - 4.0,
+            y + 4.0,
+            v / 1000.0
+        );
+    }
+    for (g, ((scenario, qos, _), per)) in groups.iter().enumerate() {
+        let x0 = left + gap / 2.0 + g as f64 * group_w;
+        for (i, label) in labels.iter().enumerate() {
+            if let Some((rate, _)) = per.get(label) {
+                let h = height * rate / max;
+                let _ = write!(
+                    s,
+                    r#"<rect x="{:.1}" y="{:.1}" width="{bar}" height="{h:.1}" fill="{}"/>"#,
+                    x0 + i as f64 * bar,
+                    top + height - h,
+                    colors[i % colors.len()]
+                );
+            }
+        }
+        let _ = write!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{scenario}</text><text x="{:.1}" y="{:.1}" text-anchor="middle">QoS {qos}</text>"#,
+            x0 + bar * labels.len() as f64 / 2.0,
+            top + height + 16.0,
+            x0 + bar * labels.len() as f64 / 2.0,
+            top + height + 30.0
+        );
+    }
+    for (i, label) in labels.iter().enumerate() {
+        let x = left + i as f64 * 140.0;
+        let _ = write!(
+            s,
+            r#"<rect x="{x:.0}" y="{:.0}" width="12" height="12" fill="{}"/><text x="{:.0}" y="{:.0}">{label}</text>"#,
+            top + height + 45.0,
+            colors[i % colors.len()],
+            x + 16.0,
+            top + height + 55.0
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}

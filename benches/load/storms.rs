@@ -1,0 +1,267 @@
+//! Scenarios that are not a message flow: a subscribe storm against retained messages, a connect
+//! storm, and idle connections.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::args::Args;
+use crate::wire::{self, PublishTemplate};
+
+/// What a storm measured.
+pub struct StormResult {
+    /// Operations completed in the measured time (retained messages received, connections made).
+    pub operations: u64,
+    pub seconds: f64,
+    /// Per-operation latency in microseconds (subscribe -> last retained message, connect ->
+    /// CONNACK).
+    pub latency: Histogram<u64>,
+    pub broker_cpu: Option<f64>,
+    pub harness_cpu: f64,
+    /// Idle: broker RSS growth per connection, in bytes.
+    pub rss_per_connection: Option<f64>,
+    pub failures: u64,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram")
+}
+
+async fn connect(addr: SocketAddr, id: &str) -> std::io::Result<TcpStream> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    stream.write_all(&wire::connect(id, 0)).await?;
+    let mut connack = [0u8; 4];
+    stream.read_exact(&mut connack).await?;
+    if connack[3] != 0 {
+        return Err(std::io::Error::other(format!("CONNACK {}", connack[3])));
+    }
+    Ok(stream)
+}
+
+/// `--topics` retained messages, then `--clients` subscribers to `bench/retained/#` at once; each
+/// counts until it has all of them.
+pub async fn retained(
+    args: &Args,
+    addr: SocketAddr,
+    pid: Option<u32>,
+) -> Result<StormResult, String> {
+    let mut publisher = connect(addr, "bench-retainer")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for i in 0..args.topics {
+        PublishTemplate::new(&format!("bench/retained/{i}"), args.payload, 1, true).write(
+            &mut out,
+            (i % 65_535 + 1) as u16,
+            0,
+            i as u64,
+            0,
+        );
+    }
+    publisher.write_all(&out).await.map_err(|e| e.to_string())?;
+    // Every PUBACK back means every retained message is stored.
+    let mut acked = 0;
+    let mut buf = Vec::new();
+    while acked < args.topics {
+        if publisher
+            .read_buf(&mut buf)
+            .await
+            .map_err(|e| e.to_string())?
+            == 0
+        {
+            return Err("broker closed the retainer".into());
+        }
+        let (frames, used) = wire::frames(&buf);
+        acked += frames.iter().filter(|f| f.byte1 == 0x40).count();
+        buf.drain(..used);
+    }
+    let (cpu0, self0) = (
+        pid.map(|p| crate::procstat::cpu_seconds(Some(p))),
+        crate::procstat::cpu_seconds(None),
+    );
+    let started = Instant::now();
+    let local = tokio::task::LocalSet::new();
+    let topics = args.topics;
+    let results = local
+        .run_until(async move {
+            let mut tasks = Vec::new();
+            for c in 0..args.clients {
+                tasks.push(tokio::task::spawn_local(async move {
+                    let mut s = connect(addr, &format!("bench-storm-{c}")).await?;
+                    let t0 = Instant::now();
+                    s.write_all(&wire::subscribe(1, &["bench/retained/#".into()], 0))
+                        .await?;
+                    let (mut got, mut buf) = (0usize, Vec::with_capacity(64 * 1024));
+                    while got < topics {
+                        if s.read_buf(&mut buf).await? == 0 {
+                            return Err(std::io::Error::other("closed"));
+                        }
+                        let (frames, used) = wire::frames(&buf);
+                        got += frames.iter().filter(|f| f.byte1 >> 4 == 3).count();
+                        buf.drain(..used);
+                    }
+                    Ok::<_, std::io::Error>(t0.elapsed())
+                }));
+            }
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await);
+            }
+            out
+        })
+        .await;
+    let seconds = started.elapsed().as_secs_f64();
+    let mut latency = histogram();
+    let mut failures = 0;
+    for r in results {
+        match r {
+            Ok(Ok(d)) => {
+                let _ = latency.record(d.as_micros().max(1) as u64);
+            }
+            _ => failures += 1,
+        }
+    }
+    Ok(StormResult {
+        operations: (args.clients as u64 - failures) * args.topics as u64,
+        seconds,
+        latency,
+        broker_cpu: pid
+            .zip(cpu0)
+            .map(|(p, c)| crate::procstat::cpu_seconds(Some(p)) - c),
+        harness_cpu: crate::procstat::cpu_seconds(None) - self0,
+        rss_per_connection: None,
+        failures,
+    })
+}
+
+/// CONNECT, CONNACK, DISCONNECT, close; `--concurrency` at a time for `--duration` seconds.
+pub async fn connect_storm(
+    args: &Args,
+    addr: SocketAddr,
+    pid: Option<u32>,
+) -> Result<StormResult, String> {
+    let (cpu0, self0) = (
+        pid.map(|p| crate::procstat::cpu_seconds(Some(p))),
+        crate::procstat::cpu_seconds(None),
+    );
+    let started = Instant::now();
+    let deadline = Duration::from_secs_f64(args.duration);
+    let latency = Rc::new(std::cell::RefCell::new(histogram()));
+    let counts = Rc::new(std::cell::Cell::new((0u64, 0u64)));
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async {
+            let mut tasks = Vec::new();
+            for worker in 0..args.concurrency.max(1) {
+                let (latency, counts) = (latency.clone(), counts.clone());
+                tasks.push(tokio::task::spawn_local(async move {
+                    let mut n = 0u64;
+                    while started.elapsed() < deadline {
+                        let t0 = Instant::now();
+                        let id = format!("bench-cs-{worker}-{n}");
+                        n += 1;
+                        match connect(addr, &id).await {
+                            Ok(mut s) => {
+                                let _ = latency
+                                    .borrow_mut()
+                                    .record(t0.elapsed().as_micros().max(1) as u64);
+                                let (ok, fail) = counts.get();
+                                counts.set((ok + 1, fail));
+                                let _ = s.write_all(&[0xE0, 0x00]).await;
+                            }
+                            Err(_) => {
+                                let (ok, fail) = counts.get();
+                                counts.set((ok, fail + 1));
+                            }
+                        }
+                    }
+                }));
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+        })
+        .await;
+    let latency = latency.borrow().clone();
+    let (ok, failures) = counts.get();
+    Ok(StormResult {
+        operations: ok,
+        seconds: started.elapsed().as_secs_f64(),
+        latency,
+        broker_cpu: pid
+            .zip(cpu0)
+            .map(|(p, c)| crate::procstat::cpu_seconds(Some(p)) - c),
+        harness_cpu: crate::procstat::cpu_seconds(None) - self0,
+        rss_per_connection: None,
+        failures,
+    })
+}
+
+/// Opens `--clients` idle connections and reports the broker's RSS growth per connection.
+pub async fn idle(args: &Args, addr: SocketAddr, pid: Option<u32>) -> Result<StormResult, String> {
+    let pid = pid.ok_or("idle needs the broker's pid (--broker-pid, or no --addr)")?;
+    let before = crate::procstat::rss_bytes(pid);
+    let started = Instant::now();
+    let mut latency = histogram();
+    let mut open = Vec::with_capacity(args.clients);
+    let mut failures = 0;
+    let local = tokio::task::LocalSet::new();
+    let chunk = args.concurrency.max(1);
+    let mut next = 0;
+    while next < args.clients {
+        let upto = (next + chunk).min(args.clients);
+        let batch = local
+            .run_until(async {
+                let tasks: Vec<_> = (next..upto)
+                    .map(|i| {
+                        tokio::task::spawn_local(async move {
+                            let t0 = Instant::now();
+                            connect(addr, &format!("bench-idle-{i}"))
+                                .await
+                                .map(|s| (s, t0.elapsed()))
+                        })
+                    })
+                    .collect();
+                let mut out = Vec::new();
+                for t in tasks {
+                    out.push(t.await);
+                }
+                out
+            })
+            .await;
+        for r in batch {
+            match r {
+                Ok(Ok((s, d))) => {
+                    let _ = latency.record(d.as_micros().max(1) as u64);
+                    open.push(s);
+                }
+                _ => failures += 1,
+            }
+        }
+        next = upto;
+        if !args.quiet {
+            eprint!("\ropen {:>6} connections", open.len());
+        }
+    }
+    // Let the broker settle, then read its memory.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = crate::procstat::rss_bytes(pid);
+    if !args.quiet {
+        eprintln!();
+    }
+    let per = (after.saturating_sub(before)) as f64 / open.len().max(1) as f64;
+    Ok(StormResult {
+        operations: open.len() as u64,
+        seconds: started.elapsed().as_secs_f64(),
+        latency,
+        broker_cpu: None,
+        harness_cpu: 0.0,
+        rss_per_connection: Some(per),
+        failures,
+    })
+}

@@ -1,0 +1,140 @@
+//! MQTT bytes for the harness: CONNECT/SUBSCRIBE via mqttbytes, PUBLISH from a pre-encoded
+//! template patched in place, and a minimal frame splitter.
+
+use bytes::BytesMut;
+use switchboard::codec::{write_publish, PublishHeader};
+use switchboard::QoS;
+
+/// Bytes at the start of every payload: publisher id (u32), sequence number (u64), send time
+/// in nanoseconds since the run started (u64).
+pub const STAMP: usize = 20;
+
+/// A CONNECT frame.
+pub fn connect(client_id: &str, keep_alive: u16) -> Vec<u8> {
+    let mut connect = mqttbytes::v4::Connect::new(client_id);
+    connect.keep_alive = keep_alive;
+    let mut buf = BytesMut::new();
+    connect.write(&mut buf).expect("CONNECT encodes");
+    buf.to_vec()
+}
+
+/// A SUBSCRIBE frame.
+pub fn subscribe(pid: u16, filters: &[String], qos: u8) -> Vec<u8> {
+    let qos = match qos {
+        0 => mqttbytes::QoS::AtMostOnce,
+        1 => mqttbytes::QoS::AtLeastOnce,
+        _ => mqttbytes::QoS::ExactlyOnce,
+    };
+    let mut subscribe = mqttbytes::v4::Subscribe::new_many(
+        filters
+            .iter()
+            .map(|f| mqttbytes::v4::SubscribeFilter::new(f.clone(), qos)),
+    );
+    subscribe.pkid = pid;
+    let mut buf = BytesMut::new();
+    subscribe.write(&mut buf).expect("SUBSCRIBE encodes");
+    buf.to_vec()
+}
+
+/// A PUBLISH encoded once; each message copies it and patches packet id and stamp.
+pub struct PublishTemplate {
+    frame: Vec<u8>,
+    pid_at: Option<usize>,
+    stamp_at: usize,
+}
+
+impl PublishTemplate {
+    /// A template for `topic` with a payload of `payload` bytes (at least [`STAMP`]).
+    pub fn new(topic: &str, payload: usize, qos: u8, retain: bool) -> Self {
+        let payload = vec![0x5A; payload.max(STAMP)];
+        let qos = QoS::from_u8(qos).unwrap_or(QoS::AtMostOnce);
+        let mut buf = BytesMut::new();
+        let header = PublishHeader {
+            qos,
+            retain,
+            dup: false,
+            pid: 1,
+        };
+        write_publish(&mut buf, topic, &payload, header);
+        let stamp_at = buf.len() - payload.len();
+        PublishTemplate {
+            frame: buf.to_vec(),
+            pid_at: (qos != QoS::AtMostOnce).then_some(stamp_at - 2),
+            stamp_at,
+        }
+    }
+
+    /// Appends one message to `out`.
+    pub fn write(&self, out: &mut Vec<u8>, pid: u16, publisher: u32, seq: u64, nanos: u64) {
+        let base = out.len();
+        out.extend_from_slice(&self.frame);
+        if let Some(at) = self.pid_at {
+            out[base + at..base + at + 2].copy_from_slice(&pid.to_be_bytes());
+        }
+        let s = base + self.stamp_at;
+        out[s..s + 4].copy_from_slice(&publisher.to_be_bytes());
+        out[s + 4..s + 12].copy_from_slice(&seq.to_be_bytes());
+        out[s + 12..s + 20].copy_from_slice(&nanos.to_be_bytes());
+    }
+}
+
+/// One frame found in a read buffer: first byte, and the body's range.
+pub struct Frame {
+    pub byte1: u8,
+    pub body: std::ops::Range<usize>,
+}
+
+/// Splits the complete frames at the start of `buf`; returns them and the bytes they span.
+pub fn frames(buf: &[u8]) -> (Vec<Frame>, usize) {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < buf.len() {
+        let (mut len, mut shift, mut i) = (0usize, 0, at + 1);
+        let complete = loop {
+            let Some(&b) = buf.get(i) else { break false };
+            len |= ((b & 0x7F) as usize) << shift;
+            i += 1;
+            if b & 0x80 == 0 {
+                break true;
+            }
+            shift += 7;
+        };
+        if !complete || buf.len() < i + len {
+            break;
+        }
+        out.push(Frame {
+            byte1: buf[at],
+            body: i..i + len,
+        });
+        at = i + len;
+    }
+    (out, at)
+}
+
+/// The packet id and stamped payload fields of a PUBLISH body.
+pub struct Stamp {
+    pub pid: u16,
+    pub publisher: u32,
+    pub seq: u64,
+    pub nanos: u64,
+}
+
+/// Reads a PUBLISH body sent by this harness; `None` for anything else.
+pub fn read_stamp(byte1: u8, body: &[u8]) -> Option<Stamp> {
+    let qos = (byte1 >> 1) & 3;
+    let topic_len = u16::from_be_bytes([*body.first()?, *body.get(1)?]) as usize;
+    let mut at = 2 + topic_len;
+    let pid = if qos > 0 {
+        at += 2;
+        u16::from_be_bytes([*body.get(at - 2)?, *body.get(at - 1)?])
+    } else {
+        0
+    };
+    let s = body.get(at..at + STAMP)?;
+    Some(Stamp {
+        pid,
+        publisher: u32::from_be_bytes(s[0..4].try_into().ok()?),
+        seq: u64::from_be_bytes(s[4..12].try_into().ok()?),
+        nanos: u64::from_be_bytes(s[12..20].try_into().ok()?),
+    })
+}

@@ -1,0 +1,142 @@
+//! Micro-benchmarks of the pure hot-path parts: the subscription trie with 100k subscriptions
+//! (exact, `+` and `#` filters) and the codec on PUBLISH at 16 B, 1 KB and 64 KB.
+//!
+//! `cargo bench --bench micro` (add a filter, e.g. `-- trie`, to run a subset).
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use switchboard::codec::{write_publish, MqttCodec, PublishHeader};
+use switchboard::topic::SubscriptionTrie;
+use switchboard::QoS;
+use tokio_util::codec::Decoder;
+
+const SUBSCRIPTIONS: u32 = 100_000;
+
+/// 100k filters of one kind: `kind(i)` is the filter of subscriber i.
+fn trie_of(kind: fn(u32) -> String) -> SubscriptionTrie<u32, QoS> {
+    let mut trie = SubscriptionTrie::new();
+    for i in 0..SUBSCRIPTIONS {
+        trie.insert(&kind(i), i, QoS::AtMostOnce);
+    }
+    trie
+}
+
+fn exact(i: u32) -> String {
+    format!("site/{}/lane/{}/detrd", i % 100, i)
+}
+
+fn plus(i: u32) -> String {
+    format!("site/{}/lane/+/detrd{}", i % 100, i)
+}
+
+fn hash(i: u32) -> String {
+    format!("site/{}/lane/{}/#", i % 100, i)
+}
+
+fn trie(c: &mut Criterion) {
+    let mut group = c.benchmark_group("trie");
+    group
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(20);
+    for (name, kind, topic) in [
+        (
+            "exact",
+            exact as fn(u32) -> String,
+            "site/42/lane/4242/detrd",
+        ),
+        ("plus", plus, "site/42/lane/anything/detrd4242"),
+        ("hash", hash, "site/42/lane/4242/detrd/status/x"),
+    ] {
+        let trie = trie_of(kind);
+        group.bench_function(format!("match_{name}_100k"), |b| {
+            b.iter(|| {
+                let mut n = 0u32;
+                trie.for_each_match(black_box(topic), |_, _| n += 1);
+                assert_eq!(n, 1);
+                n
+            })
+        });
+        // Steady state at 100k: add one subscription and take it away again.
+        let mut trie = trie;
+        let extra = kind(SUBSCRIPTIONS + 1);
+        group.bench_function(format!("insert_remove_{name}_at_100k"), |b| {
+            b.iter(|| {
+                trie.insert(black_box(&extra), SUBSCRIPTIONS + 1, QoS::AtLeastOnce);
+                trie.remove(black_box(&extra), SUBSCRIPTIONS + 1)
+            })
+        });
+    }
+    group.finish();
+}
+
+fn publish_frame(payload: usize) -> BytesMut {
+    let mut out = BytesMut::new();
+    let header = PublishHeader {
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        dup: false,
+        pid: 7,
+    };
+    write_publish(
+        &mut out,
+        "detrd/status/response/1AB.ENTER.DETRD",
+        &vec![0xA5; payload],
+        header,
+    );
+    out
+}
+
+fn codec(c: &mut Criterion) {
+    let mut group = c.benchmark_group("codec");
+    group
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(30);
+    for (name, size) in [("16B", 16), ("1KB", 1024), ("64KB", 64 * 1024)] {
+        let frame = publish_frame(size);
+        group.throughput(Throughput::Bytes(frame.len() as u64));
+        let mut first = true;
+        group.bench_function(format!("decode_publish_{name}"), |b| {
+            b.iter_batched(
+                || {
+                    // A codec that has seen its CONNECT, and the frame to decode.
+                    let mut codec = MqttCodec::new(1024 * 1024);
+                    let mut connect =
+                        BytesMut::from(&b"\x10\x0d\x00\x04MQTT\x04\x02\x00\x3c\x00\x01c"[..]);
+                    if codec.decode(&mut connect).ok().flatten().is_none() && first {
+                        first = false;
+                        panic!("CONNECT did not decode");
+                    }
+                    (codec, frame.clone())
+                },
+                |(mut codec, mut buf)| codec.decode(&mut buf),
+                BatchSize::SmallInput,
+            )
+        });
+        let payload = vec![0xA5u8; size];
+        group.bench_function(format!("encode_publish_{name}"), |b| {
+            let mut out = BytesMut::with_capacity(size + 64);
+            b.iter(|| {
+                out.clear();
+                let header = PublishHeader {
+                    qos: QoS::AtLeastOnce,
+                    retain: false,
+                    dup: false,
+                    pid: 7,
+                };
+                write_publish(
+                    &mut out,
+                    black_box("detrd/status/response/1AB.ENTER.DETRD"),
+                    &payload,
+                    header,
+                );
+                out.len()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, trie, codec);
+criterion_main!(benches);
