@@ -108,7 +108,8 @@ type Medians = BTreeMap<Key, BTreeMap<String, (f64, u64)>>;
 fn medians(reports: &[Report]) -> (Vec<String>, Medians) {
     let mut labels: Vec<String> = Vec::new();
     let mut runs: BTreeMap<Key, BTreeMap<String, Vec<(f64, u64)>>> = BTreeMap::new();
-    for r in reports {
+    // Idle runs measure memory, not a rate: they are reported on their own.
+    for r in reports.iter().filter(|r| r.scenario != "idle") {
         if !labels.contains(&r.label) {
             labels.push(r.label.clone());
         }

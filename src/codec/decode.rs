@@ -80,7 +80,15 @@ pub struct MqttCodec {
     max_packet_size: usize,
     /// No packet decoded yet: only CONNECT is acceptable.
     first_packet: bool,
+    /// Packets decoded since the read buffer last ran dry.
+    burst: u32,
 }
+
+/// A connection that delivers this many packets per read gets a [`BURST_READ_BUFFER`].
+const BURST_PACKETS: u32 = 4;
+/// Read buffer of a busy connection: fewer, larger reads. Idle connections keep the small
+/// initial buffer the Session gives them.
+const BURST_READ_BUFFER: usize = 16 * 1024;
 
 impl MqttCodec {
     /// A codec that refuses packets whose remaining length exceeds `max_packet_size`.
@@ -88,6 +96,7 @@ impl MqttCodec {
         MqttCodec {
             max_packet_size,
             first_packet: true,
+            burst: 0,
         }
     }
 }
@@ -119,6 +128,15 @@ impl Decoder for MqttCodec {
         };
         let frame = src.split_to(header.frame_length()).freeze();
         self.first_packet = false;
+        self.burst += 1;
+        if src.is_empty() {
+            // The frames split off share the buffer's allocation; the next read needs a new one.
+            // Size it by how busy the connection is.
+            if self.burst >= BURST_PACKETS {
+                src.reserve(BURST_READ_BUFFER);
+            }
+            self.burst = 0;
+        }
         decode_frame(header, frame).map(Some)
     }
 }

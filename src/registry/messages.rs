@@ -61,14 +61,14 @@ pub enum ConnectOutcome {
     Refused(ConnectReturnCode),
 }
 
-/// Sent by a Session to the Registry for every application message to route (including QoS 0).
-/// Sent with `try_send`: when the Registry's mailbox is full the Session waits, and stops reading
-/// its socket meanwhile.
+/// Sent by a Session to the Registry with the application messages (any QoS) it read in one
+/// burst, in order. Sent with `try_send`: when the Registry's mailbox is full the Session waits,
+/// and stops reading its socket meanwhile.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Publish {
-    /// The message, shared by all its deliveries.
-    pub message: Arc<Message>,
+    /// The messages, each shared by all its deliveries.
+    pub messages: Vec<Arc<Message>>,
 }
 
 /// Sent by a Session to the Registry for the accepted filters of a SUBSCRIBE. The Registry sends

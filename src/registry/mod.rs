@@ -376,7 +376,9 @@ impl Handler<Publish> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: Publish, ctx: &mut Context<Self>) {
-        self.route(msg.message, ctx);
+        for message in msg.messages {
+            self.route(message, ctx);
+        }
     }
 }
 

@@ -38,6 +38,10 @@ use crate::registry::{
 /// fleet has many idle connections. It grows as needed up to the maximum packet size.
 const INITIAL_READ_BUFFER: usize = 512;
 
+/// Most messages handed to the Registry in one [`Publish`](crate::registry::Publish); a burst
+/// read from the socket is otherwise handed over at the end of the read turn.
+const PUBLISH_BATCH: usize = 64;
+
 /// How long a closing Session waits for its last bytes (e.g. a refusing CONNACK) to be written.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
@@ -99,6 +103,9 @@ pub struct Session {
     read_handle: Option<SpawnHandle>,
     outbound: Outbound,
     inbound_qos2: std::collections::HashSet<u16>,
+    /// Messages read and not yet handed to the Registry.
+    to_route: Vec<Arc<crate::message::Message>>,
+    route_scheduled: bool,
     closing: bool,
     awaiting_detached: bool,
     socket_dead: bool,
@@ -129,6 +136,8 @@ impl Session {
                 writing: 0,
                 read_handle: Some(read_handle),
                 inbound_qos2: Default::default(),
+                to_route: Vec::new(),
+                route_scheduled: false,
                 closing: false,
                 awaiting_detached: false,
                 socket_dead: false,
@@ -190,6 +199,8 @@ impl Session {
         }
         if let Phase::Connected { key, .. } = self.phase {
             self.awaiting_detached = true;
+            // What the client published goes to the Registry before its will can [MQTT-3.1.2-8].
+            self.hand_over(ctx);
             self.shared.registry.do_send(Detach {
                 key,
                 conn: self.conn,

@@ -60,7 +60,7 @@ impl Session {
                 codec::write_ack(&mut self.out, Ack::PubComp, pid);
             }
             Packet::Subscribe { pid, filters } => self.on_subscribe(key, pid, filters, ctx),
-            Packet::Unsubscribe { pid, filters } => self.on_unsubscribe(key, pid, filters),
+            Packet::Unsubscribe { pid, filters } => self.on_unsubscribe(key, pid, filters, ctx),
             Packet::PingReq => codec::write_pingresp(&mut self.out), // [MQTT-3.12.4-1]
             Packet::Disconnect => self.close(ctx, DisconnectReason::Clean), // [MQTT-3.14.4-3]
             Packet::Connect(_) => {}
@@ -241,11 +241,34 @@ impl Session {
         }
     }
 
-    /// Hands a message to the Registry; when its mailbox is full, waits for room without reading
-    /// the socket, so TCP slows the publisher down.
+    /// Queues a message for the Registry. A burst read from the socket goes over as one
+    /// [`registry::Publish`] at the end of the read turn (or every [`super::PUBLISH_BATCH`]).
     fn forward(&mut self, message: Arc<Message>, ctx: &mut Context<Self>) {
+        self.to_route.push(message);
+        if self.to_route.len() >= super::PUBLISH_BATCH {
+            self.hand_over(ctx);
+        } else if !self.route_scheduled {
+            self.route_scheduled = true;
+            // Runs once the stream handler yields, after the packets of this read turn.
+            ctx.spawn(actix::fut::ready(()).map(|(), act: &mut Session, ctx| {
+                act.route_scheduled = false;
+                act.hand_over(ctx);
+            }));
+        }
+    }
+
+    /// Sends the queued messages to the Registry. When its mailbox is full the message is still
+    /// queued in order, and the Session waits for room without reading its socket, so TCP slows
+    /// the publisher down. Called before any other message to the Registry, to keep order.
+    pub(super) fn hand_over(&mut self, ctx: &mut Context<Self>) {
         use actix::dev::SendError;
-        match self.shared.registry.try_send(registry::Publish { message }) {
+        if self.to_route.is_empty() {
+            return;
+        }
+        let publish = registry::Publish {
+            messages: std::mem::take(&mut self.to_route),
+        };
+        match self.shared.registry.try_send(publish) {
             Ok(()) => {}
             Err(SendError::Full(publish)) => {
                 let send = self.shared.registry.send(publish);
@@ -280,7 +303,7 @@ impl Session {
             }
         }
         let Some(interceptor) = self.shared.interceptors.subscribe.clone() else {
-            return self.subscribe(key, pid, requests);
+            return self.subscribe(key, pid, requests, ctx);
         };
         let decide = join_all(requests.into_iter().map(move |request| {
             let interceptor = interceptor.clone();
@@ -302,7 +325,7 @@ impl Session {
             }
         }));
         ctx.wait(decide.into_actor(self).map(move |granted, act, ctx| {
-            act.subscribe(key, pid, granted);
+            act.subscribe(key, pid, granted, ctx);
             act.flush(ctx);
         }));
     }
@@ -314,6 +337,7 @@ impl Session {
         key: registry::ClientKey,
         pid: u16,
         granted: Vec<Option<(String, QoS)>>,
+        ctx: &mut Context<Self>,
     ) {
         // [MQTT-3.8.4-5] one return code per filter, in order; 0x80 for a refused one.
         let codes: Vec<u8> = granted
@@ -328,6 +352,7 @@ impl Session {
             codec::write_suback(&mut self.out, pid, &codes);
             return;
         }
+        self.hand_over(ctx);
         self.shared.registry.do_send(registry::Subscribe {
             key,
             conn: self.conn,
@@ -337,7 +362,14 @@ impl Session {
         });
     }
 
-    fn on_unsubscribe(&mut self, key: registry::ClientKey, pid: u16, filters: Vec<String>) {
+    fn on_unsubscribe(
+        &mut self,
+        key: registry::ClientKey,
+        pid: u16,
+        filters: Vec<String>,
+        ctx: &mut Context<Self>,
+    ) {
+        self.hand_over(ctx);
         self.shared.registry.do_send(registry::Unsubscribe {
             key,
             conn: self.conn,

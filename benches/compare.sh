@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Switchboard side by side with Mosquitto: the same scenarios against both, alternating which
+# goes first, then one table (medians) and a chart. Loopback only; every run is bounded in time.
+#
+#   benches/compare.sh                 # 3 runs of each, 5 s measured each
+#   RUNS=5 DURATION=10 benches/compare.sh
+#
+# Installs Debian's mosquitto if missing (needs root). Results: target/compare.jsonl; table on
+# stdout; chart: docs/benchmarks.svg.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-5}
+CLIENTS=${CLIENTS:-8}
+RESULTS=${RESULTS:-target/compare.jsonl}
+SB_PORT=${SB_PORT:-18830}
+MQ_PORT=${MQ_PORT:-18831}
+
+if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+  echo "installing mosquitto" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null
+fi
+MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+
+cargo build --release --bin switchboard 2>/dev/null
+cargo bench --bench load --no-run 2>/dev/null
+LOAD=$(ls -t target/release/deps/load-* | grep -v '\.d$' | head -1)
+
+work=$(mktemp -d)
+cat > "$work/mosquitto.conf" <<CONF
+listener $MQ_PORT 127.0.0.1
+allow_anonymous true
+log_type error
+log_type warning
+persistence false
+CONF
+
+SB_PID=""
+MQ_PID=""
+start_brokers() {
+  stop_brokers
+  RUST_LOG=warn ./target/release/switchboard --port "$SB_PORT" 2>"$work/switchboard.log" &
+  SB_PID=$!
+  "$MOSQUITTO" -c "$work/mosquitto.conf" 2>"$work/mosquitto.log" &
+  MQ_PID=$!
+  for port in "$SB_PORT" "$MQ_PORT"; do
+    for _ in $(seq 100); do
+      (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+      sleep 0.05
+    done
+  done
+}
+stop_brokers() {
+  [ -n "$SB_PID" ] && kill "$SB_PID" 2>/dev/null && wait "$SB_PID" 2>/dev/null || true
+  [ -n "$MQ_PID" ] && kill "$MQ_PID" 2>/dev/null && wait "$MQ_PID" 2>/dev/null || true
+  SB_PID=""; MQ_PID=""
+}
+trap 'stop_brokers; rm -rf "$work"' EXIT
+
+# run LABEL ARGS...: one run against the named broker, appended to $RESULTS.
+run() {
+  local label=$1; shift
+  local port=$SB_PORT pid=$SB_PID
+  if [ "$label" = mosquitto ]; then port=$MQ_PORT; pid=$MQ_PID; fi
+  "$LOAD" --addr "127.0.0.1:$port" --broker-pid "$pid" --label "$label" --quiet \
+    --out "$RESULTS" "$@" >/dev/null
+}
+
+mkdir -p target
+rm -f "$RESULTS"
+start_brokers
+echo "switchboard $(./target/release/switchboard --version), $("$MOSQUITTO" -h 2>&1 | head -1); $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB" >&2
+
+for run_no in $(seq "$RUNS"); do
+  order="switchboard mosquitto"
+  [ $((run_no % 2)) -eq 0 ] && order="mosquitto switchboard"
+  for scenario in pairs fan-in fan-out; do
+    for qos in 0 1; do
+      for broker in $order; do
+        echo "run $run_no: $broker $scenario qos $qos" >&2
+        run "$broker" --scenario "$scenario" --qos "$qos" --clients "$CLIENTS" --duration "$DURATION"
+      done
+    done
+  done
+done
+
+# Latency at half of Mosquitto's peak pairs/QoS 0 rate, open loop.
+peak=$(grep '"label":"mosquitto"' "$RESULTS" | grep '"scenario":"pairs"' | grep '"qos":0' \
+  | sed 's/.*"delivered_per_s":\([0-9.]*\).*/\1/' | sort -n | awk '{v[NR]=$1} END {print int(v[int((NR+1)/2)])}')
+half=$((peak / 2))
+for run_no in $(seq "$RUNS"); do
+  for broker in switchboard mosquitto; do
+    echo "run $run_no: $broker pairs qos 0 at $half msgs/s" >&2
+    run "$broker" --scenario pairs --qos 0 --clients "$CLIENTS" --rate "$half" --duration "$DURATION"
+  done
+done
+
+# Idle connections: fresh brokers, 10,000 connections each.
+for broker in switchboard mosquitto; do
+  start_brokers
+  echo "$broker: 10000 idle connections" >&2
+  run "$broker" --scenario idle --clients 10000 --concurrency 200
+done
+stop_brokers
+
+"$LOAD" --table "$RESULTS" --chart docs/benchmarks.svg
+echo
+echo "CPU per delivered message (us, median) and idle RSS per connection:"
+for label in switchboard mosquitto; do
+  grep "\"label\":\"$label\"" "$RESULTS" | sed -n 's/.*"scenario":"\([^"]*\)","qos":\([0-9]\).*"load":"\([^"]*\)".*"broker_cpu_us_per_msg":\([0-9.]*\).*/\1 qos\2 \3 \4/p' \
+    | sort | awk -v l="$label" '{k=$1" "$2" "$3; v[k]=v[k]" "$4} END {for (k in v) print l, k, v[k]}' | sort
+  grep "\"label\":\"$label\"" "$RESULTS" | grep '"scenario":"idle"' \
+    | sed 's/.*"rss_per_connection_bytes":\([0-9.]*\).*/  '"$label"' idle bytes per connection: \1/'
+done
