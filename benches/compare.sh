@@ -32,6 +32,9 @@ work=$(mktemp -d)
 cat > "$work/mosquitto.conf" <<CONF
 listener $MQ_PORT 127.0.0.1
 allow_anonymous true
+# Mosquitto leaves Nagle's algorithm on by default, which stalls small messages; Switchboard sets
+# TCP_NODELAY. Give Mosquitto the same.
+set_tcp_nodelay true
 log_type error
 log_type warning
 persistence false
