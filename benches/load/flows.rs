@@ -289,7 +289,29 @@ async fn publisher(
             out.clear();
         }
     }
-    Ok(())
+    // Stay connected while the run drains (a broker may drop the unfinished QoS 1/2 messages of a
+    // client that disconnects), answering PUBRECs, until the run drops this task.
+    loop {
+        stream.readable().await?;
+        loop {
+            match stream.try_read_buf(&mut inbox) {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        let (frames, used) = wire::frames(&inbox);
+        for frame in frames.iter().filter(|f| f.byte1 == 0x50) {
+            let body = &inbox[frame.body.clone()];
+            out.extend([0x62, 2, body[0], body[1]]);
+        }
+        inbox.drain(..used);
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+            out.clear();
+        }
+    }
 }
 
 /// What a flow run measured.
