@@ -65,10 +65,11 @@ trap 'stop_brokers; rm -rf "$work"' EXIT
 # run LABEL ARGS...: one run against the named broker, appended to $RESULTS.
 run() {
   local label=$1; shift
+  local results=${RESULTS}
   local port=$SB_PORT pid=$SB_PID
   if [ "$label" = mosquitto ]; then port=$MQ_PORT; pid=$MQ_PID; fi
   "$LOAD" --addr "127.0.0.1:$port" --broker-pid "$pid" --label "$label" --quiet \
-    --out "$RESULTS" "$@" >/dev/null
+    --out "$results" "$@" >/dev/null
 }
 
 mkdir -p target
@@ -100,6 +101,18 @@ for run_no in $(seq "$RUNS"); do
   done
 done
 
+# The other scenarios, once per run each (their own table below).
+OTHER=${RESULTS%.jsonl}-other.jsonl
+rm -f "$OTHER"
+for run_no in $(seq "$RUNS"); do
+  for broker in switchboard mosquitto; do
+    echo "run $run_no: $broker wildcard / retained / connect-storm" >&2
+    RESULTS=$OTHER run "$broker" --scenario wildcard --clients "$CLIENTS" --topics 100 --duration "$DURATION"
+    RESULTS=$OTHER run "$broker" --scenario retained --clients 20 --topics 1000
+    RESULTS=$OTHER run "$broker" --scenario connect-storm --concurrency 20 --duration "$DURATION"
+  done
+done
+
 # Idle connections: fresh brokers, 10,000 connections each.
 for broker in switchboard mosquitto; do
   start_brokers
@@ -109,6 +122,9 @@ done
 stop_brokers
 
 "$LOAD" --table "$RESULTS" --chart docs/benchmarks.svg
+echo
+echo "Other scenarios (msgs/s: wildcard deliveries, retained messages received, connections):"
+"$LOAD" --table "$OTHER"
 echo
 echo "CPU per delivered message (us, median) and idle RSS per connection:"
 for label in switchboard mosquitto; do
