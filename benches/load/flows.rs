@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::args::{Args, Scenario};
@@ -106,18 +105,6 @@ impl Shared {
     }
 }
 
-async fn connect(addr: std::net::SocketAddr, id: &str) -> std::io::Result<TcpStream> {
-    let mut stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    stream.write_all(&wire::connect(id, 0)).await?;
-    let mut connack = [0u8; 4];
-    stream.read_exact(&mut connack).await?;
-    if connack[3] != 0 {
-        return Err(std::io::Error::other(format!("CONNACK {}", connack[3])));
-    }
-    Ok(stream)
-}
-
 async fn subscriber(
     addr: std::net::SocketAddr,
     index: usize,
@@ -126,7 +113,7 @@ async fn subscriber(
     shared: Rc<Shared>,
     ready: tokio::sync::mpsc::Sender<()>,
 ) -> std::io::Result<()> {
-    let mut stream = connect(addr, &format!("bench-sub-{index}")).await?;
+    let mut stream = wire::handshake(addr, &format!("bench-sub-{index}")).await?;
     stream.write_all(&wire::subscribe(1, &filters, qos)).await?;
     let mut buf = Vec::with_capacity(64 * 1024);
     loop {
@@ -207,7 +194,7 @@ async fn publisher(
     pacing: Pacing,
     shared: Rc<Shared>,
 ) -> std::io::Result<()> {
-    let mut stream = connect(addr, &format!("bench-pub-{index}")).await?;
+    let mut stream = wire::handshake(addr, &format!("bench-pub-{index}")).await?;
     let templates: Vec<PublishTemplate> = topics
         .iter()
         .map(|t| PublishTemplate::new(t, args.payload, args.qos, false))

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::args::Args;
 use crate::wire::{self, PublishTemplate};
@@ -31,18 +30,6 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram")
 }
 
-async fn connect(addr: SocketAddr, id: &str) -> std::io::Result<TcpStream> {
-    let mut stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    stream.write_all(&wire::connect(id, 0)).await?;
-    let mut connack = [0u8; 4];
-    stream.read_exact(&mut connack).await?;
-    if connack[3] != 0 {
-        return Err(std::io::Error::other(format!("CONNACK {}", connack[3])));
-    }
-    Ok(stream)
-}
-
 /// `--topics` retained messages, then `--clients` subscribers to `bench/retained/#` at once; each
 /// counts until it has all of them.
 pub async fn retained(
@@ -50,7 +37,7 @@ pub async fn retained(
     addr: SocketAddr,
     pid: Option<u32>,
 ) -> Result<StormResult, String> {
-    let mut publisher = connect(addr, "bench-retainer")
+    let mut publisher = wire::handshake(addr, "bench-retainer")
         .await
         .map_err(|e| e.to_string())?;
     let mut out = Vec::new();
@@ -92,7 +79,7 @@ pub async fn retained(
             let mut tasks = Vec::new();
             for c in 0..args.clients {
                 tasks.push(tokio::task::spawn_local(async move {
-                    let mut s = connect(addr, &format!("bench-storm-{c}")).await?;
+                    let mut s = wire::handshake(addr, &format!("bench-storm-{c}")).await?;
                     let t0 = Instant::now();
                     s.write_all(&wire::subscribe(1, &["bench/retained/#".into()], 0))
                         .await?;
@@ -165,7 +152,7 @@ pub async fn connect_storm(
                         let t0 = Instant::now();
                         let id = format!("bench-cs-{worker}-{n}");
                         n += 1;
-                        match connect(addr, &id).await {
+                        match wire::handshake(addr, &id).await {
                             Ok(mut s) => {
                                 let _ = latency
                                     .borrow_mut()
@@ -221,7 +208,7 @@ pub async fn idle(args: &Args, addr: SocketAddr, pid: Option<u32>) -> Result<Sto
                     .map(|i| {
                         tokio::task::spawn_local(async move {
                             let t0 = Instant::now();
-                            connect(addr, &format!("bench-idle-{i}"))
+                            wire::handshake(addr, &format!("bench-idle-{i}"))
                                 .await
                                 .map(|s| (s, t0.elapsed()))
                         })

@@ -9,6 +9,23 @@ use switchboard::QoS;
 /// in nanoseconds since the run started (u64).
 pub const STAMP: usize = 20;
 
+/// Connects, sends CONNECT (no keep-alive) and checks that CONNACK accepts it.
+pub async fn handshake(
+    addr: std::net::SocketAddr,
+    id: &str,
+) -> std::io::Result<tokio::net::TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    stream.write_all(&connect(id, 0)).await?;
+    let mut connack = [0u8; 4];
+    stream.read_exact(&mut connack).await?;
+    if connack[3] != 0 {
+        return Err(std::io::Error::other(format!("CONNACK {}", connack[3])));
+    }
+    Ok(stream)
+}
+
 /// A CONNECT frame.
 pub fn connect(client_id: &str, keep_alive: u16) -> Vec<u8> {
     let mut connect = mqttbytes::v4::Connect::new(client_id);
