@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::args::{Args, Scenario};
@@ -244,26 +245,10 @@ async fn publisher(
             out.clear();
         }
         // Acknowledgements from the broker (PUBACK / PUBREC -> PUBREL / PUBCOMP).
-        loop {
-            match stream.try_read_buf(&mut inbox) {
-                Ok(0) => return Ok(()),
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
-            }
+        match read_acks(&stream, &mut inbox, &mut out)? {
+            Some(done) => unacked = unacked.saturating_sub(done),
+            None => return Ok(()),
         }
-        let (frames, used) = wire::frames(&inbox);
-        for frame in frames {
-            match frame.byte1 {
-                0x40 | 0x70 => unacked = unacked.saturating_sub(1),
-                0x50 => {
-                    let body = &inbox[frame.body.clone()];
-                    out.extend([0x62, 2, body[0], body[1]]);
-                }
-                _ => {}
-            }
-        }
-        inbox.drain(..used);
         if batch == 0 && out.is_empty() {
             tokio::select! {
                 _ = shared.wake[index].notified(), if pacing.rate.is_none() => {}
@@ -280,25 +265,45 @@ async fn publisher(
     // client that disconnects), answering PUBRECs, until the run drops this task.
     loop {
         stream.readable().await?;
-        loop {
-            match stream.try_read_buf(&mut inbox) {
-                Ok(0) => return Ok(()),
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
-            }
+        if read_acks(&stream, &mut inbox, &mut out)?.is_none() {
+            return Ok(());
         }
-        let (frames, used) = wire::frames(&inbox);
-        for frame in frames.iter().filter(|f| f.byte1 == 0x50) {
-            let body = &inbox[frame.body.clone()];
-            out.extend([0x62, 2, body[0], body[1]]);
-        }
-        inbox.drain(..used);
         if !out.is_empty() {
             stream.write_all(&out).await?;
             out.clear();
         }
     }
+}
+
+/// Reads whatever the broker sent a publisher, without waiting: queues a PUBREL in `out` for
+/// each PUBREC and returns how many messages were completed (PUBACK, PUBCOMP), or `None` at EOF.
+fn read_acks(
+    stream: &TcpStream,
+    inbox: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> std::io::Result<Option<u32>> {
+    loop {
+        match stream.try_read_buf(inbox) {
+            Ok(0) => return Ok(None),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    let (frames, used) = wire::frames(inbox);
+    let mut completed = 0;
+    for frame in frames {
+        match frame.byte1 {
+            0x40 | 0x70 => completed += 1,
+            0x50 => {
+                let body = &inbox[frame.body.clone()];
+                out.extend([0x62, 2, body[0], body[1]]);
+            }
+            _ => {}
+        }
+    }
+    inbox.drain(..used);
+    Ok(Some(completed))
 }
 
 /// What a flow run measured.
