@@ -232,7 +232,8 @@ impl Session {
         ));
     }
 
-    /// PUBACK after routing [MQTT-4.3.2-2]; PUBREC for QoS 2 [MQTT-4.3.3-2].
+    /// PUBACK once the broker owns the message (it is queued for the Registry) [MQTT-4.3.2-2];
+    /// PUBREC for QoS 2 [MQTT-4.3.3-2].
     fn acknowledge_publish(&mut self, qos: QoS, pid: u16) {
         match qos {
             QoS::AtMostOnce => {}
