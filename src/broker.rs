@@ -80,11 +80,11 @@ impl Broker {
         let metrics = Arc::new(Metrics::default());
         let registry_arbiter = Arbiter::new();
         let registry = {
-            let sessions = config.sessions.clone();
+            let config = config.clone();
             let metrics = metrics.clone();
             let hooks = self.hooks;
             Registry::start_in_arbiter(&registry_arbiter.handle(), move |_| {
-                Registry::new(sessions, metrics, hooks)
+                Registry::new(&config, metrics, hooks)
             })
         };
         let workers: Vec<Arbiter> = (0..config.worker_count()).map(|_| Arbiter::new()).collect();

@@ -94,6 +94,20 @@ pub struct LimitsConfig {
     /// How long a new socket may take to send CONNECT before it is closed. Default 10 s.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Longest keep-alive honoured. A client asking for more, or for none (0), is still closed
+    /// after 1.5 times this without traffic. Default 18 h 12 m 15 s (the protocol's maximum).
+    #[serde(with = "humantime_serde")]
+    pub max_keep_alive: Duration,
+    /// Most subscriptions one client may hold; further filters get SUBACK 0x80. Default 1000.
+    pub max_subscriptions_per_client: usize,
+    /// Longest topic name or filter in bytes. A longer PUBLISH topic closes the connection, a
+    /// longer filter gets SUBACK 0x80. Default 1024.
+    pub max_topic_length: usize,
+    /// Most levels in a topic name or filter, treated like `max_topic_length`. Default 32.
+    pub max_topic_levels: usize,
+    /// Most inbound QoS 2 messages of one client awaiting PUBREL; one more closes the connection.
+    /// Default 1024.
+    pub max_inbound_qos2: usize,
 }
 
 impl Default for LimitsConfig {
@@ -102,6 +116,11 @@ impl Default for LimitsConfig {
             max_packet_size: 1024 * 1024,
             max_connections: 100_000,
             connect_timeout: Duration::from_secs(10),
+            max_keep_alive: Duration::from_secs(65_535),
+            max_subscriptions_per_client: 1000,
+            max_topic_length: 1024,
+            max_topic_levels: 32,
+            max_inbound_qos2: 1024,
         }
     }
 }
@@ -178,6 +197,21 @@ impl Config {
         }
         if limits.connect_timeout.is_zero() {
             return invalid("limits.connect_timeout", "must be more than 0");
+        }
+        if limits.max_keep_alive < Duration::from_secs(1) {
+            return invalid("limits.max_keep_alive", "must be at least 1s");
+        }
+        if limits.max_subscriptions_per_client == 0 {
+            return invalid("limits.max_subscriptions_per_client", "must be at least 1");
+        }
+        if !(1..=65_535).contains(&limits.max_topic_length) {
+            return invalid("limits.max_topic_length", "must be between 1 and 65535");
+        }
+        if limits.max_topic_levels == 0 {
+            return invalid("limits.max_topic_levels", "must be at least 1");
+        }
+        if limits.max_inbound_qos2 == 0 {
+            return invalid("limits.max_inbound_qos2", "must be at least 1");
         }
         if self.listener.workers > 1024 {
             return invalid("listener.workers", "must be at most 1024");

@@ -12,6 +12,7 @@ pub struct Metrics {
     queued_dropped: AtomicU64,
     slow_consumer_disconnects: AtomicU64,
     protocol_errors: AtomicU64,
+    limits_hit: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -31,6 +32,9 @@ pub struct MetricsSnapshot {
     pub slow_consumer_disconnects: u64,
     /// Connections closed for malformed packets or protocol violations.
     pub protocol_errors: u64,
+    /// Times a client hit a configured limit (`[limits]`): refused subscription, topic too long or
+    /// deep, too many QoS 2 messages awaiting PUBREL, keep-alive capped.
+    pub limits_hit: u64,
 }
 
 macro_rules! counter {
@@ -48,6 +52,7 @@ impl Metrics {
     counter!(add_queued_dropped, queued_dropped);
     counter!(add_slow_consumer_disconnects, slow_consumer_disconnects);
     counter!(add_protocol_errors, protocol_errors);
+    counter!(add_limits_hit, limits_hit);
 
     /// A connection opened.
     pub fn connection_opened(&self) -> u64 {
@@ -71,6 +76,7 @@ impl Metrics {
             queued_dropped: get(&self.queued_dropped),
             slow_consumer_disconnects: get(&self.slow_consumer_disconnects),
             protocol_errors: get(&self.protocol_errors),
+            limits_hit: get(&self.limits_hit),
         }
     }
 }

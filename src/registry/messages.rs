@@ -83,9 +83,10 @@ pub struct Subscribe {
     pub conn: ConnId,
     /// Packet identifier of the SUBSCRIBE.
     pub pid: u16,
-    /// Validated filters with the QoS to grant.
-    pub filters: Vec<(String, QoS)>,
-    /// The SUBACK return codes, one per requested filter (0x80 for the refused ones).
+    /// Validated filters with the QoS to grant, each with its position in `codes`.
+    pub filters: Vec<(usize, String, QoS)>,
+    /// The SUBACK return codes, one per requested filter (0x80 for the refused ones). The
+    /// Registry sets 0x80 for filters over the client's subscription limit.
     pub codes: Vec<u8>,
 }
 

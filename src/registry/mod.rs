@@ -9,12 +9,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 pub use messages::*;
 
 use self::client::{push_bounded, Attached, Client};
-use crate::config::{QueueOverflow, SessionConfig};
+use crate::config::{Config, QueueOverflow, SessionConfig};
 use crate::hooks::{
     ClientConnected, ClientDisconnected, ClientSubscribed, ClientUnsubscribed, LifecycleHooks,
 };
@@ -30,6 +30,7 @@ const BATCH_LIMIT: usize = 256;
 /// The Registry actor. Start it with [`Broker::start`](crate::Broker::start).
 pub struct Registry {
     config: SessionConfig,
+    max_subscriptions: usize,
     metrics: Arc<Metrics>,
     hooks: LifecycleHooks,
     clients: Vec<Option<Client>>,
@@ -54,10 +55,11 @@ impl Actor for Registry {
 }
 
 impl Registry {
-    /// A Registry with the given session settings, counters and hooks.
-    pub fn new(config: SessionConfig, metrics: Arc<Metrics>, hooks: LifecycleHooks) -> Self {
+    /// A Registry with the given settings, counters and hooks.
+    pub fn new(config: &Config, metrics: Arc<Metrics>, hooks: LifecycleHooks) -> Self {
         Registry {
-            config,
+            config: config.sessions.clone(),
+            max_subscriptions: config.limits.max_subscriptions_per_client,
             metrics,
             hooks,
             clients: Vec::new(),
@@ -386,23 +388,36 @@ impl Handler<Subscribe> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: Subscribe, ctx: &mut Context<Self>) {
+        let (max_subscriptions, metrics) = (self.max_subscriptions, self.metrics.clone());
         let Some(client) = self.attached_client(msg.key, msg.conn) else {
             return;
         };
         // Deliveries routed before the subscription took effect go before the SUBACK.
         Self::flush_client(client);
         let client_id = client.id.clone();
-        for (filter, qos) in &msg.filters {
-            client.subscriptions.insert(filter.clone(), *qos);
+        let mut codes = msg.codes;
+        let mut granted = Vec::with_capacity(msg.filters.len());
+        for (position, filter, qos) in msg.filters {
+            let new = !client.subscriptions.contains_key(&filter);
+            if new && client.subscriptions.len() >= max_subscriptions {
+                warn!(client_id = %client_id, filter = %filter, limit = max_subscriptions, "subscription refused: limit of subscriptions per client");
+                metrics.add_limits_hit(1);
+                if let Some(code) = codes.get_mut(position) {
+                    *code = crate::codec::SUBACK_FAILURE;
+                }
+                continue;
+            }
+            client.subscriptions.insert(filter.clone(), qos);
+            granted.push((filter, qos));
         }
         if let Some(attached) = &client.attached {
             attached.session.do_send(Subscribed {
                 pid: msg.pid,
-                codes: msg.codes,
+                codes,
             });
         }
         let mut retained = Vec::new();
-        for (filter, qos) in msg.filters {
+        for (filter, qos) in granted {
             self.trie.insert(&filter, msg.key, qos);
             // [MQTT-3.8.4-3] retained messages are (re-)sent for every subscription.
             self.retained.for_each_match(&filter, |m| {

@@ -286,11 +286,18 @@ impl Session {
     }
 
     fn start_keep_alive(&mut self, ctx: &mut Context<Self>, seconds: u16) {
-        if seconds == 0 {
-            return;
-        }
         // [MQTT-3.1.2-24] one and a half times the keep-alive without a packet ends the connection.
-        let limit = Duration::from_millis(u64::from(seconds) * 1500);
+        // A keep-alive of 0 (none) or above `limits.max_keep_alive` gets the maximum instead.
+        let max = self.shared.config.limits.max_keep_alive;
+        let asked = Duration::from_secs(u64::from(seconds));
+        let keep_alive = if seconds == 0 || asked > max {
+            self.shared.metrics.add_limits_hit(1);
+            debug!(client_id = %self.client_id(), asked = seconds, applied = ?max, "keep-alive capped");
+            max
+        } else {
+            asked
+        };
+        let limit = keep_alive.mul_f32(1.5);
         let tick = (limit / 4).max(Duration::from_millis(100));
         ctx.run_interval(tick, move |act, ctx| {
             if !act.closing && act.last_received.elapsed() > limit {

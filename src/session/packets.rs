@@ -73,6 +73,24 @@ impl Session {
         self.close(ctx, DisconnectReason::ProtocolError(rule.to_string()));
     }
 
+    /// Whether a topic name or filter is within `limits.max_topic_length` and
+    /// `limits.max_topic_levels`.
+    fn topic_within_limits(&self, topic: &str) -> bool {
+        let limits = &self.shared.config.limits;
+        topic.len() <= limits.max_topic_length
+            && topic.bytes().filter(|&b| b == b'/').count() < limits.max_topic_levels
+    }
+
+    /// Closes this one connection for going over a configured limit; logged and counted.
+    fn limit_hit(&mut self, ctx: &mut Context<Self>, what: &'static str) {
+        self.shared.metrics.add_limits_hit(1);
+        warn!(addr = %self.peer, client_id = %self.client_id(), limit = what, "closing connection: limit hit");
+        self.close(
+            ctx,
+            DisconnectReason::ProtocolError(format!("limit: {what}")),
+        );
+    }
+
     fn on_ack(&mut self, pid: u16, result: AckResult, name: &str) {
         match result {
             AckResult::Completed => self.pump(),
@@ -188,6 +206,15 @@ impl Session {
         self.shared.metrics.add_publishes_received(1);
         let PublishPacket { pid, message, .. } = publish;
         let qos = message.qos;
+        if !self.topic_within_limits(&message.topic) {
+            return self.limit_hit(ctx, "PUBLISH topic over the topic length or level limit");
+        }
+        if qos == QoS::ExactlyOnce
+            && self.inbound_qos2.len() >= self.shared.config.limits.max_inbound_qos2
+            && !self.inbound_qos2.contains(&pid)
+        {
+            return self.limit_hit(ctx, "too many QoS 2 messages awaiting PUBREL");
+        }
         if qos == QoS::ExactlyOnce && !self.inbound_qos2.insert(pid) {
             // A re-sent QoS 2 PUBLISH whose PUBREL has not come: not routed again [MQTT-4.3.3-2].
             codec::write_ack(&mut self.out, Ack::PubRec, pid);
@@ -295,6 +322,12 @@ impl Session {
         let client_id: Arc<str> = Arc::from(self.client_id());
         let mut requests = Vec::with_capacity(filters.len());
         for (filter, qos) in filters {
+            if !self.topic_within_limits(&filter) {
+                info!(client_id = %client_id, filter = %filter, "subscription refused: filter over the topic length or level limit");
+                self.shared.metrics.add_limits_hit(1);
+                requests.push(None);
+                continue;
+            }
             match validate_filter(&filter) {
                 Ok(()) => requests.push(Some((filter, qos))),
                 Err(e) => {
@@ -348,7 +381,11 @@ impl Session {
                     .map_or(codec::SUBACK_FAILURE, |(_, qos)| *qos as u8)
             })
             .collect();
-        let filters: Vec<(String, QoS)> = granted.into_iter().flatten().collect();
+        let filters: Vec<(usize, String, QoS)> = granted
+            .into_iter()
+            .enumerate()
+            .filter_map(|(position, g)| g.map(|(filter, qos)| (position, filter, qos)))
+            .collect();
         if filters.is_empty() {
             codec::write_suback(&mut self.out, pid, &codes);
             return;
