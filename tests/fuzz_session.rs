@@ -1,0 +1,73 @@
+//! Property-based fuzzing of the Session state machine over real TCP: after a valid CONNECT, an
+//! arbitrary byte stream. The broker must never panic or stop serving: after every case a fresh
+//! client still gets its CONNACK and PINGRESP, and the Registry's counts return to zero.
+//!
+//! A short run is part of `cargo test`. A long run:
+//! `PROPTEST_CASES=20000 cargo test --release --test fuzz_session`
+
+mod common;
+
+use std::sync::OnceLock;
+
+use proptest::prelude::*;
+use switchboard::registry::GetStats;
+use switchboard::BackgroundBroker;
+
+fn broker() -> &'static BackgroundBroker {
+    static BROKER: OnceLock<BackgroundBroker> = OnceLock::new();
+    BROKER.get_or_init(common::broker)
+}
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    })
+}
+
+/// Packets a client may legally send, as building blocks for the fuzzer.
+fn fragment() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..64),
+        Just(b"\x30\x07\x00\x03a/bxy".to_vec()),
+        Just(b"\x32\x07\x00\x01a\x00\x05z".to_vec()),
+        Just(b"\x34\x07\x00\x01a\x00\x09z".to_vec()),
+        Just(b"\x62\x02\x00\x09".to_vec()),
+        Just(b"\x40\x02\x00\x01".to_vec()),
+        Just(b"\x50\x02\x00\x01".to_vec()),
+        Just(b"\x70\x02\x00\x01".to_vec()),
+        Just(b"\x82\x06\x00\x02\x00\x01#\x02".to_vec()),
+        Just(b"\xa2\x05\x00\x03\x00\x01#".to_vec()),
+        Just(b"\xc0\x00".to_vec()),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_stream_after_connect_leaves_the_broker_serving(fragments in proptest::collection::vec(fragment(), 1..24)) {
+        let addr = broker().local_addr();
+        runtime().block_on(async move {
+            let (mut raw, _) = common::Raw::handshake(addr, "fuzzed", true).await;
+            for f in &fragments {
+                raw.send(f).await;
+            }
+            drop(raw);
+            let (mut fresh, _) = common::Raw::handshake(addr, "probe", true).await;
+            fresh.ping().await;
+            fresh.send(&[0xE0, 0x00]).await;
+            fresh.expect_closed().await;
+            // Everything the case created is gone again (clean sessions only).
+            common::eventually(|| async {
+                let stats = broker().registry().send(GetStats).await.expect("registry alive");
+                stats.clients_online + stats.sessions_offline == 0 && stats.subscriptions == 0
+            })
+            .await;
+        });
+    }
+}
