@@ -108,6 +108,12 @@ pub struct LimitsConfig {
     /// Most inbound QoS 2 messages of one client awaiting PUBREL; one more closes the connection.
     /// Default 1024.
     pub max_inbound_qos2: usize,
+    /// New connections per second accepted from one source address (bursts up to the same
+    /// number); beyond, sockets are closed at once. 0 turns the limit off. Default 200.
+    pub max_connection_rate: u32,
+    /// Whether `max_connection_rate` also applies to loopback addresses (local tools, benchmarks).
+    /// Default false.
+    pub rate_limit_loopback: bool,
 }
 
 impl Default for LimitsConfig {
@@ -121,6 +127,8 @@ impl Default for LimitsConfig {
             max_topic_length: 1024,
             max_topic_levels: 32,
             max_inbound_qos2: 1024,
+            max_connection_rate: 200,
+            rate_limit_loopback: false,
         }
     }
 }

@@ -113,3 +113,27 @@ async fn keep_alive_is_capped_at_the_maximum() {
         DisconnectReason::KeepAliveTimeout
     );
 }
+
+#[tokio::test]
+async fn connections_over_the_per_address_rate_are_refused() {
+    let broker = broker_with(|c| {
+        c.limits.max_connection_rate = 5;
+        c.limits.rate_limit_loopback = true;
+    });
+    // Ten connections back to back: a burst of 5 is allowed, the rest are closed at once.
+    let mut sockets = Vec::new();
+    for _ in 0..10 {
+        sockets.push(Raw::connect(broker.local_addr()).await);
+    }
+    let mut accepted = 0;
+    for (n, raw) in sockets.iter_mut().enumerate() {
+        raw.send(&packets::connect(&format!("burst-{n}"), true, 60))
+            .await;
+        if raw.recv().await.is_some() {
+            accepted += 1;
+        }
+    }
+    // One token may have come back if the ten connects took over 200 ms.
+    assert!((5..=6).contains(&accepted), "{accepted} accepted");
+    assert_eq!(broker.metrics().snapshot().limits_hit, 10 - accepted);
+}
