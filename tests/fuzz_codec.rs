@@ -63,7 +63,7 @@ fn split(bytes: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
 #[test]
 fn the_seed_session_decodes_whole_in_any_split() {
     let seed = valid_session();
-    assert_eq!(feed(&[seed.clone()]), 7);
+    assert_eq!(feed(std::slice::from_ref(&seed)), 7);
     for cut in 0..seed.len() {
         assert_eq!(feed(&split(&seed, &[cut])), 7, "split at {cut}");
     }
