@@ -47,7 +47,11 @@ fn fragment() -> impl Strategy<Value = Vec<u8>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    // 48 cases in `cargo test`; PROPTEST_CASES sets more for a long run.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(48),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn any_stream_after_connect_leaves_the_broker_serving(fragments in proptest::collection::vec(fragment(), 1..24)) {
