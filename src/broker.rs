@@ -10,6 +10,7 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 use tracing::info;
 
+use crate::auth::{Authenticator, PasswordFile, PasswordFileError};
 use crate::config::{Config, ConfigError};
 use crate::hooks::{Interceptors, LifecycleHooks};
 use crate::listener::accept_loop;
@@ -31,6 +32,9 @@ pub enum BrokerError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// The password file could not be read or parsed.
+    #[error(transparent)]
+    PasswordFile(#[from] PasswordFileError),
     /// The broker thread ended before the broker started.
     #[error("the broker thread exited during start-up")]
     ThreadExited,
@@ -69,6 +73,35 @@ impl Broker {
     pub async fn start(self) -> Result<RunningBroker, BrokerError> {
         let config = self.config;
         config.validate()?;
+        let bind = config.listener.bind;
+        let has_interceptor = self.interceptors.connect.is_some();
+        if !bind.is_loopback()
+            && config.auth.password_file.is_none()
+            && config.auth.allow_anonymous != Some(true)
+            && !has_interceptor
+        {
+            return Err(ConfigError::Invalid {
+                key: "auth.allow_anonymous",
+                message: format!(
+                    "binding {bind} without a password file would let anyone in: set auth.password_file, or auth.allow_anonymous = true to mean it"
+                ),
+            }
+            .into());
+        }
+        let authenticator = match &config.auth.password_file {
+            Some(path) => {
+                let passwords = std::sync::Arc::new(PasswordFile::load(path)?);
+                info!(users = passwords.len(), path = %path.display(), "password file loaded");
+                Some(SyncArbiter::start(1, move || {
+                    Authenticator::new(passwords.clone())
+                }))
+            }
+            None => None,
+        };
+        let allow_anonymous = config.auth.anonymous_allowed(bind);
+        if allow_anonymous && !bind.is_loopback() {
+            tracing::warn!(%bind, "anonymous clients are allowed on a non-loopback address");
+        }
         let addr = SocketAddr::new(config.listener.bind, config.listener.port);
         let listener = TcpListener::bind(addr)
             .await
@@ -94,6 +127,10 @@ impl Broker {
             registry.clone(),
             self.interceptors,
             metrics.clone(),
+            crate::session::Access {
+                authenticator,
+                allow_anonymous,
+            },
         ));
         let handles = workers.iter().map(Arbiter::handle).collect();
         let accept = actix_rt::spawn(accept_loop(listener, handles, shared));

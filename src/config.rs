@@ -3,7 +3,7 @@
 //! `docs/configuration.md` lists the same settings for users; keep the two in step.
 
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -58,6 +58,29 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[sessions]`: per-client queues and windows.
     pub sessions: SessionConfig,
+    /// `[auth]`: who may connect.
+    pub auth: AuthConfig,
+}
+
+/// `[auth]` settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// A password file in Mosquitto's format (`mosquitto_passwd`, or `switchboard passwd`).
+    /// Clients that send a user name must match it.
+    pub password_file: Option<PathBuf>,
+    /// Whether clients without a user name may connect. Default: only when there is no password
+    /// file and the listener is bound to a loopback address. Binding any other address without a
+    /// password file needs `allow_anonymous = true` said explicitly.
+    pub allow_anonymous: Option<bool>,
+}
+
+impl AuthConfig {
+    /// Whether clients without a user name are let in, for a listener bound to `bind`.
+    pub fn anonymous_allowed(&self, bind: IpAddr) -> bool {
+        self.allow_anonymous
+            .unwrap_or(self.password_file.is_none() && bind.is_loopback())
+    }
 }
 
 /// `[listener]` settings.

@@ -9,6 +9,7 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 mod background;
 mod broker;
 pub mod codec;

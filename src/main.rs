@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use switchboard::{Broker, Config};
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
@@ -25,10 +25,71 @@ struct Cli {
     /// Debug logging (RUST_LOG, when set, takes precedence).
     #[arg(short, long)]
     verbose: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Add a user to a password file (or change its password); the password is read from the
+    /// first line of standard input. The file is created if missing; Mosquitto reads it too.
+    Passwd {
+        /// Password file.
+        file: PathBuf,
+        /// User name.
+        user: String,
+        /// PBKDF2-SHA512 rounds.
+        #[arg(long, default_value_t = 100_000)]
+        iterations: u32,
+    },
+}
+
+/// Adds or replaces `user` in `file`.
+fn passwd(file: &std::path::Path, user: &str, iterations: u32) -> Result<(), String> {
+    if user.is_empty() || user.contains(':') {
+        return Err("a user name must be non-empty and contain no ':'".into());
+    }
+    let mut password = String::new();
+    std::io::stdin()
+        .read_line(&mut password)
+        .map_err(|e| format!("cannot read the password from standard input: {e}"))?;
+    let password = password.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        return Err("empty password".into());
+    }
+    let line = switchboard::auth::hash_line(user, password.as_bytes(), iterations.max(1))
+        .map_err(|e| format!("no random salt: {e}"))?;
+    let existing = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(format!("cannot read {}: {e}", file.display())),
+    };
+    let prefix = format!("{user}:");
+    let mut lines: Vec<&str> = existing
+        .lines()
+        .filter(|l| !l.starts_with(&prefix))
+        .collect();
+    lines.push(&line);
+    std::fs::write(file, lines.join("\n") + "\n")
+        .map_err(|e| format!("cannot write {}: {e}", file.display()))
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Passwd {
+        file,
+        user,
+        iterations,
+    }) = &cli.command
+    {
+        return match passwd(file, user, *iterations) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("switchboard passwd: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let default_level = if cli.verbose { "debug" } else { "info" };
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));

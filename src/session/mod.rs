@@ -49,6 +49,15 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// The Registry answers every Detach of an attached connection, so this is a safety net only.
 const DETACH_DEADLINE: Duration = Duration::from_secs(30);
 
+/// Who may connect: the password checker (if a password file is configured) and whether clients
+/// without a user name are let in.
+pub struct Access {
+    /// Checks passwords, on a `SyncArbiter`.
+    pub authenticator: Option<Addr<crate::auth::Authenticator>>,
+    /// Whether a CONNECT without a user name is accepted.
+    pub allow_anonymous: bool,
+}
+
 /// What every Session of one broker shares.
 pub struct SessionShared {
     /// Broker configuration.
@@ -59,6 +68,8 @@ pub struct SessionShared {
     pub interceptors: Interceptors,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// Authentication.
+    pub access: Access,
     next_conn: AtomicU64,
 }
 
@@ -69,12 +80,14 @@ impl SessionShared {
         registry: Addr<Registry>,
         interceptors: Interceptors,
         metrics: Arc<Metrics>,
+        access: Access,
     ) -> Self {
         SessionShared {
             config,
             registry,
             interceptors,
             metrics,
+            access,
             next_conn: AtomicU64::new(1),
         }
     }

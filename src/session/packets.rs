@@ -8,6 +8,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use super::{AckResult, Phase, Session};
+use crate::auth::CheckPassword;
 use crate::codec::{self, Ack, Connect as ConnectPacket, Packet, Publish as PublishPacket};
 use crate::hooks::{
     AuthorizeConnect, AuthorizePublish, AuthorizeSubscribe, ConnectDecision, DisconnectReason,
@@ -121,6 +122,38 @@ impl Session {
             // [MQTT-3.1.3-8] zero-length id with clean session 0.
             return self.refuse(ctx, ConnectReturnCode::IdentifierRejected);
         }
+        let access = &self.shared.access;
+        match (&connect.username, &access.authenticator) {
+            (None, _) if !access.allow_anonymous => {
+                info!(addr = %self.peer, client_id = %connect.client_id, "anonymous connection refused");
+                self.refuse(ctx, ConnectReturnCode::NotAuthorized)
+            }
+            (Some(username), Some(authenticator)) => {
+                let check = CheckPassword {
+                    username: username.clone(),
+                    password: connect.password.clone().unwrap_or_default(),
+                };
+                ctx.wait(authenticator.send(check).into_actor(self).map(move |answer, act, ctx| {
+                    match answer {
+                        Ok(true) => act.intercept_connect(connect, ctx),
+                        Ok(false) => {
+                            info!(addr = %act.peer, username = ?connect.username, "wrong user name or password");
+                            act.refuse(ctx, ConnectReturnCode::BadUsernameOrPassword)
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "authenticator unavailable");
+                            act.refuse(ctx, ConnectReturnCode::ServerUnavailable)
+                        }
+                    }
+                    act.flush(ctx);
+                }));
+            }
+            _ => self.intercept_connect(connect, ctx),
+        }
+    }
+
+    /// Asks the connect interceptor, if there is one, then registers.
+    fn intercept_connect(&mut self, connect: ConnectPacket, ctx: &mut Context<Self>) {
         let Some(interceptor) = self.shared.interceptors.connect.clone() else {
             return self.register(connect, ctx);
         };

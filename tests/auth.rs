@@ -1,0 +1,126 @@
+//! Authentication: Mosquitto password files read as they are, `switchboard passwd`, anonymous
+//! access rules.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::packets::ConnectSpec;
+use common::{broker_with, Raw};
+use switchboard::{BackgroundBroker, BrokerError};
+
+/// Written by `mosquitto_passwd -b -c FILE alice s3cret` (Mosquitto 2.0.11).
+const MOSQUITTO_LINE: &str = "alice:$7$101$KkuAleRaWpH/W1vd$mcZbfAMv/O/YmRFUKsggMGcwepJcy/SpAw0aj3qmYLqiJpSnyOBWgR+ApMfuF+oeMfEGIFZbnsv+fCyJODFeqQ==";
+
+/// A password file with alice (from mosquitto_passwd) and radar (from `switchboard passwd`).
+fn password_file(dir: &tempfile::TempDir) -> std::path::PathBuf {
+    let path = dir.path().join("passwords");
+    std::fs::write(&path, format!("{MOSQUITTO_LINE}\n")).expect("write");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["passwd", "--iterations", "1000"])
+        .arg(&path)
+        .arg("1AB.ENTER.DETRD")
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("switchboard passwd runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"radar-pw\n")
+        .expect("password");
+    assert!(child.wait().expect("exit").success());
+    path
+}
+
+async fn connack(addr: std::net::SocketAddr, user: Option<&str>, password: Option<&[u8]>) -> u8 {
+    let mut raw = Raw::connect(addr).await;
+    raw.send(
+        &ConnectSpec {
+            client_id: "auth-test",
+            username: user,
+            password,
+            ..Default::default()
+        }
+        .encode(),
+    )
+    .await;
+    raw.expect().await.body[1]
+}
+
+#[tokio::test]
+async fn password_file_users_get_in_and_nobody_else() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = password_file(&dir);
+    let broker = broker_with(|c| c.auth.password_file = Some(path));
+    let addr = broker.local_addr();
+    assert_eq!(connack(addr, Some("alice"), Some(b"s3cret")).await, 0);
+    assert_eq!(
+        connack(addr, Some("1AB.ENTER.DETRD"), Some(b"radar-pw")).await,
+        0
+    );
+    assert_eq!(
+        connack(addr, Some("alice"), Some(b"wrong")).await,
+        4,
+        "bad password"
+    );
+    assert_eq!(
+        connack(addr, Some("mallory"), Some(b"s3cret")).await,
+        4,
+        "unknown user"
+    );
+    assert_eq!(connack(addr, Some("alice"), None).await, 4, "no password");
+    // With a password file, anonymous clients are refused unless allowed.
+    assert_eq!(connack(addr, None, None).await, 5);
+}
+
+#[tokio::test]
+async fn anonymous_clients_can_be_allowed_beside_a_password_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = password_file(&dir);
+    let broker = broker_with(|c| {
+        c.auth.password_file = Some(path);
+        c.auth.allow_anonymous = Some(true);
+    });
+    assert_eq!(connack(broker.local_addr(), None, None).await, 0);
+    assert_eq!(
+        connack(broker.local_addr(), Some("alice"), Some(b"nope")).await,
+        4
+    );
+}
+
+#[tokio::test]
+async fn anonymous_is_the_default_only_on_loopback_without_a_password_file() {
+    let broker = broker_with(|_| {});
+    assert_eq!(connack(broker.local_addr(), None, None).await, 0);
+    let refused = broker_with(|c| c.auth.allow_anonymous = Some(false));
+    assert_eq!(connack(refused.local_addr(), None, None).await, 5);
+}
+
+#[test]
+fn a_public_bind_without_authentication_needs_an_explicit_setting() {
+    // Refused before anything is bound.
+    let mut config = common::test_config();
+    config.listener.bind = "0.0.0.0".parse().expect("address");
+    match BackgroundBroker::start(config) {
+        Err(BrokerError::Config(e)) => {
+            assert!(e.to_string().contains("auth.allow_anonymous"), "{e}")
+        }
+        Err(e) => panic!("unexpected error: {e}"),
+        Ok(_) => panic!("a public bind without authentication must not start"),
+    }
+}
+
+#[test]
+fn a_broken_password_file_stops_start_up_with_its_line_number() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("passwords");
+    std::fs::write(&path, format!("{MOSQUITTO_LINE}\nbob:plaintext\n")).expect("write");
+    let mut config = common::test_config();
+    config.auth.password_file = Some(path);
+    match BackgroundBroker::start(config) {
+        Err(e) => assert!(e.to_string().contains("line 2"), "{e}"),
+        Ok(_) => panic!("a broken password file must stop start-up"),
+    }
+}
