@@ -13,7 +13,13 @@ use proptest::prelude::*;
 use switchboard::registry::GetStats;
 use switchboard::BackgroundBroker;
 
-fn broker() -> &'static BackgroundBroker {
+/// One broker per property: the two run in parallel and must not see each other's traffic.
+fn broker_for_any_stream() -> &'static BackgroundBroker {
+    static BROKER: OnceLock<BackgroundBroker> = OnceLock::new();
+    BROKER.get_or_init(common::broker)
+}
+
+fn broker_for_valid_streams() -> &'static BackgroundBroker {
     static BROKER: OnceLock<BackgroundBroker> = OnceLock::new();
     BROKER.get_or_init(common::broker)
 }
@@ -62,7 +68,8 @@ proptest! {
 
     #[test]
     fn any_stream_after_connect_leaves_the_broker_serving(fragments in proptest::collection::vec(fragment(), 1..24)) {
-        let addr = broker().local_addr();
+        let broker = broker_for_any_stream();
+        let addr = broker.local_addr();
         runtime().block_on(async move {
             let (mut raw, _) = common::Raw::handshake(addr, "fuzzed", true).await;
             for f in &fragments {
@@ -78,7 +85,7 @@ proptest! {
             fresh.expect_closed().await;
             // Everything the case created is gone again (clean sessions only).
             common::eventually(|| async {
-                let stats = broker().registry().send(GetStats).await.expect("registry alive");
+                let stats = broker.registry().send(GetStats).await.expect("registry alive");
                 stats.clients_online + stats.sessions_offline == 0 && stats.subscriptions == 0
             })
             .await;
@@ -87,7 +94,7 @@ proptest! {
 
     #[test]
     fn valid_streams_keep_the_connection_open(packets in proptest::collection::vec(valid_packet(), 1..24)) {
-        let addr = broker().local_addr();
+        let addr = broker_for_valid_streams().local_addr();
         runtime().block_on(async move {
             let (mut raw, _) = common::Raw::handshake(addr, "valid", true).await;
             for p in &packets {
