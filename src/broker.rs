@@ -10,7 +10,7 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 use tracing::info;
 
-use crate::auth::{Authenticator, PasswordFile, PasswordFileError};
+use crate::auth::{AccessControl, AccessError};
 use crate::config::{Config, ConfigError};
 use crate::hooks::{Interceptors, LifecycleHooks};
 use crate::listener::accept_loop;
@@ -32,9 +32,9 @@ pub enum BrokerError {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// The password file could not be read or parsed.
+    /// The password or ACL file could not be read or parsed.
     #[error(transparent)]
-    PasswordFile(#[from] PasswordFileError),
+    Access(#[from] AccessError),
     /// The broker thread ended before the broker started.
     #[error("the broker thread exited during start-up")]
     ThreadExited,
@@ -88,18 +88,8 @@ impl Broker {
             }
             .into());
         }
-        let authenticator = match &config.auth.password_file {
-            Some(path) => {
-                let passwords = std::sync::Arc::new(PasswordFile::load(path)?);
-                info!(users = passwords.len(), path = %path.display(), "password file loaded");
-                Some(SyncArbiter::start(1, move || {
-                    Authenticator::new(passwords.clone())
-                }))
-            }
-            None => None,
-        };
-        let allow_anonymous = config.auth.anonymous_allowed(bind);
-        if allow_anonymous && !bind.is_loopback() {
+        let access = Arc::new(AccessControl::load(&config.auth, bind)?);
+        if access.allow_anonymous() && !bind.is_loopback() {
             tracing::warn!(%bind, "anonymous clients are allowed on a non-loopback address");
         }
         let addr = SocketAddr::new(config.listener.bind, config.listener.port);
@@ -127,10 +117,7 @@ impl Broker {
             registry.clone(),
             self.interceptors,
             metrics.clone(),
-            crate::session::Access {
-                authenticator,
-                allow_anonymous,
-            },
+            access.clone(),
         ));
         let handles = workers.iter().map(Arbiter::handle).collect();
         let accept = actix_rt::spawn(accept_loop(listener, handles, shared));
@@ -140,6 +127,7 @@ impl Broker {
         );
         Ok(RunningBroker {
             local_addr,
+            access,
             registry,
             metrics,
             accept,
@@ -153,6 +141,7 @@ impl Broker {
 /// [`RunningBroker::stop`] to stop it earlier.
 pub struct RunningBroker {
     local_addr: SocketAddr,
+    access: Arc<AccessControl>,
     registry: Addr<Registry>,
     metrics: Arc<Metrics>,
     accept: JoinHandle<()>,
@@ -174,6 +163,12 @@ impl RunningBroker {
     /// The broker's counters.
     pub fn metrics(&self) -> Arc<Metrics> {
         self.metrics.clone()
+    }
+
+    /// Re-reads the password and ACL files (the binary does this on SIGHUP). Connections stay;
+    /// on an error the old rules stay in force.
+    pub fn reload_access(&self) -> Result<(), AccessError> {
+        self.access.reload()
     }
 
     /// Stops accepting, closes every connection and stops the actors' threads.

@@ -69,6 +69,9 @@ pub struct AuthConfig {
     /// A password file in Mosquitto's format (`mosquitto_passwd`, or `switchboard passwd`).
     /// Clients that send a user name must match it.
     pub password_file: Option<PathBuf>,
+    /// An ACL file in Mosquitto's format (`user`, `topic`, `pattern` lines with `%u`/`%c`):
+    /// denied publishes are dropped, denied subscriptions get SUBACK 0x80. No default (no ACL).
+    pub acl_file: Option<PathBuf>,
     /// Whether clients without a user name may connect. Default: only when there is no password
     /// file and the listener is bound to a loopback address. Binding any other address without a
     /// password file needs `allow_anonymous = true` said explicitly.

@@ -117,8 +117,14 @@ fn main() -> ExitCode {
 
     let system = actix_rt::System::new();
     let result = system.block_on(async move {
+        let mut signals = Signals::new();
         let running = Broker::new(config).start().await?;
-        wait_for_shutdown_signal().await;
+        while let Signal::Reload = signals.next().await {
+            match running.reload_access() {
+                Ok(()) => info!("SIGHUP: password and ACL files reloaded"),
+                Err(e) => error!("SIGHUP: reload failed, the old rules stay in force: {e}"),
+            }
+        }
         info!("shutdown signal received");
         running.stop();
         Ok::<(), switchboard::BrokerError>(())
@@ -132,25 +138,62 @@ fn main() -> ExitCode {
     }
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn wait_for_shutdown_signal() {
+/// What a signal asks for.
+enum Signal {
+    /// SIGHUP: re-read the password and ACL files.
+    Reload,
+    /// Ctrl-C or SIGTERM: stop.
+    Stop,
+}
+
+/// The signals the broker listens to, registered once so that none is missed between two waits.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Signals {
+                term: signal(SignalKind::terminate()).ok(),
+                hup: signal(SignalKind::hangup()).ok(),
             }
         }
+        #[cfg(not(unix))]
+        Signals {}
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// Waits for the next signal that matters.
+    async fn next(&mut self) -> Signal {
+        #[cfg(unix)]
+        {
+            let term = async {
+                match &mut self.term {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let hup = async {
+                match &mut self.hup {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => Signal::Stop,
+                _ = term => Signal::Stop,
+                _ = hup => Signal::Reload,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            Signal::Stop
+        }
     }
 }

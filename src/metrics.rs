@@ -13,6 +13,7 @@ pub struct Metrics {
     slow_consumer_disconnects: AtomicU64,
     protocol_errors: AtomicU64,
     limits_hit: AtomicU64,
+    acl_denied: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -35,6 +36,8 @@ pub struct MetricsSnapshot {
     /// Times a client hit a configured limit (`[limits]`): refused subscription, topic too long or
     /// deep, too many QoS 2 messages awaiting PUBREL, keep-alive capped.
     pub limits_hit: u64,
+    /// Publishes dropped, subscriptions refused and wills dropped by the ACL.
+    pub acl_denied: u64,
 }
 
 macro_rules! counter {
@@ -53,6 +56,7 @@ impl Metrics {
     counter!(add_slow_consumer_disconnects, slow_consumer_disconnects);
     counter!(add_protocol_errors, protocol_errors);
     counter!(add_limits_hit, limits_hit);
+    counter!(add_acl_denied, acl_denied);
 
     /// A connection opened.
     pub fn connection_opened(&self) -> u64 {
@@ -77,6 +81,7 @@ impl Metrics {
             slow_consumer_disconnects: get(&self.slow_consumer_disconnects),
             protocol_errors: get(&self.protocol_errors),
             limits_hit: get(&self.limits_hit),
+            acl_denied: get(&self.acl_denied),
         }
     }
 }

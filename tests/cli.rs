@@ -171,3 +171,82 @@ fn config_file_settings_are_used() {
     child.kill().expect("kill");
     let _ = child.wait();
 }
+
+#[tokio::test]
+async fn sighup_reloads_passwords_and_acl_without_dropping_connections() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let passwords = dir.path().join("passwords");
+    let acl = dir.path().join("acl");
+    let config = dir.path().join("switchboard.toml");
+    let add_user = |user: &str, password: &str| {
+        let mut child = Command::new(BIN)
+            .args(["passwd", "--iterations", "1000"])
+            .arg(&passwords)
+            .arg(user)
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("passwd");
+        std::io::Write::write_all(
+            &mut child.stdin.take().expect("stdin"),
+            format!("{password}\n").as_bytes(),
+        )
+        .expect("write");
+        assert!(child.wait().expect("exit").success());
+    };
+    add_user("gate", "gate-pw");
+    std::fs::write(&acl, "user gate\ntopic read detrd/command/gate\n").expect("acl");
+    std::fs::write(
+        &config,
+        format!(
+            "[listener]\nport = 0\n[auth]\npassword_file = {:?}\nacl_file = {:?}\n",
+            passwords.display().to_string(),
+            acl.display().to_string()
+        ),
+    )
+    .expect("config");
+    let (mut child, logs) = spawn(&["-c", config.to_str().expect("utf-8")]);
+    let listening = wait_line(&logs, "switchboard listening on");
+    let addr: std::net::SocketAddr = listening
+        .rsplit("listening on ")
+        .next()
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .expect("address");
+    let login = |user: &'static str, password: &'static [u8]| async move {
+        let mut raw = common::Raw::connect(addr).await;
+        raw.send(
+            &common::packets::ConnectSpec {
+                client_id: user,
+                username: Some(user),
+                password: Some(password),
+                ..Default::default()
+            }
+            .encode(),
+        )
+        .await;
+        let code = raw.expect().await.body[1];
+        (raw, code)
+    };
+    let (mut gate, code) = login("gate", b"gate-pw").await;
+    assert_eq!(code, 0);
+    gate.subscribe(1, &[("detrd/state/gate", 0)], &[0x80]).await;
+    assert_eq!(login("radar", b"radar-pw").await.1, 4, "not a user yet");
+
+    add_user("radar", "radar-pw");
+    std::fs::write(
+        &acl,
+        "user gate\ntopic read detrd/command/gate\ntopic read detrd/state/gate\n",
+    )
+    .expect("acl");
+    let status = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    wait_line(&logs, "password and ACL files reloaded");
+    // The same connection, still open, now gets the new rule; the new user gets in.
+    gate.subscribe(2, &[("detrd/state/gate", 0)], &[0]).await;
+    assert_eq!(login("radar", b"radar-pw").await.1, 0);
+    child.kill().expect("kill");
+    let _ = child.wait();
+}

@@ -42,3 +42,17 @@ impl Handler<CheckPassword> for Authenticator {
         self.passwords.verify(&msg.username, &msg.password)
     }
 }
+
+/// Sent by [`AccessControl::reload`](super::AccessControl::reload) to the Authenticator: use these
+/// users from now on.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct ReplacePasswords(pub Arc<PasswordFile>);
+
+impl Handler<ReplacePasswords> for Authenticator {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReplacePasswords, _: &mut SyncContext<Self>) {
+        self.passwords = msg.0;
+    }
+}

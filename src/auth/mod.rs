@@ -1,8 +1,12 @@
-//! Authentication: Mosquitto-compatible password files, checked on a `SyncArbiter` so slow hashes
-//! never run on the Registry's or a Session's thread.
+//! Authentication and authorisation: Mosquitto-compatible password files (checked on a
+//! `SyncArbiter`, so slow hashes never run on the Registry's or a Session's thread) and ACL files.
 
+mod access;
+mod acl;
 mod authenticator;
 mod password_file;
 
-pub use authenticator::{Authenticator, CheckPassword};
+pub use access::{AccessControl, AccessError};
+pub use acl::{AclError, AclFile};
+pub use authenticator::{Authenticator, CheckPassword, ReplacePasswords};
 pub use password_file::{hash_line, PasswordFile, PasswordFileError};

@@ -49,15 +49,6 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// The Registry answers every Detach of an attached connection, so this is a safety net only.
 const DETACH_DEADLINE: Duration = Duration::from_secs(30);
 
-/// Who may connect: the password checker (if a password file is configured) and whether clients
-/// without a user name are let in.
-pub struct Access {
-    /// Checks passwords, on a `SyncArbiter`.
-    pub authenticator: Option<Addr<crate::auth::Authenticator>>,
-    /// Whether a CONNECT without a user name is accepted.
-    pub allow_anonymous: bool,
-}
-
 /// What every Session of one broker shares.
 pub struct SessionShared {
     /// Broker configuration.
@@ -68,8 +59,8 @@ pub struct SessionShared {
     pub interceptors: Interceptors,
     /// Counters.
     pub metrics: Arc<Metrics>,
-    /// Authentication.
-    pub access: Access,
+    /// Authentication and authorisation.
+    pub access: Arc<crate::auth::AccessControl>,
     next_conn: AtomicU64,
 }
 
@@ -80,7 +71,7 @@ impl SessionShared {
         registry: Addr<Registry>,
         interceptors: Interceptors,
         metrics: Arc<Metrics>,
-        access: Access,
+        access: Arc<crate::auth::AccessControl>,
     ) -> Self {
         SessionShared {
             config,
@@ -106,6 +97,8 @@ pub struct Session {
     peer: SocketAddr,
     shared: Arc<SessionShared>,
     phase: Phase,
+    /// User name of the CONNECT, for ACL checks.
+    username: Option<String>,
     last_received: Instant,
     /// Bytes waiting to be written.
     out: BytesMut,
@@ -143,6 +136,7 @@ impl Session {
                 outbound: Outbound::new(shared.config.sessions.max_inflight),
                 shared,
                 phase: Phase::AwaitingConnect,
+                username: None,
                 last_received: Instant::now(),
                 out: BytesMut::new(),
                 writer: Some(write_half),

@@ -122,9 +122,9 @@ impl Session {
             // [MQTT-3.1.3-8] zero-length id with clean session 0.
             return self.refuse(ctx, ConnectReturnCode::IdentifierRejected);
         }
-        let access = &self.shared.access;
-        match (&connect.username, &access.authenticator) {
-            (None, _) if !access.allow_anonymous => {
+        let access = self.shared.access.clone();
+        match (&connect.username, access.authenticator()) {
+            (None, _) if !access.allow_anonymous() => {
                 info!(addr = %self.peer, client_id = %connect.client_id, "anonymous connection refused");
                 self.refuse(ctx, ConnectReturnCode::NotAuthorized)
             }
@@ -187,9 +187,17 @@ impl Session {
         );
     }
 
-    fn register(&mut self, connect: ConnectPacket, ctx: &mut Context<Self>) {
+    fn register(&mut self, mut connect: ConnectPacket, ctx: &mut Context<Self>) {
         let (reply, answer) = oneshot::channel();
         let keep_alive = connect.keep_alive;
+        self.username = connect.username.clone();
+        if let (Some(will), Some(acl)) = (&connect.will, self.shared.access.acl()) {
+            if !acl.may_publish(self.username.as_deref(), &connect.client_id, &will.topic) {
+                self.shared.metrics.add_acl_denied(1);
+                warn!(client_id = %connect.client_id, topic = %will.topic, "will dropped: the ACL denies publishing to its topic");
+                connect.will = None;
+            }
+        }
         let request = registry::Connect {
             conn: self.conn,
             session: ctx.address(),
@@ -247,6 +255,19 @@ impl Session {
             && !self.inbound_qos2.contains(&pid)
         {
             return self.limit_hit(ctx, "too many QoS 2 messages awaiting PUBREL");
+        }
+        if let Some(acl) = self.shared.access.acl() {
+            if !acl.may_publish(self.username.as_deref(), self.client_id(), &message.topic) {
+                // Dropped, but acknowledged as the spec requires (3.1.1 has no negative PUBACK);
+                // a QoS 2 id is remembered so that PUBREL completes the handshake.
+                self.shared.metrics.add_acl_denied(1);
+                info!(client_id = %self.client_id(), topic = %message.topic, "publish denied by the ACL");
+                if qos == QoS::ExactlyOnce {
+                    self.inbound_qos2.insert(pid);
+                }
+                self.acknowledge_publish(qos, pid);
+                return;
+            }
         }
         if qos == QoS::ExactlyOnce && !self.inbound_qos2.insert(pid) {
             // A re-sent QoS 2 PUBLISH whose PUBREL has not come: not routed again [MQTT-4.3.3-2].
@@ -358,6 +379,17 @@ impl Session {
             if !self.topic_within_limits(&filter) {
                 info!(client_id = %client_id, filter = %filter, "subscription refused: filter over the topic length or level limit");
                 self.shared.metrics.add_limits_hit(1);
+                requests.push(None);
+                continue;
+            }
+            let acl = self.shared.access.acl();
+            if validate_filter(&filter).is_ok()
+                && acl.is_some_and(|acl| {
+                    !acl.may_subscribe(self.username.as_deref(), &client_id, &filter)
+                })
+            {
+                self.shared.metrics.add_acl_denied(1);
+                info!(client_id = %client_id, filter = %filter, "subscription denied by the ACL");
                 requests.push(None);
                 continue;
             }

@@ -1,0 +1,104 @@
+//! Access control as the Sessions see it: the password checker, the anonymous rule and the ACL,
+//! reloadable at run time (SIGHUP) without dropping connections.
+
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+
+use actix::prelude::*;
+use tracing::info;
+
+use super::{AclError, AclFile, Authenticator, PasswordFile, PasswordFileError, ReplacePasswords};
+use crate::config::AuthConfig;
+
+/// Why access control could not be (re)loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    /// The password file is unreadable or malformed.
+    #[error(transparent)]
+    PasswordFile(#[from] PasswordFileError),
+    /// The ACL file is unreadable or malformed.
+    #[error(transparent)]
+    Acl(#[from] AclError),
+}
+
+/// Shared by every Session of a broker.
+pub struct AccessControl {
+    config: AuthConfig,
+    allow_anonymous: bool,
+    authenticator: Option<Addr<Authenticator>>,
+    acl: RwLock<Option<Arc<AclFile>>>,
+}
+
+impl AccessControl {
+    /// Loads the files named in `config` for a listener bound to `bind`; starts the
+    /// Authenticator's `SyncArbiter` when there is a password file. Call inside an actix `System`.
+    pub fn load(config: &AuthConfig, bind: IpAddr) -> Result<AccessControl, AccessError> {
+        let authenticator = match &config.password_file {
+            Some(path) => {
+                let passwords = Arc::new(PasswordFile::load(path)?);
+                info!(users = passwords.len(), path = %path.display(), "password file loaded");
+                Some(SyncArbiter::start(1, move || {
+                    Authenticator::new(passwords.clone())
+                }))
+            }
+            None => None,
+        };
+        let acl = match &config.acl_file {
+            Some(path) => {
+                let acl = AclFile::load(path)?;
+                info!(path = %path.display(), "ACL file loaded");
+                Some(Arc::new(acl))
+            }
+            None => None,
+        };
+        Ok(AccessControl {
+            config: config.clone(),
+            allow_anonymous: config.anonymous_allowed(bind),
+            authenticator,
+            acl: RwLock::new(acl),
+        })
+    }
+
+    /// Re-reads the password and ACL files. On an error nothing changes and the error is
+    /// returned; connections are never dropped.
+    pub fn reload(&self) -> Result<(), AccessError> {
+        let passwords = match &self.config.password_file {
+            Some(path) => Some(Arc::new(PasswordFile::load(path)?)),
+            None => None,
+        };
+        let acl = match &self.config.acl_file {
+            Some(path) => Some(Arc::new(AclFile::load(path)?)),
+            None => None,
+        };
+        if let (Some(passwords), Some(authenticator)) = (passwords, &self.authenticator) {
+            info!(users = passwords.len(), "password file reloaded");
+            authenticator.do_send(ReplacePasswords(passwords));
+        }
+        if let Some(acl) = acl {
+            info!("ACL file reloaded");
+            *self
+                .acl
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(acl);
+        }
+        Ok(())
+    }
+
+    /// The password checker, when a password file is configured.
+    pub fn authenticator(&self) -> Option<&Addr<Authenticator>> {
+        self.authenticator.as_ref()
+    }
+
+    /// Whether a CONNECT without a user name is accepted.
+    pub fn allow_anonymous(&self) -> bool {
+        self.allow_anonymous
+    }
+
+    /// The ACL in force, if any.
+    pub fn acl(&self) -> Option<Arc<AclFile>> {
+        self.acl
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+}

@@ -1,0 +1,294 @@
+//! The ACL file format Mosquitto reads (`acl_file`), read as it is:
+//!
+//! ```text
+//! # anonymous clients: topic lines before the first user line
+//! topic read public/#
+//! user app
+//! topic readwrite detrd/#
+//! # every client, %u = user name, %c = client id
+//! pattern readwrite detrd/status/request/%c
+//! pattern write detrd/status/response/%c
+//! ```
+//!
+//! Access is `read`, `write`, `readwrite` (the default when omitted) or `deny`. A deny rule that
+//! matches wins over any grant. A subscription is granted only if a read rule covers every topic
+//! its filter can match and no deny rule overlaps it, so a wildcard subscription can never reach a
+//! denied topic.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use thiserror::Error;
+
+/// Why an ACL file could not be used.
+#[derive(Debug, Error)]
+pub enum AclError {
+    /// The file could not be read.
+    #[error("cannot read ACL file {path}: {source}")]
+    Read {
+        /// The path.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A line is not `user`, `topic` or `pattern`.
+    #[error("ACL file line {line}: {why}")]
+    Line {
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        why: &'static str,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Read,
+    Write,
+    ReadWrite,
+    Deny,
+}
+
+impl Access {
+    fn reads(self) -> bool {
+        matches!(self, Access::Read | Access::ReadWrite)
+    }
+
+    fn writes(self) -> bool {
+        matches!(self, Access::Write | Access::ReadWrite)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    access: Access,
+    topic: String,
+}
+
+/// Per-user, anonymous and pattern rules.
+#[derive(Debug, Clone, Default)]
+pub struct AclFile {
+    anonymous: Vec<Rule>,
+    users: HashMap<String, Vec<Rule>>,
+    patterns: Vec<Rule>,
+}
+
+impl AclFile {
+    /// Reads and parses a file.
+    pub fn load(path: &Path) -> Result<AclFile, AclError> {
+        let text = std::fs::read_to_string(path).map_err(|source| AclError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        AclFile::parse(&text)
+    }
+
+    /// Parses the text of an ACL file.
+    pub fn parse(text: &str) -> Result<AclFile, AclError> {
+        let mut acl = AclFile::default();
+        let mut user: Option<String> = None;
+        for (i, raw) in text.lines().enumerate() {
+            let bad = |why| AclError::Line { line: i + 1, why };
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (keyword, rest) = line
+                .split_once(char::is_whitespace)
+                .ok_or(bad("a keyword needs a value"))?;
+            let rest = rest.trim();
+            match keyword {
+                "user" => {
+                    acl.users.entry(rest.to_string()).or_default();
+                    user = Some(rest.to_string());
+                }
+                "topic" | "pattern" => {
+                    let (access, topic) = match rest.split_once(char::is_whitespace) {
+                        Some(("read", t)) => (Access::Read, t.trim()),
+                        Some(("write", t)) => (Access::Write, t.trim()),
+                        Some(("readwrite", t)) => (Access::ReadWrite, t.trim()),
+                        Some(("deny", t)) => (Access::Deny, t.trim()),
+                        _ => (Access::ReadWrite, rest),
+                    };
+                    if topic.is_empty() {
+                        return Err(bad("a rule needs a topic"));
+                    }
+                    let rule = Rule {
+                        access,
+                        topic: topic.to_string(),
+                    };
+                    match (keyword, &user) {
+                        ("pattern", _) => acl.patterns.push(rule),
+                        (_, Some(u)) => acl.users.entry(u.clone()).or_default().push(rule),
+                        (_, None) => acl.anonymous.push(rule),
+                    }
+                }
+                _ => return Err(bad("expected `user`, `topic` or `pattern`")),
+            }
+        }
+        Ok(acl)
+    }
+
+    /// The rules that apply to a client, with `%u` and `%c` substituted. A pattern whose
+    /// substitution would contain a wildcard or a level separator does not apply.
+    fn rules_for(&self, username: Option<&str>, client_id: &str) -> Vec<Rule> {
+        let mut rules: Vec<Rule> = match username {
+            Some(u) => self.users.get(u).cloned().unwrap_or_default(),
+            None => self.anonymous.clone(),
+        };
+        let unsafe_value = |v: &str| v.contains(['+', '#', '/']);
+        for p in &self.patterns {
+            if p.topic.contains("%u") && username.is_none_or(unsafe_value) {
+                continue;
+            }
+            if p.topic.contains("%c") && unsafe_value(client_id) {
+                continue;
+            }
+            rules.push(Rule {
+                access: p.access,
+                topic: p
+                    .topic
+                    .replace("%u", username.unwrap_or(""))
+                    .replace("%c", client_id),
+            });
+        }
+        rules
+    }
+
+    /// Whether the client may publish to `topic`.
+    pub fn may_publish(&self, username: Option<&str>, client_id: &str, topic: &str) -> bool {
+        let rules = self.rules_for(username, client_id);
+        !rules
+            .iter()
+            .any(|r| r.access == Access::Deny && intersects(&r.topic, topic))
+            && rules
+                .iter()
+                .any(|r| r.access.writes() && intersects(&r.topic, topic))
+    }
+
+    /// Whether the client may subscribe to `filter`.
+    pub fn may_subscribe(&self, username: Option<&str>, client_id: &str, filter: &str) -> bool {
+        let rules = self.rules_for(username, client_id);
+        !rules
+            .iter()
+            .any(|r| r.access == Access::Deny && intersects(&r.topic, filter))
+            && rules
+                .iter()
+                .any(|r| r.access.reads() && covers(&r.topic, filter))
+    }
+}
+
+/// Whether some topic matches both filters (a topic name is a filter without wildcards).
+fn intersects(a: &str, b: &str) -> bool {
+    let (mut a, mut b) = (a.split('/'), b.split('/'));
+    loop {
+        match (a.next(), b.next()) {
+            (Some("#"), _) | (_, Some("#")) => return true,
+            (None, None) => return true,
+            (Some(x), Some(y)) if x == y || x == "+" || y == "+" => continue,
+            _ => return false,
+        }
+    }
+}
+
+/// Whether every topic matching `filter` also matches `pattern`.
+fn covers(pattern: &str, filter: &str) -> bool {
+    let (mut p, mut f) = (pattern.split('/'), filter.split('/'));
+    loop {
+        match (p.next(), f.next()) {
+            (Some("#"), _) => return true,
+            (None, None) => return true,
+            (Some("+"), Some(level)) if level != "#" => continue,
+            (Some(x), Some(y)) if x == y && x != "+" && x != "#" => continue,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FLEET: &str = "
+# anonymous: read the public board only
+topic read public/#
+user app
+topic readwrite detrd/#
+topic deny detrd/secret/#
+user 1AB.ENTER.DETRD
+pattern read detrd/status/request/%c
+pattern write detrd/status/response/%c
+pattern readwrite devices/%u/#
+";
+
+    #[test]
+    fn a_device_is_confined_to_its_own_topics() {
+        let acl = AclFile::parse(FLEET).unwrap();
+        let (user, id) = (Some("1AB.ENTER.DETRD"), "1AB.ENTER.DETRD");
+        assert!(acl.may_subscribe(user, id, "detrd/status/request/1AB.ENTER.DETRD"));
+        assert!(acl.may_publish(user, id, "detrd/status/response/1AB.ENTER.DETRD"));
+        assert!(!acl.may_subscribe(user, id, "detrd/status/request/2CD.EXIT.DETRD"));
+        assert!(
+            !acl.may_subscribe(user, id, "detrd/status/request/+"),
+            "a wildcard reaches others"
+        );
+        assert!(!acl.may_publish(user, id, "detrd/status/response/2CD.EXIT.DETRD"));
+        assert!(
+            !acl.may_publish(user, id, "detrd/status/request/1AB.ENTER.DETRD"),
+            "read only"
+        );
+        assert!(acl.may_subscribe(user, id, "devices/1AB.ENTER.DETRD/#"));
+    }
+
+    #[test]
+    fn users_anonymous_and_deny() {
+        let acl = AclFile::parse(FLEET).unwrap();
+        assert!(
+            !acl.may_subscribe(Some("app"), "x", "detrd/#"),
+            "overlaps the deny rule"
+        );
+        assert!(acl.may_subscribe(Some("app"), "x", "detrd/status/#"));
+        assert!(acl.may_publish(Some("app"), "x", "detrd/status/request/1AB"));
+        assert!(!acl.may_publish(Some("app"), "x", "detrd/secret/key"));
+        assert!(acl.may_subscribe(None, "x", "public/board"));
+        assert!(!acl.may_publish(None, "x", "public/board"));
+        assert!(
+            !acl.may_subscribe(Some("stranger"), "x", "public/board"),
+            "users get no anonymous rules"
+        );
+    }
+
+    #[test]
+    fn substitutions_cannot_widen_access() {
+        let acl = AclFile::parse("pattern readwrite devices/%c/#\npattern read users/%u").unwrap();
+        assert!(acl.may_publish(None, "a", "devices/a/x"));
+        assert!(
+            !acl.may_publish(None, "+", "devices/b/x"),
+            "client id '+' does not apply"
+        );
+        assert!(!acl.may_publish(None, "a/b", "devices/a/b/x"));
+        assert!(
+            !acl.may_subscribe(None, "a", "users/"),
+            "no user name: %u rules do not apply"
+        );
+    }
+
+    #[test]
+    fn filter_relations() {
+        assert!(covers("a/#", "a/b/+"));
+        assert!(covers("a/+/c", "a/b/c"));
+        assert!(!covers("a/+/c", "a/#"));
+        assert!(!covers("a/b", "a/+"));
+        assert!(intersects("a/+", "a/b"));
+        assert!(intersects("a/#", "a"));
+        assert!(!intersects("a/b", "a/c"));
+        assert!(!intersects("a/b", "a/b/c"));
+    }
+
+    #[test]
+    fn bad_lines_name_their_number() {
+        let err = AclFile::parse("user a\ntopic\n").unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(AclFile::parse("allow all").is_err());
+    }
+}
