@@ -17,6 +17,7 @@ use crate::registry::Registry;
 /// broker and joins the thread.
 pub struct BackgroundBroker {
     local_addr: SocketAddr,
+    tls_local_addr: Option<SocketAddr>,
     registry: Addr<Registry>,
     metrics: Arc<Metrics>,
     system: System,
@@ -53,6 +54,7 @@ impl BackgroundBroker {
                 };
                 let _ = started_tx.send(Ok((
                     running.local_addr(),
+                    running.tls_local_addr(),
                     running.registry().clone(),
                     running.metrics(),
                     System::current(),
@@ -61,10 +63,11 @@ impl BackgroundBroker {
                 drop(running);
             })
             .map_err(|_| BrokerError::ThreadExited)?;
-        let (local_addr, registry, metrics, system) =
+        let (local_addr, tls_local_addr, registry, metrics, system) =
             started_rx.recv().map_err(|_| BrokerError::ThreadExited)??;
         Ok(BackgroundBroker {
             local_addr,
+            tls_local_addr,
             registry,
             metrics,
             system,
@@ -75,6 +78,11 @@ impl BackgroundBroker {
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the TLS listener, if configured.
+    pub fn tls_local_addr(&self) -> Option<SocketAddr> {
+        self.tls_local_addr
     }
 
     /// The Registry.

@@ -35,6 +35,9 @@ pub enum BrokerError {
     /// The password or ACL file could not be read or parsed.
     #[error(transparent)]
     Access(#[from] AccessError),
+    /// The TLS certificates or key could not be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The broker thread ended before the broker started.
     #[error("the broker thread exited during start-up")]
     ThreadExited,
@@ -75,7 +78,8 @@ impl Broker {
         config.validate()?;
         let bind = config.listener.bind;
         let has_interceptor = self.interceptors.connect.is_some();
-        if !bind.is_loopback()
+        let public = !bind.is_loopback() || config.tls.bind.is_some_and(|b| !b.is_loopback());
+        if public
             && config.auth.password_file.is_none()
             && config.auth.allow_anonymous != Some(true)
             && !has_interceptor
@@ -99,6 +103,21 @@ impl Broker {
         let local_addr = listener
             .local_addr()
             .map_err(|source| BrokerError::Bind { addr, source })?;
+        let tls = match config.tls.port {
+            Some(port) => {
+                let acceptor = crate::tls::acceptor(&config.tls)?;
+                let tls_addr = SocketAddr::new(config.tls.bind.unwrap_or(bind), port);
+                let tls_listener =
+                    TcpListener::bind(tls_addr)
+                        .await
+                        .map_err(|source| BrokerError::Bind {
+                            addr: tls_addr,
+                            source,
+                        })?;
+                Some((tls_listener, acceptor))
+            }
+            None => None,
+        };
 
         let metrics = Arc::new(Metrics::default());
         let registry_arbiter = Arbiter::new();
@@ -119,18 +138,40 @@ impl Broker {
             metrics.clone(),
             access.clone(),
         ));
-        let handles = workers.iter().map(Arbiter::handle).collect();
-        let accept = actix_rt::spawn(accept_loop(listener, handles, shared));
+        let handles: Vec<_> = workers.iter().map(Arbiter::handle).collect();
+        let mut accepts = vec![actix_rt::spawn(accept_loop(
+            listener,
+            handles.clone(),
+            shared.clone(),
+            None,
+        ))];
         info!(
             workers = worker_count,
             "switchboard listening on {local_addr}"
         );
+        let tls_local_addr = match tls {
+            Some((tls_listener, acceptor)) => {
+                let tls_addr = tls_listener
+                    .local_addr()
+                    .map_err(|source| BrokerError::Bind { addr, source })?;
+                accepts.push(actix_rt::spawn(accept_loop(
+                    tls_listener,
+                    handles,
+                    shared,
+                    Some(acceptor),
+                )));
+                info!("switchboard listening for TLS on {tls_addr}");
+                Some(tls_addr)
+            }
+            None => None,
+        };
         Ok(RunningBroker {
             local_addr,
+            tls_local_addr,
             access,
             registry,
             metrics,
-            accept,
+            accepts,
             workers,
             registry_arbiter,
         })
@@ -141,10 +182,11 @@ impl Broker {
 /// [`RunningBroker::stop`] to stop it earlier.
 pub struct RunningBroker {
     local_addr: SocketAddr,
+    tls_local_addr: Option<SocketAddr>,
     access: Arc<AccessControl>,
     registry: Addr<Registry>,
     metrics: Arc<Metrics>,
-    accept: JoinHandle<()>,
+    accepts: Vec<JoinHandle<()>>,
     workers: Vec<Arbiter>,
     registry_arbiter: Arbiter,
 }
@@ -153,6 +195,11 @@ impl RunningBroker {
     /// The address the listener is bound to (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the TLS listener, if `[tls]` configures one.
+    pub fn tls_local_addr(&self) -> Option<SocketAddr> {
+        self.tls_local_addr
     }
 
     /// The Registry, e.g. to send it [`AddHooks`](crate::registry::AddHooks).
@@ -173,7 +220,9 @@ impl RunningBroker {
 
     /// Stops accepting, closes every connection and stops the actors' threads.
     pub fn stop(self) {
-        self.accept.abort();
+        for accept in &self.accepts {
+            accept.abort();
+        }
         for worker in &self.workers {
             worker.stop();
         }

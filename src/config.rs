@@ -60,6 +60,24 @@ pub struct Config {
     pub sessions: SessionConfig,
     /// `[auth]`: who may connect.
     pub auth: AuthConfig,
+    /// `[tls]`: a TLS listener beside the plain one.
+    pub tls: TlsConfig,
+}
+
+/// `[tls]` settings. The TLS listener exists when `port` is set.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Port of the TLS listener (8883 is the usual one; 0 picks a free one). No default: no TLS.
+    pub port: Option<u16>,
+    /// Address of the TLS listener. Default: `listener.bind`.
+    pub bind: Option<IpAddr>,
+    /// Server certificate chain, PEM.
+    pub cert_file: Option<PathBuf>,
+    /// Server private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// CA certificates, PEM: when set, clients must present a certificate signed by one of them.
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// `[auth]` settings.
@@ -249,6 +267,13 @@ impl Config {
         }
         if self.listener.workers > 1024 {
             return invalid("listener.workers", "must be at most 1024");
+        }
+        if self.tls.port.is_some() && (self.tls.cert_file.is_none() || self.tls.key_file.is_none())
+        {
+            return invalid(
+                "tls.cert_file",
+                "a TLS listener needs tls.cert_file and tls.key_file",
+            );
         }
         if sessions.max_inflight == 0 {
             return invalid("sessions.max_inflight", "must be between 1 and 65535");

@@ -20,6 +20,7 @@ pub mod message;
 pub mod metrics;
 pub mod registry;
 pub mod session;
+pub mod tls;
 pub mod topic;
 
 pub use background::BackgroundBroker;

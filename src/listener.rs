@@ -69,11 +69,13 @@ impl ConnectionRate {
     }
 }
 
-/// Accepts connections until the task is aborted.
+/// Accepts connections until the task is aborted. With `tls`, each connection first completes a
+/// TLS handshake on its worker, within the CONNECT deadline.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     workers: Vec<ArbiterHandle>,
     shared: Arc<SessionShared>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let limits = &shared.config.limits;
     let mut rate = ConnectionRate::new(limits.max_connection_rate, limits.rate_limit_loopback);
@@ -110,12 +112,27 @@ pub(crate) async fn accept_loop(
         let worker = &workers[next % workers.len()];
         next = next.wrapping_add(1);
         let shared = shared.clone();
+        let tls = tls.clone();
         let spawned = worker.spawn(async move {
-            match TcpStream::from_std(std_stream) {
-                Ok(stream) => {
-                    Session::start(stream, peer, shared);
+            let stream = match TcpStream::from_std(std_stream) {
+                Ok(stream) => stream,
+                Err(e) => {
+                    return warn!(addr = %peer, error = %e, "cannot register socket on worker")
                 }
-                Err(e) => warn!(addr = %peer, error = %e, "cannot register socket on worker"),
+            };
+            let Some(tls) = tls else {
+                Session::start(stream, peer, shared);
+                return;
+            };
+            let deadline = shared.config.limits.connect_timeout;
+            match actix_rt::time::timeout(deadline, tls.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    Session::start_tls(stream, peer, shared);
+                }
+                Ok(Err(e)) => debug!(addr = %peer, error = %e, "TLS handshake failed"),
+                Err(_) => {
+                    debug!(addr = %peer, "TLS handshake not done before the CONNECT deadline")
+                }
             }
         });
         if !spawned {

@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::FramedRead;
 use tracing::{debug, info, warn};
@@ -103,7 +102,7 @@ pub struct Session {
     /// Bytes waiting to be written.
     out: BytesMut,
     /// The socket's write half; `None` while a write is in progress.
-    writer: Option<OwnedWriteHalf>,
+    writer: Option<Box<dyn AsyncWrite + Unpin>>,
     /// Size of the write in progress.
     writing: usize,
     read_handle: Option<SpawnHandle>,
@@ -118,10 +117,29 @@ pub struct Session {
 }
 
 impl Session {
-    /// Starts a Session for an accepted socket, on the current arbiter.
+    /// Starts a Session for an accepted plain TCP socket, on the current arbiter.
     pub fn start(stream: TcpStream, peer: SocketAddr, shared: Arc<SessionShared>) -> Addr<Session> {
-        let conn = ConnId(shared.next_conn.fetch_add(1, Ordering::Relaxed));
         let (read_half, write_half) = stream.into_split();
+        Session::start_with(Box::new(read_half), Box::new(write_half), peer, shared)
+    }
+
+    /// Starts a Session for a TLS connection whose handshake is done, on the current arbiter.
+    pub fn start_tls(
+        stream: tokio_rustls::server::TlsStream<TcpStream>,
+        peer: SocketAddr,
+        shared: Arc<SessionShared>,
+    ) -> Addr<Session> {
+        let (read_half, write_half) = tokio::io::split(stream);
+        Session::start_with(Box::new(read_half), Box::new(write_half), peer, shared)
+    }
+
+    fn start_with(
+        read_half: Box<dyn AsyncRead + Unpin>,
+        write_half: Box<dyn AsyncWrite + Unpin>,
+        peer: SocketAddr,
+        shared: Arc<SessionShared>,
+    ) -> Addr<Session> {
+        let conn = ConnId(shared.next_conn.fetch_add(1, Ordering::Relaxed));
         let max_packet = shared.config.limits.max_packet_size;
         Session::create(move |ctx| {
             let reader = FramedRead::with_capacity(

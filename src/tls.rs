@@ -1,0 +1,88 @@
+//! The TLS listener's configuration: certificates and keys from PEM files, optional client
+//! certificate authentication (rustls).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use thiserror::Error;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::{RootCertStore, ServerConfig};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::TlsConfig;
+
+/// Why the TLS listener could not be set up.
+#[derive(Debug, Error)]
+pub enum TlsError {
+    /// A PEM file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A PEM file held no certificate or no key.
+    #[error("{0}")]
+    Missing(String),
+    /// rustls refused the certificates or key.
+    #[error("TLS configuration: {0}")]
+    Rustls(String),
+}
+
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let read = |source| TlsError::Read {
+        path: path.display().to_string(),
+        source,
+    };
+    let pem = std::fs::read(path).map_err(read)?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(read)?;
+    if certs.is_empty() {
+        return Err(TlsError::Missing(format!(
+            "no certificate in {}",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let read = |source| TlsError::Read {
+        path: path.display().to_string(),
+        source,
+    };
+    let pem = std::fs::read(path).map_err(read)?;
+    rustls_pemfile::private_key(&mut pem.as_slice())
+        .map_err(read)?
+        .ok_or_else(|| TlsError::Missing(format!("no private key in {}", path.display())))
+}
+
+/// Builds the acceptor for `[tls]` (which must have `cert_file` and `key_file`).
+pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
+    let (Some(cert_file), Some(key_file)) = (&config.cert_file, &config.key_file) else {
+        return Err(TlsError::Missing(
+            "tls.cert_file and tls.key_file are required".into(),
+        ));
+    };
+    let builder = ServerConfig::builder();
+    let builder = match &config.client_ca_file {
+        Some(ca_file) => {
+            let mut roots = RootCertStore::empty();
+            for ca in certificates(ca_file)? {
+                roots.add(ca).map_err(|e| TlsError::Rustls(e.to_string()))?;
+            }
+            let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+                .build()
+                .map_err(|e| TlsError::Rustls(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let server = builder
+        .with_single_cert(certificates(cert_file)?, private_key(key_file)?)
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    Ok(TlsAcceptor::from(Arc::new(server)))
+}

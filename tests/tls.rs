@@ -1,0 +1,171 @@
+//! The TLS listener beside the plain one, with rumqttc as the TLS client; optional client
+//! certificate authentication.
+
+mod common;
+
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType,
+};
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS, TlsConfiguration, Transport};
+use switchboard::BackgroundBroker;
+
+struct Pki {
+    dir: tempfile::TempDir,
+    ca_pem: String,
+    client: (String, String),
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files.
+fn pki() -> Pki {
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "switchboard test CA");
+    let ca = ca_params.self_signed(&ca_key).expect("CA");
+
+    let server_key = KeyPair::generate().expect("key");
+    let mut server_params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+    server_params
+        .subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
+    server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let server = server_params
+        .signed_by(&server_key, &ca, &ca_key)
+        .expect("server cert");
+
+    let client_key = KeyPair::generate().expect("key");
+    let mut client_params =
+        CertificateParams::new(vec!["1AB.ENTER.DETRD".to_string()]).expect("params");
+    client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let client = client_params
+        .signed_by(&client_key, &ca, &ca_key)
+        .expect("client cert");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("ca.pem"), ca.pem()).expect("write");
+    std::fs::write(dir.path().join("server.pem"), server.pem()).expect("write");
+    std::fs::write(dir.path().join("server.key"), server_key.serialize_pem()).expect("write");
+    Pki {
+        ca_pem: ca.pem(),
+        client: (client.pem(), client_key.serialize_pem()),
+        dir,
+    }
+}
+
+fn tls_broker(pki: &Pki, require_client_cert: bool) -> BackgroundBroker {
+    common::broker_with(|c| {
+        c.tls.port = Some(0);
+        c.tls.cert_file = Some(pki.dir.path().join("server.pem"));
+        c.tls.key_file = Some(pki.dir.path().join("server.key"));
+        if require_client_cert {
+            c.tls.client_ca_file = Some(pki.dir.path().join("ca.pem"));
+        }
+    })
+}
+
+/// Connects over TLS; returns the first result of the event loop (CONNACK or an error).
+async fn tls_client(
+    broker: &BackgroundBroker,
+    pki: &Pki,
+    id: &str,
+    client_cert: bool,
+) -> Result<(AsyncClient, rumqttc::EventLoop), String> {
+    let addr = broker.tls_local_addr().expect("TLS listener");
+    let mut options = MqttOptions::new(id, "127.0.0.1", addr.port());
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
+        ca: pki.ca_pem.clone().into_bytes(),
+        alpn: None,
+        client_auth: client_cert.then(|| {
+            (
+                pki.client.0.clone().into_bytes(),
+                pki.client.1.clone().into_bytes(),
+            )
+        }),
+    }));
+    let (client, mut eventloop) = AsyncClient::new(options, 10);
+    loop {
+        match tokio::time::timeout(common::WAIT, eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Incoming::ConnAck(_)))) => return Ok((client, eventloop)),
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err("timeout".into()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn tls_clients_and_plain_clients_share_the_broker() {
+    let pki = pki();
+    let broker = tls_broker(&pki, false);
+    let (client, mut eventloop) = tls_client(&broker, &pki, "tls-sub", false)
+        .await
+        .expect("TLS connect");
+    client
+        .subscribe("detrd/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    loop {
+        if let Event::Incoming(Incoming::SubAck(_)) = eventloop.poll().await.expect("suback") {
+            break;
+        }
+    }
+    // A plain-TCP client publishes; the TLS client receives.
+    let (mut plain, _) = common::Raw::handshake(broker.local_addr(), "plain-pub", true).await;
+    plain
+        .send(&common::packets::publish(
+            "detrd/status/response/1AB",
+            b"over tls",
+            1,
+            1,
+            false,
+            false,
+        ))
+        .await;
+    plain.expect().await;
+    loop {
+        match tokio::time::timeout(common::WAIT, eventloop.poll())
+            .await
+            .expect("in time")
+            .expect("event")
+        {
+            Event::Incoming(Incoming::Publish(p)) => {
+                assert_eq!(&p.payload[..], b"over tls");
+                break;
+            }
+            _ => continue,
+        }
+    }
+}
+
+#[tokio::test]
+async fn client_certificates_can_be_required() {
+    let pki = pki();
+    let broker = tls_broker(&pki, true);
+    assert!(tls_client(&broker, &pki, "with-cert", true).await.is_ok());
+    assert!(tls_client(&broker, &pki, "without-cert", false)
+        .await
+        .is_err());
+}
+
+#[tokio::test]
+async fn plain_bytes_on_the_tls_port_are_refused() {
+    let pki = pki();
+    let broker = tls_broker(&pki, false);
+    let mut raw = common::Raw::connect(broker.tls_local_addr().expect("TLS listener")).await;
+    raw.send(&common::packets::connect("plain-on-tls", true, 60))
+        .await;
+    // The answer is a TLS alert record (content type 0x15) or nothing, then the connection closes:
+    // never a CONNACK.
+    let mut answer = Vec::new();
+    let read = tokio::io::AsyncReadExt::read_to_end(&mut raw.stream, &mut answer);
+    tokio::time::timeout(common::WAIT, read)
+        .await
+        .expect("closed in time")
+        .expect("read");
+    assert!(answer.is_empty() || answer[0] == 0x15, "{answer:?}");
+}
