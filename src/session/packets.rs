@@ -374,29 +374,27 @@ impl Session {
         ctx: &mut Context<Self>,
     ) {
         let client_id: Arc<str> = Arc::from(self.client_id());
+        let acl = self.shared.access.acl();
         let mut requests = Vec::with_capacity(filters.len());
         for (filter, qos) in filters {
-            if !self.topic_within_limits(&filter) {
-                info!(client_id = %client_id, filter = %filter, "subscription refused: filter over the topic length or level limit");
+            // In order: limits, syntax, ACL. Each refusal is a 0x80 for that filter only.
+            let refusal = if !self.topic_within_limits(&filter) {
                 self.shared.metrics.add_limits_hit(1);
-                requests.push(None);
-                continue;
-            }
-            let acl = self.shared.access.acl();
-            if validate_filter(&filter).is_ok()
-                && acl.is_some_and(|acl| {
-                    !acl.may_subscribe(self.username.as_deref(), &client_id, &filter)
-                })
-            {
+                Some("over the topic length or level limit".to_string())
+            } else if let Err(e) = validate_filter(&filter) {
+                Some(format!("invalid filter: {e}"))
+            } else if acl.as_ref().is_some_and(|acl| {
+                !acl.may_subscribe(self.username.as_deref(), &client_id, &filter)
+            }) {
                 self.shared.metrics.add_acl_denied(1);
-                info!(client_id = %client_id, filter = %filter, "subscription denied by the ACL");
-                requests.push(None);
-                continue;
-            }
-            match validate_filter(&filter) {
-                Ok(()) => requests.push(Some((filter, qos))),
-                Err(e) => {
-                    info!(client_id = %client_id, filter = %filter, error = %e, "subscription refused: invalid filter");
+                Some("denied by the ACL".to_string())
+            } else {
+                None
+            };
+            match refusal {
+                None => requests.push(Some((filter, qos))),
+                Some(why) => {
+                    info!(client_id = %client_id, filter = %filter, why = %why, "subscription refused");
                     requests.push(None);
                 }
             }
