@@ -14,17 +14,13 @@ pattern write detrd/status/response/%c
 ";
 
 async fn login(addr: std::net::SocketAddr, id: &str, user: &str) -> Raw {
-    let mut raw = Raw::connect(addr).await;
-    raw.send(
-        &ConnectSpec {
-            client_id: id,
-            username: Some(user),
-            ..Default::default()
-        }
-        .encode(),
-    )
-    .await;
-    assert_eq!(raw.expect().await.body, vec![0, 0]);
+    let spec = ConnectSpec {
+        client_id: id,
+        username: Some(user),
+        ..Default::default()
+    };
+    let (raw, code) = Raw::connect_with(addr, spec).await;
+    assert_eq!(code, 0);
     raw
 }
 

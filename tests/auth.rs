@@ -35,18 +35,13 @@ fn password_file(dir: &tempfile::TempDir) -> std::path::PathBuf {
 }
 
 async fn connack(addr: std::net::SocketAddr, user: Option<&str>, password: Option<&[u8]>) -> u8 {
-    let mut raw = Raw::connect(addr).await;
-    raw.send(
-        &ConnectSpec {
-            client_id: "auth-test",
-            username: user,
-            password,
-            ..Default::default()
-        }
-        .encode(),
-    )
-    .await;
-    raw.expect().await.body[1]
+    let spec = ConnectSpec {
+        client_id: "auth-test",
+        username: user,
+        password,
+        ..Default::default()
+    };
+    Raw::connect_with(addr, spec).await.1
 }
 
 #[tokio::test]

@@ -13,15 +13,6 @@ use switchboard::registry::Freeze;
 /// The tests here measure memory and stall timing: run them one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 #[tokio::test]
 async fn subscriber_that_stops_reading_costs_bounded_memory_and_drops_qos0() {
     let _serial = SERIAL.lock().await;
@@ -33,7 +24,7 @@ async fn subscriber_that_stops_reading_costs_bounded_memory_and_drops_qos0() {
     let (mut publisher, _) = Raw::handshake(addr, "flooder", true).await;
     let payload = vec![0xAB; 16 * 1024];
     let frame = packets::publish("flood", &payload, 0, 0, false, false);
-    let before = rss_bytes();
+    let before = common::rss_bytes();
     let total = 64 * 1024 * 1024;
     for _ in 0..total / frame.len() {
         publisher.send(&frame).await;
@@ -41,7 +32,7 @@ async fn subscriber_that_stops_reading_costs_bounded_memory_and_drops_qos0() {
     publisher.sync().await; // every publish was routed: the flooder was never blocked for good
     common::eventually(|| async { broker.metrics().snapshot().qos0_dropped_slow_consumer > 0 })
         .await;
-    let grown = rss_bytes().saturating_sub(before);
+    let grown = common::rss_bytes().saturating_sub(before);
     // 64 MiB went to a reader that took none of it; socket buffers plus the 256 KiB bound are
     // what may be held. Unbounded buffering would have grown by about 64 MiB.
     assert!(grown < 24 * 1024 * 1024, "RSS grew by {grown} bytes");

@@ -72,16 +72,20 @@ fn wait_line(rx: &mpsc::Receiver<String>, needle: &str) -> String {
     }
 }
 
+/// The address in the broker's "switchboard listening on ADDR" line.
+fn listening_addr(line: &str) -> std::net::SocketAddr {
+    line.rsplit("listening on ")
+        .next()
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .expect("address in the listening line")
+}
+
 #[tokio::test]
 async fn binary_logs_lifecycle_events_and_stops_on_sigterm() {
     let (mut child, logs) = spawn(&["--port", "0"]);
     let listening = wait_line(&logs, "switchboard listening on");
-    let addr: std::net::SocketAddr = listening
-        .rsplit("listening on ")
-        .next()
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .expect("address in the listening line");
+    let addr = listening_addr(&listening);
     let mut raw = common::Raw::connect(addr).await;
     raw.send(&packets::connect("1AB.ENTER.DETRD", true, 60))
         .await;
@@ -206,12 +210,7 @@ async fn sighup_reloads_passwords_and_acl_without_dropping_connections() {
     .expect("config");
     let (mut child, logs) = spawn(&["-c", config.to_str().expect("utf-8")]);
     let listening = wait_line(&logs, "switchboard listening on");
-    let addr: std::net::SocketAddr = listening
-        .rsplit("listening on ")
-        .next()
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .expect("address");
+    let addr = listening_addr(&listening);
     let login = |user: &'static str, password: &'static [u8]| async move {
         let mut raw = common::Raw::connect(addr).await;
         raw.send(

@@ -16,19 +16,13 @@ fn fleet_broker() -> (switchboard::BackgroundBroker, common::Hooks) {
 }
 
 async fn login(addr: std::net::SocketAddr, id: &str, user: &str, password: &[u8]) -> (Raw, u8) {
-    let mut raw = Raw::connect(addr).await;
-    raw.send(
-        &ConnectSpec {
-            client_id: id,
-            username: Some(user),
-            password: Some(password),
-            ..Default::default()
-        }
-        .encode(),
-    )
-    .await;
-    let connack = raw.expect().await;
-    (raw, connack.body[1])
+    let spec = ConnectSpec {
+        client_id: id,
+        username: Some(user),
+        password: Some(password),
+        ..Default::default()
+    };
+    Raw::connect_with(addr, spec).await
 }
 
 #[tokio::test]

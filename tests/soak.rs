@@ -16,15 +16,6 @@ use std::time::{Duration, Instant};
 use switchboard::registry::GetStats;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 struct Rng(u64);
 
 impl Rng {
@@ -92,7 +83,7 @@ async fn soak() {
         .unwrap_or(120);
     let broker = common::broker_with(|c| c.listener.workers = 0);
     let addr = broker.local_addr();
-    let idle = rss_bytes();
+    let idle = common::rss_bytes();
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut workers = Vec::new();
     for w in 0..64u64 {
@@ -109,7 +100,7 @@ async fn soak() {
     let mut peak = idle;
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_secs(1)).await; // sampling memory once a second
-        peak = peak.max(rss_bytes());
+        peak = peak.max(common::rss_bytes());
     }
     let mut lives = 0;
     for w in workers {
@@ -132,7 +123,7 @@ async fn soak() {
         tokio::time::sleep(Duration::from_millis(100)).await; // polling the Registry's counts
     };
     tokio::time::sleep(Duration::from_secs(2)).await; // let freed memory settle before reading RSS
-    let after = rss_bytes();
+    let after = common::rss_bytes();
     let m = broker.metrics().snapshot();
     eprintln!(
         "soak {secs}s: {lives} client lives, {} connections, {} publishes received; \

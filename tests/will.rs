@@ -6,18 +6,14 @@ use common::packets::{parse_publish, ConnectSpec};
 use common::{broker_with_hooks, Raw};
 
 async fn connect_with_will(addr: std::net::SocketAddr, id: &str, keep_alive: u16) -> Raw {
-    let mut raw = Raw::connect(addr).await;
-    raw.send(
-        &ConnectSpec {
-            client_id: id,
-            keep_alive,
-            will: Some(("gate/1AB/status", b"offline", 1, true)),
-            ..Default::default()
-        }
-        .encode(),
-    )
-    .await;
-    assert_eq!(raw.expect().await.body, vec![0, 0]);
+    let spec = ConnectSpec {
+        client_id: id,
+        keep_alive,
+        will: Some(("gate/1AB/status", b"offline", 1, true)),
+        ..Default::default()
+    };
+    let (raw, code) = Raw::connect_with(addr, spec).await;
+    assert_eq!(code, 0);
     raw
 }
 

@@ -39,6 +39,16 @@ where
     }
 }
 
+/// Resident set size of this process in bytes (0 where /proc is not readable).
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
 /// A test configuration: loopback, port 0, one worker.
 pub fn test_config() -> Config {
     let mut config = Config::default();
@@ -194,6 +204,16 @@ impl Raw {
             stream,
             buf: BytesMut::new(),
         }
+    }
+
+    /// Connects, sends the CONNECT described by `spec`, and returns the connection with the
+    /// CONNACK return code.
+    pub async fn connect_with(addr: SocketAddr, spec: packets::ConnectSpec<'_>) -> (Raw, u8) {
+        let mut raw = Raw::connect(addr).await;
+        raw.send(&spec.encode()).await;
+        let connack = raw.expect().await;
+        assert_eq!(connack.byte1, 0x20, "CONNACK expected");
+        (raw, connack.body[1])
     }
 
     /// Connects and completes a CONNECT/CONNACK handshake, asserting CONNACK 0.
