@@ -40,6 +40,32 @@ async fn mqtt_3_1_mqisdp_is_accepted() {
 }
 
 #[tokio::test]
+async fn mqtt_3_1_client_ids_must_have_1_to_23_characters() {
+    // MQTT 3.1 knew neither empty nor long client ids: CONNACK 2 (identifier rejected).
+    for id in ["", "abcdefghijklmnopqrstuvwx"] {
+        let frame = connack_for(ConnectSpec {
+            protocol_name: "MQIsdp",
+            level: 3,
+            client_id: id,
+            ..Default::default()
+        })
+        .await
+        .expect("CONNACK");
+        assert_eq!(frame.body, vec![0, 2], "id {id:?}");
+    }
+    // The same ids are fine in 3.1.1 [MQTT-3.1.3-5] [MQTT-3.1.3-6].
+    for id in ["", "abcdefghijklmnopqrstuvwx"] {
+        let frame = connack_for(ConnectSpec {
+            client_id: id,
+            ..Default::default()
+        })
+        .await
+        .expect("CONNACK");
+        assert_eq!(frame.body, vec![0, 0], "id {id:?}");
+    }
+}
+
+#[tokio::test]
 async fn mqtt5_connect_gets_unacceptable_protocol_version_then_close() {
     // [MQTT-3.1.2-2] unsupported level: CONNACK 0x01, then disconnect.
     let broker = broker();

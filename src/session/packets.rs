@@ -14,7 +14,7 @@ use crate::hooks::{
     AuthorizeConnect, AuthorizePublish, AuthorizeSubscribe, ConnectDecision, DisconnectReason,
     PublishDecision, SubscribeDecision,
 };
-use crate::message::{ConnectReturnCode, Message, QoS};
+use crate::message::{ConnectReturnCode, Message, ProtocolVersion, QoS};
 use crate::registry::{self, ConnectOutcome};
 use crate::topic::{validate_filter, validate_topic_name};
 
@@ -120,6 +120,13 @@ impl Session {
         }
         if connect.client_id.is_empty() && !connect.clean_session {
             // [MQTT-3.1.3-8] zero-length id with clean session 0.
+            return self.refuse(ctx, ConnectReturnCode::IdentifierRejected);
+        }
+        if connect.protocol == ProtocolVersion::V3_1
+            && !(1..=23).contains(&connect.client_id.chars().count())
+        {
+            // MQTT 3.1 (section 3.1, "Client Identifier"): 1 to 23 characters, else CONNACK 2;
+            // empty and longer ids came with 3.1.1.
             return self.refuse(ctx, ConnectReturnCode::IdentifierRejected);
         }
         let access = self.shared.access.clone();
