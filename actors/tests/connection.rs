@@ -465,3 +465,67 @@ async fn a_silent_broker_is_detected_by_keep_alive() {
         .await;
     assert!(started.elapsed() >= Duration::from_millis(400));
 }
+
+#[actix_rt::test]
+async fn credentials_are_sent_and_a_refusal_is_an_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let passwords = dir.path().join("passwords");
+    std::fs::write(
+        &passwords,
+        format!(
+            "{}\n",
+            switchboard::auth::hash_line("radar", b"pw", 1000).unwrap()
+        ),
+    )
+    .unwrap();
+    let mut config = switchboard::Config::default();
+    config.listener.port = 0;
+    config.listener.workers = 1;
+    config.auth.password_file = Some(passwords);
+    let broker = switchboard::BackgroundBroker::start(config).unwrap();
+    let port = broker.local_addr().port();
+
+    let mut good = options(port, "radar");
+    good.credentials = Some(("radar".into(), "pw".into()));
+    let (_ok, mut events) = connection(good);
+    connected(&mut events).await;
+
+    let mut bad = options(port, "intruder");
+    bad.credentials = Some(("radar".into(), "wrong".into()));
+    let (_refused, mut events) = connection(bad);
+    let failure = events
+        .find(|e| match e {
+            ConnectionEvent::ConnectFailed { failure, .. } => Some(failure.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        failure,
+        switchboard_actors::ConnectFailure::Refused(4),
+        "bad user name or password"
+    );
+}
+
+#[actix_rt::test]
+async fn the_will_is_published_when_the_link_is_lost() {
+    let broker = broker_on(0);
+    let (_watcher, mut received, _) = consumer(
+        broker.local_addr().port(),
+        "watcher",
+        "detrd/state/+",
+        |_| {},
+    )
+    .await;
+    let mut proxy = Proxy::start(0, broker.local_addr()).await;
+    let mut opts = options(proxy.port, "1AB.ENTER.GATE");
+    opts.will = Some(switchboard_actors::Will {
+        topic: "detrd/state/1AB.ENTER.GATE".into(),
+        payload: br#"{"online":false}"#.to_vec(),
+        qos: QoS::AtLeastOnce,
+        retain: true,
+    });
+    let (_gate, mut events) = connection(opts);
+    connected(&mut events).await;
+    proxy.cut();
+    assert_eq!(receive(&mut received, 1).await, vec![r#"{"online":false}"#]);
+}
