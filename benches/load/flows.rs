@@ -380,20 +380,15 @@ pub async fn run(
             shared.latency.borrow_mut().reset();
             shared.measuring.set(true);
             let (s0, r0, t0) = (shared.sent.get(), shared.received.get(), Instant::now());
-            let (cpu0, self0) = (
-                broker_pid.map(|p| crate::procstat::cpu_seconds(Some(p))),
-                crate::procstat::cpu_seconds(None),
-            );
+            let cpu = crate::procstat::CpuClock::start(broker_pid);
             while t0.elapsed().as_secs_f64() < args.duration {
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 progress("measuring", t0, s0, r0);
             }
             let measured_seconds = t0.elapsed().as_secs_f64();
             let (s1, r1) = (shared.sent.get(), shared.received.get());
-            let broker_cpu = broker_pid
-                .zip(cpu0)
-                .map(|(p, c0)| crate::procstat::cpu_seconds(Some(p)) - c0);
-            let harness_cpu = crate::procstat::cpu_seconds(None) - self0;
+            let broker_cpu = cpu.broker_seconds();
+            let harness_cpu = cpu.harness_seconds();
             shared.measuring.set(false);
             shared.stop.set(true);
             // Drain: wait until everything sent has arrived, or nothing has moved for 2 s.

@@ -42,3 +42,29 @@ pub fn rss_bytes(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
 }
+
+/// CPU time of the broker (when its pid is known) and of the harness since `start`.
+pub struct CpuClock {
+    broker: Option<(u32, f64)>,
+    harness: f64,
+}
+
+impl CpuClock {
+    /// Reads both clocks now.
+    pub fn start(broker_pid: Option<u32>) -> Self {
+        CpuClock {
+            broker: broker_pid.map(|pid| (pid, cpu_seconds(Some(pid)))),
+            harness: cpu_seconds(None),
+        }
+    }
+
+    /// Broker CPU seconds since start, if its pid is known.
+    pub fn broker_seconds(&self) -> Option<f64> {
+        self.broker.map(|(pid, at)| cpu_seconds(Some(pid)) - at)
+    }
+
+    /// Harness CPU seconds since start.
+    pub fn harness_seconds(&self) -> f64 {
+        cpu_seconds(None) - self.harness
+    }
+}

@@ -67,10 +67,7 @@ pub async fn retained(
         acked += frames.iter().filter(|f| f.byte1 == 0x40).count();
         buf.drain(..used);
     }
-    let (cpu0, self0) = (
-        pid.map(|p| crate::procstat::cpu_seconds(Some(p))),
-        crate::procstat::cpu_seconds(None),
-    );
+    let cpu = crate::procstat::CpuClock::start(pid);
     let started = Instant::now();
     let local = tokio::task::LocalSet::new();
     let topics = args.topics;
@@ -117,10 +114,8 @@ pub async fn retained(
         operations: (args.clients as u64 - failures) * args.topics as u64,
         seconds,
         latency,
-        broker_cpu: pid
-            .zip(cpu0)
-            .map(|(p, c)| crate::procstat::cpu_seconds(Some(p)) - c),
-        harness_cpu: crate::procstat::cpu_seconds(None) - self0,
+        broker_cpu: cpu.broker_seconds(),
+        harness_cpu: cpu.harness_seconds(),
         rss_per_connection: None,
         failures,
     })
@@ -132,10 +127,7 @@ pub async fn connect_storm(
     addr: SocketAddr,
     pid: Option<u32>,
 ) -> Result<StormResult, String> {
-    let (cpu0, self0) = (
-        pid.map(|p| crate::procstat::cpu_seconds(Some(p))),
-        crate::procstat::cpu_seconds(None),
-    );
+    let cpu = crate::procstat::CpuClock::start(pid);
     let started = Instant::now();
     let deadline = Duration::from_secs_f64(args.duration);
     let latency = Rc::new(std::cell::RefCell::new(histogram()));
@@ -180,10 +172,8 @@ pub async fn connect_storm(
         operations: ok,
         seconds: started.elapsed().as_secs_f64(),
         latency,
-        broker_cpu: pid
-            .zip(cpu0)
-            .map(|(p, c)| crate::procstat::cpu_seconds(Some(p)) - c),
-        harness_cpu: crate::procstat::cpu_seconds(None) - self0,
+        broker_cpu: cpu.broker_seconds(),
+        harness_cpu: cpu.harness_seconds(),
         rss_per_connection: None,
         failures,
     })
