@@ -169,8 +169,8 @@ impl LifecycleHooks {
 }
 
 /// Sent by a Session to the connect interceptor, if one is set, before the CONNECT reaches the
-/// Registry. The answer decides the CONNACK.
-#[derive(Debug, Clone, Message)]
+/// Registry. The answer decides the CONNACK. Its `Debug` output redacts the password.
+#[derive(Clone, Message)]
 #[rtype(result = "ConnectDecision")]
 pub struct AuthorizeConnect {
     /// Client identifier as sent (may be empty).
@@ -183,6 +183,18 @@ pub struct AuthorizeConnect {
     pub username: Option<String>,
     /// Password, if sent.
     pub password: Option<Bytes>,
+}
+
+impl fmt::Debug for AuthorizeConnect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthorizeConnect")
+            .field("client_id", &self.client_id)
+            .field("peer", &self.peer)
+            .field("protocol", &self.protocol)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// The connect interceptor's answer.
@@ -265,4 +277,25 @@ pub struct Interceptors {
     pub publish: Option<Recipient<AuthorizePublish>>,
     /// Asked for every SUBSCRIBE filter.
     pub subscribe: Option<Recipient<AuthorizeSubscribe>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_the_password() {
+        let question = AuthorizeConnect {
+            client_id: "gate".into(),
+            peer: "127.0.0.1:1".parse().expect("address"),
+            protocol: ProtocolVersion::V3_1_1,
+            username: Some("gate".into()),
+            password: Some(Bytes::from_static(b"hunter2")),
+        };
+        let shown = format!("{question:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+    }
 }
