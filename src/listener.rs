@@ -39,10 +39,9 @@ impl ConnectionRate {
         }
         if self.buckets.len() > 100_000 {
             // Forget addresses whose bucket has refilled: they are back to the default state.
-            let full = self.rate;
             let rate = self.rate;
             self.buckets.retain(|_, (tokens, at)| {
-                *tokens + now.duration_since(*at).as_secs_f64() * rate < full
+                *tokens + now.duration_since(*at).as_secs_f64() * rate < rate
             });
         }
         let (tokens, at) = self.buckets.entry(ip).or_insert((self.rate, now));

@@ -2,6 +2,7 @@
 //! reloadable at run time (SIGHUP) without dropping connections.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use actix::prelude::*;
@@ -27,6 +28,9 @@ pub struct AccessControl {
     allow_anonymous: bool,
     authenticator: Option<Addr<Authenticator>>,
     acl: RwLock<Option<Arc<AclFile>>>,
+    /// Bumped when the ACL is replaced, so Sessions can keep their copy until it changes instead
+    /// of taking the lock for every packet.
+    acl_generation: AtomicU64,
 }
 
 impl AccessControl {
@@ -56,6 +60,7 @@ impl AccessControl {
             allow_anonymous: config.anonymous_allowed(bind),
             authenticator,
             acl: RwLock::new(acl),
+            acl_generation: AtomicU64::new(0),
         })
     }
 
@@ -80,6 +85,7 @@ impl AccessControl {
                 .acl
                 .write()
                 .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(acl);
+            self.acl_generation.fetch_add(1, Ordering::Release);
         }
         Ok(())
     }
@@ -92,6 +98,12 @@ impl AccessControl {
     /// Whether a CONNECT without a user name is accepted.
     pub fn allow_anonymous(&self) -> bool {
         self.allow_anonymous
+    }
+
+    /// Changes whenever the ACL is replaced. Read it to know whether a copy from [`acl`](Self::acl)
+    /// is still current.
+    pub fn acl_generation(&self) -> u64 {
+        self.acl_generation.load(Ordering::Acquire)
     }
 
     /// The ACL in force, if any.

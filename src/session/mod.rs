@@ -98,6 +98,11 @@ pub struct Session {
     phase: Phase,
     /// User name of the CONNECT, for ACL checks.
     username: Option<String>,
+    /// This Session's copy of the ACL, and the generation it was taken at.
+    acl: (u64, Option<Arc<crate::auth::AclFile>>),
+    /// PUBLISH packets received and not yet added to the shared counter (added per hand-over,
+    /// not per packet, so worker threads do not contend on it).
+    publishes_unreported: u64,
     last_received: Instant,
     /// Bytes waiting to be written.
     out: BytesMut,
@@ -141,6 +146,7 @@ impl Session {
     ) -> Addr<Session> {
         let conn = ConnId(shared.next_conn.fetch_add(1, Ordering::Relaxed));
         let max_packet = shared.config.limits.max_packet_size;
+        let acl = (shared.access.acl_generation(), shared.access.acl());
         Session::create(move |ctx| {
             let reader = FramedRead::with_capacity(
                 read_half,
@@ -155,6 +161,8 @@ impl Session {
                 shared,
                 phase: Phase::AwaitingConnect,
                 username: None,
+                acl,
+                publishes_unreported: 0,
                 last_received: Instant::now(),
                 out: BytesMut::new(),
                 writer: Some(write_half),
@@ -332,6 +340,25 @@ impl Session {
         });
     }
 
+    /// Brings the Session's copy of the ACL up to date; it changes only when a reload replaced
+    /// the ACL. Read it as `self.acl.1` afterwards (borrowed: no shared refcount per packet).
+    fn refresh_acl(&mut self) {
+        let generation = self.shared.access.acl_generation();
+        if generation != self.acl.0 {
+            self.acl = (generation, self.shared.access.acl());
+        }
+    }
+
+    /// Adds the publishes counted since the last report to the shared counter.
+    fn report_publishes(&mut self) {
+        if self.publishes_unreported > 0 {
+            self.shared
+                .metrics
+                .add_publishes_received(self.publishes_unreported);
+            self.publishes_unreported = 0;
+        }
+    }
+
     fn state_for_registry(&mut self) -> SessionState {
         let (inflight, queue) = self.outbound.take();
         SessionState {
@@ -362,6 +389,7 @@ impl Actor for Session {
 
     fn stopped(&mut self, _: &mut Context<Self>) {
         self.shared.metrics.connection_closed();
+        self.report_publishes();
         // Stopped without the detach handshake (the arbiter is shutting down): tell the Registry
         // anyway, so it does not keep routing to a dead Session.
         if let Phase::Connected { key, .. } = self.phase {

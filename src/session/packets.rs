@@ -198,7 +198,8 @@ impl Session {
         let (reply, answer) = oneshot::channel();
         let keep_alive = connect.keep_alive;
         self.username = connect.username.clone();
-        if let (Some(will), Some(acl)) = (&connect.will, self.shared.access.acl()) {
+        self.refresh_acl();
+        if let (Some(will), Some(acl)) = (&connect.will, self.acl.1.clone()) {
             if !acl.may_publish(self.username.as_deref(), &connect.client_id, &will.topic) {
                 self.shared.metrics.add_acl_denied(1);
                 warn!(client_id = %connect.client_id, topic = %will.topic, "will dropped: the ACL denies publishing to its topic");
@@ -251,7 +252,7 @@ impl Session {
     }
 
     fn on_publish(&mut self, publish: PublishPacket, ctx: &mut Context<Self>) {
-        self.shared.metrics.add_publishes_received(1);
+        self.publishes_unreported += 1;
         let PublishPacket { pid, message, .. } = publish;
         let qos = message.qos;
         if !self.topic_within_limits(&message.topic) {
@@ -263,18 +264,20 @@ impl Session {
         {
             return self.limit_hit(ctx, "too many QoS 2 messages awaiting PUBREL");
         }
-        if let Some(acl) = self.shared.access.acl() {
-            if !acl.may_publish(self.username.as_deref(), self.client_id(), &message.topic) {
-                // Dropped, but acknowledged as the spec requires (3.1.1 has no negative PUBACK);
-                // a QoS 2 id is remembered so that PUBREL completes the handshake.
-                self.shared.metrics.add_acl_denied(1);
-                info!(client_id = %self.client_id(), topic = %message.topic, "publish denied by the ACL");
-                if qos == QoS::ExactlyOnce {
-                    self.inbound_qos2.insert(pid);
-                }
-                self.acknowledge_publish(qos, pid);
-                return;
+        self.refresh_acl();
+        let denied = self.acl.1.as_ref().is_some_and(|acl| {
+            !acl.may_publish(self.username.as_deref(), self.client_id(), &message.topic)
+        });
+        if denied {
+            // Dropped, but acknowledged as the spec requires (3.1.1 has no negative PUBACK);
+            // a QoS 2 id is remembered so that PUBREL completes the handshake.
+            self.shared.metrics.add_acl_denied(1);
+            info!(client_id = %self.client_id(), topic = %message.topic, "publish denied by the ACL");
+            if qos == QoS::ExactlyOnce {
+                self.inbound_qos2.insert(pid);
             }
+            self.acknowledge_publish(qos, pid);
+            return;
         }
         if qos == QoS::ExactlyOnce && !self.inbound_qos2.insert(pid) {
             // A re-sent QoS 2 PUBLISH whose PUBREL has not come: not routed again [MQTT-4.3.3-2].
@@ -351,6 +354,7 @@ impl Session {
     /// the publisher down. Called before any other message to the Registry, to keep order.
     pub(super) fn hand_over(&mut self, ctx: &mut Context<Self>) {
         use actix::dev::SendError;
+        self.report_publishes();
         if self.to_route.is_empty() {
             return;
         }
@@ -381,7 +385,8 @@ impl Session {
         ctx: &mut Context<Self>,
     ) {
         let client_id: Arc<str> = Arc::from(self.client_id());
-        let acl = self.shared.access.acl();
+        self.refresh_acl();
+        let acl = self.acl.1.clone();
         let mut requests = Vec::with_capacity(filters.len());
         for (filter, qos) in filters {
             // In order: limits, syntax, ACL. Each refusal is a 0x80 for that filter only.
