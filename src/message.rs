@@ -92,11 +92,6 @@ impl Message {
         self.qos0_frame
             .get_or_init(|| encode_publish_frame(&self.topic, &self.payload))
     }
-
-    /// Size of the message as it would be encoded at QoS 1 (used for queue accounting).
-    pub fn wire_size(&self) -> usize {
-        self.topic.len() + self.payload.len() + 9
-    }
 }
 
 impl fmt::Debug for Message {

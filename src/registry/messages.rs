@@ -7,7 +7,7 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use crate::hooks::{DisconnectReason, LifecycleHooks};
-use crate::message::{ConnectReturnCode, Delivery, LastWill, Message, ProtocolVersion, QoS};
+use crate::message::{Delivery, LastWill, Message, ProtocolVersion, QoS};
 use crate::session::{Session, SessionState};
 
 /// Identifies one TCP connection for the life of the broker (never reused).
@@ -43,22 +43,19 @@ pub struct Connect {
     pub reply: oneshot::Sender<ConnectOutcome>,
 }
 
-/// The Registry's answer to [`Connect`], sent over the oneshot channel in it.
+/// The Registry's answer to [`Connect`], sent over the oneshot channel in it: the client is
+/// attached, and the Session writes CONNACK 0 and re-sends `state`. The Registry refuses nothing;
+/// a reply dropped unsent means a newer CONNECT with the same id won first.
 #[derive(Debug)]
-pub enum ConnectOutcome {
-    /// Connected: the Session writes CONNACK 0 and re-sends `state`.
-    Accepted {
-        /// The client's slot.
-        key: ClientKey,
-        /// The client id (assigned if the client sent none).
-        client_id: Arc<str>,
-        /// Whether a stored session was resumed.
-        session_present: bool,
-        /// The resumed session (empty when none).
-        state: SessionState,
-    },
-    /// Refused with this CONNACK code.
-    Refused(ConnectReturnCode),
+pub struct ConnectOutcome {
+    /// The client's slot.
+    pub key: ClientKey,
+    /// The client id (assigned if the client sent none).
+    pub client_id: Arc<str>,
+    /// Whether a stored session was resumed.
+    pub session_present: bool,
+    /// The resumed session (empty when none).
+    pub state: SessionState,
 }
 
 /// Sent by a Session to the Registry with the application messages (any QoS) it read in one

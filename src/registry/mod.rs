@@ -165,13 +165,13 @@ impl Registry {
         });
         let client_id = client.id.clone();
         self.online += 1;
-        let outcome = ConnectOutcome::Accepted {
+        let outcome = ConnectOutcome {
             key,
             client_id: client_id.clone(),
             session_present,
             state,
         };
-        if let Err(ConnectOutcome::Accepted { state, .. }) = msg.reply.send(outcome) {
+        if let Err(ConnectOutcome { state, .. }) = msg.reply.send(outcome) {
             // The Session is gone already: keep what it would have resumed.
             debug!(client_id = %client_id, "session vanished before CONNACK");
             self.end_session(key, msg.conn, state);

@@ -223,7 +223,7 @@ impl Session {
         };
         ctx.wait(ask.into_actor(self).map(move |outcome, act, ctx| {
             match outcome {
-                Some(ConnectOutcome::Accepted {
+                Some(ConnectOutcome {
                     key,
                     client_id,
                     session_present,
@@ -241,7 +241,6 @@ impl Session {
                     act.pump();
                     act.start_keep_alive(ctx, keep_alive);
                 }
-                Some(ConnectOutcome::Refused(code)) => act.refuse(ctx, code),
                 None => {
                     // A newer connection with the same id won before this one was attached.
                     act.close(ctx, DisconnectReason::TakenOver);
