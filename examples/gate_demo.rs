@@ -230,11 +230,7 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, Box<dyn std::error:
 
 #[actix_rt::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    switchboard::init_logging("info");
     let report = run(DemoOptions::parse()).await?;
     info!(
         cycles = report.cycles,

@@ -137,11 +137,7 @@ pub fn install(broker: Broker) -> Broker {
 
 #[actix_rt::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    switchboard::init_logging("info");
     let running = install(Broker::new(Config::default())).start().await?;
     info!("press Ctrl-C to stop");
     tokio::signal::ctrl_c().await?;

@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use switchboard::{Broker, Config};
 use tracing::{error, info};
-use tracing_subscriber::EnvFilter;
 
 /// Switchboard: an MQTT 3.1.1 broker.
 #[derive(Debug, Parser)]
@@ -91,12 +90,7 @@ fn main() -> ExitCode {
         };
     }
     let default_level = if cli.verbose { "debug" } else { "info" };
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    switchboard::init_logging(default_level);
 
     let mut config = match &cli.config {
         Some(path) => match Config::from_file(path) {
