@@ -165,8 +165,10 @@ async fn subscriber(
                     }
                 }
                 6 => {
-                    let body = &buf[frame.body.clone()];
-                    acks.extend([0x70, 2, body[0], body[1]]); // PUBREL -> PUBCOMP
+                    // PUBREL -> PUBCOMP
+                    if let Some([hi, lo]) = wire::pid_bytes(&buf[frame.body.clone()]) {
+                        acks.extend([0x70, 2, hi, lo]);
+                    }
                 }
                 _ => {}
             }
@@ -296,8 +298,9 @@ fn read_acks(
         match frame.byte1 {
             0x40 | 0x70 => completed += 1,
             0x50 => {
-                let body = &inbox[frame.body.clone()];
-                out.extend([0x62, 2, body[0], body[1]]);
+                if let Some([hi, lo]) = wire::pid_bytes(&inbox[frame.body.clone()]) {
+                    out.extend([0x62, 2, hi, lo]);
+                }
             }
             _ => {}
         }

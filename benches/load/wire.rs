@@ -128,6 +128,12 @@ pub fn frames(buf: &[u8]) -> (Vec<Frame>, usize) {
     (out, at)
 }
 
+/// The packet identifier bytes at the start of an acknowledgement's body; `None` if the broker
+/// sent fewer than two bytes.
+pub fn pid_bytes(body: &[u8]) -> Option<[u8; 2]> {
+    body.get(..2)?.try_into().ok()
+}
+
 /// The packet id and stamped payload fields of a PUBLISH body.
 pub struct Stamp {
     pub pid: u16,
