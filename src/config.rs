@@ -158,6 +158,9 @@ pub struct LimitsConfig {
     /// Whether `max_connection_rate` also applies to loopback addresses (local tools, benchmarks).
     /// Default false.
     pub rate_limit_loopback: bool,
+    /// Topic aliases an MQTT 5 client may set towards the broker (announced as Topic Alias
+    /// Maximum in CONNACK); 0 turns inbound aliases off. Default 64.
+    pub topic_alias_maximum: u16,
 }
 
 impl Default for LimitsConfig {
@@ -173,6 +176,7 @@ impl Default for LimitsConfig {
             max_inbound_qos2: 1024,
             max_connection_rate: 200,
             rate_limit_loopback: false,
+            topic_alias_maximum: 64,
         }
     }
 }
@@ -195,6 +199,27 @@ pub struct SessionConfig {
     /// Capacity of the Registry's mailbox; when it is full, Sessions stop reading their sockets so
     /// TCP slows publishers down. Default 1024.
     pub registry_mailbox: usize,
+    /// Longest Session Expiry Interval granted to an MQTT 5 client (a longer request, or "never",
+    /// is cut to this and announced in CONNACK). Unset: as asked. MQTT 3.1.1 persistent sessions
+    /// are kept until this long after their last connection (unset: forever).
+    #[serde(with = "humantime_serde")]
+    pub max_session_expiry: Option<Duration>,
+    /// How a message for a shared subscription (`$share/group/filter`) picks its member.
+    /// Default `round_robin`.
+    pub shared_subscription_strategy: SharedStrategy,
+    /// Prefix of the Response Information given to MQTT 5 clients that request it: the client
+    /// id is appended (`response/<client id>`). Default `response/`.
+    pub response_topic_prefix: String,
+}
+
+/// How the Registry picks the member of a shared subscription group that gets a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SharedStrategy {
+    /// Each connected member in turn.
+    RoundRobin,
+    /// A connected member at random.
+    Random,
 }
 
 impl Default for SessionConfig {
@@ -205,6 +230,9 @@ impl Default for SessionConfig {
             queue_overflow: QueueOverflow::DropOldest,
             max_outbound_bytes: 1024 * 1024,
             registry_mailbox: 1024,
+            max_session_expiry: None,
+            shared_subscription_strategy: SharedStrategy::RoundRobin,
+            response_topic_prefix: "response/".to_string(),
         }
     }
 }

@@ -15,8 +15,11 @@ use crate::message::{ConnectReturnCode, ProtocolVersion, QoS};
 /// Why a client's connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DisconnectReason {
-    /// The client sent DISCONNECT.
+    /// The client sent DISCONNECT (MQTT 5: with reason code 0x00).
     Clean,
+    /// The client sent an MQTT 5 DISCONNECT with this reason code (not 0x00): 0x04 asks for the
+    /// will, and so does every error code.
+    ClientReason(u8),
     /// Nothing arrived within 1.5 times the keep-alive `[MQTT-3.1.2-24]`.
     KeepAliveTimeout,
     /// A malformed packet or a protocol violation; the text says which.
@@ -32,7 +35,8 @@ pub enum DisconnectReason {
 }
 
 impl DisconnectReason {
-    /// Whether the will is published: on every end but a DISCONNECT `[MQTT-3.1.2-8]` `[MQTT-3.1.2-10]`.
+    /// Whether the will is published: on every end but a DISCONNECT with reason 0x00
+    /// `[MQTT-3.1.2-8]` `[MQTT-3.1.2-10]` (5.0: `[MQTT-3.14.4-3]`).
     pub fn publishes_will(&self) -> bool {
         !matches!(self, DisconnectReason::Clean)
     }
@@ -42,6 +46,7 @@ impl fmt::Display for DisconnectReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DisconnectReason::Clean => f.write_str("clean"),
+            DisconnectReason::ClientReason(code) => write!(f, "client DISCONNECT {code:#04x}"),
             DisconnectReason::KeepAliveTimeout => f.write_str("keep-alive timeout"),
             DisconnectReason::ProtocolError(why) => write!(f, "protocol error: {why}"),
             DisconnectReason::TakenOver => f.write_str("taken over"),

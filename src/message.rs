@@ -1,10 +1,11 @@
 //! The version-neutral message model shared by the codec, Sessions and the Registry.
 //!
-//! Nothing here is tied to the MQTT 3.1.1 wire format, so MQTT 5 (properties, reason codes) can be
-//! added as extra fields without reshaping the actors.
+//! Nothing here is tied to a wire format: MQTT 5's message properties travel as an optional extra
+//! ([`MessageProperties`]) that MQTT 3.1.1 subscribers simply do not get.
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -40,6 +41,15 @@ pub enum ProtocolVersion {
     V3_1,
     /// MQTT 3.1.1 (`MQTT`, level 4).
     V3_1_1,
+    /// MQTT 5.0 (`MQTT`, level 5).
+    V5,
+}
+
+impl ProtocolVersion {
+    /// Whether this is MQTT 5 (properties, reason codes).
+    pub fn is_v5(self) -> bool {
+        self == ProtocolVersion::V5
+    }
 }
 
 impl fmt::Display for ProtocolVersion {
@@ -47,7 +57,32 @@ impl fmt::Display for ProtocolVersion {
         match self {
             ProtocolVersion::V3_1 => f.write_str("MQTT 3.1"),
             ProtocolVersion::V3_1_1 => f.write_str("MQTT 3.1.1"),
+            ProtocolVersion::V5 => f.write_str("MQTT 5.0"),
         }
+    }
+}
+
+/// The MQTT 5 properties of an application message that the broker forwards to MQTT 5
+/// subscribers (section 3.3.2.3). The Message Expiry Interval is kept as a deadline on the
+/// [`Message`] instead, so that the remaining interval can be forwarded `[MQTT-3.3.2-6]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageProperties {
+    /// Payload Format Indicator as sent (1: UTF-8), forwarded unaltered `[MQTT-3.3.2-4]`.
+    pub payload_format: Option<u8>,
+    /// Content Type, forwarded unaltered `[MQTT-3.3.2-20]`.
+    pub content_type: Option<String>,
+    /// Response Topic, forwarded unaltered (section 3.3.2.3.5).
+    pub response_topic: Option<String>,
+    /// Correlation Data, forwarded unaltered `[MQTT-3.3.2-16]`.
+    pub correlation_data: Option<Bytes>,
+    /// User properties in the order they came `[MQTT-3.3.2-17]` `[MQTT-3.3.2-18]`.
+    pub user_properties: Vec<(String, String)>,
+}
+
+impl MessageProperties {
+    /// Whether there is nothing to forward.
+    pub fn is_empty(&self) -> bool {
+        *self == MessageProperties::default()
     }
 }
 
@@ -62,6 +97,10 @@ pub struct Message {
     pub qos: QoS,
     /// The RETAIN flag it was published with.
     pub retain: bool,
+    /// MQTT 5 properties, if the publisher sent any.
+    pub properties: Option<Box<MessageProperties>>,
+    /// When the message expires (from its Message Expiry Interval); `None` never.
+    pub expires_at: Option<Instant>,
     /// The QoS 0, non-retained PUBLISH frame of this message, encoded at most once and written
     /// byte for byte to every QoS 0 subscriber.
     qos0_frame: OnceLock<Bytes>,
@@ -75,8 +114,37 @@ impl Message {
             payload,
             qos,
             retain,
+            properties: None,
+            expires_at: None,
             qos0_frame: OnceLock::new(),
         }
+    }
+
+    /// Adds MQTT 5 properties and a Message Expiry Interval in seconds, counted from now.
+    pub fn with_properties(
+        mut self,
+        properties: Option<Box<MessageProperties>>,
+        expiry_seconds: Option<u32>,
+    ) -> Self {
+        self.properties = properties.filter(|p| !p.is_empty());
+        self.expires_at =
+            expiry_seconds.map(|s| Instant::now() + Duration::from_secs(u64::from(s)));
+        self
+    }
+
+    /// Whether the message expired before `now` and must not be delivered `[MQTT-3.3.2-5]`.
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// The Message Expiry Interval to forward: what remains of it, in whole seconds rounded up
+    /// `[MQTT-3.3.2-6]`; `None` if the message never expires.
+    pub fn remaining_expiry(&self, now: Instant) -> Option<u32> {
+        self.expires_at.map(|at| {
+            let left = at.saturating_duration_since(now);
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            u32::try_from(secs).unwrap_or(u32::MAX)
+        })
     }
 
     /// A QoS 0, non-retained message whose inbound `frame` can be forwarded unchanged.
@@ -101,6 +169,8 @@ impl fmt::Debug for Message {
             .field("payload_len", &self.payload.len())
             .field("qos", &self.qos)
             .field("retain", &self.retain)
+            .field("properties", &self.properties)
+            .field("expires_at", &self.expires_at)
             .finish()
     }
 }
@@ -113,8 +183,57 @@ pub struct Delivery {
     pub message: Arc<Message>,
     /// min(published QoS, granted QoS) `[MQTT-3.8.4-6]`.
     pub qos: QoS,
-    /// 1 only for retained messages sent because of a new subscription `[MQTT-3.3.1-8]`.
+    /// 1 for retained messages sent because of a new subscription `[MQTT-3.3.1-8]`, and for
+    /// subscriptions with Retain As Published `[MQTT-3.3.1-12]`.
     pub retain: bool,
+    /// Subscription Identifiers of the matching subscriptions `[MQTT-3.3.4-3]` (MQTT 5 only).
+    pub subscription_ids: Vec<u32>,
+    /// The shared subscription group it was routed through, if any: the Registry gives it to
+    /// another member if this one leaves without acknowledging it.
+    pub group: Option<u32>,
+}
+
+impl Delivery {
+    /// A delivery with no subscription identifiers, not through a shared subscription.
+    pub fn new(message: Arc<Message>, qos: QoS, retain: bool) -> Self {
+        Delivery {
+            message,
+            qos,
+            retain,
+            subscription_ids: Vec::new(),
+            group: None,
+        }
+    }
+}
+
+/// What a subscription asked for (MQTT 5 subscription options, section 3.8.3.1; MQTT 3.1.1
+/// subscriptions have only the QoS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubscriptionOptions {
+    /// Maximum QoS granted.
+    pub qos: QoS,
+    /// No Local: never send the subscriber its own messages `[MQTT-3.8.3-3]`.
+    pub no_local: bool,
+    /// Retain As Published: keep the RETAIN flag of forwarded messages `[MQTT-3.3.1-12]`.
+    pub retain_as_published: bool,
+    /// Retain Handling: 0 send retained messages at subscribe, 1 only for a new subscription,
+    /// 2 never `[MQTT-3.3.1-9]` `[MQTT-3.3.1-10]` `[MQTT-3.3.1-11]` (5.0 numbering).
+    pub retain_handling: u8,
+    /// Subscription Identifier, if the SUBSCRIBE carried one.
+    pub id: Option<u32>,
+}
+
+impl SubscriptionOptions {
+    /// MQTT 3.1.1 options: the QoS, nothing else.
+    pub fn qos(qos: QoS) -> Self {
+        SubscriptionOptions {
+            qos,
+            no_local: false,
+            retain_as_published: false,
+            retain_handling: 0,
+            id: None,
+        }
+    }
 }
 
 /// The will a client registered in its CONNECT.
@@ -128,9 +247,28 @@ pub struct LastWill {
     pub qos: QoS,
     /// Whether the will is published as retained.
     pub retain: bool,
+    /// MQTT 5 will properties forwarded with it.
+    pub properties: Option<Box<MessageProperties>>,
+    /// MQTT 5 Message Expiry Interval of the will, in seconds.
+    pub expiry: Option<u32>,
+    /// MQTT 5 Will Delay Interval in seconds (0 publishes at once) `[MQTT-3.1.3-9]`.
+    pub delay: u32,
 }
 
 impl LastWill {
+    /// A will without MQTT 5 properties.
+    pub fn new(topic: impl Into<String>, payload: Bytes, qos: QoS, retain: bool) -> Self {
+        LastWill {
+            topic: topic.into(),
+            payload,
+            qos,
+            retain,
+            properties: None,
+            expiry: None,
+            delay: 0,
+        }
+    }
+
     /// The will as an application message.
     pub fn to_message(&self) -> Message {
         Message::new(
@@ -139,6 +277,7 @@ impl LastWill {
             self.qos,
             self.retain,
         )
+        .with_properties(self.properties.clone(), self.expiry)
     }
 }
 

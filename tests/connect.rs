@@ -66,14 +66,14 @@ async fn mqtt_3_1_client_ids_must_have_1_to_23_characters() {
 }
 
 #[tokio::test]
-async fn mqtt5_connect_gets_unacceptable_protocol_version_then_close() {
-    // [MQTT-3.1.2-2] unsupported level: CONNACK 0x01, then disconnect.
+async fn unknown_protocol_level_gets_unacceptable_protocol_version_then_close() {
+    // [MQTT-3.1.2-2] unsupported level (6; 3, 4 and 5 are served): CONNACK 0x01, then disconnect.
     let broker = broker();
     let mut raw = Raw::connect(broker.local_addr()).await;
     raw.send(
         &ConnectSpec {
-            level: 5,
-            client_id: "v5",
+            level: 6,
+            client_id: "v6",
             ..Default::default()
         }
         .encode(),

@@ -4,9 +4,154 @@
 use bytes::{Buf, Bytes};
 
 use super::decode::{read_binary, read_string};
+use super::properties::{id, read_properties, Value};
 use super::CodecError;
-use crate::message::{LastWill, ProtocolVersion, QoS};
+use crate::message::{LastWill, MessageProperties, ProtocolVersion, QoS};
 use crate::topic::validate_topic_name;
+
+/// The MQTT 5 properties of a CONNECT (section 3.1.2.11), with the spec's defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectProperties {
+    /// Session Expiry Interval in seconds (0: the session ends with the connection;
+    /// `u32::MAX`: never) `[MQTT-3.1.2-23]`.
+    pub session_expiry: u32,
+    /// Receive Maximum: QoS 1/2 PUBLISHes the client accepts unacknowledged (default 65,535).
+    pub receive_maximum: u16,
+    /// Maximum Packet Size the client accepts, if it set one `[MQTT-3.1.2-24]`.
+    pub maximum_packet_size: Option<u32>,
+    /// Topic Alias Maximum: aliases the broker may use towards the client (default 0).
+    pub topic_alias_maximum: u16,
+    /// Request Response Information.
+    pub request_response_information: bool,
+    /// Request Problem Information (default true) `[MQTT-3.1.2-29]`.
+    pub request_problem_information: bool,
+    /// User properties.
+    pub user_properties: Vec<(String, String)>,
+    /// Authentication Method (extended authentication), if any.
+    pub authentication_method: Option<String>,
+}
+
+impl Default for ConnectProperties {
+    fn default() -> Self {
+        ConnectProperties {
+            session_expiry: 0,
+            receive_maximum: u16::MAX,
+            maximum_packet_size: None,
+            topic_alias_maximum: 0,
+            request_response_information: false,
+            request_problem_information: true,
+            user_properties: Vec::new(),
+            authentication_method: None,
+        }
+    }
+}
+
+const CONNECT_PROPERTIES: &[u8] = &[
+    id::SESSION_EXPIRY,
+    id::RECEIVE_MAXIMUM,
+    id::MAXIMUM_PACKET_SIZE,
+    id::TOPIC_ALIAS_MAXIMUM,
+    id::REQUEST_RESPONSE_INFO,
+    id::REQUEST_PROBLEM_INFO,
+    id::USER_PROPERTY,
+    id::AUTH_METHOD,
+    id::AUTH_DATA,
+];
+
+const WILL_PROPERTIES: &[u8] = &[
+    id::WILL_DELAY,
+    id::PAYLOAD_FORMAT,
+    id::MESSAGE_EXPIRY,
+    id::CONTENT_TYPE,
+    id::RESPONSE_TOPIC,
+    id::CORRELATION_DATA,
+    id::USER_PROPERTY,
+];
+
+fn parse_connect_properties(body: &mut Bytes) -> Result<ConnectProperties, CodecError> {
+    let mut props = ConnectProperties::default();
+    for (identifier, value) in read_properties(body, CONNECT_PROPERTIES, "CONNECT")? {
+        match identifier {
+            id::SESSION_EXPIRY => props.session_expiry = value.u32(),
+            id::RECEIVE_MAXIMUM => {
+                props.receive_maximum = value.u16();
+                if props.receive_maximum == 0 {
+                    return Err(CodecError::Protocol5("CONNECT", "Receive Maximum of 0"));
+                }
+            }
+            id::MAXIMUM_PACKET_SIZE => {
+                if value.u32() == 0 {
+                    return Err(CodecError::Protocol5("CONNECT", "Maximum Packet Size of 0"));
+                }
+                props.maximum_packet_size = Some(value.u32());
+            }
+            id::TOPIC_ALIAS_MAXIMUM => props.topic_alias_maximum = value.u16(),
+            id::REQUEST_RESPONSE_INFO | id::REQUEST_PROBLEM_INFO => {
+                let flag = match value.byte() {
+                    0 => false,
+                    1 => true,
+                    _ => {
+                        return Err(CodecError::Protocol5(
+                            "CONNECT",
+                            "Request Response/Problem Information other than 0 or 1",
+                        ))
+                    }
+                };
+                if identifier == id::REQUEST_PROBLEM_INFO {
+                    props.request_problem_information = flag;
+                } else {
+                    props.request_response_information = flag;
+                }
+            }
+            id::AUTH_METHOD => props.authentication_method = Some(value.into_string()),
+            id::USER_PROPERTY => {
+                if let Value::Pair(k, v) = value {
+                    props.user_properties.push((k, v));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(props)
+}
+
+/// Reads the message properties shared by PUBLISH and wills into `props`; returns the Message
+/// Expiry Interval. Other identifiers are left to the caller.
+pub(super) fn take_message_property(
+    props: &mut MessageProperties,
+    expiry: &mut Option<u32>,
+    identifier: u8,
+    value: Value,
+    packet: &'static str,
+) -> Result<(), CodecError> {
+    match identifier {
+        id::PAYLOAD_FORMAT => {
+            if value.byte() > 1 {
+                return Err(CodecError::Protocol5(
+                    packet,
+                    "Payload Format Indicator other than 0 or 1",
+                ));
+            }
+            props.payload_format = Some(value.byte());
+        }
+        id::MESSAGE_EXPIRY => *expiry = Some(value.u32()),
+        id::CONTENT_TYPE => props.content_type = Some(value.into_string()),
+        id::RESPONSE_TOPIC => {
+            let topic = value.into_string();
+            // [MQTT-3.3.2-13] [MQTT-3.3.2-14] the Response Topic is a topic name: no wildcards.
+            validate_topic_name(&topic)?;
+            props.response_topic = Some(topic);
+        }
+        id::CORRELATION_DATA => props.correlation_data = Some(value.into_bytes()),
+        id::USER_PROPERTY => {
+            if let Value::Pair(k, v) = value {
+                props.user_properties.push((k, v));
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
 
 /// A decoded CONNECT.
 #[derive(Debug, Clone)]
@@ -25,6 +170,8 @@ pub struct Connect {
     pub username: Option<String>,
     /// Password, if the flag was set.
     pub password: Option<Bytes>,
+    /// MQTT 5 properties (defaults for earlier protocols).
+    pub properties: ConnectProperties,
 }
 
 const FLAG_RESERVED: u8 = 0x01;
@@ -45,6 +192,7 @@ pub(super) fn parse_connect(mut body: Bytes) -> Result<Connect, CodecError> {
     let level = body.get_u8();
     let protocol = match (name.as_str(), level) {
         ("MQTT", 4) => ProtocolVersion::V3_1_1,
+        ("MQTT", 5) => ProtocolVersion::V5,
         ("MQIsdp", 3) => ProtocolVersion::V3_1,
         ("MQTT", other) | ("MQIsdp", other) => {
             return Err(CodecError::UnsupportedProtocolLevel(other))
@@ -73,23 +221,45 @@ pub(super) fn parse_connect(mut body: Bytes) -> Result<Connect, CodecError> {
         QoS::from_u8(will_qos_bits).ok_or(CodecError::Protocol("will QoS 3 [MQTT-3.1.2-14]"))?;
     let has_username = flags & FLAG_USERNAME != 0;
     let has_password = flags & FLAG_PASSWORD != 0;
-    if has_password && !has_username {
+    // MQTT 5 allows a password without a user name (section 3.1.2.9).
+    if has_password && !has_username && !protocol.is_v5() {
         return Err(CodecError::Protocol(
             "password flag without user name flag [MQTT-3.1.2-22]",
         ));
     }
 
+    let properties = if protocol.is_v5() {
+        parse_connect_properties(&mut body)?
+    } else {
+        ConnectProperties::default()
+    };
     let client_id = read_string(&mut body)?;
     let will = if will_flag {
+        let mut will_props = MessageProperties::default();
+        let (mut expiry, mut delay) = (None, 0);
+        if protocol.is_v5() {
+            for (identifier, value) in read_properties(&mut body, WILL_PROPERTIES, "CONNECT")? {
+                if identifier == id::WILL_DELAY {
+                    delay = value.u32();
+                } else {
+                    take_message_property(
+                        &mut will_props,
+                        &mut expiry,
+                        identifier,
+                        value,
+                        "CONNECT",
+                    )?;
+                }
+            }
+        }
         let topic = read_string(&mut body)?;
         validate_topic_name(&topic)?;
         let payload = read_binary(&mut body)?;
-        Some(LastWill {
-            topic,
-            payload,
-            qos: will_qos,
-            retain: will_retain,
-        })
+        let mut will = LastWill::new(topic, payload, will_qos, will_retain);
+        will.properties = Some(Box::new(will_props)).filter(|p| !p.is_empty());
+        will.expiry = expiry;
+        will.delay = delay;
+        Some(will)
     } else {
         None
     };
@@ -114,5 +284,6 @@ pub(super) fn parse_connect(mut body: Bytes) -> Result<Connect, CodecError> {
         will,
         username,
         password,
+        properties,
     })
 }

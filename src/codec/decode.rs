@@ -1,12 +1,14 @@
 //! Framing and decoding of client-to-server packets.
 
+use std::collections::HashMap;
+
 use bytes::{Buf, Bytes, BytesMut};
 use mqttbytes::v4;
 use tokio_util::codec::Decoder;
 
 use super::connect::{parse_connect, Connect};
 use super::CodecError;
-use crate::message::{Message, QoS};
+use crate::message::{Message, ProtocolVersion, QoS, SubscriptionOptions};
 use crate::topic::validate_topic_name;
 
 /// A PUBLISH from a client.
@@ -18,6 +20,9 @@ pub struct Publish {
     pub pid: u16,
     /// The application message; for QoS 0 non-retained messages it carries the inbound frame.
     pub message: Message,
+    /// MQTT 5: the Payload Format Indicator says UTF-8 and the payload is not; the Session
+    /// refuses the message with reason code 0x99 instead of forwarding it.
+    pub payload_invalid: bool,
 }
 
 /// A client-to-server packet, validated.
@@ -29,19 +34,19 @@ pub enum Packet {
     Publish(Publish),
     /// PUBACK with its packet id.
     PubAck(u16),
-    /// PUBREC with its packet id.
-    PubRec(u16),
+    /// PUBREC with its packet id and (MQTT 5) reason code; 0x80 and above end the QoS 2 flow.
+    PubRec(u16, u8),
     /// PUBREL with its packet id.
     PubRel(u16),
     /// PUBCOMP with its packet id.
     PubComp(u16),
-    /// SUBSCRIBE: packet id and (filter, requested QoS) pairs, at least one. Filters are not yet
-    /// validated: a bad filter is refused with 0x80, not by closing the connection.
+    /// SUBSCRIBE: packet id and (filter, options) pairs, at least one. Filters are not yet
+    /// validated: a bad filter is refused in the SUBACK, not by closing the connection.
     Subscribe {
         /// Packet identifier.
         pid: u16,
-        /// Requested filters.
-        filters: Vec<(String, QoS)>,
+        /// Requested filters with their options (and the packet's Subscription Identifier).
+        filters: Vec<(String, SubscriptionOptions)>,
     },
     /// UNSUBSCRIBE: packet id and filters, at least one.
     Unsubscribe {
@@ -52,8 +57,13 @@ pub enum Packet {
     },
     /// PINGREQ.
     PingReq,
-    /// DISCONNECT.
-    Disconnect,
+    /// DISCONNECT, with its (MQTT 5) reason code and new Session Expiry Interval.
+    Disconnect {
+        /// Reason code (0 for MQTT 3.1.1): 0x04 asks for the will to be published.
+        reason: u8,
+        /// A new Session Expiry Interval, if the client sent one.
+        session_expiry: Option<u32>,
+    },
 }
 
 impl Packet {
@@ -63,23 +73,30 @@ impl Packet {
             Packet::Connect(_) => "CONNECT",
             Packet::Publish(_) => "PUBLISH",
             Packet::PubAck(_) => "PUBACK",
-            Packet::PubRec(_) => "PUBREC",
+            Packet::PubRec(..) => "PUBREC",
             Packet::PubRel(_) => "PUBREL",
             Packet::PubComp(_) => "PUBCOMP",
             Packet::Subscribe { .. } => "SUBSCRIBE",
             Packet::Unsubscribe { .. } => "UNSUBSCRIBE",
             Packet::PingReq => "PINGREQ",
-            Packet::Disconnect => "DISCONNECT",
+            Packet::Disconnect { .. } => "DISCONNECT",
         }
     }
 }
 
-/// Decoder of client-to-server MQTT 3.1.1 packets, for `FramedRead`.
+/// Decoder of client-to-server MQTT 3.1, 3.1.1 and 5.0 packets, for `FramedRead`. It learns
+/// the protocol from the CONNECT, and resolves inbound MQTT 5 topic aliases.
 #[derive(Debug, Clone)]
 pub struct MqttCodec {
     max_packet_size: usize,
     /// No packet decoded yet: only CONNECT is acceptable.
     first_packet: bool,
+    /// Protocol of the CONNECT, once decoded.
+    protocol: ProtocolVersion,
+    /// Highest inbound Topic Alias the broker accepts (announced in CONNACK).
+    pub(super) topic_alias_maximum: u16,
+    /// Inbound topic aliases of this connection `[MQTT-3.3.2-12]`.
+    pub(super) aliases: HashMap<u16, String>,
     /// Packets decoded since the read buffer last ran dry.
     burst: u32,
 }
@@ -96,8 +113,17 @@ impl MqttCodec {
         MqttCodec {
             max_packet_size,
             first_packet: true,
+            protocol: ProtocolVersion::V3_1_1,
+            topic_alias_maximum: 0,
+            aliases: HashMap::new(),
             burst: 0,
         }
+    }
+
+    /// Accepts inbound topic aliases 1 to `maximum` from MQTT 5 clients.
+    pub fn with_topic_alias_maximum(mut self, maximum: u16) -> Self {
+        self.topic_alias_maximum = maximum;
+        self
     }
 }
 
@@ -111,7 +137,7 @@ impl Decoder for MqttCodec {
         let Some(&byte1) = src.first() else {
             return Ok(None);
         };
-        check_first_byte(byte1, self.first_packet)?;
+        check_first_byte(byte1, self.first_packet, self.protocol)?;
         let header = match mqttbytes::check(src.iter(), self.max_packet_size) {
             Ok(header) => header,
             Err(mqttbytes::Error::InsufficientBytes(more)) => {
@@ -137,16 +163,35 @@ impl Decoder for MqttCodec {
             }
             self.burst = 0;
         }
-        decode_frame(header, frame).map(Some)
+        if self.protocol.is_v5() {
+            return self.decode_v5(frame).map(Some);
+        }
+        let packet = decode_frame(header, frame)?;
+        if let Packet::Connect(connect) = &packet {
+            self.protocol = connect.protocol;
+        }
+        Ok(Some(packet))
     }
 }
 
 /// Validates packet type and fixed header flags `[MQTT-2.2.2-2]`, and that the first packet is a
 /// CONNECT `[MQTT-3.1.0-1]`.
-fn check_first_byte(byte1: u8, first_packet: bool) -> Result<(), CodecError> {
+fn check_first_byte(
+    byte1: u8,
+    first_packet: bool,
+    protocol: ProtocolVersion,
+) -> Result<(), CodecError> {
     let packet_type = byte1 >> 4;
     let flags = byte1 & 0x0F;
     match packet_type {
+        // AUTH exists in MQTT 5, but only within an extended authentication, which the broker
+        // never starts (it refuses every Authentication Method in CONNACK).
+        15 if protocol.is_v5() && !first_packet => {
+            return Err(CodecError::Protocol5(
+                "AUTH",
+                "no extended authentication in progress (section 4.12)",
+            ))
+        }
         0 | 15 => return Err(CodecError::InvalidPacketType(packet_type)),
         2 | 9 | 11 | 13 => return Err(CodecError::UnexpectedPacketType(packet_type)),
         _ => {}
@@ -168,7 +213,7 @@ fn check_first_byte(byte1: u8, first_packet: bool) -> Result<(), CodecError> {
 }
 
 /// Length of the fixed header (type byte plus remaining-length bytes) of a complete frame.
-fn fixed_header_len(frame: &[u8]) -> usize {
+pub(super) fn fixed_header_len(frame: &[u8]) -> usize {
     1 + frame[1..]
         .iter()
         .position(|b| b & 0x80 == 0)
@@ -184,14 +229,17 @@ fn decode_frame(header: mqttbytes::FixedHeader, frame: Bytes) -> Result<Packet, 
         1 => Ok(Packet::Connect(Box::new(parse_connect(body)?))),
         3 => decode_publish(header, frame),
         4 => Ok(Packet::PubAck(read_ack(body)?)),
-        5 => Ok(Packet::PubRec(read_ack(body)?)),
+        5 => Ok(Packet::PubRec(read_ack(body)?, 0)),
         6 => Ok(Packet::PubRel(read_ack(body)?)),
         7 => Ok(Packet::PubComp(read_ack(body)?)),
         8 => decode_subscribe(body),
         10 => decode_unsubscribe(body),
         12 | 14 if !body.is_empty() => Err(CodecError::Protocol("PINGREQ/DISCONNECT with a body")),
         12 => Ok(Packet::PingReq),
-        14 => Ok(Packet::Disconnect),
+        14 => Ok(Packet::Disconnect {
+            reason: 0,
+            session_expiry: None,
+        }),
         other => Err(CodecError::InvalidPacketType(other)),
     }
 }
@@ -228,6 +276,7 @@ fn decode_publish(header: mqttbytes::FixedHeader, frame: Bytes) -> Result<Packet
         dup: publish.dup,
         pid: publish.pkid,
         message,
+        payload_invalid: false,
     }))
 }
 
@@ -244,7 +293,7 @@ fn read_ack(mut body: Bytes) -> Result<u16, CodecError> {
     Ok(pid)
 }
 
-fn read_pid(body: &mut Bytes) -> Result<u16, CodecError> {
+pub(super) fn read_pid(body: &mut Bytes) -> Result<u16, CodecError> {
     if body.remaining() < 2 {
         return Err(CodecError::Protocol(
             "packet truncated before packet identifier",
@@ -275,7 +324,7 @@ fn decode_subscribe(mut body: Bytes) -> Result<Packet, CodecError> {
                 ))
             }
         };
-        filters.push((filter, qos));
+        filters.push((filter, SubscriptionOptions::qos(qos)));
     }
     if filters.is_empty() {
         return Err(CodecError::Protocol(
@@ -408,7 +457,7 @@ mod tests {
         assert!(matches!(decode(&[0xC0, 0x00]), Ok(Some(Packet::PingReq))));
         assert!(matches!(
             decode(&[0xE0, 0x00]),
-            Ok(Some(Packet::Disconnect))
+            Ok(Some(Packet::Disconnect { reason: 0, .. }))
         ));
         assert!(matches!(
             decode(&[0x62, 0x02, 0x00, 0x07]),
@@ -468,8 +517,8 @@ mod tests {
             matches!(v31, Ok(Some(Packet::Connect(c))) if c.protocol == crate::ProtocolVersion::V3_1)
         );
         assert!(matches!(
-            decode(&connect_frame("MQTT", 5, 0x02, &id)),
-            Err(CodecError::UnsupportedProtocolLevel(5))
+            decode(&connect_frame("MQTT", 6, 0x02, &id)),
+            Err(CodecError::UnsupportedProtocolLevel(6))
         ));
         assert!(matches!(
             decode(&connect_frame("MQTX", 4, 0x02, &id)),

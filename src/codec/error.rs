@@ -50,11 +50,41 @@ pub enum CodecError {
     /// A bad topic name in PUBLISH or in a will.
     #[error("invalid topic: {0}")]
     Topic(#[from] TopicError),
+    /// An MQTT 5 packet that cannot be parsed (reason code 0x81): packet, and what is wrong.
+    #[error("malformed {0}: {1}")]
+    Malformed5(&'static str, &'static str),
+    /// An MQTT 5 packet that breaks a rule (reason code 0x82): packet, and which rule.
+    #[error("protocol error in {0}: {1}")]
+    Protocol5(&'static str, &'static str),
+    /// A Topic Alias of 0, above the maximum the broker announced, or unknown (0x94)
+    /// `[MQTT-3.3.2-8]` `[MQTT-3.3.2-9]`.
+    #[error("invalid topic alias {0}")]
+    TopicAliasInvalid(u16),
 }
 
 impl CodecError {
     /// Whether the peer should get CONNACK 0x01 before the connection is closed.
     pub fn wants_protocol_version_connack(&self) -> bool {
         matches!(self, CodecError::UnsupportedProtocolLevel(_))
+    }
+
+    /// The MQTT 5 reason code a DISCONNECT (or CONNACK) for this error carries (section 4.13).
+    pub fn reason_code(&self) -> u8 {
+        match self {
+            CodecError::Io(_) => 0x80,
+            CodecError::PacketTooLarge { .. } => 0x95,
+            CodecError::Protocol(_)
+            | CodecError::Protocol5(..)
+            | CodecError::UnexpectedPacketType(_)
+            | CodecError::InvalidProtocolName => 0x82,
+            CodecError::UnsupportedProtocolLevel(_) => 0x84,
+            CodecError::TopicAliasInvalid(_) => 0x94,
+            CodecError::Topic(_) => 0x90,
+            CodecError::Malformed(_)
+            | CodecError::Malformed5(..)
+            | CodecError::InvalidPacketType(_)
+            | CodecError::InvalidFlags { .. }
+            | CodecError::InvalidUtf8 => 0x81,
+        }
     }
 }

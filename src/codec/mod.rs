@@ -6,10 +6,14 @@
 
 mod connect;
 mod decode;
+mod decode_v5;
 mod encode;
+mod encode_v5;
 mod error;
+pub mod properties;
 
-pub use connect::Connect;
+pub use connect::{Connect, ConnectProperties};
 pub use decode::{MqttCodec, Packet, Publish};
 pub use encode::*;
+pub use encode_v5::*;
 pub use error::CodecError;

@@ -9,7 +9,7 @@ use actix::Addr;
 
 use super::messages::{ConnId, Connect};
 use crate::config::QueueOverflow;
-use crate::message::{Delivery, LastWill, QoS};
+use crate::message::{Delivery, LastWill, SubscriptionOptions};
 use crate::session::{Session, SessionState};
 
 /// A client's live connection.
@@ -25,10 +25,13 @@ pub(super) struct Attached {
 /// One client id's entry.
 pub(super) struct Client {
     pub id: Arc<str>,
-    pub clean_session: bool,
+    /// Session Expiry Interval of the current (or last) connection, in seconds: 0 ends the
+    /// session with the connection, `u32::MAX` never.
+    pub session_expiry: u32,
     pub attached: Option<Attached>,
-    /// Filter -> granted QoS; mirrors this client's entries in the trie.
-    pub subscriptions: HashMap<String, QoS>,
+    /// Filter -> options; mirrors this client's entries in the trie (and shared groups, for
+    /// `$share/` filters).
+    pub subscriptions: HashMap<String, SubscriptionOptions>,
     /// Deliveries collected this turn, sent as one `Deliver`.
     pub batch: Vec<Delivery>,
     /// Stored session while offline.
@@ -37,19 +40,26 @@ pub(super) struct Client {
     pub held: VecDeque<Delivery>,
     /// A CONNECT with this id waiting for the current connection to finish detaching.
     pub pending: Option<Connect>,
+    /// Identifies the timers (session expiry, will delay) allowed to act on this client; a new
+    /// connection takes a new token, which cancels them.
+    pub timer_token: u64,
+    /// A will waiting for its Will Delay Interval `[MQTT-3.1.3-9]`.
+    pub delayed_will: Option<LastWill>,
 }
 
 impl Client {
     pub fn new(id: Arc<str>) -> Self {
         Client {
             id,
-            clean_session: true,
+            session_expiry: 0,
             attached: None,
             subscriptions: HashMap::new(),
             batch: Vec::new(),
             stored: SessionState::default(),
             held: VecDeque::new(),
             pending: None,
+            timer_token: 0,
+            delayed_will: None,
         }
     }
 }

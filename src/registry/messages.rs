@@ -7,7 +7,7 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use crate::hooks::{DisconnectReason, LifecycleHooks};
-use crate::message::{Delivery, LastWill, Message, ProtocolVersion, QoS};
+use crate::message::{Delivery, LastWill, Message, ProtocolVersion, SubscriptionOptions};
 use crate::session::{Session, SessionState};
 
 /// Identifies one TCP connection for the life of the broker (never reused).
@@ -33,10 +33,14 @@ pub struct Connect {
     pub peer: SocketAddr,
     /// Protocol spoken.
     pub protocol: ProtocolVersion,
-    /// Client id as sent; empty means "assign one" (only allowed with clean session).
+    /// Client id as sent; empty means "assign one".
     pub client_id: String,
-    /// Clean session flag.
+    /// Clean session (3.1.1) or Clean Start (5.0) flag: discard any stored session.
     pub clean_session: bool,
+    /// How long the session outlives the connection, in seconds (0: not at all, `u32::MAX`:
+    /// forever). MQTT 3.1.1 clean sessions are 0, persistent ones `u32::MAX` (or the
+    /// configured maximum).
+    pub session_expiry: u32,
     /// The will, published if the connection ends without DISCONNECT.
     pub will: Option<LastWill>,
     /// Where the answer goes.
@@ -64,6 +68,8 @@ pub struct ConnectOutcome {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Publish {
+    /// The publishing client, for No Local subscriptions `[MQTT-3.8.3-3]`.
+    pub from: ClientKey,
     /// The messages, each shared by all its deliveries.
     pub messages: Vec<Arc<Message>>,
 }
@@ -80,11 +86,13 @@ pub struct Subscribe {
     pub conn: ConnId,
     /// Packet identifier of the SUBSCRIBE.
     pub pid: u16,
-    /// Validated filters with the QoS to grant, each with its position in `codes`.
-    pub filters: Vec<(usize, String, QoS)>,
-    /// The SUBACK return codes, one per requested filter (0x80 for the refused ones). The
-    /// Registry sets 0x80 for filters over the client's subscription limit.
+    /// Validated filters with the options to grant, each with its position in `codes`.
+    pub filters: Vec<(usize, String, SubscriptionOptions)>,
+    /// The SUBACK return codes, one per requested filter (failure codes for the refused ones).
+    /// The Registry sets `quota_code` for filters over the client's subscription limit.
     pub codes: Vec<u8>,
+    /// Code for a filter over the subscription limit: 0x80 (3.1.1) or 0x97 Quota exceeded (5.0).
+    pub quota_code: u8,
 }
 
 /// Sent by the Registry to a Session once a [`Subscribe`] took effect: the Session writes SUBACK.
@@ -119,6 +127,8 @@ pub struct Unsubscribe {
 pub struct Unsubscribed {
     /// Packet identifier of the UNSUBSCRIBE.
     pub pid: u16,
+    /// One MQTT 5 reason code per filter: 0x00 removed, 0x11 No subscription existed.
+    pub codes: Vec<u8>,
 }
 
 /// Sent by a connected Session to the Registry when its connection ends. The Registry publishes
@@ -132,6 +142,8 @@ pub struct Detach {
     pub conn: ConnId,
     /// Why it ended.
     pub reason: DisconnectReason,
+    /// A Session Expiry Interval the client's MQTT 5 DISCONNECT set, replacing the CONNECT's.
+    pub session_expiry: Option<u32>,
 }
 
 /// Sent by the Registry to a Session after its [`Detach`]: no [`Deliver`] will follow, so the
@@ -181,7 +193,7 @@ pub struct RegistryStats {
     pub clients_online: usize,
     /// Persistent sessions of clients that are not connected.
     pub sessions_offline: usize,
-    /// (filter, client) pairs in the trie.
+    /// (filter, client) pairs in the trie, shared group memberships included.
     pub subscriptions: usize,
     /// Retained messages.
     pub retained: usize,

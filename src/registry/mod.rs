@@ -4,9 +4,11 @@
 
 mod client;
 mod messages;
+mod shared;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tracing::{debug, info, warn};
@@ -14,14 +16,15 @@ use tracing::{debug, info, warn};
 pub use messages::*;
 
 use self::client::{push_bounded, Attached, Client};
+use self::shared::SharedGroups;
 use crate::config::{Config, QueueOverflow, SessionConfig};
 use crate::hooks::{
     ClientConnected, ClientDisconnected, ClientSubscribed, ClientUnsubscribed, LifecycleHooks,
 };
-use crate::message::{Delivery, Message, QoS};
+use crate::message::{Delivery, LastWill, Message, QoS, SubscriptionOptions};
 use crate::metrics::Metrics;
-use crate::session::SessionState;
-use crate::topic::{RetainedStore, SubscriptionTrie};
+use crate::session::{InflightStage, SessionState};
+use crate::topic::{parse_shared, RetainedStore, SubscriptionTrie};
 
 /// A Session's batch is sent at once when it reaches this many deliveries, without waiting for
 /// the end of the turn.
@@ -36,14 +39,19 @@ pub struct Registry {
     clients: Vec<Option<Client>>,
     free_slots: Vec<u32>,
     by_id: HashMap<Arc<str>, ClientKey>,
-    trie: SubscriptionTrie<ClientKey, QoS>,
+    trie: SubscriptionTrie<ClientKey, SubscriptionOptions>,
+    shared: SharedGroups,
     retained: RetainedStore<Arc<Message>>,
     /// Clients whose batch is not empty.
     dirty: Vec<ClientKey>,
     flush_scheduled: bool,
     /// Scratch space for one publish's matches.
-    matches: Vec<(ClientKey, QoS)>,
+    matches: Vec<(ClientKey, SubscriptionOptions)>,
+    /// Scratch space for one publish's shared groups.
+    groups: Vec<u32>,
     online: usize,
+    /// Source of timer tokens (see `Client::timer_token`).
+    next_token: u64,
 }
 
 impl Actor for Registry {
@@ -66,11 +74,14 @@ impl Registry {
             free_slots: Vec::new(),
             by_id: HashMap::new(),
             trie: SubscriptionTrie::new(),
+            shared: SharedGroups::default(),
             retained: RetainedStore::new(),
             dirty: Vec::new(),
             flush_scheduled: false,
             matches: Vec::new(),
+            groups: Vec::new(),
             online: 0,
+            next_token: 0,
         }
     }
 
@@ -105,11 +116,31 @@ impl Registry {
     fn remove_client(&mut self, key: ClientKey) {
         if let Some(client) = self.clients.get_mut(key.0 as usize).and_then(Option::take) {
             for filter in client.subscriptions.keys() {
-                self.trie.remove(filter, key);
+                self.drop_subscription(filter, key);
             }
             self.by_id.remove(&client.id);
             self.free_slots.push(key.0);
         }
+    }
+
+    /// Removes `key`'s entry for `filter` from the trie or its shared group.
+    fn drop_subscription(&mut self, filter: &str, key: ClientKey) {
+        match parse_shared(filter) {
+            Some(Ok(shared)) => {
+                self.shared.leave(shared.group, shared.filter, key);
+            }
+            _ => {
+                self.trie.remove(filter, key);
+            }
+        }
+    }
+
+    fn is_online(clients: &[Option<Client>], key: ClientKey) -> bool {
+        clients
+            .get(key.0 as usize)
+            .and_then(Option::as_ref)
+            .and_then(|c| c.attached.as_ref())
+            .is_some_and(|a| !a.detaching)
     }
 
     /// Drops a client's subscriptions and stored state (clean session).
@@ -121,11 +152,12 @@ impl Registry {
         else {
             return;
         };
-        for filter in client.subscriptions.drain().map(|(f, _)| f) {
-            self.trie.remove(&filter, key);
-        }
+        let filters: Vec<String> = client.subscriptions.drain().map(|(f, _)| f).collect();
         client.stored = SessionState::default();
         client.held.clear();
+        for filter in filters {
+            self.drop_subscription(&filter, key);
+        }
     }
 
     fn unique_client_id(&self, conn: ConnId) -> Arc<str> {
@@ -143,19 +175,25 @@ impl Registry {
     }
 
     /// Attaches the connection in `msg` to the client and answers it.
-    fn complete_connect(&mut self, key: ClientKey, msg: Connect) {
+    fn complete_connect(&mut self, key: ClientKey, msg: Connect, ctx: &mut Context<Self>) {
         if msg.clean_session {
-            // [MQTT-3.1.2-6] a clean session discards any previous session.
+            // [MQTT-3.1.2-6] (3.1.1) [MQTT-3.1.2-4] (5.0) a clean session / clean start
+            // discards any previous session.
             self.clear_session(key);
         }
+        self.next_token += 1;
+        let token = self.next_token;
         let Some(client) = self.client(key) else {
             return;
         };
-        // [MQTT-3.2.2-2] [MQTT-3.2.2-3] a persistent session exists if the last connection with
-        // this id was persistent; a new or clean one has none.
-        let session_present = !msg.clean_session && !client.clean_session;
+        // [MQTT-3.2.2-2] [MQTT-3.2.2-3] a session is present if the last connection with this
+        // id kept one (persistent / expiry above 0); a new or clean one has none.
+        let session_present = !msg.clean_session && client.session_expiry > 0;
         let state = std::mem::take(&mut client.stored);
-        client.clean_session = msg.clean_session;
+        client.session_expiry = msg.session_expiry;
+        // A new connection cancels the session expiry and a will still delayed [MQTT-3.1.3-9].
+        client.timer_token = token;
+        client.delayed_will = None;
         client.attached = Some(Attached {
             conn: msg.conn,
             session: msg.session.clone(),
@@ -174,7 +212,7 @@ impl Registry {
         if let Err(ConnectOutcome { state, .. }) = msg.reply.send(outcome) {
             // The Session is gone already: keep what it would have resumed.
             debug!(client_id = %client_id, "session vanished before CONNACK");
-            self.end_session(key, msg.conn, state);
+            self.end_session(key, msg.conn, state, ctx);
             return;
         }
         info!(
@@ -197,8 +235,15 @@ impl Registry {
         }
     }
 
-    /// Final step of a disconnect: keeps or drops the state, then serves a waiting CONNECT.
-    fn end_session(&mut self, key: ClientKey, conn: ConnId, mut state: SessionState) {
+    /// Final step of a disconnect: hands shared-subscription messages the client did not
+    /// acknowledge to other members, keeps or drops the state, then serves a waiting CONNECT.
+    fn end_session(
+        &mut self,
+        key: ClientKey,
+        conn: ConnId,
+        mut state: SessionState,
+        ctx: &mut Context<Self>,
+    ) {
         let max = self.config.max_queued_messages;
         let overflow = self.config.queue_overflow;
         let Some(client) = self.attached_client(key, conn) else {
@@ -206,12 +251,15 @@ impl Registry {
         };
         client.attached = None;
         let pending = client.pending.take();
-        let clean_session = client.clean_session;
+        let expiry = client.session_expiry;
+        let token = client.timer_token;
+        let held = std::mem::take(&mut client.held);
         self.online -= 1;
+        self.redistribute(key, &mut state, held, ctx);
         let Some(client) = self.client(key) else {
             return;
         };
-        if clean_session {
+        if expiry == 0 {
             self.clear_session(key);
         } else {
             let mut dropped = 0;
@@ -223,29 +271,138 @@ impl Registry {
                     QueueOverflow::DropNewest => state.queue.pop_back(),
                 };
             }
-            for delivery in std::mem::take(&mut client.held) {
-                dropped += push_bounded(&mut state.queue, delivery, max, overflow);
-            }
             client.stored = state;
             self.metrics.add_queued_dropped(dropped);
         }
         match pending {
-            Some(msg) => self.complete_connect(key, msg),
+            Some(msg) => self.complete_connect(key, msg, ctx),
+            None if expiry == 0 => self.expire(key, token, ctx),
+            None if expiry == u32::MAX => {}
             None => {
-                let forget = self.client(key).is_some_and(|c| c.clean_session);
-                if forget {
-                    self.remove_client(key);
+                // [MQTT-3.1.2-23] the session is kept for its expiry interval, then freed.
+                let after = Duration::from_secs(u64::from(expiry));
+                ctx.run_later(after, move |act, ctx| act.expire(key, token, ctx));
+            }
+        }
+    }
+
+    /// Ends a stored session whose expiry interval passed (or that had none), if no connection
+    /// took it back meanwhile: publishes a will still delayed, and frees everything.
+    fn expire(&mut self, key: ClientKey, token: u64, ctx: &mut Context<Self>) {
+        let Some(client) = self.client(key) else {
+            return;
+        };
+        if client.timer_token != token || client.attached.is_some() || client.pending.is_some() {
+            return;
+        }
+        let will = client.delayed_will.take();
+        let expiry = client.session_expiry;
+        let client_id = client.id.clone();
+        if expiry > 0 {
+            info!(client_id = %client_id, "session expired");
+        }
+        self.remove_client(key);
+        if let Some(will) = will {
+            // [MQTT-3.1.3-9] published when the session ends, if that comes before the delay.
+            self.publish_will(&client_id, key, will, ctx);
+        }
+    }
+
+    /// Publishes a delayed will whose delay has passed, unless the client came back.
+    fn fire_will(&mut self, key: ClientKey, token: u64, ctx: &mut Context<Self>) {
+        let Some(client) = self.client(key) else {
+            return;
+        };
+        if client.timer_token != token {
+            return;
+        }
+        let Some(will) = client.delayed_will.take() else {
+            return;
+        };
+        let client_id = client.id.clone();
+        self.publish_will(&client_id, key, will, ctx);
+    }
+
+    fn publish_will(
+        &mut self,
+        client_id: &str,
+        key: ClientKey,
+        will: LastWill,
+        ctx: &mut Context<Self>,
+    ) {
+        debug!(client_id = %client_id, topic = %will.topic, "publishing will");
+        self.route(Arc::new(will.to_message()), Some(key), ctx);
+    }
+
+    /// Gives the shared-subscription deliveries a leaving client did not acknowledge to another
+    /// connected member of their group (MQTT 5 section 4.8.2): QoS 1 messages in flight and
+    /// messages not sent yet. A QoS 2 message in flight stays with the client [MQTT-4.8.2-4]
+    /// [MQTT-4.8.2-5]. Without another connected member the delivery stays in the session.
+    fn redistribute(
+        &mut self,
+        key: ClientKey,
+        state: &mut SessionState,
+        held: std::collections::VecDeque<Delivery>,
+        ctx: &mut Context<Self>,
+    ) {
+        let mut moving = Vec::new();
+        let mut kept = std::collections::VecDeque::new();
+        for entry in std::mem::take(&mut state.inflight) {
+            if entry.delivery.group.is_some() && entry.stage == InflightStage::AwaitingPubAck {
+                moving.push(entry.delivery);
+            } else {
+                kept.push_back(entry);
+            }
+        }
+        state.inflight = kept;
+        let queue = std::mem::take(&mut state.queue);
+        for delivery in queue.into_iter().chain(held) {
+            if delivery.group.is_some() {
+                moving.push(delivery);
+            } else {
+                state.queue.push_back(delivery);
+            }
+        }
+        let strategy = self.config.shared_subscription_strategy;
+        for delivery in moving {
+            let Some(group) = delivery.group else {
+                continue;
+            };
+            let clients = &self.clients;
+            let pick = self.shared.pick(
+                group,
+                strategy,
+                |k| Self::is_online(clients, k),
+                Some(key),
+                true,
+            );
+            match pick {
+                Some((member, options)) => {
+                    debug!(
+                        group,
+                        "redistributing an unacknowledged shared-subscription message"
+                    );
+                    let redelivery = Delivery {
+                        qos: delivery.message.qos.min(options.qos),
+                        subscription_ids: options.id.into_iter().collect(),
+                        ..delivery
+                    };
+                    self.deliver(member, redelivery, ctx);
                 }
+                None => state.queue.push_back(delivery),
             }
         }
     }
 
     /// Routes one message to every matching subscriber, once each at the highest granted QoS
-    /// `[MQTT-3.3.5-1]`, and updates the retained store `[MQTT-3.3.1-5]`.
-    fn route(&mut self, message: Arc<Message>, ctx: &mut Context<Self>) {
+    /// `[MQTT-3.3.5-1]` with the identifiers of all its matching subscriptions `[MQTT-3.3.4-3]`,
+    /// and to one member of each matching shared group; updates the retained store
+    /// `[MQTT-3.3.1-5]`. `from` is the publisher, for No Local `[MQTT-3.8.3-3]`.
+    fn route(&mut self, message: Arc<Message>, from: Option<ClientKey>, ctx: &mut Context<Self>) {
         if message.retain {
             if message.payload.is_empty() {
-                // [MQTT-3.3.1-10] [MQTT-3.3.1-11] an empty retained message deletes, and is not stored.
+                // An empty retained message deletes, and is not stored: 3.1.1 [MQTT-3.3.1-10]
+                // [MQTT-3.3.1-11], 5.0 [MQTT-3.3.1-6] [MQTT-3.3.1-7].
                 self.retained.remove(&message.topic);
             } else {
                 self.retained.insert(&message.topic, message.clone());
@@ -253,23 +410,67 @@ impl Registry {
         }
         let mut matches = std::mem::take(&mut self.matches);
         matches.clear();
-        self.trie
-            .for_each_match(&message.topic, |key, qos| matches.push((key, *qos)));
+        self.trie.for_each_match(&message.topic, |key, options| {
+            if !(options.no_local && Some(key) == from) {
+                matches.push((key, *options));
+            }
+        });
         if matches.len() > 1 {
-            // Highest QoS first per client, then keep the first of each client.
-            matches.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-            matches.dedup_by_key(|m| m.0);
+            matches.sort_unstable_by_key(|m| m.0);
         }
-        for &(key, granted) in &matches {
+        let mut i = 0;
+        while i < matches.len() {
+            let (key, first) = matches[i];
+            let mut qos = first.qos;
+            let mut retain_as_published = first.retain_as_published;
+            let mut ids: Vec<u32> = first.id.into_iter().collect();
+            i += 1;
+            while i < matches.len() && matches[i].0 == key {
+                let options = matches[i].1;
+                qos = qos.max(options.qos);
+                retain_as_published |= options.retain_as_published;
+                ids.extend(options.id);
+                i += 1;
+            }
             let delivery = Delivery {
                 message: message.clone(),
-                qos: message.qos.min(granted),
-                // [MQTT-3.3.1-9] RETAIN is 0 towards established subscriptions.
-                retain: false,
+                qos: message.qos.min(qos),
+                // [MQTT-3.3.1-9] (3.1.1) RETAIN is 0 towards established subscriptions, unless
+                // (5.0) Retain As Published [MQTT-3.3.1-12] [MQTT-3.3.1-13].
+                retain: retain_as_published && message.retain,
+                subscription_ids: ids,
+                group: None,
             };
             self.deliver(key, delivery, ctx);
         }
         self.matches = matches;
+
+        let mut groups = std::mem::take(&mut self.groups);
+        groups.clear();
+        self.shared
+            .for_each_match(&message.topic, |id| groups.push(id));
+        let strategy = self.config.shared_subscription_strategy;
+        for &group in &groups {
+            let clients = &self.clients;
+            let pick = self.shared.pick(
+                group,
+                strategy,
+                |k| Self::is_online(clients, k),
+                None,
+                false,
+            );
+            if let Some((member, options)) = pick {
+                let delivery = Delivery {
+                    message: message.clone(),
+                    qos: message.qos.min(options.qos),
+                    retain: options.retain_as_published && message.retain,
+                    subscription_ids: options.id.into_iter().collect(),
+                    group: Some(group),
+                };
+                self.deliver(member, delivery, ctx);
+            }
+        }
+        self.groups = groups;
     }
 
     fn deliver(&mut self, key: ClientKey, delivery: Delivery, ctx: &mut Context<Self>) {
@@ -343,7 +544,7 @@ impl Registry {
 impl Handler<Connect> for Registry {
     type Result = ();
 
-    fn handle(&mut self, mut msg: Connect, _: &mut Context<Self>) {
+    fn handle(&mut self, mut msg: Connect, ctx: &mut Context<Self>) {
         if msg.client_id.is_empty() {
             // [MQTT-3.1.3-6] assign a unique id to a clean-session client that sent none.
             msg.client_id = self.unique_client_id(msg.conn).to_string();
@@ -353,7 +554,7 @@ impl Handler<Connect> for Registry {
             None => {
                 let id: Arc<str> = msg.client_id.as_str().into();
                 let key = self.insert_client(id);
-                self.complete_connect(key, msg);
+                self.complete_connect(key, msg, ctx);
                 return;
             }
         };
@@ -361,7 +562,7 @@ impl Handler<Connect> for Registry {
             return;
         };
         match &mut client.attached {
-            None => self.complete_connect(key, msg),
+            None => self.complete_connect(key, msg, ctx),
             Some(attached) => {
                 // [MQTT-3.1.4-2] the existing connection is closed; this one waits for its state.
                 if !attached.detaching {
@@ -379,7 +580,7 @@ impl Handler<Publish> for Registry {
 
     fn handle(&mut self, msg: Publish, ctx: &mut Context<Self>) {
         for message in msg.messages {
-            self.route(message, ctx);
+            self.route(message, Some(msg.from), ctx);
         }
     }
 }
@@ -397,18 +598,18 @@ impl Handler<Subscribe> for Registry {
         let client_id = client.id.clone();
         let mut codes = msg.codes;
         let mut granted = Vec::with_capacity(msg.filters.len());
-        for (position, filter, qos) in msg.filters {
-            let new = !client.subscriptions.contains_key(&filter);
-            if new && client.subscriptions.len() >= max_subscriptions {
+        for (position, filter, options) in msg.filters {
+            let existed = client.subscriptions.contains_key(&filter);
+            if !existed && client.subscriptions.len() >= max_subscriptions {
                 warn!(client_id = %client_id, filter = %filter, limit = max_subscriptions, "subscription refused: limit of subscriptions per client");
                 metrics.add_limits_hit(1);
                 if let Some(code) = codes.get_mut(position) {
-                    *code = crate::codec::SUBACK_FAILURE;
+                    *code = msg.quota_code;
                 }
                 continue;
             }
-            client.subscriptions.insert(filter.clone(), qos);
-            granted.push((filter, qos));
+            client.subscriptions.insert(filter.clone(), options);
+            granted.push((filter, options, existed));
         }
         if let Some(attached) = &client.attached {
             attached.session.do_send(Subscribed {
@@ -416,26 +617,52 @@ impl Handler<Subscribe> for Registry {
                 codes,
             });
         }
+        let now = Instant::now();
         let mut retained = Vec::new();
-        for (filter, qos) in granted {
-            self.trie.insert(&filter, msg.key, qos);
-            // [MQTT-3.8.4-3] retained messages are (re-)sent for every subscription.
-            self.retained.for_each_match(&filter, |m| {
-                retained.push(Delivery {
-                    message: m.clone(),
-                    qos: m.qos.min(qos),
-                    retain: true, // [MQTT-3.3.1-8]
-                });
-            });
-            info!(client_id = %client_id, filter = %filter, qos = qos as u8, "client subscribed");
+        let mut expired = Vec::new();
+        for (filter, options, existed) in granted {
+            if let Some(Ok(shared)) = parse_shared(&filter) {
+                // Retained messages are not sent for shared subscriptions (section 4.8.2).
+                self.shared
+                    .join(shared.group, shared.filter, msg.key, options);
+            } else {
+                self.trie.insert(&filter, msg.key, options);
+                // [MQTT-3.8.4-3] (3.1.1) retained messages are sent for every subscription;
+                // (5.0) per Retain Handling [MQTT-3.3.1-9] [MQTT-3.3.1-10] [MQTT-3.3.1-11].
+                let send = match options.retain_handling {
+                    0 => true,
+                    1 => !existed,
+                    _ => false,
+                };
+                if send {
+                    self.retained.for_each_match(&filter, |m| {
+                        if m.is_expired(now) {
+                            // [MQTT-3.3.2-5] an expired retained message is not sent, and goes.
+                            expired.push(m.topic.clone());
+                            return;
+                        }
+                        retained.push(Delivery {
+                            message: m.clone(),
+                            qos: m.qos.min(options.qos),
+                            retain: true, // [MQTT-3.3.1-8]
+                            subscription_ids: options.id.into_iter().collect(),
+                            group: None,
+                        });
+                    });
+                }
+            }
+            info!(client_id = %client_id, filter = %filter, qos = options.qos as u8, "client subscribed");
             let event = ClientSubscribed {
                 client_id: client_id.clone(),
                 filter,
-                qos,
+                qos: options.qos,
             };
             for hook in &self.hooks.subscribed {
                 hook.do_send(event.clone());
             }
+        }
+        for topic in expired {
+            self.retained.remove(&topic);
         }
         for delivery in retained {
             self.deliver(msg.key, delivery, ctx);
@@ -451,17 +678,25 @@ impl Handler<Unsubscribe> for Registry {
             return;
         };
         Self::flush_client(client);
-        if let Some(attached) = &client.attached {
-            attached.session.do_send(Unsubscribed { pid: msg.pid });
-        }
         let client_id = client.id.clone();
-        let removed: Vec<String> = msg
-            .filters
-            .into_iter()
-            .filter(|f| client.subscriptions.remove(f).is_some())
-            .collect();
+        let mut codes = Vec::with_capacity(msg.filters.len());
+        let mut removed = Vec::new();
+        for filter in msg.filters {
+            if client.subscriptions.remove(&filter).is_some() {
+                codes.push(0x00);
+                removed.push(filter);
+            } else {
+                codes.push(0x11); // No subscription existed
+            }
+        }
+        if let Some(attached) = &client.attached {
+            attached.session.do_send(Unsubscribed {
+                pid: msg.pid,
+                codes,
+            });
+        }
         for filter in removed {
-            self.trie.remove(&filter, msg.key);
+            self.drop_subscription(&filter, msg.key);
             info!(client_id = %client_id, filter = %filter, "client unsubscribed");
             let event = ClientUnsubscribed {
                 client_id: client_id.clone(),
@@ -491,10 +726,25 @@ impl Handler<Detach> for Registry {
         let peer = attached.peer;
         let will = attached.will.take();
         attached.session.do_send(Detached);
+        if let Some(expiry) = msg.session_expiry {
+            client.session_expiry = expiry;
+        }
+        let (expiry, token) = (client.session_expiry, client.timer_token);
         info!(client_id = %client_id, addr = %peer, reason = %msg.reason, "client disconnected");
         if let (true, Some(will)) = (msg.reason.publishes_will(), will) {
-            debug!(client_id = %client_id, topic = %will.topic, "publishing will");
-            self.route(Arc::new(will.to_message()), ctx);
+            if will.delay == 0 || expiry == 0 {
+                self.publish_will(&client_id, msg.key, will, ctx);
+            } else {
+                // (5.0) published after the Will Delay Interval or when the session ends,
+                // whichever comes first [MQTT-3.1.2-8], unless the client reconnects before
+                // [MQTT-3.1.3-9].
+                let delay = Duration::from_secs(u64::from(will.delay.min(expiry)));
+                if let Some(client) = self.client(msg.key) {
+                    client.delayed_will = Some(will);
+                }
+                let key = msg.key;
+                ctx.run_later(delay, move |act, ctx| act.fire_will(key, token, ctx));
+            }
         }
         let event = ClientDisconnected {
             client_id,
@@ -510,8 +760,8 @@ impl Handler<Detach> for Registry {
 impl Handler<SessionEnded> for Registry {
     type Result = ();
 
-    fn handle(&mut self, msg: SessionEnded, _: &mut Context<Self>) {
-        self.end_session(msg.key, msg.conn, msg.state);
+    fn handle(&mut self, msg: SessionEnded, ctx: &mut Context<Self>) {
+        self.end_session(msg.key, msg.conn, msg.state, ctx);
     }
 }
 
@@ -530,7 +780,7 @@ impl Handler<GetStats> for Registry {
         RegistryStats {
             clients_online: self.online,
             sessions_offline: self.by_id.len() - self.online,
-            subscriptions: self.trie.len(),
+            subscriptions: self.trie.len() + self.shared.len(),
             retained: self.retained.len(),
         }
     }

@@ -7,6 +7,7 @@
 //! [`SessionEnded`], and stops.
 
 mod packets;
+mod peer;
 mod state;
 
 use std::net::SocketAddr;
@@ -23,10 +24,11 @@ use tracing::{debug, info, warn};
 
 pub use state::{AckResult, InflightEntry, InflightStage, Outbound, SessionState};
 
-use crate::codec::{self, CodecError, MqttCodec, Packet, PublishHeader};
+use self::peer::{disconnect_code, write_delivery, OutboundAliases, PeerOptions};
+use crate::codec::{self, CodecError, MqttCodec, Packet};
 use crate::config::Config;
 use crate::hooks::{DisconnectReason, Interceptors};
-use crate::message::{Delivery, QoS};
+use crate::message::QoS;
 use crate::metrics::Metrics;
 use crate::registry::{
     ClientKey, ConnId, Deliver, Detach, Detached, Registry, SessionEnded, Subscribed, Takeover,
@@ -98,6 +100,15 @@ pub struct Session {
     phase: Phase,
     /// User name of the CONNECT, for ACL checks.
     username: Option<String>,
+    /// Protocol and MQTT 5 wishes of the client.
+    peer_options: PeerOptions,
+    /// Topic aliases assigned towards the client (MQTT 5).
+    aliases: OutboundAliases,
+    /// An MQTT 5 reason code and string for the DISCONNECT sent on close, overriding the one
+    /// the close reason implies.
+    disconnect_code: Option<(u8, String)>,
+    /// Session Expiry Interval from the client's DISCONNECT (MQTT 5).
+    disconnect_expiry: Option<u32>,
     /// This Session's copy of the ACL, and the generation it was taken at.
     acl: (u64, Option<Arc<crate::auth::AclFile>>),
     /// PUBLISH packets received and not yet added to the shared counter (added per hand-over,
@@ -146,11 +157,12 @@ impl Session {
     ) -> Addr<Session> {
         let conn = ConnId(shared.next_conn.fetch_add(1, Ordering::Relaxed));
         let max_packet = shared.config.limits.max_packet_size;
+        let alias_max = shared.config.limits.topic_alias_maximum;
         let acl = (shared.access.acl_generation(), shared.access.acl());
         Session::create(move |ctx| {
             let reader = FramedRead::with_capacity(
                 read_half,
-                MqttCodec::new(max_packet),
+                MqttCodec::new(max_packet).with_topic_alias_maximum(alias_max),
                 INITIAL_READ_BUFFER,
             );
             let read_handle = ctx.add_stream(reader);
@@ -161,6 +173,10 @@ impl Session {
                 shared,
                 phase: Phase::AwaitingConnect,
                 username: None,
+                peer_options: PeerOptions::default(),
+                aliases: OutboundAliases::default(),
+                disconnect_code: None,
+                disconnect_expiry: None,
                 acl,
                 publishes_unreported: 0,
                 last_received: Instant::now(),
@@ -231,6 +247,18 @@ impl Session {
             ctx.cancel_future(handle);
         }
         if let Phase::Connected { key, .. } = self.phase {
+            if self.peer_options.protocol.is_v5() && !self.socket_dead {
+                // (5.0) the broker says why it closes the connection (section 4.13.2), only
+                // ever after a successful CONNACK [MQTT-3.14.0-1].
+                let code = match self.disconnect_code.take() {
+                    Some((code, why)) => Some((code, Some(why))),
+                    None => disconnect_code(&reason).map(|code| (code, None)),
+                };
+                if let Some((code, why)) = code {
+                    let why = why.or_else(|| Some(reason.to_string()));
+                    codec::write_disconnect_v5(&mut self.out, code, why.as_deref());
+                }
+            }
             self.awaiting_detached = true;
             // What the client published goes to the Registry before its will can [MQTT-3.1.2-8].
             self.hand_over(ctx);
@@ -238,6 +266,7 @@ impl Session {
                 key,
                 conn: self.conn,
                 reason,
+                session_expiry: self.disconnect_expiry,
             });
         } else {
             debug!(addr = %self.peer, reason = %reason, "connection closed before CONNECT completed");
@@ -268,6 +297,7 @@ impl Session {
 
     fn protocol_error(&mut self, ctx: &mut Context<Self>, error: &CodecError) {
         self.shared.metrics.add_protocol_errors(1);
+        self.disconnect_code = Some((error.reason_code(), error.to_string()));
         warn!(
             addr = %self.peer,
             client_id = %self.client_id(),
@@ -277,48 +307,72 @@ impl Session {
         self.close(ctx, DisconnectReason::ProtocolError(error.to_string()));
     }
 
-    /// Writes a PUBLISH for an outbound delivery: the shared QoS 0 frame where it applies, else an
-    /// encoding with this subscriber's packet id and flags.
-    fn write_delivery(out: &mut BytesMut, delivery: &Delivery, pid: u16, dup: bool) {
-        let message = &delivery.message;
-        if delivery.qos == QoS::AtMostOnce && !delivery.retain {
-            out.extend_from_slice(message.qos0_frame());
-            return;
-        }
-        codec::write_publish(
-            out,
-            &message.topic,
-            &message.payload,
-            PublishHeader {
-                qos: delivery.qos,
-                retain: delivery.retain,
-                dup,
+    /// Sends queued QoS 1/2 messages while the window has room. A message too large for the
+    /// client is dropped as if delivered `[MQTT-3.1.2-25]`.
+    fn pump(&mut self) {
+        let now = Instant::now();
+        while let Some(entry) = self.outbound.next_to_send(now) {
+            let pid = entry.pid;
+            let written = write_delivery(
+                &mut self.out,
+                &self.peer_options,
+                &mut self.aliases,
+                &entry.delivery,
                 pid,
-            },
-        );
+                false,
+                now,
+            );
+            if !written {
+                self.outbound.discard(pid);
+                self.too_large_for_client();
+            }
+        }
+        let expired = self.outbound.take_expired();
+        if expired > 0 {
+            self.shared.metrics.add_queued_dropped(expired);
+            debug!(client_id = %self.client_id(), expired, "expired messages not delivered");
+        }
     }
 
-    /// Sends queued QoS 1/2 messages while the window has room.
-    fn pump(&mut self) {
-        while let Some(entry) = self.outbound.next_to_send() {
-            Self::write_delivery(&mut self.out, &entry.delivery, entry.pid, false);
-        }
+    fn too_large_for_client(&self) {
+        self.shared.metrics.add_qos0_dropped(1);
+        debug!(client_id = %self.client_id(), "message larger than the client's Maximum Packet Size dropped");
     }
 
     /// Re-sends a resumed session's unacknowledged messages: PUBLISH with DUP, or PUBREL
     /// `[MQTT-4.4.0-1]`.
     fn resend_inflight(&mut self) {
+        let now = Instant::now();
+        let mut too_large = Vec::new();
         for entry in self.outbound.inflight() {
             match entry.stage {
                 InflightStage::AwaitingPubComp => {
                     codec::write_ack(&mut self.out, codec::Ack::PubRel, entry.pid)
                 }
-                _ => Self::write_delivery(&mut self.out, &entry.delivery, entry.pid, true),
+                _ => {
+                    let written = write_delivery(
+                        &mut self.out,
+                        &self.peer_options,
+                        &mut self.aliases,
+                        &entry.delivery,
+                        entry.pid,
+                        true,
+                        now,
+                    );
+                    if !written {
+                        too_large.push(entry.pid);
+                    }
+                }
             }
+        }
+        for pid in too_large {
+            self.outbound.discard(pid);
+            self.too_large_for_client();
         }
     }
 
-    fn start_keep_alive(&mut self, ctx: &mut Context<Self>, seconds: u16) {
+    /// Starts the keep-alive check; returns the keep-alive applied, in seconds.
+    fn start_keep_alive(&mut self, ctx: &mut Context<Self>, seconds: u16) -> u16 {
         // [MQTT-3.1.2-24] one and a half times the keep-alive without a packet ends the connection.
         // A keep-alive of 0 (none) or above `limits.max_keep_alive` gets the maximum instead.
         let max = self.shared.config.limits.max_keep_alive;
@@ -338,6 +392,7 @@ impl Session {
                 act.close(ctx, DisconnectReason::KeepAliveTimeout);
             }
         });
+        u16::try_from(keep_alive.as_secs()).unwrap_or(u16::MAX)
     }
 
     /// Brings the Session's copy of the ACL up to date; it changes only when a reload replaced
@@ -398,6 +453,7 @@ impl Actor for Session {
                     key,
                     conn: self.conn,
                     reason: DisconnectReason::Network("session stopped".into()),
+                    session_expiry: None,
                 });
             }
             if self.closing && !self.awaiting_detached {
@@ -454,13 +510,24 @@ impl Handler<Deliver> for Session {
     fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
         let limit = self.shared.config.sessions.max_outbound_bytes;
         let mut dropped = 0;
+        let now = Instant::now();
         for delivery in msg.0 {
             if delivery.qos != QoS::AtMostOnce {
                 self.outbound.push(delivery);
             } else if self.closing || self.unwritten() >= limit {
                 dropped += 1;
-            } else {
-                Self::write_delivery(&mut self.out, &delivery, 0, false);
+            } else if delivery.message.is_expired(now) {
+                // [MQTT-3.3.2-5] not delivered once expired.
+            } else if !write_delivery(
+                &mut self.out,
+                &self.peer_options,
+                &mut self.aliases,
+                &delivery,
+                0,
+                false,
+                now,
+            ) {
+                self.too_large_for_client();
             }
         }
         if dropped > 0 {
@@ -514,7 +581,11 @@ impl Handler<Subscribed> for Session {
 
     fn handle(&mut self, msg: Subscribed, ctx: &mut Context<Self>) {
         if !self.closing {
-            codec::write_suback(&mut self.out, msg.pid, &msg.codes);
+            if self.peer_options.protocol.is_v5() {
+                codec::write_sub_unsub_ack_v5(&mut self.out, 0x90, msg.pid, &msg.codes);
+            } else {
+                codec::write_suback(&mut self.out, msg.pid, &msg.codes);
+            }
             self.flush(ctx);
         }
     }
@@ -525,8 +596,13 @@ impl Handler<Unsubscribed> for Session {
 
     fn handle(&mut self, msg: Unsubscribed, ctx: &mut Context<Self>) {
         if !self.closing {
-            // [MQTT-3.10.4-4] [MQTT-3.10.4-5] UNSUBACK, even when nothing matched.
-            codec::write_ack(&mut self.out, codec::Ack::UnsubAck, msg.pid);
+            // [MQTT-3.10.4-4] [MQTT-3.10.4-5] UNSUBACK, even when nothing matched; (5.0) with a
+            // reason code per filter [MQTT-3.11.3-1].
+            if self.peer_options.protocol.is_v5() {
+                codec::write_sub_unsub_ack_v5(&mut self.out, 0xB0, msg.pid, &msg.codes);
+            } else {
+                codec::write_ack(&mut self.out, codec::Ack::UnsubAck, msg.pid);
+            }
             self.flush(ctx);
         }
     }

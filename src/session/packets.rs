@@ -9,14 +9,42 @@ use tracing::{debug, info, warn};
 
 use super::{AckResult, Phase, Session};
 use crate::auth::CheckPassword;
+use crate::codec::properties::{id, PropertyWriter};
 use crate::codec::{self, Ack, Connect as ConnectPacket, Packet, Publish as PublishPacket};
 use crate::hooks::{
     AuthorizeConnect, AuthorizePublish, AuthorizeSubscribe, ConnectDecision, DisconnectReason,
     PublishDecision, SubscribeDecision,
 };
-use crate::message::{ConnectReturnCode, Message, ProtocolVersion, QoS};
+use crate::message::{ConnectReturnCode, Message, ProtocolVersion, QoS, SubscriptionOptions};
 use crate::registry::{self, ConnectOutcome};
-use crate::topic::{validate_filter, validate_topic_name};
+use crate::topic::{parse_shared, validate_filter, validate_topic_name};
+
+/// MQTT 5 reason codes the Session sends (section 2.4).
+mod reason {
+    pub const UNSPECIFIED: u8 = 0x80;
+    pub const NOT_AUTHORIZED: u8 = 0x87;
+    pub const TOPIC_FILTER_INVALID: u8 = 0x8F;
+    pub const PACKET_ID_NOT_FOUND: u8 = 0x92;
+    pub const RECEIVE_MAXIMUM_EXCEEDED: u8 = 0x93;
+    pub const QUOTA_EXCEEDED: u8 = 0x97;
+    pub const PAYLOAD_FORMAT_INVALID: u8 = 0x99;
+    pub const BAD_AUTHENTICATION_METHOD: u8 = 0x8C;
+}
+
+/// The MQTT 5 CONNACK reason code for a 3.1.1 return code (section 3.2.2.2).
+fn connack_reason_v5(code: ConnectReturnCode) -> u8 {
+    match code {
+        ConnectReturnCode::Accepted => 0x00,
+        ConnectReturnCode::UnacceptableProtocolVersion => 0x84,
+        ConnectReturnCode::IdentifierRejected => 0x85,
+        ConnectReturnCode::ServerUnavailable => 0x88,
+        ConnectReturnCode::BadUsernameOrPassword => 0x86,
+        ConnectReturnCode::NotAuthorized => 0x87,
+    }
+}
+
+/// What a SUBSCRIBE filter becomes: granted with options, or refused with a reason code.
+type SubscribeRequest = Result<(String, SubscriptionOptions), u8>;
 
 impl Session {
     pub(super) fn on_packet(&mut self, packet: Packet, ctx: &mut Context<Self>) {
@@ -47,7 +75,13 @@ impl Session {
                 let result = self.outbound.puback(pid);
                 self.on_ack(pid, result, "PUBACK")
             }
-            Packet::PubRec(pid) => {
+            Packet::PubRec(pid, code) if code >= 0x80 => {
+                // (5.0) an error PUBREC ends the QoS 2 flow: no PUBREL (section 4.3.3).
+                if self.outbound.discard(pid) {
+                    self.pump();
+                }
+            }
+            Packet::PubRec(pid, _) => {
                 let result = self.outbound.pubrec(pid);
                 self.on_ack(pid, result, "PUBREC")
             }
@@ -56,16 +90,50 @@ impl Session {
                 self.on_ack(pid, result, "PUBCOMP")
             }
             Packet::PubRel(pid) => {
-                // [MQTT-4.3.3-2] discard the stored id, answer PUBCOMP (also for unknown ids).
-                self.inbound_qos2.remove(&pid);
-                codec::write_ack(&mut self.out, Ack::PubComp, pid);
+                // [MQTT-4.3.3-2] discard the stored id, answer PUBCOMP (also for unknown ids;
+                // (5.0) with 0x92 Packet Identifier not found).
+                let known = self.inbound_qos2.remove(&pid);
+                if self.peer_options.protocol.is_v5() && !known {
+                    codec::write_ack_v5(
+                        &mut self.out,
+                        Ack::PubComp,
+                        pid,
+                        reason::PACKET_ID_NOT_FOUND,
+                    );
+                } else {
+                    codec::write_ack(&mut self.out, Ack::PubComp, pid);
+                }
             }
             Packet::Subscribe { pid, filters } => self.on_subscribe(key, pid, filters, ctx),
             Packet::Unsubscribe { pid, filters } => self.on_unsubscribe(key, pid, filters, ctx),
             Packet::PingReq => codec::write_pingresp(&mut self.out), // [MQTT-3.12.4-1]
-            Packet::Disconnect => self.close(ctx, DisconnectReason::Clean), // [MQTT-3.14.4-3]
+            Packet::Disconnect {
+                reason,
+                session_expiry,
+            } => self.on_disconnect(reason, session_expiry, ctx),
             Packet::Connect(_) => {}
         }
+    }
+
+    /// DISCONNECT from the client `[MQTT-3.14.4-3]`; (5.0) reason 0x00 drops the will
+    /// `[MQTT-3.1.2-10]`, any other code publishes it, and a new Session Expiry Interval may
+    /// replace the CONNECT's, but not raise it from 0 (section 3.14.2.2.2).
+    fn on_disconnect(&mut self, code: u8, session_expiry: Option<u32>, ctx: &mut Context<Self>) {
+        if let Some(expiry) = session_expiry {
+            if self.peer_options.session_expiry == 0 && expiry != 0 {
+                return self.violation(
+                    ctx,
+                    "DISCONNECT",
+                    "Session Expiry Interval set above 0 after a CONNECT with 0 (section 3.14.2.2.2)",
+                );
+            }
+            self.disconnect_expiry = Some(expiry);
+        }
+        let reason = match code {
+            0 => DisconnectReason::Clean,
+            other => DisconnectReason::ClientReason(other),
+        };
+        self.close(ctx, reason);
     }
 
     fn violation(&mut self, ctx: &mut Context<Self>, packet: &str, rule: &'static str) {
@@ -84,6 +152,12 @@ impl Session {
 
     /// Closes this one connection for going over a configured limit; logged and counted.
     fn limit_hit(&mut self, ctx: &mut Context<Self>, what: &'static str) {
+        self.limit_hit_with(ctx, what, reason::QUOTA_EXCEEDED)
+    }
+
+    /// [`Session::limit_hit`] with the MQTT 5 reason code the DISCONNECT carries.
+    fn limit_hit_with(&mut self, ctx: &mut Context<Self>, what: &'static str, code: u8) {
+        self.disconnect_code = Some((code, what.to_string()));
         self.shared.metrics.add_limits_hit(1);
         warn!(addr = %self.peer, client_id = %self.client_id(), limit = what, "closing connection: limit hit");
         self.close(
@@ -103,9 +177,29 @@ impl Session {
     }
 
     fn refuse(&mut self, ctx: &mut Context<Self>, code: ConnectReturnCode) {
+        let v5 = self.peer_options.protocol.is_v5();
+        self.refuse_with(ctx, code, v5.then(|| connack_reason_v5(code)));
+    }
+
+    /// Refuses a CONNECT: CONNACK with `code` (3.1.1) or `v5_code` and a reason string (5.0).
+    fn refuse_with(
+        &mut self,
+        ctx: &mut Context<Self>,
+        code: ConnectReturnCode,
+        v5_code: Option<u8>,
+    ) {
         info!(addr = %self.peer, code = code as u8, "connection refused");
         // [MQTT-3.2.2-4] session present is 0 with a non-zero return code.
-        codec::write_connack(&mut self.out, false, code);
+        match v5_code {
+            Some(v5_code) => {
+                // (5.0) a refusing CONNACK has a reason code of 0x80 or above and is followed
+                // by closing the connection [MQTT-3.2.2-7].
+                let mut props = PropertyWriter::new();
+                props.string(id::REASON_STRING, &format!("connection refused: {code:?}"));
+                codec::write_connack_v5(&mut self.out, false, v5_code, &props);
+            }
+            None => codec::write_connack(&mut self.out, false, code),
+        }
         self.close(
             ctx,
             DisconnectReason::Network(format!("refused with CONNACK {}", code as u8)),
@@ -114,13 +208,22 @@ impl Session {
 
     fn on_connect(&mut self, connect: ConnectPacket, ctx: &mut Context<Self>) {
         self.phase = super::Phase::Connecting;
+        self.peer_options.protocol = connect.protocol;
         let open = self.shared.metrics.snapshot().connections_current;
         if open > self.shared.config.limits.max_connections as u64 {
-            return self.refuse(ctx, ConnectReturnCode::ServerUnavailable);
+            let v5 = connect.protocol.is_v5().then_some(reason::QUOTA_EXCEEDED);
+            return self.refuse_with(ctx, ConnectReturnCode::ServerUnavailable, v5);
         }
-        if connect.client_id.is_empty() && !connect.clean_session {
-            // [MQTT-3.1.3-8] zero-length id with clean session 0.
+        if connect.client_id.is_empty() && !connect.clean_session && !connect.protocol.is_v5() {
+            // [MQTT-3.1.3-8] (3.1.1) zero-length id with clean session 0. MQTT 5 assigns an id
+            // whatever Clean Start says [MQTT-3.1.3-6].
             return self.refuse(ctx, ConnectReturnCode::IdentifierRejected);
+        }
+        if connect.properties.authentication_method.is_some() {
+            // No extended authentication method is supported (section 4.12).
+            info!(addr = %self.peer, "refusing an extended authentication method");
+            let v5 = Some(reason::BAD_AUTHENTICATION_METHOD);
+            return self.refuse_with(ctx, ConnectReturnCode::NotAuthorized, v5);
         }
         if connect.protocol == ProtocolVersion::V3_1
             && !(1..=23).contains(&connect.client_id.chars().count())
@@ -194,9 +297,30 @@ impl Session {
         );
     }
 
+    /// The Session Expiry Interval granted: (3.1.1) 0 for a clean session, "never" for a
+    /// persistent one; (5.0) as asked; both capped by `sessions.max_session_expiry`.
+    fn granted_session_expiry(&self, connect: &ConnectPacket) -> u32 {
+        let asked = match connect.protocol {
+            ProtocolVersion::V5 => connect.properties.session_expiry,
+            _ if connect.clean_session => 0,
+            _ => u32::MAX,
+        };
+        match self.shared.config.sessions.max_session_expiry {
+            Some(max) => asked.min(u32::try_from(max.as_secs()).unwrap_or(u32::MAX - 1)),
+            None => asked,
+        }
+    }
+
     fn register(&mut self, mut connect: ConnectPacket, ctx: &mut Context<Self>) {
         let (reply, answer) = oneshot::channel();
         let keep_alive = connect.keep_alive;
+        let session_expiry = self.granted_session_expiry(&connect);
+        let asked_expiry = connect.properties.session_expiry;
+        let asked_empty_id = connect.client_id.is_empty();
+        let props = connect.properties.clone();
+        self.peer_options.max_packet_size = props.maximum_packet_size;
+        self.peer_options.problem_information = props.request_problem_information;
+        self.peer_options.session_expiry = session_expiry;
         self.username = connect.username.clone();
         self.refresh_acl();
         if let (Some(will), Some(acl)) = (&connect.will, self.acl.1.clone()) {
@@ -213,6 +337,7 @@ impl Session {
             protocol: connect.protocol,
             client_id: connect.client_id,
             clean_session: connect.clean_session,
+            session_expiry,
             will: connect.will,
             reply,
         };
@@ -229,17 +354,42 @@ impl Session {
                     session_present,
                     state,
                 }) => {
-                    act.phase = Phase::Connected { key, client_id };
-                    codec::write_connack(
-                        &mut act.out,
-                        session_present,
-                        ConnectReturnCode::Accepted,
-                    );
+                    act.phase = Phase::Connected {
+                        key,
+                        client_id: client_id.clone(),
+                    };
+                    let applied_keep_alive = act.start_keep_alive(ctx, keep_alive);
+                    if act.peer_options.protocol.is_v5() {
+                        let mut connack = act.connack_properties();
+                        if asked_empty_id {
+                            // [MQTT-3.1.3-7] the id the broker assigned.
+                            connack.string(id::ASSIGNED_CLIENT_ID, &client_id);
+                        }
+                        if applied_keep_alive != keep_alive {
+                            // [MQTT-3.2.2-21] the client must use the Server Keep Alive.
+                            connack.u16(id::SERVER_KEEP_ALIVE, applied_keep_alive);
+                        }
+                        if session_expiry != asked_expiry {
+                            connack.u32(id::SESSION_EXPIRY, session_expiry);
+                        }
+                        if props.request_response_information {
+                            let prefix = &act.shared.config.sessions.response_topic_prefix;
+                            connack.string(id::RESPONSE_INFO, &format!("{prefix}{client_id}"));
+                        }
+                        codec::write_connack_v5(&mut act.out, session_present, 0, &connack);
+                        act.aliases = super::OutboundAliases::new(props.topic_alias_maximum);
+                        act.outbound.limit_window(props.receive_maximum);
+                    } else {
+                        codec::write_connack(
+                            &mut act.out,
+                            session_present,
+                            ConnectReturnCode::Accepted,
+                        );
+                    }
                     act.outbound.restore(state.inflight, state.queue);
                     act.inbound_qos2 = state.inbound_qos2;
                     act.resend_inflight();
                     act.pump();
-                    act.start_keep_alive(ctx, keep_alive);
                 }
                 None => {
                     // A newer connection with the same id won before this one was attached.
@@ -250,9 +400,32 @@ impl Session {
         }));
     }
 
+    /// The CONNACK properties every accepted MQTT 5 client gets: what the broker accepts.
+    fn connack_properties(&self) -> PropertyWriter {
+        let limits = &self.shared.config.limits;
+        let mut props = PropertyWriter::new();
+        // Receive Maximum: inbound QoS 2 messages awaiting PUBREL (QoS 1 is acknowledged at
+        // once) [MQTT-3.3.4-7].
+        let receive_maximum = u16::try_from(limits.max_inbound_qos2).unwrap_or(u16::MAX);
+        if receive_maximum != u16::MAX {
+            props.u16(id::RECEIVE_MAXIMUM, receive_maximum);
+        }
+        // Maximum Packet Size: the whole packet; the limit is on the remaining length, so a
+        // packet of that size always passes.
+        let max_packet = u32::try_from(limits.max_packet_size).unwrap_or(u32::MAX);
+        props.u32(id::MAXIMUM_PACKET_SIZE, max_packet);
+        props.u16(id::TOPIC_ALIAS_MAXIMUM, limits.topic_alias_maximum);
+        props
+    }
+
     fn on_publish(&mut self, publish: PublishPacket, ctx: &mut Context<Self>) {
         self.publishes_unreported += 1;
-        let PublishPacket { pid, message, .. } = publish;
+        let PublishPacket {
+            pid,
+            message,
+            payload_invalid,
+            ..
+        } = publish;
         let qos = message.qos;
         if !self.topic_within_limits(&message.topic) {
             return self.limit_hit(ctx, "PUBLISH topic over the topic length or level limit");
@@ -261,22 +434,38 @@ impl Session {
             && self.inbound_qos2.len() >= self.shared.config.limits.max_inbound_qos2
             && !self.inbound_qos2.contains(&pid)
         {
-            return self.limit_hit(ctx, "too many QoS 2 messages awaiting PUBREL");
+            // (5.0) more than the Receive Maximum announced unacknowledged [MQTT-3.3.4-7]: 0x93.
+            return self.limit_hit_with(
+                ctx,
+                "too many QoS 2 messages awaiting PUBREL",
+                reason::RECEIVE_MAXIMUM_EXCEEDED,
+            );
+        }
+        if payload_invalid {
+            // (5.0) Payload Format Indicator 1 with a payload that is not UTF-8 (section 3.3.2.3.2).
+            info!(client_id = %self.client_id(), topic = %message.topic, "publish refused: payload is not the UTF-8 its format indicator claims");
+            return self.refuse_publish(
+                qos,
+                pid,
+                reason::PAYLOAD_FORMAT_INVALID,
+                "payload is not valid UTF-8",
+            );
         }
         self.refresh_acl();
         let denied = self.acl.1.as_ref().is_some_and(|acl| {
             !acl.may_publish(self.username.as_deref(), self.client_id(), &message.topic)
         });
         if denied {
-            // Dropped, but acknowledged as the spec requires (3.1.1 has no negative PUBACK);
-            // a QoS 2 id is remembered so that PUBREL completes the handshake.
+            // Dropped. 3.1.1 has no negative PUBACK: acknowledged as usual, and a QoS 2 id is
+            // remembered so that PUBREL completes the handshake. 5.0: 0x87 Not authorized.
             self.shared.metrics.add_acl_denied(1);
             info!(client_id = %self.client_id(), topic = %message.topic, "publish denied by the ACL");
-            if qos == QoS::ExactlyOnce {
-                self.inbound_qos2.insert(pid);
-            }
-            self.acknowledge_publish(qos, pid);
-            return;
+            return self.refuse_publish(
+                qos,
+                pid,
+                reason::NOT_AUTHORIZED,
+                "not authorized to publish to this topic",
+            );
         }
         if qos == QoS::ExactlyOnce && !self.inbound_qos2.insert(pid) {
             // A re-sent QoS 2 PUBLISH whose PUBREL has not come: not routed again [MQTT-4.3.3-2].
@@ -322,6 +511,32 @@ impl Session {
         ));
     }
 
+    /// Answers a PUBLISH the broker drops: (5.0) PUBACK/PUBREC with `code` and a reason string
+    /// if the client wants problem information; (3.1.1) a normal acknowledgement.
+    fn refuse_publish(&mut self, qos: QoS, pid: u16, code: u8, why: &str) {
+        if !self.peer_options.protocol.is_v5() {
+            if qos == QoS::ExactlyOnce {
+                self.inbound_qos2.insert(pid);
+            }
+            return self.acknowledge_publish(qos, pid);
+        }
+        let ack = match qos {
+            QoS::AtMostOnce => return,
+            QoS::AtLeastOnce => Ack::PubAck,
+            // An error PUBREC ends the flow: the id is not kept for a PUBREL.
+            QoS::ExactlyOnce => Ack::PubRec,
+        };
+        let why = self.peer_options.problem_information.then_some(why);
+        codec::write_ack_v5_with_reason(
+            &mut self.out,
+            ack,
+            pid,
+            code,
+            why,
+            self.peer_options.max_packet_size,
+        );
+    }
+
     /// PUBACK once the broker owns the message (it is queued for the Registry) [MQTT-4.3.2-2];
     /// PUBREC for QoS 2 [MQTT-4.3.3-2].
     fn acknowledge_publish(&mut self, qos: QoS, pid: u16) {
@@ -357,7 +572,12 @@ impl Session {
         if self.to_route.is_empty() {
             return;
         }
+        let Phase::Connected { key, .. } = self.phase else {
+            self.to_route.clear();
+            return;
+        };
         let publish = registry::Publish {
+            from: key,
             messages: std::mem::take(&mut self.to_route),
         };
         match self.shared.registry.try_send(publish) {
@@ -380,33 +600,46 @@ impl Session {
         &mut self,
         key: registry::ClientKey,
         pid: u16,
-        filters: Vec<(String, QoS)>,
+        filters: Vec<(String, SubscriptionOptions)>,
         ctx: &mut Context<Self>,
     ) {
         let client_id: Arc<str> = Arc::from(self.client_id());
         self.refresh_acl();
         let acl = self.acl.1.clone();
-        let mut requests = Vec::with_capacity(filters.len());
-        for (filter, qos) in filters {
-            // In order: limits, syntax, ACL. Each refusal is a 0x80 for that filter only.
+        let mut requests: Vec<SubscribeRequest> = Vec::with_capacity(filters.len());
+        for (filter, options) in filters {
+            // The ACL judges the topic filter of a shared subscription.
+            let acl_filter = match parse_shared(&filter) {
+                Some(Ok(shared)) => shared.filter,
+                _ => filter.as_str(),
+            };
+            // In order: limits, syntax, ACL. Each refusal is for that filter only.
             let refusal = if !self.topic_within_limits(&filter) {
                 self.shared.metrics.add_limits_hit(1);
-                Some("over the topic length or level limit".to_string())
+                Some((
+                    reason::QUOTA_EXCEEDED,
+                    "over the topic length or level limit".to_string(),
+                ))
             } else if let Err(e) = validate_filter(&filter) {
-                Some(format!("invalid filter: {e}"))
+                Some((reason::TOPIC_FILTER_INVALID, format!("invalid filter: {e}")))
+            } else if let Some(Err(e)) = parse_shared(&filter) {
+                Some((
+                    reason::TOPIC_FILTER_INVALID,
+                    format!("invalid shared subscription: {e}"),
+                ))
             } else if acl.as_ref().is_some_and(|acl| {
-                !acl.may_subscribe(self.username.as_deref(), &client_id, &filter)
+                !acl.may_subscribe(self.username.as_deref(), &client_id, acl_filter)
             }) {
                 self.shared.metrics.add_acl_denied(1);
-                Some("denied by the ACL".to_string())
+                Some((reason::NOT_AUTHORIZED, "denied by the ACL".to_string()))
             } else {
                 None
             };
             match refusal {
-                None => requests.push(Some((filter, qos))),
-                Some(why) => {
+                None => requests.push(Ok((filter, options))),
+                Some((code, why)) => {
                     info!(client_id = %client_id, filter = %filter, why = %why, "subscription refused");
-                    requests.push(None);
+                    requests.push(Err(code));
                 }
             }
         }
@@ -417,18 +650,19 @@ impl Session {
             let interceptor = interceptor.clone();
             let client_id = client_id.clone();
             async move {
-                let (filter, qos) = request?;
+                let (filter, options) = request?;
                 let question = AuthorizeSubscribe {
                     client_id,
                     filter: filter.clone(),
-                    qos,
+                    qos: options.qos,
                 };
                 match interceptor.send(question).await {
-                    Ok(SubscribeDecision::Accept) => Some((filter, qos)),
-                    Ok(SubscribeDecision::Rewrite { filter, qos }) => {
-                        validate_filter(&filter).ok().map(|()| (filter, qos))
-                    }
-                    Ok(SubscribeDecision::Refuse) | Err(_) => None,
+                    Ok(SubscribeDecision::Accept) => Ok((filter, options)),
+                    Ok(SubscribeDecision::Rewrite { filter, qos }) => validate_filter(&filter)
+                        .map(|()| (filter, SubscriptionOptions { qos, ..options }))
+                        .map_err(|_| reason::TOPIC_FILTER_INVALID),
+                    Ok(SubscribeDecision::Refuse) => Err(reason::NOT_AUTHORIZED),
+                    Err(_) => Err(reason::UNSPECIFIED),
                 }
             }
         }));
@@ -444,24 +678,31 @@ impl Session {
         &mut self,
         key: registry::ClientKey,
         pid: u16,
-        granted: Vec<Option<(String, QoS)>>,
+        granted: Vec<SubscribeRequest>,
         ctx: &mut Context<Self>,
     ) {
-        // [MQTT-3.8.4-5] one return code per filter, in order; 0x80 for a refused one.
+        let v5 = self.peer_options.protocol.is_v5();
+        // [MQTT-3.8.4-5] one return code per filter, in order; (3.1.1) 0x80 for a refused one,
+        // (5.0) the reason [MQTT-3.8.4-6] [MQTT-3.9.3-1].
         let codes: Vec<u8> = granted
             .iter()
-            .map(|g| {
-                g.as_ref()
-                    .map_or(codec::SUBACK_FAILURE, |(_, qos)| *qos as u8)
+            .map(|g| match g {
+                Ok((_, options)) => options.qos as u8,
+                Err(code) if v5 => *code,
+                Err(_) => codec::SUBACK_FAILURE,
             })
             .collect();
-        let filters: Vec<(usize, String, QoS)> = granted
+        let filters: Vec<(usize, String, SubscriptionOptions)> = granted
             .into_iter()
             .enumerate()
-            .filter_map(|(position, g)| g.map(|(filter, qos)| (position, filter, qos)))
+            .filter_map(|(position, g)| g.ok().map(|(filter, options)| (position, filter, options)))
             .collect();
         if filters.is_empty() {
-            codec::write_suback(&mut self.out, pid, &codes);
+            if v5 {
+                codec::write_sub_unsub_ack_v5(&mut self.out, 0x90, pid, &codes);
+            } else {
+                codec::write_suback(&mut self.out, pid, &codes);
+            }
             return;
         }
         self.hand_over(ctx);
@@ -471,6 +712,11 @@ impl Session {
             pid,
             filters,
             codes,
+            quota_code: if v5 {
+                reason::QUOTA_EXCEEDED
+            } else {
+                codec::SUBACK_FAILURE
+            },
         });
     }
 

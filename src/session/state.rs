@@ -2,6 +2,7 @@
 //! allocation, and the state that outlives a connection. No I/O here, so it is unit-tested alone.
 
 use std::collections::{HashSet, VecDeque};
+use std::time::Instant;
 
 use crate::message::{Delivery, QoS};
 
@@ -59,6 +60,8 @@ pub struct Outbound {
     queue: VecDeque<Delivery>,
     max_inflight: usize,
     last_pid: u16,
+    /// Queued messages that expired before they could be sent, not yet reported.
+    expired: u64,
 }
 
 impl Outbound {
@@ -69,7 +72,30 @@ impl Outbound {
             queue: VecDeque::new(),
             max_inflight: usize::from(max_inflight.max(1)),
             last_pid: 0,
+            expired: 0,
         }
+    }
+
+    /// Narrows the window to the client's Receive Maximum (MQTT 5) `[MQTT-3.3.4-7]`.
+    pub fn limit_window(&mut self, receive_maximum: u16) {
+        self.max_inflight = self.max_inflight.min(usize::from(receive_maximum.max(1)));
+    }
+
+    /// Removes a message from the window without an acknowledgement (too large for the client,
+    /// or refused by it with an error PUBREC).
+    pub fn discard(&mut self, pid: u16) -> bool {
+        match self.inflight.iter().position(|e| e.pid == pid) {
+            Some(i) => {
+                self.inflight.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Number of queued messages dropped on expiry since the last call.
+    pub fn take_expired(&mut self) -> u64 {
+        std::mem::take(&mut self.expired)
     }
 
     /// Takes over a stored session's messages. Re-send [`Outbound::inflight`] afterwards.
@@ -109,12 +135,19 @@ impl Outbound {
     }
 
     /// Moves the next queued message into the window, if there is room, and returns it with its
-    /// new packet identifier.
-    pub fn next_to_send(&mut self) -> Option<&InflightEntry> {
+    /// new packet identifier. Messages that expired while queued are dropped on the way
+    /// `[MQTT-3.3.2-5]`.
+    pub fn next_to_send(&mut self, now: Instant) -> Option<&InflightEntry> {
         if self.inflight.len() >= self.max_inflight {
             return None;
         }
-        let delivery = self.queue.pop_front()?;
+        let delivery = loop {
+            let delivery = self.queue.pop_front()?;
+            if !delivery.message.is_expired(now) {
+                break delivery;
+            }
+            self.expired += 1;
+        };
         let pid = self.allocate_pid();
         let stage = if delivery.qos == QoS::ExactlyOnce {
             InflightStage::AwaitingPubRec
@@ -189,11 +222,11 @@ mod tests {
     use std::sync::Arc;
 
     fn delivery(n: u8, qos: QoS) -> Delivery {
-        Delivery {
-            message: Arc::new(Message::new("t", Bytes::from(vec![n]), qos, false)),
+        Delivery::new(
+            Arc::new(Message::new("t", Bytes::from(vec![n]), qos, false)),
             qos,
-            retain: false,
-        }
+            false,
+        )
     }
 
     fn payload(e: &InflightEntry) -> u8 {
@@ -206,13 +239,16 @@ mod tests {
         for n in 0..5 {
             o.push(delivery(n, QoS::AtLeastOnce));
         }
-        let a = o.next_to_send().map(|e| (e.pid, payload(e)));
-        let b = o.next_to_send().map(|e| (e.pid, payload(e)));
+        let a = o.next_to_send(Instant::now()).map(|e| (e.pid, payload(e)));
+        let b = o.next_to_send(Instant::now()).map(|e| (e.pid, payload(e)));
         assert_eq!((a, b), (Some((1, 0)), Some((2, 1))));
-        assert!(o.next_to_send().is_none(), "window of 2 is full");
+        assert!(
+            o.next_to_send(Instant::now()).is_none(),
+            "window of 2 is full"
+        );
         assert_eq!(o.puback(2), AckResult::Completed);
         assert_eq!(o.puback(2), AckResult::Unknown);
-        assert_eq!(o.next_to_send().map(payload), Some(2));
+        assert_eq!(o.next_to_send(Instant::now()).map(payload), Some(2));
         assert_eq!(o.queued(), 2);
         assert_eq!(o.inflight_len(), 2);
     }
@@ -221,7 +257,7 @@ mod tests {
     fn qos2_handshake() {
         let mut o = Outbound::new(4);
         o.push(delivery(9, QoS::ExactlyOnce));
-        let pid = o.next_to_send().map(|e| e.pid).expect("sent");
+        let pid = o.next_to_send(Instant::now()).map(|e| e.pid).expect("sent");
         assert_eq!(
             o.puback(pid),
             AckResult::Unknown,
@@ -252,7 +288,7 @@ mod tests {
         o.restore(inflight, VecDeque::new());
         o.push(delivery(1, QoS::AtLeastOnce));
         assert_eq!(
-            o.next_to_send().map(|e| e.pid),
+            o.next_to_send(Instant::now()).map(|e| e.pid),
             Some(2),
             "0 and 1 are skipped"
         );
@@ -264,7 +300,7 @@ mod tests {
         for n in 0..3 {
             o.push(delivery(n, QoS::AtLeastOnce));
         }
-        o.next_to_send();
+        o.next_to_send(Instant::now());
         let (inflight, queue) = o.take();
         assert_eq!(inflight.iter().map(payload).collect::<Vec<_>>(), vec![0]);
         assert_eq!(

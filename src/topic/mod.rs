@@ -5,9 +5,11 @@
 //! characters and get the `$`-topic rules wrong.
 
 mod retained;
+mod shared;
 mod trie;
 mod validate;
 
 pub use retained::RetainedStore;
+pub use shared::{parse_shared, SharedFilter, SHARED_PREFIX};
 pub use trie::SubscriptionTrie;
 pub use validate::{validate_filter, validate_topic_name, TopicError};

@@ -23,6 +23,10 @@ pub enum TopicError {
     /// Longer than the 65535 bytes an MQTT string can hold `[MQTT-4.7.3-3]`.
     #[error("topic is longer than 65535 bytes")]
     TooLong,
+    /// A `$share/` filter without a valid share name and topic filter `[MQTT-4.8.2-1]`
+    /// `[MQTT-4.8.2-2]`.
+    #[error("shared subscription needs $share/<name>/<filter>, the name without wildcards")]
+    BadSharedSubscription,
 }
 
 const MAX_TOPIC_BYTES: usize = 65_535;

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod packets;
+pub mod v5;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,0 +1,161 @@
+//! What a Session sends its client depends on the protocol and on what the client asked for in
+//! CONNECT (MQTT 5: maximum packet size, topic aliases, problem information). This file holds
+//! that, and writes outbound PUBLISH packets accordingly.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use bytes::BytesMut;
+
+use crate::codec::{self, PublishExtras, PublishHeader};
+use crate::hooks::DisconnectReason;
+use crate::message::{Delivery, ProtocolVersion, QoS};
+
+/// The client's side of the connection, from its CONNECT.
+#[derive(Debug, Clone)]
+pub(super) struct PeerOptions {
+    /// Protocol spoken.
+    pub protocol: ProtocolVersion,
+    /// Largest packet the client accepts (MQTT 5), whole packet in bytes.
+    pub max_packet_size: Option<u32>,
+    /// Whether reason strings may go on acknowledgements `[MQTT-3.1.2-29]`.
+    pub problem_information: bool,
+    /// Session Expiry Interval of the CONNECT: a DISCONNECT may not raise it from 0
+    /// `[MQTT-3.14.2-2]`.
+    pub session_expiry: u32,
+}
+
+impl Default for PeerOptions {
+    fn default() -> Self {
+        PeerOptions {
+            protocol: ProtocolVersion::V3_1_1,
+            max_packet_size: None,
+            problem_information: true,
+            session_expiry: 0,
+        }
+    }
+}
+
+/// Topic aliases the broker assigns towards one MQTT 5 client, up to the client's Topic Alias
+/// Maximum; once they are used up, further topics go unaliased. Valid for one connection only
+/// `[MQTT-3.3.2-7]`, never above the client's maximum `[MQTT-3.1.2-26]` `[MQTT-3.1.2-27]`.
+#[derive(Debug, Default)]
+pub(super) struct OutboundAliases {
+    maximum: u16,
+    assigned: HashMap<String, u16>,
+}
+
+impl OutboundAliases {
+    /// Aliases 1 to `maximum` may be used (0: none) `[MQTT-3.3.2-11]`.
+    pub fn new(maximum: u16) -> Self {
+        OutboundAliases {
+            maximum,
+            assigned: HashMap::new(),
+        }
+    }
+
+    /// The alias to send with `topic`, and whether the topic itself must be sent too (the first
+    /// time an alias is used).
+    pub fn alias_for(&mut self, topic: &str) -> (Option<u16>, bool) {
+        if let Some(&alias) = self.assigned.get(topic) {
+            return (Some(alias), false);
+        }
+        if self.assigned.len() < usize::from(self.maximum) {
+            let alias = self.assigned.len() as u16 + 1;
+            self.assigned.insert(topic.to_string(), alias);
+            return (Some(alias), true);
+        }
+        (None, true)
+    }
+}
+
+/// Writes the PUBLISH of one delivery: for MQTT 3.1.1 the shared QoS 0 frame where it applies,
+/// else an encoding with this subscriber's packet id and flags; for MQTT 5 with its properties,
+/// remaining expiry, subscription identifiers and topic alias. Returns false (nothing written)
+/// when the packet would exceed the client's Maximum Packet Size `[MQTT-3.1.2-24]`
+/// `[MQTT-3.1.2-25]`.
+pub(super) fn write_delivery(
+    out: &mut BytesMut,
+    peer: &PeerOptions,
+    aliases: &mut OutboundAliases,
+    delivery: &Delivery,
+    pid: u16,
+    dup: bool,
+    now: Instant,
+) -> bool {
+    let message = &delivery.message;
+    let header = PublishHeader {
+        qos: delivery.qos,
+        retain: delivery.retain,
+        dup,
+        pid,
+    };
+    if !peer.protocol.is_v5() {
+        if delivery.qos == QoS::AtMostOnce && !delivery.retain {
+            out.extend_from_slice(message.qos0_frame());
+        } else {
+            codec::write_publish(out, &message.topic, &message.payload, header);
+        }
+        return true;
+    }
+    let extras = PublishExtras {
+        properties: message.properties.as_deref(),
+        expiry: message.remaining_expiry(now),
+        topic_alias: None,
+        subscription_ids: &delivery.subscription_ids,
+    };
+    // A re-sent PUBLISH carries its topic: the alias may not be known on this connection.
+    let (alias, send_topic) = if dup {
+        (None, true)
+    } else {
+        aliases.alias_for(&message.topic)
+    };
+    let topic = if send_topic {
+        message.topic.as_str()
+    } else {
+        ""
+    };
+    let extras = PublishExtras {
+        topic_alias: alias,
+        ..extras
+    };
+    codec::write_publish_v5(
+        out,
+        topic,
+        &message.payload,
+        header,
+        &extras,
+        peer.max_packet_size,
+    )
+}
+
+/// The MQTT 5 reason code of the DISCONNECT a Session sends before closing for `reason`, if it
+/// sends one (section 4.13: the broker says why it closes).
+pub(super) fn disconnect_code(reason: &DisconnectReason) -> Option<u8> {
+    match reason {
+        DisconnectReason::Clean
+        | DisconnectReason::ClientReason(_)
+        | DisconnectReason::Network(_) => None,
+        DisconnectReason::KeepAliveTimeout => Some(0x8D),
+        DisconnectReason::TakenOver => Some(0x8E),
+        DisconnectReason::ProtocolError(_) => Some(0x82),
+        DisconnectReason::SlowConsumer => Some(0x97),
+        DisconnectReason::ServerShutdown => Some(0x8B),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aliases_are_assigned_up_to_the_client_maximum() {
+        let mut aliases = OutboundAliases::new(2);
+        assert_eq!(aliases.alias_for("a"), (Some(1), true));
+        assert_eq!(aliases.alias_for("a"), (Some(1), false));
+        assert_eq!(aliases.alias_for("b"), (Some(2), true));
+        assert_eq!(aliases.alias_for("c"), (None, true), "maximum reached");
+        let mut none = OutboundAliases::new(0);
+        assert_eq!(none.alias_for("a"), (None, true), "[MQTT-3.1.2-27]");
+    }
+}

@@ -1,0 +1,292 @@
+//! MQTT 5 connection handling: CONNACK properties and reason codes, assigned client identifiers,
+//! server keep-alive, session takeover and every server-initiated DISCONNECT with its reason, and
+//! the codec guards against mqttbytes' v5 faults. Raw bytes in, mqttbytes' v5 reader out.
+
+mod common;
+
+use std::time::Duration;
+
+use common::v5::{
+    connect5, decode5, disconnect5, disconnect_reason, prop, publish5, Packet5, Props, Will5,
+};
+use common::{broker, broker_with, packets, Raw};
+use mqttbytes::v5::ConnectReturnCode;
+
+#[tokio::test]
+async fn connack_announces_what_the_broker_accepts() {
+    let broker = broker_with(|c| {
+        c.limits.max_packet_size = 4096;
+        c.limits.max_inbound_qos2 = 10;
+        c.limits.topic_alias_maximum = 7;
+    });
+    let (_raw, ack) = Raw::connect5(
+        broker.local_addr(),
+        &connect5("c1", true, 30, &Props::new(), None),
+    )
+    .await;
+    assert_eq!(ack.code, ConnectReturnCode::Success);
+    assert!(!ack.session_present);
+    let props = ack.properties.expect("CONNACK properties");
+    // Receive Maximum, Maximum Packet Size and Topic Alias Maximum announced (section 3.2.2.3):
+    // what a client must stay within [MQTT-3.3.4-7] [MQTT-3.2.2-17].
+    assert_eq!(props.receive_max, Some(10));
+    assert_eq!(props.max_packet_size, Some(4096));
+    assert_eq!(props.topic_alias_max, Some(7));
+    assert_eq!(
+        props.assigned_client_identifier, None,
+        "the client chose its id"
+    );
+    assert_eq!(
+        props.server_keep_alive, None,
+        "the client's keep-alive is honoured"
+    );
+}
+
+#[tokio::test]
+async fn empty_client_id_gets_an_assigned_identifier_even_without_clean_start() {
+    // [MQTT-3.1.3-6] [MQTT-3.1.3-7] [MQTT-3.2.2-16]
+    let broker = broker();
+    let (_raw, ack) = Raw::connect5(
+        broker.local_addr(),
+        &connect5("", false, 30, &Props::new(), None),
+    )
+    .await;
+    assert_eq!(ack.code, ConnectReturnCode::Success);
+    let assigned = ack.properties.and_then(|p| p.assigned_client_identifier);
+    assert!(assigned.is_some_and(|id| !id.is_empty()), "an assigned id");
+}
+
+#[tokio::test]
+async fn server_keep_alive_replaces_a_keep_alive_above_the_maximum_and_expires_with_0x8d() {
+    // [MQTT-3.2.2-21] [MQTT-3.1.2-22] the Server Keep Alive is announced and applied.
+    let broker = broker_with(|c| c.limits.max_keep_alive = Duration::from_secs(1));
+    let (mut raw, ack) = Raw::connect5(
+        broker.local_addr(),
+        &connect5("ka", true, 0, &Props::new(), None),
+    )
+    .await;
+    assert_eq!(ack.properties.and_then(|p| p.server_keep_alive), Some(1));
+    // Silence for 1.5 x 1 s: the broker says why it closes (0x8D Keep Alive timeout).
+    let frame = raw.expect().await;
+    assert_eq!(disconnect_reason(&frame), 0x8D);
+    raw.expect_closed().await;
+}
+
+#[tokio::test]
+async fn response_information_and_capped_session_expiry_are_announced() {
+    let broker = broker_with(|c| c.sessions.max_session_expiry = Some(Duration::from_secs(60)));
+    let props = Props::new()
+        .byte(prop::REQUEST_RESPONSE_INFO, 1)
+        .u32(prop::SESSION_EXPIRY, u32::MAX);
+    let (_raw, ack) =
+        Raw::connect5(broker.local_addr(), &connect5("rr", true, 30, &props, None)).await;
+    let props = ack.properties.expect("CONNACK properties");
+    assert_eq!(props.response_information.as_deref(), Some("response/rr"));
+    assert_eq!(
+        props.session_expiry_interval,
+        Some(60),
+        "cut to the configured maximum"
+    );
+}
+
+#[tokio::test]
+async fn refusals_carry_mqtt5_reason_codes_and_a_reason_string() {
+    // [MQTT-3.2.2-6] [MQTT-3.2.2-7] a refusing CONNACK has a code >= 0x80, then the connection closes.
+    let broker = broker_with(|c| c.auth.allow_anonymous = Some(false));
+    let (mut raw, ack) = Raw::connect5(
+        broker.local_addr(),
+        &connect5("anon", true, 30, &Props::new(), None),
+    )
+    .await;
+    assert_eq!(ack.code, ConnectReturnCode::NotAuthorized);
+    assert!(ack.properties.and_then(|p| p.reason_string).is_some());
+    raw.expect_closed().await;
+
+    // An extended authentication method the broker does not support: 0x8C.
+    let broker = common::broker();
+    let props = Props::new().str(prop::AUTH_METHOD, "SCRAM-SHA-1");
+    let (mut raw, ack) = Raw::connect5(
+        broker.local_addr(),
+        &connect5("scram", true, 30, &props, None),
+    )
+    .await;
+    assert_eq!(ack.code, ConnectReturnCode::BadAuthenticationMethod);
+    raw.expect_closed().await;
+}
+
+#[tokio::test]
+async fn a_taken_over_session_gets_disconnect_0x8e() {
+    // [MQTT-3.1.4-3] the existing connection gets DISCONNECT with 0x8E, then is closed.
+    let broker = broker();
+    let mut first = Raw::handshake5(broker.local_addr(), "same").await;
+    let _second = Raw::handshake5(broker.local_addr(), "same").await;
+    let frame = first.expect().await;
+    assert_eq!(disconnect_reason(&frame), 0x8E);
+    first.expect_closed().await;
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_packets_get_the_right_disconnect_reason() {
+    let broker = broker_with(|c| c.limits.max_packet_size = 64);
+    let cases: Vec<(&str, Vec<u8>, u8)> = vec![
+        // A property not allowed in PUBLISH (Session Expiry): malformed, 0x81.
+        (
+            "foreign property",
+            publish5(
+                "a",
+                b"x",
+                0,
+                0,
+                false,
+                &Props::new().u32(prop::SESSION_EXPIRY, 1),
+            ),
+            0x81,
+        ),
+        // A property twice: protocol error, 0x82 (section 2.2.2.2).
+        (
+            "duplicate property",
+            publish5(
+                "a",
+                b"x",
+                0,
+                0,
+                false,
+                &Props::new()
+                    .byte(prop::PAYLOAD_FORMAT, 0)
+                    .byte(prop::PAYLOAD_FORMAT, 0),
+            ),
+            0x82,
+        ),
+        // Larger than the Maximum Packet Size announced: 0x95 (section 3.2.2.3.6).
+        (
+            "too large",
+            publish5("a", &[0u8; 100], 0, 0, false, &Props::new()),
+            0x95,
+        ),
+        // mqttbytes guard: a PUBLISH without its property length is malformed, and the
+        // connection is closed rather than left waiting for bytes that belong to the next packet.
+        (
+            "missing property length",
+            packets::frame(0x30, &[0, 1, b'a']),
+            0x81,
+        ),
+        // Topic Alias 0 [MQTT-3.3.2-8].
+        (
+            "topic alias 0",
+            publish5(
+                "a",
+                b"x",
+                0,
+                0,
+                false,
+                &Props::new().u16(prop::TOPIC_ALIAS, 0),
+            ),
+            0x94,
+        ),
+        // AUTH outside an extended authentication (section 4.12): a protocol error.
+        ("unexpected AUTH", vec![0xF0, 0x00], 0x82),
+    ];
+    for (what, bytes, code) in cases {
+        let mut raw = Raw::handshake5(broker.local_addr(), what).await;
+        raw.send(&bytes).await;
+        let frame = raw.expect().await;
+        assert_eq!(disconnect_reason(&frame), code, "{what}: {frame:?}");
+        match decode5(&frame) {
+            Packet5::Disconnect(d) => assert!(
+                d.properties.and_then(|p| p.reason_string).is_some(),
+                "{what}: a reason string"
+            ),
+            other => panic!("{what}: {other:?}"),
+        }
+        raw.expect_closed().await;
+    }
+}
+
+#[tokio::test]
+async fn bare_disconnect_ends_cleanly_and_drops_the_will_but_0x04_publishes_it() {
+    // mqttbytes guard: `e0 00` (reason 0x00 by omission, section 3.14.2.1) is a clean
+    // DISCONNECT, and the will is discarded [MQTT-3.1.2-10]; reason 0x04 publishes it
+    // [MQTT-3.1.2-8].
+    let broker = broker();
+    let mut watcher = Raw::handshake5(broker.local_addr(), "watcher").await;
+    let codes = watcher
+        .subscribe5(1, &Props::new(), &[("wills/#", 0)])
+        .await;
+    assert_eq!(codes, vec![0]);
+    for (client, disconnect) in [
+        ("bare", vec![0xE0, 0x00]),
+        ("with-will", disconnect5(0x04, &Props::new())),
+    ] {
+        let will = Will5 {
+            topic: &format!("wills/{client}"),
+            payload: b"gone",
+            qos: 0,
+            retain: false,
+            props: Props::new(),
+        };
+        let (mut raw, ack) = Raw::connect5(
+            broker.local_addr(),
+            &connect5(client, true, 30, &Props::new(), Some(&will)),
+        )
+        .await;
+        assert_eq!(ack.code, ConnectReturnCode::Success);
+        raw.send(&disconnect).await;
+        raw.expect_closed().await;
+    }
+    // Only the second will arrives; the barrier proves the first one would have come before.
+    let frame = watcher.expect().await;
+    let publish = common::v5::publish_of(&frame);
+    assert_eq!(publish.topic, "wills/with-will");
+    assert!(watcher.sync5().await.is_empty());
+}
+
+#[tokio::test]
+async fn disconnect_may_not_raise_a_session_expiry_of_zero() {
+    // Section 3.14.2.2.2: a protocol error, so the broker answers DISCONNECT 0x82.
+    let broker = broker();
+    let mut raw = Raw::handshake5(broker.local_addr(), "zero").await;
+    raw.send(&disconnect5(0, &Props::new().u32(prop::SESSION_EXPIRY, 60)))
+        .await;
+    let frame = raw.expect().await;
+    assert_eq!(disconnect_reason(&frame), 0x82);
+    raw.expect_closed().await;
+}
+
+#[tokio::test]
+async fn rumqttc_v5_client_connects_and_round_trips() {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let broker = broker();
+    let addr = broker.local_addr();
+    let mut options = MqttOptions::new("rumqttc-v5", addr.ip().to_string(), addr.port());
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = AsyncClient::new(options, 10);
+    client
+        .subscribe("r/1", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe queued");
+    let run = async {
+        let mut published = false;
+        loop {
+            match eventloop.poll().await.expect("event loop") {
+                Event::Incoming(Packet::SubAck(_)) if !published => {
+                    published = true;
+                    client
+                        .publish("r/1", QoS::AtLeastOnce, false, "v5")
+                        .await
+                        .expect("publish queued");
+                }
+                Event::Incoming(Packet::Publish(p)) => return p,
+                _ => {}
+            }
+        }
+    };
+    let publish = tokio::time::timeout(common::WAIT, run)
+        .await
+        .expect("round trip");
+    assert_eq!(
+        (&publish.topic[..], &publish.payload[..]),
+        (&b"r/1"[..], &b"v5"[..])
+    );
+}
