@@ -252,3 +252,79 @@ impl Raw {
         }
     }
 }
+
+/// A rumqttc v5 client whose event loop runs in a task and reports incoming packets.
+pub struct Peer5 {
+    pub client: rumqttc::v5::AsyncClient,
+    pub events: tokio::sync::mpsc::UnboundedReceiver<Result<rumqttc::v5::Incoming, String>>,
+}
+
+/// Connects a rumqttc v5 client to `addr` and waits for a successful CONNACK.
+pub async fn peer5(addr: SocketAddr, client_id: &str) -> Peer5 {
+    use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode as Code, Packet};
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let mut options = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+    options.set_keep_alive(std::time::Duration::from_secs(30));
+    let (client, mut eventloop) = AsyncClient::new(options, 1000);
+    let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(packet)) => {
+                    if tx.send(Ok(packet)).is_err() {
+                        return;
+                    }
+                }
+                Ok(Event::Outgoing(_)) => {}
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    return;
+                }
+            }
+        }
+    });
+    loop {
+        match tokio::time::timeout(super::WAIT, events.recv()).await {
+            Ok(Some(Ok(Packet::ConnAck(ack)))) => {
+                assert_eq!(ack.code, Code::Success);
+                break;
+            }
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no CONNACK: {other:?}"),
+        }
+    }
+    Peer5 { client, events }
+}
+
+impl Peer5 {
+    /// The next incoming packet.
+    pub async fn next(&mut self) -> rumqttc::v5::Incoming {
+        tokio::time::timeout(super::WAIT, self.events.recv())
+            .await
+            .expect("an event within the timeout")
+            .expect("event loop alive")
+            .unwrap_or_else(|e| panic!("connection failed: {e}"))
+    }
+
+    /// The next PUBLISH received.
+    pub async fn next_publish(&mut self) -> rumqttc::v5::mqttbytes::v5::Publish {
+        loop {
+            if let rumqttc::v5::Incoming::Publish(p) = self.next().await {
+                return p;
+            }
+        }
+    }
+
+    /// Subscribes and waits for the SUBACK.
+    pub async fn subscribe(&mut self, filter: &str, qos: rumqttc::v5::mqttbytes::QoS) {
+        self.client
+            .subscribe(filter, qos)
+            .await
+            .expect("subscribe queued");
+        loop {
+            if let rumqttc::v5::Incoming::SubAck(_) = self.next().await {
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,434 @@
+//! MQTT 5 publishing: properties passed through, message expiry, topic aliases both ways, flow
+//! control (Receive Maximum) both ways, the client's Maximum Packet Size, and negative
+//! acknowledgements. Raw bytes in, mqttbytes' v5 reader out; rumqttc's v5 client end to end.
+
+mod common;
+
+use std::time::Duration;
+
+use common::v5::{connect5, disconnect_reason, prop, publish5, publish_of, Props};
+use common::{broker, broker_with, packets, Raw};
+use mqttbytes::v5::ConnectReturnCode;
+
+/// A subscriber with the given CONNECT properties, subscribed to `filter` at QoS `qos`.
+async fn subscriber(
+    addr: std::net::SocketAddr,
+    id: &str,
+    props: Props,
+    filter: &str,
+    qos: u8,
+) -> Raw {
+    let (mut raw, ack) = Raw::connect5(addr, &connect5(id, true, 60, &props, None)).await;
+    assert_eq!(ack.code, ConnectReturnCode::Success);
+    assert_eq!(
+        raw.subscribe5(1, &Props::new(), &[(filter, qos)]).await,
+        vec![qos]
+    );
+    raw
+}
+
+#[tokio::test]
+async fn message_properties_are_forwarded_unaltered_and_in_order() {
+    // [MQTT-3.3.2-4] payload format, [MQTT-3.3.2-16] correlation data, [MQTT-3.3.2-17]
+    // [MQTT-3.3.2-18] user properties in order, [MQTT-3.3.2-20] content type, and the response
+    // topic (section 3.3.2.3.5).
+    let broker = broker();
+    let mut sub = subscriber(
+        broker.local_addr(),
+        "sub",
+        Props::new(),
+        "detrd/status/request/+",
+        1,
+    )
+    .await;
+    let mut publisher = Raw::handshake5(broker.local_addr(), "pub").await;
+    let props = Props::new()
+        .byte(prop::PAYLOAD_FORMAT, 1)
+        .str(prop::CONTENT_TYPE, "application/json")
+        .str(prop::RESPONSE_TOPIC, "detrd/status/response/1AB")
+        .str(prop::CORRELATION_DATA, "req-42")
+        .user("z", "1")
+        .user("a", "2")
+        .user("z", "3");
+    publisher
+        .send(&publish5(
+            "detrd/status/request/1AB",
+            b"{}",
+            1,
+            7,
+            false,
+            &props,
+        ))
+        .await;
+    assert_eq!(
+        publisher.expect().await,
+        common::Frame {
+            byte1: 0x40,
+            body: vec![0, 7]
+        }
+    );
+    let got = publish_of(&sub.expect().await);
+    let p = got.properties.expect("properties forwarded");
+    assert_eq!(p.payload_format_indicator, Some(1));
+    assert_eq!(p.content_type.as_deref(), Some("application/json"));
+    assert_eq!(
+        p.response_topic.as_deref(),
+        Some("detrd/status/response/1AB")
+    );
+    assert_eq!(p.correlation_data.as_deref(), Some(&b"req-42"[..]));
+    let users: Vec<(&str, &str)> = p
+        .user_properties
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(users, vec![("z", "1"), ("a", "2"), ("z", "3")]);
+    assert_eq!(p.message_expiry_interval, None);
+}
+
+#[tokio::test]
+async fn a_response_topic_with_a_wildcard_is_a_protocol_error() {
+    // [MQTT-3.3.2-14]
+    let broker = broker();
+    let mut raw = Raw::handshake5(broker.local_addr(), "wild").await;
+    raw.send(&publish5(
+        "a",
+        b"x",
+        0,
+        0,
+        false,
+        &Props::new().str(prop::RESPONSE_TOPIC, "r/#"),
+    ))
+    .await;
+    // DISCONNECT 0x90 Topic Name invalid.
+    assert_eq!(disconnect_reason(&raw.expect().await), 0x90);
+    raw.expect_closed().await;
+}
+
+#[tokio::test]
+async fn message_expiry_counts_down_while_queued_and_expired_messages_are_dropped() {
+    let broker = broker();
+    let addr = broker.local_addr();
+    // A persistent session (expiry 60 s) that goes offline.
+    let session = Props::new().u32(prop::SESSION_EXPIRY, 60);
+    let (mut sub, _) = Raw::connect5(addr, &connect5("offline", true, 60, &session, None)).await;
+    assert_eq!(
+        sub.subscribe5(1, &Props::new(), &[("exp/#", 1)]).await,
+        vec![1]
+    );
+    sub.send(&common::v5::disconnect5(0, &Props::new())).await;
+    sub.expect_closed().await;
+
+    let mut publisher = Raw::handshake5(addr, "exp-pub").await;
+    publisher
+        .send(&publish5(
+            "exp/short",
+            b"1",
+            1,
+            1,
+            false,
+            &Props::new().u32(prop::MESSAGE_EXPIRY, 1),
+        ))
+        .await;
+    publisher
+        .send(&publish5(
+            "exp/long",
+            b"2",
+            1,
+            2,
+            false,
+            &Props::new().u32(prop::MESSAGE_EXPIRY, 100),
+        ))
+        .await;
+    publisher
+        .send(&publish5(
+            "exp/retained",
+            b"3",
+            1,
+            3,
+            true,
+            &Props::new().u32(prop::MESSAGE_EXPIRY, 1),
+        ))
+        .await;
+    for _ in 0..3 {
+        assert_eq!(publisher.expect().await.byte1, 0x40);
+    }
+    // Letting the 1 s expiries pass is the point of this test.
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+
+    let (mut sub, ack) = Raw::connect5(addr, &connect5("offline", false, 60, &session, None)).await;
+    assert!(ack.session_present);
+    // [MQTT-3.3.2-5] the expired message is not delivered; [MQTT-3.3.2-6] the other carries
+    // what remains of its interval.
+    let got = publish_of(&sub.expect().await);
+    assert_eq!(got.topic, "exp/long");
+    let left = got
+        .properties
+        .and_then(|p| p.message_expiry_interval)
+        .expect("expiry forwarded");
+    assert!((98..=99).contains(&left), "remaining interval {left}");
+    sub.send(&packets::ack(0x40, got.pkid)).await;
+    assert!(
+        sub.sync5().await.is_empty(),
+        "exp/short expired in the queue"
+    );
+    // An expired retained message is not sent to a new subscriber either.
+    assert_eq!(
+        sub.subscribe5(2, &Props::new(), &[("exp/retained", 1)])
+            .await,
+        vec![1]
+    );
+    assert!(sub.sync5().await.is_empty(), "the retained message expired");
+}
+
+#[tokio::test]
+async fn inbound_topic_aliases_are_resolved_and_bad_ones_refused() {
+    let broker = broker_with(|c| c.limits.topic_alias_maximum = 2);
+    let addr = broker.local_addr();
+    let mut sub = subscriber(addr, "alias-sub", Props::new(), "alias/#", 0).await;
+    let mut publisher = Raw::handshake5(addr, "alias-pub").await;
+    // [MQTT-3.3.2-12] alias 1 set with the topic, then used alone.
+    publisher
+        .send(&publish5(
+            "alias/one",
+            b"a",
+            0,
+            0,
+            false,
+            &Props::new().u16(prop::TOPIC_ALIAS, 1),
+        ))
+        .await;
+    publisher
+        .send(&publish5(
+            "",
+            b"b",
+            0,
+            0,
+            false,
+            &Props::new().u16(prop::TOPIC_ALIAS, 1),
+        ))
+        .await;
+    for payload in [&b"a"[..], b"b"] {
+        let got = publish_of(&sub.expect().await);
+        assert_eq!(
+            (got.topic.as_str(), &got.payload[..]),
+            ("alias/one", payload)
+        );
+    }
+    // [MQTT-3.3.2-9] above the maximum announced: DISCONNECT 0x94.
+    publisher
+        .send(&publish5(
+            "alias/x",
+            b"c",
+            0,
+            0,
+            false,
+            &Props::new().u16(prop::TOPIC_ALIAS, 3),
+        ))
+        .await;
+    assert_eq!(disconnect_reason(&publisher.expect().await), 0x94);
+    publisher.expect_closed().await;
+    // [MQTT-3.3.2-7] aliases do not carry over to a new connection: alias 1 is unknown there.
+    let mut again = Raw::handshake5(addr, "alias-pub").await;
+    again
+        .send(&publish5(
+            "",
+            b"d",
+            0,
+            0,
+            false,
+            &Props::new().u16(prop::TOPIC_ALIAS, 1),
+        ))
+        .await;
+    assert_eq!(disconnect_reason(&again.expect().await), 0x82);
+    again.expect_closed().await;
+}
+
+#[tokio::test]
+async fn outbound_topic_aliases_stay_within_the_client_maximum() {
+    // [MQTT-3.1.2-26] [MQTT-3.3.2-11]: aliases 1..=2 only; [MQTT-3.1.2-27]: none for a client
+    // without a Topic Alias Maximum.
+    let broker = broker();
+    let addr = broker.local_addr();
+    let mut aliased = subscriber(
+        addr,
+        "aliased",
+        Props::new().u16(prop::TOPIC_ALIAS_MAXIMUM, 2),
+        "t/#",
+        0,
+    )
+    .await;
+    let mut plain = subscriber(addr, "plain", Props::new(), "t/#", 0).await;
+    let mut publisher = Raw::handshake5(addr, "t-pub").await;
+    for topic in ["t/a", "t/b", "t/a", "t/c", "t/b"] {
+        publisher
+            .send(&publish5(topic, b"x", 0, 0, false, &Props::new()))
+            .await;
+    }
+    let expected = [
+        ("t/a", Some(1)),
+        ("t/b", Some(2)),
+        ("", Some(1)),
+        ("t/c", None),
+        ("", Some(2)),
+    ];
+    for (topic, alias) in expected {
+        let got = publish_of(&aliased.expect().await);
+        assert_eq!(got.topic, topic);
+        assert_eq!(got.properties.and_then(|p| p.topic_alias), alias);
+    }
+    for topic in ["t/a", "t/b", "t/a", "t/c", "t/b"] {
+        let got = publish_of(&plain.expect().await);
+        assert_eq!(got.topic, topic);
+        assert_eq!(got.properties.and_then(|p| p.topic_alias), None);
+    }
+}
+
+#[tokio::test]
+async fn the_broker_sends_no_more_unacknowledged_messages_than_the_client_receive_maximum() {
+    // [MQTT-3.3.4-9]
+    let broker = broker();
+    let addr = broker.local_addr();
+    let mut sub = subscriber(
+        addr,
+        "rm-sub",
+        Props::new().u16(prop::RECEIVE_MAXIMUM, 2),
+        "rm",
+        1,
+    )
+    .await;
+    let mut publisher = Raw::handshake5(addr, "rm-pub").await;
+    for n in 1..=5u16 {
+        publisher
+            .send(&publish5("rm", &[n as u8], 1, n, false, &Props::new()))
+            .await;
+    }
+    for _ in 1..=5 {
+        assert_eq!(publisher.expect().await.byte1, 0x40);
+    }
+    let first = publish_of(&sub.expect().await);
+    let second = publish_of(&sub.expect().await);
+    assert!(sub.sync5().await.is_empty(), "a third before any PUBACK");
+    sub.send(&packets::ack(0x40, first.pkid)).await;
+    let third = publish_of(&sub.expect().await);
+    assert_eq!(
+        (&second.payload[..], &third.payload[..]),
+        (&[2u8][..], &[3u8][..])
+    );
+    assert!(sub.sync5().await.is_empty(), "still two in flight");
+}
+
+#[tokio::test]
+async fn more_inbound_qos2_than_the_receive_maximum_gets_disconnect_0x93() {
+    // [MQTT-3.3.4-7] the client stays within the Receive Maximum the broker announced.
+    let broker = broker_with(|c| c.limits.max_inbound_qos2 = 2);
+    let mut raw = Raw::handshake5(broker.local_addr(), "rm-in").await;
+    for n in 1..=3u16 {
+        raw.send(&publish5("q2", b"x", 2, n, false, &Props::new()))
+            .await;
+    }
+    assert_eq!(raw.expect().await.byte1, 0x50);
+    assert_eq!(raw.expect().await.byte1, 0x50);
+    assert_eq!(disconnect_reason(&raw.expect().await), 0x93);
+    raw.expect_closed().await;
+}
+
+#[tokio::test]
+async fn a_message_larger_than_the_client_maximum_packet_size_is_not_sent() {
+    // [MQTT-3.1.2-24] [MQTT-3.1.2-25]: discarded as if sent; the next one still comes.
+    let broker = broker();
+    let addr = broker.local_addr();
+    let mut sub = subscriber(
+        addr,
+        "small",
+        Props::new().u32(prop::MAXIMUM_PACKET_SIZE, 64),
+        "big/#",
+        1,
+    )
+    .await;
+    let mut publisher = Raw::handshake5(addr, "big-pub").await;
+    publisher
+        .send(&publish5("big/1", &[0u8; 100], 1, 1, false, &Props::new()))
+        .await;
+    publisher
+        .send(&publish5("big/2", b"fits", 1, 2, false, &Props::new()))
+        .await;
+    let got = publish_of(&sub.expect().await);
+    assert_eq!(
+        (got.topic.as_str(), &got.payload[..]),
+        ("big/2", &b"fits"[..])
+    );
+    sub.send(&packets::ack(0x40, got.pkid)).await;
+    assert!(sub.sync5().await.is_empty());
+}
+
+#[tokio::test]
+async fn refused_publishes_get_negative_acknowledgements() {
+    let broker = broker();
+    let mut raw = Raw::handshake5(broker.local_addr(), "neg").await;
+    // Payload Format Indicator 1 with bytes that are not UTF-8: PUBACK 0x99 (section 3.3.2.3.2).
+    raw.send(&publish5(
+        "a",
+        &[0xFF, 0xFE],
+        1,
+        5,
+        false,
+        &Props::new().byte(prop::PAYLOAD_FORMAT, 1),
+    ))
+    .await;
+    let ack = raw.expect().await;
+    assert_eq!(
+        (ack.byte1, ack.pid(), ack.body[2]),
+        (0x40, 5, 0x99),
+        "{ack:?}"
+    );
+    // PUBREL for an id never received: PUBCOMP 0x92 Packet Identifier not found [MQTT-3.7.2-1].
+    raw.send(&packets::ack(0x62, 9)).await;
+    let comp = raw.expect().await;
+    assert_eq!((comp.byte1, comp.pid(), comp.body[2]), (0x70, 9, 0x92));
+}
+
+#[tokio::test]
+async fn rumqttc_v5_publishes_with_properties_end_to_end() {
+    use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let broker = broker();
+    let addr = broker.local_addr();
+    let mut options = MqttOptions::new("rumqttc-props", addr.ip().to_string(), addr.port());
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = AsyncClient::new(options, 10);
+    client
+        .subscribe("req/+", QoS::AtLeastOnce)
+        .await
+        .expect("queued");
+    let run = async {
+        loop {
+            match eventloop.poll().await.expect("event loop") {
+                Event::Incoming(Packet::SubAck(_)) => {
+                    let props = PublishProperties {
+                        response_topic: Some("resp/1".into()),
+                        correlation_data: Some(bytes::Bytes::from_static(b"c-1")),
+                        user_properties: vec![("device".into(), "gate".into())],
+                        ..Default::default()
+                    };
+                    client
+                        .publish_with_properties("req/1", QoS::AtLeastOnce, false, "status?", props)
+                        .await
+                        .expect("queued");
+                }
+                Event::Incoming(Packet::Publish(p)) => return p,
+                _ => {}
+            }
+        }
+    };
+    let got = tokio::time::timeout(common::WAIT, run)
+        .await
+        .expect("round trip");
+    let props = got.properties.expect("properties");
+    assert_eq!(props.response_topic.as_deref(), Some("resp/1"));
+    assert_eq!(props.correlation_data.as_deref(), Some(&b"c-1"[..]));
+    assert_eq!(
+        props.user_properties,
+        vec![("device".to_string(), "gate".to_string())]
+    );
+}

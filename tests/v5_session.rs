@@ -1,0 +1,163 @@
+//! MQTT 5 sessions: Clean Start with a Session Expiry Interval, sessions that really expire and
+//! are freed, DISCONNECT changing the interval, and the Will Delay Interval.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::v5::{connect5, disconnect5, prop, publish_of, Props, Will5};
+use common::{broker, eventually, Raw};
+use switchboard::registry::GetStats;
+
+async fn offline_sessions(broker: &switchboard::BackgroundBroker) -> usize {
+    broker
+        .registry()
+        .send(GetStats)
+        .await
+        .expect("registry")
+        .sessions_offline
+}
+
+#[tokio::test]
+async fn a_session_is_kept_for_its_expiry_interval_then_freed() {
+    // [MQTT-3.1.2-23] stored while the interval runs; then the session and its subscriptions go.
+    let broker = broker();
+    let addr = broker.local_addr();
+    let props = Props::new().u32(prop::SESSION_EXPIRY, 1);
+    let (mut raw, _) = Raw::connect5(addr, &connect5("expiring", true, 60, &props, None)).await;
+    raw.subscribe5(1, &Props::new(), &[("e/#", 1)]).await;
+    raw.send(&disconnect5(0, &Props::new())).await;
+    raw.expect_closed().await;
+    eventually(|| async { offline_sessions(&broker).await == 1 }).await;
+    let gone_at = Instant::now();
+    eventually(|| async { offline_sessions(&broker).await == 0 }).await;
+    assert!(gone_at.elapsed() < Duration::from_secs(3));
+    let stats = broker.registry().send(GetStats).await.expect("registry");
+    assert_eq!(
+        stats.subscriptions, 0,
+        "its subscriptions were freed with it"
+    );
+    // [MQTT-3.1.2-6] [MQTT-3.2.2-3] no session to resume now.
+    let (_raw, ack) = Raw::connect5(addr, &connect5("expiring", false, 60, &props, None)).await;
+    assert!(!ack.session_present);
+}
+
+#[tokio::test]
+async fn session_expiry_zero_ends_the_session_with_the_connection() {
+    // [MQTT-3.1.2-4] Clean Start discards; without an expiry the session does not outlive the
+    // connection, so a later Clean Start 0 finds none [MQTT-3.2.2-3].
+    let broker = broker();
+    let addr = broker.local_addr();
+    let mut raw = Raw::handshake5(addr, "short").await;
+    raw.subscribe5(1, &Props::new(), &[("s/#", 1)]).await;
+    raw.send(&disconnect5(0, &Props::new())).await;
+    raw.expect_closed().await;
+    eventually(|| async {
+        let s = broker.registry().send(GetStats).await.expect("registry");
+        s.sessions_offline == 0 && s.clients_online == 0
+    })
+    .await;
+    let (_raw, ack) = Raw::connect5(addr, &connect5("short", false, 60, &Props::new(), None)).await;
+    assert!(!ack.session_present);
+}
+
+#[tokio::test]
+async fn disconnect_can_end_a_session_early() {
+    // Section 3.14.2.2.2: the DISCONNECT's Session Expiry Interval replaces the CONNECT's.
+    let broker = broker();
+    let addr = broker.local_addr();
+    let props = Props::new().u32(prop::SESSION_EXPIRY, 3600);
+    let (mut raw, _) = Raw::connect5(addr, &connect5("early", true, 60, &props, None)).await;
+    raw.send(&disconnect5(0, &Props::new().u32(prop::SESSION_EXPIRY, 0)))
+        .await;
+    raw.expect_closed().await;
+    let (_raw, ack) = Raw::connect5(addr, &connect5("early", false, 60, &props, None)).await;
+    assert!(!ack.session_present, "ended at the disconnect");
+}
+
+fn will(topic: &str, delay: u32) -> Will5<'_> {
+    Will5 {
+        topic,
+        payload: b"gone",
+        qos: 1,
+        retain: false,
+        props: Props::new()
+            .u32(prop::WILL_DELAY, delay)
+            .user("why", "lost"),
+    }
+}
+
+#[tokio::test]
+async fn a_delayed_will_is_published_after_the_delay_unless_the_client_returns() {
+    let broker = broker();
+    let addr = broker.local_addr();
+    let mut watcher = Raw::handshake5(addr, "will-watcher").await;
+    watcher
+        .subscribe5(1, &Props::new(), &[("wills/#", 1)])
+        .await;
+    let session = Props::new().u32(prop::SESSION_EXPIRY, 60);
+
+    // Lost connection, no reconnect: the will comes after its 1 s delay [MQTT-3.1.2-8], with
+    // its properties [MQTT-3.1.3-10].
+    let (raw, _) = Raw::connect5(
+        addr,
+        &connect5("late", true, 60, &session, Some(&will("wills/late", 1))),
+    )
+    .await;
+    let lost_at = Instant::now();
+    drop(raw);
+    let got = publish_of(&watcher.expect().await);
+    assert_eq!(got.topic, "wills/late");
+    assert!(
+        lost_at.elapsed() >= Duration::from_millis(900),
+        "not before the delay"
+    );
+    assert_eq!(
+        got.properties.expect("will properties").user_properties,
+        vec![("why".to_string(), "lost".to_string())]
+    );
+    watcher.send(&common::packets::ack(0x40, got.pkid)).await;
+
+    // Lost connection, reconnect within the delay: no will [MQTT-3.1.3-9].
+    let (raw, _) = Raw::connect5(
+        addr,
+        &connect5("back", true, 60, &session, Some(&will("wills/back", 1))),
+    )
+    .await;
+    drop(raw);
+    let (_back, ack) = Raw::connect5(addr, &connect5("back", false, 60, &session, None)).await;
+    assert!(ack.session_present);
+    // Waiting past the delay is the point of this check.
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    assert!(
+        watcher.sync5().await.is_empty(),
+        "the returning client's will was cancelled"
+    );
+}
+
+#[tokio::test]
+async fn a_will_delayed_past_the_session_end_is_published_when_the_session_ends() {
+    // [MQTT-3.1.2-8] whichever comes first: the delay (60 s) or the session's end (1 s).
+    let broker = broker();
+    let addr = broker.local_addr();
+    let mut watcher = Raw::handshake5(addr, "end-watcher").await;
+    watcher
+        .subscribe5(1, &Props::new(), &[("wills/#", 0)])
+        .await;
+    let session = Props::new().u32(prop::SESSION_EXPIRY, 1);
+    let (raw, _) = Raw::connect5(
+        addr,
+        &connect5(
+            "ending",
+            true,
+            60,
+            &session,
+            Some(&will("wills/ending", 60)),
+        ),
+    )
+    .await;
+    drop(raw);
+    let got = publish_of(&watcher.expect().await);
+    assert_eq!(got.topic, "wills/ending");
+    eventually(|| async { offline_sessions(&broker).await == 0 }).await;
+}
