@@ -19,9 +19,10 @@ use clap::Parser;
 use switchboard::hooks::{
     ClientConnected, ClientDisconnected, ClientSubscribed, ClientUnsubscribed, LifecycleHooks,
 };
-use switchboard::{Broker, Config};
+use switchboard::{Broker, Config, ProtocolVersion};
 use switchboard_actors::fleet::{
-    command_topic, status_request_topic, GateBarrier, GateCommand, RadarDetector,
+    command_topic, status_request_topic, status_response_topic, GateBarrier, GateCommand,
+    RadarDetector,
 };
 use switchboard_actors::{
     ConnectionOptions, Consumer, DeviceActor, GetConnection, ManagedConnection, Publish, Publisher,
@@ -51,6 +52,10 @@ pub struct DemoOptions {
     /// Stop after this many cycles (0 = run until Ctrl-C).
     #[arg(long, default_value_t = 0)]
     pub cycles: u32,
+    /// MQTT version the devices and the app speak: 3.1.1 or 5 (with 5, status requests carry a
+    /// Response Topic and Correlation Data).
+    #[arg(long, default_value = "3.1.1", value_parser = ["3.1.1", "5"])]
+    pub mqtt: String,
 }
 
 /// What the demo saw.
@@ -143,7 +148,16 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, Box<dyn std::error:
         .start()
         .await?;
     let port = broker.local_addr().port();
-    let at = |id: &str| ConnectionOptions::new("127.0.0.1", port, id);
+    let protocol = match options.mqtt.as_str() {
+        "5" => ProtocolVersion::V5,
+        _ => ProtocolVersion::V3_1_1,
+    };
+    info!(%protocol, "devices and app speak {protocol}");
+    let at = |id: &str| {
+        let mut connection = ConnectionOptions::new("127.0.0.1", port, id);
+        connection.protocol = protocol;
+        connection
+    };
 
     let gate = DeviceActor::start(GateBarrier::new(GATE_ID), at(GATE_ID));
     let radar = DeviceActor::start(RadarDetector::new(RADAR_ID, interval * 2), at(RADAR_ID));
@@ -179,10 +193,11 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, Box<dyn std::error:
         }
         report.cycles += 1;
         for id in [RADAR_ID, GATE_ID] {
-            let request = Request {
-                topic: status_request_topic(id),
-                body: serde_json::json!({ "ask": "status" }),
-            };
+            let request = Request::new(
+                status_request_topic(id),
+                serde_json::json!({ "ask": "status" }),
+            )
+            .answer_on(status_response_topic(id));
             match requester.send(request).await? {
                 Ok(status) => {
                     report.answered += 1;

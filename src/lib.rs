@@ -28,4 +28,6 @@ pub use background::BackgroundBroker;
 pub use broker::{Broker, BrokerError, RunningBroker};
 pub use config::Config;
 pub use logging::init_logging;
-pub use message::{ConnectReturnCode, ProtocolVersion, QoS};
+pub use message::{
+    ConnectReturnCode, MessageProperties, ProtocolVersion, QoS, SubscriptionOptions,
+};

@@ -1,9 +1,12 @@
-//! The client side of the wire: decoding server-to-client packets with mqttbytes, and encoding
-//! client-to-server packets (mqttbytes for CONNECT/SUBSCRIBE/UNSUBSCRIBE, the broker's own
-//! infallible writers for PUBLISH and acknowledgements).
+//! The client side of the wire. Decoding of server-to-client packets uses mqttbytes (v4 for MQTT
+//! 3.1.1, v5 for MQTT 5, guarded against its known faults) into one version-neutral
+//! [`Incoming`]; encoding uses mqttbytes for 3.1.1 CONNECT/SUBSCRIBE/UNSUBSCRIBE, this file for
+//! their MQTT 5 forms, and the broker's own infallible writers for PUBLISH and acknowledgements.
 
-use bytes::BytesMut;
-use mqttbytes::v4;
+use bytes::{BufMut, Bytes, BytesMut};
+use mqttbytes::{v4, v5};
+use switchboard::codec::properties::{id, put_var_int, var_int_len, PropertyWriter};
+use switchboard::{MessageProperties, ProtocolVersion, QoS};
 use thiserror::Error;
 use tokio_util::codec::Decoder;
 
@@ -18,53 +21,293 @@ pub enum ClientCodecError {
     Malformed(mqttbytes::Error),
 }
 
-/// Decodes MQTT 3.1.1 packets sent by a broker.
+/// A server-to-client packet, either protocol.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Incoming {
+    /// CONNACK: session present and the return/reason code (0 accepted).
+    ConnAck {
+        /// Session present flag.
+        session_present: bool,
+        /// 3.1.1 return code or MQTT 5 reason code.
+        code: u8,
+    },
+    /// PUBLISH.
+    Publish {
+        /// Topic name.
+        topic: String,
+        /// Payload.
+        payload: Bytes,
+        /// QoS.
+        qos: QoS,
+        /// RETAIN flag.
+        retain: bool,
+        /// Packet id (0 at QoS 0).
+        pid: u16,
+        /// MQTT 5 properties the broker forwarded.
+        properties: Option<MessageProperties>,
+    },
+    /// PUBACK with its (MQTT 5) reason code.
+    PubAck(u16, u8),
+    /// PUBREC with its (MQTT 5) reason code.
+    PubRec(u16, u8),
+    /// PUBREL.
+    PubRel(u16),
+    /// PUBCOMP.
+    PubComp(u16),
+    /// SUBACK: packet id and the QoS granted per filter (`None`: refused).
+    SubAck(u16, Vec<Option<QoS>>),
+    /// UNSUBACK.
+    UnsubAck,
+    /// PINGRESP.
+    PingResp,
+    /// An MQTT 5 server DISCONNECT with its reason code.
+    Disconnect(u8),
+}
+
+/// Decodes the packets a broker sends, in the protocol of the connection.
 #[derive(Debug, Clone)]
 pub struct ClientCodec {
     max_packet_size: usize,
+    protocol: ProtocolVersion,
 }
 
 impl ClientCodec {
     /// A codec refusing packets larger than `max_packet_size`.
-    pub fn new(max_packet_size: usize) -> Self {
-        ClientCodec { max_packet_size }
+    pub fn new(max_packet_size: usize, protocol: ProtocolVersion) -> Self {
+        ClientCodec {
+            max_packet_size,
+            protocol,
+        }
     }
 }
 
 impl Decoder for ClientCodec {
-    type Item = v4::Packet;
+    type Item = Incoming;
     type Error = ClientCodecError;
 
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<v4::Packet>, ClientCodecError> {
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Incoming>, ClientCodecError> {
         if src.is_empty() {
             return Ok(None);
         }
-        match v4::read(src, self.max_packet_size) {
-            Ok(packet) => Ok(Some(packet)),
+        // Frame first: once a whole frame is split off, any error is fatal for the link, never
+        // "need more bytes" (mqttbytes v5 reports a PUBLISH without its property length as
+        // InsufficientBytes after consuming the frame).
+        let header = match mqttbytes::check(src.iter(), self.max_packet_size) {
+            Ok(header) => header,
             Err(mqttbytes::Error::InsufficientBytes(more)) => {
                 src.reserve(more);
-                Ok(None)
+                return Ok(None);
             }
+            Err(e) => return Err(ClientCodecError::Malformed(e)),
+        };
+        let mut frame = src.split_to(header.frame_length());
+        if self.protocol.is_v5() {
+            if frame[..] == [0xE0, 0x00] {
+                // mqttbytes v5 refuses a bare DISCONNECT (reason 0x00 by omission).
+                return Ok(Some(Incoming::Disconnect(0)));
+            }
+            return match v5::read(&mut frame, self.max_packet_size) {
+                Ok(packet) => from_v5(packet).map(Some),
+                Err(e) => Err(ClientCodecError::Malformed(e)),
+            };
+        }
+        match v4::read(&mut frame, self.max_packet_size) {
+            Ok(packet) => from_v4(packet).map(Some),
             Err(e) => Err(ClientCodecError::Malformed(e)),
         }
     }
 }
 
+fn from_v4(packet: v4::Packet) -> Result<Incoming, ClientCodecError> {
+    Ok(match packet {
+        v4::Packet::ConnAck(ack) => Incoming::ConnAck {
+            session_present: ack.session_present,
+            code: ack.code as u8,
+        },
+        v4::Packet::Publish(p) => Incoming::Publish {
+            topic: p.topic,
+            payload: p.payload,
+            qos: from_mqttbytes(p.qos),
+            retain: p.retain,
+            pid: p.pkid,
+            properties: None,
+        },
+        v4::Packet::PubAck(a) => Incoming::PubAck(a.pkid, 0),
+        v4::Packet::PubRec(a) => Incoming::PubRec(a.pkid, 0),
+        v4::Packet::PubRel(a) => Incoming::PubRel(a.pkid),
+        v4::Packet::PubComp(a) => Incoming::PubComp(a.pkid),
+        v4::Packet::SubAck(a) => Incoming::SubAck(
+            a.pkid,
+            a.return_codes
+                .into_iter()
+                .map(|c| match c {
+                    v4::SubscribeReasonCode::Success(q) => Some(from_mqttbytes(q)),
+                    v4::SubscribeReasonCode::Failure => None,
+                })
+                .collect(),
+        ),
+        v4::Packet::UnsubAck(_) => Incoming::UnsubAck,
+        v4::Packet::PingResp => Incoming::PingResp,
+        _ => {
+            return Err(ClientCodecError::Malformed(
+                mqttbytes::Error::MalformedPacket,
+            ))
+        }
+    })
+}
+
+fn from_v5(packet: v5::Packet) -> Result<Incoming, ClientCodecError> {
+    Ok(match packet {
+        v5::Packet::ConnAck(ack) => Incoming::ConnAck {
+            session_present: ack.session_present,
+            code: ack.code as u8,
+        },
+        v5::Packet::Publish(p) => Incoming::Publish {
+            properties: p.properties.map(|props| MessageProperties {
+                payload_format: props.payload_format_indicator,
+                content_type: props.content_type,
+                response_topic: props.response_topic,
+                correlation_data: props.correlation_data,
+                user_properties: props.user_properties,
+            }),
+            topic: p.topic,
+            payload: p.payload,
+            qos: from_mqttbytes(p.qos),
+            retain: p.retain,
+            pid: p.pkid,
+        },
+        v5::Packet::PubAck(a) => Incoming::PubAck(a.pkid, a.reason as u8),
+        v5::Packet::PubRec(a) => Incoming::PubRec(a.pkid, a.reason as u8),
+        v5::Packet::PubRel(a) => Incoming::PubRel(a.pkid),
+        v5::Packet::PubComp(a) => Incoming::PubComp(a.pkid),
+        v5::Packet::SubAck(a) => Incoming::SubAck(
+            a.pkid,
+            a.return_codes
+                .into_iter()
+                .map(|c| match c {
+                    v5::SubscribeReasonCode::QoS0 => Some(QoS::AtMostOnce),
+                    v5::SubscribeReasonCode::QoS1 => Some(QoS::AtLeastOnce),
+                    v5::SubscribeReasonCode::QoS2 => Some(QoS::ExactlyOnce),
+                    _ => None,
+                })
+                .collect(),
+        ),
+        v5::Packet::UnsubAck(_) => Incoming::UnsubAck,
+        v5::Packet::PingResp => Incoming::PingResp,
+        v5::Packet::Disconnect(d) => Incoming::Disconnect(d.reason_code as u8),
+        _ => {
+            return Err(ClientCodecError::Malformed(
+                mqttbytes::Error::MalformedPacket,
+            ))
+        }
+    })
+}
+
+/// What an MQTT 5 CONNECT carries besides the 3.1.1 fields.
+#[derive(Debug, Clone, Default)]
+pub struct Connect5<'a> {
+    /// Client id.
+    pub client_id: &'a str,
+    /// Keep-alive in seconds.
+    pub keep_alive: u16,
+    /// Clean Start.
+    pub clean_start: bool,
+    /// Session Expiry Interval.
+    pub session_expiry: u32,
+    /// Largest packet the client accepts.
+    pub maximum_packet_size: u32,
+    /// User name and password.
+    pub credentials: Option<(&'a str, &'a str)>,
+    /// Will: topic, payload, QoS, retain.
+    pub will: Option<(&'a str, &'a [u8], QoS, bool)>,
+}
+
+fn put_binary(out: &mut BytesMut, bytes: &[u8]) {
+    out.put_u16(bytes.len() as u16);
+    out.put_slice(bytes);
+}
+
+/// Writes an MQTT 5 CONNECT (section 3.1).
+pub fn write_connect_v5(out: &mut BytesMut, c: &Connect5<'_>) {
+    let mut props = PropertyWriter::new();
+    if c.session_expiry > 0 {
+        props.u32(id::SESSION_EXPIRY, c.session_expiry);
+    }
+    props.u32(id::MAXIMUM_PACKET_SIZE, c.maximum_packet_size);
+    let mut body = BytesMut::new();
+    put_binary(&mut body, b"MQTT");
+    body.put_u8(5);
+    let mut flags = u8::from(c.clean_start) << 1;
+    if let Some((_, _, qos, retain)) = c.will {
+        flags |= 0x04 | ((qos as u8) << 3) | (u8::from(retain) << 5);
+    }
+    if let Some((_, password)) = c.credentials {
+        flags |= 0x80;
+        if !password.is_empty() {
+            flags |= 0x40;
+        }
+    }
+    body.put_u8(flags);
+    body.put_u16(c.keep_alive);
+    props.finish(&mut body);
+    put_binary(&mut body, c.client_id.as_bytes());
+    if let Some((topic, payload, _, _)) = c.will {
+        body.put_u8(0); // no will properties
+        put_binary(&mut body, topic.as_bytes());
+        put_binary(&mut body, payload);
+    }
+    if let Some((user, password)) = c.credentials {
+        put_binary(&mut body, user.as_bytes());
+        if !password.is_empty() {
+            put_binary(&mut body, password.as_bytes());
+        }
+    }
+    out.put_u8(0x10);
+    put_var_int(out, body.len());
+    out.put_slice(&body);
+}
+
+/// Writes an MQTT 5 SUBSCRIBE (section 3.8) of (filter, QoS) pairs, default options.
+pub fn write_subscribe_v5(out: &mut BytesMut, pid: u16, filters: &[(String, QoS)]) {
+    let len = 3 + filters.iter().map(|(f, _)| 3 + f.len()).sum::<usize>();
+    out.reserve(1 + var_int_len(len) + len);
+    out.put_u8(0x82);
+    put_var_int(out, len);
+    out.put_u16(pid);
+    out.put_u8(0);
+    for (filter, qos) in filters {
+        put_binary(out, filter.as_bytes());
+        out.put_u8(*qos as u8);
+    }
+}
+
+/// Writes an MQTT 5 UNSUBSCRIBE (section 3.10).
+pub fn write_unsubscribe_v5(out: &mut BytesMut, pid: u16, filters: &[String]) {
+    let len = 3 + filters.iter().map(|f| 2 + f.len()).sum::<usize>();
+    out.put_u8(0xA2);
+    put_var_int(out, len);
+    out.put_u16(pid);
+    out.put_u8(0);
+    for filter in filters {
+        put_binary(out, filter.as_bytes());
+    }
+}
+
 /// Converts between the broker's QoS and mqttbytes'.
-pub(crate) fn to_mqttbytes(qos: switchboard::QoS) -> mqttbytes::QoS {
+pub(crate) fn to_mqttbytes(qos: QoS) -> mqttbytes::QoS {
     match qos {
-        switchboard::QoS::AtMostOnce => mqttbytes::QoS::AtMostOnce,
-        switchboard::QoS::AtLeastOnce => mqttbytes::QoS::AtLeastOnce,
-        switchboard::QoS::ExactlyOnce => mqttbytes::QoS::ExactlyOnce,
+        QoS::AtMostOnce => mqttbytes::QoS::AtMostOnce,
+        QoS::AtLeastOnce => mqttbytes::QoS::AtLeastOnce,
+        QoS::ExactlyOnce => mqttbytes::QoS::ExactlyOnce,
     }
 }
 
 /// Converts mqttbytes' QoS to the broker's.
-pub(crate) fn from_mqttbytes(qos: mqttbytes::QoS) -> switchboard::QoS {
+pub(crate) fn from_mqttbytes(qos: mqttbytes::QoS) -> QoS {
     match qos {
-        mqttbytes::QoS::AtMostOnce => switchboard::QoS::AtMostOnce,
-        mqttbytes::QoS::AtLeastOnce => switchboard::QoS::AtLeastOnce,
-        mqttbytes::QoS::ExactlyOnce => switchboard::QoS::ExactlyOnce,
+        mqttbytes::QoS::AtMostOnce => QoS::AtMostOnce,
+        mqttbytes::QoS::AtLeastOnce => QoS::AtLeastOnce,
+        mqttbytes::QoS::ExactlyOnce => QoS::ExactlyOnce,
     }
 }
 
@@ -72,22 +315,109 @@ pub(crate) fn from_mqttbytes(qos: mqttbytes::QoS) -> switchboard::QoS {
 mod tests {
     use super::*;
 
+    fn decode_all(protocol: ProtocolVersion, bytes: &[u8]) -> Vec<Result<Incoming, String>> {
+        let mut codec = ClientCodec::new(1024, protocol);
+        let mut buf = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        loop {
+            match codec.decode(&mut buf) {
+                Ok(Some(p)) => out.push(Ok(p)),
+                Ok(None) => return out,
+                Err(e) => {
+                    out.push(Err(e.to_string()));
+                    return out;
+                }
+            }
+        }
+    }
+
     #[test]
     fn decodes_split_packets() {
-        let mut codec = ClientCodec::new(1024);
+        let mut codec = ClientCodec::new(1024, ProtocolVersion::V3_1_1);
         let mut buf = BytesMut::from(&[0x20u8, 0x02, 0x01][..]);
         assert!(codec.decode(&mut buf).unwrap().is_none());
         buf.extend_from_slice(&[0x00, 0x90, 0x03, 0x00, 0x01, 0x80]);
-        assert!(
-            matches!(codec.decode(&mut buf).unwrap(), Some(v4::Packet::ConnAck(a)) if a.session_present)
-        );
         assert!(matches!(
             codec.decode(&mut buf).unwrap(),
-            Some(v4::Packet::SubAck(_))
+            Some(Incoming::ConnAck {
+                session_present: true,
+                code: 0
+            })
         ));
+        assert_eq!(
+            codec.decode(&mut buf).unwrap(),
+            Some(Incoming::SubAck(1, vec![None]))
+        );
         assert!(codec.decode(&mut buf).unwrap().is_none());
         assert!(codec
             .decode(&mut BytesMut::from(&[0x00u8, 0x00][..]))
             .is_err());
+    }
+
+    #[test]
+    fn mqttbytes_v5_faults_are_guarded() {
+        // The faults themselves, so that an mqttbytes upgrade that fixes them is noticed.
+        let mut bare = BytesMut::from(&[0xE0u8, 0x00][..]);
+        assert!(matches!(
+            v5::read(&mut bare, 1024),
+            Err(mqttbytes::Error::PayloadRequired)
+        ));
+        let mut no_props = BytesMut::from(&[0x30u8, 0x03, 0x00, 0x01, b'a', 0xD0, 0x00][..]);
+        assert!(matches!(
+            v5::read(&mut no_props, 1024),
+            Err(mqttbytes::Error::InsufficientBytes(_))
+        ));
+        assert_eq!(
+            no_props.len(),
+            2,
+            "the PUBLISH frame was consumed all the same"
+        );
+
+        // A bare DISCONNECT is reason 0x00; a PUBLISH without its property length ends the link
+        // instead of waiting for bytes that belong to the next packet.
+        let got = decode_all(ProtocolVersion::V5, &[0xE0, 0x00]);
+        assert_eq!(got, vec![Ok(Incoming::Disconnect(0))]);
+        let got = decode_all(
+            ProtocolVersion::V5,
+            &[0x30, 0x03, 0x00, 0x01, b'a', 0xD0, 0x00],
+        );
+        assert_eq!(got.len(), 1);
+        assert!(got[0].is_err());
+    }
+
+    #[test]
+    fn mqtt5_connect_and_subscribe_are_read_back_by_the_broker_codec() {
+        let mut out = BytesMut::new();
+        write_connect_v5(
+            &mut out,
+            &Connect5 {
+                client_id: "dev-1",
+                keep_alive: 30,
+                clean_start: false,
+                session_expiry: u32::MAX,
+                maximum_packet_size: 4096,
+                credentials: Some(("u", "p")),
+                will: Some(("w", b"bye", QoS::AtLeastOnce, true)),
+            },
+        );
+        write_subscribe_v5(&mut out, 3, &[("a/+".to_string(), QoS::ExactlyOnce)]);
+        let mut codec = switchboard::codec::MqttCodec::new(1 << 20);
+        let Ok(Some(switchboard::codec::Packet::Connect(connect))) = codec.decode(&mut out) else {
+            panic!("CONNECT not read back");
+        };
+        assert_eq!(connect.protocol, ProtocolVersion::V5);
+        assert_eq!(connect.properties.session_expiry, u32::MAX);
+        assert_eq!(connect.properties.maximum_packet_size, Some(4096));
+        assert_eq!(connect.username.as_deref(), Some("u"));
+        assert!(connect.will.is_some_and(|w| w.retain && w.topic == "w"));
+        let Ok(Some(switchboard::codec::Packet::Subscribe { pid, filters })) =
+            codec.decode(&mut out)
+        else {
+            panic!("SUBSCRIBE not read back");
+        };
+        assert_eq!(
+            (pid, filters[0].0.as_str(), filters[0].1.qos),
+            (3, "a/+", QoS::ExactlyOnce)
+        );
     }
 }

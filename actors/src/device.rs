@@ -46,6 +46,11 @@ impl Outbox {
         }
     }
 
+    /// Publishes a message built in full (e.g. with MQTT 5 properties).
+    pub fn push(&mut self, message: Enqueue) {
+        self.messages.push(message);
+    }
+
     /// Takes the messages out.
     pub fn take(&mut self) -> Vec<Enqueue> {
         std::mem::take(&mut self.messages)
@@ -99,6 +104,7 @@ impl Outbox {
 ///     payload: r#"{"correlation_id":"c-1","body":{}}"#.into(),
 ///     qos: QoS::AtLeastOnce,
 ///     retain: false,
+///     properties: None,
 /// };
 /// printer.on_message(&request, &mut out);
 /// let sent = out.take();

@@ -143,6 +143,8 @@ fn replay(mut bytes: &[u8]) -> BTreeMap<MessageId, Outgoing> {
             payload,
             qos,
             retain: flags[1] == 1,
+            // MQTT 5 properties are not part of the record format.
+            properties: None,
         })
     }
     let mut live = BTreeMap::new();
@@ -177,6 +179,7 @@ mod tests {
             payload: Bytes::from_static(payload),
             qos: QoS::AtLeastOnce,
             retain: id.is_multiple_of(2),
+            properties: None,
         }
     }
 

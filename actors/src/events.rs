@@ -18,6 +18,9 @@ pub enum LinkDown {
     KeepAliveTimeout,
     /// The broker sent something this client could not decode.
     Protocol(String),
+    /// The broker closed the connection with an MQTT 5 DISCONNECT and this reason code (e.g.
+    /// 0x8E session taken over, 0x8B server shutting down).
+    DisconnectedByBroker(u8),
     /// [`Stop`](crate::Stop) was asked for.
     Stopped,
 }
@@ -40,6 +43,8 @@ pub enum DropReason {
     QueueOverflow,
     /// The connection was stopped before it could be delivered.
     Stopped,
+    /// The broker refused it with this MQTT 5 reason code (0x80 or above) in PUBACK or PUBREC.
+    Refused(u8),
 }
 
 /// Sent by a [`ManagedConnection`](crate::ManagedConnection) to every registered listener.
@@ -87,6 +92,8 @@ pub struct Received {
     pub qos: QoS,
     /// Retain flag (set for retained messages sent on subscribe).
     pub retain: bool,
+    /// MQTT 5 properties the broker forwarded (response topic, correlation data, ...).
+    pub properties: Option<switchboard::MessageProperties>,
 }
 
 /// Why [`Enqueue`](crate::Enqueue) did not take a message.

@@ -27,8 +27,8 @@ pub mod queue;
 mod request;
 
 pub use connection::{
-    AddListener, Enqueue, GetSubscriptions, ManagedConnection, PendingCount, Stop, StopReport,
-    Subscribe, SubscriptionState, Unsubscribe,
+    AddListener, Enqueue, GetProtocol, GetSubscriptions, ManagedConnection, PendingCount, Stop,
+    StopReport, Subscribe, SubscriptionState, Unsubscribe,
 };
 pub use consumer::Consumer;
 pub use device::{Device, DeviceActor, GetConnection, Outbox};
@@ -38,4 +38,4 @@ pub use events::{
 pub use options::{Backoff, ConnectionOptions, Overflow, Will};
 pub use publisher::{Publish, PublishEvery, Publisher};
 pub use request::{Envelope, Request, RequestError, Requester};
-pub use switchboard::QoS;
+pub use switchboard::{MessageProperties, ProtocolVersion, QoS};

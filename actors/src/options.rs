@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use switchboard::QoS;
+use switchboard::{ProtocolVersion, QoS};
 
 /// What to do when the pending queue is full and another message is enqueued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +93,12 @@ pub struct ConnectionOptions {
     /// QoS 1/2 messages sent and not yet acknowledged. Default 16.
     pub inflight: u16,
     /// Keep pending messages in this file so they survive a restart of the device process.
+    /// (MQTT 5 properties of queued messages are kept in memory only.)
     pub durable_queue: Option<PathBuf>,
+    /// Protocol to speak: [`ProtocolVersion::V3_1_1`] (default) or [`ProtocolVersion::V5`]
+    /// (3.1 is spoken as 3.1.1). With MQTT 5, `clean_session = false` asks for a session that
+    /// never expires, like a 3.1.1 persistent session.
+    pub protocol: ProtocolVersion,
 }
 
 impl ConnectionOptions {
@@ -114,6 +119,7 @@ impl ConnectionOptions {
             overflow: Overflow::DropOldest,
             inflight: 16,
             durable_queue: None,
+            protocol: ProtocolVersion::V3_1_1,
         }
     }
 }

@@ -57,6 +57,7 @@ fn enqueue(p: Publish) -> Enqueue {
         payload: p.payload,
         qos: p.qos,
         retain: p.retain,
+        properties: None,
     }
 }
 

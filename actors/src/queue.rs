@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 
 use bytes::Bytes;
-use switchboard::QoS;
+use switchboard::{MessageProperties, QoS};
 
 use crate::events::MessageId;
 use crate::options::Overflow;
@@ -21,6 +21,8 @@ pub struct Outgoing {
     pub qos: QoS,
     /// Retain flag.
     pub retain: bool,
+    /// MQTT 5 properties (response topic, correlation data, ...); not sent over 3.1.1.
+    pub properties: Option<Box<MessageProperties>>,
 }
 
 /// What [`PendingQueue::push`] did.
@@ -116,6 +118,7 @@ mod tests {
             payload: Bytes::new(),
             qos: QoS::AtLeastOnce,
             retain: false,
+            properties: None,
         }
     }
 

@@ -1,6 +1,9 @@
-//! Request/response over MQTT 3.1.1: the request's JSON payload carries a correlation id, the
-//! responder copies it into its answer, and a request with no answer within the timeout is
-//! reported as timed out.
+//! Request/response. The request's JSON payload carries a correlation id that the responder
+//! copies into its answer (all MQTT 3.1.1 has); on an MQTT 5 connection the request also
+//! carries it as Correlation Data with a Response Topic, which MQTT 5 responders answer with.
+//! Responses are matched by Correlation Data first, then by the id in the payload, so MQTT 5
+//! apps and MQTT 3.1.1 devices (or the reverse) work together. A request with no answer within
+//! the timeout is reported as timed out.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -8,12 +11,12 @@ use std::time::Duration;
 use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 use switchboard::topic::SubscriptionTrie;
-use switchboard::QoS;
+use switchboard::{MessageProperties, QoS};
 use thiserror::Error;
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
-use crate::connection::{AddListener, Enqueue, ManagedConnection, Subscribe};
+use crate::connection::{AddListener, Enqueue, GetProtocol, ManagedConnection, Subscribe};
 use crate::events::{ConnectionEvent, EnqueueError};
 
 /// The JSON payload of requests and responses.
@@ -53,6 +56,26 @@ pub struct Request {
     pub topic: String,
     /// Request body.
     pub body: serde_json::Value,
+    /// Where the responder should answer (sent as the MQTT 5 Response Topic; it should match
+    /// the Requester's response filter). `None`: the responder's own convention.
+    pub response_topic: Option<String>,
+}
+
+impl Request {
+    /// A request without a Response Topic.
+    pub fn new(topic: impl Into<String>, body: serde_json::Value) -> Self {
+        Request {
+            topic: topic.into(),
+            body,
+            response_topic: None,
+        }
+    }
+
+    /// The same request, asking for the answer on `topic` (MQTT 5 Response Topic).
+    pub fn answer_on(mut self, topic: impl Into<String>) -> Self {
+        self.response_topic = Some(topic.into());
+        self
+    }
 }
 
 /// Sends requests and matches responses by correlation id.
@@ -116,12 +139,23 @@ impl Handler<Request> for Requester {
         let payload = serde_json::to_vec(&envelope).unwrap_or_default();
         let (tx, rx) = oneshot::channel();
         self.waiting.insert(id.clone(), tx);
-        let send = self
-            .connection
-            .send(Enqueue::new(msg.topic.clone(), payload, QoS::AtLeastOnce));
+        let connection = self.connection.clone();
+        let mut enqueue = Enqueue::new(msg.topic.clone(), payload, QoS::AtLeastOnce);
+        // On MQTT 5 the id also goes as Correlation Data, with the Response Topic.
+        enqueue.properties = Some(Box::new(MessageProperties {
+            payload_format: Some(1),
+            content_type: Some("application/json".into()),
+            response_topic: msg.response_topic,
+            correlation_data: Some(id.clone().into_bytes().into()),
+            user_properties: Vec::new(),
+        }));
         let (timeout, topic) = (self.timeout, msg.topic);
         let wait = async move {
-            match send.await {
+            let protocol = connection.send(GetProtocol).await;
+            if !protocol.is_ok_and(|p| p.is_v5()) {
+                enqueue.properties = None;
+            }
+            match connection.send(enqueue).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(RequestError::Rejected(e)),
                 Err(_) => return Err(RequestError::Stopped),
@@ -158,17 +192,34 @@ impl Handler<ConnectionEvent> for Requester {
         if !matched {
             return;
         }
-        let Ok(envelope) = serde_json::from_slice::<Envelope>(&received.payload) else {
-            debug!(topic = %received.topic, "response is not a JSON envelope; ignored");
-            return;
-        };
-        let waiter = envelope
-            .correlation_id
+        // MQTT 5 Correlation Data first; the body is the envelope's, or the whole JSON payload
+        // of a responder that does not wrap it.
+        let correlation = received
+            .properties
             .as_ref()
-            .and_then(|id| self.waiting.remove(id));
+            .and_then(|p| p.correlation_data.as_ref())
+            .and_then(|data| std::str::from_utf8(data).ok())
+            .map(str::to_string);
+        let envelope = serde_json::from_slice::<Envelope>(&received.payload).ok();
+        let (id, body) = match (correlation, envelope) {
+            (Some(id), Some(envelope)) => (Some(id), envelope.body),
+            (Some(id), None) => match serde_json::from_slice(&received.payload) {
+                Ok(body) => (Some(id), body),
+                Err(_) => {
+                    debug!(topic = %received.topic, "response is not JSON; ignored");
+                    return;
+                }
+            },
+            (None, Some(envelope)) => (envelope.correlation_id, envelope.body),
+            (None, None) => {
+                debug!(topic = %received.topic, "response is not a JSON envelope; ignored");
+                return;
+            }
+        };
+        let waiter = id.as_ref().and_then(|id| self.waiting.remove(id));
         match waiter {
             Some(waiter) => {
-                let _ = waiter.send(envelope.body);
+                let _ = waiter.send(body);
             }
             None => {
                 debug!(topic = %received.topic, "response to no pending request (late or foreign)")

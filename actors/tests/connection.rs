@@ -42,13 +42,27 @@ async fn consumer(
 
 #[actix_rt::test]
 async fn broker_restart_mid_stream_loses_no_qos1_message() {
+    broker_restart_mid_stream(switchboard_actors::ProtocolVersion::V3_1_1).await;
+}
+
+#[actix_rt::test]
+async fn broker_restart_mid_stream_loses_no_qos1_message_over_mqtt5() {
+    broker_restart_mid_stream(switchboard_actors::ProtocolVersion::V5).await;
+}
+
+async fn broker_restart_mid_stream(protocol: switchboard_actors::ProtocolVersion) {
     let broker = broker_on(0);
     let port = broker.local_addr().port();
     let (_app, mut received, mut app_events) =
-        consumer(port, "app", "detrd/status/response/+", |_| {}).await;
+        consumer(port, "app", "detrd/status/response/+", |o| {
+            o.protocol = protocol
+        })
+        .await;
     // The radar reaches the broker through a proxy, so the test decides when it may reconnect.
     let mut proxy = Proxy::start(0, broker.local_addr()).await;
-    let (radar, mut radar_events) = connection(options(proxy.port, "1AB.ENTER.DETRD"));
+    let mut radar_options = options(proxy.port, "1AB.ENTER.DETRD");
+    radar_options.protocol = protocol;
+    let (radar, mut radar_events) = connection(radar_options);
     connected(&mut radar_events).await;
     let topic = "detrd/status/response/1AB.ENTER.DETRD";
     for n in 0..50 {
@@ -198,10 +212,23 @@ async fn overflow_refuse_lets_the_caller_back_off() {
 
 #[actix_rt::test]
 async fn session_present_means_no_resubscribe() {
+    session_present_no_resubscribe(switchboard_actors::ProtocolVersion::V3_1_1).await;
+}
+
+#[actix_rt::test]
+async fn session_present_means_no_resubscribe_over_mqtt5() {
+    // MQTT 5: clean_session = false is Clean Start 0 with a session that never expires.
+    session_present_no_resubscribe(switchboard_actors::ProtocolVersion::V5).await;
+}
+
+async fn session_present_no_resubscribe(protocol: switchboard_actors::ProtocolVersion) {
     let broker = broker_on(0);
     let mut proxy = Proxy::start(0, broker.local_addr()).await;
-    let (app, mut received, mut events) =
-        consumer(proxy.port, "app", "keep/#", |o| o.clean_session = false).await;
+    let (app, mut received, mut events) = consumer(proxy.port, "app", "keep/#", |o| {
+        o.clean_session = false;
+        o.protocol = protocol;
+    })
+    .await;
     let (publisher, _) = connection(options(broker.local_addr().port(), "pub"));
 
     proxy.cut();

@@ -61,9 +61,11 @@ async fn gate_barrier_answers_status_requests_and_commands() {
     let announced: GateStatus = serde_json::from_value(state_of(&mut app, id).await).unwrap();
     assert_eq!(announced.state, BarrierState::Closed);
 
-    let ask = || Request {
-        topic: status_request_topic(id),
-        body: serde_json::json!({"ask": "status"}),
+    let ask = || {
+        Request::new(
+            status_request_topic(id),
+            serde_json::json!({"ask": "status"}),
+        )
     };
     let status: GateStatus =
         serde_json::from_value(app.requester.send(ask()).await.unwrap().unwrap()).unwrap();
@@ -115,10 +117,10 @@ async fn radar_answers_and_reports_detections_periodically() {
     assert!(sequences.windows(2).all(|w| w[1] > w[0]), "{sequences:?}");
     let body = app
         .requester
-        .send(Request {
-            topic: status_request_topic(id),
-            body: serde_json::json!({}),
-        })
+        .send(Request::new(
+            status_request_topic(id),
+            serde_json::json!({}),
+        ))
         .await
         .unwrap()
         .unwrap();
@@ -132,10 +134,10 @@ async fn a_request_without_an_answer_is_reported_as_timed_out() {
     let app = app(broker.local_addr().port(), Duration::from_millis(200)).await;
     let result = app
         .requester
-        .send(Request {
-            topic: status_request_topic("9ZZ.EXIT.NOBODY"),
-            body: serde_json::json!({}),
-        })
+        .send(Request::new(
+            status_request_topic("9ZZ.EXIT.NOBODY"),
+            serde_json::json!({}),
+        ))
         .await
         .unwrap();
     assert!(

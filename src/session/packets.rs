@@ -488,7 +488,13 @@ impl Session {
                 let message = match answer {
                     Ok(PublishDecision::Accept) => Some(message),
                     Ok(PublishDecision::Rewrite { topic, payload }) => match validate_topic_name(&topic) {
-                        Ok(()) => Some(Message::new(topic, payload, message.qos, message.retain)),
+                        Ok(()) => {
+                            // The rewritten message keeps the original's MQTT 5 properties.
+                            let mut rewritten = Message::new(topic, payload, message.qos, message.retain);
+                            rewritten.properties = message.properties;
+                            rewritten.expires_at = message.expires_at;
+                            Some(rewritten)
+                        }
                         Err(e) => {
                             warn!(client_id = %act.client_id(), error = %e, "publish interceptor rewrote to an invalid topic; dropped");
                             None

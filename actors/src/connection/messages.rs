@@ -22,6 +22,8 @@ pub struct Enqueue {
     pub qos: QoS,
     /// Retain flag.
     pub retain: bool,
+    /// MQTT 5 properties; dropped on a 3.1.1 connection.
+    pub properties: Option<Box<switchboard::MessageProperties>>,
 }
 
 impl Enqueue {
@@ -32,7 +34,14 @@ impl Enqueue {
             payload: payload.into(),
             qos,
             retain: false,
+            properties: None,
         }
+    }
+
+    /// The same message with MQTT 5 properties.
+    pub fn with_properties(mut self, properties: switchboard::MessageProperties) -> Self {
+        self.properties = Some(Box::new(properties));
+        self
     }
 }
 
@@ -75,6 +84,12 @@ pub struct SubscriptionState {
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "BTreeMap<String, SubscriptionState>")]
 pub struct GetSubscriptions;
+
+/// Sent by anyone (e.g. a [`Requester`](crate::Requester)) to a `ManagedConnection`: the
+/// protocol it speaks.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "switchboard::ProtocolVersion")]
+pub struct GetProtocol;
 
 /// Sent by anyone to a `ManagedConnection`: send [`ConnectionEvent`]s to this recipient.
 #[derive(Message)]

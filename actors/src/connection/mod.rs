@@ -1,6 +1,7 @@
-//! The managed connection actor: one MQTT 3.1.1 client connection that reconnects forever with
-//! backoff and jitter, re-subscribes when the broker lost the session, queues publishes in a
-//! bounded (optionally durable) queue, and pipelines QoS 1/2 with an inflight window.
+//! The managed connection actor: one MQTT 3.1.1 or MQTT 5 client connection that reconnects
+//! forever with backoff and jitter, re-subscribes when the broker lost the session, queues
+//! publishes in a bounded (optionally durable) queue, and pipelines QoS 1/2 with an inflight
+//! window.
 
 mod messages;
 
@@ -19,10 +20,15 @@ use tracing::{debug, info, warn};
 
 pub use messages::*;
 
-use switchboard::codec::{write_ack, write_publish, Ack, PublishHeader};
-use switchboard::QoS;
+use switchboard::codec::{
+    write_ack, write_publish, write_publish_v5, Ack, PublishExtras, PublishHeader,
+};
+use switchboard::{ProtocolVersion, QoS};
 
-use crate::codec::{from_mqttbytes, to_mqttbytes, ClientCodec, ClientCodecError};
+use crate::codec::{
+    to_mqttbytes, write_connect_v5, write_subscribe_v5, write_unsubscribe_v5, ClientCodec,
+    ClientCodecError, Connect5, Incoming,
+};
 use crate::durable::DurableLog;
 use crate::events::{
     ConnectFailure, ConnectionEvent, DropReason, EnqueueError, LinkDown, MessageId, Received,
@@ -58,7 +64,7 @@ struct Inflight {
 
 /// A packet from the current socket, or its end (`None`), tagged with the link generation so
 /// that anything from an older socket is ignored.
-struct LinkItem(u64, Option<Result<v4::Packet, ClientCodecError>>);
+struct LinkItem(u64, Option<Result<Incoming, ClientCodecError>>);
 
 impl Message for LinkItem {
     type Result = ();
@@ -162,7 +168,11 @@ impl ManagedConnection {
         let _ = stream.set_nodelay(true);
         let (read, write) = stream.into_split();
         let generation = self.generation;
-        let frames = FramedRead::new(read, ClientCodec::new(self.options.max_packet_size));
+        let protocol = self.options.protocol;
+        let frames = FramedRead::new(
+            read,
+            ClientCodec::new(self.options.max_packet_size, protocol),
+        );
         let items = futures_util::StreamExt::chain(
             futures_util::StreamExt::map(frames, move |item| LinkItem(generation, Some(item))),
             futures_util::stream::once(async move { LinkItem(generation, None) }),
@@ -170,8 +180,34 @@ impl ManagedConnection {
         self.read_handle = Some(ctx.add_stream(items));
         self.writer = Some(write);
         self.out.clear();
+        let keep_alive = self.options.keep_alive.as_secs().min(u64::from(u16::MAX)) as u16;
+        if protocol.is_v5() {
+            let options = &self.options;
+            write_connect_v5(
+                &mut self.out,
+                &Connect5 {
+                    client_id: &options.client_id,
+                    keep_alive,
+                    clean_start: options.clean_session,
+                    session_expiry: if options.clean_session { 0 } else { u32::MAX },
+                    maximum_packet_size: u32::try_from(options.max_packet_size).unwrap_or(u32::MAX),
+                    credentials: options
+                        .credentials
+                        .as_ref()
+                        .map(|(u, p)| (u.as_str(), p.as_str())),
+                    will: options
+                        .will
+                        .as_ref()
+                        .map(|w| (w.topic.as_str(), &w.payload[..], w.qos, w.retain)),
+                },
+            );
+            self.link = Link::AwaitingConnAck {
+                since: Instant::now(),
+            };
+            return self.flush(ctx);
+        }
         let mut connect = v4::Connect::new(self.options.client_id.clone());
-        connect.keep_alive = self.options.keep_alive.as_secs().min(u64::from(u16::MAX)) as u16;
+        connect.keep_alive = keep_alive;
         connect.clean_session = self.options.clean_session;
         if let Some((user, password)) = &self.options.credentials {
             connect.set_login(user.clone(), password.clone());
@@ -245,6 +281,7 @@ impl ManagedConnection {
                 let failure = match reason {
                     LinkDown::KeepAliveTimeout => ConnectFailure::Timeout,
                     LinkDown::Network(e) | LinkDown::Protocol(e) => ConnectFailure::Network(e),
+                    LinkDown::DisconnectedByBroker(code) => ConnectFailure::Refused(code),
                     LinkDown::Stopped => ConnectFailure::Network("stopped".into()),
                 };
                 self.drop_link(ctx, None, Some(failure))
@@ -278,7 +315,13 @@ impl ManagedConnection {
         for entry in &self.inflight {
             match entry.stage {
                 Awaiting::Comp => write_ack(&mut out, Ack::PubRel, entry.pid),
-                _ => write_publish_of(&mut out, &entry.message, entry.pid, true),
+                _ => write_publish_of(
+                    &mut out,
+                    self.options.protocol,
+                    &entry.message,
+                    entry.pid,
+                    true,
+                ),
             }
         }
         self.out = out;
@@ -291,6 +334,12 @@ impl ManagedConnection {
             return;
         }
         let pid = self.allocate_pid();
+        if self.options.protocol.is_v5() {
+            write_subscribe_v5(&mut self.out, pid, &filters);
+            self.awaiting_suback
+                .insert(pid, filters.into_iter().map(|(f, _)| f).collect());
+            return;
+        }
         let subscribe = v4::Subscribe::new_many(
             filters
                 .iter()
@@ -336,12 +385,12 @@ impl ManagedConnection {
                 break;
             };
             if message.qos == QoS::AtMostOnce {
-                write_publish_of(&mut self.out, &message, 0, false);
+                write_publish_of(&mut self.out, self.options.protocol, &message, 0, false);
                 self.delivered(message.id);
                 continue;
             }
             let pid = self.allocate_pid();
-            write_publish_of(&mut self.out, &message, pid, false);
+            write_publish_of(&mut self.out, self.options.protocol, &message, pid, false);
             let stage = if message.qos == QoS::ExactlyOnce {
                 Awaiting::Rec
             } else {
@@ -369,6 +418,17 @@ impl ManagedConnection {
         if let Some(log) = &mut self.durable {
             if let Err(e) = log.remove(id) {
                 warn!(error = %e, "cannot update the durable queue");
+            }
+        }
+    }
+
+    /// The broker refused an inflight message (MQTT 5 PUBACK/PUBREC with a code of 0x80 or
+    /// above): it is dropped, not re-sent.
+    fn refused(&mut self, pid: u16, code: u8) {
+        if let Some(i) = self.inflight.iter().position(|e| e.pid == pid) {
+            if let Some(entry) = self.inflight.remove(i) {
+                warn!(client_id = %self.options.client_id, topic = %entry.message.topic, code, "the broker refused a message");
+                self.dropped(entry.message.id, DropReason::Refused(code));
             }
         }
     }
@@ -418,56 +478,63 @@ impl ManagedConnection {
         );
     }
 
-    fn on_packet(&mut self, ctx: &mut Context<Self>, packet: v4::Packet) {
+    fn on_packet(&mut self, ctx: &mut Context<Self>, packet: Incoming) {
         match packet {
-            v4::Packet::ConnAck(ack) => {
+            Incoming::ConnAck {
+                session_present,
+                code,
+            } => {
                 if !matches!(self.link, Link::AwaitingConnAck { .. }) {
                     return self.link_lost(ctx, LinkDown::Protocol("unexpected CONNACK".into()));
                 }
-                if ack.code == v4::ConnectReturnCode::Success {
-                    self.on_connected(ctx, ack.session_present);
+                if code == 0 {
+                    self.on_connected(ctx, session_present);
                 } else {
-                    let code = ack.code as u8;
                     warn!(client_id = %self.options.client_id, code, "broker refused the connection");
                     self.drop_link(ctx, None, Some(ConnectFailure::Refused(code)));
                 }
             }
-            v4::Packet::Publish(publish) => {
-                let qos = from_mqttbytes(publish.qos);
-                let fresh = qos != QoS::ExactlyOnce || self.inbound_qos2.insert(publish.pkid);
+            Incoming::Publish {
+                topic,
+                payload,
+                qos,
+                retain,
+                pid,
+                properties,
+            } => {
+                let fresh = qos != QoS::ExactlyOnce || self.inbound_qos2.insert(pid);
                 match qos {
                     QoS::AtMostOnce => {}
-                    QoS::AtLeastOnce => write_ack(&mut self.out, Ack::PubAck, publish.pkid),
-                    QoS::ExactlyOnce => write_ack(&mut self.out, Ack::PubRec, publish.pkid),
+                    QoS::AtLeastOnce => write_ack(&mut self.out, Ack::PubAck, pid),
+                    QoS::ExactlyOnce => write_ack(&mut self.out, Ack::PubRec, pid),
                 }
                 if fresh {
                     self.emit(ConnectionEvent::MessageReceived(Received {
-                        topic: publish.topic,
-                        payload: publish.payload,
+                        topic,
+                        payload,
                         qos,
-                        retain: publish.retain,
+                        retain,
+                        properties,
                     }));
                 }
             }
-            v4::Packet::PubAck(ack) => self.complete(ack.pkid, Awaiting::Ack),
-            v4::Packet::PubRec(rec) => {
-                if let Some(entry) = self.inflight.iter_mut().find(|e| e.pid == rec.pkid) {
+            Incoming::PubAck(pid, code) if code >= 0x80 => self.refused(pid, code),
+            Incoming::PubAck(pid, _) => self.complete(pid, Awaiting::Ack),
+            Incoming::PubRec(pid, code) if code >= 0x80 => self.refused(pid, code),
+            Incoming::PubRec(pid, _) => {
+                if let Some(entry) = self.inflight.iter_mut().find(|e| e.pid == pid) {
                     entry.stage = Awaiting::Comp;
-                    write_ack(&mut self.out, Ack::PubRel, rec.pkid);
+                    write_ack(&mut self.out, Ack::PubRel, pid);
                 }
             }
-            v4::Packet::PubRel(rel) => {
-                self.inbound_qos2.remove(&rel.pkid);
-                write_ack(&mut self.out, Ack::PubComp, rel.pkid);
+            Incoming::PubRel(pid) => {
+                self.inbound_qos2.remove(&pid);
+                write_ack(&mut self.out, Ack::PubComp, pid);
             }
-            v4::Packet::PubComp(comp) => self.complete(comp.pkid, Awaiting::Comp),
-            v4::Packet::SubAck(ack) => {
-                let filters = self.awaiting_suback.remove(&ack.pkid).unwrap_or_default();
-                for (filter, code) in filters.into_iter().zip(ack.return_codes) {
-                    let granted = match code {
-                        v4::SubscribeReasonCode::Success(q) => Some(from_mqttbytes(q)),
-                        v4::SubscribeReasonCode::Failure => None,
-                    };
+            Incoming::PubComp(pid) => self.complete(pid, Awaiting::Comp),
+            Incoming::SubAck(pid, codes) => {
+                let filters = self.awaiting_suback.remove(&pid).unwrap_or_default();
+                for (filter, granted) in filters.into_iter().zip(codes) {
                     if granted.is_none() {
                         warn!(client_id = %self.options.client_id, filter = %filter, "subscription refused by the broker");
                     }
@@ -477,10 +544,10 @@ impl ManagedConnection {
                     self.emit(ConnectionEvent::SubscriptionGranted { filter, granted });
                 }
             }
-            v4::Packet::UnsubAck(_) | v4::Packet::PingResp => {}
-            other => {
-                let what = format!("unexpected packet from the broker: {other:?}");
-                return self.link_lost(ctx, LinkDown::Protocol(what));
+            Incoming::UnsubAck | Incoming::PingResp => {}
+            Incoming::Disconnect(code) => {
+                info!(client_id = %self.options.client_id, code, "the broker closed the connection with DISCONNECT");
+                return self.link_lost(ctx, LinkDown::DisconnectedByBroker(code));
             }
         }
         self.pump();
@@ -547,14 +614,28 @@ impl ManagedConnection {
     }
 }
 
-fn write_publish_of(out: &mut BytesMut, message: &Outgoing, pid: u16, dup: bool) {
+fn write_publish_of(
+    out: &mut BytesMut,
+    protocol: ProtocolVersion,
+    message: &Outgoing,
+    pid: u16,
+    dup: bool,
+) {
     let header = PublishHeader {
         qos: message.qos,
         retain: message.retain,
         dup,
         pid,
     };
-    write_publish(out, &message.topic, &message.payload, header);
+    if protocol.is_v5() {
+        let extras = PublishExtras {
+            properties: message.properties.as_deref(),
+            ..PublishExtras::default()
+        };
+        write_publish_v5(out, &message.topic, &message.payload, header, &extras, None);
+    } else {
+        write_publish(out, &message.topic, &message.payload, header);
+    }
 }
 
 impl Actor for ManagedConnection {
@@ -626,6 +707,7 @@ impl Handler<Enqueue> for ManagedConnection {
             payload: msg.payload,
             qos: msg.qos,
             retain: msg.retain,
+            properties: msg.properties,
         };
         let durable_copy = self.durable.is_some().then(|| message.clone());
         let result = match self.queue.push(message) {
@@ -690,6 +772,10 @@ impl Handler<Unsubscribe> for ManagedConnection {
             return;
         }
         let pid = self.allocate_pid();
+        if self.options.protocol.is_v5() {
+            write_unsubscribe_v5(&mut self.out, pid, &[msg.filter]);
+            return self.flush(ctx);
+        }
         let unsubscribe = v4::Unsubscribe {
             pkid: pid,
             topics: vec![msg.filter],
@@ -706,6 +792,14 @@ impl Handler<GetSubscriptions> for ManagedConnection {
 
     fn handle(&mut self, _: GetSubscriptions, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.subscriptions.clone())
+    }
+}
+
+impl Handler<GetProtocol> for ManagedConnection {
+    type Result = MessageResult<GetProtocol>;
+
+    fn handle(&mut self, _: GetProtocol, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.options.protocol)
     }
 }
 

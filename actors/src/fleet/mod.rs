@@ -8,11 +8,12 @@ pub use gate::GateBarrier;
 pub use radar::RadarDetector;
 
 use serde::{Deserialize, Serialize};
-use switchboard::QoS;
+use switchboard::{MessageProperties, QoS};
 
+use crate::connection::Enqueue;
 use crate::device::Outbox;
 use crate::events::Received;
-use crate::request::Envelope;
+use crate::request::{Envelope, Request};
 
 /// Where the app asks device `id` for its status.
 pub fn status_request_topic(id: &str) -> String {
@@ -94,20 +95,38 @@ pub struct Detection {
     pub length_cm: u32,
 }
 
-/// Answers a status request on the device's response topic, copying the request's correlation id
-/// (a request that is not a JSON envelope, e.g. a plain `mosquitto_pub -m data`, is answered too,
-/// without one).
+/// A status request to device `id`, answered on its response topic.
+pub fn status_request(id: &str) -> Request {
+    Request::new(status_request_topic(id), serde_json::json!({}))
+        .answer_on(status_response_topic(id))
+}
+
+/// Answers a status request, copying the request's correlation id (a request that is not a JSON
+/// envelope, e.g. a plain `mosquitto_pub -m data`, is answered too, without one). An MQTT 5
+/// request's Response Topic and Correlation Data are honoured: the answer goes to that topic
+/// with that data (section 4.10); otherwise it goes to the device's response topic.
 pub fn answer_status<T: Serialize>(id: &str, request: &Received, status: &T, out: &mut Outbox) {
     let correlation_id = serde_json::from_slice::<Envelope>(&request.payload)
         .ok()
         .and_then(|e| e.correlation_id);
     let body = serde_json::to_value(status).unwrap_or_default();
-    out.publish_json(
-        status_response_topic(id),
-        &Envelope {
-            correlation_id,
-            body,
-        },
-        QoS::AtLeastOnce,
-    );
+    let payload = serde_json::to_vec(&Envelope {
+        correlation_id,
+        body,
+    })
+    .unwrap_or_default();
+    let props = request.properties.as_ref();
+    let topic = props
+        .and_then(|p| p.response_topic.clone())
+        .unwrap_or_else(|| status_response_topic(id));
+    let mut answer = Enqueue::new(topic, payload, QoS::AtLeastOnce);
+    if let Some(data) = props.and_then(|p| p.correlation_data.clone()) {
+        answer = answer.with_properties(MessageProperties {
+            payload_format: Some(1),
+            content_type: Some("application/json".into()),
+            correlation_data: Some(data),
+            ..MessageProperties::default()
+        });
+    }
+    out.push(answer);
 }

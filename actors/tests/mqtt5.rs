@@ -1,0 +1,145 @@
+//! The device actors over MQTT 5: request/response by Response Topic and Correlation Data,
+//! MQTT 5 and 3.1.1 devices and apps mixed, negative acknowledgements and server DISCONNECTs
+//! reported as events.
+
+mod common;
+
+use actix::prelude::*;
+use common::*;
+use switchboard_actors::fleet::{status_request_topic, GateBarrier, GateStatus};
+use switchboard_actors::{
+    ConnectionEvent, ConnectionOptions, DeviceActor, Enqueue, LinkDown, ProtocolVersion, QoS,
+    Request, Requester,
+};
+
+fn speaking(port: u16, id: &str, protocol: ProtocolVersion) -> ConnectionOptions {
+    let mut o = options(port, id);
+    o.protocol = protocol;
+    o
+}
+
+/// An app whose Requester listens on `filter`, over `protocol`.
+async fn requester(port: u16, protocol: ProtocolVersion, filter: &str) -> Addr<Requester> {
+    let (conn, mut events) = connection(speaking(port, "app", protocol));
+    let requester = Requester::new(conn, filter, WAIT).start();
+    granted(&mut events, filter).await;
+    requester
+}
+
+async fn gate_ready(
+    port: u16,
+    id: &str,
+    protocol: ProtocolVersion,
+) -> Addr<DeviceActor<GateBarrier>> {
+    // The gate announces its state once subscribed; a watcher waits for that.
+    let (watch, mut events) = connection(speaking(
+        port,
+        &format!("{id}-watch"),
+        ProtocolVersion::V3_1_1,
+    ));
+    let (sink, mut inbox) = probe::<switchboard_actors::Received>();
+    switchboard_actors::Consumer::new(
+        watch,
+        vec![(format!("detrd/state/{id}"), QoS::AtLeastOnce)],
+        sink,
+    )
+    .start();
+    granted(&mut events, &format!("detrd/state/{id}")).await;
+    let gate = DeviceActor::start(GateBarrier::new(id), speaking(port, id, protocol));
+    inbox.next().await;
+    gate
+}
+
+#[actix_rt::test]
+async fn an_mqtt5_request_is_answered_on_its_response_topic_with_its_correlation_data() {
+    let broker = broker_on(0);
+    let port = broker.local_addr().port();
+    let _gate = gate_ready(port, "1AB.ENTER.GATE", ProtocolVersion::V5).await;
+    // The app listens on a topic of its own: only an answer sent to the Response Topic gets there.
+    let requester = requester(port, ProtocolVersion::V5, "apps/app/answers").await;
+    let request = Request::new(
+        status_request_topic("1AB.ENTER.GATE"),
+        serde_json::json!({}),
+    )
+    .answer_on("apps/app/answers");
+    let body = requester
+        .send(request)
+        .await
+        .expect("requester")
+        .expect("answered");
+    let status: GateStatus = serde_json::from_value(body).expect("gate status");
+    assert_eq!(status.device, "1AB.ENTER.GATE");
+}
+
+#[actix_rt::test]
+async fn mqtt5_apps_and_mqtt311_devices_work_together_both_ways() {
+    let broker = broker_on(0);
+    let port = broker.local_addr().port();
+    let _old_gate = gate_ready(port, "1AB.OLD.GATE", ProtocolVersion::V3_1_1).await;
+    let _new_gate = gate_ready(port, "1AB.NEW.GATE", ProtocolVersion::V5).await;
+    for app_protocol in [ProtocolVersion::V5, ProtocolVersion::V3_1_1] {
+        let requester = requester(port, app_protocol, "detrd/status/response/+").await;
+        for id in ["1AB.OLD.GATE", "1AB.NEW.GATE"] {
+            let request = switchboard_actors::fleet::status_request(id);
+            let body = requester
+                .send(request)
+                .await
+                .expect("requester")
+                .expect("answered");
+            let status: GateStatus = serde_json::from_value(body).expect("gate status");
+            assert_eq!(status.device, id, "{app_protocol} app, device {id}");
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn a_taken_over_mqtt5_connection_reports_the_broker_disconnect_reason() {
+    let broker = broker_on(0);
+    let port = broker.local_addr().port();
+    let (_first, mut events) = connection(speaking(port, "twin", ProtocolVersion::V5));
+    assert!(!connected(&mut events).await);
+    // Another client takes the id over: the first hears DISCONNECT 0x8E (Session taken over).
+    let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("tcp");
+    // MQTT 5 CONNECT, clean start, keep-alive 30, no properties, client id "twin".
+    let connect = [
+        0x10, 17, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 30, 0, 0, 4, b't', b'w', b'i', b'n',
+    ];
+    tokio::io::AsyncWriteExt::write_all(&mut raw, &connect)
+        .await
+        .expect("write");
+    let reason = events
+        .find(|e| match e {
+            ConnectionEvent::Disconnected(reason) => Some(reason.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(reason, LinkDown::DisconnectedByBroker(0x8E));
+}
+
+#[actix_rt::test]
+async fn an_mqtt5_negative_puback_is_reported_as_a_dropped_message() {
+    // The broker refuses a payload that is not the UTF-8 its format indicator claims (0x99).
+    let broker = broker_on(0);
+    let port = broker.local_addr().port();
+    let (conn, mut events) = connection(speaking(port, "sender", ProtocolVersion::V5));
+    connected(&mut events).await;
+    let bad = Enqueue::new("x", vec![0xFFu8, 0xFE], QoS::AtLeastOnce).with_properties(
+        switchboard_actors::MessageProperties {
+            payload_format: Some(1),
+            ..Default::default()
+        },
+    );
+    let id = conn.send(bad).await.expect("actor").expect("queued");
+    let (dropped, why) = events
+        .find(|e| match e {
+            ConnectionEvent::MessageDropped(id, why) => Some((*id, *why)),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        (dropped, why),
+        (id, switchboard_actors::DropReason::Refused(0x99))
+    );
+}
