@@ -15,7 +15,7 @@ use tokio_util::codec::Decoder;
 /// Feeds `chunks` to a fresh codec the way a socket would, and decodes until it needs more or
 /// fails. Returns how many packets decoded.
 fn feed(chunks: &[Vec<u8>]) -> usize {
-    let mut codec = MqttCodec::new(64 * 1024);
+    let mut codec = MqttCodec::new(64 * 1024).with_topic_alias_maximum(10);
     let mut buf = BytesMut::new();
     let mut packets = 0;
     for chunk in chunks {
@@ -47,6 +47,26 @@ fn valid_session() -> Vec<u8> {
     s
 }
 
+/// The MQTT 5 seed: CONNECT with properties, then packets with properties, topic aliases, a
+/// Subscription Identifier, acknowledgements with reason codes and a DISCONNECT with a reason.
+fn valid_session_v5() -> Vec<u8> {
+    let mut s = Vec::new();
+    // CONNECT level 5, clean start, keep-alive 60, Session Expiry 60, Receive Maximum 10.
+    s.extend_from_slice(
+        b"\x10\x1b\x00\x04MQTT\x05\x02\x00\x3c\x08\x11\x00\x00\x00\x3c\x21\x00\x0a\x00\x06device",
+    );
+    // SUBSCRIBE with Subscription Identifier 5, options: QoS 1, No Local, RAP, Retain Handling 1.
+    s.extend_from_slice(b"\x82\x0b\x00\x01\x02\x0b\x05\x00\x03a/#\x1d");
+    // PUBLISH QoS 1 with Topic Alias 1 and a user property; then one by alias only.
+    s.extend_from_slice(b"\x32\x16\x00\x03a/b\x00\x07\x0a\x23\x00\x01\x26\x00\x01k\x00\x01vdata");
+    s.extend_from_slice(b"\x30\x0a\x00\x00\x03\x23\x00\x01data");
+    s.extend_from_slice(b"\x40\x03\x00\x07\x10"); // PUBACK with reason 0x10
+    s.extend_from_slice(b"\x62\x02\x00\x07"); // PUBREL, short form
+    s.extend_from_slice(b"\xa2\x06\x00\x02\x00\x00\x01a"); // UNSUBSCRIBE
+    s.extend_from_slice(b"\xc0\x00\xe0\x01\x04"); // PINGREQ, DISCONNECT 0x04
+    s
+}
+
 fn split(bytes: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
     let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
     points.sort_unstable();
@@ -69,6 +89,15 @@ fn the_seed_session_decodes_whole_in_any_split() {
     }
 }
 
+#[test]
+fn the_mqtt5_seed_session_decodes_whole_in_any_split() {
+    let seed = valid_session_v5();
+    assert_eq!(feed(std::slice::from_ref(&seed)), 9);
+    for cut in 0..seed.len() {
+        assert_eq!(feed(&split(&seed, &[cut])), 9, "split at {cut}");
+    }
+}
+
 proptest! {
     #[test]
     fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048), cuts in proptest::collection::vec(any::<usize>(), 0..8)) {
@@ -80,6 +109,26 @@ proptest! {
         let mut stream = valid_session()[..20].to_vec();
         stream.extend(bytes);
         feed(&[stream]);
+    }
+
+    #[test]
+    fn random_bytes_after_an_mqtt5_connect_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        let mut stream = valid_session_v5()[..29].to_vec();
+        stream.extend(bytes);
+        feed(&[stream]);
+    }
+
+    #[test]
+    fn mutated_mqtt5_sessions_never_panic(
+        flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+        cuts in proptest::collection::vec(any::<usize>(), 0..6),
+    ) {
+        let mut bytes = valid_session_v5();
+        for (at, value) in flips {
+            let at = at % bytes.len();
+            bytes[at] = value;
+        }
+        feed(&split(&bytes, &cuts));
     }
 
     #[test]

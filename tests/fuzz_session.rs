@@ -24,6 +24,16 @@ fn broker_for_valid_streams() -> &'static BackgroundBroker {
     BROKER.get_or_init(common::broker)
 }
 
+fn broker_for_mqtt5_streams() -> &'static BackgroundBroker {
+    static BROKER: OnceLock<BackgroundBroker> = OnceLock::new();
+    BROKER.get_or_init(common::broker)
+}
+
+fn broker_for_valid_mqtt5_streams() -> &'static BackgroundBroker {
+    static BROKER: OnceLock<BackgroundBroker> = OnceLock::new();
+    BROKER.get_or_init(common::broker)
+}
+
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
@@ -49,6 +59,37 @@ fn valid_packet() -> impl Strategy<Value = Vec<u8>> {
         Just(b"\xa2\x05\x00\x03\x00\x01#".to_vec()),
         Just(b"\xc0\x00".to_vec()),
     ]
+}
+
+/// MQTT 5 packets a client may legally send at any point after CONNECT: properties, topic
+/// aliases (the first sets alias 1, later ones may use it alone), subscription options and
+/// identifiers, shared subscriptions, acknowledgements with reason codes.
+fn valid_packet_v5() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        Just(b"\x30\x0b\x00\x03a/b\x03\x23\x00\x01xy".to_vec()),
+        Just(b"\x30\x09\x00\x03a/b\x02\x01\x01z".to_vec()),
+        Just(b"\x32\x0e\x00\x01a\x00\x05\x07\x26\x00\x01k\x00\x01vz".to_vec()),
+        Just(b"\x34\x0c\x00\x01a\x00\x09\x05\x02\x00\x00\x00\x0az".to_vec()),
+        Just(b"\x62\x02\x00\x09".to_vec()),
+        Just(b"\x62\x03\x00\x09\x92".to_vec()),
+        Just(b"\x40\x03\x00\x01\x10".to_vec()),
+        Just(b"\x50\x04\x00\x01\x80\x00".to_vec()),
+        Just(b"\x70\x02\x00\x01".to_vec()),
+        Just(b"\x82\x09\x00\x02\x02\x0b\x07\x00\x01#\x2e".to_vec()),
+        Just(b"\x82\x10\x00\x03\x00\x00\x0a$share/g/#\x01".to_vec()),
+        Just(b"\xa2\x06\x00\x03\x00\x00\x01#".to_vec()),
+        Just(b"\xc0\x00".to_vec()),
+    ]
+}
+
+/// An MQTT 5 CONNECT (clean start, keep-alive 60, Topic Alias Maximum 8) with this client id.
+fn connect_v5(client_id: &str) -> Vec<u8> {
+    let mut body = b"\x00\x04MQTT\x05\x02\x00\x3c\x03\x22\x00\x08".to_vec();
+    body.extend((client_id.len() as u16).to_be_bytes());
+    body.extend(client_id.as_bytes());
+    let mut connect = vec![0x10, body.len() as u8];
+    connect.extend(body);
+    connect
 }
 
 /// Valid packets and random bytes, as building blocks for the fuzzer.
@@ -102,6 +143,52 @@ proptest! {
             }
             // The same connection still answers: `sync` panics if it was closed.
             raw.sync().await;
+            raw.send(&[0xE0, 0x00]).await;
+            raw.expect_closed().await;
+        });
+    }
+
+    #[test]
+    fn any_stream_after_an_mqtt5_connect_leaves_the_broker_serving(
+        fragments in proptest::collection::vec(
+            prop_oneof![proptest::collection::vec(any::<u8>(), 0..64), valid_packet_v5()],
+            1..24,
+        )
+    ) {
+        let broker = broker_for_mqtt5_streams();
+        let addr = broker.local_addr();
+        runtime().block_on(async move {
+            let mut raw = common::Raw::handshake5(addr, "fuzzed5").await;
+            for f in &fragments {
+                if tokio::io::AsyncWriteExt::write_all(&mut raw.stream, f).await.is_err() {
+                    break;
+                }
+            }
+            drop(raw);
+            let mut fresh = common::Raw::handshake5(addr, "probe5").await;
+            fresh.ping().await;
+            fresh.send(&[0xE0, 0x00]).await;
+            fresh.expect_closed().await;
+            common::eventually(|| async {
+                let stats = broker.registry().send(GetStats).await.expect("registry alive");
+                stats.clients_online + stats.sessions_offline == 0 && stats.subscriptions == 0
+            })
+            .await;
+        });
+    }
+
+    #[test]
+    fn valid_mqtt5_streams_keep_the_connection_open(packets in proptest::collection::vec(valid_packet_v5(), 1..24)) {
+        let addr = broker_for_valid_mqtt5_streams().local_addr();
+        runtime().block_on(async move {
+            let mut raw = common::Raw::connect(addr).await;
+            raw.send(&connect_v5("valid5")).await;
+            assert_eq!(raw.expect().await.byte1, 0x20);
+            for p in &packets {
+                raw.send(p).await;
+            }
+            // The same connection still answers: `sync5` panics if it was closed.
+            raw.sync5().await;
             raw.send(&[0xE0, 0x00]).await;
             raw.expect_closed().await;
         });
