@@ -381,6 +381,7 @@ async fn refused_publishes_get_negative_acknowledgements() {
         (0x40, 5, 0x99),
         "{ack:?}"
     );
+    assert!(ack.body.len() > 3, "with a reason string");
     // PUBREL for an id never received: PUBCOMP 0x92 Packet Identifier not found [MQTT-3.7.2-1].
     raw.send(&packets::ack(0x62, 9)).await;
     let comp = raw.expect().await;
@@ -431,4 +432,31 @@ async fn rumqttc_v5_publishes_with_properties_end_to_end() {
         props.user_properties,
         vec![("device".to_string(), "gate".to_string())]
     );
+}
+
+#[tokio::test]
+async fn no_reason_strings_on_acknowledgements_when_the_client_asks_for_none() {
+    // [MQTT-3.1.2-29] Request Problem Information 0: no Reason String on PUBACK or SUBACK.
+    let broker = broker();
+    let props = Props::new().byte(prop::REQUEST_PROBLEM_INFO, 0);
+    let (mut raw, _) = Raw::connect5(
+        broker.local_addr(),
+        &connect5("quiet", true, 60, &props, None),
+    )
+    .await;
+    raw.send(&publish5(
+        "a",
+        &[0xFF],
+        1,
+        5,
+        false,
+        &Props::new().byte(prop::PAYLOAD_FORMAT, 1),
+    ))
+    .await;
+    let ack = raw.expect().await;
+    assert_eq!((ack.byte1, &ack.body[..]), (0x40, &[0, 5, 0x99][..]));
+    raw.send(&common::v5::subscribe5(2, &Props::new(), &[("bad/#/x", 0)]))
+        .await;
+    let suback = raw.expect().await;
+    assert_eq!(&suback.body[..], &[0, 2, 0, 0x8F][..], "no properties");
 }

@@ -169,6 +169,20 @@ async fn suback_and_unsuback_carry_mqtt5_reason_codes() {
     let unsuback = client.expect().await;
     assert_eq!((unsuback.byte1, unsuback.pid()), (0xB0, 2));
     assert_eq!(ack_codes(&unsuback), vec![0x00, 0x11]);
+    // With a Reason String naming the failed filters (problem information was not turned off).
+    assert_eq!(
+        common::v5::ack_reason_string(&unsuback).as_deref(),
+        Some("filter 2: no subscription existed")
+    );
+    client
+        .send(&subscribe5(3, &Props::new(), &[("bad/#/x", 0)]))
+        .await;
+    let suback = client.expect().await;
+    assert_eq!(ack_codes(&suback), vec![0x8F]);
+    assert_eq!(
+        common::v5::ack_reason_string(&suback).as_deref(),
+        Some("filter 1: topic filter invalid")
+    );
 }
 
 #[tokio::test]

@@ -152,14 +152,56 @@ pub fn write_ack_v5_with_reason(
     props.finish(out);
 }
 
-/// Writes an MQTT 5 SUBACK or UNSUBACK (`packet_type_byte` 0x90 or 0xB0): packet id, empty
-/// properties, one reason code per filter in order `[MQTT-3.8.4-6]` `[MQTT-3.11.3-1]`.
-pub fn write_sub_unsub_ack_v5(out: &mut BytesMut, byte1: u8, pid: u16, codes: &[u8]) {
+/// Writes an MQTT 5 SUBACK or UNSUBACK (`byte1` 0x90 or 0xB0): packet id, properties (a reason
+/// string if given and the packet stays within the client's Maximum Packet Size [MQTT-3.9.2-1]
+/// [MQTT-3.11.2-1]), one reason code per filter in order `[MQTT-3.9.3-1]` `[MQTT-3.11.3-1]`.
+pub fn write_sub_unsub_ack_v5(
+    out: &mut BytesMut,
+    byte1: u8,
+    pid: u16,
+    codes: &[u8],
+    reason_string: Option<&str>,
+    max_packet_size: Option<u32>,
+) {
+    let mut props = PropertyWriter::new();
+    if let Some(text) = reason_string {
+        props.string(id::REASON_STRING, text);
+        let remaining = 2 + props.encoded_len() + codes.len();
+        if max_packet_size.is_some_and(|max| 1 + var_int_len(remaining) + remaining > max as usize)
+        {
+            props = PropertyWriter::new();
+        }
+    }
     out.put_u8(byte1);
-    put_var_int(out, 3 + codes.len());
+    put_var_int(out, 2 + props.encoded_len() + codes.len());
     out.put_u16(pid);
-    out.put_u8(0);
+    props.finish(out);
     out.put_slice(codes);
+}
+
+/// A short English text for an MQTT 5 reason code the broker sends in acknowledgements.
+pub fn reason_text(code: u8) -> &'static str {
+    match code {
+        0x11 => "no subscription existed",
+        0x80 => "unspecified error",
+        0x87 => "not authorized",
+        0x8F => "topic filter invalid",
+        0x92 => "packet identifier not found",
+        0x97 => "quota exceeded",
+        0x99 => "payload format invalid",
+        _ => "refused",
+    }
+}
+
+/// The reason string of a SUBACK or UNSUBACK: which filters failed and why, or `None` if none did.
+pub fn ack_reason_string(codes: &[u8], failure_from: u8) -> Option<String> {
+    let failures: Vec<String> = codes
+        .iter()
+        .enumerate()
+        .filter(|(_, &c)| c >= failure_from)
+        .map(|(i, &c)| format!("filter {}: {}", i + 1, reason_text(c)))
+        .collect();
+    (!failures.is_empty()).then(|| failures.join("; "))
 }
 
 /// Writes a server DISCONNECT with a reason code and, when given, a reason string.
@@ -230,11 +272,24 @@ mod tests {
     }
 
     #[test]
+    fn suback_reason_string_is_left_out_when_the_client_cannot_take_it() {
+        let why = ack_reason_string(&[0, 0x8F], 0x80);
+        assert_eq!(why.as_deref(), Some("filter 2: topic filter invalid"));
+        let mut out = BytesMut::new();
+        write_sub_unsub_ack_v5(&mut out, 0x90, 1, &[0, 0x8F], why.as_deref(), None);
+        assert!(out.len() > 10);
+        let mut small = BytesMut::new();
+        // [MQTT-3.9.2-1] not beyond the client's Maximum Packet Size.
+        write_sub_unsub_ack_v5(&mut small, 0x90, 1, &[0, 0x8F], why.as_deref(), Some(8));
+        assert_eq!(&small[..], &[0x90, 5, 0, 1, 0, 0, 0x8F][..]);
+    }
+
+    #[test]
     fn acks_and_disconnect() {
         let mut out = BytesMut::new();
         write_ack_v5(&mut out, Ack::PubAck, 5, 0);
         write_ack_v5(&mut out, Ack::PubRec, 5, 0x87);
-        write_sub_unsub_ack_v5(&mut out, 0x90, 3, &[1, 0x87]);
+        write_sub_unsub_ack_v5(&mut out, 0x90, 3, &[1, 0x87], None, None);
         write_disconnect_v5(&mut out, 0x8E, None);
         assert_eq!(
             &out[..],

@@ -371,6 +371,25 @@ impl Session {
         }
     }
 
+    /// Writes an MQTT 5 SUBACK (0x90) or UNSUBACK (0xB0), with a reason string naming the
+    /// filters whose code is `failure_from` or above, if the client wants problem information
+    /// `[MQTT-3.1.2-29]`.
+    fn write_v5_ack(&mut self, byte1: u8, pid: u16, codes: &[u8], failure_from: u8) {
+        let why = self
+            .peer_options
+            .problem_information
+            .then(|| codec::ack_reason_string(codes, failure_from))
+            .flatten();
+        codec::write_sub_unsub_ack_v5(
+            &mut self.out,
+            byte1,
+            pid,
+            codes,
+            why.as_deref(),
+            self.peer_options.max_packet_size,
+        );
+    }
+
     /// Starts the keep-alive check; returns the keep-alive applied, in seconds.
     fn start_keep_alive(&mut self, ctx: &mut Context<Self>, seconds: u16) -> u16 {
         // [MQTT-3.1.2-24] one and a half times the keep-alive without a packet ends the connection.
@@ -582,7 +601,7 @@ impl Handler<Subscribed> for Session {
     fn handle(&mut self, msg: Subscribed, ctx: &mut Context<Self>) {
         if !self.closing {
             if self.peer_options.protocol.is_v5() {
-                codec::write_sub_unsub_ack_v5(&mut self.out, 0x90, msg.pid, &msg.codes);
+                self.write_v5_ack(0x90, msg.pid, &msg.codes, 0x80);
             } else {
                 codec::write_suback(&mut self.out, msg.pid, &msg.codes);
             }
@@ -599,7 +618,7 @@ impl Handler<Unsubscribed> for Session {
             // [MQTT-3.10.4-4] [MQTT-3.10.4-5] UNSUBACK, even when nothing matched; (5.0) with a
             // reason code per filter [MQTT-3.11.3-1].
             if self.peer_options.protocol.is_v5() {
-                codec::write_sub_unsub_ack_v5(&mut self.out, 0xB0, msg.pid, &msg.codes);
+                self.write_v5_ack(0xB0, msg.pid, &msg.codes, 0x11);
             } else {
                 codec::write_ack(&mut self.out, codec::Ack::UnsubAck, msg.pid);
             }

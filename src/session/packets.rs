@@ -705,7 +705,7 @@ impl Session {
             .collect();
         if filters.is_empty() {
             if v5 {
-                codec::write_sub_unsub_ack_v5(&mut self.out, 0x90, pid, &codes);
+                self.write_v5_ack(0x90, pid, &codes, 0x80);
             } else {
                 codec::write_suback(&mut self.out, pid, &codes);
             }

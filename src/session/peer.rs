@@ -20,8 +20,8 @@ pub(super) struct PeerOptions {
     pub max_packet_size: Option<u32>,
     /// Whether reason strings may go on acknowledgements `[MQTT-3.1.2-29]`.
     pub problem_information: bool,
-    /// Session Expiry Interval of the CONNECT: a DISCONNECT may not raise it from 0
-    /// `[MQTT-3.14.2-2]`.
+    /// Session Expiry Interval of the CONNECT: a DISCONNECT may not raise it from 0 (section
+    /// 3.14.2.2.2).
     pub session_expiry: u32,
 }
 

@@ -19,6 +19,7 @@ pub mod prop {
     pub const SUBSCRIPTION_ID: u8 = 0x0B;
     pub const SESSION_EXPIRY: u8 = 0x11;
     pub const AUTH_METHOD: u8 = 0x15;
+    pub const REQUEST_PROBLEM_INFO: u8 = 0x17;
     pub const WILL_DELAY: u8 = 0x18;
     pub const REQUEST_RESPONSE_INFO: u8 = 0x19;
     pub const RECEIVE_MAXIMUM: u8 = 0x21;
@@ -195,10 +196,30 @@ pub fn disconnect_reason(frame: &Frame) -> u8 {
     frame.body.first().copied().unwrap_or(0)
 }
 
-/// The reason codes of a SUBACK or UNSUBACK (after packet id and an empty property block).
+/// The reason codes of a SUBACK or UNSUBACK (after packet id and property block).
 pub fn ack_codes(frame: &Frame) -> Vec<u8> {
-    assert_eq!(frame.body[2], 0, "no properties expected in {frame:?}");
-    frame.body[3..].to_vec()
+    let (len, at) = props_len(&frame.body[2..]);
+    frame.body[2 + at + len..].to_vec()
+}
+
+/// The Reason String of a SUBACK or UNSUBACK, if it has one.
+pub fn ack_reason_string(frame: &Frame) -> Option<String> {
+    let (len, at) = props_len(&frame.body[2..]);
+    let props = &frame.body[2 + at..2 + at + len];
+    // The broker puts at most the Reason String (0x1F) here.
+    (props.first() == Some(&0x1F)).then(|| String::from_utf8_lossy(&props[3..]).into_owned())
+}
+
+/// A property block's length and the bytes its length field takes.
+fn props_len(bytes: &[u8]) -> (usize, usize) {
+    let mut len = 0usize;
+    for (i, b) in bytes.iter().enumerate().take(4) {
+        len |= usize::from(b & 0x7F) << (7 * i);
+        if b & 0x80 == 0 {
+            return (len, i + 1);
+        }
+    }
+    panic!("bad property length in {bytes:?}")
 }
 
 /// A decoded MQTT 5 PUBLISH from the broker.
