@@ -186,6 +186,14 @@ pub struct Delivery {
     /// 1 for retained messages sent because of a new subscription `[MQTT-3.3.1-8]`, and for
     /// subscriptions with Retain As Published `[MQTT-3.3.1-12]`.
     pub retain: bool,
+    /// MQTT 5 extras (Subscription Identifiers, shared group), boxed so that the common
+    /// delivery stays three words wide: batches of deliveries are moved between actors.
+    pub extras: Option<Box<DeliveryExtras>>,
+}
+
+/// The rarely present parts of a [`Delivery`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveryExtras {
     /// Subscription Identifiers of the matching subscriptions `[MQTT-3.3.4-3]` (MQTT 5 only).
     pub subscription_ids: Vec<u32>,
     /// The shared subscription group it was routed through, if any: the Registry gives it to
@@ -200,9 +208,31 @@ impl Delivery {
             message,
             qos,
             retain,
-            subscription_ids: Vec::new(),
-            group: None,
+            extras: None,
         }
+    }
+
+    /// The same delivery with these identifiers and group (allocating only if there are any).
+    pub fn with_extras(mut self, subscription_ids: Vec<u32>, group: Option<u32>) -> Self {
+        self.extras = (!subscription_ids.is_empty() || group.is_some()).then(|| {
+            Box::new(DeliveryExtras {
+                subscription_ids,
+                group,
+            })
+        });
+        self
+    }
+
+    /// Subscription Identifiers to send with it.
+    pub fn subscription_ids(&self) -> &[u32] {
+        self.extras
+            .as_ref()
+            .map_or(&[][..], |e| &e.subscription_ids[..])
+    }
+
+    /// The shared subscription group it came through.
+    pub fn group(&self) -> Option<u32> {
+        self.extras.as_ref().and_then(|e| e.group)
     }
 }
 

@@ -348,7 +348,7 @@ impl Registry {
         let mut moving = Vec::new();
         let mut kept = std::collections::VecDeque::new();
         for entry in std::mem::take(&mut state.inflight) {
-            if entry.delivery.group.is_some() && entry.stage == InflightStage::AwaitingPubAck {
+            if entry.delivery.group().is_some() && entry.stage == InflightStage::AwaitingPubAck {
                 moving.push(entry.delivery);
             } else {
                 kept.push_back(entry);
@@ -357,7 +357,7 @@ impl Registry {
         state.inflight = kept;
         let queue = std::mem::take(&mut state.queue);
         for delivery in queue.into_iter().chain(held) {
-            if delivery.group.is_some() {
+            if delivery.group().is_some() {
                 moving.push(delivery);
             } else {
                 state.queue.push_back(delivery);
@@ -365,7 +365,7 @@ impl Registry {
         }
         let strategy = self.config.shared_subscription_strategy;
         for delivery in moving {
-            let Some(group) = delivery.group else {
+            let Some(group) = delivery.group() else {
                 continue;
             };
             let clients = &self.clients;
@@ -382,11 +382,12 @@ impl Registry {
                         group,
                         "redistributing an unacknowledged shared-subscription message"
                     );
-                    let redelivery = Delivery {
-                        qos: delivery.message.qos.min(options.qos),
-                        subscription_ids: options.id.into_iter().collect(),
-                        ..delivery
-                    };
+                    let redelivery = Delivery::new(
+                        delivery.message.clone(),
+                        delivery.message.qos.min(options.qos),
+                        delivery.retain,
+                    )
+                    .with_extras(options.id.into_iter().collect(), Some(group));
                     self.deliver(member, redelivery, ctx);
                 }
                 None => state.queue.push_back(delivery),
@@ -432,19 +433,18 @@ impl Registry {
                 ids.extend(options.id);
                 i += 1;
             }
-            let delivery = Delivery {
-                message: message.clone(),
-                qos: message.qos.min(qos),
-                // [MQTT-3.3.1-9] (3.1.1) RETAIN is 0 towards established subscriptions, unless
-                // (5.0) Retain As Published [MQTT-3.3.1-12] [MQTT-3.3.1-13].
-                retain: retain_as_published && message.retain,
-                subscription_ids: ids,
-                group: None,
-            };
+            // [MQTT-3.3.1-9] (3.1.1) RETAIN is 0 towards established subscriptions, unless
+            // (5.0) Retain As Published [MQTT-3.3.1-12] [MQTT-3.3.1-13].
+            let retain = retain_as_published && message.retain;
+            let delivery =
+                Delivery::new(message.clone(), message.qos.min(qos), retain).with_extras(ids, None);
             self.deliver(key, delivery, ctx);
         }
         self.matches = matches;
 
+        if self.shared.len() == 0 {
+            return;
+        }
         let mut groups = std::mem::take(&mut self.groups);
         groups.clear();
         self.shared
@@ -460,13 +460,12 @@ impl Registry {
                 false,
             );
             if let Some((member, options)) = pick {
-                let delivery = Delivery {
-                    message: message.clone(),
-                    qos: message.qos.min(options.qos),
-                    retain: options.retain_as_published && message.retain,
-                    subscription_ids: options.id.into_iter().collect(),
-                    group: Some(group),
-                };
+                let delivery = Delivery::new(
+                    message.clone(),
+                    message.qos.min(options.qos),
+                    options.retain_as_published && message.retain,
+                )
+                .with_extras(options.id.into_iter().collect(), Some(group));
                 self.deliver(member, delivery, ctx);
             }
         }
@@ -641,13 +640,11 @@ impl Handler<Subscribe> for Registry {
                             expired.push(m.topic.clone());
                             return;
                         }
-                        retained.push(Delivery {
-                            message: m.clone(),
-                            qos: m.qos.min(options.qos),
-                            retain: true, // [MQTT-3.3.1-8]
-                            subscription_ids: options.id.into_iter().collect(),
-                            group: None,
-                        });
+                        // [MQTT-3.3.1-8] RETAIN 1 for a message sent because of a subscription.
+                        retained.push(
+                            Delivery::new(m.clone(), m.qos.min(options.qos), true)
+                                .with_extras(options.id.into_iter().collect(), None),
+                        );
                     });
                 }
             }

@@ -102,7 +102,7 @@ pub(super) fn write_delivery(
         properties: message.properties.as_deref(),
         expiry: message.remaining_expiry(now),
         topic_alias: None,
-        subscription_ids: &delivery.subscription_ids,
+        subscription_ids: delivery.subscription_ids(),
     };
     // A re-sent PUBLISH carries its topic: the alias may not be known on this connection.
     let (alias, send_topic) = if dup {
