@@ -218,7 +218,27 @@ impl RunningBroker {
         self.access.reload()
     }
 
-    /// Stops accepting, closes every connection and stops the actors' threads.
+    /// Shuts down gracefully: stops accepting, asks every Session to close (MQTT 5 clients get
+    /// DISCONNECT 0x8B Server shutting down; wills are published as for any close the client did
+    /// not ask for), waits up to `grace` for the connections to be written out and closed, then
+    /// [`stop`](RunningBroker::stop)s.
+    pub async fn shutdown(self, grace: std::time::Duration) {
+        for accept in &self.accepts {
+            accept.abort();
+        }
+        if self.registry.send(crate::registry::CloseAll).await.is_ok() {
+            let deadline = tokio::time::Instant::now() + grace;
+            // The connection count has no event of its own: look at it until it is 0.
+            while self.metrics.snapshot().connections_current > 0
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+        self.stop();
+    }
+
+    /// Stops accepting, drops every connection and stops the actors' threads at once.
     pub fn stop(self) {
         for accept in &self.accepts {
             accept.abort();

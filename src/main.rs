@@ -120,7 +120,7 @@ fn main() -> ExitCode {
             }
         }
         info!("shutdown signal received");
-        running.stop();
+        running.shutdown(SHUTDOWN_GRACE).await;
         Ok::<(), switchboard::BrokerError>(())
     });
     match result {
@@ -131,6 +131,9 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// How long a shutdown waits for connections to close before stopping regardless.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// What a signal asks for.
 enum Signal {

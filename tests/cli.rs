@@ -124,6 +124,34 @@ async fn binary_logs_lifecycle_events_and_stops_on_sigterm() {
     assert!(exit.success(), "{exit:?}");
 }
 
+#[tokio::test]
+async fn sigterm_tells_mqtt5_clients_the_server_is_shutting_down() {
+    // Section 4.13.2: DISCONNECT 0x8B (Server shutting down) before the connection closes; a
+    // 3.1.1 client is simply closed.
+    let (mut child, logs) = spawn(&["--port", "0"]);
+    let addr = listening_addr(&wait_line(&logs, "switchboard listening on"));
+    let mut v5 = common::Raw::handshake5(addr, "v5-client").await;
+    let (mut v311, _) = common::Raw::handshake(addr, "v311-client", true).await;
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let frame = v5.expect().await;
+    assert_eq!(common::v5::disconnect_reason(&frame), 0x8B);
+    v5.expect_closed().await;
+    v311.expect_closed().await;
+    let exit = tokio::time::timeout(
+        common::WAIT,
+        tokio::task::spawn_blocking(move || child.wait()),
+    )
+    .await
+    .expect("broker did not stop on SIGTERM")
+    .expect("wait task")
+    .expect("wait");
+    assert!(exit.success(), "{exit:?}");
+}
+
 #[test]
 fn unknown_config_key_is_a_clear_startup_error() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -176,6 +176,18 @@ pub struct Deliver(pub Vec<Delivery>);
 #[rtype(result = "()")]
 pub struct Takeover;
 
+/// Sent by [`RunningBroker::shutdown`](crate::RunningBroker::shutdown) to the Registry: every
+/// connected client's Session gets [`ServerClosing`]. Answers how many were told.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct CloseAll;
+
+/// Sent by the Registry to a Session when the broker shuts down: the Session closes (an MQTT 5
+/// client first gets DISCONNECT 0x8B Server shutting down) and detaches as usual.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ServerClosing;
+
 /// Sent by the embedding application to the Registry to add lifecycle hooks at run time.
 #[derive(Message)]
 #[rtype(result = "()")]

@@ -762,6 +762,25 @@ impl Handler<SessionEnded> for Registry {
     }
 }
 
+impl Handler<CloseAll> for Registry {
+    type Result = usize;
+
+    fn handle(&mut self, _: CloseAll, _: &mut Context<Self>) -> usize {
+        let mut told = 0;
+        for client in self.clients.iter().flatten() {
+            if let Some(attached) = client.attached.as_ref().filter(|a| !a.detaching) {
+                attached.session.do_send(ServerClosing);
+                told += 1;
+            }
+        }
+        info!(
+            clients = told,
+            "closing every connection: server shutting down"
+        );
+        told
+    }
+}
+
 impl Handler<AddHooks> for Registry {
     type Result = ();
 

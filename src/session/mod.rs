@@ -31,8 +31,8 @@ use crate::hooks::{DisconnectReason, Interceptors};
 use crate::message::QoS;
 use crate::metrics::Metrics;
 use crate::registry::{
-    ClientKey, ConnId, Deliver, Detach, Detached, Registry, SessionEnded, Subscribed, Takeover,
-    Unsubscribed,
+    ClientKey, ConnId, Deliver, Detach, Detached, Registry, ServerClosing, SessionEnded,
+    Subscribed, Takeover, Unsubscribed,
 };
 
 /// Initial read buffer per connection: small, because most devices send small packets and a
@@ -575,6 +575,14 @@ impl Handler<Takeover> for Session {
 
     fn handle(&mut self, _: Takeover, ctx: &mut Context<Self>) {
         self.close(ctx, DisconnectReason::TakenOver);
+    }
+}
+
+impl Handler<ServerClosing> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: ServerClosing, ctx: &mut Context<Self>) {
+        self.close(ctx, DisconnectReason::ServerShutdown);
     }
 }
 
