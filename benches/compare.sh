@@ -4,6 +4,7 @@
 #
 #   benches/compare.sh                 # 3 runs of each, 5 s measured each
 #   RUNS=5 DURATION=10 benches/compare.sh
+#   MQTT=5 RESULTS=target/compare-v5.jsonl CHART=target/v5.svg benches/compare.sh  # MQTT 5 clients
 #
 # Installs Debian's mosquitto if missing (needs root). Results: target/compare.jsonl; table on
 # stdout; chart: docs/benchmarks.svg.
@@ -16,6 +17,8 @@ CLIENTS=${CLIENTS:-8}
 RESULTS=${RESULTS:-target/compare.jsonl}
 SB_PORT=${SB_PORT:-18830}
 MQ_PORT=${MQ_PORT:-18831}
+MQTT=${MQTT:-3.1.1}
+CHART=${CHART:-docs/benchmarks.svg}
 
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
   echo "installing mosquitto" >&2
@@ -69,7 +72,7 @@ run() {
   local port=$SB_PORT pid=$SB_PID
   if [ "$label" = mosquitto ]; then port=$MQ_PORT; pid=$MQ_PID; fi
   "$LOAD" --addr "127.0.0.1:$port" --broker-pid "$pid" --label "$label" --quiet \
-    --out "$results" "$@" >/dev/null
+    --mqtt "$MQTT" --out "$results" "$@" >/dev/null
 }
 
 mkdir -p target
@@ -121,7 +124,7 @@ for broker in switchboard mosquitto; do
 done
 stop_brokers
 
-"$LOAD" --table "$RESULTS" --chart docs/benchmarks.svg
+"$LOAD" --table "$RESULTS" --chart "$CHART"
 echo
 echo "Other scenarios (msgs/s: wildcard deliveries, retained messages received, connections):"
 "$LOAD" --table "$OTHER"

@@ -362,6 +362,31 @@ async fn a_message_larger_than_the_client_maximum_packet_size_is_not_sent() {
 }
 
 #[tokio::test]
+async fn a_topic_alias_on_a_dropped_message_is_not_used_later() {
+    // The oversized first message on a topic would have introduced its alias; the client never
+    // saw it, so the next message on that topic carries the topic again [MQTT-3.1.2-25].
+    let broker = broker();
+    let addr = broker.local_addr();
+    let props = Props::new()
+        .u32(prop::MAXIMUM_PACKET_SIZE, 64)
+        .u16(prop::TOPIC_ALIAS_MAXIMUM, 4);
+    let mut sub = subscriber(addr, "aliased-small", props, "big/#", 0).await;
+    let mut publisher = Raw::handshake5(addr, "big-alias-pub").await;
+    publisher
+        .send(&publish5("big/1", &[0u8; 100], 0, 0, false, &Props::new()))
+        .await;
+    publisher
+        .send(&publish5("big/1", b"fits", 0, 0, false, &Props::new()))
+        .await;
+    let got = publish_of(&sub.expect().await);
+    assert_eq!(
+        (got.topic.as_str(), &got.payload[..]),
+        ("big/1", &b"fits"[..])
+    );
+    assert_eq!(got.properties.and_then(|p| p.topic_alias), Some(1));
+}
+
+#[tokio::test]
 async fn refused_publishes_get_negative_acknowledgements() {
     let broker = broker();
     let mut raw = Raw::handshake5(broker.local_addr(), "neg").await;
@@ -386,6 +411,10 @@ async fn refused_publishes_get_negative_acknowledgements() {
     raw.send(&packets::ack(0x62, 9)).await;
     let comp = raw.expect().await;
     assert_eq!((comp.byte1, comp.pid(), comp.body[2]), (0x70, 9, 0x92));
+    assert!(
+        String::from_utf8_lossy(&comp.body[3..]).contains("packet identifier not found"),
+        "with a reason string: {comp:?}"
+    );
 }
 
 #[tokio::test]

@@ -36,6 +36,9 @@ pub struct Args {
     /// Clients (publishers and/or subscribers, per scenario).
     #[arg(long, default_value_t = 8)]
     pub clients: usize,
+    /// MQTT version the clients speak: 3.1.1 or 5 (MQTT 5 publishes carry no properties).
+    #[arg(long, default_value = "3.1.1", value_parser = ["3.1.1", "5"])]
+    pub mqtt: String,
     /// QoS of publishes and subscriptions.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
     pub qos: u8,

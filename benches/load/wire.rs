@@ -1,9 +1,46 @@
-//! MQTT bytes for the harness: CONNECT/SUBSCRIBE via mqttbytes, PUBLISH from a pre-encoded
-//! template patched in place, and a minimal frame splitter.
+//! MQTT bytes for the harness: CONNECT/SUBSCRIBE via mqttbytes (MQTT 3.1.1) or byte by byte
+//! (MQTT 5), PUBLISH from a pre-encoded template patched in place, and a minimal frame splitter.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::BytesMut;
-use switchboard::codec::{write_publish, PublishHeader};
+use switchboard::codec::{write_publish, write_publish_v5, PublishExtras, PublishHeader};
 use switchboard::QoS;
+
+/// Whether the clients speak MQTT 5 (`--mqtt 5`); set once at start.
+static MQTT5: AtomicBool = AtomicBool::new(false);
+
+/// Makes every client of this run speak MQTT 5 (or 3.1.1).
+pub fn set_mqtt5(on: bool) {
+    MQTT5.store(on, Ordering::Relaxed);
+}
+
+fn mqtt5() -> bool {
+    MQTT5.load(Ordering::Relaxed)
+}
+
+fn string(out: &mut Vec<u8>, s: &str) {
+    out.extend((s.len() as u16).to_be_bytes());
+    out.extend(s.as_bytes());
+}
+
+fn framed(byte1: u8, body: Vec<u8>) -> Vec<u8> {
+    let mut out = vec![byte1];
+    let mut len = body.len();
+    loop {
+        let mut b = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if len == 0 {
+            break;
+        }
+    }
+    out.extend(body);
+    out
+}
 
 /// Bytes at the start of every payload: publisher id (u32), sequence number (u64), send time
 /// in nanoseconds since the run started (u64).
@@ -18,16 +55,34 @@ pub async fn handshake(
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     stream.write_all(&connect(id, 0)).await?;
-    let mut connack = [0u8; 4];
-    stream.read_exact(&mut connack).await?;
-    if connack[3] != 0 {
-        return Err(std::io::Error::other(format!("CONNACK {}", connack[3])));
+    // CONNACK: fixed header, then (session present, code[, MQTT 5 properties]).
+    let mut head = [0u8; 2];
+    stream.read_exact(&mut head).await?;
+    let mut len = usize::from(head[1] & 0x7F);
+    if head[1] & 0x80 != 0 {
+        let mut more = [0u8; 1];
+        stream.read_exact(&mut more).await?;
+        len |= usize::from(more[0] & 0x7F) << 7;
     }
-    Ok(stream)
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).await?;
+    match body.get(1) {
+        Some(0) => Ok(stream),
+        code => Err(std::io::Error::other(format!("CONNACK {code:?}"))),
+    }
 }
 
-/// A CONNECT frame.
+/// A CONNECT frame (clean session / clean start).
 pub fn connect(client_id: &str, keep_alive: u16) -> Vec<u8> {
+    if mqtt5() {
+        let mut body = Vec::new();
+        string(&mut body, "MQTT");
+        body.extend([5, 0x02]);
+        body.extend(keep_alive.to_be_bytes());
+        body.push(0); // no properties
+        string(&mut body, client_id);
+        return framed(0x10, body);
+    }
     let mut connect = mqttbytes::v4::Connect::new(client_id);
     connect.keep_alive = keep_alive;
     let mut buf = BytesMut::new();
@@ -37,6 +92,15 @@ pub fn connect(client_id: &str, keep_alive: u16) -> Vec<u8> {
 
 /// A SUBSCRIBE frame.
 pub fn subscribe(pid: u16, filters: &[String], qos: u8) -> Vec<u8> {
+    if mqtt5() {
+        let mut body = pid.to_be_bytes().to_vec();
+        body.push(0); // no properties
+        for filter in filters {
+            string(&mut body, filter);
+            body.push(qos);
+        }
+        return framed(0x82, body);
+    }
     let qos = match qos {
         0 => mqttbytes::QoS::AtMostOnce,
         1 => mqttbytes::QoS::AtLeastOnce,
@@ -72,11 +136,25 @@ impl PublishTemplate {
             dup: false,
             pid: 1,
         };
-        write_publish(&mut buf, topic, &payload, header);
+        // MQTT 5: an empty property block (one byte) sits between packet id and payload.
+        let props = if mqtt5() {
+            write_publish_v5(
+                &mut buf,
+                topic,
+                &payload,
+                header,
+                &PublishExtras::default(),
+                None,
+            );
+            1
+        } else {
+            write_publish(&mut buf, topic, &payload, header);
+            0
+        };
         let stamp_at = buf.len() - payload.len();
         PublishTemplate {
             frame: buf.to_vec(),
-            pid_at: (qos != QoS::AtMostOnce).then_some(stamp_at - 2),
+            pid_at: (qos != QoS::AtMostOnce).then_some(stamp_at - props - 2),
             stamp_at,
         }
     }
@@ -153,6 +231,20 @@ pub fn read_stamp(byte1: u8, body: &[u8]) -> Option<Stamp> {
     } else {
         0
     };
+    if mqtt5() {
+        // Skip the property block (a variable byte integer length, then the properties).
+        let (mut len, mut shift) = (0usize, 0);
+        loop {
+            let b = *body.get(at)?;
+            at += 1;
+            len |= usize::from(b & 0x7F) << shift;
+            if b & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+        }
+        at += len;
+    }
     let s = body.get(at..at + STAMP)?;
     Some(Stamp {
         pid,

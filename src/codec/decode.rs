@@ -95,8 +95,10 @@ pub struct MqttCodec {
     protocol: ProtocolVersion,
     /// Highest inbound Topic Alias the broker accepts (announced in CONNACK).
     pub(super) topic_alias_maximum: u16,
-    /// Inbound topic aliases of this connection `[MQTT-3.3.2-12]`.
-    pub(super) aliases: HashMap<u16, String>,
+    /// Inbound topic aliases of this connection `[MQTT-3.3.2-12]`, allocated on first use.
+    // Boxed on purpose: a HashMap is 48 bytes inline and most connections never use one.
+    #[allow(clippy::box_collection)]
+    pub(super) aliases: Option<Box<HashMap<u16, String>>>,
     /// Packets decoded since the read buffer last ran dry.
     burst: u32,
 }
@@ -115,7 +117,7 @@ impl MqttCodec {
             first_packet: true,
             protocol: ProtocolVersion::V3_1_1,
             topic_alias_maximum: 0,
-            aliases: HashMap::new(),
+            aliases: None,
             burst: 0,
         }
     }

@@ -93,17 +93,16 @@ impl MqttCodec {
                 return Err(CodecError::TopicAliasInvalid(alias));
             }
             if topic.is_empty() {
-                topic = self
-                    .aliases
-                    .get(&alias)
-                    .cloned()
-                    .ok_or(CodecError::Protocol5(
-                        "PUBLISH",
-                        "empty topic with an alias that was never set",
-                    ))?;
+                let known = self.aliases.as_ref().and_then(|a| a.get(&alias));
+                topic = known.cloned().ok_or(CodecError::Protocol5(
+                    "PUBLISH",
+                    "empty topic with an alias that was never set",
+                ))?;
             } else {
                 validate_topic_name(&topic)?;
-                self.aliases.insert(alias, topic.clone());
+                self.aliases
+                    .get_or_insert_with(Default::default)
+                    .insert(alias, topic.clone());
             }
         }
         validate_topic_name(&topic)?;

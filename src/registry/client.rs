@@ -43,8 +43,9 @@ pub(super) struct Client {
     /// Identifies the timers (session expiry, will delay) allowed to act on this client; a new
     /// connection takes a new token, which cancels them.
     pub timer_token: u64,
-    /// A will waiting for its Will Delay Interval `[MQTT-3.1.3-9]`.
-    pub delayed_will: Option<LastWill>,
+    /// A will waiting for its Will Delay Interval `[MQTT-3.1.3-9]` (boxed: rare, and every
+    /// client record pays for its width).
+    pub delayed_will: Option<Box<LastWill>>,
 }
 
 impl Client {

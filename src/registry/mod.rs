@@ -304,7 +304,7 @@ impl Registry {
         self.remove_client(key);
         if let Some(will) = will {
             // [MQTT-3.1.3-9] published when the session ends, if that comes before the delay.
-            self.publish_will(&client_id, key, will, ctx);
+            self.publish_will(&client_id, key, *will, ctx);
         }
     }
 
@@ -320,7 +320,7 @@ impl Registry {
             return;
         };
         let client_id = client.id.clone();
-        self.publish_will(&client_id, key, will, ctx);
+        self.publish_will(&client_id, key, *will, ctx);
     }
 
     fn publish_will(
@@ -737,7 +737,7 @@ impl Handler<Detach> for Registry {
                 // [MQTT-3.1.3-9].
                 let delay = Duration::from_secs(u64::from(will.delay.min(expiry)));
                 if let Some(client) = self.client(msg.key) {
-                    client.delayed_will = Some(will);
+                    client.delayed_will = Some(Box::new(will));
                 }
                 let key = msg.key;
                 ctx.run_later(delay, move |act, ctx| act.fire_will(key, token, ctx));

@@ -105,8 +105,8 @@ pub struct Session {
     /// Topic aliases assigned towards the client (MQTT 5).
     aliases: OutboundAliases,
     /// An MQTT 5 reason code and string for the DISCONNECT sent on close, overriding the one
-    /// the close reason implies.
-    disconnect_code: Option<(u8, String)>,
+    /// the close reason implies (boxed: rare, and every idle connection pays for its width).
+    disconnect_code: Option<Box<(u8, String)>>,
     /// Session Expiry Interval from the client's DISCONNECT (MQTT 5).
     disconnect_expiry: Option<u32>,
     /// This Session's copy of the ACL, and the generation it was taken at.
@@ -250,7 +250,7 @@ impl Session {
             if self.peer_options.protocol.is_v5() && !self.socket_dead {
                 // (5.0) the broker says why it closes the connection (section 4.13.2), only
                 // ever after a successful CONNACK [MQTT-3.14.0-1].
-                let code = match self.disconnect_code.take() {
+                let code = match self.disconnect_code.take().map(|b| *b) {
                     Some((code, why)) => Some((code, Some(why))),
                     None => disconnect_code(&reason).map(|code| (code, None)),
                 };
@@ -297,7 +297,7 @@ impl Session {
 
     fn protocol_error(&mut self, ctx: &mut Context<Self>, error: &CodecError) {
         self.shared.metrics.add_protocol_errors(1);
-        self.disconnect_code = Some((error.reason_code(), error.to_string()));
+        self.disconnect_code = Some(Box::new((error.reason_code(), error.to_string())));
         warn!(
             addr = %self.peer,
             client_id = %self.client_id(),

@@ -94,11 +94,19 @@ impl Session {
                 // (5.0) with 0x92 Packet Identifier not found).
                 let known = self.inbound_qos2.remove(&pid);
                 if self.peer_options.protocol.is_v5() && !known {
-                    codec::write_ack_v5(
+                    let code = reason::PACKET_ID_NOT_FOUND;
+                    let why = self
+                        .peer_options
+                        .problem_information
+                        .then(|| codec::reason_text(code));
+                    let max = self.peer_options.max_packet_size;
+                    codec::write_ack_v5_with_reason(
                         &mut self.out,
                         Ack::PubComp,
                         pid,
-                        reason::PACKET_ID_NOT_FOUND,
+                        code,
+                        why,
+                        max,
                     );
                 } else {
                     codec::write_ack(&mut self.out, Ack::PubComp, pid);
@@ -157,7 +165,7 @@ impl Session {
 
     /// [`Session::limit_hit`] with the MQTT 5 reason code the DISCONNECT carries.
     fn limit_hit_with(&mut self, ctx: &mut Context<Self>, what: &'static str, code: u8) {
-        self.disconnect_code = Some((code, what.to_string()));
+        self.disconnect_code = Some(Box::new((code, what.to_string())));
         self.shared.metrics.add_limits_hit(1);
         warn!(addr = %self.peer, client_id = %self.client_id(), limit = what, "closing connection: limit hit");
         self.close(

@@ -42,7 +42,10 @@ impl Default for PeerOptions {
 #[derive(Debug, Default)]
 pub(super) struct OutboundAliases {
     maximum: u16,
-    assigned: HashMap<String, u16>,
+    /// Allocated on first use: most connections never have aliases.
+    // Boxed on purpose: a HashMap is 48 bytes inline and most connections never use one.
+    #[allow(clippy::box_collection)]
+    assigned: Option<Box<HashMap<String, u16>>>,
 }
 
 impl OutboundAliases {
@@ -50,22 +53,36 @@ impl OutboundAliases {
     pub fn new(maximum: u16) -> Self {
         OutboundAliases {
             maximum,
-            assigned: HashMap::new(),
+            assigned: None,
         }
     }
 
     /// The alias to send with `topic`, and whether the topic itself must be sent too (the first
     /// time an alias is used).
     pub fn alias_for(&mut self, topic: &str) -> (Option<u16>, bool) {
-        if let Some(&alias) = self.assigned.get(topic) {
+        if self.maximum == 0 {
+            return (None, true);
+        }
+        let assigned = self.assigned.get_or_insert_with(Default::default);
+        if let Some(&alias) = assigned.get(topic) {
             return (Some(alias), false);
         }
-        if self.assigned.len() < usize::from(self.maximum) {
-            let alias = self.assigned.len() as u16 + 1;
-            self.assigned.insert(topic.to_string(), alias);
+        if assigned.len() < usize::from(self.maximum) {
+            let alias = assigned.len() as u16 + 1;
+            assigned.insert(topic.to_string(), alias);
             return (Some(alias), true);
         }
         (None, true)
+    }
+
+    /// Takes back the alias just assigned to `topic` by [`OutboundAliases::alias_for`] when the
+    /// PUBLISH that would have told the client was not sent after all.
+    pub fn forget(&mut self, topic: &str) {
+        if let Some(assigned) = self.assigned.as_mut() {
+            if assigned.len() == usize::from(assigned.get(topic).copied().unwrap_or(0)) {
+                assigned.remove(topic);
+            }
+        }
     }
 }
 
@@ -119,14 +136,19 @@ pub(super) fn write_delivery(
         topic_alias: alias,
         ..extras
     };
-    codec::write_publish_v5(
+    let written = codec::write_publish_v5(
         out,
         topic,
         &message.payload,
         header,
         &extras,
         peer.max_packet_size,
-    )
+    );
+    if !written && send_topic && alias.is_some() {
+        // The client never learnt this alias: later messages must not use it.
+        aliases.forget(&message.topic);
+    }
+    written
 }
 
 /// The MQTT 5 reason code of the DISCONNECT a Session sends before closing for `reason`, if it
@@ -155,6 +177,20 @@ mod tests {
         assert_eq!(aliases.alias_for("a"), (Some(1), false));
         assert_eq!(aliases.alias_for("b"), (Some(2), true));
         assert_eq!(aliases.alias_for("c"), (None, true), "maximum reached");
+        aliases.forget("c");
+        assert_eq!(
+            aliases.alias_for("b"),
+            (Some(2), false),
+            "only the last new alias is taken back"
+        );
+        let mut fresh = OutboundAliases::new(2);
+        assert_eq!(fresh.alias_for("x"), (Some(1), true));
+        fresh.forget("x");
+        assert_eq!(
+            fresh.alias_for("y"),
+            (Some(1), true),
+            "a forgotten alias is assigned again"
+        );
         let mut none = OutboundAliases::new(0);
         assert_eq!(none.alias_for("a"), (None, true), "[MQTT-3.1.2-27]");
     }
