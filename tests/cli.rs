@@ -80,9 +80,23 @@ fn listening_addr(line: &str) -> std::net::SocketAddr {
         .expect("address in the listening line")
 }
 
+/// Waits for the broker's exit itself (on a blocking thread), bounded by the usual timeout, and
+/// asserts it succeeded.
+async fn assert_clean_exit(mut child: Child) {
+    let exit = tokio::time::timeout(
+        common::WAIT,
+        tokio::task::spawn_blocking(move || child.wait()),
+    )
+    .await
+    .expect("broker did not stop on SIGTERM")
+    .expect("wait task")
+    .expect("wait");
+    assert!(exit.success(), "{exit:?}");
+}
+
 #[tokio::test]
 async fn binary_logs_lifecycle_events_and_stops_on_sigterm() {
-    let (mut child, logs) = spawn(&["--port", "0"]);
+    let (child, logs) = spawn(&["--port", "0"]);
     let listening = wait_line(&logs, "switchboard listening on");
     let addr = listening_addr(&listening);
     let mut raw = common::Raw::connect(addr).await;
@@ -112,23 +126,14 @@ async fn binary_logs_lifecycle_events_and_stops_on_sigterm() {
         .status()
         .expect("kill");
     assert!(status.success());
-    // Wait for the exit itself (on a blocking thread), bounded by the usual timeout.
-    let exit = tokio::time::timeout(
-        common::WAIT,
-        tokio::task::spawn_blocking(move || child.wait()),
-    )
-    .await
-    .expect("broker did not stop on SIGTERM")
-    .expect("wait task")
-    .expect("wait");
-    assert!(exit.success(), "{exit:?}");
+    assert_clean_exit(child).await;
 }
 
 #[tokio::test]
 async fn sigterm_tells_mqtt5_clients_the_server_is_shutting_down() {
     // Section 4.13.2: DISCONNECT 0x8B (Server shutting down) before the connection closes; a
     // 3.1.1 client is simply closed.
-    let (mut child, logs) = spawn(&["--port", "0"]);
+    let (child, logs) = spawn(&["--port", "0"]);
     let addr = listening_addr(&wait_line(&logs, "switchboard listening on"));
     let mut v5 = common::Raw::handshake5(addr, "v5-client").await;
     let (mut v311, _) = common::Raw::handshake(addr, "v311-client", true).await;
@@ -141,15 +146,7 @@ async fn sigterm_tells_mqtt5_clients_the_server_is_shutting_down() {
     assert_eq!(common::v5::disconnect_reason(&frame), 0x8B);
     v5.expect_closed().await;
     v311.expect_closed().await;
-    let exit = tokio::time::timeout(
-        common::WAIT,
-        tokio::task::spawn_blocking(move || child.wait()),
-    )
-    .await
-    .expect("broker did not stop on SIGTERM")
-    .expect("wait task")
-    .expect("wait");
-    assert!(exit.success(), "{exit:?}");
+    assert_clean_exit(child).await;
 }
 
 #[test]

@@ -92,6 +92,23 @@ fn connect_v5(client_id: &str) -> Vec<u8> {
     connect
 }
 
+/// After a case: a fresh client (connected as `fresh`) is still served, and everything the case
+/// created is gone again (clean sessions only).
+async fn assert_still_serving(broker: &BackgroundBroker, mut fresh: common::Raw) {
+    fresh.ping().await;
+    fresh.send(&[0xE0, 0x00]).await;
+    fresh.expect_closed().await;
+    common::eventually(|| async {
+        let stats = broker
+            .registry()
+            .send(GetStats)
+            .await
+            .expect("registry alive");
+        stats.clients_online + stats.sessions_offline == 0 && stats.subscriptions == 0
+    })
+    .await;
+}
+
 /// Valid packets and random bytes, as building blocks for the fuzzer.
 fn fragment() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
@@ -120,16 +137,8 @@ proptest! {
                 }
             }
             drop(raw);
-            let (mut fresh, _) = common::Raw::handshake(addr, "probe", true).await;
-            fresh.ping().await;
-            fresh.send(&[0xE0, 0x00]).await;
-            fresh.expect_closed().await;
-            // Everything the case created is gone again (clean sessions only).
-            common::eventually(|| async {
-                let stats = broker.registry().send(GetStats).await.expect("registry alive");
-                stats.clients_online + stats.sessions_offline == 0 && stats.subscriptions == 0
-            })
-            .await;
+            let (fresh, _) = common::Raw::handshake(addr, "probe", true).await;
+            assert_still_serving(broker, fresh).await;
         });
     }
 
@@ -165,15 +174,8 @@ proptest! {
                 }
             }
             drop(raw);
-            let mut fresh = common::Raw::handshake5(addr, "probe5").await;
-            fresh.ping().await;
-            fresh.send(&[0xE0, 0x00]).await;
-            fresh.expect_closed().await;
-            common::eventually(|| async {
-                let stats = broker.registry().send(GetStats).await.expect("registry alive");
-                stats.clients_online + stats.sessions_offline == 0 && stats.subscriptions == 0
-            })
-            .await;
+            let fresh = common::Raw::handshake5(addr, "probe5").await;
+            assert_still_serving(broker, fresh).await;
         });
     }
 

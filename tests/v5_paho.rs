@@ -10,16 +10,7 @@ use std::process::Command;
 
 #[test]
 fn paho_python_mqtt5_client() {
-    let available = Command::new("python3")
-        .args(["-c", "import paho.mqtt.client"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !available {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "paho-mqtt must be installed under CI (.ci/run installs it)"
-        );
-        eprintln!("SKIPPED: python3 with paho-mqtt not found (pip install paho-mqtt)");
+    if !common::paho_available() {
         return;
     }
     let broker = common::broker();

@@ -5,22 +5,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::properties::put_var_int as put_remaining_length;
 use crate::message::{ConnectReturnCode, QoS};
-
-/// Writes an MQTT variable byte integer (remaining length).
-fn put_remaining_length(out: &mut BytesMut, mut len: usize) {
-    loop {
-        let mut byte = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            byte |= 0x80;
-        }
-        out.put_u8(byte);
-        if len == 0 {
-            break;
-        }
-    }
-}
 
 /// Parameters of one outbound PUBLISH.
 #[derive(Debug, Clone, Copy)]
@@ -35,16 +21,22 @@ pub struct PublishHeader {
     pub pid: u16,
 }
 
+impl PublishHeader {
+    /// The first byte of the PUBLISH: type, DUP (never at QoS 0), QoS, RETAIN.
+    pub fn byte1(&self) -> u8 {
+        let has_pid = self.qos != QoS::AtMostOnce;
+        0x30 | (u8::from(self.dup && has_pid) << 3)
+            | ((self.qos as u8) << 1)
+            | u8::from(self.retain)
+    }
+}
+
 /// Writes a PUBLISH.
 pub fn write_publish(out: &mut BytesMut, topic: &str, payload: &[u8], header: PublishHeader) {
     let has_pid = header.qos != QoS::AtMostOnce;
     let remaining = 2 + topic.len() + if has_pid { 2 } else { 0 } + payload.len();
-    let byte1 = 0x30
-        | (u8::from(header.dup && has_pid) << 3)
-        | ((header.qos as u8) << 1)
-        | u8::from(header.retain);
     out.reserve(remaining + 5);
-    out.put_u8(byte1);
+    out.put_u8(header.byte1());
     put_remaining_length(out, remaining);
     out.put_u16(topic.len() as u16);
     out.put_slice(topic.as_bytes());
@@ -93,16 +85,22 @@ pub enum Ack {
 
 /// Writes PUBACK, PUBREC, PUBREL, PUBCOMP or UNSUBACK.
 pub fn write_ack(out: &mut BytesMut, ack: Ack, pid: u16) {
-    let byte1 = match ack {
-        Ack::PubAck => 0x40,
-        Ack::PubRec => 0x50,
-        Ack::PubRel => 0x62,
-        Ack::PubComp => 0x70,
-        Ack::UnsubAck => 0xB0,
-    };
-    out.put_u8(byte1);
+    out.put_u8(ack.byte1());
     out.put_u8(2);
     out.put_u16(pid);
+}
+
+impl Ack {
+    /// The first byte of the packet.
+    pub fn byte1(self) -> u8 {
+        match self {
+            Ack::PubAck => 0x40,
+            Ack::PubRec => 0x50,
+            Ack::PubRel => 0x62,
+            Ack::PubComp => 0x70,
+            Ack::UnsubAck => 0xB0,
+        }
+    }
 }
 
 /// SUBACK return code for a refused filter.

@@ -69,12 +69,8 @@ pub fn write_publish_v5(
     if max_packet_size.is_some_and(|max| total > max as usize) {
         return false;
     }
-    let byte1 = 0x30
-        | (u8::from(header.dup && has_pid) << 3)
-        | ((header.qos as u8) << 1)
-        | u8::from(header.retain);
     out.reserve(total);
-    out.put_u8(byte1);
+    out.put_u8(header.byte1());
     put_var_int(out, remaining);
     out.put_u16(topic.len() as u16);
     out.put_slice(topic.as_bytes());
@@ -106,14 +102,7 @@ pub fn write_ack_v5(out: &mut BytesMut, ack: Ack, pid: u16, reason: u8) {
     if reason == 0 {
         return super::write_ack(out, ack, pid);
     }
-    let byte1 = match ack {
-        Ack::PubAck => 0x40,
-        Ack::PubRec => 0x50,
-        Ack::PubRel => 0x62,
-        Ack::PubComp => 0x70,
-        Ack::UnsubAck => 0xB0,
-    };
-    out.put_slice(&[byte1, 3]);
+    out.put_slice(&[ack.byte1(), 3]);
     out.put_u16(pid);
     out.put_u8(reason);
 }
@@ -138,14 +127,7 @@ pub fn write_ack_v5_with_reason(
     if max_packet_size.is_some_and(|max| total > max as usize) {
         return write_ack_v5(out, ack, pid, reason);
     }
-    let byte1 = match ack {
-        Ack::PubAck => 0x40,
-        Ack::PubRec => 0x50,
-        Ack::PubRel => 0x62,
-        Ack::PubComp => 0x70,
-        Ack::UnsubAck => 0xB0,
-    };
-    out.put_u8(byte1);
+    out.put_u8(ack.byte1());
     put_var_int(out, remaining);
     out.put_u16(pid);
     out.put_u8(reason);

@@ -40,6 +40,23 @@ where
     }
 }
 
+/// Whether python3 with paho-mqtt is there. Under CI (`.ci/run` installs it) its absence is a
+/// failure; elsewhere the caller says it skipped.
+pub fn paho_available() -> bool {
+    let available = std::process::Command::new("python3")
+        .args(["-c", "import paho.mqtt.client"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !available {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "paho-mqtt must be installed under CI (.ci/run installs it)"
+        );
+        eprintln!("SKIPPED: python3 with paho-mqtt not found (pip install paho-mqtt)");
+    }
+    available
+}
+
 /// Resident set size of this process in bytes (0 where /proc is not readable).
 pub fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
