@@ -3,29 +3,13 @@
 
 mod common;
 
-use std::process::Command;
-
 #[test]
 fn paho_python_client_round_trip() {
     if !common::paho_available() {
         return;
     }
     let broker = common::broker();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/interop/paho_roundtrip.py"
-    );
-    let out = Command::new("python3")
-        .args([script, &broker.local_addr().port().to_string()])
-        .output()
-        .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<&str> = stdout.lines().collect();
+    let lines = common::run_interop_script("paho_roundtrip.py", broker.local_addr().port());
     assert_eq!(
         lines,
         vec![

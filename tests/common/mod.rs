@@ -57,6 +57,23 @@ pub fn paho_available() -> bool {
     available
 }
 
+/// Runs a Python script from `tests/interop/` against the broker on `port`; asserts it succeeded
+/// and returns the lines it printed.
+pub fn run_interop_script(name: &str, port: u16) -> Vec<String> {
+    let script = format!("{}/tests/interop/{name}", env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new("python3")
+        .args([script.as_str(), &port.to_string()])
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout.lines().map(str::to_string).collect()
+}
+
 /// Resident set size of this process in bytes (0 where /proc is not readable).
 pub fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
