@@ -14,7 +14,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use switchboard_actors::{ConnectionOptions, Enqueue, ManagedConnection, PendingCount, QoS};
+use switchboard_actors::{
+    ConnectionOptions, Enqueue, ManagedConnection, PendingCount, ProtocolVersion, QoS,
+};
 
 struct Args {
     host: String,
@@ -26,6 +28,7 @@ struct Args {
     count: u32,
     queue: Option<PathBuf>,
     wait: Duration,
+    protocol: ProtocolVersion,
 }
 
 fn parse() -> Result<Args, String> {
@@ -39,6 +42,7 @@ fn parse() -> Result<Args, String> {
         count: 1,
         queue: None,
         wait: Duration::from_secs(60),
+        protocol: ProtocolVersion::V3_1_1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -56,6 +60,13 @@ fn parse() -> Result<Args, String> {
                     .ok_or("--qos is 0, 1 or 2")?
             }
             "--message" => args.message = value()?,
+            "--mqtt" => {
+                args.protocol = match value()?.as_str() {
+                    "3.1.1" => ProtocolVersion::V3_1_1,
+                    "5" => ProtocolVersion::V5,
+                    _ => return Err("--mqtt is 3.1.1 or 5".into()),
+                }
+            }
             "--count" => args.count = value()?.parse().map_err(|e| format!("--count: {e}"))?,
             "--queue" => args.queue = Some(value()?.into()),
             "--wait" => {
@@ -64,7 +75,7 @@ fn parse() -> Result<Args, String> {
             }
             "-h" | "--help" => return Err(
                 "usage: switchboard-pub --topic T [--host H] [--port P] [--id ID] [--qos 0|1|2] \
-                            [--message M] [--count N] [--queue FILE] [--wait SECONDS]"
+                            [--message M] [--count N] [--queue FILE] [--wait SECONDS] [--mqtt 3.1.1|5]"
                     .into(),
             ),
             other => return Err(format!("unknown argument {other}")),
@@ -88,6 +99,7 @@ async fn main() -> ExitCode {
     let mut options = ConnectionOptions::new(args.host.clone(), args.port, args.id.clone());
     options.clean_session = true;
     options.durable_queue = args.queue.clone();
+    options.protocol = args.protocol;
     let connection = ManagedConnection::start_with(options, Vec::new());
     for _ in 0..args.count {
         let message = Enqueue::new(
