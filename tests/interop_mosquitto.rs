@@ -7,26 +7,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::broker_with_hooks;
-
-fn mosquitto_clients_available() -> bool {
-    let found = Command::new("mosquitto_pub")
-        .arg("--help")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "mosquitto-clients must be installed under CI (.ci/run installs them)"
-        );
-        eprintln!(
-            "SKIPPED: mosquitto_pub not found; install Debian's mosquitto-clients to run this test"
-        );
-    }
-    found
-}
+use common::{broker_with_hooks, mosquitto_clients_available};
 
 #[tokio::test]
 async fn mosquitto_sub_receives_what_mosquitto_pub_sends() {
@@ -136,80 +117,5 @@ async fn mosquitto_sub_gets_retained_message_with_retain_flag() {
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "1 gate/1AB/state closed"
-    );
-}
-
-#[tokio::test]
-async fn mosquitto_clients_speaking_mqtt5_pass_properties_through() {
-    // mosquitto_pub/sub -V mqttv5 are an independent MQTT 5 implementation: content type
-    // [MQTT-3.3.2-20], response topic, user property [MQTT-3.3.2-17] and correlation data
-    // [MQTT-3.3.2-16] arrive unaltered.
-    if !mosquitto_clients_available() {
-        return;
-    }
-    let (broker, mut hooks) = broker_with_hooks(|_| {});
-    let port = broker.local_addr().port().to_string();
-    let sub = tokio::process::Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-V",
-            "mqttv5",
-            "-i",
-            "mosq5-sub",
-        ])
-        .args([
-            "-q",
-            "1",
-            "-C",
-            "1",
-            "-W",
-            "10",
-            "-t",
-            "detrd/status/request/+",
-        ])
-        .args(["-F", "%t %p %C %R %P %D"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("mosquitto_sub starts");
-    hooks
-        .subscribed("mosq5-sub", "detrd/status/request/+")
-        .await;
-    let status = tokio::process::Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port, "-V", "mqttv5", "-q", "1"])
-        .args([
-            "-t",
-            "detrd/status/request/1AB.ENTER.DETRD",
-            "-m",
-            "status?",
-        ])
-        .args(["-D", "publish", "content-type", "text/plain"])
-        .args([
-            "-D",
-            "publish",
-            "response-topic",
-            "detrd/status/response/1AB.ENTER.DETRD",
-        ])
-        .args(["-D", "publish", "user-property", "site", "north"])
-        .args(["-D", "publish", "correlation-data", "c-1"])
-        .status()
-        .await
-        .expect("mosquitto_pub runs");
-    assert!(status.success());
-    let out = tokio::time::timeout(Duration::from_secs(10), sub.wait_with_output())
-        .await
-        .expect("mosquitto_sub ends after 1 message")
-        .expect("mosquitto_sub output");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim_end(),
-        "detrd/status/request/1AB.ENTER.DETRD status? text/plain detrd/status/response/1AB.ENTER.DETRD site:north c-1"
     );
 }

@@ -57,6 +57,27 @@ pub fn paho_available() -> bool {
     available
 }
 
+/// Whether Debian's mosquitto clients are there. Under CI (`.ci/run` installs them) their
+/// absence is a failure; elsewhere the caller says it skipped.
+pub fn mosquitto_clients_available() -> bool {
+    let found = std::process::Command::new("mosquitto_pub")
+        .arg("--help")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "mosquitto-clients must be installed under CI (.ci/run installs them)"
+        );
+        eprintln!(
+            "SKIPPED: mosquitto_pub not found; install Debian's mosquitto-clients to run this test"
+        );
+    }
+    found
+}
+
 /// Runs a Python script from `tests/interop/` against the broker on `port`; asserts it succeeded
 /// and returns the lines it printed.
 pub fn run_interop_script(name: &str, port: u16) -> Vec<String> {
