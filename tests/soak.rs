@@ -5,9 +5,11 @@
 //! ```
 //!
 //! 64 clients connect, subscribe, publish (some retained), unsubscribe and drop, cleanly or not,
-//! at random, for `SOAK_SECS` (default 120). Client ids come from a pool of 300, so takeovers
-//! happen too. Afterwards every session, subscription and retained entry is gone (the Registry's
-//! counts return to zero) and the process RSS is reported against its idle level.
+//! at random, for `SOAK_SECS` (default 120). Half the lives speak MQTT 5: sessions that expire
+//! after 0-2 s, wills delayed by 1 s, shared subscriptions, No Local, topic aliases, message
+//! expiry. Client ids come from a pool of 300, so takeovers happen too. Afterwards every session,
+//! subscription and retained entry is gone (the Registry's counts return to zero) and the process
+//! RSS is reported against its idle level.
 
 mod common;
 
@@ -28,18 +30,86 @@ impl Rng {
 }
 
 const TOPICS: [&str; 4] = ["soak/a/x", "soak/b/x", "soak/c/x", "other/d"];
-const FILTERS: [&str; 5] = ["soak/+/x", "soak/#", "soak/a/x", "other/#", "#"];
+const FILTERS: [&str; 6] = [
+    "soak/+/x",
+    "soak/#",
+    "soak/a/x",
+    "other/#",
+    "#",
+    "$share/g/soak/#",
+];
+
+/// Reads the CONNACK (3.1.1: 4 bytes; MQTT 5: with properties).
+async fn read_connack(s: &mut tokio::net::TcpStream) -> std::io::Result<()> {
+    let mut head = [0u8; 2];
+    s.read_exact(&mut head).await?;
+    let mut body = vec![0u8; usize::from(head[1] & 0x7F)];
+    s.read_exact(&mut body).await?;
+    Ok(())
+}
+
+/// One MQTT 5 packet of a soak life.
+fn packet_v5(rng: &mut Rng, pid: u16) -> Vec<u8> {
+    use common::v5::{options, prop, publish5, subscribe5, unsubscribe5, Props};
+    let filter = FILTERS[rng.next(FILTERS.len() as u64) as usize];
+    match rng.next(5) {
+        0 => {
+            let no_local = !filter.starts_with("$share/") && rng.next(2) == 0;
+            let opts = options(
+                rng.next(3) as u8,
+                no_local,
+                rng.next(2) == 0,
+                rng.next(3) as u8,
+            );
+            let props = Props::new().var(prop::SUBSCRIPTION_ID, rng.next(1000) as u32 + 1);
+            subscribe5(pid, &props, &[(filter, opts)])
+        }
+        1 => unsubscribe5(pid, &[filter]),
+        4 => vec![0xC0, 0x00],
+        _ => {
+            let topic = TOPICS[rng.next(TOPICS.len() as u64) as usize];
+            let mut props = Props::new().u16(prop::TOPIC_ALIAS, rng.next(3) as u16 + 1);
+            if rng.next(2) == 0 {
+                props = props.u32(prop::MESSAGE_EXPIRY, rng.next(3) as u32);
+            }
+            let payload = vec![b'x'; rng.next(2048) as usize];
+            let qos = rng.next(3) as u8;
+            publish5(topic, &payload, qos, pid, rng.next(10) == 0, &props)
+        }
+    }
+}
 
 async fn client_life(addr: std::net::SocketAddr, rng: &mut Rng) -> std::io::Result<()> {
+    use common::v5::{connect5, prop, Props, Will5};
     let id = format!("soak-{}", rng.next(300));
+    let v5 = rng.next(2) == 0;
     let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(&common::packets::connect(&id, true, 30))
-        .await?;
-    let mut connack = [0u8; 4];
-    s.read_exact(&mut connack).await?;
+    let connect = if v5 {
+        let props = Props::new()
+            .u32(prop::SESSION_EXPIRY, rng.next(3) as u32)
+            .u16(prop::TOPIC_ALIAS_MAXIMUM, 4);
+        let will = Will5 {
+            topic: "soak/will/x",
+            payload: b"gone",
+            qos: 1,
+            retain: false,
+            props: Props::new().u32(prop::WILL_DELAY, 1),
+        };
+        let will = (rng.next(4) == 0).then_some(&will);
+        connect5(&id, rng.next(2) == 0, 30, &props, will)
+    } else {
+        common::packets::connect(&id, true, 30)
+    };
+    s.write_all(&connect).await?;
+    read_connack(&mut s).await?;
     let mut pid = 1u16;
     for _ in 0..rng.next(20) + 1 {
         pid = pid.wrapping_add(1).max(1);
+        if v5 {
+            s.write_all(&packet_v5(rng, pid)).await?;
+            drain(&mut s).await?;
+            continue;
+        }
         let bytes = match rng.next(5) {
             0 => {
                 let filter = FILTERS[rng.next(FILTERS.len() as u64) as usize];
@@ -58,18 +128,21 @@ async fn client_life(addr: std::net::SocketAddr, rng: &mut Rng) -> std::io::Resu
             }
         };
         s.write_all(&bytes).await?;
-        // Read whatever is there, without waiting: some clients keep up, some fall behind.
-        let mut sink = [0u8; 16 * 1024];
-        while let Ok(Ok(n)) =
-            tokio::time::timeout(Duration::from_millis(1), s.read(&mut sink)).await
-        {
-            if n == 0 {
-                return Ok(());
-            }
-        }
+        drain(&mut s).await?;
     }
     if rng.next(2) == 0 {
         s.write_all(&[0xE0, 0x00]).await?;
+    }
+    Ok(())
+}
+
+/// Reads whatever is there, without waiting: some clients keep up, some fall behind.
+async fn drain(s: &mut tokio::net::TcpStream) -> std::io::Result<()> {
+    let mut sink = [0u8; 16 * 1024];
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut sink)).await {
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
     }
     Ok(())
 }
