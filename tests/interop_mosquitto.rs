@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use common::{broker_with_hooks, mosquitto_clients_available};
 
@@ -16,12 +15,9 @@ async fn mosquitto_sub_receives_what_mosquitto_pub_sends() {
     }
     let (broker, mut hooks) = broker_with_hooks(|_| {});
     let port = broker.local_addr().port().to_string();
-    let sub = tokio::process::Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
+    let sub = common::spawn_mosquitto_sub(
+        broker.local_addr().port(),
+        &[
             "-i",
             "mosq-sub",
             "-q",
@@ -31,12 +27,10 @@ async fn mosquitto_sub_receives_what_mosquitto_pub_sends() {
             "3",
             "-W",
             "10",
-        ])
-        .args(["-t", "detrd/status/response/+"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("mosquitto_sub starts");
+            "-t",
+            "detrd/status/response/+",
+        ],
+    );
     hooks
         .subscribed("mosq-sub", "detrd/status/response/+")
         .await;
@@ -49,19 +43,7 @@ async fn mosquitto_sub_receives_what_mosquitto_pub_sends() {
             .expect("mosquitto_pub runs");
         assert!(status.success());
     }
-    let out = tokio::time::timeout(Duration::from_secs(10), sub.wait_with_output())
-        .await
-        .expect("mosquitto_sub ends after 3 messages")
-        .expect("mosquitto_sub output");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect();
+    let lines = common::mosquitto_sub_lines(sub).await;
     assert_eq!(
         lines,
         vec![

@@ -4,10 +4,9 @@
 
 mod common;
 
-use std::process::Stdio;
-use std::time::Duration;
-
-use common::{broker_with_hooks, mosquitto_clients_available};
+use common::{
+    broker_with_hooks, mosquitto_clients_available, mosquitto_sub_lines, spawn_mosquitto_sub,
+};
 
 #[tokio::test]
 async fn mosquitto_clients_speaking_mqtt5_pass_properties_through() {
@@ -19,18 +18,13 @@ async fn mosquitto_clients_speaking_mqtt5_pass_properties_through() {
     }
     let (broker, mut hooks) = broker_with_hooks(|_| {});
     let port = broker.local_addr().port().to_string();
-    let sub = tokio::process::Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
+    let sub = spawn_mosquitto_sub(
+        broker.local_addr().port(),
+        &[
             "-V",
             "mqttv5",
             "-i",
             "mosq5-sub",
-        ])
-        .args([
             "-q",
             "1",
             "-C",
@@ -39,12 +33,10 @@ async fn mosquitto_clients_speaking_mqtt5_pass_properties_through() {
             "10",
             "-t",
             "detrd/status/request/+",
-        ])
-        .args(["-F", "%t %p %C %R %P %D"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("mosquitto_sub starts");
+            "-F",
+            "%t %p %C %R %P %D",
+        ],
+    );
     hooks
         .subscribed("mosq5-sub", "detrd/status/request/+")
         .await;
@@ -69,17 +61,9 @@ async fn mosquitto_clients_speaking_mqtt5_pass_properties_through() {
         .await
         .expect("mosquitto_pub runs");
     assert!(status.success());
-    let out = tokio::time::timeout(Duration::from_secs(10), sub.wait_with_output())
-        .await
-        .expect("mosquitto_sub ends after 1 message")
-        .expect("mosquitto_sub output");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let lines = mosquitto_sub_lines(sub).await;
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim_end(),
-        "detrd/status/request/1AB.ENTER.DETRD status? text/plain detrd/status/response/1AB.ENTER.DETRD site:north c-1"
+        lines,
+        vec!["detrd/status/request/1AB.ENTER.DETRD status? text/plain detrd/status/response/1AB.ENTER.DETRD site:north c-1"]
     );
 }

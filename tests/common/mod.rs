@@ -78,6 +78,36 @@ pub fn mosquitto_clients_available() -> bool {
     found
 }
 
+/// Starts `mosquitto_sub` against the broker on `port` with these extra arguments (it should
+/// end by itself, e.g. with `-C`).
+pub fn spawn_mosquitto_sub(port: u16, args: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub starts")
+}
+
+/// Waits (at most 10 s) for a `mosquitto_sub` to end, asserts it succeeded, and returns the lines
+/// it printed.
+pub async fn mosquitto_sub_lines(sub: tokio::process::Child) -> Vec<String> {
+    let out = tokio::time::timeout(Duration::from_secs(10), sub.wait_with_output())
+        .await
+        .expect("mosquitto_sub ends")
+        .expect("mosquitto_sub output");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 /// Runs a Python script from `tests/interop/` against the broker on `port`; asserts it succeeded
 /// and returns the lines it printed.
 pub fn run_interop_script(name: &str, port: u16) -> Vec<String> {
