@@ -14,6 +14,8 @@ pub struct Metrics {
     protocol_errors: AtomicU64,
     limits_hit: AtomicU64,
     acl_denied: AtomicU64,
+    expired_dropped: AtomicU64,
+    too_large_dropped: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -38,6 +40,10 @@ pub struct MetricsSnapshot {
     pub limits_hit: u64,
     /// Publishes dropped, subscriptions refused and wills dropped by the ACL.
     pub acl_denied: u64,
+    /// Messages whose MQTT 5 Message Expiry Interval passed before they could be sent.
+    pub expired_dropped: u64,
+    /// Messages not sent to an MQTT 5 client because they exceed its Maximum Packet Size.
+    pub too_large_dropped: u64,
 }
 
 macro_rules! counter {
@@ -57,6 +63,8 @@ impl Metrics {
     counter!(add_protocol_errors, protocol_errors);
     counter!(add_limits_hit, limits_hit);
     counter!(add_acl_denied, acl_denied);
+    counter!(add_expired_dropped, expired_dropped);
+    counter!(add_too_large_dropped, too_large_dropped);
 
     /// A connection opened.
     pub fn connection_opened(&self) -> u64 {
@@ -82,6 +90,8 @@ impl Metrics {
             protocol_errors: get(&self.protocol_errors),
             limits_hit: get(&self.limits_hit),
             acl_denied: get(&self.acl_denied),
+            expired_dropped: get(&self.expired_dropped),
+            too_large_dropped: get(&self.too_large_dropped),
         }
     }
 }

@@ -171,6 +171,8 @@ async fn message_expiry_counts_down_while_queued_and_expired_messages_are_droppe
         sub.sync5().await.is_empty(),
         "exp/short expired in the queue"
     );
+    // exp/short and exp/retained (also queued for the offline session) expired there.
+    assert_eq!(broker.metrics().snapshot().expired_dropped, 2, "counted");
     // An expired retained message is not sent to a new subscriber either.
     assert_eq!(
         sub.subscribe5(2, &Props::new(), &[("exp/retained", 1)])
@@ -359,6 +361,7 @@ async fn a_message_larger_than_the_client_maximum_packet_size_is_not_sent() {
     );
     sub.send(&packets::ack(0x40, got.pkid)).await;
     assert!(sub.sync5().await.is_empty());
+    assert_eq!(broker.metrics().snapshot().too_large_dropped, 1, "counted");
 }
 
 #[tokio::test]

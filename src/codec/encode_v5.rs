@@ -186,11 +186,22 @@ pub fn ack_reason_string(codes: &[u8], failure_from: u8) -> Option<String> {
     (!failures.is_empty()).then(|| failures.join("; "))
 }
 
-/// Writes a server DISCONNECT with a reason code and, when given, a reason string.
-pub fn write_disconnect_v5(out: &mut BytesMut, reason: u8, reason_string: Option<&str>) {
+/// Writes a server DISCONNECT with a reason code and, when given, a reason string, unless it
+/// would make the packet larger than the client's Maximum Packet Size `[MQTT-3.14.2-4]`.
+pub fn write_disconnect_v5(
+    out: &mut BytesMut,
+    reason: u8,
+    reason_string: Option<&str>,
+    max_packet_size: Option<u32>,
+) {
     let mut props = PropertyWriter::new();
     if let Some(text) = reason_string {
         props.string(id::REASON_STRING, text);
+        let remaining = 1 + props.encoded_len();
+        if max_packet_size.is_some_and(|max| 1 + var_int_len(remaining) + remaining > max as usize)
+        {
+            props = PropertyWriter::new();
+        }
     }
     out.put_u8(0xE0);
     put_var_int(out, 1 + props.encoded_len());
@@ -267,12 +278,23 @@ mod tests {
     }
 
     #[test]
+    fn disconnect_reason_string_only_within_the_client_maximum() {
+        let mut out = BytesMut::new();
+        write_disconnect_v5(&mut out, 0x8D, Some("keep-alive timeout"), None);
+        assert!(out.len() > 20);
+        let mut small = BytesMut::new();
+        // [MQTT-3.14.2-4]
+        write_disconnect_v5(&mut small, 0x8D, Some("keep-alive timeout"), Some(10));
+        assert_eq!(&small[..], &[0xE0, 2, 0x8D, 0][..]);
+    }
+
+    #[test]
     fn acks_and_disconnect() {
         let mut out = BytesMut::new();
         write_ack_v5(&mut out, Ack::PubAck, 5, 0);
         write_ack_v5(&mut out, Ack::PubRec, 5, 0x87);
         write_sub_unsub_ack_v5(&mut out, 0x90, 3, &[1, 0x87], None, None);
-        write_disconnect_v5(&mut out, 0x8E, None);
+        write_disconnect_v5(&mut out, 0x8E, None, None);
         assert_eq!(
             &out[..],
             &[0x40, 2, 0, 5, 0x50, 3, 0, 5, 0x87, 0x90, 5, 0, 3, 0, 1, 0x87, 0xE0, 2, 0x8E, 0][..]

@@ -256,7 +256,8 @@ impl Session {
                 };
                 if let Some((code, why)) = code {
                     let why = why.or_else(|| Some(reason.to_string()));
-                    codec::write_disconnect_v5(&mut self.out, code, why.as_deref());
+                    let max = self.peer_options.max_packet_size;
+                    codec::write_disconnect_v5(&mut self.out, code, why.as_deref(), max);
                 }
             }
             self.awaiting_detached = true;
@@ -329,13 +330,13 @@ impl Session {
         }
         let expired = self.outbound.take_expired();
         if expired > 0 {
-            self.shared.metrics.add_queued_dropped(expired);
+            self.shared.metrics.add_expired_dropped(expired);
             debug!(client_id = %self.client_id(), expired, "expired messages not delivered");
         }
     }
 
     fn too_large_for_client(&self) {
-        self.shared.metrics.add_qos0_dropped(1);
+        self.shared.metrics.add_too_large_dropped(1);
         debug!(client_id = %self.client_id(), "message larger than the client's Maximum Packet Size dropped");
     }
 
@@ -537,6 +538,7 @@ impl Handler<Deliver> for Session {
                 dropped += 1;
             } else if delivery.message.is_expired(now) {
                 // [MQTT-3.3.2-5] not delivered once expired.
+                self.shared.metrics.add_expired_dropped(1);
             } else if !write_delivery(
                 &mut self.out,
                 &self.peer_options,
