@@ -10,7 +10,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use bytes::Bytes;
 
-use crate::message::{ConnectReturnCode, ProtocolVersion, QoS};
+use crate::message::{ConnectReturnCode, MessageProperties, ProtocolVersion, QoS};
 
 /// Why a client's connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,6 +226,9 @@ pub struct AuthorizePublish {
     pub qos: QoS,
     /// RETAIN flag.
     pub retain: bool,
+    /// The MQTT 5 properties it carries (user properties, content type, response topic, ...);
+    /// `None` for MQTT 3.1.1 publishes. A rewrite keeps them.
+    pub properties: Option<MessageProperties>,
 }
 
 /// The publish interceptor's answer.

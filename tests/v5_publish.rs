@@ -492,3 +492,78 @@ async fn no_reason_strings_on_acknowledgements_when_the_client_asks_for_none() {
     let suback = raw.expect().await;
     assert_eq!(&suback.body[..], &[0, 2, 0, 0x8F][..], "no properties");
 }
+
+/// A publish interceptor that lets through only messages carrying a `tenant` user property, and
+/// moves them under `tenants/<tenant>/`.
+struct TenantPolicy;
+
+impl actix::Actor for TenantPolicy {
+    type Context = actix::Context<Self>;
+}
+
+impl actix::Handler<switchboard::hooks::AuthorizePublish> for TenantPolicy {
+    type Result = switchboard::hooks::PublishDecision;
+
+    fn handle(
+        &mut self,
+        q: switchboard::hooks::AuthorizePublish,
+        _: &mut Self::Context,
+    ) -> Self::Result {
+        use switchboard::hooks::PublishDecision;
+        let tenant = q.properties.as_ref().and_then(|p| {
+            p.user_properties
+                .iter()
+                .find(|(k, _)| k == "tenant")
+                .map(|(_, v)| v.clone())
+        });
+        match tenant {
+            Some(tenant) => PublishDecision::Rewrite {
+                topic: format!("tenants/{tenant}/{}", q.topic),
+                payload: q.payload,
+            },
+            None => PublishDecision::Drop,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_publish_interceptor_sees_mqtt5_properties_and_a_rewrite_keeps_them() {
+    use actix::Actor;
+    let broker = switchboard::BackgroundBroker::start_with(common::test_config(), |b| {
+        b.interceptors(switchboard::hooks::Interceptors {
+            publish: Some(TenantPolicy.start().recipient()),
+            ..Default::default()
+        })
+    })
+    .expect("broker starts");
+    let addr = broker.local_addr();
+    let mut sub = subscriber(addr, "tenant-sub", Props::new(), "tenants/#", 0).await;
+    let mut publisher = Raw::handshake5(addr, "tenant-pub").await;
+    publisher
+        .send(&publish5(
+            "gate/1",
+            b"no tenant",
+            0,
+            0,
+            false,
+            &Props::new(),
+        ))
+        .await;
+    let props = Props::new()
+        .user("tenant", "north")
+        .str(prop::CONTENT_TYPE, "text/plain");
+    publisher
+        .send(&publish5("gate/1", b"north", 0, 0, false, &props))
+        .await;
+    let got = publish_of(&sub.expect().await);
+    assert_eq!(
+        (got.topic.as_str(), &got.payload[..]),
+        ("tenants/north/gate/1", &b"north"[..])
+    );
+    let p = got.properties.expect("properties kept");
+    assert_eq!(p.content_type.as_deref(), Some("text/plain"));
+    assert!(
+        sub.sync5().await.is_empty(),
+        "the message without a tenant was dropped"
+    );
+}

@@ -490,6 +490,7 @@ impl Session {
             payload: message.payload.clone(),
             qos,
             retain: message.retain,
+            properties: message.properties.as_deref().cloned(),
         };
         ctx.wait(interceptor.send(question).into_actor(self).map(
             move |answer, act, ctx| {
