@@ -188,6 +188,8 @@ pub struct AuthorizeConnect {
     pub username: Option<String>,
     /// Password, if sent.
     pub password: Option<Bytes>,
+    /// MQTT 5 user properties of the CONNECT, in order (empty for earlier protocols).
+    pub user_properties: Vec<(String, String)>,
 }
 
 impl fmt::Debug for AuthorizeConnect {
@@ -198,6 +200,7 @@ impl fmt::Debug for AuthorizeConnect {
             .field("protocol", &self.protocol)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("user_properties", &self.user_properties)
             .finish()
     }
 }
@@ -299,6 +302,7 @@ mod tests {
             protocol: ProtocolVersion::V3_1_1,
             username: Some("gate".into()),
             password: Some(Bytes::from_static(b"hunter2")),
+            user_properties: Vec::new(),
         };
         let shown = format!("{question:?}");
         assert!(

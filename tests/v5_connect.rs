@@ -290,3 +290,71 @@ async fn rumqttc_v5_client_connects_and_round_trips() {
         (&b"r/1"[..], &b"v5"[..])
     );
 }
+
+/// A connect interceptor admitting only clients that say `fleet: detrd` in a user property.
+struct FleetOnly;
+
+impl actix::Actor for FleetOnly {
+    type Context = actix::Context<Self>;
+}
+
+impl actix::Handler<switchboard::hooks::AuthorizeConnect> for FleetOnly {
+    type Result = switchboard::hooks::ConnectDecision;
+
+    fn handle(
+        &mut self,
+        q: switchboard::hooks::AuthorizeConnect,
+        _: &mut Self::Context,
+    ) -> Self::Result {
+        use switchboard::hooks::ConnectDecision;
+        let member = q
+            .user_properties
+            .iter()
+            .any(|(k, v)| k == "fleet" && v == "detrd");
+        if member {
+            ConnectDecision::Accept
+        } else {
+            ConnectDecision::Refuse(switchboard::ConnectReturnCode::NotAuthorized)
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_connect_interceptor_sees_the_connect_user_properties() {
+    use actix::Actor;
+    let broker = switchboard::BackgroundBroker::start_with(common::test_config(), |b| {
+        b.interceptors(switchboard::hooks::Interceptors {
+            connect: Some(FleetOnly.start().recipient()),
+            ..Default::default()
+        })
+    })
+    .expect("broker starts");
+    let addr = broker.local_addr();
+    let member = Props::new().user("fleet", "detrd");
+    let (_ok, ack) = Raw::connect5(addr, &connect5("member", true, 30, &member, None)).await;
+    assert_eq!(ack.code, ConnectReturnCode::Success);
+    let (mut refused, ack) =
+        Raw::connect5(addr, &connect5("stranger", true, 30, &Props::new(), None)).await;
+    assert_eq!(ack.code, ConnectReturnCode::NotAuthorized);
+    refused.expect_closed().await;
+}
+
+#[tokio::test]
+async fn a_will_payload_that_is_not_the_utf8_it_claims_is_refused_with_0x99() {
+    // Section 3.1.3.2.3: the broker may check a will's payload against its format indicator.
+    let broker = broker();
+    let will = Will5 {
+        topic: "wills/x",
+        payload: &[0xFF, 0xFE],
+        qos: 0,
+        retain: false,
+        props: Props::new().byte(prop::PAYLOAD_FORMAT, 1),
+    };
+    let (mut raw, ack) = Raw::connect5(
+        broker.local_addr(),
+        &connect5("bad-will", true, 30, &Props::new(), Some(&will)),
+    )
+    .await;
+    assert_eq!(ack.code, ConnectReturnCode::PayloadFormatInvalid);
+    raw.expect_closed().await;
+}

@@ -172,6 +172,9 @@ pub struct Connect {
     pub password: Option<Bytes>,
     /// MQTT 5 properties (defaults for earlier protocols).
     pub properties: ConnectProperties,
+    /// MQTT 5: the will's Payload Format Indicator says UTF-8 and its payload is not; the
+    /// Session refuses the connection with 0x99.
+    pub will_payload_invalid: bool,
 }
 
 const FLAG_RESERVED: u8 = 0x01;
@@ -234,6 +237,7 @@ pub(super) fn parse_connect(mut body: Bytes) -> Result<Connect, CodecError> {
         ConnectProperties::default()
     };
     let client_id = read_string(&mut body)?;
+    let mut will_payload_invalid = false;
     let will = if will_flag {
         let mut will_props = MessageProperties::default();
         let (mut expiry, mut delay) = (None, 0);
@@ -255,6 +259,8 @@ pub(super) fn parse_connect(mut body: Bytes) -> Result<Connect, CodecError> {
         let topic = read_string(&mut body)?;
         validate_topic_name(&topic)?;
         let payload = read_binary(&mut body)?;
+        will_payload_invalid =
+            will_props.payload_format == Some(1) && std::str::from_utf8(&payload).is_err();
         let mut will = LastWill::new(topic, payload, will_qos, will_retain);
         will.properties = Some(Box::new(will_props)).filter(|p| !p.is_empty());
         will.expiry = expiry;
@@ -285,5 +291,6 @@ pub(super) fn parse_connect(mut body: Bytes) -> Result<Connect, CodecError> {
         username,
         password,
         properties,
+        will_payload_invalid,
     })
 }

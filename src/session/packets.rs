@@ -227,6 +227,13 @@ impl Session {
             // whatever Clean Start says [MQTT-3.1.3-6].
             return self.refuse(ctx, ConnectReturnCode::IdentifierRejected);
         }
+        if connect.will_payload_invalid {
+            // (5.0) a will whose Payload Format Indicator says UTF-8 and whose payload is not:
+            // 0x99 Payload format invalid (section 3.1.3.2.3).
+            info!(addr = %self.peer, client_id = %connect.client_id, "refusing a will payload that is not the UTF-8 it claims");
+            let v5 = Some(reason::PAYLOAD_FORMAT_INVALID);
+            return self.refuse_with(ctx, ConnectReturnCode::NotAuthorized, v5);
+        }
         if connect.properties.authentication_method.is_some() {
             // No extended authentication method is supported (section 4.12).
             info!(addr = %self.peer, "refusing an extended authentication method");
@@ -281,6 +288,7 @@ impl Session {
             protocol: connect.protocol,
             username: connect.username.clone(),
             password: connect.password.clone(),
+            user_properties: connect.properties.user_properties.clone(),
         };
         ctx.wait(
             interceptor
