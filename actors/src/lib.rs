@@ -27,8 +27,8 @@ pub mod queue;
 mod request;
 
 pub use connection::{
-    AddListener, Enqueue, GetProtocol, GetSubscriptions, ManagedConnection, PendingCount, Stop,
-    StopReport, Subscribe, SubscriptionState, Unsubscribe,
+    AddListener, Enqueue, GetSubscriptions, ManagedConnection, PendingCount, Stop, StopReport,
+    Subscribe, SubscriptionState, Unsubscribe,
 };
 pub use consumer::Consumer;
 pub use device::{Device, DeviceActor, GetConnection, Outbox};

@@ -16,7 +16,7 @@ use thiserror::Error;
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
-use crate::connection::{AddListener, Enqueue, GetProtocol, ManagedConnection, Subscribe};
+use crate::connection::{AddListener, Enqueue, ManagedConnection, Subscribe};
 use crate::events::{ConnectionEvent, EnqueueError};
 
 /// The JSON payload of requests and responses.
@@ -141,7 +141,8 @@ impl Handler<Request> for Requester {
         self.waiting.insert(id.clone(), tx);
         let connection = self.connection.clone();
         let mut enqueue = Enqueue::new(msg.topic.clone(), payload, QoS::AtLeastOnce);
-        // On MQTT 5 the id also goes as Correlation Data, with the Response Topic.
+        // The id also goes as Correlation Data, with the Response Topic; the connection sends
+        // properties on MQTT 5 only.
         enqueue.properties = Some(Box::new(MessageProperties {
             payload_format: Some(1),
             content_type: Some("application/json".into()),
@@ -151,10 +152,6 @@ impl Handler<Request> for Requester {
         }));
         let (timeout, topic) = (self.timeout, msg.topic);
         let wait = async move {
-            let protocol = connection.send(GetProtocol).await;
-            if !protocol.is_ok_and(|p| p.is_v5()) {
-                enqueue.properties = None;
-            }
             match connection.send(enqueue).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(RequestError::Rejected(e)),

@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::BytesMut;
+use switchboard::codec::properties::put_var_int;
 use switchboard::codec::{write_publish, write_publish_v5, PublishExtras, PublishHeader};
 use switchboard::QoS;
 
@@ -26,18 +27,7 @@ fn string(out: &mut Vec<u8>, s: &str) {
 
 fn framed(byte1: u8, body: Vec<u8>) -> Vec<u8> {
     let mut out = vec![byte1];
-    let mut len = body.len();
-    loop {
-        let mut b = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if len == 0 {
-            break;
-        }
-    }
+    put_var_int(&mut out, body.len());
     out.extend(body);
     out
 }

@@ -116,8 +116,9 @@ impl MqttCodec {
                 payload_invalid: true,
             }));
         }
-        let message = Message::new(topic, payload, qos, retain)
-            .with_properties(Some(Box::new(properties)), expiry);
+        // Boxed only when there is something to forward: no allocation for a bare PUBLISH.
+        let properties = (!properties.is_empty()).then(|| Box::new(properties));
+        let message = Message::new(topic, payload, qos, retain).with_properties(properties, expiry);
         Ok(Packet::Publish(Publish {
             dup,
             pid,

@@ -308,11 +308,6 @@ impl PropertyWriter {
         var_int_len(self.buf.len()) + self.buf.len()
     }
 
-    /// Whether no property was added.
-    pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
-    }
-
     /// Writes the length and the properties.
     pub fn finish(&self, out: &mut impl BufMut) {
         put_var_int(out, self.buf.len());

@@ -345,6 +345,11 @@ impl Registry {
         held: std::collections::VecDeque<Delivery>,
         ctx: &mut Context<Self>,
     ) {
+        if self.shared.len() == 0 {
+            // No shared subscription exists: nothing to hand over, and no copying either.
+            state.queue.extend(held);
+            return;
+        }
         let mut moving = Vec::new();
         let mut kept = std::collections::VecDeque::new();
         for entry in std::mem::take(&mut state.inflight) {

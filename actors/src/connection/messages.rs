@@ -85,12 +85,6 @@ pub struct SubscriptionState {
 #[rtype(result = "BTreeMap<String, SubscriptionState>")]
 pub struct GetSubscriptions;
 
-/// Sent by anyone (e.g. a [`Requester`](crate::Requester)) to a `ManagedConnection`: the
-/// protocol it speaks.
-#[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "switchboard::ProtocolVersion")]
-pub struct GetProtocol;
-
 /// Sent by anyone to a `ManagedConnection`: send [`ConnectionEvent`]s to this recipient.
 #[derive(Message)]
 #[rtype(result = "()")]

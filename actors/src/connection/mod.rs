@@ -795,14 +795,6 @@ impl Handler<GetSubscriptions> for ManagedConnection {
     }
 }
 
-impl Handler<GetProtocol> for ManagedConnection {
-    type Result = MessageResult<GetProtocol>;
-
-    fn handle(&mut self, _: GetProtocol, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.options.protocol)
-    }
-}
-
 impl Handler<AddListener> for ManagedConnection {
     type Result = ();
 
