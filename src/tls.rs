@@ -67,14 +67,21 @@ pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
             "tls.cert_file and tls.key_file are required".into(),
         ));
     };
-    let builder = ServerConfig::builder();
+    // ring, named here rather than picked from crate features, so that no other crate's choice
+    // of provider changes ours. rustls 0.23.5 and later ignore an IP address sent as SNI (which
+    // RFC 6066 forbids, but OpenSSL-based clients connecting by IP send): 0.22 refused those
+    // handshakes.
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
     let builder = match &config.client_ca_file {
         Some(ca_file) => {
             let mut roots = RootCertStore::empty();
             for ca in certificates(ca_file)? {
                 roots.add(ca).map_err(|e| TlsError::Rustls(e.to_string()))?;
             }
-            let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
                 .map_err(|e| TlsError::Rustls(e.to_string()))?;
             builder.with_client_cert_verifier(verifier)

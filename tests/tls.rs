@@ -169,3 +169,38 @@ async fn plain_bytes_on_the_tls_port_are_refused() {
         .expect("read");
     assert!(answer.is_empty() || answer[0] == 0x15, "{answer:?}");
 }
+
+#[tokio::test]
+async fn mosquitto_pub_over_tls_by_ip_address_and_by_name() {
+    // OpenSSL-based clients such as mosquitto_pub send the IP address as SNI when they connect
+    // by address, which RFC 6066 forbids but devices in the field do: the handshake must
+    // succeed either way (docs/security.md).
+    if !common::mosquitto_clients_available() {
+        return;
+    }
+    let pki = pki();
+    let broker = tls_broker(&pki, false);
+    let port = broker.tls_local_addr().expect("TLS listener").port();
+    let ca = pki.dir.path().join("ca.pem");
+    let (mut sub, _) = common::Raw::handshake(broker.local_addr(), "tls-watch", true).await;
+    sub.subscribe(1, &[("tls/+", 1)], &[1]).await;
+    for host in ["127.0.0.1", "localhost"] {
+        let out = tokio::process::Command::new("mosquitto_pub")
+            .args(["-h", host, "-p", &port.to_string()])
+            .arg("--cafile")
+            .arg(&ca)
+            .args(["-i", "openssl-device", "-q", "1"])
+            .args(["-t", &format!("tls/{host}"), "-m", &format!("by {host}")])
+            .output()
+            .await
+            .expect("mosquitto_pub runs");
+        assert!(
+            out.status.success(),
+            "mosquitto_pub -h {host}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let publish = common::packets::parse_publish(&sub.expect().await);
+        assert_eq!(publish.payload, format!("by {host}").into_bytes());
+        sub.send(&common::packets::ack(0x40, publish.pid)).await;
+    }
+}
