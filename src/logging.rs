@@ -1,14 +1,26 @@
 //! Log set-up for the binary and the examples: `tracing` to standard error, `RUST_LOG` first.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Installs a `tracing` subscriber writing to standard error, filtered by `RUST_LOG` when it is
-/// set and by `default_filter` (e.g. `"info"`) otherwise. Call once, at the start of `main`.
+/// set and by `default_filter` (e.g. `"info"`) otherwise. Colours only when standard error is a
+/// terminal and `NO_COLOR` is not set: a file, a pipe or systemd's journal gets plain text. Call
+/// once, at the start of `main`.
 pub fn init_logging(default_filter: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour_wanted())
         .init();
+}
+
+/// Whether log lines get ANSI colours: standard error is a terminal, and `NO_COLOR` (see
+/// no-color.org) is unset or empty.
+fn colour_wanted() -> bool {
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    std::io::stderr().is_terminal() && !no_color
 }

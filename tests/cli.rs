@@ -15,7 +15,6 @@ fn spawn(args: &[&str]) -> (Child, mpsc::Receiver<String>) {
     let mut child = Command::new(BIN)
         .args(args)
         .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -37,28 +36,11 @@ fn spawn(args: &[&str]) -> (Child, mpsc::Receiver<String>) {
         let tx = tx.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                let _ = tx.send(strip_ansi(&line));
+                let _ = tx.send(line);
             }
         });
     }
     (child, rx)
-}
-
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::new();
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn wait_line(rx: &mpsc::Receiver<String>, needle: &str) -> String {
@@ -163,8 +145,7 @@ fn unknown_config_key_is_a_clear_startup_error() {
         .output()
         .expect("runs");
     assert!(!out.status.success());
-    let text = strip_ansi(&String::from_utf8_lossy(&out.stdout))
-        + &strip_ansi(&String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
     assert!(
         text.contains("limits") && text.contains("max_packet_sise"),
         "{text}"
@@ -181,8 +162,7 @@ fn bad_config_value_names_the_key() {
         .output()
         .expect("runs");
     assert!(!out.status.success());
-    let text = strip_ansi(&String::from_utf8_lossy(&out.stdout))
-        + &strip_ansi(&String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("sessions.queue_overflow"), "{text}");
 }
 
@@ -270,4 +250,58 @@ async fn sighup_reloads_passwords_and_acl_without_dropping_connections() {
     assert_eq!(login("radar", b"radar-pw").await.1, 0);
     child.kill().expect("kill");
     let _ = child.wait();
+}
+
+/// Runs the binary with a configuration it refuses, so that it logs one error line and exits.
+fn bad_config() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[limits]\nmax_packet_size = 0\n").expect("write");
+    let path = path.to_str().expect("utf-8 path").to_string();
+    (dir, path)
+}
+
+#[test]
+fn log_lines_have_no_colour_codes_in_a_pipe_or_a_file() {
+    // `switchboard 2> broker.log`, systemd's journal: plain text.
+    let (_dir, path) = bad_config();
+    let out = Command::new(BIN)
+        .args(["-c", &path])
+        .env_remove("NO_COLOR")
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ERROR"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "colour codes in {stderr:?}");
+}
+
+#[test]
+fn log_lines_are_coloured_on_a_terminal_unless_no_color_is_set() {
+    // util-linux's `script` gives the binary a pseudo-terminal.
+    if Command::new("script").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "util-linux's script must be there under CI"
+        );
+        eprintln!("SKIPPED: script (util-linux) not found");
+        return;
+    }
+    let (_dir, path) = bad_config();
+    let on_terminal = |no_color: &str| {
+        let out = Command::new("script")
+            .args(["-qec", &format!("{BIN} -c {path}"), "/dev/null"])
+            .env("NO_COLOR", no_color)
+            .output()
+            .expect("script runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let coloured = on_terminal("");
+    assert!(coloured.contains("ERROR"), "{coloured}");
+    assert!(
+        coloured.contains("\u{1b}["),
+        "no colour on a terminal: {coloured:?}"
+    );
+    let plain = on_terminal("1");
+    assert!(plain.contains("ERROR"), "{plain}");
+    assert!(!plain.contains('\u{1b}'), "NO_COLOR ignored: {plain:?}");
 }
