@@ -80,6 +80,19 @@ pub struct MessageProperties {
 }
 
 impl MessageProperties {
+    /// Bytes of the strings and data these properties carry.
+    pub fn size(&self) -> usize {
+        let len = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        1 + len(&self.content_type)
+            + len(&self.response_topic)
+            + self.correlation_data.as_ref().map_or(0, Bytes::len)
+            + self
+                .user_properties
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+    }
+
     /// Whether there is nothing to forward.
     pub fn is_empty(&self) -> bool {
         *self == MessageProperties::default()
@@ -145,6 +158,17 @@ impl Message {
             let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
             u32::try_from(secs).unwrap_or(u32::MAX)
         })
+    }
+
+    /// What the message weighs in a client's queue (`sessions.max_queued_bytes`): its topic,
+    /// payload and MQTT 5 properties, in bytes.
+    pub fn size(&self) -> usize {
+        self.topic.len()
+            + self.payload.len()
+            + self
+                .properties
+                .as_deref()
+                .map_or(0, MessageProperties::size)
     }
 
     /// A QoS 0, non-retained message whose inbound `frame` can be forwarded unchanged.

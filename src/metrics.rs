@@ -9,7 +9,8 @@ pub struct Metrics {
     connections_total: AtomicU64,
     publishes_received: AtomicU64,
     qos0_dropped_slow_consumer: AtomicU64,
-    queued_dropped: AtomicU64,
+    online_queue_dropped: AtomicU64,
+    offline_queue_dropped: AtomicU64,
     slow_consumer_disconnects: AtomicU64,
     protocol_errors: AtomicU64,
     limits_hit: AtomicU64,
@@ -29,9 +30,13 @@ pub struct MetricsSnapshot {
     pub publishes_received: u64,
     /// QoS 0 messages dropped because a subscriber's output buffer was full.
     pub qos0_dropped_slow_consumer: u64,
+    /// QoS 1/2 messages dropped by a connected client's full queue (`sessions.queue_overflow`
+    /// `drop_oldest` or `drop_newest`).
+    pub online_queue_dropped: u64,
     /// QoS 1/2 messages dropped by a full offline-session queue.
-    pub queued_dropped: u64,
-    /// Clients disconnected because their QoS 1/2 queue overflowed while online.
+    pub offline_queue_dropped: u64,
+    /// Clients disconnected because their QoS 1/2 queue overflowed while online
+    /// (`sessions.queue_overflow = "disconnect"`).
     pub slow_consumer_disconnects: u64,
     /// Connections closed for malformed packets or protocol violations.
     pub protocol_errors: u64,
@@ -58,7 +63,8 @@ macro_rules! counter {
 impl Metrics {
     counter!(add_publishes_received, publishes_received);
     counter!(add_qos0_dropped, qos0_dropped_slow_consumer);
-    counter!(add_queued_dropped, queued_dropped);
+    counter!(add_online_queue_dropped, online_queue_dropped);
+    counter!(add_offline_queue_dropped, offline_queue_dropped);
     counter!(add_slow_consumer_disconnects, slow_consumer_disconnects);
     counter!(add_protocol_errors, protocol_errors);
     counter!(add_limits_hit, limits_hit);
@@ -85,7 +91,8 @@ impl Metrics {
             connections_total: get(&self.connections_total),
             publishes_received: get(&self.publishes_received),
             qos0_dropped_slow_consumer: get(&self.qos0_dropped_slow_consumer),
-            queued_dropped: get(&self.queued_dropped),
+            online_queue_dropped: get(&self.online_queue_dropped),
+            offline_queue_dropped: get(&self.offline_queue_dropped),
             slow_consumer_disconnects: get(&self.slow_consumer_disconnects),
             protocol_errors: get(&self.protocol_errors),
             limits_hit: get(&self.limits_hit),

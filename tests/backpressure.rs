@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::packets::{self, parse_publish};
 use common::{broker_with, broker_with_hooks, Raw};
+use switchboard::config::QueueOverflow;
 use switchboard::hooks::DisconnectReason;
 use switchboard::registry::Freeze;
 
@@ -40,11 +41,12 @@ async fn subscriber_that_stops_reading_costs_bounded_memory_and_drops_qos0() {
 }
 
 #[tokio::test]
-async fn qos1_subscriber_that_falls_behind_is_disconnected() {
+async fn qos1_subscriber_that_falls_behind_is_disconnected_when_so_configured() {
     let _serial = SERIAL.lock().await;
     let (broker, mut hooks) = broker_with_hooks(|c| {
         c.sessions.max_inflight = 10;
         c.sessions.max_queued_messages = 50;
+        c.sessions.queue_overflow = QueueOverflow::Disconnect;
     });
     let addr = broker.local_addr();
     let (mut lazy, _) = Raw::handshake(addr, "lazy", true).await;
@@ -73,6 +75,7 @@ async fn saturated_registry_pushes_back_on_the_publisher_and_loses_nothing() {
     let broker = broker_with(|c| {
         c.sessions.registry_mailbox = 16;
         c.sessions.max_queued_messages = 1_000_000;
+        c.sessions.max_queued_bytes = usize::MAX;
         c.sessions.max_inflight = 65535;
     });
     let addr = broker.local_addr();

@@ -186,7 +186,7 @@ async fn offline_queue_keeps(overflow: QueueOverflow) -> (Vec<u8>, u64) {
         .iter()
         .map(|f| parse_publish(f).payload[0])
         .collect();
-    (kept, broker.metrics().snapshot().queued_dropped)
+    (kept, broker.metrics().snapshot().offline_queue_dropped)
 }
 
 #[tokio::test]
@@ -202,6 +202,15 @@ async fn offline_queue_is_bounded_and_drops_newest() {
     assert_eq!(
         offline_queue_keeps(QueueOverflow::DropNewest).await,
         (vec![1, 2, 3], 2)
+    );
+}
+
+#[tokio::test]
+async fn offline_queue_with_the_disconnect_policy_drops_oldest() {
+    // Nobody is connected to disconnect: the stored session keeps the latest messages.
+    assert_eq!(
+        offline_queue_keeps(QueueOverflow::Disconnect).await,
+        (vec![3, 4, 5], 2)
     );
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use actix::Addr;
 
 use super::messages::{ConnId, Connect};
-use crate::config::QueueOverflow;
+use crate::drops::DropLog;
 use crate::message::{Delivery, LastWill, SubscriptionOptions};
 use crate::session::{Session, SessionState};
 
@@ -46,6 +46,8 @@ pub(super) struct Client {
     /// A will waiting for its Will Delay Interval `[MQTT-3.1.3-9]` (boxed: rare, and every
     /// client record pays for its width).
     pub delayed_will: Option<Box<LastWill>>,
+    /// Messages dropped from the offline queue and not yet reported in a warning.
+    pub drops: Option<Box<DropLog>>,
 }
 
 impl Client {
@@ -61,24 +63,7 @@ impl Client {
             pending: None,
             timer_token: 0,
             delayed_will: None,
+            drops: None,
         }
     }
-}
-
-/// Appends to a bounded queue; returns how many messages were dropped (0 or 1).
-pub(super) fn push_bounded(
-    queue: &mut VecDeque<Delivery>,
-    delivery: Delivery,
-    max: usize,
-    overflow: QueueOverflow,
-) -> u64 {
-    if queue.len() < max {
-        queue.push_back(delivery);
-        return 0;
-    }
-    if overflow == QueueOverflow::DropOldest {
-        queue.pop_front();
-        queue.push_back(delivery);
-    }
-    1
 }

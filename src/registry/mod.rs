@@ -15,14 +15,16 @@ use tracing::{debug, info, warn};
 
 pub use messages::*;
 
-use self::client::{push_bounded, Attached, Client};
+use self::client::{Attached, Client};
 use self::shared::SharedGroups;
 use crate::config::{Config, QueueOverflow, SessionConfig};
+use crate::drops::{DropLog, DropReason};
 use crate::hooks::{
     ClientConnected, ClientDisconnected, ClientSubscribed, ClientUnsubscribed, LifecycleHooks,
 };
 use crate::message::{Delivery, LastWill, Message, QoS, SubscriptionOptions};
 use crate::metrics::Metrics;
+use crate::queue::{Pushed, QueueLimits};
 use crate::session::{InflightStage, SessionState};
 use crate::topic::{parse_shared, RetainedStore, SubscriptionTrie};
 
@@ -190,6 +192,8 @@ impl Registry {
         // id kept one (persistent / expiry above 0); a new or clean one has none.
         let session_present = !msg.clean_session && client.session_expiry > 0;
         let state = std::mem::take(&mut client.stored);
+        DropLog::flush(&mut client.drops, &client.id);
+        client.drops = None;
         client.session_expiry = msg.session_expiry;
         // A new connection cancels the session expiry and a will still delayed [MQTT-3.1.3-9].
         client.timer_token = token;
@@ -244,8 +248,7 @@ impl Registry {
         mut state: SessionState,
         ctx: &mut Context<Self>,
     ) {
-        let max = self.config.max_queued_messages;
-        let overflow = self.config.queue_overflow;
+        let limits = QueueLimits::from_config(&self.config);
         let Some(client) = self.attached_client(key, conn) else {
             return;
         };
@@ -256,23 +259,27 @@ impl Registry {
         let held = std::mem::take(&mut client.held);
         self.online -= 1;
         self.redistribute(key, &mut state, held, ctx);
-        let Some(client) = self.client(key) else {
+        let Some(client) = self
+            .clients
+            .get_mut(key.0 as usize)
+            .and_then(Option::as_mut)
+        else {
             return;
         };
         if expiry == 0 {
             self.clear_session(key);
         } else {
-            let mut dropped = 0;
-            // The Session's own queue may be over the bound (it disconnects at the bound + 1).
-            while state.queue.len() > max {
-                dropped += 1;
-                match overflow {
-                    QueueOverflow::DropOldest => state.queue.pop_front(),
-                    QueueOverflow::DropNewest => state.queue.pop_back(),
-                };
-            }
+            // Over the bound when the Session was disconnected for it (`disconnect`), or with
+            // what was held during the detach appended.
+            let dropped = state.queue.trim(&limits, limits.overflow);
             client.stored = state;
-            self.metrics.add_queued_dropped(dropped);
+            DropLog::record(
+                &mut client.drops,
+                &self.metrics,
+                &client.id,
+                DropReason::OfflineQueueFull,
+                dropped,
+            );
         }
         match pending {
             Some(msg) => self.complete_connect(key, msg, ctx),
@@ -478,8 +485,6 @@ impl Registry {
     }
 
     fn deliver(&mut self, key: ClientKey, delivery: Delivery, ctx: &mut Context<Self>) {
-        let max = self.config.max_queued_messages;
-        let overflow = self.config.queue_overflow;
         let Some(client) = self
             .clients
             .get_mut(key.0 as usize)
@@ -502,8 +507,21 @@ impl Registry {
             _ if delivery.qos == QoS::AtMostOnce => {}
             Some(_) => client.held.push_back(delivery),
             None => {
-                let dropped = push_bounded(&mut client.stored.queue, delivery, max, overflow);
-                self.metrics.add_queued_dropped(dropped);
+                let limits = QueueLimits::from_config(&self.config);
+                let dropped = match client.stored.queue.push_bounded(delivery, &limits) {
+                    Pushed::Queued { dropped } => dropped,
+                    // Nobody to disconnect: an offline session drops the oldest.
+                    Pushed::Overflowed => {
+                        client.stored.queue.trim(&limits, QueueOverflow::DropOldest)
+                    }
+                };
+                DropLog::record(
+                    &mut client.drops,
+                    &self.metrics,
+                    &client.id,
+                    DropReason::OfflineQueueFull,
+                    dropped,
+                );
             }
         }
     }

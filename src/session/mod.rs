@@ -6,6 +6,7 @@
 //! deliveries still on their way until [`Detached`], hands everything it holds back with
 //! [`SessionEnded`], and stops.
 
+mod linger;
 mod packets;
 mod peer;
 mod state;
@@ -22,14 +23,18 @@ use tokio::net::TcpStream;
 use tokio_util::codec::FramedRead;
 use tracing::{debug, info, warn};
 
+pub use linger::{ConnectionSlot, LINGER_BYTES, LINGER_TIME};
 pub use state::{AckResult, InflightEntry, InflightStage, Outbound, SessionState};
 
+use self::linger::{linger, SharedReader};
 use self::peer::{disconnect_code, write_delivery, OutboundAliases, PeerOptions};
 use crate::codec::{self, CodecError, MqttCodec, Packet};
 use crate::config::Config;
+use crate::drops::{DropLog, DropReason};
 use crate::hooks::{DisconnectReason, Interceptors};
 use crate::message::QoS;
 use crate::metrics::Metrics;
+use crate::queue::{Pushed, QueueLimits};
 use crate::registry::{
     ClientKey, ConnId, Deliver, Detach, Detached, Registry, ServerClosing, SessionEnded,
     Subscribed, Takeover, Unsubscribed,
@@ -43,8 +48,9 @@ const INITIAL_READ_BUFFER: usize = 512;
 /// read from the socket is otherwise handed over at the end of the read turn.
 const PUBLISH_BATCH: usize = 64;
 
-/// How long a closing Session waits for its last bytes (e.g. a refusing CONNACK) to be written.
-const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// How long a closing Session waits for its last bytes (e.g. a refusing CONNACK) to be written
+/// to the socket; past it the socket is closed without the lingering close.
+const CLOSE_WRITE_DEADLINE: Duration = Duration::from_secs(2);
 
 /// How long a closing Session waits for the Registry's [`Detached`] before it stops regardless.
 /// The Registry answers every Detach of an attached connection, so this is a safety net only.
@@ -107,6 +113,8 @@ pub struct Session {
     /// An MQTT 5 reason code and string for the DISCONNECT sent on close, overriding the one
     /// the close reason implies (boxed: rare, and every idle connection pays for its width).
     disconnect_code: Option<Box<(u8, String)>>,
+    /// Messages dropped for this client and not yet reported in a warning (boxed: rare).
+    drops: Option<Box<DropLog>>,
     /// Session Expiry Interval from the client's DISCONNECT (MQTT 5).
     disconnect_expiry: Option<u32>,
     /// This Session's copy of the ACL, and the generation it was taken at.
@@ -117,8 +125,12 @@ pub struct Session {
     last_received: Instant,
     /// Bytes waiting to be written.
     out: BytesMut,
+    /// The socket's read half, also held by the framed reader; taken back on close.
+    reader: SharedReader,
     /// The socket's write half; `None` while a write is in progress.
     writer: Option<Box<dyn AsyncWrite + Unpin>>,
+    /// This connection's count in `connections_current`, until the socket is closed.
+    slot: Option<ConnectionSlot>,
     /// Size of the write in progress.
     writing: usize,
     read_handle: Option<SpawnHandle>,
@@ -159,13 +171,16 @@ impl Session {
         let max_packet = shared.config.limits.max_packet_size;
         let alias_max = shared.config.limits.topic_alias_maximum;
         let acl = (shared.access.acl_generation(), shared.access.acl());
+        let (slot, open) = ConnectionSlot::open(&shared.metrics);
+        debug!(addr = %peer, conn = conn.0, open, "connection accepted");
+        let reader = SharedReader::new(read_half);
         Session::create(move |ctx| {
-            let reader = FramedRead::with_capacity(
-                read_half,
+            let framed = FramedRead::with_capacity(
+                reader.clone(),
                 MqttCodec::new(max_packet).with_topic_alias_maximum(alias_max),
                 INITIAL_READ_BUFFER,
             );
-            let read_handle = ctx.add_stream(reader);
+            let read_handle = ctx.add_stream(framed);
             Session {
                 conn,
                 peer,
@@ -176,12 +191,15 @@ impl Session {
                 peer_options: PeerOptions::default(),
                 aliases: OutboundAliases::default(),
                 disconnect_code: None,
+                drops: None,
                 disconnect_expiry: None,
                 acl,
                 publishes_unreported: 0,
                 last_received: Instant::now(),
                 out: BytesMut::new(),
+                reader,
                 writer: Some(write_half),
+                slot: Some(slot),
                 writing: 0,
                 read_handle: Some(read_handle),
                 inbound_qos2: Default::default(),
@@ -273,7 +291,7 @@ impl Session {
             debug!(addr = %self.peer, reason = %reason, "connection closed before CONNECT completed");
         }
         self.flush(ctx);
-        ctx.run_later(CLOSE_LINGER, |act, ctx| {
+        ctx.run_later(CLOSE_WRITE_DEADLINE, |act, ctx| {
             act.socket_dead = true;
             act.maybe_stop(ctx);
         });
@@ -292,6 +310,14 @@ impl Session {
         }
         let written = self.writer.is_some() && self.out.is_empty();
         if written || self.socket_dead {
+            // The socket outlives the actor in a lingering close, unless it failed (nothing
+            // more can reach the client). Spawned here, inside the worker's running event loop;
+            // an actor stopped by its arbiter shutting down just drops its socket.
+            if let (Some(reader), Some(slot)) = (self.reader.take(), self.slot.take()) {
+                if !self.socket_dead {
+                    actix::spawn(linger(reader, self.writer.take(), slot));
+                }
+            }
             ctx.stop();
         }
     }
@@ -311,7 +337,11 @@ impl Session {
     /// Sends queued QoS 1/2 messages while the window has room. A message too large for the
     /// client is dropped as if delivered `[MQTT-3.1.2-25]`.
     fn pump(&mut self) {
-        let now = Instant::now();
+        self.pump_at(Instant::now());
+    }
+
+    /// [`Session::pump`] with the time already read.
+    fn pump_at(&mut self, now: Instant) {
         while let Some(entry) = self.outbound.next_to_send(now) {
             let pid = entry.pid;
             let written = write_delivery(
@@ -333,6 +363,15 @@ impl Session {
             self.shared.metrics.add_expired_dropped(expired);
             debug!(client_id = %self.client_id(), expired, "expired messages not delivered");
         }
+    }
+
+    /// Counts `n` messages dropped for `reason` and warns (rate-limited) naming the client.
+    fn record_drops(&mut self, reason: DropReason, n: u64) {
+        let client_id = match &self.phase {
+            Phase::Connected { client_id, .. } => client_id,
+            _ => "",
+        };
+        DropLog::record(&mut self.drops, &self.shared.metrics, client_id, reason, n);
     }
 
     fn too_large_for_client(&self) {
@@ -448,8 +487,6 @@ impl Actor for Session {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let open = self.shared.metrics.connection_opened();
-        debug!(addr = %self.peer, conn = self.conn.0, open, "connection accepted");
         // A socket that never sends CONNECT is closed after the deadline.
         ctx.run_later(self.shared.config.limits.connect_timeout, |act, ctx| {
             if act.phase == Phase::AwaitingConnect && !act.closing {
@@ -463,8 +500,10 @@ impl Actor for Session {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        self.shared.metrics.connection_closed();
         self.report_publishes();
+        if let Phase::Connected { client_id, .. } = &self.phase {
+            DropLog::flush(&mut self.drops, client_id);
+        }
         // Stopped without the detach handshake (the arbiter is shutting down): tell the Registry
         // anyway, so it does not keep routing to a dead Session.
         if let Phase::Connected { key, .. } = self.phase {
@@ -528,14 +567,23 @@ impl Handler<Deliver> for Session {
     type Result = ();
 
     fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
-        let limit = self.shared.config.sessions.max_outbound_bytes;
-        let mut dropped = 0;
+        let sessions = &self.shared.config.sessions;
+        let output_limit = sessions.max_outbound_bytes;
+        let limits = QueueLimits::from_config(sessions);
+        let mut output_full = 0;
+        let mut queue_full = 0;
         let now = Instant::now();
         for delivery in msg.0 {
             if delivery.qos != QoS::AtMostOnce {
-                self.outbound.push(delivery);
-            } else if self.closing || self.unwritten() >= limit {
-                dropped += 1;
+                if let Pushed::Queued { dropped } = self.outbound.push(delivery, &limits) {
+                    queue_full += dropped;
+                }
+                // Into the window while it has room: the bound counts what waits beyond it.
+                if !self.closing {
+                    self.pump_at(now);
+                }
+            } else if self.closing || self.unwritten() >= output_limit {
+                output_full += 1;
             } else if delivery.message.is_expired(now) {
                 // [MQTT-3.3.2-5] not delivered once expired.
                 self.shared.metrics.add_expired_dropped(1);
@@ -551,20 +599,21 @@ impl Handler<Deliver> for Session {
                 self.too_large_for_client();
             }
         }
-        if dropped > 0 {
-            self.shared.metrics.add_qos0_dropped(dropped);
-            debug!(client_id = %self.client_id(), dropped, "slow consumer: QoS 0 messages dropped");
-        }
+        self.record_drops(DropReason::OutputFull, output_full);
+        self.record_drops(DropReason::OnlineQueueFull, queue_full);
         if self.closing {
             return;
         }
-        self.pump();
-        if self.outbound.queued() > self.shared.config.sessions.max_queued_messages {
+        // Only `queue_overflow = "disconnect"` lets the queue grow past its bounds.
+        if self.outbound.queued() > limits.max_messages
+            || self.outbound.queued_bytes() > limits.max_bytes
+        {
             self.shared.metrics.add_slow_consumer_disconnects(1);
             warn!(
                 client_id = %self.client_id(),
                 queued = self.outbound.queued(),
-                "closing connection: slow consumer, QoS 1/2 queue full"
+                queued_bytes = self.outbound.queued_bytes(),
+                "closing connection: slow consumer, QoS 1/2 queue full (queue_overflow = disconnect)"
             );
             self.close(ctx, DisconnectReason::SlowConsumer);
         }

@@ -5,6 +5,7 @@ use std::collections::{HashSet, VecDeque};
 use std::time::Instant;
 
 use crate::message::{Delivery, QoS};
+use crate::queue::{DeliveryQueue, Pushed, QueueLimits};
 
 /// Where an outbound QoS 1/2 message stands in its handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +36,7 @@ pub struct SessionState {
     /// Sent and unacknowledged, in send order; re-sent on resume `[MQTT-4.4.0-1]`.
     pub inflight: VecDeque<InflightEntry>,
     /// Not sent yet, in order.
-    pub queue: VecDeque<Delivery>,
+    pub queue: DeliveryQueue,
     /// Inbound QoS 2 packet identifiers whose PUBREL has not arrived: a re-sent PUBLISH with one of
     /// these is not routed again (exactly once).
     pub inbound_qos2: HashSet<u16>,
@@ -57,7 +58,7 @@ pub enum AckResult {
 #[derive(Debug)]
 pub struct Outbound {
     inflight: VecDeque<InflightEntry>,
-    queue: VecDeque<Delivery>,
+    queue: DeliveryQueue,
     max_inflight: usize,
     last_pid: u16,
     /// Queued messages that expired before they could be sent, not yet reported.
@@ -69,7 +70,7 @@ impl Outbound {
     pub fn new(max_inflight: u16) -> Self {
         Outbound {
             inflight: VecDeque::new(),
-            queue: VecDeque::new(),
+            queue: DeliveryQueue::default(),
             max_inflight: usize::from(max_inflight.max(1)),
             last_pid: 0,
             expired: 0,
@@ -99,14 +100,14 @@ impl Outbound {
     }
 
     /// Takes over a stored session's messages. Re-send [`Outbound::inflight`] afterwards.
-    pub fn restore(&mut self, inflight: VecDeque<InflightEntry>, queue: VecDeque<Delivery>) {
+    pub fn restore(&mut self, inflight: VecDeque<InflightEntry>, queue: DeliveryQueue) {
         self.last_pid = inflight.back().map_or(0, |e| e.pid);
         self.inflight = inflight;
         self.queue = queue;
     }
 
     /// Gives up the messages, for the Registry to keep.
-    pub fn take(&mut self) -> (VecDeque<InflightEntry>, VecDeque<Delivery>) {
+    pub fn take(&mut self) -> (VecDeque<InflightEntry>, DeliveryQueue) {
         (
             std::mem::take(&mut self.inflight),
             std::mem::take(&mut self.queue),
@@ -128,10 +129,20 @@ impl Outbound {
         self.inflight.len()
     }
 
-    /// Appends a QoS 1/2 delivery.
-    pub fn push(&mut self, delivery: Delivery) {
+    /// Bytes of the messages waiting for a window slot.
+    pub fn queued_bytes(&self) -> usize {
+        self.queue.bytes()
+    }
+
+    /// Appends a QoS 1/2 delivery within `limits` (see [`DeliveryQueue::push_bounded`]).
+    /// A message the window can take at once is not held to the bounds: they are for what waits.
+    pub fn push(&mut self, delivery: Delivery, limits: &QueueLimits) -> Pushed {
         debug_assert!(delivery.qos != QoS::AtMostOnce);
-        self.queue.push_back(delivery);
+        if self.queue.is_empty() && self.inflight.len() < self.max_inflight {
+            self.queue.push_back(delivery);
+            return Pushed::Queued { dropped: 0 };
+        }
+        self.queue.push_bounded(delivery, limits)
     }
 
     /// Moves the next queued message into the window, if there is room, and returns it with its
@@ -229,6 +240,12 @@ mod tests {
         )
     }
 
+    const UNBOUNDED: QueueLimits = QueueLimits {
+        max_messages: usize::MAX,
+        max_bytes: usize::MAX,
+        overflow: crate::config::QueueOverflow::DropOldest,
+    };
+
     fn payload(e: &InflightEntry) -> u8 {
         e.delivery.message.payload[0]
     }
@@ -237,7 +254,7 @@ mod tests {
     fn window_limits_inflight_and_keeps_order() {
         let mut o = Outbound::new(2);
         for n in 0..5 {
-            o.push(delivery(n, QoS::AtLeastOnce));
+            o.push(delivery(n, QoS::AtLeastOnce), &UNBOUNDED);
         }
         let a = o.next_to_send(Instant::now()).map(|e| (e.pid, payload(e)));
         let b = o.next_to_send(Instant::now()).map(|e| (e.pid, payload(e)));
@@ -256,7 +273,7 @@ mod tests {
     #[test]
     fn qos2_handshake() {
         let mut o = Outbound::new(4);
-        o.push(delivery(9, QoS::ExactlyOnce));
+        o.push(delivery(9, QoS::ExactlyOnce), &UNBOUNDED);
         let pid = o.next_to_send(Instant::now()).map(|e| e.pid).expect("sent");
         assert_eq!(
             o.puback(pid),
@@ -285,8 +302,8 @@ mod tests {
                 stage: InflightStage::AwaitingPubAck,
             });
         }
-        o.restore(inflight, VecDeque::new());
-        o.push(delivery(1, QoS::AtLeastOnce));
+        o.restore(inflight, DeliveryQueue::default());
+        o.push(delivery(1, QoS::AtLeastOnce), &UNBOUNDED);
         assert_eq!(
             o.next_to_send(Instant::now()).map(|e| e.pid),
             Some(2),
@@ -298,7 +315,7 @@ mod tests {
     fn take_returns_everything_in_order() {
         let mut o = Outbound::new(1);
         for n in 0..3 {
-            o.push(delivery(n, QoS::AtLeastOnce));
+            o.push(delivery(n, QoS::AtLeastOnce), &UNBOUNDED);
         }
         o.next_to_send(Instant::now());
         let (inflight, queue) = o.take();
