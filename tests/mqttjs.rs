@@ -1,0 +1,80 @@
+//! MQTT.js (the npm package `mqtt`, version 5) against the broker with its default
+//! configuration, as a new user would try it: a subscriber on `js/#` at QoS 2 and a publisher
+//! sending 3,000 QoS 1 messages, 100 at a time. The scripts are in `tests/interop/mqttjs/`;
+//! `.ci/run` installs their dependencies with `npm ci`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn mqttjs_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/mqttjs")
+}
+
+/// Whether Node.js and MQTT.js are there. Under CI (`.ci/run` installs them) their absence is a
+/// failure; elsewhere the test says it skipped.
+fn mqttjs_available() -> bool {
+    let node = Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let available = node && mqttjs_dir().join("node_modules/mqtt").is_dir();
+    if !available {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "Node.js and MQTT.js must be installed under CI (.ci/run runs npm ci)"
+        );
+        eprintln!(
+            "SKIPPED: node or MQTT.js not found (npm ci --prefix tests/interop/mqttjs to install)"
+        );
+    }
+    available
+}
+
+/// Runs `burst.js` against the broker on `port`; returns the JSON line it printed.
+fn burst(port: u16, protocol_version: &str) -> serde_json::Value {
+    let out = Command::new("node")
+        .arg(mqttjs_dir().join("burst.js"))
+        .args([&port.to_string(), protocol_version, "3000", "100"])
+        .output()
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    let result: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| {
+        panic!(
+            "burst.js printed no result ({e}): {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(out.status.success(), "burst.js failed: {result}");
+    result
+}
+
+fn a_burst_keeps_the_subscriber_and_delivers_every_message(protocol_version: &str) {
+    if !mqttjs_available() {
+        return;
+    }
+    let broker = common::broker();
+    let result = burst(broker.local_addr().port(), protocol_version);
+    assert_eq!(result["received"], 3000, "{result}");
+    assert_eq!(result["subscriber_closed"], false, "{result}");
+    assert_eq!(result["duplicates"], 0, "{result}");
+    // [MQTT-4.6.0-6] messages to one subscriber of one publisher keep their order.
+    assert_eq!(result["out_of_order"], 0, "{result}");
+    let m = broker.metrics().snapshot();
+    assert_eq!(
+        (m.online_queue_dropped, m.slow_consumer_disconnects),
+        (0, 0)
+    );
+}
+
+#[test]
+fn mqttjs_burst_over_mqtt_3_1_1() {
+    a_burst_keeps_the_subscriber_and_delivers_every_message("4");
+}
+
+#[test]
+fn mqttjs_burst_over_mqtt_5() {
+    a_burst_keeps_the_subscriber_and_delivers_every_message("5");
+}
