@@ -3,15 +3,16 @@
 //! the Sessions that match, batching deliveries per Session per turn.
 
 mod client;
+mod ending;
 mod messages;
 mod shared;
+mod subscriptions;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 pub use messages::*;
 
@@ -19,13 +20,11 @@ use self::client::{Attached, Client};
 use self::shared::SharedGroups;
 use crate::config::{Config, QueueOverflow, SessionConfig};
 use crate::drops::{DropLog, DropReason};
-use crate::hooks::{
-    ClientConnected, ClientDisconnected, ClientSubscribed, ClientUnsubscribed, LifecycleHooks,
-};
-use crate::message::{Delivery, LastWill, Message, QoS, SubscriptionOptions};
+use crate::hooks::{ClientConnected, LifecycleHooks};
+use crate::message::{Delivery, Message, QoS, SubscriptionOptions};
 use crate::metrics::Metrics;
 use crate::queue::{Pushed, QueueLimits};
-use crate::session::{InflightStage, SessionState};
+use crate::session::SessionState;
 use crate::topic::{parse_shared, RetainedStore, SubscriptionTrie};
 
 /// A Session's batch is sent at once when it reaches this many deliveries, without waiting for
@@ -239,174 +238,6 @@ impl Registry {
         }
     }
 
-    /// Final step of a disconnect: hands shared-subscription messages the client did not
-    /// acknowledge to other members, keeps or drops the state, then serves a waiting CONNECT.
-    fn end_session(
-        &mut self,
-        key: ClientKey,
-        conn: ConnId,
-        mut state: SessionState,
-        ctx: &mut Context<Self>,
-    ) {
-        let limits = QueueLimits::from_config(&self.config);
-        let Some(client) = self.attached_client(key, conn) else {
-            return;
-        };
-        client.attached = None;
-        let pending = client.pending.take();
-        let expiry = client.session_expiry;
-        let token = client.timer_token;
-        let held = std::mem::take(&mut client.held);
-        self.online -= 1;
-        self.redistribute(key, &mut state, held, ctx);
-        let Some(client) = self
-            .clients
-            .get_mut(key.0 as usize)
-            .and_then(Option::as_mut)
-        else {
-            return;
-        };
-        if expiry == 0 {
-            self.clear_session(key);
-        } else {
-            // Over the bound when the Session was disconnected for it (`disconnect`), or with
-            // what was held during the detach appended.
-            let dropped = state.queue.trim(&limits, limits.overflow);
-            client.stored = state;
-            DropLog::record(
-                &mut client.drops,
-                &self.metrics,
-                &client.id,
-                DropReason::OfflineQueueFull,
-                dropped,
-            );
-        }
-        match pending {
-            Some(msg) => self.complete_connect(key, msg, ctx),
-            None if expiry == 0 => self.expire(key, token, ctx),
-            None if expiry == u32::MAX => {}
-            None => {
-                // [MQTT-3.1.2-23] the session is kept for its expiry interval, then freed.
-                let after = Duration::from_secs(u64::from(expiry));
-                ctx.run_later(after, move |act, ctx| act.expire(key, token, ctx));
-            }
-        }
-    }
-
-    /// Ends a stored session whose expiry interval passed (or that had none), if no connection
-    /// took it back meanwhile: publishes a will still delayed, and frees everything.
-    fn expire(&mut self, key: ClientKey, token: u64, ctx: &mut Context<Self>) {
-        let Some(client) = self.client(key) else {
-            return;
-        };
-        if client.timer_token != token || client.attached.is_some() || client.pending.is_some() {
-            return;
-        }
-        let will = client.delayed_will.take();
-        let expiry = client.session_expiry;
-        let client_id = client.id.clone();
-        if expiry > 0 {
-            info!(client_id = %client_id, "session expired");
-        }
-        self.remove_client(key);
-        if let Some(will) = will {
-            // [MQTT-3.1.3-9] published when the session ends, if that comes before the delay.
-            self.publish_will(&client_id, key, *will, ctx);
-        }
-    }
-
-    /// Publishes a delayed will whose delay has passed, unless the client came back.
-    fn fire_will(&mut self, key: ClientKey, token: u64, ctx: &mut Context<Self>) {
-        let Some(client) = self.client(key) else {
-            return;
-        };
-        if client.timer_token != token {
-            return;
-        }
-        let Some(will) = client.delayed_will.take() else {
-            return;
-        };
-        let client_id = client.id.clone();
-        self.publish_will(&client_id, key, *will, ctx);
-    }
-
-    fn publish_will(
-        &mut self,
-        client_id: &str,
-        key: ClientKey,
-        will: LastWill,
-        ctx: &mut Context<Self>,
-    ) {
-        debug!(client_id = %client_id, topic = %will.topic, "publishing will");
-        self.route(Arc::new(will.to_message()), Some(key), ctx);
-    }
-
-    /// Gives the shared-subscription deliveries a leaving client did not acknowledge to another
-    /// connected member of their group (MQTT 5 section 4.8.2): QoS 1 messages in flight and
-    /// messages not sent yet. A QoS 2 message in flight stays with the client [MQTT-4.8.2-4]
-    /// [MQTT-4.8.2-5]. Without another connected member the delivery stays in the session.
-    fn redistribute(
-        &mut self,
-        key: ClientKey,
-        state: &mut SessionState,
-        held: std::collections::VecDeque<Delivery>,
-        ctx: &mut Context<Self>,
-    ) {
-        if self.shared.len() == 0 {
-            // No shared subscription exists: nothing to hand over, and no copying either.
-            state.queue.extend(held);
-            return;
-        }
-        let mut moving = Vec::new();
-        let mut kept = std::collections::VecDeque::new();
-        for entry in std::mem::take(&mut state.inflight) {
-            if entry.delivery.group().is_some() && entry.stage == InflightStage::AwaitingPubAck {
-                moving.push(entry.delivery);
-            } else {
-                kept.push_back(entry);
-            }
-        }
-        state.inflight = kept;
-        let queue = std::mem::take(&mut state.queue);
-        for delivery in queue.into_iter().chain(held) {
-            if delivery.group().is_some() {
-                moving.push(delivery);
-            } else {
-                state.queue.push_back(delivery);
-            }
-        }
-        let strategy = self.config.shared_subscription_strategy;
-        for delivery in moving {
-            let Some(group) = delivery.group() else {
-                continue;
-            };
-            let clients = &self.clients;
-            let pick = self.shared.pick(
-                group,
-                strategy,
-                |k| Self::is_online(clients, k),
-                Some(key),
-                true,
-            );
-            match pick {
-                Some((member, options)) => {
-                    debug!(
-                        group,
-                        "redistributing an unacknowledged shared-subscription message"
-                    );
-                    let redelivery = Delivery::new(
-                        delivery.message.clone(),
-                        delivery.message.qos.min(options.qos),
-                        delivery.retain,
-                    )
-                    .with_extras(options.id.into_iter().collect(), Some(group));
-                    self.deliver(member, redelivery, ctx);
-                }
-                None => state.queue.push_back(delivery),
-            }
-        }
-    }
-
     /// Routes one message to every matching subscriber, once each at the highest granted QoS
     /// `[MQTT-3.3.5-1]` with the identifiers of all its matching subscriptions `[MQTT-3.3.4-3]`,
     /// and to one member of each matching shared group; updates the retained store
@@ -604,184 +435,6 @@ impl Handler<Publish> for Registry {
         for message in msg.messages {
             self.route(message, Some(msg.from), ctx);
         }
-    }
-}
-
-impl Handler<Subscribe> for Registry {
-    type Result = ();
-
-    fn handle(&mut self, msg: Subscribe, ctx: &mut Context<Self>) {
-        let (max_subscriptions, metrics) = (self.max_subscriptions, self.metrics.clone());
-        let Some(client) = self.attached_client(msg.key, msg.conn) else {
-            return;
-        };
-        // Deliveries routed before the subscription took effect go before the SUBACK.
-        Self::flush_client(client);
-        let client_id = client.id.clone();
-        let mut codes = msg.codes;
-        let mut granted = Vec::with_capacity(msg.filters.len());
-        for (position, filter, options) in msg.filters {
-            let existed = client.subscriptions.contains_key(&filter);
-            if !existed && client.subscriptions.len() >= max_subscriptions {
-                warn!(client_id = %client_id, filter = %filter, limit = max_subscriptions, "subscription refused: limit of subscriptions per client");
-                metrics.add_limits_hit(1);
-                if let Some(code) = codes.get_mut(position) {
-                    *code = msg.quota_code;
-                }
-                continue;
-            }
-            client.subscriptions.insert(filter.clone(), options);
-            granted.push((filter, options, existed));
-        }
-        if let Some(attached) = &client.attached {
-            attached.session.do_send(Subscribed {
-                pid: msg.pid,
-                codes,
-            });
-        }
-        let now = Instant::now();
-        let mut retained = Vec::new();
-        let mut expired = Vec::new();
-        for (filter, options, existed) in granted {
-            if let Some(Ok(shared)) = parse_shared(&filter) {
-                // Retained messages are not sent for shared subscriptions (section 4.8.2).
-                self.shared
-                    .join(shared.group, shared.filter, msg.key, options);
-            } else {
-                self.trie.insert(&filter, msg.key, options);
-                // [MQTT-3.8.4-3] (3.1.1) retained messages are sent for every subscription;
-                // (5.0) per Retain Handling [MQTT-3.3.1-9] [MQTT-3.3.1-10] [MQTT-3.3.1-11].
-                let send = match options.retain_handling {
-                    0 => true,
-                    1 => !existed,
-                    _ => false,
-                };
-                if send {
-                    self.retained.for_each_match(&filter, |m| {
-                        if m.is_expired(now) {
-                            // [MQTT-3.3.2-5] an expired retained message is not sent, and goes.
-                            expired.push(m.topic.clone());
-                            return;
-                        }
-                        // [MQTT-3.3.1-8] RETAIN 1 for a message sent because of a subscription.
-                        retained.push(
-                            Delivery::new(m.clone(), m.qos.min(options.qos), true)
-                                .with_extras(options.id.into_iter().collect(), None),
-                        );
-                    });
-                }
-            }
-            info!(client_id = %client_id, filter = %filter, qos = options.qos as u8, "client subscribed");
-            let event = ClientSubscribed {
-                client_id: client_id.clone(),
-                filter,
-                qos: options.qos,
-            };
-            for hook in &self.hooks.subscribed {
-                hook.do_send(event.clone());
-            }
-        }
-        for topic in expired {
-            self.retained.remove(&topic);
-        }
-        for delivery in retained {
-            self.deliver(msg.key, delivery, ctx);
-        }
-    }
-}
-
-impl Handler<Unsubscribe> for Registry {
-    type Result = ();
-
-    fn handle(&mut self, msg: Unsubscribe, _: &mut Context<Self>) {
-        let Some(client) = self.attached_client(msg.key, msg.conn) else {
-            return;
-        };
-        Self::flush_client(client);
-        let client_id = client.id.clone();
-        let mut codes = Vec::with_capacity(msg.filters.len());
-        let mut removed = Vec::new();
-        for filter in msg.filters {
-            if client.subscriptions.remove(&filter).is_some() {
-                codes.push(0x00);
-                removed.push(filter);
-            } else {
-                codes.push(0x11); // No subscription existed
-            }
-        }
-        if let Some(attached) = &client.attached {
-            attached.session.do_send(Unsubscribed {
-                pid: msg.pid,
-                codes,
-            });
-        }
-        for filter in removed {
-            self.drop_subscription(&filter, msg.key);
-            info!(client_id = %client_id, filter = %filter, "client unsubscribed");
-            let event = ClientUnsubscribed {
-                client_id: client_id.clone(),
-                filter,
-            };
-            for hook in &self.hooks.unsubscribed {
-                hook.do_send(event.clone());
-            }
-        }
-    }
-}
-
-impl Handler<Detach> for Registry {
-    type Result = ();
-
-    fn handle(&mut self, msg: Detach, ctx: &mut Context<Self>) {
-        let Some(client) = self.attached_client(msg.key, msg.conn) else {
-            return;
-        };
-        // What is batched for it goes first, so the Session's state is complete on `Detached`.
-        Self::flush_client(client);
-        let client_id = client.id.clone();
-        let Some(attached) = client.attached.as_mut() else {
-            return;
-        };
-        attached.detaching = true;
-        let peer = attached.peer;
-        let will = attached.will.take();
-        attached.session.do_send(Detached);
-        if let Some(expiry) = msg.session_expiry {
-            client.session_expiry = expiry;
-        }
-        let (expiry, token) = (client.session_expiry, client.timer_token);
-        info!(client_id = %client_id, addr = %peer, reason = %msg.reason, "client disconnected");
-        if let (true, Some(will)) = (msg.reason.publishes_will(), will) {
-            if will.delay == 0 || expiry == 0 {
-                self.publish_will(&client_id, msg.key, will, ctx);
-            } else {
-                // (5.0) published after the Will Delay Interval or when the session ends,
-                // whichever comes first [MQTT-3.1.2-8], unless the client reconnects before
-                // [MQTT-3.1.3-9].
-                let delay = Duration::from_secs(u64::from(will.delay.min(expiry)));
-                if let Some(client) = self.client(msg.key) {
-                    client.delayed_will = Some(Box::new(will));
-                }
-                let key = msg.key;
-                ctx.run_later(delay, move |act, ctx| act.fire_will(key, token, ctx));
-            }
-        }
-        let event = ClientDisconnected {
-            client_id,
-            peer,
-            reason: msg.reason,
-        };
-        for hook in &self.hooks.disconnected {
-            hook.do_send(event.clone());
-        }
-    }
-}
-
-impl Handler<SessionEnded> for Registry {
-    type Result = ();
-
-    fn handle(&mut self, msg: SessionEnded, ctx: &mut Context<Self>) {
-        self.end_session(msg.key, msg.conn, msg.state, ctx);
     }
 }
 

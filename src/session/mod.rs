@@ -6,6 +6,7 @@
 //! deliveries still on their way until [`Detached`], hands everything it holds back with
 //! [`SessionEnded`], and stops.
 
+mod from_registry;
 mod linger;
 mod packets;
 mod peer;
@@ -32,13 +33,8 @@ use crate::codec::{self, CodecError, MqttCodec, Packet};
 use crate::config::Config;
 use crate::drops::{DropLog, DropReason};
 use crate::hooks::{DisconnectReason, Interceptors};
-use crate::message::QoS;
 use crate::metrics::Metrics;
-use crate::queue::{Pushed, QueueLimits};
-use crate::registry::{
-    ClientKey, ConnId, Deliver, Detach, Detached, Registry, ServerClosing, SessionEnded,
-    Subscribed, Takeover, Unsubscribed,
-};
+use crate::registry::{ClientKey, ConnId, Detach, Registry, SessionEnded};
 
 /// Initial read buffer per connection: small, because most devices send small packets and a
 /// fleet has many idle connections. It grows as needed up to the maximum packet size.
@@ -560,128 +556,5 @@ impl StreamHandler<Result<Packet, CodecError>> for Session {
             ctx,
             DisconnectReason::Network("connection closed by peer".into()),
         );
-    }
-}
-
-impl Handler<Deliver> for Session {
-    type Result = ();
-
-    fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
-        let sessions = &self.shared.config.sessions;
-        let output_limit = sessions.max_outbound_bytes;
-        let limits = QueueLimits::from_config(sessions);
-        let mut output_full = 0;
-        let mut queue_full = 0;
-        let now = Instant::now();
-        for delivery in msg.0 {
-            if delivery.qos != QoS::AtMostOnce {
-                if let Pushed::Queued { dropped } = self.outbound.push(delivery, &limits) {
-                    queue_full += dropped;
-                }
-                // Into the window while it has room: the bound counts what waits beyond it.
-                if !self.closing {
-                    self.pump_at(now);
-                }
-            } else if self.closing || self.unwritten() >= output_limit {
-                output_full += 1;
-            } else if delivery.message.is_expired(now) {
-                // [MQTT-3.3.2-5] not delivered once expired.
-                self.shared.metrics.add_expired_dropped(1);
-            } else if !write_delivery(
-                &mut self.out,
-                &self.peer_options,
-                &mut self.aliases,
-                &delivery,
-                0,
-                false,
-                now,
-            ) {
-                self.too_large_for_client();
-            }
-        }
-        self.record_drops(DropReason::OutputFull, output_full);
-        self.record_drops(DropReason::OnlineQueueFull, queue_full);
-        if self.closing {
-            return;
-        }
-        // Only `queue_overflow = "disconnect"` lets the queue grow past its bounds.
-        if self.outbound.queued() > limits.max_messages
-            || self.outbound.queued_bytes() > limits.max_bytes
-        {
-            self.shared.metrics.add_slow_consumer_disconnects(1);
-            warn!(
-                client_id = %self.client_id(),
-                queued = self.outbound.queued(),
-                queued_bytes = self.outbound.queued_bytes(),
-                "closing connection: slow consumer, QoS 1/2 queue full (queue_overflow = disconnect)"
-            );
-            self.close(ctx, DisconnectReason::SlowConsumer);
-        }
-        self.flush(ctx);
-    }
-}
-
-impl Handler<Takeover> for Session {
-    type Result = ();
-
-    fn handle(&mut self, _: Takeover, ctx: &mut Context<Self>) {
-        self.close(ctx, DisconnectReason::TakenOver);
-    }
-}
-
-impl Handler<ServerClosing> for Session {
-    type Result = ();
-
-    fn handle(&mut self, _: ServerClosing, ctx: &mut Context<Self>) {
-        self.close(ctx, DisconnectReason::ServerShutdown);
-    }
-}
-
-impl Handler<Detached> for Session {
-    type Result = ();
-
-    fn handle(&mut self, _: Detached, ctx: &mut Context<Self>) {
-        if let Phase::Connected { key, .. } = self.phase {
-            let state = self.state_for_registry();
-            self.shared.registry.do_send(SessionEnded {
-                key,
-                conn: self.conn,
-                state,
-            });
-        }
-        self.awaiting_detached = false;
-        self.maybe_stop(ctx);
-    }
-}
-
-impl Handler<Subscribed> for Session {
-    type Result = ();
-
-    fn handle(&mut self, msg: Subscribed, ctx: &mut Context<Self>) {
-        if !self.closing {
-            if self.peer_options.protocol.is_v5() {
-                self.write_v5_ack(0x90, msg.pid, &msg.codes, 0x80);
-            } else {
-                codec::write_suback(&mut self.out, msg.pid, &msg.codes);
-            }
-            self.flush(ctx);
-        }
-    }
-}
-
-impl Handler<Unsubscribed> for Session {
-    type Result = ();
-
-    fn handle(&mut self, msg: Unsubscribed, ctx: &mut Context<Self>) {
-        if !self.closing {
-            // [MQTT-3.10.4-4] [MQTT-3.10.4-5] UNSUBACK, even when nothing matched; (5.0) with a
-            // reason code per filter [MQTT-3.11.3-1].
-            if self.peer_options.protocol.is_v5() {
-                self.write_v5_ack(0xB0, msg.pid, &msg.codes, 0x11);
-            } else {
-                codec::write_ack(&mut self.out, codec::Ack::UnsubAck, msg.pid);
-            }
-            self.flush(ctx);
-        }
     }
 }

@@ -1,0 +1,134 @@
+//! Subscribing and unsubscribing: the trie, shared groups, retained messages for a new
+//! subscription, and the acknowledgement through the Session's mailbox.
+
+use std::time::Instant;
+
+use actix::prelude::*;
+use tracing::{info, warn};
+
+use super::{Registry, Subscribe, Subscribed, Unsubscribe, Unsubscribed};
+use crate::hooks::{ClientSubscribed, ClientUnsubscribed};
+use crate::message::Delivery;
+use crate::topic::parse_shared;
+
+impl Handler<Subscribe> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Subscribe, ctx: &mut Context<Self>) {
+        let (max_subscriptions, metrics) = (self.max_subscriptions, self.metrics.clone());
+        let Some(client) = self.attached_client(msg.key, msg.conn) else {
+            return;
+        };
+        // Deliveries routed before the subscription took effect go before the SUBACK.
+        Self::flush_client(client);
+        let client_id = client.id.clone();
+        let mut codes = msg.codes;
+        let mut granted = Vec::with_capacity(msg.filters.len());
+        for (position, filter, options) in msg.filters {
+            let existed = client.subscriptions.contains_key(&filter);
+            if !existed && client.subscriptions.len() >= max_subscriptions {
+                warn!(client_id = %client_id, filter = %filter, limit = max_subscriptions, "subscription refused: limit of subscriptions per client");
+                metrics.add_limits_hit(1);
+                if let Some(code) = codes.get_mut(position) {
+                    *code = msg.quota_code;
+                }
+                continue;
+            }
+            client.subscriptions.insert(filter.clone(), options);
+            granted.push((filter, options, existed));
+        }
+        if let Some(attached) = &client.attached {
+            attached.session.do_send(Subscribed {
+                pid: msg.pid,
+                codes,
+            });
+        }
+        let now = Instant::now();
+        let mut retained = Vec::new();
+        let mut expired = Vec::new();
+        for (filter, options, existed) in granted {
+            if let Some(Ok(shared)) = parse_shared(&filter) {
+                // Retained messages are not sent for shared subscriptions (section 4.8.2).
+                self.shared
+                    .join(shared.group, shared.filter, msg.key, options);
+            } else {
+                self.trie.insert(&filter, msg.key, options);
+                // [MQTT-3.8.4-3] (3.1.1) retained messages are sent for every subscription;
+                // (5.0) per Retain Handling [MQTT-3.3.1-9] [MQTT-3.3.1-10] [MQTT-3.3.1-11].
+                let send = match options.retain_handling {
+                    0 => true,
+                    1 => !existed,
+                    _ => false,
+                };
+                if send {
+                    self.retained.for_each_match(&filter, |m| {
+                        if m.is_expired(now) {
+                            // [MQTT-3.3.2-5] an expired retained message is not sent, and goes.
+                            expired.push(m.topic.clone());
+                            return;
+                        }
+                        // [MQTT-3.3.1-8] RETAIN 1 for a message sent because of a subscription.
+                        retained.push(
+                            Delivery::new(m.clone(), m.qos.min(options.qos), true)
+                                .with_extras(options.id.into_iter().collect(), None),
+                        );
+                    });
+                }
+            }
+            info!(client_id = %client_id, filter = %filter, qos = options.qos as u8, "client subscribed");
+            let event = ClientSubscribed {
+                client_id: client_id.clone(),
+                filter,
+                qos: options.qos,
+            };
+            for hook in &self.hooks.subscribed {
+                hook.do_send(event.clone());
+            }
+        }
+        for topic in expired {
+            self.retained.remove(&topic);
+        }
+        for delivery in retained {
+            self.deliver(msg.key, delivery, ctx);
+        }
+    }
+}
+
+impl Handler<Unsubscribe> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unsubscribe, _: &mut Context<Self>) {
+        let Some(client) = self.attached_client(msg.key, msg.conn) else {
+            return;
+        };
+        Self::flush_client(client);
+        let client_id = client.id.clone();
+        let mut codes = Vec::with_capacity(msg.filters.len());
+        let mut removed = Vec::new();
+        for filter in msg.filters {
+            if client.subscriptions.remove(&filter).is_some() {
+                codes.push(0x00);
+                removed.push(filter);
+            } else {
+                codes.push(0x11); // No subscription existed
+            }
+        }
+        if let Some(attached) = &client.attached {
+            attached.session.do_send(Unsubscribed {
+                pid: msg.pid,
+                codes,
+            });
+        }
+        for filter in removed {
+            self.drop_subscription(&filter, msg.key);
+            info!(client_id = %client_id, filter = %filter, "client unsubscribed");
+            let event = ClientUnsubscribed {
+                client_id: client_id.clone(),
+                filter,
+            };
+            for hook in &self.hooks.unsubscribed {
+                hook.do_send(event.clone());
+            }
+        }
+    }
+}
