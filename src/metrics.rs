@@ -22,7 +22,7 @@ pub struct Metrics {
 /// A copy of the counters at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MetricsSnapshot {
-    /// TCP connections open now.
+    /// TCP connections open now, those in a lingering close included.
     pub connections_current: u64,
     /// TCP connections accepted since start.
     pub connections_total: u64,
