@@ -231,7 +231,8 @@ pub enum SharedStrategy {
 
 /// Default `sessions.max_queued_messages`. Measured with MQTT.js (`tests/mqttjs.rs`): a burst of
 /// 3,000 QoS 1 messages, 100 in flight, to a QoS 2 subscriber queues up to about 2,000 for it; a
-/// burst of 15,000 stays under 10,000. Mosquitto's 1,000 would drop part of the first.
+/// burst of 15,000 stays under 10,000. With a bound of 1,000 (Mosquitto's) the subscriber lost
+/// part of the first.
 pub const DEFAULT_MAX_QUEUED_MESSAGES: usize = 10_000;
 
 /// Default `sessions.max_queued_bytes`: 10,000 messages of up to about 1.6 KB each.

@@ -83,7 +83,7 @@ impl MessageProperties {
     /// Bytes of the strings and data these properties carry.
     pub fn size(&self) -> usize {
         let len = |s: &Option<String>| s.as_ref().map_or(0, String::len);
-        1 + len(&self.content_type)
+        len(&self.content_type)
             + len(&self.response_topic)
             + self.correlation_data.as_ref().map_or(0, Bytes::len)
             + self
