@@ -6,6 +6,25 @@
 //!
 //! Start one inside an actix `System` with [`Broker`], or on a thread of its own with
 //! [`BackgroundBroker`]. Extend it with actors: [`hooks`].
+//!
+//! # The modules, one job each
+//!
+//! | module | its job |
+//! | --- | --- |
+//! | `broker`, `background` | assemble and start a broker: Registry, worker Arbiters, listeners; shut it down |
+//! | `listener` | accept TCP (and TLS, with [`tls`]) connections and start a Session for each |
+//! | [`session`] | the actor of one connection: socket, keep-alive, QoS windows, lingering close |
+//! | [`registry`] | the actor that owns clients, subscriptions, retained messages, stored sessions, hooks; routes publishes |
+//! | [`session_state`] | what a session keeps across connections, handed between the two |
+//! | [`queue`] | a client's bounded QoS 1/2 queue and its overflow policy |
+//! | [`codec`] | MQTT 3.1.1 and 5.0 packets: decoding what clients send, encoding what the broker sends |
+//! | [`message`] | the application message, deliveries, wills and subscription options |
+//! | [`topic`] | topic and filter validation, the subscription trie, the retained store, shared filters |
+//! | [`hooks`] | lifecycle events and interceptors: how users extend the broker |
+//! | [`auth`] | password file, ACL file, the authenticator thread |
+//! | [`config`] | every setting, its default, loading and checking the TOML file |
+//! | [`metrics`], [`drops`] | counters; messages dropped for slow clients, with rate-limited warnings |
+//! | `logging` | the `tracing` set-up of the binary and the examples |
 
 #![warn(missing_docs)]
 
@@ -23,6 +42,7 @@ pub mod metrics;
 pub mod queue;
 pub mod registry;
 pub mod session;
+pub mod session_state;
 pub mod tls;
 pub mod topic;
 

@@ -10,7 +10,8 @@ use actix::Addr;
 use super::messages::{ConnId, Connect};
 use crate::drops::DropLog;
 use crate::message::{Delivery, LastWill, SubscriptionOptions};
-use crate::session::{Session, SessionState};
+use crate::session::Session;
+use crate::session_state::SessionState;
 
 /// A client's live connection.
 pub(super) struct Attached {

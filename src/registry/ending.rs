@@ -13,7 +13,7 @@ use crate::drops::{DropLog, DropReason};
 use crate::hooks::ClientDisconnected;
 use crate::message::{Delivery, LastWill};
 use crate::queue::QueueLimits;
-use crate::session::{InflightStage, SessionState};
+use crate::session_state::{InflightStage, SessionState};
 
 impl Registry {
     /// Final step of a disconnect: hands shared-subscription messages the client did not

@@ -8,7 +8,8 @@ use tokio::sync::oneshot;
 
 use crate::hooks::{DisconnectReason, LifecycleHooks};
 use crate::message::{Delivery, LastWill, Message, ProtocolVersion, SubscriptionOptions};
-use crate::session::{Session, SessionState};
+use crate::session::Session;
+use crate::session_state::SessionState;
 
 /// Identifies one TCP connection for the life of the broker (never reused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -24,7 +24,7 @@ use crate::hooks::{ClientConnected, LifecycleHooks};
 use crate::message::{Delivery, Message, QoS, SubscriptionOptions};
 use crate::metrics::Metrics;
 use crate::queue::{Pushed, QueueLimits};
-use crate::session::SessionState;
+use crate::session_state::SessionState;
 use crate::topic::{parse_shared, RetainedStore, SubscriptionTrie};
 
 /// A Session's batch is sent at once when it reaches this many deliveries, without waiting for

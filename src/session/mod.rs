@@ -3,7 +3,7 @@
 //!
 //! Lifecycle: `AwaitingConnect` -> `Connecting` (asking the interceptor, then the Registry) ->
 //! `Connected` -> closing. A connected Session that closes sends [`Detach`], keeps collecting the
-//! deliveries still on their way until [`Detached`], hands everything it holds back with
+//! deliveries still on their way until [`Detached`](crate::registry::Detached), hands everything it holds back with
 //! [`SessionEnded`], and stops.
 
 mod from_registry;
@@ -25,7 +25,7 @@ use tokio_util::codec::FramedRead;
 use tracing::{debug, info, warn};
 
 pub use linger::{ConnectionSlot, LINGER_BYTES, LINGER_TIME};
-pub use state::{AckResult, InflightEntry, InflightStage, Outbound, SessionState};
+pub use state::{AckResult, Outbound};
 
 use self::linger::{linger, SharedReader};
 use self::peer::{disconnect_code, write_delivery, OutboundAliases, PeerOptions};
@@ -35,6 +35,7 @@ use crate::drops::{DropLog, DropReason};
 use crate::hooks::{DisconnectReason, Interceptors};
 use crate::metrics::Metrics;
 use crate::registry::{ClientKey, ConnId, Detach, Registry, SessionEnded};
+use crate::session_state::{InflightStage, SessionState};
 
 /// Initial read buffer per connection: small, because most devices send small packets and a
 /// fleet has many idle connections. It grows as needed up to the maximum packet size.

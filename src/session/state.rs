@@ -1,46 +1,12 @@
-//! The pure part of a Session: the outbound QoS 1/2 window and queue, packet identifier
-//! allocation, and the state that outlives a connection. No I/O here, so it is unit-tested alone.
+//! The pure part of a Session: the outbound QoS 1/2 window and queue, and packet identifier
+//! allocation. No I/O here, so it is unit-tested alone.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use crate::message::{Delivery, QoS};
 use crate::queue::{DeliveryQueue, Pushed, QueueLimits};
-
-/// Where an outbound QoS 1/2 message stands in its handshake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InflightStage {
-    /// QoS 1 PUBLISH sent, waiting for PUBACK.
-    AwaitingPubAck,
-    /// QoS 2 PUBLISH sent, waiting for PUBREC.
-    AwaitingPubRec,
-    /// PUBREL sent, waiting for PUBCOMP.
-    AwaitingPubComp,
-}
-
-/// An outbound QoS 1/2 message that has a packet identifier.
-#[derive(Debug, Clone)]
-pub struct InflightEntry {
-    /// Packet identifier.
-    pub pid: u16,
-    /// The message.
-    pub delivery: Delivery,
-    /// Handshake stage.
-    pub stage: InflightStage,
-}
-
-/// What a client's session keeps across connections (clean session 0): handed by the Session to
-/// the Registry when the connection ends and back to the next Session on resume.
-#[derive(Debug, Default)]
-pub struct SessionState {
-    /// Sent and unacknowledged, in send order; re-sent on resume `[MQTT-4.4.0-1]`.
-    pub inflight: VecDeque<InflightEntry>,
-    /// Not sent yet, in order.
-    pub queue: DeliveryQueue,
-    /// Inbound QoS 2 packet identifiers whose PUBREL has not arrived: a re-sent PUBLISH with one of
-    /// these is not routed again (exactly once).
-    pub inbound_qos2: HashSet<u16>,
-}
+use crate::session_state::{InflightEntry, InflightStage};
 
 /// What an acknowledgement did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
