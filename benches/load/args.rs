@@ -23,6 +23,10 @@ pub enum Scenario {
     ConnectStorm,
     /// N idle connections; broker RSS per connection (needs the broker's pid).
     Idle,
+    /// The seed's pattern: N devices answering status requests that an app sends at `--rate`
+    /// requests/s (default 1000), each device also publishing `--telemetry-rate` messages/s;
+    /// latency is the request's round trip.
+    Fleet,
 }
 
 /// Load-test an MQTT broker. Without `--addr`, starts the `switchboard` release binary on a free
@@ -45,7 +49,8 @@ pub struct Args {
     /// Payload bytes (at least 20: publisher, sequence number and timestamp travel in it).
     #[arg(long, default_value_t = 64)]
     pub payload: usize,
-    /// Open loop: total publish rate in messages/s. Without it, closed loop with `--window`.
+    /// Open loop: total publish rate in messages/s (fleet: status requests/s). Without it, closed
+    /// loop with `--window`.
     #[arg(long)]
     pub rate: Option<u64>,
     /// Closed loop: messages per publisher published and not yet delivered to every subscriber.
@@ -66,6 +71,9 @@ pub struct Args {
     /// Name of the broker in reports.
     #[arg(long, default_value = "switchboard")]
     pub label: String,
+    /// Fleet: telemetry messages per second from each device (0: none).
+    #[arg(long, default_value_t = 0.2)]
+    pub telemetry_rate: f64,
     /// Topics: retained messages (retained) or topics per publisher (wildcard).
     #[arg(long, default_value_t = 1000)]
     pub topics: usize,

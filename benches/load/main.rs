@@ -13,6 +13,7 @@
 
 mod args;
 mod broker;
+mod fleet;
 mod flows;
 mod procstat;
 mod report;
@@ -64,9 +65,14 @@ fn run(args: Args) -> Result<(), String> {
         qos: args.qos,
         clients: args.clients,
         payload: args.payload.max(wire::STAMP),
-        load: match args.rate {
-            Some(rate) => format!("open({rate}/s)"),
-            None => format!("closed({})", args.window),
+        load: match (args.scenario, args.rate) {
+            (Scenario::Fleet, rate) => format!(
+                "open({}/s requests, telemetry {}/s per device)",
+                rate.unwrap_or(fleet::DEFAULT_REQUEST_RATE),
+                args.telemetry_rate
+            ),
+            (_, Some(rate)) => format!("open({rate}/s)"),
+            (_, None) => format!("closed({})", args.window),
         },
         ..Report::default()
     };
@@ -84,6 +90,18 @@ fn run(args: Args) -> Result<(), String> {
                 r.broker_cpu.map(|c| c * 1e6 / r.delivered.max(1) as f64);
             report.harness_cpu_share = r.harness_cpu / r.measured_seconds;
             let _ = r.total_sent;
+        }
+        Scenario::Fleet => {
+            let r = runtime.block_on(fleet::run(args.clone(), target.addr, target.pid))?;
+            report.seconds = r.measured_seconds;
+            report.sent_per_s = r.sent as f64 / r.measured_seconds;
+            report.delivered_per_s = r.delivered as f64 / r.measured_seconds;
+            report.lost = r.lost;
+            report.latency_us = Latency::from(&r.latency);
+            report.broker_cpu_s = r.broker_cpu;
+            report.broker_cpu_us_per_msg =
+                r.broker_cpu.map(|c| c * 1e6 / r.delivered.max(1) as f64);
+            report.harness_cpu_share = r.harness_cpu / r.measured_seconds;
         }
         Scenario::Retained | Scenario::ConnectStorm | Scenario::Idle => {
             let r = runtime.block_on(async {

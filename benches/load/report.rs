@@ -100,24 +100,36 @@ pub fn read_reports(path: &Path) -> Result<Vec<Report>, String> {
         .collect()
 }
 
-type Key = (String, u8, String);
-/// Per (scenario, QoS, load): per label, median (delivered msgs/s, p99 us).
-type Medians = BTreeMap<Key, BTreeMap<String, (f64, u64)>>;
+type Key = (String, u8, usize, String);
 
-/// Medians per (scenario, qos, load) and label.
+/// The medians of one row for one label.
+#[derive(Debug, Clone, Copy)]
+struct Median {
+    /// Delivered msgs/s.
+    rate: f64,
+    /// p99 latency (µs) of the median-rate run.
+    p99: u64,
+    /// Broker CPU µs per delivered message, median on its own.
+    cpu: Option<f64>,
+}
+
+/// Per (scenario, QoS, clients, load): per label, the medians.
+type Medians = BTreeMap<Key, BTreeMap<String, Median>>;
+
+/// Medians per (scenario, qos, clients, load) and label.
 fn medians(reports: &[Report]) -> (Vec<String>, Medians) {
     let mut labels: Vec<String> = Vec::new();
-    let mut runs: BTreeMap<Key, BTreeMap<String, Vec<(f64, u64)>>> = BTreeMap::new();
+    let mut runs: BTreeMap<Key, BTreeMap<String, Vec<&Report>>> = BTreeMap::new();
     // Idle runs measure memory, not a rate: they are reported on their own.
     for r in reports.iter().filter(|r| r.scenario != "idle") {
         if !labels.contains(&r.label) {
             labels.push(r.label.clone());
         }
-        runs.entry((r.scenario.clone(), r.qos, r.load.clone()))
+        runs.entry((r.scenario.clone(), r.qos, r.clients, r.load.clone()))
             .or_default()
             .entry(r.label.clone())
             .or_default()
-            .push((r.delivered_per_s, r.latency_us.p99));
+            .push(r);
     }
     let med = runs
         .into_iter()
@@ -125,8 +137,17 @@ fn medians(reports: &[Report]) -> (Vec<String>, Medians) {
             let per = per
                 .into_iter()
                 .map(|(label, mut v)| {
-                    v.sort_by(|a, b| a.0.total_cmp(&b.0));
-                    (label, v[v.len() / 2])
+                    v.sort_by(|a, b| a.delivered_per_s.total_cmp(&b.delivered_per_s));
+                    let mid = v[v.len() / 2];
+                    let mut cpus: Vec<f64> =
+                        v.iter().filter_map(|r| r.broker_cpu_us_per_msg).collect();
+                    cpus.sort_by(f64::total_cmp);
+                    let median = Median {
+                        rate: mid.delivered_per_s,
+                        p99: mid.latency_us.p99,
+                        cpu: cpus.get(cpus.len() / 2).copied(),
+                    };
+                    (label, median)
                 })
                 .collect();
             (k, per)
@@ -140,34 +161,35 @@ fn medians(reports: &[Report]) -> (Vec<String>, Medians) {
 pub fn table(reports: &[Report]) -> String {
     let (labels, med) = medians(reports);
     let mut s = String::new();
-    let head: Vec<String> = labels.iter().map(|l| format!("{l} msgs/s")).collect();
-    let p99: Vec<String> = labels.iter().map(|l| format!("{l} p99 us")).collect();
+    let columns =
+        |unit: &str| -> Vec<String> { labels.iter().map(|l| format!("{l} {unit}")).collect() };
     let _ = writeln!(
         s,
-        "| scenario | QoS | load | {} | ratio | {} |",
-        head.join(" | "),
-        p99.join(" | ")
+        "| scenario | QoS | clients | load | {} | ratio | {} | {} |",
+        columns("msgs/s").join(" | "),
+        columns("p99 us").join(" | "),
+        columns("CPU us/msg").join(" | ")
     );
-    let _ = writeln!(s, "|{}", "---|".repeat(4 + 2 * labels.len()));
-    for ((scenario, qos, load), per) in &med {
-        let rate = |l: &String| per.get(l).map(|v| v.0);
-        let rates: Vec<String> = labels
-            .iter()
-            .map(|l| rate(l).map_or("-".into(), |r| format!("{r:.0}")))
-            .collect();
-        let lats: Vec<String> = labels
-            .iter()
-            .map(|l| per.get(l).map_or("-".into(), |v| v.1.to_string()))
-            .collect();
+    let _ = writeln!(s, "|{}", "---|".repeat(5 + 3 * labels.len()));
+    for ((scenario, qos, clients, load), per) in &med {
+        let rate = |l: &String| per.get(l).map(|v| v.rate);
+        let cell = |f: &dyn Fn(&Median) -> String| -> String {
+            labels
+                .iter()
+                .map(|l| per.get(l).map_or("-".into(), f))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        };
         let ratio = match (labels.first().and_then(rate), labels.get(1).and_then(rate)) {
             (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
             _ => "-".into(),
         };
         let _ = writeln!(
             s,
-            "| {scenario} | {qos} | {load} | {} | {ratio} | {} |",
-            rates.join(" | "),
-            lats.join(" | ")
+            "| {scenario} | {qos} | {clients} | {load} | {} | {ratio} | {} | {} |",
+            cell(&|m| format!("{:.0}", m.rate)),
+            cell(&|m| m.p99.to_string()),
+            cell(&|m| m.cpu.map_or("-".into(), |c| format!("{c:.2}")))
         );
     }
     s
@@ -180,7 +202,7 @@ pub fn chart(reports: &[Report]) -> String {
     let groups: Vec<_> = med.iter().collect();
     let max = groups
         .iter()
-        .flat_map(|(_, per)| per.values().map(|v| v.0))
+        .flat_map(|(_, per)| per.values().map(|v| v.rate))
         .fold(1.0f64, f64::max);
     let (bar, gap, height, top, left) = (22.0, 26.0, 260.0, 30.0, 70.0);
     let group_w = bar * labels.len() as f64 + gap;
@@ -204,11 +226,11 @@ pub fn chart(reports: &[Report]) -> String {
             v / 1000.0
         );
     }
-    for (g, ((scenario, qos, _), per)) in groups.iter().enumerate() {
+    for (g, ((scenario, qos, _, _), per)) in groups.iter().enumerate() {
         let x0 = left + gap / 2.0 + g as f64 * group_w;
         for (i, label) in labels.iter().enumerate() {
-            if let Some((rate, _)) = per.get(label) {
-                let h = height * rate / max;
+            if let Some(m) = per.get(label) {
+                let h = height * m.rate / max;
                 let _ = write!(
                     s,
                     r#"<rect x="{:.1}" y="{:.1}" width="{bar}" height="{h:.1}" fill="{}"/>"#,
