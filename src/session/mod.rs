@@ -6,6 +6,7 @@
 //! deliveries still on their way until [`Detached`](crate::registry::Detached), hands everything it holds back with
 //! [`SessionEnded`], and stops.
 
+mod connecting;
 mod from_registry;
 mod linger;
 mod packets;
