@@ -102,6 +102,9 @@ async fn binary_logs_lifecycle_events_and_stops_on_sigterm() {
     wait_line(&logs, "client unsubscribed");
     raw.send(&[0xE0, 0x00]).await;
     assert!(wait_line(&logs, "client disconnected").contains("reason=clean"));
+    // [MQTT-3.14.4-1] after DISCONNECT the client closes the connection (a client that does not
+    // holds the broker's lingering close, and so its shutdown, for up to LINGER_TIME).
+    drop(raw);
 
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -126,8 +129,25 @@ async fn sigterm_tells_mqtt5_clients_the_server_is_shutting_down() {
     assert!(status.success());
     let frame = v5.expect().await;
     assert_eq!(common::v5::disconnect_reason(&frame), 0x8B);
-    v5.expect_closed().await;
+    // A client still writing meanwhile gets an orderly end of stream, not a reset (the
+    // lingering close covers shutdown too).
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    v5.stream
+        .write_all(&[0xC0, 0x00])
+        .await
+        .expect("write after DISCONNECT");
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(common::WAIT, v5.stream.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(end, Ok(Ok(0))),
+        "orderly end of stream: {end:?} {rest:?}"
+    );
+    v5.stream
+        .write_all(&[0xC0, 0x00])
+        .await
+        .expect("still no reset");
     v311.expect_closed().await;
+    drop((v5, v311));
     assert_clean_exit(child).await;
 }
 
