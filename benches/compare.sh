@@ -5,9 +5,12 @@
 #   benches/compare.sh                 # 3 runs of each, 5 s measured each (~12 minutes)
 #   RUNS=5 DURATION=10 benches/compare.sh
 #   MQTT=5 RESULTS=target/compare-v5.jsonl CHART=target/v5.svg benches/compare.sh  # MQTT 5 clients
+#   PEERS=rumqttd,nats benches/compare.sh   # also rumqttd 0.20 and nats-server's MQTT listener
 #
-# Installs Debian's mosquitto if missing (needs root). Results: target/compare.jsonl; table on
-# stdout; chart: docs/benchmarks.svg.
+# Installs Debian's mosquitto if missing (needs root); with PEERS, also rumqttd 0.20 (cargo
+# install, into target/peers) and Debian's nats-server (JetStream on, MQTT 3.1.1 only, QoS 0 and
+# 1). Peers run the realistic and pipelined rows, not the storms. Results: target/compare.jsonl;
+# tables on stdout; chart: docs/benchmarks.svg.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +22,13 @@ SB_PORT=${SB_PORT:-18830}
 MQ_PORT=${MQ_PORT:-18831}
 MQTT=${MQTT:-3.1.1}
 CHART=${CHART:-docs/benchmarks.svg}
+PEERS=${PEERS:-}
+RQ_PORT=${RQ_PORT:-18832}
+NATS_PORT=${NATS_PORT:-18833}
+if [ -n "$PEERS" ] && [ "$MQTT" != 3.1.1 ]; then
+  echo "PEERS are compared on MQTT 3.1.1 only" >&2
+  exit 2
+fi
 
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
   echo "installing mosquitto" >&2
@@ -26,6 +36,20 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null
 fi
 MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+RUMQTTD=target/peers/bin/rumqttd
+case ",$PEERS," in *,rumqttd,*)
+  if [ ! -x "$RUMQTTD" ]; then
+    echo "installing rumqttd 0.20 into target/peers" >&2
+    cargo install rumqttd --version 0.20.0 --locked --root target/peers >/dev/null 2>&1
+  fi ;;
+esac
+case ",$PEERS," in *,nats,*)
+  if ! command -v nats-server >/dev/null 2>&1; then
+    echo "installing nats-server" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null
+  fi ;;
+esac
 
 cargo build --release --bin switchboard 2>/dev/null
 cargo bench --bench load --no-run 2>/dev/null
@@ -43,25 +67,66 @@ log_type warning
 persistence false
 CONF
 
-SB_PID=""
-MQ_PID=""
+# rumqttd: its sample configuration, on loopback, without the 1 ms pause between accepts.
+cat > "$work/rumqttd.toml" <<CONF
+id = 0
+[router]
+id = 0
+max_connections = 20010
+max_outgoing_packet_count = 200
+max_segment_size = 104857600
+max_segment_count = 10
+[v4.1]
+name = "v4-1"
+listen = "127.0.0.1:$RQ_PORT"
+next_connection_delay_ms = 0
+    [v4.1.connections]
+    connection_timeout_ms = 60000
+    max_payload_size = 20480
+    max_inflight_count = 100
+    dynamic_filters = true
+CONF
+# nats-server: its MQTT listener needs JetStream and a server name.
+cat > "$work/nats.conf" <<CONF
+listen: 127.0.0.1:-1
+server_name: bench
+jetstream { store_dir: "$work/nats" }
+mqtt { listen: "127.0.0.1:$NATS_PORT" }
+CONF
+
+BROKERS="switchboard mosquitto $(echo "$PEERS" | tr ',' ' ')"
+declare -A PID PORT
+PORT[switchboard]=$SB_PORT; PORT[mosquitto]=$MQ_PORT; PORT[rumqttd]=$RQ_PORT; PORT[nats]=$NATS_PORT
 start_brokers() {
   stop_brokers
   RUST_LOG=warn ./target/release/switchboard --port "$SB_PORT" 2>"$work/switchboard.log" &
-  SB_PID=$!
+  PID[switchboard]=$!
   "$MOSQUITTO" -c "$work/mosquitto.conf" 2>"$work/mosquitto.log" &
-  MQ_PID=$!
-  for port in "$SB_PORT" "$MQ_PORT"; do
+  PID[mosquitto]=$!
+  case ",$PEERS," in *,rumqttd,*)
+    "$RUMQTTD" -c "$work/rumqttd.toml" -q >"$work/rumqttd.log" 2>&1 &
+    PID[rumqttd]=$! ;;
+  esac
+  case ",$PEERS," in *,nats,*)
+    nats-server -c "$work/nats.conf" >"$work/nats.log" 2>&1 &
+    PID[nats]=$! ;;
+  esac
+  for broker in $BROKERS; do
     for _ in $(seq 100); do
-      (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-      sleep 0.05
+      (exec 3<>"/dev/tcp/127.0.0.1/${PORT[$broker]}") 2>/dev/null && break
+      sleep 0.05 # waiting for the broker's port to open
     done
   done
 }
 stop_brokers() {
-  [ -n "$SB_PID" ] && kill "$SB_PID" 2>/dev/null && wait "$SB_PID" 2>/dev/null || true
-  [ -n "$MQ_PID" ] && kill "$MQ_PID" 2>/dev/null && wait "$MQ_PID" 2>/dev/null || true
-  SB_PID=""; MQ_PID=""
+  for broker in "${!PID[@]}"; do
+    kill "${PID[$broker]}" 2>/dev/null && wait "${PID[$broker]}" 2>/dev/null || true
+  done
+  PID=()
+}
+# The brokers in turn, the order reversed on even runs.
+order_of_run() {
+  if [ $(($1 % 2)) -eq 1 ]; then echo "$BROKERS"; else echo "$BROKERS" | tr ' ' '\n' | tac | tr '\n' ' '; fi
 }
 trap 'stop_brokers; rm -rf "$work"' EXIT
 
@@ -69,8 +134,7 @@ trap 'stop_brokers; rm -rf "$work"' EXIT
 run() {
   local label=$1; shift
   local results=${RESULTS}
-  local port=$SB_PORT pid=$SB_PID
-  if [ "$label" = mosquitto ]; then port=$MQ_PORT; pid=$MQ_PID; fi
+  local port=${PORT[$label]} pid=${PID[$label]}
   "$LOAD" --addr "127.0.0.1:$port" --broker-pid "$pid" --label "$label" --quiet \
     --mqtt "$MQTT" --out "$results" "$@" >/dev/null
 }
@@ -86,9 +150,7 @@ echo "switchboard $(./target/release/switchboard --version), $("$MOSQUITTO" -h 2
 REALISTIC=${RESULTS%.jsonl}-realistic.jsonl
 rm -f "$REALISTIC"
 for run_no in $(seq "$RUNS"); do
-  order="switchboard mosquitto"
-  [ $((run_no % 2)) -eq 0 ] && order="mosquitto switchboard"
-  for broker in $order; do
+  for broker in $(order_of_run "$run_no"); do
     echo "run $run_no: $broker realistic rows" >&2
     RESULTS=$REALISTIC run "$broker" --scenario pairs --qos 1 --window 1 --clients 8 --duration "$DURATION"
     RESULTS=$REALISTIC run "$broker" --scenario pairs --qos 1 --window 1 --clients 200 --duration "$DURATION"
@@ -100,11 +162,9 @@ done
 
 # Pipelined bursts: the best case, 100 messages in flight per publisher.
 for run_no in $(seq "$RUNS"); do
-  order="switchboard mosquitto"
-  [ $((run_no % 2)) -eq 0 ] && order="mosquitto switchboard"
   for scenario in pairs fan-in fan-out; do
     for qos in 0 1; do
-      for broker in $order; do
+      for broker in $(order_of_run "$run_no"); do
         echo "run $run_no: $broker $scenario qos $qos" >&2
         run "$broker" --scenario "$scenario" --qos "$qos" --clients "$CLIENTS" --duration "$DURATION"
       done
@@ -153,7 +213,7 @@ echo "Other scenarios (msgs/s: wildcard deliveries, retained messages received, 
 "$LOAD" --table "$OTHER"
 echo
 echo "CPU per delivered message (us, median) and idle RSS per connection:"
-for label in switchboard mosquitto; do
+for label in $BROKERS; do
   grep "\"label\":\"$label\"" "$RESULTS" | sed -n 's/.*"scenario":"\([^"]*\)","qos":\([0-9]\).*"load":"\([^"]*\)".*"broker_cpu_us_per_msg":\([0-9.]*\).*/\1 qos\2 \3 \4/p' \
     | sort | awk -v l="$label" '{k=$1" "$2" "$3; v[k]=v[k]" "$4} END {for (k in v) print l, k, v[k]}' | sort
   grep "\"label\":\"$label\"" "$RESULTS" | grep '"scenario":"idle"' \

@@ -36,7 +36,11 @@ fn framed(byte1: u8, body: Vec<u8>) -> Vec<u8> {
 /// in nanoseconds since the run started (u64).
 pub const STAMP: usize = 20;
 
-/// Connects, sends CONNECT (no keep-alive) and checks that CONNACK accepts it.
+/// Keep-alive the harness's clients ask for, in seconds: longer than any measured run, so they
+/// never need to ping; not 0, which rumqttd refuses.
+const KEEP_ALIVE: u16 = 300;
+
+/// Connects, sends CONNECT (keep-alive [`KEEP_ALIVE`]) and checks that CONNACK accepts it.
 pub async fn handshake(
     addr: std::net::SocketAddr,
     id: &str,
@@ -44,7 +48,7 @@ pub async fn handshake(
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
-    stream.write_all(&connect(id, 0)).await?;
+    stream.write_all(&connect(id, KEEP_ALIVE)).await?;
     // CONNACK: fixed header, then (session present, code[, MQTT 5 properties]).
     let mut head = [0u8; 2];
     stream.read_exact(&mut head).await?;
