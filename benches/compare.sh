@@ -98,6 +98,7 @@ BROKERS="switchboard mosquitto $(echo "$PEERS" | tr ',' ' ')"
 declare -A PID PORT
 PORT[switchboard]=$SB_PORT; PORT[mosquitto]=$MQ_PORT; PORT[rumqttd]=$RQ_PORT; PORT[nats]=$NATS_PORT
 start_brokers() {
+  local broker
   stop_brokers
   RUST_LOG=warn ./target/release/switchboard --port "$SB_PORT" 2>"$work/switchboard.log" &
   PID[switchboard]=$!
@@ -119,6 +120,7 @@ start_brokers() {
   done
 }
 stop_brokers() {
+  local broker
   for broker in "${!PID[@]}"; do
     kill "${PID[$broker]}" 2>/dev/null && wait "${PID[$broker]}" 2>/dev/null || true
   done
@@ -217,5 +219,5 @@ for label in $BROKERS; do
   grep "\"label\":\"$label\"" "$RESULTS" | sed -n 's/.*"scenario":"\([^"]*\)","qos":\([0-9]\).*"load":"\([^"]*\)".*"broker_cpu_us_per_msg":\([0-9.]*\).*/\1 qos\2 \3 \4/p' \
     | sort | awk -v l="$label" '{k=$1" "$2" "$3; v[k]=v[k]" "$4} END {for (k in v) print l, k, v[k]}' | sort
   grep "\"label\":\"$label\"" "$RESULTS" | grep '"scenario":"idle"' \
-    | sed 's/.*"rss_per_connection_bytes":\([0-9.]*\).*/  '"$label"' idle bytes per connection: \1/'
+    | sed 's/.*"rss_per_connection_bytes":\([0-9.]*\).*/  '"$label"' idle bytes per connection: \1/' || true
 done
