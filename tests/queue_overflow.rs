@@ -6,26 +6,17 @@
 
 mod common;
 
-use common::packets::{self, parse_publish};
 use common::{broker_with, Raw};
 use switchboard::config::{Config, QueueOverflow};
 use switchboard::BackgroundBroker;
 
-/// Receives everything the broker has for `sub`, acknowledging each PUBLISH as it comes, until
-/// a barrier through the Registry brings nothing more; returns the first payload bytes in order.
+/// First payload bytes of what [`Raw::drain_acking`] brings.
 async fn drain_acking(sub: &mut Raw) -> Vec<u8> {
-    let mut got = Vec::new();
-    loop {
-        let frames = sub.sync().await;
-        if frames.is_empty() {
-            return got;
-        }
-        for frame in frames {
-            let publish = parse_publish(&frame);
-            got.push(publish.payload[0]);
-            sub.send(&packets::ack(0x40, publish.pid)).await;
-        }
-    }
+    sub.drain_acking()
+        .await
+        .iter()
+        .map(|p| p.payload[0])
+        .collect()
 }
 
 /// A subscriber to `q` at QoS 1 that reads nothing while a publisher sends `count` QoS 1
@@ -41,20 +32,9 @@ async fn behind_by(
     let (mut sub, _) = Raw::handshake(addr, "behind", true).await;
     sub.subscribe(1, &[("q", 1)], &[1]).await;
     let (mut publisher, _) = Raw::handshake(addr, "fast", true).await;
-    for n in 0..count {
-        let mut payload = vec![0u8; size];
-        payload[0] = n;
-        publisher
-            .send(&packets::publish(
-                "q",
-                &payload,
-                1,
-                u16::from(n) + 1,
-                false,
-                false,
-            ))
-            .await;
-    }
+    publisher
+        .publish_numbered("q", (0..count).map(|n| (n, size)))
+        .await;
     // Every publish routed, and every delivery in the subscriber's Session, before it reads.
     publisher.sync().await;
     let got = drain_acking(&mut sub).await;
@@ -112,20 +92,9 @@ async fn a_message_larger_than_the_byte_bound_is_dropped_and_the_next_one_comes(
     let (mut sub, _) = Raw::handshake(addr, "small-queue", true).await;
     sub.subscribe(1, &[("big", 1)], &[1]).await;
     let (mut publisher, _) = Raw::handshake(addr, "big-sender", true).await;
-    for (n, size) in [(0u8, 10usize), (1, 4000), (2, 10)] {
-        let mut payload = vec![0u8; size];
-        payload[0] = n;
-        publisher
-            .send(&packets::publish(
-                "big",
-                &payload,
-                1,
-                u16::from(n) + 1,
-                false,
-                false,
-            ))
-            .await;
-    }
+    publisher
+        .publish_numbered("big", [(0, 10), (1, 4000), (2, 10)])
+        .await;
     publisher.sync().await;
     assert_eq!(drain_acking(&mut sub).await, vec![0, 2]);
     assert_eq!(broker.metrics().snapshot().online_queue_dropped, 1);

@@ -184,17 +184,9 @@ async fn move_mid_burst(takeover: bool) -> Vec<(u16, bool)> {
         publisher.keep_ahead(got.len(), 2 * CHUNK);
     }
     publisher.finish().await; // the whole burst is routed
-    loop {
-        let frames = sub.sync().await;
-        if frames.is_empty() {
-            return got;
-        }
-        for frame in frames {
-            let publish = parse_publish(&frame);
-            got.push((sequence(&publish.payload), publish.dup));
-            sub.send(&packets::ack(0x40, publish.pid)).await;
-        }
-    }
+    let rest = sub.drain_acking().await;
+    got.extend(rest.iter().map(|p| (sequence(&p.payload), p.dup)));
+    got
 }
 
 /// Every message arrives; one arrives again only as a re-send (DUP) of a message the old

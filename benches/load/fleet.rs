@@ -20,25 +20,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::args::Args;
+use crate::report::Measured;
 use crate::wire;
 
 /// Requests per second when `--rate` is not given.
 pub const DEFAULT_REQUEST_RATE: u64 = 1000;
 
-/// What a fleet run measured, over the measured seconds.
+/// What a fleet run measured: sent counts requests, responses and telemetry; delivered counts
+/// requests to devices, responses to the app and telemetry to the collector; latency is the
+/// round trip, request sent -> response read.
 pub struct FleetResult {
-    pub measured_seconds: f64,
-    /// Messages published: requests, responses and telemetry.
-    pub sent: u64,
-    /// Messages delivered by the broker: requests to devices, responses to the app, telemetry
-    /// to the collector.
-    pub delivered: u64,
+    pub measured: Measured,
     /// Requests that never got their response (after a drain at the end).
     pub lost: u64,
-    /// Round trips, request sent -> response read, in microseconds.
-    pub latency: Histogram<u64>,
-    pub broker_cpu: Option<f64>,
-    pub harness_cpu: f64,
 }
 
 /// Counters shared by every client of one run.
@@ -466,16 +460,18 @@ pub async fn run(
             }
             let latency = counters.latency.borrow().clone();
             Ok(FleetResult {
-                measured_seconds,
-                sent: p1 - p0,
-                delivered: d1 - d0,
+                measured: Measured {
+                    seconds: measured_seconds,
+                    sent: p1 - p0,
+                    delivered: d1 - d0,
+                    latency,
+                    broker_cpu,
+                    harness_cpu,
+                },
                 lost: counters
                     .requests
                     .get()
                     .saturating_sub(counters.responses.get()),
-                latency,
-                broker_cpu,
-                harness_cpu,
             })
         })
         .await

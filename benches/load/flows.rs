@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::args::{Args, Scenario};
+use crate::report::Measured;
 use crate::wire::{self, PublishTemplate};
 
 /// Who publishes where and who subscribes to what.
@@ -311,16 +312,11 @@ fn read_acks(
 
 /// What a flow run measured.
 pub struct FlowResult {
-    pub sent: u64,
-    pub delivered: u64,
-    pub measured_seconds: f64,
+    pub measured: Measured,
     pub total_sent: u64,
     pub total_received: u64,
     pub expected: u64,
     pub duplicated: u64,
-    pub latency: Histogram<u64>,
-    pub broker_cpu: Option<f64>,
-    pub harness_cpu: f64,
 }
 
 /// Runs a flow scenario against `addr` and returns what it measured.
@@ -408,16 +404,18 @@ pub async fn run(
             }
             let latency = shared.latency.borrow().clone();
             Ok(FlowResult {
-                sent: s1 - s0,
-                delivered: r1 - r0,
-                measured_seconds,
+                measured: Measured {
+                    seconds: measured_seconds,
+                    sent: s1 - s0,
+                    delivered: r1 - r0,
+                    latency,
+                    broker_cpu,
+                    harness_cpu,
+                },
                 total_sent: shared.sent.get(),
                 total_received: shared.received.get(),
                 expected: expected(),
                 duplicated: shared.duplicated.get(),
-                latency,
-                broker_cpu,
-                harness_cpu,
             })
         })
         .await

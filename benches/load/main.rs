@@ -79,29 +79,15 @@ fn run(args: Args) -> Result<(), String> {
     match args.scenario {
         Scenario::Pairs | Scenario::FanIn | Scenario::FanOut | Scenario::Wildcard => {
             let r = runtime.block_on(flows::run(args.clone(), target.addr, target.pid))?;
-            report.seconds = r.measured_seconds;
-            report.sent_per_s = r.sent as f64 / r.measured_seconds;
-            report.delivered_per_s = r.delivered as f64 / r.measured_seconds;
+            r.measured.fill(&mut report);
             report.lost = r.expected.saturating_sub(r.total_received);
             report.duplicated = r.duplicated;
-            report.latency_us = Latency::from(&r.latency);
-            report.broker_cpu_s = r.broker_cpu;
-            report.broker_cpu_us_per_msg =
-                r.broker_cpu.map(|c| c * 1e6 / r.delivered.max(1) as f64);
-            report.harness_cpu_share = r.harness_cpu / r.measured_seconds;
             let _ = r.total_sent;
         }
         Scenario::Fleet => {
             let r = runtime.block_on(fleet::run(args.clone(), target.addr, target.pid))?;
-            report.seconds = r.measured_seconds;
-            report.sent_per_s = r.sent as f64 / r.measured_seconds;
-            report.delivered_per_s = r.delivered as f64 / r.measured_seconds;
+            r.measured.fill(&mut report);
             report.lost = r.lost;
-            report.latency_us = Latency::from(&r.latency);
-            report.broker_cpu_s = r.broker_cpu;
-            report.broker_cpu_us_per_msg =
-                r.broker_cpu.map(|c| c * 1e6 / r.delivered.max(1) as f64);
-            report.harness_cpu_share = r.harness_cpu / r.measured_seconds;
         }
         Scenario::Retained | Scenario::ConnectStorm | Scenario::Idle => {
             let r = runtime.block_on(async {

@@ -263,3 +263,31 @@ pub fn chart(reports: &[Report]) -> String {
     s.push_str("</svg>\n");
     s
 }
+
+/// What a message-flow run (flows or fleet) measured over its measured seconds.
+pub struct Measured {
+    pub seconds: f64,
+    /// Messages published.
+    pub sent: u64,
+    /// Messages the broker delivered.
+    pub delivered: u64,
+    /// Microseconds: publish to delivery, or (fleet) request to response.
+    pub latency: Histogram<u64>,
+    pub broker_cpu: Option<f64>,
+    pub harness_cpu: f64,
+}
+
+impl Measured {
+    /// Rates, latency and CPU per delivered message into `report`.
+    pub fn fill(&self, report: &mut Report) {
+        report.seconds = self.seconds;
+        report.sent_per_s = self.sent as f64 / self.seconds;
+        report.delivered_per_s = self.delivered as f64 / self.seconds;
+        report.latency_us = Latency::from(&self.latency);
+        report.broker_cpu_s = self.broker_cpu;
+        report.broker_cpu_us_per_msg = self
+            .broker_cpu
+            .map(|c| c * 1e6 / self.delivered.max(1) as f64);
+        report.harness_cpu_share = self.harness_cpu / self.seconds;
+    }
+}

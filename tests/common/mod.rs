@@ -390,6 +390,48 @@ impl Raw {
         }
     }
 
+    /// Receives everything the broker has for this client, acknowledging each QoS 1 PUBLISH as
+    /// it comes (PUBACK), until a barrier through the Registry ([`Raw::sync`]) brings nothing
+    /// more; returns the PUBLISH packets in the order they came.
+    pub async fn drain_acking(&mut self) -> Vec<packets::Published> {
+        let mut got = Vec::new();
+        loop {
+            let frames = self.sync().await;
+            if frames.is_empty() {
+                return got;
+            }
+            for frame in frames {
+                let publish = packets::parse_publish(&frame);
+                if publish.qos == 1 {
+                    self.send(&packets::ack(0x40, publish.pid)).await;
+                }
+                got.push(publish);
+            }
+        }
+    }
+
+    /// Sends QoS 1 PUBLISH packets to `topic`, one per `(n, size)`: a payload of `size` bytes
+    /// whose first byte is `n`, packet identifier `n + 1`.
+    pub async fn publish_numbered(
+        &mut self,
+        topic: &str,
+        messages: impl IntoIterator<Item = (u8, usize)>,
+    ) {
+        for (n, size) in messages {
+            let mut payload = vec![0u8; size.max(1)];
+            payload[0] = n;
+            self.send(&packets::publish(
+                topic,
+                &payload,
+                1,
+                u16::from(n) + 1,
+                false,
+                false,
+            ))
+            .await;
+        }
+    }
+
     /// Sends PINGREQ and asserts the next packet is PINGRESP.
     pub async fn ping(&mut self) {
         self.send(&[0xC0, 0x00]).await;
