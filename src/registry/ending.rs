@@ -8,7 +8,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use tracing::{debug, info};
 
-use super::{ClientKey, ConnId, Detach, Detached, Registry, SessionEnded};
+use super::{client_in, ClientKey, ConnId, Detach, Detached, Registry, SessionEnded};
 use crate::drops::{DropLog, DropReason};
 use crate::hooks::ClientDisconnected;
 use crate::message::{Delivery, LastWill};
@@ -36,11 +36,7 @@ impl Registry {
         let held = std::mem::take(&mut client.held);
         self.online -= 1;
         self.redistribute(key, &mut state, held, ctx);
-        let Some(client) = self
-            .clients
-            .get_mut(key.0 as usize)
-            .and_then(Option::as_mut)
-        else {
+        let Some(client) = client_in(&mut self.clients, key) else {
             return;
         };
         if expiry == 0 {

@@ -87,9 +87,7 @@ impl Registry {
     }
 
     fn client(&mut self, key: ClientKey) -> Option<&mut Client> {
-        self.clients
-            .get_mut(key.0 as usize)
-            .and_then(Option::as_mut)
+        client_in(&mut self.clients, key)
     }
 
     /// The client at `key` if `conn` is its current connection.
@@ -146,11 +144,7 @@ impl Registry {
 
     /// Drops a client's subscriptions and stored state (clean session).
     fn clear_session(&mut self, key: ClientKey) {
-        let Some(client) = self
-            .clients
-            .get_mut(key.0 as usize)
-            .and_then(Option::as_mut)
-        else {
+        let Some(client) = client_in(&mut self.clients, key) else {
             return;
         };
         let filters: Vec<String> = client.subscriptions.drain().map(|(f, _)| f).collect();
@@ -316,11 +310,7 @@ impl Registry {
     }
 
     fn deliver(&mut self, key: ClientKey, delivery: Delivery, ctx: &mut Context<Self>) {
-        let Some(client) = self
-            .clients
-            .get_mut(key.0 as usize)
-            .and_then(Option::as_mut)
-        else {
+        let Some(client) = client_in(&mut self.clients, key) else {
             return;
         };
         match &client.attached {
@@ -372,11 +362,7 @@ impl Registry {
 
     fn flush_all(&mut self) {
         for key in std::mem::take(&mut self.dirty) {
-            let Some(client) = self
-                .clients
-                .get_mut(key.0 as usize)
-                .and_then(Option::as_mut)
-            else {
+            let Some(client) = client_in(&mut self.clients, key) else {
                 continue;
             };
             Self::flush_client(client);
@@ -484,4 +470,10 @@ impl Handler<Freeze> for Registry {
     fn handle(&mut self, msg: Freeze, _: &mut Context<Self>) {
         let _ = msg.0.recv_timeout(std::time::Duration::from_secs(60));
     }
+}
+
+/// The client at `key` in `clients`; a function of the table alone, so that a caller can hold
+/// it while it uses the Registry's other fields (metrics, config).
+fn client_in(clients: &mut [Option<Client>], key: ClientKey) -> Option<&mut Client> {
+    clients.get_mut(key.0 as usize).and_then(Option::as_mut)
 }
