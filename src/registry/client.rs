@@ -8,8 +8,9 @@ use std::sync::Arc;
 use actix::Addr;
 
 use super::messages::{ConnId, Connect};
-use crate::drops::DropLog;
+use crate::drops::{DropLog, DropReason};
 use crate::message::{Delivery, LastWill, SubscriptionOptions};
+use crate::metrics::Metrics;
 use crate::session::Session;
 use crate::session_state::SessionState;
 
@@ -52,6 +53,18 @@ pub(super) struct Client {
 }
 
 impl Client {
+    /// Counts `n` messages dropped from this client's offline queue, with a rate-limited
+    /// warning naming it.
+    pub fn offline_drops(&mut self, metrics: &Metrics, n: u64) {
+        DropLog::record(
+            &mut self.drops,
+            metrics,
+            &self.id,
+            DropReason::OfflineQueueFull,
+            n,
+        );
+    }
+
     pub fn new(id: Arc<str>) -> Self {
         Client {
             id,

@@ -9,7 +9,6 @@ use actix::prelude::*;
 use tracing::{debug, info};
 
 use super::{client_in, ClientKey, ConnId, Detach, Detached, Registry, SessionEnded};
-use crate::drops::{DropLog, DropReason};
 use crate::hooks::ClientDisconnected;
 use crate::message::{Delivery, LastWill};
 use crate::queue::QueueLimits;
@@ -46,13 +45,7 @@ impl Registry {
             // what was held during the detach appended.
             let dropped = state.queue.trim(&limits, limits.overflow);
             client.stored = state;
-            DropLog::record(
-                &mut client.drops,
-                &self.metrics,
-                &client.id,
-                DropReason::OfflineQueueFull,
-                dropped,
-            );
+            client.offline_drops(&self.metrics, dropped);
         }
         match pending {
             Some(msg) => self.complete_connect(key, msg, ctx),

@@ -19,7 +19,7 @@ pub use messages::*;
 use self::client::{Attached, Client};
 use self::shared::SharedGroups;
 use crate::config::{Config, QueueOverflow, SessionConfig};
-use crate::drops::{DropLog, DropReason};
+use crate::drops::DropLog;
 use crate::hooks::{ClientConnected, LifecycleHooks};
 use crate::message::{Delivery, Message, QoS, SubscriptionOptions};
 use crate::metrics::Metrics;
@@ -336,13 +336,7 @@ impl Registry {
                         client.stored.queue.trim(&limits, QueueOverflow::DropOldest)
                     }
                 };
-                DropLog::record(
-                    &mut client.drops,
-                    &self.metrics,
-                    &client.id,
-                    DropReason::OfflineQueueFull,
-                    dropped,
-                );
+                client.offline_drops(&self.metrics, dropped);
             }
         }
     }
