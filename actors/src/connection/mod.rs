@@ -3,7 +3,9 @@
 //! publishes in a bounded (optionally durable) queue, and pipelines QoS 1/2 with an inflight
 //! window.
 
+mod from_broker;
 mod messages;
+mod requests;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -26,15 +28,13 @@ use switchboard::codec::{
 use switchboard::{ProtocolVersion, QoS};
 
 use crate::codec::{
-    to_mqttbytes, write_connect_v5, write_subscribe_v5, write_unsubscribe_v5, ClientCodec,
-    ClientCodecError, Connect5, Incoming,
+    to_mqttbytes, write_connect_v5, write_subscribe_v5, ClientCodec, ClientCodecError, Connect5,
+    Incoming,
 };
 use crate::durable::DurableLog;
-use crate::events::{
-    ConnectFailure, ConnectionEvent, DropReason, EnqueueError, LinkDown, MessageId, Received,
-};
+use crate::events::{ConnectFailure, ConnectionEvent, DropReason, LinkDown, MessageId};
 use crate::options::ConnectionOptions;
-use crate::queue::{Outgoing, PendingQueue, PushOutcome};
+use crate::queue::{Outgoing, PendingQueue};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Link {
@@ -478,83 +478,6 @@ impl ManagedConnection {
         );
     }
 
-    fn on_packet(&mut self, ctx: &mut Context<Self>, packet: Incoming) {
-        match packet {
-            Incoming::ConnAck {
-                session_present,
-                code,
-            } => {
-                if !matches!(self.link, Link::AwaitingConnAck { .. }) {
-                    return self.link_lost(ctx, LinkDown::Protocol("unexpected CONNACK".into()));
-                }
-                if code == 0 {
-                    self.on_connected(ctx, session_present);
-                } else {
-                    warn!(client_id = %self.options.client_id, code, "broker refused the connection");
-                    self.drop_link(ctx, None, Some(ConnectFailure::Refused(code)));
-                }
-            }
-            Incoming::Publish {
-                topic,
-                payload,
-                qos,
-                retain,
-                pid,
-                properties,
-            } => {
-                let fresh = qos != QoS::ExactlyOnce || self.inbound_qos2.insert(pid);
-                match qos {
-                    QoS::AtMostOnce => {}
-                    QoS::AtLeastOnce => write_ack(&mut self.out, Ack::PubAck, pid),
-                    QoS::ExactlyOnce => write_ack(&mut self.out, Ack::PubRec, pid),
-                }
-                if fresh {
-                    self.emit(ConnectionEvent::MessageReceived(Received {
-                        topic,
-                        payload,
-                        qos,
-                        retain,
-                        properties,
-                    }));
-                }
-            }
-            Incoming::PubAck(pid, code) if code >= 0x80 => self.refused(pid, code),
-            Incoming::PubAck(pid, _) => self.complete(pid, Awaiting::Ack),
-            Incoming::PubRec(pid, code) if code >= 0x80 => self.refused(pid, code),
-            Incoming::PubRec(pid, _) => {
-                if let Some(entry) = self.inflight.iter_mut().find(|e| e.pid == pid) {
-                    entry.stage = Awaiting::Comp;
-                    write_ack(&mut self.out, Ack::PubRel, pid);
-                }
-            }
-            Incoming::PubRel(pid) => {
-                self.inbound_qos2.remove(&pid);
-                write_ack(&mut self.out, Ack::PubComp, pid);
-            }
-            Incoming::PubComp(pid) => self.complete(pid, Awaiting::Comp),
-            Incoming::SubAck(pid, codes) => {
-                let filters = self.awaiting_suback.remove(&pid).unwrap_or_default();
-                for (filter, granted) in filters.into_iter().zip(codes) {
-                    if granted.is_none() {
-                        warn!(client_id = %self.options.client_id, filter = %filter, "subscription refused by the broker");
-                    }
-                    if let Some(state) = self.subscriptions.get_mut(&filter) {
-                        state.granted = Some(granted);
-                    }
-                    self.emit(ConnectionEvent::SubscriptionGranted { filter, granted });
-                }
-            }
-            Incoming::UnsubAck | Incoming::PingResp => {}
-            Incoming::Disconnect(code) => {
-                info!(client_id = %self.options.client_id, code, "the broker closed the connection with DISCONNECT");
-                return self.link_lost(ctx, LinkDown::DisconnectedByBroker(code));
-            }
-        }
-        self.pump();
-        self.flush(ctx);
-        self.check_stop(ctx);
-    }
-
     fn keep_alive_tick(&mut self, ctx: &mut Context<Self>) {
         let keep_alive = self.options.keep_alive;
         match self.link {
@@ -686,139 +609,5 @@ impl StreamHandler<LinkItem> for ManagedConnection {
 
     fn finished(&mut self, _: &mut Context<Self>) {
         // Each socket's stream ends with its own `None` item; the actor lives on to reconnect.
-    }
-}
-
-impl Handler<Enqueue> for ManagedConnection {
-    type Result = Result<MessageId, EnqueueError>;
-
-    fn handle(&mut self, msg: Enqueue, ctx: &mut Context<Self>) -> Self::Result {
-        if self.stopping.is_some() {
-            return Err(EnqueueError::Stopping);
-        }
-        if switchboard::topic::validate_topic_name(&msg.topic).is_err() {
-            return Err(EnqueueError::InvalidTopic);
-        }
-        let id = self.next_id;
-        self.next_id += 1;
-        let message = Outgoing {
-            id,
-            topic: msg.topic,
-            payload: msg.payload,
-            qos: msg.qos,
-            retain: msg.retain,
-            properties: msg.properties,
-        };
-        let durable_copy = self.durable.is_some().then(|| message.clone());
-        let result = match self.queue.push(message) {
-            PushOutcome::Queued => Ok(id),
-            PushOutcome::QueuedDropping(oldest) => {
-                self.dropped(oldest.id, DropReason::QueueOverflow);
-                Ok(id)
-            }
-            PushOutcome::Dropped(newest) => {
-                self.emit(ConnectionEvent::MessageDropped(
-                    newest.id,
-                    DropReason::QueueOverflow,
-                ));
-                return Ok(id);
-            }
-            PushOutcome::Refused(_) => return Err(EnqueueError::QueueFull),
-        };
-        if let (Some(log), Some(message)) = (&mut self.durable, durable_copy) {
-            if let Err(e) = log.add(&message) {
-                warn!(error = %e, "cannot write the durable queue; the message is kept in memory only");
-            }
-        }
-        self.pump();
-        self.flush(ctx);
-        result
-    }
-}
-
-impl Handler<PendingCount> for ManagedConnection {
-    type Result = usize;
-
-    fn handle(&mut self, _: PendingCount, _: &mut Context<Self>) -> usize {
-        self.pending()
-    }
-}
-
-impl Handler<Subscribe> for ManagedConnection {
-    type Result = ();
-
-    fn handle(&mut self, msg: Subscribe, ctx: &mut Context<Self>) {
-        if switchboard::topic::validate_filter(&msg.filter).is_err() {
-            warn!(filter = %msg.filter, "invalid topic filter; not subscribed");
-            return;
-        }
-        self.subscriptions.insert(
-            msg.filter.clone(),
-            SubscriptionState {
-                requested: msg.qos,
-                granted: None,
-            },
-        );
-        self.send_subscribe(vec![(msg.filter, msg.qos)]);
-        self.flush(ctx);
-    }
-}
-
-impl Handler<Unsubscribe> for ManagedConnection {
-    type Result = ();
-
-    fn handle(&mut self, msg: Unsubscribe, ctx: &mut Context<Self>) {
-        if self.subscriptions.remove(&msg.filter).is_none() || self.link != Link::Up {
-            return;
-        }
-        let pid = self.allocate_pid();
-        if self.options.protocol.is_v5() {
-            write_unsubscribe_v5(&mut self.out, pid, &[msg.filter]);
-            return self.flush(ctx);
-        }
-        let unsubscribe = v4::Unsubscribe {
-            pkid: pid,
-            topics: vec![msg.filter],
-        };
-        if let Err(e) = unsubscribe.write(&mut self.out) {
-            warn!(error = ?e, "cannot encode UNSUBSCRIBE");
-        }
-        self.flush(ctx);
-    }
-}
-
-impl Handler<GetSubscriptions> for ManagedConnection {
-    type Result = MessageResult<GetSubscriptions>;
-
-    fn handle(&mut self, _: GetSubscriptions, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.subscriptions.clone())
-    }
-}
-
-impl Handler<AddListener> for ManagedConnection {
-    type Result = ();
-
-    fn handle(&mut self, msg: AddListener, _: &mut Context<Self>) {
-        if self.link == Link::Up {
-            // A late listener learns the current state.
-            msg.0.do_send(ConnectionEvent::Connected {
-                session_present: self.session_present,
-            });
-        }
-        self.listeners.push(msg.0);
-    }
-}
-
-impl Handler<Stop> for ManagedConnection {
-    type Result = ResponseFuture<StopReport>;
-
-    fn handle(&mut self, msg: Stop, ctx: &mut Context<Self>) -> Self::Result {
-        let (reply, answer) = oneshot::channel();
-        if self.stopping.is_none() {
-            self.stopping = Some(reply);
-            ctx.run_later(msg.deadline, |act, ctx| act.finish_stop(ctx));
-            self.check_stop(ctx);
-        }
-        Box::pin(async move { answer.await.unwrap_or_default() })
     }
 }
