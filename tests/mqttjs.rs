@@ -5,32 +5,9 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
-fn mqttjs_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/mqttjs")
-}
-
-/// Whether Node.js and MQTT.js are there. Under CI (`.ci/run` installs them) their absence is a
-/// failure; elsewhere the test says it skipped.
-fn mqttjs_available() -> bool {
-    let node = Command::new("node")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    let available = node && mqttjs_dir().join("node_modules/mqtt").is_dir();
-    if !available {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "Node.js and MQTT.js must be installed under CI (.ci/run runs npm ci)"
-        );
-        eprintln!(
-            "SKIPPED: node or MQTT.js not found (npm ci --prefix tests/interop/mqttjs to install)"
-        );
-    }
-    available
-}
+use common::{mqttjs_available, mqttjs_dir};
 
 /// Runs `burst.js` against the broker on `port`; returns the JSON line it printed.
 fn burst(port: u16, protocol_version: &str) -> serde_json::Value {

@@ -40,25 +40,30 @@ where
     }
 }
 
-/// Whether python3 with paho-mqtt is there. Under CI (`.ci/run` installs it) its absence is a
-/// failure; elsewhere the caller says it skipped.
+/// Whether an external client the interop tests drive (`what`) was `found`. Under CI
+/// (`.ci/run` installs them all) its absence is a failure; elsewhere the test says it skipped,
+/// and how to install it.
+fn required_under_ci(found: bool, what: &str, install: &str) -> bool {
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{what} must be installed under CI (.ci/run installs it)"
+        );
+        eprintln!("SKIPPED: {what} not found ({install})");
+    }
+    found
+}
+
+/// Whether python3 with paho-mqtt is there (see [`required_under_ci`]).
 pub fn paho_available() -> bool {
-    let available = std::process::Command::new("python3")
+    let found = std::process::Command::new("python3")
         .args(["-c", "import paho.mqtt.client"])
         .output()
         .is_ok_and(|o| o.status.success());
-    if !available {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "paho-mqtt must be installed under CI (.ci/run installs it)"
-        );
-        eprintln!("SKIPPED: python3 with paho-mqtt not found (pip install paho-mqtt)");
-    }
-    available
+    required_under_ci(found, "python3 with paho-mqtt", "pip install paho-mqtt")
 }
 
-/// Whether Debian's mosquitto clients are there. Under CI (`.ci/run` installs them) their
-/// absence is a failure; elsewhere the caller says it skipped.
+/// Whether Debian's mosquitto clients are there (see [`required_under_ci`]).
 pub fn mosquitto_clients_available() -> bool {
     let found = std::process::Command::new("mosquitto_pub")
         .arg("--help")
@@ -66,16 +71,26 @@ pub fn mosquitto_clients_available() -> bool {
         .stderr(std::process::Stdio::null())
         .status()
         .is_ok();
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "mosquitto-clients must be installed under CI (.ci/run installs them)"
-        );
-        eprintln!(
-            "SKIPPED: mosquitto_pub not found; install Debian's mosquitto-clients to run this test"
-        );
-    }
-    found
+    required_under_ci(found, "mosquitto_pub", "apt-get install mosquitto-clients")
+}
+
+/// The MQTT.js scripts and their `node_modules` (`tests/interop/mqttjs/`).
+pub fn mqttjs_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/mqttjs")
+}
+
+/// Whether Node.js and MQTT.js are there (see [`required_under_ci`]).
+pub fn mqttjs_available() -> bool {
+    let node = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let found = node && mqttjs_dir().join("node_modules/mqtt").is_dir();
+    required_under_ci(
+        found,
+        "node with MQTT.js",
+        "npm ci --prefix tests/interop/mqttjs",
+    )
 }
 
 /// Starts `mosquitto_sub` against the broker on `port` with these extra arguments (it should
