@@ -6,7 +6,10 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use mqttbytes::{v4, v5};
 use switchboard::codec::properties::{id, put_var_int, var_int_len, PropertyWriter};
+use switchboard::codec::{write_publish, write_publish_v5, PublishExtras, PublishHeader};
 use switchboard::{MessageProperties, ProtocolVersion, QoS};
+
+use crate::queue::Outgoing;
 use thiserror::Error;
 use tokio_util::codec::Decoder;
 
@@ -294,6 +297,32 @@ pub fn write_unsubscribe_v5(out: &mut BytesMut, pid: u16, filters: &[String]) {
 }
 
 /// Converts between the broker's QoS and mqttbytes'.
+/// Encodes a queued message as PUBLISH for the broker, in the connection's protocol (MQTT 5:
+/// with its properties).
+pub(crate) fn write_publish_of(
+    out: &mut BytesMut,
+    protocol: ProtocolVersion,
+    message: &Outgoing,
+    pid: u16,
+    dup: bool,
+) {
+    let header = PublishHeader {
+        qos: message.qos,
+        retain: message.retain,
+        dup,
+        pid,
+    };
+    if protocol.is_v5() {
+        let extras = PublishExtras {
+            properties: message.properties.as_deref(),
+            ..PublishExtras::default()
+        };
+        write_publish_v5(out, &message.topic, &message.payload, header, &extras, None);
+    } else {
+        write_publish(out, &message.topic, &message.payload, header);
+    }
+}
+
 pub(crate) fn to_mqttbytes(qos: QoS) -> mqttbytes::QoS {
     match qos {
         QoS::AtMostOnce => mqttbytes::QoS::AtMostOnce,

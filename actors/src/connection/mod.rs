@@ -22,14 +22,12 @@ use tracing::{debug, info, warn};
 
 pub use messages::*;
 
-use switchboard::codec::{
-    write_ack, write_publish, write_publish_v5, Ack, PublishExtras, PublishHeader,
-};
-use switchboard::{ProtocolVersion, QoS};
+use switchboard::codec::{write_ack, Ack};
+use switchboard::QoS;
 
 use crate::codec::{
-    to_mqttbytes, write_connect_v5, write_subscribe_v5, ClientCodec, ClientCodecError, Connect5,
-    Incoming,
+    to_mqttbytes, write_connect_v5, write_publish_of, write_subscribe_v5, ClientCodec,
+    ClientCodecError, Connect5, Incoming,
 };
 use crate::durable::DurableLog;
 use crate::events::{ConnectFailure, ConnectionEvent, DropReason, LinkDown, MessageId};
@@ -534,30 +532,6 @@ impl ManagedConnection {
         info!(client_id = %self.options.client_id, undelivered = undelivered.len(), "managed connection stopped");
         let _ = reply.send(StopReport { undelivered });
         ctx.stop();
-    }
-}
-
-fn write_publish_of(
-    out: &mut BytesMut,
-    protocol: ProtocolVersion,
-    message: &Outgoing,
-    pid: u16,
-    dup: bool,
-) {
-    let header = PublishHeader {
-        qos: message.qos,
-        retain: message.retain,
-        dup,
-        pid,
-    };
-    if protocol.is_v5() {
-        let extras = PublishExtras {
-            properties: message.properties.as_deref(),
-            ..PublishExtras::default()
-        };
-        write_publish_v5(out, &message.topic, &message.payload, header, &extras, None);
-    } else {
-        write_publish(out, &message.topic, &message.payload, header);
     }
 }
 
