@@ -16,6 +16,7 @@ use crate::hooks::{Interceptors, LifecycleHooks};
 use crate::listener::accept_loop;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::routing::Routes;
 use crate::session::SessionShared;
 
 /// Why a broker could not start.
@@ -120,13 +121,15 @@ impl Broker {
         };
 
         let metrics = Arc::new(Metrics::default());
+        let routes = Routes::new(config.sessions.shared_subscription_strategy);
         let registry_arbiter = Arbiter::new();
         let registry = {
             let config = config.clone();
             let metrics = metrics.clone();
             let hooks = self.hooks;
+            let routes = routes.clone();
             Registry::start_in_arbiter(&registry_arbiter.handle(), move |_| {
-                Registry::new(&config, metrics, hooks)
+                Registry::new(&config, metrics, hooks, routes)
             })
         };
         let workers: Vec<Arbiter> = (0..config.worker_count()).map(|_| Arbiter::new()).collect();
@@ -134,6 +137,7 @@ impl Broker {
         let shared = Arc::new(SessionShared::new(
             config,
             registry.clone(),
+            routes,
             self.interceptors,
             metrics.clone(),
             access.clone(),

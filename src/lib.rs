@@ -2,7 +2,9 @@
 //!
 //! Every TCP connection is a [`Session`](session::Session) actor; one [`Registry`](registry::Registry)
 //! actor owns the client table, the topic trie, retained messages, stored sessions and the
-//! lifecycle hooks. They talk only through typed messages (see [`registry`]).
+//! lifecycle hooks. They talk only through typed messages (see [`registry`]). A publish is
+//! matched on the worker that read it, against the route table the Registry keeps current
+//! ([`routing`]).
 //!
 //! Start one inside an actix `System` with [`Broker`], or on a thread of its own with
 //! [`BackgroundBroker`]. Extend it with actors: [`hooks`].
@@ -14,7 +16,8 @@
 //! | `broker`, `background` | assemble and start a broker: Registry, worker Arbiters, listeners; shut it down |
 //! | `listener` | accept TCP (and TLS, with [`tls`]) connections and start a Session for each |
 //! | [`session`] | the actor of one connection: socket, keep-alive, QoS windows, lingering close |
-//! | [`registry`] | the actor that owns clients, subscriptions, retained messages, stored sessions, hooks; routes publishes |
+//! | [`registry`] | the actor that owns clients, subscriptions, retained messages, stored sessions, hooks |
+//! | [`routing`] | the route table the Registry writes and every worker reads; matching one burst where it was read |
 //! | [`session_state`] | what a session keeps across connections, handed between the two |
 //! | [`queue`] | a client's bounded QoS 1/2 queue and its overflow policy |
 //! | [`codec`] | MQTT 3.1.1 and 5.0 packets: decoding what clients send, encoding what the broker sends |
@@ -41,6 +44,7 @@ pub mod message;
 pub mod metrics;
 pub mod queue;
 pub mod registry;
+pub mod routing;
 pub mod session;
 pub mod session_state;
 pub mod tls;

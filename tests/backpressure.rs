@@ -1,5 +1,6 @@
-//! Slow subscribers cost bounded memory, and a saturated Registry slows publishers down through
-//! TCP instead of queueing without bound (DESIGN.md, "The data path").
+//! Slow subscribers cost bounded memory, and a saturated Registry slows down the publishers
+//! whose messages go through it, through TCP instead of queueing without bound (DESIGN.md, "The
+//! data path"); live publishes do not go through it at all.
 
 mod common;
 
@@ -69,8 +70,29 @@ async fn qos1_subscriber_that_falls_behind_is_disconnected_when_so_configured() 
     assert_eq!(received, 10);
 }
 
+/// What the flood of [`flood_while_registry_frozen`] goes through the Registry for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ThroughRegistry {
+    /// Retained messages: the Registry stores and routes them.
+    Retained,
+    /// A subscriber that is not connected: the Registry stores its deliveries.
+    OfflineSubscriber,
+}
+
 #[tokio::test]
-async fn saturated_registry_pushes_back_on_the_publisher_and_loses_nothing() {
+async fn saturated_registry_pushes_back_on_a_retained_publisher_and_loses_nothing() {
+    flood_while_registry_frozen(ThroughRegistry::Retained).await;
+}
+
+#[tokio::test]
+async fn saturated_registry_pushes_back_on_a_publisher_to_offline_sessions_and_loses_nothing() {
+    flood_while_registry_frozen(ThroughRegistry::OfflineSubscriber).await;
+}
+
+/// Freezes the Registry, floods QoS 1 publishes that must go through it, and checks that the
+/// publisher's socket stops being read within a bound, then that every message arrives once and
+/// in order [MQTT-4.6.0-2] [MQTT-4.6.0-6] when the Registry thaws.
+async fn flood_while_registry_frozen(path: ThroughRegistry) {
     let _serial = SERIAL.lock().await;
     let broker = broker_with(|c| {
         c.sessions.registry_mailbox = 16;
@@ -79,9 +101,14 @@ async fn saturated_registry_pushes_back_on_the_publisher_and_loses_nothing() {
         c.sessions.max_inflight = 65535;
     });
     let addr = broker.local_addr();
-    let (mut sub, _) = Raw::handshake(addr, "counter", true).await;
+    let (mut sub, _) = Raw::handshake(addr, "counter", false).await;
     sub.subscribe(1, &[("load", 1)], &[1]).await;
-    let (publisher, _) = Raw::handshake(addr, "firehose", true).await;
+    if path == ThroughRegistry::OfflineSubscriber {
+        sub.send(&[0xE0, 0x00]).await; // DISCONNECT
+        sub.expect_closed().await;
+    }
+    let (mut publisher, _) = Raw::handshake(addr, "firehose", true).await;
+    publisher.sync().await; // the subscriber's disconnect is done: its deliveries are stored
 
     // Block the Registry's thread: Sessions can no longer hand it anything.
     let (release, frozen) = std::sync::mpsc::channel::<()>();
@@ -89,16 +116,18 @@ async fn saturated_registry_pushes_back_on_the_publisher_and_loses_nothing() {
 
     // Write QoS 1 publishes without waiting, until the socket stays full for 500 ms.
     let payload = vec![7u8; 1024];
+    let retain = path == ThroughRegistry::Retained;
     let mut sent = 0u32;
     let mut written = 0usize;
     let mut pending: Vec<u8> = Vec::new();
     let mut stalled_since: Option<Instant> = None;
-    let limit = 256 * 1024 * 1024;
+    // Socket buffers on both sides hold a few MiB; past that only the broker could have kept it.
+    let limit = 16 * 1024 * 1024;
     while written < limit {
         if pending.is_empty() {
             sent += 1;
             let pid = (sent % 65535 + 1) as u16;
-            pending = packets::publish("load", &payload, 1, pid, false, false);
+            pending = packets::publish("load", &payload, 1, pid, retain, false);
         }
         match publisher.stream.try_write(&pending) {
             Ok(n) => {
@@ -122,11 +151,16 @@ async fn saturated_registry_pushes_back_on_the_publisher_and_loses_nothing() {
     );
     // Finish the partial frame so the stream stays well-formed, then let the Registry go.
     drop(release);
-    let mut publisher = publisher;
     if !pending.is_empty() {
         publisher.send(&pending).await;
     }
     let complete = sent;
+    if path == ThroughRegistry::OfflineSubscriber {
+        publisher.sync().await;
+        let (again, present) = Raw::handshake(addr, "counter", false).await;
+        assert!(present, "the session was kept");
+        sub = again;
+    }
 
     // Every message arrives, exactly once, in order.
     let mut got = 0u32;
@@ -141,4 +175,31 @@ async fn saturated_registry_pushes_back_on_the_publisher_and_loses_nothing() {
     }
     assert!(sub.sync().await.is_empty(), "no duplicates");
     eprintln!("publisher stalled after {written} bytes ({complete} messages)");
+}
+
+/// A live publish to a connected subscriber is routed on the worker that read it: with the
+/// Registry's thread blocked, it still arrives, in order.
+#[tokio::test]
+async fn live_publishes_do_not_wait_for_the_registry() {
+    let _serial = SERIAL.lock().await;
+    let broker = broker_with(|c| c.listener.workers = 2);
+    let addr = broker.local_addr();
+    let (mut sub, _) = Raw::handshake(addr, "reader", true).await;
+    sub.subscribe(1, &[("live/+", 1)], &[1]).await;
+    let (mut publisher, _) = Raw::handshake(addr, "writer", true).await;
+    let (release, frozen) = std::sync::mpsc::channel::<()>();
+    broker.registry().do_send(Freeze(frozen));
+    for n in 1..=100u16 {
+        let payload = n.to_be_bytes();
+        publisher
+            .send(&packets::publish("live/x", &payload, 1, n, false, false))
+            .await;
+    }
+    for n in 1..=100u16 {
+        let p = parse_publish(&sub.expect().await);
+        assert_eq!(p.payload, n.to_be_bytes(), "in order [MQTT-4.6.0-6]");
+        sub.send(&packets::ack(0x40, p.pid)).await;
+    }
+    drop(release);
+    assert!(sub.sync().await.is_empty(), "no duplicates");
 }

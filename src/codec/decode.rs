@@ -103,6 +103,8 @@ pub struct MqttCodec {
     burst: u32,
 }
 
+/// Least room for the next read into an empty buffer (frames split off it shrink what is left).
+const MIN_READ_ROOM: usize = 256;
 /// A connection that delivers this many packets per read gets a [`BURST_READ_BUFFER`].
 const BURST_PACKETS: u32 = 4;
 /// Read buffer of a busy connection: fewer, larger reads. Idle connections keep the small
@@ -137,6 +139,11 @@ impl Decoder for MqttCodec {
         // Judge the first byte as soon as it arrives, so garbage is refused without waiting for
         // the length it seems to announce.
         let Some(&byte1) = src.first() else {
+            // The buffer is empty, and the next read goes into what is left of it: leave room for
+            // a whole small packet, or a PUBLISH would come in two reads.
+            if src.capacity() < MIN_READ_ROOM {
+                src.reserve(MIN_READ_ROOM);
+            }
             return Ok(None);
         };
         check_first_byte(byte1, self.first_packet, self.protocol)?;

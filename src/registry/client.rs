@@ -20,13 +20,17 @@ pub(super) struct Attached {
     pub session: Addr<Session>,
     pub peer: SocketAddr,
     pub will: Option<LastWill>,
-    /// Detach received: deliveries now go to `Client::held` until the Session hands its state.
+    /// Detach received: deliveries now go to `Client::held` until the Session hands its state
+    /// (and the route table sends the workers' deliveries here).
     pub detaching: bool,
 }
 
 /// One client id's entry.
 pub(super) struct Client {
     pub id: Arc<str>,
+    /// Tells this client from earlier ones in the same slot: a [`Stored`](crate::routing::Stored)
+    /// delivery matched for an earlier one is dropped.
+    pub generation: u32,
     /// Session Expiry Interval of the current (or last) connection, in seconds: 0 ends the
     /// session with the connection, `u32::MAX` never.
     pub session_expiry: u32,
@@ -65,9 +69,10 @@ impl Client {
         );
     }
 
-    pub fn new(id: Arc<str>) -> Self {
+    pub fn new(id: Arc<str>, generation: u32) -> Self {
         Client {
             id,
+            generation,
             session_expiry: 0,
             attached: None,
             subscriptions: HashMap::new(),

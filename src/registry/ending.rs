@@ -30,6 +30,11 @@ impl Registry {
         };
         client.attached = None;
         let pending = client.pending.take();
+        // Normally done on Detach already; a Session that stopped without it is gone too.
+        self.stop_routing_to(key);
+        let Some(client) = self.client(key) else {
+            return;
+        };
         let expiry = client.session_expiry;
         let token = client.timer_token;
         let held = std::mem::take(&mut client.held);
@@ -48,7 +53,7 @@ impl Registry {
             client.offline_drops(&self.metrics, dropped);
         }
         match pending {
-            Some(msg) => self.complete_connect(key, msg, ctx),
+            Some(msg) => self.begin_connect(key, msg, ctx),
             None if expiry == 0 => self.expire(key, token, ctx),
             None if expiry == u32::MAX => {}
             None => {
@@ -118,7 +123,7 @@ impl Registry {
         held: std::collections::VecDeque<Delivery>,
         ctx: &mut Context<Self>,
     ) {
-        if self.shared.len() == 0 {
+        if !self.routes.read().has_shared() {
             // No shared subscription exists: nothing to hand over, and no copying either.
             state.queue.extend(held);
             return;
@@ -141,19 +146,11 @@ impl Registry {
                 state.queue.push_back(delivery);
             }
         }
-        let strategy = self.config.shared_subscription_strategy;
         for delivery in moving {
             let Some(group) = delivery.group() else {
                 continue;
             };
-            let clients = &self.clients;
-            let pick = self.shared.pick(
-                group,
-                strategy,
-                |k| Self::is_online(clients, k),
-                Some(key),
-                true,
-            );
+            let pick = self.routes.read().pick_other_member(group, key);
             match pick {
                 Some((member, options)) => {
                     debug!(
@@ -183,11 +180,18 @@ impl Handler<Detach> for Registry {
         };
         // What is batched for it goes first, so the Session's state is complete on `Detached`.
         Self::flush_client(client);
+        if let Some(attached) = client.attached.as_mut() {
+            attached.detaching = true;
+        }
+        // And what the workers routed to it: from here on its deliveries come here, held.
+        self.stop_routing_to(msg.key);
+        let Some(client) = self.client(msg.key) else {
+            return;
+        };
         let client_id = client.id.clone();
         let Some(attached) = client.attached.as_mut() else {
             return;
         };
-        attached.detaching = true;
         let peer = attached.peer;
         let will = attached.will.take();
         attached.session.do_send(Detached);

@@ -7,7 +7,7 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use crate::hooks::{DisconnectReason, LifecycleHooks};
-use crate::message::{Delivery, LastWill, Message, ProtocolVersion, SubscriptionOptions};
+use crate::message::{LastWill, Message, ProtocolVersion, SubscriptionOptions};
 use crate::session::Session;
 use crate::session_state::SessionState;
 
@@ -15,10 +15,7 @@ use crate::session_state::SessionState;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConnId(pub u64);
 
-/// The Registry's handle on a client (its slot in the client table). Slots are reused after a
-/// client is forgotten, so every message that names one also names the [`ConnId`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ClientKey(pub u32);
+pub use crate::routing::{ClientKey, Deliver, Stored};
 
 /// Sent by a Session to the Registry once its CONNECT passed validation and the connect
 /// interceptor. The Registry answers on `reply`, possibly later (after taking over an older
@@ -64,16 +61,40 @@ pub struct ConnectOutcome {
 }
 
 /// Sent by a Session to the Registry with the application messages (any QoS) it read in one
-/// burst, in order. Sent with `try_send`: when the Registry's mailbox is full the Session waits,
-/// and stops reading its socket meanwhile.
+/// burst, in order, when they are not routed on the Session's worker: a burst with a retained
+/// message (the Registry stores it and routes the burst), and every burst after it until the
+/// Registry answers [`Routed`]. Sent with `try_send`: when the Registry's mailbox is full the
+/// Session waits, and stops reading its socket meanwhile.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Publish {
     /// The publishing client, for No Local subscriptions `[MQTT-3.8.3-3]`.
     pub from: ClientKey,
+    /// The publishing connection, which gets [`Routed`].
+    pub conn: ConnId,
     /// The messages, each shared by all its deliveries.
     pub messages: Vec<Arc<Message>>,
 }
+
+/// Sent by the Registry to the Session of a [`Publish`] once every delivery of it is in its
+/// subscribers' mailboxes: the Session may route its next bursts on its own worker again
+/// without overtaking them.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Routed;
+
+/// Sent by a Session to the Registry after a [`Stored`] found the Registry's mailbox full; the
+/// Session waits for the answer, reading nothing, so TCP slows its publisher down.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WaitForRoom;
+
+/// Sent by the Registry to itself to attach a connection to a client whose deliveries went
+/// through it until now, once every [`Stored`] matched before is handled (see
+/// `Registry::begin_connect`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) struct FinishConnect(pub ClientKey);
 
 /// Sent by a Session to the Registry for the accepted filters of a SUBSCRIBE. The Registry sends
 /// what it already routed to the client, then answers [`Subscribed`], then the matching retained
@@ -165,11 +186,6 @@ pub struct SessionEnded {
     /// Unacknowledged and queued messages, and inbound QoS 2 ids.
     pub state: SessionState,
 }
-
-/// Sent by the Registry to a Session: the deliveries collected for it during one turn.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Deliver(pub Vec<Delivery>);
 
 /// Sent by the Registry to a Session whose client id another connection has just claimed
 /// `[MQTT-3.1.4-2]`; the Session closes and detaches.

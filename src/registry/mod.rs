@@ -1,31 +1,33 @@
-//! The Registry actor: the one owner of the client-id table, the subscription trie, retained
-//! messages, stored sessions of offline clients, and the lifecycle hooks. It routes every publish to
-//! the Sessions that match, batching deliveries per Session per turn.
+//! The Registry actor: the one owner of the client-id table, the subscriptions (the one writer
+//! of the [`RouteTable`](crate::routing::RouteTable) every worker routes by), retained messages,
+//! stored sessions of offline clients, and the lifecycle hooks. It routes what does not go
+//! straight from worker to Session: retained publishes, wills, deliveries to clients that are not
+//! connected, messages handed to another shared-subscription member; it batches its deliveries
+//! per Session per turn.
 
 mod client;
+mod connecting;
 mod ending;
 mod messages;
-mod shared;
 mod subscriptions;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use tracing::{debug, info};
+use tracing::info;
 
 pub use messages::*;
 
-use self::client::{Attached, Client};
-use self::shared::SharedGroups;
+use self::client::Client;
 use crate::config::{Config, QueueOverflow, SessionConfig};
-use crate::drops::DropLog;
-use crate::hooks::{ClientConnected, LifecycleHooks};
+use crate::hooks::LifecycleHooks;
 use crate::message::{Delivery, Message, QoS, SubscriptionOptions};
 use crate::metrics::Metrics;
 use crate::queue::{Pushed, QueueLimits};
+use crate::routing::{Routes, Target};
 use crate::session_state::SessionState;
-use crate::topic::{parse_shared, RetainedStore, SubscriptionTrie};
+use crate::topic::RetainedStore;
 
 /// A Session's batch is sent at once when it reaches this many deliveries, without waiting for
 /// the end of the turn.
@@ -40,19 +42,23 @@ pub struct Registry {
     clients: Vec<Option<Client>>,
     free_slots: Vec<u32>,
     by_id: HashMap<Arc<str>, ClientKey>,
-    trie: SubscriptionTrie<ClientKey, SubscriptionOptions>,
-    shared: SharedGroups,
+    /// The subscriptions and where each client's deliveries go; written here only.
+    routes: Routes,
     retained: RetainedStore<Arc<Message>>,
     /// Clients whose batch is not empty.
     dirty: Vec<ClientKey>,
+    /// Publishers whose [`Publish`] was routed this turn, answered [`Routed`] after the flush.
+    routed: Vec<(ClientKey, ConnId)>,
     flush_scheduled: bool,
     /// Scratch space for one publish's matches.
     matches: Vec<(ClientKey, SubscriptionOptions)>,
-    /// Scratch space for one publish's shared groups.
-    groups: Vec<u32>,
+    /// Scratch space for one publish's deliveries.
+    deliveries: Vec<(ClientKey, Delivery)>,
     online: usize,
     /// Source of timer tokens (see `Client::timer_token`).
     next_token: u64,
+    /// Source of slot generations (see `Client::generation`).
+    next_generation: u32,
 }
 
 impl Actor for Registry {
@@ -64,8 +70,14 @@ impl Actor for Registry {
 }
 
 impl Registry {
-    /// A Registry with the given settings, counters and hooks.
-    pub fn new(config: &Config, metrics: Arc<Metrics>, hooks: LifecycleHooks) -> Self {
+    /// A Registry with the given settings, counters and hooks, writing the route table `routes`
+    /// that the workers read.
+    pub fn new(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        hooks: LifecycleHooks,
+        routes: Routes,
+    ) -> Self {
         Registry {
             config: config.sessions.clone(),
             max_subscriptions: config.limits.max_subscriptions_per_client,
@@ -74,15 +86,16 @@ impl Registry {
             clients: Vec::new(),
             free_slots: Vec::new(),
             by_id: HashMap::new(),
-            trie: SubscriptionTrie::new(),
-            shared: SharedGroups::default(),
+            routes,
             retained: RetainedStore::new(),
             dirty: Vec::new(),
+            routed: Vec::new(),
             flush_scheduled: false,
             matches: Vec::new(),
-            groups: Vec::new(),
+            deliveries: Vec::new(),
             online: 0,
             next_token: 0,
+            next_generation: 0,
         }
     }
 
@@ -97,7 +110,9 @@ impl Registry {
     }
 
     fn insert_client(&mut self, id: Arc<str>) -> ClientKey {
-        let client = Client::new(id.clone());
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let generation = self.next_generation;
+        let client = Client::new(id.clone(), generation);
         let key = match self.free_slots.pop() {
             Some(slot) => {
                 self.clients[slot as usize] = Some(client);
@@ -109,37 +124,23 @@ impl Registry {
             }
         };
         self.by_id.insert(id, key);
+        self.routes
+            .write()
+            .set_target(key, Some(Target::Registry { generation }));
         key
     }
 
     fn remove_client(&mut self, key: ClientKey) {
         if let Some(client) = self.clients.get_mut(key.0 as usize).and_then(Option::take) {
+            let mut table = self.routes.write();
             for filter in client.subscriptions.keys() {
-                self.drop_subscription(filter, key);
+                table.unsubscribe(filter, key);
             }
+            table.set_target(key, None);
+            drop(table);
             self.by_id.remove(&client.id);
             self.free_slots.push(key.0);
         }
-    }
-
-    /// Removes `key`'s entry for `filter` from the trie or its shared group.
-    fn drop_subscription(&mut self, filter: &str, key: ClientKey) {
-        match parse_shared(filter) {
-            Some(Ok(shared)) => {
-                self.shared.leave(shared.group, shared.filter, key);
-            }
-            _ => {
-                self.trie.remove(filter, key);
-            }
-        }
-    }
-
-    fn is_online(clients: &[Option<Client>], key: ClientKey) -> bool {
-        clients
-            .get(key.0 as usize)
-            .and_then(Option::as_ref)
-            .and_then(|c| c.attached.as_ref())
-            .is_some_and(|a| !a.detaching)
     }
 
     /// Drops a client's subscriptions and stored state (clean session).
@@ -147,11 +148,11 @@ impl Registry {
         let Some(client) = client_in(&mut self.clients, key) else {
             return;
         };
-        let filters: Vec<String> = client.subscriptions.drain().map(|(f, _)| f).collect();
         client.stored = SessionState::default();
         client.held.clear();
-        for filter in filters {
-            self.drop_subscription(&filter, key);
+        let mut table = self.routes.write();
+        for (filter, _) in client.subscriptions.drain() {
+            table.unsubscribe(&filter, key);
         }
     }
 
@@ -169,73 +170,8 @@ impl Registry {
         }
     }
 
-    /// Attaches the connection in `msg` to the client and answers it.
-    fn complete_connect(&mut self, key: ClientKey, msg: Connect, ctx: &mut Context<Self>) {
-        if msg.clean_session {
-            // [MQTT-3.1.2-6] (3.1.1) [MQTT-3.1.2-4] (5.0) a clean session / clean start
-            // discards any previous session.
-            self.clear_session(key);
-        }
-        self.next_token += 1;
-        let token = self.next_token;
-        let Some(client) = self.client(key) else {
-            return;
-        };
-        // [MQTT-3.2.2-2] [MQTT-3.2.2-3] a session is present if the last connection with this
-        // id kept one (persistent / expiry above 0); a new or clean one has none.
-        let session_present = !msg.clean_session && client.session_expiry > 0;
-        let state = std::mem::take(&mut client.stored);
-        DropLog::flush(&mut client.drops, &client.id);
-        client.drops = None;
-        client.session_expiry = msg.session_expiry;
-        // A new connection cancels the session expiry and a will still delayed [MQTT-3.1.3-9].
-        client.timer_token = token;
-        client.delayed_will = None;
-        client.attached = Some(Attached {
-            conn: msg.conn,
-            session: msg.session.clone(),
-            peer: msg.peer,
-            will: msg.will,
-            detaching: false,
-        });
-        let client_id = client.id.clone();
-        self.online += 1;
-        let outcome = ConnectOutcome {
-            key,
-            client_id: client_id.clone(),
-            session_present,
-            state,
-        };
-        if let Err(ConnectOutcome { state, .. }) = msg.reply.send(outcome) {
-            // The Session is gone already: keep what it would have resumed.
-            debug!(client_id = %client_id, "session vanished before CONNACK");
-            self.end_session(key, msg.conn, state, ctx);
-            return;
-        }
-        info!(
-            client_id = %client_id,
-            addr = %msg.peer,
-            protocol = %msg.protocol,
-            clean_session = msg.clean_session,
-            session_present,
-            "client connected"
-        );
-        let event = ClientConnected {
-            client_id,
-            peer: msg.peer,
-            protocol: msg.protocol,
-            clean_session: msg.clean_session,
-            session_present,
-        };
-        for hook in &self.hooks.connected {
-            hook.do_send(event.clone());
-        }
-    }
-
-    /// Routes one message to every matching subscriber, once each at the highest granted QoS
-    /// `[MQTT-3.3.5-1]` with the identifiers of all its matching subscriptions `[MQTT-3.3.4-3]`,
-    /// and to one member of each matching shared group; updates the retained store
-    /// `[MQTT-3.3.1-5]`. `from` is the publisher, for No Local `[MQTT-3.8.3-3]`.
+    /// Routes one message by the route table, through this Registry's batches, and updates the
+    /// retained store `[MQTT-3.3.1-5]`. `from` is the publisher, for No Local.
     fn route(&mut self, message: Arc<Message>, from: Option<ClientKey>, ctx: &mut Context<Self>) {
         if message.retain {
             if message.payload.is_empty() {
@@ -246,67 +182,16 @@ impl Registry {
                 self.retained.insert(&message.topic, message.clone());
             }
         }
-        let mut matches = std::mem::take(&mut self.matches);
-        matches.clear();
-        self.trie.for_each_match(&message.topic, |key, options| {
-            if !(options.no_local && Some(key) == from) {
-                matches.push((key, *options));
-            }
-        });
-        if matches.len() > 1 {
-            matches.sort_unstable_by_key(|m| m.0);
-        }
-        let mut i = 0;
-        while i < matches.len() {
-            let (key, first) = matches[i];
-            let mut qos = first.qos;
-            let mut retain_as_published = first.retain_as_published;
-            let mut ids: Vec<u32> = first.id.into_iter().collect();
-            i += 1;
-            while i < matches.len() && matches[i].0 == key {
-                let options = matches[i].1;
-                qos = qos.max(options.qos);
-                retain_as_published |= options.retain_as_published;
-                ids.extend(options.id);
-                i += 1;
-            }
-            // [MQTT-3.3.1-9] (3.1.1) RETAIN is 0 towards established subscriptions, unless
-            // (5.0) Retain As Published [MQTT-3.3.1-12] [MQTT-3.3.1-13].
-            let retain = retain_as_published && message.retain;
-            let delivery =
-                Delivery::new(message.clone(), message.qos.min(qos), retain).with_extras(ids, None);
+        let mut deliveries = std::mem::take(&mut self.deliveries);
+        self.routes
+            .read()
+            .route(&message, from, &mut self.matches, |key, delivery| {
+                deliveries.push((key, delivery))
+            });
+        for (key, delivery) in deliveries.drain(..) {
             self.deliver(key, delivery, ctx);
         }
-        self.matches = matches;
-
-        if self.shared.len() == 0 {
-            return;
-        }
-        let mut groups = std::mem::take(&mut self.groups);
-        groups.clear();
-        self.shared
-            .for_each_match(&message.topic, |id| groups.push(id));
-        let strategy = self.config.shared_subscription_strategy;
-        for &group in &groups {
-            let clients = &self.clients;
-            let pick = self.shared.pick(
-                group,
-                strategy,
-                |k| Self::is_online(clients, k),
-                None,
-                false,
-            );
-            if let Some((member, options)) = pick {
-                let delivery = Delivery::new(
-                    message.clone(),
-                    message.qos.min(options.qos),
-                    options.retain_as_published && message.retain,
-                )
-                .with_extras(options.id.into_iter().collect(), Some(group));
-                self.deliver(member, delivery, ctx);
-            }
-        }
-        self.groups = groups;
+        self.deliveries = deliveries;
     }
 
     fn deliver(&mut self, key: ClientKey, delivery: Delivery, ctx: &mut Context<Self>) {
@@ -361,6 +246,14 @@ impl Registry {
             };
             Self::flush_client(client);
         }
+        for (key, conn) in std::mem::take(&mut self.routed) {
+            if let Some(attached) = self
+                .attached_client(key, conn)
+                .and_then(|c| c.attached.as_ref())
+            {
+                attached.session.do_send(Routed);
+            }
+        }
     }
 
     fn flush_client(client: &mut Client) {
@@ -374,40 +267,6 @@ impl Registry {
     }
 }
 
-impl Handler<Connect> for Registry {
-    type Result = ();
-
-    fn handle(&mut self, mut msg: Connect, ctx: &mut Context<Self>) {
-        if msg.client_id.is_empty() {
-            // [MQTT-3.1.3-6] assign a unique id to a clean-session client that sent none.
-            msg.client_id = self.unique_client_id(msg.conn).to_string();
-        }
-        let key = match self.by_id.get(msg.client_id.as_str()) {
-            Some(&key) => key,
-            None => {
-                let id: Arc<str> = msg.client_id.as_str().into();
-                let key = self.insert_client(id);
-                self.complete_connect(key, msg, ctx);
-                return;
-            }
-        };
-        let Some(client) = self.client(key) else {
-            return;
-        };
-        match &mut client.attached {
-            None => self.complete_connect(key, msg, ctx),
-            Some(attached) => {
-                // [MQTT-3.1.4-2] the existing connection is closed; this one waits for its state.
-                if !attached.detaching {
-                    attached.session.do_send(Takeover);
-                }
-                // A CONNECT already waiting loses to the newer one: dropping its reply closes it.
-                client.pending = Some(msg);
-            }
-        }
-    }
-}
-
 impl Handler<Publish> for Registry {
     type Result = ();
 
@@ -415,7 +274,29 @@ impl Handler<Publish> for Registry {
         for message in msg.messages {
             self.route(message, Some(msg.from), ctx);
         }
+        self.routed.push((msg.from, msg.conn));
+        self.schedule_flush(ctx);
     }
+}
+
+impl Handler<Stored> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Stored, ctx: &mut Context<Self>) {
+        for stored in msg.0 {
+            let current = client_in(&mut self.clients, stored.key)
+                .is_some_and(|c| c.generation == stored.generation);
+            if current {
+                self.deliver(stored.key, stored.delivery, ctx);
+            }
+        }
+    }
+}
+
+impl Handler<WaitForRoom> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, _: WaitForRoom, _: &mut Context<Self>) {}
 }
 
 impl Handler<CloseAll> for Registry {
@@ -452,7 +333,7 @@ impl Handler<GetStats> for Registry {
         RegistryStats {
             clients_online: self.online,
             sessions_offline: self.by_id.len() - self.online,
-            subscriptions: self.trie.len() + self.shared.len(),
+            subscriptions: self.routes.read().subscriptions(),
             retained: self.retained.len(),
         }
     }

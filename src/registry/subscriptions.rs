@@ -1,12 +1,12 @@
-//! Subscribing and unsubscribing: the trie, shared groups, retained messages for a new
-//! subscription, and the acknowledgement through the Session's mailbox.
+//! Subscribing and unsubscribing: the client's filters, the route table, retained messages for
+//! a new subscription, and the acknowledgement through the Session's mailbox.
 
 use std::time::Instant;
 
 use actix::prelude::*;
 use tracing::{info, warn};
 
-use super::{Registry, Subscribe, Subscribed, Unsubscribe, Unsubscribed};
+use super::{Deliver, Registry, Subscribe, Subscribed, Unsubscribe, Unsubscribed};
 use crate::hooks::{ClientSubscribed, ClientUnsubscribed};
 use crate::message::Delivery;
 use crate::topic::parse_shared;
@@ -37,44 +37,67 @@ impl Handler<Subscribe> for Registry {
             client.subscriptions.insert(filter.clone(), options);
             granted.push((filter, options, existed));
         }
-        if let Some(attached) = &client.attached {
-            attached.session.do_send(Subscribed {
-                pid: msg.pid,
-                codes,
-            });
-        }
+        let session = client
+            .attached
+            .as_ref()
+            .filter(|a| !a.detaching)
+            .map(|a| a.session.clone());
         let now = Instant::now();
         let mut retained = Vec::new();
         let mut expired = Vec::new();
-        for (filter, options, existed) in granted {
-            if let Some(Ok(shared)) = parse_shared(&filter) {
-                // Retained messages are not sent for shared subscriptions (section 4.8.2).
-                self.shared
-                    .join(shared.group, shared.filter, msg.key, options);
-            } else {
-                self.trie.insert(&filter, msg.key, options);
-                // [MQTT-3.8.4-3] (3.1.1) retained messages are sent for every subscription;
-                // (5.0) per Retain Handling [MQTT-3.3.1-9] [MQTT-3.3.1-10] [MQTT-3.3.1-11].
-                let send = match options.retain_handling {
-                    0 => true,
-                    1 => !existed,
-                    _ => false,
-                };
-                if send {
-                    self.retained.for_each_match(&filter, |m| {
-                        if m.is_expired(now) {
-                            // [MQTT-3.3.2-5] an expired retained message is not sent, and goes.
-                            expired.push(m.topic.clone());
-                            return;
-                        }
-                        // [MQTT-3.3.1-8] RETAIN 1 for a message sent because of a subscription.
-                        retained.push(
-                            Delivery::new(m.clone(), m.qos.min(options.qos), true)
-                                .with_extras(options.id.into_iter().collect(), None),
-                        );
-                    });
-                }
+        for (filter, options, existed) in &granted {
+            // Retained messages are not sent for shared subscriptions (section 4.8.2).
+            if matches!(parse_shared(filter), Some(Ok(_))) {
+                continue;
             }
+            // [MQTT-3.8.4-3] (3.1.1) retained messages are sent for every subscription;
+            // (5.0) per Retain Handling [MQTT-3.3.1-9] [MQTT-3.3.1-10] [MQTT-3.3.1-11].
+            let send = match options.retain_handling {
+                0 => true,
+                1 => !existed,
+                _ => false,
+            };
+            if send {
+                self.retained.for_each_match(filter, |m| {
+                    if m.is_expired(now) {
+                        // [MQTT-3.3.2-5] an expired retained message is not sent, and goes.
+                        expired.push(m.topic.clone());
+                        return;
+                    }
+                    // [MQTT-3.3.1-8] RETAIN 1 for a message sent because of a subscription.
+                    retained.push(
+                        Delivery::new(m.clone(), m.qos.min(options.qos), true)
+                            .with_extras(options.id.into_iter().collect(), None),
+                    );
+                });
+            }
+        }
+        for topic in expired {
+            self.retained.remove(&topic);
+        }
+        // Under the write lock, in this order: (1) taking it means whatever the workers matched
+        // for this client under the old table is in its mailbox, ahead of the SUBACK; (2) the
+        // SUBACK; (3) the retained messages; (4) the new subscriptions, so that a live message
+        // they match comes after the retained ones it replaces.
+        let mut table = self.routes.write();
+        if let Some(session) = &session {
+            session.do_send(Subscribed {
+                pid: msg.pid,
+                codes,
+            });
+            if !retained.is_empty() {
+                session.do_send(Deliver(std::mem::take(&mut retained)));
+            }
+        }
+        for (filter, options, _) in &granted {
+            table.subscribe(filter, msg.key, *options);
+        }
+        drop(table);
+        // Not connected any more (detaching): its retained messages are held like any delivery.
+        for delivery in retained {
+            self.deliver(msg.key, delivery, ctx);
+        }
+        for (filter, options, _) in granted {
             info!(client_id = %client_id, filter = %filter, qos = options.qos as u8, "client subscribed");
             let event = ClientSubscribed {
                 client_id: client_id.clone(),
@@ -84,12 +107,6 @@ impl Handler<Subscribe> for Registry {
             for hook in &self.hooks.subscribed {
                 hook.do_send(event.clone());
             }
-        }
-        for topic in expired {
-            self.retained.remove(&topic);
-        }
-        for delivery in retained {
-            self.deliver(msg.key, delivery, ctx);
         }
     }
 }
@@ -113,14 +130,20 @@ impl Handler<Unsubscribe> for Registry {
                 codes.push(0x11); // No subscription existed
             }
         }
-        if let Some(attached) = &client.attached {
-            attached.session.do_send(Unsubscribed {
+        let session = client.attached.as_ref().map(|a| a.session.clone());
+        // Out of the route table first: nothing matched by a removed filter follows the UNSUBACK.
+        let mut table = self.routes.write();
+        for filter in &removed {
+            table.unsubscribe(filter, msg.key);
+        }
+        drop(table);
+        if let Some(session) = session {
+            session.do_send(Unsubscribed {
                 pid: msg.pid,
                 codes,
             });
         }
         for filter in removed {
-            self.drop_subscription(&filter, msg.key);
             info!(client_id = %client_id, filter = %filter, "client unsubscribed");
             let event = ClientUnsubscribed {
                 client_id: client_id.clone(),

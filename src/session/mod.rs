@@ -8,6 +8,7 @@
 
 mod connecting;
 mod from_registry;
+mod hand_over;
 mod linger;
 mod packets;
 mod peer;
@@ -36,6 +37,7 @@ use crate::drops::{DropLog, DropReason};
 use crate::hooks::{DisconnectReason, Interceptors};
 use crate::metrics::Metrics;
 use crate::registry::{ClientKey, ConnId, Detach, Registry, SessionEnded};
+use crate::routing::{Routes, Stored};
 use crate::session_state::{InflightStage, SessionState};
 
 /// Initial read buffer per connection: small, because most devices send small packets and a
@@ -60,6 +62,10 @@ pub struct SessionShared {
     pub config: Config,
     /// The Registry.
     pub registry: Addr<Registry>,
+    /// The Registry, for deliveries to clients that are not connected.
+    pub stored_to: Recipient<Stored>,
+    /// The route table, read here to route what Sessions read.
+    pub routes: Routes,
     /// Interceptors to consult.
     pub interceptors: Interceptors,
     /// Counters.
@@ -74,13 +80,16 @@ impl SessionShared {
     pub fn new(
         config: Config,
         registry: Addr<Registry>,
+        routes: Routes,
         interceptors: Interceptors,
         metrics: Arc<Metrics>,
         access: Arc<crate::auth::AccessControl>,
     ) -> Self {
         SessionShared {
             config,
+            stored_to: registry.clone().recipient(),
             registry,
+            routes,
             interceptors,
             metrics,
             access,
@@ -134,8 +143,11 @@ pub struct Session {
     read_handle: Option<SpawnHandle>,
     outbound: Outbound,
     inbound_qos2: std::collections::HashSet<u16>,
-    /// Messages read and not yet handed to the Registry.
+    /// Messages read and not yet routed.
     to_route: Vec<Arc<crate::message::Message>>,
+    /// [`Publish`](crate::registry::Publish)es sent to the Registry and not yet answered
+    /// [`Routed`](crate::registry::Routed): while there are any, bursts go there too.
+    via_registry: u32,
     route_scheduled: bool,
     closing: bool,
     awaiting_detached: bool,
@@ -202,6 +214,7 @@ impl Session {
                 read_handle: Some(read_handle),
                 inbound_qos2: Default::default(),
                 to_route: Vec::new(),
+                via_registry: 0,
                 route_scheduled: false,
                 closing: false,
                 awaiting_detached: false,

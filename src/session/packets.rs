@@ -304,55 +304,6 @@ impl Session {
         }
     }
 
-    /// Queues a message for the Registry. A burst read from the socket goes over as one
-    /// [`registry::Publish`] at the end of the read turn (or every [`super::PUBLISH_BATCH`]).
-    fn forward(&mut self, message: Arc<Message>, ctx: &mut Context<Self>) {
-        self.to_route.push(message);
-        if self.to_route.len() >= super::PUBLISH_BATCH {
-            self.hand_over(ctx);
-        } else if !self.route_scheduled {
-            self.route_scheduled = true;
-            // Runs once the stream handler yields, after the packets of this read turn.
-            ctx.spawn(actix::fut::ready(()).map(|(), act: &mut Session, ctx| {
-                act.route_scheduled = false;
-                act.hand_over(ctx);
-            }));
-        }
-    }
-
-    /// Sends the queued messages to the Registry. When its mailbox is full the message is still
-    /// queued in order, and the Session waits for room without reading its socket, so TCP slows
-    /// the publisher down. Called before any other message to the Registry, to keep order.
-    pub(super) fn hand_over(&mut self, ctx: &mut Context<Self>) {
-        use actix::dev::SendError;
-        self.report_publishes();
-        if self.to_route.is_empty() {
-            return;
-        }
-        let Phase::Connected { key, .. } = self.phase else {
-            self.to_route.clear();
-            return;
-        };
-        let publish = registry::Publish {
-            from: key,
-            messages: std::mem::take(&mut self.to_route),
-        };
-        match self.shared.registry.try_send(publish) {
-            Ok(()) => {}
-            Err(SendError::Full(publish)) => {
-                let send = self.shared.registry.send(publish);
-                ctx.wait(send.into_actor(self).map(|result, act, ctx| {
-                    if result.is_err() {
-                        act.close(ctx, DisconnectReason::Network("registry stopped".into()));
-                    }
-                }));
-            }
-            Err(SendError::Closed(_)) => {
-                self.close(ctx, DisconnectReason::Network("registry stopped".into()));
-            }
-        }
-    }
-
     fn on_subscribe(
         &mut self,
         key: registry::ClientKey,

@@ -1,9 +1,12 @@
-//! The Registry's shared subscription groups: `$share/{name}/{filter}` subscribers, of which each
-//! matching message goes to one (MQTT 5 section 4.8.2).
+//! Shared subscription groups: `$share/{name}/{filter}` subscribers, of which each matching
+//! message goes to one (MQTT 5 section 4.8.2). Part of the route table: the Registry changes
+//! the members, every worker picks among them.
 
+use std::cell::Cell;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::messages::ClientKey;
+use super::ClientKey;
 use crate::config::SharedStrategy;
 use crate::message::SubscriptionOptions;
 use crate::topic::SubscriptionTrie;
@@ -11,21 +14,25 @@ use crate::topic::SubscriptionTrie;
 /// One group: a share name and a filter, and its members in join order.
 struct Group {
     members: Vec<(ClientKey, SubscriptionOptions)>,
-    /// Round robin position.
-    next: usize,
+    /// Round robin position; moved by whichever worker picks (a race between two workers at
+    /// most gives one member two messages in a row).
+    next: AtomicUsize,
     name: (String, String),
 }
 
 /// All shared subscription groups.
 #[derive(Default)]
-pub(super) struct SharedGroups {
+pub struct SharedGroups {
     trie: SubscriptionTrie<u32, ()>,
     groups: Vec<Option<Group>>,
     free: Vec<u32>,
     by_name: HashMap<(String, String), u32>,
     members: usize,
-    /// State of the random strategy (xorshift).
-    seed: u64,
+}
+
+thread_local! {
+    /// State of the random strategy (xorshift), one per thread that picks.
+    static SEED: Cell<u64> = const { Cell::new(0) };
 }
 
 impl SharedGroups {
@@ -36,7 +43,7 @@ impl SharedGroups {
             None => {
                 let group = Group {
                     members: Vec::new(),
-                    next: 0,
+                    next: AtomicUsize::new(0),
                     name: (name.to_string(), filter.to_string()),
                 };
                 let id = match self.free.pop() {
@@ -100,7 +107,7 @@ impl SharedGroups {
     /// `strategy`), else, unless `online_only`, one whose session is stored, in turn. `exclude`
     /// is never picked (the member that is leaving).
     pub fn pick(
-        &mut self,
+        &self,
         id: u32,
         strategy: SharedStrategy,
         is_online: impl Fn(ClientKey) -> bool,
@@ -108,15 +115,17 @@ impl SharedGroups {
         online_only: bool,
     ) -> Option<(ClientKey, SubscriptionOptions)> {
         let random = match strategy {
-            SharedStrategy::Random => Some(self.next_random()),
+            SharedStrategy::Random => Some(next_random()),
             SharedStrategy::RoundRobin => None,
         };
-        let group = self.groups.get_mut(id as usize)?.as_mut()?;
+        let group = self.groups.get(id as usize)?.as_ref()?;
         let n = group.members.len();
         if n == 0 {
             return None;
         }
-        let start = random.map_or(group.next, |r| (r % n as u64) as usize);
+        let start = random.map_or(group.next.load(Ordering::Relaxed) % n, |r| {
+            (r % n as u64) as usize
+        });
         let candidates = (0..n).map(|i| (start + i) % n);
         let eligible = |i: &usize| Some(group.members[*i].0) != exclude;
         let chosen = candidates
@@ -130,7 +139,7 @@ impl SharedGroups {
                     candidates.clone().find(eligible)
                 }
             })?;
-        group.next = (chosen + 1) % n;
+        group.next.store((chosen + 1) % n, Ordering::Relaxed);
         Some(group.members[chosen])
     }
 
@@ -138,19 +147,24 @@ impl SharedGroups {
     pub fn len(&self) -> usize {
         self.members
     }
+}
 
-    fn next_random(&mut self) -> u64 {
-        if self.seed == 0 {
-            self.seed = std::time::SystemTime::now()
+/// The next number of this thread's xorshift generator, seeded from the clock on first use.
+fn next_random() -> u64 {
+    SEED.with(|seed| {
+        let mut x = seed.get();
+        if x == 0 {
+            x = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0x9E37_79B9_7F4A_7C15, |d| d.as_nanos() as u64)
                 | 1;
         }
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
-        self.seed
-    }
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        seed.set(x);
+        x
+    })
 }
 
 #[cfg(test)]

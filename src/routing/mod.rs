@@ -1,0 +1,225 @@
+//! Routing a publish where it was read. The [`RouteTable`] is the Registry's subscriptions and
+//! the whereabouts of each client; the Registry is its one writer, and every worker reads it
+//! through [`Routes`] to match the messages its Sessions read, then hands each connected
+//! subscriber its deliveries directly ([`route_burst`]).
+//!
+//! The table sits behind a reader-writer lock, and a reader holds the read lock until it has
+//! sent what it matched. So when the Registry has taken the write lock for a change, every
+//! delivery matched under the table before the change is already in its target's mailbox: an
+//! answer the Registry sends after the change (SUBACK, UNSUBACK, `Detached`) arrives behind
+//! them. That is the barrier the ordering guarantees of `docs/architecture.md` rest on.
+
+mod burst;
+mod shared;
+
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use actix::prelude::*;
+
+pub use burst::{route_burst, RegistryRoom, Stored, StoredDelivery};
+pub use shared::SharedGroups;
+
+use crate::config::SharedStrategy;
+use crate::message::{Delivery, Message, SubscriptionOptions};
+use crate::topic::{parse_shared, SubscriptionTrie};
+
+/// The Registry's handle on a client (its slot in the client table). Slots are reused after a
+/// client is forgotten, so every message that names one also names the connection, or (between
+/// a worker and the Registry) the slot's generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientKey(pub u32);
+
+/// Sent to a connected Session with deliveries for its client, in order: by the Session of a
+/// publisher on any worker (what it routed from one read burst), or by the Registry (retained
+/// messages, wills, redistributed and resumed messages). Handled by the Session.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Deliver(pub Vec<Delivery>);
+
+/// Where deliveries to a client go.
+pub enum Target {
+    /// Connected: straight into its Session's mailbox.
+    Online(Recipient<Deliver>),
+    /// Not connected, or detaching: through the Registry, which stores or holds QoS 1/2
+    /// deliveries. `generation` tells this client from a later one in the same slot.
+    Registry {
+        /// The slot's generation when this client took it.
+        generation: u32,
+    },
+}
+
+/// The subscriptions and the whereabouts of every client, as routing needs them.
+pub struct RouteTable {
+    trie: SubscriptionTrie<ClientKey, SubscriptionOptions>,
+    shared: SharedGroups,
+    /// Indexed by client slot; `None` for a free slot.
+    targets: Vec<Option<Target>>,
+    strategy: SharedStrategy,
+}
+
+impl RouteTable {
+    /// An empty table; shared groups pick their member by `strategy`.
+    pub fn new(strategy: SharedStrategy) -> Self {
+        RouteTable {
+            trie: SubscriptionTrie::new(),
+            shared: SharedGroups::default(),
+            targets: Vec::new(),
+            strategy,
+        }
+    }
+
+    /// Adds (or updates) `key`'s subscription to `filter`; a `$share/` filter joins its group.
+    pub fn subscribe(&mut self, filter: &str, key: ClientKey, options: SubscriptionOptions) {
+        match parse_shared(filter) {
+            Some(Ok(shared)) => self.shared.join(shared.group, shared.filter, key, options),
+            _ => {
+                self.trie.insert(filter, key, options);
+            }
+        }
+    }
+
+    /// Removes `key`'s subscription to `filter` (or its membership of the shared group).
+    pub fn unsubscribe(&mut self, filter: &str, key: ClientKey) {
+        match parse_shared(filter) {
+            Some(Ok(shared)) => {
+                self.shared.leave(shared.group, shared.filter, key);
+            }
+            _ => {
+                self.trie.remove(filter, key);
+            }
+        }
+    }
+
+    /// Sets where `key`'s deliveries go; `None` frees the slot.
+    pub fn set_target(&mut self, key: ClientKey, target: Option<Target>) {
+        let slot = key.0 as usize;
+        if self.targets.len() <= slot {
+            self.targets.resize_with(slot + 1, || None);
+        }
+        self.targets[slot] = target;
+    }
+
+    /// Where `key`'s deliveries go, if the slot is taken.
+    pub fn target(&self, key: ClientKey) -> Option<&Target> {
+        self.targets.get(key.0 as usize).and_then(Option::as_ref)
+    }
+
+    /// Whether `key` is connected (and not detaching).
+    pub fn is_online(&self, key: ClientKey) -> bool {
+        matches!(self.target(key), Some(Target::Online(_)))
+    }
+
+    /// Number of (filter, client) pairs, shared group memberships included.
+    pub fn subscriptions(&self) -> usize {
+        self.trie.len() + self.shared.len()
+    }
+
+    /// Calls `deliver` with each delivery of `message`: every matching subscriber once, at the
+    /// highest granted QoS `[MQTT-3.3.5-1]` with the identifiers of all its matching
+    /// subscriptions `[MQTT-3.3.4-3]`, and one member of each matching shared group. `from` is
+    /// the publisher, for No Local `[MQTT-3.8.3-3]`. `scratch` is reused between calls.
+    pub fn route(
+        &self,
+        message: &Arc<Message>,
+        from: Option<ClientKey>,
+        scratch: &mut Vec<(ClientKey, SubscriptionOptions)>,
+        mut deliver: impl FnMut(ClientKey, Delivery),
+    ) {
+        scratch.clear();
+        self.trie.for_each_match(&message.topic, |key, options| {
+            if !(options.no_local && Some(key) == from) {
+                scratch.push((key, *options));
+            }
+        });
+        if scratch.len() > 1 {
+            scratch.sort_unstable_by_key(|m| m.0);
+        }
+        let mut i = 0;
+        while i < scratch.len() {
+            let (key, first) = scratch[i];
+            let mut qos = first.qos;
+            let mut retain_as_published = first.retain_as_published;
+            let mut ids: Vec<u32> = first.id.into_iter().collect();
+            i += 1;
+            while i < scratch.len() && scratch[i].0 == key {
+                let options = scratch[i].1;
+                qos = qos.max(options.qos);
+                retain_as_published |= options.retain_as_published;
+                ids.extend(options.id);
+                i += 1;
+            }
+            // [MQTT-3.3.1-9] (3.1.1) RETAIN is 0 towards established subscriptions, unless
+            // (5.0) Retain As Published [MQTT-3.3.1-12] [MQTT-3.3.1-13].
+            let retain = retain_as_published && message.retain;
+            let delivery =
+                Delivery::new(message.clone(), message.qos.min(qos), retain).with_extras(ids, None);
+            deliver(key, delivery);
+        }
+        if self.shared.len() == 0 {
+            return;
+        }
+        self.shared.for_each_match(&message.topic, |group| {
+            let pick = self
+                .shared
+                .pick(group, self.strategy, |k| self.is_online(k), None, false);
+            if let Some((member, options)) = pick {
+                let delivery = Delivery::new(
+                    message.clone(),
+                    message.qos.min(options.qos),
+                    options.retain_as_published && message.retain,
+                )
+                .with_extras(options.id.into_iter().collect(), Some(group));
+                deliver(member, delivery);
+            }
+        });
+    }
+
+    /// A connected member of shared group `group` other than `leaving`, for a message that
+    /// member did not acknowledge (MQTT 5 section 4.8.2).
+    pub fn pick_other_member(
+        &self,
+        group: u32,
+        leaving: ClientKey,
+    ) -> Option<(ClientKey, SubscriptionOptions)> {
+        self.shared.pick(
+            group,
+            self.strategy,
+            |k| self.is_online(k),
+            Some(leaving),
+            true,
+        )
+    }
+
+    /// Whether any shared subscription exists.
+    pub fn has_shared(&self) -> bool {
+        self.shared.len() > 0
+    }
+}
+
+/// The route table as the Registry and the workers share it.
+#[derive(Clone)]
+pub struct Routes(Arc<RwLock<RouteTable>>);
+
+impl Routes {
+    /// A shared, empty table.
+    pub fn new(strategy: SharedStrategy) -> Self {
+        Routes(Arc::new(RwLock::new(RouteTable::new(strategy))))
+    }
+
+    /// The table for matching. Hold it until what was matched is sent (see the module doc).
+    pub fn read(&self) -> RwLockReadGuard<'_, RouteTable> {
+        // A panic while holding the lock cannot leave the table half-changed in a way that
+        // matters more than stopping routing altogether would.
+        self.0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The table for a change; the Registry only. Taking it waits for every reader, which is
+    /// the barrier of the module doc.
+    pub fn write(&self) -> RwLockWriteGuard<'_, RouteTable> {
+        self.0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}

@@ -1,0 +1,103 @@
+//! What a Session does with the messages its client publishes: it routes each read burst on its
+//! own worker by the route table ([`route_burst`]), straight into the subscribers' mailboxes, or
+//! hands the burst to the Registry when the Registry must see it first (a retained message).
+
+use std::sync::Arc;
+
+use actix::dev::SendError;
+use actix::prelude::*;
+
+use super::{Phase, Session};
+use crate::hooks::DisconnectReason;
+use crate::message::Message;
+use crate::registry::{self, Routed, WaitForRoom};
+use crate::routing::{route_burst, RegistryRoom};
+
+impl Session {
+    /// Queues a message for routing. A burst read from the socket is routed at the end of the
+    /// read turn (or every [`super::PUBLISH_BATCH`] messages).
+    pub(super) fn forward(&mut self, message: Arc<Message>, ctx: &mut Context<Self>) {
+        self.to_route.push(message);
+        if self.to_route.len() >= super::PUBLISH_BATCH {
+            self.hand_over(ctx);
+        } else if !self.route_scheduled {
+            self.route_scheduled = true;
+            // Runs once the stream handler yields, after the packets of this read turn.
+            ctx.spawn(actix::fut::ready(()).map(|(), act: &mut Session, ctx| {
+                act.route_scheduled = false;
+                act.hand_over(ctx);
+            }));
+        }
+    }
+
+    /// Routes the queued messages. Called before any other message to the Registry, to keep
+    /// order.
+    ///
+    /// A burst with a retained message goes to the Registry (it updates the retained store
+    /// where subscribing reads it), and so does every burst after it until the Registry answers
+    /// [`Routed`]: routing one here meanwhile could overtake it. Otherwise the burst is routed
+    /// here. Either way, when the Registry's mailbox is full the Session waits for room without
+    /// reading its socket, so TCP slows the publisher down.
+    pub(super) fn hand_over(&mut self, ctx: &mut Context<Self>) {
+        self.report_publishes();
+        if self.to_route.is_empty() {
+            return;
+        }
+        let Phase::Connected { key, .. } = self.phase else {
+            self.to_route.clear();
+            return;
+        };
+        if self.via_registry == 0 && !self.to_route.iter().any(|m| m.retain) {
+            let room = route_burst(
+                &self.shared.routes,
+                &self.shared.stored_to,
+                key,
+                &self.to_route,
+            );
+            self.to_route.clear();
+            match room {
+                RegistryRoom::Room => {}
+                RegistryRoom::Full => self.wait_for_registry(WaitForRoom, ctx),
+                RegistryRoom::Closed => {
+                    self.close(ctx, DisconnectReason::Network("registry stopped".into()));
+                }
+            }
+            return;
+        }
+        let publish = registry::Publish {
+            from: key,
+            conn: self.conn,
+            messages: std::mem::take(&mut self.to_route),
+        };
+        self.via_registry += 1;
+        match self.shared.registry.try_send(publish) {
+            Ok(()) => {}
+            Err(SendError::Full(publish)) => self.wait_for_registry(publish, ctx),
+            Err(SendError::Closed(_)) => {
+                self.close(ctx, DisconnectReason::Network("registry stopped".into()));
+            }
+        }
+    }
+
+    /// Sends `msg` to the Registry when its mailbox has room, reading nothing until then.
+    fn wait_for_registry<M>(&mut self, msg: M, ctx: &mut Context<Self>)
+    where
+        M: actix::Message<Result = ()> + Send + 'static,
+        registry::Registry: Handler<M>,
+    {
+        let send = self.shared.registry.send(msg);
+        ctx.wait(send.into_actor(self).map(|result, act, ctx| {
+            if result.is_err() {
+                act.close(ctx, DisconnectReason::Network("registry stopped".into()));
+            }
+        }));
+    }
+}
+
+impl Handler<Routed> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: Routed, _: &mut Context<Self>) {
+        self.via_registry = self.via_registry.saturating_sub(1);
+    }
+}
