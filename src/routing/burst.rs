@@ -42,10 +42,17 @@ pub enum RegistryRoom {
     Closed,
 }
 
+/// Per-worker scratch space, reused by every burst.
+#[derive(Default)]
+struct Scratch {
+    /// One message's matches.
+    matches: Vec<(ClientKey, SubscriptionOptions)>,
+    /// One burst's deliveries.
+    out: Vec<(ClientKey, Delivery)>,
+}
+
 thread_local! {
-    /// Per-worker scratch space: one message's matches, and one burst's deliveries.
-    static SCRATCH: RefCell<(Vec<(ClientKey, SubscriptionOptions)>, Vec<(ClientKey, Delivery)>)> =
-        const { RefCell::new((Vec::new(), Vec::new())) };
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
 /// Routes `messages`, published by `from`, in order: every connected subscriber gets one
@@ -69,7 +76,7 @@ pub fn route_burst(
                 &mut Vec::new(),
             );
         };
-        let (matches, out) = &mut *scratch;
+        let Scratch { matches, out } = &mut *scratch;
         route_with(routes, registry, from, messages, matches, out)
     })
 }

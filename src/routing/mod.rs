@@ -17,7 +17,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use actix::prelude::*;
 
 pub use burst::{route_burst, RegistryRoom, Stored, StoredDelivery};
-pub use shared::SharedGroups;
+use shared::SharedGroups;
 
 use crate::config::SharedStrategy;
 use crate::message::{Delivery, Message, SubscriptionOptions};

@@ -22,7 +22,7 @@ struct Group {
 
 /// All shared subscription groups.
 #[derive(Default)]
-pub struct SharedGroups {
+pub(super) struct SharedGroups {
     trie: SubscriptionTrie<u32, ()>,
     groups: Vec<Option<Group>>,
     free: Vec<u32>,
