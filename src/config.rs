@@ -203,8 +203,10 @@ pub struct SessionConfig {
     /// Bytes a Session may hold unwritten for a slow reader; QoS 0 messages beyond it are dropped
     /// and counted. Default 1 MiB.
     pub max_outbound_bytes: usize,
-    /// Capacity of the Registry's mailbox; when it is full, Sessions stop reading their sockets so
-    /// TCP slows publishers down. Default 1024.
+    /// Capacity of the Registry's mailbox; when it is full, Sessions that hand it messages
+    /// (retained publishes, deliveries for clients that are not connected) stop reading their
+    /// sockets so TCP slows those publishers down. Live publishes do not go through it. Default
+    /// 1024.
     pub registry_mailbox: usize,
     /// Longest Session Expiry Interval granted to an MQTT 5 client (a longer request, or "never",
     /// is cut to this and announced in CONNACK). Unset: as asked. MQTT 3.1.1 persistent sessions

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Builds of Switchboard side by side (and Mosquitto): the realistic rows of compare.sh against
+# each, alternating the order per run, then one table of medians. For measuring a change.
+#
+#   mkdir -p target/ab && cp target/release/switchboard target/ab/new   # one binary per variant
+#   git stash && cargo build --release && cp target/release/switchboard target/ab/old && git stash pop
+#   BROKERS="old new mosquitto" RUNS=3 benches/ab.sh
+#
+# A variant can be a script that execs a binary with arguments (e.g. `-c one-worker.toml`).
+# ROWS picks rows: w1_8 w1_200 q0_200 open fleet fleet20 pipe0 pipe1 fanout fanout1 fanin0 fanin.
+# Loopback only; every run is bounded in time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN_DIR=${BIN_DIR:-target/ab}
+OUT=${OUT:-target/ab.jsonl}
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-4}
+ROWS=${ROWS:-"w1_8 w1_200 open fleet"}
+BROKERS=${BROKERS:-"new mosquitto"}
+SB_PORT=${SB_PORT:-18840}
+MQ_PORT=${MQ_PORT:-18841}
+MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+
+cargo bench --bench load --no-run 2>/dev/null
+LOAD=$(ls -t target/release/deps/load-* | grep -v '\.d$' | head -1)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cat > "$work/mosquitto.conf" <<CONF
+listener $MQ_PORT 127.0.0.1
+allow_anonymous true
+set_tcp_nodelay true
+persistence false
+log_type error
+CONF
+rm -f "$OUT"
+for run_no in $(seq "$RUNS"); do
+  if [ $((run_no % 2)) -eq 1 ]; then order=$BROKERS; else order=$(echo "$BROKERS" | tr ' ' '\n' | tac | tr '\n' ' '); fi
+  for broker in $order; do
+    if [ "$broker" = mosquitto ]; then
+      port=$MQ_PORT; "$MOSQUITTO" -c "$work/mosquitto.conf" 2>/dev/null &
+    else
+      port=$SB_PORT; RUST_LOG=warn "$BIN_DIR/$broker" --port "$SB_PORT" 2>/dev/null &
+    fi
+    pid=$!
+    for _ in $(seq 100); do
+      (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+      sleep 0.05 # waiting for the broker's port to open
+    done
+    echo "run $run_no: $broker" >&2
+    for row in $ROWS; do
+      case $row in
+        w1_8) args="--scenario pairs --qos 1 --window 1 --clients 8" ;;
+        w1_200) args="--scenario pairs --qos 1 --window 1 --clients 200" ;;
+        q0_200) args="--scenario pairs --qos 0 --window 1 --clients 200" ;;
+        open) args="--scenario pairs --qos 1 --rate 20000 --clients 1000" ;;
+        fleet) args="--scenario fleet --qos 1 --clients 1000 --rate 10000" ;;
+        fleet20) args="--scenario fleet --qos 1 --clients 1000 --rate 20000" ;;
+        pipe0) args="--scenario pairs --qos 0 --clients 8" ;;
+        pipe1) args="--scenario pairs --qos 1 --clients 8" ;;
+        fanout) args="--scenario fan-out --qos 0 --clients 8" ;;
+        fanout1) args="--scenario fan-out --qos 1 --clients 8" ;;
+        fanin0) args="--scenario fan-in --qos 0 --clients 8" ;;
+        fanin) args="--scenario fan-in --qos 1 --clients 8" ;;
+        *) echo "unknown row $row" >&2; exit 2 ;;
+      esac
+      # shellcheck disable=SC2086
+      "$LOAD" --addr "127.0.0.1:$port" --broker-pid "$pid" --label "$broker" --quiet \
+        --out "$OUT" $args --duration "$DURATION" >/dev/null
+    done
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+  done
+done
+"$LOAD" --table "$OUT"
