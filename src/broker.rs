@@ -39,6 +39,9 @@ pub enum BrokerError {
     /// The TLS certificates or key could not be used.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// The persistence directory could not be opened or read back.
+    #[error(transparent)]
+    Persistence(#[from] crate::persistence::PersistenceError),
     /// The broker thread ended before the broker started.
     #[error("the broker thread exited during start-up")]
     ThreadExited,
@@ -122,14 +125,26 @@ impl Broker {
 
         let metrics = Arc::new(Metrics::default());
         let routes = Routes::new(config.sessions.shared_subscription_strategy);
+        let recovered = crate::persistence::open(&config.persistence)?;
         let registry_arbiter = Arbiter::new();
         let registry = {
             let config = config.clone();
             let metrics = metrics.clone();
             let hooks = self.hooks;
             let routes = routes.clone();
-            Registry::start_in_arbiter(&registry_arbiter.handle(), move |_| {
-                Registry::new(&config, metrics, hooks, routes)
+            Registry::start_in_arbiter(&registry_arbiter.handle(), move |ctx| {
+                let registry = Registry::new(&config, metrics, hooks, routes);
+                let Some(mut recovered) = recovered else {
+                    return registry;
+                };
+                let retained = std::mem::take(&mut recovered.retained);
+                match recovered.start(ctx.address().recipient()) {
+                    Ok(store) => registry.with_store(store, retained),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start the persistence writer; state is kept in memory only");
+                        registry
+                    }
+                }
             })
         };
         let workers: Vec<Arbiter> = (0..config.worker_count()).map(|_| Arbiter::new()).collect();
@@ -239,6 +254,8 @@ impl RunningBroker {
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
         }
+        // Everything changed so far is synced before the process goes.
+        let _ = self.registry.send(crate::registry::FlushStore).await;
         self.stop();
     }
 

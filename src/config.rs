@@ -67,6 +67,50 @@ pub struct Config {
     pub auth: AuthConfig,
     /// `[tls]`: a TLS listener beside the plain one.
     pub tls: TlsConfig,
+    /// `[persistence]`: durable state.
+    pub persistence: PersistenceConfig,
+}
+
+/// When the persistence log is synced to disk (`persistence.fsync`), and so what an
+/// acknowledgement promises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    /// PUBACK/PUBREC after the change is written and `fdatasync`ed: survives power loss.
+    Always,
+    /// PUBACK/PUBREC after the change is written; synced every `fsync_interval`: survives
+    /// `kill -9`, power loss loses up to the interval.
+    Interval,
+    /// PUBACK/PUBREC after the change is written; never synced by the broker: survives
+    /// `kill -9`, power loss loses what the OS had not flushed.
+    Never,
+}
+
+/// `[persistence]` settings. Without `dir`, state is kept in memory only.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PersistenceConfig {
+    /// Directory of the log (created if missing; one broker per directory). Unset: in memory.
+    pub dir: Option<PathBuf>,
+    /// When the log is synced. Default `interval`.
+    pub fsync: FsyncPolicy,
+    /// Sync period of `fsync = "interval"`. Default 1 s.
+    #[serde(with = "humantime_serde")]
+    pub fsync_interval: Duration,
+    /// Start even if a log segment is damaged (not just torn at its end): the damaged part is
+    /// cut off, with a warning. Default false: start-up stops with an error naming the file.
+    pub repair: bool,
+}
+
+impl Default for PersistenceConfig {
+    fn default() -> Self {
+        PersistenceConfig {
+            dir: None,
+            fsync: FsyncPolicy::Interval,
+            fsync_interval: Duration::from_secs(1),
+            repair: false,
+        }
+    }
 }
 
 /// `[tls]` settings. The TLS listener exists when `port` is set.
@@ -288,6 +332,11 @@ impl Config {
         }
         let limits = &self.limits;
         let sessions = &self.sessions;
+        if self.persistence.fsync == FsyncPolicy::Interval
+            && self.persistence.fsync_interval.is_zero()
+        {
+            return invalid("persistence.fsync_interval", "must be more than 0");
+        }
         if limits.max_packet_size < 2 || limits.max_packet_size > 268_435_455 {
             return invalid("limits.max_packet_size", "must be between 2 and 268435455");
         }

@@ -26,6 +26,7 @@
 //! | [`hooks`] | lifecycle events and interceptors: how users extend the broker |
 //! | [`auth`] | password file, ACL file, the authenticator thread |
 //! | [`config`] | every setting, its default, loading and checking the TOML file |
+//! | [`persistence`] | durable state: the log of changes, its writer thread, recovery at start |
 //! | [`metrics`], [`drops`] | counters; messages dropped for slow clients, with rate-limited warnings |
 //! | `logging` | the `tracing` set-up of the binary and the examples |
 
@@ -42,6 +43,7 @@ mod listener;
 mod logging;
 pub mod message;
 pub mod metrics;
+pub mod persistence;
 pub mod queue;
 pub mod registry;
 pub mod routing;

@@ -77,11 +77,18 @@ pub struct Publish {
 }
 
 /// Sent by the Registry to the Session of a [`Publish`] once every delivery of it is in its
-/// subscribers' mailboxes: the Session may route its next bursts on its own worker again
-/// without overtaking them.
+/// subscribers' mailboxes (and, with persistence, what it changed is durable): the Session may
+/// route its next bursts on its own worker again without overtaking them, and with persistence
+/// writes the burst's PUBACK/PUBREC.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Routed;
+
+/// Sent by [`RunningBroker::shutdown`](crate::RunningBroker::shutdown) to the Registry: sync the
+/// persistence log, and answer when done.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FlushStore;
 
 /// Sent by a Session to the Registry after a [`Stored`] found the Registry's mailbox full; the
 /// Session waits for the answer, reading nothing, so TCP slows its publisher down.

@@ -11,7 +11,7 @@ mod ending;
 mod messages;
 mod subscriptions;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -24,6 +24,7 @@ use crate::config::{Config, QueueOverflow, SessionConfig};
 use crate::hooks::LifecycleHooks;
 use crate::message::{Delivery, Message, QoS, SubscriptionOptions};
 use crate::metrics::Metrics;
+use crate::persistence::{Persisted, Record, Store};
 use crate::queue::{Pushed, QueueLimits};
 use crate::routing::{Routes, Target};
 use crate::session_state::SessionState;
@@ -59,6 +60,13 @@ pub struct Registry {
     next_token: u64,
     /// Source of slot generations (see `Client::generation`).
     next_generation: u32,
+    /// Durable state (`[persistence]`), if configured.
+    store: Option<Store>,
+    /// Publishers whose [`Publish`] waits for its changes to be durable before [`Routed`], by
+    /// the sequence number of the last change submitted when it was routed.
+    awaiting_durable: VecDeque<(u64, ClientKey, ConnId)>,
+    /// The last change the store reported durable.
+    durable: u64,
 }
 
 impl Actor for Registry {
@@ -96,6 +104,27 @@ impl Registry {
             online: 0,
             next_token: 0,
             next_generation: 0,
+            store: None,
+            awaiting_durable: VecDeque::new(),
+            durable: 0,
+        }
+    }
+
+    /// Keeps state in `store`, starting from the `retained` messages read back from it.
+    pub fn with_store(mut self, store: Store, retained: Vec<Arc<Message>>) -> Self {
+        for message in retained {
+            let topic = message.topic.clone();
+            self.retained.insert(&topic, message);
+        }
+        self.store = Some(store);
+        self
+    }
+
+    /// Removes the retained message of `topic`, durably too.
+    fn remove_retained(&mut self, topic: &str) {
+        self.retained.remove(topic);
+        if let Some(store) = self.store.as_mut() {
+            store.submit(Record::RetainClear(topic.to_string()));
         }
     }
 
@@ -177,9 +206,12 @@ impl Registry {
             if message.payload.is_empty() {
                 // An empty retained message deletes, and is not stored: 3.1.1 [MQTT-3.3.1-10]
                 // [MQTT-3.3.1-11], 5.0 [MQTT-3.3.1-6] [MQTT-3.3.1-7].
-                self.retained.remove(&message.topic);
+                self.remove_retained(&message.topic);
             } else {
                 self.retained.insert(&message.topic, message.clone());
+                if let Some(store) = self.store.as_mut() {
+                    store.submit(Record::RetainSet(message.clone()));
+                }
             }
         }
         let mut deliveries = std::mem::take(&mut self.deliveries);
@@ -274,8 +306,49 @@ impl Handler<Publish> for Registry {
         for message in msg.messages {
             self.route(message, Some(msg.from), ctx);
         }
-        self.routed.push((msg.from, msg.conn));
-        self.schedule_flush(ctx);
+        // With a store, the publisher's acknowledgements wait for `Routed`: after what this
+        // burst changed is durable.
+        match self.store.as_ref().map(Store::last_submitted) {
+            Some(seq) if seq > self.durable => {
+                self.awaiting_durable.push_back((seq, msg.from, msg.conn));
+            }
+            _ => {
+                self.routed.push((msg.from, msg.conn));
+                self.schedule_flush(ctx);
+            }
+        }
+    }
+}
+
+impl Handler<Persisted> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Persisted, _: &mut Context<Self>) {
+        self.durable = self.durable.max(msg.0);
+        // The deliveries of those bursts go first, then `Routed` (which releases the acks).
+        self.flush_all();
+        while let Some(&(seq, key, conn)) = self.awaiting_durable.front() {
+            if seq > self.durable {
+                break;
+            }
+            self.awaiting_durable.pop_front();
+            if let Some(attached) = self
+                .attached_client(key, conn)
+                .and_then(|c| c.attached.as_ref())
+            {
+                attached.session.do_send(Routed);
+            }
+        }
+    }
+}
+
+impl Handler<FlushStore> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, _: FlushStore, _: &mut Context<Self>) {
+        if let Some(store) = &self.store {
+            store.flush();
+        }
     }
 }
 

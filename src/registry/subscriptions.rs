@@ -73,7 +73,7 @@ impl Handler<Subscribe> for Registry {
             }
         }
         for topic in expired {
-            self.retained.remove(&topic);
+            self.remove_retained(&topic);
         }
         // Under the write lock, in this order: (1) taking it means whatever the workers matched
         // for this client under the old table is in its mailbox, ahead of the SUBACK; (2) the

@@ -55,6 +55,13 @@ impl Session {
                 &self.to_route,
             );
             self.to_route.clear();
+            // Acknowledgements held while earlier bursts went through the Registry, now all
+            // answered: in order after theirs.
+            if let Some(acks) = self.deferred_acks.as_deref_mut() {
+                for (qos, pid) in std::mem::take(&mut acks.pending) {
+                    self.acknowledge_publish(qos, pid);
+                }
+            }
             match room {
                 RegistryRoom::Room => {}
                 RegistryRoom::Full => self.wait_for_registry(WaitForRoom, ctx),
@@ -70,6 +77,10 @@ impl Session {
             messages: std::mem::take(&mut self.to_route),
         };
         self.via_registry += 1;
+        if let Some(acks) = self.deferred_acks.as_deref_mut() {
+            let burst = std::mem::take(&mut acks.pending);
+            acks.waiting.push_back(burst);
+        }
         match self.shared.registry.try_send(publish) {
             Ok(()) => {}
             Err(SendError::Full(publish)) => self.wait_for_registry(publish, ctx),
@@ -97,7 +108,18 @@ impl Session {
 impl Handler<Routed> for Session {
     type Result = ();
 
-    fn handle(&mut self, _: Routed, _: &mut Context<Self>) {
+    fn handle(&mut self, _: Routed, ctx: &mut Context<Self>) {
         self.via_registry = self.via_registry.saturating_sub(1);
+        let Some(acks) = self.deferred_acks.as_deref_mut() else {
+            return;
+        };
+        // The burst is durable: its acknowledgements go out.
+        let burst = acks.waiting.pop_front().unwrap_or_default();
+        for (qos, pid) in burst {
+            self.acknowledge_publish(qos, pid);
+        }
+        if !self.closing {
+            self.flush(ctx);
+        }
     }
 }

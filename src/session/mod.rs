@@ -35,6 +35,7 @@ use crate::codec::{self, CodecError, MqttCodec, Packet};
 use crate::config::Config;
 use crate::drops::{DropLog, DropReason};
 use crate::hooks::{DisconnectReason, Interceptors};
+use crate::message::QoS;
 use crate::metrics::Metrics;
 use crate::registry::{ClientKey, ConnId, Detach, Registry, SessionEnded};
 use crate::routing::{Routes, Stored};
@@ -98,6 +99,16 @@ impl SessionShared {
     }
 }
 
+/// PUBACK/PUBREC held back until the Registry reports the burst durable, in the order the
+/// messages came `[MQTT-4.6.0-2]`.
+#[derive(Default)]
+struct DeferredAcks {
+    /// Of messages not handed over yet.
+    pending: Vec<(QoS, u16)>,
+    /// One entry per [`Publish`](crate::registry::Publish) awaiting [`Routed`](crate::registry::Routed).
+    waiting: std::collections::VecDeque<Vec<(QoS, u16)>>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
     AwaitingConnect,
@@ -148,6 +159,8 @@ pub struct Session {
     /// [`Publish`](crate::registry::Publish)es sent to the Registry and not yet answered
     /// [`Routed`](crate::registry::Routed): while there are any, bursts go there too.
     via_registry: u32,
+    /// With persistence: acknowledgements waiting for what they acknowledge to be durable.
+    deferred_acks: Option<Box<DeferredAcks>>,
     route_scheduled: bool,
     closing: bool,
     awaiting_detached: bool,
@@ -191,6 +204,7 @@ impl Session {
                 INITIAL_READ_BUFFER,
             );
             let read_handle = ctx.add_stream(framed);
+            let durable_acks = shared.config.persistence.dir.is_some();
             Session {
                 conn,
                 peer,
@@ -215,6 +229,7 @@ impl Session {
                 inbound_qos2: Default::default(),
                 to_route: Vec::new(),
                 via_registry: 0,
+                deferred_acks: durable_acks.then(Box::default),
                 route_scheduled: false,
                 closing: false,
                 awaiting_detached: false,

@@ -223,8 +223,8 @@ impl Session {
             return;
         }
         let Some(interceptor) = self.shared.interceptors.publish.clone() else {
-            self.forward(Arc::new(message), ctx);
-            return self.acknowledge_publish(qos, pid);
+            self.acknowledge_in_order(qos, pid, message.retain);
+            return self.forward(Arc::new(message), ctx);
         };
         let question = AuthorizePublish {
             client_id: Arc::from(self.client_id()),
@@ -257,12 +257,16 @@ impl Session {
                         None
                     }
                 };
-                if let Some(message) = message {
-                    act.forward(Arc::new(message), ctx);
-                } else {
-                    debug!(client_id = %act.client_id(), "publish dropped by interceptor");
+                match message {
+                    Some(message) => {
+                        act.acknowledge_in_order(qos, pid, message.retain);
+                        act.forward(Arc::new(message), ctx);
+                    }
+                    None => {
+                        debug!(client_id = %act.client_id(), "publish dropped by interceptor");
+                        act.acknowledge_in_order(qos, pid, false);
+                    }
                 }
-                act.acknowledge_publish(qos, pid);
                 act.flush(ctx);
             },
         ));
@@ -294,9 +298,25 @@ impl Session {
         );
     }
 
-    /// PUBACK once the broker owns the message (it is queued for the Registry) [MQTT-4.3.2-2];
+    /// Acknowledges a message the broker took, in the order messages came `[MQTT-4.6.0-2]`: at
+    /// once, or with persistence, when a message goes through the Registry (`retain`) or an
+    /// earlier acknowledgement waits, after the Registry reports its burst durable.
+    fn acknowledge_in_order(&mut self, qos: QoS, pid: u16, retain: bool) {
+        if qos == QoS::AtMostOnce {
+            return;
+        }
+        if let Some(acks) = self.deferred_acks.as_deref_mut() {
+            if retain || !acks.pending.is_empty() || !acks.waiting.is_empty() {
+                acks.pending.push((qos, pid));
+                return;
+            }
+        }
+        self.acknowledge_publish(qos, pid);
+    }
+
+    /// PUBACK once the broker owns the message (it is queued for routing) [MQTT-4.3.2-2];
     /// PUBREC for QoS 2 [MQTT-4.3.3-2].
-    fn acknowledge_publish(&mut self, qos: QoS, pid: u16) {
+    pub(super) fn acknowledge_publish(&mut self, qos: QoS, pid: u16) {
         match qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => codec::write_ack(&mut self.out, Ack::PubAck, pid),

@@ -1,0 +1,259 @@
+//! The log on disk: numbered segment files (`0000000000000001.log`, ...) of framed records,
+//! appended to at the end of the newest. Compaction writes the whole live state as a new
+//! segment that starts with a [`Record::Snapshot`] and then deletes the older ones, so the
+//! directory stays bounded by live state, not by traffic.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use tracing::warn;
+
+use super::record::{Record, FRAME_HEADER, MAX_RECORD};
+use super::PersistenceError;
+
+/// The segment being appended to.
+pub struct Log {
+    dir: PathBuf,
+    current: File,
+    current_id: u64,
+    /// Bytes in every segment.
+    total_bytes: u64,
+    /// Older segments, superseded by the next snapshot.
+    older: Vec<PathBuf>,
+}
+
+/// What a scan of the directory found.
+pub struct Scanned {
+    /// The log, positioned to append.
+    pub log: Log,
+    /// Every record since the last snapshot, in order.
+    pub records: Vec<Record>,
+}
+
+fn segment_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:016}.log"))
+}
+
+/// The ids of the segments in `dir`, sorted; leftover temporary files of an interrupted
+/// compaction are deleted.
+fn segment_ids(dir: &Path) -> Result<Vec<u64>, PersistenceError> {
+    let mut ids = Vec::new();
+    let entries = fs::read_dir(dir).map_err(|e| PersistenceError::io(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| PersistenceError::io(dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.ends_with(".log.tmp") {
+            let _ = fs::remove_file(entry.path());
+        } else if let Some(id) = name
+            .strip_suffix(".log")
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Reads every segment in `dir` (creating the first if there is none). A torn tail of the last
+/// segment (a record cut short, or a bad last record, as a crash mid-write leaves) is truncated
+/// with a warning. Any other damage is an error naming the file and offset, unless `repair`:
+/// then the damaged segment is cut at the damage, with a warning, and the scan goes on.
+pub fn scan(dir: &Path, repair: bool) -> Result<Scanned, PersistenceError> {
+    let ids = segment_ids(dir)?;
+    let mut records = Vec::new();
+    let mut total_bytes = 0;
+    let last_id = ids.last().copied();
+    for &id in &ids {
+        let path = segment_path(dir, id);
+        let data = fs::read(&path).map_err(|e| PersistenceError::io(&path, e))?;
+        let is_last = Some(id) == last_id;
+        let mut offset = 0usize;
+        while offset < data.len() {
+            match frame_at(&data, offset) {
+                Ok((record, next)) => {
+                    if matches!(record, Record::Snapshot) {
+                        records.clear();
+                    }
+                    records.push(record);
+                    offset = next;
+                }
+                Err(damage) => {
+                    let torn = is_last && damage.reaches_end;
+                    if !torn && !repair {
+                        return Err(PersistenceError::Damaged {
+                            path,
+                            offset: offset as u64,
+                            what: damage.what,
+                        });
+                    }
+                    warn!(
+                        file = %path.display(),
+                        offset,
+                        dropped_bytes = data.len() - offset,
+                        what = damage.what,
+                        "{}",
+                        if torn { "truncating a torn tail (the broker stopped mid-write)" } else { "repair: cutting a damaged segment" }
+                    );
+                    truncate(&path, offset as u64)?;
+                    break;
+                }
+            }
+        }
+        total_bytes += offset as u64;
+    }
+    records.retain(|r| !matches!(r, Record::Snapshot));
+    let current_id = last_id.unwrap_or(1);
+    let path = segment_path(dir, current_id);
+    let current = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| PersistenceError::io(&path, e))?;
+    let older = ids
+        .iter()
+        .filter(|&&id| id != current_id)
+        .map(|&id| segment_path(dir, id))
+        .collect();
+    Ok(Scanned {
+        log: Log {
+            dir: dir.to_path_buf(),
+            current,
+            current_id,
+            total_bytes,
+            older,
+        },
+        records,
+    })
+}
+
+/// Damage found at one offset.
+struct Damage {
+    what: &'static str,
+    /// Whether the bad frame runs to (or past) the end of the file: what a write cut short
+    /// leaves.
+    reaches_end: bool,
+}
+
+fn frame_at(data: &[u8], offset: usize) -> Result<(Record, usize), Damage> {
+    let rest = &data[offset..];
+    if rest.len() < FRAME_HEADER {
+        return Err(Damage {
+            what: "record header cut short",
+            reaches_end: true,
+        });
+    }
+    let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+    let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
+    if len > MAX_RECORD {
+        return Err(Damage {
+            what: "record length out of range",
+            reaches_end: false,
+        });
+    }
+    let end = FRAME_HEADER + len;
+    if rest.len() < end {
+        return Err(Damage {
+            what: "record cut short",
+            reaches_end: true,
+        });
+    }
+    let body = &rest[FRAME_HEADER..end];
+    let reaches_end = rest.len() == end;
+    if crc32fast::hash(body) != crc {
+        return Err(Damage {
+            what: "record checksum mismatch",
+            reaches_end,
+        });
+    }
+    match Record::decode(body) {
+        Ok(record) => Ok((record, offset + end)),
+        Err(_) => Err(Damage {
+            what: "record does not decode",
+            reaches_end,
+        }),
+    }
+}
+
+fn truncate(path: &Path, len: u64) -> Result<(), PersistenceError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| PersistenceError::io(path, e))?;
+    file.set_len(len)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| PersistenceError::io(path, e))
+}
+
+impl Log {
+    /// Appends framed records (one write).
+    pub fn append(&mut self, frames: &[u8]) -> Result<(), PersistenceError> {
+        self.current
+            .write_all(frames)
+            .map_err(|e| PersistenceError::io(&segment_path(&self.dir, self.current_id), e))?;
+        self.total_bytes += frames.len() as u64;
+        Ok(())
+    }
+
+    /// Makes what was appended durable (`fdatasync`).
+    pub fn sync(&mut self) -> Result<(), PersistenceError> {
+        self.current
+            .sync_data()
+            .map_err(|e| PersistenceError::io(&segment_path(&self.dir, self.current_id), e))
+    }
+
+    /// Bytes on disk in every segment.
+    pub fn total_bytes(&self) -> u64 {
+        self.total_bytes
+    }
+
+    /// Replaces every segment by one holding `live` (framed records) after a snapshot marker:
+    /// written to a temporary file, synced, renamed into place, the directory synced, then the
+    /// older segments deleted. A crash at any point leaves a log that reads back the same state.
+    pub fn compact(&mut self, live: impl Iterator<Item = Vec<u8>>) -> Result<(), PersistenceError> {
+        self.sync()?;
+        let id = self.current_id + 1;
+        let path = segment_path(&self.dir, id);
+        let tmp = path.with_extension("log.tmp");
+        let mut file = File::create(&tmp).map_err(|e| PersistenceError::io(&tmp, e))?;
+        let mut written = 0u64;
+        let mut buffer = Record::Snapshot.to_frame();
+        for frame in live {
+            buffer.extend_from_slice(&frame);
+            if buffer.len() >= 1 << 20 {
+                file.write_all(&buffer)
+                    .map_err(|e| PersistenceError::io(&tmp, e))?;
+                written += buffer.len() as u64;
+                buffer.clear();
+            }
+        }
+        file.write_all(&buffer)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| PersistenceError::io(&tmp, e))?;
+        written += buffer.len() as u64;
+        fs::rename(&tmp, &path).map_err(|e| PersistenceError::io(&path, e))?;
+        sync_dir(&self.dir)?;
+        let old_current = segment_path(&self.dir, self.current_id);
+        self.current = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(|e| PersistenceError::io(&path, e))?;
+        self.current_id = id;
+        self.total_bytes = written;
+        for old in self.older.drain(..).chain(std::iter::once(old_current)) {
+            if let Err(e) = fs::remove_file(&old) {
+                warn!(file = %old.display(), error = %e, "could not delete a compacted segment");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Syncs a directory, so that a rename or a new file in it survives power loss.
+pub fn sync_dir(dir: &Path) -> Result<(), PersistenceError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| PersistenceError::io(dir, e))
+}

@@ -1,0 +1,157 @@
+//! The writer thread: takes the records the Registry submits, appends each drain of its queue
+//! with one write (group commit), syncs by the `fsync` policy, reports what is durable, and
+//! compacts when the log has grown to twice the live state.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use actix::Recipient;
+use tracing::{error, info};
+
+use super::log::Log;
+use super::record::Record;
+use super::Persisted;
+use crate::config::FsyncPolicy;
+
+/// Most records written in one commit.
+const MAX_BATCH: usize = 4096;
+
+/// The log is compacted when it is larger than twice the live state and than this.
+const COMPACT_FLOOR: u64 = 4 * 1024 * 1024;
+
+/// Sent by the Registry to the writer thread (a channel, not an actor).
+pub enum Command {
+    /// Append `record`; `seq` is the Registry's number for it.
+    Append {
+        /// The change.
+        record: Record,
+        /// Its sequence number.
+        seq: u64,
+    },
+    /// Sync now, then answer (graceful shutdown).
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
+/// The writer's state: the log, and the live records (for compaction).
+pub struct Writer {
+    pub(super) log: Log,
+    /// Held for the broker's life: one broker per directory.
+    pub(super) _lock: File,
+    /// Topic -> framed `RetainSet` record.
+    pub(super) live: HashMap<String, Vec<u8>>,
+    pub(super) live_bytes: u64,
+    pub(super) policy: FsyncPolicy,
+    pub(super) interval: Duration,
+}
+
+impl Writer {
+    /// Runs until every sender is gone, then syncs and returns.
+    pub fn run(mut self, commands: Receiver<Command>, durable: Recipient<Persisted>) {
+        let mut last_sync = Instant::now();
+        let mut unsynced = false;
+        let mut frames = Vec::new();
+        let mut flushes = Vec::new();
+        loop {
+            let wait = if unsynced && self.policy == FsyncPolicy::Interval {
+                self.interval.saturating_sub(last_sync.elapsed())
+            } else {
+                Duration::from_secs(3600)
+            };
+            let first = match commands.recv_timeout(wait) {
+                Ok(command) => Some(command),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut last_seq = None;
+            frames.clear();
+            let mut command = first;
+            let mut taken = 0;
+            while let Some(c) = command.take() {
+                match c {
+                    Command::Append { record, seq } => {
+                        let frame = record.to_frame();
+                        frames.extend_from_slice(&frame);
+                        self.track(&record, frame);
+                        last_seq = Some(seq);
+                    }
+                    Command::Flush(done) => flushes.push(done),
+                }
+                taken += 1;
+                if taken < MAX_BATCH {
+                    command = commands.try_recv().ok();
+                }
+            }
+            if !frames.is_empty() {
+                if let Err(e) = self.log.append(&frames) {
+                    // Nothing of this commit is acknowledged; publishers wait for their PUBACK.
+                    error!(error = %e, "cannot write the persistence log; nothing more is acknowledged until it can");
+                    continue;
+                }
+                unsynced = true;
+            }
+            let sync_due = match self.policy {
+                FsyncPolicy::Always => unsynced,
+                FsyncPolicy::Interval => unsynced && last_sync.elapsed() >= self.interval,
+                FsyncPolicy::Never => false,
+            } || (!flushes.is_empty() && unsynced);
+            if sync_due {
+                if let Err(e) = self.log.sync() {
+                    error!(error = %e, "cannot sync the persistence log");
+                    continue;
+                }
+                last_sync = Instant::now();
+                unsynced = false;
+            }
+            if let Some(seq) = last_seq {
+                durable.do_send(Persisted(seq));
+            }
+            for done in flushes.drain(..) {
+                let _ = done.send(());
+            }
+            self.maybe_compact();
+        }
+        if unsynced {
+            if let Err(e) = self.log.sync() {
+                error!(error = %e, "cannot sync the persistence log at shutdown");
+            }
+        }
+    }
+
+    /// Keeps the live state current for compaction.
+    pub(super) fn track(&mut self, record: &Record, frame: Vec<u8>) {
+        match record {
+            Record::RetainSet(message) => {
+                self.live_bytes += frame.len() as u64;
+                if let Some(old) = self.live.insert(message.topic.clone(), frame) {
+                    self.live_bytes -= old.len() as u64;
+                }
+            }
+            Record::RetainClear(topic) => {
+                if let Some(old) = self.live.remove(topic) {
+                    self.live_bytes -= old.len() as u64;
+                }
+            }
+            Record::Snapshot => {}
+        }
+    }
+
+    fn maybe_compact(&mut self) {
+        let total = self.log.total_bytes();
+        if total <= COMPACT_FLOOR || total <= 2 * self.live_bytes {
+            return;
+        }
+        let started = Instant::now();
+        let live = self.live.values().cloned();
+        match self.log.compact(live) {
+            Ok(()) => info!(
+                before_bytes = total,
+                after_bytes = self.log.total_bytes(),
+                millis = started.elapsed().as_millis() as u64,
+                "persistence log compacted"
+            ),
+            Err(e) => error!(error = %e, "persistence log compaction failed; will retry"),
+        }
+    }
+}

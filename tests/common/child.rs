@@ -1,0 +1,59 @@
+//! The `switchboard` binary as a child process: start it, read its log lines, find its port.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
+
+/// Starts the binary and returns it with a channel of its log lines.
+pub fn spawn(args: &[&str]) -> (Child, mpsc::Receiver<String>) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary starts");
+    let (tx, rx) = mpsc::channel();
+    for stream in [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    (child, rx)
+}
+
+pub fn wait_line(rx: &mpsc::Receiver<String>, needle: &str) -> String {
+    loop {
+        match rx.recv_timeout(super::WAIT) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => continue,
+            Err(_) => panic!("no log line containing {needle:?}"),
+        }
+    }
+}
+
+/// The address in the broker's "switchboard listening on ADDR" line.
+pub fn listening_addr(line: &str) -> std::net::SocketAddr {
+    line.rsplit("listening on ")
+        .next()
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .expect("address in the listening line")
+}

@@ -1,0 +1,315 @@
+//! Durable state (`[persistence]`): retained messages survive `kill -9` of the broker process
+//! under each `fsync` policy, one broker per directory, and damaged logs give a clean start, a
+//! repaired start or a clear error, never a panic.
+
+mod common;
+
+use std::path::Path;
+use std::process::Child;
+
+use bytes::Bytes;
+use common::child::{listening_addr, spawn, wait_line};
+use common::packets;
+use common::Raw;
+use proptest::prelude::*;
+use switchboard::config::PersistenceConfig;
+use switchboard::message::{Message, QoS};
+use switchboard::persistence::{self, PersistenceError, Record};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Starts the broker binary on a free port with its state in `dir`.
+fn start_broker(
+    dir: &Path,
+    fsync: &str,
+) -> (
+    Child,
+    std::sync::mpsc::Receiver<String>,
+    std::net::SocketAddr,
+) {
+    let config = dir.with_extension("toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[persistence]\ndir = {:?}\nfsync = \"{fsync}\"\nfsync_interval = \"200ms\"\n",
+            dir.display().to_string()
+        ),
+    )
+    .expect("config written");
+    let config = config.display().to_string();
+    let (child, logs) = spawn(&["--port", "0", "--config", &config]);
+    // Start-up logs its progress: reading, then what was recovered, then listening.
+    wait_line(&logs, "reading persisted state");
+    wait_line(&logs, "persisted state recovered");
+    let addr = listening_addr(&wait_line(&logs, "switchboard listening on"));
+    (child, logs, addr)
+}
+
+fn kill_9(mut child: Child) {
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+}
+
+/// Every retained message under `filter`, by topic, as a new subscriber gets them.
+async fn retained_under(addr: std::net::SocketAddr, filter: &str) -> Vec<(String, Vec<u8>)> {
+    let (mut sub, _) = Raw::handshake(addr, "reader", true).await;
+    sub.subscribe(1, &[(filter, 1)], &[1]).await;
+    let mut got: Vec<(String, Vec<u8>)> = sub
+        .drain_acking()
+        .await
+        .into_iter()
+        .map(|p| {
+            assert!(
+                p.retain,
+                "[MQTT-3.3.1-8] RETAIN 1 for a message sent for a subscription"
+            );
+            (p.topic, p.payload)
+        })
+        .collect();
+    got.sort();
+    got
+}
+
+/// Publishes retained QoS 1 messages to `gate/{n}/state` as fast as the socket takes them,
+/// reading PUBACKs meanwhile, and kills the broker with SIGKILL once `kill_after` PUBACKs came.
+/// Returns the packet ids (= n + 1) whose PUBACK reached the publisher.
+async fn stream_then_kill(addr: std::net::SocketAddr, child: Child, kill_after: usize) -> Vec<u16> {
+    let (raw, _) = Raw::handshake(addr, "gate-writer", true).await;
+    let (mut read, mut write) = raw.stream.into_split();
+    let writer = tokio::spawn(async move {
+        for n in 0..5000u16 {
+            let frame =
+                packets::publish(&format!("gate/{n}/state"), b"closed", 1, n + 1, true, false);
+            if write.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+        // Dropping the write half would end the connection: hold it until aborted.
+        std::future::pending::<()>().await;
+        drop(write);
+    });
+    let mut acked = Vec::new();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let mut child = Some(child);
+    loop {
+        let n = match tokio::time::timeout(common::WAIT, read.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => n,
+            Err(_) => panic!("no PUBACK and no end of stream"),
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        while buf.len() >= 4 {
+            assert_eq!(buf[0], 0x40, "PUBACK");
+            acked.push(u16::from_be_bytes([buf[2], buf[3]]));
+            buf.drain(..4);
+        }
+        if acked.len() >= kill_after {
+            if let Some(child) = child.take() {
+                kill_9(child);
+            }
+        }
+    }
+    writer.abort();
+    if let Some(child) = child.take() {
+        kill_9(child);
+    }
+    acked
+}
+
+async fn acknowledged_retained_messages_survive_kill_9(fsync: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let (child, _logs, addr) = start_broker(&state, fsync);
+    // A few set, replaced and cleared first, each acknowledged before the next.
+    let (mut publisher, _) = Raw::handshake(addr, "setup", true).await;
+    for (pid, topic, payload) in [
+        (1, "site/a", &b"one"[..]),
+        (2, "site/b", b"two"),
+        (3, "site/a", b"three"),
+        (4, "site/b", b""),
+    ] {
+        publisher
+            .send(&packets::publish(topic, payload, 1, pid, true, false))
+            .await;
+        assert_eq!(publisher.expect().await.byte1, 0x40, "PUBACK");
+    }
+    drop(publisher);
+    let acked = stream_then_kill(addr, child, 1000).await;
+    assert!(acked.len() >= 1000, "{} PUBACKs", acked.len());
+
+    let (child, _logs, addr) = start_broker(&state, fsync);
+    assert_eq!(
+        retained_under(addr, "site/#").await,
+        vec![("site/a".to_string(), b"three".to_vec())],
+        "replaced and cleared as published"
+    );
+    let gates = retained_under(addr, "gate/#").await;
+    let topics: std::collections::HashSet<String> = gates.into_iter().map(|(t, _)| t).collect();
+    for pid in &acked {
+        let topic = format!("gate/{}/state", pid - 1);
+        assert!(
+            topics.contains(&topic),
+            "{topic} was acknowledged and is gone"
+        );
+    }
+    kill_9(child);
+}
+
+#[tokio::test]
+async fn acknowledged_retained_messages_survive_kill_9_with_fsync_always() {
+    acknowledged_retained_messages_survive_kill_9("always").await;
+}
+
+#[tokio::test]
+async fn acknowledged_retained_messages_survive_kill_9_with_fsync_interval() {
+    acknowledged_retained_messages_survive_kill_9("interval").await;
+}
+
+#[tokio::test]
+async fn acknowledged_retained_messages_survive_kill_9_with_fsync_never() {
+    acknowledged_retained_messages_survive_kill_9("never").await;
+}
+
+#[tokio::test]
+async fn a_second_broker_on_the_same_directory_is_refused_clearly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let (first, _logs, _) = start_broker(&state, "interval");
+    let config = state.with_extension("toml").display().to_string();
+    let second = std::process::Command::new(common::child::BIN)
+        .args(["--port", "0", "--config", &config])
+        .output()
+        .expect("runs");
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("in use by another broker"),
+        "stderr: {stderr}"
+    );
+    kill_9(first);
+}
+
+/// A log of `n` retained messages, framed as the writer frames them.
+fn log_of(n: u16) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for i in 0..n {
+        let message = Message::new(
+            format!("t/{i}"),
+            Bytes::from(vec![i as u8; 40]),
+            QoS::AtLeastOnce,
+            true,
+        );
+        bytes.extend(Record::RetainSet(std::sync::Arc::new(message)).to_frame());
+    }
+    bytes
+}
+
+fn open_with(dir: &Path, segment: &[u8], repair: bool) -> Result<usize, PersistenceError> {
+    std::fs::create_dir_all(dir).expect("dir");
+    std::fs::write(dir.join("0000000000000001.log"), segment).expect("segment");
+    let config = PersistenceConfig {
+        dir: Some(dir.to_path_buf()),
+        repair,
+        ..PersistenceConfig::default()
+    };
+    persistence::open(&config).map(|r| r.map_or(0, |r| r.retained.len()))
+}
+
+#[test]
+fn a_torn_tail_is_cut_and_the_rest_recovered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = log_of(10);
+    let cut = log.len() - 7;
+    assert_eq!(
+        open_with(dir.path(), &log[..cut], false).expect("starts"),
+        9
+    );
+    let len = std::fs::metadata(dir.path().join("0000000000000001.log"))
+        .expect("segment")
+        .len();
+    assert!(len < cut as u64, "the torn record is gone from the file");
+}
+
+#[test]
+fn damage_before_the_tail_is_an_error_naming_file_and_offset_unless_repair() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut log = log_of(10);
+    let third = log.len() * 3 / 10 + 20;
+    log[third] ^= 0x55;
+    match open_with(dir.path(), &log, false) {
+        Err(PersistenceError::Damaged { path, offset, .. }) => {
+            assert!(path.ends_with("0000000000000001.log"));
+            assert!(offset <= third as u64);
+        }
+        other => panic!("expected a damage error, got {other:?}"),
+    }
+    let recovered = open_with(dir.path(), &log, true).expect("repair starts");
+    assert!((2..10).contains(&recovered), "{recovered}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    /// Truncated, flipped or emptied: a clean start, a repaired start, or a clear error.
+    #[test]
+    fn damaged_logs_never_panic(cut in 0usize..3000, flip in 0usize..3000, byte in 1u8..=255, repair: bool) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = log_of(30);
+        if !log.is_empty() {
+            let at = flip % log.len();
+            log[at] ^= byte;
+        }
+        log.truncate(cut.min(log.len()));
+        match open_with(dir.path(), &log, repair) {
+            Ok(n) => prop_assert!(n <= 30),
+            Err(e) => prop_assert!(!e.to_string().is_empty()),
+        }
+    }
+}
+
+#[test]
+fn the_log_stays_bounded_by_live_state_under_churn() {
+    // One topic overwritten many times: the log is compacted, not grown without bound.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = common::test_config();
+    config.persistence.dir = Some(dir.path().to_path_buf());
+    config.persistence.fsync = switchboard::config::FsyncPolicy::Never;
+    let broker = switchboard::BackgroundBroker::start(config).expect("starts");
+    let addr = broker.local_addr();
+    let payload = vec![7u8; 1000];
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(async {
+            let (mut publisher, _) = Raw::handshake(addr, "churn", true).await;
+            for round in 0..20u16 {
+                let mut frames = Vec::new();
+                for n in 0..1000u16 {
+                    frames.extend(packets::publish(
+                        "churn/one",
+                        &payload,
+                        1,
+                        n + 1,
+                        true,
+                        false,
+                    ));
+                }
+                publisher.send(&frames).await;
+                for _ in 0..1000 {
+                    assert_eq!(
+                        publisher.expect().await.byte1,
+                        0x40,
+                        "PUBACK, round {round}"
+                    );
+                }
+            }
+        });
+    let on_disk: u64 = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    // 20 MB were written; live state is one message.
+    assert!(on_disk < 10 * 1024 * 1024, "{on_disk} bytes on disk");
+}
