@@ -138,8 +138,10 @@ impl Broker {
                     return registry;
                 };
                 let retained = std::mem::take(&mut recovered.retained);
+                let sessions = std::mem::take(&mut recovered.sessions);
+                let expired = std::mem::take(&mut recovered.expired_sessions);
                 match recovered.start(ctx.address().recipient()) {
-                    Ok(store) => registry.with_store(store, retained),
+                    Ok(store) => registry.with_store(store, retained, sessions, expired),
                     Err(e) => {
                         tracing::error!(error = %e, "cannot start the persistence writer; state is kept in memory only");
                         registry

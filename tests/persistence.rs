@@ -6,6 +6,7 @@ mod common;
 
 use std::path::Path;
 use std::process::Child;
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::child::{listening_addr, spawn, wait_line};
@@ -312,4 +313,100 @@ fn the_log_stays_bounded_by_live_state_under_churn() {
         .sum();
     // 20 MB were written; live state is one message.
     assert!(on_disk < 10 * 1024 * 1024, "{on_disk} bytes on disk");
+}
+
+/// Publishes a retained QoS 1 marker and waits for its PUBACK. Changes are written in the order
+/// they were made, so once the marker is acknowledged everything the broker did before it is
+/// written too (SUBACK itself does not wait for the disk).
+async fn written_up_to_here(addr: std::net::SocketAddr) {
+    let (mut marker, _) = Raw::handshake(addr, "marker", true).await;
+    marker
+        .send(&packets::publish("marker", b"m", 1, 1, true, false))
+        .await;
+    assert_eq!(marker.expect().await.byte1, 0x40, "PUBACK");
+}
+
+#[tokio::test]
+async fn persistent_sessions_and_their_subscriptions_survive_kill_9() {
+    use common::v5::{connect5, disconnect5, prop, Props};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let (child, _logs, addr) = start_broker(&state, "always");
+    // radar-1 is offline at the kill, gate-2 online; clean-3 has a clean session.
+    let (mut radar, _) = Raw::handshake(addr, "radar-1", false).await;
+    radar
+        .subscribe(
+            1,
+            &[("detrd/status/request/radar-1", 1), ("cfg/#", 0)],
+            &[1, 0],
+        )
+        .await;
+    radar.send(&[0xE0, 0x00]).await; // DISCONNECT
+    radar.expect_closed().await;
+    let (mut gate, _) = Raw::handshake(addr, "gate-2", false).await;
+    gate.subscribe(1, &[("gate/2/cmd", 2)], &[2]).await;
+    let (mut clean, _) = Raw::handshake(addr, "clean-3", true).await;
+    clean.subscribe(1, &[("gate/2/cmd", 1)], &[1]).await;
+    // MQTT 5, Session Expiry Interval 1 s: it expires while the broker is down.
+    let props = Props::new().u32(prop::SESSION_EXPIRY, 1);
+    let (mut short, _) = Raw::connect5(addr, &connect5("short", true, 60, &props, None)).await;
+    short.subscribe5(1, &Props::new(), &[("short/#", 1)]).await;
+    short.send(&disconnect5(0, &Props::new())).await;
+    short.expect_closed().await;
+    written_up_to_here(addr).await;
+    kill_9(child);
+    drop((gate, clean));
+    // Wall-clock time passes while the broker is down: more than short's 1 s expiry.
+    std::thread::sleep(Duration::from_millis(1100));
+
+    let (child, _logs, addr) = start_broker(&state, "always");
+    // [MQTT-3.2.2-2] the sessions are present, and their subscriptions work without a new
+    // SUBSCRIBE, with the QoS granted before.
+    let (mut radar, present) = Raw::handshake(addr, "radar-1", false).await;
+    assert!(present, "radar-1's session was kept");
+    let (mut gate, present) = Raw::handshake(addr, "gate-2", false).await;
+    assert!(present, "gate-2's session was kept");
+    let (mut clean, present) = Raw::handshake(addr, "clean-3", false).await;
+    assert!(!present, "a clean session is not kept");
+    let (_, ack) = Raw::connect5(addr, &connect5("short", false, 60, &Props::new(), None)).await;
+    assert!(
+        !ack.session_present,
+        "[MQTT-3.1.2-23] expired while the broker was down"
+    );
+    let (mut app, _) = Raw::handshake(addr, "app", true).await;
+    app.send(&packets::publish(
+        "detrd/status/request/radar-1",
+        b"status?",
+        1,
+        1,
+        false,
+        false,
+    ))
+    .await;
+    app.send(&packets::publish("cfg/rate", b"5", 0, 0, false, false))
+        .await;
+    app.send(&packets::publish("gate/2/cmd", b"open", 2, 2, false, false))
+        .await;
+    app.sync().await;
+    let got: Vec<(String, u8)> = radar
+        .drain_acking()
+        .await
+        .into_iter()
+        .map(|p| (p.topic, p.qos))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("detrd/status/request/radar-1".to_string(), 1),
+            ("cfg/rate".to_string(), 0)
+        ]
+    );
+    let frame = gate.expect().await;
+    let p = common::packets::parse_publish(&frame);
+    assert_eq!((p.topic.as_str(), p.qos), ("gate/2/cmd", 2));
+    assert!(
+        clean.sync().await.is_empty(),
+        "clean-3 has no subscription any more"
+    );
+    kill_9(child);
 }

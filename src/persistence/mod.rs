@@ -1,6 +1,7 @@
 //! Durable state (`[persistence]`): what the broker acknowledged survives `kill -9`, and with
 //! `fsync = "always"` power loss. Today: retained messages (with their MQTT 5 properties and
-//! expiry). Sessions and their queued messages are not kept yet (`docs/persistence.md`).
+//! expiry), and sessions with an expiry interval above 0 with their subscriptions. Their queued
+//! messages and wills are not kept yet (`docs/persistence.md`).
 //!
 //! The Registry never blocks on disk: it submits each change to a [`Store`], whose writer
 //! thread (`writer.rs`) appends a drain of its queue with one write, syncs by the policy, and
@@ -13,12 +14,12 @@ mod log;
 mod record;
 mod writer;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 use thiserror::Error;
@@ -28,7 +29,14 @@ pub use record::{Record, RecordError};
 use writer::{Command, Writer};
 
 use crate::config::PersistenceConfig;
-use crate::message::Message;
+use crate::message::{Message, SubscriptionOptions};
+
+/// Now, in milliseconds since the Unix epoch (the wall clock of session and will deadlines).
+pub fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// Commands the writer's queue holds before a submit waits.
 const QUEUE: usize = 65_536;
@@ -79,11 +87,35 @@ impl PersistenceError {
 #[rtype(result = "()")]
 pub struct Persisted(pub u64);
 
+/// A persistent session read back at start.
+#[derive(Debug, Clone)]
+pub struct RecoveredSession {
+    /// The client id.
+    pub client_id: String,
+    /// Session Expiry Interval in seconds; `u32::MAX` never.
+    pub expiry: u32,
+    /// How much of the expiry interval is left; `None` never expires.
+    pub expires_in: Option<Duration>,
+    /// Its subscriptions, by filter.
+    pub subscriptions: Vec<(String, SubscriptionOptions)>,
+}
+
 /// Durable state read at start, before the writer runs.
 pub struct Recovered {
     /// The retained messages, expired ones left out.
     pub retained: Vec<Arc<Message>>,
+    /// The persistent sessions, expired ones left out.
+    pub sessions: Vec<RecoveredSession>,
+    /// Client ids of sessions that expired while the broker was down (to be recorded gone).
+    pub expired_sessions: Vec<String>,
     writer: Writer,
+}
+
+/// A session as the records build it up.
+struct SessionInLog {
+    expiry: u32,
+    offline_since: u64,
+    subscriptions: BTreeMap<String, SubscriptionOptions>,
 }
 
 /// Opens the directory of `config` (creating it), takes its lock, and reads the log back.
@@ -112,12 +144,13 @@ pub fn open(config: &PersistenceConfig) -> Result<Option<Recovered>, Persistence
     let mut writer = Writer {
         log: scanned.log,
         _lock: lock,
-        live: HashMap::new(),
+        live: BTreeMap::new(),
         live_bytes: 0,
         policy: config.fsync,
         interval: config.fsync_interval,
     };
     let mut retained: HashMap<String, Arc<Message>> = HashMap::new();
+    let mut sessions: BTreeMap<String, SessionInLog> = BTreeMap::new();
     let records = scanned.records.len();
     for record in scanned.records {
         let frame = record.to_frame();
@@ -129,6 +162,36 @@ pub fn open(config: &PersistenceConfig) -> Result<Option<Recovered>, Persistence
             Record::RetainClear(topic) => {
                 retained.remove(&topic);
             }
+            Record::SessionSet {
+                client_id,
+                expiry,
+                offline_since,
+            } => {
+                let session = sessions.entry(client_id).or_insert(SessionInLog {
+                    expiry,
+                    offline_since,
+                    subscriptions: BTreeMap::new(),
+                });
+                session.expiry = expiry;
+                session.offline_since = offline_since;
+            }
+            Record::SessionGone(client_id) => {
+                sessions.remove(&client_id);
+            }
+            Record::Subscribe {
+                client_id,
+                filter,
+                options,
+            } => {
+                if let Some(session) = sessions.get_mut(&client_id) {
+                    session.subscriptions.insert(filter, options);
+                }
+            }
+            Record::Unsubscribe { client_id, filter } => {
+                if let Some(session) = sessions.get_mut(&client_id) {
+                    session.subscriptions.remove(&filter);
+                }
+            }
             Record::Snapshot => {}
         }
     }
@@ -136,16 +199,47 @@ pub fn open(config: &PersistenceConfig) -> Result<Option<Recovered>, Persistence
     let before = retained.len();
     retained.retain(|_, m| !m.is_expired(now));
     let expired = before - retained.len();
+    let now_ms = unix_ms_now();
+    let mut live_sessions = Vec::new();
+    let mut expired_sessions = Vec::new();
+    for (client_id, session) in sessions {
+        // A session that was connected when the broker stopped counts as offline from now.
+        let offline_for = match session.offline_since {
+            0 => Duration::ZERO,
+            since => Duration::from_millis(now_ms.saturating_sub(since)),
+        };
+        let expires_in = match session.expiry {
+            u32::MAX => None,
+            expiry => {
+                let interval = Duration::from_secs(u64::from(expiry));
+                if offline_for >= interval {
+                    expired_sessions.push(client_id);
+                    continue;
+                }
+                Some(interval - offline_for)
+            }
+        };
+        live_sessions.push(RecoveredSession {
+            client_id,
+            expiry: session.expiry,
+            expires_in,
+            subscriptions: session.subscriptions.into_iter().collect(),
+        });
+    }
     info!(
         records,
         retained = retained.len(),
         expired_while_down = expired,
+        sessions = live_sessions.len(),
+        sessions_expired_while_down = expired_sessions.len(),
         bytes = writer.log.total_bytes(),
         millis = started.elapsed().as_millis() as u64,
         "persisted state recovered"
     );
     Ok(Some(Recovered {
         retained: retained.into_values().collect(),
+        sessions: live_sessions,
+        expired_sessions,
         writer,
     }))
 }

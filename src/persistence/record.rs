@@ -10,11 +10,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use thiserror::Error;
 
-use crate::message::{Message, MessageProperties, QoS};
+use crate::message::{Message, MessageProperties, QoS, SubscriptionOptions};
 
 const RETAIN_SET: u8 = 1;
 const RETAIN_CLEAR: u8 = 2;
 const SNAPSHOT: u8 = 3;
+const SESSION_SET: u8 = 4;
+const SESSION_GONE: u8 = 5;
+const SUBSCRIBE: u8 = 6;
+const UNSUBSCRIBE: u8 = 7;
 
 /// Bytes of a frame header: length and CRC.
 pub const FRAME_HEADER: usize = 8;
@@ -33,6 +37,34 @@ pub enum Record {
     /// Everything before this record (in earlier segments) is superseded: a compaction wrote the
     /// whole state after it.
     Snapshot,
+    /// A session with an expiry interval above 0 exists for `client_id` (new, or changed).
+    SessionSet {
+        /// The client id.
+        client_id: String,
+        /// Session Expiry Interval in seconds; `u32::MAX` never.
+        expiry: u32,
+        /// When its connection ended, in ms since the Unix epoch; 0 while connected.
+        offline_since: u64,
+    },
+    /// The session of `client_id` ended (clean start, expiry, or an interval of 0); its
+    /// subscriptions with it.
+    SessionGone(String),
+    /// A subscription of a persisted session.
+    Subscribe {
+        /// The client id.
+        client_id: String,
+        /// The filter as subscribed (`$share/...` included).
+        filter: String,
+        /// Its options.
+        options: SubscriptionOptions,
+    },
+    /// A subscription removed.
+    Unsubscribe {
+        /// The client id.
+        client_id: String,
+        /// The filter.
+        filter: String,
+    },
 }
 
 /// Why a record could not be decoded.
@@ -47,6 +79,33 @@ pub enum RecordError {
 }
 
 impl Record {
+    /// The key under which this record is part of the live state (for compaction): the same key
+    /// replaces, a removal record's key (or, for a session, key prefix) removes. `None` for the
+    /// snapshot marker.
+    pub fn live_key(&self) -> Option<String> {
+        Some(match self {
+            Record::RetainSet(message) => format!("r:{}", message.topic),
+            Record::RetainClear(topic) => format!("r:{topic}"),
+            Record::SessionSet { client_id, .. } | Record::SessionGone(client_id) => {
+                format!("s:{client_id}\0")
+            }
+            Record::Subscribe {
+                client_id, filter, ..
+            }
+            | Record::Unsubscribe { client_id, filter } => format!("s:{client_id}\0{filter}"),
+            Record::Snapshot => return None,
+        })
+    }
+
+    /// Whether this record removes what its [`live_key`](Record::live_key) names (a session:
+    /// everything under its prefix).
+    pub fn removes(&self) -> bool {
+        matches!(
+            self,
+            Record::RetainClear(_) | Record::SessionGone(_) | Record::Unsubscribe { .. }
+        )
+    }
+
     /// The framed record: header and body, ready to append.
     pub fn to_frame(&self) -> Vec<u8> {
         let mut body = Vec::with_capacity(64);
@@ -71,6 +130,38 @@ impl Record {
                 put_str(&mut body, topic);
             }
             Record::Snapshot => body.push(SNAPSHOT),
+            Record::SessionSet {
+                client_id,
+                expiry,
+                offline_since,
+            } => {
+                body.push(SESSION_SET);
+                put_str(&mut body, client_id);
+                body.extend_from_slice(&expiry.to_le_bytes());
+                body.extend_from_slice(&offline_since.to_le_bytes());
+            }
+            Record::SessionGone(client_id) => {
+                body.push(SESSION_GONE);
+                put_str(&mut body, client_id);
+            }
+            Record::Subscribe {
+                client_id,
+                filter,
+                options,
+            } => {
+                body.push(SUBSCRIBE);
+                put_str(&mut body, client_id);
+                put_str(&mut body, filter);
+                body.push(options.qos as u8);
+                body.push(u8::from(options.no_local) | u8::from(options.retain_as_published) << 1);
+                body.push(options.retain_handling);
+                body.extend_from_slice(&options.id.unwrap_or(0).to_le_bytes());
+            }
+            Record::Unsubscribe { client_id, filter } => {
+                body.push(UNSUBSCRIBE);
+                put_str(&mut body, client_id);
+                put_str(&mut body, filter);
+            }
         }
         let mut frame = Vec::with_capacity(FRAME_HEADER + body.len());
         frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
@@ -101,6 +192,38 @@ impl Record {
             }
             RETAIN_CLEAR => Record::RetainClear(r.string()?),
             SNAPSHOT => Record::Snapshot,
+            SESSION_SET => Record::SessionSet {
+                client_id: r.string()?,
+                expiry: r.u32()?,
+                offline_since: r.u64()?,
+            },
+            SESSION_GONE => Record::SessionGone(r.string()?),
+            SUBSCRIBE => {
+                let client_id = r.string()?;
+                let filter = r.string()?;
+                let qos = QoS::from_u8(r.u8()?).ok_or(RecordError::Invalid("QoS above 2"))?;
+                let flags = r.u8()?;
+                let retain_handling = r.u8()?;
+                if flags > 3 || retain_handling > 2 {
+                    return Err(RecordError::Invalid("bad subscription options"));
+                }
+                let id = r.u32()?;
+                Record::Subscribe {
+                    client_id,
+                    filter,
+                    options: SubscriptionOptions {
+                        qos,
+                        no_local: flags & 1 != 0,
+                        retain_as_published: flags & 2 != 0,
+                        retain_handling,
+                        id: (id != 0).then_some(id),
+                    },
+                }
+            }
+            UNSUBSCRIBE => Record::Unsubscribe {
+                client_id: r.string()?,
+                filter: r.string()?,
+            },
             _ => return Err(RecordError::Invalid("unknown record kind")),
         };
         if !r.0.is_empty() {

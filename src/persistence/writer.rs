@@ -2,7 +2,7 @@
 //! with one write (group commit), syncs by the `fsync` policy, reports what is durable, and
 //! compacts when the log has grown to twice the live state.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -39,8 +39,8 @@ pub struct Writer {
     pub(super) log: Log,
     /// Held for the broker's life: one broker per directory.
     pub(super) _lock: File,
-    /// Topic -> framed `RetainSet` record.
-    pub(super) live: HashMap<String, Vec<u8>>,
+    /// [`Record::live_key`] -> framed record: the live state, written out by compaction.
+    pub(super) live: BTreeMap<String, Vec<u8>>,
     pub(super) live_bytes: u64,
     pub(super) policy: FsyncPolicy,
     pub(super) interval: Duration,
@@ -121,19 +121,31 @@ impl Writer {
 
     /// Keeps the live state current for compaction.
     pub(super) fn track(&mut self, record: &Record, frame: Vec<u8>) {
-        match record {
-            Record::RetainSet(message) => {
-                self.live_bytes += frame.len() as u64;
-                if let Some(old) = self.live.insert(message.topic.clone(), frame) {
+        let Some(key) = record.live_key() else {
+            return;
+        };
+        if !record.removes() {
+            self.live_bytes += frame.len() as u64;
+            if let Some(old) = self.live.insert(key, frame) {
+                self.live_bytes -= old.len() as u64;
+            }
+            return;
+        }
+        if let Record::SessionGone(_) = record {
+            // The session and every subscription under its prefix.
+            let gone: Vec<String> = self
+                .live
+                .range(key.clone()..)
+                .take_while(|(k, _)| k.starts_with(&key))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in gone {
+                if let Some(old) = self.live.remove(&k) {
                     self.live_bytes -= old.len() as u64;
                 }
             }
-            Record::RetainClear(topic) => {
-                if let Some(old) = self.live.remove(topic) {
-                    self.live_bytes -= old.len() as u64;
-                }
-            }
-            Record::Snapshot => {}
+        } else if let Some(old) = self.live.remove(&key) {
+            self.live_bytes -= old.len() as u64;
         }
     }
 

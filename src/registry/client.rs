@@ -54,6 +54,8 @@ pub(super) struct Client {
     pub delayed_will: Option<Box<LastWill>>,
     /// Messages dropped from the offline queue and not yet reported in a warning.
     pub drops: Option<Box<DropLog>>,
+    /// Whether the store holds this session (its expiry interval was above 0).
+    pub persisted: bool,
 }
 
 impl Client {
@@ -83,6 +85,7 @@ impl Client {
             timer_token: 0,
             delayed_will: None,
             drops: None,
+            persisted: false,
         }
     }
 }

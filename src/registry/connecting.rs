@@ -79,6 +79,7 @@ impl Registry {
             self.end_session(key, msg.conn, state, ctx);
             return;
         }
+        self.persist_session(key, false);
         // From here on workers deliver to the Session directly. The Session handles nothing
         // from its mailbox before the reply, so what `state` holds comes first.
         self.routes

@@ -51,6 +51,7 @@ impl Registry {
             let dropped = state.queue.trim(&limits, limits.overflow);
             client.stored = state;
             client.offline_drops(&self.metrics, dropped);
+            self.persist_session(key, true);
         }
         match pending {
             Some(msg) => self.begin_connect(key, msg, ctx),
@@ -66,7 +67,7 @@ impl Registry {
 
     /// Ends a stored session whose expiry interval passed (or that had none), if no connection
     /// took it back meanwhile: publishes a will still delayed, and frees everything.
-    fn expire(&mut self, key: ClientKey, token: u64, ctx: &mut Context<Self>) {
+    pub(super) fn expire(&mut self, key: ClientKey, token: u64, ctx: &mut Context<Self>) {
         let Some(client) = self.client(key) else {
             return;
         };

@@ -24,7 +24,7 @@ use crate::config::{Config, QueueOverflow, SessionConfig};
 use crate::hooks::LifecycleHooks;
 use crate::message::{Delivery, Message, QoS, SubscriptionOptions};
 use crate::metrics::Metrics;
-use crate::persistence::{Persisted, Record, Store};
+use crate::persistence::{unix_ms_now, Persisted, Record, RecoveredSession, Store};
 use crate::queue::{Pushed, QueueLimits};
 use crate::routing::{Routes, Target};
 use crate::session_state::SessionState;
@@ -67,6 +67,8 @@ pub struct Registry {
     awaiting_durable: VecDeque<(u64, ClientKey, ConnId)>,
     /// The last change the store reported durable.
     durable: u64,
+    /// Sessions read back at start whose expiry timers `started` sets.
+    recovered_expiries: Vec<(ClientKey, std::time::Duration)>,
 }
 
 impl Actor for Registry {
@@ -74,6 +76,11 @@ impl Actor for Registry {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(self.config.registry_mailbox);
+        // [MQTT-3.1.2-23] a session read back at start still expires when its interval ends.
+        for (key, after) in std::mem::take(&mut self.recovered_expiries) {
+            let token = self.client(key).map_or(0, |c| c.timer_token);
+            ctx.run_later(after, move |act, ctx| act.expire(key, token, ctx));
+        }
     }
 }
 
@@ -107,17 +114,78 @@ impl Registry {
             store: None,
             awaiting_durable: VecDeque::new(),
             durable: 0,
+            recovered_expiries: Vec::new(),
         }
     }
 
-    /// Keeps state in `store`, starting from the `retained` messages read back from it.
-    pub fn with_store(mut self, store: Store, retained: Vec<Arc<Message>>) -> Self {
+    /// Keeps state in `store`, starting from what was read back from it: retained messages,
+    /// and persistent sessions (offline, with their subscriptions and what is left of their
+    /// expiry). Sessions that expired while the broker was down are recorded gone.
+    pub fn with_store(
+        mut self,
+        mut store: Store,
+        retained: Vec<Arc<Message>>,
+        sessions: Vec<RecoveredSession>,
+        expired_sessions: Vec<String>,
+    ) -> Self {
         for message in retained {
             let topic = message.topic.clone();
             self.retained.insert(&topic, message);
         }
+        for client_id in expired_sessions {
+            store.submit(Record::SessionGone(client_id));
+        }
+        for session in sessions {
+            let key = self.insert_client(session.client_id.as_str().into());
+            let mut table = self.routes.write();
+            for (filter, options) in &session.subscriptions {
+                table.subscribe(filter, key, *options);
+            }
+            drop(table);
+            let Some(client) = client_in(&mut self.clients, key) else {
+                continue;
+            };
+            client.session_expiry = session.expiry;
+            client.persisted = true;
+            client.subscriptions = session.subscriptions.into_iter().collect();
+            if let Some(after) = session.expires_in {
+                self.recovered_expiries.push((key, after));
+            }
+        }
         self.store = Some(store);
         self
+    }
+
+    /// Submits a change of durable state, if there is a store.
+    fn persist(&mut self, record: Record) {
+        if let Some(store) = self.store.as_mut() {
+            store.submit(record);
+        }
+    }
+
+    /// Records `key`'s session as it now is: kept (expiry above 0; `offline` when its
+    /// connection has ended) or gone.
+    fn persist_session(&mut self, key: ClientKey, offline: bool) {
+        if self.store.is_none() {
+            return;
+        }
+        let Some(client) = client_in(&mut self.clients, key) else {
+            return;
+        };
+        let record = if client.session_expiry > 0 {
+            client.persisted = true;
+            Record::SessionSet {
+                client_id: client.id.to_string(),
+                expiry: client.session_expiry,
+                offline_since: if offline { unix_ms_now().max(1) } else { 0 },
+            }
+        } else if client.persisted {
+            client.persisted = false;
+            Record::SessionGone(client.id.to_string())
+        } else {
+            return;
+        };
+        self.persist(record);
     }
 
     /// Removes the retained message of `topic`, durably too.
@@ -161,6 +229,9 @@ impl Registry {
 
     fn remove_client(&mut self, key: ClientKey) {
         if let Some(client) = self.clients.get_mut(key.0 as usize).and_then(Option::take) {
+            if client.persisted {
+                self.persist(Record::SessionGone(client.id.to_string()));
+            }
             let mut table = self.routes.write();
             for filter in client.subscriptions.keys() {
                 table.unsubscribe(filter, key);
@@ -179,9 +250,14 @@ impl Registry {
         };
         client.stored = SessionState::default();
         client.held.clear();
+        let gone = std::mem::take(&mut client.persisted).then(|| client.id.to_string());
         let mut table = self.routes.write();
         for (filter, _) in client.subscriptions.drain() {
             table.unsubscribe(&filter, key);
+        }
+        drop(table);
+        if let Some(client_id) = gone {
+            self.persist(Record::SessionGone(client_id));
         }
     }
 

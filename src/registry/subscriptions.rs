@@ -9,6 +9,7 @@ use tracing::{info, warn};
 use super::{Deliver, Registry, Subscribe, Subscribed, Unsubscribe, Unsubscribed};
 use crate::hooks::{ClientSubscribed, ClientUnsubscribed};
 use crate::message::Delivery;
+use crate::persistence::Record;
 use crate::topic::parse_shared;
 
 impl Handler<Subscribe> for Registry {
@@ -97,7 +98,15 @@ impl Handler<Subscribe> for Registry {
         for delivery in retained {
             self.deliver(msg.key, delivery, ctx);
         }
+        let persisted = self.client(msg.key).is_some_and(|c| c.persisted);
         for (filter, options, _) in granted {
+            if persisted {
+                self.persist(Record::Subscribe {
+                    client_id: client_id.to_string(),
+                    filter: filter.clone(),
+                    options,
+                });
+            }
             info!(client_id = %client_id, filter = %filter, qos = options.qos as u8, "client subscribed");
             let event = ClientSubscribed {
                 client_id: client_id.clone(),
@@ -143,7 +152,14 @@ impl Handler<Unsubscribe> for Registry {
                 codes,
             });
         }
+        let persisted = self.client(msg.key).is_some_and(|c| c.persisted);
         for filter in removed {
+            if persisted {
+                self.persist(Record::Unsubscribe {
+                    client_id: client_id.to_string(),
+                    filter: filter.clone(),
+                });
+            }
             info!(client_id = %client_id, filter = %filter, "client unsubscribed");
             let event = ClientUnsubscribed {
                 client_id: client_id.clone(),
