@@ -8,11 +8,6 @@ use clap::{Parser, Subcommand};
 use switchboard::{Broker, Config};
 use tracing::{error, info};
 
-/// mimalloc: Sessions on one worker allocate what Sessions on another free (messages,
-/// deliveries, mailbox envelopes); glibc's malloc pays for that in its arenas.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Switchboard: an MQTT 3.1.1 broker.
 #[derive(Debug, Parser)]
 #[command(version, about)]
