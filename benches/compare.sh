@@ -137,8 +137,12 @@ run() {
   local label=$1; shift
   local results=${RESULTS}
   local port=${PORT[$label]} pid=${PID[$label]}
-  "$LOAD" --addr "127.0.0.1:$port" --broker-pid "$pid" --label "$label" --quiet \
-    --mqtt "$MQTT" --out "$results" "$@" >/dev/null
+  # A run that fails (a peer refusing the load) is reported and left out of the tables; the
+  # other runs go on.
+  if ! "$LOAD" --addr "127.0.0.1:$port" --broker-pid "$pid" --label "$label" --quiet \
+    --mqtt "$MQTT" --out "$results" "$@" >/dev/null; then
+    echo "FAILED: $label $*" >&2
+  fi
 }
 
 mkdir -p target

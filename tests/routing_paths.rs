@@ -50,12 +50,17 @@ async fn publish_sequence(
         publisher.send(&frames).await;
         n += CHUNK;
         if n >= first + 30 * CHUNK {
-            if let Some(started) = started.take() {
-                let _ = started.send(());
-            }
+            signal_once(&mut started);
         }
     }
     publisher.sync().await; // every message routed
+}
+
+/// Tells the test the stream is under way (the first time only).
+fn signal_once(started: &mut Option<tokio::sync::oneshot::Sender<()>>) {
+    if let Some(started) = started.take() {
+        let _ = started.send(());
+    }
 }
 
 #[tokio::test]
@@ -125,9 +130,7 @@ async fn publish_until_stopped(
         }
         n += chunk;
         if n > 30 * chunk {
-            if let Some(started) = started.take() {
-                let _ = started.send(());
-            }
+            signal_once(&mut started);
         }
     }
     publisher.sync().await; // every message routed

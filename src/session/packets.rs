@@ -219,8 +219,8 @@ impl Session {
         }
         if qos == QoS::ExactlyOnce && !self.inbound_qos2.insert(pid) {
             // A re-sent QoS 2 PUBLISH whose PUBREL has not come: not routed again [MQTT-4.3.3-2].
-            codec::write_ack(&mut self.out, Ack::PubRec, pid);
-            return;
+            // Its PUBREC goes in order, after the first one's (which may wait for the disk).
+            return self.acknowledge_in_order(qos, pid, false);
         }
         let Some(interceptor) = self.shared.interceptors.publish.clone() else {
             self.acknowledge_in_order(qos, pid, message.retain);
