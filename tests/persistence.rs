@@ -410,3 +410,81 @@ async fn persistent_sessions_and_their_subscriptions_survive_kill_9() {
     );
     kill_9(child);
 }
+
+/// Recovery time at scale, measured by hand (`cargo test --release --test persistence -- --ignored
+/// --nocapture`): a log of 1,000,000 retained messages (64-byte payloads) and 100,000 sessions
+/// with two subscriptions each, read back by `persistence::open`.
+#[test]
+#[ignore = "a measurement, not a check: run by hand"]
+fn recovery_of_a_million_retained_messages_and_100k_sessions() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut file = std::io::BufWriter::new(
+        std::fs::File::create(dir.path().join("0000000000000001.log")).expect("segment"),
+    );
+    for i in 0..1_000_000u32 {
+        let message = Message::new(
+            format!("site/{}/gate/{i}/state", i % 100),
+            Bytes::from(vec![b'x'; 64]),
+            QoS::AtLeastOnce,
+            true,
+        );
+        file.write_all(&Record::RetainSet(std::sync::Arc::new(message)).to_frame())
+            .expect("write");
+    }
+    for i in 0..100_000u32 {
+        let client_id = format!("device-{i}");
+        file.write_all(
+            &Record::SessionSet {
+                client_id: client_id.clone(),
+                expiry: u32::MAX,
+                offline_since: 0,
+            }
+            .to_frame(),
+        )
+        .expect("write");
+        for filter in [format!("detrd/status/request/{i}"), "cfg/#".to_string()] {
+            file.write_all(
+                &Record::Subscribe {
+                    client_id: client_id.clone(),
+                    filter,
+                    options: switchboard::SubscriptionOptions::qos(QoS::AtLeastOnce),
+                }
+                .to_frame(),
+            )
+            .expect("write");
+        }
+    }
+    drop(file);
+    let config = PersistenceConfig {
+        dir: Some(dir.path().to_path_buf()),
+        ..PersistenceConfig::default()
+    };
+    let started = std::time::Instant::now();
+    let recovered = persistence::open(&config)
+        .expect("opens")
+        .expect("configured");
+    let elapsed = started.elapsed();
+    assert_eq!(recovered.retained.len(), 1_000_000);
+    assert_eq!(recovered.sessions.len(), 100_000);
+    eprintln!("log read back (persistence::open) in {elapsed:?}");
+    drop(recovered);
+    // The whole start: the log read back, then the Registry's tables built from it.
+    let mut broker_config = common::test_config();
+    broker_config.persistence = config;
+    let started = std::time::Instant::now();
+    let broker = switchboard::BackgroundBroker::start(broker_config).expect("starts");
+    let stats = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(broker.registry().send(switchboard::registry::GetStats))
+        .expect("stats");
+    eprintln!(
+        "broker started with {} retained messages, {} sessions, {} subscriptions in {:?}",
+        stats.retained,
+        stats.sessions_offline,
+        stats.subscriptions,
+        started.elapsed()
+    );
+}
