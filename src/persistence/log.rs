@@ -27,8 +27,8 @@ pub struct Log {
 pub struct Scanned {
     /// The log, positioned to append.
     pub log: Log,
-    /// Every record since the last snapshot, in order.
-    pub records: Vec<Record>,
+    /// Every record since the last snapshot, in order, each with its frame as read.
+    pub records: Vec<(Record, Vec<u8>)>,
 }
 
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
@@ -77,7 +77,7 @@ pub fn scan(dir: &Path, repair: bool) -> Result<Scanned, PersistenceError> {
                     if matches!(record, Record::Snapshot) {
                         records.clear();
                     }
-                    records.push(record);
+                    records.push((record, data[offset..next].to_vec()));
                     offset = next;
                 }
                 Err(damage) => {
@@ -104,7 +104,7 @@ pub fn scan(dir: &Path, repair: bool) -> Result<Scanned, PersistenceError> {
         }
         total_bytes += offset as u64;
     }
-    records.retain(|r| !matches!(r, Record::Snapshot));
+    records.retain(|(r, _)| !matches!(r, Record::Snapshot));
     let current_id = last_id.unwrap_or(1);
     let path = segment_path(dir, current_id);
     let current = OpenOptions::new()

@@ -152,8 +152,7 @@ pub fn open(config: &PersistenceConfig) -> Result<Option<Recovered>, Persistence
     let mut retained: HashMap<String, Arc<Message>> = HashMap::new();
     let mut sessions: BTreeMap<String, SessionInLog> = BTreeMap::new();
     let records = scanned.records.len();
-    for record in scanned.records {
-        let frame = record.to_frame();
+    for (record, frame) in scanned.records {
         writer.track(&record, frame);
         match record {
             Record::RetainSet(message) => {
