@@ -174,15 +174,9 @@ async fn a_subscription_gets_the_retained_message_before_the_live_ones_after_it(
         sub.send(&packets::ack(0x40, first.pid)).await;
         let mut last = 0;
         for _ in 0..100 {
-            let p = parse_publish(&sub.expect().await);
+            let frame = sub.expect().await;
+            let p = take_in_order(&mut sub, &frame, &mut last).await;
             assert!(!p.retain, "live messages after the retained one");
-            let n = sequence32(&p.payload);
-            assert!(
-                n > last,
-                "in publish order [MQTT-4.6.0-6]: {n} after {last}"
-            );
-            last = n;
-            sub.send(&packets::ack(0x40, p.pid)).await;
         }
         // Unsubscribe; what was routed before the UNSUBACK may still come (the Session had it
         // queued), in order [MQTT-3.10.4-3]; then nothing.
@@ -193,14 +187,7 @@ async fn a_subscription_gets_the_retained_message_before_the_live_ones_after_it(
             if frame.byte1 == 0xB0 {
                 break;
             }
-            let p = parse_publish(&frame);
-            let n = sequence32(&p.payload);
-            assert!(
-                n > last,
-                "in publish order [MQTT-4.6.0-6]: {n} after {last}"
-            );
-            last = n;
-            sub.send(&packets::ack(0x40, p.pid)).await;
+            take_in_order(&mut sub, &frame, &mut last).await;
         }
         for p in sub.drain_acking().await {
             let n = sequence32(&p.payload);
@@ -214,4 +201,18 @@ async fn a_subscription_gets_the_retained_message_before_the_live_ones_after_it(
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     task.await.expect("publisher");
     assert!(sub.sync().await.is_empty(), "nothing after the UNSUBACK");
+}
+
+/// Parses a QoS 1 PUBLISH of the live stream, checks it comes after `last` in publish order
+/// [MQTT-4.6.0-6], moves `last` on and acknowledges it.
+async fn take_in_order(sub: &mut Raw, frame: &common::Frame, last: &mut u32) -> packets::Published {
+    let p = parse_publish(frame);
+    let n = sequence32(&p.payload);
+    assert!(
+        n > *last,
+        "in publish order [MQTT-4.6.0-6]: {n} after {last}"
+    );
+    *last = n;
+    sub.send(&packets::ack(0x40, p.pid)).await;
+    p
 }
