@@ -3,6 +3,7 @@
 //! clients that are not connected, all sent before the read lock is released.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix::dev::SendError;
@@ -47,8 +48,31 @@ pub enum RegistryRoom {
 struct Scratch {
     /// One message's matches.
     matches: Vec<(ClientKey, SubscriptionOptions)>,
-    /// One burst's deliveries.
-    out: Vec<(ClientKey, Delivery)>,
+    /// One burst's deliveries, by client in the order each first appeared.
+    batches: Vec<(ClientKey, Vec<Delivery>)>,
+    /// Client -> position in `batches`, once there are more than [`LINEAR`] of them.
+    index: HashMap<ClientKey, usize>,
+}
+
+/// Up to this many clients per burst, a client's batch is found by a scan.
+const LINEAR: usize = 16;
+
+impl Scratch {
+    /// Appends `delivery` to `key`'s batch, keeping the order of the burst.
+    fn add(&mut self, key: ClientKey, delivery: Delivery) {
+        let found = if self.batches.len() <= LINEAR {
+            self.batches.iter().position(|(k, _)| *k == key)
+        } else {
+            for (i, (k, _)) in self.batches.iter().enumerate().skip(self.index.len()) {
+                self.index.insert(*k, i);
+            }
+            self.index.get(&key).copied()
+        };
+        match found {
+            Some(i) => self.batches[i].1.push(delivery),
+            None => self.batches.push((key, vec![delivery])),
+        }
+    }
 }
 
 thread_local! {
@@ -67,17 +91,9 @@ pub fn route_burst(
     SCRATCH.with(|scratch| {
         let Ok(mut scratch) = scratch.try_borrow_mut() else {
             // Not reentrant in practice; routing without the scratch space is still correct.
-            return route_with(
-                routes,
-                registry,
-                from,
-                messages,
-                &mut Vec::new(),
-                &mut Vec::new(),
-            );
+            return route_with(routes, registry, from, messages, &mut Scratch::default());
         };
-        let Scratch { matches, out } = &mut *scratch;
-        route_with(routes, registry, from, messages, matches, out)
+        route_with(routes, registry, from, messages, &mut scratch)
     })
 }
 
@@ -86,37 +102,26 @@ fn route_with(
     registry: &Recipient<Stored>,
     from: ClientKey,
     messages: &[Arc<Message>],
-    matches: &mut Vec<(ClientKey, SubscriptionOptions)>,
-    out: &mut Vec<(ClientKey, Delivery)>,
+    scratch: &mut Scratch,
 ) -> RegistryRoom {
-    out.clear();
+    scratch.batches.clear();
+    scratch.index.clear();
     let table = routes.read();
+    let mut matches = std::mem::take(&mut scratch.matches);
     for message in messages {
-        table.route(message, Some(from), matches, |key, delivery| {
-            out.push((key, delivery))
+        table.route(message, Some(from), &mut matches, |key, delivery| {
+            scratch.add(key, delivery)
         });
     }
-    if out.len() > 1 {
-        // Stable: each client's deliveries keep the order of the burst.
-        out.sort_by_key(|(key, _)| *key);
-    }
+    scratch.matches = matches;
     let mut stored = Vec::new();
-    let mut deliveries = out.drain(..).peekable();
-    while let Some((key, delivery)) = deliveries.next() {
+    for (key, batch) in scratch.batches.drain(..) {
         match table.target(key) {
-            Some(Target::Online(session)) => {
-                let mut batch = vec![delivery];
-                while let Some((_, next)) = deliveries.next_if(|(k, _)| *k == key) {
-                    batch.push(next);
-                }
-                session.do_send(Deliver(batch));
-            }
+            Some(Target::Online(session)) => session.do_send(Deliver(batch)),
             Some(Target::Registry { generation }) => {
                 let generation = *generation;
-                let kept = std::iter::once(delivery)
-                    .chain(std::iter::from_fn(|| {
-                        deliveries.next_if(|(k, _)| *k == key).map(|(_, d)| d)
-                    }))
+                let kept = batch
+                    .into_iter()
                     .filter(|d| d.qos != QoS::AtMostOnce)
                     .map(|delivery| StoredDelivery {
                         key,
@@ -128,7 +133,6 @@ fn route_with(
             None => {}
         }
     }
-    drop(deliveries);
     let room = if stored.is_empty() {
         RegistryRoom::Room
     } else {
