@@ -401,20 +401,15 @@ impl Handler<Persisted> for Registry {
 
     fn handle(&mut self, msg: Persisted, _: &mut Context<Self>) {
         self.durable = self.durable.max(msg.0);
-        // The deliveries of those bursts go first, then `Routed` (which releases the acks).
-        self.flush_all();
         while let Some(&(seq, key, conn)) = self.awaiting_durable.front() {
             if seq > self.durable {
                 break;
             }
             self.awaiting_durable.pop_front();
-            if let Some(attached) = self
-                .attached_client(key, conn)
-                .and_then(|c| c.attached.as_ref())
-            {
-                attached.session.do_send(Routed);
-            }
+            self.routed.push((key, conn));
         }
+        // The deliveries of those bursts go first, then `Routed` (which releases the acks).
+        self.flush_all();
     }
 }
 

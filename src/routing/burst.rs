@@ -105,7 +105,10 @@ fn route_with(
     scratch: &mut Scratch,
 ) -> RegistryRoom {
     scratch.batches.clear();
-    scratch.index.clear();
+    if !scratch.index.is_empty() {
+        // Clearing an empty map still sweeps its buckets: skip it on the common small burst.
+        scratch.index.clear();
+    }
     let table = routes.read();
     let mut matches = std::mem::take(&mut scratch.matches);
     for message in messages {
