@@ -132,22 +132,29 @@ impl Broker {
             let metrics = metrics.clone();
             let hooks = self.hooks;
             let routes = routes.clone();
-            Registry::start_in_arbiter(&registry_arbiter.handle(), move |ctx| {
-                let registry = Registry::new(&config, metrics, hooks, routes);
-                let Some(mut recovered) = recovered else {
-                    return registry;
-                };
-                let retained = std::mem::take(&mut recovered.retained);
-                let sessions = std::mem::take(&mut recovered.sessions);
-                let expired = std::mem::take(&mut recovered.expired_sessions);
-                match recovered.start(ctx.address().recipient()) {
-                    Ok(store) => registry.with_store(store, retained, sessions, expired),
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot start the persistence writer; state is kept in memory only");
-                        registry
-                    }
-                }
+            Registry::start_in_arbiter(&registry_arbiter.handle(), move |_| {
+                Registry::new(&config, metrics, hooks, routes)
             })
+        };
+        // The Registry takes the store and the recovered state as its first message, before
+        // any connection is accepted.
+        let store = match recovered {
+            None => None,
+            Some(mut recovered) => match recovered.start(registry.clone().recipient()) {
+                Ok(store) => {
+                    registry.do_send(crate::registry::Recover {
+                        store: store.clone(),
+                        retained: std::mem::take(&mut recovered.retained),
+                        sessions: std::mem::take(&mut recovered.sessions),
+                        ended: std::mem::take(&mut recovered.ended),
+                    });
+                    Some(store)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the persistence writer; state is kept in memory only");
+                    None
+                }
+            },
         };
         let workers: Vec<Arbiter> = (0..config.worker_count()).map(|_| Arbiter::new()).collect();
         let worker_count = workers.len();
@@ -158,6 +165,7 @@ impl Broker {
             self.interceptors,
             metrics.clone(),
             access.clone(),
+            store,
         ));
         let handles: Vec<_> = workers.iter().map(Arbiter::handle).collect();
         let mut accepts = vec![actix_rt::spawn(accept_loop(

@@ -223,6 +223,9 @@ pub struct DeliveryExtras {
     /// The shared subscription group it was routed through, if any: the Registry gives it to
     /// another member if this one leaves without acknowledging it.
     pub group: Option<u32>,
+    /// With persistence, for a persistent session: the id of the record that keeps this
+    /// delivery on disk until it is acknowledged (`persistence::Record::Queued`).
+    pub durable_id: Option<u64>,
 }
 
 impl Delivery {
@@ -242,9 +245,29 @@ impl Delivery {
             Box::new(DeliveryExtras {
                 subscription_ids,
                 group,
+                durable_id: None,
             })
         });
         self
+    }
+
+    /// Marks the delivery as kept on disk under `id` (or no longer, for `None`).
+    pub fn set_durable_id(&mut self, id: Option<u64>) {
+        match (&mut self.extras, id) {
+            (Some(extras), _) => extras.durable_id = id,
+            (None, None) => {}
+            (None, Some(_)) => {
+                self.extras = Some(Box::new(DeliveryExtras {
+                    durable_id: id,
+                    ..DeliveryExtras::default()
+                }))
+            }
+        }
+    }
+
+    /// The id of the record that keeps this delivery on disk, if any.
+    pub fn durable_id(&self) -> Option<u64> {
+        self.extras.as_ref().and_then(|e| e.durable_id)
     }
 
     /// Subscription Identifiers to send with it.

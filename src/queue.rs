@@ -48,6 +48,8 @@ pub enum Pushed {
 pub struct DeliveryQueue {
     items: VecDeque<Delivery>,
     bytes: usize,
+    /// Durable ids of the deliveries dropped by a bound, for the owner to record done.
+    dropped_durable: Vec<u64>,
 }
 
 impl DeliveryQueue {
@@ -77,6 +79,12 @@ impl DeliveryQueue {
         self.items.push_back(delivery);
     }
 
+    /// The durable ids of deliveries dropped by a bound since the last call (see
+    /// [`Delivery::durable_id`]).
+    pub fn take_dropped_durable(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.dropped_durable)
+    }
+
     /// Takes the oldest delivery.
     pub fn pop_front(&mut self) -> Option<Delivery> {
         let delivery = self.items.pop_front()?;
@@ -99,6 +107,7 @@ impl DeliveryQueue {
     /// the policy: no amount of room would make it fit.
     pub fn push_bounded(&mut self, delivery: Delivery, limits: &QueueLimits) -> Pushed {
         if delivery.message.size() > limits.max_bytes {
+            self.dropped_durable.extend(delivery.durable_id());
             return Pushed::Queued { dropped: 1 };
         }
         self.push_back(delivery);
@@ -108,7 +117,9 @@ impl DeliveryQueue {
         match limits.overflow {
             QueueOverflow::Disconnect => Pushed::Overflowed,
             QueueOverflow::DropNewest => {
-                self.pop_back();
+                if let Some(dropped) = self.pop_back() {
+                    self.dropped_durable.extend(dropped.durable_id());
+                }
                 Pushed::Queued { dropped: 1 }
             }
             QueueOverflow::DropOldest => Pushed::Queued {
@@ -127,9 +138,10 @@ impl DeliveryQueue {
                 QueueOverflow::DropNewest => self.pop_back(),
                 QueueOverflow::DropOldest | QueueOverflow::Disconnect => self.pop_front(),
             };
-            if popped.is_none() {
+            let Some(popped) = popped else {
                 break;
-            }
+            };
+            self.dropped_durable.extend(popped.durable_id());
             dropped += 1;
         }
         dropped

@@ -5,50 +5,16 @@
 mod common;
 
 use std::path::Path;
-use std::process::Child;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::child::{listening_addr, spawn, wait_line};
+use common::durable::{kill_9, start_broker, stream_then_kill};
 use common::packets;
 use common::Raw;
 use proptest::prelude::*;
 use switchboard::config::PersistenceConfig;
 use switchboard::message::{Message, QoS};
 use switchboard::persistence::{self, PersistenceError, Record};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Starts the broker binary on a free port with its state in `dir`.
-fn start_broker(
-    dir: &Path,
-    fsync: &str,
-) -> (
-    Child,
-    std::sync::mpsc::Receiver<String>,
-    std::net::SocketAddr,
-) {
-    let config = dir.with_extension("toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[persistence]\ndir = {:?}\nfsync = \"{fsync}\"\nfsync_interval = \"200ms\"\n",
-            dir.display().to_string()
-        ),
-    )
-    .expect("config written");
-    let config = config.display().to_string();
-    let (child, logs) = spawn(&["--port", "0", "--config", &config]);
-    // Start-up logs its progress: reading, then what was recovered, then listening.
-    wait_line(&logs, "reading persisted state");
-    wait_line(&logs, "persisted state recovered");
-    let addr = listening_addr(&wait_line(&logs, "switchboard listening on"));
-    (child, logs, addr)
-}
-
-fn kill_9(mut child: Child) {
-    child.kill().expect("SIGKILL");
-    child.wait().expect("reaped");
-}
 
 /// Every retained message under `filter`, by topic, as a new subscriber gets them.
 async fn retained_under(addr: std::net::SocketAddr, filter: &str) -> Vec<(String, Vec<u8>)> {
@@ -70,53 +36,6 @@ async fn retained_under(addr: std::net::SocketAddr, filter: &str) -> Vec<(String
     got
 }
 
-/// Publishes retained QoS 1 messages to `gate/{n}/state` as fast as the socket takes them,
-/// reading PUBACKs meanwhile, and kills the broker with SIGKILL once `kill_after` PUBACKs came.
-/// Returns the packet ids (= n + 1) whose PUBACK reached the publisher.
-async fn stream_then_kill(addr: std::net::SocketAddr, child: Child, kill_after: usize) -> Vec<u16> {
-    let (raw, _) = Raw::handshake(addr, "gate-writer", true).await;
-    let (mut read, mut write) = raw.stream.into_split();
-    let writer = tokio::spawn(async move {
-        for n in 0..5000u16 {
-            let frame =
-                packets::publish(&format!("gate/{n}/state"), b"closed", 1, n + 1, true, false);
-            if write.write_all(&frame).await.is_err() {
-                return;
-            }
-        }
-        // Dropping the write half would end the connection: hold it until aborted.
-        std::future::pending::<()>().await;
-        drop(write);
-    });
-    let mut acked = Vec::new();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let mut child = Some(child);
-    loop {
-        let n = match tokio::time::timeout(common::WAIT, read.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break,
-            Ok(Ok(n)) => n,
-            Err(_) => panic!("no PUBACK and no end of stream"),
-        };
-        buf.extend_from_slice(&chunk[..n]);
-        while buf.len() >= 4 {
-            assert_eq!(buf[0], 0x40, "PUBACK");
-            acked.push(u16::from_be_bytes([buf[2], buf[3]]));
-            buf.drain(..4);
-        }
-        if acked.len() >= kill_after {
-            if let Some(child) = child.take() {
-                kill_9(child);
-            }
-        }
-    }
-    writer.abort();
-    if let Some(child) = child.take() {
-        kill_9(child);
-    }
-    acked
-}
-
 async fn acknowledged_retained_messages_survive_kill_9(fsync: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
@@ -135,7 +54,7 @@ async fn acknowledged_retained_messages_survive_kill_9(fsync: &str) {
         assert_eq!(publisher.expect().await.byte1, 0x40, "PUBACK");
     }
     drop(publisher);
-    let acked = stream_then_kill(addr, child, 1000).await;
+    let acked = stream_then_kill(addr, child, 1000, |n| format!("gate/{n}/state"), true).await;
     assert!(acked.len() >= 1000, "{} PUBACKs", acked.len());
 
     let (child, _logs, addr) = start_broker(&state, fsync);

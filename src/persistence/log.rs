@@ -19,6 +19,8 @@ pub struct Log {
     current_id: u64,
     /// Bytes in every segment.
     total_bytes: u64,
+    /// Bytes in the segment being appended to.
+    current_bytes: u64,
     /// Older segments, superseded by the next snapshot.
     older: Vec<PathBuf>,
 }
@@ -112,6 +114,10 @@ pub fn scan(dir: &Path, repair: bool) -> Result<Scanned, PersistenceError> {
         .append(true)
         .open(&path)
         .map_err(|e| PersistenceError::io(&path, e))?;
+    let current_bytes = current
+        .metadata()
+        .map_err(|e| PersistenceError::io(&path, e))?
+        .len();
     let older = ids
         .iter()
         .filter(|&&id| id != current_id)
@@ -123,6 +129,7 @@ pub fn scan(dir: &Path, repair: bool) -> Result<Scanned, PersistenceError> {
             current,
             current_id,
             total_bytes,
+            current_bytes,
             older,
         },
         records,
@@ -194,7 +201,13 @@ impl Log {
             .write_all(frames)
             .map_err(|e| PersistenceError::io(&segment_path(&self.dir, self.current_id), e))?;
         self.total_bytes += frames.len() as u64;
+        self.current_bytes += frames.len() as u64;
         Ok(())
+    }
+
+    /// The segment being appended to, and its length.
+    pub fn position(&self) -> (PathBuf, u64) {
+        (segment_path(&self.dir, self.current_id), self.current_bytes)
     }
 
     /// Makes what was appended durable (`fdatasync`).
@@ -242,6 +255,7 @@ impl Log {
             .map_err(|e| PersistenceError::io(&path, e))?;
         self.current_id = id;
         self.total_bytes = written;
+        self.current_bytes = written;
         for old in self.older.drain(..).chain(std::iter::once(old_current)) {
             if let Err(e) = fs::remove_file(&old) {
                 warn!(file = %old.display(), error = %e, "could not delete a compacted segment");

@@ -5,12 +5,11 @@
 //! carry a u16 length (MQTT's own limit), payloads a u32 length.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use thiserror::Error;
 
-use crate::message::{Message, MessageProperties, QoS, SubscriptionOptions};
+use super::wire::{get_message, put_message, put_str, Reader};
+use crate::message::{Delivery, Message, QoS, SubscriptionOptions};
 
 const RETAIN_SET: u8 = 1;
 const RETAIN_CLEAR: u8 = 2;
@@ -19,6 +18,12 @@ const SESSION_SET: u8 = 4;
 const SESSION_GONE: u8 = 5;
 const SUBSCRIBE: u8 = 6;
 const UNSUBSCRIBE: u8 = 7;
+const QUEUED: u8 = 8;
+const SENT: u8 = 9;
+const RELEASED: u8 = 10;
+const DONE: u8 = 11;
+const INBOUND_QOS2: u8 = 12;
+const INBOUND_RELEASED: u8 = 13;
 
 /// Bytes of a frame header: length and CRC.
 pub const FRAME_HEADER: usize = 8;
@@ -65,6 +70,73 @@ pub enum Record {
         /// The filter.
         filter: String,
     },
+    /// A QoS 1/2 message for a persisted session, kept until [`Record::Done`].
+    Queued {
+        /// The client id.
+        client_id: String,
+        /// The delivery's durable id (unique in the log).
+        id: u64,
+        /// The QoS it is delivered at.
+        qos: QoS,
+        /// Its RETAIN flag towards the client.
+        retain: bool,
+        /// Subscription Identifiers sent with it.
+        subscription_ids: Vec<u32>,
+        /// The message.
+        message: Arc<Message>,
+    },
+    /// The queued message `id` was sent with packet identifier `pid`.
+    Sent {
+        /// The client id.
+        client_id: String,
+        /// The durable id.
+        id: u64,
+        /// Its packet identifier.
+        pid: u16,
+    },
+    /// The client sent PUBREC for the QoS 2 message `id`; PUBREL is what is left.
+    Released {
+        /// The client id.
+        client_id: String,
+        /// The durable id.
+        id: u64,
+    },
+    /// The queued message `id` is done: acknowledged, dropped or expired.
+    Done {
+        /// The client id.
+        client_id: String,
+        /// The durable id.
+        id: u64,
+    },
+    /// An inbound QoS 2 PUBLISH with `pid` was taken; its PUBREL has not come yet.
+    InboundQos2 {
+        /// The client id.
+        client_id: String,
+        /// The packet identifier.
+        pid: u16,
+    },
+    /// The PUBREL of inbound `pid` came.
+    InboundReleased {
+        /// The client id.
+        client_id: String,
+        /// The packet identifier.
+        pid: u16,
+    },
+}
+
+/// What a record does to the live state the writer keeps for compaction, under a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LiveEffect {
+    /// Nothing (the snapshot marker).
+    None,
+    /// The record is the live value of the key, replacing any.
+    Set(String),
+    /// The record joins the key's live value, if the key is live.
+    Append(String),
+    /// The key is no longer live.
+    Remove(String),
+    /// No key starting with this is live any more.
+    RemovePrefix(String),
 }
 
 /// Why a record could not be decoded.
@@ -79,31 +151,47 @@ pub enum RecordError {
 }
 
 impl Record {
-    /// The key under which this record is part of the live state (for compaction): the same key
-    /// replaces, a removal record's key (or, for a session, key prefix) removes. `None` for the
-    /// snapshot marker.
-    pub fn live_key(&self) -> Option<String> {
-        Some(match self {
-            Record::RetainSet(message) => format!("r:{}", message.topic),
-            Record::RetainClear(topic) => format!("r:{topic}"),
-            Record::SessionSet { client_id, .. } | Record::SessionGone(client_id) => {
-                format!("s:{client_id}\0")
-            }
-            Record::Subscribe {
-                client_id, filter, ..
-            }
-            | Record::Unsubscribe { client_id, filter } => format!("s:{client_id}\0{filter}"),
-            Record::Snapshot => return None,
-        })
+    /// The [`Record::Queued`] of `delivery` for `client_id`'s session, under durable id `id`.
+    pub fn queued(client_id: String, id: u64, delivery: &Delivery) -> Record {
+        Record::Queued {
+            client_id,
+            id,
+            qos: delivery.qos,
+            retain: delivery.retain,
+            subscription_ids: delivery.subscription_ids().to_vec(),
+            message: delivery.message.clone(),
+        }
     }
 
-    /// Whether this record removes what its [`live_key`](Record::live_key) names (a session:
-    /// everything under its prefix).
-    pub fn removes(&self) -> bool {
-        matches!(
-            self,
-            Record::RetainClear(_) | Record::SessionGone(_) | Record::Unsubscribe { .. }
-        )
+    /// What this record does to the live state (for compaction). Everything of a session sits
+    /// under the key prefix `s:{client_id}\0`: the session itself, then its subscriptions by
+    /// filter, and after a second NUL (no filter holds one) its queued messages and inbound
+    /// QoS 2 ids.
+    pub fn live_effect(&self) -> LiveEffect {
+        let queued = |client_id: &str, id: u64| format!("s:{client_id}\0\0q{id:016x}");
+        let inbound = |client_id: &str, pid: u16| format!("s:{client_id}\0\0i{pid:05}");
+        match self {
+            Record::RetainSet(message) => LiveEffect::Set(format!("r:{}", message.topic)),
+            Record::RetainClear(topic) => LiveEffect::Remove(format!("r:{topic}")),
+            Record::SessionSet { client_id, .. } => LiveEffect::Set(format!("s:{client_id}\0")),
+            Record::SessionGone(client_id) => LiveEffect::RemovePrefix(format!("s:{client_id}\0")),
+            Record::Subscribe {
+                client_id, filter, ..
+            } => LiveEffect::Set(format!("s:{client_id}\0{filter}")),
+            Record::Unsubscribe { client_id, filter } => {
+                LiveEffect::Remove(format!("s:{client_id}\0{filter}"))
+            }
+            Record::Queued { client_id, id, .. } => LiveEffect::Set(queued(client_id, *id)),
+            Record::Sent { client_id, id, .. } | Record::Released { client_id, id } => {
+                LiveEffect::Append(queued(client_id, *id))
+            }
+            Record::Done { client_id, id } => LiveEffect::Remove(queued(client_id, *id)),
+            Record::InboundQos2 { client_id, pid } => LiveEffect::Set(inbound(client_id, *pid)),
+            Record::InboundReleased { client_id, pid } => {
+                LiveEffect::Remove(inbound(client_id, *pid))
+            }
+            Record::Snapshot => LiveEffect::None,
+        }
     }
 
     /// The framed record: header and body, ready to append.
@@ -112,18 +200,7 @@ impl Record {
         match self {
             Record::RetainSet(message) => {
                 body.push(RETAIN_SET);
-                put_str(&mut body, &message.topic);
-                body.push(message.qos as u8);
-                body.extend_from_slice(&wall_clock_deadline(message.expires_at).to_le_bytes());
-                body.extend_from_slice(&(message.payload.len() as u32).to_le_bytes());
-                body.extend_from_slice(&message.payload);
-                match message.properties.as_deref() {
-                    None => body.push(0),
-                    Some(p) => {
-                        body.push(1);
-                        put_properties(&mut body, p);
-                    }
-                }
+                put_message(&mut body, message);
             }
             Record::RetainClear(topic) => {
                 body.push(RETAIN_CLEAR);
@@ -162,6 +239,50 @@ impl Record {
                 put_str(&mut body, client_id);
                 put_str(&mut body, filter);
             }
+            Record::Queued {
+                client_id,
+                id,
+                qos,
+                retain,
+                subscription_ids,
+                message,
+            } => {
+                body.push(QUEUED);
+                put_str(&mut body, client_id);
+                body.extend_from_slice(&id.to_le_bytes());
+                body.push(*qos as u8);
+                body.push(u8::from(*retain) | u8::from(message.retain) << 1);
+                let n = subscription_ids.len().min(usize::from(u16::MAX));
+                body.extend_from_slice(&(n as u16).to_le_bytes());
+                for sid in &subscription_ids[..n] {
+                    body.extend_from_slice(&sid.to_le_bytes());
+                }
+                put_message(&mut body, message);
+            }
+            Record::Sent { client_id, id, pid } => {
+                body.push(SENT);
+                put_str(&mut body, client_id);
+                body.extend_from_slice(&id.to_le_bytes());
+                body.extend_from_slice(&pid.to_le_bytes());
+            }
+            Record::Released { client_id, id } | Record::Done { client_id, id } => {
+                body.push(if matches!(self, Record::Done { .. }) {
+                    DONE
+                } else {
+                    RELEASED
+                });
+                put_str(&mut body, client_id);
+                body.extend_from_slice(&id.to_le_bytes());
+            }
+            Record::InboundQos2 { client_id, pid } | Record::InboundReleased { client_id, pid } => {
+                body.push(if matches!(self, Record::InboundQos2 { .. }) {
+                    INBOUND_QOS2
+                } else {
+                    INBOUND_RELEASED
+                });
+                put_str(&mut body, client_id);
+                body.extend_from_slice(&pid.to_le_bytes());
+            }
         }
         let mut frame = Vec::with_capacity(FRAME_HEADER + body.len());
         frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
@@ -174,22 +295,7 @@ impl Record {
     pub fn decode(body: &[u8]) -> Result<Record, RecordError> {
         let mut r = Reader(body);
         let record = match r.u8()? {
-            RETAIN_SET => {
-                let topic = r.string()?;
-                let qos = QoS::from_u8(r.u8()?).ok_or(RecordError::Invalid("QoS above 2"))?;
-                let expires_at = instant_of(r.u64()?);
-                let len = r.u32()? as usize;
-                let payload = Bytes::copy_from_slice(r.take(len)?);
-                let properties = match r.u8()? {
-                    0 => None,
-                    1 => Some(Box::new(get_properties(&mut r)?)),
-                    _ => return Err(RecordError::Invalid("bad properties flag")),
-                };
-                let mut message = Message::new(topic, payload, qos, true);
-                message.properties = properties;
-                message.expires_at = expires_at;
-                Record::RetainSet(Arc::new(message))
-            }
+            RETAIN_SET => Record::RetainSet(Arc::new(get_message(&mut r, true)?)),
             RETAIN_CLEAR => Record::RetainClear(r.string()?),
             SNAPSHOT => Record::Snapshot,
             SESSION_SET => Record::SessionSet {
@@ -224,6 +330,50 @@ impl Record {
                 client_id: r.string()?,
                 filter: r.string()?,
             },
+            QUEUED => {
+                let client_id = r.string()?;
+                let id = r.u64()?;
+                let qos = QoS::from_u8(r.u8()?).ok_or(RecordError::Invalid("QoS above 2"))?;
+                let flags = r.u8()?;
+                if flags > 3 || qos == QoS::AtMostOnce {
+                    return Err(RecordError::Invalid("bad queued message flags"));
+                }
+                let n = r.u16()?;
+                let mut subscription_ids = Vec::with_capacity(usize::from(n).min(64));
+                for _ in 0..n {
+                    subscription_ids.push(r.u32()?);
+                }
+                let message = get_message(&mut r, flags & 2 != 0)?;
+                Record::Queued {
+                    client_id,
+                    id,
+                    qos,
+                    retain: flags & 1 != 0,
+                    subscription_ids,
+                    message: Arc::new(message),
+                }
+            }
+            SENT => Record::Sent {
+                client_id: r.string()?,
+                id: r.u64()?,
+                pid: r.u16()?,
+            },
+            RELEASED => Record::Released {
+                client_id: r.string()?,
+                id: r.u64()?,
+            },
+            DONE => Record::Done {
+                client_id: r.string()?,
+                id: r.u64()?,
+            },
+            INBOUND_QOS2 => Record::InboundQos2 {
+                client_id: r.string()?,
+                pid: r.u16()?,
+            },
+            INBOUND_RELEASED => Record::InboundReleased {
+                client_id: r.string()?,
+                pid: r.u16()?,
+            },
             _ => return Err(RecordError::Invalid("unknown record kind")),
         };
         if !r.0.is_empty() {
@@ -233,152 +383,12 @@ impl Record {
     }
 }
 
-/// A deadline as milliseconds since the Unix epoch (wall clock, so it holds across a restart);
-/// 0 for none.
-fn wall_clock_deadline(at: Option<Instant>) -> u64 {
-    let Some(at) = at else {
-        return 0;
-    };
-    let left = at.saturating_duration_since(Instant::now());
-    let when = SystemTime::now() + left;
-    when.duration_since(UNIX_EPOCH)
-        .map_or(1, |d| (d.as_millis() as u64).max(1))
-}
-
-/// The monotonic deadline of a wall-clock one (0: none); one already past is now.
-fn instant_of(unix_ms: u64) -> Option<Instant> {
-    if unix_ms == 0 {
-        return None;
-    }
-    let when = UNIX_EPOCH + Duration::from_millis(unix_ms);
-    let left = when
-        .duration_since(SystemTime::now())
-        .unwrap_or(Duration::ZERO);
-    Some(Instant::now() + left)
-}
-
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    put_bytes(out, s.as_bytes());
-}
-
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    // MQTT strings and binary data are at most 65,535 bytes; the codec refused longer ones.
-    let len = b.len().min(usize::from(u16::MAX));
-    out.extend_from_slice(&(len as u16).to_le_bytes());
-    out.extend_from_slice(&b[..len]);
-}
-
-fn put_opt_str(out: &mut Vec<u8>, s: &Option<String>) {
-    match s {
-        None => out.push(0),
-        Some(s) => {
-            out.push(1);
-            put_str(out, s);
-        }
-    }
-}
-
-fn put_properties(out: &mut Vec<u8>, p: &MessageProperties) {
-    out.push(p.payload_format.map_or(0xFF, |f| f.min(0xFE)));
-    put_opt_str(out, &p.content_type);
-    put_opt_str(out, &p.response_topic);
-    match &p.correlation_data {
-        None => out.push(0),
-        Some(d) => {
-            out.push(1);
-            put_bytes(out, d);
-        }
-    }
-    let n = p.user_properties.len().min(usize::from(u16::MAX));
-    out.extend_from_slice(&(n as u16).to_le_bytes());
-    for (k, v) in &p.user_properties[..n] {
-        put_str(out, k);
-        put_str(out, v);
-    }
-}
-
-fn get_properties(r: &mut Reader<'_>) -> Result<MessageProperties, RecordError> {
-    let payload_format = match r.u8()? {
-        0xFF => None,
-        f => Some(f),
-    };
-    let content_type = r.opt_string()?;
-    let response_topic = r.opt_string()?;
-    let correlation_data = match r.u8()? {
-        0 => None,
-        1 => Some(Bytes::copy_from_slice(r.bytes16()?)),
-        _ => return Err(RecordError::Invalid("bad correlation data flag")),
-    };
-    let n = r.u16()?;
-    let mut user_properties = Vec::with_capacity(usize::from(n).min(1024));
-    for _ in 0..n {
-        user_properties.push((r.string()?, r.string()?));
-    }
-    Ok(MessageProperties {
-        payload_format,
-        content_type,
-        response_topic,
-        correlation_data,
-        user_properties,
-    })
-}
-
-/// Reads fields off the front of a record body.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], RecordError> {
-        if self.0.len() < n {
-            return Err(RecordError::Truncated);
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
-    }
-
-    fn u8(&mut self) -> Result<u8, RecordError> {
-        Ok(self.take(1)?[0])
-    }
-
-    fn u16(&mut self) -> Result<u16, RecordError> {
-        let b = self.take(2)?;
-        Ok(u16::from_le_bytes([b[0], b[1]]))
-    }
-
-    fn u32(&mut self) -> Result<u32, RecordError> {
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-
-    fn u64(&mut self) -> Result<u64, RecordError> {
-        let b = self.take(8)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Ok(u64::from_le_bytes(a))
-    }
-
-    fn bytes16(&mut self) -> Result<&'a [u8], RecordError> {
-        let n = self.u16()?;
-        self.take(usize::from(n))
-    }
-
-    fn string(&mut self) -> Result<String, RecordError> {
-        let b = self.bytes16()?;
-        String::from_utf8(b.to_vec()).map_err(|_| RecordError::Invalid("string not UTF-8"))
-    }
-
-    fn opt_string(&mut self) -> Result<Option<String>, RecordError> {
-        match self.u8()? {
-            0 => Ok(None),
-            1 => self.string().map(Some),
-            _ => Err(RecordError::Invalid("bad optional string flag")),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::MessageProperties;
+    use bytes::Bytes;
+    use std::time::Instant;
 
     fn body(frame: &[u8]) -> &[u8] {
         &frame[FRAME_HEADER..]
@@ -424,5 +434,65 @@ mod tests {
             Record::decode(body(&Record::RetainClear("a".into()).to_frame())),
             Ok(Record::RetainClear(t)) if t == "a"
         ));
+    }
+
+    #[test]
+    fn queued_messages_and_their_progress_round_trip_and_key_under_their_session() {
+        let message = Message::new("d/1", Bytes::from_static(b"on"), QoS::ExactlyOnce, true);
+        let mut delivery =
+            Delivery::new(Arc::new(message), QoS::AtLeastOnce, false).with_extras(vec![7, 9], None);
+        delivery.set_durable_id(Some(42));
+        let queued = Record::queued("c1".into(), 42, &delivery);
+        let Record::Queued {
+            client_id,
+            id,
+            qos,
+            retain,
+            subscription_ids,
+            message,
+        } = Record::decode(body(&queued.to_frame())).expect("decodes")
+        else {
+            panic!("kind");
+        };
+        assert_eq!(
+            (client_id.as_str(), id, qos, retain),
+            ("c1", 42, QoS::AtLeastOnce, false)
+        );
+        assert_eq!(subscription_ids, vec![7, 9]);
+        assert!(message.retain, "the message's own RETAIN flag is kept");
+        assert_eq!(&message.payload[..], b"on");
+        let session = LiveEffect::RemovePrefix("s:c1\0".into());
+        assert_eq!(Record::SessionGone("c1".into()).live_effect(), session);
+        for record in [
+            Record::Sent {
+                client_id: "c1".into(),
+                id: 42,
+                pid: 3,
+            },
+            Record::Released {
+                client_id: "c1".into(),
+                id: 42,
+            },
+            Record::Done {
+                client_id: "c1".into(),
+                id: 42,
+            },
+            Record::InboundQos2 {
+                client_id: "c1".into(),
+                pid: 5,
+            },
+            Record::InboundReleased {
+                client_id: "c1".into(),
+                pid: 5,
+            },
+        ] {
+            let back = Record::decode(body(&record.to_frame())).expect("decodes");
+            assert_eq!(back.live_effect(), record.live_effect());
+            let key = match record.live_effect() {
+                LiveEffect::Append(k) | LiveEffect::Remove(k) | LiveEffect::Set(k) => k,
+                other => panic!("{other:?}"),
+            };
+            assert!(key.starts_with("s:c1\0\0"), "{key:?} is under the session");
+        }
     }
 }

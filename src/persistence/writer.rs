@@ -4,15 +4,17 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::Recipient;
-use tracing::{error, info};
+use tracing::{debug, error, info};
 
 use super::log::Log;
-use super::record::Record;
-use super::Persisted;
+use super::record::{LiveEffect, Record};
+use super::{Durable, Persisted, StoreShared};
 use crate::config::FsyncPolicy;
 
 /// Most records written in one commit.
@@ -21,13 +23,20 @@ const MAX_BATCH: usize = 4096;
 /// The log is compacted when it is larger than twice the live state and than this.
 const COMPACT_FLOOR: u64 = 4 * 1024 * 1024;
 
-/// Sent by the Registry to the writer thread (a channel, not an actor).
+/// Sent by the Registry and the Sessions to the writer thread (a channel, not an actor).
 pub enum Command {
-    /// Append `record`; `seq` is the Registry's number for it.
+    /// Append `record`; `seq` is its submission number.
     Append {
         /// The change.
         record: Record,
         /// Its sequence number.
+        seq: u64,
+    },
+    /// Append `records`, in order; `seq` is the submission number of the last.
+    AppendAll {
+        /// The changes.
+        records: Vec<Record>,
+        /// The sequence number of the last.
         seq: u64,
     },
     /// Sync now, then answer (graceful shutdown).
@@ -39,7 +48,8 @@ pub struct Writer {
     pub(super) log: Log,
     /// Held for the broker's life: one broker per directory.
     pub(super) _lock: File,
-    /// [`Record::live_key`] -> framed record: the live state, written out by compaction.
+    /// Key ([`Record::live_effect`]) -> framed records: the live state, written out by
+    /// compaction.
     pub(super) live: BTreeMap<String, Vec<u8>>,
     pub(super) live_bytes: u64,
     pub(super) policy: FsyncPolicy,
@@ -47,8 +57,14 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Runs until every sender is gone, then syncs and returns.
-    pub fn run(mut self, commands: Receiver<Command>, durable: Recipient<Persisted>) {
+    /// Runs until every sender is gone, then syncs and returns. What is durable goes to
+    /// `durable` (the Registry) and to the Sessions waiting in `shared`.
+    pub fn run(
+        mut self,
+        commands: Receiver<Command>,
+        durable: Recipient<Persisted>,
+        shared: Arc<StoreShared>,
+    ) {
         let mut last_sync = Instant::now();
         let mut unsynced = false;
         let mut frames = Vec::new();
@@ -74,6 +90,14 @@ impl Writer {
                         let frame = record.to_frame();
                         frames.extend_from_slice(&frame);
                         self.track(&record, frame);
+                        last_seq = Some(seq);
+                    }
+                    Command::AppendAll { records, seq } => {
+                        for record in records {
+                            let frame = record.to_frame();
+                            frames.extend_from_slice(&frame);
+                            self.track(&record, frame);
+                        }
                         last_seq = Some(seq);
                     }
                     Command::Flush(done) => flushes.push(done),
@@ -103,9 +127,21 @@ impl Writer {
                 }
                 last_sync = Instant::now();
                 unsynced = false;
+                let (segment, offset) = self.log.position();
+                // What a power-loss test cuts the log back to.
+                debug!(segment = %segment.display(), offset, "persistence log synced");
             }
             if let Some(seq) = last_seq {
                 durable.do_send(Persisted(seq));
+                shared.durable.store(seq, Ordering::SeqCst);
+                let mut waiters = shared.lock_waiters();
+                waiters.retain(|(wanted, session)| {
+                    if *wanted > seq {
+                        return true;
+                    }
+                    session.do_send(Durable(seq));
+                    false
+                });
             }
             for done in flushes.drain(..) {
                 let _ = done.send(());
@@ -121,31 +157,39 @@ impl Writer {
 
     /// Keeps the live state current for compaction.
     pub(super) fn track(&mut self, record: &Record, frame: Vec<u8>) {
-        let Some(key) = record.live_key() else {
-            return;
-        };
-        if !record.removes() {
-            self.live_bytes += frame.len() as u64;
-            if let Some(old) = self.live.insert(key, frame) {
-                self.live_bytes -= old.len() as u64;
-            }
-            return;
-        }
-        if let Record::SessionGone(_) = record {
-            // The session and every subscription under its prefix.
-            let gone: Vec<String> = self
-                .live
-                .range(key.clone()..)
-                .take_while(|(k, _)| k.starts_with(&key))
-                .map(|(k, _)| k.clone())
-                .collect();
-            for k in gone {
-                if let Some(old) = self.live.remove(&k) {
+        match record.live_effect() {
+            LiveEffect::None => {}
+            LiveEffect::Set(key) => {
+                self.live_bytes += frame.len() as u64;
+                if let Some(old) = self.live.insert(key, frame) {
                     self.live_bytes -= old.len() as u64;
                 }
             }
-        } else if let Some(old) = self.live.remove(&key) {
-            self.live_bytes -= old.len() as u64;
+            LiveEffect::Append(key) => {
+                // A compaction writes the key's frames one after the other.
+                if let Some(live) = self.live.get_mut(&key) {
+                    live.extend_from_slice(&frame);
+                    self.live_bytes += frame.len() as u64;
+                }
+            }
+            LiveEffect::Remove(key) => {
+                if let Some(old) = self.live.remove(&key) {
+                    self.live_bytes -= old.len() as u64;
+                }
+            }
+            LiveEffect::RemovePrefix(prefix) => {
+                let gone: Vec<String> = self
+                    .live
+                    .range(prefix.clone()..)
+                    .take_while(|(k, _)| k.starts_with(&prefix))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in gone {
+                    if let Some(old) = self.live.remove(&k) {
+                        self.live_bytes -= old.len() as u64;
+                    }
+                }
+            }
         }
     }
 

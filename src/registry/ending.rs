@@ -49,9 +49,11 @@ impl Registry {
             // Over the bound when the Session was disconnected for it (`disconnect`), or with
             // what was held during the detach appended.
             let dropped = state.queue.trim(&limits, limits.overflow);
+            let done = state.queue.take_dropped_durable();
             client.stored = state;
             client.offline_drops(&self.metrics, dropped);
             self.persist_session(key, true);
+            self.persist_done(key, done);
         }
         match pending {
             Some(msg) => self.begin_connect(key, msg, ctx),
@@ -154,6 +156,8 @@ impl Registry {
             let pick = self.routes.read().pick_other_member(group, key);
             match pick {
                 Some((member, options)) => {
+                    // It leaves this session (on disk too); the member's keeps it if durable.
+                    self.persist_done(key, delivery.durable_id().into_iter().collect());
                     debug!(
                         group,
                         "redistributing an unacknowledged shared-subscription message"

@@ -9,6 +9,7 @@ mod client;
 mod connecting;
 mod ending;
 mod messages;
+mod recovering;
 mod subscriptions;
 
 use std::collections::{HashMap, VecDeque};
@@ -18,13 +19,14 @@ use actix::prelude::*;
 use tracing::info;
 
 pub use messages::*;
+pub use recovering::Recover;
 
 use self::client::Client;
 use crate::config::{Config, QueueOverflow, SessionConfig};
 use crate::hooks::LifecycleHooks;
 use crate::message::{Delivery, Message, QoS, SubscriptionOptions};
 use crate::metrics::Metrics;
-use crate::persistence::{unix_ms_now, Persisted, Record, RecoveredSession, Store};
+use crate::persistence::{unix_ms_now, Persisted, Record, Store};
 use crate::queue::{Pushed, QueueLimits};
 use crate::routing::{Routes, Target};
 use crate::session_state::SessionState;
@@ -67,8 +69,6 @@ pub struct Registry {
     awaiting_durable: VecDeque<(u64, ClientKey, ConnId)>,
     /// The last change the store reported durable.
     durable: u64,
-    /// Sessions read back at start whose expiry timers `started` sets.
-    recovered_expiries: Vec<(ClientKey, std::time::Duration)>,
 }
 
 impl Actor for Registry {
@@ -76,11 +76,6 @@ impl Actor for Registry {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(self.config.registry_mailbox);
-        // [MQTT-3.1.2-23] a session read back at start still expires when its interval ends.
-        for (key, after) in std::mem::take(&mut self.recovered_expiries) {
-            let token = self.client(key).map_or(0, |c| c.timer_token);
-            ctx.run_later(after, move |act, ctx| act.expire(key, token, ctx));
-        }
     }
 }
 
@@ -114,53 +109,35 @@ impl Registry {
             store: None,
             awaiting_durable: VecDeque::new(),
             durable: 0,
-            recovered_expiries: Vec::new(),
         }
-    }
-
-    /// Keeps state in `store`, starting from what was read back from it: retained messages,
-    /// and persistent sessions (offline, with their subscriptions and what is left of their
-    /// expiry). Sessions that expired while the broker was down are recorded gone.
-    pub fn with_store(
-        mut self,
-        mut store: Store,
-        retained: Vec<Arc<Message>>,
-        sessions: Vec<RecoveredSession>,
-        expired_sessions: Vec<String>,
-    ) -> Self {
-        for message in retained {
-            let topic = message.topic.clone();
-            self.retained.insert(&topic, message);
-        }
-        for client_id in expired_sessions {
-            store.submit(Record::SessionGone(client_id));
-        }
-        for session in sessions {
-            let key = self.insert_client(session.client_id.as_str().into());
-            let mut table = self.routes.write();
-            for (filter, options) in &session.subscriptions {
-                table.subscribe(filter, key, *options);
-            }
-            drop(table);
-            let Some(client) = client_in(&mut self.clients, key) else {
-                continue;
-            };
-            client.session_expiry = session.expiry;
-            client.persisted = true;
-            client.subscriptions = session.subscriptions.into_iter().collect();
-            if let Some(after) = session.expires_in {
-                self.recovered_expiries.push((key, after));
-            }
-        }
-        self.store = Some(store);
-        self
     }
 
     /// Submits a change of durable state, if there is a store.
     fn persist(&mut self, record: Record) {
-        if let Some(store) = self.store.as_mut() {
+        if let Some(store) = self.store.as_ref() {
             store.submit(record);
         }
+    }
+
+    /// Records that the durable deliveries `ids` of `key`'s session are done (dropped).
+    fn persist_done(&mut self, key: ClientKey, ids: Vec<u64>) {
+        if ids.is_empty() {
+            return;
+        }
+        let (Some(store), Some(client)) = (
+            self.store.as_ref(),
+            self.clients.get(key.0 as usize).and_then(Option::as_ref),
+        ) else {
+            return;
+        };
+        let records = ids
+            .into_iter()
+            .map(|id| Record::Done {
+                client_id: client.id.to_string(),
+                id,
+            })
+            .collect();
+        store.submit_all(records);
     }
 
     /// Records `key`'s session as it now is: kept (expiry above 0; `offline` when its
@@ -172,8 +149,14 @@ impl Registry {
         let Some(client) = client_in(&mut self.clients, key) else {
             return;
         };
+        let was_persisted = client.persisted;
         let record = if client.session_expiry > 0 {
             client.persisted = true;
+            if !was_persisted {
+                // From now on the workers keep its QoS 1/2 deliveries on disk.
+                let id = client.id.clone();
+                self.routes.write().set_durable(key, Some(id));
+            }
             Record::SessionSet {
                 client_id: client.id.to_string(),
                 expiry: client.session_expiry,
@@ -181,7 +164,9 @@ impl Registry {
             }
         } else if client.persisted {
             client.persisted = false;
-            Record::SessionGone(client.id.to_string())
+            let gone = Record::SessionGone(client.id.to_string());
+            self.routes.write().set_durable(key, None);
+            gone
         } else {
             return;
         };
@@ -191,9 +176,7 @@ impl Registry {
     /// Removes the retained message of `topic`, durably too.
     fn remove_retained(&mut self, topic: &str) {
         self.retained.remove(topic);
-        if let Some(store) = self.store.as_mut() {
-            store.submit(Record::RetainClear(topic.to_string()));
-        }
+        self.persist(Record::RetainClear(topic.to_string()));
     }
 
     fn client(&mut self, key: ClientKey) -> Option<&mut Client> {
@@ -255,6 +238,7 @@ impl Registry {
         for (filter, _) in client.subscriptions.drain() {
             table.unsubscribe(&filter, key);
         }
+        table.set_durable(key, None);
         drop(table);
         if let Some(client_id) = gone {
             self.persist(Record::SessionGone(client_id));
@@ -285,9 +269,7 @@ impl Registry {
                 self.remove_retained(&message.topic);
             } else {
                 self.retained.insert(&message.topic, message.clone());
-                if let Some(store) = self.store.as_mut() {
-                    store.submit(Record::RetainSet(message.clone()));
-                }
+                self.persist(Record::RetainSet(message.clone()));
             }
         }
         let mut deliveries = std::mem::take(&mut self.deliveries);
@@ -302,10 +284,19 @@ impl Registry {
         self.deliveries = deliveries;
     }
 
-    fn deliver(&mut self, key: ClientKey, delivery: Delivery, ctx: &mut Context<Self>) {
+    fn deliver(&mut self, key: ClientKey, mut delivery: Delivery, ctx: &mut Context<Self>) {
         let Some(client) = client_in(&mut self.clients, key) else {
             return;
         };
+        if let (Some(store), true) = (self.store.as_ref(), client.persisted) {
+            // Kept on disk for a persistent session until acknowledged (what a worker routed
+            // is already).
+            if delivery.qos != QoS::AtMostOnce && delivery.durable_id().is_none() {
+                let id = store.next_id();
+                delivery.set_durable_id(Some(id));
+                store.submit(Record::queued(client.id.to_string(), id, &delivery));
+            }
+        }
         match &client.attached {
             Some(a) if !a.detaching => {
                 client.batch.push(delivery);
@@ -314,7 +305,7 @@ impl Registry {
                     self.schedule_flush(ctx);
                 } else if client.batch.len() >= BATCH_LIMIT {
                     a.session
-                        .do_send(Deliver(std::mem::take(&mut client.batch)));
+                        .do_send(Deliver::now(std::mem::take(&mut client.batch)));
                 }
             }
             // QoS 0 is not kept for clients that are not connected.
@@ -330,6 +321,8 @@ impl Registry {
                     }
                 };
                 client.offline_drops(&self.metrics, dropped);
+                let done = client.stored.queue.take_dropped_durable();
+                self.persist_done(key, done);
             }
         }
     }
@@ -370,7 +363,7 @@ impl Registry {
         }
         let batch = std::mem::take(&mut client.batch);
         if let Some(a) = &client.attached {
-            a.session.do_send(Deliver(batch));
+            a.session.do_send(Deliver::now(batch));
         }
     }
 }

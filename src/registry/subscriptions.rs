@@ -87,7 +87,7 @@ impl Handler<Subscribe> for Registry {
                 codes,
             });
             if !retained.is_empty() {
-                session.do_send(Deliver(std::mem::take(&mut retained)));
+                session.do_send(Deliver::now(std::mem::take(&mut retained)));
             }
         }
         for (filter, options, _) in &granted {

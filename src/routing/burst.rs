@@ -11,6 +11,7 @@ use actix::prelude::*;
 
 use super::{ClientKey, Deliver, Routes, Target};
 use crate::message::{Delivery, Message, QoS, SubscriptionOptions};
+use crate::persistence::{Record, Store};
 
 /// A QoS 1/2 delivery for a client that is not connected (or is detaching), as a worker matched
 /// it.
@@ -75,6 +76,26 @@ impl Scratch {
     }
 }
 
+/// With persistence: what a burst keeps on disk, and whether its deliveries wait for it.
+pub struct BurstDurability<'a> {
+    /// The store.
+    pub store: &'a Store,
+    /// The publisher's own changes for this burst (inbound QoS 2 ids), written with the
+    /// [`Record::Queued`] of every QoS 1/2 delivery to a persistent session.
+    pub records: Vec<Record>,
+    /// Whether the deliveries may reach their clients only once all of it is durable.
+    pub hold: bool,
+}
+
+/// What [`route_burst`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BurstRouted {
+    /// The Registry's mailbox.
+    pub room: RegistryRoom,
+    /// The store change the burst's acknowledgements wait for, if it submitted any.
+    pub durable_after: Option<u64>,
+}
+
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
@@ -82,18 +103,24 @@ thread_local! {
 /// Routes `messages`, published by `from`, in order: every connected subscriber gets one
 /// [`Deliver`] with its deliveries from this burst, and the QoS 1/2 deliveries for clients that
 /// are not connected go to `registry` as one [`Stored`]. QoS 0 is not kept for them.
+///
+/// With `durability`, each QoS 1/2 delivery to a persistent session gets a durable id and a
+/// [`Record::Queued`], submitted (with the caller's records) before anything is sent, so that
+/// whatever its receiver records about it later comes after it in the log.
 pub fn route_burst(
     routes: &Routes,
     registry: &Recipient<Stored>,
     from: ClientKey,
     messages: &[Arc<Message>],
-) -> RegistryRoom {
+    durability: Option<BurstDurability<'_>>,
+) -> BurstRouted {
     SCRATCH.with(|scratch| {
         let Ok(mut scratch) = scratch.try_borrow_mut() else {
             // Not reentrant in practice; routing without the scratch space is still correct.
-            return route_with(routes, registry, from, messages, &mut Scratch::default());
+            let mut scratch = Scratch::default();
+            return route_with(routes, registry, from, messages, durability, &mut scratch);
         };
-        route_with(routes, registry, from, messages, &mut scratch)
+        route_with(routes, registry, from, messages, durability, &mut scratch)
     })
 }
 
@@ -102,8 +129,9 @@ fn route_with(
     registry: &Recipient<Stored>,
     from: ClientKey,
     messages: &[Arc<Message>],
+    durability: Option<BurstDurability<'_>>,
     scratch: &mut Scratch,
-) -> RegistryRoom {
+) -> BurstRouted {
     scratch.batches.clear();
     if !scratch.index.is_empty() {
         // Clearing an empty map still sweeps its buckets: skip it on the common small burst.
@@ -117,10 +145,39 @@ fn route_with(
         });
     }
     scratch.matches = matches;
+    let mut durable_after = None;
+    let mut after = 0;
+    if let Some(BurstDurability {
+        store,
+        mut records,
+        hold,
+    }) = durability
+    {
+        for (key, batch) in scratch.batches.iter_mut() {
+            let Some(client_id) = table.durable(*key) else {
+                continue;
+            };
+            for delivery in batch.iter_mut().filter(|d| d.qos != QoS::AtMostOnce) {
+                let id = store.next_id();
+                delivery.set_durable_id(Some(id));
+                records.push(Record::queued(client_id.to_string(), id, delivery));
+            }
+        }
+        if !records.is_empty() {
+            let seq = store.submit_all(records);
+            durable_after = Some(seq);
+            if hold {
+                after = seq;
+            }
+        }
+    }
     let mut stored = Vec::new();
     for (key, batch) in scratch.batches.drain(..) {
         match table.target(key) {
-            Some(Target::Online(session)) => session.do_send(Deliver(batch)),
+            Some(Target::Online(session)) => session.do_send(Deliver {
+                deliveries: batch,
+                after,
+            }),
             Some(Target::Registry { generation }) => {
                 let generation = *generation;
                 let kept = batch
@@ -151,5 +208,8 @@ fn route_with(
         }
     };
     drop(table);
-    room
+    BurstRouted {
+        room,
+        durable_after,
+    }
 }

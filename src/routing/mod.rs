@@ -16,7 +16,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use actix::prelude::*;
 
-pub use burst::{route_burst, RegistryRoom, Stored, StoredDelivery};
+pub use burst::{route_burst, BurstDurability, BurstRouted, RegistryRoom, Stored, StoredDelivery};
 use shared::SharedGroups;
 
 use crate::config::SharedStrategy;
@@ -34,7 +34,24 @@ pub struct ClientKey(pub u32);
 /// messages, wills, redistributed and resumed messages). Handled by the Session.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Deliver(pub Vec<Delivery>);
+pub struct Deliver {
+    /// The deliveries, in order.
+    pub deliveries: Vec<Delivery>,
+    /// With persistence: the store change that must be durable before any of these reaches the
+    /// client (the inbound QoS 2 id of what they deliver: exactly once across a crash); 0 for
+    /// none.
+    pub after: u64,
+}
+
+impl Deliver {
+    /// Deliveries that may go out at once.
+    pub fn now(deliveries: Vec<Delivery>) -> Self {
+        Deliver {
+            deliveries,
+            after: 0,
+        }
+    }
+}
 
 /// Where deliveries to a client go.
 pub enum Target {
@@ -54,6 +71,9 @@ pub struct RouteTable {
     shared: SharedGroups,
     /// Indexed by client slot; `None` for a free slot.
     targets: Vec<Option<Target>>,
+    /// Indexed by client slot: the client id of a session whose QoS 1/2 deliveries are kept on
+    /// disk (persistence on, expiry interval above 0).
+    durable: Vec<Option<Arc<str>>>,
     strategy: SharedStrategy,
 }
 
@@ -64,6 +84,7 @@ impl RouteTable {
             trie: SubscriptionTrie::new(),
             shared: SharedGroups::default(),
             targets: Vec::new(),
+            durable: Vec::new(),
             strategy,
         }
     }
@@ -96,7 +117,28 @@ impl RouteTable {
         if self.targets.len() <= slot {
             self.targets.resize_with(slot + 1, || None);
         }
+        if target.is_none() {
+            self.set_durable(key, None);
+        }
         self.targets[slot] = target;
+    }
+
+    /// Marks `key`'s QoS 1/2 deliveries as kept on disk for the session of `client_id`
+    /// (`None`: not kept).
+    pub fn set_durable(&mut self, key: ClientKey, client_id: Option<Arc<str>>) {
+        let slot = key.0 as usize;
+        if self.durable.len() <= slot {
+            if client_id.is_none() {
+                return;
+            }
+            self.durable.resize_with(slot + 1, || None);
+        }
+        self.durable[slot] = client_id;
+    }
+
+    /// The client id of `key`'s session if its QoS 1/2 deliveries are kept on disk.
+    pub fn durable(&self, key: ClientKey) -> Option<&Arc<str>> {
+        self.durable.get(key.0 as usize).and_then(Option::as_ref)
     }
 
     /// Where `key`'s deliveries go, if the slot is taken.

@@ -22,13 +22,26 @@ impl Handler<Deliver> for Session {
     type Result = ();
 
     fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
+        if let Some(deliver) = self.hold_delivery(msg, ctx) {
+            self.take_deliveries(deliver.deliveries, ctx);
+        }
+    }
+}
+
+impl Session {
+    /// Queues or writes deliveries for the client, in order.
+    pub(super) fn take_deliveries(
+        &mut self,
+        deliveries: Vec<crate::message::Delivery>,
+        ctx: &mut Context<Self>,
+    ) {
         let sessions = &self.shared.config.sessions;
         let output_limit = sessions.max_outbound_bytes;
         let limits = QueueLimits::from_config(sessions);
         let mut output_full = 0;
         let mut queue_full = 0;
         let now = Instant::now();
-        for delivery in msg.0 {
+        for delivery in deliveries {
             if delivery.qos != QoS::AtMostOnce {
                 if let Pushed::Queued { dropped } = self.outbound.push(delivery, &limits) {
                     queue_full += dropped;

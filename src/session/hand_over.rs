@@ -7,11 +7,12 @@ use std::sync::Arc;
 use actix::dev::SendError;
 use actix::prelude::*;
 
+use super::durability::AckWait;
 use super::{Phase, Session};
 use crate::hooks::DisconnectReason;
 use crate::message::Message;
 use crate::registry::{self, Routed, WaitForRoom};
-use crate::routing::{route_burst, RegistryRoom};
+use crate::routing::{route_burst, BurstDurability, RegistryRoom};
 
 impl Session {
     /// Queues a message for routing. A burst read from the socket is routed at the end of the
@@ -47,22 +48,28 @@ impl Session {
             self.to_route.clear();
             return;
         };
+        let inbound = self.take_inbound_records();
         if self.via_registry == 0 && !self.to_route.iter().any(|m| m.retain) {
-            let room = route_burst(
+            let durability = self.shared.store.as_ref().map(|store| BurstDurability {
+                store,
+                // Deliveries of a QoS 2 message wait for its id to be on disk: a crash before
+                // that cannot then deliver it twice when the client sends it again.
+                hold: !inbound.is_empty(),
+                records: inbound,
+            });
+            let routed = route_burst(
                 &self.shared.routes,
                 &self.shared.stored_to,
                 key,
                 &self.to_route,
+                durability,
             );
             self.to_route.clear();
-            // Acknowledgements held while earlier bursts went through the Registry, now all
-            // answered: in order after theirs.
-            if let Some(acks) = self.deferred_acks.as_deref_mut() {
-                for (qos, pid) in std::mem::take(&mut acks.pending) {
-                    self.acknowledge_publish(qos, pid);
-                }
-            }
-            match room {
+            // This burst's acknowledgements, after those still waiting, once what it kept on
+            // disk is durable.
+            let wait = AckWait::Durable(routed.durable_after.unwrap_or(0));
+            self.settle_acks(wait, ctx);
+            match routed.room {
                 RegistryRoom::Room => {}
                 RegistryRoom::Full => self.wait_for_registry(WaitForRoom, ctx),
                 RegistryRoom::Closed => {
@@ -71,16 +78,17 @@ impl Session {
             }
             return;
         }
+        if let (Some(store), false) = (self.shared.store.as_ref(), inbound.is_empty()) {
+            // Before the burst: the Registry answers once what was submitted before is durable.
+            store.submit_all(inbound);
+        }
         let publish = registry::Publish {
             from: key,
             conn: self.conn,
             messages: std::mem::take(&mut self.to_route),
         };
         self.via_registry += 1;
-        if let Some(acks) = self.deferred_acks.as_deref_mut() {
-            let burst = std::mem::take(&mut acks.pending);
-            acks.waiting.push_back(burst);
-        }
+        self.settle_acks(AckWait::Routed, ctx);
         match self.shared.registry.try_send(publish) {
             Ok(()) => {}
             Err(SendError::Full(publish)) => self.wait_for_registry(publish, ctx),
@@ -110,14 +118,8 @@ impl Handler<Routed> for Session {
 
     fn handle(&mut self, _: Routed, ctx: &mut Context<Self>) {
         self.via_registry = self.via_registry.saturating_sub(1);
-        let Some(acks) = self.deferred_acks.as_deref_mut() else {
-            return;
-        };
-        // The burst is durable: its acknowledgements go out.
-        let burst = acks.waiting.pop_front().unwrap_or_default();
-        for (qos, pid) in burst {
-            self.acknowledge_publish(qos, pid);
-        }
+        // The burst is routed (and, with persistence, durable): its acknowledgements go out.
+        self.burst_routed();
         if !self.closing {
             self.flush(ctx);
         }

@@ -7,6 +7,7 @@
 //! [`SessionEnded`], and stops.
 
 mod connecting;
+mod durability;
 mod from_registry;
 mod hand_over;
 mod linger;
@@ -35,7 +36,6 @@ use crate::codec::{self, CodecError, MqttCodec, Packet};
 use crate::config::Config;
 use crate::drops::{DropLog, DropReason};
 use crate::hooks::{DisconnectReason, Interceptors};
-use crate::message::QoS;
 use crate::metrics::Metrics;
 use crate::registry::{ClientKey, ConnId, Detach, Registry, SessionEnded};
 use crate::routing::{Routes, Stored};
@@ -73,6 +73,8 @@ pub struct SessionShared {
     pub metrics: Arc<Metrics>,
     /// Authentication and authorisation.
     pub access: Arc<crate::auth::AccessControl>,
+    /// Durable state (`[persistence]`), if configured.
+    pub store: Option<crate::persistence::Store>,
     next_conn: AtomicU64,
 }
 
@@ -85,6 +87,7 @@ impl SessionShared {
         interceptors: Interceptors,
         metrics: Arc<Metrics>,
         access: Arc<crate::auth::AccessControl>,
+        store: Option<crate::persistence::Store>,
     ) -> Self {
         SessionShared {
             config,
@@ -94,19 +97,10 @@ impl SessionShared {
             interceptors,
             metrics,
             access,
+            store,
             next_conn: AtomicU64::new(1),
         }
     }
-}
-
-/// PUBACK/PUBREC held back until the Registry reports the burst durable, in the order the
-/// messages came `[MQTT-4.6.0-2]`.
-#[derive(Default)]
-struct DeferredAcks {
-    /// Of messages not handed over yet.
-    pending: Vec<(QoS, u16)>,
-    /// One entry per [`Publish`](crate::registry::Publish) awaiting [`Routed`](crate::registry::Routed).
-    waiting: std::collections::VecDeque<Vec<(QoS, u16)>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,8 +153,9 @@ pub struct Session {
     /// [`Publish`](crate::registry::Publish)es sent to the Registry and not yet answered
     /// [`Routed`](crate::registry::Routed): while there are any, bursts go there too.
     via_registry: u32,
-    /// With persistence: acknowledgements waiting for what they acknowledge to be durable.
-    deferred_acks: Option<Box<DeferredAcks>>,
+    /// With persistence: acknowledgements waiting for what they acknowledge to be durable,
+    /// and deliveries waiting for a store change.
+    deferred_acks: Option<Box<durability::DeferredAcks>>,
     route_scheduled: bool,
     closing: bool,
     awaiting_detached: bool,
@@ -204,7 +199,7 @@ impl Session {
                 INITIAL_READ_BUFFER,
             );
             let read_handle = ctx.add_stream(framed);
-            let durable_acks = shared.config.persistence.dir.is_some();
+            let durable_acks = shared.store.is_some();
             Session {
                 conn,
                 peer,
@@ -247,6 +242,9 @@ impl Session {
 
     /// Writes what is buffered, one write at a time; the completion of a write starts the next.
     fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.shared.store.is_some() && self.output_waits(ctx) {
+            return;
+        }
         if self.out.is_empty() || self.socket_dead {
             return;
         }
@@ -500,6 +498,14 @@ impl Session {
     }
 
     fn state_for_registry(&mut self) -> SessionState {
+        for deliver in self.take_held() {
+            for delivery in deliver.deliveries {
+                if delivery.qos != crate::message::QoS::AtMostOnce {
+                    self.outbound.push_unbounded(delivery);
+                }
+            }
+        }
+        self.submit_durable_changes();
         let (inflight, queue) = self.outbound.take();
         SessionState {
             inflight,

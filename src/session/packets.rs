@@ -65,10 +65,10 @@ impl Session {
                     self.pump();
                 }
             }
-            Packet::PubRec(pid, _) => {
-                let result = self.outbound.pubrec(pid);
-                self.on_ack(pid, result, "PUBREC")
-            }
+            Packet::PubRec(pid, _) => match self.outbound.pubrec(pid) {
+                AckResult::SendPubRel => self.release_outbound(pid, ctx),
+                result => self.on_ack(pid, result, "PUBREC"),
+            },
             Packet::PubComp(pid) => {
                 let result = self.outbound.pubcomp(pid);
                 self.on_ack(pid, result, "PUBCOMP")
@@ -77,7 +77,9 @@ impl Session {
                 // [MQTT-4.3.3-2] discard the stored id, answer PUBCOMP (also for unknown ids;
                 // (5.0) with 0x92 Packet Identifier not found).
                 let known = self.inbound_qos2.remove(&pid);
-                if self.peer_options.protocol.is_v5() && !known {
+                if known {
+                    self.complete_inbound(pid, ctx);
+                } else if self.peer_options.protocol.is_v5() {
                     let code = reason::PACKET_ID_NOT_FOUND;
                     let why = self
                         .peer_options
@@ -220,10 +222,13 @@ impl Session {
         if qos == QoS::ExactlyOnce && !self.inbound_qos2.insert(pid) {
             // A re-sent QoS 2 PUBLISH whose PUBREL has not come: not routed again [MQTT-4.3.3-2].
             // Its PUBREC goes in order, after the first one's (which may wait for the disk).
-            return self.acknowledge_in_order(qos, pid, false);
+            return self.acknowledge_unrouted(qos, pid, ctx);
+        }
+        if qos == QoS::ExactlyOnce {
+            self.note_inbound_qos2(pid);
         }
         let Some(interceptor) = self.shared.interceptors.publish.clone() else {
-            self.acknowledge_in_order(qos, pid, message.retain);
+            self.acknowledge_in_order(qos, pid);
             return self.forward(Arc::new(message), ctx);
         };
         let question = AuthorizePublish {
@@ -259,12 +264,12 @@ impl Session {
                 };
                 match message {
                     Some(message) => {
-                        act.acknowledge_in_order(qos, pid, message.retain);
+                        act.acknowledge_in_order(qos, pid);
                         act.forward(Arc::new(message), ctx);
                     }
                     None => {
                         debug!(client_id = %act.client_id(), "publish dropped by interceptor");
-                        act.acknowledge_in_order(qos, pid, false);
+                        act.acknowledge_unrouted(qos, pid, ctx);
                     }
                 }
                 act.flush(ctx);
@@ -276,10 +281,15 @@ impl Session {
     /// if the client wants problem information; (3.1.1) a normal acknowledgement.
     fn refuse_publish(&mut self, qos: QoS, pid: u16, code: u8, why: &str) {
         if !self.peer_options.protocol.is_v5() {
-            if qos == QoS::ExactlyOnce {
-                self.inbound_qos2.insert(pid);
+            match qos {
+                QoS::AtMostOnce => {}
+                QoS::AtLeastOnce => codec::write_ack(&mut self.out, Ack::PubAck, pid),
+                QoS::ExactlyOnce => {
+                    self.inbound_qos2.insert(pid);
+                    codec::write_ack(&mut self.out, Ack::PubRec, pid);
+                }
             }
-            return self.acknowledge_publish(qos, pid);
+            return;
         }
         let ack = match qos {
             QoS::AtMostOnce => return,
@@ -296,32 +306,6 @@ impl Session {
             why,
             self.peer_options.max_packet_size,
         );
-    }
-
-    /// Acknowledges a message the broker took, in the order messages came `[MQTT-4.6.0-2]`: at
-    /// once, or with persistence, when a message goes through the Registry (`retain`) or an
-    /// earlier acknowledgement waits, after the Registry reports its burst durable.
-    fn acknowledge_in_order(&mut self, qos: QoS, pid: u16, retain: bool) {
-        if qos == QoS::AtMostOnce {
-            return;
-        }
-        if let Some(acks) = self.deferred_acks.as_deref_mut() {
-            if retain || !acks.pending.is_empty() || !acks.waiting.is_empty() {
-                acks.pending.push((qos, pid));
-                return;
-            }
-        }
-        self.acknowledge_publish(qos, pid);
-    }
-
-    /// PUBACK once the broker owns the message (it is queued for routing) [MQTT-4.3.2-2];
-    /// PUBREC for QoS 2 [MQTT-4.3.3-2].
-    pub(super) fn acknowledge_publish(&mut self, qos: QoS, pid: u16) {
-        match qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => codec::write_ack(&mut self.out, Ack::PubAck, pid),
-            QoS::ExactlyOnce => codec::write_ack(&mut self.out, Ack::PubRec, pid),
-        }
     }
 
     fn on_subscribe(

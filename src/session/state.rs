@@ -19,6 +19,18 @@ pub enum AckResult {
     Unknown,
 }
 
+/// What happened to a delivery kept on disk ([`Delivery::durable_id`]), for the Session to
+/// record in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DurableChange {
+    /// Sent with this packet identifier.
+    Sent(u64, u16),
+    /// PUBREC came; PUBREL is what is left.
+    Released(u64),
+    /// Acknowledged, dropped or expired.
+    Done(u64),
+}
+
 /// The outbound QoS 1/2 flow of one client: a window of `max_inflight` messages with packet
 /// identifiers, and a FIFO of messages waiting for a slot. Delivery order is queue order.
 #[derive(Debug)]
@@ -29,6 +41,8 @@ pub struct Outbound {
     last_pid: u16,
     /// Queued messages that expired before they could be sent, not yet reported.
     expired: u64,
+    /// Changes to deliveries kept on disk, not yet taken ([`Outbound::take_durable_changes`]).
+    journal: Vec<DurableChange>,
 }
 
 impl Outbound {
@@ -40,7 +54,28 @@ impl Outbound {
             max_inflight: usize::from(max_inflight.max(1)),
             last_pid: 0,
             expired: 0,
+            journal: Vec::new(),
         }
+    }
+
+    /// What happened to deliveries kept on disk since the last call, in order.
+    pub fn take_durable_changes(&mut self) -> Vec<DurableChange> {
+        for id in self.queue.take_dropped_durable() {
+            self.journal.push(DurableChange::Done(id));
+        }
+        std::mem::take(&mut self.journal)
+    }
+
+    fn removed(&mut self, entry: &InflightEntry) {
+        if let Some(id) = entry.delivery.durable_id() {
+            self.journal.push(DurableChange::Done(id));
+        }
+    }
+
+    /// Appends a delivery regardless of the bounds (what a Session held when its connection
+    /// ended goes to its stored session).
+    pub fn push_unbounded(&mut self, delivery: Delivery) {
+        self.queue.push_back(delivery);
     }
 
     /// Narrows the window to the client's Receive Maximum (MQTT 5) `[MQTT-3.3.4-7]`.
@@ -53,7 +88,9 @@ impl Outbound {
     pub fn discard(&mut self, pid: u16) -> bool {
         match self.inflight.iter().position(|e| e.pid == pid) {
             Some(i) => {
-                self.inflight.remove(i);
+                if let Some(entry) = self.inflight.remove(i) {
+                    self.removed(&entry);
+                }
                 true
             }
             None => false,
@@ -124,6 +161,9 @@ impl Outbound {
                 break delivery;
             }
             self.expired += 1;
+            if let Some(id) = delivery.durable_id() {
+                self.journal.push(DurableChange::Done(id));
+            }
         };
         let pid = self.allocate_pid();
         let stage = if delivery.qos == QoS::ExactlyOnce {
@@ -131,6 +171,9 @@ impl Outbound {
         } else {
             InflightStage::AwaitingPubAck
         };
+        if let Some(id) = delivery.durable_id() {
+            self.journal.push(DurableChange::Sent(id, pid));
+        }
         self.inflight.push_back(InflightEntry {
             pid,
             delivery,
@@ -159,7 +202,9 @@ impl Outbound {
     pub fn puback(&mut self, pid: u16) -> AckResult {
         match self.position(pid, InflightStage::AwaitingPubAck) {
             Some(i) => {
-                self.inflight.remove(i);
+                if let Some(entry) = self.inflight.remove(i) {
+                    self.removed(&entry);
+                }
                 AckResult::Completed
             }
             None => AckResult::Unknown,
@@ -170,6 +215,9 @@ impl Outbound {
     pub fn pubrec(&mut self, pid: u16) -> AckResult {
         if let Some(i) = self.position(pid, InflightStage::AwaitingPubRec) {
             self.inflight[i].stage = InflightStage::AwaitingPubComp;
+            if let Some(id) = self.inflight[i].delivery.durable_id() {
+                self.journal.push(DurableChange::Released(id));
+            }
             return AckResult::SendPubRel;
         }
         if self.position(pid, InflightStage::AwaitingPubComp).is_some() {
@@ -183,7 +231,9 @@ impl Outbound {
     pub fn pubcomp(&mut self, pid: u16) -> AckResult {
         match self.position(pid, InflightStage::AwaitingPubComp) {
             Some(i) => {
-                self.inflight.remove(i);
+                if let Some(entry) = self.inflight.remove(i) {
+                    self.removed(&entry);
+                }
                 AckResult::Completed
             }
             None => AckResult::Unknown,
@@ -275,6 +325,43 @@ mod tests {
             Some(2),
             "0 and 1 are skipped"
         );
+    }
+
+    #[test]
+    fn durable_deliveries_leave_a_journal_of_sends_releases_and_completions() {
+        let mut o = Outbound::new(4);
+        let durable = |n: u8, qos| {
+            let mut d = delivery(n, qos);
+            d.set_durable_id(Some(u64::from(n) + 100));
+            d
+        };
+        o.push(durable(1, QoS::AtLeastOnce), &UNBOUNDED);
+        o.push(durable(2, QoS::ExactlyOnce), &UNBOUNDED);
+        o.push(delivery(3, QoS::AtLeastOnce), &UNBOUNDED);
+        let now = Instant::now();
+        let pids: Vec<u16> = std::iter::from_fn(|| o.next_to_send(now).map(|e| e.pid)).collect();
+        assert_eq!(pids, vec![1, 2, 3]);
+        assert_eq!(o.puback(1), AckResult::Completed);
+        assert_eq!(o.pubrec(2), AckResult::SendPubRel);
+        assert_eq!(
+            o.pubrec(2),
+            AckResult::SendPubRel,
+            "a repeated PUBREC records nothing"
+        );
+        assert_eq!(o.pubcomp(2), AckResult::Completed);
+        assert_eq!(o.puback(3), AckResult::Completed, "not durable: no record");
+        use DurableChange::*;
+        assert_eq!(
+            o.take_durable_changes(),
+            vec![
+                Sent(101, 1),
+                Sent(102, 2),
+                Done(101),
+                Released(102),
+                Done(102)
+            ]
+        );
+        assert!(o.take_durable_changes().is_empty());
     }
 
     #[test]

@@ -8,9 +8,14 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 
 /// Starts the binary and returns it with a channel of its log lines.
 pub fn spawn(args: &[&str]) -> (Child, mpsc::Receiver<String>) {
+    spawn_with_log(args, "info")
+}
+
+/// [`spawn`] with `RUST_LOG` set to `log`.
+pub fn spawn_with_log(args: &[&str], log: &str) -> (Child, mpsc::Receiver<String>) {
     let mut child = Command::new(BIN)
         .args(args)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", log)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod child;
+pub mod durable;
 pub mod packets;
 pub mod v5;
 

@@ -1,0 +1,66 @@
+//! Start-up with `[persistence]`: the Registry takes the store and rebuilds its tables from what
+//! was read back ([`Recover`]).
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use super::{client_in, Registry};
+use crate::message::Message;
+use crate::persistence::{Record, RecoveredSession, Store};
+
+/// Sent once by the broker to the Registry at start, before any connection is accepted: the
+/// store to keep durable state in, and what was read back from it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Recover {
+    /// The handle on the writer thread.
+    pub store: Store,
+    /// Retained messages, expired ones left out.
+    pub retained: Vec<Arc<Message>>,
+    /// Persistent sessions, expired ones left out.
+    pub sessions: Vec<RecoveredSession>,
+    /// What ended while the broker was down, to be recorded.
+    pub ended: Vec<Record>,
+}
+
+impl Handler<Recover> for Registry {
+    type Result = ();
+
+    /// Retained messages go back into the retained store; each persistent session comes back
+    /// offline, with its subscriptions, its queued and in-flight messages and inbound QoS 2
+    /// ids, and an expiry timer for what is left of its interval `[MQTT-3.1.2-23]`.
+    fn handle(&mut self, msg: Recover, ctx: &mut Context<Self>) {
+        for message in msg.retained {
+            let topic = message.topic.clone();
+            self.retained.insert(&topic, message);
+        }
+        if !msg.ended.is_empty() {
+            msg.store.submit_all(msg.ended);
+        }
+        for session in msg.sessions {
+            let key = self.insert_client(session.client_id.as_str().into());
+            let Some(client) = client_in(&mut self.clients, key) else {
+                continue;
+            };
+            client.session_expiry = session.expiry;
+            client.persisted = true;
+            client.stored = session.state;
+            let id = client.id.clone();
+            let token = client.timer_token;
+            let mut table = self.routes.write();
+            for (filter, options) in &session.subscriptions {
+                table.subscribe(filter, key, *options);
+            }
+            table.set_durable(key, Some(id));
+            drop(table);
+            if let Some(client) = client_in(&mut self.clients, key) {
+                client.subscriptions = session.subscriptions.into_iter().collect();
+            }
+            if let Some(after) = session.expires_in {
+                ctx.run_later(after, move |act, ctx| act.expire(key, token, ctx));
+            }
+        }
+        self.store = Some(msg.store);
+    }
+}

@@ -1,0 +1,356 @@
+//! What a Session does when `[persistence]` is on: its acknowledgements wait, in order, for
+//! what they acknowledge to be durable; it records what happens to the deliveries kept on disk
+//! for its client (sent, released, done); and it holds deliveries that may reach the client only
+//! once a change is durable.
+
+use std::collections::VecDeque;
+
+use actix::prelude::*;
+
+use super::{Phase, Session};
+use crate::codec::{self, Ack};
+use crate::message::QoS;
+use crate::persistence::{Durable, Record};
+use crate::routing::Deliver;
+use crate::session::state::DurableChange;
+
+/// What a batch of acknowledgements waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum AckWait {
+    /// The Registry's [`Routed`](crate::registry::Routed) for a burst handed to it.
+    Routed,
+    /// The store change with this sequence number being durable (0: nothing).
+    Durable(u64),
+}
+
+/// PUBACK/PUBREC/PUBCOMP held back until what they acknowledge is durable, in the order the
+/// packets came `[MQTT-4.6.0-2]`; and what the Session has to submit with its next burst.
+#[derive(Default)]
+pub(super) struct DeferredAcks {
+    /// Of packets not handed over yet.
+    pending: Vec<(Ack, u16)>,
+    /// Handed over, each batch with what it waits for, oldest first.
+    waiting: VecDeque<(AckWait, Vec<(Ack, u16)>)>,
+    /// The last store change known durable.
+    durable: u64,
+    /// The store change the pending acknowledgements need themselves (a PUBREL's record).
+    pending_needs: u64,
+    /// Inbound QoS 2 ids taken since the last burst was routed, to record with it.
+    pub(super) inbound_qos2: Vec<u16>,
+    /// Deliveries that wait for a store change before they reach the client ([`Deliver::after`]).
+    held: VecDeque<Deliver>,
+    /// The Session's own last record: its output waits until it is durable.
+    output_after: u64,
+    /// The last change the writer was asked to report for the output.
+    output_notified: u64,
+}
+
+impl DeferredAcks {
+    /// Moves the pending acknowledgements behind `wait`, or behind what they need themselves
+    /// if that comes later; returns the wait.
+    fn hand_over(&mut self, wait: AckWait) -> AckWait {
+        let needs = std::mem::take(&mut self.pending_needs);
+        let wait = match wait {
+            // The Registry answers once everything submitted before the burst is durable.
+            AckWait::Routed => AckWait::Routed,
+            AckWait::Durable(seq) => AckWait::Durable(seq.max(needs)),
+        };
+        let acks = std::mem::take(&mut self.pending);
+        if !acks.is_empty() {
+            self.waiting.push_back((wait, acks));
+        }
+        wait
+    }
+
+    /// The first batch waiting for the Registry's answer no longer does.
+    pub(super) fn routed(&mut self) {
+        if let Some(entry) = self.waiting.iter_mut().find(|e| e.0 == AckWait::Routed) {
+            entry.0 = AckWait::Durable(0);
+        }
+    }
+
+    /// Takes the acknowledgements whose wait is over, in order.
+    fn ready(&mut self) -> Vec<(Ack, u16)> {
+        let mut ready = Vec::new();
+        while let Some((wait, _)) = self.waiting.front() {
+            let done = match wait {
+                AckWait::Routed => false,
+                AckWait::Durable(seq) => *seq <= self.durable,
+            };
+            if !done {
+                break;
+            }
+            if let Some((_, acks)) = self.waiting.pop_front() {
+                ready.extend(acks);
+            }
+        }
+        ready
+    }
+}
+
+/// The acknowledgement of a PUBLISH taken at `qos` (none for QoS 0).
+fn ack_for(qos: QoS) -> Option<Ack> {
+    match qos {
+        QoS::AtMostOnce => None,
+        QoS::AtLeastOnce => Some(Ack::PubAck),
+        QoS::ExactlyOnce => Some(Ack::PubRec),
+    }
+}
+
+impl Session {
+    /// The client id, if its session is kept on disk (persistence on, expiry above 0).
+    pub(super) fn durable_client(&self) -> Option<&str> {
+        self.shared.store.as_ref()?;
+        match &self.phase {
+            Phase::Connected { client_id, .. } if self.peer_options.session_expiry > 0 => {
+                Some(client_id)
+            }
+            _ => None,
+        }
+    }
+
+    /// Acknowledges a PUBLISH the broker took, in the order packets came `[MQTT-4.6.0-2]`:
+    /// at once, or with persistence when the burst it is part of is handed over
+    /// ([`Session::settle_acks`]). PUBACK once the broker owns the message [MQTT-4.3.2-2];
+    /// PUBREC for QoS 2 [MQTT-4.3.3-2].
+    pub(super) fn acknowledge_in_order(&mut self, qos: QoS, pid: u16) {
+        let Some(ack) = ack_for(qos) else {
+            return;
+        };
+        match self.deferred_acks.as_deref_mut() {
+            Some(acks) => acks.pending.push((ack, pid)),
+            None => codec::write_ack(&mut self.out, ack, pid),
+        }
+    }
+
+    /// [`Session::acknowledge_in_order`] for a PUBLISH that is not routed (a duplicate QoS 2,
+    /// one an interceptor dropped): it waits only for the acknowledgements before it.
+    pub(super) fn acknowledge_unrouted(&mut self, qos: QoS, pid: u16, ctx: &mut Context<Self>) {
+        self.acknowledge_in_order(qos, pid);
+        if self.to_route.is_empty() {
+            self.settle_acks(AckWait::Durable(0), ctx);
+        }
+    }
+
+    /// Moves the pending acknowledgements behind `wait` (asking the writer to say when it is
+    /// durable), and writes those whose wait is over.
+    pub(super) fn settle_acks(&mut self, wait: AckWait, ctx: &mut Context<Self>) {
+        let Some(acks) = self.deferred_acks.as_deref_mut() else {
+            return;
+        };
+        if let AckWait::Durable(seq) = acks.hand_over(wait) {
+            if let Some(store) = self.shared.store.as_ref().filter(|_| seq > acks.durable) {
+                if store.notify_when_durable(seq, &ctx.address().recipient()) {
+                    acks.durable = acks.durable.max(seq);
+                }
+            }
+        }
+        self.release_acks();
+    }
+
+    /// The Registry answered a burst handed to it.
+    pub(super) fn burst_routed(&mut self) {
+        if let Some(acks) = self.deferred_acks.as_deref_mut() {
+            acks.routed();
+        }
+        self.release_acks();
+    }
+
+    /// Writes the acknowledgements whose wait is over.
+    fn release_acks(&mut self) {
+        let Some(acks) = self.deferred_acks.as_deref_mut() else {
+            return;
+        };
+        for (ack, pid) in acks.ready() {
+            codec::write_ack(&mut self.out, ack, pid);
+        }
+    }
+
+    /// Records an inbound QoS 2 id taken from a client whose session is on disk, with the
+    /// burst it came in.
+    pub(super) fn note_inbound_qos2(&mut self, pid: u16) {
+        if self.durable_client().is_none() {
+            return;
+        }
+        if let Some(acks) = self.deferred_acks.as_deref_mut() {
+            acks.inbound_qos2.push(pid);
+        }
+    }
+
+    /// The records of the inbound QoS 2 ids noted since the last burst.
+    pub(super) fn take_inbound_records(&mut self) -> Vec<Record> {
+        let Some(client_id) = self.durable_client().map(str::to_string) else {
+            return Vec::new();
+        };
+        let Some(acks) = self.deferred_acks.as_deref_mut() else {
+            return Vec::new();
+        };
+        acks.inbound_qos2
+            .drain(..)
+            .map(|pid| Record::InboundQos2 {
+                client_id: client_id.clone(),
+                pid,
+            })
+            .collect()
+    }
+
+    /// PUBCOMP for a PUBREL whose id the Session knew. With the session on disk the id's
+    /// release is recorded first and PUBCOMP waits for it: after a crash, a new PUBLISH reusing
+    /// the id must not look like a duplicate.
+    pub(super) fn complete_inbound(&mut self, pid: u16, ctx: &mut Context<Self>) {
+        let durable = self.durable_client().map(str::to_string);
+        let seq = match (durable, self.shared.store.as_ref()) {
+            (Some(client_id), Some(store)) => {
+                store.submit(Record::InboundReleased { client_id, pid })
+            }
+            _ => 0,
+        };
+        self.ack_after(Ack::PubComp, pid, seq, ctx);
+    }
+
+    /// PUBREL for a PUBREC from the client. For a delivery kept on disk, its release is
+    /// recorded first and PUBREL waits for it: after a crash the broker must re-send PUBREL,
+    /// not the PUBLISH the client has already passed on.
+    pub(super) fn release_outbound(&mut self, pid: u16, ctx: &mut Context<Self>) {
+        let seq = self.submit_durable_changes().unwrap_or(0);
+        self.ack_after(Ack::PubRel, pid, seq, ctx);
+    }
+
+    /// Writes `ack` once store change `seq` is durable (0: nothing to wait for), after the
+    /// acknowledgements before it.
+    fn ack_after(&mut self, ack: Ack, pid: u16, seq: u64, ctx: &mut Context<Self>) {
+        let Some(acks) = self.deferred_acks.as_deref_mut() else {
+            return codec::write_ack(&mut self.out, ack, pid);
+        };
+        acks.pending.push((ack, pid));
+        acks.pending_needs = acks.pending_needs.max(seq);
+        if self.to_route.is_empty() {
+            self.settle_acks(AckWait::Durable(0), ctx);
+        }
+    }
+
+    /// Submits the Session's records and tells whether its output must wait for them: a
+    /// PUBLISH reaches the client only once the record of its sending is durable, so that after
+    /// a crash every message the client may hold is known, and at most the inflight window of
+    /// them comes again.
+    pub(super) fn output_waits(&mut self, ctx: &mut Context<Self>) -> bool {
+        let seq = self.submit_durable_changes();
+        let (Some(store), Some(acks)) = (
+            self.shared.store.as_ref(),
+            self.deferred_acks.as_deref_mut(),
+        ) else {
+            return false;
+        };
+        if let Some(seq) = seq {
+            acks.output_after = acks.output_after.max(seq);
+        }
+        if acks.output_after <= acks.durable {
+            return false;
+        }
+        if acks.output_after > acks.output_notified {
+            acks.output_notified = acks.output_after;
+            if store.notify_when_durable(acks.output_after, &ctx.address().recipient()) {
+                acks.durable = acks.durable.max(acks.output_after);
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Submits what happened to the deliveries kept on disk for this client; returns the
+    /// store change number, if there was anything.
+    pub(super) fn submit_durable_changes(&mut self) -> Option<u64> {
+        let changes = self.outbound.take_durable_changes();
+        if changes.is_empty() {
+            return None;
+        }
+        let (Some(store), Phase::Connected { client_id, .. }) = (&self.shared.store, &self.phase)
+        else {
+            return None;
+        };
+        let client_id = || client_id.to_string();
+        let records = changes
+            .into_iter()
+            .map(|change| match change {
+                DurableChange::Sent(id, pid) => Record::Sent {
+                    client_id: client_id(),
+                    id,
+                    pid,
+                },
+                DurableChange::Released(id) => Record::Released {
+                    client_id: client_id(),
+                    id,
+                },
+                DurableChange::Done(id) => Record::Done {
+                    client_id: client_id(),
+                    id,
+                },
+            })
+            .collect();
+        Some(store.submit_all(records))
+    }
+
+    /// Whether `deliver` must wait (for its store change, or behind others that do); if so it
+    /// is kept, and the writer asked to say when.
+    pub(super) fn hold_delivery(
+        &mut self,
+        deliver: Deliver,
+        ctx: &mut Context<Self>,
+    ) -> Option<Deliver> {
+        let (Some(store), Some(acks)) = (
+            self.shared.store.as_ref(),
+            self.deferred_acks.as_deref_mut(),
+        ) else {
+            return Some(deliver);
+        };
+        if acks.held.is_empty() {
+            if deliver.after <= acks.durable {
+                return Some(deliver);
+            }
+            if store.notify_when_durable(deliver.after, &ctx.address().recipient()) {
+                acks.durable = acks.durable.max(deliver.after);
+                return Some(deliver);
+            }
+        }
+        acks.held.push_back(deliver);
+        None
+    }
+
+    /// The held deliveries whose store change is now durable, in order.
+    fn ready_deliveries(&mut self) -> Vec<Deliver> {
+        let Some(acks) = self.deferred_acks.as_deref_mut() else {
+            return Vec::new();
+        };
+        let mut ready = Vec::new();
+        while acks.held.front().is_some_and(|d| d.after <= acks.durable) {
+            ready.extend(acks.held.pop_front());
+        }
+        ready
+    }
+
+    /// Everything still held, for the stored session when the connection ends.
+    pub(super) fn take_held(&mut self) -> Vec<Deliver> {
+        self.deferred_acks
+            .as_deref_mut()
+            .map(|acks| acks.held.drain(..).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Handler<Durable> for Session {
+    type Result = ();
+
+    /// From the store's writer thread: the change this Session waited for is durable.
+    fn handle(&mut self, msg: Durable, ctx: &mut Context<Self>) {
+        let Some(acks) = self.deferred_acks.as_deref_mut() else {
+            return;
+        };
+        acks.durable = acks.durable.max(msg.0);
+        self.release_acks();
+        for deliver in self.ready_deliveries() {
+            self.take_deliveries(deliver.deliveries, ctx);
+        }
+        // Also while closing: what waited for the disk is the last output.
+        self.flush(ctx);
+    }
+}

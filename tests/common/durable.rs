@@ -1,0 +1,99 @@
+//! A broker process with `[persistence]` on, killed with SIGKILL and started again on the same
+//! directory, and a QoS 1 stream cut by the kill.
+
+use std::path::Path;
+use std::process::Child;
+use std::sync::mpsc::Receiver;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::child::{listening_addr, spawn_with_log, wait_line};
+use super::{packets, Raw};
+
+/// Starts the broker binary on a free port with its state in `dir` and the `fsync` policy;
+/// returns it once it listens, with its log lines.
+pub fn start_broker(dir: &Path, fsync: &str) -> (Child, Receiver<String>, std::net::SocketAddr) {
+    start_broker_logging(dir, fsync, "info")
+}
+
+/// [`start_broker`] with `RUST_LOG` set to `log`.
+pub fn start_broker_logging(
+    dir: &Path,
+    fsync: &str,
+    log: &str,
+) -> (Child, Receiver<String>, std::net::SocketAddr) {
+    let config = dir.with_extension("toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[persistence]\ndir = {:?}\nfsync = \"{fsync}\"\nfsync_interval = \"200ms\"\n",
+            dir.display().to_string()
+        ),
+    )
+    .expect("config written");
+    let config = config.display().to_string();
+    let (child, logs) = spawn_with_log(&["--port", "0", "--config", &config], log);
+    // Start-up logs its progress: reading, then what was recovered, then listening.
+    wait_line(&logs, "reading persisted state");
+    wait_line(&logs, "persisted state recovered");
+    let addr = listening_addr(&wait_line(&logs, "switchboard listening on"));
+    (child, logs, addr)
+}
+
+/// Kills the broker with SIGKILL and reaps it.
+pub fn kill_9(mut child: Child) {
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+}
+
+/// Publishes QoS 1 messages to `topic(n)` (payload: `n` as two bytes, packet id `n + 1`) as
+/// fast as the socket takes them, reading PUBACKs meanwhile, and kills the broker with SIGKILL
+/// once `kill_after` PUBACKs came. Returns the packet ids whose PUBACK reached the publisher.
+pub async fn stream_then_kill(
+    addr: std::net::SocketAddr,
+    child: Child,
+    kill_after: usize,
+    topic: fn(u16) -> String,
+    retain: bool,
+) -> Vec<u16> {
+    let (raw, _) = Raw::handshake(addr, "stream-writer", true).await;
+    let (mut read, mut write) = raw.stream.into_split();
+    let writer = tokio::spawn(async move {
+        for n in 0..5000u16 {
+            let frame = packets::publish(&topic(n), &n.to_be_bytes(), 1, n + 1, retain, false);
+            if write.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+        // Dropping the write half would end the connection: hold it until aborted.
+        std::future::pending::<()>().await;
+        drop(write);
+    });
+    let mut acked = Vec::new();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let mut child = Some(child);
+    loop {
+        let n = match tokio::time::timeout(super::WAIT, read.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => n,
+            Err(_) => panic!("no PUBACK and no end of stream"),
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        while buf.len() >= 4 {
+            assert_eq!(buf[0], 0x40, "PUBACK");
+            acked.push(u16::from_be_bytes([buf[2], buf[3]]));
+            buf.drain(..4);
+        }
+        if acked.len() >= kill_after {
+            if let Some(child) = child.take() {
+                kill_9(child);
+            }
+        }
+    }
+    writer.abort();
+    if let Some(child) = child.take() {
+        kill_9(child);
+    }
+    acked
+}
