@@ -80,6 +80,10 @@ pub struct Args {
     /// Connections in progress at once (connect-storm, idle).
     #[arg(long, default_value_t = 50)]
     pub concurrency: usize,
+    /// Subscribers keep a persistent session (clean session 0): with `[persistence]`, their
+    /// QoS 1/2 messages are kept on disk.
+    #[arg(long)]
+    pub persistent_subscribers: bool,
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,

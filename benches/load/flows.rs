@@ -115,7 +115,8 @@ async fn subscriber(
     shared: Rc<Shared>,
     ready: tokio::sync::mpsc::Sender<()>,
 ) -> std::io::Result<()> {
-    let mut stream = wire::handshake(addr, &format!("bench-sub-{index}")).await?;
+    let id = format!("bench-sub-{index}");
+    let mut stream = wire::handshake_with(addr, &id, !wire::persistent_subscribers()).await?;
     stream.write_all(&wire::subscribe(1, &filters, qos)).await?;
     let mut buf = Vec::with_capacity(64 * 1024);
     loop {

@@ -50,6 +50,7 @@ fn run(args: Args) -> Result<(), String> {
         return Ok(());
     }
     wire::set_mqtt5(args.mqtt == "5");
+    wire::set_persistent_subscribers(args.persistent_subscribers);
     let target = broker::Target::resolve(&args)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

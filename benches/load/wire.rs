@@ -20,6 +20,21 @@ fn mqtt5() -> bool {
     MQTT5.load(Ordering::Relaxed)
 }
 
+/// Whether subscribers keep a persistent session (`--persistent-subscribers`); set once at start.
+static PERSISTENT_SUBSCRIBERS: AtomicBool = AtomicBool::new(false);
+
+/// Makes the subscribers of this run connect with a persistent session (clean session 0; MQTT 5:
+/// Clean Start 0 and a Session Expiry Interval of an hour), so a broker with persistence keeps
+/// their QoS 1/2 messages on disk.
+pub fn set_persistent_subscribers(on: bool) {
+    PERSISTENT_SUBSCRIBERS.store(on, Ordering::Relaxed);
+}
+
+/// Whether subscribers keep a persistent session.
+pub fn persistent_subscribers() -> bool {
+    PERSISTENT_SUBSCRIBERS.load(Ordering::Relaxed)
+}
+
 fn string(out: &mut Vec<u8>, s: &str) {
     out.extend((s.len() as u16).to_be_bytes());
     out.extend(s.as_bytes());
@@ -45,10 +60,20 @@ pub async fn handshake(
     addr: std::net::SocketAddr,
     id: &str,
 ) -> std::io::Result<tokio::net::TcpStream> {
+    handshake_with(addr, id, true).await
+}
+
+/// [`handshake`] with the clean session (MQTT 5: clean start) flag as given; without it, an
+/// MQTT 5 client asks for a Session Expiry Interval of an hour.
+pub async fn handshake_with(
+    addr: std::net::SocketAddr,
+    id: &str,
+    clean: bool,
+) -> std::io::Result<tokio::net::TcpStream> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
-    stream.write_all(&connect(id, KEEP_ALIVE)).await?;
+    stream.write_all(&connect(id, KEEP_ALIVE, clean)).await?;
     // CONNACK: fixed header, then (session present, code[, MQTT 5 properties]).
     let mut head = [0u8; 2];
     stream.read_exact(&mut head).await?;
@@ -66,19 +91,25 @@ pub async fn handshake(
     }
 }
 
-/// A CONNECT frame (clean session / clean start).
-pub fn connect(client_id: &str, keep_alive: u16) -> Vec<u8> {
+/// A CONNECT frame, with clean session / clean start as `clean` says.
+pub fn connect(client_id: &str, keep_alive: u16, clean: bool) -> Vec<u8> {
     if mqtt5() {
         let mut body = Vec::new();
         string(&mut body, "MQTT");
-        body.extend([5, 0x02]);
+        body.extend([5, if clean { 0x02 } else { 0x00 }]);
         body.extend(keep_alive.to_be_bytes());
-        body.push(0); // no properties
+        if clean {
+            body.push(0); // no properties
+        } else {
+            body.extend([5, 0x11]); // Session Expiry Interval: an hour
+            body.extend(3600u32.to_be_bytes());
+        }
         string(&mut body, client_id);
         return framed(0x10, body);
     }
     let mut connect = mqttbytes::v4::Connect::new(client_id);
     connect.keep_alive = keep_alive;
+    connect.clean_session = clean;
     let mut buf = BytesMut::new();
     connect.write(&mut buf).expect("CONNECT encodes");
     buf.to_vec()
