@@ -7,6 +7,7 @@
 #   BROKERS="old new mosquitto" RUNS=3 benches/ab.sh
 #
 # A variant can be a script that execs a binary with arguments (e.g. `-c one-worker.toml`).
+# LOAD_ARGS is added to every row (e.g. `--persistent-subscribers`).
 # ROWS picks rows: w1_8 w1_200 q0_200 open fleet fleet20 pipe0 pipe1 fanout fanout1 fanin0 fanin.
 # Loopback only; every run is bounded in time.
 set -euo pipefail
@@ -16,6 +17,7 @@ OUT=${OUT:-target/ab.jsonl}
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-4}
 ROWS=${ROWS:-"w1_8 w1_200 open fleet"}
+LOAD_ARGS=${LOAD_ARGS:-}
 BROKERS=${BROKERS:-"new mosquitto"}
 SB_PORT=${SB_PORT:-18840}
 MQ_PORT=${MQ_PORT:-18841}
@@ -65,7 +67,7 @@ for run_no in $(seq "$RUNS"); do
       esac
       # shellcheck disable=SC2086
       "$LOAD" --addr "127.0.0.1:$port" --broker-pid "$pid" --label "$broker" --quiet \
-        --out "$OUT" $args --duration "$DURATION" >/dev/null
+        --out "$OUT" $args $LOAD_ARGS --duration "$DURATION" >/dev/null
     done
     kill "$pid"; wait "$pid" 2>/dev/null || true
   done
