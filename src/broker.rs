@@ -140,13 +140,14 @@ impl Broker {
         // any connection is accepted.
         let store = match recovered {
             None => None,
-            Some(mut recovered) => match recovered.start(registry.clone().recipient()) {
+            Some(mut recovered) => match recovered.start() {
                 Ok(store) => {
                     registry.do_send(crate::registry::Recover {
                         store: store.clone(),
                         retained: std::mem::take(&mut recovered.retained),
                         sessions: std::mem::take(&mut recovered.sessions),
                         ended: std::mem::take(&mut recovered.ended),
+                        wills_of_ended: std::mem::take(&mut recovered.wills_of_ended),
                     });
                     Some(store)
                 }

@@ -314,7 +314,7 @@ impl SubscriptionOptions {
 }
 
 /// The will a client registered in its CONNECT.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LastWill {
     /// Topic the will is published to.
     pub topic: String,

@@ -1,39 +1,41 @@
 //! Durable state (`[persistence]`): what the broker acknowledged survives `kill -9`, and with
 //! `fsync = "always"` power loss: retained messages (with their MQTT 5 properties and expiry),
 //! sessions with an expiry interval above 0 with their subscriptions, their QoS 1/2 messages
-//! queued or in flight, and their inbound QoS 2 packet ids. Wills are not kept yet
-//! (`docs/persistence.md`).
+//! queued or in flight, their inbound QoS 2 packet ids, and their wills with the wall-clock
+//! time a delayed one is due.
 //!
 //! Neither the Registry nor a Session blocks on disk: each submits its changes to the
 //! [`Store`], whose writer thread (`writer.rs`) appends a drain of its queue with one write,
-//! syncs by the policy, and reports the last durable change: to the Registry ([`Persisted`])
-//! and to the Sessions that asked ([`Durable`]). Only then do the acknowledgements of what
+//! syncs by the policy, and reports the last durable change ([`Durable`]) to the Registry and
+//! the Sessions that asked. Only then do the acknowledgements of what
 //! those changes keep go out. The log (`log.rs`) is a directory of segment files of
 //! checksummed records (`record.rs`), compacted into a snapshot when it grows to twice the live
 //! state.
 
+mod live;
 mod log;
 mod record;
+mod store;
 mod wire;
 mod writer;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 use thiserror::Error;
-use tracing::{info, warn};
+use tracing::info;
 
-pub use record::{LiveEffect, Record, RecordError};
-use writer::{Command, Writer};
+pub use live::LiveKind;
+pub use record::{Record, RecordError};
+pub use store::{Store, StoreShared};
+use writer::Writer;
 
 use crate::config::PersistenceConfig;
-use crate::message::{Delivery, Message, QoS, SubscriptionOptions};
+use crate::message::{Delivery, LastWill, Message, QoS, SubscriptionOptions};
 use crate::session_state::{InflightEntry, InflightStage, SessionState};
 
 /// Now, in milliseconds since the Unix epoch (the wall clock of session and will deadlines).
@@ -42,9 +44,6 @@ pub fn unix_ms_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
-
-/// Commands the writer's queue holds before a submit waits.
-const QUEUE: usize = 65_536;
 
 /// Why durable state could not be opened or written.
 #[derive(Debug, Error)]
@@ -86,14 +85,9 @@ impl PersistenceError {
     }
 }
 
-/// Sent by the writer thread to the Registry: every change up to this sequence number is
-/// written (and synced, as the policy asks).
-#[derive(Message, Debug, Clone, Copy)]
-#[rtype(result = "()")]
-pub struct Persisted(pub u64);
-
-/// Sent by the writer thread to a Session that asked ([`Store::notify_when_durable`]): every
-/// change up to this sequence number is durable.
+/// Sent by the writer thread to a Session or the Registry that asked
+/// ([`Store::notify_when_durable`]): every change up to this sequence number is written (and
+/// synced, as the policy asks).
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
 pub struct Durable(pub u64);
@@ -112,6 +106,9 @@ pub struct RecoveredSession {
     /// Its messages in flight (to re-send with their packet ids) and queued, and its inbound
     /// QoS 2 ids awaiting PUBREL.
     pub state: SessionState,
+    /// Its will and how long until it is published (zero: at start). A will armed when the
+    /// broker stopped counts its delay from start-up, as the session's expiry does.
+    pub will: Option<(LastWill, Duration)>,
 }
 
 /// Durable state read at start, before the writer runs.
@@ -123,6 +120,9 @@ pub struct Recovered {
     /// What start-up found ended while the broker was down (expired sessions and messages),
     /// to be recorded.
     pub ended: Vec<Record>,
+    /// The wills of sessions that expired while the broker was down: a session's end
+    /// publishes its will `[MQTT-3.1.2-8]`, so they go out at start. By client id.
+    pub wills_of_ended: Vec<(String, LastWill)>,
     writer: Option<Writer>,
     next_id: u64,
 }
@@ -141,6 +141,8 @@ struct SessionInLog {
     subscriptions: BTreeMap<String, SubscriptionOptions>,
     queued: BTreeMap<u64, QueuedInLog>,
     inbound_qos2: BTreeSet<u16>,
+    /// Its will, and when it is due (0: armed, its client was connected).
+    will: Option<(u64, LastWill)>,
 }
 
 /// Opens the directory of `config` (creating it), takes its lock, and reads the log back.
@@ -179,7 +181,7 @@ pub fn open(config: &PersistenceConfig) -> Result<Option<Recovered>, Persistence
     let mut max_id = 0;
     let records = scanned.records.len();
     for (record, frame) in scanned.records {
-        writer.track(&record, frame);
+        writer.track(&record, &frame);
         match record {
             Record::RetainSet(message) => {
                 retained.insert(message.topic.clone(), message);
@@ -198,6 +200,7 @@ pub fn open(config: &PersistenceConfig) -> Result<Option<Recovered>, Persistence
                     subscriptions: BTreeMap::new(),
                     queued: BTreeMap::new(),
                     inbound_qos2: BTreeSet::new(),
+                    will: None,
                 });
                 session.expiry = expiry;
                 session.offline_since = offline_since;
@@ -265,6 +268,20 @@ pub fn open(config: &PersistenceConfig) -> Result<Option<Recovered>, Persistence
                     session.inbound_qos2.remove(&pid);
                 }
             }
+            Record::WillSet {
+                client_id,
+                deadline,
+                will,
+            } => {
+                if let Some(session) = sessions.get_mut(&client_id) {
+                    session.will = Some((deadline, *will));
+                }
+            }
+            Record::WillClear(client_id) => {
+                if let Some(session) = sessions.get_mut(&client_id) {
+                    session.will = None;
+                }
+            }
             Record::Snapshot => {}
         }
     }
@@ -275,6 +292,7 @@ pub fn open(config: &PersistenceConfig) -> Result<Option<Recovered>, Persistence
     let now_ms = unix_ms_now();
     let mut live_sessions = Vec::new();
     let mut ended = Vec::new();
+    let mut wills_of_ended = Vec::new();
     let mut queued_messages = 0usize;
     for (client_id, session) in sessions {
         // A session that was connected when the broker stopped counts as offline from now.
@@ -287,6 +305,9 @@ pub fn open(config: &PersistenceConfig) -> Result<Option<Recovered>, Persistence
             expiry => {
                 let interval = Duration::from_secs(u64::from(expiry));
                 if offline_for >= interval {
+                    if let Some((_, will)) = session.will {
+                        wills_of_ended.push((client_id.clone(), will));
+                    }
                     ended.push(Record::SessionGone(client_id));
                     continue;
                 }
@@ -321,12 +342,22 @@ pub fn open(config: &PersistenceConfig) -> Result<Option<Recovered>, Persistence
                 None => state.queue.push_back(queued.delivery),
             }
         }
+        // A will resumes its delay where it stood; one armed at the stop (the connection
+        // ended with the broker) starts its delay now [MQTT-3.1.3-9].
+        let will = session.will.map(|(deadline, will)| {
+            let after = match deadline {
+                0 => Duration::from_secs(u64::from(will.delay.min(session.expiry))),
+                at => Duration::from_millis(at.saturating_sub(now_ms)),
+            };
+            (will, after)
+        });
         live_sessions.push(RecoveredSession {
             client_id,
             expiry: session.expiry,
             expires_in,
             subscriptions: session.subscriptions.into_iter().collect(),
             state,
+            will,
         });
     }
     info!(
@@ -347,6 +378,7 @@ pub fn open(config: &PersistenceConfig) -> Result<Option<Recovered>, Persistence
         retained: retained.into_values().collect(),
         sessions: live_sessions,
         ended,
+        wills_of_ended,
         writer: Some(writer),
         next_id: max_id + 1,
     }))
@@ -362,16 +394,9 @@ fn queued_in<'a>(
 }
 
 impl Recovered {
-    /// Starts the writer thread; it reports durability to `durable` (the Registry) and to the
-    /// Sessions that ask.
-    pub fn start(&mut self, durable: Recipient<Persisted>) -> Result<Store, PersistenceError> {
-        let (tx, rx) = sync_channel(QUEUE);
-        let shared = Arc::new(StoreShared {
-            submitter: Mutex::new(Submitter { tx, next_seq: 0 }),
-            durable: AtomicU64::new(0),
-            waiters: Mutex::new(Vec::new()),
-            next_id: AtomicU64::new(self.next_id),
-        });
+    /// Starts the writer thread; it reports durability to whoever asks the [`Store`].
+    pub fn start(&mut self) -> Result<Store, PersistenceError> {
+        let shared = Arc::new(StoreShared::new(self.next_id));
         let Some(writer) = self.writer.take() else {
             return Err(PersistenceError::io(
                 Path::new("persistence writer thread"),
@@ -381,121 +406,8 @@ impl Recovered {
         let for_writer = shared.clone();
         std::thread::Builder::new()
             .name("switchboard-persistence".into())
-            .spawn(move || writer.run(rx, durable, for_writer))
+            .spawn(move || writer.run(for_writer))
             .map_err(|e| PersistenceError::io(Path::new("persistence writer thread"), e))?;
-        Ok(Store(shared))
-    }
-}
-
-/// The sending end of the writer's queue, and the number of the last change sent.
-struct Submitter {
-    tx: SyncSender<Command>,
-    next_seq: u64,
-}
-
-/// What the [`Store`] handles and the writer thread share.
-pub struct StoreShared {
-    /// Numbers changes and sends them in that order (one lock, so that numbers and queue
-    /// order agree).
-    submitter: Mutex<Submitter>,
-    /// The last change the writer reported durable.
-    durable: AtomicU64,
-    /// Sessions waiting for a change to be durable: (its number, who to tell).
-    waiters: Mutex<Vec<(u64, Recipient<Durable>)>>,
-    /// The next durable id of a queued message.
-    next_id: AtomicU64,
-}
-
-impl StoreShared {
-    /// The waiters, even if a thread panicked holding them.
-    fn lock_waiters(&self) -> MutexGuard<'_, Vec<(u64, Recipient<Durable>)>> {
-        self.waiters
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-/// A handle on the writer thread, shared by the Registry and every Session.
-#[derive(Clone)]
-pub struct Store(Arc<StoreShared>);
-
-impl Store {
-    /// Submits a change; returns its sequence number, reported durable once it is. Waits only
-    /// if the writer is [`QUEUE`] changes behind.
-    pub fn submit(&self, record: Record) -> u64 {
-        self.send(|seq| Command::Append { record, seq })
-    }
-
-    /// Submits changes, in order, as one; returns the sequence number of the last.
-    pub fn submit_all(&self, records: Vec<Record>) -> u64 {
-        self.send(|seq| Command::AppendAll { records, seq })
-    }
-
-    fn send(&self, command: impl FnOnce(u64) -> Command) -> u64 {
-        let mut submitter = self
-            .0
-            .submitter
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        submitter.next_seq += 1;
-        let seq = submitter.next_seq;
-        match submitter.tx.try_send(command(seq)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(command)) => {
-                // Pushes back on whoever submits: a Session stops reading its socket, the
-                // Registry its mailbox, until the writer catches up.
-                warn!("the persistence writer is behind; waiting for it");
-                let _ = submitter.tx.send(command);
-            }
-            // The writer stopped (it logged why); nothing more becomes durable.
-            Err(TrySendError::Disconnected(_)) => {}
-        }
-        seq
-    }
-
-    /// The sequence number of the last change submitted (0: none yet).
-    pub fn last_submitted(&self) -> u64 {
-        self.0
-            .submitter
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .next_seq
-    }
-
-    /// The last change the writer reported durable.
-    pub fn durable(&self) -> u64 {
-        self.0.durable.load(Ordering::SeqCst)
-    }
-
-    /// Whether change `seq` is durable; if not, `to` gets [`Durable`] once it is.
-    pub fn notify_when_durable(&self, seq: u64, to: &Recipient<Durable>) -> bool {
-        let mut waiters = self.0.lock_waiters();
-        // Read under the lock the writer takes after storing `durable`: either this sees the
-        // new value, or the writer sees this waiter.
-        if self.durable() >= seq {
-            return true;
-        }
-        waiters.push((seq, to.clone()));
-        false
-    }
-
-    /// A new durable id for a queued message.
-    pub fn next_id(&self) -> u64 {
-        self.0.next_id.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Syncs everything submitted so far and waits for it (graceful shutdown).
-    pub fn flush(&self) {
-        let (done, wait) = std::sync::mpsc::channel();
-        let tx = self
-            .0
-            .submitter
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .tx
-            .clone();
-        if tx.send(Command::Flush(done)).is_ok() {
-            let _ = wait.recv();
-        }
+        Ok(Store::new(shared))
     }
 }

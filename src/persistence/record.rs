@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-use super::wire::{get_message, put_message, put_str, Reader};
-use crate::message::{Delivery, Message, QoS, SubscriptionOptions};
+use super::wire::{get_message, get_will, put_message, put_str, put_will, Reader};
+use crate::message::{Delivery, LastWill, Message, QoS, SubscriptionOptions};
 
 const RETAIN_SET: u8 = 1;
 const RETAIN_CLEAR: u8 = 2;
@@ -24,6 +24,8 @@ const RELEASED: u8 = 10;
 const DONE: u8 = 11;
 const INBOUND_QOS2: u8 = 12;
 const INBOUND_RELEASED: u8 = 13;
+const WILL_SET: u8 = 14;
+const WILL_CLEAR: u8 = 15;
 
 /// Bytes of a frame header: length and CRC.
 pub const FRAME_HEADER: usize = 8;
@@ -122,21 +124,20 @@ pub enum Record {
         /// The packet identifier.
         pid: u16,
     },
-}
-
-/// What a record does to the live state the writer keeps for compaction, under a key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LiveEffect {
-    /// Nothing (the snapshot marker).
-    None,
-    /// The record is the live value of the key, replacing any.
-    Set(String),
-    /// The record joins the key's live value, if the key is live.
-    Append(String),
-    /// The key is no longer live.
-    Remove(String),
-    /// No key starting with this is live any more.
-    RemovePrefix(String),
+    /// The will of a kept session: armed while its client is connected (`deadline` 0, it
+    /// goes out if the connection ends without DISCONNECT, a crash included), or waiting for
+    /// its Will Delay Interval until `deadline` (ms since the Unix epoch).
+    WillSet {
+        /// The client id.
+        client_id: String,
+        /// 0 while connected; else when the will is published.
+        deadline: u64,
+        /// The will.
+        will: Box<LastWill>,
+    },
+    /// The session has no will any more: published, cancelled by a reconnection, or its
+    /// client disconnected normally.
+    WillClear(String),
 }
 
 /// Why a record could not be decoded.
@@ -163,48 +164,26 @@ impl Record {
         }
     }
 
-    /// What this record does to the live state (for compaction). Everything of a session sits
-    /// under the key prefix `s:{client_id}\0`: the session itself, then its subscriptions by
-    /// filter, and after a second NUL (no filter holds one) its queued messages and inbound
-    /// QoS 2 ids.
-    pub fn live_effect(&self) -> LiveEffect {
-        let queued = |client_id: &str, id: u64| format!("s:{client_id}\0\0q{id:016x}");
-        let inbound = |client_id: &str, pid: u16| format!("s:{client_id}\0\0i{pid:05}");
-        match self {
-            Record::RetainSet(message) => LiveEffect::Set(format!("r:{}", message.topic)),
-            Record::RetainClear(topic) => LiveEffect::Remove(format!("r:{topic}")),
-            Record::SessionSet { client_id, .. } => LiveEffect::Set(format!("s:{client_id}\0")),
-            Record::SessionGone(client_id) => LiveEffect::RemovePrefix(format!("s:{client_id}\0")),
-            Record::Subscribe {
-                client_id, filter, ..
-            } => LiveEffect::Set(format!("s:{client_id}\0{filter}")),
-            Record::Unsubscribe { client_id, filter } => {
-                LiveEffect::Remove(format!("s:{client_id}\0{filter}"))
-            }
-            Record::Queued { client_id, id, .. } => LiveEffect::Set(queued(client_id, *id)),
-            Record::Sent { client_id, id, .. } | Record::Released { client_id, id } => {
-                LiveEffect::Append(queued(client_id, *id))
-            }
-            Record::Done { client_id, id } => LiveEffect::Remove(queued(client_id, *id)),
-            Record::InboundQos2 { client_id, pid } => LiveEffect::Set(inbound(client_id, *pid)),
-            Record::InboundReleased { client_id, pid } => {
-                LiveEffect::Remove(inbound(client_id, *pid))
-            }
-            Record::Snapshot => LiveEffect::None,
-        }
-    }
-
     /// The framed record: header and body, ready to append.
     pub fn to_frame(&self) -> Vec<u8> {
-        let mut body = Vec::with_capacity(64);
+        let mut frame = Vec::with_capacity(64);
+        self.write_frame(&mut frame);
+        frame
+    }
+
+    /// Appends the framed record (header and body) to `out`.
+    pub fn write_frame(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&[0; FRAME_HEADER]);
+        let body = &mut *out;
         match self {
             Record::RetainSet(message) => {
                 body.push(RETAIN_SET);
-                put_message(&mut body, message);
+                put_message(body, message);
             }
             Record::RetainClear(topic) => {
                 body.push(RETAIN_CLEAR);
-                put_str(&mut body, topic);
+                put_str(body, topic);
             }
             Record::Snapshot => body.push(SNAPSHOT),
             Record::SessionSet {
@@ -213,13 +192,13 @@ impl Record {
                 offline_since,
             } => {
                 body.push(SESSION_SET);
-                put_str(&mut body, client_id);
+                put_str(body, client_id);
                 body.extend_from_slice(&expiry.to_le_bytes());
                 body.extend_from_slice(&offline_since.to_le_bytes());
             }
             Record::SessionGone(client_id) => {
                 body.push(SESSION_GONE);
-                put_str(&mut body, client_id);
+                put_str(body, client_id);
             }
             Record::Subscribe {
                 client_id,
@@ -227,8 +206,8 @@ impl Record {
                 options,
             } => {
                 body.push(SUBSCRIBE);
-                put_str(&mut body, client_id);
-                put_str(&mut body, filter);
+                put_str(body, client_id);
+                put_str(body, filter);
                 body.push(options.qos as u8);
                 body.push(u8::from(options.no_local) | u8::from(options.retain_as_published) << 1);
                 body.push(options.retain_handling);
@@ -236,8 +215,8 @@ impl Record {
             }
             Record::Unsubscribe { client_id, filter } => {
                 body.push(UNSUBSCRIBE);
-                put_str(&mut body, client_id);
-                put_str(&mut body, filter);
+                put_str(body, client_id);
+                put_str(body, filter);
             }
             Record::Queued {
                 client_id,
@@ -248,7 +227,7 @@ impl Record {
                 message,
             } => {
                 body.push(QUEUED);
-                put_str(&mut body, client_id);
+                put_str(body, client_id);
                 body.extend_from_slice(&id.to_le_bytes());
                 body.push(*qos as u8);
                 body.push(u8::from(*retain) | u8::from(message.retain) << 1);
@@ -257,11 +236,11 @@ impl Record {
                 for sid in &subscription_ids[..n] {
                     body.extend_from_slice(&sid.to_le_bytes());
                 }
-                put_message(&mut body, message);
+                put_message(body, message);
             }
             Record::Sent { client_id, id, pid } => {
                 body.push(SENT);
-                put_str(&mut body, client_id);
+                put_str(body, client_id);
                 body.extend_from_slice(&id.to_le_bytes());
                 body.extend_from_slice(&pid.to_le_bytes());
             }
@@ -271,8 +250,22 @@ impl Record {
                 } else {
                     RELEASED
                 });
-                put_str(&mut body, client_id);
+                put_str(body, client_id);
                 body.extend_from_slice(&id.to_le_bytes());
+            }
+            Record::WillSet {
+                client_id,
+                deadline,
+                will,
+            } => {
+                body.push(WILL_SET);
+                put_str(body, client_id);
+                body.extend_from_slice(&deadline.to_le_bytes());
+                put_will(body, will);
+            }
+            Record::WillClear(client_id) => {
+                body.push(WILL_CLEAR);
+                put_str(body, client_id);
             }
             Record::InboundQos2 { client_id, pid } | Record::InboundReleased { client_id, pid } => {
                 body.push(if matches!(self, Record::InboundQos2 { .. }) {
@@ -280,15 +273,14 @@ impl Record {
                 } else {
                     INBOUND_RELEASED
                 });
-                put_str(&mut body, client_id);
+                put_str(body, client_id);
                 body.extend_from_slice(&pid.to_le_bytes());
             }
         }
-        let mut frame = Vec::with_capacity(FRAME_HEADER + body.len());
-        frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-        frame.extend_from_slice(&body);
-        frame
+        let body_len = out.len() - start - FRAME_HEADER;
+        let crc = crc32fast::hash(&out[start + FRAME_HEADER..]);
+        out[start..start + 4].copy_from_slice(&(body_len as u32).to_le_bytes());
+        out[start + 4..start + FRAME_HEADER].copy_from_slice(&crc.to_le_bytes());
     }
 
     /// Decodes one record body (the CRC already checked).
@@ -374,6 +366,12 @@ impl Record {
                 client_id: r.string()?,
                 pid: r.u16()?,
             },
+            WILL_SET => Record::WillSet {
+                client_id: r.string()?,
+                deadline: r.u64()?,
+                will: Box::new(get_will(&mut r)?),
+            },
+            WILL_CLEAR => Record::WillClear(r.string()?),
             _ => return Err(RecordError::Invalid("unknown record kind")),
         };
         if !r.0.is_empty() {
@@ -387,11 +385,54 @@ impl Record {
 mod tests {
     use super::*;
     use crate::message::MessageProperties;
+    use crate::persistence::LiveKind;
     use bytes::Bytes;
     use std::time::Instant;
 
     fn body(frame: &[u8]) -> &[u8] {
         &frame[FRAME_HEADER..]
+    }
+
+    #[test]
+    fn a_will_with_its_properties_delay_and_deadline_round_trips() {
+        let mut will = LastWill::new(
+            "gates/1/status",
+            Bytes::from_static(b"offline"),
+            QoS::AtLeastOnce,
+            true,
+        );
+        will.properties = Some(Box::new(MessageProperties {
+            content_type: Some("text/plain".into()),
+            user_properties: vec![("why".into(), "lost".into())],
+            ..MessageProperties::default()
+        }));
+        will.expiry = Some(60);
+        will.delay = 30;
+        let record = Record::WillSet {
+            client_id: "gate-1".into(),
+            deadline: 1_700_000_000_000,
+            will: Box::new(will.clone()),
+        };
+        let frame = record.to_frame();
+        let Record::WillSet {
+            client_id,
+            deadline,
+            will: back,
+        } = Record::decode(body(&frame)).expect("decodes")
+        else {
+            panic!("kind");
+        };
+        assert_eq!(
+            (client_id.as_str(), deadline),
+            ("gate-1", 1_700_000_000_000)
+        );
+        assert_eq!(*back, will);
+        for cut in 0..body(&frame).len() {
+            assert!(
+                Record::decode(&body(&frame)[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
     }
 
     #[test]
@@ -461,8 +502,15 @@ mod tests {
         assert_eq!(subscription_ids, vec![7, 9]);
         assert!(message.retain, "the message's own RETAIN flag is kept");
         assert_eq!(&message.payload[..], b"on");
-        let session = LiveEffect::RemovePrefix("s:c1\0".into());
-        assert_eq!(Record::SessionGone("c1".into()).live_effect(), session);
+        let live = |record: &Record| {
+            let mut key = Vec::new();
+            let kind = record.live_key(&mut key);
+            (kind, key)
+        };
+        assert_eq!(
+            live(&Record::SessionGone("c1".into())),
+            (LiveKind::RemovePrefix, b"s:c1\0".to_vec())
+        );
         for record in [
             Record::Sent {
                 client_id: "c1".into(),
@@ -487,12 +535,10 @@ mod tests {
             },
         ] {
             let back = Record::decode(body(&record.to_frame())).expect("decodes");
-            assert_eq!(back.live_effect(), record.live_effect());
-            let key = match record.live_effect() {
-                LiveEffect::Append(k) | LiveEffect::Remove(k) | LiveEffect::Set(k) => k,
-                other => panic!("{other:?}"),
-            };
-            assert!(key.starts_with("s:c1\0\0"), "{key:?} is under the session");
+            assert_eq!(live(&back), live(&record));
+            let (kind, key) = live(&record);
+            assert_ne!(kind, LiveKind::None);
+            assert!(key.starts_with(b"s:c1\0\0"), "{key:?} is under the session");
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use super::record::RecordError;
-use crate::message::{Message, MessageProperties, QoS};
+use crate::message::{LastWill, Message, MessageProperties, QoS};
 
 /// A deadline as milliseconds since the Unix epoch (wall clock, so it holds across a restart);
 /// 0 for none.
@@ -64,6 +64,57 @@ pub(super) fn get_message(r: &mut Reader<'_>, retain: bool) -> Result<Message, R
     message.properties = properties;
     message.expires_at = expires_at;
     Ok(message)
+}
+
+/// A will: topic, QoS, RETAIN, payload, properties, message expiry and delay.
+pub(super) fn put_will(body: &mut Vec<u8>, will: &LastWill) {
+    put_str(body, &will.topic);
+    body.push(will.qos as u8);
+    body.push(u8::from(will.retain));
+    body.extend_from_slice(&(will.payload.len() as u32).to_le_bytes());
+    body.extend_from_slice(&will.payload);
+    match will.properties.as_deref() {
+        None => body.push(0),
+        Some(p) => {
+            body.push(1);
+            put_properties(body, p);
+        }
+    }
+    match will.expiry {
+        None => body.push(0),
+        Some(e) => {
+            body.push(1);
+            body.extend_from_slice(&e.to_le_bytes());
+        }
+    }
+    body.extend_from_slice(&will.delay.to_le_bytes());
+}
+
+pub(super) fn get_will(r: &mut Reader<'_>) -> Result<LastWill, RecordError> {
+    let topic = r.string()?;
+    let qos = QoS::from_u8(r.u8()?).ok_or(RecordError::Invalid("QoS above 2"))?;
+    let retain = match r.u8()? {
+        0 => false,
+        1 => true,
+        _ => return Err(RecordError::Invalid("bad will retain flag")),
+    };
+    let len = r.u32()? as usize;
+    let payload = Bytes::copy_from_slice(r.take(len)?);
+    let properties = match r.u8()? {
+        0 => None,
+        1 => Some(Box::new(get_properties(r)?)),
+        _ => return Err(RecordError::Invalid("bad properties flag")),
+    };
+    let expiry = match r.u8()? {
+        0 => None,
+        1 => Some(r.u32()?),
+        _ => return Err(RecordError::Invalid("bad will expiry flag")),
+    };
+    let mut will = LastWill::new(topic, payload, qos, retain);
+    will.properties = properties;
+    will.expiry = expiry;
+    will.delay = r.u32()?;
+    Ok(will)
 }
 
 pub(super) fn put_str(out: &mut Vec<u8>, s: &str) {

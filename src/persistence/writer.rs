@@ -1,125 +1,105 @@
-//! The writer thread: takes the records the Registry submits, appends each drain of its queue
-//! with one write (group commit), syncs by the `fsync` policy, reports what is durable, and
-//! compacts when the log has grown to twice the live state.
+//! The writer thread: takes everything submitted to the [`Store`](super::Store) in one drain,
+//! appends it with one write (group commit), syncs by the `fsync` policy, reports what is
+//! durable, and compacts when the log has grown to twice the live state.
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::Recipient;
 use tracing::{debug, error, info};
 
+use super::live::LiveKind;
 use super::log::Log;
-use super::record::{LiveEffect, Record};
-use super::{Durable, Persisted, StoreShared};
+use super::record::Record;
+use super::store::{StoreShared, WriterState, NAP, NAPS_BEFORE_SLEEP};
 use crate::config::FsyncPolicy;
-
-/// Most records written in one commit.
-const MAX_BATCH: usize = 4096;
 
 /// The log is compacted when it is larger than twice the live state and than this.
 const COMPACT_FLOOR: u64 = 4 * 1024 * 1024;
-
-/// Sent by the Registry and the Sessions to the writer thread (a channel, not an actor).
-pub enum Command {
-    /// Append `record`; `seq` is its submission number.
-    Append {
-        /// The change.
-        record: Record,
-        /// Its sequence number.
-        seq: u64,
-    },
-    /// Append `records`, in order; `seq` is the submission number of the last.
-    AppendAll {
-        /// The changes.
-        records: Vec<Record>,
-        /// The sequence number of the last.
-        seq: u64,
-    },
-    /// Sync now, then answer (graceful shutdown).
-    Flush(std::sync::mpsc::Sender<()>),
-}
 
 /// The writer's state: the log, and the live records (for compaction).
 pub struct Writer {
     pub(super) log: Log,
     /// Held for the broker's life: one broker per directory.
     pub(super) _lock: File,
-    /// Key ([`Record::live_effect`]) -> framed records: the live state, written out by
+    /// Key ([`Record::live_key`]) -> framed records: the live state, written out by
     /// compaction.
-    pub(super) live: BTreeMap<String, Vec<u8>>,
+    pub(super) live: BTreeMap<Vec<u8>, Vec<u8>>,
     pub(super) live_bytes: u64,
     pub(super) policy: FsyncPolicy,
     pub(super) interval: Duration,
 }
 
+/// The little-endian u32 at `at` of `bytes` (0 past the end), as a length.
+fn u32_at(bytes: &[u8], at: usize) -> usize {
+    bytes
+        .get(at..at + 4)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, |b: [u8; 4]| u32::from_le_bytes(b) as usize)
+}
+
 impl Writer {
-    /// Runs until every sender is gone, then syncs and returns. What is durable goes to
-    /// `durable` (the Registry) and to the Sessions waiting in `shared`.
-    pub fn run(
-        mut self,
-        commands: Receiver<Command>,
-        durable: Recipient<Persisted>,
-        shared: Arc<StoreShared>,
-    ) {
+    /// Runs until every [`Store`](super::Store) is gone, then syncs and returns. What is
+    /// durable is reported through `shared` to whoever waits for it.
+    pub fn run(mut self, shared: Arc<StoreShared>) {
         let mut last_sync = Instant::now();
         let mut unsynced = false;
         let mut frames = Vec::new();
+        let mut effects = Vec::new();
         let mut flushes = Vec::new();
+        let mut naps = 0;
         loop {
-            let wait = if unsynced && self.policy == FsyncPolicy::Interval {
-                self.interval.saturating_sub(last_sync.elapsed())
-            } else {
-                Duration::from_secs(3600)
-            };
-            let first = match commands.recv_timeout(wait) {
-                Ok(command) => Some(command),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => break,
-            };
-            let mut last_seq = None;
-            frames.clear();
-            let mut command = first;
-            let mut taken = 0;
-            while let Some(c) = command.take() {
-                match c {
-                    Command::Append { record, seq } => {
-                        let frame = record.to_frame();
-                        frames.extend_from_slice(&frame);
-                        self.track(&record, frame);
-                        last_seq = Some(seq);
+            let (seq, closed) = {
+                let mut pending = shared.lock_pending();
+                while !pending.has_changes && pending.flushes.is_empty() && !pending.closed {
+                    let sync_in = (unsynced && self.policy == FsyncPolicy::Interval)
+                        .then(|| self.interval.saturating_sub(last_sync.elapsed()));
+                    if sync_in == Some(Duration::ZERO) {
+                        break;
                     }
-                    Command::AppendAll { records, seq } => {
-                        for record in records {
-                            let frame = record.to_frame();
-                            frames.extend_from_slice(&frame);
-                            self.track(&record, frame);
-                        }
-                        last_seq = Some(seq);
+                    let (state, nap) = if naps < NAPS_BEFORE_SLEEP {
+                        (WriterState::Napping, NAP)
+                    } else {
+                        (WriterState::Asleep, Duration::from_secs(3600))
+                    };
+                    pending.writer = state;
+                    let (p, timeout) = shared
+                        .wake_writer
+                        .wait_timeout(pending, sync_in.map_or(nap, |s| s.min(nap)))
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    pending = p;
+                    if timeout.timed_out() && !pending.has_changes {
+                        naps = naps.saturating_add(1);
                     }
-                    Command::Flush(done) => flushes.push(done),
                 }
-                taken += 1;
-                if taken < MAX_BATCH {
-                    command = commands.try_recv().ok();
+                if pending.has_changes {
+                    naps = 0;
                 }
-            }
+                pending.writer = WriterState::Busy;
+                frames.clear();
+                effects.clear();
+                std::mem::swap(&mut frames, &mut pending.frames);
+                std::mem::swap(&mut effects, &mut pending.effects);
+                flushes.append(&mut pending.flushes);
+                let seq = std::mem::take(&mut pending.has_changes).then_some(pending.seq);
+                (seq, pending.closed)
+            };
+            shared.room.notify_all();
             if !frames.is_empty() {
                 if let Err(e) = self.log.append(&frames) {
                     // Nothing of this commit is acknowledged; publishers wait for their PUBACK.
                     error!(error = %e, "cannot write the persistence log; nothing more is acknowledged until it can");
                     continue;
                 }
+                self.track_all(&frames, &effects);
                 unsynced = true;
             }
             let sync_due = match self.policy {
                 FsyncPolicy::Always => unsynced,
                 FsyncPolicy::Interval => unsynced && last_sync.elapsed() >= self.interval,
                 FsyncPolicy::Never => false,
-            } || (!flushes.is_empty() && unsynced);
+            } || ((!flushes.is_empty() || closed) && unsynced);
             if sync_due {
                 if let Err(e) = self.log.sync() {
                     error!(error = %e, "cannot sync the persistence log");
@@ -131,57 +111,76 @@ impl Writer {
                 // What a power-loss test cuts the log back to.
                 debug!(segment = %segment.display(), offset, "persistence log synced");
             }
-            if let Some(seq) = last_seq {
-                durable.do_send(Persisted(seq));
-                shared.durable.store(seq, Ordering::SeqCst);
-                let mut waiters = shared.lock_waiters();
-                waiters.retain(|(wanted, session)| {
-                    if *wanted > seq {
-                        return true;
-                    }
-                    session.do_send(Durable(seq));
-                    false
-                });
+            if let Some(seq) = seq {
+                shared.report_durable(seq);
             }
             for done in flushes.drain(..) {
                 let _ = done.send(());
             }
-            self.maybe_compact();
-        }
-        if unsynced {
-            if let Err(e) = self.log.sync() {
-                error!(error = %e, "cannot sync the persistence log at shutdown");
+            if closed {
+                return;
             }
+            self.maybe_compact();
         }
     }
 
-    /// Keeps the live state current for compaction.
-    pub(super) fn track(&mut self, record: &Record, frame: Vec<u8>) {
-        match record.live_effect() {
-            LiveEffect::None => {}
-            LiveEffect::Set(key) => {
+    /// Keeps the live state current for a drain: `effects` describes the records of `frames`
+    /// (see `Pending::effects`).
+    fn track_all(&mut self, frames: &[u8], effects: &[u8]) {
+        let (mut at, mut frame_at) = (0, 0);
+        while at + 5 <= effects.len() {
+            let kind = LiveKind::from_u8(effects[at]);
+            let key_end = at + 5 + u32_at(effects, at + 1);
+            let Some(key) = effects.get(at + 5..key_end) else {
+                return;
+            };
+            let frame_end = frame_at + u32_at(effects, key_end);
+            let Some(frame) = frames.get(frame_at..frame_end) else {
+                return;
+            };
+            self.track_key(kind, key, frame);
+            at = key_end + 4;
+            frame_at = frame_end;
+        }
+    }
+
+    /// Keeps the live state current for one record read back at start.
+    pub(super) fn track(&mut self, record: &Record, frame: &[u8]) {
+        let mut key = Vec::new();
+        let kind = record.live_key(&mut key);
+        self.track_key(kind, &key, frame);
+    }
+
+    fn track_key(&mut self, kind: LiveKind, key: &[u8], frame: &[u8]) {
+        match kind {
+            LiveKind::None => {}
+            LiveKind::Set => {
                 self.live_bytes += frame.len() as u64;
-                if let Some(old) = self.live.insert(key, frame) {
-                    self.live_bytes -= old.len() as u64;
+                if let Some(live) = self.live.get_mut(key) {
+                    self.live_bytes -= live.len() as u64;
+                    live.clear();
+                    live.extend_from_slice(frame);
+                } else {
+                    self.live.insert(key.to_vec(), frame.to_vec());
                 }
             }
-            LiveEffect::Append(key) => {
+            LiveKind::Append => {
                 // A compaction writes the key's frames one after the other.
-                if let Some(live) = self.live.get_mut(&key) {
-                    live.extend_from_slice(&frame);
+                if let Some(live) = self.live.get_mut(key) {
+                    live.extend_from_slice(frame);
                     self.live_bytes += frame.len() as u64;
                 }
             }
-            LiveEffect::Remove(key) => {
-                if let Some(old) = self.live.remove(&key) {
+            LiveKind::Remove => {
+                if let Some(old) = self.live.remove(key) {
                     self.live_bytes -= old.len() as u64;
                 }
             }
-            LiveEffect::RemovePrefix(prefix) => {
-                let gone: Vec<String> = self
+            LiveKind::RemovePrefix => {
+                let gone: Vec<Vec<u8>> = self
                     .live
-                    .range(prefix.clone()..)
-                    .take_while(|(k, _)| k.starts_with(&prefix))
+                    .range(key.to_vec()..)
+                    .take_while(|(k, _)| k.starts_with(key))
                     .map(|(k, _)| k.clone())
                     .collect();
                 for k in gone {

@@ -1,8 +1,7 @@
 //! How a client's connection and session end: the detach handshake with its Session
-//! ([`Detach`], [`SessionEnded`]), the will, shared-subscription messages handed to another
+//! ([`Detach`], [`SessionEnded`]), whether the will goes (`wills.rs`), shared-subscription messages handed to another
 //! member, the stored session and its expiry.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -10,7 +9,7 @@ use tracing::{debug, info};
 
 use super::{client_in, ClientKey, ConnId, Detach, Detached, Registry, SessionEnded};
 use crate::hooks::ClientDisconnected;
-use crate::message::{Delivery, LastWill};
+use crate::message::Delivery;
 use crate::queue::QueueLimits;
 use crate::session_state::{InflightStage, SessionState};
 
@@ -87,32 +86,6 @@ impl Registry {
             // [MQTT-3.1.3-9] published when the session ends, if that comes before the delay.
             self.publish_will(&client_id, key, *will, ctx);
         }
-    }
-
-    /// Publishes a delayed will whose delay has passed, unless the client came back.
-    fn fire_will(&mut self, key: ClientKey, token: u64, ctx: &mut Context<Self>) {
-        let Some(client) = self.client(key) else {
-            return;
-        };
-        if client.timer_token != token {
-            return;
-        }
-        let Some(will) = client.delayed_will.take() else {
-            return;
-        };
-        let client_id = client.id.clone();
-        self.publish_will(&client_id, key, *will, ctx);
-    }
-
-    fn publish_will(
-        &mut self,
-        client_id: &str,
-        key: ClientKey,
-        will: LastWill,
-        ctx: &mut Context<Self>,
-    ) {
-        debug!(client_id = %client_id, topic = %will.topic, "publishing will");
-        self.route(Arc::new(will.to_message()), Some(key), ctx);
     }
 
     /// Gives the shared-subscription deliveries a leaving client did not acknowledge to another
@@ -205,20 +178,21 @@ impl Handler<Detach> for Registry {
         }
         let (expiry, token) = (client.session_expiry, client.timer_token);
         info!(client_id = %client_id, addr = %peer, reason = %msg.reason, "client disconnected");
-        if let (true, Some(will)) = (msg.reason.publishes_will(), will) {
-            if will.delay == 0 || expiry == 0 {
+        match (msg.reason.publishes_will(), will) {
+            (true, Some(will)) if will.delay == 0 || expiry == 0 => {
                 self.publish_will(&client_id, msg.key, will, ctx);
-            } else {
+                self.persist_will(msg.key, None);
+            }
+            (true, Some(will)) => {
                 // (5.0) published after the Will Delay Interval or when the session ends,
                 // whichever comes first [MQTT-3.1.2-8], unless the client reconnects before
                 // [MQTT-3.1.3-9].
                 let delay = Duration::from_secs(u64::from(will.delay.min(expiry)));
-                if let Some(client) = self.client(msg.key) {
-                    client.delayed_will = Some(Box::new(will));
-                }
-                let key = msg.key;
-                ctx.run_later(delay, move |act, ctx| act.fire_will(key, token, ctx));
+                self.delay_will(msg.key, token, will, delay, ctx);
             }
+            // A normal DISCONNECT discards the will [MQTT-3.1.2-10].
+            (false, Some(_)) => self.persist_will(msg.key, None),
+            (_, None) => {}
         }
         let event = ClientDisconnected {
             client_id,

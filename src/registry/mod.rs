@@ -11,6 +11,7 @@ mod ending;
 mod messages;
 mod recovering;
 mod subscriptions;
+mod wills;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use crate::config::{Config, QueueOverflow, SessionConfig};
 use crate::hooks::LifecycleHooks;
 use crate::message::{Delivery, Message, QoS, SubscriptionOptions};
 use crate::metrics::Metrics;
-use crate::persistence::{unix_ms_now, Persisted, Record, Store};
+use crate::persistence::{unix_ms_now, Durable, Record, Store};
 use crate::queue::{Pushed, QueueLimits};
 use crate::routing::{Routes, Target};
 use crate::session_state::SessionState;
@@ -69,6 +70,8 @@ pub struct Registry {
     awaiting_durable: VecDeque<(u64, ClientKey, ConnId)>,
     /// The last change the store reported durable.
     durable: u64,
+    /// The last change the Registry asked the store to report.
+    durable_asked: u64,
 }
 
 impl Actor for Registry {
@@ -109,6 +112,7 @@ impl Registry {
             store: None,
             awaiting_durable: VecDeque::new(),
             durable: 0,
+            durable_asked: 0,
         }
     }
 
@@ -130,7 +134,7 @@ impl Registry {
         ) else {
             return;
         };
-        let records = ids
+        let records: Vec<Record> = ids
             .into_iter()
             .map(|id| Record::Done {
                 client_id: client.id.to_string(),
@@ -377,9 +381,19 @@ impl Handler<Publish> for Registry {
         }
         // With a store, the publisher's acknowledgements wait for `Routed`: after what this
         // burst changed is durable.
-        match self.store.as_ref().map(Store::last_submitted) {
-            Some(seq) if seq > self.durable => {
+        match self
+            .store
+            .as_ref()
+            .map(|store| (store.last_submitted(), store))
+        {
+            Some((seq, store)) if seq > self.durable => {
                 self.awaiting_durable.push_back((seq, msg.from, msg.conn));
+                if seq > self.durable_asked {
+                    self.durable_asked = seq;
+                    if store.notify_when_durable(seq, &ctx.address().recipient()) {
+                        ctx.notify(Durable(seq));
+                    }
+                }
             }
             _ => {
                 self.routed.push((msg.from, msg.conn));
@@ -389,10 +403,12 @@ impl Handler<Publish> for Registry {
     }
 }
 
-impl Handler<Persisted> for Registry {
+impl Handler<Durable> for Registry {
     type Result = ();
 
-    fn handle(&mut self, msg: Persisted, _: &mut Context<Self>) {
+    /// From the store's writer thread (or the Registry itself): bursts waiting for what they
+    /// changed to be durable get `Routed`.
+    fn handle(&mut self, msg: Durable, _: &mut Context<Self>) {
         self.durable = self.durable.max(msg.0);
         while let Some(&(seq, key, conn)) = self.awaiting_durable.front() {
             if seq > self.durable {

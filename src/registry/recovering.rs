@@ -4,9 +4,10 @@
 use std::sync::Arc;
 
 use actix::prelude::*;
+use tracing::debug;
 
 use super::{client_in, Registry};
-use crate::message::Message;
+use crate::message::{LastWill, Message};
 use crate::persistence::{Record, RecoveredSession, Store};
 
 /// Sent once by the broker to the Registry at start, before any connection is accepted: the
@@ -22,6 +23,8 @@ pub struct Recover {
     pub sessions: Vec<RecoveredSession>,
     /// What ended while the broker was down, to be recorded.
     pub ended: Vec<Record>,
+    /// Wills of sessions that expired while the broker was down, by client id: published now.
+    pub wills_of_ended: Vec<(String, LastWill)>,
 }
 
 impl Handler<Recover> for Registry {
@@ -29,7 +32,8 @@ impl Handler<Recover> for Registry {
 
     /// Retained messages go back into the retained store; each persistent session comes back
     /// offline, with its subscriptions, its queued and in-flight messages and inbound QoS 2
-    /// ids, and an expiry timer for what is left of its interval `[MQTT-3.1.2-23]`.
+    /// ids, an expiry timer for what is left of its interval `[MQTT-3.1.2-23]`, and its will
+    /// with what is left of its delay.
     fn handle(&mut self, msg: Recover, ctx: &mut Context<Self>) {
         for message in msg.retained {
             let topic = message.topic.clone();
@@ -38,6 +42,7 @@ impl Handler<Recover> for Registry {
         if !msg.ended.is_empty() {
             msg.store.submit_all(msg.ended);
         }
+        let mut recovered_wills = Vec::with_capacity(msg.sessions.len());
         for session in msg.sessions {
             let key = self.insert_client(session.client_id.as_str().into());
             let Some(client) = client_in(&mut self.clients, key) else {
@@ -60,7 +65,18 @@ impl Handler<Recover> for Registry {
             if let Some(after) = session.expires_in {
                 ctx.run_later(after, move |act, ctx| act.expire(key, token, ctx));
             }
+            recovered_wills.push((key, session.will));
         }
         self.store = Some(msg.store);
+        // Wills go out once every session is back, so that their subscriptions get them.
+        for (client_id, will) in msg.wills_of_ended {
+            debug!(client_id = %client_id, topic = %will.topic, "publishing the will of a session that expired while the broker was down");
+            self.route(Arc::new(will.to_message()), None, ctx);
+        }
+        for (key, will) in recovered_wills {
+            if let Some((will, left)) = will {
+                self.recover_will(key, will, left, ctx);
+            }
+        }
     }
 }

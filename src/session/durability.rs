@@ -14,6 +14,16 @@ use crate::persistence::{Durable, Record};
 use crate::routing::Deliver;
 use crate::session::state::DurableChange;
 
+/// The Session's records submitted in one go.
+pub(super) struct Submitted {
+    /// Their change number.
+    seq: u64,
+    /// How many of them are `Done`.
+    done: usize,
+    /// Whether one records the sending of a QoS 2 message.
+    exactly_once: bool,
+}
+
 /// What a batch of acknowledgements waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum AckWait {
@@ -39,8 +49,14 @@ pub(super) struct DeferredAcks {
     pub(super) inbound_qos2: Vec<u16>,
     /// Deliveries that wait for a store change before they reach the client ([`Deliver::after`]).
     held: VecDeque<Deliver>,
-    /// The Session's own last record: its output waits until it is durable.
+    /// The Session's own record that its output waits for (a QoS 2 sending, or the last of
+    /// too many not yet durable).
     output_after: u64,
+    /// The Session's own submissions not yet known durable: (change number, `Done` records).
+    unconfirmed: VecDeque<(u64, usize)>,
+    /// The `Done` records in `unconfirmed`: messages the client has acknowledged that a
+    /// crash now would send again.
+    unconfirmed_done: usize,
     /// The last change the writer was asked to report for the output.
     output_notified: u64,
 }
@@ -212,7 +228,9 @@ impl Session {
     /// recorded first and PUBREL waits for it: after a crash the broker must re-send PUBREL,
     /// not the PUBLISH the client has already passed on.
     pub(super) fn release_outbound(&mut self, pid: u16, ctx: &mut Context<Self>) {
-        let seq = self.submit_durable_changes().unwrap_or(0);
+        let submitted = self.submit_durable_changes();
+        let seq = submitted.as_ref().map_or(0, |s| s.seq);
+        self.note_submitted(submitted);
         self.ack_after(Ack::PubRel, pid, seq, ctx);
     }
 
@@ -229,20 +247,37 @@ impl Session {
         }
     }
 
-    /// Submits the Session's records and tells whether its output must wait for them: a
-    /// PUBLISH reaches the client only once the record of its sending is durable, so that after
-    /// a crash every message the client may hold is known, and at most the inflight window of
-    /// them comes again.
+    /// Submits the Session's records and tells whether its output must wait for them.
+    ///
+    /// A QoS 2 PUBLISH reaches the client only once the record of its sending is durable: a
+    /// client that got it must get it again after a crash with the same packet identifier, or
+    /// it would take the message twice. QoS 1 output does not wait (a duplicate is within its
+    /// contract) unless the messages in flight and those acknowledged but not yet recorded done
+    /// exceed the inflight window: a crash delivers at most a window of messages again.
     pub(super) fn output_waits(&mut self, ctx: &mut Context<Self>) -> bool {
-        let seq = self.submit_durable_changes();
+        let window = self.outbound.max_inflight();
+        let inflight = self.outbound.inflight_len();
+        let submitted = self.submit_durable_changes();
+        self.note_submitted(submitted);
         let (Some(store), Some(acks)) = (
             self.shared.store.as_ref(),
             self.deferred_acks.as_deref_mut(),
         ) else {
             return false;
         };
-        if let Some(seq) = seq {
-            acks.output_after = acks.output_after.max(seq);
+        let durable = acks.durable.max(store.durable());
+        acks.durable = durable;
+        while let Some(&(seq, done)) = acks.unconfirmed.front() {
+            if seq > durable {
+                break;
+            }
+            acks.unconfirmed.pop_front();
+            acks.unconfirmed_done -= done;
+        }
+        if inflight + acks.unconfirmed_done > window {
+            if let Some(&(last, _)) = acks.unconfirmed.back() {
+                acks.output_after = acks.output_after.max(last);
+            }
         }
         if acks.output_after <= acks.durable {
             return false;
@@ -257,9 +292,23 @@ impl Session {
         true
     }
 
-    /// Submits what happened to the deliveries kept on disk for this client; returns the
-    /// store change number, if there was anything.
-    pub(super) fn submit_durable_changes(&mut self) -> Option<u64> {
+    /// Counts `submitted` as not yet durable; the output waits for it if it holds a QoS 2
+    /// sending.
+    fn note_submitted(&mut self, submitted: Option<Submitted>) {
+        let (Some(submitted), Some(acks)) = (submitted, self.deferred_acks.as_deref_mut()) else {
+            return;
+        };
+        if submitted.done > 0 {
+            acks.unconfirmed.push_back((submitted.seq, submitted.done));
+            acks.unconfirmed_done += submitted.done;
+        }
+        if submitted.exactly_once {
+            acks.output_after = acks.output_after.max(submitted.seq);
+        }
+    }
+
+    /// Submits what happened to the deliveries kept on disk for this client, if anything did.
+    pub(super) fn submit_durable_changes(&mut self) -> Option<Submitted> {
         let changes = self.outbound.take_durable_changes();
         if changes.is_empty() {
             return None;
@@ -269,25 +318,37 @@ impl Session {
             return None;
         };
         let client_id = || client_id.to_string();
-        let records = changes
+        let mut exactly_once = false;
+        let mut done = 0;
+        let records: Vec<Record> = changes
             .into_iter()
             .map(|change| match change {
-                DurableChange::Sent(id, pid) => Record::Sent {
-                    client_id: client_id(),
-                    id,
-                    pid,
-                },
+                DurableChange::Sent(id, pid, qos) => {
+                    exactly_once |= qos == QoS::ExactlyOnce;
+                    Record::Sent {
+                        client_id: client_id(),
+                        id,
+                        pid,
+                    }
+                }
                 DurableChange::Released(id) => Record::Released {
                     client_id: client_id(),
                     id,
                 },
-                DurableChange::Done(id) => Record::Done {
-                    client_id: client_id(),
-                    id,
-                },
+                DurableChange::Done(id) => {
+                    done += 1;
+                    Record::Done {
+                        client_id: client_id(),
+                        id,
+                    }
+                }
             })
             .collect();
-        Some(store.submit_all(records))
+        Some(Submitted {
+            seq: store.submit_quietly(records),
+            done,
+            exactly_once,
+        })
     }
 
     /// Whether `deliver` must wait (for its store change, or behind others that do); if so it

@@ -23,8 +23,8 @@ pub enum AckResult {
 /// record in the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DurableChange {
-    /// Sent with this packet identifier.
-    Sent(u64, u16),
+    /// Sent with this packet identifier, at this QoS.
+    Sent(u64, u16, QoS),
     /// PUBREC came; PUBREL is what is left.
     Released(u64),
     /// Acknowledged, dropped or expired.
@@ -56,6 +56,11 @@ impl Outbound {
             expired: 0,
             journal: Vec::new(),
         }
+    }
+
+    /// The most messages in flight at once.
+    pub fn max_inflight(&self) -> usize {
+        self.max_inflight
     }
 
     /// What happened to deliveries kept on disk since the last call, in order.
@@ -172,7 +177,8 @@ impl Outbound {
             InflightStage::AwaitingPubAck
         };
         if let Some(id) = delivery.durable_id() {
-            self.journal.push(DurableChange::Sent(id, pid));
+            self.journal
+                .push(DurableChange::Sent(id, pid, delivery.qos));
         }
         self.inflight.push_back(InflightEntry {
             pid,
@@ -354,8 +360,8 @@ mod tests {
         assert_eq!(
             o.take_durable_changes(),
             vec![
-                Sent(101, 1),
-                Sent(102, 2),
+                Sent(101, 1, QoS::AtLeastOnce),
+                Sent(102, 2, QoS::ExactlyOnce),
                 Done(101),
                 Released(102),
                 Done(102)

@@ -1,0 +1,134 @@
+//! Where each record sits in the live state the writer keeps for compaction: its key, and
+//! what it does there.
+
+use super::record::Record;
+
+/// What a record does to the live state the writer keeps for compaction, under the key
+/// [`Record::live_key`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveKind {
+    /// Nothing (the snapshot marker).
+    None,
+    /// The record is the live value of the key, replacing any.
+    Set,
+    /// The record joins the key's live value, if the key is live.
+    Append,
+    /// The key is no longer live.
+    Remove,
+    /// No key starting with this one is live any more.
+    RemovePrefix,
+}
+
+impl LiveKind {
+    /// Its number in the writer's queue.
+    pub(super) fn to_u8(self) -> u8 {
+        self as u8
+    }
+
+    /// Back from [`LiveKind::to_u8`].
+    pub(super) fn from_u8(n: u8) -> LiveKind {
+        match n {
+            1 => LiveKind::Set,
+            2 => LiveKind::Append,
+            3 => LiveKind::Remove,
+            4 => LiveKind::RemovePrefix,
+            _ => LiveKind::None,
+        }
+    }
+}
+
+/// Appends `id` as 16 lower-case hex digits (keys sort by id).
+fn put_hex16(key: &mut Vec<u8>, id: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for shift in (0..16).rev() {
+        key.push(DIGITS[((id >> (shift * 4)) & 0xf) as usize]);
+    }
+}
+
+impl Record {
+    /// Writes the key of this record in the live state (for compaction) to `key` and says
+    /// what the record does to it. Everything of a session sits under the key prefix
+    /// `s:{client_id}\0`: the session itself, then its subscriptions by filter, and after a
+    /// second NUL (no filter holds one) its queued messages (`q` and the id in hex) and inbound
+    /// QoS 2 ids (`i` and the id), and its will (`w`).
+    pub fn live_key(&self, key: &mut Vec<u8>) -> LiveKind {
+        let session = |key: &mut Vec<u8>, client_id: &str| {
+            key.extend_from_slice(b"s:");
+            key.extend_from_slice(client_id.as_bytes());
+            key.push(0);
+        };
+        let queued = |key: &mut Vec<u8>, client_id: &str, id: u64| {
+            session(key, client_id);
+            key.extend_from_slice(b"\0q");
+            put_hex16(key, id);
+        };
+        let inbound = |key: &mut Vec<u8>, client_id: &str, pid: u16| {
+            session(key, client_id);
+            key.extend_from_slice(b"\0i");
+            key.extend_from_slice(&pid.to_be_bytes());
+        };
+        match self {
+            Record::RetainSet(message) => {
+                key.extend_from_slice(b"r:");
+                key.extend_from_slice(message.topic.as_bytes());
+                LiveKind::Set
+            }
+            Record::RetainClear(topic) => {
+                key.extend_from_slice(b"r:");
+                key.extend_from_slice(topic.as_bytes());
+                LiveKind::Remove
+            }
+            Record::SessionSet { client_id, .. } => {
+                session(key, client_id);
+                LiveKind::Set
+            }
+            Record::SessionGone(client_id) => {
+                session(key, client_id);
+                LiveKind::RemovePrefix
+            }
+            Record::Subscribe {
+                client_id, filter, ..
+            } => {
+                session(key, client_id);
+                key.extend_from_slice(filter.as_bytes());
+                LiveKind::Set
+            }
+            Record::Unsubscribe { client_id, filter } => {
+                session(key, client_id);
+                key.extend_from_slice(filter.as_bytes());
+                LiveKind::Remove
+            }
+            Record::Queued { client_id, id, .. } => {
+                queued(key, client_id, *id);
+                LiveKind::Set
+            }
+            Record::Sent { client_id, id, .. } | Record::Released { client_id, id } => {
+                queued(key, client_id, *id);
+                LiveKind::Append
+            }
+            Record::Done { client_id, id } => {
+                queued(key, client_id, *id);
+                LiveKind::Remove
+            }
+            Record::WillSet { client_id, .. } => {
+                session(key, client_id);
+                key.extend_from_slice(b"\0w");
+                LiveKind::Set
+            }
+            Record::WillClear(client_id) => {
+                session(key, client_id);
+                key.extend_from_slice(b"\0w");
+                LiveKind::Remove
+            }
+            Record::InboundQos2 { client_id, pid } => {
+                inbound(key, client_id, *pid);
+                LiveKind::Set
+            }
+            Record::InboundReleased { client_id, pid } => {
+                inbound(key, client_id, *pid);
+                LiveKind::Remove
+            }
+            Record::Snapshot => LiveKind::None,
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! The [`Store`]: how the Registry and the Sessions hand changes to the writer thread.
+//!
+//! A submitter encodes its records straight into one shared buffer (under a lock that also
+//! numbers the change), and wakes the writer if it sleeps. The writer swaps the buffer for an
+//! empty one and appends all of it with one write: every drain is one group commit. Nothing
+//! allocated by a submitter is freed by the writer, and nothing crosses a channel per record.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use actix::Recipient;
+use tracing::warn;
+
+use super::record::Record;
+use super::Durable;
+
+/// A submitter waits (and so stops reading its socket or mailbox) while this much is queued
+/// for the writer.
+const MAX_PENDING_BYTES: usize = 32 << 20;
+
+/// What the writer is doing, for whoever may have to wake it.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+pub(super) enum WriterState {
+    /// Writing: it takes what is pending when it is done.
+    #[default]
+    Busy,
+    /// Asleep for at most [`NAP`]: a change submitted with [`Store::submit_all`], or one
+    /// someone waits for, wakes it; others go out when the nap ends.
+    Napping,
+    /// Asleep until woken, after [`NAPS_BEFORE_SLEEP`] naps without a change: any change
+    /// wakes it.
+    Asleep,
+}
+
+/// The longest a change submitted quietly ([`Store::submit_quietly`]) stays in memory while
+/// changes keep coming.
+pub(super) const NAP: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// Naps without a change before the writer sleeps until woken (an idle broker does not poll).
+pub(super) const NAPS_BEFORE_SLEEP: u32 = 50;
+
+/// What is submitted and not yet taken by the writer.
+#[derive(Default)]
+pub(super) struct Pending {
+    /// Framed records, in submission order.
+    pub(super) frames: Vec<u8>,
+    /// For each record of `frames`, in order: its [`LiveKind`](super::live::LiveKind) as a
+    /// byte, its key's length (u32 LE), the key, and its frame's length (u32 LE).
+    pub(super) effects: Vec<u8>,
+    /// The number of the last change submitted.
+    pub(super) seq: u64,
+    /// Whether `frames` holds changes up to `seq` not yet taken.
+    pub(super) has_changes: bool,
+    /// Who waits for everything submitted to be synced (graceful shutdown).
+    pub(super) flushes: Vec<Sender<()>>,
+    /// How the writer sleeps on [`StoreShared::wake_writer`].
+    pub(super) writer: WriterState,
+    /// Every [`Store`] is gone: the writer syncs and ends.
+    pub(super) closed: bool,
+}
+
+/// What the [`Store`] handles and the writer thread share.
+pub struct StoreShared {
+    pub(super) pending: Mutex<Pending>,
+    /// The writer waits on it for changes.
+    pub(super) wake_writer: Condvar,
+    /// Submitters wait on it for room.
+    pub(super) room: Condvar,
+    /// The last change the writer reported durable.
+    pub(super) durable: AtomicU64,
+    /// Who waits for a change to be durable: (its number, who to tell).
+    waiters: Mutex<Vec<(u64, Recipient<Durable>)>>,
+    /// The next durable id of a queued message.
+    next_id: AtomicU64,
+}
+
+impl StoreShared {
+    /// Shared state for a store whose next queued-message id is `next_id`.
+    pub(super) fn new(next_id: u64) -> Self {
+        StoreShared {
+            pending: Mutex::new(Pending::default()),
+            wake_writer: Condvar::new(),
+            room: Condvar::new(),
+            durable: AtomicU64::new(0),
+            waiters: Mutex::new(Vec::new()),
+            next_id: AtomicU64::new(next_id),
+        }
+    }
+
+    /// The queue to the writer, even if a thread panicked holding it.
+    pub(super) fn lock_pending(&self) -> MutexGuard<'_, Pending> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The waiters, even if a thread panicked holding them.
+    fn lock_waiters(&self) -> MutexGuard<'_, Vec<(u64, Recipient<Durable>)>> {
+        self.waiters
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Called by the writer: every change up to `seq` is durable; tells who waited for it.
+    pub(super) fn report_durable(&self, seq: u64) {
+        self.durable.store(seq, Ordering::SeqCst);
+        let mut waiters = self.lock_waiters();
+        waiters.retain(|(wanted, to)| {
+            if *wanted > seq {
+                return true;
+            }
+            to.do_send(Durable(seq));
+            false
+        });
+    }
+}
+
+/// Ends the writer once the last [`Store`] is dropped.
+struct Handle(Arc<StoreShared>);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.0.lock_pending().closed = true;
+        self.0.wake_writer.notify_one();
+    }
+}
+
+/// A handle on the writer thread, shared by the Registry and every Session.
+#[derive(Clone)]
+pub struct Store(Arc<Handle>);
+
+impl Store {
+    /// The handle on `shared`.
+    pub(super) fn new(shared: Arc<StoreShared>) -> Self {
+        Store(Arc::new(Handle(shared)))
+    }
+
+    fn shared(&self) -> &StoreShared {
+        &self.0 .0
+    }
+
+    /// Submits a change; returns its sequence number, reported durable once it is. Waits only
+    /// if the writer is [`MAX_PENDING_BYTES`] behind. The writer takes it at once.
+    pub fn submit(&self, record: Record) -> u64 {
+        self.submit_all(std::iter::once(record))
+    }
+
+    /// Submits changes, in order, as one; returns the sequence number of the last. The writer
+    /// takes them at once.
+    pub fn submit_all(&self, records: impl IntoIterator<Item = Record>) -> u64 {
+        self.enqueue(records, WriterState::Napping)
+    }
+
+    /// Submits changes nobody waits for yet (a Session's record of what it sent and what was
+    /// acknowledged): the writer takes them with its next commit, within [`NAP`] while it
+    /// naps, or at once for whoever asks [`Store::notify_when_durable`].
+    pub fn submit_quietly(&self, records: impl IntoIterator<Item = Record>) -> u64 {
+        self.enqueue(records, WriterState::Asleep)
+    }
+
+    /// Queues `records` for the writer; wakes it if it is in state `wake` or sleeps deeper.
+    fn enqueue(&self, records: impl IntoIterator<Item = Record>, wake: WriterState) -> u64 {
+        let shared = self.shared();
+        let mut pending = shared.lock_pending();
+        if pending.frames.len() >= MAX_PENDING_BYTES && !pending.closed {
+            // Pushes back on whoever submits: a Session stops reading its socket, the
+            // Registry its mailbox, until the writer catches up.
+            warn!("the persistence writer is behind; waiting for it");
+            while pending.frames.len() >= MAX_PENDING_BYTES && !pending.closed {
+                pending = shared
+                    .room
+                    .wait(pending)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+        }
+        let p = &mut *pending;
+        for record in records {
+            let start = p.frames.len();
+            record.write_frame(&mut p.frames);
+            let frame_len = (p.frames.len() - start) as u32;
+            let kind_at = p.effects.len();
+            p.effects.extend_from_slice(&[0; 5]);
+            let kind = record.live_key(&mut p.effects);
+            let key_len = (p.effects.len() - kind_at - 5) as u32;
+            p.effects[kind_at] = kind.to_u8();
+            p.effects[kind_at + 1..kind_at + 5].copy_from_slice(&key_len.to_le_bytes());
+            p.effects.extend_from_slice(&frame_len.to_le_bytes());
+        }
+        p.seq += 1;
+        p.has_changes = true;
+        let seq = p.seq;
+        let wake = p.writer == WriterState::Asleep || p.writer == wake;
+        drop(pending);
+        if wake {
+            shared.wake_writer.notify_one();
+        }
+        seq
+    }
+
+    /// The sequence number of the last change submitted (0: none yet).
+    pub fn last_submitted(&self) -> u64 {
+        self.shared().lock_pending().seq
+    }
+
+    /// The last change the writer reported durable.
+    pub fn durable(&self) -> u64 {
+        self.shared().durable.load(Ordering::SeqCst)
+    }
+
+    /// Whether change `seq` is durable; if not, `to` gets [`Durable`] once it is, and the
+    /// writer is woken for it.
+    pub fn notify_when_durable(&self, seq: u64, to: &Recipient<Durable>) -> bool {
+        {
+            let mut waiters = self.shared().lock_waiters();
+            // Read under the lock the writer takes after storing `durable`: either this sees
+            // the new value, or the writer sees this waiter.
+            if self.durable() >= seq {
+                return true;
+            }
+            waiters.push((seq, to.clone()));
+        }
+        let pending = self.shared().lock_pending();
+        if pending.writer != WriterState::Busy && pending.has_changes {
+            drop(pending);
+            self.shared().wake_writer.notify_one();
+        }
+        false
+    }
+
+    /// A new durable id for a queued message.
+    pub fn next_id(&self) -> u64 {
+        self.shared().next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Syncs everything submitted so far and waits for it (graceful shutdown).
+    pub fn flush(&self) {
+        let (done, wait) = std::sync::mpsc::channel();
+        {
+            let mut pending = self.shared().lock_pending();
+            if pending.closed {
+                return;
+            }
+            pending.flushes.push(done);
+        }
+        self.shared().wake_writer.notify_one();
+        let _ = wait.recv();
+    }
+}
