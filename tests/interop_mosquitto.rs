@@ -101,3 +101,26 @@ async fn mosquitto_sub_gets_retained_message_with_retain_flag() {
         "1 gate/1AB/state closed"
     );
 }
+
+#[tokio::test]
+async fn with_persistence_mosquitto_pub_gets_its_acknowledgement_when_nobody_subscribes() {
+    // [MQTT-4.3.2-1] / [MQTT-4.3.3-1]: PUBACK, or PUBREC then PUBCOMP, for every QoS 1/2 PUBLISH,
+    // whether or not a subscription matches. mosquitto_pub exits 0 only once it came.
+    if !mosquitto_clients_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = common::broker_with(|c| c.persistence.dir = Some(dir.path().join("state")));
+    let port = broker.local_addr().port().to_string();
+    for qos in ["1", "2"] {
+        let status = tokio::process::Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port, "-q", qos])
+            .args(["-t", "nobody/listens", "-m", "x"])
+            .status();
+        let status = tokio::time::timeout(common::WAIT, status)
+            .await
+            .unwrap_or_else(|_| panic!("mosquitto_pub -q {qos} got no acknowledgement"))
+            .expect("mosquitto_pub runs");
+        assert!(status.success(), "mosquitto_pub -q {qos}");
+    }
+}

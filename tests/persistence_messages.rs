@@ -10,7 +10,9 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::durable::{kill_9, start_broker, start_broker_logging, stream_then_kill};
+use common::durable::{
+    cut_log_at_last_sync, kill_9, start_broker, start_broker_logging, stream_then_kill,
+};
 use common::packets;
 use common::Raw;
 
@@ -245,30 +247,7 @@ async fn with_fsync_always_a_log_cut_back_to_its_last_synced_offset_keeps_every_
     sub.send(&[0xE0, 0x00]).await;
     sub.expect_closed().await;
     let acked = stream_then_kill(addr, child, 500, |n| format!("fleet/{n}"), false).await;
-    // Power loss keeps what was synced: cut the log back to the last offset the writer
-    // reported synced, as the page cache would be lost.
-    let synced: Vec<String> = logs
-        .try_iter()
-        .filter(|l| l.contains("persistence log synced"))
-        .collect();
-    let last = synced.last().expect("the writer reported syncs");
-    let field = |name: &str| {
-        last.split(&format!("{name}="))
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("{name} in {last:?}"))
-            .to_string()
-    };
-    let segment = field("segment");
-    let offset: u64 = field("offset").parse().expect("offset");
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&segment)
-        .expect("the synced segment");
-    let written = file.metadata().expect("metadata").len();
-    assert!(offset <= written);
-    file.set_len(offset).expect("cut");
-    drop(file);
+    cut_log_at_last_sync(logs);
 
     let (child, _logs, addr) = start_broker(&state, "always");
     let (mut sub, present) = Raw::handshake(addr, "radar-sub", false).await;
@@ -286,5 +265,42 @@ async fn with_fsync_always_a_log_cut_back_to_its_last_synced_offset_keeps_every_
             pid - 1
         );
     }
+    kill_9(child);
+}
+
+#[tokio::test]
+async fn with_fsync_always_a_suback_or_unsuback_means_the_change_survives_power_loss() {
+    // What a SUBACK [MQTT-3.8.4-1] or UNSUBACK [MQTT-3.10.4-4] acknowledges for a kept session
+    // is durable before it goes out.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let (child, logs, addr) =
+        start_broker_logging(&state, "always", "info,switchboard::persistence=debug");
+    let (mut panel, _) = Raw::handshake(addr, "panel", false).await;
+    panel.subscribe(1, &[("keep/a", 1)], &[1]).await;
+    panel.subscribe(2, &[("drop/b", 1)], &[1]).await;
+    panel.send(&packets::unsubscribe(3, &["drop/b"])).await;
+    let unsuback = panel.expect().await;
+    assert_eq!((unsuback.byte1, unsuback.pid()), (0xB0, 3), "UNSUBACK");
+    kill_9(child);
+    cut_log_at_last_sync(logs);
+
+    let (child, _logs, addr) = start_broker(&state, "always");
+    let (mut panel, present) = Raw::handshake(addr, "panel", false).await;
+    assert!(present, "[MQTT-3.2.2-2] the session was kept");
+    let (mut publisher, _) = Raw::handshake(addr, "publisher", true).await;
+    for (pid, topic) in [(1, "drop/b"), (2, "keep/a")] {
+        publisher
+            .send(&packets::publish(topic, b"x", 1, pid, false, false))
+            .await;
+        assert_eq!(publisher.expect().await.byte1, 0x40, "PUBACK");
+    }
+    let got: Vec<String> = panel
+        .drain_acking()
+        .await
+        .into_iter()
+        .map(|p| p.topic)
+        .collect();
+    assert_eq!(got, vec!["keep/a".to_string()]);
     kill_9(child);
 }

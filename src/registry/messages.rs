@@ -132,6 +132,9 @@ pub struct Subscribed {
     pub pid: u16,
     /// The SUBACK return codes.
     pub codes: Vec<u8>,
+    /// With persistence: the store change (the session's new subscriptions) that must be
+    /// durable before the SUBACK goes out; 0 for none.
+    pub after: u64,
 }
 
 /// Sent by a Session to the Registry for an UNSUBSCRIBE; the Registry answers [`Unsubscribed`]
@@ -158,6 +161,9 @@ pub struct Unsubscribed {
     pub pid: u16,
     /// One MQTT 5 reason code per filter: 0x00 removed, 0x11 No subscription existed.
     pub codes: Vec<u8>,
+    /// With persistence: the store change that must be durable before the UNSUBACK goes out;
+    /// 0 for none.
+    pub after: u64,
 }
 
 /// Sent by a connected Session to the Registry when its connection ends. The Registry publishes

@@ -80,14 +80,30 @@ impl Handler<Subscribe> for Registry {
         // for this client under the old table is in its mailbox, ahead of the SUBACK; (2) the
         // SUBACK; (3) the retained messages; (4) the new subscriptions, so that a live message
         // they match comes after the retained ones it replaces.
+        // A kept session's subscriptions are durable before the SUBACK acknowledges them.
+        let persisted = self.client(msg.key).is_some_and(|c| c.persisted);
+        let after = match (&self.store, persisted) {
+            (Some(store), true) if !granted.is_empty() => store.submit_all(granted.iter().map(
+                |(filter, options, _)| Record::Subscribe {
+                    client_id: client_id.to_string(),
+                    filter: filter.clone(),
+                    options: *options,
+                },
+            )),
+            _ => 0,
+        };
         let mut table = self.routes.write();
         if let Some(session) = &session {
             session.do_send(Subscribed {
                 pid: msg.pid,
                 codes,
+                after,
             });
             if !retained.is_empty() {
-                session.do_send(Deliver::now(std::mem::take(&mut retained)));
+                session.do_send(Deliver {
+                    deliveries: std::mem::take(&mut retained),
+                    after,
+                });
             }
         }
         for (filter, options, _) in &granted {
@@ -98,15 +114,7 @@ impl Handler<Subscribe> for Registry {
         for delivery in retained {
             self.deliver(msg.key, delivery, ctx);
         }
-        let persisted = self.client(msg.key).is_some_and(|c| c.persisted);
         for (filter, options, _) in granted {
-            if persisted {
-                self.persist(Record::Subscribe {
-                    client_id: client_id.to_string(),
-                    filter: filter.clone(),
-                    options,
-                });
-            }
             info!(client_id = %client_id, filter = %filter, qos = options.qos as u8, "client subscribed");
             let event = ClientSubscribed {
                 client_id: client_id.clone(),
@@ -146,20 +154,24 @@ impl Handler<Unsubscribe> for Registry {
             table.unsubscribe(filter, msg.key);
         }
         drop(table);
+        let persisted = self.client(msg.key).is_some_and(|c| c.persisted);
+        let after = match (&self.store, persisted) {
+            (Some(store), true) if !removed.is_empty() => {
+                store.submit_all(removed.iter().map(|filter| Record::Unsubscribe {
+                    client_id: client_id.to_string(),
+                    filter: filter.clone(),
+                }))
+            }
+            _ => 0,
+        };
         if let Some(session) = session {
             session.do_send(Unsubscribed {
                 pid: msg.pid,
                 codes,
+                after,
             });
         }
-        let persisted = self.client(msg.key).is_some_and(|c| c.persisted);
         for filter in removed {
-            if persisted {
-                self.persist(Record::Unsubscribe {
-                    client_id: client_id.to_string(),
-                    filter: filter.clone(),
-                });
-            }
             info!(client_id = %client_id, filter = %filter, "client unsubscribed");
             let event = ClientUnsubscribed {
                 client_id: client_id.clone(),

@@ -14,6 +14,24 @@ use crate::persistence::{Durable, Record};
 use crate::routing::Deliver;
 use crate::session::state::DurableChange;
 
+/// A SUBACK or UNSUBACK that waits for the subscription change it acknowledges.
+pub(super) enum Reply {
+    /// SUBACK of SUBSCRIBE `pid`.
+    SubAck {
+        /// Packet identifier.
+        pid: u16,
+        /// Return / reason codes.
+        codes: Vec<u8>,
+    },
+    /// UNSUBACK of UNSUBSCRIBE `pid`.
+    UnsubAck {
+        /// Packet identifier.
+        pid: u16,
+        /// Reason codes (MQTT 5).
+        codes: Vec<u8>,
+    },
+}
+
 /// The Session's records submitted in one go.
 pub(super) struct Submitted {
     /// Their change number.
@@ -49,6 +67,8 @@ pub(super) struct DeferredAcks {
     pub(super) inbound_qos2: Vec<u16>,
     /// Deliveries that wait for a store change before they reach the client ([`Deliver::after`]).
     held: VecDeque<Deliver>,
+    /// SUBACK/UNSUBACK waiting for their store change, in order.
+    replies: VecDeque<(u64, Reply)>,
     /// The Session's own record that its output waits for (a QoS 2 sending, or the last of
     /// too many not yet durable).
     output_after: u64,
@@ -161,7 +181,11 @@ impl Session {
                 }
             }
         }
-        self.release_acks();
+        // Called after the read turn that took the packets (their burst is routed then): the
+        // turn's own flush has passed, so what is released here is written now.
+        if self.release_acks() {
+            self.flush(ctx);
+        }
     }
 
     /// The Registry answered a burst handed to it.
@@ -172,14 +196,16 @@ impl Session {
         self.release_acks();
     }
 
-    /// Writes the acknowledgements whose wait is over.
-    fn release_acks(&mut self) {
+    /// Writes the acknowledgements whose wait is over; tells whether there were any.
+    fn release_acks(&mut self) -> bool {
         let Some(acks) = self.deferred_acks.as_deref_mut() else {
-            return;
+            return false;
         };
-        for (ack, pid) in acks.ready() {
+        let ready = acks.ready();
+        for &(ack, pid) in &ready {
             codec::write_ack(&mut self.out, ack, pid);
         }
+        !ready.is_empty()
     }
 
     /// Records an inbound QoS 2 id taken from a client whose session is on disk, with the
@@ -377,6 +403,49 @@ impl Session {
         None
     }
 
+    /// `reply` if it may go out now; else it is kept (behind any kept before it) until store
+    /// change `after` is durable, and the writer asked to say when.
+    pub(super) fn hold_reply(
+        &mut self,
+        after: u64,
+        reply: Reply,
+        ctx: &mut Context<Self>,
+    ) -> Option<Reply> {
+        let (Some(store), Some(acks)) = (
+            self.shared.store.as_ref(),
+            self.deferred_acks.as_deref_mut(),
+        ) else {
+            return Some(reply);
+        };
+        if acks.replies.is_empty() {
+            if after <= acks.durable {
+                return Some(reply);
+            }
+            if store.notify_when_durable(after, &ctx.address().recipient()) {
+                acks.durable = acks.durable.max(after);
+                return Some(reply);
+            }
+        }
+        acks.replies.push_back((after, reply));
+        None
+    }
+
+    /// The kept SUBACK/UNSUBACKs whose store change is now durable, in order.
+    fn ready_replies(&mut self) -> Vec<Reply> {
+        let Some(acks) = self.deferred_acks.as_deref_mut() else {
+            return Vec::new();
+        };
+        let mut ready = Vec::new();
+        while acks
+            .replies
+            .front()
+            .is_some_and(|(after, _)| *after <= acks.durable)
+        {
+            ready.extend(acks.replies.pop_front().map(|(_, reply)| reply));
+        }
+        ready
+    }
+
     /// The held deliveries whose store change is now durable, in order.
     fn ready_deliveries(&mut self) -> Vec<Deliver> {
         let Some(acks) = self.deferred_acks.as_deref_mut() else {
@@ -408,6 +477,10 @@ impl Handler<Durable> for Session {
         };
         acks.durable = acks.durable.max(msg.0);
         self.release_acks();
+        // A SUBACK goes before the retained messages of its subscriptions.
+        for reply in self.ready_replies() {
+            self.write_reply(reply);
+        }
         for deliver in self.ready_deliveries() {
             self.take_deliveries(deliver.deliveries, ctx);
         }

@@ -7,6 +7,7 @@ use std::time::Instant;
 use actix::prelude::*;
 use tracing::warn;
 
+use super::durability::Reply;
 use super::peer::write_delivery;
 use super::{Phase, Session};
 use crate::codec;
@@ -125,13 +126,14 @@ impl Handler<Detached> for Session {
 impl Handler<Subscribed> for Session {
     type Result = ();
 
+    /// The SUBACK, once the subscriptions it acknowledges are durable.
     fn handle(&mut self, msg: Subscribed, ctx: &mut Context<Self>) {
-        if !self.closing {
-            if self.peer_options.protocol.is_v5() {
-                self.write_v5_ack(0x90, msg.pid, &msg.codes, 0x80);
-            } else {
-                codec::write_suback(&mut self.out, msg.pid, &msg.codes);
-            }
+        let reply = Reply::SubAck {
+            pid: msg.pid,
+            codes: msg.codes,
+        };
+        if let Some(reply) = self.hold_reply(msg.after, reply, ctx) {
+            self.write_reply(reply);
             self.flush(ctx);
         }
     }
@@ -140,16 +142,42 @@ impl Handler<Subscribed> for Session {
 impl Handler<Unsubscribed> for Session {
     type Result = ();
 
+    /// The UNSUBACK, once the removal it acknowledges is durable.
     fn handle(&mut self, msg: Unsubscribed, ctx: &mut Context<Self>) {
-        if !self.closing {
+        let reply = Reply::UnsubAck {
+            pid: msg.pid,
+            codes: msg.codes,
+        };
+        if let Some(reply) = self.hold_reply(msg.after, reply, ctx) {
+            self.write_reply(reply);
+            self.flush(ctx);
+        }
+    }
+}
+
+impl Session {
+    /// Writes a SUBACK or UNSUBACK (unless the connection is closing).
+    pub(super) fn write_reply(&mut self, reply: Reply) {
+        if self.closing {
+            return;
+        }
+        match reply {
+            Reply::SubAck { pid, codes } => {
+                if self.peer_options.protocol.is_v5() {
+                    self.write_v5_ack(0x90, pid, &codes, 0x80);
+                } else {
+                    codec::write_suback(&mut self.out, pid, &codes);
+                }
+            }
             // [MQTT-3.10.4-4] [MQTT-3.10.4-5] UNSUBACK, even when nothing matched; (5.0) with a
             // reason code per filter [MQTT-3.11.3-1].
-            if self.peer_options.protocol.is_v5() {
-                self.write_v5_ack(0xB0, msg.pid, &msg.codes, 0x11);
-            } else {
-                codec::write_ack(&mut self.out, codec::Ack::UnsubAck, msg.pid);
+            Reply::UnsubAck { pid, codes } => {
+                if self.peer_options.protocol.is_v5() {
+                    self.write_v5_ack(0xB0, pid, &codes, 0x11);
+                } else {
+                    codec::write_ack(&mut self.out, codec::Ack::UnsubAck, pid);
+                }
             }
-            self.flush(ctx);
         }
     }
 }

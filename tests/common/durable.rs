@@ -40,6 +40,33 @@ pub fn start_broker_logging(
     (child, logs, addr)
 }
 
+/// Power loss keeps what was synced: cuts the log back to the last offset the writer reported
+/// synced (`switchboard::persistence=debug`), as the page cache would be lost. Reads the log
+/// lines of a killed broker to their end.
+pub fn cut_log_at_last_sync(logs: Receiver<String>) {
+    let last = logs
+        .iter()
+        .filter(|l| l.contains("persistence log synced"))
+        .last()
+        .expect("the writer reported syncs");
+    let field = |name: &str| {
+        last.split(&format!("{name}="))
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("{name} in {last:?}"))
+            .to_string()
+    };
+    let segment = field("segment");
+    let offset: u64 = field("offset").parse().expect("offset");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .expect("the synced segment");
+    let written = file.metadata().expect("metadata").len();
+    assert!(offset <= written);
+    file.set_len(offset).expect("cut");
+}
+
 /// Kills the broker with SIGKILL and reaps it.
 pub fn kill_9(mut child: Child) {
     child.kill().expect("SIGKILL");
