@@ -151,6 +151,36 @@ fn a_torn_tail_is_cut_and_the_rest_recovered() {
 }
 
 #[test]
+fn records_followed_by_the_zeros_written_ahead_read_back_whole() {
+    // The writer extends the segment with zeros ahead of its records; the last record here
+    // ends in a zero byte itself (no properties), and still reads back.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut log = log_of(10);
+    let records = log.len() as u64;
+    log.extend(vec![0u8; 1 << 20]);
+    assert_eq!(open_with(dir.path(), &log, false).expect("starts"), 10);
+    let len = std::fs::metadata(dir.path().join("0000000000000001.log"))
+        .expect("segment")
+        .len();
+    assert!(
+        len > records,
+        "the space written ahead is kept, not cut as damage"
+    );
+}
+
+#[test]
+fn a_record_torn_in_the_zeros_written_ahead_is_a_torn_tail() {
+    // A crash mid-write leaves the start of the last record and zeros where the rest of it
+    // was not written yet.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let full = log_of(10);
+    let last_start = log_of(9).len();
+    let mut log = full[..last_start + 20].to_vec();
+    log.extend(vec![0u8; 1 << 20]);
+    assert_eq!(open_with(dir.path(), &log, false).expect("starts"), 9);
+}
+
+#[test]
 fn damage_before_the_tail_is_an_error_naming_file_and_offset_unless_repair() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut log = log_of(10);
@@ -169,9 +199,10 @@ fn damage_before_the_tail_is_an_error_naming_file_and_offset_unless_repair() {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
-    /// Truncated, flipped or emptied: a clean start, a repaired start, or a clear error.
+    /// Truncated, flipped or emptied, with or without zeros written ahead: a clean start, a
+    /// repaired start, or a clear error.
     #[test]
-    fn damaged_logs_never_panic(cut in 0usize..3000, flip in 0usize..3000, byte in 1u8..=255, repair: bool) {
+    fn damaged_logs_never_panic(cut in 0usize..3000, flip in 0usize..3000, byte in 1u8..=255, repair: bool, zeros_ahead in 0usize..5000) {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut log = log_of(30);
         if !log.is_empty() {
@@ -179,6 +210,8 @@ proptest! {
             log[at] ^= byte;
         }
         log.truncate(cut.min(log.len()));
+        // The zeros the writer writes ahead of its records.
+        log.extend(std::iter::repeat_n(0u8, zeros_ahead));
         match open_with(dir.path(), &log, repair) {
             Ok(n) => prop_assert!(n <= 30),
             Err(e) => prop_assert!(!e.to_string().is_empty()),
@@ -193,6 +226,7 @@ fn the_log_stays_bounded_by_live_state_under_churn() {
     let mut config = common::test_config();
     config.persistence.dir = Some(dir.path().to_path_buf());
     config.persistence.fsync = switchboard::config::FsyncPolicy::Never;
+    config.persistence.compact_min_bytes = 4 * 1024 * 1024;
     let broker = switchboard::BackgroundBroker::start(config).expect("starts");
     let addr = broker.local_addr();
     let payload = vec![7u8; 1000];

@@ -2,9 +2,16 @@
 //! appended to at the end of the newest. Compaction writes the whole live state as a new
 //! segment that starts with a [`Record::Snapshot`] and then deletes the older ones, so the
 //! directory stays bounded by live state, not by traffic.
+//!
+//! The segment being appended to is extended with zeros [`ZERO_AHEAD`] at a time, and records
+//! are written over them: on ext4 a small write that extends a file costs several times one
+//! into pages already in the page cache (measured: 29 µs against 5.7 µs for 7.6 KB). Reading
+//! back, a segment's records end where only zeros are left (no record starts with a zero
+//! length: every body has its kind byte).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use tracing::warn;
@@ -12,15 +19,20 @@ use tracing::warn;
 use super::record::{Record, FRAME_HEADER, MAX_RECORD};
 use super::PersistenceError;
 
+/// How much the segment being appended to is extended with zeros at a time.
+const ZERO_AHEAD: u64 = 1 << 20;
+
 /// The segment being appended to.
 pub struct Log {
     dir: PathBuf,
     current: File,
     current_id: u64,
-    /// Bytes in every segment.
+    /// Bytes of records in every segment.
     total_bytes: u64,
-    /// Bytes in the segment being appended to.
+    /// Bytes of records in the segment being appended to: where the next one goes.
     current_bytes: u64,
+    /// Its length on disk: records, then zeros up to here.
+    allocated: u64,
     /// Older segments, superseded by the next snapshot.
     older: Vec<PathBuf>,
 }
@@ -68,12 +80,15 @@ pub fn scan(dir: &Path, repair: bool) -> Result<Scanned, PersistenceError> {
     let mut records = Vec::new();
     let mut total_bytes = 0;
     let last_id = ids.last().copied();
+    let mut current_records_end = 0;
     for &id in &ids {
         let path = segment_path(dir, id);
         let data = fs::read(&path).map_err(|e| PersistenceError::io(&path, e))?;
         let is_last = Some(id) == last_id;
+        // Records end where only zeros are left (space written ahead, see the module doc).
+        let written_end = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
         let mut offset = 0usize;
-        while offset < data.len() {
+        while offset < written_end {
             match frame_at(&data, offset) {
                 Ok((record, next)) => {
                     if matches!(record, Record::Snapshot) {
@@ -82,7 +97,16 @@ pub fn scan(dir: &Path, repair: bool) -> Result<Scanned, PersistenceError> {
                     records.push((record, data[offset..next].to_vec()));
                     offset = next;
                 }
-                Err(damage) => {
+                Err(_) => {
+                    // Judged on what was written: a record cut short by a crash has zeros
+                    // where its end was not written yet.
+                    let damage = match frame_at(&data[..written_end], offset) {
+                        Err(damage) => damage,
+                        Ok(_) => Damage {
+                            what: "record runs into the space written ahead",
+                            reaches_end: true,
+                        },
+                    };
                     let torn = is_last && damage.reaches_end;
                     if !torn && !repair {
                         return Err(PersistenceError::Damaged {
@@ -94,7 +118,7 @@ pub fn scan(dir: &Path, repair: bool) -> Result<Scanned, PersistenceError> {
                     warn!(
                         file = %path.display(),
                         offset,
-                        dropped_bytes = data.len() - offset,
+                        dropped_bytes = written_end - offset,
                         what = damage.what,
                         "{}",
                         if torn { "truncating a torn tail (the broker stopped mid-write)" } else { "repair: cutting a damaged segment" }
@@ -105,19 +129,24 @@ pub fn scan(dir: &Path, repair: bool) -> Result<Scanned, PersistenceError> {
             }
         }
         total_bytes += offset as u64;
+        if is_last {
+            current_records_end = offset as u64;
+        }
     }
     records.retain(|(r, _)| !matches!(r, Record::Snapshot));
     let current_id = last_id.unwrap_or(1);
     let path = segment_path(dir, current_id);
     let current = OpenOptions::new()
         .create(true)
-        .append(true)
+        .truncate(false)
+        .write(true)
         .open(&path)
         .map_err(|e| PersistenceError::io(&path, e))?;
-    let current_bytes = current
+    let allocated = current
         .metadata()
         .map_err(|e| PersistenceError::io(&path, e))?
         .len();
+    let current_bytes = current_records_end.min(allocated);
     let older = ids
         .iter()
         .filter(|&&id| id != current_id)
@@ -130,6 +159,7 @@ pub fn scan(dir: &Path, repair: bool) -> Result<Scanned, PersistenceError> {
             current_id,
             total_bytes,
             current_bytes,
+            allocated,
             older,
         },
         records,
@@ -195,13 +225,27 @@ fn truncate(path: &Path, len: u64) -> Result<(), PersistenceError> {
 }
 
 impl Log {
-    /// Appends framed records (one write).
+    /// Appends framed records (one write), extending the segment with zeros first if they do
+    /// not fit in what was written ahead.
     pub fn append(&mut self, frames: &[u8]) -> Result<(), PersistenceError> {
+        let io = |e| PersistenceError::io(&segment_path(&self.dir, self.current_id), e);
+        let end = self.current_bytes + frames.len() as u64;
+        if end > self.allocated {
+            static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+            let target = end.div_ceil(ZERO_AHEAD) * ZERO_AHEAD;
+            let mut at = self.allocated;
+            while at < target {
+                let n = (target - at).min(ZEROS.len() as u64) as usize;
+                self.current.write_all_at(&ZEROS[..n], at).map_err(io)?;
+                at += n as u64;
+            }
+            self.allocated = target;
+        }
         self.current
-            .write_all(frames)
-            .map_err(|e| PersistenceError::io(&segment_path(&self.dir, self.current_id), e))?;
+            .write_all_at(frames, self.current_bytes)
+            .map_err(io)?;
         self.total_bytes += frames.len() as u64;
-        self.current_bytes += frames.len() as u64;
+        self.current_bytes = end;
         Ok(())
     }
 
@@ -225,8 +269,8 @@ impl Log {
     /// Replaces every segment by one holding `live` (framed records) after a snapshot marker:
     /// written to a temporary file, synced, renamed into place, the directory synced, then the
     /// older segments deleted. A crash at any point leaves a log that reads back the same state.
+    /// What was appended before needs no sync: the synced snapshot supersedes it.
     pub fn compact(&mut self, live: impl Iterator<Item = Vec<u8>>) -> Result<(), PersistenceError> {
-        self.sync()?;
         let id = self.current_id + 1;
         let path = segment_path(&self.dir, id);
         let tmp = path.with_extension("log.tmp");
@@ -250,12 +294,13 @@ impl Log {
         sync_dir(&self.dir)?;
         let old_current = segment_path(&self.dir, self.current_id);
         self.current = OpenOptions::new()
-            .append(true)
+            .write(true)
             .open(&path)
             .map_err(|e| PersistenceError::io(&path, e))?;
         self.current_id = id;
         self.total_bytes = written;
         self.current_bytes = written;
+        self.allocated = written;
         for old in self.older.drain(..).chain(std::iter::once(old_current)) {
             if let Err(e) = fs::remove_file(&old) {
                 warn!(file = %old.display(), error = %e, "could not delete a compacted segment");

@@ -175,6 +175,7 @@ pub fn open(config: &PersistenceConfig) -> Result<Option<Recovered>, Persistence
         live_bytes: 0,
         policy: config.fsync,
         interval: config.fsync_interval,
+        compact_floor: config.compact_min_bytes,
     };
     let mut retained: HashMap<String, Arc<Message>> = HashMap::new();
     let mut sessions: BTreeMap<String, SessionInLog> = BTreeMap::new();

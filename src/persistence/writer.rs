@@ -15,9 +15,6 @@ use super::record::Record;
 use super::store::{StoreShared, WriterState, NAP, NAPS_BEFORE_SLEEP};
 use crate::config::FsyncPolicy;
 
-/// The log is compacted when it is larger than twice the live state and than this.
-const COMPACT_FLOOR: u64 = 4 * 1024 * 1024;
-
 /// The writer's state: the log, and the live records (for compaction).
 pub struct Writer {
     pub(super) log: Log,
@@ -29,6 +26,9 @@ pub struct Writer {
     pub(super) live_bytes: u64,
     pub(super) policy: FsyncPolicy,
     pub(super) interval: Duration,
+    /// The log is compacted when it is larger than twice the live state and than this
+    /// (`compact_min_bytes`).
+    pub(super) compact_floor: u64,
 }
 
 /// The little-endian u32 at `at` of `bytes` (0 past the end), as a length.
@@ -194,7 +194,7 @@ impl Writer {
 
     fn maybe_compact(&mut self) {
         let total = self.log.total_bytes();
-        if total <= COMPACT_FLOOR || total <= 2 * self.live_bytes {
+        if total <= self.compact_floor || total <= 2 * self.live_bytes {
             return;
         }
         let started = Instant::now();

@@ -300,10 +300,15 @@ impl Session {
             acks.unconfirmed.pop_front();
             acks.unconfirmed_done -= done;
         }
-        if inflight + acks.unconfirmed_done > window {
-            if let Some(&(last, _)) = acks.unconfirmed.back() {
-                acks.output_after = acks.output_after.max(last);
+        // Over the bound: wait for the oldest submissions that bring it back under, not for
+        // the newest (which the writer may not have taken yet).
+        let mut over = (inflight + acks.unconfirmed_done).saturating_sub(window);
+        for &(seq, done) in &acks.unconfirmed {
+            if over == 0 {
+                break;
             }
+            acks.output_after = acks.output_after.max(seq);
+            over = over.saturating_sub(done);
         }
         if acks.output_after <= acks.durable {
             return false;
