@@ -449,5 +449,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("limits.max_packet_size"), "{err}");
+        let err = Config::from_toml("[persistence]\ncompact_min_bytes = 1000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("persistence.compact_min_bytes"), "{err}");
+        let c = Config::from_toml("[persistence]\ncompact_min_bytes = 8388608\n").expect("valid");
+        assert_eq!(c.persistence.compact_min_bytes, 8 << 20);
     }
 }

@@ -182,7 +182,7 @@ pub fn open(config: &PersistenceConfig) -> Result<Option<Recovered>, Persistence
     let mut max_id = 0;
     let records = scanned.records.len();
     for (record, frame) in scanned.records {
-        writer.track(&record, &frame);
+        writer.track(&record, frame);
         match record {
             Record::RetainSet(message) => {
                 retained.insert(message.topic.clone(), message);

@@ -145,10 +145,18 @@ impl Writer {
     }
 
     /// Keeps the live state current for one record read back at start.
-    pub(super) fn track(&mut self, record: &Record, frame: &[u8]) {
-        let mut key = Vec::new();
+    pub(super) fn track(&mut self, record: &Record, frame: Vec<u8>) {
+        let mut key = Vec::with_capacity(32);
         let kind = record.live_key(&mut key);
-        self.track_key(kind, &key, frame);
+        if kind == LiveKind::Set {
+            // The common case at start: the frame moves into the live state, key and all.
+            self.live_bytes += frame.len() as u64;
+            if let Some(old) = self.live.insert(key, frame) {
+                self.live_bytes -= old.len() as u64;
+            }
+            return;
+        }
+        self.track_key(kind, &key, &frame);
     }
 
     fn track_key(&mut self, kind: LiveKind, key: &[u8], frame: &[u8]) {
