@@ -15,8 +15,13 @@ use tracing::warn;
 use super::record::Record;
 use super::Durable;
 
-/// A submitter waits (and so stops reading its socket or mailbox) while this much is queued
-/// for the writer.
+/// A Session stops reading its socket while this much is queued for the writer
+/// ([`Store::is_behind`], [`Store::room`]).
+const BEHIND_BYTES: usize = 16 << 20;
+
+/// Any submitter's thread waits while this much is queued for the writer: the Registry (like
+/// a full mailbox), or Sessions whose other submissions (bounded by their inflight windows)
+/// piled up past [`BEHIND_BYTES`].
 const MAX_PENDING_BYTES: usize = 32 << 20;
 
 /// What the writer is doing, for whoever may have to wake it.
@@ -67,6 +72,8 @@ pub struct StoreShared {
     pub(super) wake_writer: Condvar,
     /// Submitters wait on it for room.
     pub(super) room: Condvar,
+    /// Sessions wait on it, without blocking their thread, for the writer to catch up.
+    pub(super) caught_up: tokio::sync::Notify,
     /// The last change the writer reported durable.
     pub(super) durable: AtomicU64,
     /// Who waits for a change to be durable: (its number, who to tell).
@@ -82,6 +89,7 @@ impl StoreShared {
             pending: Mutex::new(Pending::default()),
             wake_writer: Condvar::new(),
             room: Condvar::new(),
+            caught_up: tokio::sync::Notify::new(),
             durable: AtomicU64::new(0),
             waiters: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(next_id),
@@ -198,6 +206,31 @@ impl Store {
         seq
     }
 
+    /// Whether the writer is so far behind that a Session should stop reading until
+    /// [`Store::room`].
+    pub fn is_behind(&self) -> bool {
+        self.shared().lock_pending().frames.len() >= BEHIND_BYTES
+    }
+
+    /// Resolves once the writer is no longer behind ([`Store::is_behind`]); a Session waits on
+    /// it without reading, so TCP slows its publisher down, as when the Registry's mailbox is
+    /// full.
+    pub fn room(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let store = self.clone();
+        async move {
+            loop {
+                let caught_up = store.shared().caught_up.notified();
+                tokio::pin!(caught_up);
+                // Registered before the check: a drain after it wakes this one.
+                caught_up.as_mut().enable();
+                if !store.is_behind() {
+                    return;
+                }
+                caught_up.await;
+            }
+        }
+    }
+
     /// The sequence number of the last change submitted (0: none yet).
     pub fn last_submitted(&self) -> u64 {
         self.shared().lock_pending().seq
@@ -245,5 +278,34 @@ impl Store {
         }
         self.shared().wake_writer.notify_one();
         let _ = wait.recv();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{Message, QoS};
+    use bytes::Bytes;
+
+    #[tokio::test]
+    async fn a_session_waits_for_room_while_the_writer_is_behind_and_not_after() {
+        // No writer thread: the test drains the queue itself, as the writer would.
+        let shared = Arc::new(StoreShared::new(1));
+        let store = Store::new(shared.clone());
+        assert!(!store.is_behind());
+        let payload = Bytes::from(vec![1u8; 64 * 1024]);
+        while !store.is_behind() {
+            let message = Message::new("t", payload.clone(), QoS::AtLeastOnce, true);
+            store.submit(Record::RetainSet(Arc::new(message)));
+        }
+        let room = tokio::spawn(store.room());
+        tokio::task::yield_now().await;
+        assert!(!room.is_finished(), "waits while the writer is behind");
+        shared.lock_pending().frames.clear();
+        shared.caught_up.notify_waiters();
+        tokio::time::timeout(std::time::Duration::from_secs(5), room)
+            .await
+            .expect("room once the writer drained")
+            .expect("no panic");
     }
 }

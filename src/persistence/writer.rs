@@ -86,6 +86,7 @@ impl Writer {
                 (seq, pending.closed)
             };
             shared.room.notify_all();
+            shared.caught_up.notify_waiters();
             if !frames.is_empty() {
                 if let Err(e) = self.log.append(&frames) {
                     // Nothing of this commit is acknowledged; publishers wait for their PUBACK.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use actix::dev::SendError;
 use actix::prelude::*;
+use tracing::debug;
 
 use super::durability::AckWait;
 use super::{Phase, Session};
@@ -69,6 +70,7 @@ impl Session {
             // disk is durable.
             let wait = AckWait::Durable(routed.durable_after.unwrap_or(0));
             self.settle_acks(wait, ctx);
+            self.wait_for_writer(ctx);
             match routed.room {
                 RegistryRoom::Room => {}
                 RegistryRoom::Full => self.wait_for_registry(WaitForRoom, ctx),
@@ -96,6 +98,17 @@ impl Session {
                 self.close(ctx, DisconnectReason::Network("registry stopped".into()));
             }
         }
+    }
+
+    /// With persistence, when the store's writer is far behind: reads nothing until it caught
+    /// up, so TCP slows the publisher down (the store's own limit, which blocks the thread, is
+    /// then not reached by this Session).
+    fn wait_for_writer(&mut self, ctx: &mut Context<Self>) {
+        let Some(store) = self.shared.store.as_ref().filter(|s| s.is_behind()) else {
+            return;
+        };
+        debug!(client_id = %self.client_id(), "persistence writer behind: reading paused");
+        ctx.wait(store.room().into_actor(self));
     }
 
     /// Sends `msg` to the Registry when its mailbox has room, reading nothing until then.
