@@ -38,6 +38,7 @@ mod broker;
 pub mod codec;
 pub mod config;
 pub mod drops;
+pub mod fd_limit;
 pub mod hooks;
 mod listener;
 mod logging;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use actix_rt::ArbiterHandle;
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::session::{Session, SessionShared};
 
@@ -68,6 +68,48 @@ impl ConnectionRate {
     }
 }
 
+/// How long the accept loop waits after a failed accept before it tries again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Failed accepts since the last log line about them.
+#[derive(Default)]
+struct AcceptFailures {
+    since_log: u64,
+    last_log: Option<Instant>,
+}
+
+impl AcceptFailures {
+    fn failed(&mut self, error: &std::io::Error) {
+        self.since_log += 1;
+        let now = Instant::now();
+        if self
+            .last_log
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        if crate::fd_limit::is_out_of_descriptors(error) {
+            warn!(
+                error = %error,
+                failed_accepts = self.since_log,
+                "cannot accept: out of file descriptors; new connections wait in the listen \
+                 backlog until some close (raise the hard RLIMIT_NOFILE for more)"
+            );
+        } else {
+            warn!(error = %error, failed_accepts = self.since_log, "accept failed");
+        }
+        self.since_log = 0;
+        self.last_log = Some(now);
+    }
+
+    fn recovered(&mut self) {
+        if self.last_log.take().is_some() {
+            info!("accepting connections again");
+            self.since_log = 0;
+        }
+    }
+}
+
 /// Accepts connections until the task is aborted. With `tls`, each connection first completes a
 /// TLS handshake on its worker, within the CONNECT deadline.
 pub(crate) async fn accept_loop(
@@ -79,16 +121,19 @@ pub(crate) async fn accept_loop(
     let limits = &shared.config.limits;
     let mut rate = ConnectionRate::new(limits.max_connection_rate, limits.rate_limit_loopback);
     let mut next = 0usize;
+    let mut accept_failures = AcceptFailures::default();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
-                // Typically out of file descriptors: back off instead of spinning.
-                warn!(error = %e, "accept failed");
-                actix_rt::time::sleep(Duration::from_millis(50)).await;
+                // Out of file descriptors, typically: the connection waits in the listen
+                // backlog. Back off instead of spinning; log at most once a second.
+                accept_failures.failed(&e);
+                actix_rt::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
         };
+        accept_failures.recovered();
         let now = Instant::now();
         if !rate.admit(peer.ip(), now) {
             shared.metrics.add_limits_hit(1);

@@ -109,6 +109,9 @@ fn main() -> ExitCode {
         config.listener.bind = bind;
     }
 
+    // Every connection is a file descriptor.
+    switchboard::fd_limit::raise_and_report_fd_limit(config.limits.max_connections);
+
     let system = actix_rt::System::new();
     let result = system.block_on(async move {
         let mut signals = Signals::new();

@@ -13,9 +13,16 @@ pub fn spawn(args: &[&str]) -> (Child, mpsc::Receiver<String>) {
 
 /// [`spawn`] with `RUST_LOG` set to `log`.
 pub fn spawn_with_log(args: &[&str], log: &str) -> (Child, mpsc::Receiver<String>) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .env("RUST_LOG", log)
+    let mut command = Command::new(BIN);
+    command.args(args).env("RUST_LOG", log);
+    spawn_command(command)
+}
+
+/// Starts `command` (the binary, prepared by the caller) and returns it with a channel of its
+/// log lines.
+#[allow(dead_code)]
+pub fn spawn_command(mut command: Command) -> (Child, mpsc::Receiver<String>) {
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
