@@ -27,7 +27,7 @@ const MAX_PENDING_BYTES: usize = 32 << 20;
 /// What the writer is doing, for whoever may have to wake it.
 #[derive(Default, Clone, Copy, PartialEq, Eq)]
 pub(super) enum WriterState {
-    /// Writing: it takes what is pending when it is done.
+    /// Writing, or woken and about to: it takes what is pending when it is done.
     #[default]
     Busy,
     /// Asleep for at most [`NAP`]: a change submitted with [`Store::submit_all`], or one
@@ -199,6 +199,10 @@ impl Store {
         p.has_changes = true;
         let seq = p.seq;
         let wake = p.writer == WriterState::Asleep || p.writer == wake;
+        if wake {
+            // Woken once: later submitters and waiters need not wake it again before it runs.
+            p.writer = WriterState::Busy;
+        }
         drop(pending);
         if wake {
             shared.wake_writer.notify_one();
@@ -253,8 +257,9 @@ impl Store {
             }
             waiters.push((seq, to.clone()));
         }
-        let pending = self.shared().lock_pending();
+        let mut pending = self.shared().lock_pending();
         if pending.writer != WriterState::Busy && pending.has_changes {
+            pending.writer = WriterState::Busy;
             drop(pending);
             self.shared().wake_writer.notify_one();
         }
