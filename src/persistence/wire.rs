@@ -38,9 +38,18 @@ pub(super) fn put_message(body: &mut Vec<u8>, message: &Message) {
     put_str(body, &message.topic);
     body.push(message.qos as u8);
     body.extend_from_slice(&wall_clock_deadline(message.expires_at).to_le_bytes());
-    body.extend_from_slice(&(message.payload.len() as u32).to_le_bytes());
-    body.extend_from_slice(&message.payload);
-    match message.properties.as_deref() {
+    put_payload_and_properties(body, &message.payload, message.properties.as_deref());
+}
+
+/// A payload (u32 length) and optional MQTT 5 properties (a flag byte, then the properties).
+fn put_payload_and_properties(
+    body: &mut Vec<u8>,
+    payload: &[u8],
+    properties: Option<&MessageProperties>,
+) {
+    body.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    body.extend_from_slice(payload);
+    match properties {
         None => body.push(0),
         Some(p) => {
             body.push(1);
@@ -49,10 +58,10 @@ pub(super) fn put_message(body: &mut Vec<u8>, message: &Message) {
     }
 }
 
-pub(super) fn get_message(r: &mut Reader<'_>, retain: bool) -> Result<Message, RecordError> {
-    let topic = r.string()?;
-    let qos = QoS::from_u8(r.u8()?).ok_or(RecordError::Invalid("QoS above 2"))?;
-    let expires_at = instant_of(r.u64()?);
+/// Reads what [`put_payload_and_properties`] wrote.
+fn get_payload_and_properties(
+    r: &mut Reader<'_>,
+) -> Result<(Bytes, Option<Box<MessageProperties>>), RecordError> {
     let len = r.u32()? as usize;
     let payload = Bytes::copy_from_slice(r.take(len)?);
     let properties = match r.u8()? {
@@ -60,6 +69,14 @@ pub(super) fn get_message(r: &mut Reader<'_>, retain: bool) -> Result<Message, R
         1 => Some(Box::new(get_properties(r)?)),
         _ => return Err(RecordError::Invalid("bad properties flag")),
     };
+    Ok((payload, properties))
+}
+
+pub(super) fn get_message(r: &mut Reader<'_>, retain: bool) -> Result<Message, RecordError> {
+    let topic = r.string()?;
+    let qos = QoS::from_u8(r.u8()?).ok_or(RecordError::Invalid("QoS above 2"))?;
+    let expires_at = instant_of(r.u64()?);
+    let (payload, properties) = get_payload_and_properties(r)?;
     let mut message = Message::new(topic, payload, qos, retain);
     message.properties = properties;
     message.expires_at = expires_at;
@@ -71,15 +88,7 @@ pub(super) fn put_will(body: &mut Vec<u8>, will: &LastWill) {
     put_str(body, &will.topic);
     body.push(will.qos as u8);
     body.push(u8::from(will.retain));
-    body.extend_from_slice(&(will.payload.len() as u32).to_le_bytes());
-    body.extend_from_slice(&will.payload);
-    match will.properties.as_deref() {
-        None => body.push(0),
-        Some(p) => {
-            body.push(1);
-            put_properties(body, p);
-        }
-    }
+    put_payload_and_properties(body, &will.payload, will.properties.as_deref());
     match will.expiry {
         None => body.push(0),
         Some(e) => {
@@ -98,13 +107,7 @@ pub(super) fn get_will(r: &mut Reader<'_>) -> Result<LastWill, RecordError> {
         1 => true,
         _ => return Err(RecordError::Invalid("bad will retain flag")),
     };
-    let len = r.u32()? as usize;
-    let payload = Bytes::copy_from_slice(r.take(len)?);
-    let properties = match r.u8()? {
-        0 => None,
-        1 => Some(Box::new(get_properties(r)?)),
-        _ => return Err(RecordError::Invalid("bad properties flag")),
-    };
+    let (payload, properties) = get_payload_and_properties(r)?;
     let expiry = match r.u8()? {
         0 => None,
         1 => Some(r.u32()?),
