@@ -145,16 +145,24 @@ async fn receive_qos2(sub: &mut Raw) -> Vec<u8> {
     p.payload
 }
 
-#[tokio::test]
-async fn an_inbound_qos2_id_survives_kill_9_and_the_message_is_delivered_once() {
+/// A QoS 2 message from a persistent publisher, retained or not (a retained one is routed by
+/// the Registry, the other on the publisher's worker), across `kill -9` before its PUBREL.
+async fn inbound_qos2_is_delivered_once_across_kill_9(retain: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
     let (child, _logs, addr) = start_broker(&state, "always");
     let (mut sub, _) = Raw::handshake(addr, "gate-sub", false).await;
     sub.subscribe(1, &[("gate/1/cmd", 2)], &[2]).await;
     let (mut app, _) = Raw::handshake(addr, "app", false).await;
-    app.send(&packets::publish("gate/1/cmd", b"open", 2, 7, false, false))
-        .await;
+    app.send(&packets::publish(
+        "gate/1/cmd",
+        b"open",
+        2,
+        7,
+        retain,
+        false,
+    ))
+    .await;
     let rec = app.expect().await;
     assert_eq!((rec.byte1, rec.pid()), (0x50, 7), "PUBREC");
     assert_eq!(receive_qos2(&mut sub).await, b"open");
@@ -176,7 +184,7 @@ async fn an_inbound_qos2_id_survives_kill_9_and_the_message_is_delivered_once() 
     // [MQTT-4.3.3-2], only acknowledged.
     let (mut app, present) = Raw::handshake(addr, "app", false).await;
     assert!(present);
-    app.send(&packets::publish("gate/1/cmd", b"open", 2, 7, false, true))
+    app.send(&packets::publish("gate/1/cmd", b"open", 2, 7, retain, true))
         .await;
     let rec = app.expect().await;
     assert_eq!((rec.byte1, rec.pid()), (0x50, 7), "PUBREC again");
@@ -189,7 +197,7 @@ async fn an_inbound_qos2_id_survives_kill_9_and_the_message_is_delivered_once() 
         b"close",
         2,
         7,
-        false,
+        retain,
         false,
     ))
     .await;
@@ -203,6 +211,16 @@ async fn an_inbound_qos2_id_survives_kill_9_and_the_message_is_delivered_once() 
     );
     assert!(sub.sync().await.is_empty());
     kill_9(child);
+}
+
+#[tokio::test]
+async fn an_inbound_qos2_id_survives_kill_9_and_the_message_is_delivered_once() {
+    inbound_qos2_is_delivered_once_across_kill_9(false).await;
+}
+
+#[tokio::test]
+async fn a_retained_inbound_qos2_message_is_delivered_once_across_kill_9() {
+    inbound_qos2_is_delivered_once_across_kill_9(true).await;
 }
 
 #[tokio::test]

@@ -40,6 +40,9 @@ pub(super) struct Client {
     pub subscriptions: HashMap<String, SubscriptionOptions>,
     /// Deliveries collected this turn, sent as one `Deliver`.
     pub batch: Vec<Delivery>,
+    /// The store change `batch` must wait for before it reaches the client (0: none): the
+    /// inbound QoS 2 id of a message in it ([`Deliver::after`](crate::routing::Deliver)).
+    pub batch_after: u64,
     /// Stored session while offline.
     pub stored: SessionState,
     /// QoS 1/2 deliveries that arrived while detaching; appended after the Session's own queue.
@@ -79,6 +82,7 @@ impl Client {
             attached: None,
             subscriptions: HashMap::new(),
             batch: Vec::new(),
+            batch_after: 0,
             stored: SessionState::default(),
             held: VecDeque::new(),
             pending: None,

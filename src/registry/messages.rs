@@ -74,6 +74,10 @@ pub struct Publish {
     pub conn: ConnId,
     /// The messages, each shared by all its deliveries.
     pub messages: Vec<Arc<Message>>,
+    /// With persistence: the Session submitted the inbound QoS 2 ids of this burst just
+    /// before; its deliveries reach no client before they are durable (exactly once across a
+    /// crash).
+    pub hold: bool,
 }
 
 /// Sent by the Registry to the Session of a [`Publish`] once every delivery of it is in its

@@ -72,6 +72,8 @@ pub struct Registry {
     durable: u64,
     /// The last change the Registry asked the store to report.
     durable_asked: u64,
+    /// While routing a [`Publish`] with `hold`: the store change its deliveries wait for.
+    hold_after: u64,
 }
 
 impl Actor for Registry {
@@ -113,6 +115,7 @@ impl Registry {
             awaiting_durable: VecDeque::new(),
             durable: 0,
             durable_asked: 0,
+            hold_after: 0,
         }
     }
 
@@ -304,12 +307,15 @@ impl Registry {
         match &client.attached {
             Some(a) if !a.detaching => {
                 client.batch.push(delivery);
+                client.batch_after = client.batch_after.max(self.hold_after);
                 if client.batch.len() == 1 {
                     self.dirty.push(key);
                     self.schedule_flush(ctx);
                 } else if client.batch.len() >= BATCH_LIMIT {
-                    a.session
-                        .do_send(Deliver::now(std::mem::take(&mut client.batch)));
+                    a.session.do_send(Deliver {
+                        deliveries: std::mem::take(&mut client.batch),
+                        after: std::mem::take(&mut client.batch_after),
+                    });
                 }
             }
             // QoS 0 is not kept for clients that are not connected.
@@ -366,8 +372,12 @@ impl Registry {
             return;
         }
         let batch = std::mem::take(&mut client.batch);
+        let after = std::mem::take(&mut client.batch_after);
         if let Some(a) = &client.attached {
-            a.session.do_send(Deliver::now(batch));
+            a.session.do_send(Deliver {
+                deliveries: batch,
+                after,
+            });
         }
     }
 }
@@ -376,9 +386,15 @@ impl Handler<Publish> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: Publish, ctx: &mut Context<Self>) {
+        // Deliveries of a burst with inbound QoS 2 ids wait for them to be durable.
+        self.hold_after = match (&self.store, msg.hold) {
+            (Some(store), true) => store.last_submitted(),
+            _ => 0,
+        };
         for message in msg.messages {
             self.route(message, Some(msg.from), ctx);
         }
+        self.hold_after = 0;
         // With a store, the publisher's acknowledgements wait for `Routed`: after what this
         // burst changed is durable.
         match self

@@ -80,7 +80,8 @@ impl Session {
             }
             return;
         }
-        if let (Some(store), false) = (self.shared.store.as_ref(), inbound.is_empty()) {
+        let hold = !inbound.is_empty();
+        if let (Some(store), true) = (self.shared.store.as_ref(), hold) {
             // Before the burst: the Registry answers once what was submitted before is durable.
             store.submit_all(inbound);
         }
@@ -88,6 +89,7 @@ impl Session {
             from: key,
             conn: self.conn,
             messages: std::mem::take(&mut self.to_route),
+            hold,
         };
         self.via_registry += 1;
         self.settle_acks(AckWait::Routed, ctx);
