@@ -5,19 +5,18 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use actix::Addr;
+use actix::Recipient;
 
-use super::messages::{ConnId, Connect};
+use super::messages::{ConnId, Connect, ToSession};
 use crate::drops::{DropLog, DropReason};
 use crate::message::{Delivery, LastWill, SubscriptionOptions};
 use crate::metrics::Metrics;
-use crate::session::Session;
 use crate::session_state::SessionState;
 
 /// A client's live connection.
 pub(super) struct Attached {
     pub conn: ConnId,
-    pub session: Addr<Session>,
+    pub session: Recipient<ToSession>,
     pub peer: SocketAddr,
     pub will: Option<LastWill>,
     /// Detach received: deliveries now go to `Client::held` until the Session hands its state

@@ -9,7 +9,7 @@ use actix::prelude::*;
 use tracing::{debug, info};
 
 use super::client::Attached;
-use super::{ClientKey, Connect, ConnectOutcome, FinishConnect, Registry};
+use super::{ClientKey, Connect, ConnectOutcome, FinishConnect, Registry, ToSession};
 use crate::drops::DropLog;
 use crate::hooks::ClientConnected;
 use crate::routing::Target;
@@ -94,7 +94,7 @@ impl Registry {
         // from its mailbox before the reply, so what `state` holds comes first.
         self.routes
             .write()
-            .set_target(key, Some(Target::Online(msg.session.recipient())));
+            .set_target(key, Some(Target::Online(msg.deliver)));
         info!(
             client_id = %client_id,
             addr = %msg.peer,
@@ -154,7 +154,7 @@ impl Handler<Connect> for Registry {
             Some(attached) => {
                 // [MQTT-3.1.4-2] the existing connection is closed; this one waits for its state.
                 if !attached.detaching {
-                    attached.session.do_send(super::Takeover);
+                    attached.session.do_send(ToSession::Takeover);
                 }
                 // A CONNECT already waiting loses to the newer one: dropping its reply closes it.
                 client.pending = Some(msg);

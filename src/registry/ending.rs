@@ -7,7 +7,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use tracing::{debug, info};
 
-use super::{client_in, ClientKey, ConnId, Detach, Detached, Registry, SessionEnded};
+use super::{client_in, ClientKey, ConnId, Detach, Registry, SessionEnded, ToSession};
 use crate::hooks::ClientDisconnected;
 use crate::message::Delivery;
 use crate::queue::QueueLimits;
@@ -172,7 +172,7 @@ impl Handler<Detach> for Registry {
         };
         let peer = attached.peer;
         let will = attached.will.take();
-        attached.session.do_send(Detached);
+        attached.session.do_send(ToSession::Detached);
         if let Some(expiry) = msg.session_expiry {
             client.session_expiry = expiry;
         }

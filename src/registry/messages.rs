@@ -8,7 +8,6 @@ use tokio::sync::oneshot;
 
 use crate::hooks::{DisconnectReason, LifecycleHooks};
 use crate::message::{LastWill, Message, ProtocolVersion, SubscriptionOptions};
-use crate::session::Session;
 use crate::session_state::SessionState;
 
 /// Identifies one TCP connection for the life of the broker (never reused).
@@ -16,6 +15,27 @@ use crate::session_state::SessionState;
 pub struct ConnId(pub u64);
 
 pub use crate::routing::{ClientKey, Deliver, Stored};
+
+/// Sent by the Registry to a connected Session (one message type, so that the Registry needs no
+/// handle on the Session type itself): the Session handles each as the message inside.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum ToSession {
+    /// Deliveries the Registry routed (retained, stored, wills, redistribution).
+    Deliver(Deliver),
+    /// See [`Routed`].
+    Routed,
+    /// See [`Detached`].
+    Detached,
+    /// See [`Takeover`].
+    Takeover,
+    /// See [`ServerClosing`].
+    ServerClosing,
+    /// See [`Subscribed`].
+    Subscribed(Subscribed),
+    /// See [`Unsubscribed`].
+    Unsubscribed(Unsubscribed),
+}
 
 /// Sent by a Session to the Registry once its CONNECT passed validation and the connect
 /// interceptor. The Registry answers on `reply`, possibly later (after taking over an older
@@ -25,8 +45,10 @@ pub use crate::routing::{ClientKey, Deliver, Stored};
 pub struct Connect {
     /// The connection.
     pub conn: ConnId,
-    /// The Session's address, for deliveries.
-    pub session: Addr<Session>,
+    /// Where the Registry sends the Session what it has for it.
+    pub session: Recipient<ToSession>,
+    /// Where the workers send the Session its deliveries (the route table's target).
+    pub deliver: Recipient<Deliver>,
     /// Remote address.
     pub peer: SocketAddr,
     /// Protocol spoken.

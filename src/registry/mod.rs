@@ -312,10 +312,10 @@ impl Registry {
                     self.dirty.push(key);
                     self.schedule_flush(ctx);
                 } else if client.batch.len() >= BATCH_LIMIT {
-                    a.session.do_send(Deliver {
+                    a.session.do_send(ToSession::Deliver(Deliver {
                         deliveries: std::mem::take(&mut client.batch),
                         after: std::mem::take(&mut client.batch_after),
-                    });
+                    }));
                 }
             }
             // QoS 0 is not kept for clients that are not connected.
@@ -362,7 +362,7 @@ impl Registry {
                 .attached_client(key, conn)
                 .and_then(|c| c.attached.as_ref())
             {
-                attached.session.do_send(Routed);
+                attached.session.do_send(ToSession::Routed);
             }
         }
     }
@@ -374,10 +374,10 @@ impl Registry {
         let batch = std::mem::take(&mut client.batch);
         let after = std::mem::take(&mut client.batch_after);
         if let Some(a) = &client.attached {
-            a.session.do_send(Deliver {
+            a.session.do_send(ToSession::Deliver(Deliver {
                 deliveries: batch,
                 after,
-            });
+            }));
         }
     }
 }
@@ -475,7 +475,7 @@ impl Handler<CloseAll> for Registry {
         let mut told = 0;
         for client in self.clients.iter().flatten() {
             if let Some(attached) = client.attached.as_ref().filter(|a| !a.detaching) {
-                attached.session.do_send(ServerClosing);
+                attached.session.do_send(ToSession::ServerClosing);
                 told += 1;
             }
         }

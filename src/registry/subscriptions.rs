@@ -6,7 +6,7 @@ use std::time::Instant;
 use actix::prelude::*;
 use tracing::{info, warn};
 
-use super::{Deliver, Registry, Subscribe, Subscribed, Unsubscribe, Unsubscribed};
+use super::{Deliver, Registry, Subscribe, Subscribed, ToSession, Unsubscribe, Unsubscribed};
 use crate::hooks::{ClientSubscribed, ClientUnsubscribed};
 use crate::message::Delivery;
 use crate::persistence::Record;
@@ -94,16 +94,16 @@ impl Handler<Subscribe> for Registry {
         };
         let mut table = self.routes.write();
         if let Some(session) = &session {
-            session.do_send(Subscribed {
+            session.do_send(ToSession::Subscribed(Subscribed {
                 pid: msg.pid,
                 codes,
                 after,
-            });
+            }));
             if !retained.is_empty() {
-                session.do_send(Deliver {
+                session.do_send(ToSession::Deliver(Deliver {
                     deliveries: std::mem::take(&mut retained),
                     after,
-                });
+                }));
             }
         }
         for (filter, options, _) in &granted {
@@ -165,11 +165,11 @@ impl Handler<Unsubscribe> for Registry {
             _ => 0,
         };
         if let Some(session) = session {
-            session.do_send(Unsubscribed {
+            session.do_send(ToSession::Unsubscribed(Unsubscribed {
                 pid: msg.pid,
                 codes,
                 after,
-            });
+            }));
         }
         for filter in removed {
             info!(client_id = %client_id, filter = %filter, "client unsubscribed");

@@ -191,7 +191,8 @@ impl Session {
         }
         let request = registry::Connect {
             conn: self.conn,
-            session: ctx.address(),
+            session: ctx.address().recipient(),
+            deliver: ctx.address().recipient(),
             peer: self.peer,
             protocol: connect.protocol,
             client_id: connect.client_id,

@@ -16,8 +16,28 @@ use crate::hooks::DisconnectReason;
 use crate::message::QoS;
 use crate::queue::{Pushed, QueueLimits};
 use crate::registry::{
-    Deliver, Detached, ServerClosing, SessionEnded, Subscribed, Takeover, Unsubscribed,
+    Deliver, Detached, Routed, ServerClosing, SessionEnded, Subscribed, Takeover, ToSession,
+    Unsubscribed,
 };
+
+impl Handler<ToSession> for Session {
+    type Result = ();
+
+    /// From the Registry: handled as the message inside.
+    fn handle(&mut self, msg: ToSession, ctx: &mut Context<Self>) {
+        match msg {
+            ToSession::Deliver(m) => <Self as Handler<Deliver>>::handle(self, m, ctx),
+            ToSession::Routed => <Self as Handler<Routed>>::handle(self, Routed, ctx),
+            ToSession::Detached => <Self as Handler<Detached>>::handle(self, Detached, ctx),
+            ToSession::Takeover => <Self as Handler<Takeover>>::handle(self, Takeover, ctx),
+            ToSession::ServerClosing => {
+                <Self as Handler<ServerClosing>>::handle(self, ServerClosing, ctx)
+            }
+            ToSession::Subscribed(m) => <Self as Handler<Subscribed>>::handle(self, m, ctx),
+            ToSession::Unsubscribed(m) => <Self as Handler<Unsubscribed>>::handle(self, m, ctx),
+        }
+    }
+}
 
 impl Handler<Deliver> for Session {
     type Result = ();
