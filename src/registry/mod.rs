@@ -17,7 +17,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use actix::prelude::*;
-use tracing::info;
+use tracing::{info, warn};
 
 pub use messages::*;
 pub use recovering::Recover;
@@ -123,6 +123,16 @@ impl Registry {
     fn persist(&mut self, record: Record) {
         if let Some(store) = self.store.as_ref() {
             store.submit(record);
+        }
+    }
+
+    /// With persistence, when the store's writer is far behind: handles nothing more until it
+    /// caught up. The mailbox fills, and the Sessions that send to it stop reading, as with
+    /// any full Registry mailbox.
+    fn wait_for_writer(&mut self, ctx: &mut Context<Self>) {
+        if let Some(store) = self.store.as_ref().filter(|s| s.is_behind()) {
+            warn!("persistence writer behind: the Registry waits for it");
+            ctx.wait(store.room().into_actor(self));
         }
     }
 
@@ -395,6 +405,7 @@ impl Handler<Publish> for Registry {
             self.route(message, Some(msg.from), ctx);
         }
         self.hold_after = 0;
+        self.wait_for_writer(ctx);
         // With a store, the publisher's acknowledgements wait for `Routed`: after what this
         // burst changed is durable.
         match self
@@ -459,6 +470,7 @@ impl Handler<Stored> for Registry {
                 self.deliver(stored.key, stored.delivery, ctx);
             }
         }
+        self.wait_for_writer(ctx);
     }
 }
 
