@@ -15,6 +15,9 @@ use super::record::Record;
 use super::store::{StoreShared, WriterState, NAP, NAPS_BEFORE_SLEEP};
 use crate::config::FsyncPolicy;
 
+/// How long the writer waits before it tries a failed write or sync again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
 /// The writer's state: the log, and the live records (for compaction).
 pub struct Writer {
     pub(super) log: Log,
@@ -88,10 +91,11 @@ impl Writer {
             shared.room.notify_all();
             shared.caught_up.notify_waiters();
             if !frames.is_empty() {
-                if let Err(e) = self.log.append(&frames) {
-                    // Nothing of this commit is acknowledged; publishers wait for their PUBACK.
-                    error!(error = %e, "cannot write the persistence log; nothing more is acknowledged until it can");
-                    continue;
+                // Nothing of this commit (nor after it) is acknowledged until it is written:
+                // the same bytes are written again at the same offset.
+                while let Err(e) = self.log.append(&frames) {
+                    error!(error = %e, "cannot write the persistence log; trying again in 1 s, nothing more is acknowledged until it can");
+                    std::thread::sleep(RETRY_AFTER);
                 }
                 self.track_all(&frames, &effects);
                 unsynced = true;
@@ -102,9 +106,9 @@ impl Writer {
                 FsyncPolicy::Never => false,
             } || ((!flushes.is_empty() || closed) && unsynced);
             if sync_due {
-                if let Err(e) = self.log.sync() {
-                    error!(error = %e, "cannot sync the persistence log");
-                    continue;
+                while let Err(e) = self.log.sync() {
+                    error!(error = %e, "cannot sync the persistence log; trying again in 1 s, nothing more is acknowledged until it can");
+                    std::thread::sleep(RETRY_AFTER);
                 }
                 last_sync = Instant::now();
                 unsynced = false;
