@@ -144,7 +144,8 @@ pub async fn connect_storm(
                         let t0 = Instant::now();
                         let id = format!("bench-cs-{worker}-{n}");
                         n += 1;
-                        match wire::handshake(addr, &id).await {
+                        let spread = (worker as u64).wrapping_mul(7919).wrapping_add(n);
+                        match wire::handshake_spread(addr, &id, spread).await {
                             Ok(mut s) => {
                                 let _ = latency
                                     .borrow_mut()
@@ -198,7 +199,7 @@ pub async fn idle(args: &Args, addr: SocketAddr, pid: Option<u32>) -> Result<Sto
                     .map(|i| {
                         tokio::task::spawn_local(async move {
                             let t0 = Instant::now();
-                            wire::handshake(addr, &format!("bench-idle-{i}"))
+                            wire::handshake_spread(addr, &format!("bench-idle-{i}"), i as u64)
                                 .await
                                 .map(|s| (s, t0.elapsed()))
                         })

@@ -63,6 +63,32 @@ pub async fn handshake(
     handshake_with(addr, id, true).await
 }
 
+/// Loopback source addresses the connection scenarios spread over (127.0.0.2, 127.0.0.3, ...):
+/// each has its own ephemeral ports and TIME_WAIT entries, so a storm or an idle count is not
+/// capped by one address's ~28k ports.
+const SOURCE_ADDRESSES: u32 = 64;
+
+/// [`handshake`] from a loopback source address chosen by `n` (see [`SOURCE_ADDRESSES`]) when
+/// the broker is on loopback; from the default address otherwise.
+pub async fn handshake_spread(
+    addr: std::net::SocketAddr,
+    id: &str,
+    n: u64,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let std::net::SocketAddr::V4(v4) = addr else {
+        return handshake(addr, id).await;
+    };
+    if !v4.ip().is_loopback() {
+        return handshake(addr, id).await;
+    }
+    let host = 2 + (n % u64::from(SOURCE_ADDRESSES)) as u32;
+    let source = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(127, 0, 0, 0)) + host);
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::from((source, 0)))?;
+    let stream = socket.connect(addr).await?;
+    handshake_on(stream, id, true).await
+}
+
 /// [`handshake`] with the clean session (MQTT 5: clean start) flag as given; without it, an
 /// MQTT 5 client asks for a Session Expiry Interval of an hour.
 pub async fn handshake_with(
@@ -70,8 +96,17 @@ pub async fn handshake_with(
     id: &str,
     clean: bool,
 ) -> std::io::Result<tokio::net::TcpStream> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    handshake_on(stream, id, clean).await
+}
+
+/// CONNECT and CONNACK on a connected `stream`.
+async fn handshake_on(
+    mut stream: tokio::net::TcpStream,
+    id: &str,
+    clean: bool,
+) -> std::io::Result<tokio::net::TcpStream> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     stream.write_all(&connect(id, KEEP_ALIVE, clean)).await?;
     // CONNACK: fixed header, then (session present, code[, MQTT 5 properties]).
