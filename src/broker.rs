@@ -169,12 +169,15 @@ impl Broker {
             store,
         ));
         let handles: Vec<_> = workers.iter().map(Arbiter::handle).collect();
-        let mut accepts = vec![actix_rt::spawn(accept_loop(
+        let mut accepts = vec![actix_rt::spawn(crate::memory_trim::trim_after_spikes(
+            metrics.clone(),
+        ))];
+        accepts.push(actix_rt::spawn(accept_loop(
             listener,
             handles.clone(),
             shared.clone(),
             None,
-        ))];
+        )));
         info!(
             workers = worker_count,
             "switchboard listening on {local_addr}"
@@ -216,6 +219,7 @@ pub struct RunningBroker {
     access: Arc<AccessControl>,
     registry: Addr<Registry>,
     metrics: Arc<Metrics>,
+    /// The accept loops and the memory trim, aborted on stop.
     accepts: Vec<JoinHandle<()>>,
     workers: Vec<Arbiter>,
     registry_arbiter: Arbiter,

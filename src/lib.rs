@@ -42,6 +42,7 @@ pub mod fd_limit;
 pub mod hooks;
 mod listener;
 mod logging;
+pub mod memory_trim;
 pub mod message;
 pub mod metrics;
 pub mod persistence;

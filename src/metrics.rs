@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Debug, Default)]
 pub struct Metrics {
     connections_current: AtomicU64,
+    /// The most connections open at once since [`Metrics::take_connections_peak`].
+    connections_peak: AtomicU64,
     connections_total: AtomicU64,
     publishes_received: AtomicU64,
     qos0_dropped_slow_consumer: AtomicU64,
@@ -75,7 +77,17 @@ impl Metrics {
     /// A connection opened.
     pub fn connection_opened(&self) -> u64 {
         self.connections_total.fetch_add(1, Ordering::Relaxed);
-        self.connections_current.fetch_add(1, Ordering::Relaxed) + 1
+        let now = self.connections_current.fetch_add(1, Ordering::Relaxed) + 1;
+        self.connections_peak.fetch_max(now, Ordering::Relaxed);
+        now
+    }
+
+    /// The most connections open at once since the last call (or start), and the current
+    /// count; the peak starts again from the current count.
+    pub fn take_connections_peak(&self) -> (u64, u64) {
+        let current = self.connections_current.load(Ordering::Relaxed);
+        let peak = self.connections_peak.swap(current, Ordering::Relaxed);
+        (peak.max(current), current)
     }
 
     /// A connection closed.

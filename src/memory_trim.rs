@@ -1,0 +1,99 @@
+//! Giving memory back after a spike of connections. glibc's allocator keeps the pages that
+//! thousands of closed connections freed (10k idle connections that come and go left the
+//! broker at 42 MB RSS, from 4.5 MB); `malloc_trim` returns the free ones to the OS. The
+//! broker calls it when the connection count has fallen to half of its peak since the last
+//! trim, checking every few seconds: no cost while connections stay, and none per connection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::info;
+
+use crate::metrics::Metrics;
+
+/// How often the connection count is looked at.
+const CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// A fall smaller than this is not worth a trim.
+const MIN_FALL: u64 = 1000;
+
+/// When to trim: after the connection count fell to half of its peak since the last trim (and
+/// by [`MIN_FALL`]).
+#[derive(Debug, Default)]
+pub struct TrimPolicy {
+    peak: u64,
+}
+
+impl TrimPolicy {
+    /// Notes the peak since the last look and the current connection count; tells whether to
+    /// trim now.
+    pub fn should_trim(&mut self, peak_since: u64, connections: u64) -> bool {
+        self.peak = self.peak.max(peak_since).max(connections);
+        if connections <= self.peak / 2 && self.peak - connections >= MIN_FALL {
+            self.peak = connections;
+            return true;
+        }
+        false
+    }
+}
+
+/// Resident memory of this process in bytes (`/proc/self/statm`), if readable.
+pub fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// Returns free heap pages to the OS (glibc); elsewhere does nothing.
+fn trim() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Checks the connection count every few seconds for the broker's life and trims after a fall.
+pub async fn trim_after_spikes(metrics: Arc<Metrics>) {
+    let mut policy = TrimPolicy::default();
+    loop {
+        actix_rt::time::sleep(CHECK_EVERY).await;
+        // The peak counts the spikes that came and went between two looks.
+        let (peak, connections) = metrics.take_connections_peak();
+        if policy.should_trim(peak, connections) {
+            let before = resident_bytes();
+            trim();
+            info!(
+                connections,
+                rss_before = before.unwrap_or(0),
+                rss_after = resident_bytes().unwrap_or(0),
+                "returned freed memory to the OS after connections closed"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trims_once_after_a_fall_to_half_the_peak() {
+        let mut p = TrimPolicy::default();
+        assert!(!p.should_trim(100, 100));
+        assert!(!p.should_trim(10_000, 10_000));
+        assert!(!p.should_trim(10_000, 6_000), "not yet half");
+        assert!(p.should_trim(6_000, 4_000));
+        assert!(!p.should_trim(4_000, 4_000), "once per fall");
+        assert!(!p.should_trim(4_000, 3_000), "not half of the new peak");
+        assert!(p.should_trim(3_000, 1_500));
+        assert!(
+            !p.should_trim(1_500, 600),
+            "a fall of less than 1000 connections"
+        );
+        assert!(
+            p.should_trim(5_000, 0),
+            "a spike that came and went between two looks"
+        );
+    }
+}
