@@ -10,7 +10,7 @@ use std::process::{Child, Command};
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
-use common::child::{listening_addr, spawn_command, wait_line, BIN};
+use common::child::{listening_addr, log_number, spawn_command, wait_line, BIN};
 use common::Raw;
 
 /// Starts the broker with RLIMIT_NOFILE lowered to `soft`/`hard` before it runs.
@@ -33,15 +33,6 @@ fn broker_with_fd_limit(soft: u64, hard: u64) -> (Child, Receiver<String>) {
     spawn_command(command)
 }
 
-/// The value of `name=` in a log line.
-fn field(line: &str, name: &str) -> u64 {
-    line.split(&format!("{name}="))
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{name} in {line:?}"))
-}
-
 /// CPU time (user + system) the process `pid` has used, in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
@@ -56,10 +47,10 @@ fn the_soft_limit_is_raised_to_the_hard_limit_and_the_capacity_logged() {
     let (mut child, logs) = broker_with_fd_limit(256, 512);
     let line = wait_line(&logs, "file-descriptor limit");
     assert_eq!(
-        (field(&line, "soft_before"), field(&line, "soft")),
+        (log_number(&line, "soft_before"), log_number(&line, "soft")),
         (256, 512)
     );
-    assert_eq!(field(&line, "connection_capacity"), 512 - 64);
+    assert_eq!(log_number(&line, "connection_capacity"), 512 - 64);
     // The default limits.max_connections (100,000) is more than 448 descriptors allow.
     let warning = wait_line(&logs, "limits.max_connections is above");
     assert!(warning.contains("WARN"), "{warning}");

@@ -5,17 +5,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::child::{listening_addr, spawn, wait_line};
+use common::child::{listening_addr, log_number, spawn, wait_line};
 use common::Raw;
-
-/// The value of `name=` in a log line.
-fn field(line: &str, name: &str) -> u64 {
-    line.split(&format!("{name}="))
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{name} in {line:?}"))
-}
 
 #[tokio::test]
 async fn after_a_spike_of_connections_freed_memory_goes_back_to_the_os() {
@@ -39,7 +30,10 @@ async fn after_a_spike_of_connections_freed_memory_goes_back_to_the_os() {
             Err(_) => panic!("no memory trim logged after the connections closed"),
         }
     };
-    let (before, after) = (field(&line, "rss_before"), field(&line, "rss_after"));
+    let (before, after) = (
+        log_number(&line, "rss_before"),
+        log_number(&line, "rss_after"),
+    );
     assert!(after < before, "RSS {before} -> {after}");
     child.kill().expect("kill");
     child.wait().expect("reaped");

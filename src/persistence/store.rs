@@ -74,6 +74,9 @@ pub struct StoreShared {
     pub(super) room: Condvar,
     /// Sessions wait on it, without blocking their thread, for the writer to catch up.
     pub(super) caught_up: tokio::sync::Notify,
+    /// The bytes of `pending.frames`, readable without the lock ([`Store::is_behind`] is
+    /// asked after every burst a Session routes).
+    pub(super) pending_bytes: std::sync::atomic::AtomicUsize,
     /// The last change the writer reported durable.
     pub(super) durable: AtomicU64,
     /// Who waits for a change to be durable: (its number, who to tell).
@@ -90,6 +93,7 @@ impl StoreShared {
             wake_writer: Condvar::new(),
             room: Condvar::new(),
             caught_up: tokio::sync::Notify::new(),
+            pending_bytes: std::sync::atomic::AtomicUsize::new(0),
             durable: AtomicU64::new(0),
             waiters: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(next_id),
@@ -195,6 +199,9 @@ impl Store {
             p.effects[kind_at + 1..kind_at + 5].copy_from_slice(&key_len.to_le_bytes());
             p.effects.extend_from_slice(&frame_len.to_le_bytes());
         }
+        shared
+            .pending_bytes
+            .store(p.frames.len(), Ordering::Relaxed);
         p.seq += 1;
         p.has_changes = true;
         let seq = p.seq;
@@ -213,7 +220,7 @@ impl Store {
     /// Whether the writer is so far behind that a Session should stop reading until
     /// [`Store::room`].
     pub fn is_behind(&self) -> bool {
-        self.shared().lock_pending().frames.len() >= BEHIND_BYTES
+        self.shared().pending_bytes.load(Ordering::Relaxed) >= BEHIND_BYTES
     }
 
     /// Resolves once the writer is no longer behind ([`Store::is_behind`]); a Session waits on
@@ -307,6 +314,7 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!room.is_finished(), "waits while the writer is behind");
         shared.lock_pending().frames.clear();
+        shared.pending_bytes.store(0, Ordering::Relaxed);
         shared.caught_up.notify_waiters();
         tokio::time::timeout(std::time::Duration::from_secs(5), room)
             .await

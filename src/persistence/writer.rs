@@ -83,6 +83,9 @@ impl Writer {
                 frames.clear();
                 effects.clear();
                 std::mem::swap(&mut frames, &mut pending.frames);
+                shared
+                    .pending_bytes
+                    .store(0, std::sync::atomic::Ordering::Relaxed);
                 std::mem::swap(&mut effects, &mut pending.effects);
                 flushes.append(&mut pending.flushes);
                 let seq = std::mem::take(&mut pending.has_changes).then_some(pending.seq);

@@ -82,13 +82,9 @@ impl Registry {
         self.persist_session(key, false);
         // Armed while connected: a crash publishes it at the next start. None cancels a will
         // that was delayed.
-        if let Some(client) = self.client(key) {
-            let will = client
-                .attached
-                .as_ref()
-                .and_then(|a| a.will.clone())
-                .map(|w| (0, w));
-            self.persist_will(key, will.as_ref().map(|(d, w)| (*d, w)));
+        if let Some(client) = self.client(key).filter(|c| c.persisted) {
+            let will = client.attached.as_ref().and_then(|a| a.will.clone());
+            self.persist_will(key, will.as_ref().map(|w| (0, w)));
         }
         // From here on workers deliver to the Session directly. The Session handles nothing
         // from its mailbox before the reply, so what `state` holds comes first.

@@ -69,3 +69,20 @@ pub fn listening_addr(line: &str) -> std::net::SocketAddr {
         .and_then(|a| a.parse().ok())
         .expect("address in the listening line")
 }
+
+/// The value of `name=` in a log line (tracing's key=value fields).
+#[allow(dead_code)]
+pub fn log_field<'a>(line: &'a str, name: &str) -> &'a str {
+    line.split(&format!("{name}="))
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{name} in {line:?}"))
+}
+
+/// [`log_field`] as a number.
+#[allow(dead_code)]
+pub fn log_number(line: &str, name: &str) -> u64 {
+    log_field(line, name)
+        .parse()
+        .unwrap_or_else(|_| panic!("{name} is a number in {line:?}"))
+}

@@ -7,7 +7,7 @@ use std::sync::mpsc::Receiver;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::child::{listening_addr, spawn_with_log, wait_line};
+use super::child::{listening_addr, log_field, log_number, spawn_with_log, wait_line};
 use super::{packets, Raw};
 
 /// Starts the broker binary on a free port with its state in `dir` and the `fsync` policy;
@@ -49,18 +49,11 @@ pub fn cut_log_at_last_sync(logs: Receiver<String>) {
         .filter(|l| l.contains("persistence log synced"))
         .last()
         .expect("the writer reported syncs");
-    let field = |name: &str| {
-        last.split(&format!("{name}="))
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("{name} in {last:?}"))
-            .to_string()
-    };
-    let segment = field("segment");
-    let offset: u64 = field("offset").parse().expect("offset");
+    let segment = log_field(&last, "segment");
+    let offset = log_number(&last, "offset");
     let file = std::fs::OpenOptions::new()
         .write(true)
-        .open(&segment)
+        .open(segment)
         .expect("the synced segment");
     let written = file.metadata().expect("metadata").len();
     assert!(offset <= written);
