@@ -109,7 +109,7 @@ const MIN_READ_ROOM: usize = 256;
 const BURST_PACKETS: u32 = 4;
 /// Read buffer of a busy connection: fewer, larger reads. Idle connections keep the small
 /// initial buffer the Session gives them.
-const BURST_READ_BUFFER: usize = 16 * 1024;
+pub const BURST_READ_BUFFER: usize = 16 * 1024;
 
 impl MqttCodec {
     /// A codec that refuses packets whose remaining length exceeds `max_packet_size`.

@@ -13,7 +13,7 @@ mod error;
 pub mod properties;
 
 pub use connect::{Connect, ConnectProperties};
-pub use decode::{MqttCodec, Packet, Publish};
+pub use decode::{MqttCodec, Packet, Publish, BURST_READ_BUFFER};
 pub use encode::*;
 pub use encode_v5::*;
 pub use error::CodecError;

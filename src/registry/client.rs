@@ -18,7 +18,8 @@ pub(super) struct Attached {
     pub conn: ConnId,
     pub session: Recipient<ToSession>,
     pub peer: SocketAddr,
-    pub will: Option<LastWill>,
+    /// The will of this connection (boxed: most devices set none).
+    pub will: Option<Box<LastWill>>,
     /// Detach received: deliveries now go to `Client::held` until the Session hands its state
     /// (and the route table sends the workers' deliveries here).
     pub detaching: bool,
@@ -47,7 +48,7 @@ pub(super) struct Client {
     /// QoS 1/2 deliveries that arrived while detaching; appended after the Session's own queue.
     pub held: VecDeque<Delivery>,
     /// A CONNECT with this id waiting for the current connection to finish detaching.
-    pub pending: Option<Connect>,
+    pub pending: Option<Box<Connect>>,
     /// Identifies the timers (session expiry, will delay) allowed to act on this client; a new
     /// connection takes a new token, which cancels them.
     pub timer_token: u64,

@@ -24,7 +24,7 @@ impl Registry {
             return;
         };
         let already_finishing = client.pending.is_some() && client.attached.is_none();
-        client.pending = Some(msg);
+        client.pending = Some(Box::new(msg));
         if !already_finishing {
             drop(self.routes.write());
             ctx.address().do_send(FinishConnect(key));
@@ -62,7 +62,7 @@ impl Registry {
             conn: msg.conn,
             session: msg.session.clone(),
             peer: msg.peer,
-            will: msg.will,
+            will: msg.will.map(Box::new),
             detaching: false,
         });
         let client_id = client.id.clone();
@@ -84,7 +84,7 @@ impl Registry {
         // that was delayed.
         if let Some(client) = self.client(key).filter(|c| c.persisted) {
             let will = client.attached.as_ref().and_then(|a| a.will.clone());
-            self.persist_will(key, will.as_ref().map(|w| (0, w)));
+            self.persist_will(key, will.as_deref().map(|w| (0, w)));
         }
         // From here on workers deliver to the Session directly. The Session handles nothing
         // from its mailbox before the reply, so what `state` holds comes first.
@@ -153,7 +153,7 @@ impl Handler<Connect> for Registry {
                     attached.session.do_send(ToSession::Takeover);
                 }
                 // A CONNECT already waiting loses to the newer one: dropping its reply closes it.
-                client.pending = Some(msg);
+                client.pending = Some(Box::new(msg));
             }
         }
     }
@@ -171,7 +171,7 @@ impl Handler<FinishConnect> for Registry {
             return;
         }
         if let Some(connect) = client.pending.take() {
-            self.complete_connect(key, connect, ctx);
+            self.complete_connect(key, *connect, ctx);
         }
     }
 }

@@ -55,7 +55,7 @@ impl Registry {
             self.persist_done(key, done);
         }
         match pending {
-            Some(msg) => self.begin_connect(key, msg, ctx),
+            Some(msg) => self.begin_connect(key, *msg, ctx),
             None if expiry == 0 => self.expire(key, token, ctx),
             None if expiry == u32::MAX => {}
             None => {
@@ -84,7 +84,7 @@ impl Registry {
         self.remove_client(key);
         if let Some(will) = will {
             // [MQTT-3.1.3-9] published when the session ends, if that comes before the delay.
-            self.publish_will(&client_id, key, *will, ctx);
+            self.publish_will(&client_id, key, &will, ctx);
         }
     }
 
@@ -180,7 +180,7 @@ impl Handler<Detach> for Registry {
         info!(client_id = %client_id, addr = %peer, reason = %msg.reason, "client disconnected");
         match (msg.reason.publishes_will(), will) {
             (true, Some(will)) if will.delay == 0 || expiry == 0 => {
-                self.publish_will(&client_id, msg.key, will, ctx);
+                self.publish_will(&client_id, msg.key, &will, ctx);
                 self.persist_will(msg.key, None);
             }
             (true, Some(will)) => {

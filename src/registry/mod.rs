@@ -43,7 +43,9 @@ pub struct Registry {
     max_subscriptions: usize,
     metrics: Arc<Metrics>,
     hooks: LifecycleHooks,
-    clients: Vec<Option<Client>>,
+    /// Client records by slot, boxed: the vector grows by doubling, and an idle fleet should not
+    /// pay for spare slots at the width of a whole record.
+    clients: Vec<Option<Box<Client>>>,
     free_slots: Vec<u32>,
     by_id: HashMap<Arc<str>, ClientKey>,
     /// The subscriptions and where each client's deliveries go; written here only.
@@ -143,7 +145,7 @@ impl Registry {
         }
         let (Some(store), Some(client)) = (
             self.store.as_ref(),
-            self.clients.get(key.0 as usize).and_then(Option::as_ref),
+            self.clients.get(key.0 as usize).and_then(Option::as_deref),
         ) else {
             return;
         };
@@ -209,7 +211,7 @@ impl Registry {
     fn insert_client(&mut self, id: Arc<str>) -> ClientKey {
         self.next_generation = self.next_generation.wrapping_add(1);
         let generation = self.next_generation;
-        let client = Client::new(id.clone(), generation);
+        let client = Box::new(Client::new(id.clone(), generation));
         let key = match self.free_slots.pop() {
             Some(slot) => {
                 self.clients[slot as usize] = Some(client);
@@ -530,6 +532,8 @@ impl Handler<Freeze> for Registry {
 
 /// The client at `key` in `clients`; a function of the table alone, so that a caller can hold
 /// it while it uses the Registry's other fields (metrics, config).
-fn client_in(clients: &mut [Option<Client>], key: ClientKey) -> Option<&mut Client> {
-    clients.get_mut(key.0 as usize).and_then(Option::as_mut)
+fn client_in(clients: &mut [Option<Box<Client>>], key: ClientKey) -> Option<&mut Client> {
+    clients
+        .get_mut(key.0 as usize)
+        .and_then(Option::as_deref_mut)
 }

@@ -18,7 +18,7 @@ impl Registry {
         &mut self,
         client_id: &str,
         key: ClientKey,
-        will: LastWill,
+        will: &LastWill,
         ctx: &mut Context<Self>,
     ) {
         debug!(client_id = %client_id, topic = %will.topic, "publishing will");
@@ -31,7 +31,7 @@ impl Registry {
         &mut self,
         key: ClientKey,
         token: u64,
-        will: LastWill,
+        will: Box<LastWill>,
         delay: Duration,
         ctx: &mut Context<Self>,
     ) {
@@ -40,7 +40,7 @@ impl Registry {
             .max(1);
         self.persist_will(key, Some((deadline, &will)));
         if let Some(client) = self.client(key) {
-            client.delayed_will = Some(Box::new(will));
+            client.delayed_will = Some(will);
         }
         ctx.run_later(delay, move |act, ctx| act.fire_will(key, token, ctx));
     }
@@ -57,7 +57,7 @@ impl Registry {
             return;
         };
         let client_id = client.id.clone();
-        self.publish_will(&client_id, key, *will, ctx);
+        self.publish_will(&client_id, key, &will, ctx);
         self.persist_will(key, None);
     }
 
@@ -96,10 +96,10 @@ impl Registry {
         };
         let (client_id, token) = (client.id.clone(), client.timer_token);
         if left.is_zero() {
-            self.publish_will(&client_id, key, will, ctx);
+            self.publish_will(&client_id, key, &will, ctx);
             self.persist_will(key, None);
         } else {
-            self.delay_will(key, token, will, left, ctx);
+            self.delay_will(key, token, Box::new(will), left, ctx);
         }
     }
 }

@@ -7,12 +7,14 @@
 //! [`SessionEnded`], and stops.
 
 mod connecting;
+mod deadlines;
 mod durability;
 mod from_registry;
 mod hand_over;
 mod linger;
 mod packets;
 mod peer;
+mod reader;
 mod state;
 
 use std::net::SocketAddr;
@@ -24,14 +26,14 @@ use actix::prelude::*;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_util::codec::FramedRead;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 pub use linger::{ConnectionSlot, LINGER_BYTES, LINGER_TIME};
 pub use state::{AckResult, Outbound};
 
 use self::linger::{linger, SharedReader};
 use self::peer::{disconnect_code, write_delivery, OutboundAliases, PeerOptions};
+use self::reader::PacketReader;
 use crate::codec::{self, CodecError, MqttCodec, Packet};
 use crate::config::Config;
 use crate::drops::{DropLog, DropReason};
@@ -40,10 +42,6 @@ use crate::metrics::Metrics;
 use crate::registry::{ClientKey, ConnId, Detach, Registry, SessionEnded};
 use crate::routing::{Routes, Stored};
 use crate::session_state::{InflightStage, SessionState};
-
-/// Initial read buffer per connection: small, because most devices send small packets and a
-/// fleet has many idle connections. It grows as needed up to the maximum packet size.
-const INITIAL_READ_BUFFER: usize = 512;
 
 /// Most messages handed to the Registry in one [`Publish`](crate::registry::Publish); a burst
 /// read from the socket is otherwise handed over at the end of the read turn.
@@ -135,6 +133,10 @@ pub struct Session {
     /// not per packet, so worker threads do not contend on it).
     publishes_unreported: u64,
     last_received: Instant,
+    /// One and a half times the keep-alive applied, once connected `[MQTT-3.1.2-24]`.
+    keep_alive_limit: Option<Duration>,
+    /// The tick of this Session's entry on its worker's deadline wheel.
+    deadline_tick: u64,
     /// Bytes waiting to be written.
     out: BytesMut,
     /// The socket's read half, also held by the framed reader; taken back on close.
@@ -193,12 +195,11 @@ impl Session {
         debug!(addr = %peer, conn = conn.0, open, "connection accepted");
         let reader = SharedReader::new(read_half);
         Session::create(move |ctx| {
-            let framed = FramedRead::with_capacity(
+            let packets = PacketReader::new(
                 reader.clone(),
                 MqttCodec::new(max_packet).with_topic_alias_maximum(alias_max),
-                INITIAL_READ_BUFFER,
             );
-            let read_handle = ctx.add_stream(framed);
+            let read_handle = ctx.add_stream(packets);
             let durable_acks = shared.store.is_some();
             Session {
                 conn,
@@ -215,6 +216,8 @@ impl Session {
                 acl,
                 publishes_unreported: 0,
                 last_received: Instant::now(),
+                keep_alive_limit: None,
+                deadline_tick: 0,
                 out: BytesMut::new(),
                 reader,
                 writer: Some(write_half),
@@ -263,6 +266,11 @@ impl Session {
                 Ok(()) => {
                     act.writer = Some(writer);
                     act.flush(ctx);
+                    if act.out.is_empty() {
+                        // What is left of the buffer is still one allocation with the bytes in
+                        // flight: an idle connection keeps none of it.
+                        act.out = BytesMut::new();
+                    }
                 }
                 Err(e) => {
                     act.socket_dead = true;
@@ -454,30 +462,6 @@ impl Session {
         );
     }
 
-    /// Starts the keep-alive check; returns the keep-alive applied, in seconds.
-    fn start_keep_alive(&mut self, ctx: &mut Context<Self>, seconds: u16) -> u16 {
-        // [MQTT-3.1.2-24] one and a half times the keep-alive without a packet ends the connection.
-        // A keep-alive of 0 (none) or above `limits.max_keep_alive` gets the maximum instead.
-        let max = self.shared.config.limits.max_keep_alive;
-        let asked = Duration::from_secs(u64::from(seconds));
-        let keep_alive = if seconds == 0 || asked > max {
-            self.shared.metrics.add_limits_hit(1);
-            debug!(client_id = %self.client_id(), asked = seconds, applied = ?max, "keep-alive capped");
-            max
-        } else {
-            asked
-        };
-        let limit = keep_alive.mul_f32(1.5);
-        let tick = (limit / 4).max(Duration::from_millis(100));
-        ctx.run_interval(tick, move |act, ctx| {
-            if !act.closing && act.last_received.elapsed() > limit {
-                info!(client_id = %act.client_id(), addr = %act.peer, "keep-alive expired");
-                act.close(ctx, DisconnectReason::KeepAliveTimeout);
-            }
-        });
-        u16::try_from(keep_alive.as_secs()).unwrap_or(u16::MAX)
-    }
-
     /// Brings the Session's copy of the ACL up to date; it changes only when a reload replaced
     /// the ACL. Read it as `self.acl.1` afterwards (borrowed: no shared refcount per packet).
     fn refresh_acl(&mut self) {
@@ -520,15 +504,8 @@ impl Actor for Session {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         // A socket that never sends CONNECT is closed after the deadline.
-        ctx.run_later(self.shared.config.limits.connect_timeout, |act, ctx| {
-            if act.phase == Phase::AwaitingConnect && !act.closing {
-                info!(addr = %act.peer, "closing connection: no CONNECT before the deadline");
-                act.close(
-                    ctx,
-                    DisconnectReason::Network("no CONNECT before the deadline".into()),
-                );
-            }
-        });
+        let deadline = Instant::now() + self.shared.config.limits.connect_timeout;
+        self.arm_deadline(ctx, deadline);
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
