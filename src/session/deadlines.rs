@@ -2,7 +2,8 @@
 //! thread, instead of one runtime timer per connection.
 //!
 //! Each worker keeps a hashed timing wheel of [`TICK`]-wide slots. A Session arms one entry: a
-//! tick and a weak address (16 bytes, no allocation of its own). Traffic does not touch the
+//! tick, its connection id and a weak address (24 bytes, no allocation of its own), and takes it
+//! out again when it arms another or stops, so a closed connection leaves nothing behind. Traffic does not touch the
 //! wheel; a Session only notes when it last heard from its client. When the entry comes due the
 //! worker sends the Session [`DeadlineDue`], and the Session either closes the connection or
 //! arms a new entry at the deadline its latest traffic implies. An idle connection therefore
@@ -28,13 +29,15 @@ pub const TICK: Duration = Duration::from_millis(100);
 const SLOTS: usize = 1024;
 
 /// Sent by the worker's deadline wheel to a Session whose armed deadline tick has come; handled
-/// by the Session, which ignores it unless `0` is the tick it armed last.
+/// by the Session, which ignores it unless `0` is the tick of the entry it armed last.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct DeadlineDue(pub u64);
 
 struct Entry<T> {
     tick: u64,
+    /// The Session's connection id: what [`disarm`] finds the entry by.
+    id: u64,
     session: T,
 }
 
@@ -62,18 +65,27 @@ thread_local! {
     });
 }
 
-/// Arms a deadline for `session` at `deadline` on this worker's wheel; returns the tick armed,
-/// which the Session keeps to recognise its [`DeadlineDue`]. Called on the Session's own thread.
-pub(super) fn arm(session: WeakAddr<Session>, deadline: Instant) -> u64 {
-    WHEEL.with(|wheel| {
-        let mut wheel = wheel.borrow_mut();
-        let tick = wheel.insert(deadline, session);
-        if !wheel.sweeping.get() {
-            wheel.sweeping.set(true);
-            actix::spawn(sweep(wheel.sweeping.clone()));
-        }
-        tick
-    })
+/// Arms a deadline for `session` (connection `id`) at `deadline` on this worker's wheel; returns
+/// the tick armed, which the Session keeps to recognise its [`DeadlineDue`] and to [`disarm`] it.
+/// Called on the Session's own thread; `None` only while the thread is being torn down.
+pub(super) fn arm(id: u64, session: WeakAddr<Session>, deadline: Instant) -> Option<u64> {
+    WHEEL
+        .try_with(|wheel| {
+            let mut wheel = wheel.borrow_mut();
+            let tick = wheel.insert(deadline, id, session);
+            if !wheel.sweeping.get() {
+                wheel.sweeping.set(true);
+                actix::spawn(sweep(wheel.sweeping.clone()));
+            }
+            tick
+        })
+        .ok()
+}
+
+/// Takes the entry of connection `id` armed at `tick` off this worker's wheel, if it is still
+/// there (it is not once it came due).
+pub(super) fn disarm(tick: u64, id: u64) {
+    let _ = WHEEL.try_with(|wheel| wheel.borrow_mut().remove(tick, id));
 }
 
 /// Clears the flag when the sweeping task is dropped with its runtime (`owned`), unless the
@@ -103,7 +115,7 @@ async fn sweep(sweeping: Rc<Cell<bool>>) {
     let mut due = Vec::new();
     loop {
         interval.tick().await;
-        let empty = WHEEL.with(|wheel| {
+        let Ok(empty) = WHEEL.try_with(|wheel| {
             let mut wheel = wheel.borrow_mut();
             wheel.take_due(Instant::now(), &mut due);
             let empty = wheel.len == 0;
@@ -113,7 +125,9 @@ async fn sweep(sweeping: Rc<Cell<bool>>) {
                 flag.owned = false;
             }
             empty
-        });
+        }) else {
+            return;
+        };
         for entry in due.drain(..) {
             if let Some(session) = entry.session.upgrade() {
                 session.do_send(DeadlineDue(entry.tick));
@@ -127,16 +141,31 @@ async fn sweep(sweeping: Rc<Cell<bool>>) {
 
 impl<T> Wheel<T> {
     /// Adds an entry due at `deadline`; returns its tick.
-    fn insert(&mut self, deadline: Instant, session: T) -> u64 {
+    fn insert(&mut self, deadline: Instant, id: u64, session: T) -> u64 {
         if self.slots.is_empty() {
             self.slots.resize_with(SLOTS, Vec::new);
         }
         let since = deadline.saturating_duration_since(self.epoch);
         // Rounded up: the entry is swept no earlier than the deadline.
         let tick = (since.as_nanos().div_ceil(TICK.as_nanos()) as u64).max(self.next_tick);
-        self.slots[(tick % SLOTS as u64) as usize].push(Entry { tick, session });
+        self.slots[(tick % SLOTS as u64) as usize].push(Entry { tick, id, session });
         self.len += 1;
         tick
+    }
+
+    /// Removes the entry `id` armed at `tick`; whether it was there.
+    fn remove(&mut self, tick: u64, id: u64) -> bool {
+        let Some(slot) = self.slots.get_mut((tick % SLOTS as u64) as usize) else {
+            return false;
+        };
+        match slot.iter().position(|e| e.id == id && e.tick == tick) {
+            Some(at) => {
+                slot.swap_remove(at);
+                self.len -= 1;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Moves the entries due by `now` into `due`.
@@ -189,7 +218,15 @@ impl Session {
 
     /// Puts this Session's next deadline check on its worker's wheel, replacing the last one.
     pub(super) fn arm_deadline(&mut self, ctx: &mut Context<Self>, at: Instant) {
-        self.deadline_tick = arm(ctx.address().downgrade(), at);
+        self.disarm_deadline();
+        self.deadline_tick = arm(self.conn.0, ctx.address().downgrade(), at);
+    }
+
+    /// Takes this Session's entry off its worker's wheel (it stops, or arms another).
+    pub(super) fn disarm_deadline(&mut self) {
+        if let Some(tick) = self.deadline_tick.take() {
+            disarm(tick, self.conn.0);
+        }
     }
 
     /// The armed deadline came: a socket that never sent CONNECT, or a client silent for one
@@ -225,8 +262,12 @@ impl Handler<DeadlineDue> for Session {
     type Result = ();
 
     fn handle(&mut self, msg: DeadlineDue, ctx: &mut Context<Self>) {
-        if msg.0 == self.deadline_tick && !self.closing {
-            self.check_deadline(ctx);
+        if self.deadline_tick == Some(msg.0) {
+            // Its entry left the wheel when it came due.
+            self.deadline_tick = None;
+            if !self.closing {
+                self.check_deadline(ctx);
+            }
         }
     }
 }
@@ -257,8 +298,8 @@ mod tests {
     fn entries_come_due_at_their_deadline_never_before() {
         let epoch = Instant::now();
         let mut w = wheel(epoch);
-        w.insert(epoch + Duration::from_millis(150), 1);
-        w.insert(epoch + Duration::from_millis(1_000), 2);
+        w.insert(epoch + Duration::from_millis(150), 1, 1);
+        w.insert(epoch + Duration::from_millis(1_000), 2, 2);
         assert!(due_at(&mut w, epoch + Duration::from_millis(149)).is_empty());
         // 150 ms rounds up to tick 2 (200 ms): late by under one tick, never early.
         assert!(due_at(&mut w, epoch + Duration::from_millis(199)).is_empty());
@@ -277,8 +318,8 @@ mod tests {
         let mut w = wheel(epoch);
         let span = TICK * SLOTS as u32;
         // Same slot as tick 5, three turns later.
-        w.insert(epoch + span * 3 + TICK * 5, 7);
-        w.insert(epoch + TICK * 5, 8);
+        w.insert(epoch + span * 3 + TICK * 5, 7, 7);
+        w.insert(epoch + TICK * 5, 8, 8);
         assert_eq!(due_at(&mut w, epoch + TICK * 5), vec![8]);
         assert!(due_at(&mut w, epoch + span + TICK * 5).is_empty());
         assert!(due_at(&mut w, epoch + span * 2 + TICK * 5).is_empty());
@@ -290,22 +331,46 @@ mod tests {
         let epoch = Instant::now();
         let mut w = wheel(epoch);
         for i in 0..3_000u32 {
-            w.insert(epoch + Duration::from_millis(u64::from(i) * 37), i);
+            w.insert(
+                epoch + Duration::from_millis(u64::from(i) * 37),
+                u64::from(i),
+                i,
+            );
         }
         let later = epoch + Duration::from_secs(500);
         assert_eq!(due_at(&mut w, later), (0..3_000).collect::<Vec<_>>());
         assert_eq!(w.len, 0);
         // A deadline armed after the stall is not swept at once.
-        w.insert(later + Duration::from_secs(1), 9);
+        w.insert(later + Duration::from_secs(1), 9, 9);
         assert!(due_at(&mut w, later + Duration::from_millis(500)).is_empty());
         assert_eq!(due_at(&mut w, later + Duration::from_secs(1)), vec![9]);
+    }
+
+    #[test]
+    fn a_removed_entry_never_comes_due_and_leaves_the_others() {
+        let epoch = Instant::now();
+        let mut w = wheel(epoch);
+        let deadline = epoch + Duration::from_secs(2);
+        let ticks: Vec<u64> = (0..5u32)
+            .map(|i| w.insert(deadline, u64::from(i), i))
+            .collect();
+        assert!(w.remove(ticks[3], 3));
+        assert!(!w.remove(ticks[3], 3), "already gone");
+        assert!(!w.remove(ticks[1] + 1, 1), "the tick must match too");
+        assert_eq!(w.len, 4);
+        assert_eq!(due_at(&mut w, deadline), vec![0, 1, 2, 4]);
+        assert!(
+            !w.remove(ticks[0], 0),
+            "an entry that came due is off the wheel"
+        );
+        assert_eq!(w.len, 0);
     }
 
     #[test]
     fn a_deadline_already_past_is_due_at_the_next_sweep() {
         let epoch = Instant::now();
         let mut w = wheel(epoch + Duration::from_secs(1));
-        w.insert(epoch, 3);
+        w.insert(epoch, 3, 3);
         assert_eq!(due_at(&mut w, epoch + Duration::from_secs(1)), vec![3]);
     }
 }

@@ -135,8 +135,8 @@ pub struct Session {
     last_received: Instant,
     /// One and a half times the keep-alive applied, once connected `[MQTT-3.1.2-24]`.
     keep_alive_limit: Option<Duration>,
-    /// The tick of this Session's entry on its worker's deadline wheel.
-    deadline_tick: u64,
+    /// The tick of this Session's entry on its worker's deadline wheel, while it has one.
+    deadline_tick: Option<u64>,
     /// Bytes waiting to be written.
     out: BytesMut,
     /// The socket's read half, also held by the framed reader; taken back on close.
@@ -217,7 +217,7 @@ impl Session {
                 publishes_unreported: 0,
                 last_received: Instant::now(),
                 keep_alive_limit: None,
-                deadline_tick: 0,
+                deadline_tick: None,
                 out: BytesMut::new(),
                 reader,
                 writer: Some(write_half),
@@ -509,6 +509,7 @@ impl Actor for Session {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
+        self.disarm_deadline();
         self.report_publishes();
         if let Phase::Connected { client_id, .. } = &self.phase {
             DropLog::flush(&mut self.drops, client_id);
