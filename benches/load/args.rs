@@ -21,7 +21,8 @@ pub enum Scenario {
     Retained,
     /// Connections per second: CONNECT, CONNACK, DISCONNECT, with `--concurrency` at a time.
     ConnectStorm,
-    /// N idle connections; broker RSS per connection (needs the broker's pid).
+    /// N idle connections, each with one subscription; broker RSS per connection (needs the
+    /// broker's pid).
     Idle,
     /// The seed's pattern: N devices answering status requests that an app sends at `--rate`
     /// requests/s (default 1000), each device also publishing `--telemetry-rate` messages/s;
@@ -77,9 +78,13 @@ pub struct Args {
     /// Topics: retained messages (retained) or topics per publisher (wildcard).
     #[arg(long, default_value_t = 1000)]
     pub topics: usize,
-    /// Connections in progress at once (connect-storm, idle).
+    /// Connections in progress at once (connect-storm, idle, --idle-beside).
     #[arg(long, default_value_t = 50)]
     pub concurrency: usize,
+    /// Idle connections (each subscribed to a topic of its own) opened before the scenario and
+    /// kept open through it, to measure what a quiet fleet costs the traffic beside it.
+    #[arg(long, default_value_t = 0)]
+    pub idle_beside: usize,
     /// Subscribers keep a persistent session (clean session 0): with `[persistence]`, their
     /// QoS 1/2 messages are kept on disk.
     #[arg(long)]

@@ -74,8 +74,27 @@ fn run(args: Args) -> Result<(), String> {
             ),
             (_, Some(rate)) => format!("open({rate}/s)"),
             (_, None) => format!("closed({})", args.window),
+        } + &if args.idle_beside > 0 {
+            format!(" +{} idle", args.idle_beside)
+        } else {
+            String::new()
         },
         ..Report::default()
+    };
+    // Kept open until the report is written.
+    let _idle_beside = if args.idle_beside > 0 {
+        let (open, _, failures) = runtime.block_on(storms::open_idle(
+            target.addr,
+            args.idle_beside,
+            args.concurrency,
+            args.quiet,
+        ));
+        if failures > 0 {
+            return Err(format!("{failures} of the idle connections beside failed"));
+        }
+        open
+    } else {
+        Vec::new()
     };
     match args.scenario {
         Scenario::Pairs | Scenario::FanIn | Scenario::FanOut | Scenario::Wildcard => {

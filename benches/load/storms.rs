@@ -180,26 +180,32 @@ pub async fn connect_storm(
     })
 }
 
-/// Opens `--clients` idle connections and reports the broker's RSS growth per connection.
-pub async fn idle(args: &Args, addr: SocketAddr, pid: Option<u32>) -> Result<StormResult, String> {
-    let pid = pid.ok_or("idle needs the broker's pid (--broker-pid, or no --addr)")?;
-    let before = crate::procstat::rss_bytes(pid);
-    let started = Instant::now();
+/// Opens `count` idle connections, `concurrency` at a time, each subscribed to a topic of its own
+/// (`bench/idle/{i}`, QoS 1), as a quiet device is. Returns the open sockets, the time each took
+/// to connect and subscribe, and how many failed.
+pub async fn open_idle(
+    addr: SocketAddr,
+    count: usize,
+    concurrency: usize,
+    quiet: bool,
+) -> (Vec<tokio::net::TcpStream>, Histogram<u64>, u64) {
     let mut latency = histogram();
-    let mut open = Vec::with_capacity(args.clients);
+    let mut open = Vec::with_capacity(count);
     let mut failures = 0;
     let local = tokio::task::LocalSet::new();
-    let chunk = args.concurrency.max(1);
+    let chunk = concurrency.max(1);
     let mut next = 0;
-    while next < args.clients {
-        let upto = (next + chunk).min(args.clients);
+    while next < count {
+        let upto = (next + chunk).min(count);
         let batch = local
             .run_until(async {
                 let tasks: Vec<_> = (next..upto)
                     .map(|i| {
                         tokio::task::spawn_local(async move {
                             let t0 = Instant::now();
-                            wire::handshake_spread(addr, &format!("bench-idle-{i}"), i as u64)
+                            let id = format!("bench-idle-{i}");
+                            let stream = wire::handshake_spread(addr, &id, i as u64).await?;
+                            subscribe_one(stream, format!("bench/idle/{i}"))
                                 .await
                                 .map(|s| (s, t0.elapsed()))
                         })
@@ -222,16 +228,46 @@ pub async fn idle(args: &Args, addr: SocketAddr, pid: Option<u32>) -> Result<Sto
             }
         }
         next = upto;
-        if !args.quiet {
+        if !quiet {
             eprint!("\ropen {:>6} connections", open.len());
         }
     }
+    if !quiet {
+        eprintln!();
+    }
+    (open, latency, failures)
+}
+
+/// SUBSCRIBE to `filter` at QoS 1 and wait for the SUBACK.
+async fn subscribe_one(
+    mut stream: tokio::net::TcpStream,
+    filter: String,
+) -> std::io::Result<tokio::net::TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(&wire::subscribe(1, &[filter], 1)).await?;
+    let mut buf = Vec::with_capacity(64);
+    loop {
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Err(std::io::Error::other("closed before SUBACK"));
+        }
+        let (frames, _) = wire::frames(&buf);
+        if frames.iter().any(|f| f.byte1 == 0x90) {
+            return Ok(stream);
+        }
+    }
+}
+
+/// Opens `--clients` idle connections, each with one subscription, and reports the broker's RSS
+/// growth per connection.
+pub async fn idle(args: &Args, addr: SocketAddr, pid: Option<u32>) -> Result<StormResult, String> {
+    let pid = pid.ok_or("idle needs the broker's pid (--broker-pid, or no --addr)")?;
+    let before = crate::procstat::rss_bytes(pid);
+    let started = Instant::now();
+    let (open, latency, failures) =
+        open_idle(addr, args.clients, args.concurrency, args.quiet).await;
     // Let the broker settle, then read its memory.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = crate::procstat::rss_bytes(pid);
-    if !args.quiet {
-        eprintln!();
-    }
     let per = (after.saturating_sub(before)) as f64 / open.len().max(1) as f64;
     Ok(StormResult {
         operations: open.len() as u64,
