@@ -49,6 +49,9 @@ fn run(args: Args) -> Result<(), String> {
         }
         return Ok(());
     }
+    // Thousands of connections (idle, --idle-beside) need more descriptors than a shell's
+    // default soft limit; the hard limit is the ceiling.
+    let _ = switchboard::fd_limit::raise_fd_limit();
     wire::set_mqtt5(args.mqtt == "5");
     wire::set_persistent_subscribers(args.persistent_subscribers);
     let target = broker::Target::resolve(&args)?;
