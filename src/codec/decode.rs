@@ -107,8 +107,8 @@ pub struct MqttCodec {
 const MIN_READ_ROOM: usize = 256;
 /// A connection that delivers this many packets per read gets a [`BURST_READ_BUFFER`].
 const BURST_PACKETS: u32 = 4;
-/// Read buffer of a busy connection: fewer, larger reads. Idle connections keep the small
-/// initial buffer the Session gives them.
+/// Read buffer of a busy connection: fewer, larger reads. The Session's reader
+/// (`src/session/reader.rs`) reads straight into a buffer this large and holds none otherwise.
 pub const BURST_READ_BUFFER: usize = 16 * 1024;
 
 impl MqttCodec {

@@ -3,10 +3,10 @@
 //!
 //! Each worker keeps a hashed timing wheel of [`TICK`]-wide slots. A Session arms one entry: a
 //! tick, its connection id and a weak address (24 bytes, no allocation of its own), and takes it
-//! out again when it arms another or stops, so a closed connection leaves nothing behind. Traffic does not touch the
-//! wheel; a Session only notes when it last heard from its client. When the entry comes due the
-//! worker sends the Session [`DeadlineDue`], and the Session either closes the connection or
-//! arms a new entry at the deadline its latest traffic implies. An idle connection therefore
+//! out again when it arms another or stops, so a closed connection leaves nothing behind.
+//! Traffic does not touch the wheel; a Session only notes when it last heard from its client.
+//! When the entry comes due the worker sends the Session [`DeadlineDue`], and the Session either
+//! closes the connection or arms a new entry at the deadline its latest traffic implies. An idle connection therefore
 //! costs one wheel entry and one check per keep-alive period, and a busy one no more.
 
 use std::cell::{Cell, RefCell};
