@@ -2,18 +2,20 @@
 //! listener.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
 use actix_rt::task::JoinHandle;
+use actix_rt::ArbiterHandle;
 use thiserror::Error;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::auth::{AccessControl, AccessError};
 use crate::config::{Config, ConfigError};
 use crate::hooks::{Interceptors, LifecycleHooks};
-use crate::listener::accept_loop;
+use crate::listener::{accept_loop, bind_listeners, AcceptShared, ConnectionRate, Placement};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::routing::Routes;
@@ -101,24 +103,27 @@ impl Broker {
             tracing::warn!(%bind, "anonymous clients are allowed on a non-loopback address");
         }
         let addr = SocketAddr::new(config.listener.bind, config.listener.port);
-        let listener = TcpListener::bind(addr)
-            .await
+        let worker_count = config.worker_count();
+        let per_worker = if config.listener.reuse_port {
+            worker_count
+        } else {
+            1
+        };
+        let listeners = bind_listeners(addr, per_worker)
             .map_err(|source| BrokerError::Bind { addr, source })?;
-        let local_addr = listener
+        let local_addr = listeners[0]
             .local_addr()
             .map_err(|source| BrokerError::Bind { addr, source })?;
         let tls = match config.tls.port {
             Some(port) => {
                 let acceptor = crate::tls::acceptor(&config.tls)?;
                 let tls_addr = SocketAddr::new(config.tls.bind.unwrap_or(bind), port);
-                let tls_listener =
-                    TcpListener::bind(tls_addr)
-                        .await
-                        .map_err(|source| BrokerError::Bind {
-                            addr: tls_addr,
-                            source,
-                        })?;
-                Some((tls_listener, acceptor))
+                let tls_listeners =
+                    bind_listeners(tls_addr, per_worker).map_err(|source| BrokerError::Bind {
+                        addr: tls_addr,
+                        source,
+                    })?;
+                Some((tls_listeners, acceptor))
             }
             None => None,
         };
@@ -157,8 +162,7 @@ impl Broker {
                 }
             },
         };
-        let workers: Vec<Arbiter> = (0..config.worker_count()).map(|_| Arbiter::new()).collect();
-        let worker_count = workers.len();
+        let workers: Vec<Arbiter> = (0..worker_count).map(|_| Arbiter::new()).collect();
         let shared = Arc::new(SessionShared::new(
             config,
             registry.clone(),
@@ -169,30 +173,39 @@ impl Broker {
             store,
         ));
         let handles: Vec<_> = workers.iter().map(Arbiter::handle).collect();
-        let mut accepts = vec![actix_rt::spawn(crate::memory_trim::trim_after_spikes(
-            metrics.clone(),
-        ))];
-        accepts.push(actix_rt::spawn(accept_loop(
-            listener,
-            handles.clone(),
-            shared.clone(),
-            None,
+        let memory_trim = actix_rt::spawn(crate::memory_trim::trim_after_spikes(metrics.clone()));
+        let stop_accepting = CancellationToken::new();
+        let limits = &shared.config.limits;
+        let rate = Arc::new(Mutex::new(ConnectionRate::new(
+            limits.max_connection_rate,
+            limits.rate_limit_loopback,
         )));
+        let accept_shared = |tls| {
+            Arc::new(AcceptShared {
+                sessions: shared.clone(),
+                tls,
+                rate: rate.clone(),
+                stop: stop_accepting.clone(),
+            })
+        };
+        let loops = start_accepting(listeners, &handles, accept_shared(None))
+            .map_err(|source| BrokerError::Bind { addr, source })?;
         info!(
             workers = worker_count,
+            listeners = loops,
             "switchboard listening on {local_addr}"
         );
         let tls_local_addr = match tls {
-            Some((tls_listener, acceptor)) => {
-                let tls_addr = tls_listener
+            Some((tls_listeners, acceptor)) => {
+                let tls_addr = tls_listeners[0]
                     .local_addr()
                     .map_err(|source| BrokerError::Bind { addr, source })?;
-                accepts.push(actix_rt::spawn(accept_loop(
-                    tls_listener,
-                    handles,
-                    shared,
-                    Some(acceptor),
-                )));
+                start_accepting(tls_listeners, &handles, accept_shared(Some(acceptor))).map_err(
+                    |source| BrokerError::Bind {
+                        addr: tls_addr,
+                        source,
+                    },
+                )?;
                 info!("switchboard listening for TLS on {tls_addr}");
                 Some(tls_addr)
             }
@@ -204,7 +217,8 @@ impl Broker {
             access,
             registry,
             metrics,
-            accepts,
+            memory_trim,
+            stop_accepting,
             workers,
             registry_arbiter,
         })
@@ -219,8 +233,10 @@ pub struct RunningBroker {
     access: Arc<AccessControl>,
     registry: Addr<Registry>,
     metrics: Arc<Metrics>,
-    /// The accept loops and the memory trim, aborted on stop.
-    accepts: Vec<JoinHandle<()>>,
+    /// The memory trim, aborted on stop.
+    memory_trim: JoinHandle<()>,
+    /// Stops the accept loops.
+    stop_accepting: CancellationToken,
     workers: Vec<Arbiter>,
     registry_arbiter: Arbiter,
 }
@@ -257,9 +273,7 @@ impl RunningBroker {
     /// not ask for), waits up to `grace` for the connections to be written out and closed, then
     /// [`stop`](RunningBroker::stop)s.
     pub async fn shutdown(self, grace: std::time::Duration) {
-        for accept in &self.accepts {
-            accept.abort();
-        }
+        self.stop_accepting.cancel();
         if self.registry.send(crate::registry::CloseAll).await.is_ok() {
             let deadline = tokio::time::Instant::now() + grace;
             // The connection count has no event of its own: look at it until it is 0.
@@ -276,13 +290,47 @@ impl RunningBroker {
 
     /// Stops accepting, drops every connection and stops the actors' threads at once.
     pub fn stop(self) {
-        for accept in &self.accepts {
-            accept.abort();
-        }
+        self.stop_accepting.cancel();
+        self.memory_trim.abort();
         for worker in &self.workers {
             worker.stop();
         }
         self.registry_arbiter.stop();
         info!(addr = %self.local_addr, "switchboard stopped");
     }
+}
+
+/// Starts the accept loops of one address: one per worker on the worker's thread when there is a
+/// listener for each (`SO_REUSEPORT`), else one on this thread that hands connections round robin
+/// to the workers. Returns how many loops run.
+fn start_accepting(
+    listeners: Vec<std::net::TcpListener>,
+    workers: &[ArbiterHandle],
+    shared: Arc<AcceptShared>,
+) -> std::io::Result<usize> {
+    let count = listeners.len();
+    if count == workers.len() && count > 1 {
+        for (listener, worker) in listeners.into_iter().zip(workers) {
+            let shared = shared.clone();
+            // Registered inside the worker's runtime: what it accepts belongs to that thread.
+            let spawned = worker.spawn(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => accept_loop(listener, Placement::Here, shared).await,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot register a listener on its worker")
+                    }
+                }
+            });
+            if !spawned {
+                return Err(std::io::Error::other("a worker arbiter stopped at start"));
+            }
+        }
+        return Ok(count);
+    }
+    for listener in listeners {
+        let listener = TcpListener::from_std(listener)?;
+        let placement = Placement::RoundRobin(workers.to_vec());
+        actix_rt::spawn(accept_loop(listener, placement, shared.clone()));
+    }
+    Ok(count)
 }

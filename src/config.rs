@@ -168,6 +168,11 @@ pub struct ListenerConfig {
     pub port: u16,
     /// Worker threads running Sessions; 0 means one per core. Default 0.
     pub workers: usize,
+    /// One listening socket per worker sharing the port (`SO_REUSEPORT`, Linux and BSDs): the
+    /// kernel spreads connections over the workers and each accepts its own, with no hand-off
+    /// between threads. `false`: one listener deals connections out to the workers in turn.
+    /// Default true.
+    pub reuse_port: bool,
 }
 
 impl Default for ListenerConfig {
@@ -176,6 +181,7 @@ impl Default for ListenerConfig {
             bind: IpAddr::from([127, 0, 0, 1]),
             port: 1883,
             workers: 0,
+            reuse_port: true,
         }
     }
 }

@@ -1,19 +1,29 @@
-//! The listener: accepts TCP connections and starts one Session per connection, round robin over
-//! the worker Arbiters (one thread each).
+//! The listeners: accept TCP connections and start one Session per connection.
+//!
+//! On Linux each worker Arbiter (one thread each) has a listening socket of its own on the
+//! broker's address (`SO_REUSEPORT`): the kernel spreads new connections over them, and a Session
+//! starts on the thread that accepted its socket, with no hand-off. Where that option is missing,
+//! one listener on the System's thread hands connections round robin to the workers.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::Arc;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix_rt::ArbiterHandle;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::session::{Session, SessionShared};
 
-/// Per-source-address token buckets for `limits.max_connection_rate`.
-struct ConnectionRate {
+/// Connections waiting in a listener's accept queue; the kernel caps it at
+/// `net.core.somaxconn` (4,096 on current kernels).
+const BACKLOG: u32 = 4096;
+
+/// Per-source-address token buckets for `limits.max_connection_rate`, shared by the listeners.
+pub(crate) struct ConnectionRate {
     rate: f64,
     include_loopback: bool,
     buckets: HashMap<IpAddr, (f64, Instant)>,
@@ -22,7 +32,9 @@ struct ConnectionRate {
 }
 
 impl ConnectionRate {
-    fn new(rate: u32, include_loopback: bool) -> Self {
+    /// Buckets of `rate` connections per second per address (0: no limit); loopback addresses
+    /// are limited only with `include_loopback`.
+    pub(crate) fn new(rate: u32, include_loopback: bool) -> Self {
         ConnectionRate {
             rate: f64::from(rate),
             include_loopback,
@@ -110,20 +122,82 @@ impl AcceptFailures {
     }
 }
 
-/// Accepts connections until the task is aborted. With `tls`, each connection first completes a
-/// TLS handshake on its worker, within the CONNECT deadline.
+/// Binds `count` listening sockets on `addr` that share it (`SO_REUSEPORT`), one per worker; port
+/// 0 picks one port for all. A plain bind first makes sure nothing else holds the address (a
+/// second broker on it is refused, as it would be without the option). Returns one listener
+/// where the option is missing, or for one worker.
+pub(crate) fn bind_listeners(
+    addr: SocketAddr,
+    count: usize,
+) -> io::Result<Vec<std::net::TcpListener>> {
+    if addr.port() != 0 {
+        drop(listen(addr, false)?);
+    }
+    let Ok(first) = listen(addr, count > 1) else {
+        return Ok(vec![listen(addr, false)?]);
+    };
+    let bound = first.local_addr()?;
+    let mut all = vec![first];
+    for _ in 1..count {
+        all.push(listen(bound, true)?);
+    }
+    Ok(all)
+}
+
+/// One listening socket on `addr`, sharing it with others when `reuse_port`.
+fn listen(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        #[cfg(all(unix, not(target_os = "solaris"), not(target_os = "illumos")))]
+        socket.set_reuseport(true)?;
+        #[cfg(not(all(unix, not(target_os = "solaris"), not(target_os = "illumos"))))]
+        return Err(io::Error::new(io::ErrorKind::Unsupported, "SO_REUSEPORT"));
+    }
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)?.into_std()
+}
+
+/// Where an accept loop starts the Sessions of what it accepts.
+pub(crate) enum Placement {
+    /// On the thread the loop runs on: its own listener, on a worker.
+    Here,
+    /// Round robin over these workers: the one listener, on the System's thread.
+    RoundRobin(Vec<ArbiterHandle>),
+}
+
+/// What every accept loop of one listening address shares.
+pub(crate) struct AcceptShared {
+    /// The Sessions' shared state.
+    pub sessions: Arc<SessionShared>,
+    /// With TLS, each connection first completes a handshake on its worker, within the CONNECT
+    /// deadline.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// `limits.max_connection_rate`, over all the loops.
+    pub rate: Arc<Mutex<ConnectionRate>>,
+    /// Cancelled when the broker stops accepting.
+    pub stop: CancellationToken,
+}
+
+/// Accepts connections on `listener` until `shared.stop` is cancelled.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
-    workers: Vec<ArbiterHandle>,
-    shared: Arc<SessionShared>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    placement: Placement,
+    shared: Arc<AcceptShared>,
 ) {
-    let limits = &shared.config.limits;
-    let mut rate = ConnectionRate::new(limits.max_connection_rate, limits.rate_limit_loopback);
     let mut next = 0usize;
     let mut accept_failures = AcceptFailures::default();
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            biased;
+            _ = shared.stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors, typically: the connection waits in the listen
@@ -134,16 +208,20 @@ pub(crate) async fn accept_loop(
             }
         };
         accept_failures.recovered();
-        let now = Instant::now();
-        if !rate.admit(peer.ip(), now) {
-            shared.metrics.add_limits_hit(1);
-            rate.refused(peer.ip(), now);
+        if !admitted(&shared, peer.ip()) {
             drop(stream);
             continue;
         }
         if let Err(e) = stream.set_nodelay(true) {
             debug!(addr = %peer, error = %e, "cannot set TCP_NODELAY");
         }
+        let workers = match &placement {
+            Placement::Here => {
+                start_session(stream, peer, &shared);
+                continue;
+            }
+            Placement::RoundRobin(workers) => workers,
+        };
         // A tokio socket is bound to the runtime that made it: move it as a std socket and
         // register it again inside the worker's runtime.
         let std_stream = match stream.into_std() {
@@ -156,33 +234,50 @@ pub(crate) async fn accept_loop(
         let worker = &workers[next % workers.len()];
         next = next.wrapping_add(1);
         let shared = shared.clone();
-        let tls = tls.clone();
         let spawned = worker.spawn(async move {
-            let stream = match TcpStream::from_std(std_stream) {
-                Ok(stream) => stream,
-                Err(e) => {
-                    return warn!(addr = %peer, error = %e, "cannot register socket on worker")
-                }
-            };
-            let Some(tls) = tls else {
-                Session::start(stream, peer, shared);
-                return;
-            };
-            let deadline = shared.config.limits.connect_timeout;
-            match actix_rt::time::timeout(deadline, tls.accept(stream)).await {
-                Ok(Ok(stream)) => {
-                    Session::start_tls(stream, peer, shared);
-                }
-                Ok(Err(e)) => debug!(addr = %peer, error = %e, "TLS handshake failed"),
-                Err(_) => {
-                    debug!(addr = %peer, "TLS handshake not done before the CONNECT deadline")
-                }
+            match TcpStream::from_std(std_stream) {
+                Ok(stream) => start_session(stream, peer, &shared),
+                Err(e) => warn!(addr = %peer, error = %e, "cannot register socket on worker"),
             }
         });
         if !spawned {
             warn!(addr = %peer, "worker arbiter is gone; connection dropped");
         }
     }
+}
+
+/// Whether a connection from `ip` is within `limits.max_connection_rate`; counts and logs it if
+/// not.
+fn admitted(shared: &AcceptShared, ip: IpAddr) -> bool {
+    let now = Instant::now();
+    // A poisoned lock only means another loop panicked mid-update; the buckets are still usable.
+    let mut rate = shared.rate.lock().unwrap_or_else(|e| e.into_inner());
+    if rate.admit(ip, now) {
+        return true;
+    }
+    shared.sessions.metrics.add_limits_hit(1);
+    rate.refused(ip, now);
+    false
+}
+
+/// Starts the Session of an accepted socket on the current worker: at once, or after its TLS
+/// handshake.
+fn start_session(stream: TcpStream, peer: SocketAddr, shared: &AcceptShared) {
+    let sessions = shared.sessions.clone();
+    let Some(tls) = shared.tls.clone() else {
+        Session::start(stream, peer, sessions);
+        return;
+    };
+    actix_rt::spawn(async move {
+        let deadline = sessions.config.limits.connect_timeout;
+        match actix_rt::time::timeout(deadline, tls.accept(stream)).await {
+            Ok(Ok(stream)) => {
+                Session::start_tls(stream, peer, sessions);
+            }
+            Ok(Err(e)) => debug!(addr = %peer, error = %e, "TLS handshake failed"),
+            Err(_) => debug!(addr = %peer, "TLS handshake not done before the CONNECT deadline"),
+        }
+    });
 }
 
 #[cfg(test)]

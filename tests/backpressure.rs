@@ -182,7 +182,11 @@ async fn flood_while_registry_frozen(path: ThroughRegistry) {
 #[tokio::test]
 async fn live_publishes_do_not_wait_for_the_registry() {
     let _serial = SERIAL.lock().await;
-    let broker = broker_with(|c| c.listener.workers = 2);
+    let broker = broker_with(|c| {
+        // Connections dealt out in turn, so the test knows which worker each is on.
+        c.listener.workers = 2;
+        c.listener.reuse_port = false;
+    });
     let addr = broker.local_addr();
     let (mut sub, _) = Raw::handshake(addr, "reader", true).await;
     sub.subscribe(1, &[("live/+", 1)], &[1]).await;

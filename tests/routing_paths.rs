@@ -66,7 +66,11 @@ fn signal_once(started: &mut Option<tokio::sync::oneshot::Sender<()>>) {
 #[tokio::test]
 async fn retained_and_live_messages_of_one_publisher_arrive_in_publish_order() {
     // Two workers: the subscriber's connection on one, the publisher's on the other.
-    let broker = broker_with(|c| c.listener.workers = 2);
+    let broker = broker_with(|c| {
+        // Connections dealt out in turn, so the test knows which worker each is on.
+        c.listener.workers = 2;
+        c.listener.reuse_port = false;
+    });
     let addr = broker.local_addr();
     let (mut sub, _) = Raw::handshake(addr, "mixed-reader", true).await;
     sub.subscribe(1, &[("mixed/t", 1)], &[1]).await;
@@ -138,7 +142,11 @@ async fn publish_until_stopped(
 
 #[tokio::test]
 async fn a_subscription_gets_the_retained_message_before_the_live_ones_after_it() {
-    let broker = broker_with(|c| c.listener.workers = 2);
+    let broker = broker_with(|c| {
+        // Connections dealt out in turn, so the test knows which worker each is on.
+        c.listener.workers = 2;
+        c.listener.reuse_port = false;
+    });
     let addr = broker.local_addr();
     let (mut sub, _) = Raw::handshake(addr, "late-reader", true).await;
     let (mut publisher, _) = Raw::handshake(addr, "state-writer", true).await;

@@ -18,7 +18,11 @@ const CHUNK: u16 = 100;
 
 /// Two workers: connections 1, 3, 5, ... on one, 2, 4, 6, ... on the other.
 fn two_worker_broker() -> switchboard::BackgroundBroker {
-    broker_with(|c| c.listener.workers = 2)
+    broker_with(|c| {
+        // Connections dealt out in turn, so the test knows which worker each is on.
+        c.listener.workers = 2;
+        c.listener.reuse_port = false;
+    })
 }
 
 fn sequence(payload: &[u8]) -> u16 {
