@@ -43,8 +43,9 @@ pub(super) struct Client {
     /// The store change `batch` must wait for before it reaches the client (0: none): the
     /// inbound QoS 2 id of a message in it ([`Deliver::after`](crate::routing::Deliver)).
     pub batch_after: u64,
-    /// Stored session while offline.
-    pub stored: SessionState,
+    /// Stored session while offline; none while there is nothing in it (boxed: most clients
+    /// never keep one, and every record pays for its width).
+    pub stored: Option<Box<SessionState>>,
     /// QoS 1/2 deliveries that arrived while detaching; appended after the Session's own queue.
     pub held: VecDeque<Delivery>,
     /// A CONNECT with this id waiting for the current connection to finish detaching.
@@ -83,7 +84,7 @@ impl Client {
             subscriptions: HashMap::new(),
             batch: Vec::new(),
             batch_after: 0,
-            stored: SessionState::default(),
+            stored: None,
             held: VecDeque::new(),
             pending: None,
             timer_token: 0,

@@ -51,7 +51,7 @@ impl Registry {
         // [MQTT-3.2.2-2] [MQTT-3.2.2-3] a session is present if the last connection with this
         // id kept one (persistent / expiry above 0); a new or clean one has none.
         let session_present = !msg.clean_session && client.session_expiry > 0;
-        let state = std::mem::take(&mut client.stored);
+        let state = client.stored.take().map(|s| *s).unwrap_or_default();
         DropLog::flush(&mut client.drops, &client.id);
         client.drops = None;
         client.session_expiry = msg.session_expiry;

@@ -30,7 +30,6 @@ use crate::metrics::Metrics;
 use crate::persistence::{unix_ms_now, Durable, Record, Store};
 use crate::queue::{Pushed, QueueLimits};
 use crate::routing::{Routes, Target};
-use crate::session_state::SessionState;
 use crate::topic::RetainedStore;
 
 /// A Session's batch is sent at once when it reaches this many deliveries, without waiting for
@@ -250,7 +249,7 @@ impl Registry {
         let Some(client) = client_in(&mut self.clients, key) else {
             return;
         };
-        client.stored = SessionState::default();
+        client.stored = None;
         client.held.clear();
         let gone = std::mem::take(&mut client.persisted).then(|| client.id.to_string());
         let mut table = self.routes.write();
@@ -335,15 +334,14 @@ impl Registry {
             Some(_) => client.held.push_back(delivery),
             None => {
                 let limits = QueueLimits::from_config(&self.config);
-                let dropped = match client.stored.queue.push_bounded(delivery, &limits) {
+                let stored = client.stored.get_or_insert_with(Box::default);
+                let dropped = match stored.queue.push_bounded(delivery, &limits) {
                     Pushed::Queued { dropped } => dropped,
                     // Nobody to disconnect: an offline session drops the oldest.
-                    Pushed::Overflowed => {
-                        client.stored.queue.trim(&limits, QueueOverflow::DropOldest)
-                    }
+                    Pushed::Overflowed => stored.queue.trim(&limits, QueueOverflow::DropOldest),
                 };
+                let done = stored.queue.take_dropped_durable();
                 client.offline_drops(&self.metrics, dropped);
-                let done = client.stored.queue.take_dropped_durable();
                 self.persist_done(key, done);
             }
         }

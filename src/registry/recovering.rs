@@ -50,7 +50,7 @@ impl Handler<Recover> for Registry {
             };
             client.session_expiry = session.expiry;
             client.persisted = true;
-            client.stored = session.state;
+            client.stored = Some(Box::new(session.state));
             let id = client.id.clone();
             let token = client.timer_token;
             let mut table = self.routes.write();
