@@ -240,3 +240,53 @@ async fn takeover_hands_the_session_to_the_new_connection() {
     });
     connects.await;
 }
+
+#[tokio::test]
+async fn a_clean_session_ends_with_its_connection_however_fast_the_client_comes_back() {
+    // [MQTT-3.1.2-6] a clean session lasts as long as the connection: its subscriptions and the
+    // messages on their way to it end with it, and the next connection starts empty. The
+    // Session ends it in one message to the Registry (`Detach::ends_session`), so each round
+    // here reconnects while the last is still being torn down.
+    let (broker, mut hooks) = broker_with_hooks(|_| {});
+    let addr = broker.local_addr();
+    let (mut publisher, _) = Raw::handshake(addr, "churn-pub", true).await;
+    for round in 0..30u8 {
+        let (mut device, present) = Raw::handshake(addr, "churner", true).await;
+        assert!(!present, "round {round}: no session present [MQTT-3.2.2-1]");
+        device
+            .subscribe(1, &[(&format!("churn/{round}"), 1)], &[1])
+            .await;
+        // One message on its way as it leaves.
+        publisher
+            .send(&packets::publish(
+                &format!("churn/{round}"),
+                &[round],
+                1,
+                1,
+                false,
+                false,
+            ))
+            .await;
+        assert_eq!(publisher.expect().await.byte1, 0x40);
+        device.send(&[0xE0, 0x00]).await;
+        // The message may come before the close, unacknowledged; nothing else may.
+        while let Some(frame) = device.recv().await {
+            assert_eq!(parse_publish(&frame).payload, vec![round]);
+        }
+        hooks.disconnected("churner").await;
+    }
+    // Nothing of the 30 sessions is left: no client, no subscription.
+    common::eventually(|| async {
+        let stats = broker.registry().send(GetStats).await.expect("registry");
+        stats.clients_online == 1 && stats.sessions_offline == 0 && stats.subscriptions == 0
+    })
+    .await;
+    // And a new connection with the id hears nothing of the old subscriptions.
+    let (mut device, present) = Raw::handshake(addr, "churner", true).await;
+    assert!(!present);
+    publisher
+        .send(&packets::publish("churn/0", b"late", 1, 2, false, false))
+        .await;
+    assert_eq!(publisher.expect().await.byte1, 0x40);
+    assert!(device.sync().await.is_empty());
+}

@@ -130,6 +130,42 @@ async fn unacknowledged_qos1_messages_go_to_another_member_when_one_leaves() {
 }
 
 #[tokio::test]
+async fn a_member_that_resumed_its_session_with_expiry_0_still_hands_on_what_it_did_not_ack() {
+    // Section 4.8.2, as above, for a member whose `$share` subscription came with its resumed
+    // session rather than from this connection: its session now ends with the connection
+    // (expiry 0), and the message it got and did not acknowledge still goes to another member.
+    let broker = broker();
+    let addr = broker.local_addr();
+    let kept = Props::new().u32(common::v5::prop::SESSION_EXPIRY, 60);
+    let (mut a, _) = Raw::connect5(addr, &connect5("resumer", true, 60, &kept, None)).await;
+    a.subscribe5(1, &Props::new(), &[("$share/g/jobs", 1)])
+        .await;
+    a.send(&disconnect5(0, &Props::new())).await;
+    a.expect_closed().await;
+    let ends = Props::new().u32(common::v5::prop::SESSION_EXPIRY, 0);
+    let (mut a, ack) = Raw::connect5(addr, &connect5("resumer", false, 60, &ends, None)).await;
+    assert!(
+        ack.session_present,
+        "the subscription came back with the session"
+    );
+    let mut publisher = Raw::handshake5(addr, "jobs-pub").await;
+    publish_n(&mut publisher, "jobs", 1, 1).await;
+    assert_eq!(
+        publish_of(&a.expect().await).topic,
+        "jobs",
+        "sent, never acknowledged"
+    );
+    let mut b = Raw::handshake5(addr, "jobs-other").await;
+    b.subscribe5(1, &Props::new(), &[("$share/g/jobs", 1)])
+        .await;
+    drop(a);
+    let p = publish_of(&b.expect().await);
+    assert_eq!(p.topic, "jobs");
+    b.send(&packets::ack(0x40, p.pkid)).await;
+    assert!(b.sync5().await.is_empty(), "exactly once");
+}
+
+#[tokio::test]
 async fn qos2_in_flight_stays_with_its_member_across_a_reconnect() {
     // [MQTT-4.8.2-4] the delivery completes with the same client when it reconnects;
     // [MQTT-4.8.2-5] it is not given to another member.

@@ -172,7 +172,9 @@ impl Handler<Detach> for Registry {
         };
         let peer = attached.peer;
         let will = attached.will.take();
-        attached.session.do_send(ToSession::Detached);
+        if !msg.ends_session {
+            attached.session.do_send(ToSession::Detached);
+        }
         if let Some(expiry) = msg.session_expiry {
             client.session_expiry = expiry;
         }
@@ -201,6 +203,10 @@ impl Handler<Detach> for Registry {
         };
         for hook in &self.hooks.disconnected {
             hook.do_send(event.clone());
+        }
+        if msg.ends_session {
+            // The Session has stopped waiting: its state is empty by its own account.
+            self.end_session(msg.key, msg.conn, SessionState::default(), ctx);
         }
     }
 }

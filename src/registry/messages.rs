@@ -193,7 +193,8 @@ pub struct Unsubscribed {
 }
 
 /// Sent by a connected Session to the Registry when its connection ends. The Registry publishes
-/// the will if the reason calls for it, stops routing to the Session and answers [`Detached`].
+/// the will if the reason calls for it, stops routing to the Session and answers [`Detached`];
+/// with `ends_session`, it ends the session at once instead and answers nothing.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Detach {
@@ -205,6 +206,12 @@ pub struct Detach {
     pub reason: DisconnectReason,
     /// A Session Expiry Interval the client's MQTT 5 DISCONNECT set, replacing the CONNECT's.
     pub session_expiry: Option<u32>,
+    /// The session ends with the connection and nothing of it goes anywhere else: its expiry is
+    /// 0, it was new on this connection, and it has no shared subscription (whose unacknowledged
+    /// messages would go to another member). The Session stops without waiting for
+    /// [`Detached`] and sends no [`SessionEnded`]; what is on its way to it is dropped, as the
+    /// end of such a session drops it anyway `[MQTT-3.1.2-6]`.
+    pub ends_session: bool,
 }
 
 /// Sent by the Registry to a Session after its [`Detach`]: no [`Deliver`] will follow, so the

@@ -218,6 +218,7 @@ impl Session {
                         key,
                         client_id: client_id.clone(),
                     };
+                    act.fresh_session = !session_present;
                     let applied_keep_alive = act.start_keep_alive(ctx, keep_alive);
                     if act.peer_options.protocol.is_v5() {
                         let mut connack = act.connack_properties();

@@ -127,6 +127,10 @@ pub struct Session {
     drops: Option<Box<DropLog>>,
     /// Session Expiry Interval from the client's DISCONNECT (MQTT 5).
     disconnect_expiry: Option<u32>,
+    /// The CONNACK said no session was present: every subscription was made on this connection.
+    fresh_session: bool,
+    /// A `$share/` subscription was made on this connection.
+    shared_subscriber: bool,
     /// This Session's copy of the ACL, and the generation it was taken at.
     acl: (u64, Option<Arc<crate::auth::AclFile>>),
     /// PUBLISH packets received and not yet added to the shared counter (added per hand-over,
@@ -213,6 +217,8 @@ impl Session {
                 disconnect_code: None,
                 drops: None,
                 disconnect_expiry: None,
+                fresh_session: false,
+                shared_subscriber: false,
                 acl,
                 publishes_unreported: 0,
                 last_received: Instant::now(),
@@ -310,7 +316,8 @@ impl Session {
                     codec::write_disconnect_v5(&mut self.out, code, why.as_deref(), max);
                 }
             }
-            self.awaiting_detached = true;
+            let ends_session = self.session_ends_with_connection();
+            self.awaiting_detached = !ends_session;
             // What the client published goes to the Registry before its will can [MQTT-3.1.2-8].
             self.hand_over(ctx);
             self.shared.registry.do_send(Detach {
@@ -318,6 +325,7 @@ impl Session {
                 conn: self.conn,
                 reason,
                 session_expiry: self.disconnect_expiry,
+                ends_session,
             });
         } else {
             debug!(addr = %self.peer, reason = %reason, "connection closed before CONNECT completed");
@@ -334,6 +342,15 @@ impl Session {
             }
         });
         self.maybe_stop(ctx);
+    }
+
+    /// Whether nothing of this session outlives the connection, so that closing needs no
+    /// [`Detached`](crate::registry::Detached) handshake (see [`Detach::ends_session`]).
+    fn session_ends_with_connection(&self) -> bool {
+        let expiry = self
+            .disconnect_expiry
+            .unwrap_or(self.peer_options.session_expiry);
+        expiry == 0 && self.fresh_session && !self.shared_subscriber
     }
 
     fn maybe_stop(&mut self, ctx: &mut Context<Self>) {
@@ -523,6 +540,7 @@ impl Actor for Session {
                     conn: self.conn,
                     reason: DisconnectReason::Network("session stopped".into()),
                     session_expiry: None,
+                    ends_session: false,
                 });
             }
             if self.closing && !self.awaiting_detached {

@@ -322,7 +322,10 @@ impl Session {
         for (filter, options) in filters {
             // The ACL judges the topic filter of a shared subscription.
             let acl_filter = match parse_shared(&filter) {
-                Some(Ok(shared)) => shared.filter,
+                Some(Ok(shared)) => {
+                    self.shared_subscriber = true;
+                    shared.filter
+                }
                 _ => filter.as_str(),
             };
             // In order: limits, syntax, ACL. Each refusal is for that filter only.
