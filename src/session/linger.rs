@@ -25,9 +25,9 @@ pub const LINGER_TIME: Duration = Duration::from_secs(2);
 /// Most bytes read and discarded from a closed connection.
 pub const LINGER_BYTES: usize = 1024 * 1024;
 
-/// The socket's read half, shared by the Session's framed reader and the Session, so that a
+/// The socket's read half, shared by the Session's packet reader and the Session, so that a
 /// closing Session can take it back for [`linger`]. Both live on the Session's thread; once
-/// taken, the framed reader sees end of stream.
+/// taken, the packet reader sees end of stream.
 #[derive(Clone)]
 pub(super) struct SharedReader(Rc<RefCell<Option<Box<dyn AsyncRead + Unpin>>>>);
 
@@ -36,7 +36,7 @@ impl SharedReader {
         SharedReader(Rc::new(RefCell::new(Some(reader))))
     }
 
-    /// Takes the read half out; the framed reader reads end of stream from now on.
+    /// Takes the read half out; the packet reader reads end of stream from now on.
     pub(super) fn take(&self) -> Option<Box<dyn AsyncRead + Unpin>> {
         self.0.borrow_mut().take()
     }

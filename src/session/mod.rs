@@ -143,7 +143,7 @@ pub struct Session {
     deadline_tick: Option<u64>,
     /// Bytes waiting to be written.
     out: BytesMut,
-    /// The socket's read half, also held by the framed reader; taken back on close.
+    /// The socket's read half, also held by the packet reader; taken back on close.
     reader: SharedReader,
     /// The socket's write half; `None` while a write is in progress.
     writer: Option<Box<dyn AsyncWrite + Unpin>>,
