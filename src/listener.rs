@@ -1,9 +1,10 @@
 //! The listeners: accept TCP connections and start one Session per connection.
 //!
-//! On Linux each worker Arbiter (one thread each) has a listening socket of its own on the
-//! broker's address (`SO_REUSEPORT`): the kernel spreads new connections over them, and a Session
-//! starts on the thread that accepted its socket, with no hand-off. Where that option is missing,
-//! one listener on the System's thread hands connections round robin to the workers.
+//! By default one listener on the System's thread hands connections round robin to the worker
+//! Arbiters (one thread each). With `listener.reuse_port` each worker has a listening socket of
+//! its own on the broker's address (`SO_REUSEPORT`, where the platform has it): the kernel spreads
+//! new connections over them by a hash of their addresses, and a Session starts on the thread
+//! that accepted its socket, with no hand-off.
 
 use std::collections::HashMap;
 use std::io;

@@ -1,6 +1,6 @@
-//! The listening sockets (`src/listener.rs`): with `listener.reuse_port` each worker listens on
-//! the broker's port itself and accepts its own connections; a second broker on a port in use is
-//! refused either way.
+//! The listening sockets (`src/listener.rs`): with `listener.reuse_port = true` each worker
+//! listens on the broker's port itself and accepts its own connections; a second broker on a port
+//! in use is refused either way.
 
 mod common;
 
@@ -68,7 +68,10 @@ async fn without_reuse_port_one_socket_listens() {
 
 #[test]
 fn a_second_broker_on_a_port_in_use_is_refused() {
-    let first = broker_with(|c| c.listener.workers = 2);
+    let first = broker_with(|c| {
+        c.listener.workers = 2;
+        c.listener.reuse_port = true;
+    });
     let port = first.local_addr().port();
     for reuse_port in [true, false] {
         let mut config = test_config();
