@@ -131,10 +131,13 @@ pub(crate) fn bind_listeners(
     addr: SocketAddr,
     count: usize,
 ) -> io::Result<Vec<std::net::TcpListener>> {
+    if count <= 1 {
+        return Ok(vec![listen(addr, false)?]);
+    }
     if addr.port() != 0 {
         drop(listen(addr, false)?);
     }
-    let Ok(first) = listen(addr, count > 1) else {
+    let Ok(first) = listen(addr, true) else {
         return Ok(vec![listen(addr, false)?]);
     };
     let bound = first.local_addr()?;
