@@ -36,8 +36,8 @@ impl Handler<Recover> for Registry {
     /// with what is left of its delay.
     fn handle(&mut self, msg: Recover, ctx: &mut Context<Self>) {
         for message in msg.retained {
-            let topic = message.topic.clone();
-            self.retained.insert(&topic, message);
+            let kept = Arc::clone(&message);
+            self.retained.insert(&kept.topic, message);
         }
         if !msg.ended.is_empty() {
             msg.store.submit_all(msg.ended);
