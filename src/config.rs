@@ -69,6 +69,27 @@ pub struct Config {
     pub tls: TlsConfig,
     /// `[persistence]`: durable state.
     pub persistence: PersistenceConfig,
+    /// `[sys]`: the `$SYS` topics.
+    pub sys: SysConfig,
+}
+
+/// `[sys]` settings: the broker's own statistics, published under `$SYS/broker/...` with
+/// Mosquitto's topic names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SysConfig {
+    /// How often the `$SYS` topics are published (retained). Default 10 s; `"0s"` turns them
+    /// off.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for SysConfig {
+    fn default() -> Self {
+        SysConfig {
+            interval: Duration::from_secs(10),
+        }
+    }
 }
 
 /// When the persistence log is synced to disk (`persistence.fsync`), and so what an
@@ -379,6 +400,9 @@ impl Config {
         }
         if limits.max_inbound_qos2 == 0 {
             return invalid("limits.max_inbound_qos2", "must be at least 1");
+        }
+        if !self.sys.interval.is_zero() && self.sys.interval < Duration::from_millis(100) {
+            return invalid("sys.interval", "must be \"0s\" (off) or at least 100ms");
         }
         if self.listener.workers > 1024 {
             return invalid("listener.workers", "must be at most 1024");

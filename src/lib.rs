@@ -27,7 +27,7 @@
 //! | [`auth`] | password file, ACL file, the authenticator thread |
 //! | [`config`] | every setting, its default, loading and checking the TOML file |
 //! | [`persistence`] | durable state: the log of changes, its writer thread, recovery at start |
-//! | [`metrics`], [`drops`] | counters; messages dropped for slow clients, with rate-limited warnings |
+//! | [`metrics`], [`traffic`], [`drops`] | counters (traffic per worker thread); messages dropped for slow clients, with rate-limited warnings |
 //! | `logging` | the `tracing` set-up of the binary and the examples |
 
 #![warn(missing_docs)]
@@ -53,6 +53,7 @@ pub mod session;
 pub mod session_state;
 pub mod tls;
 pub mod topic;
+pub mod traffic;
 
 pub use background::BackgroundBroker;
 pub use broker::{Broker, BrokerError, RunningBroker};

@@ -19,6 +19,8 @@ pub struct Metrics {
     acl_denied: AtomicU64,
     expired_dropped: AtomicU64,
     too_large_dropped: AtomicU64,
+    /// Packets, PUBLISHes and bytes each way, counted per worker thread.
+    pub traffic: crate::traffic::Traffic,
 }
 
 /// A copy of the counters at one moment.

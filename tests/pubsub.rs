@@ -84,7 +84,7 @@ async fn wildcards_and_dollar_topics() {
         .await;
     let (mut publisher, _) = Raw::handshake(broker.local_addr(), "pub", true).await;
     for topic in [
-        "$SYS/uptime",
+        "$monitor/uptime",
         "detrd/status/request/1AB.ENTER.DETRD",
         "other",
     ] {
@@ -99,7 +99,7 @@ async fn wildcards_and_dollar_topics() {
         .iter()
         .map(|f| parse_publish(f).topic)
         .collect();
-    // `$SYS/uptime` matches neither `#` nor a filter starting with a wildcard; the request topic
+    // `$monitor/uptime` matches neither `#` nor a filter starting with a wildcard; the request topic
     // matches both filters but arrives once [MQTT-3.3.5-1].
     assert_eq!(got, vec!["detrd/status/request/1AB.ENTER.DETRD", "other"]);
 }

@@ -19,7 +19,7 @@ async fn retained_messages_are_stored_replaced_deleted_and_matched_by_wildcards(
     publisher.send(&publish("gate/3/state", b"gone", 0)).await;
     publisher.send(&publish("gate/3/state", b"", 0)).await; // [MQTT-3.3.1-10] deletes
     publisher
-        .send(&publish("$SYS/retained", b"hidden", 0))
+        .send(&publish("$monitor/retained", b"hidden", 0))
         .await;
     publisher.sync().await;
 
@@ -50,7 +50,7 @@ async fn retained_messages_are_stored_replaced_deleted_and_matched_by_wildcards(
         .map(|f| parse_publish(f).topic)
         .collect();
     assert!(
-        !topics.contains(&"$SYS/retained".to_string()),
+        !topics.contains(&"$monitor/retained".to_string()),
         "[MQTT-4.7.2-1]"
     );
 

@@ -11,6 +11,7 @@ mod ending;
 mod messages;
 mod recovering;
 mod subscriptions;
+mod sys_topics;
 mod wills;
 
 use std::collections::{HashMap, VecDeque};
@@ -75,6 +76,10 @@ pub struct Registry {
     durable_asked: u64,
     /// While routing a [`Publish`] with `hold`: the store change its deliveries wait for.
     hold_after: u64,
+    /// How often the `$SYS` topics are published (`sys.interval`); zero: never.
+    sys_interval: std::time::Duration,
+    /// What the `$SYS` topics were last published with.
+    sys: sys_topics::SysTopics,
 }
 
 impl Actor for Registry {
@@ -82,6 +87,7 @@ impl Actor for Registry {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(self.config.registry_mailbox);
+        self.start_sys_topics(self.sys_interval, ctx);
     }
 }
 
@@ -117,6 +123,8 @@ impl Registry {
             durable: 0,
             durable_asked: 0,
             hold_after: 0,
+            sys_interval: config.sys.interval,
+            sys: sys_topics::SysTopics::new(),
         }
     }
 
@@ -287,7 +295,10 @@ impl Registry {
                 self.remove_retained(&message.topic);
             } else {
                 self.retained.insert(&message.topic, message.clone());
-                self.persist(Record::RetainSet(message.clone()));
+                // The broker's own `$SYS` messages are made afresh after a restart.
+                if !message.topic.starts_with("$SYS/") {
+                    self.persist(Record::RetainSet(message.clone()));
+                }
             }
         }
         let mut deliveries = std::mem::take(&mut self.deliveries);

@@ -182,10 +182,15 @@ impl Session {
         self.peer_options.session_expiry = session_expiry;
         self.username = connect.username.clone();
         self.refresh_acl();
-        if let (Some(will), Some(acl)) = (&connect.will, self.acl.1.clone()) {
-            if !acl.may_publish(self.username.as_deref(), &connect.client_id, &will.topic) {
+        if let Some(will) = &connect.will {
+            let acl = self.acl.1.clone();
+            let denied = crate::topic::reserved_for_broker(&will.topic)
+                || acl.is_some_and(|acl| {
+                    !acl.may_publish(self.username.as_deref(), &connect.client_id, &will.topic)
+                });
+            if denied {
                 self.shared.metrics.add_acl_denied(1);
-                warn!(client_id = %connect.client_id, topic = %will.topic, "will dropped: the ACL denies publishing to its topic");
+                warn!(client_id = %connect.client_id, topic = %will.topic, "will dropped: the ACL denies publishing to its topic, or it is the broker's own ($SYS)");
                 connect.will = None;
             }
         }

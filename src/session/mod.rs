@@ -202,6 +202,7 @@ impl Session {
             let packets = PacketReader::new(
                 reader.clone(),
                 MqttCodec::new(max_packet).with_topic_alias_maximum(alias_max),
+                shared.metrics.clone(),
             );
             let read_handle = ctx.add_stream(packets);
             let durable_acks = shared.store.is_some();
@@ -262,29 +263,35 @@ impl Session {
         };
         let buf = self.out.split().freeze();
         self.writing = buf.len();
+        let written = crate::traffic::Written::count(&buf);
         let write = async move {
             let result = writer.write_all(&buf).await;
             (writer, result)
         };
-        ctx.spawn(write.into_actor(self).map(|(writer, result), act, ctx| {
-            act.writing = 0;
-            match result {
-                Ok(()) => {
-                    act.writer = Some(writer);
-                    act.flush(ctx);
-                    if act.out.is_empty() {
-                        // What is left of the buffer is still one allocation with the bytes in
-                        // flight: an idle connection keeps none of it.
-                        act.out = BytesMut::new();
+        ctx.spawn(
+            write
+                .into_actor(self)
+                .map(move |(writer, result), act, ctx| {
+                    act.writing = 0;
+                    match result {
+                        Ok(()) => {
+                            act.shared.metrics.traffic.written(&written);
+                            act.writer = Some(writer);
+                            act.flush(ctx);
+                            if act.out.is_empty() {
+                                // What is left of the buffer is still one allocation with the bytes in
+                                // flight: an idle connection keeps none of it.
+                                act.out = BytesMut::new();
+                            }
+                        }
+                        Err(e) => {
+                            act.socket_dead = true;
+                            act.close(ctx, DisconnectReason::Network(e.to_string()));
+                        }
                     }
-                }
-                Err(e) => {
-                    act.socket_dead = true;
-                    act.close(ctx, DisconnectReason::Network(e.to_string()));
-                }
-            }
-            act.maybe_stop(ctx);
-        }));
+                    act.maybe_stop(ctx);
+                }),
+        );
     }
 
     /// Bytes held for the socket: buffered plus being written.
@@ -563,7 +570,14 @@ impl StreamHandler<Result<Packet, CodecError>> for Session {
         }
         self.last_received = Instant::now();
         match item {
-            Ok(packet) => self.on_packet(packet, ctx),
+            Ok(packet) => {
+                let publish_qos = match &packet {
+                    Packet::Publish(publish) => Some(publish.message.qos as u8),
+                    _ => None,
+                };
+                self.shared.metrics.traffic.packet_received(publish_qos);
+                self.on_packet(packet, ctx)
+            }
             Err(CodecError::Io(e)) => {
                 self.socket_dead = true;
                 self.close(ctx, DisconnectReason::Network(e.to_string()));

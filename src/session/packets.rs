@@ -204,14 +204,15 @@ impl Session {
             );
         }
         self.refresh_acl();
-        let denied = self.acl.1.as_ref().is_some_and(|acl| {
-            !acl.may_publish(self.username.as_deref(), self.client_id(), &message.topic)
-        });
+        let denied = crate::topic::reserved_for_broker(&message.topic)
+            || self.acl.1.as_ref().is_some_and(|acl| {
+                !acl.may_publish(self.username.as_deref(), self.client_id(), &message.topic)
+            });
         if denied {
             // Dropped. 3.1.1 has no negative PUBACK: acknowledged as usual, and a QoS 2 id is
             // remembered so that PUBREL completes the handshake. 5.0: 0x87 Not authorized.
             self.shared.metrics.add_acl_denied(1);
-            info!(client_id = %self.client_id(), topic = %message.topic, "publish denied by the ACL");
+            info!(client_id = %self.client_id(), topic = %message.topic, "publish denied: the ACL forbids it, or the topic is the broker's own ($SYS)");
             return self.refuse_publish(
                 qos,
                 pid,

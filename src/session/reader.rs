@@ -10,6 +10,7 @@
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
@@ -19,6 +20,7 @@ use tokio_util::codec::Decoder;
 
 use super::linger::SharedReader;
 use crate::codec::{CodecError, MqttCodec, Packet, BURST_READ_BUFFER};
+use crate::metrics::Metrics;
 
 /// Bytes read at a time while no buffer is held: most device packets fit in one read.
 const SCRATCH: usize = 2048;
@@ -28,16 +30,19 @@ pub(super) struct PacketReader {
     reader: SharedReader,
     codec: MqttCodec,
     buf: BytesMut,
+    /// Where the bytes read are counted.
+    metrics: Arc<Metrics>,
     /// End of stream, or an error returned: the stream is over.
     done: bool,
 }
 
 impl PacketReader {
-    pub(super) fn new(reader: SharedReader, codec: MqttCodec) -> Self {
+    pub(super) fn new(reader: SharedReader, codec: MqttCodec, metrics: Arc<Metrics>) -> Self {
         PacketReader {
             reader,
             codec,
             buf: BytesMut::new(),
+            metrics,
             done: false,
         }
     }
@@ -109,7 +114,7 @@ impl Stream for PacketReader {
                     }
                     return Poll::Ready(None);
                 }
-                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Ok(n)) => this.metrics.traffic.bytes_received(n),
             }
         }
     }

@@ -13,3 +13,10 @@ pub use retained::RetainedStore;
 pub use shared::{parse_shared, SharedFilter, SHARED_PREFIX};
 pub use trie::SubscriptionTrie;
 pub use validate::{validate_filter, validate_topic_name, TopicError};
+
+/// Topics under `$SYS/` are the broker's own statistics: clients may read them, and may not
+/// publish to them (the specification reserves `$` topics for the Server's use and says the
+/// Server SHOULD prevent clients from using them to exchange messages, section 4.7.2).
+pub fn reserved_for_broker(topic: &str) -> bool {
+    topic == "$SYS" || topic.starts_with("$SYS/")
+}

@@ -1,0 +1,271 @@
+//! Traffic counters (packets, PUBLISHes by QoS, bytes, each way) kept per worker thread, so that
+//! counting a packet is a write to a cache line only that thread writes: no lock and no shared
+//! write per message. Readers (`$SYS`, metrics) sum the slots of every thread.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// One thread's counters, on cache lines of their own.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Slot {
+    packets_received: AtomicU64,
+    packets_sent: AtomicU64,
+    publishes_received: [AtomicU64; 3],
+    publishes_sent: [AtomicU64; 3],
+    bytes_received: AtomicU64,
+    bytes_sent: AtomicU64,
+}
+
+/// Adds `n` to a counter only this thread writes: a plain load and store, no locked
+/// instruction. Readers on other threads see the value with relaxed ordering.
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(n),
+        Ordering::Relaxed,
+    );
+}
+
+/// The traffic counters of one broker: one slot per thread that counted. Shared by the
+/// Sessions (through [`SessionShared`](crate::session::SessionShared)) and read by `$SYS` and
+/// the metrics.
+#[derive(Debug)]
+pub struct Traffic {
+    /// Tells this broker's slots from another's in a thread's [`LOCAL`] list.
+    id: u64,
+    slots: Mutex<Vec<Arc<Slot>>>,
+}
+
+impl Default for Traffic {
+    fn default() -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        Traffic {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            slots: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+/// How many brokers' slots one thread remembers; a thread counts for one broker in practice
+/// (the worker threads are the broker's own), more only in tests.
+const SLOTS_PER_THREAD: usize = 4;
+
+thread_local! {
+    /// This thread's slots, by broker ([`Traffic::id`]), the most recently used first.
+    static LOCAL: RefCell<Vec<(u64, Arc<Slot>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// What was written to one connection's socket in one write, counted from the bytes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// MQTT packets.
+    pub packets: u64,
+    /// PUBLISH packets by QoS.
+    pub publishes: [u64; 3],
+    /// Bytes.
+    pub bytes: u64,
+}
+
+impl Written {
+    /// Counts the packets in `frames`, whole MQTT packets as the Session encoded them: the
+    /// fixed header's type and QoS bits, then the Remaining Length to skip to the next.
+    pub fn count(frames: &[u8]) -> Written {
+        let mut written = Written {
+            bytes: frames.len() as u64,
+            ..Written::default()
+        };
+        let mut at = 0;
+        while let Some(&first) = frames.get(at) {
+            let (mut length, mut shift, mut i) = (0usize, 0, at + 1);
+            loop {
+                let Some(&byte) = frames.get(i) else {
+                    return written;
+                };
+                length |= ((byte & 0x7f) as usize) << shift;
+                i += 1;
+                shift += 7;
+                if byte & 0x80 == 0 || shift > 21 {
+                    break;
+                }
+            }
+            written.packets += 1;
+            if first >> 4 == 3 {
+                let qos = ((first >> 1) & 3).min(2) as usize;
+                written.publishes[qos] += 1;
+            }
+            at = i + length;
+        }
+        written
+    }
+}
+
+/// Summed counters of every thread, since start.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TrafficTotals {
+    /// MQTT packets of any type received from clients.
+    pub packets_received: u64,
+    /// MQTT packets of any type written to clients.
+    pub packets_sent: u64,
+    /// PUBLISH packets received, by QoS.
+    pub publishes_received: [u64; 3],
+    /// PUBLISH packets written, by QoS.
+    pub publishes_sent: [u64; 3],
+    /// Bytes read from client sockets.
+    pub bytes_received: u64,
+    /// Bytes written to client sockets.
+    pub bytes_sent: u64,
+}
+
+impl TrafficTotals {
+    /// PUBLISH packets received, all QoS.
+    pub fn publishes_received_total(&self) -> u64 {
+        self.publishes_received.iter().sum()
+    }
+
+    /// PUBLISH packets written, all QoS.
+    pub fn publishes_sent_total(&self) -> u64 {
+        self.publishes_sent.iter().sum()
+    }
+}
+
+impl Traffic {
+    /// Runs `count` on this thread's slot of this broker, registering one first if needed.
+    fn local(&self, count: impl FnOnce(&Slot)) {
+        LOCAL.with(|local| {
+            let mut local = local.borrow_mut();
+            if let Some((owner, slot)) = local.first() {
+                if *owner == self.id {
+                    return count(slot);
+                }
+            }
+            let slot = match local.iter().position(|(owner, _)| *owner == self.id) {
+                Some(at) => local.remove(at).1,
+                None => {
+                    // A slot forgotten below stays registered with its broker: its counts are
+                    // kept, and a later count here registers a new one.
+                    local.truncate(SLOTS_PER_THREAD - 1);
+                    let slot = Arc::new(Slot::default());
+                    self.slots
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(slot.clone());
+                    slot
+                }
+            };
+            count(&slot);
+            local.insert(0, (self.id, slot));
+        });
+    }
+
+    /// One packet was read from a client; `publish_qos` is its QoS if it is a PUBLISH.
+    pub fn packet_received(&self, publish_qos: Option<u8>) {
+        self.local(|slot| {
+            bump(&slot.packets_received, 1);
+            if let Some(qos) = publish_qos {
+                bump(&slot.publishes_received[usize::from(qos.min(2))], 1);
+            }
+        });
+    }
+
+    /// `n` bytes were read from a client's socket.
+    pub fn bytes_received(&self, n: usize) {
+        self.local(|slot| bump(&slot.bytes_received, n as u64));
+    }
+
+    /// A write to a client's socket completed.
+    pub fn written(&self, written: &Written) {
+        self.local(|slot| {
+            bump(&slot.packets_sent, written.packets);
+            for (counter, n) in slot.publishes_sent.iter().zip(written.publishes) {
+                if n > 0 {
+                    bump(counter, n);
+                }
+            }
+            bump(&slot.bytes_sent, written.bytes);
+        });
+    }
+
+    /// The counters of every thread, summed.
+    pub fn totals(&self) -> TrafficTotals {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut totals = TrafficTotals::default();
+        for slot in self
+            .slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            totals.packets_received += get(&slot.packets_received);
+            totals.packets_sent += get(&slot.packets_sent);
+            for qos in 0..3 {
+                totals.publishes_received[qos] += get(&slot.publishes_received[qos]);
+                totals.publishes_sent[qos] += get(&slot.publishes_sent[qos]);
+            }
+            totals.bytes_received += get(&slot.bytes_received);
+            totals.bytes_sent += get(&slot.bytes_sent);
+        }
+        totals
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_packets_and_publishes_by_qos_from_the_bytes() {
+        let mut out = bytes::BytesMut::new();
+        crate::codec::write_pingresp(&mut out);
+        let header = |qos| crate::codec::PublishHeader {
+            qos,
+            pid: 7,
+            retain: false,
+            dup: false,
+        };
+        crate::codec::write_publish(&mut out, "a/b", &[0; 300], header(crate::QoS::AtLeastOnce));
+        crate::codec::write_publish(&mut out, "a/b", b"x", header(crate::QoS::AtMostOnce));
+        crate::codec::write_ack(&mut out, crate::codec::Ack::PubAck, 9);
+        crate::codec::write_publish(&mut out, "t", &[1; 20_000], header(crate::QoS::ExactlyOnce));
+        let written = Written::count(&out);
+        assert_eq!(written.packets, 5);
+        assert_eq!(written.publishes, [1, 1, 1]);
+        assert_eq!(written.bytes, out.len() as u64);
+    }
+
+    #[test]
+    fn a_slot_per_thread_summed() {
+        let traffic = Arc::new(Traffic::default());
+        traffic.packet_received(Some(1));
+        traffic.bytes_received(10);
+        let other = traffic.clone();
+        std::thread::spawn(move || {
+            other.packet_received(None);
+            other.bytes_received(5);
+            other.written(&Written {
+                packets: 2,
+                publishes: [0, 0, 2],
+                bytes: 40,
+            });
+        })
+        .join()
+        .expect("thread");
+        // A second broker on this thread gets its own slot.
+        let second = Traffic::default();
+        second.packet_received(Some(0));
+        traffic.packet_received(Some(1));
+        let totals = traffic.totals();
+        assert_eq!(
+            traffic.slots.lock().expect("slots").len(),
+            2,
+            "one slot per thread"
+        );
+        assert_eq!(totals.packets_received, 3);
+        assert_eq!(totals.publishes_received, [0, 2, 0]);
+        assert_eq!(totals.bytes_received, 15);
+        assert_eq!(totals.packets_sent, 2);
+        assert_eq!(totals.publishes_sent, [0, 0, 2]);
+        assert_eq!(totals.bytes_sent, 40);
+        assert_eq!(second.totals().publishes_received, [1, 0, 0]);
+    }
+}
