@@ -100,7 +100,7 @@ PORT[switchboard]=$SB_PORT; PORT[mosquitto]=$MQ_PORT; PORT[rumqttd]=$RQ_PORT; PO
 start_brokers() {
   local broker
   stop_brokers
-  RUST_LOG=warn ./target/release/switchboard --port "$SB_PORT" 2>"$work/switchboard.log" &
+  RUST_LOG=warn ./target/release/switchboard --port "$SB_PORT" --http-port 0 2>"$work/switchboard.log" &
   PID[switchboard]=$!
   "$MOSQUITTO" -c "$work/mosquitto.conf" 2>"$work/mosquitto.log" &
   PID[mosquitto]=$!

@@ -31,7 +31,7 @@ cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{s += $1} END {print s}'; }
 run() {
   local broker=$1 version=$2 count=$3 pid
   if [ "$broker" = switchboard ]; then
-    target/release/switchboard -p "$PORT" 2>"$work/broker.log" & pid=$!
+    target/release/switchboard -p "$PORT" --http-port 0 2>"$work/broker.log" & pid=$!
   else
     "$MOSQUITTO" -c "$work/mosquitto.conf" 2>"$work/broker.log" & pid=$!
   fi

@@ -143,6 +143,9 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, Box<dyn std::error:
     };
     let mut config = Config::default();
     config.listener.port = options.port;
+    // The demo's broker runs beside a broker on the defaults: its HTTP server (metrics, health)
+    // takes a free port, logged at start.
+    config.http.port = 0;
     let broker = Broker::new(config)
         .hooks(LifecycleHooks::all(&SeedHooks.start()))
         .start()

@@ -18,6 +18,7 @@ use crate::registry::Registry;
 pub struct BackgroundBroker {
     local_addr: SocketAddr,
     tls_local_addr: Option<SocketAddr>,
+    http_local_addr: Option<SocketAddr>,
     registry: Addr<Registry>,
     metrics: Arc<Metrics>,
     system: System,
@@ -55,6 +56,7 @@ impl BackgroundBroker {
                 let _ = started_tx.send(Ok((
                     running.local_addr(),
                     running.tls_local_addr(),
+                    running.http_local_addr(),
                     running.registry().clone(),
                     running.metrics(),
                     System::current(),
@@ -63,11 +65,12 @@ impl BackgroundBroker {
                 drop(running);
             })
             .map_err(|_| BrokerError::ThreadExited)?;
-        let (local_addr, tls_local_addr, registry, metrics, system) =
+        let (local_addr, tls_local_addr, http_local_addr, registry, metrics, system) =
             started_rx.recv().map_err(|_| BrokerError::ThreadExited)??;
         Ok(BackgroundBroker {
             local_addr,
             tls_local_addr,
+            http_local_addr,
             registry,
             metrics,
             system,
@@ -83,6 +86,11 @@ impl BackgroundBroker {
     /// The address of the TLS listener, if configured.
     pub fn tls_local_addr(&self) -> Option<SocketAddr> {
         self.tls_local_addr
+    }
+
+    /// The address of the HTTP server (metrics, health), if `[http]` is enabled.
+    pub fn http_local_addr(&self) -> Option<SocketAddr> {
+        self.http_local_addr
     }
 
     /// The Registry.

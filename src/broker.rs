@@ -162,6 +162,21 @@ impl Broker {
                 }
             },
         };
+        let stop_accepting = CancellationToken::new();
+        let http_state = crate::http::HttpState::new(
+            &config.http,
+            registry.clone(),
+            metrics.clone(),
+            stop_accepting.clone(),
+        );
+        let http = match crate::http::start(&config.http, http_state) {
+            Ok(http) => http,
+            Err(source) => {
+                registry_arbiter.stop();
+                let addr = SocketAddr::new(config.http.bind, config.http.port);
+                return Err(BrokerError::Bind { addr, source });
+            }
+        };
         let workers: Vec<Arbiter> = (0..worker_count).map(|_| Arbiter::new()).collect();
         let shared = Arc::new(SessionShared::new(
             config,
@@ -174,7 +189,6 @@ impl Broker {
         ));
         let handles: Vec<_> = workers.iter().map(Arbiter::handle).collect();
         let memory_trim = actix_rt::spawn(crate::memory_trim::trim_after_spikes(metrics.clone()));
-        let stop_accepting = CancellationToken::new();
         let limits = &shared.config.limits;
         let rate = Arc::new(Mutex::new(ConnectionRate::new(
             limits.max_connection_rate,
@@ -214,6 +228,7 @@ impl Broker {
         Ok(RunningBroker {
             local_addr,
             tls_local_addr,
+            http,
             access,
             registry,
             metrics,
@@ -230,6 +245,8 @@ impl Broker {
 pub struct RunningBroker {
     local_addr: SocketAddr,
     tls_local_addr: Option<SocketAddr>,
+    /// The HTTP server (`[http]`), if enabled.
+    http: Option<crate::http::RunningHttp>,
     access: Arc<AccessControl>,
     registry: Addr<Registry>,
     metrics: Arc<Metrics>,
@@ -255,6 +272,11 @@ impl RunningBroker {
     /// The Registry, e.g. to send it [`AddHooks`](crate::registry::AddHooks).
     pub fn registry(&self) -> &Addr<Registry> {
         &self.registry
+    }
+
+    /// The address of the HTTP server (metrics, health), if `[http]` is enabled.
+    pub fn http_local_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|http| http.local_addr)
     }
 
     /// The broker's counters.
@@ -291,6 +313,9 @@ impl RunningBroker {
     /// Stops accepting, drops every connection and stops the actors' threads at once.
     pub fn stop(self) {
         self.stop_accepting.cancel();
+        if let Some(http) = &self.http {
+            http.stop();
+        }
         self.memory_trim.abort();
         for worker in &self.workers {
             worker.stop();

@@ -71,6 +71,47 @@ pub struct Config {
     pub persistence: PersistenceConfig,
     /// `[sys]`: the `$SYS` topics.
     pub sys: SysConfig,
+    /// `[http]`: Prometheus metrics and health checks over HTTP.
+    pub http: HttpConfig,
+}
+
+/// `[http]` settings: the HTTP server of `/metrics` and `/api/v1/health/...`. On by default, on
+/// loopback.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Whether the HTTP server runs. Default true.
+    pub enabled: bool,
+    /// Address to bind. Default 127.0.0.1.
+    pub bind: IpAddr,
+    /// Port; 0 picks a free one (the bound address is logged). Default 8080.
+    pub port: u16,
+    /// Bearer token that `/metrics` and the API require (`Authorization: Bearer ...`); the
+    /// health checks do not. Required when `bind` is not a loopback address. Default: none.
+    pub token: Option<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: true,
+            bind: IpAddr::from([127, 0, 0, 1]),
+            port: 8080,
+            token: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for HttpConfig {
+    /// Leaves the token out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("enabled", &self.enabled)
+            .field("bind", &self.bind)
+            .field("port", &self.port)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .finish()
+    }
 }
 
 /// `[sys]` settings: the broker's own statistics, published under `$SYS/broker/...` with
@@ -403,6 +444,20 @@ impl Config {
         }
         if !self.sys.interval.is_zero() && self.sys.interval < Duration::from_millis(100) {
             return invalid("sys.interval", "must be \"0s\" (off) or at least 100ms");
+        }
+        if self.http.enabled && self.http.token.is_none() && !self.http.bind.is_loopback() {
+            return invalid(
+                "http.token",
+                "required when http.bind is not a loopback address (anyone could read the metrics and use the API)",
+            );
+        }
+        if self
+            .http
+            .token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            return invalid("http.token", "must not be empty");
         }
         if self.listener.workers > 1024 {
             return invalid("listener.workers", "must be at most 1024");

@@ -24,6 +24,7 @@
 //! | [`message`] | the application message, deliveries, wills and subscription options |
 //! | [`topic`] | topic and filter validation, the subscription trie, the retained store, shared filters |
 //! | [`hooks`] | lifecycle events and interceptors: how users extend the broker |
+//! | [`http`] | the HTTP server: Prometheus `/metrics`, health checks |
 //! | [`auth`] | password file, ACL file, the authenticator thread |
 //! | [`config`] | every setting, its default, loading and checking the TOML file |
 //! | [`persistence`] | durable state: the log of changes, its writer thread, recovery at start |
@@ -40,6 +41,7 @@ pub mod config;
 pub mod drops;
 pub mod fd_limit;
 pub mod hooks;
+pub mod http;
 mod listener;
 mod logging;
 pub mod memory_trim;

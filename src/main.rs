@@ -18,6 +18,10 @@ struct Cli {
     /// Address to bind (overrides the config file; default 127.0.0.1).
     #[arg(short, long)]
     bind: Option<IpAddr>,
+    /// Port of the HTTP server: metrics, health (overrides the config file; default 8080; 0
+    /// picks a free one).
+    #[arg(long, value_name = "PORT")]
+    http_port: Option<u16>,
     /// TOML configuration file (see docs/configuration.md).
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -107,6 +111,9 @@ fn main() -> ExitCode {
     }
     if let Some(bind) = cli.bind {
         config.listener.bind = bind;
+    }
+    if let Some(port) = cli.http_port {
+        config.http.port = port;
     }
 
     // Every connection is a file descriptor.

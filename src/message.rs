@@ -114,6 +114,9 @@ pub struct Message {
     pub properties: Option<Box<MessageProperties>>,
     /// When the message expires (from its Message Expiry Interval); `None` never.
     pub expires_at: Option<Instant>,
+    /// When the broker read it from its publisher (`None` for messages the broker made: wills
+    /// and `$SYS`), for the in-broker delivery latency.
+    pub received_at: Option<Instant>,
     /// The QoS 0, non-retained PUBLISH frame of this message, encoded at most once and written
     /// byte for byte to every QoS 0 subscriber.
     qos0_frame: OnceLock<Bytes>,
@@ -129,6 +132,7 @@ impl Message {
             retain,
             properties: None,
             expires_at: None,
+            received_at: None,
             qos0_frame: OnceLock::new(),
         }
     }

@@ -2,6 +2,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::hooks::DisconnectReason;
+
 /// Live counters of one broker. Shared as `Arc<Metrics>`; read with [`Metrics::snapshot`].
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -9,7 +11,6 @@ pub struct Metrics {
     /// The most connections open at once since [`Metrics::take_connections_peak`].
     connections_peak: AtomicU64,
     connections_total: AtomicU64,
-    publishes_received: AtomicU64,
     qos0_dropped_slow_consumer: AtomicU64,
     online_queue_dropped: AtomicU64,
     offline_queue_dropped: AtomicU64,
@@ -19,6 +20,10 @@ pub struct Metrics {
     acl_denied: AtomicU64,
     expired_dropped: AtomicU64,
     too_large_dropped: AtomicU64,
+    connects: AtomicU64,
+    auth_failures: AtomicU64,
+    /// Ends of MQTT connections by [`DisconnectKind`].
+    disconnects: [AtomicU64; DisconnectKind::ALL.len()],
     /// Packets, PUBLISHes and bytes each way, counted per worker thread.
     pub traffic: crate::traffic::Traffic,
 }
@@ -30,8 +35,6 @@ pub struct MetricsSnapshot {
     pub connections_current: u64,
     /// TCP connections accepted since start.
     pub connections_total: u64,
-    /// PUBLISH packets received from clients.
-    pub publishes_received: u64,
     /// QoS 0 messages dropped because a subscriber's output buffer was full.
     pub qos0_dropped_slow_consumer: u64,
     /// QoS 1/2 messages dropped by a connected client's full queue (`sessions.queue_overflow`
@@ -53,6 +56,72 @@ pub struct MetricsSnapshot {
     pub expired_dropped: u64,
     /// Messages not sent to an MQTT 5 client because they exceed its Maximum Packet Size.
     pub too_large_dropped: u64,
+    /// CONNECTs accepted (CONNACK 0).
+    pub connects: u64,
+    /// CONNECTs refused for their credentials: no user name where one is required, a wrong
+    /// password, or an interceptor's Bad user name or password / Not authorized.
+    pub auth_failures: u64,
+    /// Ends of accepted MQTT connections, by [`DisconnectKind`] (indexed as
+    /// [`DisconnectKind::ALL`]).
+    pub disconnects: [u64; DisconnectKind::ALL.len()],
+}
+
+/// Why an accepted MQTT connection ended, as the metrics count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisconnectKind {
+    /// The client sent DISCONNECT (MQTT 5: any reason code).
+    Client,
+    /// The socket closed or failed without DISCONNECT.
+    Network,
+    /// Nothing arrived within 1.5 times the keep-alive.
+    KeepAliveTimeout,
+    /// A malformed packet or a protocol violation.
+    ProtocolError,
+    /// Another connection took the client id over.
+    TakenOver,
+    /// The client fell too far behind on QoS 1/2 messages.
+    SlowConsumer,
+    /// The broker shut down.
+    ServerShutdown,
+}
+
+impl DisconnectKind {
+    /// Every kind, in the order of [`MetricsSnapshot::disconnects`].
+    pub const ALL: [DisconnectKind; 7] = [
+        DisconnectKind::Client,
+        DisconnectKind::Network,
+        DisconnectKind::KeepAliveTimeout,
+        DisconnectKind::ProtocolError,
+        DisconnectKind::TakenOver,
+        DisconnectKind::SlowConsumer,
+        DisconnectKind::ServerShutdown,
+    ];
+
+    /// Its label value in the metrics (`reason="..."`).
+    pub fn label(self) -> &'static str {
+        match self {
+            DisconnectKind::Client => "client",
+            DisconnectKind::Network => "network",
+            DisconnectKind::KeepAliveTimeout => "keep_alive_timeout",
+            DisconnectKind::ProtocolError => "protocol_error",
+            DisconnectKind::TakenOver => "taken_over",
+            DisconnectKind::SlowConsumer => "slow_consumer",
+            DisconnectKind::ServerShutdown => "server_shutdown",
+        }
+    }
+
+    /// The kind of a [`DisconnectReason`].
+    pub fn of(reason: &DisconnectReason) -> DisconnectKind {
+        match reason {
+            DisconnectReason::Clean | DisconnectReason::ClientReason(_) => DisconnectKind::Client,
+            DisconnectReason::Network(_) => DisconnectKind::Network,
+            DisconnectReason::KeepAliveTimeout => DisconnectKind::KeepAliveTimeout,
+            DisconnectReason::ProtocolError(_) => DisconnectKind::ProtocolError,
+            DisconnectReason::TakenOver => DisconnectKind::TakenOver,
+            DisconnectReason::SlowConsumer => DisconnectKind::SlowConsumer,
+            DisconnectReason::ServerShutdown => DisconnectKind::ServerShutdown,
+        }
+    }
 }
 
 macro_rules! counter {
@@ -65,7 +134,6 @@ macro_rules! counter {
 }
 
 impl Metrics {
-    counter!(add_publishes_received, publishes_received);
     counter!(add_qos0_dropped, qos0_dropped_slow_consumer);
     counter!(add_online_queue_dropped, online_queue_dropped);
     counter!(add_offline_queue_dropped, offline_queue_dropped);
@@ -75,6 +143,16 @@ impl Metrics {
     counter!(add_acl_denied, acl_denied);
     counter!(add_expired_dropped, expired_dropped);
     counter!(add_too_large_dropped, too_large_dropped);
+    counter!(add_connects, connects);
+    counter!(add_auth_failures, auth_failures);
+
+    /// An accepted MQTT connection ended for `reason`.
+    pub fn disconnected(&self, reason: &DisconnectReason) {
+        let kind = DisconnectKind::of(reason);
+        if let Some(at) = DisconnectKind::ALL.iter().position(|k| *k == kind) {
+            self.disconnects[at].fetch_add(1, Ordering::Relaxed);
+        }
+    }
 
     /// A connection opened.
     pub fn connection_opened(&self) -> u64 {
@@ -103,7 +181,6 @@ impl Metrics {
         MetricsSnapshot {
             connections_current: get(&self.connections_current),
             connections_total: get(&self.connections_total),
-            publishes_received: get(&self.publishes_received),
             qos0_dropped_slow_consumer: get(&self.qos0_dropped_slow_consumer),
             online_queue_dropped: get(&self.online_queue_dropped),
             offline_queue_dropped: get(&self.offline_queue_dropped),
@@ -113,6 +190,9 @@ impl Metrics {
             acl_denied: get(&self.acl_denied),
             expired_dropped: get(&self.expired_dropped),
             too_large_dropped: get(&self.too_large_dropped),
+            connects: get(&self.connects),
+            auth_failures: get(&self.auth_failures),
+            disconnects: std::array::from_fn(|at| get(&self.disconnects[at])),
         }
     }
 }

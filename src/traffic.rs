@@ -16,7 +16,17 @@ struct Slot {
     publishes_sent: [AtomicU64; 3],
     bytes_received: AtomicU64,
     bytes_sent: AtomicU64,
+    /// In-broker delivery latency: deliveries per bucket of [`LATENCY_BOUNDS`] (not cumulative;
+    /// the last counts those above every bound), and the sum in nanoseconds.
+    latency_buckets: [AtomicU64; LATENCY_BOUNDS.len() + 1],
+    latency_sum_ns: AtomicU64,
 }
+
+/// Upper bounds, in seconds, of the buckets of the in-broker delivery latency histogram.
+pub const LATENCY_BOUNDS: [f64; 15] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 5.0,
+];
 
 /// Adds `n` to a counter only this thread writes: a plain load and store, no locked
 /// instruction. Readers on other threads see the value with relaxed ordering.
@@ -101,7 +111,7 @@ impl Written {
 }
 
 /// Summed counters of every thread, since start.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
 pub struct TrafficTotals {
     /// MQTT packets of any type received from clients.
     pub packets_received: u64,
@@ -115,6 +125,11 @@ pub struct TrafficTotals {
     pub bytes_received: u64,
     /// Bytes written to client sockets.
     pub bytes_sent: u64,
+    /// Deliveries per latency bucket ([`LATENCY_BOUNDS`], then above them all), not
+    /// cumulative.
+    pub latency_buckets: [u64; LATENCY_BOUNDS.len() + 1],
+    /// Sum of the latencies counted, in seconds.
+    pub latency_sum_seconds: f64,
 }
 
 impl TrafficTotals {
@@ -186,6 +201,25 @@ impl Traffic {
         });
     }
 
+    /// A message read `latency` ago was just encoded for a subscriber: the time it spent in the
+    /// broker, from the read of its PUBLISH to the encoding of this delivery.
+    pub fn delivered_after(&self, latency: std::time::Duration) {
+        let seconds = latency.as_secs_f64();
+        let bucket = LATENCY_BOUNDS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(LATENCY_BOUNDS.len());
+        self.local(|slot| {
+            if let Some(counter) = slot.latency_buckets.get(bucket) {
+                bump(counter, 1);
+            }
+            bump(
+                &slot.latency_sum_ns,
+                u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX),
+            );
+        });
+    }
+
     /// The counters of every thread, summed.
     pub fn totals(&self) -> TrafficTotals {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -204,6 +238,10 @@ impl Traffic {
             }
             totals.bytes_received += get(&slot.bytes_received);
             totals.bytes_sent += get(&slot.bytes_sent);
+            for (total, bucket) in totals.latency_buckets.iter_mut().zip(&slot.latency_buckets) {
+                *total += get(bucket);
+            }
+            totals.latency_sum_seconds += get(&slot.latency_sum_ns) as f64 / 1e9;
         }
         totals
     }
@@ -267,5 +305,21 @@ mod tests {
         assert_eq!(totals.publishes_sent, [0, 0, 2]);
         assert_eq!(totals.bytes_sent, 40);
         assert_eq!(second.totals().publishes_received, [1, 0, 0]);
+    }
+
+    #[test]
+    fn latencies_land_in_their_buckets() {
+        use std::time::Duration;
+        let traffic = Traffic::default();
+        traffic.delivered_after(Duration::from_micros(30)); // <= 50 us
+        traffic.delivered_after(Duration::from_micros(50)); // <= 50 us (bounds are inclusive)
+        traffic.delivered_after(Duration::from_micros(700)); // <= 1 ms
+        traffic.delivered_after(Duration::from_secs(30)); // above every bound
+        let totals = traffic.totals();
+        assert_eq!(totals.latency_buckets[0], 2);
+        assert_eq!(totals.latency_buckets[4], 1);
+        assert_eq!(totals.latency_buckets[LATENCY_BOUNDS.len()], 1);
+        assert_eq!(totals.latency_buckets.iter().sum::<u64>(), 4);
+        assert!((totals.latency_sum_seconds - 30.00078).abs() < 1e-9);
     }
 }

@@ -16,7 +16,9 @@ use common::Raw;
 /// Starts the broker with RLIMIT_NOFILE lowered to `soft`/`hard` before it runs.
 fn broker_with_fd_limit(soft: u64, hard: u64) -> (Child, Receiver<String>) {
     let mut command = Command::new(BIN);
-    command.args(["--port", "0"]).env("RUST_LOG", "info");
+    command
+        .args(["--port", "0", "--http-port", "0"])
+        .env("RUST_LOG", "info");
     // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
     unsafe {
         command.pre_exec(move || {

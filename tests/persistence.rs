@@ -97,7 +97,7 @@ async fn a_second_broker_on_the_same_directory_is_refused_clearly() {
     let (first, _logs, _) = start_broker(&state, "interval");
     let config = state.with_extension("toml").display().to_string();
     let second = std::process::Command::new(common::child::BIN)
-        .args(["--port", "0", "--config", &config])
+        .args(["--port", "0", "--http-port", "0", "--config", &config])
         .output()
         .expect("runs");
     assert!(!second.status.success());

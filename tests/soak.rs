@@ -203,7 +203,7 @@ async fn soak() {
          RSS idle {:.1} MB, peak {:.1} MB, after {:.1} MB; slow-consumer drops {} / disconnects {}, \
          protocol errors {}; registry after: {stats:?}",
         m.connections_total,
-        m.publishes_received,
+        broker.metrics().traffic.totals().publishes_received_total(),
         idle as f64 / 1e6,
         peak as f64 / 1e6,
         after as f64 / 1e6,

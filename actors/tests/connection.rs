@@ -508,6 +508,7 @@ async fn credentials_are_sent_and_a_refusal_is_an_event() {
     let mut config = switchboard::Config::default();
     config.listener.port = 0;
     config.listener.workers = 1;
+    config.http.port = 0;
     config.auth.password_file = Some(passwords);
     let broker = switchboard::BackgroundBroker::start(config).unwrap();
     let port = broker.local_addr().port();

@@ -24,7 +24,7 @@ impl Target {
             });
         }
         let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-            .args(["--port", "0"])
+            .args(["--port", "0", "--http-port", "0"])
             // Only warnings and the listening line: per-connection log lines would be measured.
             .env("RUST_LOG", "warn,switchboard::broker=info")
             .env("NO_COLOR", "1")

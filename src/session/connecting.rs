@@ -28,6 +28,12 @@ fn connack_reason_v5(code: ConnectReturnCode) -> u8 {
 
 impl Session {
     fn refuse(&mut self, ctx: &mut Context<Self>, code: ConnectReturnCode) {
+        if matches!(
+            code,
+            ConnectReturnCode::BadUsernameOrPassword | ConnectReturnCode::NotAuthorized
+        ) {
+            self.shared.metrics.add_auth_failures(1);
+        }
         let v5 = self.peer_options.protocol.is_v5();
         self.refuse_with(ctx, code, v5.then(|| connack_reason_v5(code)));
     }
@@ -224,6 +230,7 @@ impl Session {
                         client_id: client_id.clone(),
                     };
                     act.fresh_session = !session_present;
+                    act.shared.metrics.add_connects(1);
                     let applied_keep_alive = act.start_keep_alive(ctx, keep_alive);
                     if act.peer_options.protocol.is_v5() {
                         let mut connack = act.connack_properties();

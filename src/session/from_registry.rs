@@ -8,7 +8,7 @@ use actix::prelude::*;
 use tracing::warn;
 
 use super::durability::Reply;
-use super::peer::write_delivery;
+use super::peer::{note_delivery_latency, write_delivery};
 use super::{Phase, Session};
 use crate::codec;
 use crate::drops::DropReason;
@@ -76,7 +76,7 @@ impl Session {
             } else if delivery.message.is_expired(now) {
                 // [MQTT-3.3.2-5] not delivered once expired.
                 self.shared.metrics.add_expired_dropped(1);
-            } else if !write_delivery(
+            } else if write_delivery(
                 &mut self.out,
                 &self.peer_options,
                 &mut self.aliases,
@@ -85,6 +85,8 @@ impl Session {
                 false,
                 now,
             ) {
+                note_delivery_latency(&self.shared.metrics.traffic, &delivery, now);
+            } else {
                 self.too_large_for_client();
             }
         }

@@ -41,7 +41,6 @@ impl Session {
     /// here. Either way, when the Registry's mailbox is full the Session waits for room without
     /// reading its socket, so TCP slows the publisher down.
     pub(super) fn hand_over(&mut self, ctx: &mut Context<Self>) {
-        self.report_publishes();
         if self.to_route.is_empty() {
             return;
         }

@@ -32,7 +32,9 @@ pub use linger::{ConnectionSlot, LINGER_BYTES, LINGER_TIME};
 pub use state::{AckResult, Outbound};
 
 use self::linger::{linger, SharedReader};
-use self::peer::{disconnect_code, write_delivery, OutboundAliases, PeerOptions};
+use self::peer::{
+    disconnect_code, note_delivery_latency, write_delivery, OutboundAliases, PeerOptions,
+};
 use self::reader::PacketReader;
 use crate::codec::{self, CodecError, MqttCodec, Packet};
 use crate::config::Config;
@@ -133,9 +135,6 @@ pub struct Session {
     shared_subscriber: bool,
     /// This Session's copy of the ACL, and the generation it was taken at.
     acl: (u64, Option<Arc<crate::auth::AclFile>>),
-    /// PUBLISH packets received and not yet added to the shared counter (added per hand-over,
-    /// not per packet, so worker threads do not contend on it).
-    publishes_unreported: u64,
     last_received: Instant,
     /// One and a half times the keep-alive applied, once connected `[MQTT-3.1.2-24]`.
     keep_alive_limit: Option<Duration>,
@@ -221,7 +220,6 @@ impl Session {
                 fresh_session: false,
                 shared_subscriber: false,
                 acl,
-                publishes_unreported: 0,
                 last_received: Instant::now(),
                 keep_alive_limit: None,
                 deadline_tick: None,
@@ -310,6 +308,7 @@ impl Session {
             ctx.cancel_future(handle);
         }
         if let Phase::Connected { key, .. } = self.phase {
+            self.shared.metrics.disconnected(&reason);
             if self.peer_options.protocol.is_v5() && !self.socket_dead {
                 // (5.0) the broker says why it closes the connection (section 4.13.2), only
                 // ever after a successful CONNACK [MQTT-3.14.0-1].
@@ -409,7 +408,9 @@ impl Session {
                 false,
                 now,
             );
-            if !written {
+            if written {
+                note_delivery_latency(&self.shared.metrics.traffic, &entry.delivery, now);
+            } else {
                 self.outbound.discard(pid);
                 self.too_large_for_client();
             }
@@ -495,16 +496,6 @@ impl Session {
         }
     }
 
-    /// Adds the publishes counted since the last report to the shared counter.
-    fn report_publishes(&mut self) {
-        if self.publishes_unreported > 0 {
-            self.shared
-                .metrics
-                .add_publishes_received(self.publishes_unreported);
-            self.publishes_unreported = 0;
-        }
-    }
-
     fn state_for_registry(&mut self) -> SessionState {
         for deliver in self.take_held() {
             for delivery in deliver.deliveries {
@@ -534,7 +525,6 @@ impl Actor for Session {
 
     fn stopped(&mut self, _: &mut Context<Self>) {
         self.disarm_deadline();
-        self.report_publishes();
         if let Phase::Connected { client_id, .. } = &self.phase {
             DropLog::flush(&mut self.drops, client_id);
         }

@@ -171,13 +171,13 @@ impl Session {
     }
 
     fn on_publish(&mut self, publish: PublishPacket, ctx: &mut Context<Self>) {
-        self.publishes_unreported += 1;
         let PublishPacket {
             pid,
-            message,
+            mut message,
             payload_invalid,
             ..
         } = publish;
+        message.received_at = Some(self.last_received);
         let qos = message.qos;
         if !self.topic_within_limits(&message.topic) {
             return self.limit_hit(ctx, "PUBLISH topic over the topic length or level limit");

@@ -10,6 +10,7 @@ use bytes::BytesMut;
 use crate::codec::{self, PublishExtras, PublishHeader};
 use crate::hooks::DisconnectReason;
 use crate::message::{Delivery, ProtocolVersion, QoS};
+use crate::traffic::Traffic;
 
 /// The client's side of the connection, from its CONNECT.
 #[derive(Debug, Clone)]
@@ -149,6 +150,14 @@ pub(super) fn write_delivery(
         aliases.forget(&message.topic);
     }
     written
+}
+
+/// Counts the in-broker latency of a delivery first written at `now` (not a re-send), unless it
+/// is a retained message sent on subscribing or one the broker made itself.
+pub(super) fn note_delivery_latency(traffic: &Traffic, delivery: &Delivery, now: Instant) {
+    if let (Some(received_at), false) = (delivery.message.received_at, delivery.retain) {
+        traffic.delivered_after(now.saturating_duration_since(received_at));
+    }
 }
 
 /// The MQTT 5 reason code of the DISCONNECT a Session sends before closing for `reason`, if it

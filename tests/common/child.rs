@@ -15,6 +15,10 @@ pub fn spawn(args: &[&str]) -> (Child, mpsc::Receiver<String>) {
 pub fn spawn_with_log(args: &[&str], log: &str) -> (Child, mpsc::Receiver<String>) {
     let mut command = Command::new(BIN);
     command.args(args).env("RUST_LOG", log);
+    if !args.contains(&"--http-port") {
+        // Beside other test brokers: not the default port 8080.
+        command.args(["--http-port", "0"]);
+    }
     spawn_command(command)
 }
 

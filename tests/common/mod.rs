@@ -65,6 +65,20 @@ pub fn paho_available() -> bool {
     required_under_ci(found, "python3 with paho-mqtt", "pip install paho-mqtt")
 }
 
+/// Whether python3 with prometheus-client (the official Prometheus text parser) is there (see
+/// [`required_under_ci`]).
+pub fn prometheus_parser_available() -> bool {
+    let found = std::process::Command::new("python3")
+        .args(["-c", "import prometheus_client.openmetrics.parser"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    required_under_ci(
+        found,
+        "python3 with prometheus-client",
+        "pip install prometheus-client",
+    )
+}
+
 /// Whether Debian's mosquitto clients are there (see [`required_under_ci`]).
 pub fn mosquitto_clients_available() -> bool {
     let found = std::process::Command::new("mosquitto_pub")
@@ -157,6 +171,7 @@ pub fn test_config() -> Config {
     let mut config = Config::default();
     config.listener.port = 0;
     config.listener.workers = 1;
+    config.http.port = 0;
     config
 }
 

@@ -22,6 +22,7 @@ pub fn broker_on(port: u16) -> BackgroundBroker {
     let mut config = Config::default();
     config.listener.port = port;
     config.listener.workers = 1;
+    config.http.port = 0;
     BackgroundBroker::start(config).expect("broker starts")
 }
 

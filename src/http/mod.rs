@@ -1,0 +1,208 @@
+//! The broker's HTTP server (`[http]`, actix-web on the broker's actix System): Prometheus
+//! `/metrics` and the health checks under `/api/v1/health/`. A configured `http.token` is
+//! required as `Authorization: Bearer <token>` on everything but the health checks, compared in
+//! constant time. Every error is a JSON object `{"error": "..."}` with a 4xx or 5xx status.
+
+pub mod prometheus;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+use actix_web::dev::ServerHandle;
+use actix_web::http::header;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::HttpConfig;
+use crate::metrics::Metrics;
+use crate::registry::{GetStats, Registry, RegistryStats};
+
+/// How long a request waits for the Registry before it answers 503.
+const REGISTRY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the handlers read: the broker's actors and counters, and the token.
+pub struct HttpState {
+    registry: Addr<Registry>,
+    metrics: Arc<Metrics>,
+    /// SHA-256 of `http.token`: requests are compared by digest, in constant time.
+    token_digest: Option<[u8; 32]>,
+    /// Cancelled when the broker stops accepting connections (it is no longer ready).
+    stopping: CancellationToken,
+}
+
+impl HttpState {
+    /// State for the handlers of a broker with these actors and counters.
+    pub fn new(
+        config: &HttpConfig,
+        registry: Addr<Registry>,
+        metrics: Arc<Metrics>,
+        stopping: CancellationToken,
+    ) -> Self {
+        HttpState {
+            registry,
+            metrics,
+            token_digest: config.token.as_deref().map(digest),
+            stopping,
+        }
+    }
+
+    /// `Ok` when no token is configured or the request carries it; else why not (a 401).
+    fn authorize(&self, req: &HttpRequest) -> Result<(), &'static str> {
+        let Some(expected) = &self.token_digest else {
+            return Ok(());
+        };
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match presented {
+            Some(token) if constant_time_eq(&digest(token.trim()), expected) => Ok(()),
+            Some(_) => Err("the bearer token is not the one configured"),
+            None => Err("this endpoint needs `Authorization: Bearer <http.token>`"),
+        }
+    }
+
+    /// The Registry's tables; else why not (a 503).
+    async fn registry_stats(&self) -> Result<RegistryStats, &'static str> {
+        match tokio::time::timeout(REGISTRY_TIMEOUT, self.registry.send(GetStats)).await {
+            Ok(Ok(stats)) => Ok(stats),
+            Ok(Err(_)) => Err("the broker's registry has stopped"),
+            Err(_) => Err("the broker's registry did not answer within 5 s"),
+        }
+    }
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Compares two digests without stopping at the first difference.
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A JSON error response: `{"error": message}`.
+pub fn error(status: u16, message: &str) -> HttpResponse {
+    let status = actix_web::http::StatusCode::from_u16(status)
+        .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
+    HttpResponse::build(status).json(serde_json::json!({ "error": message }))
+}
+
+fn unauthorized(message: &str) -> HttpResponse {
+    let mut response = error(401, message);
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    response
+}
+
+async fn metrics(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse {
+    if let Err(why) = state.authorize(&req) {
+        return unauthorized(why);
+    }
+    let stats = match state.registry_stats().await {
+        Ok(stats) => stats,
+        Err(why) => return error(503, why),
+    };
+    let scrape = prometheus::Scrape {
+        stats,
+        metrics: state.metrics.snapshot(),
+        traffic: state.metrics.traffic.totals(),
+    };
+    match prometheus::render(scrape) {
+        Ok(text) => HttpResponse::Ok()
+            .content_type(prometheus::CONTENT_TYPE)
+            .body(text),
+        Err(_) => error(500, "the metrics could not be encoded"),
+    }
+}
+
+/// The process serves HTTP: it is alive.
+async fn live() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "status": "live" }))
+}
+
+/// Ready when the broker accepts connections and its Registry answers.
+async fn ready(state: web::Data<HttpState>) -> HttpResponse {
+    if state.stopping.is_cancelled() {
+        return error(503, "the broker is shutting down");
+    }
+    match state.registry_stats().await {
+        Ok(stats) => HttpResponse::Ok().json(serde_json::json!({
+            "status": "ready",
+            "clients_connected": stats.clients_online,
+        })),
+        Err(why) => error(503, why),
+    }
+}
+
+async fn not_found(req: HttpRequest) -> HttpResponse {
+    error(
+        404,
+        &format!("no such endpoint: {} {}", req.method(), req.path()),
+    )
+}
+
+/// The running HTTP server.
+pub struct RunningHttp {
+    /// The address it is bound to (useful with port 0).
+    pub local_addr: SocketAddr,
+    handle: ServerHandle,
+}
+
+impl RunningHttp {
+    /// Stops the server (requests in progress are dropped).
+    pub fn stop(&self) {
+        let handle = self.handle.clone();
+        actix_rt::spawn(async move { handle.stop(false).await });
+    }
+}
+
+/// Binds `[http]` and starts serving on the current actix System (one worker thread: the
+/// endpoints are for operators, not for traffic). `None` when `http.enabled` is false.
+pub fn start(config: &HttpConfig, state: HttpState) -> std::io::Result<Option<RunningHttp>> {
+    if !config.enabled {
+        return Ok(None);
+    }
+    let state = web::Data::new(state);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .route("/metrics", web::get().to(metrics))
+            .route("/api/v1/health/live", web::get().to(live))
+            .route("/api/v1/health/ready", web::get().to(ready))
+            .default_service(web::to(not_found))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .bind((config.bind, config.port))?;
+    let local_addr = server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or_else(|| std::io::Error::other("the HTTP server bound no address"))?;
+    let server = server.run();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    info!("http (metrics, health) listening on http://{local_addr}");
+    Ok(Some(RunningHttp { local_addr, handle }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests_compare_equal_only_when_equal() {
+        assert!(constant_time_eq(&digest("s3cret"), &digest("s3cret")));
+        assert!(!constant_time_eq(&digest("s3cret"), &digest("s3creT")));
+        assert!(!constant_time_eq(&digest("s3cret"), &digest("")));
+    }
+}

@@ -1,0 +1,206 @@
+//! `/metrics`: the broker's counters in the Prometheus text exposition format (OpenMetrics 1.0),
+//! encoded by the `prometheus-client` crate from one snapshot taken per scrape.
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+
+use crate::metrics::{DisconnectKind, MetricsSnapshot};
+use crate::registry::RegistryStats;
+use crate::traffic::{TrafficTotals, LATENCY_BOUNDS};
+
+/// The content type of what [`render`] writes.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Everything one scrape shows, read once.
+#[derive(Debug, Clone, Copy)]
+pub struct Scrape {
+    /// The Registry's tables.
+    pub stats: RegistryStats,
+    /// The broker-wide counters.
+    pub metrics: MetricsSnapshot,
+    /// The per-worker traffic counters, summed.
+    pub traffic: TrafficTotals,
+}
+
+const QOS_LABELS: [&str; 3] = ["0", "1", "2"];
+
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> std::fmt::Result {
+    let value = i64::try_from(value).unwrap_or(i64::MAX);
+    let metric = ConstGauge::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> std::fmt::Result {
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+/// A counter with one label, one sample per `(label value, count)`.
+fn labelled_counter<'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl IntoIterator<Item = (&'a str, u64)>,
+) -> std::fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (value, count) in values {
+        let labels = [(label, value)];
+        ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let (s, m, t) = (&self.stats, &self.metrics, &self.traffic);
+        let e = &mut encoder;
+        gauge(
+            e,
+            "switchboard_connections",
+            "TCP connections open now (MQTT and MQTT over TLS)",
+            m.connections_current,
+        )?;
+        gauge(
+            e,
+            "switchboard_clients_connected",
+            "MQTT clients connected now",
+            s.clients_online as u64,
+        )?;
+        gauge(
+            e,
+            "switchboard_sessions_offline",
+            "Persistent sessions whose client is not connected",
+            s.sessions_offline as u64,
+        )?;
+        gauge(
+            e,
+            "switchboard_subscriptions",
+            "Subscriptions (filter, client), offline sessions' included",
+            s.subscriptions as u64,
+        )?;
+        gauge(
+            e,
+            "switchboard_retained_messages",
+            "Retained messages",
+            s.retained as u64,
+        )?;
+        labelled_counter(
+            e,
+            "switchboard_messages_received",
+            "PUBLISH packets received from clients, by QoS",
+            "qos",
+            QOS_LABELS.into_iter().zip(t.publishes_received),
+        )?;
+        labelled_counter(
+            e,
+            "switchboard_messages_sent",
+            "PUBLISH packets written to clients, by the QoS they were sent with",
+            "qos",
+            QOS_LABELS.into_iter().zip(t.publishes_sent),
+        )?;
+        labelled_counter(
+            e,
+            "switchboard_messages_dropped",
+            "Messages not delivered, by reason",
+            "reason",
+            [
+                ("output_buffer_full", m.qos0_dropped_slow_consumer),
+                ("queue_full", m.online_queue_dropped),
+                ("offline_queue_full", m.offline_queue_dropped),
+                ("expired", m.expired_dropped),
+                ("too_large", m.too_large_dropped),
+                ("not_authorized", m.acl_denied),
+            ],
+        )?;
+        counter(
+            e,
+            "switchboard_packets_received",
+            "MQTT packets of any type received from clients",
+            t.packets_received,
+        )?;
+        counter(
+            e,
+            "switchboard_packets_sent",
+            "MQTT packets of any type written to clients",
+            t.packets_sent,
+        )?;
+        counter(
+            e,
+            "switchboard_bytes_received",
+            "Bytes read from client sockets",
+            t.bytes_received,
+        )?;
+        counter(
+            e,
+            "switchboard_bytes_sent",
+            "Bytes written to client sockets",
+            t.bytes_sent,
+        )?;
+        counter(
+            e,
+            "switchboard_connects",
+            "CONNECTs accepted (CONNACK 0)",
+            m.connects,
+        )?;
+        labelled_counter(
+            e,
+            "switchboard_disconnects",
+            "Ends of accepted MQTT connections, by reason",
+            "reason",
+            DisconnectKind::ALL
+                .iter()
+                .map(|kind| kind.label())
+                .zip(m.disconnects),
+        )?;
+        counter(
+            e,
+            "switchboard_auth_failures",
+            "CONNECTs refused for their credentials",
+            m.auth_failures,
+        )?;
+        counter(
+            e,
+            "switchboard_protocol_errors",
+            "Connections closed for malformed packets or protocol violations",
+            m.protocol_errors,
+        )?;
+        counter(
+            e,
+            "switchboard_limits_hit",
+            "Times a client hit a configured limit ([limits])",
+            m.limits_hit,
+        )?;
+        let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(t.latency_buckets)
+            .collect();
+        let count = t.latency_buckets.iter().sum();
+        let mut histogram = e.encode_descriptor(
+            "switchboard_delivery_latency_seconds",
+            "Time from reading a PUBLISH to encoding it for a subscriber (live deliveries: not re-sends, nor retained messages sent on subscribing)",
+            None,
+            MetricType::Histogram,
+        )?;
+        histogram.encode_histogram::<NoLabelSet>(t.latency_sum_seconds, count, &buckets, None)
+    }
+}
+
+/// The text of one scrape.
+pub fn render(scrape: Scrape) -> Result<String, std::fmt::Error> {
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(scrape));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry)?;
+    Ok(text)
+}

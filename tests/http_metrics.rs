@@ -1,0 +1,331 @@
+//! The HTTP server (`[http]`): Prometheus `/metrics` parsed by the official Python client's
+//! parser, with counters that move by exactly the traffic the test sent; the health checks; the
+//! bearer token; JSON errors.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{broker_with, packets, prometheus_parser_available, Raw};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A response: status, headers (lower-case names), body.
+struct Response {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: String,
+}
+
+/// One HTTP/1.1 GET over a fresh connection.
+async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> Response {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    tokio::time::timeout(common::WAIT, stream.read_to_end(&mut raw))
+        .await
+        .expect("response within the timeout")
+        .expect("read");
+    let text = String::from_utf8(raw).expect("utf-8 response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+        .collect();
+    Response {
+        status,
+        headers,
+        body: body.to_string(),
+    }
+}
+
+/// Samples of one scrape, parsed by `tests/interop/parse_metrics.py`.
+struct Scrape {
+    samples: HashMap<String, f64>,
+    types: HashMap<String, String>,
+}
+
+impl Scrape {
+    fn get(&self, sample: &str) -> f64 {
+        *self
+            .samples
+            .get(sample)
+            .unwrap_or_else(|| panic!("no sample {sample} in {:?}", self.samples.keys()))
+    }
+}
+
+async fn scrape(addr: SocketAddr, token: Option<&str>) -> Scrape {
+    let response = get(addr, "/metrics", token).await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert!(
+        response.headers["content-type"].starts_with("application/openmetrics-text"),
+        "{:?}",
+        response.headers
+    );
+    let script = format!(
+        "{}/tests/interop/parse_metrics.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut child = std::process::Command::new("python3")
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(response.body.as_bytes())
+            .expect("to the parser");
+    }
+    let out = child.wait_with_output().expect("parser output");
+    assert!(
+        out.status.success(),
+        "the Prometheus parser rejected /metrics: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        response.body
+    );
+    let parsed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let samples = parsed["samples"]
+        .as_object()
+        .expect("samples")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_f64().expect("number")))
+        .collect();
+    let types = parsed["types"]
+        .as_object()
+        .expect("types")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().expect("type").to_string()))
+        .collect();
+    Scrape { samples, types }
+}
+
+/// Bytes a frame took on the wire.
+fn wire_len(frame: &common::Frame) -> f64 {
+    let mut length_bytes = 1;
+    let mut n = frame.body.len() >> 7;
+    while n > 0 {
+        length_bytes += 1;
+        n >>= 7;
+    }
+    (1 + length_bytes + frame.body.len()) as f64
+}
+
+#[tokio::test]
+async fn metrics_move_by_exactly_the_traffic_sent() {
+    if !prometheus_parser_available() {
+        return;
+    }
+    // `$SYS` off: only the test's packets cross the broker. Anonymous clients are refused, so
+    // that one CONNECT fails for its credentials; the others give a user name.
+    let broker = broker_with(|c| {
+        c.sys.interval = Duration::ZERO;
+        c.auth.allow_anonymous = Some(false);
+    });
+    let (addr, http) = (
+        broker.local_addr(),
+        broker.http_local_addr().expect("http on"),
+    );
+    let before = scrape(http, None).await;
+    for (name, kind) in [
+        ("switchboard_connections", "gauge"),
+        ("switchboard_messages_received", "counter"),
+        ("switchboard_delivery_latency_seconds", "histogram"),
+    ] {
+        assert_eq!(
+            before.types.get(name).map(String::as_str),
+            Some(kind),
+            "{name}"
+        );
+    }
+
+    let (mut refused, code) = Raw::connect_with(
+        addr,
+        packets::ConnectSpec {
+            client_id: "anonymous",
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(code, 5, "CONNACK 5 not authorized");
+    refused.expect_closed().await;
+    let user = |id| packets::ConnectSpec {
+        client_id: id,
+        username: Some("app"),
+        ..Default::default()
+    };
+    let (mut sub, _) = Raw::connect_with(addr, user("metrics-sub")).await;
+    sub.subscribe(1, &[("m/#", 1)], &[1]).await;
+    let (mut publisher, _) = Raw::connect_with(addr, user("metrics-pub")).await;
+    let mut bytes_in = 0.0;
+    for (qos, pid, size, retain) in [
+        (0u8, 0u16, 10usize, false),
+        (1, 1, 300, true),
+        (1, 2, 5000, false),
+        (0, 0, 1, false),
+    ] {
+        let publish = packets::publish("m/a", &vec![1; size], qos, pid, retain, false);
+        bytes_in += publish.len() as f64;
+        publisher.send(&publish).await;
+        if qos == 1 {
+            assert_eq!(publisher.expect().await.byte1, 0x40);
+        }
+    }
+    // A publish to `$SYS` is dropped as not authorized.
+    let denied = packets::publish("$SYS/broker/uptime", b"x", 0, 0, false, false);
+    bytes_in += denied.len() as f64;
+    publisher.send(&denied).await;
+    let mut bytes_out = 0.0;
+    for _ in 0..4 {
+        let frame = sub.expect().await;
+        bytes_out += wire_len(&frame);
+        let publish = packets::parse_publish(&frame);
+        if publish.qos == 1 {
+            sub.send(&packets::ack(0x40, publish.pid)).await;
+        }
+    }
+    // One leaves with DISCONNECT, the other by closing its socket.
+    publisher.send(&[0xE0, 0x00]).await;
+    publisher.expect_closed().await;
+    drop(sub);
+    common::eventually(|| async {
+        let now = scrape(http, None).await;
+        now.get("switchboard_connections{}") == before.get("switchboard_connections{}")
+            && now.get("switchboard_disconnects_total{reason=\"network\"}")
+                == before.get("switchboard_disconnects_total{reason=\"network\"}") + 1.0
+            && now.get("switchboard_messages_sent_total{qos=\"1\"}")
+                == before.get("switchboard_messages_sent_total{qos=\"1\"}") + 2.0
+    })
+    .await;
+    let after = scrape(http, None).await;
+    let delta = |sample: &str| after.get(sample) - before.get(sample);
+    assert_eq!(delta("switchboard_messages_received_total{qos=\"0\"}"), 3.0);
+    assert_eq!(delta("switchboard_messages_received_total{qos=\"1\"}"), 2.0);
+    assert_eq!(delta("switchboard_messages_received_total{qos=\"2\"}"), 0.0);
+    assert_eq!(delta("switchboard_messages_sent_total{qos=\"0\"}"), 2.0);
+    assert_eq!(delta("switchboard_messages_sent_total{qos=\"1\"}"), 2.0);
+    assert_eq!(
+        delta("switchboard_messages_dropped_total{reason=\"not_authorized\"}"),
+        1.0
+    );
+    assert_eq!(
+        delta("switchboard_messages_dropped_total{reason=\"queue_full\"}"),
+        0.0
+    );
+    assert_eq!(delta("switchboard_connects_total{}"), 2.0);
+    assert_eq!(delta("switchboard_auth_failures_total{}"), 1.0);
+    assert_eq!(
+        delta("switchboard_disconnects_total{reason=\"client\"}"),
+        1.0
+    );
+    assert_eq!(
+        delta("switchboard_disconnects_total{reason=\"network\"}"),
+        1.0
+    );
+    assert_eq!(after.get("switchboard_retained_messages{}"), 1.0);
+    assert_eq!(after.get("switchboard_subscriptions{}"), 0.0);
+    assert_eq!(after.get("switchboard_clients_connected{}"), 0.0);
+    // Four live deliveries, each in the latency histogram (its +Inf bucket counts them all).
+    assert_eq!(delta("switchboard_delivery_latency_seconds_count{}"), 4.0);
+    assert_eq!(
+        delta("switchboard_delivery_latency_seconds_bucket{le=\"+Inf\"}"),
+        4.0
+    );
+    assert!(delta("switchboard_delivery_latency_seconds_sum{}") > 0.0);
+    // Bytes: the publishes above are exact; CONNECT, SUBSCRIBE, PUBACK, DISCONNECT and the
+    // broker's CONNACK, SUBACK and PUBACKs come on top, so compare with the packets counted.
+    assert!(delta("switchboard_bytes_received_total{}") > bytes_in);
+    assert!(delta("switchboard_bytes_sent_total{}") > bytes_out);
+    let traffic = broker.metrics().traffic.totals();
+    assert_eq!(
+        after.get("switchboard_bytes_received_total{}"),
+        traffic.bytes_received as f64
+    );
+    assert_eq!(
+        after.get("switchboard_bytes_sent_total{}"),
+        traffic.bytes_sent as f64
+    );
+}
+
+#[tokio::test]
+async fn health_checks_and_json_errors() {
+    let broker = broker_with(|_| {});
+    let http = broker.http_local_addr().expect("http on by default");
+    assert!(http.ip().is_loopback(), "on loopback by default");
+    let live = get(http, "/api/v1/health/live", None).await;
+    assert_eq!(live.status, 200);
+    let body: serde_json::Value = serde_json::from_str(&live.body).expect("json");
+    assert_eq!(body["status"], "live");
+    let ready = get(http, "/api/v1/health/ready", None).await;
+    assert_eq!(ready.status, 200);
+    let body: serde_json::Value = serde_json::from_str(&ready.body).expect("json");
+    assert_eq!(body["status"], "ready");
+    let missing = get(http, "/api/v1/nothing", None).await;
+    assert_eq!(missing.status, 404);
+    let body: serde_json::Value = serde_json::from_str(&missing.body).expect("json");
+    assert_eq!(body["error"], "no such endpoint: GET /api/v1/nothing");
+}
+
+#[tokio::test]
+async fn a_token_guards_the_metrics_but_not_the_health_checks() {
+    let broker = broker_with(|c| c.http.token = Some("s3cret-token".into()));
+    let http = broker.http_local_addr().expect("http on");
+    let none = get(http, "/metrics", None).await;
+    assert_eq!(none.status, 401);
+    assert_eq!(none.headers["www-authenticate"], "Bearer");
+    let body: serde_json::Value = serde_json::from_str(&none.body).expect("json");
+    assert!(
+        body["error"].as_str().is_some_and(|e| e.contains("Bearer")),
+        "{body}"
+    );
+    let wrong = get(http, "/metrics", Some("s3cret-tokeN")).await;
+    assert_eq!(wrong.status, 401);
+    let right = get(http, "/metrics", Some("s3cret-token")).await;
+    assert_eq!(right.status, 200);
+    assert!(right.body.contains("switchboard_connections"));
+    assert!(right.body.ends_with("# EOF\n"));
+    assert_eq!(get(http, "/api/v1/health/live", None).await.status, 200);
+    assert_eq!(get(http, "/api/v1/health/ready", None).await.status, 200);
+}
+
+#[test]
+fn a_non_loopback_bind_needs_a_token_and_off_means_off() {
+    let mut config = common::test_config();
+    config.http.bind = "0.0.0.0".parse().expect("address");
+    let error = switchboard::BackgroundBroker::start(config)
+        .err()
+        .expect("refused");
+    let text = error.to_string();
+    assert!(text.contains("http.token"), "{text}");
+    let off = broker_with(|c| c.http.enabled = false);
+    assert_eq!(off.http_local_addr(), None);
+}
+
+#[test]
+fn a_taken_http_port_is_a_clear_start_up_error() {
+    let first = broker_with(|_| {});
+    let taken = first.http_local_addr().expect("http on");
+    let mut config = common::test_config();
+    config.http.port = taken.port();
+    let error = switchboard::BackgroundBroker::start(config)
+        .err()
+        .expect("refused");
+    let text = error.to_string();
+    assert!(
+        text.contains(&format!("cannot listen on {taken}")),
+        "{text}"
+    );
+}
