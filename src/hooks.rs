@@ -32,6 +32,8 @@ pub enum DisconnectReason {
     SlowConsumer,
     /// The broker is shutting down.
     ServerShutdown,
+    /// An operator disconnected the client through the admin API.
+    Kicked,
 }
 
 impl DisconnectReason {
@@ -53,6 +55,7 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::Network(why) => write!(f, "network: {why}"),
             DisconnectReason::SlowConsumer => f.write_str("slow consumer"),
             DisconnectReason::ServerShutdown => f.write_str("server shutdown"),
+            DisconnectReason::Kicked => f.write_str("disconnected by an operator"),
         }
     }
 }

@@ -83,11 +83,13 @@ pub enum DisconnectKind {
     SlowConsumer,
     /// The broker shut down.
     ServerShutdown,
+    /// An operator disconnected the client (admin API).
+    Kicked,
 }
 
 impl DisconnectKind {
     /// Every kind, in the order of [`MetricsSnapshot::disconnects`].
-    pub const ALL: [DisconnectKind; 7] = [
+    pub const ALL: [DisconnectKind; 8] = [
         DisconnectKind::Client,
         DisconnectKind::Network,
         DisconnectKind::KeepAliveTimeout,
@@ -95,6 +97,7 @@ impl DisconnectKind {
         DisconnectKind::TakenOver,
         DisconnectKind::SlowConsumer,
         DisconnectKind::ServerShutdown,
+        DisconnectKind::Kicked,
     ];
 
     /// Its label value in the metrics (`reason="..."`).
@@ -107,6 +110,7 @@ impl DisconnectKind {
             DisconnectKind::TakenOver => "taken_over",
             DisconnectKind::SlowConsumer => "slow_consumer",
             DisconnectKind::ServerShutdown => "server_shutdown",
+            DisconnectKind::Kicked => "administrative_action",
         }
     }
 
@@ -120,6 +124,7 @@ impl DisconnectKind {
             DisconnectReason::TakenOver => DisconnectKind::TakenOver,
             DisconnectReason::SlowConsumer => DisconnectKind::SlowConsumer,
             DisconnectReason::ServerShutdown => DisconnectKind::ServerShutdown,
+            DisconnectReason::Kicked => DisconnectKind::Kicked,
         }
     }
 }

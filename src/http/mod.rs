@@ -1,8 +1,10 @@
 //! The broker's HTTP server (`[http]`, actix-web on the broker's actix System): Prometheus
-//! `/metrics` and the health checks under `/api/v1/health/`. A configured `http.token` is
+//! `/metrics`, the health checks under `/api/v1/health/` and the admin API under `/api/v1`
+//! (`api.rs`). A configured `http.token` is
 //! required as `Authorization: Bearer <token>` on everything but the health checks, compared in
 //! constant time. Every error is a JSON object `{"error": "..."}` with a 4xx or 5xx status.
 
+mod api;
 pub mod prometheus;
 
 use std::net::SocketAddr;
@@ -69,8 +71,18 @@ impl HttpState {
 
     /// The Registry's tables; else why not (a 503).
     async fn registry_stats(&self) -> Result<RegistryStats, &'static str> {
-        match tokio::time::timeout(REGISTRY_TIMEOUT, self.registry.send(GetStats)).await {
-            Ok(Ok(stats)) => Ok(stats),
+        self.ask(GetStats).await
+    }
+
+    /// Asks the Registry; else why it did not answer (a 503).
+    async fn ask<M>(&self, msg: M) -> Result<M::Result, &'static str>
+    where
+        M: actix::Message + Send + 'static,
+        M::Result: Send,
+        Registry: actix::Handler<M>,
+    {
+        match tokio::time::timeout(REGISTRY_TIMEOUT, self.registry.send(msg)).await {
+            Ok(Ok(answer)) => Ok(answer),
             Ok(Err(_)) => Err("the broker's registry has stopped"),
             Err(_) => Err("the broker's registry did not answer within 5 s"),
         }
@@ -84,6 +96,48 @@ fn digest(token: &str) -> [u8; 32] {
 /// Compares two digests without stopping at the first difference.
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A request the API refuses, or cannot serve: its status and what is wrong. Answered as JSON,
+/// `{"error": message}`.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    status: u16,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: u16, message: String) -> Self {
+        ApiError { status, message }
+    }
+
+    fn bad_request(message: String) -> Self {
+        ApiError::new(400, message)
+    }
+
+    fn unauthorized(message: &str) -> Self {
+        ApiError::new(401, message.to_string())
+    }
+
+    fn unavailable(message: &str) -> Self {
+        ApiError::new(503, message.to_string())
+    }
+}
+
+impl actix_web::ResponseError for ApiError {
+    fn status_code(&self) -> actix_web::http::StatusCode {
+        actix_web::http::StatusCode::from_u16(self.status)
+            .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if self.status == 401 {
+            unauthorized(&self.message)
+        } else {
+            error(self.status, &self.message)
+        }
+    }
 }
 
 /// A JSON error response: `{"error": message}`.
@@ -175,8 +229,12 @@ pub fn start(config: &HttpConfig, state: HttpState) -> std::io::Result<Option<Ru
         App::new()
             .app_data(state.clone())
             .route("/metrics", web::get().to(metrics))
-            .route("/api/v1/health/live", web::get().to(live))
-            .route("/api/v1/health/ready", web::get().to(ready))
+            .service(
+                web::scope("/api/v1")
+                    .route("/health/live", web::get().to(live))
+                    .route("/health/ready", web::get().to(ready))
+                    .configure(api::routes),
+            )
             .default_service(web::to(not_found))
     })
     .workers(1)
@@ -191,7 +249,7 @@ pub fn start(config: &HttpConfig, state: HttpState) -> std::io::Result<Option<Ru
     let server = server.run();
     let handle = server.handle();
     actix_rt::spawn(server);
-    info!("http (metrics, health) listening on http://{local_addr}");
+    info!("http (metrics, health, admin API) listening on http://{local_addr}");
     Ok(Some(RunningHttp { local_addr, handle }))
 }
 

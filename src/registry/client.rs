@@ -9,7 +9,7 @@ use actix::Recipient;
 
 use super::messages::{ConnId, Connect, ToSession};
 use crate::drops::{DropLog, DropReason};
-use crate::message::{Delivery, LastWill, SubscriptionOptions};
+use crate::message::{Delivery, LastWill, ProtocolVersion, SubscriptionOptions};
 use crate::metrics::Metrics;
 use crate::session_state::SessionState;
 
@@ -18,6 +18,10 @@ pub(super) struct Attached {
     pub conn: ConnId,
     pub session: Recipient<ToSession>,
     pub peer: SocketAddr,
+    /// Protocol the connection speaks (for the admin API).
+    pub protocol: ProtocolVersion,
+    /// When the connection was attached, Unix milliseconds (for the admin API).
+    pub since_ms: u64,
     /// The will of this connection (boxed: most devices set none).
     pub will: Option<Box<LastWill>>,
     /// Detach received: deliveries now go to `Client::held` until the Session hands its state

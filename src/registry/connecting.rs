@@ -62,6 +62,8 @@ impl Registry {
             conn: msg.conn,
             session: msg.session.clone(),
             peer: msg.peer,
+            protocol: msg.protocol,
+            since_ms: crate::persistence::unix_ms_now(),
             will: msg.will.map(Box::new),
             detaching: false,
         });

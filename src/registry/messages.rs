@@ -35,6 +35,11 @@ pub enum ToSession {
     Subscribed(Subscribed),
     /// See [`Unsubscribed`].
     Unsubscribed(Unsubscribed),
+    /// The admin API disconnects the client: the Session closes with
+    /// [`DisconnectReason::Kicked`] (MQTT 5: DISCONNECT 0x98 Administrative action).
+    Kick,
+    /// The admin API asks for the Session's QoS 1/2 counts, answered on the channel.
+    Report(oneshot::Sender<super::SessionReport>),
 }
 
 /// Sent by a Session to the Registry once its CONNECT passed validation and the connect

@@ -5,6 +5,7 @@
 //! connected, messages handed to another shared-subscription member; it batches its deliveries
 //! per Session per turn.
 
+mod admin;
 mod client;
 mod connecting;
 mod ending;
@@ -20,6 +21,10 @@ use std::sync::Arc;
 use actix::prelude::*;
 use tracing::{info, warn};
 
+pub use admin::{
+    AdminPublish, ClientSummary, GetClient, Kick, Kicked, ListClients, ListRetained,
+    ListSubscriptions, Page, SessionReport, SubscriptionSummary,
+};
 pub use messages::*;
 pub use recovering::Recover;
 
@@ -287,7 +292,13 @@ impl Registry {
 
     /// Routes one message by the route table, through this Registry's batches, and updates the
     /// retained store `[MQTT-3.3.1-5]`. `from` is the publisher, for No Local.
-    fn route(&mut self, message: Arc<Message>, from: Option<ClientKey>, ctx: &mut Context<Self>) {
+    /// Routes `message` (from `from`, for No Local) and returns how many deliveries it made.
+    fn route(
+        &mut self,
+        message: Arc<Message>,
+        from: Option<ClientKey>,
+        ctx: &mut Context<Self>,
+    ) -> usize {
         if message.retain {
             if message.payload.is_empty() {
                 // An empty retained message deletes, and is not stored: 3.1.1 [MQTT-3.3.1-10]
@@ -307,10 +318,12 @@ impl Registry {
             .route(&message, from, &mut self.matches, |key, delivery| {
                 deliveries.push((key, delivery))
             });
+        let count = deliveries.len();
         for (key, delivery) in deliveries.drain(..) {
             self.deliver(key, delivery, ctx);
         }
         self.deliveries = deliveries;
+        count
     }
 
     fn deliver(&mut self, key: ClientKey, mut delivery: Delivery, ctx: &mut Context<Self>) {

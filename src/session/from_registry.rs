@@ -35,6 +35,16 @@ impl Handler<ToSession> for Session {
             }
             ToSession::Subscribed(m) => <Self as Handler<Subscribed>>::handle(self, m, ctx),
             ToSession::Unsubscribed(m) => <Self as Handler<Unsubscribed>>::handle(self, m, ctx),
+            ToSession::Kick => {
+                self.close(ctx, DisconnectReason::Kicked);
+                self.flush(ctx);
+            }
+            ToSession::Report(reply) => {
+                let _ = reply.send(crate::registry::SessionReport {
+                    inflight: self.outbound.inflight_len(),
+                    queued: self.outbound.queued(),
+                });
+            }
         }
     }
 }

@@ -172,6 +172,7 @@ pub(super) fn disconnect_code(reason: &DisconnectReason) -> Option<u8> {
         DisconnectReason::ProtocolError(_) => Some(0x82),
         DisconnectReason::SlowConsumer => Some(0x97),
         DisconnectReason::ServerShutdown => Some(0x8B),
+        DisconnectReason::Kicked => Some(0x98),
     }
 }
 

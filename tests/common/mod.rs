@@ -5,6 +5,7 @@
 
 pub mod child;
 pub mod durable;
+pub mod http;
 pub mod packets;
 pub mod v5;
 

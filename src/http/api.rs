@@ -1,0 +1,295 @@
+//! The admin API under `/api/v1`: clients (list, one, disconnect), subscriptions, retained
+//! messages, publishing. JSON in and out; a bad request gets a 4xx with `{"error": "..."}`
+//! saying what is wrong.
+
+use std::time::Duration;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{ApiError, HttpState};
+use crate::message::{Message, QoS};
+use crate::registry::{
+    AdminPublish, ClientSummary, GetClient, Kick, ListClients, ListRetained, ListSubscriptions,
+    SessionReport, ToSession,
+};
+
+/// Page size when none is asked for.
+const DEFAULT_LIMIT: usize = 50;
+/// The largest page served.
+const MAX_LIMIT: usize = 1000;
+/// How long a connected client's Session has to report its counts.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The API's routes, mounted under `/api/v1`.
+pub fn routes(config: &mut web::ServiceConfig) {
+    config
+        .route("/clients", web::get().to(list_clients))
+        .route("/clients/{id}", web::get().to(get_client))
+        .route("/clients/{id}", web::delete().to(kick_client))
+        .route("/subscriptions", web::get().to(list_subscriptions))
+        .route("/retained", web::get().to(list_retained))
+        .route("/publish", web::post().to(publish));
+}
+
+/// `offset`, `limit` and `search` of a list request, checked.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    offset: Option<usize>,
+    limit: Option<usize>,
+    search: Option<String>,
+    filter: Option<String>,
+}
+
+/// Parses the query string; a 400 names what is wrong.
+fn list_query(req: &HttpRequest) -> Result<(usize, usize, ListQuery), ApiError> {
+    let query: ListQuery = serde_urlencoded::from_str(req.query_string())
+        .map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))?;
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {MAX_LIMIT}"
+        )));
+    }
+    Ok((query.offset.unwrap_or(0), limit, query))
+}
+
+/// The token check of every API route.
+fn guard(req: &HttpRequest, state: &HttpState) -> Result<(), ApiError> {
+    state.authorize(req).map_err(ApiError::unauthorized)
+}
+
+fn protocol_name(protocol: crate::ProtocolVersion) -> &'static str {
+    match protocol {
+        crate::ProtocolVersion::V3_1 => "3.1",
+        crate::ProtocolVersion::V3_1_1 => "3.1.1",
+        crate::ProtocolVersion::V5 => "5",
+    }
+}
+
+/// A client as JSON, with a connected client's counts asked of its Session.
+async fn client_json(client: ClientSummary) -> Value {
+    let report = match &client.session {
+        Some(session) => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            match session.try_send(ToSession::Report(tx)) {
+                Ok(()) => tokio::time::timeout(REPORT_TIMEOUT, rx)
+                    .await
+                    .ok()
+                    .and_then(Result::ok),
+                Err(_) => None,
+            }
+        }
+        None => Some(SessionReport {
+            inflight: client.stored_inflight,
+            queued: client.stored_queued,
+        }),
+    };
+    json!({
+        "client_id": client.client_id,
+        "connected": client.connected,
+        "address": client.address.map(|a| a.to_string()),
+        "protocol": client.protocol.map(protocol_name),
+        "connected_since_ms": client.connected_since_ms,
+        "session_expiry": (client.session_expiry != u32::MAX).then_some(client.session_expiry),
+        "subscriptions": client.subscriptions.iter()
+            .map(|(filter, qos)| json!({ "filter": filter, "qos": *qos as u8 }))
+            .collect::<Vec<_>>(),
+        "inflight": report.map(|r| r.inflight),
+        "queued": report.map(|r| r.queued),
+    })
+}
+
+/// Asks the Registry; a 503 when it does not answer.
+async fn ask<M>(state: &HttpState, msg: M) -> Result<M::Result, ApiError>
+where
+    M: actix::Message + Send + 'static,
+    M::Result: Send,
+    crate::registry::Registry: actix::Handler<M>,
+{
+    state.ask(msg).await.map_err(ApiError::unavailable)
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::new(404, format!("no client {id:?}"))
+}
+
+async fn list_clients(
+    req: HttpRequest,
+    state: web::Data<HttpState>,
+) -> Result<HttpResponse, ApiError> {
+    guard(&req, &state)?;
+    let (offset, limit, query) = list_query(&req)?;
+    let ask_page = ListClients {
+        offset,
+        limit,
+        search: query.search,
+    };
+    let page = ask(&state, ask_page).await?;
+    let mut clients = Vec::with_capacity(page.items.len());
+    for client in page.items {
+        clients.push(client_json(client).await);
+    }
+    Ok(HttpResponse::Ok().json(json!({
+        "total": page.total, "offset": offset, "limit": limit, "clients": clients,
+    })))
+}
+
+async fn get_client(
+    req: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<HttpState>,
+) -> Result<HttpResponse, ApiError> {
+    guard(&req, &state)?;
+    let client = ask(&state, GetClient(id.clone()))
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    Ok(HttpResponse::Ok().json(client_json(client).await))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KickQuery {
+    session: Option<bool>,
+}
+
+async fn kick_client(
+    req: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<HttpState>,
+) -> Result<HttpResponse, ApiError> {
+    guard(&req, &state)?;
+    let query: KickQuery = serde_urlencoded::from_str(req.query_string()).map_err(|e| {
+        ApiError::bad_request(format!("bad query string (session=true|false): {e}"))
+    })?;
+    let kick = Kick {
+        client_id: id.clone(),
+        remove_session: query.session.unwrap_or(false),
+    };
+    let kicked = ask(&state, kick).await?.ok_or_else(|| not_found(&id))?;
+    Ok(HttpResponse::Ok().json(json!({
+        "client_id": id.as_str(),
+        "disconnected": kicked.disconnected,
+        "session_removed": kicked.session_removed,
+    })))
+}
+
+async fn list_subscriptions(
+    req: HttpRequest,
+    state: web::Data<HttpState>,
+) -> Result<HttpResponse, ApiError> {
+    guard(&req, &state)?;
+    let (offset, limit, query) = list_query(&req)?;
+    let ask_page = ListSubscriptions {
+        offset,
+        limit,
+        search: query.search,
+    };
+    let page = ask(&state, ask_page).await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "total": page.total, "offset": offset, "limit": limit,
+        "subscriptions": page.items.iter().map(|s| json!({
+            "client_id": s.client_id, "filter": s.filter, "qos": s.qos as u8,
+            "connected": s.connected,
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+async fn list_retained(
+    req: HttpRequest,
+    state: web::Data<HttpState>,
+) -> Result<HttpResponse, ApiError> {
+    guard(&req, &state)?;
+    let (offset, limit, query) = list_query(&req)?;
+    let filter = query.filter.unwrap_or_else(|| "#".to_string());
+    crate::topic::validate_filter(&filter).map_err(|e| {
+        ApiError::bad_request(format!(
+            "filter {filter:?} is not a valid topic filter: {e}"
+        ))
+    })?;
+    let ask_page = ListRetained {
+        filter,
+        offset,
+        limit,
+    };
+    let page = ask(&state, ask_page).await?;
+    let base64 = &base64::engine::general_purpose::STANDARD;
+    Ok(HttpResponse::Ok().json(json!({
+        "total": page.total, "offset": offset, "limit": limit,
+        "messages": page.items.iter().map(|m| json!({
+            "topic": m.topic,
+            "payload": std::str::from_utf8(&m.payload).ok(),
+            "payload_base64": base64.encode(&m.payload),
+            "qos": m.qos as u8,
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+/// The body of `POST /publish`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody {
+    topic: String,
+    /// The payload as text.
+    payload: Option<String>,
+    /// Or as base64, for binary payloads.
+    payload_base64: Option<String>,
+    #[serde(default)]
+    qos: u8,
+    #[serde(default)]
+    retain: bool,
+}
+
+/// The message a `POST /publish` body describes; a 400 says what is wrong with it.
+fn message_of(body: &[u8]) -> Result<Message, ApiError> {
+    let body: PublishBody = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body must be JSON {{\"topic\", \"payload\" or \"payload_base64\", \"qos\", \"retain\"}}: {e}"
+        ))
+    })?;
+    crate::topic::validate_topic_name(&body.topic)
+        .map_err(|e| ApiError::bad_request(format!("topic {:?}: {e}", body.topic)))?;
+    if crate::topic::reserved_for_broker(&body.topic) {
+        return Err(ApiError::bad_request(
+            "topics under $SYS are the broker's own".into(),
+        ));
+    }
+    let qos = match body.qos {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        2 => QoS::ExactlyOnce,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "qos must be 0, 1 or 2, not {other}"
+            )))
+        }
+    };
+    let payload = match (body.payload, body.payload_base64) {
+        (Some(text), None) => bytes::Bytes::from(text.into_bytes()),
+        (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
+            .decode(encoded.as_bytes())
+            .map(bytes::Bytes::from)
+            .map_err(|e| ApiError::bad_request(format!("payload_base64 is not base64: {e}")))?,
+        (None, None) => bytes::Bytes::new(),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "give payload or payload_base64, not both".into(),
+            ))
+        }
+    };
+    Ok(Message::new(body.topic, payload, qos, body.retain))
+}
+
+async fn publish(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<HttpState>,
+) -> Result<HttpResponse, ApiError> {
+    guard(&req, &state)?;
+    let message = message_of(&body)?;
+    let deliveries = ask(&state, AdminPublish(message)).await?;
+    Ok(HttpResponse::Ok().json(json!({ "deliveries": deliveries })))
+}
