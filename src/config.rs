@@ -73,6 +73,27 @@ pub struct Config {
     pub sys: SysConfig,
     /// `[http]`: Prometheus metrics and health checks over HTTP.
     pub http: HttpConfig,
+    /// `[log]`: how the binary writes its log.
+    pub log: LogConfig,
+}
+
+/// How log lines are written (`log.format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// One line of text per event (the default).
+    #[default]
+    Text,
+    /// One JSON object per line, the event's fields at the top level (for log shippers).
+    Json,
+}
+
+/// `[log]` settings of the binary (`RUST_LOG` still sets the levels).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `"text"` (default) or `"json"`.
+    pub format: LogFormat,
 }
 
 /// `[http]` settings: the HTTP server of `/metrics` and `/api/v1/health/...`. On by default, on

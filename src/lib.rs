@@ -60,7 +60,7 @@ pub mod traffic;
 pub use background::BackgroundBroker;
 pub use broker::{Broker, BrokerError, RunningBroker};
 pub use config::Config;
-pub use logging::init_logging;
+pub use logging::{init_logging, init_logging_as};
 pub use message::{
     ConnectReturnCode, MessageProperties, ProtocolVersion, QoS, SubscriptionOptions,
 };

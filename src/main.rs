@@ -94,18 +94,19 @@ fn main() -> ExitCode {
         };
     }
     let default_level = if cli.verbose { "debug" } else { "info" };
-    switchboard::init_logging(default_level);
-
+    // The config says how to log; an error reading it is logged as text.
     let mut config = match &cli.config {
         Some(path) => match Config::from_file(path) {
             Ok(config) => config,
             Err(e) => {
+                switchboard::init_logging(default_level);
                 error!("{e}");
                 return ExitCode::FAILURE;
             }
         },
         None => Config::default(),
     };
+    switchboard::init_logging_as(default_level, config.log.format);
     if let Some(port) = cli.port {
         config.listener.port = port;
     }
