@@ -19,6 +19,8 @@ pub struct BackgroundBroker {
     local_addr: SocketAddr,
     tls_local_addr: Option<SocketAddr>,
     http_local_addr: Option<SocketAddr>,
+    /// `ws://` and `wss://` listeners, if configured.
+    websocket_addrs: (Option<SocketAddr>, Option<SocketAddr>),
     registry: Addr<Registry>,
     metrics: Arc<Metrics>,
     system: System,
@@ -57,6 +59,10 @@ impl BackgroundBroker {
                     running.local_addr(),
                     running.tls_local_addr(),
                     running.http_local_addr(),
+                    (
+                        running.websocket_local_addr(),
+                        running.websocket_tls_local_addr(),
+                    ),
                     running.registry().clone(),
                     running.metrics(),
                     System::current(),
@@ -65,12 +71,20 @@ impl BackgroundBroker {
                 drop(running);
             })
             .map_err(|_| BrokerError::ThreadExited)?;
-        let (local_addr, tls_local_addr, http_local_addr, registry, metrics, system) =
-            started_rx.recv().map_err(|_| BrokerError::ThreadExited)??;
+        let (
+            local_addr,
+            tls_local_addr,
+            http_local_addr,
+            websocket_addrs,
+            registry,
+            metrics,
+            system,
+        ) = started_rx.recv().map_err(|_| BrokerError::ThreadExited)??;
         Ok(BackgroundBroker {
             local_addr,
             tls_local_addr,
             http_local_addr,
+            websocket_addrs,
             registry,
             metrics,
             system,
@@ -91,6 +105,16 @@ impl BackgroundBroker {
     /// The address of the HTTP server (metrics, health), if `[http]` is enabled.
     pub fn http_local_addr(&self) -> Option<SocketAddr> {
         self.http_local_addr
+    }
+
+    /// The address of the `ws://` listener, if `websocket.port` is set.
+    pub fn websocket_local_addr(&self) -> Option<SocketAddr> {
+        self.websocket_addrs.0
+    }
+
+    /// The address of the `wss://` listener, if `websocket.tls_port` is set.
+    pub fn websocket_tls_local_addr(&self) -> Option<SocketAddr> {
+        self.websocket_addrs.1
     }
 
     /// The Registry.

@@ -84,7 +84,10 @@ impl Broker {
         config.validate()?;
         let bind = config.listener.bind;
         let has_interceptor = self.interceptors.connect.is_some();
-        let public = !bind.is_loopback() || config.tls.bind.is_some_and(|b| !b.is_loopback());
+        let websocket_on = config.websocket.port.is_some() || config.websocket.tls_port.is_some();
+        let public = !bind.is_loopback()
+            || config.tls.bind.is_some_and(|b| !b.is_loopback())
+            || (websocket_on && config.websocket.bind.is_some_and(|b| !b.is_loopback()));
         if public
             && config.auth.password_file.is_none()
             && config.auth.allow_anonymous != Some(true)
@@ -127,6 +130,29 @@ impl Broker {
             }
             None => None,
         };
+        // MQTT over WebSocket: ws:// and wss:// (with [tls]'s certificate), bound now so that a
+        // taken port stops start-up before anything runs.
+        let ws_bind = config.websocket.bind.unwrap_or(bind);
+        let mut websockets = Vec::new();
+        for (port, secure) in [
+            (config.websocket.port, false),
+            (config.websocket.tls_port, true),
+        ] {
+            let Some(port) = port else {
+                continue;
+            };
+            let ws_addr = SocketAddr::new(ws_bind, port);
+            let acceptor = match secure {
+                true => Some(crate::tls::acceptor(&config.tls)?),
+                false => None,
+            };
+            let listeners =
+                bind_listeners(ws_addr, per_worker).map_err(|source| BrokerError::Bind {
+                    addr: ws_addr,
+                    source,
+                })?;
+            websockets.push((listeners, acceptor));
+        }
 
         let metrics = Arc::new(Metrics::default());
         let routes = Routes::new(config.sessions.shared_subscription_strategy);
@@ -194,15 +220,17 @@ impl Broker {
             limits.max_connection_rate,
             limits.rate_limit_loopback,
         )));
-        let accept_shared = |tls| {
+        let ws_path: Arc<str> = Arc::from(shared.config.websocket.path.as_str());
+        let accept_shared = |tls, websocket| {
             Arc::new(AcceptShared {
                 sessions: shared.clone(),
                 tls,
+                websocket,
                 rate: rate.clone(),
                 stop: stop_accepting.clone(),
             })
         };
-        let loops = start_accepting(listeners, &handles, accept_shared(None))
+        let loops = start_accepting(listeners, &handles, accept_shared(None, None))
             .map_err(|source| BrokerError::Bind { addr, source })?;
         info!(
             workers = worker_count,
@@ -214,19 +242,41 @@ impl Broker {
                 let tls_addr = tls_listeners[0]
                     .local_addr()
                     .map_err(|source| BrokerError::Bind { addr, source })?;
-                start_accepting(tls_listeners, &handles, accept_shared(Some(acceptor))).map_err(
-                    |source| BrokerError::Bind {
+                start_accepting(tls_listeners, &handles, accept_shared(Some(acceptor), None))
+                    .map_err(|source| BrokerError::Bind {
                         addr: tls_addr,
                         source,
-                    },
-                )?;
+                    })?;
                 info!("switchboard listening for TLS on {tls_addr}");
                 Some(tls_addr)
             }
             None => None,
         };
+        let (mut websocket_addr, mut websocket_tls_addr) = (None, None);
+        for (listeners, acceptor) in websockets {
+            let ws_addr = listeners[0]
+                .local_addr()
+                .map_err(|source| BrokerError::Bind { addr, source })?;
+            let scheme = if acceptor.is_some() { "wss" } else { "ws" };
+            start_accepting(
+                listeners,
+                &handles,
+                accept_shared(acceptor, Some(ws_path.clone())),
+            )
+            .map_err(|source| BrokerError::Bind {
+                addr: ws_addr,
+                source,
+            })?;
+            info!("switchboard listening for MQTT over WebSocket on {scheme}://{ws_addr}{ws_path}");
+            match scheme {
+                "wss" => websocket_tls_addr = Some(ws_addr),
+                _ => websocket_addr = Some(ws_addr),
+            }
+        }
         Ok(RunningBroker {
             local_addr,
+            websocket_addr,
+            websocket_tls_addr,
             tls_local_addr,
             http,
             access,
@@ -245,6 +295,10 @@ impl Broker {
 pub struct RunningBroker {
     local_addr: SocketAddr,
     tls_local_addr: Option<SocketAddr>,
+    /// The `ws://` listener's address, if configured.
+    websocket_addr: Option<SocketAddr>,
+    /// The `wss://` listener's address, if configured.
+    websocket_tls_addr: Option<SocketAddr>,
     /// The HTTP server (`[http]`), if enabled.
     http: Option<crate::http::RunningHttp>,
     access: Arc<AccessControl>,
@@ -272,6 +326,16 @@ impl RunningBroker {
     /// The Registry, e.g. to send it [`AddHooks`](crate::registry::AddHooks).
     pub fn registry(&self) -> &Addr<Registry> {
         &self.registry
+    }
+
+    /// The address of the `ws://` listener, if `websocket.port` is set.
+    pub fn websocket_local_addr(&self) -> Option<SocketAddr> {
+        self.websocket_addr
+    }
+
+    /// The address of the `wss://` listener, if `websocket.tls_port` is set.
+    pub fn websocket_tls_local_addr(&self) -> Option<SocketAddr> {
+        self.websocket_tls_addr
     }
 
     /// The address of the HTTP server (metrics, health), if `[http]` is enabled.

@@ -75,6 +75,34 @@ pub struct Config {
     pub http: HttpConfig,
     /// `[log]`: how the binary writes its log.
     pub log: LogConfig,
+    /// `[websocket]`: MQTT over WebSocket.
+    pub websocket: WebSocketListenerConfig,
+}
+
+/// `[websocket]` settings: MQTT over WebSocket (subprotocol `mqtt`), off unless `port` (or
+/// `tls_port`) is set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketListenerConfig {
+    /// Port of the `ws://` listener (8083 is usual; 0 picks a free one). No default: off.
+    pub port: Option<u16>,
+    /// Port of the `wss://` listener, with `[tls]`'s certificate and key. No default: off.
+    pub tls_port: Option<u16>,
+    /// Address of both. Default: `listener.bind`.
+    pub bind: Option<IpAddr>,
+    /// The HTTP path of the WebSocket endpoint. Default `/mqtt`.
+    pub path: String,
+}
+
+impl Default for WebSocketListenerConfig {
+    fn default() -> Self {
+        WebSocketListenerConfig {
+            port: None,
+            tls_port: None,
+            bind: None,
+            path: "/mqtt".into(),
+        }
+    }
 }
 
 /// How log lines are written (`log.format`).
@@ -479,6 +507,17 @@ impl Config {
             .is_some_and(|t| t.trim().is_empty())
         {
             return invalid("http.token", "must not be empty");
+        }
+        if !self.websocket.path.starts_with('/') {
+            return invalid("websocket.path", "must start with /");
+        }
+        if self.websocket.tls_port.is_some()
+            && (self.tls.cert_file.is_none() || self.tls.key_file.is_none())
+        {
+            return invalid(
+                "websocket.tls_port",
+                "wss:// needs tls.cert_file and tls.key_file",
+            );
         }
         if self.listener.workers > 1024 {
             return invalid("listener.workers", "must be at most 1024");

@@ -181,6 +181,9 @@ pub(crate) struct AcceptShared {
     /// With TLS, each connection first completes a handshake on its worker, within the CONNECT
     /// deadline.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// With WebSocket, each connection (after TLS, if any) completes a WebSocket handshake for
+    /// this path on its worker, within the CONNECT deadline.
+    pub websocket: Option<Arc<str>>,
     /// `limits.max_connection_rate`, over all the loops.
     pub rate: Arc<Mutex<ConnectionRate>>,
     /// Cancelled when the broker stops accepting.
@@ -265,21 +268,52 @@ fn admitted(shared: &AcceptShared, ip: IpAddr) -> bool {
 }
 
 /// Starts the Session of an accepted socket on the current worker: at once, or after its TLS
-/// handshake.
+/// and WebSocket handshakes (both within the CONNECT deadline).
 fn start_session(stream: TcpStream, peer: SocketAddr, shared: &AcceptShared) {
     let sessions = shared.sessions.clone();
-    let Some(tls) = shared.tls.clone() else {
+    let (tls, websocket) = (shared.tls.clone(), shared.websocket.clone());
+    if tls.is_none() && websocket.is_none() {
         Session::start(stream, peer, sessions);
         return;
-    };
+    }
     actix_rt::spawn(async move {
         let deadline = sessions.config.limits.connect_timeout;
-        match actix_rt::time::timeout(deadline, tls.accept(stream)).await {
-            Ok(Ok(stream)) => {
-                Session::start_tls(stream, peer, sessions);
+        let max_packet = sessions.config.limits.max_packet_size;
+        let handshakes = async {
+            match (tls, websocket) {
+                (Some(tls), None) => {
+                    let stream = tls
+                        .accept(stream)
+                        .await
+                        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+                    Session::start_tls(stream, peer, sessions);
+                }
+                (Some(tls), Some(path)) => {
+                    let stream = tls
+                        .accept(stream)
+                        .await
+                        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+                    let ws = crate::websocket::accept(stream, &path, max_packet, peer)
+                        .await
+                        .map_err(|e| format!("WebSocket handshake failed: {e}"))?;
+                    Session::start_stream(ws, peer, sessions);
+                }
+                (None, Some(path)) => {
+                    let ws = crate::websocket::accept(stream, &path, max_packet, peer)
+                        .await
+                        .map_err(|e| format!("WebSocket handshake failed: {e}"))?;
+                    Session::start_stream(ws, peer, sessions);
+                }
+                (None, None) => {
+                    Session::start(stream, peer, sessions);
+                }
             }
-            Ok(Err(e)) => debug!(addr = %peer, error = %e, "TLS handshake failed"),
-            Err(_) => debug!(addr = %peer, "TLS handshake not done before the CONNECT deadline"),
+            Ok::<(), String>(())
+        };
+        match actix_rt::time::timeout(deadline, handshakes).await {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => debug!(addr = %peer, "{why}"),
+            Err(_) => debug!(addr = %peer, "handshake not done before the CONNECT deadline"),
         }
     });
 }

@@ -184,6 +184,16 @@ impl Session {
         Session::start_with(Box::new(read_half), Box::new(write_half), peer, shared)
     }
 
+    /// Starts a Session for any byte stream (a WebSocket connection, say) whose handshakes are
+    /// done, on the current arbiter.
+    pub fn start_stream<S>(stream: S, peer: SocketAddr, shared: Arc<SessionShared>) -> Addr<Session>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + 'static,
+    {
+        let (read_half, write_half) = tokio::io::split(stream);
+        Session::start_with(Box::new(read_half), Box::new(write_half), peer, shared)
+    }
+
     fn start_with(
         read_half: Box<dyn AsyncRead + Unpin>,
         write_half: Box<dyn AsyncWrite + Unpin>,
@@ -263,7 +273,11 @@ impl Session {
         self.writing = buf.len();
         let written = crate::traffic::Written::count(&buf);
         let write = async move {
-            let result = writer.write_all(&buf).await;
+            // The flush matters where the stream buffers (TLS, WebSocket); on TCP it is free.
+            let result = match writer.write_all(&buf).await {
+                Ok(()) => writer.flush().await,
+                Err(e) => Err(e),
+            };
             (writer, result)
         };
         ctx.spawn(

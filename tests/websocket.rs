@@ -1,0 +1,418 @@
+//! MQTT over WebSocket (`[websocket]`, MQTT 5 chapter 6) with two independent clients, MQTT.js
+//! (npm) and paho-mqtt (PyPI), both protocol versions; across transports (WebSocket publisher,
+//! TCP subscriber and the reverse); over `wss://`; and raw frames: split packets, text
+//! messages, malformed frames, a wrong path.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+
+use common::{broker_with, mqttjs_available, mqttjs_dir, packets, paho_available, Raw};
+use switchboard::BackgroundBroker;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn ws_broker() -> BackgroundBroker {
+    broker_with(|c| c.websocket.port = Some(0))
+}
+
+/// Runs `ws_client.js` and returns its output lines as JSON, the process still running.
+fn mqttjs(
+    url: &str,
+    version: &str,
+    mode: &str,
+    topic: &str,
+    count: usize,
+    ca: Option<&std::path::Path>,
+) -> (
+    std::process::Child,
+    std::sync::mpsc::Receiver<serde_json::Value>,
+) {
+    let mut command = Command::new("node");
+    command.arg(mqttjs_dir().join("ws_client.js")).args([
+        url,
+        version,
+        mode,
+        topic,
+        &count.to_string(),
+    ]);
+    if let Some(ca) = ca {
+        command.arg(ca);
+    }
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("node runs");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| serde_json::json!({ "unparsed": line, "why": e.to_string() }));
+            let _ = tx.send(value);
+        }
+    });
+    (child, rx)
+}
+
+fn next_line(rx: &std::sync::mpsc::Receiver<serde_json::Value>) -> serde_json::Value {
+    rx.recv_timeout(std::time::Duration::from_secs(15))
+        .expect("a line from ws_client.js")
+}
+
+fn expected(count: usize) -> serde_json::Value {
+    serde_json::json!((0..count).map(|i| format!("m{i}")).collect::<Vec<_>>())
+}
+
+#[tokio::test]
+async fn mqttjs_over_websocket_to_tcp_and_back_both_versions() {
+    if !mqttjs_available() {
+        return;
+    }
+    let broker = ws_broker();
+    let ws = broker.websocket_local_addr().expect("ws listener");
+    let url = format!("ws://{ws}/mqtt");
+    for version in ["4", "5"] {
+        // WebSocket publisher, TCP subscriber.
+        let topic = format!("cross/ws-to-tcp/{version}");
+        let (mut tcp_sub, _) = Raw::handshake(broker.local_addr(), "tcp-sub", true).await;
+        tcp_sub.subscribe(1, &[(topic.as_str(), 1)], &[1]).await;
+        let (mut publisher, lines) = mqttjs(&url, version, "pub", &topic, 5, None);
+        assert_eq!(next_line(&lines), serde_json::json!({ "published": 5 }));
+        assert!(publisher.wait().expect("node").success());
+        let got: Vec<String> = tcp_sub
+            .drain_acking()
+            .await
+            .into_iter()
+            .map(|p| String::from_utf8(p.payload).expect("utf-8"))
+            .collect();
+        assert_eq!(
+            serde_json::json!(got),
+            expected(5),
+            "in order [MQTT-4.6.0-6]"
+        );
+
+        // TCP publisher, WebSocket subscriber.
+        let topic = format!("cross/tcp-to-ws/{version}");
+        let (mut subscriber, lines) = mqttjs(&url, version, "sub", &topic, 5, None);
+        assert_eq!(next_line(&lines), serde_json::json!({ "ready": true }));
+        let (mut tcp_pub, _) = Raw::handshake(broker.local_addr(), "tcp-pub", true).await;
+        for i in 0..5u16 {
+            let payload = format!("m{i}");
+            tcp_pub
+                .send(&packets::publish(
+                    &topic,
+                    payload.as_bytes(),
+                    1,
+                    i + 1,
+                    false,
+                    false,
+                ))
+                .await;
+            assert_eq!(tcp_pub.expect().await.byte1, 0x40);
+        }
+        assert_eq!(
+            next_line(&lines),
+            serde_json::json!({ "received": expected(5) })
+        );
+        assert!(subscriber.wait().expect("node").success());
+    }
+}
+
+#[test]
+fn paho_over_websocket_both_versions() {
+    if !paho_available() {
+        return;
+    }
+    let broker = ws_broker();
+    let ws = broker.websocket_local_addr().expect("ws listener");
+    let script = format!("{}/tests/interop/paho_ws.py", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("python3")
+        .args([script.as_str(), &ws.port().to_string(), "/mqtt"])
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        vec![
+            "3.1.1 paho/ws/q0 3.1.1-0 0",
+            "3.1.1 paho/ws/q1 3.1.1-1 1",
+            "3.1.1 paho/ws/q2 3.1.1-2 2",
+            "5 paho/ws/q0 5-0 0",
+            "5 paho/ws/q1 5-1 1",
+            "5 paho/ws/q2 5-2 2",
+        ]
+    );
+}
+
+/// A client-side WebSocket connection made by hand, for the frames no library would send.
+struct RawWs {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawWs {
+    /// Sends the opening handshake for `path` offering `mqtt`; returns the connection and the
+    /// response head.
+    async fn open(addr: SocketAddr, path: &str) -> (RawWs, String) {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Protocol: mqtt\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut buf = Vec::new();
+        let head = loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                buf.drain(..end + 4);
+                break head;
+            }
+            let mut chunk = [0u8; 1024];
+            let n = tokio::time::timeout(common::WAIT, stream.read(&mut chunk))
+                .await
+                .expect("handshake answer in time")
+                .expect("read");
+            assert!(
+                n > 0,
+                "closed during the handshake: {:?}",
+                String::from_utf8_lossy(&buf)
+            );
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        (RawWs { stream, buf }, head)
+    }
+
+    /// Sends one masked frame (clients must mask, RFC 6455 section 5.3).
+    async fn frame(&mut self, first_byte: u8, payload: &[u8]) {
+        let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+        let mut frame = vec![first_byte];
+        assert!(payload.len() < 126);
+        frame.push(0x80 | payload.len() as u8);
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.stream.write_all(&frame).await.expect("write");
+    }
+
+    async fn binary(&mut self, payload: &[u8]) {
+        self.frame(0x82, payload).await;
+    }
+
+    /// The next frame from the server: (opcode, payload); `None` once the server closed.
+    async fn next(&mut self) -> Option<(u8, Vec<u8>)> {
+        loop {
+            if self.buf.len() >= 2 {
+                let len = usize::from(self.buf[1] & 0x7f);
+                let (len, at) = match len {
+                    126 if self.buf.len() >= 4 => (
+                        usize::from(u16::from_be_bytes([self.buf[2], self.buf[3]])),
+                        4,
+                    ),
+                    126 | 127 => (usize::MAX, 0),
+                    n => (n, 2),
+                };
+                if len != usize::MAX && self.buf.len() >= at + len {
+                    let opcode = self.buf[0] & 0x0f;
+                    let payload = self.buf[at..at + len].to_vec();
+                    self.buf.drain(..at + len);
+                    return Some((opcode, payload));
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(common::WAIT, self.stream.read(&mut chunk))
+                .await
+                .expect("a frame or EOF in time")
+                .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Asserts the server ends the connection: a Close frame or EOF, and no MQTT data.
+    async fn expect_closed(&mut self) {
+        while let Some((opcode, payload)) = self.next().await {
+            assert_eq!(
+                opcode, 0x8,
+                "expected a Close frame, got {opcode:#x} {payload:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn packets_split_and_joined_across_frames() {
+    // [MQTT-6.0.0-2] packets need not align with frames: a CONNECT in three frames, then a
+    // SUBSCRIBE and a PINGREQ in one.
+    let broker = ws_broker();
+    let ws = broker.websocket_local_addr().expect("ws listener");
+    let (mut conn, head) = RawWs::open(ws, "/mqtt").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-protocol: mqtt"),
+        "[MQTT-6.0.0-4] the server selects mqtt: {head}"
+    );
+    let connect = packets::connect("raw-ws", true, 60);
+    conn.binary(&connect[..3]).await;
+    conn.binary(&connect[3..9]).await;
+    conn.binary(&connect[9..]).await;
+    let (opcode, connack) = conn.next().await.expect("CONNACK");
+    assert_eq!(
+        (opcode, connack.as_slice()),
+        (0x2, &[0x20, 0x02, 0x00, 0x00][..])
+    );
+    let mut both = packets::subscribe(1, &[("raw/#", 0)]);
+    both.extend_from_slice(&[0xC0, 0x00]);
+    conn.binary(&both).await;
+    let mut replies = Vec::new();
+    while replies.len() < 7 {
+        let (opcode, payload) = conn.next().await.expect("SUBACK and PINGRESP");
+        assert_eq!(opcode, 0x2, "binary frames only [MQTT-6.0.0-1]");
+        replies.extend(payload);
+    }
+    // The SUBACK comes through the Registry, the PINGRESP at once: either may come first.
+    let (suback, pingresp) = ([0x90, 0x03, 0x00, 0x01, 0x00], [0xD0, 0x00]);
+    let in_either_order = [
+        [&suback[..], &pingresp[..]].concat(),
+        [&pingresp[..], &suback[..]].concat(),
+    ];
+    assert!(in_either_order.contains(&replies), "{replies:?}");
+}
+
+#[tokio::test]
+async fn a_text_message_or_a_malformed_frame_closes_that_connection_only() {
+    let broker = ws_broker();
+    let ws = broker.websocket_local_addr().expect("ws listener");
+    let (mut bystander, _) = Raw::handshake(broker.local_addr(), "bystander", true).await;
+
+    // [MQTT-6.0.0-1] a data frame that is not binary closes the connection.
+    let (mut text, _) = RawWs::open(ws, "/mqtt").await;
+    text.binary(&packets::connect("text-ws", true, 60)).await;
+    assert_eq!(text.next().await.expect("CONNACK").0, 0x2);
+    text.frame(0x81, b"hello").await;
+    text.expect_closed().await;
+
+    // A frame with a reserved opcode (0x3) is malformed (RFC 6455 section 5.2).
+    let (mut reserved, _) = RawWs::open(ws, "/mqtt").await;
+    reserved.frame(0x83, b"\x10\x00").await;
+    reserved.expect_closed().await;
+
+    // An unmasked client frame is refused too (RFC 6455 section 5.1).
+    let (mut unmasked, _) = RawWs::open(ws, "/mqtt").await;
+    unmasked
+        .stream
+        .write_all(&[0x82, 0x02, 0xC0, 0x00])
+        .await
+        .expect("write");
+    unmasked.expect_closed().await;
+
+    // Garbage inside a binary frame is an MQTT protocol error, handled as on TCP.
+    let (mut garbage, _) = RawWs::open(ws, "/mqtt").await;
+    garbage.binary(&[0xF0, 0x00]).await;
+    garbage.expect_closed().await;
+
+    // The broker goes on: the TCP client is still served, and a new WebSocket client too.
+    bystander.ping().await;
+    let (mut fine, _) = RawWs::open(ws, "/mqtt").await;
+    fine.binary(&packets::connect("fine-ws", true, 60)).await;
+    assert_eq!(
+        fine.next().await.expect("CONNACK").1,
+        vec![0x20, 0x02, 0x00, 0x00]
+    );
+}
+
+#[tokio::test]
+async fn another_path_is_not_found_and_the_path_is_configurable() {
+    let broker = broker_with(|c| {
+        c.websocket.port = Some(0);
+        c.websocket.path = "/broker".into();
+    });
+    let ws = broker.websocket_local_addr().expect("ws listener");
+    let (_, head) = RawWs::open(ws, "/mqtt").await;
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    let (mut conn, head) = RawWs::open(ws, "/broker").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    conn.binary(&packets::connect("path-ws", true, 60)).await;
+    assert_eq!(
+        conn.next().await.expect("CONNACK").1,
+        vec![0x20, 0x02, 0x00, 0x00]
+    );
+}
+
+#[test]
+fn websocket_is_off_unless_configured() {
+    let broker = common::broker();
+    assert_eq!(broker.websocket_local_addr(), None);
+    assert_eq!(broker.websocket_tls_local_addr(), None);
+}
+
+#[test]
+fn wss_needs_the_tls_certificate() {
+    let mut config = common::test_config();
+    config.websocket.tls_port = Some(0);
+    let error = BackgroundBroker::start(config).err().expect("refused");
+    assert!(error.to_string().contains("websocket.tls_port"), "{error}");
+}
+
+#[tokio::test]
+async fn mqttjs_over_wss() {
+    if !mqttjs_available() {
+        return;
+    }
+    let pki = tls_files();
+    let broker = broker_with(|c| {
+        c.websocket.tls_port = Some(0);
+        c.tls.cert_file = Some(pki.path().join("server.pem"));
+        c.tls.key_file = Some(pki.path().join("server.key"));
+    });
+    let wss = broker.websocket_tls_local_addr().expect("wss listener");
+    let url = format!("wss://localhost:{}/mqtt", wss.port());
+    let ca = pki.path().join("ca.pem");
+    let (mut subscriber, sub_lines) = mqttjs(&url, "5", "sub", "secure/ws", 3, Some(&ca));
+    assert_eq!(next_line(&sub_lines), serde_json::json!({ "ready": true }));
+    let (mut publisher, pub_lines) = mqttjs(&url, "5", "pub", "secure/ws", 3, Some(&ca));
+    assert_eq!(next_line(&pub_lines), serde_json::json!({ "published": 3 }));
+    assert_eq!(
+        next_line(&sub_lines),
+        serde_json::json!({ "received": expected(3) })
+    );
+    assert!(publisher.wait().expect("node").success());
+    assert!(subscriber.wait().expect("node").success());
+}
+
+/// A CA and a server certificate for localhost and 127.0.0.1, as PEM files.
+fn tls_files() -> tempfile::TempDir {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "switchboard ws test CA");
+    let ca = ca_params.self_signed(&ca_key).expect("CA");
+    let server_key = KeyPair::generate().expect("key");
+    let mut server_params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+    server_params
+        .subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
+    let server = server_params
+        .signed_by(&server_key, &ca, &ca_key)
+        .expect("server cert");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("ca.pem"), ca.pem()).expect("write");
+    std::fs::write(dir.path().join("server.pem"), server.pem()).expect("write");
+    std::fs::write(dir.path().join("server.key"), server_key.serialize_pem()).expect("write");
+    dir
+}
