@@ -1,10 +1,13 @@
 //! The broker's HTTP server (`[http]`, actix-web on the broker's actix System): Prometheus
 //! `/metrics`, the health checks under `/api/v1/health/` and the admin API under `/api/v1`
-//! (`api.rs`). A configured `http.token` is
+//! (`api.rs`), and the live dashboard at `/` (`dashboard.rs`, fed by `feed.rs`). A configured
+//! `http.token` is
 //! required as `Authorization: Bearer <token>` on everything but the health checks, compared in
 //! constant time. Every error is a JSON object `{"error": "..."}` with a 4xx or 5xx status.
 
 mod api;
+mod dashboard;
+pub mod feed;
 pub mod prometheus;
 
 use std::net::SocketAddr;
@@ -34,21 +37,27 @@ pub struct HttpState {
     token_digest: Option<[u8; 32]>,
     /// Cancelled when the broker stops accepting connections (it is no longer ready).
     stopping: CancellationToken,
+    /// The dashboard's live feed.
+    feed: actix::Addr<feed::Feed>,
 }
 
 impl HttpState {
-    /// State for the handlers of a broker with these actors and counters.
+    /// State for the handlers of a broker with these actors and counters; starts the dashboard's
+    /// feed actor on the current System.
     pub fn new(
         config: &HttpConfig,
         registry: Addr<Registry>,
         metrics: Arc<Metrics>,
         stopping: CancellationToken,
     ) -> Self {
+        use actix::Actor;
+        let feed = feed::Feed::new(registry.clone(), metrics.clone()).start();
         HttpState {
             registry,
             metrics,
             token_digest: config.token.as_deref().map(digest),
             stopping,
+            feed,
         }
     }
 
@@ -228,11 +237,13 @@ pub fn start(config: &HttpConfig, state: HttpState) -> std::io::Result<Option<Ru
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .route("/", web::get().to(dashboard::index))
             .route("/metrics", web::get().to(metrics))
             .service(
                 web::scope("/api/v1")
                     .route("/health/live", web::get().to(live))
                     .route("/health/ready", web::get().to(ready))
+                    .route("/events", web::get().to(dashboard::events))
                     .configure(api::routes),
             )
             .default_service(web::to(not_found))
@@ -249,7 +260,7 @@ pub fn start(config: &HttpConfig, state: HttpState) -> std::io::Result<Option<Ru
     let server = server.run();
     let handle = server.handle();
     actix_rt::spawn(server);
-    info!("http (metrics, health, admin API) listening on http://{local_addr}");
+    info!("dashboard, metrics and admin API on http://{local_addr}/");
     Ok(Some(RunningHttp { local_addr, handle }))
 }
 

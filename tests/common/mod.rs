@@ -80,6 +80,29 @@ pub fn prometheus_parser_available() -> bool {
     )
 }
 
+/// The dashboard driver (`tests/interop/dashboard/`: puppeteer-core and its script).
+pub fn dashboard_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/dashboard")
+}
+
+/// Whether Node.js, puppeteer-core and Debian's chromium are there (see [`required_under_ci`]).
+pub fn browser_available() -> bool {
+    let node = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let chromium = std::env::var_os("CHROMIUM")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/usr/bin/chromium".into())
+        .exists();
+    let found = node && chromium && dashboard_dir().join("node_modules/puppeteer-core").is_dir();
+    required_under_ci(
+        found,
+        "node with puppeteer-core, and chromium",
+        "apt-get install chromium; npm ci --prefix tests/interop/dashboard",
+    )
+}
+
 /// Whether Debian's mosquitto clients are there (see [`required_under_ci`]).
 pub fn mosquitto_clients_available() -> bool {
     let found = std::process::Command::new("mosquitto_pub")

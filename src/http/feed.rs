@@ -1,0 +1,211 @@
+//! The dashboard's live feed: an actor that receives the Registry's lifecycle events (as a hook,
+//! installed when the first page subscribes, so a broker nobody watches pays nothing) and a
+//! once-a-second summary of the counters, and broadcasts both as JSON to every open page
+//! (`GET /api/v1/events`, server-sent events).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use serde_json::json;
+use tokio::sync::broadcast;
+
+use crate::hooks::{
+    ClientConnected, ClientDisconnected, ClientSubscribed, ClientUnsubscribed, LifecycleHooks,
+};
+use crate::metrics::Metrics;
+use crate::persistence::unix_ms_now;
+use crate::registry::{AddHooks, GetStats, Registry};
+
+/// Lifecycle events kept for a page that opens later.
+const RECENT: usize = 100;
+/// Lifecycle events sent per second at most; beyond, they are counted (a reconnect storm of
+/// thousands of devices must not flood every open page).
+const EVENTS_PER_SECOND: u32 = 100;
+/// How often the counters go out.
+const TICK: Duration = Duration::from_secs(1);
+
+/// The feed actor. Started by the HTTP server on the broker's System.
+pub struct Feed {
+    registry: Addr<Registry>,
+    metrics: Arc<Metrics>,
+    sender: broadcast::Sender<Arc<str>>,
+    recent: VecDeque<Arc<str>>,
+    hooked: bool,
+    /// Events sent in the current second, and events dropped over the limit.
+    window: (Instant, u32, u64),
+    /// Counters at the last tick, for rates.
+    last: Option<(Instant, u64, u64, u64)>,
+}
+
+impl Feed {
+    /// A feed reading these actors and counters.
+    pub fn new(registry: Addr<Registry>, metrics: Arc<Metrics>) -> Self {
+        Feed {
+            registry,
+            metrics,
+            sender: broadcast::channel(1024).0,
+            recent: VecDeque::with_capacity(RECENT),
+            hooked: false,
+            window: (Instant::now(), 0, 0),
+            last: None,
+        }
+    }
+
+    fn event(&mut self, event: serde_json::Value) {
+        let now = Instant::now();
+        if now.duration_since(self.window.0) >= Duration::from_secs(1) {
+            self.window = (now, 0, self.window.2);
+        }
+        if self.window.1 >= EVENTS_PER_SECOND {
+            self.window.2 += 1;
+            return;
+        }
+        self.window.1 += 1;
+        let text: Arc<str> = Arc::from(event.to_string());
+        if self.recent.len() == RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(text.clone());
+        let _ = self.sender.send(text);
+    }
+
+    /// Sends the counters, if anyone listens.
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        if self.sender.receiver_count() == 0 {
+            return;
+        }
+        let metrics = self.metrics.snapshot();
+        let traffic = self.metrics.traffic.totals();
+        let dropped = metrics.qos0_dropped_slow_consumer
+            + metrics.online_queue_dropped
+            + metrics.offline_queue_dropped
+            + metrics.expired_dropped
+            + metrics.too_large_dropped;
+        let (received, sent) = (
+            traffic.publishes_received_total(),
+            traffic.publishes_sent_total(),
+        );
+        let now = Instant::now();
+        let rate = |then: u64, now_value: u64, seconds: f64| {
+            (now_value.saturating_sub(then) as f64 / seconds).round()
+        };
+        let rates = match self.last {
+            Some((at, r, s, d)) => {
+                let seconds = now.duration_since(at).as_secs_f64().max(0.001);
+                (
+                    rate(r, received, seconds),
+                    rate(s, sent, seconds),
+                    rate(d, dropped, seconds),
+                )
+            }
+            None => (0.0, 0.0, 0.0),
+        };
+        self.last = Some((now, received, sent, dropped));
+        let suppressed = std::mem::take(&mut self.window.2);
+        let connections = metrics.connections_current;
+        self.registry
+            .send(GetStats)
+            .into_actor(self)
+            .map(move |stats, act, _| {
+                let stats = stats.unwrap_or_default();
+                let text: Arc<str> = Arc::from(
+                    json!({
+                        "type": "stats",
+                        "time_ms": unix_ms_now(),
+                        "connections": connections,
+                        "clients": stats.clients_online,
+                        "sessions_offline": stats.sessions_offline,
+                        "subscriptions": stats.subscriptions,
+                        "retained": stats.retained,
+                        "received_per_s": rates.0,
+                        "sent_per_s": rates.1,
+                        "dropped_per_s": rates.2,
+                        "events_suppressed": suppressed,
+                    })
+                    .to_string(),
+                );
+                let _ = act.sender.send(text);
+            })
+            .spawn(ctx);
+    }
+}
+
+impl Actor for Feed {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(TICK, |act, ctx| act.tick(ctx));
+    }
+}
+
+/// Sent by the HTTP server to the [`Feed`] for each page that opens the event stream: the
+/// recent lifecycle events and a receiver of what follows.
+#[derive(Message)]
+#[rtype(result = "(Vec<Arc<str>>, broadcast::Receiver<Arc<str>>)")]
+pub struct Subscribe;
+
+impl Handler<Subscribe> for Feed {
+    type Result = MessageResult<Subscribe>;
+
+    fn handle(&mut self, _: Subscribe, ctx: &mut Context<Self>) -> Self::Result {
+        if !self.hooked {
+            self.hooked = true;
+            self.registry
+                .do_send(AddHooks(LifecycleHooks::all(&ctx.address())));
+        }
+        MessageResult((
+            self.recent.iter().cloned().collect(),
+            self.sender.subscribe(),
+        ))
+    }
+}
+
+impl Handler<ClientConnected> for Feed {
+    type Result = ();
+
+    /// From the Registry (a hook).
+    fn handle(&mut self, msg: ClientConnected, _: &mut Context<Self>) {
+        self.event(json!({
+            "type": "connected", "time_ms": unix_ms_now(), "client_id": &*msg.client_id,
+            "address": msg.peer.to_string(), "protocol": msg.protocol.to_string(),
+        }));
+    }
+}
+
+impl Handler<ClientDisconnected> for Feed {
+    type Result = ();
+
+    /// From the Registry (a hook).
+    fn handle(&mut self, msg: ClientDisconnected, _: &mut Context<Self>) {
+        self.event(json!({
+            "type": "disconnected", "time_ms": unix_ms_now(), "client_id": &*msg.client_id,
+            "address": msg.peer.to_string(), "reason": msg.reason.to_string(),
+        }));
+    }
+}
+
+impl Handler<ClientSubscribed> for Feed {
+    type Result = ();
+
+    /// From the Registry (a hook).
+    fn handle(&mut self, msg: ClientSubscribed, _: &mut Context<Self>) {
+        self.event(json!({
+            "type": "subscribed", "time_ms": unix_ms_now(), "client_id": &*msg.client_id,
+            "filter": msg.filter, "qos": msg.qos as u8,
+        }));
+    }
+}
+
+impl Handler<ClientUnsubscribed> for Feed {
+    type Result = ();
+
+    /// From the Registry (a hook).
+    fn handle(&mut self, msg: ClientUnsubscribed, _: &mut Context<Self>) {
+        self.event(json!({
+            "type": "unsubscribed", "time_ms": unix_ms_now(), "client_id": &*msg.client_id,
+            "filter": msg.filter,
+        }));
+    }
+}

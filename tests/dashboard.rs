@@ -1,0 +1,144 @@
+//! The live dashboard at `/`: served from the binary with nothing fetched from elsewhere, its
+//! event stream (server-sent events), and the page itself in headless Chromium: it shows a
+//! connected client, its Kick button disconnects the client, the lifecycle feed shows it.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+
+use common::http::get;
+use common::v5::{self, Props};
+use common::{broker_with, browser_available, dashboard_dir, Raw};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
+use tokio::net::TcpStream;
+
+#[tokio::test]
+async fn the_page_is_served_whole_from_the_binary() {
+    let broker = broker_with(|c| c.http.token = Some("secret".into()));
+    let http = broker.http_local_addr().expect("http");
+    // The page holds no data: it is served without the token, and asks for it.
+    let page = get(http, "/", None).await;
+    assert_eq!(page.status, 200);
+    assert!(page.headers["content-type"].starts_with("text/html"));
+    assert!(page.body.contains("<title>Switchboard</title>"));
+    for external in ["src=\"http", "href=\"http", "url(http", "@import"] {
+        assert!(!page.body.contains(external), "no CDN: found {external}");
+    }
+    assert_eq!(get(http, "/api/v1/events", None).await.status, 401);
+}
+
+/// Reads server-sent events from `/api/v1/events` until `pick` returns something.
+async fn wait_for_event(
+    lines: &mut tokio::io::Lines<AsyncBufReader<TcpStream>>,
+    mut pick: impl FnMut(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    loop {
+        let line = tokio::time::timeout(common::WAIT, lines.next_line())
+            .await
+            .expect("an event in time")
+            .expect("read")
+            .expect("stream open");
+        if let Some(data) = line.strip_prefix("data: ") {
+            let event: serde_json::Value = serde_json::from_str(data).expect("JSON event");
+            if pick(&event) {
+                return event;
+            }
+        }
+    }
+}
+
+async fn open_events(http: SocketAddr) -> tokio::io::Lines<AsyncBufReader<TcpStream>> {
+    let mut stream = TcpStream::connect(http).await.expect("connect");
+    let request = format!("GET /api/v1/events HTTP/1.1\r\nHost: {http}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut lines = AsyncBufReader::new(stream).lines();
+    let status = lines.next_line().await.expect("read").expect("status");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    loop {
+        let header = lines.next_line().await.expect("read").expect("header");
+        if header.is_empty() {
+            return lines;
+        }
+        if let Some(kind) = header.to_ascii_lowercase().strip_prefix("content-type: ") {
+            assert_eq!(kind, "text/event-stream");
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_event_stream_carries_lifecycle_events_and_counters() {
+    let broker = common::broker();
+    let http = broker.http_local_addr().expect("http");
+    let mut events = open_events(http).await;
+    let stats = wait_for_event(&mut events, |e| e["type"] == "stats").await;
+    assert!(stats["connections"].is_u64(), "{stats}");
+    let (mut gate, _) = Raw::handshake(broker.local_addr(), "gate-1AB", true).await;
+    let connected = wait_for_event(&mut events, |e| e["type"] == "connected").await;
+    assert_eq!(connected["client_id"], "gate-1AB");
+    assert_eq!(connected["protocol"], "MQTT 3.1.1");
+    gate.subscribe(1, &[("gate/1AB/cmd", 1)], &[1]).await;
+    let subscribed = wait_for_event(&mut events, |e| e["type"] == "subscribed").await;
+    assert_eq!(subscribed["filter"], "gate/1AB/cmd");
+    gate.send(&common::packets::unsubscribe(2, &["gate/1AB/cmd"]))
+        .await;
+    gate.expect().await;
+    wait_for_event(&mut events, |e| e["type"] == "unsubscribed").await;
+    gate.send(&[0xE0, 0x00]).await;
+    let gone = wait_for_event(&mut events, |e| e["type"] == "disconnected").await;
+    assert_eq!(gone["reason"], "clean");
+    // A page opened later gets the recent events first.
+    let mut late = open_events(http).await;
+    let first = wait_for_event(&mut late, |_| true).await;
+    assert_eq!(first["type"], "connected", "{first}");
+    let stats = wait_for_event(&mut events, |e| e["type"] == "stats").await;
+    assert_eq!(stats["clients"], 0);
+}
+
+#[tokio::test]
+async fn in_chromium_the_page_shows_a_client_and_its_kick_button_disconnects_it() {
+    if !browser_available() {
+        return;
+    }
+    let broker = broker_with(|c| c.http.token = Some("dash-token".into()));
+    let http = broker.http_local_addr().expect("http");
+    let mut radar = Raw::handshake5(broker.local_addr(), "radar-1AB.ENTER").await;
+    radar
+        .subscribe5(1, &Props::new(), &[("detrd/status/request/1AB.ENTER", 1)])
+        .await;
+    let mut driver = Command::new("node")
+        .arg(dashboard_dir().join("drive.js"))
+        .args([&format!("http://{http}/"), "radar-1AB.ENTER", "dash-token"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("node runs");
+    let stdout = driver.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let next = || {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("a line from drive.js");
+        serde_json::from_str::<serde_json::Value>(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
+    };
+    assert_eq!(next(), serde_json::json!({ "shown": "radar-1AB.ENTER" }));
+    assert_eq!(next(), serde_json::json!({ "stats": "1" }));
+    assert_eq!(next(), serde_json::json!({ "clicked": "kick" }));
+    // The client is told why (MQTT 5: 0x98 Administrative action), then closed.
+    let disconnect = radar.expect().await;
+    assert_eq!(v5::disconnect_reason(&disconnect), 0x98);
+    radar.expect_closed().await;
+    let feed = next();
+    let text = feed["feed"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("disconnected") && text.contains("radar-1AB.ENTER"),
+        "{feed}"
+    );
+    assert!(driver.wait().expect("node").success());
+}
