@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::http::get;
+use common::http::{get, request_with};
 use common::{broker_with, packets, prometheus_parser_available, Raw};
 
 /// Samples of one scrape, parsed by `tests/interop/parse_metrics.py`.
@@ -26,11 +26,23 @@ impl Scrape {
     }
 }
 
-async fn scrape(addr: SocketAddr, token: Option<&str>) -> Scrape {
-    let response = get(addr, "/metrics", token).await;
+/// Scrapes `/metrics` as Prometheus does (asking for OpenMetrics), or as a plain `curl` does
+/// (the classic text format), and parses it with the matching official parser.
+async fn scrape_as(addr: SocketAddr, token: Option<&str>, openmetrics: bool) -> Scrape {
+    let accept = if openmetrics {
+        "Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n"
+    } else {
+        ""
+    };
+    let response = request_with(addr, "GET", "/metrics", token, None, accept).await;
     assert_eq!(response.status, 200, "{}", response.body);
+    let (content_type, parser) = if openmetrics {
+        ("application/openmetrics-text", "openmetrics")
+    } else {
+        ("text/plain; version=0.0.4", "classic")
+    };
     assert!(
-        response.headers["content-type"].starts_with("application/openmetrics-text"),
+        response.headers["content-type"].starts_with(content_type),
         "{:?}",
         response.headers
     );
@@ -39,7 +51,7 @@ async fn scrape(addr: SocketAddr, token: Option<&str>) -> Scrape {
         env!("CARGO_MANIFEST_DIR")
     );
     let mut child = std::process::Command::new("python3")
-        .arg(script)
+        .args([script.as_str(), parser])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -73,6 +85,10 @@ async fn scrape(addr: SocketAddr, token: Option<&str>) -> Scrape {
         .map(|(k, v)| (k.clone(), v.as_str().expect("type").to_string()))
         .collect();
     Scrape { samples, types }
+}
+
+async fn scrape(addr: SocketAddr, token: Option<&str>) -> Scrape {
+    scrape_as(addr, token, true).await
 }
 
 /// Bytes a frame took on the wire.
@@ -258,7 +274,10 @@ async fn a_token_guards_the_metrics_but_not_the_health_checks() {
     let right = get(http, "/metrics", Some("s3cret-token")).await;
     assert_eq!(right.status, 200);
     assert!(right.body.contains("switchboard_connections"));
-    assert!(right.body.ends_with("# EOF\n"));
+    assert!(
+        !right.body.contains("# EOF"),
+        "the classic text format, unless asked"
+    );
     assert_eq!(get(http, "/api/v1/health/live", None).await.status, 200);
     assert_eq!(get(http, "/api/v1/health/ready", None).await.status, 200);
 }
@@ -289,5 +308,45 @@ fn a_taken_http_port_is_a_clear_start_up_error() {
     assert!(
         text.contains(&format!("cannot listen on {taken}")),
         "{text}"
+    );
+}
+
+#[tokio::test]
+async fn both_exposition_formats_parse_with_their_types() {
+    if !prometheus_parser_available() {
+        return;
+    }
+    let broker = broker_with(|_| {});
+    let http = broker.http_local_addr().expect("http on");
+    let openmetrics = scrape_as(http, None, true).await;
+    let classic = scrape_as(http, None, false).await;
+    // Both parsers see the same families with the same types; in the classic format a counter
+    // family is named after its `_total` samples, else its samples would land in an untyped
+    // family of their own.
+    for (family, kind) in [
+        ("switchboard_messages_received", "counter"),
+        ("switchboard_disconnects", "counter"),
+        ("switchboard_connections", "gauge"),
+        ("switchboard_delivery_latency_seconds", "histogram"),
+    ] {
+        assert_eq!(
+            openmetrics.types.get(family).map(String::as_str),
+            Some(kind),
+            "{family}"
+        );
+        assert_eq!(
+            classic.types.get(family).map(String::as_str),
+            Some(kind),
+            "{family}"
+        );
+    }
+    assert!(
+        classic.types.values().all(|kind| kind != "unknown"),
+        "{:?}",
+        classic.types
+    );
+    assert_eq!(
+        classic.get("switchboard_messages_received_total{qos=\"1\"}"),
+        openmetrics.get("switchboard_messages_received_total{qos=\"1\"}")
     );
 }

@@ -178,10 +178,18 @@ async fn metrics(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse 
         metrics: state.metrics.snapshot(),
         traffic: state.metrics.traffic.totals(),
     };
+    let openmetrics = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/openmetrics-text"));
     match prometheus::render(scrape) {
-        Ok(text) => HttpResponse::Ok()
+        Ok(text) if openmetrics => HttpResponse::Ok()
             .content_type(prometheus::CONTENT_TYPE)
             .body(text),
+        Ok(text) => HttpResponse::Ok()
+            .content_type(prometheus::TEXT_CONTENT_TYPE)
+            .body(prometheus::to_text_format(&text)),
         Err(_) => error(500, "the metrics could not be encoded"),
     }
 }

@@ -11,8 +11,42 @@ use crate::metrics::{DisconnectKind, MetricsSnapshot};
 use crate::registry::RegistryStats;
 use crate::traffic::{TrafficTotals, LATENCY_BOUNDS};
 
-/// The content type of what [`render`] writes.
+/// The content type of what [`render`] writes: OpenMetrics, which Prometheus asks for.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The content type of [`to_text_format`]: Prometheus' classic text format, for scrapers that
+/// do not ask for OpenMetrics.
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Rewrites OpenMetrics text as the classic text exposition format (0.0.4): a counter family is
+/// named after its `_total` samples, and there is no `# EOF`.
+pub fn to_text_format(openmetrics: &str) -> String {
+    let mut counters = std::collections::HashSet::new();
+    for line in openmetrics.lines() {
+        if let Some(name) = line
+            .strip_prefix("# TYPE ")
+            .and_then(|rest| rest.strip_suffix(" counter"))
+        {
+            counters.insert(name.to_string());
+        }
+    }
+    let mut text = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        text.push_str(renamed.as_deref().unwrap_or(line));
+        text.push('\n');
+    }
+    text
+}
 
 /// Everything one scrape shows, read once.
 #[derive(Debug, Clone, Copy)]
@@ -203,4 +237,20 @@ pub fn render(scrape: Scrape) -> Result<String, std::fmt::Error> {
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)?;
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_classic_format_names_counters_by_their_samples() {
+        let openmetrics = "# HELP a_messages Messages.\n# TYPE a_messages counter\n\
+                           a_messages_total{qos=\"0\"} 3\n# HELP b Open.\n# TYPE b gauge\nb 1\n# EOF\n";
+        assert_eq!(
+            to_text_format(openmetrics),
+            "# HELP a_messages_total Messages.\n# TYPE a_messages_total counter\n\
+             a_messages_total{qos=\"0\"} 3\n# HELP b Open.\n# TYPE b gauge\nb 1\n"
+        );
+    }
 }

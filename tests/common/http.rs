@@ -28,8 +28,21 @@ pub async fn request(
     token: Option<&str>,
     body: Option<&str>,
 ) -> Response {
+    request_with(addr, method, path, token, body, "").await
+}
+
+/// [`request`] with extra header lines (each ending in `\r\n`).
+pub async fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+    extra_headers: &str,
+) -> Response {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let mut auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    auth.push_str(extra_headers);
     let body = body.unwrap_or("");
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\n\
