@@ -189,12 +189,14 @@ impl Broker {
             },
         };
         let stop_accepting = CancellationToken::new();
-        let http_state = crate::http::HttpState::new(
-            &config.http,
-            registry.clone(),
-            metrics.clone(),
-            stop_accepting.clone(),
-        );
+        let http_state = || {
+            crate::http::HttpState::new(
+                &config.http,
+                registry.clone(),
+                metrics.clone(),
+                stop_accepting.clone(),
+            )
+        };
         let http = match crate::http::start(&config.http, http_state) {
             Ok(http) => http,
             Err(source) => {

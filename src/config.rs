@@ -71,7 +71,7 @@ pub struct Config {
     pub persistence: PersistenceConfig,
     /// `[sys]`: the `$SYS` topics.
     pub sys: SysConfig,
-    /// `[http]`: Prometheus metrics and health checks over HTTP.
+    /// `[http]`: the dashboard, Prometheus metrics, health checks and admin API over HTTP.
     pub http: HttpConfig,
     /// `[log]`: how the binary writes its log.
     pub log: LogConfig,
@@ -124,8 +124,8 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
-/// `[http]` settings: the HTTP server of `/metrics` and `/api/v1/health/...`. On by default, on
-/// loopback.
+/// `[http]` settings: the HTTP server of the dashboard (`/`), `/metrics` and the API under
+/// `/api/v1`. On by default, on loopback.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
@@ -135,8 +135,9 @@ pub struct HttpConfig {
     pub bind: IpAddr,
     /// Port; 0 picks a free one (the bound address is logged). Default 8080.
     pub port: u16,
-    /// Bearer token that `/metrics` and the API require (`Authorization: Bearer ...`); the
-    /// health checks do not. Required when `bind` is not a loopback address. Default: none.
+    /// Bearer token that `/metrics`, the admin API and the dashboard's event stream require
+    /// (`Authorization: Bearer ...`); the health checks and the page itself do not. Required
+    /// when `bind` is not a loopback address. Default: none.
     pub token: Option<String>,
 }
 

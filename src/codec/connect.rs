@@ -175,7 +175,13 @@ pub struct Connect {
     /// MQTT 5: the will's Payload Format Indicator says UTF-8 and its payload is not; the
     /// Session refuses the connection with 0x99.
     pub will_payload_invalid: bool,
+    /// The client is another broker's bridge: it set the high bit of the protocol level (0x84
+    /// for 3.1.1, 0x83 for 3.1), as Mosquitto does with `try_private`.
+    pub bridge: bool,
 }
+
+/// The bit a bridge sets in the protocol level of an MQTT 3.1 or 3.1.1 CONNECT.
+const BRIDGE_BIT: u8 = 0x80;
 
 const FLAG_RESERVED: u8 = 0x01;
 const FLAG_CLEAN: u8 = 0x02;
@@ -193,6 +199,9 @@ pub(super) fn parse_connect(mut body: Bytes) -> Result<Connect, CodecError> {
         ));
     }
     let level = body.get_u8();
+    // MQTT 5 has no bridge bit (a bridge subscribes with No Local and Retain As Published).
+    let bridge = level & BRIDGE_BIT != 0 && level & !BRIDGE_BIT != 5;
+    let level = if bridge { level & !BRIDGE_BIT } else { level };
     let protocol = match (name.as_str(), level) {
         ("MQTT", 4) => ProtocolVersion::V3_1_1,
         ("MQTT", 5) => ProtocolVersion::V5,
@@ -292,5 +301,6 @@ pub(super) fn parse_connect(mut body: Bytes) -> Result<Connect, CodecError> {
         password,
         properties,
         will_payload_invalid,
+        bridge,
     })
 }

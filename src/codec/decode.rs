@@ -529,6 +529,20 @@ mod tests {
             decode(&connect_frame("MQTT", 6, 0x02, &id)),
             Err(CodecError::UnsupportedProtocolLevel(6))
         ));
+        // A bridge's CONNECT: the protocol level with its high bit set (not for MQTT 5).
+        let bridge = decode(&connect_frame("MQTT", 0x84, 0x02, &id));
+        assert!(
+            matches!(&bridge, Ok(Some(Packet::Connect(c))) if c.bridge && c.protocol == crate::ProtocolVersion::V3_1_1),
+            "{bridge:?}"
+        );
+        assert!(matches!(
+            decode(&connect_frame("MQTT", 4, 0x02, &id)),
+            Ok(Some(Packet::Connect(c))) if !c.bridge
+        ));
+        assert!(matches!(
+            decode(&connect_frame("MQTT", 0x85, 0x02, &id)),
+            Err(CodecError::UnsupportedProtocolLevel(0x85))
+        ));
         assert!(matches!(
             decode(&connect_frame("MQTX", 4, 0x02, &id)),
             Err(CodecError::InvalidProtocolName)

@@ -1,9 +1,9 @@
 //! The broker's HTTP server (`[http]`, actix-web on the broker's actix System): Prometheus
 //! `/metrics`, the health checks under `/api/v1/health/` and the admin API under `/api/v1`
 //! (`api.rs`), and the live dashboard at `/` (`dashboard.rs`, fed by `feed.rs`). A configured
-//! `http.token` is
-//! required as `Authorization: Bearer <token>` on everything but the health checks, compared in
-//! constant time. Every error is a JSON object `{"error": "..."}` with a 4xx or 5xx status.
+//! `http.token` is required as `Authorization: Bearer <token>` on everything but the health
+//! checks and the page itself (which holds no data), compared in constant time. Every error is a
+//! JSON object `{"error": "..."}` with a 4xx or 5xx status.
 
 mod api;
 mod dashboard;
@@ -236,12 +236,16 @@ impl RunningHttp {
 }
 
 /// Binds `[http]` and starts serving on the current actix System (one worker thread: the
-/// endpoints are for operators, not for traffic). `None` when `http.enabled` is false.
-pub fn start(config: &HttpConfig, state: HttpState) -> std::io::Result<Option<RunningHttp>> {
+/// endpoints are for operators, not for traffic), with the state `state` makes. `None` (and
+/// nothing started) when `http.enabled` is false.
+pub fn start(
+    config: &HttpConfig,
+    state: impl FnOnce() -> HttpState,
+) -> std::io::Result<Option<RunningHttp>> {
     if !config.enabled {
         return Ok(None);
     }
-    let state = web::Data::new(state);
+    let state = web::Data::new(state());
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())

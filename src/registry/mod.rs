@@ -291,8 +291,8 @@ impl Registry {
     }
 
     /// Routes one message by the route table, through this Registry's batches, and updates the
-    /// retained store `[MQTT-3.3.1-5]`. `from` is the publisher, for No Local.
-    /// Routes `message` (from `from`, for No Local) and returns how many deliveries it made.
+    /// retained store `[MQTT-3.3.1-5]`. `from` is the publisher, for No Local. Returns how many
+    /// deliveries it made.
     fn route(
         &mut self,
         message: Arc<Message>,

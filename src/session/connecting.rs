@@ -66,6 +66,10 @@ impl Session {
     pub(super) fn on_connect(&mut self, connect: ConnectPacket, ctx: &mut Context<Self>) {
         self.phase = super::Phase::Connecting;
         self.peer_options.protocol = connect.protocol;
+        self.peer_options.bridge = connect.bridge;
+        if connect.bridge {
+            info!(addr = %self.peer, client_id = %connect.client_id, "a bridge connects (protocol level with the bridge bit): no echo of its own messages, RETAIN kept");
+        }
         let open = self.shared.metrics.snapshot().connections_current;
         if open > self.shared.config.limits.max_connections as u64 {
             let v5 = connect.protocol.is_v5().then_some(reason::QUOTA_EXCEEDED);

@@ -320,7 +320,13 @@ impl Session {
         self.refresh_acl();
         let acl = self.acl.1.clone();
         let mut requests: Vec<SubscribeRequest> = Vec::with_capacity(filters.len());
-        for (filter, options) in filters {
+        for (filter, mut options) in filters {
+            if self.peer_options.bridge && parse_shared(&filter).is_none() {
+                // A bridge's messages do not come back to it, and retained ones stay retained
+                // on the other broker (what Mosquitto's bridges expect of a peer).
+                options.no_local = true;
+                options.retain_as_published = true;
+            }
             // The ACL judges the topic filter of a shared subscription.
             let acl_filter = match parse_shared(&filter) {
                 Some(Ok(shared)) => {

@@ -24,6 +24,10 @@ pub(super) struct PeerOptions {
     /// Session Expiry Interval of the CONNECT: a DISCONNECT may not raise it from 0 (section
     /// 3.14.2.2.2).
     pub session_expiry: u32,
+    /// Another broker's bridge (protocol level with the bridge bit): its subscriptions neither
+    /// echo its own messages back nor clear the RETAIN flag, so that nothing loops and retained
+    /// messages propagate.
+    pub bridge: bool,
 }
 
 impl Default for PeerOptions {
@@ -33,6 +37,7 @@ impl Default for PeerOptions {
             max_packet_size: None,
             problem_information: true,
             session_expiry: 0,
+            bridge: false,
         }
     }
 }

@@ -103,6 +103,32 @@ pub fn browser_available() -> bool {
     )
 }
 
+/// Debian's Mosquitto broker: `mosquitto` on the PATH, else `/usr/sbin/mosquitto`.
+pub fn mosquitto_binary() -> std::path::PathBuf {
+    let on_path = std::process::Command::new("mosquitto")
+        .arg("-h")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    if on_path {
+        "mosquitto".into()
+    } else {
+        "/usr/sbin/mosquitto".into()
+    }
+}
+
+/// Whether Debian's Mosquitto broker is there, as a bridge peer (see [`required_under_ci`]).
+pub fn mosquitto_broker_available() -> bool {
+    let found = std::process::Command::new(mosquitto_binary())
+        .arg("-h")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    required_under_ci(found, "mosquitto (the broker)", "apt-get install mosquitto")
+}
+
 /// Whether Debian's mosquitto clients are there (see [`required_under_ci`]).
 pub fn mosquitto_clients_available() -> bool {
     let found = std::process::Command::new("mosquitto_pub")
