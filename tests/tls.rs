@@ -5,55 +5,14 @@ mod common;
 
 use std::time::Duration;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType,
-};
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS, TlsConfiguration, Transport};
 use switchboard::BackgroundBroker;
 
-struct Pki {
-    dir: tempfile::TempDir,
-    ca_pem: String,
-    client: (String, String),
-}
+use common::pki::Pki;
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files.
 fn pki() -> Pki {
-    let ca_key = KeyPair::generate().expect("key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "switchboard test CA");
-    let ca = ca_params.self_signed(&ca_key).expect("CA");
-
-    let server_key = KeyPair::generate().expect("key");
-    let mut server_params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-    server_params
-        .subject_alt_names
-        .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
-    server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let server = server_params
-        .signed_by(&server_key, &ca, &ca_key)
-        .expect("server cert");
-
-    let client_key = KeyPair::generate().expect("key");
-    let mut client_params =
-        CertificateParams::new(vec!["1AB.ENTER.DETRD".to_string()]).expect("params");
-    client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let client = client_params
-        .signed_by(&client_key, &ca, &ca_key)
-        .expect("client cert");
-
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("ca.pem"), ca.pem()).expect("write");
-    std::fs::write(dir.path().join("server.pem"), server.pem()).expect("write");
-    std::fs::write(dir.path().join("server.key"), server_key.serialize_pem()).expect("write");
-    Pki {
-        ca_pem: ca.pem(),
-        client: (client.pem(), client_key.serialize_pem()),
-        dir,
-    }
+    Pki::new("1AB.ENTER.DETRD")
 }
 
 fn tls_broker(pki: &Pki, require_client_cert: bool) -> BackgroundBroker {

@@ -129,18 +129,7 @@ fn paho_over_websocket_both_versions() {
     }
     let broker = ws_broker();
     let ws = broker.websocket_local_addr().expect("ws listener");
-    let script = format!("{}/tests/interop/paho_ws.py", env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new("python3")
-        .args([script.as_str(), &ws.port().to_string(), "/mqtt"])
-        .output()
-        .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<&str> = stdout.lines().collect();
+    let lines = common::run_interop_script_with("paho_ws.py", &[&ws.port().to_string(), "/mqtt"]);
     assert_eq!(
         lines,
         vec![
@@ -371,15 +360,15 @@ async fn mqttjs_over_wss() {
     if !mqttjs_available() {
         return;
     }
-    let pki = tls_files();
+    let pki = common::pki::Pki::new("ws-client");
     let broker = broker_with(|c| {
         c.websocket.tls_port = Some(0);
-        c.tls.cert_file = Some(pki.path().join("server.pem"));
-        c.tls.key_file = Some(pki.path().join("server.key"));
+        c.tls.cert_file = Some(pki.dir.path().join("server.pem"));
+        c.tls.key_file = Some(pki.dir.path().join("server.key"));
     });
     let wss = broker.websocket_tls_local_addr().expect("wss listener");
     let url = format!("wss://localhost:{}/mqtt", wss.port());
-    let ca = pki.path().join("ca.pem");
+    let ca = pki.dir.path().join("ca.pem");
     let (mut subscriber, sub_lines) = mqttjs(&url, "5", "sub", "secure/ws", 3, Some(&ca));
     assert_eq!(next_line(&sub_lines), serde_json::json!({ "ready": true }));
     let (mut publisher, pub_lines) = mqttjs(&url, "5", "pub", "secure/ws", 3, Some(&ca));
@@ -390,29 +379,4 @@ async fn mqttjs_over_wss() {
     );
     assert!(publisher.wait().expect("node").success());
     assert!(subscriber.wait().expect("node").success());
-}
-
-/// A CA and a server certificate for localhost and 127.0.0.1, as PEM files.
-fn tls_files() -> tempfile::TempDir {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
-    let ca_key = KeyPair::generate().expect("key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "switchboard ws test CA");
-    let ca = ca_params.self_signed(&ca_key).expect("CA");
-    let server_key = KeyPair::generate().expect("key");
-    let mut server_params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-    server_params
-        .subject_alt_names
-        .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
-    let server = server_params
-        .signed_by(&server_key, &ca, &ca_key)
-        .expect("server cert");
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("ca.pem"), ca.pem()).expect("write");
-    std::fs::write(dir.path().join("server.pem"), server.pem()).expect("write");
-    std::fs::write(dir.path().join("server.key"), server_key.serialize_pem()).expect("write");
-    dir
 }

@@ -7,6 +7,7 @@ pub mod child;
 pub mod durable;
 pub mod http;
 pub mod packets;
+pub mod pki;
 pub mod v5;
 
 use std::net::SocketAddr;
@@ -192,9 +193,15 @@ pub async fn mosquitto_sub_lines(sub: tokio::process::Child) -> Vec<String> {
 /// Runs a Python script from `tests/interop/` against the broker on `port`; asserts it succeeded
 /// and returns the lines it printed.
 pub fn run_interop_script(name: &str, port: u16) -> Vec<String> {
+    run_interop_script_with(name, &[&port.to_string()])
+}
+
+/// [`run_interop_script`] with these arguments.
+pub fn run_interop_script_with(name: &str, args: &[&str]) -> Vec<String> {
     let script = format!("{}/tests/interop/{name}", env!("CARGO_MANIFEST_DIR"));
     let out = std::process::Command::new("python3")
-        .args([script.as_str(), &port.to_string()])
+        .arg(script)
+        .args(args)
         .output()
         .expect("python3 runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
