@@ -55,41 +55,26 @@ impl BackgroundBroker {
                         return;
                     }
                 };
-                let _ = started_tx.send(Ok((
-                    running.local_addr(),
-                    running.tls_local_addr(),
-                    running.http_local_addr(),
-                    (
+                let _ = started_tx.send(Ok(BackgroundBroker {
+                    local_addr: running.local_addr(),
+                    tls_local_addr: running.tls_local_addr(),
+                    http_local_addr: running.http_local_addr(),
+                    websocket_addrs: (
                         running.websocket_local_addr(),
                         running.websocket_tls_local_addr(),
                     ),
-                    running.registry().clone(),
-                    running.metrics(),
-                    System::current(),
-                )));
+                    registry: running.registry().clone(),
+                    metrics: running.metrics(),
+                    system: System::current(),
+                    thread: None,
+                }));
                 let _ = runner.run();
                 drop(running);
             })
             .map_err(|_| BrokerError::ThreadExited)?;
-        let (
-            local_addr,
-            tls_local_addr,
-            http_local_addr,
-            websocket_addrs,
-            registry,
-            metrics,
-            system,
-        ) = started_rx.recv().map_err(|_| BrokerError::ThreadExited)??;
-        Ok(BackgroundBroker {
-            local_addr,
-            tls_local_addr,
-            http_local_addr,
-            websocket_addrs,
-            registry,
-            metrics,
-            system,
-            thread: Some(thread),
-        })
+        let mut broker = started_rx.recv().map_err(|_| BrokerError::ThreadExited)??;
+        broker.thread = Some(thread);
+        Ok(broker)
     }
 
     /// The bound address.
