@@ -53,16 +53,22 @@ impl Feed {
         }
     }
 
-    fn event(&mut self, event: serde_json::Value) {
+    /// Whether one more lifecycle event goes out this second; counts it as suppressed if not.
+    fn admit(&mut self) -> bool {
         let now = Instant::now();
         if now.duration_since(self.window.0) >= Duration::from_secs(1) {
             self.window = (now, 0, self.window.2);
         }
         if self.window.1 >= EVENTS_PER_SECOND {
             self.window.2 += 1;
-            return;
+            return false;
         }
         self.window.1 += 1;
+        true
+    }
+
+    /// Keeps and broadcasts one admitted lifecycle event.
+    fn event(&mut self, event: serde_json::Value) {
         let text: Arc<str> = Arc::from(event.to_string());
         if self.recent.len() == RECENT {
             self.recent.pop_front();
@@ -167,6 +173,9 @@ impl Handler<ClientConnected> for Feed {
 
     /// From the Registry (a hook).
     fn handle(&mut self, msg: ClientConnected, _: &mut Context<Self>) {
+        if !self.admit() {
+            return;
+        }
         self.event(json!({
             "type": "connected", "time_ms": unix_ms_now(), "client_id": &*msg.client_id,
             "address": msg.peer.to_string(), "protocol": msg.protocol.to_string(),
@@ -179,6 +188,9 @@ impl Handler<ClientDisconnected> for Feed {
 
     /// From the Registry (a hook).
     fn handle(&mut self, msg: ClientDisconnected, _: &mut Context<Self>) {
+        if !self.admit() {
+            return;
+        }
         self.event(json!({
             "type": "disconnected", "time_ms": unix_ms_now(), "client_id": &*msg.client_id,
             "address": msg.peer.to_string(), "reason": msg.reason.to_string(),
@@ -191,6 +203,9 @@ impl Handler<ClientSubscribed> for Feed {
 
     /// From the Registry (a hook).
     fn handle(&mut self, msg: ClientSubscribed, _: &mut Context<Self>) {
+        if !self.admit() {
+            return;
+        }
         self.event(json!({
             "type": "subscribed", "time_ms": unix_ms_now(), "client_id": &*msg.client_id,
             "filter": msg.filter, "qos": msg.qos as u8,
@@ -203,6 +218,9 @@ impl Handler<ClientUnsubscribed> for Feed {
 
     /// From the Registry (a hook).
     fn handle(&mut self, msg: ClientUnsubscribed, _: &mut Context<Self>) {
+        if !self.admit() {
+            return;
+        }
         self.event(json!({
             "type": "unsubscribed", "time_ms": unix_ms_now(), "client_id": &*msg.client_id,
             "filter": msg.filter,
