@@ -20,9 +20,7 @@
 //! | [`routing`] | the route table the Registry writes and every worker reads; matching one burst where it was read |
 //! | [`session_state`] | what a session keeps across connections, handed between the two |
 //! | [`queue`] | a client's bounded QoS 1/2 queue and its overflow policy |
-//! | [`codec`] | MQTT 3.1.1 and 5.0 packets: decoding what clients send, encoding what the broker sends |
-//! | [`message`] | the application message, deliveries, wills and subscription options |
-//! | [`topic`] | topic and filter validation, the subscription trie, the retained store, shared filters |
+//! | [`codec`], [`message`], [`topic`] | MQTT itself, from the `switchboard-mqtt` crate (`mqtt/`): packets, the application message, topics and the subscription trie |
 //! | [`hooks`] | lifecycle events and interceptors: how users extend the broker |
 //! | [`http`] | the HTTP server: Prometheus `/metrics`, health checks |
 //! | [`auth`] | password file, ACL file, the authenticator thread |
@@ -36,7 +34,6 @@
 pub mod auth;
 mod background;
 mod broker;
-pub mod codec;
 pub mod config;
 pub mod drops;
 pub mod fd_limit;
@@ -45,7 +42,6 @@ pub mod http;
 mod listener;
 mod logging;
 pub mod memory_trim;
-pub mod message;
 pub mod metrics;
 pub mod persistence;
 pub mod queue;
@@ -54,9 +50,10 @@ pub mod routing;
 pub mod session;
 pub mod session_state;
 pub mod tls;
-pub mod topic;
 pub mod traffic;
 pub mod websocket;
+
+pub use switchboard_mqtt::{codec, message, topic};
 
 pub use background::BackgroundBroker;
 pub use broker::{Broker, BrokerError, RunningBroker};

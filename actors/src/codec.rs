@@ -5,9 +5,9 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use mqttbytes::{v4, v5};
-use switchboard::codec::properties::{id, put_var_int, var_int_len, PropertyWriter};
-use switchboard::codec::{write_publish, write_publish_v5, PublishExtras, PublishHeader};
-use switchboard::{MessageProperties, ProtocolVersion, QoS};
+use switchboard_mqtt::codec::properties::{id, put_var_int, var_int_len, PropertyWriter};
+use switchboard_mqtt::codec::{write_publish, write_publish_v5, PublishExtras, PublishHeader};
+use switchboard_mqtt::{MessageProperties, ProtocolVersion, QoS};
 
 use crate::queue::Outgoing;
 use thiserror::Error;
@@ -430,8 +430,9 @@ mod tests {
             },
         );
         write_subscribe_v5(&mut out, 3, &[("a/+".to_string(), QoS::ExactlyOnce)]);
-        let mut codec = switchboard::codec::MqttCodec::new(1 << 20);
-        let Ok(Some(switchboard::codec::Packet::Connect(connect))) = codec.decode(&mut out) else {
+        let mut codec = switchboard_mqtt::codec::MqttCodec::new(1 << 20);
+        let Ok(Some(switchboard_mqtt::codec::Packet::Connect(connect))) = codec.decode(&mut out)
+        else {
             panic!("CONNECT not read back");
         };
         assert_eq!(connect.protocol, ProtocolVersion::V5);
@@ -439,7 +440,7 @@ mod tests {
         assert_eq!(connect.properties.maximum_packet_size, Some(4096));
         assert_eq!(connect.username.as_deref(), Some("u"));
         assert!(connect.will.is_some_and(|w| w.retain && w.topic == "w"));
-        let Ok(Some(switchboard::codec::Packet::Subscribe { pid, filters })) =
+        let Ok(Some(switchboard_mqtt::codec::Packet::Subscribe { pid, filters })) =
             codec.decode(&mut out)
         else {
             panic!("SUBSCRIBE not read back");

@@ -2,8 +2,8 @@
 //! filters to a `Recipient`.
 
 use actix::prelude::*;
-use switchboard::topic::SubscriptionTrie;
-use switchboard::QoS;
+use switchboard_mqtt::topic::SubscriptionTrie;
+use switchboard_mqtt::QoS;
 
 use crate::connection::{AddListener, ManagedConnection, Subscribe};
 use crate::events::{ConnectionEvent, Received};
@@ -25,7 +25,7 @@ impl Consumer {
     ) -> Self {
         let mut matcher = SubscriptionTrie::new();
         for (filter, _) in &filters {
-            if switchboard::topic::validate_filter(filter).is_ok() {
+            if switchboard_mqtt::topic::validate_filter(filter).is_ok() {
                 matcher.insert(filter, 0, ());
             }
         }

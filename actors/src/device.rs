@@ -7,7 +7,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use bytes::Bytes;
 use serde::Serialize;
-use switchboard::QoS;
+use switchboard_mqtt::QoS;
 use tracing::warn;
 
 use crate::connection::{Enqueue, ManagedConnection, Subscribe};

@@ -12,7 +12,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use switchboard::QoS;
+use switchboard_mqtt::QoS;
 
 use crate::events::MessageId;
 use crate::queue::Outgoing;

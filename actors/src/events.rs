@@ -2,7 +2,7 @@
 
 use actix::prelude::*;
 use bytes::Bytes;
-use switchboard::QoS;
+use switchboard_mqtt::QoS;
 use thiserror::Error;
 
 /// Identifies one enqueued message for the life of a connection actor (and across restarts with a
@@ -93,7 +93,7 @@ pub struct Received {
     /// Retain flag (set for retained messages sent on subscribe).
     pub retain: bool,
     /// MQTT 5 properties the broker forwarded (response topic, correlation data, ...).
-    pub properties: Option<switchboard::MessageProperties>,
+    pub properties: Option<switchboard_mqtt::MessageProperties>,
 }
 
 /// Why [`Enqueue`](crate::Enqueue) did not take a message.

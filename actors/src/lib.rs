@@ -38,4 +38,4 @@ pub use events::{
 pub use options::{Backoff, ConnectionOptions, Overflow, Will};
 pub use publisher::{Publish, PublishEvery, Publisher};
 pub use request::{Envelope, Request, RequestError, Requester};
-pub use switchboard::{MessageProperties, ProtocolVersion, QoS};
+pub use switchboard_mqtt::{MessageProperties, ProtocolVersion, QoS};

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use switchboard::{ProtocolVersion, QoS};
+use switchboard_mqtt::{ProtocolVersion, QoS};
 
 /// What to do when the pending queue is full and another message is enqueued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

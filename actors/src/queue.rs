@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 
 use bytes::Bytes;
-use switchboard::{MessageProperties, QoS};
+use switchboard_mqtt::{MessageProperties, QoS};
 
 use crate::events::MessageId;
 use crate::options::Overflow;

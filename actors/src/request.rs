@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use serde::{Deserialize, Serialize};
-use switchboard::topic::SubscriptionTrie;
-use switchboard::{MessageProperties, QoS};
+use switchboard_mqtt::topic::SubscriptionTrie;
+use switchboard_mqtt::{MessageProperties, QoS};
 use thiserror::Error;
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
@@ -98,7 +98,7 @@ impl Requester {
         timeout: Duration,
     ) -> Self {
         let mut matcher = SubscriptionTrie::new();
-        if switchboard::topic::validate_filter(response_filter).is_ok() {
+        if switchboard_mqtt::topic::validate_filter(response_filter).is_ok() {
             matcher.insert(response_filter, 0, ());
         }
         Requester {

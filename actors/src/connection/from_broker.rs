@@ -4,8 +4,8 @@
 use actix::prelude::*;
 use tracing::{info, warn};
 
-use switchboard::codec::{write_ack, Ack};
-use switchboard::QoS;
+use switchboard_mqtt::codec::{write_ack, Ack};
+use switchboard_mqtt::QoS;
 
 use super::{Awaiting, Link, ManagedConnection};
 use crate::codec::Incoming;

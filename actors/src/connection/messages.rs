@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
-use switchboard::QoS;
+use switchboard_mqtt::QoS;
 
 use crate::events::{ConnectionEvent, EnqueueError, MessageId};
 
@@ -23,7 +23,7 @@ pub struct Enqueue {
     /// Retain flag.
     pub retain: bool,
     /// MQTT 5 properties; dropped on a 3.1.1 connection.
-    pub properties: Option<Box<switchboard::MessageProperties>>,
+    pub properties: Option<Box<switchboard_mqtt::MessageProperties>>,
 }
 
 impl Enqueue {
@@ -39,7 +39,7 @@ impl Enqueue {
     }
 
     /// The same message with MQTT 5 properties.
-    pub fn with_properties(mut self, properties: switchboard::MessageProperties) -> Self {
+    pub fn with_properties(mut self, properties: switchboard_mqtt::MessageProperties) -> Self {
         self.properties = Some(Box::new(properties));
         self
     }

@@ -22,8 +22,8 @@ use tracing::{debug, info, warn};
 
 pub use messages::*;
 
-use switchboard::codec::{write_ack, Ack};
-use switchboard::QoS;
+use switchboard_mqtt::codec::{write_ack, Ack};
+use switchboard_mqtt::QoS;
 
 use crate::codec::{
     to_mqttbytes, write_connect_v5, write_publish_of, write_subscribe_v5, ClientCodec,

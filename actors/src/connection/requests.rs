@@ -21,7 +21,7 @@ impl Handler<Enqueue> for ManagedConnection {
         if self.stopping.is_some() {
             return Err(EnqueueError::Stopping);
         }
-        if switchboard::topic::validate_topic_name(&msg.topic).is_err() {
+        if switchboard_mqtt::topic::validate_topic_name(&msg.topic).is_err() {
             return Err(EnqueueError::InvalidTopic);
         }
         let id = self.next_id;
@@ -73,7 +73,7 @@ impl Handler<Subscribe> for ManagedConnection {
     type Result = ();
 
     fn handle(&mut self, msg: Subscribe, ctx: &mut Context<Self>) {
-        if switchboard::topic::validate_filter(&msg.filter).is_err() {
+        if switchboard_mqtt::topic::validate_filter(&msg.filter).is_err() {
             warn!(filter = %msg.filter, "invalid topic filter; not subscribed");
             return;
         }

@@ -1,6 +1,6 @@
 //! The gate barrier: answers status requests, takes open/close commands, reports its state.
 
-use switchboard::QoS;
+use switchboard_mqtt::QoS;
 use tracing::{info, warn};
 
 use super::{

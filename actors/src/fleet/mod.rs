@@ -8,7 +8,7 @@ pub use gate::GateBarrier;
 pub use radar::RadarDetector;
 
 use serde::{Deserialize, Serialize};
-use switchboard::{MessageProperties, QoS};
+use switchboard_mqtt::{MessageProperties, QoS};
 
 use crate::connection::Enqueue;
 use crate::device::Outbox;

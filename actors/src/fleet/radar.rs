@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use switchboard::QoS;
+use switchboard_mqtt::QoS;
 
 use super::{
     answer_status, detection_topic, state_topic, status_request_topic, Detection, RadarStatus,
