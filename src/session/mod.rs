@@ -12,6 +12,7 @@ mod durability;
 mod from_registry;
 mod hand_over;
 mod linger;
+mod output;
 mod packets;
 mod peer;
 mod reader;
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
@@ -32,18 +33,16 @@ pub use linger::{ConnectionSlot, LINGER_BYTES, LINGER_TIME};
 pub use state::{AckResult, Outbound};
 
 use self::linger::{linger, SharedReader};
-use self::peer::{
-    disconnect_code, note_delivery_latency, write_delivery, OutboundAliases, PeerOptions,
-};
+use self::peer::{disconnect_code, OutboundAliases, PeerOptions};
 use self::reader::PacketReader;
 use crate::codec::{self, CodecError, MqttCodec, Packet};
 use crate::config::Config;
-use crate::drops::{DropLog, DropReason};
+use crate::drops::DropLog;
 use crate::hooks::{DisconnectReason, Interceptors};
 use crate::metrics::Metrics;
 use crate::registry::{ClientKey, ConnId, Detach, Registry, SessionEnded};
 use crate::routing::{Routes, Stored};
-use crate::session_state::{InflightStage, SessionState};
+use crate::session_state::SessionState;
 
 /// Most messages handed to the Registry in one [`Publish`](crate::registry::Publish); a burst
 /// read from the socket is otherwise handed over at the end of the read turn.
@@ -258,59 +257,6 @@ impl Session {
         }
     }
 
-    /// Writes what is buffered, one write at a time; the completion of a write starts the next.
-    fn flush(&mut self, ctx: &mut Context<Self>) {
-        if self.shared.store.is_some() && self.output_waits(ctx) {
-            return;
-        }
-        if self.out.is_empty() || self.socket_dead {
-            return;
-        }
-        let Some(mut writer) = self.writer.take() else {
-            return;
-        };
-        let buf = self.out.split().freeze();
-        self.writing = buf.len();
-        let written = crate::traffic::Written::count(&buf);
-        let write = async move {
-            // The flush matters where the stream buffers (TLS, WebSocket); on TCP it is free.
-            let result = match writer.write_all(&buf).await {
-                Ok(()) => writer.flush().await,
-                Err(e) => Err(e),
-            };
-            (writer, result)
-        };
-        ctx.spawn(
-            write
-                .into_actor(self)
-                .map(move |(writer, result), act, ctx| {
-                    act.writing = 0;
-                    match result {
-                        Ok(()) => {
-                            act.shared.metrics.traffic.written(&written);
-                            act.writer = Some(writer);
-                            act.flush(ctx);
-                            if act.out.is_empty() {
-                                // What is left of the buffer is still one allocation with the bytes in
-                                // flight: an idle connection keeps none of it.
-                                act.out = BytesMut::new();
-                            }
-                        }
-                        Err(e) => {
-                            act.socket_dead = true;
-                            act.close(ctx, DisconnectReason::Network(e.to_string()));
-                        }
-                    }
-                    act.maybe_stop(ctx);
-                }),
-        );
-    }
-
-    /// Bytes held for the socket: buffered plus being written.
-    fn unwritten(&self) -> usize {
-        self.out.len() + self.writing
-    }
-
     /// Ends the connection: stops reading, detaches from the Registry if connected, and stops the
     /// actor once the output is written (or after [`CLOSE_LINGER`]).
     fn close(&mut self, ctx: &mut Context<Self>, reason: DisconnectReason) {
@@ -401,85 +347,6 @@ impl Session {
             "closing connection: bad input"
         );
         self.close(ctx, DisconnectReason::ProtocolError(error.to_string()));
-    }
-
-    /// Sends queued QoS 1/2 messages while the window has room. A message too large for the
-    /// client is dropped as if delivered `[MQTT-3.1.2-25]`.
-    fn pump(&mut self) {
-        self.pump_at(Instant::now());
-    }
-
-    /// [`Session::pump`] with the time already read.
-    fn pump_at(&mut self, now: Instant) {
-        while let Some(entry) = self.outbound.next_to_send(now) {
-            let pid = entry.pid;
-            let written = write_delivery(
-                &mut self.out,
-                &self.peer_options,
-                &mut self.aliases,
-                &entry.delivery,
-                pid,
-                false,
-                now,
-            );
-            if written {
-                note_delivery_latency(&self.shared.metrics.traffic, &entry.delivery, now);
-            } else {
-                self.outbound.discard(pid);
-                self.too_large_for_client();
-            }
-        }
-        let expired = self.outbound.take_expired();
-        if expired > 0 {
-            self.shared.metrics.add_expired_dropped(expired);
-            debug!(client_id = %self.client_id(), expired, "expired messages not delivered");
-        }
-    }
-
-    /// Counts `n` messages dropped for `reason` and warns (rate-limited) naming the client.
-    fn record_drops(&mut self, reason: DropReason, n: u64) {
-        let client_id = match &self.phase {
-            Phase::Connected { client_id, .. } => client_id,
-            _ => "",
-        };
-        DropLog::record(&mut self.drops, &self.shared.metrics, client_id, reason, n);
-    }
-
-    fn too_large_for_client(&self) {
-        self.shared.metrics.add_too_large_dropped(1);
-        debug!(client_id = %self.client_id(), "message larger than the client's Maximum Packet Size dropped");
-    }
-
-    /// Re-sends a resumed session's unacknowledged messages: PUBLISH with DUP, or PUBREL
-    /// `[MQTT-4.4.0-1]`.
-    fn resend_inflight(&mut self) {
-        let now = Instant::now();
-        let mut too_large = Vec::new();
-        for entry in self.outbound.inflight() {
-            match entry.stage {
-                InflightStage::AwaitingPubComp => {
-                    codec::write_ack(&mut self.out, codec::Ack::PubRel, entry.pid)
-                }
-                _ => {
-                    let written = write_delivery(
-                        &mut self.out,
-                        &self.peer_options,
-                        &mut self.aliases,
-                        &entry.delivery,
-                        entry.pid,
-                        true,
-                        now,
-                    );
-                    if !written {
-                        too_large.push(entry.pid);
-                    }
-                }
-            }
-        }
-        for pid in too_large {
-            self.outbound.discard(pid);
-            self.too_large_for_client();
-        }
     }
 
     /// Writes an MQTT 5 SUBACK (0x90) or UNSUBACK (0xB0), with a reason string naming the

@@ -1,0 +1,151 @@
+//! Writing to the client: the output buffer and its one-write-at-a-time flush (the completed
+//! write counts its packets and bytes), the QoS 1/2 window's pump, and re-sending a resumed
+//! session's unacknowledged messages.
+
+use std::time::Instant;
+
+use actix::prelude::*;
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tracing::debug;
+
+use super::peer::{note_delivery_latency, write_delivery};
+use super::{Phase, Session};
+use crate::codec;
+use crate::drops::{DropLog, DropReason};
+use crate::hooks::DisconnectReason;
+use crate::session_state::InflightStage;
+
+impl Session {
+    /// Writes what is buffered, one write at a time; the completion of a write starts the next.
+    pub(super) fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.shared.store.is_some() && self.output_waits(ctx) {
+            return;
+        }
+        if self.out.is_empty() || self.socket_dead {
+            return;
+        }
+        let Some(mut writer) = self.writer.take() else {
+            return;
+        };
+        let buf = self.out.split().freeze();
+        self.writing = buf.len();
+        let written = crate::traffic::Written::count(&buf);
+        let write = async move {
+            // The flush matters where the stream buffers (TLS, WebSocket); on TCP it is free.
+            let result = match writer.write_all(&buf).await {
+                Ok(()) => writer.flush().await,
+                Err(e) => Err(e),
+            };
+            (writer, result)
+        };
+        ctx.spawn(
+            write
+                .into_actor(self)
+                .map(move |(writer, result), act, ctx| {
+                    act.writing = 0;
+                    match result {
+                        Ok(()) => {
+                            act.shared.metrics.traffic.written(&written);
+                            act.writer = Some(writer);
+                            act.flush(ctx);
+                            if act.out.is_empty() {
+                                // What is left of the buffer is still one allocation with the bytes in
+                                // flight: an idle connection keeps none of it.
+                                act.out = BytesMut::new();
+                            }
+                        }
+                        Err(e) => {
+                            act.socket_dead = true;
+                            act.close(ctx, DisconnectReason::Network(e.to_string()));
+                        }
+                    }
+                    act.maybe_stop(ctx);
+                }),
+        );
+    }
+
+    /// Bytes held for the socket: buffered plus being written.
+    pub(super) fn unwritten(&self) -> usize {
+        self.out.len() + self.writing
+    }
+
+    /// Sends queued QoS 1/2 messages while the window has room. A message too large for the
+    /// client is dropped as if delivered `[MQTT-3.1.2-25]`.
+    pub(super) fn pump(&mut self) {
+        self.pump_at(Instant::now());
+    }
+
+    /// [`Session::pump`] with the time already read.
+    pub(super) fn pump_at(&mut self, now: Instant) {
+        while let Some(entry) = self.outbound.next_to_send(now) {
+            let pid = entry.pid;
+            let written = write_delivery(
+                &mut self.out,
+                &self.peer_options,
+                &mut self.aliases,
+                &entry.delivery,
+                pid,
+                false,
+                now,
+            );
+            if written {
+                note_delivery_latency(&self.shared.metrics.traffic, &entry.delivery, now);
+            } else {
+                self.outbound.discard(pid);
+                self.too_large_for_client();
+            }
+        }
+        let expired = self.outbound.take_expired();
+        if expired > 0 {
+            self.shared.metrics.add_expired_dropped(expired);
+            debug!(client_id = %self.client_id(), expired, "expired messages not delivered");
+        }
+    }
+
+    /// Counts `n` messages dropped for `reason` and warns (rate-limited) naming the client.
+    pub(super) fn record_drops(&mut self, reason: DropReason, n: u64) {
+        let client_id = match &self.phase {
+            Phase::Connected { client_id, .. } => client_id,
+            _ => "",
+        };
+        DropLog::record(&mut self.drops, &self.shared.metrics, client_id, reason, n);
+    }
+
+    pub(super) fn too_large_for_client(&self) {
+        self.shared.metrics.add_too_large_dropped(1);
+        debug!(client_id = %self.client_id(), "message larger than the client's Maximum Packet Size dropped");
+    }
+
+    /// Re-sends a resumed session's unacknowledged messages: PUBLISH with DUP, or PUBREL
+    /// `[MQTT-4.4.0-1]`.
+    pub(super) fn resend_inflight(&mut self) {
+        let now = Instant::now();
+        let mut too_large = Vec::new();
+        for entry in self.outbound.inflight() {
+            match entry.stage {
+                InflightStage::AwaitingPubComp => {
+                    codec::write_ack(&mut self.out, codec::Ack::PubRel, entry.pid)
+                }
+                _ => {
+                    let written = write_delivery(
+                        &mut self.out,
+                        &self.peer_options,
+                        &mut self.aliases,
+                        &entry.delivery,
+                        entry.pid,
+                        true,
+                        now,
+                    );
+                    if !written {
+                        too_large.push(entry.pid);
+                    }
+                }
+            }
+        }
+        for pid in too_large {
+            self.outbound.discard(pid);
+            self.too_large_for_client();
+        }
+    }
+}
