@@ -276,6 +276,7 @@ async fn subscriptions_retained_and_publish() {
     ] {
         let response = request(http, "POST", "/api/v1/publish", None, Some(body)).await;
         assert_eq!(response.status, 400, "{body}");
+        assert_eq!(response.headers["content-type"], "application/json");
         let error = response.json()["error"].as_str().map(str::to_string);
         assert!(
             error
@@ -284,6 +285,16 @@ async fn subscriptions_retained_and_publish() {
             "{body}: {error:?}"
         );
     }
+    // A body over the limit: 413, in JSON like every other error.
+    let huge = format!(
+        r#"{{"topic": "gate/1/cmd", "payload": "{}"}}"#,
+        "x".repeat(1_600_000)
+    );
+    let response = request(http, "POST", "/api/v1/publish", None, Some(&huge)).await;
+    assert_eq!(response.status, 413);
+    assert!(response.json()["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("over")));
 }
 
 #[tokio::test]

@@ -283,12 +283,33 @@ fn message_of(body: &[u8]) -> Result<Message, ApiError> {
     Ok(Message::new(body.topic, payload, qos, body.retain))
 }
 
+/// The largest `POST /publish` body read: a 1 MiB payload in base64, and room for the rest.
+const MAX_PUBLISH_BODY: usize = 1_500_000;
+
+/// Reads a request body up to [`MAX_PUBLISH_BODY`]; a 413 that says so beyond it.
+async fn read_body(mut payload: web::Payload) -> Result<bytes::BytesMut, ApiError> {
+    use futures_util::StreamExt;
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
+        if body.len() + chunk.len() > MAX_PUBLISH_BODY {
+            return Err(ApiError::new(
+                413,
+                format!("the body is over {MAX_PUBLISH_BODY} bytes"),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 async fn publish(
     req: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
     state: web::Data<HttpState>,
 ) -> Result<HttpResponse, ApiError> {
     guard(&req, &state)?;
+    let body = read_body(payload).await?;
     let message = message_of(&body)?;
     let deliveries = ask(&state, AdminPublish(message)).await?;
     Ok(HttpResponse::Ok().json(json!({ "deliveries": deliveries })))
