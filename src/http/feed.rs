@@ -26,6 +26,46 @@ const EVENTS_PER_SECOND: u32 = 100;
 /// How often the counters go out.
 const TICK: Duration = Duration::from_secs(1);
 
+/// At most [`EVENTS_PER_SECOND`] lifecycle events a second; the rest are counted.
+#[derive(Debug)]
+struct EventBudget {
+    /// When the current second began.
+    since: Instant,
+    /// Events let through in it.
+    sent: u32,
+    /// Events refused since the last [`EventBudget::take_suppressed`].
+    suppressed: u64,
+}
+
+impl EventBudget {
+    fn new(now: Instant) -> Self {
+        EventBudget {
+            since: now,
+            sent: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether one more event goes out at `now`; counts it as suppressed if not.
+    fn admit(&mut self, now: Instant) -> bool {
+        if now.duration_since(self.since) >= Duration::from_secs(1) {
+            self.since = now;
+            self.sent = 0;
+        }
+        if self.sent >= EVENTS_PER_SECOND {
+            self.suppressed += 1;
+            return false;
+        }
+        self.sent += 1;
+        true
+    }
+
+    /// The events refused since the last call.
+    fn take_suppressed(&mut self) -> u64 {
+        std::mem::take(&mut self.suppressed)
+    }
+}
+
 /// The feed actor. Started by the HTTP server on the broker's System.
 pub struct Feed {
     registry: Addr<Registry>,
@@ -33,8 +73,7 @@ pub struct Feed {
     sender: broadcast::Sender<Arc<str>>,
     recent: VecDeque<Arc<str>>,
     hooked: bool,
-    /// Events sent in the current second, and events dropped over the limit.
-    window: (Instant, u32, u64),
+    budget: EventBudget,
     /// Counters at the last tick, for rates.
     last: Option<(Instant, u64, u64, u64)>,
 }
@@ -48,23 +87,14 @@ impl Feed {
             sender: broadcast::channel(1024).0,
             recent: VecDeque::with_capacity(RECENT),
             hooked: false,
-            window: (Instant::now(), 0, 0),
+            budget: EventBudget::new(Instant::now()),
             last: None,
         }
     }
 
-    /// Whether one more lifecycle event goes out this second; counts it as suppressed if not.
+    /// Whether one more lifecycle event goes out this second.
     fn admit(&mut self) -> bool {
-        let now = Instant::now();
-        if now.duration_since(self.window.0) >= Duration::from_secs(1) {
-            self.window = (now, 0, self.window.2);
-        }
-        if self.window.1 >= EVENTS_PER_SECOND {
-            self.window.2 += 1;
-            return false;
-        }
-        self.window.1 += 1;
-        true
+        self.budget.admit(Instant::now())
     }
 
     /// Keeps and broadcasts one admitted lifecycle event.
@@ -109,7 +139,7 @@ impl Feed {
             None => (0.0, 0.0, 0.0),
         };
         self.last = Some((now, received, sent, dropped));
-        let suppressed = std::mem::take(&mut self.window.2);
+        let suppressed = self.budget.take_suppressed();
         let connections = metrics.connections_current;
         self.registry
             .send(GetStats)
@@ -225,5 +255,25 @@ impl Handler<ClientUnsubscribed> for Feed {
             "type": "unsubscribed", "time_ms": unix_ms_now(), "client_id": &*msg.client_id,
             "filter": msg.filter,
         }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_beyond_the_budget_is_counted_and_the_next_second_starts_afresh() {
+        let start = Instant::now();
+        let mut budget = EventBudget::new(start);
+        let admitted = (0..250).filter(|_| budget.admit(start)).count();
+        assert_eq!(admitted, EVENTS_PER_SECOND as usize);
+        assert_eq!(budget.take_suppressed(), 150);
+        assert_eq!(budget.take_suppressed(), 0, "taken once");
+        let later = start + Duration::from_millis(999);
+        assert!(!budget.admit(later), "still the same second");
+        let next = start + Duration::from_secs(1);
+        assert!(budget.admit(next), "a new second");
+        assert_eq!(budget.take_suppressed(), 1);
     }
 }
