@@ -230,6 +230,22 @@ fn put_binary(out: &mut BytesMut, bytes: &[u8]) {
     out.put_slice(bytes);
 }
 
+/// Sets the bridge bit (0x80) in the protocol level of the MQTT 3.1.1 CONNECT at the start of
+/// `out`: after the fixed header's first byte, the Remaining Length and the protocol name
+/// (`00 04 M Q T T`).
+pub fn set_bridge_bit(out: &mut [u8]) {
+    let length_bytes = out
+        .iter()
+        .skip(1)
+        .take(4)
+        .position(|b| b & 0x80 == 0)
+        .map_or(0, |at| at + 1);
+    let level = 1 + length_bytes + 6;
+    if let Some(byte) = out.get_mut(level) {
+        *byte |= 0x80;
+    }
+}
+
 /// Writes an MQTT 5 CONNECT (section 3.1).
 pub fn write_connect_v5(out: &mut BytesMut, c: &Connect5<'_>) {
     let mut props = PropertyWriter::new();
@@ -449,5 +465,24 @@ mod tests {
             (pid, filters[0].0.as_str(), filters[0].1.qos),
             (3, "a/+", QoS::ExactlyOnce)
         );
+    }
+
+    #[test]
+    fn the_bridge_bit_lands_on_the_protocol_level() {
+        let mut out = bytes::BytesMut::new();
+        mqttbytes::v4::Connect::new("site-1AB")
+            .write(&mut out)
+            .expect("CONNECT");
+        assert_eq!(&out[2..9], &[0, 4, b'M', b'Q', b'T', b'T', 4]);
+        set_bridge_bit(&mut out);
+        assert_eq!(out[8], 0x84);
+        // A CONNECT longer than 127 bytes has a two-byte Remaining Length.
+        let mut long = bytes::BytesMut::new();
+        mqttbytes::v4::Connect::new("x".repeat(200))
+            .write(&mut long)
+            .expect("CONNECT");
+        assert!(long[1] & 0x80 != 0);
+        set_bridge_bit(&mut long);
+        assert_eq!(&long[3..10], &[0, 4, b'M', b'Q', b'T', b'T', 0x84]);
     }
 }

@@ -99,6 +99,12 @@ pub struct ConnectionOptions {
     /// (3.1 is spoken as 3.1.1). With MQTT 5, `clean_session = false` asks for a session that
     /// never expires, like a 3.1.1 persistent session.
     pub protocol: ProtocolVersion,
+    /// Present this connection as another broker's bridge: with MQTT 3.1.1 the CONNECT's protocol
+    /// level carries the bridge bit (0x84, Mosquitto's `try_private`), and a broker that honours
+    /// it neither sends this connection its own messages back nor clears RETAIN on what it
+    /// forwards. MQTT 5 has no such bit (a bridge subscribes with No Local and Retain As
+    /// Published instead): ignored there. Default false.
+    pub bridge: bool,
 }
 
 impl ConnectionOptions {
@@ -120,6 +126,7 @@ impl ConnectionOptions {
             inflight: 16,
             durable_queue: None,
             protocol: ProtocolVersion::V3_1_1,
+            bridge: false,
         }
     }
 }

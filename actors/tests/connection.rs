@@ -557,3 +557,33 @@ async fn the_will_is_published_when_the_link_is_lost() {
     proxy.cut();
     assert_eq!(receive(&mut received, 1).await, vec![r#"{"online":false}"#]);
 }
+
+#[actix_rt::test]
+async fn a_bridge_connection_gets_neither_its_own_messages_back_nor_retain_cleared() {
+    // `bridge = true` sets the bridge bit in the 3.1.1 CONNECT (protocol level 0x84), which
+    // Switchboard honours: No Local and Retain As Published on the bridge's subscriptions.
+    let broker = broker_on(0);
+    let port = broker.local_addr().port();
+    let (bridge, mut received, mut events) =
+        consumer(port, "site-bridge", "site/#", |o| o.bridge = true).await;
+    let own = bridge
+        .send(Enqueue::new("site/own", "own", QoS::AtLeastOnce))
+        .await
+        .unwrap()
+        .unwrap();
+    events
+        .find(|e| matches!(e, ConnectionEvent::MessageDelivered(id) if *id == own).then_some(()))
+        .await;
+    // Routed after the bridge's own message: if that came back, it would come first.
+    let (app, mut app_events) = connection(options(port, "central-app"));
+    assert!(!connected(&mut app_events).await);
+    let mut state = Enqueue::new("site/state", "closed", QoS::AtLeastOnce);
+    state.retain = true;
+    app.send(state).await.unwrap().unwrap();
+    let first = received.next().await;
+    assert_eq!(
+        (first.topic.as_str(), first.retain),
+        ("site/state", true),
+        "not its own message; RETAIN as published"
+    );
+}

@@ -222,6 +222,9 @@ impl ManagedConnection {
             warn!(error = ?e, "cannot encode CONNECT");
             return self.drop_link(ctx, None, Some(ConnectFailure::Network(format!("{e:?}"))));
         }
+        if self.options.bridge {
+            crate::codec::set_bridge_bit(&mut self.out);
+        }
         self.link = Link::AwaitingConnAck {
             since: Instant::now(),
         };
