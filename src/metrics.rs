@@ -66,6 +66,18 @@ pub struct MetricsSnapshot {
     pub disconnects: [u64; DisconnectKind::ALL.len()],
 }
 
+impl MetricsSnapshot {
+    /// Messages not delivered: QoS 0 for a full output buffer, full queues online and offline,
+    /// expired, too large for the client (what `$SYS` and the dashboard call dropped).
+    pub fn messages_dropped(&self) -> u64 {
+        self.qos0_dropped_slow_consumer
+            + self.online_queue_dropped
+            + self.offline_queue_dropped
+            + self.expired_dropped
+            + self.too_large_dropped
+    }
+}
+
 /// Why an accepted MQTT connection ended, as the metrics count it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DisconnectKind {

@@ -114,11 +114,7 @@ impl Feed {
         }
         let metrics = self.metrics.snapshot();
         let traffic = self.metrics.traffic.totals();
-        let dropped = metrics.qos0_dropped_slow_consumer
-            + metrics.online_queue_dropped
-            + metrics.offline_queue_dropped
-            + metrics.expired_dropped
-            + metrics.too_large_dropped;
+        let dropped = metrics.messages_dropped();
         let (received, sent) = (
             traffic.publishes_received_total(),
             traffic.publishes_sent_total(),

@@ -307,7 +307,7 @@ impl Registry {
             } else {
                 self.retained.insert(&message.topic, message.clone());
                 // The broker's own `$SYS` messages are made afresh after a restart.
-                if !message.topic.starts_with("$SYS/") {
+                if !crate::topic::reserved_for_broker(&message.topic) {
                     self.persist(Record::RetainSet(message.clone()));
                 }
             }

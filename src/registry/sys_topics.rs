@@ -112,11 +112,7 @@ impl Registry {
             connections_current: metrics.connections_current,
             subscriptions: self.routes.read().subscriptions(),
             retained: self.retained.len(),
-            dropped: metrics.qos0_dropped_slow_consumer
-                + metrics.online_queue_dropped
-                + metrics.offline_queue_dropped
-                + metrics.expired_dropped
-                + metrics.too_large_dropped,
+            dropped: metrics.messages_dropped(),
             traffic: self.metrics.traffic.totals(),
         }
     }
