@@ -287,7 +287,11 @@ pub fn write_connect_v5(out: &mut BytesMut, c: &Connect5<'_>) {
 }
 
 /// Writes an MQTT 5 SUBSCRIBE (section 3.8) of (filter, QoS) pairs, default options.
-pub fn write_subscribe_v5(out: &mut BytesMut, pid: u16, filters: &[(String, QoS)]) {
+///
+/// With `bridge`, every filter carries No Local and Retain As Published (section 3.8.3.1): the
+/// broker neither sends this client its own messages back nor clears RETAIN on what it forwards.
+pub fn write_subscribe_v5(out: &mut BytesMut, pid: u16, filters: &[(String, QoS)], bridge: bool) {
+    let options = if bridge { 0x04 | 0x08 } else { 0 };
     let len = 3 + filters.iter().map(|(f, _)| 3 + f.len()).sum::<usize>();
     out.reserve(1 + var_int_len(len) + len);
     out.put_u8(0x82);
@@ -296,7 +300,7 @@ pub fn write_subscribe_v5(out: &mut BytesMut, pid: u16, filters: &[(String, QoS)
     out.put_u8(0);
     for (filter, qos) in filters {
         put_binary(out, filter.as_bytes());
-        out.put_u8(*qos as u8);
+        out.put_u8(*qos as u8 | options);
     }
 }
 
@@ -445,7 +449,8 @@ mod tests {
                 will: Some(("w", b"bye", QoS::AtLeastOnce, true)),
             },
         );
-        write_subscribe_v5(&mut out, 3, &[("a/+".to_string(), QoS::ExactlyOnce)]);
+        write_subscribe_v5(&mut out, 3, &[("a/+".to_string(), QoS::ExactlyOnce)], false);
+        write_subscribe_v5(&mut out, 4, &[("b/#".to_string(), QoS::AtLeastOnce)], true);
         let mut codec = switchboard_mqtt::codec::MqttCodec::new(1 << 20);
         let Ok(Some(switchboard_mqtt::codec::Packet::Connect(connect))) = codec.decode(&mut out)
         else {
@@ -465,6 +470,15 @@ mod tests {
             (pid, filters[0].0.as_str(), filters[0].1.qos),
             (3, "a/+", QoS::ExactlyOnce)
         );
+        assert!(!filters[0].1.no_local && !filters[0].1.retain_as_published);
+        let Ok(Some(switchboard_mqtt::codec::Packet::Subscribe { pid, filters })) =
+            codec.decode(&mut out)
+        else {
+            panic!("second SUBSCRIBE not read back");
+        };
+        // A bridge's subscriptions carry No Local and Retain As Published (section 3.8.3.1).
+        assert_eq!((pid, filters[0].1.qos), (4, QoS::AtLeastOnce));
+        assert!(filters[0].1.no_local && filters[0].1.retain_as_published);
     }
 
     #[test]

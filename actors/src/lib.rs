@@ -25,6 +25,7 @@ mod options;
 mod publisher;
 pub mod queue;
 mod request;
+pub mod transport;
 
 pub use connection::{
     AddListener, Enqueue, GetSubscriptions, ManagedConnection, PendingCount, Stop, StopReport,
@@ -39,3 +40,4 @@ pub use options::{Backoff, ConnectionOptions, Overflow, Will};
 pub use publisher::{Publish, PublishEvery, Publisher};
 pub use request::{Envelope, Request, RequestError, Requester};
 pub use switchboard_mqtt::{MessageProperties, ProtocolVersion, QoS};
+pub use transport::{Connector, TlsOptions, Transport};

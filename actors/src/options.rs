@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use switchboard_mqtt::{ProtocolVersion, QoS};
 
+use crate::transport::Transport;
+
 /// What to do when the pending queue is full and another message is enqueued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Overflow {
@@ -102,9 +104,11 @@ pub struct ConnectionOptions {
     /// Present this connection as another broker's bridge: with MQTT 3.1.1 the CONNECT's protocol
     /// level carries the bridge bit (0x84, Mosquitto's `try_private`), and a broker that honours
     /// it neither sends this connection its own messages back nor clears RETAIN on what it
-    /// forwards. MQTT 5 has no such bit (a bridge subscribes with No Local and Retain As
-    /// Published instead): ignored there. Default false.
+    /// forwards. MQTT 5 has no such bit: there every subscription carries No Local and Retain As
+    /// Published instead, to the same effect. Default false.
     pub bridge: bool,
+    /// How to reach the broker: TCP (default), TLS, or a custom byte stream.
+    pub transport: Transport,
 }
 
 impl ConnectionOptions {
@@ -127,6 +131,7 @@ impl ConnectionOptions {
             durable_queue: None,
             protocol: ProtocolVersion::V3_1_1,
             bridge: false,
+            transport: Transport::Tcp,
         }
     }
 }

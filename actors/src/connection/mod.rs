@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use bytes::BytesMut;
 use mqttbytes::v4;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio_util::codec::FramedRead;
 use tracing::{debug, info, warn};
@@ -75,7 +73,7 @@ pub struct ManagedConnection {
     generation: u64,
     link: Link,
     read_handle: Option<SpawnHandle>,
-    writer: Option<OwnedWriteHalf>,
+    writer: Option<Box<dyn AsyncWrite + Unpin>>,
     out: BytesMut,
     queue: PendingQueue,
     inflight: VecDeque<Inflight>,
@@ -146,25 +144,30 @@ impl ManagedConnection {
         self.link = Link::Connecting;
         self.generation += 1;
         let generation = self.generation;
-        let address = (self.options.host.clone(), self.options.port);
-        let connect = tokio::time::timeout(self.options.connect_timeout, async move {
-            TcpStream::connect(address).await
-        });
+        let open = crate::transport::open(
+            self.options.transport.clone(),
+            self.options.host.clone(),
+            self.options.port,
+        );
+        let connect = tokio::time::timeout(self.options.connect_timeout, open);
         ctx.spawn(connect.into_actor(self).map(move |result, act, ctx| {
             if act.generation != generation {
                 return;
             }
             match result {
-                Ok(Ok(stream)) => act.attach(stream, ctx),
+                Ok(Ok((read, write))) => act.attach(read, write, ctx),
                 Ok(Err(e)) => act.connect_failed(ctx, ConnectFailure::Network(e.to_string())),
                 Err(_) => act.connect_failed(ctx, ConnectFailure::Timeout),
             }
         }));
     }
 
-    fn attach(&mut self, stream: TcpStream, ctx: &mut Context<Self>) {
-        let _ = stream.set_nodelay(true);
-        let (read, write) = stream.into_split();
+    fn attach(
+        &mut self,
+        read: Box<dyn AsyncRead + Unpin>,
+        write: Box<dyn AsyncWrite + Unpin>,
+        ctx: &mut Context<Self>,
+    ) {
         let generation = self.generation;
         let protocol = self.options.protocol;
         let frames = FramedRead::new(
@@ -336,7 +339,7 @@ impl ManagedConnection {
         }
         let pid = self.allocate_pid();
         if self.options.protocol.is_v5() {
-            write_subscribe_v5(&mut self.out, pid, &filters);
+            write_subscribe_v5(&mut self.out, pid, &filters, self.options.bridge);
             self.awaiting_suback
                 .insert(pid, filters.into_iter().map(|(f, _)| f).collect());
             return;
