@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::auth::{AccessControl, AccessError};
+use crate::bridge::{ApplyBridges, BridgeChanges, BridgeConfig, Bridges};
 use crate::config::{Config, ConfigError};
 use crate::hooks::{Interceptors, LifecycleHooks};
 use crate::listener::{accept_loop, bind_listeners, AcceptShared, ConnectionRate, Placement};
@@ -216,6 +217,31 @@ impl Broker {
             store,
         ));
         let handles: Vec<_> = workers.iter().map(Arbiter::handle).collect();
+        // The bridges start before the listeners, so that their local clients are subscribed
+        // before anything from the network arrives.
+        let bridges_arbiter = Arbiter::new();
+        let bridges = {
+            let environment = crate::bridge::BridgeEnvironment {
+                local: crate::bridge::local_connector(shared.clone(), handles.clone()),
+                max_packet_size: shared.config.limits.max_packet_size,
+                queue_dir: shared
+                    .config
+                    .persistence
+                    .dir
+                    .as_ref()
+                    .map(|dir| dir.join("bridges")),
+            };
+            let metrics = metrics.clone();
+            Bridges::start_in_arbiter(&bridges_arbiter.handle(), move |_| {
+                Bridges::new(environment, metrics)
+            })
+        };
+        let configured = ApplyBridges(shared.config.bridge.clone());
+        match bridges.send(configured).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(BrokerError::ThreadExited),
+        }
         let memory_trim = actix_rt::spawn(crate::memory_trim::trim_after_spikes(metrics.clone()));
         let limits = &shared.config.limits;
         let rate = Arc::new(Mutex::new(ConnectionRate::new(
@@ -288,6 +314,8 @@ impl Broker {
             stop_accepting,
             workers,
             registry_arbiter,
+            bridges,
+            bridges_arbiter,
         })
     }
 }
@@ -312,6 +340,9 @@ pub struct RunningBroker {
     stop_accepting: CancellationToken,
     workers: Vec<Arbiter>,
     registry_arbiter: Arbiter,
+    /// The bridges' manager, on an Arbiter of its own.
+    bridges: Addr<Bridges>,
+    bridges_arbiter: Arbiter,
 }
 
 impl RunningBroker {
@@ -356,12 +387,26 @@ impl RunningBroker {
         self.access.reload()
     }
 
+    /// Runs exactly these bridges (the binary does this on SIGHUP with the re-read config file):
+    /// added ones start, removed ones stop, changed ones restart. On an error nothing changes.
+    pub async fn reload_bridges(
+        &self,
+        bridges: Vec<BridgeConfig>,
+    ) -> Result<BridgeChanges, ConfigError> {
+        match self.bridges.send(ApplyBridges(bridges)).await {
+            Ok(result) => result,
+            Err(_) => Ok(BridgeChanges::default()),
+        }
+    }
+
     /// Shuts down gracefully: stops accepting, asks every Session to close (MQTT 5 clients get
     /// DISCONNECT 0x8B Server shutting down; wills are published as for any close the client did
     /// not ask for), waits up to `grace` for the connections to be written out and closed, then
     /// [`stop`](RunningBroker::stop)s.
     pub async fn shutdown(self, grace: std::time::Duration) {
         self.stop_accepting.cancel();
+        // Bridges first: what they hold for the remote is written out (or kept on disk).
+        let _ = tokio::time::timeout(grace, self.bridges.send(ApplyBridges(Vec::new()))).await;
         if self.registry.send(crate::registry::CloseAll).await.is_ok() {
             let deadline = tokio::time::Instant::now() + grace;
             // The connection count has no event of its own: look at it until it is 0.
@@ -383,6 +428,7 @@ impl RunningBroker {
             http.stop();
         }
         self.memory_trim.abort();
+        self.bridges_arbiter.stop();
         for worker in &self.workers {
             worker.stop();
         }

@@ -22,7 +22,8 @@
 //! | [`queue`] | a client's bounded QoS 1/2 queue and its overflow policy |
 //! | [`codec`], [`message`], [`topic`] | MQTT itself, from the `switchboard-mqtt` crate (`mqtt/`): packets, the application message, topics and the subscription trie |
 //! | [`hooks`] | lifecycle events and interceptors: how users extend the broker |
-//! | [`http`] | the HTTP server: Prometheus `/metrics`, health checks |
+//! | [`http`] | the HTTP server: the dashboard, Prometheus `/metrics`, health checks, the admin API |
+//! | [`bridge`] | bridges to other brokers: two managed connections from `switchboard-actors` per bridge, reloaded on SIGHUP |
 //! | [`auth`] | password file, ACL file, the authenticator thread |
 //! | [`config`] | every setting, its default, loading and checking the TOML file |
 //! | [`persistence`] | durable state: the log of changes, its writer thread, recovery at start |
@@ -33,6 +34,7 @@
 
 pub mod auth;
 mod background;
+pub mod bridge;
 mod broker;
 pub mod config;
 pub mod drops;

@@ -120,6 +120,7 @@ fn main() -> ExitCode {
     // Every connection is a file descriptor.
     switchboard::fd_limit::raise_and_report_fd_limit(config.limits.max_connections);
 
+    let config_path = cli.config.clone();
     let system = actix_rt::System::new();
     let result = system.block_on(async move {
         let mut signals = Signals::new();
@@ -128,6 +129,18 @@ fn main() -> ExitCode {
             match running.reload_access() {
                 Ok(()) => info!("SIGHUP: password and ACL files reloaded"),
                 Err(e) => error!("SIGHUP: reload failed, the old rules stay in force: {e}"),
+            }
+            let Some(path) = &config_path else {
+                continue;
+            };
+            // Bridges are re-read from the config file; the rest of it needs a restart.
+            let reloaded = match Config::from_file(path) {
+                Ok(config) => running.reload_bridges(config.bridge).await,
+                Err(e) => Err(e),
+            };
+            match reloaded {
+                Ok(changes) => info!(added = ?changes.added, removed = ?changes.removed, restarted = ?changes.restarted, "SIGHUP: bridges reloaded"),
+                Err(e) => error!("SIGHUP: bridges not reloaded, the running ones stay: {e}"),
             }
         }
         info!("shutdown signal received");
@@ -148,7 +161,7 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// What a signal asks for.
 enum Signal {
-    /// SIGHUP: re-read the password and ACL files.
+    /// SIGHUP: re-read the password and ACL files, and the bridges from the config file.
     Reload,
     /// Ctrl-C or SIGTERM: stop.
     Stop,

@@ -26,6 +26,8 @@ pub struct Metrics {
     disconnects: [AtomicU64; DisconnectKind::ALL.len()],
     /// Packets, PUBLISHes and bytes each way, counted per worker thread.
     pub traffic: crate::traffic::Traffic,
+    /// The state of each running bridge (`[[bridge]]`).
+    pub bridges: crate::bridge::BridgeStatuses,
 }
 
 /// A copy of the counters at one moment.

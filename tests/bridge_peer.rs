@@ -5,66 +5,8 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-
+use common::mosquitto::Mosquitto;
 use common::{broker_with_hooks, packets, Raw};
-
-/// A Mosquitto broker in a child process, on a free loopback port, stopped on drop.
-struct Mosquitto {
-    child: Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Mosquitto {
-    fn start(extra_config: &str) -> Mosquitto {
-        // Mosquitto cannot report a port it picked: take a free one and hand it over.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &config,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-                 log_dest stderr\nlog_type error\nlog_type warning\n{extra_config}"
-            ),
-        )
-        .expect("write");
-        let child = Command::new(common::mosquitto_binary())
-            .arg("-c")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("mosquitto starts");
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        // Ready when it accepts a connection.
-        let deadline = std::time::Instant::now() + common::WAIT;
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "mosquitto did not start"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        Mosquitto {
-            child,
-            addr,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[tokio::test]
 async fn a_mosquitto_bridge_with_the_bridge_bit_neither_loops_nor_loses_retain() {
@@ -73,11 +15,14 @@ async fn a_mosquitto_bridge_with_the_bridge_bit_neither_loops_nor_loses_retain()
     }
     let (broker, mut hooks) = broker_with_hooks(|_| {});
     let central = broker.local_addr();
-    let site = Mosquitto::start(&format!(
-        "connection to-central\naddress {central}\nremote_clientid site-1AB\n\
+    let site = Mosquitto::start(
+        &format!(
+            "connection to-central\naddress {central}\nremote_clientid site-1AB\n\
          topic gate/# both 1\ntry_private true\ncleansession true\n\
          bridge_protocol_version mqttv311\nnotifications false\nrestart_timeout 1\n"
-    ));
+        ),
+        false,
+    );
     // Mosquitto connects with protocol level 0x84 and subscribes to gate/#.
     hooks.subscribed("site-1AB", "gate/#").await;
 

@@ -36,6 +36,16 @@ pub enum ConfigError {
         /// What was wrong.
         message: String,
     },
+    /// A `[[bridge]]` setting is wrong, or a file it names cannot be used.
+    #[error("invalid bridge `{bridge}`: `{key}`: {message}")]
+    Bridge {
+        /// The bridge's `name`.
+        bridge: String,
+        /// The key, e.g. `topics[2].local_prefix`.
+        key: String,
+        /// What was wrong.
+        message: String,
+    },
 }
 
 /// What happens when a client's QoS 1/2 queue is full (`sessions.queue_overflow`), online or
@@ -81,6 +91,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[websocket]`: MQTT over WebSocket.
     pub websocket: WebSocketListenerConfig,
+    /// `[[bridge]]`: bridges to other brokers.
+    pub bridge: Vec<crate::bridge::BridgeConfig>,
 }
 
 /// When the persistence log is synced to disk (`persistence.fsync`), and so what an
@@ -338,11 +350,18 @@ impl Config {
     /// Parses and validates TOML text.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         let deserializer = toml::Deserializer::new(text);
-        let config: Config =
-            serde_path_to_error::deserialize(deserializer).map_err(|e| ConfigError::Parse {
-                key: e.path().to_string(),
-                message: e.inner().message().to_string(),
-            })?;
+        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = e.path().to_string();
+            let message = e.inner().message().to_string();
+            match crate::bridge::config::name_the_bridge(text, &key) {
+                Some((bridge, key)) => ConfigError::Bridge {
+                    bridge,
+                    key,
+                    message,
+                },
+                None => ConfigError::Parse { key, message },
+            }
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -445,6 +464,7 @@ impl Config {
         if sessions.registry_mailbox < 16 {
             return invalid("sessions.registry_mailbox", "must be at least 16");
         }
+        crate::bridge::config::check_all(&self.bridge)?;
         Ok(())
     }
 

@@ -1,5 +1,5 @@
 //! The admin API under `/api/v1`: clients (list, one, disconnect), subscriptions, retained
-//! messages, publishing. JSON in and out; a bad request gets a 4xx with `{"error": "..."}`
+//! messages, publishing, bridges. JSON in and out; a bad request gets a 4xx with `{"error": "..."}`
 //! saying what is wrong.
 
 use std::time::Duration;
@@ -31,7 +31,24 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/clients/{id}", web::delete().to(kick_client))
         .route("/subscriptions", web::get().to(list_subscriptions))
         .route("/retained", web::get().to(list_retained))
-        .route("/publish", web::post().to(publish));
+        .route("/publish", web::post().to(publish))
+        .route("/bridges", web::get().to(list_bridges));
+}
+
+/// `GET /api/v1/bridges`: every running bridge, connected or not, with its counts.
+async fn list_bridges(
+    req: HttpRequest,
+    state: web::Data<HttpState>,
+) -> Result<HttpResponse, ApiError> {
+    guard(&req, &state)?;
+    let bridges = state.metrics.bridges.snapshots();
+    Ok(HttpResponse::Ok().json(json!({
+        "bridges": bridges.iter().map(|b| json!({
+            "name": b.name, "address": b.address, "connected": b.connected,
+            "subscribed": b.subscribed, "queued": b.queued, "sent": b.sent,
+            "received": b.received, "dropped": b.dropped,
+        })).collect::<Vec<_>>(),
+    })))
 }
 
 /// `offset`, `limit` and `search` of a list request, checked.

@@ -177,6 +177,7 @@ async fn metrics(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse 
         stats,
         metrics: state.metrics.snapshot(),
         traffic: state.metrics.traffic.totals(),
+        bridges: state.metrics.bridges.snapshots(),
     };
     let openmetrics = req
         .headers()

@@ -49,7 +49,7 @@ pub fn to_text_format(openmetrics: &str) -> String {
 }
 
 /// Everything one scrape shows, read once.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Scrape {
     /// The Registry's tables.
     pub stats: RegistryStats,
@@ -57,6 +57,8 @@ pub struct Scrape {
     pub metrics: MetricsSnapshot,
     /// The per-worker traffic counters, summed.
     pub traffic: TrafficTotals,
+    /// Each bridge's state (`[[bridge]]`).
+    pub bridges: Vec<crate::bridge::BridgeSnapshot>,
 }
 
 const QOS_LABELS: [&str; 3] = ["0", "1", "2"];
@@ -91,6 +93,71 @@ fn labelled_counter<'a>(
         ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
     }
     Ok(())
+}
+
+/// A gauge with one label, one sample per `(label value, value)`.
+fn labelled_gauge<'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl IntoIterator<Item = (&'a str, u64)>,
+) -> std::fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (value, level) in values {
+        let labels = [(label, value)];
+        let level = i64::try_from(level).unwrap_or(i64::MAX);
+        ConstGauge::new(level).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// The bridges' metrics, labelled `bridge="<name>"` (none without bridges).
+fn bridges(
+    e: &mut DescriptorEncoder,
+    bridges: &[crate::bridge::BridgeSnapshot],
+) -> std::fmt::Result {
+    if bridges.is_empty() {
+        return Ok(());
+    }
+    let each = |value: fn(&crate::bridge::BridgeSnapshot) -> u64| {
+        bridges.iter().map(move |b| (b.name.as_str(), value(b)))
+    };
+    labelled_gauge(
+        e,
+        "switchboard_bridge_connected",
+        "1 while the bridge's link to the remote broker is up",
+        "bridge",
+        each(|b| u64::from(b.connected)),
+    )?;
+    labelled_gauge(
+        e,
+        "switchboard_bridge_queued_messages",
+        "Messages for the remote broker queued or in flight",
+        "bridge",
+        each(|b| b.queued),
+    )?;
+    labelled_counter(
+        e,
+        "switchboard_bridge_messages_sent",
+        "Messages the remote broker accepted from the bridge",
+        "bridge",
+        each(|b| b.sent),
+    )?;
+    labelled_counter(
+        e,
+        "switchboard_bridge_messages_received",
+        "Messages received from the remote broker and published here",
+        "bridge",
+        each(|b| b.received),
+    )?;
+    labelled_counter(
+        e,
+        "switchboard_bridge_messages_dropped",
+        "Messages the bridge dropped (QoS 0 while down, queue overflow, refused)",
+        "bridge",
+        each(|b| b.dropped),
+    )
 }
 
 impl Collector for Scrape {
@@ -213,6 +280,7 @@ impl Collector for Scrape {
             "Times a client hit a configured limit ([limits])",
             m.limits_hit,
         )?;
+        bridges(e, &self.bridges)?;
         let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS
             .iter()
             .copied()

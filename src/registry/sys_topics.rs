@@ -194,6 +194,19 @@ impl Registry {
                 values.push((format!("load/{name}/{window}"), format!("{average:.2}")));
             }
         }
+        for bridge in self.metrics.bridges.snapshots() {
+            let name = &bridge.name;
+            let figures = [
+                ("connected", u64::from(bridge.connected)),
+                ("queued", bridge.queued),
+                ("sent", bridge.sent),
+                ("received", bridge.received),
+                ("dropped", bridge.dropped),
+            ];
+            for (what, value) in figures {
+                values.push((format!("bridges/{name}/{what}"), value.to_string()));
+            }
+        }
         for (topic, payload) in values {
             let changed = self.sys.published.get(&topic) != Some(&payload);
             if changed || topic == "uptime" {

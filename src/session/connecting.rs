@@ -70,8 +70,13 @@ impl Session {
         if connect.bridge {
             info!(addr = %self.peer, client_id = %connect.client_id, "a bridge connects (protocol level with the bridge bit): no echo of its own messages, RETAIN kept");
         }
+        if connect.client_id.starts_with(super::INTERNAL_CLIENT_PREFIX) != self.internal {
+            // Broker-internal client ids are reserved, and internal clients use nothing else.
+            info!(addr = %self.peer, client_id = %connect.client_id, "refusing a client id reserved for the broker's bridges");
+            return self.refuse(ctx, ConnectReturnCode::IdentifierRejected);
+        }
         let open = self.shared.metrics.snapshot().connections_current;
-        if open > self.shared.config.limits.max_connections as u64 {
+        if open > self.shared.config.limits.max_connections as u64 && !self.internal {
             let v5 = connect.protocol.is_v5().then_some(reason::QUOTA_EXCEEDED);
             return self.refuse_with(ctx, ConnectReturnCode::ServerUnavailable, v5);
         }
@@ -101,6 +106,9 @@ impl Session {
             return self.refuse(ctx, ConnectReturnCode::IdentifierRejected);
         }
         let access = self.shared.access.clone();
+        if self.internal {
+            return self.intercept_connect(connect, ctx);
+        }
         match (&connect.username, access.authenticator()) {
             (None, _) if !access.allow_anonymous() => {
                 info!(addr = %self.peer, client_id = %connect.client_id, "anonymous connection refused");

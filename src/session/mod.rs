@@ -56,6 +56,10 @@ const CLOSE_WRITE_DEADLINE: Duration = Duration::from_secs(2);
 /// The Registry answers every Detach of an attached connection, so this is a safety net only.
 const DETACH_DEADLINE: Duration = Duration::from_secs(30);
 
+/// Client ids that start with this belong to broker-internal clients (the local side of each
+/// bridge, `$bridge.<name>`); a client from the network that asks for one is refused.
+pub const INTERNAL_CLIENT_PREFIX: &str = "$bridge.";
+
 /// What every Session of one broker shares.
 pub struct SessionShared {
     /// Broker configuration.
@@ -161,6 +165,8 @@ pub struct Session {
     /// and deliveries waiting for a store change.
     deferred_acks: Option<Box<durability::DeferredAcks>>,
     route_scheduled: bool,
+    /// A broker-internal client ([`Session::start_internal`]): its CONNECT is trusted.
+    internal: bool,
     closing: bool,
     awaiting_detached: bool,
     socket_dead: bool,
@@ -193,11 +199,41 @@ impl Session {
         Session::start_with(Box::new(read_half), Box::new(write_half), peer, shared)
     }
 
+    /// Starts the Session of a broker-internal client (the local side of a bridge) on an
+    /// in-process stream, on the current arbiter. Its CONNECT is trusted: no password is asked
+    /// for and `limits.max_connections` does not apply; it must use a client id that starts
+    /// with [`INTERNAL_CLIENT_PREFIX`] (clients from the network may not). The connect
+    /// interceptor, hooks and ACLs see it as any other client, under its user name.
+    pub fn start_internal<S>(stream: S, shared: Arc<SessionShared>) -> Addr<Session>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + 'static,
+    {
+        let (read_half, write_half) = tokio::io::split(stream);
+        let peer = SocketAddr::from(([0, 0, 0, 0], 0));
+        Session::start_as(
+            Box::new(read_half),
+            Box::new(write_half),
+            peer,
+            shared,
+            true,
+        )
+    }
+
     fn start_with(
         read_half: Box<dyn AsyncRead + Unpin>,
         write_half: Box<dyn AsyncWrite + Unpin>,
         peer: SocketAddr,
         shared: Arc<SessionShared>,
+    ) -> Addr<Session> {
+        Session::start_as(read_half, write_half, peer, shared, false)
+    }
+
+    fn start_as(
+        read_half: Box<dyn AsyncRead + Unpin>,
+        write_half: Box<dyn AsyncWrite + Unpin>,
+        peer: SocketAddr,
+        shared: Arc<SessionShared>,
+        internal: bool,
     ) -> Addr<Session> {
         let conn = ConnId(shared.next_conn.fetch_add(1, Ordering::Relaxed));
         let max_packet = shared.config.limits.max_packet_size;
@@ -243,6 +279,7 @@ impl Session {
                 via_registry: 0,
                 deferred_acks: durable_acks.then(Box::default),
                 route_scheduled: false,
+                internal,
                 closing: false,
                 awaiting_detached: false,
                 socket_dead: false,

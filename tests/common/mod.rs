@@ -6,6 +6,7 @@
 pub mod child;
 pub mod durable;
 pub mod http;
+pub mod mosquitto;
 pub mod packets;
 pub mod pki;
 pub mod v5;

@@ -20,3 +20,48 @@ pub use validate::{validate_filter, validate_topic_name, TopicError};
 pub fn reserved_for_broker(topic: &str) -> bool {
     topic == "$SYS" || topic.starts_with("$SYS/")
 }
+
+/// Whether the topic name `topic` matches the (valid) filter `filter`: `+` is one level, `#`
+/// the rest (the parent level included, [MQTT-4.7.1-2]), and a filter that starts with a
+/// wildcard does not match a topic that starts with `$` [MQTT-4.7.2-1]. For one-off checks;
+/// routing uses the [`SubscriptionTrie`].
+pub fn filter_matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && filter.starts_with(['+', '#']) {
+        return false;
+    }
+    let mut topic_levels = topic.split('/');
+    for level in filter.split('/') {
+        if level == "#" {
+            return true;
+        }
+        match topic_levels.next() {
+            Some(name) if level == "+" || level == name => {}
+            _ => return false,
+        }
+    }
+    topic_levels.next().is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::filter_matches;
+
+    #[test]
+    fn filters_match_as_the_trie_does() {
+        for (filter, topic, expected) in [
+            ("gate/#", "gate/1/state", true),
+            ("gate/#", "gate", true),
+            ("gate/+/state", "gate/1/state", true),
+            ("gate/+/state", "gate/1/2/state", false),
+            ("gate/+", "gate/", true),
+            ("+/+", "/x", true),
+            ("#", "$SYS/uptime", false),
+            ("+/uptime", "$SYS/uptime", false),
+            ("$SYS/#", "$SYS/uptime", true),
+            ("a/b", "a/b/c", false),
+            ("a/b/c", "a/b", false),
+        ] {
+            assert_eq!(filter_matches(filter, topic), expected, "{filter} {topic}");
+        }
+    }
+}

@@ -1,0 +1,468 @@
+//! The Bridge actor: one per `[[bridge]]`. It holds two managed connections from the device
+//! actors' crate, so a bridge reconnects, re-subscribes, queues and windows exactly as a device
+//! does:
+//!
+//! - the *remote* side, to the other broker: subscribed to the `in`/`both` filters, with the
+//!   bridge bit (3.1.1) or No Local and Retain As Published (5), and a bounded queue for what goes
+//!   out (on disk under `persistence.dir` when that is set);
+//! - the *local* side, an in-process MQTT 5 client of this broker (`$bridge.<name>`): subscribed
+//!   to the `out`/`both` filters with No Local, so what the bridge itself publishes here never
+//!   comes back to it.
+//!
+//! A message read on one side is renamed by the [`TopicMap`] and enqueued on the other.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use switchboard_actors::{
+    Backoff, ConnectFailure, ConnectionEvent, ConnectionOptions, Connector, Enqueue,
+    ManagedConnection, Overflow, PendingCount, ProtocolVersion, QoS, Received, Stop, Subscribe,
+    Transport,
+};
+use tracing::{debug, info, warn};
+
+use super::config::{split_address, BridgeConfig, BridgeOverflow, BridgeProtocol, BridgeSecrets};
+use super::status::BridgeStatus;
+use super::topics::TopicMap;
+
+/// How often the Bridge asks its remote connection how many messages wait.
+const QUEUE_POLL: Duration = Duration::from_millis(500);
+
+/// Messages from the remote waiting to be published here; the local side is in-process and
+/// never down, so this only absorbs bursts.
+const LOCAL_QUEUE: usize = 100_000;
+
+/// What a Bridge needs from the broker it runs in.
+#[derive(Clone)]
+pub struct BridgeEnvironment {
+    /// Opens an in-process connection to this broker (a Session on a worker).
+    pub local: Connector,
+    /// `limits.max_packet_size`: the largest packet either side takes.
+    pub max_packet_size: usize,
+    /// Where the queue for the remote is kept (`<persistence.dir>/bridges`), if anywhere.
+    pub queue_dir: Option<PathBuf>,
+}
+
+/// The side of a bridge an event comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Local,
+    Remote,
+}
+
+/// Sent by a [`SideListener`] to its [`Bridge`]: an event of one of its two connections.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct SideEvent(Side, ConnectionEvent);
+
+/// Listens to one of a bridge's connections and hands the events on, tagged with the side.
+struct SideListener {
+    side: Side,
+    bridge: Addr<Bridge>,
+}
+
+impl Actor for SideListener {
+    type Context = Context<Self>;
+}
+
+impl Handler<ConnectionEvent> for SideListener {
+    type Result = ();
+
+    fn handle(&mut self, event: ConnectionEvent, ctx: &mut Context<Self>) {
+        if !self.bridge.connected() {
+            return ctx.stop();
+        }
+        self.bridge.do_send(SideEvent(self.side, event));
+    }
+}
+
+/// Sent by the [`Bridges`](super::Bridges) manager to a Bridge: stop both connections (what is
+/// queued for the remote stays on disk with persistence) and then the Bridge. Answers when done.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct StopBridge;
+
+/// One bridge.
+pub struct Bridge {
+    config: BridgeConfig,
+    secrets: BridgeSecrets,
+    environment: BridgeEnvironment,
+    map: TopicMap,
+    status: Arc<BridgeStatus>,
+    remote: Option<Addr<ManagedConnection>>,
+    local: Option<Addr<ManagedConnection>>,
+    remote_up: bool,
+    /// Subscriptions not granted yet, on each side (since start, or since a reconnect on which
+    /// the broker had no session).
+    ungranted: [BTreeSet<String>; 2],
+}
+
+impl Bridge {
+    /// A bridge with these checked settings (not started).
+    pub fn new(
+        config: BridgeConfig,
+        secrets: BridgeSecrets,
+        environment: BridgeEnvironment,
+        status: Arc<BridgeStatus>,
+    ) -> Self {
+        Bridge {
+            map: TopicMap::new(&config.topics),
+            config,
+            secrets,
+            environment,
+            status,
+            remote: None,
+            local: None,
+            remote_up: false,
+            ungranted: Default::default(),
+        }
+    }
+
+    fn remote_options(&self) -> ConnectionOptions {
+        let config = &self.config;
+        // Checked at start-up; an unparsable address cannot reach here.
+        let (host, port) = split_address(&config.address).unwrap_or_default();
+        let mut options = ConnectionOptions::new(host, port, config.remote_client_id());
+        options.keep_alive = config.keep_alive;
+        options.clean_session = config.clean_session;
+        options.credentials = config
+            .username
+            .clone()
+            .map(|user| (user, self.secrets.password.clone().unwrap_or_default()));
+        options.max_packet_size = self.environment.max_packet_size;
+        options.backoff = Backoff {
+            initial: config.reconnect_initial,
+            max: config.reconnect_max,
+        };
+        options.queue_capacity = config.max_queued_messages;
+        options.overflow = match config.queue_overflow {
+            BridgeOverflow::DropOldest => Overflow::DropOldest,
+            BridgeOverflow::DropNewest => Overflow::DropNewest,
+        };
+        options.inflight = config.max_inflight;
+        options.durable_queue = self
+            .environment
+            .queue_dir
+            .as_ref()
+            .map(|dir| dir.join(format!("{}.queue", config.name)));
+        options.protocol = match config.protocol {
+            BridgeProtocol::V311 => ProtocolVersion::V3_1_1,
+            BridgeProtocol::V5 => ProtocolVersion::V5,
+        };
+        options.bridge = true;
+        options.transport = match &self.secrets.tls {
+            Some(tls) => Transport::Tls(tls.clone()),
+            None => Transport::Tcp,
+        };
+        options
+    }
+
+    fn local_options(&self) -> ConnectionOptions {
+        let client_id = format!(
+            "{}{}",
+            crate::session::INTERNAL_CLIENT_PREFIX,
+            self.config.name
+        );
+        let mut options = ConnectionOptions::new("in-process", 0, client_id.clone());
+        options.protocol = ProtocolVersion::V5;
+        options.bridge = true;
+        options.keep_alive = Duration::from_secs(60);
+        // The Session trusts an internal client; the user name is what ACLs see.
+        options.credentials = Some((client_id, String::new()));
+        options.max_packet_size = self.environment.max_packet_size;
+        options.queue_capacity = LOCAL_QUEUE;
+        options.inflight = 64;
+        options.backoff = Backoff {
+            initial: Duration::from_millis(50),
+            max: Duration::from_secs(1),
+        };
+        options.transport = Transport::Custom(self.environment.local.clone());
+        options
+    }
+
+    fn connection(
+        &self,
+        options: ConnectionOptions,
+        side: Side,
+        bridge: Addr<Bridge>,
+        subscriptions: Vec<(String, QoS)>,
+    ) -> Addr<ManagedConnection> {
+        let listener = SideListener { side, bridge }.start();
+        let connection = ManagedConnection::start_with(options, vec![listener.recipient()]);
+        for (filter, qos) in subscriptions {
+            connection.do_send(Subscribe { filter, qos });
+        }
+        connection
+    }
+
+    /// Keeps the `subscribed` state: a connection without a session is subscribed afresh; each
+    /// grant ticks one filter off.
+    fn track_subscriptions(&mut self, side: Side, event: &ConnectionEvent) {
+        let (pending, filters) = match side {
+            Side::Local => (&mut self.ungranted[0], self.map.local_subscriptions()),
+            Side::Remote => (&mut self.ungranted[1], self.map.remote_subscriptions()),
+        };
+        match event {
+            ConnectionEvent::Connected {
+                session_present: false,
+            } => {
+                *pending = filters.into_iter().map(|(filter, _)| filter).collect();
+            }
+            ConnectionEvent::SubscriptionGranted {
+                filter,
+                granted: Some(_),
+            } => {
+                pending.remove(filter);
+            }
+            _ => {}
+        }
+        let all = self.remote_up && self.ungranted.iter().all(BTreeSet::is_empty);
+        self.status.set_subscribed(all);
+    }
+
+    fn on_remote(&mut self, event: ConnectionEvent, ctx: &mut Context<Self>) {
+        let name = self.config.name.as_str();
+        match event {
+            ConnectionEvent::Connected { session_present } => {
+                self.remote_up = true;
+                self.status.set_connected(true);
+                info!(bridge = name, address = %self.config.address, session_present, "bridge connected");
+            }
+            ConnectionEvent::Disconnected(reason) => {
+                self.remote_up = false;
+                self.status.set_connected(false);
+                warn!(bridge = name, address = %self.config.address, ?reason, "bridge link down; QoS 1/2 messages going out are queued until it returns");
+            }
+            ConnectionEvent::ConnectFailed { failure, retry_in } => {
+                let retry_in = format!("{retry_in:.1?}");
+                match failure {
+                    ConnectFailure::Refused(code) => {
+                        warn!(bridge = name, address = %self.config.address, code, %retry_in, "the remote broker refused the bridge's CONNECT (4 or 0x86: bad user name or password, 5 or 0x87: not authorized); retrying")
+                    }
+                    other => {
+                        warn!(bridge = name, address = %self.config.address, failure = ?other, %retry_in, "cannot connect the bridge; retrying")
+                    }
+                }
+            }
+            ConnectionEvent::SubscriptionGranted { filter, granted } => match granted {
+                Some(qos) => debug!(bridge = name, %filter, ?qos, "remote subscription granted"),
+                None => {
+                    warn!(bridge = name, %filter, "the remote broker refused the bridge's subscription")
+                }
+            },
+            ConnectionEvent::MessageReceived(message) => self.take_in(message, ctx),
+            ConnectionEvent::MessageDelivered(_) => self.status.add_sent(),
+            ConnectionEvent::MessageDropped(_, reason) => {
+                self.status.add_dropped();
+                debug!(
+                    bridge = name,
+                    ?reason,
+                    "a message for the remote was dropped"
+                );
+            }
+        }
+    }
+
+    fn on_local(&mut self, event: ConnectionEvent, ctx: &mut Context<Self>) {
+        let name = self.config.name.as_str();
+        match event {
+            ConnectionEvent::MessageReceived(message) => self.send_out(message, ctx),
+            ConnectionEvent::MessageDropped(_, reason) => {
+                self.status.add_dropped();
+                warn!(
+                    bridge = name,
+                    ?reason,
+                    "a message from the remote could not be published here"
+                );
+            }
+            ConnectionEvent::SubscriptionGranted {
+                filter,
+                granted: None,
+            } => {
+                warn!(bridge = name, %filter, "this broker refused the bridge's subscription (ACL?)");
+            }
+            ConnectionEvent::ConnectFailed { failure, .. } => {
+                warn!(
+                    bridge = name,
+                    ?failure,
+                    "the bridge's local client was refused (connect interceptor?); retrying"
+                );
+            }
+            ConnectionEvent::Connected { .. } => {
+                debug!(bridge = name, "the bridge's local client is connected");
+            }
+            _ => {}
+        }
+    }
+
+    /// A message read here that an `out` or `both` entry matches: to the remote's queue.
+    fn send_out(&mut self, message: Received, ctx: &mut Context<Self>) {
+        let Some(topic) = self.map.to_remote(&message.topic) else {
+            return;
+        };
+        if message.qos == QoS::AtMostOnce && !self.remote_up {
+            // QoS 0 promises nothing: it is not queued while the link is down.
+            self.status.add_dropped();
+            return;
+        }
+        let Some(remote) = &self.remote else {
+            return;
+        };
+        let enqueue = Enqueue {
+            topic,
+            payload: message.payload,
+            qos: message.qos,
+            retain: message.retain,
+            properties: message.properties.map(Box::new),
+        };
+        remote
+            .send(enqueue)
+            .into_actor(self)
+            .map(|result, act, _| match result {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    act.status.add_dropped();
+                    warn!(bridge = %act.config.name, error = %e, "a message for the remote was not queued");
+                }
+                Err(_) => act.status.add_dropped(),
+            })
+            .spawn(ctx);
+    }
+
+    /// A message from the remote that an `in` or `both` entry matches: published here.
+    fn take_in(&mut self, message: Received, ctx: &mut Context<Self>) {
+        let Some(topic) = self.map.to_local(&message.topic) else {
+            return;
+        };
+        self.status.add_received();
+        let Some(local) = &self.local else {
+            return;
+        };
+        let enqueue = Enqueue {
+            topic,
+            payload: message.payload,
+            qos: message.qos,
+            retain: message.retain,
+            properties: message.properties.map(Box::new),
+        };
+        local
+            .send(enqueue)
+            .into_actor(self)
+            .map(|result, act, _| {
+                if !matches!(result, Ok(Ok(_))) {
+                    act.status.add_dropped();
+                    warn!(bridge = %act.config.name, "a message from the remote could not be published here");
+                }
+            })
+            .spawn(ctx);
+    }
+
+    fn poll_queue(&mut self, ctx: &mut Context<Self>) {
+        let Some(remote) = &self.remote else {
+            return;
+        };
+        remote
+            .send(PendingCount)
+            .into_actor(self)
+            .map(|count, act, _| {
+                if let Ok(count) = count {
+                    act.status.set_queued(count as u64);
+                }
+            })
+            .spawn(ctx);
+    }
+}
+
+impl Actor for Bridge {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if let Some(dir) = &self.environment.queue_dir {
+            if let Err(e) = std::fs::create_dir_all(dir) {
+                warn!(bridge = %self.config.name, dir = %dir.display(), error = %e, "cannot create the bridge queue directory; the queue is kept in memory");
+                self.environment.queue_dir = None;
+            }
+        }
+        let me = ctx.address();
+        let local = self.connection(
+            self.local_options(),
+            Side::Local,
+            me.clone(),
+            self.map.local_subscriptions(),
+        );
+        self.ungranted = [
+            self.map
+                .local_subscriptions()
+                .into_iter()
+                .map(|(f, _)| f)
+                .collect(),
+            self.map
+                .remote_subscriptions()
+                .into_iter()
+                .map(|(f, _)| f)
+                .collect(),
+        ];
+        let remote = self.connection(
+            self.remote_options(),
+            Side::Remote,
+            me,
+            self.map.remote_subscriptions(),
+        );
+        self.local = Some(local);
+        self.remote = Some(remote);
+        info!(bridge = %self.config.name, address = %self.config.address, protocol = ?self.config.protocol, client_id = %self.config.remote_client_id(), "bridge started");
+        ctx.run_interval(QUEUE_POLL, |act, ctx| act.poll_queue(ctx));
+    }
+}
+
+impl Handler<SideEvent> for Bridge {
+    type Result = ();
+
+    fn handle(&mut self, SideEvent(side, event): SideEvent, ctx: &mut Context<Self>) {
+        if side == Side::Remote {
+            match event {
+                ConnectionEvent::Connected { .. } => self.remote_up = true,
+                ConnectionEvent::Disconnected(_) => self.remote_up = false,
+                _ => {}
+            }
+        }
+        self.track_subscriptions(side, &event);
+        match side {
+            Side::Remote => self.on_remote(event, ctx),
+            Side::Local => self.on_local(event, ctx),
+        }
+    }
+}
+
+impl Handler<StopBridge> for Bridge {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: StopBridge, _: &mut Context<Self>) -> Self::Result {
+        let stop = Stop {
+            deadline: Duration::from_millis(500),
+        };
+        let remote = self.remote.take().map(|r| r.send(stop));
+        let local = self.local.take().map(|l| l.send(stop));
+        self.status.set_connected(false);
+        Box::pin(
+            async move {
+                let undelivered = match remote {
+                    Some(stopping) => stopping.await.map(|r| r.undelivered.len()).unwrap_or(0),
+                    None => 0,
+                };
+                if let Some(stopping) = local {
+                    let _ = stopping.await;
+                }
+                undelivered
+            }
+            .into_actor(self)
+            .map(|undelivered, act, ctx| {
+                info!(bridge = %act.config.name, undelivered, kept_on_disk = act.environment.queue_dir.is_some(), "bridge stopped");
+                ctx.stop();
+            }),
+        )
+    }
+}

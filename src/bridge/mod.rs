@@ -1,0 +1,177 @@
+//! Bridges to other brokers (`[[bridge]]`): a site broker forwards chosen topics to a central
+//! one and takes others from it, queuing what goes out while the link is down.
+//!
+//! The [`Bridges`] actor runs the bridges the configuration names, and on
+//! [`ApplyBridges`] (start-up, SIGHUP) starts the added ones, stops the removed ones and restarts
+//! the changed ones. Each [`Bridge`](link::Bridge) is two managed connections from the device
+//! actors' crate; `docs/bridges.md` walks through a site/central set-up.
+
+pub mod config;
+mod link;
+mod status;
+mod topics;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use actix_rt::ArbiterHandle;
+use switchboard_actors::transport::BoxedStream;
+use switchboard_actors::Connector;
+use tracing::info;
+
+pub use config::{BridgeConfig, BridgeProtocol, BridgeTopic, Direction};
+pub use link::BridgeEnvironment;
+pub use status::{BridgeSnapshot, BridgeStatus, BridgeStatuses};
+pub use topics::TopicMap;
+
+use crate::config::ConfigError;
+use crate::metrics::Metrics;
+use crate::session::{Session, SessionShared};
+use link::{Bridge, StopBridge};
+
+/// An in-process pipe's buffer each way, between a bridge's local client and its Session.
+const PIPE_BUFFER: usize = 256 * 1024;
+
+/// A connector that opens an in-process connection to this broker: one end of a pipe goes to a
+/// new internal Session on a worker (in turn), the other to the caller.
+pub fn local_connector(shared: Arc<SessionShared>, workers: Vec<ArbiterHandle>) -> Connector {
+    let next = Arc::new(AtomicUsize::new(0));
+    Connector::new(move || {
+        let (client, server) = tokio::io::duplex(PIPE_BUFFER);
+        let worker = &workers[next.fetch_add(1, Ordering::Relaxed) % workers.len().max(1)];
+        let shared = shared.clone();
+        let started = worker.spawn(async move {
+            Session::start_internal(server, shared);
+        });
+        Box::pin(async move {
+            if started {
+                Ok(Box::new(client) as BoxedStream)
+            } else {
+                Err(std::io::Error::other("the broker's workers have stopped"))
+            }
+        })
+    })
+}
+
+/// Sent by the broker to [`Bridges`] at start-up and on SIGHUP: run exactly these bridges.
+/// Checks them all first; on an error nothing changes and the error (naming the bridge and the
+/// key) is the answer. Otherwise answers what changed.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<BridgeChanges, ConfigError>")]
+pub struct ApplyBridges(pub Vec<BridgeConfig>);
+
+/// What an [`ApplyBridges`] changed, by bridge name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BridgeChanges {
+    /// Bridges started that were not running.
+    pub added: Vec<String>,
+    /// Bridges stopped because they are gone from the configuration.
+    pub removed: Vec<String>,
+    /// Bridges whose settings (or password file) changed: stopped, then started again.
+    pub restarted: Vec<String>,
+}
+
+/// One running bridge, as the manager knows it.
+struct Running {
+    config: BridgeConfig,
+    password: Option<String>,
+    status: Arc<BridgeStatus>,
+    bridge: Addr<Bridge>,
+}
+
+/// Runs the configured bridges. One per broker, on an Arbiter of its own (the bridges' connections
+/// run there too).
+pub struct Bridges {
+    environment: BridgeEnvironment,
+    metrics: Arc<Metrics>,
+    running: Vec<Running>,
+}
+
+impl Bridges {
+    /// A manager with no bridges running yet.
+    pub fn new(environment: BridgeEnvironment, metrics: Arc<Metrics>) -> Self {
+        Bridges {
+            environment,
+            metrics,
+            running: Vec::new(),
+        }
+    }
+}
+
+impl Actor for Bridges {
+    type Context = Context<Self>;
+}
+
+impl Handler<ApplyBridges> for Bridges {
+    type Result = AtomicResponse<Self, Result<BridgeChanges, ConfigError>>;
+
+    fn handle(&mut self, msg: ApplyBridges, _: &mut Context<Self>) -> Self::Result {
+        let wanted = msg.0;
+        let secrets = match config::check_all(&wanted) {
+            Ok(secrets) => secrets,
+            Err(e) => return AtomicResponse::new(Box::pin(fut::ready(Err(e)))),
+        };
+        let mut changes = BridgeChanges::default();
+        let mut stopping = Vec::new();
+        let mut kept = Vec::new();
+        for running in std::mem::take(&mut self.running) {
+            let same = wanted.iter().zip(&secrets).any(|(config, secret)| {
+                *config == running.config && secret.password == running.password
+            });
+            if same {
+                kept.push(running);
+                continue;
+            }
+            let name = running.config.name.clone();
+            if wanted.iter().any(|c| c.name == name) {
+                changes.restarted.push(name);
+            } else {
+                changes.removed.push(name);
+            }
+            stopping.push(running.bridge.send(StopBridge));
+        }
+        let stopped = async move {
+            for stop in stopping {
+                let _ = stop.await;
+            }
+        };
+        AtomicResponse::new(Box::pin(stopped.into_actor(self).map(
+            move |(), act, _| {
+                let mut running = Vec::with_capacity(wanted.len());
+                for (config, secret) in wanted.into_iter().zip(secrets) {
+                    if let Some(i) = kept.iter().position(|k| k.config.name == config.name) {
+                        running.push(kept.swap_remove(i));
+                        continue;
+                    }
+                    if !changes.restarted.contains(&config.name) {
+                        changes.added.push(config.name.clone());
+                    }
+                    let status = Arc::new(BridgeStatus::new(&config.name, &config.address));
+                    let password = secret.password.clone();
+                    let bridge = Bridge::new(
+                        config.clone(),
+                        secret,
+                        act.environment.clone(),
+                        status.clone(),
+                    )
+                    .start();
+                    running.push(Running {
+                        config,
+                        password,
+                        status,
+                        bridge,
+                    });
+                }
+                act.metrics
+                    .bridges
+                    .replace(running.iter().map(|r| r.status.clone()).collect());
+                act.running = running;
+                if changes != BridgeChanges::default() {
+                    info!(added = ?changes.added, removed = ?changes.removed, restarted = ?changes.restarted, "bridges applied");
+                }
+                Ok(changes)
+            },
+        )))
+    }
+}

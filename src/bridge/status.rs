@@ -1,0 +1,121 @@
+//! What each bridge shows of itself: connected or not, and its message counts. Written by the
+//! bridge's actor; read by `$SYS`, `/metrics` and the admin API through [`Metrics::bridges`]
+//! (crate::metrics::Metrics).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+/// The live state of one bridge.
+#[derive(Debug)]
+pub struct BridgeStatus {
+    /// The bridge's `name`.
+    pub name: String,
+    /// The remote broker's `address`.
+    pub address: String,
+    connected: AtomicBool,
+    subscribed: AtomicBool,
+    queued: AtomicU64,
+    sent: AtomicU64,
+    received: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// A copy of one bridge's state at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeSnapshot {
+    /// The bridge's `name`.
+    pub name: String,
+    /// The remote broker's `address`.
+    pub address: String,
+    /// Whether the link to the remote broker is up (CONNACK received).
+    pub connected: bool,
+    /// Whether every subscription of the bridge, here and at the remote, is granted: messages
+    /// flow both ways.
+    pub subscribed: bool,
+    /// Messages for the remote that are queued or in flight (not yet acknowledged by it).
+    pub queued: u64,
+    /// Messages the remote broker accepted (QoS 0 written, QoS 1 PUBACKed, QoS 2 PUBCOMPed).
+    pub sent: u64,
+    /// Messages received from the remote broker and published locally.
+    pub received: u64,
+    /// Messages dropped: QoS 0 going out while the link was down, queue overflow, refusals.
+    pub dropped: u64,
+}
+
+impl BridgeStatus {
+    /// A bridge that has not connected yet.
+    pub fn new(name: &str, address: &str) -> Self {
+        BridgeStatus {
+            name: name.to_string(),
+            address: address.to_string(),
+            connected: AtomicBool::new(false),
+            subscribed: AtomicBool::new(false),
+            queued: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Records whether the link is up.
+    pub(super) fn set_connected(&self, up: bool) {
+        self.connected.store(up, Ordering::Relaxed);
+    }
+
+    /// Records whether every subscription is granted on both sides.
+    pub(super) fn set_subscribed(&self, all: bool) {
+        self.subscribed.store(all, Ordering::Relaxed);
+    }
+
+    /// Records how many messages wait for the remote.
+    pub(super) fn set_queued(&self, queued: u64) {
+        self.queued.store(queued, Ordering::Relaxed);
+    }
+
+    /// Counts a message the remote accepted.
+    pub(super) fn add_sent(&self) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a message received from the remote.
+    pub(super) fn add_received(&self) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a dropped message.
+    pub(super) fn add_dropped(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The state now.
+    pub fn snapshot(&self) -> BridgeSnapshot {
+        BridgeSnapshot {
+            name: self.name.clone(),
+            address: self.address.clone(),
+            connected: self.connected.load(Ordering::Relaxed),
+            subscribed: self.subscribed.load(Ordering::Relaxed),
+            queued: self.queued.load(Ordering::Relaxed),
+            sent: self.sent.load(Ordering::Relaxed),
+            received: self.received.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The bridges running now, in configuration order; replaced as a whole when they change.
+#[derive(Debug, Default)]
+pub struct BridgeStatuses(RwLock<Vec<Arc<BridgeStatus>>>);
+
+impl BridgeStatuses {
+    /// Every bridge's state now.
+    pub fn snapshots(&self) -> Vec<BridgeSnapshot> {
+        // A poisoned lock only means a writer panicked mid-replace; the list is still whole.
+        let list = self.0.read().unwrap_or_else(|e| e.into_inner());
+        list.iter().map(|status| status.snapshot()).collect()
+    }
+
+    /// Replaces the list (the bridges were started, stopped or reloaded).
+    pub(super) fn replace(&self, statuses: Vec<Arc<BridgeStatus>>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = statuses;
+    }
+}

@@ -1,0 +1,101 @@
+//! Debian's Mosquitto as a peer broker in a child process, on a free loopback port: started,
+//! stopped (gracefully, so it saves its state) and started again on the same port.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+
+/// A Mosquitto broker; killed on drop.
+pub struct Mosquitto {
+    child: Option<Child>,
+    /// Its address.
+    pub addr: SocketAddr,
+    config: std::path::PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    /// Starts one with this configuration after the listener, anonymous access and logging
+    /// lines. With `persistent`, it saves its state in its directory when stopped.
+    pub fn start(extra_config: &str, persistent: bool) -> Mosquitto {
+        // Mosquitto cannot report a port it picked: take a free one and hand it over.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("mosquitto.conf");
+        // Started as root, Mosquitto drops to its own user: it must be able to write here.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+            .expect("chmod");
+        let persistence = if persistent {
+            format!(
+                "persistence true\npersistence_location {}/\nautosave_interval 0\n",
+                dir.path().display()
+            )
+        } else {
+            "persistence false\n".to_string()
+        };
+        std::fs::write(
+            &config,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\n{persistence}\
+                 log_dest stderr\nlog_type error\nlog_type warning\n{extra_config}"
+            ),
+        )
+        .expect("write");
+        let mut mosquitto = Mosquitto {
+            child: None,
+            addr: ([127, 0, 0, 1], port).into(),
+            config,
+            dir,
+        };
+        mosquitto.resume();
+        mosquitto
+    }
+
+    /// The directory its configuration (and state) is in.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Starts it (again) and waits until it accepts connections.
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = Command::new(super::mosquitto_binary())
+            .arg("-c")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("mosquitto starts");
+        self.child = Some(child);
+        // Ready when it accepts a connection: an external process, which gives no event.
+        let deadline = std::time::Instant::now() + super::WAIT;
+        while std::net::TcpStream::connect(self.addr).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "mosquitto did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Stops it with SIGTERM (it saves its state when persistent) and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: sending a signal to our own child process.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
