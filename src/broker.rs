@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::auth::{AccessControl, AccessError};
-use crate::bridge::{ApplyBridges, BridgeChanges, BridgeConfig, Bridges};
+use crate::bridge::{ApplyBridges, BridgeChanges, BridgeConfig, Bridges, StopBridges};
 use crate::config::{Config, ConfigError};
 use crate::hooks::{Interceptors, LifecycleHooks};
 use crate::listener::{accept_loop, bind_listeners, AcceptShared, ConnectionRate, Placement};
@@ -230,6 +230,7 @@ impl Broker {
                     .dir
                     .as_ref()
                     .map(|dir| dir.join("bridges")),
+                registry: registry.clone(),
             };
             let metrics = metrics.clone();
             Bridges::start_in_arbiter(&bridges_arbiter.handle(), move |_| {
@@ -406,7 +407,7 @@ impl RunningBroker {
     pub async fn shutdown(self, grace: std::time::Duration) {
         self.stop_accepting.cancel();
         // Bridges first: what they hold for the remote is written out (or kept on disk).
-        let _ = tokio::time::timeout(grace, self.bridges.send(ApplyBridges(Vec::new()))).await;
+        let _ = tokio::time::timeout(grace, self.bridges.send(StopBridges)).await;
         if self.registry.send(crate::registry::CloseAll).await.is_ok() {
             let deadline = tokio::time::Instant::now() + grace;
             // The connection count has no event of its own: look at it until it is 0.

@@ -329,3 +329,219 @@ async fn both_on_one_topic_does_not_echo_between_two_switchboards_over_5() {
     let central = common::broker();
     no_echo_with_both_on_one_topic(central.local_addr(), "5").await;
 }
+
+#[tokio::test]
+async fn a_bridge_over_tls_with_a_client_certificate() {
+    let pki = common::pki::Pki::new("site-1AB");
+    let central = common::broker_with(|c| {
+        c.tls.port = Some(0);
+        c.tls.cert_file = Some(pki.dir.path().join("server.pem"));
+        c.tls.key_file = Some(pki.dir.path().join("server.key"));
+        c.tls.client_ca_file = Some(pki.dir.path().join("ca.pem"));
+    });
+    let (cert, key) = (
+        pki.dir.path().join("site.pem"),
+        pki.dir.path().join("site.key"),
+    );
+    std::fs::write(&cert, &pki.client.0).expect("write");
+    std::fs::write(&key, &pki.client.1).expect("write");
+    let tls = format!(
+        "tls = {{ ca_file = {:?}, cert_file = {:?}, key_file = {:?} }}",
+        pki.dir.path().join("ca.pem").display().to_string(),
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    let topics = r#"{ pattern = "gate/#", direction = "out", qos = 1 },"#;
+    let address = central.tls_local_addr().expect("TLS listener");
+    let site = site(&bridge_toml(address, "3.1.1", topics, &tls), |_| {});
+    bridge_ready(&site).await;
+    let (mut central_sub, _) = Raw::handshake(central.local_addr(), "app", true).await;
+    central_sub.subscribe(1, &[("gate/#", 1)], &[1]).await;
+    let (mut gate, _) = Raw::handshake(site.local_addr(), "gate-1", true).await;
+    publish_all(&mut gate, &["gate/1/state"]).await;
+    assert_eq!(
+        topics_of(&read_until(&mut central_sub, "gate/1/state").await),
+        ["gate/1/state"]
+    );
+}
+
+#[tokio::test]
+async fn bridge_state_shows_in_sys_metrics_and_the_admin_api() {
+    let central = common::broker();
+    let topics = r#"{ pattern = "gate/#", direction = "both", qos = 1 },"#;
+    let site = site(&bridge_toml(central.local_addr(), "5", topics, ""), |c| {
+        c.sys.interval = std::time::Duration::from_millis(100)
+    });
+    bridge_ready(&site).await;
+    let (mut gate, _) = Raw::handshake(site.local_addr(), "gate-1", true).await;
+    publish_all(&mut gate, &["gate/1/state", "gate/1/state"]).await;
+    let (mut app, _) = Raw::handshake(central.local_addr(), "app", true).await;
+    publish_all(&mut app, &["gate/1/cmd"]).await;
+    eventually(|| async {
+        let s = status(&site);
+        (s.connected, s.sent, s.received) == (true, 2, 1)
+    })
+    .await;
+
+    // $SYS, retained: the latest values.
+    let (mut sys, _) = Raw::handshake(site.local_addr(), "sys-reader", true).await;
+    sys.send(&packets::subscribe(
+        1,
+        &[("$SYS/broker/bridges/central/+", 0)],
+    ))
+    .await;
+    let mut values = std::collections::BTreeMap::new();
+    while values.len() < 5 {
+        let frame = sys.expect().await;
+        if frame.packet_type() == 3 {
+            let p = packets::parse_publish(&frame);
+            values.insert(p.topic, String::from_utf8(p.payload).expect("utf-8"));
+        }
+    }
+    let at = |what: &str| values[&format!("$SYS/broker/bridges/central/{what}")].clone();
+    assert_eq!(
+        [
+            at("connected"),
+            at("sent"),
+            at("received"),
+            at("dropped"),
+            at("queued")
+        ],
+        ["1", "2", "1", "0", "0"]
+    );
+
+    let http = site.http_local_addr().expect("HTTP");
+    let metrics = common::http::get(http, "/metrics", None).await.body;
+    for line in [
+        "switchboard_bridge_connected{bridge=\"central\"} 1",
+        "switchboard_bridge_messages_sent_total{bridge=\"central\"} 2",
+        "switchboard_bridge_messages_received_total{bridge=\"central\"} 1",
+        "switchboard_bridge_messages_dropped_total{bridge=\"central\"} 0",
+        "switchboard_bridge_queued_messages{bridge=\"central\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+    let api = common::http::get(http, "/api/v1/bridges", None)
+        .await
+        .json();
+    assert_eq!(
+        api["bridges"][0],
+        serde_json::json!({
+            "name": "central", "address": central.local_addr().to_string(),
+            "connected": true, "subscribed": true, "queued": 0, "sent": 2, "received": 1,
+            "dropped": 0,
+        })
+    );
+}
+
+/// Collects what a Consumer hands it into a channel.
+struct Collect(tokio::sync::mpsc::UnboundedSender<switchboard_actors::Received>);
+
+impl actix::Actor for Collect {
+    type Context = actix::Context<Self>;
+}
+
+impl actix::Handler<switchboard_actors::Received> for Collect {
+    type Result = ();
+    fn handle(&mut self, msg: switchboard_actors::Received, _: &mut actix::Context<Self>) {
+        let _ = self.0.send(msg);
+    }
+}
+
+/// The seed's scenario across two brokers: the gate and the radar on a site broker, the app on
+/// a central one, a bridge between them. Every status request the app sends is answered.
+async fn gate_demo_across_two_brokers(protocol: &str) {
+    use actix::Actor;
+    use switchboard_actors::fleet::{
+        status_request_topic, status_response_topic, GateBarrier, RadarDetector,
+    };
+    use switchboard_actors::{
+        ConnectionOptions, Consumer, DeviceActor, ManagedConnection, ProtocolVersion, QoS, Request,
+        Requester,
+    };
+    const GATE: &str = "1AB.ENTER.GATE";
+    const RADAR: &str = "1AB.ENTER.DETRD";
+
+    let central = common::broker();
+    let topics = r#"
+  { pattern = "detrd/status/response/#", direction = "out", qos = 1 },
+  { pattern = "detrd/state/#", direction = "out", qos = 1 },
+  { pattern = "detrd/detection/#", direction = "out", qos = 1 },
+  { pattern = "detrd/status/request/#", direction = "in", qos = 1 },
+  { pattern = "detrd/command/#", direction = "in", qos = 1 },"#;
+    let site = site(
+        &bridge_toml(central.local_addr(), protocol, topics, ""),
+        |_| {},
+    );
+    bridge_ready(&site).await;
+
+    let version = match protocol {
+        "5" => ProtocolVersion::V5,
+        _ => ProtocolVersion::V3_1_1,
+    };
+    let at = |addr: SocketAddr, id: &str| {
+        let mut options = ConnectionOptions::new("127.0.0.1", addr.port(), id);
+        options.protocol = version;
+        options
+    };
+    // The app, on the central broker, first: it hears each device announce itself.
+    let app = ManagedConnection::start_with(at(central.local_addr(), "detrd-app"), Vec::new());
+    let (tx, mut states) = tokio::sync::mpsc::unbounded_channel();
+    let filters = vec![("detrd/state/+".to_string(), QoS::AtLeastOnce)];
+    Consumer::new(app.clone(), filters, Collect(tx).start().recipient()).start();
+    let requester = Requester::new(
+        app.clone(),
+        "detrd/status/response/+",
+        std::time::Duration::from_secs(3),
+    )
+    .start();
+    eventually(|| async {
+        let subs = app
+            .send(switchboard_actors::GetSubscriptions)
+            .await
+            .expect("app");
+        subs.values().filter(|s| s.granted.is_some()).count() == 2
+    })
+    .await;
+    let _gate = DeviceActor::start(GateBarrier::new(GATE), at(site.local_addr(), GATE));
+    let _radar = DeviceActor::start(
+        RadarDetector::new(RADAR, std::time::Duration::from_millis(200)),
+        at(site.local_addr(), RADAR),
+    );
+    let mut online = std::collections::BTreeSet::new();
+    while online.len() < 2 {
+        let state = tokio::time::timeout(common::WAIT, states.recv())
+            .await
+            .expect("a device announces itself through the bridge")
+            .expect("open");
+        online.insert(state.topic);
+    }
+
+    let mut answered = 0;
+    for _cycle in 0..4 {
+        for id in [RADAR, GATE] {
+            let request = Request::new(
+                status_request_topic(id),
+                serde_json::json!({ "ask": "status" }),
+            )
+            .answer_on(status_response_topic(id));
+            let answer = requester.send(request).await.expect("requester");
+            assert!(
+                answer.is_ok(),
+                "{id} answered through the bridge: {answer:?}"
+            );
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 8);
+}
+
+#[actix_rt::test]
+async fn the_gate_demo_runs_across_a_site_and_a_central_broker_over_3_1_1() {
+    gate_demo_across_two_brokers("3.1.1").await;
+}
+
+#[actix_rt::test]
+async fn the_gate_demo_runs_across_a_site_and_a_central_broker_over_5() {
+    gate_demo_across_two_brokers("5").await;
+}

@@ -74,10 +74,25 @@ pub enum ConnectionEvent {
     },
     /// An application message from the broker.
     MessageReceived(Received),
+    /// With [`ConnectionOptions::manual_acks`](crate::ConnectionOptions): a QoS 1/2 message
+    /// from the broker whose PUBACK (PUBREC) is sent only when the listener sends
+    /// [`Acknowledge`](crate::Acknowledge) with this token, once the message is safe with it.
+    MessageToAcknowledge(Received, PendingAck),
     /// A message left this client for good: QoS 0 written, QoS 1 PUBACKed, QoS 2 PUBCOMPed.
     MessageDelivered(MessageId),
     /// A message was dropped.
     MessageDropped(MessageId, DropReason),
+}
+
+/// A received QoS 1/2 message not yet acknowledged to the broker (see
+/// [`ConnectionEvent::MessageToAcknowledge`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingAck {
+    /// The link it came over: a token from an older link is ignored (the broker sends the
+    /// message again on the new one).
+    pub(crate) generation: u64,
+    pub(crate) pid: u16,
+    pub(crate) qos: QoS,
 }
 
 /// An application message received from the broker.

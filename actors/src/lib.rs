@@ -28,13 +28,14 @@ mod request;
 pub mod transport;
 
 pub use connection::{
-    AddListener, Enqueue, GetSubscriptions, ManagedConnection, PendingCount, Stop, StopReport,
-    Subscribe, SubscriptionState, Unsubscribe,
+    Acknowledge, AddListener, Enqueue, GetSubscriptions, ManagedConnection, PendingCount, Stop,
+    StopReport, Subscribe, SubscriptionState, Unsubscribe,
 };
 pub use consumer::Consumer;
 pub use device::{Device, DeviceActor, GetConnection, Outbox};
 pub use events::{
-    ConnectFailure, ConnectionEvent, DropReason, EnqueueError, LinkDown, MessageId, Received,
+    ConnectFailure, ConnectionEvent, DropReason, EnqueueError, LinkDown, MessageId, PendingAck,
+    Received,
 };
 pub use options::{Backoff, ConnectionOptions, Overflow, Will};
 pub use publisher::{Publish, PublishEvery, Publisher};

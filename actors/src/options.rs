@@ -109,6 +109,12 @@ pub struct ConnectionOptions {
     pub bridge: bool,
     /// How to reach the broker: TCP (default), TLS, or a custom byte stream.
     pub transport: Transport,
+    /// Acknowledge QoS 1/2 messages from the broker only when a listener says they are safe:
+    /// they come as [`ConnectionEvent::MessageToAcknowledge`](crate::ConnectionEvent) and the
+    /// listener answers [`Acknowledge`](crate::Acknowledge). A bridge uses it so that the broker
+    /// it reads from forgets a message only once the bridge has queued it. Default false: they
+    /// are acknowledged on receipt and come as `MessageReceived`.
+    pub manual_acks: bool,
 }
 
 impl ConnectionOptions {
@@ -132,6 +138,7 @@ impl ConnectionOptions {
             protocol: ProtocolVersion::V3_1_1,
             bridge: false,
             transport: Transport::Tcp,
+            manual_acks: false,
         }
     }
 }

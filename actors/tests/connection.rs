@@ -587,3 +587,57 @@ async fn a_bridge_connection_gets_neither_its_own_messages_back_nor_retain_clear
         "not its own message; RETAIN as published"
     );
 }
+
+#[actix_rt::test]
+async fn with_manual_acks_a_delivery_is_acknowledged_only_when_the_listener_says_so() {
+    // A fake broker: CONNACK, then a QoS 1 and a QoS 2 PUBLISH.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut opts = options(port, "bridge-side");
+    opts.manual_acks = true;
+    let (conn, mut events) = connection(opts);
+    let (mut socket, _) = tokio::time::timeout(WAIT, listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read_frame(&mut socket).await[0], 0x10);
+    socket.write_all(&[0x20, 0x02, 0x00, 0x00]).await.unwrap();
+    // PUBLISH QoS 1 "a" pid 7 "x"; PUBLISH QoS 2 "b" pid 8 "y".
+    socket
+        .write_all(&[0x32, 0x06, 0x00, 0x01, b'a', 0x00, 0x07, b'x'])
+        .await
+        .unwrap();
+    socket
+        .write_all(&[0x34, 0x06, 0x00, 0x01, b'b', 0x00, 0x08, b'y'])
+        .await
+        .unwrap();
+    let mut tokens = Vec::new();
+    while tokens.len() < 2 {
+        if let ConnectionEvent::MessageToAcknowledge(message, token) = events.next().await {
+            tokens.push((message.topic, token));
+        }
+    }
+    assert_eq!((tokens[0].0.as_str(), tokens[1].0.as_str()), ("a", "b"));
+    // Nothing acknowledged yet: the next frame on the wire is this QoS 0 publish.
+    conn.send(Enqueue::new("c", "z", QoS::AtMostOnce))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        read_frame(&mut socket).await[0],
+        0x30,
+        "no PUBACK before the listener's word"
+    );
+    conn.do_send(switchboard_actors::Acknowledge(tokens[0].1));
+    assert_eq!(
+        read_frame(&mut socket).await,
+        [0x40, 0x02, 0x00, 0x07],
+        "PUBACK 7"
+    );
+    conn.do_send(switchboard_actors::Acknowledge(tokens[1].1));
+    assert_eq!(
+        read_frame(&mut socket).await,
+        [0x50, 0x02, 0x00, 0x08],
+        "PUBREC 8"
+    );
+}

@@ -11,16 +11,16 @@
 //!
 //! A message read on one side is renamed by the [`TopicMap`] and enqueued on the other.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use switchboard_actors::{
-    Backoff, ConnectFailure, ConnectionEvent, ConnectionOptions, Connector, Enqueue,
-    ManagedConnection, Overflow, PendingCount, ProtocolVersion, QoS, Received, Stop, Subscribe,
-    Transport,
+    Acknowledge, Backoff, ConnectFailure, ConnectionEvent, ConnectionOptions, Connector, Enqueue,
+    ManagedConnection, MessageId, Overflow, PendingAck, PendingCount, ProtocolVersion, QoS,
+    Received, Stop, Subscribe, Transport,
 };
 use tracing::{debug, info, warn};
 
@@ -42,8 +42,12 @@ pub struct BridgeEnvironment {
     pub local: Connector,
     /// `limits.max_packet_size`: the largest packet either side takes.
     pub max_packet_size: usize,
-    /// Where the queue for the remote is kept (`<persistence.dir>/bridges`), if anywhere.
+    /// Where the queue for the remote is kept (`<persistence.dir>/bridges`), if anywhere. With
+    /// it, the local client's session is persistent too, so that this broker keeps what is
+    /// routed to the bridge across a restart.
     pub queue_dir: Option<PathBuf>,
+    /// The Registry, to end the local client's session when the bridge is removed.
+    pub registry: Addr<crate::registry::Registry>,
 }
 
 /// The side of a bridge an event comes from.
@@ -83,7 +87,11 @@ impl Handler<ConnectionEvent> for SideListener {
 /// queued for the remote stays on disk with persistence) and then the Bridge. Answers when done.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]
-pub struct StopBridge;
+pub struct StopBridge {
+    /// End the local client's session as well (the bridge is removed, or its topics changed),
+    /// instead of leaving it for the next start to resume.
+    pub end_local_session: bool,
+}
 
 /// One bridge.
 pub struct Bridge {
@@ -98,6 +106,9 @@ pub struct Bridge {
     /// Subscriptions not granted yet, on each side (since start, or since a reconnect on which
     /// the broker had no session).
     ungranted: [BTreeSet<String>; 2],
+    /// Messages from the remote being published here, by their id on the local side, with the
+    /// acknowledgement the remote waits for until this broker has them.
+    incoming: HashMap<MessageId, PendingAck>,
 }
 
 impl Bridge {
@@ -118,6 +129,7 @@ impl Bridge {
             local: None,
             remote_up: false,
             ungranted: Default::default(),
+            incoming: HashMap::new(),
         }
     }
 
@@ -153,6 +165,7 @@ impl Bridge {
             BridgeProtocol::V5 => ProtocolVersion::V5,
         };
         options.bridge = true;
+        options.manual_acks = true;
         options.transport = match &self.secrets.tls {
             Some(tls) => Transport::Tls(tls.clone()),
             None => Transport::Tcp,
@@ -160,15 +173,21 @@ impl Bridge {
         options
     }
 
-    fn local_options(&self) -> ConnectionOptions {
-        let client_id = format!(
+    fn local_client_id(&self) -> String {
+        format!(
             "{}{}",
             crate::session::INTERNAL_CLIENT_PREFIX,
             self.config.name
-        );
+        )
+    }
+
+    fn local_options(&self) -> ConnectionOptions {
+        let client_id = self.local_client_id();
         let mut options = ConnectionOptions::new("in-process", 0, client_id.clone());
         options.protocol = ProtocolVersion::V5;
         options.bridge = true;
+        options.manual_acks = true;
+        options.clean_session = self.environment.queue_dir.is_none();
         options.keep_alive = Duration::from_secs(60);
         // The Session trusts an internal client; the user name is what ACLs see.
         options.credentials = Some((client_id, String::new()));
@@ -229,36 +248,39 @@ impl Bridge {
             ConnectionEvent::Connected { session_present } => {
                 self.remote_up = true;
                 self.status.set_connected(true);
-                info!(bridge = name, address = %self.config.address, session_present, "bridge connected");
+                info!(bridge = %name, address = %self.config.address, session_present, "bridge connected");
             }
             ConnectionEvent::Disconnected(reason) => {
                 self.remote_up = false;
                 self.status.set_connected(false);
-                warn!(bridge = name, address = %self.config.address, ?reason, "bridge link down; QoS 1/2 messages going out are queued until it returns");
+                warn!(bridge = %name, address = %self.config.address, ?reason, "bridge link down; QoS 1/2 messages going out are queued until it returns");
             }
             ConnectionEvent::ConnectFailed { failure, retry_in } => {
                 let retry_in = format!("{retry_in:.1?}");
                 match failure {
                     ConnectFailure::Refused(code) => {
-                        warn!(bridge = name, address = %self.config.address, code, %retry_in, "the remote broker refused the bridge's CONNECT (4 or 0x86: bad user name or password, 5 or 0x87: not authorized); retrying")
+                        warn!(bridge = %name, address = %self.config.address, code, %retry_in, "the remote broker refused the bridge's CONNECT (4 or 0x86: bad user name or password, 5 or 0x87: not authorized); retrying")
                     }
                     other => {
-                        warn!(bridge = name, address = %self.config.address, failure = ?other, %retry_in, "cannot connect the bridge; retrying")
+                        warn!(bridge = %name, address = %self.config.address, failure = ?other, %retry_in, "cannot connect the bridge; retrying")
                     }
                 }
             }
             ConnectionEvent::SubscriptionGranted { filter, granted } => match granted {
-                Some(qos) => debug!(bridge = name, %filter, ?qos, "remote subscription granted"),
+                Some(qos) => debug!(bridge = %name, %filter, ?qos, "remote subscription granted"),
                 None => {
-                    warn!(bridge = name, %filter, "the remote broker refused the bridge's subscription")
+                    warn!(bridge = %name, %filter, "the remote broker refused the bridge's subscription")
                 }
             },
-            ConnectionEvent::MessageReceived(message) => self.take_in(message, ctx),
+            ConnectionEvent::MessageReceived(message) => self.take_in(message, None, ctx),
+            ConnectionEvent::MessageToAcknowledge(message, ack) => {
+                self.take_in(message, Some(ack), ctx)
+            }
             ConnectionEvent::MessageDelivered(_) => self.status.add_sent(),
             ConnectionEvent::MessageDropped(_, reason) => {
                 self.status.add_dropped();
                 debug!(
-                    bridge = name,
+                    bridge = %name,
                     ?reason,
                     "a message for the remote was dropped"
                 );
@@ -269,48 +291,51 @@ impl Bridge {
     fn on_local(&mut self, event: ConnectionEvent, ctx: &mut Context<Self>) {
         let name = self.config.name.as_str();
         match event {
-            ConnectionEvent::MessageReceived(message) => self.send_out(message, ctx),
-            ConnectionEvent::MessageDropped(_, reason) => {
+            ConnectionEvent::MessageReceived(message) => self.send_out(message, None, ctx),
+            ConnectionEvent::MessageToAcknowledge(message, ack) => {
+                self.send_out(message, Some(ack), ctx)
+            }
+            ConnectionEvent::MessageDelivered(id) => self.acknowledge_in(id),
+            ConnectionEvent::MessageDropped(id, reason) => {
                 self.status.add_dropped();
                 warn!(
-                    bridge = name,
+                    bridge = %name,
                     ?reason,
                     "a message from the remote could not be published here"
                 );
+                self.acknowledge_in(id);
             }
             ConnectionEvent::SubscriptionGranted {
                 filter,
                 granted: None,
             } => {
-                warn!(bridge = name, %filter, "this broker refused the bridge's subscription (ACL?)");
+                warn!(bridge = %name, %filter, "this broker refused the bridge's subscription (ACL?)");
             }
             ConnectionEvent::ConnectFailed { failure, .. } => {
                 warn!(
-                    bridge = name,
+                    bridge = %name,
                     ?failure,
                     "the bridge's local client was refused (connect interceptor?); retrying"
                 );
             }
             ConnectionEvent::Connected { .. } => {
-                debug!(bridge = name, "the bridge's local client is connected");
+                debug!(bridge = %name, "the bridge's local client is connected");
             }
             _ => {}
         }
     }
 
-    /// A message read here that an `out` or `both` entry matches: to the remote's queue.
-    fn send_out(&mut self, message: Received, ctx: &mut Context<Self>) {
-        let Some(topic) = self.map.to_remote(&message.topic) else {
-            return;
+    /// A message read here that an `out` or `both` entry matches: to the remote's queue. This
+    /// broker has it acknowledged (`ack`) once it is queued there (on disk, with persistence).
+    fn send_out(&mut self, message: Received, ack: Option<PendingAck>, ctx: &mut Context<Self>) {
+        let (Some(topic), Some(remote)) = (self.map.to_remote(&message.topic), &self.remote) else {
+            return self.acknowledge_local(ack);
         };
         if message.qos == QoS::AtMostOnce && !self.remote_up {
             // QoS 0 promises nothing: it is not queued while the link is down.
             self.status.add_dropped();
             return;
         }
-        let Some(remote) = &self.remote else {
-            return;
-        };
         let enqueue = Enqueue {
             topic,
             payload: message.payload,
@@ -321,26 +346,29 @@ impl Bridge {
         remote
             .send(enqueue)
             .into_actor(self)
-            .map(|result, act, _| match result {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
+            .map(move |result, act, _| {
+                if !matches!(result, Ok(Ok(_))) {
                     act.status.add_dropped();
-                    warn!(bridge = %act.config.name, error = %e, "a message for the remote was not queued");
+                    warn!(bridge = %act.config.name, ?result, "a message for the remote was not queued");
                 }
-                Err(_) => act.status.add_dropped(),
+                act.acknowledge_local(ack);
             })
             .spawn(ctx);
     }
 
-    /// A message from the remote that an `in` or `both` entry matches: published here.
-    fn take_in(&mut self, message: Received, ctx: &mut Context<Self>) {
-        let Some(topic) = self.map.to_local(&message.topic) else {
-            return;
+    fn acknowledge_local(&self, ack: Option<PendingAck>) {
+        if let (Some(ack), Some(local)) = (ack, &self.local) {
+            local.do_send(Acknowledge(ack));
+        }
+    }
+
+    /// A message from the remote that an `in` or `both` entry matches: published here. The
+    /// remote has it acknowledged (`ack`) once this broker has accepted it.
+    fn take_in(&mut self, message: Received, ack: Option<PendingAck>, ctx: &mut Context<Self>) {
+        let (Some(topic), Some(local)) = (self.map.to_local(&message.topic), &self.local) else {
+            return self.acknowledge_remote(ack);
         };
         self.status.add_received();
-        let Some(local) = &self.local else {
-            return;
-        };
         let enqueue = Enqueue {
             topic,
             payload: message.payload,
@@ -351,13 +379,32 @@ impl Bridge {
         local
             .send(enqueue)
             .into_actor(self)
-            .map(|result, act, _| {
-                if !matches!(result, Ok(Ok(_))) {
+            .map(move |result, act, _| match result {
+                Ok(Ok(id)) => {
+                    if let Some(ack) = ack {
+                        act.incoming.insert(id, ack);
+                    }
+                }
+                _ => {
                     act.status.add_dropped();
                     warn!(bridge = %act.config.name, "a message from the remote could not be published here");
+                    act.acknowledge_remote(ack);
                 }
             })
             .spawn(ctx);
+    }
+
+    /// The local side is done with message `id` (accepted, or dropped for good): the remote may
+    /// forget it.
+    fn acknowledge_in(&mut self, id: MessageId) {
+        let ack = self.incoming.remove(&id);
+        self.acknowledge_remote(ack);
+    }
+
+    fn acknowledge_remote(&self, ack: Option<PendingAck>) {
+        if let (Some(ack), Some(remote)) = (ack, &self.remote) {
+            remote.do_send(Acknowledge(ack));
+        }
     }
 
     fn poll_queue(&mut self, ctx: &mut Context<Self>) {
@@ -440,21 +487,36 @@ impl Handler<SideEvent> for Bridge {
 impl Handler<StopBridge> for Bridge {
     type Result = ResponseActFuture<Self, ()>;
 
-    fn handle(&mut self, _: StopBridge, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: StopBridge, _: &mut Context<Self>) -> Self::Result {
         let stop = Stop {
             deadline: Duration::from_millis(500),
         };
-        let remote = self.remote.take().map(|r| r.send(stop));
-        let local = self.local.take().map(|l| l.send(stop));
+        // Ending the session first (while the local client is attached) makes its close final;
+        // the stop that follows keeps the connection from coming back.
+        let end_session = msg.end_local_session.then(|| {
+            self.environment.registry.send(crate::registry::Kick {
+                client_id: self.local_client_id(),
+                remove_session: true,
+            })
+        });
+        let remote = self.remote.take();
+        let local = self.local.take();
         self.status.set_connected(false);
         Box::pin(
             async move {
+                if let Some(ending) = end_session {
+                    let _ = ending.await;
+                }
                 let undelivered = match remote {
-                    Some(stopping) => stopping.await.map(|r| r.undelivered.len()).unwrap_or(0),
+                    Some(remote) => remote
+                        .send(stop)
+                        .await
+                        .map(|r| r.undelivered.len())
+                        .unwrap_or(0),
                     None => 0,
                 };
-                if let Some(stopping) = local {
-                    let _ = stopping.await;
+                if let Some(local) = local {
+                    let _ = local.send(stop).await;
                 }
                 undelivered
             }

@@ -27,7 +27,8 @@ pub use topics::TopicMap;
 
 use crate::config::ConfigError;
 use crate::metrics::Metrics;
-use crate::session::{Session, SessionShared};
+use crate::registry::{Kick, ListClients};
+use crate::session::{Session, SessionShared, INTERNAL_CLIENT_PREFIX};
 use link::{Bridge, StopBridge};
 
 /// An in-process pipe's buffer each way, between a bridge's local client and its Session.
@@ -60,6 +61,12 @@ pub fn local_connector(shared: Arc<SessionShared>, workers: Vec<ArbiterHandle>) 
 #[derive(Debug, Message)]
 #[rtype(result = "Result<BridgeChanges, ConfigError>")]
 pub struct ApplyBridges(pub Vec<BridgeConfig>);
+
+/// Sent by the broker to [`Bridges`] when it shuts down: stop every bridge, keeping their local
+/// sessions (and, with persistence, their queue files) for the next start. Answers when done.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct StopBridges;
 
 /// What an [`ApplyBridges`] changed, by bridge name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -99,8 +106,68 @@ impl Bridges {
     }
 }
 
+impl Bridges {
+    /// Ends the stored sessions of bridges that are no longer configured (removed while the
+    /// broker was down): nothing would resume them, and their queues would grow for ever.
+    fn end_orphaned_sessions(&self, ctx: &mut Context<Self>) {
+        let running: Vec<String> = self
+            .running
+            .iter()
+            .map(|r| format!("{INTERNAL_CLIENT_PREFIX}{}", r.config.name))
+            .collect();
+        let registry = self.environment.registry.clone();
+        let list = ListClients {
+            offset: 0,
+            limit: usize::MAX,
+            search: Some(INTERNAL_CLIENT_PREFIX.to_string()),
+        };
+        let ending = async move {
+            let Ok(page) = registry.send(list).await else {
+                return;
+            };
+            for client in page.items {
+                let orphan = client.client_id.starts_with(INTERNAL_CLIENT_PREFIX)
+                    && !client.connected
+                    && !running.contains(&client.client_id);
+                if orphan {
+                    info!(client_id = %client.client_id, "ending the stored session of a bridge no longer configured");
+                    let _ = registry
+                        .send(Kick {
+                            client_id: client.client_id,
+                            remove_session: true,
+                        })
+                        .await;
+                }
+            }
+        };
+        ctx.spawn(ending.into_actor(self));
+    }
+}
+
 impl Actor for Bridges {
     type Context = Context<Self>;
+}
+
+impl Handler<StopBridges> for Bridges {
+    type Result = AtomicResponse<Self, ()>;
+
+    fn handle(&mut self, _: StopBridges, _: &mut Context<Self>) -> Self::Result {
+        let stopping: Vec<_> = std::mem::take(&mut self.running)
+            .into_iter()
+            .map(|running| {
+                running.bridge.send(StopBridge {
+                    end_local_session: false,
+                })
+            })
+            .collect();
+        self.metrics.bridges.replace(Vec::new());
+        let stopped = async move {
+            for stop in stopping {
+                let _ = stop.await;
+            }
+        };
+        AtomicResponse::new(Box::pin(stopped.into_actor(self)))
+    }
 }
 
 impl Handler<ApplyBridges> for Bridges {
@@ -124,12 +191,16 @@ impl Handler<ApplyBridges> for Bridges {
                 continue;
             }
             let name = running.config.name.clone();
-            if wanted.iter().any(|c| c.name == name) {
-                changes.restarted.push(name);
-            } else {
-                changes.removed.push(name);
+            // The local session outlives a restart with the same topics only: it holds what
+            // was routed to the bridge meanwhile.
+            let successor = wanted.iter().find(|c| c.name == name);
+            let end_local_session =
+                successor.is_none_or(|next| next.topics != running.config.topics);
+            match successor {
+                Some(_) => changes.restarted.push(name),
+                None => changes.removed.push(name),
             }
-            stopping.push(running.bridge.send(StopBridge));
+            stopping.push(running.bridge.send(StopBridge { end_local_session }));
         }
         let stopped = async move {
             for stop in stopping {
@@ -137,7 +208,7 @@ impl Handler<ApplyBridges> for Bridges {
             }
         };
         AtomicResponse::new(Box::pin(stopped.into_actor(self).map(
-            move |(), act, _| {
+            move |(), act, ctx| {
                 let mut running = Vec::with_capacity(wanted.len());
                 for (config, secret) in wanted.into_iter().zip(secrets) {
                     if let Some(i) = kept.iter().position(|k| k.config.name == config.name) {
@@ -167,6 +238,7 @@ impl Handler<ApplyBridges> for Bridges {
                     .bridges
                     .replace(running.iter().map(|r| r.status.clone()).collect());
                 act.running = running;
+                act.end_orphaned_sessions(ctx);
                 if changes != BridgeChanges::default() {
                     info!(added = ?changes.added, removed = ?changes.removed, restarted = ?changes.restarted, "bridges applied");
                 }

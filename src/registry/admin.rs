@@ -112,7 +112,8 @@ pub struct Kicked {
     pub session_removed: bool,
 }
 
-/// Sent by the HTTP server to the Registry: disconnect a client, and with `remove_session` end
+/// Sent by the HTTP server (and by a bridge being removed, for its local client) to the
+/// Registry: disconnect a client, and with `remove_session` end
 /// its session too (subscriptions, queued messages; a delayed will goes out). `None` when no
 /// such client is known.
 #[derive(Message)]

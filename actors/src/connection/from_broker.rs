@@ -9,7 +9,7 @@ use switchboard_mqtt::QoS;
 
 use super::{Awaiting, Link, ManagedConnection};
 use crate::codec::Incoming;
-use crate::events::{ConnectFailure, ConnectionEvent, LinkDown, Received};
+use crate::events::{ConnectFailure, ConnectionEvent, LinkDown, PendingAck, Received};
 
 impl ManagedConnection {
     pub(super) fn on_packet(&mut self, ctx: &mut Context<Self>, packet: Incoming) {
@@ -37,19 +37,34 @@ impl ManagedConnection {
                 properties,
             } => {
                 let fresh = qos != QoS::ExactlyOnce || self.inbound_qos2.insert(pid);
+                // With manual acks the listener acknowledges a new QoS 1/2 message once it is
+                // safe; a QoS 2 duplicate was handed over already and is acknowledged now.
+                let manual = self.options.manual_acks && qos != QoS::AtMostOnce && fresh;
                 match qos {
+                    _ if manual => {}
                     QoS::AtMostOnce => {}
                     QoS::AtLeastOnce => write_ack(&mut self.out, Ack::PubAck, pid),
                     QoS::ExactlyOnce => write_ack(&mut self.out, Ack::PubRec, pid),
                 }
                 if fresh {
-                    self.emit(ConnectionEvent::MessageReceived(Received {
+                    let received = Received {
                         topic,
                         payload,
                         qos,
                         retain,
                         properties,
-                    }));
+                    };
+                    self.emit(match manual {
+                        true => {
+                            let token = PendingAck {
+                                generation: self.generation,
+                                pid,
+                                qos,
+                            };
+                            ConnectionEvent::MessageToAcknowledge(received, token)
+                        }
+                        false => ConnectionEvent::MessageReceived(received),
+                    });
                 }
             }
             Incoming::PubAck(pid, code) if code >= 0x80 => self.refused(pid, code),

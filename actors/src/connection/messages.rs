@@ -7,7 +7,7 @@ use actix::prelude::*;
 use bytes::Bytes;
 use switchboard_mqtt::QoS;
 
-use crate::events::{ConnectionEvent, EnqueueError, MessageId};
+use crate::events::{ConnectionEvent, EnqueueError, MessageId, PendingAck};
 
 /// Sent by the application (or a Publisher / Device) to a `ManagedConnection`: queue a message
 /// for publishing. Answers its id, or why it was not taken.
@@ -106,3 +106,10 @@ pub struct StopReport {
     /// sent by the next connection that opens it.
     pub undelivered: Vec<MessageId>,
 }
+
+/// Sent by a listener of a connection with [`manual_acks`](crate::ConnectionOptions) to that
+/// `ManagedConnection`: the message of this token is safe; acknowledge it to the broker
+/// (PUBACK, or PUBREC for QoS 2). Tokens are to be sent back in the order they came.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Acknowledge(pub PendingAck);

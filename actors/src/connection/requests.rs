@@ -7,12 +7,15 @@ use tokio::sync::oneshot;
 use tracing::warn;
 
 use super::messages::{
-    AddListener, Enqueue, GetSubscriptions, PendingCount, Stop, StopReport, Subscribe, Unsubscribe,
+    Acknowledge, AddListener, Enqueue, GetSubscriptions, PendingCount, Stop, StopReport, Subscribe,
+    Unsubscribe,
 };
 use super::{Link, ManagedConnection, SubscriptionState};
 use crate::codec::write_unsubscribe_v5;
 use crate::events::{ConnectionEvent, DropReason, EnqueueError, MessageId};
 use crate::queue::{Outgoing, PushOutcome};
+use switchboard_mqtt::codec::{write_ack, Ack};
+use switchboard_mqtt::QoS;
 
 impl Handler<Enqueue> for ManagedConnection {
     type Result = Result<MessageId, EnqueueError>;
@@ -58,6 +61,23 @@ impl Handler<Enqueue> for ManagedConnection {
         self.pump();
         self.flush(ctx);
         result
+    }
+}
+
+impl Handler<Acknowledge> for ManagedConnection {
+    type Result = ();
+
+    fn handle(&mut self, Acknowledge(token): Acknowledge, ctx: &mut Context<Self>) {
+        if token.generation != self.generation || self.link != Link::Up {
+            return; // that link is gone: the broker sends the message again
+        }
+        let ack = match token.qos {
+            QoS::AtMostOnce => return,
+            QoS::AtLeastOnce => Ack::PubAck,
+            QoS::ExactlyOnce => Ack::PubRec,
+        };
+        write_ack(&mut self.out, ack, token.pid);
+        self.flush(ctx);
     }
 }
 
