@@ -124,12 +124,13 @@ async fn a_will_armed_when_the_broker_is_killed_is_published_at_the_next_start()
     let _device = device_online(addr, "gate-1", "gates/1/status", 3600, 0).await;
     kill_9(child);
 
-    let (_child, _logs, addr) = start_broker(&state, "always");
+    let (restarted, _logs, addr) = start_broker(&state, "always");
     assert_eq!(
         retained_at(addr, "gates/1/status").await.as_deref(),
         Some(&b"offline"[..]),
         "the will went out at start"
     );
+    kill_9(restarted);
 }
 
 #[tokio::test]
@@ -146,12 +147,13 @@ async fn a_delayed_will_due_while_the_broker_was_down_is_published_at_start() {
     // what is under test, not a synchronisation).
     std::thread::sleep(Duration::from_millis(1100).saturating_sub(lost.elapsed()));
 
-    let (_child, _logs, addr) = start_broker(&state, "interval");
+    let (restarted, _logs, addr) = start_broker(&state, "interval");
     assert_eq!(
         retained_at(addr, "gates/2/status").await.as_deref(),
         Some(&b"offline"[..]),
         "the delay passed while the broker was down: the will goes out at start"
     );
+    kill_9(restarted);
 }
 
 #[tokio::test]
@@ -175,7 +177,7 @@ async fn a_delayed_will_not_yet_due_resumes_its_delay_after_a_restart() {
          the start"
     );
 
-    let (_child, _logs, addr) = start_broker(&state, "never");
+    let (restarted, _logs, addr) = start_broker(&state, "never");
     let (mut watcher, _) = Raw::handshake(addr, "watcher", true).await;
     watcher.subscribe(1, &[("gates/3/status", 1)], &[1]).await;
     let first = packets::parse_publish(&watcher.expect().await);
@@ -189,6 +191,7 @@ async fn a_delayed_will_not_yet_due_resumes_its_delay_after_a_restart() {
         lost_at.elapsed()
     );
     assert!(seen_at.elapsed() < Duration::from_secs(4));
+    kill_9(restarted);
 }
 
 #[tokio::test]
@@ -205,7 +208,7 @@ async fn the_will_of_a_session_that_expired_while_the_broker_was_down_is_publish
     // Down while the 1 s session expiry passes.
     std::thread::sleep(Duration::from_millis(1100).saturating_sub(lost.elapsed()));
 
-    let (_child, _logs, addr) = start_broker(&state, "always");
+    let (restarted, _logs, addr) = start_broker(&state, "always");
     assert_eq!(
         retained_at(addr, "gates/4/status").await.as_deref(),
         Some(&b"offline"[..]),
@@ -214,6 +217,7 @@ async fn the_will_of_a_session_that_expired_while_the_broker_was_down_is_publish
     let session = Props::new().u32(prop::SESSION_EXPIRY, 3600);
     let (_raw, ack) = Raw::connect5(addr, &connect5("gate-4", false, 60, &session, None)).await;
     assert!(!ack.session_present, "[MQTT-3.2.2-3] the session is gone");
+    kill_9(restarted);
 }
 
 #[tokio::test]
@@ -229,10 +233,11 @@ async fn a_normal_disconnect_leaves_no_will_to_publish_after_a_restart() {
     barrier(addr).await;
     kill_9(child);
 
-    let (_child, _logs, addr) = start_broker(&state, "always");
+    let (restarted, _logs, addr) = start_broker(&state, "always");
     assert_eq!(
         retained_at(addr, "gates/5/status").await.as_deref(),
         Some(&b"online"[..]),
         "no will went out"
     );
+    kill_9(restarted);
 }
