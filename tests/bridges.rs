@@ -545,3 +545,100 @@ async fn the_gate_demo_runs_across_a_site_and_a_central_broker_over_3_1_1() {
 async fn the_gate_demo_runs_across_a_site_and_a_central_broker_over_5() {
     gate_demo_across_two_brokers("5").await;
 }
+
+#[tokio::test]
+async fn the_acl_and_the_hooks_see_the_bridge_under_its_own_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acl = dir.path().join("acl");
+    // Anonymous clients (the test's) may do anything; the bridge may read gate/# and write
+    // detrd/status/request/# only.
+    std::fs::write(
+        &acl,
+        "topic readwrite #\n\nuser $bridge.central\ntopic read gate/#\n\
+         topic write detrd/status/request/#\n",
+    )
+    .expect("write");
+    let central = common::broker();
+    let topics = r#"
+  { pattern = "gate/#", direction = "out", qos = 1 },
+  { pattern = "detrd/#", direction = "in", qos = 1 },"#;
+    let bridges = Config::from_toml(&bridge_toml(central.local_addr(), "5", topics, ""))
+        .expect("config")
+        .bridge;
+    let (site, mut hooks) = common::broker_with_hooks(|c| {
+        c.auth.acl_file = Some(acl);
+        c.bridge = bridges;
+    });
+    let connected = hooks.connected("$bridge.central").await;
+    assert_eq!(connected.protocol, switchboard::ProtocolVersion::V5);
+    hooks.subscribed("$bridge.central", "gate/#").await;
+    bridge_ready(&site).await;
+
+    let (mut local_sub, _) = Raw::handshake(site.local_addr(), "site-sub", true).await;
+    local_sub.subscribe(1, &[("detrd/#", 1)], &[1]).await;
+    let (mut app, _) = Raw::handshake(central.local_addr(), "app", true).await;
+    publish_all(
+        &mut app,
+        &[
+            "detrd/secret/1",
+            "detrd/status/request/1",
+            "detrd/config/2",
+            "detrd/status/request/2",
+        ],
+    )
+    .await;
+    assert_eq!(
+        topics_of(&read_until(&mut local_sub, "detrd/status/request/2").await),
+        ["detrd/status/request/1", "detrd/status/request/2"],
+        "what the ACL denies the bridge is not published here"
+    );
+    assert_eq!(site.metrics().snapshot().acl_denied, 2);
+}
+
+#[tokio::test]
+async fn a_full_queue_for_a_down_remote_drops_the_oldest_and_counts_it() {
+    if !common::mosquitto_broker_available() {
+        return;
+    }
+    let mut central = Mosquitto::start("", true);
+    let (mut remote_sub, _) = Raw::handshake(central.addr, "central-sub", false).await;
+    remote_sub.subscribe(1, &[("gate/#", 1)], &[1]).await;
+    remote_sub.send(&[0xE0, 0x00]).await;
+    remote_sub.expect_closed().await;
+    let topics = r#"{ pattern = "gate/#", direction = "out", qos = 1 },"#;
+    let extra = "max_queued_messages = 10\nqueue_overflow = \"drop_oldest\"";
+    let site = site(&bridge_toml(central.addr, "3.1.1", topics, extra), |_| {});
+    bridge_ready(&site).await;
+    central.stop();
+    eventually(|| async { !status(&site).connected }).await;
+
+    let (mut gate, _) = Raw::handshake(site.local_addr(), "gate-1", true).await;
+    for n in 0..15u16 {
+        gate.send(&packets::publish(
+            "gate/1/event",
+            n.to_string().as_bytes(),
+            1,
+            n + 1,
+            false,
+            false,
+        ))
+        .await;
+        assert_eq!(gate.expect().await.byte1, 0x40);
+    }
+    eventually(|| async {
+        let s = status(&site);
+        (s.queued, s.dropped) == (10, 5)
+    })
+    .await;
+    central.resume();
+    let (mut remote_sub, _) = Raw::handshake(central.addr, "central-sub", false).await;
+    let got = read_until(&mut remote_sub, "gate/1/event").await;
+    let mut payloads = vec![String::from_utf8(got[0].1.clone()).expect("utf-8")];
+    while payloads.len() < 10 {
+        let p = packets::parse_publish(&remote_sub.expect().await);
+        remote_sub.send(&packets::ack(0x40, p.pid)).await;
+        payloads.push(String::from_utf8(p.payload).expect("utf-8"));
+    }
+    let expected: Vec<String> = (5..15).map(|n: u16| n.to_string()).collect();
+    assert_eq!(payloads, expected, "the five oldest were dropped");
+}

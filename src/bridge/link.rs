@@ -22,6 +22,7 @@ use switchboard_actors::{
     ManagedConnection, MessageId, Overflow, PendingAck, PendingCount, ProtocolVersion, QoS,
     Received, Stop, Subscribe, Transport,
 };
+use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use super::config::{split_address, BridgeConfig, BridgeOverflow, BridgeProtocol, BridgeSecrets};
@@ -109,15 +110,21 @@ pub struct Bridge {
     /// Messages from the remote being published here, by their id on the local side, with the
     /// acknowledgement the remote waits for until this broker has them.
     incoming: HashMap<MessageId, PendingAck>,
+    /// Local subscriptions not answered yet, and who waits for them all to be.
+    local_unanswered: BTreeSet<String>,
+    local_ready: Option<oneshot::Sender<()>>,
 }
 
 impl Bridge {
-    /// A bridge with these checked settings (not started).
+    /// A bridge with these checked settings (not started). `local_ready` is told when this
+    /// broker has answered every local subscription of the bridge: from then on, nothing
+    /// published here that the bridge should forward misses it.
     pub fn new(
         config: BridgeConfig,
         secrets: BridgeSecrets,
         environment: BridgeEnvironment,
         status: Arc<BridgeStatus>,
+        local_ready: oneshot::Sender<()>,
     ) -> Self {
         Bridge {
             map: TopicMap::new(&config.topics),
@@ -130,6 +137,8 @@ impl Bridge {
             remote_up: false,
             ungranted: Default::default(),
             incoming: HashMap::new(),
+            local_unanswered: BTreeSet::new(),
+            local_ready: Some(local_ready),
         }
     }
 
@@ -220,6 +229,14 @@ impl Bridge {
     /// Keeps the `subscribed` state: a connection without a session is subscribed afresh; each
     /// grant ticks one filter off.
     fn track_subscriptions(&mut self, side: Side, event: &ConnectionEvent) {
+        if let (Side::Local, ConnectionEvent::SubscriptionGranted { filter, .. }) = (side, event) {
+            self.local_unanswered.remove(filter);
+            if self.local_unanswered.is_empty() {
+                if let Some(ready) = self.local_ready.take() {
+                    let _ = ready.send(());
+                }
+            }
+        }
         let (pending, filters) = match side {
             Side::Local => (&mut self.ungranted[0], self.map.local_subscriptions()),
             Side::Remote => (&mut self.ungranted[1], self.map.remote_subscriptions()),
@@ -440,6 +457,17 @@ impl Actor for Bridge {
             me.clone(),
             self.map.local_subscriptions(),
         );
+        self.local_unanswered = self
+            .map
+            .local_subscriptions()
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect();
+        if self.local_unanswered.is_empty() {
+            if let Some(ready) = self.local_ready.take() {
+                let _ = ready.send(());
+            }
+        }
         self.ungranted = [
             self.map
                 .local_subscriptions()

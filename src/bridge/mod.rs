@@ -18,7 +18,8 @@ use actix::prelude::*;
 use actix_rt::ArbiterHandle;
 use switchboard_actors::transport::BoxedStream;
 use switchboard_actors::Connector;
-use tracing::info;
+use tokio::sync::oneshot;
+use tracing::{info, warn};
 
 pub use config::{BridgeConfig, BridgeProtocol, BridgeTopic, Direction};
 pub use link::BridgeEnvironment;
@@ -30,6 +31,9 @@ use crate::metrics::Metrics;
 use crate::registry::{Kick, ListClients};
 use crate::session::{Session, SessionShared, INTERNAL_CLIENT_PREFIX};
 use link::{Bridge, StopBridge};
+
+/// How long applying bridges waits for their subscriptions on this broker to be answered.
+const LOCAL_READY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// An in-process pipe's buffer each way, between a bridge's local client and its Session.
 const PIPE_BUFFER: usize = 256 * 1024;
@@ -57,7 +61,8 @@ pub fn local_connector(shared: Arc<SessionShared>, workers: Vec<ArbiterHandle>) 
 
 /// Sent by the broker to [`Bridges`] at start-up and on SIGHUP: run exactly these bridges.
 /// Checks them all first; on an error nothing changes and the error (naming the bridge and the
-/// key) is the answer. Otherwise answers what changed.
+/// key) is the answer. Otherwise answers what changed, once every bridge it started is
+/// subscribed on this broker (or after 5 s).
 #[derive(Debug, Message)]
 #[rtype(result = "Result<BridgeChanges, ConfigError>")]
 pub struct ApplyBridges(pub Vec<BridgeConfig>);
@@ -207,9 +212,9 @@ impl Handler<ApplyBridges> for Bridges {
                 let _ = stop.await;
             }
         };
-        AtomicResponse::new(Box::pin(stopped.into_actor(self).map(
-            move |(), act, ctx| {
+        let started = stopped.into_actor(self).map(move |(), act, ctx| {
                 let mut running = Vec::with_capacity(wanted.len());
+                let mut readiness = Vec::new();
                 for (config, secret) in wanted.into_iter().zip(secrets) {
                     if let Some(i) = kept.iter().position(|k| k.config.name == config.name) {
                         running.push(kept.swap_remove(i));
@@ -220,11 +225,14 @@ impl Handler<ApplyBridges> for Bridges {
                     }
                     let status = Arc::new(BridgeStatus::new(&config.name, &config.address));
                     let password = secret.password.clone();
+                    let (ready, local_ready) = oneshot::channel();
+                    readiness.push(local_ready);
                     let bridge = Bridge::new(
                         config.clone(),
                         secret,
                         act.environment.clone(),
                         status.clone(),
+                        ready,
                     )
                     .start();
                     running.push(Running {
@@ -242,8 +250,22 @@ impl Handler<ApplyBridges> for Bridges {
                 if changes != BridgeChanges::default() {
                     info!(added = ?changes.added, removed = ?changes.removed, restarted = ?changes.restarted, "bridges applied");
                 }
+                (changes, readiness)
+            });
+        // Answered once every started bridge is subscribed here, so that the broker accepts
+        // no connection whose messages a bridge would miss.
+        let ready = started.then(|(changes, readiness), act, _| {
+            async move {
+                let all = futures_util::future::join_all(readiness);
+                if tokio::time::timeout(LOCAL_READY_WAIT, all).await.is_err() {
+                    warn!(
+                        "a bridge's subscriptions on this broker were not answered within {LOCAL_READY_WAIT:?}; going on"
+                    );
+                }
                 Ok(changes)
-            },
-        )))
+            }
+            .into_actor(act)
+        });
+        AtomicResponse::new(Box::pin(ready))
     }
 }
