@@ -3,6 +3,7 @@
 //! and a hook probe actor. Every wait has a timeout; nothing sleeps to synchronise.
 #![allow(dead_code)]
 
+pub mod bridge;
 pub mod child;
 pub mod durable;
 pub mod http;
