@@ -159,3 +159,15 @@ async fn the_acl_and_the_hooks_see_the_bridge_under_its_own_name() {
     );
     assert_eq!(site.metrics().snapshot().acl_denied, 2);
 }
+
+#[tokio::test]
+async fn a_client_from_the_network_may_not_use_a_bridge_client_id() {
+    let broker = common::broker();
+    let spec = packets::ConnectSpec {
+        client_id: "$bridge.central",
+        ..Default::default()
+    };
+    let (mut raw, code) = Raw::connect_with(broker.local_addr(), spec).await;
+    assert_eq!(code, 2, "CONNACK 2: identifier rejected");
+    raw.expect_closed().await;
+}

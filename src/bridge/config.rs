@@ -391,6 +391,16 @@ mod tests {
     }
 
     #[test]
+    fn the_default_client_id_is_the_host_name_dot_the_bridge_name() {
+        let toml = "[[bridge]]\nname = \"central\"\naddress = \"h:1\"\n\
+                    topics = [{ pattern = \"a\", direction = \"in\" }]\n";
+        let config = crate::Config::from_toml(toml).expect("valid");
+        let id = config.bridge[0].remote_client_id();
+        assert_eq!(id, format!("{}.central", hostname()));
+        assert!(id.len() > ".central".len(), "{id}");
+    }
+
+    #[test]
     fn names_are_safe_for_files_and_topics() {
         assert!(valid_name("central-1.eu_west"));
         for bad in ["", "a/b", "a+b", "a#", "a b", &"x".repeat(65)] {
