@@ -44,11 +44,15 @@ pub fn local_connector(shared: Arc<SessionShared>, workers: Vec<ArbiterHandle>) 
     let next = Arc::new(AtomicUsize::new(0));
     Connector::new(move || {
         let (client, server) = tokio::io::duplex(PIPE_BUFFER);
-        let worker = &workers[next.fetch_add(1, Ordering::Relaxed) % workers.len().max(1)];
+        let turn = next.fetch_add(1, Ordering::Relaxed);
         let shared = shared.clone();
-        let started = worker.spawn(async move {
-            Session::start_internal(server, shared);
-        });
+        let started = workers
+            .get(turn % workers.len().max(1))
+            .is_some_and(|worker| {
+                worker.spawn(async move {
+                    Session::start_internal(server, shared);
+                })
+            });
         Box::pin(async move {
             if started {
                 Ok(Box::new(client) as BoxedStream)
