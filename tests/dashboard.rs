@@ -142,3 +142,33 @@ async fn in_chromium_the_page_shows_a_client_and_its_kick_button_disconnects_it(
     );
     assert!(driver.wait().expect("node").success());
 }
+
+#[test]
+fn in_chromium_the_page_shows_a_connected_bridge() {
+    if !browser_available() {
+        return;
+    }
+    let central = common::broker();
+    let toml = format!(
+        "[[bridge]]\nname = \"central\"\naddress = \"{}\"\n\
+         topics = [{{ pattern = \"gate/#\", direction = \"both\", qos = 1 }}]\n",
+        central.local_addr()
+    );
+    let bridges = switchboard::Config::from_toml(&toml).expect("config").bridge;
+    let site = broker_with(|c| c.bridge = bridges);
+    let http = site.http_local_addr().expect("http");
+    let output = Command::new("node")
+        .arg(dashboard_dir().join("drive.js"))
+        .args([&format!("http://{http}/"), "--bridge", "central"])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let shown: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let cells = shown["bridge"].as_array().expect("the bridge's cells");
+    assert_eq!(cells[0], "central");
+    assert_eq!(cells[1], central.local_addr().to_string());
+    assert_eq!(cells[2], "connected");
+}

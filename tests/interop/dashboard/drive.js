@@ -2,6 +2,7 @@
 //   node drive.js URL CLIENT_ID [TOKEN]   check: the page shows CLIENT_ID, its Kick button
 //                                         disconnects it, the feed shows the event
 //   node drive.js URL --screenshot FILE SECONDS   wait, then save a PNG of the page
+//   node drive.js URL --bridge NAME               check: the bridges table shows NAME connected
 // Prints one JSON object per step; exits 1 with {"error": ...} on failure, within 30 s (plus
 // the wait of a screenshot).
 const puppeteer = require('puppeteer-core');
@@ -34,6 +35,14 @@ setTimeout(() => fail(`timed out after ${budget} s`), budget * 1000);
     await new Promise((resolve) => setTimeout(resolve, Number(fourth) * 1000));
     await page.screenshot({ path: third, fullPage: true });
     say({ screenshot: third });
+    await finish(browser);
+    return;
+  }
+  if (clientId === '--bridge') {
+    await page.goto(url, { waitUntil: 'domcontentloaded' });
+    const row = `tr[data-bridge="${third}"][data-state="connected"]`;
+    await page.waitForSelector(row, { timeout: 10000, visible: true });
+    say({ bridge: await page.$eval(row, (e) => Array.from(e.cells, (c) => c.textContent)) });
     await finish(browser);
     return;
   }
