@@ -119,6 +119,9 @@ impl Bridges {
     /// Ends the stored sessions of bridges that are no longer configured (removed while the
     /// broker was down): nothing would resume them, and their queues would grow for ever.
     fn end_orphaned_sessions(&self, ctx: &mut Context<Self>) {
+        if self.environment.queue_dir.is_none() {
+            return; // without persistence, no session outlives the broker
+        }
         let running: Vec<String> = self
             .running
             .iter()
