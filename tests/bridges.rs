@@ -110,11 +110,7 @@ async fn queued_while_down_arrive_in_order(protocol: &str) {
         return;
     }
     // Mosquitto saves its sessions when stopped: the subscriber's persists across its restart.
-    let mut central = Mosquitto::start("", true);
-    let (mut remote_sub, _) = Raw::handshake(central.addr, "central-sub", false).await;
-    remote_sub.subscribe(1, &[("gate/#", 1)], &[1]).await;
-    remote_sub.send(&[0xE0, 0x00]).await;
-    remote_sub.expect_closed().await;
+    let mut central = Mosquitto::with_offline_subscriber("gate/#").await;
 
     let topics = r#"{ pattern = "gate/#", direction = "out", qos = 1 },"#;
     let site = site(&bridge_toml(central.addr, protocol, topics, ""), |_| {});
@@ -271,11 +267,8 @@ async fn a_full_queue_for_a_down_remote_drops_the_oldest_and_counts_it() {
     if !common::mosquitto_broker_available() {
         return;
     }
-    let mut central = Mosquitto::start("", true);
-    let (mut remote_sub, _) = Raw::handshake(central.addr, "central-sub", false).await;
-    remote_sub.subscribe(1, &[("gate/#", 1)], &[1]).await;
-    remote_sub.send(&[0xE0, 0x00]).await;
-    remote_sub.expect_closed().await;
+    // Mosquitto saves its sessions when stopped: the subscriber's persists across its restart.
+    let mut central = Mosquitto::with_offline_subscriber("gate/#").await;
     let topics = r#"{ pattern = "gate/#", direction = "out", qos = 1 },"#;
     let extra = "max_queued_messages = 10\nqueue_overflow = \"drop_oldest\"";
     let site = site(&bridge_toml(central.addr, "3.1.1", topics, extra), |_| {});

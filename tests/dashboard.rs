@@ -154,7 +154,9 @@ fn in_chromium_the_page_shows_a_connected_bridge() {
          topics = [{{ pattern = \"gate/#\", direction = \"both\", qos = 1 }}]\n",
         central.local_addr()
     );
-    let bridges = switchboard::Config::from_toml(&toml).expect("config").bridge;
+    let bridges = switchboard::Config::from_toml(&toml)
+        .expect("config")
+        .bridge;
     let site = broker_with(|c| c.bridge = bridges);
     let http = site.http_local_addr().expect("http");
     let output = Command::new("node")
