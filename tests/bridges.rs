@@ -22,7 +22,8 @@ async fn out_in_both_and_prefixes(protocol: &str) {
   { pattern = "detrd/status/response/#", direction = "out", qos = 1 },
   { pattern = "detrd/status/request/#",  direction = "in",  qos = 1 },
   { pattern = "gate/#", direction = "both", qos = 1, local_prefix = "", remote_prefix = "site/1AB/" },
-  { pattern = "cmd/#", direction = "in", qos = 1, local_prefix = "central/", remote_prefix = "ops/" },"#;
+  { pattern = "cmd/#", direction = "in", qos = 1, local_prefix = "central/", remote_prefix = "ops/" },
+  { pattern = "alarm/#", direction = "out", qos = 1, local_prefix = "local/", remote_prefix = "sites/1AB/" },"#;
     let site = site(&bridge_toml(central.addr, protocol, topics, ""), |_| {});
     bridge_ready(&site).await;
 
@@ -38,14 +39,16 @@ async fn out_in_both_and_prefixes(protocol: &str) {
     remote_sub
         .subscribe(
             1,
-            &[("detrd/#", 1), ("site/#", 1), ("ops/#", 1)],
-            &[1, 1, 1],
+            &[("detrd/#", 1), ("site/#", 1), ("ops/#", 1), ("sites/#", 1)],
+            &[1, 1, 1, 1],
         )
         .await;
     let (mut local_pub, _) = Raw::handshake(site.local_addr(), "gate-1", true).await;
     let (mut remote_pub, _) = Raw::handshake(central.addr, "app", true).await;
 
-    // Out: `out` and `both` entries go, renamed by the remote prefix; an `in` entry does not.
+    // Out: `out` and `both` entries go, the local prefix swapped for the remote one; an `in`
+    // entry does not, nor a topic without the local prefix.
+    publish_all(&mut local_pub, &["alarm/unprefixed", "local/alarm/fire"]).await;
     let sent_here = [
         "detrd/status/response/1AB",
         "gate/1/state",
@@ -57,6 +60,7 @@ async fn out_in_both_and_prefixes(protocol: &str) {
     assert_eq!(
         topics_of(&at_remote),
         [
+            "sites/1AB/alarm/fire",
             "detrd/status/response/1AB",
             "site/1AB/gate/1/state",
             "site/1AB/gate/marker"
@@ -90,7 +94,7 @@ async fn out_in_both_and_prefixes(protocol: &str) {
     );
     eventually(|| async {
         let s = status(&site);
-        (s.sent, s.received, s.dropped, s.queued) == (4, 3, 0, 0)
+        (s.sent, s.received, s.dropped, s.queued) == (5, 3, 0, 0)
     })
     .await;
 }
