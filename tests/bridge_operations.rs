@@ -171,3 +171,40 @@ async fn a_client_from_the_network_may_not_use_a_bridge_client_id() {
     assert_eq!(code, 2, "CONNACK 2: identifier rejected");
     raw.expect_closed().await;
 }
+
+#[tokio::test]
+async fn a_message_too_large_here_once_renamed_is_dropped_and_the_rest_flows() {
+    let central = common::broker();
+    let prefix = format!("{}/", "p".repeat(200));
+    let topics = format!(
+        r#"{{ pattern = "cmd/#", direction = "in", qos = 1, local_prefix = "{prefix}" }},"#
+    );
+    let site = site(&bridge_toml(central.local_addr(), "5", &topics, ""), |c| {
+        c.limits.max_packet_size = 300;
+    });
+    bridge_ready(&site).await;
+    let (mut local_sub, _) = Raw::handshake(site.local_addr(), "site-sub", true).await;
+    local_sub
+        .subscribe(1, &[(&format!("{prefix}cmd/#"), 1)], &[1])
+        .await;
+    // Fits the remote link (about 215 bytes); renamed here it would be over 400.
+    let (mut app, _) = Raw::handshake(central.local_addr(), "app", true).await;
+    app.send(&packets::publish(
+        "cmd/big",
+        &[b'x'; 200],
+        1,
+        1,
+        false,
+        false,
+    ))
+    .await;
+    assert_eq!(app.expect().await.byte1, 0x40);
+    publish_all(&mut app, &["cmd/ok"]).await;
+    let got = read_until(&mut local_sub, &format!("{prefix}cmd/ok")).await;
+    assert_eq!(topics_of(&got), [format!("{prefix}cmd/ok").as_str()]);
+    eventually(|| async {
+        let s = status(&site);
+        (s.received, s.dropped) == (2, 1)
+    })
+    .await;
+}

@@ -386,6 +386,14 @@ impl Bridge {
             return self.acknowledge_remote(ack);
         };
         self.status.add_received();
+        let size = publish_size_bound(&topic, message.payload.len(), message.properties.as_ref());
+        if size > self.environment.max_packet_size {
+            // Renamed here it would exceed `limits.max_packet_size`, and this broker would close
+            // the bridge's local connection on it, again after every reconnect.
+            self.status.add_dropped();
+            warn!(bridge = %self.config.name, %topic, size, "a message from the remote is too large for this broker once renamed; dropped");
+            return self.acknowledge_remote(ack);
+        }
         let enqueue = Enqueue {
             topic,
             payload: message.payload,
@@ -438,6 +446,25 @@ impl Bridge {
             })
             .spawn(ctx);
     }
+}
+
+/// An upper bound of the remaining length of an MQTT 5 PUBLISH of this topic, payload and
+/// properties with a packet id (section 3.3): each property counted with its identifier and
+/// length prefix, the property length with its longest encoding.
+fn publish_size_bound(
+    topic: &str,
+    payload: usize,
+    properties: Option<&switchboard_actors::MessageProperties>,
+) -> usize {
+    let properties = properties.map_or(0, |p| {
+        let strings = [&p.content_type, &p.response_topic]
+            .iter()
+            .filter(|s| s.is_some())
+            .count();
+        let data = usize::from(p.correlation_data.is_some());
+        2 + 3 * (strings + data) + 5 * p.user_properties.len() + p.size()
+    });
+    2 + topic.len() + 2 + 4 + properties + payload
 }
 
 impl Actor for Bridge {
