@@ -33,6 +33,8 @@ pub enum Incoming {
         session_present: bool,
         /// 3.1.1 return code or MQTT 5 reason code.
         code: u8,
+        /// (5.0) The largest packet the broker accepts, if it says.
+        maximum_packet_size: Option<u32>,
     },
     /// PUBLISH.
     Publish {
@@ -126,6 +128,7 @@ fn from_v4(packet: v4::Packet) -> Result<Incoming, ClientCodecError> {
         v4::Packet::ConnAck(ack) => Incoming::ConnAck {
             session_present: ack.session_present,
             code: ack.code as u8,
+            maximum_packet_size: None,
         },
         v4::Packet::Publish(p) => Incoming::Publish {
             topic: p.topic,
@@ -164,6 +167,7 @@ fn from_v5(packet: v5::Packet) -> Result<Incoming, ClientCodecError> {
         v5::Packet::ConnAck(ack) => Incoming::ConnAck {
             session_present: ack.session_present,
             code: ack.code as u8,
+            maximum_packet_size: ack.properties.and_then(|p| p.max_packet_size),
         },
         v5::Packet::Publish(p) => Incoming::Publish {
             properties: p.properties.map(|props| MessageProperties {
@@ -390,7 +394,8 @@ mod tests {
             codec.decode(&mut buf).unwrap(),
             Some(Incoming::ConnAck {
                 session_present: true,
-                code: 0
+                code: 0,
+                maximum_packet_size: None,
             })
         ));
         assert_eq!(

@@ -45,6 +45,9 @@ pub enum DropReason {
     Stopped,
     /// The broker refused it with this MQTT 5 reason code (0x80 or above) in PUBACK or PUBREC.
     Refused(u8),
+    /// (5.0) As a PUBLISH it would exceed the Maximum Packet Size the broker announced in
+    /// CONNACK, which a client must not send [MQTT-3.2.2-15].
+    TooLarge,
 }
 
 /// Sent by a [`ManagedConnection`](crate::ManagedConnection) to every registered listener.

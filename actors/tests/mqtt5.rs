@@ -143,3 +143,44 @@ async fn an_mqtt5_negative_puback_is_reported_as_a_dropped_message() {
         (id, switchboard_actors::DropReason::Refused(0x99))
     );
 }
+
+#[actix_rt::test]
+async fn a_message_over_the_brokers_maximum_packet_size_is_dropped_not_sent() {
+    // [MQTT-3.2.2-15] the client must not send a packet over the Maximum Packet Size the
+    // broker announced in CONNACK; the broker would close the connection on it, and the
+    // message would come back after every reconnect.
+    let mut config = switchboard::Config::default();
+    config.listener.port = 0;
+    config.http.port = 0;
+    config.limits.max_packet_size = 200;
+    let broker = switchboard::BackgroundBroker::start(config).expect("broker starts");
+    let port = broker.local_addr().port();
+    let (conn, mut events) = connection(speaking(port, "sender", ProtocolVersion::V5));
+    assert!(!connected(&mut events).await);
+    let big = conn
+        .send(Enqueue::new("t/big", vec![b'x'; 500], QoS::AtLeastOnce))
+        .await
+        .unwrap()
+        .unwrap();
+    let small = conn
+        .send(Enqueue::new("t/small", "ok", QoS::AtLeastOnce))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut outcomes = Vec::new();
+    while outcomes.len() < 2 {
+        match events.next().await {
+            ConnectionEvent::MessageDropped(id, reason) => outcomes.push((id, Some(reason))),
+            ConnectionEvent::MessageDelivered(id) => outcomes.push((id, None)),
+            ConnectionEvent::Disconnected(why) => panic!("the link dropped: {why:?}"),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        outcomes,
+        [
+            (big, Some(switchboard_actors::DropReason::TooLarge)),
+            (small, None)
+        ]
+    );
+}

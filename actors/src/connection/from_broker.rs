@@ -17,7 +17,10 @@ impl ManagedConnection {
             Incoming::ConnAck {
                 session_present,
                 code,
+                maximum_packet_size,
             } => {
+                // [MQTT-3.2.2-15] nothing larger than this goes to the broker.
+                self.server_max_packet = maximum_packet_size.map(|m| m as usize);
                 if !matches!(self.link, Link::AwaitingConnAck { .. }) {
                     return self.link_lost(ctx, LinkDown::Protocol("unexpected CONNACK".into()));
                 }

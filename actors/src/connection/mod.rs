@@ -5,6 +5,7 @@
 
 mod from_broker;
 mod messages;
+mod outgoing;
 mod requests;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -90,6 +91,8 @@ pub struct ManagedConnection {
     last_received: Instant,
     durable: Option<DurableLog>,
     stopping: Option<oneshot::Sender<StopReport>>,
+    /// (5.0) The Maximum Packet Size of the last CONNACK.
+    server_max_packet: Option<usize>,
 }
 
 impl ManagedConnection {
@@ -117,6 +120,7 @@ impl ManagedConnection {
             last_received: Instant::now(),
             durable: None,
             stopping: None,
+            server_max_packet: None,
         }
     }
 
@@ -371,80 +375,6 @@ impl ManagedConnection {
                 && !self.awaiting_suback.contains_key(&pid)
             {
                 return pid;
-            }
-        }
-    }
-
-    /// Sends queued messages while connected and the window has room.
-    fn pump(&mut self) {
-        if self.link != Link::Up {
-            return;
-        }
-        let window = usize::from(self.options.inflight.max(1));
-        while let Some(next) = self.queue.front() {
-            if next.qos != QoS::AtMostOnce && self.inflight.len() >= window {
-                break;
-            }
-            let Some(message) = self.queue.pop() else {
-                break;
-            };
-            if message.qos == QoS::AtMostOnce {
-                write_publish_of(&mut self.out, self.options.protocol, &message, 0, false);
-                self.delivered(message.id);
-                continue;
-            }
-            let pid = self.allocate_pid();
-            write_publish_of(&mut self.out, self.options.protocol, &message, pid, false);
-            let stage = if message.qos == QoS::ExactlyOnce {
-                Awaiting::Rec
-            } else {
-                Awaiting::Ack
-            };
-            self.inflight.push_back(Inflight {
-                pid,
-                message,
-                stage,
-            });
-        }
-    }
-
-    fn delivered(&mut self, id: MessageId) {
-        self.forget_durable(id);
-        self.emit(ConnectionEvent::MessageDelivered(id));
-    }
-
-    fn dropped(&mut self, id: MessageId, reason: DropReason) {
-        self.forget_durable(id);
-        self.emit(ConnectionEvent::MessageDropped(id, reason));
-    }
-
-    fn forget_durable(&mut self, id: MessageId) {
-        if let Some(log) = &mut self.durable {
-            if let Err(e) = log.remove(id) {
-                warn!(error = %e, "cannot update the durable queue");
-            }
-        }
-    }
-
-    /// The broker refused an inflight message (MQTT 5 PUBACK/PUBREC with a code of 0x80 or
-    /// above): it is dropped, not re-sent.
-    fn refused(&mut self, pid: u16, code: u8) {
-        if let Some(i) = self.inflight.iter().position(|e| e.pid == pid) {
-            if let Some(entry) = self.inflight.remove(i) {
-                warn!(client_id = %self.options.client_id, topic = %entry.message.topic, code, "the broker refused a message");
-                self.dropped(entry.message.id, DropReason::Refused(code));
-            }
-        }
-    }
-
-    fn complete(&mut self, pid: u16, stage: Awaiting) {
-        if let Some(i) = self
-            .inflight
-            .iter()
-            .position(|e| e.pid == pid && e.stage == stage)
-        {
-            if let Some(entry) = self.inflight.remove(i) {
-                self.delivered(entry.message.id);
             }
         }
     }
