@@ -218,11 +218,11 @@ impl Broker {
         ));
         let handles: Vec<_> = workers.iter().map(Arbiter::handle).collect();
         // The bridges start before the listeners, so that their local clients are subscribed
-        // before anything from the network arrives.
-        let bridges_arbiter = Arbiter::new();
+        // before anything from the network arrives. The manager runs on the System's thread;
+        // each bridge on a worker.
         let bridges = {
             let environment = crate::bridge::BridgeEnvironment {
-                local: crate::bridge::local_connector(shared.clone(), handles.clone()),
+                local: crate::bridge::local_connector(shared.clone()),
                 max_packet_size: shared.config.limits.max_packet_size,
                 queue_dir: shared
                     .config
@@ -232,10 +232,7 @@ impl Broker {
                     .map(|dir| dir.join("bridges")),
                 registry: registry.clone(),
             };
-            let metrics = metrics.clone();
-            Bridges::start_in_arbiter(&bridges_arbiter.handle(), move |_| {
-                Bridges::new(environment, metrics)
-            })
+            Bridges::new(environment, metrics.clone(), handles.clone()).start()
         };
         let configured = ApplyBridges(shared.config.bridge.clone());
         match bridges.send(configured).await {
@@ -316,7 +313,6 @@ impl Broker {
             workers,
             registry_arbiter,
             bridges,
-            bridges_arbiter,
         })
     }
 }
@@ -341,9 +337,8 @@ pub struct RunningBroker {
     stop_accepting: CancellationToken,
     workers: Vec<Arbiter>,
     registry_arbiter: Arbiter,
-    /// The bridges' manager, on an Arbiter of its own.
+    /// The bridges' manager, on the System's thread.
     bridges: Addr<Bridges>,
-    bridges_arbiter: Arbiter,
 }
 
 impl RunningBroker {
@@ -429,7 +424,6 @@ impl RunningBroker {
             http.stop();
         }
         self.memory_trim.abort();
-        self.bridges_arbiter.stop();
         for worker in &self.workers {
             worker.stop();
         }

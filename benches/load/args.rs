@@ -69,6 +69,13 @@ pub struct Args {
     /// Pid of the broker at `--addr`, for its CPU and RSS.
     #[arg(long)]
     pub broker_pid: Option<u32>,
+    /// Flow scenarios: subscribers connect here instead of `--addr` (publishers on a site broker,
+    /// subscribers on the central broker it bridges to).
+    #[arg(long)]
+    pub subscribe_addr: Option<SocketAddr>,
+    /// Pid of a second broker (the other end of a bridge) whose CPU counts as the broker's.
+    #[arg(long)]
+    pub peer_pid: Option<u32>,
     /// Name of the broker in reports.
     #[arg(long, default_value = "switchboard")]
     pub label: String,

@@ -327,6 +327,7 @@ pub async fn run(
     broker_pid: Option<u32>,
 ) -> Result<FlowResult, String> {
     let plan = plan(args.scenario, args.clients, args.topics);
+    let subscribe_addr = args.subscribe_addr.unwrap_or(addr);
     let shared = Shared::new(plan.publishers.len());
     let local = tokio::task::LocalSet::new();
     local
@@ -336,7 +337,8 @@ pub async fn run(
                 let (shared, ready) = (shared.clone(), ready_tx.clone());
                 let qos = args.qos;
                 tokio::task::spawn_local(async move {
-                    if let Err(e) = subscriber(addr, i, filters, qos, shared, ready).await {
+                    let subscribed = subscriber(subscribe_addr, i, filters, qos, shared, ready);
+                    if let Err(e) = subscribed.await {
                         eprintln!("subscriber {i}: {e}");
                     }
                 });

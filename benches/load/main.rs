@@ -59,6 +59,9 @@ fn run(args: Args) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
+    if let Some(peer) = args.peer_pid {
+        procstat::count_peer(peer);
+    }
     let args = Rc::new(args);
     let mut report = Report {
         label: args.label.clone(),

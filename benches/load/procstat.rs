@@ -43,7 +43,21 @@ pub fn rss_bytes(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// CPU time of the broker (when its pid is known) and of the harness since `start`.
+/// A second broker whose CPU counts as the broker's (`--peer-pid`: the other end of a bridge).
+static PEER: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// Counts `pid`'s CPU with the broker's from now on.
+pub fn count_peer(pid: u32) {
+    let _ = PEER.set(pid);
+}
+
+/// CPU of the broker and its peer, if any.
+fn broker_cpu_seconds(pid: u32) -> f64 {
+    cpu_seconds(Some(pid)) + PEER.get().map_or(0.0, |&peer| cpu_seconds(Some(peer)))
+}
+
+/// CPU time of the broker (when its pid is known; with its peer's) and of the harness since
+/// `start`.
 pub struct CpuClock {
     broker: Option<(u32, f64)>,
     harness: f64,
@@ -53,14 +67,14 @@ impl CpuClock {
     /// Reads both clocks now.
     pub fn start(broker_pid: Option<u32>) -> Self {
         CpuClock {
-            broker: broker_pid.map(|pid| (pid, cpu_seconds(Some(pid)))),
+            broker: broker_pid.map(|pid| (pid, broker_cpu_seconds(pid))),
             harness: cpu_seconds(None),
         }
     }
 
     /// Broker CPU seconds since start, if its pid is known.
     pub fn broker_seconds(&self) -> Option<f64> {
-        self.broker.map(|(pid, at)| cpu_seconds(Some(pid)) - at)
+        self.broker.map(|(pid, at)| broker_cpu_seconds(pid) - at)
     }
 
     /// Harness CPU seconds since start.

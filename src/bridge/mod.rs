@@ -11,7 +11,6 @@ mod link;
 mod status;
 mod topics;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -39,27 +38,13 @@ const LOCAL_READY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 const PIPE_BUFFER: usize = 256 * 1024;
 
 /// A connector that opens an in-process connection to this broker: one end of a pipe goes to a
-/// new internal Session on a worker (in turn), the other to the caller.
-pub fn local_connector(shared: Arc<SessionShared>, workers: Vec<ArbiterHandle>) -> Connector {
-    let next = Arc::new(AtomicUsize::new(0));
+/// new internal Session on the caller's own thread (a worker: the bridge's), the other to the
+/// caller. A message then goes from the bridge's Session to the bridge without crossing threads.
+pub fn local_connector(shared: Arc<SessionShared>) -> Connector {
     Connector::new(move || {
         let (client, server) = tokio::io::duplex(PIPE_BUFFER);
-        let turn = next.fetch_add(1, Ordering::Relaxed);
-        let shared = shared.clone();
-        let started = workers
-            .get(turn % workers.len().max(1))
-            .is_some_and(|worker| {
-                worker.spawn(async move {
-                    Session::start_internal(server, shared);
-                })
-            });
-        Box::pin(async move {
-            if started {
-                Ok(Box::new(client) as BoxedStream)
-            } else {
-                Err(std::io::Error::other("the broker's workers have stopped"))
-            }
-        })
+        Session::start_internal(server, shared.clone());
+        Box::pin(async move { Ok(Box::new(client) as BoxedStream) })
     })
 }
 
@@ -96,21 +81,29 @@ struct Running {
     bridge: Addr<Bridge>,
 }
 
-/// Runs the configured bridges. One per broker, on an Arbiter of its own (the bridges' connections
-/// run there too).
+/// Runs the configured bridges. One per broker; each bridge (with its two connections and its
+/// local client's Session) runs on one of the workers, in turn.
 pub struct Bridges {
     environment: BridgeEnvironment,
     metrics: Arc<Metrics>,
     running: Vec<Running>,
+    workers: Vec<ArbiterHandle>,
+    next_worker: usize,
 }
 
 impl Bridges {
-    /// A manager with no bridges running yet.
-    pub fn new(environment: BridgeEnvironment, metrics: Arc<Metrics>) -> Self {
+    /// A manager with no bridges running yet, placing them on `workers`.
+    pub fn new(
+        environment: BridgeEnvironment,
+        metrics: Arc<Metrics>,
+        workers: Vec<ArbiterHandle>,
+    ) -> Self {
         Bridges {
             environment,
             metrics,
             running: Vec::new(),
+            workers,
+            next_worker: 0,
         }
     }
 }
@@ -240,8 +233,12 @@ impl Handler<ApplyBridges> for Bridges {
                         act.environment.clone(),
                         status.clone(),
                         ready,
-                    )
-                    .start();
+                    );
+                    let bridge = match act.workers.get(act.next_worker % act.workers.len().max(1)) {
+                        Some(worker) => Bridge::start_in_arbiter(worker, |_| bridge),
+                        None => bridge.start(),
+                    };
+                    act.next_worker = act.next_worker.wrapping_add(1);
                     running.push(Running {
                         config,
                         password,
