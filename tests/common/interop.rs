@@ -1,0 +1,173 @@
+//! Whether the external clients and servers the interop tests drive are installed (required
+//! under CI), and running them: mosquitto_sub, the Python scripts of `tests/interop/`.
+
+use std::time::Duration;
+
+/// Whether an external client the interop tests drive (`what`) was `found`. Under CI
+/// (`.ci/run` installs them all) its absence is a failure; elsewhere the test says it skipped,
+/// and how to install it.
+fn required_under_ci(found: bool, what: &str, install: &str) -> bool {
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{what} must be installed under CI (.ci/run installs it)"
+        );
+        eprintln!("SKIPPED: {what} not found ({install})");
+    }
+    found
+}
+
+/// Whether python3 with paho-mqtt is there (see [`required_under_ci`]).
+pub fn paho_available() -> bool {
+    let found = std::process::Command::new("python3")
+        .args(["-c", "import paho.mqtt.client"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    required_under_ci(found, "python3 with paho-mqtt", "pip install paho-mqtt")
+}
+
+/// Whether python3 with prometheus-client (the official Prometheus text parser) is there (see
+/// [`required_under_ci`]).
+pub fn prometheus_parser_available() -> bool {
+    let found = std::process::Command::new("python3")
+        .args(["-c", "import prometheus_client.openmetrics.parser"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    required_under_ci(
+        found,
+        "python3 with prometheus-client",
+        "pip install prometheus-client",
+    )
+}
+
+/// The dashboard driver (`tests/interop/dashboard/`: puppeteer-core and its script).
+pub fn dashboard_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/dashboard")
+}
+
+/// Whether Node.js, puppeteer-core and Debian's chromium are there (see [`required_under_ci`]).
+pub fn browser_available() -> bool {
+    let node = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let chromium = std::env::var_os("CHROMIUM")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/usr/bin/chromium".into())
+        .exists();
+    let found = node && chromium && dashboard_dir().join("node_modules/puppeteer-core").is_dir();
+    required_under_ci(
+        found,
+        "node with puppeteer-core, and chromium",
+        "apt-get install chromium; npm ci --prefix tests/interop/dashboard",
+    )
+}
+
+/// Debian's Mosquitto broker: `mosquitto` on the PATH, else `/usr/sbin/mosquitto`.
+pub fn mosquitto_binary() -> std::path::PathBuf {
+    let on_path = std::process::Command::new("mosquitto")
+        .arg("-h")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    if on_path {
+        "mosquitto".into()
+    } else {
+        "/usr/sbin/mosquitto".into()
+    }
+}
+
+/// Whether Debian's Mosquitto broker is there, as a bridge peer (see [`required_under_ci`]).
+pub fn mosquitto_broker_available() -> bool {
+    let found = std::process::Command::new(mosquitto_binary())
+        .arg("-h")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    required_under_ci(found, "mosquitto (the broker)", "apt-get install mosquitto")
+}
+
+/// Whether Debian's mosquitto clients are there (see [`required_under_ci`]).
+pub fn mosquitto_clients_available() -> bool {
+    let found = std::process::Command::new("mosquitto_pub")
+        .arg("--help")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    required_under_ci(found, "mosquitto_pub", "apt-get install mosquitto-clients")
+}
+
+/// The MQTT.js scripts and their `node_modules` (`tests/interop/mqttjs/`).
+pub fn mqttjs_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/mqttjs")
+}
+
+/// Whether Node.js and MQTT.js are there (see [`required_under_ci`]).
+pub fn mqttjs_available() -> bool {
+    let node = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let found = node && mqttjs_dir().join("node_modules/mqtt").is_dir();
+    required_under_ci(
+        found,
+        "node with MQTT.js",
+        "npm ci --prefix tests/interop/mqttjs",
+    )
+}
+
+/// Starts `mosquitto_sub` against the broker on `port` with these extra arguments (it should
+/// end by itself, e.g. with `-C`).
+pub fn spawn_mosquitto_sub(port: u16, args: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub starts")
+}
+
+/// Waits (at most 10 s) for a `mosquitto_sub` to end, asserts it succeeded, and returns the lines
+/// it printed.
+pub async fn mosquitto_sub_lines(sub: tokio::process::Child) -> Vec<String> {
+    let out = tokio::time::timeout(Duration::from_secs(10), sub.wait_with_output())
+        .await
+        .expect("mosquitto_sub ends")
+        .expect("mosquitto_sub output");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Runs a Python script from `tests/interop/` against the broker on `port`; asserts it succeeded
+/// and returns the lines it printed.
+pub fn run_interop_script(name: &str, port: u16) -> Vec<String> {
+    run_interop_script_with(name, &[&port.to_string()])
+}
+
+/// [`run_interop_script`] with these arguments.
+pub fn run_interop_script_with(name: &str, args: &[&str]) -> Vec<String> {
+    let script = format!("{}/tests/interop/{name}", env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout.lines().map(str::to_string).collect()
+}
