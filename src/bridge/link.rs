@@ -229,46 +229,53 @@ impl Bridge {
     /// Keeps the `subscribed` state: a connection without a session is subscribed afresh; each
     /// grant ticks one filter off.
     fn track_subscriptions(&mut self, side: Side, event: &ConnectionEvent) {
-        if let (Side::Local, ConnectionEvent::SubscriptionGranted { filter, .. }) = (side, event) {
-            self.local_unanswered.remove(filter);
-            if self.local_unanswered.is_empty() {
-                if let Some(ready) = self.local_ready.take() {
-                    let _ = ready.send(());
-                }
-            }
-        }
-        let (pending, filters) = match side {
-            Side::Local => (&mut self.ungranted[0], self.map.local_subscriptions()),
-            Side::Remote => (&mut self.ungranted[1], self.map.remote_subscriptions()),
+        let at = match side {
+            Side::Local => 0,
+            Side::Remote => 1,
         };
         match event {
             ConnectionEvent::Connected {
                 session_present: false,
             } => {
-                *pending = filters.into_iter().map(|(filter, _)| filter).collect();
+                let filters = match side {
+                    Side::Local => self.map.local_subscriptions(),
+                    Side::Remote => self.map.remote_subscriptions(),
+                };
+                self.ungranted[at] = filters.into_iter().map(|(filter, _)| filter).collect();
             }
-            ConnectionEvent::SubscriptionGranted {
-                filter,
-                granted: Some(_),
-            } => {
-                pending.remove(filter);
+            ConnectionEvent::SubscriptionGranted { filter, granted } => {
+                if granted.is_some() {
+                    self.ungranted[at].remove(filter);
+                }
+                if side == Side::Local {
+                    self.local_unanswered.remove(filter);
+                    self.tell_local_ready_if_answered();
+                }
             }
-            _ => {}
+            ConnectionEvent::Connected { .. } | ConnectionEvent::Disconnected(_) => {}
+            // Messages and their outcomes say nothing about subscriptions.
+            _ => return,
         }
         let all = self.remote_up && self.ungranted.iter().all(BTreeSet::is_empty);
         self.status.set_subscribed(all);
+    }
+
+    fn tell_local_ready_if_answered(&mut self) {
+        if self.local_unanswered.is_empty() {
+            if let Some(ready) = self.local_ready.take() {
+                let _ = ready.send(());
+            }
+        }
     }
 
     fn on_remote(&mut self, event: ConnectionEvent, ctx: &mut Context<Self>) {
         let name = self.config.name.as_str();
         match event {
             ConnectionEvent::Connected { session_present } => {
-                self.remote_up = true;
                 self.status.set_connected(true);
                 info!(bridge = %name, address = %self.config.address, session_present, "bridge connected");
             }
             ConnectionEvent::Disconnected(reason) => {
-                self.remote_up = false;
                 self.status.set_connected(false);
                 warn!(bridge = %name, address = %self.config.address, ?reason, "bridge link down; QoS 1/2 messages going out are queued until it returns");
             }
@@ -484,29 +491,18 @@ impl Actor for Bridge {
             me.clone(),
             self.map.local_subscriptions(),
         );
-        self.local_unanswered = self
-            .map
-            .local_subscriptions()
-            .into_iter()
-            .map(|(f, _)| f)
-            .collect();
-        if self.local_unanswered.is_empty() {
-            if let Some(ready) = self.local_ready.take() {
-                let _ = ready.send(());
-            }
-        }
+        let filters = |subscriptions: Vec<(String, QoS)>| -> BTreeSet<String> {
+            subscriptions
+                .into_iter()
+                .map(|(filter, _)| filter)
+                .collect()
+        };
         self.ungranted = [
-            self.map
-                .local_subscriptions()
-                .into_iter()
-                .map(|(f, _)| f)
-                .collect(),
-            self.map
-                .remote_subscriptions()
-                .into_iter()
-                .map(|(f, _)| f)
-                .collect(),
+            filters(self.map.local_subscriptions()),
+            filters(self.map.remote_subscriptions()),
         ];
+        self.local_unanswered = self.ungranted[0].clone();
+        self.tell_local_ready_if_answered();
         let remote = self.connection(
             self.remote_options(),
             Side::Remote,

@@ -79,35 +79,25 @@ fn counter(
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
 
-/// A counter with one label, one sample per `(label value, count)`.
-fn labelled_counter<'a>(
+/// A counter or gauge with one label, one sample per `(label value, value)`.
+fn labelled<'a>(
     encoder: &mut DescriptorEncoder,
+    kind: MetricType,
     name: &str,
     help: &str,
     label: &str,
     values: impl IntoIterator<Item = (&'a str, u64)>,
 ) -> std::fmt::Result {
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (value, count) in values {
+    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+    for (value, sample) in values {
         let labels = [(label, value)];
-        ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
-    }
-    Ok(())
-}
-
-/// A gauge with one label, one sample per `(label value, value)`.
-fn labelled_gauge<'a>(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    label: &str,
-    values: impl IntoIterator<Item = (&'a str, u64)>,
-) -> std::fmt::Result {
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (value, level) in values {
-        let labels = [(label, value)];
-        let level = i64::try_from(level).unwrap_or(i64::MAX);
-        ConstGauge::new(level).encode(family.encode_family(&labels)?)?;
+        let into = family.encode_family(&labels)?;
+        match kind {
+            MetricType::Gauge => {
+                ConstGauge::new(i64::try_from(sample).unwrap_or(i64::MAX)).encode(into)?
+            }
+            _ => ConstCounter::new(sample).encode(into)?,
+        }
     }
     Ok(())
 }
@@ -123,36 +113,41 @@ fn bridges(
     let each = |value: fn(&crate::bridge::BridgeSnapshot) -> u64| {
         bridges.iter().map(move |b| (b.name.as_str(), value(b)))
     };
-    labelled_gauge(
+    labelled(
         e,
+        MetricType::Gauge,
         "switchboard_bridge_connected",
         "1 while the bridge's link to the remote broker is up",
         "bridge",
         each(|b| u64::from(b.connected)),
     )?;
-    labelled_gauge(
+    labelled(
         e,
+        MetricType::Gauge,
         "switchboard_bridge_queued_messages",
         "Messages for the remote broker queued or in flight",
         "bridge",
         each(|b| b.queued),
     )?;
-    labelled_counter(
+    labelled(
         e,
+        MetricType::Counter,
         "switchboard_bridge_messages_sent",
         "Messages the remote broker accepted from the bridge",
         "bridge",
         each(|b| b.sent),
     )?;
-    labelled_counter(
+    labelled(
         e,
+        MetricType::Counter,
         "switchboard_bridge_messages_received",
         "Messages received from the remote broker and published here",
         "bridge",
         each(|b| b.received),
     )?;
-    labelled_counter(
+    labelled(
         e,
+        MetricType::Counter,
         "switchboard_bridge_messages_dropped",
         "Messages the bridge dropped (QoS 0 while down, queue overflow, refused)",
         "bridge",
@@ -194,22 +189,25 @@ impl Collector for Scrape {
             "Retained messages",
             s.retained as u64,
         )?;
-        labelled_counter(
+        labelled(
             e,
+            MetricType::Counter,
             "switchboard_messages_received",
             "PUBLISH packets received from clients, by QoS",
             "qos",
             QOS_LABELS.into_iter().zip(t.publishes_received),
         )?;
-        labelled_counter(
+        labelled(
             e,
+            MetricType::Counter,
             "switchboard_messages_sent",
             "PUBLISH packets written to clients, by the QoS they were sent with",
             "qos",
             QOS_LABELS.into_iter().zip(t.publishes_sent),
         )?;
-        labelled_counter(
+        labelled(
             e,
+            MetricType::Counter,
             "switchboard_messages_dropped",
             "Messages not delivered, by reason",
             "reason",
@@ -252,8 +250,9 @@ impl Collector for Scrape {
             "CONNECTs accepted (CONNACK 0)",
             m.connects,
         )?;
-        labelled_counter(
+        labelled(
             e,
+            MetricType::Counter,
             "switchboard_disconnects",
             "Ends of accepted MQTT connections, by reason",
             "reason",
