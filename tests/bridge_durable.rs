@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::Child;
 use std::sync::mpsc::Receiver;
 
+use common::bridge::publish_counting;
 use common::child::{listening_addr, spawn, wait_line};
 use common::durable::kill_9;
 use common::mosquitto::Mosquitto;
@@ -49,20 +50,7 @@ async fn what_the_site_acknowledged_while_the_remote_was_down_survives_kill_9() 
     let site = Reaped(Some(site));
     let (mut publisher, _) = Raw::handshake(addr, "gate-1", true).await;
     const COUNT: u16 = 200;
-    for n in 0..COUNT {
-        publisher
-            .send(&packets::publish(
-                "gate/1/event",
-                n.to_string().as_bytes(),
-                1,
-                n + 1,
-                false,
-                false,
-            ))
-            .await;
-        let ack = publisher.expect().await;
-        assert_eq!((ack.byte1, ack.pid()), (0x40, n + 1));
-    }
+    publish_counting(&mut publisher, "gate/1/event", COUNT).await;
     // Killed the moment the last PUBACK came: some messages are in the bridge's queue file,
     // the latest may still wait in the bridge's local session in the store.
     site.kill_9();

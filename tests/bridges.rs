@@ -8,7 +8,8 @@ mod common;
 use std::net::SocketAddr;
 
 use common::bridge::{
-    bridge_ready, bridge_toml, publish_all, read_until, refs, site, status, topics_of,
+    bridge_ready, bridge_toml, publish_all, publish_counting, read_until, refs, site, status,
+    topics_of,
 };
 use common::mosquitto::Mosquitto;
 use common::{eventually, packets, Raw};
@@ -124,21 +125,7 @@ async fn queued_while_down_arrive_in_order(protocol: &str) {
 
     let (mut local_pub, _) = Raw::handshake(site.local_addr(), "gate-1", true).await;
     const COUNT: usize = 200;
-    for n in 0..COUNT {
-        let pid = n as u16 + 1;
-        let payload = n.to_string();
-        local_pub
-            .send(&packets::publish(
-                "gate/1/event",
-                payload.as_bytes(),
-                1,
-                pid,
-                false,
-                false,
-            ))
-            .await;
-        assert_eq!(local_pub.expect().await.byte1, 0x40);
-    }
+    publish_counting(&mut local_pub, "gate/1/event", COUNT as u16).await;
     // QoS 0 is not queued while the link is down: dropped, and counted.
     for _ in 0..5 {
         local_pub
@@ -281,18 +268,7 @@ async fn a_full_queue_for_a_down_remote_drops_the_oldest_and_counts_it() {
     eventually(|| async { !status(&site).connected }).await;
 
     let (mut gate, _) = Raw::handshake(site.local_addr(), "gate-1", true).await;
-    for n in 0..15u16 {
-        gate.send(&packets::publish(
-            "gate/1/event",
-            n.to_string().as_bytes(),
-            1,
-            n + 1,
-            false,
-            false,
-        ))
-        .await;
-        assert_eq!(gate.expect().await.byte1, 0x40);
-    }
+    publish_counting(&mut gate, "gate/1/event", 15).await;
     eventually(|| async {
         let s = status(&site);
         (s.queued, s.dropped) == (10, 5)

@@ -18,10 +18,7 @@ async fn clients_paged_searched_and_one_by_one() {
         .expect("clock")
         .as_millis() as u64;
     // An offline persistent session with two messages queued for it.
-    let (mut away, _) = Raw::handshake(addr, "gate-away", false).await;
-    away.subscribe(1, &[("gate/+/cmd", 1)], &[1]).await;
-    away.send(&[0xE0, 0x00]).await;
-    away.expect_closed().await;
+    Raw::leave_subscribed(addr, "gate-away", "gate/+/cmd").await;
     // A subscriber that does not acknowledge: three QoS 1 messages stay in flight.
     let (mut radar, _) = Raw::handshake(addr, "radar-1", true).await;
     radar.subscribe(1, &[("gate/#", 1)], &[1]).await;

@@ -141,10 +141,7 @@ async fn sys_topics_read_with_mosquitto_sub() {
     let broker = broker_with(|c| c.sys.interval = Duration::from_millis(200));
     let addr = broker.local_addr();
     // A persistent session that goes offline: one disconnected client with one subscription.
-    let (mut away, _) = Raw::handshake(addr, "sys-away", false).await;
-    away.subscribe(1, &[("gate/+/cmd", 1)], &[1]).await;
-    away.send(&[0xE0, 0x00]).await;
-    away.expect_closed().await;
+    Raw::leave_subscribed(addr, "sys-away", "gate/+/cmd").await;
     let (mut sub, _) = Raw::handshake(addr, "sys-sub", true).await;
     sub.subscribe(1, &[("gate/#", 1)], &[1]).await;
     let (mut publisher, _) = Raw::handshake(addr, "sys-pub", true).await;

@@ -74,3 +74,22 @@ pub async fn publish_all(raw: &mut Raw, topics: &[&str]) {
         assert_eq!((ack.byte1, ack.pid()), (0x40, pid), "PUBACK for {topic}");
     }
 }
+
+/// Publishes `count` QoS 1 messages to `topic` with payloads `"0"`, `"1"`, ... (packet ids from
+/// 1), each after the PUBACK of the one before.
+pub async fn publish_counting(raw: &mut Raw, topic: &str, count: u16) {
+    for n in 0..count {
+        let payload = n.to_string();
+        raw.send(&packets::publish(
+            topic,
+            payload.as_bytes(),
+            1,
+            n + 1,
+            false,
+            false,
+        ))
+        .await;
+        let ack = raw.expect().await;
+        assert_eq!((ack.byte1, ack.pid()), (0x40, n + 1), "PUBACK for {n}");
+    }
+}

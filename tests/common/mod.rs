@@ -237,6 +237,15 @@ impl Raw {
         (raw, connack.body[0] == 1)
     }
 
+    /// Leaves a persistent session for `client_id` at `addr`, subscribed to `filter` at QoS 1 and
+    /// offline: what matches is queued for it.
+    pub async fn leave_subscribed(addr: SocketAddr, client_id: &str, filter: &str) {
+        let (mut raw, _) = Raw::handshake(addr, client_id, false).await;
+        raw.subscribe(1, &[(filter, 1)], &[1]).await;
+        raw.send(&[0xE0, 0x00]).await;
+        raw.expect_closed().await;
+    }
+
     pub async fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("write");
     }

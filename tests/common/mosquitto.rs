@@ -58,10 +58,7 @@ impl Mosquitto {
     /// session subscribed to `filter` at QoS 1 and is offline: what matches queues for it.
     pub async fn with_offline_subscriber(filter: &str) -> Mosquitto {
         let central = Mosquitto::start("", true);
-        let (mut sub, _) = super::Raw::handshake(central.addr, "central-sub", false).await;
-        sub.subscribe(1, &[(filter, 1)], &[1]).await;
-        sub.send(&[0xE0, 0x00]).await;
-        sub.expect_closed().await;
+        super::Raw::leave_subscribed(central.addr, "central-sub", filter).await;
         central
     }
 
