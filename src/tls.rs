@@ -10,6 +10,8 @@ use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
+use switchboard_actors::transport::TlsOptionsError;
+
 use crate::config::TlsConfig;
 
 /// Why the TLS listener could not be set up.
@@ -31,33 +33,23 @@ pub enum TlsError {
     Rustls(String),
 }
 
-fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let read = |source| TlsError::Read {
-        path: path.display().to_string(),
-        source,
-    };
-    let pem = std::fs::read(path).map_err(read)?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
-        .collect::<Result<_, _>>()
-        .map_err(read)?;
-    if certs.is_empty() {
-        return Err(TlsError::Missing(format!(
-            "no certificate in {}",
-            path.display()
-        )));
+impl From<TlsOptionsError> for TlsError {
+    fn from(error: TlsOptionsError) -> Self {
+        match error {
+            TlsOptionsError::Read { path, source } => TlsError::Read { path, source },
+            TlsOptionsError::Missing(what) => TlsError::Missing(what),
+            TlsOptionsError::Rustls(why) => TlsError::Rustls(why),
+        }
     }
-    Ok(certs)
+}
+
+/// The PEM files are read as the bridges' TLS reads them (`switchboard_actors::transport`).
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    Ok(switchboard_actors::transport::certificates(path)?)
 }
 
 fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let read = |source| TlsError::Read {
-        path: path.display().to_string(),
-        source,
-    };
-    let pem = std::fs::read(path).map_err(read)?;
-    rustls_pemfile::private_key(&mut pem.as_slice())
-        .map_err(read)?
-        .ok_or_else(|| TlsError::Missing(format!("no private key in {}", path.display())))
+    Ok(switchboard_actors::transport::private_key(path)?)
 }
 
 /// Builds the acceptor for `[tls]` (which must have `cert_file` and `key_file`).

@@ -113,7 +113,9 @@ fn read_pem(path: &Path) -> Result<Vec<u8>, TlsOptionsError> {
     })
 }
 
-fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsOptionsError> {
+/// The certificates of a PEM file (at least one). The broker's TLS listener reads its files with
+/// it too.
+pub fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsOptionsError> {
     let pem = read_pem(path)?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<Result<_, _>>()
@@ -130,7 +132,8 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsOptionsE
     Ok(certs)
 }
 
-fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsOptionsError> {
+/// The private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
+pub fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsOptionsError> {
     let pem = read_pem(path)?;
     rustls_pemfile::private_key(&mut pem.as_slice())
         .map_err(|source| TlsOptionsError::Read {
