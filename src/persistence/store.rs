@@ -115,16 +115,25 @@ impl StoreShared {
     }
 
     /// Called by the writer: every change up to `seq` is durable; tells who waited for it.
-    pub(super) fn report_durable(&self, seq: u64) {
+    /// They are told after the lock is let go (`ready` is the writer's scratch list): sending
+    /// wakes their threads, and a Session asking [`Store::notify_when_durable`] meanwhile
+    /// must not wait for that.
+    pub(super) fn report_durable(&self, seq: u64, ready: &mut Vec<Recipient<Durable>>) {
         self.durable.store(seq, Ordering::SeqCst);
-        let mut waiters = self.lock_waiters();
-        waiters.retain(|(wanted, to)| {
-            if *wanted > seq {
-                return true;
+        {
+            let mut waiters = self.lock_waiters();
+            let mut kept = 0;
+            for at in 0..waiters.len() {
+                if waiters[at].0 > seq {
+                    waiters.swap(kept, at);
+                    kept += 1;
+                }
             }
+            ready.extend(waiters.drain(kept..).map(|(_, to)| to));
+        }
+        for to in ready.drain(..) {
             to.do_send(Durable(seq));
-            false
-        });
+        }
     }
 }
 
@@ -252,9 +261,17 @@ impl Store {
         self.shared().durable.load(Ordering::SeqCst)
     }
 
-    /// Whether change `seq` is durable; if not, `to` gets [`Durable`] once it is, and the
-    /// writer is woken for it.
-    pub fn notify_when_durable(&self, seq: u64, to: &Recipient<Durable>) -> bool {
+    /// Whether change `seq` is durable; if not, the recipient `to` makes gets [`Durable`] once
+    /// it is, and the writer is woken for it. `to` is called only when it must wait.
+    pub fn notify_when_durable(
+        &self,
+        seq: u64,
+        to: impl FnOnce() -> Recipient<Durable>,
+    ) -> bool {
+        if self.durable() >= seq {
+            return true;
+        }
+        let to = to();
         {
             let mut waiters = self.shared().lock_waiters();
             // Read under the lock the writer takes after storing `durable`: either this sees
@@ -262,7 +279,7 @@ impl Store {
             if self.durable() >= seq {
                 return true;
             }
-            waiters.push((seq, to.clone()));
+            waiters.push((seq, to));
         }
         let mut pending = self.shared().lock_pending();
         if pending.writer != WriterState::Busy && pending.has_changes {

@@ -51,6 +51,7 @@ impl Writer {
         let mut frames = Vec::new();
         let mut effects = Vec::new();
         let mut flushes = Vec::new();
+        let mut ready = Vec::new();
         let mut naps = 0;
         loop {
             let (seq, closed) = {
@@ -120,7 +121,7 @@ impl Writer {
                 debug!(segment = %segment.display(), offset, "persistence log synced");
             }
             if let Some(seq) = seq {
-                shared.report_durable(seq);
+                shared.report_durable(seq, &mut ready);
             }
             for done in flushes.drain(..) {
                 let _ = done.send(());

@@ -441,7 +441,7 @@ impl Handler<Publish> for Registry {
                 self.awaiting_durable.push_back((seq, msg.from, msg.conn));
                 if seq > self.durable_asked {
                     self.durable_asked = seq;
-                    if store.notify_when_durable(seq, &ctx.address().recipient()) {
+                    if store.notify_when_durable(seq, || ctx.address().recipient()) {
                         ctx.notify(Durable(seq));
                     }
                 }

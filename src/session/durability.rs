@@ -176,7 +176,7 @@ impl Session {
         };
         if let AckWait::Durable(seq) = acks.hand_over(wait) {
             if let Some(store) = self.shared.store.as_ref().filter(|_| seq > acks.durable) {
-                if store.notify_when_durable(seq, &ctx.address().recipient()) {
+                if store.notify_when_durable(seq, || ctx.address().recipient()) {
                     acks.durable = acks.durable.max(seq);
                 }
             }
@@ -315,7 +315,7 @@ impl Session {
         }
         if acks.output_after > acks.output_notified {
             acks.output_notified = acks.output_after;
-            if store.notify_when_durable(acks.output_after, &ctx.address().recipient()) {
+            if store.notify_when_durable(acks.output_after, || ctx.address().recipient()) {
                 acks.durable = acks.durable.max(acks.output_after);
                 return false;
             }
@@ -399,7 +399,7 @@ impl Session {
             if deliver.after <= acks.durable {
                 return Some(deliver);
             }
-            if store.notify_when_durable(deliver.after, &ctx.address().recipient()) {
+            if store.notify_when_durable(deliver.after, || ctx.address().recipient()) {
                 acks.durable = acks.durable.max(deliver.after);
                 return Some(deliver);
             }
@@ -426,7 +426,7 @@ impl Session {
             if after <= acks.durable {
                 return Some(reply);
             }
-            if store.notify_when_durable(after, &ctx.address().recipient()) {
+            if store.notify_when_durable(after, || ctx.address().recipient()) {
                 acks.durable = acks.durable.max(after);
                 return Some(reply);
             }
