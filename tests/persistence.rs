@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::durable::{kill_9, start_broker, stream_then_kill};
+use common::durable::{kill_9, start_broker, start_broker_with, stream_then_kill};
 use common::packets;
 use common::Raw;
 use proptest::prelude::*;
@@ -266,6 +266,57 @@ fn the_log_stays_bounded_by_live_state_under_churn() {
         .sum();
     // 20 MB were written; live state is one message.
     assert!(on_disk < 10 * 1024 * 1024, "{on_disk} bytes on disk");
+}
+
+#[tokio::test]
+async fn what_was_read_back_at_start_survives_the_next_compaction() {
+    // The writer rebuilds its live state from the records read back at start (on its own
+    // thread); a compaction writes only that state, so anything missing from it would be lost.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let small = "compact_min_bytes = 1048576";
+    let (child, _logs, addr) = start_broker_with(&state, "never", "info", small);
+    let (mut publisher, _) = Raw::handshake(addr, "gate-1AB", true).await;
+    publisher
+        .send(&packets::publish(
+            "gate/1AB/state",
+            b"closed",
+            1,
+            1,
+            true,
+            false,
+        ))
+        .await;
+    assert_eq!(publisher.expect().await.byte1, 0x40, "PUBACK");
+    kill_9(child);
+
+    let (child, logs, addr) = start_broker_with(&state, "never", "info", small);
+    let (mut publisher, _) = Raw::handshake(addr, "churn", true).await;
+    let payload = vec![7u8; 1000];
+    for round in 0..4u16 {
+        let frames: Vec<u8> = (0..1000u16)
+            .flat_map(|n| packets::publish("churn/one", &payload, 1, n + 1, true, false))
+            .collect();
+        publisher.send(&frames).await;
+        for _ in 0..1000 {
+            assert_eq!(
+                publisher.expect().await.byte1,
+                0x40,
+                "PUBACK, round {round}"
+            );
+        }
+    }
+    common::child::wait_line(&logs, "persistence log compacted");
+    kill_9(child);
+
+    let (child, _logs, addr) = start_broker(&state, "never");
+    let retained = retained_under(addr, "gate/#").await;
+    kill_9(child);
+    assert_eq!(
+        retained,
+        vec![("gate/1AB/state".to_string(), b"closed".to_vec())],
+        "the retained message read back at the second start was kept by its compaction"
+    );
 }
 
 /// Publishes a retained QoS 1 marker and waits for its PUBACK. Changes are written in the order

@@ -173,14 +173,18 @@ pub fn open(config: &PersistenceConfig) -> Result<Option<Recovered>, Persistence
         _lock: lock,
         live: BTreeMap::new(),
         live_bytes: 0,
+        read_back: Vec::new(),
         policy: config.fsync,
         interval: config.fsync_interval,
         compact_floor: config.compact_min_bytes,
     };
-    let mut retained: HashMap<String, Arc<Message>> = HashMap::new();
+    // Seeded per process like the standard hasher, and cheaper per topic than its SipHash.
+    let mut retained: HashMap<String, Arc<Message>, foldhash::fast::RandomState> =
+        HashMap::default();
     let mut sessions: BTreeMap<String, SessionInLog> = BTreeMap::new();
     let mut max_id = 0;
     let records = scanned.records.len();
+    writer.read_back.reserve_exact(records);
     for (record, frame) in scanned.records {
         writer.track(&record, frame);
         match record {

@@ -263,11 +263,7 @@ impl Store {
 
     /// Whether change `seq` is durable; if not, the recipient `to` makes gets [`Durable`] once
     /// it is, and the writer is woken for it. `to` is called only when it must wait.
-    pub fn notify_when_durable(
-        &self,
-        seq: u64,
-        to: impl FnOnce() -> Recipient<Durable>,
-    ) -> bool {
+    pub fn notify_when_durable(&self, seq: u64, to: impl FnOnce() -> Recipient<Durable>) -> bool {
         if self.durable() >= seq {
             return true;
         }

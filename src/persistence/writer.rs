@@ -27,6 +27,9 @@ pub struct Writer {
     /// compaction.
     pub(super) live: BTreeMap<Vec<u8>, Vec<u8>>,
     pub(super) live_bytes: u64,
+    /// The records read back at start, with their keys: the writer thread builds `live` from
+    /// them before its first commit, while the Registry rebuilds its tables.
+    pub(super) read_back: Vec<(LiveKind, Vec<u8>, Vec<u8>)>,
     pub(super) policy: FsyncPolicy,
     pub(super) interval: Duration,
     /// The log is compacted when it is larger than twice the live state and than this
@@ -46,6 +49,7 @@ impl Writer {
     /// Runs until every [`Store`](super::Store) is gone, then syncs and returns. What is
     /// durable is reported through `shared` to whoever waits for it.
     pub fn run(mut self, shared: Arc<StoreShared>) {
+        self.build_live();
         let mut last_sync = Instant::now();
         let mut unsynced = false;
         let mut frames = Vec::new();
@@ -153,19 +157,38 @@ impl Writer {
         }
     }
 
-    /// Keeps the live state current for one record read back at start.
+    /// Notes one record read back at start, for [`Writer::build_live`].
     pub(super) fn track(&mut self, record: &Record, frame: Vec<u8>) {
         let mut key = Vec::with_capacity(32);
         let kind = record.live_key(&mut key);
-        if kind == LiveKind::Set {
-            // The common case at start: the frame moves into the live state, key and all.
-            self.live_bytes += frame.len() as u64;
-            if let Some(old) = self.live.insert(key, frame) {
-                self.live_bytes -= old.len() as u64;
-            }
+        self.read_back.push((kind, key, frame));
+    }
+
+    /// Builds the live state from the records read back at start, on the writer's thread (so
+    /// off the path of start-up: the Registry rebuilds its tables meanwhile, on another core).
+    fn build_live(&mut self) {
+        if self.read_back.is_empty() {
             return;
         }
-        self.track_key(kind, &key, &frame);
+        let started = Instant::now();
+        let records = self.read_back.len();
+        for (kind, key, frame) in std::mem::take(&mut self.read_back) {
+            if kind == LiveKind::Set {
+                // The common case: the frame moves into the live state, key and all.
+                self.live_bytes += frame.len() as u64;
+                if let Some(old) = self.live.insert(key, frame) {
+                    self.live_bytes -= old.len() as u64;
+                }
+                continue;
+            }
+            self.track_key(kind, &key, &frame);
+        }
+        debug!(
+            records,
+            live_bytes = self.live_bytes,
+            millis = started.elapsed().as_millis() as u64,
+            "persistence writer: live state built"
+        );
     }
 
     fn track_key(&mut self, kind: LiveKind, key: &[u8], frame: &[u8]) {

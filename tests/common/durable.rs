@@ -22,11 +22,21 @@ pub fn start_broker_logging(
     fsync: &str,
     log: &str,
 ) -> (Child, Receiver<String>, std::net::SocketAddr) {
+    start_broker_with(dir, fsync, log, "")
+}
+
+/// [`start_broker_logging`] with `more` appended to the `[persistence]` table.
+pub fn start_broker_with(
+    dir: &Path,
+    fsync: &str,
+    log: &str,
+    more: &str,
+) -> (Child, Receiver<String>, std::net::SocketAddr) {
     let config = dir.with_extension("toml");
     std::fs::write(
         &config,
         format!(
-            "[persistence]\ndir = {:?}\nfsync = \"{fsync}\"\nfsync_interval = \"200ms\"\n",
+            "[persistence]\ndir = {:?}\nfsync = \"{fsync}\"\nfsync_interval = \"200ms\"\n{more}\n",
             dir.display().to_string()
         ),
     )
