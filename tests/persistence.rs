@@ -219,6 +219,22 @@ proptest! {
     }
 }
 
+/// Publishes `rounds` x 1,000 retained QoS 1 messages of 1,000 bytes to one topic, each round
+/// waiting for its PUBACKs: a megabyte of log per round, one message of live state.
+async fn overwrite_one_topic(publisher: &mut Raw, rounds: u16) {
+    let payload = vec![7u8; 1000];
+    for round in 0..rounds {
+        let frames: Vec<u8> = (0..1000u16)
+            .flat_map(|n| packets::publish("churn/one", &payload, 1, n + 1, true, false))
+            .collect();
+        publisher.send(&frames).await;
+        for _ in 0..1000 {
+            let ack = publisher.expect().await;
+            assert_eq!(ack.byte1, 0x40, "PUBACK, round {round}");
+        }
+    }
+}
+
 #[test]
 fn the_log_stays_bounded_by_live_state_under_churn() {
     // One topic overwritten many times: the log is compacted, not grown without bound.
@@ -229,34 +245,13 @@ fn the_log_stays_bounded_by_live_state_under_churn() {
     config.persistence.compact_min_bytes = 4 * 1024 * 1024;
     let broker = switchboard::BackgroundBroker::start(config).expect("starts");
     let addr = broker.local_addr();
-    let payload = vec![7u8; 1000];
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime")
         .block_on(async {
             let (mut publisher, _) = Raw::handshake(addr, "churn", true).await;
-            for round in 0..20u16 {
-                let mut frames = Vec::new();
-                for n in 0..1000u16 {
-                    frames.extend(packets::publish(
-                        "churn/one",
-                        &payload,
-                        1,
-                        n + 1,
-                        true,
-                        false,
-                    ));
-                }
-                publisher.send(&frames).await;
-                for _ in 0..1000 {
-                    assert_eq!(
-                        publisher.expect().await.byte1,
-                        0x40,
-                        "PUBACK, round {round}"
-                    );
-                }
-            }
+            overwrite_one_topic(&mut publisher, 20).await;
         });
     let on_disk: u64 = std::fs::read_dir(dir.path())
         .expect("dir")
@@ -292,20 +287,7 @@ async fn what_was_read_back_at_start_survives_the_next_compaction() {
 
     let (child, logs, addr) = start_broker_with(&state, "never", "info", small);
     let (mut publisher, _) = Raw::handshake(addr, "churn", true).await;
-    let payload = vec![7u8; 1000];
-    for round in 0..4u16 {
-        let frames: Vec<u8> = (0..1000u16)
-            .flat_map(|n| packets::publish("churn/one", &payload, 1, n + 1, true, false))
-            .collect();
-        publisher.send(&frames).await;
-        for _ in 0..1000 {
-            assert_eq!(
-                publisher.expect().await.byte1,
-                0x40,
-                "PUBACK, round {round}"
-            );
-        }
-    }
+    overwrite_one_topic(&mut publisher, 4).await;
     common::child::wait_line(&logs, "persistence log compacted");
     kill_9(child);
 
