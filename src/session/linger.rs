@@ -92,8 +92,15 @@ pub(super) async fn linger(
     ) {
         return;
     }
-    let mut discard = [0u8; 4096];
-    let mut discarded = 0;
+    // Most clients close at once, so the first read needs only a few bytes; a client still
+    // writing gets a larger buffer, allocated then. The task of each lingering connection stays
+    // small: a mass disconnect lingers thousands at once.
+    let mut first = [0u8; 64];
+    let mut discarded = match tokio::time::timeout_at(deadline, reader.read(&mut first)).await {
+        Ok(Ok(n)) if n > 0 => n,
+        _ => return,
+    };
+    let mut discard = vec![0u8; 4096];
     while discarded < LINGER_BYTES {
         match tokio::time::timeout_at(deadline, reader.read(&mut discard)).await {
             Ok(Ok(n)) if n > 0 => discarded += n,
