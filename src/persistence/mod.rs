@@ -186,7 +186,7 @@ pub fn open(config: &PersistenceConfig) -> Result<Option<Recovered>, Persistence
     let records = scanned.records.len();
     writer.read_back.reserve_exact(records);
     for (record, frame) in scanned.records {
-        writer.track(&record, frame);
+        writer.note_read_back(&record, frame);
         match record {
             Record::RetainSet(message) => {
                 retained.insert(message.topic.clone(), message);

@@ -158,7 +158,7 @@ impl Writer {
     }
 
     /// Notes one record read back at start, for [`Writer::build_live`].
-    pub(super) fn track(&mut self, record: &Record, frame: Vec<u8>) {
+    pub(super) fn note_read_back(&mut self, record: &Record, frame: Vec<u8>) {
         let mut key = Vec::with_capacity(32);
         let kind = record.live_key(&mut key);
         self.read_back.push((kind, key, frame));
