@@ -117,8 +117,11 @@ pub struct Message {
     /// When the broker read it from its publisher (`None` for messages the broker made: wills
     /// and `$SYS`), for the in-broker delivery latency.
     pub received_at: Option<Instant>,
-    /// The QoS 0, non-retained PUBLISH frame of this message, encoded at most once and written
-    /// byte for byte to every QoS 0 subscriber.
+    /// The QoS 0, non-retained PUBLISH frame this message was read in, if it can be forwarded
+    /// unchanged: set when the message is built, so reading it takes no atomic operation.
+    inbound_qos0_frame: Option<Bytes>,
+    /// Otherwise that frame, encoded at most once and written byte for byte to every QoS 0
+    /// subscriber.
     qos0_frame: OnceLock<Bytes>,
 }
 
@@ -133,6 +136,7 @@ impl Message {
             properties: None,
             expires_at: None,
             received_at: None,
+            inbound_qos0_frame: None,
             qos0_frame: OnceLock::new(),
         }
     }
@@ -177,16 +181,21 @@ impl Message {
 
     /// A QoS 0, non-retained message whose inbound `frame` can be forwarded unchanged.
     pub fn with_qos0_frame(topic: String, payload: Bytes, frame: Bytes) -> Self {
-        let message = Message::new(topic, payload, QoS::AtMostOnce, false);
-        // A fresh OnceLock is empty, so this cannot fail.
-        let _ = message.qos0_frame.set(frame);
-        message
+        Message {
+            inbound_qos0_frame: Some(frame),
+            ..Message::new(topic, payload, QoS::AtMostOnce, false)
+        }
     }
 
-    /// The QoS 0 PUBLISH frame (RETAIN 0, DUP 0) of this message, encoded on first use.
+    /// The QoS 0 PUBLISH frame (RETAIN 0, DUP 0) of this message: the one it was read in, or
+    /// one encoded on first use.
     pub fn qos0_frame(&self) -> &Bytes {
-        self.qos0_frame
-            .get_or_init(|| encode_publish_frame(&self.topic, &self.payload))
+        match &self.inbound_qos0_frame {
+            Some(frame) => frame,
+            None => self
+                .qos0_frame
+                .get_or_init(|| encode_publish_frame(&self.topic, &self.payload)),
+        }
     }
 }
 

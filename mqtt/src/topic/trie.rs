@@ -7,26 +7,30 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 
+/// The trie's maps: foldhash, seeded per map, instead of SipHash. Matching hashes each level of
+/// every routed topic, and an empty map is 8 bytes smaller (three per node).
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// One level of the trie.
 #[derive(Debug)]
 struct Node<K, V> {
     /// Children by literal level text.
-    children: HashMap<Box<str>, Node<K, V>>,
+    children: Map<Box<str>, Node<K, V>>,
     /// The `+` child.
     plus: Option<Box<Node<K, V>>>,
     /// Subscribers whose filter ends in `#` at this level.
-    multi: HashMap<K, V>,
+    multi: Map<K, V>,
     /// Subscribers whose filter ends exactly at this level.
-    exact: HashMap<K, V>,
+    exact: Map<K, V>,
 }
 
 impl<K, V> Default for Node<K, V> {
     fn default() -> Self {
         Node {
-            children: HashMap::new(),
+            children: Map::default(),
             plus: None,
-            multi: HashMap::new(),
-            exact: HashMap::new(),
+            multi: Map::default(),
+            exact: Map::default(),
         }
     }
 }
