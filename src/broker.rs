@@ -441,7 +441,9 @@ fn start_accepting(
     shared: Arc<AcceptShared>,
 ) -> std::io::Result<usize> {
     let count = listeners.len();
-    if count == workers.len() && count > 1 {
+    // One listener per worker (with `reuse_port`, or a single worker): each accepts on its own
+    // worker's thread, so an accepted socket is not handed between threads.
+    if count == workers.len() {
         for (listener, worker) in listeners.into_iter().zip(workers) {
             let shared = shared.clone();
             // Registered inside the worker's runtime: what it accepts belongs to that thread.

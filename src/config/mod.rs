@@ -190,7 +190,7 @@ pub struct ListenerConfig {
     pub bind: IpAddr,
     /// TCP port; 0 picks a free one. Default 1883.
     pub port: u16,
-    /// Worker threads running Sessions; 0 means one per core. Default 0.
+    /// Worker threads running Sessions; 0 means one per core but one (at least one). Default 0.
     pub workers: usize,
     /// One listening socket per worker sharing the port (`SO_REUSEPORT`, Linux and BSDs): the
     /// kernel spreads connections over the workers by a hash of their addresses and each worker
@@ -468,18 +468,35 @@ impl Config {
         Ok(())
     }
 
-    /// Worker threads to start: the configured number, or one per core.
+    /// Worker threads to start: the configured number, or one per core but one (at least one).
     pub fn worker_count(&self) -> usize {
         match self.listener.workers {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            0 => default_workers(std::thread::available_parallelism().map_or(1, |n| n.get())),
             n => n,
         }
     }
 }
 
+/// Workers for `listener.workers = 0` on a machine with `cores`: one per core but one, which
+/// is left to the Registry's thread, the persistence writer and the kernel's TCP work; at least
+/// one. On two cores that is a single worker: no delivery crosses threads and the worker rarely
+/// sleeps between messages, which costs a quarter of the pipelined pairs' throughput and saves
+/// 10-35% of the CPU per message on device traffic (`docs/benchmarks.md`, "One worker or two").
+fn default_workers(cores: usize) -> usize {
+    cores.saturating_sub(1).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_workers_leave_one_core_to_the_registry() {
+        assert_eq!(default_workers(1), 1);
+        assert_eq!(default_workers(2), 1);
+        assert_eq!(default_workers(4), 3);
+        assert_eq!(default_workers(16), 15);
+    }
 
     #[test]
     fn defaults_parse_from_empty_file() {
