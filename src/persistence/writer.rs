@@ -105,7 +105,6 @@ impl Writer {
                     error!(error = %e, "cannot write the persistence log; trying again in 1 s, nothing more is acknowledged until it can");
                     std::thread::sleep(RETRY_AFTER);
                 }
-                self.track_all(&frames, &effects);
                 unsynced = true;
             }
             let sync_due = match self.policy {
@@ -133,6 +132,9 @@ impl Writer {
             if closed {
                 return;
             }
+            // After the waiters are told: keeping the live state current is for compaction,
+            // which runs on this thread after it, and no acknowledgement waits for it.
+            self.track_all(&frames, &effects);
             self.maybe_compact();
         }
     }
