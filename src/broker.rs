@@ -158,13 +158,19 @@ impl Broker {
         let metrics = Arc::new(Metrics::default());
         let routes = Routes::new(config.sessions.shared_subscription_strategy);
         let recovered = crate::persistence::open(&config.persistence)?;
-        let registry_arbiter = Arbiter::new();
+        let workers: Vec<Arbiter> = (0..worker_count).map(|_| Arbiter::new()).collect();
+        // With a single worker the Registry shares its thread: a connect then crosses no
+        // thread. With more, it has one of its own.
+        let registry_arbiter = (worker_count > 1).then(Arbiter::new);
+        let registry_thread = registry_arbiter
+            .as_ref()
+            .map_or_else(|| workers[0].handle(), Arbiter::handle);
         let registry = {
             let config = config.clone();
             let metrics = metrics.clone();
             let hooks = self.hooks;
             let routes = routes.clone();
-            Registry::start_in_arbiter(&registry_arbiter.handle(), move |_| {
+            Registry::start_in_arbiter(&registry_thread, move |_| {
                 Registry::new(&config, metrics, hooks, routes)
             })
         };
@@ -201,12 +207,13 @@ impl Broker {
         let http = match crate::http::start(&config.http, http_state) {
             Ok(http) => http,
             Err(source) => {
-                registry_arbiter.stop();
+                for arbiter in workers.iter().chain(&registry_arbiter) {
+                    arbiter.stop();
+                }
                 let addr = SocketAddr::new(config.http.bind, config.http.port);
                 return Err(BrokerError::Bind { addr, source });
             }
         };
-        let workers: Vec<Arbiter> = (0..worker_count).map(|_| Arbiter::new()).collect();
         let shared = Arc::new(SessionShared::new(
             config,
             registry.clone(),
@@ -336,7 +343,8 @@ pub struct RunningBroker {
     /// Stops the accept loops.
     stop_accepting: CancellationToken,
     workers: Vec<Arbiter>,
-    registry_arbiter: Arbiter,
+    /// The Registry's own thread; `None` when it shares the single worker's.
+    registry_arbiter: Option<Arbiter>,
     /// The bridges' manager, on the System's thread.
     bridges: Addr<Bridges>,
 }
@@ -427,7 +435,9 @@ impl RunningBroker {
         for worker in &self.workers {
             worker.stop();
         }
-        self.registry_arbiter.stop();
+        if let Some(registry_arbiter) = &self.registry_arbiter {
+            registry_arbiter.stop();
+        }
         info!(addr = %self.local_addr, "switchboard stopped");
     }
 }

@@ -95,6 +95,10 @@ async fn saturated_registry_pushes_back_on_a_publisher_to_offline_sessions_and_l
 async fn flood_while_registry_frozen(path: ThroughRegistry) {
     let _serial = SERIAL.lock().await;
     let broker = broker_with(|c| {
+        // Two workers, so the Registry has a thread of its own (with one it shares the
+        // worker's, and freezing it would stop the Sessions too, proving nothing about its
+        // mailbox).
+        c.listener.workers = 2;
         c.sessions.registry_mailbox = 16;
         c.sessions.max_queued_messages = 1_000_000;
         c.sessions.max_queued_bytes = usize::MAX;
