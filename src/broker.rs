@@ -164,7 +164,8 @@ impl Broker {
         let registry_arbiter = (worker_count > 1).then(Arbiter::new);
         let registry_thread = registry_arbiter
             .as_ref()
-            .map_or_else(|| workers[0].handle(), Arbiter::handle);
+            .or(workers.first())
+            .map_or_else(Arbiter::current, Arbiter::handle);
         let registry = {
             let config = config.clone();
             let metrics = metrics.clone();

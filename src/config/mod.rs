@@ -478,10 +478,12 @@ impl Config {
 }
 
 /// Workers for `listener.workers = 0` on a machine with `cores`: one per core but one, which
-/// is left to the Registry's thread, the persistence writer and the kernel's TCP work; at least
-/// one. On two cores that is a single worker: no delivery crosses threads and the worker rarely
-/// sleeps between messages, which costs a quarter of the pipelined pairs' throughput and saves
-/// 10-35% of the CPU per message on device traffic (`docs/benchmarks.md`, "One worker or two").
+/// is left to the persistence writer, the System's thread, the kernel's TCP work and, with more
+/// than one worker, the Registry's thread; at least one. On two cores that is a single worker
+/// (with the Registry on its thread): no delivery or connect crosses threads and the worker
+/// rarely sleeps between messages, which costs a quarter of the pipelined pairs' throughput and
+/// saves 10-35% of the CPU per message on device traffic (`docs/benchmarks.md`, "One worker or
+/// two").
 fn default_workers(cores: usize) -> usize {
     cores.saturating_sub(1).max(1)
 }
@@ -491,7 +493,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_workers_leave_one_core_to_the_registry() {
+    fn default_workers_leave_one_core_free() {
         assert_eq!(default_workers(1), 1);
         assert_eq!(default_workers(2), 1);
         assert_eq!(default_workers(4), 3);
