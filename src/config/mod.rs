@@ -481,9 +481,9 @@ impl Config {
 /// is left to the persistence writer, the System's thread, the kernel's TCP work and, with more
 /// than one worker, the Registry's thread; at least one. On two cores that is a single worker
 /// (with the Registry on its thread): no delivery or connect crosses threads and the worker
-/// rarely sleeps between messages, which costs a quarter of the pipelined pairs' throughput and
-/// saves 10-35% of the CPU per message on device traffic (`docs/benchmarks.md`, "One worker or
-/// two").
+/// rarely sleeps between messages. That costs a quarter of the pipelined pairs' throughput and
+/// saves up to a third of the CPU per message on fleet traffic (`docs/benchmarks.md`, "The
+/// default is now one worker per core but one").
 fn default_workers(cores: usize) -> usize {
     cores.saturating_sub(1).max(1)
 }

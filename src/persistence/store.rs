@@ -122,14 +122,8 @@ impl StoreShared {
         self.durable.store(seq, Ordering::SeqCst);
         {
             let mut waiters = self.lock_waiters();
-            let mut kept = 0;
-            for at in 0..waiters.len() {
-                if waiters[at].0 > seq {
-                    waiters.swap(kept, at);
-                    kept += 1;
-                }
-            }
-            ready.extend(waiters.drain(kept..).map(|(_, to)| to));
+            let due = waiters.extract_if(.., |(wanted, _)| *wanted <= seq);
+            ready.extend(due.map(|(_, to)| to));
         }
         for to in ready.drain(..) {
             to.do_send(Durable(seq));

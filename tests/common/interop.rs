@@ -1,7 +1,26 @@
 //! Whether the external clients and servers the interop tests drive are installed (required
 //! under CI), and running them: mosquitto_sub, the Python scripts of `tests/interop/`.
 
+use std::ffi::OsStr;
 use std::time::Duration;
+
+/// Whether `program` starts with `args` (whatever its exit status: `mosquitto -h` fails).
+fn starts(program: impl AsRef<OsStr>, args: &[&str]) -> bool {
+    std::process::Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// Whether `program` runs with `args` and exits successfully.
+fn succeeds(program: &str, args: &[&str]) -> bool {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
 
 /// Whether an external client the interop tests drive (`what`) was `found`. Under CI
 /// (`.ci/run` installs them all) its absence is a failure; elsewhere the test says it skipped,
@@ -19,20 +38,17 @@ fn required_under_ci(found: bool, what: &str, install: &str) -> bool {
 
 /// Whether python3 with paho-mqtt is there (see [`required_under_ci`]).
 pub fn paho_available() -> bool {
-    let found = std::process::Command::new("python3")
-        .args(["-c", "import paho.mqtt.client"])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let found = succeeds("python3", &["-c", "import paho.mqtt.client"]);
     required_under_ci(found, "python3 with paho-mqtt", "pip install paho-mqtt")
 }
 
 /// Whether python3 with prometheus-client (the official Prometheus text parser) is there (see
 /// [`required_under_ci`]).
 pub fn prometheus_parser_available() -> bool {
-    let found = std::process::Command::new("python3")
-        .args(["-c", "import prometheus_client.openmetrics.parser"])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let found = succeeds(
+        "python3",
+        &["-c", "import prometheus_client.openmetrics.parser"],
+    );
     required_under_ci(
         found,
         "python3 with prometheus-client",
@@ -47,10 +63,7 @@ pub fn dashboard_dir() -> std::path::PathBuf {
 
 /// Whether Node.js, puppeteer-core and Debian's chromium are there (see [`required_under_ci`]).
 pub fn browser_available() -> bool {
-    let node = std::process::Command::new("node")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let node = succeeds("node", &["--version"]);
     let chromium = std::env::var_os("CHROMIUM")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| "/usr/bin/chromium".into())
@@ -65,13 +78,7 @@ pub fn browser_available() -> bool {
 
 /// Debian's Mosquitto broker: `mosquitto` on the PATH, else `/usr/sbin/mosquitto`.
 pub fn mosquitto_binary() -> std::path::PathBuf {
-    let on_path = std::process::Command::new("mosquitto")
-        .arg("-h")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok();
-    if on_path {
+    if starts("mosquitto", &["-h"]) {
         "mosquitto".into()
     } else {
         "/usr/sbin/mosquitto".into()
@@ -80,23 +87,13 @@ pub fn mosquitto_binary() -> std::path::PathBuf {
 
 /// Whether Debian's Mosquitto broker is there, as a bridge peer (see [`required_under_ci`]).
 pub fn mosquitto_broker_available() -> bool {
-    let found = std::process::Command::new(mosquitto_binary())
-        .arg("-h")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok();
+    let found = starts(mosquitto_binary(), &["-h"]);
     required_under_ci(found, "mosquitto (the broker)", "apt-get install mosquitto")
 }
 
 /// Whether Debian's mosquitto clients are there (see [`required_under_ci`]).
 pub fn mosquitto_clients_available() -> bool {
-    let found = std::process::Command::new("mosquitto_pub")
-        .arg("--help")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok();
+    let found = starts("mosquitto_pub", &["--help"]);
     required_under_ci(found, "mosquitto_pub", "apt-get install mosquitto-clients")
 }
 
@@ -107,10 +104,7 @@ pub fn mqttjs_dir() -> std::path::PathBuf {
 
 /// Whether Node.js and MQTT.js are there (see [`required_under_ci`]).
 pub fn mqttjs_available() -> bool {
-    let node = std::process::Command::new("node")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let node = succeeds("node", &["--version"]);
     let found = node && mqttjs_dir().join("node_modules/mqtt").is_dir();
     required_under_ci(
         found,
