@@ -6,6 +6,7 @@
 
 mod retained;
 mod shared;
+mod subscribers;
 mod trie;
 mod validate;
 

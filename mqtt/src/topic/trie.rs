@@ -7,37 +7,46 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 
+use super::subscribers::Subscribers;
+
 /// The trie's maps: foldhash, seeded per map, instead of SipHash. Matching hashes each level of
-/// every routed topic, and an empty map is 8 bytes smaller (three per node).
+/// every routed topic.
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// One level of the trie.
+/// A node's children by literal level text.
+type Children<K, V> = Map<Box<str>, Node<K, V>>;
+
+/// One level of the trie. A fleet's filters end in a level of their own per device
+/// (`detrd/status/request/{id}`), so most nodes are leaves with one subscriber: a node is 64
+/// bytes (with `ClientKey` keys), its children map is allocated only for its first child, and
+/// one subscriber is held inline. The parent's map holds its children inline, so every byte of
+/// a node is paid once per slot of that map, empty slots included.
 #[derive(Debug)]
 struct Node<K, V> {
-    /// Children by literal level text.
-    children: Map<Box<str>, Node<K, V>>,
+    /// Children by literal level text; `None` while there are none.
+    children: Option<Box<Children<K, V>>>,
     /// The `+` child.
     plus: Option<Box<Node<K, V>>>,
     /// Subscribers whose filter ends in `#` at this level.
-    multi: Map<K, V>,
+    multi: Subscribers<K, V>,
     /// Subscribers whose filter ends exactly at this level.
-    exact: Map<K, V>,
+    exact: Subscribers<K, V>,
 }
 
 impl<K, V> Default for Node<K, V> {
     fn default() -> Self {
         Node {
-            children: Map::default(),
+            children: None,
             plus: None,
-            multi: Map::default(),
-            exact: Map::default(),
+            multi: Subscribers::Empty,
+            exact: Subscribers::Empty,
         }
     }
 }
 
 impl<K, V> Node<K, V> {
     fn is_empty(&self) -> bool {
-        self.children.is_empty()
+        self.children.is_none()
             && self.plus.is_none()
             && self.multi.is_empty()
             && self.exact.is_empty()
@@ -94,7 +103,10 @@ impl<K: Copy + Eq + Hash, V> SubscriptionTrie<K, V> {
             node = if level == "+" {
                 node.plus.get_or_insert_with(Box::default)
             } else {
-                node.children.entry(level.into()).or_default()
+                node.children
+                    .get_or_insert_with(Box::default)
+                    .entry(level.into())
+                    .or_default()
             };
         }
         let old = node.exact.insert(key, value);
@@ -129,10 +141,14 @@ impl<K: Copy + Eq + Hash, V> SubscriptionTrie<K, V> {
             }
             removed
         } else {
-            let child = node.children.get_mut(level)?;
+            let children = node.children.as_deref_mut()?;
+            let child = children.get_mut(level)?;
             let removed = Self::remove_at(child, rest, key);
             if child.is_empty() {
-                node.children.remove(level);
+                children.remove(level);
+                if children.is_empty() {
+                    node.children = None;
+                }
             }
             removed
         }
@@ -156,17 +172,13 @@ impl<K: Copy + Eq + Hash, V> SubscriptionTrie<K, V> {
         let wildcards_allowed = !(at_root && dollar);
         if wildcards_allowed {
             // `a/#` matches `a` itself as well as everything below it [MQTT-4.7.1-2].
-            for (k, v) in &node.multi {
-                visit(*k, v);
-            }
+            node.multi.for_each(visit);
         }
         let Some(level) = levels.next() else {
-            for (k, v) in &node.exact {
-                visit(*k, v);
-            }
+            node.exact.for_each(visit);
             return;
         };
-        if let Some(child) = node.children.get(level) {
+        if let Some(child) = node.children.as_ref().and_then(|c| c.get(level)) {
             Self::walk(child, levels.clone(), false, dollar, visit);
         }
         if wildcards_allowed {
@@ -262,5 +274,54 @@ mod tests {
         t.insert("x/#", 3, 1);
         assert_eq!(t.remove("x/#", 3), Some(1));
         assert!(t.root.is_empty());
+    }
+
+    /// Inserts and removes at random over a few filters and keys, several subscribers to a
+    /// filter among them (the inline one and the map), and checks every match against the
+    /// one-off matcher and every removal against what was inserted.
+    #[test]
+    fn agrees_with_filter_matches_through_inserts_and_removes() {
+        use std::collections::BTreeMap;
+        let filters = [
+            "a/b", "a/+", "a/#", "#", "+/b", "a", "a/b/c", "$SYS/x", "+/+/c",
+        ];
+        let topics = ["a/b", "a", "a/c", "x/b", "a/b/c", "$SYS/x", "b/b/c"];
+        let mut trie = SubscriptionTrie::new();
+        let mut model: BTreeMap<(usize, u32), u8> = BTreeMap::new();
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |bound: u64| {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (seed >> 33) % bound
+        };
+        for step in 0..20_000u32 {
+            let f = next(filters.len() as u64) as usize;
+            let key = next(4) as u32;
+            if next(3) == 0 {
+                assert_eq!(trie.remove(filters[f], key), model.remove(&(f, key)));
+            } else {
+                let value = (step % 3) as u8;
+                assert_eq!(
+                    trie.insert(filters[f], key, value),
+                    model.insert((f, key), value)
+                );
+            }
+            assert_eq!(trie.len(), model.len());
+            for topic in topics {
+                let mut got = Vec::new();
+                trie.for_each_match(topic, |k, v| got.push((k, *v)));
+                got.sort();
+                let mut want: Vec<(u32, u8)> = model
+                    .iter()
+                    .filter(|((f, _), _)| crate::topic::filter_matches(filters[*f], topic))
+                    .map(|((_, k), v)| (*k, *v))
+                    .collect();
+                want.sort();
+                assert_eq!(got, want, "topic {topic} at step {step}");
+            }
+        }
+        for ((f, key), value) in std::mem::take(&mut model) {
+            assert_eq!(trie.remove(filters[f], key), Some(value));
+        }
+        assert!(trie.root.is_empty(), "empty levels are pruned");
     }
 }
