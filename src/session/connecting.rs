@@ -272,7 +272,7 @@ impl Session {
                         );
                     }
                     act.outbound.restore(state.inflight, state.queue);
-                    act.inbound_qos2 = state.inbound_qos2;
+                    act.inbound_qos2.restore(state.inbound_qos2);
                     act.resend_inflight();
                     act.pump();
                 }

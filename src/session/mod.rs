@@ -155,7 +155,7 @@ pub struct Session {
     writing: usize,
     read_handle: Option<SpawnHandle>,
     outbound: Outbound,
-    inbound_qos2: std::collections::HashSet<u16>,
+    inbound_qos2: state::InboundQos2,
     /// Messages read and not yet routed.
     to_route: Vec<Arc<crate::message::Message>>,
     /// [`Publish`](crate::registry::Publish)es sent to the Registry and not yet answered
@@ -427,7 +427,7 @@ impl Session {
         SessionState {
             inflight,
             queue,
-            inbound_qos2: std::mem::take(&mut self.inbound_qos2),
+            inbound_qos2: self.inbound_qos2.take(),
         }
     }
 }

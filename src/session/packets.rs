@@ -76,7 +76,7 @@ impl Session {
             Packet::PubRel(pid) => {
                 // [MQTT-4.3.3-2] discard the stored id, answer PUBCOMP (also for unknown ids;
                 // (5.0) with 0x92 Packet Identifier not found).
-                let known = self.inbound_qos2.remove(&pid);
+                let known = self.inbound_qos2.remove(pid);
                 if known {
                     self.complete_inbound(pid, ctx);
                 } else if self.peer_options.protocol.is_v5() {
@@ -183,8 +183,8 @@ impl Session {
             return self.limit_hit(ctx, "PUBLISH topic over the topic length or level limit");
         }
         if qos == QoS::ExactlyOnce
-            && self.inbound_qos2.len() >= self.shared.config.limits.max_inbound_qos2
-            && !self.inbound_qos2.contains(&pid)
+            && self.inbound_qos2.count() >= self.shared.config.limits.max_inbound_qos2
+            && !self.inbound_qos2.contains(pid)
         {
             // (5.0) more than the Receive Maximum announced unacknowledged [MQTT-3.3.4-7]: 0x93.
             return self.limit_hit_with(
