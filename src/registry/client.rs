@@ -1,7 +1,7 @@
 //! The Registry's record of one client: its connection (if any), subscriptions, batch of pending
 //! deliveries, and stored session.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -9,7 +9,7 @@ use actix::Recipient;
 
 use super::messages::{ConnId, Connect, ToSession};
 use crate::drops::{DropLog, DropReason};
-use crate::message::{Delivery, LastWill, ProtocolVersion, SubscriptionOptions};
+use crate::message::{Delivery, LastWill, ProtocolVersion};
 use crate::metrics::Metrics;
 use crate::session_state::SessionState;
 
@@ -41,7 +41,7 @@ pub(super) struct Client {
     pub attached: Option<Attached>,
     /// Filter -> options; mirrors this client's entries in the trie (and shared groups, for
     /// `$share/` filters).
-    pub subscriptions: HashMap<String, SubscriptionOptions>,
+    pub subscriptions: super::filters::Filters,
     /// Deliveries collected this turn, sent as one `Deliver`.
     pub batch: Vec<Delivery>,
     /// The store change `batch` must wait for before it reaches the client (0: none): the
@@ -85,7 +85,7 @@ impl Client {
             generation,
             session_expiry: 0,
             attached: None,
-            subscriptions: HashMap::new(),
+            subscriptions: Default::default(),
             batch: Vec::new(),
             batch_after: 0,
             stored: None,

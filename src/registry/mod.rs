@@ -9,6 +9,7 @@ mod admin;
 mod client;
 mod connecting;
 mod ending;
+mod filters;
 mod messages;
 mod recovering;
 mod subscriptions;
