@@ -63,6 +63,12 @@ impl DeliveryQueue {
         self.items.is_empty()
     }
 
+    /// True when nothing is queued and no dropped delivery kept on disk waits to be reported
+    /// ([`DeliveryQueue::take_dropped_durable`]).
+    pub fn holds_nothing(&self) -> bool {
+        self.items.is_empty() && self.dropped_durable.is_empty()
+    }
+
     /// Bytes of topic, payload and properties queued.
     pub fn bytes(&self) -> usize {
         self.bytes

@@ -100,7 +100,7 @@ impl Outbound {
 
     /// Takes over a stored session's messages. Re-send [`Outbound::inflight`] afterwards.
     pub fn restore(&mut self, inflight: VecDeque<InflightEntry>, queue: DeliveryQueue) {
-        if inflight.is_empty() && queue.is_empty() && self.flow.is_none() {
+        if inflight.is_empty() && queue.holds_nothing() && self.flow.is_none() {
             return;
         }
         let flow = self.flow_mut();
@@ -494,6 +494,33 @@ mod tests {
             ]
         );
         assert!(o.take_durable_changes().is_empty());
+    }
+
+    #[test]
+    fn a_restored_queue_with_nothing_in_it_still_reports_its_drops() {
+        // A stored session's queue dropped a delivery kept on disk (too large for it) and holds
+        // nothing else: its `Done` must still reach the store after a resume.
+        let mut queue = DeliveryQueue::default();
+        let mut big = delivery(1, QoS::AtLeastOnce);
+        big.set_durable_id(Some(7));
+        let tight = QueueLimits {
+            max_bytes: 0,
+            ..UNBOUNDED
+        };
+        assert_eq!(
+            queue.push_bounded(big, &tight),
+            Pushed::Queued { dropped: 1 }
+        );
+        assert!(queue.is_empty());
+        let mut o = Outbound::new(4);
+        o.restore(VecDeque::new(), queue);
+        assert_eq!(o.take_durable_changes(), vec![DurableChange::Done(7)]);
+        let mut untouched = Outbound::new(4);
+        untouched.restore(VecDeque::new(), DeliveryQueue::default());
+        assert!(
+            untouched.flow.is_none(),
+            "nothing to restore: nothing allocated"
+        );
     }
 
     #[test]
