@@ -17,9 +17,9 @@ type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 type Children<K, V> = Map<Box<str>, Node<K, V>>;
 
 /// One level of the trie. A fleet's filters end in a level of their own per device
-/// (`detrd/status/request/{id}`), so most nodes are leaves with one subscriber: a node is 64
-/// bytes (with `ClientKey` keys), its children map is allocated only for its first child, and
-/// one subscriber is held inline. The parent's map holds its children inline, so every byte of
+/// (`detrd/status/request/{id}`), so most nodes are leaves with one subscriber: a node is 48
+/// bytes (with the broker's 4-byte keys and 12-byte options), its children map is allocated
+/// only for its first child, and one subscriber is held inline. The parent's map holds its children inline, so every byte of
 /// a node is paid once per slot of that map, empty slots included.
 #[derive(Debug)]
 struct Node<K, V> {
