@@ -29,6 +29,19 @@ pub(super) struct Attached {
     pub detaching: bool,
 }
 
+/// Deliveries the Registry has for a client and has not handed over yet (boxed in [`Client`]:
+/// most clients have none at any moment, and every record pays for its width).
+#[derive(Default)]
+pub(super) struct Outgoing {
+    /// Deliveries collected this turn, sent as one `Deliver`.
+    pub batch: Vec<Delivery>,
+    /// The store change `batch` must wait for before it reaches the client (0: none): the
+    /// inbound QoS 2 id of a message in it ([`Deliver::after`](crate::routing::Deliver)).
+    pub batch_after: u64,
+    /// QoS 1/2 deliveries that arrived while detaching; appended after the Session's own queue.
+    pub held: VecDeque<Delivery>,
+}
+
 /// One client id's entry.
 pub(super) struct Client {
     pub id: Arc<str>,
@@ -42,16 +55,11 @@ pub(super) struct Client {
     /// Filter -> options; mirrors this client's entries in the trie (and shared groups, for
     /// `$share/` filters).
     pub subscriptions: super::filters::Filters,
-    /// Deliveries collected this turn, sent as one `Deliver`.
-    pub batch: Vec<Delivery>,
-    /// The store change `batch` must wait for before it reaches the client (0: none): the
-    /// inbound QoS 2 id of a message in it ([`Deliver::after`](crate::routing::Deliver)).
-    pub batch_after: u64,
+    /// Deliveries on their way through the Registry, while there are any.
+    pub outgoing: Option<Box<Outgoing>>,
     /// Stored session while offline; none while there is nothing in it (boxed: most clients
     /// never keep one, and every record pays for its width).
     pub stored: Option<Box<SessionState>>,
-    /// QoS 1/2 deliveries that arrived while detaching; appended after the Session's own queue.
-    pub held: VecDeque<Delivery>,
     /// A CONNECT with this id waiting for the current connection to finish detaching.
     pub pending: Option<Box<Connect>>,
     /// Identifies the timers (session expiry, will delay) allowed to act on this client; a new
@@ -67,6 +75,47 @@ pub(super) struct Client {
 }
 
 impl Client {
+    /// The deliveries on their way to this client, allocated when the first one comes.
+    pub fn outgoing_mut(&mut self) -> &mut Outgoing {
+        self.outgoing.get_or_insert_with(Box::default)
+    }
+
+    /// Takes this turn's batch and the store change it waits for, if there is a batch.
+    pub fn take_batch(&mut self) -> Option<(Vec<Delivery>, u64)> {
+        let outgoing = self.outgoing.as_deref_mut()?;
+        if outgoing.batch.is_empty() {
+            return None;
+        }
+        let taken = (
+            std::mem::take(&mut outgoing.batch),
+            std::mem::take(&mut outgoing.batch_after),
+        );
+        self.release_outgoing();
+        Some(taken)
+    }
+
+    /// Takes what arrived while the client was detaching.
+    pub fn take_held(&mut self) -> VecDeque<Delivery> {
+        let held = self
+            .outgoing
+            .as_deref_mut()
+            .map(|o| std::mem::take(&mut o.held))
+            .unwrap_or_default();
+        self.release_outgoing();
+        held
+    }
+
+    /// Gives the box back once nothing is in it.
+    fn release_outgoing(&mut self) {
+        if self
+            .outgoing
+            .as_deref()
+            .is_some_and(|o| o.batch.is_empty() && o.held.is_empty())
+        {
+            self.outgoing = None;
+        }
+    }
+
     /// Counts `n` messages dropped from this client's offline queue, with a rate-limited
     /// warning naming it.
     pub fn offline_drops(&mut self, metrics: &Metrics, n: u64) {
@@ -86,10 +135,8 @@ impl Client {
             session_expiry: 0,
             attached: None,
             subscriptions: Default::default(),
-            batch: Vec::new(),
-            batch_after: 0,
+            outgoing: None,
             stored: None,
-            held: VecDeque::new(),
             pending: None,
             timer_token: 0,
             delayed_will: None,

@@ -36,7 +36,7 @@ impl Registry {
         };
         let expiry = client.session_expiry;
         let token = client.timer_token;
-        let held = std::mem::take(&mut client.held);
+        let held = client.take_held();
         self.online -= 1;
         self.redistribute(key, &mut state, held, ctx);
         let Some(client) = client_in(&mut self.clients, key) else {

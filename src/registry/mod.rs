@@ -264,7 +264,7 @@ impl Registry {
             return;
         };
         client.stored = None;
-        client.held.clear();
+        drop(client.take_held());
         let gone = std::mem::take(&mut client.persisted).then(|| client.id.to_string());
         let mut table = self.routes.write();
         for (filter, _) in client.subscriptions.drain() {
@@ -342,21 +342,20 @@ impl Registry {
         }
         match &client.attached {
             Some(a) if !a.detaching => {
-                client.batch.push(delivery);
-                client.batch_after = client.batch_after.max(self.hold_after);
-                if client.batch.len() == 1 {
+                let outgoing = client.outgoing_mut();
+                outgoing.batch.push(delivery);
+                outgoing.batch_after = outgoing.batch_after.max(self.hold_after);
+                let queued = outgoing.batch.len();
+                if queued == 1 {
                     self.dirty.push(key);
                     self.schedule_flush(ctx);
-                } else if client.batch.len() >= BATCH_LIMIT {
-                    a.session.do_send(ToSession::Deliver(Deliver {
-                        deliveries: std::mem::take(&mut client.batch),
-                        after: std::mem::take(&mut client.batch_after),
-                    }));
+                } else if queued >= BATCH_LIMIT {
+                    Self::flush_client(client);
                 }
             }
             // QoS 0 is not kept for clients that are not connected.
             _ if delivery.qos == QoS::AtMostOnce => {}
-            Some(_) => client.held.push_back(delivery),
+            Some(_) => client.outgoing_mut().held.push_back(delivery),
             None => {
                 let limits = QueueLimits::from_config(&self.config);
                 let stored = client.stored.get_or_insert_with(Box::default);
@@ -403,11 +402,9 @@ impl Registry {
     }
 
     fn flush_client(client: &mut Client) {
-        if client.batch.is_empty() {
+        let Some((batch, after)) = client.take_batch() else {
             return;
-        }
-        let batch = std::mem::take(&mut client.batch);
-        let after = std::mem::take(&mut client.batch_after);
+        };
         if let Some(a) = &client.attached {
             a.session.do_send(ToSession::Deliver(Deliver {
                 deliveries: batch,
