@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Memory after a spike: for each broker (Switchboard builds in BIN_DIR, and Mosquitto), alternating
+# per run, CLIENTS idle connections (one subscription each) open and close; prints the broker's
+# RSS at start, at the peak (as the harness saw it), right after the clients have gone, and
+# AFTER seconds later, then the medians per broker.
+#
+#   BROKERS="old new mosquitto" RUNS=3 benches/spike.sh
+#
+# Loopback only; every run is bounded in time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN_DIR=${BIN_DIR:-target/ab}
+RUNS=${RUNS:-3}
+CLIENTS=${CLIENTS:-10000}
+AFTER=${AFTER:-6}
+BROKERS=${BROKERS:-"new mosquitto"}
+PORT=${PORT:-18860}
+MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+
+cargo bench --bench load --no-run 2>/dev/null
+LOAD=$(ls -t target/release/deps/load-* | grep -v '\.d$' | head -1)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cat > "$work/mosquitto.conf" <<CONF
+listener $PORT 127.0.0.1
+allow_anonymous true
+set_tcp_nodelay true
+persistence false
+max_connections -1
+log_type error
+CONF
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+for run_no in $(seq "$RUNS"); do
+  if [ $((run_no % 2)) -eq 1 ]; then order=$BROKERS; else order=$(echo "$BROKERS" | tr ' ' '\n' | tac | tr '\n' ' '); fi
+  for broker in $order; do
+    if [ "$broker" = mosquitto ]; then
+      "$MOSQUITTO" -c "$work/mosquitto.conf" 2>/dev/null &
+    else
+      RUST_LOG=warn "$BIN_DIR/$broker" --port "$PORT" 2>/dev/null &
+    fi
+    pid=$!
+    for _ in $(seq 100); do
+      (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
+      sleep 0.05 # waiting for the broker's port to open
+    done
+    start=$(rss_kb "$pid")
+    "$LOAD" --addr "127.0.0.1:$PORT" --broker-pid "$pid" --label "$broker" --quiet \
+      --out "$work/run.jsonl" --scenario idle --clients "$CLIENTS" --concurrency 200 --duration 1 >/dev/null
+    gone=$(rss_kb "$pid")
+    sleep "$AFTER" # the interval measured, not a wait for an event
+    later=$(rss_kb "$pid")
+    peak=$(tail -1 "$work/run.jsonl" | sed 's/.*"broker_rss_bytes":\([0-9]*\).*/\1/')
+    echo "$broker $start $((peak / 1024)) $gone $later" | tee -a "$work/rows"
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+  done
+done
+echo "| RSS, MB (median of $RUNS) | start | peak | after close | ${AFTER} s later |"
+echo "|---|---|---|---|---|"
+for broker in $BROKERS; do
+  awk -v b="$broker" '$1 == b' "$work/rows" | python3 -c '
+import sys, statistics
+rows = [list(map(int, l.split()[1:])) for l in sys.stdin]
+cols = [statistics.median(c) / 1024 for c in zip(*rows)]
+print("| " + sys.argv[1] + " | " + " | ".join(f"{c:.1f}" for c in cols) + " |")' "$broker"
+done
