@@ -34,7 +34,7 @@ pub struct ClientSummary {
     /// See `stored_inflight`.
     pub stored_queued: usize,
     /// Where to ask a connected client's Session for its counts.
-    pub session: Option<Recipient<ToSession>>,
+    pub session: Option<Arc<Recipient<ToSession>>>,
 }
 
 /// A page of a sorted list, and how many entries the whole list has.

@@ -16,7 +16,8 @@ use crate::session_state::SessionState;
 /// A client's live connection.
 pub(super) struct Attached {
     pub conn: ConnId,
-    pub session: Recipient<ToSession>,
+    /// The Session's handle, shared with the route table's target for this client.
+    pub session: Arc<Recipient<ToSession>>,
     pub peer: SocketAddr,
     /// Protocol the connection speaks (for the admin API).
     pub protocol: ProtocolVersion,

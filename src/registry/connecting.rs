@@ -58,9 +58,10 @@ impl Registry {
         // A new connection cancels the session expiry and a will still delayed [MQTT-3.1.3-9].
         client.timer_token = token;
         client.delayed_will = None;
+        let session = Arc::new(msg.session);
         client.attached = Some(Attached {
             conn: msg.conn,
-            session: msg.session.clone(),
+            session: session.clone(),
             peer: msg.peer,
             protocol: msg.protocol,
             since_ms: crate::persistence::unix_ms_now(),
@@ -92,7 +93,7 @@ impl Registry {
         // from its mailbox before the reply, so what `state` holds comes first.
         self.routes
             .write()
-            .set_target(key, Some(Target::Online(msg.deliver)));
+            .set_target(key, Some(Target::Online(session)));
         info!(
             client_id = %client_id,
             addr = %msg.peer,

@@ -50,10 +50,9 @@ pub enum ToSession {
 pub struct Connect {
     /// The connection.
     pub conn: ConnId,
-    /// Where the Registry sends the Session what it has for it.
+    /// Where the Registry sends the Session what it has for it; shared with the route table,
+    /// through which the workers send it its deliveries.
     pub session: Recipient<ToSession>,
-    /// Where the workers send the Session its deliveries (the route table's target).
-    pub deliver: Recipient<Deliver>,
     /// Remote address.
     pub peer: SocketAddr,
     /// Protocol spoken.
@@ -286,3 +285,11 @@ pub struct RegistryStats {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Freeze(pub std::sync::mpsc::Receiver<()>);
+
+/// The route table's way into a Session: the same handle the Registry holds, the deliveries
+/// wrapped in [`ToSession::Deliver`].
+impl crate::routing::SessionInbox for Recipient<ToSession> {
+    fn deliver(&self, deliver: Deliver) {
+        self.do_send(ToSession::Deliver(deliver));
+    }
+}

@@ -174,7 +174,7 @@ fn route_with(
     let mut stored = Vec::new();
     for (key, batch) in scratch.batches.drain(..) {
         match table.target(key) {
-            Some(Target::Online(session)) => session.do_send(Deliver {
+            Some(Target::Online(session)) => session.deliver(Deliver {
                 deliveries: batch,
                 after,
             }),

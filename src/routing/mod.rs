@@ -53,10 +53,19 @@ impl Deliver {
     }
 }
 
+/// A connected Session's mailbox as the route table reaches it. The Registry implements it on
+/// its own handle on the Session and shares that one handle with the table (one actix address
+/// per Session, not one per holder: each address allocates, and an idle connection pays for
+/// every one).
+pub trait SessionInbox: Send + Sync {
+    /// Sends the Session `deliver`; never waits (a full mailbox grows).
+    fn deliver(&self, deliver: Deliver);
+}
+
 /// Where deliveries to a client go.
 pub enum Target {
     /// Connected: straight into its Session's mailbox.
-    Online(Recipient<Deliver>),
+    Online(Arc<dyn SessionInbox>),
     /// Not connected, or detaching: through the Registry, which stores or holds QoS 1/2
     /// deliveries. `generation` tells this client from a later one in the same slot.
     Registry {

@@ -215,7 +215,6 @@ impl Session {
         let request = registry::Connect {
             conn: self.conn,
             session: ctx.address().recipient(),
-            deliver: ctx.address().recipient(),
             peer: self.peer,
             protocol: connect.protocol,
             client_id: connect.client_id,
