@@ -26,31 +26,22 @@ SB_PORT=${SB_PORT:-18840}
 MQ_PORT=${MQ_PORT:-18841}
 MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 
-cargo bench --bench load --no-run 2>/dev/null
-LOAD=$(ls -t target/release/deps/load-* | grep -v '\.d$' | head -1)
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
+build_harness
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-cat > "$work/mosquitto.conf" <<CONF
-listener $MQ_PORT 127.0.0.1
-allow_anonymous true
-set_tcp_nodelay true
-persistence false
-log_type error
-CONF
+mosquitto_conf "$work/mosquitto.conf" "$MQ_PORT"
 rm -f "$OUT"
 for run_no in $(seq "$RUNS"); do
-  if [ $((run_no % 2)) -eq 1 ]; then order=$BROKERS; else order=$(echo "$BROKERS" | tr ' ' '\n' | tac | tr '\n' ' '); fi
-  for broker in $order; do
+  for broker in $(run_order "$run_no"); do
     if [ "$broker" = mosquitto ]; then
       port=$MQ_PORT; "$MOSQUITTO" -c "$work/mosquitto.conf" 2>/dev/null &
     else
       port=$SB_PORT; RUST_LOG=warn "$BIN_DIR/$broker" --port "$SB_PORT" 2>/dev/null &
     fi
     pid=$!
-    for _ in $(seq 100); do
-      (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-      sleep 0.05 # waiting for the broker's port to open
-    done
+    wait_for_port "$port" || { echo "$broker did not open port $port" >&2; exit 1; }
     echo "run $run_no: $broker" >&2
     for row in $ROWS; do
       case $row in

@@ -17,32 +17,22 @@ BROKERS=${BROKERS:-"new mosquitto"}
 PORT=${PORT:-18860}
 MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 
-cargo bench --bench load --no-run 2>/dev/null
-LOAD=$(ls -t target/release/deps/load-* | grep -v '\.d$' | head -1)
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
+build_harness
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-cat > "$work/mosquitto.conf" <<CONF
-listener $PORT 127.0.0.1
-allow_anonymous true
-set_tcp_nodelay true
-persistence false
-max_connections -1
-log_type error
-CONF
+mosquitto_conf "$work/mosquitto.conf" "$PORT" "max_connections -1"
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 for run_no in $(seq "$RUNS"); do
-  if [ $((run_no % 2)) -eq 1 ]; then order=$BROKERS; else order=$(echo "$BROKERS" | tr ' ' '\n' | tac | tr '\n' ' '); fi
-  for broker in $order; do
+  for broker in $(run_order "$run_no"); do
     if [ "$broker" = mosquitto ]; then
       "$MOSQUITTO" -c "$work/mosquitto.conf" 2>/dev/null &
     else
       RUST_LOG=warn "$BIN_DIR/$broker" --port "$PORT" 2>/dev/null &
     fi
     pid=$!
-    for _ in $(seq 100); do
-      (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
-      sleep 0.05 # waiting for the broker's port to open
-    done
+    wait_for_port "$PORT" || { echo "$broker did not open port $PORT" >&2; exit 1; }
     start=$(rss_kb "$pid")
     "$LOAD" --addr "127.0.0.1:$PORT" --broker-pid "$pid" --label "$broker" --quiet \
       --out "$work/run.jsonl" --scenario idle --clients "$CLIENTS" --concurrency 200 --duration 1 >/dev/null
