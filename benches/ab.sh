@@ -24,24 +24,17 @@ LOAD_ARGS=${LOAD_ARGS:-}
 BROKERS=${BROKERS:-"new mosquitto"}
 SB_PORT=${SB_PORT:-18840}
 MQ_PORT=${MQ_PORT:-18841}
-MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 
 # shellcheck source=benches/lib.sh
 . benches/lib.sh
 build_harness
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+make_work_dir
 mosquitto_conf "$work/mosquitto.conf" "$MQ_PORT"
 rm -f "$OUT"
 for run_no in $(seq "$RUNS"); do
   for broker in $(run_order "$run_no"); do
-    if [ "$broker" = mosquitto ]; then
-      port=$MQ_PORT; "$MOSQUITTO" -c "$work/mosquitto.conf" 2>/dev/null &
-    else
-      port=$SB_PORT; RUST_LOG=warn "$BIN_DIR/$broker" --port "$SB_PORT" 2>/dev/null &
-    fi
-    pid=$!
-    wait_for_port "$port" || { echo "$broker did not open port $port" >&2; exit 1; }
+    if [ "$broker" = mosquitto ]; then port=$MQ_PORT; else port=$SB_PORT; fi
+    start_broker "$broker" "$port"
     echo "run $run_no: $broker" >&2
     for row in $ROWS; do
       case $row in

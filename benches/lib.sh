@@ -1,6 +1,26 @@
 # Shared by the comparison scripts (ab.sh, spike.sh); sourced, not run: the harness binary, a
 # Mosquitto configuration, the alternating order of runs, and waiting for a broker's port.
 
+MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+
+# Makes a scratch directory, removed on exit, and sets work to it.
+make_work_dir() {
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+}
+
+# Starts broker $1 (`mosquitto`, with "$work/mosquitto.conf", or a build in $BIN_DIR) listening
+# on port $2, sets pid, and returns once the port is open.
+start_broker() {
+  if [ "$1" = mosquitto ]; then
+    "$MOSQUITTO" -c "$work/mosquitto.conf" 2>/dev/null &
+  else
+    RUST_LOG=warn "$BIN_DIR/$1" --port "$2" 2>/dev/null &
+  fi
+  pid=$!
+  wait_for_port "$2" || { echo "$1 did not open port $2" >&2; exit 1; }
+}
+
 # Builds the load harness and sets LOAD to its binary.
 build_harness() {
   cargo bench --bench load --no-run 2>/dev/null

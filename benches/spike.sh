@@ -15,24 +15,16 @@ CLIENTS=${CLIENTS:-10000}
 AFTER=${AFTER:-6}
 BROKERS=${BROKERS:-"new mosquitto"}
 PORT=${PORT:-18860}
-MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 
 # shellcheck source=benches/lib.sh
 . benches/lib.sh
 build_harness
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+make_work_dir
 mosquitto_conf "$work/mosquitto.conf" "$PORT" "max_connections -1"
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 for run_no in $(seq "$RUNS"); do
   for broker in $(run_order "$run_no"); do
-    if [ "$broker" = mosquitto ]; then
-      "$MOSQUITTO" -c "$work/mosquitto.conf" 2>/dev/null &
-    else
-      RUST_LOG=warn "$BIN_DIR/$broker" --port "$PORT" 2>/dev/null &
-    fi
-    pid=$!
-    wait_for_port "$PORT" || { echo "$broker did not open port $PORT" >&2; exit 1; }
+    start_broker "$broker" "$PORT"
     start=$(rss_kb "$pid")
     "$LOAD" --addr "127.0.0.1:$PORT" --broker-pid "$pid" --label "$broker" --quiet \
       --out "$work/run.jsonl" --scenario idle --clients "$CLIENTS" --concurrency 200 --duration 1 >/dev/null
