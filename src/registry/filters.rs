@@ -85,11 +85,12 @@ impl Filters {
         self.iter().map(|(filter, _)| filter)
     }
 
-    /// The subscriptions, in no particular order.
-    pub fn iter(&self) -> Box<dyn Iterator<Item = (&String, &SubscriptionOptions)> + '_> {
+    /// The subscriptions, in no particular order (nothing allocated: a client's are walked
+    /// when its session ends).
+    pub fn iter(&self) -> Iter<'_> {
         match self {
-            Filters::Few(few) => Box::new(few.iter().map(|(f, o)| (f, o))),
-            Filters::Many(many) => Box::new(many.iter()),
+            Filters::Few(few) => Iter::Few(few.iter()),
+            Filters::Many(many) => Iter::Many(many.iter()),
         }
     }
 
@@ -102,9 +103,28 @@ impl Filters {
     }
 }
 
+/// Walks a client's [`Filters`].
+pub(super) enum Iter<'a> {
+    /// Over the vector.
+    Few(std::slice::Iter<'a, (String, SubscriptionOptions)>),
+    /// Over the map.
+    Many(std::collections::hash_map::Iter<'a, String, SubscriptionOptions>),
+}
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = (&'a String, &'a SubscriptionOptions);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Iter::Few(few) => few.next().map(|(f, o)| (f, o)),
+            Iter::Many(many) => many.next(),
+        }
+    }
+}
+
 impl<'a> IntoIterator for &'a Filters {
     type Item = (&'a String, &'a SubscriptionOptions);
-    type IntoIter = Box<dyn Iterator<Item = (&'a String, &'a SubscriptionOptions)> + 'a>;
+    type IntoIter = Iter<'a>;
 
     fn into_iter(self) -> Self::IntoIter {
         self.iter()
