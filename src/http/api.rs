@@ -92,13 +92,12 @@ async fn client_json(client: ClientSummary) -> Value {
     let report = match &client.session {
         Some(session) => {
             let (tx, rx) = tokio::sync::oneshot::channel();
-            match session.try_send(ToSession::Report(tx)) {
-                Ok(()) => tokio::time::timeout(REPORT_TIMEOUT, rx)
-                    .await
-                    .ok()
-                    .and_then(Result::ok),
-                Err(_) => None,
-            }
+            // A Session that has stopped drops the message, and with it `tx`: `rx` ends at once.
+            session.send(ToSession::Report(tx));
+            tokio::time::timeout(REPORT_TIMEOUT, rx)
+                .await
+                .ok()
+                .and_then(Result::ok)
         }
         None => Some(SessionReport {
             inflight: client.stored_inflight,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use tracing::info;
 
-use super::{client_in, Registry, ToSession};
+use super::{client_in, Registry, SessionHandle, ToSession};
 use crate::message::{Message, ProtocolVersion, QoS};
 
 /// One client as the admin API shows it.
@@ -34,7 +34,7 @@ pub struct ClientSummary {
     /// See `stored_inflight`.
     pub stored_queued: usize,
     /// Where to ask a connected client's Session for its counts.
-    pub session: Option<Arc<Recipient<ToSession>>>,
+    pub session: Option<Arc<dyn SessionHandle>>,
 }
 
 /// A page of a sorted list, and how many entries the whole list has.
@@ -266,7 +266,7 @@ impl Handler<Kick> for Registry {
                 // Ended with the connection, as a clean session is.
                 client.session_expiry = 0;
             }
-            attached.session.do_send(ToSession::Kick);
+            attached.session.send(ToSession::Kick);
             return Some(Kicked {
                 disconnected: true,
                 session_removed: msg.remove_session,

@@ -5,9 +5,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use actix::Recipient;
-
-use super::messages::{ConnId, Connect, ToSession};
+use super::messages::{ConnId, Connect, SessionHandle};
 use crate::drops::{DropLog, DropReason};
 use crate::message::{Delivery, LastWill, ProtocolVersion};
 use crate::metrics::Metrics;
@@ -17,7 +15,7 @@ use crate::session_state::SessionState;
 pub(super) struct Attached {
     pub conn: ConnId,
     /// The Session's handle, shared with the route table's target for this client.
-    pub session: Arc<Recipient<ToSession>>,
+    pub session: Arc<dyn SessionHandle>,
     pub peer: SocketAddr,
     /// Protocol the connection speaks (for the admin API).
     pub protocol: ProtocolVersion,

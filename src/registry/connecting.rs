@@ -58,7 +58,7 @@ impl Registry {
         // A new connection cancels the session expiry and a will still delayed [MQTT-3.1.3-9].
         client.timer_token = token;
         client.delayed_will = None;
-        let session = Arc::new(msg.session);
+        let session = msg.session;
         client.attached = Some(Attached {
             conn: msg.conn,
             session: session.clone(),
@@ -153,7 +153,7 @@ impl Handler<Connect> for Registry {
             Some(attached) => {
                 // [MQTT-3.1.4-2] the existing connection is closed; this one waits for its state.
                 if !attached.detaching {
-                    attached.session.do_send(ToSession::Takeover);
+                    attached.session.send(ToSession::Takeover);
                 }
                 // A CONNECT already waiting loses to the newer one: dropping its reply closes it.
                 client.pending = Some(Box::new(msg));

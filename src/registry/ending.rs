@@ -173,7 +173,7 @@ impl Handler<Detach> for Registry {
         let peer = attached.peer;
         let will = attached.will.take();
         if !msg.ends_session {
-            attached.session.do_send(ToSession::Detached);
+            attached.session.send(ToSession::Detached);
         }
         if let Some(expiry) = msg.session_expiry {
             client.session_expiry = expiry;

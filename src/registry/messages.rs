@@ -52,7 +52,7 @@ pub struct Connect {
     pub conn: ConnId,
     /// Where the Registry sends the Session what it has for it; shared with the route table,
     /// through which the workers send it its deliveries.
-    pub session: Recipient<ToSession>,
+    pub session: Arc<dyn SessionHandle>,
     /// Remote address.
     pub peer: SocketAddr,
     /// Protocol spoken.
@@ -286,10 +286,19 @@ pub struct RegistryStats {
 #[rtype(result = "()")]
 pub struct Freeze(pub std::sync::mpsc::Receiver<()>);
 
-/// The route table's way into a Session: the same handle the Registry holds, the deliveries
-/// wrapped in [`ToSession::Deliver`].
-impl crate::routing::SessionInbox for Recipient<ToSession> {
-    fn deliver(&self, deliver: Deliver) {
-        self.do_send(ToSession::Deliver(deliver));
+/// A connected Session as the Registry reaches it: the one handle a Session gives the Registry
+/// (in [`Connect`]), which the Registry shares with the route table as its
+/// [`SessionInbox`](crate::routing::SessionInbox). The Session implements it on its own actix
+/// address, so the Registry names no Session type, and a connection costs one address and one
+/// `Arc` (no boxed `Recipient` around the address).
+pub trait SessionHandle: crate::routing::SessionInbox {
+    /// Sends the Session `msg`; never waits (a full mailbox grows). Lost if the Session has
+    /// stopped, as a message to any stopped actor is.
+    fn send(&self, msg: ToSession);
+}
+
+impl std::fmt::Debug for dyn SessionHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionHandle")
     }
 }

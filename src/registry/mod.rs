@@ -396,7 +396,7 @@ impl Registry {
                 .attached_client(key, conn)
                 .and_then(|c| c.attached.as_ref())
             {
-                attached.session.do_send(ToSession::Routed);
+                attached.session.send(ToSession::Routed);
             }
         }
     }
@@ -406,7 +406,7 @@ impl Registry {
             return;
         };
         if let Some(a) = &client.attached {
-            a.session.do_send(ToSession::Deliver(Deliver {
+            a.session.send(ToSession::Deliver(Deliver {
                 deliveries: batch,
                 after,
             }));
@@ -509,7 +509,7 @@ impl Handler<CloseAll> for Registry {
         let mut told = 0;
         for client in self.clients.iter().flatten() {
             if let Some(attached) = client.attached.as_ref().filter(|a| !a.detaching) {
-                attached.session.do_send(ToSession::ServerClosing);
+                attached.session.send(ToSession::ServerClosing);
                 told += 1;
             }
         }

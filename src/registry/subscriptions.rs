@@ -94,13 +94,13 @@ impl Handler<Subscribe> for Registry {
         };
         let mut table = self.routes.write();
         if let Some(session) = &session {
-            session.do_send(ToSession::Subscribed(Subscribed {
+            session.send(ToSession::Subscribed(Subscribed {
                 pid: msg.pid,
                 codes,
                 after,
             }));
             if !retained.is_empty() {
-                session.do_send(ToSession::Deliver(Deliver {
+                session.send(ToSession::Deliver(Deliver {
                     deliveries: std::mem::take(&mut retained),
                     after,
                 }));
@@ -165,7 +165,7 @@ impl Handler<Unsubscribe> for Registry {
             _ => 0,
         };
         if let Some(session) = session {
-            session.do_send(ToSession::Unsubscribed(Unsubscribed {
+            session.send(ToSession::Unsubscribed(Unsubscribed {
                 pid: msg.pid,
                 codes,
                 after,

@@ -53,10 +53,10 @@ impl Deliver {
     }
 }
 
-/// A connected Session's mailbox as the route table reaches it. The Registry implements it on
-/// its own handle on the Session and shares that one handle with the table (one actix address
-/// per Session, not one per holder: each address allocates, and an idle connection pays for
-/// every one).
+/// A connected Session's mailbox as the route table reaches it: the Registry's handle on the
+/// Session (`registry::SessionHandle` extends this trait), shared with the table (one actix
+/// address per Session, not one per holder: each address allocates, and an idle connection
+/// pays for every one).
 pub trait SessionInbox: Send + Sync {
     /// Sends the Session `deliver`; never waits (a full mailbox grows).
     fn deliver(&self, deliver: Deliver);

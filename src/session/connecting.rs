@@ -214,7 +214,7 @@ impl Session {
         }
         let request = registry::Connect {
             conn: self.conn,
-            session: ctx.address().recipient(),
+            session: std::sync::Arc::new(ctx.address()),
             peer: self.peer,
             protocol: connect.protocol,
             client_id: connect.client_id,

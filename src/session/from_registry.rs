@@ -20,6 +20,23 @@ use crate::registry::{
     Unsubscribed,
 };
 
+/// The handle a Session gives the Registry ([`registry::Connect`](crate::registry::Connect)):
+/// its own address, so that the Registry and the route table share one address and one `Arc`.
+impl crate::registry::SessionHandle for Addr<Session> {
+    fn send(&self, msg: ToSession) {
+        self.do_send(msg);
+    }
+}
+
+/// The route table's way into a Session: the Registry's handle, the deliveries wrapped in
+/// [`ToSession::Deliver`] (a workers' delivery and the Registry's reach the Session by one
+/// handler and so keep their order).
+impl crate::routing::SessionInbox for Addr<Session> {
+    fn deliver(&self, deliver: Deliver) {
+        self.do_send(ToSession::Deliver(deliver));
+    }
+}
+
 impl Handler<ToSession> for Session {
     type Result = ();
 
