@@ -198,7 +198,7 @@ impl Session {
         self.peer_options.max_packet_size = props.maximum_packet_size;
         self.peer_options.problem_information = props.request_problem_information;
         self.peer_options.session_expiry = session_expiry;
-        self.username = connect.username.clone();
+        self.username = connect.username.as_deref().map(Box::from);
         self.refresh_acl();
         if let Some(will) = &connect.will {
             let acl = self.acl.1.clone();

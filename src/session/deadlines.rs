@@ -34,6 +34,31 @@ const SLOTS: usize = 1024;
 #[rtype(result = "()")]
 pub struct DeadlineDue(pub u64);
 
+/// What [`Session`]'s `deadline_tick` holds while it has no entry on the wheel.
+pub(super) const NO_DEADLINE: u64 = u64::MAX;
+
+/// Where [`CompactInstant`] counts from: the first one this process takes.
+static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+
+/// An instant in 8 bytes where an `Instant` takes 16 (a Session keeps one per connection, idle
+/// or not): nanoseconds since [`EPOCH`], good for 584 years of uptime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct CompactInstant(u64);
+
+impl CompactInstant {
+    /// Now.
+    pub(super) fn now() -> Self {
+        let epoch = *EPOCH;
+        let nanos = Instant::now().saturating_duration_since(epoch).as_nanos();
+        CompactInstant(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+
+    /// The instant this is.
+    pub(super) fn instant(self) -> Instant {
+        *EPOCH + Duration::from_nanos(self.0)
+    }
+}
+
 struct Entry<T> {
     tick: u64,
     /// The Session's connection id: what [`disarm`] finds the entry by.
@@ -211,20 +236,27 @@ impl Session {
             asked
         };
         let limit = keep_alive.mul_f32(1.5);
-        self.keep_alive_limit = Some(limit);
-        self.arm_deadline(ctx, self.last_received + limit);
+        self.keep_alive_limit_ms = u32::try_from(limit.as_millis()).unwrap_or(u32::MAX).max(1);
+        self.arm_deadline(ctx, self.last_received.instant() + limit);
         u16::try_from(keep_alive.as_secs()).unwrap_or(u16::MAX)
+    }
+
+    /// One and a half times the keep-alive applied, once connected.
+    fn keep_alive_limit(&self) -> Option<Duration> {
+        (self.keep_alive_limit_ms > 0)
+            .then(|| Duration::from_millis(u64::from(self.keep_alive_limit_ms)))
     }
 
     /// Puts this Session's next deadline check on its worker's wheel, replacing the last one.
     pub(super) fn arm_deadline(&mut self, ctx: &mut Context<Self>, at: Instant) {
         self.disarm_deadline();
-        self.deadline_tick = arm(self.conn.0, ctx.address().downgrade(), at);
+        self.deadline_tick = arm(self.conn.0, ctx.address().downgrade(), at).unwrap_or(NO_DEADLINE);
     }
 
     /// Takes this Session's entry off its worker's wheel (it stops, or arms another).
     pub(super) fn disarm_deadline(&mut self) {
-        if let Some(tick) = self.deadline_tick.take() {
+        let tick = std::mem::replace(&mut self.deadline_tick, NO_DEADLINE);
+        if tick != NO_DEADLINE {
             disarm(tick, self.conn.0);
         }
     }
@@ -243,10 +275,10 @@ impl Session {
             // Asking the interceptor or the Registry; keep-alive starts with the CONNACK.
             Phase::Connecting => {}
             Phase::Connected { .. } => {
-                let Some(limit) = self.keep_alive_limit else {
+                let Some(limit) = self.keep_alive_limit() else {
                     return;
                 };
-                let deadline = self.last_received + limit;
+                let deadline = self.last_received.instant() + limit;
                 if Instant::now() >= deadline {
                     info!(client_id = %self.client_id(), addr = %self.peer, "keep-alive expired");
                     self.close(ctx, DisconnectReason::KeepAliveTimeout);
@@ -262,9 +294,9 @@ impl Handler<DeadlineDue> for Session {
     type Result = ();
 
     fn handle(&mut self, msg: DeadlineDue, ctx: &mut Context<Self>) {
-        if self.deadline_tick == Some(msg.0) {
+        if self.deadline_tick == msg.0 && msg.0 != NO_DEADLINE {
             // Its entry left the wheel when it came due.
-            self.deadline_tick = None;
+            self.deadline_tick = NO_DEADLINE;
             if !self.closing {
                 self.check_deadline(ctx);
             }

@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+
+use super::socket::{ReadHalf, WriteHalf};
 
 use crate::metrics::Metrics;
 
@@ -29,15 +31,15 @@ pub const LINGER_BYTES: usize = 1024 * 1024;
 /// closing Session can take it back for [`linger`]. Both live on the Session's thread; once
 /// taken, the packet reader sees end of stream.
 #[derive(Clone)]
-pub(super) struct SharedReader(Rc<RefCell<Option<Box<dyn AsyncRead + Unpin>>>>);
+pub(super) struct SharedReader(Rc<RefCell<Option<ReadHalf>>>);
 
 impl SharedReader {
-    pub(super) fn new(reader: Box<dyn AsyncRead + Unpin>) -> Self {
+    pub(super) fn new(reader: ReadHalf) -> Self {
         SharedReader(Rc::new(RefCell::new(Some(reader))))
     }
 
     /// Takes the read half out; the packet reader reads end of stream from now on.
-    pub(super) fn take(&self) -> Option<Box<dyn AsyncRead + Unpin>> {
+    pub(super) fn take(&self) -> Option<ReadHalf> {
         self.0.borrow_mut().take()
     }
 }
@@ -77,11 +79,7 @@ impl Drop for ConnectionSlot {
 /// closes, [`LINGER_BYTES`] were read, or [`LINGER_TIME`] passed; then everything is dropped and
 /// the socket closed. `writer` is `None` when the output could not be written in time: the
 /// close then happens at once.
-pub(super) async fn linger(
-    mut reader: Box<dyn AsyncRead + Unpin>,
-    writer: Option<Box<dyn AsyncWrite + Unpin>>,
-    slot: ConnectionSlot,
-) {
+pub(super) async fn linger(mut reader: ReadHalf, writer: Option<WriteHalf>, slot: ConnectionSlot) {
     let deadline = tokio::time::Instant::now() + LINGER_TIME;
     let Some(mut writer) = writer else {
         return;

@@ -29,7 +29,7 @@ impl Session {
             return;
         };
         let buf = self.out.split().freeze();
-        self.writing = buf.len();
+        self.writing = u32::try_from(buf.len()).unwrap_or(u32::MAX);
         let written = crate::traffic::Written::count(&buf);
         let write = async move {
             // The flush matters where the stream buffers (TLS, WebSocket); on TCP it is free.
@@ -67,7 +67,7 @@ impl Session {
 
     /// Bytes held for the socket: buffered plus being written.
     pub(super) fn unwritten(&self) -> usize {
-        self.out.len() + self.writing
+        self.out.len() + self.writing as usize
     }
 
     /// Sends queued QoS 1/2 messages while the window has room. A message too large for the

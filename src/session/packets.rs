@@ -177,7 +177,7 @@ impl Session {
             payload_invalid,
             ..
         } = publish;
-        message.received_at = Some(self.last_received);
+        message.received_at = Some(self.last_received.instant());
         let qos = message.qos;
         if !self.topic_within_limits(&message.topic) {
             return self.limit_hit(ctx, "PUBLISH topic over the topic length or level limit");
