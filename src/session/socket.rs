@@ -75,6 +75,24 @@ impl AsyncWrite for WriteHalf {
         }
     }
 
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            WriteHalf::Tcp(write) => Pin::new(write).poll_write_vectored(cx, bufs),
+            WriteHalf::Other(write) => Pin::new(&mut **write).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            WriteHalf::Tcp(write) => write.is_write_vectored(),
+            WriteHalf::Other(write) => write.is_write_vectored(),
+        }
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             WriteHalf::Tcp(write) => Pin::new(write).poll_flush(cx),
