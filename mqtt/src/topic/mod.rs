@@ -4,6 +4,7 @@
 //! mqttbytes' own topic helpers are not used (see `docs/architecture.md`): they panic on multi-byte
 //! characters and get the `$`-topic rules wrong.
 
+mod levels;
 mod retained;
 mod shared;
 mod subscribers;
