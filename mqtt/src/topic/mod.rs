@@ -44,6 +44,16 @@ pub fn filter_matches(filter: &str, topic: &str) -> bool {
     topic_levels.next().is_none()
 }
 
+/// A small deterministic random source for the model tests of the trie and the retained store:
+/// each call gives a number below its bound.
+#[cfg(test)]
+fn test_random(mut seed: u64) -> impl FnMut(u64) -> u64 {
+    move |bound| {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        (seed >> 33) % bound
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::filter_matches;

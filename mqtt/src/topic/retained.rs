@@ -193,11 +193,7 @@ mod tests {
         ];
         let mut store = RetainedStore::new();
         let mut model: BTreeMap<usize, u32> = BTreeMap::new();
-        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut next = |bound: u64| {
-            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-            (seed >> 33) % bound
-        };
+        let mut next = crate::topic::test_random(0x2545_f491_4f6c_dd1d);
         for step in 0..20_000u32 {
             let t = next(topics.len() as u64) as usize;
             if next(3) == 0 {

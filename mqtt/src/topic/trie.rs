@@ -288,11 +288,7 @@ mod tests {
         let topics = ["a/b", "a", "a/c", "x/b", "a/b/c", "$SYS/x", "b/b/c"];
         let mut trie = SubscriptionTrie::new();
         let mut model: BTreeMap<(usize, u32), u8> = BTreeMap::new();
-        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = |bound: u64| {
-            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-            (seed >> 33) % bound
-        };
+        let mut next = crate::topic::test_random(0x9e37_79b9_7f4a_7c15);
         for step in 0..20_000u32 {
             let f = next(filters.len() as u64) as usize;
             let key = next(4) as u32;
