@@ -124,3 +124,47 @@ async fn with_persistence_mosquitto_pub_gets_its_acknowledgement_when_nobody_sub
         assert!(status.success(), "mosquitto_pub -q {qos}");
     }
 }
+
+#[tokio::test]
+async fn mosquitto_sub_gets_every_one_of_many_retained_messages() {
+    // What a dashboard does after a restart: `mosquitto_sub -t 'gate/#'` over a fleet's
+    // retained states, far more than the client's output bound (`max_outbound_bytes`) holds.
+    // [MQTT-3.3.1-6] every one is sent; none is dropped as if the client were slow.
+    if !mosquitto_clients_available() {
+        return;
+    }
+    const GATES: usize = 20_000;
+    let broker = common::broker_with(|c| c.sessions.max_outbound_bytes = 64 * 1024);
+    let (mut publisher, _) = common::Raw::handshake(broker.local_addr(), "fleet", true).await;
+    let mut burst = Vec::new();
+    for i in 0..GATES {
+        burst.extend(common::packets::publish(
+            &format!("gate/{i}/state"),
+            b"closed",
+            0,
+            0,
+            true,
+            false,
+        ));
+    }
+    publisher.send(&burst).await;
+    publisher.sync().await;
+    let count = GATES.to_string();
+    let sub = common::spawn_mosquitto_sub(
+        broker.local_addr().port(),
+        &["-t", "gate/#", "-C", &count, "-W", "10", "-F", "%r %t %p"],
+    );
+    let lines = common::mosquitto_sub_lines(sub).await;
+    assert_eq!(lines.len(), GATES);
+    let mut topics: Vec<&str> = lines
+        .iter()
+        .map(|l| {
+            assert!(l.starts_with("1 ") && l.ends_with(" closed"), "{l}");
+            &l[2..l.len() - 7]
+        })
+        .collect();
+    topics.sort_unstable();
+    topics.dedup();
+    assert_eq!(topics.len(), GATES, "each gate once");
+    assert_eq!(broker.metrics().snapshot().qos0_dropped_slow_consumer, 0);
+}

@@ -3,7 +3,7 @@
 mod common;
 
 use common::packets::{self, parse_publish};
-use common::{broker, Raw};
+use common::{broker, broker_with, Raw};
 
 #[tokio::test]
 async fn retained_messages_are_stored_replaced_deleted_and_matched_by_wildcards() {
@@ -101,4 +101,62 @@ async fn resubscribing_resends_retained_messages() {
         assert_eq!(got.len(), 1);
         assert!(parse_publish(&got[0]).retain);
     }
+}
+
+/// Publishes `count` retained QoS 0 messages on `many/{i}` and waits until they are stored.
+async fn store_many_retained(addr: std::net::SocketAddr, count: usize) {
+    let (mut publisher, _) = Raw::handshake(addr, "many-retainer", true).await;
+    let mut burst = Vec::new();
+    for i in 0..count {
+        burst.extend(packets::publish(
+            &format!("many/{i}"),
+            &[0x5A; 64],
+            0,
+            0,
+            true,
+            false,
+        ));
+    }
+    publisher.send(&burst).await;
+    publisher.sync().await;
+}
+
+#[tokio::test]
+async fn a_qos0_subscriber_gets_every_retained_message_however_many_its_output_bound_holds() {
+    // [MQTT-3.3.1-6] every retained message matching a new subscription is sent. Live QoS 0
+    // traffic for a client that does not keep up is dropped at `max_outbound_bytes`; the
+    // retained messages of a SUBSCRIBE (here 300 times that bound) wait for room instead.
+    const COUNT: usize = 5_000;
+    let broker = broker_with(|c| c.sessions.max_outbound_bytes = 1024);
+    let addr = broker.local_addr();
+    store_many_retained(addr, COUNT).await;
+    let (mut sub, _) = Raw::handshake(addr, "dashboard", true).await;
+    sub.subscribe(1, &[("many/#", 0)], &[0]).await;
+    // The UNSUBACK of this barrier comes after every retained message: an acknowledgement
+    // does not overtake what was routed to the client before it.
+    let got = sub.sync().await;
+    let mut topics: Vec<String> = got.iter().map(|f| parse_publish(f).topic).collect();
+    assert_eq!(
+        topics.len(),
+        COUNT,
+        "every retained message, before the UNSUBACK"
+    );
+    topics.sort();
+    topics.dedup();
+    assert_eq!(topics.len(), COUNT, "each once");
+    assert!(
+        got.iter().all(|f| parse_publish(f).retain),
+        "[MQTT-3.3.1-8]"
+    );
+    assert_eq!(broker.metrics().snapshot().qos0_dropped_slow_consumer, 0);
+
+    // Live traffic still flows once the retained messages are out.
+    let (mut publisher, _) = Raw::handshake(addr, "live", true).await;
+    publisher
+        .send(&packets::publish("many/live", b"now", 0, 0, false, false))
+        .await;
+    publisher.sync().await;
+    let live: Vec<_> = sub.sync().await.iter().map(parse_publish).collect();
+    assert_eq!(live.len(), 1);
+    assert_eq!((&live[0].payload[..], live[0].retain), (&b"now"[..], false));
 }

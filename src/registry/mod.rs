@@ -409,6 +409,7 @@ impl Registry {
             a.session.send(ToSession::Deliver(Deliver {
                 deliveries: batch,
                 after,
+                retained: false,
             }));
         }
     }

@@ -103,6 +103,7 @@ impl Handler<Subscribe> for Registry {
                 session.send(ToSession::Deliver(Deliver {
                     deliveries: std::mem::take(&mut retained),
                     after,
+                    retained: true,
                 }));
             }
         }

@@ -177,6 +177,7 @@ fn route_with(
             Some(Target::Online(session)) => session.deliver(Deliver {
                 deliveries: batch,
                 after,
+                retained: false,
             }),
             Some(Target::Registry { generation }) => {
                 let generation = *generation;

@@ -41,6 +41,11 @@ pub struct Deliver {
     /// client (the inbound QoS 2 id of what they deliver: exactly once across a crash); 0 for
     /// none.
     pub after: u64,
+    /// The retained messages a SUBSCRIBE matched: the Session paces them by its socket
+    /// instead of dropping QoS 0 ones when its output is full, so that a client subscribing to
+    /// more retained messages than its output bound holds gets every one, as live traffic
+    /// cannot (it is dropped for a client that does not keep up).
+    pub retained: bool,
 }
 
 impl Deliver {
@@ -49,6 +54,7 @@ impl Deliver {
         Deliver {
             deliveries,
             after: 0,
+            retained: false,
         }
     }
 }

@@ -487,7 +487,7 @@ impl Handler<Durable> for Session {
             self.write_reply(reply);
         }
         for deliver in self.ready_deliveries() {
-            self.take_deliveries(deliver.deliveries, ctx);
+            self.take_deliveries(deliver.deliveries, deliver.retained, ctx);
         }
         // Also while closing: what waited for the disk is the last output.
         self.flush(ctx);

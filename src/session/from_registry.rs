@@ -71,16 +71,20 @@ impl Handler<Deliver> for Session {
 
     fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
         if let Some(deliver) = self.hold_delivery(msg, ctx) {
-            self.take_deliveries(deliver.deliveries, ctx);
+            self.take_deliveries(deliver.deliveries, deliver.retained, ctx);
         }
     }
 }
 
 impl Session {
-    /// Queues or writes deliveries for the client, in order.
+    /// Queues or writes deliveries for the client, in order. A QoS 0 delivery is dropped
+    /// while the output holds `max_outbound_bytes` (a client that does not keep up), except
+    /// the `retained` messages of a SUBSCRIBE: those wait for room ([`Session::feed_output`]),
+    /// and QoS 0 deliveries after them wait behind them, in order.
     pub(super) fn take_deliveries(
         &mut self,
         deliveries: Vec<crate::message::Delivery>,
+        retained: bool,
         ctx: &mut Context<Self>,
     ) {
         let sessions = &self.shared.config.sessions;
@@ -98,8 +102,12 @@ impl Session {
                 if !self.closing {
                     self.pump_at(now);
                 }
-            } else if self.closing || self.unwritten() >= output_limit {
+            } else if self.closing
+                || (!retained && self.unwritten() + self.outbound.paced_bytes() >= output_limit)
+            {
                 output_full += 1;
+            } else if retained || self.outbound.paces_output() {
+                self.outbound.pace(delivery);
             } else if delivery.message.is_expired(now) {
                 // [MQTT-3.3.2-5] not delivered once expired.
                 self.shared.metrics.add_expired_dropped(1);
@@ -205,11 +213,25 @@ impl Handler<Unsubscribed> for Session {
 }
 
 impl Session {
-    /// Writes a SUBACK or UNSUBACK (unless the connection is closing).
+    /// Writes a SUBACK or UNSUBACK (unless the connection is closing), behind any QoS 0
+    /// deliveries waiting for room in the output: what was routed to the client before the
+    /// acknowledgement arrives before it.
     pub(super) fn write_reply(&mut self, reply: Reply) {
         if self.closing {
             return;
         }
+        if self.outbound.paces_output() {
+            let buffered = std::mem::take(&mut self.out);
+            self.encode_reply(reply);
+            let packet = std::mem::replace(&mut self.out, buffered).freeze();
+            self.outbound.pace_packet(packet);
+        } else {
+            self.encode_reply(reply);
+        }
+    }
+
+    /// Encodes a SUBACK or UNSUBACK into the output buffer.
+    fn encode_reply(&mut self, reply: Reply) {
         match reply {
             Reply::SubAck { pid, codes } => {
                 if self.peer_options.protocol.is_v5() {

@@ -11,6 +11,7 @@ mod deadlines;
 mod durability;
 mod from_registry;
 mod hand_over;
+mod inbound_qos2;
 mod linger;
 mod output;
 mod packets;
@@ -162,7 +163,7 @@ pub struct Session {
     /// The packet reader, cancelled on close.
     read_handle: SpawnHandle,
     outbound: Outbound,
-    inbound_qos2: state::InboundQos2,
+    inbound_qos2: inbound_qos2::InboundQos2,
     /// Messages read and not yet routed.
     to_route: Vec<Arc<crate::message::Message>>,
     /// [`Publish`](crate::registry::Publish)es sent to the Registry and not yet answered

@@ -14,11 +14,15 @@ use super::{Phase, Session};
 use crate::codec;
 use crate::drops::{DropLog, DropReason};
 use crate::hooks::DisconnectReason;
+use crate::session::state::Paced;
 use crate::session_state::InflightStage;
 
 impl Session {
     /// Writes what is buffered, one write at a time; the completion of a write starts the next.
     pub(super) fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.outbound.paces_output() {
+            self.feed_output(Instant::now());
+        }
         if self.shared.store.is_some() && self.output_waits(ctx) {
             return;
         }
@@ -63,6 +67,39 @@ impl Session {
                     act.maybe_stop(ctx);
                 }),
         );
+    }
+
+    /// Moves QoS 0 deliveries that wait for room in the output (the retained messages of a
+    /// SUBSCRIBE, and what came after them) into it while it holds less than
+    /// `max_outbound_bytes`: they go out as fast as the client reads, none dropped.
+    pub(super) fn feed_output(&mut self, now: Instant) {
+        let limit = self.shared.config.sessions.max_outbound_bytes;
+        while !self.closing && self.unwritten() < limit {
+            let delivery = match self.outbound.next_paced() {
+                None => break,
+                Some(Paced::Packet(packet)) => {
+                    self.out.extend_from_slice(&packet);
+                    continue;
+                }
+                Some(Paced::Delivery(delivery)) => delivery,
+            };
+            if delivery.message.is_expired(now) {
+                // [MQTT-3.3.2-5] not delivered once expired.
+                self.shared.metrics.add_expired_dropped(1);
+            } else if write_delivery(
+                &mut self.out,
+                &self.peer_options,
+                &mut self.aliases,
+                &delivery,
+                0,
+                false,
+                now,
+            ) {
+                note_delivery_latency(&self.shared.metrics.traffic, &delivery, now);
+            } else {
+                self.too_large_for_client();
+            }
+        }
     }
 
     /// Bytes held for the socket: buffered plus being written.

@@ -420,11 +420,7 @@ impl Session {
             .filter_map(|(position, g)| g.ok().map(|(filter, options)| (position, filter, options)))
             .collect();
         if filters.is_empty() {
-            if v5 {
-                self.write_v5_ack(0x90, pid, &codes, 0x80);
-            } else {
-                codec::write_suback(&mut self.out, pid, &codes);
-            }
+            self.write_reply(super::durability::Reply::SubAck { pid, codes });
             return;
         }
         self.hand_over(ctx);

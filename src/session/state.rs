@@ -1,8 +1,10 @@
 //! The pure part of a Session: the outbound QoS 1/2 window and queue, and packet identifier
 //! allocation. No I/O here, so it is unit-tested alone.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::time::Instant;
+
+use bytes::Bytes;
 
 use crate::message::{Delivery, QoS};
 use crate::queue::{DeliveryQueue, Pushed, QueueLimits};
@@ -153,6 +155,47 @@ impl Outbound {
         self.flow.as_deref_mut()?.next_to_send(now)
     }
 
+    /// Holds a QoS 0 delivery until the output has room ([`Outbound::next_paced`]).
+    pub fn pace(&mut self, delivery: Delivery) {
+        let flow = self.flow_mut();
+        flow.paced_bytes += delivery.message.size();
+        flow.paced.push_back(Paced::Delivery(delivery));
+    }
+
+    /// Holds an encoded packet behind the QoS 0 deliveries waiting for room in the output (a
+    /// SUBACK or UNSUBACK: what was routed to the client before it is acknowledged arrives
+    /// before the acknowledgement).
+    pub fn pace_packet(&mut self, packet: Bytes) {
+        let flow = self.flow_mut();
+        flow.paced_bytes += packet.len();
+        flow.paced.push_back(Paced::Packet(packet));
+    }
+
+    /// Whether QoS 0 deliveries wait for room in the output: the ones after them wait too.
+    pub fn paces_output(&self) -> bool {
+        self.flow.as_deref().is_some_and(|f| !f.paced.is_empty())
+    }
+
+    /// The message bytes of the QoS 0 deliveries waiting for room in the output.
+    pub fn paced_bytes(&self) -> usize {
+        self.flow.as_deref().map_or(0, |f| f.paced_bytes)
+    }
+
+    /// The oldest QoS 0 delivery or packet waiting for room in the output.
+    pub fn next_paced(&mut self) -> Option<Paced> {
+        let flow = self.flow.as_deref_mut()?;
+        let paced = flow.paced.pop_front()?;
+        flow.paced_bytes -= match &paced {
+            Paced::Delivery(delivery) => delivery.message.size(),
+            Paced::Packet(packet) => packet.len(),
+        };
+        if flow.paced.is_empty() {
+            // A subscription to many retained messages leaves no large ring behind.
+            flow.paced = VecDeque::new();
+        }
+        Some(paced)
+    }
+
     /// PUBACK received.
     pub fn puback(&mut self, pid: u16) -> AckResult {
         self.flow
@@ -175,44 +218,13 @@ impl Outbound {
     }
 }
 
-/// The packet identifiers of inbound QoS 2 messages whose PUBREL has not come
-/// `[MQTT-4.3.3-2]`. The set is allocated with the first one: most devices never publish at
-/// QoS 2, and every Session pays for what it holds inline.
-/// (Boxed: a set is 48 bytes inline, the box 8.)
-#[derive(Debug, Default)]
-#[allow(clippy::box_collection)]
-pub struct InboundQos2(Option<Box<HashSet<u16>>>);
-
-impl InboundQos2 {
-    /// Holds `pid`; false if it was held already.
-    pub fn insert(&mut self, pid: u16) -> bool {
-        self.0.get_or_insert_with(Box::default).insert(pid)
-    }
-
-    /// Lets `pid` go; false if it was not held.
-    pub fn remove(&mut self, pid: u16) -> bool {
-        self.0.as_deref_mut().is_some_and(|set| set.remove(&pid))
-    }
-
-    /// Whether `pid` is held.
-    pub fn contains(&self, pid: u16) -> bool {
-        self.0.as_deref().is_some_and(|set| set.contains(&pid))
-    }
-
-    /// Number of identifiers held.
-    pub fn count(&self) -> usize {
-        self.0.as_deref().map_or(0, HashSet::len)
-    }
-
-    /// Gives up the identifiers, for the stored session.
-    pub fn take(&mut self) -> HashSet<u16> {
-        self.0.take().map(|set| *set).unwrap_or_default()
-    }
-
-    /// Holds the identifiers of a resumed session.
-    pub fn restore(&mut self, pids: HashSet<u16>) {
-        self.0 = (!pids.is_empty()).then(|| Box::new(pids));
-    }
+/// What waits for room in the output ([`Outbound::next_paced`]).
+#[derive(Debug)]
+pub enum Paced {
+    /// A QoS 0 delivery.
+    Delivery(Delivery),
+    /// An encoded packet that must not overtake the deliveries before it.
+    Packet(Bytes),
 }
 
 /// What [`Outbound`] allocates at its first message.
@@ -226,6 +238,10 @@ struct Flow {
     expired: u64,
     /// Changes to deliveries kept on disk, not yet taken ([`Outbound::take_durable_changes`]).
     journal: Vec<DurableChange>,
+    /// QoS 0 deliveries (and the packets behind them) waiting for room in the output
+    /// ([`Outbound::pace`]), and their bytes.
+    paced: VecDeque<Paced>,
+    paced_bytes: usize,
 }
 
 impl Flow {
@@ -237,6 +253,8 @@ impl Flow {
             last_pid: 0,
             expired: 0,
             journal: Vec::new(),
+            paced: VecDeque::new(),
+            paced_bytes: 0,
         }
     }
 
@@ -396,6 +414,26 @@ mod tests {
 
     fn payload(e: &InflightEntry) -> u8 {
         e.delivery.message.payload[0]
+    }
+
+    #[test]
+    fn paced_output_keeps_its_order_and_counts_its_bytes() {
+        let mut out = Outbound::new(4);
+        assert!(!out.paces_output());
+        out.pace(delivery(1, QoS::AtMostOnce));
+        out.pace_packet(Bytes::from_static(&[0x90, 3, 0, 1, 0]));
+        out.pace(delivery(2, QoS::AtMostOnce));
+        // Topic "t" and a 1-byte payload, twice, and the 5-byte packet.
+        assert_eq!(out.paced_bytes(), 2 + 5 + 2);
+        let order: Vec<String> = std::iter::from_fn(|| out.next_paced())
+            .map(|p| match p {
+                Paced::Delivery(d) => format!("d{}", d.message.payload[0]),
+                Paced::Packet(b) => format!("p{}", b.len()),
+            })
+            .collect();
+        assert_eq!(order, ["d1", "p5", "d2"]);
+        assert_eq!(out.paced_bytes(), 0);
+        assert!(!out.paces_output());
     }
 
     #[test]
