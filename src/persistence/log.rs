@@ -41,8 +41,20 @@ pub struct Log {
 pub struct Scanned {
     /// The log, positioned to append.
     pub log: Log,
-    /// Every record since the last snapshot, in order, each with its frame as read.
-    pub records: Vec<(Record, Vec<u8>)>,
+    /// Every record since the last snapshot, in order, each with where its frame is.
+    pub records: Vec<(Record, FrameAt)>,
+}
+
+/// Where a record's frame is in the log: what the writer's live state holds for compaction,
+/// instead of a copy of the frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameAt {
+    /// The segment's id (its file name).
+    pub segment: u64,
+    /// The frame's first byte in the segment.
+    pub offset: u64,
+    /// The frame's length, header included.
+    pub len: u32,
 }
 
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
@@ -94,7 +106,12 @@ pub fn scan(dir: &Path, repair: bool) -> Result<Scanned, PersistenceError> {
                     if matches!(record, Record::Snapshot) {
                         records.clear();
                     }
-                    records.push((record, data[offset..next].to_vec()));
+                    let at = FrameAt {
+                        segment: id,
+                        offset: offset as u64,
+                        len: (next - offset) as u32,
+                    };
+                    records.push((record, at));
                     offset = next;
                 }
                 Err(_) => {
@@ -249,6 +266,15 @@ impl Log {
         Ok(())
     }
 
+    /// Where the next frame appended goes.
+    pub fn end(&self) -> FrameAt {
+        FrameAt {
+            segment: self.current_id,
+            offset: self.current_bytes,
+            len: 0,
+        }
+    }
+
     /// The segment being appended to, and its length.
     pub fn position(&self) -> (PathBuf, u64) {
         (segment_path(&self.dir, self.current_id), self.current_bytes)
@@ -266,26 +292,39 @@ impl Log {
         self.total_bytes
     }
 
-    /// Replaces every segment by one holding `live` (framed records) after a snapshot marker:
-    /// written to a temporary file, synced, renamed into place, the directory synced, then the
-    /// older segments deleted. A crash at any point leaves a log that reads back the same state.
-    /// What was appended before needs no sync: the synced snapshot supersedes it.
-    pub fn compact(&mut self, live: impl Iterator<Item = Vec<u8>>) -> Result<(), PersistenceError> {
+    /// Replaces every segment by one holding the `live` frames (read from where they are, in
+    /// that order) after a snapshot marker: written to a temporary file, synced, renamed into
+    /// place, the directory synced, then the older segments deleted. A crash at any point leaves
+    /// a log that reads back the same state. What was appended before needs no sync: the synced
+    /// snapshot supersedes it. Returns where each frame is now, in the same order.
+    pub fn compact<'a>(
+        &mut self,
+        live: impl Iterator<Item = &'a FrameAt>,
+    ) -> Result<Vec<FrameAt>, PersistenceError> {
         let id = self.current_id + 1;
         let path = segment_path(&self.dir, id);
         let tmp = path.with_extension("log.tmp");
         let mut file = File::create(&tmp).map_err(|e| PersistenceError::io(&tmp, e))?;
         let mut written = 0u64;
         let mut buffer = Record::Snapshot.to_frame();
-        for frame in live {
-            buffer.extend_from_slice(&frame);
+        let mut reader = FrameReader::new(&self.dir);
+        let mut moved = Vec::new();
+        for at in live {
+            moved.push(FrameAt {
+                segment: id,
+                offset: written + buffer.len() as u64 + reader.pending(),
+                len: at.len,
+            });
+            reader.read(at, &mut buffer)?;
             if buffer.len() >= 1 << 20 {
+                reader.finish(&mut buffer)?;
                 file.write_all(&buffer)
                     .map_err(|e| PersistenceError::io(&tmp, e))?;
                 written += buffer.len() as u64;
                 buffer.clear();
             }
         }
+        reader.finish(&mut buffer)?;
         file.write_all(&buffer)
             .and_then(|()| file.sync_all())
             .map_err(|e| PersistenceError::io(&tmp, e))?;
@@ -306,7 +345,65 @@ impl Log {
                 warn!(file = %old.display(), error = %e, "could not delete a compacted segment");
             }
         }
+        Ok(moved)
+    }
+}
+
+/// Reads frames back from the segments for a compaction, one read for a run of frames that
+/// follow each other in one segment (a snapshot's, written in the order they are read).
+struct FrameReader<'d> {
+    dir: &'d Path,
+    /// The segment read from, opened for reading.
+    open: Option<(u64, File)>,
+    /// The run not read yet: its segment, first byte and length.
+    run: Option<(u64, u64, u64)>,
+}
+
+impl<'d> FrameReader<'d> {
+    fn new(dir: &'d Path) -> Self {
+        FrameReader {
+            dir,
+            open: None,
+            run: None,
+        }
+    }
+
+    /// Bytes of the run not read yet (they go to the buffer before the next frame).
+    fn pending(&self) -> u64 {
+        self.run.map_or(0, |(_, _, len)| len)
+    }
+
+    /// Adds the frame `at` to the run, or reads the run into `buffer` and starts another.
+    fn read(&mut self, at: &FrameAt, buffer: &mut Vec<u8>) -> Result<(), PersistenceError> {
+        if let Some((segment, start, len)) = &mut self.run {
+            // Runs stop at 1 MiB: the buffer they are read into is written out at that size.
+            if *segment == at.segment && *start + *len == at.offset && *len < 1 << 20 {
+                *len += u64::from(at.len);
+                return Ok(());
+            }
+        }
+        self.finish(buffer)?;
+        self.run = Some((at.segment, at.offset, u64::from(at.len)));
         Ok(())
+    }
+
+    /// Reads the run into `buffer`.
+    fn finish(&mut self, buffer: &mut Vec<u8>) -> Result<(), PersistenceError> {
+        let Some((segment, start, len)) = self.run.take() else {
+            return Ok(());
+        };
+        let path = segment_path(self.dir, segment);
+        if self.open.as_ref().is_none_or(|(open, _)| *open != segment) {
+            let file = File::open(&path).map_err(|e| PersistenceError::io(&path, e))?;
+            self.open = Some((segment, file));
+        }
+        let Some((_, file)) = &self.open else {
+            return Ok(());
+        };
+        let from = buffer.len();
+        buffer.resize(from + len as usize, 0);
+        file.read_exact_at(&mut buffer[from..], start)
+            .map_err(|e| PersistenceError::io(&path, e))
     }
 }
 

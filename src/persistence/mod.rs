@@ -185,8 +185,8 @@ pub fn open(config: &PersistenceConfig) -> Result<Option<Recovered>, Persistence
     let mut max_id = 0;
     let records = scanned.records.len();
     writer.read_back.reserve_exact(records);
-    for (record, frame) in scanned.records {
-        writer.note_read_back(&record, frame);
+    for (record, at) in scanned.records {
+        writer.note_read_back(&record, at);
         match record {
             Record::RetainSet(message) => {
                 retained.insert(message.topic.clone(), message);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, error, info};
 
 use super::live::LiveKind;
-use super::log::Log;
+use super::log::{FrameAt, Log};
 use super::record::Record;
 use super::store::{StoreShared, WriterState, NAP, NAPS_BEFORE_SLEEP};
 use crate::config::FsyncPolicy;
@@ -23,18 +23,58 @@ pub struct Writer {
     pub(super) log: Log,
     /// Held for the broker's life: one broker per directory.
     pub(super) _lock: File,
-    /// Key ([`Record::live_key`]) -> framed records: the live state, written out by
-    /// compaction.
-    pub(super) live: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Key ([`Record::live_key`]) -> where its records' frames are in the log: the live
+    /// state, which compaction reads back and writes out. Where, not a copy: a running broker
+    /// holds each retained message once, in the Registry.
+    pub(super) live: BTreeMap<Vec<u8>, LiveFrames>,
+    /// The bytes of the frames `live` points at.
     pub(super) live_bytes: u64,
     /// The records read back at start, with their keys: the writer thread builds `live` from
     /// them before its first commit, while the Registry rebuilds its tables.
-    pub(super) read_back: Vec<(LiveKind, Vec<u8>, Vec<u8>)>,
+    pub(super) read_back: Vec<(LiveKind, Vec<u8>, FrameAt)>,
     pub(super) policy: FsyncPolicy,
     pub(super) interval: Duration,
     /// The log is compacted when it is larger than twice the live state and than this
     /// (`compact_min_bytes`).
     pub(super) compact_floor: u64,
+}
+
+/// Where a live key's frames are: most keys have one (a retained message, a subscription); a
+/// queued message also has the records of its sending and release appended.
+#[derive(Debug)]
+pub enum LiveFrames {
+    /// One frame.
+    One(FrameAt),
+    /// Several, in order.
+    Many(Vec<FrameAt>),
+}
+
+impl LiveFrames {
+    fn as_slice(&self) -> &[FrameAt] {
+        match self {
+            LiveFrames::One(at) => std::slice::from_ref(at),
+            LiveFrames::Many(all) => all,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [FrameAt] {
+        match self {
+            LiveFrames::One(at) => std::slice::from_mut(at),
+            LiveFrames::Many(all) => all,
+        }
+    }
+
+    fn push(&mut self, at: FrameAt) {
+        match self {
+            LiveFrames::One(first) => *self = LiveFrames::Many(vec![*first, at]),
+            LiveFrames::Many(all) => all.push(at),
+        }
+    }
+
+    /// The bytes of its frames.
+    fn bytes(&self) -> u64 {
+        self.as_slice().iter().map(|at| u64::from(at.len)).sum()
+    }
 }
 
 /// The little-endian u32 at `at` of `bytes` (0 past the end), as a length.
@@ -98,6 +138,7 @@ impl Writer {
             };
             shared.room.notify_all();
             shared.caught_up.notify_waiters();
+            let frames_at = self.log.end();
             if !frames.is_empty() {
                 // Nothing of this commit (nor after it) is acknowledged until it is written:
                 // the same bytes are written again at the same offset.
@@ -134,33 +175,35 @@ impl Writer {
             }
             // After the waiters are told: keeping the live state current is for compaction,
             // which runs on this thread after it, and no acknowledgement waits for it.
-            self.track_all(&frames, &effects);
+            self.track_all(frames_at, &effects);
             self.maybe_compact();
         }
     }
 
-    /// Keeps the live state current for a drain: `effects` describes the records of `frames`
-    /// (see `Pending::effects`).
-    fn track_all(&mut self, frames: &[u8], effects: &[u8]) {
-        let (mut at, mut frame_at) = (0, 0);
+    /// Keeps the live state current for a drain appended at `start`: `effects` describes its
+    /// records (see `Pending::effects`).
+    fn track_all(&mut self, start: FrameAt, effects: &[u8]) {
+        let (mut at, mut offset) = (0, start.offset);
         while at + 5 <= effects.len() {
             let kind = LiveKind::from_u8(effects[at]);
             let key_end = at + 5 + u32_at(effects, at + 1);
             let Some(key) = effects.get(at + 5..key_end) else {
                 return;
             };
-            let frame_end = frame_at + u32_at(effects, key_end);
-            let Some(frame) = frames.get(frame_at..frame_end) else {
-                return;
+            let len = u32_at(effects, key_end) as u32;
+            let frame = FrameAt {
+                segment: start.segment,
+                offset,
+                len,
             };
             self.track_key(kind, key, frame);
             at = key_end + 4;
-            frame_at = frame_end;
+            offset += u64::from(len);
         }
     }
 
     /// Notes one record read back at start, for [`Writer::build_live`].
-    pub(super) fn note_read_back(&mut self, record: &Record, frame: Vec<u8>) {
+    pub(super) fn note_read_back(&mut self, record: &Record, frame: FrameAt) {
         let mut key = Vec::with_capacity(32);
         let kind = record.live_key(&mut key);
         self.read_back.push((kind, key, frame));
@@ -176,14 +219,14 @@ impl Writer {
         let records = self.read_back.len();
         for (kind, key, frame) in std::mem::take(&mut self.read_back) {
             if kind == LiveKind::Set {
-                // The common case: the frame moves into the live state, key and all.
-                self.live_bytes += frame.len() as u64;
-                if let Some(old) = self.live.insert(key, frame) {
-                    self.live_bytes -= old.len() as u64;
+                // The common case: the key moves into the live state.
+                self.live_bytes += u64::from(frame.len);
+                if let Some(old) = self.live.insert(key, LiveFrames::One(frame)) {
+                    self.live_bytes -= old.bytes();
                 }
                 continue;
             }
-            self.track_key(kind, &key, &frame);
+            self.track_key(kind, &key, frame);
         }
         debug!(
             records,
@@ -193,29 +236,28 @@ impl Writer {
         );
     }
 
-    fn track_key(&mut self, kind: LiveKind, key: &[u8], frame: &[u8]) {
+    fn track_key(&mut self, kind: LiveKind, key: &[u8], frame: FrameAt) {
         match kind {
             LiveKind::None => {}
             LiveKind::Set => {
-                self.live_bytes += frame.len() as u64;
+                self.live_bytes += u64::from(frame.len);
                 if let Some(live) = self.live.get_mut(key) {
-                    self.live_bytes -= live.len() as u64;
-                    live.clear();
-                    live.extend_from_slice(frame);
+                    self.live_bytes -= live.bytes();
+                    *live = LiveFrames::One(frame);
                 } else {
-                    self.live.insert(key.to_vec(), frame.to_vec());
+                    self.live.insert(key.to_vec(), LiveFrames::One(frame));
                 }
             }
             LiveKind::Append => {
                 // A compaction writes the key's frames one after the other.
                 if let Some(live) = self.live.get_mut(key) {
-                    live.extend_from_slice(frame);
-                    self.live_bytes += frame.len() as u64;
+                    live.push(frame);
+                    self.live_bytes += u64::from(frame.len);
                 }
             }
             LiveKind::Remove => {
                 if let Some(old) = self.live.remove(key) {
-                    self.live_bytes -= old.len() as u64;
+                    self.live_bytes -= old.bytes();
                 }
             }
             LiveKind::RemovePrefix => {
@@ -227,7 +269,7 @@ impl Writer {
                     .collect();
                 for k in gone {
                     if let Some(old) = self.live.remove(&k) {
-                        self.live_bytes -= old.len() as u64;
+                        self.live_bytes -= old.bytes();
                     }
                 }
             }
@@ -240,14 +282,21 @@ impl Writer {
             return;
         }
         let started = Instant::now();
-        let live = self.live.values().cloned();
+        let live = self.live.values().flat_map(LiveFrames::as_slice);
         match self.log.compact(live) {
-            Ok(()) => info!(
-                before_bytes = total,
-                after_bytes = self.log.total_bytes(),
-                millis = started.elapsed().as_millis() as u64,
-                "persistence log compacted"
-            ),
+            Ok(moved) => {
+                // Where the frames are now, in the order they were read.
+                let now_at = self.live.values_mut().flat_map(LiveFrames::as_mut_slice);
+                for (at, moved) in now_at.zip(moved) {
+                    *at = moved;
+                }
+                info!(
+                    before_bytes = total,
+                    after_bytes = self.log.total_bytes(),
+                    millis = started.elapsed().as_millis() as u64,
+                    "persistence log compacted"
+                );
+            }
             Err(e) => error!(error = %e, "persistence log compaction failed; will retry"),
         }
     }

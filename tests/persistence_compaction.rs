@@ -1,0 +1,107 @@
+//! Compaction keeps the live state whole: the writer holds where each live record's frame is in
+//! the log, not a copy, and a compaction reads the frames back from there. After several
+//! compactions in a row (each reading what the one before it moved) and a `kill -9`, retained
+//! messages, a persistent session, its messages in flight (sent, not acknowledged: re-sent with
+//! DUP) and its queued messages all come back.
+
+mod common;
+
+use common::durable::{kill_9, start_broker_with};
+use common::packets::{self, parse_publish};
+use common::Raw;
+
+/// Compacts once the log passes 1 MiB and twice the live state.
+const SMALL_LOG: &str = "compact_min_bytes = 1048576";
+
+/// Publishes QoS 1 `(topic, payload, retain)` messages in one burst and waits for every PUBACK.
+async fn publish_acked(publisher: &mut Raw, messages: &[(String, Vec<u8>, bool)]) {
+    let burst: Vec<u8> = messages
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (topic, payload, retain))| {
+            packets::publish(topic, payload, 1, (i % 65_000 + 1) as u16, *retain, false)
+        })
+        .collect();
+    publisher.send(&burst).await;
+    for _ in messages {
+        assert_eq!(publisher.expect().await.byte1, 0x40, "PUBACK");
+    }
+}
+
+/// `n` as the two-byte payload the checks below read back.
+fn numbered(topic: String, n: u16, retain: bool) -> (String, Vec<u8>, bool) {
+    (topic, n.to_be_bytes().to_vec(), retain)
+}
+
+#[tokio::test]
+async fn live_state_survives_compactions_in_a_row_and_kill_9() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let (child, logs, addr) = start_broker_with(&state, "never", "info", SMALL_LOG);
+
+    let (mut publisher, _) = Raw::handshake(addr, "site", true).await;
+    let gates: Vec<_> = (0..300u16)
+        .map(|n| numbered(format!("site/{n}/gate"), n, true))
+        .collect();
+    publish_acked(&mut publisher, &gates).await;
+
+    // A persistent subscriber takes 10 messages without acknowledging them (in flight: their
+    // `Sent` records join their `Queued` ones), leaves, and 20 more are queued for it.
+    let (mut radar, _) = Raw::handshake(addr, "radar", false).await;
+    radar.subscribe(1, &[("fleet/#", 1)], &[1]).await;
+    let first: Vec<_> = (0..10u16)
+        .map(|n| numbered(format!("fleet/{n}"), n, false))
+        .collect();
+    publish_acked(&mut publisher, &first).await;
+    for n in 0..10u16 {
+        let p = parse_publish(&radar.expect().await);
+        assert_eq!(p.payload, n.to_be_bytes());
+    }
+    drop(radar);
+    let queued: Vec<_> = (10..30u16)
+        .map(|n| numbered(format!("fleet/{n}"), n, false))
+        .collect();
+    publish_acked(&mut publisher, &queued).await;
+
+    // One retained topic overwritten with 1 KB payloads, 1,500 at a time: each compaction
+    // copies the live state above from where the one before it wrote it.
+    let churn: Vec<_> = (0..1500)
+        .map(|_| ("churn/one".to_string(), vec![7u8; 1000], true))
+        .collect();
+    for _ in 0..3 {
+        publish_acked(&mut publisher, &churn).await;
+        common::child::wait_line(&logs, "persistence log compacted");
+    }
+    kill_9(child);
+
+    let (child, _logs, addr) = start_broker_with(&state, "never", "info", SMALL_LOG);
+    let (mut reader, _) = Raw::handshake(addr, "reader", true).await;
+    reader.subscribe(1, &[("site/#", 1)], &[1]).await;
+    let mut got: Vec<(String, Vec<u8>)> = reader
+        .drain_acking()
+        .await
+        .into_iter()
+        .map(|p| (p.topic, p.payload))
+        .collect();
+    got.sort();
+    let mut want: Vec<(String, Vec<u8>)> = gates.into_iter().map(|(t, p, _)| (t, p)).collect();
+    want.sort();
+    assert_eq!(got, want, "every retained message, with its payload");
+
+    // [MQTT-3.2.2-2] the session is there; [MQTT-4.4.0-1] the 10 in flight come again first,
+    // with DUP, then the 20 queued, in order.
+    let (mut radar, present) = Raw::handshake(addr, "radar", false).await;
+    assert!(present, "the persistent session survived");
+    let resumed = radar.drain_acking().await;
+    let numbers: Vec<u16> = resumed
+        .iter()
+        .map(|p| u16::from_be_bytes([p.payload[0], p.payload[1]]))
+        .collect();
+    assert_eq!(numbers, (0..30).collect::<Vec<u16>>());
+    assert!(resumed[..10].iter().all(|p| p.dup), "re-sent with DUP");
+    assert!(
+        resumed[10..].iter().all(|p| !p.dup),
+        "sent for the first time"
+    );
+    kill_9(child);
+}
