@@ -160,3 +160,42 @@ async fn a_qos0_subscriber_gets_every_retained_message_however_many_its_output_b
     assert_eq!(live.len(), 1);
     assert_eq!((&live[0].payload[..], live[0].retain), (&b"now"[..], false));
 }
+
+#[tokio::test]
+async fn a_second_subscribe_is_acknowledged_after_the_retained_messages_of_the_first() {
+    // Retained messages arrive after their SUBACK [MQTT-3.8.4-3], and what was routed to the
+    // client before an acknowledgement arrives before it: with the first SUBSCRIBE's retained
+    // messages still waiting for room in the output, the second SUBACK comes after all of
+    // them, and the second subscription's (QoS 1) retained message after its SUBACK.
+    const COUNT: usize = 2_000;
+    let broker = broker_with(|c| c.sessions.max_outbound_bytes = 1024);
+    let addr = broker.local_addr();
+    store_many_retained(addr, COUNT).await;
+    let (mut publisher, _) = Raw::handshake(addr, "other", true).await;
+    publisher
+        .send(&packets::publish("other/x", b"q1", 1, 1, true, false))
+        .await;
+    publisher.sync().await;
+
+    let (mut sub, _) = Raw::handshake(addr, "two-subscribes", true).await;
+    let mut both = packets::subscribe(1, &[("many/#", 0)]);
+    both.extend(packets::subscribe(2, &[("other/#", 1)]));
+    sub.send(&both).await;
+    let mut seen = Vec::new();
+    while seen.last().map(String::as_str) != Some("other/x") {
+        let frame = sub.expect().await;
+        seen.push(match frame.packet_type() {
+            9 => format!("suback {}", frame.pid()),
+            3 => parse_publish(&frame).topic,
+            other => panic!("unexpected packet type {other}"),
+        });
+    }
+    let many = |s: &String| s.starts_with("many/");
+    assert_eq!(seen[0], "suback 1");
+    assert!(
+        seen[1..=COUNT].iter().all(many),
+        "the first one's retained messages"
+    );
+    assert_eq!(seen[COUNT + 1], "suback 2");
+    assert_eq!(seen[COUNT + 2..], ["other/x"]);
+}

@@ -213,25 +213,17 @@ impl Handler<Unsubscribed> for Session {
 }
 
 impl Session {
-    /// Writes a SUBACK or UNSUBACK (unless the connection is closing), behind any QoS 0
-    /// deliveries waiting for room in the output: what was routed to the client before the
-    /// acknowledgement arrives before it.
+    /// Writes a SUBACK or UNSUBACK (unless the connection is closing). QoS 0 deliveries
+    /// waiting for room in the output go into it first, whatever it holds: what was routed to
+    /// the client before the acknowledgement arrives before it, and so do the retained
+    /// messages of an earlier SUBSCRIBE before those of this one (QoS 1/2 ones do not wait).
     pub(super) fn write_reply(&mut self, reply: Reply) {
         if self.closing {
             return;
         }
         if self.outbound.paces_output() {
-            let buffered = std::mem::take(&mut self.out);
-            self.encode_reply(reply);
-            let packet = std::mem::replace(&mut self.out, buffered).freeze();
-            self.outbound.pace_packet(packet);
-        } else {
-            self.encode_reply(reply);
+            self.feed_output(Instant::now(), usize::MAX);
         }
-    }
-
-    /// Encodes a SUBACK or UNSUBACK into the output buffer.
-    fn encode_reply(&mut self, reply: Reply) {
         match reply {
             Reply::SubAck { pid, codes } => {
                 if self.peer_options.protocol.is_v5() {

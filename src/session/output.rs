@@ -14,14 +14,14 @@ use super::{Phase, Session};
 use crate::codec;
 use crate::drops::{DropLog, DropReason};
 use crate::hooks::DisconnectReason;
-use crate::session::state::Paced;
 use crate::session_state::InflightStage;
 
 impl Session {
     /// Writes what is buffered, one write at a time; the completion of a write starts the next.
     pub(super) fn flush(&mut self, ctx: &mut Context<Self>) {
         if self.outbound.paces_output() {
-            self.feed_output(Instant::now());
+            let limit = self.shared.config.sessions.max_outbound_bytes;
+            self.feed_output(Instant::now(), limit);
         }
         if self.shared.store.is_some() && self.output_waits(ctx) {
             return;
@@ -70,18 +70,13 @@ impl Session {
     }
 
     /// Moves QoS 0 deliveries that wait for room in the output (the retained messages of a
-    /// SUBSCRIBE, and what came after them) into it while it holds less than
-    /// `max_outbound_bytes`: they go out as fast as the client reads, none dropped.
-    pub(super) fn feed_output(&mut self, now: Instant) {
-        let limit = self.shared.config.sessions.max_outbound_bytes;
+    /// SUBSCRIBE, and what came after them) into it while it holds less than `limit` bytes
+    /// (`max_outbound_bytes` as writes complete): they go out as fast as the client reads,
+    /// none dropped.
+    pub(super) fn feed_output(&mut self, now: Instant, limit: usize) {
         while !self.closing && self.unwritten() < limit {
-            let delivery = match self.outbound.next_paced() {
-                None => break,
-                Some(Paced::Packet(packet)) => {
-                    self.out.extend_from_slice(&packet);
-                    continue;
-                }
-                Some(Paced::Delivery(delivery)) => delivery,
+            let Some(delivery) = self.outbound.next_paced() else {
+                break;
             };
             if delivery.message.is_expired(now) {
                 // [MQTT-3.3.2-5] not delivered once expired.

@@ -4,8 +4,6 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use bytes::Bytes;
-
 use crate::message::{Delivery, QoS};
 use crate::queue::{DeliveryQueue, Pushed, QueueLimits};
 use crate::session_state::{InflightEntry, InflightStage};
@@ -159,16 +157,7 @@ impl Outbound {
     pub fn pace(&mut self, delivery: Delivery) {
         let flow = self.flow_mut();
         flow.paced_bytes += delivery.message.size();
-        flow.paced.push_back(Paced::Delivery(delivery));
-    }
-
-    /// Holds an encoded packet behind the QoS 0 deliveries waiting for room in the output (a
-    /// SUBACK or UNSUBACK: what was routed to the client before it is acknowledged arrives
-    /// before the acknowledgement).
-    pub fn pace_packet(&mut self, packet: Bytes) {
-        let flow = self.flow_mut();
-        flow.paced_bytes += packet.len();
-        flow.paced.push_back(Paced::Packet(packet));
+        flow.paced.push_back(delivery);
     }
 
     /// Whether QoS 0 deliveries wait for room in the output: the ones after them wait too.
@@ -181,19 +170,16 @@ impl Outbound {
         self.flow.as_deref().map_or(0, |f| f.paced_bytes)
     }
 
-    /// The oldest QoS 0 delivery or packet waiting for room in the output.
-    pub fn next_paced(&mut self) -> Option<Paced> {
+    /// The oldest QoS 0 delivery waiting for room in the output.
+    pub fn next_paced(&mut self) -> Option<Delivery> {
         let flow = self.flow.as_deref_mut()?;
-        let paced = flow.paced.pop_front()?;
-        flow.paced_bytes -= match &paced {
-            Paced::Delivery(delivery) => delivery.message.size(),
-            Paced::Packet(packet) => packet.len(),
-        };
+        let delivery = flow.paced.pop_front()?;
+        flow.paced_bytes -= delivery.message.size();
         if flow.paced.is_empty() {
             // A subscription to many retained messages leaves no large ring behind.
             flow.paced = VecDeque::new();
         }
-        Some(paced)
+        Some(delivery)
     }
 
     /// PUBACK received.
@@ -218,15 +204,6 @@ impl Outbound {
     }
 }
 
-/// What waits for room in the output ([`Outbound::next_paced`]).
-#[derive(Debug)]
-pub enum Paced {
-    /// A QoS 0 delivery.
-    Delivery(Delivery),
-    /// An encoded packet that must not overtake the deliveries before it.
-    Packet(Bytes),
-}
-
 /// What [`Outbound`] allocates at its first message.
 #[derive(Debug)]
 struct Flow {
@@ -238,9 +215,9 @@ struct Flow {
     expired: u64,
     /// Changes to deliveries kept on disk, not yet taken ([`Outbound::take_durable_changes`]).
     journal: Vec<DurableChange>,
-    /// QoS 0 deliveries (and the packets behind them) waiting for room in the output
-    /// ([`Outbound::pace`]), and their bytes.
-    paced: VecDeque<Paced>,
+    /// QoS 0 deliveries waiting for room in the output ([`Outbound::pace`]), and their
+    /// message bytes.
+    paced: VecDeque<Delivery>,
     paced_bytes: usize,
 }
 
@@ -420,18 +397,15 @@ mod tests {
     fn paced_output_keeps_its_order_and_counts_its_bytes() {
         let mut out = Outbound::new(4);
         assert!(!out.paces_output());
-        out.pace(delivery(1, QoS::AtMostOnce));
-        out.pace_packet(Bytes::from_static(&[0x90, 3, 0, 1, 0]));
-        out.pace(delivery(2, QoS::AtMostOnce));
-        // Topic "t" and a 1-byte payload, twice, and the 5-byte packet.
-        assert_eq!(out.paced_bytes(), 2 + 5 + 2);
-        let order: Vec<String> = std::iter::from_fn(|| out.next_paced())
-            .map(|p| match p {
-                Paced::Delivery(d) => format!("d{}", d.message.payload[0]),
-                Paced::Packet(b) => format!("p{}", b.len()),
-            })
+        for n in 1..=3 {
+            out.pace(delivery(n, QoS::AtMostOnce));
+        }
+        // Topic "t" and a 1-byte payload, three times.
+        assert_eq!(out.paced_bytes(), 3 * 2);
+        let order: Vec<u8> = std::iter::from_fn(|| out.next_paced())
+            .map(|d| d.message.payload[0])
             .collect();
-        assert_eq!(order, ["d1", "p5", "d2"]);
+        assert_eq!(order, [1, 2, 3]);
         assert_eq!(out.paced_bytes(), 0);
         assert!(!out.paces_output());
     }
