@@ -106,7 +106,8 @@ impl Session {
                 || (!retained && self.unwritten() + self.outbound.paced_bytes() >= output_limit)
             {
                 output_full += 1;
-            } else if retained || self.outbound.paces_output() {
+            } else if self.outbound.paces_output() || self.unwritten() >= output_limit {
+                // A retained message the output has no room for, or one behind such.
                 self.outbound.pace(delivery);
             } else if delivery.message.is_expired(now) {
                 // [MQTT-3.3.2-5] not delivered once expired.
