@@ -8,7 +8,6 @@ use actix::prelude::*;
 use tracing::warn;
 
 use super::durability::Reply;
-use super::peer::{note_delivery_latency, write_delivery};
 use super::{Phase, Session};
 use crate::codec;
 use crate::drops::DropReason;
@@ -109,21 +108,8 @@ impl Session {
             } else if self.outbound.paces_output() || self.unwritten() >= output_limit {
                 // A retained message the output has no room for, or one behind such.
                 self.outbound.pace(delivery);
-            } else if delivery.message.is_expired(now) {
-                // [MQTT-3.3.2-5] not delivered once expired.
-                self.shared.metrics.add_expired_dropped(1);
-            } else if write_delivery(
-                &mut self.out,
-                &self.peer_options,
-                &mut self.aliases,
-                &delivery,
-                0,
-                false,
-                now,
-            ) {
-                note_delivery_latency(&self.shared.metrics.traffic, &delivery, now);
             } else {
-                self.too_large_for_client();
+                self.write_qos0(&delivery, now);
             }
         }
         self.record_drops(DropReason::OutputFull, output_full);

@@ -78,22 +78,27 @@ impl Session {
             let Some(delivery) = self.outbound.next_paced() else {
                 break;
             };
-            if delivery.message.is_expired(now) {
-                // [MQTT-3.3.2-5] not delivered once expired.
-                self.shared.metrics.add_expired_dropped(1);
-            } else if write_delivery(
-                &mut self.out,
-                &self.peer_options,
-                &mut self.aliases,
-                &delivery,
-                0,
-                false,
-                now,
-            ) {
-                note_delivery_latency(&self.shared.metrics.traffic, &delivery, now);
-            } else {
-                self.too_large_for_client();
-            }
+            self.write_qos0(&delivery, now);
+        }
+    }
+
+    /// Writes a QoS 0 delivery into the output, unless it expired `[MQTT-3.3.2-5]` or is too
+    /// large for the client `[MQTT-3.1.2-25]` (each counted).
+    pub(super) fn write_qos0(&mut self, delivery: &crate::message::Delivery, now: Instant) {
+        if delivery.message.is_expired(now) {
+            self.shared.metrics.add_expired_dropped(1);
+        } else if write_delivery(
+            &mut self.out,
+            &self.peer_options,
+            &mut self.aliases,
+            delivery,
+            0,
+            false,
+            now,
+        ) {
+            note_delivery_latency(&self.shared.metrics.traffic, delivery, now);
+        } else {
+            self.too_large_for_client();
         }
     }
 
