@@ -393,12 +393,12 @@ impl<'d> FrameReader<'d> {
             return Ok(());
         };
         let path = segment_path(self.dir, segment);
-        if self.open.as_ref().is_none_or(|(open, _)| *open != segment) {
-            let file = File::open(&path).map_err(|e| PersistenceError::io(&path, e))?;
-            self.open = Some((segment, file));
-        }
-        let Some((_, file)) = &self.open else {
-            return Ok(());
+        let file = match &mut self.open {
+            Some((open, file)) if *open == segment => file,
+            slot => {
+                let file = File::open(&path).map_err(|e| PersistenceError::io(&path, e))?;
+                &mut slot.insert((segment, file)).1
+            }
         };
         let from = buffer.len();
         buffer.resize(from + len as usize, 0);
