@@ -1,6 +1,7 @@
 //! A broker process with `[persistence]` on, killed with SIGKILL and started again on the same
 //! directory, and a QoS 1 stream cut by the kill.
 
+use std::borrow::BorrowMut;
 use std::path::Path;
 use std::process::Child;
 use std::sync::mpsc::Receiver;
@@ -10,9 +11,35 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::child::{listening_addr, log_field, log_number, spawn_with_log, wait_line};
 use super::{packets, Raw};
 
+/// A broker process that is killed (SIGKILL) and reaped when dropped: a test that fails before
+/// its [`kill_9`] does not leave it running.
+pub struct BrokerProcess(Child);
+
+impl std::borrow::Borrow<Child> for BrokerProcess {
+    fn borrow(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl BorrowMut<Child> for BrokerProcess {
+    fn borrow_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts the broker binary on a free port with its state in `dir` and the `fsync` policy;
 /// returns it once it listens, with its log lines.
-pub fn start_broker(dir: &Path, fsync: &str) -> (Child, Receiver<String>, std::net::SocketAddr) {
+pub fn start_broker(
+    dir: &Path,
+    fsync: &str,
+) -> (BrokerProcess, Receiver<String>, std::net::SocketAddr) {
     start_broker_logging(dir, fsync, "info")
 }
 
@@ -21,7 +48,7 @@ pub fn start_broker_logging(
     dir: &Path,
     fsync: &str,
     log: &str,
-) -> (Child, Receiver<String>, std::net::SocketAddr) {
+) -> (BrokerProcess, Receiver<String>, std::net::SocketAddr) {
     start_broker_with(dir, fsync, log, "")
 }
 
@@ -31,7 +58,7 @@ pub fn start_broker_with(
     fsync: &str,
     log: &str,
     more: &str,
-) -> (Child, Receiver<String>, std::net::SocketAddr) {
+) -> (BrokerProcess, Receiver<String>, std::net::SocketAddr) {
     let config = dir.with_extension("toml");
     std::fs::write(
         &config,
@@ -43,6 +70,7 @@ pub fn start_broker_with(
     .expect("config written");
     let config = config.display().to_string();
     let (child, logs) = spawn_with_log(&["--port", "0", "--config", &config], log);
+    let child = BrokerProcess(child);
     // Start-up logs its progress: reading, then what was recovered, then listening.
     wait_line(&logs, "reading persisted state");
     wait_line(&logs, "persisted state recovered");
@@ -71,7 +99,8 @@ pub fn cut_log_at_last_sync(logs: Receiver<String>) {
 }
 
 /// Kills the broker with SIGKILL and reaps it.
-pub fn kill_9(mut child: Child) {
+pub fn kill_9(mut child: impl BorrowMut<Child>) {
+    let child = child.borrow_mut();
     child.kill().expect("SIGKILL");
     child.wait().expect("reaped");
 }
@@ -81,7 +110,7 @@ pub fn kill_9(mut child: Child) {
 /// once `kill_after` PUBACKs came. Returns the packet ids whose PUBACK reached the publisher.
 pub async fn stream_then_kill(
     addr: std::net::SocketAddr,
-    child: Child,
+    child: BrokerProcess,
     kill_after: usize,
     topic: fn(u16) -> String,
     retain: bool,
