@@ -81,22 +81,20 @@ impl<N> Levels<N> {
 
     /// Takes the child at `level` out; a map left with one child goes back to one box.
     pub(super) fn remove(&mut self, level: &str) -> Option<N> {
-        match self.0.as_mut()? {
-            Children::One(one) => {
-                if *one.0 != *level {
-                    return None;
-                }
-                match self.0.take() {
-                    Some(Children::One(one)) => Some(one.1),
-                    _ => None,
-                }
+        match self.0.take()? {
+            Children::One(one) if *one.0 == *level => Some(one.1),
+            other @ Children::One(_) => {
+                self.0 = Some(other);
+                None
             }
-            Children::Many(map) => {
+            Children::Many(mut map) => {
                 let removed = map.remove(level);
-                if map.len() <= 1 {
+                self.0 = if map.len() <= 1 {
                     let last = map.drain().next();
-                    self.0 = last.map(|(key, node)| Children::One(Box::new((key, node))));
-                }
+                    last.map(|(key, node)| Children::One(Box::new((key, node))))
+                } else {
+                    Some(Children::Many(map))
+                };
                 removed
             }
         }

@@ -3,7 +3,8 @@
 //!
 //! A level's children are [`Levels`]: a million retained messages on `site/{n}/gate/{id}/state`
 //! make a million levels with one child each, and one such child costs one small box, not a
-//! hash map (about 170 bytes per message instead of 440).
+//! hash map (which took 438 of the bytes each such message cost; `docs/benchmarks.md`, series
+//! 7 of the recovery time).
 
 use super::levels::Levels;
 
