@@ -40,9 +40,26 @@ impl LiveKind {
 /// Appends `id` as 16 lower-case hex digits (keys sort by id).
 fn put_hex16(key: &mut Vec<u8>, id: u64) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for shift in (0..16).rev() {
-        key.push(DIGITS[((id >> (shift * 4)) & 0xf) as usize]);
+    let mut hex = [0u8; 16];
+    for (i, digit) in hex.iter_mut().enumerate() {
+        *digit = DIGITS[((id >> ((15 - i) * 4)) & 0xf) as usize];
     }
+    key.extend_from_slice(&hex);
+}
+
+/// Appends the key prefix of everything of `client_id`'s session: `s:{client_id}\0`.
+pub(super) fn session_key(key: &mut Vec<u8>, client_id: &str) {
+    key.extend_from_slice(b"s:");
+    key.extend_from_slice(client_id.as_bytes());
+    key.push(0);
+}
+
+/// Appends the key of the queued message `id` of `client_id`'s session (its `Sent`,
+/// `Released` and `Done` records share it).
+pub(super) fn queued_key(key: &mut Vec<u8>, client_id: &str, id: u64) {
+    session_key(key, client_id);
+    key.extend_from_slice(b"\0q");
+    put_hex16(key, id);
 }
 
 impl Record {
@@ -52,16 +69,8 @@ impl Record {
     /// second NUL (no filter holds one) its queued messages (`q` and the id in hex) and inbound
     /// QoS 2 ids (`i` and the id), and its will (`w`).
     pub fn live_key(&self, key: &mut Vec<u8>) -> LiveKind {
-        let session = |key: &mut Vec<u8>, client_id: &str| {
-            key.extend_from_slice(b"s:");
-            key.extend_from_slice(client_id.as_bytes());
-            key.push(0);
-        };
-        let queued = |key: &mut Vec<u8>, client_id: &str, id: u64| {
-            session(key, client_id);
-            key.extend_from_slice(b"\0q");
-            put_hex16(key, id);
-        };
+        let session = session_key;
+        let queued = queued_key;
         let inbound = |key: &mut Vec<u8>, client_id: &str, pid: u16| {
             session(key, client_id);
             key.extend_from_slice(b"\0i");

@@ -15,6 +15,7 @@
 mod live;
 mod log;
 mod record;
+mod record_ref;
 mod store;
 mod wire;
 mod writer;
@@ -31,6 +32,7 @@ use tracing::info;
 
 pub use live::LiveKind;
 pub use record::{Record, RecordError};
+pub use record_ref::{Framed, RecordRef};
 pub use store::{Store, StoreShared};
 use writer::Writer;
 

@@ -20,8 +20,8 @@ const SUBSCRIBE: u8 = 6;
 const UNSUBSCRIBE: u8 = 7;
 const QUEUED: u8 = 8;
 const SENT: u8 = 9;
-const RELEASED: u8 = 10;
-const DONE: u8 = 11;
+pub(super) const RELEASED: u8 = 10;
+pub(super) const DONE: u8 = 11;
 const INBOUND_QOS2: u8 = 12;
 const INBOUND_RELEASED: u8 = 13;
 const WILL_SET: u8 = 14;
@@ -140,6 +140,55 @@ pub enum Record {
     WillClear(String),
 }
 
+/// Appends a frame to `out`: header (length, CRC-32), then the body `write_body` appends.
+pub(super) fn frame(out: &mut Vec<u8>, write_body: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    out.extend_from_slice(&[0; FRAME_HEADER]);
+    write_body(out);
+    let body_len = out.len() - start - FRAME_HEADER;
+    let crc = crc32fast::hash(&out[start + FRAME_HEADER..]);
+    out[start..start + 4].copy_from_slice(&(body_len as u32).to_le_bytes());
+    out[start + 4..start + FRAME_HEADER].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// The body of a [`Record::Queued`].
+pub(super) fn put_queued(
+    body: &mut Vec<u8>,
+    client_id: &str,
+    id: u64,
+    qos: QoS,
+    retain: bool,
+    subscription_ids: &[u32],
+    message: &Message,
+) {
+    body.push(QUEUED);
+    put_str(body, client_id);
+    body.extend_from_slice(&id.to_le_bytes());
+    body.push(qos as u8);
+    body.push(u8::from(retain) | u8::from(message.retain) << 1);
+    let n = subscription_ids.len().min(usize::from(u16::MAX));
+    body.extend_from_slice(&(n as u16).to_le_bytes());
+    for sid in &subscription_ids[..n] {
+        body.extend_from_slice(&sid.to_le_bytes());
+    }
+    put_message(body, message);
+}
+
+/// The body of a [`Record::Sent`].
+pub(super) fn put_sent(body: &mut Vec<u8>, client_id: &str, id: u64, pid: u16) {
+    body.push(SENT);
+    put_str(body, client_id);
+    body.extend_from_slice(&id.to_le_bytes());
+    body.extend_from_slice(&pid.to_le_bytes());
+}
+
+/// The body of a [`Record::Released`] (`kind` [`RELEASED`]) or [`Record::Done`] ([`DONE`]).
+pub(super) fn put_delivery_end(body: &mut Vec<u8>, kind: u8, client_id: &str, id: u64) {
+    body.push(kind);
+    put_str(body, client_id);
+    body.extend_from_slice(&id.to_le_bytes());
+}
+
 /// Why a record could not be decoded.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum RecordError {
@@ -173,9 +222,11 @@ impl Record {
 
     /// Appends the framed record (header and body) to `out`.
     pub fn write_frame(&self, out: &mut Vec<u8>) {
-        let start = out.len();
-        out.extend_from_slice(&[0; FRAME_HEADER]);
-        let body = &mut *out;
+        frame(out, |body| self.write_body(body));
+    }
+
+    /// Appends the record's body (kind byte and fields).
+    fn write_body(&self, body: &mut Vec<u8>) {
         match self {
             Record::RetainSet(message) => {
                 body.push(RETAIN_SET);
@@ -225,34 +276,10 @@ impl Record {
                 retain,
                 subscription_ids,
                 message,
-            } => {
-                body.push(QUEUED);
-                put_str(body, client_id);
-                body.extend_from_slice(&id.to_le_bytes());
-                body.push(*qos as u8);
-                body.push(u8::from(*retain) | u8::from(message.retain) << 1);
-                let n = subscription_ids.len().min(usize::from(u16::MAX));
-                body.extend_from_slice(&(n as u16).to_le_bytes());
-                for sid in &subscription_ids[..n] {
-                    body.extend_from_slice(&sid.to_le_bytes());
-                }
-                put_message(body, message);
-            }
-            Record::Sent { client_id, id, pid } => {
-                body.push(SENT);
-                put_str(body, client_id);
-                body.extend_from_slice(&id.to_le_bytes());
-                body.extend_from_slice(&pid.to_le_bytes());
-            }
-            Record::Released { client_id, id } | Record::Done { client_id, id } => {
-                body.push(if matches!(self, Record::Done { .. }) {
-                    DONE
-                } else {
-                    RELEASED
-                });
-                put_str(body, client_id);
-                body.extend_from_slice(&id.to_le_bytes());
-            }
+            } => put_queued(body, client_id, *id, *qos, *retain, subscription_ids, message),
+            Record::Sent { client_id, id, pid } => put_sent(body, client_id, *id, *pid),
+            Record::Released { client_id, id } => put_delivery_end(body, RELEASED, client_id, *id),
+            Record::Done { client_id, id } => put_delivery_end(body, DONE, client_id, *id),
             Record::WillSet {
                 client_id,
                 deadline,
@@ -277,10 +304,6 @@ impl Record {
                 body.extend_from_slice(&pid.to_le_bytes());
             }
         }
-        let body_len = out.len() - start - FRAME_HEADER;
-        let crc = crc32fast::hash(&out[start + FRAME_HEADER..]);
-        out[start..start + 4].copy_from_slice(&(body_len as u32).to_le_bytes());
-        out[start + 4..start + FRAME_HEADER].copy_from_slice(&crc.to_le_bytes());
     }
 
     /// Decodes one record body (the CRC already checked).

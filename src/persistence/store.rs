@@ -13,6 +13,7 @@ use actix::Recipient;
 use tracing::warn;
 
 use super::record::Record;
+use super::record_ref::Framed;
 use super::Durable;
 
 /// A Session stops reading its socket while this much is queued for the writer
@@ -163,19 +164,19 @@ impl Store {
 
     /// Submits changes, in order, as one; returns the sequence number of the last. The writer
     /// takes them at once.
-    pub fn submit_all(&self, records: impl IntoIterator<Item = Record>) -> u64 {
+    pub fn submit_all(&self, records: impl IntoIterator<Item = impl Framed>) -> u64 {
         self.enqueue(records, WriterState::Napping)
     }
 
     /// Submits changes nobody waits for yet (a Session's record of what it sent and what was
     /// acknowledged): the writer takes them with its next commit, within [`NAP`] while it
     /// naps, or at once for whoever asks [`Store::notify_when_durable`].
-    pub fn submit_quietly(&self, records: impl IntoIterator<Item = Record>) -> u64 {
+    pub fn submit_quietly(&self, records: impl IntoIterator<Item = impl Framed>) -> u64 {
         self.enqueue(records, WriterState::Asleep)
     }
 
     /// Queues `records` for the writer; wakes it if it is in state `wake` or sleeps deeper.
-    fn enqueue(&self, records: impl IntoIterator<Item = Record>, wake: WriterState) -> u64 {
+    fn enqueue(&self, records: impl IntoIterator<Item = impl Framed>, wake: WriterState) -> u64 {
         let shared = self.shared();
         let mut pending = shared.lock_pending();
         if pending.frames.len() >= MAX_PENDING_BYTES && !pending.closed {

@@ -11,7 +11,7 @@ use actix::prelude::*;
 
 use super::{ClientKey, Deliver, Routes, Target};
 use crate::message::{Delivery, Message, QoS, SubscriptionOptions};
-use crate::persistence::{Record, Store};
+use crate::persistence::{Record, RecordRef, Store};
 
 /// A QoS 1/2 delivery for a client that is not connected (or is detaching), as a worker matched
 /// it.
@@ -149,22 +149,33 @@ fn route_with(
     let mut after = 0;
     if let Some(BurstDurability {
         store,
-        mut records,
+        records,
         hold,
     }) = durability
     {
+        let mut queued = 0;
         for (key, batch) in scratch.batches.iter_mut() {
-            let Some(client_id) = table.durable(*key) else {
+            if table.durable(*key).is_none() {
                 continue;
-            };
+            }
             for delivery in batch.iter_mut().filter(|d| d.qos != QoS::AtMostOnce) {
-                let id = store.next_id();
-                delivery.set_durable_id(Some(id));
-                records.push(Record::queued(client_id.to_string(), id, delivery));
+                delivery.set_durable_id(Some(store.next_id()));
+                queued += 1;
             }
         }
-        if !records.is_empty() {
-            let seq = store.submit_all(records);
+        if queued + records.len() > 0 {
+            // Framed from the deliveries themselves: no owned record per delivery.
+            let queued = scratch.batches.iter().flat_map(|(key, batch)| {
+                let client_id = table.durable(*key).map(|id| &**id);
+                batch.iter().filter_map(move |delivery| {
+                    Some(RecordRef::Queued {
+                        client_id: client_id?,
+                        id: delivery.durable_id()?,
+                        delivery,
+                    })
+                })
+            });
+            let seq = store.submit_all(records.iter().map(RecordRef::Record).chain(queued));
             durable_after = Some(seq);
             if hold {
                 after = seq;

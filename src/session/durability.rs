@@ -10,7 +10,7 @@ use actix::prelude::*;
 use super::{Phase, Session};
 use crate::codec::{self, Ack};
 use crate::message::QoS;
-use crate::persistence::{Durable, Record};
+use crate::persistence::{Durable, Record, RecordRef};
 use crate::routing::Deliver;
 use crate::session::state::DurableChange;
 
@@ -79,6 +79,9 @@ pub(super) struct DeferredAcks {
     unconfirmed_done: usize,
     /// The last change the writer was asked to report for the output.
     output_notified: u64,
+    /// Scratch list of what happened to the deliveries kept on disk, between taking them from
+    /// the outbound flow and submitting them.
+    changes: Vec<DurableChange>,
 }
 
 impl DeferredAcks {
@@ -340,43 +343,35 @@ impl Session {
 
     /// Submits what happened to the deliveries kept on disk for this client, if anything did.
     pub(super) fn submit_durable_changes(&mut self) -> Option<Submitted> {
-        let changes = self.outbound.take_durable_changes();
+        let (Some(store), Phase::Connected { client_id, .. }, Some(acks)) = (
+            &self.shared.store,
+            &self.phase,
+            self.deferred_acks.as_deref_mut(),
+        ) else {
+            return None;
+        };
+        // Into the Session's own scratch list, which keeps its capacity between calls.
+        let changes = &mut acks.changes;
+        self.outbound.take_durable_changes(changes);
         if changes.is_empty() {
             return None;
         }
-        let (Some(store), Phase::Connected { client_id, .. }) = (&self.shared.store, &self.phase)
-        else {
-            return None;
-        };
-        let client_id = || client_id.to_string();
         let mut exactly_once = false;
         let mut done = 0;
-        let records: Vec<Record> = changes
-            .into_iter()
-            .map(|change| match change {
-                DurableChange::Sent(id, pid, qos) => {
-                    exactly_once |= qos == QoS::ExactlyOnce;
-                    Record::Sent {
-                        client_id: client_id(),
-                        id,
-                        pid,
-                    }
-                }
-                DurableChange::Released(id) => Record::Released {
-                    client_id: client_id(),
-                    id,
-                },
-                DurableChange::Done(id) => {
-                    done += 1;
-                    Record::Done {
-                        client_id: client_id(),
-                        id,
-                    }
-                }
-            })
-            .collect();
+        let records = changes.drain(..).map(|change| match change {
+            DurableChange::Sent(id, pid, qos) => {
+                exactly_once |= qos == QoS::ExactlyOnce;
+                RecordRef::Sent { client_id, id, pid }
+            }
+            DurableChange::Released(id) => RecordRef::Released { client_id, id },
+            DurableChange::Done(id) => {
+                done += 1;
+                RecordRef::Done { client_id, id }
+            }
+        });
+        let seq = store.submit_quietly(records);
         Some(Submitted {
-            seq: store.submit_quietly(records),
+            seq,
             done,
             exactly_once,
         })

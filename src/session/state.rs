@@ -64,11 +64,12 @@ impl Outbound {
         usize::from(self.max_inflight)
     }
 
-    /// What happened to deliveries kept on disk since the last call, in order.
-    pub fn take_durable_changes(&mut self) -> Vec<DurableChange> {
-        self.flow
-            .as_deref_mut()
-            .map_or_else(Vec::new, Flow::take_durable_changes)
+    /// Appends to `into` what happened to deliveries kept on disk since the last call, in
+    /// order.
+    pub fn take_durable_changes(&mut self, into: &mut Vec<DurableChange>) {
+        if let Some(flow) = self.flow.as_deref_mut() {
+            flow.take_durable_changes(into);
+        }
     }
 
     /// Appends a delivery regardless of the bounds (what a Session held when its connection
@@ -235,12 +236,13 @@ impl Flow {
         }
     }
 
-    /// What happened to deliveries kept on disk since the last call, in order.
-    fn take_durable_changes(&mut self) -> Vec<DurableChange> {
+    /// Appends to `into` what happened to deliveries kept on disk since the last call, in
+    /// order; the journal keeps its capacity.
+    fn take_durable_changes(&mut self, into: &mut Vec<DurableChange>) {
         for id in self.queue.take_dropped_durable() {
             self.journal.push(DurableChange::Done(id));
         }
-        std::mem::take(&mut self.journal)
+        into.append(&mut self.journal);
     }
 
     fn removed(&mut self, entry: &InflightEntry) {
@@ -375,6 +377,13 @@ mod tests {
     use bytes::Bytes;
     use std::sync::Arc;
 
+    /// What `o` journaled since the last call.
+    fn taken(o: &mut Outbound) -> Vec<DurableChange> {
+        let mut changes = Vec::new();
+        o.take_durable_changes(&mut changes);
+        changes
+    }
+
     fn delivery(n: u8, qos: QoS) -> Delivery {
         Delivery::new(
             Arc::new(Message::new("t", Bytes::from(vec![n]), qos, false)),
@@ -496,7 +505,7 @@ mod tests {
         assert_eq!(o.puback(3), AckResult::Completed, "not durable: no record");
         use DurableChange::*;
         assert_eq!(
-            o.take_durable_changes(),
+            taken(&mut o),
             vec![
                 Sent(101, 1, QoS::AtLeastOnce),
                 Sent(102, 2, QoS::ExactlyOnce),
@@ -505,7 +514,7 @@ mod tests {
                 Done(102)
             ]
         );
-        assert!(o.take_durable_changes().is_empty());
+        assert!(taken(&mut o).is_empty());
     }
 
     #[test]
@@ -526,7 +535,7 @@ mod tests {
         assert!(queue.is_empty());
         let mut o = Outbound::new(4);
         o.restore(VecDeque::new(), queue);
-        assert_eq!(o.take_durable_changes(), vec![DurableChange::Done(7)]);
+        assert_eq!(taken(&mut o), vec![DurableChange::Done(7)]);
         let mut untouched = Outbound::new(4);
         untouched.restore(VecDeque::new(), DeliveryQueue::default());
         assert!(

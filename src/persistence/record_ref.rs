@@ -1,0 +1,186 @@
+//! What the [`Store`](super::Store) frames into the writer's queue: an owned [`Record`], or a
+//! [`RecordRef`] that borrows its fields, so that the records a Session writes for every
+//! message it delivers (and a publisher's Session for every message it routes) cost no copy
+//! of the client id and no owned record to build and drop.
+
+use super::live::{queued_key, LiveKind};
+use super::record::{frame, put_delivery_end, put_queued, put_sent, Record, DONE, RELEASED};
+use crate::message::Delivery;
+
+/// A record the store can frame: its bytes in the log, and its key in the writer's live state.
+pub trait Framed {
+    /// Appends the framed record (header and body) to `out`.
+    fn write_frame(&self, out: &mut Vec<u8>);
+    /// Writes its key in the live state to `key`; says what it does there.
+    fn live_key(&self, key: &mut Vec<u8>) -> LiveKind;
+}
+
+impl Framed for Record {
+    fn write_frame(&self, out: &mut Vec<u8>) {
+        Record::write_frame(self, out);
+    }
+
+    fn live_key(&self, key: &mut Vec<u8>) -> LiveKind {
+        Record::live_key(self, key)
+    }
+}
+
+/// A record whose fields are borrowed. Framed, it is byte for byte the [`Record`] of the same
+/// name, and has the same key.
+#[derive(Debug, Clone, Copy)]
+pub enum RecordRef<'a> {
+    /// An owned record, borrowed (to submit it with borrowed ones as one change).
+    Record(&'a Record),
+    /// [`Record::Queued`] of `delivery` under durable id `id`.
+    Queued {
+        /// The client id.
+        client_id: &'a str,
+        /// The delivery's durable id.
+        id: u64,
+        /// The delivery (its QoS, RETAIN flag, Subscription Identifiers and message).
+        delivery: &'a Delivery,
+    },
+    /// [`Record::Sent`].
+    Sent {
+        /// The client id.
+        client_id: &'a str,
+        /// The durable id.
+        id: u64,
+        /// Its packet identifier.
+        pid: u16,
+    },
+    /// [`Record::Released`].
+    Released {
+        /// The client id.
+        client_id: &'a str,
+        /// The durable id.
+        id: u64,
+    },
+    /// [`Record::Done`].
+    Done {
+        /// The client id.
+        client_id: &'a str,
+        /// The durable id.
+        id: u64,
+    },
+}
+
+impl Framed for RecordRef<'_> {
+    fn write_frame(&self, out: &mut Vec<u8>) {
+        match *self {
+            RecordRef::Record(record) => record.write_frame(out),
+            RecordRef::Queued {
+                client_id,
+                id,
+                delivery,
+            } => frame(out, |body| {
+                put_queued(
+                    body,
+                    client_id,
+                    id,
+                    delivery.qos,
+                    delivery.retain,
+                    delivery.subscription_ids(),
+                    &delivery.message,
+                )
+            }),
+            RecordRef::Sent { client_id, id, pid } => {
+                frame(out, |body| put_sent(body, client_id, id, pid))
+            }
+            RecordRef::Released { client_id, id } => {
+                frame(out, |body| put_delivery_end(body, RELEASED, client_id, id))
+            }
+            RecordRef::Done { client_id, id } => {
+                frame(out, |body| put_delivery_end(body, DONE, client_id, id))
+            }
+        }
+    }
+
+    fn live_key(&self, key: &mut Vec<u8>) -> LiveKind {
+        match *self {
+            RecordRef::Record(record) => record.live_key(key),
+            RecordRef::Queued { client_id, id, .. } => {
+                queued_key(key, client_id, id);
+                LiveKind::Set
+            }
+            RecordRef::Sent { client_id, id, .. } | RecordRef::Released { client_id, id } => {
+                queued_key(key, client_id, id);
+                LiveKind::Append
+            }
+            RecordRef::Done { client_id, id } => {
+                queued_key(key, client_id, id);
+                LiveKind::Remove
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::message::{Message, QoS};
+
+    fn framed(record: &impl Framed) -> (Vec<u8>, Vec<u8>, LiveKind) {
+        let (mut frame, mut key) = (Vec::new(), Vec::new());
+        record.write_frame(&mut frame);
+        let kind = record.live_key(&mut key);
+        (frame, key, kind)
+    }
+
+    #[test]
+    fn a_borrowed_record_frames_and_keys_as_its_owned_one() {
+        let message = Message::new("gate/1AB/state", Bytes::from_static(b"closed"), QoS::ExactlyOnce, true);
+        let delivery = Delivery::new(Arc::new(message), QoS::AtLeastOnce, false)
+            .with_extras(vec![3, 70_000], None);
+        let client_id = "gate-1AB";
+        let id = 0x1234_5678_9abc;
+        let pairs = [
+            (
+                Record::queued(client_id.to_string(), id, &delivery),
+                RecordRef::Queued {
+                    client_id,
+                    id,
+                    delivery: &delivery,
+                },
+            ),
+            (
+                Record::Sent {
+                    client_id: client_id.to_string(),
+                    id,
+                    pid: 513,
+                },
+                RecordRef::Sent {
+                    client_id,
+                    id,
+                    pid: 513,
+                },
+            ),
+            (
+                Record::Released {
+                    client_id: client_id.to_string(),
+                    id,
+                },
+                RecordRef::Released { client_id, id },
+            ),
+            (
+                Record::Done {
+                    client_id: client_id.to_string(),
+                    id,
+                },
+                RecordRef::Done { client_id, id },
+            ),
+        ];
+        for (owned, borrowed) in &pairs {
+            let expected = framed(owned);
+            assert_eq!(framed(borrowed), expected, "{owned:?}");
+            assert_eq!(framed(&RecordRef::Record(owned)), expected, "{owned:?}");
+            let body = &expected.0[super::super::record::FRAME_HEADER..];
+            let back = Record::decode(body).expect("decodes");
+            assert_eq!(framed(&back), expected, "{owned:?} read back");
+        }
+    }
+}
