@@ -8,6 +8,19 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::properties::put_var_int as put_remaining_length;
 use crate::message::{ConnectReturnCode, QoS};
 
+/// The least a write allocates when the output buffer has no room: a burst of small packets
+/// (32 PUBACKs, a window of 64-byte PUBLISHes) then grows it once or twice, not once per
+/// doubling from a few bytes.
+pub const MIN_OUTPUT_ALLOCATION: usize = 1024;
+
+/// Makes room for `n` more bytes in `out`, allocating at least [`MIN_OUTPUT_ALLOCATION`] when
+/// it has to allocate.
+pub fn make_room(out: &mut BytesMut, n: usize) {
+    if out.capacity() - out.len() < n {
+        out.reserve(n.max(MIN_OUTPUT_ALLOCATION));
+    }
+}
+
 /// Parameters of one outbound PUBLISH.
 #[derive(Debug, Clone, Copy)]
 pub struct PublishHeader {
@@ -35,7 +48,7 @@ impl PublishHeader {
 pub fn write_publish(out: &mut BytesMut, topic: &str, payload: &[u8], header: PublishHeader) {
     let has_pid = header.qos != QoS::AtMostOnce;
     let remaining = 2 + topic.len() + if has_pid { 2 } else { 0 } + payload.len();
-    out.reserve(remaining + 5);
+    make_room(out, remaining + 5);
     out.put_u8(header.byte1());
     put_remaining_length(out, remaining);
     out.put_u16(topic.len() as u16);
@@ -85,6 +98,7 @@ pub enum Ack {
 
 /// Writes PUBACK, PUBREC, PUBREL, PUBCOMP or UNSUBACK.
 pub fn write_ack(out: &mut BytesMut, ack: Ack, pid: u16) {
+    make_room(out, 4);
     out.put_u8(ack.byte1());
     out.put_u8(2);
     out.put_u16(pid);

@@ -69,7 +69,7 @@ pub fn write_publish_v5(
     if max_packet_size.is_some_and(|max| total > max as usize) {
         return false;
     }
-    out.reserve(total);
+    super::encode::make_room(out, total);
     out.put_u8(header.byte1());
     put_var_int(out, remaining);
     out.put_u16(topic.len() as u16);
