@@ -41,17 +41,9 @@ async fn read_until_closed(mut sub: Raw) -> Vec<u16> {
 }
 
 async fn qos1_stream_survives_kill_9(fsync: &str, subscriber_online: bool) {
-    qos1_stream_survives(fsync, subscriber_online, false).await;
-}
-
-/// A QoS 1 stream to a persistent subscriber, the broker killed with SIGKILL in the middle of
-/// it, and with `power_loss` its log then cut back to the last offset the writer reported
-/// synced (what a power cut would leave with `fsync = "always"`).
-async fn qos1_stream_survives(fsync: &str, subscriber_online: bool, power_loss: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
-    let (child, logs, addr) =
-        start_broker_logging(&state, fsync, "info,switchboard::persistence=debug");
+    let (child, _logs, addr) = start_broker(&state, fsync);
     let (mut sub, _) = Raw::handshake(addr, "radar-sub", false).await;
     sub.subscribe(1, &[("fleet/#", 1)], &[1]).await;
     let reader = if subscriber_online {
@@ -67,9 +59,6 @@ async fn qos1_stream_survives(fsync: &str, subscriber_online: bool, power_loss: 
         Some(reader) => reader.await.expect("reader"),
         None => Vec::new(),
     };
-    if power_loss {
-        cut_log_at_last_sync(logs);
-    }
 
     let (child, _logs, addr) = start_broker(&state, fsync);
     // [MQTT-3.2.2-2] the session is there, and [MQTT-3.1.2-4] its subscription delivers the
@@ -99,14 +88,9 @@ async fn qos1_stream_survives(fsync: &str, subscriber_online: bool, power_loss: 
         );
     }
     let duplicates: usize = seen.values().map(|c| c - 1).sum();
-    // After SIGKILL at most the inflight window comes again: a subscriber's output waits while
-    // the messages in flight plus those acknowledged whose `Done` record is not written exceed
-    // it. It waits for the write, not the sync, so after power loss (the log cut back to its
-    // last sync) at most one more window: the writer syncs a commit before writing the next.
-    let bound = if power_loss { 2 * WINDOW } else { WINDOW };
     assert!(
-        duplicates <= bound,
-        "{duplicates} duplicates: at most {bound} (the inflight window is {WINDOW}) are re-sent"
+        duplicates <= WINDOW,
+        "{duplicates} duplicates: at most the inflight window ({WINDOW}) is re-sent"
     );
     // Delivered once is done: nothing comes again on the next connection.
     drop(sub);
@@ -122,12 +106,6 @@ async fn qos1_stream_survives(fsync: &str, subscriber_online: bool, power_loss: 
 #[tokio::test]
 async fn qos1_messages_for_an_online_persistent_subscriber_survive_kill_9_fsync_always() {
     qos1_stream_survives_kill_9("always", true).await;
-}
-
-#[tokio::test]
-async fn with_fsync_always_power_loss_loses_nothing_acknowledged_and_re_sends_at_most_two_windows()
-{
-    qos1_stream_survives("always", true, true).await;
 }
 
 #[tokio::test]

@@ -94,14 +94,6 @@ impl PersistenceError {
 #[rtype(result = "()")]
 pub struct Durable(pub u64);
 
-/// Sent by the writer thread to a Session that asked ([`Store::notify_when_written`]): every
-/// change up to this sequence number is written to the log file, so it survives `kill -9`,
-/// though with `fsync = "always"` perhaps not yet power loss. A Session's bound on duplicates
-/// after a crash waits for this, not for the sync.
-#[derive(Message, Debug, Clone, Copy)]
-#[rtype(result = "()")]
-pub struct Written(pub u64);
-
 /// A persistent session read back at start.
 #[derive(Debug)]
 pub struct RecoveredSession {

@@ -14,7 +14,7 @@ use tracing::warn;
 
 use super::record::Record;
 use super::record_ref::Framed;
-use super::{Durable, Written};
+use super::Durable;
 
 /// A Session stops reading its socket while this much is queued for the writer
 /// ([`Store::is_behind`], [`Store::room`]).
@@ -80,12 +80,8 @@ pub struct StoreShared {
     pub(super) pending_bytes: std::sync::atomic::AtomicUsize,
     /// The last change the writer reported durable.
     pub(super) durable: AtomicU64,
-    /// The last change the writer reported written to the file (at least `durable`).
-    written: AtomicU64,
     /// Who waits for a change to be durable: (its number, who to tell).
     waiters: Mutex<Vec<(u64, Recipient<Durable>)>>,
-    /// Who waits for a change to be written: (its number, who to tell).
-    written_waiters: Mutex<Vec<(u64, Recipient<Written>)>>,
     /// The next durable id of a queued message.
     next_id: AtomicU64,
 }
@@ -100,9 +96,7 @@ impl StoreShared {
             caught_up: tokio::sync::Notify::new(),
             pending_bytes: std::sync::atomic::AtomicUsize::new(0),
             durable: AtomicU64::new(0),
-            written: AtomicU64::new(0),
             waiters: Mutex::new(Vec::new()),
-            written_waiters: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(next_id),
         }
     }
@@ -121,19 +115,11 @@ impl StoreShared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The waiters for a write, even if a thread panicked holding them.
-    fn lock_written_waiters(&self) -> MutexGuard<'_, Vec<(u64, Recipient<Written>)>> {
-        self.written_waiters
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Called by the writer: every change up to `seq` is durable (so written too); tells who
-    /// waited for it. They are told after the lock is let go (`ready` is the writer's scratch
-    /// list): sending wakes their threads, and a Session asking
-    /// [`Store::notify_when_durable`] meanwhile must not wait for that.
+    /// Called by the writer: every change up to `seq` is durable; tells who waited for it.
+    /// They are told after the lock is let go (`ready` is the writer's scratch list): sending
+    /// wakes their threads, and a Session asking [`Store::notify_when_durable`] meanwhile
+    /// must not wait for that.
     pub(super) fn report_durable(&self, seq: u64, ready: &mut Vec<Recipient<Durable>>) {
-        self.report_written(seq);
         self.durable.store(seq, Ordering::SeqCst);
         {
             let mut waiters = self.lock_waiters();
@@ -142,25 +128,6 @@ impl StoreShared {
         }
         for to in ready.drain(..) {
             to.do_send(Durable(seq));
-        }
-    }
-
-    /// Called by the writer: every change up to `seq` is written to the file (not yet synced,
-    /// with `fsync = "always"`); tells who waited for that.
-    pub(super) fn report_written(&self, seq: u64) {
-        self.written.store(seq, Ordering::SeqCst);
-        let ready: Vec<_> = {
-            let mut waiters = self.lock_written_waiters();
-            if waiters.is_empty() {
-                return;
-            }
-            waiters
-                .extract_if(.., |(wanted, _)| *wanted <= seq)
-                .map(|(_, to)| to)
-                .collect()
-        };
-        for to in ready {
-            to.do_send(Written(seq));
         }
     }
 }
@@ -305,43 +272,13 @@ impl Store {
             }
             waiters.push((seq, to));
         }
-        self.wake_for_waiter();
-        false
-    }
-
-    /// The last change the writer reported written to the file (at least [`Store::durable`]).
-    pub fn written(&self) -> u64 {
-        self.shared().written.load(Ordering::SeqCst)
-    }
-
-    /// Whether change `seq` is written to the file (it survives `kill -9`); if not, the
-    /// recipient `to` makes gets [`Written`] once it is (or [`Durable`] covers it), and the
-    /// writer is woken for it. `to` is called only when it must wait.
-    pub fn notify_when_written(&self, seq: u64, to: impl FnOnce() -> Recipient<Written>) -> bool {
-        if self.written() >= seq {
-            return true;
-        }
-        let to = to();
-        {
-            let mut waiters = self.shared().lock_written_waiters();
-            // Read under the lock the writer takes after storing `written`.
-            if self.written() >= seq {
-                return true;
-            }
-            waiters.push((seq, to));
-        }
-        self.wake_for_waiter();
-        false
-    }
-
-    /// Wakes the writer for someone who now waits, if it naps or sleeps with changes pending.
-    fn wake_for_waiter(&self) {
         let mut pending = self.shared().lock_pending();
         if pending.writer != WriterState::Busy && pending.has_changes {
             pending.writer = WriterState::Busy;
             drop(pending);
             self.shared().wake_writer.notify_one();
         }
+        false
     }
 
     /// A new durable id for a queued message.

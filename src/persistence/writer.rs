@@ -154,11 +154,6 @@ impl Writer {
                 FsyncPolicy::Never => false,
             } || ((!flushes.is_empty() || closed) && unsynced);
             if sync_due {
-                // Written comes before synced: a Session's bound on duplicates after a crash
-                // needs only the former.
-                if let Some(seq) = seq {
-                    shared.report_written(seq);
-                }
                 while let Err(e) = self.log.sync() {
                     error!(error = %e, "cannot sync the persistence log; trying again in 1 s, nothing more is acknowledged until it can");
                     std::thread::sleep(RETRY_AFTER);

@@ -10,7 +10,7 @@ use actix::prelude::*;
 use super::{Phase, Session};
 use crate::codec::{self, Ack};
 use crate::message::QoS;
-use crate::persistence::{Durable, Record, RecordRef, Written};
+use crate::persistence::{Durable, Record, RecordRef};
 use crate::routing::Deliver;
 use crate::session::state::DurableChange;
 
@@ -69,22 +69,16 @@ pub(super) struct DeferredAcks {
     held: VecDeque<Deliver>,
     /// SUBACK/UNSUBACK waiting for their store change, in order.
     replies: VecDeque<(u64, Reply)>,
-    /// The Session's own record of a QoS 2 sending that its output waits for, durable.
+    /// The Session's own record that its output waits for (a QoS 2 sending, or the last of
+    /// too many not yet durable).
     output_after: u64,
-    /// The last store change known written to the file (at least `durable`).
-    written: u64,
-    /// The Session's own submissions not yet known written: (change number, `Done` records).
+    /// The Session's own submissions not yet known durable: (change number, `Done` records).
     unconfirmed: VecDeque<(u64, usize)>,
     /// The `Done` records in `unconfirmed`: messages the client has acknowledged that a
     /// crash now would send again.
     unconfirmed_done: usize,
-    /// The last of the Session's own submissions that its output waits for, written: the one
-    /// that brings the messages a crash would send again back within the window.
-    output_after_written: u64,
-    /// The last change the writer was asked to report durable for the output.
+    /// The last change the writer was asked to report for the output.
     output_notified: u64,
-    /// The last change the writer was asked to report written for the output.
-    written_notified: u64,
     /// Scratch list of what happened to the deliveries kept on disk, between taking them from
     /// the outbound flow and submitting them.
     changes: Vec<DurableChange>,
@@ -287,11 +281,8 @@ impl Session {
     /// A QoS 2 PUBLISH reaches the client only once the record of its sending is durable: a
     /// client that got it must get it again after a crash with the same packet identifier, or
     /// it would take the message twice. QoS 1 output does not wait (a duplicate is within its
-    /// contract) unless the messages in flight and those acknowledged but whose `Done` record is
-    /// not yet written exceed the inflight window: a `kill -9` delivers at most a window of
-    /// messages again. That waits for the write, not the sync: with `fsync = "always"` the
-    /// writer syncs one commit before it writes the next, so power loss sends at most two
-    /// windows again.
+    /// contract) unless the messages in flight and those acknowledged but not yet recorded done
+    /// exceed the inflight window: a crash delivers at most a window of messages again.
     pub(super) fn output_waits(&mut self, ctx: &mut Context<Self>) -> bool {
         let window = self.outbound.max_inflight();
         let inflight = self.outbound.inflight_len();
@@ -303,11 +294,10 @@ impl Session {
         ) else {
             return false;
         };
-        acks.durable = acks.durable.max(store.durable());
-        acks.written = acks.written.max(store.written()).max(acks.durable);
-        let written = acks.written;
+        let durable = acks.durable.max(store.durable());
+        acks.durable = durable;
         while let Some(&(seq, done)) = acks.unconfirmed.front() {
-            if seq > written {
+            if seq > durable {
                 break;
             }
             acks.unconfirmed.pop_front();
@@ -320,37 +310,24 @@ impl Session {
             if over == 0 {
                 break;
             }
-            acks.output_after_written = acks.output_after_written.max(seq);
+            acks.output_after = acks.output_after.max(seq);
             over = over.saturating_sub(done);
         }
-        let mut waits = false;
-        if acks.output_after > acks.durable {
-            waits = true;
-            if acks.output_after > acks.output_notified {
-                acks.output_notified = acks.output_after;
-                if store.notify_when_durable(acks.output_after, || ctx.address().recipient()) {
-                    acks.durable = acks.durable.max(acks.output_after);
-                    acks.written = acks.written.max(acks.durable);
-                    waits = false;
-                }
+        if acks.output_after <= acks.durable {
+            return false;
+        }
+        if acks.output_after > acks.output_notified {
+            acks.output_notified = acks.output_after;
+            if store.notify_when_durable(acks.output_after, || ctx.address().recipient()) {
+                acks.durable = acks.durable.max(acks.output_after);
+                return false;
             }
         }
-        if acks.output_after_written > acks.written {
-            if acks.output_after_written > acks.written_notified {
-                acks.written_notified = acks.output_after_written;
-                let after = acks.output_after_written;
-                if store.notify_when_written(after, || ctx.address().recipient()) {
-                    acks.written = acks.written.max(after);
-                    return waits;
-                }
-            }
-            return true;
-        }
-        waits
+        true
     }
 
-    /// Counts `submitted` as not yet written; the output waits for it to be durable if it
-    /// holds a QoS 2 sending.
+    /// Counts `submitted` as not yet durable; the output waits for it if it holds a QoS 2
+    /// sending.
     fn note_submitted(&mut self, submitted: Option<Submitted>) {
         let (Some(submitted), Some(acks)) = (submitted, self.deferred_acks.as_deref_mut()) else {
             return;
@@ -499,7 +476,6 @@ impl Handler<Durable> for Session {
             return;
         };
         acks.durable = acks.durable.max(msg.0);
-        acks.written = acks.written.max(msg.0);
         self.release_acks();
         // A SUBACK goes before the retained messages of its subscriptions.
         for reply in self.ready_replies() {
@@ -509,20 +485,6 @@ impl Handler<Durable> for Session {
             self.take_deliveries(deliver.deliveries, deliver.retained, ctx);
         }
         // Also while closing: what waited for the disk is the last output.
-        self.flush(ctx);
-    }
-}
-
-impl Handler<Written> for Session {
-    type Result = ();
-
-    /// From the store's writer thread: the Session's records its output waited for are
-    /// written (not yet synced); the output may go on.
-    fn handle(&mut self, msg: Written, ctx: &mut Context<Self>) {
-        let Some(acks) = self.deferred_acks.as_deref_mut() else {
-            return;
-        };
-        acks.written = acks.written.max(msg.0);
         self.flush(ctx);
     }
 }
