@@ -133,7 +133,12 @@ mod tests {
 
     #[test]
     fn a_borrowed_record_frames_and_keys_as_its_owned_one() {
-        let message = Message::new("gate/1AB/state", Bytes::from_static(b"closed"), QoS::ExactlyOnce, true);
+        let message = Message::new(
+            "gate/1AB/state",
+            Bytes::from_static(b"closed"),
+            QoS::ExactlyOnce,
+            true,
+        );
         let delivery = Delivery::new(Arc::new(message), QoS::AtLeastOnce, false)
             .with_extras(vec![3, 70_000], None);
         let client_id = "gate-1AB";
