@@ -9,8 +9,8 @@
 //! syncs by the policy, and reports the last durable change ([`Durable`]) to the Registry and
 //! the Sessions that asked. Only then do the acknowledgements of what
 //! those changes keep go out. The log (`log.rs`) is a directory of segment files of
-//! checksummed records (`record.rs`), compacted into a snapshot when it grows to twice the live
-//! state.
+//! checksummed records (`record.rs`; the ones written for every message are framed from borrowed
+//! fields, `record_ref.rs`), compacted into a snapshot when it grows to twice the live state.
 
 mod live;
 mod log;
