@@ -153,17 +153,17 @@ fn route_with(
         hold,
     }) = durability
     {
-        let mut queued = 0;
+        let mut to_record = !records.is_empty();
         for (key, batch) in scratch.batches.iter_mut() {
             if table.durable(*key).is_none() {
                 continue;
             }
             for delivery in batch.iter_mut().filter(|d| d.qos != QoS::AtMostOnce) {
                 delivery.set_durable_id(Some(store.next_id()));
-                queued += 1;
+                to_record = true;
             }
         }
-        if queued + records.len() > 0 {
+        if to_record {
             // Framed from the deliveries themselves: no owned record per delivery.
             let queued = scratch.batches.iter().flat_map(|(key, batch)| {
                 let client_id = table.durable(*key).map(|id| &**id);
