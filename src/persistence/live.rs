@@ -17,6 +17,12 @@ pub enum LiveKind {
     Remove,
     /// No key starting with this one is live any more.
     RemovePrefix,
+    /// A queued message ([`queued_key`]): the record is its first live frame.
+    QueuedSet,
+    /// The record of its sending or release joins its live frames, if it is live.
+    QueuedAppend,
+    /// It is no longer live (delivered, or dropped).
+    QueuedRemove,
 }
 
 impl LiveKind {
@@ -32,19 +38,12 @@ impl LiveKind {
             2 => LiveKind::Append,
             3 => LiveKind::Remove,
             4 => LiveKind::RemovePrefix,
+            5 => LiveKind::QueuedSet,
+            6 => LiveKind::QueuedAppend,
+            7 => LiveKind::QueuedRemove,
             _ => LiveKind::None,
         }
     }
-}
-
-/// Appends `id` as 16 lower-case hex digits (keys sort by id).
-fn put_hex16(key: &mut Vec<u8>, id: u64) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut hex = [0u8; 16];
-    for (i, digit) in hex.iter_mut().enumerate() {
-        *digit = DIGITS[((id >> ((15 - i) * 4)) & 0xf) as usize];
-    }
-    key.extend_from_slice(&hex);
 }
 
 /// Appends the key prefix of everything of `client_id`'s session: `s:{client_id}\0`.
@@ -54,19 +53,32 @@ pub(super) fn session_key(key: &mut Vec<u8>, client_id: &str) {
     key.push(0);
 }
 
+/// The bytes after a session's key prefix in a queued message's key: `\0q` and the id.
+pub(super) const QUEUED_KEY_SUFFIX: usize = 2 + 8;
+
 /// Appends the key of the queued message `id` of `client_id`'s session (its `Sent`,
-/// `Released` and `Done` records share it).
+/// `Released` and `Done` records share it): the session's prefix, `\0q`, and the id as 8
+/// big-endian bytes. Durable ids are unique across sessions, so the writer keys its queued
+/// messages by the id alone ([`split_queued_key`]) and keeps the prefix for the session.
 pub(super) fn queued_key(key: &mut Vec<u8>, client_id: &str, id: u64) {
     session_key(key, client_id);
     key.extend_from_slice(b"\0q");
-    put_hex16(key, id);
+    key.extend_from_slice(&id.to_be_bytes());
+}
+
+/// A queued message's key split into its session's key prefix and its id (`None` for a key
+/// too short to be one).
+pub(super) fn split_queued_key(key: &[u8]) -> Option<(&[u8], u64)> {
+    let prefix_len = key.len().checked_sub(QUEUED_KEY_SUFFIX)?;
+    let id: [u8; 8] = key[prefix_len + 2..].try_into().ok()?;
+    Some((&key[..prefix_len], u64::from_be_bytes(id)))
 }
 
 impl Record {
     /// Writes the key of this record in the live state (for compaction) to `key` and says
     /// what the record does to it. Everything of a session sits under the key prefix
     /// `s:{client_id}\0`: the session itself, then its subscriptions by filter, and after a
-    /// second NUL (no filter holds one) its queued messages (`q` and the id in hex) and inbound
+    /// second NUL (no filter holds one) its queued messages (`q` and the id) and inbound
     /// QoS 2 ids (`i` and the id), and its will (`w`).
     pub fn live_key(&self, key: &mut Vec<u8>) -> LiveKind {
         let session = session_key;
@@ -109,15 +121,15 @@ impl Record {
             }
             Record::Queued { client_id, id, .. } => {
                 queued(key, client_id, *id);
-                LiveKind::Set
+                LiveKind::QueuedSet
             }
             Record::Sent { client_id, id, .. } | Record::Released { client_id, id } => {
                 queued(key, client_id, *id);
-                LiveKind::Append
+                LiveKind::QueuedAppend
             }
             Record::Done { client_id, id } => {
                 queued(key, client_id, *id);
-                LiveKind::Remove
+                LiveKind::QueuedRemove
             }
             Record::WillSet { client_id, .. } => {
                 session(key, client_id);

@@ -13,6 +13,7 @@
 //! fields, `record_ref.rs`), compacted into a snapshot when it grows to twice the live state.
 
 mod live;
+mod live_state;
 mod log;
 mod record;
 mod record_ref;
@@ -173,8 +174,7 @@ pub fn open(config: &PersistenceConfig) -> Result<Option<Recovered>, Persistence
     let mut writer = Writer {
         log: scanned.log,
         _lock: lock,
-        live: BTreeMap::new(),
-        live_bytes: 0,
+        live: Default::default(),
         read_back: Vec::new(),
         policy: config.fsync,
         interval: config.fsync_interval,

@@ -101,15 +101,15 @@ impl Framed for RecordRef<'_> {
             RecordRef::Record(record) => record.live_key(key),
             RecordRef::Queued { client_id, id, .. } => {
                 queued_key(key, client_id, id);
-                LiveKind::Set
+                LiveKind::QueuedSet
             }
             RecordRef::Sent { client_id, id, .. } | RecordRef::Released { client_id, id } => {
                 queued_key(key, client_id, id);
-                LiveKind::Append
+                LiveKind::QueuedAppend
             }
             RecordRef::Done { client_id, id } => {
                 queued_key(key, client_id, id);
-                LiveKind::Remove
+                LiveKind::QueuedRemove
             }
         }
     }

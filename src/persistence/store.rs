@@ -5,6 +5,7 @@
 //! empty one and appends all of it with one write: every drain is one group commit. Nothing
 //! allocated by a submitter is freed by the writer, and nothing crosses a channel per record.
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -24,6 +25,38 @@ const BEHIND_BYTES: usize = 16 << 20;
 /// a full mailbox), or Sessions whose other submissions (bounded by their inflight windows)
 /// piled up past [`BEHIND_BYTES`].
 const MAX_PENDING_BYTES: usize = 32 << 20;
+
+thread_local! {
+    /// The stores whose writer this thread is to wake once its ready tasks have run
+    /// ([`wake_soon`]).
+    static TO_WAKE: RefCell<Vec<Arc<StoreShared>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Wakes `shared`'s writer. On an actix thread, once the tasks ready there have run: a
+/// worker's turn over many Sessions that each submit costs one wake-up (a system call, and
+/// on a virtual machine an interrupt to another CPU), not one per Session. Elsewhere at once.
+fn wake_soon(shared: &Arc<StoreShared>) {
+    if actix_rt::Arbiter::try_current().is_none() {
+        shared.wake_writer.notify_one();
+        return;
+    }
+    let first = TO_WAKE.with(|to_wake| {
+        let mut to_wake = to_wake.borrow_mut();
+        let first = to_wake.is_empty();
+        if !to_wake.iter().any(|s| Arc::ptr_eq(s, shared)) {
+            to_wake.push(shared.clone());
+        }
+        first
+    });
+    if first {
+        // Queued behind the tasks already ready on this thread.
+        actix_rt::spawn(async {
+            for shared in TO_WAKE.with(|to_wake| std::mem::take(&mut *to_wake.borrow_mut())) {
+                shared.wake_writer.notify_one();
+            }
+        });
+    }
+}
 
 /// What the writer is doing, for whoever may have to wake it.
 #[derive(Default, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +95,9 @@ pub(super) struct Pending {
     pub(super) flushes: Vec<Sender<()>>,
     /// How the writer sleeps on [`StoreShared::wake_writer`].
     pub(super) writer: WriterState,
+    /// Submitters waiting on [`StoreShared::room`]: the writer wakes them after a drain only
+    /// if there are any (a notify is a system call even with nobody waiting).
+    pub(super) waiting_for_room: usize,
     /// Every [`Store`] is gone: the writer syncs and ends.
     pub(super) closed: bool,
 }
@@ -108,6 +144,35 @@ impl StoreShared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Called by the writer with the queue locked: takes everything pending into `frames`,
+    /// `effects` and `flushes` (swapping buffers, so that each side keeps reusing its own),
+    /// lets go of the lock, and tells submitters there is room. Returns the last change taken
+    /// (if any) and whether every [`Store`] is gone.
+    pub(super) fn take_drain(
+        &self,
+        mut pending: MutexGuard<'_, Pending>,
+        frames: &mut Vec<u8>,
+        effects: &mut Vec<u8>,
+        flushes: &mut Vec<Sender<()>>,
+    ) -> (Option<u64>, bool) {
+        pending.writer = WriterState::Busy;
+        frames.clear();
+        effects.clear();
+        std::mem::swap(frames, &mut pending.frames);
+        self.pending_bytes.store(0, Ordering::Relaxed);
+        std::mem::swap(effects, &mut pending.effects);
+        flushes.append(&mut pending.flushes);
+        let seq = std::mem::take(&mut pending.has_changes).then_some(pending.seq);
+        let closed = pending.closed;
+        let room_waited = pending.waiting_for_room > 0;
+        drop(pending);
+        if room_waited {
+            self.room.notify_all();
+        }
+        self.caught_up.notify_waiters();
+        (seq, closed)
+    }
+
     /// The waiters, even if a thread panicked holding them.
     fn lock_waiters(&self) -> MutexGuard<'_, Vec<(u64, Recipient<Durable>)>> {
         self.waiters
@@ -152,18 +217,19 @@ impl Store {
         Store(Arc::new(Handle(shared)))
     }
 
-    fn shared(&self) -> &StoreShared {
+    fn shared(&self) -> &Arc<StoreShared> {
         &self.0 .0
     }
 
     /// Submits a change; returns its sequence number, reported durable once it is. Waits only
-    /// if the writer is [`MAX_PENDING_BYTES`] behind. The writer takes it at once.
+    /// if the writer is [`MAX_PENDING_BYTES`] behind. The writer takes it at once (on an actix
+    /// thread: once the tasks ready there have run).
     pub fn submit(&self, record: Record) -> u64 {
         self.submit_all(std::iter::once(record))
     }
 
     /// Submits changes, in order, as one; returns the sequence number of the last. The writer
-    /// takes them at once.
+    /// takes them at once (on an actix thread: once the tasks ready there have run).
     pub fn submit_all(&self, records: impl IntoIterator<Item = impl Framed>) -> u64 {
         self.enqueue(records, WriterState::Napping)
     }
@@ -184,10 +250,12 @@ impl Store {
             // Registry its mailbox, until the writer catches up.
             warn!("the persistence writer is behind; waiting for it");
             while pending.frames.len() >= MAX_PENDING_BYTES && !pending.closed {
+                pending.waiting_for_room += 1;
                 pending = shared
                     .room
                     .wait(pending)
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
+                pending.waiting_for_room -= 1;
             }
         }
         let p = &mut *pending;
@@ -216,7 +284,7 @@ impl Store {
         }
         drop(pending);
         if wake {
-            shared.wake_writer.notify_one();
+            wake_soon(shared);
         }
         seq
     }
@@ -328,5 +396,96 @@ mod tests {
             .await
             .expect("room once the writer drained")
             .expect("no panic");
+    }
+
+    #[test]
+    fn a_submitter_past_the_bound_waits_for_a_drain_and_is_woken_by_it() {
+        // No writer thread: the test drains the queue as the writer does.
+        let shared = Arc::new(StoreShared::new(1));
+        let store = Store::new(shared.clone());
+        let payload = Bytes::from(vec![1u8; 1 << 20]);
+        let retained = |n: usize| {
+            let topic = format!("t/{n}");
+            Record::RetainSet(Arc::new(Message::new(
+                &topic,
+                payload.clone(),
+                QoS::AtLeastOnce,
+                true,
+            )))
+        };
+        let mut n = 0;
+        while shared.lock_pending().frames.len() < MAX_PENDING_BYTES {
+            store.submit(retained(n));
+            n += 1;
+        }
+        let (submitted, done) = std::sync::mpsc::channel();
+        let submitter = {
+            let store = store.clone();
+            let record = retained(n);
+            std::thread::spawn(move || {
+                let seq = store.submit(record);
+                let _ = submitted.send(seq);
+            })
+        };
+        // It counts itself as waiting under the lock, then waits.
+        let pending = loop {
+            let pending = shared.lock_pending();
+            if pending.waiting_for_room == 1 {
+                break pending;
+            }
+            drop(pending);
+            std::thread::yield_now();
+        };
+        let (mut frames, mut effects, mut flushes) = (Vec::new(), Vec::new(), Vec::new());
+        let (seq, closed) = shared.take_drain(pending, &mut frames, &mut effects, &mut flushes);
+        assert_eq!((seq, closed), (Some(n as u64), false));
+        let seq = done
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the submitter was woken by the drain");
+        assert_eq!(seq, n as u64 + 1);
+        submitter.join().expect("no panic");
+        assert_eq!(shared.lock_pending().waiting_for_room, 0);
+    }
+
+    #[test]
+    fn a_submission_on_an_actix_thread_wakes_the_writer_once_the_ready_tasks_ran() {
+        let shared = Arc::new(StoreShared::new(1));
+        let store = Store::new(shared.clone());
+        shared.lock_pending().writer = WriterState::Asleep;
+        // Sleeps as the writer does when idle: until woken (or for a minute).
+        let (woken, wake_seen) = std::sync::mpsc::channel();
+        let sleeper = {
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                let mut pending = shared.lock_pending();
+                while !pending.has_changes {
+                    let (p, timeout) = shared
+                        .wake_writer
+                        .wait_timeout(pending, std::time::Duration::from_secs(60))
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    pending = p;
+                    if timeout.timed_out() {
+                        return;
+                    }
+                }
+                let _ = woken.send(());
+            })
+        };
+        actix_rt::System::new().block_on(async {
+            let message = Message::new("t", Bytes::from_static(b"m"), QoS::AtLeastOnce, true);
+            store.submit(Record::RetainSet(Arc::new(message)));
+            let scheduled = TO_WAKE.with(|to_wake| to_wake.borrow().len());
+            assert_eq!(
+                scheduled, 1,
+                "the wake waits for the tasks ready on this thread"
+            );
+            tokio::task::yield_now().await;
+            let scheduled = TO_WAKE.with(|to_wake| to_wake.borrow().len());
+            assert_eq!(scheduled, 0, "and then happens");
+        });
+        wake_seen
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the sleeping writer was woken");
+        sleeper.join().expect("no panic");
     }
 }

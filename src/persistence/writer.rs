@@ -2,7 +2,6 @@
 //! appends it with one write (group commit), syncs by the `fsync` policy, reports what is
 //! durable, and compacts when the log has grown to twice the live state.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,6 +9,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, error, info};
 
 use super::live::LiveKind;
+use super::live_state::LiveState;
 use super::log::{FrameAt, Log};
 use super::record::Record;
 use super::store::{StoreShared, WriterState, NAP, NAPS_BEFORE_SLEEP};
@@ -23,12 +23,10 @@ pub struct Writer {
     pub(super) log: Log,
     /// Held for the broker's life: one broker per directory.
     pub(super) _lock: File,
-    /// Key ([`Record::live_key`]) -> where its records' frames are in the log: the live
-    /// state, which compaction reads back and writes out. Where, not a copy: a running broker
-    /// holds each retained message once, in the Registry.
-    pub(super) live: BTreeMap<Vec<u8>, LiveFrames>,
-    /// The bytes of the frames `live` points at.
-    pub(super) live_bytes: u64,
+    /// Where each live record's frames are in the log, which compaction reads back and
+    /// writes out. Where, not a copy: a running broker holds each retained message once, in
+    /// the Registry.
+    pub(super) live: LiveState,
     /// The records read back at start, with their keys: the writer thread builds `live` from
     /// them before its first commit, while the Registry rebuilds its tables.
     pub(super) read_back: Vec<(LiveKind, Vec<u8>, FrameAt)>,
@@ -37,44 +35,6 @@ pub struct Writer {
     /// The log is compacted when it is larger than twice the live state and than this
     /// (`compact_min_bytes`).
     pub(super) compact_floor: u64,
-}
-
-/// Where a live key's frames are: most keys have one (a retained message, a subscription); a
-/// queued message also has the records of its sending and release appended.
-#[derive(Debug)]
-pub enum LiveFrames {
-    /// One frame.
-    One(FrameAt),
-    /// Several, in order.
-    Many(Vec<FrameAt>),
-}
-
-impl LiveFrames {
-    fn as_slice(&self) -> &[FrameAt] {
-        match self {
-            LiveFrames::One(at) => std::slice::from_ref(at),
-            LiveFrames::Many(all) => all,
-        }
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [FrameAt] {
-        match self {
-            LiveFrames::One(at) => std::slice::from_mut(at),
-            LiveFrames::Many(all) => all,
-        }
-    }
-
-    fn push(&mut self, at: FrameAt) {
-        match self {
-            LiveFrames::One(first) => *self = LiveFrames::Many(vec![*first, at]),
-            LiveFrames::Many(all) => all.push(at),
-        }
-    }
-
-    /// The bytes of its frames.
-    fn bytes(&self) -> u64 {
-        self.as_slice().iter().map(|at| u64::from(at.len)).sum()
-    }
 }
 
 /// The little-endian u32 at `at` of `bytes` (0 past the end), as a length.
@@ -124,20 +84,8 @@ impl Writer {
                 if pending.has_changes {
                     naps = 0;
                 }
-                pending.writer = WriterState::Busy;
-                frames.clear();
-                effects.clear();
-                std::mem::swap(&mut frames, &mut pending.frames);
-                shared
-                    .pending_bytes
-                    .store(0, std::sync::atomic::Ordering::Relaxed);
-                std::mem::swap(&mut effects, &mut pending.effects);
-                flushes.append(&mut pending.flushes);
-                let seq = std::mem::take(&mut pending.has_changes).then_some(pending.seq);
-                (seq, pending.closed)
+                shared.take_drain(pending, &mut frames, &mut effects, &mut flushes)
             };
-            shared.room.notify_all();
-            shared.caught_up.notify_waiters();
             let frames_at = self.log.end();
             if !frames.is_empty() {
                 // Nothing of this commit (nor after it) is acknowledged until it is written:
@@ -196,7 +144,7 @@ impl Writer {
                 offset,
                 len,
             };
-            self.track_key(kind, key, frame);
+            self.live.track(kind, key, frame);
             at = key_end + 4;
             offset += u64::from(len);
         }
@@ -220,76 +168,27 @@ impl Writer {
         for (kind, key, frame) in std::mem::take(&mut self.read_back) {
             if kind == LiveKind::Set {
                 // The common case: the key moves into the live state.
-                self.live_bytes += u64::from(frame.len);
-                if let Some(old) = self.live.insert(key, LiveFrames::One(frame)) {
-                    self.live_bytes -= old.bytes();
-                }
-                continue;
+                self.live.set_owned(key, frame);
+            } else {
+                self.live.track(kind, &key, frame);
             }
-            self.track_key(kind, &key, frame);
         }
         debug!(
             records,
-            live_bytes = self.live_bytes,
+            live_bytes = self.live.bytes(),
             millis = started.elapsed().as_millis() as u64,
             "persistence writer: live state built"
         );
     }
 
-    fn track_key(&mut self, kind: LiveKind, key: &[u8], frame: FrameAt) {
-        match kind {
-            LiveKind::None => {}
-            LiveKind::Set => {
-                self.live_bytes += u64::from(frame.len);
-                if let Some(live) = self.live.get_mut(key) {
-                    self.live_bytes -= live.bytes();
-                    *live = LiveFrames::One(frame);
-                } else {
-                    self.live.insert(key.to_vec(), LiveFrames::One(frame));
-                }
-            }
-            LiveKind::Append => {
-                // A compaction writes the key's frames one after the other.
-                if let Some(live) = self.live.get_mut(key) {
-                    live.push(frame);
-                    self.live_bytes += u64::from(frame.len);
-                }
-            }
-            LiveKind::Remove => {
-                if let Some(old) = self.live.remove(key) {
-                    self.live_bytes -= old.bytes();
-                }
-            }
-            LiveKind::RemovePrefix => {
-                let gone: Vec<Vec<u8>> = self
-                    .live
-                    .range(key.to_vec()..)
-                    .take_while(|(k, _)| k.starts_with(key))
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                for k in gone {
-                    if let Some(old) = self.live.remove(&k) {
-                        self.live_bytes -= old.bytes();
-                    }
-                }
-            }
-        }
-    }
-
     fn maybe_compact(&mut self) {
         let total = self.log.total_bytes();
-        if total <= self.compact_floor || total <= 2 * self.live_bytes {
+        if total <= self.compact_floor || total <= 2 * self.live.bytes() {
             return;
         }
         let started = Instant::now();
-        let live = self.live.values().flat_map(LiveFrames::as_slice);
-        match self.log.compact(live) {
-            Ok(moved) => {
-                // Where the frames are now, in the order they were read.
-                let now_at = self.live.values_mut().flat_map(LiveFrames::as_mut_slice);
-                for (at, moved) in now_at.zip(moved) {
-                    *at = moved;
-                }
+        match self.live.compact_into(&mut self.log) {
+            Ok(()) => {
                 info!(
                     before_bytes = total,
                     after_bytes = self.log.total_bytes(),

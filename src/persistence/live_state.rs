@@ -1,0 +1,461 @@
+//! The writer's live state: where each live record's frames are in the log, which compaction
+//! reads back and writes out.
+//!
+//! Retained messages, sessions, subscriptions, wills and inbound QoS 2 ids sit in one map
+//! ordered by key, so that a snapshot holds each session before what belongs to it. Queued
+//! messages, three records per message delivered (`Queued`, `Sent`, `Done`), sit in a hash map
+//! by their durable id (unique across sessions), each tagged with its session's slot: a
+//! session that goes takes its queued messages with it by retiring the slot, without a scan,
+//! and the next compaction drops the entries it left behind. A snapshot holds the queued
+//! messages after every session, in id order.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::live::{split_queued_key, LiveKind};
+use super::log::{FrameAt, Log};
+use super::PersistenceError;
+
+/// Where a live key's frames are: most keys have one (a retained message, a subscription).
+#[derive(Debug)]
+enum Frames {
+    /// None (a queued message's frames after its first, before it is sent).
+    None,
+    /// One frame.
+    One(FrameAt),
+    /// Several, in order.
+    Many(Vec<FrameAt>),
+}
+
+impl Frames {
+    fn as_slice(&self) -> &[FrameAt] {
+        match self {
+            Frames::None => &[],
+            Frames::One(at) => std::slice::from_ref(at),
+            Frames::Many(all) => all,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [FrameAt] {
+        match self {
+            Frames::None => &mut [],
+            Frames::One(at) => std::slice::from_mut(at),
+            Frames::Many(all) => all,
+        }
+    }
+
+    fn push(&mut self, at: FrameAt) {
+        match self {
+            Frames::None => *self = Frames::One(at),
+            Frames::One(first) => *self = Frames::Many(vec![*first, at]),
+            Frames::Many(all) => all.push(at),
+        }
+    }
+
+    /// The bytes of its frames.
+    fn bytes(&self) -> u64 {
+        self.as_slice().iter().map(|at| u64::from(at.len)).sum()
+    }
+}
+
+/// A live queued message: the session it belongs to, and its frames: its `Queued` record, then
+/// those of its sending and release (held inline up to the first: a QoS 1 message sent costs
+/// no allocation).
+#[derive(Debug)]
+struct QueuedFrames {
+    slot: SlotRef,
+    first: FrameAt,
+    rest: Frames,
+}
+
+impl QueuedFrames {
+    fn frames_mut(&mut self) -> impl Iterator<Item = &mut FrameAt> {
+        std::iter::once(&mut self.first).chain(self.rest.as_mut_slice())
+    }
+
+    fn frames(&self) -> impl Iterator<Item = &FrameAt> {
+        std::iter::once(&self.first).chain(self.rest.as_slice())
+    }
+
+    fn bytes(&self) -> u64 {
+        u64::from(self.first.len) + self.rest.bytes()
+    }
+}
+
+/// A session's slot, as a queued message refers to it: alive while the slot's generation is
+/// still this one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SlotRef {
+    index: u32,
+    generation: u32,
+}
+
+/// A session with queued messages.
+#[derive(Debug, Default)]
+struct Slot {
+    /// Bumped when the session goes: its queued messages are no longer live.
+    generation: u32,
+    /// The bytes of its live queued messages' frames.
+    bytes: u64,
+}
+
+/// The writer's live state (see the module doc).
+#[derive(Default)]
+pub struct LiveState {
+    /// Key ([`Record::live_key`](super::Record::live_key)) -> its frames, but for queued
+    /// messages.
+    by_key: BTreeMap<Vec<u8>, Frames>,
+    /// Queued messages by durable id. The ids are the broker's, not a client's: a fixed hash.
+    queued: HashMap<u64, QueuedFrames, foldhash::fast::FixedState>,
+    /// A session's key prefix -> its slot. Client ids are a client's: a seeded hash.
+    slot_of: HashMap<Vec<u8>, u32, foldhash::fast::RandomState>,
+    slots: Vec<Slot>,
+    /// Slots of sessions gone, to reuse (with their generation bumped).
+    free_slots: Vec<u32>,
+    /// The bytes of every live frame.
+    bytes: u64,
+}
+
+impl LiveState {
+    /// The bytes of every live frame: the size of a snapshot, give or take its marker.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Makes `frame` the live value of `key` (a key read back at start, where most are set
+    /// once): [`LiveState::track`] with [`LiveKind::Set`], without copying the key.
+    pub fn set_owned(&mut self, key: Vec<u8>, frame: FrameAt) {
+        self.bytes += u64::from(frame.len);
+        if let Some(old) = self.by_key.insert(key, Frames::One(frame)) {
+            self.bytes -= old.bytes();
+        }
+    }
+
+    /// Applies a record whose frame is `frame`, whose key is `key` and which does `kind`.
+    pub fn track(&mut self, kind: LiveKind, key: &[u8], frame: FrameAt) {
+        let len = u64::from(frame.len);
+        match kind {
+            LiveKind::None => {}
+            LiveKind::Set => {
+                self.bytes += len;
+                if let Some(live) = self.by_key.get_mut(key) {
+                    self.bytes -= live.bytes();
+                    *live = Frames::One(frame);
+                } else {
+                    self.by_key.insert(key.to_vec(), Frames::One(frame));
+                }
+            }
+            LiveKind::Append => {
+                if let Some(live) = self.by_key.get_mut(key) {
+                    live.push(frame);
+                    self.bytes += len;
+                }
+            }
+            LiveKind::Remove => {
+                if let Some(old) = self.by_key.remove(key) {
+                    self.bytes -= old.bytes();
+                }
+            }
+            LiveKind::RemovePrefix => self.remove_prefix(key),
+            LiveKind::QueuedSet => {
+                let Some((session, id)) = split_queued_key(key) else {
+                    return;
+                };
+                let slot = self.slot_for(session);
+                self.slots[slot.index as usize].bytes += len;
+                self.bytes += len;
+                let entry = QueuedFrames {
+                    slot,
+                    first: frame,
+                    rest: Frames::None,
+                };
+                if let Some(old) = self.queued.insert(id, entry) {
+                    self.forget(&old);
+                }
+            }
+            LiveKind::QueuedAppend => {
+                let Some((_, id)) = split_queued_key(key) else {
+                    return;
+                };
+                let Some(entry) = self.queued.get_mut(&id) else {
+                    return;
+                };
+                let slot = &mut self.slots[entry.slot.index as usize];
+                if slot.generation == entry.slot.generation {
+                    entry.rest.push(frame);
+                    slot.bytes += len;
+                    self.bytes += len;
+                } else {
+                    // Its session is gone.
+                    self.queued.remove(&id);
+                }
+            }
+            LiveKind::QueuedRemove => {
+                if let Some(old) = split_queued_key(key).and_then(|(_, id)| self.queued.remove(&id))
+                {
+                    self.forget(&old);
+                }
+            }
+        }
+    }
+
+    /// Takes a queued message's bytes off its session's and the total, if its session lives.
+    fn forget(&mut self, old: &QueuedFrames) {
+        let slot = &mut self.slots[old.slot.index as usize];
+        if slot.generation == old.slot.generation {
+            let bytes = old.bytes();
+            slot.bytes -= bytes;
+            self.bytes -= bytes;
+        }
+    }
+
+    /// The slot of the session whose key prefix is `session`, made if it has none.
+    fn slot_for(&mut self, session: &[u8]) -> SlotRef {
+        let index = match self.slot_of.get(session) {
+            Some(&index) => index,
+            None => {
+                let index = self.free_slots.pop().unwrap_or_else(|| {
+                    self.slots.push(Slot::default());
+                    (self.slots.len() - 1) as u32
+                });
+                self.slot_of.insert(session.to_vec(), index);
+                index
+            }
+        };
+        SlotRef {
+            index,
+            generation: self.slots[index as usize].generation,
+        }
+    }
+
+    /// No key starting with `prefix` is live: a session gone, with everything under it.
+    fn remove_prefix(&mut self, prefix: &[u8]) {
+        let gone: Vec<Vec<u8>> = self
+            .by_key
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in gone {
+            if let Some(old) = self.by_key.remove(&k) {
+                self.bytes -= old.bytes();
+            }
+        }
+        // Queued messages are under the session's prefix, and the prefix ends the session's
+        // key: its slot, if it has one.
+        if let Some(index) = self.slot_of.remove(prefix) {
+            let slot = &mut self.slots[index as usize];
+            self.bytes -= slot.bytes;
+            slot.bytes = 0;
+            slot.generation = slot.generation.wrapping_add(1);
+            self.free_slots.push(index);
+        }
+    }
+
+    /// Writes every live frame to a new snapshot segment of `log` (each session before what
+    /// belongs to it, queued messages last, in id order) and notes where each is now. Entries
+    /// of sessions gone are dropped first.
+    pub fn compact_into(&mut self, log: &mut Log) -> Result<(), PersistenceError> {
+        let slots = &self.slots;
+        self.queued.retain(|_, entry| {
+            slots[entry.slot.index as usize].generation == entry.slot.generation
+        });
+        let mut ids: Vec<u64> = self.queued.keys().copied().collect();
+        ids.sort_unstable();
+        let queued = &self.queued;
+        let queued_frames = ids
+            .iter()
+            .filter_map(|id| queued.get(id))
+            .flat_map(QueuedFrames::frames);
+        let moved = log.compact(
+            self.by_key
+                .values()
+                .flat_map(Frames::as_slice)
+                .chain(queued_frames),
+        )?;
+        // Where the frames are now, in the order they were read.
+        let mut moved = moved.into_iter();
+        let by_key = self.by_key.values_mut().flat_map(Frames::as_mut_slice);
+        for (at, now) in by_key.zip(&mut moved) {
+            *at = now;
+        }
+        for id in &ids {
+            if let Some(entry) = self.queued.get_mut(id) {
+                for (at, now) in entry.frames_mut().zip(&mut moved) {
+                    *at = now;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::message::{Delivery, Message, QoS, SubscriptionOptions};
+    use crate::persistence::live::{queued_key, session_key};
+    use crate::persistence::log::scan;
+    use crate::persistence::Record;
+
+    fn at(offset: u64, len: u32) -> FrameAt {
+        FrameAt {
+            segment: 1,
+            offset,
+            len,
+        }
+    }
+
+    fn queued(client_id: &str, id: u64) -> Vec<u8> {
+        let mut key = Vec::new();
+        queued_key(&mut key, client_id, id);
+        key
+    }
+
+    fn session(client_id: &str) -> Vec<u8> {
+        let mut key = Vec::new();
+        session_key(&mut key, client_id);
+        key
+    }
+
+    #[test]
+    fn queued_messages_count_until_done_or_their_session_goes() {
+        let mut live = LiveState::default();
+        live.track(LiveKind::Set, &session("a"), at(0, 10));
+        live.track(LiveKind::Set, &session("b"), at(10, 10));
+        live.track(LiveKind::QueuedSet, &queued("a", 1), at(20, 100));
+        live.track(LiveKind::QueuedSet, &queued("b", 2), at(120, 100));
+        live.track(LiveKind::QueuedAppend, &queued("a", 1), at(220, 5));
+        live.track(LiveKind::QueuedAppend, &queued("a", 1), at(225, 5));
+        live.track(LiveKind::QueuedAppend, &queued("b", 2), at(230, 5));
+        assert_eq!(live.bytes(), 20 + 110 + 105);
+        live.track(LiveKind::QueuedRemove, &queued("a", 1), at(235, 5));
+        assert_eq!(live.bytes(), 20 + 105);
+        // A record of a message nobody holds any more changes nothing.
+        live.track(LiveKind::QueuedAppend, &queued("a", 1), at(240, 5));
+        live.track(LiveKind::QueuedRemove, &queued("a", 9), at(245, 5));
+        assert_eq!(live.bytes(), 20 + 105);
+        live.track(LiveKind::RemovePrefix, &session("b"), at(250, 5));
+        assert_eq!(live.bytes(), 10, "session b went with its queued message");
+        // Its late records change nothing; a new session of the same id starts afresh.
+        live.track(LiveKind::QueuedAppend, &queued("b", 2), at(255, 5));
+        live.track(LiveKind::QueuedRemove, &queued("b", 2), at(260, 5));
+        assert_eq!(live.bytes(), 10);
+        live.track(LiveKind::Set, &session("b"), at(265, 10));
+        live.track(LiveKind::QueuedSet, &queued("b", 3), at(275, 100));
+        live.track(LiveKind::QueuedSet, &queued("a", 4), at(375, 100));
+        assert_eq!(live.bytes(), 20 + 200);
+        live.track(LiveKind::RemovePrefix, &session("a"), at(475, 5));
+        assert_eq!(live.bytes(), 10 + 100);
+    }
+
+    /// Appends `records` to `log`, tracking each in `live`, as the writer does.
+    fn append(log: &mut Log, live: &mut LiveState, records: &[Record]) {
+        for record in records {
+            let frame = record.to_frame();
+            let end = log.end();
+            log.append(&frame).expect("append");
+            let mut key = Vec::new();
+            let kind = record.live_key(&mut key);
+            live.track(
+                kind,
+                &key,
+                FrameAt {
+                    len: frame.len() as u32,
+                    ..end
+                },
+            );
+        }
+    }
+
+    /// What a record read back is, in short.
+    fn short(record: &Record) -> String {
+        match record {
+            Record::SessionSet { client_id, .. } => format!("session {client_id}"),
+            Record::Subscribe {
+                client_id, filter, ..
+            } => format!("sub {client_id} {filter}"),
+            Record::Queued { client_id, id, .. } => format!("queued {client_id} {id}"),
+            Record::Sent { client_id, id, .. } => format!("sent {client_id} {id}"),
+            other => format!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_snapshot_holds_sessions_first_and_none_of_the_queued_messages_of_a_session_gone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = scan(dir.path(), false).expect("scan").log;
+        let mut live = LiveState::default();
+        let delivery = Delivery::new(
+            Arc::new(Message::new(
+                "t",
+                Bytes::from_static(b"m"),
+                QoS::AtLeastOnce,
+                false,
+            )),
+            QoS::AtLeastOnce,
+            false,
+        );
+        let session_set = |client_id: &str| Record::SessionSet {
+            client_id: client_id.into(),
+            expiry: 60,
+            offline_since: 0,
+        };
+        let queued = |client_id: &str, id| Record::queued(client_id.into(), id, &delivery);
+        let sent = |client_id: &str, id| Record::Sent {
+            client_id: client_id.into(),
+            id,
+            pid: 1,
+        };
+        append(
+            &mut log,
+            &mut live,
+            &[
+                session_set("b"),
+                queued("b", 1),
+                session_set("a"),
+                queued("a", 2),
+                sent("b", 1),
+                queued("b", 3),
+                Record::SessionGone("b".into()),
+                queued("a", 4),
+                session_set("b"),
+                Record::Subscribe {
+                    client_id: "b".into(),
+                    filter: "f".into(),
+                    options: SubscriptionOptions::qos(QoS::AtLeastOnce),
+                },
+                queued("b", 5),
+                sent("a", 2),
+                sent("b", 3),
+            ],
+        );
+        let bytes = live.bytes();
+        live.compact_into(&mut log).expect("compact");
+        let back = scan(dir.path(), false).expect("scan");
+        let back: Vec<String> = back.records.iter().map(|(r, _)| short(r)).collect();
+        assert_eq!(
+            back,
+            [
+                "session a",
+                "session b",
+                "sub b f",
+                "queued a 2",
+                "sent a 2",
+                "queued a 4",
+                "queued b 5",
+            ]
+        );
+        assert_eq!(
+            log.total_bytes(),
+            bytes + Record::Snapshot.to_frame().len() as u64
+        );
+        // The frames are where the snapshot put them: a second compaction copies them again.
+        live.compact_into(&mut log).expect("compact again");
+        let again = scan(dir.path(), false).expect("scan");
+        assert_eq!(again.records.len(), 7);
+    }
+}
