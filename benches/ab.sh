@@ -7,7 +7,8 @@
 #   BROKERS="old new mosquitto" RUNS=3 benches/ab.sh
 #
 # A variant can be a script that execs a binary with arguments (e.g. `-c one-worker.toml`).
-# LOAD_ARGS is added to every row (e.g. `--persistent-subscribers`).
+# LOAD_ARGS is added to every row (e.g. `--persistent-subscribers`, or `--window-acked` for
+# publishers that also wait for their PUBACK, as devices do).
 # ROWS picks rows: w1_8 w1_200 q0_200 open fleet fleet20 pipe0 pipe1 fanout fanout1 fanin0 fanin
 # idle (10,000 idle connections: RSS per connection) idle_max (IDLE_MAX of them, default 19,000:
 # near a 20,000 descriptor limit) storm (connect storm, 20 at a time)

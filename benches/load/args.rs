@@ -57,6 +57,12 @@ pub struct Args {
     /// Closed loop: messages per publisher published and not yet delivered to every subscriber.
     #[arg(long, default_value_t = 100)]
     pub window: u64,
+    /// Closed loop: a publisher also keeps at most `--window` messages unacknowledged by the
+    /// broker (PUBACK, or PUBCOMP at QoS 2), as a device that waits for its PUBACK does. Without
+    /// it only delivery counts: with `[persistence]` a PUBACK waits for the store and delivery
+    /// does not, so the PUBACK's wait is not on the path measured.
+    #[arg(long)]
+    pub window_acked: bool,
     /// Measured seconds.
     #[arg(long, default_value_t = 5.0)]
     pub duration: f64,

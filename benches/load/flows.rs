@@ -189,6 +189,8 @@ struct Pacing {
     /// Closed loop: messages not yet delivered everywhere.
     window: u64,
     recipients: u64,
+    /// Closed loop with `--window-acked`: messages not yet acknowledged by the broker.
+    acked_window: Option<u64>,
 }
 
 async fn publisher(
@@ -228,7 +230,8 @@ async fn publisher(
             }
         };
         if args.qos > 0 {
-            allowed = allowed.min(u64::from(60_000u32.saturating_sub(unacked)));
+            let most_unacked = pacing.acked_window.unwrap_or(60_000);
+            allowed = allowed.min(most_unacked.saturating_sub(u64::from(unacked)));
         }
         let batch = allowed.min(64);
         if batch > 0 {
@@ -250,6 +253,11 @@ async fn publisher(
         }
         // Acknowledgements from the broker (PUBACK / PUBREC -> PUBREL / PUBCOMP).
         match read_acks(&stream, &mut inbox, &mut out)? {
+            // Acknowledgements read may allow more (`--window-acked`): look again at once.
+            Some(done) if done > 0 && batch == 0 && out.is_empty() => {
+                unacked = unacked.saturating_sub(done);
+                continue;
+            }
             Some(done) => unacked = unacked.saturating_sub(done),
             None => return Ok(()),
         }
@@ -354,6 +362,8 @@ pub async fn run(
                     rate: per_publisher_rate,
                     window: args.window.max(1),
                     recipients: plan.recipients,
+                    acked_window: (args.window_acked && args.rate.is_none())
+                        .then_some(args.window.max(1)),
                 };
                 let (args, shared) = (args.clone(), shared.clone());
                 tokio::task::spawn_local(async move {

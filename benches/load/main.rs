@@ -79,6 +79,7 @@ fn run(args: Args) -> Result<(), String> {
                 args.telemetry_rate
             ),
             (_, Some(rate)) => format!("open({rate}/s)"),
+            (_, None) if args.window_acked => format!("closed({}, acked)", args.window),
             (_, None) => format!("closed({})", args.window),
         } + &if args.idle_beside > 0 {
             format!(" +{} idle", args.idle_beside)
