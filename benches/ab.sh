@@ -10,6 +10,7 @@
 # LOAD_ARGS is added to every row (e.g. `--persistent-subscribers`, or `--window-acked` for
 # publishers that also wait for their PUBACK, as devices do).
 # ROWS picks rows: w1_8 w1_200 q0_200 open fleet fleet20 pipe0 pipe1 fanout fanout1 fanin0 fanin
+# w1a_8 (window 1, 8 pairs, each publisher also waiting for its PUBACK: `--window-acked`)
 # idle (10,000 idle connections: RSS per connection) idle_max (IDLE_MAX of them, default 19,000:
 # near a 20,000 descriptor limit) storm (connect storm, 20 at a time)
 # r10k (100 pairs at 10k msgs/s in all) r10k_idle (the same with 10,000 idle connections beside)
@@ -41,6 +42,7 @@ for run_no in $(seq "$RUNS"); do
     for row in $ROWS; do
       case $row in
         w1_8) args="--scenario pairs --qos 1 --window 1 --clients 8" ;;
+        w1a_8) args="--scenario pairs --qos 1 --window 1 --clients 8 --window-acked" ;;
         w1_200) args="--scenario pairs --qos 1 --window 1 --clients 200" ;;
         q0_200) args="--scenario pairs --qos 0 --window 1 --clients 200" ;;
         open) args="--scenario pairs --qos 1 --rate 20000 --clients 1000" ;;

@@ -150,7 +150,9 @@ rm -f "$RESULTS"
 start_brokers
 echo "switchboard $(./target/release/switchboard --version), $("$MOSQUITTO" -h 2>&1 | head -1); $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB" >&2
 
-# What device fleets send, first: one message at a time waiting for its PUBACK (window 1), an
+# What device fleets send, first: one message at a time (window 1: the next once the last was
+# delivered; the brokers compared here in memory send the PUBACK by then, and `--window-acked`
+# also waits for it, as a device does, for brokers whose PUBACK may come later), an
 # open loop over many connections, and the seed's request/response pattern (fleet: 1000 devices,
 # 10,000 requests/s, so 20,000 msgs/s through the broker, plus telemetry at 0.2/s per device).
 REALISTIC=${RESULTS%.jsonl}-realistic.jsonl
