@@ -34,27 +34,40 @@ thread_local! {
 
 /// Wakes `shared`'s writer. On an actix thread, once the tasks ready there have run: a
 /// worker's turn over many Sessions that each submit costs one wake-up (a system call, and
-/// on a virtual machine an interrupt to another CPU), not one per Session. Elsewhere at once.
+/// on a virtual machine an interrupt to another CPU), not one per Session. Elsewhere, or if the
+/// thread's Arbiter is gone, at once.
 fn wake_soon(shared: &Arc<StoreShared>) {
-    if actix_rt::Arbiter::try_current().is_none() {
-        shared.wake_writer.notify_one();
-        return;
-    }
-    let first = TO_WAKE.with(|to_wake| {
+    // A wake already scheduled on this thread takes this store along.
+    let scheduled = TO_WAKE.with(|to_wake| {
         let mut to_wake = to_wake.borrow_mut();
-        let first = to_wake.is_empty();
+        if to_wake.is_empty() {
+            return false;
+        }
         if !to_wake.iter().any(|s| Arc::ptr_eq(s, shared)) {
             to_wake.push(shared.clone());
         }
-        first
+        true
     });
-    if first {
-        // Queued behind the tasks already ready on this thread.
-        actix_rt::spawn(async {
-            for shared in TO_WAKE.with(|to_wake| std::mem::take(&mut *to_wake.borrow_mut())) {
-                shared.wake_writer.notify_one();
-            }
-        });
+    if scheduled {
+        return;
+    }
+    let Some(arbiter) = actix_rt::Arbiter::try_current() else {
+        shared.wake_writer.notify_one();
+        return;
+    };
+    TO_WAKE.with(|to_wake| to_wake.borrow_mut().push(shared.clone()));
+    // Spawned on this thread's Arbiter, behind the tasks already ready here (never a panic:
+    // sent through its channel, not spawned into a task set that may be shutting down).
+    let sent = arbiter.spawn(async { wake_scheduled() });
+    if !sent {
+        wake_scheduled();
+    }
+}
+
+/// Wakes the writers of the stores [`wake_soon`] listed on this thread.
+fn wake_scheduled() {
+    for shared in TO_WAKE.with(|to_wake| std::mem::take(&mut *to_wake.borrow_mut())) {
+        shared.wake_writer.notify_one();
     }
 }
 
@@ -479,7 +492,13 @@ mod tests {
                 scheduled, 1,
                 "the wake waits for the tasks ready on this thread"
             );
-            tokio::task::yield_now().await;
+            // The Arbiter takes the wake from its channel, then runs it: a few turns.
+            for _ in 0..100 {
+                if TO_WAKE.with(|to_wake| to_wake.borrow().is_empty()) {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
             let scheduled = TO_WAKE.with(|to_wake| to_wake.borrow().len());
             assert_eq!(scheduled, 0, "and then happens");
         });
