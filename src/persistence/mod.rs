@@ -12,6 +12,7 @@
 //! checksummed records (`record.rs`; the ones written for every message are framed from borrowed
 //! fields, `record_ref.rs`), compacted into a snapshot when it grows to twice the live state.
 
+mod batch_thread;
 mod live;
 mod live_state;
 mod log;

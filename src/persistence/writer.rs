@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info};
 
+use super::batch_thread::run_as_batch_thread;
 use super::live::LiveKind;
 use super::live_state::LiveState;
 use super::log::{FrameAt, Log};
@@ -49,6 +50,7 @@ impl Writer {
     /// Runs until every [`Store`](super::Store) is gone, then syncs and returns. What is
     /// durable is reported through `shared` to whoever waits for it.
     pub fn run(mut self, shared: Arc<StoreShared>) {
+        run_as_batch_thread();
         self.build_live();
         let mut last_sync = Instant::now();
         let mut unsynced = false;
