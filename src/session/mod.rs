@@ -14,6 +14,7 @@ mod hand_over;
 mod inbound_qos2;
 mod linger;
 mod output;
+mod output_pool;
 mod packets;
 mod peer;
 mod reader;

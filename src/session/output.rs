@@ -5,10 +5,10 @@
 use std::time::Instant;
 
 use actix::prelude::*;
-use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tracing::debug;
 
+use super::output_pool;
 use super::peer::{note_delivery_latency, write_delivery};
 use super::{Phase, Session};
 use crate::codec;
@@ -32,31 +32,33 @@ impl Session {
         let Some(mut writer) = self.writer.take() else {
             return;
         };
-        let buf = self.out.split().freeze();
+        // The buffer goes to the write whole; deliveries written meanwhile take a spare one.
+        let buf = std::mem::take(&mut self.out);
         self.writing = u32::try_from(buf.len()).unwrap_or(u32::MAX);
         let written = crate::traffic::Written::count(&buf);
         let write = async move {
             // The flush matters where the stream buffers (TLS, WebSocket); on TCP it is free.
-            let result = match writer.write_all(&buf).await {
+            let result = match writer.write_all(&buf[..]).await {
                 Ok(()) => writer.flush().await,
                 Err(e) => Err(e),
             };
-            (writer, result)
+            (writer, buf, result)
         };
         ctx.spawn(
             write
                 .into_actor(self)
-                .map(move |(writer, result), act, ctx| {
+                .map(move |(writer, buf, result), act, ctx| {
                     act.writing = 0;
+                    // Written: spare for the next fill, here or in another Session.
+                    output_pool::give_back(buf);
                     match result {
                         Ok(()) => {
                             act.shared.metrics.traffic.written(&written);
                             act.writer = Some(writer);
                             act.flush(ctx);
-                            if act.out.is_empty() {
-                                // What is left of the buffer is still one allocation with the bytes in
-                                // flight: an idle connection keeps none of it.
-                                act.out = BytesMut::new();
+                            if act.writer.is_some() && act.out.is_empty() {
+                                // Nothing more to write: an idle connection keeps no buffer.
+                                output_pool::give_back(std::mem::take(&mut act.out));
                             }
                         }
                         Err(e) => {
@@ -85,6 +87,7 @@ impl Session {
     /// Writes a QoS 0 delivery into the output, unless it expired `[MQTT-3.3.2-5]` or is too
     /// large for the client `[MQTT-3.1.2-25]` (each counted).
     pub(super) fn write_qos0(&mut self, delivery: &crate::message::Delivery, now: Instant) {
+        self.take_spare_output();
         if delivery.message.is_expired(now) {
             self.shared.metrics.add_expired_dropped(1);
         } else if write_delivery(
@@ -102,6 +105,14 @@ impl Session {
         }
     }
 
+    /// Before deliveries are written into an output that has no buffer (the last write gave
+    /// it back): one of the worker's spare buffers, if it has any.
+    fn take_spare_output(&mut self) {
+        if self.out.capacity() == 0 {
+            self.out = output_pool::take();
+        }
+    }
+
     /// Bytes held for the socket: buffered plus being written.
     pub(super) fn unwritten(&self) -> usize {
         self.out.len() + self.writing as usize
@@ -115,6 +126,7 @@ impl Session {
 
     /// [`Session::pump`] with the time already read.
     pub(super) fn pump_at(&mut self, now: Instant) {
+        self.take_spare_output();
         while let Some(entry) = self.outbound.next_to_send(now) {
             let pid = entry.pid;
             let written = write_delivery(
