@@ -7,12 +7,15 @@
 //! Neither the Registry nor a Session blocks on disk: each submits its changes to the
 //! [`Store`], whose writer thread (`writer.rs`) appends a drain of its queue with one write,
 //! syncs by the policy, and reports the last durable change ([`Durable`]) to the Registry and
-//! the Sessions that asked. Only then do the acknowledgements of what
+//! the Sessions that asked, once per thread they run on (`durable_waiters.rs`); it runs as a
+//! batch thread, so that its wake-ups do not preempt theirs (`batch_thread.rs`). Only then do
+//! the acknowledgements of what
 //! those changes keep go out. The log (`log.rs`) is a directory of segment files of
 //! checksummed records (`record.rs`; the ones written for every message are framed from borrowed
 //! fields, `record_ref.rs`), compacted into a snapshot when it grows to twice the live state.
 
 mod batch_thread;
+mod durable_waiters;
 mod live;
 mod live_state;
 mod log;
@@ -32,6 +35,7 @@ use actix::prelude::*;
 use thiserror::Error;
 use tracing::info;
 
+pub use durable_waiters::DurableTo;
 pub use live::LiveKind;
 pub use record::{Record, RecordError};
 pub use record_ref::{Framed, RecordRef};

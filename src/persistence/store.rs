@@ -13,6 +13,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use actix::Recipient;
 use tracing::warn;
 
+use super::durable_waiters::{DurableTo, Waiters};
 use super::record::Record;
 use super::record_ref::Framed;
 use super::Durable;
@@ -25,6 +26,9 @@ const BEHIND_BYTES: usize = 16 << 20;
 /// a full mailbox), or Sessions whose other submissions (bounded by their inflight windows)
 /// piled up past [`BEHIND_BYTES`].
 const MAX_PENDING_BYTES: usize = 32 << 20;
+
+/// The next [`StoreShared::id`].
+static NEXT_STORE: AtomicU64 = AtomicU64::new(1);
 
 thread_local! {
     /// The stores whose writer this thread is to wake once its ready tasks have run
@@ -129,8 +133,10 @@ pub struct StoreShared {
     pub(super) pending_bytes: std::sync::atomic::AtomicUsize,
     /// The last change the writer reported durable.
     pub(super) durable: AtomicU64,
-    /// Who waits for a change to be durable: (its number, who to tell).
-    waiters: Mutex<Vec<(u64, Recipient<Durable>)>>,
+    /// Who waits for a change to be durable, by thread.
+    waiters: Waiters,
+    /// Tells this store from others, in the threads' own lists of waiters.
+    pub(super) id: u64,
     /// The next durable id of a queued message.
     next_id: AtomicU64,
 }
@@ -145,7 +151,8 @@ impl StoreShared {
             caught_up: tokio::sync::Notify::new(),
             pending_bytes: std::sync::atomic::AtomicUsize::new(0),
             durable: AtomicU64::new(0),
-            waiters: Mutex::new(Vec::new()),
+            waiters: Waiters::default(),
+            id: NEXT_STORE.fetch_add(1, Ordering::Relaxed),
             next_id: AtomicU64::new(next_id),
         }
     }
@@ -186,27 +193,16 @@ impl StoreShared {
         (seq, closed)
     }
 
-    /// The waiters, even if a thread panicked holding them.
-    fn lock_waiters(&self) -> MutexGuard<'_, Vec<(u64, Recipient<Durable>)>> {
-        self.waiters
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// The last change the writer reported durable.
+    pub(super) fn durable(&self) -> u64 {
+        self.durable.load(Ordering::SeqCst)
     }
 
-    /// Called by the writer: every change up to `seq` is durable; tells who waited for it.
-    /// They are told after the lock is let go (`ready` is the writer's scratch list): sending
-    /// wakes their threads, and a Session asking [`Store::notify_when_durable`] meanwhile
-    /// must not wait for that.
-    pub(super) fn report_durable(&self, seq: u64, ready: &mut Vec<Recipient<Durable>>) {
+    /// Called by the writer: every change up to `seq` is durable; tells who waited for it,
+    /// once per thread they run on (`ready` is the writer's scratch list).
+    pub(super) fn report_durable(self: &Arc<Self>, seq: u64, ready: &mut Vec<Recipient<Durable>>) {
         self.durable.store(seq, Ordering::SeqCst);
-        {
-            let mut waiters = self.lock_waiters();
-            let due = waiters.extract_if(.., |(wanted, _)| *wanted <= seq);
-            ready.extend(due.map(|(_, to)| to));
-        }
-        for to in ready.drain(..) {
-            to.do_send(Durable(seq));
-        }
+        self.waiters.report(self, seq, ready);
     }
 }
 
@@ -334,24 +330,18 @@ impl Store {
 
     /// The last change the writer reported durable.
     pub fn durable(&self) -> u64 {
-        self.shared().durable.load(Ordering::SeqCst)
+        self.shared().durable()
     }
 
-    /// Whether change `seq` is durable; if not, the recipient `to` makes gets [`Durable`] once
-    /// it is, and the writer is woken for it. `to` is called only when it must wait.
-    pub fn notify_when_durable(&self, seq: u64, to: impl FnOnce() -> Recipient<Durable>) -> bool {
+    /// Whether change `seq` is durable; if not, `to` gets [`Durable`] once it is (told on its
+    /// own thread, with the other waiters there), and the writer is woken for it.
+    pub fn notify_when_durable(&self, seq: u64, to: &DurableTo) -> bool {
         if self.durable() >= seq {
             return true;
         }
-        let to = to();
-        {
-            let mut waiters = self.shared().lock_waiters();
-            // Read under the lock the writer takes after storing `durable`: either this sees
-            // the new value, or the writer sees this waiter.
-            if self.durable() >= seq {
-                return true;
-            }
-            waiters.push((seq, to));
+        let shared = self.shared();
+        if shared.waiters.wait(shared, seq, to) {
+            return true;
         }
         let mut pending = self.shared().lock_pending();
         if pending.writer != WriterState::Busy && pending.has_changes {

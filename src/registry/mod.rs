@@ -34,7 +34,7 @@ use crate::config::{Config, QueueOverflow, SessionConfig};
 use crate::hooks::LifecycleHooks;
 use crate::message::{Delivery, Message, QoS, SubscriptionOptions};
 use crate::metrics::Metrics;
-use crate::persistence::{unix_ms_now, Durable, Record, Store};
+use crate::persistence::{unix_ms_now, Durable, DurableTo, Record, Store};
 use crate::queue::{Pushed, QueueLimits};
 use crate::routing::{Routes, Target};
 use crate::topic::RetainedStore;
@@ -440,7 +440,8 @@ impl Handler<Publish> for Registry {
                 self.awaiting_durable.push_back((seq, msg.from, msg.conn));
                 if seq > self.durable_asked {
                     self.durable_asked = seq;
-                    if store.notify_when_durable(seq, || ctx.address().recipient()) {
+                    let to = DurableTo::new(ctx.address().recipient());
+                    if store.notify_when_durable(seq, &to) {
                         ctx.notify(Durable(seq));
                     }
                 }

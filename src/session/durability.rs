@@ -10,7 +10,7 @@ use actix::prelude::*;
 use super::{Phase, Session};
 use crate::codec::{self, Ack};
 use crate::message::QoS;
-use crate::persistence::{Durable, Record, RecordRef};
+use crate::persistence::{Durable, DurableTo, Record, RecordRef, Store};
 use crate::routing::Deliver;
 use crate::session::state::DurableChange;
 
@@ -82,6 +82,18 @@ pub(super) struct DeferredAcks {
     /// Scratch list of what happened to the deliveries kept on disk, between taking them from
     /// the outbound flow and submitting them.
     changes: Vec<DurableChange>,
+    /// This Session as the store's writer tells it, made at its first wait.
+    durable_to: Option<DurableTo>,
+}
+
+impl DeferredAcks {
+    /// Asks `store` to tell this Session once change `seq` is durable; true if it already is.
+    fn notify_when_durable(&mut self, store: &Store, seq: u64, ctx: &Context<Session>) -> bool {
+        let to = self
+            .durable_to
+            .get_or_insert_with(|| DurableTo::new(ctx.address().recipient()));
+        store.notify_when_durable(seq, to)
+    }
 }
 
 impl DeferredAcks {
@@ -179,7 +191,7 @@ impl Session {
         };
         if let AckWait::Durable(seq) = acks.hand_over(wait) {
             if let Some(store) = self.shared.store.as_ref().filter(|_| seq > acks.durable) {
-                if store.notify_when_durable(seq, || ctx.address().recipient()) {
+                if acks.notify_when_durable(store, seq, ctx) {
                     acks.durable = acks.durable.max(seq);
                 }
             }
@@ -318,7 +330,7 @@ impl Session {
         }
         if acks.output_after > acks.output_notified {
             acks.output_notified = acks.output_after;
-            if store.notify_when_durable(acks.output_after, || ctx.address().recipient()) {
+            if acks.notify_when_durable(store, acks.output_after, ctx) {
                 acks.durable = acks.durable.max(acks.output_after);
                 return false;
             }
@@ -394,7 +406,7 @@ impl Session {
             if deliver.after <= acks.durable {
                 return Some(deliver);
             }
-            if store.notify_when_durable(deliver.after, || ctx.address().recipient()) {
+            if acks.notify_when_durable(store, deliver.after, ctx) {
                 acks.durable = acks.durable.max(deliver.after);
                 return Some(deliver);
             }
@@ -421,7 +433,7 @@ impl Session {
             if after <= acks.durable {
                 return Some(reply);
             }
-            if store.notify_when_durable(after, || ctx.address().recipient()) {
+            if acks.notify_when_durable(store, after, ctx) {
                 acks.durable = acks.durable.max(after);
                 return Some(reply);
             }

@@ -1,0 +1,251 @@
+//! Who waits for a change to be durable, kept by the thread they run on.
+//!
+//! A Session (or the Registry) on an actix thread that must wait for a change is listed in that
+//! thread's own list, and the thread's entry in the store says the lowest change any of them
+//! waits for. After each commit the writer looks at those entries only: a thread with a waiter
+//! due gets one task through its Arbiter, which tells its due waiters there, on their own
+//! thread. A drain that makes ten Sessions of one worker ready then costs the writer one
+//! cross-thread wake-up instead of ten (each a locked push and an `eventfd` write), and the
+//! worker one wake instead of ten. Waiters on other threads (no Arbiter) are told by the writer
+//! directly.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use actix::Recipient;
+use actix_rt::{Arbiter, ArbiterHandle};
+
+use super::store::StoreShared;
+use super::Durable;
+
+/// No change waited for.
+const NONE: u64 = u64::MAX;
+
+/// One actix thread's entry in a store: the lowest change one of its waiters waits for
+/// ([`NONE`] for none), and where to send the task that tells them.
+pub(super) struct ThreadWaiters {
+    wants: AtomicU64,
+    arbiter: ArbiterHandle,
+}
+
+/// A store's waiters: by actix thread, and those on other threads.
+#[derive(Default)]
+pub(super) struct Waiters {
+    threads: Mutex<Vec<Arc<ThreadWaiters>>>,
+    others: Mutex<Vec<(u64, Recipient<Durable>)>>,
+}
+
+/// Who to tell that a change is durable: a Session or the Registry, which makes it once and
+/// lends it to every wait (a wait then allocates nothing). Not `Send`: it stays on the thread
+/// of the actor it names.
+#[derive(Clone)]
+pub struct DurableTo(Rc<Recipient<Durable>>);
+
+impl DurableTo {
+    /// Tells `to`.
+    pub fn new(to: Recipient<Durable>) -> Self {
+        DurableTo(Rc::new(to))
+    }
+}
+
+/// A thread's own list of waiters for one store.
+struct LocalWaiters {
+    /// The store's [`StoreShared::id`].
+    store: u64,
+    /// This thread's entry in the store.
+    thread: Arc<ThreadWaiters>,
+    /// (change waited for, who to tell).
+    waiting: Vec<(u64, DurableTo)>,
+}
+
+thread_local! {
+    /// This thread's waiters, per store it has waited on.
+    static LOCAL: RefCell<Vec<LocalWaiters>> = const { RefCell::new(Vec::new()) };
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Waiters {
+    /// Lists `to` as waiting for change `seq` of `shared`, unless the change is durable by
+    /// then; returns whether it is.
+    pub(super) fn wait(&self, shared: &StoreShared, seq: u64, to: &DurableTo) -> bool {
+        let Some(arbiter) = Arbiter::try_current() else {
+            let mut others = lock(&self.others);
+            // Read under the lock the writer takes after storing `durable`: either this sees
+            // the new value, or the writer sees this waiter.
+            if shared.durable() >= seq {
+                return true;
+            }
+            others.push((seq, (*to.0).clone()));
+            return false;
+        };
+        LOCAL.with(|local| {
+            let mut local = local.borrow_mut();
+            let at = match local.iter().position(|l| l.store == shared.id) {
+                Some(at) => at,
+                None => {
+                    let thread = Arc::new(ThreadWaiters {
+                        wants: AtomicU64::new(NONE),
+                        arbiter,
+                    });
+                    lock(&self.threads).push(thread.clone());
+                    local.push(LocalWaiters {
+                        store: shared.id,
+                        thread,
+                        waiting: Vec::new(),
+                    });
+                    local.len() - 1
+                }
+            };
+            let entry = &mut local[at];
+            entry.waiting.push((seq, to.clone()));
+            entry.thread.wants.fetch_min(seq, Ordering::SeqCst);
+            // After the store to `wants` (both sequentially consistent): either this sees the
+            // writer's new `durable`, or the writer sees what this thread wants.
+            if shared.durable() >= seq {
+                entry.waiting.pop();
+                return true;
+            }
+            false
+        })
+    }
+
+    /// Called by the writer once every change up to `seq` is durable (stored in `shared`
+    /// before): sends one task to each thread with a waiter due, and tells due waiters on
+    /// other threads (`ready` is the writer's scratch list).
+    pub(super) fn report(
+        &self,
+        shared: &Arc<StoreShared>,
+        seq: u64,
+        ready: &mut Vec<Recipient<Durable>>,
+    ) {
+        for thread in lock(&self.threads).iter() {
+            let wants = thread.wants.swap(NONE, Ordering::SeqCst);
+            if wants <= seq {
+                let shared = shared.clone();
+                // False if the thread's Arbiter is gone, and its waiters with it.
+                let _ = thread.arbiter.spawn(async move { tell_local(&shared) });
+            } else if wants != NONE {
+                // Put back; merged with whatever the thread asked for meanwhile.
+                thread.wants.fetch_min(wants, Ordering::SeqCst);
+            }
+        }
+        {
+            let mut others = lock(&self.others);
+            let due = others.extract_if(.., |(wanted, _)| *wanted <= seq);
+            ready.extend(due.map(|(_, to)| to));
+        }
+        for to in ready.drain(..) {
+            to.do_send(Durable(seq));
+        }
+    }
+}
+
+/// On a thread the writer sent this to: tells this thread's waiters whose change is durable.
+fn tell_local(shared: &StoreShared) {
+    LOCAL.with(|local| {
+        let mut local = local.borrow_mut();
+        let Some(entry) = local.iter_mut().find(|l| l.store == shared.id) else {
+            return;
+        };
+        loop {
+            let durable = shared.durable();
+            let mut lowest = NONE;
+            entry.waiting.retain(|(wanted, to)| {
+                if *wanted <= durable {
+                    to.0.do_send(Durable(durable));
+                    false
+                } else {
+                    lowest = lowest.min(*wanted);
+                    true
+                }
+            });
+            if lowest == NONE {
+                return;
+            }
+            entry.thread.wants.fetch_min(lowest, Ordering::SeqCst);
+            // As in `wait`: a commit the writer reported before seeing `wants` is seen here.
+            if shared.durable() < lowest {
+                return;
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::persistence::store::Store;
+    use actix::prelude::*;
+    use std::sync::mpsc;
+
+    /// Passes on every [`Durable`] it gets.
+    struct Waiter(mpsc::Sender<u64>);
+
+    impl Actor for Waiter {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Durable> for Waiter {
+        type Result = ();
+        fn handle(&mut self, msg: Durable, _: &mut Context<Self>) {
+            let _ = self.0.send(msg.0);
+        }
+    }
+
+    /// Reports `seq` durable from another thread, as the writer does.
+    fn report_from_writer(shared: &Arc<StoreShared>, seq: u64) {
+        let shared = shared.clone();
+        std::thread::spawn(move || shared.report_durable(seq, &mut Vec::new()))
+            .join()
+            .expect("no panic");
+    }
+
+    /// The next change the waiter was told of, after letting this thread's tasks run.
+    async fn next_told(heard: &mpsc::Receiver<u64>) -> u64 {
+        for _ in 0..100_000 {
+            if let Ok(seq) = heard.try_recv() {
+                return seq;
+            }
+            actix_rt::task::yield_now().await;
+        }
+        panic!("the waiter was never told");
+    }
+
+    #[test]
+    fn a_waiter_is_told_on_its_own_thread_once_its_change_is_durable() {
+        let shared = Arc::new(StoreShared::new(1));
+        let store = Store::new(shared.clone());
+        let (told, heard) = mpsc::channel();
+        actix_rt::System::new().block_on(async {
+            let to = DurableTo::new(Waiter(told).start().recipient());
+            assert!(!store.notify_when_durable(3, &to), "nothing durable yet");
+            assert!(!store.notify_when_durable(5, &to));
+            report_from_writer(&shared, 2);
+            report_from_writer(&shared, 4);
+            // The writer's task and the Durable it sends are handled on this thread.
+            let first = next_told(&heard).await;
+            assert_eq!(
+                first, 4,
+                "told once, for the wait that is due, with what is durable"
+            );
+            for _ in 0..50 {
+                actix_rt::task::yield_now().await;
+            }
+            assert!(heard.try_recv().is_err(), "the wait for 5 is not due yet");
+            report_from_writer(&shared, 5);
+            let second = next_told(&heard).await;
+            assert_eq!(second, 5);
+            assert!(
+                store.notify_when_durable(5, &to),
+                "durable already: no wait"
+            );
+        });
+    }
+}
