@@ -75,21 +75,16 @@ impl Waiters {
     /// Lists `to` as waiting for change `seq` of `shared`, unless the change is durable by
     /// then; returns whether it is.
     pub(super) fn wait(&self, shared: &StoreShared, seq: u64, to: &DurableTo) -> bool {
-        let Some(arbiter) = Arbiter::try_current() else {
-            let mut others = lock(&self.others);
-            // Read under the lock the writer takes after storing `durable`: either this sees
-            // the new value, or the writer sees this waiter.
-            if shared.durable() >= seq {
-                return true;
-            }
-            others.push((seq, (*to.0).clone()));
-            return false;
-        };
         LOCAL.with(|local| {
             let mut local = local.borrow_mut();
+            // Only an actix thread has a list: found, it needs no look at the current Arbiter
+            // (which clones a handle, an atomic increment and decrement per wait).
             let at = match local.iter().position(|l| l.store == shared.id) {
                 Some(at) => at,
                 None => {
+                    let Some(arbiter) = Arbiter::try_current() else {
+                        return self.wait_elsewhere(shared, seq, to);
+                    };
                     let thread = Arc::new(ThreadWaiters {
                         wants: AtomicU64::new(NONE),
                         arbiter,
@@ -114,6 +109,18 @@ impl Waiters {
             }
             false
         })
+    }
+
+    /// [`Waiters::wait`] on a thread without an Arbiter: the writer tells `to` itself.
+    fn wait_elsewhere(&self, shared: &StoreShared, seq: u64, to: &DurableTo) -> bool {
+        let mut others = lock(&self.others);
+        // Read under the lock the writer takes after storing `durable`: either this sees the
+        // new value, or the writer sees this waiter.
+        if shared.durable() >= seq {
+            return true;
+        }
+        others.push((seq, (*to.0).clone()));
+        false
     }
 
     /// Called by the writer once every change up to `seq` is durable (stored in `shared`

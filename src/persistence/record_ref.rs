@@ -4,20 +4,23 @@
 //! of the client id and no owned record to build and drop.
 
 use super::live::{queued_key, LiveKind};
-use super::record::{frame, put_delivery_end, put_queued, put_sent, Record, DONE, RELEASED};
+use super::record::{
+    frame_unsealed, put_delivery_end, put_queued, put_sent, Record, DONE, RELEASED,
+};
 use crate::message::Delivery;
 
 /// A record the store can frame: its bytes in the log, and its key in the writer's live state.
 pub trait Framed {
-    /// Appends the framed record (header and body) to `out`.
-    fn write_frame(&self, out: &mut Vec<u8>);
+    /// Appends the framed record (header and body) to `out`, its CRC-32 left zero: the writer
+    /// thread fills it in before it appends the frame to the log.
+    fn write_unsealed_frame(&self, out: &mut Vec<u8>);
     /// Writes its key in the live state to `key`; says what it does there.
     fn live_key(&self, key: &mut Vec<u8>) -> LiveKind;
 }
 
 impl Framed for Record {
-    fn write_frame(&self, out: &mut Vec<u8>) {
-        Record::write_frame(self, out);
+    fn write_unsealed_frame(&self, out: &mut Vec<u8>) {
+        Record::write_unsealed_frame(self, out);
     }
 
     fn live_key(&self, key: &mut Vec<u8>) -> LiveKind {
@@ -66,14 +69,14 @@ pub enum RecordRef<'a> {
 }
 
 impl Framed for RecordRef<'_> {
-    fn write_frame(&self, out: &mut Vec<u8>) {
+    fn write_unsealed_frame(&self, out: &mut Vec<u8>) {
         match *self {
-            RecordRef::Record(record) => record.write_frame(out),
+            RecordRef::Record(record) => record.write_unsealed_frame(out),
             RecordRef::Queued {
                 client_id,
                 id,
                 delivery,
-            } => frame(out, |body| {
+            } => frame_unsealed(out, |body| {
                 put_queued(
                     body,
                     client_id,
@@ -85,13 +88,13 @@ impl Framed for RecordRef<'_> {
                 )
             }),
             RecordRef::Sent { client_id, id, pid } => {
-                frame(out, |body| put_sent(body, client_id, id, pid))
+                frame_unsealed(out, |body| put_sent(body, client_id, id, pid))
             }
             RecordRef::Released { client_id, id } => {
-                frame(out, |body| put_delivery_end(body, RELEASED, client_id, id))
+                frame_unsealed(out, |body| put_delivery_end(body, RELEASED, client_id, id))
             }
             RecordRef::Done { client_id, id } => {
-                frame(out, |body| put_delivery_end(body, DONE, client_id, id))
+                frame_unsealed(out, |body| put_delivery_end(body, DONE, client_id, id))
             }
         }
     }
@@ -124,9 +127,13 @@ mod tests {
     use super::*;
     use crate::message::{Message, QoS};
 
+    use crate::persistence::record::seal_frames;
+
+    /// The record framed as the store frames it, then sealed as the writer seals it.
     fn framed(record: &impl Framed) -> (Vec<u8>, Vec<u8>, LiveKind) {
         let (mut frame, mut key) = (Vec::new(), Vec::new());
-        record.write_frame(&mut frame);
+        record.write_unsealed_frame(&mut frame);
+        seal_frames(&mut frame);
         let kind = record.live_key(&mut key);
         (frame, key, kind)
     }
@@ -181,6 +188,11 @@ mod tests {
         ];
         for (owned, borrowed) in &pairs {
             let expected = framed(owned);
+            assert_eq!(
+                expected.0,
+                owned.to_frame(),
+                "{owned:?} sealed as framed at once"
+            );
             assert_eq!(framed(borrowed), expected, "{owned:?}");
             assert_eq!(framed(&RecordRef::Record(owned)), expected, "{owned:?}");
             let body = &expected.0[super::super::record::FRAME_HEADER..];

@@ -270,7 +270,7 @@ impl Store {
         let p = &mut *pending;
         for record in records {
             let start = p.frames.len();
-            record.write_frame(&mut p.frames);
+            record.write_unsealed_frame(&mut p.frames);
             let frame_len = (p.frames.len() - start) as u32;
             let kind_at = p.effects.len();
             p.effects.extend_from_slice(&[0; 5]);

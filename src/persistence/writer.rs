@@ -12,7 +12,7 @@ use super::batch_thread::run_as_batch_thread;
 use super::live::LiveKind;
 use super::live_state::LiveState;
 use super::log::{FrameAt, Log};
-use super::record::Record;
+use super::record::{seal_frames, Record};
 use super::store::{StoreShared, WriterState, NAP, NAPS_BEFORE_SLEEP};
 use crate::config::FsyncPolicy;
 
@@ -90,6 +90,8 @@ impl Writer {
             };
             let frames_at = self.log.end();
             if !frames.is_empty() {
+                // Submitters frame without the CRCs: computed here, off their threads.
+                seal_frames(&mut frames);
                 // Nothing of this commit (nor after it) is acknowledged until it is written:
                 // the same bytes are written again at the same offset.
                 while let Err(e) = self.log.append(&frames) {
