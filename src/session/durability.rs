@@ -84,15 +84,78 @@ pub(super) struct DeferredAcks {
     changes: Vec<DurableChange>,
     /// This Session as the store's writer tells it, made at its first wait.
     durable_to: Option<DurableTo>,
+    /// The change of a wait the store has not answered yet (0: none known). A later change
+    /// waits behind it without a wait of its own: the [`Durable`] that answers it carries
+    /// everything durable by then, and the Session then waits for what is still open
+    /// ([`Session::wait_for_open`]). So a Session that hands over many bursts within one commit
+    /// has one wait, and one [`Durable`] to handle, not one per burst.
+    waiting_for: u64,
+}
+
+/// What a change a Session must wait for needs ([`DeferredAcks::wait_needed`]).
+#[derive(Debug, PartialEq, Eq)]
+enum WaitNeeded {
+    /// Nothing: it is durable.
+    Durable,
+    /// Nothing more: a wait for an earlier change is out, and what answers it answers this.
+    Behind,
+    /// A wait of its own.
+    Own,
 }
 
 impl DeferredAcks {
-    /// Asks `store` to tell this Session once change `seq` is durable; true if it already is.
-    fn notify_when_durable(&mut self, store: &Store, seq: u64, ctx: &Context<Session>) -> bool {
+    /// Makes sure this Session hears once change `seq` is durable; true if it already is
+    /// (then [`DeferredAcks::durable`] says so).
+    fn wait_for(&mut self, store: &Store, seq: u64, ctx: &Context<Session>) -> bool {
+        match self.wait_needed(store.durable(), seq) {
+            WaitNeeded::Durable => return true,
+            WaitNeeded::Behind => return false,
+            WaitNeeded::Own => {}
+        }
         let to = self
             .durable_to
             .get_or_insert_with(|| DurableTo::new(ctx.address().recipient()));
-        store.notify_when_durable(seq, to)
+        if store.notify_when_durable(seq, to) {
+            self.durable = self.durable.max(seq);
+            return true;
+        }
+        // A wait for a later change may still be out: it is answered too, and does no harm.
+        self.waiting_for = seq;
+        false
+    }
+
+    /// Whether change `seq` needs a wait of its own, given what the store says is durable.
+    fn wait_needed(&mut self, store_durable: u64, seq: u64) -> WaitNeeded {
+        self.durable = self.durable.max(store_durable);
+        if seq <= self.durable {
+            WaitNeeded::Durable
+        } else if self.waiting_for != 0 && self.waiting_for <= seq {
+            WaitNeeded::Behind
+        } else {
+            WaitNeeded::Own
+        }
+    }
+
+    /// A [`Durable`] came: everything up to `durable` is; the wait it answers is over.
+    fn answered(&mut self, durable: u64) {
+        self.durable = self.durable.max(durable);
+        if self.waiting_for <= self.durable {
+            self.waiting_for = 0;
+        }
+    }
+
+    /// The lowest change something here still waits for, if any is not durable.
+    fn lowest_open(&self) -> Option<u64> {
+        let durable = self.durable;
+        let acks = self.waiting.iter().filter_map(|(wait, _)| match wait {
+            AckWait::Durable(seq) => Some(*seq),
+            AckWait::Routed => None,
+        });
+        acks.chain(self.held.front().map(|deliver| deliver.after))
+            .chain(self.replies.front().map(|(after, _)| *after))
+            .chain([self.output_after, self.pending_needs])
+            .filter(|&seq| seq > durable)
+            .min()
     }
 }
 
@@ -190,10 +253,8 @@ impl Session {
             return;
         };
         if let AckWait::Durable(seq) = acks.hand_over(wait) {
-            if let Some(store) = self.shared.store.as_ref().filter(|_| seq > acks.durable) {
-                if acks.notify_when_durable(store, seq, ctx) {
-                    acks.durable = acks.durable.max(seq);
-                }
+            if let Some(store) = self.shared.store.as_ref() {
+                acks.wait_for(store, seq, ctx);
             }
         }
         // Called after the read turn that took the packets (their burst is routed then): the
@@ -330,8 +391,7 @@ impl Session {
         }
         if acks.output_after > acks.output_notified {
             acks.output_notified = acks.output_after;
-            if acks.notify_when_durable(store, acks.output_after, ctx) {
-                acks.durable = acks.durable.max(acks.output_after);
+            if acks.wait_for(store, acks.output_after, ctx) {
                 return false;
             }
         }
@@ -406,8 +466,7 @@ impl Session {
             if deliver.after <= acks.durable {
                 return Some(deliver);
             }
-            if acks.notify_when_durable(store, deliver.after, ctx) {
-                acks.durable = acks.durable.max(deliver.after);
+            if acks.wait_for(store, deliver.after, ctx) {
                 return Some(deliver);
             }
         }
@@ -433,8 +492,7 @@ impl Session {
             if after <= acks.durable {
                 return Some(reply);
             }
-            if acks.notify_when_durable(store, after, ctx) {
-                acks.durable = acks.durable.max(after);
+            if acks.wait_for(store, after, ctx) {
                 return Some(reply);
             }
         }
@@ -487,7 +545,7 @@ impl Handler<Durable> for Session {
         let Some(acks) = self.deferred_acks.as_deref_mut() else {
             return;
         };
-        acks.durable = acks.durable.max(msg.0);
+        acks.answered(msg.0);
         self.release_acks();
         // A SUBACK goes before the retained messages of its subscriptions.
         for reply in self.ready_replies() {
@@ -498,5 +556,73 @@ impl Handler<Durable> for Session {
         }
         // Also while closing: what waited for the disk is the last output.
         self.flush(ctx);
+        self.wait_for_open(ctx);
+    }
+}
+
+impl Session {
+    /// After a [`Durable`]: waits for the lowest change still open, which may have waited
+    /// behind the one just answered. If it is durable by now, this Session tells itself.
+    fn wait_for_open(&mut self, ctx: &mut Context<Self>) {
+        let (Some(store), Some(acks)) = (
+            self.shared.store.as_ref(),
+            self.deferred_acks.as_deref_mut(),
+        ) else {
+            return;
+        };
+        let Some(lowest) = acks.lowest_open() else {
+            return;
+        };
+        if acks.wait_for(store, lowest, ctx) {
+            ctx.notify(Durable(acks.durable));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn later_changes_wait_behind_the_wait_that_is_out() {
+        let mut acks = DeferredAcks::default();
+        assert_eq!(acks.wait_needed(0, 5), WaitNeeded::Own);
+        acks.waiting_for = 5;
+        assert_eq!(acks.wait_needed(0, 7), WaitNeeded::Behind);
+        assert_eq!(acks.wait_needed(0, 5), WaitNeeded::Behind);
+        assert_eq!(
+            acks.wait_needed(0, 3),
+            WaitNeeded::Own,
+            "an earlier change would wait too long behind a later one"
+        );
+        assert_eq!(acks.wait_needed(7, 7), WaitNeeded::Durable);
+        assert_eq!(acks.durable, 7, "what the store said is kept");
+    }
+
+    #[test]
+    fn an_answer_ends_the_wait_it_covers_and_leaves_what_is_still_open() {
+        let mut acks = DeferredAcks {
+            waiting_for: 5,
+            output_after: 8,
+            ..DeferredAcks::default()
+        };
+        acks.waiting
+            .push_back((AckWait::Durable(5), vec![(Ack::PubAck, 1)]));
+        acks.waiting
+            .push_back((AckWait::Durable(9), vec![(Ack::PubAck, 2)]));
+        acks.answered(4);
+        assert_eq!(acks.waiting_for, 5, "not answered yet: still out");
+        assert_eq!(acks.lowest_open(), Some(5));
+        acks.answered(6);
+        assert_eq!(acks.waiting_for, 0, "answered");
+        assert_eq!(acks.ready(), vec![(Ack::PubAck, 1)]);
+        assert_eq!(
+            acks.lowest_open(),
+            Some(8),
+            "the output's change comes before the second batch's"
+        );
+        acks.answered(9);
+        assert_eq!(acks.lowest_open(), None);
+        assert_eq!(acks.ready(), vec![(Ack::PubAck, 2)]);
     }
 }
