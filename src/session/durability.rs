@@ -1,7 +1,7 @@
 //! What a Session does when `[persistence]` is on: its acknowledgements wait, in order, for
-//! what they acknowledge to be durable; it records what happens to the deliveries kept on disk
-//! for its client (sent, released, done); and it holds deliveries that may reach the client only
-//! once a change is durable.
+//! what they acknowledge to be durable, and it holds deliveries that may reach the client only
+//! once a change is durable. What it records of the deliveries kept on disk for its client is in
+//! [`super::delivery_records`].
 
 use std::collections::VecDeque;
 
@@ -10,7 +10,7 @@ use actix::prelude::*;
 use super::{Phase, Session};
 use crate::codec::{self, Ack};
 use crate::message::QoS;
-use crate::persistence::{Durable, DurableTo, Record, RecordRef, Store};
+use crate::persistence::{Durable, DurableTo, Record, Store};
 use crate::routing::Deliver;
 use crate::session::state::DurableChange;
 
@@ -32,16 +32,6 @@ pub(super) enum Reply {
     },
 }
 
-/// The Session's records submitted in one go.
-pub(super) struct Submitted {
-    /// Their change number.
-    seq: u64,
-    /// How many of them are `Done`.
-    done: usize,
-    /// Whether one records the sending of a QoS 2 message.
-    exactly_once: bool,
-}
-
 /// What a batch of acknowledgements waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum AckWait {
@@ -60,7 +50,7 @@ pub(super) struct DeferredAcks {
     /// Handed over, each batch with what it waits for, oldest first.
     waiting: VecDeque<(AckWait, Vec<(Ack, u16)>)>,
     /// The last store change known durable.
-    durable: u64,
+    pub(super) durable: u64,
     /// The store change the pending acknowledgements need themselves (a PUBREL's record).
     pending_needs: u64,
     /// Inbound QoS 2 ids taken since the last burst was routed, to record with it.
@@ -71,17 +61,17 @@ pub(super) struct DeferredAcks {
     replies: VecDeque<(u64, Reply)>,
     /// The Session's own record that its output waits for (a QoS 2 sending, or the last of
     /// too many not yet durable).
-    output_after: u64,
+    pub(super) output_after: u64,
     /// The Session's own submissions not yet known durable: (change number, `Done` records).
-    unconfirmed: VecDeque<(u64, usize)>,
+    pub(super) unconfirmed: VecDeque<(u64, usize)>,
     /// The `Done` records in `unconfirmed`: messages the client has acknowledged that a
     /// crash now would send again.
-    unconfirmed_done: usize,
+    pub(super) unconfirmed_done: usize,
     /// The last change the writer was asked to report for the output.
-    output_notified: u64,
+    pub(super) output_notified: u64,
     /// Scratch list of what happened to the deliveries kept on disk, between taking them from
     /// the outbound flow and submitting them.
-    changes: Vec<DurableChange>,
+    pub(super) changes: Vec<DurableChange>,
     /// This Session as the store's writer tells it, made at its first wait.
     durable_to: Option<DurableTo>,
     /// The change of a wait the store has not answered yet (0: none known). A later change
@@ -106,7 +96,7 @@ enum WaitNeeded {
 impl DeferredAcks {
     /// Makes sure this Session hears once change `seq` is durable; true if it already is
     /// (then [`DeferredAcks::durable`] says so).
-    fn wait_for(&mut self, store: &Store, seq: u64, ctx: &Context<Session>) -> bool {
+    pub(super) fn wait_for(&mut self, store: &Store, seq: u64, ctx: &Context<Session>) -> bool {
         match self.wait_needed(store.durable(), seq) {
             WaitNeeded::Durable => return true,
             WaitNeeded::Behind => return false,
@@ -349,107 +339,6 @@ impl Session {
         }
     }
 
-    /// Submits the Session's records and tells whether its output must wait for them.
-    ///
-    /// A QoS 2 PUBLISH reaches the client only once the record of its sending is durable: a
-    /// client that got it must get it again after a crash with the same packet identifier, or
-    /// it would take the message twice. QoS 1 output does not wait (a duplicate is within its
-    /// contract) unless the messages in flight and those acknowledged but not yet recorded done
-    /// exceed the inflight window: a crash delivers at most a window of messages again.
-    pub(super) fn output_waits(&mut self, ctx: &mut Context<Self>) -> bool {
-        let window = self.outbound.max_inflight();
-        let inflight = self.outbound.inflight_len();
-        let submitted = self.submit_durable_changes();
-        self.note_submitted(submitted);
-        let (Some(store), Some(acks)) = (
-            self.shared.store.as_ref(),
-            self.deferred_acks.as_deref_mut(),
-        ) else {
-            return false;
-        };
-        let durable = acks.durable.max(store.durable());
-        acks.durable = durable;
-        while let Some(&(seq, done)) = acks.unconfirmed.front() {
-            if seq > durable {
-                break;
-            }
-            acks.unconfirmed.pop_front();
-            acks.unconfirmed_done -= done;
-        }
-        // Over the bound: wait for the oldest submissions that bring it back under, not for
-        // the newest (which the writer may not have taken yet).
-        let mut over = (inflight + acks.unconfirmed_done).saturating_sub(window);
-        for &(seq, done) in &acks.unconfirmed {
-            if over == 0 {
-                break;
-            }
-            acks.output_after = acks.output_after.max(seq);
-            over = over.saturating_sub(done);
-        }
-        if acks.output_after <= acks.durable {
-            return false;
-        }
-        if acks.output_after > acks.output_notified {
-            acks.output_notified = acks.output_after;
-            if acks.wait_for(store, acks.output_after, ctx) {
-                return false;
-            }
-        }
-        true
-    }
-
-    /// Counts `submitted` as not yet durable; the output waits for it if it holds a QoS 2
-    /// sending.
-    fn note_submitted(&mut self, submitted: Option<Submitted>) {
-        let (Some(submitted), Some(acks)) = (submitted, self.deferred_acks.as_deref_mut()) else {
-            return;
-        };
-        if submitted.done > 0 {
-            acks.unconfirmed.push_back((submitted.seq, submitted.done));
-            acks.unconfirmed_done += submitted.done;
-        }
-        if submitted.exactly_once {
-            acks.output_after = acks.output_after.max(submitted.seq);
-        }
-    }
-
-    /// Submits what happened to the deliveries kept on disk for this client, if anything did.
-    pub(super) fn submit_durable_changes(&mut self) -> Option<Submitted> {
-        let (Some(store), Phase::Connected { client_id, .. }, Some(acks)) = (
-            &self.shared.store,
-            &self.phase,
-            self.deferred_acks.as_deref_mut(),
-        ) else {
-            return None;
-        };
-        // Into the Session's own scratch list, which keeps its capacity between calls.
-        let changes = &mut acks.changes;
-        self.outbound.take_durable_changes(changes);
-        if changes.is_empty() {
-            return None;
-        }
-        let mut exactly_once = false;
-        let mut done = 0;
-        let records = changes.drain(..).map(|change| match change {
-            DurableChange::Sent(id, pid, qos) => {
-                exactly_once |= qos == QoS::ExactlyOnce;
-                RecordRef::Sent { client_id, id, pid }
-            }
-            DurableChange::Released(id) => RecordRef::Released { client_id, id },
-            DurableChange::Done(id) => {
-                done += 1;
-                RecordRef::Done { client_id, id }
-            }
-        });
-        let seq = store.submit_quietly(records);
-        Some(Submitted {
-            seq,
-            done,
-            exactly_once,
-        })
-    }
-
-    /// Whether `deliver` must wait (for its store change, or behind others that do); if so it
     /// is kept, and the writer asked to say when.
     pub(super) fn hold_delivery(
         &mut self,

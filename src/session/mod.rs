@@ -8,6 +8,7 @@
 
 mod connecting;
 mod deadlines;
+mod delivery_records;
 mod durability;
 mod from_registry;
 mod hand_over;
