@@ -479,7 +479,7 @@ impl StreamHandler<Result<Packet, CodecError>> for Session {
         if self.closing {
             return;
         }
-        self.last_received = CompactInstant::now();
+        self.last_received = reader::packet_read_at();
         match item {
             Ok(packet) => {
                 let publish_qos = match &packet {

@@ -7,6 +7,7 @@
 //! what was read (and keeps it only while a packet is partly read). A connection the codec finds
 //! busy (several packets per read) gets the codec's large buffer and reads straight into it.
 
+use std::cell::Cell;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -18,12 +19,26 @@ use futures_util::Stream;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio_util::codec::Decoder;
 
+use super::deadlines::CompactInstant;
 use super::linger::SharedReader;
 use crate::codec::{CodecError, MqttCodec, Packet, BURST_READ_BUFFER};
 use crate::metrics::Metrics;
 
 /// Bytes read at a time while no buffer is held: most device packets fit in one read.
 const SCRATCH: usize = 2048;
+
+thread_local! {
+    /// When the bytes of the packet a [`PacketReader`] on this thread returned last were read:
+    /// set just before the packet is returned, and read by the Session's stream handler, which
+    /// actix calls with that packet before anything else runs on the thread.
+    static PACKET_READ_AT: Cell<CompactInstant> = Cell::new(CompactInstant::now());
+}
+
+/// When the packet the Session's stream handler is handling was read from the socket: one
+/// clock reading per read, shared by the packets of a burst.
+pub(super) fn packet_read_at() -> CompactInstant {
+    PACKET_READ_AT.with(Cell::get)
+}
 
 /// The stream of packets a Session reads (see the module documentation).
 pub(super) struct PacketReader {
@@ -34,6 +49,8 @@ pub(super) struct PacketReader {
     metrics: Arc<Metrics>,
     /// End of stream, or an error returned: the stream is over.
     done: bool,
+    /// When the last read that brought bytes returned.
+    read_at: CompactInstant,
 }
 
 impl PacketReader {
@@ -44,6 +61,7 @@ impl PacketReader {
             buf: BytesMut::new(),
             metrics,
             done: false,
+            read_at: CompactInstant::now(),
         }
     }
 
@@ -79,7 +97,11 @@ impl Stream for PacketReader {
             }
             if !this.buf.is_empty() {
                 match this.codec.decode(&mut this.buf) {
-                    Ok(Some(packet)) => return Poll::Ready(Some(Ok(packet))),
+                    Ok(Some(packet)) => {
+                        let read_at = this.read_at;
+                        PACKET_READ_AT.with(|at| at.set(read_at));
+                        return Poll::Ready(Some(Ok(packet)));
+                    }
                     Ok(None) => {}
                     Err(e) => {
                         this.done = true;
@@ -114,7 +136,10 @@ impl Stream for PacketReader {
                     }
                     return Poll::Ready(None);
                 }
-                Poll::Ready(Ok(n)) => this.metrics.traffic.bytes_received(n),
+                Poll::Ready(Ok(n)) => {
+                    this.read_at = CompactInstant::now();
+                    this.metrics.traffic.bytes_received(n);
+                }
             }
         }
     }
