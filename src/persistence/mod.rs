@@ -16,6 +16,7 @@
 
 mod batch_thread;
 mod durable_waiters;
+mod frame;
 mod live;
 mod live_state;
 mod log;

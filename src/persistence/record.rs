@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
+use super::frame::{frame, frame_unsealed};
 use super::wire::{get_message, get_will, put_message, put_str, put_will, Reader};
 use crate::message::{Delivery, LastWill, Message, QoS, SubscriptionOptions};
 
@@ -140,40 +141,6 @@ pub enum Record {
     WillClear(String),
 }
 
-/// Appends a frame to `out`: header (length, CRC-32), then the body `write_body` appends.
-pub(super) fn frame(out: &mut Vec<u8>, write_body: impl FnOnce(&mut Vec<u8>)) {
-    let start = out.len();
-    frame_unsealed(out, write_body);
-    seal_frames(&mut out[start..]);
-}
-
-/// Appends a frame to `out` as [`frame`] does, but with its CRC-32 left zero: a Session frames
-/// its records this way into the writer's queue, and the writer thread fills the CRCs in with
-/// [`seal_frames`] before it appends them, off the worker that serves the connections.
-pub(super) fn frame_unsealed(out: &mut Vec<u8>, write_body: impl FnOnce(&mut Vec<u8>)) {
-    let start = out.len();
-    out.extend_from_slice(&[0; FRAME_HEADER]);
-    write_body(out);
-    let body_len = out.len() - start - FRAME_HEADER;
-    out[start..start + 4].copy_from_slice(&(body_len as u32).to_le_bytes());
-}
-
-/// Fills in the CRC-32 of each frame in `frames`, a run of whole frames as [`frame_unsealed`]
-/// appends them. A length that runs past the end (never framed so) stops the walk there.
-pub(super) fn seal_frames(frames: &mut [u8]) {
-    let mut at = 0;
-    while let Some(len) = frames.get(at..at + 4) {
-        let body_len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
-        let end = at + FRAME_HEADER + body_len;
-        let Some(body) = frames.get(at + FRAME_HEADER..end) else {
-            return;
-        };
-        let crc = crc32fast::hash(body);
-        frames[at + 4..at + FRAME_HEADER].copy_from_slice(&crc.to_le_bytes());
-        at = end;
-    }
-}
-
 /// The body of a [`Record::Queued`].
 pub(super) fn put_queued(
     body: &mut Vec<u8>,
@@ -248,7 +215,7 @@ impl Record {
         frame(out, |body| self.write_body(body));
     }
 
-    /// Appends the framed record with its CRC-32 left for [`seal_frames`].
+    /// Appends the framed record with its CRC-32 left for the writer to fill in.
     pub(super) fn write_unsealed_frame(&self, out: &mut Vec<u8>) {
         frame_unsealed(out, |body| self.write_body(body));
     }
@@ -450,30 +417,6 @@ mod tests {
 
     fn body(frame: &[u8]) -> &[u8] {
         &frame[FRAME_HEADER..]
-    }
-
-    #[test]
-    fn frames_sealed_in_one_run_are_the_frames_made_one_by_one() {
-        let records = [
-            Record::RetainClear("gate/1AB/state".into()),
-            Record::Done {
-                client_id: "gate-1AB".into(),
-                id: 7,
-            },
-            Record::WillClear("radar-2".into()),
-        ];
-        let mut run = Vec::new();
-        for record in &records {
-            record.write_unsealed_frame(&mut run);
-        }
-        let one_by_one: Vec<u8> = records.iter().flat_map(Record::to_frame).collect();
-        assert_ne!(run, one_by_one, "not sealed yet");
-        seal_frames(&mut run);
-        assert_eq!(run, one_by_one);
-        // A length running past the end (never framed so) stops the walk, without a panic.
-        let mut cut = one_by_one[..one_by_one.len() - 1].to_vec();
-        seal_frames(&mut cut);
-        assert_eq!(cut, one_by_one[..one_by_one.len() - 1]);
     }
 
     #[test]

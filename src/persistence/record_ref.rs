@@ -3,10 +3,9 @@
 //! message it delivers (and a publisher's Session for every message it routes) cost no copy
 //! of the client id and no owned record to build and drop.
 
+use super::frame::frame_unsealed;
 use super::live::{queued_key, LiveKind};
-use super::record::{
-    frame_unsealed, put_delivery_end, put_queued, put_sent, Record, DONE, RELEASED,
-};
+use super::record::{put_delivery_end, put_queued, put_sent, Record, DONE, RELEASED};
 use crate::message::Delivery;
 
 /// A record the store can frame: its bytes in the log, and its key in the writer's live state.
@@ -127,7 +126,7 @@ mod tests {
     use super::*;
     use crate::message::{Message, QoS};
 
-    use crate::persistence::record::seal_frames;
+    use crate::persistence::frame::seal_frames;
 
     /// The record framed as the store frames it, then sealed as the writer seals it.
     fn framed(record: &impl Framed) -> (Vec<u8>, Vec<u8>, LiveKind) {

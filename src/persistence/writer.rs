@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 use tracing::{debug, error, info};
 
 use super::batch_thread::run_as_batch_thread;
+use super::frame::seal_frames;
 use super::live::LiveKind;
 use super::live_state::LiveState;
 use super::log::{FrameAt, Log};
-use super::record::{seal_frames, Record};
+use super::record::Record;
 use super::store::{StoreShared, WriterState, NAP, NAPS_BEFORE_SLEEP};
 use crate::config::FsyncPolicy;
 
