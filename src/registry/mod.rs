@@ -80,6 +80,9 @@ pub struct Registry {
     durable: u64,
     /// The last change the Registry asked the store to report.
     durable_asked: u64,
+    /// The Registry as the store's writer tells it, made at its first wait and lent to every
+    /// later one (a wait then allocates nothing).
+    durable_to: Option<DurableTo>,
     /// While routing a [`Publish`] with `hold`: the store change its deliveries wait for.
     hold_after: u64,
     /// How often the `$SYS` topics are published (`sys.interval`); zero: never.
@@ -128,6 +131,7 @@ impl Registry {
             awaiting_durable: VecDeque::new(),
             durable: 0,
             durable_asked: 0,
+            durable_to: None,
             hold_after: 0,
             sys_interval: config.sys.interval,
             sys: sys_topics::SysTopics::new(),
@@ -440,8 +444,10 @@ impl Handler<Publish> for Registry {
                 self.awaiting_durable.push_back((seq, msg.from, msg.conn));
                 if seq > self.durable_asked {
                     self.durable_asked = seq;
-                    let to = DurableTo::new(ctx.address().recipient());
-                    if store.notify_when_durable(seq, &to) {
+                    let to = self
+                        .durable_to
+                        .get_or_insert_with(|| DurableTo::new(ctx.address().recipient()));
+                    if store.notify_when_durable(seq, to) {
                         ctx.notify(Durable(seq));
                     }
                 }
