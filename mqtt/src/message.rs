@@ -226,7 +226,17 @@ pub struct Delivery {
     /// MQTT 5 extras (Subscription Identifiers, shared group), boxed so that the common
     /// delivery stays three words wide: batches of deliveries are moved between actors.
     pub extras: Option<Box<DeliveryExtras>>,
+    /// The durable id ([`Delivery::durable_id`]) plus one, its low 32 bits here and the next
+    /// 16 in `durable_high`, in the bytes the flags leave free in the third word; zero for
+    /// none, or for an id too large for 48 bits, which goes in `extras`. Every delivery to a
+    /// persistent session has an id: inline, it costs no allocation.
+    durable_low: u32,
+    /// See `durable_low`.
+    durable_high: u16,
 }
+
+/// Durable ids below this are kept in [`Delivery`] itself.
+const INLINE_DURABLE_LIMIT: u64 = (1 << 48) - 1;
 
 /// The rarely present parts of a [`Delivery`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -237,7 +247,8 @@ pub struct DeliveryExtras {
     /// another member if this one leaves without acknowledging it.
     pub group: Option<u32>,
     /// With persistence, for a persistent session: the id of the record that keeps this
-    /// delivery on disk until it is acknowledged (`persistence::Record::Queued`).
+    /// delivery on disk until it is acknowledged (`persistence::Record::Queued`), when it is
+    /// too large to be kept in the [`Delivery`] itself (from 2^48 - 1 on).
     pub durable_id: Option<u64>,
 }
 
@@ -249,6 +260,8 @@ impl Delivery {
             qos,
             retain,
             extras: None,
+            durable_low: 0,
+            durable_high: 0,
         }
     }
 
@@ -266,12 +279,18 @@ impl Delivery {
 
     /// Marks the delivery as kept on disk under `id` (or no longer, for `None`).
     pub fn set_durable_id(&mut self, id: Option<u64>) {
-        match (&mut self.extras, id) {
-            (Some(extras), _) => extras.durable_id = id,
+        let inline = id.filter(|&id| id < INLINE_DURABLE_LIMIT);
+        let plus_one = inline.map_or(0, |id| id + 1);
+        // Below 2^48 by the filter: the casts keep every bit.
+        self.durable_low = plus_one as u32;
+        self.durable_high = (plus_one >> 32) as u16;
+        let boxed = if inline.is_some() { None } else { id };
+        match (&mut self.extras, boxed) {
+            (Some(extras), _) => extras.durable_id = boxed,
             (None, None) => {}
             (None, Some(_)) => {
                 self.extras = Some(Box::new(DeliveryExtras {
-                    durable_id: id,
+                    durable_id: boxed,
                     ..DeliveryExtras::default()
                 }))
             }
@@ -280,7 +299,10 @@ impl Delivery {
 
     /// The id of the record that keeps this delivery on disk, if any.
     pub fn durable_id(&self) -> Option<u64> {
-        self.extras.as_ref().and_then(|e| e.durable_id)
+        match u64::from(self.durable_high) << 32 | u64::from(self.durable_low) {
+            0 => self.extras.as_ref().and_then(|e| e.durable_id),
+            plus_one => Some(plus_one - 1),
+        }
     }
 
     /// Subscription Identifiers to send with it.
@@ -386,4 +408,59 @@ pub enum ConnectReturnCode {
     BadUsernameOrPassword = 4,
     /// 0x05 The client is not authorized to connect.
     NotAuthorized = 5,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery() -> Delivery {
+        let message = Message::new("t", Bytes::new(), QoS::AtLeastOnce, false);
+        Delivery::new(Arc::new(message), QoS::AtLeastOnce, false)
+    }
+
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_delivery_stays_three_words_wide() {
+        assert_eq!(
+            std::mem::size_of::<Delivery>(),
+            3 * std::mem::size_of::<usize>()
+        );
+    }
+
+    #[test]
+    fn durable_ids_round_trip_inline_and_boxed() {
+        let mut d = delivery();
+        assert_eq!(d.durable_id(), None);
+        for id in [0, 1, 0x1234_5678_9abc, INLINE_DURABLE_LIMIT - 1] {
+            d.set_durable_id(Some(id));
+            assert_eq!(d.durable_id(), Some(id));
+            assert!(d.extras.is_none(), "{id} is kept inline, no allocation");
+        }
+        for id in [INLINE_DURABLE_LIMIT, u64::MAX] {
+            d.set_durable_id(Some(id));
+            assert_eq!(d.durable_id(), Some(id), "{id} goes in the extras");
+        }
+        d.set_durable_id(Some(7));
+        assert_eq!(d.durable_id(), Some(7));
+        assert_eq!(
+            d.extras.as_ref().and_then(|e| e.durable_id),
+            None,
+            "inline again: the boxed id is cleared"
+        );
+        d.set_durable_id(None);
+        assert_eq!(d.durable_id(), None);
+    }
+
+    #[test]
+    fn a_durable_id_keeps_the_mqtt5_extras() {
+        let mut d = delivery().with_extras(vec![3, 9], Some(2));
+        d.set_durable_id(Some(42));
+        assert_eq!(d.durable_id(), Some(42));
+        assert_eq!(d.subscription_ids(), &[3, 9]);
+        assert_eq!(d.group(), Some(2));
+        d.set_durable_id(Some(u64::MAX));
+        assert_eq!(d.durable_id(), Some(u64::MAX));
+        assert_eq!(d.subscription_ids(), &[3, 9]);
+    }
 }
