@@ -130,7 +130,8 @@ impl Session {
             );
             self.close(ctx, DisconnectReason::SlowConsumer);
         }
-        self.flush(ctx);
+        // Other deliveries may wait in the mailbox (a fan-in): one write for all of them.
+        self.flush_after_turn(ctx);
     }
 }
 

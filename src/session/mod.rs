@@ -175,6 +175,8 @@ pub struct Session {
     /// and deliveries waiting for a store change.
     deferred_acks: Option<Box<durability::DeferredAcks>>,
     route_scheduled: bool,
+    /// A write of the output is scheduled for the end of this turn ([`Session::flush_after_turn`]).
+    write_scheduled: bool,
     /// A broker-internal client ([`Session::start_internal`]): its CONNECT is trusted.
     internal: bool,
     closing: bool,
@@ -283,6 +285,7 @@ impl Session {
                 via_registry: 0,
                 deferred_acks: durable_acks.then(Box::default),
                 route_scheduled: false,
+                write_scheduled: false,
                 internal,
                 closing: false,
                 awaiting_detached: false,
@@ -505,7 +508,7 @@ impl StreamHandler<Result<Packet, CodecError>> for Session {
                 self.protocol_error(ctx, &e);
             }
         }
-        self.flush(ctx);
+        self.flush_after_turn(ctx);
     }
 
     fn finished(&mut self, ctx: &mut Context<Self>) {

@@ -5,37 +5,96 @@
 use std::time::Instant;
 
 use actix::prelude::*;
+use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tracing::debug;
 
 use super::output_pool;
 use super::peer::{note_delivery_latency, write_delivery};
+use super::socket::WriteHalf;
 use super::{Phase, Session};
 use crate::codec;
 use crate::drops::{DropLog, DropReason};
 use crate::hooks::DisconnectReason;
 use crate::session_state::InflightStage;
+use crate::traffic::Written;
 
 impl Session {
     /// Writes what is buffered, one write at a time; the completion of a write starts the next.
+    /// A plain TCP socket with room takes it at once.
     pub(super) fn flush(&mut self, ctx: &mut Context<Self>) {
-        if self.outbound.paces_output() {
-            let limit = self.shared.config.sessions.max_outbound_bytes;
-            self.feed_output(Instant::now(), limit);
-        }
-        if self.shared.store.is_some() && self.output_waits(ctx) {
+        self.write_out(ctx, true);
+    }
+
+    /// [`Session::flush`] where more output may follow in this turn (the other packets of a
+    /// burst read at once, other deliveries in the mailbox): the write waits until they are
+    /// handled, and takes all of it.
+    pub(super) fn flush_after_turn(&mut self, ctx: &mut Context<Self>) {
+        self.write_out(ctx, false);
+    }
+
+    fn write_out(&mut self, ctx: &mut Context<Self>, at_once: bool) {
+        loop {
+            if self.outbound.paces_output() {
+                let limit = self.shared.config.sessions.max_outbound_bytes;
+                self.feed_output(Instant::now(), limit);
+            }
+            if self.shared.store.is_some() && self.output_waits(ctx) {
+                return;
+            }
+            if self.out.is_empty() || self.socket_dead {
+                return;
+            }
+            if !at_once {
+                if !self.write_scheduled && self.writer.is_some() {
+                    self.write_scheduled = true;
+                    // Runs once the handlers and streams ready now have run.
+                    ctx.spawn(fut::ready(()).map(|(), act: &mut Session, ctx| {
+                        act.write_scheduled = false;
+                        act.flush(ctx);
+                    }));
+                }
+                return;
+            }
+            let Some(writer) = self.writer.take() else {
+                return;
+            };
+            // The buffer goes to the write whole; deliveries written meanwhile take a spare one.
+            let mut buf = std::mem::take(&mut self.out);
+            let written = Written::count(&buf);
+            // A plain TCP socket with room takes the write at once: no task to spawn, poll and
+            // drop for it (two per message at window 1: the PUBLISH out and the PUBACK back).
+            match writer.try_write_now(&buf) {
+                Some(n) if n == buf.len() => {
+                    self.shared.metrics.traffic.written(&written);
+                    output_pool::give_back(buf);
+                    self.writer = Some(writer);
+                    if self.outbound.paces_output() && !self.closing {
+                        // Retained messages waiting for room go next, as after a write below.
+                        continue;
+                    }
+                    self.maybe_stop(ctx);
+                    return;
+                }
+                // The rest is written as below, once the socket has room.
+                Some(n) => buf.advance(n),
+                None => {}
+            }
+            self.spawn_write(ctx, writer, buf, written);
             return;
         }
-        if self.out.is_empty() || self.socket_dead {
-            return;
-        }
-        let Some(mut writer) = self.writer.take() else {
-            return;
-        };
-        // The buffer goes to the write whole; deliveries written meanwhile take a spare one.
-        let buf = std::mem::take(&mut self.out);
+    }
+
+    /// Writes `buf` (holding `written`) once the socket takes it; its completion writes what
+    /// was buffered meanwhile.
+    fn spawn_write(
+        &mut self,
+        ctx: &mut Context<Self>,
+        mut writer: WriteHalf,
+        buf: BytesMut,
+        written: Written,
+    ) {
         self.writing = u32::try_from(buf.len()).unwrap_or(u32::MAX);
-        let written = crate::traffic::Written::count(&buf);
         let write = async move {
             // The flush matters where the stream buffers (TLS, WebSocket); on TCP it is free.
             let result = match writer.write_all(&buf[..]).await {

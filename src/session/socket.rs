@@ -50,6 +50,19 @@ where
     )
 }
 
+impl WriteHalf {
+    /// Writes what of `buf` a plain TCP socket takes now, without waiting: `Some(n)` for `n > 0`
+    /// bytes written (maybe fewer than `buf` holds). `None` where nothing was written: the
+    /// socket is full, failed, or is not plain TCP. The caller then writes asynchronously, which
+    /// meets (and reports) a failure again.
+    pub(super) fn try_write_now(&self, buf: &[u8]) -> Option<usize> {
+        match self {
+            WriteHalf::Tcp(write) => write.try_write(buf).ok().filter(|&n| n > 0),
+            WriteHalf::Other(_) => None,
+        }
+    }
+}
+
 impl AsyncRead for ReadHalf {
     fn poll_read(
         self: Pin<&mut Self>,
