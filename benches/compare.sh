@@ -2,15 +2,17 @@
 # Switchboard side by side with Mosquitto: the same scenarios against both, alternating which
 # goes first, then one table (medians) and a chart. Loopback only; every run is bounded in time.
 #
-#   benches/compare.sh                 # 3 runs of each, 5 s measured each (~12 minutes)
+#   benches/compare.sh                 # 3 runs of each, 5 s measured each (~25 minutes)
 #   RUNS=5 DURATION=10 benches/compare.sh
 #   MQTT=5 RESULTS=target/compare-v5.jsonl CHART=target/v5.svg benches/compare.sh  # MQTT 5 clients
 #   PEERS=rumqttd,nats benches/compare.sh   # also rumqttd 0.20 and nats-server's MQTT listener
 #
 # Installs Debian's mosquitto if missing (needs root); with PEERS, also rumqttd 0.20 (cargo
 # install, into target/peers) and Debian's nats-server (JetStream on, MQTT 3.1.1 only, QoS 0 and
-# 1). Peers run the realistic and pipelined rows, not the storms. Results: target/compare.jsonl;
-# tables on stdout; chart: docs/benchmarks.svg.
+# 1). Peers run the realistic and pipelined rows, not the storms. Results: target/compare.jsonl
+# (and -realistic, -other, -saturation beside it); tables on stdout; chart: docs/benchmarks.svg.
+# The rate at saturation (benches/saturation.sh, Switchboard and Mosquitto) runs last; SATURATION=0
+# leaves it out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -211,6 +213,14 @@ for broker in switchboard mosquitto; do
 done
 stop_brokers
 
+# The rate at saturation of the open loop and the fleet: fresh brokers offered rising rates until
+# each falls behind (benches/saturation.sh; SATURATION=0 leaves it out).
+SATURATED=${RESULTS%.jsonl}-saturation.jsonl
+if [ "${SATURATION:-1}" != 0 ]; then
+  BIN_DIR=target/release BROKERS="switchboard mosquitto" RUNS=$RUNS OUT=$SATURATED \
+    SB_PORT=$SB_PORT MQ_PORT=$MQ_PORT MQTT=$MQTT benches/saturation.sh > "$work/saturation.md"
+fi
+
 echo "Realistic traffic (window 1, open loop, fleet; CPU per delivered message):"
 "$LOAD" --table "$REALISTIC"
 echo
@@ -220,6 +230,11 @@ echo
 echo "Other scenarios (msgs/s: wildcard deliveries, retained messages received, connections):"
 "$LOAD" --table "$OTHER"
 echo
+if [ -s "$work/saturation.md" ]; then
+  echo "Rate at saturation (open loop over 1,000 pairs, fleet of 1,000 devices; the most delivered):"
+  cat "$work/saturation.md"
+  echo
+fi
 echo "CPU per delivered message (us, median) and idle RSS per connection:"
 for label in $BROKERS; do
   grep "\"label\":\"$label\"" "$RESULTS" | sed -n 's/.*"scenario":"\([^"]*\)","qos":\([0-9]\).*"load":"\([^"]*\)".*"broker_cpu_us_per_msg":\([0-9.]*\).*/\1 qos\2 \3 \4/p' \
