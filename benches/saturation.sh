@@ -6,7 +6,8 @@
 #          request is two messages delivered: to the device, and its answer to the app).
 # A step is overloaded when it delivers less than 90% of what was offered (fleet: of twice the
 # requests); the ramp of that broker and traffic stops after its first overloaded step. Runs
-# alternate the order of the brokers. Loopback only; every step is bounded in time.
+# alternate the order of the brokers. Installs Debian's mosquitto if missing (needs root).
+# Loopback only; every step is bounded in time.
 #
 #   benches/saturation.sh                          # Switchboard (release build) and Mosquitto
 #   BROKERS="new mosquitto" BIN_DIR=target/ab RUNS=5 benches/saturation.sh
@@ -64,6 +65,11 @@ RATES_OPEN=${RATES_OPEN:-"20000 30000 40000 50000 60000 80000 100000 120000 1400
 RATES_FLEET=${RATES_FLEET:-"10000 15000 20000 25000 30000 40000 50000 60000 70000 80000"}
 SB_PORT=${SB_PORT:-18850}
 MQ_PORT=${MQ_PORT:-18851}
+if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+  echo "installing mosquitto" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null
+fi
 if [ -z "${BIN_DIR:-}" ]; then
   cargo build --release --bin switchboard 2>/dev/null
   BIN_DIR=target/release
