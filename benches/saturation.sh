@@ -92,8 +92,8 @@ ramp() {
   esac
   for rate in $rates; do
     rm -f "$step"
-    # A step whose clients could not all connect (a broker's accept queue overflowing under
-    # 2,000 connects at once) is tried once more, and said so.
+    # A step whose clients could not all connect is tried once more, and said so (once,
+    # Mosquitto reset one of 2,000 connections made at once).
     # shellcheck disable=SC2086
     if ! "$LOAD" --addr "127.0.0.1:$port" --broker-pid "$pid" --label "$broker $traffic $run_no" \
       --quiet --out "$step" --mqtt "$MQTT" $args --rate "$rate" --duration "$DURATION" >/dev/null; then
