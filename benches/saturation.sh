@@ -83,6 +83,16 @@ trap '[ -n "${pid:-}" ] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
 mosquitto_conf "$work/mosquitto.conf" "$MQ_PORT" "max_queued_messages 100000"
 rm -f "$OUT"
 
+# One step: the harness against the broker on port $2 (pid $pid), labelled $3, with the rest of
+# the arguments; its report goes to file $1 alone.
+offer() {
+  local step=$1 port=$2 label=$3
+  shift 3
+  rm -f "$step"
+  "$LOAD" --addr "127.0.0.1:$port" --broker-pid "$pid" --label "$label" --quiet --out "$step" \
+    --mqtt "$MQTT" --duration "$DURATION" "$@" >/dev/null
+}
+
 # Offers broker $1 (pid $pid, port $2) traffic $3 at rising rates until a step is overloaded.
 ramp() {
   local broker=$1 port=$2 traffic=$3 rates args per_rate step="$work/step.jsonl"
@@ -91,17 +101,13 @@ ramp() {
     fleet) rates=$RATES_FLEET; args="--scenario fleet --qos 1 --clients 1000"; per_rate=2 ;;
   esac
   for rate in $rates; do
-    rm -f "$step"
     # A step whose clients could not all connect is tried once more, and said so (once,
     # Mosquitto reset one of 2,000 connections made at once).
     # shellcheck disable=SC2086
-    if ! "$LOAD" --addr "127.0.0.1:$port" --broker-pid "$pid" --label "$broker $traffic $run_no" \
-      --quiet --out "$step" --mqtt "$MQTT" $args --rate "$rate" --duration "$DURATION" >/dev/null; then
+    if ! offer "$step" "$port" "$broker $traffic $run_no" $args --rate "$rate"; then
       echo "run $run_no: $broker $traffic at $rate failed; once more" >&2
-      rm -f "$step"
       # shellcheck disable=SC2086
-      "$LOAD" --addr "127.0.0.1:$port" --broker-pid "$pid" --label "$broker $traffic $run_no" \
-        --quiet --out "$step" --mqtt "$MQTT" $args --rate "$rate" --duration "$DURATION" >/dev/null
+      offer "$step" "$port" "$broker $traffic $run_no" $args --rate "$rate"
     fi
     cat "$step" >> "$OUT"
     local delivered
