@@ -3,7 +3,9 @@
 /// jemalloc, not glibc's malloc: on device traffic over many connections (the open loop over
 /// 1,000 pairs, the fleet) it spent 5-13% less broker CPU per message, with the allocator's
 /// share of a pipelined profile down from 9% to 2%, at the same memory per idle connection
-/// (docs/benchmarks.md, "jemalloc as the broker's allocator").
+/// (docs/benchmarks.md, "jemalloc as the broker's allocator"). Built with the `jemalloc`
+/// feature (on by default); without it the binary uses the system allocator.
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -1,9 +1,10 @@
 //! Giving memory back after a spike of connections. An allocator keeps the pages that
 //! thousands of closed connections freed (with glibc's, 10k idle connections that come and go
-//! left the broker at 42 MB RSS, from 4.5 MB). The broker binary allocates with jemalloc, whose
-//! arenas a purge empties of unused pages; glibc's `malloc_trim` does the same for memory
-//! allocated through glibc (everything, where the library runs with the system allocator). The
-//! broker does both when the connection count has fallen to half of its peak since the last
+//! left the broker at 42 MB RSS, from 4.5 MB). The broker binary allocates with jemalloc (the
+//! `jemalloc` feature, on by default), whose arenas a purge empties of unused pages; glibc's
+//! `malloc_trim` does the same for memory allocated through glibc (everything, where the library
+//! runs with the system allocator). Without the feature only glibc's is called, and no jemalloc
+//! is built. The broker does both when the connection count has fallen to half of its peak since the last
 //! trim, checking every few seconds: no cost while connections stay, and none per connection.
 
 use std::sync::Arc;
@@ -49,11 +50,13 @@ pub fn resident_bytes() -> Option<u64> {
 }
 
 /// jemalloc's name for "every arena" in a `mallctl` name (`MALLCTL_ARENAS_ALL`).
+#[cfg(feature = "jemalloc")]
 const PURGE_ALL_ARENAS: &std::ffi::CStr = c"arena.4096.purge";
 
-/// Returns free heap pages to the OS: jemalloc's unused pages in every arena, and glibc's free
-/// ones.
+/// Returns free heap pages to the OS: jemalloc's unused pages in every arena (with the
+/// `jemalloc` feature), and glibc's free ones.
 fn trim() {
+    #[cfg(feature = "jemalloc")]
     // SAFETY: a purge takes no argument and returns nothing (null pointers, zero length); it
     // only gives the arenas' unused pages back. Its status is not needed: the RSS is logged.
     unsafe {
