@@ -118,9 +118,15 @@ impl Broker {
         let local_addr = listeners[0]
             .local_addr()
             .map_err(|source| BrokerError::Bind { addr, source })?;
-        let tls = match config.tls.port {
-            Some(port) => {
-                let acceptor = crate::tls::acceptor(&config.tls)?;
+        // One server configuration for the TLS and `wss://` listeners, so that one reload
+        // renews both.
+        let server_tls = match config.tls.port.is_some() || config.websocket.tls_port.is_some() {
+            true => Some(Arc::new(crate::tls::ServerTls::load(&config.tls)?)),
+            false => None,
+        };
+        let tls = match (config.tls.port, &server_tls) {
+            (Some(port), Some(server_tls)) => {
+                let acceptor = Arc::clone(server_tls);
                 let tls_addr = SocketAddr::new(config.tls.bind.unwrap_or(bind), port);
                 let tls_listeners =
                     bind_listeners(tls_addr, per_worker).map_err(|source| BrokerError::Bind {
@@ -129,7 +135,7 @@ impl Broker {
                     })?;
                 Some((tls_listeners, acceptor))
             }
-            None => None,
+            _ => None,
         };
         // MQTT over WebSocket: ws:// and wss:// (with [tls]'s certificate), bound now so that a
         // taken port stops start-up before anything runs.
@@ -144,7 +150,7 @@ impl Broker {
             };
             let ws_addr = SocketAddr::new(ws_bind, port);
             let acceptor = match secure {
-                true => Some(crate::tls::acceptor(&config.tls)?),
+                true => server_tls.clone(),
                 false => None,
             };
             let listeners =
@@ -314,6 +320,7 @@ impl Broker {
             tls_local_addr,
             http,
             access,
+            server_tls,
             registry,
             metrics,
             memory_trim,
@@ -337,6 +344,8 @@ pub struct RunningBroker {
     /// The HTTP server (`[http]`), if enabled.
     http: Option<crate::http::RunningHttp>,
     access: Arc<AccessControl>,
+    /// The TLS and `wss://` listeners' certificate, if either is configured.
+    server_tls: Option<Arc<crate::tls::ServerTls>>,
     registry: Addr<Registry>,
     metrics: Arc<Metrics>,
     /// The memory trim, aborted on stop.
@@ -390,6 +399,14 @@ impl RunningBroker {
     /// on an error the old rules stay in force.
     pub fn reload_access(&self) -> Result<(), AccessError> {
         self.access.reload()
+    }
+
+    /// Re-reads `[tls]`'s certificate, key and client CA files from the paths the broker started
+    /// with (the binary does this on SIGHUP), for the TLS and `wss://` handshakes that follow.
+    /// Connections already open are not touched; on an error the certificate in use stays.
+    /// `None` when no TLS listener is configured.
+    pub fn reload_tls(&self) -> Option<Result<(), crate::tls::TlsError>> {
+        self.server_tls.as_ref().map(|tls| tls.reload())
     }
 
     /// Runs exactly these bridges (the binary does this on SIGHUP with the re-read config file):

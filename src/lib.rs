@@ -14,7 +14,7 @@
 //! | module | its job |
 //! | --- | --- |
 //! | `broker`, `background` | assemble and start a broker: Registry, worker Arbiters, listeners; shut it down |
-//! | `listener` | accept TCP (and TLS, with [`tls`]; WebSocket, with [`websocket`]) connections and start a Session for each |
+//! | `listener` | accept TCP (and TLS, with [`tls`]: the certificate, reloaded on SIGHUP; WebSocket, with [`websocket`]) connections and start a Session for each |
 //! | [`session`] | the actor of one connection: socket, keep-alive, QoS windows, lingering close |
 //! | [`registry`] | the actor that owns clients, subscriptions, retained messages, stored sessions, hooks |
 //! | [`routing`] | the route table the Registry writes and every worker reads; matching one burst where it was read |

@@ -180,7 +180,7 @@ pub(crate) struct AcceptShared {
     pub sessions: Arc<SessionShared>,
     /// With TLS, each connection first completes a handshake on its worker, within the CONNECT
     /// deadline.
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
     /// With WebSocket, each connection (after TLS, if any) completes a WebSocket handshake for
     /// this path on its worker, within the CONNECT deadline.
     pub websocket: Option<Arc<str>>,
@@ -271,7 +271,8 @@ fn admitted(shared: &AcceptShared, ip: IpAddr) -> bool {
 /// and WebSocket handshakes (both within the CONNECT deadline).
 fn start_session(stream: TcpStream, peer: SocketAddr, shared: &AcceptShared) {
     let sessions = shared.sessions.clone();
-    let (tls, websocket) = (shared.tls.clone(), shared.websocket.clone());
+    let tls = shared.tls.as_ref().map(|tls| tls.acceptor());
+    let websocket = shared.websocket.clone();
     if tls.is_none() && websocket.is_none() {
         Session::start(stream, peer, sessions);
         return;

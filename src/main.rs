@@ -139,6 +139,13 @@ fn main() -> ExitCode {
                 Ok(()) => info!("SIGHUP: password and ACL files reloaded"),
                 Err(e) => error!("SIGHUP: reload failed, the old rules stay in force: {e}"),
             }
+            match running.reload_tls() {
+                Some(Ok(())) => info!("SIGHUP: TLS certificate and key reloaded"),
+                Some(Err(e)) => {
+                    error!("SIGHUP: TLS files not reloaded, the certificate in use stays: {e}")
+                }
+                None => {}
+            }
             let Some(path) = &config_path else {
                 continue;
             };
@@ -170,7 +177,8 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// What a signal asks for.
 enum Signal {
-    /// SIGHUP: re-read the password and ACL files, and the bridges from the config file.
+    /// SIGHUP: re-read the password and ACL files, the TLS certificate and key, and the bridges
+    /// from the config file.
     Reload,
     /// Ctrl-C or SIGTERM: stop.
     Stop,

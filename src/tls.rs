@@ -1,8 +1,9 @@
-//! The TLS listener's configuration: certificates and keys from PEM files, optional client
-//! certificate authentication (rustls).
+//! The TLS listeners' configuration: certificates and keys from PEM files, optional client
+//! certificate authentication (rustls), re-read on demand (the binary does it on SIGHUP) so that
+//! a renewed certificate is served without a restart.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use thiserror::Error;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -52,8 +53,43 @@ fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     Ok(switchboard_actors::transport::private_key(path)?)
 }
 
-/// Builds the acceptor for `[tls]` (which must have `cert_file` and `key_file`).
-pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
+/// The server side of TLS, shared by the MQTT and `wss://` listeners: the rustls configuration
+/// built from `[tls]`'s files, replaced whole by [`ServerTls::reload`]. A handshake uses the
+/// configuration current when its connection was accepted; connections already open keep theirs.
+pub struct ServerTls {
+    /// Where the files are: `[tls]` as the broker started with it.
+    files: TlsConfig,
+    /// What new handshakes use.
+    current: RwLock<Arc<ServerConfig>>,
+}
+
+impl ServerTls {
+    /// Reads `[tls]`'s files (which must include `cert_file` and `key_file`).
+    pub fn load(files: &TlsConfig) -> Result<ServerTls, TlsError> {
+        Ok(ServerTls {
+            current: RwLock::new(server_config(files)?),
+            files: files.clone(),
+        })
+    }
+
+    /// An acceptor for one connection, with the current certificate.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        // A poisoned lock only means a reload panicked mid-swap; the Arc in it is whole.
+        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+        TlsAcceptor::from(Arc::clone(&current))
+    }
+
+    /// Reads the certificate, key and client CA files again, from the same paths, and uses them
+    /// for the handshakes that follow. On an error nothing changes: the certificate in use stays.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let fresh = server_config(&self.files)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(())
+    }
+}
+
+/// Builds the rustls configuration for `[tls]` (which must have `cert_file` and `key_file`).
+fn server_config(config: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
     let (Some(cert_file), Some(key_file)) = (&config.cert_file, &config.key_file) else {
         return Err(TlsError::Missing(
             "tls.cert_file and tls.key_file are required".into(),
@@ -83,5 +119,5 @@ pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
     let server = builder
         .with_single_cert(certificates(cert_file)?, private_key(key_file)?)
         .map_err(|e| TlsError::Rustls(e.to_string()))?;
-    Ok(TlsAcceptor::from(Arc::new(server)))
+    Ok(Arc::new(server))
 }

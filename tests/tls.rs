@@ -3,11 +3,15 @@
 
 mod common;
 
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS, TlsConfiguration, Transport};
 use switchboard::BackgroundBroker;
 
+use common::child::{spawn, wait_line};
 use common::pki::Pki;
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files.
@@ -34,6 +38,16 @@ async fn tls_client(
     client_cert: bool,
 ) -> Result<(AsyncClient, rumqttc::EventLoop), String> {
     let addr = broker.tls_local_addr().expect("TLS listener");
+    tls_client_at(addr, pki, id, client_cert).await
+}
+
+/// [`tls_client`] to the TLS listener at `addr`, trusting `pki`'s CA.
+async fn tls_client_at(
+    addr: SocketAddr,
+    pki: &Pki,
+    id: &str,
+    client_cert: bool,
+) -> Result<(AsyncClient, rumqttc::EventLoop), String> {
     let mut options = MqttOptions::new(id, "127.0.0.1", addr.port());
     options.set_keep_alive(Duration::from_secs(30));
     options.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
@@ -162,4 +176,130 @@ async fn mosquitto_pub_over_tls_by_ip_address_and_by_name() {
         assert_eq!(publish.payload, format!("by {host}").into_bytes());
         sub.send(&common::packets::ack(0x40, publish.pid)).await;
     }
+}
+
+/// A TLS handshake with the listener at `addr`, trusting only `pki`'s CA (for `localhost`).
+async fn handshake(addr: SocketAddr, pki: &Pki) -> Result<(), String> {
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+    let ca = pki.dir.path().join("ca.pem");
+    let mut roots = RootCertStore::empty();
+    for cert in switchboard_actors::transport::certificates(&ca).expect("CA") {
+        roots.add(cert).expect("CA added");
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = "localhost".try_into().expect("server name");
+    let handshake = connector.connect(name, tcp);
+    match tokio::time::timeout(common::WAIT, handshake).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("handshake timed out".into()),
+    }
+}
+
+/// Sends SIGHUP to the broker process.
+fn sighup(child: &std::process::Child) {
+    let status = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn sighup_serves_a_renewed_certificate_and_keeps_open_connections() {
+    // A certificate renewed in place (as certbot's deploy hook does) is served after a SIGHUP
+    // on both TLS listeners, MQTT and wss://, without a restart; a connection opened before
+    // keeps working; files that do not load leave the certificate in use (docs/security.md).
+    let (first, renewed) = (pki(), Pki::new("1AB.ENTER.DETRD"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+    let install = |pki: &Pki| {
+        std::fs::copy(pki.dir.path().join("server.pem"), &cert).expect("cert copied");
+        std::fs::copy(pki.dir.path().join("server.key"), &key).expect("key copied");
+    };
+    install(&first);
+    let config = dir.path().join("switchboard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listener]\nport = 0\n[tls]\nport = 0\ncert_file = {:?}\nkey_file = {:?}\n\
+             [websocket]\ntls_port = 0\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        ),
+    )
+    .expect("config");
+    let (mut child, logs) = spawn(&["-c", config.to_str().expect("utf-8")]);
+    let address_after = |line: String, marker: &str| -> SocketAddr {
+        line.rsplit(marker)
+            .next()
+            .and_then(|rest| rest.split(['/', ' ']).next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("an address after {marker:?} in {line:?}"))
+    };
+    let tls = address_after(wait_line(&logs, "listening for TLS on "), "TLS on ");
+    let wss = address_after(wait_line(&logs, "WebSocket on wss://"), "wss://");
+    let (open, mut open_events) = tls_client_at(tls, &first, "before-renewal", false)
+        .await
+        .expect("first certificate");
+    assert_eq!(handshake(wss, &first).await, Ok(()));
+
+    install(&renewed);
+    sighup(&child);
+    wait_line(&logs, "TLS certificate and key reloaded");
+    for addr in [tls, wss] {
+        assert_eq!(handshake(addr, &renewed).await, Ok(()), "renewed on {addr}");
+        let refused = handshake(addr, &first).await.expect_err("old CA refused");
+        // Both test CAs have one name: the old CA's key does not verify the renewed chain.
+        assert!(refused.contains("invalid peer certificate"), "{refused}");
+    }
+    assert!(tls_client_at(tls, &renewed, "after-renewal", false)
+        .await
+        .is_ok());
+    // The connection from before the renewal is still served.
+    open.subscribe("gate/+/state", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    loop {
+        match tokio::time::timeout(common::WAIT, open_events.poll()).await {
+            Ok(Ok(Event::Incoming(Incoming::SubAck(_)))) => break,
+            Ok(Ok(_)) => continue,
+            other => panic!("the open connection after the reload: {other:?}"),
+        }
+    }
+
+    // A key file that does not load: a clear error naming it, and the renewed certificate stays.
+    std::fs::write(&key, "not a key\n").expect("key broken");
+    sighup(&child);
+    let error = wait_line(&logs, "TLS files not reloaded");
+    assert!(error.contains("server.key"), "{error}");
+    assert_eq!(handshake(tls, &renewed).await, Ok(()));
+    child.kill().expect("kill");
+    let _ = child.wait();
+}
+
+#[test]
+fn a_key_that_does_not_match_the_certificate_is_refused() {
+    // A reload that reads the renewed certificate beside the old key (written between the two
+    // files' writes) must fail and leave the certificate in use, not serve a broken pair.
+    let (first, renewed) = (pki(), Pki::new("1AB.ENTER.DETRD"));
+    let files = |cert: &Pki, key: &Pki| switchboard::config::TlsConfig {
+        cert_file: Some(cert.dir.path().join("server.pem")),
+        key_file: Some(key.dir.path().join("server.key")),
+        ..Default::default()
+    };
+    assert!(switchboard::tls::ServerTls::load(&files(&first, &first)).is_ok());
+    let error = switchboard::tls::ServerTls::load(&files(&renewed, &first))
+        .err()
+        .expect("a mismatched pair is refused");
+    assert!(error.to_string().contains("TLS configuration"), "{error}");
 }
