@@ -21,7 +21,7 @@ const CHECK_EVERY: Duration = Duration::from_secs(5);
 const MIN_FALL: u64 = 1000;
 
 /// When to trim: after the connection count fell to half of its peak since the last trim (and
-/// by [`MIN_FALL`]).
+/// by at least `MIN_FALL` connections).
 #[derive(Debug, Default)]
 pub struct TrimPolicy {
     peak: u64,

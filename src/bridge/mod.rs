@@ -3,7 +3,7 @@
 //!
 //! The [`Bridges`] actor runs the bridges the configuration names, and on
 //! [`ApplyBridges`] (start-up, SIGHUP) starts the added ones, stops the removed ones and restarts
-//! the changed ones. Each [`Bridge`](link::Bridge) is two managed connections from the device
+//! the changed ones. Each `Bridge` (`link.rs`) is two managed connections from the device
 //! actors' crate; `docs/bridges.md` walks through a site/central set-up.
 
 pub mod config;

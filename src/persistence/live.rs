@@ -17,7 +17,7 @@ pub enum LiveKind {
     Remove,
     /// No key starting with this one is live any more.
     RemovePrefix,
-    /// A queued message ([`queued_key`]): the record is its first live frame.
+    /// A queued message (`queued_key`): the record is its first live frame.
     QueuedSet,
     /// The record of its sending or release joins its live frames, if it is live.
     QueuedAppend,

@@ -231,7 +231,7 @@ impl Store {
     }
 
     /// Submits a change; returns its sequence number, reported durable once it is. Waits only
-    /// if the writer is [`MAX_PENDING_BYTES`] behind. The writer takes it at once (on an actix
+    /// if the writer is `MAX_PENDING_BYTES` behind. The writer takes it at once (on an actix
     /// thread: once the tasks ready there have run).
     pub fn submit(&self, record: Record) -> u64 {
         self.submit_all(std::iter::once(record))
@@ -244,7 +244,7 @@ impl Store {
     }
 
     /// Submits changes nobody waits for yet (a Session's record of what it sent and what was
-    /// acknowledged): the writer takes them with its next commit, within [`NAP`] while it
+    /// acknowledged): the writer takes them with its next commit, within `NAP` while it
     /// naps, or at once for whoever asks [`Store::notify_when_durable`].
     pub fn submit_quietly(&self, records: impl IntoIterator<Item = impl Framed>) -> u64 {
         self.enqueue(records, WriterState::Asleep)
