@@ -272,6 +272,10 @@ fn admitted(shared: &AcceptShared, ip: IpAddr) -> bool {
 fn start_session(stream: TcpStream, peer: SocketAddr, shared: &AcceptShared) {
     let sessions = shared.sessions.clone();
     let tls = shared.tls.as_ref().map(|tls| tls.acceptor());
+    let identity_as_username = shared
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.identity_as_username());
     let websocket = shared.websocket.clone();
     if tls.is_none() && websocket.is_none() {
         Session::start(stream, peer, sessions);
@@ -287,17 +291,26 @@ fn start_session(stream: TcpStream, peer: SocketAddr, shared: &AcceptShared) {
                         .accept(stream)
                         .await
                         .map_err(|e| format!("TLS handshake failed: {e}"))?;
-                    Session::start_tls(stream, peer, sessions);
+                    if identity_as_username {
+                        let identity = client_identity(&stream);
+                        Session::start_certified(stream, peer, sessions, identity);
+                    } else {
+                        Session::start_tls(stream, peer, sessions);
+                    }
                 }
                 (Some(tls), Some(path)) => {
                     let stream = tls
                         .accept(stream)
                         .await
                         .map_err(|e| format!("TLS handshake failed: {e}"))?;
+                    let identity = identity_as_username.then(|| client_identity(&stream));
                     let ws = crate::websocket::accept(stream, &path, max_packet, peer)
                         .await
                         .map_err(|e| format!("WebSocket handshake failed: {e}"))?;
-                    Session::start_stream(ws, peer, sessions);
+                    match identity {
+                        Some(identity) => Session::start_certified(ws, peer, sessions, identity),
+                        None => Session::start_stream(ws, peer, sessions),
+                    };
                 }
                 (None, Some(path)) => {
                     let ws = crate::websocket::accept(stream, &path, max_packet, peer)
@@ -317,6 +330,12 @@ fn start_session(stream: TcpStream, peer: SocketAddr, shared: &AcceptShared) {
             Err(_) => debug!(addr = %peer, "handshake not done before the CONNECT deadline"),
         }
     });
+}
+
+/// The Common Name of the certificate the client presented in `stream`'s handshake.
+fn client_identity(stream: &tokio_rustls::server::TlsStream<TcpStream>) -> Option<String> {
+    let chain = stream.get_ref().1.peer_certificates()?;
+    crate::tls::certificate_identity(chain)
 }
 
 #[cfg(test)]

@@ -6,7 +6,10 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use thiserror::Error;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer,
+};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
@@ -53,6 +56,33 @@ fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     Ok(switchboard_actors::transport::private_key(path)?)
 }
 
+/// The certificate revocation lists of a PEM file (at least one).
+fn revocation_lists(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let read = |e: tokio_rustls::rustls::pki_types::pem::Error| TlsError::Read {
+        path: path.display().to_string(),
+        source: std::io::Error::other(e.to_string()),
+    };
+    let lists = CertificateRevocationListDer::pem_file_iter(path)
+        .map_err(read)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(read)?;
+    if lists.is_empty() {
+        return Err(TlsError::Missing(format!(
+            "no certificate revocation list in {}",
+            path.display()
+        )));
+    }
+    Ok(lists)
+}
+
+/// The subject Common Name of a client's certificate (the first of its chain), if it has one
+/// that is UTF-8: its identity with `tls.use_identity_as_username`.
+pub fn certificate_identity(chain: &[CertificateDer<'_>]) -> Option<String> {
+    let (_, certificate) = x509_parser::parse_x509_certificate(chain.first()?).ok()?;
+    let common_name = certificate.subject().iter_common_name().next()?;
+    common_name.as_str().ok().map(str::to_owned)
+}
+
 /// The server side of TLS, shared by the MQTT and `wss://` listeners: the rustls configuration
 /// built from `[tls]`'s files, replaced whole by [`ServerTls::reload`]. A handshake uses the
 /// configuration current when its connection was accepted; connections already open keep theirs.
@@ -70,6 +100,12 @@ impl ServerTls {
             current: RwLock::new(server_config(files)?),
             files: files.clone(),
         })
+    }
+
+    /// Whether the client certificate's Common Name is the client's user name
+    /// (`tls.use_identity_as_username`).
+    pub fn identity_as_username(&self) -> bool {
+        self.files.use_identity_as_username
     }
 
     /// An acceptor for one connection, with the current certificate.
@@ -109,7 +145,16 @@ fn server_config(config: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
             for ca in certificates(ca_file)? {
                 roots.add(ca).map_err(|e| TlsError::Rustls(e.to_string()))?;
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            let mut verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            if let Some(crl_file) = &config.crl_file {
+                // The client's own certificate is checked, as OpenSSL's CRL check (Mosquitto's
+                // `crlfile`) does; its issuer must have a list here.
+                verifier = verifier
+                    .with_crls(revocation_lists(crl_file)?)
+                    .only_check_end_entity_revocation();
+            }
+            let verifier = verifier
                 .build()
                 .map_err(|e| TlsError::Rustls(e.to_string()))?;
             builder.with_client_cert_verifier(verifier)

@@ -48,17 +48,27 @@ async fn tls_client_at(
     id: &str,
     client_cert: bool,
 ) -> Result<(AsyncClient, rumqttc::EventLoop), String> {
+    let cert = client_cert.then_some(&pki.client);
+    tls_client_with(addr, pki, id, cert, None).await
+}
+
+/// [`tls_client_at`] with this client certificate and key (PEM), and these credentials.
+async fn tls_client_with(
+    addr: SocketAddr,
+    pki: &Pki,
+    id: &str,
+    cert: Option<&(String, String)>,
+    credentials: Option<(&str, &str)>,
+) -> Result<(AsyncClient, rumqttc::EventLoop), String> {
     let mut options = MqttOptions::new(id, "127.0.0.1", addr.port());
     options.set_keep_alive(Duration::from_secs(30));
+    if let Some((username, password)) = credentials {
+        options.set_credentials(username, password);
+    }
     options.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
         ca: pki.ca_pem.clone().into_bytes(),
         alpn: None,
-        client_auth: client_cert.then(|| {
-            (
-                pki.client.0.clone().into_bytes(),
-                pki.client.1.clone().into_bytes(),
-            )
-        }),
+        client_auth: cert.map(|(cert, key)| (cert.clone().into_bytes(), key.clone().into_bytes())),
     }));
     let (client, mut eventloop) = AsyncClient::new(options, 10);
     loop {
@@ -302,4 +312,173 @@ fn a_key_that_does_not_match_the_certificate_is_refused() {
         .err()
         .expect("a mismatched pair is refused");
     assert!(error.to_string().contains("TLS configuration"), "{error}");
+}
+
+/// Subscribes to `filter` and returns whether the SUBACK granted it.
+async fn may_subscribe(
+    client: &AsyncClient,
+    events: &mut rumqttc::EventLoop,
+    filter: &str,
+) -> bool {
+    client
+        .subscribe(filter, QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    loop {
+        match tokio::time::timeout(common::WAIT, events.poll()).await {
+            Ok(Ok(Event::Incoming(Incoming::SubAck(ack)))) => {
+                return ack.return_codes
+                    == [rumqttc::SubscribeReasonCode::Success(QoS::AtLeastOnce)];
+            }
+            Ok(Ok(_)) => continue,
+            other => panic!("no SUBACK for {filter}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_client_certificates_common_name_is_its_user_name() {
+    // tls.use_identity_as_username (Mosquitto's use_identity_as_username): the certificate's
+    // Common Name is the user name the ACL's %u sees; the CONNECT's user name and password are
+    // not checked (here a real user of the password file with a wrong password, which would
+    // otherwise be refused); a certificate without a Common Name is refused.
+    let pki = pki();
+    let passwords = pki.dir.path().join("passwords");
+    let line = switchboard::auth::hash_line("app", b"app-pw", 1000).expect("hash");
+    std::fs::write(&passwords, format!("{line}\n")).expect("passwords");
+    let acl = pki.dir.path().join("acl");
+    let rules =
+        "pattern read detrd/status/request/%u\npattern readwrite detrd/status/response/%u\n";
+    std::fs::write(&acl, rules).expect("acl");
+    let broker = common::broker_with(|c| {
+        c.tls.port = Some(0);
+        c.tls.cert_file = Some(pki.dir.path().join("server.pem"));
+        c.tls.key_file = Some(pki.dir.path().join("server.key"));
+        c.tls.client_ca_file = Some(pki.dir.path().join("ca.pem"));
+        c.tls.use_identity_as_username = true;
+        c.auth.password_file = Some(passwords.clone());
+        c.auth.acl_file = Some(acl.clone());
+    });
+    let addr = broker.tls_local_addr().expect("TLS listener");
+    let credentials = Some(("app", "not-the-password"));
+    let (client, mut events) =
+        tls_client_with(addr, &pki, "gate-7", Some(&pki.client), credentials)
+            .await
+            .expect("the certificate is the credential");
+    assert!(may_subscribe(&client, &mut events, "detrd/status/request/1AB.ENTER.DETRD").await);
+    assert!(!may_subscribe(&client, &mut events, "detrd/status/request/app").await);
+    assert!(!may_subscribe(&client, &mut events, "detrd/status/request/gate-7").await);
+
+    // An OpenSSL-based client with the same certificate publishes under the same identity.
+    if common::mosquitto_clients_available() {
+        let own = "detrd/status/response/1AB.ENTER.DETRD";
+        assert!(may_subscribe(&client, &mut events, own).await);
+        let (cert, key) = (
+            pki.dir.path().join("gate.pem"),
+            pki.dir.path().join("gate.key"),
+        );
+        std::fs::write(&cert, &pki.client.0).expect("cert");
+        std::fs::write(&key, &pki.client.1).expect("key");
+        let out = tokio::process::Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &addr.port().to_string()])
+            .arg("--cafile")
+            .arg(pki.dir.path().join("ca.pem"))
+            .arg("--cert")
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key)
+            .args(["-i", "openssl-gate", "-q", "1", "-t", own, "-m", "open"])
+            .output()
+            .await
+            .expect("mosquitto_pub runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        loop {
+            match tokio::time::timeout(common::WAIT, events.poll()).await {
+                Ok(Ok(Event::Incoming(Incoming::Publish(p)))) => {
+                    assert_eq!(&p.payload[..], b"open");
+                    break;
+                }
+                Ok(Ok(_)) => continue,
+                other => panic!("mosquitto_pub's message: {other:?}"),
+            }
+        }
+    }
+
+    let refused = tls_client_with(addr, &pki, "nameless", Some(&pki.nameless), None)
+        .await
+        .err()
+        .expect("a certificate without a Common Name is refused");
+    assert!(refused.contains("NotAuthorized"), "{refused}");
+}
+
+#[test]
+fn revocation_lists_and_the_identity_need_client_certificates() {
+    for (key, set) in [
+        (
+            "tls.crl_file",
+            (|c: &mut switchboard::Config| c.tls.crl_file = Some("crl.pem".into()))
+                as fn(&mut switchboard::Config),
+        ),
+        ("tls.use_identity_as_username", |c| {
+            c.tls.use_identity_as_username = true
+        }),
+    ] {
+        let mut config = common::test_config();
+        set(&mut config);
+        let error = BackgroundBroker::start(config).err().expect("refused");
+        assert!(error.to_string().contains(key), "{error}");
+    }
+}
+
+#[tokio::test]
+async fn a_revoked_client_certificate_is_refused_after_a_sighup() {
+    // A device's certificate revoked (stolen gate): the CA's new revocation list goes in
+    // tls.crl_file's place and a SIGHUP makes new handshakes check it, without a restart.
+    let pki = pki();
+    let file = |name: &str| pki.dir.path().join(name).display().to_string();
+    let crl = pki.dir.path().join("crl.pem");
+    std::fs::copy(pki.dir.path().join("crl-none.pem"), &crl).expect("CRL");
+    let config = pki.dir.path().join("switchboard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listener]\nport = 0\n[tls]\nport = 0\ncert_file = {:?}\nkey_file = {:?}\n\
+             client_ca_file = {:?}\ncrl_file = {:?}\n",
+            file("server.pem"),
+            file("server.key"),
+            file("ca.pem"),
+            file("crl.pem"),
+        ),
+    )
+    .expect("config");
+    let (mut child, logs) = spawn(&["-c", config.to_str().expect("utf-8")]);
+    let line = wait_line(&logs, "listening for TLS on ");
+    let addr: SocketAddr = line
+        .rsplit("TLS on ")
+        .next()
+        .and_then(|a| a.trim().parse().ok())
+        .expect("TLS address");
+    let stolen = Some(&pki.stolen);
+    assert!(tls_client_with(addr, &pki, "gate-9", stolen, None)
+        .await
+        .is_ok());
+
+    std::fs::copy(pki.dir.path().join("crl-stolen.pem"), &crl).expect("CRL");
+    sighup(&child);
+    wait_line(&logs, "TLS certificate and key reloaded");
+    let refused = tls_client_with(addr, &pki, "gate-9", stolen, None)
+        .await
+        .err()
+        .expect("the revoked certificate is refused");
+    assert!(refused.contains("Revoked"), "{refused}");
+    let good = Some(&pki.client);
+    assert!(tls_client_with(addr, &pki, "gate-1", good, None)
+        .await
+        .is_ok());
+    child.kill().expect("kill");
+    let _ = child.wait();
 }

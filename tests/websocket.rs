@@ -25,7 +25,7 @@ fn mqttjs(
     mode: &str,
     topic: &str,
     count: usize,
-    ca: Option<&std::path::Path>,
+    tls: &[&std::path::Path],
 ) -> (
     std::process::Child,
     std::sync::mpsc::Receiver<serde_json::Value>,
@@ -38,9 +38,8 @@ fn mqttjs(
         topic,
         &count.to_string(),
     ]);
-    if let Some(ca) = ca {
-        command.arg(ca);
-    }
+    // The CA file, then a client certificate and key, if any.
+    command.args(tls);
     let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -80,7 +79,7 @@ async fn mqttjs_over_websocket_to_tcp_and_back_both_versions() {
         let topic = format!("cross/ws-to-tcp/{version}");
         let (mut tcp_sub, _) = Raw::handshake(broker.local_addr(), "tcp-sub", true).await;
         tcp_sub.subscribe(1, &[(topic.as_str(), 1)], &[1]).await;
-        let (mut publisher, lines) = mqttjs(&url, version, "pub", &topic, 5, None);
+        let (mut publisher, lines) = mqttjs(&url, version, "pub", &topic, 5, &[]);
         assert_eq!(next_line(&lines), serde_json::json!({ "published": 5 }));
         assert!(publisher.wait().expect("node").success());
         let got: Vec<String> = tcp_sub
@@ -97,7 +96,7 @@ async fn mqttjs_over_websocket_to_tcp_and_back_both_versions() {
 
         // TCP publisher, WebSocket subscriber.
         let topic = format!("cross/tcp-to-ws/{version}");
-        let (mut subscriber, lines) = mqttjs(&url, version, "sub", &topic, 5, None);
+        let (mut subscriber, lines) = mqttjs(&url, version, "sub", &topic, 5, &[]);
         assert_eq!(next_line(&lines), serde_json::json!({ "ready": true }));
         let (mut tcp_pub, _) = Raw::handshake(broker.local_addr(), "tcp-pub", true).await;
         for i in 0..5u16 {
@@ -369,9 +368,51 @@ async fn mqttjs_over_wss() {
     let wss = broker.websocket_tls_local_addr().expect("wss listener");
     let url = format!("wss://localhost:{}/mqtt", wss.port());
     let ca = pki.dir.path().join("ca.pem");
-    let (mut subscriber, sub_lines) = mqttjs(&url, "5", "sub", "secure/ws", 3, Some(&ca));
+    let (mut subscriber, sub_lines) = mqttjs(&url, "5", "sub", "secure/ws", 3, &[&ca]);
     assert_eq!(next_line(&sub_lines), serde_json::json!({ "ready": true }));
-    let (mut publisher, pub_lines) = mqttjs(&url, "5", "pub", "secure/ws", 3, Some(&ca));
+    let (mut publisher, pub_lines) = mqttjs(&url, "5", "pub", "secure/ws", 3, &[&ca]);
+    assert_eq!(next_line(&pub_lines), serde_json::json!({ "published": 3 }));
+    assert_eq!(
+        next_line(&sub_lines),
+        serde_json::json!({ "received": expected(3) })
+    );
+    assert!(publisher.wait().expect("node").success());
+    assert!(subscriber.wait().expect("node").success());
+}
+
+#[tokio::test]
+async fn mqttjs_over_wss_with_its_certificate_as_its_identity() {
+    // tls.use_identity_as_username on the wss:// listener: MQTT.js presents a client certificate
+    // (Common Name `ws-client`) and the ACL's %u is that name; without it the subscription and
+    // the publishes would be denied and nothing would arrive.
+    if !mqttjs_available() {
+        return;
+    }
+    let pki = common::pki::Pki::new("ws-client");
+    let acl = pki.dir.path().join("acl");
+    std::fs::write(&acl, "pattern readwrite secure/%u/#\n").expect("acl");
+    let broker = broker_with(|c| {
+        c.websocket.tls_port = Some(0);
+        c.tls.cert_file = Some(pki.dir.path().join("server.pem"));
+        c.tls.key_file = Some(pki.dir.path().join("server.key"));
+        c.tls.client_ca_file = Some(pki.dir.path().join("ca.pem"));
+        c.tls.use_identity_as_username = true;
+        c.auth.acl_file = Some(acl.clone());
+    });
+    let wss = broker.websocket_tls_local_addr().expect("wss listener");
+    let url = format!("wss://localhost:{}/mqtt", wss.port());
+    let (ca, cert, key) = (
+        pki.dir.path().join("ca.pem"),
+        pki.dir.path().join("client.pem"),
+        pki.dir.path().join("client.key"),
+    );
+    std::fs::write(&cert, &pki.client.0).expect("cert");
+    std::fs::write(&key, &pki.client.1).expect("key");
+    let tls: &[&std::path::Path] = &[&ca, &cert, &key];
+    let topic = "secure/ws-client/gate";
+    let (mut subscriber, sub_lines) = mqttjs(&url, "5", "sub", topic, 3, tls);
+    assert_eq!(next_line(&sub_lines), serde_json::json!({ "ready": true }));
+    let (mut publisher, pub_lines) = mqttjs(&url, "5", "pub", topic, 3, tls);
     assert_eq!(next_line(&pub_lines), serde_json::json!({ "published": 3 }));
     assert_eq!(
         next_line(&sub_lines),

@@ -156,6 +156,15 @@ pub struct TlsConfig {
     pub key_file: Option<PathBuf>,
     /// CA certificates, PEM: when set, clients must present a certificate signed by one of them.
     pub client_ca_file: Option<PathBuf>,
+    /// Certificate revocation lists, PEM, from the CAs of `client_ca_file`: a client certificate
+    /// they revoke fails the handshake, as does one whose issuer has no list here. Needs
+    /// `client_ca_file`. Re-read on SIGHUP with the certificates.
+    pub crl_file: Option<PathBuf>,
+    /// The client certificate's subject Common Name is the client's user name (for ACLs, hooks
+    /// and interceptors); the CONNECT's user name and password are ignored, and a certificate
+    /// without a Common Name is refused (CONNACK not authorised). Needs `client_ca_file`.
+    /// Mosquitto's `use_identity_as_username`. Default: false.
+    pub use_identity_as_username: bool,
 }
 
 /// `[auth]` settings.
@@ -448,6 +457,20 @@ impl Config {
                 "tls.cert_file",
                 "a TLS listener needs tls.cert_file and tls.key_file",
             );
+        }
+        if self.tls.client_ca_file.is_none() {
+            if self.tls.crl_file.is_some() {
+                return invalid(
+                    "tls.crl_file",
+                    "revocation lists are checked against client certificates: set tls.client_ca_file",
+                );
+            }
+            if self.tls.use_identity_as_username {
+                return invalid(
+                    "tls.use_identity_as_username",
+                    "the identity comes from a client certificate: set tls.client_ca_file",
+                );
+            }
         }
         if sessions.max_inflight == 0 {
             return invalid("sessions.max_inflight", "must be between 1 and 65535");

@@ -70,13 +70,14 @@ impl Session {
         if connect.bridge {
             info!(addr = %self.peer, client_id = %connect.client_id, "a bridge connects (protocol level with the bridge bit): no echo of its own messages, RETAIN kept");
         }
-        if connect.client_id.starts_with(super::INTERNAL_CLIENT_PREFIX) != self.internal {
+        let internal = self.trust == super::Trust::Internal;
+        if connect.client_id.starts_with(super::INTERNAL_CLIENT_PREFIX) != internal {
             // Broker-internal client ids are reserved, and internal clients use nothing else.
             info!(addr = %self.peer, client_id = %connect.client_id, "refusing a client id reserved for the broker's bridges");
             return self.refuse(ctx, ConnectReturnCode::IdentifierRejected);
         }
         let open = self.shared.metrics.snapshot().connections_current;
-        if open > self.shared.config.limits.max_connections as u64 && !self.internal {
+        if open > self.shared.config.limits.max_connections as u64 && !internal {
             let v5 = connect.protocol.is_v5().then_some(reason::QUOTA_EXCEEDED);
             return self.refuse_with(ctx, ConnectReturnCode::ServerUnavailable, v5);
         }
@@ -106,8 +107,10 @@ impl Session {
             return self.refuse(ctx, ConnectReturnCode::IdentifierRejected);
         }
         let access = self.shared.access.clone();
-        if self.internal {
-            return self.intercept_connect(connect, ctx);
+        match self.trust {
+            super::Trust::Internal => return self.intercept_connect(connect, ctx),
+            super::Trust::Certificate => return self.connect_certified(connect, ctx),
+            super::Trust::Password => {}
         }
         match (&connect.username, access.authenticator()) {
             (None, _) if !access.allow_anonymous() => {
@@ -136,6 +139,19 @@ impl Session {
             }
             _ => self.intercept_connect(connect, ctx),
         }
+    }
+
+    /// `tls.use_identity_as_username`: the certificate's Common Name is the user name, in place
+    /// of the CONNECT's (which is not checked, nor is its password); a certificate without one
+    /// is refused.
+    fn connect_certified(&mut self, mut connect: ConnectPacket, ctx: &mut Context<Self>) {
+        let Some(identity) = self.username.as_deref() else {
+            info!(addr = %self.peer, client_id = %connect.client_id, "client certificate without a Common Name refused (tls.use_identity_as_username)");
+            return self.refuse(ctx, ConnectReturnCode::NotAuthorized);
+        };
+        connect.username = Some(identity.to_owned());
+        connect.password = None;
+        self.intercept_connect(connect, ctx)
     }
 
     /// Asks the connect interceptor, if there is one, then registers.

@@ -112,6 +112,19 @@ impl SessionShared {
     }
 }
 
+/// How a Session's CONNECT is authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trust {
+    /// A client from the network: its user name and password, as `[auth]` says.
+    Password,
+    /// A TLS client under `tls.use_identity_as_username` ([`Session::start_certified`]): its
+    /// certificate's Common Name, put in the Session's user name when it starts, is its user
+    /// name; the CONNECT's user name and password are not looked at.
+    Certificate,
+    /// A broker-internal client ([`Session::start_internal`]): its CONNECT is trusted.
+    Internal,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
     AwaitingConnect,
@@ -125,7 +138,8 @@ pub struct Session {
     peer: SocketAddr,
     shared: Arc<SessionShared>,
     phase: Phase,
-    /// User name of the CONNECT, for ACL checks.
+    /// User name of the CONNECT, for ACL checks (with [`Trust::Certificate`], the certificate's
+    /// Common Name, from the start).
     username: Option<Box<str>>,
     /// Protocol and MQTT 5 wishes of the client.
     peer_options: PeerOptions,
@@ -177,8 +191,8 @@ pub struct Session {
     route_scheduled: bool,
     /// A write of the output is scheduled for the end of this turn ([`Session::flush_after_turn`]).
     write_scheduled: bool,
-    /// A broker-internal client ([`Session::start_internal`]): its CONNECT is trusted.
-    internal: bool,
+    /// How its CONNECT is authenticated.
+    trust: Trust,
     closing: bool,
     awaiting_detached: bool,
     socket_dead: bool,
@@ -222,7 +236,32 @@ impl Session {
     {
         let (read_half, write_half) = split_other(stream);
         let peer = SocketAddr::from(([0, 0, 0, 0], 0));
-        Session::start_as(read_half, write_half, peer, shared, true)
+        Session::start_as(read_half, write_half, peer, shared, Trust::Internal, None)
+    }
+
+    /// Starts a Session for a TLS connection, or a WebSocket over TLS, whose handshakes are
+    /// done, under `tls.use_identity_as_username`: `identity` is the Common Name of the client's
+    /// certificate, its user name ([`crate::tls::certificate_identity`]); with `None` (a
+    /// certificate without one) its CONNECT is refused as not authorised.
+    pub fn start_certified<S>(
+        stream: S,
+        peer: SocketAddr,
+        shared: Arc<SessionShared>,
+        identity: Option<String>,
+    ) -> Addr<Session>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + 'static,
+    {
+        let (read_half, write_half) = split_other(stream);
+        let username = identity.map(Box::from);
+        Session::start_as(
+            read_half,
+            write_half,
+            peer,
+            shared,
+            Trust::Certificate,
+            username,
+        )
     }
 
     fn start_with(
@@ -231,7 +270,7 @@ impl Session {
         peer: SocketAddr,
         shared: Arc<SessionShared>,
     ) -> Addr<Session> {
-        Session::start_as(read_half, write_half, peer, shared, false)
+        Session::start_as(read_half, write_half, peer, shared, Trust::Password, None)
     }
 
     fn start_as(
@@ -239,7 +278,8 @@ impl Session {
         write_half: WriteHalf,
         peer: SocketAddr,
         shared: Arc<SessionShared>,
-        internal: bool,
+        trust: Trust,
+        username: Option<Box<str>>,
     ) -> Addr<Session> {
         let conn = ConnId(shared.next_conn.fetch_add(1, Ordering::Relaxed));
         let max_packet = shared.config.limits.max_packet_size;
@@ -262,7 +302,7 @@ impl Session {
                 outbound: Outbound::new(shared.config.sessions.max_inflight),
                 shared,
                 phase: Phase::AwaitingConnect,
-                username: None,
+                username,
                 peer_options: PeerOptions::default(),
                 aliases: OutboundAliases::default(),
                 disconnect_code: None,
@@ -286,7 +326,7 @@ impl Session {
                 deferred_acks: durable_acks.then(Box::default),
                 route_scheduled: false,
                 write_scheduled: false,
-                internal,
+                trust,
                 closing: false,
                 awaiting_detached: false,
                 socket_dead: false,

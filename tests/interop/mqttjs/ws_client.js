@@ -1,5 +1,5 @@
 // MQTT.js over WebSocket, one role per run. Usage:
-//   node ws_client.js URL PROTOCOL_VERSION pub|sub TOPIC COUNT [CA_FILE]
+//   node ws_client.js URL PROTOCOL_VERSION pub|sub TOPIC COUNT [CA_FILE [CERT_FILE KEY_FILE]]
 // pub: publishes COUNT QoS 1 messages (m0, m1, ...) and prints {"published": COUNT} once all are
 // acknowledged. sub: subscribes at QoS 1, prints {"ready": true} after the SUBACK, then
 // {"received": [...]} once COUNT messages came. Any error prints {"error": ...} and exits 1;
@@ -7,7 +7,7 @@
 const fs = require('fs');
 const mqtt = require('mqtt');
 
-const [url, version, mode, topic, countText, caFile] = process.argv.slice(2);
+const [url, version, mode, topic, countText, caFile, certFile, keyFile] = process.argv.slice(2);
 const count = Number(countText);
 const options = {
   clientId: `js-ws-${mode}-${version}-${process.pid}`,
@@ -18,6 +18,11 @@ const options = {
 if (caFile) {
   options.ca = fs.readFileSync(caFile);
   options.rejectUnauthorized = true;
+}
+if (certFile) {
+  // A client certificate for the TLS handshake (wss://).
+  options.cert = fs.readFileSync(certFile);
+  options.key = fs.readFileSync(keyFile);
 }
 const say = (line) => console.log(JSON.stringify(line));
 const fail = (why) => {
