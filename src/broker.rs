@@ -162,6 +162,12 @@ impl Broker {
         }
 
         let metrics = Arc::new(Metrics::default());
+        metrics.set_tls_certificate_expiry(
+            server_tls
+                .as_ref()
+                .and_then(|tls| tls.certificate())
+                .map(|c| c.not_after),
+        );
         let routes = Routes::new(config.sessions.shared_subscription_strategy);
         let recovered = crate::persistence::open(&config.persistence)?;
         let workers: Vec<Arbiter> = (0..worker_count).map(|_| Arbiter::new()).collect();
@@ -406,7 +412,13 @@ impl RunningBroker {
     /// Connections already open are not touched; on an error the certificate in use stays.
     /// `None` when no TLS listener is configured.
     pub fn reload_tls(&self) -> Option<Result<(), crate::tls::TlsError>> {
-        self.server_tls.as_ref().map(|tls| tls.reload())
+        let server_tls = self.server_tls.as_ref()?;
+        let reloaded = server_tls.reload();
+        if reloaded.is_ok() {
+            let expiry = server_tls.certificate().map(|c| c.not_after);
+            self.metrics.set_tls_certificate_expiry(expiry);
+        }
+        Some(reloaded)
     }
 
     /// Runs exactly these bridges (the binary does this on SIGHUP with the re-read config file):

@@ -1,6 +1,6 @@
 //! Broker-wide counters, updated with relaxed atomics from Sessions and the Registry.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use crate::hooks::DisconnectReason;
 
@@ -28,6 +28,8 @@ pub struct Metrics {
     pub traffic: crate::traffic::Traffic,
     /// The state of each running bridge (`[[bridge]]`).
     pub bridges: crate::bridge::BridgeStatuses,
+    /// When the TLS listeners' server certificate expires, in Unix seconds; 0 without TLS.
+    tls_certificate_expiry: AtomicI64,
 }
 
 /// A copy of the counters at one moment.
@@ -187,6 +189,18 @@ impl Metrics {
         let current = self.connections_current.load(Ordering::Relaxed);
         let peak = self.connections_peak.swap(current, Ordering::Relaxed);
         (peak.max(current), current)
+    }
+
+    /// Notes when the server certificate in use expires (Unix seconds; `None`: no TLS, or not
+    /// known). Set at start and after each reload.
+    pub fn set_tls_certificate_expiry(&self, unix_seconds: Option<i64>) {
+        let value = unix_seconds.filter(|s| *s != 0).unwrap_or(0);
+        self.tls_certificate_expiry.store(value, Ordering::Relaxed);
+    }
+
+    /// When the server certificate in use expires (Unix seconds), if there is one.
+    pub fn tls_certificate_expiry(&self) -> Option<i64> {
+        Some(self.tls_certificate_expiry.load(Ordering::Relaxed)).filter(|s| *s != 0)
     }
 
     /// A connection closed.

@@ -13,6 +13,7 @@ use tokio_rustls::rustls::pki_types::{
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
+use tracing::{info, warn};
 
 use switchboard_actors::transport::TlsOptionsError;
 
@@ -83,6 +84,60 @@ pub fn certificate_identity(chain: &[CertificateDer<'_>]) -> Option<String> {
     common_name.as_str().ok().map(str::to_owned)
 }
 
+/// What the log and `/metrics` say of a server certificate: the first of `cert_file`'s chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateSummary {
+    /// Its subject, e.g. `CN=broker.example`.
+    pub subject: String,
+    /// The end of its validity (notAfter), in Unix seconds.
+    pub not_after: i64,
+}
+
+impl CertificateSummary {
+    /// Reads the subject and notAfter of the first certificate of `chain`.
+    fn of(chain: &[CertificateDer<'_>]) -> Option<CertificateSummary> {
+        let (_, certificate) = x509_parser::parse_x509_certificate(chain.first()?).ok()?;
+        Some(CertificateSummary {
+            subject: certificate.subject().to_string(),
+            not_after: certificate.validity().not_after.timestamp(),
+        })
+    }
+
+    /// Logs it: a warning when it has expired or expires within [`EXPIRY_WARNING_DAYS`].
+    fn log(&self, event: &str) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let days_left = (self.not_after - now).div_euclid(86_400);
+        let subject = self.subject.as_str();
+        let not_after = self.not_after;
+        if self.not_after <= now {
+            warn!(subject, not_after, "{event}: the TLS server certificate has EXPIRED; clients that check it refuse the broker");
+        } else if days_left < EXPIRY_WARNING_DAYS {
+            warn!(
+                subject,
+                not_after,
+                days_left,
+                "{event}: the TLS server certificate expires soon; renew it and send SIGHUP"
+            );
+        } else {
+            info!(
+                subject,
+                not_after, days_left, "{event}: TLS server certificate"
+            );
+        }
+    }
+}
+
+/// A server certificate with fewer days left than this is logged as a warning.
+pub const EXPIRY_WARNING_DAYS: i64 = 14;
+
+/// The rustls configuration and what it serves.
+struct Current {
+    config: Arc<ServerConfig>,
+    certificate: Option<CertificateSummary>,
+}
+
 /// The server side of TLS, shared by the MQTT and `wss://` listeners: the rustls configuration
 /// built from `[tls]`'s files, replaced whole by [`ServerTls::reload`]. A handshake uses the
 /// configuration current when its connection was accepted; connections already open keep theirs.
@@ -90,16 +145,27 @@ pub struct ServerTls {
     /// Where the files are: `[tls]` as the broker started with it.
     files: TlsConfig,
     /// What new handshakes use.
-    current: RwLock<Arc<ServerConfig>>,
+    current: RwLock<Current>,
 }
 
 impl ServerTls {
     /// Reads `[tls]`'s files (which must include `cert_file` and `key_file`).
     pub fn load(files: &TlsConfig) -> Result<ServerTls, TlsError> {
+        let current = server_config(files)?;
+        if let Some(certificate) = &current.certificate {
+            certificate.log("start");
+        }
         Ok(ServerTls {
-            current: RwLock::new(server_config(files)?),
+            current: RwLock::new(current),
             files: files.clone(),
         })
+    }
+
+    /// The server certificate in use (`None` if it could not be parsed for the summary; the
+    /// handshakes do not need that).
+    pub fn certificate(&self) -> Option<CertificateSummary> {
+        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+        current.certificate.clone()
     }
 
     /// Whether the client certificate's Common Name is the client's user name
@@ -112,20 +178,23 @@ impl ServerTls {
     pub fn acceptor(&self) -> TlsAcceptor {
         // A poisoned lock only means a reload panicked mid-swap; the Arc in it is whole.
         let current = self.current.read().unwrap_or_else(|e| e.into_inner());
-        TlsAcceptor::from(Arc::clone(&current))
+        TlsAcceptor::from(Arc::clone(&current.config))
     }
 
     /// Reads the certificate, key and client CA files again, from the same paths, and uses them
     /// for the handshakes that follow. On an error nothing changes: the certificate in use stays.
     pub fn reload(&self) -> Result<(), TlsError> {
         let fresh = server_config(&self.files)?;
+        if let Some(certificate) = &fresh.certificate {
+            certificate.log("reload");
+        }
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
         Ok(())
     }
 }
 
 /// Builds the rustls configuration for `[tls]` (which must have `cert_file` and `key_file`).
-fn server_config(config: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
+fn server_config(config: &TlsConfig) -> Result<Current, TlsError> {
     let (Some(cert_file), Some(key_file)) = (&config.cert_file, &config.key_file) else {
         return Err(TlsError::Missing(
             "tls.cert_file and tls.key_file are required".into(),
@@ -161,8 +230,13 @@ fn server_config(config: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
         }
         None => builder.with_no_client_auth(),
     };
+    let chain = certificates(cert_file)?;
+    let certificate = CertificateSummary::of(&chain);
     let server = builder
-        .with_single_cert(certificates(cert_file)?, private_key(key_file)?)
+        .with_single_cert(chain, private_key(key_file)?)
         .map_err(|e| TlsError::Rustls(e.to_string()))?;
-    Ok(Arc::new(server))
+    Ok(Current {
+        config: Arc::new(server),
+        certificate,
+    })
 }

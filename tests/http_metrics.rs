@@ -316,7 +316,13 @@ async fn both_exposition_formats_parse_with_their_types() {
     if !prometheus_parser_available() {
         return;
     }
-    let broker = broker_with(|_| {});
+    // With a TLS listener, so that its certificate's expiry gauge is parsed too.
+    let pki = common::pki::Pki::new("metrics");
+    let broker = broker_with(|c| {
+        c.tls.port = Some(0);
+        c.tls.cert_file = Some(pki.dir.path().join("server.pem"));
+        c.tls.key_file = Some(pki.dir.path().join("server.key"));
+    });
     let http = broker.http_local_addr().expect("http on");
     let openmetrics = scrape_as(http, None, true).await;
     let classic = scrape_as(http, None, false).await;
@@ -328,6 +334,7 @@ async fn both_exposition_formats_parse_with_their_types() {
         ("switchboard_disconnects", "counter"),
         ("switchboard_connections", "gauge"),
         ("switchboard_delivery_latency_seconds", "histogram"),
+        ("switchboard_tls_certificate_expiry_timestamp_seconds", "gauge"),
     ] {
         assert_eq!(
             openmetrics.types.get(family).map(String::as_str),
@@ -349,4 +356,7 @@ async fn both_exposition_formats_parse_with_their_types() {
         classic.get("switchboard_messages_received_total{qos=\"1\"}"),
         openmetrics.get("switchboard_messages_received_total{qos=\"1\"}")
     );
+    let expiry = "switchboard_tls_certificate_expiry_timestamp_seconds{}";
+    assert_eq!(openmetrics.get(expiry), pki.server_not_after as f64);
+    assert_eq!(classic.get(expiry), pki.server_not_after as f64);
 }

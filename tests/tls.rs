@@ -482,3 +482,59 @@ async fn a_revoked_client_certificate_is_refused_after_a_sighup() {
     child.kill().expect("kill");
     let _ = child.wait();
 }
+
+#[tokio::test]
+async fn the_server_certificates_expiry_is_logged_and_in_the_metrics() {
+    // Expiring certificates are the classic outage: the log warns when fewer than 14 days are
+    // left, and /metrics gives the notAfter for an alert, again after a renewal and SIGHUP.
+    let (expiring, renewed) = (
+        Pki::with_server_days("1AB.ENTER.DETRD", 5),
+        Pki::with_server_days("1AB.ENTER.DETRD", 90),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+    let install = |pki: &Pki| {
+        std::fs::copy(pki.dir.path().join("server.pem"), &cert).expect("cert copied");
+        std::fs::copy(pki.dir.path().join("server.key"), &key).expect("key copied");
+    };
+    install(&expiring);
+    let config = dir.path().join("switchboard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listener]\nport = 0\n[tls]\nport = 0\ncert_file = {:?}\nkey_file = {:?}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        ),
+    )
+    .expect("config");
+    let (mut child, logs) = spawn(&["-c", config.to_str().expect("utf-8")]);
+    let warning = wait_line(&logs, "the TLS server certificate expires soon");
+    assert!(warning.contains("WARN"), "{warning}");
+    let not_after = format!("not_after={}", expiring.server_not_after);
+    assert!(warning.contains(&not_after), "{warning}");
+    let http_line = wait_line(&logs, "dashboard, metrics and admin API on http://");
+    let http: SocketAddr = http_line
+        .rsplit("http://")
+        .next()
+        .and_then(|rest| rest.trim().trim_end_matches('/').parse().ok())
+        .expect("HTTP address");
+    let expiry = || async {
+        let text = common::http::get(http, "/metrics", None).await.body;
+        text.lines()
+            .find_map(|l| l.strip_prefix("switchboard_tls_certificate_expiry_timestamp_seconds "))
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .unwrap_or_else(|| panic!("no expiry gauge in {text}"))
+    };
+    assert_eq!(expiry().await, expiring.server_not_after);
+
+    install(&renewed);
+    sighup(&child);
+    let line = wait_line(&logs, "reload: TLS server certificate");
+    assert!(line.contains("INFO"), "{line}");
+    let not_after = format!("not_after={}", renewed.server_not_after);
+    assert!(line.contains(&not_after), "{line}");
+    assert_eq!(expiry().await, renewed.server_not_after);
+    child.kill().expect("kill");
+    let _ = child.wait();
+}

@@ -178,6 +178,7 @@ async fn metrics(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse 
         metrics: state.metrics.snapshot(),
         traffic: state.metrics.traffic.totals(),
         bridges: state.metrics.bridges.snapshots(),
+        tls_certificate_expiry: state.metrics.tls_certificate_expiry(),
     };
     let openmetrics = req
         .headers()

@@ -59,6 +59,8 @@ pub struct Scrape {
     pub traffic: TrafficTotals,
     /// Each bridge's state (`[[bridge]]`).
     pub bridges: Vec<crate::bridge::BridgeSnapshot>,
+    /// When the TLS server certificate expires (Unix seconds), with TLS.
+    pub tls_certificate_expiry: Option<i64>,
 }
 
 const QOS_LABELS: [&str; 3] = ["0", "1", "2"];
@@ -280,6 +282,15 @@ impl Collector for Scrape {
             m.limits_hit,
         )?;
         bridges(e, &self.bridges)?;
+        if let Some(expiry) = self.tls_certificate_expiry {
+            let metric = ConstGauge::new(expiry);
+            metric.encode(e.encode_descriptor(
+                "switchboard_tls_certificate_expiry_timestamp_seconds",
+                "When the TLS listeners' server certificate expires (notAfter), in Unix seconds",
+                None,
+                metric.metric_type(),
+            )?)?;
+        }
         let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS
             .iter()
             .copied()

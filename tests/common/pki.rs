@@ -22,6 +22,8 @@ pub struct Pki {
     /// A client certificate (Common Name `stolen-gate`) that `crl-stolen.pem` revokes, and its
     /// key.
     pub stolen: (String, String),
+    /// When the server certificate expires (notAfter), in Unix seconds.
+    pub server_not_after: i64,
 }
 
 /// A client certificate signed by the CA: its Common Name if any, and its serial number.
@@ -73,6 +75,11 @@ impl Pki {
     /// A CA, a server certificate for `localhost` and 127.0.0.1 and a client certificate (for
     /// `client_cn`), written as PEM files.
     pub fn new(client_cn: &str) -> Pki {
+        Pki::with_server_days(client_cn, 365)
+    }
+
+    /// [`Pki::new`] with a server certificate that expires in `days` days.
+    pub fn with_server_days(client_cn: &str, days: i64) -> Pki {
         let ca_key = KeyPair::generate().expect("key");
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -88,6 +95,11 @@ impl Pki {
             .subject_alt_names
             .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
         server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let now = time::OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .expect("whole second");
+        server_params.not_before = now - time::Duration::days(1);
+        server_params.not_after = now + time::Duration::days(days);
         let server = server_params
             .signed_by(&server_key, &ca, &ca_key)
             .expect("server cert");
@@ -110,6 +122,7 @@ impl Pki {
             client,
             nameless,
             stolen,
+            server_not_after: (now + time::Duration::days(days)).unix_timestamp(),
             dir,
         }
     }
