@@ -205,11 +205,7 @@ async fn sighup_reloads_passwords_and_acl_without_dropping_connections() {
         "user gate\ntopic read detrd/command/gate\ntopic read detrd/state/gate\n",
     )
     .expect("acl");
-    let status = Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    common::child::sighup(&child);
     wait_line(&logs, "password and ACL files reloaded");
     // The same connection, still open, now gets the new rule; the new user gets in.
     gate.subscribe(2, &[("detrd/state/gate", 0)], &[0]).await;

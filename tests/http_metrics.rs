@@ -334,7 +334,10 @@ async fn both_exposition_formats_parse_with_their_types() {
         ("switchboard_disconnects", "counter"),
         ("switchboard_connections", "gauge"),
         ("switchboard_delivery_latency_seconds", "histogram"),
-        ("switchboard_tls_certificate_expiry_timestamp_seconds", "gauge"),
+        (
+            "switchboard_tls_certificate_expiry_timestamp_seconds",
+            "gauge",
+        ),
     ] {
         assert_eq!(
             openmetrics.types.get(family).map(String::as_str),

@@ -4,15 +4,12 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Command;
-use std::sync::Arc;
-use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS, TlsConfiguration, Transport};
+use rumqttc::{AsyncClient, Event, Incoming, QoS};
 use switchboard::BackgroundBroker;
 
-use common::child::{spawn, wait_line};
 use common::pki::Pki;
+use common::tls::{may_subscribe, tls_client_with};
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files.
 fn pki() -> Pki {
@@ -42,7 +39,7 @@ async fn tls_client(
 }
 
 /// [`tls_client`] to the TLS listener at `addr`, trusting `pki`'s CA.
-async fn tls_client_at(
+pub async fn tls_client_at(
     addr: SocketAddr,
     pki: &Pki,
     id: &str,
@@ -50,35 +47,6 @@ async fn tls_client_at(
 ) -> Result<(AsyncClient, rumqttc::EventLoop), String> {
     let cert = client_cert.then_some(&pki.client);
     tls_client_with(addr, pki, id, cert, None).await
-}
-
-/// [`tls_client_at`] with this client certificate and key (PEM), and these credentials.
-async fn tls_client_with(
-    addr: SocketAddr,
-    pki: &Pki,
-    id: &str,
-    cert: Option<&(String, String)>,
-    credentials: Option<(&str, &str)>,
-) -> Result<(AsyncClient, rumqttc::EventLoop), String> {
-    let mut options = MqttOptions::new(id, "127.0.0.1", addr.port());
-    options.set_keep_alive(Duration::from_secs(30));
-    if let Some((username, password)) = credentials {
-        options.set_credentials(username, password);
-    }
-    options.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
-        ca: pki.ca_pem.clone().into_bytes(),
-        alpn: None,
-        client_auth: cert.map(|(cert, key)| (cert.clone().into_bytes(), key.clone().into_bytes())),
-    }));
-    let (client, mut eventloop) = AsyncClient::new(options, 10);
-    loop {
-        match tokio::time::timeout(common::WAIT, eventloop.poll()).await {
-            Ok(Ok(Event::Incoming(Incoming::ConnAck(_)))) => return Ok((client, eventloop)),
-            Ok(Ok(_)) => continue,
-            Ok(Err(e)) => return Err(e.to_string()),
-            Err(_) => return Err("timeout".into()),
-        }
-    }
 }
 
 #[tokio::test]
@@ -188,115 +156,6 @@ async fn mosquitto_pub_over_tls_by_ip_address_and_by_name() {
     }
 }
 
-/// A TLS handshake with the listener at `addr`, trusting only `pki`'s CA (for `localhost`).
-async fn handshake(addr: SocketAddr, pki: &Pki) -> Result<(), String> {
-    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
-    let ca = pki.dir.path().join("ca.pem");
-    let mut roots = RootCertStore::empty();
-    for cert in switchboard_actors::transport::certificates(&ca).expect("CA") {
-        roots.add(cert).expect("CA added");
-    }
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let name = "localhost".try_into().expect("server name");
-    let handshake = connector.connect(name, tcp);
-    match tokio::time::timeout(common::WAIT, handshake).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("handshake timed out".into()),
-    }
-}
-
-/// Sends SIGHUP to the broker process.
-fn sighup(child: &std::process::Child) {
-    let status = Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-}
-
-#[tokio::test]
-async fn sighup_serves_a_renewed_certificate_and_keeps_open_connections() {
-    // A certificate renewed in place (as certbot's deploy hook does) is served after a SIGHUP
-    // on both TLS listeners, MQTT and wss://, without a restart; a connection opened before
-    // keeps working; files that do not load leave the certificate in use (docs/security.md).
-    let (first, renewed) = (pki(), Pki::new("1AB.ENTER.DETRD"));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server.key"));
-    let install = |pki: &Pki| {
-        std::fs::copy(pki.dir.path().join("server.pem"), &cert).expect("cert copied");
-        std::fs::copy(pki.dir.path().join("server.key"), &key).expect("key copied");
-    };
-    install(&first);
-    let config = dir.path().join("switchboard.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[listener]\nport = 0\n[tls]\nport = 0\ncert_file = {:?}\nkey_file = {:?}\n\
-             [websocket]\ntls_port = 0\n",
-            cert.display().to_string(),
-            key.display().to_string()
-        ),
-    )
-    .expect("config");
-    let (mut child, logs) = spawn(&["-c", config.to_str().expect("utf-8")]);
-    let address_after = |line: String, marker: &str| -> SocketAddr {
-        line.rsplit(marker)
-            .next()
-            .and_then(|rest| rest.split(['/', ' ']).next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("an address after {marker:?} in {line:?}"))
-    };
-    let tls = address_after(wait_line(&logs, "listening for TLS on "), "TLS on ");
-    let wss = address_after(wait_line(&logs, "WebSocket on wss://"), "wss://");
-    let (open, mut open_events) = tls_client_at(tls, &first, "before-renewal", false)
-        .await
-        .expect("first certificate");
-    assert_eq!(handshake(wss, &first).await, Ok(()));
-
-    install(&renewed);
-    sighup(&child);
-    wait_line(&logs, "TLS certificate and key reloaded");
-    for addr in [tls, wss] {
-        assert_eq!(handshake(addr, &renewed).await, Ok(()), "renewed on {addr}");
-        let refused = handshake(addr, &first).await.expect_err("old CA refused");
-        // Both test CAs have one name: the old CA's key does not verify the renewed chain.
-        assert!(refused.contains("invalid peer certificate"), "{refused}");
-    }
-    assert!(tls_client_at(tls, &renewed, "after-renewal", false)
-        .await
-        .is_ok());
-    // The connection from before the renewal is still served.
-    open.subscribe("gate/+/state", QoS::AtLeastOnce)
-        .await
-        .expect("subscribe");
-    loop {
-        match tokio::time::timeout(common::WAIT, open_events.poll()).await {
-            Ok(Ok(Event::Incoming(Incoming::SubAck(_)))) => break,
-            Ok(Ok(_)) => continue,
-            other => panic!("the open connection after the reload: {other:?}"),
-        }
-    }
-
-    // A key file that does not load: a clear error naming it, and the renewed certificate stays.
-    std::fs::write(&key, "not a key\n").expect("key broken");
-    sighup(&child);
-    let error = wait_line(&logs, "TLS files not reloaded");
-    assert!(error.contains("server.key"), "{error}");
-    assert_eq!(handshake(tls, &renewed).await, Ok(()));
-    child.kill().expect("kill");
-    let _ = child.wait();
-}
-
 #[test]
 fn a_key_that_does_not_match_the_certificate_is_refused() {
     // A reload that reads the renewed certificate beside the old key (written between the two
@@ -312,28 +171,6 @@ fn a_key_that_does_not_match_the_certificate_is_refused() {
         .err()
         .expect("a mismatched pair is refused");
     assert!(error.to_string().contains("TLS configuration"), "{error}");
-}
-
-/// Subscribes to `filter` and returns whether the SUBACK granted it.
-async fn may_subscribe(
-    client: &AsyncClient,
-    events: &mut rumqttc::EventLoop,
-    filter: &str,
-) -> bool {
-    client
-        .subscribe(filter, QoS::AtLeastOnce)
-        .await
-        .expect("subscribe");
-    loop {
-        match tokio::time::timeout(common::WAIT, events.poll()).await {
-            Ok(Ok(Event::Incoming(Incoming::SubAck(ack)))) => {
-                return ack.return_codes
-                    == [rumqttc::SubscribeReasonCode::Success(QoS::AtLeastOnce)];
-            }
-            Ok(Ok(_)) => continue,
-            other => panic!("no SUBACK for {filter}: {other:?}"),
-        }
-    }
 }
 
 #[tokio::test]
@@ -432,109 +269,4 @@ fn revocation_lists_and_the_identity_need_client_certificates() {
         let error = BackgroundBroker::start(config).err().expect("refused");
         assert!(error.to_string().contains(key), "{error}");
     }
-}
-
-#[tokio::test]
-async fn a_revoked_client_certificate_is_refused_after_a_sighup() {
-    // A device's certificate revoked (stolen gate): the CA's new revocation list goes in
-    // tls.crl_file's place and a SIGHUP makes new handshakes check it, without a restart.
-    let pki = pki();
-    let file = |name: &str| pki.dir.path().join(name).display().to_string();
-    let crl = pki.dir.path().join("crl.pem");
-    std::fs::copy(pki.dir.path().join("crl-none.pem"), &crl).expect("CRL");
-    let config = pki.dir.path().join("switchboard.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[listener]\nport = 0\n[tls]\nport = 0\ncert_file = {:?}\nkey_file = {:?}\n\
-             client_ca_file = {:?}\ncrl_file = {:?}\n",
-            file("server.pem"),
-            file("server.key"),
-            file("ca.pem"),
-            file("crl.pem"),
-        ),
-    )
-    .expect("config");
-    let (mut child, logs) = spawn(&["-c", config.to_str().expect("utf-8")]);
-    let line = wait_line(&logs, "listening for TLS on ");
-    let addr: SocketAddr = line
-        .rsplit("TLS on ")
-        .next()
-        .and_then(|a| a.trim().parse().ok())
-        .expect("TLS address");
-    let stolen = Some(&pki.stolen);
-    assert!(tls_client_with(addr, &pki, "gate-9", stolen, None)
-        .await
-        .is_ok());
-
-    std::fs::copy(pki.dir.path().join("crl-stolen.pem"), &crl).expect("CRL");
-    sighup(&child);
-    wait_line(&logs, "TLS certificate and key reloaded");
-    let refused = tls_client_with(addr, &pki, "gate-9", stolen, None)
-        .await
-        .err()
-        .expect("the revoked certificate is refused");
-    assert!(refused.contains("Revoked"), "{refused}");
-    let good = Some(&pki.client);
-    assert!(tls_client_with(addr, &pki, "gate-1", good, None)
-        .await
-        .is_ok());
-    child.kill().expect("kill");
-    let _ = child.wait();
-}
-
-#[tokio::test]
-async fn the_server_certificates_expiry_is_logged_and_in_the_metrics() {
-    // Expiring certificates are the classic outage: the log warns when fewer than 14 days are
-    // left, and /metrics gives the notAfter for an alert, again after a renewal and SIGHUP.
-    let (expiring, renewed) = (
-        Pki::with_server_days("1AB.ENTER.DETRD", 5),
-        Pki::with_server_days("1AB.ENTER.DETRD", 90),
-    );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server.key"));
-    let install = |pki: &Pki| {
-        std::fs::copy(pki.dir.path().join("server.pem"), &cert).expect("cert copied");
-        std::fs::copy(pki.dir.path().join("server.key"), &key).expect("key copied");
-    };
-    install(&expiring);
-    let config = dir.path().join("switchboard.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[listener]\nport = 0\n[tls]\nport = 0\ncert_file = {:?}\nkey_file = {:?}\n",
-            cert.display().to_string(),
-            key.display().to_string()
-        ),
-    )
-    .expect("config");
-    let (mut child, logs) = spawn(&["-c", config.to_str().expect("utf-8")]);
-    let warning = wait_line(&logs, "the TLS server certificate expires soon");
-    assert!(warning.contains("WARN"), "{warning}");
-    let not_after = format!("not_after={}", expiring.server_not_after);
-    assert!(warning.contains(&not_after), "{warning}");
-    let http_line = wait_line(&logs, "dashboard, metrics and admin API on http://");
-    let http: SocketAddr = http_line
-        .rsplit("http://")
-        .next()
-        .and_then(|rest| rest.trim().trim_end_matches('/').parse().ok())
-        .expect("HTTP address");
-    let expiry = || async {
-        let text = common::http::get(http, "/metrics", None).await.body;
-        text.lines()
-            .find_map(|l| l.strip_prefix("switchboard_tls_certificate_expiry_timestamp_seconds "))
-            .and_then(|v| v.trim().parse::<i64>().ok())
-            .unwrap_or_else(|| panic!("no expiry gauge in {text}"))
-    };
-    assert_eq!(expiry().await, expiring.server_not_after);
-
-    install(&renewed);
-    sighup(&child);
-    let line = wait_line(&logs, "reload: TLS server certificate");
-    assert!(line.contains("INFO"), "{line}");
-    let not_after = format!("not_after={}", renewed.server_not_after);
-    assert!(line.contains(&not_after), "{line}");
-    assert_eq!(expiry().await, renewed.server_not_after);
-    child.kill().expect("kill");
-    let _ = child.wait();
 }

@@ -90,3 +90,12 @@ pub fn log_number(line: &str, name: &str) -> u64 {
         .parse()
         .unwrap_or_else(|_| panic!("{name} is a number in {line:?}"))
 }
+
+/// Sends SIGHUP to the broker process.
+pub fn sighup(child: &std::process::Child) {
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}

@@ -11,6 +11,7 @@ mod interop;
 pub mod mosquitto;
 pub mod packets;
 pub mod pki;
+pub mod tls;
 pub mod v5;
 
 use std::net::SocketAddr;

@@ -10,7 +10,6 @@ use rcgen::{
 /// The files (`ca.pem`, `server.pem`, `server.key`; `crl-none.pem`, a revocation list that
 /// revokes nothing, and `crl-stolen.pem`, one that revokes [`Pki::stolen`]) and what clients
 /// need.
-#[allow(dead_code)]
 pub struct Pki {
     pub dir: tempfile::TempDir,
     pub ca_pem: String,

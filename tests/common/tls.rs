@@ -1,0 +1,89 @@
+//! TLS clients for the TLS tests: rumqttc with a chosen client certificate and credentials, and
+//! a bare handshake that tells which server certificate a listener serves.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS, TlsConfiguration, Transport};
+
+use super::pki::Pki;
+
+/// A rumqttc client over TLS to `addr`, trusting `pki`'s CA, with this client certificate and
+/// key (PEM) and these credentials; the first result of its event loop (CONNACK or an error).
+pub async fn tls_client_with(
+    addr: SocketAddr,
+    pki: &Pki,
+    id: &str,
+    cert: Option<&(String, String)>,
+    credentials: Option<(&str, &str)>,
+) -> Result<(AsyncClient, rumqttc::EventLoop), String> {
+    let mut options = MqttOptions::new(id, "127.0.0.1", addr.port());
+    options.set_keep_alive(Duration::from_secs(30));
+    if let Some((username, password)) = credentials {
+        options.set_credentials(username, password);
+    }
+    options.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
+        ca: pki.ca_pem.clone().into_bytes(),
+        alpn: None,
+        client_auth: cert.map(|(cert, key)| (cert.clone().into_bytes(), key.clone().into_bytes())),
+    }));
+    let (client, mut eventloop) = AsyncClient::new(options, 10);
+    loop {
+        match tokio::time::timeout(super::WAIT, eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Incoming::ConnAck(_)))) => return Ok((client, eventloop)),
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err("timeout".into()),
+        }
+    }
+}
+
+/// A TLS handshake with the listener at `addr`, trusting only `pki`'s CA (for `localhost`).
+pub async fn handshake(addr: SocketAddr, pki: &Pki) -> Result<(), String> {
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+    let ca = pki.dir.path().join("ca.pem");
+    let mut roots = RootCertStore::empty();
+    for cert in switchboard_actors::transport::certificates(&ca).expect("CA") {
+        roots.add(cert).expect("CA added");
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = "localhost".try_into().expect("server name");
+    let handshake = connector.connect(name, tcp);
+    match tokio::time::timeout(super::WAIT, handshake).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("handshake timed out".into()),
+    }
+}
+
+/// Subscribes to `filter` and returns whether the SUBACK granted it.
+pub async fn may_subscribe(
+    client: &AsyncClient,
+    events: &mut rumqttc::EventLoop,
+    filter: &str,
+) -> bool {
+    client
+        .subscribe(filter, QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    loop {
+        match tokio::time::timeout(super::WAIT, events.poll()).await {
+            Ok(Ok(Event::Incoming(Incoming::SubAck(ack)))) => {
+                return ack.return_codes
+                    == [rumqttc::SubscribeReasonCode::Success(QoS::AtLeastOnce)];
+            }
+            Ok(Ok(_)) => continue,
+            other => panic!("no SUBACK for {filter}: {other:?}"),
+        }
+    }
+}
