@@ -79,33 +79,20 @@ impl Broker {
         self
     }
 
+    /// Checks what [`Broker::start`] checks before it binds anything, and stops there: the
+    /// configuration's values, the password and ACL files, and the TLS files (the binary's
+    /// `switchboard check`). Binds no port and opens no persistence directory. Call inside an
+    /// actix `System` (a password file starts the authenticator's thread).
+    pub fn check(&self) -> Result<(), BrokerError> {
+        Preflight::of(&self.config, self.interceptors.connect.is_some()).map(|_| ())
+    }
+
     /// Binds the listener and starts the actors. Must run inside an actix `System`.
     pub async fn start(self) -> Result<RunningBroker, BrokerError> {
         let config = self.config;
-        config.validate()?;
+        let Preflight { access, server_tls } =
+            Preflight::of(&config, self.interceptors.connect.is_some())?;
         let bind = config.listener.bind;
-        let has_interceptor = self.interceptors.connect.is_some();
-        let websocket_on = config.websocket.port.is_some() || config.websocket.tls_port.is_some();
-        let public = !bind.is_loopback()
-            || config.tls.bind.is_some_and(|b| !b.is_loopback())
-            || (websocket_on && config.websocket.bind.is_some_and(|b| !b.is_loopback()));
-        if public
-            && config.auth.password_file.is_none()
-            && config.auth.allow_anonymous != Some(true)
-            && !has_interceptor
-        {
-            return Err(ConfigError::Invalid {
-                key: "auth.allow_anonymous",
-                message: format!(
-                    "binding {bind} without a password file would let anyone in: set auth.password_file, or auth.allow_anonymous = true to mean it"
-                ),
-            }
-            .into());
-        }
-        let access = Arc::new(AccessControl::load(&config.auth, bind)?);
-        if access.allow_anonymous() && !bind.is_loopback() {
-            tracing::warn!(%bind, "anonymous clients are allowed on a non-loopback address");
-        }
         let addr = SocketAddr::new(config.listener.bind, config.listener.port);
         let worker_count = config.worker_count();
         let per_worker = if config.listener.reuse_port {
@@ -118,12 +105,6 @@ impl Broker {
         let local_addr = listeners[0]
             .local_addr()
             .map_err(|source| BrokerError::Bind { addr, source })?;
-        // One server configuration for the TLS and `wss://` listeners, so that one reload
-        // renews both.
-        let server_tls = match config.tls.port.is_some() || config.websocket.tls_port.is_some() {
-            true => Some(Arc::new(crate::tls::ServerTls::load(&config.tls)?)),
-            false => None,
-        };
         let tls = match (config.tls.port, &server_tls) {
             (Some(port), Some(server_tls)) => {
                 let acceptor = Arc::clone(server_tls);
@@ -335,6 +316,49 @@ impl Broker {
             registry_arbiter,
             bridges,
         })
+    }
+}
+
+/// What a broker needs read and checked before it binds anything.
+struct Preflight {
+    access: Arc<AccessControl>,
+    server_tls: Option<Arc<crate::tls::ServerTls>>,
+}
+
+impl Preflight {
+    /// Checks `config` (a connect interceptor stands in for a password file on a public bind)
+    /// and reads its password, ACL and TLS files.
+    fn of(config: &Config, has_interceptor: bool) -> Result<Preflight, BrokerError> {
+        config.validate()?;
+        let bind = config.listener.bind;
+        let websocket_on = config.websocket.port.is_some() || config.websocket.tls_port.is_some();
+        let public = !bind.is_loopback()
+            || config.tls.bind.is_some_and(|b| !b.is_loopback())
+            || (websocket_on && config.websocket.bind.is_some_and(|b| !b.is_loopback()));
+        if public
+            && config.auth.password_file.is_none()
+            && config.auth.allow_anonymous != Some(true)
+            && !has_interceptor
+        {
+            return Err(ConfigError::Invalid {
+                key: "auth.allow_anonymous",
+                message: format!(
+                    "binding {bind} without a password file would let anyone in: set auth.password_file, or auth.allow_anonymous = true to mean it"
+                ),
+            }
+            .into());
+        }
+        let access = Arc::new(AccessControl::load(&config.auth, bind)?);
+        if access.allow_anonymous() && !bind.is_loopback() {
+            tracing::warn!(%bind, "anonymous clients are allowed on a non-loopback address");
+        }
+        // One server configuration for the TLS and `wss://` listeners, so that one reload
+        // renews both.
+        let server_tls = match config.tls.port.is_some() || config.websocket.tls_port.is_some() {
+            true => Some(Arc::new(crate::tls::ServerTls::load(&config.tls)?)),
+            false => None,
+        };
+        Ok(Preflight { access, server_tls })
     }
 }
 

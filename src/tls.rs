@@ -153,7 +153,7 @@ impl ServerTls {
     pub fn load(files: &TlsConfig) -> Result<ServerTls, TlsError> {
         let current = server_config(files)?;
         if let Some(certificate) = &current.certificate {
-            certificate.log("start");
+            certificate.log("loaded");
         }
         Ok(ServerTls {
             current: RwLock::new(current),
@@ -186,7 +186,7 @@ impl ServerTls {
     pub fn reload(&self) -> Result<(), TlsError> {
         let fresh = server_config(&self.files)?;
         if let Some(certificate) = &fresh.certificate {
-            certificate.log("reload");
+            certificate.log("reloaded");
         }
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
         Ok(())

@@ -267,3 +267,51 @@ fn log_lines_are_coloured_on_a_terminal_unless_no_color_is_set() {
     assert!(plain.contains("ERROR"), "{plain}");
     assert!(!plain.contains('\u{1b}'), "NO_COLOR ignored: {plain:?}");
 }
+
+/// Runs `switchboard check FILE`; its success and its output.
+fn run_check(file: &std::path::Path) -> (bool, String) {
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg(file)
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text.into_owned())
+}
+
+#[test]
+fn check_says_whether_a_config_would_start_without_binding_its_ports() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let passwords = dir.path().join("passwords");
+    let line = switchboard::auth::hash_line("gate", b"gate-pw", 1000).expect("hash");
+    std::fs::write(&passwords, format!("{line}\n")).expect("passwords");
+    // The port is taken, as by the running broker the check is made beside: not bound.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let config = dir.path().join("switchboard.toml");
+    let write = |auth: &str| {
+        let text = format!("[listener]\nport = {port}\n[auth]\n{auth}\n");
+        std::fs::write(&config, text).expect("config");
+    };
+    write(&format!(
+        "password_file = {:?}",
+        passwords.display().to_string()
+    ));
+    let (ok, text) = run_check(&config);
+    assert!(ok, "{text}");
+    assert!(text.contains("configuration OK"), "{text}");
+
+    // A file the config names is missing: the error names it, and the exit says so.
+    let acl = dir.path().join("missing-acl");
+    write(&format!("acl_file = {:?}", acl.display().to_string()));
+    let (ok, text) = run_check(&config);
+    assert!(!ok, "{text}");
+    assert!(text.contains("missing-acl"), "{text}");
+
+    // A public bind without a password file is refused as at start, naming the key.
+    let public = "[listener]\nbind = \"0.0.0.0\"\nport = 0\n";
+    std::fs::write(&config, public).expect("config");
+    let (ok, text) = run_check(&config);
+    assert!(!ok, "{text}");
+    assert!(text.contains("auth.allow_anonymous"), "{text}");
+}

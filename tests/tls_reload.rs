@@ -174,7 +174,7 @@ async fn the_server_certificates_expiry_is_logged_and_in_the_metrics() {
 
     files.install(&renewed);
     sighup(&child);
-    let line = wait_line(&logs, "reload: TLS server certificate");
+    let line = wait_line(&logs, "reloaded: TLS server certificate");
     assert!(line.contains("INFO"), "{line}");
     let not_after = format!("not_after={}", renewed.server_not_after);
     assert!(line.contains(&not_after), "{line}");
