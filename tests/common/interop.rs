@@ -97,6 +97,13 @@ pub fn mosquitto_clients_available() -> bool {
     required_under_ci(found, "mosquitto_pub", "apt-get install mosquitto-clients")
 }
 
+/// Whether strace with fault injection is there, to make a disk slow (see
+/// [`required_under_ci`]).
+pub fn strace_available() -> bool {
+    let found = succeeds("strace", &["-V"]);
+    required_under_ci(found, "strace", "apt-get install strace")
+}
+
 /// The MQTT.js scripts and their `node_modules` (`tests/interop/mqttjs/`).
 pub fn mqttjs_dir() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/mqttjs")

@@ -1,0 +1,147 @@
+//! A disk slower than the network (issue 12: "a full writer queue pushes back like a full
+//! Registry mailbox: Sessions stop reading"). The broker runs under strace, which delays every
+//! `fdatasync` by 300 ms; a publisher floods QoS 1 messages for an offline persistent session
+//! faster than the writer can commit them. The publisher's Session stops reading once the writer
+//! is far behind, so TCP holds the publisher back; every message is still acknowledged once
+//! durable, and after a SIGKILL and a restart the subscriber gets them all.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use common::child::{listening_addr, spawn_command, wait_line, BIN};
+use common::durable::start_broker_with;
+use common::{packets, strace_available, Raw};
+
+/// Messages published, and the payload of each: 48 MiB in all, three times what the writer may
+/// have pending before Sessions stop reading (16 MiB).
+const MESSAGES: u16 = 6144;
+const PAYLOAD: usize = 8192;
+
+/// Room for all of them in the offline session's queue.
+const QUEUE_ROOM: &str =
+    "[sessions]\nmax_queued_messages = 100000\nmax_queued_bytes = 1073741824\n";
+
+/// The broker process under strace, killed when dropped; strace then exits once the broker has
+/// (its lock on the directory released), having nothing left to trace.
+struct SlowDiskBroker {
+    strace: std::process::Child,
+    broker_pid: i32,
+}
+
+impl Drop for SlowDiskBroker {
+    fn drop(&mut self) {
+        // SAFETY: a signal to a process this test started; a stale pid only fails the call.
+        unsafe {
+            libc::kill(self.broker_pid, libc::SIGKILL);
+        }
+        let _ = self.strace.wait();
+    }
+}
+
+/// The pid of strace's one child, the broker (`/proc/<pid>/task/<pid>/children`).
+fn traced_child(strace_pid: u32) -> i32 {
+    let path = format!("/proc/{strace_pid}/task/{strace_pid}/children");
+    let children = std::fs::read_to_string(&path).expect("strace's children");
+    children
+        .split_whitespace()
+        .next()
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("strace has no child in {path}: {children:?}"))
+}
+
+#[tokio::test]
+async fn a_slow_disk_holds_the_publisher_back_and_loses_nothing() {
+    if !strace_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let config = dir.path().join("switchboard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[persistence]\ndir = {:?}\nfsync = \"always\"\n{QUEUE_ROOM}",
+            state.display().to_string()
+        ),
+    )
+    .expect("config");
+    let mut command = Command::new("strace");
+    command
+        .args(["-f", "--seccomp-bpf", "-qq", "-o", "/dev/null"])
+        .args([
+            "-e",
+            "trace=fdatasync",
+            "-e",
+            "inject=fdatasync:delay_enter=300000",
+        ])
+        .arg(BIN)
+        .args(["--port", "0", "--http-port", "0", "-c"])
+        .arg(&config)
+        .env("RUST_LOG", "info,switchboard::session::hand_over=debug")
+        .stdin(Stdio::null());
+    let (strace, logs) = spawn_command(command);
+    let addr = listening_addr(&wait_line(&logs, "switchboard listening on"));
+    let broker = SlowDiskBroker {
+        broker_pid: traced_child(strace.id()),
+        strace,
+    };
+
+    Raw::leave_subscribed(addr, "gate-offline", "gate/+/events").await;
+    let (raw, _) = Raw::handshake(addr, "flooding-app", true).await;
+    let (mut read, mut write) = raw.stream.into_split();
+    let writer = tokio::spawn(async move {
+        let payload = vec![0x5A; PAYLOAD];
+        for n in 0..MESSAGES {
+            let topic = format!("gate/{}/events", n % 8);
+            let frame = packets::publish(&topic, &payload, 1, n + 1, false, false);
+            write.write_all(&frame).await.expect("the broker reads on");
+        }
+        write
+    });
+    // Every PUBACK comes, each once the message is on disk; the writer commits a group per
+    // 300 ms sync, so this takes seconds, not the usual wait.
+    let mut acked = vec![false; usize::from(MESSAGES)];
+    let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
+    let mut count = 0;
+    while count < usize::from(MESSAGES) {
+        let n = tokio::time::timeout(Duration::from_secs(60), read.read(&mut chunk))
+            .await
+            .expect("PUBACKs keep coming")
+            .expect("read");
+        assert!(n > 0, "the broker closed the publisher's connection");
+        buf.extend_from_slice(&chunk[..n]);
+        while buf.len() >= 4 {
+            assert_eq!(buf[0], 0x40, "PUBACK");
+            let pid = usize::from(u16::from_be_bytes([buf[2], buf[3]]));
+            assert!(!acked[pid - 1], "PUBACK {pid} twice");
+            acked[pid - 1] = true;
+            count += 1;
+            buf.drain(..4);
+        }
+    }
+    let _write = writer.await.expect("writer");
+    // The publisher's Session stopped reading while the writer was far behind.
+    wait_line(&logs, "persistence writer behind: reading paused");
+
+    // Nothing acknowledged was lost: killed (SIGKILL) and started again on the same directory
+    // without strace, the broker delivers every message to the subscriber, in order.
+    drop(broker);
+    let (_again, _logs, addr) = start_broker_with(&state, "always", "info", QUEUE_ROOM);
+    let (mut subscriber, present) = Raw::handshake(addr, "gate-offline", false).await;
+    assert!(present, "the session was kept");
+    for n in 0..MESSAGES {
+        let frame = subscriber.expect().await;
+        let publish = packets::parse_publish(&frame);
+        assert_eq!(
+            publish.topic,
+            format!("gate/{}/events", n % 8),
+            "message {n}"
+        );
+        assert_eq!(publish.payload.len(), PAYLOAD);
+        subscriber.send(&packets::ack(0x40, publish.pid)).await;
+    }
+}
