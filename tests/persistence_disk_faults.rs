@@ -1,9 +1,15 @@
-//! A disk slower than the network (issue 12: "a full writer queue pushes back like a full
-//! Registry mailbox: Sessions stop reading"). The broker runs under strace, which delays every
-//! `fdatasync` by 300 ms; a publisher floods QoS 1 messages for an offline persistent session
-//! faster than the writer can commit them. The publisher's Session stops reading once the writer
-//! is far behind, so TCP holds the publisher back; every message is still acknowledged once
-//! durable, and after a SIGKILL and a restart the subscriber gets them all.
+//! A disk that misbehaves under the persistence writer, made so by strace's fault injection.
+//!
+//! Slower than the network (issue 12: "a full writer queue pushes back like a full Registry
+//! mailbox: Sessions stop reading"): every `fdatasync` is delayed by 300 ms while a publisher
+//! floods QoS 1 messages for an offline persistent session faster than the writer can commit
+//! them. The publisher's Session stops reading once the writer is far behind, so TCP holds the
+//! publisher back; every message is still acknowledged once durable, and after a SIGKILL and a
+//! restart the subscriber gets them all.
+//!
+//! Full for a while: the log's writes fail with ENOSPC. Nothing is acknowledged until the writer
+//! could write it (the log says why, naming the file), then everything is, and all of it is
+//! there after a SIGKILL and a restart.
 
 mod common;
 
@@ -13,7 +19,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::child::{listening_addr, spawn_command, wait_line, BIN};
-use common::durable::start_broker_with;
+use common::durable::{kill_9, start_broker_with};
 use common::{packets, strace_available, Raw};
 
 /// Messages published, and the payload of each: 48 MiB in all, three times what the writer may
@@ -144,4 +150,87 @@ async fn a_slow_disk_holds_the_publisher_back_and_loses_nothing() {
         assert_eq!(publish.payload.len(), PAYLOAD);
         subscriber.send(&packets::ack(0x40, publish.pid)).await;
     }
+}
+
+/// Attaches strace to the running broker `pid` (all its threads) with this fault injection;
+/// returns once every thread is traced. Killing strace detaches it.
+fn inject(pid: u32, syscall: &str, fault: &str) -> std::process::Child {
+    let strace = Command::new("strace")
+        .args(["-f", "-qq", "-o", "/dev/null", "-p", &pid.to_string()])
+        .args(["-e", &format!("trace={syscall}")])
+        .args(["-e", &format!("inject={syscall}:{fault}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("strace runs");
+    let traced = || {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the broker's threads");
+        tasks.flatten().all(|task| {
+            std::fs::read_to_string(task.path().join("status")).is_ok_and(|status| {
+                status
+                    .lines()
+                    .any(|l| l.starts_with("TracerPid:") && l.trim_end() != "TracerPid:\t0")
+            })
+        })
+    };
+    // Attaching takes strace a moment per thread; nothing else says when it is done.
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while !traced() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "strace did not attach"
+        );
+        std::thread::yield_now();
+    }
+    strace
+}
+
+#[tokio::test]
+async fn a_full_disk_delays_the_acknowledgements_and_loses_nothing() {
+    if !strace_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let (broker, logs, addr) = start_broker_with(&state, "always", "info", "");
+    let (mut publisher, _) = Raw::handshake(addr, "gate-1AB", true).await;
+    // The disk is full for the writer's next three writes (each retried a second later).
+    let pid = std::borrow::Borrow::<std::process::Child>::borrow(&broker).id();
+    let mut strace = inject(pid, "pwrite64", "error=ENOSPC:when=1..3");
+    for n in 1..=100u16 {
+        let topic = format!("gate/{n}/state");
+        let frame = packets::publish(&topic, b"closed", 1, n, true, false);
+        publisher.send(&frame).await;
+    }
+    let error = wait_line(&logs, "cannot write the persistence log");
+    assert!(error.contains("No space left on device"), "{error}");
+    assert!(error.contains(".log"), "names the file: {error}");
+    // Acknowledged once written, each once, none lost.
+    let mut acked = [false; 100];
+    for _ in 0..100 {
+        let frame = tokio::time::timeout(Duration::from_secs(30), publisher.recv())
+            .await
+            .expect("PUBACKs once the disk has room")
+            .expect("PUBACK");
+        assert_eq!(frame.packet_type(), 4, "PUBACK");
+        let pid = usize::from(frame.pid());
+        assert!(!acked[pid - 1], "PUBACK {pid} twice");
+        acked[pid - 1] = true;
+    }
+    let _ = strace.kill();
+    let _ = strace.wait();
+    kill_9(broker);
+
+    let (_again, _logs, addr) = start_broker_with(&state, "always", "info", "");
+    let (mut subscriber, _) = Raw::handshake(addr, "gate-watch", true).await;
+    subscriber.subscribe(1, &[("gate/+/state", 1)], &[1]).await;
+    let mut retained = std::collections::BTreeSet::new();
+    for _ in 0..100 {
+        let publish = packets::parse_publish(&subscriber.expect().await);
+        assert_eq!(publish.payload, b"closed");
+        subscriber.send(&packets::ack(0x40, publish.pid)).await;
+        retained.insert(publish.topic);
+    }
+    assert_eq!(retained.len(), 100, "every retained message, once");
 }
