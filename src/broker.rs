@@ -431,8 +431,8 @@ impl RunningBroker {
         self.access.reload()
     }
 
-    /// Re-reads `[tls]`'s certificate, key and client CA files from the paths the broker started
-    /// with (the binary does this on SIGHUP), for the TLS and `wss://` handshakes that follow.
+    /// Re-reads `[tls]`'s certificate, key, client CA and revocation list files from the paths
+    /// the broker started with (the binary does this on SIGHUP), for the TLS and `wss://` handshakes that follow.
     /// Connections already open are not touched; on an error the certificate in use stays.
     /// `None` when no TLS listener is configured.
     pub fn reload_tls(&self) -> Option<Result<(), crate::tls::TlsError>> {

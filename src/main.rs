@@ -214,8 +214,8 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// What a signal asks for.
 enum Signal {
-    /// SIGHUP: re-read the password and ACL files, the TLS certificate and key, and the bridges
-    /// from the config file.
+    /// SIGHUP: re-read the password and ACL files, the TLS files (certificate, key, client CA,
+    /// revocation lists), and the bridges from the config file.
     Reload,
     /// Ctrl-C or SIGTERM: stop.
     Stop,

@@ -181,8 +181,8 @@ impl ServerTls {
         TlsAcceptor::from(Arc::clone(&current.config))
     }
 
-    /// Reads the certificate, key and client CA files again, from the same paths, and uses them
-    /// for the handshakes that follow. On an error nothing changes: the certificate in use stays.
+    /// Reads the certificate, key, client CA and revocation list files again, from the same
+    /// paths, and uses them for the handshakes that follow. On an error nothing changes: the certificate in use stays.
     pub fn reload(&self) -> Result<(), TlsError> {
         let fresh = server_config(&self.files)?;
         if let Some(certificate) = &fresh.certificate {
