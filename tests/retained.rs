@@ -2,6 +2,7 @@
 
 mod common;
 
+use common::durable::{kill_9, start_broker_with};
 use common::packets::{self, parse_publish};
 use common::{broker, broker_with, Raw};
 
@@ -198,4 +199,142 @@ async fn a_second_subscribe_is_acknowledged_after_the_retained_messages_of_the_f
     );
     assert_eq!(seen[COUNT + 1], "suback 2");
     assert_eq!(seen[COUNT + 2..], ["other/x"]);
+}
+
+#[tokio::test]
+async fn a_retained_limit_refuses_new_topics_but_not_updates_or_clears() {
+    // limits.max_retained_messages (off by default): at the limit, a retained message for a
+    // topic with none is delivered to the current subscribers but not stored (a configured
+    // exception to [MQTT-3.3.1-5]) and counted in limits_hit; stored topics are still replaced
+    // [MQTT-3.3.1-5] and cleared [MQTT-3.3.1-10], and a clear frees a place. The broker's own
+    // $SYS topics, retained beside them, do not count.
+    let broker = broker_with(|c| c.limits.max_retained_messages = 2);
+    let addr = broker.local_addr();
+    let (mut watch, _) = Raw::handshake(addr, "watch", true).await;
+    watch.subscribe(1, &[("gate/+/state", 0)], &[0]).await;
+    let (mut publisher, _) = Raw::handshake(addr, "retainer", true).await;
+    let publish = |topic: &str, payload: &[u8]| packets::publish(topic, payload, 0, 1, true, false);
+    for gate in 1..=3 {
+        let topic = format!("gate/{gate}/state");
+        publisher.send(&publish(&topic, b"closed")).await;
+    }
+    publisher.sync().await;
+    let live: Vec<String> = watch
+        .sync()
+        .await
+        .iter()
+        .map(|f| parse_publish(f).topic)
+        .collect();
+    assert_eq!(
+        live,
+        ["gate/1/state", "gate/2/state", "gate/3/state"],
+        "all delivered live"
+    );
+    assert_eq!(broker.metrics().snapshot().limits_hit, 1);
+
+    let retained_now = |id: &'static str| async move {
+        let (mut late, _) = Raw::handshake(addr, id, true).await;
+        late.subscribe(1, &[("gate/+/state", 0), ("$SYS/#", 0)], &[0, 0])
+            .await;
+        let mut got: Vec<(String, Vec<u8>)> = late
+            .sync()
+            .await
+            .iter()
+            .map(parse_publish)
+            .map(|p| (p.topic, p.payload))
+            .collect();
+        got.sort();
+        got
+    };
+    let got = retained_now("late-1").await;
+    let gates: Vec<_> = got.iter().filter(|(t, _)| t.starts_with("gate/")).collect();
+    assert_eq!(
+        gates,
+        [
+            &("gate/1/state".to_string(), b"closed".to_vec()),
+            &("gate/2/state".to_string(), b"closed".to_vec()),
+        ]
+    );
+    assert!(
+        got.iter().any(|(t, _)| t.starts_with("$SYS/")),
+        "$SYS topics are retained beside the two: {got:?}"
+    );
+
+    publisher.send(&publish("gate/1/state", b"open")).await;
+    publisher.send(&publish("gate/2/state", b"")).await;
+    publisher.send(&publish("gate/3/state", b"open")).await;
+    publisher.sync().await;
+    let got = retained_now("late-2").await;
+    let gates: Vec<_> = got.iter().filter(|(t, _)| t.starts_with("gate/")).collect();
+    assert_eq!(
+        gates,
+        [
+            &("gate/1/state".to_string(), b"open".to_vec()),
+            &("gate/3/state".to_string(), b"open".to_vec()),
+        ]
+    );
+    assert_eq!(broker.metrics().snapshot().limits_hit, 1);
+}
+
+#[tokio::test]
+async fn retained_messages_past_a_lowered_limit_are_kept_after_a_restart() {
+    // The limit is lowered below what is on disk: start-up keeps every retained message (and
+    // warns); a new topic is refused, an update is not.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let (broker, _logs, addr) = start_broker_with(&state, "always", "info", "");
+    let (mut publisher, _) = Raw::handshake(addr, "retainer", true).await;
+    for gate in 1..=3u16 {
+        let topic = format!("gate/{gate}/state");
+        publisher
+            .send(&packets::publish(&topic, b"closed", 1, gate, true, false))
+            .await;
+        assert_eq!(publisher.expect().await.packet_type(), 4, "PUBACK");
+    }
+    kill_9(broker);
+
+    let lowered = "[limits]\nmax_retained_messages = 2";
+    let (_broker, _logs, addr) = start_broker_with(&state, "always", "info", lowered);
+    let (mut publisher, _) = Raw::handshake(addr, "retainer", true).await;
+    publisher
+        .send(&packets::publish(
+            "gate/4/state",
+            b"closed",
+            0,
+            0,
+            true,
+            false,
+        ))
+        .await;
+    publisher
+        .send(&packets::publish(
+            "gate/1/state",
+            b"open",
+            0,
+            0,
+            true,
+            false,
+        ))
+        .await;
+    publisher.sync().await;
+    let (mut late, _) = Raw::handshake(addr, "late", true).await;
+    late.subscribe(1, &[("gate/+/state", 0)], &[0]).await;
+    let mut got: Vec<(String, Vec<u8>)> = late
+        .sync()
+        .await
+        .iter()
+        .map(parse_publish)
+        .map(|p| (p.topic, p.payload))
+        .collect();
+    got.sort();
+    let expected = [
+        ("gate/1/state", &b"open"[..]),
+        ("gate/2/state", b"closed"),
+        ("gate/3/state", b"closed"),
+    ];
+    let expected: Vec<(String, Vec<u8>)> = expected
+        .iter()
+        .map(|(t, p)| (t.to_string(), p.to_vec()))
+        .collect();
+    assert_eq!(got, expected);
 }

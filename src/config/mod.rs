@@ -256,6 +256,11 @@ pub struct LimitsConfig {
     /// Topic aliases an MQTT 5 client may set towards the broker (announced as Topic Alias
     /// Maximum in CONNACK); 0 turns inbound aliases off. Default 64.
     pub topic_alias_maximum: u16,
+    /// Most topics holding a retained message (the broker's own `$SYS` topics aside). At the
+    /// limit, a retained message for a new topic is delivered but not stored (counted in
+    /// `limits_hit`, warned of); updates and clears of stored topics go on. 0: no limit, the
+    /// default.
+    pub max_retained_messages: usize,
 }
 
 impl Default for LimitsConfig {
@@ -272,6 +277,7 @@ impl Default for LimitsConfig {
             max_connection_rate: 200,
             rate_limit_loopback: false,
             topic_alias_maximum: 64,
+            max_retained_messages: 0,
         }
     }
 }

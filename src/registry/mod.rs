@@ -12,6 +12,7 @@ mod ending;
 mod filters;
 mod messages;
 mod recovering;
+mod retained_writes;
 mod subscriptions;
 mod sys_topics;
 mod wills;
@@ -85,6 +86,8 @@ pub struct Registry {
     durable_to: Option<DurableTo>,
     /// While routing a [`Publish`] with `hold`: the store change its deliveries wait for.
     hold_after: u64,
+    /// `limits.max_retained_messages`, and how many topics hold a retained message.
+    retained_limit: retained_writes::RetainedLimit,
     /// How often the `$SYS` topics are published (`sys.interval`); zero: never.
     sys_interval: std::time::Duration,
     /// What the `$SYS` topics were last published with.
@@ -133,6 +136,9 @@ impl Registry {
             durable_asked: 0,
             durable_to: None,
             hold_after: 0,
+            retained_limit: retained_writes::RetainedLimit::new(
+                config.limits.max_retained_messages,
+            ),
             sys_interval: config.sys.interval,
             sys: sys_topics::SysTopics::new(),
         }
@@ -210,11 +216,6 @@ impl Registry {
     }
 
     /// Removes the retained message of `topic`, durably too.
-    fn remove_retained(&mut self, topic: &str) {
-        self.retained.remove(topic);
-        self.persist(Record::RetainClear(topic.to_string()));
-    }
-
     fn client(&mut self, key: ClientKey) -> Option<&mut Client> {
         client_in(&mut self.clients, key)
     }
@@ -310,11 +311,7 @@ impl Registry {
                 // [MQTT-3.3.1-11], 5.0 [MQTT-3.3.1-6] [MQTT-3.3.1-7].
                 self.remove_retained(&message.topic);
             } else {
-                self.retained.insert(&message.topic, message.clone());
-                // The broker's own `$SYS` messages are made afresh after a restart.
-                if !crate::topic::reserved_for_broker(&message.topic) {
-                    self.persist(Record::RetainSet(message.clone()));
-                }
+                self.set_retained(&message, from);
             }
         }
         let mut deliveries = std::mem::take(&mut self.deliveries);

@@ -36,9 +36,9 @@ impl Handler<Recover> for Registry {
     /// with what is left of its delay.
     fn handle(&mut self, msg: Recover, ctx: &mut Context<Self>) {
         for message in msg.retained {
-            let kept = Arc::clone(&message);
-            self.retained.insert(&kept.topic, message);
+            self.recover_retained(message);
         }
+        self.warn_if_over_retained_limit();
         if !msg.ended.is_empty() {
             msg.store.submit_all(msg.ended);
         }

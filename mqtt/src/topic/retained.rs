@@ -87,6 +87,18 @@ impl<T> RetainedStore<T> {
         old
     }
 
+    /// Whether `topic` has a retained message.
+    pub fn contains(&self, topic: &str) -> bool {
+        let mut node = &self.root;
+        for level in topic.split('/') {
+            match node.children.get(level) {
+                Some(child) => node = child,
+                None => return false,
+            }
+        }
+        node.value.is_some()
+    }
+
     /// Removes the retained message of `topic` `[MQTT-3.3.1-10]`, pruning empty levels.
     pub fn remove(&mut self, topic: &str) -> Option<T> {
         let levels: Vec<&str> = topic.split('/').collect();
@@ -174,8 +186,12 @@ mod tests {
         assert_eq!(s.insert("a/b", "one"), None);
         assert_eq!(s.insert("a/b", "two"), Some("one"));
         assert_eq!(s.len(), 1);
+        assert!(s.contains("a/b"));
+        assert!(!s.contains("a"), "a level on the way is not a topic");
+        assert!(!s.contains("a/b/c"));
         assert_eq!(s.remove("a/b"), Some("two"));
         assert_eq!(s.remove("a/b"), None);
+        assert!(!s.contains("a/b"));
         assert!(s.is_empty());
         assert!(s.root.is_empty());
     }
