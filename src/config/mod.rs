@@ -160,8 +160,8 @@ pub struct TlsConfig {
     /// they revoke fails the handshake, as does one whose issuer has no list here. Needs
     /// `client_ca_file`. Re-read on SIGHUP with the certificates.
     pub crl_file: Option<PathBuf>,
-    /// The client certificate's subject Common Name is the client's user name (for ACLs, hooks
-    /// and interceptors); the CONNECT's user name and password are ignored, and a certificate
+    /// The client certificate's subject Common Name is the client's user name (for the ACL and
+    /// the connect interceptor); the CONNECT's user name and password are ignored, and a certificate
     /// without a Common Name is refused (CONNACK not authorised). Needs `client_ca_file`.
     /// Mosquitto's `use_identity_as_username`. Default: false.
     pub use_identity_as_username: bool,
