@@ -11,13 +11,13 @@ use tokio_rustls::rustls::pki_types::{
     CertificateDer, CertificateRevocationListDer, PrivateKeyDer,
 };
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
-use tokio_rustls::rustls::{RootCertStore, ServerConfig};
+use tokio_rustls::rustls::{version, RootCertStore, ServerConfig, SupportedProtocolVersion};
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
 use switchboard_actors::transport::TlsOptionsError;
 
-use crate::config::TlsConfig;
+use crate::config::{TlsConfig, TlsVersion};
 
 /// Why the TLS listener could not be set up.
 #[derive(Debug, Error)]
@@ -205,8 +205,12 @@ fn server_config(config: &TlsConfig) -> Result<Current, TlsError> {
     // RFC 6066 forbids, but OpenSSL-based clients connecting by IP send): 0.22 refused those
     // handshakes.
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let versions: &[&'static SupportedProtocolVersion] = match config.min_version {
+        TlsVersion::Tls12 => &[&version::TLS13, &version::TLS12],
+        TlsVersion::Tls13 => &[&version::TLS13],
+    };
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .map_err(|e| TlsError::Rustls(e.to_string()))?;
     let builder = match &config.client_ca_file {
         Some(ca_file) => {

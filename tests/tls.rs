@@ -9,7 +9,7 @@ use rumqttc::{AsyncClient, Event, Incoming, QoS};
 use switchboard::BackgroundBroker;
 
 use common::pki::Pki;
-use common::tls::{may_subscribe, tls_client_with};
+use common::tls::{handshake_with_versions, may_subscribe, tls_client_with};
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files.
 fn pki() -> Pki {
@@ -268,5 +268,44 @@ fn revocation_lists_and_the_identity_need_client_certificates() {
         set(&mut config);
         let error = BackgroundBroker::start(config).err().expect("refused");
         assert!(error.to_string().contains(key), "{error}");
+    }
+}
+
+#[tokio::test]
+async fn tls_1_2_can_be_refused() {
+    // tls.min_version = "1.3" (Mosquitto's tls_version): a client that offers TLS 1.2 only fails
+    // the handshake, with rustls and with OpenSSL's s_client; TLS 1.3 gets in.
+    use tokio_rustls::rustls::version::{TLS12, TLS13};
+    let pki = pki();
+    let broker = common::broker_with(|c| {
+        c.tls.port = Some(0);
+        c.tls.cert_file = Some(pki.dir.path().join("server.pem"));
+        c.tls.key_file = Some(pki.dir.path().join("server.key"));
+        c.tls.min_version = switchboard::config::TlsVersion::Tls13;
+    });
+    let addr = broker.tls_local_addr().expect("TLS listener");
+    assert_eq!(handshake_with_versions(addr, &pki, &[&TLS13]).await, Ok(()));
+    assert!(handshake_with_versions(addr, &pki, &[&TLS12])
+        .await
+        .is_err());
+    if !common::openssl_available() {
+        return;
+    }
+    for (version, accepted) in [("-tls1_2", false), ("-tls1_3", true)] {
+        let out = tokio::process::Command::new("openssl")
+            .args(["s_client", "-connect", &addr.to_string(), version])
+            .arg("-CAfile")
+            .arg(pki.dir.path().join("ca.pem"))
+            .args(["-servername", "localhost", "-verify_return_error"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .expect("openssl runs");
+        assert_eq!(
+            out.status.success(),
+            accepted,
+            "openssl s_client {version}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

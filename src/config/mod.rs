@@ -63,6 +63,18 @@ pub enum QueueOverflow {
     Disconnect,
 }
 
+/// The oldest TLS version the TLS listeners accept (`tls.min_version`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3 (the default).
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    /// TLS 1.3 only.
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
 mod operations;
 
 pub use operations::{HttpConfig, LogConfig, LogFormat, SysConfig, WebSocketListenerConfig};
@@ -165,6 +177,9 @@ pub struct TlsConfig {
     /// without a Common Name is refused (CONNACK not authorised). Needs `client_ca_file`.
     /// Mosquitto's `use_identity_as_username`. Default: false.
     pub use_identity_as_username: bool,
+    /// The oldest TLS version accepted: `"1.2"` (the default) or `"1.3"`. Mosquitto's
+    /// `tls_version`.
+    pub min_version: TlsVersion,
 }
 
 /// `[auth]` settings.

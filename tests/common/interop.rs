@@ -97,6 +97,12 @@ pub fn mosquitto_clients_available() -> bool {
     required_under_ci(found, "mosquitto_pub", "apt-get install mosquitto-clients")
 }
 
+/// Whether the OpenSSL command line tool is there (see [`required_under_ci`]).
+pub fn openssl_available() -> bool {
+    let found = succeeds("openssl", &["version"]);
+    required_under_ci(found, "openssl", "apt-get install openssl")
+}
+
 /// Whether strace with fault injection is there, to make a disk slow (see
 /// [`required_under_ci`]).
 pub fn strace_available() -> bool {

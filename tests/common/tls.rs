@@ -41,6 +41,16 @@ pub async fn tls_client_with(
 
 /// A TLS handshake with the listener at `addr`, trusting only `pki`'s CA (for `localhost`).
 pub async fn handshake(addr: SocketAddr, pki: &Pki) -> Result<(), String> {
+    use tokio_rustls::rustls::version::{TLS12, TLS13};
+    handshake_with_versions(addr, pki, &[&TLS13, &TLS12]).await
+}
+
+/// [`handshake`] offering only these TLS versions.
+pub async fn handshake_with_versions(
+    addr: SocketAddr,
+    pki: &Pki,
+    versions: &[&'static tokio_rustls::rustls::SupportedProtocolVersion],
+) -> Result<(), String> {
     use tokio_rustls::rustls::{ClientConfig, RootCertStore};
     let ca = pki.dir.path().join("ca.pem");
     let mut roots = RootCertStore::empty();
@@ -49,7 +59,7 @@ pub async fn handshake(addr: SocketAddr, pki: &Pki) -> Result<(), String> {
     }
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
     let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .expect("versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
