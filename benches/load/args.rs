@@ -98,6 +98,10 @@ pub struct Args {
     /// kept open through it, to measure what a quiet fleet costs the traffic beside it.
     #[arg(long, default_value_t = 0)]
     pub idle_beside: usize,
+    /// connect-storm: connect over TLS (1.3, server name `localhost`), trusting the CA
+    /// certificates in this PEM file.
+    #[arg(long, value_name = "CA_FILE")]
+    pub tls_ca: Option<PathBuf>,
     /// Subscribers keep a persistent session (clean session 0): with `[persistence]`, their
     /// QoS 1/2 messages are kept on disk.
     #[arg(long)]

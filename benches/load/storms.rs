@@ -149,12 +149,66 @@ pub async fn retained(
     })
 }
 
-/// CONNECT, CONNACK, DISCONNECT, close; `--concurrency` at a time for `--duration` seconds.
+/// TLS 1.3 to the broker, trusting the CA certificates of `ca_file` (PEM), for `localhost`,
+/// without resuming sessions.
+fn tls_connector(ca_file: &std::path::Path) -> Result<tokio_rustls::TlsConnector, String> {
+    use tokio_rustls::rustls::{version, ClientConfig, RootCertStore};
+    let mut roots = RootCertStore::empty();
+    let certificates =
+        switchboard_actors::transport::certificates(ca_file).map_err(|e| e.to_string())?;
+    for certificate in certificates {
+        roots.add(certificate).map_err(|e| e.to_string())?;
+    }
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    // Full handshakes, as after a broker restart, when no earlier session can be resumed.
+    config.resumption = tokio_rustls::rustls::client::Resumption::disabled();
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        config,
+    )))
+}
+
+/// One connect of the storm: TCP (from a spread source address), TLS when `tls` is given,
+/// CONNECT, CONNACK, DISCONNECT. Returns the time from the start to the CONNACK.
+async fn connect_once(
+    addr: SocketAddr,
+    id: &str,
+    spread: u64,
+    tls: Option<&tokio_rustls::TlsConnector>,
+) -> std::io::Result<Duration> {
+    let t0 = Instant::now();
+    let Some(tls) = tls else {
+        let mut stream = wire::handshake_spread(addr, id, spread).await?;
+        let took = t0.elapsed();
+        let _ = stream.write_all(&[0xE0, 0x00]).await;
+        return Ok(took);
+    };
+    let tcp = wire::connect_spread(addr, spread).await?;
+    tcp.set_nodelay(true)?;
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost")
+        .map_err(std::io::Error::other)?;
+    let stream = tls.connect(name, tcp).await?;
+    let mut stream = wire::mqtt_connect(stream, id, true).await?;
+    let took = t0.elapsed();
+    // Counted once CONNACK came; the goodbye may fail without making it a failure.
+    let _ = stream.write_all(&[0xE0, 0x00]).await;
+    let _ = stream.shutdown().await;
+    Ok(took)
+}
+
+/// CONNECT, CONNACK, DISCONNECT, close; `--concurrency` at a time for `--duration` seconds;
+/// over TLS with `--tls-ca`.
 pub async fn connect_storm(
     args: &Args,
     addr: SocketAddr,
     pid: Option<u32>,
 ) -> Result<StormResult, String> {
+    let tls = args.tls_ca.as_deref().map(tls_connector).transpose()?;
+    let tls = Rc::new(tls);
     let cpu = crate::procstat::CpuClock::start(pid);
     let started = Instant::now();
     let deadline = Duration::from_secs_f64(args.duration);
@@ -165,22 +219,18 @@ pub async fn connect_storm(
         .run_until(async {
             let mut tasks = Vec::new();
             for worker in 0..args.concurrency.max(1) {
-                let (latency, counts) = (latency.clone(), counts.clone());
+                let (latency, counts, tls) = (latency.clone(), counts.clone(), tls.clone());
                 tasks.push(tokio::task::spawn_local(async move {
                     let mut n = 0u64;
                     while started.elapsed() < deadline {
-                        let t0 = Instant::now();
                         let id = format!("bench-cs-{worker}-{n}");
                         n += 1;
                         let spread = (worker as u64).wrapping_mul(7919).wrapping_add(n);
-                        match wire::handshake_spread(addr, &id, spread).await {
-                            Ok(mut s) => {
-                                let _ = latency
-                                    .borrow_mut()
-                                    .record(t0.elapsed().as_micros().max(1) as u64);
+                        match connect_once(addr, &id, spread, tls.as_ref().as_ref()).await {
+                            Ok(took) => {
+                                let _ = latency.borrow_mut().record(took.as_micros().max(1) as u64);
                                 let (ok, fail) = counts.get();
                                 counts.set((ok + 1, fail));
-                                let _ = s.write_all(&[0xE0, 0x00]).await;
                             }
                             Err(_) => {
                                 let (ok, fail) = counts.get();

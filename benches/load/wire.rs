@@ -75,18 +75,27 @@ pub async fn handshake_spread(
     id: &str,
     n: u64,
 ) -> std::io::Result<tokio::net::TcpStream> {
+    let stream = connect_spread(addr, n).await?;
+    handshake_on(stream, id, true).await
+}
+
+/// A TCP connection to `addr` from the loopback source address chosen by `n` (see
+/// [`handshake_spread`]), without MQTT.
+pub async fn connect_spread(
+    addr: std::net::SocketAddr,
+    n: u64,
+) -> std::io::Result<tokio::net::TcpStream> {
     let std::net::SocketAddr::V4(v4) = addr else {
-        return handshake(addr, id).await;
+        return tokio::net::TcpStream::connect(addr).await;
     };
     if !v4.ip().is_loopback() {
-        return handshake(addr, id).await;
+        return tokio::net::TcpStream::connect(addr).await;
     }
     let host = 2 + (n % u64::from(SOURCE_ADDRESSES)) as u32;
     let source = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(127, 0, 0, 0)) + host);
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.bind(std::net::SocketAddr::from((source, 0)))?;
-    let stream = socket.connect(addr).await?;
-    handshake_on(stream, id, true).await
+    socket.connect(addr).await
 }
 
 /// [`handshake`] with the clean session (MQTT 5: clean start) flag as given; without it, an
@@ -102,12 +111,20 @@ pub async fn handshake_with(
 
 /// CONNECT and CONNACK on a connected `stream`.
 async fn handshake_on(
-    mut stream: tokio::net::TcpStream,
+    stream: tokio::net::TcpStream,
     id: &str,
     clean: bool,
 ) -> std::io::Result<tokio::net::TcpStream> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     stream.set_nodelay(true)?;
+    mqtt_connect(stream, id, clean).await
+}
+
+/// CONNECT and CONNACK over any byte stream (TCP, TLS).
+pub async fn mqtt_connect<S>(mut stream: S, id: &str, clean: bool) -> std::io::Result<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     stream.write_all(&connect(id, KEEP_ALIVE, clean)).await?;
     // CONNACK: fixed header, then (session present, code[, MQTT 5 properties]).
     let mut head = [0u8; 2];

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# A reconnect storm over TLS, as a fleet makes after a network outage or a broker restart:
+# CONNECT, CONNACK, DISCONNECT, close, 20 connections at a time, each a full TLS 1.3 handshake
+# (no resumption) with an ECDSA P-256 certificate, against Switchboard's TLS listener and
+# Mosquitto's, alternating the order per run; the same storm over plain TCP beside it. Prints the
+# medians: connections/s and broker CPU per connection.
+#
+#   RUNS=3 DURATION=4 benches/tls_storm.sh
+#
+# Loopback only; every run is bounded in time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-4}
+CONCURRENCY=${CONCURRENCY:-20}
+OUT=${OUT:-target/tls-storm.jsonl}
+SB_PORT=${SB_PORT:-18850}
+SB_TLS=${SB_TLS:-18851}
+MQ_PORT=${MQ_PORT:-18852}
+MQ_TLS=${MQ_TLS:-18853}
+
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
+command -v openssl >/dev/null || { echo "tls_storm.sh needs openssl" >&2; exit 1; }
+cargo build --release 2>/dev/null
+build_harness
+make_work_dir
+
+# A CA and a server certificate for localhost and 127.0.0.1, both ECDSA P-256.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj "/CN=bench CA" -keyout "$work/ca.key" -out "$work/ca.pem" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+  -subj "/CN=localhost" -keyout "$work/server.key" -out "$work/server.csr" 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' > "$work/san.ext"
+openssl x509 -req -in "$work/server.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" \
+  -CAcreateserial -days 2 -extfile "$work/san.ext" -out "$work/server.pem" 2>/dev/null
+# Mosquitto started as root reads its files as the user `mosquitto`.
+chmod a+rx "$work"
+chmod a+r "$work"/*.pem "$work"/*.key
+
+cat > "$work/switchboard.toml" <<TOML
+[listener]
+port = $SB_PORT
+[http]
+enabled = false
+[tls]
+port = $SB_TLS
+cert_file = "$work/server.pem"
+key_file = "$work/server.key"
+TOML
+mosquitto_conf "$work/mosquitto.conf" "$MQ_PORT" \
+  "listener $MQ_TLS 127.0.0.1" "cafile $work/ca.pem" "certfile $work/server.pem" \
+  "keyfile $work/server.key"
+
+rm -f "$OUT"
+BROKERS="switchboard mosquitto"
+for run_no in $(seq "$RUNS"); do
+  for broker in $(run_order "$run_no"); do
+    if [ "$broker" = mosquitto ]; then
+      "$MOSQUITTO" -c "$work/mosquitto.conf" 2>/dev/null &
+      pid=$!
+      plain=$MQ_PORT tls=$MQ_TLS
+    else
+      RUST_LOG=warn target/release/switchboard -c "$work/switchboard.toml" 2>/dev/null &
+      pid=$!
+      plain=$SB_PORT tls=$SB_TLS
+    fi
+    wait_for_port "$tls" || { echo "$broker did not open port $tls" >&2; exit 1; }
+    echo "run $run_no: $broker" >&2
+    for transport in tcp tls; do
+      if [ "$transport" = tls ]; then
+        port=$tls extra=(--tls-ca "$work/ca.pem")
+      else
+        port=$plain extra=()
+      fi
+      "$LOAD" --addr "127.0.0.1:$port" --broker-pid "$pid" --label "$broker-$transport" --quiet \
+        --scenario connect-storm --concurrency "$CONCURRENCY" --duration "$DURATION" \
+        "${extra[@]}" --out "$OUT" >/dev/null
+    done
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+  done
+done
+
+python3 - "$OUT" <<'PY'
+import json, statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    rows.setdefault(r["label"], []).append(r)
+print("| broker, transport | connections/s | broker CPU µs per connection | p99 connect ms | runs |")
+print("|---|---|---|---|---|")
+for label in sorted(rows):
+    rs = rows[label]
+    rate = statistics.median(r["delivered_per_s"] for r in rs)
+    cpu = statistics.median(r["broker_cpu_us_per_msg"] for r in rs if r["broker_cpu_us_per_msg"])
+    p99 = statistics.median(r["latency_us"]["p99"] for r in rs) / 1000
+    print(f"| {label} | {rate:,.0f} | {cpu:,.1f} | {p99:.1f} | {len(rs)} |")
+PY
