@@ -309,3 +309,67 @@ async fn tls_1_2_can_be_refused() {
         );
     }
 }
+
+/// A connect interceptor that admits only the gate whose certificate names it, and passes on
+/// the user name and password each CONNECT was asked about.
+struct CertifiedGatesOnly(std::sync::mpsc::Sender<(Option<String>, Option<Vec<u8>>)>);
+
+impl actix::Actor for CertifiedGatesOnly {
+    type Context = actix::Context<Self>;
+}
+
+impl actix::Handler<switchboard::hooks::AuthorizeConnect> for CertifiedGatesOnly {
+    type Result = switchboard::hooks::ConnectDecision;
+
+    fn handle(
+        &mut self,
+        asked: switchboard::hooks::AuthorizeConnect,
+        _: &mut actix::Context<Self>,
+    ) -> Self::Result {
+        let password = asked.password.as_ref().map(|p| p.to_vec());
+        let _ = self.0.send((asked.username.clone(), password));
+        match asked.username.as_deref() {
+            Some("1AB.ENTER.DETRD") => switchboard::hooks::ConnectDecision::Accept,
+            _ => switchboard::hooks::ConnectDecision::Refuse(
+                switchboard::ConnectReturnCode::NotAuthorized,
+            ),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_connect_interceptor_sees_the_certificates_name_as_the_user_name() {
+    // With tls.use_identity_as_username, AuthorizeConnect carries the certificate's Common Name
+    // as the user name and no password, whatever the CONNECT said.
+    use actix::Actor;
+    let pki = pki();
+    let (asked_tx, asked) = std::sync::mpsc::channel();
+    let mut config = common::test_config();
+    config.tls.port = Some(0);
+    config.tls.cert_file = Some(pki.dir.path().join("server.pem"));
+    config.tls.key_file = Some(pki.dir.path().join("server.key"));
+    config.tls.client_ca_file = Some(pki.dir.path().join("ca.pem"));
+    config.tls.use_identity_as_username = true;
+    let broker = BackgroundBroker::start_with(config, move |broker| {
+        let policy = CertifiedGatesOnly(asked_tx).start();
+        broker.interceptors(switchboard::hooks::Interceptors {
+            connect: Some(policy.recipient()),
+            publish: None,
+            subscribe: None,
+        })
+    })
+    .expect("broker starts");
+    let addr = broker.tls_local_addr().expect("TLS listener");
+    let credentials = Some(("someone-else", "a-password"));
+    let gate = tls_client_with(addr, &pki, "gate", Some(&pki.client), credentials).await;
+    assert!(gate.is_ok(), "{:?}", gate.err());
+    let (username, password) = asked.recv_timeout(common::WAIT).expect("asked");
+    assert_eq!(username.as_deref(), Some("1AB.ENTER.DETRD"));
+    assert_eq!(password, None);
+
+    let stolen = tls_client_with(addr, &pki, "gate", Some(&pki.stolen), credentials).await;
+    let refused = stolen.err().expect("another certificate's name is refused");
+    assert!(refused.contains("NotAuthorized"), "{refused}");
+    let (username, _) = asked.recv_timeout(common::WAIT).expect("asked");
+    assert_eq!(username.as_deref(), Some("stolen-gate"));
+}
