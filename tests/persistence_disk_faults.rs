@@ -196,7 +196,7 @@ async fn a_full_disk_delays_the_acknowledgements_and_loses_nothing() {
     let (broker, logs, addr) = start_broker_with(&state, "always", "info", "");
     let (mut publisher, _) = Raw::handshake(addr, "gate-1AB", true).await;
     // The disk is full for the writer's next three writes (each retried a second later).
-    let pid = std::borrow::Borrow::<std::process::Child>::borrow(&broker).id();
+    let pid = broker.0.id();
     let mut strace = inject(pid, "pwrite64", "error=ENOSPC:when=1..3");
     for n in 1..=100u16 {
         let topic = format!("gate/{n}/state");

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use rumqttc::{Event, Incoming, QoS};
 
 use common::child::{sighup, spawn, wait_line};
+use common::durable::BrokerProcess;
 use common::pki::Pki;
 use common::tls::{handshake, tls_client_with};
 
@@ -69,7 +70,9 @@ async fn sighup_serves_a_renewed_certificate_and_keeps_open_connections() {
     // keeps working; files that do not load leave the certificate in use (docs/security.md).
     let (first, renewed) = (Pki::new("1AB.ENTER.DETRD"), Pki::new("1AB.ENTER.DETRD"));
     let files = ServerFiles::of(&first);
-    let (mut child, logs) = spawn(&["-c", &files.config("[websocket]\ntls_port = 0\n")]);
+    let (child, logs) = spawn(&["-c", &files.config("[websocket]\ntls_port = 0\n")]);
+    // Killed when dropped, also when an assertion fails.
+    let child = BrokerProcess(child);
     let tls = address_after(&wait_line(&logs, "listening for TLS on "), "TLS on ");
     let wss = address_after(&wait_line(&logs, "WebSocket on wss://"), "wss://");
     let (open, mut open_events) = tls_client_with(tls, &first, "before-renewal", None, None)
@@ -78,7 +81,7 @@ async fn sighup_serves_a_renewed_certificate_and_keeps_open_connections() {
     assert_eq!(handshake(wss, &first).await, Ok(()));
 
     files.install(&renewed);
-    sighup(&child);
+    sighup(&child.0);
     wait_line(&logs, "TLS certificate and key reloaded");
     for addr in [tls, wss] {
         assert_eq!(handshake(addr, &renewed).await, Ok(()), "renewed on {addr}");
@@ -103,12 +106,10 @@ async fn sighup_serves_a_renewed_certificate_and_keeps_open_connections() {
 
     // A key file that does not load: a clear error naming it, and the renewed certificate stays.
     std::fs::write(files.path("server.key"), "not a key\n").expect("key broken");
-    sighup(&child);
+    sighup(&child.0);
     let error = wait_line(&logs, "TLS files not reloaded");
     assert!(error.contains("server.key"), "{error}");
     assert_eq!(handshake(tls, &renewed).await, Ok(()));
-    child.kill().expect("kill");
-    let _ = child.wait();
 }
 
 #[tokio::test]
@@ -124,7 +125,9 @@ async fn a_revoked_client_certificate_is_refused_after_a_sighup() {
         pki.dir.path().join("ca.pem").display().to_string(),
         crl.display().to_string()
     );
-    let (mut child, logs) = spawn(&["-c", &files.config(&more)]);
+    let (child, logs) = spawn(&["-c", &files.config(&more)]);
+    // Killed when dropped, also when an assertion fails.
+    let child = BrokerProcess(child);
     let addr = address_after(&wait_line(&logs, "listening for TLS on "), "TLS on ");
     let stolen = Some(&pki.stolen);
     assert!(tls_client_with(addr, &pki, "gate-9", stolen, None)
@@ -132,7 +135,7 @@ async fn a_revoked_client_certificate_is_refused_after_a_sighup() {
         .is_ok());
 
     std::fs::copy(pki.dir.path().join("crl-stolen.pem"), &crl).expect("CRL");
-    sighup(&child);
+    sighup(&child.0);
     wait_line(&logs, "TLS certificate and key reloaded");
     let refused = tls_client_with(addr, &pki, "gate-9", stolen, None)
         .await
@@ -143,8 +146,6 @@ async fn a_revoked_client_certificate_is_refused_after_a_sighup() {
     assert!(tls_client_with(addr, &pki, "gate-1", good, None)
         .await
         .is_ok());
-    child.kill().expect("kill");
-    let _ = child.wait();
 }
 
 #[tokio::test]
@@ -156,7 +157,9 @@ async fn the_server_certificates_expiry_is_logged_and_in_the_metrics() {
         Pki::with_server_days("1AB.ENTER.DETRD", 90),
     );
     let files = ServerFiles::of(&expiring);
-    let (mut child, logs) = spawn(&["-c", &files.config("")]);
+    let (child, logs) = spawn(&["-c", &files.config("")]);
+    // Killed when dropped, also when an assertion fails.
+    let child = BrokerProcess(child);
     let warning = wait_line(&logs, "the TLS server certificate expires soon");
     assert!(warning.contains("WARN"), "{warning}");
     let not_after = format!("not_after={}", expiring.server_not_after);
@@ -173,12 +176,10 @@ async fn the_server_certificates_expiry_is_logged_and_in_the_metrics() {
     assert_eq!(expiry().await, expiring.server_not_after);
 
     files.install(&renewed);
-    sighup(&child);
+    sighup(&child.0);
     let line = wait_line(&logs, "reloaded: TLS server certificate");
     assert!(line.contains("INFO"), "{line}");
     let not_after = format!("not_after={}", renewed.server_not_after);
     assert!(line.contains(&not_after), "{line}");
     assert_eq!(expiry().await, renewed.server_not_after);
-    child.kill().expect("kill");
-    let _ = child.wait();
 }

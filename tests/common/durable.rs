@@ -13,7 +13,7 @@ use super::{packets, Raw};
 
 /// A broker process that is killed (SIGKILL) and reaped when dropped: a test that fails before
 /// its [`kill_9`] does not leave it running.
-pub struct BrokerProcess(Child);
+pub struct BrokerProcess(pub Child);
 
 impl std::borrow::Borrow<Child> for BrokerProcess {
     fn borrow(&self) -> &Child {
