@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # A reconnect storm over TLS, as a fleet makes after a network outage or a broker restart:
-# CONNECT, CONNACK, DISCONNECT, close, 20 connections at a time, each a full TLS 1.3 handshake
-# (no resumption) with an ECDSA P-256 certificate, against Switchboard's TLS listener and
-# Mosquitto's, alternating the order per run; the same storm over plain TCP beside it. Prints the
-# medians: connections/s and broker CPU per connection.
+# CONNECT, CONNACK, DISCONNECT, close, 20 connections at a time, over TLS 1.3 with an ECDSA
+# P-256 certificate, against Switchboard's TLS listener and Mosquitto's, alternating the order
+# per run. Three storms each: full handshakes (`tls`: as after a broker restart, no session to
+# resume), resumed sessions (`tls-resumed`: as after a network outage), and plain TCP beside
+# them. Prints the medians: connections/s and broker CPU per connection.
 #
 #   RUNS=3 DURATION=4 benches/tls_storm.sh
 #
@@ -67,12 +68,12 @@ for run_no in $(seq "$RUNS"); do
     fi
     wait_for_port "$tls" || { echo "$broker did not open port $tls" >&2; exit 1; }
     echo "run $run_no: $broker" >&2
-    for transport in tcp tls; do
-      if [ "$transport" = tls ]; then
-        port=$tls extra=(--tls-ca "$work/ca.pem")
-      else
-        port=$plain extra=()
-      fi
+    for transport in tcp tls tls-resumed; do
+      case $transport in
+        tls) port=$tls extra=(--tls-ca "$work/ca.pem") ;;
+        tls-resumed) port=$tls extra=(--tls-ca "$work/ca.pem" --tls-resume) ;;
+        *) port=$plain extra=() ;;
+      esac
       "$LOAD" --addr "127.0.0.1:$port" --broker-pid "$pid" --label "$broker-$transport" --quiet \
         --scenario connect-storm --concurrency "$CONCURRENCY" --duration "$DURATION" \
         "${extra[@]}" --out "$OUT" >/dev/null

@@ -9,7 +9,9 @@ use rumqttc::{AsyncClient, Event, Incoming, QoS};
 use switchboard::BackgroundBroker;
 
 use common::pki::Pki;
-use common::tls::{handshake_with_versions, may_subscribe, tls_client_with};
+use common::tls::{
+    client_config, handshake_with_versions, may_subscribe, mqtt_over_tls, tls_client_with,
+};
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files.
 fn pki() -> Pki {
@@ -372,4 +374,29 @@ async fn the_connect_interceptor_sees_the_certificates_name_as_the_user_name() {
     assert!(refused.contains("NotAuthorized"), "{refused}");
     let (username, _) = asked.recv_timeout(common::WAIT).expect("asked");
     assert_eq!(username.as_deref(), Some("stolen-gate"));
+}
+
+#[tokio::test]
+async fn a_device_resumes_its_tls_session_after_hundreds_of_others() {
+    // Session tickets: a device that reconnects resumes its session (no new certificate
+    // signature in TLS 1.3, no key exchange in TLS 1.2), even after more devices than a
+    // server-side session cache holds (256) connected in between, as in a fleet.
+    use tokio_rustls::rustls::version::{TLS12, TLS13};
+    use tokio_rustls::rustls::HandshakeKind;
+    let pki = pki();
+    let broker = tls_broker(&pki, false);
+    let addr = broker.tls_local_addr().expect("TLS listener");
+    for version in [&TLS13, &TLS12] {
+        let device = client_config(&pki, version, true);
+        assert_eq!(
+            mqtt_over_tls(addr, &device, "gate").await,
+            HandshakeKind::Full
+        );
+        let others = client_config(&pki, version, false);
+        for n in 0..300 {
+            mqtt_over_tls(addr, &others, &format!("other-{n}")).await;
+        }
+        let again = mqtt_over_tls(addr, &device, "gate").await;
+        assert_eq!(again, HandshakeKind::Resumed, "{version:?}");
+    }
 }

@@ -102,6 +102,11 @@ pub struct Args {
     /// certificates in this PEM file.
     #[arg(long, value_name = "CA_FILE")]
     pub tls_ca: Option<PathBuf>,
+    /// With `--tls-ca`: resume earlier TLS sessions (as devices reconnecting after a network
+    /// outage do); without it every connection makes a full handshake (as after a broker
+    /// restart).
+    #[arg(long)]
+    pub tls_resume: bool,
     /// Subscribers keep a persistent session (clean session 0): with `[persistence]`, their
     /// QoS 1/2 messages are kept on disk.
     #[arg(long)]

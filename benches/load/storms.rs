@@ -150,8 +150,11 @@ pub async fn retained(
 }
 
 /// TLS 1.3 to the broker, trusting the CA certificates of `ca_file` (PEM), for `localhost`,
-/// without resuming sessions.
-fn tls_connector(ca_file: &std::path::Path) -> Result<tokio_rustls::TlsConnector, String> {
+/// resuming earlier sessions if `resume`.
+fn tls_connector(
+    ca_file: &std::path::Path,
+    resume: bool,
+) -> Result<tokio_rustls::TlsConnector, String> {
     use tokio_rustls::rustls::{version, ClientConfig, RootCertStore};
     let mut roots = RootCertStore::empty();
     let certificates =
@@ -165,8 +168,10 @@ fn tls_connector(ca_file: &std::path::Path) -> Result<tokio_rustls::TlsConnector
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    // Full handshakes, as after a broker restart, when no earlier session can be resumed.
-    config.resumption = tokio_rustls::rustls::client::Resumption::disabled();
+    if !resume {
+        // Full handshakes, as after a broker restart, when no earlier session can be resumed.
+        config.resumption = tokio_rustls::rustls::client::Resumption::disabled();
+    }
     Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
         config,
     )))
@@ -207,7 +212,11 @@ pub async fn connect_storm(
     addr: SocketAddr,
     pid: Option<u32>,
 ) -> Result<StormResult, String> {
-    let tls = args.tls_ca.as_deref().map(tls_connector).transpose()?;
+    let tls = args
+        .tls_ca
+        .as_deref()
+        .map(|ca| tls_connector(ca, args.tls_resume))
+        .transpose()?;
     let tls = Rc::new(tls);
     let cpu = crate::procstat::CpuClock::start(pid);
     let started = Instant::now();

@@ -97,3 +97,56 @@ pub async fn may_subscribe(
         }
     }
 }
+
+/// A TLS client configuration trusting `pki`'s CA, offering only `version`, with or without
+/// resuming sessions.
+pub fn client_config(
+    pki: &Pki,
+    version: &'static tokio_rustls::rustls::SupportedProtocolVersion,
+    resume: bool,
+) -> Arc<tokio_rustls::rustls::ClientConfig> {
+    use tokio_rustls::rustls::client::Resumption;
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+    let mut roots = RootCertStore::empty();
+    let ca = pki.dir.path().join("ca.pem");
+    for cert in switchboard_actors::transport::certificates(&ca).expect("CA") {
+        roots.add(cert).expect("CA added");
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    if !resume {
+        config.resumption = Resumption::disabled();
+    }
+    Arc::new(config)
+}
+
+/// Connects over TLS with `config` (for `localhost`), sends CONNECT and reads the CONNACK (by
+/// which time a TLS 1.3 server's session tickets have arrived); returns how the handshake went.
+pub async fn mqtt_over_tls(
+    addr: SocketAddr,
+    config: &Arc<tokio_rustls::rustls::ClientConfig>,
+    id: &str,
+) -> tokio_rustls::rustls::HandshakeKind {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("TCP");
+    let name = "localhost".try_into().expect("server name");
+    let mut tls = tokio::time::timeout(super::WAIT, connector.connect(name, tcp))
+        .await
+        .expect("handshake in time")
+        .expect("handshake");
+    tls.write_all(&super::packets::connect(id, true, 60))
+        .await
+        .expect("CONNECT");
+    let mut connack = [0u8; 4];
+    tokio::time::timeout(super::WAIT, tls.read_exact(&mut connack))
+        .await
+        .expect("CONNACK in time")
+        .expect("CONNACK");
+    assert_eq!(connack[0], 0x20, "CONNACK");
+    tls.get_ref().1.handshake_kind().expect("handshake done")
+}
