@@ -6,11 +6,12 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use thiserror::Error;
+use tokio_rustls::rustls::crypto::ring::Ticketer;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{
     CertificateDer, CertificateRevocationListDer, PrivateKeyDer,
 };
-use tokio_rustls::rustls::server::{ProducesTickets, WebPkiClientVerifier};
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{version, RootCertStore, ServerConfig, SupportedProtocolVersion};
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
@@ -146,27 +147,18 @@ pub struct ServerTls {
     files: TlsConfig,
     /// What new handshakes use.
     current: RwLock<Current>,
-    /// Session tickets: a client that reconnects resumes its session without a new certificate
-    /// signature (TLS 1.3) or key exchange (TLS 1.2), however many clients there are (a
-    /// server-side session cache holds 256). Its keys are random and rotate every 6 hours; kept
-    /// across reloads, so that a renewed certificate does not cost every device a full
-    /// handshake.
-    ticketer: Arc<dyn ProducesTickets>,
 }
 
 impl ServerTls {
     /// Reads `[tls]`'s files (which must include `cert_file` and `key_file`).
     pub fn load(files: &TlsConfig) -> Result<ServerTls, TlsError> {
-        let ticketer = tokio_rustls::rustls::crypto::ring::Ticketer::new()
-            .map_err(|e| TlsError::Rustls(e.to_string()))?;
-        let current = server_config(files, &ticketer)?;
+        let current = server_config(files)?;
         if let Some(certificate) = &current.certificate {
             certificate.log("loaded");
         }
         Ok(ServerTls {
             current: RwLock::new(current),
             files: files.clone(),
-            ticketer,
         })
     }
 
@@ -193,7 +185,7 @@ impl ServerTls {
     /// Reads the certificate, key, client CA and revocation list files again, from the same
     /// paths, and uses them for the handshakes that follow. On an error nothing changes: the certificate in use stays.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let fresh = server_config(&self.files, &self.ticketer)?;
+        let fresh = server_config(&self.files)?;
         if let Some(certificate) = &fresh.certificate {
             certificate.log("reloaded");
         }
@@ -203,10 +195,7 @@ impl ServerTls {
 }
 
 /// Builds the rustls configuration for `[tls]` (which must have `cert_file` and `key_file`).
-fn server_config(
-    config: &TlsConfig,
-    ticketer: &Arc<dyn ProducesTickets>,
-) -> Result<Current, TlsError> {
+fn server_config(config: &TlsConfig) -> Result<Current, TlsError> {
     let (Some(cert_file), Some(key_file)) = (&config.cert_file, &config.key_file) else {
         return Err(TlsError::Missing(
             "tls.cert_file and tls.key_file are required".into(),
@@ -251,7 +240,12 @@ fn server_config(
     let mut server = builder
         .with_single_cert(chain, private_key(key_file)?)
         .map_err(|e| TlsError::Rustls(e.to_string()))?;
-    server.ticketer = Arc::clone(ticketer);
+    // Session tickets: a client that reconnects resumes its session without a new certificate
+    // signature (TLS 1.3) or key exchange (TLS 1.2), however many clients there are (rustls's
+    // server-side session cache holds 256). Random keys, rotated every 6 hours, and new ones
+    // with every reload: a resumed session skips the certificate checks, so after a SIGHUP that
+    // brought a revocation list (or a new CA) every client makes a full handshake again.
+    server.ticketer = Ticketer::new().map_err(|e| TlsError::Rustls(e.to_string()))?;
     Ok(Current {
         config: Arc::new(server),
         certificate,

@@ -10,7 +10,8 @@ use switchboard::BackgroundBroker;
 
 use common::pki::Pki;
 use common::tls::{
-    client_config, handshake_with_versions, may_subscribe, mqtt_over_tls, tls_client_with,
+    client_config, client_config_with, handshake_with_versions, may_subscribe, mqtt_over_tls,
+    tls_client_with,
 };
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files.
@@ -396,6 +397,33 @@ async fn a_device_resumes_its_tls_session_after_hundreds_of_others() {
         for n in 0..300 {
             mqtt_over_tls(addr, &others, &format!("other-{n}")).await;
         }
+        let again = mqtt_over_tls(addr, &device, "gate").await;
+        assert_eq!(again, HandshakeKind::Resumed, "{version:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_resumed_session_keeps_the_certificates_identity() {
+    // tls.use_identity_as_username: a device that resumes its session presents no certificate
+    // again; the one from its first handshake, kept in the ticket, still names it.
+    use tokio_rustls::rustls::version::{TLS12, TLS13};
+    use tokio_rustls::rustls::HandshakeKind;
+    let pki = pki();
+    let broker = common::broker_with(|c| {
+        c.tls.port = Some(0);
+        c.tls.cert_file = Some(pki.dir.path().join("server.pem"));
+        c.tls.key_file = Some(pki.dir.path().join("server.key"));
+        c.tls.client_ca_file = Some(pki.dir.path().join("ca.pem"));
+        c.tls.use_identity_as_username = true;
+    });
+    let addr = broker.tls_local_addr().expect("TLS listener");
+    for version in [&TLS13, &TLS12] {
+        let device = client_config_with(&pki, version, true, Some(&pki.client));
+        assert_eq!(
+            mqtt_over_tls(addr, &device, "gate").await,
+            HandshakeKind::Full
+        );
+        // Accepted (CONNACK 0) with the name: a session without it would be refused.
         let again = mqtt_over_tls(addr, &device, "gate").await;
         assert_eq!(again, HandshakeKind::Resumed, "{version:?}");
     }

@@ -11,7 +11,11 @@ use rumqttc::{Event, Incoming, QoS};
 use common::child::{sighup, spawn, wait_line};
 use common::durable::BrokerProcess;
 use common::pki::Pki;
-use common::tls::{handshake, tls_client_with};
+use common::tls::{
+    client_config_with, handshake, mqtt_over_tls, mqtt_over_tls_result, tls_client_with,
+};
+use tokio_rustls::rustls::version::TLS13;
+use tokio_rustls::rustls::HandshakeKind;
 
 /// The server certificate and key a broker is configured with, in a directory of their own so
 /// that a test can replace them as a renewal does.
@@ -133,6 +137,12 @@ async fn a_revoked_client_certificate_is_refused_after_a_sighup() {
     assert!(tls_client_with(addr, &pki, "gate-9", stolen, None)
         .await
         .is_ok());
+    // The same device with a client that resumes sessions: its second connection resumes.
+    let resuming = client_config_with(&pki, &TLS13, true, stolen);
+    let first = mqtt_over_tls(addr, &resuming, "gate-9").await;
+    assert_eq!(first, HandshakeKind::Full);
+    let second = mqtt_over_tls(addr, &resuming, "gate-9").await;
+    assert_eq!(second, HandshakeKind::Resumed);
 
     std::fs::copy(pki.dir.path().join("crl-stolen.pem"), &crl).expect("CRL");
     sighup(&child.0);
@@ -142,6 +152,10 @@ async fn a_revoked_client_certificate_is_refused_after_a_sighup() {
         .err()
         .expect("the revoked certificate is refused");
     assert!(refused.contains("Revoked"), "{refused}");
+    // Nor can it resume a session from before the revocation: a reload brings new ticket keys,
+    // and the full handshake it falls back to checks the list.
+    let resumed = mqtt_over_tls_result(addr, &resuming, "gate-9").await;
+    assert!(resumed.is_err(), "{resumed:?}");
     let good = Some(&pki.client);
     assert!(tls_client_with(addr, &pki, "gate-1", good, None)
         .await

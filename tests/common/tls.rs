@@ -99,11 +99,21 @@ pub async fn may_subscribe(
 }
 
 /// A TLS client configuration trusting `pki`'s CA, offering only `version`, with or without
-/// resuming sessions.
+/// resuming sessions, without a client certificate.
 pub fn client_config(
     pki: &Pki,
     version: &'static tokio_rustls::rustls::SupportedProtocolVersion,
     resume: bool,
+) -> Arc<tokio_rustls::rustls::ClientConfig> {
+    client_config_with(pki, version, resume, None)
+}
+
+/// [`client_config`] presenting this client certificate and key (PEM), if any.
+pub fn client_config_with(
+    pki: &Pki,
+    version: &'static tokio_rustls::rustls::SupportedProtocolVersion,
+    resume: bool,
+    cert: Option<&(String, String)>,
 ) -> Arc<tokio_rustls::rustls::ClientConfig> {
     use tokio_rustls::rustls::client::Resumption;
     use tokio_rustls::rustls::{ClientConfig, RootCertStore};
@@ -113,11 +123,24 @@ pub fn client_config(
         roots.add(cert).expect("CA added");
     }
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider)
+    let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[version])
         .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut config = match cert {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            use tokio_rustls::rustls::pki_types::pem::PemObject;
+            use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+            let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .expect("client certificate");
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("client key");
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client auth")
+        }
+    };
     if !resume {
         config.resumption = Resumption::disabled();
     }
@@ -131,6 +154,28 @@ pub async fn mqtt_over_tls(
     config: &Arc<tokio_rustls::rustls::ClientConfig>,
     id: &str,
 ) -> tokio_rustls::rustls::HandshakeKind {
+    let (kind, code) = mqtt_over_tls_answered(addr, config, id).await;
+    assert_eq!(code, 0, "CONNACK return code");
+    kind
+}
+
+/// [`mqtt_over_tls`], returning the CONNACK's return code too.
+pub async fn mqtt_over_tls_answered(
+    addr: SocketAddr,
+    config: &Arc<tokio_rustls::rustls::ClientConfig>,
+    id: &str,
+) -> (tokio_rustls::rustls::HandshakeKind, u8) {
+    mqtt_over_tls_result(addr, config, id)
+        .await
+        .expect("TLS and CONNACK")
+}
+
+/// [`mqtt_over_tls_answered`], with the TLS or read error (a refused handshake) as an `Err`.
+pub async fn mqtt_over_tls_result(
+    addr: SocketAddr,
+    config: &Arc<tokio_rustls::rustls::ClientConfig>,
+    id: &str,
+) -> Result<(tokio_rustls::rustls::HandshakeKind, u8), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("TCP");
@@ -138,15 +183,18 @@ pub async fn mqtt_over_tls(
     let mut tls = tokio::time::timeout(super::WAIT, connector.connect(name, tcp))
         .await
         .expect("handshake in time")
-        .expect("handshake");
+        .map_err(|e| e.to_string())?;
+    // TLS 1.3: the server checks a client certificate after the client has finished; a refusal
+    // comes as an alert on the first read.
     tls.write_all(&super::packets::connect(id, true, 60))
         .await
-        .expect("CONNECT");
+        .map_err(|e| e.to_string())?;
     let mut connack = [0u8; 4];
     tokio::time::timeout(super::WAIT, tls.read_exact(&mut connack))
         .await
-        .expect("CONNACK in time")
-        .expect("CONNACK");
+        .expect("CONNACK or an error in time")
+        .map_err(|e| e.to_string())?;
     assert_eq!(connack[0], 0x20, "CONNACK");
-    tls.get_ref().1.handshake_kind().expect("handshake done")
+    let kind = tls.get_ref().1.handshake_kind().expect("handshake done");
+    Ok((kind, connack[3]))
 }
