@@ -183,7 +183,8 @@ impl ServerTls {
     }
 
     /// Reads the certificate, key, client CA and revocation list files again, from the same
-    /// paths, and uses them for the handshakes that follow. On an error nothing changes: the certificate in use stays.
+    /// paths, and uses them (with new session ticket keys) for the handshakes that follow. On
+    /// an error nothing changes: the certificate in use stays.
     pub fn reload(&self) -> Result<(), TlsError> {
         let fresh = server_config(&self.files)?;
         if let Some(certificate) = &fresh.certificate {
