@@ -320,8 +320,7 @@ async fn both_exposition_formats_parse_with_their_types() {
     let pki = common::pki::Pki::new("metrics");
     let broker = broker_with(|c| {
         c.tls.port = Some(0);
-        c.tls.cert_file = Some(pki.dir.path().join("server.pem"));
-        c.tls.key_file = Some(pki.dir.path().join("server.key"));
+        pki.serve(&mut c.tls, false);
     });
     let http = broker.http_local_addr().expect("http on");
     let openmetrics = scrape_as(http, None, true).await;

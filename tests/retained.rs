@@ -201,6 +201,27 @@ async fn a_second_subscribe_is_acknowledged_after_the_retained_messages_of_the_f
     assert_eq!(seen[COUNT + 2..], ["other/x"]);
 }
 
+/// A new client `id` subscribes to `filters` (QoS 0 each); the retained messages it gets, as
+/// (topic, payload), sorted.
+async fn retained_on_subscribing(
+    addr: std::net::SocketAddr,
+    id: &str,
+    filters: &[(&str, u8)],
+) -> Vec<(String, Vec<u8>)> {
+    let (mut late, _) = Raw::handshake(addr, id, true).await;
+    let granted = vec![0; filters.len()];
+    late.subscribe(1, filters, &granted).await;
+    let mut got: Vec<(String, Vec<u8>)> = late
+        .sync()
+        .await
+        .iter()
+        .map(parse_publish)
+        .map(|p| (p.topic, p.payload))
+        .collect();
+    got.sort();
+    got
+}
+
 #[tokio::test]
 async fn a_retained_limit_refuses_new_topics_but_not_updates_or_clears() {
     // limits.max_retained_messages (off by default): at the limit, a retained message for a
@@ -232,21 +253,8 @@ async fn a_retained_limit_refuses_new_topics_but_not_updates_or_clears() {
     );
     assert_eq!(broker.metrics().snapshot().limits_hit, 1);
 
-    let retained_now = |id: &'static str| async move {
-        let (mut late, _) = Raw::handshake(addr, id, true).await;
-        late.subscribe(1, &[("gate/+/state", 0), ("$SYS/#", 0)], &[0, 0])
-            .await;
-        let mut got: Vec<(String, Vec<u8>)> = late
-            .sync()
-            .await
-            .iter()
-            .map(parse_publish)
-            .map(|p| (p.topic, p.payload))
-            .collect();
-        got.sort();
-        got
-    };
-    let got = retained_now("late-1").await;
+    let both = [("gate/+/state", 0), ("$SYS/#", 0)];
+    let got = retained_on_subscribing(addr, "late-1", &both).await;
     let gates: Vec<_> = got.iter().filter(|(t, _)| t.starts_with("gate/")).collect();
     assert_eq!(
         gates,
@@ -264,7 +272,7 @@ async fn a_retained_limit_refuses_new_topics_but_not_updates_or_clears() {
     publisher.send(&publish("gate/2/state", b"")).await;
     publisher.send(&publish("gate/3/state", b"open")).await;
     publisher.sync().await;
-    let got = retained_now("late-2").await;
+    let got = retained_on_subscribing(addr, "late-2", &both).await;
     let gates: Vec<_> = got.iter().filter(|(t, _)| t.starts_with("gate/")).collect();
     assert_eq!(
         gates,
@@ -317,16 +325,7 @@ async fn retained_messages_past_a_lowered_limit_are_kept_after_a_restart() {
         ))
         .await;
     publisher.sync().await;
-    let (mut late, _) = Raw::handshake(addr, "late", true).await;
-    late.subscribe(1, &[("gate/+/state", 0)], &[0]).await;
-    let mut got: Vec<(String, Vec<u8>)> = late
-        .sync()
-        .await
-        .iter()
-        .map(parse_publish)
-        .map(|p| (p.topic, p.payload))
-        .collect();
-    got.sort();
+    let got = retained_on_subscribing(addr, "late", &[("gate/+/state", 0)]).await;
     let expected = [
         ("gate/1/state", &b"open"[..]),
         ("gate/2/state", b"closed"),

@@ -22,11 +22,7 @@ fn pki() -> Pki {
 fn tls_broker(pki: &Pki, require_client_cert: bool) -> BackgroundBroker {
     common::broker_with(|c| {
         c.tls.port = Some(0);
-        c.tls.cert_file = Some(pki.dir.path().join("server.pem"));
-        c.tls.key_file = Some(pki.dir.path().join("server.key"));
-        if require_client_cert {
-            c.tls.client_ca_file = Some(pki.dir.path().join("ca.pem"));
-        }
+        pki.serve(&mut c.tls, require_client_cert);
     })
 }
 
@@ -192,9 +188,7 @@ async fn the_client_certificates_common_name_is_its_user_name() {
     std::fs::write(&acl, rules).expect("acl");
     let broker = common::broker_with(|c| {
         c.tls.port = Some(0);
-        c.tls.cert_file = Some(pki.dir.path().join("server.pem"));
-        c.tls.key_file = Some(pki.dir.path().join("server.key"));
-        c.tls.client_ca_file = Some(pki.dir.path().join("ca.pem"));
+        pki.serve(&mut c.tls, true);
         c.tls.use_identity_as_username = true;
         c.auth.password_file = Some(passwords.clone());
         c.auth.acl_file = Some(acl.clone());
@@ -282,8 +276,7 @@ async fn tls_1_2_can_be_refused() {
     let pki = pki();
     let broker = common::broker_with(|c| {
         c.tls.port = Some(0);
-        c.tls.cert_file = Some(pki.dir.path().join("server.pem"));
-        c.tls.key_file = Some(pki.dir.path().join("server.key"));
+        pki.serve(&mut c.tls, false);
         c.tls.min_version = switchboard::config::TlsVersion::Tls13;
     });
     let addr = broker.tls_local_addr().expect("TLS listener");
@@ -349,9 +342,7 @@ async fn the_connect_interceptor_sees_the_certificates_name_as_the_user_name() {
     let (asked_tx, asked) = std::sync::mpsc::channel();
     let mut config = common::test_config();
     config.tls.port = Some(0);
-    config.tls.cert_file = Some(pki.dir.path().join("server.pem"));
-    config.tls.key_file = Some(pki.dir.path().join("server.key"));
-    config.tls.client_ca_file = Some(pki.dir.path().join("ca.pem"));
+    pki.serve(&mut config.tls, true);
     config.tls.use_identity_as_username = true;
     let broker = BackgroundBroker::start_with(config, move |broker| {
         let policy = CertifiedGatesOnly(asked_tx).start();
@@ -411,9 +402,7 @@ async fn a_resumed_session_keeps_the_certificates_identity() {
     let pki = pki();
     let broker = common::broker_with(|c| {
         c.tls.port = Some(0);
-        c.tls.cert_file = Some(pki.dir.path().join("server.pem"));
-        c.tls.key_file = Some(pki.dir.path().join("server.key"));
-        c.tls.client_ca_file = Some(pki.dir.path().join("ca.pem"));
+        pki.serve(&mut c.tls, true);
         c.tls.use_identity_as_username = true;
     });
     let addr = broker.tls_local_addr().expect("TLS listener");

@@ -362,8 +362,7 @@ async fn mqttjs_over_wss() {
     let pki = common::pki::Pki::new("ws-client");
     let broker = broker_with(|c| {
         c.websocket.tls_port = Some(0);
-        c.tls.cert_file = Some(pki.dir.path().join("server.pem"));
-        c.tls.key_file = Some(pki.dir.path().join("server.key"));
+        pki.serve(&mut c.tls, false);
     });
     let wss = broker.websocket_tls_local_addr().expect("wss listener");
     let url = format!("wss://localhost:{}/mqtt", wss.port());
@@ -399,9 +398,7 @@ async fn mqttjs_over_wss_with_its_certificate_as_its_identity() {
     std::fs::write(&acl, "pattern readwrite secure/%u/#\n").expect("acl");
     let broker = broker_with(|c| {
         c.websocket.tls_port = Some(0);
-        c.tls.cert_file = Some(pki.dir.path().join("server.pem"));
-        c.tls.key_file = Some(pki.dir.path().join("server.key"));
-        c.tls.client_ca_file = Some(pki.dir.path().join("ca.pem"));
+        pki.serve(&mut c.tls, true);
         c.tls.use_identity_as_username = true;
         c.auth.acl_file = Some(acl.clone());
     });

@@ -71,6 +71,16 @@ fn revocation_list(revoked: &[u64], ca: &rcgen::Certificate, ca_key: &KeyPair) -
 }
 
 impl Pki {
+    /// Makes `tls` serve this PKI's server certificate, and ask clients for a certificate
+    /// signed by its CA if `client_certificates`; the TLS port itself is left to the caller.
+    pub fn serve(&self, tls: &mut switchboard::config::TlsConfig, client_certificates: bool) {
+        tls.cert_file = Some(self.dir.path().join("server.pem"));
+        tls.key_file = Some(self.dir.path().join("server.key"));
+        if client_certificates {
+            tls.client_ca_file = Some(self.dir.path().join("ca.pem"));
+        }
+    }
+
     /// A CA, a server certificate for `localhost` and 127.0.0.1 and a client certificate (for
     /// `client_cn`), written as PEM files.
     pub fn new(client_cn: &str) -> Pki {
