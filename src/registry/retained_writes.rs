@@ -96,7 +96,7 @@ impl Registry {
     /// Clears `topic`'s retained message (an empty retained PUBLISH, or its expiry).
     pub(super) fn remove_retained(&mut self, topic: &str) {
         if self.retained.remove(topic).is_some() && !reserved_for_broker(topic) {
-            self.retained_limit.stored -= 1;
+            self.retained_limit.stored = self.retained_limit.stored.saturating_sub(1);
         }
         self.persist(Record::RetainClear(topic.to_string()));
     }
