@@ -29,6 +29,7 @@
 //! | [`persistence`] | durable state: the log of changes, its writer thread, recovery at start |
 //! | [`metrics`], [`traffic`], [`drops`] | counters (traffic per worker thread); messages dropped for slow clients, with rate-limited warnings |
 //! | `logging` | the `tracing` set-up of the binary and the examples |
+//! | `log_gate` | at most one log line per interval about an event that comes in floods |
 
 #![warn(missing_docs)]
 
@@ -42,6 +43,7 @@ pub mod fd_limit;
 pub mod hooks;
 pub mod http;
 mod listener;
+mod log_gate;
 mod logging;
 pub mod memory_trim;
 pub mod metrics;

@@ -17,6 +17,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::log_gate::LogGate;
 use crate::session::{Session, SessionShared};
 
 /// Connections waiting in a listener's accept queue; the kernel caps it at
@@ -28,8 +29,8 @@ pub(crate) struct ConnectionRate {
     rate: f64,
     include_loopback: bool,
     buckets: HashMap<IpAddr, (f64, Instant)>,
-    refused_since_log: u64,
-    last_log: Option<Instant>,
+    /// Refusals, logged at most once a second.
+    refusals: LogGate,
 }
 
 impl ConnectionRate {
@@ -40,8 +41,7 @@ impl ConnectionRate {
             rate: f64::from(rate),
             include_loopback,
             buckets: HashMap::new(),
-            refused_since_log: 0,
-            last_log: None,
+            refusals: LogGate::new(Duration::from_secs(1)),
         }
     }
 
@@ -69,14 +69,8 @@ impl ConnectionRate {
 
     /// Logs refusals at most once a second, with their count.
     fn refused(&mut self, ip: IpAddr, now: Instant) {
-        self.refused_since_log += 1;
-        if self
-            .last_log
-            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
-        {
-            warn!(addr = %ip, refused = self.refused_since_log, rate = self.rate, "connection refused: over the per-address connection rate");
-            self.refused_since_log = 0;
-            self.last_log = Some(now);
+        if let Some(refused) = self.refusals.event(now) {
+            warn!(addr = %ip, refused, rate = self.rate, "connection refused: over the per-address connection rate");
         }
     }
 }
@@ -84,41 +78,35 @@ impl ConnectionRate {
 /// How long the accept loop waits after a failed accept before it tries again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Failed accepts since the last log line about them.
-#[derive(Default)]
-struct AcceptFailures {
-    since_log: u64,
-    last_log: Option<Instant>,
+/// Failed accepts, logged at most once a second with how many failed since the last line.
+struct AcceptFailures(LogGate);
+
+impl Default for AcceptFailures {
+    fn default() -> Self {
+        AcceptFailures(LogGate::new(Duration::from_secs(1)))
+    }
 }
 
 impl AcceptFailures {
     fn failed(&mut self, error: &std::io::Error) {
-        self.since_log += 1;
-        let now = Instant::now();
-        if self
-            .last_log
-            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
-        {
+        let Some(failed_accepts) = self.0.event(Instant::now()) else {
             return;
-        }
+        };
         if crate::fd_limit::is_out_of_descriptors(error) {
             warn!(
                 error = %error,
-                failed_accepts = self.since_log,
+                failed_accepts,
                 "cannot accept: out of file descriptors; new connections wait in the listen \
                  backlog until some close (raise the hard RLIMIT_NOFILE for more)"
             );
         } else {
-            warn!(error = %error, failed_accepts = self.since_log, "accept failed");
+            warn!(error = %error, failed_accepts, "accept failed");
         }
-        self.since_log = 0;
-        self.last_log = Some(now);
     }
 
     fn recovered(&mut self) {
-        if self.last_log.take().is_some() {
+        if self.0.reset() {
             info!("accepting connections again");
-            self.since_log = 0;
         }
     }
 }
@@ -271,11 +259,10 @@ fn admitted(shared: &AcceptShared, ip: IpAddr) -> bool {
 /// and WebSocket handshakes (both within the CONNECT deadline).
 fn start_session(stream: TcpStream, peer: SocketAddr, shared: &AcceptShared) {
     let sessions = shared.sessions.clone();
-    let tls = shared.tls.as_ref().map(|tls| tls.acceptor());
-    let identity_as_username = shared
-        .tls
-        .as_ref()
-        .is_some_and(|t| t.identity_as_username());
+    let (tls, identity_as_username) = match &shared.tls {
+        Some(tls) => (Some(tls.acceptor()), tls.identity_as_username()),
+        None => (None, false),
+    };
     let websocket = shared.websocket.clone();
     if tls.is_none() && websocket.is_none() {
         Session::start(stream, peer, sessions);

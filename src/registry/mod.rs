@@ -215,7 +215,6 @@ impl Registry {
         self.persist(record);
     }
 
-    /// Removes the retained message of `topic`, durably too.
     fn client(&mut self, key: ClientKey) -> Option<&mut Client> {
         client_in(&mut self.clients, key)
     }

@@ -13,6 +13,7 @@ use tracing::warn;
 
 use super::{client_in, ClientKey, Registry};
 use crate::drops::WARNING_INTERVAL;
+use crate::log_gate::LogGate;
 use crate::message::Message;
 use crate::persistence::Record;
 use crate::topic::reserved_for_broker;
@@ -24,9 +25,8 @@ pub(super) struct RetainedLimit {
     max: usize,
     /// Topics with a retained message now, the broker's own not counted.
     stored: usize,
-    /// Refusals since the last warning.
-    refused: u64,
-    last_warning: Option<Instant>,
+    /// Refusals, warned of at most once per [`WARNING_INTERVAL`].
+    refusals: LogGate,
 }
 
 impl RetainedLimit {
@@ -35,8 +35,7 @@ impl RetainedLimit {
         RetainedLimit {
             max,
             stored: 0,
-            refused: 0,
-            last_warning: None,
+            refusals: LogGate::new(WARNING_INTERVAL),
         }
     }
 
@@ -47,13 +46,11 @@ impl RetainedLimit {
 
 impl Registry {
     /// Stores `message` (retained, with a payload) as its topic's retained message, unless that
-    /// topic has none and the limit is reached; `from` published it. Returns whether it was
-    /// stored.
-    pub(super) fn set_retained(&mut self, message: &Arc<Message>, from: Option<ClientKey>) -> bool {
+    /// topic has none and the limit is reached; `from` published it.
+    pub(super) fn set_retained(&mut self, message: &Arc<Message>, from: Option<ClientKey>) {
         let own = reserved_for_broker(&message.topic);
         if !own && self.retained_limit.full() && !self.retained.contains(&message.topic) {
-            self.refuse_retained(&message.topic, from);
-            return false;
+            return self.refuse_retained(&message.topic, from);
         }
         if self
             .retained
@@ -67,7 +64,6 @@ impl Registry {
         if !own {
             self.persist(Record::RetainSet(message.clone()));
         }
-        true
     }
 
     /// Stores a retained message read back from disk at start: all of them, even past a limit
@@ -105,18 +101,10 @@ impl Registry {
     /// [`WARNING_INTERVAL`], with how many since the last warning.
     fn refuse_retained(&mut self, topic: &str, from: Option<ClientKey>) {
         self.metrics.add_limits_hit(1);
-        let limit = &mut self.retained_limit;
-        limit.refused += 1;
-        let now = Instant::now();
-        if limit
-            .last_warning
-            .is_some_and(|at| now.duration_since(at) < WARNING_INTERVAL)
-        {
+        let Some(refused) = self.retained_limit.refusals.event(Instant::now()) else {
             return;
-        }
-        let (refused, max) = (limit.refused, limit.max);
-        limit.refused = 0;
-        limit.last_warning = Some(now);
+        };
+        let max = self.retained_limit.max;
         let client_id = from
             .and_then(|key| client_in(&mut self.clients, key))
             .map(|client| client.id.to_string())
