@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::child::{listening_addr, spawn_command, wait_line, BIN};
-use common::durable::{kill_9, start_broker_with};
+use common::durable::{kill_9, start_broker_with, write_config};
 use common::{packets, strace_available, Raw};
 
 /// Messages published, and the payload of each: 48 MiB in all, three times what the writer may
@@ -66,15 +66,7 @@ async fn a_slow_disk_holds_the_publisher_back_and_loses_nothing() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
-    let config = dir.path().join("switchboard.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[persistence]\ndir = {:?}\nfsync = \"always\"\n{QUEUE_ROOM}",
-            state.display().to_string()
-        ),
-    )
-    .expect("config");
+    let config = write_config(&state, "always", QUEUE_ROOM);
     let mut command = Command::new("strace");
     command
         .args(["-f", "--seccomp-bpf", "-qq", "-o", "/dev/null"])

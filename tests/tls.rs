@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
 use rumqttc::{AsyncClient, Event, Incoming, QoS};
 use switchboard::BackgroundBroker;
 
@@ -34,16 +32,6 @@ async fn tls_client(
     client_cert: bool,
 ) -> Result<(AsyncClient, rumqttc::EventLoop), String> {
     let addr = broker.tls_local_addr().expect("TLS listener");
-    tls_client_at(addr, pki, id, client_cert).await
-}
-
-/// [`tls_client`] to the TLS listener at `addr`, trusting `pki`'s CA.
-pub async fn tls_client_at(
-    addr: SocketAddr,
-    pki: &Pki,
-    id: &str,
-    client_cert: bool,
-) -> Result<(AsyncClient, rumqttc::EventLoop), String> {
     let cert = client_cert.then_some(&pki.client);
     tls_client_with(addr, pki, id, cert, None).await
 }
@@ -407,7 +395,7 @@ async fn a_resumed_session_keeps_the_certificates_identity() {
     });
     let addr = broker.tls_local_addr().expect("TLS listener");
     for version in [&TLS13, &TLS12] {
-        let device = client_config_with(&pki, version, true, Some(&pki.client));
+        let device = client_config_with(&pki, &[version], true, Some(&pki.client));
         assert_eq!(
             mqtt_over_tls(addr, &device, "gate").await,
             HandshakeKind::Full

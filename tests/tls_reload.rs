@@ -138,7 +138,7 @@ async fn a_revoked_client_certificate_is_refused_after_a_sighup() {
         .await
         .is_ok());
     // The same device with a client that resumes sessions: its second connection resumes.
-    let resuming = client_config_with(&pki, &TLS13, true, stolen);
+    let resuming = client_config_with(&pki, &[&TLS13], true, stolen);
     let first = mqtt_over_tls(addr, &resuming, "gate-9").await;
     assert_eq!(first, HandshakeKind::Full);
     let second = mqtt_over_tls(addr, &resuming, "gate-9").await;

@@ -59,6 +59,19 @@ pub fn start_broker_with(
     log: &str,
     more: &str,
 ) -> (BrokerProcess, Receiver<String>, std::net::SocketAddr) {
+    let config = write_config(dir, fsync, more);
+    let (child, logs) = spawn_with_log(&["--port", "0", "--config", &config], log);
+    let child = BrokerProcess(child);
+    // Start-up logs its progress: reading, then what was recovered, then listening.
+    wait_line(&logs, "reading persisted state");
+    wait_line(&logs, "persisted state recovered");
+    let addr = listening_addr(&wait_line(&logs, "switchboard listening on"));
+    (child, logs, addr)
+}
+
+/// Writes a config file beside `dir` that keeps the broker's state in `dir` with the `fsync`
+/// policy (synced every 200 ms with `interval`), `more` appended; returns its path.
+pub fn write_config(dir: &Path, fsync: &str, more: &str) -> String {
     let config = dir.with_extension("toml");
     std::fs::write(
         &config,
@@ -68,14 +81,7 @@ pub fn start_broker_with(
         ),
     )
     .expect("config written");
-    let config = config.display().to_string();
-    let (child, logs) = spawn_with_log(&["--port", "0", "--config", &config], log);
-    let child = BrokerProcess(child);
-    // Start-up logs its progress: reading, then what was recovered, then listening.
-    wait_line(&logs, "reading persisted state");
-    wait_line(&logs, "persisted state recovered");
-    let addr = listening_addr(&wait_line(&logs, "switchboard listening on"));
-    (child, logs, addr)
+    config.display().to_string()
 }
 
 /// Power loss keeps what was synced: cuts the log back to the last offset the writer reported

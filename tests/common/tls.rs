@@ -51,19 +51,8 @@ pub async fn handshake_with_versions(
     pki: &Pki,
     versions: &[&'static tokio_rustls::rustls::SupportedProtocolVersion],
 ) -> Result<(), String> {
-    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
-    let ca = pki.dir.path().join("ca.pem");
-    let mut roots = RootCertStore::empty();
-    for cert in switchboard_actors::transport::certificates(&ca).expect("CA") {
-        roots.add(cert).expect("CA added");
-    }
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(versions)
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let config = client_config_with(pki, versions, false, None);
+    let connector = tokio_rustls::TlsConnector::from(config);
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| e.to_string())?;
@@ -105,13 +94,14 @@ pub fn client_config(
     version: &'static tokio_rustls::rustls::SupportedProtocolVersion,
     resume: bool,
 ) -> Arc<tokio_rustls::rustls::ClientConfig> {
-    client_config_with(pki, version, resume, None)
+    client_config_with(pki, &[version], resume, None)
 }
 
-/// [`client_config`] presenting this client certificate and key (PEM), if any.
+/// A TLS client configuration trusting `pki`'s CA, offering `versions`, resuming sessions or
+/// not, presenting this client certificate and key (PEM), if any.
 pub fn client_config_with(
     pki: &Pki,
-    version: &'static tokio_rustls::rustls::SupportedProtocolVersion,
+    versions: &[&'static tokio_rustls::rustls::SupportedProtocolVersion],
     resume: bool,
     cert: Option<&(String, String)>,
 ) -> Arc<tokio_rustls::rustls::ClientConfig> {
@@ -124,7 +114,7 @@ pub fn client_config_with(
     }
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[version])
+        .with_protocol_versions(versions)
         .expect("versions")
         .with_root_certificates(roots);
     let mut config = match cert {
