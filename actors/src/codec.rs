@@ -290,12 +290,19 @@ pub fn write_connect_v5(out: &mut BytesMut, c: &Connect5<'_>) {
     out.put_slice(&body);
 }
 
-/// Writes an MQTT 5 SUBSCRIBE (section 3.8) of (filter, QoS) pairs, default options.
-///
-/// With `bridge`, every filter carries No Local and Retain As Published (section 3.8.3.1): the
-/// broker neither sends this client its own messages back nor clears RETAIN on what it forwards.
-pub fn write_subscribe_v5(out: &mut BytesMut, pid: u16, filters: &[(String, QoS)], bridge: bool) {
-    let options = if bridge { 0x04 | 0x08 } else { 0 };
+/// The subscription options byte of an MQTT 5 SUBSCRIBE (section 3.8.3.1), QoS aside: with
+/// `bridge`, No Local and Retain As Published (the broker neither sends this client its own
+/// messages back nor clears RETAIN on what it forwards); with `skip_retained`, Retain Handling 2
+/// (no retained messages when subscribing).
+pub fn subscription_options(bridge: bool, skip_retained: bool) -> u8 {
+    let bridge = if bridge { 0x04 | 0x08 } else { 0 };
+    let retain_handling = if skip_retained { 0x20 } else { 0 };
+    bridge | retain_handling
+}
+
+/// Writes an MQTT 5 SUBSCRIBE (section 3.8) of (filter, QoS) pairs, each with the subscription
+/// `options` of [`subscription_options`].
+pub fn write_subscribe_v5(out: &mut BytesMut, pid: u16, filters: &[(String, QoS)], options: u8) {
     let len = 3 + filters.iter().map(|(f, _)| 3 + f.len()).sum::<usize>();
     out.reserve(1 + var_int_len(len) + len);
     out.put_u8(0x82);
@@ -454,8 +461,13 @@ mod tests {
                 will: Some(("w", b"bye", QoS::AtLeastOnce, true)),
             },
         );
-        write_subscribe_v5(&mut out, 3, &[("a/+".to_string(), QoS::ExactlyOnce)], false);
-        write_subscribe_v5(&mut out, 4, &[("b/#".to_string(), QoS::AtLeastOnce)], true);
+        write_subscribe_v5(&mut out, 3, &[("a/+".to_string(), QoS::ExactlyOnce)], 0);
+        write_subscribe_v5(
+            &mut out,
+            4,
+            &[("b/#".to_string(), QoS::AtLeastOnce)],
+            subscription_options(true, false),
+        );
         let mut codec = switchboard_mqtt::codec::MqttCodec::new(1 << 20);
         let Ok(Some(switchboard_mqtt::codec::Packet::Connect(connect))) = codec.decode(&mut out)
         else {

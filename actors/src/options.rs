@@ -107,6 +107,10 @@ pub struct ConnectionOptions {
     /// forwards. MQTT 5 has no such bit: there every subscription carries No Local and Retain As
     /// Published instead, to the same effect. Default false.
     pub bridge: bool,
+    /// MQTT 5 only: every subscription asks for no retained messages when it is made (Retain
+    /// Handling 2, section 3.8.3.1). A cluster link uses it: the retained messages a node
+    /// already holds are not news to the other nodes. Default false.
+    pub skip_retained: bool,
     /// How to reach the broker: TCP (default), TLS, or a custom byte stream.
     pub transport: Transport,
     /// Acknowledge QoS 1/2 messages from the broker only when a listener says they are safe:
@@ -137,6 +141,7 @@ impl ConnectionOptions {
             durable_queue: None,
             protocol: ProtocolVersion::V3_1_1,
             bridge: false,
+            skip_retained: false,
             transport: Transport::Tcp,
             manual_acks: false,
         }

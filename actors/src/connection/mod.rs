@@ -25,8 +25,8 @@ use switchboard_mqtt::codec::{write_ack, Ack};
 use switchboard_mqtt::QoS;
 
 use crate::codec::{
-    to_mqttbytes, write_connect_v5, write_publish_of, write_subscribe_v5, ClientCodec,
-    ClientCodecError, Connect5, Incoming,
+    subscription_options, to_mqttbytes, write_connect_v5, write_publish_of, write_subscribe_v5,
+    ClientCodec, ClientCodecError, Connect5, Incoming,
 };
 use crate::durable::DurableLog;
 use crate::events::{ConnectFailure, ConnectionEvent, DropReason, LinkDown, MessageId};
@@ -343,7 +343,8 @@ impl ManagedConnection {
         }
         let pid = self.allocate_pid();
         if self.options.protocol.is_v5() {
-            write_subscribe_v5(&mut self.out, pid, &filters, self.options.bridge);
+            let options = subscription_options(self.options.bridge, self.options.skip_retained);
+            write_subscribe_v5(&mut self.out, pid, &filters, options);
             self.awaiting_suback
                 .insert(pid, filters.into_iter().map(|(f, _)| f).collect());
             return;
