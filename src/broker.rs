@@ -241,6 +241,7 @@ impl Broker {
             Ok(Err(e)) => return Err(e.into()),
             Err(_) => return Err(BrokerError::ThreadExited),
         }
+        let cluster = start_cluster(&shared, &registry, &handles, local_addr.port()).await?;
         let memory_trim = actix_rt::spawn(crate::memory_trim::trim_after_spikes(metrics.clone()));
         let limits = &shared.config.limits;
         let rate = Arc::new(Mutex::new(ConnectionRate::new(
@@ -315,8 +316,45 @@ impl Broker {
             workers,
             registry_arbiter,
             bridges,
+            cluster,
         })
     }
+}
+
+/// Starts the cluster link if `[cluster]` names NATS servers, on the last worker, and waits
+/// (up to 5 s) until its local subscription is answered: from then on nothing published here
+/// misses the other nodes.
+async fn start_cluster(
+    shared: &Arc<SessionShared>,
+    registry: &Addr<Registry>,
+    workers: &[ArbiterHandle],
+    port: u16,
+) -> Result<Option<Addr<crate::cluster::ClusterLink>>, BrokerError> {
+    let cluster = &shared.config.cluster;
+    let Some(servers) = cluster.servers()? else {
+        return Ok(None);
+    };
+    let node = cluster.node_name(port);
+    let environment = crate::cluster::ClusterEnvironment {
+        servers,
+        subjects: crate::cluster::subjects::Subjects::new(&cluster.name, &node),
+        node,
+        local: crate::bridge::local_connector(shared.clone()),
+        max_packet_size: shared.config.limits.max_packet_size,
+        registry: registry.clone(),
+        metrics: shared.metrics.clone(),
+    };
+    let (ready, local_ready) = tokio::sync::oneshot::channel();
+    let link = crate::cluster::ClusterLink::new(environment, ready);
+    let link = match workers.last() {
+        Some(worker) => crate::cluster::ClusterLink::start_in_arbiter(worker, |_| link),
+        None => link.start(),
+    };
+    let wait = std::time::Duration::from_secs(5);
+    if tokio::time::timeout(wait, local_ready).await.is_err() {
+        tracing::warn!("the cluster link's subscription on this broker was not answered within {wait:?}; going on");
+    }
+    Ok(Some(link))
 }
 
 /// What a broker needs read and checked before it binds anything.
@@ -387,6 +425,8 @@ pub struct RunningBroker {
     registry_arbiter: Option<Arbiter>,
     /// The bridges' manager, on the System's thread.
     bridges: Addr<Bridges>,
+    /// The cluster link, with `[cluster]`.
+    cluster: Option<Addr<crate::cluster::ClusterLink>>,
 }
 
 impl RunningBroker {
@@ -465,6 +505,9 @@ impl RunningBroker {
         self.stop_accepting.cancel();
         // Bridges first: what they hold for the remote is written out (or kept on disk).
         let _ = tokio::time::timeout(grace, self.bridges.send(StopBridges)).await;
+        if let Some(cluster) = &self.cluster {
+            let _ = tokio::time::timeout(grace, cluster.send(crate::cluster::StopCluster)).await;
+        }
         if self.registry.send(crate::registry::CloseAll).await.is_ok() {
             let deadline = tokio::time::Instant::now() + grace;
             // The connection count has no event of its own: look at it until it is 0.

@@ -24,6 +24,7 @@
 //! | [`hooks`] | lifecycle events and interceptors: how users extend the broker |
 //! | [`http`] | the HTTP server: the dashboard, Prometheus `/metrics`, health checks, the admin API |
 //! | [`bridge`] | bridges to other brokers: two managed connections from `switchboard-actors` per bridge, reloaded on SIGHUP |
+//! | [`cluster`] | clustering on NATS: the link that shares this node's traffic with the other nodes |
 //! | [`auth`] | password file, ACL file, the authenticator thread |
 //! | [`config`] | every setting, its default, loading and checking the TOML file |
 //! | [`persistence`] | durable state: the log of changes, its writer thread, recovery at start |
@@ -37,6 +38,7 @@ pub mod auth;
 mod background;
 pub mod bridge;
 mod broker;
+pub mod cluster;
 pub mod config;
 pub mod drops;
 pub mod fd_limit;

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub traffic: crate::traffic::Traffic,
     /// The state of each running bridge (`[[bridge]]`).
     pub bridges: crate::bridge::BridgeStatuses,
+    /// The cluster link's state (`[cluster]`).
+    pub cluster: crate::cluster::ClusterStatus,
     /// When the TLS listeners' server certificate expires, in Unix seconds; 0 without TLS.
     tls_certificate_expiry: AtomicI64,
 }

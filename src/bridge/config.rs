@@ -194,7 +194,7 @@ pub fn split_address(address: &str) -> Option<(String, u16)> {
 }
 
 /// This machine's host name, for the default client id.
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its length; gethostname writes at most that much.
     let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;

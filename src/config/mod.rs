@@ -105,6 +105,8 @@ pub struct Config {
     pub websocket: WebSocketListenerConfig,
     /// `[[bridge]]`: bridges to other brokers.
     pub bridge: Vec<crate::bridge::BridgeConfig>,
+    /// `[cluster]`: the nodes sharing their traffic through NATS.
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 /// When the persistence log is synced to disk (`persistence.fsync`), and so what an
@@ -458,6 +460,7 @@ impl Config {
         {
             return invalid("http.token", "must not be empty");
         }
+        self.cluster.validate()?;
         if !self.websocket.path.starts_with('/') {
             return invalid("websocket.path", "must start with /");
         }

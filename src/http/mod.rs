@@ -179,6 +179,7 @@ async fn metrics(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse 
         traffic: state.metrics.traffic.totals(),
         bridges: state.metrics.bridges.snapshots(),
         tls_certificate_expiry: state.metrics.tls_certificate_expiry(),
+        cluster: state.metrics.cluster.snapshot(),
     };
     let openmetrics = req
         .headers()

@@ -61,6 +61,8 @@ pub struct Scrape {
     pub bridges: Vec<crate::bridge::BridgeSnapshot>,
     /// When the TLS server certificate expires (Unix seconds), with TLS.
     pub tls_certificate_expiry: Option<i64>,
+    /// The cluster link's state, with `[cluster]`.
+    pub cluster: Option<crate::cluster::ClusterSnapshot>,
 }
 
 const QOS_LABELS: [&str; 3] = ["0", "1", "2"];
@@ -282,6 +284,32 @@ impl Collector for Scrape {
             m.limits_hit,
         )?;
         bridges(e, &self.bridges)?;
+        if let Some(cluster) = self.cluster {
+            gauge(
+                e,
+                "switchboard_cluster_nats_connected",
+                "1 while the cluster link's NATS connection is up",
+                u64::from(cluster.connected),
+            )?;
+            counter(
+                e,
+                "switchboard_cluster_messages_sent",
+                "Messages published here and handed to NATS for the other nodes",
+                cluster.sent,
+            )?;
+            counter(
+                e,
+                "switchboard_cluster_messages_received",
+                "Messages from the other nodes published here",
+                cluster.received,
+            )?;
+            counter(
+                e,
+                "switchboard_cluster_messages_dropped",
+                "Messages not sent to the other nodes or not published here",
+                cluster.dropped,
+            )?;
+        }
         if let Some(expiry) = self.tls_certificate_expiry {
             let metric = ConstGauge::new(expiry);
             metric.encode(e.encode_descriptor(

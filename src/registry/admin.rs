@@ -90,6 +90,13 @@ pub struct ListSubscriptions {
     pub search: Option<String>,
 }
 
+/// Sent by the cluster link to the Registry: every distinct filter that clients from the
+/// network (not the broker's own bridges and link, whose ids start with `$`) are subscribed to,
+/// `$share/{group}/` prefixes included: what the other nodes must send this one.
+#[derive(Message)]
+#[rtype(result = "std::collections::BTreeSet<String>")]
+pub struct ClientFilters;
+
 /// Sent by the HTTP server to the Registry: retained messages whose topic matches `filter` (a
 /// valid topic filter), sorted by topic, paged.
 #[derive(Message)]
@@ -207,6 +214,21 @@ impl Handler<GetClient> for Registry {
     fn handle(&mut self, msg: GetClient, _: &mut Context<Self>) -> Option<ClientSummary> {
         let key = *self.by_id.get(msg.0.as_str())?;
         self.summary(key)
+    }
+}
+
+impl Handler<ClientFilters> for Registry {
+    type Result = MessageResult<ClientFilters>;
+
+    fn handle(&mut self, _: ClientFilters, _: &mut Context<Self>) -> Self::Result {
+        let filters = self
+            .clients
+            .iter()
+            .flatten()
+            .filter(|client| !client.id.starts_with('$'))
+            .flat_map(|client| client.subscriptions.keys().cloned())
+            .collect();
+        MessageResult(filters)
     }
 }
 

@@ -8,6 +8,7 @@
 mod admin;
 mod client;
 mod connecting;
+mod elsewhere;
 mod ending;
 mod filters;
 mod messages;
@@ -24,9 +25,10 @@ use actix::prelude::*;
 use tracing::{info, warn};
 
 pub use admin::{
-    AdminPublish, ClientSummary, GetClient, Kick, Kicked, ListClients, ListRetained,
+    AdminPublish, ClientFilters, ClientSummary, GetClient, Kick, Kicked, ListClients, ListRetained,
     ListSubscriptions, Page, SessionReport, SubscriptionSummary,
 };
+pub use elsewhere::ConnectedElsewhere;
 pub use messages::*;
 pub use recovering::Recover;
 

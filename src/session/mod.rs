@@ -66,6 +66,10 @@ const DETACH_DEADLINE: Duration = Duration::from_secs(30);
 /// bridge, `$bridge.<name>`); a client from the network that asks for one is refused.
 pub const INTERNAL_CLIENT_PREFIX: &str = "$bridge.";
 
+/// The client id of the cluster link's local client (`src/cluster/`): internal, and exempt from
+/// the ACL (a bridge name cannot hold `$`).
+pub const CLUSTER_CLIENT_ID: &str = "$bridge.$cluster";
+
 /// What every Session of one broker shares.
 pub struct SessionShared {
     /// Broker configuration.
@@ -457,6 +461,11 @@ impl Session {
         let generation = self.shared.access.acl_generation();
         if generation != self.acl.0 {
             self.acl = (generation, self.shared.access.acl());
+        }
+        // The cluster link carries what other nodes' clients published, checked there, to
+        // subscribers checked here: no ACL of its own.
+        if self.trust == Trust::Internal && self.client_id() == CLUSTER_CLIENT_ID {
+            self.acl.1 = None;
         }
     }
 

@@ -110,6 +110,12 @@ pub fn strace_available() -> bool {
     required_under_ci(found, "strace", "apt-get install strace")
 }
 
+/// Whether Debian's nats-server is there, for clusters (see [`required_under_ci`]).
+pub fn nats_available() -> bool {
+    let found = succeeds("nats-server", &["--version"]);
+    required_under_ci(found, "nats-server", "apt-get install nats-server")
+}
+
 /// The MQTT.js scripts and their `node_modules` (`tests/interop/mqttjs/`).
 pub fn mqttjs_dir() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/mqttjs")

@@ -9,6 +9,7 @@ pub mod durable;
 pub mod http;
 mod interop;
 pub mod mosquitto;
+pub mod nats;
 pub mod packets;
 pub mod pki;
 pub mod tls;

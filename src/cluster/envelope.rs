@@ -1,0 +1,354 @@
+//! What the nodes of a cluster send each other over NATS, as bytes: a message with its MQTT
+//! flags and properties, the news that a client connected on a node, and the end of an answer
+//! to a sync request. Version 1; anything else (another version, a cut or damaged envelope) is
+//! an [`EnvelopeError`], never a panic.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use thiserror::Error;
+
+use crate::message::{MessageProperties, QoS};
+
+const VERSION: u8 = 1;
+const KIND_MESSAGE: u8 = 1;
+const KIND_CONNECTED: u8 = 2;
+const KIND_SYNC_END: u8 = 3;
+const KIND_SYNC_REQUEST: u8 = 4;
+
+const HAS_PAYLOAD_FORMAT: u8 = 1;
+const HAS_CONTENT_TYPE: u8 = 2;
+const HAS_RESPONSE_TOPIC: u8 = 4;
+const HAS_CORRELATION_DATA: u8 = 8;
+const HAS_USER_PROPERTIES: u8 = 16;
+
+/// An application message going from one node to the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterMessage {
+    /// The MQTT topic (the subject it travels on may be escaped, or the broadcast subject).
+    pub topic: String,
+    /// The QoS it was published with.
+    pub qos: QoS,
+    /// Whether it is retained (every node stores it).
+    pub retain: bool,
+    /// MQTT 5 properties, forwarded unaltered.
+    pub properties: Option<MessageProperties>,
+    /// The payload.
+    pub payload: Bytes,
+}
+
+/// One envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Envelope {
+    /// An application message.
+    Message(ClusterMessage),
+    /// A client connected on `node` at `at_ms` (Unix milliseconds): the other nodes end
+    /// their older connection of the same client id [MQTT-3.1.4-2], and with `clean_start`
+    /// its session there too [MQTT-3.1.2-6].
+    Connected {
+        /// The node it connected to.
+        node: String,
+        /// The client id.
+        client_id: String,
+        /// When, in milliseconds since the Unix epoch.
+        at_ms: u64,
+        /// The CONNECT's Clean Session (3.1.1) or Clean Start (5) flag.
+        clean_start: bool,
+    },
+    /// `node` starts and asks one other node for the retained messages it holds.
+    SyncRequest {
+        /// The node asking (the answer goes to its inbox).
+        node: String,
+    },
+    /// The node answering a sync request has sent all `count` retained messages it holds.
+    SyncEnd {
+        /// The node that answered.
+        node: String,
+        /// How many messages it sent.
+        count: u64,
+    },
+}
+
+/// Why bytes from NATS are not an envelope.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum EnvelopeError {
+    /// Empty, or another version than this node speaks.
+    #[error("not a version 1 cluster envelope")]
+    Version,
+    /// An unknown kind byte.
+    #[error("unknown envelope kind {0}")]
+    Kind(u8),
+    /// It ends before a field it announces.
+    #[error("envelope cut short")]
+    Short,
+    /// A string that is not UTF-8.
+    #[error("a string in the envelope is not UTF-8")]
+    Utf8,
+    /// A QoS above 2.
+    #[error("QoS {0} in the envelope")]
+    QoS(u8),
+}
+
+impl Envelope {
+    /// The envelope as bytes.
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::new();
+        out.put_u8(VERSION);
+        match self {
+            Envelope::Message(message) => encode_message(message, &mut out),
+            Envelope::Connected {
+                node,
+                client_id,
+                at_ms,
+                clean_start,
+            } => {
+                out.put_u8(KIND_CONNECTED);
+                out.put_u64(*at_ms);
+                out.put_u8(u8::from(*clean_start));
+                put_str(&mut out, node);
+                put_str(&mut out, client_id);
+            }
+            Envelope::SyncRequest { node } => {
+                out.put_u8(KIND_SYNC_REQUEST);
+                put_str(&mut out, node);
+            }
+            Envelope::SyncEnd { node, count } => {
+                out.put_u8(KIND_SYNC_END);
+                out.put_u64(*count);
+                put_str(&mut out, node);
+            }
+        }
+        out.freeze()
+    }
+
+    /// Reads an envelope.
+    pub fn decode(mut bytes: Bytes) -> Result<Envelope, EnvelopeError> {
+        if bytes.len() < 2 || bytes[0] != VERSION {
+            return Err(EnvelopeError::Version);
+        }
+        bytes.advance(1);
+        match bytes.get_u8() {
+            KIND_MESSAGE => decode_message(bytes).map(Envelope::Message),
+            KIND_CONNECTED => {
+                let at_ms = get_u64(&mut bytes)?;
+                let clean_start = get_u8(&mut bytes)? != 0;
+                let node = get_str(&mut bytes)?;
+                let client_id = get_str(&mut bytes)?;
+                Ok(Envelope::Connected {
+                    node,
+                    client_id,
+                    at_ms,
+                    clean_start,
+                })
+            }
+            KIND_SYNC_END => {
+                let count = get_u64(&mut bytes)?;
+                let node = get_str(&mut bytes)?;
+                Ok(Envelope::SyncEnd { node, count })
+            }
+            KIND_SYNC_REQUEST => Ok(Envelope::SyncRequest {
+                node: get_str(&mut bytes)?,
+            }),
+            other => Err(EnvelopeError::Kind(other)),
+        }
+    }
+}
+
+fn encode_message(message: &ClusterMessage, out: &mut BytesMut) {
+    out.put_u8(KIND_MESSAGE);
+    out.put_u8(message.qos as u8 | if message.retain { 4 } else { 0 });
+    put_str(out, &message.topic);
+    let p = message.properties.as_ref();
+    let mut present = 0;
+    if let Some(p) = p {
+        for (set, bit) in [
+            (p.payload_format.is_some(), HAS_PAYLOAD_FORMAT),
+            (p.content_type.is_some(), HAS_CONTENT_TYPE),
+            (p.response_topic.is_some(), HAS_RESPONSE_TOPIC),
+            (p.correlation_data.is_some(), HAS_CORRELATION_DATA),
+            (!p.user_properties.is_empty(), HAS_USER_PROPERTIES),
+        ] {
+            if set {
+                present |= bit;
+            }
+        }
+    }
+    out.put_u8(present);
+    if let Some(p) = p {
+        if let Some(format) = p.payload_format {
+            out.put_u8(format);
+        }
+        for s in [&p.content_type, &p.response_topic].into_iter().flatten() {
+            put_str(out, s);
+        }
+        if let Some(data) = &p.correlation_data {
+            put_bytes(out, data);
+        }
+        if !p.user_properties.is_empty() {
+            out.put_u32(p.user_properties.len() as u32);
+            for (key, value) in &p.user_properties {
+                put_str(out, key);
+                put_str(out, value);
+            }
+        }
+    }
+    out.put_slice(&message.payload);
+}
+
+fn decode_message(mut bytes: Bytes) -> Result<ClusterMessage, EnvelopeError> {
+    let flags = get_u8(&mut bytes)?;
+    let qos = match flags & 3 {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        2 => QoS::ExactlyOnce,
+        other => return Err(EnvelopeError::QoS(other)),
+    };
+    let retain = flags & 4 != 0;
+    let topic = get_str(&mut bytes)?;
+    let present = get_u8(&mut bytes)?;
+    let properties = if present == 0 {
+        None
+    } else {
+        let mut p = MessageProperties::default();
+        if present & HAS_PAYLOAD_FORMAT != 0 {
+            p.payload_format = Some(get_u8(&mut bytes)?);
+        }
+        if present & HAS_CONTENT_TYPE != 0 {
+            p.content_type = Some(get_str(&mut bytes)?);
+        }
+        if present & HAS_RESPONSE_TOPIC != 0 {
+            p.response_topic = Some(get_str(&mut bytes)?);
+        }
+        if present & HAS_CORRELATION_DATA != 0 {
+            p.correlation_data = Some(get_bytes(&mut bytes)?);
+        }
+        if present & HAS_USER_PROPERTIES != 0 {
+            let count = get_u32(&mut bytes)?;
+            for _ in 0..count {
+                let key = get_str(&mut bytes)?;
+                let value = get_str(&mut bytes)?;
+                p.user_properties.push((key, value));
+            }
+        }
+        Some(p)
+    };
+    Ok(ClusterMessage {
+        topic,
+        qos,
+        retain,
+        properties,
+        payload: bytes,
+    })
+}
+
+fn put_str(out: &mut BytesMut, s: &str) {
+    put_bytes(out, s.as_bytes());
+}
+
+fn put_bytes(out: &mut BytesMut, b: &[u8]) {
+    out.put_u32(b.len() as u32);
+    out.put_slice(b);
+}
+
+fn get_u8(bytes: &mut Bytes) -> Result<u8, EnvelopeError> {
+    bytes.try_get_u8().map_err(|_| EnvelopeError::Short)
+}
+
+fn get_u32(bytes: &mut Bytes) -> Result<u32, EnvelopeError> {
+    bytes.try_get_u32().map_err(|_| EnvelopeError::Short)
+}
+
+fn get_u64(bytes: &mut Bytes) -> Result<u64, EnvelopeError> {
+    bytes.try_get_u64().map_err(|_| EnvelopeError::Short)
+}
+
+fn get_bytes(bytes: &mut Bytes) -> Result<Bytes, EnvelopeError> {
+    let len = get_u32(bytes)? as usize;
+    if bytes.len() < len {
+        return Err(EnvelopeError::Short);
+    }
+    Ok(bytes.split_to(len))
+}
+
+fn get_str(bytes: &mut Bytes) -> Result<String, EnvelopeError> {
+    let raw = get_bytes(bytes)?;
+    String::from_utf8(raw.to_vec()).map_err(|_| EnvelopeError::Utf8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn message() -> ClusterMessage {
+        ClusterMessage {
+            topic: "detrd/status/response/1AB".into(),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: Some(MessageProperties {
+                payload_format: Some(1),
+                content_type: Some("application/json".into()),
+                response_topic: Some("app/answers".into()),
+                correlation_data: Some(Bytes::from_static(b"\x00\x01")),
+                user_properties: vec![("a".into(), "1".into()), ("a".into(), "2".into())],
+            }),
+            payload: Bytes::from_static(b"{\"state\":\"ok\"}"),
+        }
+    }
+
+    #[test]
+    fn every_kind_comes_back_as_it_went() {
+        let bare = ClusterMessage {
+            properties: None,
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            payload: Bytes::new(),
+            ..message()
+        };
+        for envelope in [
+            Envelope::Message(message()),
+            Envelope::Message(bare),
+            Envelope::Connected {
+                node: "n2".into(),
+                client_id: "gate-1".into(),
+                at_ms: 1_764_000_000_000,
+                clean_start: true,
+            },
+            Envelope::SyncEnd {
+                node: "n1".into(),
+                count: 7,
+            },
+            Envelope::SyncRequest { node: "n3".into() },
+        ] {
+            assert_eq!(Envelope::decode(envelope.encode()), Ok(envelope));
+        }
+    }
+
+    #[test]
+    fn foreign_bytes_are_refused() {
+        assert_eq!(Envelope::decode(Bytes::new()), Err(EnvelopeError::Version));
+        assert_eq!(
+            Envelope::decode(Bytes::from_static(b"\x02\x01")),
+            Err(EnvelopeError::Version)
+        );
+        assert_eq!(
+            Envelope::decode(Bytes::from_static(b"\x01\x09")),
+            Err(EnvelopeError::Kind(9))
+        );
+        assert_eq!(
+            Envelope::decode(Bytes::from_static(b"\x01\x01\x03")),
+            Err(EnvelopeError::QoS(3))
+        );
+    }
+
+    proptest! {
+        /// Any cut or damage gives an envelope or an error, never a panic.
+        #[test]
+        fn damaged_envelopes_never_panic(cut in 0usize..120, flip in 0usize..120, bit in 0u8..8) {
+            let mut bytes = Envelope::Message(message()).encode().to_vec();
+            if flip < bytes.len() {
+                bytes[flip] ^= 1 << bit;
+            }
+            bytes.truncate(cut);
+            let _ = Envelope::decode(Bytes::from(bytes));
+        }
+    }
+}

@@ -1,0 +1,564 @@
+//! The ClusterLink actor: one per node. It joins this broker to the others through NATS.
+//!
+//! - Its *local* side is an in-process MQTT 5 client of this broker (`$bridge.$cluster`),
+//!   subscribed to `#` with No Local, Retain As Published and no retained messages on
+//!   subscribing: it reads every message published here by clients, and what it publishes here
+//!   itself (from the other nodes) never comes back to it.
+//! - Its *NATS* side publishes each of those on the subject of its topic (a retained one on
+//!   the broadcast subject, which every node takes), and subscribes, in this node's queue group,
+//!   to the subjects of the filters this node's clients are subscribed to: NATS then brings a
+//!   message once, however many of them match it.
+//!
+//! A client that connects here is announced, and a node where the same client id is connected
+//! since earlier ends that connection and its session [MQTT-3.1.4-2]. A starting node asks one
+//! other node for its retained messages.
+
+use std::collections::{HashSet, VecDeque};
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use switchboard_actors::{
+    Acknowledge, Backoff, ConnectionEvent, ConnectionOptions, Connector, Enqueue,
+    ManagedConnection, PendingAck, ProtocolVersion, QoS, Received, Subscribe, Transport,
+};
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+
+use super::envelope::{ClusterMessage, Envelope};
+use super::interest::{Interest, InterestChange};
+use super::nats::{NatsClient, NatsEvent, NatsMessages, NatsServer};
+use super::subjects::Subjects;
+use crate::hooks::{ClientConnected, ClientSubscribed, ClientUnsubscribed, LifecycleHooks};
+use crate::registry::{AddHooks, ClientFilters, ConnectedElsewhere, ListRetained, Registry};
+
+pub use crate::session::CLUSTER_CLIENT_ID;
+
+/// How often the link compares its NATS subscriptions with the filters of this node's
+/// clients. A new filter is subscribed at once (the hook); one nobody holds any more (a clean
+/// session ended, a session expired) only costs traffic until then.
+const RECONCILE: Duration = Duration::from_secs(30);
+
+/// How soon after an UNSUBSCRIBE the link looks at the filters again (several unsubscribes in
+/// that time cost one look).
+const RECONCILE_SOON: Duration = Duration::from_secs(1);
+
+/// How long a starting node waits for the retained messages of the cluster before it stops
+/// guarding the newer ones that came live (no other node may be running).
+const SYNC_WAIT: Duration = Duration::from_secs(60);
+
+/// The most QoS 0 messages the outbox holds (when NATS's queue is full); more are dropped.
+/// QoS 1/2 ones are bounded by the link's inflight window on this broker instead.
+const OUTBOX_QOS0: usize = 8192;
+
+/// Messages from the other nodes waiting to be published here (the local client is in-process
+/// and never down: this only absorbs bursts).
+const LOCAL_QUEUE: usize = 100_000;
+
+// Subscription ids of the fixed subjects; a filter's subjects get ids from FIRST_FILTER_SID.
+const SID_BROADCAST: u64 = 1;
+const SID_CONNECTED: u64 = 2;
+const SID_SYNC: u64 = 3;
+const SID_INBOX: u64 = 4;
+const FIRST_FILTER_SID: u64 = 100;
+
+/// What the link needs from the broker it runs in.
+pub struct ClusterEnvironment {
+    /// The NATS servers (checked).
+    pub servers: Vec<NatsServer>,
+    /// The cluster's subjects, for this node.
+    pub subjects: Subjects,
+    /// This node's name.
+    pub node: String,
+    /// Opens an in-process connection to this broker.
+    pub local: Connector,
+    /// `limits.max_packet_size`.
+    pub max_packet_size: usize,
+    /// The Registry: hooks, filters, retained messages, takeovers.
+    pub registry: Addr<Registry>,
+    /// Where the link's state is shown (`/metrics`).
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+}
+
+/// Sent by the broker to the link when it shuts down: stop both sides. Answers when done.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct StopCluster;
+
+/// A message of this node's on its way to NATS.
+struct Outgoing {
+    subject: String,
+    envelope: Bytes,
+    /// What this broker waits for to forget it (QoS 1/2).
+    ack: Option<PendingAck>,
+}
+
+/// The link.
+pub struct ClusterLink {
+    env: ClusterEnvironment,
+    nats: Option<NatsClient>,
+    nats_up: bool,
+    /// The largest payload the NATS server takes.
+    max_payload: usize,
+    local: Option<Addr<ManagedConnection>>,
+    /// This node's messages not yet in NATS's queue, in order.
+    outbox: VecDeque<Outgoing>,
+    /// Whether the outbox waits for room in NATS's queue.
+    pumping: bool,
+    /// The filters of this node's clients, and the subjects they take on NATS.
+    interest: Interest,
+    /// While a sync request is answered: the topics of retained messages that came live
+    /// meanwhile (newer than the answer's).
+    syncing: Option<HashSet<String>>,
+    local_ready: Option<oneshot::Sender<()>>,
+    reconcile_pending: bool,
+}
+
+impl ClusterLink {
+    /// A link (not started); `local_ready` is told once its local subscription is answered.
+    pub fn new(env: ClusterEnvironment, local_ready: oneshot::Sender<()>) -> Self {
+        ClusterLink {
+            env,
+            nats: None,
+            nats_up: false,
+            max_payload: 1024 * 1024,
+            local: None,
+            outbox: VecDeque::new(),
+            pumping: false,
+            interest: Interest::new(FIRST_FILTER_SID),
+            syncing: None,
+            local_ready: Some(local_ready),
+            reconcile_pending: false,
+        }
+    }
+
+    fn local_options(&self) -> ConnectionOptions {
+        let mut options = ConnectionOptions::new("in-process", 0, CLUSTER_CLIENT_ID);
+        options.protocol = ProtocolVersion::V5;
+        options.bridge = true;
+        options.skip_retained = true;
+        options.manual_acks = true;
+        options.keep_alive = Duration::from_secs(60);
+        options.credentials = Some((CLUSTER_CLIENT_ID.to_string(), String::new()));
+        options.max_packet_size = self.env.max_packet_size;
+        options.queue_capacity = LOCAL_QUEUE;
+        options.inflight = 64;
+        options.backoff = Backoff {
+            initial: Duration::from_millis(50),
+            max: Duration::from_secs(1),
+        };
+        options.transport = Transport::Custom(self.env.local.clone());
+        options
+    }
+
+    fn apply(&self, changes: Vec<InterestChange>) {
+        let Some(nats) = &self.nats else { return };
+        for change in changes {
+            match change {
+                InterestChange::Subscribe(sid, subject) => {
+                    debug!(%subject, "cluster: this node now takes");
+                    nats.subscribe(sid, subject, Some(self.env.subjects.node_group()));
+                }
+                InterestChange::Unsubscribe(sid) => nats.unsubscribe(sid),
+            }
+        }
+    }
+
+    /// Makes the NATS subscriptions those of the filters the Registry lists now.
+    fn reconcile(&mut self, ctx: &mut Context<Self>) {
+        self.env
+            .registry
+            .send(ClientFilters)
+            .into_actor(self)
+            .map(|filters, act, _| {
+                if let Ok(filters) = filters {
+                    let changes = act.interest.reconcile(&filters, &act.env.subjects);
+                    act.apply(changes);
+                }
+            })
+            .wait(ctx);
+    }
+
+    /// A message published here by a client: to the other nodes. This broker has it
+    /// acknowledged (`ack`) once it is queued for NATS.
+    fn send_out(&mut self, message: Received, ack: Option<PendingAck>, ctx: &mut Context<Self>) {
+        let Some(nats) = self.nats.clone() else {
+            return self.acknowledge_local(ack);
+        };
+        if message.qos == QoS::AtMostOnce && !self.nats_up {
+            // QoS 0 promises nothing: it is not queued while NATS is unreachable.
+            self.status().add_dropped();
+            return;
+        }
+        let subject = if message.retain {
+            self.env.subjects.broadcast()
+        } else {
+            self.env.subjects.for_topic(&message.topic)
+        };
+        let envelope = Envelope::Message(ClusterMessage {
+            topic: message.topic,
+            qos: message.qos,
+            retain: message.retain,
+            properties: message.properties,
+            payload: message.payload,
+        })
+        .encode();
+        if envelope.len() > self.max_payload {
+            self.status().add_dropped();
+            warn!(subject, size = envelope.len(), max_payload = self.max_payload, "a message is larger than the NATS server's max_payload; not sent to the other nodes");
+            return self.acknowledge_local(ack);
+        }
+        if message.qos == QoS::AtMostOnce && self.outbox.len() >= OUTBOX_QOS0 {
+            self.status().add_dropped();
+            return;
+        }
+        self.outbox.push_back(Outgoing {
+            subject,
+            envelope,
+            ack,
+        });
+        self.pump(&nats, ctx);
+    }
+
+    /// Hands the outbox to NATS in order while its queue has room; when it has none, waits for
+    /// some and goes on. QoS 1/2 messages wait unacknowledged meanwhile, so this broker sends
+    /// the link no more than its inflight window of them and keeps the rest (up to its bounds).
+    fn pump(&mut self, nats: &NatsClient, ctx: &mut Context<Self>) {
+        if self.pumping {
+            return;
+        }
+        while let Some(next) = self.outbox.front() {
+            if !nats.try_publish(&next.subject, &next.envelope) {
+                self.pumping = true;
+                let waiting = nats.clone();
+                async move { waiting.room().await }
+                    .into_actor(self)
+                    .map(|open, act, ctx| {
+                        act.pumping = false;
+                        if let (true, Some(nats)) = (open, act.nats.clone()) {
+                            act.pump(&nats, ctx);
+                        }
+                    })
+                    .spawn(ctx);
+                return;
+            }
+            if let Some(sent) = self.outbox.pop_front() {
+                self.status().add_sent();
+                self.acknowledge_local(sent.ack);
+            }
+        }
+    }
+
+    fn acknowledge_local(&self, ack: Option<PendingAck>) {
+        if let (Some(ack), Some(local)) = (ack, &self.local) {
+            local.do_send(Acknowledge(ack));
+        }
+    }
+
+    /// A message from another node: published here, as it was there.
+    fn take_in(&mut self, message: ClusterMessage) {
+        let Some(local) = &self.local else { return };
+        self.status().add_received();
+        local.do_send(Enqueue {
+            topic: message.topic,
+            payload: message.payload,
+            qos: message.qos,
+            retain: message.retain,
+            properties: message.properties.map(Box::new),
+        });
+    }
+
+    /// Another node asks for the retained messages: sent to its inbox, then the count.
+    fn answer_sync(&mut self, node: String, ctx: &mut Context<Self>) {
+        let Some(nats) = self.nats.clone() else {
+            return;
+        };
+        let me = self.env.node.clone();
+        let inbox = self.env.subjects.inbox_of(&node);
+        let list = ListRetained {
+            filter: "#".to_string(),
+            offset: 0,
+            limit: usize::MAX,
+        };
+        let registry = self.env.registry.clone();
+        let max_payload = self.max_payload;
+        let answer = async move {
+            let Ok(page) = registry.send(list).await else {
+                return;
+            };
+            let mut count = 0u64;
+            for message in page.items {
+                let envelope = Envelope::Message(ClusterMessage {
+                    topic: message.topic.clone(),
+                    qos: message.qos,
+                    retain: true,
+                    properties: message.properties.as_deref().cloned(),
+                    payload: message.payload.clone(),
+                })
+                .encode();
+                if envelope.len() <= max_payload && nats.publish(inbox.clone(), envelope).await {
+                    count += 1;
+                }
+            }
+            let end = Envelope::SyncEnd { node: me, count }.encode();
+            nats.publish(inbox, end).await;
+            info!(to = %node, retained = count, "cluster: sent this node's retained messages to a starting node");
+        };
+        ctx.spawn(answer.into_actor(self));
+    }
+
+    fn on_envelope(&mut self, sid: u64, envelope: Envelope, ctx: &mut Context<Self>) {
+        match (sid, envelope) {
+            (SID_INBOX, Envelope::Message(message)) => {
+                let newer = self
+                    .syncing
+                    .as_ref()
+                    .is_some_and(|live| live.contains(&message.topic));
+                if !newer {
+                    self.take_in(message);
+                }
+            }
+            (SID_INBOX, Envelope::SyncEnd { node, count }) => {
+                self.syncing = None;
+                info!(from = %node, retained = count, "cluster: took the retained messages of the cluster");
+            }
+            (SID_SYNC, Envelope::SyncRequest { node }) if node != self.env.node => {
+                self.answer_sync(node, ctx);
+            }
+            (
+                SID_CONNECTED,
+                Envelope::Connected {
+                    node,
+                    client_id,
+                    at_ms,
+                    clean_start,
+                },
+            ) if node != self.env.node => {
+                self.env.registry.do_send(ConnectedElsewhere {
+                    client_id,
+                    node,
+                    at_ms,
+                    clean_start,
+                });
+            }
+            (SID_CONNECTED | SID_SYNC | SID_INBOX, _) => {}
+            (_, Envelope::Message(message)) => {
+                if message.retain {
+                    if let Some(live) = &mut self.syncing {
+                        live.insert(message.topic.clone());
+                    }
+                }
+                self.take_in(message);
+            }
+            (_, other) => debug!(?other, "cluster: an envelope on a topic subject, ignored"),
+        }
+    }
+
+    fn status(&self) -> &super::ClusterStatus {
+        &self.env.metrics.cluster
+    }
+
+    fn on_nats_up(&mut self, server: String, max_payload: usize) {
+        self.nats_up = true;
+        self.status().set_connected(true);
+        self.max_payload = max_payload;
+        info!(%server, node = %self.env.node, filters = self.interest.len(), "cluster: connected to NATS");
+    }
+}
+
+impl Actor for ClusterLink {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.status().set_enabled();
+        let me = ctx.address();
+        let nats = NatsClient::start(
+            self.env.servers.clone(),
+            format!("switchboard {}", self.env.node),
+            me.clone().recipient(),
+            me.clone().recipient(),
+        );
+        let subjects = &self.env.subjects;
+        nats.subscribe(SID_BROADCAST, subjects.broadcast(), None);
+        nats.subscribe(SID_CONNECTED, subjects.connected(), None);
+        nats.subscribe(SID_SYNC, subjects.sync(), Some(subjects.sync_group()));
+        nats.subscribe(SID_INBOX, subjects.inbox(), None);
+        // Ask for the cluster's retained messages once subscribed (the client sends its
+        // subscriptions before anything published).
+        self.syncing = Some(HashSet::new());
+        let request = Envelope::SyncRequest {
+            node: self.env.node.clone(),
+        }
+        .encode();
+        ctx.run_later(SYNC_WAIT, |act, _| act.syncing = None);
+        let sync = subjects.sync();
+        let asking = nats.clone();
+        actix_rt::spawn(async move {
+            asking.publish(sync, request).await;
+        });
+        self.nats = Some(nats);
+        let hooks = LifecycleHooks::new()
+            .on_connected(me.clone().recipient())
+            .on_subscribed(me.clone().recipient())
+            .on_unsubscribed(me.clone().recipient());
+        self.env.registry.do_send(AddHooks(hooks));
+        let local = ManagedConnection::start_with(self.local_options(), vec![me.recipient()]);
+        local.do_send(Subscribe {
+            filter: "#".to_string(),
+            qos: QoS::ExactlyOnce,
+        });
+        self.local = Some(local);
+        self.reconcile(ctx);
+        ctx.run_interval(RECONCILE, |act, ctx| act.reconcile(ctx));
+        info!(node = %self.env.node, servers = ?self.env.servers.iter().map(ToString::to_string).collect::<Vec<_>>(), "cluster link started");
+    }
+}
+
+impl Handler<ConnectionEvent> for ClusterLink {
+    type Result = ();
+
+    fn handle(&mut self, event: ConnectionEvent, ctx: &mut Context<Self>) {
+        match event {
+            ConnectionEvent::MessageReceived(message) => self.send_out(message, None, ctx),
+            ConnectionEvent::MessageToAcknowledge(message, ack) => {
+                self.send_out(message, Some(ack), ctx)
+            }
+            ConnectionEvent::SubscriptionGranted { filter, granted } => {
+                if granted.is_none() {
+                    warn!(%filter, "this broker refused the cluster link's subscription");
+                }
+                if let Some(ready) = self.local_ready.take() {
+                    let _ = ready.send(());
+                }
+            }
+            ConnectionEvent::MessageDropped(_, reason) => {
+                self.status().add_dropped();
+                warn!(
+                    ?reason,
+                    "a message from another node could not be published here"
+                );
+            }
+            ConnectionEvent::ConnectFailed { failure, .. } => {
+                warn!(
+                    ?failure,
+                    "the cluster link's local client was refused (connect interceptor?); retrying"
+                );
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Handler<NatsEvent> for ClusterLink {
+    type Result = ();
+
+    fn handle(&mut self, event: NatsEvent, _: &mut Context<Self>) {
+        match event {
+            NatsEvent::Up {
+                server,
+                max_payload,
+            } => self.on_nats_up(server, max_payload),
+            NatsEvent::Down { error } => {
+                self.nats_up = false;
+                self.status().set_connected(false);
+                warn!(%error, "cluster: NATS connection lost; reconnecting (QoS 1/2 messages wait, QoS 0 ones are not sent meanwhile)");
+            }
+        }
+    }
+}
+
+impl Handler<NatsMessages> for ClusterLink {
+    type Result = ();
+
+    fn handle(&mut self, NatsMessages(messages): NatsMessages, ctx: &mut Context<Self>) {
+        for inbound in messages {
+            match Envelope::decode(inbound.payload) {
+                Ok(envelope) => self.on_envelope(inbound.sid, envelope, ctx),
+                Err(error) => {
+                    warn!(subject = %inbound.subject, %error, "cluster: not a message of this cluster's nodes, ignored")
+                }
+            }
+        }
+    }
+}
+
+impl Handler<ClientConnected> for ClusterLink {
+    type Result = ();
+
+    fn handle(&mut self, event: ClientConnected, ctx: &mut Context<Self>) {
+        if event.client_id.starts_with('$') {
+            return;
+        }
+        let Some(nats) = self.nats.clone() else {
+            return;
+        };
+        let envelope = Envelope::Connected {
+            node: self.env.node.clone(),
+            client_id: event.client_id.to_string(),
+            at_ms: crate::persistence::unix_ms_now(),
+            clean_start: event.clean_session,
+        };
+        let subject = self.env.subjects.connected();
+        ctx.spawn(
+            async move {
+                nats.publish(subject, envelope.encode()).await;
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+impl Handler<ClientSubscribed> for ClusterLink {
+    type Result = ();
+
+    fn handle(&mut self, event: ClientSubscribed, _: &mut Context<Self>) {
+        if !event.client_id.starts_with('$') {
+            let changes = self.interest.add(&event.filter, &self.env.subjects);
+            self.apply(changes);
+        }
+    }
+}
+
+impl Handler<ClientUnsubscribed> for ClusterLink {
+    type Result = ();
+
+    fn handle(&mut self, _: ClientUnsubscribed, ctx: &mut Context<Self>) {
+        // Another client may hold the same filter: the Registry's list decides.
+        if !self.reconcile_pending {
+            self.reconcile_pending = true;
+            ctx.run_later(RECONCILE_SOON, |act, ctx| {
+                act.reconcile_pending = false;
+                act.reconcile(ctx);
+            });
+        }
+    }
+}
+
+impl Handler<StopCluster> for ClusterLink {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: StopCluster, _: &mut Context<Self>) -> Self::Result {
+        let local = self.local.take();
+        self.nats = None;
+        self.status().set_connected(false);
+        let counts = self.status().snapshot().unwrap_or_default();
+        info!(
+            sent = counts.sent,
+            received = counts.received,
+            dropped = counts.dropped,
+            "cluster link stopping"
+        );
+        Box::pin(
+            async move {
+                if let Some(local) = local {
+                    let stop = switchboard_actors::Stop {
+                        deadline: Duration::from_millis(500),
+                    };
+                    let _ = local.send(stop).await;
+                }
+            }
+            .into_actor(self)
+            .map(|(), _, ctx| ctx.stop()),
+        )
+    }
+}

@@ -1,0 +1,58 @@
+//! A client that connected on another node of the cluster: its connection here ends, and with
+//! a clean start its session too.
+
+use actix::prelude::*;
+use tracing::info;
+
+use super::{client_in, Registry, ToSession};
+
+/// Sent by the cluster link to the Registry: `client_id` connected on node `node` at `at_ms`
+/// (Unix milliseconds). A connection of it here since no later than that ends as taken over
+/// [MQTT-3.1.4-2] (MQTT 5: DISCONNECT 0x8E). With `clean_start` its session here ends as well,
+/// connected or stored [MQTT-3.1.2-6]; without, a persistent session stays (what is queued in
+/// it is there if the client comes back, at the cost of copies it also gets on the other node
+/// meanwhile: QoS 1 allows duplicates, not losses) until it expires. Answers whether anything
+/// ended.
+#[derive(Debug, Message)]
+#[rtype(result = "bool")]
+pub struct ConnectedElsewhere {
+    /// The client id.
+    pub client_id: String,
+    /// The node it connected to.
+    pub node: String,
+    /// When, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// The CONNECT's Clean Session (3.1.1) or Clean Start (5) flag.
+    pub clean_start: bool,
+}
+
+impl Handler<ConnectedElsewhere> for Registry {
+    type Result = bool;
+
+    fn handle(&mut self, msg: ConnectedElsewhere, ctx: &mut Context<Self>) -> bool {
+        let Some(&key) = self.by_id.get(msg.client_id.as_str()) else {
+            return false;
+        };
+        let Some(client) = client_in(&mut self.clients, key) else {
+            return false;
+        };
+        if let Some(attached) = client.attached.as_ref().filter(|a| !a.detaching) {
+            if attached.since_ms > msg.at_ms {
+                return false; // connected here later: the other node ends its connection
+            }
+            info!(client_id = %msg.client_id, node = %msg.node, session_ends = msg.clean_start, "the client connected on another node of the cluster; its connection here ends");
+            if msg.clean_start {
+                client.session_expiry = 0;
+            }
+            attached.session.send(ToSession::Takeover);
+            return true;
+        }
+        if msg.clean_start && client.pending.is_none() && client.attached.is_none() {
+            info!(client_id = %msg.client_id, node = %msg.node, "the client connected on another node of the cluster; its stored session here ends");
+            let token = client.timer_token;
+            self.expire(key, token, ctx);
+            return true;
+        }
+        false
+    }
+}

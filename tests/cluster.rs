@@ -1,0 +1,289 @@
+//! Clustering on NATS: Switchboard nodes that share one Debian nats-server (a real one, on a
+//! free loopback port), each with clients of its own: rumqttc, and mosquitto_sub as a stock
+//! client. A node's interest reaches NATS a moment after its SUBACK, so each test first sends
+//! probes until they arrive (the moment a user would see it), then the traffic it checks.
+
+mod common;
+
+use std::time::Duration;
+
+use common::nats::Nats;
+use common::{broker_with, broker_with_hooks, options, peer, Peer, Raw};
+use rumqttc::{AsyncClient, QoS};
+use switchboard::hooks::DisconnectReason;
+use switchboard::{BackgroundBroker, Config};
+
+/// A node of the cluster on `nats`.
+fn node(nats: &Nats, name: &str, adjust: impl FnOnce(&mut Config)) -> BackgroundBroker {
+    broker_with(|config| {
+        config.cluster.nats_url = Some(nats.url());
+        config.cluster.node = Some(name.to_string());
+        adjust(config);
+    })
+}
+
+/// Publishes QoS 0 probes on `topic` from `publisher` (every 20 ms) until each of
+/// `subscribers` has one: the interest of their nodes has reached NATS. Probes still in flight
+/// may arrive later; [`next_payload`] skips them.
+async fn until_routed(publisher: &AsyncClient, subscribers: &mut [&mut Peer], topic: &str) {
+    let probes = publisher.clone();
+    let topic_owned = topic.to_string();
+    let probing = tokio::spawn(async move {
+        loop {
+            let _ = probes
+                .publish(&topic_owned, QoS::AtMostOnce, false, "probe")
+                .await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    for subscriber in subscribers.iter_mut() {
+        while subscriber.next_publish().await.topic != topic {}
+    }
+    probing.abort();
+}
+
+/// The payload of the next PUBLISH that is not a probe.
+async fn next_payload(peer: &mut Peer) -> (String, Vec<u8>) {
+    loop {
+        let publish = peer.next_publish().await;
+        if &publish.payload[..] != b"probe" {
+            return (publish.topic, publish.payload.to_vec());
+        }
+    }
+}
+
+/// [MQTT-4.6.0-5]: one publisher's messages reach every node's subscribers in order; each
+/// subscribing client gets one copy, even when two of its node's filters match (NATS brings a
+/// node one copy per message: its subscriptions share a queue group), and nothing loops back.
+/// Node B has an ACL that lets its clients read `gate/#` only: the link is not held to it.
+#[tokio::test]
+async fn a_publish_on_one_node_reaches_every_node_once_and_in_order() {
+    if !common::nats_available() {
+        return;
+    }
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acl = dir.path().join("acl");
+    std::fs::write(&acl, "topic read gate/#\ntopic read probe/#\n").expect("acl");
+    let a = node(&nats, "a", |_| {});
+    let b = node(&nats, "b", |config| {
+        config.auth.acl_file = Some(acl.clone())
+    });
+    let c = node(&nats, "c", |_| {});
+
+    let mut wide = peer(options(b.local_addr(), "b-wide")).await;
+    wide.subscribe("gate/#", QoS::AtLeastOnce).await;
+    wide.subscribe("probe/#", QoS::AtMostOnce).await;
+    let mut narrow = peer(options(b.local_addr(), "b-narrow")).await;
+    narrow.subscribe("gate/+/state", QoS::AtLeastOnce).await;
+    narrow.subscribe("probe/+", QoS::AtMostOnce).await;
+    let mut far = peer(options(c.local_addr(), "c-one")).await;
+    far.subscribe("gate/1AB/state", QoS::AtLeastOnce).await;
+    far.subscribe("probe/1", QoS::AtMostOnce).await;
+    // A subscriber on the publisher's own node: a loop through the others would double it.
+    let mut near = peer(options(a.local_addr(), "a-near")).await;
+    near.subscribe("gate/#", QoS::AtLeastOnce).await;
+    near.subscribe("probe/#", QoS::AtMostOnce).await;
+    let publisher = peer(options(a.local_addr(), "a-gate")).await;
+    until_routed(
+        &publisher.client,
+        &mut [&mut wide, &mut narrow, &mut far, &mut near],
+        "probe/1",
+    )
+    .await;
+
+    const COUNT: u32 = 300;
+    for n in 0..COUNT {
+        let payload = n.to_be_bytes().to_vec();
+        publisher
+            .client
+            .publish("gate/1AB/state", QoS::AtLeastOnce, false, payload)
+            .await
+            .expect("queued");
+    }
+    publisher
+        .client
+        .publish("gate/1AB/state", QoS::AtLeastOnce, false, "end")
+        .await
+        .expect("queued");
+    for subscriber in [&mut wide, &mut narrow, &mut far, &mut near] {
+        for n in 0..COUNT {
+            let (topic, payload) = next_payload(subscriber).await;
+            assert_eq!(topic, "gate/1AB/state");
+            assert_eq!(
+                payload,
+                n.to_be_bytes(),
+                "message {n} out of order or missing"
+            );
+        }
+        // No second copy comes before the marker sent after them all.
+        assert_eq!(next_payload(subscriber).await.1, b"end");
+    }
+}
+
+/// Retained messages are kept by every node, whoever has subscribers, and a node that starts
+/// later takes them from a running one: a stock client (mosquitto_sub) subscribing on any node
+/// gets the gate's last state [MQTT-3.3.1-6].
+#[tokio::test]
+async fn retained_messages_reach_every_node_and_a_node_that_starts_later() {
+    if !common::nats_available() || !common::mosquitto_clients_available() {
+        return;
+    }
+    let nats = Nats::start();
+    let a = node(&nats, "a", |_| {});
+    let b = node(&nats, "b", |_| {});
+    // A subscriber on B tells when A's messages reach B at all.
+    let mut watcher = peer(options(b.local_addr(), "b-watch")).await;
+    watcher.subscribe("probe/#", QoS::AtMostOnce).await;
+    let mut gate = peer(options(a.local_addr(), "gate-1AB")).await;
+    until_routed(&gate.client, &mut [&mut watcher], "probe/1").await;
+    gate.client
+        .publish("gate/1AB/state", QoS::AtLeastOnce, true, "closed")
+        .await
+        .expect("queued");
+    gate.published().await;
+    // What follows it on the same publisher's connection arrives after it on B.
+    gate.client
+        .publish("probe/after", QoS::AtLeastOnce, false, "after")
+        .await
+        .expect("queued");
+    while watcher.next_publish().await.topic != "probe/after" {}
+
+    let sub =
+        common::spawn_mosquitto_sub(b.local_addr().port(), &["-t", "gate/#", "-v", "-C", "1"]);
+    assert_eq!(
+        common::mosquitto_sub_lines(sub).await,
+        ["gate/1AB/state closed"]
+    );
+
+    // C starts after the message was published: it asks a running node for what it retains.
+    let c = node(&nats, "c", |_| {});
+    common::eventually(|| async {
+        let (mut raw, _) = Raw::handshake(c.local_addr(), "c-look", true).await;
+        raw.subscribe(1, &[("gate/#", 0)], &[0]).await;
+        // The barrier brings every retained message the SUBSCRIBE matched.
+        raw.sync().await.len() == 1
+    })
+    .await;
+    let sub =
+        common::spawn_mosquitto_sub(c.local_addr().port(), &["-t", "gate/#", "-v", "-C", "1"]);
+    assert_eq!(
+        common::mosquitto_sub_lines(sub).await,
+        ["gate/1AB/state closed"]
+    );
+}
+
+/// Whether `broker`'s cluster link is connected to NATS with its subscriptions made.
+fn linked(broker: &BackgroundBroker) -> bool {
+    let status = broker.metrics().cluster.snapshot();
+    status.expect("the cluster link runs").connected
+}
+
+/// Whether node `broker` has a session (connected or stored) of `client_id`.
+async fn has_session(broker: &BackgroundBroker, client_id: &str) -> Option<bool> {
+    let client = broker
+        .registry()
+        .send(switchboard::registry::GetClient(client_id.into()))
+        .await
+        .expect("registry");
+    client.map(|c| c.connected)
+}
+
+/// [MQTT-3.1.4-2], across nodes: a client that connects on node B with the id of a client
+/// connected on node A ends A's connection (reason: taken over), and with a clean start its
+/// session there [MQTT-3.1.2-6]; a persistent session stays on A for when it comes back.
+#[tokio::test]
+async fn a_client_connecting_on_another_node_takes_over_its_connection() {
+    if !common::nats_available() {
+        return;
+    }
+    let nats = Nats::start();
+    let (a, mut hooks_a) = broker_with_hooks(|config| {
+        config.cluster.nats_url = Some(nats.url());
+        config.cluster.node = Some("a".into());
+    });
+    let b = node(&nats, "b", |_| {});
+    common::eventually(|| async { linked(&a) && linked(&b) }).await;
+    let mut first = peer(options(a.local_addr(), "radar-1")).await;
+    first
+        .subscribe("detrd/status/request/radar-1", QoS::AtLeastOnce)
+        .await;
+    hooks_a.connected("radar-1").await;
+
+    let mut second = options(b.local_addr(), "radar-1");
+    second.set_clean_session(true);
+    let _second = peer(second).await;
+    let ended = hooks_a.disconnected("radar-1").await;
+    assert_eq!(ended.reason, DisconnectReason::TakenOver);
+    // The first connection is closed by the broker, as on a single node.
+    while first.next().await.is_ok() {}
+    // Its session on A is gone with it.
+    common::eventually(|| async { has_session(&a, "radar-1").await.is_none() }).await;
+
+    // A persistent client moving from A to B: A's connection ends, its session stays.
+    let mut persistent = options(a.local_addr(), "gate-7");
+    persistent.set_clean_session(false);
+    let mut first = peer(persistent.clone()).await;
+    first.subscribe("gate/7/command", QoS::AtLeastOnce).await;
+    hooks_a.connected("gate-7").await;
+    let mut moved = options(b.local_addr(), "gate-7");
+    moved.set_clean_session(false);
+    let _moved = peer(moved).await;
+    let ended = hooks_a.disconnected("gate-7").await;
+    assert_eq!(ended.reason, DisconnectReason::TakenOver);
+    while first.next().await.is_ok() {}
+    assert_eq!(has_session(&a, "gate-7").await, Some(false));
+}
+
+/// The link reconnects when NATS comes back, subscribes again, and the traffic between the
+/// nodes goes on.
+#[tokio::test]
+async fn the_link_reconnects_to_nats_and_the_traffic_resumes() {
+    if !common::nats_available() {
+        return;
+    }
+    let mut nats = Nats::start();
+    let a = node(&nats, "a", |_| {});
+    let b = node(&nats, "b", |_| {});
+    let mut subscriber = peer(options(b.local_addr(), "app")).await;
+    subscriber
+        .subscribe("detrd/status/response/+", QoS::AtLeastOnce)
+        .await;
+    let radar = peer(options(a.local_addr(), "radar-2")).await;
+    until_routed(
+        &radar.client,
+        &mut [&mut subscriber],
+        "detrd/status/response/probe",
+    )
+    .await;
+
+    let connected = linked;
+    assert!(connected(&a) && connected(&b));
+    nats.stop();
+    // `switchboard_cluster_nats_connected` in /metrics.
+    common::eventually(|| async { !connected(&a) && !connected(&b) }).await;
+    nats.resume();
+    until_routed(
+        &radar.client,
+        &mut [&mut subscriber],
+        "detrd/status/response/probe",
+    )
+    .await;
+    radar
+        .client
+        .publish(
+            "detrd/status/response/radar-2",
+            QoS::AtLeastOnce,
+            false,
+            "ok",
+        )
+        .await
+        .expect("queued");
+    assert_eq!(
+        next_payload(&mut subscriber).await,
+        ("detrd/status/response/radar-2".to_string(), b"ok".to_vec())
+    );
+    assert!(connected(&a) && connected(&b));
+    let sent = a.metrics().cluster.snapshot().map(|s| s.sent);
+    assert!(sent > Some(0), "{sent:?}");
+}

@@ -1,0 +1,76 @@
+//! Debian's nats-server in a child process on a free loopback port: the transport of a
+//! cluster's nodes. Stopped and started again on the same port to test reconnection.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+/// A NATS server; killed on drop.
+pub struct Nats {
+    child: Option<Child>,
+    /// Its port.
+    pub port: u16,
+}
+
+impl Nats {
+    /// Starts one on a port it picks (`-p -1`), read off its log.
+    pub fn start() -> Nats {
+        let (child, port) = spawn("-1");
+        Nats {
+            child: Some(child),
+            port,
+        }
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it; its clients see the connection end.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let (child, _) = spawn(&self.port.to_string());
+        self.child = Some(child);
+    }
+}
+
+/// Starts nats-server on `port` and waits for its "listening" line; answers the port.
+fn spawn(port: &str) -> (Child, u16) {
+    let mut child = Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", port])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nats-server starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let needle = "Listening for client connections on ";
+    let port = loop {
+        let line = lines
+            .next()
+            .expect("nats-server says where it listens")
+            .expect("readable log");
+        if let Some(at) = line.find(needle) {
+            let addr = &line[at + needle.len()..];
+            let port = addr.rsplit(':').next().and_then(|p| p.trim().parse().ok());
+            break port.expect("a port in the listening line");
+        }
+    };
+    // The rest of the log is not read; keep the pipe drained so the server never blocks.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, port)
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
