@@ -135,6 +135,7 @@ async fn retained_messages_reach_every_node_and_a_node_that_starts_later() {
     // A subscriber on B tells when A's messages reach B at all.
     let mut watcher = peer(options(b.local_addr(), "b-watch")).await;
     watcher.subscribe("probe/#", QoS::AtMostOnce).await;
+    watcher.subscribe("gate/#", QoS::AtLeastOnce).await;
     let mut gate = peer(options(a.local_addr(), "gate-1AB")).await;
     until_routed(&gate.client, &mut [&mut watcher], "probe/1").await;
     gate.client
@@ -147,7 +148,17 @@ async fn retained_messages_reach_every_node_and_a_node_that_starts_later() {
         .publish("probe/after", QoS::AtLeastOnce, false, "after")
         .await
         .expect("queued");
-    while watcher.next_publish().await.topic != "probe/after" {}
+    // A live subscriber on B gets it once (retained messages travel apart from the others).
+    let mut states = 0;
+    loop {
+        let publish = watcher.next_publish().await;
+        match publish.topic.as_str() {
+            "gate/1AB/state" => states += 1,
+            "probe/after" => break,
+            _ => {}
+        }
+    }
+    assert_eq!(states, 1);
 
     let sub =
         common::spawn_mosquitto_sub(b.local_addr().port(), &["-t", "gate/#", "-v", "-C", "1"]);
@@ -171,6 +182,10 @@ async fn retained_messages_reach_every_node_and_a_node_that_starts_later() {
         common::mosquitto_sub_lines(sub).await,
         ["gate/1AB/state closed"]
     );
+    // C learned what B's clients hold though they subscribed before C started (B answers C's
+    // Hello with all its filters): what C's clients publish reaches them.
+    let from_c = peer(options(c.local_addr(), "c-gate")).await;
+    until_routed(&from_c.client, &mut [&mut watcher], "probe/from-c").await;
 }
 
 /// Whether `broker`'s cluster link is connected to NATS with its subscriptions made.
@@ -286,4 +301,81 @@ async fn the_link_reconnects_to_nats_and_the_traffic_resumes() {
     assert!(connected(&a) && connected(&b));
     let sent = a.metrics().cluster.snapshot().map(|s| s.sent);
     assert!(sent > Some(0), "{sent:?}");
+}
+
+/// How many messages `broker`'s link has handed to NATS.
+fn sent(broker: &BackgroundBroker) -> u64 {
+    let status = broker.metrics().cluster.snapshot();
+    status.expect("the cluster link runs").sent
+}
+
+/// Publishes `topic` then `marker/<n>` (QoS 1) from `publisher`, waits for the marker at
+/// `watcher` (which holds `marker/#`), and answers how many of the two the publisher's node
+/// handed to NATS.
+async fn handed_over(
+    node: &BackgroundBroker,
+    publisher: &mut Peer,
+    watcher: &mut Peer,
+    topic: &str,
+    n: u32,
+) -> u64 {
+    let before = sent(node);
+    let marker = format!("marker/{n}");
+    for t in [topic, marker.as_str()] {
+        publisher
+            .client
+            .publish(t, QoS::AtLeastOnce, false, "x")
+            .await
+            .expect("queued");
+        publisher.published().await;
+    }
+    while watcher.next_publish().await.topic != marker {}
+    sent(node) - before
+}
+
+/// A node hands NATS only what another node's clients subscribe to: its own clients' traffic
+/// stays on it, and a filter the other node no longer holds stops travelling.
+#[tokio::test]
+async fn a_node_sends_the_cluster_only_what_other_nodes_subscribe_to() {
+    if !common::nats_available() {
+        return;
+    }
+    let nats = Nats::start();
+    let a = node(&nats, "a", |_| {});
+    let b = node(&nats, "b", |_| {});
+    let mut watcher = peer(options(b.local_addr(), "b-app")).await;
+    watcher.subscribe("marker/#", QoS::AtLeastOnce).await;
+    watcher.subscribe("telemetry/#", QoS::AtLeastOnce).await;
+    let mut local = peer(options(a.local_addr(), "a-local")).await;
+    local.subscribe("local/#", QoS::AtLeastOnce).await;
+    let mut device = peer(options(a.local_addr(), "a-device")).await;
+    until_routed(&device.client, &mut [&mut watcher], "marker/probe").await;
+
+    // Wanted on A only: delivered there, never handed to NATS; the marker is.
+    assert_eq!(
+        handed_over(&a, &mut device, &mut watcher, "local/1", 1).await,
+        1
+    );
+    assert_eq!(next_payload(&mut local).await.0, "local/1");
+    assert_eq!(
+        handed_over(&a, &mut device, &mut watcher, "telemetry/1", 2).await,
+        2
+    );
+
+    // B's client lets go of telemetry/#: B tells A (1 s after an UNSUBSCRIBE), and A stops.
+    watcher
+        .client
+        .unsubscribe("telemetry/#")
+        .await
+        .expect("queued");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut n = 3;
+    while handed_over(&a, &mut device, &mut watcher, "telemetry/2", n).await != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "A still sends telemetry/#"
+        );
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

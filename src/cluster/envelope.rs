@@ -13,6 +13,10 @@ const KIND_MESSAGE: u8 = 1;
 const KIND_CONNECTED: u8 = 2;
 const KIND_SYNC_END: u8 = 3;
 const KIND_SYNC_REQUEST: u8 = 4;
+const KIND_INTEREST: u8 = 5;
+const KIND_HELLO: u8 = 6;
+const KIND_INTEREST_END: u8 = 7;
+const KIND_BYE: u8 = 8;
 
 const HAS_PAYLOAD_FORMAT: u8 = 1;
 const HAS_CONTENT_TYPE: u8 = 2;
@@ -56,6 +60,32 @@ pub enum Envelope {
     /// `node` starts and asks one other node for the retained messages it holds.
     SyncRequest {
         /// The node asking (the answer goes to its inbox).
+        node: String,
+    },
+    /// `node`'s clients subscribed to `added` and no longer hold `removed` (filters, shared
+    /// ones without their `$share/{group}/`).
+    Interest {
+        /// The node.
+        node: String,
+        /// Filters it now holds.
+        added: Vec<String>,
+        /// Filters it no longer holds.
+        removed: Vec<String>,
+    },
+    /// `node` (re)joins: it announces all its filters next, then [`Envelope::InterestEnd`];
+    /// every other node answers with all of its own.
+    Hello {
+        /// The node.
+        node: String,
+    },
+    /// `node` has announced all its filters since its [`Envelope::Hello`].
+    InterestEnd {
+        /// The node.
+        node: String,
+    },
+    /// `node` leaves the cluster (it shuts down).
+    Bye {
+        /// The node.
         node: String,
     },
     /// The node answering a sync request has sent all `count` retained messages it holds.
@@ -110,6 +140,32 @@ impl Envelope {
                 out.put_u8(KIND_SYNC_REQUEST);
                 put_str(&mut out, node);
             }
+            Envelope::Interest {
+                node,
+                added,
+                removed,
+            } => {
+                out.put_u8(KIND_INTEREST);
+                put_str(&mut out, node);
+                for list in [added, removed] {
+                    out.put_u32(list.len() as u32);
+                    for filter in list {
+                        put_str(&mut out, filter);
+                    }
+                }
+            }
+            Envelope::Hello { node } => {
+                out.put_u8(KIND_HELLO);
+                put_str(&mut out, node);
+            }
+            Envelope::InterestEnd { node } => {
+                out.put_u8(KIND_INTEREST_END);
+                put_str(&mut out, node);
+            }
+            Envelope::Bye { node } => {
+                out.put_u8(KIND_BYE);
+                put_str(&mut out, node);
+            }
             Envelope::SyncEnd { node, count } => {
                 out.put_u8(KIND_SYNC_END);
                 out.put_u64(*count);
@@ -145,6 +201,25 @@ impl Envelope {
                 Ok(Envelope::SyncEnd { node, count })
             }
             KIND_SYNC_REQUEST => Ok(Envelope::SyncRequest {
+                node: get_str(&mut bytes)?,
+            }),
+            KIND_INTEREST => {
+                let node = get_str(&mut bytes)?;
+                let added = get_list(&mut bytes)?;
+                let removed = get_list(&mut bytes)?;
+                Ok(Envelope::Interest {
+                    node,
+                    added,
+                    removed,
+                })
+            }
+            KIND_HELLO => Ok(Envelope::Hello {
+                node: get_str(&mut bytes)?,
+            }),
+            KIND_INTEREST_END => Ok(Envelope::InterestEnd {
+                node: get_str(&mut bytes)?,
+            }),
+            KIND_BYE => Ok(Envelope::Bye {
                 node: get_str(&mut bytes)?,
             }),
             other => Err(EnvelopeError::Kind(other)),
@@ -268,6 +343,15 @@ fn get_bytes(bytes: &mut Bytes) -> Result<Bytes, EnvelopeError> {
     Ok(bytes.split_to(len))
 }
 
+fn get_list(bytes: &mut Bytes) -> Result<Vec<String>, EnvelopeError> {
+    let count = get_u32(bytes)?;
+    // Each string takes 4 bytes at least: a count beyond that is damage, not an allocation.
+    if count as usize > bytes.len() / 4 {
+        return Err(EnvelopeError::Short);
+    }
+    (0..count).map(|_| get_str(bytes)).collect()
+}
+
 fn get_str(bytes: &mut Bytes) -> Result<String, EnvelopeError> {
     let raw = get_bytes(bytes)?;
     String::from_utf8(raw.to_vec()).map_err(|_| EnvelopeError::Utf8)
@@ -317,6 +401,14 @@ mod tests {
                 count: 7,
             },
             Envelope::SyncRequest { node: "n3".into() },
+            Envelope::Interest {
+                node: "n2".into(),
+                added: vec!["gate/#".into(), "a/+/b".into()],
+                removed: vec!["x".into()],
+            },
+            Envelope::Hello { node: "n4".into() },
+            Envelope::InterestEnd { node: "n4".into() },
+            Envelope::Bye { node: "n4".into() },
         ] {
             assert_eq!(Envelope::decode(envelope.encode()), Ok(envelope));
         }

@@ -14,6 +14,10 @@ pub enum InterestChange {
     Subscribe(u64, String),
     /// End subscription `sid`.
     Unsubscribe(u64),
+    /// This node now holds the filter: the other nodes are told.
+    Holds(String),
+    /// This node no longer holds the filter.
+    Drops(String),
 }
 
 /// The filters of this node's clients and the NATS subscriptions they need.
@@ -41,6 +45,11 @@ impl Interest {
         self.filters.len()
     }
 
+    /// Every filter held.
+    pub fn filters(&self) -> impl Iterator<Item = &String> {
+        self.filters.keys()
+    }
+
     /// A client here subscribed to `filter`.
     pub fn add(&mut self, filter: &str, subjects: &Subjects) -> Vec<InterestChange> {
         let filter = plain_filter(filter);
@@ -48,7 +57,7 @@ impl Interest {
             return Vec::new(); // `$SYS` and the like stay on each node
         }
         let wanted = subjects.for_filter(filter);
-        let mut changes = Vec::new();
+        let mut changes = vec![InterestChange::Holds(filter.to_string())];
         for subject in &wanted {
             let (_, filters) = self.subjects.entry(subject.clone()).or_insert_with(|| {
                 let sid = self.next_sid;
@@ -67,7 +76,7 @@ impl Interest {
         let Some(subjects) = self.filters.remove(filter) else {
             return Vec::new();
         };
-        let mut changes = Vec::new();
+        let mut changes = vec![InterestChange::Drops(filter.to_string())];
         for subject in subjects {
             if let Some((sid, filters)) = self.subjects.get_mut(&subject) {
                 *filters -= 1;
@@ -128,27 +137,40 @@ mod tests {
         assert_eq!(
             interest.add("a/#", &subjects),
             [
+                InterestChange::Holds("a/#".into()),
                 InterestChange::Subscribe(100, "sb.m.a.>".into()),
                 InterestChange::Subscribe(101, "sb.m.a".into()),
             ]
         );
         // `a` needs a subject already held; a shared subscription is its plain filter.
-        assert_eq!(interest.add("a", &subjects), []);
+        assert_eq!(
+            interest.add("a", &subjects),
+            [InterestChange::Holds("a".into())]
+        );
         assert_eq!(interest.add("$share/g/a/#", &subjects), []);
         assert_eq!(interest.add("$SYS/#", &subjects), []);
         assert_eq!(interest.len(), 2);
         assert_eq!(
             interest.reconcile(&set(&["a"]), &subjects),
-            [InterestChange::Unsubscribe(100)]
+            [
+                InterestChange::Drops("a/#".into()),
+                InterestChange::Unsubscribe(100)
+            ]
         );
         assert_eq!(
             interest.reconcile(&set(&[]), &subjects),
-            [InterestChange::Unsubscribe(101)]
+            [
+                InterestChange::Drops("a".into()),
+                InterestChange::Unsubscribe(101)
+            ]
         );
         assert_eq!(interest.len(), 0);
         assert_eq!(
             interest.reconcile(&set(&["$share/g/b/+"]), &subjects),
-            [InterestChange::Subscribe(102, "sb.m.b.*".into())]
+            [
+                InterestChange::Holds("b/+".into()),
+                InterestChange::Subscribe(102, "sb.m.b.*".into())
+            ]
         );
     }
 }

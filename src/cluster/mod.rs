@@ -13,6 +13,7 @@ mod envelope;
 mod interest;
 mod link;
 pub mod nats;
+mod remote;
 mod status;
 pub mod subjects;
 

@@ -76,6 +76,11 @@ impl Subjects {
         format!("{}.b", self.prefix)
     }
 
+    /// The nodes' announcements of their clients' filters (`gossip.rs`).
+    pub fn interest(&self) -> String {
+        format!("{}.i", self.prefix)
+    }
+
     /// Announcements that a client connected on some node (so that no other keeps it).
     pub fn connected(&self) -> String {
         format!("{}.c", self.prefix)

@@ -7,8 +7,8 @@
 
 mod admin;
 mod client;
+mod cluster;
 mod connecting;
-mod elsewhere;
 mod ending;
 mod filters;
 mod messages;
@@ -28,7 +28,7 @@ pub use admin::{
     AdminPublish, ClientFilters, ClientSummary, GetClient, Kick, Kicked, ListClients, ListRetained,
     ListSubscriptions, Page, SessionReport, SubscriptionSummary,
 };
-pub use elsewhere::ConnectedElsewhere;
+pub use cluster::{ConnectedElsewhere, RetainedPublished, WatchRetained, CLUSTER_CLIENT_ID};
 pub use messages::*;
 pub use recovering::Recover;
 
@@ -94,6 +94,8 @@ pub struct Registry {
     sys_interval: std::time::Duration,
     /// What the `$SYS` topics were last published with.
     sys: sys_topics::SysTopics,
+    /// The cluster link, told of each retained message published here.
+    retained_watcher: Option<Recipient<RetainedPublished>>,
 }
 
 impl Actor for Registry {
@@ -143,6 +145,7 @@ impl Registry {
             ),
             sys_interval: config.sys.interval,
             sys: sys_topics::SysTopics::new(),
+            retained_watcher: None,
         }
     }
 
@@ -307,6 +310,7 @@ impl Registry {
         ctx: &mut Context<Self>,
     ) -> usize {
         if message.retain {
+            self.tell_retained_watcher(&message, from);
             if message.payload.is_empty() {
                 // An empty retained message deletes, and is not stored: 3.1.1 [MQTT-3.3.1-10]
                 // [MQTT-3.3.1-11], 5.0 [MQTT-3.3.1-6] [MQTT-3.3.1-7].

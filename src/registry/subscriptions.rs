@@ -27,7 +27,8 @@ impl Handler<Subscribe> for Registry {
         let mut granted = Vec::with_capacity(msg.filters.len());
         for (position, filter, options) in msg.filters {
             let existed = client.subscriptions.contains_key(&filter);
-            if !existed && client.subscriptions.len() >= max_subscriptions {
+            let bounded = &*client_id != super::CLUSTER_CLIENT_ID;
+            if !existed && client.subscriptions.len() >= max_subscriptions && bounded {
                 warn!(client_id = %client_id, filter = %filter, limit = max_subscriptions, "subscription refused: limit of subscriptions per client");
                 metrics.add_limits_hit(1);
                 if let Some(code) = codes.get_mut(position) {

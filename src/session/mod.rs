@@ -66,10 +66,6 @@ const DETACH_DEADLINE: Duration = Duration::from_secs(30);
 /// bridge, `$bridge.<name>`); a client from the network that asks for one is refused.
 pub const INTERNAL_CLIENT_PREFIX: &str = "$bridge.";
 
-/// The client id of the cluster link's local client (`src/cluster/`): internal, and exempt from
-/// the ACL (a bridge name cannot hold `$`).
-pub const CLUSTER_CLIENT_ID: &str = "$bridge.$cluster";
-
 /// What every Session of one broker shares.
 pub struct SessionShared {
     /// Broker configuration.
@@ -464,7 +460,7 @@ impl Session {
         }
         // The cluster link carries what other nodes' clients published, checked there, to
         // subscribers checked here: no ACL of its own.
-        if self.trust == Trust::Internal && self.client_id() == CLUSTER_CLIENT_ID {
+        if self.trust == Trust::Internal && self.client_id() == crate::registry::CLUSTER_CLIENT_ID {
             self.acl.1 = None;
         }
     }

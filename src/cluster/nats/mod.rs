@@ -7,19 +7,21 @@
 //!
 //! Protocol: <https://docs.nats.io/reference/reference-protocols/nats-protocol>.
 
+mod wire;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use actix::prelude::*;
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use thiserror::Error;
+use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::warn;
 
-/// The longest control line taken from the server (its `INFO` can be long in a big cluster).
-const MAX_CONTROL_LINE: usize = 64 * 1024;
+use wire::{parse_frame, put_pub, read_line, sub_line, Frame, NatsError};
+pub use wire::{parse_urls, NatsServer};
+
 /// How often the client PINGs an idle server; two unanswered PINGs end the connection.
 const PING_INTERVAL: Duration = Duration::from_secs(10);
 /// How long connecting, and the CONNECT's answer, may take.
@@ -28,64 +30,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const PUBLISH_QUEUE: usize = 8192;
 /// Most bytes gathered into one write.
 const WRITE_BATCH: usize = 64 * 1024;
-
-/// One server of `cluster.nats_url`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NatsServer {
-    /// Host name or address.
-    pub host: String,
-    /// Port (default 4222).
-    pub port: u16,
-    /// User and password from the URL (`nats://user:password@host`).
-    pub user: Option<(String, String)>,
-    /// Token from the URL (`nats://token@host`).
-    pub token: Option<String>,
-}
-
-impl std::fmt::Display for NatsServer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "nats://{}:{}", self.host, self.port)
-    }
-}
-
-/// Parses `nats://[user:password@|token@]host[:port]`, several separated by commas.
-pub fn parse_urls(urls: &str) -> Result<Vec<NatsServer>, String> {
-    let mut servers = Vec::new();
-    for url in urls.split(',').map(str::trim) {
-        let rest = url
-            .strip_prefix("nats://")
-            .ok_or_else(|| format!("`{url}` does not start with nats://"))?;
-        let (credentials, address) = match rest.rsplit_once('@') {
-            Some((credentials, address)) => (Some(credentials), address),
-            None => (None, rest),
-        };
-        let (host, port) = match address.rsplit_once(':') {
-            Some((host, port)) => {
-                let port = port
-                    .parse()
-                    .map_err(|_| format!("`{url}`: the port is not a number"))?;
-                (host, port)
-            }
-            None => (address, 4222),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() {
-            return Err(format!("`{url}` names no host"));
-        }
-        let (user, token) = match credentials.map(|c| c.split_once(':')) {
-            Some(Some((user, password))) => (Some((user.into(), password.into())), None),
-            Some(None) => (None, credentials.map(String::from)),
-            None => (None, None),
-        };
-        servers.push(NatsServer {
-            host: host.to_string(),
-            port,
-            user,
-            token,
-        });
-    }
-    Ok(servers)
-}
 
 /// Sent by the NATS client to its owner (the cluster link) when the connection comes up or
 /// goes down.
@@ -124,19 +68,6 @@ pub struct Inbound {
 #[rtype(result = "()")]
 pub struct NatsMessages(pub Vec<Inbound>);
 
-/// Why the connection ended.
-#[derive(Debug, Error)]
-enum NatsError {
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    #[error("the server said: {0}")]
-    Server(String),
-    #[error("protocol error: {0}")]
-    Protocol(String),
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
-}
-
 enum Control {
     Subscribe {
         sid: u64,
@@ -148,9 +79,9 @@ enum Control {
     },
 }
 
-struct Publication {
-    subject: String,
-    payload: Bytes,
+pub(super) struct Publication {
+    pub(super) subject: String,
+    pub(super) payload: Bytes,
 }
 
 /// The handle on a NATS connection running on the current arbiter. Dropping it ends the
@@ -450,167 +381,5 @@ impl Task {
                 }
             }
         }
-    }
-}
-
-fn sub_line(sid: u64, subject: &str, queue: Option<&str>) -> String {
-    match queue {
-        Some(queue) => format!("SUB {subject} {queue} {sid}\r\n"),
-        None => format!("SUB {subject} {sid}\r\n"),
-    }
-}
-
-fn put_pub(out: &mut BytesMut, publication: Publication) {
-    let line = format!(
-        "PUB {} {}\r\n",
-        publication.subject,
-        publication.payload.len()
-    );
-    out.put_slice(line.as_bytes());
-    out.put_slice(&publication.payload);
-    out.put_slice(b"\r\n");
-}
-
-/// Reads one control line (during the handshake).
-async fn read_line(stream: &mut TcpStream, buffer: &mut BytesMut) -> Result<String, NatsError> {
-    loop {
-        if let Some(end) = find_crlf(buffer) {
-            let line = buffer.split_to(end + 2);
-            return Ok(String::from_utf8_lossy(&line[..end]).into_owned());
-        }
-        if buffer.len() > MAX_CONTROL_LINE {
-            return Err(NatsError::Protocol("control line too long".into()));
-        }
-        if stream.read_buf(buffer).await? == 0 {
-            return Err(NatsError::Protocol(
-                "the server closed the connection".into(),
-            ));
-        }
-    }
-}
-
-fn find_crlf(buffer: &[u8]) -> Option<usize> {
-    buffer.windows(2).position(|w| w == b"\r\n")
-}
-
-enum Frame {
-    Message(Inbound),
-    Ping,
-    Pong,
-    Error(String),
-    Other,
-}
-
-/// Takes one whole frame off the front of `buffer`, if there is one.
-fn parse_frame(buffer: &mut BytesMut) -> Result<Option<Frame>, NatsError> {
-    let Some(end) = find_crlf(buffer) else {
-        if buffer.len() > MAX_CONTROL_LINE {
-            return Err(NatsError::Protocol("control line too long".into()));
-        }
-        return Ok(None);
-    };
-    let line = std::str::from_utf8(&buffer[..end])
-        .map_err(|_| NatsError::Protocol("a control line is not UTF-8".into()))?;
-    let mut words = line.split_ascii_whitespace();
-    let frame = match words.next().unwrap_or("") {
-        "MSG" => {
-            let words: Vec<&str> = words.collect();
-            // MSG <subject> <sid> [reply-to] <#bytes>
-            let (subject, sid, size) = match words.as_slice() {
-                [subject, sid, size] | [subject, sid, _, size] => (*subject, *sid, *size),
-                _ => return Err(NatsError::Protocol(format!("bad MSG line `{line}`"))),
-            };
-            let sid = sid
-                .parse()
-                .map_err(|_| NatsError::Protocol(format!("bad sid in `{line}`")))?;
-            let size: usize = size
-                .parse()
-                .map_err(|_| NatsError::Protocol(format!("bad size in `{line}`")))?;
-            let subject = subject.to_string();
-            let total = end + 2 + size + 2;
-            if buffer.len() < total {
-                buffer.reserve(total - buffer.len());
-                return Ok(None);
-            }
-            buffer.advance(end + 2);
-            let payload = buffer.split_to(size).freeze();
-            buffer.advance(2);
-            return Ok(Some(Frame::Message(Inbound {
-                sid,
-                subject,
-                payload,
-            })));
-        }
-        "PING" => Frame::Ping,
-        "PONG" => Frame::Pong,
-        "-ERR" => Frame::Error(line[4..].trim().trim_matches('\'').to_string()),
-        "+OK" | "INFO" => Frame::Other,
-        other => {
-            debug!(frame = other, "an unexpected NATS frame, ignored");
-            Frame::Other
-        }
-    };
-    buffer.advance(end + 2);
-    Ok(Some(frame))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_with_credentials_tokens_and_lists() {
-        let servers = parse_urls("nats://a:b@h1:4333, nats://tok@h2,nats://[::1]:5").unwrap();
-        assert_eq!(servers[0].user, Some(("a".into(), "b".into())));
-        assert_eq!((servers[0].host.as_str(), servers[0].port), ("h1", 4333));
-        assert_eq!(servers[1].token.as_deref(), Some("tok"));
-        assert_eq!(servers[1].port, 4222);
-        assert_eq!((servers[2].host.as_str(), servers[2].port), ("::1", 5));
-        assert!(parse_urls("tcp://h").is_err());
-        assert!(parse_urls("nats://h:x").is_err());
-        assert!(parse_urls("nats://").is_err());
-    }
-
-    #[test]
-    fn frames_are_taken_whole_and_in_order() {
-        let mut buffer = BytesMut::from(
-            &b"PING\r\nMSG a.b 7 5\r\nhello\r\nMSG c 8 r.x 2\r\nhi\r\nMSG d 1 10\r\npart"[..],
-        );
-        assert!(matches!(parse_frame(&mut buffer), Ok(Some(Frame::Ping))));
-        let Ok(Some(Frame::Message(m))) = parse_frame(&mut buffer) else {
-            panic!("a message")
-        };
-        assert_eq!(
-            (m.subject.as_str(), m.sid, &m.payload[..]),
-            ("a.b", 7, &b"hello"[..])
-        );
-        let Ok(Some(Frame::Message(m))) = parse_frame(&mut buffer) else {
-            panic!("a message with a reply subject")
-        };
-        assert_eq!((m.sid, &m.payload[..]), (8, &b"hi"[..]));
-        assert!(matches!(parse_frame(&mut buffer), Ok(None)));
-        buffer.put_slice(b"-more!\r\n-ERR 'Stale Connection'\r\n");
-        assert!(matches!(
-            parse_frame(&mut buffer),
-            Ok(Some(Frame::Message(_)))
-        ));
-        let Ok(Some(Frame::Error(e))) = parse_frame(&mut buffer) else {
-            panic!("an error")
-        };
-        assert_eq!(e, "Stale Connection");
-    }
-
-    #[test]
-    fn garbage_is_an_error_not_a_panic() {
-        for bad in [
-            &b"MSG a\r\n"[..],
-            b"MSG a x 1\r\n",
-            b"MSG a 1 -1\r\n",
-            b"\xff\xfe\r\n",
-        ] {
-            assert!(parse_frame(&mut BytesMut::from(bad)).is_err(), "{bad:?}");
-        }
-        let long = vec![b'a'; MAX_CONTROL_LINE + 1];
-        assert!(parse_frame(&mut BytesMut::from(&long[..])).is_err());
     }
 }

@@ -1,17 +1,21 @@
 //! The ClusterLink actor: one per node. It joins this broker to the others through NATS.
 //!
 //! - Its *local* side is an in-process MQTT 5 client of this broker (`$bridge.$cluster`),
-//!   subscribed to `#` with No Local, Retain As Published and no retained messages on
-//!   subscribing: it reads every message published here by clients, and what it publishes here
-//!   itself (from the other nodes) never comes back to it.
-//! - Its *NATS* side publishes each of those on the subject of its topic (a retained one on
-//!   the broadcast subject, which every node takes), and subscribes, in this node's queue group,
-//!   to the subjects of the filters this node's clients are subscribed to: NATS then brings a
+//!   subscribed to the filters the other nodes' clients hold (`gossip.rs`), with No Local,
+//!   Retain As Published and no retained messages on subscribing: it reads the messages
+//!   published here that some other node wants, and what it publishes here itself (from the
+//!   other nodes) never comes back to it. The Registry hands it every retained message.
+//! - Its *NATS* side publishes those on the subject of their topic, retained ones on the
+//!   broadcast subject which every node takes (`outbound.rs`), and subscribes, in this node's
+//!   queue group, to the subjects of the filters this node's clients hold: NATS then brings a
 //!   message once, however many of them match it.
 //!
 //! A client that connects here is announced, and a node where the same client id is connected
-//! since earlier ends that connection and its session [MQTT-3.1.4-2]. A starting node asks one
-//! other node for its retained messages.
+//! since earlier ends that connection [MQTT-3.1.4-2]. A starting node asks one other node for
+//! its retained messages.
+
+mod gossip;
+mod outbound;
 
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
@@ -19,20 +23,21 @@ use std::time::Duration;
 use actix::prelude::*;
 use bytes::Bytes;
 use switchboard_actors::{
-    Acknowledge, Backoff, ConnectionEvent, ConnectionOptions, Connector, Enqueue,
-    ManagedConnection, PendingAck, ProtocolVersion, QoS, Received, Subscribe, Transport,
+    Backoff, ConnectionEvent, ConnectionOptions, Connector, Enqueue, ManagedConnection, PendingAck,
+    ProtocolVersion, Transport,
 };
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use super::envelope::{ClusterMessage, Envelope};
-use super::interest::{Interest, InterestChange};
+use super::interest::Interest;
 use super::nats::{NatsClient, NatsEvent, NatsMessages, NatsServer};
+use super::remote::RemoteInterest;
 use super::subjects::Subjects;
-use crate::hooks::{ClientConnected, ClientSubscribed, ClientUnsubscribed, LifecycleHooks};
-use crate::registry::{AddHooks, ClientFilters, ConnectedElsewhere, ListRetained, Registry};
+use crate::hooks::{ClientConnected, LifecycleHooks};
+use crate::registry::{AddHooks, ConnectedElsewhere, Registry, WatchRetained};
 
-pub use crate::session::CLUSTER_CLIENT_ID;
+pub use crate::registry::CLUSTER_CLIENT_ID;
 
 /// How often the link compares its NATS subscriptions with the filters of this node's
 /// clients. A new filter is subscribed at once (the hook); one nobody holds any more (a clean
@@ -51,6 +56,10 @@ const SYNC_WAIT: Duration = Duration::from_secs(60);
 /// QoS 1/2 ones are bounded by the link's inflight window on this broker instead.
 const OUTBOX_QOS0: usize = 8192;
 
+/// The most the outbox holds at all (retained messages wait for NATS; past this they are
+/// dropped, and counted).
+const OUTBOX_MAX: usize = 100_000;
+
 /// Messages from the other nodes waiting to be published here (the local client is in-process
 /// and never down: this only absorbs bursts).
 const LOCAL_QUEUE: usize = 100_000;
@@ -60,6 +69,7 @@ const SID_BROADCAST: u64 = 1;
 const SID_CONNECTED: u64 = 2;
 const SID_SYNC: u64 = 3;
 const SID_INBOX: u64 = 4;
+const SID_INTEREST: u64 = 5;
 const FIRST_FILTER_SID: u64 = 100;
 
 /// What the link needs from the broker it runs in.
@@ -91,6 +101,8 @@ struct Outgoing {
     envelope: Bytes,
     /// What this broker waits for to forget it (QoS 1/2).
     ack: Option<PendingAck>,
+    /// Whether it is an application message (counted as sent).
+    counted: bool,
 }
 
 /// The link.
@@ -107,6 +119,8 @@ pub struct ClusterLink {
     pumping: bool,
     /// The filters of this node's clients, and the subjects they take on NATS.
     interest: Interest,
+    /// The filters of the other nodes' clients: the link's local subscriptions.
+    remote: RemoteInterest,
     /// While a sync request is answered: the topics of retained messages that came live
     /// meanwhile (newer than the answer's).
     syncing: Option<HashSet<String>>,
@@ -115,7 +129,7 @@ pub struct ClusterLink {
 }
 
 impl ClusterLink {
-    /// A link (not started); `local_ready` is told once its local subscription is answered.
+    /// A link (not started); `local_ready` is told once its local client is connected.
     pub fn new(env: ClusterEnvironment, local_ready: oneshot::Sender<()>) -> Self {
         ClusterLink {
             env,
@@ -126,6 +140,7 @@ impl ClusterLink {
             outbox: VecDeque::new(),
             pumping: false,
             interest: Interest::new(FIRST_FILTER_SID),
+            remote: RemoteInterest::new(),
             syncing: None,
             local_ready: Some(local_ready),
             reconcile_pending: false,
@@ -151,110 +166,6 @@ impl ClusterLink {
         options
     }
 
-    fn apply(&self, changes: Vec<InterestChange>) {
-        let Some(nats) = &self.nats else { return };
-        for change in changes {
-            match change {
-                InterestChange::Subscribe(sid, subject) => {
-                    debug!(%subject, "cluster: this node now takes");
-                    nats.subscribe(sid, subject, Some(self.env.subjects.node_group()));
-                }
-                InterestChange::Unsubscribe(sid) => nats.unsubscribe(sid),
-            }
-        }
-    }
-
-    /// Makes the NATS subscriptions those of the filters the Registry lists now.
-    fn reconcile(&mut self, ctx: &mut Context<Self>) {
-        self.env
-            .registry
-            .send(ClientFilters)
-            .into_actor(self)
-            .map(|filters, act, _| {
-                if let Ok(filters) = filters {
-                    let changes = act.interest.reconcile(&filters, &act.env.subjects);
-                    act.apply(changes);
-                }
-            })
-            .wait(ctx);
-    }
-
-    /// A message published here by a client: to the other nodes. This broker has it
-    /// acknowledged (`ack`) once it is queued for NATS.
-    fn send_out(&mut self, message: Received, ack: Option<PendingAck>, ctx: &mut Context<Self>) {
-        let Some(nats) = self.nats.clone() else {
-            return self.acknowledge_local(ack);
-        };
-        if message.qos == QoS::AtMostOnce && !self.nats_up {
-            // QoS 0 promises nothing: it is not queued while NATS is unreachable.
-            self.status().add_dropped();
-            return;
-        }
-        let subject = if message.retain {
-            self.env.subjects.broadcast()
-        } else {
-            self.env.subjects.for_topic(&message.topic)
-        };
-        let envelope = Envelope::Message(ClusterMessage {
-            topic: message.topic,
-            qos: message.qos,
-            retain: message.retain,
-            properties: message.properties,
-            payload: message.payload,
-        })
-        .encode();
-        if envelope.len() > self.max_payload {
-            self.status().add_dropped();
-            warn!(subject, size = envelope.len(), max_payload = self.max_payload, "a message is larger than the NATS server's max_payload; not sent to the other nodes");
-            return self.acknowledge_local(ack);
-        }
-        if message.qos == QoS::AtMostOnce && self.outbox.len() >= OUTBOX_QOS0 {
-            self.status().add_dropped();
-            return;
-        }
-        self.outbox.push_back(Outgoing {
-            subject,
-            envelope,
-            ack,
-        });
-        self.pump(&nats, ctx);
-    }
-
-    /// Hands the outbox to NATS in order while its queue has room; when it has none, waits for
-    /// some and goes on. QoS 1/2 messages wait unacknowledged meanwhile, so this broker sends
-    /// the link no more than its inflight window of them and keeps the rest (up to its bounds).
-    fn pump(&mut self, nats: &NatsClient, ctx: &mut Context<Self>) {
-        if self.pumping {
-            return;
-        }
-        while let Some(next) = self.outbox.front() {
-            if !nats.try_publish(&next.subject, &next.envelope) {
-                self.pumping = true;
-                let waiting = nats.clone();
-                async move { waiting.room().await }
-                    .into_actor(self)
-                    .map(|open, act, ctx| {
-                        act.pumping = false;
-                        if let (true, Some(nats)) = (open, act.nats.clone()) {
-                            act.pump(&nats, ctx);
-                        }
-                    })
-                    .spawn(ctx);
-                return;
-            }
-            if let Some(sent) = self.outbox.pop_front() {
-                self.status().add_sent();
-                self.acknowledge_local(sent.ack);
-            }
-        }
-    }
-
-    fn acknowledge_local(&self, ack: Option<PendingAck>) {
-        if let (Some(ack), Some(local)) = (ack, &self.local) {
-            local.do_send(Acknowledge(ack));
-        }
-    }
-
     /// A message from another node: published here, as it was there.
     fn take_in(&mut self, message: ClusterMessage) {
         let Some(local) = &self.local else { return };
@@ -266,45 +177,6 @@ impl ClusterLink {
             retain: message.retain,
             properties: message.properties.map(Box::new),
         });
-    }
-
-    /// Another node asks for the retained messages: sent to its inbox, then the count.
-    fn answer_sync(&mut self, node: String, ctx: &mut Context<Self>) {
-        let Some(nats) = self.nats.clone() else {
-            return;
-        };
-        let me = self.env.node.clone();
-        let inbox = self.env.subjects.inbox_of(&node);
-        let list = ListRetained {
-            filter: "#".to_string(),
-            offset: 0,
-            limit: usize::MAX,
-        };
-        let registry = self.env.registry.clone();
-        let max_payload = self.max_payload;
-        let answer = async move {
-            let Ok(page) = registry.send(list).await else {
-                return;
-            };
-            let mut count = 0u64;
-            for message in page.items {
-                let envelope = Envelope::Message(ClusterMessage {
-                    topic: message.topic.clone(),
-                    qos: message.qos,
-                    retain: true,
-                    properties: message.properties.as_deref().cloned(),
-                    payload: message.payload.clone(),
-                })
-                .encode();
-                if envelope.len() <= max_payload && nats.publish(inbox.clone(), envelope).await {
-                    count += 1;
-                }
-            }
-            let end = Envelope::SyncEnd { node: me, count }.encode();
-            nats.publish(inbox, end).await;
-            info!(to = %node, retained = count, "cluster: sent this node's retained messages to a starting node");
-        };
-        ctx.spawn(answer.into_actor(self));
     }
 
     fn on_envelope(&mut self, sid: u64, envelope: Envelope, ctx: &mut Context<Self>) {
@@ -341,6 +213,7 @@ impl ClusterLink {
                     clean_start,
                 });
             }
+            (SID_INTEREST, envelope) => self.on_interest(envelope, ctx),
             (SID_CONNECTED | SID_SYNC | SID_INBOX, _) => {}
             (_, Envelope::Message(message)) => {
                 if message.retain {
@@ -358,11 +231,12 @@ impl ClusterLink {
         &self.env.metrics.cluster
     }
 
-    fn on_nats_up(&mut self, server: String, max_payload: usize) {
+    fn on_nats_up(&mut self, server: String, max_payload: usize, ctx: &mut Context<Self>) {
         self.nats_up = true;
         self.status().set_connected(true);
         self.max_payload = max_payload;
-        info!(%server, node = %self.env.node, filters = self.interest.len(), "cluster: connected to NATS");
+        info!(%server, node = %self.env.node, filters = self.interest.len(), other_nodes_filters = self.remote.len(), "cluster: connected to NATS");
+        self.join(ctx);
     }
 }
 
@@ -383,6 +257,7 @@ impl Actor for ClusterLink {
         nats.subscribe(SID_CONNECTED, subjects.connected(), None);
         nats.subscribe(SID_SYNC, subjects.sync(), Some(subjects.sync_group()));
         nats.subscribe(SID_INBOX, subjects.inbox(), None);
+        nats.subscribe(SID_INTEREST, subjects.interest(), None);
         // Ask for the cluster's retained messages once subscribed (the client sends its
         // subscriptions before anything published).
         self.syncing = Some(HashSet::new());
@@ -402,11 +277,10 @@ impl Actor for ClusterLink {
             .on_subscribed(me.clone().recipient())
             .on_unsubscribed(me.clone().recipient());
         self.env.registry.do_send(AddHooks(hooks));
+        self.env
+            .registry
+            .do_send(WatchRetained(me.clone().recipient()));
         let local = ManagedConnection::start_with(self.local_options(), vec![me.recipient()]);
-        local.do_send(Subscribe {
-            filter: "#".to_string(),
-            qos: QoS::ExactlyOnce,
-        });
         self.local = Some(local);
         self.reconcile(ctx);
         ctx.run_interval(RECONCILE, |act, ctx| act.reconcile(ctx));
@@ -423,10 +297,13 @@ impl Handler<ConnectionEvent> for ClusterLink {
             ConnectionEvent::MessageToAcknowledge(message, ack) => {
                 self.send_out(message, Some(ack), ctx)
             }
-            ConnectionEvent::SubscriptionGranted { filter, granted } => {
-                if granted.is_none() {
-                    warn!(%filter, "this broker refused the cluster link's subscription");
-                }
+            ConnectionEvent::SubscriptionGranted {
+                filter,
+                granted: None,
+            } => {
+                warn!(%filter, "this broker refused the cluster link's subscription");
+            }
+            ConnectionEvent::Connected { .. } => {
                 if let Some(ready) = self.local_ready.take() {
                     let _ = ready.send(());
                 }
@@ -452,12 +329,12 @@ impl Handler<ConnectionEvent> for ClusterLink {
 impl Handler<NatsEvent> for ClusterLink {
     type Result = ();
 
-    fn handle(&mut self, event: NatsEvent, _: &mut Context<Self>) {
+    fn handle(&mut self, event: NatsEvent, ctx: &mut Context<Self>) {
         match event {
             NatsEvent::Up {
                 server,
                 max_payload,
-            } => self.on_nats_up(server, max_payload),
+            } => self.on_nats_up(server, max_payload, ctx),
             NatsEvent::Down { error } => {
                 self.nats_up = false;
                 self.status().set_connected(false);
@@ -508,38 +385,19 @@ impl Handler<ClientConnected> for ClusterLink {
     }
 }
 
-impl Handler<ClientSubscribed> for ClusterLink {
-    type Result = ();
-
-    fn handle(&mut self, event: ClientSubscribed, _: &mut Context<Self>) {
-        if !event.client_id.starts_with('$') {
-            let changes = self.interest.add(&event.filter, &self.env.subjects);
-            self.apply(changes);
-        }
-    }
-}
-
-impl Handler<ClientUnsubscribed> for ClusterLink {
-    type Result = ();
-
-    fn handle(&mut self, _: ClientUnsubscribed, ctx: &mut Context<Self>) {
-        // Another client may hold the same filter: the Registry's list decides.
-        if !self.reconcile_pending {
-            self.reconcile_pending = true;
-            ctx.run_later(RECONCILE_SOON, |act, ctx| {
-                act.reconcile_pending = false;
-                act.reconcile(ctx);
-            });
-        }
-    }
-}
-
 impl Handler<StopCluster> for ClusterLink {
     type Result = ResponseActFuture<Self, ()>;
 
     fn handle(&mut self, _: StopCluster, _: &mut Context<Self>) -> Self::Result {
         let local = self.local.take();
-        self.nats = None;
+        // The other nodes stop sending what this one's clients wanted.
+        let bye = self.nats.take().map(|nats| {
+            let subject = self.env.subjects.interest();
+            let envelope = Envelope::Bye {
+                node: self.env.node.clone(),
+            };
+            async move { nats.publish(subject, envelope.encode()).await }
+        });
         self.status().set_connected(false);
         let counts = self.status().snapshot().unwrap_or_default();
         info!(
@@ -550,6 +408,9 @@ impl Handler<StopCluster> for ClusterLink {
         );
         Box::pin(
             async move {
+                if let Some(bye) = bye {
+                    let _ = tokio::time::timeout(Duration::from_millis(200), bye).await;
+                }
                 if let Some(local) = local {
                     let stop = switchboard_actors::Stop {
                         deadline: Duration::from_millis(500),

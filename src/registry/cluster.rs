@@ -1,10 +1,59 @@
-//! A client that connected on another node of the cluster: its connection here ends, and with
-//! a clean start its session too.
+//! What the Registry does for the cluster link (`src/cluster/`): end the connection of a client
+//! that connected on another node, and tell the link of every retained message published here.
+
+use std::sync::Arc;
 
 use actix::prelude::*;
 use tracing::info;
 
-use super::{client_in, Registry, ToSession};
+use super::{client_in, ClientKey, Registry, ToSession};
+use crate::message::Message;
+use crate::topic::reserved_for_broker;
+
+/// The client id of the cluster link's local client: internal (the bridges' prefix; a bridge
+/// name cannot hold `$`), exempt from the ACL and from `limits.max_subscriptions_per_client`.
+pub const CLUSTER_CLIENT_ID: &str = "$bridge.$cluster";
+
+/// Sent by the Registry to the cluster link (see [`WatchRetained`]): a retained message (or,
+/// with an empty payload, the clearing of one) that a client of this node, a bridge, a will or
+/// the admin API published, in the order the Registry routed them. The other nodes keep it too.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct RetainedPublished(pub Arc<Message>);
+
+/// Sent by the cluster link to the Registry at start: send me every retained message published
+/// here from now on, but those the link itself published ([`RetainedPublished`]).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WatchRetained(pub Recipient<RetainedPublished>);
+
+impl Handler<WatchRetained> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: WatchRetained, _: &mut Context<Self>) {
+        self.retained_watcher = Some(msg.0);
+    }
+}
+
+impl Registry {
+    /// Tells the cluster link of `message` (retained) unless it came from the link or is one
+    /// of the broker's own topics.
+    pub(super) fn tell_retained_watcher(
+        &mut self,
+        message: &Arc<Message>,
+        from: Option<ClientKey>,
+    ) {
+        let Some(watcher) = &self.retained_watcher else {
+            return;
+        };
+        let from_link = from
+            .and_then(|key| client_in(&mut self.clients, key))
+            .is_some_and(|client| &*client.id == CLUSTER_CLIENT_ID);
+        if !from_link && !reserved_for_broker(&message.topic) {
+            watcher.do_send(RetainedPublished(message.clone()));
+        }
+    }
+}
 
 /// Sent by the cluster link to the Registry: `client_id` connected on node `node` at `at_ms`
 /// (Unix milliseconds). A connection of it here since no later than that ends as taken over

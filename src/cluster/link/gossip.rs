@@ -1,0 +1,172 @@
+//! Interest between the nodes. This node subscribes on NATS to the subjects of its clients'
+//! filters (so NATS brings it what they want) and announces those filters on the interest
+//! subject; from the other nodes' announcements the link subscribes locally to what they want
+//! (so it reads only the messages some other node takes). A node that (re)connects to NATS says
+//! Hello, announces all its filters and then InterestEnd; the others answer with all of theirs.
+
+use actix::prelude::*;
+use switchboard_actors::{QoS, Subscribe, Unsubscribe};
+use tracing::debug;
+
+use super::ClusterLink;
+use crate::cluster::envelope::Envelope;
+use crate::cluster::interest::InterestChange;
+use crate::cluster::remote::LocalChange;
+use crate::hooks::{ClientSubscribed, ClientUnsubscribed};
+use crate::registry::ClientFilters;
+
+/// Bytes of filters at most in one announcement.
+const ANNOUNCEMENT_BYTES: usize = 64 * 1024;
+
+impl ClusterLink {
+    /// Applies changes of this node's interest: NATS subscriptions, and an announcement.
+    pub(super) fn apply(&mut self, changes: Vec<InterestChange>, ctx: &mut Context<Self>) {
+        let (mut added, mut removed) = (Vec::new(), Vec::new());
+        for change in changes {
+            match change {
+                InterestChange::Subscribe(sid, subject) => {
+                    if let Some(nats) = &self.nats {
+                        debug!(%subject, "cluster: this node now takes");
+                        nats.subscribe(sid, subject, Some(self.env.subjects.node_group()));
+                    }
+                }
+                InterestChange::Unsubscribe(sid) => {
+                    if let Some(nats) = &self.nats {
+                        nats.unsubscribe(sid);
+                    }
+                }
+                InterestChange::Holds(filter) => added.push(filter),
+                InterestChange::Drops(filter) => removed.push(filter),
+            }
+        }
+        if !added.is_empty() || !removed.is_empty() {
+            self.announce(added, removed, ctx);
+        }
+    }
+
+    /// Tells the other nodes, in announcements of bounded size.
+    fn announce(&mut self, added: Vec<String>, removed: Vec<String>, ctx: &mut Context<Self>) {
+        let subject = self.env.subjects.interest();
+        let mut part = (Vec::new(), Vec::new(), 0);
+        let all = added
+            .into_iter()
+            .map(|f| (true, f))
+            .chain(removed.into_iter().map(|f| (false, f)));
+        for (adds, filter) in all {
+            part.2 += filter.len() + 4;
+            if adds {
+                part.0.push(filter);
+            } else {
+                part.1.push(filter);
+            }
+            if part.2 >= ANNOUNCEMENT_BYTES {
+                let (added, removed, _) = std::mem::take(&mut part);
+                self.queue_interest(&subject, added, removed, ctx);
+            }
+        }
+        if part.2 > 0 {
+            self.queue_interest(&subject, part.0, part.1, ctx);
+        }
+    }
+
+    fn queue_interest(
+        &mut self,
+        subject: &str,
+        added: Vec<String>,
+        removed: Vec<String>,
+        ctx: &mut Context<Self>,
+    ) {
+        let envelope = Envelope::Interest {
+            node: self.env.node.clone(),
+            added,
+            removed,
+        };
+        self.queue_envelope(subject.to_string(), envelope, ctx);
+    }
+
+    /// Announces every filter this node holds.
+    pub(super) fn announce_all(&mut self, ctx: &mut Context<Self>) {
+        let all: Vec<String> = self.interest.filters().cloned().collect();
+        self.announce(all, Vec::new(), ctx);
+    }
+
+    /// This node is connected to NATS (again): Hello, all its filters, InterestEnd.
+    pub(super) fn join(&mut self, ctx: &mut Context<Self>) {
+        let subject = self.env.subjects.interest();
+        let node = self.env.node.clone();
+        self.queue_envelope(subject.clone(), Envelope::Hello { node: node.clone() }, ctx);
+        self.announce_all(ctx);
+        self.queue_envelope(subject, Envelope::InterestEnd { node }, ctx);
+    }
+
+    /// An announcement of another node's.
+    pub(super) fn on_interest(&mut self, envelope: Envelope, ctx: &mut Context<Self>) {
+        let changes = match envelope {
+            Envelope::Hello { node } if node != self.env.node => {
+                self.remote.begin(&node);
+                // The new node learns what this one holds.
+                self.announce_all(ctx);
+                return;
+            }
+            Envelope::Interest {
+                node,
+                added,
+                removed,
+            } if node != self.env.node => self.remote.apply(&node, &added, &removed),
+            Envelope::InterestEnd { node } if node != self.env.node => self.remote.end(&node),
+            Envelope::Bye { node } if node != self.env.node => self.remote.forget(&node),
+            _ => return,
+        };
+        let Some(local) = &self.local else { return };
+        for change in changes {
+            match change {
+                LocalChange::Subscribe(filter) => local.do_send(Subscribe {
+                    filter,
+                    qos: QoS::ExactlyOnce,
+                }),
+                LocalChange::Unsubscribe(filter) => local.do_send(Unsubscribe { filter }),
+            }
+        }
+    }
+
+    /// Makes the NATS subscriptions those of the filters the Registry lists now.
+    pub(super) fn reconcile(&mut self, ctx: &mut Context<Self>) {
+        self.env
+            .registry
+            .send(ClientFilters)
+            .into_actor(self)
+            .map(|filters, act, ctx| {
+                if let Ok(filters) = filters {
+                    let changes = act.interest.reconcile(&filters, &act.env.subjects);
+                    act.apply(changes, ctx);
+                }
+            })
+            .wait(ctx);
+    }
+}
+
+impl Handler<ClientSubscribed> for ClusterLink {
+    type Result = ();
+
+    fn handle(&mut self, event: ClientSubscribed, ctx: &mut Context<Self>) {
+        if !event.client_id.starts_with('$') {
+            let changes = self.interest.add(&event.filter, &self.env.subjects);
+            self.apply(changes, ctx);
+        }
+    }
+}
+
+impl Handler<ClientUnsubscribed> for ClusterLink {
+    type Result = ();
+
+    fn handle(&mut self, _: ClientUnsubscribed, ctx: &mut Context<Self>) {
+        // Another client may hold the same filter: the Registry's list decides.
+        if !self.reconcile_pending {
+            self.reconcile_pending = true;
+            ctx.run_later(super::RECONCILE_SOON, |act, ctx| {
+                act.reconcile_pending = false;
+                act.reconcile(ctx);
+            });
+        }
+    }
+}

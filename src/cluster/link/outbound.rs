@@ -1,0 +1,188 @@
+//! What the link sends to NATS: this node's messages that another node wants, every retained
+//! message published here, its own announcements, and the answer to a sync request. All but
+//! the answer go through one outbox, in order.
+
+use actix::prelude::*;
+use switchboard_actors::{Acknowledge, PendingAck, QoS, Received};
+use tracing::{info, warn};
+
+use super::{ClusterLink, Outgoing, OUTBOX_MAX, OUTBOX_QOS0};
+use crate::cluster::envelope::{ClusterMessage, Envelope};
+use crate::cluster::nats::NatsClient;
+use crate::registry::{ListRetained, RetainedPublished};
+
+impl ClusterLink {
+    /// A message published here that matches a filter of another node (the link's local
+    /// subscriptions): to NATS on its topic's subject. This broker has it acknowledged (`ack`)
+    /// once it is in NATS's queue.
+    pub(super) fn send_out(
+        &mut self,
+        message: Received,
+        ack: Option<PendingAck>,
+        ctx: &mut Context<Self>,
+    ) {
+        if message.retain {
+            // Every retained message reaches the link from the Registry (`RetainedPublished`),
+            // whoever subscribes to it: this copy would be a second one.
+            return self.acknowledge_local(ack);
+        }
+        let subject = self.env.subjects.for_topic(&message.topic);
+        let envelope = ClusterMessage {
+            topic: message.topic,
+            qos: message.qos,
+            retain: false,
+            properties: message.properties,
+            payload: message.payload,
+        };
+        self.queue_message(subject, envelope, ack, ctx);
+    }
+
+    fn queue_message(
+        &mut self,
+        subject: String,
+        message: ClusterMessage,
+        ack: Option<PendingAck>,
+        ctx: &mut Context<Self>,
+    ) {
+        // QoS 0 promises nothing: it is not kept while NATS is unreachable or behind. A
+        // retained message is state the other nodes keep: it waits (up to a bound).
+        let droppable = message.qos == QoS::AtMostOnce && !message.retain;
+        let full = if droppable {
+            !self.nats_up || self.outbox.len() >= OUTBOX_QOS0
+        } else {
+            self.outbox.len() >= OUTBOX_MAX
+        };
+        if full {
+            self.status().add_dropped();
+            return self.acknowledge_local(ack);
+        }
+        let envelope = Envelope::Message(message).encode();
+        if envelope.len() > self.max_payload {
+            self.status().add_dropped();
+            warn!(subject, size = envelope.len(), max_payload = self.max_payload, "a message is larger than the NATS server's max_payload; not sent to the other nodes");
+            return self.acknowledge_local(ack);
+        }
+        self.outbox.push_back(Outgoing {
+            subject,
+            envelope,
+            ack,
+            counted: true,
+        });
+        self.pump(ctx);
+    }
+
+    /// An announcement of this node's, in order with its messages.
+    pub(super) fn queue_envelope(
+        &mut self,
+        subject: String,
+        envelope: Envelope,
+        ctx: &mut Context<Self>,
+    ) {
+        self.outbox.push_back(Outgoing {
+            subject,
+            envelope: envelope.encode(),
+            ack: None,
+            counted: false,
+        });
+        self.pump(ctx);
+    }
+
+    /// Hands the outbox to NATS in order while its queue has room; when it has none, waits for
+    /// some and goes on. QoS 1/2 messages wait unacknowledged meanwhile, so this broker sends
+    /// the link no more than its inflight window of them and keeps the rest (up to its bounds).
+    pub(super) fn pump(&mut self, ctx: &mut Context<Self>) {
+        let Some(nats) = self.nats.clone() else {
+            return;
+        };
+        if self.pumping {
+            return;
+        }
+        while let Some(next) = self.outbox.front() {
+            if !nats.try_publish(&next.subject, &next.envelope) {
+                self.wait_for_room(nats, ctx);
+                return;
+            }
+            if let Some(sent) = self.outbox.pop_front() {
+                if sent.counted {
+                    self.status().add_sent();
+                }
+                self.acknowledge_local(sent.ack);
+            }
+        }
+    }
+
+    fn wait_for_room(&mut self, nats: NatsClient, ctx: &mut Context<Self>) {
+        self.pumping = true;
+        async move { nats.room().await }
+            .into_actor(self)
+            .map(|open, act, ctx| {
+                act.pumping = false;
+                if open {
+                    act.pump(ctx);
+                }
+            })
+            .spawn(ctx);
+    }
+
+    pub(super) fn acknowledge_local(&self, ack: Option<PendingAck>) {
+        if let (Some(ack), Some(local)) = (ack, &self.local) {
+            local.do_send(Acknowledge(ack));
+        }
+    }
+
+    /// Another node asks for the retained messages: sent to its inbox, then the count.
+    pub(super) fn answer_sync(&mut self, node: String, ctx: &mut Context<Self>) {
+        let Some(nats) = self.nats.clone() else {
+            return;
+        };
+        let me = self.env.node.clone();
+        let inbox = self.env.subjects.inbox_of(&node);
+        let list = ListRetained {
+            filter: "#".to_string(),
+            offset: 0,
+            limit: usize::MAX,
+        };
+        let registry = self.env.registry.clone();
+        let max_payload = self.max_payload;
+        let answer = async move {
+            let Ok(page) = registry.send(list).await else {
+                return;
+            };
+            let mut count = 0u64;
+            for message in page.items {
+                let envelope = Envelope::Message(ClusterMessage {
+                    topic: message.topic.clone(),
+                    qos: message.qos,
+                    retain: true,
+                    properties: message.properties.as_deref().cloned(),
+                    payload: message.payload.clone(),
+                })
+                .encode();
+                if envelope.len() <= max_payload && nats.publish(inbox.clone(), envelope).await {
+                    count += 1;
+                }
+            }
+            let end = Envelope::SyncEnd { node: me, count }.encode();
+            nats.publish(inbox, end).await;
+            info!(to = %node, retained = count, "cluster: sent this node's retained messages to a starting node");
+        };
+        ctx.spawn(answer.into_actor(self));
+    }
+}
+
+impl Handler<RetainedPublished> for ClusterLink {
+    type Result = ();
+
+    /// Every node keeps every retained message: on the broadcast subject.
+    fn handle(&mut self, RetainedPublished(message): RetainedPublished, ctx: &mut Context<Self>) {
+        let cluster_message = ClusterMessage {
+            topic: message.topic.clone(),
+            qos: message.qos,
+            retain: true,
+            properties: message.properties.as_deref().cloned(),
+            payload: message.payload.clone(),
+        };
+        let subject = self.env.subjects.broadcast();
+        self.queue_message(subject, cluster_message, None, ctx);
+    }
+}

@@ -1,0 +1,155 @@
+//! What the other nodes' clients are subscribed to, as they announce it: the filters this node's
+//! link subscribes to locally, so that it reads only the messages some other node wants.
+//!
+//! Each node announces its own filters as they come and go, and all of them when it (re)joins
+//! ([`RemoteInterest::begin`] ... [`RemoteInterest::end`]): a filter the node no longer
+//! announces then goes, without a moment in which one it still holds is missing.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A change of the link's local subscriptions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalChange {
+    /// Some node now wants this filter: subscribe.
+    Subscribe(String),
+    /// No node wants it any more: unsubscribe.
+    Unsubscribe(String),
+}
+
+/// The filters of every other node.
+#[derive(Debug, Default)]
+pub struct RemoteInterest {
+    /// By node: its filters.
+    nodes: BTreeMap<String, BTreeSet<String>>,
+    /// By node: the filters announced since it began announcing all of them again.
+    renewing: BTreeMap<String, BTreeSet<String>>,
+    /// By filter: how many nodes want it.
+    wanted: BTreeMap<String, usize>,
+}
+
+impl RemoteInterest {
+    /// No node known.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many distinct filters the other nodes want.
+    pub fn len(&self) -> usize {
+        self.wanted.len()
+    }
+
+    /// `node` announces all its filters again from now on (it (re)joined).
+    pub fn begin(&mut self, node: &str) {
+        self.renewing.insert(node.to_string(), BTreeSet::new());
+    }
+
+    /// `node` has announced all its filters: those it did not announce again go.
+    pub fn end(&mut self, node: &str) -> Vec<LocalChange> {
+        let Some(renewed) = self.renewing.remove(node) else {
+            return Vec::new();
+        };
+        let gone: Vec<String> = self
+            .nodes
+            .get(node)
+            .map(|held| held.difference(&renewed).cloned().collect())
+            .unwrap_or_default();
+        self.apply(node, &[], &gone)
+    }
+
+    /// `node` is gone (it said so): all its filters go.
+    pub fn forget(&mut self, node: &str) -> Vec<LocalChange> {
+        self.renewing.remove(node);
+        let held: Vec<String> = self
+            .nodes
+            .get(node)
+            .map(|held| held.iter().cloned().collect())
+            .unwrap_or_default();
+        self.apply(node, &[], &held)
+    }
+
+    /// `node` added and removed these filters.
+    pub fn apply(&mut self, node: &str, added: &[String], removed: &[String]) -> Vec<LocalChange> {
+        let mut changes = Vec::new();
+        if let Some(renewed) = self.renewing.get_mut(node) {
+            renewed.extend(added.iter().cloned());
+            for filter in removed {
+                renewed.remove(filter);
+            }
+        }
+        let held = self.nodes.entry(node.to_string()).or_default();
+        for filter in added {
+            if held.insert(filter.clone()) {
+                let count = self.wanted.entry(filter.clone()).or_default();
+                *count += 1;
+                if *count == 1 {
+                    changes.push(LocalChange::Subscribe(filter.clone()));
+                }
+            }
+        }
+        for filter in removed {
+            if held.remove(filter) {
+                if let Some(count) = self.wanted.get_mut(filter) {
+                    *count -= 1;
+                    if *count == 0 {
+                        self.wanted.remove(filter);
+                        changes.push(LocalChange::Unsubscribe(filter.clone()));
+                    }
+                }
+            }
+        }
+        if held.is_empty() {
+            self.nodes.remove(node);
+        }
+        changes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(filters: &[&str]) -> Vec<String> {
+        filters.iter().map(|f| f.to_string()).collect()
+    }
+
+    #[test]
+    fn a_filter_is_subscribed_with_its_first_node_and_goes_with_its_last() {
+        let mut remote = RemoteInterest::new();
+        assert_eq!(
+            remote.apply("b", &strings(&["gate/#", "a"]), &[]),
+            [
+                LocalChange::Subscribe("gate/#".into()),
+                LocalChange::Subscribe("a".into())
+            ]
+        );
+        assert_eq!(remote.apply("c", &strings(&["gate/#"]), &[]), []);
+        assert_eq!(remote.apply("b", &[], &strings(&["gate/#"])), []);
+        assert_eq!(
+            remote.forget("c"),
+            [LocalChange::Unsubscribe("gate/#".into())]
+        );
+        assert_eq!(remote.len(), 1);
+        // Announced twice, removed once: a node's set, not a count.
+        assert_eq!(remote.apply("b", &strings(&["a"]), &[]), []);
+        assert_eq!(
+            remote.apply("b", &[], &strings(&["a"])),
+            [LocalChange::Unsubscribe("a".into())]
+        );
+        assert_eq!(remote.len(), 0);
+    }
+
+    #[test]
+    fn a_node_announcing_all_again_drops_only_what_it_left_out() {
+        let mut remote = RemoteInterest::new();
+        remote.apply("b", &strings(&["x", "y"]), &[]);
+        remote.begin("b");
+        // Nothing goes while it announces: `y` stays subscribed throughout.
+        assert_eq!(
+            remote.apply("b", &strings(&["y", "z"]), &[]),
+            [LocalChange::Subscribe("z".into())]
+        );
+        assert_eq!(remote.end("b"), [LocalChange::Unsubscribe("x".into())]);
+        assert_eq!(remote.end("b"), []);
+        assert_eq!(remote.len(), 2);
+    }
+}
