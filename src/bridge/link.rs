@@ -458,7 +458,7 @@ impl Bridge {
 /// An upper bound of the remaining length of an MQTT 5 PUBLISH of this topic, payload and
 /// properties with a packet id (section 3.3): each property counted with its identifier and
 /// length prefix, the property length with its longest encoding.
-fn publish_size_bound(
+pub(crate) fn publish_size_bound(
     topic: &str,
     payload: usize,
     properties: Option<&switchboard_actors::MessageProperties>,

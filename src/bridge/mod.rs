@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 pub use config::{BridgeConfig, BridgeProtocol, BridgeTopic, Direction};
+pub(crate) use link::publish_size_bound;
 pub use link::BridgeEnvironment;
 pub use status::{BridgeSnapshot, BridgeStatus, BridgeStatuses};
 pub use topics::TopicMap;

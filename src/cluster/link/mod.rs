@@ -169,6 +169,16 @@ impl ClusterLink {
     /// A message from another node: published here, as it was there.
     fn take_in(&mut self, message: ClusterMessage) {
         let Some(local) = &self.local else { return };
+        let properties = message.properties.as_ref();
+        let size =
+            crate::bridge::publish_size_bound(&message.topic, message.payload.len(), properties);
+        if size > self.env.max_packet_size {
+            // Another node took it under a larger `limits.max_packet_size`; this broker would
+            // close the link's local connection on it.
+            self.status().add_dropped();
+            warn!(topic = %message.topic, size, "a message from another node is larger than this node's limits.max_packet_size; dropped");
+            return;
+        }
         self.status().add_received();
         local.do_send(Enqueue {
             topic: message.topic,
