@@ -322,8 +322,7 @@ impl Broker {
 }
 
 /// Starts the cluster link if `[cluster]` names NATS servers, on the last worker, and waits
-/// (up to 5 s) until its local subscription is answered: from then on nothing published here
-/// misses the other nodes.
+/// (up to 5 s) until its local client is connected.
 async fn start_cluster(
     shared: &Arc<SessionShared>,
     registry: &Addr<Registry>,
@@ -352,7 +351,7 @@ async fn start_cluster(
     };
     let wait = std::time::Duration::from_secs(5);
     if tokio::time::timeout(wait, local_ready).await.is_err() {
-        tracing::warn!("the cluster link's subscription on this broker was not answered within {wait:?}; going on");
+        tracing::warn!("the cluster link's local client did not connect within {wait:?}; going on");
     }
     Ok(Some(link))
 }

@@ -314,4 +314,18 @@ fn check_says_whether_a_config_would_start_without_binding_its_ports() {
     let (ok, text) = run_check(&config);
     assert!(!ok, "{text}");
     assert!(text.contains("auth.allow_anonymous"), "{text}");
+
+    // A cluster node name that cannot be a NATS token, and a URL that is not NATS's.
+    for (cluster, key) in [
+        (
+            "nats_url = \"nats://127.0.0.1:4222\"\nnode = \"edge.1\"",
+            "cluster.node",
+        ),
+        ("nats_url = \"http://127.0.0.1:4222\"", "cluster.nats_url"),
+    ] {
+        std::fs::write(&config, format!("[cluster]\n{cluster}\n")).expect("config");
+        let (ok, text) = run_check(&config);
+        assert!(!ok, "{text}");
+        assert!(text.contains(key), "{text}");
+    }
 }

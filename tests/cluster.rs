@@ -278,6 +278,16 @@ async fn the_link_reconnects_to_nats_and_the_traffic_resumes() {
     // `switchboard_cluster_nats_connected` in /metrics.
     common::eventually(|| async { !connected(&a) && !connected(&b) }).await;
     nats.resume();
+    // Each link retries with a backoff of up to 2 s: give them that, and a loaded machine's
+    // slack, before any traffic is expected.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !(connected(&a) && connected(&b)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the links did not reconnect"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     until_routed(
         &radar.client,
         &mut [&mut subscriber],
@@ -350,6 +360,8 @@ async fn a_node_sends_the_cluster_only_what_other_nodes_subscribe_to() {
     local.subscribe("local/#", QoS::AtLeastOnce).await;
     let mut device = peer(options(a.local_addr(), "a-device")).await;
     until_routed(&device.client, &mut [&mut watcher], "marker/probe").await;
+    // Probes still on their way are counted before this marker arrives (one publisher's order).
+    handed_over(&a, &mut device, &mut watcher, "marker/settle", 0).await;
 
     // Wanted on A only: delivered there, never handed to NATS; the marker is.
     assert_eq!(

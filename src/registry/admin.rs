@@ -90,9 +90,9 @@ pub struct ListSubscriptions {
     pub search: Option<String>,
 }
 
-/// Sent by the cluster link to the Registry: every distinct filter that clients from the
-/// network (not the broker's own bridges and link, whose ids start with `$`) are subscribed to,
-/// `$share/{group}/` prefixes included: what the other nodes must send this one.
+/// Sent by the cluster link to the Registry: every distinct filter this node's clients are
+/// subscribed to (bridges' local clients included, the link's own not), `$share/{group}/`
+/// prefixes included: what the other nodes must send this one.
 #[derive(Message)]
 #[rtype(result = "std::collections::BTreeSet<String>")]
 pub struct ClientFilters;
@@ -225,7 +225,7 @@ impl Handler<ClientFilters> for Registry {
             .clients
             .iter()
             .flatten()
-            .filter(|client| !client.id.starts_with('$'))
+            .filter(|client| &*client.id != super::CLUSTER_CLIENT_ID)
             .flat_map(|client| client.subscriptions.keys().cloned())
             .collect();
         MessageResult(filters)

@@ -10,6 +10,11 @@ use super::{client_in, ClientKey, Registry, ToSession};
 use crate::message::Message;
 use crate::topic::reserved_for_broker;
 
+/// Client ids that start with this belong to broker-internal clients (the local side of each
+/// bridge, `$bridge.<name>`, and the cluster link's); a client from the network that asks for
+/// one is refused.
+pub const INTERNAL_CLIENT_PREFIX: &str = "$bridge.";
+
 /// The client id of the cluster link's local client: internal (the bridges' prefix; a bridge
 /// name cannot hold `$`), exempt from the ACL and from `limits.max_subscriptions_per_client`.
 pub const CLUSTER_CLIENT_ID: &str = "$bridge.$cluster";

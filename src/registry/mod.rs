@@ -28,7 +28,9 @@ pub use admin::{
     AdminPublish, ClientFilters, ClientSummary, GetClient, Kick, Kicked, ListClients, ListRetained,
     ListSubscriptions, Page, SessionReport, SubscriptionSummary,
 };
-pub use cluster::{ConnectedElsewhere, RetainedPublished, WatchRetained, CLUSTER_CLIENT_ID};
+pub use cluster::{
+    ConnectedElsewhere, RetainedPublished, WatchRetained, CLUSTER_CLIENT_ID, INTERNAL_CLIENT_PREFIX,
+};
 pub use messages::*;
 pub use recovering::Recover;
 

@@ -62,9 +62,7 @@ const CLOSE_WRITE_DEADLINE: Duration = Duration::from_secs(2);
 /// The Registry answers every Detach of an attached connection, so this is a safety net only.
 const DETACH_DEADLINE: Duration = Duration::from_secs(30);
 
-/// Client ids that start with this belong to broker-internal clients (the local side of each
-/// bridge, `$bridge.<name>`); a client from the network that asks for one is refused.
-pub const INTERNAL_CLIENT_PREFIX: &str = "$bridge.";
+pub use crate::registry::INTERNAL_CLIENT_PREFIX;
 
 /// What every Session of one broker shares.
 pub struct SessionShared {

@@ -13,7 +13,7 @@ use crate::cluster::envelope::Envelope;
 use crate::cluster::interest::InterestChange;
 use crate::cluster::remote::LocalChange;
 use crate::hooks::{ClientSubscribed, ClientUnsubscribed};
-use crate::registry::ClientFilters;
+use crate::registry::{ClientFilters, CLUSTER_CLIENT_ID};
 
 /// Bytes of filters at most in one announcement.
 const ANNOUNCEMENT_BYTES: usize = 64 * 1024;
@@ -149,7 +149,8 @@ impl Handler<ClientSubscribed> for ClusterLink {
     type Result = ();
 
     fn handle(&mut self, event: ClientSubscribed, ctx: &mut Context<Self>) {
-        if !event.client_id.starts_with('$') {
+        // The link's own subscriptions are the other nodes' filters, not this node's.
+        if &*event.client_id != CLUSTER_CLIENT_ID {
             let changes = self.interest.add(&event.filter, &self.env.subjects);
             self.apply(changes, ctx);
         }

@@ -35,7 +35,9 @@ use super::nats::{NatsClient, NatsEvent, NatsMessages, NatsServer};
 use super::remote::RemoteInterest;
 use super::subjects::Subjects;
 use crate::hooks::{ClientConnected, LifecycleHooks};
-use crate::registry::{AddHooks, ConnectedElsewhere, Registry, WatchRetained};
+use crate::registry::{
+    AddHooks, ConnectedElsewhere, Registry, WatchRetained, INTERNAL_CLIENT_PREFIX,
+};
 
 pub use crate::registry::CLUSTER_CLIENT_ID;
 
@@ -373,7 +375,9 @@ impl Handler<ClientConnected> for ClusterLink {
     type Result = ();
 
     fn handle(&mut self, event: ClientConnected, ctx: &mut Context<Self>) {
-        if event.client_id.starts_with('$') {
+        // Internal clients (bridges' local sides, the link) are per node, under the same ids
+        // on every node.
+        if event.client_id.starts_with(INTERNAL_CLIENT_PREFIX) {
             return;
         }
         let Some(nats) = self.nats.clone() else {
