@@ -391,3 +391,62 @@ async fn a_node_sends_the_cluster_only_what_other_nodes_subscribe_to() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A bridge's local client is per node: nodes may run bridges of the same name, and one's
+/// reconnecting does not end the other's (the cluster-wide takeover of [MQTT-3.1.4-2] is for
+/// clients from the network). A bridge is a subscriber like any other: what is published on
+/// another node and matches its `out` topics reaches its remote broker.
+#[tokio::test]
+async fn bridges_on_cluster_nodes_forward_the_cluster_and_keep_their_own_local_clients() {
+    if !common::nats_available() {
+        return;
+    }
+    use common::bridge::bridge_toml;
+    let nats = Nats::start();
+    let central = common::broker();
+    let bridge = |client_id: &str, pattern: &str| {
+        let topics = format!("{{ pattern = \"{pattern}\", direction = \"out\", qos = 1 }},");
+        let toml =
+            bridge_toml(central.local_addr(), "5", &topics, "").replace("site-1AB", client_id);
+        Config::from_toml(&toml).expect("bridge config").bridge
+    };
+    let (a, mut hooks_a) = broker_with_hooks(|config| {
+        config.cluster.nats_url = Some(nats.url());
+        config.cluster.node = Some("a".into());
+        config.bridge = bridge("site-a", "gate/#");
+    });
+    let (b, mut hooks_b) = broker_with_hooks(|config| {
+        config.cluster.nats_url = Some(nats.url());
+        config.cluster.node = Some("b".into());
+        config.bridge = bridge("site-b", "other/#");
+    });
+    common::eventually(|| async { linked(&a) && linked(&b) }).await;
+
+    // B's bridge's local client reconnects while the cluster runs.
+    let kick = switchboard::registry::Kick {
+        client_id: "$bridge.central".into(),
+        remove_session: false,
+    };
+    b.registry().send(kick).await.expect("registry");
+    hooks_b.disconnected("$bridge.central").await;
+    hooks_b.connected("$bridge.central").await;
+
+    // Published on B, wanted by A's bridge: it reaches the central broker.
+    let mut app = peer(options(central.local_addr(), "central-app")).await;
+    app.subscribe("gate/#", QoS::AtLeastOnce).await;
+    let gate = peer(options(b.local_addr(), "gate-1")).await;
+    until_routed(&gate.client, &mut [&mut app], "gate/probe").await;
+
+    // A client moving from A to B: once A has handled that, it has handled everything B
+    // announced before, and its own bridge's local client was never taken over.
+    let _on_a = peer(options(a.local_addr(), "mover")).await;
+    let _on_b = peer(options(b.local_addr(), "mover")).await;
+    loop {
+        if let common::HookEvent::Disconnected(ended) = hooks_a.next().await {
+            assert_ne!(&*ended.client_id, "$bridge.central", "{ended:?}");
+            if &*ended.client_id == "mover" {
+                break;
+            }
+        }
+    }
+}
