@@ -450,3 +450,66 @@ async fn bridges_on_cluster_nodes_forward_the_cluster_and_keep_their_own_local_c
         }
     }
 }
+
+/// MQTT 5 properties cross nodes unaltered, Message Expiry as what remains of it
+/// [MQTT-3.3.2-6]: live to a subscriber on another node, and with a retained message kept by
+/// that node (its copy expires too [MQTT-3.3.2-5]).
+#[tokio::test]
+async fn mqtt5_properties_and_message_expiry_cross_nodes() {
+    use common::v5::{prop, publish5, publish_of, Props};
+    if !common::nats_available() {
+        return;
+    }
+    let nats = Nats::start();
+    let a = node(&nats, "a", |_| {});
+    let b = node(&nats, "b", |_| {});
+    let mut watcher = peer(options(b.local_addr(), "b-watch")).await;
+    watcher.subscribe("detrd/#", QoS::AtLeastOnce).await;
+    let mut sub = Raw::handshake5(b.local_addr(), "b-app").await;
+    sub.subscribe5(1, &Props::new(), &[("detrd/status/request/+", 1)])
+        .await;
+    let prober = peer(options(a.local_addr(), "a-prober")).await;
+    until_routed(&prober.client, &mut [&mut watcher], "detrd/probe").await;
+
+    let mut app = Raw::handshake5(a.local_addr(), "a-app").await;
+    let props = Props::new()
+        .byte(prop::PAYLOAD_FORMAT, 1)
+        .u32(prop::MESSAGE_EXPIRY, 600)
+        .str(prop::CONTENT_TYPE, "application/json")
+        .str(prop::RESPONSE_TOPIC, "detrd/status/response/1AB")
+        .str(prop::CORRELATION_DATA, "req-42")
+        .user("z", "1")
+        .user("a", "2");
+    let request = publish5("detrd/status/request/1AB", b"{}", 1, 7, true, &props);
+    app.send(&request).await;
+    assert_eq!(app.expect().await.byte1, 0x40);
+    let check = |frame: &common::Frame| {
+        let got = publish_of(frame);
+        assert_eq!(got.topic, "detrd/status/request/1AB");
+        let p = got.properties.expect("properties forwarded");
+        assert_eq!(p.payload_format_indicator, Some(1));
+        assert_eq!(p.content_type.as_deref(), Some("application/json"));
+        let response = p.response_topic.as_deref();
+        assert_eq!(response, Some("detrd/status/response/1AB"));
+        assert_eq!(p.correlation_data.as_deref(), Some(&b"req-42"[..]));
+        let users: Vec<(&str, &str)> = p
+            .user_properties
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(users, [("z", "1"), ("a", "2")]);
+        let expiry = p
+            .message_expiry_interval
+            .expect("what remains of the expiry");
+        assert!((1..=600).contains(&expiry), "{expiry}");
+    };
+    check(&sub.expect().await);
+
+    // Kept on B with its expiry: a late subscriber there gets it retained, counting down.
+    let mut late = Raw::handshake5(b.local_addr(), "b-late").await;
+    late.subscribe5(1, &Props::new(), &[("detrd/status/request/+", 1)])
+        .await;
+    let retained = late.sync5().await;
+    assert_eq!(retained.len(), 1, "{retained:?}");
+    check(&retained[0]);
+}

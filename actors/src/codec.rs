@@ -50,6 +50,8 @@ pub enum Incoming {
         pid: u16,
         /// MQTT 5 properties the broker forwarded.
         properties: Option<MessageProperties>,
+        /// (5.0) What remained of its Message Expiry Interval, in seconds.
+        expiry: Option<u32>,
     },
     /// PUBACK with its (MQTT 5) reason code.
     PubAck(u16, u8),
@@ -137,6 +139,7 @@ fn from_v4(packet: v4::Packet) -> Result<Incoming, ClientCodecError> {
             retain: p.retain,
             pid: p.pkid,
             properties: None,
+            expiry: None,
         },
         v4::Packet::PubAck(a) => Incoming::PubAck(a.pkid, 0),
         v4::Packet::PubRec(a) => Incoming::PubRec(a.pkid, 0),
@@ -170,6 +173,10 @@ fn from_v5(packet: v5::Packet) -> Result<Incoming, ClientCodecError> {
             maximum_packet_size: ack.properties.and_then(|p| p.max_packet_size),
         },
         v5::Packet::Publish(p) => Incoming::Publish {
+            expiry: p
+                .properties
+                .as_ref()
+                .and_then(|props| props.message_expiry_interval),
             properties: p.properties.map(|props| MessageProperties {
                 payload_format: props.payload_format_indicator,
                 content_type: props.content_type,
@@ -346,6 +353,7 @@ pub(crate) fn write_publish_of(
     if protocol.is_v5() {
         let extras = PublishExtras {
             properties: message.properties.as_deref(),
+            expiry: message.remaining_expiry(std::time::Instant::now()),
             ..PublishExtras::default()
         };
         write_publish_v5(out, &message.topic, &message.payload, header, &extras, None);

@@ -105,6 +105,7 @@ impl Outbox {
 ///     qos: QoS::AtLeastOnce,
 ///     retain: false,
 ///     properties: None,
+///     expiry: None,
 /// };
 /// printer.on_message(&request, &mut out);
 /// let sent = out.take();

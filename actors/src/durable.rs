@@ -143,8 +143,9 @@ fn replay(mut bytes: &[u8]) -> BTreeMap<MessageId, Outgoing> {
             payload,
             qos,
             retain: flags[1] == 1,
-            // MQTT 5 properties are not part of the record format.
+            // MQTT 5 properties and expiry are not part of the record format.
             properties: None,
+            expires_at: None,
         })
     }
     let mut live = BTreeMap::new();
@@ -180,6 +181,7 @@ mod tests {
             qos: QoS::AtLeastOnce,
             retain: id.is_multiple_of(2),
             properties: None,
+            expires_at: None,
         }
     }
 

@@ -48,6 +48,8 @@ pub enum DropReason {
     /// (5.0) As a PUBLISH it would exceed the Maximum Packet Size the broker announced in
     /// CONNACK, which a client must not send [MQTT-3.2.2-15].
     TooLarge,
+    /// (5.0) Its Message Expiry Interval ran out while it waited in the queue.
+    Expired,
 }
 
 /// Sent by a [`ManagedConnection`](crate::ManagedConnection) to every registered listener.
@@ -112,6 +114,8 @@ pub struct Received {
     pub retain: bool,
     /// MQTT 5 properties the broker forwarded (response topic, correlation data, ...).
     pub properties: Option<switchboard_mqtt::MessageProperties>,
+    /// (5.0) What remained of its Message Expiry Interval when the broker sent it, in seconds.
+    pub expiry: Option<u32>,
 }
 
 /// Why [`Enqueue`](crate::Enqueue) did not take a message.

@@ -58,6 +58,7 @@ fn enqueue(p: Publish) -> Enqueue {
         qos: p.qos,
         retain: p.retain,
         properties: None,
+        expiry: None,
     }
 }
 

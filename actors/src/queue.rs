@@ -23,6 +23,24 @@ pub struct Outgoing {
     pub retain: bool,
     /// MQTT 5 properties (response topic, correlation data, ...); not sent over 3.1.1.
     pub properties: Option<Box<MessageProperties>>,
+    /// (5.0) When its Message Expiry Interval runs out.
+    pub expires_at: Option<std::time::Instant>,
+}
+
+impl Outgoing {
+    /// Whether its Message Expiry Interval ran out before `now`.
+    pub fn is_expired(&self, now: std::time::Instant) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// What remains of its Message Expiry Interval at `now`, in whole seconds rounded up.
+    pub fn remaining_expiry(&self, now: std::time::Instant) -> Option<u32> {
+        self.expires_at.map(|at| {
+            let left = at.saturating_duration_since(now);
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            u32::try_from(secs).unwrap_or(u32::MAX)
+        })
+    }
 }
 
 /// What [`PendingQueue::push`] did.
@@ -119,6 +137,7 @@ mod tests {
             qos: QoS::AtLeastOnce,
             retain: false,
             properties: None,
+            expires_at: None,
         }
     }
 

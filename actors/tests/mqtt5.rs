@@ -184,3 +184,46 @@ async fn a_message_over_the_brokers_maximum_packet_size_is_dropped_not_sent() {
         ]
     );
 }
+
+#[actix_rt::test]
+async fn message_expiry_is_sent_as_what_remains_and_a_message_that_ran_out_is_dropped() {
+    // [MQTT-3.3.2-6] the interval sent is what remains of it; one that ran out while queued is
+    // not sent at all ([MQTT-3.3.2-5] is the broker's side of the same rule).
+    let broker = broker_on(0);
+    let port = broker.local_addr().port();
+    let (sub, mut sub_events) = connection(speaking(port, "watcher", ProtocolVersion::V5));
+    sub.do_send(switchboard_actors::Subscribe {
+        filter: "t/#".into(),
+        qos: QoS::AtLeastOnce,
+    });
+    granted(&mut sub_events, "t/#").await;
+    let (conn, mut events) = connection(speaking(port, "sender", ProtocolVersion::V5));
+    connected(&mut events).await;
+    let mut expiring = Enqueue::new("t/expiring", "a", QoS::AtLeastOnce);
+    expiring.expiry = Some(600);
+    let mut ran_out = Enqueue::new("t/ran-out", "b", QoS::AtLeastOnce);
+    ran_out.expiry = Some(0);
+    conn.send(expiring).await.expect("actor").expect("queued");
+    let gone = conn.send(ran_out).await.expect("actor").expect("queued");
+    conn.send(Enqueue::new("t/last", "c", QoS::AtLeastOnce))
+        .await
+        .expect("actor")
+        .expect("queued");
+    let dropped = events
+        .find(|e| match e {
+            ConnectionEvent::MessageDropped(id, why) => Some((*id, *why)),
+            _ => None,
+        })
+        .await;
+    assert_eq!(dropped, (gone, switchboard_actors::DropReason::Expired));
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        if let ConnectionEvent::MessageReceived(m) = sub_events.next().await {
+            got.push((m.topic, m.expiry));
+        }
+    }
+    let (first, last) = (&got[0], &got[1]);
+    assert_eq!(first.0, "t/expiring");
+    assert!(first.1.is_some_and(|s| (1..=600).contains(&s)), "{first:?}");
+    assert_eq!(last, &("t/last".to_string(), None));
+}

@@ -366,6 +366,7 @@ impl Bridge {
             qos: message.qos,
             retain: message.retain,
             properties: message.properties.map(Box::new),
+            expiry: message.expiry,
         };
         remote
             .send(enqueue)
@@ -407,6 +408,7 @@ impl Bridge {
             qos: message.qos,
             retain: message.retain,
             properties: message.properties.map(Box::new),
+            expiry: message.expiry,
         };
         local
             .send(enqueue)
@@ -457,7 +459,8 @@ impl Bridge {
 
 /// An upper bound of the remaining length of an MQTT 5 PUBLISH of this topic, payload and
 /// properties with a packet id (section 3.3): each property counted with its identifier and
-/// length prefix, the property length with its longest encoding.
+/// length prefix, a Message Expiry Interval (5 bytes) whether or not there is one, the property
+/// length with its longest encoding.
 pub(crate) fn publish_size_bound(
     topic: &str,
     payload: usize,
@@ -471,7 +474,7 @@ pub(crate) fn publish_size_bound(
         let data = usize::from(p.correlation_data.is_some());
         2 + 3 * (strings + data) + 5 * p.user_properties.len() + p.size()
     });
-    2 + topic.len() + 2 + 4 + properties + payload
+    2 + topic.len() + 2 + 4 + 5 + properties + payload
 }
 
 impl Actor for Bridge {

@@ -23,6 +23,7 @@ const HAS_CONTENT_TYPE: u8 = 2;
 const HAS_RESPONSE_TOPIC: u8 = 4;
 const HAS_CORRELATION_DATA: u8 = 8;
 const HAS_USER_PROPERTIES: u8 = 16;
+const HAS_EXPIRY: u8 = 32;
 
 /// An application message going from one node to the others.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +36,9 @@ pub struct ClusterMessage {
     pub retain: bool,
     /// MQTT 5 properties, forwarded unaltered.
     pub properties: Option<MessageProperties>,
+    /// (5.0) What remained of its Message Expiry Interval when it was sent, in seconds
+    /// [MQTT-3.3.2-6].
+    pub expiry: Option<u32>,
     /// The payload.
     pub payload: Bytes,
 }
@@ -232,7 +236,11 @@ fn encode_message(message: &ClusterMessage, out: &mut BytesMut) {
     out.put_u8(message.qos as u8 | if message.retain { 4 } else { 0 });
     put_str(out, &message.topic);
     let p = message.properties.as_ref();
-    let mut present = 0;
+    let mut present = if message.expiry.is_some() {
+        HAS_EXPIRY
+    } else {
+        0
+    };
     if let Some(p) = p {
         for (set, bit) in [
             (p.payload_format.is_some(), HAS_PAYLOAD_FORMAT),
@@ -247,6 +255,9 @@ fn encode_message(message: &ClusterMessage, out: &mut BytesMut) {
         }
     }
     out.put_u8(present);
+    if let Some(expiry) = message.expiry {
+        out.put_u32(expiry);
+    }
     if let Some(p) = p {
         if let Some(format) = p.payload_format {
             out.put_u8(format);
@@ -279,7 +290,11 @@ fn decode_message(mut bytes: Bytes) -> Result<ClusterMessage, EnvelopeError> {
     let retain = flags & 4 != 0;
     let topic = get_str(&mut bytes)?;
     let present = get_u8(&mut bytes)?;
-    let properties = if present == 0 {
+    let expiry = match present & HAS_EXPIRY {
+        0 => None,
+        _ => Some(get_u32(&mut bytes)?),
+    };
+    let properties = if present & !HAS_EXPIRY == 0 {
         None
     } else {
         let mut p = MessageProperties::default();
@@ -310,6 +325,7 @@ fn decode_message(mut bytes: Bytes) -> Result<ClusterMessage, EnvelopeError> {
         qos,
         retain,
         properties,
+        expiry,
         payload: bytes,
     })
 }
@@ -374,6 +390,7 @@ mod tests {
                 correlation_data: Some(Bytes::from_static(b"\x00\x01")),
                 user_properties: vec![("a".into(), "1".into()), ("a".into(), "2".into())],
             }),
+            expiry: Some(30),
             payload: Bytes::from_static(b"{\"state\":\"ok\"}"),
         }
     }
@@ -382,6 +399,7 @@ mod tests {
     fn every_kind_comes_back_as_it_went() {
         let bare = ClusterMessage {
             properties: None,
+            expiry: None,
             qos: QoS::ExactlyOnce,
             retain: false,
             payload: Bytes::new(),

@@ -38,6 +38,7 @@ impl ManagedConnection {
                 retain,
                 pid,
                 properties,
+                expiry,
             } => {
                 let fresh = qos != QoS::ExactlyOnce || self.inbound_qos2.insert(pid);
                 // With manual acks the listener acknowledges a new QoS 1/2 message once it is
@@ -56,6 +57,7 @@ impl ManagedConnection {
                         qos,
                         retain,
                         properties,
+                        expiry,
                     };
                     self.emit(match manual {
                         true => {

@@ -24,6 +24,10 @@ pub struct Enqueue {
     pub retain: bool,
     /// MQTT 5 properties; dropped on a 3.1.1 connection.
     pub properties: Option<Box<switchboard_mqtt::MessageProperties>>,
+    /// (5.0) Message Expiry Interval in seconds, counted from now: sent as what remains of it
+    /// [MQTT-3.3.2-6], and a message still queued when it runs out is dropped
+    /// ([`DropReason::Expired`](crate::DropReason)). Not sent on a 3.1.1 connection.
+    pub expiry: Option<u32>,
 }
 
 impl Enqueue {
@@ -35,6 +39,7 @@ impl Enqueue {
             qos,
             retain: false,
             properties: None,
+            expiry: None,
         }
     }
 

@@ -24,6 +24,10 @@ impl ManagedConnection {
             let Some(message) = self.queue.pop() else {
                 break;
             };
+            if message.is_expired(std::time::Instant::now()) {
+                self.dropped(message.id, DropReason::Expired);
+                continue;
+            }
             let pid = match message.qos {
                 QoS::AtMostOnce => 0,
                 _ => self.allocate_pid(),

@@ -36,6 +36,9 @@ impl Handler<Enqueue> for ManagedConnection {
             qos: msg.qos,
             retain: msg.retain,
             properties: msg.properties,
+            expires_at: msg
+                .expiry
+                .map(|s| std::time::Instant::now() + std::time::Duration::from_secs(u64::from(s))),
         };
         let durable_copy = self.durable.is_some().then(|| message.clone());
         let result = match self.queue.push(message) {

@@ -188,6 +188,7 @@ impl ClusterLink {
             qos: message.qos,
             retain: message.retain,
             properties: message.properties.map(Box::new),
+            expiry: message.expiry,
         });
     }
 

@@ -32,6 +32,7 @@ impl ClusterLink {
             qos: message.qos,
             retain: false,
             properties: message.properties,
+            expiry: message.expiry,
             payload: message.payload,
         };
         self.queue_message(subject, envelope, ack, ctx);
@@ -149,12 +150,14 @@ impl ClusterLink {
                 return;
             };
             let mut count = 0u64;
-            for message in page.items {
+            let now = std::time::Instant::now();
+            for message in page.items.into_iter().filter(|m| !m.is_expired(now)) {
                 let envelope = Envelope::Message(ClusterMessage {
                     topic: message.topic.clone(),
                     qos: message.qos,
                     retain: true,
                     properties: message.properties.as_deref().cloned(),
+                    expiry: message.remaining_expiry(now),
                     payload: message.payload.clone(),
                 })
                 .encode();
@@ -180,6 +183,7 @@ impl Handler<RetainedPublished> for ClusterLink {
             qos: message.qos,
             retain: true,
             properties: message.properties.as_deref().cloned(),
+            expiry: message.remaining_expiry(std::time::Instant::now()),
             payload: message.payload.clone(),
         };
         let subject = self.env.subjects.broadcast();
