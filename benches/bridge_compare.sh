@@ -11,12 +11,12 @@
 # pipe1 = the same with 100 in flight. Needs `mosquitto` (Debian's). Loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/lib.sh
 
 ROWS=${ROWS:-"w1_8 pipe1"}
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-4}
 OUT=${OUT:-target/bridge-compare.jsonl}
-MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 
 cargo build --release --quiet --bin switchboard --bench load
 # SWITCHBOARD=path/to/another/build to compare builds; KINDS="a b" names what alternates.
@@ -32,10 +32,6 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 
 wait_port() {
   for _ in $(seq 1 500); do

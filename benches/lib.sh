@@ -44,6 +44,11 @@ run_order() {
   if [ $(($1 % 2)) -eq 1 ]; then echo "$BROKERS"; else echo "$BROKERS" | tr ' ' '\n' | tac | tr '\n' ' '; fi
 }
 
+# Prints a free loopback port.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
 # Returns once something listens on 127.0.0.1:$1, or fails after about 5 s.
 wait_for_port() {
   for _ in $(seq 100); do

@@ -1,6 +1,6 @@
 //! Broker-wide counters, updated with relaxed atomics from Sessions and the Registry.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use crate::hooks::DisconnectReason;
 
@@ -32,6 +32,48 @@ pub struct Metrics {
     pub cluster: crate::cluster::ClusterStatus,
     /// When the TLS listeners' server certificate expires, in Unix seconds; 0 without TLS.
     tls_certificate_expiry: AtomicI64,
+}
+
+/// Whether a link to another server is up, and its message counts: a bridge's, the cluster
+/// link's. Written by the link's actor; read by `$SYS`, `/metrics` and the admin API.
+#[derive(Debug, Default)]
+pub struct LinkCounters {
+    connected: AtomicBool,
+    sent: AtomicU64,
+    received: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl LinkCounters {
+    /// Records whether the link is up.
+    pub fn set_connected(&self, up: bool) {
+        self.connected.store(up, Ordering::Relaxed);
+    }
+
+    /// Counts a message the other side took.
+    pub fn add_sent(&self) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a message from the other side, published here.
+    pub fn add_received(&self) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a dropped message.
+    pub fn add_dropped(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether the link is up, and the messages sent, received and dropped.
+    pub fn read(&self) -> (bool, u64, u64, u64) {
+        (
+            self.connected.load(Ordering::Relaxed),
+            self.sent.load(Ordering::Relaxed),
+            self.received.load(Ordering::Relaxed),
+            self.dropped.load(Ordering::Relaxed),
+        )
+    }
 }
 
 /// A copy of the counters at one moment.

@@ -32,10 +32,6 @@ use super::topics::TopicMap;
 /// How often the Bridge asks its remote connection how many messages wait.
 const QUEUE_POLL: Duration = Duration::from_millis(500);
 
-/// Messages from the remote waiting to be published here; the local side is in-process and
-/// never down, so this only absorbs bursts.
-const LOCAL_QUEUE: usize = 100_000;
-
 /// What a Bridge needs from the broker it runs in.
 #[derive(Clone)]
 pub struct BridgeEnvironment {
@@ -191,23 +187,12 @@ impl Bridge {
     }
 
     fn local_options(&self) -> ConnectionOptions {
-        let client_id = self.local_client_id();
-        let mut options = ConnectionOptions::new("in-process", 0, client_id.clone());
-        options.protocol = ProtocolVersion::V5;
-        options.bridge = true;
-        options.manual_acks = true;
+        let mut options = super::in_process_options(
+            &self.local_client_id(),
+            self.environment.local.clone(),
+            self.environment.max_packet_size,
+        );
         options.clean_session = self.environment.queue_dir.is_none();
-        options.keep_alive = Duration::from_secs(60);
-        // The Session trusts an internal client; the user name is what ACLs see.
-        options.credentials = Some((client_id, String::new()));
-        options.max_packet_size = self.environment.max_packet_size;
-        options.queue_capacity = LOCAL_QUEUE;
-        options.inflight = 64;
-        options.backoff = Backoff {
-            initial: Duration::from_millis(50),
-            max: Duration::from_secs(1),
-        };
-        options.transport = Transport::Custom(self.environment.local.clone());
         options
     }
 
@@ -272,11 +257,11 @@ impl Bridge {
         let name = self.config.name.as_str();
         match event {
             ConnectionEvent::Connected { session_present } => {
-                self.status.set_connected(true);
+                self.status.link.set_connected(true);
                 info!(bridge = %name, address = %self.config.address, session_present, "bridge connected");
             }
             ConnectionEvent::Disconnected(reason) => {
-                self.status.set_connected(false);
+                self.status.link.set_connected(false);
                 warn!(bridge = %name, address = %self.config.address, ?reason, "bridge link down; QoS 1/2 messages going out are queued until it returns");
             }
             ConnectionEvent::ConnectFailed { failure, retry_in } => {
@@ -300,9 +285,9 @@ impl Bridge {
             ConnectionEvent::MessageToAcknowledge(message, ack) => {
                 self.take_in(message, Some(ack), ctx)
             }
-            ConnectionEvent::MessageDelivered(_) => self.status.add_sent(),
+            ConnectionEvent::MessageDelivered(_) => self.status.link.add_sent(),
             ConnectionEvent::MessageDropped(_, reason) => {
-                self.status.add_dropped();
+                self.status.link.add_dropped();
                 debug!(
                     bridge = %name,
                     ?reason,
@@ -321,7 +306,7 @@ impl Bridge {
             }
             ConnectionEvent::MessageDelivered(id) => self.acknowledge_in(id),
             ConnectionEvent::MessageDropped(id, reason) => {
-                self.status.add_dropped();
+                self.status.link.add_dropped();
                 warn!(
                     bridge = %name,
                     ?reason,
@@ -357,7 +342,7 @@ impl Bridge {
         };
         if message.qos == QoS::AtMostOnce && !self.remote_up {
             // QoS 0 promises nothing: it is not queued while the link is down.
-            self.status.add_dropped();
+            self.status.link.add_dropped();
             return;
         }
         let enqueue = Enqueue {
@@ -373,7 +358,7 @@ impl Bridge {
             .into_actor(self)
             .map(move |result, act, _| {
                 if !matches!(result, Ok(Ok(_))) {
-                    act.status.add_dropped();
+                    act.status.link.add_dropped();
                     warn!(bridge = %act.config.name, ?result, "a message for the remote was not queued");
                 }
                 act.acknowledge_local(ack);
@@ -393,12 +378,12 @@ impl Bridge {
         let (Some(topic), Some(local)) = (self.map.to_local(&message.topic), &self.local) else {
             return self.acknowledge_remote(ack);
         };
-        self.status.add_received();
+        self.status.link.add_received();
         let size = publish_size_bound(&topic, message.payload.len(), message.properties.as_ref());
         if size > self.environment.max_packet_size {
             // Renamed here it would exceed `limits.max_packet_size`, and this broker would close
             // the bridge's local connection on it, again after every reconnect.
-            self.status.add_dropped();
+            self.status.link.add_dropped();
             warn!(bridge = %self.config.name, %topic, size, "a message from the remote is too large for this broker once renamed; dropped");
             return self.acknowledge_remote(ack);
         }
@@ -420,7 +405,7 @@ impl Bridge {
                     }
                 }
                 _ => {
-                    act.status.add_dropped();
+                    act.status.link.add_dropped();
                     warn!(bridge = %act.config.name, "a message from the remote could not be published here");
                     act.acknowledge_remote(ack);
                 }
@@ -555,7 +540,7 @@ impl Handler<StopBridge> for Bridge {
         });
         let remote = self.remote.take();
         let local = self.local.take();
-        self.status.set_connected(false);
+        self.status.link.set_connected(false);
         Box::pin(
             async move {
                 if let Some(ending) = end_session {

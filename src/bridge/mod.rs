@@ -49,6 +49,37 @@ pub fn local_connector(shared: Arc<SessionShared>) -> Connector {
     })
 }
 
+/// Messages waiting in an in-process client's queue to be published here; the local side is
+/// in-process and never down, so this only absorbs bursts.
+const LOCAL_QUEUE: usize = 100_000;
+
+/// The options of a broker-internal MQTT 5 client of this broker (a bridge's local side, the
+/// cluster link's) over `local`: No Local and Retain As Published on its subscriptions, manual
+/// acknowledgements, its client id as its user name (what ACLs see), a deep queue and window.
+pub fn in_process_options(
+    client_id: &str,
+    local: Connector,
+    max_packet_size: usize,
+) -> switchboard_actors::ConnectionOptions {
+    use std::time::Duration;
+    let mut options = switchboard_actors::ConnectionOptions::new("in-process", 0, client_id);
+    options.protocol = switchboard_actors::ProtocolVersion::V5;
+    options.bridge = true;
+    options.manual_acks = true;
+    options.keep_alive = Duration::from_secs(60);
+    // The Session trusts an internal client; the user name is what ACLs see.
+    options.credentials = Some((client_id.to_string(), String::new()));
+    options.max_packet_size = max_packet_size;
+    options.queue_capacity = LOCAL_QUEUE;
+    options.inflight = 64;
+    options.backoff = switchboard_actors::Backoff {
+        initial: Duration::from_millis(50),
+        max: Duration::from_secs(1),
+    };
+    options.transport = switchboard_actors::Transport::Custom(local);
+    options
+}
+
 /// Sent by the broker to [`Bridges`] at start-up and on SIGHUP: run exactly these bridges.
 /// Checks them all first; on an error nothing changes and the error (naming the bridge and the
 /// key) is the answer. Otherwise answers what changed, once every bridge it started is

@@ -5,6 +5,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use crate::metrics::LinkCounters;
+
 /// The live state of one bridge.
 #[derive(Debug)]
 pub struct BridgeStatus {
@@ -12,12 +14,10 @@ pub struct BridgeStatus {
     pub name: String,
     /// The remote broker's `address`.
     pub address: String,
-    connected: AtomicBool,
+    /// Up or not, and the message counts.
+    pub link: LinkCounters,
     subscribed: AtomicBool,
     queued: AtomicU64,
-    sent: AtomicU64,
-    received: AtomicU64,
-    dropped: AtomicU64,
 }
 
 /// A copy of one bridge's state at one moment.
@@ -48,18 +48,10 @@ impl BridgeStatus {
         BridgeStatus {
             name: name.to_string(),
             address: address.to_string(),
-            connected: AtomicBool::new(false),
+            link: LinkCounters::default(),
             subscribed: AtomicBool::new(false),
             queued: AtomicU64::new(0),
-            sent: AtomicU64::new(0),
-            received: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
         }
-    }
-
-    /// Records whether the link is up.
-    pub(super) fn set_connected(&self, up: bool) {
-        self.connected.store(up, Ordering::Relaxed);
     }
 
     /// Records whether every subscription is granted on both sides.
@@ -72,32 +64,18 @@ impl BridgeStatus {
         self.queued.store(queued, Ordering::Relaxed);
     }
 
-    /// Counts a message the remote accepted.
-    pub(super) fn add_sent(&self) {
-        self.sent.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Counts a message received from the remote.
-    pub(super) fn add_received(&self) {
-        self.received.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Counts a dropped message.
-    pub(super) fn add_dropped(&self) {
-        self.dropped.fetch_add(1, Ordering::Relaxed);
-    }
-
     /// The state now.
     pub fn snapshot(&self) -> BridgeSnapshot {
+        let (connected, sent, received, dropped) = self.link.read();
         BridgeSnapshot {
             name: self.name.clone(),
             address: self.address.clone(),
-            connected: self.connected.load(Ordering::Relaxed),
+            connected,
             subscribed: self.subscribed.load(Ordering::Relaxed),
             queued: self.queued.load(Ordering::Relaxed),
-            sent: self.sent.load(Ordering::Relaxed),
-            received: self.received.load(Ordering::Relaxed),
-            dropped: self.dropped.load(Ordering::Relaxed),
+            sent,
+            received,
+            dropped,
         }
     }
 }

@@ -2,16 +2,17 @@
 //! counts. Written by the link; read by `/metrics` through
 //! [`Metrics::cluster`](crate::metrics::Metrics).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::metrics::LinkCounters;
 
 /// The live state of this node's cluster link.
 #[derive(Debug, Default)]
 pub struct ClusterStatus {
     enabled: AtomicBool,
-    connected: AtomicBool,
-    sent: AtomicU64,
-    received: AtomicU64,
-    dropped: AtomicU64,
+    /// NATS up or not; messages handed to NATS (sent), from the other nodes published here
+    /// (received), and dropped.
+    pub link: LinkCounters,
 }
 
 /// A copy of the link's state at one moment.
@@ -34,35 +35,16 @@ impl ClusterStatus {
         self.enabled.store(true, Ordering::Relaxed);
     }
 
-    /// Records whether NATS is connected.
-    pub(super) fn set_connected(&self, up: bool) {
-        self.connected.store(up, Ordering::Relaxed);
-    }
-
-    /// Counts a message handed to NATS.
-    pub(super) fn add_sent(&self) {
-        self.sent.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Counts a message from another node.
-    pub(super) fn add_received(&self) {
-        self.received.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Counts a dropped message.
-    pub(super) fn add_dropped(&self) {
-        self.dropped.fetch_add(1, Ordering::Relaxed);
-    }
-
     /// The state now; `None` without `[cluster]`.
     pub fn snapshot(&self) -> Option<ClusterSnapshot> {
+        let (connected, sent, received, dropped) = self.link.read();
         self.enabled
             .load(Ordering::Relaxed)
-            .then(|| ClusterSnapshot {
-                connected: self.connected.load(Ordering::Relaxed),
-                sent: self.sent.load(Ordering::Relaxed),
-                received: self.received.load(Ordering::Relaxed),
-                dropped: self.dropped.load(Ordering::Relaxed),
+            .then_some(ClusterSnapshot {
+                connected,
+                sent,
+                received,
+                dropped,
             })
     }
 }

@@ -23,8 +23,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use bytes::Bytes;
 use switchboard_actors::{
-    Backoff, ConnectionEvent, ConnectionOptions, Connector, Enqueue, ManagedConnection, PendingAck,
-    ProtocolVersion, Transport,
+    ConnectionEvent, ConnectionOptions, Connector, Enqueue, ManagedConnection, PendingAck,
 };
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
@@ -61,10 +60,6 @@ const OUTBOX_QOS0: usize = 8192;
 /// The most the outbox holds at all (retained messages wait for NATS; past this they are
 /// dropped, and counted).
 const OUTBOX_MAX: usize = 100_000;
-
-/// Messages from the other nodes waiting to be published here (the local client is in-process
-/// and never down: this only absorbs bursts).
-const LOCAL_QUEUE: usize = 100_000;
 
 // Subscription ids of the fixed subjects; a filter's subjects get ids from FIRST_FILTER_SID.
 const SID_BROADCAST: u64 = 1;
@@ -150,21 +145,12 @@ impl ClusterLink {
     }
 
     fn local_options(&self) -> ConnectionOptions {
-        let mut options = ConnectionOptions::new("in-process", 0, CLUSTER_CLIENT_ID);
-        options.protocol = ProtocolVersion::V5;
-        options.bridge = true;
+        let mut options = crate::bridge::in_process_options(
+            CLUSTER_CLIENT_ID,
+            self.env.local.clone(),
+            self.env.max_packet_size,
+        );
         options.skip_retained = true;
-        options.manual_acks = true;
-        options.keep_alive = Duration::from_secs(60);
-        options.credentials = Some((CLUSTER_CLIENT_ID.to_string(), String::new()));
-        options.max_packet_size = self.env.max_packet_size;
-        options.queue_capacity = LOCAL_QUEUE;
-        options.inflight = 64;
-        options.backoff = Backoff {
-            initial: Duration::from_millis(50),
-            max: Duration::from_secs(1),
-        };
-        options.transport = Transport::Custom(self.env.local.clone());
         options
     }
 
@@ -240,8 +226,8 @@ impl ClusterLink {
         }
     }
 
-    fn status(&self) -> &super::ClusterStatus {
-        &self.env.metrics.cluster
+    fn status(&self) -> &crate::metrics::LinkCounters {
+        &self.env.metrics.cluster.link
     }
 
     fn on_nats_up(&mut self, server: String, max_payload: usize, ctx: &mut Context<Self>) {
@@ -257,7 +243,7 @@ impl Actor for ClusterLink {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.status().set_enabled();
+        self.env.metrics.cluster.set_enabled();
         let me = ctx.address();
         let nats = NatsClient::start(
             self.env.servers.clone(),
@@ -414,7 +400,7 @@ impl Handler<StopCluster> for ClusterLink {
             async move { nats.publish(subject, envelope.encode()).await }
         });
         self.status().set_connected(false);
-        let counts = self.status().snapshot().unwrap_or_default();
+        let counts = self.env.metrics.cluster.snapshot().unwrap_or_default();
         info!(
             sent = counts.sent,
             received = counts.received,
