@@ -513,3 +513,44 @@ async fn mqtt5_properties_and_message_expiry_cross_nodes() {
     assert_eq!(retained.len(), 1, "{retained:?}");
     check(&retained[0]);
 }
+
+/// The filters the link of `broker` subscribes to locally: what the other nodes' clients hold.
+async fn link_subscriptions(broker: &BackgroundBroker) -> Vec<String> {
+    let link = broker
+        .registry()
+        .send(switchboard::registry::GetClient(
+            switchboard::cluster::CLUSTER_CLIENT_ID.into(),
+        ))
+        .await
+        .expect("registry")
+        .expect("the link's local client");
+    link.subscriptions.into_iter().map(|(f, _)| f).collect()
+}
+
+/// A node that shuts down (the binary on SIGTERM) says so: the others stop reading what its
+/// clients wanted.
+#[tokio::test]
+async fn a_node_that_shuts_down_takes_its_interest_with_it() {
+    use common::child::{listening_addr, spawn, wait_line};
+    if !common::nats_available() {
+        return;
+    }
+    let nats = Nats::start();
+    let a = node(&nats, "a", |_| {});
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("b.toml");
+    let toml = format!("[cluster]\nnats_url = \"{}\"\nnode = \"b\"\n", nats.url());
+    std::fs::write(&config, toml).expect("config");
+    let (mut b, logs) = spawn(&["--port", "0", "-c", config.to_str().expect("utf-8")]);
+    let b_addr = listening_addr(&wait_line(&logs, "switchboard listening on"));
+    wait_line(&logs, "cluster: connected to NATS");
+    let mut app = peer(options(b_addr, "b-app")).await;
+    app.subscribe("telemetry/#", QoS::AtLeastOnce).await;
+    common::eventually(|| async { link_subscriptions(&a).await == ["telemetry/#"] }).await;
+
+    // SAFETY: signalling a child process of this test.
+    unsafe { libc::kill(b.id() as i32, libc::SIGTERM) };
+    common::eventually(|| async { link_subscriptions(&a).await.is_empty() }).await;
+    let exit = tokio::task::spawn_blocking(move || b.wait()).await;
+    assert!(exit.expect("wait task").expect("wait").success());
+}

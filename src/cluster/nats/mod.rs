@@ -185,8 +185,8 @@ impl Task {
         let mut backoff = Duration::from_millis(100);
         let mut next = 0;
         loop {
-            if self.events.connected() && self.servers.is_empty() {
-                return;
+            if self.servers.is_empty() {
+                return; // `cluster.nats_url` names at least one: checked at start
             }
             let server = self.servers[next % self.servers.len()].clone();
             next += 1;
@@ -343,6 +343,12 @@ impl Task {
                 biased;
                 control = self.control.recv() => {
                     let Some(control) = control else {
+                        // The link stopped: what it published last (its goodbye) goes out.
+                        while let Ok(last) = self.publications.try_recv() {
+                            put_pub(&mut out, last);
+                        }
+                        let _ = writer.write_all(&out).await;
+                        let _ = writer.flush().await;
                         return NatsError::Protocol("the cluster link stopped".into());
                     };
                     match &control {
