@@ -90,8 +90,11 @@ impl Broker {
     /// Binds the listener and starts the actors. Must run inside an actix `System`.
     pub async fn start(self) -> Result<RunningBroker, BrokerError> {
         let config = self.config;
-        let Preflight { access, server_tls } =
-            Preflight::of(&config, self.interceptors.connect.is_some())?;
+        let Preflight {
+            access,
+            server_tls,
+            cluster_tls,
+        } = Preflight::of(&config, self.interceptors.connect.is_some())?;
         let bind = config.listener.bind;
         let addr = SocketAddr::new(config.listener.bind, config.listener.port);
         let worker_count = config.worker_count();
@@ -241,7 +244,8 @@ impl Broker {
             Ok(Err(e)) => return Err(e.into()),
             Err(_) => return Err(BrokerError::ThreadExited),
         }
-        let cluster = start_cluster(&shared, &registry, &handles, local_addr.port()).await?;
+        let cluster =
+            start_cluster(&shared, &registry, &handles, local_addr.port(), cluster_tls).await?;
         let memory_trim = actix_rt::spawn(crate::memory_trim::trim_after_spikes(metrics.clone()));
         let limits = &shared.config.limits;
         let rate = Arc::new(Mutex::new(ConnectionRate::new(
@@ -328,6 +332,7 @@ async fn start_cluster(
     registry: &Addr<Registry>,
     workers: &[ArbiterHandle],
     port: u16,
+    tls: Option<switchboard_actors::TlsOptions>,
 ) -> Result<Option<Addr<crate::cluster::ClusterLink>>, BrokerError> {
     let cluster = &shared.config.cluster;
     let Some(servers) = cluster.servers()? else {
@@ -336,6 +341,7 @@ async fn start_cluster(
     let node = cluster.node_name(port);
     let environment = crate::cluster::ClusterEnvironment {
         servers,
+        tls,
         subjects: crate::cluster::subjects::Subjects::new(&cluster.name, &node),
         node,
         local: crate::bridge::local_connector(shared.clone()),
@@ -360,11 +366,13 @@ async fn start_cluster(
 struct Preflight {
     access: Arc<AccessControl>,
     server_tls: Option<Arc<crate::tls::ServerTls>>,
+    /// TLS to the cluster's NATS servers (`cluster.tls`).
+    cluster_tls: Option<switchboard_actors::TlsOptions>,
 }
 
 impl Preflight {
     /// Checks `config` (a connect interceptor stands in for a password file on a public bind)
-    /// and reads its password, ACL and TLS files.
+    /// and reads its password, ACL and TLS files (the cluster's too).
     fn of(config: &Config, has_interceptor: bool) -> Result<Preflight, BrokerError> {
         config.validate()?;
         let bind = config.listener.bind;
@@ -395,7 +403,12 @@ impl Preflight {
             true => Some(Arc::new(crate::tls::ServerTls::load(&config.tls)?)),
             false => None,
         };
-        Ok(Preflight { access, server_tls })
+        let cluster_tls = config.cluster.tls_options()?;
+        Ok(Preflight {
+            access,
+            server_tls,
+            cluster_tls,
+        })
     }
 }
 

@@ -554,3 +554,45 @@ async fn a_node_that_shuts_down_takes_its_interest_with_it() {
     let exit = tokio::task::spawn_blocking(move || b.wait()).await;
     assert!(exit.expect("wait task").expect("wait").success());
 }
+
+/// `cluster.tls`: the links reach a nats-server that speaks only TLS and verifies client
+/// certificates, and the traffic goes between the nodes as over TCP.
+#[tokio::test]
+async fn the_nodes_reach_nats_over_tls_with_client_certificates() {
+    if !common::nats_available() {
+        return;
+    }
+    let pki = common::pki::Pki::new("node");
+    let path = |name: &str| pki.dir.path().join(name);
+    std::fs::write(path("node.pem"), &pki.client.0).expect("write");
+    std::fs::write(path("node.key"), &pki.client.1).expect("write");
+    let file = |name: &str| path(name).display().to_string();
+    let nats = Nats::start_with(&[
+        "--tls",
+        "--tlscert",
+        &file("server.pem"),
+        "--tlskey",
+        &file("server.key"),
+        "--tlscacert",
+        &file("ca.pem"),
+        "--tlsverify",
+    ]);
+    let tls = || switchboard::bridge::BridgeTls {
+        ca_file: path("ca.pem"),
+        cert_file: Some(path("node.pem")),
+        key_file: Some(path("node.key")),
+    };
+    let a = node(&nats, "a", |config| config.cluster.tls = Some(tls()));
+    let b = node(&nats, "b", |config| config.cluster.tls = Some(tls()));
+    let mut app = peer(options(b.local_addr(), "b-app")).await;
+    app.subscribe("detrd/status/response/+", QoS::AtLeastOnce)
+        .await;
+    let radar = peer(options(a.local_addr(), "radar-3")).await;
+    until_routed(
+        &radar.client,
+        &mut [&mut app],
+        "detrd/status/response/probe",
+    )
+    .await;
+    assert!(linked(&a) && linked(&b));
+}

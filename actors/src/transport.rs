@@ -104,6 +104,23 @@ impl TlsOptions {
             config: Arc::new(config),
         })
     }
+
+    /// Makes the TLS handshake over `stream` with a server whose certificate must be valid for
+    /// `host` (a name or an IP address), e.g. after a protocol's plain-text greeting.
+    pub async fn connect<S>(
+        &self,
+        host: &str,
+        stream: S,
+    ) -> io::Result<tokio_rustls::client::TlsStream<S>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let name = ServerName::try_from(host.to_string())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{host}: {e}")))?;
+        TlsConnector::from(self.config.clone())
+            .connect(name, stream)
+            .await
+    }
 }
 
 fn read_pem(path: &Path) -> Result<Vec<u8>, TlsOptionsError> {

@@ -20,7 +20,7 @@ use switchboard_actors::Connector;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-pub use config::{BridgeConfig, BridgeProtocol, BridgeTopic, Direction};
+pub use config::{BridgeConfig, BridgeProtocol, BridgeTls, BridgeTopic, Direction};
 pub(crate) use link::publish_size_bound;
 pub use link::BridgeEnvironment;
 pub use status::{BridgeSnapshot, BridgeStatus, BridgeStatuses};

@@ -5,6 +5,7 @@ use serde::Deserialize;
 use super::nats::{parse_urls, NatsServer};
 use super::subjects::valid_token;
 use crate::config::ConfigError;
+use switchboard_actors::TlsOptions;
 
 /// `[cluster]` settings. Without `nats_url`, the broker is on its own.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -19,6 +20,10 @@ pub struct ClusterConfig {
     /// The cluster's name: the first token of every NATS subject it uses, so that several
     /// clusters can share NATS servers. Default `switchboard`.
     pub name: String,
+    /// TLS to the NATS servers (the keys of a bridge's `tls`): the CA their certificates chain
+    /// to, and a client certificate for servers that verify clients. Their certificates must be
+    /// valid for the host names (or addresses) of `nats_url`.
+    pub tls: Option<crate::bridge::BridgeTls>,
 }
 
 impl Default for ClusterConfig {
@@ -27,6 +32,7 @@ impl Default for ClusterConfig {
             nats_url: None,
             node: None,
             name: "switchboard".to_string(),
+            tls: None,
         }
     }
 }
@@ -42,6 +48,25 @@ impl ClusterConfig {
             message,
         })?;
         Ok(Some(servers))
+    }
+
+    /// Reads the files of `tls`, if set.
+    pub fn tls_options(&self) -> Result<Option<TlsOptions>, ConfigError> {
+        let Some(tls) = &self.tls else {
+            return Ok(None);
+        };
+        let invalid = |message: String| ConfigError::Invalid {
+            key: "cluster.tls",
+            message,
+        };
+        let client = match (&tls.cert_file, &tls.key_file) {
+            (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+            (None, None) => None,
+            _ => return Err(invalid("cert_file and key_file go together".into())),
+        };
+        TlsOptions::from_files(&tls.ca_file, client)
+            .map(Some)
+            .map_err(|e| invalid(e.to_string()))
     }
 
     /// Checks every key.
@@ -101,6 +126,28 @@ mod tests {
         config.nats_url = Some("http://x".into());
         let error = config.validate().unwrap_err().to_string();
         assert!(error.contains("cluster.nats_url"), "{error}");
+    }
+
+    #[test]
+    fn tls_files_are_read_and_a_certificate_needs_its_key() {
+        let mut config = ClusterConfig {
+            tls: Some(crate::bridge::BridgeTls {
+                ca_file: "/nonexistent/ca.pem".into(),
+                cert_file: None,
+                key_file: None,
+            }),
+            ..ClusterConfig::default()
+        };
+        let error = config.tls_options().unwrap_err().to_string();
+        assert!(
+            error.contains("cluster.tls") && error.contains("/nonexistent/ca.pem"),
+            "{error}"
+        );
+        if let Some(tls) = &mut config.tls {
+            tls.cert_file = Some("node.pem".into());
+        }
+        let error = config.tls_options().unwrap_err().to_string();
+        assert!(error.contains("go together"), "{error}");
     }
 
     #[test]

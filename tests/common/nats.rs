@@ -9,15 +9,23 @@ pub struct Nats {
     child: Option<Child>,
     /// Its port.
     pub port: u16,
+    args: Vec<String>,
 }
 
 impl Nats {
     /// Starts one on a port it picks (`-p -1`), read off its log.
     pub fn start() -> Nats {
-        let (child, port) = spawn("-1");
+        Nats::start_with(&[])
+    }
+
+    /// [`Nats::start`] with more command-line arguments (`--tls` ...).
+    pub fn start_with(args: &[&str]) -> Nats {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let (child, port) = spawn("-1", &args);
         Nats {
             child: Some(child),
             port,
+            args,
         }
     }
 
@@ -37,15 +45,16 @@ impl Nats {
     /// Starts it again on the same port.
     pub fn resume(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let (child, _) = spawn(&self.port.to_string());
+        let (child, _) = spawn(&self.port.to_string(), &self.args);
         self.child = Some(child);
     }
 }
 
 /// Starts nats-server on `port` and waits for its "listening" line; answers the port.
-fn spawn(port: &str) -> (Child, u16) {
+fn spawn(port: &str, args: &[String]) -> (Child, u16) {
     let mut child = Command::new("nats-server")
         .args(["-a", "127.0.0.1", "-p", port])
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -73,6 +73,8 @@ const FIRST_FILTER_SID: u64 = 100;
 pub struct ClusterEnvironment {
     /// The NATS servers (checked).
     pub servers: Vec<NatsServer>,
+    /// TLS to them, with `cluster.tls`.
+    pub tls: Option<switchboard_actors::TlsOptions>,
     /// The cluster's subjects, for this node.
     pub subjects: Subjects,
     /// This node's name.
@@ -247,6 +249,7 @@ impl Actor for ClusterLink {
         let me = ctx.address();
         let nats = NatsClient::start(
             self.env.servers.clone(),
+            self.env.tls.clone(),
             format!("switchboard {}", self.env.node),
             me.clone().recipient(),
             me.clone().recipient(),

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use switchboard_actors::transport::TlsOptions;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::warn;
@@ -93,10 +94,11 @@ pub struct NatsClient {
 }
 
 impl NatsClient {
-    /// Connects (and keeps reconnecting) to `servers` in turn as `name`, telling `events` and
-    /// handing `messages` what arrives.
+    /// Connects (and keeps reconnecting) to `servers` in turn as `name`, over TLS with `tls`,
+    /// telling `events` and handing `messages` what arrives.
     pub fn start(
         servers: Vec<NatsServer>,
+        tls: Option<TlsOptions>,
         name: String,
         events: Recipient<NatsEvent>,
         messages: Recipient<NatsMessages>,
@@ -105,6 +107,7 @@ impl NatsClient {
         let (publications, publication_rx) = mpsc::channel(PUBLISH_QUEUE);
         let task = Task {
             servers,
+            tls,
             name,
             events,
             messages,
@@ -159,8 +162,14 @@ impl NatsClient {
     }
 }
 
+/// A connection to a NATS server: TCP, or TLS over it.
+trait Stream: AsyncRead + AsyncWrite + Unpin {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Stream for S {}
+
 struct Task {
     servers: Vec<NatsServer>,
+    tls: Option<TlsOptions>,
     name: String,
     events: Recipient<NatsEvent>,
     messages: Recipient<NatsMessages>,
@@ -174,6 +183,8 @@ struct Task {
 struct Info {
     #[serde(default = "default_max_payload")]
     max_payload: usize,
+    #[serde(default)]
+    tls_required: bool,
 }
 
 fn default_max_payload() -> usize {
@@ -243,17 +254,26 @@ impl Task {
     async fn connect(
         &mut self,
         server: &NatsServer,
-    ) -> Result<(TcpStream, BytesMut, usize), NatsError> {
+    ) -> Result<(Box<dyn Stream>, BytesMut, usize), NatsError> {
         let connecting = async {
-            let mut stream = TcpStream::connect((server.host.as_str(), server.port)).await?;
-            stream.set_nodelay(true)?;
+            let mut tcp = TcpStream::connect((server.host.as_str(), server.port)).await?;
+            tcp.set_nodelay(true)?;
             let mut buffer = BytesMut::with_capacity(16 * 1024);
-            let info = read_line(&mut stream, &mut buffer).await?;
+            // The server's INFO comes in plain text; TLS, if any, starts after it.
+            let info = read_line(&mut tcp, &mut buffer).await?;
             let info = info
                 .strip_prefix("INFO ")
                 .ok_or_else(|| NatsError::Protocol(format!("expected INFO, got `{info}`")))?;
             let info: Info = serde_json::from_str(info)
                 .map_err(|e| NatsError::Protocol(format!("INFO: {e}")))?;
+            let mut stream: Box<dyn Stream> = match &self.tls {
+                Some(tls) => Box::new(tls.connect(&server.host, tcp).await?),
+                None if info.tls_required => {
+                    let why = "the NATS server requires TLS: set cluster.tls";
+                    return Err(NatsError::Protocol(why.into()));
+                }
+                None => Box::new(tcp),
+            };
             let mut connect = serde_json::json!({
                 "verbose": false,
                 "pedantic": false,
@@ -303,8 +323,8 @@ impl Task {
     }
 
     /// Runs one connection until it fails.
-    async fn serve(&mut self, stream: TcpStream, mut buffer: BytesMut) -> NatsError {
-        let (mut reader, mut writer) = stream.into_split();
+    async fn serve(&mut self, stream: Box<dyn Stream>, mut buffer: BytesMut) -> NatsError {
+        let (mut reader, mut writer) = tokio::io::split(stream);
         let mut out = BytesMut::with_capacity(WRITE_BATCH);
         let mut ping = tokio::time::interval(PING_INTERVAL);
         ping.tick().await;

@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, BytesMut};
 use thiserror::Error;
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tracing::debug;
 
 use super::{Inbound, Publication};
@@ -103,8 +102,8 @@ pub(super) fn put_pub(out: &mut BytesMut, publication: Publication) {
 }
 
 /// Reads one control line (during the handshake).
-pub(super) async fn read_line(
-    stream: &mut TcpStream,
+pub(super) async fn read_line<S: AsyncRead + Unpin>(
+    stream: &mut S,
     buffer: &mut BytesMut,
 ) -> Result<String, NatsError> {
     loop {
