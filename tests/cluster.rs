@@ -596,3 +596,40 @@ async fn the_nodes_reach_nats_over_tls_with_client_certificates() {
     .await;
     assert!(linked(&a) && linked(&b));
 }
+
+/// `GET /api/v1/cluster` on `broker`, as JSON.
+async fn cluster_api(broker: &BackgroundBroker) -> serde_json::Value {
+    let http = broker.http_local_addr().expect("HTTP");
+    let body = common::http::get(http, "/api/v1/cluster", None).await.body;
+    serde_json::from_str(&body).expect("JSON")
+}
+
+/// The admin API shows the node, its NATS connection and counts, and the other nodes with
+/// the filters each holds; a broker without `[cluster]` says so.
+#[tokio::test]
+async fn the_admin_api_shows_the_cluster_as_a_node_sees_it() {
+    if !common::nats_available() {
+        return;
+    }
+    let alone = common::broker();
+    assert_eq!(
+        cluster_api(&alone).await,
+        serde_json::json!({ "enabled": false })
+    );
+    let nats = Nats::start();
+    let a = node(&nats, "a", |_| {});
+    let b = node(&nats, "b", |_| {});
+    let mut app = peer(options(b.local_addr(), "b-app")).await;
+    app.subscribe("detrd/status/response/+", QoS::AtLeastOnce)
+        .await;
+    app.subscribe("gate/#", QoS::AtLeastOnce).await;
+    common::eventually(|| async {
+        cluster_api(&a).await["nodes"] == serde_json::json!([{ "node": "b", "filters": 2 }])
+    })
+    .await;
+    let seen = cluster_api(&a).await;
+    assert_eq!(seen["node"], "a");
+    assert_eq!(seen["nats_connected"], true);
+    assert_eq!(seen["nats_server"], nats.url());
+    assert_eq!(cluster_api(&b).await["filters"], 2);
+}

@@ -20,4 +20,4 @@ pub mod subjects;
 pub use config::ClusterConfig;
 pub use envelope::{ClusterMessage, Envelope, EnvelopeError};
 pub use link::{ClusterEnvironment, ClusterLink, StopCluster, CLUSTER_CLIENT_ID};
-pub use status::{ClusterSnapshot, ClusterStatus};
+pub use status::{ClusterSnapshot, ClusterStatus, ClusterView};

@@ -38,6 +38,14 @@ impl RemoteInterest {
         self.wanted.len()
     }
 
+    /// Each node that holds filters, and how many.
+    pub fn nodes(&self) -> Vec<(String, usize)> {
+        self.nodes
+            .iter()
+            .map(|(node, filters)| (node.clone(), filters.len()))
+            .collect()
+    }
+
     /// `node` announces all its filters again from now on (it (re)joined).
     pub fn begin(&mut self, node: &str) {
         self.renewing.insert(node.to_string(), BTreeSet::new());

@@ -3,6 +3,7 @@
 //! [`Metrics::cluster`](crate::metrics::Metrics).
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::RwLock;
 
 use crate::metrics::LinkCounters;
 
@@ -13,6 +14,20 @@ pub struct ClusterStatus {
     /// NATS up or not; messages handed to NATS (sent), from the other nodes published here
     /// (received), and dropped.
     pub link: LinkCounters,
+    view: RwLock<ClusterView>,
+}
+
+/// The cluster as this node sees it (`GET /api/v1/cluster`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterView {
+    /// This node's name.
+    pub node: String,
+    /// The NATS server it is connected to, if any.
+    pub server: Option<String>,
+    /// How many distinct filters this node's clients hold.
+    pub filters: usize,
+    /// The other nodes that announced filters, and how many each holds.
+    pub nodes: Vec<(String, usize)>,
 }
 
 /// A copy of the link's state at one moment.
@@ -30,9 +45,22 @@ pub struct ClusterSnapshot {
 }
 
 impl ClusterStatus {
-    /// Records that the link runs.
-    pub(super) fn set_enabled(&self) {
+    /// Records that the link runs, as node `node`.
+    pub(super) fn set_enabled(&self, node: &str) {
         self.enabled.store(true, Ordering::Relaxed);
+        self.change_view(|view| view.node = node.to_string());
+    }
+
+    /// Changes what [`view`](Self::view) shows.
+    pub(super) fn change_view(&self, change: impl FnOnce(&mut ClusterView)) {
+        // A poisoned lock only means a writer panicked mid-change; the view is still whole.
+        change(&mut self.view.write().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// The cluster as this node sees it; `None` without `[cluster]`.
+    pub fn view(&self) -> Option<ClusterView> {
+        let view = self.view.read().unwrap_or_else(|e| e.into_inner());
+        self.enabled.load(Ordering::Relaxed).then(|| view.clone())
     }
 
     /// The state now; `None` without `[cluster]`.

@@ -1,5 +1,5 @@
 //! The admin API under `/api/v1`: clients (list, one, disconnect), subscriptions, retained
-//! messages, publishing, bridges. JSON in and out; a bad request gets a 4xx with `{"error": "..."}`
+//! messages, publishing, bridges, the cluster. JSON in and out; a bad request gets a 4xx with `{"error": "..."}`
 //! saying what is wrong.
 
 use std::time::Duration;
@@ -32,7 +32,31 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/subscriptions", web::get().to(list_subscriptions))
         .route("/retained", web::get().to(list_retained))
         .route("/publish", web::post().to(publish))
-        .route("/bridges", web::get().to(list_bridges));
+        .route("/bridges", web::get().to(list_bridges))
+        .route("/cluster", web::get().to(cluster));
+}
+
+/// `GET /api/v1/cluster`: this node, its NATS connection and counts, and the other nodes with
+/// the number of filters each holds; `{"enabled": false}` without `[cluster]`.
+async fn cluster(req: HttpRequest, state: web::Data<HttpState>) -> Result<HttpResponse, ApiError> {
+    guard(&req, &state)?;
+    let status = &state.metrics.cluster;
+    let (Some(view), Some(counts)) = (status.view(), status.snapshot()) else {
+        return Ok(HttpResponse::Ok().json(json!({ "enabled": false })));
+    };
+    Ok(HttpResponse::Ok().json(json!({
+        "enabled": true,
+        "node": view.node,
+        "nats_connected": counts.connected,
+        "nats_server": view.server,
+        "sent": counts.sent,
+        "received": counts.received,
+        "dropped": counts.dropped,
+        "filters": view.filters,
+        "nodes": view.nodes.iter().map(|(node, filters)| json!({
+            "node": node, "filters": filters,
+        })).collect::<Vec<_>>(),
+    })))
 }
 
 /// `GET /api/v1/bridges`: every running bridge, connected or not, with its counts.

@@ -21,6 +21,11 @@ const ANNOUNCEMENT_BYTES: usize = 64 * 1024;
 impl ClusterLink {
     /// Applies changes of this node's interest: NATS subscriptions, and an announcement.
     pub(super) fn apply(&mut self, changes: Vec<InterestChange>, ctx: &mut Context<Self>) {
+        let filters = self.interest.len();
+        self.env
+            .metrics
+            .cluster
+            .change_view(|view| view.filters = filters);
         let (mut added, mut removed) = (Vec::new(), Vec::new());
         for change in changes {
             match change {
@@ -117,6 +122,11 @@ impl ClusterLink {
             Envelope::Bye { node } if node != self.env.node => self.remote.forget(&node),
             _ => return,
         };
+        let nodes = self.remote.nodes();
+        self.env
+            .metrics
+            .cluster
+            .change_view(|view| view.nodes = nodes);
         let Some(local) = &self.local else { return };
         for change in changes {
             match change {

@@ -235,6 +235,11 @@ impl ClusterLink {
     fn on_nats_up(&mut self, server: String, max_payload: usize, ctx: &mut Context<Self>) {
         self.nats_up = true;
         self.status().set_connected(true);
+        let current = server.clone();
+        self.env
+            .metrics
+            .cluster
+            .change_view(|view| view.server = Some(current));
         self.max_payload = max_payload;
         info!(%server, node = %self.env.node, filters = self.interest.len(), other_nodes_filters = self.remote.len(), "cluster: connected to NATS");
         self.join(ctx);
@@ -245,7 +250,7 @@ impl Actor for ClusterLink {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.env.metrics.cluster.set_enabled();
+        self.env.metrics.cluster.set_enabled(&self.env.node);
         let me = ctx.address();
         let nats = NatsClient::start(
             self.env.servers.clone(),
@@ -340,6 +345,10 @@ impl Handler<NatsEvent> for ClusterLink {
             NatsEvent::Down { error } => {
                 self.nats_up = false;
                 self.status().set_connected(false);
+                self.env
+                    .metrics
+                    .cluster
+                    .change_view(|view| view.server = None);
                 warn!(%error, "cluster: NATS connection lost; reconnecting (QoS 1/2 messages wait, QoS 0 ones are not sent meanwhile)");
             }
         }
