@@ -353,7 +353,9 @@ pub(crate) fn write_publish_of(
     if protocol.is_v5() {
         let extras = PublishExtras {
             properties: message.properties.as_deref(),
-            expiry: message.remaining_expiry(std::time::Instant::now()),
+            expiry: message
+                .expires_at
+                .and_then(|_| message.remaining_expiry(std::time::Instant::now())),
             ..PublishExtras::default()
         };
         write_publish_v5(out, &message.topic, &message.payload, header, &extras, None);
