@@ -322,6 +322,10 @@ fn check_says_whether_a_config_would_start_without_binding_its_ports() {
             "cluster.node",
         ),
         ("nats_url = \"http://127.0.0.1:4222\"", "cluster.nats_url"),
+        (
+            "nats_url = \"nats://127.0.0.1:4222\"\ntls = { ca_file = \"/nonexistent/ca.pem\" }",
+            "cluster.tls",
+        ),
     ] {
         std::fs::write(&config, format!("[cluster]\n{cluster}\n")).expect("config");
         let (ok, text) = run_check(&config);
