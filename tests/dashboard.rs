@@ -174,3 +174,34 @@ fn in_chromium_the_page_shows_a_connected_bridge() {
     assert_eq!(cells[1], central.local_addr().to_string());
     assert_eq!(cells[2], "connected");
 }
+
+#[test]
+fn in_chromium_the_page_shows_the_cluster() {
+    if !browser_available() || !common::nats_available() {
+        return;
+    }
+    let nats = common::nats::Nats::start();
+    let node = |name: &str| {
+        broker_with(|c| {
+            c.cluster.nats_url = Some(nats.url());
+            c.cluster.node = Some(name.to_string());
+        })
+    };
+    let a = node("a");
+    let _b = node("b");
+    let http = a.http_local_addr().expect("http");
+    let output = Command::new("node")
+        .arg(dashboard_dir().join("drive.js"))
+        .args([&format!("http://{http}/"), "--cluster", "a", "b"])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let shown: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(shown["node"][0], "a (this node)");
+    assert_eq!(shown["node"][1], nats.url());
+    assert_eq!(shown["node"][2], "connected");
+    assert_eq!(shown["peer"][0], "b");
+}

@@ -38,7 +38,7 @@ impl RemoteInterest {
         self.wanted.len()
     }
 
-    /// Each node that holds filters, and how many.
+    /// Each node heard of (until it says Bye), and how many filters it holds.
     pub fn nodes(&self) -> Vec<(String, usize)> {
         self.nodes
             .iter()
@@ -48,6 +48,7 @@ impl RemoteInterest {
 
     /// `node` announces all its filters again from now on (it (re)joined).
     pub fn begin(&mut self, node: &str) {
+        self.nodes.entry(node.to_string()).or_default();
         self.renewing.insert(node.to_string(), BTreeSet::new());
     }
 
@@ -64,7 +65,7 @@ impl RemoteInterest {
         self.apply(node, &[], &gone)
     }
 
-    /// `node` is gone (it said so): all its filters go.
+    /// `node` is gone (it said so): all its filters go, and the node with them.
     pub fn forget(&mut self, node: &str) -> Vec<LocalChange> {
         self.renewing.remove(node);
         let held: Vec<String> = self
@@ -72,7 +73,9 @@ impl RemoteInterest {
             .get(node)
             .map(|held| held.iter().cloned().collect())
             .unwrap_or_default();
-        self.apply(node, &[], &held)
+        let changes = self.apply(node, &[], &held);
+        self.nodes.remove(node);
+        changes
     }
 
     /// `node` added and removed these filters.
@@ -104,9 +107,6 @@ impl RemoteInterest {
                     }
                 }
             }
-        }
-        if held.is_empty() {
-            self.nodes.remove(node);
         }
         changes
     }

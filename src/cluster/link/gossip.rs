@@ -45,12 +45,19 @@ impl ClusterLink {
             }
         }
         if !added.is_empty() || !removed.is_empty() {
-            self.announce(added, removed, ctx);
+            self.announce(added, removed, false, ctx);
         }
     }
 
-    /// Tells the other nodes, in announcements of bounded size.
-    fn announce(&mut self, added: Vec<String>, removed: Vec<String>, ctx: &mut Context<Self>) {
+    /// Tells the other nodes, in announcements of bounded size; with `always`, in one (empty)
+    /// at least, so that they know of this node.
+    fn announce(
+        &mut self,
+        added: Vec<String>,
+        removed: Vec<String>,
+        always: bool,
+        ctx: &mut Context<Self>,
+    ) {
         let subject = self.env.subjects.interest();
         let mut part = (Vec::new(), Vec::new(), 0);
         let all = added
@@ -69,7 +76,7 @@ impl ClusterLink {
                 self.queue_interest(&subject, added, removed, ctx);
             }
         }
-        if part.2 > 0 {
+        if part.2 > 0 || always {
             self.queue_interest(&subject, part.0, part.1, ctx);
         }
     }
@@ -92,7 +99,7 @@ impl ClusterLink {
     /// Announces every filter this node holds.
     pub(super) fn announce_all(&mut self, ctx: &mut Context<Self>) {
         let all: Vec<String> = self.interest.filters().cloned().collect();
-        self.announce(all, Vec::new(), ctx);
+        self.announce(all, Vec::new(), true, ctx);
     }
 
     /// This node is connected to NATS (again): Hello, all its filters, InterestEnd.

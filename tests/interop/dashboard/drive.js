@@ -3,6 +3,8 @@
 //                                         disconnects it, the feed shows the event
 //   node drive.js URL --screenshot FILE SECONDS   wait, then save a PNG of the page
 //   node drive.js URL --bridge NAME               check: the bridges table shows NAME connected
+//   node drive.js URL --cluster NODE PEER         check: the cluster table shows this node NODE
+//                                                 connected to NATS, and the other node PEER
 // Prints one JSON object per step; exits 1 with {"error": ...} on failure, within 30 s (plus
 // the wait of a screenshot).
 const puppeteer = require('puppeteer-core');
@@ -43,6 +45,17 @@ setTimeout(() => fail(`timed out after ${budget} s`), budget * 1000);
     const row = `tr[data-bridge="${third}"][data-state="connected"]`;
     await page.waitForSelector(row, { timeout: 10000, visible: true });
     say({ bridge: await page.$eval(row, (e) => Array.from(e.cells, (c) => c.textContent)) });
+    await finish(browser);
+    return;
+  }
+  if (clientId === '--cluster') {
+    await page.goto(url, { waitUntil: 'domcontentloaded' });
+    const self = `tr[data-node="${third}"][data-state="connected"]`;
+    const peer = `tr[data-node="${fourth}"][data-state="peer"]`;
+    await page.waitForSelector(self, { timeout: 10000, visible: true });
+    await page.waitForSelector(peer, { timeout: 10000, visible: true });
+    const cells = (e) => Array.from(e.cells, (c) => c.textContent);
+    say({ node: await page.$eval(self, cells), peer: await page.$eval(peer, cells) });
     await finish(browser);
     return;
   }
