@@ -143,6 +143,23 @@ async fn in_chromium_the_page_shows_a_client_and_its_kick_button_disconnects_it(
     assert!(driver.wait().expect("node").success());
 }
 
+/// Runs `drive.js` on `broker`'s dashboard with `args` and returns its last line, as JSON,
+/// asserting it succeeded.
+fn drive_page(broker: &switchboard::BackgroundBroker, args: &[&str]) -> serde_json::Value {
+    let http = broker.http_local_addr().expect("http");
+    let output = Command::new("node")
+        .arg(dashboard_dir().join("drive.js"))
+        .arg(format!("http://{http}/"))
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
 #[test]
 fn in_chromium_the_page_shows_a_connected_bridge() {
     if !browser_available() {
@@ -158,17 +175,7 @@ fn in_chromium_the_page_shows_a_connected_bridge() {
         .expect("config")
         .bridge;
     let site = broker_with(|c| c.bridge = bridges);
-    let http = site.http_local_addr().expect("http");
-    let output = Command::new("node")
-        .arg(dashboard_dir().join("drive.js"))
-        .args([&format!("http://{http}/"), "--bridge", "central"])
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}");
-    let shown: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
-        .unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let shown = drive_page(&site, &["--bridge", "central"]);
     let cells = shown["bridge"].as_array().expect("the bridge's cells");
     assert_eq!(cells[0], "central");
     assert_eq!(cells[1], central.local_addr().to_string());
@@ -189,17 +196,7 @@ fn in_chromium_the_page_shows_the_cluster() {
     };
     let a = node("a");
     let _b = node("b");
-    let http = a.http_local_addr().expect("http");
-    let output = Command::new("node")
-        .arg(dashboard_dir().join("drive.js"))
-        .args([&format!("http://{http}/"), "--cluster", "a", "b"])
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}");
-    let shown: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
-        .unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let shown = drive_page(&a, &["--cluster", "a", "b"]);
     assert_eq!(shown["node"][0], "a (this node)");
     assert_eq!(shown["node"][1], nats.url());
     assert_eq!(shown["node"][2], "connected");

@@ -10,8 +10,13 @@ use tracing::debug;
 
 use super::{Inbound, Publication};
 
+/// The largest message taken from a server: NATS's own ceiling for `max_payload` (64 MiB). A
+/// larger size in a MSG line is a broken server, not an allocation.
+const MAX_PAYLOAD: usize = 64 * 1024 * 1024;
+
 /// The longest control line taken from the server (its `INFO` can be long in a big cluster).
 pub(super) const MAX_CONTROL_LINE: usize = 64 * 1024;
+
 /// One server of `cluster.nats_url`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NatsServer {
@@ -83,6 +88,7 @@ pub(super) enum NatsError {
     Timeout(Duration),
 }
 
+/// `SUB <subject> [queue] <sid>`.
 pub(super) fn sub_line(sid: u64, subject: &str, queue: Option<&str>) -> String {
     match queue {
         Some(queue) => format!("SUB {subject} {queue} {sid}\r\n"),
@@ -90,6 +96,7 @@ pub(super) fn sub_line(sid: u64, subject: &str, queue: Option<&str>) -> String {
     }
 }
 
+/// `PUB <subject> <size>` and the payload.
 pub(super) fn put_pub(out: &mut BytesMut, publication: Publication) {
     let line = format!(
         "PUB {} {}\r\n",
@@ -158,7 +165,9 @@ pub(super) fn parse_frame(buffer: &mut BytesMut) -> Result<Option<Frame>, NatsEr
                 .map_err(|_| NatsError::Protocol(format!("bad sid in `{line}`")))?;
             let size: usize = size
                 .parse()
-                .map_err(|_| NatsError::Protocol(format!("bad size in `{line}`")))?;
+                .ok()
+                .filter(|&size| size <= MAX_PAYLOAD)
+                .ok_or_else(|| NatsError::Protocol(format!("bad size in `{line}`")))?;
             let subject = subject.to_string();
             let total = end + 2 + size + 2;
             if buffer.len() < total {
@@ -176,7 +185,10 @@ pub(super) fn parse_frame(buffer: &mut BytesMut) -> Result<Option<Frame>, NatsEr
         }
         "PING" => Frame::Ping,
         "PONG" => Frame::Pong,
-        "-ERR" => Frame::Error(line[4..].trim().trim_matches('\'').to_string()),
+        "-ERR" => {
+            let text = line.trim_start().trim_start_matches("-ERR");
+            Frame::Error(text.trim().trim_matches('\'').to_string())
+        }
         "+OK" | "INFO" => Frame::Other,
         other => {
             debug!(frame = other, "an unexpected NATS frame, ignored");
@@ -239,6 +251,8 @@ mod tests {
             &b"MSG a\r\n"[..],
             b"MSG a x 1\r\n",
             b"MSG a 1 -1\r\n",
+            b"MSG a 1 18446744073709551615\r\n",
+            b"MSG a 1 67108865\r\n",
             b"\xff\xfe\r\n",
         ] {
             assert!(parse_frame(&mut BytesMut::from(bad)).is_err(), "{bad:?}");
