@@ -78,6 +78,9 @@ pub struct ConnectedElsewhere {
     pub at_ms: u64,
     /// The CONNECT's Clean Session (3.1.1) or Clean Start (5) flag.
     pub clean_start: bool,
+    /// Whether that connection stays when both connected in the same millisecond (so that
+    /// exactly one of two nodes gives way: the cluster link decides by node name).
+    pub wins_ties: bool,
 }
 
 impl Handler<ConnectedElsewhere> for Registry {
@@ -91,8 +94,10 @@ impl Handler<ConnectedElsewhere> for Registry {
             return false;
         };
         if let Some(attached) = client.attached.as_ref().filter(|a| !a.detaching) {
-            if attached.since_ms > msg.at_ms {
-                return false; // connected here later: the other node ends its connection
+            let newer_here =
+                attached.since_ms > msg.at_ms || (attached.since_ms == msg.at_ms && !msg.wins_ties);
+            if newer_here {
+                return false; // the other node ends its connection
             }
             info!(client_id = %msg.client_id, node = %msg.node, session_ends = msg.clean_start, "the client connected on another node of the cluster; its connection here ends");
             if msg.clean_start {

@@ -207,11 +207,13 @@ impl ClusterLink {
                     clean_start,
                 },
             ) if node != self.env.node => {
+                let wins_ties = node > self.env.node;
                 self.env.registry.do_send(ConnectedElsewhere {
                     client_id,
                     node,
                     at_ms,
                     clean_start,
+                    wins_ties,
                 });
             }
             (SID_INTEREST, envelope) => self.on_interest(envelope, ctx),
