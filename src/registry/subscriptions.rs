@@ -25,9 +25,10 @@ impl Handler<Subscribe> for Registry {
         let client_id = client.id.clone();
         let mut codes = msg.codes;
         let mut granted = Vec::with_capacity(msg.filters.len());
+        // The cluster link holds every filter the other nodes' clients hold.
+        let bounded = &*client_id != super::CLUSTER_CLIENT_ID;
         for (position, filter, options) in msg.filters {
             let existed = client.subscriptions.contains_key(&filter);
-            let bounded = &*client_id != super::CLUSTER_CLIENT_ID;
             if !existed && client.subscriptions.len() >= max_subscriptions && bounded {
                 warn!(client_id = %client_id, filter = %filter, limit = max_subscriptions, "subscription refused: limit of subscriptions per client");
                 metrics.add_limits_hit(1);
