@@ -65,6 +65,11 @@ impl LinkCounters {
         self.dropped.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Whether the link is up.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
     /// Whether the link is up, and the messages sent, received and dropped.
     pub fn read(&self) -> (bool, u64, u64, u64) {
         (

@@ -280,14 +280,8 @@ async fn the_link_reconnects_to_nats_and_the_traffic_resumes() {
     nats.resume();
     // Each link retries with a backoff of up to 2 s: give them that, and a loaded machine's
     // slack, before any traffic is expected.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !(connected(&a) && connected(&b)) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the links did not reconnect"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let relinked = || async { connected(&a) && connected(&b) };
+    common::eventually_within(Duration::from_secs(20), relinked).await;
     until_routed(
         &radar.client,
         &mut [&mut subscriber],
@@ -487,17 +481,7 @@ async fn mqtt5_properties_and_message_expiry_cross_nodes() {
         let got = publish_of(frame);
         assert_eq!(got.topic, "detrd/status/request/1AB");
         let p = got.properties.expect("properties forwarded");
-        assert_eq!(p.payload_format_indicator, Some(1));
-        assert_eq!(p.content_type.as_deref(), Some("application/json"));
-        let response = p.response_topic.as_deref();
-        assert_eq!(response, Some("detrd/status/response/1AB"));
-        assert_eq!(p.correlation_data.as_deref(), Some(&b"req-42"[..]));
-        let users: Vec<(&str, &str)> = p
-            .user_properties
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        assert_eq!(users, [("z", "1"), ("a", "2")]);
+        common::v5::assert_status_request_properties(&p, &[("z", "1"), ("a", "2")]);
         let expiry = p
             .message_expiry_interval
             .expect("what remains of the expiry");

@@ -43,6 +43,21 @@ pub struct ClusterMessage {
     pub payload: Bytes,
 }
 
+impl ClusterMessage {
+    /// A retained message of this broker's as it goes to the other nodes, its expiry what
+    /// remains of it at `now` [MQTT-3.3.2-6].
+    pub fn retained(message: &crate::message::Message, now: std::time::Instant) -> Self {
+        ClusterMessage {
+            topic: message.topic.clone(),
+            qos: message.qos,
+            retain: true,
+            properties: message.properties.as_deref().cloned(),
+            expiry: message.remaining_expiry(now),
+            payload: message.payload.clone(),
+        }
+    }
+}
+
 /// One envelope.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Envelope {
@@ -124,7 +139,12 @@ pub enum EnvelopeError {
 impl Envelope {
     /// The envelope as bytes.
     pub fn encode(&self) -> Bytes {
-        let mut out = BytesMut::new();
+        // A message's payload and topic, and room for its flags and lengths: one allocation.
+        let room = match self {
+            Envelope::Message(m) => 64 + m.topic.len() + m.payload.len(),
+            _ => 64,
+        };
+        let mut out = BytesMut::with_capacity(room);
         out.put_u8(VERSION);
         match self {
             Envelope::Message(message) => encode_message(message, &mut out),

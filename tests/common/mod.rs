@@ -36,16 +36,26 @@ pub const WAIT: Duration = Duration::from_secs(5);
 
 /// Re-checks `condition` (yielding in between) until it holds; panics after [`WAIT`]. For state
 /// that has no event of its own, such as counters.
-pub async fn eventually<F, Fut>(mut condition: F)
+pub async fn eventually<F, Fut>(condition: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
+    eventually_within(WAIT, condition).await;
+}
+
+/// [`eventually`] with a bound of its own, for state that takes longer to come (a reconnect
+/// after a backoff).
+pub async fn eventually_within<F, Fut>(within: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
     while !condition().await {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "condition not met within {WAIT:?}"
+            "condition not met within {within:?}"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

@@ -49,6 +49,26 @@ fn string(s: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Asserts that `p` are the properties of a status request as the tests send it: payload format
+/// 1, content type `application/json`, response topic `detrd/status/response/1AB`,
+/// correlation data `req-42`, and these user properties in this order.
+pub fn assert_status_request_properties(
+    p: &mqttbytes::v5::PublishProperties,
+    users: &[(&str, &str)],
+) {
+    assert_eq!(p.payload_format_indicator, Some(1));
+    assert_eq!(p.content_type.as_deref(), Some("application/json"));
+    let response = p.response_topic.as_deref();
+    assert_eq!(response, Some("detrd/status/response/1AB"));
+    assert_eq!(p.correlation_data.as_deref(), Some(&b"req-42"[..]));
+    let got: Vec<(&str, &str)> = p
+        .user_properties
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(got, users);
+}
+
 /// A property block under construction.
 #[derive(Debug, Clone, Default)]
 pub struct Props(Vec<u8>);

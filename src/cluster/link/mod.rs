@@ -108,7 +108,6 @@ struct Outgoing {
 pub struct ClusterLink {
     env: ClusterEnvironment,
     nats: Option<NatsClient>,
-    nats_up: bool,
     /// The largest payload the NATS server takes.
     max_payload: usize,
     local: Option<Addr<ManagedConnection>>,
@@ -133,7 +132,6 @@ impl ClusterLink {
         ClusterLink {
             env,
             nats: None,
-            nats_up: false,
             max_payload: 1024 * 1024,
             local: None,
             outbox: VecDeque::new(),
@@ -235,7 +233,6 @@ impl ClusterLink {
     }
 
     fn on_nats_up(&mut self, server: String, max_payload: usize, ctx: &mut Context<Self>) {
-        self.nats_up = true;
         self.status().set_connected(true);
         let current = server.clone();
         self.env
@@ -345,7 +342,6 @@ impl Handler<NatsEvent> for ClusterLink {
                 max_payload,
             } => self.on_nats_up(server, max_payload, ctx),
             NatsEvent::Down { error } => {
-                self.nats_up = false;
                 self.status().set_connected(false);
                 self.env
                     .metrics

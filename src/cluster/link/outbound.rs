@@ -49,7 +49,7 @@ impl ClusterLink {
         // retained message is state the other nodes keep: it waits (up to a bound).
         let droppable = message.qos == QoS::AtMostOnce && !message.retain;
         let full = if droppable {
-            !self.nats_up || self.outbox.len() >= OUTBOX_QOS0
+            !self.status().is_connected() || self.outbox.len() >= OUTBOX_QOS0
         } else {
             self.outbox.len() >= OUTBOX_MAX
         };
@@ -152,15 +152,7 @@ impl ClusterLink {
             let mut count = 0u64;
             let now = std::time::Instant::now();
             for message in page.items.into_iter().filter(|m| !m.is_expired(now)) {
-                let envelope = Envelope::Message(ClusterMessage {
-                    topic: message.topic.clone(),
-                    qos: message.qos,
-                    retain: true,
-                    properties: message.properties.as_deref().cloned(),
-                    expiry: message.remaining_expiry(now),
-                    payload: message.payload.clone(),
-                })
-                .encode();
+                let envelope = Envelope::Message(ClusterMessage::retained(&message, now)).encode();
                 if envelope.len() <= max_payload && nats.publish(inbox.clone(), envelope).await {
                     count += 1;
                 }
@@ -178,14 +170,7 @@ impl Handler<RetainedPublished> for ClusterLink {
 
     /// Every node keeps every retained message: on the broadcast subject.
     fn handle(&mut self, RetainedPublished(message): RetainedPublished, ctx: &mut Context<Self>) {
-        let cluster_message = ClusterMessage {
-            topic: message.topic.clone(),
-            qos: message.qos,
-            retain: true,
-            properties: message.properties.as_deref().cloned(),
-            expiry: message.remaining_expiry(std::time::Instant::now()),
-            payload: message.payload.clone(),
-        };
+        let cluster_message = ClusterMessage::retained(&message, std::time::Instant::now());
         let subject = self.env.subjects.broadcast();
         self.queue_message(subject, cluster_message, None, ctx);
     }

@@ -98,12 +98,14 @@ pub(super) fn sub_line(sid: u64, subject: &str, queue: Option<&str>) -> String {
 
 /// `PUB <subject> <size>` and the payload.
 pub(super) fn put_pub(out: &mut BytesMut, publication: Publication) {
-    let line = format!(
+    use std::fmt::Write;
+    // Written in place: no line allocated per message. Writing to a BytesMut cannot fail.
+    let _ = write!(
+        out,
         "PUB {} {}\r\n",
         publication.subject,
         publication.payload.len()
     );
-    out.put_slice(line.as_bytes());
     out.put_slice(&publication.payload);
     out.put_slice(b"\r\n");
 }
