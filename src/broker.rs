@@ -348,6 +348,7 @@ async fn start_cluster(
         max_packet_size: shared.config.limits.max_packet_size,
         registry: registry.clone(),
         metrics: shared.metrics.clone(),
+        subscribe_wait: cluster.subscribe_wait,
     };
     let (ready, local_ready) = tokio::sync::oneshot::channel();
     let link = crate::cluster::ClusterLink::new(environment, ready);

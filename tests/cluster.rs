@@ -1,7 +1,9 @@
 //! Clustering on NATS: Switchboard nodes that share one Debian nats-server (a real one, on a
 //! free loopback port), each with clients of its own: rumqttc, and mosquitto_sub as a stock
-//! client. A node's interest reaches NATS a moment after its SUBACK, so each test first sends
-//! probes until they arrive (the moment a user would see it), then the traffic it checks.
+//! client. A SUBACK waits until the other nodes a node knows of forward the filter
+//! (`cluster.subscribe_wait`), but nodes learn of each other a moment after they start: a test
+//! first waits until they know each other, or sends probes until they arrive, then the traffic
+//! it checks.
 
 mod common;
 
@@ -496,6 +498,144 @@ async fn mqtt5_properties_and_message_expiry_cross_nodes() {
     let retained = late.sync5().await;
     assert_eq!(retained.len(), 1, "{retained:?}");
     check(&retained[0]);
+}
+
+/// Whether `broker`'s link knows of each of `nodes` (and of no other).
+async fn knows_nodes(broker: &BackgroundBroker, nodes: &[&str]) -> bool {
+    let seen = cluster_api(broker).await;
+    let names: Vec<&str> = seen["nodes"]
+        .as_array()
+        .map(|nodes| nodes.iter().filter_map(|n| n["node"].as_str()).collect())
+        .unwrap_or_default();
+    names == nodes
+}
+
+/// A message published on another node right after the SUBACK reaches the new subscription,
+/// as on one broker (section 3.8: the Server forwards what is published to topics that match
+/// the subscription; [MQTT-3.8.4-1] the SUBACK answers it): the SUBACK waits until every other
+/// node forwards the filter (`cluster.subscribe_wait`). Twenty new filters in a row, each
+/// published to on two other nodes as soon as its SUBACK is in; a filter another client of the
+/// node already holds does not wait again.
+#[tokio::test]
+async fn a_message_published_anywhere_after_the_suback_reaches_the_subscriber() {
+    if !common::nats_available() {
+        return;
+    }
+    let nats = Nats::start();
+    let a = node(&nats, "a", |_| {});
+    let b = node(&nats, "b", |_| {});
+    let c = node(&nats, "c", |_| {});
+    for (broker, others) in [(&a, ["b", "c"]), (&b, ["a", "c"]), (&c, ["a", "b"])] {
+        common::eventually(|| async { knows_nodes(broker, &others).await }).await;
+    }
+    let mut subscriber = peer(options(a.local_addr(), "a-app")).await;
+    let on_b = peer(options(b.local_addr(), "b-gate")).await;
+    let on_c = peer(options(c.local_addr(), "c-radar")).await;
+    for n in 0..20 {
+        let topic = format!("detrd/status/response/{n}");
+        subscriber.subscribe(&topic, QoS::AtLeastOnce).await;
+        for (publisher, from) in [(&on_b, "b"), (&on_c, "c")] {
+            publisher
+                .client
+                .publish(&topic, QoS::AtLeastOnce, false, from)
+                .await
+                .expect("queued");
+            let publish = subscriber.next_publish().await;
+            assert_eq!(
+                (publish.topic.as_str(), &publish.payload[..]),
+                (topic.as_str(), from.as_bytes()),
+                "the message published on {from} after the SUBACK"
+            );
+        }
+    }
+    // A second client of node a subscribing to a filter a holds: nothing new to wait for.
+    let mut second = peer(options(a.local_addr(), "a-second")).await;
+    second
+        .subscribe("detrd/status/response/0", QoS::AtLeastOnce)
+        .await;
+    on_b.client
+        .publish("detrd/status/response/0", QoS::AtLeastOnce, false, "again")
+        .await
+        .expect("queued");
+    assert_eq!(&second.next_publish().await.payload[..], b"again");
+}
+
+/// A SUBSCRIBE that waits for the cluster keeps the client's later requests behind it: a
+/// SUBSCRIBE and an UNSUBSCRIBE of the same filter sent back to back are answered in order
+/// [MQTT-3.8.4-2] [MQTT-3.10.4-2], and the filter is not held after both.
+#[tokio::test]
+async fn requests_sent_behind_a_waiting_subscribe_keep_their_order() {
+    if !common::nats_available() {
+        return;
+    }
+    let nats = Nats::start();
+    let a = node(&nats, "a", |_| {});
+    let b = node(&nats, "b", |_| {});
+    common::eventually(|| async { knows_nodes(&a, &["b"]).await }).await;
+    let spec = common::packets::ConnectSpec {
+        client_id: "a-raw",
+        ..Default::default()
+    };
+    let (mut raw, code) = Raw::connect_with(a.local_addr(), spec).await;
+    assert_eq!(code, 0);
+    let mut both = common::packets::subscribe(7, &[("gate/+/state", 1)]);
+    both.extend(common::packets::unsubscribe(8, &["gate/+/state"]));
+    raw.send(&both).await;
+    let suback = raw.expect().await;
+    assert_eq!((suback.byte1, suback.pid()), (0x90, 7), "SUBACK first");
+    let unsuback = raw.expect().await;
+    assert_eq!((unsuback.byte1, unsuback.pid()), (0xB0, 8), "then UNSUBACK");
+    let client = a
+        .registry()
+        .send(switchboard::registry::GetClient("a-raw".into()))
+        .await
+        .expect("registry")
+        .expect("connected");
+    assert!(
+        client.subscriptions.is_empty(),
+        "{:?}",
+        client.subscriptions
+    );
+    drop(b);
+}
+
+/// A node that stops answering (killed, no goodbye) costs one SUBSCRIBE the wait, and is not
+/// waited for after that; the nodes that answer still forward at once.
+#[tokio::test]
+async fn a_killed_node_is_waited_for_once_and_then_not() {
+    use common::child::{listening_addr, spawn, wait_line};
+    if !common::nats_available() {
+        return;
+    }
+    const WAIT: Duration = Duration::from_secs(3);
+    let nats = Nats::start();
+    let a = node(&nats, "a", |config| config.cluster.subscribe_wait = WAIT);
+    let b = node(&nats, "b", |_| {});
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("c.toml");
+    let toml = format!("[cluster]\nnats_url = \"{}\"\nnode = \"c\"\n", nats.url());
+    std::fs::write(&config, toml).expect("config");
+    let (mut c, logs) = spawn(&["--port", "0", "-c", config.to_str().expect("utf-8")]);
+    listening_addr(&wait_line(&logs, "switchboard listening on"));
+    common::eventually(|| async { knows_nodes(&a, &["b", "c"]).await }).await;
+    c.kill().expect("SIGKILL");
+    c.wait().expect("reaped");
+
+    let mut subscriber = peer(options(a.local_addr(), "a-app")).await;
+    let on_b = peer(options(b.local_addr(), "b-gate")).await;
+    let started = std::time::Instant::now();
+    subscriber.subscribe("gate/1/state", QoS::AtLeastOnce).await;
+    let first = started.elapsed();
+    assert!(first >= WAIT, "the first SUBACK waited for c: {first:?}");
+    let started = std::time::Instant::now();
+    subscriber.subscribe("gate/2/state", QoS::AtLeastOnce).await;
+    let second = started.elapsed();
+    assert!(second < WAIT / 2, "c is not waited for again: {second:?}");
+    on_b.client
+        .publish("gate/2/state", QoS::AtLeastOnce, false, "open")
+        .await
+        .expect("queued");
+    assert_eq!(&subscriber.next_publish().await.payload[..], b"open");
 }
 
 /// The filters the link of `broker` subscribes to locally: what the other nodes' clients hold.

@@ -1,5 +1,7 @@
 //! `[cluster]`: the nodes that share their traffic through NATS.
 
+use std::time::Duration;
+
 use serde::Deserialize;
 
 use super::nats::{parse_urls, NatsServer};
@@ -24,6 +26,13 @@ pub struct ClusterConfig {
     /// to, and a client certificate for servers that verify clients. Their certificates must be
     /// valid for the host names (or addresses) of `nats_url`.
     pub tls: Option<crate::bridge::BridgeTls>,
+    /// How long a SUBACK waits at most for the other nodes to forward the SUBSCRIBE's new
+    /// filters to this node (so that a message published anywhere after the SUBACK reaches
+    /// the subscriber). A node that lets the wait run out is not waited for again until it is
+    /// heard from. `0s`: SUBACKs do not wait, and the other nodes forward a new filter a moment
+    /// later. Default `2s`.
+    #[serde(with = "humantime_serde")]
+    pub subscribe_wait: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -33,6 +42,7 @@ impl Default for ClusterConfig {
             node: None,
             name: "switchboard".to_string(),
             tls: None,
+            subscribe_wait: Duration::from_secs(2),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! What the nodes of a cluster send each other over NATS, as bytes: a message with its MQTT
-//! flags and properties, the news that a client connected on a node, and the end of an answer
-//! to a sync request. Version 1; anything else (another version, a cut or damaged envelope) is
+//! flags and properties, the news that a client connected on a node, the end of an answer
+//! to a sync request, and the nodes' interest (announcements, and asks and their answers). Version 1; anything else (another version, a cut or damaged envelope) is
 //! an [`EnvelopeError`], never a panic.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -17,6 +17,8 @@ const KIND_INTEREST: u8 = 5;
 const KIND_HELLO: u8 = 6;
 const KIND_INTEREST_END: u8 = 7;
 const KIND_BYE: u8 = 8;
+const KIND_INTEREST_ASK: u8 = 9;
+const KIND_INTEREST_READY: u8 = 10;
 
 const HAS_PAYLOAD_FORMAT: u8 = 1;
 const HAS_CONTENT_TYPE: u8 = 2;
@@ -107,6 +109,23 @@ pub enum Envelope {
         /// The node.
         node: String,
     },
+    /// `node` asks every other node to answer [`Envelope::InterestReady`] once it forwards
+    /// `filters` (announced before) to `node`: a SUBSCRIBE there waits for it.
+    InterestAsk {
+        /// The asking node (the answers go to its inbox).
+        node: String,
+        /// The ask, numbered in the order the asking node sends them.
+        id: u64,
+        /// The filters.
+        filters: Vec<String>,
+    },
+    /// `node` forwards the filters of ask `id`, and of every earlier ask of the same node.
+    InterestReady {
+        /// The answering node.
+        node: String,
+        /// The ask.
+        id: u64,
+    },
     /// The node answering a sync request has sent all `count` retained messages it holds.
     SyncEnd {
         /// The node that answered.
@@ -190,6 +209,20 @@ impl Envelope {
                 out.put_u8(KIND_BYE);
                 put_str(&mut out, node);
             }
+            Envelope::InterestAsk { node, id, filters } => {
+                out.put_u8(KIND_INTEREST_ASK);
+                out.put_u64(*id);
+                put_str(&mut out, node);
+                out.put_u32(filters.len() as u32);
+                for filter in filters {
+                    put_str(&mut out, filter);
+                }
+            }
+            Envelope::InterestReady { node, id } => {
+                out.put_u8(KIND_INTEREST_READY);
+                out.put_u64(*id);
+                put_str(&mut out, node);
+            }
             Envelope::SyncEnd { node, count } => {
                 out.put_u8(KIND_SYNC_END);
                 out.put_u64(*count);
@@ -246,6 +279,17 @@ impl Envelope {
             KIND_BYE => Ok(Envelope::Bye {
                 node: get_str(&mut bytes)?,
             }),
+            KIND_INTEREST_ASK => {
+                let id = get_u64(&mut bytes)?;
+                let node = get_str(&mut bytes)?;
+                let filters = get_list(&mut bytes)?;
+                Ok(Envelope::InterestAsk { node, id, filters })
+            }
+            KIND_INTEREST_READY => {
+                let id = get_u64(&mut bytes)?;
+                let node = get_str(&mut bytes)?;
+                Ok(Envelope::InterestReady { node, id })
+            }
             other => Err(EnvelopeError::Kind(other)),
         }
     }
@@ -447,6 +491,15 @@ mod tests {
             Envelope::Hello { node: "n4".into() },
             Envelope::InterestEnd { node: "n4".into() },
             Envelope::Bye { node: "n4".into() },
+            Envelope::InterestAsk {
+                node: "n1".into(),
+                id: 12,
+                filters: vec!["gate/#".into(), "$share/g/radar/+".into()],
+            },
+            Envelope::InterestReady {
+                node: "n2".into(),
+                id: 12,
+            },
         ] {
             assert_eq!(Envelope::decode(envelope.encode()), Ok(envelope));
         }
@@ -460,8 +513,8 @@ mod tests {
             Err(EnvelopeError::Version)
         );
         assert_eq!(
-            Envelope::decode(Bytes::from_static(b"\x01\x09")),
-            Err(EnvelopeError::Kind(9))
+            Envelope::decode(Bytes::from_static(b"\x01\x63")),
+            Err(EnvelopeError::Kind(0x63))
         );
         assert_eq!(
             Envelope::decode(Bytes::from_static(b"\x01\x01\x03")),

@@ -115,7 +115,7 @@ impl Interest {
 }
 
 /// The filter a subscription matches topics with: `$share/{group}/` taken off.
-fn plain_filter(filter: &str) -> &str {
+pub fn plain_filter(filter: &str) -> &str {
     match parse_shared(filter) {
         Some(Ok(shared)) => shared.filter,
         _ => filter,

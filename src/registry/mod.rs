@@ -14,6 +14,7 @@ mod filters;
 mod messages;
 mod recovering;
 mod retained_writes;
+mod subscribe_barrier;
 mod subscriptions;
 mod sys_topics;
 mod wills;
@@ -33,6 +34,7 @@ pub use cluster::{
 };
 pub use messages::*;
 pub use recovering::Recover;
+pub use subscribe_barrier::{AwaitInterest, HoldSubscribes};
 
 use self::client::Client;
 use crate::config::{Config, QueueOverflow, SessionConfig};
@@ -98,6 +100,10 @@ pub struct Registry {
     sys: sys_topics::SysTopics,
     /// The cluster link, told of each retained message published here.
     retained_watcher: Option<Recipient<RetainedPublished>>,
+    /// The cluster link, asked before each SUBSCRIBE is taken (`subscribe_barrier.rs`).
+    subscribe_barrier: Option<Recipient<AwaitInterest>>,
+    /// Clients with a SUBSCRIBE waiting for the cluster: what they sent after it.
+    behind_barrier: HashMap<ClientKey, VecDeque<subscribe_barrier::Held>>,
 }
 
 impl Actor for Registry {
@@ -148,6 +154,8 @@ impl Registry {
             sys_interval: config.sys.interval,
             sys: sys_topics::SysTopics::new(),
             retained_watcher: None,
+            subscribe_barrier: None,
+            behind_barrier: HashMap::new(),
         }
     }
 

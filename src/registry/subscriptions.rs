@@ -12,10 +12,9 @@ use crate::message::Delivery;
 use crate::persistence::Record;
 use crate::topic::parse_shared;
 
-impl Handler<Subscribe> for Registry {
-    type Result = ();
-
-    fn handle(&mut self, msg: Subscribe, ctx: &mut Context<Self>) {
+impl Registry {
+    /// Takes a SUBSCRIBE (once the cluster took its filters, `subscribe_barrier.rs`).
+    pub(super) fn subscribe_now(&mut self, msg: Subscribe, ctx: &mut Context<Self>) {
         let (max_subscriptions, metrics) = (self.max_subscriptions, self.metrics.clone());
         let Some(client) = self.attached_client(msg.key, msg.conn) else {
             return;
@@ -131,10 +130,9 @@ impl Handler<Subscribe> for Registry {
     }
 }
 
-impl Handler<Unsubscribe> for Registry {
-    type Result = ();
-
-    fn handle(&mut self, msg: Unsubscribe, _: &mut Context<Self>) {
+impl Registry {
+    /// Takes an UNSUBSCRIBE (after any SUBSCRIBE of the client's that waits for the cluster).
+    pub(super) fn unsubscribe_now(&mut self, msg: Unsubscribe, _: &mut Context<Self>) {
         let Some(client) = self.attached_client(msg.key, msg.conn) else {
             return;
         };

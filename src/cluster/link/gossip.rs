@@ -115,6 +115,7 @@ impl ClusterLink {
     pub(super) fn on_interest(&mut self, envelope: Envelope, ctx: &mut Context<Self>) {
         let changes = match envelope {
             Envelope::Hello { node } if node != self.env.node => {
+                self.asks.heard_from(&node);
                 self.remote.begin(&node);
                 // The new node learns what this one holds.
                 self.announce_all(ctx);
@@ -124,9 +125,19 @@ impl ClusterLink {
                 node,
                 added,
                 removed,
-            } if node != self.env.node => self.remote.apply(&node, &added, &removed),
+            } if node != self.env.node => {
+                self.asks.heard_from(&node);
+                self.remote.apply(&node, &added, &removed)
+            }
             Envelope::InterestEnd { node } if node != self.env.node => self.remote.end(&node),
-            Envelope::Bye { node } if node != self.env.node => self.remote.forget(&node),
+            Envelope::Bye { node } if node != self.env.node => {
+                self.asks.gone(&node);
+                self.remote.forget(&node)
+            }
+            Envelope::InterestAsk { node, id, filters } if node != self.env.node => {
+                self.on_ask(node, id, filters);
+                return;
+            }
             _ => return,
         };
         let nodes = self.remote.nodes();
@@ -153,7 +164,12 @@ impl ClusterLink {
             .send(ClientFilters)
             .into_actor(self)
             .map(|filters, act, ctx| {
-                if let Ok(filters) = filters {
+                if let Ok(mut filters) = filters {
+                    // Filters whose SUBSCRIBE the Registry may not have taken yet stay.
+                    let now = std::time::Instant::now();
+                    act.asked_recently.retain(|_, kept_until| *kept_until > now);
+                    filters.extend(act.asked_recently.keys().cloned());
+                    filters.extend(act.asks.pending_filters().cloned());
                     let changes = act.interest.reconcile(&filters, &act.env.subjects);
                     act.apply(changes, ctx);
                 }
@@ -168,6 +184,9 @@ impl Handler<ClientSubscribed> for ClusterLink {
     fn handle(&mut self, event: ClientSubscribed, ctx: &mut Context<Self>) {
         // The link's own subscriptions are the other nodes' filters, not this node's.
         if &*event.client_id != CLUSTER_CLIENT_ID {
+            // Taken by the Registry: the Registry lists it from now on.
+            self.asked_recently
+                .remove(crate::cluster::interest::plain_filter(&event.filter));
             let changes = self.interest.add(&event.filter, &self.env.subjects);
             self.apply(changes, ctx);
         }

@@ -14,11 +14,12 @@
 //! since earlier ends that connection [MQTT-3.1.4-2]. A starting node asks one other node for
 //! its retained messages.
 
+mod barrier;
 mod gossip;
 mod outbound;
 
-use std::collections::{HashSet, VecDeque};
-use std::time::Duration;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -28,6 +29,7 @@ use switchboard_actors::{
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
+use super::barrier::{Answers, Asks};
 use super::envelope::{ClusterMessage, Envelope};
 use super::interest::Interest;
 use super::nats::{NatsClient, NatsEvent, NatsMessages, NatsServer};
@@ -35,7 +37,7 @@ use super::remote::RemoteInterest;
 use super::subjects::Subjects;
 use crate::hooks::{ClientConnected, LifecycleHooks};
 use crate::registry::{
-    AddHooks, ConnectedElsewhere, Registry, WatchRetained, INTERNAL_CLIENT_PREFIX,
+    AddHooks, ConnectedElsewhere, HoldSubscribes, Registry, WatchRetained, INTERNAL_CLIENT_PREFIX,
 };
 
 pub use crate::registry::CLUSTER_CLIENT_ID;
@@ -87,6 +89,8 @@ pub struct ClusterEnvironment {
     pub registry: Addr<Registry>,
     /// Where the link's state is shown (`/metrics`).
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// `cluster.subscribe_wait`: how long a SUBACK waits for the other nodes (0: not at all).
+    pub subscribe_wait: Duration,
 }
 
 /// Sent by the broker to the link when it shuts down: stop both sides. Answers when done.
@@ -124,6 +128,14 @@ pub struct ClusterLink {
     syncing: Option<HashSet<String>>,
     local_ready: Option<oneshot::Sender<()>>,
     reconcile_pending: bool,
+    /// This node's SUBSCRIBEs waiting for the other nodes (`barrier.rs`).
+    asks: Asks,
+    /// The other nodes' asks this node answers.
+    answers: Answers,
+    /// Filters asked for whose SUBSCRIBE the Registry may not have taken yet (it waits for
+    /// the answers): a reconcile keeps them until their `ClientSubscribed` hook comes, or
+    /// until the deadline here (the SUBSCRIBE was dropped: its connection ended).
+    asked_recently: HashMap<String, Instant>,
 }
 
 impl ClusterLink {
@@ -141,6 +153,9 @@ impl ClusterLink {
             syncing: None,
             local_ready: Some(local_ready),
             reconcile_pending: false,
+            asks: Asks::new(),
+            answers: Answers::new(),
+            asked_recently: HashMap::new(),
         }
     }
 
@@ -189,6 +204,7 @@ impl ClusterLink {
                     self.take_in(message);
                 }
             }
+            (SID_INBOX, Envelope::InterestReady { node, id }) => self.asks.answered(&node, id),
             (SID_INBOX, Envelope::SyncEnd { node, count }) => {
                 self.syncing = None;
                 info!(from = %node, retained = count, "cluster: took the retained messages of the cluster");
@@ -286,6 +302,11 @@ impl Actor for ClusterLink {
         self.env
             .registry
             .do_send(WatchRetained(me.clone().recipient()));
+        if !self.env.subscribe_wait.is_zero() {
+            self.env
+                .registry
+                .do_send(HoldSubscribes(me.clone().recipient()));
+        }
         let local = ManagedConnection::start_with(self.local_options(), vec![me.recipient()]);
         self.local = Some(local);
         self.reconcile(ctx);
@@ -303,11 +324,11 @@ impl Handler<ConnectionEvent> for ClusterLink {
             ConnectionEvent::MessageToAcknowledge(message, ack) => {
                 self.send_out(message, Some(ack), ctx)
             }
-            ConnectionEvent::SubscriptionGranted {
-                filter,
-                granted: None,
-            } => {
-                warn!(%filter, "this broker refused the cluster link's subscription");
+            ConnectionEvent::SubscriptionGranted { filter, granted } => {
+                if granted.is_none() {
+                    warn!(%filter, "this broker refused the cluster link's subscription");
+                }
+                self.on_granted(&filter);
             }
             ConnectionEvent::Connected { .. } => {
                 if let Some(ready) = self.local_ready.take() {
@@ -343,6 +364,8 @@ impl Handler<NatsEvent> for ClusterLink {
             } => self.on_nats_up(server, max_payload, ctx),
             NatsEvent::Down { error } => {
                 self.status().set_connected(false);
+                // No node can answer now: SUBSCRIBEs waiting for them go on.
+                self.asks.release_all();
                 self.env
                     .metrics
                     .cluster
@@ -400,6 +423,7 @@ impl Handler<StopCluster> for ClusterLink {
     type Result = ResponseActFuture<Self, ()>;
 
     fn handle(&mut self, _: StopCluster, _: &mut Context<Self>) -> Self::Result {
+        self.asks.release_all();
         let local = self.local.take();
         // The other nodes stop sending what this one's clients wanted.
         let bye = self.nats.take().map(|nats| {
