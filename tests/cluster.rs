@@ -561,8 +561,9 @@ async fn a_message_published_anywhere_after_the_suback_reaches_the_subscriber() 
 }
 
 /// A SUBSCRIBE that waits for the cluster keeps the client's later requests behind it: a
-/// SUBSCRIBE and an UNSUBSCRIBE of the same filter sent back to back are answered in order
-/// [MQTT-3.8.4-2] [MQTT-3.10.4-2], and the filter is not held after both.
+/// SUBSCRIBE and an UNSUBSCRIBE of the same filter sent back to back are answered in order, each
+/// acknowledgement naming its request [MQTT-3.8.4-2] [MQTT-3.10.4-5], and the UNSUBSCRIBE
+/// deletes what the SUBSCRIBE made [MQTT-3.10.4-1].
 #[tokio::test]
 async fn requests_sent_behind_a_waiting_subscribe_keep_their_order() {
     if !common::nats_available() {

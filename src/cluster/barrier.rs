@@ -176,6 +176,10 @@ impl Asks {
     }
 }
 
+/// The most asks [`Answers`] keeps unanswered (its local client's SUBACKs not back, as while
+/// that connection is down): past it the oldest is forgotten, and its node's wait runs out.
+const MAX_UNANSWERED: usize = 10_000;
+
 /// The other nodes' asks this node answers.
 #[derive(Debug, Default)]
 pub struct Answers {
@@ -197,6 +201,9 @@ impl Answers {
             return true;
         }
         let filters = filters.iter().cloned().collect();
+        if self.waiting.len() >= MAX_UNANSWERED {
+            self.waiting.pop_front();
+        }
         self.waiting.push_back((node, id, filters));
         false
     }
