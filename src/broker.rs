@@ -349,6 +349,7 @@ async fn start_cluster(
         registry: registry.clone(),
         metrics: shared.metrics.clone(),
         subscribe_wait: cluster.subscribe_wait,
+        node_timeout: cluster.node_timeout,
     };
     let (ready, local_ready) = tokio::sync::oneshot::channel();
     let link = crate::cluster::ClusterLink::new(environment, ready);

@@ -639,6 +639,77 @@ async fn a_killed_node_is_waited_for_once_and_then_not() {
     assert_eq!(&subscriber.next_publish().await.payload[..], b"open");
 }
 
+/// A node that crashed (SIGKILL: no goodbye) is forgotten once it has not been heard from for
+/// `cluster.node_timeout`: the others stop reading what its clients wanted, and stop waiting
+/// for it.
+#[tokio::test]
+async fn a_crashed_node_is_forgotten_after_the_node_timeout() {
+    use common::child::{listening_addr, spawn, wait_line};
+    if !common::nats_available() {
+        return;
+    }
+    let timeout = Duration::from_millis(600);
+    let nats = Nats::start();
+    let a = node(&nats, "a", |config| config.cluster.node_timeout = timeout);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("c.toml");
+    let toml = format!(
+        "[cluster]\nnats_url = \"{}\"\nnode = \"c\"\nnode_timeout = \"600ms\"\n",
+        nats.url()
+    );
+    std::fs::write(&config, toml).expect("config");
+    let (mut c, logs) = spawn(&["--port", "0", "-c", config.to_str().expect("utf-8")]);
+    let c_addr = listening_addr(&wait_line(&logs, "switchboard listening on"));
+    let mut app = peer(options(c_addr, "c-app")).await;
+    app.subscribe("telemetry/#", QoS::AtLeastOnce).await;
+    common::eventually(|| async { link_subscriptions(&a).await == ["telemetry/#"] }).await;
+    // Alive, it stays known well past the timeout.
+    tokio::time::sleep(timeout * 2).await;
+    assert!(knows_nodes(&a, &["c"]).await, "c is alive and known");
+
+    c.kill().expect("SIGKILL");
+    c.wait().expect("reaped");
+    common::eventually(|| async {
+        knows_nodes(&a, &[]).await && link_subscriptions(&a).await.is_empty()
+    })
+    .await;
+}
+
+/// What a node pictures of another's filters is checked against that node's own count and
+/// digest, said with each heartbeat: an announcement that never arrived, or one that was
+/// wrong (forged here, straight into NATS), is repaired by asking the node for all its filters
+/// again.
+#[tokio::test]
+async fn a_wrong_picture_of_another_nodes_filters_is_repaired() {
+    if !common::nats_available() {
+        return;
+    }
+    let timeout = Duration::from_millis(600);
+    let nats = Nats::start();
+    let a = node(&nats, "a", |config| config.cluster.node_timeout = timeout);
+    let b = node(&nats, "b", |config| config.cluster.node_timeout = timeout);
+    let mut app = peer(options(b.local_addr(), "b-app")).await;
+    app.subscribe("telemetry/#", QoS::AtLeastOnce).await;
+    common::eventually(|| async { link_subscriptions(&a).await == ["telemetry/#"] }).await;
+
+    let forged = switchboard::cluster::Envelope::Interest {
+        node: "b".into(),
+        added: vec!["phantom/#".into()],
+        removed: vec!["telemetry/#".into()],
+    };
+    nats.publish("switchboard.i", &forged.encode());
+    common::eventually(|| async { link_subscriptions(&a).await == ["phantom/#"] }).await;
+    // b's next heartbeat disagrees: a asks, b announces all again, and a's picture is b's.
+    common::eventually(|| async { link_subscriptions(&a).await == ["telemetry/#"] }).await;
+    let device = peer(options(a.local_addr(), "a-device")).await;
+    device
+        .client
+        .publish("telemetry/1", QoS::AtLeastOnce, false, "t")
+        .await
+        .expect("queued");
+    assert_eq!(app.next_publish().await.topic, "telemetry/1");
+}
+
 /// The filters the link of `broker` subscribes to locally: what the other nodes' clients hold.
 async fn link_subscriptions(broker: &BackgroundBroker) -> Vec<String> {
     let link = broker

@@ -33,6 +33,11 @@ pub struct ClusterConfig {
     /// later. Default `2s`.
     #[serde(with = "humantime_serde")]
     pub subscribe_wait: Duration,
+    /// A node not heard from for this long (it crashed, or lost NATS, without a goodbye) is
+    /// forgotten: its filters are dropped and no SUBACK waits for it, until it speaks again.
+    /// Every node says it is alive three times per timeout. At least 100 ms; default `15s`.
+    #[serde(with = "humantime_serde")]
+    pub node_timeout: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -43,6 +48,7 @@ impl Default for ClusterConfig {
             name: "switchboard".to_string(),
             tls: None,
             subscribe_wait: Duration::from_secs(2),
+            node_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -87,6 +93,12 @@ impl ClusterConfig {
             return Err(ConfigError::Invalid {
                 key: "cluster.name",
                 message: format!("must be {token}"),
+            });
+        }
+        if self.node_timeout < Duration::from_millis(100) {
+            return Err(ConfigError::Invalid {
+                key: "cluster.node_timeout",
+                message: "must be at least 100ms".into(),
             });
         }
         if self.node.as_deref().is_some_and(|node| !valid_token(node)) {
@@ -136,6 +148,10 @@ mod tests {
         config.nats_url = Some("http://x".into());
         let error = config.validate().unwrap_err().to_string();
         assert!(error.contains("cluster.nats_url"), "{error}");
+        config.nats_url = None;
+        config.node_timeout = Duration::ZERO;
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("cluster.node_timeout"), "{error}");
     }
 
     #[test]

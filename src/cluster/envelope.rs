@@ -19,6 +19,8 @@ const KIND_INTEREST_END: u8 = 7;
 const KIND_BYE: u8 = 8;
 const KIND_INTEREST_ASK: u8 = 9;
 const KIND_INTEREST_READY: u8 = 10;
+const KIND_ALIVE: u8 = 11;
+const KIND_RESYNC: u8 = 12;
 
 const HAS_PAYLOAD_FORMAT: u8 = 1;
 const HAS_CONTENT_TYPE: u8 = 2;
@@ -126,6 +128,22 @@ pub enum Envelope {
         /// The ask.
         id: u64,
     },
+    /// `node` is alive and holds `filters` filters, whose digest is `digest`
+    /// (`liveness::digest`).
+    Alive {
+        /// The node.
+        node: String,
+        /// How many filters it holds.
+        filters: u64,
+        /// Their digest.
+        digest: u64,
+    },
+    /// `node` asks the node whose inbox this reaches to announce all its filters again (what
+    /// it holds of them differs from that node's [`Envelope::Alive`]).
+    Resync {
+        /// The node asking.
+        node: String,
+    },
     /// The node answering a sync request has sent all `count` retained messages it holds.
     SyncEnd {
         /// The node that answered.
@@ -223,6 +241,20 @@ impl Envelope {
                 out.put_u64(*id);
                 put_str(&mut out, node);
             }
+            Envelope::Alive {
+                node,
+                filters,
+                digest,
+            } => {
+                out.put_u8(KIND_ALIVE);
+                out.put_u64(*filters);
+                out.put_u64(*digest);
+                put_str(&mut out, node);
+            }
+            Envelope::Resync { node } => {
+                out.put_u8(KIND_RESYNC);
+                put_str(&mut out, node);
+            }
             Envelope::SyncEnd { node, count } => {
                 out.put_u8(KIND_SYNC_END);
                 out.put_u64(*count);
@@ -290,6 +322,19 @@ impl Envelope {
                 let node = get_str(&mut bytes)?;
                 Ok(Envelope::InterestReady { node, id })
             }
+            KIND_ALIVE => {
+                let filters = get_u64(&mut bytes)?;
+                let digest = get_u64(&mut bytes)?;
+                let node = get_str(&mut bytes)?;
+                Ok(Envelope::Alive {
+                    node,
+                    filters,
+                    digest,
+                })
+            }
+            KIND_RESYNC => Ok(Envelope::Resync {
+                node: get_str(&mut bytes)?,
+            }),
             other => Err(EnvelopeError::Kind(other)),
         }
     }
@@ -500,6 +545,12 @@ mod tests {
                 node: "n2".into(),
                 id: 12,
             },
+            Envelope::Alive {
+                node: "n3".into(),
+                filters: 3,
+                digest: 0xdead_beef_0123_4567,
+            },
+            Envelope::Resync { node: "n1".into() },
         ] {
             assert_eq!(Envelope::decode(envelope.encode()), Ok(envelope));
         }

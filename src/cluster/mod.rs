@@ -13,6 +13,7 @@ mod config;
 mod envelope;
 mod interest;
 mod link;
+mod liveness;
 pub mod nats;
 mod remote;
 mod status;

@@ -46,6 +46,16 @@ impl RemoteInterest {
             .collect()
     }
 
+    /// How many filters `node` holds as this node knows them, and their digest
+    /// (`liveness::digest`); `None` for a node not known, or one announcing all of them again.
+    pub fn picture_of(&self, node: &str) -> Option<(u64, u64)> {
+        if self.renewing.contains_key(node) {
+            return None;
+        }
+        let held = self.nodes.get(node)?;
+        Some((held.len() as u64, super::liveness::digest(held)))
+    }
+
     /// `node` announces all its filters again from now on (it (re)joined).
     pub fn begin(&mut self, node: &str) {
         self.nodes.entry(node.to_string()).or_default();

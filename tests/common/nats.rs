@@ -42,6 +42,33 @@ impl Nats {
         }
     }
 
+    /// Publishes `payload` on `subject` as a client of its own (CONNECT, PUB, then a PING whose
+    /// PONG says the server took both): what a node would send, forged by a test.
+    pub fn publish(&self, subject: &str, payload: &[u8]) {
+        use std::io::{Read, Write};
+        let mut stream =
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("NATS accepts");
+        let mut frame = format!(
+            "CONNECT {{\"verbose\":false}}\r\nPUB {subject} {}\r\n",
+            payload.len()
+        )
+        .into_bytes();
+        frame.extend_from_slice(payload);
+        frame.extend_from_slice(b"\r\nPING\r\n");
+        stream.write_all(&frame).expect("written");
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 512];
+        while !String::from_utf8_lossy(&seen).contains("PONG") {
+            let n = stream.read(&mut buf).expect("NATS answers");
+            assert!(
+                n > 0,
+                "NATS closed the connection: {}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend_from_slice(&buf[..n]);
+        }
+    }
+
     /// Starts it again on the same port.
     pub fn resume(&mut self) {
         assert!(self.child.is_none(), "already running");

@@ -115,7 +115,7 @@ impl ClusterLink {
     pub(super) fn on_interest(&mut self, envelope: Envelope, ctx: &mut Context<Self>) {
         let changes = match envelope {
             Envelope::Hello { node } if node != self.env.node => {
-                self.asks.heard_from(&node);
+                self.heard(&node);
                 self.remote.begin(&node);
                 // The new node learns what this one holds.
                 self.announce_all(ctx);
@@ -126,20 +126,38 @@ impl ClusterLink {
                 added,
                 removed,
             } if node != self.env.node => {
-                self.asks.heard_from(&node);
+                self.heard(&node);
                 self.remote.apply(&node, &added, &removed)
             }
-            Envelope::InterestEnd { node } if node != self.env.node => self.remote.end(&node),
+            Envelope::InterestEnd { node } if node != self.env.node => {
+                self.heard(&node);
+                self.remote.end(&node)
+            }
             Envelope::Bye { node } if node != self.env.node => {
-                self.asks.gone(&node);
-                self.remote.forget(&node)
+                self.forget_node(&node);
+                return;
             }
             Envelope::InterestAsk { node, id, filters } if node != self.env.node => {
+                self.heard(&node);
                 self.on_ask(node, id, filters);
+                return;
+            }
+            Envelope::Alive {
+                node,
+                filters,
+                digest,
+            } if node != self.env.node => {
+                self.heard(&node);
+                self.check_picture(node, filters, digest);
                 return;
             }
             _ => return,
         };
+        self.change_local(changes);
+    }
+
+    /// Makes the link's local subscriptions follow the other nodes' filters.
+    pub(super) fn change_local(&mut self, changes: Vec<LocalChange>) {
         let nodes = self.remote.nodes();
         self.env
             .metrics

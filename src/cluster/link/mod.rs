@@ -16,6 +16,7 @@
 
 mod barrier;
 mod gossip;
+mod liveness;
 mod outbound;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -32,6 +33,7 @@ use tracing::{debug, info, warn};
 use super::barrier::{Answers, Asks};
 use super::envelope::{ClusterMessage, Envelope};
 use super::interest::Interest;
+use super::liveness::Liveness;
 use super::nats::{NatsClient, NatsEvent, NatsMessages, NatsServer};
 use super::remote::RemoteInterest;
 use super::subjects::Subjects;
@@ -91,6 +93,8 @@ pub struct ClusterEnvironment {
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// `cluster.subscribe_wait`: how long a SUBACK waits for the other nodes (0: not at all).
     pub subscribe_wait: Duration,
+    /// `cluster.node_timeout`: a node not heard from for this long is forgotten.
+    pub node_timeout: Duration,
 }
 
 /// Sent by the broker to the link when it shuts down: stop both sides. Answers when done.
@@ -136,11 +140,14 @@ pub struct ClusterLink {
     /// the answers): a reconcile keeps them until their `ClientSubscribed` hook comes, or
     /// until the deadline here (the SUBSCRIBE was dropped: its connection ended).
     asked_recently: HashMap<String, Instant>,
+    /// When the other nodes were last heard from (`liveness.rs`).
+    liveness: Liveness,
 }
 
 impl ClusterLink {
     /// A link (not started); `local_ready` is told once its local client is connected.
     pub fn new(env: ClusterEnvironment, local_ready: oneshot::Sender<()>) -> Self {
+        let liveness = Liveness::new(env.node_timeout);
         ClusterLink {
             env,
             nats: None,
@@ -156,6 +163,7 @@ impl ClusterLink {
             asks: Asks::new(),
             answers: Answers::new(),
             asked_recently: HashMap::new(),
+            liveness,
         }
     }
 
@@ -204,7 +212,11 @@ impl ClusterLink {
                     self.take_in(message);
                 }
             }
-            (SID_INBOX, Envelope::InterestReady { node, id }) => self.asks.answered(&node, id),
+            (SID_INBOX, Envelope::InterestReady { node, id }) => {
+                self.heard(&node);
+                self.asks.answered(&node, id);
+            }
+            (SID_INBOX, Envelope::Resync { node }) => self.on_resync(&node, ctx),
             (SID_INBOX, Envelope::SyncEnd { node, count }) => {
                 self.syncing = None;
                 info!(from = %node, retained = count, "cluster: took the retained messages of the cluster");
@@ -257,6 +269,7 @@ impl ClusterLink {
             .change_view(|view| view.server = Some(current));
         self.max_payload = max_payload;
         info!(%server, node = %self.env.node, filters = self.interest.len(), other_nodes_filters = self.remote.len(), "cluster: connected to NATS");
+        self.hear_all_again();
         self.join(ctx);
     }
 }
@@ -311,6 +324,7 @@ impl Actor for ClusterLink {
         self.local = Some(local);
         self.reconcile(ctx);
         ctx.run_interval(RECONCILE, |act, ctx| act.reconcile(ctx));
+        self.watch_liveness(ctx);
         info!(node = %self.env.node, servers = ?self.env.servers.iter().map(ToString::to_string).collect::<Vec<_>>(), "cluster link started");
     }
 }
