@@ -632,6 +632,16 @@ async fn a_killed_node_is_waited_for_once_and_then_not() {
     subscriber.subscribe("gate/2/state", QoS::AtLeastOnce).await;
     let second = started.elapsed();
     assert!(second < WAIT / 2, "c is not waited for again: {second:?}");
+    let status = a
+        .metrics()
+        .cluster
+        .snapshot()
+        .expect("the cluster link runs");
+    assert_eq!(
+        (status.subscribe_waits, status.subscribe_wait_timeouts),
+        (2, 1),
+        "both SUBSCRIBEs waited (for b), one ran out (waiting for c)"
+    );
     on_b.client
         .publish("gate/2/state", QoS::AtLeastOnce, false, "open")
         .await
@@ -673,6 +683,14 @@ async fn a_crashed_node_is_forgotten_after_the_node_timeout() {
         knows_nodes(&a, &[]).await && link_subscriptions(&a).await.is_empty()
     })
     .await;
+    let http = a.http_local_addr().expect("HTTP");
+    let metrics = common::http::get(http, "/metrics", None).await.body;
+    for line in [
+        "switchboard_cluster_nodes 0",
+        "switchboard_cluster_nodes_timed_out_total 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
 }
 
 /// What a node pictures of another's filters is checked against that node's own count and

@@ -2,7 +2,7 @@
 //! counts. Written by the link; read by `/metrics` through
 //! [`Metrics::cluster`](crate::metrics::Metrics).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::RwLock;
 
 use crate::metrics::LinkCounters;
@@ -14,6 +14,13 @@ pub struct ClusterStatus {
     /// NATS up or not; messages handed to NATS (sent), from the other nodes published here
     /// (received), and dropped.
     pub link: LinkCounters,
+    /// SUBSCRIBEs that waited for the other nodes (`cluster.subscribe_wait`).
+    subscribe_waits: AtomicU64,
+    /// Asks for new filters whose wait ran out before every other node answered (the
+    /// SUBSCRIBEs waiting for them went on).
+    subscribe_wait_timeouts: AtomicU64,
+    /// Nodes forgotten for not being heard from within `cluster.node_timeout`.
+    nodes_timed_out: AtomicU64,
     view: RwLock<ClusterView>,
 }
 
@@ -42,6 +49,15 @@ pub struct ClusterSnapshot {
     /// Messages not sent to the other nodes (QoS 0 while NATS was unreachable, larger than
     /// the server's `max_payload`) or not published here.
     pub dropped: u64,
+    /// The other nodes known now.
+    pub nodes: u64,
+    /// SUBSCRIBEs that waited for the other nodes to forward their new filters.
+    pub subscribe_waits: u64,
+    /// Asks for new filters whose wait ran out before every other node answered (the
+    /// SUBSCRIBEs waiting for them went on).
+    pub subscribe_wait_timeouts: u64,
+    /// Nodes forgotten for not being heard from within `cluster.node_timeout`.
+    pub nodes_timed_out: u64,
 }
 
 impl ClusterStatus {
@@ -63,9 +79,30 @@ impl ClusterStatus {
         self.enabled.load(Ordering::Relaxed).then(|| view.clone())
     }
 
+    /// Counts a SUBSCRIBE that waits for the other nodes.
+    pub(super) fn add_subscribe_wait(&self) {
+        self.subscribe_waits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a wait that ran out before every node answered.
+    pub(super) fn add_subscribe_wait_timeout(&self) {
+        self.subscribe_wait_timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a node forgotten for its silence.
+    pub(super) fn add_node_timed_out(&self) {
+        self.nodes_timed_out.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The state now; `None` without `[cluster]`.
     pub fn snapshot(&self) -> Option<ClusterSnapshot> {
         let (connected, sent, received, dropped) = self.link.read();
+        let nodes = self
+            .view
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .nodes
+            .len() as u64;
         self.enabled
             .load(Ordering::Relaxed)
             .then_some(ClusterSnapshot {
@@ -73,6 +110,10 @@ impl ClusterStatus {
                 sent,
                 received,
                 dropped,
+                nodes,
+                subscribe_waits: self.subscribe_waits.load(Ordering::Relaxed),
+                subscribe_wait_timeouts: self.subscribe_wait_timeouts.load(Ordering::Relaxed),
+                nodes_timed_out: self.nodes_timed_out.load(Ordering::Relaxed),
             })
     }
 }

@@ -52,6 +52,9 @@ async fn cluster(req: HttpRequest, state: web::Data<HttpState>) -> Result<HttpRe
         "sent": counts.sent,
         "received": counts.received,
         "dropped": counts.dropped,
+        "subscribe_waits": counts.subscribe_waits,
+        "subscribe_wait_timeouts": counts.subscribe_wait_timeouts,
+        "nodes_timed_out": counts.nodes_timed_out,
         "filters": view.filters,
         "nodes": view.nodes.iter().map(|(node, filters)| json!({
             "node": node, "filters": filters,

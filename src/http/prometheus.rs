@@ -309,6 +309,30 @@ impl Collector for Scrape {
                 "Messages not sent to the other nodes or not published here",
                 cluster.dropped,
             )?;
+            gauge(
+                e,
+                "switchboard_cluster_nodes",
+                "The other nodes of the cluster this node knows of",
+                cluster.nodes,
+            )?;
+            counter(
+                e,
+                "switchboard_cluster_subscribe_waits",
+                "SUBSCRIBEs that waited for the other nodes to forward their new filters",
+                cluster.subscribe_waits,
+            )?;
+            counter(
+                e,
+                "switchboard_cluster_subscribe_wait_timeouts",
+                "Asks for new filters that ran out of cluster.subscribe_wait before every other node answered",
+                cluster.subscribe_wait_timeouts,
+            )?;
+            counter(
+                e,
+                "switchboard_cluster_nodes_timed_out",
+                "Nodes forgotten for not being heard from within cluster.node_timeout",
+                cluster.nodes_timed_out,
+            )?;
         }
         if let Some(expiry) = self.tls_certificate_expiry {
             let metric = ConstGauge::new(expiry);

@@ -51,6 +51,7 @@ impl Handler<AwaitInterest> for ClusterLink {
         match self.asks.ask(&filters, new, nodes) {
             AskOutcome::Ready => Box::pin(async {}),
             AskOutcome::Wait { done, ask } => {
+                self.env.metrics.cluster.add_subscribe_wait();
                 if let Some((id, filters)) = ask {
                     let envelope = Envelope::InterestAsk {
                         node: self.env.node.clone(),
@@ -111,6 +112,7 @@ impl ClusterLink {
     fn expire_ask(&mut self, id: u64) {
         let late = self.asks.expire(id);
         if !late.is_empty() {
+            self.env.metrics.cluster.add_subscribe_wait_timeout();
             warn!(nodes = ?late, wait = ?self.env.subscribe_wait, "cluster: nodes did not confirm a new subscription in time; its SUBACK went out without them, and they are not waited for until heard from again");
         }
     }

@@ -29,6 +29,7 @@ impl ClusterLink {
         };
         self.queue_envelope(self.env.subjects.interest(), alive, ctx);
         for node in self.liveness.silent(Instant::now()) {
+            self.env.metrics.cluster.add_node_timed_out();
             warn!(%node, timeout = ?self.env.node_timeout, "cluster: a node was not heard from within cluster.node_timeout; its filters are dropped until it speaks again");
             self.forget_node(&node);
         }
