@@ -584,5 +584,13 @@ mod tests {
             bytes.truncate(cut);
             let _ = Envelope::decode(Bytes::from(bytes));
         }
+
+        /// Any bytes after the version and any kind byte: an envelope or an error.
+        #[test]
+        fn arbitrary_bodies_never_panic(kind in 0u8..16, body in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut bytes = vec![VERSION, kind];
+            bytes.extend(body);
+            let _ = Envelope::decode(Bytes::from(bytes));
+        }
     }
 }
