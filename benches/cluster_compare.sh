@@ -48,10 +48,22 @@ start_kind() {
       for node in a b; do
         printf '[cluster]\nnats_url = "nats://127.0.0.1:%s"\nnode = "%s"\n' "$nats" "$node" >"$work/$node.toml"
       done
-      RUST_LOG=warn $SWITCHBOARD -c "$work/a.toml" --port "$A" --http-port 0 >/dev/null 2>&1 &
+      local a_http b_http
+      a_http=$(free_port)
+      b_http=$(free_port)
+      RUST_LOG=warn $SWITCHBOARD -c "$work/a.toml" --port "$A" --http-port "$a_http" >/dev/null 2>&1 &
       A_PID=$!
-      RUST_LOG=warn $SWITCHBOARD -c "$work/b.toml" --port "$B" --http-port 0 >/dev/null 2>&1 &
+      RUST_LOG=warn $SWITCHBOARD -c "$work/b.toml" --port "$B" --http-port "$b_http" >/dev/null 2>&1 &
       B_PID=$!
+      # A SUBACK waits only for the nodes its node knows of: the harness starts once each node
+      # knows the other (its admin API lists it).
+      for http in "$a_http" "$b_http"; do
+        wait_for_port "$http"
+        for _ in $(seq 200); do
+          curl -sf "http://127.0.0.1:$http/api/v1/cluster" | grep -q '"nodes":\[{' && break
+          sleep 0.05 # polling the admin API: the nodes give no other sign
+        done
+      done
       ;;
     mosquitto-bridge)
       mosquitto_conf "$work/b.conf" "$B" "max_queued_messages 100000"
