@@ -628,6 +628,103 @@ async fn churning_subscriptions_across_nodes_lose_nothing_published_after_a_suba
     }
 }
 
+/// A shared subscription group with members on several nodes gets each message once in the
+/// whole cluster (MQTT 5 section 4.8.2: "each message is delivered to only one of the
+/// Sessions in the group"): the node with the first name among those holding the group serves
+/// it, and the others' members stand by, until that node has no member left. A plain
+/// subscriber of the same filter on a standby node still gets every message.
+#[tokio::test]
+async fn a_shared_group_across_nodes_gets_each_message_once() {
+    if !common::nats_available() {
+        return;
+    }
+    let nats = Nats::start();
+    let a = node(&nats, "a", |_| {});
+    let b = node(&nats, "b", |_| {});
+    let c = node(&nats, "c", |_| {});
+    for (broker, others) in [(&a, ["b", "c"]), (&b, ["a", "c"]), (&c, ["a", "b"])] {
+        common::eventually(|| async { knows_nodes(broker, &others).await }).await;
+    }
+    const GROUP: &str = "$share/app/detrd/status/response/+";
+    let mut on_b = peer(options(b.local_addr(), "app-b")).await;
+    on_b.subscribe(GROUP, QoS::AtLeastOnce).await;
+    let mut on_c = peer(options(c.local_addr(), "app-c")).await;
+    on_c.subscribe(GROUP, QoS::AtLeastOnce).await;
+    let mut plain_c = peer(options(c.local_addr(), "audit-c")).await;
+    plain_c
+        .subscribe("detrd/status/response/+", QoS::AtLeastOnce)
+        .await;
+    // c stands by once it knows b holds the group (b sorts first); a question to c's Registry
+    // answered after that says the Registry took it.
+    common::eventually(|| async {
+        let view = cluster_api(&c).await;
+        view["nodes"]
+            .as_array()
+            .is_some_and(|nodes| nodes.iter().any(|n| n["node"] == "b" && n["filters"] == 1))
+    })
+    .await;
+    let _ = c
+        .registry()
+        .send(switchboard::registry::GetClient("app-c".into()))
+        .await;
+
+    let gate = peer(options(a.local_addr(), "gate-a")).await;
+    const COUNT: u32 = 30;
+    for n in 0..COUNT {
+        gate.client
+            .publish(
+                format!("detrd/status/response/{n}"),
+                QoS::AtLeastOnce,
+                false,
+                n.to_be_bytes().to_vec(),
+            )
+            .await
+            .expect("queued");
+    }
+    for n in 0..COUNT {
+        assert_eq!(&on_b.next_publish().await.payload[..], n.to_be_bytes());
+        assert_eq!(&plain_c.next_publish().await.payload[..], n.to_be_bytes());
+    }
+    // A marker after them: the standby member got none of them.
+    gate.client
+        .publish("detrd/status/response/end", QoS::AtLeastOnce, false, "end")
+        .await
+        .expect("queued");
+    assert_eq!(&on_b.next_publish().await.payload[..], b"end");
+    assert_eq!(&plain_c.next_publish().await.payload[..], b"end");
+
+    // b's member leaves: c serves the group from then on. Probes until c's member gets one;
+    // the first thing it gets is a probe, so it got none of the messages above.
+    on_b.disconnect().await;
+    let mut n = 0;
+    let served = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let probe = format!("probe-{n}");
+            gate.client
+                .publish(
+                    "detrd/status/response/probe",
+                    QoS::AtLeastOnce,
+                    false,
+                    probe.clone(),
+                )
+                .await
+                .expect("queued");
+            assert_eq!(plain_c.next_publish().await.payload, probe.as_bytes());
+            // The group's copy comes well before the next probe if c serves it.
+            if let Ok(Ok(rumqttc::Incoming::Publish(p))) =
+                tokio::time::timeout(Duration::from_millis(200), on_c.next()).await
+            {
+                let got = String::from_utf8_lossy(&p.payload).to_string();
+                assert!(got.starts_with("probe-"), "c's standby member got {got:?}");
+                return;
+            }
+            n += 1;
+        }
+    })
+    .await;
+    assert!(served.is_ok(), "c never took the group over");
+}
+
 /// A SUBSCRIBE that waits for the cluster keeps the client's later requests behind it: a
 /// SUBSCRIBE and an UNSUBSCRIBE of the same filter sent back to back are answered in order, each
 /// acknowledgement naming its request [MQTT-3.8.4-2] [MQTT-3.10.4-5], and the UNSUBSCRIBE

@@ -23,7 +23,8 @@ pub enum InterestChange {
 /// The filters of this node's clients and the NATS subscriptions they need.
 #[derive(Debug)]
 pub struct Interest {
-    /// By filter (`$share/{group}/` taken off): its subjects.
+    /// By filter, as the clients hold it (a shared group's with its `$share/{group}/`, so that
+    /// the other nodes know the group is here): its subjects.
     filters: BTreeMap<String, Vec<String>>,
     /// By subject: its subscription id, and how many filters need it.
     subjects: BTreeMap<String, (u64, usize)>,
@@ -50,13 +51,22 @@ impl Interest {
         self.filters.keys()
     }
 
+    /// Whether a shared group (`$share/...`) is held.
+    pub fn holds_shared_groups(&self) -> bool {
+        use std::ops::Bound;
+        self.filters
+            .range::<str, _>((Bound::Included("$share/"), Bound::Unbounded))
+            .next()
+            .is_some_and(|(filter, _)| filter.starts_with("$share/"))
+    }
+
     /// A client here subscribed to `filter`.
     pub fn add(&mut self, filter: &str, subjects: &Subjects) -> Vec<InterestChange> {
-        let filter = plain_filter(filter);
-        if filter.starts_with('$') || self.filters.contains_key(filter) {
+        let plain = plain_filter(filter);
+        if plain.starts_with('$') || self.filters.contains_key(filter) {
             return Vec::new(); // `$SYS` and the like stay on each node
         }
-        let wanted = subjects.for_filter(filter);
+        let wanted = subjects.for_filter(plain);
         let mut changes = vec![InterestChange::Holds(filter.to_string())];
         for subject in &wanted {
             let (_, filters) = self.subjects.entry(subject.clone()).or_insert_with(|| {
@@ -96,7 +106,7 @@ impl Interest {
         current: &BTreeSet<String>,
         subjects: &Subjects,
     ) -> Vec<InterestChange> {
-        let wanted: BTreeSet<&str> = current.iter().map(|f| plain_filter(f)).collect();
+        let wanted: BTreeSet<&str> = current.iter().map(String::as_str).collect();
         let stale: Vec<String> = self
             .filters
             .keys()
@@ -142,17 +152,24 @@ mod tests {
                 InterestChange::Subscribe(101, "sb.m.a".into()),
             ]
         );
-        // `a` needs a subject already held; a shared subscription is its plain filter.
+        // `a` needs a subject already held; a shared group needs its plain filter's subjects,
+        // and is held (and announced) as the group.
         assert_eq!(
             interest.add("a", &subjects),
             [InterestChange::Holds("a".into())]
         );
-        assert_eq!(interest.add("$share/g/a/#", &subjects), []);
+        assert_eq!(
+            interest.add("$share/g/a/#", &subjects),
+            [InterestChange::Holds("$share/g/a/#".into())]
+        );
         assert_eq!(interest.add("$SYS/#", &subjects), []);
-        assert_eq!(interest.len(), 2);
+        assert_eq!(interest.add("$share/g/$SYS/#", &subjects), []);
+        assert_eq!(interest.len(), 3);
+        assert!(interest.holds_shared_groups());
         assert_eq!(
             interest.reconcile(&set(&["a"]), &subjects),
             [
+                InterestChange::Drops("$share/g/a/#".into()),
                 InterestChange::Drops("a/#".into()),
                 InterestChange::Unsubscribe(100)
             ]
@@ -165,10 +182,11 @@ mod tests {
             ]
         );
         assert_eq!(interest.len(), 0);
+        assert!(!interest.holds_shared_groups());
         assert_eq!(
             interest.reconcile(&set(&["$share/g/b/+"]), &subjects),
             [
-                InterestChange::Holds("b/+".into()),
+                InterestChange::Holds("$share/g/b/+".into()),
                 InterestChange::Subscribe(102, "sb.m.b.*".into())
             ]
         );

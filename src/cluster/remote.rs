@@ -7,6 +7,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::interest::plain_filter;
+use crate::topic::parse_shared;
+
 /// A change of the link's local subscriptions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LocalChange {
@@ -98,27 +101,46 @@ impl RemoteInterest {
             }
         }
         let held = self.nodes.entry(node.to_string()).or_default();
+        // The link subscribes to a shared group's plain filter: it forwards what matches, and
+        // never joins the group.
         for filter in added {
             if held.insert(filter.clone()) {
-                let count = self.wanted.entry(filter.clone()).or_default();
+                let plain = plain_filter(filter);
+                let count = self.wanted.entry(plain.to_string()).or_default();
                 *count += 1;
                 if *count == 1 {
-                    changes.push(LocalChange::Subscribe(filter.clone()));
+                    changes.push(LocalChange::Subscribe(plain.to_string()));
                 }
             }
         }
         for filter in removed {
             if held.remove(filter) {
-                if let Some(count) = self.wanted.get_mut(filter) {
+                let plain = plain_filter(filter);
+                if let Some(count) = self.wanted.get_mut(plain) {
                     *count -= 1;
                     if *count == 0 {
-                        self.wanted.remove(filter);
-                        changes.push(LocalChange::Unsubscribe(filter.clone()));
+                        self.wanted.remove(plain);
+                        changes.push(LocalChange::Unsubscribe(plain.to_string()));
                     }
                 }
             }
         }
         changes
+    }
+
+    /// The shared groups (share name, filter) that a node whose name sorts before `me` holds:
+    /// that node serves them, and this one stands by (each message of a group goes to one
+    /// member in the whole cluster, MQTT 5 section 4.8.2).
+    pub fn groups_served_before(&self, me: &str) -> BTreeSet<(String, String)> {
+        self.nodes
+            .iter()
+            .take_while(|(node, _)| node.as_str() < me)
+            .flat_map(|(_, filters)| filters)
+            .filter_map(|filter| match parse_shared(filter) {
+                Some(Ok(shared)) => Some((shared.group.to_string(), shared.filter.to_string())),
+                _ => None,
+            })
+            .collect()
     }
 }
 
@@ -154,6 +176,44 @@ mod tests {
             [LocalChange::Unsubscribe("a".into())]
         );
         assert_eq!(remote.len(), 0);
+    }
+
+    #[test]
+    fn a_shared_group_is_forwarded_by_its_plain_filter_and_served_by_the_first_node_holding_it() {
+        let mut remote = RemoteInterest::new();
+        assert_eq!(
+            remote.apply("b", &strings(&["$share/app/detrd/#", "detrd/#"]), &[]),
+            [LocalChange::Subscribe("detrd/#".into())]
+        );
+        remote.apply("d", &strings(&["$share/app/detrd/#", "$share/ops/x"]), &[]);
+        let group = |name: &str, filter: &str| (name.to_string(), filter.to_string());
+        assert_eq!(
+            remote.groups_served_before("c"),
+            [group("app", "detrd/#")].into()
+        );
+        assert_eq!(
+            remote.groups_served_before("e"),
+            [group("app", "detrd/#"), group("ops", "x")].into()
+        );
+        assert!(remote.groups_served_before("a").is_empty());
+        assert_eq!(
+            remote.apply("b", &[], &strings(&["$share/app/detrd/#"])),
+            [],
+            "detrd/# is still wanted by b itself"
+        );
+        assert!(remote.groups_served_before("c").is_empty());
+        assert_eq!(
+            remote.apply("b", &[], &strings(&["detrd/#"])),
+            [],
+            "and by d's group"
+        );
+        assert_eq!(
+            remote.forget("d"),
+            [
+                LocalChange::Unsubscribe("detrd/#".into()),
+                LocalChange::Unsubscribe("x".into())
+            ]
+        );
     }
 
     #[test]

@@ -60,6 +60,31 @@ impl Registry {
     }
 }
 
+/// Sent by the cluster link to the Registry: another node of the cluster serves shared group
+/// `name` on `filter` (`standby`), so that each message goes to one member in the whole cluster
+/// (MQTT 5 section 4.8.2); or this node serves it again.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct SharedStandby {
+    /// The share name.
+    pub name: String,
+    /// The group's filter.
+    pub filter: String,
+    /// Whether another node serves it.
+    pub standby: bool,
+}
+
+impl Handler<SharedStandby> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: SharedStandby, _: &mut Context<Self>) {
+        info!(group = %msg.name, filter = %msg.filter, served_here = !msg.standby, "cluster: shared subscription group");
+        self.routes
+            .write()
+            .set_shared_standby(&msg.name, &msg.filter, msg.standby);
+    }
+}
+
 /// Sent by the cluster link to the Registry: `client_id` connected on node `node` at `at_ms`
 /// (Unix milliseconds). A connection of it here since no later than that ends as taken over
 /// [MQTT-3.1.4-2] (MQTT 5: DISCONNECT 0x8E). With `clean_start` its session here ends as well,

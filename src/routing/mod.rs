@@ -247,6 +247,13 @@ impl RouteTable {
         )
     }
 
+    /// Marks shared group `name` on `filter` as served by another node of the cluster: a
+    /// message here goes to no member of it (the cluster link sets it; MQTT 5 section 4.8.2
+    /// across nodes).
+    pub fn set_shared_standby(&mut self, name: &str, filter: &str, standby: bool) {
+        self.shared.set_standby(name, filter, standby);
+    }
+
     /// Whether any shared subscription exists.
     pub fn has_shared(&self) -> bool {
         self.shared.len() > 0

@@ -3,7 +3,7 @@
 //! the members, every worker picks among them.
 
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::ClientKey;
@@ -18,6 +18,8 @@ struct Group {
     /// most gives one member two messages in a row).
     next: AtomicUsize,
     name: (String, String),
+    /// Another node of the cluster serves this group: no member here is picked.
+    standby: bool,
 }
 
 /// All shared subscription groups.
@@ -28,6 +30,9 @@ pub(super) struct SharedGroups {
     free: Vec<u32>,
     by_name: HashMap<(String, String), u32>,
     members: usize,
+    /// Groups (share name, filter) another node of the cluster serves, whether or not they
+    /// have members here yet.
+    standby: HashSet<(String, String)>,
 }
 
 thread_local! {
@@ -41,10 +46,12 @@ impl SharedGroups {
         let id = match self.by_name.get(&(name.to_string(), filter.to_string())) {
             Some(&id) => id,
             None => {
+                let full_name = (name.to_string(), filter.to_string());
                 let group = Group {
                     members: Vec::new(),
                     next: AtomicUsize::new(0),
-                    name: (name.to_string(), filter.to_string()),
+                    standby: self.standby.contains(&full_name),
+                    name: full_name,
                 };
                 let id = match self.free.pop() {
                     Some(id) => {
@@ -98,9 +105,37 @@ impl SharedGroups {
         left
     }
 
-    /// Calls `visit` with every group whose filter matches `topic`.
+    /// Marks group `name` on `filter` as served by another node of the cluster (`standby`),
+    /// or by this one again.
+    pub fn set_standby(&mut self, name: &str, filter: &str, standby: bool) {
+        let key = (name.to_string(), filter.to_string());
+        if let Some(group) = self
+            .by_name
+            .get(&key)
+            .and_then(|&id| self.groups[id as usize].as_mut())
+        {
+            group.standby = standby;
+        }
+        if standby {
+            self.standby.insert(key);
+        } else {
+            self.standby.remove(&key);
+        }
+    }
+
+    /// Calls `visit` with every group whose filter matches `topic`, but those another node
+    /// serves.
     pub fn for_each_match(&self, topic: &str, mut visit: impl FnMut(u32)) {
-        self.trie.for_each_match(topic, |id, ()| visit(id));
+        self.trie.for_each_match(topic, |id, ()| {
+            let served_here = self
+                .groups
+                .get(id as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|group| !group.standby);
+            if served_here {
+                visit(id);
+            }
+        });
     }
 
     /// Picks the member of group `id` that gets the next message: a connected one (by
@@ -206,5 +241,24 @@ mod tests {
         let mut after = 0;
         groups.for_each_match("a/x", |_| after += 1);
         assert_eq!(after, 0, "an empty group is forgotten");
+    }
+
+    #[test]
+    fn a_group_another_node_serves_is_not_matched_here_until_it_is_ours_again() {
+        let mut groups = SharedGroups::default();
+        // Marked before it has members here, as when the other node's announcement comes first.
+        groups.set_standby("g", "a/+", true);
+        groups.join("g", "a/+", ClientKey(1), opts());
+        groups.join("h", "a/+", ClientKey(2), opts());
+        let matched = |groups: &SharedGroups| {
+            let mut ids = Vec::new();
+            groups.for_each_match("a/x", |id| ids.push(id));
+            ids.len()
+        };
+        assert_eq!(matched(&groups), 1, "only group h is served here");
+        groups.set_standby("g", "a/+", false);
+        assert_eq!(matched(&groups), 2);
+        groups.set_standby("h", "a/+", true);
+        assert_eq!(matched(&groups), 1);
     }
 }

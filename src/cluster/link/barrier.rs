@@ -22,25 +22,31 @@ impl Handler<AwaitInterest> for ClusterLink {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, msg: AwaitInterest, ctx: &mut Context<Self>) -> Self::Result {
-        let filters: Vec<String> = msg
-            .filters
-            .iter()
-            .map(|f| plain_filter(f).to_string())
-            .filter(|f| !f.starts_with('$'))
-            .collect();
+        // Held (and announced) as subscribed, a shared group with its `$share/{group}/`; asked
+        // for by the plain filter, which the other nodes forward.
         let mut changes = Vec::new();
         let kept_until = Instant::now() + self.env.subscribe_wait + KEEP_ASKED;
-        for filter in &filters {
+        let mut filters: Vec<String> = Vec::new();
+        for filter in &msg.filters {
+            let plain = plain_filter(filter);
+            if plain.starts_with('$') {
+                continue; // `$SYS` and the like stay on each node
+            }
             changes.extend(self.interest.add(filter, &self.env.subjects));
             self.asked_recently.insert(filter.clone(), kept_until);
+            if !filters.iter().any(|f| f == plain) {
+                filters.push(plain.to_string());
+            }
         }
-        let new: Vec<String> = changes
-            .iter()
-            .filter_map(|change| match change {
-                InterestChange::Holds(filter) => Some(filter.clone()),
-                _ => None,
-            })
-            .collect();
+        let mut new: Vec<String> = Vec::new();
+        for change in &changes {
+            if let InterestChange::Holds(filter) = change {
+                let plain = plain_filter(filter);
+                if !new.iter().any(|f| f == plain) {
+                    new.push(plain.to_string());
+                }
+            }
+        }
         // Announced first: the other nodes subscribe to what they hear of before the ask.
         self.apply(changes, ctx);
         if !self.status().is_connected() {

@@ -12,8 +12,8 @@ use super::ClusterLink;
 use crate::cluster::envelope::Envelope;
 use crate::cluster::interest::InterestChange;
 use crate::cluster::remote::LocalChange;
-use crate::hooks::{ClientSubscribed, ClientUnsubscribed};
-use crate::registry::{ClientFilters, CLUSTER_CLIENT_ID};
+use crate::hooks::{ClientDisconnected, ClientSubscribed, ClientUnsubscribed};
+use crate::registry::{ClientFilters, SharedStandby, CLUSTER_CLIENT_ID};
 
 /// Bytes of filters at most in one announcement.
 const ANNOUNCEMENT_BYTES: usize = 64 * 1024;
@@ -156,8 +156,23 @@ impl ClusterLink {
         self.change_local(changes);
     }
 
-    /// Makes the link's local subscriptions follow the other nodes' filters.
+    /// Makes the link's local subscriptions follow the other nodes' filters, and this node
+    /// stand by for the shared groups a node before it (by name) holds.
     pub(super) fn change_local(&mut self, changes: Vec<LocalChange>) {
+        let served_before = self.remote.groups_served_before(&self.env.node);
+        for (group, standby) in self
+            .standby
+            .difference(&served_before)
+            .map(|g| (g, false))
+            .chain(served_before.difference(&self.standby).map(|g| (g, true)))
+        {
+            self.env.registry.do_send(SharedStandby {
+                name: group.0.clone(),
+                filter: group.1.clone(),
+                standby,
+            });
+        }
+        self.standby = served_before;
         let nodes = self.remote.nodes();
         self.env
             .metrics
@@ -203,8 +218,7 @@ impl Handler<ClientSubscribed> for ClusterLink {
         // The link's own subscriptions are the other nodes' filters, not this node's.
         if &*event.client_id != CLUSTER_CLIENT_ID {
             // Taken by the Registry: the Registry lists it from now on.
-            self.asked_recently
-                .remove(crate::cluster::interest::plain_filter(&event.filter));
+            self.asked_recently.remove(&event.filter);
             let changes = self.interest.add(&event.filter, &self.env.subjects);
             self.apply(changes, ctx);
         }
@@ -215,7 +229,31 @@ impl Handler<ClientUnsubscribed> for ClusterLink {
     type Result = ();
 
     fn handle(&mut self, _: ClientUnsubscribed, ctx: &mut Context<Self>) {
-        // Another client may hold the same filter: the Registry's list decides.
+        self.reconcile_soon(ctx);
+    }
+}
+
+impl Handler<ClientDisconnected> for ClusterLink {
+    type Result = ();
+
+    /// A clean session's subscriptions end with its connection. A stale filter only costs
+    /// traffic until the next check, but a shared group this node no longer has members of
+    /// keeps the other nodes' members standing by: with groups held, the check comes soon.
+    /// (Without, a reconnect storm does not make the Registry list every filter each second.)
+    fn handle(&mut self, event: ClientDisconnected, ctx: &mut Context<Self>) {
+        let internal = event
+            .client_id
+            .starts_with(crate::registry::INTERNAL_CLIENT_PREFIX);
+        if !internal && self.interest.holds_shared_groups() {
+            self.reconcile_soon(ctx);
+        }
+    }
+}
+
+impl ClusterLink {
+    /// Compares the interest with the Registry's list in a moment (several changes in that
+    /// time cost one look): another client may still hold a filter one let go.
+    fn reconcile_soon(&mut self, ctx: &mut Context<Self>) {
         if !self.reconcile_pending {
             self.reconcile_pending = true;
             ctx.run_later(super::RECONCILE_SOON, |act, ctx| {

@@ -19,7 +19,7 @@ mod gossip;
 mod liveness;
 mod outbound;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -142,6 +142,8 @@ pub struct ClusterLink {
     asked_recently: HashMap<String, Instant>,
     /// When the other nodes were last heard from (`liveness.rs`).
     liveness: Liveness,
+    /// The shared groups (share name, filter) another node serves, as told to the Registry.
+    standby: BTreeSet<(String, String)>,
 }
 
 impl ClusterLink {
@@ -164,6 +166,7 @@ impl ClusterLink {
             answers: Answers::new(),
             asked_recently: HashMap::new(),
             liveness,
+            standby: BTreeSet::new(),
         }
     }
 
@@ -309,6 +312,7 @@ impl Actor for ClusterLink {
         self.nats = Some(nats);
         let hooks = LifecycleHooks::new()
             .on_connected(me.clone().recipient())
+            .on_disconnected(me.clone().recipient())
             .on_subscribed(me.clone().recipient())
             .on_unsubscribed(me.clone().recipient());
         self.env.registry.do_send(AddHooks(hooks));
