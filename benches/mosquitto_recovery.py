@@ -32,43 +32,12 @@ import sys
 import tempfile
 import time
 
+from mqtt_packets import connect, free_port, packet, string
+
 RETAINED = int(os.environ.get("RETAINED", "1000000"))
 SESSIONS = int(os.environ.get("SESSIONS", "100000"))
 RUNS = int(os.environ.get("RUNS", "3"))
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-
-
-def remaining_length(n):
-    out = bytearray()
-    while True:
-        byte = n % 128
-        n //= 128
-        if n:
-            byte |= 0x80
-        out.append(byte)
-        if not n:
-            return bytes(out)
-
-
-def string(s):
-    data = s.encode()
-    return struct.pack("!H", len(data)) + data
-
-
-def packet(first, body):
-    return bytes([first]) + remaining_length(len(body)) + body
-
-
-def connect(client_id, clean):
-    flags = 0x02 if clean else 0x00
-    body = string("MQTT") + bytes([4, flags]) + struct.pack("!H", 60) + string(client_id)
-    return packet(0x10, body)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(config):

@@ -30,17 +30,13 @@ import tempfile
 import time
 import urllib.request
 
+from mqtt_packets import connect, free_port, packet, string
+
 RUNS = int(os.environ.get("RUNS", "3"))
 COUNT = int(os.environ.get("COUNT", "500"))
 KINDS = os.environ.get("KINDS", "switchboard cluster2 cluster3 mosquitto").split()
 SWITCHBOARD = os.environ.get("SWITCHBOARD", "target/release/switchboard")
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_port(port, deadline=10.0):
@@ -52,27 +48,6 @@ def wait_for_port(port, deadline=10.0):
         except OSError:
             time.sleep(0.02)
     sys.exit(f"nothing listens on 127.0.0.1:{port}")
-
-
-def remaining_length(n):
-    out = bytearray()
-    while True:
-        byte = n % 128
-        n //= 128
-        if n:
-            byte |= 0x80
-        out.append(byte)
-        if not n:
-            return bytes(out)
-
-
-def string(s):
-    data = s.encode()
-    return struct.pack("!H", len(data)) + data
-
-
-def packet(first, body):
-    return bytes([first]) + remaining_length(len(body)) + body
 
 
 def read_packet(sock):
@@ -99,8 +74,7 @@ def read_packet(sock):
 def measure(port, run):
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    connect = string("MQTT") + bytes([4, 0x02]) + struct.pack("!H", 60) + string(f"suback-{run}")
-    sock.sendall(packet(0x10, connect))
+    sock.sendall(connect(f"suback-{run}", True))
     kind, body = read_packet(sock)
     if kind != 0x20 or body[1] != 0:
         sys.exit(f"CONNACK refused: {body!r}")

@@ -510,6 +510,45 @@ async fn knows_nodes(broker: &BackgroundBroker, nodes: &[&str]) -> bool {
     names == nodes
 }
 
+/// Nodes a, b and c on `nats`, once each knows the other two: a SUBACK waits only for the
+/// nodes its node knows of.
+async fn three_nodes(nats: &Nats) -> [BackgroundBroker; 3] {
+    let nodes = [
+        node(nats, "a", |_| {}),
+        node(nats, "b", |_| {}),
+        node(nats, "c", |_| {}),
+    ];
+    for (broker, others) in nodes.iter().zip([["b", "c"], ["a", "c"], ["a", "b"]]) {
+        common::eventually(|| async { knows_nodes(broker, &others).await }).await;
+    }
+    nodes
+}
+
+/// Node `name` on `nats` as a child process of the binary (which a test can kill), with
+/// `extra` lines in its `[cluster]` table: the process, its log lines and its MQTT address,
+/// once it listens. Its configuration lives in `dir`.
+fn child_node(
+    nats: &Nats,
+    name: &str,
+    extra: &str,
+    dir: &std::path::Path,
+) -> (
+    std::process::Child,
+    std::sync::mpsc::Receiver<String>,
+    std::net::SocketAddr,
+) {
+    use common::child::{listening_addr, spawn, wait_line};
+    let config = dir.join(format!("{name}.toml"));
+    let toml = format!(
+        "[cluster]\nnats_url = \"{}\"\nnode = \"{name}\"\n{extra}",
+        nats.url()
+    );
+    std::fs::write(&config, toml).expect("config");
+    let (child, logs) = spawn(&["--port", "0", "-c", config.to_str().expect("utf-8")]);
+    let addr = listening_addr(&wait_line(&logs, "switchboard listening on"));
+    (child, logs, addr)
+}
+
 /// A message published on another node right after the SUBACK reaches the new subscription,
 /// as on one broker (section 3.8: the Server forwards what is published to topics that match
 /// the subscription; [MQTT-3.8.4-1] the SUBACK answers it): the SUBACK waits until every other
@@ -522,12 +561,7 @@ async fn a_message_published_anywhere_after_the_suback_reaches_the_subscriber() 
         return;
     }
     let nats = Nats::start();
-    let a = node(&nats, "a", |_| {});
-    let b = node(&nats, "b", |_| {});
-    let c = node(&nats, "c", |_| {});
-    for (broker, others) in [(&a, ["b", "c"]), (&b, ["a", "c"]), (&c, ["a", "b"])] {
-        common::eventually(|| async { knows_nodes(broker, &others).await }).await;
-    }
+    let [a, b, c] = three_nodes(&nats).await;
     let mut subscriber = peer(options(a.local_addr(), "a-app")).await;
     let on_b = peer(options(b.local_addr(), "b-gate")).await;
     let on_c = peer(options(c.local_addr(), "c-radar")).await;
@@ -572,14 +606,7 @@ async fn churning_subscriptions_across_nodes_lose_nothing_published_after_a_suba
         return;
     }
     let nats = Nats::start();
-    let nodes = [
-        node(&nats, "a", |_| {}),
-        node(&nats, "b", |_| {}),
-        node(&nats, "c", |_| {}),
-    ];
-    for (broker, others) in nodes.iter().zip([["b", "c"], ["a", "c"], ["a", "b"]]) {
-        common::eventually(|| async { knows_nodes(broker, &others).await }).await;
-    }
+    let nodes = three_nodes(&nats).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     let mut tasks = Vec::new();
     for i in 0..6usize {
@@ -639,12 +666,7 @@ async fn a_shared_group_across_nodes_gets_each_message_once() {
         return;
     }
     let nats = Nats::start();
-    let a = node(&nats, "a", |_| {});
-    let b = node(&nats, "b", |_| {});
-    let c = node(&nats, "c", |_| {});
-    for (broker, others) in [(&a, ["b", "c"]), (&b, ["a", "c"]), (&c, ["a", "b"])] {
-        common::eventually(|| async { knows_nodes(broker, &others).await }).await;
-    }
+    let [a, b, c] = three_nodes(&nats).await;
     const GROUP: &str = "$share/app/detrd/status/response/+";
     let mut on_b = peer(options(b.local_addr(), "app-b")).await;
     on_b.subscribe(GROUP, QoS::AtLeastOnce).await;
@@ -769,7 +791,6 @@ async fn requests_sent_behind_a_waiting_subscribe_keep_their_order() {
 /// waited for after that; the nodes that answer still forward at once.
 #[tokio::test]
 async fn a_killed_node_is_waited_for_once_and_then_not() {
-    use common::child::{listening_addr, spawn, wait_line};
     if !common::nats_available() {
         return;
     }
@@ -778,11 +799,7 @@ async fn a_killed_node_is_waited_for_once_and_then_not() {
     let a = node(&nats, "a", |config| config.cluster.subscribe_wait = WAIT);
     let b = node(&nats, "b", |_| {});
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("c.toml");
-    let toml = format!("[cluster]\nnats_url = \"{}\"\nnode = \"c\"\n", nats.url());
-    std::fs::write(&config, toml).expect("config");
-    let (mut c, logs) = spawn(&["--port", "0", "-c", config.to_str().expect("utf-8")]);
-    listening_addr(&wait_line(&logs, "switchboard listening on"));
+    let (mut c, _logs, _) = child_node(&nats, "c", "", dir.path());
     common::eventually(|| async { knows_nodes(&a, &["b", "c"]).await }).await;
     c.kill().expect("SIGKILL");
     c.wait().expect("reaped");
@@ -819,7 +836,6 @@ async fn a_killed_node_is_waited_for_once_and_then_not() {
 /// for it.
 #[tokio::test]
 async fn a_crashed_node_is_forgotten_after_the_node_timeout() {
-    use common::child::{listening_addr, spawn, wait_line};
     if !common::nats_available() {
         return;
     }
@@ -827,14 +843,7 @@ async fn a_crashed_node_is_forgotten_after_the_node_timeout() {
     let nats = Nats::start();
     let a = node(&nats, "a", |config| config.cluster.node_timeout = timeout);
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("c.toml");
-    let toml = format!(
-        "[cluster]\nnats_url = \"{}\"\nnode = \"c\"\nnode_timeout = \"1500ms\"\n",
-        nats.url()
-    );
-    std::fs::write(&config, toml).expect("config");
-    let (mut c, logs) = spawn(&["--port", "0", "-c", config.to_str().expect("utf-8")]);
-    let c_addr = listening_addr(&wait_line(&logs, "switchboard listening on"));
+    let (mut c, _logs, c_addr) = child_node(&nats, "c", "node_timeout = \"1500ms\"\n", dir.path());
     let mut app = peer(options(c_addr, "c-app")).await;
     app.subscribe("telemetry/#", QoS::AtLeastOnce).await;
     common::eventually(|| async { link_subscriptions(&a).await == ["telemetry/#"] }).await;
@@ -910,19 +919,14 @@ async fn link_subscriptions(broker: &BackgroundBroker) -> Vec<String> {
 /// clients wanted.
 #[tokio::test]
 async fn a_node_that_shuts_down_takes_its_interest_with_it() {
-    use common::child::{listening_addr, spawn, wait_line};
     if !common::nats_available() {
         return;
     }
     let nats = Nats::start();
     let a = node(&nats, "a", |_| {});
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("b.toml");
-    let toml = format!("[cluster]\nnats_url = \"{}\"\nnode = \"b\"\n", nats.url());
-    std::fs::write(&config, toml).expect("config");
-    let (mut b, logs) = spawn(&["--port", "0", "-c", config.to_str().expect("utf-8")]);
-    let b_addr = listening_addr(&wait_line(&logs, "switchboard listening on"));
-    wait_line(&logs, "cluster: connected to NATS");
+    let (mut b, logs, b_addr) = child_node(&nats, "b", "", dir.path());
+    common::child::wait_line(&logs, "cluster: connected to NATS");
     let mut app = peer(options(b_addr, "b-app")).await;
     app.subscribe("telemetry/#", QoS::AtLeastOnce).await;
     common::eventually(|| async { link_subscriptions(&a).await == ["telemetry/#"] }).await;
