@@ -315,7 +315,9 @@ fn check_says_whether_a_config_would_start_without_binding_its_ports() {
     assert!(!ok, "{text}");
     assert!(text.contains("auth.allow_anonymous"), "{text}");
 
-    // A cluster node name that cannot be a NATS token, and a URL that is not NATS's.
+    // A cluster node name that cannot be a NATS token, a URL that is not NATS's, unreadable TLS
+    // files, a node timeout too short to tell a busy node from a dead one, and a wait that is
+    // not a duration.
     for (cluster, key) in [
         (
             "nats_url = \"nats://127.0.0.1:4222\"\nnode = \"edge.1\"",
@@ -326,6 +328,8 @@ fn check_says_whether_a_config_would_start_without_binding_its_ports() {
             "nats_url = \"nats://127.0.0.1:4222\"\ntls = { ca_file = \"/nonexistent/ca.pem\" }",
             "cluster.tls",
         ),
+        ("node_timeout = \"10ms\"", "cluster.node_timeout"),
+        ("subscribe_wait = \"soon\"", "subscribe_wait"),
     ] {
         std::fs::write(&config, format!("[cluster]\n{cluster}\n")).expect("config");
         let (ok, text) = run_check(&config);
