@@ -524,6 +524,17 @@ async fn three_nodes(nats: &Nats) -> [BackgroundBroker; 3] {
     nodes
 }
 
+/// A node running as a child process of the binary; killed when dropped, so that a test that
+/// fails before it ends the node leaves no broker behind.
+struct ChildNode(std::process::Child);
+
+impl Drop for ChildNode {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Node `name` on `nats` as a child process of the binary (which a test can kill), with
 /// `extra` lines in its `[cluster]` table: the process, its log lines and its MQTT address,
 /// once it listens. Its configuration lives in `dir`.
@@ -533,7 +544,7 @@ fn child_node(
     extra: &str,
     dir: &std::path::Path,
 ) -> (
-    std::process::Child,
+    ChildNode,
     std::sync::mpsc::Receiver<String>,
     std::net::SocketAddr,
 ) {
@@ -545,6 +556,7 @@ fn child_node(
     );
     std::fs::write(&config, toml).expect("config");
     let (child, logs) = spawn(&["--port", "0", "-c", config.to_str().expect("utf-8")]);
+    let child = ChildNode(child);
     let addr = listening_addr(&wait_line(&logs, "switchboard listening on"));
     (child, logs, addr)
 }
@@ -801,8 +813,8 @@ async fn a_killed_node_is_waited_for_once_and_then_not() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut c, _logs, _) = child_node(&nats, "c", "", dir.path());
     common::eventually(|| async { knows_nodes(&a, &["b", "c"]).await }).await;
-    c.kill().expect("SIGKILL");
-    c.wait().expect("reaped");
+    c.0.kill().expect("SIGKILL");
+    c.0.wait().expect("reaped");
 
     let mut subscriber = peer(options(a.local_addr(), "a-app")).await;
     let on_b = peer(options(b.local_addr(), "b-gate")).await;
@@ -851,8 +863,8 @@ async fn a_crashed_node_is_forgotten_after_the_node_timeout() {
     tokio::time::sleep(timeout * 2).await;
     assert!(knows_nodes(&a, &["c"]).await, "c is alive and known");
 
-    c.kill().expect("SIGKILL");
-    c.wait().expect("reaped");
+    c.0.kill().expect("SIGKILL");
+    c.0.wait().expect("reaped");
     common::eventually(|| async {
         knows_nodes(&a, &[]).await && link_subscriptions(&a).await.is_empty()
     })
@@ -932,9 +944,9 @@ async fn a_node_that_shuts_down_takes_its_interest_with_it() {
     common::eventually(|| async { link_subscriptions(&a).await == ["telemetry/#"] }).await;
 
     // SAFETY: signalling a child process of this test.
-    unsafe { libc::kill(b.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(b.0.id() as i32, libc::SIGTERM) };
     common::eventually(|| async { link_subscriptions(&a).await.is_empty() }).await;
-    let exit = tokio::task::spawn_blocking(move || b.wait()).await;
+    let exit = tokio::task::spawn_blocking(move || b.0.wait()).await;
     assert!(exit.expect("wait task").expect("wait").success());
 }
 
