@@ -914,6 +914,74 @@ async fn a_wrong_picture_of_another_nodes_filters_is_repaired() {
     assert_eq!(app.next_publish().await.topic, "telemetry/1");
 }
 
+/// The payload of the retained message `broker` holds for `topic`, if any.
+async fn retained_on(broker: &BackgroundBroker, topic: &str) -> Option<Vec<u8>> {
+    let page = broker
+        .registry()
+        .send(switchboard::registry::ListRetained {
+            filter: topic.to_string(),
+            offset: 0,
+            limit: 1,
+        })
+        .await
+        .expect("registry");
+    page.items.first().map(|m| m.payload.to_vec())
+}
+
+/// A node cut off from NATS (its own connection broken, the other nodes' not) misses the
+/// retained messages set meanwhile; once back, it asks a running node for all of them and has
+/// them too [MQTT-3.3.1-5]. One it set itself while cut off is newer than that answer: it stays,
+/// and reaches the other nodes.
+#[tokio::test]
+async fn a_node_cut_off_from_nats_takes_the_retained_messages_it_missed() {
+    if !common::nats_available() {
+        return;
+    }
+    let nats = Nats::start();
+    let proxy = common::nats::CutProxy::start(&nats).await;
+    let a = node(&nats, "a", |_| {});
+    let b = node(&nats, "b", |config| {
+        config.cluster.nats_url = Some(proxy.url())
+    });
+    common::eventually(|| async { knows_nodes(&a, &["b"]).await && knows_nodes(&b, &["a"]).await })
+        .await;
+    let mut on_a = peer(options(a.local_addr(), "a-gate")).await;
+    let mut on_b = peer(options(b.local_addr(), "b-gate")).await;
+    let retain = |peer: &Peer, topic: &'static str, payload: &'static str| {
+        let client = peer.client.clone();
+        async move {
+            client
+                .publish(topic, QoS::AtLeastOnce, true, payload)
+                .await
+                .expect("queued");
+        }
+    };
+    retain(&on_a, "gate/2/state", "old").await;
+    on_a.published().await;
+    common::eventually(|| async { retained_on(&b, "gate/2/state").await == Some(b"old".to_vec()) })
+        .await;
+
+    proxy.cut();
+    common::eventually(|| async { !linked(&b) }).await;
+    retain(&on_a, "gate/1/state", "open").await;
+    on_a.published().await;
+    retain(&on_b, "gate/2/state", "new").await;
+    on_b.published().await;
+    proxy.heal();
+    // The link retries with a backoff of up to 2 s.
+    common::eventually_within(Duration::from_secs(20), || async { linked(&b) }).await;
+    common::eventually(|| async {
+        retained_on(&b, "gate/1/state").await == Some(b"open".to_vec())
+            && retained_on(&a, "gate/2/state").await == Some(b"new".to_vec())
+    })
+    .await;
+    assert_eq!(
+        retained_on(&b, "gate/2/state").await,
+        Some(b"new".to_vec()),
+        "b's own newer message stays"
+    );
+}
+
 /// The filters the link of `broker` subscribes to locally: what the other nodes' clients hold.
 async fn link_subscriptions(broker: &BackgroundBroker) -> Vec<String> {
     let link = broker

@@ -18,6 +18,7 @@ mod barrier;
 mod gossip;
 mod liveness;
 mod outbound;
+mod retained_sync;
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -130,6 +131,13 @@ pub struct ClusterLink {
     /// While a sync request is answered: the topics of retained messages that came live
     /// meanwhile (newer than the answer's).
     syncing: Option<HashSet<String>>,
+    /// Counts the sync requests, so that an old one's timer leaves a newer one's guard alone.
+    sync_round: u64,
+    /// Topics of retained messages published here while NATS was down: newer than what a
+    /// sync answers once it is back.
+    retained_while_down: HashSet<String>,
+    /// NATS was lost since the last connection: a sync follows the next one.
+    resync_on_connect: bool,
     local_ready: Option<oneshot::Sender<()>>,
     reconcile_pending: bool,
     /// This node's SUBSCRIBEs waiting for the other nodes (`barrier.rs`).
@@ -160,6 +168,9 @@ impl ClusterLink {
             interest: Interest::new(FIRST_FILTER_SID),
             remote: RemoteInterest::new(),
             syncing: None,
+            sync_round: 0,
+            retained_while_down: HashSet::new(),
+            resync_on_connect: false,
             local_ready: Some(local_ready),
             reconcile_pending: false,
             asks: Asks::new(),
@@ -274,6 +285,12 @@ impl ClusterLink {
         info!(%server, node = %self.env.node, filters = self.interest.len(), other_nodes_filters = self.remote.len(), "cluster: connected to NATS");
         self.hear_all_again();
         self.join(ctx);
+        if std::mem::take(&mut self.resync_on_connect) {
+            // Retained messages set or cleared elsewhere while this node was cut off reached
+            // every node but this one.
+            let newer = std::mem::take(&mut self.retained_while_down);
+            self.request_sync(newer, ctx);
+        }
     }
 }
 
@@ -296,20 +313,10 @@ impl Actor for ClusterLink {
         nats.subscribe(SID_SYNC, subjects.sync(), Some(subjects.sync_group()));
         nats.subscribe(SID_INBOX, subjects.inbox(), None);
         nats.subscribe(SID_INTEREST, subjects.interest(), None);
+        self.nats = Some(nats);
         // Ask for the cluster's retained messages once subscribed (the client sends its
         // subscriptions before anything published).
-        self.syncing = Some(HashSet::new());
-        let request = Envelope::SyncRequest {
-            node: self.env.node.clone(),
-        }
-        .encode();
-        ctx.run_later(SYNC_WAIT, |act, _| act.syncing = None);
-        let sync = subjects.sync();
-        let asking = nats.clone();
-        actix_rt::spawn(async move {
-            asking.publish(sync, request).await;
-        });
-        self.nats = Some(nats);
+        self.request_sync(HashSet::new(), ctx);
         let hooks = LifecycleHooks::new()
             .on_connected(me.clone().recipient())
             .on_disconnected(me.clone().recipient())
@@ -384,6 +391,7 @@ impl Handler<NatsEvent> for ClusterLink {
                 self.status().set_connected(false);
                 // No node can answer now: SUBSCRIBEs waiting for them go on.
                 self.asks.release_all();
+                self.resync_on_connect = true;
                 self.env
                     .metrics
                     .cluster

@@ -4,12 +4,12 @@
 
 use actix::prelude::*;
 use switchboard_actors::{Acknowledge, PendingAck, QoS, Received};
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::{ClusterLink, Outgoing, OUTBOX_MAX, OUTBOX_QOS0};
 use crate::cluster::envelope::{ClusterMessage, Envelope};
 use crate::cluster::nats::NatsClient;
-use crate::registry::{ListRetained, RetainedPublished};
+use crate::registry::RetainedPublished;
 
 impl ClusterLink {
     /// A message published here that matches a filter of another node (the link's local
@@ -130,39 +130,6 @@ impl ClusterLink {
             local.do_send(Acknowledge(ack));
         }
     }
-
-    /// Another node asks for the retained messages: sent to its inbox, then the count.
-    pub(super) fn answer_sync(&mut self, node: String, ctx: &mut Context<Self>) {
-        let Some(nats) = self.nats.clone() else {
-            return;
-        };
-        let me = self.env.node.clone();
-        let inbox = self.env.subjects.inbox_of(&node);
-        let list = ListRetained {
-            filter: "#".to_string(),
-            offset: 0,
-            limit: usize::MAX,
-        };
-        let registry = self.env.registry.clone();
-        let max_payload = self.max_payload;
-        let answer = async move {
-            let Ok(page) = registry.send(list).await else {
-                return;
-            };
-            let mut count = 0u64;
-            let now = std::time::Instant::now();
-            for message in page.items.into_iter().filter(|m| !m.is_expired(now)) {
-                let envelope = Envelope::Message(ClusterMessage::retained(&message, now)).encode();
-                if envelope.len() <= max_payload && nats.publish(inbox.clone(), envelope).await {
-                    count += 1;
-                }
-            }
-            let end = Envelope::SyncEnd { node: me, count }.encode();
-            nats.publish(inbox, end).await;
-            info!(to = %node, retained = count, "cluster: sent this node's retained messages to a starting node");
-        };
-        ctx.spawn(answer.into_actor(self));
-    }
 }
 
 impl Handler<RetainedPublished> for ClusterLink {
@@ -170,6 +137,10 @@ impl Handler<RetainedPublished> for ClusterLink {
 
     /// Every node keeps every retained message: on the broadcast subject.
     fn handle(&mut self, RetainedPublished(message): RetainedPublished, ctx: &mut Context<Self>) {
+        if !self.status().is_connected() {
+            // Newer than what the cluster may answer a sync with once NATS is back.
+            self.retained_while_down.insert(message.topic.clone());
+        }
         let cluster_message = ClusterMessage::retained(&message, std::time::Instant::now());
         let subject = self.env.subjects.broadcast();
         self.queue_message(subject, cluster_message, None, ctx);
