@@ -688,15 +688,14 @@ async fn a_shared_group_across_nodes_gets_each_message_once() {
     plain_c
         .subscribe("detrd/status/response/+", QoS::AtLeastOnce)
         .await;
-    // c stands by once it knows b holds the group (b sorts first); a question to c's Registry
-    // answered after that says the Registry took it.
-    common::eventually(|| async {
-        let view = cluster_api(&c).await;
-        view["nodes"]
-            .as_array()
-            .is_some_and(|nodes| nodes.iter().any(|n| n["node"] == "b" && n["filters"] == 1))
-    })
-    .await;
+    // c stands by once it knows b holds the group (b sorts first), and says so; a question to
+    // c's Registry answered after that says the Registry took it.
+    let standby = serde_json::json!([{ "group": "app", "filter": "detrd/status/response/+" }]);
+    common::eventually(|| async { cluster_api(&c).await["standby_groups"] == standby }).await;
+    assert_eq!(
+        cluster_api(&b).await["standby_groups"],
+        serde_json::json!([])
+    );
     let _ = c
         .registry()
         .send(switchboard::registry::GetClient("app-c".into()))

@@ -35,6 +35,9 @@ pub struct ClusterView {
     pub filters: usize,
     /// The other nodes that announced filters, and how many each holds.
     pub nodes: Vec<(String, usize)>,
+    /// The shared groups (share name, filter) another node serves: this node's members of
+    /// them stand by.
+    pub standby: Vec<(String, String)>,
 }
 
 /// A copy of the link's state at one moment.

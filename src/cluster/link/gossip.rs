@@ -174,10 +174,11 @@ impl ClusterLink {
         }
         self.standby = served_before;
         let nodes = self.remote.nodes();
-        self.env
-            .metrics
-            .cluster
-            .change_view(|view| view.nodes = nodes);
+        let standby: Vec<(String, String)> = self.standby.iter().cloned().collect();
+        self.env.metrics.cluster.change_view(|view| {
+            view.nodes = nodes;
+            view.standby = standby;
+        });
         let Some(local) = &self.local else { return };
         for change in changes {
             match change {
