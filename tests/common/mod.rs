@@ -5,6 +5,7 @@
 
 pub mod bridge;
 pub mod child;
+pub mod cluster;
 pub mod durable;
 pub mod http;
 mod interop;

@@ -1,0 +1,421 @@
+//! Clustering on NATS: how the nodes keep their view of each other right, against a real Debian
+//! nats-server. A SUBACK waits until every node forwards the filter (`cluster.subscribe_wait`),
+//! with a client's later requests kept in order behind it; a node that stops answering is waited
+//! for once, and forgotten after `cluster.node_timeout`; a wrong picture of another node's
+//! filters is repaired by the heartbeat's digest; a shared group is served by one node; a node cut
+//! off from NATS takes the retained messages it missed.
+
+mod common;
+
+use std::time::Duration;
+
+use common::cluster::*;
+use common::nats::Nats;
+use common::{options, peer, Peer, Raw};
+use rumqttc::QoS;
+
+/// A message published on another node right after the SUBACK reaches the new subscription,
+/// as on one broker (section 3.8: the Server forwards what is published to topics that match
+/// the subscription; [MQTT-3.8.4-1] the SUBACK answers it): the SUBACK waits until every other
+/// node forwards the filter (`cluster.subscribe_wait`). Twenty new filters in a row, each
+/// published to on two other nodes as soon as its SUBACK is in; a filter another client of the
+/// node already holds does not wait again.
+#[tokio::test]
+async fn a_message_published_anywhere_after_the_suback_reaches_the_subscriber() {
+    if !common::nats_available() {
+        return;
+    }
+    let nats = Nats::start();
+    let [a, b, c] = three_nodes(&nats).await;
+    let mut subscriber = peer(options(a.local_addr(), "a-app")).await;
+    let on_b = peer(options(b.local_addr(), "b-gate")).await;
+    let on_c = peer(options(c.local_addr(), "c-radar")).await;
+    for n in 0..20 {
+        let topic = format!("detrd/status/response/{n}");
+        subscriber.subscribe(&topic, QoS::AtLeastOnce).await;
+        for (publisher, from) in [(&on_b, "b"), (&on_c, "c")] {
+            publisher
+                .client
+                .publish(&topic, QoS::AtLeastOnce, false, from)
+                .await
+                .expect("queued");
+            let publish = subscriber.next_publish().await;
+            assert_eq!(
+                (publish.topic.as_str(), &publish.payload[..]),
+                (topic.as_str(), from.as_bytes()),
+                "the message published on {from} after the SUBACK"
+            );
+        }
+    }
+    // A second client of node a subscribing to a filter a holds: nothing new to wait for.
+    let mut second = peer(options(a.local_addr(), "a-second")).await;
+    second
+        .subscribe("detrd/status/response/0", QoS::AtLeastOnce)
+        .await;
+    on_b.client
+        .publish("detrd/status/response/0", QoS::AtLeastOnce, false, "again")
+        .await
+        .expect("queued");
+    assert_eq!(&second.next_publish().await.payload[..], b"again");
+}
+
+/// Subscriptions coming and going on every node while messages are published on the others: a
+/// message published after a SUBACK always arrives, whatever the other clients of the same
+/// filters did just before. Six subscribers on three nodes take turns over four filters
+/// (subscribe, a message from another node, unsubscribe), so a filter's interest keeps being
+/// added under the barrier, dropped by the check that follows an UNSUBSCRIBE, and added again
+/// on the other nodes, for three seconds.
+#[tokio::test]
+async fn churning_subscriptions_across_nodes_lose_nothing_published_after_a_suback() {
+    if !common::nats_available() {
+        return;
+    }
+    let nats = Nats::start();
+    let nodes = three_nodes(&nats).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut tasks = Vec::new();
+    for i in 0..6usize {
+        let at = nodes[i % 3].local_addr();
+        let from = nodes[(i + 1 + i / 3) % 3].local_addr();
+        tasks.push(tokio::spawn(async move {
+            let mut subscriber = peer(options(at, &format!("churn-sub-{i}"))).await;
+            let publisher = peer(options(from, &format!("churn-pub-{i}"))).await;
+            let mut rounds = 0u32;
+            while tokio::time::Instant::now() < deadline {
+                let filter = format!("churn/{}", (i + rounds as usize) % 4);
+                subscriber.subscribe(&filter, QoS::AtLeastOnce).await;
+                let mine = format!("{i}/{rounds}");
+                publisher
+                    .client
+                    .publish(&filter, QoS::AtLeastOnce, false, mine.clone())
+                    .await
+                    .expect("queued");
+                let arrived = tokio::time::timeout(Duration::from_secs(10), async {
+                    // Other subscribers' messages on the same filter come too.
+                    while subscriber.next_publish().await.payload != mine.as_bytes() {}
+                })
+                .await;
+                assert!(
+                    arrived.is_ok(),
+                    "{mine} on {filter}, published after the SUBACK, lost"
+                );
+                subscriber
+                    .client
+                    .unsubscribe(&filter)
+                    .await
+                    .expect("queued");
+                loop {
+                    if let Ok(rumqttc::Incoming::UnsubAck(_)) = subscriber.next().await {
+                        break;
+                    }
+                }
+                rounds += 1;
+            }
+            rounds
+        }));
+    }
+    for task in tasks {
+        let rounds = task.await.expect("no panic");
+        assert!(rounds > 10, "only {rounds} rounds in 3 s");
+    }
+}
+
+/// A shared subscription group with members on several nodes gets each message once in the
+/// whole cluster (MQTT 5 section 4.8.2: "each message is delivered to only one of the
+/// Sessions in the group"): the node with the first name among those holding the group serves
+/// it, and the others' members stand by, until that node has no member left. A plain
+/// subscriber of the same filter on a standby node still gets every message.
+#[tokio::test]
+async fn a_shared_group_across_nodes_gets_each_message_once() {
+    if !common::nats_available() {
+        return;
+    }
+    let nats = Nats::start();
+    let [a, b, c] = three_nodes(&nats).await;
+    const GROUP: &str = "$share/app/detrd/status/response/+";
+    let mut on_b = peer(options(b.local_addr(), "app-b")).await;
+    on_b.subscribe(GROUP, QoS::AtLeastOnce).await;
+    let mut on_c = peer(options(c.local_addr(), "app-c")).await;
+    on_c.subscribe(GROUP, QoS::AtLeastOnce).await;
+    let mut plain_c = peer(options(c.local_addr(), "audit-c")).await;
+    plain_c
+        .subscribe("detrd/status/response/+", QoS::AtLeastOnce)
+        .await;
+    // c stands by once it knows b holds the group (b sorts first), and says so; a question to
+    // c's Registry answered after that says the Registry took it.
+    let standby = serde_json::json!([{ "group": "app", "filter": "detrd/status/response/+" }]);
+    common::eventually(|| async { cluster_api(&c).await["standby_groups"] == standby }).await;
+    assert_eq!(
+        cluster_api(&b).await["standby_groups"],
+        serde_json::json!([])
+    );
+    let _ = c
+        .registry()
+        .send(switchboard::registry::GetClient("app-c".into()))
+        .await;
+
+    let gate = peer(options(a.local_addr(), "gate-a")).await;
+    const COUNT: u32 = 30;
+    for n in 0..COUNT {
+        gate.client
+            .publish(
+                format!("detrd/status/response/{n}"),
+                QoS::AtLeastOnce,
+                false,
+                n.to_be_bytes().to_vec(),
+            )
+            .await
+            .expect("queued");
+    }
+    for n in 0..COUNT {
+        assert_eq!(&on_b.next_publish().await.payload[..], n.to_be_bytes());
+        assert_eq!(&plain_c.next_publish().await.payload[..], n.to_be_bytes());
+    }
+    // A marker after them: the standby member got none of them.
+    gate.client
+        .publish("detrd/status/response/end", QoS::AtLeastOnce, false, "end")
+        .await
+        .expect("queued");
+    assert_eq!(&on_b.next_publish().await.payload[..], b"end");
+    assert_eq!(&plain_c.next_publish().await.payload[..], b"end");
+
+    // b's member leaves: c serves the group from then on. Probes until c's member gets one;
+    // the first thing it gets is a probe, so it got none of the messages above.
+    on_b.disconnect().await;
+    let mut n = 0;
+    let served = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let probe = format!("probe-{n}");
+            gate.client
+                .publish(
+                    "detrd/status/response/probe",
+                    QoS::AtLeastOnce,
+                    false,
+                    probe.clone(),
+                )
+                .await
+                .expect("queued");
+            assert_eq!(plain_c.next_publish().await.payload, probe.as_bytes());
+            // The group's copy comes well before the next probe if c serves it.
+            if let Ok(Ok(rumqttc::Incoming::Publish(p))) =
+                tokio::time::timeout(Duration::from_millis(200), on_c.next()).await
+            {
+                let got = String::from_utf8_lossy(&p.payload).to_string();
+                assert!(got.starts_with("probe-"), "c's standby member got {got:?}");
+                return;
+            }
+            n += 1;
+        }
+    })
+    .await;
+    assert!(served.is_ok(), "c never took the group over");
+}
+
+/// A SUBSCRIBE that waits for the cluster keeps the client's later requests behind it: a
+/// SUBSCRIBE and an UNSUBSCRIBE of the same filter sent back to back are answered in order, each
+/// acknowledgement naming its request [MQTT-3.8.4-2] [MQTT-3.10.4-5], and the UNSUBSCRIBE
+/// deletes what the SUBSCRIBE made [MQTT-3.10.4-1].
+#[tokio::test]
+async fn requests_sent_behind_a_waiting_subscribe_keep_their_order() {
+    if !common::nats_available() {
+        return;
+    }
+    let nats = Nats::start();
+    let a = node(&nats, "a", |_| {});
+    let b = node(&nats, "b", |_| {});
+    common::eventually(|| async { knows_nodes(&a, &["b"]).await }).await;
+    let spec = common::packets::ConnectSpec {
+        client_id: "a-raw",
+        ..Default::default()
+    };
+    let (mut raw, code) = Raw::connect_with(a.local_addr(), spec).await;
+    assert_eq!(code, 0);
+    let mut both = common::packets::subscribe(7, &[("gate/+/state", 1)]);
+    both.extend(common::packets::unsubscribe(8, &["gate/+/state"]));
+    raw.send(&both).await;
+    let suback = raw.expect().await;
+    assert_eq!((suback.byte1, suback.pid()), (0x90, 7), "SUBACK first");
+    let unsuback = raw.expect().await;
+    assert_eq!((unsuback.byte1, unsuback.pid()), (0xB0, 8), "then UNSUBACK");
+    let client = a
+        .registry()
+        .send(switchboard::registry::GetClient("a-raw".into()))
+        .await
+        .expect("registry")
+        .expect("connected");
+    assert!(
+        client.subscriptions.is_empty(),
+        "{:?}",
+        client.subscriptions
+    );
+    drop(b);
+}
+
+/// A node that stops answering (killed, no goodbye) costs one SUBSCRIBE the wait, and is not
+/// waited for after that; the nodes that answer still forward at once.
+#[tokio::test]
+async fn a_killed_node_is_waited_for_once_and_then_not() {
+    if !common::nats_available() {
+        return;
+    }
+    const WAIT: Duration = Duration::from_secs(3);
+    let nats = Nats::start();
+    let a = node(&nats, "a", |config| config.cluster.subscribe_wait = WAIT);
+    let b = node(&nats, "b", |_| {});
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut c, _logs, _) = child_node(&nats, "c", "", dir.path());
+    common::eventually(|| async { knows_nodes(&a, &["b", "c"]).await }).await;
+    c.0.kill().expect("SIGKILL");
+    c.0.wait().expect("reaped");
+
+    let mut subscriber = peer(options(a.local_addr(), "a-app")).await;
+    let on_b = peer(options(b.local_addr(), "b-gate")).await;
+    let started = std::time::Instant::now();
+    subscriber.subscribe("gate/1/state", QoS::AtLeastOnce).await;
+    let first = started.elapsed();
+    assert!(first >= WAIT, "the first SUBACK waited for c: {first:?}");
+    let started = std::time::Instant::now();
+    subscriber.subscribe("gate/2/state", QoS::AtLeastOnce).await;
+    let second = started.elapsed();
+    assert!(second < WAIT / 2, "c is not waited for again: {second:?}");
+    let status = a
+        .metrics()
+        .cluster
+        .snapshot()
+        .expect("the cluster link runs");
+    assert_eq!(
+        (status.subscribe_waits, status.subscribe_wait_timeouts),
+        (2, 1),
+        "both SUBSCRIBEs waited (for b), one ran out (waiting for c)"
+    );
+    on_b.client
+        .publish("gate/2/state", QoS::AtLeastOnce, false, "open")
+        .await
+        .expect("queued");
+    assert_eq!(&subscriber.next_publish().await.payload[..], b"open");
+}
+
+/// A node that crashed (SIGKILL: no goodbye) is forgotten once it has not been heard from for
+/// `cluster.node_timeout`: the others stop reading what its clients wanted, and stop waiting
+/// for it.
+#[tokio::test]
+async fn a_crashed_node_is_forgotten_after_the_node_timeout() {
+    if !common::nats_available() {
+        return;
+    }
+    let timeout = Duration::from_millis(1500);
+    let nats = Nats::start();
+    let a = node(&nats, "a", |config| config.cluster.node_timeout = timeout);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut c, _logs, c_addr) = child_node(&nats, "c", "node_timeout = \"1500ms\"\n", dir.path());
+    let mut app = peer(options(c_addr, "c-app")).await;
+    app.subscribe("telemetry/#", QoS::AtLeastOnce).await;
+    common::eventually(|| async { link_subscriptions(&a).await == ["telemetry/#"] }).await;
+    // Alive, it stays known well past the timeout.
+    tokio::time::sleep(timeout * 2).await;
+    assert!(knows_nodes(&a, &["c"]).await, "c is alive and known");
+
+    c.0.kill().expect("SIGKILL");
+    c.0.wait().expect("reaped");
+    common::eventually(|| async {
+        knows_nodes(&a, &[]).await && link_subscriptions(&a).await.is_empty()
+    })
+    .await;
+    let http = a.http_local_addr().expect("HTTP");
+    let metrics = common::http::get(http, "/metrics", None).await.body;
+    for line in [
+        "switchboard_cluster_nodes 0",
+        "switchboard_cluster_nodes_timed_out_total 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
+}
+
+/// What a node pictures of another's filters is checked against that node's own count and
+/// digest, said with each heartbeat: an announcement that never arrived, or one that was
+/// wrong (forged here, straight into NATS), is repaired by asking the node for all its filters
+/// again.
+#[tokio::test]
+async fn a_wrong_picture_of_another_nodes_filters_is_repaired() {
+    if !common::nats_available() {
+        return;
+    }
+    let timeout = Duration::from_millis(1500);
+    let nats = Nats::start();
+    let a = node(&nats, "a", |config| config.cluster.node_timeout = timeout);
+    let b = node(&nats, "b", |config| config.cluster.node_timeout = timeout);
+    let mut app = peer(options(b.local_addr(), "b-app")).await;
+    app.subscribe("telemetry/#", QoS::AtLeastOnce).await;
+    common::eventually(|| async { link_subscriptions(&a).await == ["telemetry/#"] }).await;
+
+    let forged = switchboard::cluster::Envelope::Interest {
+        node: "b".into(),
+        added: vec!["phantom/#".into()],
+        removed: vec!["telemetry/#".into()],
+    };
+    nats.publish("switchboard.i", &forged.encode());
+    common::eventually(|| async { link_subscriptions(&a).await == ["phantom/#"] }).await;
+    // b's next heartbeat disagrees: a asks, b announces all again, and a's picture is b's.
+    common::eventually(|| async { link_subscriptions(&a).await == ["telemetry/#"] }).await;
+    let device = peer(options(a.local_addr(), "a-device")).await;
+    device
+        .client
+        .publish("telemetry/1", QoS::AtLeastOnce, false, "t")
+        .await
+        .expect("queued");
+    assert_eq!(app.next_publish().await.topic, "telemetry/1");
+}
+
+/// A node cut off from NATS (its own connection broken, the other nodes' not) misses the
+/// retained messages set meanwhile; once back, it asks a running node for all of them and has
+/// them too [MQTT-3.3.1-5]. One it set itself while cut off is newer than that answer: it stays,
+/// and reaches the other nodes.
+#[tokio::test]
+async fn a_node_cut_off_from_nats_takes_the_retained_messages_it_missed() {
+    if !common::nats_available() {
+        return;
+    }
+    let nats = Nats::start();
+    let proxy = common::nats::CutProxy::start(&nats).await;
+    let a = node(&nats, "a", |_| {});
+    let b = node(&nats, "b", |config| {
+        config.cluster.nats_url = Some(proxy.url())
+    });
+    common::eventually(|| async { knows_nodes(&a, &["b"]).await && knows_nodes(&b, &["a"]).await })
+        .await;
+    let mut on_a = peer(options(a.local_addr(), "a-gate")).await;
+    let mut on_b = peer(options(b.local_addr(), "b-gate")).await;
+    let retain = |peer: &Peer, topic: &'static str, payload: &'static str| {
+        let client = peer.client.clone();
+        async move {
+            client
+                .publish(topic, QoS::AtLeastOnce, true, payload)
+                .await
+                .expect("queued");
+        }
+    };
+    retain(&on_a, "gate/2/state", "old").await;
+    on_a.published().await;
+    common::eventually(|| async { retained_on(&b, "gate/2/state").await == Some(b"old".to_vec()) })
+        .await;
+
+    proxy.cut();
+    common::eventually(|| async { !linked(&b) }).await;
+    retain(&on_a, "gate/1/state", "open").await;
+    on_a.published().await;
+    retain(&on_b, "gate/2/state", "new").await;
+    on_b.published().await;
+    proxy.heal();
+    // The link retries with a backoff of up to 2 s.
+    common::eventually_within(Duration::from_secs(20), || async { linked(&b) }).await;
+    common::eventually(|| async {
+        retained_on(&b, "gate/1/state").await == Some(b"open".to_vec())
+            && retained_on(&a, "gate/2/state").await == Some(b"new".to_vec())
+    })
+    .await;
+    assert_eq!(
+        retained_on(&b, "gate/2/state").await,
+        Some(b"new".to_vec()),
+        "b's own newer message stays"
+    );
+}

@@ -1,0 +1,150 @@
+//! Clustering on NATS, what the cluster tests share: nodes on a Debian nats-server (in the test's
+//! process, or as a child process a test can kill), and what a node shows of the cluster.
+
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, QoS};
+use switchboard::{BackgroundBroker, Config};
+
+use super::nats::Nats;
+use super::{broker_with, Peer};
+
+/// A node of the cluster on `nats`.
+pub fn node(nats: &Nats, name: &str, adjust: impl FnOnce(&mut Config)) -> BackgroundBroker {
+    broker_with(|config| {
+        config.cluster.nats_url = Some(nats.url());
+        config.cluster.node = Some(name.to_string());
+        adjust(config);
+    })
+}
+
+/// Publishes QoS 0 probes on `topic` from `publisher` (every 20 ms) until each of
+/// `subscribers` has one: the interest of their nodes has reached NATS. Probes still in flight
+/// may arrive later; [`next_payload`] skips them.
+pub async fn until_routed(publisher: &AsyncClient, subscribers: &mut [&mut Peer], topic: &str) {
+    let probes = publisher.clone();
+    let topic_owned = topic.to_string();
+    let probing = tokio::spawn(async move {
+        loop {
+            let _ = probes
+                .publish(&topic_owned, QoS::AtMostOnce, false, "probe")
+                .await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    for subscriber in subscribers.iter_mut() {
+        while subscriber.next_publish().await.topic != topic {}
+    }
+    probing.abort();
+}
+
+/// The payload of the next PUBLISH that is not a probe.
+pub async fn next_payload(peer: &mut Peer) -> (String, Vec<u8>) {
+    loop {
+        let publish = peer.next_publish().await;
+        if &publish.payload[..] != b"probe" {
+            return (publish.topic, publish.payload.to_vec());
+        }
+    }
+}
+
+/// Whether `broker`'s cluster link is connected to NATS with its subscriptions made.
+pub fn linked(broker: &BackgroundBroker) -> bool {
+    let status = broker.metrics().cluster.snapshot();
+    status.expect("the cluster link runs").connected
+}
+
+/// Whether `broker`'s link knows of each of `nodes` (and of no other).
+pub async fn knows_nodes(broker: &BackgroundBroker, nodes: &[&str]) -> bool {
+    let seen = cluster_api(broker).await;
+    let names: Vec<&str> = seen["nodes"]
+        .as_array()
+        .map(|nodes| nodes.iter().filter_map(|n| n["node"].as_str()).collect())
+        .unwrap_or_default();
+    names == nodes
+}
+
+/// Nodes a, b and c on `nats`, once each knows the other two: a SUBACK waits only for the
+/// nodes its node knows of.
+pub async fn three_nodes(nats: &Nats) -> [BackgroundBroker; 3] {
+    let nodes = [
+        node(nats, "a", |_| {}),
+        node(nats, "b", |_| {}),
+        node(nats, "c", |_| {}),
+    ];
+    for (broker, others) in nodes.iter().zip([["b", "c"], ["a", "c"], ["a", "b"]]) {
+        super::eventually(|| async { knows_nodes(broker, &others).await }).await;
+    }
+    nodes
+}
+
+/// A node running as a child process of the binary; killed when dropped, so that a test that
+/// fails before it ends the node leaves no broker behind.
+pub struct ChildNode(pub std::process::Child);
+
+impl Drop for ChildNode {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Node `name` on `nats` as a child process of the binary (which a test can kill), with
+/// `extra` lines in its `[cluster]` table: the process, its log lines and its MQTT address,
+/// once it listens. Its configuration lives in `dir`.
+pub fn child_node(
+    nats: &Nats,
+    name: &str,
+    extra: &str,
+    dir: &std::path::Path,
+) -> (
+    ChildNode,
+    std::sync::mpsc::Receiver<String>,
+    std::net::SocketAddr,
+) {
+    use super::child::{listening_addr, spawn, wait_line};
+    let config = dir.join(format!("{name}.toml"));
+    let toml = format!(
+        "[cluster]\nnats_url = \"{}\"\nnode = \"{name}\"\n{extra}",
+        nats.url()
+    );
+    std::fs::write(&config, toml).expect("config");
+    let (child, logs) = spawn(&["--port", "0", "-c", config.to_str().expect("utf-8")]);
+    let child = ChildNode(child);
+    let addr = listening_addr(&wait_line(&logs, "switchboard listening on"));
+    (child, logs, addr)
+}
+
+/// The payload of the retained message `broker` holds for `topic`, if any.
+pub async fn retained_on(broker: &BackgroundBroker, topic: &str) -> Option<Vec<u8>> {
+    let page = broker
+        .registry()
+        .send(switchboard::registry::ListRetained {
+            filter: topic.to_string(),
+            offset: 0,
+            limit: 1,
+        })
+        .await
+        .expect("registry");
+    page.items.first().map(|m| m.payload.to_vec())
+}
+
+/// The filters the link of `broker` subscribes to locally: what the other nodes' clients hold.
+pub async fn link_subscriptions(broker: &BackgroundBroker) -> Vec<String> {
+    let link = broker
+        .registry()
+        .send(switchboard::registry::GetClient(
+            switchboard::cluster::CLUSTER_CLIENT_ID.into(),
+        ))
+        .await
+        .expect("registry")
+        .expect("the link's local client");
+    link.subscriptions.into_iter().map(|(f, _)| f).collect()
+}
+
+/// `GET /api/v1/cluster` on `broker`, as JSON.
+pub async fn cluster_api(broker: &BackgroundBroker) -> serde_json::Value {
+    let http = broker.http_local_addr().expect("HTTP");
+    let body = super::http::get(http, "/api/v1/cluster", None).await.body;
+    serde_json::from_str(&body).expect("JSON")
+}
