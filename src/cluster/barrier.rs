@@ -154,7 +154,8 @@ impl Asks {
     }
 
     /// The filters of the asks not yet answered.
-    pub fn pending_filters(&self) -> impl Iterator<Item = &String> {
+    #[cfg(test)]
+    fn pending_filters(&self) -> impl Iterator<Item = &String> {
         self.pending.keys()
     }
 

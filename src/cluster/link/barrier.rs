@@ -101,18 +101,11 @@ impl ClusterLink {
     }
 
     fn answer(&mut self, node: String, id: u64) {
-        let Some(nats) = self.nats.clone() else {
-            return;
-        };
-        let inbox = self.env.subjects.inbox_of(&node);
         let ready = Envelope::InterestReady {
             node: self.env.node.clone(),
             id,
-        }
-        .encode();
-        actix_rt::spawn(async move {
-            nats.publish(inbox, ready).await;
-        });
+        };
+        self.publish_now(self.env.subjects.inbox_of(&node), &ready);
     }
 
     fn expire_ask(&mut self, id: u64) {

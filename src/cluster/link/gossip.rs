@@ -203,7 +203,6 @@ impl ClusterLink {
                     let now = std::time::Instant::now();
                     act.asked_recently.retain(|_, kept_until| *kept_until > now);
                     filters.extend(act.asked_recently.keys().cloned());
-                    filters.extend(act.asks.pending_filters().cloned());
                     let changes = act.interest.reconcile(&filters, &act.env.subjects);
                     act.apply(changes, ctx);
                 }

@@ -64,18 +64,11 @@ impl ClusterLink {
         if self.remote.picture_of(&node) == Some((filters, digest)) {
             return;
         }
-        let Some(nats) = self.nats.clone() else {
-            return;
-        };
         info!(%node, filters, "cluster: this node's picture of a node's filters differs from its own; asking it for all of them");
-        let inbox = self.env.subjects.inbox_of(&node);
         let resync = Envelope::Resync {
             node: self.env.node.clone(),
-        }
-        .encode();
-        actix_rt::spawn(async move {
-            nats.publish(inbox, resync).await;
-        });
+        };
+        self.publish_now(self.env.subjects.inbox_of(&node), &resync);
     }
 
     /// `node` asks this one to announce all its filters again (at most once per timeout).

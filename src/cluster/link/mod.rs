@@ -270,6 +270,19 @@ impl ClusterLink {
         }
     }
 
+    /// Publishes `envelope` on `subject` beside the outbox, not in its place among this node's
+    /// messages: the news, requests and answers whose order matters only on their own subject.
+    /// Nothing without a NATS client (the link stops).
+    fn publish_now(&self, subject: String, envelope: &Envelope) {
+        let Some(nats) = self.nats.clone() else {
+            return;
+        };
+        let bytes = envelope.encode();
+        actix_rt::spawn(async move {
+            nats.publish(subject, bytes).await;
+        });
+    }
+
     fn status(&self) -> &crate::metrics::LinkCounters {
         &self.env.metrics.cluster.link
     }
@@ -420,28 +433,19 @@ impl Handler<NatsMessages> for ClusterLink {
 impl Handler<ClientConnected> for ClusterLink {
     type Result = ();
 
-    fn handle(&mut self, event: ClientConnected, ctx: &mut Context<Self>) {
+    fn handle(&mut self, event: ClientConnected, _: &mut Context<Self>) {
         // Internal clients (bridges' local sides, the link) are per node, under the same ids
         // on every node.
         if event.client_id.starts_with(INTERNAL_CLIENT_PREFIX) {
             return;
         }
-        let Some(nats) = self.nats.clone() else {
-            return;
-        };
         let envelope = Envelope::Connected {
             node: self.env.node.clone(),
             client_id: event.client_id.to_string(),
             at_ms: crate::persistence::unix_ms_now(),
             clean_start: event.clean_session,
         };
-        let subject = self.env.subjects.connected();
-        ctx.spawn(
-            async move {
-                nats.publish(subject, envelope.encode()).await;
-            }
-            .into_actor(self),
-        );
+        self.publish_now(self.env.subjects.connected(), &envelope);
     }
 }
 

@@ -16,9 +16,9 @@ impl ClusterLink {
     /// Asks one running node for the cluster's retained messages; the topics in `newer` (set
     /// here while cut off) are not taken from the answer.
     pub(super) fn request_sync(&mut self, newer: HashSet<String>, ctx: &mut Context<Self>) {
-        let Some(nats) = self.nats.clone() else {
+        if self.nats.is_none() {
             return;
-        };
+        }
         self.syncing = Some(newer);
         self.sync_round += 1;
         let round = self.sync_round;
@@ -30,12 +30,8 @@ impl ClusterLink {
         });
         let request = Envelope::SyncRequest {
             node: self.env.node.clone(),
-        }
-        .encode();
-        let sync = self.env.subjects.sync();
-        actix_rt::spawn(async move {
-            nats.publish(sync, request).await;
-        });
+        };
+        self.publish_now(self.env.subjects.sync(), &request);
     }
 
     /// Another node asks for the retained messages: sent to its inbox, then the count.
