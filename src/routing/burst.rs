@@ -58,9 +58,17 @@ struct Scratch {
 /// Up to this many clients per burst, a client's batch is found by a scan.
 const LINEAR: usize = 16;
 
+/// The most deliveries a client's batch has room for when it is made: a client gets at most
+/// one delivery per message of the burst, so a batch starts with room for the messages left
+/// (a pipelined publisher's burst to one subscriber then allocates once, not at every
+/// doubling), and no more than this, so that a burst spread over many clients reserves
+/// little for each.
+const BATCH_ROOM: usize = 64;
+
 impl Scratch {
-    /// Appends `delivery` to `key`'s batch, keeping the order of the burst.
-    fn add(&mut self, key: ClientKey, delivery: Delivery) {
+    /// Appends `delivery` to `key`'s batch, keeping the order of the burst; `messages_left` is
+    /// how many messages of the burst are still to route, this one included.
+    fn add(&mut self, key: ClientKey, delivery: Delivery, messages_left: usize) {
         let found = if self.batches.len() <= LINEAR {
             self.batches.iter().position(|(k, _)| *k == key)
         } else {
@@ -71,7 +79,11 @@ impl Scratch {
         };
         match found {
             Some(i) => self.batches[i].1.push(delivery),
-            None => self.batches.push((key, vec![delivery])),
+            None => {
+                let mut batch = Vec::with_capacity(messages_left.min(BATCH_ROOM));
+                batch.push(delivery);
+                self.batches.push((key, batch));
+            }
         }
     }
 }
@@ -139,9 +151,10 @@ fn route_with(
     }
     let table = routes.read();
     let mut matches = std::mem::take(&mut scratch.matches);
-    for message in messages {
+    for (routed, message) in messages.iter().enumerate() {
+        let messages_left = messages.len() - routed;
         table.route(message, Some(from), &mut matches, |key, delivery| {
-            scratch.add(key, delivery)
+            scratch.add(key, delivery, messages_left)
         });
     }
     scratch.matches = matches;
