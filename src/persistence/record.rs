@@ -504,7 +504,7 @@ mod tests {
     }
 
     #[test]
-    fn queued_messages_and_their_progress_round_trip_and_key_under_their_session() {
+    fn queued_messages_and_their_progress_round_trip_and_key_by_session_and_id() {
         let message = Message::new("d/1", Bytes::from_static(b"on"), QoS::ExactlyOnce, true);
         let mut delivery =
             Delivery::new(Arc::new(message), QoS::AtLeastOnce, false).with_extras(vec![7, 9], None);
@@ -537,6 +537,13 @@ mod tests {
             live(&Record::SessionGone("c1".into())),
             (LiveKind::RemovePrefix, b"s:c1\0".to_vec())
         );
+        // The queued message is under its session (whose removal takes it); the records of its
+        // progress find it by its id alone, which they share with it.
+        let (kind, queued_key) = live(&queued);
+        assert_eq!(kind, LiveKind::QueuedSet);
+        assert!(queued_key.starts_with(b"s:c1\0\0q"), "{queued_key:?}");
+        let queued_id = super::super::live::split_queued_key(&queued_key).map(|(_, id)| id);
+        assert_eq!(queued_id, Some(42));
         for record in [
             Record::Sent {
                 client_id: "c1".into(),
@@ -551,6 +558,19 @@ mod tests {
                 client_id: "c1".into(),
                 id: 42,
             },
+        ] {
+            let back = Record::decode(body(&record.to_frame())).expect("decodes");
+            assert_eq!(live(&back), live(&record));
+            let (kind, key) = live(&record);
+            assert!(
+                matches!(kind, LiveKind::QueuedAppend | LiveKind::QueuedRemove),
+                "{record:?}"
+            );
+            assert_eq!(key, [&b"\0q"[..], &42u64.to_be_bytes()].concat());
+            let id = super::super::live::split_queued_key(&key).map(|(_, id)| id);
+            assert_eq!(id, queued_id, "{record:?} finds its message");
+        }
+        for record in [
             Record::InboundQos2 {
                 client_id: "c1".into(),
                 pid: 5,

@@ -4,7 +4,7 @@
 //! of the client id and no owned record to build and drop.
 
 use super::frame::frame_unsealed;
-use super::live::{queued_key, LiveKind};
+use super::live::{queued_id_key, queued_key, LiveKind};
 use super::record::{put_delivery_end, put_queued, put_sent, Record, DONE, RELEASED};
 use crate::message::Delivery;
 
@@ -105,12 +105,12 @@ impl Framed for RecordRef<'_> {
                 queued_key(key, client_id, id);
                 LiveKind::QueuedSet
             }
-            RecordRef::Sent { client_id, id, .. } | RecordRef::Released { client_id, id } => {
-                queued_key(key, client_id, id);
+            RecordRef::Sent { id, .. } | RecordRef::Released { id, .. } => {
+                queued_id_key(key, id);
                 LiveKind::QueuedAppend
             }
-            RecordRef::Done { client_id, id } => {
-                queued_key(key, client_id, id);
+            RecordRef::Done { id, .. } => {
+                queued_id_key(key, id);
                 LiveKind::QueuedRemove
             }
         }
