@@ -41,6 +41,9 @@ pub(super) enum AckWait {
     Durable(u64),
 }
 
+/// The most emptied batches of acknowledgements a Session keeps for reuse.
+const SPARE_BATCHES: usize = 2;
+
 /// PUBACK/PUBREC/PUBCOMP held back until what they acknowledge is durable, in the order the
 /// packets came `[MQTT-4.6.0-2]`; and what the Session has to submit with its next burst.
 #[derive(Default)]
@@ -49,6 +52,10 @@ pub(super) struct DeferredAcks {
     pending: Vec<(Ack, u16)>,
     /// Handed over, each batch with what it waits for, oldest first.
     waiting: VecDeque<(AckWait, Vec<(Ack, u16)>)>,
+    /// Emptied batches kept for the next ones (at most [`SPARE_BATCHES`]): a pipelined
+    /// publisher hands a batch over with every burst, which would otherwise grow a new list
+    /// from nothing each time.
+    spare: Vec<Vec<(Ack, u16)>>,
     /// The last store change known durable.
     pub(super) durable: u64,
     /// The store change the pending acknowledgements need themselves (a PUBREL's record).
@@ -159,8 +166,9 @@ impl DeferredAcks {
             AckWait::Routed => AckWait::Routed,
             AckWait::Durable(seq) => AckWait::Durable(seq.max(needs)),
         };
-        let acks = std::mem::take(&mut self.pending);
-        if !acks.is_empty() {
+        if !self.pending.is_empty() {
+            let next = self.spare.pop().unwrap_or_default();
+            let acks = std::mem::replace(&mut self.pending, next);
             self.waiting.push_back((wait, acks));
         }
         wait
@@ -173,9 +181,10 @@ impl DeferredAcks {
         }
     }
 
-    /// Takes the acknowledgements whose wait is over, in order.
-    fn ready(&mut self) -> Vec<(Ack, u16)> {
-        let mut ready = Vec::new();
+    /// Hands the acknowledgements whose wait is over to `each`, in order; tells whether there
+    /// were any. Their emptied batches are kept for reuse.
+    fn take_ready(&mut self, mut each: impl FnMut(Ack, u16)) -> bool {
+        let mut any = false;
         while let Some((wait, _)) = self.waiting.front() {
             let done = match wait {
                 AckWait::Routed => false,
@@ -184,11 +193,17 @@ impl DeferredAcks {
             if !done {
                 break;
             }
-            if let Some((_, acks)) = self.waiting.pop_front() {
-                ready.extend(acks);
+            if let Some((_, mut acks)) = self.waiting.pop_front() {
+                any |= !acks.is_empty();
+                for (ack, pid) in acks.drain(..) {
+                    each(ack, pid);
+                }
+                if self.spare.len() < SPARE_BATCHES {
+                    self.spare.push(acks);
+                }
             }
         }
-        ready
+        any
     }
 }
 
@@ -267,11 +282,8 @@ impl Session {
         let Some(acks) = self.deferred_acks.as_deref_mut() else {
             return false;
         };
-        let ready = acks.ready();
-        for &(ack, pid) in &ready {
-            codec::write_ack(&mut self.out, ack, pid);
-        }
-        !ready.is_empty()
+        let out = &mut self.out;
+        acks.take_ready(|ack, pid| codec::write_ack(out, ack, pid))
     }
 
     /// Records an inbound QoS 2 id taken from a client whose session is on disk, with the
@@ -472,6 +484,31 @@ impl Session {
 mod tests {
     use super::*;
 
+    fn ready(acks: &mut DeferredAcks) -> Vec<(Ack, u16)> {
+        let mut ready = Vec::new();
+        acks.take_ready(|ack, pid| ready.push((ack, pid)));
+        ready
+    }
+
+    #[test]
+    fn released_batches_are_reused_for_the_next_bursts() {
+        let mut acks = DeferredAcks::default();
+        for burst in 1..=3u64 {
+            for pid in 0..50 {
+                acks.pending.push((Ack::PubAck, pid));
+            }
+            acks.hand_over(AckWait::Durable(burst));
+            acks.answered(burst);
+            let released = ready(&mut acks);
+            assert_eq!(released.len(), 50, "burst {burst}, in order");
+            assert!(released.iter().map(|(_, pid)| *pid).eq(0..50));
+        }
+        // The third burst's acknowledgements went into the first burst's list, emptied.
+        assert!(acks.pending.is_empty());
+        assert!(acks.pending.capacity() >= 50, "a list with room was reused");
+        assert!(acks.spare.len() <= SPARE_BATCHES);
+    }
+
     #[test]
     fn later_changes_wait_behind_the_wait_that_is_out() {
         let mut acks = DeferredAcks::default();
@@ -504,7 +541,7 @@ mod tests {
         assert_eq!(acks.lowest_open(), Some(5));
         acks.answered(6);
         assert_eq!(acks.waiting_for, 0, "answered");
-        assert_eq!(acks.ready(), vec![(Ack::PubAck, 1)]);
+        assert_eq!(ready(&mut acks), vec![(Ack::PubAck, 1)]);
         assert_eq!(
             acks.lowest_open(),
             Some(8),
@@ -512,6 +549,6 @@ mod tests {
         );
         acks.answered(9);
         assert_eq!(acks.lowest_open(), None);
-        assert_eq!(acks.ready(), vec![(Ack::PubAck, 2)]);
+        assert_eq!(ready(&mut acks), vec![(Ack::PubAck, 2)]);
     }
 }
