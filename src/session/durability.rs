@@ -503,7 +503,8 @@ mod tests {
             assert_eq!(released.len(), 50, "burst {burst}, in order");
             assert!(released.iter().map(|(_, pid)| *pid).eq(0..50));
         }
-        // The third burst's acknowledgements went into the first burst's list, emptied.
+        // From the third burst on, acknowledgements go into an earlier burst's emptied list:
+        // the fourth burst's is one with room already.
         assert!(acks.pending.is_empty());
         assert!(acks.pending.capacity() >= 50, "a list with room was reused");
         assert!(acks.spare.len() <= SPARE_BATCHES);
