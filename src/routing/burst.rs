@@ -58,11 +58,12 @@ struct Scratch {
 /// Up to this many clients per burst, a client's batch is found by a scan.
 const LINEAR: usize = 16;
 
-/// The most deliveries a client's batch has room for when it is made: a client gets at most
-/// one delivery per message of the burst, so a batch starts with room for the messages left
-/// (a pipelined publisher's burst to one subscriber then allocates once, not at every
-/// doubling), and no more than this, so that a burst spread over many clients reserves
-/// little for each.
+/// The most deliveries a client's batch has room for when it is made. A client gets at most
+/// one delivery per message of the burst, so a batch starts with room for the messages left:
+/// a pipelined publisher's burst to one subscriber, or to each of a fan-out's subscribers,
+/// then allocates once per client, not at every doubling. A Session hands over at most 64
+/// messages per burst (`PUBLISH_BATCH`), so a burst whose every message goes to a new client
+/// reserves at most 64 * 65 / 2 deliveries (about 50 KB), until its batches are handed on.
 const BATCH_ROOM: usize = 64;
 
 impl Scratch {
