@@ -99,3 +99,26 @@ pub fn sighup(child: &std::process::Child) {
         .expect("kill");
     assert!(status.success());
 }
+
+/// A broker process that is killed (SIGKILL) and reaped when dropped: a test that fails before
+/// its own kill (as [`super::durable::kill_9`]) does not leave it running.
+pub struct BrokerProcess(pub Child);
+
+impl std::borrow::Borrow<Child> for BrokerProcess {
+    fn borrow(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::borrow::BorrowMut<Child> for BrokerProcess {
+    fn borrow_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

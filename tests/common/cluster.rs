@@ -78,27 +78,17 @@ pub async fn three_nodes(nats: &Nats) -> [BackgroundBroker; 3] {
     nodes
 }
 
-/// A node running as a child process of the binary; killed when dropped, so that a test that
-/// fails before it ends the node leaves no broker behind.
-pub struct ChildNode(pub std::process::Child);
-
-impl Drop for ChildNode {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Node `name` on `nats` as a child process of the binary (which a test can kill), with
 /// `extra` lines in its `[cluster]` table: the process, its log lines and its MQTT address,
-/// once it listens. Its configuration lives in `dir`.
+/// once it listens (killed when dropped, so that a test that fails before it ends the node
+/// leaves no broker behind). Its configuration lives in `dir`.
 pub fn child_node(
     nats: &Nats,
     name: &str,
     extra: &str,
     dir: &std::path::Path,
 ) -> (
-    ChildNode,
+    super::child::BrokerProcess,
     std::sync::mpsc::Receiver<String>,
     std::net::SocketAddr,
 ) {
@@ -110,7 +100,7 @@ pub fn child_node(
     );
     std::fs::write(&config, toml).expect("config");
     let (child, logs) = spawn(&["--port", "0", "-c", config.to_str().expect("utf-8")]);
-    let child = ChildNode(child);
+    let child = super::child::BrokerProcess(child);
     let addr = listening_addr(&wait_line(&logs, "switchboard listening on"));
     (child, logs, addr)
 }

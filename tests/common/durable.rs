@@ -8,31 +8,9 @@ use std::sync::mpsc::Receiver;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+pub use super::child::BrokerProcess;
 use super::child::{listening_addr, log_field, log_number, spawn_with_log, wait_line};
 use super::{packets, Raw};
-
-/// A broker process that is killed (SIGKILL) and reaped when dropped: a test that fails before
-/// its [`kill_9`] does not leave it running.
-pub struct BrokerProcess(pub Child);
-
-impl std::borrow::Borrow<Child> for BrokerProcess {
-    fn borrow(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl BorrowMut<Child> for BrokerProcess {
-    fn borrow_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Drop for BrokerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Starts the broker binary on a free port with its state in `dir` and the `fsync` policy;
 /// returns it once it listens, with its log lines.
