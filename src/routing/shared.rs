@@ -18,7 +18,8 @@ struct Group {
     /// most gives one member two messages in a row).
     next: AtomicUsize,
     name: (String, String),
-    /// Another node of the cluster serves this group: no member here is picked.
+    /// Another node of the cluster serves this group: no member here is picked. A copy of
+    /// whether `SharedGroups::standby` holds its name, so that routing need not look it up.
     standby: bool,
 }
 
@@ -43,15 +44,15 @@ thread_local! {
 impl SharedGroups {
     /// Adds `key` to the group `name` on `filter` (or updates its options).
     pub fn join(&mut self, name: &str, filter: &str, key: ClientKey, options: SubscriptionOptions) {
-        let id = match self.by_name.get(&(name.to_string(), filter.to_string())) {
+        let full_name = (name.to_string(), filter.to_string());
+        let id = match self.by_name.get(&full_name) {
             Some(&id) => id,
             None => {
-                let full_name = (name.to_string(), filter.to_string());
                 let group = Group {
                     members: Vec::new(),
                     next: AtomicUsize::new(0),
                     standby: self.standby.contains(&full_name),
-                    name: full_name,
+                    name: full_name.clone(),
                 };
                 let id = match self.free.pop() {
                     Some(id) => {
@@ -63,8 +64,7 @@ impl SharedGroups {
                         (self.groups.len() - 1) as u32
                     }
                 };
-                self.by_name
-                    .insert((name.to_string(), filter.to_string()), id);
+                self.by_name.insert(full_name, id);
                 self.trie.insert(filter, id, ());
                 id
             }
