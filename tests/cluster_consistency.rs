@@ -3,7 +3,7 @@
 //! with a client's later requests kept in order behind it; a node that stops answering is waited
 //! for once, and forgotten after `cluster.node_timeout`; a wrong picture of another node's
 //! filters is repaired by the heartbeat's digest; a shared group is served by one node; a node cut
-//! off from NATS takes the retained messages it missed.
+//! off from NATS takes the retained messages it missed, and clears those cleared meanwhile.
 
 mod common;
 
@@ -416,6 +416,69 @@ async fn a_node_cut_off_from_nats_takes_the_retained_messages_it_missed() {
     assert_eq!(
         retained_on(&b, "gate/2/state").await,
         Some(b"new".to_vec()),
+        "b's own newer message stays"
+    );
+}
+
+/// A retained message cleared on one node while another is cut off from NATS is cleared on
+/// that one too once it is back: the node that answers its sync request sends the topics it
+/// last saw cleared, after the retained messages [MQTT-3.3.1-10]. One the cut-off node set
+/// itself meanwhile is newer than that clear: it stays there, and reaches the other node.
+#[tokio::test]
+async fn a_retained_message_cleared_while_a_node_was_cut_off_is_cleared_there_too() {
+    if !common::nats_available() {
+        return;
+    }
+    let nats = Nats::start();
+    let proxy = common::nats::CutProxy::start(&nats).await;
+    let a = node(&nats, "a", |_| {});
+    let b = node(&nats, "b", |config| {
+        config.cluster.nats_url = Some(proxy.url())
+    });
+    common::eventually(|| async { knows_nodes(&a, &["b"]).await && knows_nodes(&b, &["a"]).await })
+        .await;
+    let mut on_a = peer(options(a.local_addr(), "a-gate")).await;
+    let mut on_b = peer(options(b.local_addr(), "b-gate")).await;
+    let retain = |peer: &Peer, topic: &'static str, payload: &'static str| {
+        let client = peer.client.clone();
+        async move {
+            client
+                .publish(topic, QoS::AtLeastOnce, true, payload)
+                .await
+                .expect("queued");
+        }
+    };
+    retain(&on_a, "gate/3/state", "closed").await;
+    on_a.published().await;
+    retain(&on_a, "gate/4/state", "closed").await;
+    on_a.published().await;
+    common::eventually(|| async {
+        retained_on(&b, "gate/3/state").await.is_some()
+            && retained_on(&b, "gate/4/state").await.is_some()
+    })
+    .await;
+
+    proxy.cut();
+    common::eventually(|| async { !linked(&b) }).await;
+    // Cleared on a while b is cut off; gate/4 set again on b meanwhile.
+    retain(&on_a, "gate/3/state", "").await;
+    on_a.published().await;
+    retain(&on_a, "gate/4/state", "").await;
+    on_a.published().await;
+    retain(&on_b, "gate/4/state", "mine").await;
+    on_b.published().await;
+    assert_eq!(retained_on(&a, "gate/3/state").await, None);
+    proxy.heal();
+    // The link retries with a backoff of up to 2 s.
+    common::eventually_within(Duration::from_secs(20), || async { linked(&b) }).await;
+    common::eventually(|| async {
+        retained_on(&b, "gate/3/state").await.is_none()
+            && retained_on(&a, "gate/4/state").await == Some(b"mine".to_vec())
+    })
+    .await;
+    assert_eq!(
+        retained_on(&b, "gate/4/state").await,
+        Some(b"mine".to_vec()),
         "b's own newer message stays"
     );
 }

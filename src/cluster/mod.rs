@@ -9,6 +9,7 @@
 //! from one that runs. `docs/clustering.md` covers what is shared and what stays on a node.
 
 mod barrier;
+mod cleared;
 mod config;
 mod envelope;
 mod interest;

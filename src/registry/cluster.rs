@@ -60,6 +60,28 @@ impl Registry {
     }
 }
 
+/// Sent by the cluster link to the Registry with the topics another node's answer to a sync
+/// request says were cleared while this node was away: answers those of them that hold a
+/// retained message here, which the link then clears as a publisher would.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<String>")]
+pub struct RetainedAmong(pub Vec<String>);
+
+impl Handler<RetainedAmong> for Registry {
+    type Result = Vec<String>;
+
+    fn handle(
+        &mut self,
+        RetainedAmong(topics): RetainedAmong,
+        _: &mut Context<Self>,
+    ) -> Vec<String> {
+        topics
+            .into_iter()
+            .filter(|topic| self.retained.contains(topic))
+            .collect()
+    }
+}
+
 /// Sent by the cluster link to the Registry: another node of the cluster serves shared group
 /// `name` on `filter` (`standby`), so that each message goes to one member in the whole cluster
 /// (MQTT 5 section 4.8.2); or this node serves it again.

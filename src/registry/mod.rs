@@ -30,8 +30,8 @@ pub use admin::{
     ListSubscriptions, Page, SessionReport, SubscriptionSummary,
 };
 pub use cluster::{
-    ConnectedElsewhere, RetainedPublished, SharedStandby, WatchRetained, CLUSTER_CLIENT_ID,
-    INTERNAL_CLIENT_PREFIX,
+    ConnectedElsewhere, RetainedAmong, RetainedPublished, SharedStandby, WatchRetained,
+    CLUSTER_CLIENT_ID, INTERNAL_CLIENT_PREFIX,
 };
 pub use messages::*;
 pub use recovering::Recover;

@@ -32,6 +32,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use super::barrier::{Answers, Asks};
+use super::cleared::ClearedTopics;
 use super::envelope::{ClusterMessage, Envelope};
 use super::interest::Interest;
 use super::liveness::Liveness;
@@ -138,6 +139,9 @@ pub struct ClusterLink {
     retained_while_down: HashSet<String>,
     /// NATS was lost since the last connection: a sync follows the next one.
     resync_on_connect: bool,
+    /// The topics whose retained message this node last saw cleared, for the nodes that ask
+    /// for the retained messages (`retained_sync.rs`).
+    cleared: ClearedTopics,
     local_ready: Option<oneshot::Sender<()>>,
     reconcile_pending: bool,
     /// This node's SUBSCRIBEs waiting for the other nodes (`barrier.rs`).
@@ -171,6 +175,7 @@ impl ClusterLink {
             sync_round: 0,
             retained_while_down: HashSet::new(),
             resync_on_connect: false,
+            cleared: ClearedTopics::default(),
             local_ready: Some(local_ready),
             reconcile_pending: false,
             asks: Asks::new(),
@@ -223,8 +228,15 @@ impl ClusterLink {
                     .as_ref()
                     .is_some_and(|live| live.contains(&message.topic));
                 if !newer {
+                    if message.retain {
+                        self.cleared
+                            .note(&message.topic, message.payload.is_empty());
+                    }
                     self.take_in(message);
                 }
+            }
+            (SID_INBOX, Envelope::RetainCleared { node, topics }) => {
+                self.take_cleared(&node, topics, ctx);
             }
             (SID_INBOX, Envelope::InterestReady { node, id }) => {
                 self.heard(&node);
@@ -263,6 +275,8 @@ impl ClusterLink {
                     if let Some(live) = &mut self.syncing {
                         live.insert(message.topic.clone());
                     }
+                    self.cleared
+                        .note(&message.topic, message.payload.is_empty());
                 }
                 self.take_in(message);
             }

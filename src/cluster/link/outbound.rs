@@ -141,6 +141,8 @@ impl Handler<RetainedPublished> for ClusterLink {
             // Newer than what the cluster may answer a sync with once NATS is back.
             self.retained_while_down.insert(message.topic.clone());
         }
+        self.cleared
+            .note(&message.topic, message.payload.is_empty());
         let cluster_message = ClusterMessage::retained(&message, std::time::Instant::now());
         let subject = self.env.subjects.broadcast();
         self.queue_message(subject, cluster_message, None, ctx);

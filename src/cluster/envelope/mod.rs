@@ -1,15 +1,21 @@
 //! What the nodes of a cluster send each other over NATS, as bytes: a message with its MQTT
-//! flags and properties, the news that a client connected on a node, the end of an answer
-//! to a sync request, and the nodes' interest (announcements, and asks and their answers). Version 1; anything else (another version, a cut or damaged envelope) is
-//! an [`EnvelopeError`], never a panic.
+//! flags and properties ([`message`]), the news that a client connected on a node, a sync
+//! request and the end of its answer (with the topics whose retained message was cleared), and
+//! the nodes' interest (announcements, and asks and their answers). Version 1; anything else
+//! (another version, a cut or damaged envelope) is an [`EnvelopeError`], never a panic.
+
+mod message;
+mod wire;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use thiserror::Error;
 
-use crate::message::{MessageProperties, QoS};
+pub use message::ClusterMessage;
+use message::{decode_message, encode_message};
+use wire::{get_list, get_str, get_u64, get_u8, put_str};
 
 const VERSION: u8 = 1;
-const KIND_MESSAGE: u8 = 1;
+pub(super) const KIND_MESSAGE: u8 = 1;
 const KIND_CONNECTED: u8 = 2;
 const KIND_SYNC_END: u8 = 3;
 const KIND_SYNC_REQUEST: u8 = 4;
@@ -21,46 +27,7 @@ const KIND_INTEREST_ASK: u8 = 9;
 const KIND_INTEREST_READY: u8 = 10;
 const KIND_ALIVE: u8 = 11;
 const KIND_RESYNC: u8 = 12;
-
-const HAS_PAYLOAD_FORMAT: u8 = 1;
-const HAS_CONTENT_TYPE: u8 = 2;
-const HAS_RESPONSE_TOPIC: u8 = 4;
-const HAS_CORRELATION_DATA: u8 = 8;
-const HAS_USER_PROPERTIES: u8 = 16;
-const HAS_EXPIRY: u8 = 32;
-
-/// An application message going from one node to the others.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClusterMessage {
-    /// The MQTT topic (the subject it travels on may be escaped, or the broadcast subject).
-    pub topic: String,
-    /// The QoS it was published with.
-    pub qos: QoS,
-    /// Whether it is retained (every node stores it).
-    pub retain: bool,
-    /// MQTT 5 properties, forwarded unaltered.
-    pub properties: Option<MessageProperties>,
-    /// (5.0) What remained of its Message Expiry Interval when it was sent, in seconds
-    /// [MQTT-3.3.2-6].
-    pub expiry: Option<u32>,
-    /// The payload.
-    pub payload: Bytes,
-}
-
-impl ClusterMessage {
-    /// A retained message of this broker's as it goes to the other nodes, its expiry what
-    /// remains of it at `now` [MQTT-3.3.2-6].
-    pub fn retained(message: &crate::message::Message, now: std::time::Instant) -> Self {
-        ClusterMessage {
-            topic: message.topic.clone(),
-            qos: message.qos,
-            retain: true,
-            properties: message.properties.as_deref().cloned(),
-            expiry: message.remaining_expiry(now),
-            payload: message.payload.clone(),
-        }
-    }
-}
+const KIND_RETAIN_CLEARED: u8 = 13;
 
 /// One envelope.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,6 +110,15 @@ pub enum Envelope {
     Resync {
         /// The node asking.
         node: String,
+    },
+    /// Part of the answer to a sync request, after the retained messages: `topics` whose
+    /// retained message `node` last saw cleared (`cluster::cleared`). The asking node clears
+    /// them too, but those set or cleared there since it lost NATS.
+    RetainCleared {
+        /// The node that answers.
+        node: String,
+        /// The topics.
+        topics: Vec<String>,
     },
     /// The node answering a sync request has sent all `count` retained messages it holds.
     SyncEnd {
@@ -255,6 +231,14 @@ impl Envelope {
                 out.put_u8(KIND_RESYNC);
                 put_str(&mut out, node);
             }
+            Envelope::RetainCleared { node, topics } => {
+                out.put_u8(KIND_RETAIN_CLEARED);
+                put_str(&mut out, node);
+                out.put_u32(topics.len() as u32);
+                for topic in topics {
+                    put_str(&mut out, topic);
+                }
+            }
             Envelope::SyncEnd { node, count } => {
                 out.put_u8(KIND_SYNC_END);
                 out.put_u64(*count);
@@ -335,156 +319,20 @@ impl Envelope {
             KIND_RESYNC => Ok(Envelope::Resync {
                 node: get_str(&mut bytes)?,
             }),
+            KIND_RETAIN_CLEARED => {
+                let node = get_str(&mut bytes)?;
+                let topics = get_list(&mut bytes)?;
+                Ok(Envelope::RetainCleared { node, topics })
+            }
             other => Err(EnvelopeError::Kind(other)),
         }
     }
 }
 
-fn encode_message(message: &ClusterMessage, out: &mut BytesMut) {
-    out.put_u8(KIND_MESSAGE);
-    out.put_u8(message.qos as u8 | if message.retain { 4 } else { 0 });
-    put_str(out, &message.topic);
-    let p = message.properties.as_ref();
-    let mut present = if message.expiry.is_some() {
-        HAS_EXPIRY
-    } else {
-        0
-    };
-    if let Some(p) = p {
-        for (set, bit) in [
-            (p.payload_format.is_some(), HAS_PAYLOAD_FORMAT),
-            (p.content_type.is_some(), HAS_CONTENT_TYPE),
-            (p.response_topic.is_some(), HAS_RESPONSE_TOPIC),
-            (p.correlation_data.is_some(), HAS_CORRELATION_DATA),
-            (!p.user_properties.is_empty(), HAS_USER_PROPERTIES),
-        ] {
-            if set {
-                present |= bit;
-            }
-        }
-    }
-    out.put_u8(present);
-    if let Some(expiry) = message.expiry {
-        out.put_u32(expiry);
-    }
-    if let Some(p) = p {
-        if let Some(format) = p.payload_format {
-            out.put_u8(format);
-        }
-        for s in [&p.content_type, &p.response_topic].into_iter().flatten() {
-            put_str(out, s);
-        }
-        if let Some(data) = &p.correlation_data {
-            put_bytes(out, data);
-        }
-        if !p.user_properties.is_empty() {
-            out.put_u32(p.user_properties.len() as u32);
-            for (key, value) in &p.user_properties {
-                put_str(out, key);
-                put_str(out, value);
-            }
-        }
-    }
-    out.put_slice(&message.payload);
-}
-
-fn decode_message(mut bytes: Bytes) -> Result<ClusterMessage, EnvelopeError> {
-    let flags = get_u8(&mut bytes)?;
-    let qos = match flags & 3 {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        2 => QoS::ExactlyOnce,
-        other => return Err(EnvelopeError::QoS(other)),
-    };
-    let retain = flags & 4 != 0;
-    let topic = get_str(&mut bytes)?;
-    let present = get_u8(&mut bytes)?;
-    let expiry = match present & HAS_EXPIRY {
-        0 => None,
-        _ => Some(get_u32(&mut bytes)?),
-    };
-    let properties = if present & !HAS_EXPIRY == 0 {
-        None
-    } else {
-        let mut p = MessageProperties::default();
-        if present & HAS_PAYLOAD_FORMAT != 0 {
-            p.payload_format = Some(get_u8(&mut bytes)?);
-        }
-        if present & HAS_CONTENT_TYPE != 0 {
-            p.content_type = Some(get_str(&mut bytes)?);
-        }
-        if present & HAS_RESPONSE_TOPIC != 0 {
-            p.response_topic = Some(get_str(&mut bytes)?);
-        }
-        if present & HAS_CORRELATION_DATA != 0 {
-            p.correlation_data = Some(get_bytes(&mut bytes)?);
-        }
-        if present & HAS_USER_PROPERTIES != 0 {
-            let count = get_u32(&mut bytes)?;
-            for _ in 0..count {
-                let key = get_str(&mut bytes)?;
-                let value = get_str(&mut bytes)?;
-                p.user_properties.push((key, value));
-            }
-        }
-        Some(p)
-    };
-    Ok(ClusterMessage {
-        topic,
-        qos,
-        retain,
-        properties,
-        expiry,
-        payload: bytes,
-    })
-}
-
-fn put_str(out: &mut BytesMut, s: &str) {
-    put_bytes(out, s.as_bytes());
-}
-
-fn put_bytes(out: &mut BytesMut, b: &[u8]) {
-    out.put_u32(b.len() as u32);
-    out.put_slice(b);
-}
-
-fn get_u8(bytes: &mut Bytes) -> Result<u8, EnvelopeError> {
-    bytes.try_get_u8().map_err(|_| EnvelopeError::Short)
-}
-
-fn get_u32(bytes: &mut Bytes) -> Result<u32, EnvelopeError> {
-    bytes.try_get_u32().map_err(|_| EnvelopeError::Short)
-}
-
-fn get_u64(bytes: &mut Bytes) -> Result<u64, EnvelopeError> {
-    bytes.try_get_u64().map_err(|_| EnvelopeError::Short)
-}
-
-fn get_bytes(bytes: &mut Bytes) -> Result<Bytes, EnvelopeError> {
-    let len = get_u32(bytes)? as usize;
-    if bytes.len() < len {
-        return Err(EnvelopeError::Short);
-    }
-    Ok(bytes.split_to(len))
-}
-
-fn get_list(bytes: &mut Bytes) -> Result<Vec<String>, EnvelopeError> {
-    let count = get_u32(bytes)?;
-    // Each string takes 4 bytes at least: a count beyond that is damage, not an allocation.
-    if count as usize > bytes.len() / 4 {
-        return Err(EnvelopeError::Short);
-    }
-    (0..count).map(|_| get_str(bytes)).collect()
-}
-
-fn get_str(bytes: &mut Bytes) -> Result<String, EnvelopeError> {
-    let raw = get_bytes(bytes)?;
-    String::from_utf8(raw.to_vec()).map_err(|_| EnvelopeError::Utf8)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::{MessageProperties, QoS};
     use proptest::prelude::*;
 
     fn message() -> ClusterMessage {
@@ -551,6 +399,14 @@ mod tests {
                 digest: 0xdead_beef_0123_4567,
             },
             Envelope::Resync { node: "n1".into() },
+            Envelope::RetainCleared {
+                node: "n2".into(),
+                topics: vec!["gate/1AB/state".into(), "radar/2/speed".into()],
+            },
+            Envelope::RetainCleared {
+                node: "n2".into(),
+                topics: Vec::new(),
+            },
         ] {
             assert_eq!(Envelope::decode(envelope.encode()), Ok(envelope));
         }
