@@ -47,6 +47,7 @@ impl ClusterMessage {
     }
 }
 
+/// Appends `message` after the version byte: its kind, flags, topic, properties, payload.
 pub(super) fn encode_message(message: &ClusterMessage, out: &mut BytesMut) {
     out.put_u8(KIND_MESSAGE);
     out.put_u8(message.qos as u8 | if message.retain { 4 } else { 0 });
@@ -95,6 +96,7 @@ pub(super) fn encode_message(message: &ClusterMessage, out: &mut BytesMut) {
     out.put_slice(&message.payload);
 }
 
+/// Reads a message from what follows its kind byte.
 pub(super) fn decode_message(mut bytes: Bytes) -> Result<ClusterMessage, EnvelopeError> {
     let flags = get_u8(&mut bytes)?;
     let qos = match flags & 3 {
