@@ -53,11 +53,17 @@ impl Interest {
 
     /// Whether a shared group (`$share/...`) is held.
     pub fn holds_shared_groups(&self) -> bool {
+        self.shared_filters().next().is_some()
+    }
+
+    /// The shared groups' filters held (`$share/{group}/{filter}`), without looking at the
+    /// others.
+    pub fn shared_filters(&self) -> impl Iterator<Item = &String> {
         use std::ops::Bound;
         self.filters
             .range::<str, _>((Bound::Included("$share/"), Bound::Unbounded))
-            .next()
-            .is_some_and(|(filter, _)| filter.starts_with("$share/"))
+            .map(|(filter, _)| filter)
+            .take_while(|filter| filter.starts_with("$share/"))
     }
 
     /// A client here subscribed to `filter`.

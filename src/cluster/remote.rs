@@ -128,19 +128,22 @@ impl RemoteInterest {
         changes
     }
 
-    /// The shared groups (share name, filter) that a node whose name sorts before `me` holds:
-    /// that node serves them, and this one stands by (each message of a group goes to one
+    /// The shared groups (share name, filter) the other nodes hold, each with the nodes that
+    /// hold it: they spread its messages among them (each message of a group goes to one
     /// member in the whole cluster, MQTT 5 section 4.8.2).
-    pub fn groups_served_before(&self, me: &str) -> BTreeSet<(String, String)> {
-        self.nodes
-            .iter()
-            .take_while(|(node, _)| node.as_str() < me)
-            .flat_map(|(_, filters)| filters)
-            .filter_map(|filter| match parse_shared(filter) {
-                Some(Ok(shared)) => Some((shared.group.to_string(), shared.filter.to_string())),
-                _ => None,
-            })
-            .collect()
+    pub fn shared_groups(&self) -> BTreeMap<(String, String), BTreeSet<String>> {
+        let mut groups: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+        for (node, filters) in &self.nodes {
+            for filter in filters {
+                if let Some(Ok(shared)) = parse_shared(filter) {
+                    groups
+                        .entry((shared.group.to_string(), shared.filter.to_string()))
+                        .or_default()
+                        .insert(node.clone());
+                }
+            }
+        }
+        groups
     }
 }
 
@@ -179,29 +182,36 @@ mod tests {
     }
 
     #[test]
-    fn a_shared_group_is_forwarded_by_its_plain_filter_and_served_by_the_first_node_holding_it() {
+    fn a_shared_group_is_forwarded_by_its_plain_filter_and_known_with_the_nodes_holding_it() {
         let mut remote = RemoteInterest::new();
         assert_eq!(
             remote.apply("b", &strings(&["$share/app/detrd/#", "detrd/#"]), &[]),
             [LocalChange::Subscribe("detrd/#".into())]
         );
         remote.apply("d", &strings(&["$share/app/detrd/#", "$share/ops/x"]), &[]);
-        let group = |name: &str, filter: &str| (name.to_string(), filter.to_string());
+        let group = |name: &str, filter: &str, nodes: &[&str]| {
+            (
+                (name.to_string(), filter.to_string()),
+                nodes.iter().map(|n| n.to_string()).collect::<BTreeSet<_>>(),
+            )
+        };
         assert_eq!(
-            remote.groups_served_before("c"),
-            [group("app", "detrd/#")].into()
+            remote.shared_groups(),
+            [
+                group("app", "detrd/#", &["b", "d"]),
+                group("ops", "x", &["d"])
+            ]
+            .into()
         );
-        assert_eq!(
-            remote.groups_served_before("e"),
-            [group("app", "detrd/#"), group("ops", "x")].into()
-        );
-        assert!(remote.groups_served_before("a").is_empty());
         assert_eq!(
             remote.apply("b", &[], &strings(&["$share/app/detrd/#"])),
             [],
             "detrd/# is still wanted by b itself"
         );
-        assert!(remote.groups_served_before("c").is_empty());
+        assert_eq!(
+            remote.shared_groups(),
+            [group("app", "detrd/#", &["d"]), group("ops", "x", &["d"])].into()
+        );
         assert_eq!(
             remote.apply("b", &[], &strings(&["detrd/#"])),
             [],

@@ -35,9 +35,9 @@ pub struct ClusterView {
     pub filters: usize,
     /// The other nodes that announced filters, and how many each holds.
     pub nodes: Vec<(String, usize)>,
-    /// The shared groups (share name, filter) another node serves: this node's members of
-    /// them stand by.
-    pub standby: Vec<(String, String)>,
+    /// The shared groups (share name, filter) other nodes hold, with every node that holds
+    /// them (this one included where its clients do): those nodes spread their messages.
+    pub shared: Vec<(String, String, Vec<String>)>,
 }
 
 /// A copy of the link's state at one moment.

@@ -59,8 +59,8 @@ async fn cluster(req: HttpRequest, state: web::Data<HttpState>) -> Result<HttpRe
         "nodes": view.nodes.iter().map(|(node, filters)| json!({
             "node": node, "filters": filters,
         })).collect::<Vec<_>>(),
-        "standby_groups": view.standby.iter().map(|(group, filter)| json!({
-            "group": group, "filter": filter,
+        "shared_groups": view.shared.iter().map(|(group, filter, nodes)| json!({
+            "group": group, "filter": filter, "nodes": nodes,
         })).collect::<Vec<_>>(),
     })))
 }

@@ -8,6 +8,7 @@ use tracing::info;
 
 use super::{client_in, ClientKey, Registry, ToSession};
 use crate::message::Message;
+use crate::routing::Share;
 use crate::topic::reserved_for_broker;
 
 /// Client ids that start with this belong to broker-internal clients (the local side of each
@@ -82,28 +83,29 @@ impl Handler<RetainedAmong> for Registry {
     }
 }
 
-/// Sent by the cluster link to the Registry: another node of the cluster serves shared group
-/// `name` on `filter` (`standby`), so that each message goes to one member in the whole cluster
-/// (MQTT 5 section 4.8.2); or this node serves it again.
+/// Sent by the cluster link to the Registry: which of shared group `name` on `filter`'s
+/// messages this node's members take, the nodes holding the group spreading them among
+/// themselves, so that each message goes to one member in the whole cluster (MQTT 5 section
+/// 4.8.2).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct SharedStandby {
+pub struct SharedShare {
     /// The share name.
     pub name: String,
     /// The group's filter.
     pub filter: String,
-    /// Whether another node serves it.
-    pub standby: bool,
+    /// This node's share.
+    pub share: Share,
 }
 
-impl Handler<SharedStandby> for Registry {
+impl Handler<SharedShare> for Registry {
     type Result = ();
 
-    fn handle(&mut self, msg: SharedStandby, _: &mut Context<Self>) {
-        info!(group = %msg.name, filter = %msg.filter, served_here = !msg.standby, "cluster: shared subscription group");
+    fn handle(&mut self, msg: SharedShare, _: &mut Context<Self>) {
+        info!(group = %msg.name, filter = %msg.filter, share_index = msg.share.index, nodes = msg.share.count, "cluster: shared subscription group spread over the nodes holding it");
         self.routes
             .write()
-            .set_shared_standby(&msg.name, &msg.filter, msg.standby);
+            .set_shared_share(&msg.name, &msg.filter, msg.share);
     }
 }
 

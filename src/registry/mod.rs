@@ -30,7 +30,7 @@ pub use admin::{
     ListSubscriptions, Page, SessionReport, SubscriptionSummary,
 };
 pub use cluster::{
-    ConnectedElsewhere, RetainedAmong, RetainedPublished, SharedStandby, WatchRetained,
+    ConnectedElsewhere, RetainedAmong, RetainedPublished, SharedShare, WatchRetained,
     CLUSTER_CLIENT_ID, INTERNAL_CLIENT_PREFIX,
 };
 pub use messages::*;

@@ -12,6 +12,8 @@
 mod burst;
 mod shared;
 
+pub use shared::{spread_hash, Share};
+
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use actix::prelude::*;
@@ -215,7 +217,7 @@ impl RouteTable {
         if self.shared.len() == 0 {
             return;
         }
-        self.shared.for_each_match(&message.topic, |group| {
+        self.shared.for_each_match(message, |group| {
             let pick = self
                 .shared
                 .pick(group, self.strategy, |k| self.is_online(k), None, false);
@@ -247,11 +249,11 @@ impl RouteTable {
         )
     }
 
-    /// Marks shared group `name` on `filter` as served by another node of the cluster: a
-    /// message here goes to no member of it (the cluster link sets it; MQTT 5 section 4.8.2
-    /// across nodes).
-    pub fn set_shared_standby(&mut self, name: &str, filter: &str, standby: bool) {
-        self.shared.set_standby(name, filter, standby);
+    /// Sets which of shared group `name` on `filter`'s messages this node's members take,
+    /// the group being held on several nodes of the cluster (the cluster link sets it; MQTT 5
+    /// section 4.8.2 across nodes).
+    pub fn set_shared_share(&mut self, name: &str, filter: &str, share: Share) {
+        self.shared.set_share(name, filter, share);
     }
 
     /// Whether any shared subscription exists.

@@ -1,15 +1,55 @@
 //! Shared subscription groups: `$share/{name}/{filter}` subscribers, of which each matching
 //! message goes to one (MQTT 5 section 4.8.2). Part of the route table: the Registry changes
-//! the members, every worker picks among them.
+//! the members, every worker picks among them. In a cluster, the nodes holding a group spread
+//! its messages among them by a hash of topic and payload ([`Share`]), which every node
+//! computes alike.
 
 use std::cell::Cell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::ClientKey;
 use crate::config::SharedStrategy;
-use crate::message::SubscriptionOptions;
+use crate::message::{Message, SubscriptionOptions};
 use crate::topic::SubscriptionTrie;
+
+/// Which of a shared group's messages this node's members take in a cluster: those whose
+/// [`spread_hash`] modulo `count` is `index`. Each node holding the group has its own index
+/// among them (by node name), so every message goes to one node; [`Share::ALL`] outside a
+/// cluster, [`Share::NONE`] on a node with no member while other nodes hold the group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    /// This node's place among the nodes holding the group.
+    pub index: u32,
+    /// How many nodes hold it; 0 takes nothing.
+    pub count: u32,
+}
+
+impl Share {
+    /// Every message: the only node holding the group.
+    pub const ALL: Share = Share { index: 0, count: 1 };
+    /// None: other nodes hold the group, and this one no member yet.
+    pub const NONE: Share = Share { index: 0, count: 0 };
+
+    /// Whether this node takes a message whose [`spread_hash`] `hash` gives (called only when
+    /// the group is spread over several nodes).
+    pub fn takes(self, hash: impl FnOnce() -> u32) -> bool {
+        match self.count {
+            0 => false,
+            1 => true,
+            count => hash() % count == self.index,
+        }
+    }
+}
+
+/// The hash that spreads a shared group's messages over the nodes holding it: CRC-32 of the
+/// topic and then the payload, the same on every node for the same message.
+pub fn spread_hash(topic: &str, payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(topic.as_bytes());
+    hasher.update(payload);
+    hasher.finalize()
+}
 
 /// One group: a share name and a filter, and its members in join order.
 struct Group {
@@ -18,9 +58,9 @@ struct Group {
     /// most gives one member two messages in a row).
     next: AtomicUsize,
     name: (String, String),
-    /// Another node of the cluster serves this group: no member here is picked. A copy of
-    /// whether `SharedGroups::standby` holds its name, so that routing need not look it up.
-    standby: bool,
+    /// Which of the group's messages this node takes: a copy of its entry in
+    /// `SharedGroups::shares`, so that routing need not look it up.
+    share: Share,
 }
 
 /// All shared subscription groups.
@@ -31,9 +71,9 @@ pub(super) struct SharedGroups {
     free: Vec<u32>,
     by_name: HashMap<(String, String), u32>,
     members: usize,
-    /// Groups (share name, filter) another node of the cluster serves, whether or not they
-    /// have members here yet.
-    standby: HashSet<(String, String)>,
+    /// Groups (share name, filter) spread over the nodes of a cluster, with this node's
+    /// share, whether or not they have members here yet; any other is [`Share::ALL`].
+    shares: HashMap<(String, String), Share>,
 }
 
 thread_local! {
@@ -51,7 +91,7 @@ impl SharedGroups {
                 let group = Group {
                     members: Vec::new(),
                     next: AtomicUsize::new(0),
-                    standby: self.standby.contains(&full_name),
+                    share: self.shares.get(&full_name).copied().unwrap_or(Share::ALL),
                     name: full_name.clone(),
                 };
                 let id = match self.free.pop() {
@@ -105,34 +145,38 @@ impl SharedGroups {
         left
     }
 
-    /// Marks group `name` on `filter` as served by another node of the cluster (`standby`),
-    /// or by this one again.
-    pub fn set_standby(&mut self, name: &str, filter: &str, standby: bool) {
+    /// Sets which of group `name` on `filter`'s messages this node takes in the cluster.
+    pub fn set_share(&mut self, name: &str, filter: &str, share: Share) {
         let key = (name.to_string(), filter.to_string());
         if let Some(group) = self
             .by_name
             .get(&key)
             .and_then(|&id| self.groups[id as usize].as_mut())
         {
-            group.standby = standby;
+            group.share = share;
         }
-        if standby {
-            self.standby.insert(key);
+        if share == Share::ALL {
+            self.shares.remove(&key);
         } else {
-            self.standby.remove(&key);
+            self.shares.insert(key, share);
         }
     }
 
-    /// Calls `visit` with every group whose filter matches `topic`, but those another node
-    /// serves.
-    pub fn for_each_match(&self, topic: &str, mut visit: impl FnMut(u32)) {
-        self.trie.for_each_match(topic, |id, ()| {
-            let served_here = self
+    /// Calls `visit` with every group whose filter matches the topic of `message`, but those
+    /// whose share of the cluster's messages does not take it.
+    pub fn for_each_match(&self, message: &Message, mut visit: impl FnMut(u32)) {
+        let mut hash = None;
+        self.trie.for_each_match(&message.topic, |id, ()| {
+            let taken_here = self
                 .groups
                 .get(id as usize)
                 .and_then(Option::as_ref)
-                .is_some_and(|group| !group.standby);
-            if served_here {
+                .is_some_and(|group| {
+                    group.share.takes(|| {
+                        *hash.get_or_insert_with(|| spread_hash(&message.topic, &message.payload))
+                    })
+                });
+            if taken_here {
                 visit(id);
             }
         });
@@ -211,6 +255,15 @@ mod tests {
         SubscriptionOptions::qos(QoS::AtLeastOnce)
     }
 
+    fn message(topic: &str, payload: &'static [u8]) -> Message {
+        Message::new(
+            topic,
+            bytes::Bytes::from_static(payload),
+            QoS::AtLeastOnce,
+            false,
+        )
+    }
+
     #[test]
     fn round_robin_skips_offline_and_excluded_members() {
         let mut groups = SharedGroups::default();
@@ -218,7 +271,7 @@ mod tests {
             groups.join("g", "a/+", ClientKey(k), opts());
         }
         let mut ids = Vec::new();
-        groups.for_each_match("a/x", |id| ids.push(id));
+        groups.for_each_match(&message("a/x", b"1"), |id| ids.push(id));
         assert_eq!(ids.len(), 1);
         let online = |k: ClientKey| k != ClientKey(1);
         let picks: Vec<u32> = (0..4)
@@ -239,26 +292,52 @@ mod tests {
         assert!(groups.leave("g", "a/+", ClientKey(2)));
         assert_eq!(groups.len(), 0);
         let mut after = 0;
-        groups.for_each_match("a/x", |_| after += 1);
+        groups.for_each_match(&message("a/x", b"1"), |_| after += 1);
         assert_eq!(after, 0, "an empty group is forgotten");
     }
 
     #[test]
-    fn a_group_another_node_serves_is_not_matched_here_until_it_is_ours_again() {
+    fn a_group_spread_over_nodes_takes_its_share_of_the_messages_here() {
         let mut groups = SharedGroups::default();
-        // Marked before it has members here, as when the other node's announcement comes first.
-        groups.set_standby("g", "a/+", true);
+        // Set before it has members here, as when the other nodes' announcements come first.
+        groups.set_share("g", "a/+", Share::NONE);
         groups.join("g", "a/+", ClientKey(1), opts());
         groups.join("h", "a/+", ClientKey(2), opts());
-        let matched = |groups: &SharedGroups| {
-            let mut ids = Vec::new();
-            groups.for_each_match("a/x", |id| ids.push(id));
-            ids.len()
+        let payloads: Vec<Vec<u8>> = (0..300u32).map(|n| n.to_be_bytes().to_vec()).collect();
+        // How many of the messages each group takes here.
+        let taken = |groups: &SharedGroups| {
+            let mut counts = HashMap::new();
+            for payload in &payloads {
+                let m = Message::new(
+                    "a/x",
+                    bytes::Bytes::from(payload.clone()),
+                    QoS::AtMostOnce,
+                    false,
+                );
+                groups.for_each_match(&m, |id| *counts.entry(id).or_insert(0) += 1);
+            }
+            let mut counts: Vec<usize> = counts.into_values().collect();
+            counts.sort_unstable();
+            counts
         };
-        assert_eq!(matched(&groups), 1, "only group h is served here");
-        groups.set_standby("g", "a/+", false);
-        assert_eq!(matched(&groups), 2);
-        groups.set_standby("h", "a/+", true);
-        assert_eq!(matched(&groups), 1);
+        assert_eq!(
+            taken(&groups),
+            [300],
+            "only group h, which only this node holds"
+        );
+        // Three nodes hold g: each message goes to one of them, and each takes about a third.
+        let mut per_node = 0;
+        for index in 0..3 {
+            groups.set_share("g", "a/+", Share { index, count: 3 });
+            let counts = taken(&groups);
+            assert_eq!(counts.len(), 2);
+            assert!((70..=130).contains(&counts[0]), "{counts:?}");
+            per_node += counts[0];
+        }
+        assert_eq!(per_node, 300, "every message to exactly one node");
+        groups.set_share("g", "a/+", Share::ALL);
+        assert_eq!(taken(&groups), [300, 300]);
+        // The topic counts as well as the payload.
+        assert_ne!(spread_hash("a/x", b"closed"), spread_hash("a/y", b"closed"));
     }
 }

@@ -4,6 +4,8 @@
 //! (so it reads only the messages some other node takes). A node that (re)connects to NATS says
 //! Hello, announces all its filters and then InterestEnd; the others answer with all of theirs.
 
+use std::collections::BTreeMap;
+
 use actix::prelude::*;
 use switchboard_actors::{QoS, Subscribe, Unsubscribe};
 use tracing::debug;
@@ -13,7 +15,9 @@ use crate::cluster::envelope::Envelope;
 use crate::cluster::interest::InterestChange;
 use crate::cluster::remote::LocalChange;
 use crate::hooks::{ClientDisconnected, ClientSubscribed, ClientUnsubscribed};
-use crate::registry::{ClientFilters, SharedStandby, CLUSTER_CLIENT_ID};
+use crate::registry::{ClientFilters, SharedShare, CLUSTER_CLIENT_ID};
+use crate::routing::Share;
+use crate::topic::parse_shared;
 
 /// Bytes of filters at most in one announcement.
 const ANNOUNCEMENT_BYTES: usize = 64 * 1024;
@@ -44,8 +48,15 @@ impl ClusterLink {
                 InterestChange::Drops(filter) => removed.push(filter),
             }
         }
+        let groups_changed = added
+            .iter()
+            .chain(&removed)
+            .any(|filter| filter.starts_with("$share/"));
         if !added.is_empty() || !removed.is_empty() {
             self.announce(added, removed, false, ctx);
+        }
+        if groups_changed {
+            self.spread_shared_groups();
         }
     }
 
@@ -156,29 +167,71 @@ impl ClusterLink {
         self.change_local(changes);
     }
 
-    /// Makes the link's local subscriptions follow the other nodes' filters, and this node
-    /// stand by for the shared groups a node before it (by name) holds.
-    pub(super) fn change_local(&mut self, changes: Vec<LocalChange>) {
-        let served_before = self.remote.groups_served_before(&self.env.node);
-        for (group, standby) in self
-            .standby
-            .difference(&served_before)
-            .map(|g| (g, false))
-            .chain(served_before.difference(&self.standby).map(|g| (g, true)))
-        {
-            self.env.registry.do_send(SharedStandby {
-                name: group.0.clone(),
-                filter: group.1.clone(),
-                standby,
+    /// Spreads each shared group that other nodes hold over the nodes holding it, this one
+    /// included where its clients hold it: by node name, this node takes the messages whose
+    /// spread hash falls to its place ([`Share`]), none while it holds no member, all when no
+    /// other node holds the group. Tells the Registry of each share that changed.
+    pub(super) fn spread_shared_groups(&mut self) {
+        let mut holders = self.remote.shared_groups();
+        let others: Vec<(String, String)> = holders.keys().cloned().collect();
+        for filter in self.interest.shared_filters() {
+            if let Some(Ok(shared)) = parse_shared(filter) {
+                let group = (shared.group.to_string(), shared.filter.to_string());
+                if let Some(nodes) = holders.get_mut(&group) {
+                    nodes.insert(self.env.node.clone());
+                }
+            }
+        }
+        let mut shares = BTreeMap::new();
+        for group in others {
+            let Some(nodes) = holders.get(&group) else {
+                continue;
+            };
+            let share = match nodes.iter().position(|node| *node == self.env.node) {
+                Some(index) => Share {
+                    index: index as u32,
+                    count: nodes.len() as u32,
+                },
+                None => Share::NONE,
+            };
+            shares.insert(group, share);
+        }
+        let gone = self
+            .shares
+            .keys()
+            .filter(|group| !shares.contains_key(*group))
+            .map(|group| (group.clone(), Share::ALL));
+        let changed = shares
+            .iter()
+            .filter(|(group, share)| self.shares.get(*group) != Some(*share))
+            .map(|(group, share)| (group.clone(), *share));
+        for ((name, filter), share) in gone.chain(changed).collect::<Vec<_>>() {
+            self.env.registry.do_send(SharedShare {
+                name,
+                filter,
+                share,
             });
         }
-        self.standby = served_before;
+        self.shares = shares;
+        let shared: Vec<(String, String, Vec<String>)> = holders
+            .into_iter()
+            .map(|((group, filter), nodes)| (group, filter, nodes.into_iter().collect()))
+            .collect();
+        self.env
+            .metrics
+            .cluster
+            .change_view(|view| view.shared = shared);
+    }
+
+    /// Makes the link's local subscriptions follow the other nodes' filters, and this node
+    /// take its share of the shared groups several nodes hold.
+    pub(super) fn change_local(&mut self, changes: Vec<LocalChange>) {
+        self.spread_shared_groups();
         let nodes = self.remote.nodes();
-        let standby: Vec<(String, String)> = self.standby.iter().cloned().collect();
-        self.env.metrics.cluster.change_view(|view| {
-            view.nodes = nodes;
-            view.standby = standby;
-        });
+        self.env
+            .metrics
+            .cluster
+            .change_view(|view| view.nodes = nodes);
         let Some(local) = &self.local else { return };
         for change in changes {
             match change {

@@ -20,7 +20,7 @@ mod liveness;
 mod outbound;
 mod retained_sync;
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -43,6 +43,7 @@ use crate::hooks::{ClientConnected, LifecycleHooks};
 use crate::registry::{
     AddHooks, ConnectedElsewhere, HoldSubscribes, Registry, WatchRetained, INTERNAL_CLIENT_PREFIX,
 };
+use crate::routing::Share;
 
 pub use crate::registry::CLUSTER_CLIENT_ID;
 
@@ -154,8 +155,9 @@ pub struct ClusterLink {
     asked_recently: HashMap<String, Instant>,
     /// When the other nodes were last heard from (`liveness.rs`).
     liveness: Liveness,
-    /// The shared groups (share name, filter) another node serves, as told to the Registry.
-    standby: BTreeSet<(String, String)>,
+    /// This node's share of each shared group (share name, filter) other nodes hold, as told
+    /// to the Registry (`gossip.rs`).
+    shares: BTreeMap<(String, String), Share>,
 }
 
 impl ClusterLink {
@@ -182,7 +184,7 @@ impl ClusterLink {
             answers: Answers::new(),
             asked_recently: HashMap::new(),
             liveness,
-            standby: BTreeSet::new(),
+            shares: BTreeMap::new(),
         }
     }
 
