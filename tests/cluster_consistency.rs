@@ -364,6 +364,30 @@ async fn a_wrong_picture_of_another_nodes_filters_is_repaired() {
     assert_eq!(app.next_publish().await.topic, "telemetry/1");
 }
 
+/// Nodes a and b on `nats`, b's link through `proxy` (which can cut it off), once each knows
+/// the other.
+async fn a_and_b_through(
+    nats: &Nats,
+    proxy: &common::nats::CutProxy,
+) -> (switchboard::BackgroundBroker, switchboard::BackgroundBroker) {
+    let a = node(nats, "a", |_| {});
+    let b = node(nats, "b", |config| {
+        config.cluster.nats_url = Some(proxy.url())
+    });
+    common::eventually(|| async { knows_nodes(&a, &["b"]).await && knows_nodes(&b, &["a"]).await })
+        .await;
+    (a, b)
+}
+
+/// Publishes `payload` retained at QoS 1 on `topic` from `peer`, and waits for its PUBACK.
+async fn retain(peer: &mut Peer, topic: &str, payload: &str) {
+    peer.client
+        .publish(topic, QoS::AtLeastOnce, true, payload.as_bytes().to_vec())
+        .await
+        .expect("queued");
+    peer.published().await;
+}
+
 /// A node cut off from NATS (its own connection broken, the other nodes' not) misses the
 /// retained messages set meanwhile; once back, it asks a running node for all of them and has
 /// them too [MQTT-3.3.1-5]. One it set itself while cut off is newer than that answer: it stays,
@@ -375,34 +399,17 @@ async fn a_node_cut_off_from_nats_takes_the_retained_messages_it_missed() {
     }
     let nats = Nats::start();
     let proxy = common::nats::CutProxy::start(&nats).await;
-    let a = node(&nats, "a", |_| {});
-    let b = node(&nats, "b", |config| {
-        config.cluster.nats_url = Some(proxy.url())
-    });
-    common::eventually(|| async { knows_nodes(&a, &["b"]).await && knows_nodes(&b, &["a"]).await })
-        .await;
+    let (a, b) = a_and_b_through(&nats, &proxy).await;
     let mut on_a = peer(options(a.local_addr(), "a-gate")).await;
     let mut on_b = peer(options(b.local_addr(), "b-gate")).await;
-    let retain = |peer: &Peer, topic: &'static str, payload: &'static str| {
-        let client = peer.client.clone();
-        async move {
-            client
-                .publish(topic, QoS::AtLeastOnce, true, payload)
-                .await
-                .expect("queued");
-        }
-    };
-    retain(&on_a, "gate/2/state", "old").await;
-    on_a.published().await;
+    retain(&mut on_a, "gate/2/state", "old").await;
     common::eventually(|| async { retained_on(&b, "gate/2/state").await == Some(b"old".to_vec()) })
         .await;
 
     proxy.cut();
     common::eventually(|| async { !linked(&b) }).await;
-    retain(&on_a, "gate/1/state", "open").await;
-    on_a.published().await;
-    retain(&on_b, "gate/2/state", "new").await;
-    on_b.published().await;
+    retain(&mut on_a, "gate/1/state", "open").await;
+    retain(&mut on_b, "gate/2/state", "new").await;
     proxy.heal();
     // The link retries with a backoff of up to 2 s.
     common::eventually_within(Duration::from_secs(20), || async { linked(&b) }).await;
@@ -429,27 +436,11 @@ async fn a_retained_message_cleared_while_a_node_was_cut_off_is_cleared_there_to
     }
     let nats = Nats::start();
     let proxy = common::nats::CutProxy::start(&nats).await;
-    let a = node(&nats, "a", |_| {});
-    let b = node(&nats, "b", |config| {
-        config.cluster.nats_url = Some(proxy.url())
-    });
-    common::eventually(|| async { knows_nodes(&a, &["b"]).await && knows_nodes(&b, &["a"]).await })
-        .await;
+    let (a, b) = a_and_b_through(&nats, &proxy).await;
     let mut on_a = peer(options(a.local_addr(), "a-gate")).await;
     let mut on_b = peer(options(b.local_addr(), "b-gate")).await;
-    let retain = |peer: &Peer, topic: &'static str, payload: &'static str| {
-        let client = peer.client.clone();
-        async move {
-            client
-                .publish(topic, QoS::AtLeastOnce, true, payload)
-                .await
-                .expect("queued");
-        }
-    };
-    retain(&on_a, "gate/3/state", "closed").await;
-    on_a.published().await;
-    retain(&on_a, "gate/4/state", "closed").await;
-    on_a.published().await;
+    retain(&mut on_a, "gate/3/state", "closed").await;
+    retain(&mut on_a, "gate/4/state", "closed").await;
     common::eventually(|| async {
         retained_on(&b, "gate/3/state").await.is_some()
             && retained_on(&b, "gate/4/state").await.is_some()
@@ -459,12 +450,9 @@ async fn a_retained_message_cleared_while_a_node_was_cut_off_is_cleared_there_to
     proxy.cut();
     common::eventually(|| async { !linked(&b) }).await;
     // Cleared on a while b is cut off; gate/4 set again on b meanwhile.
-    retain(&on_a, "gate/3/state", "").await;
-    on_a.published().await;
-    retain(&on_a, "gate/4/state", "").await;
-    on_a.published().await;
-    retain(&on_b, "gate/4/state", "mine").await;
-    on_b.published().await;
+    retain(&mut on_a, "gate/3/state", "").await;
+    retain(&mut on_a, "gate/4/state", "").await;
+    retain(&mut on_b, "gate/4/state", "mine").await;
     common::eventually(|| async {
         retained_on(&a, "gate/3/state").await.is_none()
             && retained_on(&a, "gate/4/state").await.is_none()
