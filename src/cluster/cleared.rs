@@ -5,13 +5,18 @@
 //! A topic is here while the last change this node saw to its retained message is a clear;
 //! setting it again takes it out. Every node sees every retained change while it is connected
 //! (they go to all nodes), so the answering node's list is the cluster's as far as it saw it.
-//! At most [`CLEARED_KEPT`] topics are kept, the oldest clears forgotten first.
+//! At most [`CLEARED_KEPT`] topics and [`CLEARED_BYTES`] bytes of them are kept (a client may
+//! clear topics it never set, as many and as long as it likes), the oldest clears forgotten
+//! first.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 /// The most cleared topics a node remembers for the nodes that come back.
 pub const CLEARED_KEPT: usize = 65_536;
+
+/// The most bytes of cleared topics a node remembers.
+pub const CLEARED_BYTES: usize = 8 << 20;
 
 /// The cleared topics, oldest clear first.
 #[derive(Debug)]
@@ -25,43 +30,54 @@ pub struct ClearedTopics {
     next: u64,
     /// The most topics kept.
     kept: usize,
+    /// The bytes of the topics in `latest`.
+    bytes: usize,
+    /// The most bytes kept.
+    max_bytes: usize,
 }
 
 impl Default for ClearedTopics {
     fn default() -> Self {
-        ClearedTopics::with_room(CLEARED_KEPT)
+        ClearedTopics::with_room(CLEARED_KEPT, CLEARED_BYTES)
     }
 }
 
 impl ClearedTopics {
-    /// An empty list that keeps at most `kept` topics.
-    pub fn with_room(kept: usize) -> Self {
+    /// An empty list that keeps at most `kept` topics and `max_bytes` bytes of them.
+    pub fn with_room(kept: usize, max_bytes: usize) -> Self {
         ClearedTopics {
             latest: HashMap::new(),
             order: VecDeque::new(),
             next: 0,
             kept: kept.max(1),
+            bytes: 0,
+            max_bytes,
         }
     }
 
     /// The retained message of `topic` was set (`cleared` false) or cleared.
     pub fn note(&mut self, topic: &str, cleared: bool) {
         if !cleared {
-            self.latest.remove(topic);
+            if self.latest.remove(topic).is_some() {
+                self.bytes -= topic.len();
+            }
             self.trim_order();
             return;
         }
         let number = self.next;
         self.next += 1;
         let topic: Arc<str> = Arc::from(topic);
-        self.latest.insert(topic.clone(), number);
+        if self.latest.insert(topic.clone(), number).is_none() {
+            self.bytes += topic.len();
+        }
         self.order.push_back((topic, number));
-        while self.latest.len() > self.kept {
+        while self.latest.len() > self.kept || self.bytes > self.max_bytes {
             let Some((oldest, number)) = self.order.pop_front() else {
                 break;
             };
             if self.latest.get(&oldest) == Some(&number) {
                 self.latest.remove(&oldest);
+                self.bytes -= oldest.len();
             }
         }
         self.trim_order();
@@ -133,7 +149,7 @@ mod tests {
 
     #[test]
     fn the_oldest_clears_are_forgotten_beyond_the_room() {
-        let mut cleared = ClearedTopics::with_room(3);
+        let mut cleared = ClearedTopics::with_room(3, 1 << 20);
         for n in 0..5 {
             cleared.note(&format!("t/{n}"), true);
         }
@@ -145,8 +161,21 @@ mod tests {
     }
 
     #[test]
+    fn long_topics_are_bounded_by_their_bytes() {
+        let mut cleared = ClearedTopics::with_room(1_000, 100);
+        for n in 0..10 {
+            cleared.note(&format!("{n}/{}", "x".repeat(38)), true);
+        }
+        // 40 bytes each: two fit in 100.
+        assert_eq!(cleared.len(), 2);
+        assert_eq!(cleared.bytes, 80);
+        cleared.note(&format!("9/{}", "x".repeat(38)), false);
+        assert_eq!((cleared.len(), cleared.bytes), (1, 40));
+    }
+
+    #[test]
     fn churn_on_few_topics_keeps_the_order_small() {
-        let mut cleared = ClearedTopics::with_room(1_000);
+        let mut cleared = ClearedTopics::with_room(1_000, 1 << 20);
         for n in 0..100_000u32 {
             let topic = format!("t/{}", n % 10);
             cleared.note(&topic, n % 3 != 0);
