@@ -472,3 +472,47 @@ async fn a_retained_message_cleared_while_a_node_was_cut_off_is_cleared_there_to
         "b's own newer message stays"
     );
 }
+
+/// Bytes on the cluster's subjects that are not a node's envelope (another version, another
+/// program) are ignored with a warning: one per 10 s with their count, not one per message, so
+/// a flood of them cannot flood the log; and the node goes on taking the envelopes that are.
+#[tokio::test]
+async fn foreign_bytes_on_the_cluster_subjects_are_ignored_with_one_warning() {
+    if !common::nats_available() {
+        return;
+    }
+    let nats = Nats::start();
+    let b = node(&nats, "b", |_| {});
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_a, logs, a_addr) = child_node(&nats, "a", "", dir.path());
+    let mut watcher = peer(options(a_addr, "a-watcher")).await;
+    watcher.subscribe("probe/#", QoS::AtLeastOnce).await;
+    let on_b = peer(options(b.local_addr(), "b-probe")).await;
+    until_routed(&on_b.client, &mut [&mut watcher], "probe/1").await;
+
+    const FOREIGN: usize = 50;
+    for n in 0..FOREIGN {
+        // Version 9 of the envelope, and then bytes that are nobody's.
+        let bytes: &[u8] = if n % 2 == 0 { b"\x09\x01" } else { b"hello" };
+        nats.publish("switchboard.i", bytes);
+    }
+    // Published after them, taken after them on a's NATS connection.
+    on_b.client
+        .publish("probe/2", QoS::AtLeastOnce, false, "after")
+        .await
+        .expect("queued");
+    while watcher.next_publish().await.topic != "probe/2" {}
+    // A line logged after all of them: the warnings before it are all there are.
+    let _marker = peer(options(a_addr, "a-marker")).await;
+    let mut warnings = Vec::new();
+    loop {
+        let line = common::child::wait_line(&logs, "");
+        if line.contains("not a message of this cluster's nodes") {
+            warnings.push(line);
+        } else if line.contains("client connected") && line.contains("a-marker") {
+            break;
+        }
+    }
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(warnings[0].contains("ignored=1"), "{}", warnings[0]);
+}

@@ -39,7 +39,9 @@ use super::liveness::Liveness;
 use super::nats::{NatsClient, NatsEvent, NatsMessages, NatsServer};
 use super::remote::RemoteInterest;
 use super::subjects::Subjects;
+use crate::drops::WARNING_INTERVAL;
 use crate::hooks::{ClientConnected, LifecycleHooks};
+use crate::log_gate::LogGate;
 use crate::registry::{
     AddHooks, ConnectedElsewhere, HoldSubscribes, Registry, WatchRetained, INTERNAL_CLIENT_PREFIX,
 };
@@ -158,6 +160,9 @@ pub struct ClusterLink {
     /// This node's share of each shared group (share name, filter) other nodes hold, as told
     /// to the Registry (`gossip.rs`).
     shares: BTreeMap<(String, String), Share>,
+    /// Bytes on the cluster's subjects that are not an envelope of this version: one warning
+    /// per [`WARNING_INTERVAL`] with their count, not one per message.
+    foreign: LogGate,
 }
 
 impl ClusterLink {
@@ -185,6 +190,7 @@ impl ClusterLink {
             asked_recently: HashMap::new(),
             liveness,
             shares: BTreeMap::new(),
+            foreign: LogGate::new(WARNING_INTERVAL),
         }
     }
 
@@ -439,7 +445,9 @@ impl Handler<NatsMessages> for ClusterLink {
             match Envelope::decode(inbound.payload) {
                 Ok(envelope) => self.on_envelope(inbound.sid, envelope, ctx),
                 Err(error) => {
-                    warn!(subject = %inbound.subject, %error, "cluster: not a message of this cluster's nodes, ignored")
+                    if let Some(ignored) = self.foreign.event(Instant::now()) {
+                        warn!(subject = %inbound.subject, %error, ignored, "cluster: not a message of this cluster's nodes (another version, or not a node's), ignored; counted since the last such line");
+                    }
                 }
             }
         }
