@@ -18,15 +18,15 @@ mod barrier;
 mod gossip;
 mod liveness;
 mod outbound;
+mod outbox;
 mod retained_sync;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use bytes::Bytes;
 use switchboard_actors::{
-    ConnectionEvent, ConnectionOptions, Connector, Enqueue, ManagedConnection, PendingAck,
+    ConnectionEvent, ConnectionOptions, Connector, Enqueue, ManagedConnection,
 };
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
@@ -46,6 +46,7 @@ use crate::registry::{
     AddHooks, ConnectedElsewhere, HoldSubscribes, Registry, WatchRetained, INTERNAL_CLIENT_PREFIX,
 };
 use crate::routing::Share;
+use outbox::Outbox;
 
 pub use crate::registry::CLUSTER_CLIENT_ID;
 
@@ -107,16 +108,6 @@ pub struct ClusterEnvironment {
 #[rtype(result = "()")]
 pub struct StopCluster;
 
-/// A message of this node's on its way to NATS.
-struct Outgoing {
-    subject: String,
-    envelope: Bytes,
-    /// What this broker waits for to forget it (QoS 1/2).
-    ack: Option<PendingAck>,
-    /// Whether it is an application message (counted as sent).
-    counted: bool,
-}
-
 /// The link.
 pub struct ClusterLink {
     env: ClusterEnvironment,
@@ -124,8 +115,8 @@ pub struct ClusterLink {
     /// The largest payload the NATS server takes.
     max_payload: usize,
     local: Option<Addr<ManagedConnection>>,
-    /// This node's messages not yet in NATS's queue, in order.
-    outbox: VecDeque<Outgoing>,
+    /// This node's envelopes not yet in NATS's queue: announcements ahead of messages.
+    outbox: Outbox,
     /// Whether the outbox waits for room in NATS's queue.
     pumping: bool,
     /// The filters of this node's clients, and the subjects they take on NATS.
@@ -174,7 +165,7 @@ impl ClusterLink {
             nats: None,
             max_payload: 1024 * 1024,
             local: None,
-            outbox: VecDeque::new(),
+            outbox: Outbox::default(),
             pumping: false,
             interest: Interest::new(FIRST_FILTER_SID),
             remote: RemoteInterest::new(),

@@ -1,12 +1,14 @@
 //! What the link sends to NATS: this node's messages that another node wants, every retained
 //! message published here, its own announcements, and the answer to a sync request. All but
-//! the answer go through one outbox, in order.
+//! the answer go through the outbox (`outbox.rs`): the announcements in their order, ahead of
+//! the messages in theirs.
 
 use actix::prelude::*;
 use switchboard_actors::{Acknowledge, PendingAck, QoS, Received};
 use tracing::warn;
 
-use super::{ClusterLink, Outgoing, OUTBOX_MAX, OUTBOX_QOS0};
+use super::outbox::Outgoing;
+use super::{ClusterLink, OUTBOX_MAX, OUTBOX_QOS0};
 use crate::cluster::envelope::{ClusterMessage, Envelope};
 use crate::cluster::nats::NatsClient;
 use crate::registry::RetainedPublished;
@@ -49,9 +51,9 @@ impl ClusterLink {
         // retained message is state the other nodes keep: it waits (up to a bound).
         let droppable = message.qos == QoS::AtMostOnce && !message.retain;
         let full = if droppable {
-            !self.status().is_connected() || self.outbox.len() >= OUTBOX_QOS0
+            !self.status().is_connected() || self.outbox.messages() >= OUTBOX_QOS0
         } else {
-            self.outbox.len() >= OUTBOX_MAX
+            self.outbox.messages() >= OUTBOX_MAX
         };
         if full {
             self.status().add_dropped();
@@ -63,7 +65,7 @@ impl ClusterLink {
             warn!(subject, size = envelope.len(), max_payload = self.max_payload, "a message is larger than the NATS server's max_payload; not sent to the other nodes");
             return self.acknowledge_local(ack);
         }
-        self.outbox.push_back(Outgoing {
+        self.outbox.push_message(Outgoing {
             subject,
             envelope,
             ack,
@@ -72,14 +74,15 @@ impl ClusterLink {
         self.pump(ctx);
     }
 
-    /// An announcement of this node's, in order with its messages.
+    /// An announcement of this node's (interest, asks, heartbeats): in order with the others,
+    /// ahead of the application messages waiting for NATS.
     pub(super) fn queue_envelope(
         &mut self,
         subject: String,
         envelope: Envelope,
         ctx: &mut Context<Self>,
     ) {
-        self.outbox.push_back(Outgoing {
+        self.outbox.push_control(Outgoing {
             subject,
             envelope: envelope.encode(),
             ack: None,
