@@ -379,6 +379,19 @@ async fn a_and_b_through(
     (a, b)
 }
 
+/// Cuts `b`'s link off from NATS (`proxy`), and waits until the link knows.
+async fn cut_off(proxy: &common::nats::CutProxy, b: &switchboard::BackgroundBroker) {
+    proxy.cut();
+    common::eventually(|| async { !linked(b) }).await;
+}
+
+/// Lets `b`'s link reach NATS again, and waits until it is back (it retries with a backoff of
+/// up to 2 s).
+async fn heal(proxy: &common::nats::CutProxy, b: &switchboard::BackgroundBroker) {
+    proxy.heal();
+    common::eventually_within(Duration::from_secs(20), || async { linked(b) }).await;
+}
+
 /// Publishes `payload` retained at QoS 1 on `topic` from `peer`, and waits for its PUBACK.
 async fn retain(peer: &mut Peer, topic: &str, payload: &str) {
     peer.client
@@ -406,13 +419,10 @@ async fn a_node_cut_off_from_nats_takes_the_retained_messages_it_missed() {
     common::eventually(|| async { retained_on(&b, "gate/2/state").await == Some(b"old".to_vec()) })
         .await;
 
-    proxy.cut();
-    common::eventually(|| async { !linked(&b) }).await;
+    cut_off(&proxy, &b).await;
     retain(&mut on_a, "gate/1/state", "open").await;
     retain(&mut on_b, "gate/2/state", "new").await;
-    proxy.heal();
-    // The link retries with a backoff of up to 2 s.
-    common::eventually_within(Duration::from_secs(20), || async { linked(&b) }).await;
+    heal(&proxy, &b).await;
     common::eventually(|| async {
         retained_on(&b, "gate/1/state").await == Some(b"open".to_vec())
             && retained_on(&a, "gate/2/state").await == Some(b"new".to_vec())
@@ -447,8 +457,7 @@ async fn a_retained_message_cleared_while_a_node_was_cut_off_is_cleared_there_to
     })
     .await;
 
-    proxy.cut();
-    common::eventually(|| async { !linked(&b) }).await;
+    cut_off(&proxy, &b).await;
     // Cleared on a while b is cut off; gate/4 set again on b meanwhile.
     retain(&mut on_a, "gate/3/state", "").await;
     retain(&mut on_a, "gate/4/state", "").await;
@@ -458,9 +467,7 @@ async fn a_retained_message_cleared_while_a_node_was_cut_off_is_cleared_there_to
             && retained_on(&a, "gate/4/state").await.is_none()
     })
     .await;
-    proxy.heal();
-    // The link retries with a backoff of up to 2 s.
-    common::eventually_within(Duration::from_secs(20), || async { linked(&b) }).await;
+    heal(&proxy, &b).await;
     common::eventually(|| async {
         retained_on(&b, "gate/3/state").await.is_none()
             && retained_on(&a, "gate/4/state").await == Some(b"mine".to_vec())
