@@ -102,7 +102,12 @@ impl Handler<SharedShare> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: SharedShare, _: &mut Context<Self>) {
-        info!(group = %msg.name, filter = %msg.filter, share_index = msg.share.index, nodes = msg.share.count, "cluster: shared subscription group spread over the nodes holding it");
+        let takes = match msg.share.count {
+            0 => "none of its messages (other nodes hold it, this one no member)".to_string(),
+            1 => "all of its messages".to_string(),
+            n => format!("share {} of {n}", msg.share.index + 1),
+        };
+        info!(group = %msg.name, filter = %msg.filter, %takes, "cluster: shared subscription group spread over the nodes holding it");
         self.routes
             .write()
             .set_shared_share(&msg.name, &msg.filter, msg.share);

@@ -173,7 +173,7 @@ impl ClusterLink {
     /// other node holds the group. Tells the Registry of each share that changed.
     pub(super) fn spread_shared_groups(&mut self) {
         let mut holders = self.remote.shared_groups();
-        let others: Vec<(String, String)> = holders.keys().cloned().collect();
+        // Only the groups other nodes hold: this node joins their holders where it holds them.
         for filter in self.interest.shared_filters() {
             if let Some(Ok(shared)) = parse_shared(filter) {
                 let group = (shared.group.to_string(), shared.filter.to_string());
@@ -182,20 +182,19 @@ impl ClusterLink {
                 }
             }
         }
-        let mut shares = BTreeMap::new();
-        for group in others {
-            let Some(nodes) = holders.get(&group) else {
-                continue;
-            };
-            let share = match nodes.iter().position(|node| *node == self.env.node) {
-                Some(index) => Share {
-                    index: index as u32,
-                    count: nodes.len() as u32,
-                },
-                None => Share::NONE,
-            };
-            shares.insert(group, share);
-        }
+        let shares: BTreeMap<(String, String), Share> = holders
+            .iter()
+            .map(|(group, nodes)| {
+                let share = match nodes.iter().position(|node| *node == self.env.node) {
+                    Some(index) => Share {
+                        index: index as u32,
+                        count: nodes.len() as u32,
+                    },
+                    None => Share::NONE,
+                };
+                (group.clone(), share)
+            })
+            .collect();
         let gone = self
             .shares
             .keys()
