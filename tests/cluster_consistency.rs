@@ -1,9 +1,10 @@
 //! Clustering on NATS: how the nodes keep their view of each other right, against a real Debian
 //! nats-server. A SUBACK waits until every node forwards the filter (`cluster.subscribe_wait`),
-//! with a client's later requests kept in order behind it; a node that stops answering is waited
-//! for once, and forgotten after `cluster.node_timeout`; a wrong picture of another node's
-//! filters is repaired by the heartbeat's digest; a shared group is served by one node; a node cut
-//! off from NATS takes the retained messages it missed, and clears those cleared meanwhile.
+//! with a client's later requests (its PUBLISHes too) kept in order behind it; a node that
+//! stops answering is waited for once, and forgotten after `cluster.node_timeout`; a wrong
+//! picture of another node's filters is repaired by the heartbeat's digest; a shared group is
+//! spread over the nodes that hold it; a node cut off from NATS takes the retained messages it
+//! missed, and clears those cleared meanwhile.
 
 mod common;
 
@@ -212,7 +213,8 @@ async fn a_shared_group_across_nodes_gets_each_message_once() {
 /// A SUBSCRIBE that waits for the cluster keeps the client's later requests behind it: a
 /// SUBSCRIBE and an UNSUBSCRIBE of the same filter sent back to back are answered in order, each
 /// acknowledgement naming its request [MQTT-3.8.4-2] [MQTT-3.10.4-5], and the UNSUBSCRIBE
-/// deletes what the SUBSCRIBE made [MQTT-3.10.4-1].
+/// deletes what the SUBSCRIBE made [MQTT-3.10.4-1]. The client's own PUBLISHes between them
+/// wait too: the one after the SUBSCRIBE reaches it, the one after the UNSUBSCRIBE does not.
 #[tokio::test]
 async fn requests_sent_behind_a_waiting_subscribe_keep_their_order() {
     if !common::nats_available() {
@@ -228,13 +230,59 @@ async fn requests_sent_behind_a_waiting_subscribe_keep_their_order() {
     };
     let (mut raw, code) = Raw::connect_with(a.local_addr(), spec).await;
     assert_eq!(code, 0);
-    let mut both = common::packets::subscribe(7, &[("gate/+/state", 1)]);
-    both.extend(common::packets::unsubscribe(8, &["gate/+/state"]));
-    raw.send(&both).await;
-    let suback = raw.expect().await;
-    assert_eq!((suback.byte1, suback.pid()), (0x90, 7), "SUBACK first");
-    let unsuback = raw.expect().await;
-    assert_eq!((unsuback.byte1, unsuback.pid()), (0xB0, 8), "then UNSUBACK");
+    // Its own PUBLISH right behind the SUBSCRIBE waits with it, and reaches the subscription;
+    // the one behind the UNSUBSCRIBE does not [MQTT-3.10.4-2].
+    let mut burst = common::packets::subscribe(7, &[("gate/+/state", 1)]);
+    burst.extend(common::packets::publish(
+        "gate/1/state",
+        b"own",
+        1,
+        9,
+        false,
+        false,
+    ));
+    burst.extend(common::packets::unsubscribe(8, &["gate/+/state"]));
+    burst.extend(common::packets::publish(
+        "gate/1/state",
+        b"after",
+        1,
+        10,
+        false,
+        false,
+    ));
+    raw.send(&burst).await;
+    let mut frames = Vec::new();
+    loop {
+        let frame = raw.expect().await;
+        if frame.packet_type() == 3 {
+            let delivered = common::packets::parse_publish(&frame);
+            raw.send(&common::packets::ack(0x40, delivered.pid)).await;
+        }
+        let unsuback = (frame.byte1, frame.body.get(..2)) == (0xB0, Some(&[0, 8][..]));
+        frames.push(frame);
+        if unsuback {
+            break;
+        }
+    }
+    frames.extend(raw.sync().await);
+    let suback = frames.iter().position(|f| f.byte1 == 0x90).expect("SUBACK");
+    assert_eq!(frames[suback].pid(), 7);
+    let payloads: Vec<Vec<u8>> = frames
+        .iter()
+        .filter(|f| f.packet_type() == 3)
+        .map(|f| common::packets::parse_publish(f).payload)
+        .collect();
+    assert_eq!(payloads, vec![b"own".to_vec()], "frames: {frames:?}");
+    let unsuback = frames
+        .iter()
+        .position(|f| f.byte1 == 0xB0)
+        .expect("UNSUBACK");
+    assert!(suback < unsuback, "SUBACK, then UNSUBACK: {frames:?}");
+    let delivered = frames.iter().position(|f| f.packet_type() == 3);
+    assert!(
+        delivered < Some(unsuback),
+        "delivered before the UNSUBACK: {frames:?}"
+    );
     let client = a
         .registry()
         .send(switchboard::registry::GetClient("a-raw".into()))

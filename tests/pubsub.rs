@@ -233,3 +233,38 @@ async fn qos1_publish_is_acknowledged_with_its_packet_id() {
     let puback = publisher.expect().await;
     assert_eq!((puback.byte1, puback.pid()), (0x40, 4242));
 }
+
+#[tokio::test]
+async fn a_publish_right_behind_a_subscribe_or_unsubscribe_sees_the_change() {
+    // A client's packets take effect in the order it sent them: its own PUBLISH sent right
+    // after a SUBSCRIBE (before the SUBACK) reaches that subscription, as it would on
+    // Mosquitto, and one sent right after an UNSUBSCRIBE does not, since the Server stops
+    // adding new messages for the Client once it deleted the subscription [MQTT-3.10.4-2].
+    // What was routed before the UNSUBACK arrives before it. All in one TCP write, so that the
+    // broker reads them in one turn.
+    let broker = broker();
+    let (mut client, _) = Raw::handshake(broker.local_addr(), "own", true).await;
+    let mut burst = packets::subscribe(1, &[("own/t", 1)]);
+    burst.extend(packets::publish("own/t", b"first", 1, 2, false, false));
+    burst.extend(packets::unsubscribe(3, &["own/t"]));
+    burst.extend(packets::publish("own/t", b"after", 1, 4, false, false));
+    client.send(&burst).await;
+    let frames = client.sync().await;
+    let payloads: Vec<Vec<u8>> = frames
+        .iter()
+        .filter(|f| f.packet_type() == 3)
+        .map(|f| parse_publish(f).payload)
+        .collect();
+    assert_eq!(payloads, vec![b"first".to_vec()], "frames: {frames:?}");
+    let position = |byte1: u8, pid: u16| {
+        frames
+            .iter()
+            .position(|f| f.byte1 == byte1 && f.body.len() >= 2 && f.pid() == pid)
+            .unwrap_or_else(|| panic!("no {byte1:#x} for {pid} in {frames:?}"))
+    };
+    let delivered = frames.iter().position(|f| f.packet_type() == 3);
+    assert!(position(0x90, 1) < position(0xB0, 3));
+    assert!(delivered < Some(position(0xB0, 3)), "frames: {frames:?}");
+    position(0x40, 2);
+    position(0x40, 4);
+}

@@ -436,6 +436,19 @@ impl Handler<Publish> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: Publish, ctx: &mut Context<Self>) {
+        // A burst sent behind a SUBSCRIBE held for the cluster waits behind it too.
+        if let Some(waiting) = self.behind_barrier.get_mut(&msg.from) {
+            waiting.push_back(subscribe_barrier::Held::Publish(msg));
+            return;
+        }
+        self.publish_now(msg, ctx);
+    }
+}
+
+impl Registry {
+    /// Routes a burst a Session handed over, and answers [`Routed`] once what it changed is
+    /// durable.
+    fn publish_now(&mut self, msg: Publish, ctx: &mut Context<Self>) {
         // Deliveries of a burst with inbound QoS 2 ids wait for them to be durable.
         self.hold_after = match (&self.store, msg.hold) {
             (Some(store), true) => store.last_submitted(),

@@ -5,14 +5,15 @@
 //! over NATS. So the Registry asks the cluster link ([`AwaitInterest`]) before it takes a
 //! SUBSCRIBE, and takes it (the route table, the SUBACK, the retained messages, in their usual
 //! order) once the link answers: every other node forwards the filters by then, or did not
-//! answer within the wait. The client's later SUBSCRIBEs and UNSUBSCRIBEs wait behind it, so
-//! they still take effect in the order the client sent them.
+//! answer within the wait. The client's later SUBSCRIBEs, UNSUBSCRIBEs and PUBLISHes (its
+//! Session hands its bursts to the Registry while a SUBSCRIBE waits) wait behind it, so they
+//! still take effect in the order the client sent them.
 
 use std::collections::VecDeque;
 
 use actix::prelude::*;
 
-use super::{Registry, Subscribe, Unsubscribe, CLUSTER_CLIENT_ID};
+use super::{Publish, Registry, Subscribe, Unsubscribe, CLUSTER_CLIENT_ID};
 
 /// Sent by the Registry to the cluster link for each SUBSCRIBE of a client other than the
 /// link's own local client; the link answers once every other node it knows of forwards
@@ -34,6 +35,8 @@ pub struct HoldSubscribes(pub Recipient<AwaitInterest>);
 pub(super) enum Held {
     Subscribe(Subscribe),
     Unsubscribe(Unsubscribe),
+    /// A burst its Session handed over while the SUBSCRIBE waited: routed after it.
+    Publish(Publish),
 }
 
 impl Handler<HoldSubscribes> for Registry {
@@ -113,6 +116,7 @@ impl Registry {
                     return;
                 }
                 Some(Held::Unsubscribe(msg)) => self.unsubscribe_now(msg, ctx),
+                Some(Held::Publish(msg)) => self.publish_now(msg, ctx),
                 Some(Held::Subscribe(msg)) => {
                     // Its own wait keeps the rest behind it.
                     let waiting = self.behind_barrier.remove(&key).unwrap_or_default();

@@ -173,6 +173,8 @@ impl Handler<Subscribed> for Session {
 
     /// The SUBACK, once the subscriptions it acknowledges are durable.
     fn handle(&mut self, msg: Subscribed, ctx: &mut Context<Self>) {
+        // The change is in the route table: bursts may be routed here again.
+        self.via_registry = self.via_registry.saturating_sub(1);
         let reply = Reply::SubAck {
             pid: msg.pid,
             codes: msg.codes,
@@ -189,6 +191,8 @@ impl Handler<Unsubscribed> for Session {
 
     /// The UNSUBACK, once the removal it acknowledges is durable.
     fn handle(&mut self, msg: Unsubscribed, ctx: &mut Context<Self>) {
+        // The change is in the route table: bursts may be routed here again.
+        self.via_registry = self.via_registry.saturating_sub(1);
         let reply = Reply::UnsubAck {
             pid: msg.pid,
             codes: msg.codes,

@@ -37,9 +37,11 @@ impl Session {
     ///
     /// A burst with a retained message goes to the Registry (it updates the retained store
     /// where subscribing reads it), and so does every burst after it until the Registry answers
-    /// [`Routed`]: routing one here meanwhile could overtake it. Otherwise the burst is routed
-    /// here. Either way, when the Registry's mailbox is full the Session waits for room without
-    /// reading its socket, so TCP slows the publisher down.
+    /// [`Routed`]: routing one here meanwhile could overtake it. So does every burst while a
+    /// SUBSCRIBE or UNSUBSCRIBE of this client waits for its answer, so that it is routed by
+    /// the table the change is in. Otherwise the burst is routed here. Either way, when the
+    /// Registry's mailbox is full the Session waits for room without reading its socket, so
+    /// TCP slows the publisher down.
     pub(super) fn hand_over(&mut self, ctx: &mut Context<Self>) {
         if self.to_route.is_empty() {
             return;

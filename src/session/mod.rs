@@ -181,7 +181,10 @@ pub struct Session {
     /// Messages read and not yet routed.
     to_route: Vec<Arc<crate::message::Message>>,
     /// [`Publish`](crate::registry::Publish)es sent to the Registry and not yet answered
-    /// [`Routed`](crate::registry::Routed): while there are any, bursts go there too.
+    /// [`Routed`](crate::registry::Routed), and SUBSCRIBEs and UNSUBSCRIBEs not yet answered
+    /// [`Subscribed`](crate::registry::Subscribed) or
+    /// [`Unsubscribed`](crate::registry::Unsubscribed): while there are any, bursts go there
+    /// too, so that none overtakes them (a PUBLISH right behind a SUBSCRIBE reaches it).
     via_registry: u32,
     /// With persistence: acknowledgements waiting for what they acknowledge to be durable,
     /// and deliveries waiting for a store change.

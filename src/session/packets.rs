@@ -424,6 +424,8 @@ impl Session {
             return;
         }
         self.hand_over(ctx);
+        // Until the Registry answers, this client's bursts go through it, behind the change.
+        self.via_registry += 1;
         self.shared.registry.do_send(registry::Subscribe {
             key,
             conn: self.conn,
@@ -446,6 +448,7 @@ impl Session {
         ctx: &mut Context<Self>,
     ) {
         self.hand_over(ctx);
+        self.via_registry += 1;
         self.shared.registry.do_send(registry::Unsubscribe {
             key,
             conn: self.conn,

@@ -1,6 +1,7 @@
 """paho-mqtt (Python) speaking MQTT 5 to Switchboard: request/response with Response Topic and
 Correlation Data, user properties and content type passed through, Subscription Identifiers,
-a shared subscription, and UNSUBACK reason codes.
+a shared subscription, UNSUBACK reason codes, and a PUBLISH sent right behind two
+SUBSCRIBEs.
 
 Usage: python3 paho_v5.py PORT. Prints one line per check and exits 0 on success.
 """
@@ -128,6 +129,33 @@ if not unsubacked.wait(WAIT):
     sys.exit("no UNSUBACK")
 print("unsuback", unsubacks[mid])
 
-for c in (device, app, m1, m2):
+# Two SUBSCRIBEs and a PUBLISH sent back to back, without waiting for the SUBACKs (as the Eclipse
+# paho interoperability suite does): the PUBLISH reaches both overlapping subscriptions, as one
+# message carrying both Subscription Identifiers.
+own = client("paho5-own")
+own_got = []
+own_in = threading.Event()
+
+
+def on_own_message(c, userdata, msg):
+    own_got.append((msg.topic, sorted(msg.properties.SubscriptionIdentifier)))
+    if msg.topic == "own/t/last":
+        own_in.set()
+
+
+own.on_message = on_own_message
+for sub_id, own_filter in ((2, "own/t"), (3, "own/t/#")):
+    own_props = Properties(PacketTypes.SUBSCRIBE)
+    own_props.SubscriptionIdentifier = sub_id
+    own.subscribe(own_filter, options=SubscribeOptions(qos=1), properties=own_props)
+own.publish("own/t", b"x", qos=1)
+# A second message, after which nothing more of the first can come (one publisher's messages
+# arrive in order).
+own.publish("own/t/last", b"", qos=1)
+if not own_in.wait(WAIT):
+    sys.exit(f"the PUBLISHes behind the SUBSCRIBEs were not delivered: {own_got}")
+print("behind the subscribes", own_got)
+
+for c in (device, app, m1, m2, own):
     c.disconnect()
     c.loop_stop()
