@@ -241,8 +241,15 @@ async fn a_publish_right_behind_a_subscribe_or_unsubscribe_sees_the_change() {
     // Mosquitto, and one sent right after an UNSUBSCRIBE does not, since the Server stops
     // adding new messages for the Client once it deleted the subscription [MQTT-3.10.4-2].
     // What was routed before the UNSUBACK arrives before it. All in one TCP write, so that the
-    // broker reads them in one turn.
-    let broker = broker();
+    // broker reads them in one turn. With one worker (the Registry on it) and with two (the
+    // Registry on a thread of its own).
+    for workers in [1, 2] {
+        own_publish_behind_subscription_changes(workers).await;
+    }
+}
+
+async fn own_publish_behind_subscription_changes(workers: usize) {
+    let broker = common::broker_with(|c| c.listener.workers = workers);
     let (mut client, _) = Raw::handshake(broker.local_addr(), "own", true).await;
     let mut burst = packets::subscribe(1, &[("own/t", 1)]);
     burst.extend(packets::publish("own/t", b"first", 1, 2, false, false));
@@ -255,7 +262,11 @@ async fn a_publish_right_behind_a_subscribe_or_unsubscribe_sees_the_change() {
         .filter(|f| f.packet_type() == 3)
         .map(|f| parse_publish(f).payload)
         .collect();
-    assert_eq!(payloads, vec![b"first".to_vec()], "frames: {frames:?}");
+    assert_eq!(
+        payloads,
+        vec![b"first".to_vec()],
+        "{workers} worker(s), frames: {frames:?}"
+    );
     let position = |byte1: u8, pid: u16| {
         frames
             .iter()
