@@ -7,6 +7,7 @@
 #   BROKERS="old new mosquitto" RUNS=3 benches/ab.sh
 #
 # A variant can be a script that execs a binary with arguments (e.g. `-c one-worker.toml`).
+# MOSQUITTO_LINE is one more line for Mosquitto's configuration (e.g. `acl_file /path`).
 # LOAD_ARGS is added to every row (e.g. `--persistent-subscribers`, or `--window-acked` for
 # publishers that also wait for their PUBACK, as devices do).
 # ROWS picks rows: w1_8 w1_200 q0_200 open fleet fleet20 pipe0 pipe1 fanout fanout1 fanin0 fanin
@@ -32,7 +33,11 @@ MQ_PORT=${MQ_PORT:-18841}
 . benches/lib.sh
 build_harness
 make_work_dir
-mosquitto_conf "$work/mosquitto.conf" "$MQ_PORT"
+if [ -n "${MOSQUITTO_LINE:-}" ]; then
+  mosquitto_conf "$work/mosquitto.conf" "$MQ_PORT" "$MOSQUITTO_LINE"
+else
+  mosquitto_conf "$work/mosquitto.conf" "$MQ_PORT"
+fi
 rm -f "$OUT"
 for run_no in $(seq "$RUNS"); do
   for broker in $(run_order "$run_no"); do

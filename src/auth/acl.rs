@@ -129,77 +129,117 @@ impl AclFile {
         Ok(acl)
     }
 
-    /// The rules that apply to a client, with `%u` and `%c` substituted. A pattern whose
-    /// substitution would contain a wildcard or a level separator does not apply.
-    fn rules_for(&self, username: Option<&str>, client_id: &str) -> Vec<Rule> {
-        let mut rules: Vec<Rule> = match username {
-            Some(u) => self.users.get(u).cloned().unwrap_or_default(),
-            None => self.anonymous.clone(),
+    /// The rules that apply to a client: its user's (or the anonymous ones), then every
+    /// pattern with who substitutes its `%u` and `%c`. Nothing is copied: a PUBLISH is checked
+    /// against the rules where they are. A pattern whose substitution would contain a wildcard
+    /// or a level separator does not apply.
+    fn rules_for<'a>(
+        &'a self,
+        username: Option<&'a str>,
+        client_id: &'a str,
+    ) -> impl Iterator<Item = (&'a Rule, Option<Who<'a>>)> + Clone + 'a {
+        let own = match username {
+            Some(u) => self.users.get(u).map_or(&[][..], Vec::as_slice),
+            None => self.anonymous.as_slice(),
+        };
+        let who = Who {
+            username,
+            client_id,
         };
         let unsafe_value = |v: &str| v.contains(['+', '#', '/']);
-        for p in &self.patterns {
-            if p.topic.contains("%u") && username.is_none_or(unsafe_value) {
-                continue;
-            }
-            if p.topic.contains("%c") && unsafe_value(client_id) {
-                continue;
-            }
-            rules.push(Rule {
-                access: p.access,
-                topic: p
-                    .topic
-                    .replace("%u", username.unwrap_or(""))
-                    .replace("%c", client_id),
-            });
-        }
-        rules
+        let patterns = self.patterns.iter().filter(move |p| {
+            let bad_user = p.topic.contains("%u") && username.is_none_or(unsafe_value);
+            let bad_id = p.topic.contains("%c") && unsafe_value(client_id);
+            !bad_user && !bad_id
+        });
+        own.iter()
+            .map(|r| (r, None))
+            .chain(patterns.map(move |p| (p, Some(who))))
     }
 
     /// Whether the client may publish to `topic`.
     pub fn may_publish(&self, username: Option<&str>, client_id: &str, topic: &str) -> bool {
-        let rules = self.rules_for(username, client_id);
+        let mut rules = self.rules_for(username, client_id);
         !rules
-            .iter()
-            .any(|r| r.access == Access::Deny && intersects(&r.topic, topic))
-            && rules
-                .iter()
-                .any(|r| r.access.writes() && intersects(&r.topic, topic))
+            .clone()
+            .any(|(r, who)| r.access == Access::Deny && intersects(&r.topic, topic, who))
+            && rules.any(|(r, who)| r.access.writes() && intersects(&r.topic, topic, who))
     }
 
     /// Whether the client may subscribe to `filter`.
     pub fn may_subscribe(&self, username: Option<&str>, client_id: &str, filter: &str) -> bool {
-        let rules = self.rules_for(username, client_id);
+        let mut rules = self.rules_for(username, client_id);
         !rules
-            .iter()
-            .any(|r| r.access == Access::Deny && intersects(&r.topic, filter))
-            && rules
-                .iter()
-                .any(|r| r.access.reads() && covers(&r.topic, filter))
+            .clone()
+            .any(|(r, who)| r.access == Access::Deny && intersects(&r.topic, filter, who))
+            && rules.any(|(r, who)| r.access.reads() && covers(&r.topic, filter, who))
     }
 }
 
-/// Whether some topic matches both filters (a topic name is a filter without wildcards).
-fn intersects(a: &str, b: &str) -> bool {
-    let (mut a, mut b) = (a.split('/'), b.split('/'));
+/// What `%u` and `%c` stand for in a pattern rule.
+#[derive(Debug, Clone, Copy)]
+struct Who<'a> {
+    username: Option<&'a str>,
+    client_id: &'a str,
+}
+
+/// Whether the rule's level `rule_level`, with `%u` and `%c` substituted by `who` (pattern
+/// rules; `None` for the others, where they are plain text), is `level`. Compared piece by
+/// piece, without building the substituted text.
+fn level_is(rule_level: &str, level: &str, who: Option<Who>) -> bool {
+    let Some(who) = who.filter(|_| rule_level.contains('%')) else {
+        return rule_level == level;
+    };
+    let (mut rule, mut rest) = (rule_level, level);
+    loop {
+        let token = [rule.find("%u"), rule.find("%c")]
+            .into_iter()
+            .flatten()
+            .min();
+        let Some(at) = token else {
+            return rule == rest;
+        };
+        let value = match &rule[at..at + 2] {
+            "%u" => who.username.unwrap_or(""),
+            _ => who.client_id,
+        };
+        match rest
+            .strip_prefix(&rule[..at])
+            .and_then(|r| r.strip_prefix(value))
+        {
+            Some(r) => rest = r,
+            None => return false,
+        }
+        rule = &rule[at + 2..];
+    }
+}
+
+/// Whether some topic matches both the rule's `rule` (substituted by `who`) and `filter` (a
+/// topic name is a filter without wildcards).
+fn intersects(rule: &str, filter: &str, who: Option<Who>) -> bool {
+    let (mut a, mut b) = (rule.split('/'), filter.split('/'));
     loop {
         match (a.next(), b.next()) {
             (Some("#"), _) | (_, Some("#")) => return true,
             (None, None) => return true,
-            (Some(x), Some(y)) if x == y || x == "+" || y == "+" => continue,
+            (Some("+"), Some(_)) | (Some(_), Some("+")) => continue,
+            (Some(x), Some(y)) if level_is(x, y, who) => continue,
             _ => return false,
         }
     }
 }
 
-/// Whether every topic matching `filter` also matches `pattern`.
-fn covers(pattern: &str, filter: &str) -> bool {
-    let (mut p, mut f) = (pattern.split('/'), filter.split('/'));
+/// Whether every topic matching `filter` also matches the rule's `rule` (substituted by `who`).
+fn covers(rule: &str, filter: &str, who: Option<Who>) -> bool {
+    let (mut p, mut f) = (rule.split('/'), filter.split('/'));
     loop {
         match (p.next(), f.next()) {
             (Some("#"), _) => return true,
             (None, None) => return true,
             (Some("+"), Some(level)) if level != "#" => continue,
-            (Some(x), Some(y)) if x == y && x != "+" && x != "#" => continue,
+            (Some(x), Some(y)) if x != "+" && y != "+" && y != "#" && level_is(x, y, who) => {
+                continue
+            }
             _ => return false,
         }
     }
@@ -274,15 +314,34 @@ pattern readwrite devices/%u/#
     }
 
     #[test]
+    fn substitutions_within_a_level_and_only_in_patterns() {
+        let acl = AclFile::parse("topic read plain/%c\npattern readwrite site/%u-%c/x").unwrap();
+        assert!(acl.may_publish(Some("u1"), "dev", "site/u1-dev/x"));
+        assert!(acl.may_subscribe(Some("u1"), "dev", "site/u1-dev/x"));
+        assert!(!acl.may_publish(Some("u1"), "dev", "site/u1-other/x"));
+        assert!(!acl.may_publish(Some("u1"), "dev", "site/u1-dev2/x"));
+        assert!(!acl.may_publish(Some("u1"), "dev", "site/u1-/x"));
+        assert!(
+            !acl.may_subscribe(Some("u1"), "dev", "site/+/x"),
+            "a wildcard reaches other clients' levels"
+        );
+        assert!(
+            acl.may_subscribe(None, "dev", "plain/%c"),
+            "a topic rule's %c is text"
+        );
+        assert!(!acl.may_subscribe(None, "dev", "plain/dev"));
+    }
+
+    #[test]
     fn filter_relations() {
-        assert!(covers("a/#", "a/b/+"));
-        assert!(covers("a/+/c", "a/b/c"));
-        assert!(!covers("a/+/c", "a/#"));
-        assert!(!covers("a/b", "a/+"));
-        assert!(intersects("a/+", "a/b"));
-        assert!(intersects("a/#", "a"));
-        assert!(!intersects("a/b", "a/c"));
-        assert!(!intersects("a/b", "a/b/c"));
+        assert!(covers("a/#", "a/b/+", None));
+        assert!(covers("a/+/c", "a/b/c", None));
+        assert!(!covers("a/+/c", "a/#", None));
+        assert!(!covers("a/b", "a/+", None));
+        assert!(intersects("a/+", "a/b", None));
+        assert!(intersects("a/#", "a", None));
+        assert!(!intersects("a/b", "a/c", None));
+        assert!(!intersects("a/b", "a/b/c", None));
     }
 
     #[test]
