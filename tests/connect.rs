@@ -233,3 +233,46 @@ async fn pings_keep_a_connection_alive() {
         raw.ping().await;
     }
 }
+
+#[tokio::test]
+async fn mqtt_3_1_connack_has_no_session_present_flag_yet_the_session_resumes() {
+    // MQTT 3.1's CONNACK has a reserved first byte (0); the Session Present flag came with 3.1.1
+    // [MQTT-3.2.2-2]. A 3.1 client with clean session 0 still gets its session back: what was
+    // queued for it while it was away arrives.
+    let broker = broker();
+    let legacy = ConnectSpec {
+        protocol_name: "MQIsdp",
+        level: 3,
+        clean: false,
+        client_id: "legacy-gate",
+        ..Default::default()
+    };
+    let mut first = Raw::connect(broker.local_addr()).await;
+    first.send(&legacy.encode()).await;
+    assert_eq!(first.expect().await.body, vec![0, 0]);
+    first.subscribe(1, &[("gate/1AB/cmd", 1)], &[1]).await;
+    first.send(&[0xE0, 0x00]).await;
+    first.expect_closed().await;
+
+    let (mut app, _) = Raw::handshake(broker.local_addr(), "app", true).await;
+    app.send(&packets::publish(
+        "gate/1AB/cmd",
+        b"open",
+        1,
+        1,
+        false,
+        false,
+    ))
+    .await;
+    assert_eq!(app.expect().await.byte1, 0x40);
+
+    let mut second = Raw::connect(broker.local_addr()).await;
+    second.send(&legacy.encode()).await;
+    let connack = second.expect().await;
+    assert_eq!((connack.byte1, connack.body), (0x20, vec![0, 0]));
+    let queued = packets::parse_publish(&second.expect().await);
+    assert_eq!(
+        (queued.topic.as_str(), &queued.payload[..]),
+        ("gate/1AB/cmd", &b"open"[..])
+    );
+}

@@ -280,9 +280,12 @@ impl Session {
                         act.aliases = super::OutboundAliases::new(props.topic_alias_maximum);
                         act.outbound.limit_window(props.receive_maximum);
                     } else {
+                        // MQTT 3.1's CONNACK has no Session Present flag: that byte is reserved
+                        // (0). The session is resumed all the same.
+                        let v3_1 = act.peer_options.protocol == ProtocolVersion::V3_1;
                         codec::write_connack(
                             &mut act.out,
-                            session_present,
+                            session_present && !v3_1,
                             ConnectReturnCode::Accepted,
                         );
                     }
