@@ -223,6 +223,21 @@ async fn outbound_qos2_handshake() {
 }
 
 #[tokio::test]
+async fn a_pubrec_or_pubrel_for_an_unknown_id_gets_the_next_step_of_its_flow() {
+    // PUBREL for an id the broker does not hold: PUBCOMP [MQTT-4.3.3-2] (section 4.3.3 answers
+    // every PUBREL); PUBREC for an id not in flight: PUBREL, so that a client whose session
+    // state disagrees can finish, as Mosquitto answers.
+    let broker = broker();
+    let (mut client, _) = Raw::handshake(broker.local_addr(), "lost-ids", true).await;
+    client.send(&packets::ack(0x62, 7)).await;
+    let comp = client.expect().await;
+    assert_eq!((comp.byte1, comp.body.clone()), (0x70, vec![0, 7]));
+    client.send(&packets::ack(0x50, 8)).await;
+    let rel = client.expect().await;
+    assert_eq!((rel.byte1, rel.body.clone()), (0x62, vec![0, 8]));
+}
+
+#[tokio::test]
 async fn qos1_publish_is_acknowledged_with_its_packet_id() {
     // [MQTT-4.3.2-2] [MQTT-2.3.1-6]
     let broker = broker();

@@ -406,6 +406,11 @@ async fn refused_publishes_get_negative_acknowledgements() {
         String::from_utf8_lossy(&comp.body[3..]).contains("packet identifier not found"),
         "with a reason string: {comp:?}"
     );
+    // PUBREC for an id never sent: PUBREL 0x92 Packet Identifier not found (section 3.6.2.1),
+    // so that a client whose session state disagrees can finish its flow.
+    raw.send(&packets::ack(0x50, 11)).await;
+    let rel = raw.expect().await;
+    assert_eq!((rel.byte1, rel.pid(), rel.body[2]), (0x62, 11, 0x92));
 }
 
 #[tokio::test]

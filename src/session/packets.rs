@@ -67,6 +67,10 @@ impl Session {
             }
             Packet::PubRec(pid, _) => match self.outbound.pubrec(pid) {
                 AckResult::SendPubRel => self.release_outbound(pid, ctx),
+                // An id not in flight (the client's session state and this one disagree):
+                // PUBREL all the same, so that the client can finish; (5.0) with 0x92 Packet
+                // Identifier not found (section 3.6.2.1).
+                AckResult::Unknown => self.answer_unknown_id(Ack::PubRel, pid),
                 result => self.on_ack(pid, result, "PUBREC"),
             },
             Packet::PubComp(pid) => {
@@ -76,26 +80,10 @@ impl Session {
             Packet::PubRel(pid) => {
                 // [MQTT-4.3.3-2] discard the stored id, answer PUBCOMP (also for unknown ids;
                 // (5.0) with 0x92 Packet Identifier not found).
-                let known = self.inbound_qos2.remove(pid);
-                if known {
+                if self.inbound_qos2.remove(pid) {
                     self.complete_inbound(pid, ctx);
-                } else if self.peer_options.protocol.is_v5() {
-                    let code = reason::PACKET_ID_NOT_FOUND;
-                    let why = self
-                        .peer_options
-                        .problem_information
-                        .then(|| codec::reason_text(code));
-                    let max = self.peer_options.max_packet_size;
-                    codec::write_ack_v5_with_reason(
-                        &mut self.out,
-                        Ack::PubComp,
-                        pid,
-                        code,
-                        why,
-                        max,
-                    );
                 } else {
-                    codec::write_ack(&mut self.out, Ack::PubComp, pid);
+                    self.answer_unknown_id(Ack::PubComp, pid);
                 }
             }
             Packet::Subscribe { pid, filters } => self.on_subscribe(key, pid, filters, ctx),
@@ -128,6 +116,22 @@ impl Session {
             other => DisconnectReason::ClientReason(other),
         };
         self.close(ctx, reason);
+    }
+
+    /// Answers a PUBREC or PUBREL for a packet id this side does not hold with the next step of
+    /// the flow (`ack`), so that the client can finish its own: (5.0) with 0x92 Packet
+    /// Identifier not found and, if the client wants problem information, its reason string.
+    fn answer_unknown_id(&mut self, ack: Ack, pid: u16) {
+        if !self.peer_options.protocol.is_v5() {
+            return codec::write_ack(&mut self.out, ack, pid);
+        }
+        let code = reason::PACKET_ID_NOT_FOUND;
+        let why = self
+            .peer_options
+            .problem_information
+            .then(|| codec::reason_text(code));
+        let max = self.peer_options.max_packet_size;
+        codec::write_ack_v5_with_reason(&mut self.out, ack, pid, code, why, max);
     }
 
     fn violation(&mut self, ctx: &mut Context<Self>, packet: &str, rule: &'static str) {
