@@ -276,3 +276,52 @@ async fn mqtt_3_1_connack_has_no_session_present_flag_yet_the_session_resumes() 
         ("gate/1AB/cmd", &b"open"[..])
     );
 }
+
+#[tokio::test]
+async fn mqtt_3_1_client_resending_pubrel_with_dup_completes_its_qos2_flow() {
+    // MQTT 3.1 gave PUBREL (and SUBSCRIBE, UNSUBSCRIBE) a QoS 1 header whose DUP flag a client
+    // sets when it sends one again, as after reconnecting; 3.1.1 fixed the flags at 0010
+    // [MQTT-3.6.1-1], and holds its own clients to it. The message is delivered once.
+    let broker = broker();
+    let (mut subscriber, _) = Raw::handshake(broker.local_addr(), "watcher", true).await;
+    subscriber.subscribe(1, &[("legacy/q2", 1)], &[1]).await;
+    let legacy = ConnectSpec {
+        protocol_name: "MQIsdp",
+        level: 3,
+        clean: false,
+        client_id: "legacy-radar",
+        ..Default::default()
+    };
+    let mut first = Raw::connect(broker.local_addr()).await;
+    first.send(&legacy.encode()).await;
+    assert_eq!(first.expect().await.body, vec![0, 0]);
+    first
+        .send(&packets::publish("legacy/q2", b"once", 2, 1, false, false))
+        .await;
+    let pubrec = first.expect().await;
+    assert_eq!((pubrec.byte1, pubrec.pid()), (0x50, 1));
+    drop(first); // gone before its PUBREL
+
+    let mut second = Raw::connect(broker.local_addr()).await;
+    second.send(&legacy.encode()).await;
+    assert_eq!(second.expect().await.body, vec![0, 0]);
+    second.send(&[0x6A, 0x02, 0x00, 0x01]).await; // PUBREL, DUP set
+    let pubcomp = second.expect().await;
+    assert_eq!((pubcomp.byte1, pubcomp.pid()), (0x70, 1));
+    // SUBSCRIBE sent again with DUP set is answered too.
+    second
+        .send(&[
+            0x8A, 0x0A, 0x00, 0x02, 0x00, 0x05, b'a', b'/', b'b', b'/', b'c', 0x01,
+        ])
+        .await;
+    let suback = second.expect().await;
+    assert_eq!((suback.byte1, suback.body), (0x90, vec![0, 2, 1]));
+
+    let delivered: Vec<Vec<u8>> = subscriber
+        .drain_acking()
+        .await
+        .into_iter()
+        .map(|p| p.payload)
+        .collect();
+    assert_eq!(delivered, vec![b"once".to_vec()]);
+}

@@ -212,6 +212,9 @@ fn check_first_byte(
     }
     let expected_flags = match packet_type {
         3 => flags, // PUBLISH: checked with the frame
+        // MQTT 3.1 gave these a QoS 1 header whose DUP flag a client sets on sending one
+        // again (a PUBREL after reconnecting); 3.1.1 fixed the flags at 0010.
+        6 | 8 | 10 if protocol == ProtocolVersion::V3_1 && flags == 0b1010 => flags,
         6 | 8 | 10 => 0b0010,
         _ => 0,
     };
@@ -459,6 +462,30 @@ mod tests {
         assert!(decode(&[0x82, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x05]).is_err());
         // unsubscribe without filter [MQTT-3.10.3-2]
         assert!(decode(&[0xA2, 0x02, 0x00, 0x01]).is_err());
+    }
+
+    #[test]
+    fn mqtt_3_1_may_set_dup_on_pubrel_subscribe_and_unsubscribe() {
+        let mut legacy = MqttCodec::new(1024);
+        legacy.first_packet = false;
+        legacy.protocol = ProtocolVersion::V3_1;
+        let mut decode_3_1 = |bytes: &[u8]| legacy.decode(&mut BytesMut::from(bytes));
+        // A PUBREL sent again after reconnecting, DUP set, as 3.1 clients do.
+        assert!(matches!(
+            decode_3_1(&[0x6A, 0x02, 0x00, 0x07]),
+            Ok(Some(Packet::PubRel(7)))
+        ));
+        assert!(matches!(
+            decode_3_1(&[0x8A, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x01]),
+            Ok(Some(Packet::Subscribe { pid: 1, .. }))
+        ));
+        assert!(matches!(
+            decode_3_1(&[0xAA, 0x05, 0x00, 0x02, 0x00, 0x01, b'a']),
+            Ok(Some(Packet::Unsubscribe { pid: 2, .. }))
+        ));
+        // Other flags stay wrong, and 3.1.1 fixes them at 0010 [MQTT-3.6.1-1].
+        assert!(decode_3_1(&[0x6B, 0x02, 0x00, 0x07]).is_err());
+        assert!(decode(&[0x6A, 0x02, 0x00, 0x07]).is_err());
     }
 
     #[test]
