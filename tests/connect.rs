@@ -240,16 +240,7 @@ async fn mqtt_3_1_connack_has_no_session_present_flag_yet_the_session_resumes() 
     // [MQTT-3.2.2-2]. A 3.1 client with clean session 0 still gets its session back: what was
     // queued for it while it was away arrives.
     let broker = broker();
-    let legacy = ConnectSpec {
-        protocol_name: "MQIsdp",
-        level: 3,
-        clean: false,
-        client_id: "legacy-gate",
-        ..Default::default()
-    };
-    let mut first = Raw::connect(broker.local_addr()).await;
-    first.send(&legacy.encode()).await;
-    assert_eq!(first.expect().await.body, vec![0, 0]);
+    let mut first = legacy_connect(broker.local_addr(), "legacy-gate").await;
     first.subscribe(1, &[("gate/1AB/cmd", 1)], &[1]).await;
     first.send(&[0xE0, 0x00]).await;
     first.expect_closed().await;
@@ -266,10 +257,7 @@ async fn mqtt_3_1_connack_has_no_session_present_flag_yet_the_session_resumes() 
     .await;
     assert_eq!(app.expect().await.byte1, 0x40);
 
-    let mut second = Raw::connect(broker.local_addr()).await;
-    second.send(&legacy.encode()).await;
-    let connack = second.expect().await;
-    assert_eq!((connack.byte1, connack.body), (0x20, vec![0, 0]));
+    let mut second = legacy_connect(broker.local_addr(), "legacy-gate").await;
     let queued = packets::parse_publish(&second.expect().await);
     assert_eq!(
         (queued.topic.as_str(), &queued.payload[..]),
@@ -285,16 +273,7 @@ async fn mqtt_3_1_client_resending_pubrel_with_dup_completes_its_qos2_flow() {
     let broker = broker();
     let (mut subscriber, _) = Raw::handshake(broker.local_addr(), "watcher", true).await;
     subscriber.subscribe(1, &[("legacy/q2", 1)], &[1]).await;
-    let legacy = ConnectSpec {
-        protocol_name: "MQIsdp",
-        level: 3,
-        clean: false,
-        client_id: "legacy-radar",
-        ..Default::default()
-    };
-    let mut first = Raw::connect(broker.local_addr()).await;
-    first.send(&legacy.encode()).await;
-    assert_eq!(first.expect().await.body, vec![0, 0]);
+    let mut first = legacy_connect(broker.local_addr(), "legacy-radar").await;
     first
         .send(&packets::publish("legacy/q2", b"once", 2, 1, false, false))
         .await;
@@ -302,9 +281,7 @@ async fn mqtt_3_1_client_resending_pubrel_with_dup_completes_its_qos2_flow() {
     assert_eq!((pubrec.byte1, pubrec.pid()), (0x50, 1));
     drop(first); // gone before its PUBREL
 
-    let mut second = Raw::connect(broker.local_addr()).await;
-    second.send(&legacy.encode()).await;
-    assert_eq!(second.expect().await.body, vec![0, 0]);
+    let mut second = legacy_connect(broker.local_addr(), "legacy-radar").await;
     second.send(&[0x6A, 0x02, 0x00, 0x01]).await; // PUBREL, DUP set
     let pubcomp = second.expect().await;
     assert_eq!((pubcomp.byte1, pubcomp.pid()), (0x70, 1));
@@ -324,4 +301,21 @@ async fn mqtt_3_1_client_resending_pubrel_with_dup_completes_its_qos2_flow() {
         .map(|p| p.payload)
         .collect();
     assert_eq!(delivered, vec![b"once".to_vec()]);
+}
+
+/// Connects an MQTT 3.1 client with clean session 0 and checks its CONNACK: accepted, and the
+/// first byte, which 3.1 reserves, 0 (even when the session is resumed).
+async fn legacy_connect(addr: std::net::SocketAddr, client_id: &str) -> Raw {
+    let spec = ConnectSpec {
+        protocol_name: "MQIsdp",
+        level: 3,
+        clean: false,
+        client_id,
+        ..Default::default()
+    };
+    let mut raw = Raw::connect(addr).await;
+    raw.send(&spec.encode()).await;
+    let connack = raw.expect().await;
+    assert_eq!((connack.byte1, connack.body), (0x20, vec![0, 0]));
+    raw
 }
