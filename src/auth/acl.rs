@@ -63,6 +63,10 @@ impl Access {
 struct Rule {
     access: Access,
     topic: String,
+    /// The topic holds `%u` / `%c` (found once, at parse time; they mean something in
+    /// `pattern` rules only).
+    has_user: bool,
+    has_client: bool,
 }
 
 /// Per-user, anonymous and pattern rules.
@@ -116,6 +120,8 @@ impl AclFile {
                     let rule = Rule {
                         access,
                         topic: topic.to_string(),
+                        has_user: topic.contains("%u"),
+                        has_client: topic.contains("%c"),
                     };
                     match (keyword, &user) {
                         ("pattern", _) => acl.patterns.push(rule),
@@ -137,7 +143,7 @@ impl AclFile {
         &'a self,
         username: Option<&'a str>,
         client_id: &'a str,
-    ) -> impl Iterator<Item = (&'a Rule, Option<Who<'a>>)> + Clone + 'a {
+    ) -> impl Iterator<Item = (&'a Rule, Option<Who<'a>>)> + 'a {
         let own = match username {
             Some(u) => self.users.get(u).map_or(&[][..], Vec::as_slice),
             None => self.anonymous.as_slice(),
@@ -148,8 +154,8 @@ impl AclFile {
         };
         let unsafe_value = |v: &str| v.contains(['+', '#', '/']);
         let patterns = self.patterns.iter().filter(move |p| {
-            let bad_user = p.topic.contains("%u") && username.is_none_or(unsafe_value);
-            let bad_id = p.topic.contains("%c") && unsafe_value(client_id);
+            let bad_user = p.has_user && username.is_none_or(unsafe_value);
+            let bad_id = p.has_client && unsafe_value(client_id);
             !bad_user && !bad_id
         });
         own.iter()
@@ -157,22 +163,36 @@ impl AclFile {
             .chain(patterns.map(move |p| (p, Some(who))))
     }
 
-    /// Whether the client may publish to `topic`.
+    /// Whether the client may publish to `topic`: a write rule matches it and no deny rule
+    /// does (one pass over the rules).
     pub fn may_publish(&self, username: Option<&str>, client_id: &str, topic: &str) -> bool {
-        let mut rules = self.rules_for(username, client_id);
-        !rules
-            .clone()
-            .any(|(r, who)| r.access == Access::Deny && intersects(&r.topic, topic, who))
-            && rules.any(|(r, who)| r.access.writes() && intersects(&r.topic, topic, who))
+        let mut allowed = false;
+        for (rule, who) in self.rules_for(username, client_id) {
+            match rule.access {
+                Access::Deny if intersects(&rule.topic, topic, who) => return false,
+                access if !allowed && access.writes() && intersects(&rule.topic, topic, who) => {
+                    allowed = true
+                }
+                _ => {}
+            }
+        }
+        allowed
     }
 
-    /// Whether the client may subscribe to `filter`.
+    /// Whether the client may subscribe to `filter`: a read rule covers every topic it can
+    /// match and no deny rule overlaps it (one pass over the rules).
     pub fn may_subscribe(&self, username: Option<&str>, client_id: &str, filter: &str) -> bool {
-        let mut rules = self.rules_for(username, client_id);
-        !rules
-            .clone()
-            .any(|(r, who)| r.access == Access::Deny && intersects(&r.topic, filter, who))
-            && rules.any(|(r, who)| r.access.reads() && covers(&r.topic, filter, who))
+        let mut allowed = false;
+        for (rule, who) in self.rules_for(username, client_id) {
+            match rule.access {
+                Access::Deny if intersects(&rule.topic, filter, who) => return false,
+                access if !allowed && access.reads() && covers(&rule.topic, filter, who) => {
+                    allowed = true
+                }
+                _ => {}
+            }
+        }
+        allowed
     }
 }
 
