@@ -103,7 +103,8 @@ pub struct MetricsSnapshot {
     /// Times a client hit a configured limit (`[limits]`): refused subscription, topic too long or
     /// deep, too many QoS 2 messages awaiting PUBREL, keep-alive capped.
     pub limits_hit: u64,
-    /// Publishes dropped, subscriptions refused and wills dropped by the ACL.
+    /// Publishes dropped, subscriptions refused and wills dropped by the ACL, and messages not
+    /// delivered because the ACL does not let their subscriber read them.
     pub acl_denied: u64,
     /// Messages whose MQTT 5 Message Expiry Interval passed before they could be sent.
     pub expired_dropped: u64,

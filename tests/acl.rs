@@ -1,5 +1,7 @@
 //! ACL files: a device confined to its own request/response topics; denied publishes dropped (and
-//! still acknowledged), denied subscriptions refused with 0x80.
+//! still acknowledged); subscriptions that reach nothing readable refused with 0x80, and those
+//! that reach readable and unreadable topics granted with each message checked (as Mosquitto
+//! does), for live, retained and queued messages and for a session resumed by another user.
 
 mod common;
 
@@ -46,7 +48,9 @@ async fn a_device_is_confined_to_its_own_request_and_response_topics() {
                 ("detrd/status/request/+", 1),
                 ("#", 0),
             ],
-            &[1, 0x80, 0x80, 0x80],
+            // The wildcards reach its own request topic and others': granted, and each
+            // message is checked on its way out.
+            &[1, 0x80, 1, 0],
         )
         .await;
     // Its own response goes through; a forged one for another device is acknowledged and dropped.
@@ -76,7 +80,10 @@ async fn a_device_is_confined_to_its_own_request_and_response_topics() {
         0x40,
         "a denied publish is still acknowledged"
     );
-    radar.sync().await;
+    assert!(
+        radar.sync().await.is_empty(),
+        "its own response came back through `#`: it may not read it"
+    );
     let got: Vec<_> = app.sync().await.iter().map(parse_publish).collect();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].payload, b"mine".to_vec());
@@ -93,8 +100,160 @@ async fn a_device_is_confined_to_its_own_request_and_response_topics() {
     app.expect().await;
     app.sync().await;
     let requests: Vec<_> = radar.sync().await.iter().map(parse_publish).collect();
-    assert_eq!(requests.len(), 1);
+    assert_eq!(
+        requests.len(),
+        1,
+        "one delivery for three matching subscriptions"
+    );
+    assert_eq!(requests[0].topic, "detrd/status/request/1AB.ENTER.DETRD");
+    // A request to another device is not delivered to this one through `+` or `#`.
+    app.send(&packets::publish(
+        "detrd/status/request/2CD.EXIT.DETRD",
+        b"status?",
+        1,
+        2,
+        false,
+        false,
+    ))
+    .await;
+    app.expect().await;
+    app.sync().await;
+    assert!(radar.sync().await.is_empty());
+    // One refused subscription, one denied publish, two messages not delivered.
     assert_eq!(broker.metrics().snapshot().acl_denied, 4);
+}
+
+/// Publishes each `(topic, qos, retain)` from `raw` and waits until all are routed.
+async fn publish_all(raw: &mut Raw, messages: &[(&str, u8, bool)]) {
+    for (i, (topic, qos, retain)) in messages.iter().enumerate() {
+        let pid = u16::try_from(i + 1).expect("few");
+        raw.send(&packets::publish(
+            topic,
+            topic.as_bytes(),
+            *qos,
+            pid,
+            *retain,
+            false,
+        ))
+        .await;
+    }
+    raw.sync().await;
+}
+
+fn topics(got: &[packets::Published]) -> Vec<(&str, u8)> {
+    got.iter().map(|p| (p.topic.as_str(), p.qos)).collect()
+}
+
+const DASHBOARD_ACL: &str = "
+topic readwrite #
+topic deny secrets/#
+user vault
+topic readwrite secrets/#
+topic readwrite plant/#
+user auditor
+topic read plant/#
+";
+
+#[tokio::test]
+async fn a_dashboard_subscribed_to_everything_gets_all_but_the_denied_topics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acl = dir.path().join("acl");
+    std::fs::write(&acl, DASHBOARD_ACL).expect("write");
+    let broker = broker_with(|c| c.auth.acl_file = Some(acl));
+    let addr = broker.local_addr();
+    let mut vault = login(addr, "vault", "vault").await;
+    publish_all(
+        &mut vault,
+        &[("secrets/key", 1, true), ("plant/temp", 1, true)],
+    )
+    .await;
+
+    let (mut dashboard, _) = Raw::handshake(addr, "dashboard", true).await;
+    // 0x80 Failure for a filter the ACL refuses, all of it denied (3.1.1 section 3.9.3: no other
+    // code may say so [MQTT-3.9.3-2]).
+    dashboard
+        .subscribe(1, &[("secrets/#", 1), ("nothing/+", 0)], &[0x80, 0])
+        .await;
+    dashboard.subscribe(2, &[("#", 1)], &[1]).await;
+    // Of the retained messages `#` matches, only the readable one.
+    let retained = dashboard.drain_acking().await;
+    assert_eq!(topics(&retained), vec![("plant/temp", 1)]);
+    assert!(retained[0].retain);
+
+    publish_all(
+        &mut vault,
+        &[
+            ("secrets/a", 1, false),
+            ("plant/a", 1, false),
+            ("secrets/b", 0, false),
+            ("plant/b", 0, false),
+            ("secrets/c", 2, false),
+            ("plant/c", 2, false),
+        ],
+    )
+    .await;
+    let live = dashboard.sync().await;
+    let live: Vec<_> = live.iter().map(parse_publish).collect();
+    assert_eq!(
+        topics(&live),
+        vec![("plant/a", 1), ("plant/b", 0), ("plant/c", 1)],
+        "in order, none of the denied ones"
+    );
+    assert_eq!(
+        (live[0].pid, live[2].pid),
+        (retained[0].pid + 1, retained[0].pid + 2),
+        "no packet identifier spent on a denied message"
+    );
+    // One refused subscription, four messages not delivered (one retained, three live).
+    assert_eq!(broker.metrics().snapshot().acl_denied, 5);
+}
+
+#[tokio::test]
+async fn a_resumed_session_gets_only_what_its_new_user_may_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acl = dir.path().join("acl");
+    std::fs::write(&acl, DASHBOARD_ACL).expect("write");
+    let broker = broker_with(|c| c.auth.acl_file = Some(acl));
+    let addr = broker.local_addr();
+    // The vault's own session holds a subscription granted whole to the vault.
+    let vault_session = ConnectSpec {
+        client_id: "console",
+        username: Some("vault"),
+        clean: false,
+        ..Default::default()
+    };
+    let (mut console, code) = Raw::connect_with(addr, vault_session).await;
+    assert_eq!(code, 0);
+    console
+        .subscribe(1, &[("secrets/#", 1), ("plant/#", 1)], &[1, 1])
+        .await;
+    drop(console);
+
+    // Queued while nobody is connected to the session.
+    let mut vault = login(addr, "vault", "vault").await;
+    publish_all(
+        &mut vault,
+        &[("secrets/a", 1, false), ("plant/a", 1, false)],
+    )
+    .await;
+
+    // The same client id, another user: the session resumes with the vault's subscriptions,
+    // but the auditor reads plant/# only.
+    let auditor_session = ConnectSpec {
+        client_id: "console",
+        username: Some("auditor"),
+        clean: false,
+        ..Default::default()
+    };
+    let (mut auditor, code) = Raw::connect_with(addr, auditor_session).await;
+    assert_eq!(code, 0);
+    assert_eq!(topics(&auditor.drain_acking().await), vec![("plant/a", 1)]);
+    publish_all(
+        &mut vault,
+        &[("secrets/b", 1, false), ("plant/b", 0, false)],
+    )
+    .await;
+    assert_eq!(topics(&auditor.drain_acking().await), vec![("plant/b", 0)]);
 }
 
 #[tokio::test]

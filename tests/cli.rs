@@ -197,19 +197,35 @@ async fn sighup_reloads_passwords_and_acl_without_dropping_connections() {
     let (mut gate, code) = login("gate", b"gate-pw").await;
     assert_eq!(code, 0);
     gate.subscribe(1, &[("detrd/state/gate", 0)], &[0x80]).await;
+    gate.subscribe(2, &[("detrd/command/gate", 0)], &[0]).await;
     assert_eq!(login("radar", b"radar-pw").await.1, 4, "not a user yet");
 
     add_user("radar", "radar-pw");
     std::fs::write(
         &acl,
-        "user gate\ntopic read detrd/command/gate\ntopic read detrd/state/gate\n",
+        "user gate\ntopic read detrd/state/gate\nuser radar\ntopic write detrd/#\n",
     )
     .expect("acl");
     common::child::sighup(&child);
     wait_line(&logs, "password and ACL files reloaded");
-    // The same connection, still open, now gets the new rule; the new user gets in.
-    gate.subscribe(2, &[("detrd/state/gate", 0)], &[0]).await;
-    assert_eq!(login("radar", b"radar-pw").await.1, 0);
+    // The same connection, still open, now gets the new rules; the new user gets in.
+    gate.subscribe(3, &[("detrd/state/gate", 0)], &[0]).await;
+    let (mut radar, code) = login("radar", b"radar-pw").await;
+    assert_eq!(code, 0);
+    // The gate may no longer read the commands it subscribed to before the reload.
+    for topic in ["detrd/command/gate", "detrd/state/gate"] {
+        radar
+            .send(&common::packets::publish(topic, b"x", 0, 0, false, false))
+            .await;
+    }
+    radar.sync().await;
+    let got: Vec<_> = gate
+        .sync()
+        .await
+        .iter()
+        .map(|f| common::packets::parse_publish(f).topic)
+        .collect();
+    assert_eq!(got, vec!["detrd/state/gate".to_string()]);
     child.kill().expect("kill");
     let _ = child.wait();
 }

@@ -11,9 +11,11 @@
 //! ```
 //!
 //! Access is `read`, `write`, `readwrite` (the default when omitted) or `deny`. A deny rule that
-//! matches wins over any grant. A subscription is granted only if a read rule covers every topic
-//! its filter can match and no deny rule overlaps it, so a wildcard subscription can never reach a
-//! denied topic.
+//! matches wins over any grant. A subscription is judged by [`AclFile::subscribe_access`]: granted
+//! outright when a read rule covers every topic its filter can match and no deny rule overlaps it;
+//! granted with each message checked ([`AclFile::may_read`]) when it reaches some readable topics
+//! but not only those (a dashboard's `#` beside a `deny` line, as Mosquitto grants it); refused
+//! when no read rule reaches it or a deny rule covers it all.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -67,6 +69,18 @@ struct Rule {
     /// `pattern` rules only).
     has_user: bool,
     has_client: bool,
+}
+
+/// What a SUBSCRIBE to a filter may have ([`AclFile::subscribe_access`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscribeAccess {
+    /// Every topic the filter can match is readable: nothing to check per message.
+    Granted,
+    /// Some topics it can match are readable and some are not (or may not be): granted, and
+    /// each message is checked with [`AclFile::may_read`] before it goes to the client.
+    Filtered,
+    /// No topic it can match is readable (no read rule reaches it, or a deny rule covers it).
+    Refused,
 }
 
 /// Per-user, anonymous and pattern rules.
@@ -179,14 +193,46 @@ impl AclFile {
         allowed
     }
 
-    /// Whether the client may subscribe to `filter`: a read rule covers every topic it can
-    /// match and no deny rule overlaps it (one pass over the rules).
-    pub fn may_subscribe(&self, username: Option<&str>, client_id: &str, filter: &str) -> bool {
+    /// What the client may have of a subscription to `filter` (one pass over the rules):
+    /// - refused when a deny rule covers the whole filter, or no read rule overlaps it;
+    /// - granted outright when a read rule covers it and no deny rule overlaps it;
+    /// - otherwise granted with each message checked ([`SubscribeAccess::Filtered`]).
+    pub fn subscribe_access(
+        &self,
+        username: Option<&str>,
+        client_id: &str,
+        filter: &str,
+    ) -> SubscribeAccess {
+        let (mut covered, mut reached, mut denied_in_part) = (false, false, false);
+        for (rule, who) in self.rules_for(username, client_id) {
+            match rule.access {
+                Access::Deny if covers(&rule.topic, filter, who) => {
+                    return SubscribeAccess::Refused
+                }
+                Access::Deny => denied_in_part |= intersects(&rule.topic, filter, who),
+                access if access.reads() && !covered => {
+                    covered = covers(&rule.topic, filter, who);
+                    reached |= covered || intersects(&rule.topic, filter, who);
+                }
+                _ => {}
+            }
+        }
+        match (covered && !denied_in_part, reached) {
+            (true, _) => SubscribeAccess::Granted,
+            (false, true) => SubscribeAccess::Filtered,
+            (false, false) => SubscribeAccess::Refused,
+        }
+    }
+
+    /// Whether the client may receive a message published to `topic`: a read rule matches it
+    /// and no deny rule does (one pass over the rules). Checked for each message of a
+    /// [`SubscribeAccess::Filtered`] subscription.
+    pub fn may_read(&self, username: Option<&str>, client_id: &str, topic: &str) -> bool {
         let mut allowed = false;
         for (rule, who) in self.rules_for(username, client_id) {
             match rule.access {
-                Access::Deny if intersects(&rule.topic, filter, who) => return false,
-                access if !allowed && access.reads() && covers(&rule.topic, filter, who) => {
+                Access::Deny if intersects(&rule.topic, topic, who) => return false,
+                access if !allowed && access.reads() && intersects(&rule.topic, topic, who) => {
                     allowed = true
                 }
                 _ => {}
@@ -281,41 +327,76 @@ pattern write detrd/status/response/%c
 pattern readwrite devices/%u/#
 ";
 
+    use SubscribeAccess::{Filtered, Granted, Refused};
+
     #[test]
     fn a_device_is_confined_to_its_own_topics() {
         let acl = AclFile::parse(FLEET).unwrap();
         let (user, id) = (Some("1AB.ENTER.DETRD"), "1AB.ENTER.DETRD");
-        assert!(acl.may_subscribe(user, id, "detrd/status/request/1AB.ENTER.DETRD"));
+        let access = |filter| acl.subscribe_access(user, id, filter);
+        assert_eq!(access("detrd/status/request/1AB.ENTER.DETRD"), Granted);
         assert!(acl.may_publish(user, id, "detrd/status/response/1AB.ENTER.DETRD"));
-        assert!(!acl.may_subscribe(user, id, "detrd/status/request/2CD.EXIT.DETRD"));
-        assert!(
-            !acl.may_subscribe(user, id, "detrd/status/request/+"),
-            "a wildcard reaches others"
+        assert_eq!(access("detrd/status/request/2CD.EXIT.DETRD"), Refused);
+        assert_eq!(
+            access("detrd/status/request/+"),
+            Filtered,
+            "a wildcard reaches others: each message is checked"
         );
+        assert!(acl.may_read(user, id, "detrd/status/request/1AB.ENTER.DETRD"));
+        assert!(!acl.may_read(user, id, "detrd/status/request/2CD.EXIT.DETRD"));
+        assert_eq!(access("detrd/status/response/+"), Refused, "write only");
         assert!(!acl.may_publish(user, id, "detrd/status/response/2CD.EXIT.DETRD"));
         assert!(
             !acl.may_publish(user, id, "detrd/status/request/1AB.ENTER.DETRD"),
             "read only"
         );
-        assert!(acl.may_subscribe(user, id, "devices/1AB.ENTER.DETRD/#"));
+        assert_eq!(access("devices/1AB.ENTER.DETRD/#"), Granted);
+        assert_eq!(access("gates/#"), Refused, "no rule reaches it");
     }
 
     #[test]
     fn users_anonymous_and_deny() {
         let acl = AclFile::parse(FLEET).unwrap();
-        assert!(
-            !acl.may_subscribe(Some("app"), "x", "detrd/#"),
-            "overlaps the deny rule"
-        );
-        assert!(acl.may_subscribe(Some("app"), "x", "detrd/status/#"));
+        let app = |filter| acl.subscribe_access(Some("app"), "x", filter);
+        assert_eq!(app("detrd/#"), Filtered, "overlaps the deny rule");
+        assert!(acl.may_read(Some("app"), "x", "detrd/status/response/1AB"));
+        assert!(!acl.may_read(Some("app"), "x", "detrd/secret/key"));
+        assert_eq!(app("detrd/secret/+"), Refused, "all of it denied");
+        assert_eq!(app("detrd/status/#"), Granted);
         assert!(acl.may_publish(Some("app"), "x", "detrd/status/request/1AB"));
         assert!(!acl.may_publish(Some("app"), "x", "detrd/secret/key"));
-        assert!(acl.may_subscribe(None, "x", "public/board"));
+        assert_eq!(acl.subscribe_access(None, "x", "public/board"), Granted);
         assert!(!acl.may_publish(None, "x", "public/board"));
-        assert!(
-            !acl.may_subscribe(Some("stranger"), "x", "public/board"),
+        assert_eq!(
+            acl.subscribe_access(Some("stranger"), "x", "public/board"),
+            Refused,
             "users get no anonymous rules"
         );
+        assert!(!acl.may_read(Some("stranger"), "x", "public/board"));
+    }
+
+    #[test]
+    fn a_dashboard_reads_everything_but_what_is_denied() {
+        // What Mosquitto users write for a monitoring client, and what paho's interoperability
+        // suite needs (`test_subscribe_failure`).
+        let acl = AclFile::parse("topic readwrite #\ntopic deny test/nosubscribe\n").unwrap();
+        let access = |filter| acl.subscribe_access(None, "dash", filter);
+        assert_eq!(access("#"), Filtered);
+        assert_eq!(access("+/+"), Filtered);
+        assert_eq!(access("test/nosubscribe"), Refused);
+        assert_eq!(access("test/other"), Granted);
+        assert!(acl.may_read(None, "dash", "test/other"));
+        assert!(!acl.may_read(None, "dash", "test/nosubscribe"));
+        // Mosquitto's 09-acl-access-variants: a deny beneath a readwrite subtree.
+        let acl =
+            AclFile::parse("topic readwrite topic/global/#\ntopic deny topic/global/except\n")
+                .unwrap();
+        assert_eq!(acl.subscribe_access(None, "c", "topic/global"), Granted);
+        assert_eq!(
+            acl.subscribe_access(None, "c", "topic/global/except"),
+            Refused
+        );
+        assert_eq!(acl.subscribe_access(None, "c", "topic/global/#"), Filtered);
     }
 
     #[test]
@@ -327,29 +408,38 @@ pattern readwrite devices/%u/#
             "client id '+' does not apply"
         );
         assert!(!acl.may_publish(None, "a/b", "devices/a/b/x"));
-        assert!(
-            !acl.may_subscribe(None, "a", "users/"),
+        assert!(!acl.may_read(None, "+", "devices/b/x"));
+        assert_eq!(
+            acl.subscribe_access(None, "a", "users/"),
+            Refused,
             "no user name: %u rules do not apply"
         );
+        assert_eq!(acl.subscribe_access(None, "a", "devices/+/x"), Filtered);
+        assert!(!acl.may_read(None, "a", "devices/b/x"));
+        assert!(acl.may_read(None, "a", "devices/a/x"));
     }
 
     #[test]
     fn substitutions_within_a_level_and_only_in_patterns() {
         let acl = AclFile::parse("topic read plain/%c\npattern readwrite site/%u-%c/x").unwrap();
+        let access = |user, id, filter| acl.subscribe_access(user, id, filter);
         assert!(acl.may_publish(Some("u1"), "dev", "site/u1-dev/x"));
-        assert!(acl.may_subscribe(Some("u1"), "dev", "site/u1-dev/x"));
+        assert_eq!(access(Some("u1"), "dev", "site/u1-dev/x"), Granted);
         assert!(!acl.may_publish(Some("u1"), "dev", "site/u1-other/x"));
         assert!(!acl.may_publish(Some("u1"), "dev", "site/u1-dev2/x"));
         assert!(!acl.may_publish(Some("u1"), "dev", "site/u1-/x"));
-        assert!(
-            !acl.may_subscribe(Some("u1"), "dev", "site/+/x"),
+        assert_eq!(
+            access(Some("u1"), "dev", "site/+/x"),
+            Filtered,
             "a wildcard reaches other clients' levels"
         );
-        assert!(
-            acl.may_subscribe(None, "dev", "plain/%c"),
+        assert!(!acl.may_read(Some("u1"), "dev", "site/u1-other/x"));
+        assert_eq!(
+            access(None, "dev", "plain/%c"),
+            Granted,
             "a topic rule's %c is text"
         );
-        assert!(!acl.may_subscribe(None, "dev", "plain/dev"));
+        assert_eq!(access(None, "dev", "plain/dev"), Refused);
     }
 
     #[test]

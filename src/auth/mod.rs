@@ -7,6 +7,6 @@ mod authenticator;
 mod password_file;
 
 pub use access::{AccessControl, AccessError};
-pub use acl::{AclError, AclFile};
+pub use acl::{AclError, AclFile, SubscribeAccess};
 pub use authenticator::{Authenticator, CheckPassword, ReplacePasswords};
 pub use password_file::{hash_line, PasswordFile, PasswordFileError};

@@ -257,6 +257,9 @@ impl Session {
                         client_id: client_id.clone(),
                     };
                     act.fresh_session = !session_present;
+                    // The resumed subscriptions were granted to an earlier connection, perhaps
+                    // of another user: what they bring is checked per message.
+                    act.read_checks |= session_present;
                     act.shared.metrics.add_connects(1);
                     let applied_keep_alive = act.start_keep_alive(ctx, keep_alive);
                     if act.peer_options.protocol.is_v5() {

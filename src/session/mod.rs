@@ -18,6 +18,7 @@ mod output;
 mod output_pool;
 mod packets;
 mod peer;
+mod read_access;
 mod reader;
 mod socket;
 mod state;
@@ -154,6 +155,8 @@ pub struct Session {
     fresh_session: bool,
     /// A `$share/` subscription was made on this connection.
     shared_subscriber: bool,
+    /// Each outgoing message is checked against the ACL's read rules (see `read_access`).
+    read_checks: bool,
     /// This Session's copy of the ACL, and the generation it was taken at.
     acl: (u64, Option<Arc<crate::auth::AclFile>>),
     /// When the last packet was read (8 bytes where an `Instant` takes 16: every idle
@@ -311,6 +314,7 @@ impl Session {
                 disconnect_expiry: None,
                 fresh_session: false,
                 shared_subscriber: false,
+                read_checks: false,
                 acl,
                 last_received: CompactInstant::now(),
                 keep_alive_limit_ms: 0,
@@ -458,6 +462,8 @@ impl Session {
         let generation = self.shared.access.acl_generation();
         if generation != self.acl.0 {
             self.acl = (generation, self.shared.access.acl());
+            // Subscriptions judged under the ACL before are judged again per message.
+            self.read_checks = true;
         }
         // The cluster link carries what other nodes' clients published, checked there, to
         // subscribers checked here: no ACL of its own.

@@ -11,6 +11,7 @@ use tracing::debug;
 
 use super::output_pool;
 use super::peer::{note_delivery_latency, write_delivery};
+use super::read_access::read_check;
 use super::socket::WriteHalf;
 use super::{Phase, Session};
 use crate::codec;
@@ -159,6 +160,11 @@ impl Session {
         self.take_spare_output();
         if delivery.message.is_expired(now) {
             self.shared.metrics.add_expired_dropped(1);
+        } else if self.reads_checked()
+            && read_check(true, &self.acl.1, &self.username, &self.phase)
+                .is_some_and(|check| !check.allows(delivery))
+        {
+            self.unreadable_dropped(1);
         } else if write_delivery(
             &mut self.out,
             &self.peer_options,
@@ -196,7 +202,12 @@ impl Session {
     /// [`Session::pump`] with the time already read.
     pub(super) fn pump_at(&mut self, now: Instant) {
         self.take_spare_output();
-        while let Some(entry) = self.outbound.next_to_send(now) {
+        let checked = self.reads_checked();
+        let check = read_check(checked, &self.acl.1, &self.username, &self.phase);
+        while let Some(entry) = self
+            .outbound
+            .next_to_send(now, |d| check.is_none_or(|c| c.allows(d)))
+        {
             let pid = entry.pid;
             let written = write_delivery(
                 &mut self.out,
@@ -213,6 +224,10 @@ impl Session {
                 self.outbound.discard(pid);
                 self.too_large_for_client();
             }
+        }
+        let refused = self.outbound.take_refused();
+        if refused > 0 {
+            self.unreadable_dropped(refused);
         }
         let expired = self.outbound.take_expired();
         if expired > 0 {

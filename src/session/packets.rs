@@ -7,6 +7,7 @@ use futures_util::future::join_all;
 use tracing::{debug, info, warn};
 
 use super::{AckResult, Phase, Session};
+use crate::auth::SubscribeAccess;
 use crate::codec::{self, Ack, Packet, Publish as PublishPacket};
 use crate::hooks::{
     AuthorizePublish, AuthorizeSubscribe, DisconnectReason, PublishDecision, SubscribeDecision,
@@ -353,13 +354,23 @@ impl Session {
                     reason::TOPIC_FILTER_INVALID,
                     format!("invalid shared subscription: {e}"),
                 ))
-            } else if acl.as_ref().is_some_and(|acl| {
-                !acl.may_subscribe(self.username.as_deref(), &client_id, acl_filter)
-            }) {
-                self.shared.metrics.add_acl_denied(1);
-                Some((reason::NOT_AUTHORIZED, "denied by the ACL".to_string()))
             } else {
-                None
+                let access = acl.as_ref().map(|acl| {
+                    acl.subscribe_access(self.username.as_deref(), &client_id, acl_filter)
+                });
+                match access {
+                    Some(SubscribeAccess::Refused) => {
+                        self.shared.metrics.add_acl_denied(1);
+                        Some((reason::NOT_AUTHORIZED, "denied by the ACL".to_string()))
+                    }
+                    Some(SubscribeAccess::Filtered) => {
+                        // It reaches topics the client may not read: each message is checked
+                        // on its way out (`Session::may_read`).
+                        self.read_checks = true;
+                        None
+                    }
+                    Some(SubscribeAccess::Granted) | None => None,
+                }
             };
             match refusal {
                 None => requests.push(Ok((filter, options))),

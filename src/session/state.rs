@@ -148,10 +148,22 @@ impl Outbound {
     }
 
     /// Moves the next queued message into the window, if there is room, and returns it with its
-    /// new packet identifier. Messages that expired while queued are dropped on the way
-    /// `[MQTT-3.3.2-5]`.
-    pub fn next_to_send(&mut self, now: Instant) -> Option<&InflightEntry> {
-        self.flow.as_deref_mut()?.next_to_send(now)
+    /// new packet identifier. Messages that expired while queued `[MQTT-3.3.2-5]`, and those
+    /// `allowed` refuses (the client may not read them), are dropped on the way.
+    pub fn next_to_send(
+        &mut self,
+        now: Instant,
+        allowed: impl Fn(&Delivery) -> bool,
+    ) -> Option<&InflightEntry> {
+        self.flow.as_deref_mut()?.next_to_send(now, allowed)
+    }
+
+    /// Number of queued messages dropped because `next_to_send`'s `allowed` refused them,
+    /// since the last call.
+    pub fn take_refused(&mut self) -> u64 {
+        self.flow
+            .as_deref_mut()
+            .map_or(0, |f| std::mem::take(&mut f.refused))
     }
 
     /// Holds a QoS 0 delivery until the output has room ([`Outbound::next_paced`]).
@@ -214,6 +226,8 @@ struct Flow {
     last_pid: u16,
     /// Queued messages that expired before they could be sent, not yet reported.
     expired: u64,
+    /// Queued messages the client may not read, dropped and not yet reported.
+    refused: u64,
     /// Changes to deliveries kept on disk, not yet taken ([`Outbound::take_durable_changes`]).
     journal: Vec<DurableChange>,
     /// QoS 0 deliveries waiting for room in the output ([`Outbound::pace`]), and their
@@ -230,6 +244,7 @@ impl Flow {
             max_inflight: usize::from(max_inflight.max(1)),
             last_pid: 0,
             expired: 0,
+            refused: 0,
             journal: Vec::new(),
             paced: VecDeque::new(),
             paced_bytes: 0,
@@ -277,18 +292,25 @@ impl Flow {
     }
 
     /// Moves the next queued message into the window, if there is room, and returns it with its
-    /// new packet identifier. Messages that expired while queued are dropped on the way
-    /// `[MQTT-3.3.2-5]`.
-    fn next_to_send(&mut self, now: Instant) -> Option<&InflightEntry> {
+    /// new packet identifier. Messages that expired while queued `[MQTT-3.3.2-5]`, and those
+    /// `allowed` refuses, are dropped on the way.
+    fn next_to_send(
+        &mut self,
+        now: Instant,
+        allowed: impl Fn(&Delivery) -> bool,
+    ) -> Option<&InflightEntry> {
         if self.inflight.len() >= self.max_inflight {
             return None;
         }
         let delivery = loop {
             let delivery = self.queue.pop_front()?;
-            if !delivery.message.is_expired(now) {
+            if delivery.message.is_expired(now) {
+                self.expired += 1;
+            } else if allowed(&delivery) {
                 break delivery;
+            } else {
+                self.refused += 1;
             }
-            self.expired += 1;
             if let Some(id) = delivery.durable_id() {
                 self.journal.push(DurableChange::Done(id));
             }
@@ -425,16 +447,23 @@ mod tests {
         for n in 0..5 {
             o.push(delivery(n, QoS::AtLeastOnce), &UNBOUNDED);
         }
-        let a = o.next_to_send(Instant::now()).map(|e| (e.pid, payload(e)));
-        let b = o.next_to_send(Instant::now()).map(|e| (e.pid, payload(e)));
+        let a = o
+            .next_to_send(Instant::now(), |_| true)
+            .map(|e| (e.pid, payload(e)));
+        let b = o
+            .next_to_send(Instant::now(), |_| true)
+            .map(|e| (e.pid, payload(e)));
         assert_eq!((a, b), (Some((1, 0)), Some((2, 1))));
         assert!(
-            o.next_to_send(Instant::now()).is_none(),
+            o.next_to_send(Instant::now(), |_| true).is_none(),
             "window of 2 is full"
         );
         assert_eq!(o.puback(2), AckResult::Completed);
         assert_eq!(o.puback(2), AckResult::Unknown);
-        assert_eq!(o.next_to_send(Instant::now()).map(payload), Some(2));
+        assert_eq!(
+            o.next_to_send(Instant::now(), |_| true).map(payload),
+            Some(2)
+        );
         assert_eq!(o.queued(), 2);
         assert_eq!(o.inflight_len(), 2);
     }
@@ -443,7 +472,10 @@ mod tests {
     fn qos2_handshake() {
         let mut o = Outbound::new(4);
         o.push(delivery(9, QoS::ExactlyOnce), &UNBOUNDED);
-        let pid = o.next_to_send(Instant::now()).map(|e| e.pid).expect("sent");
+        let pid = o
+            .next_to_send(Instant::now(), |_| true)
+            .map(|e| e.pid)
+            .expect("sent");
         assert_eq!(
             o.puback(pid),
             AckResult::Unknown,
@@ -474,7 +506,7 @@ mod tests {
         o.restore(inflight, DeliveryQueue::default());
         o.push(delivery(1, QoS::AtLeastOnce), &UNBOUNDED);
         assert_eq!(
-            o.next_to_send(Instant::now()).map(|e| e.pid),
+            o.next_to_send(Instant::now(), |_| true).map(|e| e.pid),
             Some(2),
             "0 and 1 are skipped"
         );
@@ -492,7 +524,8 @@ mod tests {
         o.push(durable(2, QoS::ExactlyOnce), &UNBOUNDED);
         o.push(delivery(3, QoS::AtLeastOnce), &UNBOUNDED);
         let now = Instant::now();
-        let pids: Vec<u16> = std::iter::from_fn(|| o.next_to_send(now).map(|e| e.pid)).collect();
+        let pids: Vec<u16> =
+            std::iter::from_fn(|| o.next_to_send(now, |_| true).map(|e| e.pid)).collect();
         assert_eq!(pids, vec![1, 2, 3]);
         assert_eq!(o.puback(1), AckResult::Completed);
         assert_eq!(o.pubrec(2), AckResult::SendPubRel);
@@ -515,6 +548,32 @@ mod tests {
             ]
         );
         assert!(taken(&mut o).is_empty());
+    }
+
+    #[test]
+    fn messages_the_client_may_not_read_are_dropped_and_recorded_done() {
+        let mut o = Outbound::new(4);
+        let mut secret = delivery(2, QoS::AtLeastOnce);
+        secret.set_durable_id(Some(102));
+        o.push(delivery(1, QoS::AtLeastOnce), &UNBOUNDED);
+        o.push(secret, &UNBOUNDED);
+        o.push(delivery(3, QoS::AtLeastOnce), &UNBOUNDED);
+        let readable = |d: &Delivery| d.message.payload[0] != 2;
+        let now = Instant::now();
+        let sent: Vec<(u16, u8)> = std::iter::from_fn(|| {
+            o.next_to_send(now, readable)
+                .map(|e| (e.pid, e.delivery.message.payload[0]))
+        })
+        .collect();
+        assert_eq!(sent, vec![(1, 1), (2, 3)], "no packet id spent on it");
+        assert_eq!(o.take_refused(), 1);
+        assert_eq!(o.take_refused(), 0);
+        assert_eq!(o.take_expired(), 0);
+        assert_eq!(
+            taken(&mut o),
+            vec![DurableChange::Done(102)],
+            "the store forgets it"
+        );
     }
 
     #[test]
@@ -550,7 +609,7 @@ mod tests {
         for n in 0..3 {
             o.push(delivery(n, QoS::AtLeastOnce), &UNBOUNDED);
         }
-        o.next_to_send(Instant::now());
+        o.next_to_send(Instant::now(), |_| true);
         let (inflight, queue) = o.take();
         assert_eq!(inflight.iter().map(payload).collect::<Vec<_>>(), vec![0]);
         assert_eq!(
