@@ -52,6 +52,10 @@ impl Session {
     /// Before messages go out: takes up a reloaded ACL (which marks every message for checking),
     /// and says whether they must be checked.
     pub(super) fn reads_checked(&mut self) -> bool {
+        // Without an ACL at start there is none to reload: nothing to read on this path.
+        if self.acl.1.is_none() {
+            return false;
+        }
         if self.shared.access.acl_generation() != self.acl.0 {
             self.refresh_acl();
         }
