@@ -15,7 +15,9 @@
 # idle (10,000 idle connections: RSS per connection) idle_max (IDLE_MAX of them, default 19,000:
 # near a 20,000 descriptor limit) storm (connect storm, 20 at a time)
 # r10k (100 pairs at 10k msgs/s in all) r10k_idle (the same with 10,000 idle connections beside)
-# retained (20 subscribers, each getting 1,000 retained messages, as in compare.sh).
+# retained (20 subscribers, each getting 1,000 retained messages, as in compare.sh)
+# wild (8 pipelined pairs, QoS 0, each subscriber through a wildcard over 100 topics, as in
+# compare.sh).
 # Loopback only; every run is bounded in time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -63,6 +65,7 @@ for run_no in $(seq "$RUNS"); do
         idle_max) args="--scenario idle --clients ${IDLE_MAX:-19000} --concurrency 200" ;;
         storm) args="--scenario connect-storm --concurrency 20" ;;
         retained) args="--scenario retained --clients 20 --topics 1000" ;;
+        wild) args="--scenario wildcard --clients 8 --topics 100" ;;
         r10k) args="--scenario pairs --qos 1 --rate 10000 --clients 100" ;;
         r10k_idle) args="--scenario pairs --qos 1 --rate 10000 --clients 100 --idle-beside 10000 --concurrency 200" ;;
         *) echo "unknown row $row" >&2; exit 2 ;;

@@ -365,7 +365,7 @@ impl Session {
                     }
                     Some(SubscribeAccess::Filtered) => {
                         // It reaches topics the client may not read: each message is checked
-                        // on its way out (`Session::may_read`).
+                        // on its way out (`read_access.rs`).
                         self.read_checks = true;
                         None
                     }
