@@ -55,6 +55,55 @@ async fn mosquitto_sub_receives_what_mosquitto_pub_sends() {
 }
 
 #[tokio::test]
+async fn under_an_acl_mosquitto_sub_on_everything_gets_all_but_the_denied_topics() {
+    if !mosquitto_clients_available() {
+        return;
+    }
+    // A dashboard's ACL as Mosquitto users write it: everything but the secrets.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acl = dir.path().join("acl");
+    std::fs::write(
+        &acl,
+        "topic readwrite #\ntopic deny secrets/#\nuser vault\ntopic readwrite secrets/#\ntopic readwrite plant/#\n",
+    )
+    .expect("acl");
+    let (broker, mut hooks) = broker_with_hooks(|c| c.auth.acl_file = Some(acl));
+    let port = broker.local_addr().port().to_string();
+    let sub = common::spawn_mosquitto_sub(
+        broker.local_addr().port(),
+        &[
+            "-i",
+            "dashboard",
+            "-q",
+            "1",
+            "-v",
+            "-C",
+            "2",
+            "-W",
+            "10",
+            "-t",
+            "#",
+        ],
+    );
+    hooks.subscribed("dashboard", "#").await;
+    for (topic, body) in [
+        ("plant/a", "first"),
+        ("secrets/key", "hidden"),
+        ("plant/b", "second"),
+    ] {
+        let status = tokio::process::Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port, "-q", "1", "-u", "vault"])
+            .args(["-t", topic, "-m", body])
+            .status()
+            .await
+            .expect("mosquitto_pub runs");
+        assert!(status.success());
+    }
+    let lines = common::mosquitto_sub_lines(sub).await;
+    assert_eq!(lines, vec!["plant/a first", "plant/b second"]);
+}
+
+#[tokio::test]
 async fn mosquitto_sub_gets_retained_message_with_retain_flag() {
     if !mosquitto_clients_available() {
         return;
