@@ -251,14 +251,21 @@ impl Session {
     }
 
     /// Re-sends a resumed session's unacknowledged messages: PUBLISH with DUP, or PUBREL
-    /// `[MQTT-4.4.0-1]`.
+    /// `[MQTT-4.4.0-1]`. A PUBLISH the client may not read (the session was resumed under
+    /// another user name) is dropped instead.
     pub(super) fn resend_inflight(&mut self) {
         let now = Instant::now();
         let mut too_large = Vec::new();
+        let mut unreadable = Vec::new();
+        let checked = self.reads_checked();
+        let check = read_check(checked, &self.acl.1, &self.username, &self.phase);
         for entry in self.outbound.inflight() {
             match entry.stage {
                 InflightStage::AwaitingPubComp => {
                     codec::write_ack(&mut self.out, codec::Ack::PubRel, entry.pid)
+                }
+                _ if check.is_some_and(|c| !c.allows(&entry.delivery)) => {
+                    unreadable.push(entry.pid);
                 }
                 _ => {
                     let written = write_delivery(
@@ -279,6 +286,12 @@ impl Session {
         for pid in too_large {
             self.outbound.discard(pid);
             self.too_large_for_client();
+        }
+        if !unreadable.is_empty() {
+            self.unreadable_dropped(unreadable.len() as u64);
+            for pid in unreadable {
+                self.outbound.discard(pid);
+            }
         }
     }
 }

@@ -87,7 +87,7 @@ impl Outbound {
     }
 
     /// Removes a message from the window without an acknowledgement (too large for the client,
-    /// or refused by it with an error PUBREC).
+    /// refused by it with an error PUBREC, or one it may not read after a resume).
     pub fn discard(&mut self, pid: u16) -> bool {
         self.flow.as_deref_mut().is_some_and(|f| f.discard(pid))
     }
