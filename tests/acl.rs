@@ -15,10 +15,24 @@ pattern read detrd/status/request/%c
 pattern write detrd/status/response/%c
 ";
 
+/// A broker reading `acl` as its ACL file, and the directory holding the file.
+fn broker_with_acl(acl: &str) -> (switchboard::BackgroundBroker, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("acl");
+    std::fs::write(&path, acl).expect("write");
+    (broker_with(|c| c.auth.acl_file = Some(path)), dir)
+}
+
 async fn login(addr: std::net::SocketAddr, id: &str, user: &str) -> Raw {
+    connect_as(addr, id, user, true).await
+}
+
+/// Connects as `user` with client id `id`, clean or resuming its session.
+async fn connect_as(addr: std::net::SocketAddr, id: &str, user: &str, clean: bool) -> Raw {
     let spec = ConnectSpec {
         client_id: id,
         username: Some(user),
+        clean,
         ..Default::default()
     };
     let (raw, code) = Raw::connect_with(addr, spec).await;
@@ -28,10 +42,7 @@ async fn login(addr: std::net::SocketAddr, id: &str, user: &str) -> Raw {
 
 #[tokio::test]
 async fn a_device_is_confined_to_its_own_request_and_response_topics() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let acl = dir.path().join("acl");
-    std::fs::write(&acl, ACL).expect("write");
-    let broker = broker_with(|c| c.auth.acl_file = Some(acl));
+    let (broker, _dir) = broker_with_acl(ACL);
     let addr = broker.local_addr();
     let mut app = login(addr, "detrd-app", "app").await;
     app.subscribe(1, &[("detrd/status/response/+", 1)], &[1])
@@ -88,17 +99,7 @@ async fn a_device_is_confined_to_its_own_request_and_response_topics() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].payload, b"mine".to_vec());
     // The app's request reaches the device.
-    app.send(&packets::publish(
-        "detrd/status/request/1AB.ENTER.DETRD",
-        b"status?",
-        1,
-        1,
-        false,
-        false,
-    ))
-    .await;
-    app.expect().await;
-    app.sync().await;
+    request_status(&mut app, "1AB.ENTER.DETRD", 1).await;
     let requests: Vec<_> = radar.sync().await.iter().map(parse_publish).collect();
     assert_eq!(
         requests.len(),
@@ -107,20 +108,20 @@ async fn a_device_is_confined_to_its_own_request_and_response_topics() {
     );
     assert_eq!(requests[0].topic, "detrd/status/request/1AB.ENTER.DETRD");
     // A request to another device is not delivered to this one through `+` or `#`.
-    app.send(&packets::publish(
-        "detrd/status/request/2CD.EXIT.DETRD",
-        b"status?",
-        1,
-        2,
-        false,
-        false,
-    ))
-    .await;
-    app.expect().await;
-    app.sync().await;
+    request_status(&mut app, "2CD.EXIT.DETRD", 2).await;
     assert!(radar.sync().await.is_empty());
     // One refused subscription, one denied publish, two messages not delivered.
     assert_eq!(broker.metrics().snapshot().acl_denied, 4);
+}
+
+/// The app asks `device` for its status (QoS 1, packet id `pid`) and waits until the request is
+/// acknowledged and routed.
+async fn request_status(app: &mut Raw, device: &str, pid: u16) {
+    let topic = format!("detrd/status/request/{device}");
+    app.send(&packets::publish(&topic, b"status?", 1, pid, false, false))
+        .await;
+    app.expect().await;
+    app.sync().await;
 }
 
 /// Publishes each `(topic, qos, retain)` from `raw` and waits until all are routed.
@@ -156,10 +157,7 @@ topic read plant/#
 
 #[tokio::test]
 async fn a_dashboard_subscribed_to_everything_gets_all_but_the_denied_topics() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let acl = dir.path().join("acl");
-    std::fs::write(&acl, DASHBOARD_ACL).expect("write");
-    let broker = broker_with(|c| c.auth.acl_file = Some(acl));
+    let (broker, _dir) = broker_with_acl(DASHBOARD_ACL);
     let addr = broker.local_addr();
     let mut vault = login(addr, "vault", "vault").await;
     publish_all(
@@ -210,20 +208,10 @@ async fn a_dashboard_subscribed_to_everything_gets_all_but_the_denied_topics() {
 
 #[tokio::test]
 async fn a_resumed_session_gets_only_what_its_new_user_may_read() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let acl = dir.path().join("acl");
-    std::fs::write(&acl, DASHBOARD_ACL).expect("write");
-    let broker = broker_with(|c| c.auth.acl_file = Some(acl));
+    let (broker, _dir) = broker_with_acl(DASHBOARD_ACL);
     let addr = broker.local_addr();
     // The vault's own session holds a subscription granted whole to the vault.
-    let vault_session = ConnectSpec {
-        client_id: "console",
-        username: Some("vault"),
-        clean: false,
-        ..Default::default()
-    };
-    let (mut console, code) = Raw::connect_with(addr, vault_session).await;
-    assert_eq!(code, 0);
+    let mut console = connect_as(addr, "console", "vault", false).await;
     console
         .subscribe(1, &[("secrets/#", 1), ("plant/#", 1)], &[1, 1])
         .await;
@@ -244,14 +232,7 @@ async fn a_resumed_session_gets_only_what_its_new_user_may_read() {
     // The same client id, another user: the session resumes with the vault's subscriptions
     // and its message in flight, but the auditor reads plant/# only: the message in flight is
     // not sent again [MQTT-4.4.0-1] to a client that may not read it.
-    let auditor_session = ConnectSpec {
-        client_id: "console",
-        username: Some("auditor"),
-        clean: false,
-        ..Default::default()
-    };
-    let (mut auditor, code) = Raw::connect_with(addr, auditor_session).await;
-    assert_eq!(code, 0);
+    let mut auditor = connect_as(addr, "console", "auditor", false).await;
     assert_eq!(topics(&auditor.drain_acking().await), vec![("plant/a", 1)]);
     publish_all(
         &mut vault,
@@ -263,10 +244,7 @@ async fn a_resumed_session_gets_only_what_its_new_user_may_read() {
 
 #[tokio::test]
 async fn clients_without_rules_get_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let acl = dir.path().join("acl");
-    std::fs::write(&acl, "user app\ntopic readwrite detrd/#\n").expect("write");
-    let broker = broker_with(|c| c.auth.acl_file = Some(acl));
+    let (broker, _dir) = broker_with_acl("user app\ntopic readwrite detrd/#\n");
     let (mut anonymous, _) = Raw::handshake(broker.local_addr(), "anon", true).await;
     anonymous.subscribe(1, &[("detrd/#", 0)], &[0x80]).await;
 }
