@@ -6,6 +6,7 @@
 mod common;
 
 use common::packets::{self, parse_publish, ConnectSpec};
+use common::v5;
 use common::{broker_with, Raw};
 
 const ACL: &str = "
@@ -240,6 +241,49 @@ async fn a_resumed_session_gets_only_what_its_new_user_may_read() {
     )
     .await;
     assert_eq!(topics(&auditor.drain_acking().await), vec![("plant/b", 0)]);
+}
+
+#[tokio::test]
+async fn a_denied_publish_is_acknowledged_in_order_with_persistence_on() {
+    // With `[persistence]`, a PUBLISH's acknowledgement waits for its burst to be routed (and
+    // what it keeps on disk): the acknowledgement of a denied one, behind it in the same read,
+    // must not overtake it [MQTT-4.6.0-2].
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acl = dir.path().join("acl");
+    std::fs::write(&acl, "topic readwrite plant/#\n").expect("write");
+    let state = dir.path().join("state");
+    let broker = broker_with(|c| {
+        c.auth.acl_file = Some(acl);
+        c.persistence.dir = Some(state);
+    });
+    let (mut publisher, _) = Raw::handshake(broker.local_addr(), "publisher", true).await;
+    let mut burst = packets::publish("plant/a", b"allowed", 1, 1, false, false);
+    burst.extend(packets::publish("secrets/a", b"denied", 1, 2, false, false));
+    burst.extend(packets::publish("plant/b", b"allowed", 1, 3, false, false));
+    publisher.send(&burst).await;
+    let acks: Vec<(u8, u16)> = publisher
+        .sync()
+        .await
+        .iter()
+        .map(|f| (f.byte1, f.pid()))
+        .collect();
+    assert_eq!(acks, vec![(0x40, 1), (0x40, 2), (0x40, 3)]);
+
+    // MQTT 5: the denied one's PUBACK carries 0x87 Not authorized, still in its place.
+    let props = v5::Props::new();
+    let connect = v5::connect5("publisher5", true, 60, &props, None);
+    let (mut publisher, _) = Raw::connect5(broker.local_addr(), &connect).await;
+    let mut burst = v5::publish5("plant/a", b"allowed", 1, 1, false, &props);
+    burst.extend(v5::publish5("secrets/a", b"denied", 1, 2, false, &props));
+    burst.extend(v5::publish5("plant/b", b"allowed", 1, 3, false, &props));
+    publisher.send(&burst).await;
+    let acks: Vec<(u8, u16, u8)> = publisher
+        .sync5()
+        .await
+        .iter()
+        .map(|f| (f.byte1, f.pid(), f.body.get(2).copied().unwrap_or(0)))
+        .collect();
+    assert_eq!(acks, vec![(0x40, 1, 0), (0x40, 2, 0x87), (0x40, 3, 0)]);
 }
 
 #[tokio::test]

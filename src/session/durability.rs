@@ -6,7 +6,10 @@
 use std::collections::VecDeque;
 
 use actix::prelude::*;
+use bytes::BytesMut;
 
+use super::packets::refusal_reason;
+use super::peer::PeerOptions;
 use super::{Phase, Session};
 use crate::codec::{self, Ack};
 use crate::message::QoS;
@@ -41,6 +44,10 @@ pub(super) enum AckWait {
     Durable(u64),
 }
 
+/// An acknowledgement held back: its packet, its packet identifier, and (MQTT 5) its reason
+/// code, 0 for success.
+type HeldAck = (Ack, u16, u8);
+
 /// The most emptied batches of acknowledgements a Session keeps for reuse.
 const SPARE_BATCHES: usize = 2;
 
@@ -49,13 +56,13 @@ const SPARE_BATCHES: usize = 2;
 #[derive(Default)]
 pub(super) struct DeferredAcks {
     /// Of packets not handed over yet.
-    pending: Vec<(Ack, u16)>,
+    pending: Vec<HeldAck>,
     /// Handed over, each batch with what it waits for, oldest first.
-    waiting: VecDeque<(AckWait, Vec<(Ack, u16)>)>,
+    waiting: VecDeque<(AckWait, Vec<HeldAck>)>,
     /// Emptied batches kept for the next ones (at most [`SPARE_BATCHES`]): a pipelined
     /// publisher hands a batch over with every burst, which would otherwise grow a new list
     /// from nothing each time.
-    spare: Vec<Vec<(Ack, u16)>>,
+    spare: Vec<Vec<HeldAck>>,
     /// The last store change known durable.
     pub(super) durable: u64,
     /// The store change the pending acknowledgements need themselves (a PUBREL's record).
@@ -183,7 +190,7 @@ impl DeferredAcks {
 
     /// Hands the acknowledgements whose wait is over to `each`, in order; tells whether there
     /// were any. Their emptied batches are kept for reuse.
-    fn take_ready(&mut self, mut each: impl FnMut(Ack, u16)) -> bool {
+    fn take_ready(&mut self, mut each: impl FnMut(Ack, u16, u8)) -> bool {
         let mut any = false;
         while let Some((wait, _)) = self.waiting.front() {
             let done = match wait {
@@ -195,8 +202,8 @@ impl DeferredAcks {
             }
             if let Some((_, mut acks)) = self.waiting.pop_front() {
                 any |= !acks.is_empty();
-                for (ack, pid) in acks.drain(..) {
-                    each(ack, pid);
+                for (ack, pid, code) in acks.drain(..) {
+                    each(ack, pid, code);
                 }
                 if self.spare.len() < SPARE_BATCHES {
                     self.spare.push(acks);
@@ -205,6 +212,16 @@ impl DeferredAcks {
         }
         any
     }
+}
+
+/// Writes an acknowledgement: the plain packet for success (`code` 0), else (MQTT 5) with its
+/// reason code and, if the client asked for problem information, the reason in words.
+fn write_ack_with(out: &mut BytesMut, peer: &PeerOptions, ack: Ack, pid: u16, code: u8) {
+    if code == 0 {
+        return codec::write_ack(out, ack, pid);
+    }
+    let why = peer.problem_information.then(|| refusal_reason(code));
+    codec::write_ack_v5_with_reason(out, ack, pid, code, why, peer.max_packet_size);
 }
 
 /// The acknowledgement of a PUBLISH taken at `qos` (none for QoS 0).
@@ -237,8 +254,27 @@ impl Session {
             return;
         };
         match self.deferred_acks.as_deref_mut() {
-            Some(acks) => acks.pending.push((ack, pid)),
+            Some(acks) => acks.pending.push((ack, pid, 0)),
             None => codec::write_ack(&mut self.out, ack, pid),
+        }
+    }
+
+    /// Answers a PUBLISH the broker refuses with `ack` carrying reason `code` (0 for a plain
+    /// acknowledgement), in the order packets came `[MQTT-4.6.0-2]`: with persistence behind
+    /// the acknowledgements still held for the disk, and those of the burst being read.
+    pub(super) fn acknowledge_refused(
+        &mut self,
+        ack: Ack,
+        pid: u16,
+        code: u8,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(acks) = self.deferred_acks.as_deref_mut() else {
+            return write_ack_with(&mut self.out, &self.peer_options, ack, pid, code);
+        };
+        acks.pending.push((ack, pid, code));
+        if self.to_route.is_empty() {
+            self.settle_acks(AckWait::Durable(0), ctx);
         }
     }
 
@@ -282,8 +318,8 @@ impl Session {
         let Some(acks) = self.deferred_acks.as_deref_mut() else {
             return false;
         };
-        let out = &mut self.out;
-        acks.take_ready(|ack, pid| codec::write_ack(out, ack, pid))
+        let (out, peer) = (&mut self.out, &self.peer_options);
+        acks.take_ready(|ack, pid, code| write_ack_with(out, peer, ack, pid, code))
     }
 
     /// Records an inbound QoS 2 id taken from a client whose session is on disk, with the
@@ -344,7 +380,7 @@ impl Session {
         let Some(acks) = self.deferred_acks.as_deref_mut() else {
             return codec::write_ack(&mut self.out, ack, pid);
         };
-        acks.pending.push((ack, pid));
+        acks.pending.push((ack, pid, 0));
         acks.pending_needs = acks.pending_needs.max(seq);
         if self.to_route.is_empty() {
             self.settle_acks(AckWait::Durable(0), ctx);
@@ -486,7 +522,7 @@ mod tests {
 
     fn ready(acks: &mut DeferredAcks) -> Vec<(Ack, u16)> {
         let mut ready = Vec::new();
-        acks.take_ready(|ack, pid| ready.push((ack, pid)));
+        acks.take_ready(|ack, pid, _| ready.push((ack, pid)));
         ready
     }
 
@@ -495,7 +531,7 @@ mod tests {
         let mut acks = DeferredAcks::default();
         for burst in 1..=3u64 {
             for pid in 0..50 {
-                acks.pending.push((Ack::PubAck, pid));
+                acks.pending.push((Ack::PubAck, pid, 0));
             }
             acks.hand_over(AckWait::Durable(burst));
             acks.answered(burst);
@@ -534,9 +570,9 @@ mod tests {
             ..DeferredAcks::default()
         };
         acks.waiting
-            .push_back((AckWait::Durable(5), vec![(Ack::PubAck, 1)]));
+            .push_back((AckWait::Durable(5), vec![(Ack::PubAck, 1, 0)]));
         acks.waiting
-            .push_back((AckWait::Durable(9), vec![(Ack::PubAck, 2)]));
+            .push_back((AckWait::Durable(9), vec![(Ack::PubAck, 2, 0)]));
         acks.answered(4);
         assert_eq!(acks.waiting_for, 5, "not answered yet: still out");
         assert_eq!(acks.lowest_open(), Some(5));

@@ -28,6 +28,15 @@ pub(super) mod reason {
     pub const BAD_AUTHENTICATION_METHOD: u8 = 0x8C;
 }
 
+/// The reason string of a refused PUBLISH's acknowledgement with reason `code`.
+pub(super) fn refusal_reason(code: u8) -> &'static str {
+    match code {
+        reason::NOT_AUTHORIZED => "not authorized to publish to this topic",
+        reason::PAYLOAD_FORMAT_INVALID => "payload is not valid UTF-8",
+        _ => "refused",
+    }
+}
+
 /// What a SUBSCRIBE filter becomes: granted with options, or refused with a reason code.
 type SubscribeRequest = Result<(String, SubscriptionOptions), u8>;
 
@@ -201,12 +210,7 @@ impl Session {
         if payload_invalid {
             // (5.0) Payload Format Indicator 1 with a payload that is not UTF-8 (section 3.3.2.3.2).
             info!(client_id = %self.client_id(), topic = %message.topic, "publish refused: payload is not the UTF-8 its format indicator claims");
-            return self.refuse_publish(
-                qos,
-                pid,
-                reason::PAYLOAD_FORMAT_INVALID,
-                "payload is not valid UTF-8",
-            );
+            return self.refuse_publish(qos, pid, reason::PAYLOAD_FORMAT_INVALID, ctx);
         }
         self.refresh_acl();
         let denied = crate::topic::reserved_for_broker(&message.topic)
@@ -218,12 +222,7 @@ impl Session {
             // remembered so that PUBREL completes the handshake. 5.0: 0x87 Not authorized.
             self.shared.metrics.add_acl_denied(1);
             info!(client_id = %self.client_id(), topic = %message.topic, "publish denied: the ACL forbids it, or the topic is the broker's own ($SYS)");
-            return self.refuse_publish(
-                qos,
-                pid,
-                reason::NOT_AUTHORIZED,
-                "not authorized to publish to this topic",
-            );
+            return self.refuse_publish(qos, pid, reason::NOT_AUTHORIZED, ctx);
         }
         if qos == QoS::ExactlyOnce && !self.inbound_qos2.insert(pid) {
             // A re-sent QoS 2 PUBLISH whose PUBREL has not come: not routed again [MQTT-4.3.3-2].
@@ -284,34 +283,25 @@ impl Session {
     }
 
     /// Answers a PUBLISH the broker drops: (5.0) PUBACK/PUBREC with `code` and a reason string
-    /// if the client wants problem information; (3.1.1) a normal acknowledgement.
-    fn refuse_publish(&mut self, qos: QoS, pid: u16, code: u8, why: &str) {
-        if !self.peer_options.protocol.is_v5() {
-            match qos {
-                QoS::AtMostOnce => {}
-                QoS::AtLeastOnce => codec::write_ack(&mut self.out, Ack::PubAck, pid),
-                QoS::ExactlyOnce => {
-                    self.inbound_qos2.insert(pid);
-                    codec::write_ack(&mut self.out, Ack::PubRec, pid);
-                }
-            }
-            return;
-        }
+    /// if the client wants problem information; (3.1.1) a normal acknowledgement. In order
+    /// with the acknowledgements of the PUBLISH packets before it `[MQTT-4.6.0-2]`.
+    fn refuse_publish(&mut self, qos: QoS, pid: u16, code: u8, ctx: &mut Context<Self>) {
+        let v5 = self.peer_options.protocol.is_v5();
         let ack = match qos {
             QoS::AtMostOnce => return,
             QoS::AtLeastOnce => Ack::PubAck,
-            // An error PUBREC ends the flow: the id is not kept for a PUBREL.
             QoS::ExactlyOnce => Ack::PubRec,
         };
-        let why = self.peer_options.problem_information.then_some(why);
-        codec::write_ack_v5_with_reason(
-            &mut self.out,
-            ack,
-            pid,
-            code,
-            why,
-            self.peer_options.max_packet_size,
-        );
+        if v5 {
+            // An error PUBREC ends the flow: the id is not kept for a PUBREL.
+            self.acknowledge_refused(ack, pid, code, ctx);
+        } else {
+            // 3.1.1 has no negative acknowledgement; a QoS 2 id is kept so that PUBREL completes.
+            if qos == QoS::ExactlyOnce {
+                self.inbound_qos2.insert(pid);
+            }
+            self.acknowledge_refused(ack, pid, 0, ctx);
+        }
     }
 
     fn on_subscribe(
