@@ -180,11 +180,23 @@ impl AclFile {
     /// Whether the client may publish to `topic`: a write rule matches it and no deny rule
     /// does (one pass over the rules).
     pub fn may_publish(&self, username: Option<&str>, client_id: &str, topic: &str) -> bool {
+        self.topic_allowed(username, client_id, topic, Access::writes)
+    }
+
+    /// Whether a rule whose access `grants` matches `topic` and no deny rule does, in one pass
+    /// over the client's rules (a deny found first answers at once).
+    fn topic_allowed(
+        &self,
+        username: Option<&str>,
+        client_id: &str,
+        topic: &str,
+        grants: impl Fn(Access) -> bool,
+    ) -> bool {
         let mut allowed = false;
         for (rule, who) in self.rules_for(username, client_id) {
             match rule.access {
                 Access::Deny if intersects(&rule.topic, topic, who) => return false,
-                access if !allowed && access.writes() && intersects(&rule.topic, topic, who) => {
+                access if !allowed && grants(access) && intersects(&rule.topic, topic, who) => {
                     allowed = true
                 }
                 _ => {}
@@ -228,17 +240,7 @@ impl AclFile {
     /// and no deny rule does (one pass over the rules). Checked for each message of a
     /// [`SubscribeAccess::Filtered`] subscription.
     pub fn may_read(&self, username: Option<&str>, client_id: &str, topic: &str) -> bool {
-        let mut allowed = false;
-        for (rule, who) in self.rules_for(username, client_id) {
-            match rule.access {
-                Access::Deny if intersects(&rule.topic, topic, who) => return false,
-                access if !allowed && access.reads() && intersects(&rule.topic, topic, who) => {
-                    allowed = true
-                }
-                _ => {}
-            }
-        }
-        allowed
+        self.topic_allowed(username, client_id, topic, Access::reads)
     }
 }
 
