@@ -6,10 +6,8 @@
 use std::collections::VecDeque;
 
 use actix::prelude::*;
-use bytes::BytesMut;
 
-use super::packets::refusal_reason;
-use super::peer::PeerOptions;
+use super::peer::write_ack_coded;
 use super::{Phase, Session};
 use crate::codec::{self, Ack};
 use crate::message::QoS;
@@ -214,16 +212,6 @@ impl DeferredAcks {
     }
 }
 
-/// Writes an acknowledgement: the plain packet for success (`code` 0), else (MQTT 5) with its
-/// reason code and, if the client asked for problem information, the reason in words.
-fn write_ack_with(out: &mut BytesMut, peer: &PeerOptions, ack: Ack, pid: u16, code: u8) {
-    if code == 0 {
-        return codec::write_ack(out, ack, pid);
-    }
-    let why = peer.problem_information.then(|| refusal_reason(code));
-    codec::write_ack_v5_with_reason(out, ack, pid, code, why, peer.max_packet_size);
-}
-
 /// The acknowledgement of a PUBLISH taken at `qos` (none for QoS 0).
 fn ack_for(qos: QoS) -> Option<Ack> {
     match qos {
@@ -270,7 +258,7 @@ impl Session {
         ctx: &mut Context<Self>,
     ) {
         let Some(acks) = self.deferred_acks.as_deref_mut() else {
-            return write_ack_with(&mut self.out, &self.peer_options, ack, pid, code);
+            return write_ack_coded(&mut self.out, &self.peer_options, ack, pid, code);
         };
         acks.pending.push((ack, pid, code));
         if self.to_route.is_empty() {
@@ -319,7 +307,7 @@ impl Session {
             return false;
         };
         let (out, peer) = (&mut self.out, &self.peer_options);
-        acks.take_ready(|ack, pid, code| write_ack_with(out, peer, ack, pid, code))
+        acks.take_ready(|ack, pid, code| write_ack_coded(out, peer, ack, pid, code))
     }
 
     /// Records an inbound QoS 2 id taken from a client whose session is on disk, with the

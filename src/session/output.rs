@@ -160,9 +160,13 @@ impl Session {
         self.take_spare_output();
         if delivery.message.is_expired(now) {
             self.shared.metrics.add_expired_dropped(1);
-        } else if self.reads_checked()
-            && read_check(true, &self.acl.1, &self.username, &self.phase)
-                .is_some_and(|check| !check.allows(delivery))
+        } else if read_check(
+            self.reads_checked(),
+            &self.acl.1,
+            &self.username,
+            &self.phase,
+        )
+        .is_some_and(|check| !check.allows(delivery))
         {
             self.unreadable_dropped(1);
         } else if write_delivery(
@@ -202,8 +206,12 @@ impl Session {
     /// [`Session::pump`] with the time already read.
     pub(super) fn pump_at(&mut self, now: Instant) {
         self.take_spare_output();
-        let checked = self.reads_checked();
-        let check = read_check(checked, &self.acl.1, &self.username, &self.phase);
+        let check = read_check(
+            self.reads_checked(),
+            &self.acl.1,
+            &self.username,
+            &self.phase,
+        );
         while let Some(entry) = self
             .outbound
             .next_to_send(now, |d| check.is_none_or(|c| c.allows(d)))
@@ -257,8 +265,12 @@ impl Session {
         let now = Instant::now();
         let mut too_large = Vec::new();
         let mut unreadable = Vec::new();
-        let checked = self.reads_checked();
-        let check = read_check(checked, &self.acl.1, &self.username, &self.phase);
+        let check = read_check(
+            self.reads_checked(),
+            &self.acl.1,
+            &self.username,
+            &self.phase,
+        );
         for entry in self.outbound.inflight() {
             match entry.stage {
                 InflightStage::AwaitingPubComp => {

@@ -6,6 +6,7 @@ use actix::prelude::*;
 use futures_util::future::join_all;
 use tracing::{debug, info, warn};
 
+use super::peer::write_ack_coded;
 use super::{AckResult, Phase, Session};
 use crate::auth::SubscribeAccess;
 use crate::codec::{self, Ack, Packet, Publish as PublishPacket};
@@ -26,15 +27,6 @@ pub(super) mod reason {
     pub const QUOTA_EXCEEDED: u8 = 0x97;
     pub const PAYLOAD_FORMAT_INVALID: u8 = 0x99;
     pub const BAD_AUTHENTICATION_METHOD: u8 = 0x8C;
-}
-
-/// The reason string of a refused PUBLISH's acknowledgement with reason `code`.
-pub(super) fn refusal_reason(code: u8) -> &'static str {
-    match code {
-        reason::NOT_AUTHORIZED => "not authorized to publish to this topic",
-        reason::PAYLOAD_FORMAT_INVALID => "payload is not valid UTF-8",
-        _ => "refused",
-    }
 }
 
 /// What a SUBSCRIBE filter becomes: granted with options, or refused with a reason code.
@@ -132,16 +124,11 @@ impl Session {
     /// the flow (`ack`), so that the client can finish its own: (5.0) with 0x92 Packet
     /// Identifier not found and, if the client wants problem information, its reason string.
     fn answer_unknown_id(&mut self, ack: Ack, pid: u16) {
-        if !self.peer_options.protocol.is_v5() {
-            return codec::write_ack(&mut self.out, ack, pid);
-        }
-        let code = reason::PACKET_ID_NOT_FOUND;
-        let why = self
-            .peer_options
-            .problem_information
-            .then(|| codec::reason_text(code));
-        let max = self.peer_options.max_packet_size;
-        codec::write_ack_v5_with_reason(&mut self.out, ack, pid, code, why, max);
+        let code = match self.peer_options.protocol.is_v5() {
+            true => reason::PACKET_ID_NOT_FOUND,
+            false => 0,
+        };
+        write_ack_coded(&mut self.out, &self.peer_options, ack, pid, code);
     }
 
     fn violation(&mut self, ctx: &mut Context<Self>, packet: &str, rule: &'static str) {

@@ -1,6 +1,6 @@
 //! What a Session sends its client depends on the protocol and on what the client asked for in
 //! CONNECT (MQTT 5: maximum packet size, topic aliases, problem information). This file holds
-//! that, and writes outbound PUBLISH packets accordingly.
+//! that, and writes outbound PUBLISH packets and acknowledgements accordingly.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -11,6 +11,33 @@ use crate::codec::{self, PublishExtras, PublishHeader};
 use crate::hooks::DisconnectReason;
 use crate::message::{Delivery, ProtocolVersion, QoS};
 use crate::traffic::Traffic;
+
+/// Writes PUBACK, PUBREC, PUBREL or PUBCOMP: the plain packet for success (`code` 0), else
+/// (MQTT 5) with its reason code and, if the client asked for problem information, the reason
+/// in words.
+pub(super) fn write_ack_coded(
+    out: &mut BytesMut,
+    peer: &PeerOptions,
+    ack: codec::Ack,
+    pid: u16,
+    code: u8,
+) {
+    if code == 0 {
+        return codec::write_ack(out, ack, pid);
+    }
+    let why = peer.problem_information.then(|| ack_reason(code));
+    codec::write_ack_v5_with_reason(out, ack, pid, code, why, peer.max_packet_size);
+}
+
+/// The reason string of an acknowledgement with reason `code`: a refused PUBLISH's says what
+/// was refused; others are the code's name.
+fn ack_reason(code: u8) -> &'static str {
+    match code {
+        0x87 => "not authorized to publish to this topic",
+        0x99 => "payload is not valid UTF-8",
+        _ => codec::reason_text(code),
+    }
+}
 
 /// The client's side of the connection, from its CONNECT.
 #[derive(Debug, Clone)]
