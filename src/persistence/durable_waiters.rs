@@ -227,7 +227,7 @@ mod tests {
 
     #[test]
     fn a_waiter_is_told_on_its_own_thread_once_its_change_is_durable() {
-        let shared = Arc::new(StoreShared::new(1));
+        let shared = Arc::new(StoreShared::new(1, false));
         let store = Store::new(shared.clone());
         let (told, heard) = mpsc::channel();
         actix_rt::System::new().block_on(async {

@@ -409,13 +409,14 @@ fn queued_in<'a>(
 impl Recovered {
     /// Starts the writer thread; it reports durability to whoever asks the [`Store`].
     pub fn start(&mut self) -> Result<Store, PersistenceError> {
-        let shared = Arc::new(StoreShared::new(self.next_id));
         let Some(writer) = self.writer.take() else {
             return Err(PersistenceError::io(
                 Path::new("persistence writer thread"),
                 std::io::Error::other("already started"),
             ));
         };
+        let wake_at_once = writer.policy != crate::config::FsyncPolicy::Always;
+        let shared = Arc::new(StoreShared::new(self.next_id, wake_at_once));
         let for_writer = shared.clone();
         std::thread::Builder::new()
             .name("switchboard-persistence".into())

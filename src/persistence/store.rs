@@ -36,11 +36,16 @@ thread_local! {
     static TO_WAKE: RefCell<Vec<Arc<StoreShared>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Wakes `shared`'s writer. On an actix thread, once the tasks ready there have run: a
-/// worker's turn over many Sessions that each submit costs one wake-up (a system call, and
-/// on a virtual machine an interrupt to another CPU), not one per Session. Elsewhere, or if the
-/// thread's Arbiter is gone, at once.
+/// Wakes `shared`'s writer. With `fsync = "always"`, on an actix thread, once the tasks ready
+/// there have run: each commit then costs an `fdatasync`, and one commit takes a whole turn
+/// of the worker's Sessions. Otherwise, or if the thread's Arbiter is gone, at once: a commit
+/// is one cheap write, and waiting for the turn to end kept acknowledgements, and output at
+/// the duplicate bound, waiting longer than the write itself takes.
 fn wake_soon(shared: &Arc<StoreShared>) {
+    if shared.wake_at_once {
+        shared.wake_writer.notify_one();
+        return;
+    }
     // A wake already scheduled on this thread takes this store along.
     let scheduled = TO_WAKE.with(|to_wake| {
         let mut to_wake = to_wake.borrow_mut();
@@ -139,11 +144,15 @@ pub struct StoreShared {
     pub(super) id: u64,
     /// The next durable id of a queued message.
     next_id: AtomicU64,
+    /// Whether a submission wakes the writer at once, not once its thread's ready tasks ran
+    /// ([`wake_soon`]): every policy but `fsync = "always"`.
+    wake_at_once: bool,
 }
 
 impl StoreShared {
-    /// Shared state for a store whose next queued-message id is `next_id`.
-    pub(super) fn new(next_id: u64) -> Self {
+    /// Shared state for a store whose next queued-message id is `next_id`; `wake_at_once`
+    /// as [`StoreShared::wake_at_once`].
+    pub(super) fn new(next_id: u64, wake_at_once: bool) -> Self {
         StoreShared {
             pending: Mutex::new(Pending::default()),
             wake_writer: Condvar::new(),
@@ -154,6 +163,7 @@ impl StoreShared {
             waiters: Waiters::default(),
             id: NEXT_STORE.fetch_add(1, Ordering::Relaxed),
             next_id: AtomicU64::new(next_id),
+            wake_at_once,
         }
     }
 
@@ -381,7 +391,7 @@ mod tests {
     #[tokio::test]
     async fn a_session_waits_for_room_while_the_writer_is_behind_and_not_after() {
         // No writer thread: the test drains the queue itself, as the writer would.
-        let shared = Arc::new(StoreShared::new(1));
+        let shared = Arc::new(StoreShared::new(1, false));
         let store = Store::new(shared.clone());
         assert!(!store.is_behind());
         let payload = Bytes::from(vec![1u8; 64 * 1024]);
@@ -404,7 +414,7 @@ mod tests {
     #[test]
     fn a_submitter_past_the_bound_waits_for_a_drain_and_is_woken_by_it() {
         // No writer thread: the test drains the queue as the writer does.
-        let shared = Arc::new(StoreShared::new(1));
+        let shared = Arc::new(StoreShared::new(1, false));
         let store = Store::new(shared.clone());
         let payload = Bytes::from(vec![1u8; 1 << 20]);
         let retained = |n: usize| {
@@ -450,30 +460,53 @@ mod tests {
         assert_eq!(shared.lock_pending().waiting_for_room, 0);
     }
 
+    /// A thread that sleeps as the idle writer does, until woken with changes pending (or for
+    /// a minute), and then says so on the channel returned.
+    fn sleeping_writer(
+        shared: &Arc<StoreShared>,
+    ) -> (std::thread::JoinHandle<()>, std::sync::mpsc::Receiver<()>) {
+        shared.lock_pending().writer = WriterState::Asleep;
+        let (woken, wake_seen) = std::sync::mpsc::channel();
+        let shared = shared.clone();
+        let sleeper = std::thread::spawn(move || {
+            let mut pending = shared.lock_pending();
+            while !pending.has_changes {
+                let (p, timeout) = shared
+                    .wake_writer
+                    .wait_timeout(pending, std::time::Duration::from_secs(60))
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                pending = p;
+                if timeout.timed_out() {
+                    return;
+                }
+            }
+            let _ = woken.send(());
+        });
+        (sleeper, wake_seen)
+    }
+
+    #[test]
+    fn a_submission_on_an_actix_thread_wakes_the_writer_at_once_when_commits_do_not_sync() {
+        let shared = Arc::new(StoreShared::new(1, true));
+        let store = Store::new(shared.clone());
+        let (sleeper, wake_seen) = sleeping_writer(&shared);
+        actix_rt::System::new().block_on(async {
+            let message = Message::new("t", Bytes::from_static(b"m"), QoS::AtLeastOnce, true);
+            store.submit(Record::RetainSet(Arc::new(message)));
+            assert_eq!(TO_WAKE.with(|to_wake| to_wake.borrow().len()), 0);
+            // Without yielding: nothing else on this thread runs before the writer wakes.
+            wake_seen
+                .recv_timeout(std::time::Duration::from_secs(30))
+                .expect("the writer was woken before this thread's ready tasks ran");
+        });
+        sleeper.join().expect("no panic");
+    }
+
     #[test]
     fn a_submission_on_an_actix_thread_wakes_the_writer_once_the_ready_tasks_ran() {
-        let shared = Arc::new(StoreShared::new(1));
+        let shared = Arc::new(StoreShared::new(1, false));
         let store = Store::new(shared.clone());
-        shared.lock_pending().writer = WriterState::Asleep;
-        // Sleeps as the writer does when idle: until woken (or for a minute).
-        let (woken, wake_seen) = std::sync::mpsc::channel();
-        let sleeper = {
-            let shared = shared.clone();
-            std::thread::spawn(move || {
-                let mut pending = shared.lock_pending();
-                while !pending.has_changes {
-                    let (p, timeout) = shared
-                        .wake_writer
-                        .wait_timeout(pending, std::time::Duration::from_secs(60))
-                        .unwrap_or_else(|poisoned| poisoned.into_inner());
-                    pending = p;
-                    if timeout.timed_out() {
-                        return;
-                    }
-                }
-                let _ = woken.send(());
-            })
-        };
+        let (sleeper, wake_seen) = sleeping_writer(&shared);
         actix_rt::System::new().block_on(async {
             let message = Message::new("t", Bytes::from_static(b"m"), QoS::AtLeastOnce, true);
             store.submit(Record::RetainSet(Arc::new(message)));
