@@ -38,9 +38,9 @@ thread_local! {
 
 /// Wakes `shared`'s writer. With `fsync = "always"`, on an actix thread, once the tasks ready
 /// there have run: each commit then costs an `fdatasync`, and one commit takes a whole turn
-/// of the worker's Sessions. Otherwise, or if the thread's Arbiter is gone, at once: a commit
-/// is one cheap write, and waiting for the turn to end kept acknowledgements, and output at
-/// the duplicate bound, waiting longer than the write itself takes.
+/// of the worker's Sessions. Otherwise (another policy, another thread, or the thread's
+/// Arbiter gone) at once: a commit is one cheap write, and waiting for the turn to end kept
+/// acknowledgements, and output at the duplicate bound, waiting longer than the write takes.
 fn wake_soon(shared: &Arc<StoreShared>) {
     if shared.wake_at_once {
         shared.wake_writer.notify_one();
@@ -241,14 +241,15 @@ impl Store {
     }
 
     /// Submits a change; returns its sequence number, reported durable once it is. Waits only
-    /// if the writer is `MAX_PENDING_BYTES` behind. The writer takes it at once (on an actix
-    /// thread: once the tasks ready there have run).
+    /// if the writer is `MAX_PENDING_BYTES` behind. The writer takes it at once (with
+    /// `fsync = "always"`, on an actix thread: once the tasks ready there have run).
     pub fn submit(&self, record: Record) -> u64 {
         self.submit_all(std::iter::once(record))
     }
 
     /// Submits changes, in order, as one; returns the sequence number of the last. The writer
-    /// takes them at once (on an actix thread: once the tasks ready there have run).
+    /// takes them at once (with `fsync = "always"`, on an actix thread: once the tasks ready
+    /// there have run).
     pub fn submit_all(&self, records: impl IntoIterator<Item = impl Framed>) -> u64 {
         self.enqueue(records, WriterState::Napping)
     }
