@@ -461,14 +461,20 @@ mod tests {
         assert_eq!(shared.lock_pending().waiting_for_room, 0);
     }
 
-    /// A thread that sleeps as the idle writer does, until woken with changes pending (or for
-    /// a minute), and then says so on the channel returned.
-    fn sleeping_writer(
-        shared: &Arc<StoreShared>,
-    ) -> (std::thread::JoinHandle<()>, std::sync::mpsc::Receiver<()>) {
+    /// A store (waking its writer at once or not), and a thread that sleeps as its idle writer
+    /// does, until woken with changes pending (or for a minute), and then says so on the
+    /// channel returned.
+    fn store_with_sleeping_writer(
+        wake_at_once: bool,
+    ) -> (
+        Store,
+        std::thread::JoinHandle<()>,
+        std::sync::mpsc::Receiver<()>,
+    ) {
+        let shared = Arc::new(StoreShared::new(1, wake_at_once));
         shared.lock_pending().writer = WriterState::Asleep;
         let (woken, wake_seen) = std::sync::mpsc::channel();
-        let shared = shared.clone();
+        let store = Store::new(shared.clone());
         let sleeper = std::thread::spawn(move || {
             let mut pending = shared.lock_pending();
             while !pending.has_changes {
@@ -483,17 +489,20 @@ mod tests {
             }
             let _ = woken.send(());
         });
-        (sleeper, wake_seen)
+        (store, sleeper, wake_seen)
+    }
+
+    /// Submits one retained message.
+    fn submit_retained(store: &Store) {
+        let message = Message::new("t", Bytes::from_static(b"m"), QoS::AtLeastOnce, true);
+        store.submit(Record::RetainSet(Arc::new(message)));
     }
 
     #[test]
     fn a_submission_on_an_actix_thread_wakes_the_writer_at_once_when_commits_do_not_sync() {
-        let shared = Arc::new(StoreShared::new(1, true));
-        let store = Store::new(shared.clone());
-        let (sleeper, wake_seen) = sleeping_writer(&shared);
+        let (store, sleeper, wake_seen) = store_with_sleeping_writer(true);
         actix_rt::System::new().block_on(async {
-            let message = Message::new("t", Bytes::from_static(b"m"), QoS::AtLeastOnce, true);
-            store.submit(Record::RetainSet(Arc::new(message)));
+            submit_retained(&store);
             assert_eq!(TO_WAKE.with(|to_wake| to_wake.borrow().len()), 0);
             // Without yielding: nothing else on this thread runs before the writer wakes.
             wake_seen
@@ -505,12 +514,9 @@ mod tests {
 
     #[test]
     fn a_submission_on_an_actix_thread_wakes_the_writer_once_the_ready_tasks_ran() {
-        let shared = Arc::new(StoreShared::new(1, false));
-        let store = Store::new(shared.clone());
-        let (sleeper, wake_seen) = sleeping_writer(&shared);
+        let (store, sleeper, wake_seen) = store_with_sleeping_writer(false);
         actix_rt::System::new().block_on(async {
-            let message = Message::new("t", Bytes::from_static(b"m"), QoS::AtLeastOnce, true);
-            store.submit(Record::RetainSet(Arc::new(message)));
+            submit_retained(&store);
             let scheduled = TO_WAKE.with(|to_wake| to_wake.borrow().len());
             assert_eq!(
                 scheduled, 1,
