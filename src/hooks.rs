@@ -246,7 +246,8 @@ pub enum PublishDecision {
     Drop,
     /// Route it with this topic and payload instead.
     Rewrite {
-        /// New topic name; must be a valid topic name or the message is dropped.
+        /// New topic name. The message is dropped unless it is a valid topic name within the
+        /// limits that the ACL lets the client publish to (not the broker's own `$SYS`).
         topic: String,
         /// New payload.
         payload: Bytes,
@@ -275,7 +276,8 @@ pub enum SubscribeDecision {
     Refuse,
     /// Grant a different filter and/or QoS.
     Rewrite {
-        /// Filter to subscribe instead; must be valid or the filter is refused.
+        /// Filter to subscribe instead. It is refused unless it is valid, within the limits,
+        /// and granted by the ACL, as the client's own filter would have to be.
         filter: String,
         /// QoS to grant.
         qos: QoS,

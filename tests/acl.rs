@@ -292,3 +292,117 @@ async fn clients_without_rules_get_nothing() {
     let (mut anonymous, _) = Raw::handshake(broker.local_addr(), "anon", true).await;
     anonymous.subscribe(1, &[("detrd/#", 0)], &[0x80]).await;
 }
+
+/// An interceptor that moves what the gate asks for elsewhere: subscriptions and publishes
+/// under `gate/` are rewritten to the topics named after `->` in their last level.
+struct Mover;
+
+impl actix::Actor for Mover {
+    type Context = actix::Context<Self>;
+}
+
+/// `gate/x->where/to` becomes `where/to`; anything else stays.
+fn moved(topic: &str) -> Option<String> {
+    topic.split_once("->").map(|(_, to)| to.to_string())
+}
+
+impl actix::Handler<switchboard::hooks::AuthorizeSubscribe> for Mover {
+    type Result = switchboard::hooks::SubscribeDecision;
+
+    fn handle(
+        &mut self,
+        q: switchboard::hooks::AuthorizeSubscribe,
+        _: &mut Self::Context,
+    ) -> Self::Result {
+        use switchboard::hooks::SubscribeDecision;
+        match moved(&q.filter) {
+            Some(filter) => SubscribeDecision::Rewrite { filter, qos: q.qos },
+            None => SubscribeDecision::Accept,
+        }
+    }
+}
+
+impl actix::Handler<switchboard::hooks::AuthorizePublish> for Mover {
+    type Result = switchboard::hooks::PublishDecision;
+
+    fn handle(
+        &mut self,
+        q: switchboard::hooks::AuthorizePublish,
+        _: &mut Self::Context,
+    ) -> Self::Result {
+        use switchboard::hooks::PublishDecision;
+        match moved(&q.topic) {
+            Some(topic) => PublishDecision::Rewrite {
+                topic,
+                payload: q.payload,
+            },
+            None => PublishDecision::Accept,
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_interceptors_rewrite_is_judged_by_the_acl_as_the_clients_own_request_is() {
+    use actix::Actor;
+    // The interceptor may narrow what the ACL grants, never widen it: a rewritten filter or
+    // topic the client could not have asked for itself is refused (SUBACK 0x80: the
+    // subscription failed [MQTT-3.8.4-5]) or dropped (and still acknowledged), and so is a
+    // rewrite into `$SYS`.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acl = dir.path().join("acl");
+    std::fs::write(
+        &acl,
+        "user gate\ntopic readwrite gate/#\nuser app\ntopic read #\ntopic read $SYS/#\n",
+    )
+    .expect("write");
+    let mut config = common::test_config();
+    config.auth.acl_file = Some(acl);
+    let broker = switchboard::BackgroundBroker::start_with(config, |b| {
+        let mover = Mover.start();
+        b.interceptors(switchboard::hooks::Interceptors {
+            subscribe: Some(mover.clone().recipient()),
+            publish: Some(mover.recipient()),
+            ..Default::default()
+        })
+    })
+    .expect("broker starts");
+    let addr = broker.local_addr();
+    let mut app = login(addr, "app", "app").await;
+    app.subscribe(1, &[("#", 1), ("$SYS/broker/forged", 1)], &[1, 1])
+        .await;
+    let mut gate = login(addr, "gate", "gate").await;
+    gate.subscribe(
+        1,
+        &[("gate/a->secret/#", 1), ("gate/b->gate/moved/#", 1)],
+        &[0x80, 1],
+    )
+    .await;
+    let mut burst = packets::publish("gate/x->secret/x", b"denied", 1, 1, false, false);
+    burst.extend(packets::publish(
+        "gate/y->$SYS/broker/forged",
+        b"forged",
+        1,
+        2,
+        false,
+        false,
+    ));
+    burst.extend(packets::publish(
+        "gate/z->gate/moved/z",
+        b"allowed",
+        1,
+        3,
+        false,
+        false,
+    ));
+    gate.send(&burst).await;
+    let acks: Vec<(u8, u16)> = gate
+        .sync()
+        .await
+        .iter()
+        .filter(|f| f.byte1 == 0x40)
+        .map(|f| (f.byte1, f.pid()))
+        .collect();
+    assert_eq!(acks, vec![(0x40, 1), (0x40, 2), (0x40, 3)]);
+    assert_eq!(topics(&app.drain_acking().await), vec![("gate/moved/z", 1)]);
+    assert_eq!(broker.metrics().snapshot().acl_denied, 3);
+}

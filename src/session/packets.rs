@@ -8,7 +8,7 @@ use tracing::{debug, info, warn};
 
 use super::peer::write_ack_coded;
 use super::{AckResult, Phase, Session};
-use crate::auth::SubscribeAccess;
+use crate::auth::{AclFile, SubscribeAccess};
 use crate::codec::{self, Ack, Packet, Publish as PublishPacket};
 use crate::hooks::{
     AuthorizePublish, AuthorizeSubscribe, DisconnectReason, PublishDecision, SubscribeDecision,
@@ -200,11 +200,7 @@ impl Session {
             return self.refuse_publish(qos, pid, reason::PAYLOAD_FORMAT_INVALID, ctx);
         }
         self.refresh_acl();
-        let denied = crate::topic::reserved_for_broker(&message.topic)
-            || self.acl.1.as_ref().is_some_and(|acl| {
-                !acl.may_publish(self.username.as_deref(), self.client_id(), &message.topic)
-            });
-        if denied {
+        if self.publish_denied(&message.topic) {
             // Dropped. 3.1.1 has no negative PUBACK: acknowledged as usual, and a QoS 2 id is
             // remembered so that PUBREL completes the handshake. 5.0: 0x87 Not authorized.
             self.shared.metrics.add_acl_denied(1);
@@ -235,7 +231,7 @@ impl Session {
             move |answer, act, ctx| {
                 let message = match answer {
                     Ok(PublishDecision::Accept) => Some(message),
-                    Ok(PublishDecision::Rewrite { topic, payload }) => match validate_topic_name(&topic) {
+                    Ok(PublishDecision::Rewrite { topic, payload }) => match act.judge_rewritten_topic(&topic) {
                         Ok(()) => {
                             // The rewritten message keeps the original's MQTT 5 properties.
                             let mut rewritten = Message::new(topic, payload, message.qos, message.retain);
@@ -243,8 +239,8 @@ impl Session {
                             rewritten.expires_at = message.expires_at;
                             Some(rewritten)
                         }
-                        Err(e) => {
-                            warn!(client_id = %act.client_id(), error = %e, "publish interceptor rewrote to an invalid topic; dropped");
+                        Err(why) => {
+                            warn!(client_id = %act.client_id(), topic = %topic, why = %why, "publish interceptor's rewrite refused; message dropped");
                             None
                         }
                     },
@@ -309,46 +305,7 @@ impl Session {
                 options.no_local = true;
                 options.retain_as_published = true;
             }
-            // The ACL judges the topic filter of a shared subscription.
-            let acl_filter = match parse_shared(&filter) {
-                Some(Ok(shared)) => {
-                    self.shared_subscriber = true;
-                    shared.filter
-                }
-                _ => filter.as_str(),
-            };
-            // In order: limits, syntax, ACL. Each refusal is for that filter only.
-            let refusal = if !self.topic_within_limits(&filter) {
-                self.shared.metrics.add_limits_hit(1);
-                Some((
-                    reason::QUOTA_EXCEEDED,
-                    "over the topic length or level limit".to_string(),
-                ))
-            } else if let Err(e) = validate_filter(&filter) {
-                Some((reason::TOPIC_FILTER_INVALID, format!("invalid filter: {e}")))
-            } else if let Some(Err(e)) = parse_shared(&filter) {
-                Some((
-                    reason::TOPIC_FILTER_INVALID,
-                    format!("invalid shared subscription: {e}"),
-                ))
-            } else {
-                let access = acl.as_ref().map(|acl| {
-                    acl.subscribe_access(self.username.as_deref(), &client_id, acl_filter)
-                });
-                match access {
-                    Some(SubscribeAccess::Refused) => {
-                        self.shared.metrics.add_acl_denied(1);
-                        Some((reason::NOT_AUTHORIZED, "denied by the ACL".to_string()))
-                    }
-                    Some(SubscribeAccess::Filtered) => {
-                        // It reaches topics the client may not read: each message is checked
-                        // on its way out (`read_access.rs`).
-                        self.read_checks = true;
-                        None
-                    }
-                    Some(SubscribeAccess::Granted) | None => None,
-                }
-            };
+            let refusal = self.judge_filter(&filter, acl.as_deref(), &client_id);
             match refusal {
                 None => requests.push(Ok((filter, options))),
                 Some((code, why)) => {
@@ -360,9 +317,10 @@ impl Session {
         let Some(interceptor) = self.shared.interceptors.subscribe.clone() else {
             return self.subscribe(key, pid, requests, ctx);
         };
+        let asking = client_id.clone();
         let decide = join_all(requests.into_iter().map(move |request| {
             let interceptor = interceptor.clone();
-            let client_id = client_id.clone();
+            let client_id = asking.clone();
             async move {
                 let (filter, options) = request?;
                 let question = AuthorizeSubscribe {
@@ -371,19 +329,106 @@ impl Session {
                     qos: options.qos,
                 };
                 match interceptor.send(question).await {
-                    Ok(SubscribeDecision::Accept) => Ok((filter, options)),
-                    Ok(SubscribeDecision::Rewrite { filter, qos }) => validate_filter(&filter)
-                        .map(|()| (filter, SubscriptionOptions { qos, ..options }))
-                        .map_err(|_| reason::TOPIC_FILTER_INVALID),
+                    Ok(SubscribeDecision::Accept) => Ok((filter, options, false)),
+                    Ok(SubscribeDecision::Rewrite { filter, qos }) => {
+                        Ok((filter, SubscriptionOptions { qos, ..options }, true))
+                    }
                     Ok(SubscribeDecision::Refuse) => Err(reason::NOT_AUTHORIZED),
                     Err(_) => Err(reason::UNSPECIFIED),
                 }
             }
         }));
-        ctx.wait(decide.into_actor(self).map(move |granted, act, ctx| {
+        ctx.wait(decide.into_actor(self).map(move |answers, act, ctx| {
+            // A rewritten filter is judged as the client's own was: the interceptor may narrow
+            // what the limits and the ACL grant, never widen it.
+            let granted = answers
+                .into_iter()
+                .map(|answer| {
+                    let (filter, options, rewritten) = answer?;
+                    if rewritten {
+                        if let Some((code, why)) = act.judge_filter(&filter, acl.as_deref(), &client_id) {
+                            info!(client_id = %client_id, filter = %filter, why = %why, "subscription refused: the interceptor's rewrite");
+                            return Err(code);
+                        }
+                    }
+                    Ok((filter, options))
+                })
+                .collect();
             act.subscribe(key, pid, granted, ctx);
             act.flush(ctx);
         }));
+    }
+
+    /// Judges one filter of a SUBSCRIBE, or an interceptor's rewrite of it, in order: limits,
+    /// syntax, the ACL (on a shared subscription's topic filter). `None` grants it; a refusal
+    /// is a reason code and why. A filter that reaches topics the client may not read beside
+    /// ones it may turns on the check of each message on its way out (`read_access.rs`).
+    fn judge_filter(
+        &mut self,
+        filter: &str,
+        acl: Option<&AclFile>,
+        client_id: &str,
+    ) -> Option<(u8, String)> {
+        let shared = parse_shared(filter);
+        if let Some(Ok(_)) = shared {
+            self.shared_subscriber = true;
+        }
+        if !self.topic_within_limits(filter) {
+            self.shared.metrics.add_limits_hit(1);
+            return Some((
+                reason::QUOTA_EXCEEDED,
+                "over the topic length or level limit".to_string(),
+            ));
+        }
+        if let Err(e) = validate_filter(filter) {
+            return Some((reason::TOPIC_FILTER_INVALID, format!("invalid filter: {e}")));
+        }
+        let acl_filter = match shared {
+            Some(Ok(shared)) => shared.filter,
+            Some(Err(e)) => {
+                return Some((
+                    reason::TOPIC_FILTER_INVALID,
+                    format!("invalid shared subscription: {e}"),
+                ))
+            }
+            None => filter,
+        };
+        match acl.map(|acl| acl.subscribe_access(self.username.as_deref(), client_id, acl_filter)) {
+            Some(SubscribeAccess::Refused) => {
+                self.shared.metrics.add_acl_denied(1);
+                Some((reason::NOT_AUTHORIZED, "denied by the ACL".to_string()))
+            }
+            Some(SubscribeAccess::Filtered) => {
+                self.read_checks = true;
+                None
+            }
+            Some(SubscribeAccess::Granted) | None => None,
+        }
+    }
+
+    /// Whether this client may not publish to `topic`: the broker's own topics (`$SYS`), or
+    /// what the ACL does not let it write.
+    fn publish_denied(&self, topic: &str) -> bool {
+        crate::topic::reserved_for_broker(topic)
+            || self.acl.1.as_ref().is_some_and(|acl| {
+                !acl.may_publish(self.username.as_deref(), self.client_id(), topic)
+            })
+    }
+
+    /// Judges a publish interceptor's new topic as the client's own was: a valid topic name,
+    /// within the limits, one the client may publish to. `Err` says why not.
+    fn judge_rewritten_topic(&mut self, topic: &str) -> Result<(), String> {
+        validate_topic_name(topic).map_err(|e| format!("invalid topic name: {e}"))?;
+        if !self.topic_within_limits(topic) {
+            self.shared.metrics.add_limits_hit(1);
+            return Err("over the topic length or level limit".to_string());
+        }
+        self.refresh_acl();
+        if self.publish_denied(topic) {
+            self.shared.metrics.add_acl_denied(1);
+            return Err("the ACL forbids it, or the topic is the broker's own ($SYS)".to_string());
+        }
+        Ok(())
     }
 
     /// Sends the granted filters to the Registry, which answers with [`registry::Subscribed`];
