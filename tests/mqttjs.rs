@@ -55,3 +55,40 @@ fn mqttjs_burst_over_mqtt_3_1_1() {
 fn mqttjs_burst_over_mqtt_5() {
     a_burst_keeps_the_subscriber_and_delivers_every_message("5");
 }
+
+#[test]
+fn mqttjs_takes_no_matching_subscribers_as_a_success() {
+    // (5.0) section 3.4.2.1: 0x10 No matching subscribers is a success code; MQTT.js's publish
+    // callback gets no error and the code, and its QoS 2 flow goes on after such a PUBREC.
+    if !mqttjs_available() {
+        return;
+    }
+    let broker = common::broker();
+    let out = Command::new("node")
+        .arg(mqttjs_dir().join("no_subscribers.js"))
+        .arg(broker.local_addr().port().to_string())
+        .output()
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    let result: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| {
+        panic!(
+            "no_subscribers.js printed no result ({e}): {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(out.status.success(), "no_subscribers.js failed: {result}");
+    assert_eq!(
+        result["qos1"],
+        serde_json::json!({"error": null, "reason_code": 16})
+    );
+    // The QoS 2 flow completed (its callback came after PUBCOMP) after a PUBREC with 0x10.
+    assert_eq!(
+        result["qos2"],
+        serde_json::json!({"error": null, "reason_code": 16})
+    );
+    assert_eq!(
+        result["listened"],
+        serde_json::json!({"error": null, "reason_code": 0})
+    );
+}

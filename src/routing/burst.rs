@@ -107,6 +107,10 @@ pub struct BurstRouted {
     pub room: RegistryRoom,
     /// The store change the burst's acknowledgements wait for, if it submitted any.
     pub durable_after: Option<u64>,
+    /// The messages that reached no subscriber, connected or not: bit `i` for the burst's
+    /// message `i` (of the first 64). An MQTT 5 publisher's acknowledgement of one carries
+    /// 0x10 No matching subscribers.
+    pub unmatched: u64,
 }
 
 thread_local! {
@@ -152,11 +156,17 @@ fn route_with(
     }
     let table = routes.read();
     let mut matches = std::mem::take(&mut scratch.matches);
+    let mut unmatched = 0u64;
     for (routed, message) in messages.iter().enumerate() {
         let messages_left = messages.len() - routed;
+        let mut reached = false;
         table.route(message, Some(from), &mut matches, |key, delivery| {
+            reached = true;
             scratch.add(key, delivery, messages_left)
         });
+        if !reached && routed < 64 {
+            unmatched |= 1 << routed;
+        }
     }
     scratch.matches = matches;
     let mut durable_after = None;
@@ -237,5 +247,6 @@ fn route_with(
     BurstRouted {
         room,
         durable_after,
+        unmatched,
     }
 }

@@ -1,16 +1,15 @@
-//! What a Session does when `[persistence]` is on: its acknowledgements wait, in order, for
-//! what they acknowledge to be durable, and it holds deliveries that may reach the client only
-//! once a change is durable. What it records of the deliveries kept on disk for its client is in
+//! What a Session does when `[persistence]` is on: its acknowledgements (kept in order by
+//! [`super::acks`]) wait for what they acknowledge to be durable, and it holds deliveries and
+//! SUBACK/UNSUBACKs that may reach the client only once a change is durable. What it records of the deliveries kept on disk for its client is in
 //! [`super::delivery_records`].
 
 use std::collections::VecDeque;
 
 use actix::prelude::*;
 
-use super::peer::write_ack_coded;
+use super::acks::HeldAcks;
 use super::{Phase, Session};
-use crate::codec::{self, Ack};
-use crate::message::QoS;
+use crate::codec::Ack;
 use crate::persistence::{Durable, DurableTo, Record, Store};
 use crate::routing::Deliver;
 use crate::session::state::DurableChange;
@@ -33,38 +32,16 @@ pub(super) enum Reply {
     },
 }
 
-/// What a batch of acknowledgements waits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum AckWait {
-    /// The Registry's [`Routed`](crate::registry::Routed) for a burst handed to it.
-    Routed,
-    /// The store change with this sequence number being durable (0: nothing).
-    Durable(u64),
-}
-
-/// An acknowledgement held back: its packet, its packet identifier, and (MQTT 5) its reason
-/// code, 0 for success.
-type HeldAck = (Ack, u16, u8);
-
-/// The most emptied batches of acknowledgements a Session keeps for reuse.
-const SPARE_BATCHES: usize = 2;
-
-/// PUBACK/PUBREC/PUBCOMP held back until what they acknowledge is durable, in the order the
-/// packets came `[MQTT-4.6.0-2]`; and what the Session has to submit with its next burst.
+/// What a Session holds back until a store change is durable: its acknowledgements (in the
+/// order the packets came `[MQTT-4.6.0-2]`), deliveries and SUBACK/UNSUBACKs; and what it has
+/// to submit with its next burst. Also made, without a store, for an MQTT 5 publisher, whose
+/// acknowledgements wait for their burst to be routed (`acks.rs`).
 #[derive(Default)]
 pub(super) struct DeferredAcks {
-    /// Of packets not handed over yet.
-    pending: Vec<HeldAck>,
-    /// Handed over, each batch with what it waits for, oldest first.
-    waiting: VecDeque<(AckWait, Vec<HeldAck>)>,
-    /// Emptied batches kept for the next ones (at most [`SPARE_BATCHES`]): a pipelined
-    /// publisher hands a batch over with every burst, which would otherwise grow a new list
-    /// from nothing each time.
-    spare: Vec<Vec<HeldAck>>,
+    /// The acknowledgements held, in packet order.
+    pub(super) acks: HeldAcks,
     /// The last store change known durable.
     pub(super) durable: u64,
-    /// The store change the pending acknowledgements need themselves (a PUBREL's record).
-    pending_needs: u64,
     /// Inbound QoS 2 ids taken since the last burst was routed, to record with it.
     pub(super) inbound_qos2: Vec<u16>,
     /// Deliveries that wait for a store change before they reach the client ([`Deliver::after`]).
@@ -149,75 +126,13 @@ impl DeferredAcks {
     /// The lowest change something here still waits for, if any is not durable.
     fn lowest_open(&self) -> Option<u64> {
         let durable = self.durable;
-        let acks = self.waiting.iter().filter_map(|(wait, _)| match wait {
-            AckWait::Durable(seq) => Some(*seq),
-            AckWait::Routed => None,
-        });
-        acks.chain(self.held.front().map(|deliver| deliver.after))
+        self.acks
+            .awaited()
+            .chain(self.held.front().map(|deliver| deliver.after))
             .chain(self.replies.front().map(|(after, _)| *after))
-            .chain([self.output_after, self.pending_needs])
+            .chain([self.output_after])
             .filter(|&seq| seq > durable)
             .min()
-    }
-}
-
-impl DeferredAcks {
-    /// Moves the pending acknowledgements behind `wait`, or behind what they need themselves
-    /// if that comes later; returns the wait.
-    fn hand_over(&mut self, wait: AckWait) -> AckWait {
-        let needs = std::mem::take(&mut self.pending_needs);
-        let wait = match wait {
-            // The Registry answers once everything submitted before the burst is durable.
-            AckWait::Routed => AckWait::Routed,
-            AckWait::Durable(seq) => AckWait::Durable(seq.max(needs)),
-        };
-        if !self.pending.is_empty() {
-            let next = self.spare.pop().unwrap_or_default();
-            let acks = std::mem::replace(&mut self.pending, next);
-            self.waiting.push_back((wait, acks));
-        }
-        wait
-    }
-
-    /// The first batch waiting for the Registry's answer no longer does.
-    pub(super) fn routed(&mut self) {
-        if let Some(entry) = self.waiting.iter_mut().find(|e| e.0 == AckWait::Routed) {
-            entry.0 = AckWait::Durable(0);
-        }
-    }
-
-    /// Hands the acknowledgements whose wait is over to `each`, in order; tells whether there
-    /// were any. Their emptied batches are kept for reuse.
-    fn take_ready(&mut self, mut each: impl FnMut(Ack, u16, u8)) -> bool {
-        let mut any = false;
-        while let Some((wait, _)) = self.waiting.front() {
-            let done = match wait {
-                AckWait::Routed => false,
-                AckWait::Durable(seq) => *seq <= self.durable,
-            };
-            if !done {
-                break;
-            }
-            if let Some((_, mut acks)) = self.waiting.pop_front() {
-                any |= !acks.is_empty();
-                for (ack, pid, code) in acks.drain(..) {
-                    each(ack, pid, code);
-                }
-                if self.spare.len() < SPARE_BATCHES {
-                    self.spare.push(acks);
-                }
-            }
-        }
-        any
-    }
-}
-
-/// The acknowledgement of a PUBLISH taken at `qos` (none for QoS 0).
-fn ack_for(qos: QoS) -> Option<Ack> {
-    match qos {
-        QoS::AtMostOnce => None,
-        QoS::AtLeastOnce => Some(Ack::PubAck),
-        QoS::ExactlyOnce => Some(Ack::PubRec),
     }
 }
 
@@ -231,83 +146,6 @@ impl Session {
             }
             _ => None,
         }
-    }
-
-    /// Acknowledges a PUBLISH the broker took, in the order packets came `[MQTT-4.6.0-2]`:
-    /// at once, or with persistence when the burst it is part of is handed over
-    /// ([`Session::settle_acks`]). PUBACK once the broker owns the message [MQTT-4.3.2-2];
-    /// PUBREC for QoS 2 [MQTT-4.3.3-2].
-    pub(super) fn acknowledge_in_order(&mut self, qos: QoS, pid: u16) {
-        let Some(ack) = ack_for(qos) else {
-            return;
-        };
-        match self.deferred_acks.as_deref_mut() {
-            Some(acks) => acks.pending.push((ack, pid, 0)),
-            None => codec::write_ack(&mut self.out, ack, pid),
-        }
-    }
-
-    /// Answers a PUBLISH the broker refuses with `ack` carrying reason `code` (0 for a plain
-    /// acknowledgement), in the order packets came `[MQTT-4.6.0-2]`: with persistence behind
-    /// the acknowledgements still held for the disk, and those of the burst being read.
-    pub(super) fn acknowledge_refused(
-        &mut self,
-        ack: Ack,
-        pid: u16,
-        code: u8,
-        ctx: &mut Context<Self>,
-    ) {
-        let Some(acks) = self.deferred_acks.as_deref_mut() else {
-            return write_ack_coded(&mut self.out, &self.peer_options, ack, pid, code);
-        };
-        acks.pending.push((ack, pid, code));
-        if self.to_route.is_empty() {
-            self.settle_acks(AckWait::Durable(0), ctx);
-        }
-    }
-
-    /// [`Session::acknowledge_in_order`] for a PUBLISH that is not routed (a duplicate QoS 2,
-    /// one an interceptor dropped): it waits only for the acknowledgements before it.
-    pub(super) fn acknowledge_unrouted(&mut self, qos: QoS, pid: u16, ctx: &mut Context<Self>) {
-        self.acknowledge_in_order(qos, pid);
-        if self.to_route.is_empty() {
-            self.settle_acks(AckWait::Durable(0), ctx);
-        }
-    }
-
-    /// Moves the pending acknowledgements behind `wait` (asking the writer to say when it is
-    /// durable), and writes those whose wait is over.
-    pub(super) fn settle_acks(&mut self, wait: AckWait, ctx: &mut Context<Self>) {
-        let Some(acks) = self.deferred_acks.as_deref_mut() else {
-            return;
-        };
-        if let AckWait::Durable(seq) = acks.hand_over(wait) {
-            if let Some(store) = self.shared.store.as_ref() {
-                acks.wait_for(store, seq, ctx);
-            }
-        }
-        // Called after the read turn that took the packets (their burst is routed then): the
-        // turn's own flush has passed, so what is released here is written now.
-        if self.release_acks() {
-            self.flush(ctx);
-        }
-    }
-
-    /// The Registry answered a burst handed to it.
-    pub(super) fn burst_routed(&mut self) {
-        if let Some(acks) = self.deferred_acks.as_deref_mut() {
-            acks.routed();
-        }
-        self.release_acks();
-    }
-
-    /// Writes the acknowledgements whose wait is over; tells whether there were any.
-    fn release_acks(&mut self) -> bool {
-        let Some(acks) = self.deferred_acks.as_deref_mut() else {
-            return false;
-        };
-        let (out, peer) = (&mut self.out, &self.peer_options);
-        acks.take_ready(|ack, pid, code| write_ack_coded(out, peer, ack, pid, code))
     }
 
     /// Records an inbound QoS 2 id taken from a client whose session is on disk, with the
@@ -362,20 +200,8 @@ impl Session {
         self.ack_after(Ack::PubRel, pid, seq, ctx);
     }
 
-    /// Writes `ack` once store change `seq` is durable (0: nothing to wait for), after the
-    /// acknowledgements before it.
-    fn ack_after(&mut self, ack: Ack, pid: u16, seq: u64, ctx: &mut Context<Self>) {
-        let Some(acks) = self.deferred_acks.as_deref_mut() else {
-            return codec::write_ack(&mut self.out, ack, pid);
-        };
-        acks.pending.push((ack, pid, 0));
-        acks.pending_needs = acks.pending_needs.max(seq);
-        if self.to_route.is_empty() {
-            self.settle_acks(AckWait::Durable(0), ctx);
-        }
-    }
-
-    /// is kept, and the writer asked to say when.
+    /// `deliver` if it may reach the client now; else it is kept (behind any kept before it)
+    /// until store change `deliver.after` is durable, and the writer asked to say when.
     pub(super) fn hold_delivery(
         &mut self,
         deliver: Deliver,
@@ -508,30 +334,14 @@ impl Session {
 mod tests {
     use super::*;
 
+    use crate::session::acks::AckWait;
+
     fn ready(acks: &mut DeferredAcks) -> Vec<(Ack, u16)> {
         let mut ready = Vec::new();
-        acks.take_ready(|ack, pid, _| ready.push((ack, pid)));
+        let durable = acks.durable;
+        acks.acks
+            .take_ready(durable, |ack, pid, _| ready.push((ack, pid)));
         ready
-    }
-
-    #[test]
-    fn released_batches_are_reused_for_the_next_bursts() {
-        let mut acks = DeferredAcks::default();
-        for burst in 1..=3u64 {
-            for pid in 0..50 {
-                acks.pending.push((Ack::PubAck, pid, 0));
-            }
-            acks.hand_over(AckWait::Durable(burst));
-            acks.answered(burst);
-            let released = ready(&mut acks);
-            assert_eq!(released.len(), 50, "burst {burst}, in order");
-            assert!(released.iter().map(|(_, pid)| *pid).eq(0..50));
-        }
-        // From the third burst on, acknowledgements go into an earlier burst's emptied list:
-        // the fourth burst's is one with room already.
-        assert!(acks.pending.is_empty());
-        assert!(acks.pending.capacity() >= 50, "a list with room was reused");
-        assert!(acks.spare.len() <= SPARE_BATCHES);
     }
 
     #[test]
@@ -557,10 +367,10 @@ mod tests {
             output_after: 8,
             ..DeferredAcks::default()
         };
-        acks.waiting
-            .push_back((AckWait::Durable(5), vec![(Ack::PubAck, 1, 0)]));
-        acks.waiting
-            .push_back((AckWait::Durable(9), vec![(Ack::PubAck, 2, 0)]));
+        acks.acks.push(Ack::PubAck, 1, 0);
+        acks.acks.hand_over(AckWait::Durable(5));
+        acks.acks.push(Ack::PubAck, 2, 0);
+        acks.acks.hand_over(AckWait::Durable(9));
         acks.answered(4);
         assert_eq!(acks.waiting_for, 5, "not answered yet: still out");
         assert_eq!(acks.lowest_open(), Some(5));

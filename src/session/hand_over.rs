@@ -8,7 +8,7 @@ use actix::dev::SendError;
 use actix::prelude::*;
 use tracing::debug;
 
-use super::durability::AckWait;
+use super::acks::AckWait;
 use super::{Phase, Session};
 use crate::hooks::DisconnectReason;
 use crate::message::Message;
@@ -67,6 +67,7 @@ impl Session {
                 durability,
             );
             self.to_route.clear();
+            self.mark_unmatched(routed.unmatched);
             // This burst's acknowledgements, after those still waiting, once what it kept on
             // disk is durable.
             let wait = AckWait::Durable(routed.durable_after.unwrap_or(0));
@@ -93,7 +94,14 @@ impl Session {
             hold,
         };
         self.via_registry += 1;
-        self.settle_acks(AckWait::Routed, ctx);
+        // With persistence the acknowledgements wait for `Routed`: it comes once what the
+        // burst changed is durable. In memory they need not wait (an MQTT 5 publisher's say
+        // success: only a burst routed here knows what matched).
+        let wait = match self.shared.store {
+            Some(_) => AckWait::Routed,
+            None => AckWait::Durable(0),
+        };
+        self.settle_acks(wait, ctx);
         match self.shared.registry.try_send(publish) {
             Ok(()) => {}
             Err(SendError::Full(publish)) => self.wait_for_registry(publish, ctx),

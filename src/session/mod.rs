@@ -6,6 +6,7 @@
 //! deliveries still on their way until [`Detached`](crate::registry::Detached), hands everything it holds back with
 //! [`SessionEnded`], and stops.
 
+mod acks;
 mod connecting;
 mod deadlines;
 mod delivery_records;
@@ -357,6 +358,10 @@ impl Session {
         ctx.cancel_future(self.read_handle);
         if let Phase::Connected { key, .. } = self.phase {
             self.shared.metrics.disconnected(&reason);
+            // What the client published goes to the Registry before its will can
+            // [MQTT-3.1.2-8], and the acknowledgements released by routing it go out before a
+            // DISCONNECT.
+            self.hand_over(ctx);
             if self.peer_options.protocol.is_v5() && !self.socket_dead {
                 // (5.0) the broker says why it closes the connection (section 4.13.2), only
                 // ever after a successful CONNACK [MQTT-3.14.0-1].
@@ -372,8 +377,6 @@ impl Session {
             }
             let ends_session = self.session_ends_with_connection();
             self.awaiting_detached = !ends_session;
-            // What the client published goes to the Registry before its will can [MQTT-3.1.2-8].
-            self.hand_over(ctx);
             self.shared.registry.do_send(Detach {
                 key,
                 conn: self.conn,

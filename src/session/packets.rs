@@ -19,6 +19,7 @@ use crate::topic::{parse_shared, validate_filter, validate_topic_name};
 
 /// MQTT 5 reason codes the Session sends (section 2.4).
 pub(super) mod reason {
+    pub const NO_MATCHING_SUBSCRIBERS: u8 = 0x10;
     pub const UNSPECIFIED: u8 = 0x80;
     pub const NOT_AUTHORIZED: u8 = 0x87;
     pub const TOPIC_FILTER_INVALID: u8 = 0x8F;
@@ -216,7 +217,7 @@ impl Session {
             self.note_inbound_qos2(pid);
         }
         let Some(interceptor) = self.shared.interceptors.publish.clone() else {
-            self.acknowledge_in_order(qos, pid);
+            self.acknowledge_routed(qos, pid);
             return self.forward(Arc::new(message), ctx);
         };
         let question = AuthorizePublish {
@@ -252,7 +253,7 @@ impl Session {
                 };
                 match message {
                     Some(message) => {
-                        act.acknowledge_in_order(qos, pid);
+                        act.acknowledge_routed(qos, pid);
                         act.forward(Arc::new(message), ctx);
                     }
                     None => {

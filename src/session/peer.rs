@@ -25,7 +25,8 @@ pub(super) fn write_ack_coded(
     if code == 0 {
         return codec::write_ack(out, ack, pid);
     }
-    let why = peer.problem_information.then(|| ack_reason(code));
+    // A reason string says why something was refused; success codes (0x10) go without.
+    let why = (code >= 0x80 && peer.problem_information).then(|| ack_reason(code));
     codec::write_ack_v5_with_reason(out, ack, pid, code, why, peer.max_packet_size);
 }
 

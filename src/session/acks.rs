@@ -1,0 +1,389 @@
+//! A Session's acknowledgements of what its client sent (PUBACK, PUBREC, PUBREL, PUBCOMP), in
+//! the order the packets came `[MQTT-4.6.0-2]`: written at once, or held ([`HeldAcks`]) while
+//! what they acknowledge waits: for the disk with `[persistence]` (`durability.rs`), and for an
+//! MQTT 5 publisher until its burst is routed, so that one whose message reached no subscriber
+//! says so (0x10 No matching subscribers).
+
+use std::collections::VecDeque;
+
+use actix::prelude::*;
+
+use super::packets::reason;
+use super::peer::write_ack_coded;
+use super::Session;
+use crate::codec::{self, Ack};
+use crate::message::QoS;
+
+/// What a batch of acknowledgements waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum AckWait {
+    /// The Registry's [`Routed`](crate::registry::Routed) for a burst handed to it.
+    Routed,
+    /// The store change with this sequence number being durable (0: nothing).
+    Durable(u64),
+}
+
+/// An acknowledgement held back: its packet, its packet identifier, and (MQTT 5) its reason
+/// code, 0 for success.
+type HeldAck = (Ack, u16, u8);
+
+/// The most emptied batches of acknowledgements a Session keeps for reuse.
+const SPARE_BATCHES: usize = 2;
+
+/// Acknowledgements held back, in the order their packets came: those of packets not handed
+/// over yet, then batches each waiting for a burst to be routed or a store change to be
+/// durable.
+#[derive(Default)]
+pub(super) struct HeldAcks {
+    /// Of packets not handed over yet.
+    pending: Vec<HeldAck>,
+    /// Handed over, each batch with what it waits for, oldest first.
+    waiting: VecDeque<(AckWait, Vec<HeldAck>)>,
+    /// Emptied batches kept for the next ones (at most [`SPARE_BATCHES`]): a pipelined
+    /// publisher hands a batch over with every burst, which would otherwise grow a new list
+    /// from nothing each time.
+    spare: Vec<Vec<HeldAck>>,
+    /// The store change the pending acknowledgements need themselves (a PUBREL's record).
+    pending_needs: u64,
+    /// (MQTT 5) The pending acknowledgements of the messages in the burst being read, as
+    /// (position in `pending`, position in the burst): once the burst is routed here, those
+    /// whose message reached no subscriber carry 0x10 ([`HeldAcks::mark_unmatched`]).
+    of_burst: Vec<(usize, usize)>,
+}
+
+impl HeldAcks {
+    /// Holds `ack` of packet `pid`, with reason `code`, behind those held before it.
+    pub(super) fn push(&mut self, ack: Ack, pid: u16, code: u8) {
+        self.pending.push((ack, pid, code));
+    }
+
+    /// Holds the acknowledgement of message `routed` of the burst being read (MQTT 5), to be
+    /// marked once the burst is routed.
+    fn push_routed(&mut self, ack: Ack, pid: u16, routed: usize) {
+        self.of_burst.push((self.pending.len(), routed));
+        self.pending.push((ack, pid, 0));
+    }
+
+    /// The acknowledgements of the burst just routed whose message reached no subscriber (bit
+    /// `i` of `unmatched` for message `i`) carry 0x10 No matching subscribers.
+    fn mark_unmatched(&mut self, unmatched: u64) {
+        for (at, routed) in self.of_burst.drain(..) {
+            if routed < 64 && unmatched & (1 << routed) != 0 {
+                if let Some(held) = self.pending.get_mut(at) {
+                    held.2 = reason::NO_MATCHING_SUBSCRIBERS;
+                }
+            }
+        }
+    }
+
+    /// The store changes the held acknowledgements wait for (some may be durable already).
+    pub(super) fn awaited(&self) -> impl Iterator<Item = u64> + '_ {
+        let batches = self.waiting.iter().filter_map(|(wait, _)| match wait {
+            AckWait::Durable(seq) => Some(*seq),
+            AckWait::Routed => None,
+        });
+        batches.chain([self.pending_needs])
+    }
+
+    /// Moves the pending acknowledgements behind `wait`, or behind what they need themselves
+    /// if that comes later; returns the wait.
+    pub(super) fn hand_over(&mut self, wait: AckWait) -> AckWait {
+        let needs = std::mem::take(&mut self.pending_needs);
+        // Not routed here (or already marked): their acknowledgements keep success.
+        self.of_burst.clear();
+        let wait = match wait {
+            // The Registry answers once everything submitted before the burst is durable.
+            AckWait::Routed => AckWait::Routed,
+            AckWait::Durable(seq) => AckWait::Durable(seq.max(needs)),
+        };
+        if !self.pending.is_empty() {
+            let next = self.spare.pop().unwrap_or_default();
+            let acks = std::mem::replace(&mut self.pending, next);
+            self.waiting.push_back((wait, acks));
+        }
+        wait
+    }
+
+    /// Hands the pending acknowledgements to `each` at once when nothing before them waits and
+    /// `wait` is over by `durable` (in memory, always), without moving them into a batch of
+    /// their own; tells whether there were any. `None` when they must wait
+    /// ([`HeldAcks::hand_over`]).
+    fn release_at_once(
+        &mut self,
+        wait: AckWait,
+        durable: u64,
+        mut each: impl FnMut(Ack, u16, u8),
+    ) -> Option<bool> {
+        let AckWait::Durable(seq) = wait else {
+            return None;
+        };
+        if !self.waiting.is_empty() || seq.max(self.pending_needs) > durable {
+            return None;
+        }
+        self.pending_needs = 0;
+        self.of_burst.clear();
+        let any = !self.pending.is_empty();
+        for (ack, pid, code) in self.pending.drain(..) {
+            each(ack, pid, code);
+        }
+        Some(any)
+    }
+
+    /// The first batch waiting for the Registry's answer no longer does.
+    fn routed(&mut self) {
+        if let Some(entry) = self.waiting.iter_mut().find(|e| e.0 == AckWait::Routed) {
+            entry.0 = AckWait::Durable(0);
+        }
+    }
+
+    /// Hands the acknowledgements whose wait is over by `durable` to `each`, in order; tells
+    /// whether there were any. Their emptied batches are kept for reuse.
+    pub(super) fn take_ready(&mut self, durable: u64, mut each: impl FnMut(Ack, u16, u8)) -> bool {
+        let mut any = false;
+        while let Some((wait, _)) = self.waiting.front() {
+            let done = match wait {
+                AckWait::Routed => false,
+                AckWait::Durable(seq) => *seq <= durable,
+            };
+            if !done {
+                break;
+            }
+            if let Some((_, mut acks)) = self.waiting.pop_front() {
+                any |= !acks.is_empty();
+                for (ack, pid, code) in acks.drain(..) {
+                    each(ack, pid, code);
+                }
+                if self.spare.len() < SPARE_BATCHES {
+                    self.spare.push(acks);
+                }
+            }
+        }
+        any
+    }
+}
+
+/// The acknowledgement of a PUBLISH taken at `qos` (none for QoS 0).
+fn ack_for(qos: QoS) -> Option<Ack> {
+    match qos {
+        QoS::AtMostOnce => None,
+        QoS::AtLeastOnce => Some(Ack::PubAck),
+        QoS::ExactlyOnce => Some(Ack::PubRec),
+    }
+}
+
+impl Session {
+    /// Acknowledges a PUBLISH the broker took, in the order packets came `[MQTT-4.6.0-2]`:
+    /// at once, or with persistence when the burst it is part of is handed over
+    /// ([`Session::settle_acks`]). PUBACK once the broker owns the message [MQTT-4.3.2-2];
+    /// PUBREC for QoS 2 [MQTT-4.3.3-2].
+    pub(super) fn acknowledge_in_order(&mut self, qos: QoS, pid: u16) {
+        let Some(ack) = ack_for(qos) else {
+            return;
+        };
+        match self.deferred_acks.as_deref_mut() {
+            Some(acks) => acks.acks.push(ack, pid, 0),
+            None => codec::write_ack(&mut self.out, ack, pid),
+        }
+    }
+
+    /// Answers a PUBLISH the broker refuses with `ack` carrying reason `code` (0 for a plain
+    /// acknowledgement), in the order packets came `[MQTT-4.6.0-2]`: with persistence behind
+    /// the acknowledgements still held for the disk, and those of the burst being read.
+    pub(super) fn acknowledge_refused(
+        &mut self,
+        ack: Ack,
+        pid: u16,
+        code: u8,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(acks) = self.deferred_acks.as_deref_mut() else {
+            return write_ack_coded(&mut self.out, &self.peer_options, ack, pid, code);
+        };
+        acks.acks.push(ack, pid, code);
+        if self.to_route.is_empty() {
+            self.settle_acks(AckWait::Durable(0), ctx);
+        }
+    }
+
+    /// [`Session::acknowledge_in_order`] for a PUBLISH routed with the burst being read (the
+    /// next message of `to_route`). An MQTT 5 client's acknowledgement waits for the burst to
+    /// be routed, and carries 0x10 No matching subscribers if the message reached no
+    /// subscriber (a MAY of section 3.4.2.1, as Mosquitto does): a request to a device that is
+    /// not there is known at once. Only a burst routed on this worker can say so; one routed
+    /// by the Registry (with a retained message, or behind this client's own SUBSCRIBE) is
+    /// acknowledged with success.
+    pub(super) fn acknowledge_routed(&mut self, qos: QoS, pid: u16) {
+        let Some(ack) = ack_for(qos) else {
+            return;
+        };
+        if !self.peer_options.protocol.is_v5() {
+            return self.acknowledge_in_order(qos, pid);
+        }
+        let routed = self.to_route.len();
+        let acks = self.deferred_acks.get_or_insert_with(Box::default);
+        acks.acks.push_routed(ack, pid, routed);
+    }
+
+    /// (MQTT 5) After the burst being read was routed here: the acknowledgements of its
+    /// messages that reached no subscriber (bit `i` of `unmatched` for message `i`) carry
+    /// 0x10 No matching subscribers.
+    pub(super) fn mark_unmatched(&mut self, unmatched: u64) {
+        if let Some(acks) = self.deferred_acks.as_deref_mut() {
+            acks.acks.mark_unmatched(unmatched);
+        }
+    }
+
+    /// [`Session::acknowledge_in_order`] for a PUBLISH that is not routed (a duplicate QoS 2,
+    /// one an interceptor dropped): it waits only for the acknowledgements before it.
+    pub(super) fn acknowledge_unrouted(&mut self, qos: QoS, pid: u16, ctx: &mut Context<Self>) {
+        self.acknowledge_in_order(qos, pid);
+        if self.to_route.is_empty() {
+            self.settle_acks(AckWait::Durable(0), ctx);
+        }
+    }
+
+    /// Moves the pending acknowledgements behind `wait` (asking the writer to say when it is
+    /// durable), and writes those whose wait is over.
+    pub(super) fn settle_acks(&mut self, wait: AckWait, ctx: &mut Context<Self>) {
+        let Some(acks) = self.deferred_acks.as_deref_mut() else {
+            return;
+        };
+        let (out, peer) = (&mut self.out, &self.peer_options);
+        let written = acks
+            .acks
+            .release_at_once(wait, acks.durable, |ack, pid, code| {
+                write_ack_coded(out, peer, ack, pid, code)
+            });
+        if let Some(any) = written {
+            if any && !self.closing {
+                self.flush(ctx);
+            }
+            return;
+        }
+        if let AckWait::Durable(seq) = acks.acks.hand_over(wait) {
+            if let Some(store) = self.shared.store.as_ref() {
+                acks.wait_for(store, seq, ctx);
+            }
+        }
+        // Called after the read turn that took the packets (their burst is routed then): the
+        // turn's own flush has passed, so what is released here is written now. While closing,
+        // `close` writes it, with the DISCONNECT after it.
+        if self.release_acks() && !self.closing {
+            self.flush(ctx);
+        }
+    }
+
+    /// The Registry answered a burst handed to it.
+    pub(super) fn burst_routed(&mut self) {
+        if let Some(acks) = self.deferred_acks.as_deref_mut() {
+            acks.acks.routed();
+        }
+        self.release_acks();
+    }
+
+    /// Writes the acknowledgements whose wait is over; tells whether there were any.
+    pub(super) fn release_acks(&mut self) -> bool {
+        let Some(acks) = self.deferred_acks.as_deref_mut() else {
+            return false;
+        };
+        let (out, peer) = (&mut self.out, &self.peer_options);
+        let durable = acks.durable;
+        acks.acks.take_ready(durable, |ack, pid, code| {
+            write_ack_coded(out, peer, ack, pid, code)
+        })
+    }
+
+    /// Writes `ack` once store change `seq` is durable (0: nothing to wait for), after the
+    /// acknowledgements before it.
+    pub(super) fn ack_after(&mut self, ack: Ack, pid: u16, seq: u64, ctx: &mut Context<Self>) {
+        let Some(acks) = self.deferred_acks.as_deref_mut() else {
+            return codec::write_ack(&mut self.out, ack, pid);
+        };
+        acks.acks.push(ack, pid, 0);
+        acks.acks.pending_needs = acks.acks.pending_needs.max(seq);
+        if self.to_route.is_empty() {
+            self.settle_acks(AckWait::Durable(0), ctx);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ready(acks: &mut HeldAcks, durable: u64) -> Vec<(Ack, u16, u8)> {
+        let mut ready = Vec::new();
+        acks.take_ready(durable, |ack, pid, code| ready.push((ack, pid, code)));
+        ready
+    }
+
+    #[test]
+    fn released_batches_are_reused_for_the_next_bursts() {
+        let mut acks = HeldAcks::default();
+        for burst in 1..=3u64 {
+            for pid in 0..50 {
+                acks.push(Ack::PubAck, pid, 0);
+            }
+            acks.hand_over(AckWait::Durable(burst));
+            let released = ready(&mut acks, burst);
+            assert_eq!(released.len(), 50, "burst {burst}, in order");
+            assert!(released.iter().map(|(_, pid, _)| *pid).eq(0..50));
+        }
+        // From the third burst on, acknowledgements go into an earlier burst's emptied list:
+        // the fourth burst's is one with room already.
+        assert!(acks.pending.is_empty());
+        assert!(acks.pending.capacity() >= 50, "a list with room was reused");
+        assert!(acks.spare.len() <= SPARE_BATCHES);
+    }
+
+    #[test]
+    fn a_message_that_reached_no_subscriber_is_acknowledged_with_0x10() {
+        // (5.0) section 3.4.2.1: the publisher of burst messages 0 and 2 (1 is QoS 0) hears
+        // that message 2 reached no one; a refusal between them keeps its own code and place.
+        let mut acks = HeldAcks::default();
+        acks.push_routed(Ack::PubAck, 1, 0);
+        acks.push(Ack::PubAck, 2, reason::NOT_AUTHORIZED);
+        acks.push_routed(Ack::PubRec, 3, 2);
+        acks.mark_unmatched(0b110);
+        let mut written = Vec::new();
+        let released = acks.release_at_once(AckWait::Durable(0), 0, |ack, pid, code| {
+            written.push((ack, pid, code))
+        });
+        assert_eq!(released, Some(true));
+        assert_eq!(
+            written,
+            vec![
+                (Ack::PubAck, 1, 0),
+                (Ack::PubAck, 2, reason::NOT_AUTHORIZED),
+                (Ack::PubRec, 3, reason::NO_MATCHING_SUBSCRIBERS),
+            ]
+        );
+        acks.push_routed(Ack::PubAck, 4, 0);
+        acks.push_routed(Ack::PubAck, 5, 1);
+        acks.mark_unmatched(0b10);
+        acks.hand_over(AckWait::Durable(7));
+        assert_eq!(
+            acks.release_at_once(AckWait::Durable(0), 0, |_, _, _| {}),
+            None,
+            "behind the batch"
+        );
+        assert_eq!(
+            ready(&mut acks, 7),
+            vec![
+                (Ack::PubAck, 4, 0),
+                (Ack::PubAck, 5, reason::NO_MATCHING_SUBSCRIBERS)
+            ]
+        );
+    }
+
+    #[test]
+    fn acknowledgements_of_a_burst_the_registry_routes_keep_success() {
+        let mut acks = HeldAcks::default();
+        acks.push_routed(Ack::PubAck, 1, 0);
+        acks.hand_over(AckWait::Routed);
+        acks.mark_unmatched(u64::MAX);
+        assert!(ready(&mut acks, 0).is_empty(), "waiting for Routed");
+        acks.routed();
+        assert_eq!(ready(&mut acks, 0), vec![(Ack::PubAck, 1, 0)]);
+    }
+}

@@ -1,0 +1,178 @@
+//! MQTT 5: a PUBACK or PUBREC says 0x10 No matching subscribers when the message reached no one
+//! (section 3.4.2.1: "If the Server knows that there are no matching subscribers, it MAY use
+//! this Reason Code instead of 0x00", as Mosquitto does), so an app asking a gate that is not
+//! there knows at once. A message queued for an offline persistent session, or taken by a
+//! shared group, did reach a subscriber. 3.1.1 has no reason codes: its PUBACK stays plain.
+
+mod common;
+
+use common::v5::{connect5, options, prop, publish5, subscribe5, Props};
+use common::{broker, broker_with, packets, Frame, Raw};
+
+/// Each acknowledgement as (packet type byte, packet id, reason code: 0 when omitted).
+fn acks(frames: &[Frame]) -> Vec<(u8, u16, u8)> {
+    frames
+        .iter()
+        .filter(|f| matches!(f.byte1, 0x40 | 0x50 | 0x70))
+        .map(|f| (f.byte1, f.pid(), f.body.get(2).copied().unwrap_or(0)))
+        .collect()
+}
+
+/// A v5 client with a session that outlives its connection by an hour.
+async fn persistent(addr: std::net::SocketAddr, id: &str) -> Raw {
+    let props = Props::new().u32(prop::SESSION_EXPIRY, 3600);
+    let (raw, ack) = Raw::connect5(addr, &connect5(id, true, 60, &props, None)).await;
+    assert_eq!(ack.code, mqttbytes::v5::ConnectReturnCode::Success);
+    raw
+}
+
+/// The app's requests, in one burst, to the gates `1AB` (connected), `9ZZ` (offline, its
+/// session kept), the shared group's topic, and `2CD` (not there at all), at QoS 1, 0 and 2;
+/// returns the acknowledgements that came back, in order.
+async fn requests_to_every_kind_of_gate(addr: std::net::SocketAddr) -> Vec<(u8, u16, u8)> {
+    let mut present = Raw::handshake5(addr, "gate-1AB").await;
+    assert_eq!(
+        present
+            .subscribe5(1, &Props::new(), &[("detrd/status/request/1AB", 1)])
+            .await,
+        vec![1]
+    );
+    let mut offline = persistent(addr, "gate-9ZZ").await;
+    assert_eq!(
+        offline
+            .subscribe5(1, &Props::new(), &[("detrd/status/request/9ZZ", 1)])
+            .await,
+        vec![1]
+    );
+    offline
+        .send(&common::v5::disconnect5(0, &Props::new()))
+        .await;
+    offline.expect_closed().await;
+    let mut worker = Raw::handshake5(addr, "worker").await;
+    assert_eq!(
+        worker
+            .subscribe5(1, &Props::new(), &[("$share/workers/jobs/#", 1)])
+            .await,
+        vec![1]
+    );
+    let none = Props::new();
+    let mut app = Raw::handshake5(addr, "app").await;
+    let mut burst = publish5("detrd/status/request/1AB", b"status?", 1, 1, false, &none);
+    burst.extend(publish5(
+        "detrd/status/request/2CD",
+        b"status?",
+        1,
+        2,
+        false,
+        &none,
+    ));
+    burst.extend(publish5(
+        "detrd/status/request/2CD",
+        b"qos 0",
+        0,
+        0,
+        false,
+        &none,
+    ));
+    burst.extend(publish5(
+        "detrd/status/request/9ZZ",
+        b"status?",
+        1,
+        3,
+        false,
+        &none,
+    ));
+    burst.extend(publish5("jobs/1", b"job", 1, 4, false, &none));
+    burst.extend(publish5(
+        "detrd/status/request/2CD",
+        b"status?",
+        2,
+        5,
+        false,
+        &none,
+    ));
+    app.send(&burst).await;
+    let mut got = acks(&app.sync5().await);
+    // The QoS 2 flow goes on after a 0x10 PUBREC (a code below 0x80): PUBREL, PUBCOMP.
+    app.send(&[0x62, 0x02, 0x00, 0x05]).await;
+    got.extend(acks(&[app.expect().await]));
+    got
+}
+
+#[tokio::test]
+async fn an_acknowledgement_says_when_the_message_reached_no_subscriber() {
+    // [MQTT-3.4.2-1] [MQTT-3.5.2-1]: a PUBACK or PUBREC reason code from the spec's list; 0x10
+    // only where nothing matched, in the order the PUBLISH packets came [MQTT-4.6.0-2].
+    let broker = broker();
+    assert_eq!(
+        requests_to_every_kind_of_gate(broker.local_addr()).await,
+        vec![
+            (0x40, 1, 0),
+            (0x40, 2, 0x10),
+            (0x40, 3, 0),
+            (0x40, 4, 0),
+            (0x50, 5, 0x10),
+            (0x70, 5, 0),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn the_acknowledgement_says_so_with_persistence_on_too() {
+    // With `[persistence]` the acknowledgements wait for the disk; the codes are the same.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().to_path_buf();
+    let broker = broker_with(|c| c.persistence.dir = Some(state));
+    assert_eq!(
+        requests_to_every_kind_of_gate(broker.local_addr()).await,
+        vec![
+            (0x40, 1, 0),
+            (0x40, 2, 0x10),
+            (0x40, 3, 0),
+            (0x40, 4, 0),
+            (0x50, 5, 0x10),
+            (0x70, 5, 0),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_publishers_own_no_local_subscription_is_no_subscriber() {
+    // [MQTT-3.8.3-3]: with No Local the message does not go back to its publisher, so it
+    // reached no one; a second client subscribed to it makes it 0x00 again.
+    let broker = broker();
+    let addr = broker.local_addr();
+    let mut app = Raw::handshake5(addr, "app").await;
+    // Options byte: QoS 1, No Local.
+    let mut no_local = subscribe5(1, &Props::new(), &[("app/echo", 1)]);
+    let last = no_local.len() - 1;
+    no_local[last] = options(1, true, false, 0);
+    app.send(&no_local).await;
+    assert_eq!(app.expect().await.byte1, 0x90);
+    app.send(&publish5("app/echo", b"me", 1, 1, false, &Props::new()))
+        .await;
+    assert_eq!(acks(&app.sync5().await), vec![(0x40, 1, 0x10)]);
+    let mut other = Raw::handshake5(addr, "other").await;
+    other.subscribe5(1, &Props::new(), &[("app/#", 1)]).await;
+    app.send(&publish5("app/echo", b"you", 1, 2, false, &Props::new()))
+        .await;
+    assert_eq!(acks(&app.sync5().await), vec![(0x40, 2, 0)]);
+}
+
+#[tokio::test]
+async fn a_311_publisher_gets_a_plain_puback() {
+    // 3.1.1's PUBACK (section 3.4) is the packet id alone: remaining length 2.
+    let broker = broker();
+    let (mut app, _) = Raw::handshake(broker.local_addr(), "app", true).await;
+    app.send(&packets::publish(
+        "nobody/listens",
+        b"x",
+        1,
+        7,
+        false,
+        false,
+    ))
+    .await;
+    let ack = app.expect().await;
+    assert_eq!((ack.byte1, ack.pid(), ack.body.len()), (0x40, 7, 2));
+}
