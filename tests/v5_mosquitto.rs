@@ -67,3 +67,35 @@ async fn mosquitto_clients_speaking_mqtt5_pass_properties_through() {
         vec!["detrd/status/request/1AB.ENTER.DETRD status? text/plain detrd/status/response/1AB.ENTER.DETRD site:north c-1"]
     );
 }
+
+#[tokio::test]
+async fn mosquitto_pub_speaking_mqtt5_takes_no_matching_subscribers_as_a_success() {
+    // (5.0) section 3.4.2.1: 0x10 No matching subscribers is a success code [MQTT-3.4.2-1]:
+    // mosquitto_pub prints it and exits 0, and its QoS 2 flow completes after such a PUBREC.
+    if !mosquitto_clients_available() {
+        return;
+    }
+    let broker = common::broker();
+    let port = broker.local_addr().port().to_string();
+    for qos in ["1", "2"] {
+        let out = tokio::process::Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port, "-V", "mqttv5", "-d"])
+            .args(["-q", qos, "-t", "detrd/status/request/2CD", "-m", "status?"])
+            .output();
+        let out = tokio::time::timeout(common::WAIT, out)
+            .await
+            .unwrap_or_else(|_| panic!("mosquitto_pub -q {qos} got no acknowledgement"))
+            .expect("mosquitto_pub runs");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "mosquitto_pub -q {qos}: {said}");
+        if qos == "1" {
+            assert!(said.contains("received PUBACK (Mid: 1, RC:16)"), "{said}");
+        } else {
+            assert!(said.contains("received PUBCOMP"), "{said}");
+        }
+    }
+}
