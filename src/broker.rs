@@ -28,11 +28,13 @@ pub enum BrokerError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The listening socket could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    /// A listening socket could not be bound.
+    #[error("cannot listen on {addr} ({key}): {source}")]
     Bind {
         /// Address asked for.
         addr: SocketAddr,
+        /// The configuration key of that port, so that the message says which one to change.
+        key: &'static str,
         /// The underlying error.
         source: std::io::Error,
     },
@@ -103,11 +105,15 @@ impl Broker {
         } else {
             1
         };
-        let listeners = bind_listeners(addr, per_worker)
-            .map_err(|source| BrokerError::Bind { addr, source })?;
+        let key = "listener.port";
+        let listeners = bind_listeners(addr, per_worker).map_err(|source| BrokerError::Bind {
+            addr,
+            key,
+            source,
+        })?;
         let local_addr = listeners[0]
             .local_addr()
-            .map_err(|source| BrokerError::Bind { addr, source })?;
+            .map_err(|source| BrokerError::Bind { addr, key, source })?;
         let tls = match (config.tls.port, &server_tls) {
             (Some(port), Some(server_tls)) => {
                 let acceptor = Arc::clone(server_tls);
@@ -115,6 +121,7 @@ impl Broker {
                 let tls_listeners =
                     bind_listeners(tls_addr, per_worker).map_err(|source| BrokerError::Bind {
                         addr: tls_addr,
+                        key: "tls.port",
                         source,
                     })?;
                 Some((tls_listeners, acceptor))
@@ -125,9 +132,9 @@ impl Broker {
         // taken port stops start-up before anything runs.
         let ws_bind = config.websocket.bind.unwrap_or(bind);
         let mut websockets = Vec::new();
-        for (port, secure) in [
-            (config.websocket.port, false),
-            (config.websocket.tls_port, true),
+        for (port, secure, key) in [
+            (config.websocket.port, false, "websocket.port"),
+            (config.websocket.tls_port, true, "websocket.tls_port"),
         ] {
             let Some(port) = port else {
                 continue;
@@ -140,9 +147,10 @@ impl Broker {
             let listeners =
                 bind_listeners(ws_addr, per_worker).map_err(|source| BrokerError::Bind {
                     addr: ws_addr,
+                    key,
                     source,
                 })?;
-            websockets.push((listeners, acceptor));
+            websockets.push((listeners, acceptor, key));
         }
 
         let metrics = Arc::new(Metrics::default());
@@ -208,7 +216,8 @@ impl Broker {
                     arbiter.stop();
                 }
                 let addr = SocketAddr::new(config.http.bind, config.http.port);
-                return Err(BrokerError::Bind { addr, source });
+                let key = "http.port";
+                return Err(BrokerError::Bind { addr, key, source });
             }
         };
         let shared = Arc::new(SessionShared::new(
@@ -263,7 +272,7 @@ impl Broker {
             })
         };
         let loops = start_accepting(listeners, &handles, accept_shared(None, None))
-            .map_err(|source| BrokerError::Bind { addr, source })?;
+            .map_err(|source| BrokerError::Bind { addr, key, source })?;
         info!(
             workers = worker_count,
             listeners = loops,
@@ -271,12 +280,14 @@ impl Broker {
         );
         let tls_local_addr = match tls {
             Some((tls_listeners, acceptor)) => {
+                let key = "tls.port";
                 let tls_addr = tls_listeners[0]
                     .local_addr()
-                    .map_err(|source| BrokerError::Bind { addr, source })?;
+                    .map_err(|source| BrokerError::Bind { addr, key, source })?;
                 start_accepting(tls_listeners, &handles, accept_shared(Some(acceptor), None))
                     .map_err(|source| BrokerError::Bind {
                         addr: tls_addr,
+                        key,
                         source,
                     })?;
                 info!("switchboard listening for TLS on {tls_addr}");
@@ -285,10 +296,10 @@ impl Broker {
             None => None,
         };
         let (mut websocket_addr, mut websocket_tls_addr) = (None, None);
-        for (listeners, acceptor) in websockets {
+        for (listeners, acceptor, key) in websockets {
             let ws_addr = listeners[0]
                 .local_addr()
-                .map_err(|source| BrokerError::Bind { addr, source })?;
+                .map_err(|source| BrokerError::Bind { addr, key, source })?;
             let scheme = if acceptor.is_some() { "wss" } else { "ws" };
             start_accepting(
                 listeners,
@@ -297,6 +308,7 @@ impl Broker {
             )
             .map_err(|source| BrokerError::Bind {
                 addr: ws_addr,
+                key,
                 source,
             })?;
             info!("switchboard listening for MQTT over WebSocket on {scheme}://{ws_addr}{ws_path}");

@@ -353,3 +353,36 @@ fn check_says_whether_a_config_would_start_without_binding_its_ports() {
         assert!(text.contains(key), "{text}");
     }
 }
+
+/// Runs the binary with `args`, which must stop at start-up; returns all it printed.
+async fn failed_start(args: &[&str]) -> String {
+    let out = tokio::process::Command::new(BIN).args(args).output();
+    let out = tokio::time::timeout(common::WAIT, out)
+        .await
+        .expect("the broker stops at start-up")
+        .expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    text.into_owned()
+}
+
+#[tokio::test]
+async fn a_port_in_use_is_a_clear_startup_error_that_names_its_key() {
+    // Another program holds the port (a port taken by the test itself: no fixed port). The
+    // broker says which address and which key, and stops without a panic; the HTTP server's
+    // port (8080 by default, often taken on a developer's machine) was once followed by a
+    // panic of the dashboard feed's timer as the runtime was torn down.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port().to_string();
+    for (args, key) in [
+        (vec!["--port", &port, "--http-port", "0"], "listener.port"),
+        (vec!["--port", "0", "--http-port", &port], "http.port"),
+    ] {
+        let text = failed_start(&args).await;
+        assert!(
+            text.contains(&format!("cannot listen on 127.0.0.1:{port} ({key})")),
+            "{text}"
+        );
+        assert!(!text.contains("panicked"), "{text}");
+    }
+}

@@ -1,6 +1,6 @@
 //! The dashboard's live feed: an actor that receives the Registry's lifecycle events (as a hook,
-//! installed when the first page subscribes, so a broker nobody watches pays nothing) and a
-//! once-a-second summary of the counters, and broadcasts both as JSON to every open page
+//! installed when the first page subscribes, so a broker nobody watches pays nothing) and, from
+//! then on, a once-a-second summary of the counters, and broadcasts both as JSON to every open page
 //! (`GET /api/v1/events`, server-sent events).
 
 use std::collections::VecDeque;
@@ -166,10 +166,6 @@ impl Feed {
 
 impl Actor for Feed {
     type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.run_interval(TICK, |act, ctx| act.tick(ctx));
-    }
 }
 
 /// Sent by the HTTP server to the [`Feed`] for each page that opens the event stream: the
@@ -183,9 +179,13 @@ impl Handler<Subscribe> for Feed {
 
     fn handle(&mut self, _: Subscribe, ctx: &mut Context<Self>) -> Self::Result {
         if !self.hooked {
+            // The hook and the ticker come with the first page: until then the feed costs
+            // nothing, and a broker whose start fails (its HTTP port taken) stops with no timer
+            // of it to tear down.
             self.hooked = true;
             self.registry
                 .do_send(AddHooks(LifecycleHooks::all(&ctx.address())));
+            ctx.run_interval(TICK, |act, ctx| act.tick(ctx));
         }
         MessageResult((
             self.recent.iter().cloned().collect(),
