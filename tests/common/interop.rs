@@ -97,6 +97,13 @@ pub fn mosquitto_clients_available() -> bool {
     required_under_ci(found, "mosquitto_pub", "apt-get install mosquitto-clients")
 }
 
+/// Whether the Eclipse Paho C client's tools (`paho_c_pub`, `paho_c_sub`) are there (see
+/// [`required_under_ci`]).
+pub fn paho_c_available() -> bool {
+    let found = starts("paho_c_pub", &["--version"]);
+    required_under_ci(found, "paho_c_pub", "apt-get install paho.mqtt.c-examples")
+}
+
 /// Whether the OpenSSL command line tool is there (see [`required_under_ci`]).
 pub fn openssl_available() -> bool {
     let found = succeeds("openssl", &["version"]);
