@@ -59,6 +59,11 @@ pub struct Broker {
     interceptors: Interceptors,
 }
 
+/// The error of a port that could not be bound: its address and its configuration key.
+fn bind_error(addr: SocketAddr, key: &'static str) -> impl FnOnce(std::io::Error) -> BrokerError {
+    move |source| BrokerError::Bind { addr, key, source }
+}
+
 impl Broker {
     /// A broker with this configuration, no hooks and no interceptors.
     pub fn new(config: Config) -> Self {
@@ -106,24 +111,14 @@ impl Broker {
             1
         };
         let key = "listener.port";
-        let listeners = bind_listeners(addr, per_worker).map_err(|source| BrokerError::Bind {
-            addr,
-            key,
-            source,
-        })?;
-        let local_addr = listeners[0]
-            .local_addr()
-            .map_err(|source| BrokerError::Bind { addr, key, source })?;
+        let listeners = bind_listeners(addr, per_worker).map_err(bind_error(addr, key))?;
+        let local_addr = listeners[0].local_addr().map_err(bind_error(addr, key))?;
         let tls = match (config.tls.port, &server_tls) {
             (Some(port), Some(server_tls)) => {
                 let acceptor = Arc::clone(server_tls);
                 let tls_addr = SocketAddr::new(config.tls.bind.unwrap_or(bind), port);
-                let tls_listeners =
-                    bind_listeners(tls_addr, per_worker).map_err(|source| BrokerError::Bind {
-                        addr: tls_addr,
-                        key: "tls.port",
-                        source,
-                    })?;
+                let tls_listeners = bind_listeners(tls_addr, per_worker)
+                    .map_err(bind_error(tls_addr, "tls.port"))?;
                 Some((tls_listeners, acceptor))
             }
             _ => None,
@@ -145,11 +140,7 @@ impl Broker {
                 false => None,
             };
             let listeners =
-                bind_listeners(ws_addr, per_worker).map_err(|source| BrokerError::Bind {
-                    addr: ws_addr,
-                    key,
-                    source,
-                })?;
+                bind_listeners(ws_addr, per_worker).map_err(bind_error(ws_addr, key))?;
             websockets.push((listeners, acceptor, key));
         }
 
@@ -272,7 +263,7 @@ impl Broker {
             })
         };
         let loops = start_accepting(listeners, &handles, accept_shared(None, None))
-            .map_err(|source| BrokerError::Bind { addr, key, source })?;
+            .map_err(bind_error(addr, key))?;
         info!(
             workers = worker_count,
             listeners = loops,
@@ -283,13 +274,9 @@ impl Broker {
                 let key = "tls.port";
                 let tls_addr = tls_listeners[0]
                     .local_addr()
-                    .map_err(|source| BrokerError::Bind { addr, key, source })?;
+                    .map_err(bind_error(addr, key))?;
                 start_accepting(tls_listeners, &handles, accept_shared(Some(acceptor), None))
-                    .map_err(|source| BrokerError::Bind {
-                        addr: tls_addr,
-                        key,
-                        source,
-                    })?;
+                    .map_err(bind_error(tls_addr, key))?;
                 info!("switchboard listening for TLS on {tls_addr}");
                 Some(tls_addr)
             }
@@ -297,20 +284,14 @@ impl Broker {
         };
         let (mut websocket_addr, mut websocket_tls_addr) = (None, None);
         for (listeners, acceptor, key) in websockets {
-            let ws_addr = listeners[0]
-                .local_addr()
-                .map_err(|source| BrokerError::Bind { addr, key, source })?;
+            let ws_addr = listeners[0].local_addr().map_err(bind_error(addr, key))?;
             let scheme = if acceptor.is_some() { "wss" } else { "ws" };
             start_accepting(
                 listeners,
                 &handles,
                 accept_shared(acceptor, Some(ws_path.clone())),
             )
-            .map_err(|source| BrokerError::Bind {
-                addr: ws_addr,
-                key,
-                source,
-            })?;
+            .map_err(bind_error(ws_addr, key))?;
             info!("switchboard listening for MQTT over WebSocket on {scheme}://{ws_addr}{ws_path}");
             match scheme {
                 "wss" => websocket_tls_addr = Some(ws_addr),

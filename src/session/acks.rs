@@ -173,8 +173,8 @@ fn ack_for(qos: QoS) -> Option<Ack> {
 
 impl Session {
     /// Acknowledges a PUBLISH the broker took, in the order packets came `[MQTT-4.6.0-2]`:
-    /// at once, or with persistence when the burst it is part of is handed over
-    /// ([`Session::settle_acks`]). PUBACK once the broker owns the message [MQTT-4.3.2-2];
+    /// at once, or, where this Session holds its acknowledgements (persistence, an MQTT 5
+    /// publisher), when the burst it is part of is handed over ([`Session::settle_acks`]). PUBACK once the broker owns the message [MQTT-4.3.2-2];
     /// PUBREC for QoS 2 [MQTT-4.3.3-2].
     pub(super) fn acknowledge_in_order(&mut self, qos: QoS, pid: u16) {
         let Some(ack) = ack_for(qos) else {
@@ -188,7 +188,8 @@ impl Session {
 
     /// Answers a PUBLISH the broker refuses with `ack` carrying reason `code` (0 for a plain
     /// acknowledgement), in the order packets came `[MQTT-4.6.0-2]`: with persistence behind
-    /// the acknowledgements still held for the disk, and those of the burst being read.
+    /// the acknowledgements still held (for the disk, or for their burst's routing), and those
+    /// of the burst being read.
     pub(super) fn acknowledge_refused(
         &mut self,
         ack: Ack,
