@@ -9,23 +9,32 @@ use std::process::Command;
 
 use common::{mqttjs_available, mqttjs_dir};
 
-/// Runs `burst.js` against the broker on `port`; returns the JSON line it printed.
-fn burst(port: u16, protocol_version: &str) -> serde_json::Value {
+/// Runs the script `name` with `args`; asserts it succeeded and returns the JSON line it
+/// printed last.
+fn run_script(name: &str, args: &[&str]) -> serde_json::Value {
     let out = Command::new("node")
-        .arg(mqttjs_dir().join("burst.js"))
-        .args([&port.to_string(), protocol_version, "3000", "100"])
+        .arg(mqttjs_dir().join(name))
+        .args(args)
         .output()
         .expect("node runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().last().unwrap_or_default();
     let result: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| {
         panic!(
-            "burst.js printed no result ({e}): {stdout}\n{}",
+            "{name} printed no result ({e}): {stdout}\n{}",
             String::from_utf8_lossy(&out.stderr)
         )
     });
-    assert!(out.status.success(), "burst.js failed: {result}");
+    assert!(out.status.success(), "{name} failed: {result}");
     result
+}
+
+/// Runs `burst.js` against the broker on `port`; returns the JSON line it printed.
+fn burst(port: u16, protocol_version: &str) -> serde_json::Value {
+    run_script(
+        "burst.js",
+        &[&port.to_string(), protocol_version, "3000", "100"],
+    )
 }
 
 fn a_burst_keeps_the_subscriber_and_delivers_every_message(protocol_version: &str) {
@@ -64,20 +73,10 @@ fn mqttjs_takes_no_matching_subscribers_as_a_success() {
         return;
     }
     let broker = common::broker();
-    let out = Command::new("node")
-        .arg(mqttjs_dir().join("no_subscribers.js"))
-        .arg(broker.local_addr().port().to_string())
-        .output()
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().last().unwrap_or_default();
-    let result: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| {
-        panic!(
-            "no_subscribers.js printed no result ({e}): {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    assert!(out.status.success(), "no_subscribers.js failed: {result}");
+    let result = run_script(
+        "no_subscribers.js",
+        &[&broker.local_addr().port().to_string()],
+    );
     assert_eq!(
         result["qos1"],
         serde_json::json!({"error": null, "reason_code": 16})
