@@ -119,7 +119,7 @@ impl Broker {
                 let tls_addr = SocketAddr::new(config.tls.bind.unwrap_or(bind), port);
                 let tls_listeners = bind_listeners(tls_addr, per_worker)
                     .map_err(bind_error(tls_addr, "tls.port"))?;
-                Some((tls_listeners, acceptor))
+                Some((tls_listeners, acceptor, tls_addr))
             }
             _ => None,
         };
@@ -141,7 +141,7 @@ impl Broker {
             };
             let listeners =
                 bind_listeners(ws_addr, per_worker).map_err(bind_error(ws_addr, key))?;
-            websockets.push((listeners, acceptor, key));
+            websockets.push((listeners, acceptor, key, ws_addr));
         }
 
         let metrics = Arc::new(Metrics::default());
@@ -270,11 +270,11 @@ impl Broker {
             "switchboard listening on {local_addr}"
         );
         let tls_local_addr = match tls {
-            Some((tls_listeners, acceptor)) => {
+            Some((tls_listeners, acceptor, asked)) => {
                 let key = "tls.port";
                 let tls_addr = tls_listeners[0]
                     .local_addr()
-                    .map_err(bind_error(addr, key))?;
+                    .map_err(bind_error(asked, key))?;
                 start_accepting(tls_listeners, &handles, accept_shared(Some(acceptor), None))
                     .map_err(bind_error(tls_addr, key))?;
                 info!("switchboard listening for TLS on {tls_addr}");
@@ -283,8 +283,8 @@ impl Broker {
             None => None,
         };
         let (mut websocket_addr, mut websocket_tls_addr) = (None, None);
-        for (listeners, acceptor, key) in websockets {
-            let ws_addr = listeners[0].local_addr().map_err(bind_error(addr, key))?;
+        for (listeners, acceptor, key, asked) in websockets {
+            let ws_addr = listeners[0].local_addr().map_err(bind_error(asked, key))?;
             let scheme = if acceptor.is_some() { "wss" } else { "ws" };
             start_accepting(
                 listeners,
