@@ -109,6 +109,34 @@ async fn a_second_broker_on_the_same_directory_is_refused_clearly() {
     kill_9(first);
 }
 
+#[test]
+fn a_directory_that_is_a_file_is_refused_clearly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("state");
+    std::fs::write(&file, b"not a directory").expect("write");
+    let config = dir.path().join("switchboard.toml");
+    std::fs::write(
+        &config,
+        format!("[persistence]\ndir = {:?}\n", file.display().to_string()),
+    )
+    .expect("config");
+    let out = std::process::Command::new(common::child::BIN)
+        .args(["--port", "0", "--http-port", "0", "--config"])
+        .arg(&config)
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "persistence.dir {} is not a directory",
+            file.display()
+        )),
+        "stderr: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "stderr: {stderr}");
+}
+
 /// A log of `n` retained messages, framed as the writer frames them.
 fn log_of(n: u16) -> Vec<u8> {
     let mut bytes = Vec::new();

@@ -65,6 +65,14 @@ pub enum PersistenceError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// `persistence.dir` names something that is not a directory.
+    #[error(
+        "persistence.dir {path} is not a directory; name a directory, or a path to create one at"
+    )]
+    NotADirectory {
+        /// The path configured.
+        path: PathBuf,
+    },
     /// Another process holds the directory's lock.
     #[error(
         "{path} is in use by another broker (its lock file is held); one broker per directory"
@@ -160,6 +168,9 @@ pub fn open(config: &PersistenceConfig) -> Result<Option<Recovered>, Persistence
         return Ok(None);
     };
     let started = Instant::now();
+    if dir.exists() && !dir.is_dir() {
+        return Err(PersistenceError::NotADirectory { path: dir.clone() });
+    }
     fs::create_dir_all(dir).map_err(|e| PersistenceError::io(dir, e))?;
     let lock_path = dir.join("lock");
     let lock = OpenOptions::new()
