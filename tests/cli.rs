@@ -356,7 +356,11 @@ fn check_says_whether_a_config_would_start_without_binding_its_ports() {
 
 /// Runs the binary with `args`, which must stop at start-up; returns all it printed.
 async fn failed_start(args: &[&str]) -> String {
-    let out = tokio::process::Command::new(BIN).args(args).output();
+    // Stopped if it outlives the timeout (a broker that started after all).
+    let out = tokio::process::Command::new(BIN)
+        .args(args)
+        .kill_on_drop(true)
+        .output();
     let out = tokio::time::timeout(common::WAIT, out)
         .await
         .expect("the broker stops at start-up")

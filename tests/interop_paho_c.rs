@@ -52,6 +52,7 @@ async fn publish(
         .args(["-c", connection, "-i", id, "-V", version, "-q", "1"])
         .args(["-t", topic, "-m", message])
         .args(extra)
+        .kill_on_drop(true)
         .output();
     let out = tokio::time::timeout(WAIT, out)
         .await

@@ -81,6 +81,7 @@ async fn mosquitto_pub_speaking_mqtt5_takes_no_matching_subscribers_as_a_success
         let out = tokio::process::Command::new("mosquitto_pub")
             .args(["-h", "127.0.0.1", "-p", &port, "-V", "mqttv5", "-d"])
             .args(["-q", qos, "-t", "detrd/status/request/2CD", "-m", "status?"])
+            .kill_on_drop(true)
             .output();
         let out = tokio::time::timeout(common::WAIT, out)
             .await
