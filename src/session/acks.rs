@@ -214,12 +214,12 @@ impl Session {
     /// by the Registry (with a retained message, or behind this client's own SUBSCRIBE) is
     /// acknowledged with success.
     pub(super) fn acknowledge_routed(&mut self, qos: QoS, pid: u16) {
-        let Some(ack) = ack_for(qos) else {
-            return;
-        };
         if !self.peer_options.protocol.is_v5() {
             return self.acknowledge_in_order(qos, pid);
         }
+        let Some(ack) = ack_for(qos) else {
+            return;
+        };
         let routed = self.to_route.len();
         let acks = self.deferred_acks.get_or_insert_with(Box::default);
         acks.acks.push_routed(ack, pid, routed);
