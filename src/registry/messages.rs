@@ -8,6 +8,7 @@ use tokio::sync::oneshot;
 
 use crate::hooks::{DisconnectReason, LifecycleHooks};
 use crate::message::{LastWill, Message, ProtocolVersion, SubscriptionOptions};
+use crate::routing::ChangeOnItsWay;
 use crate::session_state::SessionState;
 
 /// Identifies one TCP connection for the life of the broker (never reused).
@@ -152,6 +153,9 @@ pub struct Subscribe {
     pub codes: Vec<u8>,
     /// Code for a filter over the subscription limit: 0x80 (3.1.1) or 0x97 Quota exceeded (5.0).
     pub quota_code: u8,
+    /// Counts this change as on its way until the Registry has put it in the route table (or
+    /// held it for the cluster).
+    pub on_its_way: Option<ChangeOnItsWay>,
 }
 
 /// Sent by the Registry to a Session once a [`Subscribe`] took effect: the Session writes SUBACK.
@@ -180,6 +184,9 @@ pub struct Unsubscribe {
     pub pid: u16,
     /// Filters to remove.
     pub filters: Vec<String>,
+    /// Counts this change as on its way until the Registry has taken it out of the route
+    /// table.
+    pub on_its_way: Option<ChangeOnItsWay>,
 }
 
 /// Sent by the Registry to a Session once an [`Unsubscribe`] took effect: the Session writes

@@ -50,7 +50,10 @@ impl Handler<HoldSubscribes> for Registry {
 impl Handler<Subscribe> for Registry {
     type Result = ();
 
-    fn handle(&mut self, msg: Subscribe, ctx: &mut Context<Self>) {
+    fn handle(&mut self, mut msg: Subscribe, ctx: &mut Context<Self>) {
+        // Counted until the change is in the table, or held for the cluster (bursts of other
+        // clients are not held behind it: they need not wait).
+        let _on_its_way = msg.on_its_way.take();
         if let Some(waiting) = self.behind_barrier.get_mut(&msg.key) {
             waiting.push_back(Held::Subscribe(msg));
             return;
@@ -64,7 +67,8 @@ impl Handler<Subscribe> for Registry {
 impl Handler<Unsubscribe> for Registry {
     type Result = ();
 
-    fn handle(&mut self, msg: Unsubscribe, ctx: &mut Context<Self>) {
+    fn handle(&mut self, mut msg: Unsubscribe, ctx: &mut Context<Self>) {
+        let _on_its_way = msg.on_its_way.take();
         match self.behind_barrier.get_mut(&msg.key) {
             Some(waiting) => waiting.push_back(Held::Unsubscribe(msg)),
             None => self.unsubscribe_now(msg, ctx),

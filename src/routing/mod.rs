@@ -8,12 +8,18 @@
 //! delivery matched under the table before the change is already in its target's mailbox: an
 //! answer the Registry sends after the change (SUBACK, UNSUBACK, `Detached`) arrives behind
 //! them. That is the barrier the ordering guarantees of `docs/architecture.md` rest on.
+//!
+//! A SUBSCRIBE or UNSUBSCRIBE read on one connection reaches the table only once the Registry
+//! takes it from its mailbox. Until then it is counted ([`Routes::change_on_its_way`]) and every
+//! Session hands its bursts to the Registry, so a PUBLISH read after it on another connection is
+//! routed after the change too.
 
 mod burst;
 mod shared;
 
 pub use shared::{spread_hash, Share};
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use actix::prelude::*;
@@ -262,14 +268,26 @@ impl RouteTable {
     }
 }
 
-/// The route table as the Registry and the workers share it.
+/// The route table as the Registry and the workers share it, with the count of table changes
+/// (SUBSCRIBE, UNSUBSCRIBE) on their way to the Registry.
 #[derive(Clone)]
-pub struct Routes(Arc<RwLock<RouteTable>>);
+pub struct Routes(Arc<SharedRoutes>);
+
+struct SharedRoutes {
+    table: RwLock<RouteTable>,
+    /// SUBSCRIBEs and UNSUBSCRIBEs that a Session has read and the Registry has not yet taken:
+    /// while any is, bursts are routed through the Registry, behind them (see
+    /// [`Routes::change_on_its_way`]).
+    changes_on_their_way: AtomicUsize,
+}
 
 impl Routes {
     /// A shared, empty table.
     pub fn new(strategy: SharedStrategy) -> Self {
-        Routes(Arc::new(RwLock::new(RouteTable::new(strategy))))
+        Routes(Arc::new(SharedRoutes {
+            table: RwLock::new(RouteTable::new(strategy)),
+            changes_on_their_way: AtomicUsize::new(0),
+        }))
     }
 
     /// The table for matching. Hold it until what was matched is sent (see the module doc).
@@ -277,6 +295,7 @@ impl Routes {
         // A panic while holding the lock cannot leave the table half-changed in a way that
         // matters more than stopping routing altogether would.
         self.0
+            .table
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -285,7 +304,42 @@ impl Routes {
     /// the barrier of the module doc.
     pub fn write(&self) -> RwLockWriteGuard<'_, RouteTable> {
         self.0
+            .table
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Counts a SUBSCRIBE or UNSUBSCRIBE that a Session read and is sending to the Registry,
+    /// until the returned token is dropped (by the Registry, once the change is in the table,
+    /// or with the message if it never gets there).
+    ///
+    /// Meanwhile every Session hands its bursts to the Registry instead of routing them by
+    /// the table, so they are routed behind the change, in the order the broker read the
+    /// packets: a PUBLISH that one client sends right behind another client's SUBSCRIBE
+    /// reaches the new subscription, as on a broker that reads both on one thread.
+    pub fn change_on_its_way(&self) -> ChangeOnItsWay {
+        self.0.changes_on_their_way.fetch_add(1, Ordering::SeqCst);
+        ChangeOnItsWay(self.0.clone())
+    }
+
+    /// Whether a SUBSCRIBE or UNSUBSCRIBE is on its way to the Registry: bursts go through it.
+    pub fn change_pending(&self) -> bool {
+        self.0.changes_on_their_way.load(Ordering::SeqCst) > 0
+    }
+}
+
+/// A SUBSCRIBE or UNSUBSCRIBE on its way to the Registry (from [`Routes::change_on_its_way`]):
+/// counted until dropped.
+pub struct ChangeOnItsWay(Arc<SharedRoutes>);
+
+impl Drop for ChangeOnItsWay {
+    fn drop(&mut self) {
+        self.0.changes_on_their_way.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl std::fmt::Debug for ChangeOnItsWay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChangeOnItsWay")
     }
 }

@@ -39,9 +39,11 @@ impl Session {
     /// where subscribing reads it), and so does every burst after it until the Registry answers
     /// [`Routed`]: routing one here meanwhile could overtake it. So does every burst while a
     /// SUBSCRIBE or UNSUBSCRIBE of this client waits for its answer, so that it is routed by
-    /// the table the change is in. Otherwise the burst is routed here. Either way, when the
-    /// Registry's mailbox is full the Session waits for room without reading its socket, so
-    /// TCP slows the publisher down.
+    /// the table the change is in, and every burst while another client's SUBSCRIBE or
+    /// UNSUBSCRIBE is on its way to the Registry, so that it is routed behind that change as
+    /// it was read behind it ([`crate::routing::Routes::change_on_its_way`]). Otherwise the
+    /// burst is routed here. Either way, when the Registry's mailbox is full the Session waits
+    /// for room without reading its socket, so TCP slows the publisher down.
     pub(super) fn hand_over(&mut self, ctx: &mut Context<Self>) {
         if self.to_route.is_empty() {
             return;
@@ -51,7 +53,10 @@ impl Session {
             return;
         };
         let inbound = self.take_inbound_records();
-        if self.via_registry == 0 && !self.to_route.iter().any(|m| m.retain) {
+        if self.via_registry == 0
+            && !self.to_route.iter().any(|m| m.retain)
+            && !self.shared.routes.change_pending()
+        {
             let durability = self.shared.store.as_ref().map(|store| BurstDurability {
                 store,
                 // Deliveries of a QoS 2 message wait for its id to be on disk: a crash before

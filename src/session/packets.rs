@@ -475,6 +475,7 @@ impl Session {
             } else {
                 codec::SUBACK_FAILURE
             },
+            on_its_way: Some(self.shared.routes.change_on_its_way()),
         });
     }
 
@@ -492,6 +493,7 @@ impl Session {
             conn: self.conn,
             pid,
             filters,
+            on_its_way: Some(self.shared.routes.change_on_its_way()),
         });
     }
 }
