@@ -8,6 +8,7 @@ mod common;
 
 use common::v5::{connect5, options, prop, publish5, subscribe5, Props};
 use common::{broker, broker_with, packets, Frame, Raw};
+use switchboard::registry::Freeze;
 
 /// Each acknowledgement as (packet type byte, packet id, reason code: 0 when omitted).
 fn acks(frames: &[Frame]) -> Vec<(u8, u16, u8)> {
@@ -171,4 +172,52 @@ async fn a_311_publisher_gets_a_plain_puback() {
     .await;
     let ack = app.expect().await;
     assert_eq!((ack.byte1, ack.pid(), ack.body.len()), (0x40, 7, 2));
+}
+
+#[tokio::test]
+async fn a_burst_the_registry_routes_says_so_too() {
+    // A burst read while another client's SUBSCRIBE is on its way to the Registry goes
+    // through the Registry (so that it is routed behind the change), as does a retained
+    // message: its acknowledgements wait for the Registry's answer and say 0x10 where nothing
+    // matched, as a burst routed on the worker's own thread does [MQTT-3.4.2-1]. The Registry
+    // is frozen on a thread of its own (two workers) so that the burst is read while the
+    // SUBSCRIBE waits.
+    let broker = broker_with(|c| c.listener.workers = 2);
+    let addr = broker.local_addr();
+    let mut gate = Raw::handshake5(addr, "gate-1AB").await;
+    let mut app = Raw::handshake5(addr, "app").await;
+    let none = Props::new();
+    let (thaw, frozen) = std::sync::mpsc::channel::<()>();
+    broker.registry().do_send(Freeze(frozen));
+    let mut burst = subscribe5(1, &none, &[("detrd/status/request/1AB", 1)]);
+    burst.extend([0xC0, 0x00]); // PINGREQ
+    gate.send(&burst).await;
+    assert_eq!(
+        gate.expect().await.byte1,
+        0xD0,
+        "PINGRESP: the Registry is frozen"
+    );
+    let mut burst = publish5("detrd/status/request/1AB", b"status?", 1, 1, false, &none);
+    burst.extend(publish5(
+        "detrd/status/request/2CD",
+        b"status?",
+        1,
+        2,
+        false,
+        &none,
+    ));
+    burst.extend(publish5("gate/2CD/state", b"closed", 1, 3, true, &none));
+    burst.extend([0xC0, 0x00]);
+    app.send(&burst).await;
+    let mut frames = Vec::new();
+    while frames.last().map(|f: &Frame| f.byte1) != Some(0xD0) {
+        frames.push(app.expect().await);
+    }
+    thaw.send(()).expect("the Registry is frozen");
+    frames.extend(app.sync5().await);
+    assert_eq!(
+        acks(&frames),
+        vec![(0x40, 1, 0), (0x40, 2, 0x10), (0x40, 3, 0x10)],
+        "{frames:?}"
+    );
 }

@@ -25,7 +25,7 @@ pub enum ToSession {
     /// Deliveries the Registry routed (retained, stored, wills, redistribution).
     Deliver(Deliver),
     /// See [`Routed`].
-    Routed,
+    Routed(Routed),
     /// See [`Detached`].
     Detached,
     /// See [`Takeover`].
@@ -110,10 +110,14 @@ pub struct Publish {
 /// Sent by the Registry to the Session of a [`Publish`] once every delivery of it is in its
 /// subscribers' mailboxes (and, with persistence, what it changed is durable): the Session may
 /// route its next bursts on its own worker again without overtaking them, and with persistence
-/// writes the burst's PUBACK/PUBREC.
-#[derive(Message)]
+/// writes the burst's PUBACK/PUBREC (and an MQTT 5 publisher's, in memory too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Message)]
 #[rtype(result = "()")]
-pub struct Routed;
+pub struct Routed {
+    /// Bit `i` set: message `i` of the burst (of the first 64) reached no subscriber, so an
+    /// MQTT 5 publisher's acknowledgement of it carries 0x10 No matching subscribers.
+    pub unmatched: u64,
+}
 
 /// Sent by [`RunningBroker::shutdown`](crate::RunningBroker::shutdown) to the Registry: sync the
 /// persistence log, and answer when done.

@@ -68,7 +68,7 @@ pub struct Registry {
     /// Clients whose batch is not empty.
     dirty: Vec<ClientKey>,
     /// Publishers whose [`Publish`] was routed this turn, answered [`Routed`] after the flush.
-    routed: Vec<(ClientKey, ConnId)>,
+    routed: Vec<(ClientKey, ConnId, Routed)>,
     flush_scheduled: bool,
     /// Scratch space for one publish's matches.
     matches: Vec<(ClientKey, SubscriptionOptions)>,
@@ -83,7 +83,7 @@ pub struct Registry {
     store: Option<Store>,
     /// Publishers whose [`Publish`] waits for its changes to be durable before [`Routed`], by
     /// the sequence number of the last change submitted when it was routed.
-    awaiting_durable: VecDeque<(u64, ClientKey, ConnId)>,
+    awaiting_durable: VecDeque<(u64, ClientKey, ConnId, Routed)>,
     /// The last change the store reported durable.
     durable: u64,
     /// The last change the Registry asked the store to report.
@@ -408,12 +408,12 @@ impl Registry {
             };
             Self::flush_client(client);
         }
-        for (key, conn) in std::mem::take(&mut self.routed) {
+        for (key, conn, routed) in std::mem::take(&mut self.routed) {
             if let Some(attached) = self
                 .attached_client(key, conn)
                 .and_then(|c| c.attached.as_ref())
             {
-                attached.session.send(ToSession::Routed);
+                attached.session.send(ToSession::Routed(routed));
             }
         }
     }
@@ -454,8 +454,11 @@ impl Registry {
             (Some(store), true) => store.last_submitted(),
             _ => 0,
         };
-        for message in msg.messages {
-            self.route(message, Some(msg.from), ctx);
+        let mut routed = Routed { unmatched: 0 };
+        for (i, message) in msg.messages.into_iter().enumerate() {
+            if self.route(message, Some(msg.from), ctx) == 0 && i < 64 {
+                routed.unmatched |= 1 << i;
+            }
         }
         self.hold_after = 0;
         self.wait_for_writer(ctx);
@@ -467,7 +470,8 @@ impl Registry {
             .map(|store| (store.last_submitted(), store))
         {
             Some((seq, store)) if seq > self.durable => {
-                self.awaiting_durable.push_back((seq, msg.from, msg.conn));
+                self.awaiting_durable
+                    .push_back((seq, msg.from, msg.conn, routed));
                 if seq > self.durable_asked {
                     self.durable_asked = seq;
                     let to = self
@@ -479,7 +483,7 @@ impl Registry {
                 }
             }
             _ => {
-                self.routed.push((msg.from, msg.conn));
+                self.routed.push((msg.from, msg.conn, routed));
                 self.schedule_flush(ctx);
             }
         }
@@ -493,12 +497,12 @@ impl Handler<Durable> for Registry {
     /// changed to be durable get `Routed`.
     fn handle(&mut self, msg: Durable, _: &mut Context<Self>) {
         self.durable = self.durable.max(msg.0);
-        while let Some(&(seq, key, conn)) = self.awaiting_durable.front() {
+        while let Some(&(seq, key, conn, routed)) = self.awaiting_durable.front() {
             if seq > self.durable {
                 break;
             }
             self.awaiting_durable.pop_front();
-            self.routed.push((key, conn));
+            self.routed.push((key, conn, routed));
         }
         // The deliveries of those bursts go first, then `Routed` (which releases the acks).
         self.flush_all();

@@ -16,11 +16,13 @@ impl Registry {
     /// Takes a SUBSCRIBE (once the cluster took its filters, `subscribe_barrier.rs`).
     pub(super) fn subscribe_now(&mut self, msg: Subscribe, ctx: &mut Context<Self>) {
         let (max_subscriptions, metrics) = (self.max_subscriptions, self.metrics.clone());
+        // Deliveries routed before the subscription took effect go before the SUBACK, and so
+        // does the answer to a burst the client handed over before it (`Routed`, which lets
+        // its acknowledgements out).
+        self.flush_all();
         let Some(client) = self.attached_client(msg.key, msg.conn) else {
             return;
         };
-        // Deliveries routed before the subscription took effect go before the SUBACK.
-        Self::flush_client(client);
         let client_id = client.id.clone();
         let mut codes = msg.codes;
         let mut granted = Vec::with_capacity(msg.filters.len());
@@ -133,10 +135,11 @@ impl Registry {
 impl Registry {
     /// Takes an UNSUBSCRIBE (after any SUBSCRIBE of the client's that waits for the cluster).
     pub(super) fn unsubscribe_now(&mut self, msg: Unsubscribe, _: &mut Context<Self>) {
+        // As for a SUBSCRIBE: what was routed, and the answers to bursts, before the UNSUBACK.
+        self.flush_all();
         let Some(client) = self.attached_client(msg.key, msg.conn) else {
             return;
         };
-        Self::flush_client(client);
         let client_id = client.id.clone();
         let mut codes = Vec::with_capacity(msg.filters.len());
         let mut removed = Vec::new();

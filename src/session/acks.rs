@@ -49,6 +49,9 @@ pub(super) struct HeldAcks {
     /// (position in `pending`, position in the burst): once the burst is routed here, those
     /// whose message reached no subscriber carry 0x10 ([`HeldAcks::mark_unmatched`]).
     of_burst: Vec<(usize, usize)>,
+    /// (MQTT 5) For each batch waiting for [`AckWait::Routed`], in order: its `of_burst`, to
+    /// mark once the Registry's answer says which messages reached no subscriber.
+    routed_marks: VecDeque<Vec<(usize, usize)>>,
 }
 
 impl HeldAcks {
@@ -86,17 +89,25 @@ impl HeldAcks {
     }
 
     /// Moves the pending acknowledgements behind `wait`, or behind what they need themselves
-    /// if that comes later; returns the wait.
+    /// if that comes later; returns the wait. A wait for [`AckWait::Routed`] always gets a
+    /// batch, empty or not: each of the Registry's answers is for one burst, in order.
     pub(super) fn hand_over(&mut self, wait: AckWait) -> AckWait {
         let needs = std::mem::take(&mut self.pending_needs);
-        // Not routed here (or already marked): their acknowledgements keep success.
-        self.of_burst.clear();
         let wait = match wait {
-            // The Registry answers once everything submitted before the burst is durable.
-            AckWait::Routed => AckWait::Routed,
-            AckWait::Durable(seq) => AckWait::Durable(seq.max(needs)),
+            // The Registry answers once everything submitted before the burst is durable, and
+            // says which of its messages reached no subscriber.
+            AckWait::Routed => {
+                self.routed_marks
+                    .push_back(std::mem::take(&mut self.of_burst));
+                AckWait::Routed
+            }
+            AckWait::Durable(seq) => {
+                // Not routed (or already marked): their acknowledgements keep their codes.
+                self.of_burst.clear();
+                AckWait::Durable(seq.max(needs))
+            }
         };
-        if !self.pending.is_empty() {
+        if !self.pending.is_empty() || wait == AckWait::Routed {
             let next = self.spare.pop().unwrap_or_default();
             let acks = std::mem::replace(&mut self.pending, next);
             self.waiting.push_back((wait, acks));
@@ -129,10 +140,20 @@ impl HeldAcks {
         Some(any)
     }
 
-    /// The first batch waiting for the Registry's answer no longer does.
-    fn routed(&mut self) {
+    /// The first batch waiting for the Registry's answer no longer does; (MQTT 5) the
+    /// acknowledgements of its messages that reached no subscriber (bit `i` of `unmatched` for
+    /// message `i`) carry 0x10 No matching subscribers.
+    fn routed(&mut self, unmatched: u64) {
+        let marks = self.routed_marks.pop_front().unwrap_or_default();
         if let Some(entry) = self.waiting.iter_mut().find(|e| e.0 == AckWait::Routed) {
             entry.0 = AckWait::Durable(0);
+            for (at, routed) in marks {
+                if routed < 64 && unmatched & (1 << routed) != 0 {
+                    if let Some(held) = entry.1.get_mut(at) {
+                        held.2 = reason::NO_MATCHING_SUBSCRIBERS;
+                    }
+                }
+            }
         }
     }
 
@@ -210,9 +231,8 @@ impl Session {
     /// next message of `to_route`). An MQTT 5 client's acknowledgement waits for the burst to
     /// be routed, and carries 0x10 No matching subscribers if the message reached no
     /// subscriber (a MAY of section 3.4.2.1, as Mosquitto does): a request to a device that is
-    /// not there is known at once. Only a burst routed on this worker can say so; one routed
-    /// by the Registry (with a retained message, or behind this client's own SUBSCRIBE) is
-    /// acknowledged with success.
+    /// not there is known at once. A burst routed by the Registry (with a retained message, or
+    /// behind a SUBSCRIBE) waits for its [`Routed`](crate::registry::Routed), which says so.
     pub(super) fn acknowledge_routed(&mut self, qos: QoS, pid: u16) {
         if !self.peer_options.protocol.is_v5() {
             return self.acknowledge_in_order(qos, pid);
@@ -223,6 +243,12 @@ impl Session {
         let routed = self.to_route.len();
         let acks = self.deferred_acks.get_or_insert_with(Box::default);
         acks.acks.push_routed(ack, pid, routed);
+    }
+
+    /// (MQTT 5) Whether the acknowledgements of a burst handed to the Registry wait for its
+    /// answer: an MQTT 5 publisher's do, to learn which messages reached no subscriber.
+    pub(super) fn acks_await_routing(&self) -> bool {
+        self.peer_options.protocol.is_v5()
     }
 
     /// (MQTT 5) After the burst being read was routed here: the acknowledgements of its
@@ -274,10 +300,11 @@ impl Session {
         }
     }
 
-    /// The Registry answered a burst handed to it.
-    pub(super) fn burst_routed(&mut self) {
+    /// The Registry answered a burst handed to it: `unmatched` as in
+    /// [`Routed`](crate::registry::Routed).
+    pub(super) fn burst_routed(&mut self, unmatched: u64) {
         if let Some(acks) = self.deferred_acks.as_deref_mut() {
-            acks.acks.routed();
+            acks.acks.routed(unmatched);
         }
         self.release_acks();
     }
@@ -378,13 +405,42 @@ mod tests {
     }
 
     #[test]
-    fn acknowledgements_of_a_burst_the_registry_routes_keep_success() {
+    fn acknowledgements_of_a_burst_the_registry_routes_carry_its_answer() {
         let mut acks = HeldAcks::default();
         acks.push_routed(Ack::PubAck, 1, 0);
+        acks.push_routed(Ack::PubAck, 2, 1);
         acks.hand_over(AckWait::Routed);
+        // Marks of a burst routed here do not touch it.
         acks.mark_unmatched(u64::MAX);
         assert!(ready(&mut acks, 0).is_empty(), "waiting for Routed");
-        acks.routed();
-        assert_eq!(ready(&mut acks, 0), vec![(Ack::PubAck, 1, 0)]);
+        acks.routed(0b10);
+        assert_eq!(
+            ready(&mut acks, 0),
+            vec![
+                (Ack::PubAck, 1, 0),
+                (Ack::PubAck, 2, reason::NO_MATCHING_SUBSCRIBERS)
+            ]
+        );
+    }
+
+    #[test]
+    fn each_answer_of_the_registry_releases_its_own_burst() {
+        // A burst with nothing to acknowledge (QoS 0) still waits for its answer: the first
+        // answer must not release the next burst's acknowledgements, which may not be routed,
+        // nor durable, yet.
+        let mut acks = HeldAcks::default();
+        acks.hand_over(AckWait::Routed);
+        acks.push_routed(Ack::PubAck, 7, 0);
+        acks.hand_over(AckWait::Routed);
+        acks.routed(0);
+        assert!(
+            ready(&mut acks, 0).is_empty(),
+            "the second burst is not routed"
+        );
+        acks.routed(1);
+        assert_eq!(
+            ready(&mut acks, 0),
+            vec![(Ack::PubAck, 7, reason::NO_MATCHING_SUBSCRIBERS)]
+        );
     }
 }

@@ -43,7 +43,7 @@ impl Handler<ToSession> for Session {
     fn handle(&mut self, msg: ToSession, ctx: &mut Context<Self>) {
         match msg {
             ToSession::Deliver(m) => <Self as Handler<Deliver>>::handle(self, m, ctx),
-            ToSession::Routed => <Self as Handler<Routed>>::handle(self, Routed, ctx),
+            ToSession::Routed(routed) => <Self as Handler<Routed>>::handle(self, routed, ctx),
             ToSession::Detached => <Self as Handler<Detached>>::handle(self, Detached, ctx),
             ToSession::Takeover => <Self as Handler<Takeover>>::handle(self, Takeover, ctx),
             ToSession::ServerClosing => {

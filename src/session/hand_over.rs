@@ -100,11 +100,14 @@ impl Session {
         };
         self.via_registry += 1;
         // With persistence the acknowledgements wait for `Routed`: it comes once what the
-        // burst changed is durable. In memory they need not wait (an MQTT 5 publisher's say
-        // success: only a burst routed here knows what matched).
-        let wait = match self.shared.store {
-            Some(_) => AckWait::Routed,
-            None => AckWait::Durable(0),
+        // burst changed is durable. So do an MQTT 5 publisher's, in memory too: `Routed` says
+        // which of its messages reached no subscriber. Every `Routed` has its batch, empty or
+        // not, so that each answer releases the burst it is for.
+        let wait = if self.shared.store.is_some() || self.acks_await_routing() {
+            self.deferred_acks.get_or_insert_with(Box::default);
+            AckWait::Routed
+        } else {
+            AckWait::Durable(0)
         };
         self.settle_acks(wait, ctx);
         match self.shared.registry.try_send(publish) {
@@ -145,10 +148,10 @@ impl Session {
 impl Handler<Routed> for Session {
     type Result = ();
 
-    fn handle(&mut self, _: Routed, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: Routed, ctx: &mut Context<Self>) {
         self.via_registry = self.via_registry.saturating_sub(1);
         // The burst is routed (and, with persistence, durable): its acknowledgements go out.
-        self.burst_routed();
+        self.burst_routed(msg.unmatched);
         if !self.closing {
             self.flush(ctx);
         }
