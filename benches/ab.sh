@@ -8,8 +8,9 @@
 #
 # A variant can be a script that execs a binary with arguments (e.g. `-c one-worker.toml`).
 # MOSQUITTO_LINE is one more line for Mosquitto's configuration (e.g. `acl_file /path`).
-# LOAD_ARGS is added to every row (e.g. `--persistent-subscribers`, or `--window-acked` for
-# publishers that also wait for their PUBACK, as devices do).
+# LOAD_ARGS is added to every row (e.g. `--persistent-subscribers`, `--window-acked` for
+# publishers that also wait for their PUBACK, as devices do, or `--churn-beside 2000` for one
+# more client making 2,000 subscription changes a second beside the traffic).
 # ROWS picks rows: w1_8 w1_200 q0_200 open fleet fleet20 pipe0 pipe1 fanout fanout1 fanin0 fanin
 # w1a_8 (window 1, 8 pairs, each publisher also waiting for its PUBACK: `--window-acked`)
 # idle (10,000 idle connections: RSS per connection) idle_max (IDLE_MAX of them, default 19,000:

@@ -98,6 +98,11 @@ pub struct Args {
     /// kept open through it, to measure what a quiet fleet costs the traffic beside it.
     #[arg(long, default_value_t = 0)]
     pub idle_beside: usize,
+    /// Subscription changes per second made beside the scenario by one more client (a
+    /// SUBSCRIBE, then an UNSUBSCRIBE, each waiting for its ack), as devices that come and go
+    /// make them (0: none).
+    #[arg(long, default_value_t = 0.0)]
+    pub churn_beside: f64,
     /// connect-storm: connect over TLS (1.3, server name `localhost`), trusting the CA
     /// certificates in this PEM file.
     #[arg(long, value_name = "CA_FILE")]

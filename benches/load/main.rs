@@ -13,6 +13,7 @@
 
 mod args;
 mod broker;
+mod churn;
 mod fleet;
 mod flows;
 mod procstat;
@@ -85,6 +86,10 @@ fn run(args: Args) -> Result<(), String> {
             format!(" +{} idle", args.idle_beside)
         } else {
             String::new()
+        } + &if args.churn_beside > 0.0 {
+            format!(" +{}/s subscription changes", args.churn_beside)
+        } else {
+            String::new()
         },
         ..Report::default()
     };
@@ -103,6 +108,10 @@ fn run(args: Args) -> Result<(), String> {
     } else {
         Vec::new()
     };
+    let churned = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let churn = (args.churn_beside > 0.0)
+        .then(|| runtime.spawn(churn::run(target.addr, args.churn_beside, churned.clone())));
+    let started = std::time::Instant::now();
     match args.scenario {
         Scenario::Pairs | Scenario::FanIn | Scenario::FanOut | Scenario::Wildcard => {
             let r = runtime.block_on(flows::run(args.clone(), target.addr, target.pid))?;
@@ -136,6 +145,24 @@ fn run(args: Args) -> Result<(), String> {
             report.rss_per_connection_bytes = r.rss_per_connection;
             report.harness_cpu_share = r.harness_cpu / r.seconds;
             report.failures = r.failures;
+        }
+    }
+    if let Some(churn) = churn {
+        if churn.is_finished() {
+            if let Ok(Err(e)) = runtime.block_on(churn) {
+                eprintln!("warning: {e}");
+            }
+        } else {
+            churn.abort();
+        }
+        let made = churned.load(std::sync::atomic::Ordering::Relaxed) as f64;
+        let rate = made / started.elapsed().as_secs_f64();
+        report.churn_per_s = Some(rate);
+        if rate < 0.9 * args.churn_beside {
+            eprintln!(
+                "warning: {rate:.0} subscription changes/s beside the scenario, of {} asked",
+                args.churn_beside
+            );
         }
     }
     report.broker_rss_bytes = target.pid.map(procstat::rss_bytes);

@@ -54,6 +54,10 @@ pub struct Report {
     /// Harness CPU seconds per second of run: 1.0 is one full core.
     pub harness_cpu_share: f64,
     pub failures: u64,
+    /// With `--churn-beside`: the subscription changes per second the broker acknowledged
+    /// beside the scenario.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub churn_per_s: Option<f64>,
 }
 
 impl Report {
@@ -76,6 +80,9 @@ impl Report {
         }
         if let Some(per) = self.rss_per_connection_bytes {
             let _ = write!(s, "  RSS per idle connection {per:.0} B");
+        }
+        if let Some(churn) = self.churn_per_s {
+            let _ = write!(s, "\n  subscription changes beside it {churn:.0}/s");
         }
         let _ = write!(
             s,

@@ -194,6 +194,16 @@ pub fn subscribe(pid: u16, filters: &[String], qos: u8) -> Vec<u8> {
     buf.to_vec()
 }
 
+/// An UNSUBSCRIBE frame for one filter.
+pub fn unsubscribe(pid: u16, filter: &str) -> Vec<u8> {
+    let mut body = pid.to_be_bytes().to_vec();
+    if mqtt5() {
+        body.push(0); // no properties
+    }
+    string(&mut body, filter);
+    framed(0xA2, body)
+}
+
 /// A PUBLISH encoded once; each message copies it and patches packet id and stamp.
 pub struct PublishTemplate {
     frame: Vec<u8>,
