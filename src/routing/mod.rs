@@ -343,3 +343,23 @@ impl std::fmt::Debug for ChangeOnItsWay {
         f.write_str("ChangeOnItsWay")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_counts_until_its_token_is_dropped_wherever_it_is_dropped() {
+        let routes = Routes::new(SharedStrategy::RoundRobin);
+        assert!(!routes.change_pending());
+        let first = routes.change_on_its_way();
+        let second = routes.clone().change_on_its_way();
+        drop(first);
+        assert!(routes.change_pending(), "one change is still on its way");
+        // Dropped on another thread, as the Registry's may be, or with an undelivered message.
+        std::thread::spawn(move || drop(second))
+            .join()
+            .expect("thread");
+        assert!(!routes.change_pending());
+    }
+}
