@@ -19,6 +19,17 @@ fn acks(frames: &[Frame]) -> Vec<(u8, u16, u8)> {
         .collect()
 }
 
+/// MQTT 5 PUBLISH packets without properties, one after another in one buffer: each as
+/// (topic, payload, QoS, packet id, RETAIN).
+fn publishes(messages: &[(&str, &[u8], u8, u16, bool)]) -> Vec<u8> {
+    let none = Props::new();
+    let mut burst = Vec::new();
+    for &(topic, payload, qos, pid, retain) in messages {
+        burst.extend(publish5(topic, payload, qos, pid, retain, &none));
+    }
+    burst
+}
+
 /// A v5 client with a session that outlives its connection by an hour.
 async fn persistent(addr: std::net::SocketAddr, id: &str) -> Raw {
     let props = Props::new().u32(prop::SESSION_EXPIRY, 3600);
@@ -56,43 +67,16 @@ async fn requests_to_every_kind_of_gate(addr: std::net::SocketAddr) -> Vec<(u8, 
             .await,
         vec![1]
     );
-    let none = Props::new();
     let mut app = Raw::handshake5(addr, "app").await;
-    let mut burst = publish5("detrd/status/request/1AB", b"status?", 1, 1, false, &none);
-    burst.extend(publish5(
-        "detrd/status/request/2CD",
-        b"status?",
-        1,
-        2,
-        false,
-        &none,
-    ));
-    burst.extend(publish5(
-        "detrd/status/request/2CD",
-        b"qos 0",
-        0,
-        0,
-        false,
-        &none,
-    ));
-    burst.extend(publish5(
-        "detrd/status/request/9ZZ",
-        b"status?",
-        1,
-        3,
-        false,
-        &none,
-    ));
-    burst.extend(publish5("jobs/1", b"job", 1, 4, false, &none));
-    burst.extend(publish5(
-        "detrd/status/request/2CD",
-        b"status?",
-        2,
-        5,
-        false,
-        &none,
-    ));
-    app.send(&burst).await;
+    app.send(&publishes(&[
+        ("detrd/status/request/1AB", b"status?", 1, 1, false),
+        ("detrd/status/request/2CD", b"status?", 1, 2, false),
+        ("detrd/status/request/2CD", b"qos 0", 0, 0, false),
+        ("detrd/status/request/9ZZ", b"status?", 1, 3, false),
+        ("jobs/1", b"job", 1, 4, false),
+        ("detrd/status/request/2CD", b"status?", 2, 5, false),
+    ]))
+    .await;
     let mut got = acks(&app.sync5().await);
     // The QoS 2 flow goes on after a 0x10 PUBREC (a code below 0x80): PUBREL, PUBCOMP.
     app.send(&[0x62, 0x02, 0x00, 0x05]).await;
@@ -197,16 +181,11 @@ async fn a_burst_the_registry_routes_says_so_too() {
         0xD0,
         "PINGRESP: the Registry is frozen"
     );
-    let mut burst = publish5("detrd/status/request/1AB", b"status?", 1, 1, false, &none);
-    burst.extend(publish5(
-        "detrd/status/request/2CD",
-        b"status?",
-        1,
-        2,
-        false,
-        &none,
-    ));
-    burst.extend(publish5("gate/2CD/state", b"closed", 1, 3, true, &none));
+    let mut burst = publishes(&[
+        ("detrd/status/request/1AB", b"status?", 1, 1, false),
+        ("detrd/status/request/2CD", b"status?", 1, 2, false),
+        ("gate/2CD/state", b"closed", 1, 3, true),
+    ]);
     burst.extend([0xC0, 0x00]);
     app.send(&burst).await;
     let mut frames = Vec::new();

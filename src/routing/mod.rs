@@ -338,12 +338,6 @@ impl Drop for ChangeOnItsWay {
     }
 }
 
-impl std::fmt::Debug for ChangeOnItsWay {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ChangeOnItsWay")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -70,13 +70,7 @@ impl HeldAcks {
     /// The acknowledgements of the burst just routed whose message reached no subscriber (bit
     /// `i` of `unmatched` for message `i`) carry 0x10 No matching subscribers.
     fn mark_unmatched(&mut self, unmatched: u64) {
-        for (at, routed) in self.of_burst.drain(..) {
-            if routed < 64 && unmatched & (1 << routed) != 0 {
-                if let Some(held) = self.pending.get_mut(at) {
-                    held.2 = reason::NO_MATCHING_SUBSCRIBERS;
-                }
-            }
-        }
+        mark(&mut self.pending, self.of_burst.drain(..), unmatched);
     }
 
     /// The store changes the held acknowledgements wait for (some may be durable already).
@@ -147,13 +141,7 @@ impl HeldAcks {
         let marks = self.routed_marks.pop_front().unwrap_or_default();
         if let Some(entry) = self.waiting.iter_mut().find(|e| e.0 == AckWait::Routed) {
             entry.0 = AckWait::Durable(0);
-            for (at, routed) in marks {
-                if routed < 64 && unmatched & (1 << routed) != 0 {
-                    if let Some(held) = entry.1.get_mut(at) {
-                        held.2 = reason::NO_MATCHING_SUBSCRIBERS;
-                    }
-                }
-            }
+            mark(&mut entry.1, marks, unmatched);
         }
     }
 
@@ -180,6 +168,19 @@ impl HeldAcks {
             }
         }
         any
+    }
+}
+
+/// Gives 0x10 No matching subscribers to the acknowledgements in `acks` whose message reached
+/// no subscriber: `marks` pairs an acknowledgement's position in `acks` with its message's
+/// position in the burst, and bit `i` of `unmatched` is set for message `i`.
+fn mark(acks: &mut [HeldAck], marks: impl IntoIterator<Item = (usize, usize)>, unmatched: u64) {
+    for (at, routed) in marks {
+        if routed < 64 && unmatched & (1 << routed) != 0 {
+            if let Some(held) = acks.get_mut(at) {
+                held.2 = reason::NO_MATCHING_SUBSCRIBERS;
+            }
+        }
     }
 }
 
