@@ -99,12 +99,14 @@ async fn qos1_stream_survives(fsync: &str, subscriber_online: bool, power_loss: 
         );
     }
     let duplicates: usize = seen.values().map(|c| c - 1).sum();
-    // At most the inflight window comes again, after power loss too: a subscriber's output
-    // waits while the messages in flight plus those acknowledged whose `Done` record is not
-    // durable exceed it.
+    // At most the inflight window comes again after `kill -9`: a subscriber's output waits
+    // while the messages in flight plus those acknowledged whose `Done` record is not yet
+    // written exceed it. A power cut can also take the one commit being synced, whose `Done`
+    // records were written: at most a second window.
+    let bound = if power_loss { 2 * WINDOW } else { WINDOW };
     assert!(
-        duplicates <= WINDOW,
-        "{duplicates} duplicates: at most the inflight window ({WINDOW}) is re-sent"
+        duplicates <= bound,
+        "{duplicates} duplicates: at most {bound} re-sent (the inflight window is {WINDOW})"
     );
     // Delivered once is done: nothing comes again on the next connection.
     drop(sub);

@@ -1,4 +1,5 @@
-//! Who waits for a change to be durable, kept by the thread they run on.
+//! Who waits for a change to be durable (or, for a Session at its duplicate bound with
+//! `fsync = "always"`, written), kept by the thread they run on.
 //!
 //! A Session (or the Registry) on an actix thread that must wait for a change is listed in that
 //! thread's own list, and the thread's entry in the store says the lowest change any of them
@@ -30,9 +31,20 @@ pub(super) struct ThreadWaiters {
     arbiter: ArbiterHandle,
 }
 
-/// A store's waiters: by actix thread, and those on other threads.
-#[derive(Default)]
+/// Which of the writer's reports a list of waiters waits for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Watch {
+    /// A change durable by the `fsync` policy ([`StoreShared::durable`]).
+    Durable,
+    /// A change written to the log, synced or not ([`StoreShared::written`]): what survives
+    /// `kill -9`. Only `fsync = "always"` tells it apart from durable.
+    Written,
+}
+
+/// A store's waiters for one [`Watch`]: by actix thread, and those on other threads. Either
+/// way they are told with a [`Durable`] carrying what is durable then.
 pub(super) struct Waiters {
+    watch: Watch,
     threads: Mutex<Vec<Arc<ThreadWaiters>>>,
     others: Mutex<Vec<(u64, Recipient<Durable>)>>,
 }
@@ -50,10 +62,12 @@ impl DurableTo {
     }
 }
 
-/// A thread's own list of waiters for one store.
+/// A thread's own list of waiters for one store and [`Watch`].
 struct LocalWaiters {
     /// The store's [`StoreShared::id`].
     store: u64,
+    /// What they wait for.
+    watch: Watch,
     /// This thread's entry in the store.
     thread: Arc<ThreadWaiters>,
     /// (change waited for, who to tell).
@@ -71,15 +85,38 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+impl Watch {
+    /// The last change `shared`'s writer reported this far.
+    fn reached(self, shared: &StoreShared) -> u64 {
+        match self {
+            Watch::Durable => shared.durable(),
+            Watch::Written => shared.written(),
+        }
+    }
+}
+
 impl Waiters {
-    /// Lists `to` as waiting for change `seq` of `shared`, unless the change is durable by
-    /// then; returns whether it is.
+    /// No waiters yet, for `watch`.
+    pub(super) fn new(watch: Watch) -> Self {
+        Waiters {
+            watch,
+            threads: Mutex::default(),
+            others: Mutex::default(),
+        }
+    }
+
+    /// Lists `to` as waiting for change `seq` of `shared` to reach this list's [`Watch`],
+    /// unless it has by then; returns whether it has.
     pub(super) fn wait(&self, shared: &StoreShared, seq: u64, to: &DurableTo) -> bool {
+        let watch = self.watch;
         LOCAL.with(|local| {
             let mut local = local.borrow_mut();
             // Only an actix thread has a list: found, it needs no look at the current Arbiter
             // (which clones a handle, an atomic increment and decrement per wait).
-            let at = match local.iter().position(|l| l.store == shared.id) {
+            let found = local
+                .iter()
+                .position(|l| l.store == shared.id && l.watch == watch);
+            let at = match found {
                 Some(at) => at,
                 None => {
                     let Some(arbiter) = Arbiter::try_current() else {
@@ -92,6 +129,7 @@ impl Waiters {
                     lock(&self.threads).push(thread.clone());
                     local.push(LocalWaiters {
                         store: shared.id,
+                        watch,
                         thread,
                         waiting: Vec::new(),
                     });
@@ -102,8 +140,8 @@ impl Waiters {
             entry.waiting.push((seq, to.clone()));
             entry.thread.wants.fetch_min(seq, Ordering::SeqCst);
             // After the store to `wants` (both sequentially consistent): either this sees the
-            // writer's new `durable`, or the writer sees what this thread wants.
-            if shared.durable() >= seq {
+            // writer's new report, or the writer sees what this thread wants.
+            if watch.reached(shared) >= seq {
                 entry.waiting.pop();
                 return true;
             }
@@ -114,18 +152,18 @@ impl Waiters {
     /// [`Waiters::wait`] on a thread without an Arbiter: the writer tells `to` itself.
     fn wait_elsewhere(&self, shared: &StoreShared, seq: u64, to: &DurableTo) -> bool {
         let mut others = lock(&self.others);
-        // Read under the lock the writer takes after storing `durable`: either this sees the
+        // Read under the lock the writer takes after storing its report: either this sees the
         // new value, or the writer sees this waiter.
-        if shared.durable() >= seq {
+        if self.watch.reached(shared) >= seq {
             return true;
         }
         others.push((seq, (*to.0).clone()));
         false
     }
 
-    /// Called by the writer once every change up to `seq` is durable (stored in `shared`
-    /// before): sends one task to each thread with a waiter due, and tells due waiters on
-    /// other threads (`ready` is the writer's scratch list).
+    /// Called by the writer once every change up to `seq` has reached this list's [`Watch`]
+    /// (stored in `shared` before): sends one task to each thread with a waiter due, and tells
+    /// due waiters on other threads (`ready` is the writer's scratch list).
     pub(super) fn report(
         &self,
         shared: &Arc<StoreShared>,
@@ -136,8 +174,11 @@ impl Waiters {
             let wants = thread.wants.swap(NONE, Ordering::SeqCst);
             if wants <= seq {
                 let shared = shared.clone();
+                let watch = self.watch;
                 // False if the thread's Arbiter is gone, and its waiters with it.
-                let _ = thread.arbiter.spawn(async move { tell_local(&shared) });
+                let _ = thread
+                    .arbiter
+                    .spawn(async move { tell_local(&shared, watch) });
             } else if wants != NONE {
                 // Put back; merged with whatever the thread asked for meanwhile.
                 thread.wants.fetch_min(wants, Ordering::SeqCst);
@@ -148,24 +189,31 @@ impl Waiters {
             let due = others.extract_if(.., |(wanted, _)| *wanted <= seq);
             ready.extend(due.map(|(_, to)| to));
         }
+        // What is durable, which for waiters on what is written may be less than `seq`.
+        let durable = shared.durable();
         for to in ready.drain(..) {
-            to.do_send(Durable(seq));
+            to.do_send(Durable(durable));
         }
     }
 }
 
-/// On a thread the writer sent this to: tells this thread's waiters whose change is durable.
-fn tell_local(shared: &StoreShared) {
+/// On a thread the writer sent this to: tells this thread's waiters on `watch` whose change
+/// has reached it, with what is durable.
+fn tell_local(shared: &StoreShared, watch: Watch) {
     LOCAL.with(|local| {
         let mut local = local.borrow_mut();
-        let Some(entry) = local.iter_mut().find(|l| l.store == shared.id) else {
+        let Some(entry) = local
+            .iter_mut()
+            .find(|l| l.store == shared.id && l.watch == watch)
+        else {
             return;
         };
         loop {
+            let reached = watch.reached(shared);
             let durable = shared.durable();
             let mut lowest = NONE;
             entry.waiting.retain(|(wanted, to)| {
-                if *wanted <= durable {
+                if *wanted <= reached {
                     to.0.do_send(Durable(durable));
                     false
                 } else {
@@ -178,7 +226,7 @@ fn tell_local(shared: &StoreShared) {
             }
             entry.thread.wants.fetch_min(lowest, Ordering::SeqCst);
             // As in `wait`: a commit the writer reported before seeing `wants` is seen here.
-            if shared.durable() < lowest {
+            if watch.reached(shared) < lowest {
                 return;
             }
         }
@@ -227,7 +275,7 @@ mod tests {
 
     #[test]
     fn a_waiter_is_told_on_its_own_thread_once_its_change_is_durable() {
-        let shared = Arc::new(StoreShared::new(1, false));
+        let shared = Arc::new(StoreShared::new(1, true));
         let store = Store::new(shared.clone());
         let (told, heard) = mpsc::channel();
         actix_rt::System::new().block_on(async {
@@ -253,6 +301,43 @@ mod tests {
                 store.notify_when_durable(5, &to),
                 "durable already: no wait"
             );
+        });
+    }
+
+    #[test]
+    fn a_wait_for_a_write_is_told_before_the_sync_with_what_is_durable_then() {
+        let shared = Arc::new(StoreShared::new(1, true));
+        let store = Store::new(shared.clone());
+        let (told, heard) = mpsc::channel();
+        actix_rt::System::new().block_on(async {
+            let to = DurableTo::new(Waiter(told).start().recipient());
+            assert!(!store.notify_when_written(3, &to), "nothing written yet");
+            assert!(!store.notify_when_durable(3, &to));
+            report_from_writer(&shared, 1);
+            // Commit 3 written, its sync under way.
+            let written = shared.clone();
+            std::thread::spawn(move || written.report_written(3, &mut Vec::new()))
+                .join()
+                .expect("no panic");
+            assert_eq!((store.written(), store.durable()), (3, 1));
+            let first = next_told(&heard).await;
+            assert_eq!(
+                first, 1,
+                "the wait for the write is told, with what is durable: not 3"
+            );
+            for _ in 0..50 {
+                actix_rt::task::yield_now().await;
+            }
+            assert!(
+                heard.try_recv().is_err(),
+                "the wait for 3 to be durable is not due"
+            );
+            assert!(
+                store.notify_when_written(3, &to),
+                "written already: no wait"
+            );
+            report_from_writer(&shared, 3);
+            assert_eq!(next_told(&heard).await, 3);
         });
     }
 }

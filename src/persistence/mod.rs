@@ -104,7 +104,8 @@ impl PersistenceError {
 
 /// Sent by the writer thread to a Session or the Registry that asked
 /// ([`Store::notify_when_durable`]): every change up to this sequence number is written (and
-/// synced, as the policy asks).
+/// synced, as the policy asks). Also to a Session that asked [`Store::notify_when_written`],
+/// once its change is written, with what is durable then (which may be less).
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
 pub struct Durable(pub u64);
@@ -426,8 +427,8 @@ impl Recovered {
                 std::io::Error::other("already started"),
             ));
         };
-        let wake_at_once = writer.policy != crate::config::FsyncPolicy::Always;
-        let shared = Arc::new(StoreShared::new(self.next_id, wake_at_once));
+        let syncs_each_commit = writer.policy == crate::config::FsyncPolicy::Always;
+        let shared = Arc::new(StoreShared::new(self.next_id, syncs_each_commit));
         let for_writer = shared.clone();
         std::thread::Builder::new()
             .name("switchboard-persistence".into())

@@ -13,7 +13,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use actix::Recipient;
 use tracing::warn;
 
-use super::durable_waiters::{DurableTo, Waiters};
+use super::durable_waiters::{DurableTo, Waiters, Watch};
 use super::record::Record;
 use super::record_ref::Framed;
 use super::Durable;
@@ -138,8 +138,14 @@ pub struct StoreShared {
     pub(super) pending_bytes: std::sync::atomic::AtomicUsize,
     /// The last change the writer reported durable.
     pub(super) durable: AtomicU64,
+    /// The last change the writer reported written to the log (at least `durable`; more only
+    /// while a commit is being synced, with `fsync = "always"`).
+    written: AtomicU64,
     /// Who waits for a change to be durable, by thread.
     waiters: Waiters,
+    /// Who waits for a change to be written (a Session at its duplicate bound, with
+    /// `fsync = "always"`), by thread.
+    written_waiters: Waiters,
     /// Tells this store from others, in the threads' own lists of waiters.
     pub(super) id: u64,
     /// The next durable id of a queued message.
@@ -147,12 +153,15 @@ pub struct StoreShared {
     /// Whether a submission wakes the writer at once, not once its thread's ready tasks ran
     /// ([`wake_soon`]): every policy but `fsync = "always"`.
     wake_at_once: bool,
+    /// Whether the writer syncs each commit after writing it (`fsync = "always"`), and so
+    /// reports what is written before what is durable.
+    syncs_each_commit: bool,
 }
 
 impl StoreShared {
-    /// Shared state for a store whose next queued-message id is `next_id`; `wake_at_once`
-    /// as [`StoreShared::wake_at_once`].
-    pub(super) fn new(next_id: u64, wake_at_once: bool) -> Self {
+    /// Shared state for a store whose next queued-message id is `next_id`, whose writer syncs
+    /// each commit or not (`fsync = "always"`).
+    pub(super) fn new(next_id: u64, syncs_each_commit: bool) -> Self {
         StoreShared {
             pending: Mutex::new(Pending::default()),
             wake_writer: Condvar::new(),
@@ -160,10 +169,13 @@ impl StoreShared {
             caught_up: tokio::sync::Notify::new(),
             pending_bytes: std::sync::atomic::AtomicUsize::new(0),
             durable: AtomicU64::new(0),
-            waiters: Waiters::default(),
+            written: AtomicU64::new(0),
+            waiters: Waiters::new(Watch::Durable),
+            written_waiters: Waiters::new(Watch::Written),
             id: NEXT_STORE.fetch_add(1, Ordering::Relaxed),
             next_id: AtomicU64::new(next_id),
-            wake_at_once,
+            wake_at_once: !syncs_each_commit,
+            syncs_each_commit,
         }
     }
 
@@ -208,11 +220,33 @@ impl StoreShared {
         self.durable.load(Ordering::SeqCst)
     }
 
-    /// Called by the writer: every change up to `seq` is durable; tells who waited for it,
-    /// once per thread they run on (`ready` is the writer's scratch list).
+    /// The last change the writer reported written to the log.
+    pub(super) fn written(&self) -> u64 {
+        self.written.load(Ordering::SeqCst)
+    }
+
+    /// Called by the writer: every change up to `seq` is durable (so written too); tells who
+    /// waited for it, once per thread they run on (`ready` is the writer's scratch list).
     pub(super) fn report_durable(self: &Arc<Self>, seq: u64, ready: &mut Vec<Recipient<Durable>>) {
+        self.written.fetch_max(seq, Ordering::SeqCst);
         self.durable.store(seq, Ordering::SeqCst);
         self.waiters.report(self, seq, ready);
+        // Anyone still waiting for it to be written (none unless the writer syncs each commit,
+        // and then it reported the write before).
+        self.written_waiters.report(self, seq, ready);
+    }
+
+    /// Called by a writer that syncs each commit, after writing it and before syncing it:
+    /// every change up to `seq` is written, and survives `kill -9`; tells who waits for that.
+    pub(super) fn report_written(self: &Arc<Self>, seq: u64, ready: &mut Vec<Recipient<Durable>>) {
+        self.written.fetch_max(seq, Ordering::SeqCst);
+        self.written_waiters.report(self, seq, ready);
+    }
+
+    /// Whether the writer syncs each commit after writing it, and reports the write first
+    /// ([`StoreShared::report_written`]).
+    pub(super) fn syncs_each_commit(&self) -> bool {
+        self.syncs_each_commit
     }
 }
 
@@ -344,6 +378,18 @@ impl Store {
         self.shared().durable()
     }
 
+    /// The last change the writer reported written to the log: what survives `kill -9`. The
+    /// same as [`Store::durable`] but while a commit is being synced with `fsync = "always"`.
+    pub fn written(&self) -> u64 {
+        self.shared().written()
+    }
+
+    /// Whether the writer syncs each commit after writing it (`fsync = "always"`): only then
+    /// can [`Store::written`] run ahead of [`Store::durable`].
+    pub fn syncs_each_commit(&self) -> bool {
+        self.shared().syncs_each_commit()
+    }
+
     /// Whether change `seq` is durable; if not, `to` gets [`Durable`] once it is (told on its
     /// own thread, with the other waiters there), and the writer is woken for it.
     pub fn notify_when_durable(&self, seq: u64, to: &DurableTo) -> bool {
@@ -354,13 +400,33 @@ impl Store {
         if shared.waiters.wait(shared, seq, to) {
             return true;
         }
+        self.wake_for_waiter();
+        false
+    }
+
+    /// Whether change `seq` is written to the log; if not, `to` gets [`Durable`] (with what
+    /// is durable then) once it is, and the writer is woken for it. For what only has to
+    /// survive `kill -9`: a Session's duplicate bound.
+    pub fn notify_when_written(&self, seq: u64, to: &DurableTo) -> bool {
+        if self.written() >= seq {
+            return true;
+        }
+        let shared = self.shared();
+        if shared.written_waiters.wait(shared, seq, to) {
+            return true;
+        }
+        self.wake_for_waiter();
+        false
+    }
+
+    /// Someone waits for a change: the writer takes what is pending now, not when its nap ends.
+    fn wake_for_waiter(&self) {
         let mut pending = self.shared().lock_pending();
         if pending.writer != WriterState::Busy && pending.has_changes {
             pending.writer = WriterState::Busy;
             drop(pending);
             self.shared().wake_writer.notify_one();
         }
-        false
     }
 
     /// A new durable id for a queued message.
@@ -392,7 +458,7 @@ mod tests {
     #[tokio::test]
     async fn a_session_waits_for_room_while_the_writer_is_behind_and_not_after() {
         // No writer thread: the test drains the queue itself, as the writer would.
-        let shared = Arc::new(StoreShared::new(1, false));
+        let shared = Arc::new(StoreShared::new(1, true));
         let store = Store::new(shared.clone());
         assert!(!store.is_behind());
         let payload = Bytes::from(vec![1u8; 64 * 1024]);
@@ -415,7 +481,7 @@ mod tests {
     #[test]
     fn a_submitter_past_the_bound_waits_for_a_drain_and_is_woken_by_it() {
         // No writer thread: the test drains the queue as the writer does.
-        let shared = Arc::new(StoreShared::new(1, false));
+        let shared = Arc::new(StoreShared::new(1, true));
         let store = Store::new(shared.clone());
         let payload = Bytes::from(vec![1u8; 1 << 20]);
         let retained = |n: usize| {
@@ -471,7 +537,7 @@ mod tests {
         std::thread::JoinHandle<()>,
         std::sync::mpsc::Receiver<()>,
     ) {
-        let shared = Arc::new(StoreShared::new(1, wake_at_once));
+        let shared = Arc::new(StoreShared::new(1, !wake_at_once));
         shared.lock_pending().writer = WriterState::Asleep;
         let (woken, wake_seen) = std::sync::mpsc::channel();
         let store = Store::new(shared.clone());

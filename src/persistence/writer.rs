@@ -1,6 +1,6 @@
 //! The writer thread: takes everything submitted to the [`Store`](super::Store) in one drain,
 //! appends it with one write (group commit), syncs by the `fsync` policy, reports what is
-//! durable, and compacts when the log has grown to twice the live state.
+//! written and what is durable, and compacts when the log has grown to twice the live state.
 
 use std::fs::File;
 use std::sync::Arc;
@@ -100,6 +100,13 @@ impl Writer {
                     std::thread::sleep(RETRY_AFTER);
                 }
                 unsynced = true;
+            }
+            // Written is what survives `kill -9`: with a sync to come for this very commit,
+            // whoever waits only for that (a Session at its duplicate bound) goes on now.
+            if let (Some(seq), FsyncPolicy::Always) = (seq, self.policy) {
+                if !frames.is_empty() {
+                    shared.report_written(seq, &mut ready);
+                }
             }
             let sync_due = match self.policy {
                 FsyncPolicy::Always => unsynced,

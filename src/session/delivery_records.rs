@@ -26,7 +26,10 @@ impl Session {
     /// client that got it must get it again after a crash with the same packet identifier, or
     /// it would take the message twice. QoS 1 output does not wait (a duplicate is within its
     /// contract) unless the messages in flight and those acknowledged but not yet recorded done
-    /// exceed the inflight window: a crash delivers at most a window of messages again.
+    /// exceed the inflight window: `kill -9` then delivers at most a window of messages again.
+    /// That bound counts a `Done` record as kept once it is written (with `fsync = "always"`,
+    /// before its sync): the output does not wait for syncs, and a power cut, which can take
+    /// the one commit being synced, delivers at most a second window again.
     pub(super) fn output_waits(&mut self, ctx: &mut Context<Self>) -> bool {
         let window = self.outbound.max_inflight();
         let inflight = self.outbound.inflight_len();
@@ -49,8 +52,15 @@ impl Session {
         };
         let durable = acks.durable.max(store.durable());
         acks.durable = durable;
+        // What survives `kill -9`: written is durable but with `fsync = "always"`.
+        let written_apart = store.syncs_each_commit();
+        let kept = if written_apart {
+            store.written().max(durable)
+        } else {
+            durable
+        };
         while let Some(&(seq, done)) = acks.unconfirmed.front() {
-            if seq > durable {
+            if seq > kept {
                 break;
             }
             acks.unconfirmed.pop_front();
@@ -59,19 +69,34 @@ impl Session {
         // Over the bound: wait for the oldest submissions that bring it back under, not for
         // the newest (which the writer may not have taken yet).
         let mut over = (inflight + acks.unconfirmed_done).saturating_sub(window);
+        let mut bound = 0;
         for &(seq, done) in &acks.unconfirmed {
             if over == 0 {
                 break;
             }
-            acks.output_after = acks.output_after.max(seq);
+            bound = seq;
             over = over.saturating_sub(done);
         }
-        if acks.output_after <= acks.durable {
+        if written_apart {
+            acks.bound_after = acks.bound_after.max(bound);
+        } else {
+            acks.output_after = acks.output_after.max(bound);
+        }
+        if acks.output_after > acks.durable {
+            if acks.output_after <= acks.output_notified {
+                return true;
+            }
+            acks.output_notified = acks.output_after;
+            if !acks.wait_for(store, acks.output_after, ctx) {
+                return true;
+            }
+        }
+        if acks.bound_after <= kept {
             return false;
         }
-        if acks.output_after > acks.output_notified {
-            acks.output_notified = acks.output_after;
-            if acks.wait_for(store, acks.output_after, ctx) {
+        if acks.bound_after > acks.bound_notified {
+            acks.bound_notified = acks.bound_after;
+            if acks.wait_until_written(store, acks.bound_after, ctx) {
                 return false;
             }
         }

@@ -48,9 +48,14 @@ pub(super) struct DeferredAcks {
     held: VecDeque<Deliver>,
     /// SUBACK/UNSUBACK waiting for their store change, in order.
     replies: VecDeque<(u64, Reply)>,
-    /// The Session's own record that its output waits for (a QoS 2 sending, or the last of
-    /// too many not yet durable).
+    /// The Session's own record that its output waits for to be durable (a QoS 2 sending, or
+    /// the last of too many not yet durable where written is durable).
     pub(super) output_after: u64,
+    /// With `fsync = "always"`: the Session's own record its output waits for to be written
+    /// (the last of too many not yet written: the duplicate bound).
+    pub(super) bound_after: u64,
+    /// The last change the writer was asked to report written for the output.
+    pub(super) bound_notified: u64,
     /// The Session's own submissions not yet known durable: (change number, `Done` records).
     pub(super) unconfirmed: VecDeque<(u64, usize)>,
     /// The `Done` records in `unconfirmed`: messages the client has acknowledged that a
@@ -91,16 +96,30 @@ impl DeferredAcks {
             WaitNeeded::Behind => return false,
             WaitNeeded::Own => {}
         }
-        let to = self
-            .durable_to
-            .get_or_insert_with(|| DurableTo::new(ctx.address().recipient()));
-        if store.notify_when_durable(seq, to) {
+        if store.notify_when_durable(seq, self.durable_to(ctx)) {
             self.durable = self.durable.max(seq);
             return true;
         }
         // A wait for a later change may still be out: it is answered too, and does no harm.
         self.waiting_for = seq;
         false
+    }
+
+    /// Makes sure this Session hears (a [`Durable`]) once change `seq` is written to the log;
+    /// true if it already is. For the duplicate bound with `fsync = "always"`.
+    pub(super) fn wait_until_written(
+        &mut self,
+        store: &Store,
+        seq: u64,
+        ctx: &Context<Session>,
+    ) -> bool {
+        store.notify_when_written(seq, self.durable_to(ctx))
+    }
+
+    /// This Session as the store's writer tells it.
+    fn durable_to(&mut self, ctx: &Context<Session>) -> &DurableTo {
+        self.durable_to
+            .get_or_insert_with(|| DurableTo::new(ctx.address().recipient()))
     }
 
     /// Whether change `seq` needs a wait of its own, given what the store says is durable.
@@ -291,7 +310,8 @@ impl Session {
 impl Handler<Durable> for Session {
     type Result = ();
 
-    /// From the store's writer thread: the change this Session waited for is durable.
+    /// From the store's writer thread: the change this Session waited for is durable (or, for
+    /// its duplicate bound with `fsync = "always"`, written).
     fn handle(&mut self, msg: Durable, ctx: &mut Context<Self>) {
         let Some(acks) = self.deferred_acks.as_deref_mut() else {
             return;
