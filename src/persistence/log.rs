@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use tracing::warn;
 
 use super::record::{Record, FRAME_HEADER, MAX_RECORD};
+use super::syncer::SyncJob;
 use super::PersistenceError;
 
 /// How much the segment being appended to is extended with zeros at a time.
@@ -278,6 +279,25 @@ impl Log {
     /// The segment being appended to, and its length.
     pub fn position(&self) -> (PathBuf, u64) {
         (segment_path(&self.dir, self.current_id), self.current_bytes)
+    }
+
+    /// What the syncing thread needs to make what was appended up to change `seq` durable: a
+    /// second handle on the segment, and where it ends. None if the handle cannot be had (then
+    /// the writer syncs itself).
+    pub(super) fn sync_job(&self, seq: u64) -> Option<SyncJob> {
+        let segment = segment_path(&self.dir, self.current_id);
+        match self.current.try_clone() {
+            Ok(file) => Some(SyncJob {
+                seq,
+                file,
+                segment,
+                offset: self.current_bytes,
+            }),
+            Err(e) => {
+                warn!(error = %e, segment = %segment.display(), "cannot hand the sync over; syncing on the writer");
+                None
+            }
+        }
     }
 
     /// Makes what was appended durable (`fdatasync`).

@@ -23,6 +23,7 @@ mod log;
 mod record;
 mod record_ref;
 mod store;
+mod syncer;
 mod wire;
 mod writer;
 

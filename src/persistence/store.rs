@@ -227,13 +227,14 @@ impl StoreShared {
 
     /// Called by the writer: every change up to `seq` is durable (so written too); tells who
     /// waited for it, once per thread they run on (`ready` is the writer's scratch list).
+    ///
+    /// With `fsync = "always"` the syncing thread calls it, while the writer reports writes:
+    /// the waiters on what is written are told by [`StoreShared::report_written`] alone, so
+    /// that no list of waiters is reported on by two threads at once.
     pub(super) fn report_durable(self: &Arc<Self>, seq: u64, ready: &mut Vec<Recipient<Durable>>) {
         self.written.fetch_max(seq, Ordering::SeqCst);
-        self.durable.store(seq, Ordering::SeqCst);
+        self.durable.fetch_max(seq, Ordering::SeqCst);
         self.waiters.report(self, seq, ready);
-        // Anyone still waiting for it to be written (none unless the writer syncs each commit,
-        // and then it reported the write before).
-        self.written_waiters.report(self, seq, ready);
     }
 
     /// Called by a writer that syncs each commit, after writing it and before syncing it:
@@ -408,10 +409,14 @@ impl Store {
     /// is durable then) once it is, and the writer is woken for it. For what only has to
     /// survive `kill -9`: a Session's duplicate bound.
     pub fn notify_when_written(&self, seq: u64, to: &DurableTo) -> bool {
+        let shared = self.shared();
+        if !shared.syncs_each_commit {
+            // Written is durable: only a writer that syncs each commit reports writes.
+            return self.notify_when_durable(seq, to);
+        }
         if self.written() >= seq {
             return true;
         }
-        let shared = self.shared();
         if shared.written_waiters.wait(shared, seq, to) {
             return true;
         }

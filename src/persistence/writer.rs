@@ -15,10 +15,11 @@ use super::live_state::LiveState;
 use super::log::{FrameAt, Log};
 use super::record::Record;
 use super::store::{StoreShared, WriterState, NAP, NAPS_BEFORE_SLEEP};
+use super::syncer::Syncer;
 use crate::config::FsyncPolicy;
 
 /// How long the writer waits before it tries a failed write or sync again.
-const RETRY_AFTER: Duration = Duration::from_secs(1);
+pub(super) const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// The writer's state: the log, and the live records (for compaction).
 pub struct Writer {
@@ -52,6 +53,16 @@ impl Writer {
     /// durable is reported through `shared` to whoever waits for it.
     pub fn run(mut self, shared: Arc<StoreShared>) {
         run_as_batch_thread();
+        // With `fsync = "always"`, a second thread syncs while this one appends.
+        let syncer = (self.policy == FsyncPolicy::Always)
+            .then(|| Syncer::start(shared.clone()))
+            .and_then(|started| {
+                started
+                    .map_err(|e| {
+                        error!(error = %e, "cannot start the persistence syncing thread; the writer syncs on its own")
+                    })
+                    .ok()
+            });
         self.build_live();
         let mut last_sync = Instant::now();
         let mut unsynced = false;
@@ -108,12 +119,31 @@ impl Writer {
                     shared.report_written(seq, &mut ready);
                 }
             }
+            let flushing = !flushes.is_empty() || closed;
+            if let (Some(syncer), true) = (&syncer, flushing) {
+                // What was handed over is synced before the flush's own sync is reported.
+                syncer.wait_idle();
+            }
             let sync_due = match self.policy {
                 FsyncPolicy::Always => unsynced,
                 FsyncPolicy::Interval => unsynced && last_sync.elapsed() >= self.interval,
                 FsyncPolicy::Never => false,
-            } || ((!flushes.is_empty() || closed) && unsynced);
-            if sync_due {
+            } || (flushing && unsynced);
+            // Handed to the syncing thread while it syncs or more changes wait, so that this
+            // thread appends them meanwhile; a lone commit is synced here, with no hand-over.
+            let handed = match (&syncer, seq) {
+                (Some(syncer), Some(seq))
+                    if sync_due
+                        && !flushing
+                        && (syncer.is_busy() || shared.lock_pending().has_changes) =>
+                {
+                    self.log.sync_job(seq).map(|job| syncer.hand(job)).is_some()
+                }
+                _ => false,
+            };
+            if handed {
+                unsynced = false;
+            } else if sync_due {
                 while let Err(e) = self.log.sync() {
                     error!(error = %e, "cannot sync the persistence log; trying again in 1 s, nothing more is acknowledged until it can");
                     std::thread::sleep(RETRY_AFTER);
@@ -124,13 +154,15 @@ impl Writer {
                 // What a power-loss test cuts the log back to.
                 debug!(segment = %segment.display(), offset, "persistence log synced");
             }
-            if let Some(seq) = seq {
+            if let (Some(seq), false) = (seq, handed) {
                 shared.report_durable(seq, &mut ready);
             }
             for done in flushes.drain(..) {
                 let _ = done.send(());
             }
             if closed {
+                // Joins the syncing thread, idle since the flush above.
+                drop(syncer);
                 return;
             }
             // After the waiters are told: keeping the live state current is for compaction,
