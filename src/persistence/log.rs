@@ -36,6 +36,8 @@ pub struct Log {
     allocated: u64,
     /// Older segments, superseded by the next snapshot.
     older: Vec<PathBuf>,
+    /// Bytes appended since the log was opened (compaction does not take them back).
+    appended: u64,
 }
 
 /// What a scan of the directory found.
@@ -179,6 +181,7 @@ pub fn scan(dir: &Path, repair: bool) -> Result<Scanned, PersistenceError> {
             current_bytes,
             allocated,
             older,
+            appended: 0,
         },
         records,
     })
@@ -263,8 +266,14 @@ impl Log {
             .write_all_at(frames, self.current_bytes)
             .map_err(io)?;
         self.total_bytes += frames.len() as u64;
+        self.appended += frames.len() as u64;
         self.current_bytes = end;
         Ok(())
+    }
+
+    /// Bytes appended since the log was opened.
+    pub fn appended(&self) -> u64 {
+        self.appended
     }
 
     /// Where the next frame appended goes.
@@ -292,6 +301,7 @@ impl Log {
                 file,
                 segment,
                 offset: self.current_bytes,
+                appended: self.appended,
             }),
             Err(e) => {
                 warn!(error = %e, segment = %segment.display(), "cannot hand the sync over; syncing on the writer");

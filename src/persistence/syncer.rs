@@ -6,7 +6,9 @@
 //!
 //! The writer hands a sync over only while one is under way or more changes are already
 //! waiting. Otherwise (a lone commit: a device's message and its PUBACK) it syncs on its own
-//! thread as before, with no hand-over between threads on the acknowledgement's path.
+//! thread as before, with no hand-over between threads on the acknowledgement's path. It runs
+//! at most [`MAX_UNSYNCED_BYTES`] ahead of the syncs: on a slow disk its queue then fills, and
+//! the Sessions stop reading, as without this thread.
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -19,6 +21,9 @@ use super::batch_thread::run_as_batch_thread;
 use super::store::StoreShared;
 use super::writer::RETRY_AFTER;
 
+/// How far the writer may append ahead of the last sync done ([`Syncer::wait_within`]).
+pub(super) const MAX_UNSYNCED_BYTES: u64 = 4 << 20;
+
 /// A sync the writer hands over: the change to report durable once `file` is synced, and where
 /// the log ended then (for the debug line a power-loss test cuts the log back to).
 pub(super) struct SyncJob {
@@ -30,6 +35,8 @@ pub(super) struct SyncJob {
     pub(super) segment: PathBuf,
     /// The segment's length after the append.
     pub(super) offset: u64,
+    /// The bytes the writer had appended in all, then.
+    pub(super) appended: u64,
 }
 
 /// What the writer and the syncing thread share.
@@ -40,6 +47,8 @@ struct State {
     next: Option<SyncJob>,
     /// A sync is under way.
     busy: bool,
+    /// [`SyncJob::appended`] of the last sync done.
+    synced: u64,
     /// The writer is done: sync what is queued, then end.
     closed: bool,
 }
@@ -94,6 +103,21 @@ impl Syncer {
         self.shared.changed.notify_all();
     }
 
+    /// Waits while the writer, having appended `appended` bytes in all, is more than
+    /// [`MAX_UNSYNCED_BYTES`] ahead of the last sync done and a sync is under way or queued.
+    pub(super) fn wait_within(&self, appended: u64) {
+        let mut state = self.shared.lock();
+        while (state.busy || state.next.is_some())
+            && appended.saturating_sub(state.synced) > MAX_UNSYNCED_BYTES
+        {
+            state = self
+                .shared
+                .changed
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+
     /// Waits until no sync is under way or queued: every change handed over is durable and
     /// reported.
     pub(super) fn wait_idle(&self) {
@@ -144,7 +168,11 @@ fn run(shared: &Shared, store: &Arc<StoreShared>) {
         // What a power-loss test cuts the log back to.
         debug!(segment = %job.segment.display(), offset = job.offset, "persistence log synced");
         store.report_durable(job.seq, &mut ready);
-        shared.lock().busy = false;
+        {
+            let mut state = shared.lock();
+            state.busy = false;
+            state.synced = state.synced.max(job.appended);
+        }
         shared.changed.notify_all();
     }
 }
@@ -162,6 +190,7 @@ mod tests {
             file,
             segment,
             offset: 0,
+            appended: seq,
         }
     }
 

@@ -72,6 +72,11 @@ impl Writer {
         let mut ready = Vec::new();
         let mut naps = 0;
         loop {
+            if let Some(syncer) = &syncer {
+                // On a slow disk the writer stops here, its queue fills, and the Sessions stop
+                // reading, as when it syncs each commit itself.
+                syncer.wait_within(self.log.appended());
+            }
             let (seq, closed) = {
                 let mut pending = shared.lock_pending();
                 while !pending.has_changes && pending.flushes.is_empty() && !pending.closed {
@@ -113,11 +118,11 @@ impl Writer {
                 unsynced = true;
             }
             // Written is what survives `kill -9`: with a sync to come for this very commit,
-            // whoever waits only for that (a Session at its duplicate bound) goes on now.
+            // whoever waits only for that (a Session at its duplicate bound) goes on now. Every
+            // change taken is reported written here, so the waiters on writes need no other
+            // report (the syncing thread reports to those on syncs).
             if let (Some(seq), FsyncPolicy::Always) = (seq, self.policy) {
-                if !frames.is_empty() {
-                    shared.report_written(seq, &mut ready);
-                }
+                shared.report_written(seq, &mut ready);
             }
             let flushing = !flushes.is_empty() || closed;
             if let (Some(syncer), true) = (&syncer, flushing) {
@@ -129,15 +134,9 @@ impl Writer {
                 FsyncPolicy::Interval => unsynced && last_sync.elapsed() >= self.interval,
                 FsyncPolicy::Never => false,
             } || (flushing && unsynced);
-            // Handed to the syncing thread while it syncs or more changes wait, so that this
-            // thread appends them meanwhile; a lone commit is synced here, with no hand-over.
             let handed = match (&syncer, seq) {
-                (Some(syncer), Some(seq))
-                    if sync_due
-                        && !flushing
-                        && (syncer.is_busy() || shared.lock_pending().has_changes) =>
-                {
-                    self.log.sync_job(seq).map(|job| syncer.hand(job)).is_some()
+                (Some(syncer), Some(seq)) if !flushing => {
+                    self.hand_sync(syncer, seq, sync_due, &shared)
                 }
                 _ => false,
             };
@@ -169,6 +168,30 @@ impl Writer {
             // which runs on this thread after it, and no acknowledgement waits for it.
             self.track_all(frames_at, &effects);
             self.maybe_compact();
+        }
+    }
+
+    /// Hands the sync of everything up to change `seq` to `syncer` while it syncs (even with
+    /// nothing new to sync: `seq` is durable only after the sync under way) or while more
+    /// changes wait, so that this thread appends them meanwhile; returns whether it did. If
+    /// not, this thread syncs (if `sync_due`) and reports, as a lone commit (a device's message
+    /// and its PUBACK) is best served: with no hand-over between threads. Never while
+    /// flushing: the syncing thread is idle then.
+    fn hand_sync(&self, syncer: &Syncer, seq: u64, sync_due: bool, shared: &StoreShared) -> bool {
+        let more_waiting = sync_due && shared.lock_pending().has_changes;
+        if !syncer.is_busy() && !more_waiting {
+            return false;
+        }
+        match self.log.sync_job(seq) {
+            Some(job) => {
+                syncer.hand(job);
+                true
+            }
+            None => {
+                // No second handle on the segment: this thread syncs, after the sync under way.
+                syncer.wait_idle();
+                false
+            }
         }
     }
 
