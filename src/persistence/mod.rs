@@ -8,8 +8,11 @@
 //! [`Store`], whose writer thread (`writer.rs`) appends a drain of its queue with one write,
 //! syncs by the policy, and reports the last durable change ([`Durable`]) to the Registry and
 //! the Sessions that asked, once per thread they run on (`durable_waiters.rs`); it runs as a
-//! batch thread, so that its wake-ups do not preempt theirs (`batch_thread.rs`). Only then do
-//! the acknowledgements of what
+//! batch thread, so that its wake-ups do not preempt theirs (`batch_thread.rs`), and is woken
+//! after a submission at once or at the end of the thread's turn (`wake.rs`). With
+//! `fsync = "always"` a syncing thread (`syncer.rs`) syncs while the writer appends the next
+//! commits, and the writer reports what is written (what survives `kill -9`) before what is
+//! synced. Only then do the acknowledgements of what
 //! those changes keep go out. The log (`log.rs`) is a directory of segment files of
 //! checksummed records (`record.rs`; the ones written for every message are framed from borrowed
 //! fields, `record_ref.rs`), compacted into a snapshot when it grows to twice the live state.
@@ -24,6 +27,7 @@ mod record;
 mod record_ref;
 mod store;
 mod syncer;
+mod wake;
 mod wire;
 mod writer;
 

@@ -5,7 +5,6 @@
 //! empty one and appends all of it with one write: every drain is one group commit. Nothing
 //! allocated by a submitter is freed by the writer, and nothing crosses a channel per record.
 
-use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -16,6 +15,7 @@ use tracing::warn;
 use super::durable_waiters::{DurableTo, Waiters, Watch};
 use super::record::Record;
 use super::record_ref::Framed;
+use super::wake::wake_soon;
 use super::Durable;
 
 /// A Session stops reading its socket while this much is queued for the writer
@@ -29,56 +29,6 @@ const MAX_PENDING_BYTES: usize = 32 << 20;
 
 /// The next [`StoreShared::id`].
 static NEXT_STORE: AtomicU64 = AtomicU64::new(1);
-
-thread_local! {
-    /// The stores whose writer this thread is to wake once its ready tasks have run
-    /// ([`wake_soon`]).
-    static TO_WAKE: RefCell<Vec<Arc<StoreShared>>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Wakes `shared`'s writer. With `fsync = "always"`, on an actix thread, once the tasks ready
-/// there have run: each commit then costs an `fdatasync`, and one commit takes a whole turn
-/// of the worker's Sessions. Otherwise (another policy, another thread, or the thread's
-/// Arbiter gone) at once: a commit is one cheap write, and waiting for the turn to end kept
-/// acknowledgements, and output at the duplicate bound, waiting longer than the write takes.
-fn wake_soon(shared: &Arc<StoreShared>) {
-    if shared.wake_at_once {
-        shared.wake_writer.notify_one();
-        return;
-    }
-    // A wake already scheduled on this thread takes this store along.
-    let scheduled = TO_WAKE.with(|to_wake| {
-        let mut to_wake = to_wake.borrow_mut();
-        if to_wake.is_empty() {
-            return false;
-        }
-        if !to_wake.iter().any(|s| Arc::ptr_eq(s, shared)) {
-            to_wake.push(shared.clone());
-        }
-        true
-    });
-    if scheduled {
-        return;
-    }
-    let Some(arbiter) = actix_rt::Arbiter::try_current() else {
-        shared.wake_writer.notify_one();
-        return;
-    };
-    TO_WAKE.with(|to_wake| to_wake.borrow_mut().push(shared.clone()));
-    // Spawned on this thread's Arbiter, behind the tasks already ready here (never a panic:
-    // sent through its channel, not spawned into a task set that may be shutting down).
-    let sent = arbiter.spawn(async { wake_scheduled() });
-    if !sent {
-        wake_scheduled();
-    }
-}
-
-/// Wakes the writers of the stores [`wake_soon`] listed on this thread.
-fn wake_scheduled() {
-    for shared in TO_WAKE.with(|to_wake| std::mem::take(&mut *to_wake.borrow_mut())) {
-        shared.wake_writer.notify_one();
-    }
-}
 
 /// What the writer is doing, for whoever may have to wake it.
 #[derive(Default, Clone, Copy, PartialEq, Eq)]
@@ -152,7 +102,7 @@ pub struct StoreShared {
     next_id: AtomicU64,
     /// Whether a submission wakes the writer at once, not once its thread's ready tasks ran
     /// ([`wake_soon`]): every policy but `fsync = "always"`.
-    wake_at_once: bool,
+    pub(super) wake_at_once: bool,
     /// Whether the writer syncs each commit after writing it (`fsync = "always"`), and so
     /// reports what is written before what is durable.
     syncs_each_commit: bool,
@@ -458,6 +408,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::message::{Message, QoS};
+    use crate::persistence::wake::TO_WAKE;
     use bytes::Bytes;
 
     #[tokio::test]
