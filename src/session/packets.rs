@@ -164,7 +164,9 @@ impl Session {
 
     fn on_ack(&mut self, pid: u16, result: AckResult, name: &str) {
         match result {
-            AckResult::Completed => self.pump(),
+            // The time the acknowledgement was read (one clock reading per read, shared by a
+            // burst's packets), not a reading of its own per acknowledgement.
+            AckResult::Completed => self.pump_at(self.last_received.instant()),
             AckResult::SendPubRel => codec::write_ack(&mut self.out, Ack::PubRel, pid),
             AckResult::Unknown => {
                 debug!(client_id = %self.client_id(), pid, packet = name, "acknowledgement for an unknown packet id")
