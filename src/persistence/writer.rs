@@ -149,6 +149,9 @@ impl Writer {
                 }
                 last_sync = Instant::now();
                 unsynced = false;
+                if let Some(syncer) = &syncer {
+                    syncer.note_synced(self.log.appended());
+                }
                 let (segment, offset) = self.log.position();
                 // What a power-loss test cuts the log back to.
                 debug!(segment = %segment.display(), offset, "persistence log synced");
