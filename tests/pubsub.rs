@@ -296,6 +296,24 @@ async fn own_publish_behind_subscription_changes(workers: usize) {
     assert!(position(0x40, 2) != position(0x40, 4));
 }
 
+/// The subscriber sends `change` (a SUBSCRIBE or UNSUBSCRIBE) and the publisher, without
+/// waiting for its answer, a QoS 0 PUBLISH to `topic`; returns what reached the subscriber once
+/// both connections' barriers answered (A's PUBLISH is routed once A's barrier through the
+/// Registry answers; everything routed to B has arrived once B's does).
+async fn change_then_publish(
+    subscriber: &mut Raw,
+    publisher: &mut Raw,
+    change: &[u8],
+    topic: &str,
+) -> Vec<common::Frame> {
+    subscriber.send(change).await;
+    publisher
+        .send(&packets::publish(topic, b"m", 0, 0, false, false))
+        .await;
+    publisher.sync().await;
+    subscriber.sync().await
+}
+
 #[tokio::test]
 async fn a_publish_read_right_behind_another_clients_subscribe_reaches_it() {
     // Two connections: B sends a SUBSCRIBE and, before its SUBACK, A publishes to the filter
@@ -319,26 +337,13 @@ async fn a_publish_read_right_behind_another_clients_subscribe_reaches_it() {
     let (mut reached, mut kept_out) = (0, 0);
     for round in 0..ROUNDS {
         let topic = format!("behind/{round}");
-        subscriber
-            .send(&packets::subscribe(round + 1, &[(topic.as_str(), 0)]))
-            .await;
-        publisher
-            .send(&packets::publish(&topic, b"first", 0, 0, false, false))
-            .await;
-        // A's PUBLISH is routed once A's barrier through the Registry answers; everything
-        // routed to B has arrived once B's does.
-        publisher.sync().await;
-        let frames = subscriber.sync().await;
+        let subscribe = packets::subscribe(round + 1, &[(topic.as_str(), 0)]);
+        let frames = change_then_publish(&mut subscriber, &mut publisher, &subscribe, &topic).await;
         assert!(frames.iter().any(|f| f.byte1 == 0x90), "{frames:?}");
         reached += frames.iter().filter(|f| f.packet_type() == 3).count();
-        subscriber
-            .send(&packets::unsubscribe(round + 100, &[topic.as_str()]))
-            .await;
-        publisher
-            .send(&packets::publish(&topic, b"after", 0, 0, false, false))
-            .await;
-        publisher.sync().await;
-        let frames = subscriber.sync().await;
+        let unsubscribe = packets::unsubscribe(round + 100, &[topic.as_str()]);
+        let frames =
+            change_then_publish(&mut subscriber, &mut publisher, &unsubscribe, &topic).await;
         assert!(frames.iter().any(|f| f.byte1 == 0xB0), "{frames:?}");
         kept_out += usize::from(frames.iter().all(|f| f.packet_type() != 3));
     }
