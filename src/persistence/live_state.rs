@@ -311,13 +311,13 @@ mod tests {
 
     fn queued(client_id: &str, id: u64) -> Vec<u8> {
         let mut key = Vec::new();
-        queued_key(&mut key, client_id, id);
+        queued_key(&mut key, client_id.as_bytes(), id);
         key
     }
 
     fn session(client_id: &str) -> Vec<u8> {
         let mut key = Vec::new();
-        session_key(&mut key, client_id);
+        session_key(&mut key, client_id.as_bytes());
         key
     }
 

@@ -12,21 +12,21 @@ use super::frame::{frame, frame_unsealed};
 use super::wire::{get_message, get_will, put_message, put_str, put_will, Reader};
 use crate::message::{Delivery, LastWill, Message, QoS, SubscriptionOptions};
 
-const RETAIN_SET: u8 = 1;
-const RETAIN_CLEAR: u8 = 2;
-const SNAPSHOT: u8 = 3;
-const SESSION_SET: u8 = 4;
-const SESSION_GONE: u8 = 5;
-const SUBSCRIBE: u8 = 6;
-const UNSUBSCRIBE: u8 = 7;
-const QUEUED: u8 = 8;
-const SENT: u8 = 9;
+pub(super) const RETAIN_SET: u8 = 1;
+pub(super) const RETAIN_CLEAR: u8 = 2;
+pub(super) const SNAPSHOT: u8 = 3;
+pub(super) const SESSION_SET: u8 = 4;
+pub(super) const SESSION_GONE: u8 = 5;
+pub(super) const SUBSCRIBE: u8 = 6;
+pub(super) const UNSUBSCRIBE: u8 = 7;
+pub(super) const QUEUED: u8 = 8;
+pub(super) const SENT: u8 = 9;
 pub(super) const RELEASED: u8 = 10;
 pub(super) const DONE: u8 = 11;
-const INBOUND_QOS2: u8 = 12;
-const INBOUND_RELEASED: u8 = 13;
-const WILL_SET: u8 = 14;
-const WILL_CLEAR: u8 = 15;
+pub(super) const INBOUND_QOS2: u8 = 12;
+pub(super) const INBOUND_RELEASED: u8 = 13;
+pub(super) const WILL_SET: u8 = 14;
+pub(super) const WILL_CLEAR: u8 = 15;
 
 /// Bytes of a frame header: length and CRC.
 pub const FRAME_HEADER: usize = 8;

@@ -1,29 +1,26 @@
 //! What the [`Store`](super::Store) frames into the writer's queue: an owned [`Record`], or a
 //! [`RecordRef`] that borrows its fields, so that the records a Session writes for every
 //! message it delivers (and a publisher's Session for every message it routes) cost no copy
-//! of the client id and no owned record to build and drop.
+//! of the client id and no owned record to build and drop. The writer thread reads each
+//! frame's key in its live state back from the frame ([`live_key_of_body`]), so a submitter
+//! frames its records and nothing more.
 
 use super::frame::frame_unsealed;
-use super::live::{queued_id_key, queued_key, LiveKind};
+#[cfg(doc)]
+use super::live::live_key_of_body;
 use super::record::{put_delivery_end, put_queued, put_sent, Record, DONE, RELEASED};
 use crate::message::Delivery;
 
-/// A record the store can frame: its bytes in the log, and its key in the writer's live state.
+/// A record the store can frame: its bytes in the log.
 pub trait Framed {
     /// Appends the framed record (header and body) to `out`, its CRC-32 left zero: the writer
     /// thread fills it in before it appends the frame to the log.
     fn write_unsealed_frame(&self, out: &mut Vec<u8>);
-    /// Writes its key in the live state to `key`; says what it does there.
-    fn live_key(&self, key: &mut Vec<u8>) -> LiveKind;
 }
 
 impl Framed for Record {
     fn write_unsealed_frame(&self, out: &mut Vec<u8>) {
         Record::write_unsealed_frame(self, out);
-    }
-
-    fn live_key(&self, key: &mut Vec<u8>) -> LiveKind {
-        Record::live_key(self, key)
     }
 }
 
@@ -97,24 +94,6 @@ impl Framed for RecordRef<'_> {
             }
         }
     }
-
-    fn live_key(&self, key: &mut Vec<u8>) -> LiveKind {
-        match *self {
-            RecordRef::Record(record) => record.live_key(key),
-            RecordRef::Queued { client_id, id, .. } => {
-                queued_key(key, client_id, id);
-                LiveKind::QueuedSet
-            }
-            RecordRef::Sent { id, .. } | RecordRef::Released { id, .. } => {
-                queued_id_key(key, id);
-                LiveKind::QueuedAppend
-            }
-            RecordRef::Done { id, .. } => {
-                queued_id_key(key, id);
-                LiveKind::QueuedRemove
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -127,13 +106,16 @@ mod tests {
     use crate::message::{Message, QoS};
 
     use crate::persistence::frame::seal_frames;
+    use crate::persistence::live::{live_key_of_body, LiveKind};
+    use crate::persistence::record::FRAME_HEADER;
 
-    /// The record framed as the store frames it, then sealed as the writer seals it.
+    /// The record framed as the store frames it, then sealed and keyed as the writer seals and
+    /// keys it.
     fn framed(record: &impl Framed) -> (Vec<u8>, Vec<u8>, LiveKind) {
         let (mut frame, mut key) = (Vec::new(), Vec::new());
         record.write_unsealed_frame(&mut frame);
         seal_frames(&mut frame);
-        let kind = record.live_key(&mut key);
+        let kind = live_key_of_body(&frame[FRAME_HEADER..], &mut key);
         (frame, key, kind)
     }
 
@@ -187,6 +169,13 @@ mod tests {
         ];
         for (owned, borrowed) in &pairs {
             let expected = framed(owned);
+            let mut key = Vec::new();
+            let kind = owned.live_key(&mut key);
+            assert_eq!(
+                (expected.1.clone(), expected.2),
+                (key, kind),
+                "{owned:?} keyed"
+            );
             assert_eq!(
                 expected.0,
                 owned.to_frame(),
@@ -194,7 +183,7 @@ mod tests {
             );
             assert_eq!(framed(borrowed), expected, "{owned:?}");
             assert_eq!(framed(&RecordRef::Record(owned)), expected, "{owned:?}");
-            let body = &expected.0[super::super::record::FRAME_HEADER..];
+            let body = &expected.0[FRAME_HEADER..];
             let back = Record::decode(body).expect("decodes");
             assert_eq!(framed(&back), expected, "{owned:?} read back");
         }

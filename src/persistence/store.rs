@@ -54,11 +54,9 @@ pub(super) const NAPS_BEFORE_SLEEP: u32 = 50;
 /// What is submitted and not yet taken by the writer.
 #[derive(Default)]
 pub(super) struct Pending {
-    /// Framed records, in submission order.
+    /// Framed records, in submission order (the writer reads each one's key in its live state
+    /// back from its frame).
     pub(super) frames: Vec<u8>,
-    /// For each record of `frames`, in order: its [`LiveKind`](super::live::LiveKind) as a
-    /// byte, its key's length (u32 LE), the key, and its frame's length (u32 LE).
-    pub(super) effects: Vec<u8>,
     /// The number of the last change submitted.
     pub(super) seq: u64,
     /// Whether `frames` holds changes up to `seq` not yet taken.
@@ -136,23 +134,20 @@ impl StoreShared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Called by the writer with the queue locked: takes everything pending into `frames`,
-    /// `effects` and `flushes` (swapping buffers, so that each side keeps reusing its own),
-    /// lets go of the lock, and tells submitters there is room. Returns the last change taken
-    /// (if any) and whether every [`Store`] is gone.
+    /// Called by the writer with the queue locked: takes everything pending into `frames` and
+    /// `flushes` (swapping buffers, so that each side keeps reusing its own), lets go of the
+    /// lock, and tells submitters there is room. Returns the last change taken (if any) and
+    /// whether every [`Store`] is gone.
     pub(super) fn take_drain(
         &self,
         mut pending: MutexGuard<'_, Pending>,
         frames: &mut Vec<u8>,
-        effects: &mut Vec<u8>,
         flushes: &mut Vec<Sender<()>>,
     ) -> (Option<u64>, bool) {
         pending.writer = WriterState::Busy;
         frames.clear();
-        effects.clear();
         std::mem::swap(frames, &mut pending.frames);
         self.pending_bytes.store(0, Ordering::Relaxed);
-        std::mem::swap(effects, &mut pending.effects);
         flushes.append(&mut pending.flushes);
         let seq = std::mem::take(&mut pending.has_changes).then_some(pending.seq);
         let closed = pending.closed;
@@ -265,16 +260,7 @@ impl Store {
         }
         let p = &mut *pending;
         for record in records {
-            let start = p.frames.len();
             record.write_unsealed_frame(&mut p.frames);
-            let frame_len = (p.frames.len() - start) as u32;
-            let kind_at = p.effects.len();
-            p.effects.extend_from_slice(&[0; 5]);
-            let kind = record.live_key(&mut p.effects);
-            let key_len = (p.effects.len() - kind_at - 5) as u32;
-            p.effects[kind_at] = kind.to_u8();
-            p.effects[kind_at + 1..kind_at + 5].copy_from_slice(&key_len.to_le_bytes());
-            p.effects.extend_from_slice(&frame_len.to_le_bytes());
         }
         shared
             .pending_bytes
@@ -472,8 +458,8 @@ mod tests {
             drop(pending);
             std::thread::yield_now();
         };
-        let (mut frames, mut effects, mut flushes) = (Vec::new(), Vec::new(), Vec::new());
-        let (seq, closed) = shared.take_drain(pending, &mut frames, &mut effects, &mut flushes);
+        let (mut frames, mut flushes) = (Vec::new(), Vec::new());
+        let (seq, closed) = shared.take_drain(pending, &mut frames, &mut flushes);
         assert_eq!((seq, closed), (Some(n as u64), false));
         let seq = done
             .recv_timeout(std::time::Duration::from_secs(10))

@@ -10,10 +10,10 @@ use tracing::{debug, error, info};
 
 use super::batch_thread::run_as_batch_thread;
 use super::frame::seal_frames;
-use super::live::LiveKind;
+use super::live::{live_key_of_body, LiveKind};
 use super::live_state::LiveState;
 use super::log::{FrameAt, Log};
-use super::record::Record;
+use super::record::{Record, FRAME_HEADER};
 use super::store::{StoreShared, WriterState, NAP, NAPS_BEFORE_SLEEP};
 use super::syncer::Syncer;
 use crate::config::FsyncPolicy;
@@ -67,9 +67,9 @@ impl Writer {
         let mut last_sync = Instant::now();
         let mut unsynced = false;
         let mut frames = Vec::new();
-        let mut effects = Vec::new();
         let mut flushes = Vec::new();
         let mut ready = Vec::new();
+        let mut key = Vec::new();
         let mut naps = 0;
         loop {
             if let Some(syncer) = &syncer {
@@ -103,7 +103,7 @@ impl Writer {
                 if pending.has_changes {
                     naps = 0;
                 }
-                shared.take_drain(pending, &mut frames, &mut effects, &mut flushes)
+                shared.take_drain(pending, &mut frames, &mut flushes)
             };
             let frames_at = self.log.end();
             if !frames.is_empty() {
@@ -169,7 +169,7 @@ impl Writer {
             }
             // After the waiters are told: keeping the live state current is for compaction,
             // which runs on this thread after it, and no acknowledgement waits for it.
-            self.track_all(frames_at, &effects);
+            self.track_all(frames_at, &frames, &mut key);
             self.maybe_compact();
         }
     }
@@ -198,24 +198,25 @@ impl Writer {
         }
     }
 
-    /// Keeps the live state current for a drain appended at `start`: `effects` describes its
-    /// records (see `Pending::effects`).
-    fn track_all(&mut self, start: FrameAt, effects: &[u8]) {
+    /// Keeps the live state current for a drain appended at `start`: each frame of `frames`
+    /// (whole, sealed) keyed from its body, into the scratch buffer `key`.
+    fn track_all(&mut self, start: FrameAt, frames: &[u8], key: &mut Vec<u8>) {
         let (mut at, mut offset) = (0, start.offset);
-        while at + 5 <= effects.len() {
-            let kind = LiveKind::from_u8(effects[at]);
-            let key_end = at + 5 + u32_at(effects, at + 1);
-            let Some(key) = effects.get(at + 5..key_end) else {
+        while at + FRAME_HEADER <= frames.len() {
+            let end = at + FRAME_HEADER + u32_at(frames, at);
+            let Some(body) = frames.get(at + FRAME_HEADER..end) else {
                 return;
             };
-            let len = u32_at(effects, key_end) as u32;
+            key.clear();
+            let kind = live_key_of_body(body, key);
+            let len = (end - at) as u32;
             let frame = FrameAt {
                 segment: start.segment,
                 offset,
                 len,
             };
             self.live.track(kind, key, frame);
-            at = key_end + 4;
+            at = end;
             offset += u64::from(len);
         }
     }
