@@ -262,6 +262,23 @@ mod tests {
             .expect("no panic");
     }
 
+    /// Reports `seq` written (its sync to come) from another thread, as a writer that syncs
+    /// each commit does.
+    fn report_written_from_writer(shared: &Arc<StoreShared>, seq: u64) {
+        let shared = shared.clone();
+        std::thread::spawn(move || shared.report_written(seq, &mut Vec::new()))
+            .join()
+            .expect("no panic");
+    }
+
+    /// Asserts that the waiter is told nothing while this thread's tasks run a while.
+    async fn assert_not_told(heard: &mpsc::Receiver<u64>, why: &str) {
+        for _ in 0..50 {
+            actix_rt::task::yield_now().await;
+        }
+        assert!(heard.try_recv().is_err(), "{why}");
+    }
+
     /// The next change the waiter was told of, after letting this thread's tasks run.
     async fn next_told(heard: &mpsc::Receiver<u64>) -> u64 {
         for _ in 0..100_000 {
@@ -290,10 +307,7 @@ mod tests {
                 first, 4,
                 "told once, for the wait that is due, with what is durable"
             );
-            for _ in 0..50 {
-                actix_rt::task::yield_now().await;
-            }
-            assert!(heard.try_recv().is_err(), "the wait for 5 is not due yet");
+            assert_not_told(&heard, "the wait for 5 is not due yet").await;
             report_from_writer(&shared, 5);
             let second = next_told(&heard).await;
             assert_eq!(second, 5);
@@ -315,23 +329,14 @@ mod tests {
             assert!(!store.notify_when_durable(3, &to));
             report_from_writer(&shared, 1);
             // Commit 3 written, its sync under way.
-            let written = shared.clone();
-            std::thread::spawn(move || written.report_written(3, &mut Vec::new()))
-                .join()
-                .expect("no panic");
+            report_written_from_writer(&shared, 3);
             assert_eq!((store.written(), store.durable()), (3, 1));
             let first = next_told(&heard).await;
             assert_eq!(
                 first, 1,
                 "the wait for the write is told, with what is durable: not 3"
             );
-            for _ in 0..50 {
-                actix_rt::task::yield_now().await;
-            }
-            assert!(
-                heard.try_recv().is_err(),
-                "the wait for 3 to be durable is not due"
-            );
+            assert_not_told(&heard, "the wait for 3 to be durable is not due").await;
             assert!(
                 store.notify_when_written(3, &to),
                 "written already: no wait"

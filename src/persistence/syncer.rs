@@ -65,6 +65,13 @@ impl Shared {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+
+    /// Waits on [`Shared::changed`] while `blocked` holds for the state.
+    fn wait_while(&self, blocked: impl FnMut(&mut State) -> bool) -> MutexGuard<'_, State> {
+        self.changed
+            .wait_while(self.lock(), blocked)
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 /// The writer's handle on its syncing thread; dropping it lets the thread finish what is
@@ -106,16 +113,10 @@ impl Syncer {
     /// Waits while the writer, having appended `appended` bytes in all, is more than
     /// [`MAX_UNSYNCED_BYTES`] ahead of the last sync done and a sync is under way or queued.
     pub(super) fn wait_within(&self, appended: u64) {
-        let mut state = self.shared.lock();
-        while (state.busy || state.next.is_some())
-            && appended.saturating_sub(state.synced) > MAX_UNSYNCED_BYTES
-        {
-            state = self
-                .shared
-                .changed
-                .wait(state)
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-        }
+        drop(self.shared.wait_while(|state| {
+            (state.busy || state.next.is_some())
+                && appended.saturating_sub(state.synced) > MAX_UNSYNCED_BYTES
+        }));
     }
 
     /// The writer synced itself everything up to `appended` bytes in all (a lone commit, or a
@@ -128,14 +129,10 @@ impl Syncer {
     /// Waits until no sync is under way or queued: every change handed over is durable and
     /// reported.
     pub(super) fn wait_idle(&self) {
-        let mut state = self.shared.lock();
-        while state.busy || state.next.is_some() {
-            state = self
-                .shared
-                .changed
-                .wait(state)
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-        }
+        drop(
+            self.shared
+                .wait_while(|state| state.busy || state.next.is_some()),
+        );
     }
 }
 
@@ -155,13 +152,7 @@ fn run(shared: &Shared, store: &Arc<StoreShared>) {
     let mut ready = Vec::new();
     loop {
         let job = {
-            let mut state = shared.lock();
-            while state.next.is_none() && !state.closed {
-                state = shared
-                    .changed
-                    .wait(state)
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-            }
+            let mut state = shared.wait_while(|state| state.next.is_none() && !state.closed);
             let Some(job) = state.next.take() else {
                 return;
             };
