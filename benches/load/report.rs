@@ -114,7 +114,9 @@ type Key = (String, u8, usize, String);
 struct Median {
     /// Delivered msgs/s.
     rate: f64,
-    /// p99 latency (µs) of the median-rate run.
+    /// p99 latency (µs): of the median-rate run on a closed loop; on an open loop, where every
+    /// run delivers the offered rate and so which run has the median rate is chance, the
+    /// median of the runs' p99s.
     p99: u64,
     /// Broker CPU µs per delivered message, median on its own.
     cpu: Option<f64>,
@@ -149,9 +151,16 @@ fn medians(reports: &[Report]) -> (Vec<String>, Medians) {
                     let mut cpus: Vec<f64> =
                         v.iter().filter_map(|r| r.broker_cpu_us_per_msg).collect();
                     cpus.sort_by(f64::total_cmp);
+                    let p99 = if k.3.starts_with("open") {
+                        let mut p99s: Vec<u64> = v.iter().map(|r| r.latency_us.p99).collect();
+                        p99s.sort_unstable();
+                        p99s[p99s.len() / 2]
+                    } else {
+                        mid.latency_us.p99
+                    };
                     let median = Median {
                         rate: mid.delivered_per_s,
-                        p99: mid.latency_us.p99,
+                        p99,
                         cpu: cpus.get(cpus.len() / 2).copied(),
                     };
                     (label, median)
