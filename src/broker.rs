@@ -151,7 +151,10 @@ impl Broker {
                 .and_then(|tls| tls.certificate())
                 .map(|c| c.not_after),
         );
-        let routes = Routes::new(config.sessions.shared_subscription_strategy);
+        let routes = Routes::new(
+            config.sessions.shared_subscription_strategy,
+            Some(access.clone()),
+        );
         let recovered = crate::persistence::open(&config.persistence)?;
         let workers: Vec<Arbiter> = (0..worker_count).map(|_| Arbiter::new()).collect();
         // With a single worker the Registry shares its thread: a connect then crosses no

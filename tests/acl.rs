@@ -146,6 +146,59 @@ fn topics(got: &[packets::Published]) -> Vec<(&str, u8)> {
     got.iter().map(|p| (p.topic.as_str(), p.qos)).collect()
 }
 
+const SHARED_ACL: &str = "
+user worker
+topic read jobs/#
+user intern
+topic read jobs/public/#
+user boss
+topic write jobs/#
+";
+
+/// A shared group's message goes to one member (MQTT 5 section 4.8.2), and with an ACL to one
+/// that may read it: a member whose subscription reaches topics it may not read (granted, each
+/// message checked) is passed over for those, so nothing is dropped while another member may
+/// read it. (Mosquitto gives the message to the next member in turn and drops it if that one
+/// may not read it.)
+#[tokio::test]
+async fn a_shared_groups_message_goes_to_a_member_that_may_read_it() {
+    let (broker, _dir) = broker_with_acl(SHARED_ACL);
+    let addr = broker.local_addr();
+    let mut worker = login(addr, "worker", "worker").await;
+    worker.subscribe(1, &[("$share/g/jobs/#", 1)], &[1]).await;
+    let mut intern = login(addr, "intern", "intern").await;
+    // Reaches jobs/public/# and more: granted, each message checked.
+    intern.subscribe(1, &[("$share/g/jobs/#", 1)], &[1]).await;
+    let mut boss = login(addr, "boss", "boss").await;
+    // Ten the intern may not read, then ten it may: in turn, every other secret job would be
+    // the intern's.
+    let mut expected: Vec<String> = (0..10)
+        .map(|n| format!("jobs/secret/{n}"))
+        .chain((0..10).map(|n| format!("jobs/public/{n}")))
+        .collect();
+    let messages: Vec<(&str, u8, bool)> = expected.iter().map(|t| (t.as_str(), 1, false)).collect();
+    publish_all(&mut boss, &messages).await;
+    let to_worker: Vec<_> = worker.sync().await.iter().map(parse_publish).collect();
+    let to_intern: Vec<_> = intern.sync().await.iter().map(parse_publish).collect();
+    assert!(
+        to_intern
+            .iter()
+            .all(|p| p.topic.starts_with("jobs/public/")),
+        "the intern gets only what it may read: {:?}",
+        topics(&to_intern)
+    );
+    assert!(!to_intern.is_empty(), "and still its share of that");
+    let mut got: Vec<String> = to_worker
+        .iter()
+        .chain(&to_intern)
+        .map(|p| p.topic.clone())
+        .collect();
+    got.sort();
+    expected.sort();
+    assert_eq!(got, expected, "every message once, none dropped");
+    assert_eq!(broker.metrics().snapshot().acl_denied, 0);
+}
+
 const DASHBOARD_ACL: &str = "
 topic readwrite #
 topic deny secrets/#

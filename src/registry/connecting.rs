@@ -12,7 +12,7 @@ use super::client::Attached;
 use super::{ClientKey, Connect, ConnectOutcome, FinishConnect, Registry, ToSession};
 use crate::drops::DropLog;
 use crate::hooks::ClientConnected;
-use crate::routing::Target;
+use crate::routing::{Reader, Target};
 
 impl Registry {
     /// Parks `msg` on the client and attaches it once every [`Stored`](super::Stored) matched
@@ -91,9 +91,17 @@ impl Registry {
         }
         // From here on workers deliver to the Session directly. The Session handles nothing
         // from its mailbox before the reply, so what `state` holds comes first.
-        self.routes
-            .write()
-            .set_target(key, Some(Target::Online(session)));
+        {
+            let mut table = self.routes.write();
+            table.set_target(key, Some(Target::Online(session)));
+            if table.wants_readers() {
+                let reader = Reader {
+                    username: msg.username,
+                    client_id: client_id.clone(),
+                };
+                table.set_reader(key, Some(reader));
+            }
+        }
         info!(
             client_id = %client_id,
             addr = %msg.peer,

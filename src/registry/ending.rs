@@ -126,7 +126,10 @@ impl Registry {
             let Some(group) = delivery.group() else {
                 continue;
             };
-            let pick = self.routes.read().pick_other_member(group, key);
+            let pick = self
+                .routes
+                .read()
+                .pick_other_member(group, key, &delivery.message.topic);
             match pick {
                 Some((member, options)) => {
                     // It leaves this session (on disk too); the member's keeps it if durable.

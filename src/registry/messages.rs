@@ -60,6 +60,9 @@ pub struct Connect {
     pub protocol: ProtocolVersion,
     /// Client id as sent; empty means "assign one".
     pub client_id: String,
+    /// The user name the client connected with; sent only when the broker has an ACL (the
+    /// route table passes over a shared group's member that may not read a message).
+    pub username: Option<Arc<str>>,
     /// Clean session (3.1.1) or Clean Start (5.0) flag: discard any stored session.
     pub clean_session: bool,
     /// How long the session outlives the connection, in seconds (0: not at all, `u32::MAX`:

@@ -27,6 +27,7 @@ use actix::prelude::*;
 pub use burst::{route_burst, BurstDurability, BurstRouted, RegistryRoom, Stored, StoredDelivery};
 use shared::SharedGroups;
 
+use crate::auth::{AccessControl, AclFile};
 use crate::config::SharedStrategy;
 use crate::message::{Delivery, Message, SubscriptionOptions};
 use crate::topic::{parse_shared, SubscriptionTrie};
@@ -88,6 +89,16 @@ pub enum Target {
     },
 }
 
+/// Who a client is to the ACL: asked of a shared group's member before it is picked for a
+/// message, so that a message goes to a member that may read it (see [`RouteTable::route`]).
+#[derive(Debug, Clone)]
+pub struct Reader {
+    /// The user name it connected with, if any.
+    pub username: Option<Arc<str>>,
+    /// Its client id.
+    pub client_id: Arc<str>,
+}
+
 /// The subscriptions and the whereabouts of every client, as routing needs them.
 pub struct RouteTable {
     trie: SubscriptionTrie<ClientKey, SubscriptionOptions>,
@@ -98,18 +109,94 @@ pub struct RouteTable {
     /// disk (persistence on, expiry interval above 0).
     durable: Vec<Option<Arc<str>>>,
     strategy: SharedStrategy,
+    /// The broker's access control, when it has an ACL file: a shared group's member that may
+    /// not read a message is passed over for it.
+    access: Option<Arc<AccessControl>>,
+    /// Indexed by client slot, with an ACL only: who the client last connected as.
+    readers: Vec<Option<Reader>>,
 }
 
 impl RouteTable {
-    /// An empty table; shared groups pick their member by `strategy`.
-    pub fn new(strategy: SharedStrategy) -> Self {
+    /// An empty table; shared groups pick their member by `strategy`, among those that may
+    /// read the message by `access`'s ACL (if it has one).
+    pub fn new(strategy: SharedStrategy, access: Option<Arc<AccessControl>>) -> Self {
         RouteTable {
             trie: SubscriptionTrie::new(),
             shared: SharedGroups::default(),
             targets: Vec::new(),
             durable: Vec::new(),
             strategy,
+            // Without an ACL at start there is none to reload.
+            access: access.filter(|a| a.acl().is_some()),
+            readers: Vec::new(),
         }
+    }
+
+    /// Whether the table keeps who each client is ([`RouteTable::set_reader`]): only with an
+    /// ACL.
+    pub fn wants_readers(&self) -> bool {
+        self.access.is_some()
+    }
+
+    /// Sets who `key` connected as (kept only with an ACL, see
+    /// [`RouteTable::wants_readers`]); `None` forgets it.
+    pub fn set_reader(&mut self, key: ClientKey, reader: Option<Reader>) {
+        if self.access.is_none() {
+            return;
+        }
+        let slot = key.0 as usize;
+        if self.readers.len() <= slot {
+            if reader.is_none() {
+                return;
+            }
+            self.readers.resize_with(slot + 1, || None);
+        }
+        self.readers[slot] = reader;
+    }
+
+    /// Whether `key` may read `topic` by `acl`: true for a client the table does not know.
+    fn may_read(&self, acl: &AclFile, key: ClientKey, topic: &str) -> bool {
+        self.readers
+            .get(key.0 as usize)
+            .and_then(Option::as_ref)
+            .is_none_or(|r| acl.may_read(r.username.as_deref(), &r.client_id, topic))
+    }
+
+    /// Picks the member of shared group `group` that gets a message on `topic`: by the
+    /// strategy, connected ones first, and (with an ACL) one that may read it. If no member
+    /// may, one is picked as if there were no ACL, and its Session drops the message and
+    /// counts it, as for any message a client may not read. `leaving` is never picked, and
+    /// with `online_only` nor is a member whose session is stored.
+    fn pick_member(
+        &self,
+        group: u32,
+        topic: &str,
+        leaving: Option<ClientKey>,
+        online_only: bool,
+    ) -> Option<(ClientKey, SubscriptionOptions)> {
+        let is_online = |k| self.is_online(k);
+        let acl = self.access.as_ref().and_then(|a| a.acl());
+        if let Some(acl) = &acl {
+            let readable = self.shared.pick(
+                group,
+                self.strategy,
+                is_online,
+                |k| self.may_read(acl, k, topic),
+                leaving,
+                online_only,
+            );
+            if readable.is_some() {
+                return readable;
+            }
+        }
+        self.shared.pick(
+            group,
+            self.strategy,
+            is_online,
+            |_| true,
+            leaving,
+            online_only,
+        )
     }
 
     /// Adds (or updates) `key`'s subscription to `filter`; a `$share/` filter joins its group.
@@ -142,6 +229,7 @@ impl RouteTable {
         }
         if target.is_none() {
             self.set_durable(key, None);
+            self.set_reader(key, None);
         }
         self.targets[slot] = target;
     }
@@ -224,9 +312,7 @@ impl RouteTable {
             return;
         }
         self.shared.for_each_match(message, |group| {
-            let pick = self
-                .shared
-                .pick(group, self.strategy, |k| self.is_online(k), None, false);
+            let pick = self.pick_member(group, &message.topic, None, false);
             if let Some((member, options)) = pick {
                 let delivery = Delivery::new(
                     message.clone(),
@@ -239,20 +325,16 @@ impl RouteTable {
         });
     }
 
-    /// A connected member of shared group `group` other than `leaving`, for a message that
-    /// member did not acknowledge (MQTT 5 section 4.8.2).
+    /// A connected member of shared group `group` other than `leaving`, for a message on
+    /// `topic` that member did not acknowledge (MQTT 5 section 4.8.2); with an ACL, one that
+    /// may read it if any.
     pub fn pick_other_member(
         &self,
         group: u32,
         leaving: ClientKey,
+        topic: &str,
     ) -> Option<(ClientKey, SubscriptionOptions)> {
-        self.shared.pick(
-            group,
-            self.strategy,
-            |k| self.is_online(k),
-            Some(leaving),
-            true,
-        )
+        self.pick_member(group, topic, Some(leaving), true)
     }
 
     /// Sets which of shared group `name` on `filter`'s messages this node's members take,
@@ -282,10 +364,10 @@ struct SharedRoutes {
 }
 
 impl Routes {
-    /// A shared, empty table.
-    pub fn new(strategy: SharedStrategy) -> Self {
+    /// A shared, empty table (see [`RouteTable::new`]).
+    pub fn new(strategy: SharedStrategy, access: Option<Arc<AccessControl>>) -> Self {
         Routes(Arc::new(SharedRoutes {
-            table: RwLock::new(RouteTable::new(strategy)),
+            table: RwLock::new(RouteTable::new(strategy, access)),
             changes_on_their_way: AtomicUsize::new(0),
         }))
     }
@@ -344,7 +426,7 @@ mod tests {
 
     #[test]
     fn a_change_counts_until_its_token_is_dropped_wherever_it_is_dropped() {
-        let routes = Routes::new(SharedStrategy::RoundRobin);
+        let routes = Routes::new(SharedStrategy::RoundRobin, None);
         assert!(!routes.change_pending());
         let first = routes.change_on_its_way();
         let second = routes.clone().change_on_its_way();

@@ -184,12 +184,13 @@ impl SharedGroups {
 
     /// Picks the member of group `id` that gets the next message: a connected one (by
     /// `strategy`), else, unless `online_only`, one whose session is stored, in turn. `exclude`
-    /// is never picked (the member that is leaving).
+    /// is never picked (the member that is leaving), nor one for which `may_read` is false.
     pub fn pick(
         &self,
         id: u32,
         strategy: SharedStrategy,
         is_online: impl Fn(ClientKey) -> bool,
+        may_read: impl Fn(ClientKey) -> bool,
         exclude: Option<ClientKey>,
         online_only: bool,
     ) -> Option<(ClientKey, SubscriptionOptions)> {
@@ -206,11 +207,13 @@ impl SharedGroups {
             (r % n as u64) as usize
         });
         let candidates = (0..n).map(|i| (start + i) % n);
-        let eligible = |i: &usize| Some(group.members[*i].0) != exclude;
+        let eligible = |i: &usize| {
+            let key = group.members[*i].0;
+            Some(key) != exclude && may_read(key)
+        };
         let chosen = candidates
             .clone()
-            .filter(eligible)
-            .find(|&i| is_online(group.members[i].0))
+            .find(|i| is_online(group.members[*i].0) && eligible(i))
             .or_else(|| {
                 if online_only {
                     None
@@ -275,7 +278,16 @@ mod tests {
         assert_eq!(ids.len(), 1);
         let online = |k: ClientKey| k != ClientKey(1);
         let picks: Vec<u32> = (0..4)
-            .filter_map(|_| groups.pick(ids[0], SharedStrategy::RoundRobin, online, None, false))
+            .filter_map(|_| {
+                groups.pick(
+                    ids[0],
+                    SharedStrategy::RoundRobin,
+                    online,
+                    |_| true,
+                    None,
+                    false,
+                )
+            })
             .map(|(k, _)| k.0)
             .collect();
         assert_eq!(picks, vec![0, 2, 0, 2]);
@@ -283,6 +295,7 @@ mod tests {
             ids[0],
             SharedStrategy::RoundRobin,
             |_| false,
+            |_| true,
             Some(ClientKey(0)),
             true,
         );
@@ -294,6 +307,50 @@ mod tests {
         let mut after = 0;
         groups.for_each_match(&message("a/x", b"1"), |_| after += 1);
         assert_eq!(after, 0, "an empty group is forgotten");
+    }
+
+    #[test]
+    fn a_member_that_may_not_read_the_message_is_passed_over() {
+        let mut groups = SharedGroups::default();
+        for k in 0..3 {
+            groups.join("g", "a/+", ClientKey(k), opts());
+        }
+        let mut ids = Vec::new();
+        groups.for_each_match(&message("a/x", b"1"), |id| ids.push(id));
+        let reads = |k: ClientKey| k != ClientKey(1);
+        let picks: Vec<u32> = (0..4)
+            .filter_map(|_| {
+                groups.pick(
+                    ids[0],
+                    SharedStrategy::RoundRobin,
+                    |_| true,
+                    reads,
+                    None,
+                    false,
+                )
+            })
+            .map(|(k, _)| k.0)
+            .collect();
+        assert_eq!(picks, vec![0, 2, 0, 2]);
+        // Nobody connected: a stored session that may read it, not one that may not.
+        let offline = groups.pick(
+            ids[0],
+            SharedStrategy::RoundRobin,
+            |_| false,
+            |k| k == ClientKey(1),
+            None,
+            false,
+        );
+        assert_eq!(offline.map(|(k, _)| k), Some(ClientKey(1)));
+        let nobody = groups.pick(
+            ids[0],
+            SharedStrategy::Random,
+            |_| true,
+            |_| false,
+            None,
+            false,
+        );
+        assert_eq!(nobody, None, "no member may read it");
     }
 
     #[test]

@@ -234,6 +234,12 @@ impl Session {
             peer: self.peer,
             protocol: connect.protocol,
             client_id: connect.client_id,
+            username: self
+                .acl
+                .1
+                .as_ref()
+                .and(self.username.as_deref())
+                .map(std::sync::Arc::from),
             clean_session: connect.clean_session,
             session_expiry,
             will: connect.will,
