@@ -94,7 +94,9 @@ impl Registry {
         {
             let mut table = self.routes.write();
             table.set_target(key, Some(Target::Online(session)));
-            if table.wants_readers() {
+            // The cluster link's client carries other nodes' messages, checked there: the ACL
+            // does not apply to it.
+            if table.wants_readers() && &*client_id != super::CLUSTER_CLIENT_ID {
                 let reader = Reader {
                     username: msg.username,
                     client_id: client_id.clone(),
