@@ -141,17 +141,9 @@ impl RouteTable {
     /// Sets who `key` connected as (kept only with an ACL, see
     /// [`RouteTable::wants_readers`]); `None` forgets it.
     pub fn set_reader(&mut self, key: ClientKey, reader: Option<Reader>) {
-        if self.access.is_none() {
-            return;
+        if self.access.is_some() {
+            set_in_slot(&mut self.readers, key, reader);
         }
-        let slot = key.0 as usize;
-        if self.readers.len() <= slot {
-            if reader.is_none() {
-                return;
-            }
-            self.readers.resize_with(slot + 1, || None);
-        }
-        self.readers[slot] = reader;
     }
 
     /// Whether `key` may read `topic` by `acl`: true for a client the table does not know.
@@ -237,14 +229,7 @@ impl RouteTable {
     /// Marks `key`'s QoS 1/2 deliveries as kept on disk for the session of `client_id`
     /// (`None`: not kept).
     pub fn set_durable(&mut self, key: ClientKey, client_id: Option<Arc<str>>) {
-        let slot = key.0 as usize;
-        if self.durable.len() <= slot {
-            if client_id.is_none() {
-                return;
-            }
-            self.durable.resize_with(slot + 1, || None);
-        }
-        self.durable[slot] = client_id;
+        set_in_slot(&mut self.durable, key, client_id);
     }
 
     /// The client id of `key`'s session if its QoS 1/2 deliveries are kept on disk.
@@ -348,6 +333,18 @@ impl RouteTable {
     pub fn has_shared(&self) -> bool {
         self.shared.len() > 0
     }
+}
+
+/// Sets `key`'s entry of a table indexed by client slot, growing the table only for a value.
+fn set_in_slot<T>(table: &mut Vec<Option<T>>, key: ClientKey, value: Option<T>) {
+    let slot = key.0 as usize;
+    if table.len() <= slot {
+        if value.is_none() {
+            return;
+        }
+        table.resize_with(slot + 1, || None);
+    }
+    table[slot] = value;
 }
 
 /// The route table as the Registry and the workers share it, with the count of table changes
