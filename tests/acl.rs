@@ -1,7 +1,8 @@
 //! ACL files: a device confined to its own request/response topics; denied publishes dropped (and
 //! still acknowledged); subscriptions that reach nothing readable refused with 0x80, and those
 //! that reach readable and unreadable topics granted with each message checked (as Mosquitto
-//! does), for live, retained and queued messages and for a session resumed by another user.
+//! does), for live, retained and queued messages and for a session resumed by another user; a
+//! shared group's messages go to members that may read them.
 
 mod common;
 
@@ -196,6 +197,36 @@ async fn a_shared_groups_message_goes_to_a_member_that_may_read_it() {
     got.sort();
     expected.sort();
     assert_eq!(got, expected, "every message once, none dropped");
+    assert_eq!(broker.metrics().snapshot().acl_denied, 0);
+}
+
+/// A member that leaves with QoS 1 messages unacknowledged hands them to another member (MQTT 5
+/// section 4.8.2), and with an ACL to one that may read them.
+#[tokio::test]
+async fn a_leaving_members_messages_go_to_a_member_that_may_read_them() {
+    let (broker, _dir) = broker_with_acl(SHARED_ACL);
+    let addr = broker.local_addr();
+    let mut leaver = login(addr, "worker-1", "worker").await;
+    leaver.subscribe(1, &[("$share/g/jobs/#", 1)], &[1]).await;
+    let mut boss = login(addr, "boss", "boss").await;
+    let secret = ["jobs/secret/0", "jobs/secret/1", "jobs/secret/2"];
+    let messages: Vec<(&str, u8, bool)> = secret.iter().map(|t| (*t, 1, false)).collect();
+    publish_all(&mut boss, &messages).await;
+    let sent: Vec<_> = leaver.sync().await.iter().map(parse_publish).collect();
+    assert_eq!(sent.len(), 3, "sent to the only member, never acknowledged");
+    let mut intern = login(addr, "intern", "intern").await;
+    intern.subscribe(1, &[("$share/g/jobs/#", 1)], &[1]).await;
+    let mut stayer = login(addr, "worker-2", "worker").await;
+    stayer.subscribe(1, &[("$share/g/jobs/#", 1)], &[1]).await;
+    // In turn the intern would get two of the three.
+    drop(leaver);
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(parse_publish(&stayer.expect().await).topic);
+    }
+    got.sort();
+    assert_eq!(got, secret);
+    assert!(intern.sync().await.is_empty(), "nothing for the intern");
     assert_eq!(broker.metrics().snapshot().acl_denied, 0);
 }
 
