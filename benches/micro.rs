@@ -1,8 +1,11 @@
 //! Micro-benchmarks of the pure hot-path parts: the subscription trie with 100k subscriptions
-//! (exact, `+` and `#` filters) and the codec on PUBLISH at 16 B, 1 KB and 64 KB.
+//! (exact, `+` and `#` filters), the codec on PUBLISH at 16 B, 1 KB and 64 KB, and routing one
+//! message to a shared group of 8 connected members, without and with an ACL (each member
+//! asked whether it may read the topic).
 //!
 //! `cargo bench --bench micro` (add a filter, e.g. `-- trie`, to run a subset).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -138,5 +141,77 @@ fn codec(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, trie, codec);
+/// A member's inbox that drops what it is sent: routing alone is measured.
+struct Nowhere;
+
+impl switchboard::routing::SessionInbox for Nowhere {
+    fn deliver(&self, _: switchboard::routing::Deliver) {}
+}
+
+/// A route table with one shared group of 8 connected members (`$share/g/jobs/#`), half of them
+/// users that may read only `jobs/public/#` when `acl` is set.
+fn shared_table(acl: Option<&std::path::Path>) -> switchboard::routing::RouteTable {
+    use switchboard::routing::{ClientKey, Reader, RouteTable, Target};
+    let access = acl.map(|path| {
+        let config = switchboard::config::AuthConfig {
+            acl_file: Some(path.to_path_buf()),
+            ..Default::default()
+        };
+        let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+        Arc::new(switchboard::auth::AccessControl::load(&config, loopback).expect("the ACL"))
+    });
+    let mut table = RouteTable::new(switchboard::config::SharedStrategy::RoundRobin, access);
+    let options = switchboard::message::SubscriptionOptions::qos(QoS::AtLeastOnce);
+    for k in 0..8u32 {
+        let key = ClientKey(k);
+        table.set_target(key, Some(Target::Online(Arc::new(Nowhere))));
+        let user = if k % 2 == 0 { "worker" } else { "intern" };
+        table.set_reader(
+            key,
+            Some(Reader {
+                username: Some(Arc::from(user)),
+                client_id: Arc::from(format!("{user}-{k}").as_str()),
+            }),
+        );
+        table.subscribe("$share/g/jobs/#", key, options);
+    }
+    table
+}
+
+fn shared(c: &mut Criterion) {
+    let mut group = c.benchmark_group("shared");
+    group
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(20);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acl = dir.path().join("acl");
+    std::fs::write(
+        &acl,
+        "user worker\ntopic read jobs/#\nuser intern\ntopic read jobs/public/#\n",
+    )
+    .expect("write the ACL");
+    let message = Arc::new(switchboard::message::Message::new(
+        "jobs/secret/7",
+        bytes::Bytes::from_static(b"job"),
+        QoS::AtLeastOnce,
+        false,
+    ));
+    for (name, table) in [
+        ("route_to_one_of_8_without_acl", shared_table(None)),
+        ("route_to_one_of_8_with_acl", shared_table(Some(&acl))),
+    ] {
+        let mut scratch = Vec::new();
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let mut n = 0u32;
+                table.route(black_box(&message), None, &mut scratch, |_, _| n += 1);
+                assert_eq!(n, 1);
+                n
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, trie, codec, shared);
 criterion_main!(benches);
