@@ -334,7 +334,8 @@ pub struct SessionConfig {
     pub response_topic_prefix: String,
 }
 
-/// How the Registry picks the member of a shared subscription group that gets a message.
+/// How the member of a shared subscription group that gets a message is picked, among the
+/// connected members (with an ACL file, those that may read it): by whichever thread routes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SharedStrategy {
