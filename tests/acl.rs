@@ -156,6 +156,14 @@ user boss
 topic write jobs/#
 ";
 
+/// Logs in as `user` with client id `id` and joins the shared group `g` on `jobs/#` (granted:
+/// for a user that may read only part of it, with each message checked).
+async fn join_jobs_group(addr: std::net::SocketAddr, id: &str, user: &str) -> Raw {
+    let mut member = login(addr, id, user).await;
+    member.subscribe(1, &[("$share/g/jobs/#", 1)], &[1]).await;
+    member
+}
+
 /// A shared group's message goes to one member (MQTT 5 section 4.8.2), and with an ACL to one
 /// that may read it: a member whose subscription reaches topics it may not read (granted, each
 /// message checked) is passed over for those, so nothing is dropped while another member may
@@ -165,11 +173,8 @@ topic write jobs/#
 async fn a_shared_groups_message_goes_to_a_member_that_may_read_it() {
     let (broker, _dir) = broker_with_acl(SHARED_ACL);
     let addr = broker.local_addr();
-    let mut worker = login(addr, "worker", "worker").await;
-    worker.subscribe(1, &[("$share/g/jobs/#", 1)], &[1]).await;
-    let mut intern = login(addr, "intern", "intern").await;
-    // Reaches jobs/public/# and more: granted, each message checked.
-    intern.subscribe(1, &[("$share/g/jobs/#", 1)], &[1]).await;
+    let mut worker = join_jobs_group(addr, "worker", "worker").await;
+    let mut intern = join_jobs_group(addr, "intern", "intern").await;
     let mut boss = login(addr, "boss", "boss").await;
     // Ten the intern may not read, then ten it may: in turn, every other secret job would be
     // the intern's.
@@ -206,18 +211,15 @@ async fn a_shared_groups_message_goes_to_a_member_that_may_read_it() {
 async fn a_leaving_members_messages_go_to_a_member_that_may_read_them() {
     let (broker, _dir) = broker_with_acl(SHARED_ACL);
     let addr = broker.local_addr();
-    let mut leaver = login(addr, "worker-1", "worker").await;
-    leaver.subscribe(1, &[("$share/g/jobs/#", 1)], &[1]).await;
+    let mut leaver = join_jobs_group(addr, "worker-1", "worker").await;
     let mut boss = login(addr, "boss", "boss").await;
     let secret = ["jobs/secret/0", "jobs/secret/1", "jobs/secret/2"];
     let messages: Vec<(&str, u8, bool)> = secret.iter().map(|t| (*t, 1, false)).collect();
     publish_all(&mut boss, &messages).await;
     let sent: Vec<_> = leaver.sync().await.iter().map(parse_publish).collect();
     assert_eq!(sent.len(), 3, "sent to the only member, never acknowledged");
-    let mut intern = login(addr, "intern", "intern").await;
-    intern.subscribe(1, &[("$share/g/jobs/#", 1)], &[1]).await;
-    let mut stayer = login(addr, "worker-2", "worker").await;
-    stayer.subscribe(1, &[("$share/g/jobs/#", 1)], &[1]).await;
+    let mut intern = join_jobs_group(addr, "intern", "intern").await;
+    let mut stayer = join_jobs_group(addr, "worker-2", "worker").await;
     // In turn the intern would get two of the three.
     drop(leaver);
     let mut got = Vec::new();

@@ -20,6 +20,13 @@ pub const INTERNAL_CLIENT_PREFIX: &str = "$bridge.";
 /// name cannot hold `$`), exempt from the ACL and from `limits.max_subscriptions_per_client`.
 pub const CLUSTER_CLIENT_ID: &str = "$bridge.$cluster";
 
+/// Whether the ACL does not apply to the client `client_id`: the cluster link's, which carries
+/// what other nodes' clients published, checked there, to subscribers checked here. (Only the
+/// broker's own link can have that id: a network client asking for it is refused.)
+pub fn exempt_from_acl(client_id: &str) -> bool {
+    client_id == CLUSTER_CLIENT_ID
+}
+
 /// Sent by the Registry to the cluster link (see [`WatchRetained`]): a retained message (or,
 /// with an empty payload, the clearing of one) that a client of this node, a bridge, a will or
 /// the admin API published, in the order the Registry routed them. The other nodes keep it too.

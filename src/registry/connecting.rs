@@ -94,9 +94,7 @@ impl Registry {
         {
             let mut table = self.routes.write();
             table.set_target(key, Some(Target::Online(session)));
-            // The cluster link's client carries other nodes' messages, checked there: the ACL
-            // does not apply to it.
-            if table.wants_readers() && &*client_id != super::CLUSTER_CLIENT_ID {
+            if table.wants_readers() && !super::exempt_from_acl(&client_id) {
                 let reader = Reader {
                     username: msg.username,
                     client_id: client_id.clone(),

@@ -30,8 +30,8 @@ pub use admin::{
     ListSubscriptions, Page, SessionReport, SubscriptionSummary,
 };
 pub use cluster::{
-    ConnectedElsewhere, RetainedAmong, RetainedPublished, SharedShare, WatchRetained,
-    CLUSTER_CLIENT_ID, INTERNAL_CLIENT_PREFIX,
+    exempt_from_acl, ConnectedElsewhere, RetainedAmong, RetainedPublished, SharedShare,
+    WatchRetained, CLUSTER_CLIENT_ID, INTERNAL_CLIENT_PREFIX,
 };
 pub use messages::*;
 pub use recovering::Recover;

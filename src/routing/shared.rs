@@ -267,8 +267,8 @@ mod tests {
         )
     }
 
-    #[test]
-    fn round_robin_skips_offline_and_excluded_members() {
+    /// Members 0, 1 and 2 in group `g` on `a/+`, and the id of that group.
+    fn group_of_three() -> (SharedGroups, u32) {
         let mut groups = SharedGroups::default();
         for k in 0..3 {
             groups.join("g", "a/+", ClientKey(k), opts());
@@ -276,23 +276,29 @@ mod tests {
         let mut ids = Vec::new();
         groups.for_each_match(&message("a/x", b"1"), |id| ids.push(id));
         assert_eq!(ids.len(), 1);
-        let online = |k: ClientKey| k != ClientKey(1);
-        let picks: Vec<u32> = (0..4)
-            .filter_map(|_| {
-                groups.pick(
-                    ids[0],
-                    SharedStrategy::RoundRobin,
-                    online,
-                    |_| true,
-                    None,
-                    false,
-                )
-            })
+        (groups, ids[0])
+    }
+
+    /// Four picks in turn among the members `online` and allowed to `read`.
+    fn four_picks(
+        groups: &SharedGroups,
+        id: u32,
+        online: impl Fn(ClientKey) -> bool + Copy,
+        read: impl Fn(ClientKey) -> bool + Copy,
+    ) -> Vec<u32> {
+        (0..4)
+            .filter_map(|_| groups.pick(id, SharedStrategy::RoundRobin, online, read, None, false))
             .map(|(k, _)| k.0)
-            .collect();
-        assert_eq!(picks, vec![0, 2, 0, 2]);
+            .collect()
+    }
+
+    #[test]
+    fn round_robin_skips_offline_and_excluded_members() {
+        let (mut groups, id) = group_of_three();
+        let online = |k: ClientKey| k != ClientKey(1);
+        assert_eq!(four_picks(&groups, id, online, |_| true), vec![0, 2, 0, 2]);
         let pick = groups.pick(
-            ids[0],
+            id,
             SharedStrategy::RoundRobin,
             |_| false,
             |_| true,
@@ -311,30 +317,12 @@ mod tests {
 
     #[test]
     fn a_member_that_may_not_read_the_message_is_passed_over() {
-        let mut groups = SharedGroups::default();
-        for k in 0..3 {
-            groups.join("g", "a/+", ClientKey(k), opts());
-        }
-        let mut ids = Vec::new();
-        groups.for_each_match(&message("a/x", b"1"), |id| ids.push(id));
+        let (groups, id) = group_of_three();
         let reads = |k: ClientKey| k != ClientKey(1);
-        let picks: Vec<u32> = (0..4)
-            .filter_map(|_| {
-                groups.pick(
-                    ids[0],
-                    SharedStrategy::RoundRobin,
-                    |_| true,
-                    reads,
-                    None,
-                    false,
-                )
-            })
-            .map(|(k, _)| k.0)
-            .collect();
-        assert_eq!(picks, vec![0, 2, 0, 2]);
+        assert_eq!(four_picks(&groups, id, |_| true, reads), vec![0, 2, 0, 2]);
         // Nobody connected: a stored session that may read it, not one that may not.
         let offline = groups.pick(
-            ids[0],
+            id,
             SharedStrategy::RoundRobin,
             |_| false,
             |k| k == ClientKey(1),
@@ -342,14 +330,7 @@ mod tests {
             false,
         );
         assert_eq!(offline.map(|(k, _)| k), Some(ClientKey(1)));
-        let nobody = groups.pick(
-            ids[0],
-            SharedStrategy::Random,
-            |_| true,
-            |_| false,
-            None,
-            false,
-        );
+        let nobody = groups.pick(id, SharedStrategy::Random, |_| true, |_| false, None, false);
         assert_eq!(nobody, None, "no member may read it");
     }
 

@@ -468,9 +468,7 @@ impl Session {
             // Subscriptions judged under the ACL before are judged again per message.
             self.read_checks = true;
         }
-        // The cluster link carries what other nodes' clients published, checked there, to
-        // subscribers checked here: no ACL of its own.
-        if self.trust == Trust::Internal && self.client_id() == crate::registry::CLUSTER_CLIENT_ID {
+        if self.trust == Trust::Internal && crate::registry::exempt_from_acl(self.client_id()) {
             self.acl.1 = None;
         }
     }
