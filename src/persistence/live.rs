@@ -261,6 +261,7 @@ mod tests {
                 client_id: client_id(),
                 expiry: 3600,
                 offline_since: 7,
+                user: Some(crate::persistence::SessionUser::Named("gate".into())),
             },
             Record::SessionGone(client_id()),
             Record::Subscribe {

@@ -403,6 +403,7 @@ mod tests {
             client_id: client_id.into(),
             expiry: 60,
             offline_since: 0,
+            user: None,
         };
         let queued = |client_id: &str, id| Record::queued(client_id.into(), id, &delivery);
         let sent = |client_id: &str, id| Record::Sent {

@@ -43,7 +43,7 @@ use tracing::info;
 
 pub use durable_waiters::DurableTo;
 pub use live::LiveKind;
-pub use record::{Record, RecordError};
+pub use record::{Record, RecordError, SessionUser};
 pub use record_ref::{Framed, RecordRef};
 pub use store::{Store, StoreShared};
 use writer::Writer;
@@ -132,6 +132,8 @@ pub struct RecoveredSession {
     /// Its will and how long until it is published (zero: at start). A will armed when the
     /// broker stopped counts its delay from start-up, as the session's expiry does.
     pub will: Option<(LastWill, Duration)>,
+    /// Who its client last connected as, if that was recorded (only with an ACL).
+    pub user: Option<SessionUser>,
 }
 
 /// Durable state read at start, before the writer runs.
@@ -166,6 +168,7 @@ struct SessionInLog {
     inbound_qos2: BTreeSet<u16>,
     /// Its will, and when it is due (0: armed, its client was connected).
     will: Option<(u64, LastWill)>,
+    user: Option<SessionUser>,
 }
 
 /// Opens the directory of `config` (creating it), takes its lock, and reads the log back.
@@ -223,6 +226,7 @@ pub fn open(config: &PersistenceConfig) -> Result<Option<Recovered>, Persistence
                 client_id,
                 expiry,
                 offline_since,
+                user,
             } => {
                 let session = sessions.entry(client_id).or_insert(SessionInLog {
                     expiry,
@@ -231,9 +235,11 @@ pub fn open(config: &PersistenceConfig) -> Result<Option<Recovered>, Persistence
                     queued: BTreeMap::new(),
                     inbound_qos2: BTreeSet::new(),
                     will: None,
+                    user: None,
                 });
                 session.expiry = expiry;
                 session.offline_since = offline_since;
+                session.user = user;
             }
             Record::SessionGone(client_id) => {
                 sessions.remove(&client_id);
@@ -388,6 +394,7 @@ pub fn open(config: &PersistenceConfig) -> Result<Option<Recovered>, Persistence
             subscriptions: session.subscriptions.into_iter().collect(),
             state,
             will,
+            user: session.user,
         });
     }
     info!(

@@ -28,6 +28,10 @@ pub(super) const INBOUND_RELEASED: u8 = 13;
 pub(super) const WILL_SET: u8 = 14;
 pub(super) const WILL_CLEAR: u8 = 15;
 
+/// [`SessionUser`] tags in a [`Record::SessionSet`] body.
+const USER_ANONYMOUS: u8 = 0;
+const USER_NAMED: u8 = 1;
+
 /// Bytes of a frame header: length and CRC.
 pub const FRAME_HEADER: usize = 8;
 
@@ -53,6 +57,10 @@ pub enum Record {
         expiry: u32,
         /// When its connection ended, in ms since the Unix epoch; 0 while connected.
         offline_since: u64,
+        /// Who its client connected as; `None` when not recorded (the broker records it only
+        /// with an ACL, which picks shared-group members by it; logs of earlier versions
+        /// have none). Encoded after the other fields, only when known.
+        user: Option<SessionUser>,
     },
     /// The session of `client_id` ended (clean start, expiry, or an interval of 0); its
     /// subscriptions with it.
@@ -139,6 +147,17 @@ pub enum Record {
     /// The session has no will any more: published, cancelled by a reconnection, or its
     /// client disconnected normally.
     WillClear(String),
+}
+
+/// Who a kept session's client connected as ([`Record::SessionSet`]), so that after a
+/// restart the ACL can tell which member of a shared group may read a message while the
+/// session is offline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionUser {
+    /// It connected without a user name.
+    Anonymous,
+    /// It connected with this user name.
+    Named(String),
 }
 
 /// The body of a [`Record::Queued`].
@@ -236,11 +255,20 @@ impl Record {
                 client_id,
                 expiry,
                 offline_since,
+                user,
             } => {
                 body.push(SESSION_SET);
                 put_str(body, client_id);
                 body.extend_from_slice(&expiry.to_le_bytes());
                 body.extend_from_slice(&offline_since.to_le_bytes());
+                match user {
+                    None => {}
+                    Some(SessionUser::Anonymous) => body.push(USER_ANONYMOUS),
+                    Some(SessionUser::Named(name)) => {
+                        body.push(USER_NAMED);
+                        put_str(body, name);
+                    }
+                }
             }
             Record::SessionGone(client_id) => {
                 body.push(SESSION_GONE);
@@ -320,6 +348,15 @@ impl Record {
                 client_id: r.string()?,
                 expiry: r.u32()?,
                 offline_since: r.u64()?,
+                user: if r.0.is_empty() {
+                    None
+                } else {
+                    Some(match r.u8()? {
+                        USER_ANONYMOUS => SessionUser::Anonymous,
+                        USER_NAMED => SessionUser::Named(r.string()?),
+                        _ => return Err(RecordError::Invalid("unknown kind of session user")),
+                    })
+                },
             },
             SESSION_GONE => Record::SessionGone(r.string()?),
             SUBSCRIBE => {

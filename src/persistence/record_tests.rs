@@ -178,3 +178,45 @@ fn queued_messages_and_their_progress_round_trip_and_key_by_session_and_id() {
         assert!(key.starts_with(b"s:c1\0\0"), "{key:?} is under the session");
     }
 }
+
+#[test]
+fn a_sessions_user_round_trips_and_a_record_without_one_reads_as_unknown() {
+    let session_set = |user| Record::SessionSet {
+        client_id: "worker-1".into(),
+        expiry: 3600,
+        offline_since: 1_700_000_000_000,
+        user,
+    };
+    let user_of = |frame: &[u8]| match Record::decode(body(frame)) {
+        Ok(Record::SessionSet {
+            client_id,
+            expiry: 3600,
+            offline_since: 1_700_000_000_000,
+            user,
+        }) if client_id == "worker-1" => user,
+        other => panic!("not the session written: {other:?}"),
+    };
+    for user in [
+        None,
+        Some(SessionUser::Anonymous),
+        Some(SessionUser::Named("worker".into())),
+        Some(SessionUser::Named(String::new())),
+    ] {
+        assert_eq!(user_of(&session_set(user.clone()).to_frame()), user);
+    }
+    // A record written before users were kept ends after `offline_since`: its user is unknown.
+    let mut old = vec![SESSION_SET];
+    put_str(&mut old, "worker-1");
+    old.extend_from_slice(&3600u32.to_le_bytes());
+    old.extend_from_slice(&1_700_000_000_000u64.to_le_bytes());
+    let mut old_frame = vec![0; FRAME_HEADER];
+    old_frame.extend_from_slice(&old);
+    assert_eq!(user_of(&old_frame), None);
+    // An unknown tag, or a name cut short, is an error, not a guess.
+    let mut bad = old.clone();
+    bad.push(7);
+    assert!(Record::decode(&bad).is_err());
+    let named = session_set(Some(SessionUser::Named("worker".into()))).to_frame();
+    let cut = body(&named).len() - 1;
+    assert!(Record::decode(&body(&named)[..cut]).is_err());
+}

@@ -82,6 +82,14 @@ impl Registry {
             self.end_session(key, msg.conn, state, ctx);
             return;
         }
+        // Who the client is, before its session is recorded with it (a restart reads it back).
+        if self.routes.read().wants_readers() && !super::exempt_from_acl(&client_id) {
+            let reader = Reader {
+                username: msg.username,
+                client_id: client_id.clone(),
+            };
+            self.routes.write().set_reader(key, Some(reader));
+        }
         self.persist_session(key, false);
         // Armed while connected: a crash publishes it at the next start. None cancels a will
         // that was delayed.
@@ -91,17 +99,9 @@ impl Registry {
         }
         // From here on workers deliver to the Session directly. The Session handles nothing
         // from its mailbox before the reply, so what `state` holds comes first.
-        {
-            let mut table = self.routes.write();
-            table.set_target(key, Some(Target::Online(session)));
-            if table.wants_readers() && !super::exempt_from_acl(&client_id) {
-                let reader = Reader {
-                    username: msg.username,
-                    client_id: client_id.clone(),
-                };
-                table.set_reader(key, Some(reader));
-            }
-        }
+        self.routes
+            .write()
+            .set_target(key, Some(Target::Online(session)));
         info!(
             client_id = %client_id,
             addr = %msg.peer,

@@ -42,7 +42,7 @@ use crate::config::{Config, QueueOverflow, SessionConfig};
 use crate::hooks::LifecycleHooks;
 use crate::message::{Delivery, Message, QoS, SubscriptionOptions};
 use crate::metrics::Metrics;
-use crate::persistence::{unix_ms_now, Durable, DurableTo, Record, Store};
+use crate::persistence::{unix_ms_now, Durable, DurableTo, Record, SessionUser, Store};
 use crate::queue::{Pushed, QueueLimits};
 use crate::routing::{Routes, Target};
 use crate::topic::RetainedStore;
@@ -219,6 +219,10 @@ impl Registry {
                 client_id: client.id.to_string(),
                 expiry: client.session_expiry,
                 offline_since: if offline { unix_ms_now().max(1) } else { 0 },
+                user: self.routes.read().reader(key).map(|r| match &r.username {
+                    Some(name) => SessionUser::Named(name.to_string()),
+                    None => SessionUser::Anonymous,
+                }),
             }
         } else if client.persisted {
             client.persisted = false;

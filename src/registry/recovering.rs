@@ -8,7 +8,8 @@ use tracing::debug;
 
 use super::{client_in, Registry};
 use crate::message::{LastWill, Message};
-use crate::persistence::{Record, RecoveredSession, Store};
+use crate::persistence::{Record, RecoveredSession, SessionUser, Store};
+use crate::routing::Reader;
 
 /// Sent once by the broker to the Registry at start, before any connection is accepted: the
 /// store to keep durable state in, and what was read back from it.
@@ -56,6 +57,21 @@ impl Handler<Recover> for Registry {
             let mut table = self.routes.write();
             for (filter, options) in &session.subscriptions {
                 table.subscribe(filter, key, *options);
+            }
+            // Who it connected as, so that shared groups pass it over for what it may not
+            // read while it is offline, as before the restart.
+            if table.wants_readers() && !super::exempt_from_acl(&id) {
+                if let Some(user) = session.user {
+                    let username = match user {
+                        SessionUser::Named(name) => Some(name.into()),
+                        SessionUser::Anonymous => None,
+                    };
+                    let reader = Reader {
+                        username,
+                        client_id: id.clone(),
+                    };
+                    table.set_reader(key, Some(reader));
+                }
             }
             table.set_durable(key, Some(id));
             drop(table);

@@ -146,11 +146,14 @@ impl RouteTable {
         }
     }
 
+    /// Who `key` connected as, if the table keeps it ([`RouteTable::set_reader`]).
+    pub fn reader(&self, key: ClientKey) -> Option<&Reader> {
+        self.readers.get(key.0 as usize).and_then(Option::as_ref)
+    }
+
     /// Whether `key` may read `topic` by `acl`: true for a client the table does not know.
     fn may_read(&self, acl: &AclFile, key: ClientKey, topic: &str) -> bool {
-        self.readers
-            .get(key.0 as usize)
-            .and_then(Option::as_ref)
+        self.reader(key)
             .is_none_or(|r| acl.may_read(r.username.as_deref(), &r.client_id, topic))
     }
 
