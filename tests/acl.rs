@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::packets::{self, parse_publish, ConnectSpec};
+use common::packets::{self, parse_publish};
 use common::v5;
 use common::{broker_with, Raw};
 
@@ -26,20 +26,7 @@ fn broker_with_acl(acl: &str) -> (switchboard::BackgroundBroker, tempfile::TempD
 }
 
 async fn login(addr: std::net::SocketAddr, id: &str, user: &str) -> Raw {
-    connect_as(addr, id, user, true).await
-}
-
-/// Connects as `user` with client id `id`, clean or resuming its session.
-async fn connect_as(addr: std::net::SocketAddr, id: &str, user: &str, clean: bool) -> Raw {
-    let spec = ConnectSpec {
-        client_id: id,
-        username: Some(user),
-        clean,
-        ..Default::default()
-    };
-    let (raw, code) = Raw::connect_with(addr, spec).await;
-    assert_eq!(code, 0);
-    raw
+    Raw::connect_as(addr, id, user, true).await
 }
 
 #[tokio::test]
@@ -298,7 +285,7 @@ async fn a_resumed_session_gets_only_what_its_new_user_may_read() {
     let (broker, _dir) = broker_with_acl(DASHBOARD_ACL);
     let addr = broker.local_addr();
     // The vault's own session holds a subscription granted whole to the vault.
-    let mut console = connect_as(addr, "console", "vault", false).await;
+    let mut console = Raw::connect_as(addr, "console", "vault", false).await;
     console
         .subscribe(1, &[("secrets/#", 1), ("plant/#", 1)], &[1, 1])
         .await;
@@ -319,7 +306,7 @@ async fn a_resumed_session_gets_only_what_its_new_user_may_read() {
     // The same client id, another user: the session resumes with the vault's subscriptions
     // and its message in flight, but the auditor reads plant/# only: the message in flight is
     // not sent again [MQTT-4.4.0-1] to a client that may not read it.
-    let mut auditor = connect_as(addr, "console", "auditor", false).await;
+    let mut auditor = Raw::connect_as(addr, "console", "auditor", false).await;
     assert_eq!(topics(&auditor.drain_acking().await), vec![("plant/a", 1)]);
     publish_all(
         &mut vault,

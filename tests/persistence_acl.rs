@@ -4,7 +4,7 @@
 mod common;
 
 use common::durable::{kill_9, start_broker_with};
-use common::packets::{self, ConnectSpec};
+use common::packets;
 use common::Raw;
 
 const ACL: &str = "
@@ -16,19 +16,6 @@ user boss
 topic write jobs/#
 topic write marker
 ";
-
-/// Connects as `user` with client id `id`, clean or resuming its session.
-async fn connect_as(addr: std::net::SocketAddr, id: &str, user: &str, clean: bool) -> Raw {
-    let spec = ConnectSpec {
-        client_id: id,
-        username: Some(user),
-        clean,
-        ..Default::default()
-    };
-    let (raw, code) = Raw::connect_with(addr, spec).await;
-    assert_eq!(code, 0, "{id} connects as {user}");
-    raw
-}
 
 /// The topics of what `raw` has waiting, each acknowledged.
 async fn received(raw: &mut Raw) -> Vec<String> {
@@ -54,17 +41,17 @@ async fn after_a_restart_a_shared_groups_message_goes_to_an_offline_member_that_
     let state = dir.path().join("state");
     let more = format!("\n[auth]\nacl_file = {:?}\n", acl.display().to_string());
     let (child, _logs, addr) = start_broker_with(&state, "never", "info", &more);
-    let mut worker = connect_as(addr, "worker-1", "worker", false).await;
+    let mut worker = Raw::connect_as(addr, "worker-1", "worker", false).await;
     worker.subscribe(1, &[("$share/g/jobs/#", 1)], &[1]).await;
     worker.send(&[0xE0, 0x00]).await; // DISCONNECT
     worker.expect_closed().await;
     // The intern is still connected when the broker dies: what was recorded when it
     // connected says who it is.
-    let mut intern = connect_as(addr, "intern-1", "intern", false).await;
+    let mut intern = Raw::connect_as(addr, "intern-1", "intern", false).await;
     intern.subscribe(1, &[("$share/g/jobs/#", 1)], &[1]).await;
     // Changes are written in the order they were made: once this is acknowledged, the
     // sessions and their subscriptions are on disk.
-    let mut boss = connect_as(addr, "boss", "boss", true).await;
+    let mut boss = Raw::connect_as(addr, "boss", "boss", true).await;
     boss.send(&packets::publish("marker", b"m", 1, 1, true, false))
         .await;
     assert_eq!(boss.expect().await.byte1, 0x40, "PUBACK");
@@ -72,7 +59,7 @@ async fn after_a_restart_a_shared_groups_message_goes_to_an_offline_member_that_
     drop(intern);
 
     let (child, _logs, addr) = start_broker_with(&state, "never", "info", &more);
-    let mut boss = connect_as(addr, "boss", "boss", true).await;
+    let mut boss = Raw::connect_as(addr, "boss", "boss", true).await;
     let secret: Vec<String> = (0..10).map(|n| format!("jobs/secret/{n}")).collect();
     for (n, topic) in (1..).zip(&secret) {
         boss.send(&packets::publish(topic, b"job", 1, n, false, false))
@@ -83,13 +70,13 @@ async fn after_a_restart_a_shared_groups_message_goes_to_an_offline_member_that_
         assert_eq!((ack.byte1, usize::from(ack.pid())), (0x40, n), "PUBACK");
     }
 
-    let mut worker = connect_as(addr, "worker-1", "worker", false).await;
+    let mut worker = Raw::connect_as(addr, "worker-1", "worker", false).await;
     assert_eq!(
         received(&mut worker).await,
         secret,
         "every secret job was queued for the member that may read it"
     );
-    let mut intern = connect_as(addr, "intern-1", "intern", false).await;
+    let mut intern = Raw::connect_as(addr, "intern-1", "intern", false).await;
     assert_eq!(
         received(&mut intern).await,
         Vec::<String>::new(),

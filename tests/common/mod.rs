@@ -240,6 +240,20 @@ impl Raw {
         (raw, connack.body[1])
     }
 
+    /// Connects as `user` (no password) with client id `id`, clean or resuming its session,
+    /// asserting CONNACK 0.
+    pub async fn connect_as(addr: SocketAddr, id: &str, user: &str, clean: bool) -> Raw {
+        let spec = packets::ConnectSpec {
+            client_id: id,
+            username: Some(user),
+            clean,
+            ..Default::default()
+        };
+        let (raw, code) = Raw::connect_with(addr, spec).await;
+        assert_eq!(code, 0, "{id} connects as {user}");
+        raw
+    }
+
     /// Connects and completes a CONNECT/CONNACK handshake, asserting CONNACK 0.
     pub async fn handshake(addr: SocketAddr, client_id: &str, clean: bool) -> (Raw, bool) {
         let mut raw = Raw::connect(addr).await;
