@@ -134,15 +134,6 @@ fn topics(got: &[packets::Published]) -> Vec<(&str, u8)> {
     got.iter().map(|p| (p.topic.as_str(), p.qos)).collect()
 }
 
-const SHARED_ACL: &str = "
-user worker
-topic read jobs/#
-user intern
-topic read jobs/public/#
-user boss
-topic write jobs/#
-";
-
 /// Logs in as `user` with client id `id` and joins the shared group `g` on `jobs/#` (granted:
 /// for a user that may read only part of it, with each message checked).
 async fn join_jobs_group(addr: std::net::SocketAddr, id: &str, user: &str) -> Raw {
@@ -158,7 +149,7 @@ async fn join_jobs_group(addr: std::net::SocketAddr, id: &str, user: &str) -> Ra
 /// may not read it.)
 #[tokio::test]
 async fn a_shared_groups_message_goes_to_a_member_that_may_read_it() {
-    let (broker, _dir) = broker_with_acl(SHARED_ACL);
+    let (broker, _dir) = broker_with_acl(common::SHARED_JOBS_ACL);
     let addr = broker.local_addr();
     let mut worker = join_jobs_group(addr, "worker", "worker").await;
     let mut intern = join_jobs_group(addr, "intern", "intern").await;
@@ -196,7 +187,7 @@ async fn a_shared_groups_message_goes_to_a_member_that_may_read_it() {
 /// section 4.8.2), and with an ACL to one that may read them.
 #[tokio::test]
 async fn a_leaving_members_messages_go_to_a_member_that_may_read_them() {
-    let (broker, _dir) = broker_with_acl(SHARED_ACL);
+    let (broker, _dir) = broker_with_acl(common::SHARED_JOBS_ACL);
     let addr = broker.local_addr();
     let mut leaver = join_jobs_group(addr, "worker-1", "worker").await;
     let mut boss = login(addr, "boss", "boss").await;

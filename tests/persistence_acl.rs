@@ -7,16 +7,6 @@ use common::durable::{kill_9, start_broker_with};
 use common::packets;
 use common::Raw;
 
-const ACL: &str = "
-user worker
-topic read jobs/#
-user intern
-topic read jobs/public/#
-user boss
-topic write jobs/#
-topic write marker
-";
-
 /// The topics of what `raw` has waiting, each acknowledged.
 async fn received(raw: &mut Raw) -> Vec<String> {
     raw.drain_acking()
@@ -37,7 +27,11 @@ async fn received(raw: &mut Raw) -> Vec<String> {
 async fn after_a_restart_a_shared_groups_message_goes_to_an_offline_member_that_may_read_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let acl = dir.path().join("acl");
-    std::fs::write(&acl, ACL).expect("write");
+    std::fs::write(
+        &acl,
+        format!("{}topic write marker\n", common::SHARED_JOBS_ACL),
+    )
+    .expect("write");
     let state = dir.path().join("state");
     let more = format!("\n[auth]\nacl_file = {:?}\n", acl.display().to_string());
     let (child, _logs, addr) = start_broker_with(&state, "never", "info", &more);

@@ -72,6 +72,18 @@ pub fn rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// An ACL for a shared group of jobs: `worker` may read every job, `intern` only the public ones
+/// (`jobs/public/#`), `boss` publishes them. User `boss` comes last, so a test can grant it more
+/// by appending `topic` lines.
+pub const SHARED_JOBS_ACL: &str = "
+user worker
+topic read jobs/#
+user intern
+topic read jobs/public/#
+user boss
+topic write jobs/#
+";
+
 /// A test configuration: loopback, port 0, one worker.
 pub fn test_config() -> Config {
     let mut config = Config::default();
