@@ -70,6 +70,15 @@ impl Registry {
         });
         let client_id = client.id.clone();
         self.online += 1;
+        // Who the client is, before its session is recorded with it (a restart reads
+        // it back), even if its Session vanishes before the CONNACK.
+        if self.routes.read().wants_readers() && !super::exempt_from_acl(&client_id) {
+            let reader = Reader {
+                username: msg.username,
+                client_id: client_id.clone(),
+            };
+            self.routes.write().set_reader(key, Some(reader));
+        }
         let outcome = ConnectOutcome {
             key,
             client_id: client_id.clone(),
@@ -81,14 +90,6 @@ impl Registry {
             debug!(client_id = %client_id, "session vanished before CONNACK");
             self.end_session(key, msg.conn, state, ctx);
             return;
-        }
-        // Who the client is, before its session is recorded with it (a restart reads it back).
-        if self.routes.read().wants_readers() && !super::exempt_from_acl(&client_id) {
-            let reader = Reader {
-                username: msg.username,
-                client_id: client_id.clone(),
-            };
-            self.routes.write().set_reader(key, Some(reader));
         }
         self.persist_session(key, false);
         // Armed while connected: a crash publishes it at the next start. None cancels a will
