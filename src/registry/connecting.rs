@@ -72,7 +72,7 @@ impl Registry {
         self.online += 1;
         // Who the client is, before its session is recorded with it (a restart reads
         // it back), even if its Session vanishes before the CONNACK.
-        if self.routes.read().wants_readers() && !super::exempt_from_acl(&client_id) {
+        if self.keeps_readers && !super::exempt_from_acl(&client_id) {
             let reader = Reader {
                 username: msg.username,
                 client_id: client_id.clone(),

@@ -65,6 +65,9 @@ pub struct Registry {
     by_id: HashMap<Arc<str>, ClientKey>,
     /// The subscriptions and where each client's deliveries go; written here only.
     routes: Routes,
+    /// Whether the route table keeps who each client connected as (with an ACL at start; see
+    /// [`RouteTable::wants_readers`](crate::routing::RouteTable::wants_readers)), read once.
+    keeps_readers: bool,
     retained: RetainedStore<Arc<Message>>,
     /// Clients whose batch is not empty.
     dirty: Vec<ClientKey>,
@@ -126,6 +129,7 @@ impl Registry {
         hooks: LifecycleHooks,
         routes: Routes,
     ) -> Self {
+        let keeps_readers = routes.read().wants_readers();
         Registry {
             config: config.sessions.clone(),
             max_subscriptions: config.limits.max_subscriptions_per_client,
@@ -134,6 +138,7 @@ impl Registry {
             clients: Vec::new(),
             free_slots: Vec::new(),
             by_id: HashMap::new(),
+            keeps_readers,
             routes,
             retained: RetainedStore::new(),
             dirty: Vec::new(),

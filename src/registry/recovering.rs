@@ -60,7 +60,7 @@ impl Handler<Recover> for Registry {
             }
             // Who it connected as, so that shared groups pass it over for what it may not
             // read while it is offline, as before the restart.
-            if table.wants_readers() && !super::exempt_from_acl(&id) {
+            if self.keeps_readers && !super::exempt_from_acl(&id) {
                 if let Some(user) = session.user {
                     let username = match user {
                         SessionUser::Named(name) => Some(name.into()),
