@@ -6,6 +6,7 @@ use tracing::warn;
 
 use super::{client_in, ClientKey, FlushStore, Registry};
 use crate::persistence::{unix_ms_now, Durable, Record, SessionUser};
+use crate::routing::Reader;
 
 impl Registry {
     /// Submits a change of durable state, if there is a store.
@@ -67,10 +68,11 @@ impl Registry {
                 client_id: client.id.to_string(),
                 expiry: client.session_expiry,
                 offline_since: if offline { unix_ms_now().max(1) } else { 0 },
-                user: self.routes.read().reader(key).map(|r| match &r.username {
-                    Some(name) => SessionUser::Named(name.to_string()),
-                    None => SessionUser::Anonymous,
-                }),
+                // Kept only with an ACL (the route table's readers), which is what needs it.
+                user: self
+                    .keeps_readers
+                    .then(|| self.routes.read().reader(key).map(session_user))
+                    .flatten(),
             }
         } else if client.persisted {
             client.persisted = false;
@@ -110,5 +112,13 @@ impl Handler<FlushStore> for Registry {
         if let Some(store) = &self.store {
             store.flush();
         }
+    }
+}
+
+/// What a session's record says of who its client connected as.
+fn session_user(reader: &Reader) -> SessionUser {
+    match &reader.username {
+        Some(name) => SessionUser::Named(name.to_string()),
+        None => SessionUser::Anonymous,
     }
 }
