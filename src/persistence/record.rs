@@ -160,6 +160,23 @@ pub enum SessionUser {
     Named(String),
 }
 
+impl SessionUser {
+    /// Of a client that connected with `username`, or without one.
+    pub fn from_username(username: Option<&str>) -> Self {
+        username.map_or(SessionUser::Anonymous, |name| {
+            SessionUser::Named(name.into())
+        })
+    }
+
+    /// The user name; `None` for a client that connected without one.
+    pub fn into_username(self) -> Option<String> {
+        match self {
+            SessionUser::Named(name) => Some(name),
+            SessionUser::Anonymous => None,
+        }
+    }
+}
+
 /// The body of a [`Record::Queued`].
 pub(super) fn put_queued(
     body: &mut Vec<u8>,

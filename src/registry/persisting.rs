@@ -6,7 +6,6 @@ use tracing::warn;
 
 use super::{client_in, ClientKey, FlushStore, Registry};
 use crate::persistence::{unix_ms_now, Durable, Record, SessionUser};
-use crate::routing::Reader;
 
 impl Registry {
     /// Submits a change of durable state, if there is a store.
@@ -69,10 +68,13 @@ impl Registry {
                 expiry: client.session_expiry,
                 offline_since: if offline { unix_ms_now().max(1) } else { 0 },
                 // Kept only with an ACL (the route table's readers), which is what needs it.
-                user: self
-                    .keeps_readers
-                    .then(|| self.routes.read().reader(key).map(session_user))
-                    .flatten(),
+                user: if self.keeps_readers {
+                    let table = self.routes.read();
+                    let reader = table.reader(key);
+                    reader.map(|r| SessionUser::from_username(r.username.as_deref()))
+                } else {
+                    None
+                },
             }
         } else if client.persisted {
             client.persisted = false;
@@ -112,13 +114,5 @@ impl Handler<FlushStore> for Registry {
         if let Some(store) = &self.store {
             store.flush();
         }
-    }
-}
-
-/// What a session's record says of who its client connected as.
-fn session_user(reader: &Reader) -> SessionUser {
-    match &reader.username {
-        Some(name) => SessionUser::Named(name.to_string()),
-        None => SessionUser::Anonymous,
     }
 }

@@ -8,7 +8,7 @@ use tracing::debug;
 
 use super::{client_in, Registry};
 use crate::message::{LastWill, Message};
-use crate::persistence::{Record, RecoveredSession, SessionUser, Store};
+use crate::persistence::{Record, RecoveredSession, Store};
 use crate::routing::Reader;
 
 /// Sent once by the broker to the Registry at start, before any connection is accepted: the
@@ -60,18 +60,13 @@ impl Handler<Recover> for Registry {
             }
             // Who it connected as, so that shared groups pass it over for what it may not
             // read while it is offline, as before the restart.
-            if self.keeps_readers && !super::exempt_from_acl(&id) {
-                if let Some(user) = session.user {
-                    let username = match user {
-                        SessionUser::Named(name) => Some(name.into()),
-                        SessionUser::Anonymous => None,
-                    };
-                    let reader = Reader {
-                        username,
-                        client_id: id.clone(),
-                    };
-                    table.set_reader(key, Some(reader));
-                }
+            let keeps_reader = self.keeps_readers && !super::exempt_from_acl(&id);
+            if let Some(user) = session.user.filter(|_| keeps_reader) {
+                let reader = Reader {
+                    username: user.into_username().map(Arc::from),
+                    client_id: id.clone(),
+                };
+                table.set_reader(key, Some(reader));
             }
             table.set_durable(key, Some(id));
             drop(table);
