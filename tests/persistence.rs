@@ -237,6 +237,95 @@ fn damage_before_the_tail_is_an_error_naming_file_and_offset_unless_repair() {
     assert!((2..10).contains(&recovered), "{recovered}");
 }
 
+/// A frame around `body` with a checksum that holds, as a build writes its records.
+fn frame_of(body: &[u8]) -> Vec<u8> {
+    let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+    frame.extend(crc32fast::hash(body).to_le_bytes());
+    frame.extend_from_slice(body);
+    frame
+}
+
+#[test]
+fn a_new_log_starts_with_its_format_and_a_log_without_one_reads_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = PersistenceConfig {
+        dir: Some(dir.path().to_path_buf()),
+        ..PersistenceConfig::default()
+    };
+    let recovered = persistence::open(&config)
+        .expect("opens")
+        .expect("configured");
+    drop(recovered);
+    let segment = std::fs::read(dir.path().join("0000000000000001.log")).expect("segment");
+    assert_eq!(
+        &segment[..11],
+        &Record::LogFormat(persistence::LOG_FORMAT).to_frame()[..],
+        "the first record of a segment this build starts is its format"
+    );
+    // A log of an earlier build, with no format record, reads back as before.
+    let older = tempfile::tempdir().expect("tempdir");
+    assert_eq!(
+        open_with(older.path(), &log_of(10), false).expect("starts"),
+        10
+    );
+}
+
+#[test]
+fn a_log_started_by_a_newer_build_is_refused_and_left_as_it_is() {
+    let newer = persistence::LOG_FORMAT + 1;
+    let mut log = Record::LogFormat(newer).to_frame();
+    log.extend(log_of(10));
+    // A record of a kind this build does not know, last: the newer build's.
+    log.extend(frame_of(&[200, 1, 2, 3]));
+    for repair in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        match open_with(dir.path(), &log, repair) {
+            Err(e @ PersistenceError::NewerFormat { .. }) => {
+                let PersistenceError::NewerFormat { found, reads, .. } = &e else {
+                    unreachable!()
+                };
+                assert_eq!((*found, *reads), (newer, persistence::LOG_FORMAT));
+                let message = e.to_string();
+                assert!(
+                    message.contains("newer Switchboard")
+                        && message.contains("0000000000000001.log"),
+                    "{message}"
+                );
+            }
+            other => panic!("expected the newer format refused (repair {repair}), got {other:?}"),
+        }
+        let on_disk = std::fs::read(dir.path().join("0000000000000001.log")).expect("segment");
+        assert_eq!(
+            on_disk, log,
+            "nothing of a newer log is cut (repair {repair})"
+        );
+    }
+}
+
+#[test]
+fn a_whole_record_of_an_unknown_kind_is_not_cut_as_a_torn_tail() {
+    // Its checksum holds, so no crash cut it short: dropping it as a torn tail would lose
+    // what a newer build recorded. Only `repair` cuts it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut log = log_of(9);
+    let at = log.len() as u64;
+    log.extend(frame_of(&[200, 1, 2, 3]));
+    match open_with(dir.path(), &log, false) {
+        Err(PersistenceError::Damaged { offset, what, .. }) => {
+            assert_eq!(offset, at);
+            assert!(what.contains("newer Switchboard"), "{what}");
+        }
+        other => panic!("expected an error for the unknown record, got {other:?}"),
+    }
+    let on_disk = std::fs::read(dir.path().join("0000000000000001.log")).expect("segment");
+    assert_eq!(on_disk, log, "the file is left as it was");
+    let again = tempfile::tempdir().expect("tempdir");
+    assert_eq!(
+        open_with(again.path(), &log, true).expect("repair starts"),
+        9
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
     /// Truncated, flipped or emptied, with or without zeros written ahead: a clean start, a

@@ -143,7 +143,7 @@ impl Record {
                 inbound(key, client_id, *pid);
                 LiveKind::Remove
             }
-            Record::Snapshot => LiveKind::None,
+            Record::Snapshot | Record::LogFormat(_) => LiveKind::None,
         }
     }
 }

@@ -452,7 +452,11 @@ mod tests {
         );
         assert_eq!(
             log.total_bytes(),
-            bytes + Record::Snapshot.to_frame().len() as u64
+            bytes
+                + Record::LogFormat(crate::persistence::LOG_FORMAT)
+                    .to_frame()
+                    .len() as u64
+                + Record::Snapshot.to_frame().len() as u64
         );
         // The frames are where the snapshot put them: a second compaction copies them again.
         live.compact_into(&mut log).expect("compact again");

@@ -43,7 +43,7 @@ use tracing::info;
 
 pub use durable_waiters::DurableTo;
 pub use live::LiveKind;
-pub use record::{Record, RecordError, SessionUser};
+pub use record::{Record, RecordError, SessionUser, LOG_FORMAT};
 pub use record_ref::{Framed, RecordRef};
 pub use store::{Store, StoreShared};
 use writer::Writer;
@@ -85,6 +85,16 @@ pub enum PersistenceError {
     Locked {
         /// The lock file.
         path: PathBuf,
+    },
+    /// A segment was started by a newer build, in a log format this one cannot read.
+    #[error("{path} is in log format {found}, written by a newer Switchboard; this one reads format {reads} and older, so it leaves the directory as it is: start the newer build, or give this one another directory")]
+    NewerFormat {
+        /// The segment.
+        path: PathBuf,
+        /// Its format.
+        found: u16,
+        /// The newest this build reads ([`LOG_FORMAT`]).
+        reads: u16,
     },
     /// A segment is damaged somewhere other than its torn tail.
     #[error("{path}: damaged at byte {offset} ({what}); start with `repair = true` in [persistence] to cut the damaged part and go on")]
@@ -318,7 +328,7 @@ pub fn open(config: &PersistenceConfig) -> Result<Option<Recovered>, Persistence
                     session.will = None;
                 }
             }
-            Record::Snapshot => {}
+            Record::Snapshot | Record::LogFormat(_) => {}
         }
     }
     let now = Instant::now();

@@ -27,6 +27,13 @@ pub(super) const INBOUND_QOS2: u8 = 12;
 pub(super) const INBOUND_RELEASED: u8 = 13;
 pub(super) const WILL_SET: u8 = 14;
 pub(super) const WILL_CLEAR: u8 = 15;
+pub(super) const LOG_FORMAT_KIND: u8 = 16;
+
+/// The format of the log this build writes, in the [`Record::LogFormat`] at the head of every
+/// segment it starts. 2: sessions carry their user, and segments start with their format; a
+/// log without one is of this format or the one before (1), both read alike. A build reads a
+/// log of its own format or an older one, and refuses to start on a newer one.
+pub const LOG_FORMAT: u16 = 2;
 
 /// [`SessionUser`] tags in a [`Record::SessionSet`] body.
 const USER_ANONYMOUS: u8 = 0;
@@ -147,6 +154,8 @@ pub enum Record {
     /// The session has no will any more: published, cancelled by a reconnection, or its
     /// client disconnected normally.
     WillClear(String),
+    /// The first record of a segment: the [`LOG_FORMAT`] of the build that started it.
+    LogFormat(u16),
 }
 
 /// Who a kept session's client connected as ([`Record::SessionSet`]), so that after a
@@ -224,6 +233,9 @@ pub enum RecordError {
     /// A field holds a value no writer produces.
     #[error("{0}")]
     Invalid(&'static str),
+    /// The kind byte is none this build knows: a newer build wrote it, or it is damage.
+    #[error("unknown record kind {0}")]
+    UnknownKind(u8),
 }
 
 impl Record {
@@ -268,6 +280,10 @@ impl Record {
                 put_str(body, topic);
             }
             Record::Snapshot => body.push(SNAPSHOT),
+            Record::LogFormat(format) => {
+                body.push(LOG_FORMAT_KIND);
+                body.extend_from_slice(&format.to_le_bytes());
+            }
             Record::SessionSet {
                 client_id,
                 expiry,
@@ -452,7 +468,8 @@ impl Record {
                 will: Box::new(get_will(&mut r)?),
             },
             WILL_CLEAR => Record::WillClear(r.string()?),
-            _ => return Err(RecordError::Invalid("unknown record kind")),
+            LOG_FORMAT_KIND => Record::LogFormat(r.u16()?),
+            kind => return Err(RecordError::UnknownKind(kind)),
         };
         if !r.0.is_empty() {
             return Err(RecordError::Invalid("bytes after the record"));

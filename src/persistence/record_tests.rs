@@ -220,3 +220,26 @@ fn a_sessions_user_round_trips_and_a_record_without_one_reads_as_unknown() {
     let cut = body(&named).len() - 1;
     assert!(Record::decode(&body(&named)[..cut]).is_err());
 }
+
+#[test]
+fn a_log_format_round_trips_and_an_unknown_kind_says_so() {
+    let frame = Record::LogFormat(LOG_FORMAT).to_frame();
+    assert!(matches!(
+        Record::decode(body(&frame)),
+        Ok(Record::LogFormat(format)) if format == LOG_FORMAT
+    ));
+    // It keys nothing: compaction writes a new one at the head of its segment.
+    let mut key = Vec::new();
+    assert_eq!(
+        crate::persistence::live::live_key_of_body(body(&frame), &mut key),
+        LiveKind::None
+    );
+    assert_eq!(
+        Record::decode(&[200, 1]).err(),
+        Some(RecordError::UnknownKind(200))
+    );
+    assert_eq!(
+        Record::decode(&[LOG_FORMAT_KIND, 2]).err(),
+        Some(RecordError::Truncated)
+    );
+}
