@@ -93,23 +93,30 @@ fn segment_ids(dir: &Path) -> Result<Vec<u64>, PersistenceError> {
 /// Reads every segment in `dir` (creating the first if there is none). A torn tail of the last
 /// segment (a record cut short, or a bad last record, as a crash mid-write leaves) is truncated
 /// with a warning. Any other damage is an error naming the file and offset, unless `repair`:
-/// then the damaged segment is cut at the damage, with a warning, and the scan goes on.
+/// then the damaged segment is cut at the damage, with a warning, and the scan goes on. So are
+/// segments missing before the oldest one here (it is not the first and has no snapshot), and
+/// a segment of a newer format is an error whatever `repair` says.
 pub fn scan(dir: &Path, repair: bool) -> Result<Scanned, PersistenceError> {
     let ids = segment_ids(dir)?;
     let mut records = Vec::new();
     let mut total_bytes = 0;
     let last_id = ids.last().copied();
     let mut current_records_end = 0;
-    for &id in &ids {
+    for (index, &id) in ids.iter().enumerate() {
         let path = segment_path(dir, id);
         let data = fs::read(&path).map_err(|e| PersistenceError::io(&path, e))?;
         let is_last = Some(id) == last_id;
         // Records end where only zeros are left (space written ahead, see the module doc).
         let written_end = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
         let mut offset = 0usize;
+        // Whether the segment's first record (after its format) is a snapshot.
+        let mut starts_with_snapshot = None;
         while offset < written_end {
             match frame_at(&data, offset) {
                 Ok((record, next)) => {
+                    if starts_with_snapshot.is_none() && !matches!(record, Record::LogFormat(_)) {
+                        starts_with_snapshot = Some(matches!(record, Record::Snapshot));
+                    }
                     match record {
                         Record::Snapshot => records.clear(),
                         Record::LogFormat(found) if found > LOG_FORMAT => {
@@ -159,6 +166,18 @@ pub fn scan(dir: &Path, repair: bool) -> Result<Scanned, PersistenceError> {
                     break;
                 }
             }
+        }
+        // Segment 1 is the log's first; every later one is a compaction's, and starts with a
+        // snapshot of everything before it. The oldest segment here being a later one without
+        // a snapshot means the segments before it are gone.
+        if index == 0 && id != 1 && starts_with_snapshot != Some(true) {
+            if !repair {
+                return Err(PersistenceError::SegmentsMissing { path });
+            }
+            warn!(
+                file = %path.display(),
+                "repair: the segments before this one are missing; reading what is here"
+            );
         }
         total_bytes += offset as u64;
         if is_last {

@@ -96,6 +96,13 @@ pub enum PersistenceError {
         /// The newest this build reads ([`LOG_FORMAT`]).
         reads: u16,
     },
+    /// The oldest segment in the directory is not the log's first and does not start with a
+    /// snapshot: the segments before it are missing.
+    #[error("{path} does not start with a snapshot, and the segments before it are missing (a log starts at 0000000000000001.log; each later segment with a snapshot); restore them, or start with `repair = true` in [persistence] to read what is here")]
+    SegmentsMissing {
+        /// The oldest segment there is.
+        path: PathBuf,
+    },
     /// A segment is damaged somewhere other than its torn tail.
     #[error("{path}: damaged at byte {offset} ({what}); start with `repair = true` in [persistence] to cut the damaged part and go on")]
     Damaged {
