@@ -91,7 +91,8 @@ fn segment_ids(dir: &Path) -> Result<Vec<u64>, PersistenceError> {
 }
 
 /// Reads every segment in `dir` (creating the first if there is none). A torn tail of the last
-/// segment (a record cut short, or a bad last record, as a crash mid-write leaves) is truncated
+/// segment (a record cut short, or a last record failing its checksum, as a crash mid-write
+/// leaves; never a whole record that does not decode) is truncated
 /// with a warning. Any other damage is an error naming the file and offset, unless `repair`:
 /// then the damaged segment is cut at the damage, with a warning, and the scan goes on. So are
 /// segments missing before the oldest one here (it is not the first and has no snapshot), and
