@@ -290,21 +290,16 @@ fn a_log_started_by_a_newer_build_is_refused_and_left_as_it_is() {
     log.extend(frame_of(&[200, 1, 2, 3]));
     for repair in [false, true] {
         let dir = tempfile::tempdir().expect("tempdir");
-        match open_with(dir.path(), &log, repair) {
-            Err(e @ PersistenceError::NewerFormat { .. }) => {
-                let PersistenceError::NewerFormat { found, reads, .. } = &e else {
-                    unreachable!()
-                };
-                assert_eq!((*found, *reads), (newer, persistence::LOG_FORMAT));
-                let message = e.to_string();
-                assert!(
-                    message.contains("newer Switchboard")
-                        && message.contains("0000000000000001.log"),
-                    "{message}"
-                );
-            }
-            other => panic!("expected the newer format refused (repair {repair}), got {other:?}"),
-        }
+        let e = open_with(dir.path(), &log, repair).expect_err("a newer log is refused");
+        let PersistenceError::NewerFormat { found, reads, .. } = &e else {
+            panic!("expected the newer format refused (repair {repair}), got {e:?}");
+        };
+        assert_eq!((*found, *reads), (newer, persistence::LOG_FORMAT));
+        let message = e.to_string();
+        assert!(
+            message.contains("newer Switchboard") && message.contains("0000000000000001.log"),
+            "{message}"
+        );
         let on_disk = std::fs::read(dir.path().join("0000000000000001.log")).expect("segment");
         assert_eq!(
             on_disk, log,
