@@ -1,7 +1,7 @@
 //! Micro-benchmarks of the pure hot-path parts: the subscription trie with 100k subscriptions
 //! (exact, `+` and `#` filters), the codec on PUBLISH at 16 B, 1 KB and 64 KB, and routing one
 //! message to a shared group of 8 connected members, without and with an ACL (each member
-//! asked whether it may read the topic).
+//! asked whether it may read the topic), and to 4 such groups with the ACL.
 //!
 //! `cargo bench --bench micro` (add a filter, e.g. `-- trie`, to run a subset).
 
@@ -148,9 +148,9 @@ impl switchboard::routing::SessionInbox for Nowhere {
     fn deliver(&self, _: switchboard::routing::Deliver) {}
 }
 
-/// A route table with one shared group of 8 connected members (`$share/g/jobs/#`), half of them
-/// users that may read only `jobs/public/#` when `acl` is set.
-fn shared_table(acl: Option<&std::path::Path>) -> switchboard::routing::RouteTable {
+/// A route table with `groups` shared groups of the same 8 connected members (`$share/g0/jobs/#`,
+/// ...), half of them users that may read only `jobs/public/#` when `acl` is set.
+fn shared_table(acl: Option<&std::path::Path>, groups: u32) -> switchboard::routing::RouteTable {
     use switchboard::routing::{ClientKey, Reader, RouteTable, Target};
     let access = acl.map(|path| {
         let config = switchboard::config::AuthConfig {
@@ -173,7 +173,9 @@ fn shared_table(acl: Option<&std::path::Path>) -> switchboard::routing::RouteTab
                 client_id: Arc::from(format!("{user}-{k}").as_str()),
             }),
         );
-        table.subscribe("$share/g/jobs/#", key, options);
+        for g in 0..groups {
+            table.subscribe(&format!("$share/g{g}/jobs/#"), key, options);
+        }
     }
     table
 }
@@ -196,16 +198,21 @@ fn shared(c: &mut Criterion) {
         QoS::AtLeastOnce,
         false,
     ));
-    for (name, table) in [
-        ("route_to_one_of_8_without_acl", shared_table(None)),
-        ("route_to_one_of_8_with_acl", shared_table(Some(&acl))),
+    for (name, table, groups) in [
+        ("route_to_one_of_8_without_acl", shared_table(None, 1), 1),
+        ("route_to_one_of_8_with_acl", shared_table(Some(&acl), 1), 1),
+        (
+            "route_to_4_groups_of_8_with_acl",
+            shared_table(Some(&acl), 4),
+            4,
+        ),
     ] {
         let mut scratch = Vec::new();
         group.bench_function(name, |b| {
             b.iter(|| {
                 let mut n = 0u32;
                 table.route(black_box(&message), None, &mut scratch, |_, _| n += 1);
-                assert_eq!(n, 1);
+                assert_eq!(n, groups);
                 n
             })
         });
