@@ -136,7 +136,9 @@ pub struct PersistenceConfig {
     #[serde(with = "humantime_serde")]
     pub fsync_interval: Duration,
     /// Start even if a log segment is damaged (not just torn at its end): the damaged part is
-    /// cut off, with a warning. Default false: start-up stops with an error naming the file.
+    /// cut off, with a warning; or if the segments before the oldest one are missing: what is
+    /// there is read, with a warning. Default false: start-up stops with an error naming the
+    /// file. A log of a newer format is refused either way.
     pub repair: bool,
     /// The log is compacted once it is larger than this and than twice the live state. Larger
     /// compacts less often (fewer syncs under heavy churn) for more disk. Default 64 MiB; at
