@@ -268,9 +268,10 @@ fn a_new_log_starts_with_its_format_and_a_log_without_one_reads_back() {
         .expect("configured");
     drop(recovered);
     let segment = std::fs::read(dir.path().join("0000000000000001.log")).expect("segment");
+    let format = Record::LogFormat(persistence::LOG_FORMAT).to_frame();
     assert_eq!(
-        &segment[..11],
-        &Record::LogFormat(persistence::LOG_FORMAT).to_frame()[..],
+        segment.get(..format.len()),
+        Some(&format[..]),
         "the first record of a segment this build starts is its format"
     );
     // A log of an earlier build, with no format record, reads back as before.
