@@ -115,8 +115,13 @@ impl Session {
             Err(SendError::Full(publish)) => self.wait_for_registry(publish, ctx),
             Err(SendError::Closed(_)) => {
                 self.close(ctx, DisconnectReason::Network("registry stopped".into()));
+                return;
             }
         }
+        // The Registry submits this burst's records; while the writer is far behind, this
+        // Session stops reading rather than filling the Registry's mailbox, which other
+        // clients' Sessions share.
+        self.wait_for_writer(ctx);
     }
 
     /// With persistence, when the store's writer is far behind: reads nothing until it caught
