@@ -103,8 +103,8 @@ async fn a_slow_disk_holds_the_publisher_back_and_loses_nothing() {
     // Every PUBACK comes, each once the message is on disk; the writer commits a group per
     // 2 s sync, so this takes seconds, not the usual wait. The writer falls 16 MiB behind only
     // if the broker reads that much during one sync: with 300 ms, on some machines the broker
-    // under strace read about 10 MiB per sync; with 1 s, a debug build on a busy CI machine
-    // once read less than 16 MiB per sync (1 run in 8).
+    // under strace read about 10 MiB per sync; with 1 s, one CI run in 8 never saw the pause
+    // (a debug build on a busy machine may read less than 16 MiB in a second).
     let mut acked = vec![false; usize::from(MESSAGES)];
     let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
     let mut count = 0;
