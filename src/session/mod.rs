@@ -39,10 +39,10 @@ pub use linger::{ConnectionSlot, LINGER_BYTES, LINGER_TIME};
 pub use state::{AckResult, Outbound};
 
 use self::deadlines::{CompactInstant, NO_DEADLINE};
-use self::linger::{linger, SharedReader};
+use self::linger::linger;
 use self::peer::{disconnect_code, OutboundAliases, PeerOptions};
 use self::reader::PacketReader;
-use self::socket::{split_other, split_tcp, ReadHalf, WriteHalf};
+use self::socket::{SharedStream, Stream};
 use crate::codec::{self, CodecError, MqttCodec, Packet};
 use crate::config::Config;
 use crate::drops::DropLog;
@@ -170,10 +170,10 @@ pub struct Session {
     deadline_tick: u64,
     /// Bytes waiting to be written.
     out: BytesMut,
-    /// The socket's read half, also held by the packet reader; taken back on close.
-    reader: SharedReader,
-    /// The socket's write half; `None` while a write is in progress.
-    writer: Option<WriteHalf>,
+    /// The connection's stream, also held by the packet reader; taken back on close.
+    stream: SharedStream,
+    /// The stream again, for writing; `None` while a write is in progress.
+    writer: Option<SharedStream>,
     /// This connection's count in `connections_current`, until the socket is closed.
     slot: Option<ConnectionSlot>,
     /// Size of the write in progress.
@@ -206,8 +206,7 @@ pub struct Session {
 impl Session {
     /// Starts a Session for an accepted plain TCP socket, on the current arbiter.
     pub fn start(stream: TcpStream, peer: SocketAddr, shared: Arc<SessionShared>) -> Addr<Session> {
-        let (read_half, write_half) = split_tcp(stream);
-        Session::start_with(read_half, write_half, peer, shared)
+        Session::start_with(Stream::Tcp(stream), peer, shared)
     }
 
     /// Starts a Session for a TLS connection whose handshake is done, on the current arbiter.
@@ -216,8 +215,7 @@ impl Session {
         peer: SocketAddr,
         shared: Arc<SessionShared>,
     ) -> Addr<Session> {
-        let (read_half, write_half) = split_other(stream);
-        Session::start_with(read_half, write_half, peer, shared)
+        Session::start_with(Stream::other(stream), peer, shared)
     }
 
     /// Starts a Session for any byte stream (a WebSocket connection, say) whose handshakes are
@@ -226,8 +224,7 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Unpin + 'static,
     {
-        let (read_half, write_half) = split_other(stream);
-        Session::start_with(read_half, write_half, peer, shared)
+        Session::start_with(Stream::other(stream), peer, shared)
     }
 
     /// Starts the Session of a broker-internal client (the local side of a bridge) on an
@@ -239,9 +236,8 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Unpin + 'static,
     {
-        let (read_half, write_half) = split_other(stream);
         let peer = SocketAddr::from(([0, 0, 0, 0], 0));
-        Session::start_as(read_half, write_half, peer, shared, Trust::Internal, None)
+        Session::start_as(Stream::other(stream), peer, shared, Trust::Internal, None)
     }
 
     /// Starts a Session for a TLS connection, or a WebSocket over TLS, whose handshakes are
@@ -257,11 +253,9 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Unpin + 'static,
     {
-        let (read_half, write_half) = split_other(stream);
         let username = identity.map(Box::from);
         Session::start_as(
-            read_half,
-            write_half,
+            Stream::other(stream),
             peer,
             shared,
             Trust::Certificate,
@@ -269,18 +263,12 @@ impl Session {
         )
     }
 
-    fn start_with(
-        read_half: ReadHalf,
-        write_half: WriteHalf,
-        peer: SocketAddr,
-        shared: Arc<SessionShared>,
-    ) -> Addr<Session> {
-        Session::start_as(read_half, write_half, peer, shared, Trust::Password, None)
+    fn start_with(stream: Stream, peer: SocketAddr, shared: Arc<SessionShared>) -> Addr<Session> {
+        Session::start_as(stream, peer, shared, Trust::Password, None)
     }
 
     fn start_as(
-        read_half: ReadHalf,
-        write_half: WriteHalf,
+        stream: Stream,
         peer: SocketAddr,
         shared: Arc<SessionShared>,
         trust: Trust,
@@ -292,10 +280,10 @@ impl Session {
         let acl = (shared.access.acl_generation(), shared.access.acl());
         let (slot, open) = ConnectionSlot::open(&shared.metrics);
         debug!(addr = %peer, conn = conn.0, open, "connection accepted");
-        let reader = SharedReader::new(read_half);
+        let stream = SharedStream::new(stream);
         Session::create(move |ctx| {
             let packets = PacketReader::new(
-                reader.clone(),
+                stream.clone(),
                 MqttCodec::new(max_packet).with_topic_alias_maximum(alias_max),
                 shared.metrics.clone(),
             );
@@ -321,8 +309,8 @@ impl Session {
                 keep_alive_limit_ms: 0,
                 deadline_tick: NO_DEADLINE,
                 out: BytesMut::new(),
-                reader,
-                writer: Some(write_half),
+                writer: Some(stream.clone()),
+                stream,
                 slot: Some(slot),
                 writing: 0,
                 read_handle,
@@ -419,9 +407,10 @@ impl Session {
             // The socket outlives the actor in a lingering close, unless it failed (nothing
             // more can reach the client). Spawned here, inside the worker's running event loop;
             // an actor stopped by its arbiter shutting down just drops its socket.
-            if let (Some(reader), Some(slot)) = (self.reader.take(), self.slot.take()) {
+            // Written (the writer is back), unless the socket failed.
+            if let (Some(stream), Some(slot)) = (self.stream.take_back(), self.slot.take()) {
                 if !self.socket_dead {
-                    actix::spawn(linger(reader, self.writer.take(), slot));
+                    actix::spawn(linger(stream, slot));
                 }
             }
             ctx.stop();

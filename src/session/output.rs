@@ -12,7 +12,7 @@ use tracing::debug;
 use super::output_pool;
 use super::peer::{note_delivery_latency, write_delivery};
 use super::read_access::read_check;
-use super::socket::WriteHalf;
+use super::socket::SharedStream;
 use super::{Phase, Session};
 use crate::codec;
 use crate::drops::{DropLog, DropReason};
@@ -101,7 +101,7 @@ impl Session {
     fn spawn_write(
         &mut self,
         ctx: &mut Context<Self>,
-        mut writer: WriteHalf,
+        mut writer: SharedStream,
         buf: BytesMut,
         written: Written,
     ) {

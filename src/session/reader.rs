@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 use tokio_util::codec::Decoder;
 
 use super::deadlines::CompactInstant;
-use super::linger::SharedReader;
+use super::socket::SharedStream;
 use crate::codec::{CodecError, MqttCodec, Packet, BURST_READ_BUFFER};
 use crate::metrics::Metrics;
 
@@ -42,7 +42,7 @@ pub(super) fn packet_read_at() -> CompactInstant {
 
 /// The stream of packets a Session reads (see the module documentation).
 pub(super) struct PacketReader {
-    reader: SharedReader,
+    reader: SharedStream,
     codec: MqttCodec,
     buf: BytesMut,
     /// Where the bytes read are counted.
@@ -54,7 +54,7 @@ pub(super) struct PacketReader {
 }
 
 impl PacketReader {
-    pub(super) fn new(reader: SharedReader, codec: MqttCodec, metrics: Arc<Metrics>) -> Self {
+    pub(super) fn new(reader: SharedStream, codec: MqttCodec, metrics: Arc<Metrics>) -> Self {
         PacketReader {
             reader,
             codec,

@@ -1,90 +1,155 @@
-//! The two halves of a Session's byte stream: a plain TCP socket's own halves, held inline, or
-//! any other stream's (TLS, WebSocket, a bridge's in-process pipe) behind a box.
+//! A Session's byte stream, shared by its packet reader and its writer: a plain TCP socket held
+//! inline, or any other stream (TLS, WebSocket, a bridge's in-process pipe) behind a box.
 //!
-//! Most connections are plain TCP, and each one used to pay for two boxes around its halves
-//! (a 32-byte heap chunk each) that only the other streams need.
+//! One allocation holds the socket itself. With tokio's split halves, a read went through the
+//! reader's shared cell and then the halves' shared socket: two pointers to follow, and at
+//! fleet rates (a device writes a few times a second) each one a cache miss, on every read
+//! and on every write. Both sides of the stream live on the Session's thread and each borrow
+//! lasts one poll, so one cell serves both.
 
+use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-/// Any stream but plain TCP, boxed twice: the outer box is a thin pointer, so that the halves
-/// below are no wider than TCP's own (the Session's width decides the size of its task).
-type Boxed<T> = Box<Box<T>>;
+/// What a stream other than plain TCP must be.
+pub(super) trait Duplex: AsyncRead + AsyncWrite + Unpin {}
 
-/// The read half of a Session's stream.
-pub(super) enum ReadHalf {
-    /// A plain TCP socket's.
-    Tcp(OwnedReadHalf),
-    /// Any other stream's.
-    Other(Boxed<dyn AsyncRead + Unpin>),
+impl<T: AsyncRead + AsyncWrite + Unpin> Duplex for T {}
+
+/// A connection's byte stream.
+pub(super) enum Stream {
+    /// A plain TCP socket.
+    Tcp(TcpStream),
+    /// Any other stream, boxed twice: the outer box is a thin pointer, so that this is no
+    /// wider than TCP's own.
+    Other(Box<Box<dyn Duplex>>),
 }
 
-/// The write half of a Session's stream.
-pub(super) enum WriteHalf {
-    /// A plain TCP socket's.
-    Tcp(OwnedWriteHalf),
-    /// Any other stream's.
-    Other(Boxed<dyn AsyncWrite + Unpin>),
+impl Stream {
+    /// Any other stream than plain TCP.
+    pub(super) fn other<S: AsyncRead + AsyncWrite + Unpin + 'static>(stream: S) -> Self {
+        Stream::Other(Box::new(Box::new(stream)))
+    }
 }
 
-/// Splits a plain TCP socket: no allocation beyond tokio's one shared socket.
-pub(super) fn split_tcp(stream: TcpStream) -> (ReadHalf, WriteHalf) {
-    let (read, write) = stream.into_split();
-    (ReadHalf::Tcp(read), WriteHalf::Tcp(write))
-}
+/// The stream, shared by the Session's packet reader and its writer. Once taken back for a
+/// lingering close ([`SharedStream::take_back`]), reads see end of stream and writes fail.
+#[derive(Clone)]
+pub(super) struct SharedStream(Rc<RefCell<Option<Stream>>>);
 
-/// Splits any other stream.
-pub(super) fn split_other<S>(stream: S) -> (ReadHalf, WriteHalf)
-where
-    S: AsyncRead + AsyncWrite + Unpin + 'static,
-{
-    let (read, write) = tokio::io::split(stream);
-    (
-        ReadHalf::Other(Box::new(Box::new(read))),
-        WriteHalf::Other(Box::new(Box::new(write))),
-    )
-}
+impl SharedStream {
+    /// Shares `stream`.
+    pub(super) fn new(stream: Stream) -> Self {
+        SharedStream(Rc::new(RefCell::new(Some(stream))))
+    }
 
-impl WriteHalf {
+    /// Takes the stream out; the reader sees end of stream and writes fail from now on.
+    pub(super) fn take_back(&self) -> Option<Stream> {
+        self.0.borrow_mut().take()
+    }
+
     /// Writes what of `buf` a plain TCP socket takes now, without waiting: `Some(n)` for `n > 0`
     /// bytes written (maybe fewer than `buf` holds). `None` where nothing was written: the
-    /// socket is full, failed, or is not plain TCP. The caller then writes asynchronously, which
-    /// meets (and reports) a failure again.
+    /// socket is full, failed, taken, or is not plain TCP. The caller then writes
+    /// asynchronously, which meets (and reports) a failure again.
     pub(super) fn try_write_now(&self, buf: &[u8]) -> Option<usize> {
-        match self {
-            WriteHalf::Tcp(write) => write.try_write(buf).ok().filter(|&n| n > 0),
-            WriteHalf::Other(_) => None,
+        match &*self.0.borrow() {
+            Some(Stream::Tcp(tcp)) => tcp.try_write(buf).ok().filter(|&n| n > 0),
+            _ => None,
         }
     }
 }
 
-impl AsyncRead for ReadHalf {
+/// The error of a write after the stream was taken back.
+fn taken() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "the connection is closing")
+}
+
+impl AsyncRead for SharedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.0.borrow_mut().as_mut() {
+            Some(stream) => Pin::new(stream).poll_read(cx, buf),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl AsyncWrite for SharedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.0.borrow_mut().as_mut() {
+            Some(stream) => Pin::new(stream).poll_write(cx, buf),
+            None => Poll::Ready(Err(taken())),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.0.borrow_mut().as_mut() {
+            Some(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            None => Poll::Ready(Err(taken())),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0
+            .borrow()
+            .as_ref()
+            .is_some_and(Stream::is_write_vectored)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.0.borrow_mut().as_mut() {
+            Some(stream) => Pin::new(stream).poll_flush(cx),
+            None => Poll::Ready(Err(taken())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.0.borrow_mut().as_mut() {
+            Some(stream) => Pin::new(stream).poll_shutdown(cx),
+            None => Poll::Ready(Err(taken())),
+        }
+    }
+}
+
+impl AsyncRead for Stream {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            ReadHalf::Tcp(read) => Pin::new(read).poll_read(cx, buf),
-            ReadHalf::Other(read) => Pin::new(&mut **read).poll_read(cx, buf),
+            Stream::Tcp(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Stream::Other(other) => Pin::new(&mut ***other).poll_read(cx, buf),
         }
     }
 }
 
-impl AsyncWrite for WriteHalf {
+impl AsyncWrite for Stream {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            WriteHalf::Tcp(write) => Pin::new(write).poll_write(cx, buf),
-            WriteHalf::Other(write) => Pin::new(&mut **write).poll_write(cx, buf),
+            Stream::Tcp(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Stream::Other(other) => Pin::new(&mut ***other).poll_write(cx, buf),
         }
     }
 
@@ -94,29 +159,29 @@ impl AsyncWrite for WriteHalf {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            WriteHalf::Tcp(write) => Pin::new(write).poll_write_vectored(cx, bufs),
-            WriteHalf::Other(write) => Pin::new(&mut **write).poll_write_vectored(cx, bufs),
+            Stream::Tcp(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
+            Stream::Other(other) => Pin::new(&mut ***other).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            WriteHalf::Tcp(write) => write.is_write_vectored(),
-            WriteHalf::Other(write) => write.is_write_vectored(),
+            Stream::Tcp(tcp) => tcp.is_write_vectored(),
+            Stream::Other(other) => other.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            WriteHalf::Tcp(write) => Pin::new(write).poll_flush(cx),
-            WriteHalf::Other(write) => Pin::new(&mut **write).poll_flush(cx),
+            Stream::Tcp(tcp) => Pin::new(tcp).poll_flush(cx),
+            Stream::Other(other) => Pin::new(&mut ***other).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            WriteHalf::Tcp(write) => Pin::new(write).poll_shutdown(cx),
-            WriteHalf::Other(write) => Pin::new(&mut **write).poll_shutdown(cx),
+            Stream::Tcp(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Stream::Other(other) => Pin::new(&mut ***other).poll_shutdown(cx),
         }
     }
 }
@@ -126,8 +191,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_halves_are_no_wider_than_tcp_s_own() {
-        assert_eq!(std::mem::size_of::<Option<WriteHalf>>(), 16);
-        assert_eq!(std::mem::size_of::<Option<ReadHalf>>(), 16);
+    fn the_stream_is_no_wider_than_tcp_s_own_and_its_handle_is_one_pointer() {
+        assert_eq!(
+            std::mem::size_of::<Option<Stream>>(),
+            std::mem::size_of::<TcpStream>()
+        );
+        assert_eq!(std::mem::size_of::<Option<SharedStream>>(), 8);
+    }
+
+    #[tokio::test]
+    async fn a_taken_stream_reads_end_of_stream_and_refuses_writes() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (near, mut far) = tokio::io::duplex(64);
+        let mut shared = SharedStream::new(Stream::other(near));
+        far.write_all(b"ab").await.expect("write to the pipe");
+        let mut two = [0u8; 2];
+        shared
+            .read_exact(&mut two)
+            .await
+            .expect("read from the pipe");
+        assert_eq!(&two, b"ab");
+        shared.write_all(b"cd").await.expect("write to the pipe");
+        let mut back = [0u8; 2];
+        far.read_exact(&mut back).await.expect("read back");
+        assert_eq!(&back, b"cd");
+        assert!(shared.take_back().is_some());
+        assert_eq!(shared.read(&mut two).await.expect("end of stream"), 0);
+        let refused = shared
+            .write_all(b"ef")
+            .await
+            .expect_err("written after take");
+        assert_eq!(refused.kind(), io::ErrorKind::NotConnected);
+        assert!(shared.try_write_now(b"ef").is_none());
     }
 }
