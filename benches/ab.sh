@@ -6,6 +6,8 @@
 #   git stash && cargo build --release && cp target/release/switchboard target/ab/old && git stash pop
 #   BROKERS="old new mosquitto" RUNS=3 benches/ab.sh
 #
+# It prints the medians, then each build's CPU per message over Mosquitto's run by run (the
+# median of those ratios and their range: single runs spread by 15-20% on a 2-core machine).
 # A variant can be a script that execs a binary with arguments (e.g. `-c one-worker.toml`).
 # MOSQUITTO_LINE is one more line for Mosquitto's configuration (e.g. `acl_file /path`).
 # LOAD_ARGS is added to every row (e.g. `--persistent-subscribers`, `--window-acked` for

@@ -45,6 +45,10 @@ fn run(args: Args) -> Result<(), String> {
     if let Some(path) = &args.table {
         let reports = report::read_reports(path)?;
         print!("{}", report::table(&reports));
+        let ratios = report::run_ratios(&reports);
+        if ratios.lines().count() > 2 {
+            print!("\n{ratios}");
+        }
         if let Some(chart) = &args.chart {
             std::fs::write(chart, report::chart(&reports)).map_err(|e| e.to_string())?;
         }

@@ -211,6 +211,72 @@ pub fn table(reports: &[Report]) -> String {
     s
 }
 
+/// Per scenario, each label's broker CPU per message over Mosquitto's (the label `mosquitto`,
+/// or else the last label), run by run: the k-th report of a label and the k-th of the
+/// reference are taken as one run (as `ab.sh` and `compare.sh` write them). Single runs of one build spread by 15-20% on this kind of machine,
+/// so the ratio of medians can flatter or wrong a build; this shows the median of the per-run
+/// ratios and their range.
+pub fn run_ratios(reports: &[Report]) -> String {
+    let mut labels: Vec<String> = Vec::new();
+    let mut runs: BTreeMap<Key, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
+    for r in reports.iter().filter(|r| r.scenario != "idle") {
+        if !labels.contains(&r.label) {
+            labels.push(r.label.clone());
+        }
+        if let Some(cpu) = r.broker_cpu_us_per_msg {
+            runs.entry((r.scenario.clone(), r.qos, r.clients, r.load.clone()))
+                .or_default()
+                .entry(r.label.clone())
+                .or_default()
+                .push(cpu);
+        }
+    }
+    let Some(reference) = labels
+        .iter()
+        .find(|l| *l == "mosquitto")
+        .or(labels.last())
+        .cloned()
+    else {
+        return String::new();
+    };
+    let others: Vec<&String> = labels.iter().filter(|l| **l != reference).collect();
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| scenario | QoS | clients | load | label | CPU per message over {reference}'s, per run | median | range |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+    for ((scenario, qos, clients, load), per) in &runs {
+        let Some(base) = per.get(&reference) else {
+            continue;
+        };
+        for label in &others {
+            let Some(cpus) = per.get(*label) else {
+                continue;
+            };
+            let mut ratios: Vec<f64> = cpus
+                .iter()
+                .zip(base)
+                .filter(|(_, b)| **b > 0.0)
+                .map(|(a, b)| a / b)
+                .collect();
+            if ratios.is_empty() {
+                continue;
+            }
+            let listed: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+            ratios.sort_by(f64::total_cmp);
+            let (low, high) = (ratios[0], ratios[ratios.len() - 1]);
+            let median = ratios[ratios.len() / 2];
+            let _ = writeln!(
+                s,
+                "| {scenario} | {qos} | {clients} | {load} | {label} | {} | {median:.3} | {low:.3}-{high:.3} |",
+                listed.join(", ")
+            );
+        }
+    }
+    s
+}
+
 /// A grouped bar chart (SVG) of median delivered msgs/s per scenario, one bar per label.
 pub fn chart(reports: &[Report]) -> String {
     let (labels, med) = medians(reports);
