@@ -257,7 +257,8 @@ pub fn run_ratios(reports: &[Report]) -> String {
             let mut ratios: Vec<f64> = cpus
                 .iter()
                 .zip(base)
-                .filter(|(_, b)| **b > 0.0)
+                // A reading of 0 is a run shorter than the CPU clock's tick (the retained row).
+                .filter(|(a, b)| **a > 0.0 && **b > 0.0)
                 .map(|(a, b)| a / b)
                 .collect();
             if ratios.is_empty() {
