@@ -407,7 +407,6 @@ impl Session {
             // The socket outlives the actor in a lingering close, unless it failed (nothing
             // more can reach the client). Spawned here, inside the worker's running event loop;
             // an actor stopped by its arbiter shutting down just drops its socket.
-            // Written (the writer is back), unless the socket failed.
             if let (Some(stream), Some(slot)) = (self.stream.take_back(), self.slot.take()) {
                 if !self.socket_dead {
                     actix::spawn(linger(stream, slot));

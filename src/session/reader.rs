@@ -42,7 +42,7 @@ pub(super) fn packet_read_at() -> CompactInstant {
 
 /// The stream of packets a Session reads (see the module documentation).
 pub(super) struct PacketReader {
-    reader: SharedStream,
+    stream: SharedStream,
     codec: MqttCodec,
     buf: BytesMut,
     /// Where the bytes read are counted.
@@ -54,9 +54,9 @@ pub(super) struct PacketReader {
 }
 
 impl PacketReader {
-    pub(super) fn new(reader: SharedStream, codec: MqttCodec, metrics: Arc<Metrics>) -> Self {
+    pub(super) fn new(stream: SharedStream, codec: MqttCodec, metrics: Arc<Metrics>) -> Self {
         PacketReader {
-            reader,
+            stream,
             codec,
             buf: BytesMut::new(),
             metrics,
@@ -70,7 +70,7 @@ impl PacketReader {
     fn read_scratch(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         let mut scratch = [MaybeUninit::<u8>::uninit(); SCRATCH];
         let mut read = ReadBuf::uninit(&mut scratch);
-        match Pin::new(&mut self.reader).poll_read(cx, &mut read) {
+        match Pin::new(&mut self.stream).poll_read(cx, &mut read) {
             Poll::Ready(Ok(())) => {
                 let filled = read.filled();
                 if !filled.is_empty() {
@@ -117,7 +117,7 @@ impl Stream for PacketReader {
                 if this.buf.capacity() == this.buf.len() {
                     this.buf.reserve(256);
                 }
-                tokio_util::io::poll_read_buf(Pin::new(&mut this.reader), cx, &mut this.buf)
+                tokio_util::io::poll_read_buf(Pin::new(&mut this.stream), cx, &mut this.buf)
             };
             match read {
                 Poll::Pending => return Poll::Pending,
