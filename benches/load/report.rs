@@ -213,9 +213,9 @@ pub fn table(reports: &[Report]) -> String {
 
 /// Per scenario, each label's broker CPU per message over Mosquitto's (the label `mosquitto`,
 /// or else the last label), run by run: the k-th report of a label and the k-th of the
-/// reference are taken as one run (as `ab.sh` and `compare.sh` write them). Single runs of one build spread by 15-20% on this kind of machine,
-/// so the ratio of medians can flatter or wrong a build; this shows the median of the per-run
-/// ratios and their range.
+/// reference are taken as one run (as `ab.sh` and `compare.sh` write them). Single runs of one
+/// build spread by 15-20% on this kind of machine, so the ratio of medians can flatter or
+/// wrong a build; this shows the median of the per-run ratios and their range.
 pub fn run_ratios(reports: &[Report]) -> String {
     let mut labels: Vec<String> = Vec::new();
     let mut runs: BTreeMap<Key, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
