@@ -125,11 +125,14 @@ struct Median {
 /// Per (scenario, QoS, clients, load): per label, the medians.
 type Medians = BTreeMap<Key, BTreeMap<String, Median>>;
 
-/// Medians per (scenario, qos, clients, load) and label.
-fn medians(reports: &[Report]) -> (Vec<String>, Medians) {
+/// Per (scenario, QoS, clients, load): per label, its reports in the order they were written.
+type Runs<'a> = BTreeMap<Key, BTreeMap<String, Vec<&'a Report>>>;
+
+/// The labels in the order they first appear, and the reports by row and label. Idle runs
+/// measure memory, not a rate: they are reported on their own.
+fn runs_by_row(reports: &[Report]) -> (Vec<String>, Runs<'_>) {
     let mut labels: Vec<String> = Vec::new();
-    let mut runs: BTreeMap<Key, BTreeMap<String, Vec<&Report>>> = BTreeMap::new();
-    // Idle runs measure memory, not a rate: they are reported on their own.
+    let mut runs: Runs<'_> = BTreeMap::new();
     for r in reports.iter().filter(|r| r.scenario != "idle") {
         if !labels.contains(&r.label) {
             labels.push(r.label.clone());
@@ -140,6 +143,12 @@ fn medians(reports: &[Report]) -> (Vec<String>, Medians) {
             .or_default()
             .push(r);
     }
+    (labels, runs)
+}
+
+/// Medians per (scenario, qos, clients, load) and label.
+fn medians(reports: &[Report]) -> (Vec<String>, Medians) {
+    let (labels, runs) = runs_by_row(reports);
     let med = runs
         .into_iter()
         .map(|(k, per)| {
@@ -217,20 +226,7 @@ pub fn table(reports: &[Report]) -> String {
 /// build spread by 15-20% on this kind of machine, so the ratio of medians can flatter or
 /// wrong a build; this shows the median of the per-run ratios and their range.
 pub fn run_ratios(reports: &[Report]) -> String {
-    let mut labels: Vec<String> = Vec::new();
-    let mut runs: BTreeMap<Key, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
-    for r in reports.iter().filter(|r| r.scenario != "idle") {
-        if !labels.contains(&r.label) {
-            labels.push(r.label.clone());
-        }
-        if let Some(cpu) = r.broker_cpu_us_per_msg {
-            runs.entry((r.scenario.clone(), r.qos, r.clients, r.load.clone()))
-                .or_default()
-                .entry(r.label.clone())
-                .or_default()
-                .push(cpu);
-        }
-    }
+    let (labels, runs) = runs_by_row(reports);
     let Some(reference) = labels
         .iter()
         .find(|l| *l == "mosquitto")
@@ -251,14 +247,15 @@ pub fn run_ratios(reports: &[Report]) -> String {
             continue;
         };
         for label in &others {
-            let Some(cpus) = per.get(*label) else {
+            let Some(own) = per.get(*label) else {
                 continue;
             };
-            let mut ratios: Vec<f64> = cpus
+            let mut ratios: Vec<f64> = own
                 .iter()
                 .zip(base)
+                .filter_map(|(a, b)| Some((a.broker_cpu_us_per_msg?, b.broker_cpu_us_per_msg?)))
                 // A reading of 0 is a run shorter than the CPU clock's tick (the retained row).
-                .filter(|(a, b)| **a > 0.0 && **b > 0.0)
+                .filter(|&(a, b)| a > 0.0 && b > 0.0)
                 .map(|(a, b)| a / b)
                 .collect();
             if ratios.is_empty() {

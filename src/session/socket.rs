@@ -83,16 +83,26 @@ impl AsyncRead for SharedStream {
     }
 }
 
+impl SharedStream {
+    /// Polls the stream with `poll` (for writing); an error once the stream was taken back.
+    fn poll_taken_fails<T>(
+        &self,
+        poll: impl FnOnce(Pin<&mut Stream>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match self.0.borrow_mut().as_mut() {
+            Some(stream) => poll(Pin::new(stream)),
+            None => Poll::Ready(Err(taken())),
+        }
+    }
+}
+
 impl AsyncWrite for SharedStream {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.0.borrow_mut().as_mut() {
-            Some(stream) => Pin::new(stream).poll_write(cx, buf),
-            None => Poll::Ready(Err(taken())),
-        }
+        self.poll_taken_fails(|stream| stream.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -100,10 +110,7 @@ impl AsyncWrite for SharedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.0.borrow_mut().as_mut() {
-            Some(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
-            None => Poll::Ready(Err(taken())),
-        }
+        self.poll_taken_fails(|stream| stream.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -114,17 +121,11 @@ impl AsyncWrite for SharedStream {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.0.borrow_mut().as_mut() {
-            Some(stream) => Pin::new(stream).poll_flush(cx),
-            None => Poll::Ready(Err(taken())),
-        }
+        self.poll_taken_fails(|stream| stream.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.0.borrow_mut().as_mut() {
-            Some(stream) => Pin::new(stream).poll_shutdown(cx),
-            None => Poll::Ready(Err(taken())),
-        }
+        self.poll_taken_fails(|stream| stream.poll_shutdown(cx))
     }
 }
 
