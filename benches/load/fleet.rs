@@ -446,6 +446,7 @@ pub async fn run(
             let measured_seconds = t0.elapsed().as_secs_f64();
             let (p1, d1) = (counters.published.get(), counters.delivered.get());
             let (broker_cpu, harness_cpu) = (cpu.broker_seconds(), cpu.harness_seconds());
+            let broker_threads = cpu.broker_threads();
             counters.measuring.set(false);
             counters.stop.set(true);
             // Drain: until every request has its response, or nothing moved for 2 s.
@@ -466,6 +467,7 @@ pub async fn run(
                     delivered: d1 - d0,
                     latency,
                     broker_cpu,
+                    broker_threads,
                     harness_cpu,
                 },
                 lost: counters

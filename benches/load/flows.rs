@@ -400,6 +400,7 @@ pub async fn run(
             let measured_seconds = t0.elapsed().as_secs_f64();
             let (s1, r1) = (shared.sent.get(), shared.received.get());
             let broker_cpu = cpu.broker_seconds();
+            let broker_threads = cpu.broker_threads();
             let harness_cpu = cpu.harness_seconds();
             shared.measuring.set(false);
             shared.stop.set(true);
@@ -423,6 +424,7 @@ pub async fn run(
                     delivered: r1 - r0,
                     latency,
                     broker_cpu,
+                    broker_threads,
                     harness_cpu,
                 },
                 total_sent: shared.sent.get(),

@@ -53,6 +53,9 @@ pub struct Report {
     pub rss_per_connection_bytes: Option<f64>,
     /// Harness CPU seconds per second of run: 1.0 is one full core.
     pub harness_cpu_share: f64,
+    /// The broker's busy threads, busiest first: name and CPU seconds per second of run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub broker_thread_cores: Vec<(String, f64)>,
     pub failures: u64,
     /// With `--churn-beside`: the subscription changes per second the broker acknowledged
     /// beside the scenario.
@@ -94,6 +97,14 @@ impl Report {
                 ""
             }
         );
+        if !self.broker_thread_cores.is_empty() {
+            let threads: Vec<String> = self
+                .broker_thread_cores
+                .iter()
+                .map(|(name, cores)| format!("{name} {cores:.2}"))
+                .collect();
+            let _ = write!(s, "\n  broker threads, cores: {}", threads.join(", "));
+        }
         s
     }
 }
@@ -354,6 +365,8 @@ pub struct Measured {
     /// Microseconds: publish to delivery, or (fleet) request to response.
     pub latency: Histogram<u64>,
     pub broker_cpu: Option<f64>,
+    /// The broker's busy threads: name and CPU seconds.
+    pub broker_threads: Vec<(String, f64)>,
     pub harness_cpu: f64,
 }
 
@@ -369,5 +382,10 @@ impl Measured {
             .broker_cpu
             .map(|c| c * 1e6 / self.delivered.max(1) as f64);
         report.harness_cpu_share = self.harness_cpu / self.seconds;
+        report.broker_thread_cores = self
+            .broker_threads
+            .iter()
+            .map(|(name, seconds)| (name.clone(), seconds / self.seconds))
+            .collect();
     }
 }
