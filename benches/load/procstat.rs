@@ -81,8 +81,8 @@ fn broker_cpu_seconds(pid: u32) -> f64 {
 /// `start`.
 pub struct CpuClock {
     broker: Option<(u32, f64)>,
-    /// The broker's threads at start: id, name, CPU seconds.
-    broker_threads: Vec<(u32, String, f64)>,
+    /// The broker's threads at start: id and CPU seconds.
+    broker_threads: Vec<(u32, f64)>,
     harness: f64,
 }
 
@@ -91,7 +91,12 @@ impl CpuClock {
     pub fn start(broker_pid: Option<u32>) -> Self {
         CpuClock {
             broker: broker_pid.map(|pid| (pid, broker_cpu_seconds(pid))),
-            broker_threads: broker_pid.map(thread_cpu_seconds).unwrap_or_default(),
+            broker_threads: broker_pid
+                .map(thread_cpu_seconds)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(tid, _, seconds)| (tid, seconds))
+                .collect(),
             harness: cpu_seconds(None),
         }
     }
@@ -114,8 +119,8 @@ impl CpuClock {
                 let at = self
                     .broker_threads
                     .iter()
-                    .find(|(t, _, _)| *t == tid)
-                    .map_or(0.0, |(_, _, at)| *at);
+                    .find(|(t, _)| *t == tid)
+                    .map_or(0.0, |(_, at)| *at);
                 (name, now - at)
             })
             .filter(|(_, seconds)| *seconds >= 0.01)
