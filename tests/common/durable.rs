@@ -37,8 +37,21 @@ pub fn start_broker_with(
     log: &str,
     more: &str,
 ) -> (BrokerProcess, Receiver<String>, std::net::SocketAddr) {
+    start_broker_on(dir, fsync, log, more, 0)
+}
+
+/// [`start_broker_with`] on `port` (0: a free one): a broker started again where its clients
+/// reconnect on their own, on the port the first one was given.
+pub fn start_broker_on(
+    dir: &Path,
+    fsync: &str,
+    log: &str,
+    more: &str,
+    port: u16,
+) -> (BrokerProcess, Receiver<String>, std::net::SocketAddr) {
     let config = write_config(dir, fsync, more);
-    let (child, logs) = spawn_with_log(&["--port", "0", "--config", &config], log);
+    let port = port.to_string();
+    let (child, logs) = spawn_with_log(&["--port", &port, "--config", &config], log);
     let child = BrokerProcess(child);
     // Start-up logs its progress: reading, then what was recovered, then listening.
     wait_line(&logs, "reading persisted state");

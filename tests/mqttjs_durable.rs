@@ -1,0 +1,110 @@
+//! MQTT.js (the npm package `mqtt`, version 5) as a device fleet runs it, across a broker process
+//! killed with SIGKILL in the middle of a QoS 1 stream and started again on the same port and
+//! directory (`[persistence]`): both clients reconnect on their own, the device with its
+//! persistent session and without subscribing again, the app sending its unacknowledged
+//! messages again. The device gets every message, each at least once and in order, with at most
+//! a window of duplicates. The script is `tests/interop/mqttjs/durable.js`; `.ci/run` installs
+//! MQTT.js with `npm ci`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+
+use common::durable::{kill_9, start_broker, start_broker_on};
+use common::{mqttjs_available, mqttjs_dir};
+
+/// Messages the app publishes.
+const COUNT: u64 = 3000;
+/// The app's messages unacknowledged at a time (the script's WINDOW).
+const APP_WINDOW: u64 = 50;
+/// The broker's default `sessions.max_inflight`: the most messages the device has
+/// unacknowledged.
+const DEVICE_WINDOW: u64 = 32;
+/// PUBACKs the app has had when the broker is killed.
+const KILL_AFTER: u64 = 1000;
+
+fn a_device_and_an_app_ride_through_kill_9(protocol_version: &str, fsync: &str) {
+    if !mqttjs_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let (child, _logs, addr) = start_broker(&state, fsync);
+    let mut node = Command::new("node")
+        .arg(mqttjs_dir().join("durable.js"))
+        .args([
+            &addr.port().to_string(),
+            protocol_version,
+            &COUNT.to_string(),
+            &APP_WINDOW.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node starts");
+    let stdout = node.stdout.take().expect("stdout");
+    let (tx, lines) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let kill_at = format!("acked {KILL_AFTER}");
+    loop {
+        match lines.recv_timeout(common::WAIT * 4) {
+            Ok(line) if line == kill_at => break,
+            Ok(_) => continue,
+            Err(e) => panic!("the app never had {KILL_AFTER} PUBACKs: {e}"),
+        }
+    }
+    kill_9(child);
+    // Where the clients reconnect: the same port, as a restarted broker's clients find it.
+    let (child, _logs, _) = start_broker_on(&state, fsync, "info", "", addr.port());
+
+    let out = node.wait_with_output().expect("node ends");
+    reader.join().expect("reader");
+    let printed: Vec<String> = lines.try_iter().collect();
+    let last = printed.last().cloned().unwrap_or_default();
+    let result: serde_json::Value = serde_json::from_str(&last).unwrap_or_else(|e| {
+        panic!(
+            "durable.js printed no result ({e}): {printed:?}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(out.status.success(), "durable.js failed: {result}");
+    // Every message reached the device, though the broker was killed in the middle of the
+    // stream: those acknowledged before the kill from the broker's log and the device's session,
+    // the rest sent again by MQTT.js.
+    assert_eq!(result["distinct"], COUNT, "{result}");
+    // [MQTT-3.2.2-2] the device's session was there after the restart, and [MQTT-3.1.2-4] its
+    // subscription delivered without a new SUBSCRIBE (the script never sends one again).
+    assert_eq!(
+        result["device_sessions_present"],
+        serde_json::json!([false, true]),
+        "{result}"
+    );
+    // [MQTT-4.6.0-6] one topic is an ordered topic: the app's messages on it reached the
+    // device in order (each counted at its first arrival; what came twice is below).
+    assert_eq!(result["out_of_order"], 0, "{result}");
+    // QoS 1 is at least once: the device's window may come again from the broker, and the
+    // app's unacknowledged ones from MQTT.js, no more.
+    let duplicates = result["duplicates"].as_u64().expect("duplicates");
+    assert!(
+        duplicates <= DEVICE_WINDOW + APP_WINDOW,
+        "{duplicates} duplicates: at most {} (the device's window and the app's): {result}",
+        DEVICE_WINDOW + APP_WINDOW
+    );
+    kill_9(child);
+}
+
+#[test]
+fn mqttjs_clients_over_mqtt_3_1_1_lose_nothing_across_kill_9_with_fsync_always() {
+    a_device_and_an_app_ride_through_kill_9("4", "always");
+}
+
+#[test]
+fn mqttjs_clients_over_mqtt_5_lose_nothing_across_kill_9_with_fsync_interval() {
+    a_device_and_an_app_ride_through_kill_9("5", "interval");
+}
