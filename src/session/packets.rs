@@ -72,7 +72,8 @@ impl Session {
                 AckResult::SendPubRel => self.release_outbound(pid, ctx),
                 // An id not in flight (the client's session state and this one disagree):
                 // PUBREL all the same, so that the client can finish; (5.0) with 0x92 Packet
-                // Identifier not found (section 3.6.2.1).
+                // Identifier not found (section 3.6.2.1) unless it is a resumed session's
+                // recovery.
                 AckResult::Unknown => self.answer_unknown_id(Ack::PubRel, pid),
                 result => self.on_ack(pid, result, "PUBREC"),
             },
@@ -82,7 +83,8 @@ impl Session {
             }
             Packet::PubRel(pid) => {
                 // [MQTT-4.3.3-2] discard the stored id, answer PUBCOMP (also for unknown ids;
-                // (5.0) with 0x92 Packet Identifier not found).
+                // (5.0) with 0x92 Packet Identifier not found, but in a resumed session's
+                // recovery).
                 if self.inbound_qos2.remove(pid) {
                     self.complete_inbound(pid, ctx);
                 } else {
@@ -124,8 +126,14 @@ impl Session {
     /// Answers a PUBREC or PUBREL for a packet id this side does not hold with the next step of
     /// the flow (`ack`), so that the client can finish its own: (5.0) with 0x92 Packet
     /// Identifier not found and, if the client wants problem information, its reason string.
+    ///
+    /// On a resumed session it is the client's recovery (MQTT 5 section 3.7.2.1: "not an error
+    /// during recovery"): an acknowledgement repeated because the answer to the first was lost
+    /// with the connection, or with a broker killed after it recorded the step. The answer is
+    /// then a plain success, as Mosquitto gives: clients such as MQTT.js fail the publish on
+    /// 0x92, although the message went through exactly once.
     fn answer_unknown_id(&mut self, ack: Ack, pid: u16) {
-        let code = match self.peer_options.protocol.is_v5() {
+        let code = match self.peer_options.protocol.is_v5() && self.fresh_session {
             true => reason::PACKET_ID_NOT_FOUND,
             false => 0,
         };

@@ -1,22 +1,23 @@
 // A device fleet's two MQTT.js clients across a broker that is killed with SIGKILL and started
 // again on the same port (tests/mqttjs_durable.rs does the killing): a device subscribed to
-// `js/gate/#` at QoS 1 with a persistent session (clean session 0; on MQTT 5 also a Session
-// Expiry Interval), and an app publishing COUNT QoS 1 messages to `js/gate/1AB/state`, WINDOW unacknowledged at
-// a time.
-// Both reconnect on their own, as MQTT.js does by default; the device never subscribes again
-// (`resubscribe: false`): what it gets after the restart comes from the session the broker kept.
+// `js/gate/#` at QOS (1 or 2) with a persistent session (clean session 0; on MQTT 5 also a
+// Session Expiry Interval), and an app publishing COUNT messages at QOS to `js/gate/1AB/state`,
+// WINDOW unacknowledged at a time. Both reconnect on their own, as MQTT.js does by default; the
+// device never subscribes again (`resubscribe: false`): what it gets after the restart comes
+// from the session the broker kept.
 // MQTT.js sends its unacknowledged messages again on reconnecting, so every message is
 // acknowledged in the end and the device must get every one.
 //
-// Prints "acked N" after each PUBACK (N: how many so far), "connected device|app present 0|1"
+// Prints "acked N" after each PUBACK (PUBCOMP at QoS 2; N: how many so far), "connected device|app present 0|1"
 // at each CONNACK, and last one JSON line: what the device got and how often each client
 // reconnected.
 //
-// usage: node durable.js PORT [PROTOCOL_VERSION=4] [COUNT=3000] [WINDOW=50]
+// usage: node durable.js PORT [PROTOCOL_VERSION=4] [COUNT=3000] [WINDOW=50] [QOS=1]
 'use strict';
 const mqtt = require('mqtt');
 
-const [port, version = '4', count = '3000', window = '50'] = process.argv.slice(2);
+const [port, version = '4', count = '3000', window = '50', qosArg = '1'] = process.argv.slice(2);
+const qos = Number(qosArg);
 const total = Number(count);
 const inFlight = Number(window);
 const v5 = Number(version) === 5;
@@ -75,7 +76,7 @@ function fill() {
   while (sent < total && sent - acked < inFlight) {
     const n = sent;
     sent += 1;
-    app.publish('js/gate/1AB/state', String(n), { qos: 1 }, (err) => {
+    app.publish('js/gate/1AB/state', String(n), { qos }, (err) => {
       if (err) {
         // Only a client that is ended gives up on a message.
         result.reason = `publish ${n}: ${err.message}`;
@@ -94,7 +95,7 @@ device.on('connect', (connack) => {
   result.device_sessions_present.push(connack.sessionPresent);
   console.log(`connected device present ${connack.sessionPresent ? 1 : 0}`);
   if (result.device_connects > 1) return;
-  device.subscribe('js/gate/#', { qos: 1 }, (err) => {
+  device.subscribe('js/gate/#', { qos }, (err) => {
     if (err) {
       result.reason = `subscribe: ${err.message}`;
       finish(1);
