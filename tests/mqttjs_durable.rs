@@ -1,10 +1,11 @@
 //! MQTT.js (the npm package `mqtt`, version 5) as a device fleet runs it, across a broker process
-//! killed with SIGKILL in the middle of a QoS 1 stream and started again on the same port and
-//! directory (`[persistence]`): both clients reconnect on their own, the device with its
-//! persistent session and without subscribing again, the app sending its unacknowledged
-//! messages again. The device gets every message in order: at QoS 1 at least once, with at most
-//! a window of duplicates; at QoS 2 exactly once. The script is `tests/interop/mqttjs/durable.js`; `.ci/run` installs
-//! MQTT.js with `npm ci`.
+//! killed with SIGKILL in the middle of a stream and started again on the same port and
+//! directory (`[persistence]`): the clients reconnect on their own, the devices with their
+//! persistent sessions and without subscribing again, the app sending its unacknowledged
+//! messages again. A device gets every message in order: at QoS 1 at least once, with at most
+//! a window of duplicates; at QoS 2 exactly once. And a fleet of 1,000 devices finds every
+//! session after the restart. The scripts are `tests/interop/mqttjs/durable.js` and
+//! `fleet_durable.js`; `.ci/run` installs MQTT.js with `npm ci`.
 
 mod common;
 
@@ -25,22 +26,23 @@ const DEVICE_WINDOW: u64 = 32;
 /// PUBACKs the app has had when the broker is killed.
 const KILL_AFTER: u64 = 1000;
 
-fn a_device_and_an_app_ride_through_kill_9(protocol_version: &str, fsync: &str, qos: u8) {
-    if !mqttjs_available() {
-        return;
-    }
+/// Runs the MQTT.js script `script` with the port of a broker (state in a new directory, the
+/// `fsync` policy) and `args`; kills the broker with SIGKILL once the script prints `kill_at`,
+/// starts it again on the same port and directory, and returns the JSON line the script printed
+/// last, once it succeeded.
+fn ride_through_kill_9(
+    script: &str,
+    args: &[String],
+    kill_at: &str,
+    fsync: &str,
+) -> serde_json::Value {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
     let (child, _logs, addr) = start_broker(&state, fsync);
     let mut node = Command::new("node")
-        .arg(mqttjs_dir().join("durable.js"))
-        .args([
-            &addr.port().to_string(),
-            protocol_version,
-            &COUNT.to_string(),
-            &APP_WINDOW.to_string(),
-            &qos.to_string(),
-        ])
+        .arg(mqttjs_dir().join(script))
+        .arg(addr.port().to_string())
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -52,12 +54,11 @@ fn a_device_and_an_app_ride_through_kill_9(protocol_version: &str, fsync: &str, 
             let _ = tx.send(line);
         }
     });
-    let kill_at = format!("acked {KILL_AFTER}");
     loop {
         match lines.recv_timeout(common::WAIT * 4) {
             Ok(line) if line == kill_at => break,
             Ok(_) => continue,
-            Err(e) => panic!("the app never had {KILL_AFTER} PUBACKs: {e}"),
+            Err(e) => panic!("{script} never printed {kill_at:?}: {e}"),
         }
     }
     kill_9(child);
@@ -70,11 +71,26 @@ fn a_device_and_an_app_ride_through_kill_9(protocol_version: &str, fsync: &str, 
     let last = printed.last().cloned().unwrap_or_default();
     let result: serde_json::Value = serde_json::from_str(&last).unwrap_or_else(|e| {
         panic!(
-            "durable.js printed no result ({e}): {printed:?}\n{}",
+            "{script} printed no result ({e}): {printed:?}\n{}",
             String::from_utf8_lossy(&out.stderr)
         )
     });
-    assert!(out.status.success(), "durable.js failed: {result}");
+    assert!(out.status.success(), "{script} failed: {result}");
+    kill_9(child);
+    result
+}
+
+fn a_device_and_an_app_ride_through_kill_9(protocol_version: &str, fsync: &str, qos: u8) {
+    if !mqttjs_available() {
+        return;
+    }
+    let args = [
+        protocol_version.to_string(),
+        COUNT.to_string(),
+        APP_WINDOW.to_string(),
+        qos.to_string(),
+    ];
+    let result = ride_through_kill_9("durable.js", &args, &format!("acked {KILL_AFTER}"), fsync);
     // Every message reached the device, though the broker was killed in the middle of the
     // stream: those acknowledged before the kill from the broker's log and the device's session,
     // the rest sent again by MQTT.js.
@@ -103,7 +119,6 @@ fn a_device_and_an_app_ride_through_kill_9(protocol_version: &str, fsync: &str, 
         duplicates <= bound,
         "{duplicates} duplicates at QoS {qos}: at most {bound}: {result}"
     );
-    kill_9(child);
 }
 
 #[test]
@@ -121,4 +136,21 @@ fn mqttjs_clients_over_mqtt_5_get_qos_2_exactly_once_across_kill_9_with_fsync_ne
     // Also what a PUBREL repeated after the restart gets: success, not 0x92, which MQTT.js
     // would take as the publish failing (tests/v5_publish.rs).
     a_device_and_an_app_ride_through_kill_9("5", "never", 2);
+}
+
+#[test]
+fn a_fleet_of_mqttjs_devices_resumes_its_sessions_after_kill_9() {
+    // 1,000 devices with persistent MQTT 5 sessions reconnect at once to a broker started
+    // again after `kill -9`: every one finds its session [MQTT-3.2.2-2] and gets all of its
+    // commands through the subscription kept in it [MQTT-3.1.2-4].
+    if !mqttjs_available() {
+        return;
+    }
+    const DEVICES: u64 = 1000;
+    const PER: u64 = 10;
+    let args = [DEVICES.to_string(), PER.to_string()];
+    let result = ride_through_kill_9("fleet_durable.js", &args, "half", "interval");
+    assert_eq!(result["complete"], DEVICES, "{result}");
+    assert_eq!(result["reconnects"], DEVICES, "{result}");
+    assert_eq!(result["sessions_missing"], 0, "{result}");
 }
