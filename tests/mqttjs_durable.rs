@@ -9,10 +9,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 
+use common::child::forward_lines;
 use common::durable::{kill_9, start_broker, start_broker_on};
 use common::{mqttjs_available, mqttjs_dir};
 
@@ -47,13 +47,8 @@ fn ride_through_kill_9(
         .stderr(Stdio::piped())
         .spawn()
         .expect("node starts");
-    let stdout = node.stdout.take().expect("stdout");
     let (tx, lines) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let reader = forward_lines(node.stdout.take().expect("stdout"), tx);
     loop {
         match lines.recv_timeout(common::WAIT * 4) {
             Ok(line) if line == kill_at => break,

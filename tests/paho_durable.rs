@@ -7,10 +7,10 @@
 mod common;
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 
+use common::child::forward_lines;
 use common::durable::{kill_9, start_broker};
 
 /// The broker's default `sessions.max_inflight`: the most messages the subscriber has
@@ -34,13 +34,8 @@ fn script(mode: &str, port: u16, more: &[&str]) -> (Child, Receiver<String>) {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("python3 starts");
-    let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    forward_lines(child.stdout.take().expect("stdout"), tx);
     (child, rx)
 }
 

@@ -32,27 +32,26 @@ pub fn spawn_command(mut command: Command) -> (Child, mpsc::Receiver<String>) {
         .spawn()
         .expect("binary starts");
     let (tx, rx) = mpsc::channel();
-    for stream in [
-        child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
+    if let Some(stdout) = child.stdout.take() {
+        forward_lines(stdout, tx.clone());
+    }
+    if let Some(stderr) = child.stderr.take() {
+        forward_lines(stderr, tx);
     }
     (child, rx)
+}
+
+/// Sends each line of `stream` (a child's output) on `tx`, from a thread of its own, until the
+/// stream ends; the channel ends when every sender has.
+pub fn forward_lines(
+    stream: impl std::io::Read + Send + 'static,
+    tx: mpsc::Sender<String>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    })
 }
 
 pub fn wait_line(rx: &mpsc::Receiver<String>, needle: &str) -> String {

@@ -6,6 +6,7 @@
 // usage: node burst.js PORT [PROTOCOL_VERSION=4] [COUNT=3000] [BATCH=100]
 'use strict';
 const mqtt = require('mqtt');
+const { finisher } = require('./result');
 
 const [port, version = '4', count = '3000', batch = '100'] = process.argv.slice(2);
 const total = Number(count);
@@ -24,16 +25,7 @@ const result = {
 let started = null;
 const seen = new Set();
 let last = -1;
-let finished = false;
-
-function finish(code) {
-  if (finished) return;
-  finished = true;
-  console.log(JSON.stringify(result));
-  setImmediate(() => process.exit(code));
-}
-
-setTimeout(() => { result.reason = result.reason || 'timeout'; finish(1); }, 60000);
+const finish = finisher(result, 60000);
 
 const sub = mqtt.connect({ ...common, clientId: `js-sub-${process.pid}`, clean: true });
 sub.on('error', (e) => { result.reason = `subscriber error: ${e.message}`; });

@@ -15,6 +15,7 @@
 // usage: node durable.js PORT [PROTOCOL_VERSION=4] [COUNT=3000] [WINDOW=50] [QOS=1]
 'use strict';
 const mqtt = require('mqtt');
+const { finisher } = require('./result');
 
 const [port, version = '4', count = '3000', window = '50', qosArg = '1'] = process.argv.slice(2);
 const qos = Number(qosArg);
@@ -40,17 +41,7 @@ const seen = new Set();
 let last = -1;
 let acked = 0;
 let sent = 0;
-let finished = false;
-
-function finish(code) {
-  if (finished) return;
-  finished = true;
-  result.distinct = seen.size;
-  console.log(JSON.stringify(result));
-  setImmediate(() => process.exit(code));
-}
-
-setTimeout(() => { result.reason = result.reason || 'timeout'; finish(1); }, 60000);
+const finish = finisher(result, 60000);
 
 const device = mqtt.connect({ ...common, clientId: 'js-gate-device' });
 const app = mqtt.connect({ ...common, clientId: 'js-gate-app' });
@@ -64,6 +55,7 @@ device.on('message', (_topic, payload) => {
     result.duplicates += 1;
   } else {
     seen.add(n);
+    result.distinct = seen.size;
     if (n < last) result.out_of_order += 1;
     last = Math.max(last, n);
   }
@@ -78,7 +70,7 @@ function fill() {
     sent += 1;
     app.publish('js/gate/1AB/state', String(n), { qos }, (err) => {
       if (err) {
-        // Only a client that is ended gives up on a message.
+        // The broker refused it (a reason code of 0x80 or above), or the client ended.
         result.reason = `publish ${n}: ${err.message}`;
         finish(1);
         return;

@@ -12,6 +12,7 @@
 // usage: node fleet_durable.js PORT [DEVICES=1000] [PER=10]
 'use strict';
 const mqtt = require('mqtt');
+const { finisher } = require('./result');
 
 const [port, devicesArg = '1000', perArg = '10'] = process.argv.slice(2);
 const devices = Number(devicesArg);
@@ -29,16 +30,7 @@ const common = {
 };
 
 const result = { complete: 0, duplicates: 0, reconnects: 0, sessions_missing: 0, reason: null };
-let finished = false;
-
-function finish(code) {
-  if (finished) return;
-  finished = true;
-  console.log(JSON.stringify(result));
-  setImmediate(() => process.exit(code));
-}
-
-setTimeout(() => { result.reason = result.reason || 'timeout'; finish(1); }, 90000);
+const finish = finisher(result, 90000);
 
 const app = mqtt.connect({ ...common, clientId: 'fleet-app' });
 app.on('error', () => {});

@@ -5,20 +5,12 @@
 // usage: node no_subscribers.js PORT
 'use strict';
 const mqtt = require('mqtt');
+const { finisher } = require('./result');
 
 const [port] = process.argv.slice(2);
 const result = { qos1: null, qos2: null, listened: null, reason: null };
 
-let finished = false;
-
-function finish(code) {
-  if (finished) return;
-  finished = true;
-  console.log(JSON.stringify(result));
-  setImmediate(() => process.exit(code));
-}
-
-setTimeout(() => { result.reason = result.reason || 'timeout'; finish(1); }, 20000);
+const finish = finisher(result, 20000);
 
 // The reason code of each PUBACK/PUBREC by packet id (the publish callback gets the PUBLISH
 // back, not the acknowledgement).

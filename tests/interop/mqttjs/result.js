@@ -1,0 +1,19 @@
+// What every MQTT.js script here ends with: one JSON line of its result on stdout, then its exit
+// code; and a deadline after which it ends with `reason: 'timeout'` (unless a reason is set).
+'use strict';
+
+// Returns `finish(code)`: prints `result` once, as JSON, and exits with `code`. After
+// `timeoutMs` it finishes with 1 by itself.
+function finisher(result, timeoutMs) {
+  let finished = false;
+  function finish(code) {
+    if (finished) return;
+    finished = true;
+    console.log(JSON.stringify(result));
+    setImmediate(() => process.exit(code));
+  }
+  setTimeout(() => { result.reason = result.reason || 'timeout'; finish(1); }, timeoutMs);
+  return finish;
+}
+
+module.exports = { finisher };
