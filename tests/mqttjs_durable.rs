@@ -23,7 +23,7 @@ const APP_WINDOW: u64 = 50;
 /// The broker's default `sessions.max_inflight`: the most messages the device has
 /// unacknowledged.
 const DEVICE_WINDOW: u64 = 32;
-/// PUBACKs the app has had when the broker is killed.
+/// Acknowledgements the app has had (PUBACK, or PUBCOMP at QoS 2) when the broker is killed.
 const KILL_AFTER: u64 = 1000;
 
 /// Runs the MQTT.js script `script` with the port of a broker (state in a new directory, the
