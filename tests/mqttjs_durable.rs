@@ -10,9 +10,8 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 
-use common::child::forward_lines;
+use common::child::{spawn_reading_stdout, wait_line_within};
 use common::durable::{kill_9, start_broker, start_broker_on};
 use common::{mqttjs_available, mqttjs_dir};
 
@@ -39,30 +38,21 @@ fn ride_through_kill_9(
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
     let (child, _logs, addr) = start_broker(&state, fsync);
-    let mut node = Command::new("node")
-        .arg(mqttjs_dir().join(script))
-        .arg(addr.port().to_string())
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("node starts");
-    let (tx, lines) = mpsc::channel();
-    let reader = forward_lines(node.stdout.take().expect("stdout"), tx);
-    loop {
-        match lines.recv_timeout(common::WAIT * 4) {
-            Ok(line) if line == kill_at => break,
-            Ok(_) => continue,
-            Err(e) => panic!("{script} never printed {kill_at:?}: {e}"),
-        }
-    }
+    let (node, lines) = spawn_reading_stdout(
+        Command::new("node")
+            .arg(mqttjs_dir().join(script))
+            .arg(addr.port().to_string())
+            .args(args)
+            .stderr(Stdio::piped()),
+    );
+    wait_line_within(&lines, kill_at, common::WAIT * 4);
     kill_9(child);
     // Where the clients reconnect: the same port, as a restarted broker's clients find it.
     let (child, _logs, _) = start_broker_on(&state, fsync, "info", "", addr.port());
 
     let out = node.wait_with_output().expect("node ends");
-    reader.join().expect("reader");
-    let printed: Vec<String> = lines.try_iter().collect();
+    // Every line it printed: the channel ends with its output.
+    let printed: Vec<String> = lines.iter().collect();
     let last = printed.last().cloned().unwrap_or_default();
     let result: serde_json::Value = serde_json::from_str(&last).unwrap_or_else(|e| {
         panic!(

@@ -8,9 +8,9 @@ mod common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::Receiver;
 
-use common::child::forward_lines;
+use common::child::spawn_reading_stdout;
 use common::durable::{kill_9, start_broker};
 
 /// The broker's default `sessions.max_inflight`: the most messages the subscriber has
@@ -26,17 +26,13 @@ fn script(mode: &str, port: u16, more: &[&str]) -> (Child, Receiver<String>) {
         "{}/tests/interop/paho_durable.py",
         env!("CARGO_MANIFEST_DIR")
     );
-    let mut child = Command::new("python3")
-        .arg(path)
-        .args([mode, &port.to_string()])
-        .args(more)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("python3 starts");
-    let (tx, rx) = mpsc::channel();
-    forward_lines(child.stdout.take().expect("stdout"), tx);
-    (child, rx)
+    spawn_reading_stdout(
+        Command::new("python3")
+            .arg(path)
+            .args([mode, &port.to_string()])
+            .args(more)
+            .stderr(Stdio::inherit()),
+    )
 }
 
 /// Waits for the line `wanted`; returns every line up to it.

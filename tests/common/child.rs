@@ -43,23 +43,44 @@ pub fn spawn_command(mut command: Command) -> (Child, mpsc::Receiver<String>) {
 
 /// Sends each line of `stream` (a child's output) on `tx`, from a thread of its own, until the
 /// stream ends; the channel ends when every sender has.
-pub fn forward_lines(
-    stream: impl std::io::Read + Send + 'static,
-    tx: mpsc::Sender<String>,
-) -> std::thread::JoinHandle<()> {
+fn forward_lines(stream: impl std::io::Read + Send + 'static, tx: mpsc::Sender<String>) {
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines().map_while(Result::ok) {
             let _ = tx.send(line);
         }
-    })
+    });
+}
+
+/// Starts `command` (a script a test drives) with its standard output read line by line while
+/// it runs; returns it with the lines, whose channel ends with its output. Its standard error
+/// is as the caller set it.
+pub fn spawn_reading_stdout(command: &mut Command) -> (Child, mpsc::Receiver<String>) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{command:?} starts: {e}"));
+    let (tx, rx) = mpsc::channel();
+    if let Some(stdout) = child.stdout.take() {
+        forward_lines(stdout, tx);
+    }
+    (child, rx)
 }
 
 pub fn wait_line(rx: &mpsc::Receiver<String>, needle: &str) -> String {
+    wait_line_within(rx, needle, super::WAIT)
+}
+
+/// [`wait_line`], with `within` for each line instead of the usual wait.
+pub fn wait_line_within(
+    rx: &mpsc::Receiver<String>,
+    needle: &str,
+    within: std::time::Duration,
+) -> String {
     loop {
-        match rx.recv_timeout(super::WAIT) {
+        match rx.recv_timeout(within) {
             Ok(line) if line.contains(needle) => return line,
             Ok(_) => continue,
-            Err(_) => panic!("no log line containing {needle:?}"),
+            Err(_) => panic!("no line containing {needle:?}"),
         }
     }
 }
