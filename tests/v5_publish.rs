@@ -413,48 +413,6 @@ async fn refused_publishes_get_negative_acknowledgements() {
     assert_eq!((rel.byte1, rel.pid(), rel.body[2]), (0x62, 11, 0x92));
 }
 
-/// The reason code of an MQTT 5 acknowledgement: 0 when the packet leaves it out (section
-/// 3.4.2.1).
-fn ack_code(ack: &common::Frame) -> u8 {
-    ack.body.get(2).copied().unwrap_or(0)
-}
-
-#[tokio::test]
-async fn a_pubrel_repeated_in_a_resumed_session_completes_with_success() {
-    // A QoS 2 flow whose PUBCOMP the client did not get before its connection went (or before
-    // a broker with persistence was killed): it resumes the session and sends PUBREL again
-    // [MQTT-4.4.0-1]. The id is released already; 0x92 Packet Identifier not found "is not an
-    // error during recovery" (sections 3.6.2.1 and 3.7.2.1), and clients such as MQTT.js fail
-    // the publish on it, so the answer is plain success [MQTT-4.3.3-11].
-    let broker = broker();
-    let addr = broker.local_addr();
-    let props = Props::new().u32(prop::SESSION_EXPIRY, 60);
-    let connect = |clean| connect5("recovering", clean, 60, &props, None);
-    let (mut raw, _) = Raw::connect5(addr, &connect(true)).await;
-    raw.send(&publish5("r/1", b"once", 2, 7, false, &Props::new()))
-        .await;
-    let rec = raw.expect().await;
-    assert_eq!((rec.byte1, rec.pid()), (0x50, 7), "{rec:?}");
-    raw.send(&packets::ack(0x62, 7)).await;
-    let comp = raw.expect().await;
-    assert_eq!((comp.byte1, comp.pid(), ack_code(&comp)), (0x70, 7, 0));
-    drop(raw);
-
-    let (mut raw, ack) = Raw::connect5(addr, &connect(false)).await;
-    assert!(ack.session_present, "[MQTT-3.2.2-2]");
-    raw.send(&packets::ack(0x62, 7)).await;
-    let comp = raw.expect().await;
-    assert_eq!(
-        (comp.byte1, comp.pid(), ack_code(&comp)),
-        (0x70, 7, 0),
-        "{comp:?}"
-    );
-    // Likewise a PUBREC for an id the broker no longer holds: PUBREL with success.
-    raw.send(&packets::ack(0x50, 11)).await;
-    let rel = raw.expect().await;
-    assert_eq!((rel.byte1, rel.pid(), ack_code(&rel)), (0x62, 11, 0));
-}
-
 #[tokio::test]
 async fn rumqttc_v5_publishes_with_properties_end_to_end() {
     use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};

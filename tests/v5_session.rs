@@ -1,12 +1,13 @@
 //! MQTT 5 sessions: Clean Start with a Session Expiry Interval, sessions that really expire and
-//! are freed, DISCONNECT changing the interval, and the Will Delay Interval.
+//! are freed, DISCONNECT changing the interval, the Will Delay Interval, and a resumed session
+//! finishing a QoS 2 flow whose id the broker released already.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::v5::{connect5, disconnect5, prop, publish_of, Props, Will5};
-use common::{broker, eventually, Raw};
+use common::v5::{connect5, disconnect5, prop, publish5, publish_of, Props, Will5};
+use common::{broker, eventually, packets, Raw};
 use switchboard::registry::GetStats;
 
 async fn offline_sessions(broker: &switchboard::BackgroundBroker) -> usize {
@@ -160,4 +161,46 @@ async fn a_will_delayed_past_the_session_end_is_published_when_the_session_ends(
     let got = publish_of(&watcher.expect().await);
     assert_eq!(got.topic, "wills/ending");
     eventually(|| async { offline_sessions(&broker).await == 0 }).await;
+}
+
+/// The reason code of an MQTT 5 acknowledgement: 0 when the packet leaves it out (section
+/// 3.4.2.1).
+fn ack_code(ack: &common::Frame) -> u8 {
+    ack.body.get(2).copied().unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_pubrel_repeated_in_a_resumed_session_completes_with_success() {
+    // A QoS 2 flow whose PUBCOMP the client did not get before its connection went (or before
+    // a broker with persistence was killed): it resumes the session and sends PUBREL again
+    // [MQTT-4.4.0-1]. The id is released already; 0x92 Packet Identifier not found "is not an
+    // error during recovery" (sections 3.6.2.1 and 3.7.2.1), and clients such as MQTT.js fail
+    // the publish on it, so the answer is plain success [MQTT-4.3.3-11].
+    let broker = broker();
+    let addr = broker.local_addr();
+    let props = Props::new().u32(prop::SESSION_EXPIRY, 60);
+    let connect = |clean| connect5("recovering", clean, 60, &props, None);
+    let (mut raw, _) = Raw::connect5(addr, &connect(true)).await;
+    raw.send(&publish5("r/1", b"once", 2, 7, false, &Props::new()))
+        .await;
+    let rec = raw.expect().await;
+    assert_eq!((rec.byte1, rec.pid()), (0x50, 7), "{rec:?}");
+    raw.send(&packets::ack(0x62, 7)).await;
+    let comp = raw.expect().await;
+    assert_eq!((comp.byte1, comp.pid(), ack_code(&comp)), (0x70, 7, 0));
+    drop(raw);
+
+    let (mut raw, ack) = Raw::connect5(addr, &connect(false)).await;
+    assert!(ack.session_present, "[MQTT-3.2.2-3]");
+    raw.send(&packets::ack(0x62, 7)).await;
+    let comp = raw.expect().await;
+    assert_eq!(
+        (comp.byte1, comp.pid(), ack_code(&comp)),
+        (0x70, 7, 0),
+        "{comp:?}"
+    );
+    // Likewise a PUBREC for an id the broker no longer holds: PUBREL with success.
+    raw.send(&packets::ack(0x50, 11)).await;
+    let rel = raw.expect().await;
+    assert_eq!((rel.byte1, rel.pid(), ack_code(&rel)), (0x62, 11, 0));
 }
