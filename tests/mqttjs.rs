@@ -1,7 +1,10 @@
 //! MQTT.js (the npm package `mqtt`, version 5) against the broker with its default
 //! configuration, as a new user would try it: a subscriber on `js/#` at QoS 2 and a publisher
-//! sending 3,000 QoS 1 messages, 100 at a time. The scripts are in `tests/interop/mqttjs/`;
-//! `.ci/run` installs their dependencies with `npm ci`.
+//! sending 3,000 QoS 1 messages, 100 at a time; an app hearing 0x10 No matching subscribers;
+//! and MQTT.js using what MQTT 5 adds (topic aliases both ways, subscription identifiers,
+//! properties, No Local, Retain Handling, request/response, a shared subscription, Maximum
+//! Packet Size, UNSUBACK reason codes, a resumed session). The scripts are in
+//! `tests/interop/mqttjs/`; `.ci/run` installs their dependencies with `npm ci`.
 
 mod common;
 
@@ -89,5 +92,89 @@ fn mqttjs_takes_no_matching_subscribers_as_a_success() {
     assert_eq!(
         result["listened"],
         serde_json::json!({"error": null, "reason_code": 0})
+    );
+}
+
+#[test]
+fn mqttjs_uses_what_mqtt_5_adds() {
+    if !mqttjs_available() {
+        return;
+    }
+    let broker = common::broker();
+    let r = run_script("v5_features.js", &[&broker.local_addr().port().to_string()]);
+    // Topic aliases both ways: MQTT.js sent its own [MQTT-3.3.2-12] and resolved the broker's,
+    // which stay within the 5 it allowed [MQTT-3.3.2-11].
+    assert!(r["server_alias_maximum"].as_u64() > Some(0), "{r}");
+    assert!(r["client_aliased"].as_u64() >= Some(4), "{r}");
+    assert!(r["broker_aliased"].as_u64() >= Some(4), "{r}");
+    assert!(r["broker_alias_max"].as_u64() <= Some(5), "{r}");
+    let fleet = r["fleet"].as_array().expect("fleet");
+    assert_eq!(
+        fleet.len(),
+        5,
+        "one copy each for the two subscriptions: {r}"
+    );
+    for (seq, m) in fleet.iter().enumerate() {
+        // In order [MQTT-4.6.0-6], under its own topic, at the publish's QoS (the highest
+        // granted is 2) [MQTT-3.3.4-2], with both identifiers [MQTT-3.3.4-3] [MQTT-3.3.4-4].
+        assert_eq!(m["topic"], "fleet/1AB/state", "{m}");
+        assert_eq!(m["payload"], format!("state-{seq}"), "{m}");
+        assert_eq!(m["qos"], 1, "{m}");
+        assert_eq!(m["subscription_ids"], serde_json::json!([7, 9]), "{m}");
+        // Properties forwarded unaltered: [MQTT-3.3.2-4] payload format, [MQTT-3.3.2-20]
+        // content type, the response topic [MQTT-3.3.2-15], [MQTT-3.3.2-16] correlation data,
+        // [MQTT-3.3.2-17] user properties; the expiry counted down [MQTT-3.3.2-6].
+        assert_eq!(m["payload_format"], true, "{m}");
+        assert_eq!(m["content_type"], "application/json", "{m}");
+        assert_eq!(m["response_topic"], "detrd/status/response/1AB", "{m}");
+        assert_eq!(m["correlation"], format!("corr-{seq}"), "{m}");
+        assert_eq!(
+            m["user"],
+            serde_json::json!({"site": "north", "seq": seq.to_string()}),
+            "{m}"
+        );
+        let expiry = m["expiry"].as_u64().expect("an expiry");
+        assert!((1..=600).contains(&expiry), "{m}");
+    }
+    // No Local: not the publisher's own message, but another client's [MQTT-3.8.3-3].
+    assert_eq!(r["no_local"], serde_json::json!(["from-another-client"]));
+    // Retain Handling 2: none [MQTT-3.3.1-11]; 1: for a new subscription only
+    // [MQTT-3.3.1-10]; 0: at every subscribe [MQTT-3.3.1-9]; RETAIN 1 on each of those.
+    let closed = serde_json::json!([{"payload": "closed", "retain": true}]);
+    let rh = &r["retain_handling"];
+    assert_eq!(rh["never"], serde_json::json!([]), "{rh}");
+    assert_eq!(rh["new_subscription"], closed, "{rh}");
+    assert_eq!(rh["existing_subscription"], serde_json::json!([]), "{rh}");
+    assert_eq!(rh["every_subscribe"], closed, "{rh}");
+    // A live retained message to Retain As Published 0 subscriptions: RETAIN 0 [MQTT-3.3.1-12],
+    // once for the two of them.
+    assert_eq!(
+        r["live_retained"],
+        serde_json::json!([{"payload": "open", "retain": false}])
+    );
+    // The seed's request/response: the gate answered on the Response Topic with the app's
+    // Correlation Data.
+    assert_eq!(r["answer"]["correlation"], "req-42", "{r}");
+    assert_eq!(
+        r["answer"]["payload"],
+        r#"{"gate":"1AB","state":"closed","asked":"status?"}"#
+    );
+    // A shared subscription: each message to one member (section 4.8.2).
+    let shared = &r["shared"];
+    assert_eq!(
+        (shared["deliveries"].as_u64(), shared["distinct"].as_u64()),
+        (Some(20), Some(20)),
+        "{shared}"
+    );
+    // Over the client's Maximum Packet Size: not sent, and the next message still is
+    // [MQTT-3.1.2-25].
+    assert_eq!(r["max_packet"], serde_json::json!(["big/2"]));
+    // UNSUBACK: 0x00 Success, 0x11 No subscription existed [MQTT-3.11.3-1].
+    assert_eq!(r["unsuback"], serde_json::json!([0, 17]));
+    // A session kept for its expiry interval: present [MQTT-3.2.2-3], with its subscription and
+    // the message queued while it was away [MQTT-3.1.2-23].
+    assert_eq!(
+        r["resumed"],
+        serde_json::json!({"session_present": true, "got": ["while away"]})
     );
 }
