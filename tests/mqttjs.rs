@@ -3,8 +3,8 @@
 //! sending 3,000 QoS 1 messages, 100 at a time; an app hearing 0x10 No matching subscribers;
 //! and MQTT.js using what MQTT 5 adds (topic aliases both ways, subscription identifiers,
 //! properties, No Local, Retain Handling, request/response, a shared subscription, Maximum
-//! Packet Size, UNSUBACK reason codes, a resumed session). The scripts are in
-//! `tests/interop/mqttjs/`; `.ci/run` installs their dependencies with `npm ci`.
+//! Packet Size, UNSUBACK reason codes, a resumed session), over TCP and over WebSocket. The
+//! scripts are in `tests/interop/mqttjs/`; `.ci/run` installs their dependencies with `npm ci`.
 
 mod common;
 
@@ -101,7 +101,25 @@ fn mqttjs_uses_what_mqtt_5_adds() {
         return;
     }
     let broker = common::broker();
-    let r = run_script("v5_features.js", &[&broker.local_addr().port().to_string()]);
+    let port = broker.local_addr().port().to_string();
+    what_mqtt_5_adds_holds(&run_script("v5_features.js", &[&port]));
+}
+
+#[test]
+fn mqttjs_uses_what_mqtt_5_adds_over_websocket() {
+    // The same, as MQTT.js in a browser connects: MQTT over WebSocket.
+    if !mqttjs_available() {
+        return;
+    }
+    let broker = common::broker_with(|c| c.websocket.port = Some(0));
+    let ws = broker.websocket_local_addr().expect("websocket listener");
+    let url = format!("ws://{ws}/mqtt");
+    let port = broker.local_addr().port().to_string();
+    what_mqtt_5_adds_holds(&run_script("v5_features.js", &[&port, &url]));
+}
+
+/// Checks what `v5_features.js` printed.
+fn what_mqtt_5_adds_holds(r: &serde_json::Value) {
     // Topic aliases both ways: MQTT.js sent its own [MQTT-3.3.2-12] and resolved the broker's,
     // which stay within the 5 it allowed [MQTT-3.3.2-11].
     assert!(r["server_alias_maximum"].as_u64() > Some(0), "{r}");

@@ -4,13 +4,16 @@
 // subscription, the client's Maximum Packet Size, UNSUBACK reason codes and a session resumed
 // by a new process. It records what MQTT.js saw and prints one JSON line; tests/mqttjs.rs
 // checks it. Every wait is for an event (a message, an acknowledgement), under one deadline.
+// Over TCP to PORT, or with URL (`ws://127.0.0.1:PORT/mqtt`) over WebSocket, as a browser.
 //
-// usage: node v5_features.js PORT
+// usage: node v5_features.js PORT [URL]
 'use strict';
 const mqtt = require('mqtt');
 const { finisher } = require('./result');
 
-const [port] = process.argv.slice(2);
+const [port, url] = process.argv.slice(2);
+// Where every client connects: the WebSocket URL, or the TCP port.
+const server = url ? {} : { host: '127.0.0.1', port: Number(port) };
 const result = { reason: null };
 const finish = finisher(result, 30000);
 const tag = `${process.pid}`;
@@ -18,9 +21,7 @@ const tag = `${process.pid}`;
 // Connects an MQTT 5 client with `options`; resolves with [client, connack].
 function connect(clientId, options = {}) {
   return new Promise((resolve, reject) => {
-    const client = mqtt.connect(Object.assign({
-      host: '127.0.0.1',
-      port: Number(port),
+    const client = mqtt.connect(url, Object.assign({}, server, {
       protocolVersion: 5,
       clientId: `${clientId}-${tag}`,
       reconnectPeriod: 0,
@@ -206,9 +207,8 @@ async function main() {
   await subscribe(keeper, { 'fleet/4GH/cmd': { qos: 1 } });
   await new Promise((resolve) => keeper.end(false, {}, resolve));
   await publish(pub, 'fleet/4GH/cmd', 'while away');
-  const resumed = mqtt.connect(Object.assign({
-    host: '127.0.0.1', port: Number(port), protocolVersion: 5, clientId: `keeper-${tag}`,
-    reconnectPeriod: 0, connectTimeout: 5000,
+  const resumed = mqtt.connect(url, Object.assign({}, server, {
+    protocolVersion: 5, clientId: `keeper-${tag}`, reconnectPeriod: 0, connectTimeout: 5000,
   }, keeperOptions));
   const resumedGot = collector(resumed, () => true);
   const resumedAck = await new Promise((resolve, reject) => {
