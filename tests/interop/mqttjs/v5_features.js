@@ -2,7 +2,7 @@
 // subscription identifiers on overlapping subscriptions, message properties, No Local, Retain
 // Handling, the seed's request/response with Response Topic and Correlation Data, a shared
 // subscription, the client's Maximum Packet Size, UNSUBACK reason codes and a session resumed
-// by a new process. It records what MQTT.js saw and prints one JSON line; tests/mqttjs.rs
+// by a new client object. It records what MQTT.js saw and prints one JSON line; tests/mqttjs.rs
 // checks it. Every wait is for an event (a message, an acknowledgement), under one deadline.
 // Over TCP to PORT, or with URL (`ws://127.0.0.1:PORT/mqtt`) over WebSocket, as a browser.
 //
@@ -32,7 +32,7 @@ function connect(clientId, options = {}) {
   });
 }
 
-// Promisified subscribe, unsubscribe and publish (the publish resolves on its PUBACK).
+// Promisified subscribe and publish (the publish resolves on its PUBACK).
 const subscribe = (client, filters, options = {}) => new Promise((resolve, reject) =>
   client.subscribe(filters, options, (e, granted) => (e ? reject(e) : resolve(granted))));
 const publish = (client, topic, payload, options = {}) => new Promise((resolve, reject) =>
