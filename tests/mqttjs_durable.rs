@@ -80,8 +80,9 @@ fn a_device_and_an_app_ride_through_kill_9(protocol_version: &str, fsync: &str, 
     // stream: those acknowledged before the kill from the broker's log and the device's session,
     // the rest sent again by MQTT.js.
     assert_eq!(result["distinct"], COUNT, "{result}");
-    // [MQTT-3.2.2-2] the device's session was there after the restart, and [MQTT-3.1.2-4] its
-    // subscription delivered without a new SUBSCRIBE (the script never sends one again).
+    // The device's session was there after the restart (3.1.1 [MQTT-3.2.2-2], 5.0
+    // [MQTT-3.2.2-3]), and its subscription delivered without a new SUBSCRIBE (the script never
+    // sends one again; 3.1.1 [MQTT-3.1.2-4], 5.0 [MQTT-3.1.2-5]).
     assert_eq!(
         result["device_sessions_present"],
         serde_json::json!([false, true]),
@@ -91,9 +92,9 @@ fn a_device_and_an_app_ride_through_kill_9(protocol_version: &str, fsync: &str, 
     // device in order (each counted at its first arrival; what came twice is below).
     assert_eq!(result["out_of_order"], 0, "{result}");
     // QoS 1 is at least once: the device's window may come again from the broker, and the
-    // app's unacknowledged ones from MQTT.js, no more. QoS 2 is exactly once across the kill
-    // [MQTT-4.3.3-2]: the broker kept the app's ids awaiting PUBREL and what it had released
-    // to the device.
+    // app's unacknowledged ones from MQTT.js, no more. QoS 2 (run over MQTT 5) is exactly once
+    // across the kill [MQTT-4.3.3-10]: the broker kept the app's ids awaiting PUBREL and what
+    // it had released to the device.
     let duplicates = result["duplicates"].as_u64().expect("duplicates");
     let bound = if qos == 2 {
         0
@@ -119,15 +120,15 @@ fn mqttjs_clients_over_mqtt_5_lose_nothing_across_kill_9_with_fsync_interval() {
 #[test]
 fn mqttjs_clients_over_mqtt_5_get_qos_2_exactly_once_across_kill_9_with_fsync_never() {
     // Also what a PUBREL repeated after the restart gets: success, not 0x92, which MQTT.js
-    // would take as the publish failing (tests/v5_publish.rs).
+    // would take as the publish failing (tests/v5_session.rs).
     a_device_and_an_app_ride_through_kill_9("5", "never", 2);
 }
 
 #[test]
 fn a_fleet_of_mqttjs_devices_resumes_its_sessions_after_kill_9() {
     // 1,000 devices with persistent MQTT 5 sessions reconnect at once to a broker started
-    // again after `kill -9`: every one finds its session [MQTT-3.2.2-2] and gets all of its
-    // commands through the subscription kept in it [MQTT-3.1.2-4].
+    // again after `kill -9`: every one finds its session [MQTT-3.2.2-3] and gets all of its
+    // commands through the subscription kept in it [MQTT-3.1.2-5] (MQTT 5's numbers).
     if !mqttjs_available() {
         return;
     }
