@@ -1,0 +1,298 @@
+//! What a script has made of each client's subscriptions, and the normalised lines that the two
+//! brokers' observations are compared by.
+
+use std::collections::BTreeMap;
+
+use super::common::packets;
+use super::runner::Observed;
+use super::script::{Options, Step, CLIENTS};
+
+/// A subscription as the spec has it, and as Mosquitto 2.0.11 holds it: subscribing to the
+/// same filter again must replace the subscription, options and all [MQTT-3.8.4-3], and
+/// Mosquitto takes the new QoS but keeps the first No Local and Retain As Published.
+struct Subscription {
+    now: Options,
+    mosquitto: Options,
+}
+
+impl Subscription {
+    /// Whether the two brokers may route by different options.
+    fn diverged(&self) -> bool {
+        self.now.no_local != self.mosquitto.no_local
+            || self.now.retain_as_published != self.mosquitto.retain_as_published
+    }
+}
+
+/// Each client's subscriptions by filter, and whether its session outlives its connection.
+pub struct Model {
+    subscriptions: Vec<BTreeMap<String, Subscription>>,
+    kept: Vec<bool>,
+}
+
+impl Model {
+    pub fn new() -> Model {
+        Model {
+            subscriptions: (0..CLIENTS).map(|_| BTreeMap::new()).collect(),
+            kept: vec![false; CLIENTS],
+        }
+    }
+
+    /// Applies a step, with Switchboard's CONNACK Session Present flag for a CONNECT (compared
+    /// with Mosquitto's in the step's lines).
+    pub fn apply(&mut self, step: &Step, session_present: Option<bool>) {
+        match step {
+            Step::Connect {
+                client,
+                keep_session,
+                ..
+            } => {
+                if session_present != Some(true) {
+                    self.subscriptions[*client].clear();
+                }
+                self.kept[*client] = *keep_session;
+            }
+            Step::Disconnect { client, .. } => {
+                if !self.kept[*client] {
+                    self.subscriptions[*client].clear();
+                }
+            }
+            Step::Subscribe { client, filters } => {
+                for (filter, options) in filters {
+                    let mosquitto = match self.subscriptions[*client].get(filter) {
+                        Some(old) => Options {
+                            qos: options.qos,
+                            ..old.mosquitto
+                        },
+                        None => *options,
+                    };
+                    let now = *options;
+                    self.subscriptions[*client]
+                        .insert(filter.clone(), Subscription { now, mosquitto });
+                }
+            }
+            Step::Unsubscribe { client, filter } => {
+                self.subscriptions[*client].remove(filter);
+            }
+            Step::Publish { .. } => {}
+        }
+    }
+
+    fn matching_filters<'a>(
+        &'a self,
+        client: usize,
+        topic: &'a str,
+    ) -> impl Iterator<Item = &'a Subscription> + 'a {
+        self.subscriptions[client]
+            .iter()
+            .filter(move |(filter, _)| matches(filter, topic))
+            .map(|(_, subscription)| subscription)
+    }
+
+    /// The options of each of `client`'s subscriptions matching `topic`, leaving out No Local
+    /// ones when `client` published it.
+    fn matching(&self, client: usize, topic: &str, publisher: Option<usize>) -> Vec<Options> {
+        self.matching_filters(client, topic)
+            .map(|s| s.now)
+            .filter(|o| !(o.no_local && publisher == Some(client)))
+            .collect()
+    }
+
+    /// Whether `publisher`'s message to `topic` matches only subscriptions of its own, one of
+    /// them with No Local for either broker: whether anyone gets it may then differ.
+    fn only_own_no_local(&self, publisher: usize, topic: &str) -> bool {
+        let others = (0..CLIENTS)
+            .filter(|&c| c != publisher)
+            .any(|c| self.matching_filters(c, topic).next().is_some());
+        !others
+            && self
+                .matching_filters(publisher, topic)
+                .any(|s| s.now.no_local || s.mosquitto.no_local)
+    }
+
+    /// Whether a subscription of `client` matching `topic` has options the brokers differ on.
+    fn diverged_matches(&self, client: usize, topic: &str) -> bool {
+        self.matching_filters(client, topic)
+            .any(Subscription::diverged)
+    }
+}
+
+/// The copies of one message that a client got in one step.
+#[derive(Default)]
+struct Copies {
+    /// The highest QoS among them.
+    qos: u8,
+    /// Their RETAIN flags.
+    retain: Vec<bool>,
+    count: usize,
+}
+
+/// Whether `filter` matches `topic` (no `$` topics in these scripts).
+fn matches(filter: &str, topic: &str) -> bool {
+    let mut levels = topic.split('/');
+    for part in filter.split('/') {
+        match (part, levels.next()) {
+            ("#", _) => return true,
+            ("+", Some(_)) => {}
+            (part, Some(level)) if part == level => {}
+            _ => return false,
+        }
+    }
+    levels.next().is_none()
+}
+
+/// The step that published a payload: `m{n}` is step `n`'s (an empty one, a retained message
+/// cleared, could be anyone's).
+fn published_by<'a>(payload: &[u8], steps: &'a [Step]) -> Option<&'a Step> {
+    let n: usize = std::str::from_utf8(payload)
+        .ok()?
+        .strip_prefix('m')?
+        .parse()
+        .ok()?;
+    steps.get(n)
+}
+
+/// One broker's observation of step `steps[n]` as lines to compare. With `switchboard`, it
+/// also checks what the spec requires where the lines leave something out. Left out:
+/// - where a client's subscriptions overlap (for a message routed live or queued for it), the
+///   QoS (and with MQTT 5 the RETAIN flag, which Retain As Published sets per subscription):
+///   Switchboard sends one copy at the highest QoS they grant ([MQTT-3.3.5-1], in MQTT 5
+///   [MQTT-3.3.4-2]), Mosquitto 2.0.11 one copy at the QoS of one of them, not always the
+///   highest;
+/// - a message to a client through a subscription whose No Local or Retain As Published was
+///   changed by subscribing again (see [`Subscription`]);
+/// - how a taken-over MQTT 5 connection ends: Switchboard sends DISCONNECT 0x8E Session taken
+///   over, Mosquitto 2.0.11 closes it without a word;
+/// - the PUBACK of a message that only its publisher's own subscriptions match, one of them
+///   with No Local: where nobody gets it, Switchboard says 0x10 No matching subscribers and
+///   Mosquitto 0x00 (a subscription matched).
+pub fn normalise(
+    observed: &Observed,
+    model: &Model,
+    steps: &[Step],
+    n: usize,
+    v5: bool,
+    switchboard: bool,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    let own_no_local_alone = match &steps[n] {
+        Step::Publish { client, topic, .. } => model
+            .only_own_no_local(*client, topic)
+            .then_some((*client, topic)),
+        _ => None,
+    };
+    for line in &observed.acks {
+        if let (Some((publisher, topic)), true) = (own_no_local_alone, line.contains(" PUBACK ")) {
+            if switchboard {
+                // 0x10 when nobody gets it.
+                let nobody = model.matching(publisher, topic, Some(publisher)).is_empty();
+                assert_eq!(line.ends_with("0x10"), nobody, "{line}");
+            }
+            lines.push("PUBACK: only the publisher's own No Local subscription matched".into());
+            continue;
+        }
+        match line.split_once(" taken over: ") {
+            Some((client, how)) => {
+                if switchboard {
+                    // Closed [MQTT-3.1.4-2]; in MQTT 5 after a DISCONNECT 0x8E [MQTT-3.1.4-3].
+                    let expected = if v5 {
+                        "DISCONNECT 0x8e, closed"
+                    } else {
+                        "closed"
+                    };
+                    assert_eq!(how, expected, "{client} taken over");
+                }
+                lines.push(format!("{client} taken over"));
+            }
+            None => lines.push(line.clone()),
+        }
+    }
+    for (client, got) in &observed.deliveries {
+        deliveries(*client, got, model, steps, n, v5, switchboard, &mut lines);
+    }
+    lines
+}
+
+/// [`normalise`] for one client's deliveries, `got`, as lines onto `lines`.
+#[allow(clippy::too_many_arguments)]
+fn deliveries(
+    client: usize,
+    got: &[packets::Published],
+    model: &Model,
+    steps: &[Step],
+    n: usize,
+    v5: bool,
+    switchboard: bool,
+    lines: &mut Vec<String>,
+) {
+    let subscribing = matches!(steps[n], Step::Subscribe { .. });
+    let mut by_message: BTreeMap<(&str, &[u8]), Copies> = BTreeMap::new();
+    for publish in got {
+        let copies = by_message
+            .entry((&publish.topic, &publish.payload))
+            .or_default();
+        copies.qos = copies.qos.max(publish.qos);
+        copies.retain.push(publish.retain);
+        copies.count += 1;
+    }
+    for ((topic, payload), copies) in by_message {
+        let Copies {
+            qos,
+            mut retain,
+            count: copies,
+        } = copies;
+        retain.dedup();
+        let publisher = published_by(payload, steps);
+        let matching = model.matching(client, topic, publisher.map(Step::client));
+        // Switchboard routes a message once per client. A SUBSCRIBE of several filters is
+        // handled as several SUBSCRIBEs [MQTT-3.8.4-4], so a retained message may come
+        // once per filter.
+        assert!(
+            !switchboard || subscribing || copies == 1,
+            "c{client} got {copies} copies of {topic} {payload:?} in one step"
+        );
+        if !subscribing && model.diverged_matches(client, topic) {
+            if switchboard {
+                assert!(
+                    !matching.is_empty(),
+                    "c{client} got its own {topic} through a No Local subscription \
+                         [MQTT-3.8.3-3]"
+                );
+                if let (
+                    [only],
+                    Some(Step::Publish {
+                        retain: published, ..
+                    }),
+                ) = (&matching[..], publisher)
+                {
+                    assert_eq!(
+                        retain,
+                        [only.retain_as_published && *published],
+                        "c{client}: RETAIN of {topic} by Retain As Published \
+                             [MQTT-3.3.1-12] [MQTT-3.3.1-13]"
+                    );
+                }
+            }
+            continue;
+        }
+        let (mut shown_qos, mut shown_retain) = (qos.to_string(), format!("{retain:?}"));
+        if !subscribing && matching.len() > 1 {
+            shown_qos = "overlapping".into();
+            if v5 {
+                shown_retain = "overlapping".into();
+            }
+            if let (true, Some(Step::Publish { qos: sent, .. })) = (switchboard, publisher) {
+                let highest = matching.iter().map(|o| o.qos).max().unwrap_or(0);
+                // [MQTT-3.3.5-1] in 3.1.1, [MQTT-3.3.4-2] in 5.
+                assert_eq!(
+                    qos,
+                    highest.min(*sent),
+                    "c{client}: {topic} at the highest QoS of its matching subscriptions"
+                );
+            }
+        }
+        lines.push(format!(
+            "c{client} got {topic} {:?} qos={shown_qos} retain={shown_retain}",
+            String::from_utf8_lossy(payload),
+        ));
+    }
+}

@@ -1,0 +1,266 @@
+//! Runs a script against one broker over raw TCP, as MQTT 3.1.1 or MQTT 5 clients, and says
+//! what each step showed.
+
+use std::net::SocketAddr;
+
+use super::common::v5::{
+    ack_codes, connect5, publish5, publish_of, subscribe5, unsubscribe5, Props,
+};
+use super::common::{packets, Frame, Raw};
+use super::script::{Step, CLIENTS};
+
+/// What a step and the barrier after it showed one broker's clients.
+pub struct Observed {
+    /// Acknowledgements and closes, a line each, in the order they came.
+    pub acks: Vec<String>,
+    /// The CONNACK's Session Present flag, for a CONNECT.
+    pub session_present: Option<bool>,
+    /// Each connected client's PUBLISH packets, in the order of the barrier.
+    pub deliveries: Vec<(usize, Vec<packets::Published>)>,
+}
+
+/// One broker's clients.
+pub struct Runner {
+    addr: SocketAddr,
+    v5: bool,
+    connections: Vec<Option<Raw>>,
+    next_pid: u16,
+}
+
+impl Runner {
+    /// Clients of the broker at `addr`, speaking MQTT 5 with `v5`.
+    pub fn new(addr: SocketAddr, v5: bool) -> Runner {
+        Runner {
+            addr,
+            v5,
+            connections: (0..CLIENTS).map(|_| None).collect(),
+            next_pid: 0,
+        }
+    }
+
+    fn pid(&mut self) -> u16 {
+        self.next_pid = self.next_pid % 60_000 + 1;
+        self.next_pid
+    }
+
+    fn raw(&mut self, client: usize) -> &mut Raw {
+        self.connections[client]
+            .as_mut()
+            .expect("the script acts only on connected clients")
+    }
+
+    /// Runs one step, then the barrier: every connected client, the one that acted first, takes
+    /// what the broker sends it until a barrier brings nothing more.
+    pub async fn step(&mut self, step: &Step) -> Observed {
+        let mut acks = Vec::new();
+        let mut session_present = None;
+        let mut early = Vec::new();
+        let client = step.client();
+        match step {
+            Step::Connect {
+                clean_start,
+                keep_session,
+                ..
+            } => {
+                let id = format!("c{client}");
+                let connect = if self.v5 {
+                    let expiry = if *keep_session { 3600 } else { 0 };
+                    connect5(&id, *clean_start, 60, &Props::new().u32(0x11, expiry), None)
+                } else {
+                    packets::connect(&id, *clean_start, 60)
+                };
+                let mut raw = Raw::connect(self.addr).await;
+                // An acknowledgement and the barrier after it are two writes: without this,
+                // the second waits for the broker's delayed ACK of the first.
+                raw.stream.set_nodelay(true).expect("TCP_NODELAY");
+                raw.send(&connect).await;
+                if let Some(old) = self.connections[client].take() {
+                    // Taken over: the broker closes the earlier connection (checked in
+                    // `normalise`).
+                    acks.push(format!("c{client} taken over: {}", closing(old).await));
+                }
+                let connack = raw.expect().await;
+                assert_eq!(connack.byte1, 0x20, "CONNACK expected, got {connack:?}");
+                acks.push(format!(
+                    "c{client} CONNACK session_present={} code={:#04x}",
+                    connack.body[0], connack.body[1]
+                ));
+                session_present = Some(connack.body[0] == 1);
+                self.connections[client] = Some(raw);
+            }
+            Step::Disconnect { dropped, .. } => {
+                let mut raw = self.connections[client].take().expect("connected");
+                if !dropped {
+                    raw.send(&[0xE0, 0x00]).await;
+                    acks.push(format!("c{client} disconnected: {}", closing(raw).await));
+                }
+            }
+            Step::Subscribe { filters, .. } => {
+                let pid = self.pid();
+                let v5 = self.v5;
+                let raw = self.raw(client);
+                if v5 {
+                    let refs: Vec<(&str, u8)> = filters
+                        .iter()
+                        .map(|(f, o)| (f.as_str(), o.byte()))
+                        .collect();
+                    raw.send(&subscribe5(pid, &Props::new(), &refs)).await;
+                } else {
+                    let refs: Vec<(&str, u8)> =
+                        filters.iter().map(|(f, o)| (f.as_str(), o.qos)).collect();
+                    raw.send(&packets::subscribe(pid, &refs)).await;
+                }
+                let suback = until_ack(raw, 0x90, pid, &mut early).await;
+                let codes = if v5 {
+                    ack_codes(&suback)
+                } else {
+                    suback.body[2..].to_vec()
+                };
+                acks.push(format!("c{client} SUBACK {codes:x?}"));
+            }
+            Step::Unsubscribe { filter, .. } => {
+                let pid = self.pid();
+                let v5 = self.v5;
+                let raw = self.raw(client);
+                if v5 {
+                    raw.send(&unsubscribe5(pid, &[filter])).await;
+                } else {
+                    raw.send(&packets::unsubscribe(pid, &[filter])).await;
+                }
+                let unsuback = until_ack(raw, 0xB0, pid, &mut early).await;
+                let codes = if v5 { ack_codes(&unsuback) } else { Vec::new() };
+                acks.push(format!("c{client} UNSUBACK {codes:x?}"));
+            }
+            Step::Publish {
+                topic,
+                qos,
+                retain,
+                payload,
+                ..
+            } => {
+                let pid = self.pid();
+                let v5 = self.v5;
+                let raw = self.raw(client);
+                let publish = if v5 {
+                    publish5(topic, payload.as_bytes(), *qos, pid, *retain, &Props::new())
+                } else {
+                    packets::publish(topic, payload.as_bytes(), *qos, pid, *retain, false)
+                };
+                raw.send(&publish).await;
+            }
+        }
+        let mut deliveries = Vec::new();
+        let order = std::iter::once(client).chain((0..CLIENTS).filter(|&c| c != client));
+        for c in order {
+            let v5 = self.v5;
+            let Some(raw) = self.connections[c].as_mut() else {
+                continue;
+            };
+            let frames = if c == client {
+                std::mem::take(&mut early)
+            } else {
+                Vec::new()
+            };
+            let got = settle(raw, frames, v5, c, &mut acks).await;
+            deliveries.push((c, got));
+        }
+        Observed {
+            acks,
+            session_present,
+            deliveries,
+        }
+    }
+}
+
+/// Reads until the acknowledgement of type `byte1` with packet id `pid`, keeping what comes
+/// before it in `early`.
+async fn until_ack(raw: &mut Raw, byte1: u8, pid: u16, early: &mut Vec<Frame>) -> Frame {
+    loop {
+        let frame = raw.expect().await;
+        if frame.byte1 == byte1 && frame.pid() == pid {
+            return frame;
+        }
+        early.push(frame);
+    }
+}
+
+/// Reads a connection the broker is closing until it is closed, and says what came first.
+async fn closing(mut raw: Raw) -> String {
+    let mut said = Vec::new();
+    while let Some(frame) = raw.recv().await {
+        match frame.byte1 {
+            0xE0 => said.push(format!(
+                "DISCONNECT {:#04x}",
+                frame.body.first().copied().unwrap_or(0)
+            )),
+            _ => panic!("a packet other than DISCONNECT on a closing connection: {frame:?}"),
+        }
+    }
+    said.push("closed".into());
+    said.join(", ")
+}
+
+/// Takes `early` and then everything the broker sends `raw` (client `client`) until a barrier
+/// brings nothing more, completing every QoS 1 and 2 exchange on the way; notes the reason
+/// codes of MQTT 5 PUBACKs in `acks` and returns the PUBLISH packets received.
+async fn settle(
+    raw: &mut Raw,
+    early: Vec<Frame>,
+    v5: bool,
+    client: usize,
+    acks: &mut Vec<String>,
+) -> Vec<packets::Published> {
+    let mut got = Vec::new();
+    let mut frames = early;
+    loop {
+        for frame in frames.drain(..) {
+            match frame.byte1 >> 4 {
+                3 => {
+                    let publish = if v5 {
+                        let p = publish_of(&frame);
+                        packets::Published {
+                            topic: p.topic.clone(),
+                            payload: p.payload.to_vec(),
+                            qos: p.qos as u8,
+                            pid: p.pkid,
+                            retain: p.retain,
+                            dup: p.dup,
+                        }
+                    } else {
+                        packets::parse_publish(&frame)
+                    };
+                    match publish.qos {
+                        1 => raw.send(&packets::ack(0x40, publish.pid)).await,
+                        2 => raw.send(&packets::ack(0x50, publish.pid)).await,
+                        _ => {}
+                    }
+                    got.push(publish);
+                }
+                // PUBACK: MQTT 5 says whether the message reached anyone (0x10 if not).
+                4 => {
+                    if v5 {
+                        let reason = frame.body.get(2).copied().unwrap_or(0);
+                        acks.push(format!("c{client} PUBACK {reason:#04x}"));
+                    }
+                }
+                // PUBREC for what this client published: PUBREL. Its reason code is not
+                // compared: Mosquitto routes a QoS 2 message at its PUBREL and always says
+                // 0x00 (docs/conformance.md).
+                5 => raw.send(&packets::ack(0x62, frame.pid())).await,
+                // PUBREL for what it received: PUBCOMP.
+                6 => raw.send(&packets::ack(0x70, frame.pid())).await,
+                // PUBCOMP: the exchange of its own QoS 2 publish ends.
+                7 => {}
+                _ => panic!("unexpected packet {frame:?}"),
+            }
+        }
+        frames = if v5 {
+            raw.sync5().await
+        } else {
+            raw.sync().await
+        };
+        if frames.is_empty() {
+            return got;
+        }
+    }
+}

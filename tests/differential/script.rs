@@ -1,0 +1,219 @@
+//! The random scripts: a small generator, the steps, and the topics and filters they use.
+
+/// Clients in a script.
+pub const CLIENTS: usize = 4;
+
+/// Steps per script.
+pub const STEPS: usize = 120;
+
+/// A small random generator (xorshift64*), so that a failing seed runs the same again.
+pub struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+        from[self.below(from.len() as u64) as usize]
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// A subscription's options (MQTT 3.1.1 has the QoS alone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    pub qos: u8,
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    pub retain_handling: u8,
+}
+
+impl Options {
+    /// The options byte of an MQTT 5 SUBSCRIBE (3.8.3.1).
+    pub fn byte(self) -> u8 {
+        self.qos
+            | (u8::from(self.no_local) << 2)
+            | (u8::from(self.retain_as_published) << 3)
+            | (self.retain_handling << 4)
+    }
+}
+
+/// One operation of a script.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// CONNECT (a takeover when the client is connected): MQTT 3.1.1's clean session is
+    /// `clean_start` with `keep_session` its opposite; MQTT 5 sets them apart (a session expiry
+    /// interval of an hour, or 0).
+    Connect {
+        client: usize,
+        clean_start: bool,
+        keep_session: bool,
+    },
+    /// DISCONNECT, or the socket dropped without one.
+    Disconnect {
+        client: usize,
+        dropped: bool,
+    },
+    Subscribe {
+        client: usize,
+        filters: Vec<(String, Options)>,
+    },
+    Unsubscribe {
+        client: usize,
+        filter: String,
+    },
+    Publish {
+        client: usize,
+        topic: String,
+        qos: u8,
+        retain: bool,
+        payload: String,
+    },
+}
+
+impl Step {
+    /// The client that acts.
+    pub fn client(&self) -> usize {
+        match self {
+            Step::Connect { client, .. }
+            | Step::Disconnect { client, .. }
+            | Step::Subscribe { client, .. }
+            | Step::Unsubscribe { client, .. }
+            | Step::Publish { client, .. } => *client,
+        }
+    }
+}
+
+/// A topic of two or three levels from a small space, so that filters often overlap.
+fn topic(rng: &mut Rng) -> String {
+    let mut levels = vec![
+        rng.pick(&["gate", "radar"]),
+        rng.pick(&["1AB", "2CD", "3EF"]),
+    ];
+    if rng.chance(70) {
+        levels.push(rng.pick(&["state", "status"]));
+    }
+    levels.join("/")
+}
+
+/// A filter over that space: a topic with some levels made `+`, or cut short by `#`.
+fn filter(rng: &mut Rng) -> String {
+    if rng.chance(5) {
+        return "#".into();
+    }
+    let topic = topic(rng);
+    let mut levels: Vec<&str> = topic.split('/').collect();
+    for level in levels.iter_mut() {
+        if rng.chance(25) {
+            *level = "+";
+        }
+    }
+    if rng.chance(25) {
+        let keep = 1 + rng.below(levels.len() as u64) as usize;
+        levels.truncate(keep);
+        levels.push("#");
+    }
+    levels.join("/")
+}
+
+/// Subscription options: the QoS, and with `v5` the options MQTT 5 adds.
+fn options(rng: &mut Rng, v5: bool) -> Options {
+    Options {
+        qos: rng.below(3) as u8,
+        no_local: v5 && rng.chance(20),
+        retain_as_published: v5 && rng.chance(30),
+        retain_handling: if v5 { rng.below(3) as u8 } else { 0 },
+    }
+}
+
+/// A script of [`STEPS`] steps from `seed`, over [`CLIENTS`] clients, for MQTT 5 with `v5`. A
+/// client whose socket was dropped reconnects in the next step, so that nothing is published
+/// while the broker may not have noticed the drop yet.
+pub fn script(seed: u64, v5: bool) -> Vec<Step> {
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut connected = [false; CLIENTS];
+    let mut subscribed: Vec<Vec<String>> = vec![Vec::new(); CLIENTS];
+    let mut steps = Vec::with_capacity(STEPS);
+    let mut must_reconnect = None;
+    while steps.len() < STEPS {
+        let client = match must_reconnect.take() {
+            Some(client) => client,
+            None => rng.below(CLIENTS as u64) as usize,
+        };
+        let step = if !connected[client] || rng.chance(4) {
+            let clean_start = rng.chance(40);
+            let keep_session = if v5 { rng.chance(60) } else { !clean_start };
+            Step::Connect {
+                client,
+                clean_start,
+                keep_session,
+            }
+        } else {
+            match rng.below(100) {
+                0..=24 => {
+                    let count = if rng.chance(20) { 2 } else { 1 };
+                    let filters = (0..count)
+                        .map(|_| (filter(&mut rng), options(&mut rng, v5)))
+                        .collect();
+                    Step::Subscribe { client, filters }
+                }
+                25..=34 => {
+                    let filter = match subscribed[client].len() {
+                        0 => filter(&mut rng),
+                        n if rng.chance(80) => {
+                            subscribed[client][rng.below(n as u64) as usize].clone()
+                        }
+                        _ => filter(&mut rng),
+                    };
+                    Step::Unsubscribe { client, filter }
+                }
+                35..=89 => {
+                    let retain = rng.chance(30);
+                    let payload = if retain && rng.chance(20) {
+                        String::new() // clears the retained message
+                    } else {
+                        format!("m{}", steps.len())
+                    };
+                    Step::Publish {
+                        client,
+                        topic: topic(&mut rng),
+                        qos: rng.below(3) as u8,
+                        retain,
+                        payload,
+                    }
+                }
+                _ => Step::Disconnect {
+                    client,
+                    dropped: rng.chance(50),
+                },
+            }
+        };
+        match &step {
+            Step::Connect { .. } => connected[client] = true,
+            Step::Disconnect { dropped, .. } => {
+                connected[client] = false;
+                if *dropped {
+                    must_reconnect = Some(client);
+                }
+            }
+            Step::Subscribe { filters, .. } => {
+                subscribed[client].extend(filters.iter().map(|(f, _)| f.clone()));
+            }
+            Step::Unsubscribe { filter, .. } => subscribed[client].retain(|f| f != filter),
+            Step::Publish { .. } => {}
+        }
+        steps.push(step);
+    }
+    steps
+}
