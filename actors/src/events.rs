@@ -100,7 +100,9 @@ pub struct PendingAck {
     pub(crate) qos: QoS,
 }
 
-/// An application message received from the broker.
+/// An application message received from the broker. Carried inside [`ConnectionEvent`] from a
+/// `ManagedConnection` to its listeners, and sent as a message by a `Consumer` to its sink (any
+/// actor of the application that handles it).
 #[derive(Debug, Clone, PartialEq, Eq, Message)]
 #[rtype(result = "()")]
 pub struct Received {
