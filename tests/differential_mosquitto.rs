@@ -24,22 +24,29 @@ mod model;
 mod runner;
 #[path = "differential/script.rs"]
 mod script;
+#[path = "differential/servers.rs"]
+mod servers;
 
-use common::mosquitto::Mosquitto;
 use common::mosquitto_broker_available;
 use model::{normalise, Model};
 use runner::Runner;
 use script::script;
+use servers::Server;
 
-/// Runs `seed`'s script against both brokers and compares them step by step.
-async fn compare(seed: u64, workers: usize, v5: bool) {
-    let steps = script(seed, v5);
-    let switchboard = common::broker_with(|config| config.listener.workers = workers);
-    // Without TCP_NODELAY, a PUBLISH and the UNSUBACK after it wait on each other (Nagle and
-    // the client's delayed ACK), 40 ms a barrier. Its log would be a line per takeover.
-    let mosquitto = Mosquitto::start("set_tcp_nodelay true\nlog_dest none\n", false);
-    let mut ours = Runner::new(switchboard.local_addr(), v5);
-    let mut theirs = Runner::new(mosquitto.addr, v5);
+/// Runs `seed`'s script against both brokers and compares them step by step: Switchboard in
+/// memory, in this process, or with `restarts` a `switchboard` process with its state on disk
+/// that the script restarts, as it does Mosquitto with its state saved.
+async fn compare(seed: u64, workers: usize, v5: bool, restarts: bool) {
+    let steps = script(seed, v5, restarts);
+    let switchboard = if restarts {
+        Server::switchboard_process(workers)
+    } else {
+        Server::InProcess(common::broker_with(|config| {
+            config.listener.workers = workers
+        }))
+    };
+    let mut ours = Runner::new(switchboard, v5);
+    let mut theirs = Runner::new(Server::mosquitto(restarts), v5);
     let mut model = Model::new();
     for (n, step) in steps.iter().enumerate() {
         let observed = ours.step(step).await;
@@ -80,7 +87,7 @@ async fn mqtt_3_clients_observe_the_same_as_with_mosquitto() {
         return;
     }
     for seed in 1..=scripts(16) {
-        compare(seed, 1, false).await;
+        compare(seed, 1, false, false).await;
     }
 }
 
@@ -90,7 +97,7 @@ async fn mqtt_3_clients_observe_the_same_as_with_mosquitto_across_two_workers() 
         return;
     }
     for seed in 1_000_001..=1_000_000 + scripts(8) {
-        compare(seed, 2, false).await;
+        compare(seed, 2, false, false).await;
     }
 }
 
@@ -100,7 +107,7 @@ async fn mqtt_5_clients_observe_the_same_as_with_mosquitto() {
         return;
     }
     for seed in 2_000_001..=2_000_000 + scripts(16) {
-        compare(seed, 1, true).await;
+        compare(seed, 1, true, false).await;
     }
 }
 
@@ -110,6 +117,26 @@ async fn mqtt_5_clients_observe_the_same_as_with_mosquitto_across_two_workers() 
         return;
     }
     for seed in 3_000_001..=3_000_000 + scripts(8) {
-        compare(seed, 2, true).await;
+        compare(seed, 2, true, false).await;
+    }
+}
+
+#[tokio::test]
+async fn mqtt_3_clients_observe_the_same_as_with_mosquitto_across_restarts() {
+    if !mosquitto_broker_available() {
+        return;
+    }
+    for seed in 4_000_001..=4_000_000 + scripts(6) {
+        compare(seed, 1, false, true).await;
+    }
+}
+
+#[tokio::test]
+async fn mqtt_5_clients_observe_the_same_as_with_mosquitto_across_restarts() {
+    if !mosquitto_broker_available() {
+        return;
+    }
+    for seed in 5_000_001..=5_000_000 + scripts(6) {
+        compare(seed, 2, true, true).await;
     }
 }

@@ -89,6 +89,11 @@ impl Mosquitto {
         }
     }
 
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// Stops it with SIGTERM (it saves its state when persistent) and waits for it to exit.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

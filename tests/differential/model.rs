@@ -56,6 +56,14 @@ impl Model {
                     self.subscriptions[*client].clear();
                 }
             }
+            Step::Restart => {
+                // Every connection closes: only the sessions kept outlive it.
+                for client in 0..CLIENTS {
+                    if !self.kept[client] {
+                        self.subscriptions[client].clear();
+                    }
+                }
+            }
             Step::Subscribe { client, filters } => {
                 for (filter, options) in filters {
                     let mosquitto = match self.subscriptions[*client].get(filter) {
@@ -148,7 +156,9 @@ fn published_by<'a>(payload: &[u8], steps: &'a [Step]) -> Option<&'a Step> {
         .strip_prefix('m')?
         .parse()
         .ok()?;
-    steps.get(n)
+    steps
+        .get(n)
+        .filter(|step| matches!(step, Step::Publish { .. }))
 }
 
 /// One broker's observation of step `steps[n]` as lines to compare. With `switchboard`, it
@@ -161,7 +171,8 @@ fn published_by<'a>(payload: &[u8], steps: &'a [Step]) -> Option<&'a Step> {
 /// - a message to a client through a subscription whose No Local or Retain As Published was
 ///   changed by subscribing again (see [`Subscription`]);
 /// - how a taken-over MQTT 5 connection ends: Switchboard sends DISCONNECT 0x8E Session taken
-///   over, Mosquitto 2.0.11 closes it without a word;
+///   over, Mosquitto 2.0.11 closes it without a word; and at a restart, DISCONNECT 0x8B
+///   Server shutting down, where Mosquitto again says nothing;
 /// - the PUBACK of a message that only its publisher's own subscriptions match, one of them
 ///   with No Local: where nobody gets it, Switchboard says 0x10 No matching subscribers and
 ///   Mosquitto 0x00 (a subscription matched).
@@ -188,6 +199,20 @@ pub fn normalise(
                 assert_eq!(line.ends_with("0x10"), nobody, "{line}");
             }
             lines.push("PUBACK: only the publisher's own No Local subscription matched".into());
+            continue;
+        }
+        if let Some((client, how)) = line.split_once(" shut down: ") {
+            if switchboard {
+                // A broker shutting down tells an MQTT 5 client why: 0x8B Server shutting down.
+                let expected = if v5 {
+                    "DISCONNECT 0x8b, closed"
+                } else {
+                    "closed"
+                };
+                assert_eq!(how, expected, "{client} at a restart");
+            }
+            // Mosquitto 2.0.11 closes them without a word.
+            lines.push(format!("{client} shut down"));
             continue;
         }
         match line.split_once(" taken over: ") {
@@ -242,7 +267,7 @@ fn deliveries(
         } = copies;
         retain.dedup();
         let publisher = published_by(payload, steps);
-        let matching = model.matching(client, topic, publisher.map(Step::client));
+        let matching = model.matching(client, topic, publisher.and_then(Step::client));
         // Switchboard routes a message once per client. A SUBSCRIBE of several filters is
         // handled as several SUBSCRIBEs [MQTT-3.8.4-4], so a retained message may come
         // once per filter.

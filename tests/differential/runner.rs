@@ -1,13 +1,12 @@
 //! Runs a script against one broker over raw TCP, as MQTT 3.1.1 or MQTT 5 clients, and says
 //! what each step showed.
 
-use std::net::SocketAddr;
-
 use super::common::v5::{
     ack_codes, connect5, publish5, publish_of, subscribe5, unsubscribe5, Props,
 };
 use super::common::{packets, Frame, Raw};
 use super::script::{Step, CLIENTS};
+use super::servers::Server;
 
 /// What a step and the barrier after it showed one broker's clients.
 pub struct Observed {
@@ -21,17 +20,17 @@ pub struct Observed {
 
 /// One broker's clients.
 pub struct Runner {
-    addr: SocketAddr,
+    server: Server,
     v5: bool,
     connections: Vec<Option<Raw>>,
     next_pid: u16,
 }
 
 impl Runner {
-    /// Clients of the broker at `addr`, speaking MQTT 5 with `v5`.
-    pub fn new(addr: SocketAddr, v5: bool) -> Runner {
+    /// Clients of `server`, speaking MQTT 5 with `v5`.
+    pub fn new(server: Server, v5: bool) -> Runner {
         Runner {
-            addr,
+            server,
             v5,
             connections: (0..CLIENTS).map(|_| None).collect(),
             next_pid: 0,
@@ -57,11 +56,21 @@ impl Runner {
         let mut early = Vec::new();
         let client = step.client();
         match step {
+            Step::Restart => {
+                self.server.stop();
+                for c in 0..CLIENTS {
+                    if let Some(raw) = self.connections[c].take() {
+                        acks.push(format!("c{c} shut down: {}", closing(raw).await));
+                    }
+                }
+                self.server.start_again();
+            }
             Step::Connect {
                 clean_start,
                 keep_session,
                 ..
             } => {
+                let client = client.expect("a client connects");
                 let id = format!("c{client}");
                 let connect = if self.v5 {
                     let expiry = if *keep_session { 3600 } else { 0 };
@@ -69,7 +78,7 @@ impl Runner {
                 } else {
                     packets::connect(&id, *clean_start, 60)
                 };
-                let mut raw = Raw::connect(self.addr).await;
+                let mut raw = Raw::connect(self.server.addr()).await;
                 // An acknowledgement and the barrier after it are two writes: without this,
                 // the second waits for the broker's delayed ACK of the first.
                 raw.stream.set_nodelay(true).expect("TCP_NODELAY");
@@ -89,6 +98,7 @@ impl Runner {
                 self.connections[client] = Some(raw);
             }
             Step::Disconnect { dropped, .. } => {
+                let client = client.expect("a client acts");
                 let mut raw = self.connections[client].take().expect("connected");
                 if !dropped {
                     raw.send(&[0xE0, 0x00]).await;
@@ -96,6 +106,7 @@ impl Runner {
                 }
             }
             Step::Subscribe { filters, .. } => {
+                let client = client.expect("a client acts");
                 let pid = self.pid();
                 let v5 = self.v5;
                 let raw = self.raw(client);
@@ -119,6 +130,7 @@ impl Runner {
                 acks.push(format!("c{client} SUBACK {codes:x?}"));
             }
             Step::Unsubscribe { filter, .. } => {
+                let client = client.expect("a client acts");
                 let pid = self.pid();
                 let v5 = self.v5;
                 let raw = self.raw(client);
@@ -138,6 +150,7 @@ impl Runner {
                 payload,
                 ..
             } => {
+                let client = client.expect("a client publishes");
                 let pid = self.pid();
                 let v5 = self.v5;
                 let raw = self.raw(client);
@@ -150,18 +163,24 @@ impl Runner {
             }
         }
         let mut deliveries = Vec::new();
-        let order = std::iter::once(client).chain((0..CLIENTS).filter(|&c| c != client));
+        let order = client
+            .into_iter()
+            .chain((0..CLIENTS).filter(|&c| Some(c) != client));
         for c in order {
             let v5 = self.v5;
             let Some(raw) = self.connections[c].as_mut() else {
                 continue;
             };
-            let frames = if c == client {
+            let frames = if Some(c) == client {
                 std::mem::take(&mut early)
             } else {
                 Vec::new()
             };
-            let got = settle(raw, frames, v5, c, &mut acks).await;
+            let own = match step {
+                Step::Publish { qos, .. } if Some(c) == client && *qos > 0 => 1,
+                _ => 0,
+            };
+            let got = settle(raw, frames, own, v5, c, &mut acks).await;
             deliveries.push((c, got));
         }
         Observed {
@@ -201,11 +220,14 @@ async fn closing(mut raw: Raw) -> String {
 }
 
 /// Takes `early` and then everything the broker sends `raw` (client `client`) until a barrier
-/// brings nothing more, completing every QoS 1 and 2 exchange on the way; notes the reason
-/// codes of MQTT 5 PUBACKs in `acks` and returns the PUBLISH packets received.
+/// brings nothing more and `own` exchanges of its own publishes (QoS 1 and 2) have ended,
+/// completing every QoS 1 and 2 exchange on the way; notes the reason codes of MQTT 5 PUBACKs
+/// in `acks` and returns the PUBLISH packets received. (With persistence on, a PUBACK or
+/// PUBREC waits for its records to be durable, so it may come after the barrier's UNSUBACK.)
 async fn settle(
     raw: &mut Raw,
     early: Vec<Frame>,
+    mut own: usize,
     v5: bool,
     client: usize,
     acks: &mut Vec<String>,
@@ -238,6 +260,7 @@ async fn settle(
                 }
                 // PUBACK: MQTT 5 says whether the message reached anyone (0x10 if not).
                 4 => {
+                    own -= 1;
                     if v5 {
                         let reason = frame.body.get(2).copied().unwrap_or(0);
                         acks.push(format!("c{client} PUBACK {reason:#04x}"));
@@ -250,11 +273,13 @@ async fn settle(
                 // PUBREL for what it received: PUBCOMP.
                 6 => raw.send(&packets::ack(0x70, frame.pid())).await,
                 // PUBCOMP: the exchange of its own QoS 2 publish ends.
-                7 => {}
+                7 => own -= 1,
                 _ => panic!("unexpected packet {frame:?}"),
             }
         }
-        frames = if v5 {
+        frames = if own > 0 {
+            vec![raw.expect().await]
+        } else if v5 {
             raw.sync5().await
         } else {
             raw.sync().await
