@@ -2,10 +2,10 @@
 //! what each step showed.
 
 use super::common::v5::{
-    ack_codes, connect5, publish5, publish_of, subscribe5, unsubscribe5, Props,
+    ack_codes, connect5, publish5, publish_of, subscribe5, unsubscribe5, Props, Will5,
 };
 use super::common::{packets, Frame, Raw};
-use super::script::{Step, CLIENTS};
+use super::script::{will_topic, Step, CLIENTS};
 use super::servers::Server;
 
 /// What a step and the barrier after it showed one broker's clients.
@@ -24,6 +24,11 @@ pub struct Runner {
     v5: bool,
     connections: Vec<Option<Raw>>,
     next_pid: u16,
+    /// A connection of its own subscribed to every will (at QoS 0), so that the runner knows
+    /// when a dropped connection's will has gone out; `None` until the first will.
+    watcher: Option<Raw>,
+    /// The payload of each connected client's will, if it has one.
+    armed: Vec<Option<String>>,
 }
 
 impl Runner {
@@ -34,6 +39,8 @@ impl Runner {
             v5,
             connections: (0..CLIENTS).map(|_| None).collect(),
             next_pid: 0,
+            watcher: None,
+            armed: vec![None; CLIENTS],
         }
     }
 
@@ -46,6 +53,31 @@ impl Runner {
         self.connections[client]
             .as_mut()
             .expect("the script acts only on connected clients")
+    }
+
+    /// Connects the will watcher, if it is not yet.
+    async fn watch_wills(&mut self) {
+        if self.watcher.is_some() {
+            return;
+        }
+        let mut watcher = Raw::connect(self.server.addr()).await;
+        watcher.stream.set_nodelay(true).expect("TCP_NODELAY");
+        watcher.send(&packets::connect("watcher", true, 60)).await;
+        assert_eq!(watcher.expect().await.byte1, 0x20, "CONNACK");
+        let pid = self.pid();
+        watcher.subscribe(pid, &[("will/#", 0)], &[0]).await;
+        self.watcher = Some(watcher);
+    }
+
+    /// Waits until the watcher gets `client`'s will, `payload`.
+    async fn will_seen(&mut self, client: usize, payload: &str) {
+        let watcher = self.watcher.as_mut().expect("watching wills");
+        loop {
+            let publish = packets::parse_publish(&watcher.expect().await);
+            if publish.topic == will_topic(client) && publish.payload == payload.as_bytes() {
+                return;
+            }
+        }
     }
 
     /// Runs one step, then the barrier: every connected client, the one that acted first, takes
@@ -68,15 +100,36 @@ impl Runner {
             Step::Connect {
                 clean_start,
                 keep_session,
+                will,
                 ..
             } => {
                 let client = client.expect("a client connects");
+                if will.is_some() {
+                    self.watch_wills().await;
+                }
                 let id = format!("c{client}");
+                let topic = will_topic(client);
                 let connect = if self.v5 {
                     let expiry = if *keep_session { 3600 } else { 0 };
-                    connect5(&id, *clean_start, 60, &Props::new().u32(0x11, expiry), None)
+                    let will = will.as_ref().map(|w| Will5 {
+                        topic: &topic,
+                        payload: w.payload.as_bytes(),
+                        qos: w.qos,
+                        retain: w.retain,
+                        props: Props::new(),
+                    });
+                    let props = Props::new().u32(0x11, expiry);
+                    connect5(&id, *clean_start, 60, &props, will.as_ref())
                 } else {
-                    packets::connect(&id, *clean_start, 60)
+                    packets::ConnectSpec {
+                        client_id: &id,
+                        clean: *clean_start,
+                        will: will
+                            .as_ref()
+                            .map(|w| (topic.as_str(), w.payload.as_bytes(), w.qos, w.retain)),
+                        ..Default::default()
+                    }
+                    .encode()
                 };
                 let mut raw = Raw::connect(self.server.addr()).await;
                 // An acknowledgement and the barrier after it are two writes: without this,
@@ -96,6 +149,7 @@ impl Runner {
                 ));
                 session_present = Some(connack.body[0] == 1);
                 self.connections[client] = Some(raw);
+                self.armed[client] = will.as_ref().map(|w| w.payload.clone());
             }
             Step::Disconnect { dropped, .. } => {
                 let client = client.expect("a client acts");
@@ -103,7 +157,14 @@ impl Runner {
                 if !dropped {
                     raw.send(&[0xE0, 0x00]).await;
                     acks.push(format!("c{client} disconnected: {}", closing(raw).await));
+                } else if let Some(payload) = self.armed[client].take() {
+                    drop(raw);
+                    // The will of a dropped connection goes out [MQTT-3.1.2-8]; once the
+                    // watcher has it, every subscriber's copy is on its way, and the barrier
+                    // below takes them.
+                    self.will_seen(client, &payload).await;
                 }
+                self.armed[client] = None;
             }
             Step::Subscribe { filters, .. } => {
                 let client = client.expect("a client acts");

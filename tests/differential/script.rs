@@ -49,6 +49,20 @@ impl Options {
     }
 }
 
+/// A connection's will (no delay), to [`will_topic`].
+#[derive(Debug, Clone)]
+pub struct Will {
+    pub qos: u8,
+    pub retain: bool,
+    /// `w{n}` for step `n`, the CONNECT's.
+    pub payload: String,
+}
+
+/// The topic of client `client`'s will.
+pub fn will_topic(client: usize) -> String {
+    format!("will/c{client}")
+}
+
 /// One operation of a script.
 #[derive(Debug, Clone)]
 pub enum Step {
@@ -59,6 +73,8 @@ pub enum Step {
         client: usize,
         clean_start: bool,
         keep_session: bool,
+        /// Its will, if it has one.
+        will: Option<Will>,
     },
     /// DISCONNECT, or the socket dropped without one.
     Disconnect {
@@ -158,6 +174,7 @@ pub fn script(seed: u64, v5: bool, restarts: bool) -> Vec<Step> {
     let max_qos = if restarts { 1 } else { 2 };
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let mut connected = [false; CLIENTS];
+    let mut has_will = [false; CLIENTS];
     let mut subscribed: Vec<Vec<String>> = vec![Vec::new(); CLIENTS];
     let mut steps = Vec::with_capacity(STEPS);
     let mut must_reconnect = None;
@@ -171,17 +188,26 @@ pub fn script(seed: u64, v5: bool, restarts: bool) -> Vec<Step> {
             Some(client) => client,
             None => rng.below(CLIENTS as u64) as usize,
         };
-        let step = if !connected[client] || rng.chance(4) {
+        // A connection with a will is not taken over, so that its will has one way to go: its
+        // socket dropped (without restarts, which end connections too).
+        let take_over = !has_will[client] && rng.chance(4);
+        let step = if !connected[client] || take_over {
             let clean_start = rng.chance(40);
             let keep_session = match (v5, restarts) {
                 (false, _) => !clean_start,
                 (true, false) => rng.chance(60),
                 (true, true) => !clean_start,
             };
+            let will = (!restarts && rng.chance(30)).then(|| Will {
+                qos: rng.below(u64::from(max_qos) + 1) as u8,
+                retain: rng.chance(30),
+                payload: format!("w{}", steps.len()),
+            });
             Step::Connect {
                 client,
                 clean_start,
                 keep_session,
+                will,
             }
         } else {
             match rng.below(100) {
@@ -224,7 +250,10 @@ pub fn script(seed: u64, v5: bool, restarts: bool) -> Vec<Step> {
             }
         };
         match &step {
-            Step::Connect { .. } => connected[client] = true,
+            Step::Connect { will, .. } => {
+                connected[client] = true;
+                has_will[client] = will.is_some();
+            }
             Step::Disconnect { dropped, .. } => {
                 connected[client] = false;
                 if *dropped {
