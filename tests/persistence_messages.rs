@@ -244,6 +244,70 @@ async fn a_retained_inbound_qos2_message_is_delivered_once_across_kill_9() {
     inbound_qos2_is_delivered_once_across_kill_9(true).await;
 }
 
+/// A retained message sent for a kept session's new subscription, left unacknowledged, then
+/// the broker stopped (SIGTERM with `graceful`, else SIGKILL) and started again.
+async fn retained_message_in_flight_is_sent_again(graceful: bool) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let (mut child, _logs, addr) = start_broker(&state, "interval");
+    let (mut app, _) = Raw::handshake(addr, "app", true).await;
+    app.send(&packets::publish(
+        "gate/1/state",
+        b"closed",
+        1,
+        1,
+        true,
+        false,
+    ))
+    .await;
+    assert_eq!(app.expect().await.byte1, 0x40, "PUBACK");
+    let (mut sub, _) = Raw::handshake(addr, "gate-watch", false).await;
+    sub.subscribe(1, &[("gate/+/state", 1)], &[1]).await;
+    // [MQTT-3.3.1-8] sent for the new subscription, with RETAIN; left unacknowledged.
+    let sent = packets::parse_publish(&sub.expect().await);
+    assert_eq!((sent.qos, sent.retain, sent.dup), (1, true, false));
+    if graceful {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+        sub.expect_closed().await;
+        child.0.wait().expect("stopped");
+    } else {
+        kill_9(child);
+    }
+    drop((sub, app));
+
+    let (child, _logs, addr) = start_broker(&state, "interval");
+    let (mut sub, present) = Raw::handshake(addr, "gate-watch", false).await;
+    assert!(present, "[MQTT-3.2.2-2] the kept session resumes");
+    // [MQTT-4.4.0-1] in flight when the broker stopped: sent again.
+    let frames = sub.sync().await;
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    let again = packets::parse_publish(&frames[0]);
+    assert_eq!(
+        (again.topic.as_str(), &again.payload[..], again.qos),
+        ("gate/1/state", &b"closed"[..], 1)
+    );
+    if graceful {
+        // Its record of being sent is on disk: DUP, with its packet id.
+        assert_eq!((again.pid, again.dup), (sent.pid, true));
+    }
+    // (After SIGKILL that record, written with the writer's next commit, may be lost: then the
+    // broker sends it as new, one of the duplicates the inflight window bounds.)
+    sub.send(&packets::ack(0x40, again.pid)).await;
+    assert!(sub.sync().await.is_empty(), "acknowledged: not sent again");
+    kill_9(child);
+}
+
+#[tokio::test]
+async fn a_retained_message_in_flight_to_a_persistent_session_is_sent_again_after_kill_9() {
+    retained_message_in_flight_is_sent_again(false).await;
+}
+
+#[tokio::test]
+async fn a_retained_message_in_flight_to_a_persistent_session_is_sent_again_after_a_restart() {
+    retained_message_in_flight_is_sent_again(true).await;
+}
+
 #[tokio::test]
 async fn an_outbound_qos2_message_released_before_the_kill_is_not_sent_again() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -8,7 +8,7 @@ use tracing::{info, warn};
 
 use super::{Deliver, Registry, Subscribe, Subscribed, ToSession, Unsubscribe, Unsubscribed};
 use crate::hooks::{ClientSubscribed, ClientUnsubscribed};
-use crate::message::Delivery;
+use crate::message::{Delivery, QoS};
 use crate::persistence::Record;
 use crate::topic::parse_shared;
 
@@ -83,16 +83,28 @@ impl Registry {
         // for this client under the old table is in its mailbox, ahead of the SUBACK; (2) the
         // SUBACK; (3) the retained messages; (4) the new subscriptions, so that a live message
         // they match comes after the retained ones it replaces.
-        // A kept session's subscriptions are durable before the SUBACK acknowledges them.
+        // A kept session's subscriptions are durable before the SUBACK acknowledges them, and
+        // so are its QoS 1/2 retained messages (a `Queued` record each, as for any delivery to
+        // it) before they go out: one in flight when the broker dies is sent again
+        // [MQTT-4.4.0-1].
         let persisted = self.client(msg.key).is_some_and(|c| c.persisted);
         let after = match (&self.store, persisted) {
-            (Some(store), true) if !granted.is_empty() => store.submit_all(granted.iter().map(
-                |(filter, options, _)| Record::Subscribe {
-                    client_id: client_id.to_string(),
-                    filter: filter.clone(),
-                    options: *options,
-                },
-            )),
+            (Some(store), true) if !granted.is_empty() => {
+                let subscriptions = granted
+                    .iter()
+                    .map(|(filter, options, _)| Record::Subscribe {
+                        client_id: client_id.to_string(),
+                        filter: filter.clone(),
+                        options: *options,
+                    });
+                let mut queued = Vec::new();
+                for delivery in retained.iter_mut().filter(|d| d.qos != QoS::AtMostOnce) {
+                    let id = store.next_id();
+                    delivery.set_durable_id(Some(id));
+                    queued.push(Record::queued(client_id.to_string(), id, delivery));
+                }
+                store.submit_all(subscriptions.chain(queued))
+            }
             _ => 0,
         };
         let mut table = self.routes.write();
