@@ -44,7 +44,8 @@ async fn compare(seed: u64, workers: usize, v5: bool, restarts: bool) {
         Server::switchboard_process(workers)
     } else {
         Server::InProcess(common::broker_with(|config| {
-            config.listener.workers = workers
+            config.listener.workers = workers;
+            config.sessions.max_inflight = servers::WINDOW;
         }))
     };
     let mut ours = Runner::new(switchboard, v5);

@@ -29,6 +29,8 @@ pub struct Runner {
     watcher: Option<Raw>,
     /// The payload of each connected client's will, if it has one.
     armed: Vec<Option<String>>,
+    /// Whether each client acknowledges what it gets on its connection.
+    acking: Vec<bool>,
 }
 
 impl Runner {
@@ -41,6 +43,7 @@ impl Runner {
             next_pid: 0,
             watcher: None,
             armed: vec![None; CLIENTS],
+            acking: vec![true; CLIENTS],
         }
     }
 
@@ -101,6 +104,7 @@ impl Runner {
                 clean_start,
                 keep_session,
                 will,
+                acks: acking,
                 ..
             } => {
                 let client = client.expect("a client connects");
@@ -150,6 +154,7 @@ impl Runner {
                 session_present = Some(connack.body[0] == 1);
                 self.connections[client] = Some(raw);
                 self.armed[client] = will.as_ref().map(|w| w.payload.clone());
+                self.acking[client] = *acking;
             }
             Step::Disconnect { dropped, .. } => {
                 let client = client.expect("a client acts");
@@ -241,7 +246,7 @@ impl Runner {
                 Step::Publish { qos, .. } if Some(c) == client && *qos > 0 => 1,
                 _ => 0,
             };
-            let got = settle(raw, frames, own, v5, c, &mut acks).await;
+            let got = settle(raw, frames, own, self.acking[c], v5, c, &mut acks).await;
             deliveries.push((c, got));
         }
         Observed {
@@ -282,13 +287,15 @@ async fn closing(mut raw: Raw) -> String {
 
 /// Takes `early` and then everything the broker sends `raw` (client `client`) until a barrier
 /// brings nothing more and `own` exchanges of its own publishes (QoS 1 and 2) have ended,
-/// completing every QoS 1 and 2 exchange on the way; notes the reason codes of MQTT 5 PUBACKs
+/// completing every QoS 1 and 2 exchange on the way (but with `acking` false, leaving the
+/// messages it gets unacknowledged); notes the reason codes of MQTT 5 PUBACKs
 /// in `acks` and returns the PUBLISH packets received. (With persistence on, a PUBACK or
 /// PUBREC waits for its records to be durable, so it may come after the barrier's UNSUBACK.)
 async fn settle(
     raw: &mut Raw,
     early: Vec<Frame>,
     mut own: usize,
+    acking: bool,
     v5: bool,
     client: usize,
     acks: &mut Vec<String>,
@@ -313,6 +320,7 @@ async fn settle(
                         packets::parse_publish(&frame)
                     };
                     match publish.qos {
+                        _ if !acking => {}
                         1 => raw.send(&packets::ack(0x40, publish.pid)).await,
                         2 => raw.send(&packets::ack(0x50, publish.pid)).await,
                         _ => {}

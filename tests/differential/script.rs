@@ -75,6 +75,10 @@ pub enum Step {
         keep_session: bool,
         /// Its will, if it has one.
         will: Option<Will>,
+        /// Whether the client acknowledges the QoS 1 and 2 messages it gets on this
+        /// connection; if not, they stay in flight, to be sent again (DUP) when its session
+        /// resumes [MQTT-4.4.0-1].
+        acks: bool,
     },
     /// DISCONNECT, or the socket dropped without one.
     Disconnect {
@@ -208,6 +212,7 @@ pub fn script(seed: u64, v5: bool, restarts: bool) -> Vec<Step> {
                 clean_start,
                 keep_session,
                 will,
+                acks: rng.chance(75),
             }
         } else {
             match rng.below(100) {

@@ -8,6 +8,10 @@ use super::common::durable::{start_broker_with, BrokerProcess};
 use super::common::mosquitto::Mosquitto;
 use switchboard::BackgroundBroker;
 
+/// Switchboard's window of QoS 1 and 2 messages in flight to a client: as wide as it goes, so
+/// that, like Mosquitto's here, it never fills in a script.
+pub const WINDOW: u16 = u16::MAX;
+
 /// One broker, as a script reaches it.
 pub enum Server {
     /// Switchboard in this process, without persistence: it cannot restart.
@@ -28,7 +32,8 @@ impl Server {
     pub fn switchboard_process(workers: usize) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let state = dir.path().join("state");
-        let more = format!("[listener]\nworkers = {workers}\n");
+        let more =
+            format!("[listener]\nworkers = {workers}\n[sessions]\nmax_inflight = {WINDOW}\n");
         let (process, _logs, addr) = start_broker_with(&state, "interval", "info", &more);
         Server::Process {
             process: Some(process),
@@ -43,8 +48,12 @@ impl Server {
     pub fn mosquitto(persistent: bool) -> Server {
         // Without TCP_NODELAY, a PUBLISH and the UNSUBACK after it wait on each other (Nagle
         // and the client's delayed ACK), 40 ms a barrier. Its log would be a line per takeover.
+        // No window for QoS 1 and 2 messages in flight (nor in Switchboard's, `WINDOW`): a
+        // client that does not acknowledge has every one in flight, to be sent again with DUP,
+        // where a window would leave some queued, and Mosquitto's fills by its own count
+        // (with MQTT 5, a copy per overlapping subscription).
         Server::Mosquitto(Mosquitto::start(
-            "set_tcp_nodelay true\nlog_dest none\n",
+            "set_tcp_nodelay true\nlog_dest none\nmax_inflight_messages 0\n",
             persistent,
         ))
     }
