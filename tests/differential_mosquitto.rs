@@ -84,62 +84,42 @@ fn scripts(default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-#[tokio::test]
-async fn mqtt_3_clients_observe_the_same_as_with_mosquitto() {
+/// Runs `count` scripts from seed `first` (see [`compare`]) when Mosquitto is there.
+async fn run(first: u64, count: u64, workers: usize, v5: bool, restarts: bool) {
     if !mosquitto_broker_available() {
         return;
     }
-    for seed in 1..=scripts(16) {
-        compare(seed, 1, false, false).await;
+    for seed in first..first + scripts(count) {
+        compare(seed, workers, v5, restarts).await;
     }
+}
+
+#[tokio::test]
+async fn mqtt_3_clients_observe_the_same_as_with_mosquitto() {
+    run(1, 16, 1, false, false).await;
 }
 
 #[tokio::test]
 async fn mqtt_3_clients_observe_the_same_as_with_mosquitto_across_two_workers() {
-    if !mosquitto_broker_available() {
-        return;
-    }
-    for seed in 1_000_001..=1_000_000 + scripts(8) {
-        compare(seed, 2, false, false).await;
-    }
+    run(1_000_001, 8, 2, false, false).await;
 }
 
 #[tokio::test]
 async fn mqtt_5_clients_observe_the_same_as_with_mosquitto() {
-    if !mosquitto_broker_available() {
-        return;
-    }
-    for seed in 2_000_001..=2_000_000 + scripts(16) {
-        compare(seed, 1, true, false).await;
-    }
+    run(2_000_001, 16, 1, true, false).await;
 }
 
 #[tokio::test]
 async fn mqtt_5_clients_observe_the_same_as_with_mosquitto_across_two_workers() {
-    if !mosquitto_broker_available() {
-        return;
-    }
-    for seed in 3_000_001..=3_000_000 + scripts(8) {
-        compare(seed, 2, true, false).await;
-    }
+    run(3_000_001, 8, 2, true, false).await;
 }
 
 #[tokio::test]
 async fn mqtt_3_clients_observe_the_same_as_with_mosquitto_across_restarts() {
-    if !mosquitto_broker_available() {
-        return;
-    }
-    for seed in 4_000_001..=4_000_000 + scripts(6) {
-        compare(seed, 1, false, true).await;
-    }
+    run(4_000_001, 6, 1, false, true).await;
 }
 
 #[tokio::test]
 async fn mqtt_5_clients_observe_the_same_as_with_mosquitto_across_restarts() {
-    if !mosquitto_broker_available() {
-        return;
-    }
-    for seed in 5_000_001..=5_000_000 + scripts(6) {
-        compare(seed, 2, true, true).await;
-    }
+    run(5_000_001, 6, 2, true, true).await;
 }

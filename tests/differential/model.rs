@@ -221,32 +221,23 @@ pub fn normalise(
             lines.push("PUBACK: only the publisher's own No Local subscription matched".into());
             continue;
         }
-        if let Some((client, how)) = line.split_once(" shut down: ") {
-            if switchboard {
-                // A broker shutting down tells an MQTT 5 client why: 0x8B Server shutting down.
-                let expected = if v5 {
-                    "DISCONNECT 0x8b, closed"
-                } else {
-                    "closed"
-                };
-                assert_eq!(how, expected, "{client} at a restart");
-            }
-            // Mosquitto 2.0.11 closes them without a word.
-            lines.push(format!("{client} shut down"));
-            continue;
-        }
-        match line.split_once(" taken over: ") {
-            Some((client, how)) => {
+        // A connection the broker ends, at a restart or a takeover ([MQTT-3.1.4-2]): an MQTT 5
+        // client hears why from Switchboard, 0x8B Server shutting down or 0x8E Session taken
+        // over [MQTT-3.1.4-3]; Mosquitto 2.0.11 closes it without a word.
+        let ended = [(" shut down: ", "0x8b"), (" taken over: ", "0x8e")]
+            .into_iter()
+            .find_map(|(marker, reason)| Some((line.split_once(marker)?, marker, reason)));
+        match ended {
+            Some(((client, how), marker, reason)) => {
                 if switchboard {
-                    // Closed [MQTT-3.1.4-2]; in MQTT 5 after a DISCONNECT 0x8E [MQTT-3.1.4-3].
                     let expected = if v5 {
-                        "DISCONNECT 0x8e, closed"
+                        format!("DISCONNECT {reason}, closed")
                     } else {
-                        "closed"
+                        "closed".to_string()
                     };
-                    assert_eq!(how, expected, "{client} taken over");
+                    assert_eq!(how, expected, "{client}{marker}");
                 }
-                lines.push(format!("{client} taken over"));
+                lines.push(format!("{client}{}", marker.trim_end_matches(": ")));
             }
             None => lines.push(line.clone()),
         }
