@@ -186,8 +186,9 @@ fn published_by<'a>(payload: &[u8], steps: &'a [Step]) -> Option<&'a Step> {
 ///   QoS (and with MQTT 5 the RETAIN flag, which Retain As Published sets per subscription):
 ///   Switchboard sends one copy at the highest QoS they grant ([MQTT-3.3.5-1], in MQTT 5
 ///   [MQTT-3.3.4-2]), Mosquitto 2.0.11 one copy at the QoS of one of them, not always the
-///   highest (MQTT 5: a copy for each); and the message altogether where it comes again to a
-///   resumed session, since whether it was in flight or queued depends on that QoS;
+///   highest (with MQTT 5, a copy for each may come); and the message altogether where it
+///   comes again to a resumed session, since whether it was in flight or queued depends on
+///   that QoS;
 /// - a message to a client through a subscription whose No Local or Retain As Published was
 ///   changed by subscribing again (see [`Subscription`]);
 /// - how a taken-over MQTT 5 connection ends: Switchboard sends DISCONNECT 0x8E Session taken
