@@ -30,7 +30,7 @@ mod script;
 mod servers;
 
 use common::mosquitto_broker_available;
-use model::{normalise, Model};
+use model::{normalise, Model, Reading};
 use runner::Runner;
 use script::script;
 use servers::Server;
@@ -57,8 +57,15 @@ async fn compare(seed: u64, workers: usize, v5: bool, restarts: bool) {
         // A SUBSCRIBE's retained messages and a resumed session's queue are read by the
         // subscriptions after the step; a publish changes none.
         model.apply(step, observed.session_present);
-        let a = normalise(&observed, &model, &steps, n, v5, true);
-        let b = normalise(&theirs_observed, &model, &steps, n, v5, false);
+        let reading = |switchboard| Reading {
+            model: &model,
+            steps: &steps,
+            n,
+            v5,
+            switchboard,
+        };
+        let a = normalise(&observed, reading(true));
+        let b = normalise(&theirs_observed, reading(false));
         if a != b {
             let so_far: Vec<String> = steps[..=n]
                 .iter()

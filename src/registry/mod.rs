@@ -284,12 +284,8 @@ impl Registry {
             return;
         };
         if let (Some(store), true) = (self.store.as_ref(), client.persisted) {
-            // Kept on disk for a persistent session until acknowledged (what a worker routed
-            // is already).
-            if delivery.qos != QoS::AtMostOnce && delivery.durable_id().is_none() {
-                let id = store.next_id();
-                delivery.set_durable_id(Some(id));
-                store.submit(Record::queued(client.id.to_string(), id, &delivery));
+            if let Some(record) = persisting::queued_record(store, &client.id, &mut delivery) {
+                store.submit(record);
             }
         }
         match &client.attached {

@@ -5,7 +5,24 @@ use actix::prelude::*;
 use tracing::warn;
 
 use super::{client_in, ClientKey, FlushStore, Registry};
-use crate::persistence::{unix_ms_now, Durable, Record, SessionUser};
+use crate::message::{Delivery, QoS};
+use crate::persistence::{unix_ms_now, Durable, Record, SessionUser, Store};
+
+/// For a QoS 1/2 `delivery` that the Registry hands to a persistent session and that is not on
+/// disk yet (what a worker routed is): gives it a durable id and returns its `Queued` record, for
+/// the caller to submit, so that it is kept until acknowledged.
+pub(super) fn queued_record(
+    store: &Store,
+    client_id: &str,
+    delivery: &mut Delivery,
+) -> Option<Record> {
+    if delivery.qos == QoS::AtMostOnce || delivery.durable_id().is_some() {
+        return None;
+    }
+    let id = store.next_id();
+    delivery.set_durable_id(Some(id));
+    Some(Record::queued(client_id.to_string(), id, delivery))
+}
 
 impl Registry {
     /// Submits a change of durable state, if there is a store.

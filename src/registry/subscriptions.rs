@@ -6,9 +6,10 @@ use std::time::Instant;
 use actix::prelude::*;
 use tracing::{info, warn};
 
+use super::persisting::queued_record;
 use super::{Deliver, Registry, Subscribe, Subscribed, ToSession, Unsubscribe, Unsubscribed};
 use crate::hooks::{ClientSubscribed, ClientUnsubscribed};
-use crate::message::{Delivery, QoS};
+use crate::message::Delivery;
 use crate::persistence::Record;
 use crate::topic::parse_shared;
 
@@ -97,12 +98,10 @@ impl Registry {
                         filter: filter.clone(),
                         options: *options,
                     });
-                let mut queued = Vec::new();
-                for delivery in retained.iter_mut().filter(|d| d.qos != QoS::AtMostOnce) {
-                    let id = store.next_id();
-                    delivery.set_durable_id(Some(id));
-                    queued.push(Record::queued(client_id.to_string(), id, delivery));
-                }
+                let queued: Vec<Record> = retained
+                    .iter_mut()
+                    .filter_map(|delivery| queued_record(store, &client_id, delivery))
+                    .collect();
                 store.submit_all(subscriptions.chain(queued))
             }
             _ => 0,

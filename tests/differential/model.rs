@@ -180,6 +180,17 @@ fn published_by<'a>(payload: &[u8], steps: &'a [Step]) -> Option<&'a Step> {
         .filter(|step| matches!(step, Step::Publish { .. }))
 }
 
+/// How a step's observations are read: by the model after step `steps[n]`, for MQTT 5 with
+/// `v5`, and with `switchboard` for Switchboard's (checked against the spec too).
+#[derive(Clone, Copy)]
+pub struct Reading<'a> {
+    pub model: &'a Model,
+    pub steps: &'a [Step],
+    pub n: usize,
+    pub v5: bool,
+    pub switchboard: bool,
+}
+
 /// One broker's observation of step `steps[n]` as lines to compare. With `switchboard`, it
 /// also checks what the spec requires where the lines leave something out. Left out:
 /// - where a client's subscriptions overlap (for a message routed live or queued for it), the
@@ -197,14 +208,14 @@ fn published_by<'a>(payload: &[u8], steps: &'a [Step]) -> Option<&'a Step> {
 /// - the PUBACK of a message that only its publisher's own subscriptions match, one of them
 ///   with No Local: where nobody gets it, Switchboard says 0x10 No matching subscribers and
 ///   Mosquitto 0x00 (a subscription matched).
-pub fn normalise(
-    observed: &Observed,
-    model: &Model,
-    steps: &[Step],
-    n: usize,
-    v5: bool,
-    switchboard: bool,
-) -> Vec<String> {
+pub fn normalise(observed: &Observed, reading: Reading) -> Vec<String> {
+    let Reading {
+        model,
+        steps,
+        n,
+        v5,
+        switchboard,
+    } = reading;
     let mut lines = Vec::new();
     let own_no_local_alone = match &steps[n] {
         Step::Publish { client, topic, .. } => model
@@ -244,23 +255,25 @@ pub fn normalise(
         }
     }
     for (client, got) in &observed.deliveries {
-        deliveries(*client, got, model, steps, n, v5, switchboard, &mut lines);
+        deliveries(*client, got, reading, &mut lines);
     }
     lines
 }
 
 /// [`normalise`] for one client's deliveries, `got`, as lines onto `lines`.
-#[allow(clippy::too_many_arguments)]
 fn deliveries(
     client: usize,
     got: &[packets::Published],
-    model: &Model,
-    steps: &[Step],
-    n: usize,
-    v5: bool,
-    switchboard: bool,
+    reading: Reading,
     lines: &mut Vec<String>,
 ) {
+    let Reading {
+        model,
+        steps,
+        n,
+        v5,
+        switchboard,
+    } = reading;
     let subscribing = matches!(steps[n], Step::Subscribe { .. });
     let live = matches!(steps[n], Step::Publish { .. });
     let mut by_message: BTreeMap<(&str, &[u8]), Copies> = BTreeMap::new();

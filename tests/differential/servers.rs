@@ -97,6 +97,7 @@ impl Server {
                 *addr = new_addr;
             }
             Server::Mosquitto(mosquitto) => {
+                // Signals it again (harmless while it stops) and waits for it to exit.
                 mosquitto.stop();
                 mosquitto.resume();
             }
