@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::common::packets;
 use super::runner::Observed;
-use super::script::{Options, Step, CLIENTS};
+use super::script::{is_member, Options, Step, CLIENTS};
 
 /// A subscription as the spec has it, and as Mosquitto 2.0.11 holds it: subscribing to the
 /// same filter again must replace the subscription, options and all [MQTT-3.8.4-3], and
@@ -23,7 +23,8 @@ impl Subscription {
     }
 }
 
-/// Each client's subscriptions by filter, and whether its session outlives its connection.
+/// Each client's subscriptions by filter (a member's by `$share/{group}/{filter}`), and whether
+/// its session outlives its connection.
 pub struct Model {
     subscriptions: Vec<BTreeMap<String, Subscription>>,
     kept: Vec<bool>,
@@ -122,12 +123,27 @@ impl Model {
             .collect()
     }
 
+    /// The shared subscriptions matching `topic`, each once (however many members it has),
+    /// by `$share/{group}/{filter}`, with their options (every member's are the same).
+    fn shared_matching(&self, topic: &str) -> BTreeMap<&str, Options> {
+        (0..CLIENTS)
+            .filter(|&c| is_member(c))
+            .flat_map(|c| &self.subscriptions[c])
+            .filter(|(full, _)| {
+                let filter = full.splitn(3, '/').nth(2).unwrap_or_default();
+                matches(filter, topic)
+            })
+            .map(|(full, subscription)| (full.as_str(), subscription.now))
+            .collect()
+    }
+
     /// Whether `publisher`'s message to `topic` matches only subscriptions of its own, one of
     /// them with No Local for either broker: whether anyone gets it may then differ.
     fn only_own_no_local(&self, publisher: usize, topic: &str) -> bool {
         let others = (0..CLIENTS)
             .filter(|&c| c != publisher)
-            .any(|c| self.matching_filters(c, topic).next().is_some());
+            .any(|c| self.matching_filters(c, topic).next().is_some())
+            || !self.shared_matching(topic).is_empty();
         !others
             && self
                 .matching_filters(publisher, topic)
@@ -255,9 +271,107 @@ pub fn normalise(observed: &Observed, reading: Reading) -> Vec<String> {
         }
     }
     for (client, got) in &observed.deliveries {
-        deliveries(*client, got, reading, &mut lines);
+        if !is_member(*client) {
+            deliveries(*client, got, reading, &mut lines);
+        }
     }
+    let members = observed
+        .deliveries
+        .iter()
+        .filter(|(client, _)| is_member(*client))
+        .flat_map(|(_, got)| got);
+    shared_deliveries(members, reading, &mut lines);
     lines
+}
+
+/// A copy of a message that a member of shared subscriptions got: its QoS, RETAIN and DUP.
+type MemberCopy = (u8, bool, bool);
+
+/// [`normalise`] for the copies the members of shared subscriptions got, `got`, as lines onto
+/// `lines`: which member got a copy is each broker's choice, so a line says only what copies
+/// of a message the members got together (QoS, RETAIN, DUP), which must be one per shared
+/// subscription matching it (MQTT 5 section 4.8.2), at the QoS it grants [MQTT-4.8.2-3].
+/// Left out:
+/// - what a member gets at its SUBSCRIBE. A shared subscription gets no retained messages
+///   (section 4.8.2), and Switchboard sends none; Mosquitto 2.0.11 sends them (2.0.13
+///   stopped);
+/// - with MQTT 3.1.1, the copies of a message that several shared subscriptions match:
+///   Switchboard sends one for each, as MQTT 5 has it, and Mosquitto one to each member
+///   client it picks, however many of its subscriptions match (3.1.1 allows either: one copy
+///   at the highest QoS, and it MAY send one for each further subscription [MQTT-3.3.5-1]).
+fn shared_deliveries<'a>(
+    got: impl Iterator<Item = &'a packets::Published>,
+    reading: Reading,
+    lines: &mut Vec<String>,
+) {
+    let Reading {
+        model,
+        steps,
+        n,
+        v5,
+        switchboard,
+    } = reading;
+    let mut by_message: BTreeMap<(&str, &[u8]), Vec<MemberCopy>> = BTreeMap::new();
+    for publish in got {
+        by_message
+            .entry((&publish.topic, &publish.payload))
+            .or_default()
+            .push((publish.qos, publish.retain, publish.dup));
+    }
+    if let Step::Subscribe { .. } = &steps[n] {
+        if switchboard {
+            assert!(
+                by_message.is_empty(),
+                "step {n}: a shared subscription gets no retained messages (section 4.8.2): \
+                 {by_message:?}"
+            );
+        }
+        return;
+    }
+    if let (
+        true,
+        Step::Publish {
+            topic,
+            qos,
+            retain,
+            payload,
+            ..
+        },
+    ) = (switchboard, &steps[n])
+    {
+        let mut got = by_message
+            .get(&(topic.as_str(), payload.as_bytes()))
+            .cloned()
+            .unwrap_or_default();
+        got.sort_unstable();
+        let mut expected: Vec<MemberCopy> = model
+            .shared_matching(topic)
+            .values()
+            .map(|o| {
+                let rap = v5 && o.retain_as_published;
+                ((*qos).min(o.qos), rap && *retain, false)
+            })
+            .collect();
+        expected.sort_unstable();
+        assert_eq!(
+            got, expected,
+            "the members' copies (QoS, RETAIN, DUP) of {topic} in step {n}: one per matching \
+             shared subscription, at the QoS it grants [MQTT-4.8.2-3]"
+        );
+    }
+    for ((topic, payload), mut copies) in by_message {
+        copies.sort_unstable();
+        if !v5 && model.shared_matching(topic).len() > 1 {
+            lines.push(format!(
+                "members got {topic} through several shared subscriptions"
+            ));
+            continue;
+        }
+        lines.push(format!(
+            "members got {topic} {:?} {copies:?}",
+            String::from_utf8_lossy(payload)
+        ));
+    }
 }
 
 /// [`normalise`] for one client's deliveries, `got`, as lines onto `lines`.

@@ -1,7 +1,25 @@
 //! The random scripts: a small generator, the steps, and the topics and filters they use.
 
-/// Clients in a script.
-pub const CLIENTS: usize = 4;
+/// Clients in a script: the first [`MEMBERS_FROM`] with sessions of every kind and plain
+/// subscriptions, the rest members of shared subscriptions.
+pub const CLIENTS: usize = 6;
+
+/// The first client whose subscriptions are all shared (`$share/{group}/{filter}`, MQTT 5
+/// section 4.8.2; Switchboard and Mosquitto take them from MQTT 3.1.1 clients too). Members
+/// connect with clean sessions, without wills, and acknowledge what they get, so that a shared
+/// subscription is always made of connected members with nothing in flight between steps:
+/// which member gets a message is each broker's choice, and what a member that leaves leaves
+/// behind differs by design (docs/conformance.md), so the scripts compare only how many
+/// copies the members get together.
+pub const MEMBERS_FROM: usize = 4;
+
+/// Whether `client` is a member of shared subscriptions only (see [`MEMBERS_FROM`]).
+pub fn is_member(client: usize) -> bool {
+    client >= MEMBERS_FROM
+}
+
+/// The groups of shared subscriptions.
+const GROUPS: [&str; 2] = ["a", "b"];
 
 /// Steps per script.
 pub const STEPS: usize = 120;
@@ -151,6 +169,24 @@ fn filter(rng: &mut Rng) -> String {
     levels.join("/")
 }
 
+/// A shared subscription's filter, `$share/{group}/{filter}`, and its options: the same for
+/// every member that subscribes to it, so that the QoS and RETAIN flag of a copy do not depend
+/// on which member a broker picks. No Local is never set: it is a Protocol Error on a shared
+/// subscription [MQTT-3.8.3-4].
+fn shared(rng: &mut Rng, v5: bool, max_qos: u8) -> (String, Options) {
+    let full = format!("$share/{}/{}", rng.pick(&GROUPS), filter(rng));
+    let hash = full
+        .bytes()
+        .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    let options = Options {
+        qos: (hash % (u64::from(max_qos) + 1)) as u8,
+        no_local: false,
+        retain_as_published: v5 && (hash / 3) % 2 == 0,
+        retain_handling: if v5 { ((hash / 7) % 3) as u8 } else { 0 },
+    };
+    (full, options)
+}
+
 /// Subscription options: the QoS (at most `max_qos`), and with `v5` the options MQTT 5 adds.
 fn options(rng: &mut Rng, v5: bool, max_qos: u8) -> Options {
     Options {
@@ -195,14 +231,16 @@ pub fn script(seed: u64, v5: bool, restarts: bool) -> Vec<Step> {
         // A connection with a will is not taken over, so that its will has one way to go: its
         // socket dropped (without restarts, which end connections too).
         let take_over = !has_will[client] && rng.chance(4);
+        let member = is_member(client);
         let step = if !connected[client] || take_over {
-            let clean_start = rng.chance(40);
+            let clean_start = member || rng.chance(40);
             let keep_session = match (v5, restarts) {
+                _ if member => false,
                 (false, _) => !clean_start,
                 (true, false) => rng.chance(60),
                 (true, true) => !clean_start,
             };
-            let will = (!restarts && rng.chance(30)).then(|| Will {
+            let will = (!member && !restarts && rng.chance(30)).then(|| Will {
                 qos: rng.below(u64::from(max_qos) + 1) as u8,
                 retain: rng.chance(30),
                 payload: format!("w{}", steps.len()),
@@ -212,23 +250,26 @@ pub fn script(seed: u64, v5: bool, restarts: bool) -> Vec<Step> {
                 clean_start,
                 keep_session,
                 will,
-                acks: rng.chance(75),
+                acks: member || rng.chance(75),
             }
         } else {
             match rng.below(100) {
                 0..=24 => {
                     let count = if rng.chance(20) { 2 } else { 1 };
                     let filters = (0..count)
-                        .map(|_| (filter(&mut rng), options(&mut rng, v5, max_qos)))
+                        .map(|_| match member {
+                            true => shared(&mut rng, v5, max_qos),
+                            false => (filter(&mut rng), options(&mut rng, v5, max_qos)),
+                        })
                         .collect();
                     Step::Subscribe { client, filters }
                 }
                 25..=34 => {
                     let filter = match subscribed[client].len() {
-                        0 => filter(&mut rng),
-                        n if rng.chance(80) => {
+                        n if n > 0 && rng.chance(80) => {
                             subscribed[client][rng.below(n as u64) as usize].clone()
                         }
+                        _ if member => shared(&mut rng, v5, max_qos).0,
                         _ => filter(&mut rng),
                     };
                     Step::Unsubscribe { client, filter }
