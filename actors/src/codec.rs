@@ -1,12 +1,16 @@
 //! The client side of the wire. Decoding of server-to-client packets uses mqttbytes (v4 for MQTT
-//! 3.1.1, v5 for MQTT 5, guarded against its known faults) into one version-neutral
-//! [`Incoming`]; encoding uses mqttbytes for 3.1.1 CONNECT/SUBSCRIBE/UNSUBSCRIBE, this file for
+//! 3.1.1, v5 for MQTT 5, guarded against its known faults; an MQTT 5 PUBLISH is read by the
+//! broker's own codec, since mqttbytes misreads one with several Subscription Identifiers) into
+//! one version-neutral [`Incoming`]; encoding uses mqttbytes for 3.1.1 CONNECT/SUBSCRIBE/UNSUBSCRIBE, this file for
 //! their MQTT 5 forms, and the broker's own infallible writers for PUBLISH and acknowledgements.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use mqttbytes::{v4, v5};
 use switchboard_mqtt::codec::properties::{id, put_var_int, var_int_len, PropertyWriter};
-use switchboard_mqtt::codec::{write_publish, write_publish_v5, PublishExtras, PublishHeader};
+use switchboard_mqtt::codec::{
+    decode_server_publish_v5, write_publish, write_publish_v5, CodecError, PublishExtras,
+    PublishHeader,
+};
 use switchboard_mqtt::{MessageProperties, ProtocolVersion, QoS};
 
 use crate::queue::Outgoing;
@@ -22,6 +26,9 @@ pub enum ClientCodecError {
     /// mqttbytes rejected a packet.
     #[error("malformed packet from the broker: {0:?}")]
     Malformed(mqttbytes::Error),
+    /// An MQTT 5 PUBLISH from the broker broke the spec.
+    #[error("invalid PUBLISH from the broker: {0}")]
+    Invalid(#[from] CodecError),
 }
 
 /// A server-to-client packet, either protocol.
@@ -113,6 +120,9 @@ impl Decoder for ClientCodec {
                 // mqttbytes v5 refuses a bare DISCONNECT (reason 0x00 by omission).
                 return Ok(Some(Incoming::Disconnect(0)));
             }
+            if frame[0] >> 4 == 3 {
+                return publish_v5(frame.freeze()).map(Some);
+            }
             return match v5::read(&mut frame, self.max_packet_size) {
                 Ok(packet) => from_v5(packet).map(Some),
                 Err(e) => Err(ClientCodecError::Malformed(e)),
@@ -165,6 +175,26 @@ fn from_v4(packet: v4::Packet) -> Result<Incoming, ClientCodecError> {
     })
 }
 
+/// An MQTT 5 PUBLISH frame from the broker, read by the broker's own codec (see the module doc).
+fn publish_v5(frame: Bytes) -> Result<Incoming, ClientCodecError> {
+    let publish = decode_server_publish_v5(frame)?;
+    if let Some(alias) = publish.topic_alias {
+        // This client announces no Topic Alias Maximum, so it allows none [MQTT-3.3.2-10].
+        return Err(CodecError::TopicAliasInvalid(alias).into());
+    }
+    let properties = publish.properties;
+    let has_properties = !properties.is_empty();
+    Ok(Incoming::Publish {
+        topic: publish.topic,
+        payload: publish.payload,
+        qos: publish.qos,
+        retain: publish.retain,
+        pid: publish.pid,
+        properties: has_properties.then_some(properties),
+        expiry: publish.expiry,
+    })
+}
+
 fn from_v5(packet: v5::Packet) -> Result<Incoming, ClientCodecError> {
     Ok(match packet {
         v5::Packet::ConnAck(ack) => Incoming::ConnAck {
@@ -172,24 +202,7 @@ fn from_v5(packet: v5::Packet) -> Result<Incoming, ClientCodecError> {
             code: ack.code as u8,
             maximum_packet_size: ack.properties.and_then(|p| p.max_packet_size),
         },
-        v5::Packet::Publish(p) => Incoming::Publish {
-            expiry: p
-                .properties
-                .as_ref()
-                .and_then(|props| props.message_expiry_interval),
-            properties: p.properties.map(|props| MessageProperties {
-                payload_format: props.payload_format_indicator,
-                content_type: props.content_type,
-                response_topic: props.response_topic,
-                correlation_data: props.correlation_data,
-                user_properties: props.user_properties,
-            }),
-            topic: p.topic,
-            payload: p.payload,
-            qos: from_mqttbytes(p.qos),
-            retain: p.retain,
-            pid: p.pkid,
-        },
+        // A PUBLISH never comes here: `publish_v5` reads it.
         v5::Packet::PubAck(a) => Incoming::PubAck(a.pkid, a.reason as u8),
         v5::Packet::PubRec(a) => Incoming::PubRec(a.pkid, a.reason as u8),
         v5::Packet::PubRel(a) => Incoming::PubRel(a.pkid),
@@ -454,6 +467,43 @@ mod tests {
         );
         assert_eq!(got.len(), 1);
         assert!(got[0].is_err());
+    }
+
+    #[test]
+    fn an_mqtt5_publish_with_several_subscription_identifiers_keeps_its_payload() {
+        // PUBLISH "t" QoS 0, properties: Content Type "x", then Subscription Identifiers 5, 6
+        // and 7 (one copy for three overlapping subscriptions, [MQTT-3.3.4-4]), payload "ok".
+        let frame = [
+            0x30, 0x10, 0x00, 0x01, b't', 0x0A, 0x03, 0x00, 0x01, b'x', 0x0B, 5, 0x0B, 6, 0x0B, 7,
+            b'o', b'k',
+        ];
+        let got = decode_all(ProtocolVersion::V5, &frame);
+        let [Ok(Incoming::Publish {
+            topic,
+            payload,
+            properties,
+            ..
+        })] = &got[..]
+        else {
+            panic!("one PUBLISH expected, got {got:?}");
+        };
+        assert_eq!((topic.as_str(), &payload[..]), ("t", &b"ok"[..]));
+        assert_eq!(
+            properties.as_ref().and_then(|p| p.content_type.as_deref()),
+            Some("x")
+        );
+        // mqttbytes 0.6 reads the last identifier into the payload.
+        match v5::read(&mut BytesMut::from(&frame[..]), 1024) {
+            Ok(v5::Packet::Publish(p)) => assert_eq!(&p.payload[..], &[0x0B, 7, b'o', b'k']),
+            other => panic!("mqttbytes read {other:?}"),
+        }
+        // This client allows no Topic Alias: one ends the link with a clear error.
+        let aliased = [0x30, 0x08, 0x00, 0x01, b't', 0x03, 0x23, 0x00, 0x01, b'x'];
+        let got = decode_all(ProtocolVersion::V5, &aliased);
+        assert!(
+            matches!(&got[..], [Err(e)] if e.contains("topic alias")),
+            "{got:?}"
+        );
     }
 
     #[test]

@@ -11,9 +11,11 @@ mod encode;
 mod encode_v5;
 mod error;
 pub mod properties;
+mod server_publish;
 
 pub use connect::{Connect, ConnectProperties};
 pub use decode::{MqttCodec, Packet, Publish, BURST_READ_BUFFER};
 pub use encode::*;
 pub use encode_v5::*;
 pub use error::CodecError;
+pub use server_publish::{decode_server_publish_v5, ServerPublish};

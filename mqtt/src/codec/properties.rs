@@ -158,12 +158,22 @@ pub fn var_int_len(value: usize) -> usize {
 }
 
 /// Reads a property block (its length, then the properties). Every identifier must be in
-/// `allowed`; a property other than User Property (and Subscription Identifier where `repeat_ids`)
-/// may appear once. Returns the properties in wire order (user properties keep their order
-/// `[MQTT-3.3.2-18]`).
+/// `allowed`; a property other than User Property may appear once. Returns the properties in
+/// wire order (user properties keep their order `[MQTT-3.3.2-18]`).
 pub(super) fn read_properties(
     body: &mut Bytes,
     allowed: &[u8],
+    packet: &'static str,
+) -> Result<Vec<(u8, Value)>, CodecError> {
+    read_properties_repeating(body, allowed, &[id::USER_PROPERTY], packet)
+}
+
+/// [`read_properties`], with the identifiers in `repeatable` allowed more than once (a server's
+/// PUBLISH carries a Subscription Identifier per matching subscription, section 3.3.2.3.8).
+pub(super) fn read_properties_repeating(
+    body: &mut Bytes,
+    allowed: &[u8],
+    repeatable: &[u8],
     packet: &'static str,
 ) -> Result<Vec<(u8, Value)>, CodecError> {
     let len = read_var_int(body)? as usize;
@@ -190,7 +200,7 @@ pub(super) fn read_properties(
                 "property not allowed in this packet",
             ));
         }
-        if identifier != id::USER_PROPERTY {
+        if !repeatable.contains(&identifier) {
             let bit = 1u64 << (identifier & 0x3F);
             if seen & bit != 0 {
                 return Err(CodecError::Protocol5(
