@@ -3,9 +3,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::common::packets;
-use super::runner::Observed;
-use super::script::{is_member, Options, Step, CLIENTS};
+use super::runner::{Got, Observed};
+use super::script::{is_member, MessageProps, Options, Step, CLIENTS};
 
 /// A subscription as the spec has it, and as Mosquitto 2.0.11 holds it: subscribing to the
 /// same filter again must replace the subscription, options and all [MQTT-3.8.4-3], and
@@ -13,6 +12,8 @@ use super::script::{is_member, Options, Step, CLIENTS};
 struct Subscription {
     now: Options,
     mosquitto: Options,
+    /// Its MQTT 5 Subscription Identifier, if its SUBSCRIBE had one.
+    identifier: Option<u32>,
 }
 
 impl Subscription {
@@ -70,7 +71,11 @@ impl Model {
                     }
                 }
             }
-            Step::Subscribe { client, filters } => {
+            Step::Subscribe {
+                client,
+                filters,
+                identifier,
+            } => {
                 for (filter, options) in filters {
                     let mosquitto = match self.subscriptions[*client].get(filter) {
                         Some(old) => Options {
@@ -80,8 +85,12 @@ impl Model {
                         None => *options,
                     };
                     let now = *options;
-                    self.subscriptions[*client]
-                        .insert(filter.clone(), Subscription { now, mosquitto });
+                    let subscription = Subscription {
+                        now,
+                        mosquitto,
+                        identifier: *identifier,
+                    };
+                    self.subscriptions[*client].insert(filter.clone(), subscription);
                 }
             }
             Step::Unsubscribe { client, filter } => {
@@ -121,6 +130,23 @@ impl Model {
             .map(|s| s.now)
             .filter(|o| !(o.no_local && publisher == Some(client)))
             .collect()
+    }
+
+    /// The Subscription Identifiers of `client`'s subscriptions matching `topic` (but No Local
+    /// ones when `client` published it), sorted.
+    fn matching_identifiers(
+        &self,
+        client: usize,
+        topic: &str,
+        publisher: Option<usize>,
+    ) -> Vec<u32> {
+        let mut identifiers: Vec<u32> = self
+            .matching_filters(client, topic)
+            .filter(|s| !(s.now.no_local && publisher == Some(client)))
+            .filter_map(|s| s.identifier)
+            .collect();
+        identifiers.sort_unstable();
+        identifiers
     }
 
     /// The shared subscriptions matching `topic`, each once (however many members it has),
@@ -166,7 +192,27 @@ struct Copies {
     retain: Vec<bool>,
     /// Their DUP flags: a message sent again to a resumed session has it [MQTT-4.4.0-1].
     dup: Vec<bool>,
+    /// Their properties, as [`forwarded`] reads them.
+    props: Vec<MessageProps>,
+    /// Their Subscription Identifiers.
+    identifiers: Vec<Vec<u32>>,
     count: usize,
+}
+
+/// A message's properties as a subscriber got them, read for comparing: the Message Expiry
+/// Interval is what is left of it, at most what was published [MQTT-3.3.2-6] (an hour in the
+/// scripts, and nothing waits a minute), so it is read as present or not.
+fn forwarded(props: &MessageProps) -> MessageProps {
+    if let Some(left) = props.expiry {
+        assert!(
+            (3540..=3600).contains(&left),
+            "a Message Expiry Interval of 3600 s forwarded as {left} [MQTT-3.3.2-6]"
+        );
+    }
+    MessageProps {
+        expiry: props.expiry.map(|_| 3600),
+        ..props.clone()
+    }
 }
 
 /// Whether `filter` matches `topic` (no `$` topics in these scripts).
@@ -284,8 +330,10 @@ pub fn normalise(observed: &Observed, reading: Reading) -> Vec<String> {
     lines
 }
 
-/// A copy of a message that a member of shared subscriptions got: its QoS, RETAIN and DUP.
-type MemberCopy = (u8, bool, bool);
+/// A copy of a message that a member of shared subscriptions got: its QoS, RETAIN and DUP,
+/// and its properties (as [`forwarded`] reads them) and Subscription Identifiers (none: a
+/// member's SUBSCRIBE has none).
+type MemberCopy = (u8, bool, bool, String);
 
 /// [`normalise`] for the copies the members of shared subscriptions got, `got`, as lines onto
 /// `lines`: which member got a copy is each broker's choice, so a line says only what copies
@@ -300,7 +348,7 @@ type MemberCopy = (u8, bool, bool);
 ///   client it picks, however many of its subscriptions match (3.1.1 allows either: one copy
 ///   at the highest QoS, and it MAY send one for each further subscription [MQTT-3.3.5-1]).
 fn shared_deliveries<'a>(
-    got: impl Iterator<Item = &'a packets::Published>,
+    got: impl Iterator<Item = &'a Got>,
     reading: Reading,
     lines: &mut Vec<String>,
 ) {
@@ -312,11 +360,13 @@ fn shared_deliveries<'a>(
         switchboard,
     } = reading;
     let mut by_message: BTreeMap<(&str, &[u8]), Vec<MemberCopy>> = BTreeMap::new();
-    for publish in got {
+    for got in got {
+        let publish = &got.publish;
+        let details = format!("{:?} {:?}", forwarded(&got.props), got.identifiers);
         by_message
             .entry((&publish.topic, &publish.payload))
             .or_default()
-            .push((publish.qos, publish.retain, publish.dup));
+            .push((publish.qos, publish.retain, publish.dup, details));
     }
     if let Step::Subscribe { .. } = &steps[n] {
         if switchboard {
@@ -335,6 +385,7 @@ fn shared_deliveries<'a>(
             qos,
             retain,
             payload,
+            props,
             ..
         },
     ) = (switchboard, &steps[n])
@@ -349,7 +400,8 @@ fn shared_deliveries<'a>(
             .values()
             .map(|o| {
                 let rap = v5 && o.retain_as_published;
-                ((*qos).min(o.qos), rap && *retain, false)
+                let details = format!("{props:?} {:?}", Vec::<u32>::new());
+                ((*qos).min(o.qos), rap && *retain, false, details)
             })
             .collect();
         expected.sort_unstable();
@@ -375,12 +427,7 @@ fn shared_deliveries<'a>(
 }
 
 /// [`normalise`] for one client's deliveries, `got`, as lines onto `lines`.
-fn deliveries(
-    client: usize,
-    got: &[packets::Published],
-    reading: Reading,
-    lines: &mut Vec<String>,
-) {
+fn deliveries(client: usize, got: &[Got], reading: Reading, lines: &mut Vec<String>) {
     let Reading {
         model,
         steps,
@@ -391,13 +438,16 @@ fn deliveries(
     let subscribing = matches!(steps[n], Step::Subscribe { .. });
     let live = matches!(steps[n], Step::Publish { .. });
     let mut by_message: BTreeMap<(&str, &[u8]), Copies> = BTreeMap::new();
-    for publish in got {
+    for got in got {
+        let publish = &got.publish;
         let copies = by_message
             .entry((&publish.topic, &publish.payload))
             .or_default();
         copies.qos = copies.qos.max(publish.qos);
         copies.retain.push(publish.retain);
         copies.dup.push(publish.dup);
+        copies.props.push(forwarded(&got.props));
+        copies.identifiers.push(got.identifiers.clone());
         copies.count += 1;
     }
     for ((topic, payload), copies) in by_message {
@@ -405,10 +455,14 @@ fn deliveries(
             qos,
             mut retain,
             mut dup,
+            mut props,
+            mut identifiers,
             count: copies,
         } = copies;
         retain.dedup();
         dup.dedup();
+        props.dedup();
+        identifiers.dedup();
         let publisher = published_by(payload, steps);
         let matching = model.matching(client, topic, publisher.and_then(Step::client));
         // Switchboard routes a message once per client [MQTT-3.3.5-1]. (A SUBSCRIBE of
@@ -451,11 +505,36 @@ fn deliveries(
             }
             continue;
         }
+        let publisher_id = publisher.and_then(Step::client);
+        if let (true, true, Some(Step::Publish { props: sent, .. })) =
+            (switchboard, live, publisher)
+        {
+            // Forwarded unaltered: [MQTT-3.3.2-4] (Payload Format Indicator), [MQTT-3.3.2-15]
+            // (Response Topic), [MQTT-3.3.2-16] (Correlation Data), [MQTT-3.3.2-17] and
+            // [MQTT-3.3.2-18] (User Properties, in order), [MQTT-3.3.2-20] (Content Type).
+            assert_eq!(
+                props,
+                std::slice::from_ref(sent),
+                "c{client}: the properties of {topic}"
+            );
+            // One copy carries the identifiers of every matching subscription that has one
+            // [MQTT-3.3.4-3] [MQTT-3.3.4-4].
+            let expected = model.matching_identifiers(client, topic, publisher_id);
+            assert_eq!(
+                identifiers,
+                [expected],
+                "c{client}: the Subscription Identifiers of {topic}"
+            );
+        }
         let (mut shown_qos, mut shown_retain) = (qos.to_string(), format!("{retain:?}"));
+        let mut shown_identifiers = format!("{identifiers:?}");
         if !subscribing && matching.len() > 1 {
             shown_qos = "overlapping".into();
             if v5 {
+                // Mosquitto may send a copy for each subscription, each with its identifier
+                // (allowed too, [MQTT-3.3.4-5]).
                 shown_retain = "overlapping".into();
+                shown_identifiers = "overlapping".into();
             }
             if let (true, true, Some(Step::Publish { qos: sent, .. })) =
                 (switchboard, live, publisher)
@@ -470,7 +549,8 @@ fn deliveries(
             }
         }
         lines.push(format!(
-            "c{client} got {topic} {:?} qos={shown_qos} retain={shown_retain} dup={dup:?}",
+            "c{client} got {topic} {:?} qos={shown_qos} retain={shown_retain} dup={dup:?} \
+             props={props:?} identifiers={shown_identifiers}",
             String::from_utf8_lossy(payload),
         ));
     }

@@ -1,12 +1,11 @@
 //! Runs a script against one broker over raw TCP, as MQTT 3.1.1 or MQTT 5 clients, and says
 //! what each step showed.
 
-use super::common::v5::{
-    ack_codes, connect5, publish5, publish_of, subscribe5, unsubscribe5, Props, Will5,
-};
+use super::common::v5::{ack_codes, connect5, publish5, subscribe5, unsubscribe5, Props, Will5};
 use super::common::{packets, Frame, Raw};
-use super::script::{will_topic, Step, CLIENTS};
+use super::script::{will_topic, MessageProps, Step, CLIENTS};
 use super::servers::Server;
+use switchboard_mqtt::codec::{decode_server_publish_v5, ServerPublish};
 
 /// What a step and the barrier after it showed one broker's clients.
 pub struct Observed {
@@ -15,7 +14,86 @@ pub struct Observed {
     /// The CONNACK's Session Present flag, for a CONNECT.
     pub session_present: Option<bool>,
     /// Each connected client's PUBLISH packets, in the order of the barrier.
-    pub deliveries: Vec<(usize, Vec<packets::Published>)>,
+    pub deliveries: Vec<(usize, Vec<Got>)>,
+}
+
+/// A PUBLISH a client got.
+pub struct Got {
+    pub publish: packets::Published,
+    /// The properties it forwards, as they came (with MQTT 3.1.1, none).
+    pub props: MessageProps,
+    /// Its Subscription Identifiers, sorted (their order is not significant [MQTT-3.3.4-4]).
+    pub identifiers: Vec<u32>,
+}
+
+/// Reads an MQTT 5 PUBLISH from a broker, with the broker's own reader of them (mqttbytes 0.6
+/// misreads one with several Subscription Identifiers).
+fn got_v5(frame: &Frame) -> Got {
+    let bytes = bytes::Bytes::from(packets::frame(frame.byte1, &frame.body));
+    let ServerPublish {
+        topic,
+        payload,
+        qos,
+        retain,
+        dup,
+        pid,
+        properties,
+        expiry,
+        mut subscription_ids,
+        topic_alias,
+    } = decode_server_publish_v5(bytes)
+        .unwrap_or_else(|e| panic!("a PUBLISH the spec allows, not {frame:?}: {e}"));
+    assert_eq!(
+        topic_alias, None,
+        "no Topic Alias to a client that allows none"
+    );
+    subscription_ids.sort_unstable();
+    Got {
+        publish: packets::Published {
+            topic,
+            payload: payload.to_vec(),
+            qos: qos as u8,
+            pid,
+            retain,
+            dup,
+        },
+        props: MessageProps {
+            utf8: properties.payload_format == Some(1),
+            expiry,
+            content_type: properties.content_type,
+            response_topic: properties.response_topic,
+            correlation_data: properties
+                .correlation_data
+                .map(|data| String::from_utf8_lossy(&data).into_owned()),
+            user: properties.user_properties,
+        },
+        identifiers: subscription_ids,
+    }
+}
+
+/// A script's [`MessageProps`] as the properties of an MQTT 5 PUBLISH.
+fn publish_props(props: &MessageProps) -> Props {
+    let mut encoded = Props::new();
+    if props.utf8 {
+        encoded = encoded.byte(0x01, 1);
+    }
+    if let Some(expiry) = props.expiry {
+        encoded = encoded.u32(0x02, expiry);
+    }
+    if let Some(content_type) = &props.content_type {
+        encoded = encoded.str(0x03, content_type);
+    }
+    if let Some(topic) = &props.response_topic {
+        encoded = encoded.str(0x08, topic);
+    }
+    if let Some(data) = &props.correlation_data {
+        // Binary Data is encoded as a UTF-8 string is: a two-byte length, then the bytes.
+        encoded = encoded.str(0x09, data);
+    }
+    for (name, value) in &props.user {
+        encoded = encoded.user(name, value);
+    }
+    encoded
 }
 
 /// One broker's clients.
@@ -171,7 +249,11 @@ impl Runner {
                 }
                 self.armed[client] = None;
             }
-            Step::Subscribe { filters, .. } => {
+            Step::Subscribe {
+                filters,
+                identifier,
+                ..
+            } => {
                 let client = client.expect("a client acts");
                 let pid = self.pid();
                 let v5 = self.v5;
@@ -181,7 +263,11 @@ impl Runner {
                         .iter()
                         .map(|(f, o)| (f.as_str(), o.byte()))
                         .collect();
-                    raw.send(&subscribe5(pid, &Props::new(), &refs)).await;
+                    let props = match identifier {
+                        Some(id) => Props::new().var(0x0B, *id),
+                        None => Props::new(),
+                    };
+                    raw.send(&subscribe5(pid, &props, &refs)).await;
                 } else {
                     let refs: Vec<(&str, u8)> =
                         filters.iter().map(|(f, o)| (f.as_str(), o.qos)).collect();
@@ -214,6 +300,7 @@ impl Runner {
                 qos,
                 retain,
                 payload,
+                props,
                 ..
             } => {
                 let client = client.expect("a client publishes");
@@ -221,7 +308,8 @@ impl Runner {
                 let v5 = self.v5;
                 let raw = self.raw(client);
                 let publish = if v5 {
-                    publish5(topic, payload.as_bytes(), *qos, pid, *retain, &Props::new())
+                    let props = publish_props(props);
+                    publish5(topic, payload.as_bytes(), *qos, pid, *retain, &props)
                 } else {
                     packets::publish(topic, payload.as_bytes(), *qos, pid, *retain, false)
                 };
@@ -299,33 +387,30 @@ async fn settle(
     v5: bool,
     client: usize,
     acks: &mut Vec<String>,
-) -> Vec<packets::Published> {
+) -> Vec<Got> {
     let mut got = Vec::new();
     let mut frames = early;
     loop {
         for frame in frames.drain(..) {
             match frame.byte1 >> 4 {
                 3 => {
-                    let publish = if v5 {
-                        let p = publish_of(&frame);
-                        packets::Published {
-                            topic: p.topic.clone(),
-                            payload: p.payload.to_vec(),
-                            qos: p.qos as u8,
-                            pid: p.pkid,
-                            retain: p.retain,
-                            dup: p.dup,
-                        }
+                    let received = if v5 {
+                        got_v5(&frame)
                     } else {
-                        packets::parse_publish(&frame)
+                        Got {
+                            publish: packets::parse_publish(&frame),
+                            props: MessageProps::default(),
+                            identifiers: Vec::new(),
+                        }
                     };
+                    let publish = &received.publish;
                     match publish.qos {
                         _ if !acking => {}
                         1 => raw.send(&packets::ack(0x40, publish.pid)).await,
                         2 => raw.send(&packets::ack(0x50, publish.pid)).await,
                         _ => {}
                     }
-                    got.push(publish);
+                    got.push(received);
                 }
                 // PUBACK: MQTT 5 says whether the message reached anyone (0x10 if not).
                 4 => {

@@ -76,6 +76,44 @@ pub struct Will {
     pub payload: String,
 }
 
+/// The properties of an MQTT 5 PUBLISH that a broker forwards to its subscribers unaltered
+/// (section 3.3.2.3; the Message Expiry Interval less the time the message waited): none with
+/// MQTT 3.1.1.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageProps {
+    /// Payload Format Indicator 1: the payload is UTF-8.
+    pub utf8: bool,
+    /// Message Expiry Interval, seconds (an hour: no message expires in a script).
+    pub expiry: Option<u32>,
+    pub content_type: Option<String>,
+    pub response_topic: Option<String>,
+    pub correlation_data: Option<String>,
+    /// User Properties, in order, a name repeated (their order is kept [MQTT-3.3.2-18]).
+    pub user: Vec<(String, String)>,
+}
+
+/// The properties of a publish in step `n` by `client`: each with some chance, with `v5`.
+fn message_props(rng: &mut Rng, v5: bool, client: usize, n: usize) -> MessageProps {
+    if !v5 {
+        return MessageProps::default();
+    }
+    MessageProps {
+        utf8: rng.chance(25),
+        expiry: rng.chance(25).then_some(3600),
+        content_type: rng.chance(25).then(|| "text/plain".to_string()),
+        response_topic: rng.chance(25).then(|| format!("reply/c{client}")),
+        correlation_data: rng.chance(25).then(|| format!("k{n}")),
+        user: if rng.chance(25) {
+            [("site", "A"), ("n", &n.to_string()), ("site", "B")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        } else {
+            Vec::new()
+        },
+    }
+}
+
 /// The topic of client `client`'s will.
 pub fn will_topic(client: usize) -> String {
     format!("will/c{client}")
@@ -106,6 +144,9 @@ pub enum Step {
     Subscribe {
         client: usize,
         filters: Vec<(String, Options)>,
+        /// Its MQTT 5 Subscription Identifier, if it has one (never a member's: which member
+        /// gets a message must not show in it).
+        identifier: Option<u32>,
     },
     Unsubscribe {
         client: usize,
@@ -117,6 +158,7 @@ pub enum Step {
         qos: u8,
         retain: bool,
         payload: String,
+        props: MessageProps,
     },
     /// The broker stops gracefully (closing every connection) and starts again on what it
     /// kept.
@@ -262,7 +304,13 @@ pub fn script(seed: u64, v5: bool, restarts: bool) -> Vec<Step> {
                             false => (filter(&mut rng), options(&mut rng, v5, max_qos)),
                         })
                         .collect();
-                    Step::Subscribe { client, filters }
+                    let identifier =
+                        (v5 && !member && rng.chance(50)).then_some(steps.len() as u32 + 1);
+                    Step::Subscribe {
+                        client,
+                        filters,
+                        identifier,
+                    }
                 }
                 25..=34 => {
                     let filter = match subscribed[client].len() {
@@ -287,6 +335,7 @@ pub fn script(seed: u64, v5: bool, restarts: bool) -> Vec<Step> {
                         qos: rng.below(u64::from(max_qos) + 1) as u8,
                         retain,
                         payload,
+                        props: message_props(&mut rng, v5, client, steps.len()),
                     }
                 }
                 _ => Step::Disconnect {
