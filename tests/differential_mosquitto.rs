@@ -6,7 +6,9 @@
 //! as MQTT 3.1.1 clients and as MQTT 5 clients, and what every client observes must be the
 //! same, step by step: CONNACK, SUBACK, UNSUBACK and (MQTT 5) PUBACK codes, the Session Present
 //! flag, how a taken-over connection ends, and which messages each client receives (the
-//! members of shared subscriptions together), at which QoS and with which RETAIN flag. Where
+//! members of shared subscriptions together), at which QoS, with which RETAIN flag, and with
+//! MQTT 5 with which properties (Payload Format Indicator, Message Expiry Interval, Content
+//! Type, Response Topic, Correlation Data, User Properties) and Subscription Identifiers. Where
 //! the spec leaves room, or Mosquitto departs from it, `differential/model.rs` says how the
 //! lines are normalised.
 //!

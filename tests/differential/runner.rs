@@ -109,6 +109,9 @@ pub struct Runner {
     armed: Vec<Option<String>>,
     /// Whether each client acknowledges what it gets on its connection.
     acking: Vec<bool>,
+    /// The topic each Topic Alias a client set stands for, on its connection (section
+    /// 3.3.2.3.4: an alias lives as long as the connection).
+    aliases: Vec<std::collections::HashMap<u16, String>>,
 }
 
 impl Runner {
@@ -122,6 +125,7 @@ impl Runner {
             watcher: None,
             armed: vec![None; CLIENTS],
             acking: vec![true; CLIENTS],
+            aliases: vec![Default::default(); CLIENTS],
         }
     }
 
@@ -232,6 +236,7 @@ impl Runner {
                 session_present = Some(connack.body[0] == 1);
                 self.connections[client] = Some(raw);
                 self.armed[client] = will.as_ref().map(|w| w.payload.clone());
+                self.aliases[client].clear();
                 self.acking[client] = *acking;
             }
             Step::Disconnect { dropped, .. } => {
@@ -301,15 +306,26 @@ impl Runner {
                 retain,
                 payload,
                 props,
+                alias,
                 ..
             } => {
                 let client = client.expect("a client publishes");
                 let pid = self.pid();
                 let v5 = self.v5;
+                let mut props = publish_props(props);
+                let mut sent_topic = topic.as_str();
+                if let Some(alias) = alias {
+                    props = props.u16(0x23, *alias);
+                    match self.aliases[client].get(alias) {
+                        Some(known) if known == topic => sent_topic = "",
+                        _ => {
+                            self.aliases[client].insert(*alias, topic.clone());
+                        }
+                    }
+                }
                 let raw = self.raw(client);
                 let publish = if v5 {
-                    let props = publish_props(props);
-                    publish5(topic, payload.as_bytes(), *qos, pid, *retain, &props)
+                    publish5(sent_topic, payload.as_bytes(), *qos, pid, *retain, &props)
                 } else {
                     packets::publish(topic, payload.as_bytes(), *qos, pid, *retain, false)
                 };

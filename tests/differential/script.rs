@@ -159,6 +159,10 @@ pub enum Step {
         retain: bool,
         payload: String,
         props: MessageProps,
+        /// An MQTT 5 Topic Alias (1 to 3) the publisher uses: the runner sends the topic with
+        /// it where the alias stands for another topic on this connection (or none yet), and
+        /// an empty topic where it already stands for this one (section 3.3.2.3.4).
+        alias: Option<u16>,
     },
     /// The broker stops gracefully (closing every connection) and starts again on what it
     /// kept.
@@ -258,6 +262,9 @@ pub fn script(seed: u64, v5: bool, restarts: bool) -> Vec<Step> {
     let mut connected = [false; CLIENTS];
     let mut has_will = [false; CLIENTS];
     let mut subscribed: Vec<Vec<String>> = vec![Vec::new(); CLIENTS];
+    // The topic each Topic Alias stands for on each client's connection.
+    let mut aliases: Vec<std::collections::HashMap<u16, String>> =
+        vec![Default::default(); CLIENTS];
     let mut steps = Vec::with_capacity(STEPS);
     let mut must_reconnect = None;
     while steps.len() < STEPS {
@@ -299,9 +306,12 @@ pub fn script(seed: u64, v5: bool, restarts: bool) -> Vec<Step> {
                 0..=24 => {
                     let count = if rng.chance(20) { 2 } else { 1 };
                     let filters = (0..count)
-                        .map(|_| match member {
-                            true => shared(&mut rng, v5, max_qos),
-                            false => (filter(&mut rng), options(&mut rng, v5, max_qos)),
+                        .map(|_| {
+                            if member {
+                                shared(&mut rng, v5, max_qos)
+                            } else {
+                                (filter(&mut rng), options(&mut rng, v5, max_qos))
+                            }
                         })
                         .collect();
                     let identifier =
@@ -329,13 +339,23 @@ pub fn script(seed: u64, v5: bool, restarts: bool) -> Vec<Step> {
                     } else {
                         format!("m{}", steps.len())
                     };
+                    let alias = (v5 && rng.chance(30)).then(|| 1 + rng.below(3) as u16);
+                    // Mostly the topic an alias already stands for, sent as an empty topic.
+                    let topic = match alias.and_then(|a| aliases[client].get(&a)) {
+                        Some(known) if rng.chance(70) => known.clone(),
+                        _ => topic(&mut rng),
+                    };
+                    if let Some(alias) = alias {
+                        aliases[client].insert(alias, topic.clone());
+                    }
                     Step::Publish {
                         client,
-                        topic: topic(&mut rng),
+                        topic,
                         qos: rng.below(u64::from(max_qos) + 1) as u8,
                         retain,
                         payload,
                         props: message_props(&mut rng, v5, client, steps.len()),
+                        alias,
                     }
                 }
                 _ => Step::Disconnect {
@@ -348,6 +368,7 @@ pub fn script(seed: u64, v5: bool, restarts: bool) -> Vec<Step> {
             Step::Connect { will, .. } => {
                 connected[client] = true;
                 has_will[client] = will.is_some();
+                aliases[client].clear();
             }
             Step::Disconnect { dropped, .. } => {
                 connected[client] = false;
