@@ -1,6 +1,6 @@
 //! Differential test against Debian's Mosquitto: the same random scripts of operations
-//! (connect with a clean or a kept session and maybe a will, take over, subscribe with MQTT 5's
-//! options, unsubscribe, publish at every QoS with and without RETAIN, disconnect cleanly or by
+//! (connect with a clean or a kept session and maybe a will and an MQTT 5 Receive Maximum,
+//! take over, subscribe with MQTT 5's options, unsubscribe, publish at every QoS with and without RETAIN, disconnect cleanly or by
 //! dropping the socket, and in some scripts restart the broker on its saved state; two of the
 //! clients are members of shared subscriptions) run against Switchboard and against Mosquitto,
 //! as MQTT 3.1.1 clients and as MQTT 5 clients, and what every client observes must be the

@@ -33,6 +33,9 @@ pub struct Model {
     /// subscriptions: whether Mosquitto sent it at QoS 0 or above, and so whether it is in
     /// flight to be sent again on resuming, is Mosquitto's pick (see [`normalise`]).
     overlapped: BTreeSet<(usize, Vec<u8>)>,
+    /// Whether each client's connection sets an MQTT 5 Receive Maximum and acknowledges
+    /// nothing, so that its window fills (see [`normalise`]).
+    held: Vec<bool>,
 }
 
 impl Model {
@@ -41,6 +44,7 @@ impl Model {
             subscriptions: (0..CLIENTS).map(|_| BTreeMap::new()).collect(),
             kept: vec![false; CLIENTS],
             overlapped: BTreeSet::new(),
+            held: vec![false; CLIENTS],
         }
     }
 
@@ -51,12 +55,15 @@ impl Model {
             Step::Connect {
                 client,
                 keep_session,
+                acks,
+                receive_maximum,
                 ..
             } => {
                 if session_present != Some(true) {
                     self.subscriptions[*client].clear();
                 }
                 self.kept[*client] = *keep_session;
+                self.held[*client] = receive_maximum.is_some() && !acks;
             }
             Step::Disconnect { client, .. } => {
                 if !self.kept[*client] {
@@ -477,6 +484,12 @@ fn deliveries(client: usize, got: &[Got], reading: Reading, lines: &mut Vec<Stri
         if !live && !subscribing && model.overlapped.contains(&(client, payload.to_vec())) {
             // Sent again to a resumed session, or queued for it: Mosquitto's copy may have
             // been QoS 0, neither in flight nor queued.
+            continue;
+        }
+        if live && matching.len() > 1 && model.held[client] {
+            // To a connection whose Receive Maximum is full, Switchboard's one copy at the
+            // highest QoS waits in its queue [MQTT-3.3.4-9], where Mosquitto's QoS 0 copy for
+            // another of the subscriptions goes at once.
             continue;
         }
         if !subscribing && model.diverged_matches(client, topic) {

@@ -112,6 +112,9 @@ pub struct Runner {
     /// The topic each Topic Alias a client set stands for, on its connection (section
     /// 3.3.2.3.4: an alias lives as long as the connection).
     aliases: Vec<std::collections::HashMap<u16, String>>,
+    /// For a connection that sets a Receive Maximum and acknowledges nothing: that maximum, and
+    /// the QoS 1 and 2 messages it has got (all unacknowledged).
+    windows: Vec<Option<(u16, usize)>>,
 }
 
 impl Runner {
@@ -126,6 +129,7 @@ impl Runner {
             armed: vec![None; CLIENTS],
             acking: vec![true; CLIENTS],
             aliases: vec![Default::default(); CLIENTS],
+            windows: vec![None; CLIENTS],
         }
     }
 
@@ -187,6 +191,7 @@ impl Runner {
                 keep_session,
                 will,
                 acks: acking,
+                receive_maximum,
                 ..
             } => {
                 let client = client.expect("a client connects");
@@ -204,7 +209,10 @@ impl Runner {
                         retain: w.retain,
                         props: Props::new(),
                     });
-                    let props = Props::new().u32(0x11, expiry);
+                    let mut props = Props::new().u32(0x11, expiry);
+                    if let Some(receive_maximum) = receive_maximum {
+                        props = props.u16(0x21, *receive_maximum);
+                    }
                     connect5(&id, *clean_start, 60, &props, will.as_ref())
                 } else {
                     packets::ConnectSpec {
@@ -238,6 +246,7 @@ impl Runner {
                 self.armed[client] = will.as_ref().map(|w| w.payload.clone());
                 self.aliases[client].clear();
                 self.acking[client] = *acking;
+                self.windows[client] = receive_maximum.filter(|_| !acking).map(|max| (max, 0));
             }
             Step::Disconnect { dropped, .. } => {
                 let client = client.expect("a client acts");
@@ -351,6 +360,14 @@ impl Runner {
                 _ => 0,
             };
             let got = settle(raw, frames, own, self.acking[c], v5, c, &mut acks).await;
+            if let Some((max, unacknowledged)) = &mut self.windows[c] {
+                *unacknowledged += got.iter().filter(|g| g.publish.qos > 0).count();
+                assert!(
+                    *unacknowledged <= usize::from(*max),
+                    "c{c} got {unacknowledged} QoS 1 and 2 messages it did not acknowledge, \
+                     over its Receive Maximum of {max} [MQTT-3.3.4-9]"
+                );
+            }
             deliveries.push((c, got));
         }
         Observed {

@@ -135,6 +135,10 @@ pub enum Step {
         /// connection; if not, they stay in flight, to be sent again (DUP) when its session
         /// resumes [MQTT-4.4.0-1].
         acks: bool,
+        /// Its MQTT 5 Receive Maximum, if it sets one (1 to 3): the broker sends it no more
+        /// unacknowledged QoS 1 and 2 messages than that [MQTT-3.3.4-9] and keeps the rest
+        /// queued, in order.
+        receive_maximum: Option<u16>,
     },
     /// DISCONNECT, or the socket dropped without one.
     Disconnect {
@@ -261,6 +265,8 @@ pub fn script(seed: u64, v5: bool, restarts: bool) -> Vec<Step> {
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let mut connected = [false; CLIENTS];
     let mut has_will = [false; CLIENTS];
+    // Whether each client's connection sets a Receive Maximum and acknowledges nothing.
+    let mut held = [false; CLIENTS];
     let mut subscribed: Vec<Vec<String>> = vec![Vec::new(); CLIENTS];
     // The topic each Topic Alias stands for on each client's connection.
     let mut aliases: Vec<std::collections::HashMap<u16, String>> =
@@ -300,6 +306,7 @@ pub fn script(seed: u64, v5: bool, restarts: bool) -> Vec<Step> {
                 keep_session,
                 will,
                 acks: member || rng.chance(75),
+                receive_maximum: (v5 && !member && rng.chance(30)).then(|| 1 + rng.below(3) as u16),
             }
         } else {
             match rng.below(100) {
@@ -310,7 +317,13 @@ pub fn script(seed: u64, v5: bool, restarts: bool) -> Vec<Step> {
                             if member {
                                 shared(&mut rng, v5, max_qos)
                             } else {
-                                (filter(&mut rng), options(&mut rng, v5, max_qos))
+                                let mut options = options(&mut rng, v5, max_qos);
+                                if held[client] {
+                                    // Which retained messages fill a full window first is each
+                                    // broker's order (the spec gives none): none are sent.
+                                    options.retain_handling = 2;
+                                }
+                                (filter(&mut rng), options)
                             }
                         })
                         .collect();
@@ -365,9 +378,15 @@ pub fn script(seed: u64, v5: bool, restarts: bool) -> Vec<Step> {
             }
         };
         match &step {
-            Step::Connect { will, .. } => {
+            Step::Connect {
+                will,
+                acks,
+                receive_maximum,
+                ..
+            } => {
                 connected[client] = true;
                 has_will[client] = will.is_some();
+                held[client] = receive_maximum.is_some() && !acks;
                 aliases[client].clear();
             }
             Step::Disconnect { dropped, .. } => {
