@@ -1,16 +1,16 @@
 //! Differential test against Debian's Mosquitto: the same random scripts of operations (connect
 //! with a clean or a kept session and maybe a will and an MQTT 5 Receive Maximum, take over,
 //! subscribe with MQTT 5's options, unsubscribe, publish at every QoS with and without RETAIN,
-//! disconnect cleanly or by dropping the socket, and in some scripts restart the broker on its
-//! saved state; two of the clients are members of shared subscriptions) run against Switchboard
-//! and against Mosquitto, as MQTT 3.1.1 clients and as MQTT 5 clients, and what every client
-//! observes must be the same, step by step: CONNACK, SUBACK, UNSUBACK and (MQTT 5) PUBACK
-//! codes, the Session Present flag, how a taken-over connection ends, and which messages each
-//! client receives (the members of shared subscriptions together), at which QoS, with which
-//! RETAIN flag, and with MQTT 5 with which properties (Payload Format Indicator, Message Expiry
-//! Interval, Content Type, Response Topic, Correlation Data, User Properties) and Subscription
-//! Identifiers. Where the spec leaves room, or Mosquitto departs from it,
-//! `differential/model.rs` says how the lines are normalised.
+//! disconnect cleanly (MQTT 5: with the will, or ending the session) or by dropping the socket,
+//! and in some scripts restart the broker on its saved state; two of the clients are members of
+//! shared subscriptions) run against Switchboard and against Mosquitto, as MQTT 3.1.1 clients
+//! and as MQTT 5 clients, and what every client observes must be the same, step by step:
+//! CONNACK, SUBACK, UNSUBACK and (MQTT 5) PUBACK codes, the Session Present flag, how a taken-
+//! over connection ends, and which messages each client receives (the members of shared
+//! subscriptions together), at which QoS, with which RETAIN flag, and with MQTT 5 with which
+//! properties (Payload Format Indicator, Message Expiry Interval, Content Type, Response Topic,
+//! Correlation Data, User Properties) and Subscription Identifiers. Where the spec leaves room,
+//! or Mosquitto departs from it, `differential/model.rs` says how the lines are normalised.
 //!
 //! After every step, every connected client (the one that acted first) takes part in a barrier
 //! (an UNSUBSCRIBE of a filter nobody holds, [`Raw::sync`]), acknowledging what it receives,

@@ -65,7 +65,14 @@ impl Model {
                 self.kept[*client] = *keep_session;
                 self.held[*client] = receive_maximum.is_some() && !acks;
             }
-            Step::Disconnect { client, .. } => {
+            Step::Disconnect {
+                client,
+                end_session,
+                ..
+            } => {
+                if *end_session {
+                    self.kept[*client] = false;
+                }
                 if !self.kept[*client] {
                     self.subscriptions[*client].clear();
                 }

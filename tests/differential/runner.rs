@@ -1,7 +1,9 @@
 //! Runs a script against one broker over raw TCP, as MQTT 3.1.1 or MQTT 5 clients, and says
 //! what each step showed.
 
-use super::common::v5::{ack_codes, connect5, publish5, subscribe5, unsubscribe5, Props, Will5};
+use super::common::v5::{
+    ack_codes, connect5, disconnect5, publish5, subscribe5, unsubscribe5, Props, Will5,
+};
 use super::common::{packets, Frame, Raw};
 use super::script::{will_topic, MessageProps, Step, CLIENTS};
 use super::servers::Server;
@@ -248,12 +250,31 @@ impl Runner {
                 self.acking[client] = *acking;
                 self.windows[client] = receive_maximum.filter(|_| !acking).map(|max| (max, 0));
             }
-            Step::Disconnect { dropped, .. } => {
+            Step::Disconnect {
+                dropped,
+                with_will,
+                end_session,
+                ..
+            } => {
                 let client = client.expect("a client acts");
                 let mut raw = self.connections[client].take().expect("connected");
                 if !dropped {
-                    raw.send(&[0xE0, 0x00]).await;
+                    let disconnect = if self.v5 {
+                        let reason = if *with_will { 0x04 } else { 0x00 };
+                        let mut props = Props::new();
+                        if *end_session {
+                            props = props.u32(0x11, 0);
+                        }
+                        disconnect5(reason, &props)
+                    } else {
+                        vec![0xE0, 0x00]
+                    };
+                    raw.send(&disconnect).await;
                     acks.push(format!("c{client} disconnected: {}", closing(raw).await));
+                    if let (true, Some(payload)) = (*with_will, self.armed[client].take()) {
+                        // DISCONNECT 0x04 asks for the will (section 3.14.2.1).
+                        self.will_seen(client, &payload).await;
+                    }
                 } else if let Some(payload) = self.armed[client].take() {
                     drop(raw);
                     // The will of a dropped connection goes out [MQTT-3.1.2-8]; once the

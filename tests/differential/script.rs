@@ -144,6 +144,12 @@ pub enum Step {
     Disconnect {
         client: usize,
         dropped: bool,
+        /// MQTT 5: DISCONNECT 0x04 Disconnect with Will Message, so that the will goes out
+        /// (section 3.14.2.1).
+        with_will: bool,
+        /// MQTT 5: the DISCONNECT sets the Session Expiry Interval to 0, so that a kept
+        /// session ends with its connection (section 3.14.2.2.2).
+        end_session: bool,
     },
     Subscribe {
         client: usize,
@@ -267,6 +273,8 @@ pub fn script(seed: u64, v5: bool, restarts: bool) -> Vec<Step> {
     let mut has_will = [false; CLIENTS];
     // Whether each client's connection sets a Receive Maximum and acknowledges nothing.
     let mut held = [false; CLIENTS];
+    // Whether each client's session outlives its connection.
+    let mut keeps = [false; CLIENTS];
     let mut subscribed: Vec<Vec<String>> = vec![Vec::new(); CLIENTS];
     // The topic each Topic Alias stands for on each client's connection.
     let mut aliases: Vec<std::collections::HashMap<u16, String>> =
@@ -371,10 +379,16 @@ pub fn script(seed: u64, v5: bool, restarts: bool) -> Vec<Step> {
                         alias,
                     }
                 }
-                _ => Step::Disconnect {
-                    client,
-                    dropped: rng.chance(50),
-                },
+                _ => {
+                    let dropped = rng.chance(50);
+                    let clean = v5 && !dropped;
+                    Step::Disconnect {
+                        client,
+                        dropped,
+                        with_will: clean && has_will[client] && rng.chance(50),
+                        end_session: clean && keeps[client] && rng.chance(30),
+                    }
+                }
             }
         };
         match &step {
@@ -382,9 +396,11 @@ pub fn script(seed: u64, v5: bool, restarts: bool) -> Vec<Step> {
                 will,
                 acks,
                 receive_maximum,
+                keep_session,
                 ..
             } => {
                 connected[client] = true;
+                keeps[client] = *keep_session;
                 has_will[client] = will.is_some();
                 held[client] = receive_maximum.is_some() && !acks;
                 aliases[client].clear();
