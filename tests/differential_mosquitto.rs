@@ -25,6 +25,8 @@
 mod common;
 #[path = "differential/model.rs"]
 mod model;
+#[path = "differential/normalise.rs"]
+mod normalise;
 #[path = "differential/runner.rs"]
 mod runner;
 #[path = "differential/script.rs"]
@@ -33,7 +35,8 @@ mod script;
 mod servers;
 
 use common::mosquitto_broker_available;
-use model::{normalise, Model, Reading};
+use model::Model;
+use normalise::{normalise, Reading};
 use runner::Runner;
 use script::script;
 use servers::Server;
@@ -43,6 +46,8 @@ use servers::Server;
 /// that the script restarts, as it does Mosquitto with its state saved.
 async fn compare(seed: u64, workers: usize, v5: bool, restarts: bool) {
     let steps = script(seed, v5, restarts);
+    // Shown with a failure that the comparison below does not report itself.
+    eprintln!("seed {seed}");
     let switchboard = if restarts {
         Server::switchboard_process(workers)
     } else {

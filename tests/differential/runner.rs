@@ -385,8 +385,9 @@ impl Runner {
                 *unacknowledged += got.iter().filter(|g| g.publish.qos > 0).count();
                 assert!(
                     *unacknowledged <= usize::from(*max),
-                    "c{c} got {unacknowledged} QoS 1 and 2 messages it did not acknowledge, \
-                     over its Receive Maximum of {max} [MQTT-3.3.4-9]"
+                    "{}: c{c} got {unacknowledged} QoS 1 and 2 messages it did not \
+                     acknowledge, over its Receive Maximum of {max} [MQTT-3.3.4-9]",
+                    self.server.name()
                 );
             }
             deliveries.push((c, got));

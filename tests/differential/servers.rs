@@ -28,6 +28,14 @@ pub enum Server {
 }
 
 impl Server {
+    /// Which broker it is, for a failure's message.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Server::Mosquitto(_) => "Mosquitto",
+            _ => "Switchboard",
+        }
+    }
+
     /// Switchboard as a child process with its state on disk, `workers` worker threads.
     pub fn switchboard_process(workers: usize) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
