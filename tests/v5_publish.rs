@@ -308,6 +308,49 @@ async fn the_broker_sends_no_more_unacknowledged_messages_than_the_client_receiv
 }
 
 #[tokio::test]
+async fn a_session_resumed_with_a_smaller_receive_maximum_gets_its_messages_again_within_it() {
+    // [MQTT-4.4.0-1] the unacknowledged messages go again with DUP, and [MQTT-3.3.4-9] no more
+    // at once than the new connection's Receive Maximum: the rest as PUBACKs make room.
+    let broker = broker();
+    let addr = broker.local_addr();
+    let kept = Props::new().u32(prop::SESSION_EXPIRY, 3600);
+    let mut sub = subscriber(addr, "rm-resume", kept.clone(), "rm/#", 1).await;
+    let mut publisher = Raw::handshake5(addr, "rm-resume-pub").await;
+    for n in 1..=3u16 {
+        publisher
+            .send(&publish5("rm/a", &[n as u8], 1, n, false, &Props::new()))
+            .await;
+        assert_eq!(publisher.expect().await.byte1, 0x40);
+    }
+    for _ in 1..=3 {
+        publish_of(&sub.expect().await); // not acknowledged
+    }
+    drop(sub);
+    // Queued while it is away: it goes after the three.
+    publisher
+        .send(&publish5("rm/a", &[4], 1, 4, false, &Props::new()))
+        .await;
+    assert_eq!(publisher.expect().await.byte1, 0x40);
+
+    let props = kept.u16(prop::RECEIVE_MAXIMUM, 1);
+    let (mut sub, ack) = Raw::connect5(addr, &connect5("rm-resume", false, 60, &props, None)).await;
+    assert!(ack.session_present);
+    for n in 1..=4u8 {
+        let frames = sub.sync5().await;
+        assert_eq!(
+            frames.len(),
+            1,
+            "message {n}: one at a time, got {frames:?}"
+        );
+        let publish = publish_of(&frames[0]);
+        assert_eq!(&publish.payload[..], &[n][..], "in order");
+        assert_eq!(publish.dup, n <= 3, "DUP on the ones sent before");
+        sub.send(&packets::ack(0x40, publish.pkid)).await;
+    }
+    assert!(sub.sync5().await.is_empty());
+}
+
+#[tokio::test]
 async fn more_inbound_qos2_than_the_receive_maximum_gets_disconnect_0x93() {
     // [MQTT-3.3.4-7] the client stays within the Receive Maximum the broker announced.
     let broker = broker_with(|c| c.limits.max_inbound_qos2 = 2);

@@ -197,8 +197,9 @@ impl Session {
         self.out.len() + self.writing as usize
     }
 
-    /// Sends queued QoS 1/2 messages while the window has room. A message too large for the
-    /// client is dropped as if delivered `[MQTT-3.1.2-25]`.
+    /// Sends queued QoS 1/2 messages while the window has room, after the messages of a resumed
+    /// session that are still to go again (see [`Session::resend_inflight`]). A message too
+    /// large for the client is dropped as if delivered `[MQTT-3.1.2-25]`.
     pub(super) fn pump(&mut self) {
         self.pump_at(Instant::now());
     }
@@ -212,6 +213,27 @@ impl Session {
             &self.username,
             &self.phase,
         );
+        while let Some(entry) = self.outbound.next_to_resend() {
+            let pid = entry.pid;
+            if check.is_some_and(|c| !c.allows(&entry.delivery)) {
+                self.outbound.discard(pid);
+                self.unreadable_dropped(1);
+                continue;
+            }
+            let written = write_delivery(
+                &mut self.out,
+                &self.peer_options,
+                &mut self.aliases,
+                &entry.delivery,
+                pid,
+                true,
+                now,
+            );
+            if !written {
+                self.outbound.discard(pid);
+                self.too_large_for_client();
+            }
+        }
         while let Some(entry) = self
             .outbound
             .next_to_send(now, |d| check.is_none_or(|c| c.allows(d)))
@@ -260,8 +282,11 @@ impl Session {
 
     /// Re-sends a resumed session's unacknowledged messages: PUBLISH with DUP, or PUBREL
     /// `[MQTT-4.4.0-1]`. A PUBLISH the client may not read (the session was resumed under
-    /// another user name) is dropped instead.
+    /// another user name) is dropped instead. PUBLISH packets beyond this connection's window
+    /// (its Receive Maximum may be smaller than the last one's) go again as acknowledgements
+    /// make room, before anything queued `[MQTT-3.3.4-9]` ([`Session::pump`]).
     pub(super) fn resend_inflight(&mut self) {
+        self.outbound.hold_beyond_window();
         let now = Instant::now();
         let mut too_large = Vec::new();
         let mut unreadable = Vec::new();
@@ -276,6 +301,7 @@ impl Session {
                 InflightStage::AwaitingPubComp => {
                     codec::write_ack(&mut self.out, codec::Ack::PubRel, entry.pid)
                 }
+                _ if self.outbound.is_held(entry.pid) => {}
                 _ if check.is_some_and(|c| !c.allows(&entry.delivery)) => {
                     unreadable.push(entry.pid);
                 }

@@ -99,6 +99,30 @@ impl Outbound {
             .map_or(0, |f| std::mem::take(&mut f.expired))
     }
 
+    /// Decides which of a resumed session's unacknowledged PUBLISH packets go again now: as
+    /// many as the window has room for, in order; the rest are held until acknowledgements
+    /// make room ([`Outbound::next_to_resend`]). The last connection's window may have been
+    /// wider than this one's Receive Maximum, which holds for them too `[MQTT-3.3.4-9]`. A
+    /// PUBREL always goes `[MQTT-4.4.0-1]`; its message still counts against the window.
+    pub fn hold_beyond_window(&mut self) {
+        if let Some(flow) = self.flow.as_deref_mut() {
+            flow.hold_beyond_window();
+        }
+    }
+
+    /// Whether the unacknowledged PUBLISH with packet id `pid` waits for room to go again.
+    pub fn is_held(&self, pid: u16) -> bool {
+        self.flow
+            .as_deref()
+            .is_some_and(|f| f.unsent.contains(&pid))
+    }
+
+    /// The next held PUBLISH (see [`Outbound::hold_beyond_window`]) the window has room for,
+    /// to be sent again with DUP.
+    pub fn next_to_resend(&mut self) -> Option<&InflightEntry> {
+        self.flow.as_deref_mut()?.next_to_resend()
+    }
+
     /// Takes over a stored session's messages. Re-send [`Outbound::inflight`] afterwards.
     pub fn restore(&mut self, inflight: VecDeque<InflightEntry>, queue: DeliveryQueue) {
         if inflight.is_empty() && queue.holds_nothing() && self.flow.is_none() {
@@ -113,10 +137,14 @@ impl Outbound {
     /// Gives up the messages, for the Registry to keep.
     pub fn take(&mut self) -> (VecDeque<InflightEntry>, DeliveryQueue) {
         match self.flow.as_deref_mut() {
-            Some(flow) => (
-                std::mem::take(&mut flow.inflight),
-                std::mem::take(&mut flow.queue),
-            ),
+            Some(flow) => {
+                // The next connection decides again what its window holds back.
+                flow.unsent.clear();
+                (
+                    std::mem::take(&mut flow.inflight),
+                    std::mem::take(&mut flow.queue),
+                )
+            }
             None => Default::default(),
         }
     }
@@ -234,6 +262,9 @@ struct Flow {
     /// message bytes.
     paced: VecDeque<Delivery>,
     paced_bytes: usize,
+    /// Packet ids of a resumed session's unacknowledged PUBLISH packets not sent again yet,
+    /// in order ([`Outbound::hold_beyond_window`]); empty but after a resume.
+    unsent: VecDeque<u16>,
 }
 
 impl Flow {
@@ -248,7 +279,44 @@ impl Flow {
             journal: Vec::new(),
             paced: VecDeque::new(),
             paced_bytes: 0,
+            unsent: VecDeque::new(),
         }
+    }
+
+    /// See [`Outbound::hold_beyond_window`].
+    fn hold_beyond_window(&mut self) {
+        self.unsent.clear();
+        // A message awaiting PUBCOMP is a PUBLISH not yet completed: it takes its room.
+        let mut counted = self
+            .inflight
+            .iter()
+            .filter(|e| e.stage == InflightStage::AwaitingPubComp)
+            .count();
+        for entry in &self.inflight {
+            if entry.stage == InflightStage::AwaitingPubComp {
+                continue;
+            }
+            // Once one waits, the later ones wait too: they go in order.
+            if counted < self.max_inflight && self.unsent.is_empty() {
+                counted += 1;
+            } else {
+                self.unsent.push_back(entry.pid);
+            }
+        }
+    }
+
+    /// See [`Outbound::next_to_resend`].
+    fn next_to_resend(&mut self) -> Option<&InflightEntry> {
+        while self.inflight.len() - self.unsent.len() < self.max_inflight {
+            let pid = self.unsent.pop_front()?;
+            if let Some(i) = self.position(pid, InflightStage::AwaitingPubAck) {
+                return self.inflight.get(i);
+            }
+            if let Some(i) = self.position(pid, InflightStage::AwaitingPubRec) {
+                return self.inflight.get(i);
+            }
+        }
+        None
     }
 
     /// Appends to `into` what happened to deliveries kept on disk since the last call, in
@@ -263,6 +331,10 @@ impl Flow {
     fn removed(&mut self, entry: &InflightEntry) {
         if let Some(id) = entry.delivery.durable_id() {
             self.journal.push(DurableChange::Done(id));
+        }
+        if !self.unsent.is_empty() {
+            // Acknowledged before it was sent again (a PUBACK from the last connection).
+            self.unsent.retain(|&pid| pid != entry.pid);
         }
     }
 
@@ -299,7 +371,8 @@ impl Flow {
         now: Instant,
         allowed: impl Fn(&Delivery) -> bool,
     ) -> Option<&InflightEntry> {
-        if self.inflight.len() >= self.max_inflight {
+        if self.inflight.len() >= self.max_inflight || !self.unsent.is_empty() {
+            // Held messages go again first ([`Flow::next_to_resend`]).
             return None;
         }
         let delivery = loop {

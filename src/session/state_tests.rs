@@ -227,3 +227,62 @@ fn take_returns_everything_in_order() {
     );
     assert_eq!(o.queued() + o.inflight_len(), 0);
 }
+
+#[test]
+fn a_resumed_window_narrower_than_the_last_sends_its_messages_again_as_room_frees() {
+    // The last connection had five in flight: 1, 2 and 4 awaiting PUBACK, 3 awaiting PUBCOMP
+    // (its PUBREL goes again whatever the window), 5 awaiting PUBREC; and one more queued.
+    let mut last = Outbound::new(10);
+    for n in 1..=5 {
+        let qos = if n == 3 || n == 5 {
+            QoS::ExactlyOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        last.push(delivery(n, qos), &UNBOUNDED);
+        last.next_to_send(Instant::now(), |_| true);
+    }
+    assert_eq!(last.pubrec(3), AckResult::SendPubRel);
+    last.push(delivery(6, QoS::AtLeastOnce), &UNBOUNDED);
+    let (inflight, queue) = last.take();
+
+    // The new connection's Receive Maximum is 2 [MQTT-3.3.4-9].
+    let mut o = Outbound::new(10);
+    o.limit_window(2);
+    o.restore(inflight, queue);
+    o.hold_beyond_window();
+    let now: Vec<u8> = o
+        .inflight()
+        .filter(|e| !o.is_held(e.pid) && e.stage != InflightStage::AwaitingPubComp)
+        .map(payload)
+        .collect();
+    assert_eq!(now, [1], "3 (awaiting PUBCOMP) takes room, 1 goes again");
+    assert!(o.is_held(2) && o.is_held(4) && o.is_held(5));
+    assert!(o.next_to_resend().is_none(), "no room yet");
+    assert!(
+        o.next_to_send(Instant::now(), |_| true).is_none(),
+        "nothing queued goes before the held ones"
+    );
+
+    assert_eq!(o.puback(1), AckResult::Completed);
+    assert_eq!(o.next_to_resend().map(payload), Some(2));
+    assert!(o.next_to_resend().is_none());
+    // A PUBACK from the last connection for one still held: it is done, not sent again.
+    assert_eq!(o.puback(4), AckResult::Completed);
+    assert_eq!(o.pubcomp(3), AckResult::Completed);
+    assert_eq!(
+        o.next_to_resend().map(|e| (payload(e), e.stage)),
+        Some((5, InflightStage::AwaitingPubRec))
+    );
+    assert!(o.next_to_resend().is_none());
+    assert!(
+        o.next_to_send(Instant::now(), |_| true).is_none(),
+        "2 and 5 fill it"
+    );
+    assert_eq!(o.puback(2), AckResult::Completed);
+    assert_eq!(
+        o.next_to_send(Instant::now(), |_| true).map(payload),
+        Some(6),
+        "then the queue"
+    );
+}
