@@ -10,6 +10,8 @@ pub struct Mosquitto {
     /// Its address.
     pub addr: SocketAddr,
     config: std::path::PathBuf,
+    /// Its configuration but the listener line.
+    settings: String,
     dir: tempfile::TempDir,
 }
 
@@ -17,11 +19,6 @@ impl Mosquitto {
     /// Starts one with this configuration after the listener, anonymous access and logging
     /// lines. With `persistent`, it saves its state in its directory when stopped.
     pub fn start(extra_config: &str, persistent: bool) -> Mosquitto {
-        // Mosquitto cannot report a port it picked: take a free one and hand it over.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("mosquitto.conf");
         // Started as root, Mosquitto drops to its own user: it must be able to write here.
@@ -36,22 +33,32 @@ impl Mosquitto {
         } else {
             "persistence false\n".to_string()
         };
-        std::fs::write(
-            &config,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\n{persistence}\
-                 log_dest stderr\nlog_type error\nlog_type warning\n{extra_config}"
-            ),
-        )
-        .expect("write");
         let mut mosquitto = Mosquitto {
             child: None,
-            addr: ([127, 0, 0, 1], port).into(),
+            addr: ([127, 0, 0, 1], 0).into(),
             config,
+            settings: format!(
+                "allow_anonymous true\n{persistence}\
+                 log_dest stderr\nlog_type error\nlog_type warning\n{extra_config}"
+            ),
             dir,
         };
+        mosquitto.move_to_a_free_port();
         mosquitto.resume();
         mosquitto
+    }
+
+    /// Writes its configuration with a port that was free a moment ago: Mosquitto cannot
+    /// report a port it picked, so one is taken and handed over (and another process may take
+    /// it in between: [`Mosquitto::resume`] then moves it again).
+    fn move_to_a_free_port(&mut self) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        self.addr = ([127, 0, 0, 1], port).into();
+        let config = format!("listener {port} 127.0.0.1\n{}", self.settings);
+        std::fs::write(&self.config, config).expect("write");
     }
 
     /// A persistent Mosquitto (see [`Mosquitto::start`]) on which `central-sub` has a persistent
@@ -67,26 +74,37 @@ impl Mosquitto {
         self.dir.path()
     }
 
-    /// Starts it (again) and waits until it accepts connections.
+    /// Starts it (again) and waits until it answers MQTT on its port. If another process took
+    /// the port first (Mosquitto then exits), it moves to another one.
     pub fn resume(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let child = Command::new(super::mosquitto_binary())
-            .arg("-c")
-            .arg(&self.config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("mosquitto starts");
-        self.child = Some(child);
-        // Ready when it accepts a connection: an external process, which gives no event.
-        let deadline = std::time::Instant::now() + super::WAIT;
-        while std::net::TcpStream::connect(self.addr).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "mosquitto did not start"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
+        for _ in 0..5 {
+            let mut child = Command::new(super::mosquitto_binary())
+                .arg("-c")
+                .arg(&self.config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("mosquitto starts");
+            // Ready when it answers a CONNECT: an external process, which gives no event.
+            let deadline = std::time::Instant::now() + super::WAIT;
+            loop {
+                if answers_mqtt(self.addr) {
+                    self.child = Some(child);
+                    return;
+                }
+                if child.try_wait().expect("mosquitto's status").is_some() {
+                    break; // It could not listen: the port was taken.
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "mosquitto did not start"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            self.move_to_a_free_port();
         }
+        panic!("mosquitto found no free port to listen on");
     }
 
     /// Its process id, while it runs.
@@ -111,4 +129,23 @@ impl Drop for Mosquitto {
             let _ = child.wait();
         }
     }
+}
+
+/// Whether what listens on `addr` answers an MQTT 3.1.1 CONNECT (clean session, empty client
+/// id) with a CONNACK, rather than being some other server that took the port.
+fn answers_mqtt(addr: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let connect = [
+        0x10, 0x0C, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3C, 0x00, 0x00,
+    ];
+    let mut connack = [0u8; 4];
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .is_ok()
+        && stream.write_all(&connect).is_ok()
+        && stream.read_exact(&mut connack).is_ok()
+        && connack[0] == 0x20
 }

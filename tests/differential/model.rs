@@ -35,6 +35,16 @@ pub struct Model {
     /// Whether each client's connection sets an MQTT 5 Receive Maximum and acknowledges
     /// nothing, so that its window fills (see [`normalise`]).
     pub held: Vec<bool>,
+    /// Whether such a connection's window may hold other messages with each broker: it
+    /// resumed a session, or it got a message through overlapping subscriptions (see
+    /// `normalise.rs`).
+    pub held_diverged: Vec<bool>,
+    /// Whether each client's session went through such a connection since everything in it
+    /// was last delivered: its messages may be in flight with one broker and queued with the
+    /// other.
+    session_diverged: Vec<bool>,
+    /// Whether this step's CONNECT resumed such a session (see `normalise.rs`).
+    pub resumed_diverged: Vec<bool>,
 }
 
 impl Model {
@@ -44,6 +54,9 @@ impl Model {
             kept: vec![false; CLIENTS],
             overlapped: BTreeSet::new(),
             held: vec![false; CLIENTS],
+            held_diverged: vec![false; CLIENTS],
+            session_diverged: vec![false; CLIENTS],
+            resumed_diverged: vec![false; CLIENTS],
         }
     }
 
@@ -63,6 +76,11 @@ impl Model {
                 }
                 self.kept[*client] = *keep_session;
                 self.held[*client] = receive_maximum.is_some() && !acks;
+                let resumed = session_present == Some(true);
+                self.held_diverged[*client] = self.held[*client] && resumed;
+                self.resumed_diverged[*client] = resumed && self.session_diverged[*client];
+                // A connection without a full window takes all of it, in flight with both.
+                self.session_diverged[*client] = self.held_diverged[*client];
             }
             Step::Disconnect {
                 client,
@@ -119,6 +137,8 @@ impl Model {
                     if self.matching(client, topic, Some(*publisher)).len() > 1 {
                         self.overlapped
                             .insert((client, payload.as_bytes().to_vec()));
+                        self.held_diverged[client] |= self.held[client];
+                        self.session_diverged[client] |= self.held[client];
                     }
                 }
             }
