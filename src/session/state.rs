@@ -307,7 +307,7 @@ impl Flow {
 
     /// See [`Outbound::next_to_resend`].
     fn next_to_resend(&mut self) -> Option<&InflightEntry> {
-        while self.inflight.len() - self.unsent.len() < self.max_inflight {
+        while self.inflight.len().saturating_sub(self.unsent.len()) < self.max_inflight {
             let pid = self.unsent.pop_front()?;
             if let Some(i) = self.position(pid, InflightStage::AwaitingPubAck) {
                 return self.inflight.get(i);
