@@ -61,22 +61,13 @@ impl MqttCodec {
     }
 
     fn decode_publish(&mut self, byte1: u8, mut body: Bytes) -> Result<Packet, CodecError> {
-        let qos = QoS::from_u8((byte1 >> 1) & 0x03)
-            .ok_or(CodecError::Malformed5("PUBLISH", "QoS 3 [MQTT-3.3.1-4]"))?;
-        let dup = byte1 & 0x08 != 0;
-        if dup && qos == QoS::AtMostOnce {
-            return Err(CodecError::Malformed5(
-                "PUBLISH",
-                "DUP set at QoS 0 [MQTT-3.3.1-2]",
-            ));
-        }
-        let retain = byte1 & 0x01 != 0;
-        let mut topic = read_string(&mut body)?;
-        let pid = if qos == QoS::AtMostOnce {
-            0
-        } else {
-            read_pid(&mut body)?
-        };
+        let PublishHead {
+            qos,
+            dup,
+            retain,
+            mut topic,
+            pid,
+        } = read_publish_head(byte1, &mut body)?;
         let mut properties = MessageProperties::default();
         let (mut expiry, mut alias) = (None, None);
         for (identifier, value) in read_properties(&mut body, PUBLISH_PROPERTIES, "PUBLISH")? {
@@ -126,6 +117,44 @@ impl MqttCodec {
             payload_invalid: false,
         }))
     }
+}
+
+/// An MQTT 5 PUBLISH's fixed-header flags, topic name and packet id, either way.
+pub(super) struct PublishHead {
+    pub qos: QoS,
+    pub dup: bool,
+    pub retain: bool,
+    /// As read: empty where a Topic Alias stands for it.
+    pub topic: String,
+    /// 0 at QoS 0.
+    pub pid: u16,
+}
+
+/// Reads a PUBLISH's flags from `byte1` (QoS 3 and DUP at QoS 0 are errors) and its topic name
+/// and packet id from `body`, which is left at the properties.
+pub(super) fn read_publish_head(byte1: u8, body: &mut Bytes) -> Result<PublishHead, CodecError> {
+    let qos = QoS::from_u8((byte1 >> 1) & 0x03)
+        .ok_or(CodecError::Malformed5("PUBLISH", "QoS 3 [MQTT-3.3.1-4]"))?;
+    let dup = byte1 & 0x08 != 0;
+    if dup && qos == QoS::AtMostOnce {
+        return Err(CodecError::Malformed5(
+            "PUBLISH",
+            "DUP set at QoS 0 [MQTT-3.3.1-2]",
+        ));
+    }
+    let topic = read_string(body)?;
+    let pid = if qos == QoS::AtMostOnce {
+        0
+    } else {
+        read_pid(body)?
+    };
+    Ok(PublishHead {
+        qos,
+        dup,
+        retain: byte1 & 0x01 != 0,
+        topic,
+        pid,
+    })
 }
 
 /// PUBACK, PUBREC, PUBREL, PUBCOMP: packet id, then an optional reason code and optional

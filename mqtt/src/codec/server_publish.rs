@@ -9,7 +9,8 @@
 use bytes::{Buf, Bytes};
 
 use super::connect::take_message_property;
-use super::decode::{fixed_header_len, read_pid, read_string};
+use super::decode::fixed_header_len;
+use super::decode_v5::{read_publish_head, PublishHead};
 use super::properties::{id, read_properties_repeating};
 use super::CodecError;
 use crate::message::{MessageProperties, QoS};
@@ -60,22 +61,14 @@ pub fn decode_server_publish_v5(frame: Bytes) -> Result<ServerPublish, CodecErro
     if byte1 >> 4 != 3 {
         return Err(CodecError::Malformed5("PUBLISH", "not a PUBLISH"));
     }
-    let qos = QoS::from_u8((byte1 >> 1) & 0x03)
-        .ok_or(CodecError::Malformed5("PUBLISH", "QoS 3 [MQTT-3.3.1-4]"))?;
-    let dup = byte1 & 0x08 != 0;
-    if dup && qos == QoS::AtMostOnce {
-        return Err(CodecError::Malformed5(
-            "PUBLISH",
-            "DUP set at QoS 0 [MQTT-3.3.1-2]",
-        ));
-    }
     let mut body = frame.slice(fixed_header_len(&frame).min(frame.len())..);
-    let topic = read_string(&mut body)?;
-    let pid = if qos == QoS::AtMostOnce {
-        0
-    } else {
-        read_pid(&mut body)?
-    };
+    let PublishHead {
+        qos,
+        dup,
+        retain,
+        topic,
+        pid,
+    } = read_publish_head(byte1, &mut body)?;
     let mut properties = MessageProperties::default();
     let (mut expiry, mut topic_alias, mut subscription_ids) = (None, None, Vec::new());
     let read = read_properties_repeating(
@@ -99,7 +92,7 @@ pub fn decode_server_publish_v5(frame: Bytes) -> Result<ServerPublish, CodecErro
         topic,
         payload,
         qos,
-        retain: byte1 & 0x01 != 0,
+        retain,
         dup,
         pid,
         properties,
