@@ -1,8 +1,9 @@
 //! The client side of the wire. Decoding of server-to-client packets uses mqttbytes (v4 for MQTT
 //! 3.1.1, v5 for MQTT 5, guarded against its known faults; an MQTT 5 PUBLISH is read by the
 //! broker's own codec, since mqttbytes misreads one with several Subscription Identifiers) into
-//! one version-neutral [`Incoming`]; encoding uses mqttbytes for 3.1.1 CONNECT/SUBSCRIBE/UNSUBSCRIBE, this file for
-//! their MQTT 5 forms, and the broker's own infallible writers for PUBLISH and acknowledgements.
+//! one version-neutral [`Incoming`]; encoding uses mqttbytes for 3.1.1 CONNECT, SUBSCRIBE and
+//! UNSUBSCRIBE, this file for their MQTT 5 forms, and the broker's own infallible writers for
+//! PUBLISH and acknowledgements.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use mqttbytes::{v4, v5};
@@ -182,15 +183,14 @@ fn publish_v5(frame: Bytes) -> Result<Incoming, ClientCodecError> {
         // This client announces no Topic Alias Maximum, so it allows none [MQTT-3.3.2-10].
         return Err(CodecError::TopicAliasInvalid(alias).into());
     }
-    let properties = publish.properties;
-    let has_properties = !properties.is_empty();
+    let properties = (!publish.properties.is_empty()).then_some(publish.properties);
     Ok(Incoming::Publish {
         topic: publish.topic,
         payload: publish.payload,
         qos: publish.qos,
         retain: publish.retain,
         pid: publish.pid,
-        properties: has_properties.then_some(properties),
+        properties,
         expiry: publish.expiry,
     })
 }

@@ -1,6 +1,7 @@
 //! The codec wrapper: frames and decodes client-to-server packets with mqttbytes, validates what
 //! mqttbytes does not (flags, reserved bits, UTF-8 rules, wildcards, lengths), and encodes
-//! server-to-client packets.
+//! server-to-client packets; for the client side it also reads a server's MQTT 5 PUBLISH
+//! ([`decode_server_publish_v5`]).
 //!
 //! Any error after a frame was recognised is fatal for the connection: the Session closes it.
 
