@@ -82,6 +82,12 @@ impl HeldAcks {
         batches.chain([self.pending_needs])
     }
 
+    /// Whether the oldest batch waits for a store change durable by `durable`: what
+    /// [`HeldAcks::take_ready`] would release now.
+    pub(super) fn has_ready(&self, durable: u64) -> bool {
+        matches!(self.waiting.front(), Some((AckWait::Durable(seq), _)) if *seq <= durable)
+    }
+
     /// Moves the pending acknowledgements behind `wait`, or behind what they need themselves
     /// if that comes later; returns the wait. A wait for [`AckWait::Routed`] always gets a
     /// batch, empty or not: each of the Registry's answers is for one burst, in order.

@@ -76,6 +76,18 @@ pub(super) struct DeferredAcks {
     waiting_for: u64,
 }
 
+/// What a Session does, after a [`Durable`], for what it still holds
+/// ([`DeferredAcks::next_step`]).
+#[derive(Debug, PartialEq, Eq)]
+enum NextStep {
+    /// Release what is durable by now: handle a [`Durable`] again.
+    Release,
+    /// Wait for this change, the lowest still open.
+    WaitFor(u64),
+    /// Nothing: nothing is held.
+    Nothing,
+}
+
 /// What a change a Session must wait for needs ([`DeferredAcks::wait_needed`]).
 #[derive(Debug, PartialEq, Eq)]
 enum WaitNeeded {
@@ -140,6 +152,26 @@ impl DeferredAcks {
         if self.waiting_for <= self.durable {
             self.waiting_for = 0;
         }
+    }
+
+    /// What the Session does next for what it holds, once it has released what a [`Durable`]
+    /// made ready. What it released may have let it learn of later changes from the store
+    /// (its output reads what is durable when it is flushed): what waits for those is ready
+    /// too, and no answer is out that would release it, so it is released now. Otherwise the
+    /// Session waits for the lowest change still open.
+    fn next_step(&self) -> NextStep {
+        let durable = self.durable;
+        let ready = self.acks.has_ready(durable)
+            || self.held.front().is_some_and(|d| d.after <= durable)
+            || self
+                .replies
+                .front()
+                .is_some_and(|(after, _)| *after <= durable);
+        if ready {
+            return NextStep::Release;
+        }
+        self.lowest_open()
+            .map_or(NextStep::Nothing, NextStep::WaitFor)
     }
 
     /// The lowest change something here still waits for, if any is not durable.
@@ -332,8 +364,9 @@ impl Handler<Durable> for Session {
 }
 
 impl Session {
-    /// After a [`Durable`]: waits for the lowest change still open, which may have waited
-    /// behind the one just answered. If it is durable by now, this Session tells itself.
+    /// After a [`Durable`]: releases what became durable meanwhile (this Session tells itself
+    /// again), or waits for the lowest change still open, which may have waited behind the one
+    /// just answered; if that is durable by now, this Session tells itself too.
     fn wait_for_open(&mut self, ctx: &mut Context<Self>) {
         let (Some(store), Some(acks)) = (
             self.shared.store.as_ref(),
@@ -341,11 +374,14 @@ impl Session {
         ) else {
             return;
         };
-        let Some(lowest) = acks.lowest_open() else {
-            return;
-        };
-        if acks.wait_for(store, lowest, ctx) {
-            ctx.notify(Durable(acks.durable));
+        match acks.next_step() {
+            NextStep::Nothing => {}
+            NextStep::Release => ctx.notify(Durable(acks.durable)),
+            NextStep::WaitFor(lowest) => {
+                if acks.wait_for(store, lowest, ctx) {
+                    ctx.notify(Durable(acks.durable));
+                }
+            }
         }
     }
 }
@@ -378,6 +414,51 @@ mod tests {
         );
         assert_eq!(acks.wait_needed(7, 7), WaitNeeded::Durable);
         assert_eq!(acks.durable, 7, "what the store said is kept");
+    }
+
+    #[test]
+    fn what_became_durable_after_an_answer_is_released_not_left_waiting() {
+        // A delivery held for change 701 while the wait for 700 is out; the answer says 700,
+        // and flushing the output after it reads 701 from the store: no answer is out for
+        // 701, so the Session must release the delivery itself (seen as a device's stream
+        // stopping for good in tests/mqttjs_durable.rs).
+        let mut acks = DeferredAcks {
+            waiting_for: 700,
+            ..DeferredAcks::default()
+        };
+        acks.held.push_back(Deliver {
+            deliveries: Vec::new(),
+            after: 701,
+            retained: false,
+        });
+        acks.answered(700);
+        assert_eq!(acks.next_step(), NextStep::WaitFor(701), "not durable yet");
+        acks.durable = 701;
+        assert_eq!(acks.next_step(), NextStep::Release);
+        acks.held.clear();
+
+        // The same for PUBRELs waiting for their records, and for a SUBACK.
+        acks.acks.push(Ack::PubRel, 1, 0);
+        acks.acks.hand_over(AckWait::Durable(702));
+        assert_eq!(acks.next_step(), NextStep::WaitFor(702));
+        acks.durable = 703;
+        assert_eq!(acks.next_step(), NextStep::Release);
+        assert_eq!(ready(&mut acks), vec![(Ack::PubRel, 1)]);
+        acks.replies.push_back((
+            704,
+            Reply::SubAck {
+                pid: 2,
+                codes: vec![1],
+            },
+        ));
+        assert_eq!(acks.next_step(), NextStep::WaitFor(704));
+        acks.durable = 704;
+        assert_eq!(acks.next_step(), NextStep::Release);
+        acks.replies.clear();
+
+        // Only the output's own change is left, durable: nothing to do.
+        acks.output_after = 704;
+        assert_eq!(acks.next_step(), NextStep::Nothing);
     }
 
     #[test]
