@@ -37,7 +37,7 @@ fn ride_through_kill_9(
 ) -> serde_json::Value {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
-    let (child, _logs, addr) = start_broker(&state, fsync);
+    let (child, first_logs, addr) = start_broker(&state, fsync);
     let (node, lines) = spawn_reading_stdout(
         Command::new("node")
             .arg(mqttjs_dir().join(script))
@@ -48,20 +48,34 @@ fn ride_through_kill_9(
     wait_line_within(&lines, kill_at, common::WAIT * 4);
     kill_9(child);
     // Where the clients reconnect: the same port, as a restarted broker's clients find it.
-    let (child, _logs, _) = start_broker_on(&state, fsync, "info", "", addr.port());
+    let (child, restarted_logs, _) = start_broker_on(&state, fsync, "info", "", addr.port());
 
     let out = node.wait_with_output().expect("node ends");
-    // Every line it printed: the channel ends with its output.
+    // Every line it printed: the channel ends with its output. The result is the one JSON
+    // object; an acknowledgement's line may come after it.
     let printed: Vec<String> = lines.iter().collect();
-    let last = printed.last().cloned().unwrap_or_default();
-    let result: serde_json::Value = serde_json::from_str(&last).unwrap_or_else(|e| {
-        panic!(
-            "{script} printed no result ({e}): {printed:?}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    assert!(out.status.success(), "{script} failed: {result}");
+    let result = printed
+        .iter()
+        .rev()
+        .find_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(serde_json::Value::is_object)
+        .unwrap_or_else(|| {
+            panic!(
+                "{script} printed no result: {printed:?}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
     kill_9(child);
+    if !out.status.success() {
+        // What both brokers logged: where a stalled stream stopped.
+        let first: Vec<String> = first_logs.try_iter().collect();
+        let restarted: Vec<String> = restarted_logs.try_iter().collect();
+        panic!(
+            "{script} failed: {result}\nfirst broker's log:\n{}\nrestarted broker's log:\n{}",
+            first.join("\n"),
+            restarted.join("\n")
+        );
+    }
     result
 }
 

@@ -41,10 +41,32 @@ const seen = new Set();
 let last = -1;
 let acked = 0;
 let sent = 0;
-const finish = finisher(result, 60000);
+const finish = finisher(result, 60000, () => {
+  // Where each client stood at the end: what a stalled stream is read from.
+  result.acked = acked;
+  result.sent = sent;
+  result.app_unacknowledged = Object.keys(app.outgoing).map(Number);
+  result.app_queued = app._storeProcessingQueue ? app._storeProcessingQueue.length : null;
+  result.device_incoming_qos2 = device._incomingQoS2Ids ? [...device._incomingQoS2Ids] : null;
+  result.app_last_packets = appPackets.slice();
+  result.device_last_packets = devicePackets.slice();
+});
 
 const device = mqtt.connect({ ...common, clientId: 'js-gate-device' });
 const app = mqtt.connect({ ...common, clientId: 'js-gate-app' });
+// The last packets each client sent (>) and received (<), for a result that ends early.
+const appPackets = [];
+const devicePackets = [];
+function record(list, way, packet) {
+  const id = packet.messageId === undefined ? '' : ` ${packet.messageId}`;
+  const dup = packet.dup ? ' dup' : '';
+  list.push(`${way}${packet.cmd}${id}${dup}`);
+  if (list.length > 40) list.shift();
+}
+app.on('packetsend', (p) => record(appPackets, '>', p));
+app.on('packetreceive', (p) => record(appPackets, '<', p));
+device.on('packetsend', (p) => record(devicePackets, '>', p));
+device.on('packetreceive', (p) => record(devicePackets, '<', p));
 device.on('error', (e) => { result.reason = `device error: ${e.message}`; });
 app.on('error', (e) => { result.reason = `app error: ${e.message}`; });
 

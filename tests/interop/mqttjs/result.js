@@ -3,12 +3,14 @@
 'use strict';
 
 // Returns `finish(code)`: prints `result` once, as JSON, and exits with `code`. After
-// `timeoutMs` it finishes with 1 by itself.
-function finisher(result, timeoutMs) {
+// `timeoutMs` it finishes with 1 by itself. `describe` (optional) adds to `result` what the
+// script knows only at the end, on a failure (a code other than 0).
+function finisher(result, timeoutMs, describe) {
   let finished = false;
   function finish(code) {
     if (finished) return;
     finished = true;
+    if (code !== 0 && describe) describe();
     console.log(JSON.stringify(result));
     setImmediate(() => process.exit(code));
   }
