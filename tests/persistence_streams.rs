@@ -82,8 +82,10 @@ async fn a_stream_to_a_persistent_subscriber_runs_to_its_end(fsync: FsyncPolicy,
             assert!(last < Some(n), "{n} after {last:?}");
             last = Some(n);
         } else {
-            // Nothing was lost or resent: a QoS 2 message arrives once [MQTT-4.3.3-10]
-            // (and QoS 1 has no reason to come twice on a connection that stays up).
+            // A QoS 2 message arrives once (MQTT 3.1.1 section 4.3.3: the broker passes on
+            // no repeated PUBLISH of the publisher's [MQTT-4.3.3-2] and sends none again after
+            // its PUBREL [MQTT-4.3.3-1]); QoS 1 has no reason to come twice on a connection
+            // that stays up.
             panic!("{fsync:?}, {qos:?}: message {n} twice");
         }
     }
