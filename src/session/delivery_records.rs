@@ -28,8 +28,9 @@ impl Session {
     /// contract) unless the messages in flight and those acknowledged but not yet recorded done
     /// exceed the inflight window: `kill -9` then delivers at most a window of messages again.
     /// That bound counts a `Done` record as kept once it is written (with `fsync = "always"`,
-    /// before its sync): the output does not wait for syncs, and a power cut, which can take
-    /// the one commit being synced, delivers at most a second window again.
+    /// before its sync): the output does not wait for syncs, and a power cut, which takes the
+    /// commits written since the last sync, also delivers again the newest messages whose
+    /// completion was there.
     pub(super) fn output_waits(&mut self, ctx: &mut Context<Self>) -> bool {
         let window = self.outbound.max_inflight();
         let inflight = self.outbound.inflight_len();
