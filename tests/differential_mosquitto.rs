@@ -19,8 +19,9 @@
 //! caused has arrived by then, so no outcome hangs on timing.
 //!
 //! `DIFFERENTIAL_SCRIPTS=1000 cargo test --test differential_mosquitto` runs more scripts than
-//! the few of each kind CI runs. `.ci/run` installs Mosquitto; without it, this test says so and
-//! passes (but under CI).
+//! the few of each kind CI runs; `DIFFERENTIAL_FIRST=N` adds N to every test's first seed, so
+//! that a hunt can cover seeds no earlier hunt ran. `.ci/run` installs Mosquitto; without it,
+//! this test says so and passes (but under CI).
 
 mod common;
 #[path = "differential/model.rs"]
@@ -99,11 +100,20 @@ fn scripts(default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// How far a hunt moves every test's first seed: `DIFFERENTIAL_FIRST` when set, else 0.
+fn seed_offset() -> u64 {
+    std::env::var("DIFFERENTIAL_FIRST")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Runs `count` scripts from seed `first` (see [`compare`]) when Mosquitto is there.
 async fn run(first: u64, count: u64, workers: usize, v5: bool, restarts: bool) {
     if !mosquitto_broker_available() {
         return;
     }
+    let first = first + seed_offset();
     for seed in first..first + scripts(count) {
         compare(seed, workers, v5, restarts).await;
     }
