@@ -1,6 +1,10 @@
-//! Test helpers for the device actors: event probes, a cuttable TCP proxy, brokers on loopback.
-//! Every wait has a timeout; nothing sleeps to synchronise.
+//! Test helpers for the device actors: event probes, a cuttable TCP proxy, brokers on loopback
+//! (Switchboard in process, Mosquitto in a child process: [`mosquitto`]). Every wait has a
+//! timeout; nothing sleeps to synchronise but the wait for a Mosquitto process to answer, which
+//! gives no event.
 #![allow(dead_code)]
+
+pub mod mosquitto;
 
 use std::net::SocketAddr;
 use std::time::Duration;
