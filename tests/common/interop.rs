@@ -104,6 +104,23 @@ pub fn paho_c_available() -> bool {
     required_under_ci(found, "paho_c_pub", "apt-get install paho.mqtt.c-examples")
 }
 
+/// Where Debian's `golang-github-eclipse-paho.mqtt.golang-dev` puts Eclipse Paho's Go client
+/// (a GOPATH tree: the interop program builds offline, with `GO111MODULE=off`).
+pub const GO_PAHO_GOPATH: &str = "/usr/share/gocode";
+
+/// Whether the Go toolchain and Eclipse Paho's Go client are there (see [`required_under_ci`]).
+pub fn go_paho_available() -> bool {
+    let found = succeeds("go", &["version"])
+        && std::path::Path::new(GO_PAHO_GOPATH)
+            .join("src/github.com/eclipse/paho.mqtt.golang")
+            .is_dir();
+    required_under_ci(
+        found,
+        "go with Eclipse Paho's Go client",
+        "apt-get install golang-go golang-github-eclipse-paho.mqtt.golang-dev",
+    )
+}
+
 /// Whether the OpenSSL command line tool is there (see [`required_under_ci`]).
 pub fn openssl_available() -> bool {
     let found = succeeds("openssl", &["version"]);

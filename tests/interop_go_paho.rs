@@ -1,0 +1,135 @@
+//! Eclipse Paho's Go client (Debian's `golang-github-eclipse-paho.mqtt.golang-dev`, built with
+//! Debian's `golang-go`), the client of many gateways and Go services in a fleet, against the
+//! broker: stop-and-wait publishing at each QoS, a kept session, retained state, the seed's
+//! request/response, and a will when its process is killed. The Go side is
+//! `tests/interop/gopaho/main.go`. `.ci/run` installs both; without them (and not under CI)
+//! these tests say so and pass.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+use common::{broker_with_hooks, go_paho_available, Raw, GO_PAHO_GOPATH, WAIT};
+
+/// Builds the Go program once per run of this binary; its path.
+fn go_program() -> &'static PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("gopaho");
+        let program = out_dir.join("gopaho");
+        let output = std::process::Command::new("go")
+            .args(["build", "-o"])
+            .arg(&program)
+            .arg("./tests/interop/gopaho/")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("GO111MODULE", "off")
+            .env("GOPATH", GO_PAHO_GOPATH)
+            .env("GOCACHE", out_dir.join("cache"))
+            .env("GOFLAGS", "")
+            .output()
+            .expect("go build runs");
+        assert!(
+            output.status.success(),
+            "go build failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        program
+    })
+}
+
+#[tokio::test]
+async fn go_paho_publishes_subscribes_keeps_sessions_and_retained_state() {
+    if !go_paho_available() {
+        return;
+    }
+    let (broker, _hooks) = broker_with_hooks(|_| {});
+    let run = Command::new(go_program())
+        .arg("scenarios")
+        .arg(broker.local_addr().port().to_string())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the Go scenarios finish within a minute")
+        .expect("the Go program runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the Go program failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let results: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line per scenario"))
+        .collect();
+    let names: Vec<&str> = results
+        .iter()
+        .map(|r| r["name"].as_str().unwrap_or("?"))
+        .collect();
+    // Each scenario checks, on the Go side:
+    // - stop_and_wait_qos0/1/2: 300 messages, each waited for, arrive once each, in order, at
+    //   their QoS ([MQTT-4.6.0-6] order; [MQTT-4.3.3-2] exactly once at QoS 2);
+    // - kept_session: QoS 1 and 2 messages published while a CleanSession 0 subscriber was away
+    //   arrive when it connects again, without subscribing again ([MQTT-3.1.2-4],
+    //   [MQTT-3.1.2-5]);
+    // - retained: a new subscription gets the retained state with RETAIN set ([MQTT-3.3.1-6],
+    //   [MQTT-3.3.1-8]), and an empty retained message removes it ([MQTT-3.3.1-10]);
+    // - request_response: 100 status requests answered on the response topic, in turn.
+    assert_eq!(
+        names,
+        [
+            "stop_and_wait_qos0",
+            "stop_and_wait_qos1",
+            "stop_and_wait_qos2",
+            "kept_session",
+            "retained",
+            "request_response"
+        ]
+    );
+    for result in &results {
+        assert_eq!(
+            result["ok"], true,
+            "Paho Go, {}: {}",
+            result["name"], result["detail"]
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_go_paho_clients_will_is_published_when_its_process_is_killed() {
+    // [MQTT-3.1.2-8]: the will is published when the connection closes without DISCONNECT.
+    if !go_paho_available() {
+        return;
+    }
+    let (broker, mut hooks) = broker_with_hooks(|_| {});
+    let addr = broker.local_addr();
+    let (mut watcher, _) = Raw::handshake(addr, "watcher", true).await;
+    watcher.subscribe(1, &[("go/will/+", 1)], &[1]).await;
+    let mut gateway = Command::new(go_program())
+        .arg("hold-will")
+        .arg(addr.port().to_string())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the Go program starts");
+    let mut lines = BufReader::new(gateway.stdout.take().expect("piped stdout")).lines();
+    let line = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .expect("the Go client connects in time")
+        .expect("its output");
+    assert_eq!(line.as_deref(), Some("connected"));
+    hooks.connected("go-gateway").await;
+    gateway.kill().await.expect("SIGKILL");
+    hooks.disconnected("go-gateway").await;
+    let will = common::packets::parse_publish(&watcher.expect().await);
+    assert_eq!(
+        (will.topic.as_str(), &will.payload[..], will.qos),
+        ("go/will/gateway", &b"gateway lost"[..], 1)
+    );
+}
