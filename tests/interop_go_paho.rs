@@ -1,7 +1,8 @@
 //! Eclipse Paho's Go client (Debian's `golang-github-eclipse-paho.mqtt.golang-dev`, built with
 //! Debian's `golang-go`), the client of many gateways and Go services in a fleet, against the
 //! broker: stop-and-wait publishing at each QoS, a kept session, retained state, the seed's
-//! request/response, and a will when its process is killed. The Go side is
+//! request/response, a will when its process is killed, and TLS through Go's own stack (the
+//! server's certificate checked, a client certificate presented). The Go side is
 //! `tests/interop/gopaho/main.go`. `.ci/run` installs both; without them (and not under CI)
 //! these tests say so and pass.
 
@@ -15,6 +16,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
+use common::pki::Pki;
 use common::{broker_with_hooks, go_paho_available, Raw, GO_PAHO_GOPATH, WAIT};
 
 /// Builds the Go program once per run of this binary; its path.
@@ -131,5 +133,88 @@ async fn a_go_paho_clients_will_is_published_when_its_process_is_killed() {
     assert_eq!(
         (will.topic.as_str(), &will.payload[..], will.qos),
         ("go/will/gateway", &b"gateway lost"[..], 1)
+    );
+}
+
+/// Runs the Go program's `tls` mode against `port` with these files; its one result line.
+async fn go_over_tls(port: u16, files: &[&std::path::Path]) -> serde_json::Value {
+    let run = Command::new(go_program())
+        .arg("tls")
+        .arg(port.to_string())
+        .args(files)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the Go TLS client finishes in time")
+        .expect("the Go program runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "no result line ({e}): {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+#[tokio::test]
+async fn go_paho_over_tls_checks_the_server_and_presents_its_certificate() {
+    // Go's own TLS stack (crypto/tls, neither OpenSSL nor rustls): the server's certificate is
+    // checked against the CA (it names 127.0.0.1), then, with client certificates required, the
+    // gateway presents its own.
+    if !go_paho_available() {
+        return;
+    }
+    let pki = Pki::new("1AB.ENTER.GATE");
+    let ca = pki.dir.path().join("ca.pem");
+    let (cert, key) = (
+        pki.dir.path().join("go-gate.pem"),
+        pki.dir.path().join("go-gate.key"),
+    );
+    std::fs::write(&cert, &pki.client.0).expect("cert");
+    std::fs::write(&key, &pki.client.1).expect("key");
+    for require_client_cert in [false, true] {
+        let broker = common::broker_with(|c| {
+            c.tls.port = Some(0);
+            pki.serve(&mut c.tls, require_client_cert);
+        });
+        let port = broker.tls_local_addr().expect("TLS listener").port();
+        let result = if require_client_cert {
+            go_over_tls(port, &[&ca, &cert, &key]).await
+        } else {
+            go_over_tls(port, &[&ca]).await
+        };
+        assert_eq!(
+            result["ok"], true,
+            "client certificate required: {require_client_cert}: {}",
+            result["detail"]
+        );
+        if require_client_cert {
+            // And the broker did ask for it: without one the gateway gets no session.
+            let without = go_over_tls(port, &[&ca]).await;
+            assert_eq!(without["ok"], false, "connected without a certificate");
+        }
+    }
+}
+
+#[tokio::test]
+async fn go_paho_refuses_a_server_its_ca_did_not_sign() {
+    // The check is real: against another CA, Go's TLS fails the handshake and says why.
+    if !go_paho_available() {
+        return;
+    }
+    let pki = Pki::new("1AB.ENTER.GATE");
+    let stranger = Pki::new("stranger");
+    let broker = common::broker_with(|c| {
+        c.tls.port = Some(0);
+        pki.serve(&mut c.tls, false);
+    });
+    let port = broker.tls_local_addr().expect("TLS listener").port();
+    let result = go_over_tls(port, &[&stranger.dir.path().join("ca.pem")]).await;
+    assert_eq!(result["ok"], false);
+    let detail = result["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("certificate signed by unknown authority"),
+        "{detail}"
     );
 }

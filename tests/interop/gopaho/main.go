@@ -5,11 +5,17 @@
 //	                        {"name": ..., "ok": true|false, "detail": ...}
 //	gopaho hold-will PORT   connects with a will on go/will/gateway, prints "connected" and
 //	                        waits to be killed
+//	gopaho tls PORT CA [CERT KEY]
+//	                        over TLS (Go's crypto/tls), the server's certificate checked
+//	                        against CA, with a client certificate when given: a QoS 1 request
+//	                        to a gate and back, printed as one JSON line like a scenario's
 //
 // Every wait is bounded (tokens with timeouts, channels with deadlines).
 package main
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -276,13 +282,76 @@ func requestResponse() error {
 	return nil
 }
 
+// overTLS: a gate subscribed over TLS gets an app's QoS 1 request over TLS.
+func overTLS(ca string, cert []string) error {
+	pem, err := os.ReadFile(ca)
+	if err != nil {
+		return err
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pem) {
+		return fmt.Errorf("no certificate in %s", ca)
+	}
+	config := &tls.Config{RootCAs: roots}
+	if len(cert) == 2 {
+		pair, err := tls.LoadX509KeyPair(cert[0], cert[1])
+		if err != nil {
+			return err
+		}
+		config.Certificates = []tls.Certificate{pair}
+	}
+	r := newReceived()
+	gate, err := connect(options("go-tls-gate", true).SetTLSConfig(config))
+	if err != nil {
+		return err
+	}
+	defer gate.Disconnect(100)
+	topic := "detrd/status/request/1AB.ENTER.GATE"
+	if err := done(gate.Subscribe(topic, 1, r.handler), "subscribe"); err != nil {
+		return err
+	}
+	app, err := connect(options("go-tls-app", true).SetTLSConfig(config))
+	if err != nil {
+		return err
+	}
+	defer app.Disconnect(100)
+	if err := done(app.Publish(topic, 1, false, "status?"), "publish"); err != nil {
+		return err
+	}
+	got, err := r.until(1)
+	if err != nil {
+		return err
+	}
+	if got[0] != "status?" {
+		return fmt.Errorf("the gate got %q", got[0])
+	}
+	return nil
+}
+
+// report prints a scenario's outcome as one JSON line.
+func report(name string, err error) {
+	line := map[string]interface{}{"name": name, "ok": err == nil}
+	if err != nil {
+		line["detail"] = err.Error()
+	}
+	out, _ := json.Marshal(line)
+	fmt.Println(string(out))
+}
+
 func main() {
-	if len(os.Args) != 3 {
-		fmt.Fprintln(os.Stderr, "usage: gopaho scenarios|hold-will PORT")
+	if len(os.Args) < 3 {
+		fmt.Fprintln(os.Stderr, "usage: gopaho scenarios|hold-will PORT | gopaho tls PORT CA [CERT KEY]")
 		os.Exit(2)
 	}
 	broker = "tcp://127.0.0.1:" + os.Args[2]
 	switch os.Args[1] {
+	case "tls":
+		if len(os.Args) != 4 && len(os.Args) != 6 {
+			fmt.Fprintln(os.Stderr, "usage: gopaho tls PORT CA [CERT KEY]")
+			os.Exit(2)
+		}
+		broker = "ssl://127.0.0.1:" + os.Args[2]
+		report("tls", overTLS(os.Args[3], os.Args[4:]))
 	case "scenarios":
 		scenarios := []struct {
 			name string
@@ -296,13 +365,7 @@ func main() {
 			{"request_response", requestResponse},
 		}
 		for _, s := range scenarios {
-			err := s.run()
-			line := map[string]interface{}{"name": s.name, "ok": err == nil}
-			if err != nil {
-				line["detail"] = err.Error()
-			}
-			out, _ := json.Marshal(line)
-			fmt.Println(string(out))
+			report(s.name, s.run())
 		}
 	case "hold-will":
 		o := options("go-gateway", true).SetWill("go/will/gateway", "gateway lost", 1, false)
