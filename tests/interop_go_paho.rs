@@ -1,8 +1,9 @@
 //! Eclipse Paho's Go client (Debian's `golang-github-eclipse-paho.mqtt.golang-dev`, built with
 //! Debian's `golang-go`), the client of many gateways and Go services in a fleet, against the
 //! broker: stop-and-wait publishing at each QoS, a kept session, retained state, the seed's
-//! request/response, a will when its process is killed, and TLS through Go's own stack (the
-//! server's certificate checked, a client certificate presented). The Go side is
+//! request/response, a will when its process is killed, MQTT over WebSocket, and TLS through
+//! Go's own stack (the server's certificate checked, a client certificate presented). The Go
+//! side is
 //! `tests/interop/gopaho/main.go`. `.ci/run` installs both; without them (and not under CI)
 //! these tests say so and pass.
 
@@ -136,17 +137,32 @@ async fn a_go_paho_clients_will_is_published_when_its_process_is_killed() {
     );
 }
 
-/// Runs the Go program's `tls` mode against `port` with these files; its one result line.
-async fn go_over_tls(port: u16, files: &[&std::path::Path]) -> serde_json::Value {
+#[tokio::test]
+async fn go_paho_over_websocket_streams_requests_in_order() {
+    // golang.org/x/net's WebSocket under Paho Go (subprotocol "mqtt", each packet a binary
+    // frame): 100 QoS 1 requests, each waited for, reach the gate once each, in order
+    // ([MQTT-4.6.0-6]).
+    if !go_paho_available() {
+        return;
+    }
+    let broker = common::broker_with(|c| c.websocket.port = Some(0));
+    let port = broker.websocket_local_addr().expect("ws listener").port();
+    let result = go_result("ws", port, &[]).await;
+    assert_eq!(result["ok"], true, "{}", result["detail"]);
+}
+
+/// Runs the Go program in `mode` against `port`, with these files after the port; its one
+/// result line.
+async fn go_result(mode: &str, port: u16, files: &[&std::path::Path]) -> serde_json::Value {
     let run = Command::new(go_program())
-        .arg("tls")
+        .arg(mode)
         .arg(port.to_string())
         .args(files)
         .kill_on_drop(true)
         .output();
     let output = tokio::time::timeout(Duration::from_secs(30), run)
         .await
-        .expect("the Go TLS client finishes in time")
+        .unwrap_or_else(|_| panic!("the Go program ({mode}) finishes in time"))
         .expect("the Go program runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
@@ -180,9 +196,9 @@ async fn go_paho_over_tls_checks_the_server_and_presents_its_certificate() {
         });
         let port = broker.tls_local_addr().expect("TLS listener").port();
         let result = if require_client_cert {
-            go_over_tls(port, &[&ca, &cert, &key]).await
+            go_result("tls", port, &[&ca, &cert, &key]).await
         } else {
-            go_over_tls(port, &[&ca]).await
+            go_result("tls", port, &[&ca]).await
         };
         assert_eq!(
             result["ok"], true,
@@ -191,7 +207,7 @@ async fn go_paho_over_tls_checks_the_server_and_presents_its_certificate() {
         );
         if require_client_cert {
             // And the broker did ask for it: without one the gateway gets no session.
-            let without = go_over_tls(port, &[&ca]).await;
+            let without = go_result("tls", port, &[&ca]).await;
             assert_eq!(without["ok"], false, "connected without a certificate");
         }
     }
@@ -210,7 +226,7 @@ async fn go_paho_refuses_a_server_its_ca_did_not_sign() {
         pki.serve(&mut c.tls, false);
     });
     let port = broker.tls_local_addr().expect("TLS listener").port();
-    let result = go_over_tls(port, &[&stranger.dir.path().join("ca.pem")]).await;
+    let result = go_result("tls", port, &[&stranger.dir.path().join("ca.pem")]).await;
     assert_eq!(result["ok"], false);
     let detail = result["detail"].as_str().unwrap_or_default();
     assert!(

@@ -5,6 +5,8 @@
 //	                        {"name": ..., "ok": true|false, "detail": ...}
 //	gopaho hold-will PORT   connects with a will on go/will/gateway, prints "connected" and
 //	                        waits to be killed
+//	gopaho ws PORT          over MQTT over WebSocket (ws://127.0.0.1:PORT/mqtt, golang.org/x/net's
+//	                        websocket): 100 QoS 1 requests to a gate and back, as one JSON line
 //	gopaho tls PORT CA [CERT KEY]
 //	                        over TLS (Go's crypto/tls), the server's certificate checked
 //	                        against CA, with a client certificate when given: a QoS 1 request
@@ -328,6 +330,36 @@ func overTLS(ca string, cert []string) error {
 	return nil
 }
 
+// overWebSocket: a gate and an app, both over WebSocket, 100 QoS 1 requests in turn, each
+// waited for.
+func overWebSocket() error {
+	r := newReceived()
+	gate, err := connect(options("go-ws-gate", true))
+	if err != nil {
+		return err
+	}
+	defer gate.Disconnect(100)
+	topic := "detrd/status/request/1AB.ENTER.GATE"
+	if err := done(gate.Subscribe(topic, 1, r.handler), "subscribe"); err != nil {
+		return err
+	}
+	app, err := connect(options("go-ws-app", true))
+	if err != nil {
+		return err
+	}
+	defer app.Disconnect(100)
+	for i := 0; i < 100; i++ {
+		if err := done(app.Publish(topic, 1, false, "w"+strconv.Itoa(i)), "publish"); err != nil {
+			return err
+		}
+	}
+	got, err := r.until(100)
+	if err != nil {
+		return err
+	}
+	return numbered(got, "w", 100)
+}
+
 // report prints a scenario's outcome as one JSON line.
 func report(name string, err error) {
 	line := map[string]interface{}{"name": name, "ok": err == nil}
@@ -340,11 +372,14 @@ func report(name string, err error) {
 
 func main() {
 	if len(os.Args) < 3 {
-		fmt.Fprintln(os.Stderr, "usage: gopaho scenarios|hold-will PORT | gopaho tls PORT CA [CERT KEY]")
+		fmt.Fprintln(os.Stderr, "usage: gopaho scenarios|hold-will|ws PORT | gopaho tls PORT CA [CERT KEY]")
 		os.Exit(2)
 	}
 	broker = "tcp://127.0.0.1:" + os.Args[2]
 	switch os.Args[1] {
+	case "ws":
+		broker = "ws://127.0.0.1:" + os.Args[2] + "/mqtt"
+		report("ws", overWebSocket())
 	case "tls":
 		if len(os.Args) != 4 && len(os.Args) != 6 {
 			fmt.Fprintln(os.Stderr, "usage: gopaho tls PORT CA [CERT KEY]")
