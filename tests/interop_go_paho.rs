@@ -3,9 +3,8 @@
 //! broker: stop-and-wait publishing at each QoS, a kept session, retained state, the seed's
 //! request/response, a will when its process is killed, MQTT over WebSocket, and TLS through
 //! Go's own stack (the server's certificate checked, a client certificate presented). The Go
-//! side is
-//! `tests/interop/gopaho/main.go`. `.ci/run` installs both; without them (and not under CI)
-//! these tests say so and pass.
+//! side is `tests/interop/gopaho/main.go`. `.ci/run` installs both; without them (and not
+//! under CI) these tests say so and pass.
 
 mod common;
 
@@ -35,6 +34,7 @@ fn go_program() -> &'static PathBuf {
             .env("GOPATH", GO_PAHO_GOPATH)
             .env("GOCACHE", out_dir.join("cache"))
             .env("GOFLAGS", "")
+            .env("GOENV", "off")
             .output()
             .expect("go build runs");
         assert!(
@@ -51,7 +51,7 @@ async fn go_paho_publishes_subscribes_keeps_sessions_and_retained_state() {
     if !go_paho_available() {
         return;
     }
-    let (broker, _hooks) = broker_with_hooks(|_| {});
+    let broker = common::broker();
     let run = Command::new(go_program())
         .arg("scenarios")
         .arg(broker.local_addr().port().to_string())
