@@ -10,8 +10,8 @@ use std::time::Duration;
 use actix::prelude::*;
 use common::*;
 use switchboard_actors::{
-    ConnectionEvent, Consumer, DropReason, Enqueue, EnqueueError, GetSubscriptions, Overflow,
-    PendingCount, QoS, Received, Stop,
+    ConnectionEvent, DropReason, Enqueue, EnqueueError, GetSubscriptions, Overflow, PendingCount,
+    QoS, Received, Stop,
 };
 
 /// A Consumer of `filter` on its own connection; returns the received-message inbox and the
@@ -28,16 +28,7 @@ async fn consumer(
 ) {
     let mut opts = options(port, id);
     adjust(&mut opts);
-    let (conn, mut events) = connection(opts);
-    let (sink, received) = probe::<Received>();
-    Consumer::new(
-        conn.clone(),
-        vec![(filter.to_string(), QoS::AtLeastOnce)],
-        sink,
-    )
-    .start();
-    granted(&mut events, filter).await;
-    (conn, received, events)
+    consumer_with(opts, filter).await
 }
 
 #[actix_rt::test]
@@ -242,20 +233,7 @@ async fn session_present_no_resubscribe(protocol: switchboard_actors::ProtocolVe
     proxy.resume().await;
     assert!(connected(&mut events).await, "the broker kept the session");
     assert_eq!(receive(&mut received, 1).await, vec!["while away"]);
-    // A message the app sends itself comes back after any SUBACK would have: none may come.
-    app.send(Enqueue::new("keep/echo", "echo", QoS::AtLeastOnce))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(receive(&mut received, 1).await, vec!["echo"]);
-    let resubscribed = events
-        .drain_ready()
-        .into_iter()
-        .any(|e| matches!(e, ConnectionEvent::SubscriptionGranted { .. }));
-    assert!(
-        !resubscribed,
-        "subscriptions are not sent again when the session is present"
-    );
+    assert_not_subscribed_again(&app, &mut received, &mut events).await;
     let subs = app.send(GetSubscriptions).await.unwrap();
     assert_eq!(subs["keep/#"].granted, Some(Some(QoS::AtLeastOnce)));
 }

@@ -16,35 +16,14 @@ use switchboard_actors::fleet::{
     command_topic, state_topic, status_request, BarrierState, GateBarrier, GateStatus,
 };
 use switchboard_actors::{
-    ConnectionEvent, ConnectionOptions, Consumer, DeviceActor, Enqueue, PendingCount,
-    ProtocolVersion, Publish, QoS, Received, Requester,
+    ConnectionEvent, ConnectionOptions, DeviceActor, Enqueue, PendingCount, ProtocolVersion,
+    Publish, QoS, Received, Requester,
 };
 
 fn speaking(port: u16, id: &str, protocol: ProtocolVersion) -> ConnectionOptions {
     let mut o = options(port, id);
     o.protocol = protocol;
     o
-}
-
-/// A Consumer of `filter` at QoS 1 on its own connection, once the subscription is granted.
-async fn consumer(
-    options: ConnectionOptions,
-    filter: &str,
-) -> (
-    Addr<switchboard_actors::ManagedConnection>,
-    Inbox<Received>,
-    Inbox<ConnectionEvent>,
-) {
-    let (conn, mut events) = connection(options);
-    let (sink, received) = probe::<Received>();
-    Consumer::new(
-        conn.clone(),
-        vec![(filter.to_string(), QoS::AtLeastOnce)],
-        sink,
-    )
-    .start();
-    granted(&mut events, filter).await;
-    (conn, received, events)
 }
 
 /// The gate's state as it announces it on `detrd/state/{id}`.
@@ -68,7 +47,7 @@ async fn a_gate_answers_requests_and_commands_through_mosquitto_over_mqtt_3_and_
         (ProtocolVersion::V5, ProtocolVersion::V3_1_1),
     ] {
         let id = format!("1AB.{device}.{app}.GATE").replace('.', "_");
-        let (_watch, mut states, _) = consumer(
+        let (_watch, mut states, _) = consumer_with(
             speaking(port, &format!("{id}-watch"), app),
             &state_topic(&id),
         )
@@ -120,7 +99,7 @@ async fn an_mqtt5_answer_comes_back_on_the_response_topic_through_mosquitto() {
     let mosquitto = MosquittoPeer::start();
     let port = mosquitto.addr.port();
     let id = "1AB.ENTER.GATE";
-    let (_watch, mut states, _) = consumer(
+    let (_watch, mut states, _) = consumer_with(
         speaking(port, "watch", ProtocolVersion::V5),
         &state_topic(id),
     )
@@ -154,6 +133,21 @@ async fn a_mosquitto_killed_mid_stream_loses_no_qos1_message_over_mqtt_5() {
     killed_mid_stream(ProtocolVersion::V5).await;
 }
 
+/// Queues messages `numbers` (each its number as text) to `topic` at QoS 1 on `connection`.
+async fn enqueue_numbered(
+    connection: &Addr<switchboard_actors::ManagedConnection>,
+    topic: &str,
+    numbers: std::ops::Range<u32>,
+) {
+    for n in numbers {
+        connection
+            .send(Enqueue::new(topic, n.to_string(), QoS::AtLeastOnce))
+            .await
+            .expect("the connection")
+            .expect("queued");
+    }
+}
+
 /// A radar's QoS 1 stream to an app through Mosquitto; Mosquitto is killed (nothing saved) and
 /// started again on the same port: what the radar queued meanwhile arrives once each, in order.
 async fn killed_mid_stream(protocol: ProtocolVersion) {
@@ -164,20 +158,14 @@ async fn killed_mid_stream(protocol: ProtocolVersion) {
     let port = mosquitto.addr.port();
     let filter = "detrd/status/response/+";
     let (_app, mut received, mut app_events) =
-        consumer(speaking(port, "app", protocol), filter).await;
+        consumer_with(speaking(port, "app", protocol), filter).await;
     // The radar reaches Mosquitto through a proxy, so that the test lets it back only once the
     // app has subscribed again (a restarted Mosquitto has no sessions).
     let mut proxy = Proxy::start(0, mosquitto.addr).await;
     let (radar, mut radar_events) = connection(speaking(proxy.port, "1AB.ENTER.DETRD", protocol));
     connected(&mut radar_events).await;
     let topic = "detrd/status/response/1AB.ENTER.DETRD";
-    for n in 0..50 {
-        radar
-            .send(Enqueue::new(topic, format!("{n}"), QoS::AtLeastOnce))
-            .await
-            .expect("radar")
-            .expect("queued");
-    }
+    enqueue_numbered(&radar, topic, 0..50).await;
     assert_eq!(
         receive(&mut received, 50).await,
         (0..50).map(|n| n.to_string()).collect::<Vec<_>>()
@@ -190,13 +178,7 @@ async fn killed_mid_stream(protocol: ProtocolVersion) {
     proxy.cut();
     disconnected(&mut radar_events).await;
     disconnected(&mut app_events).await;
-    for n in 50..100 {
-        radar
-            .send(Enqueue::new(topic, format!("{n}"), QoS::AtLeastOnce))
-            .await
-            .expect("radar")
-            .expect("queued");
-    }
+    enqueue_numbered(&radar, topic, 50..100).await;
     assert_eq!(radar.send(PendingCount).await.expect("radar"), 50);
 
     mosquitto.restart();
@@ -244,7 +226,7 @@ async fn kept_session(protocol: ProtocolVersion) {
     let mut proxy = Proxy::start(0, mosquitto.addr).await;
     let mut app_options = speaking(proxy.port, "app", protocol);
     app_options.clean_session = false;
-    let (app, mut received, mut events) = consumer(app_options, "keep/#").await;
+    let (app, mut received, mut events) = consumer_with(app_options, "keep/#").await;
     let (publisher, mut publisher_events) =
         connection(speaking(mosquitto.addr.port(), "pub", protocol));
 
@@ -262,18 +244,5 @@ async fn kept_session(protocol: ProtocolVersion) {
     proxy.resume().await;
     assert!(connected(&mut events).await, "Mosquitto kept the session");
     assert_eq!(receive(&mut received, 1).await, vec!["while away"]);
-    // The app's own message comes back after any SUBACK would have: none may come.
-    app.send(Enqueue::new("keep/echo", "echo", QoS::AtLeastOnce))
-        .await
-        .expect("app")
-        .expect("queued");
-    assert_eq!(receive(&mut received, 1).await, vec!["echo"]);
-    let resubscribed = events
-        .drain_ready()
-        .into_iter()
-        .any(|e| matches!(e, ConnectionEvent::SubscriptionGranted { .. }));
-    assert!(
-        !resubscribed,
-        "nothing is subscribed again when the session is present"
-    );
+    assert_not_subscribed_again(&app, &mut received, &mut events).await;
 }

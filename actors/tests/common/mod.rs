@@ -12,7 +12,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use switchboard::{BackgroundBroker, Config};
 use switchboard_actors::{
-    Backoff, ConnectionEvent, ConnectionOptions, ManagedConnection, Received,
+    Backoff, ConnectionEvent, ConnectionOptions, Consumer, ManagedConnection, QoS, Received,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -100,6 +100,55 @@ pub fn connection(options: ConnectionOptions) -> (Addr<ManagedConnection>, Inbox
         ManagedConnection::start_with(options, vec![recipient]),
         inbox,
     )
+}
+
+/// A Consumer of `filter` at QoS 1 on its own connection with `options`: the connection, the
+/// received-message inbox and the connection's events, once the subscription is granted.
+pub async fn consumer_with(
+    options: ConnectionOptions,
+    filter: &str,
+) -> (
+    Addr<ManagedConnection>,
+    Inbox<Received>,
+    Inbox<ConnectionEvent>,
+) {
+    let (conn, mut events) = connection(options);
+    let (sink, received) = probe::<Received>();
+    Consumer::new(
+        conn.clone(),
+        vec![(filter.to_string(), QoS::AtLeastOnce)],
+        sink,
+    )
+    .start();
+    granted(&mut events, filter).await;
+    (conn, received, events)
+}
+
+/// Checks that a resumed connection `app`, consuming `keep/#` into `received`, subscribed to
+/// nothing again: a message it sends itself to `keep/echo` comes back after any SUBACK would
+/// have, and no `SubscriptionGranted` came before it.
+pub async fn assert_not_subscribed_again(
+    app: &Addr<ManagedConnection>,
+    received: &mut Inbox<Received>,
+    events: &mut Inbox<ConnectionEvent>,
+) {
+    app.send(switchboard_actors::Enqueue::new(
+        "keep/echo",
+        "echo",
+        QoS::AtLeastOnce,
+    ))
+    .await
+    .expect("the connection")
+    .expect("queued");
+    assert_eq!(receive(received, 1).await, vec!["echo"]);
+    let resubscribed = events
+        .drain_ready()
+        .into_iter()
+        .any(|e| matches!(e, ConnectionEvent::SubscriptionGranted { .. }));
+    assert!(
+        !resubscribed,
+        "subscriptions are not sent again when the session is present"
+    );
 }
 
 /// Waits for `Connected` and returns its session-present flag.

@@ -105,6 +105,18 @@ func (r *received) until(n int) ([]string, error) {
 	}
 }
 
+// expectOne waits for one message and checks that it is want.
+func (r *received) expectOne(want string) error {
+	got, err := r.until(1)
+	if err != nil {
+		return err
+	}
+	if got[0] != want {
+		return fmt.Errorf("got %q, expected %q", got[0], want)
+	}
+	return nil
+}
+
 // numbered checks that payloads are prefix0 .. prefix(n-1), once each, in order.
 func numbered(payloads []string, prefix string, n int) error {
 	if len(payloads) != n {
@@ -234,12 +246,8 @@ func retained() error {
 	if err := done(pub.Publish("go/gate/marker", 1, false, "marker"), "marker"); err != nil {
 		return err
 	}
-	got, err = later.until(1)
-	if err != nil {
-		return err
-	}
-	if got[0] != "marker" {
-		return fmt.Errorf("a cleared retained message came: %q", got[0])
+	if err := later.expectOne("marker"); err != nil {
+		return fmt.Errorf("after the retained message was cleared: %v", err)
 	}
 	return nil
 }
@@ -284,6 +292,37 @@ func requestResponse() error {
 	return nil
 }
 
+// gateTopic is where the TLS and WebSocket scenarios' app asks the gate.
+const gateTopic = "detrd/status/request/1AB.ENTER.GATE"
+
+// gateAndApp connects a gate subscribed at QoS 1 to gateTopic and an app, as prefix-gate and
+// prefix-app, over tlsConfig when it is not nil; what the gate receives goes to the returned
+// collector. The caller disconnects both.
+func gateAndApp(prefix string, tlsConfig *tls.Config) (mqtt.Client, mqtt.Client, *received, error) {
+	dial := func(id string) (mqtt.Client, error) {
+		o := options(prefix+"-"+id, true)
+		if tlsConfig != nil {
+			o.SetTLSConfig(tlsConfig)
+		}
+		return connect(o)
+	}
+	r := newReceived()
+	gate, err := dial("gate")
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if err := done(gate.Subscribe(gateTopic, 1, r.handler), "subscribe"); err != nil {
+		gate.Disconnect(100)
+		return nil, nil, nil, err
+	}
+	app, err := dial("app")
+	if err != nil {
+		gate.Disconnect(100)
+		return nil, nil, nil, err
+	}
+	return gate, app, r, nil
+}
+
 // overTLS: a gate subscribed over TLS gets an app's QoS 1 request over TLS.
 func overTLS(ca string, cert []string) error {
 	pem, err := os.ReadFile(ca)
@@ -302,54 +341,29 @@ func overTLS(ca string, cert []string) error {
 		}
 		config.Certificates = []tls.Certificate{pair}
 	}
-	r := newReceived()
-	gate, err := connect(options("go-tls-gate", true).SetTLSConfig(config))
+	gate, app, r, err := gateAndApp("go-tls", config)
 	if err != nil {
 		return err
 	}
 	defer gate.Disconnect(100)
-	topic := "detrd/status/request/1AB.ENTER.GATE"
-	if err := done(gate.Subscribe(topic, 1, r.handler), "subscribe"); err != nil {
-		return err
-	}
-	app, err := connect(options("go-tls-app", true).SetTLSConfig(config))
-	if err != nil {
-		return err
-	}
 	defer app.Disconnect(100)
-	if err := done(app.Publish(topic, 1, false, "status?"), "publish"); err != nil {
+	if err := done(app.Publish(gateTopic, 1, false, "status?"), "publish"); err != nil {
 		return err
 	}
-	got, err := r.until(1)
-	if err != nil {
-		return err
-	}
-	if got[0] != "status?" {
-		return fmt.Errorf("the gate got %q", got[0])
-	}
-	return nil
+	return r.expectOne("status?")
 }
 
 // overWebSocket: a gate and an app, both over WebSocket, 100 QoS 1 requests in turn, each
 // waited for.
 func overWebSocket() error {
-	r := newReceived()
-	gate, err := connect(options("go-ws-gate", true))
+	gate, app, r, err := gateAndApp("go-ws", nil)
 	if err != nil {
 		return err
 	}
 	defer gate.Disconnect(100)
-	topic := "detrd/status/request/1AB.ENTER.GATE"
-	if err := done(gate.Subscribe(topic, 1, r.handler), "subscribe"); err != nil {
-		return err
-	}
-	app, err := connect(options("go-ws-app", true))
-	if err != nil {
-		return err
-	}
 	defer app.Disconnect(100)
 	for i := 0; i < 100; i++ {
-		if err := done(app.Publish(topic, 1, false, "w"+strconv.Itoa(i)), "publish"); err != nil {
+		if err := done(app.Publish(gateTopic, 1, false, "w"+strconv.Itoa(i)), "publish"); err != nil {
 			return err
 		}
 	}
