@@ -92,7 +92,7 @@ async fn broker_restart_mid_stream(protocol: switchboard_actors::ProtocolVersion
         "a restarted broker has no session"
     );
     granted(&mut app_events, "detrd/status/response/+").await;
-    proxy.resume().await;
+    proxy.resume();
     connected(&mut radar_events).await;
     let mut counts = BTreeMap::new();
     for payload in receive(&mut received, 50).await {
@@ -230,7 +230,7 @@ async fn session_present_no_resubscribe(protocol: switchboard_actors::ProtocolVe
         .await
         .unwrap()
         .unwrap();
-    proxy.resume().await;
+    proxy.resume();
     assert!(connected(&mut events).await, "the broker kept the session");
     assert_eq!(receive(&mut received, 1).await, vec!["while away"]);
     assert_not_subscribed_again(&app, &mut received, &mut events).await;

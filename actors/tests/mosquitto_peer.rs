@@ -187,7 +187,7 @@ async fn killed_mid_stream(protocol: ProtocolVersion) {
         "a restarted Mosquitto without persistence has no session"
     );
     granted(&mut app_events, filter).await;
-    proxy.resume().await;
+    proxy.resume();
     connected(&mut radar_events).await;
     let mut counts = BTreeMap::new();
     let mut order = Vec::new();
@@ -241,7 +241,7 @@ async fn kept_session(protocol: ProtocolVersion) {
     publisher_events
         .find(|e| matches!(e, ConnectionEvent::MessageDelivered(1)).then_some(()))
         .await;
-    proxy.resume().await;
+    proxy.resume();
     assert!(connected(&mut events).await, "Mosquitto kept the session");
     assert_eq!(receive(&mut received, 1).await, vec!["while away"]);
     assert_not_subscribed_again(&app, &mut received, &mut events).await;

@@ -206,13 +206,22 @@ pub async fn receive(inbox: &mut Inbox<Received>, n: usize) -> Vec<String> {
     out
 }
 
-/// A TCP proxy in front of a broker, which a test can cut (closing every connection and no longer
-/// listening) and start again on the same port.
+/// A TCP proxy in front of a broker, which a test can cut (closing every connection, and
+/// closing each new one at once) and open again.
+///
+/// It keeps its port while cut: a proxy that stopped listening could not always listen there
+/// again, as a client's outgoing connection (or the reconnecting client's own, connected to
+/// itself) may take a released loopback port in between.
 pub struct Proxy {
     pub port: u16,
-    upstream: SocketAddr,
-    tasks: Vec<JoinHandle<()>>,
-    connections: std::sync::Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+    state: std::sync::Arc<std::sync::Mutex<ProxyState>>,
+}
+
+/// Whether a [`Proxy`] lets connections through, and the ones it forwards.
+struct ProxyState {
+    open: bool,
+    connections: Vec<JoinHandle<()>>,
 }
 
 impl Proxy {
@@ -222,46 +231,51 @@ impl Proxy {
             .await
             .expect("proxy binds");
         let port = listener.local_addr().expect("addr").port();
-        let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let conns = connections.clone();
+        let state = std::sync::Arc::new(std::sync::Mutex::new(ProxyState {
+            open: true,
+            connections: Vec::new(),
+        }));
+        let shared = state.clone();
         let accept = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
-                let conn = tokio::spawn(async move {
+                // Decided under the lock that `cut` takes: no connection slips past a cut.
+                let mut state = shared.lock().expect("lock");
+                if !state.open {
+                    continue; // `client` is dropped: closed at once.
+                }
+                state.connections.push(tokio::spawn(async move {
                     if let Ok(mut server) = TcpStream::connect(upstream).await {
                         let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
                     }
-                });
-                conns.lock().expect("lock").push(conn);
+                }));
             }
         });
         Proxy {
             port,
-            upstream,
-            tasks: vec![accept],
-            connections,
+            accept,
+            state,
         }
     }
 
-    /// Closes every proxied connection and stops listening.
+    /// Closes every proxied connection, and each new one until [`Proxy::resume`].
     pub fn cut(&mut self) {
-        for task in self.tasks.drain(..) {
-            task.abort();
-        }
-        for conn in self.connections.lock().expect("lock").drain(..) {
+        let mut state = self.state.lock().expect("lock");
+        state.open = false;
+        for conn in state.connections.drain(..) {
             conn.abort();
         }
     }
 
-    /// Listens again on the same port.
-    pub async fn resume(&mut self) {
-        let again = Proxy::start(self.port, self.upstream).await;
-        *self = again;
+    /// Lets connections through again.
+    pub fn resume(&mut self) {
+        self.state.lock().expect("lock").open = true;
     }
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.cut();
+        self.accept.abort();
     }
 }
 
