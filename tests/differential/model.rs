@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::script::{is_member, Options, Step, CLIENTS};
+use super::script::{is_member, will_topic, Options, Step, CLIENTS};
 
 /// A subscription as the spec has it, and as Mosquitto 2.0.11 holds it: subscribing to the
 /// same filter again must replace the subscription, options and all [MQTT-3.8.4-3], and
@@ -32,6 +32,13 @@ pub struct Model {
     /// subscriptions: whether Mosquitto sent it at QoS 0 or above, and so whether it is in
     /// flight to be sent again on resuming, is Mosquitto's pick (see [`normalise`]).
     pub overlapped: BTreeSet<(usize, Vec<u8>)>,
+    /// (client, payload) of each message routed to a client while one of its matching
+    /// subscriptions had options the brokers differ on (`Subscription::diverged`): sent again
+    /// to a resumed session, its RETAIN flag is the one each broker routed it with, even once
+    /// that subscription is gone (see [`normalise`]).
+    pub diverged_routed: BTreeSet<(usize, Vec<u8>)>,
+    /// The payload of each client's will while its connection has one.
+    wills: Vec<Option<String>>,
     /// Whether each client's connection sets an MQTT 5 Receive Maximum and acknowledges
     /// nothing, so that its window fills (see [`normalise`]).
     pub held: Vec<bool>,
@@ -53,6 +60,8 @@ impl Model {
             subscriptions: (0..CLIENTS).map(|_| BTreeMap::new()).collect(),
             kept: vec![false; CLIENTS],
             overlapped: BTreeSet::new(),
+            diverged_routed: BTreeSet::new(),
+            wills: vec![None; CLIENTS],
             held: vec![false; CLIENTS],
             held_diverged: vec![false; CLIENTS],
             session_diverged: vec![false; CLIENTS],
@@ -67,10 +76,12 @@ impl Model {
             Step::Connect {
                 client,
                 keep_session,
+                will,
                 acks,
                 receive_maximum,
                 ..
             } => {
+                self.wills[*client] = will.as_ref().map(|w| w.payload.clone());
                 if session_present != Some(true) {
                     self.subscriptions[*client].clear();
                 }
@@ -85,8 +96,16 @@ impl Model {
             Step::Disconnect {
                 client,
                 end_session,
-                ..
+                dropped,
+                with_will,
             } => {
+                // A dropped connection, or an MQTT 5 DISCONNECT 0x04, publishes the will: routed
+                // by everyone's subscriptions as they are before this client's go.
+                if let Some(payload) = self.wills[*client].take() {
+                    if *dropped || *with_will {
+                        self.routed(*client, &will_topic(*client), &payload);
+                    }
+                }
                 if *end_session {
                     self.kept[*client] = false;
                 }
@@ -96,6 +115,7 @@ impl Model {
             }
             Step::Restart => {
                 // Every connection closes: only the sessions kept outlive it.
+                self.wills = vec![None; CLIENTS];
                 for client in 0..CLIENTS {
                     if !self.kept[client] {
                         self.subscriptions[client].clear();
@@ -132,15 +152,23 @@ impl Model {
                 topic,
                 payload,
                 ..
-            } => {
-                for client in 0..CLIENTS {
-                    if self.matching(client, topic, Some(*publisher)).len() > 1 {
-                        self.overlapped
-                            .insert((client, payload.as_bytes().to_vec()));
-                        self.held_diverged[client] |= self.held[client];
-                        self.session_diverged[client] |= self.held[client];
-                    }
-                }
+            } => self.routed(*publisher, topic, payload),
+        }
+    }
+
+    /// Notes what routing `payload`, published by `publisher` to `topic`, leaves the brokers
+    /// free to differ on, client by client.
+    fn routed(&mut self, publisher: usize, topic: &str, payload: &str) {
+        for client in 0..CLIENTS {
+            if self.matching(client, topic, Some(publisher)).len() > 1 {
+                self.overlapped
+                    .insert((client, payload.as_bytes().to_vec()));
+                self.held_diverged[client] |= self.held[client];
+                self.session_diverged[client] |= self.held[client];
+            }
+            if self.diverged_matches(client, topic) {
+                self.diverged_routed
+                    .insert((client, payload.as_bytes().to_vec()));
             }
         }
     }

@@ -53,6 +53,23 @@ fn published_by<'a>(payload: &[u8], steps: &'a [Step]) -> Option<&'a Step> {
         .filter(|step| matches!(step, Step::Publish { .. }))
 }
 
+/// The client whose will `payload` is (`w{n}`: the will of step `n`'s CONNECT).
+fn will_of(payload: &[u8], steps: &[Step]) -> Option<usize> {
+    let n: usize = std::str::from_utf8(payload)
+        .ok()?
+        .strip_prefix('w')?
+        .parse()
+        .ok()?;
+    match steps.get(n)? {
+        Step::Connect {
+            client,
+            will: Some(_),
+            ..
+        } => Some(*client),
+        _ => None,
+    }
+}
+
 /// How a step's observations are read: by the model after step `steps[n]`, for MQTT 5 with
 /// `v5`, and with `switchboard` for Switchboard's (checked against the spec too).
 #[derive(Clone, Copy)]
@@ -72,9 +89,11 @@ pub struct Reading<'a> {
 ///   [MQTT-3.3.4-2]), Mosquitto 2.0.11 one copy at the QoS of one of them, not always the
 ///   highest (with MQTT 5, a copy for each may come); and the message altogether where it
 ///   comes again to a resumed session, since whether it was in flight or queued depends on
-///   that QoS;
+///   that QoS (a will too: it is routed like a publish);
 /// - a message to a client through a subscription whose No Local or Retain As Published was
-///   changed by subscribing again (see `model.rs`);
+///   changed by subscribing again (see `model.rs`), and the message again where it comes
+///   again to a resumed session, with the RETAIN flag it was routed with, even once that
+///   subscription is gone;
 /// - how a taken-over MQTT 5 connection ends: Switchboard sends DISCONNECT 0x8E Session taken
 ///   over, Mosquitto 2.0.11 closes it without a word; and at a restart, DISCONNECT 0x8B
 ///   Server shutting down, where Mosquitto again says nothing;
@@ -294,9 +313,21 @@ fn deliveries(client: usize, got: &[Got], reading: Reading, lines: &mut Vec<Stri
             "c{client} got {copies} copies of {topic} {payload:?} in step {n} ({:?})",
             steps[n]
         );
-        if !live && !subscribing && model.overlapped.contains(&(client, payload.to_vec())) {
+        // A will comes in the step that ends its connection, routed then like a publish.
+        let will_now = matches!(
+            steps[n],
+            Step::Disconnect { client: ended, .. } if will_of(payload, steps) == Some(ended)
+        );
+        let resent = !live && !subscribing && !will_now;
+        if resent && model.overlapped.contains(&(client, payload.to_vec())) {
             // Sent again to a resumed session, or queued for it: Mosquitto's copy may have
             // been QoS 0, neither in flight nor queued.
+            continue;
+        }
+        if resent && model.diverged_routed.contains(&(client, payload.to_vec())) {
+            // Sent again, or queued, with the RETAIN flag each broker routed it with: by
+            // Retain As Published as Mosquitto kept it from the first SUBSCRIBE of its filter
+            // (see `Model`), checked for Switchboard where it was routed.
             continue;
         }
         if !subscribing && model.diverged_matches(client, topic) {
