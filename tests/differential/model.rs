@@ -43,8 +43,8 @@ pub struct Model {
     /// nothing, so that its window fills (see [`normalise`]).
     pub held: Vec<bool>,
     /// Whether such a connection's window may hold other messages with each broker: it
-    /// resumed a session, or it got a message through overlapping subscriptions (see
-    /// `normalise.rs`).
+    /// resumed a session, or it got a message through overlapping subscriptions or through a
+    /// subscription whose options the brokers differ on (see `normalise.rs`).
     pub held_diverged: Vec<bool>,
     /// Whether each client's session went through such a connection since everything in it
     /// was last delivered: its messages may be in flight with one broker and queued with the
@@ -169,6 +169,10 @@ impl Model {
             if self.diverged_matches(client, topic) {
                 self.diverged_routed
                     .insert((client, payload.as_bytes().to_vec()));
+                // Routed by No Local with one broker and not the other, it may take room in
+                // one broker's full window only.
+                self.held_diverged[client] |= self.held[client];
+                self.session_diverged[client] |= self.held[client];
             }
         }
     }

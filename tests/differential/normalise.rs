@@ -271,7 +271,8 @@ fn deliveries(client: usize, got: &[Got], reading: Reading, lines: &mut Vec<Stri
         // its unacknowledged messages as the window allows [MQTT-3.3.4-9], checked in the
         // runner; Mosquitto 2.0.11 all of them) or got a message through overlapping
         // subscriptions (Switchboard sends one copy [MQTT-3.3.4-2], Mosquitto one for each
-        // subscription, each taking its room).
+        // subscription, each taking its room) or through a subscription whose No Local the
+        // brokers differ on (see `Model`).
         return;
     }
     let subscribing = matches!(steps[n], Step::Subscribe { .. });
