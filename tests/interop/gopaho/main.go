@@ -6,11 +6,11 @@
 //	gopaho hold-will PORT   connects with a will on go/will/gateway, prints "connected" and
 //	                        waits to be killed
 //	gopaho ws PORT          over MQTT over WebSocket (ws://127.0.0.1:PORT/mqtt, golang.org/x/net's
-//	                        websocket): 100 QoS 1 requests to a gate and back, as one JSON line
+//	                        websocket): 100 QoS 1 requests reach a gate in order, as one JSON line
 //	gopaho tls PORT CA [CERT KEY]
 //	                        over TLS (Go's crypto/tls), the server's certificate checked
 //	                        against CA, with a client certificate when given: a QoS 1 request
-//	                        to a gate and back, printed as one JSON line like a scenario's
+//	                        reaches a gate, printed as one JSON line like a scenario's
 //
 // Every wait is bounded (tokens with timeouts, channels with deadlines).
 package main
@@ -32,8 +32,10 @@ import (
 // How long any one expected event may take.
 const wait = 10 * time.Second
 
+// The broker's URL (tcp://, ws:// or ssl://), from the command line.
 var broker string
 
+// options for a client of the broker, 3.1.1, that neither reconnects nor waits unbounded.
 func options(id string, clean bool) *mqtt.ClientOptions {
 	return mqtt.NewClientOptions().
 		AddBroker(broker).
@@ -45,6 +47,7 @@ func options(id string, clean bool) *mqtt.ClientOptions {
 		SetWriteTimeout(wait)
 }
 
+// connect connects a client and waits for its CONNACK.
 func connect(o *mqtt.ClientOptions) (mqtt.Client, error) {
 	c := mqtt.NewClient(o)
 	t := c.Connect()
@@ -54,6 +57,7 @@ func connect(o *mqtt.ClientOptions) (mqtt.Client, error) {
 	return c, t.Error()
 }
 
+// done waits for a token (SUBACK, PUBACK, PUBCOMP, or a QoS 0 write) and says what failed.
 func done(t mqtt.Token, what string) error {
 	if !t.WaitTimeout(wait) {
 		return fmt.Errorf("%s: timed out", what)
