@@ -10,7 +10,8 @@ mod common;
 use std::collections::BTreeMap;
 
 use actix::prelude::*;
-use common::mosquitto::{mosquitto_installed, MosquittoPeer};
+use common::interop::mosquitto_broker_available;
+use common::mosquitto::MosquittoPeer;
 use common::*;
 use switchboard_actors::fleet::{
     command_topic, state_topic, status_request, BarrierState, GateBarrier, GateStatus,
@@ -35,18 +36,21 @@ async fn announced(states: &mut Inbox<Received>, id: &str) -> GateStatus {
 
 #[actix_rt::test]
 async fn a_gate_answers_requests_and_commands_through_mosquitto_over_mqtt_3_and_5() {
-    if !mosquitto_installed() {
+    if !mosquitto_broker_available() {
         return;
     }
     let mosquitto = MosquittoPeer::start();
     let port = mosquitto.addr.port();
-    for (device, app) in [
+    for (n, (device, app)) in [
         (ProtocolVersion::V3_1_1, ProtocolVersion::V3_1_1),
         (ProtocolVersion::V5, ProtocolVersion::V5),
         (ProtocolVersion::V3_1_1, ProtocolVersion::V5),
         (ProtocolVersion::V5, ProtocolVersion::V3_1_1),
-    ] {
-        let id = format!("1AB.{device}.{app}.GATE").replace('.', "_");
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = format!("{n}AB.ENTER.GATE");
         let (_watch, mut states, _) = consumer_with(
             speaking(port, &format!("{id}-watch"), app),
             &state_topic(&id),
@@ -93,7 +97,7 @@ async fn a_gate_answers_requests_and_commands_through_mosquitto_over_mqtt_3_and_
 
 #[actix_rt::test]
 async fn an_mqtt5_answer_comes_back_on_the_response_topic_through_mosquitto() {
-    if !mosquitto_installed() {
+    if !mosquitto_broker_available() {
         return;
     }
     let mosquitto = MosquittoPeer::start();
@@ -151,7 +155,7 @@ async fn enqueue_numbered(
 /// A radar's QoS 1 stream to an app through Mosquitto; Mosquitto is killed (nothing saved) and
 /// started again on the same port: what the radar queued meanwhile arrives once each, in order.
 async fn killed_mid_stream(protocol: ProtocolVersion) {
-    if !mosquitto_installed() {
+    if !mosquitto_broker_available() {
         return;
     }
     let mut mosquitto = MosquittoPeer::start();
@@ -219,7 +223,7 @@ async fn a_session_mosquitto_kept_is_resumed_without_subscribing_again_over_mqtt
 /// An app with a kept session loses its link; what is published meanwhile waits in Mosquitto,
 /// and comes once the app is back, which sees Session Present and subscribes to nothing again.
 async fn kept_session(protocol: ProtocolVersion) {
-    if !mosquitto_installed() {
+    if !mosquitto_broker_available() {
         return;
     }
     let mosquitto = MosquittoPeer::start();

@@ -208,3 +208,22 @@ pub fn run_interop_script_with(name: &str, args: &[&str]) -> Vec<String> {
     );
     stdout.lines().map(str::to_string).collect()
 }
+
+/// Whether what listens on `addr` answers an MQTT 3.1.1 CONNECT (clean session, empty client
+/// id) with a CONNACK, rather than being some other server that took the port.
+pub fn answers_mqtt(addr: std::net::SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let connect = [
+        0x10, 0x0C, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3C, 0x00, 0x00,
+    ];
+    let mut connack = [0u8; 4];
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .is_ok()
+        && stream.write_all(&connect).is_ok()
+        && stream.read_exact(&mut connack).is_ok()
+        && connack[0] == 0x20
+}

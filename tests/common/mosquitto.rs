@@ -89,7 +89,7 @@ impl Mosquitto {
             // Ready when it answers a CONNECT: an external process, which gives no event.
             let deadline = std::time::Instant::now() + super::WAIT;
             loop {
-                if answers_mqtt(self.addr) {
+                if super::answers_mqtt(self.addr) {
                     self.child = Some(child);
                     return;
                 }
@@ -129,23 +129,4 @@ impl Drop for Mosquitto {
             let _ = child.wait();
         }
     }
-}
-
-/// Whether what listens on `addr` answers an MQTT 3.1.1 CONNECT (clean session, empty client
-/// id) with a CONNACK, rather than being some other server that took the port.
-fn answers_mqtt(addr: SocketAddr) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
-        return false;
-    };
-    let connect = [
-        0x10, 0x0C, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3C, 0x00, 0x00,
-    ];
-    let mut connack = [0u8; 4];
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(2)))
-        .is_ok()
-        && stream.write_all(&connect).is_ok()
-        && stream.read_exact(&mut connack).is_ok()
-        && connack[0] == 0x20
 }

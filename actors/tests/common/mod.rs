@@ -4,6 +4,10 @@
 //! gives no event.
 #![allow(dead_code)]
 
+/// The broker's own test helpers for external programs (whether they are installed, required
+/// under CI; whether a port answers MQTT).
+#[path = "../../../tests/common/interop.rs"]
+pub mod interop;
 pub mod mosquitto;
 
 use std::net::SocketAddr;

@@ -1,44 +1,12 @@
 //! Debian's Mosquitto as the broker the device actors talk to: the broker a fleet may run
-//! before (or beside) Switchboard. In memory, on a free loopback port, killed on drop.
+//! before (or beside) Switchboard. In memory, on a free loopback port, killed on drop. Whether
+//! it is installed: [`super::interop::mosquitto_broker_available`].
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Whether Mosquitto's broker binary is installed. Under CI (`CI` set) it must be: `.ci/run`
-/// installs it; elsewhere a test without it says so and passes.
-pub fn mosquitto_installed() -> bool {
-    let found = Command::new(binary())
-        .arg("-h")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "mosquitto must be installed under CI (.ci/run installs it)"
-        );
-        eprintln!("SKIPPED: mosquitto not found (apt-get install mosquitto)");
-    }
-    found
-}
-
-/// `mosquitto` on the PATH, else where Debian puts it.
-fn binary() -> &'static str {
-    if Command::new("mosquitto")
-        .arg("-h")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-    {
-        "mosquitto"
-    } else {
-        "/usr/sbin/mosquitto"
-    }
-}
+use super::interop::{answers_mqtt, mosquitto_binary};
 
 /// A running Mosquitto.
 pub struct MosquittoPeer {
@@ -88,7 +56,7 @@ impl MosquittoPeer {
                 ),
             )
             .expect("write mosquitto.conf");
-            let mut child = Command::new(binary())
+            let mut child = Command::new(mosquitto_binary())
                 .arg("-c")
                 .arg(&config)
                 .stdout(Stdio::null())
@@ -99,7 +67,7 @@ impl MosquittoPeer {
             // An external process gives no readiness event: it is ready once it answers.
             let deadline = Instant::now() + super::WAIT;
             while Instant::now() < deadline {
-                if answers_connect(self.addr) {
+                if answers_mqtt(self.addr) {
                     self.child = Some(child);
                     return;
                 }
@@ -119,21 +87,4 @@ impl Drop for MosquittoPeer {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// Whether `addr` answers an MQTT 3.1.1 CONNECT with a CONNACK.
-fn answers_connect(addr: SocketAddr) -> bool {
-    const CONNECT: [u8; 14] = [
-        0x10, 0x0C, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3C, 0x00, 0x00,
-    ];
-    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
-        return false;
-    };
-    let mut connack = [0u8; 4];
-    stream
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .is_ok()
-        && stream.write_all(&CONNECT).is_ok()
-        && stream.read_exact(&mut connack).is_ok()
-        && connack[0] == 0x20
 }
