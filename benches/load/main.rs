@@ -41,14 +41,26 @@ fn main() -> ExitCode {
     }
 }
 
+/// Writes `text` to standard output; a reader that went away (`--table ... | head`) ends the
+/// output quietly instead of panicking as `print!` would.
+fn write_stdout(text: &str) -> Result<(), String> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.to_string()),
+        _ => Ok(()),
+    }
+}
+
 fn run(args: Args) -> Result<(), String> {
     if let Some(path) = &args.table {
         let reports = report::read_reports(path)?;
-        print!("{}", report::table(&reports));
+        let mut tables = report::table(&reports);
         let ratios = report::run_ratios(&reports);
         if ratios.lines().count() > 2 {
-            print!("\n{ratios}");
+            tables.push('\n');
+            tables.push_str(&ratios);
         }
+        write_stdout(&tables)?;
         if let Some(chart) = &args.chart {
             std::fs::write(chart, report::chart(&reports)).map_err(|e| e.to_string())?;
         }

@@ -300,7 +300,7 @@ pub fn chart(reports: &[Report]) -> String {
     let width = left + group_w * groups.len() as f64 + 20.0;
     let mut s = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{:.0}" font-family="sans-serif" font-size="11">"#,
-        top + height + 70.0
+        top + height + 84.0
     );
     let _ = write!(
         s,
@@ -317,7 +317,7 @@ pub fn chart(reports: &[Report]) -> String {
             v / 1000.0
         );
     }
-    for (g, ((scenario, qos, _, _), per)) in groups.iter().enumerate() {
+    for (g, ((scenario, qos, _, load), per)) in groups.iter().enumerate() {
         let x0 = left + gap / 2.0 + g as f64 * group_w;
         for (i, label) in labels.iter().enumerate() {
             if let Some(m) = per.get(label) {
@@ -339,16 +339,27 @@ pub fn chart(reports: &[Report]) -> String {
             x0 + bar * labels.len() as f64 / 2.0,
             top + height + 30.0
         );
+        // An open loop offers a fixed rate: said under its bars, so that it is not read as the
+        // closed loop of the same scenario beside it.
+        if let Some(rate) = load.strip_prefix("open(") {
+            let _ = write!(
+                s,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">open {}</text>"#,
+                x0 + bar * labels.len() as f64 / 2.0,
+                top + height + 44.0,
+                rate.trim_end_matches(')')
+            );
+        }
     }
     for (i, label) in labels.iter().enumerate() {
         let x = left + i as f64 * 140.0;
         let _ = write!(
             s,
             r#"<rect x="{x:.0}" y="{:.0}" width="12" height="12" fill="{}"/><text x="{:.0}" y="{:.0}">{label}</text>"#,
-            top + height + 45.0,
+            top + height + 59.0,
             colors[i % colors.len()],
             x + 16.0,
-            top + height + 55.0
+            top + height + 69.0
         );
     }
     s.push_str("</svg>\n");
