@@ -121,6 +121,25 @@ pub fn go_paho_available() -> bool {
     )
 }
 
+/// The jars of Debian's `libmqtt-client-java` (the FuseSource MQTT client) and of the two
+/// libraries it runs on, as a Java class path.
+pub const FUSESOURCE_CLASSPATH: &str = "/usr/share/java/mqtt-client.jar:/usr/share/java/hawtbuf.jar:/usr/share/java/hawtdispatch.jar:/usr/share/java/hawtdispatch-transport.jar";
+
+/// Whether a Java compiler and runtime and the FuseSource MQTT client are there (see
+/// [`required_under_ci`]).
+pub fn fusesource_java_available() -> bool {
+    let found = succeeds("javac", &["-version"])
+        && succeeds("java", &["-version"])
+        && FUSESOURCE_CLASSPATH
+            .split(':')
+            .all(|jar| std::path::Path::new(jar).is_file());
+    required_under_ci(
+        found,
+        "a JDK with the FuseSource MQTT client for Java",
+        "apt-get install default-jdk-headless libmqtt-client-java",
+    )
+}
+
 /// Whether the OpenSSL command line tool is there (see [`required_under_ci`]).
 pub fn openssl_available() -> bool {
     let found = succeeds("openssl", &["version"]);
