@@ -65,20 +65,6 @@ async fn the_fusesource_java_client_publishes_subscribes_keeps_sessions_and_reta
         .await
         .expect("the Java scenarios finish within 90 s")
         .expect("the Java program runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "the Java program failed: {stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let results: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("a JSON line per scenario"))
-        .collect();
-    let names: Vec<&str> = results
-        .iter()
-        .map(|r| r["name"].as_str().unwrap_or("?"))
-        .collect();
     // Each scenario checks, on the Java side:
     // - stop_and_wait_31_qos0/1/2 (MQTT 3.1, `MQIsdp`) and stop_and_wait_311_qos1: 200
     //   messages, each publish waited for and then its delivery, arrive once each, in order,
@@ -90,24 +76,18 @@ async fn the_fusesource_java_client_publishes_subscribes_keeps_sessions_and_reta
     // - retained: a new subscription gets the retained message ([MQTT-3.3.1-6]), and after an
     //   empty retained message the next subscription's first message is one published after
     //   it subscribed ([MQTT-3.3.1-10]).
-    assert_eq!(
-        names,
-        [
+    common::assert_scenarios_passed(
+        "FuseSource Java",
+        &output,
+        &[
             "stop_and_wait_31_qos0",
             "stop_and_wait_31_qos1",
             "stop_and_wait_31_qos2",
             "stop_and_wait_311_qos1",
             "kept_session",
-            "retained"
-        ]
+            "retained",
+        ],
     );
-    for result in &results {
-        assert_eq!(
-            result["ok"], true,
-            "FuseSource Java, {}: {}",
-            result["name"], result["detail"]
-        );
-    }
 }
 
 #[tokio::test]

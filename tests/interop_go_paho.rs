@@ -61,20 +61,6 @@ async fn go_paho_publishes_subscribes_keeps_sessions_and_retained_state() {
         .await
         .expect("the Go scenarios finish within a minute")
         .expect("the Go program runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "the Go program failed: {stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let results: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("a JSON line per scenario"))
-        .collect();
-    let names: Vec<&str> = results
-        .iter()
-        .map(|r| r["name"].as_str().unwrap_or("?"))
-        .collect();
     // Each scenario checks, on the Go side:
     // - stop_and_wait_qos0/1/2: 300 messages, each waited for, arrive once each, in order, at
     //   their QoS ([MQTT-4.6.0-6] order; [MQTT-4.3.3-2] exactly once at QoS 2);
@@ -84,24 +70,18 @@ async fn go_paho_publishes_subscribes_keeps_sessions_and_retained_state() {
     // - retained: a new subscription gets the retained state with RETAIN set ([MQTT-3.3.1-6],
     //   [MQTT-3.3.1-8]), and an empty retained message removes it ([MQTT-3.3.1-10]);
     // - request_response: 100 status requests answered on the response topic, in turn.
-    assert_eq!(
-        names,
-        [
+    common::assert_scenarios_passed(
+        "Paho Go",
+        &output,
+        &[
             "stop_and_wait_qos0",
             "stop_and_wait_qos1",
             "stop_and_wait_qos2",
             "kept_session",
             "retained",
-            "request_response"
-        ]
+            "request_response",
+        ],
     );
-    for result in &results {
-        assert_eq!(
-            result["ok"], true,
-            "Paho Go, {}: {}",
-            result["name"], result["detail"]
-        );
-    }
 }
 
 #[tokio::test]

@@ -228,6 +228,34 @@ pub fn run_interop_script_with(name: &str, args: &[&str]) -> Vec<String> {
     stdout.lines().map(str::to_string).collect()
 }
 
+/// Checks what an interop program (`client`) printed for its scenarios, one JSON line each
+/// (`{"name": ..., "ok": ..., "detail": ...}`): it exited successfully, ran exactly `names`
+/// in that order, and every one passed.
+pub fn assert_scenarios_passed(client: &str, output: &std::process::Output, names: &[&str]) {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{client} failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let results: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line per scenario"))
+        .collect();
+    let ran: Vec<&str> = results
+        .iter()
+        .map(|r| r["name"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(ran, names, "{client}'s scenarios");
+    for result in &results {
+        assert_eq!(
+            result["ok"], true,
+            "{client}, {}: {}",
+            result["name"], result["detail"]
+        );
+    }
+}
+
 /// Whether what listens on `addr` answers an MQTT 3.1.1 CONNECT (clean session, empty client
 /// id) with a CONNACK, rather than being some other server that took the port.
 pub fn answers_mqtt(addr: std::net::SocketAddr) -> bool {
