@@ -42,6 +42,13 @@ pub fn paho_available() -> bool {
     required_under_ci(found, "python3 with paho-mqtt", "pip install paho-mqtt")
 }
 
+/// Whether python3 with gmqtt (an asyncio MQTT 5 client with its own protocol code) is there
+/// (see [`required_under_ci`]).
+pub fn gmqtt_available() -> bool {
+    let found = succeeds("python3", &["-c", "import gmqtt"]);
+    required_under_ci(found, "python3 with gmqtt", "pip install gmqtt==0.8.0")
+}
+
 /// Whether python3 with prometheus-client (the official Prometheus text parser) is there (see
 /// [`required_under_ci`]).
 pub fn prometheus_parser_available() -> bool {
