@@ -318,10 +318,7 @@ async fn both_exposition_formats_parse_with_their_types() {
     }
     // With a TLS listener, so that its certificate's expiry gauge is parsed too.
     let pki = common::pki::Pki::new("metrics");
-    let broker = broker_with(|c| {
-        c.tls.port = Some(0);
-        pki.serve(&mut c.tls, false);
-    });
+    let broker = common::tls_broker(&pki, false);
     let http = broker.http_local_addr().expect("http on");
     let openmetrics = scrape_as(http, None, true).await;
     let classic = scrape_as(http, None, false).await;

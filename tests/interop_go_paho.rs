@@ -170,10 +170,7 @@ async fn go_paho_over_tls_checks_the_server_and_presents_its_certificate() {
     std::fs::write(&cert, &pki.client.0).expect("cert");
     std::fs::write(&key, &pki.client.1).expect("key");
     for require_client_cert in [false, true] {
-        let broker = common::broker_with(|c| {
-            c.tls.port = Some(0);
-            pki.serve(&mut c.tls, require_client_cert);
-        });
+        let broker = common::tls_broker(&pki, require_client_cert);
         let port = broker.tls_local_addr().expect("TLS listener").port();
         let result = if require_client_cert {
             go_result("tls", port, &[&ca, &cert, &key]).await
@@ -201,10 +198,7 @@ async fn go_paho_refuses_a_server_its_ca_did_not_sign() {
     }
     let pki = Pki::new("1AB.ENTER.GATE");
     let stranger = Pki::new("stranger");
-    let broker = common::broker_with(|c| {
-        c.tls.port = Some(0);
-        pki.serve(&mut c.tls, false);
-    });
+    let broker = common::tls_broker(&pki, false);
     let port = broker.tls_local_addr().expect("TLS listener").port();
     let result = go_result("tls", port, &[&stranger.dir.path().join("ca.pem")]).await;
     assert_eq!(result["ok"], false);

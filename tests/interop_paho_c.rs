@@ -156,10 +156,7 @@ async fn paho_c_refuses_a_server_its_ca_did_not_sign() {
     }
     let pki = Pki::new("1AB.ENTER.DETRD");
     let stranger = Pki::new("stranger");
-    let broker = common::broker_with(|c| {
-        c.tls.port = Some(0);
-        pki.serve(&mut c.tls, false);
-    });
+    let broker = common::tls_broker(&pki, false);
     let port = broker.tls_local_addr().expect("TLS listener").port();
     let other_ca: &Path = &stranger.dir.path().join("ca.pem");
     let mut publisher = Command::new("paho_c_pub")

@@ -17,13 +17,6 @@ fn pki() -> Pki {
     Pki::new("1AB.ENTER.DETRD")
 }
 
-fn tls_broker(pki: &Pki, require_client_cert: bool) -> BackgroundBroker {
-    common::broker_with(|c| {
-        c.tls.port = Some(0);
-        pki.serve(&mut c.tls, require_client_cert);
-    })
-}
-
 /// Connects over TLS; returns the first result of the event loop (CONNACK or an error).
 async fn tls_client(
     broker: &BackgroundBroker,
@@ -39,7 +32,7 @@ async fn tls_client(
 #[tokio::test]
 async fn tls_clients_and_plain_clients_share_the_broker() {
     let pki = pki();
-    let broker = tls_broker(&pki, false);
+    let broker = common::tls_broker(&pki, false);
     let (client, mut eventloop) = tls_client(&broker, &pki, "tls-sub", false)
         .await
         .expect("TLS connect");
@@ -83,7 +76,7 @@ async fn tls_clients_and_plain_clients_share_the_broker() {
 #[tokio::test]
 async fn client_certificates_can_be_required() {
     let pki = pki();
-    let broker = tls_broker(&pki, true);
+    let broker = common::tls_broker(&pki, true);
     assert!(tls_client(&broker, &pki, "with-cert", true).await.is_ok());
     assert!(tls_client(&broker, &pki, "without-cert", false)
         .await
@@ -93,7 +86,7 @@ async fn client_certificates_can_be_required() {
 #[tokio::test]
 async fn plain_bytes_on_the_tls_port_are_refused() {
     let pki = pki();
-    let broker = tls_broker(&pki, false);
+    let broker = common::tls_broker(&pki, false);
     let mut raw = common::Raw::connect(broker.tls_local_addr().expect("TLS listener")).await;
     raw.send(&common::packets::connect("plain-on-tls", true, 60))
         .await;
@@ -117,7 +110,7 @@ async fn mosquitto_pub_over_tls_by_ip_address_and_by_name() {
         return;
     }
     let pki = pki();
-    let broker = tls_broker(&pki, false);
+    let broker = common::tls_broker(&pki, false);
     let port = broker.tls_local_addr().expect("TLS listener").port();
     let ca = pki.dir.path().join("ca.pem");
     let (mut sub, _) = common::Raw::handshake(broker.local_addr(), "tls-watch", true).await;
@@ -364,7 +357,7 @@ async fn a_device_resumes_its_tls_session_after_hundreds_of_others() {
     use tokio_rustls::rustls::version::{TLS12, TLS13};
     use tokio_rustls::rustls::HandshakeKind;
     let pki = pki();
-    let broker = tls_broker(&pki, false);
+    let broker = common::tls_broker(&pki, false);
     let addr = broker.tls_local_addr().expect("TLS listener");
     for version in [&TLS13, &TLS12] {
         let device = client_config(&pki, version, true);

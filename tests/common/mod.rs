@@ -105,6 +105,15 @@ pub fn broker_with(adjust: impl FnOnce(&mut Config)) -> BackgroundBroker {
     BackgroundBroker::start(config).expect("broker starts")
 }
 
+/// A broker with a TLS listener on a free port serving `pki`'s server certificate, asking
+/// clients for a certificate signed by its CA if `require_client_cert`.
+pub fn tls_broker(pki: &pki::Pki, require_client_cert: bool) -> BackgroundBroker {
+    broker_with(|c| {
+        c.tls.port = Some(0);
+        pki.serve(&mut c.tls, require_client_cert);
+    })
+}
+
 /// A lifecycle event as seen by [`HookProbe`].
 #[derive(Debug, Clone)]
 pub enum HookEvent {
