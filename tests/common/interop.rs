@@ -147,6 +147,20 @@ pub fn fusesource_java_available() -> bool {
     )
 }
 
+/// Whether curl is there with its MQTT client (`mqtt` among its protocols; see
+/// [`required_under_ci`]).
+pub fn curl_available() -> bool {
+    let found = std::process::Command::new("curl")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.starts_with("Protocols:") && l.split(' ').any(|p| p == "mqtt"))
+        });
+    required_under_ci(found, "curl with MQTT", "apt-get install curl")
+}
+
 /// Whether the OpenSSL command line tool is there (see [`required_under_ci`]).
 pub fn openssl_available() -> bool {
     let found = succeeds("openssl", &["version"]);
