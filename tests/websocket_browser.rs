@@ -1,0 +1,91 @@
+//! MQTT over WebSocket from a real browser: MQTT.js's browser bundle in headless Chromium
+//! (Debian's, driven by puppeteer-core) connects with the browser's own WebSocket (which offers
+//! permessage-deflate, and sends what it sends as the browser does), over MQTT 3.1.1 and 5. A
+//! retained state set over TCP reaches it, an upload it publishes reaches a TCP subscriber
+//! unchanged, and what it publishes to its own subscription comes back in order. `.ci/run`
+//! installs Chromium and the npm packages; on a machine without them this test says so and
+//! passes only when not under CI.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::{
+    broker_with, browser_available, dashboard_dir, mqttjs_available, mqttjs_dir, packets, Raw,
+};
+
+/// Bytes of the upload the page publishes: more than one 64 KiB read or frame.
+const UPLOAD: usize = 200_000;
+
+/// Runs `browser_mqtt.js` against the broker's WebSocket listener at `protocol_version` and
+/// returns what the page saw, asserting it succeeded.
+fn run_page(ws: std::net::SocketAddr, protocol_version: u8) -> serde_json::Value {
+    let output = Command::new("node")
+        .arg(dashboard_dir().join("browser_mqtt.js"))
+        .arg(format!("ws://{ws}/mqtt"))
+        .arg(mqttjs_dir().join("node_modules/mqtt/dist/mqtt.min.js"))
+        .arg(protocol_version.to_string())
+        .arg(UPLOAD.to_string())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+async fn browser_round_trip(protocol_version: u8) {
+    if !browser_available() || !mqttjs_available() {
+        return;
+    }
+    let broker = broker_with(|c| c.websocket.port = Some(0));
+    let ws = broker.websocket_local_addr().expect("websocket listener");
+    let (mut gate, _) = Raw::handshake(broker.local_addr(), "gate-1AB", true).await;
+    gate.send(&packets::publish(
+        "gate/1AB/state",
+        b"closed",
+        1,
+        1,
+        true,
+        false,
+    ))
+    .await;
+    assert_eq!(gate.recv().await.expect("PUBACK").packet_type(), 4);
+    gate.send(&packets::subscribe(2, &[("browser/#", 1)])).await;
+    assert_eq!(gate.recv().await.expect("SUBACK").packet_type(), 9);
+
+    let seen = tokio::task::spawn_blocking(move || run_page(ws, protocol_version))
+        .await
+        .expect("the page ran");
+    assert_eq!(seen["protocol"], protocol_version);
+    assert_eq!(seen["granted"], serde_json::json!([1]));
+    // [MQTT-3.3.1-6] the retained state on subscribing, [MQTT-3.3.1-8] with RETAIN set.
+    assert_eq!(
+        seen["retained"],
+        serde_json::json!({ "topic": "gate/1AB/state", "text": "closed", "qos": 1 })
+    );
+    // [MQTT-4.6.0-6] its own 50 states back, in the order it published them.
+    let states: Vec<String> = (0..50).map(|i| format!("state-{i}")).collect();
+    assert_eq!(seen["states"], serde_json::json!(states));
+
+    // The upload crossed from the browser's WebSocket to a TCP subscriber unchanged.
+    let upload = packets::parse_publish(&gate.recv().await.expect("the browser's upload"));
+    assert_eq!(upload.topic, "browser/upload");
+    assert_eq!(upload.payload.len(), UPLOAD);
+    assert!(upload
+        .payload
+        .iter()
+        .enumerate()
+        .all(|(i, b)| *b == (i % 256) as u8));
+}
+
+#[tokio::test]
+async fn in_chromium_mqtt_js_over_websocket_speaks_mqtt_3_1_1() {
+    browser_round_trip(4).await;
+}
+
+#[tokio::test]
+async fn in_chromium_mqtt_js_over_websocket_speaks_mqtt_5() {
+    browser_round_trip(5).await;
+}
