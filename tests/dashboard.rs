@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 
 use common::http::get;
 use common::v5::{self, Props};
-use common::{broker_with, browser_available, dashboard_dir, Raw};
+use common::{broker_with, browser_available, dashboard_dir, run_browser_script, Raw};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
 use tokio::net::TcpStream;
 
@@ -147,17 +147,11 @@ async fn in_chromium_the_page_shows_a_client_and_its_kick_button_disconnects_it(
 /// asserting it succeeded.
 fn drive_page(broker: &switchboard::BackgroundBroker, args: &[&str]) -> serde_json::Value {
     let http = broker.http_local_addr().expect("http");
-    let output = Command::new("node")
-        .arg(dashboard_dir().join("drive.js"))
-        .arg(format!("http://{http}/"))
-        .args(args)
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}");
-    serde_json::from_str(stdout.lines().last().unwrap_or(""))
-        .unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    let url = format!("http://{http}/");
+    run_browser_script(
+        "drive.js",
+        std::iter::once(url.as_str()).chain(args.iter().copied()),
+    )
 }
 
 #[test]

@@ -49,8 +49,7 @@ async fn curl_publishes_reach_a_subscriber_whole_across_every_remaining_length_b
     let (broker, mut hooks) = broker_with_hooks(|c| c.limits.max_packet_size = 3 << 20);
     let addr = broker.local_addr();
     let (mut sub, _) = Raw::handshake(addr, "gate-watcher", true).await;
-    sub.send(&packets::subscribe(1, &[("gate/#", 1)])).await;
-    assert_eq!(sub.recv().await.expect("SUBACK").packet_type(), 9);
+    sub.subscribe(1, &[("gate/#", 1)], &[1]).await;
 
     let dir = tempfile::tempdir().expect("tempdir");
     let topic = "gate/1AB/state";
@@ -111,16 +110,8 @@ async fn a_curl_subscriber_gets_the_retained_state_then_every_live_message_in_or
     let (broker, mut hooks) = broker_with_hooks(|_| {});
     let addr = broker.local_addr();
     let (mut gate, _) = Raw::handshake(addr, "gate-1AB", true).await;
-    gate.send(&packets::publish(
-        "gate/1AB/state",
-        b"closed",
-        1,
-        1,
-        true,
-        false,
-    ))
-    .await;
-    assert_eq!(gate.recv().await.expect("PUBACK").packet_type(), 4);
+    gate.publish_acked("gate/1AB/state", b"closed", 1, true)
+        .await;
 
     let mut curl_sub = tokio::process::Command::new("curl")
         .args(["-sS", "-N", "--max-time", "30"])
@@ -218,8 +209,7 @@ async fn curl_with_a_password_file_user_gets_in_and_a_wrong_password_or_none_is_
     };
     let (mut sub, code) = Raw::connect_with(addr, spec).await;
     assert_eq!(code, 0);
-    sub.send(&packets::subscribe(1, &[("radar/#", 0)])).await;
-    assert_eq!(sub.recv().await.expect("SUBACK").packet_type(), 9);
+    sub.subscribe(1, &[("radar/#", 0)], &[0]).await;
 
     let url = format!("mqtt://{addr}/radar/2CD/speed");
     // A wrong password: CONNACK 4 (bad user name or password), which curl reports and exits on.

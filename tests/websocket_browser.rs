@@ -8,10 +8,8 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-
 use common::{
-    broker_with, browser_available, dashboard_dir, mqttjs_available, mqttjs_dir, packets, Raw,
+    broker_with, browser_available, mqttjs_available, mqttjs_dir, packets, run_browser_script, Raw,
 };
 
 /// Bytes of the upload the page publishes: more than one 64 KiB read or frame.
@@ -20,19 +18,16 @@ const UPLOAD: usize = 200_000;
 /// Runs `browser_mqtt.js` against the broker's WebSocket listener at `protocol_version` and
 /// returns what the page saw, asserting it succeeded.
 fn run_page(ws: std::net::SocketAddr, protocol_version: u8) -> serde_json::Value {
-    let output = Command::new("node")
-        .arg(dashboard_dir().join("browser_mqtt.js"))
-        .arg(format!("ws://{ws}/mqtt"))
-        .arg(mqttjs_dir().join("node_modules/mqtt/dist/mqtt.min.js"))
-        .arg(protocol_version.to_string())
-        .arg(UPLOAD.to_string())
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}");
-    serde_json::from_str(stdout.lines().last().unwrap_or(""))
-        .unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    let bundle = mqttjs_dir().join("node_modules/mqtt/dist/mqtt.min.js");
+    run_browser_script(
+        "browser_mqtt.js",
+        [
+            format!("ws://{ws}/mqtt"),
+            bundle.display().to_string(),
+            protocol_version.to_string(),
+            UPLOAD.to_string(),
+        ],
+    )
 }
 
 async fn browser_round_trip(protocol_version: u8) {
@@ -42,18 +37,9 @@ async fn browser_round_trip(protocol_version: u8) {
     let broker = broker_with(|c| c.websocket.port = Some(0));
     let ws = broker.websocket_local_addr().expect("websocket listener");
     let (mut gate, _) = Raw::handshake(broker.local_addr(), "gate-1AB", true).await;
-    gate.send(&packets::publish(
-        "gate/1AB/state",
-        b"closed",
-        1,
-        1,
-        true,
-        false,
-    ))
-    .await;
-    assert_eq!(gate.recv().await.expect("PUBACK").packet_type(), 4);
-    gate.send(&packets::subscribe(2, &[("browser/#", 1)])).await;
-    assert_eq!(gate.recv().await.expect("SUBACK").packet_type(), 9);
+    gate.publish_acked("gate/1AB/state", b"closed", 1, true)
+        .await;
+    gate.subscribe(2, &[("browser/#", 1)], &[1]).await;
 
     let seen = tokio::task::spawn_blocking(move || run_page(ws, protocol_version))
         .await

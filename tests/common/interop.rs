@@ -83,6 +83,24 @@ pub fn browser_available() -> bool {
     )
 }
 
+/// Runs a headless-Chromium script of `tests/interop/dashboard/` with `args`; asserts it
+/// succeeded and returns the last line it printed, as JSON.
+pub fn run_browser_script(
+    script: &str,
+    args: impl IntoIterator<Item = impl AsRef<OsStr>>,
+) -> serde_json::Value {
+    let output = std::process::Command::new("node")
+        .arg(dashboard_dir().join(script))
+        .args(args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
 /// Debian's Mosquitto broker: `mosquitto` on the PATH, else `/usr/sbin/mosquitto`.
 pub fn mosquitto_binary() -> std::path::PathBuf {
     if starts("mosquitto", &["-h"]) {

@@ -414,6 +414,16 @@ impl Raw {
         }
     }
 
+    /// Publishes `payload` to `topic` at QoS 1 with packet identifier `pid` (retained if
+    /// `retain`) and asserts the next packet is its PUBACK.
+    pub async fn publish_acked(&mut self, topic: &str, payload: &[u8], pid: u16, retain: bool) {
+        self.send(&packets::publish(topic, payload, 1, pid, retain, false))
+            .await;
+        let puback = self.expect().await;
+        assert_eq!(puback.byte1, 0x40, "PUBACK expected, got {puback:?}");
+        assert_eq!(puback.pid(), pid);
+    }
+
     /// Sends PINGREQ and asserts the next packet is PINGRESP.
     pub async fn ping(&mut self) {
         self.send(&[0xC0, 0x00]).await;
