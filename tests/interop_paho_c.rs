@@ -1,7 +1,7 @@
 //! The Eclipse Paho C client (Debian's `paho.mqtt.c-examples`: `paho_c_pub` and `paho_c_sub`),
 //! the library many embedded devices are built on, with OpenSSL for TLS: MQTT 3.1.1 and 5 over
-//! plain TCP, and over TLS with the server's certificate checked against the CA and with a
-//! client certificate. `.ci/run` installs it; on a machine without it these tests say so and
+//! plain TCP, over TLS with the server's certificate checked against the CA and with a client
+//! certificate, and over WebSocket (`ws://` and `wss://`, Paho's own WebSocket code). `.ci/run` installs it; on a machine without it these tests say so and
 //! pass only when not under CI.
 
 mod common;
@@ -105,6 +105,42 @@ async fn paho_c_publishes_and_subscribes_over_mqtt_3_1_1_and_5() {
     let (broker, mut hooks) = broker_with_hooks(|_| {});
     let connection = format!("tcp://127.0.0.1:{}", broker.local_addr().port());
     request_reaches_the_gate(&connection, &mut hooks, &[], "tcp").await;
+}
+
+#[tokio::test]
+async fn paho_c_over_websocket_and_secure_websocket() {
+    // Paho C's own WebSocket code (its `ws://` and `wss://` connections), MQTT 3.1.1 and 5:
+    // the request reaches the gate, and a message longer than a WebSocket frame's 16-bit
+    // length (so sent with the 64-bit one) arrives whole.
+    if !paho_c_available() {
+        return;
+    }
+    let pki = Pki::new("1AB.ENTER.DETRD");
+    let ca = pki.dir.path().join("ca.pem");
+    let (broker, mut hooks) = broker_with_hooks(|c| {
+        c.websocket.port = Some(0);
+        c.websocket.tls_port = Some(0);
+        pki.serve(&mut c.tls, false);
+    });
+    let ws = broker.websocket_local_addr().expect("WebSocket listener");
+    let wss = broker
+        .websocket_tls_local_addr()
+        .expect("secure WebSocket listener");
+    let connection = format!("ws://127.0.0.1:{}/mqtt", ws.port());
+    request_reaches_the_gate(&connection, &mut hooks, &[], "ws").await;
+    let secure = format!("wss://127.0.0.1:{}/mqtt", wss.port());
+    let extra: &[&std::ffi::OsStr] = &["--cafile".as_ref(), ca.as_os_str()];
+    request_reaches_the_gate(&secure, &mut hooks, extra, "wss").await;
+
+    let topic = "detrd/state/1AB.ENTER.DETRD";
+    let (mut sub, mut lines) = spawn_sub(&connection, "paho-c-ws-watch", "5", topic, &[]);
+    hooks.subscribed("paho-c-ws-watch", topic).await;
+    let long: String = (0..100_000u32)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    publish(&secure, "paho-c-wss-radar", "311", topic, &long, extra).await;
+    assert_eq!(next_message(&mut lines).await, long);
+    sub.kill().await.expect("paho_c_sub stops");
 }
 
 /// Writes the client certificate and key of `pki` as files, for OpenSSL-based clients.
