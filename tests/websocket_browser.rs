@@ -1,6 +1,6 @@
 //! MQTT over WebSocket from a real browser: MQTT.js's browser bundle in headless Chromium
 //! (Debian's, driven by puppeteer-core) connects with the browser's own WebSocket (which offers
-//! permessage-deflate, and sends what it sends as the browser does), over MQTT 3.1.1 and 5. A
+//! permessage-deflate; the broker's handshake declines it), over MQTT 3.1.1 and 5. A
 //! retained state set over TCP reaches it, an upload it publishes reaches a TCP subscriber
 //! unchanged, and what it publishes to its own subscription comes back in order. `.ci/run`
 //! installs Chromium and the npm packages; on a machine without them this test says so and
