@@ -2,12 +2,14 @@
 //! (Debian's, driven by puppeteer-core) connects with the browser's own WebSocket (which offers
 //! permessage-deflate; the broker's handshake declines it), over MQTT 3.1.1 and 5. A
 //! retained state set over TCP reaches it, an upload it publishes reaches a TCP subscriber
-//! unchanged, and what it publishes to its own subscription comes back in order. `.ci/run`
+//! unchanged, and what it publishes to its own subscription comes back in order; over `ws://`,
+//! and over `wss://` with Chromium's own TLS (the test CA unchecked). `.ci/run`
 //! installs Chromium and the npm packages; on a machine without them this test says so and
 //! passes only when not under CI.
 
 mod common;
 
+use common::pki::Pki;
 use common::{
     broker_with, browser_available, mqttjs_available, mqttjs_dir, packets, run_browser_script, Raw,
 };
@@ -15,14 +17,14 @@ use common::{
 /// Bytes of the upload the page publishes: more than one 64 KiB read or frame.
 const UPLOAD: usize = 200_000;
 
-/// Runs `browser_mqtt.js` against the broker's WebSocket listener at `protocol_version` and
-/// returns what the page saw, asserting it succeeded.
-fn run_page(ws: std::net::SocketAddr, protocol_version: u8) -> serde_json::Value {
+/// Runs `browser_mqtt.js` against the broker's WebSocket listener at `url` (`ws://` or
+/// `wss://`) at `protocol_version` and returns what the page saw, asserting it succeeded.
+fn run_page(url: String, protocol_version: u8) -> serde_json::Value {
     let bundle = mqttjs_dir().join("node_modules/mqtt/dist/mqtt.min.js");
     run_browser_script(
         "browser_mqtt.js",
         [
-            format!("ws://{ws}/mqtt"),
+            url,
             bundle.display().to_string(),
             protocol_version.to_string(),
             UPLOAD.to_string(),
@@ -30,18 +32,33 @@ fn run_page(ws: std::net::SocketAddr, protocol_version: u8) -> serde_json::Value
     )
 }
 
-async fn browser_round_trip(protocol_version: u8) {
+/// The page's round trip at `protocol_version`, over `wss://` if `secure`.
+async fn browser_round_trip(protocol_version: u8, secure: bool) {
     if !browser_available() || !mqttjs_available() {
         return;
     }
-    let broker = broker_with(|c| c.websocket.port = Some(0));
-    let ws = broker.websocket_local_addr().expect("websocket listener");
+    let pki = Pki::new("browser");
+    let broker = broker_with(|c| {
+        if secure {
+            c.websocket.tls_port = Some(0);
+            pki.serve(&mut c.tls, false);
+        } else {
+            c.websocket.port = Some(0);
+        }
+    });
+    let url = if secure {
+        let wss = broker.websocket_tls_local_addr().expect("wss listener");
+        format!("wss://{wss}/mqtt")
+    } else {
+        let ws = broker.websocket_local_addr().expect("websocket listener");
+        format!("ws://{ws}/mqtt")
+    };
     let (mut gate, _) = Raw::handshake(broker.local_addr(), "gate-1AB", true).await;
     gate.publish_acked("gate/1AB/state", b"closed", 1, true)
         .await;
     gate.subscribe(2, &[("browser/#", 1)], &[1]).await;
 
-    let seen = tokio::task::spawn_blocking(move || run_page(ws, protocol_version))
+    let seen = tokio::task::spawn_blocking(move || run_page(url, protocol_version))
         .await
         .expect("the page ran");
     assert_eq!(seen["protocol"], protocol_version);
@@ -68,10 +85,15 @@ async fn browser_round_trip(protocol_version: u8) {
 
 #[tokio::test]
 async fn in_chromium_mqtt_js_over_websocket_speaks_mqtt_3_1_1() {
-    browser_round_trip(4).await;
+    browser_round_trip(4, false).await;
 }
 
 #[tokio::test]
 async fn in_chromium_mqtt_js_over_websocket_speaks_mqtt_5() {
-    browser_round_trip(5).await;
+    browser_round_trip(5, false).await;
+}
+
+#[tokio::test]
+async fn in_chromium_mqtt_js_over_secure_websocket_speaks_mqtt_5() {
+    browser_round_trip(5, true).await;
 }

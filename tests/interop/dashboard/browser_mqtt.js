@@ -1,6 +1,7 @@
 // MQTT over WebSocket from inside headless Chromium (Debian's, through puppeteer-core): MQTT.js's
 // browser bundle runs in a page and talks to the broker over the browser's own WebSocket.
 //   node browser_mqtt.js WS_URL MQTT_JS_BUNDLE PROTOCOL_VERSION(4|5) BIG_PAYLOAD_BYTES
+// (WS_URL ws://... or wss://...)
 // The page connects, subscribes to gate/+/state at QoS 1 (a retained state is waiting there),
 // publishes BIG_PAYLOAD_BYTES to browser/upload at QoS 1, then 50 QoS 1 states it receives back
 // through its own subscription. Prints one JSON object with what it saw; exits 1 with
@@ -21,6 +22,9 @@ setTimeout(() => fail('timed out after 30 s'), 30000);
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
     headless: true,
     args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'],
+    // wss:// to the tests' own CA, which is not in the browser's store: the TLS handshake is
+    // Chromium's (BoringSSL's), the certificate goes unchecked.
+    acceptInsecureCerts: wsUrl.startsWith('wss:'),
   });
   // The page comes from a web server on loopback, as a local web app's would: Chromium lets
   // a page from a public or opaque origin (about:blank) reach a loopback address only after a
