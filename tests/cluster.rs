@@ -130,7 +130,7 @@ async fn retained_messages_reach_every_node_and_a_node_that_starts_later() {
     let sub =
         common::spawn_mosquitto_sub(b.local_addr().port(), &["-t", "gate/#", "-v", "-C", "1"]);
     assert_eq!(
-        common::mosquitto_sub_lines(sub).await,
+        common::mosquitto_client_lines(sub).await,
         ["gate/1AB/state closed"]
     );
 
@@ -146,7 +146,7 @@ async fn retained_messages_reach_every_node_and_a_node_that_starts_later() {
     let sub =
         common::spawn_mosquitto_sub(c.local_addr().port(), &["-t", "gate/#", "-v", "-C", "1"]);
     assert_eq!(
-        common::mosquitto_sub_lines(sub).await,
+        common::mosquitto_client_lines(sub).await,
         ["gate/1AB/state closed"]
     );
     // C learned what B's clients hold though they subscribed before C started (B answers C's

@@ -43,7 +43,7 @@ async fn mosquitto_sub_receives_what_mosquitto_pub_sends() {
             .expect("mosquitto_pub runs");
         assert!(status.success());
     }
-    let lines = common::mosquitto_sub_lines(sub).await;
+    let lines = common::mosquitto_client_lines(sub).await;
     assert_eq!(
         lines,
         vec![
@@ -99,7 +99,7 @@ async fn under_an_acl_mosquitto_sub_on_everything_gets_all_but_the_denied_topics
             .expect("mosquitto_pub runs");
         assert!(status.success());
     }
-    let lines = common::mosquitto_sub_lines(sub).await;
+    let lines = common::mosquitto_client_lines(sub).await;
     assert_eq!(lines, vec!["plant/a first", "plant/b second"]);
 }
 
@@ -203,7 +203,7 @@ async fn mosquitto_sub_gets_every_one_of_many_retained_messages() {
         broker.local_addr().port(),
         &["-t", "gate/#", "-C", &count, "-W", "10", "-F", "%r %t %p"],
     );
-    let lines = common::mosquitto_sub_lines(sub).await;
+    let lines = common::mosquitto_client_lines(sub).await;
     assert_eq!(lines.len(), GATES);
     let mut topics: Vec<&str> = lines
         .iter()

@@ -9,7 +9,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{broker_with_hooks, mosquitto_clients_available};
+use common::{
+    broker_with_hooks, mosquitto_client_lines, mosquitto_clients_available, spawn_mosquitto_client,
+};
 use switchboard_actors::fleet::{
     status_request_topic, status_response_topic, RadarDetector, RadarStatus,
 };
@@ -28,26 +30,12 @@ fn radar(port: u16, protocol: ProtocolVersion) {
     );
 }
 
-/// Runs `mosquitto_rr` against the broker on `port`; asserts it succeeded and returns what it
-/// printed (one line per answer, as `args`' `-F` format says).
+/// Runs `mosquitto_rr` against the broker on `port` (waiting 5 s at most for the answer);
+/// asserts it succeeded and returns what it printed (one line per answer, as `args`' `-F`
+/// format says).
 async fn mosquitto_rr(port: u16, args: &[&str]) -> String {
-    let out = tokio::time::timeout(
-        Duration::from_secs(20),
-        tokio::process::Command::new("mosquitto_rr")
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-W", "10"])
-            .args(args)
-            .output(),
-    )
-    .await
-    .expect("mosquitto_rr ends")
-    .expect("mosquitto_rr runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "mosquitto_rr: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout.trim_end().to_string()
+    let rr = spawn_mosquitto_client("mosquitto_rr", port, &[args, &["-W", "5"]].concat());
+    mosquitto_client_lines(rr).await.join("\n")
 }
 
 /// Decodes an answer's JSON envelope as a radar's status, with the correlation id in it.
@@ -102,6 +90,7 @@ async fn mosquitto_rr_over_mqtt_5_gets_the_radars_answer_on_its_own_response_top
         // The answer carries the Correlation Data back, says it is JSON, and holds the JSON
         // envelope's correlation id too.
         let fields: Vec<&str> = answer.splitn(4, '|').collect();
+        assert_eq!(fields.len(), 4, "{answer}");
         assert_eq!(
             fields[..3],
             [&*correlation, "application/json", "1"],

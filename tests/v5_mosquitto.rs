@@ -5,7 +5,7 @@
 mod common;
 
 use common::{
-    broker_with_hooks, mosquitto_clients_available, mosquitto_sub_lines, spawn_mosquitto_sub,
+    broker_with_hooks, mosquitto_client_lines, mosquitto_clients_available, spawn_mosquitto_sub,
 };
 
 #[tokio::test]
@@ -61,7 +61,7 @@ async fn mosquitto_clients_speaking_mqtt5_pass_properties_through() {
         .await
         .expect("mosquitto_pub runs");
     assert!(status.success());
-    let lines = mosquitto_sub_lines(sub).await;
+    let lines = mosquitto_client_lines(sub).await;
     assert_eq!(
         lines,
         vec!["detrd/status/request/1AB.ENTER.DETRD status? text/plain detrd/status/response/1AB.ENTER.DETRD site:north c-1"]

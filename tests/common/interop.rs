@@ -217,26 +217,34 @@ pub fn mqttjs_available() -> bool {
 /// Starts `mosquitto_sub` against the broker on `port` with these extra arguments (it should
 /// end by itself, e.g. with `-C`).
 pub fn spawn_mosquitto_sub(port: u16, args: &[&str]) -> tokio::process::Child {
-    tokio::process::Command::new("mosquitto_sub")
+    spawn_mosquitto_client("mosquitto_sub", port, args)
+}
+
+/// Starts one of Debian's mosquitto clients (`program`: `mosquitto_sub`, `mosquitto_rr`)
+/// against the broker on `port` with these extra arguments, its output piped.
+pub fn spawn_mosquitto_client(program: &str, port: u16, args: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(program)
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
         .spawn()
-        .expect("mosquitto_sub starts")
+        .unwrap_or_else(|e| panic!("{program} starts: {e}"))
 }
 
-/// Waits (at most 10 s) for a `mosquitto_sub` to end, asserts it succeeded, and returns the lines
-/// it printed.
-pub async fn mosquitto_sub_lines(sub: tokio::process::Child) -> Vec<String> {
-    let out = tokio::time::timeout(Duration::from_secs(10), sub.wait_with_output())
+/// Waits (at most 10 s) for a mosquitto client started by [`spawn_mosquitto_client`] to end,
+/// asserts it succeeded, and returns the lines it printed.
+pub async fn mosquitto_client_lines(client: tokio::process::Child) -> Vec<String> {
+    let out = tokio::time::timeout(Duration::from_secs(10), client.wait_with_output())
         .await
-        .expect("mosquitto_sub ends")
-        .expect("mosquitto_sub output");
+        .expect("the mosquitto client ends")
+        .expect("the mosquitto client's output");
     assert!(
         out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
     );
     String::from_utf8_lossy(&out.stdout)
         .lines()
