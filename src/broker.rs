@@ -256,17 +256,20 @@ impl Broker {
             limits.rate_limit_loopback,
         )));
         let ws_path: Arc<str> = Arc::from(shared.config.websocket.path.as_str());
-        let accept_shared = |tls, websocket| {
-            Arc::new(AcceptShared {
-                sessions: shared.clone(),
+        let config = &shared.config;
+        let accept_shared = |tls, websocket, proxy_protocol| {
+            AcceptShared::new(
+                shared.clone(),
                 tls,
                 websocket,
-                rate: rate.clone(),
-                stop: stop_accepting.clone(),
-            })
+                rate.clone(),
+                stop_accepting.clone(),
+                proxy_protocol,
+            )
         };
-        let loops = start_accepting(listeners, &handles, accept_shared(None, None))
-            .map_err(bind_error(addr, key))?;
+        let accepting = accept_shared(None, None, config.listener.proxy_protocol);
+        let loops =
+            start_accepting(listeners, &handles, accepting).map_err(bind_error(addr, key))?;
         info!(
             workers = worker_count,
             listeners = loops,
@@ -278,7 +281,8 @@ impl Broker {
                 let tls_addr = tls_listeners[0]
                     .local_addr()
                     .map_err(bind_error(asked, key))?;
-                start_accepting(tls_listeners, &handles, accept_shared(Some(acceptor), None))
+                let accepting = accept_shared(Some(acceptor), None, config.tls.proxy_protocol);
+                start_accepting(tls_listeners, &handles, accepting)
                     .map_err(bind_error(tls_addr, key))?;
                 info!("switchboard listening for TLS on {tls_addr}");
                 Some(tls_addr)
@@ -292,7 +296,11 @@ impl Broker {
             start_accepting(
                 listeners,
                 &handles,
-                accept_shared(acceptor, Some(ws_path.clone())),
+                accept_shared(
+                    acceptor,
+                    Some(ws_path.clone()),
+                    config.websocket.proxy_protocol,
+                ),
             )
             .map_err(bind_error(ws_addr, key))?;
             info!("switchboard listening for MQTT over WebSocket on {scheme}://{ws_addr}{ws_path}");
@@ -558,6 +566,11 @@ fn start_accepting(
     shared: Arc<AcceptShared>,
 ) -> std::io::Result<usize> {
     let count = listeners.len();
+    if let (true, Some(listener)) = (shared.proxy_protocol, listeners.first()) {
+        if let Ok(addr) = listener.local_addr() {
+            info!("{addr} expects a PROXY protocol header on every connection: only the proxy should reach it");
+        }
+    }
     // One listener per worker (with `reuse_port`, or a single worker): each accepts on its own
     // worker's thread, so an accepted socket is not handed between threads.
     if count == workers.len() {

@@ -15,6 +15,7 @@
 //! | --- | --- |
 //! | `broker`, `background` | assemble and start a broker: Registry, worker Arbiters, listeners; shut it down |
 //! | `listener` | accept TCP (and TLS, with [`tls`]: the certificate, reloaded on SIGHUP; WebSocket, with [`websocket`]) connections and start a Session for each |
+//! | `proxy_protocol` | read the PROXY protocol header a load balancer sends first: the client's own address |
 //! | [`session`] | the actor of one connection: socket, keep-alive, QoS windows, lingering close |
 //! | [`registry`] | the actor that owns clients, subscriptions, retained messages, stored sessions, hooks |
 //! | [`routing`] | the route table the Registry writes and every worker reads; matching one burst where it was read |
@@ -50,6 +51,7 @@ mod logging;
 pub mod memory_trim;
 pub mod metrics;
 pub mod persistence;
+mod proxy_protocol;
 pub mod queue;
 pub mod registry;
 pub mod routing;

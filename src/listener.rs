@@ -176,6 +176,47 @@ pub(crate) struct AcceptShared {
     pub rate: Arc<Mutex<ConnectionRate>>,
     /// Cancelled when the broker stops accepting.
     pub stop: CancellationToken,
+    /// Whether each connection starts with a PROXY protocol header (read on its worker, before
+    /// TLS and WebSocket, within the CONNECT deadline); the rate is then checked for the
+    /// address it names.
+    pub proxy_protocol: bool,
+    /// Connections refused for their PROXY protocol header, logged at most once a second.
+    pub proxy_refusals: Mutex<LogGate>,
+}
+
+impl AcceptShared {
+    /// What the accept loops of a listener share: `proxy_protocol` as its configuration says.
+    pub(crate) fn new(
+        sessions: Arc<SessionShared>,
+        tls: Option<Arc<crate::tls::ServerTls>>,
+        websocket: Option<Arc<str>>,
+        rate: Arc<Mutex<ConnectionRate>>,
+        stop: CancellationToken,
+        proxy_protocol: bool,
+    ) -> Arc<AcceptShared> {
+        Arc::new(AcceptShared {
+            sessions,
+            tls,
+            websocket,
+            rate,
+            stop,
+            proxy_protocol,
+            proxy_refusals: Mutex::new(LogGate::new(Duration::from_secs(1))),
+        })
+    }
+
+    /// Logs a connection refused for its PROXY protocol header (at most once a second, with
+    /// how many since the last line).
+    fn proxy_refused(&self, peer: SocketAddr, error: &crate::proxy_protocol::ProxyHeaderError) {
+        // A poisoned lock only means a logging call panicked; the gate is still usable.
+        let mut gate = self
+            .proxy_refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(refused) = gate.event(Instant::now()) {
+            warn!(addr = %peer, refused, "connection refused: {error}");
+        }
+    }
 }
 
 /// Accepts connections on `listener` until `shared.stop` is cancelled.
@@ -203,7 +244,8 @@ pub(crate) async fn accept_loop(
             }
         };
         accept_failures.recovered();
-        if !admitted(&shared, peer.ip()) {
+        // Behind a proxy, the rate is checked for the client's address once the header names it.
+        if !shared.proxy_protocol && !admitted(&shared, peer.ip()) {
             drop(stream);
             continue;
         }
@@ -255,68 +297,93 @@ fn admitted(shared: &AcceptShared, ip: IpAddr) -> bool {
     false
 }
 
-/// Starts the Session of an accepted socket on the current worker: at once, or after its TLS
-/// and WebSocket handshakes (both within the CONNECT deadline).
-fn start_session(stream: TcpStream, peer: SocketAddr, shared: &AcceptShared) {
+/// Starts the Session of an accepted socket on the current worker: at once, or after its PROXY
+/// protocol header, TLS and WebSocket handshakes (all within the CONNECT deadline).
+fn start_session(stream: TcpStream, peer: SocketAddr, shared: &Arc<AcceptShared>) {
+    if !shared.proxy_protocol && shared.tls.is_none() && shared.websocket.is_none() {
+        Session::start(stream, peer, shared.sessions.clone());
+        return;
+    }
+    let shared = shared.clone();
+    actix_rt::spawn(async move {
+        let deadline = shared.sessions.config.limits.connect_timeout;
+        match actix_rt::time::timeout(deadline, handshakes(stream, peer, &shared)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(Refused::Proxy(e))) => shared.proxy_refused(peer, &e),
+            Ok(Err(Refused::Handshake(why))) => debug!(addr = %peer, "{why}"),
+            Err(_) => debug!(addr = %peer, "handshake not done before the CONNECT deadline"),
+        }
+    });
+}
+
+/// Why a connection ended before its Session started.
+enum Refused {
+    /// Its PROXY protocol header.
+    Proxy(crate::proxy_protocol::ProxyHeaderError),
+    /// Its TLS or WebSocket handshake.
+    Handshake(String),
+}
+
+/// Reads the PROXY protocol header (if the listener expects one), completes the TLS and
+/// WebSocket handshakes (if it has them), then starts the Session.
+async fn handshakes(
+    mut stream: TcpStream,
+    socket_peer: SocketAddr,
+    shared: &AcceptShared,
+) -> Result<(), Refused> {
+    let peer = if shared.proxy_protocol {
+        let named = crate::proxy_protocol::read_header(&mut stream)
+            .await
+            .map_err(Refused::Proxy)?;
+        let peer = named.unwrap_or(socket_peer);
+        debug!(addr = %peer, proxy = %socket_peer, "PROXY protocol header read");
+        if !admitted(shared, peer.ip()) {
+            return Ok(());
+        }
+        peer
+    } else {
+        socket_peer
+    };
     let sessions = shared.sessions.clone();
+    let max_packet = sessions.config.limits.max_packet_size;
     let (tls, identity_as_username) = match &shared.tls {
         Some(tls) => (Some(tls.acceptor()), tls.identity_as_username()),
         None => (None, false),
     };
-    let websocket = shared.websocket.clone();
-    if tls.is_none() && websocket.is_none() {
-        Session::start(stream, peer, sessions);
-        return;
-    }
-    actix_rt::spawn(async move {
-        let deadline = sessions.config.limits.connect_timeout;
-        let max_packet = sessions.config.limits.max_packet_size;
-        let handshakes = async {
-            match (tls, websocket) {
-                (Some(tls), None) => {
-                    let stream = tls
-                        .accept(stream)
-                        .await
-                        .map_err(|e| format!("TLS handshake failed: {e}"))?;
-                    if identity_as_username {
-                        let identity = client_identity(&stream);
-                        Session::start_certified(stream, peer, sessions, identity);
-                    } else {
-                        Session::start_tls(stream, peer, sessions);
-                    }
-                }
-                (Some(tls), Some(path)) => {
-                    let stream = tls
-                        .accept(stream)
-                        .await
-                        .map_err(|e| format!("TLS handshake failed: {e}"))?;
-                    let identity = identity_as_username.then(|| client_identity(&stream));
-                    let ws = crate::websocket::accept(stream, &path, max_packet, peer)
-                        .await
-                        .map_err(|e| format!("WebSocket handshake failed: {e}"))?;
-                    match identity {
-                        Some(identity) => Session::start_certified(ws, peer, sessions, identity),
-                        None => Session::start_stream(ws, peer, sessions),
-                    };
-                }
-                (None, Some(path)) => {
-                    let ws = crate::websocket::accept(stream, &path, max_packet, peer)
-                        .await
-                        .map_err(|e| format!("WebSocket handshake failed: {e}"))?;
-                    Session::start_stream(ws, peer, sessions);
-                }
-                (None, None) => {
-                    Session::start(stream, peer, sessions);
-                }
+    let tls_failed = |e: std::io::Error| Refused::Handshake(format!("TLS handshake failed: {e}"));
+    let ws_failed = |e| Refused::Handshake(format!("WebSocket handshake failed: {e}"));
+    match (tls, shared.websocket.as_deref()) {
+        (Some(tls), None) => {
+            let stream = tls.accept(stream).await.map_err(tls_failed)?;
+            if identity_as_username {
+                let identity = client_identity(&stream);
+                Session::start_certified(stream, peer, sessions, identity);
+            } else {
+                Session::start_tls(stream, peer, sessions);
             }
-            Ok::<(), String>(())
-        };
-        match actix_rt::time::timeout(deadline, handshakes).await {
-            Ok(Ok(())) => {}
-            Ok(Err(why)) => debug!(addr = %peer, "{why}"),
-            Err(_) => debug!(addr = %peer, "handshake not done before the CONNECT deadline"),
         }
-    });
+        (Some(tls), Some(path)) => {
+            let stream = tls.accept(stream).await.map_err(tls_failed)?;
+            let identity = identity_as_username.then(|| client_identity(&stream));
+            let ws = crate::websocket::accept(stream, path, max_packet, peer)
+                .await
+                .map_err(ws_failed)?;
+            match identity {
+                Some(identity) => Session::start_certified(ws, peer, sessions, identity),
+                None => Session::start_stream(ws, peer, sessions),
+            };
+        }
+        (None, Some(path)) => {
+            let ws = crate::websocket::accept(stream, path, max_packet, peer)
+                .await
+                .map_err(ws_failed)?;
+            Session::start_stream(ws, peer, sessions);
+        }
+        (None, None) => {
+            Session::start(stream, peer, sessions);
+        }
+    }
+    Ok(())
 }
 
 /// The Common Name of the certificate the client presented in `stream`'s handshake.

@@ -22,6 +22,11 @@ pub struct ListenerConfig {
     /// false: placement in turn put the harness's publisher/subscriber pairs on one worker,
     /// which the hash does not (`docs/benchmarks.md`).
     pub reuse_port: bool,
+    /// Every connection starts with a PROXY protocol header (HAProxy's, version 1 or 2), sent
+    /// by the load balancer in front: the client's address it names stands for the
+    /// connection's. A connection without one is refused. Only the proxy may reach such a
+    /// listener: anyone who can may claim any address. Default false.
+    pub proxy_protocol: bool,
 }
 
 impl Default for ListenerConfig {
@@ -31,6 +36,7 @@ impl Default for ListenerConfig {
             port: 1883,
             workers: 0,
             reuse_port: false,
+            proxy_protocol: false,
         }
     }
 }
@@ -61,6 +67,9 @@ pub struct TlsConfig {
     /// The oldest TLS version accepted: `"1.2"` (the default) or `"1.3"`. Mosquitto's
     /// `tls_version`.
     pub min_version: TlsVersion,
+    /// The TLS listener's connections start with a PROXY protocol header, before the TLS
+    /// handshake (as `listener.proxy_protocol`). Default false.
+    pub proxy_protocol: bool,
 }
 
 /// The oldest TLS version the TLS listeners accept (`tls.min_version`).

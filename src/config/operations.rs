@@ -18,6 +18,9 @@ pub struct WebSocketListenerConfig {
     pub bind: Option<IpAddr>,
     /// The HTTP path of the WebSocket endpoint. Default `/mqtt`.
     pub path: String,
+    /// The connections of both start with a PROXY protocol header, before TLS and the HTTP
+    /// upgrade (as `listener.proxy_protocol`). Default false.
+    pub proxy_protocol: bool,
 }
 
 impl Default for WebSocketListenerConfig {
@@ -27,6 +30,7 @@ impl Default for WebSocketListenerConfig {
             tls_port: None,
             bind: None,
             path: "/mqtt".into(),
+            proxy_protocol: false,
         }
     }
 }

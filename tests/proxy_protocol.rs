@@ -1,0 +1,268 @@
+//! Listeners behind a load balancer (`proxy_protocol = true`): the PROXY protocol header
+//! (HAProxy's, versions 1 and 2) names the client, whose address then stands in the lifecycle
+//! hooks, the admin API and the per-address connection rate. Raw headers over real TCP, then
+//! Debian's HAProxy in front of the plain, TLS and WebSocket listeners, with stock clients
+//! (mosquitto_pub, paho_c_pub) behind it.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::haproxy::{haproxy_available, Frontend, HaProxy};
+use common::http::get;
+use common::pki::Pki;
+use common::{
+    broker_with, broker_with_hooks, mosquitto_clients_available, packets, paho_c_available, Raw,
+    WAIT,
+};
+
+/// A version 2 header (command PROXY, TCP over IPv4) naming `source` as the client, with a TLV
+/// after the addresses as proxies add them.
+fn v2_header(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
+    let (SocketAddr::V4(source), SocketAddr::V4(destination)) = (source, destination) else {
+        panic!("IPv4 addresses");
+    };
+    let tlv = [0x05, 0x00, 0x03, b'a', b'b', b'c'];
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    header.extend_from_slice(&[0x21, 0x11]);
+    header.extend_from_slice(&(12 + tlv.len() as u16).to_be_bytes());
+    header.extend_from_slice(&source.ip().octets());
+    header.extend_from_slice(&destination.ip().octets());
+    header.extend_from_slice(&source.port().to_be_bytes());
+    header.extend_from_slice(&destination.port().to_be_bytes());
+    header.extend_from_slice(&tlv);
+    header
+}
+
+/// Connects to `addr`, sends `header` and a CONNECT for `client_id` in one write (so the broker
+/// must take the header and leave the CONNECT), and returns the connection and whether a
+/// CONNACK 0 came (false: the connection was closed).
+async fn connect_behind(addr: SocketAddr, header: &[u8], client_id: &str) -> (Raw, bool) {
+    let mut raw = Raw::connect(addr).await;
+    let mut bytes = header.to_vec();
+    bytes.extend_from_slice(&packets::connect(client_id, true, 60));
+    raw.send(&bytes).await;
+    let accepted = match raw.recv().await {
+        Some(connack) => {
+            assert_eq!((connack.byte1, connack.body[1]), (0x20, 0), "CONNACK 0");
+            true
+        }
+        None => false,
+    };
+    (raw, accepted)
+}
+
+#[tokio::test]
+async fn the_header_names_the_client_to_hooks_and_the_admin_api() {
+    let (broker, mut hooks) = broker_with_hooks(|c| c.listener.proxy_protocol = true);
+    let addr = broker.local_addr();
+    let http = broker.http_local_addr().expect("HTTP server");
+
+    let v1 = b"PROXY TCP4 203.0.113.7 10.0.0.1 51234 1883\r\n";
+    let (_gate, accepted) = connect_behind(addr, v1, "gate-v1").await;
+    assert!(accepted);
+    let named: SocketAddr = "203.0.113.7:51234".parse().unwrap();
+    assert_eq!(hooks.connected("gate-v1").await.peer, named);
+    let listed = get(http, "/api/v1/clients/gate-v1", None).await.json();
+    assert_eq!(listed["address"], named.to_string());
+
+    let v1_six = b"PROXY TCP6 2001:db8::7 2001:db8::1 40000 1883\r\n";
+    let (_radar, accepted) = connect_behind(addr, v1_six, "radar-v1").await;
+    assert!(accepted);
+    let named: SocketAddr = "[2001:db8::7]:40000".parse().unwrap();
+    assert_eq!(hooks.connected("radar-v1").await.peer, named);
+
+    let named: SocketAddr = "198.51.100.20:61000".parse().unwrap();
+    let (_app, accepted) = connect_behind(addr, &v2_header(named, addr), "app-v2").await;
+    assert!(accepted);
+    assert_eq!(hooks.connected("app-v2").await.peer, named);
+
+    // UNKNOWN (v1) and LOCAL (v2, a proxy's health check): the connection's own address.
+    let (unknown, accepted) = connect_behind(addr, b"PROXY UNKNOWN\r\n", "unknown").await;
+    assert!(accepted);
+    let own = unknown.stream.local_addr().expect("local address");
+    assert_eq!(hooks.connected("unknown").await.peer, own);
+    let local = b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00";
+    let (check, accepted) = connect_behind(addr, local, "health-check").await;
+    assert!(accepted);
+    let own = check.stream.local_addr().expect("local address");
+    assert_eq!(hooks.connected("health-check").await.peer, own);
+}
+
+#[tokio::test]
+async fn a_header_split_across_writes_is_read_whole() {
+    // The broker takes only the header's bytes, however they arrive: here the CR and LF of a
+    // v1 header in two writes, the CONNECT behind the LF.
+    let (broker, mut hooks) = broker_with_hooks(|c| c.listener.proxy_protocol = true);
+    let mut raw = Raw::connect(broker.local_addr()).await;
+    raw.send(b"PROXY TCP4 192.0.2.1 192.0.2.2 1000 1883\r")
+        .await;
+    let mut rest = b"\n".to_vec();
+    rest.extend_from_slice(&packets::connect("split", true, 60));
+    raw.send(&rest).await;
+    assert_eq!(raw.expect().await.byte1, 0x20);
+    let named: SocketAddr = "192.0.2.1:1000".parse().unwrap();
+    assert_eq!(hooks.connected("split").await.peer, named);
+}
+
+#[tokio::test]
+async fn connections_without_a_good_header_are_refused_and_others_go_on() {
+    let broker = broker_with(|c| {
+        c.listener.proxy_protocol = true;
+        c.limits.connect_timeout = std::time::Duration::from_secs(1);
+    });
+    let addr = broker.local_addr();
+    let too_long_v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x10\x01";
+    // 108 bytes before its CRLF: longer than a v1 header may be.
+    let too_long_v1 = [&b"PROXY UNKNOWN "[..], &[b'x'; 94], b"\r\n"].concat();
+    for header in [
+        &b""[..],
+        b"PROXY TCP4 203.0.113.7 10.0.0.1 51234\r\n",
+        b"PROXY TCP4 not.an.address 10.0.0.1 1 2\r\n",
+        &too_long_v1,
+        b"\r\n\r\n\0\r\nQUIT\n\x31\x11\x00\x0c",
+        too_long_v2,
+    ] {
+        let (_, accepted) = connect_behind(addr, header, "refused").await;
+        assert!(!accepted, "{:?}", String::from_utf8_lossy(header));
+    }
+    // Half a header, then nothing: closed at the CONNECT deadline.
+    let mut stalled = Raw::connect(addr).await;
+    stalled.send(b"PROXY TCP4 203.0.").await;
+    stalled.expect_closed().await;
+    let v1 = b"PROXY TCP4 203.0.113.7 10.0.0.1 51234 1883\r\n";
+    let (_, accepted) = connect_behind(addr, v1, "still-served").await;
+    assert!(accepted);
+}
+
+#[tokio::test]
+async fn the_connection_rate_counts_the_named_address() {
+    // Every socket comes from loopback, which the rate leaves alone by default: what it limits
+    // is the address in the header.
+    let broker = broker_with(|c| {
+        c.listener.proxy_protocol = true;
+        c.limits.max_connection_rate = 5;
+    });
+    let addr = broker.local_addr();
+    let crowded = b"PROXY TCP4 203.0.113.7 10.0.0.1 51234 1883\r\n";
+    let mut sockets = Vec::new();
+    for _ in 0..10 {
+        let mut raw = Raw::connect(addr).await;
+        raw.send(crowded).await;
+        sockets.push(raw);
+    }
+    let mut accepted = 0;
+    for (n, raw) in sockets.iter_mut().enumerate() {
+        raw.send(&packets::connect(&format!("burst-{n}"), true, 60))
+            .await;
+        if raw.recv().await.is_some() {
+            accepted += 1;
+        }
+    }
+    // A burst of 5; one token may have come back if the ten took over 200 ms.
+    assert!((5..=6).contains(&accepted), "{accepted} accepted");
+    let other = b"PROXY TCP4 203.0.113.8 10.0.0.1 51234 1883\r\n";
+    let (_, accepted) = connect_behind(addr, other, "another-address").await;
+    assert!(accepted, "another address has its own bucket");
+}
+
+#[tokio::test]
+async fn stock_clients_behind_haproxy_are_seen_by_their_own_address() {
+    // HAProxy connects from 127.0.0.3 (PROXY_SOURCE); the clients from 127.0.0.1. Plain TCP with a v2 header
+    // (mosquitto_pub), TLS with a v1 header (mosquitto_pub, OpenSSL; the certificate is checked
+    // against the CA, not the name, as HAProxy's address is not in it), WebSocket with a v2
+    // header (paho_c_pub).
+    if !haproxy_available() || !mosquitto_clients_available() || !paho_c_available() {
+        return;
+    }
+    let pki = Pki::new("gate");
+    let ca = pki.dir.path().join("ca.pem");
+    let (broker, mut hooks) = broker_with_hooks(|c| {
+        c.listener.proxy_protocol = true;
+        c.tls.port = Some(0);
+        c.tls.proxy_protocol = true;
+        c.websocket.port = Some(0);
+        c.websocket.proxy_protocol = true;
+        pki.serve(&mut c.tls, false);
+    });
+    let haproxy = HaProxy::start(&[
+        Frontend {
+            to: broker.local_addr(),
+            header: "send-proxy-v2",
+        },
+        Frontend {
+            to: broker.tls_local_addr().expect("TLS listener"),
+            header: "send-proxy",
+        },
+        Frontend {
+            to: broker.websocket_local_addr().expect("WebSocket listener"),
+            header: "send-proxy-v2",
+        },
+    ]);
+    // Straight to the broker, without a header: refused. Through HAProxy: served.
+    let (_, accepted) = connect_behind(broker.local_addr(), b"", "watcher").await;
+    assert!(!accepted);
+    let (mut watcher, accepted) = connect_behind(haproxy.fronts[0], b"", "watcher").await;
+    assert!(accepted);
+    let peer = hooks.connected("watcher").await.peer;
+    assert_eq!(peer.ip(), std::net::Ipv4Addr::LOCALHOST);
+    watcher.subscribe(1, &[("gate/#", 1)], &[1]).await;
+
+    let tcp = haproxy.fronts[0].port().to_string();
+    let tls = haproxy.fronts[1].port().to_string();
+    let ca = ca.to_str().expect("path");
+    let runs: [(&str, Vec<&str>); 2] = [
+        ("pub-tcp", vec!["-p", &tcp]),
+        ("pub-tls", vec!["-p", &tls, "--cafile", ca, "--insecure"]),
+    ];
+    for (id, args) in runs {
+        let out = tokio::process::Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.2", "-i", id, "-q", "1", "-t"])
+            .arg(format!("gate/{id}"))
+            .args(["-m", id])
+            .args(&args)
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(WAIT, out)
+            .await
+            .expect("mosquitto_pub ends")
+            .expect("mosquitto_pub runs");
+        assert!(
+            out.status.success(),
+            "{id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let peer = hooks.connected(id).await.peer;
+        assert_eq!(peer.ip(), std::net::Ipv4Addr::LOCALHOST, "{id}");
+        let published = watcher.expect().await;
+        assert_eq!(published.packet_type(), 3);
+    }
+    let ws = format!("ws://127.0.0.2:{}/mqtt", haproxy.fronts[2].port());
+    let out = tokio::process::Command::new("paho_c_pub")
+        .args([
+            "-c",
+            &ws,
+            "-i",
+            "pub-ws",
+            "-q",
+            "1",
+            "-t",
+            "gate/pub-ws",
+            "-m",
+            "ws",
+        ])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(WAIT, out)
+        .await
+        .expect("paho_c_pub ends")
+        .expect("paho_c_pub runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let peer = hooks.connected("pub-ws").await.peer;
+    assert_eq!(peer.ip(), std::net::Ipv4Addr::LOCALHOST);
+    assert_eq!(watcher.expect().await.packet_type(), 3);
+}
