@@ -310,7 +310,7 @@ fn start_session(stream: TcpStream, peer: SocketAddr, shared: &Arc<AcceptShared>
         match actix_rt::time::timeout(deadline, handshakes(stream, peer, &shared)).await {
             Ok(Ok(())) => {}
             Ok(Err(Refused::Proxy(e))) => shared.proxy_refused(peer, &e),
-            Ok(Err(Refused::Handshake(why))) => debug!(addr = %peer, "{why}"),
+            Ok(Err(Refused::Handshake(client, why))) => debug!(addr = %client, "{why}"),
             Err(_) => debug!(addr = %peer, "handshake not done before the CONNECT deadline"),
         }
     });
@@ -320,8 +320,9 @@ fn start_session(stream: TcpStream, peer: SocketAddr, shared: &Arc<AcceptShared>
 enum Refused {
     /// Its PROXY protocol header.
     Proxy(crate::proxy_protocol::ProxyHeaderError),
-    /// Its TLS or WebSocket handshake.
-    Handshake(String),
+    /// Its TLS or WebSocket handshake, with the client's address (the one a PROXY protocol
+    /// header named, if any).
+    Handshake(SocketAddr, String),
 }
 
 /// Reads the PROXY protocol header (if the listener expects one), completes the TLS and
@@ -350,8 +351,9 @@ async fn handshakes(
         Some(tls) => (Some(tls.acceptor()), tls.identity_as_username()),
         None => (None, false),
     };
-    let tls_failed = |e: std::io::Error| Refused::Handshake(format!("TLS handshake failed: {e}"));
-    let ws_failed = |e| Refused::Handshake(format!("WebSocket handshake failed: {e}"));
+    let tls_failed =
+        |e: std::io::Error| Refused::Handshake(peer, format!("TLS handshake failed: {e}"));
+    let ws_failed = |e| Refused::Handshake(peer, format!("WebSocket handshake failed: {e}"));
     match (tls, shared.websocket.as_deref()) {
         (Some(tls), None) => {
             let stream = tls.accept(stream).await.map_err(tls_failed)?;
