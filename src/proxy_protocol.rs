@@ -193,6 +193,22 @@ fn parse_v2(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever a connection sends where its header should be: a header, a refusal, never
+        /// a panic.
+        #[test]
+        fn any_bytes_parse_or_are_refused(
+            bytes in proptest::collection::vec(any::<u8>(), 0..300),
+            version_command in any::<u8>(),
+            family in any::<u8>(),
+        ) {
+            let _ = parse_v1(&bytes);
+            let _ = parse_v2(version_command, family, &bytes);
+            let _ = line_end(bytes.first().copied(), &bytes);
+        }
+    }
 
     fn v1(line: &str) -> Result<Option<SocketAddr>, ProxyHeaderError> {
         parse_v1(line.as_bytes())
