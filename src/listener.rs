@@ -205,9 +205,15 @@ impl AcceptShared {
         })
     }
 
-    /// Logs a connection refused for its PROXY protocol header (at most once a second, with
-    /// how many since the last line).
+    /// Counts a connection refused for its PROXY protocol header as a protocol error and logs
+    /// it (at most once a second, with how many since the last line). One that closed before
+    /// its header was whole (a balancer's bare TCP health check) is only logged at debug level.
     fn proxy_refused(&self, peer: SocketAddr, error: &crate::proxy_protocol::ProxyHeaderError) {
+        if let crate::proxy_protocol::ProxyHeaderError::Io(e) = error {
+            debug!(addr = %peer, error = %e, "connection closed before its PROXY protocol header");
+            return;
+        }
+        self.sessions.metrics.add_protocol_errors(1);
         // A poisoned lock only means a logging call panicked; the gate is still usable.
         let mut gate = self
             .proxy_refusals

@@ -126,6 +126,12 @@ async fn connections_without_a_good_header_are_refused_and_others_go_on() {
         let (_, accepted) = connect_behind(addr, header, "refused").await;
         assert!(!accepted, "{:?}", String::from_utf8_lossy(header));
     }
+    // Each is a protocol error; the empty one too (12 bytes of CONNECT where the header was).
+    // (Counted once each socket is closed: a counter, with no event of its own.)
+    common::eventually(|| async { broker.metrics().snapshot().protocol_errors == 6 }).await;
+    // A connection that closes before sending anything (a bare TCP health check) is not one.
+    let probe = Raw::connect(addr).await;
+    drop(probe);
     // Half a header, then nothing: closed at the CONNECT deadline.
     let mut stalled = Raw::connect(addr).await;
     stalled.send(b"PROXY TCP4 203.0.").await;
@@ -133,6 +139,7 @@ async fn connections_without_a_good_header_are_refused_and_others_go_on() {
     let v1 = b"PROXY TCP4 203.0.113.7 10.0.0.1 51234 1883\r\n";
     let (_, accepted) = connect_behind(addr, v1, "still-served").await;
     assert!(accepted);
+    assert_eq!(broker.metrics().snapshot().protocol_errors, 6);
 }
 
 #[tokio::test]
