@@ -124,18 +124,28 @@ fn parse_v1(line: &[u8]) -> Result<Option<SocketAddr>, ProxyHeaderError> {
         return Ok(None);
     }
     let fields: Vec<&str> = fields.collect();
-    let [source, _destination, source_port, destination_port] = fields[..] else {
+    let [source, destination, source_port, destination_port] = fields[..] else {
         return Err(MalformedV1("not four address fields"));
     };
     let ip: IpAddr = match family {
-        "TCP4" => source
-            .parse::<Ipv4Addr>()
-            .map_err(|_| MalformedV1("bad IPv4 source address"))?
-            .into(),
-        "TCP6" => source
-            .parse::<Ipv6Addr>()
-            .map_err(|_| MalformedV1("bad IPv6 source address"))?
-            .into(),
+        "TCP4" => {
+            destination
+                .parse::<Ipv4Addr>()
+                .map_err(|_| MalformedV1("bad IPv4 destination address"))?;
+            source
+                .parse::<Ipv4Addr>()
+                .map_err(|_| MalformedV1("bad IPv4 source address"))?
+                .into()
+        }
+        "TCP6" => {
+            destination
+                .parse::<Ipv6Addr>()
+                .map_err(|_| MalformedV1("bad IPv6 destination address"))?;
+            source
+                .parse::<Ipv6Addr>()
+                .map_err(|_| MalformedV1("bad IPv6 source address"))?
+                .into()
+        }
         _ => return Err(MalformedV1("protocol is not TCP4, TCP6 or UNKNOWN")),
     };
     let port = |field: &str| {
@@ -234,6 +244,8 @@ mod tests {
             "PROXY TCP4 203.0.113.7 10.0.0.1 51234",
             "PROXY TCP4 203.0.113.7 10.0.0.1 51234 1883 extra",
             "PROXY TCP4 2001:db8::7 10.0.0.1 51234 1883",
+            "PROXY TCP4 203.0.113.7 2001:db8::1 51234 1883",
+            "PROXY TCP6 2001:db8::7 10.0.0.1 51234 1883",
             "PROXY TCP6 203.0.113.7 10.0.0.1 51234 1883",
             "PROXY TCP4 203.0.113.7 10.0.0.1 65536 1883",
             "PROXY TCP4 203.0.113.7 10.0.0.1 +1 1883",
