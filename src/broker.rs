@@ -8,7 +8,6 @@ use actix::prelude::*;
 use actix_rt::task::JoinHandle;
 use actix_rt::ArbiterHandle;
 use thiserror::Error;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -16,7 +15,7 @@ use crate::auth::{AccessControl, AccessError};
 use crate::bridge::{ApplyBridges, BridgeChanges, BridgeConfig, Bridges, StopBridges};
 use crate::config::{Config, ConfigError};
 use crate::hooks::{Interceptors, LifecycleHooks};
-use crate::listener::{accept_loop, bind_listeners, AcceptShared, ConnectionRate, Placement};
+use crate::listener::{bind_listeners, start_accepting, AcceptShared, ConnectionRate};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::routing::Routes;
@@ -555,46 +554,4 @@ impl RunningBroker {
         }
         info!(addr = %self.local_addr, "switchboard stopped");
     }
-}
-
-/// Starts the accept loops of one address: one per worker on the worker's thread when there is a
-/// listener for each (`SO_REUSEPORT`), else one on this thread that hands connections round robin
-/// to the workers. Returns how many loops run.
-fn start_accepting(
-    listeners: Vec<std::net::TcpListener>,
-    workers: &[ArbiterHandle],
-    shared: Arc<AcceptShared>,
-) -> std::io::Result<usize> {
-    let count = listeners.len();
-    if let (true, Some(listener)) = (shared.proxy_protocol, listeners.first()) {
-        if let Ok(addr) = listener.local_addr() {
-            info!("{addr} expects a PROXY protocol header on every connection: only the proxy should reach it");
-        }
-    }
-    // One listener per worker (with `reuse_port`, or a single worker): each accepts on its own
-    // worker's thread, so an accepted socket is not handed between threads.
-    if count == workers.len() {
-        for (listener, worker) in listeners.into_iter().zip(workers) {
-            let shared = shared.clone();
-            // Registered inside the worker's runtime: what it accepts belongs to that thread.
-            let spawned = worker.spawn(async move {
-                match TcpListener::from_std(listener) {
-                    Ok(listener) => accept_loop(listener, Placement::Here, shared).await,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot register a listener on its worker")
-                    }
-                }
-            });
-            if !spawned {
-                return Err(std::io::Error::other("a worker arbiter stopped at start"));
-            }
-        }
-        return Ok(count);
-    }
-    for listener in listeners {
-        let listener = TcpListener::from_std(listener)?;
-        let placement = Placement::RoundRobin(workers.to_vec());
-        actix_rt::spawn(accept_loop(listener, placement, shared.clone()));
-    }
-    Ok(count)
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use actix_rt::ArbiterHandle;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::log_gate::LogGate;
 use crate::session::{Session, SessionShared};
@@ -287,6 +287,48 @@ pub(crate) async fn accept_loop(
             warn!(addr = %peer, "worker arbiter is gone; connection dropped");
         }
     }
+}
+
+/// Starts the accept loops of one address: one per worker on the worker's thread when there is a
+/// listener for each (`SO_REUSEPORT`), else one on this thread that hands connections round robin
+/// to the workers. Returns how many loops run.
+pub(crate) fn start_accepting(
+    listeners: Vec<std::net::TcpListener>,
+    workers: &[ArbiterHandle],
+    shared: Arc<AcceptShared>,
+) -> std::io::Result<usize> {
+    let count = listeners.len();
+    if let (true, Some(listener)) = (shared.proxy_protocol, listeners.first()) {
+        if let Ok(addr) = listener.local_addr() {
+            info!("{addr} expects a PROXY protocol header on every connection: only the proxy should reach it");
+        }
+    }
+    // One listener per worker (with `reuse_port`, or a single worker): each accepts on its own
+    // worker's thread, so an accepted socket is not handed between threads.
+    if count == workers.len() {
+        for (listener, worker) in listeners.into_iter().zip(workers) {
+            let shared = shared.clone();
+            // Registered inside the worker's runtime: what it accepts belongs to that thread.
+            let spawned = worker.spawn(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => accept_loop(listener, Placement::Here, shared).await,
+                    Err(e) => {
+                        error!(error = %e, "cannot register a listener on its worker")
+                    }
+                }
+            });
+            if !spawned {
+                return Err(std::io::Error::other("a worker arbiter stopped at start"));
+            }
+        }
+        return Ok(count);
+    }
+    for listener in listeners {
+        let listener = TcpListener::from_std(listener)?;
+        let placement = Placement::RoundRobin(workers.to_vec());
+        actix_rt::spawn(accept_loop(listener, placement, shared.clone()));
+    }
+    Ok(count)
 }
 
 /// Whether a connection from `ip` is within `limits.max_connection_rate`; counts and logs it if
