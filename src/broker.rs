@@ -249,6 +249,15 @@ impl Broker {
         let cluster =
             start_cluster(&shared, &registry, &handles, local_addr.port(), cluster_tls).await?;
         let memory_trim = actix_rt::spawn(crate::memory_trim::trim_after_spikes(metrics.clone()));
+        if let Some(server_tls) = &server_tls {
+            let every = shared.config.tls.watch_interval;
+            crate::tls_watch::spawn(
+                server_tls.clone(),
+                metrics.clone(),
+                every,
+                stop_accepting.clone(),
+            );
+        }
         let limits = &shared.config.limits;
         let rate = Arc::new(Mutex::new(ConnectionRate::new(
             limits.max_connection_rate,
@@ -494,12 +503,7 @@ impl RunningBroker {
     /// `None` when no TLS listener is configured.
     pub fn reload_tls(&self) -> Option<Result<(), crate::tls::TlsError>> {
         let server_tls = self.server_tls.as_ref()?;
-        let reloaded = server_tls.reload();
-        if reloaded.is_ok() {
-            let expiry = server_tls.certificate().map(|c| c.not_after);
-            self.metrics.set_tls_certificate_expiry(expiry);
-        }
-        Some(reloaded)
+        Some(crate::tls_watch::reload(server_tls, &self.metrics))
     }
 
     /// Runs exactly these bridges (the binary does this on SIGHUP with the re-read config file):

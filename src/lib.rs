@@ -15,6 +15,7 @@
 //! | --- | --- |
 //! | `broker`, `background` | assemble and start a broker: Registry, worker Arbiters, listeners; shut it down |
 //! | `listener` | accept TCP (and TLS, with [`tls`]: the certificate, reloaded on SIGHUP; WebSocket, with [`websocket`]) connections and start a Session for each |
+//! | `tls_watch` | reload the TLS files when they change on disk (a renewal), as SIGHUP does |
 //! | `proxy_protocol` | read the PROXY protocol header a load balancer sends first: the client's own address |
 //! | [`session`] | the actor of one connection: socket, keep-alive, QoS windows, lingering close |
 //! | [`registry`] | the actor that owns clients, subscriptions, retained messages, stored sessions, hooks |
@@ -58,6 +59,7 @@ pub mod routing;
 pub mod session;
 pub mod session_state;
 pub mod tls;
+mod tls_watch;
 pub mod traffic;
 pub mod websocket;
 

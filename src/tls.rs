@@ -119,7 +119,7 @@ impl CertificateSummary {
                 subject,
                 not_after,
                 days_left,
-                "{event}: the TLS server certificate expires soon; renew it and send SIGHUP"
+                "{event}: the TLS server certificate expires soon; renew it (new files are taken when they change on disk, see tls.watch_interval, or on SIGHUP)"
             );
         } else {
             info!(
@@ -173,6 +173,22 @@ impl ServerTls {
     /// (`tls.use_identity_as_username`).
     pub fn identity_as_username(&self) -> bool {
         self.files.use_identity_as_username
+    }
+
+    /// The files a reload reads: the certificate, the key, and the client CA and revocation
+    /// lists where configured.
+    pub fn files(&self) -> Vec<std::path::PathBuf> {
+        let files = &self.files;
+        [
+            &files.cert_file,
+            &files.key_file,
+            &files.client_ca_file,
+            &files.crl_file,
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect()
     }
 
     /// An acceptor for one connection, with the current certificate.

@@ -1,5 +1,6 @@
 //! TLS files changed under a running broker binary: a renewed server certificate and a new
-//! revocation list are used after a SIGHUP, and the certificate's expiry is logged and measured.
+//! revocation list are used after a SIGHUP, or on their own once the broker sees the files
+//! change (`tls.watch_interval`), and the certificate's expiry is logged and measured.
 
 mod common;
 
@@ -195,5 +196,47 @@ async fn the_server_certificates_expiry_is_logged_and_in_the_metrics() {
     assert!(line.contains("INFO"), "{line}");
     let not_after = format!("not_after={}", renewed.server_not_after);
     assert!(line.contains(&not_after), "{line}");
+    // The gauge is set once the new certificate is in use, just before the SIGHUP line.
+    wait_line(&logs, "SIGHUP: TLS certificate and key reloaded");
     assert_eq!(expiry().await, renewed.server_not_after);
+}
+
+#[tokio::test]
+async fn renewed_files_are_served_without_a_sighup() {
+    // `tls.watch_interval`: a renewal on disk is taken with nobody sending SIGHUP. Caught
+    // half-written (the new certificate beside the old key), the certificate in use stays and
+    // the reload is tried again at the next change; a Kubernetes-style symlink swap to a new
+    // version of both files is seen too.
+    let (first, renewed) = (Pki::new("1AB.ENTER.DETRD"), Pki::new("1AB.ENTER.DETRD"));
+    let files = ServerFiles::of(&first);
+    let (child, logs) = spawn(&["-c", &files.config("watch_interval = \"100ms\"\n")]);
+    // Killed when dropped, also when an assertion fails.
+    let _child = BrokerProcess(child);
+    let tls = address_after(&wait_line(&logs, "listening for TLS on "), "TLS on ");
+    assert_eq!(handshake(tls, &first).await, Ok(()));
+
+    let renewed_file = |name: &str| renewed.dir.path().join(name);
+    std::fs::copy(renewed_file("server.pem"), files.path("server.pem")).expect("certificate");
+    wait_line(&logs, "TLS files changed on disk but not reloaded");
+    assert_eq!(
+        handshake(tls, &first).await,
+        Ok(()),
+        "the certificate in use stays"
+    );
+    std::fs::copy(renewed_file("server.key"), files.path("server.key")).expect("key");
+    wait_line(&logs, "TLS files changed on disk: reloaded");
+    assert_eq!(handshake(tls, &renewed).await, Ok(()));
+    assert!(handshake(tls, &first).await.is_err(), "the old CA refused");
+
+    // Both files become symlinks into a new version's directory, each swapped in by a rename.
+    let version = files.path("v3");
+    std::fs::create_dir(&version).expect("version directory");
+    for name in ["server.pem", "server.key"] {
+        std::fs::copy(first.dir.path().join(name), version.join(name)).expect("copied");
+        let link = files.path(&format!("{name}.new"));
+        std::os::unix::fs::symlink(version.join(name), &link).expect("symlink");
+        std::fs::rename(&link, files.path(name)).expect("swapped");
+    }
+    wait_line(&logs, "TLS files changed on disk: reloaded");
+    assert_eq!(handshake(tls, &first).await, Ok(()));
 }

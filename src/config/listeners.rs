@@ -2,6 +2,7 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -42,7 +43,7 @@ impl Default for ListenerConfig {
 }
 
 /// `[tls]` settings. The TLS listener exists when `port` is set.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// Port of the TLS listener (8883 is the usual one; 0 picks a free one). No default: no TLS.
@@ -70,6 +71,29 @@ pub struct TlsConfig {
     /// The TLS listener's connections start with a PROXY protocol header, before the TLS
     /// handshake (as `listener.proxy_protocol`). Default false.
     pub proxy_protocol: bool,
+    /// How often the broker looks whether the certificate, key, client CA or revocation list
+    /// files changed (their modification time, size or inode: a renewal written in place, a
+    /// `certbot` or Kubernetes symlink swap), and reloads them if so, as SIGHUP does. `"0s"`:
+    /// only on SIGHUP. Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub watch_interval: Duration,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            port: None,
+            bind: None,
+            cert_file: None,
+            key_file: None,
+            client_ca_file: None,
+            crl_file: None,
+            use_identity_as_username: false,
+            min_version: TlsVersion::default(),
+            proxy_protocol: false,
+            watch_interval: Duration::from_secs(60),
+        }
+    }
 }
 
 /// The oldest TLS version the TLS listeners accept (`tls.min_version`).

@@ -356,6 +356,13 @@ impl Config {
         if !self.sys.interval.is_zero() && self.sys.interval < Duration::from_millis(100) {
             return invalid("sys.interval", "must be \"0s\" (off) or at least 100ms");
         }
+        let watch = self.tls.watch_interval;
+        if !watch.is_zero() && watch < Duration::from_millis(100) {
+            return invalid(
+                "tls.watch_interval",
+                "must be \"0s\" (off) or at least 100ms",
+            );
+        }
         if self.http.enabled && self.http.token.is_none() && !self.http.bind.is_loopback() {
             return invalid(
                 "http.token",
@@ -473,6 +480,20 @@ mod tests {
         assert_eq!(c.listener.port, 1234);
         assert_eq!(c.limits.connect_timeout, Duration::from_millis(500));
         assert_eq!(c.sessions.queue_overflow, QueueOverflow::DropNewest);
+    }
+
+    #[test]
+    fn tls_watch_interval_is_off_or_at_least_100ms() {
+        assert_eq!(
+            Config::default().tls.watch_interval,
+            Duration::from_secs(60)
+        );
+        let c = Config::from_toml("[tls]\nwatch_interval = \"0s\"\n").expect("off");
+        assert!(c.tls.watch_interval.is_zero());
+        let err = Config::from_toml("[tls]\nwatch_interval = \"50ms\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tls.watch_interval"), "{err}");
     }
 
     #[test]
