@@ -127,25 +127,10 @@ fn parse_v1(line: &[u8]) -> Result<Option<SocketAddr>, ProxyHeaderError> {
     let [source, destination, source_port, destination_port] = fields[..] else {
         return Err(MalformedV1("not four address fields"));
     };
+    // Both addresses of the family named; the source is the client's.
     let ip: IpAddr = match family {
-        "TCP4" => {
-            destination
-                .parse::<Ipv4Addr>()
-                .map_err(|_| MalformedV1("bad IPv4 destination address"))?;
-            source
-                .parse::<Ipv4Addr>()
-                .map_err(|_| MalformedV1("bad IPv4 source address"))?
-                .into()
-        }
-        "TCP6" => {
-            destination
-                .parse::<Ipv6Addr>()
-                .map_err(|_| MalformedV1("bad IPv6 destination address"))?;
-            source
-                .parse::<Ipv6Addr>()
-                .map_err(|_| MalformedV1("bad IPv6 source address"))?
-                .into()
-        }
+        "TCP4" => both::<Ipv4Addr>(source, destination, "bad IPv4 address")?.into(),
+        "TCP6" => both::<Ipv6Addr>(source, destination, "bad IPv6 address")?.into(),
         _ => return Err(MalformedV1("protocol is not TCP4, TCP6 or UNKNOWN")),
     };
     let port = |field: &str| {
@@ -156,6 +141,21 @@ fn parse_v1(line: &[u8]) -> Result<Option<SocketAddr>, ProxyHeaderError> {
     };
     port(destination_port)?;
     Ok(Some(SocketAddr::new(ip, port(source_port)?)))
+}
+
+/// `source` parsed as an address of type `A`, once `destination` parses as one too.
+fn both<A: std::str::FromStr>(
+    source: &str,
+    destination: &str,
+    bad: &'static str,
+) -> Result<A, ProxyHeaderError> {
+    let parse = |field: &str| {
+        field
+            .parse::<A>()
+            .map_err(|_| ProxyHeaderError::MalformedV1(bad))
+    };
+    parse(destination)?;
+    parse(source)
 }
 
 /// Parses a version 2 header's version and command byte, family byte and address block.

@@ -158,14 +158,7 @@ async fn the_connection_rate_counts_the_named_address() {
         raw.send(crowded).await;
         sockets.push(raw);
     }
-    let mut accepted = 0;
-    for (n, raw) in sockets.iter_mut().enumerate() {
-        raw.send(&packets::connect(&format!("burst-{n}"), true, 60))
-            .await;
-        if raw.recv().await.is_some() {
-            accepted += 1;
-        }
-    }
+    let accepted = common::connects_accepted(&mut sockets).await;
     // A burst of 5; one token may have come back if the ten took over 200 ms.
     assert!((5..=6).contains(&accepted), "{accepted} accepted");
     let other = b"PROXY TCP4 203.0.113.8 10.0.0.1 51234 1883\r\n";
@@ -215,61 +208,39 @@ async fn stock_clients_behind_haproxy_are_seen_by_their_own_address() {
     assert_eq!(peer.ip(), std::net::Ipv4Addr::LOCALHOST);
     watcher.subscribe(1, &[("gate/#", 1)], &[1]).await;
 
-    let tcp = haproxy.fronts[0].port().to_string();
-    let tls = haproxy.fronts[1].port().to_string();
+    let (tcp, tls) = (haproxy.fronts[0].port(), haproxy.fronts[1].port());
+    let (tcp, tls) = (tcp.to_string(), tls.to_string());
+    let ws = format!("ws://127.0.0.2:{}/mqtt", haproxy.fronts[2].port());
     let ca = ca.to_str().expect("path");
-    let runs: [(&str, Vec<&str>); 2] = [
-        ("pub-tcp", vec!["-p", &tcp]),
-        ("pub-tls", vec!["-p", &tls, "--cafile", ca, "--insecure"]),
+    let publish = ["-q", "1", "-t", "gate/1AB/state", "-m", "closed"];
+    let clients: [(&str, &str, Vec<&str>); 3] = [
+        (
+            "pub-tcp",
+            "mosquitto_pub",
+            vec!["-h", "127.0.0.2", "-p", &tcp],
+        ),
+        (
+            "pub-tls",
+            "mosquitto_pub",
+            vec!["-h", "127.0.0.2", "-p", &tls, "--cafile", ca, "--insecure"],
+        ),
+        ("pub-ws", "paho_c_pub", vec!["-c", &ws]),
     ];
-    for (id, args) in runs {
-        let out = tokio::process::Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.2", "-i", id, "-q", "1", "-t"])
-            .arg(format!("gate/{id}"))
-            .args(["-m", id])
+    for (id, program, args) in clients {
+        let out = tokio::process::Command::new(program)
             .args(&args)
+            .args(["-i", id])
+            .args(publish)
             .kill_on_drop(true)
             .output();
         let out = tokio::time::timeout(WAIT, out)
             .await
-            .expect("mosquitto_pub ends")
-            .expect("mosquitto_pub runs");
-        assert!(
-            out.status.success(),
-            "{id}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .unwrap_or_else(|_| panic!("{id} did not finish"))
+            .expect("the client runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{id}: {stderr}");
         let peer = hooks.connected(id).await.peer;
         assert_eq!(peer.ip(), std::net::Ipv4Addr::LOCALHOST, "{id}");
-        let published = watcher.expect().await;
-        assert_eq!(published.packet_type(), 3);
+        assert_eq!(watcher.expect().await.packet_type(), 3, "{id}'s message");
     }
-    let ws = format!("ws://127.0.0.2:{}/mqtt", haproxy.fronts[2].port());
-    let out = tokio::process::Command::new("paho_c_pub")
-        .args([
-            "-c",
-            &ws,
-            "-i",
-            "pub-ws",
-            "-q",
-            "1",
-            "-t",
-            "gate/pub-ws",
-            "-m",
-            "ws",
-        ])
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(WAIT, out)
-        .await
-        .expect("paho_c_pub ends")
-        .expect("paho_c_pub runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let peer = hooks.connected("pub-ws").await.peer;
-    assert_eq!(peer.ip(), std::net::Ipv4Addr::LOCALHOST);
-    assert_eq!(watcher.expect().await.packet_type(), 3);
 }

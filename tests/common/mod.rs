@@ -106,6 +106,20 @@ pub fn broker_with(adjust: impl FnOnce(&mut Config)) -> BackgroundBroker {
     BackgroundBroker::start(config).expect("broker starts")
 }
 
+/// Sends a CONNECT (client id `burst-N`) on each of `sockets` in turn; returns how many got an
+/// answer (the others were closed: refused before their Session started).
+pub async fn connects_accepted(sockets: &mut [Raw]) -> u64 {
+    let mut accepted = 0;
+    for (n, raw) in sockets.iter_mut().enumerate() {
+        raw.send(&packets::connect(&format!("burst-{n}"), true, 60))
+            .await;
+        if raw.recv().await.is_some() {
+            accepted += 1;
+        }
+    }
+    accepted
+}
+
 /// A broker with a TLS listener on a free port serving `pki`'s server certificate, asking
 /// clients for a certificate signed by its CA if `require_client_cert`.
 pub fn tls_broker(pki: &pki::Pki, require_client_cert: bool) -> BackgroundBroker {
