@@ -8,12 +8,12 @@ mod common;
 
 use std::net::SocketAddr;
 
-use common::haproxy::{haproxy_available, Frontend, HaProxy};
+use common::haproxy::{Frontend, HaProxy};
 use common::http::get;
 use common::pki::Pki;
 use common::{
-    broker_with, broker_with_hooks, mosquitto_clients_available, packets, paho_c_available, Raw,
-    WAIT,
+    broker_with, broker_with_hooks, haproxy_available, mosquitto_clients_available, packets,
+    paho_c_available, Raw, WAIT,
 };
 
 /// A version 2 header (command PROXY, TCP over IPv4) naming `source` as the client, with a TLV

@@ -25,24 +25,6 @@ pub struct HaProxy {
     _dir: tempfile::TempDir,
 }
 
-/// Whether HAProxy is there (required under CI).
-pub fn haproxy_available() -> bool {
-    let found = Command::new("haproxy")
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "haproxy must be installed under CI (.ci/run installs it)"
-        );
-        eprintln!("SKIPPED: haproxy not found (apt-get install haproxy)");
-    }
-    found
-}
-
 impl HaProxy {
     /// Starts HAProxy with these frontends; returns once the first one passes an MQTT CONNECT
     /// through to the broker (HAProxy binds all of them before it serves any). The first must

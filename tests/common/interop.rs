@@ -122,6 +122,13 @@ pub fn mosquitto_clients_available() -> bool {
     required_under_ci(found, "mosquitto_pub", "apt-get install mosquitto-clients")
 }
 
+/// Whether Debian's HAProxy is there, as a load balancer in front of the broker (see
+/// [`required_under_ci`]).
+pub fn haproxy_available() -> bool {
+    let found = starts("haproxy", &["-v"]);
+    required_under_ci(found, "haproxy", "apt-get install haproxy")
+}
+
 /// Whether the Eclipse Paho C client's tools (`paho_c_pub`, `paho_c_sub`) are there (see
 /// [`required_under_ci`]).
 pub fn paho_c_available() -> bool {
