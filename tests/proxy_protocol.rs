@@ -168,10 +168,10 @@ async fn the_connection_rate_counts_the_named_address() {
 
 #[tokio::test]
 async fn stock_clients_behind_haproxy_are_seen_by_their_own_address() {
-    // HAProxy connects from 127.0.0.3 (PROXY_SOURCE); the clients from 127.0.0.1. Plain TCP with a v2 header
-    // (mosquitto_pub), TLS with a v1 header (mosquitto_pub, OpenSSL; the certificate is checked
-    // against the CA, not the name, as HAProxy's address is not in it), WebSocket with a v2
-    // header (paho_c_pub).
+    // HAProxy connects from 127.0.0.3 (`PROXY_SOURCE`); the clients from 127.0.0.1. Plain TCP
+    // with a v2 header (mosquitto_pub), TLS with a v1 header (mosquitto_pub, OpenSSL; the
+    // certificate is checked against the CA, not the name, as HAProxy's address is not in it),
+    // WebSocket with a v2 header (paho_c_pub).
     if !haproxy_available() || !mosquitto_clients_available() || !paho_c_available() {
         return;
     }
