@@ -141,7 +141,7 @@ struct Current {
 
 /// The server side of TLS, shared by the MQTT and `wss://` listeners: the rustls configuration
 /// built from `[tls]`'s files, replaced whole by [`ServerTls::reload`]. A handshake uses the
-/// configuration current when its connection was accepted; connections already open keep theirs.
+/// configuration current when it starts; connections already open keep theirs.
 pub struct ServerTls {
     /// Where the files are: `[tls]` as the broker started with it.
     files: TlsConfig,
