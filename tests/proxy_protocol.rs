@@ -90,6 +90,26 @@ async fn the_header_names_the_client_to_hooks_and_the_admin_api() {
 }
 
 #[tokio::test]
+async fn connections_handed_to_other_workers_keep_the_named_address() {
+    // Two workers, one listener dealing connections out in turn: the header is read on the
+    // worker each connection is handed to.
+    let (broker, mut hooks) = broker_with_hooks(|c| {
+        c.listener.proxy_protocol = true;
+        c.listener.workers = 2;
+    });
+    let mut clients = Vec::new();
+    for n in 1..=4u8 {
+        let named = SocketAddr::from(([198, 51, 100, n], 40000 + u16::from(n)));
+        let header = v2_header(named, broker.local_addr());
+        let id = format!("device-{n}");
+        let (raw, accepted) = connect_behind(broker.local_addr(), &header, &id).await;
+        assert!(accepted);
+        assert_eq!(hooks.connected(&id).await.peer, named);
+        clients.push(raw);
+    }
+}
+
+#[tokio::test]
 async fn a_header_split_across_writes_is_read_whole() {
     // The broker takes only the header's bytes, however they arrive: here the CR and LF of a
     // v1 header in two writes, the CONNECT behind the LF.
