@@ -15,7 +15,9 @@ use crate::auth::{AccessControl, AccessError};
 use crate::bridge::{ApplyBridges, BridgeChanges, BridgeConfig, Bridges, StopBridges};
 use crate::config::{Config, ConfigError};
 use crate::hooks::{Interceptors, LifecycleHooks};
-use crate::listener::{bind_listeners, start_accepting, AcceptShared, ConnectionRate};
+use crate::listener::{
+    bind_listeners, start_accepting, AcceptShared, ConnectionRate, ProxyProtocol,
+};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::routing::Routes;
@@ -275,7 +277,9 @@ impl Broker {
                 proxy_protocol,
             )
         };
-        let accepting = accept_shared(None, None, config.listener.proxy_protocol);
+        let listener = &config.listener;
+        let proxied = ProxyProtocol::of(listener.proxy_protocol, listener.use_identity_as_username);
+        let accepting = accept_shared(None, None, proxied);
         let loops =
             start_accepting(listeners, &handles, accepting).map_err(bind_error(addr, key))?;
         info!(
@@ -289,7 +293,8 @@ impl Broker {
                 let tls_addr = tls_listeners[0]
                     .local_addr()
                     .map_err(bind_error(asked, key))?;
-                let accepting = accept_shared(Some(acceptor), None, config.tls.proxy_protocol);
+                let proxied = ProxyProtocol::of(config.tls.proxy_protocol, false);
+                let accepting = accept_shared(Some(acceptor), None, proxied);
                 start_accepting(tls_listeners, &handles, accepting)
                     .map_err(bind_error(tls_addr, key))?;
                 info!("switchboard listening for TLS on {tls_addr}");
@@ -307,7 +312,7 @@ impl Broker {
                 accept_shared(
                     acceptor,
                     Some(ws_path.clone()),
-                    config.websocket.proxy_protocol,
+                    ProxyProtocol::of(config.websocket.proxy_protocol, false),
                 ),
             )
             .map_err(bind_error(ws_addr, key))?;

@@ -162,6 +162,34 @@ pub(crate) enum Placement {
     RoundRobin(Vec<ArbiterHandle>),
 }
 
+/// What a listener takes from the PROXY protocol header each of its connections starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ProxyProtocol {
+    /// No header: the socket's own address is the client's.
+    Off,
+    /// The client's address.
+    Address,
+    /// The client's address, and the Common Name of the client certificate the proxy verified
+    /// (where it terminated TLS) as the client's user name.
+    AddressAndIdentity,
+}
+
+impl ProxyProtocol {
+    /// As a listener's `proxy_protocol` and `use_identity_as_username` keys say.
+    pub(crate) fn of(on: bool, identity: bool) -> ProxyProtocol {
+        match (on, identity) {
+            (false, _) => ProxyProtocol::Off,
+            (true, false) => ProxyProtocol::Address,
+            (true, true) => ProxyProtocol::AddressAndIdentity,
+        }
+    }
+
+    /// Whether the connections start with a header.
+    fn expects_header(self) -> bool {
+        self != ProxyProtocol::Off
+    }
+}
+
 /// What every accept loop of one listening address shares.
 pub(crate) struct AcceptShared {
     /// The Sessions' shared state.
@@ -177,9 +205,9 @@ pub(crate) struct AcceptShared {
     /// Cancelled when the broker stops accepting.
     pub stop: CancellationToken,
     /// Whether each connection starts with a PROXY protocol header (read on its worker, before
-    /// TLS and WebSocket, within the CONNECT deadline); the rate is then checked for the
-    /// address it names.
-    pub proxy_protocol: bool,
+    /// TLS and WebSocket, within the CONNECT deadline), and what is taken from it; the rate is
+    /// then checked for the address it names.
+    pub proxy_protocol: ProxyProtocol,
     /// Connections refused for their PROXY protocol header, logged at most once a second.
     pub proxy_refusals: Mutex<LogGate>,
 }
@@ -192,7 +220,7 @@ impl AcceptShared {
         websocket: Option<Arc<str>>,
         rate: Arc<Mutex<ConnectionRate>>,
         stop: CancellationToken,
-        proxy_protocol: bool,
+        proxy_protocol: ProxyProtocol,
     ) -> Arc<AcceptShared> {
         Arc::new(AcceptShared {
             sessions,
@@ -251,7 +279,7 @@ pub(crate) async fn accept_loop(
         };
         accept_failures.recovered();
         // Behind a proxy, the rate is checked for the client's address once the header names it.
-        if !shared.proxy_protocol && !admitted(&shared, peer.ip()) {
+        if !shared.proxy_protocol.expects_header() && !admitted(&shared, peer.ip()) {
             drop(stream);
             continue;
         }
@@ -298,7 +326,7 @@ pub(crate) fn start_accepting(
     shared: Arc<AcceptShared>,
 ) -> std::io::Result<usize> {
     let count = listeners.len();
-    if let (true, Some(listener)) = (shared.proxy_protocol, listeners.first()) {
+    if let (true, Some(listener)) = (shared.proxy_protocol.expects_header(), listeners.first()) {
         if let Ok(addr) = listener.local_addr() {
             info!("{addr} expects a PROXY protocol header on every connection: only the proxy should reach it");
         }
@@ -348,7 +376,8 @@ fn admitted(shared: &AcceptShared, ip: IpAddr) -> bool {
 /// Starts the Session of an accepted socket on the current worker: at once, or after its PROXY
 /// protocol header, TLS and WebSocket handshakes (all within the CONNECT deadline).
 fn start_session(stream: TcpStream, peer: SocketAddr, shared: &Arc<AcceptShared>) {
-    if !shared.proxy_protocol && shared.tls.is_none() && shared.websocket.is_none() {
+    if !shared.proxy_protocol.expects_header() && shared.tls.is_none() && shared.websocket.is_none()
+    {
         Session::start(stream, peer, shared.sessions.clone());
         return;
     }
@@ -380,18 +409,18 @@ async fn handshakes(
     socket_peer: SocketAddr,
     shared: &AcceptShared,
 ) -> Result<(), Refused> {
-    let peer = if shared.proxy_protocol {
-        let named = crate::proxy_protocol::read_header(&mut stream)
+    let (peer, identity) = if shared.proxy_protocol.expects_header() {
+        let header = crate::proxy_protocol::read_header(&mut stream)
             .await
             .map_err(Refused::Proxy)?;
-        let peer = named.unwrap_or(socket_peer);
+        let peer = header.client.unwrap_or(socket_peer);
         debug!(addr = %peer, proxy = %socket_peer, "PROXY protocol header read");
         if !admitted(shared, peer.ip()) {
             return Ok(());
         }
-        peer
+        (peer, header.verified_common_name)
     } else {
-        socket_peer
+        (socket_peer, None)
     };
     let sessions = shared.sessions.clone();
     let max_packet = sessions.config.limits.max_packet_size;
@@ -428,6 +457,9 @@ async fn handshakes(
                 .await
                 .map_err(ws_failed)?;
             Session::start_stream(ws, peer, sessions);
+        }
+        (None, None) if shared.proxy_protocol == ProxyProtocol::AddressAndIdentity => {
+            Session::start_vouched(stream, peer, sessions, identity);
         }
         (None, None) => {
             Session::start(stream, peer, sessions);

@@ -7,6 +7,10 @@
 //! or WebSocket: as the protocol's specification asks, the receiver does not guess, so a
 //! connection without one is refused. Only what the header takes is read from the socket; the
 //! bytes after it (the MQTT CONNECT, a TLS ClientHello) stay for the Session.
+//!
+//! A proxy that terminated TLS may add, in a v2 header, the Common Name of the client
+//! certificate it verified (HAProxy's `send-proxy-v2-ssl-cn`): with
+//! `listener.use_identity_as_username` that name is the client's user name.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -23,6 +27,28 @@ const V1_MAX: usize = 107;
 /// The most bytes of addresses and TLVs a version 2 header may announce here. The addresses
 /// take at most 216; proxies add TLVs (HAProxy's TLS details, AWS's VPC endpoint), well below.
 const V2_MAX_BODY: usize = 4096;
+
+/// A v2 TLV: the TLS connection the proxy terminated (`PP2_TYPE_SSL`).
+const TLV_SSL: u8 = 0x20;
+/// Within it: the client certificate's Common Name (`PP2_SUBTYPE_SSL_CN`).
+const TLV_SSL_CN: u8 = 0x22;
+/// Its client flags: the client connected over TLS (`PP2_CLIENT_SSL`), and presented a
+/// certificate on this connection or in the TLS session it resumed (`PP2_CLIENT_CERT_CONN`,
+/// `PP2_CLIENT_CERT_SESS`).
+const CLIENT_SSL: u8 = 0x01;
+const CLIENT_CERT: u8 = 0x02 | 0x04;
+
+/// What a PROXY protocol header says of its connection.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ProxyHeader {
+    /// The client's address; `None`: the connection's own stands (v1 `UNKNOWN`, a v2 `LOCAL`
+    /// command such as a proxy's health check, an address family other than IPv4 and IPv6).
+    pub client: Option<SocketAddr>,
+    /// The Common Name of the client certificate the proxy verified where it terminated TLS
+    /// (v2's SSL TLV with its CN: HAProxy's `send-proxy-v2-ssl-cn`). `None` without one, or
+    /// when the proxy says the certificate was not presented or did not verify.
+    pub verified_common_name: Option<String>,
+}
 
 /// Why a connection's PROXY protocol header was refused.
 #[derive(Debug, Error)]
@@ -50,11 +76,8 @@ pub enum ProxyHeaderError {
     Io(#[from] std::io::Error),
 }
 
-/// Reads the PROXY protocol header at the start of `stream`, and nothing after it. Returns the
-/// client's address it names, or `None` where the header says to use the connection's own
-/// (v1 `UNKNOWN`, a v2 `LOCAL` command such as a proxy's health check, or an address family
-/// other than IPv4 and IPv6).
-pub async fn read_header(stream: &mut TcpStream) -> Result<Option<SocketAddr>, ProxyHeaderError> {
+/// Reads the PROXY protocol header at the start of `stream`, and nothing after it.
+pub async fn read_header(stream: &mut TcpStream) -> Result<ProxyHeader, ProxyHeaderError> {
     let mut start = [0u8; 12];
     // The shortest header of either version is longer than 12 bytes: nothing after it is read.
     stream.read_exact(&mut start).await?;
@@ -96,7 +119,11 @@ pub async fn read_header(stream: &mut TcpStream) -> Result<Option<SocketAddr>, P
         stream.read_exact(&mut line[from..]).await?;
         if line.ends_with(b"\r\n") {
             line.truncate(line.len() - 2);
-            return parse_v1(&line);
+            let client = parse_v1(&line)?;
+            return Ok(ProxyHeader {
+                client,
+                verified_common_name: None,
+            });
         }
     }
 }
@@ -158,19 +185,16 @@ fn both<A: std::str::FromStr>(
     parse(source)
 }
 
-/// Parses a version 2 header's version and command byte, family byte and address block.
-fn parse_v2(
-    version_command: u8,
-    family: u8,
-    body: &[u8],
-) -> Result<Option<SocketAddr>, ProxyHeaderError> {
+/// Parses a version 2 header's version and command byte, family byte, and the rest: the
+/// address block, then TLVs.
+fn parse_v2(version_command: u8, family: u8, body: &[u8]) -> Result<ProxyHeader, ProxyHeaderError> {
     use ProxyHeaderError::MalformedV2;
     if version_command >> 4 != 2 {
         return Err(MalformedV2("version is not 2"));
     }
     match version_command & 0x0F {
         // LOCAL: the proxy's own connection (a health check); its endpoints are the real ones.
-        0 => return Ok(None),
+        0 => return Ok(ProxyHeader::default()),
         1 => {}
         _ => return Err(MalformedV2("command is neither LOCAL nor PROXY")),
     }
@@ -178,26 +202,76 @@ fn parse_v2(
         body.get(..len)
             .ok_or(MalformedV2("address block shorter than its family needs"))
     };
-    match family >> 4 {
+    let (client, block) = match family >> 4 {
         1 => {
             let a = address(12)?;
             let ip = Ipv4Addr::new(a[0], a[1], a[2], a[3]);
-            Ok(Some(SocketAddr::new(
-                ip.into(),
-                u16::from_be_bytes([a[8], a[9]]),
-            )))
+            let port = u16::from_be_bytes([a[8], a[9]]);
+            (Some(SocketAddr::new(ip.into(), port)), 12)
         }
         2 => {
             let a = address(36)?;
             let mut octets = [0u8; 16];
             octets.copy_from_slice(&a[..16]);
             let port = u16::from_be_bytes([a[32], a[33]]);
-            Ok(Some(SocketAddr::new(Ipv6Addr::from(octets).into(), port)))
+            (
+                Some(SocketAddr::new(Ipv6Addr::from(octets).into(), port)),
+                36,
+            )
         }
-        // Unspecified or a Unix socket: no IP address to stand for the client.
-        0 | 3 => Ok(None),
-        _ => Err(MalformedV2("unknown address family")),
+        // A Unix socket: no IP address to stand for the client.
+        3 => (None, address(216)?.len()),
+        // Unspecified: whatever follows is to be ignored.
+        0 => return Ok(ProxyHeader::default()),
+        _ => return Err(MalformedV2("unknown address family")),
+    };
+    let verified_common_name = verified_common_name(&body[block..])?;
+    Ok(ProxyHeader {
+        client,
+        verified_common_name,
+    })
+}
+
+/// The Common Name in the SSL TLV among `tlvs`, if the proxy says the client presented a
+/// certificate over TLS and it verified (its verify field 0).
+fn verified_common_name(tlvs: &[u8]) -> Result<Option<String>, ProxyHeaderError> {
+    let Some(ssl) = entries(tlvs)?
+        .into_iter()
+        .find(|(kind, _)| *kind == TLV_SSL)
+    else {
+        return Ok(None);
+    };
+    let [client, v0, v1, v2, v3, ref subs @ ..] = *ssl.1 else {
+        return Err(ProxyHeaderError::MalformedV2(
+            "SSL TLV shorter than its fixed part",
+        ));
+    };
+    let verified = client & CLIENT_SSL != 0
+        && client & CLIENT_CERT != 0
+        && u32::from_be_bytes([v0, v1, v2, v3]) == 0;
+    let common_name = entries(subs)?
+        .into_iter()
+        .find(|(kind, _)| *kind == TLV_SSL_CN)
+        .and_then(|(_, name)| std::str::from_utf8(name).ok())
+        .filter(|name| !name.is_empty());
+    Ok(common_name.filter(|_| verified).map(str::to_owned))
+}
+
+/// The (type, value) entries of a TLV area, each a type byte and a big-endian 16-bit length.
+fn entries(mut area: &[u8]) -> Result<Vec<(u8, &[u8])>, ProxyHeaderError> {
+    let mut found = Vec::new();
+    while let [kind, high, low, ref rest @ ..] = *area {
+        let len = usize::from(u16::from_be_bytes([high, low]));
+        let value = rest
+            .get(..len)
+            .ok_or(ProxyHeaderError::MalformedV2("TLV longer than the header"))?;
+        found.push((kind, value));
+        area = &rest[len..];
     }
+    if !area.is_empty() {
+        return Err(ProxyHeaderError::MalformedV2("TLV cut short"));
+    }
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -270,47 +344,96 @@ mod tests {
         assert_eq!(line_end(None, b"\r"), None);
     }
 
+    /// The client address a v2 header's rest names.
+    fn v2_client(version_command: u8, family: u8, body: &[u8]) -> Option<SocketAddr> {
+        parse_v2(version_command, family, body).unwrap().client
+    }
+
+    /// An IPv4 address block followed by an SSL TLV with these client flags, verify result and
+    /// (if any) Common Name sub-TLV.
+    fn with_ssl(client: u8, verify: u32, common_name: Option<&str>) -> Vec<u8> {
+        let mut ssl = vec![client];
+        ssl.extend_from_slice(&verify.to_be_bytes());
+        ssl.extend_from_slice(&[0x21, 0x00, 0x07]);
+        ssl.extend_from_slice(b"TLSv1.3");
+        if let Some(name) = common_name {
+            ssl.push(TLV_SSL_CN);
+            ssl.extend_from_slice(&(name.len() as u16).to_be_bytes());
+            ssl.extend_from_slice(name.as_bytes());
+        }
+        let mut body = vec![203, 0, 113, 7, 10, 0, 0, 1, 0xC8, 0x22, 0x07, 0x5B];
+        body.extend_from_slice(&[0x04, 0x00, 0x01, 0x00]);
+        body.push(TLV_SSL);
+        body.extend_from_slice(&(ssl.len() as u16).to_be_bytes());
+        body.extend_from_slice(&ssl);
+        body
+    }
+
     #[test]
     fn v2_names_the_source() {
         let v4 = [203, 0, 113, 7, 10, 0, 0, 1, 0xC8, 0x22, 0x07, 0x5B];
-        assert_eq!(
-            parse_v2(0x21, 0x11, &v4).unwrap(),
-            Some("203.0.113.7:51234".parse().unwrap())
-        );
+        let named = Some("203.0.113.7:51234".parse().unwrap());
+        assert_eq!(v2_client(0x21, 0x11, &v4), named);
         // TLVs after the addresses are skipped.
         let mut with_tlv = v4.to_vec();
         with_tlv.extend_from_slice(&[0x05, 0x00, 0x02, b'i', b'd']);
-        assert_eq!(
-            parse_v2(0x21, 0x11, &with_tlv).unwrap(),
-            Some("203.0.113.7:51234".parse().unwrap())
-        );
+        assert_eq!(v2_client(0x21, 0x11, &with_tlv), named);
         let mut v6 = vec![0u8; 36];
         v6[0] = 0x20;
         v6[1] = 0x01;
         v6[15] = 7;
         v6[32..34].copy_from_slice(&40000u16.to_be_bytes());
         assert_eq!(
-            parse_v2(0x21, 0x21, &v6).unwrap(),
+            v2_client(0x21, 0x21, &v6),
             Some("[2001::7]:40000".parse().unwrap())
         );
     }
 
     #[test]
     fn v2_local_and_unspecified_keep_the_connection_s_own_address() {
-        assert_eq!(parse_v2(0x20, 0x00, &[]).unwrap(), None);
-        assert_eq!(parse_v2(0x20, 0x11, &[1; 12]).unwrap(), None);
-        assert_eq!(parse_v2(0x21, 0x00, &[]).unwrap(), None);
-        assert_eq!(parse_v2(0x21, 0x31, &[0; 216]).unwrap(), None);
+        let own = ProxyHeader::default();
+        assert_eq!(parse_v2(0x20, 0x00, &[]).unwrap(), own);
+        assert_eq!(
+            parse_v2(0x20, 0x11, &with_ssl(0x07, 0, Some("x"))).unwrap(),
+            own
+        );
+        assert_eq!(parse_v2(0x21, 0x00, &[]).unwrap(), own);
+        assert_eq!(parse_v2(0x21, 0x31, &[0; 216]).unwrap(), own);
+    }
+
+    #[test]
+    fn v2_names_a_verified_client_certificate() {
+        let name = |body: &[u8]| parse_v2(0x21, 0x11, body).unwrap().verified_common_name;
+        // TLS, a certificate on this connection (or the resumed session's), verified: 0.
+        let gate = Some("1AB.ENTER.GATE".to_string());
+        assert_eq!(name(&with_ssl(0x03, 0, Some("1AB.ENTER.GATE"))), gate);
+        assert_eq!(name(&with_ssl(0x05, 0, Some("1AB.ENTER.GATE"))), gate);
+        // Not verified, no certificate, not TLS, no name, an empty one: none.
+        assert_eq!(name(&with_ssl(0x03, 1, Some("1AB.ENTER.GATE"))), None);
+        assert_eq!(name(&with_ssl(0x01, 0, Some("1AB.ENTER.GATE"))), None);
+        assert_eq!(name(&with_ssl(0x02, 0, Some("1AB.ENTER.GATE"))), None);
+        assert_eq!(name(&with_ssl(0x03, 0, None)), None);
+        assert_eq!(name(&with_ssl(0x03, 0, Some(""))), None);
+        let plain = [203, 0, 113, 7, 10, 0, 0, 1, 0xC8, 0x22, 0x07, 0x5B];
+        assert_eq!(name(&plain), None);
     }
 
     #[test]
     fn v2_refuses_what_does_not_parse() {
+        let mut cut = with_ssl(0x03, 0, Some("gate"));
+        cut.pop();
+        let mut short_ssl = vec![0u8; 12];
+        short_ssl.extend_from_slice(&[TLV_SSL, 0x00, 0x02, 0x03, 0x00]);
         for (version_command, family, body) in [
             (0x11, 0x11, vec![0; 12]),
             (0x22, 0x11, vec![0; 12]),
             (0x21, 0x11, vec![0; 11]),
             (0x21, 0x21, vec![0; 35]),
             (0x21, 0x41, vec![0; 12]),
+            (0x21, 0x31, vec![0; 215]),
+            (0x21, 0x11, cut),
+            (0x21, 0x11, [vec![0; 12], vec![0x04, 0x00]].concat()),
+            (0x21, 0x11, short_ssl),
         ] {
             assert!(
                 matches!(

@@ -1,6 +1,7 @@
 //! Listeners behind a load balancer (`proxy_protocol = true`): the PROXY protocol header
 //! (HAProxy's, versions 1 and 2) names the client, whose address then stands in the lifecycle
-//! hooks, the admin API and the per-address connection rate. Raw headers over real TCP, then
+//! hooks, the admin API and the per-address connection rate, and (with use_identity_as_username)
+//! whose verified certificate name is its user name. Raw headers over real TCP, then
 //! Debian's HAProxy in front of the plain, TLS and WebSocket listeners, with stock clients
 //! (mosquitto_pub, paho_c_pub) behind it.
 
@@ -19,10 +20,28 @@ use common::{
 /// A version 2 header (command PROXY, TCP over IPv4) naming `source` as the client, with a TLV
 /// after the addresses as proxies add them.
 fn v2_header(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
+    v2_header_with(source, destination, &[0x05, 0x00, 0x03, b'a', b'b', b'c'])
+}
+
+/// An SSL TLV as a proxy that terminated TLS sends it: the client connected over TLS and
+/// presented a certificate, verified (or not), with this Common Name.
+fn ssl_tlv(common_name: &str, verified: bool) -> Vec<u8> {
+    let mut ssl = vec![0x03];
+    ssl.extend_from_slice(&u32::from(!verified).to_be_bytes());
+    ssl.push(0x22);
+    ssl.extend_from_slice(&(common_name.len() as u16).to_be_bytes());
+    ssl.extend_from_slice(common_name.as_bytes());
+    let mut tlv = vec![0x20];
+    tlv.extend_from_slice(&(ssl.len() as u16).to_be_bytes());
+    tlv.extend_from_slice(&ssl);
+    tlv
+}
+
+/// [`v2_header`] with these TLVs after the addresses.
+fn v2_header_with(source: SocketAddr, destination: SocketAddr, tlv: &[u8]) -> Vec<u8> {
     let (SocketAddr::V4(source), SocketAddr::V4(destination)) = (source, destination) else {
         panic!("IPv4 addresses");
     };
-    let tlv = [0x05, 0x00, 0x03, b'a', b'b', b'c'];
     let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
     header.extend_from_slice(&[0x21, 0x11]);
     header.extend_from_slice(&(12 + tlv.len() as u16).to_be_bytes());
@@ -30,7 +49,7 @@ fn v2_header(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
     header.extend_from_slice(&destination.ip().octets());
     header.extend_from_slice(&source.port().to_be_bytes());
     header.extend_from_slice(&destination.port().to_be_bytes());
-    header.extend_from_slice(&tlv);
+    header.extend_from_slice(tlv);
     header
 }
 
@@ -206,18 +225,12 @@ async fn stock_clients_behind_haproxy_are_seen_by_their_own_address() {
         pki.serve(&mut c.tls, false);
     });
     let haproxy = HaProxy::start(&[
-        Frontend {
-            to: broker.local_addr(),
-            header: "send-proxy-v2",
-        },
-        Frontend {
-            to: broker.tls_local_addr().expect("TLS listener"),
-            header: "send-proxy",
-        },
-        Frontend {
-            to: broker.websocket_local_addr().expect("WebSocket listener"),
-            header: "send-proxy-v2",
-        },
+        Frontend::tcp(broker.local_addr(), "send-proxy-v2"),
+        Frontend::tcp(broker.tls_local_addr().expect("TLS listener"), "send-proxy"),
+        Frontend::tcp(
+            broker.websocket_local_addr().expect("WebSocket listener"),
+            "send-proxy-v2",
+        ),
     ]);
     // Straight to the broker, without a header: refused. Through HAProxy: served.
     let (_, accepted) = connect_behind(broker.local_addr(), b"", "watcher").await;
@@ -263,4 +276,162 @@ async fn stock_clients_behind_haproxy_are_seen_by_their_own_address() {
         assert_eq!(peer.ip(), std::net::Ipv4Addr::LOCALHOST, "{id}");
         assert_eq!(watcher.expect().await.packet_type(), 3, "{id}'s message");
     }
+}
+
+/// An ACL for the identity tests: each device reads its requests and writes its answers (`%u`,
+/// its user name); `watcher` reads them all.
+fn device_acl(dir: &std::path::Path) -> std::path::PathBuf {
+    let acl = dir.join("acl");
+    let rules =
+        "pattern read detrd/status/request/%u\npattern readwrite detrd/status/response/%u\n\
+                 user watcher\ntopic read detrd/#\n";
+    std::fs::write(&acl, rules).expect("acl");
+    acl
+}
+
+#[tokio::test]
+async fn a_verified_certificate_name_in_the_header_is_the_user_name() {
+    // listener.use_identity_as_username: the Common Name a TLS-terminating balancer verified
+    // is the user name the ACL's %u sees, whatever the CONNECT says; without one (no SSL TLV,
+    // or a certificate that did not verify) the CONNECT is refused as not authorised.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acl = device_acl(dir.path());
+    let broker = broker_with(|c| {
+        c.listener.proxy_protocol = true;
+        c.listener.use_identity_as_username = true;
+        c.auth.acl_file = Some(acl.clone());
+    });
+    let addr = broker.local_addr();
+    let client: SocketAddr = "203.0.113.7:51234".parse().unwrap();
+    let vouched = v2_header_with(client, addr, &ssl_tlv("1AB.ENTER.DETRD", true));
+    let mut raw = Raw::connect(addr).await;
+    let connect = packets::ConnectSpec {
+        client_id: "radar",
+        username: Some("watcher"),
+        password: Some(b"ignored"),
+        ..Default::default()
+    };
+    raw.send(&[vouched, connect.encode()].concat()).await;
+    assert_eq!(raw.expect().await.body[1], 0, "CONNACK 0");
+    raw.subscribe(1, &[("detrd/status/request/1AB.ENTER.DETRD", 1)], &[1])
+        .await;
+    // Not another device's: under the CONNECT's user name (watcher) this would be granted.
+    raw.subscribe(2, &[("detrd/status/request/other", 1)], &[0x80])
+        .await;
+
+    for header in [
+        v2_header(client, addr),
+        v2_header_with(client, addr, &ssl_tlv("1AB.ENTER.DETRD", false)),
+        b"PROXY TCP4 203.0.113.7 10.0.0.1 51234 1883\r\n".to_vec(),
+    ] {
+        let mut refused = Raw::connect(addr).await;
+        refused
+            .send(&[header, packets::connect("nameless", true, 60)].concat())
+            .await;
+        let connack = refused.expect().await;
+        assert_eq!(
+            (connack.byte1, connack.body[1]),
+            (0x20, 5),
+            "not authorised"
+        );
+    }
+}
+
+/// What a mosquitto_pub run printed, once it ended.
+async fn finished(
+    run: impl std::future::Future<Output = std::io::Result<std::process::Output>>,
+) -> std::process::Output {
+    tokio::time::timeout(WAIT, run)
+        .await
+        .expect("mosquitto_pub ends")
+        .expect("mosquitto_pub runs")
+}
+
+#[tokio::test]
+async fn haproxy_terminating_tls_vouches_for_the_device_certificate() {
+    // HAProxy terminates TLS and checks the device's certificate against the CA (`verify
+    // optional`), then passes the connection on with `send-proxy-v2-ssl-cn`: mosquitto_pub
+    // (OpenSSL) with the gate's certificate publishes as 1AB.ENTER.DETRD, within its ACL;
+    // without a certificate it is refused (CONNACK 5).
+    if !haproxy_available() || !mosquitto_clients_available() {
+        return;
+    }
+    let pki = Pki::new("1AB.ENTER.DETRD");
+    let file = |name: &str| pki.dir.path().join(name);
+    let acl = device_acl(pki.dir.path());
+    let (broker, mut hooks) = broker_with_hooks(|c| {
+        c.listener.proxy_protocol = true;
+        c.listener.use_identity_as_username = true;
+        c.auth.acl_file = Some(acl.clone());
+    });
+    let server = std::fs::read_to_string(file("server.pem")).expect("server.pem");
+    let key = std::fs::read_to_string(file("server.key")).expect("server.key");
+    std::fs::write(file("haproxy.pem"), format!("{server}{key}")).expect("haproxy.pem");
+    std::fs::write(file("gate.pem"), &pki.client.0).expect("gate.pem");
+    std::fs::write(file("gate.key"), &pki.client.1).expect("gate.key");
+    let terminating = Frontend {
+        to: broker.local_addr(),
+        header: "send-proxy-v2-ssl-cn",
+        bind: format!(
+            "ssl crt {} ca-file {} verify optional",
+            file("haproxy.pem").display(),
+            file("ca.pem").display()
+        ),
+    };
+    let haproxy = HaProxy::start(&[
+        Frontend::tcp(broker.local_addr(), "send-proxy-v2"),
+        terminating,
+    ]);
+    let watcher_header = v2_header_with(
+        "127.0.0.1:1".parse().unwrap(),
+        broker.local_addr(),
+        &ssl_tlv("watcher", true),
+    );
+    let mut watcher = Raw::connect(broker.local_addr()).await;
+    watcher
+        .send(&[watcher_header, packets::connect("watcher", true, 60)].concat())
+        .await;
+    assert_eq!(watcher.expect().await.body[1], 0);
+    watcher.subscribe(1, &[("detrd/#", 1)], &[1]).await;
+
+    let port = haproxy.fronts[1].port().to_string();
+    let publish = |id: &str, topic: &str, with_certificate: bool| {
+        let mut command = tokio::process::Command::new("mosquitto_pub");
+        command
+            .args(["-h", "127.0.0.2", "-p", &port, "--insecure", "--cafile"])
+            .arg(file("ca.pem"))
+            .args(["-i", id, "-q", "1", "-t", topic, "-m", id])
+            .kill_on_drop(true);
+        if with_certificate {
+            command.arg("--cert").arg(file("gate.pem"));
+            command.arg("--key").arg(file("gate.key"));
+        }
+        command.output()
+    };
+    // Another device's topic: PUBACKed, dropped by the ACL. Then its own: delivered, next.
+    let sneak = finished(publish("sneak", "detrd/status/response/other", true)).await;
+    assert!(
+        sneak.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sneak.stderr)
+    );
+    let own = "detrd/status/response/1AB.ENTER.DETRD";
+    let answer = finished(publish("answer", own, true)).await;
+    assert!(
+        answer.status.success(),
+        "{}",
+        String::from_utf8_lossy(&answer.stderr)
+    );
+    let delivered = watcher.expect().await;
+    assert_eq!(delivered.packet_type(), 3);
+    assert!(delivered.body.ends_with(b"answer"), "{delivered:?}");
+    assert_eq!(
+        hooks.connected("answer").await.peer.ip(),
+        std::net::Ipv4Addr::LOCALHOST
+    );
+
+    let nameless = finished(publish("nameless", own, false)).await;
+    assert!(!nameless.status.success());
+    let said = String::from_utf8_lossy(&nameless.stderr);
+    assert!(said.contains("not authorised"), "{said}");
 }

@@ -28,6 +28,11 @@ pub struct ListenerConfig {
     /// connection's. A connection without one is refused. Only the proxy may reach such a
     /// listener: anyone who can may claim any address. Default false.
     pub proxy_protocol: bool,
+    /// With `proxy_protocol`, behind a proxy that terminates TLS and checks client certificates:
+    /// the Common Name of the certificate it verified (HAProxy's `send-proxy-v2-ssl-cn`) is the
+    /// client's user name, as `tls.use_identity_as_username` makes it on the TLS listener; a
+    /// connection whose header carries none is refused (CONNACK not authorised). Default false.
+    pub use_identity_as_username: bool,
 }
 
 impl Default for ListenerConfig {
@@ -38,6 +43,7 @@ impl Default for ListenerConfig {
             workers: 0,
             reuse_port: false,
             proxy_protocol: false,
+            use_identity_as_username: false,
         }
     }
 }

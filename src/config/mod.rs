@@ -356,6 +356,12 @@ impl Config {
         if !self.sys.interval.is_zero() && self.sys.interval < Duration::from_millis(100) {
             return invalid("sys.interval", "must be \"0s\" (off) or at least 100ms");
         }
+        if self.listener.use_identity_as_username && !self.listener.proxy_protocol {
+            return invalid(
+                "listener.use_identity_as_username",
+                "the identity comes from a PROXY protocol header: set listener.proxy_protocol",
+            );
+        }
         let watch = self.tls.watch_interval;
         if !watch.is_zero() && watch < Duration::from_millis(100) {
             return invalid(
@@ -494,6 +500,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("tls.watch_interval"), "{err}");
+    }
+
+    #[test]
+    fn the_listener_s_identity_needs_the_proxy_protocol() {
+        let err = Config::from_toml("[listener]\nuse_identity_as_username = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listener.use_identity_as_username"), "{err}");
+        let both = "[listener]\nproxy_protocol = true\nuse_identity_as_username = true\n";
+        assert!(Config::from_toml(both).is_ok());
     }
 
     #[test]

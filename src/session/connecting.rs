@@ -146,7 +146,7 @@ impl Session {
     /// is refused.
     fn connect_certified(&mut self, mut connect: ConnectPacket, ctx: &mut Context<Self>) {
         let Some(identity) = self.username.as_deref() else {
-            info!(addr = %self.peer, client_id = %connect.client_id, "client certificate without a Common Name refused (tls.use_identity_as_username)");
+            info!(addr = %self.peer, client_id = %connect.client_id, "client certificate without a Common Name refused (use_identity_as_username)");
             return self.refuse(ctx, ConnectReturnCode::NotAuthorized);
         };
         connect.username = Some(identity.to_owned());

@@ -263,6 +263,21 @@ impl Session {
         )
     }
 
+    /// Starts a Session for a plain TCP socket behind a proxy that terminated TLS, under
+    /// `listener.use_identity_as_username`: `identity` is the Common Name of the client
+    /// certificate the proxy verified, from its PROXY protocol header, and is the client's user
+    /// name; with `None` its CONNECT is refused as not authorised.
+    pub fn start_vouched(
+        stream: TcpStream,
+        peer: SocketAddr,
+        shared: Arc<SessionShared>,
+        identity: Option<String>,
+    ) -> Addr<Session> {
+        let username = identity.map(Box::from);
+        let stream = Stream::Tcp(stream);
+        Session::start_as(stream, peer, shared, Trust::Certificate, username)
+    }
+
     fn start_with(stream: Stream, peer: SocketAddr, shared: Arc<SessionShared>) -> Addr<Session> {
         Session::start_as(stream, peer, shared, Trust::Password, None)
     }

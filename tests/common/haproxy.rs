@@ -13,8 +13,23 @@ pub const PROXY_SOURCE: [u8; 4] = [127, 0, 0, 3];
 pub struct Frontend {
     /// The broker's listener.
     pub to: SocketAddr,
-    /// `send-proxy` (version 1) or `send-proxy-v2`.
+    /// `send-proxy` (version 1), `send-proxy-v2`, or `send-proxy-v2-ssl-cn` (with the client
+    /// certificate's Common Name, where the frontend terminates TLS).
     pub header: &'static str,
+    /// More of the frontend's `bind` line: empty, or `ssl crt ... ca-file ... verify ...` to
+    /// terminate TLS there.
+    pub bind: String,
+}
+
+impl Frontend {
+    /// A frontend passing TCP through to `to` with `header`.
+    pub fn tcp(to: SocketAddr, header: &'static str) -> Frontend {
+        Frontend {
+            to,
+            header,
+            bind: String::new(),
+        }
+    }
 }
 
 /// A running HAProxy; killed on drop.
@@ -41,8 +56,8 @@ impl HaProxy {
             let source = std::net::Ipv4Addr::from(PROXY_SOURCE);
             for (n, (front, frontend)) in fronts.iter().zip(frontends).enumerate() {
                 text.push_str(&format!(
-                    "listen front{n}\n  bind {front}\n  server broker {} {} source {source}\n",
-                    frontend.to, frontend.header
+                    "listen front{n}\n  bind {front} {}\n  server broker {} {} source {source}\n",
+                    frontend.bind, frontend.to, frontend.header
                 ));
             }
             std::fs::write(&config, text).expect("write haproxy.cfg");
