@@ -396,7 +396,10 @@ impl Preflight {
         config.validate()?;
         let bind = config.listener.bind;
         let websocket_on = config.websocket.port.is_some() || config.websocket.tls_port.is_some();
-        let public = !bind.is_loopback()
+        // A plain listener whose every client must bring a certificate name its balancer
+        // verified (`listener.use_identity_as_username`) lets nobody in anonymously.
+        let plain_open = !bind.is_loopback() && !config.listener.use_identity_as_username;
+        let public = plain_open
             || config.tls.bind.is_some_and(|b| !b.is_loopback())
             || (websocket_on && config.websocket.bind.is_some_and(|b| !b.is_loopback()));
         if public

@@ -330,6 +330,11 @@ fn check_says_whether_a_config_would_start_without_binding_its_ports() {
     let (ok, text) = run_check(&config);
     assert!(!ok, "{text}");
     assert!(text.contains("auth.allow_anonymous"), "{text}");
+    // Unless every client there must bring a certificate name its balancer verified.
+    let vouched = format!("{public}proxy_protocol = true\nuse_identity_as_username = true\n");
+    std::fs::write(&config, vouched).expect("config");
+    let (ok, text) = run_check(&config);
+    assert!(ok, "{text}");
 
     // A cluster node name that cannot be a NATS token, a URL that is not NATS's, unreadable TLS
     // files, a node timeout too short to tell a busy node from a dead one, and a wait that is
