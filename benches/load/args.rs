@@ -112,6 +112,11 @@ pub struct Args {
     /// restart).
     #[arg(long)]
     pub tls_resume: bool,
+    /// connect-storm: each connection first sends a PROXY protocol v2 header naming a client
+    /// address of its own (in 10.0.0.0/16), as a load balancer does, for a listener with
+    /// `proxy_protocol = true`.
+    #[arg(long)]
+    pub proxy_protocol: bool,
     /// Subscribers keep a persistent session (clean session 0): with `[persistence]`, their
     /// QoS 1/2 messages are kept on disk.
     #[arg(long)]

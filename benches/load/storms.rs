@@ -177,23 +177,28 @@ fn tls_connector(
     )))
 }
 
-/// One connect of the storm: TCP (from a spread source address), TLS when `tls` is given,
-/// CONNECT, CONNACK, DISCONNECT. Returns the time from the start to the CONNACK.
+/// One connect of the storm: TCP (from a spread source address), a PROXY protocol header with
+/// `proxy`, TLS when `tls` is given, CONNECT, CONNACK, DISCONNECT. Returns the time from the
+/// start to the CONNACK.
 async fn connect_once(
     addr: SocketAddr,
     id: &str,
     spread: u64,
     tls: Option<&tokio_rustls::TlsConnector>,
+    proxy: bool,
 ) -> std::io::Result<Duration> {
     let t0 = Instant::now();
+    let mut tcp = wire::connect_spread(addr, spread).await?;
+    tcp.set_nodelay(true)?;
+    if proxy {
+        tcp.write_all(&wire::proxy_v2_header(spread, addr)).await?;
+    }
     let Some(tls) = tls else {
-        let mut stream = wire::handshake_spread(addr, id, spread).await?;
+        let mut stream = wire::mqtt_connect(tcp, id, true).await?;
         let took = t0.elapsed();
         let _ = stream.write_all(&[0xE0, 0x00]).await;
         return Ok(took);
     };
-    let tcp = wire::connect_spread(addr, spread).await?;
-    tcp.set_nodelay(true)?;
     let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost")
         .map_err(std::io::Error::other)?;
     let stream = tls.connect(name, tcp).await?;
@@ -206,7 +211,7 @@ async fn connect_once(
 }
 
 /// CONNECT, CONNACK, DISCONNECT, close; `--concurrency` at a time for `--duration` seconds;
-/// over TLS with `--tls-ca`.
+/// over TLS with `--tls-ca`, after a PROXY protocol header with `--proxy-protocol`.
 pub async fn connect_storm(
     args: &Args,
     addr: SocketAddr,
@@ -218,6 +223,7 @@ pub async fn connect_storm(
         .map(|ca| tls_connector(ca, args.tls_resume))
         .transpose()?;
     let tls = Rc::new(tls);
+    let proxy = args.proxy_protocol;
     let cpu = crate::procstat::CpuClock::start(pid);
     let started = Instant::now();
     let deadline = Duration::from_secs_f64(args.duration);
@@ -235,7 +241,8 @@ pub async fn connect_storm(
                         let id = format!("bench-cs-{worker}-{n}");
                         n += 1;
                         let spread = (worker as u64).wrapping_mul(7919).wrapping_add(n);
-                        match connect_once(addr, &id, spread, tls.as_ref().as_ref()).await {
+                        let tls = tls.as_ref().as_ref();
+                        match connect_once(addr, &id, spread, tls, proxy).await {
                             Ok(took) => {
                                 let _ = latency.borrow_mut().record(took.as_micros().max(1) as u64);
                                 let (ok, fail) = counts.get();

@@ -79,6 +79,23 @@ pub async fn handshake_spread(
     handshake_on(stream, id, true).await
 }
 
+/// A PROXY protocol v2 header (PROXY, TCP over IPv4) naming a client address chosen by `n` in
+/// 10.0.0.0/16, connected to `destination`.
+pub fn proxy_v2_header(n: u64, destination: std::net::SocketAddr) -> Vec<u8> {
+    let host = (n % 65_536) as u16;
+    let destination = match destination {
+        std::net::SocketAddr::V4(v4) => v4.ip().octets(),
+        std::net::SocketAddr::V6(_) => [0; 4],
+    };
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    header.extend_from_slice(&[10, 0]);
+    header.extend_from_slice(&host.to_be_bytes());
+    header.extend_from_slice(&destination);
+    header.extend_from_slice(&(1024 + (n % 60_000) as u16).to_be_bytes());
+    header.extend_from_slice(&1883u16.to_be_bytes());
+    header
+}
+
 /// A TCP connection to `addr` from the loopback source address chosen by `n` (see
 /// [`handshake_spread`]), without MQTT.
 pub async fn connect_spread(
