@@ -9,8 +9,11 @@ mod common;
 
 use std::time::Duration;
 
+use switchboard::BackgroundBroker;
+
 use common::{
     broker_with_hooks, mosquitto_client_lines, mosquitto_clients_available, spawn_mosquitto_client,
+    Hooks,
 };
 use switchboard_actors::fleet::{
     status_request_topic, status_response_topic, RadarDetector, RadarStatus,
@@ -19,8 +22,11 @@ use switchboard_actors::{ConnectionOptions, DeviceActor, Envelope, ProtocolVersi
 
 const RADAR: &str = "1AB.ENTER.DETRD";
 
-/// Starts a radar device actor speaking `protocol` to the broker on `port`.
-fn radar(port: u16, protocol: ProtocolVersion) {
+/// A broker with a radar device actor speaking `protocol` to it, once the radar subscribed to
+/// its status requests; the broker (kept running while held), its lifecycle events and its port.
+async fn broker_with_radar(protocol: ProtocolVersion) -> (BackgroundBroker, Hooks, u16) {
+    let (broker, mut hooks) = broker_with_hooks(|_| {});
+    let port = broker.local_addr().port();
     let mut options = ConnectionOptions::new("127.0.0.1", port, RADAR);
     options.protocol = protocol;
     // One detection an hour: nothing but the answers on the wire.
@@ -28,6 +34,8 @@ fn radar(port: u16, protocol: ProtocolVersion) {
         RadarDetector::new(RADAR, Duration::from_secs(3600)),
         options,
     );
+    hooks.subscribed(RADAR, &status_request_topic(RADAR)).await;
+    (broker, hooks, port)
 }
 
 /// Runs `mosquitto_rr` against the broker on `port` (waiting 5 s at most for the answer);
@@ -50,10 +58,7 @@ async fn mosquitto_rr_over_mqtt_5_gets_the_radars_answer_on_its_own_response_top
     if !mosquitto_clients_available() {
         return;
     }
-    let (broker, mut hooks) = broker_with_hooks(|_| {});
-    let port = broker.local_addr().port();
-    radar(port, ProtocolVersion::V5);
-    hooks.subscribed(RADAR, &status_request_topic(RADAR)).await;
+    let (_broker, mut hooks, port) = broker_with_radar(ProtocolVersion::V5).await;
 
     // Three apps in turn, each with a response topic and correlation data of its own: each gets
     // its own answer (MQTT 5 section 4.10: the responder publishes to the Response Topic with
@@ -109,10 +114,7 @@ async fn mosquitto_rr_over_mqtt_3_1_1_gets_the_radars_answer_on_its_response_top
     if !mosquitto_clients_available() {
         return;
     }
-    let (broker, mut hooks) = broker_with_hooks(|_| {});
-    let port = broker.local_addr().port();
-    radar(port, ProtocolVersion::V3_1_1);
-    hooks.subscribed(RADAR, &status_request_topic(RADAR)).await;
+    let (_broker, _hooks, port) = broker_with_radar(ProtocolVersion::V3_1_1).await;
 
     // No Response Topic in MQTT 3.1.1: the radar answers on its own response topic, where
     // mosquitto_rr subscribed before it published the request.

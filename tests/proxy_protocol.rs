@@ -260,16 +260,13 @@ async fn stock_clients_behind_haproxy_are_seen_by_their_own_address() {
         ("pub-ws", "paho_c_pub", vec!["-c", &ws]),
     ];
     for (id, program, args) in clients {
-        let out = tokio::process::Command::new(program)
+        let run = tokio::process::Command::new(program)
             .args(&args)
             .args(["-i", id])
             .args(publish)
             .kill_on_drop(true)
             .output();
-        let out = tokio::time::timeout(WAIT, out)
-            .await
-            .unwrap_or_else(|_| panic!("{id} did not finish"))
-            .expect("the client runs");
+        let out = finished(run).await;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{id}: {stderr}");
         let peer = hooks.connected(id).await.peer;
@@ -337,14 +334,14 @@ async fn a_verified_certificate_name_in_the_header_is_the_user_name() {
     }
 }
 
-/// What a mosquitto_pub run printed, once it ended.
+/// What a client run printed, once it ended (within [`WAIT`]).
 async fn finished(
     run: impl std::future::Future<Output = std::io::Result<std::process::Output>>,
 ) -> std::process::Output {
     tokio::time::timeout(WAIT, run)
         .await
-        .expect("mosquitto_pub ends")
-        .expect("mosquitto_pub runs")
+        .expect("the client ends in time")
+        .expect("the client runs")
 }
 
 #[tokio::test]
