@@ -336,6 +336,39 @@ mod tests {
         assert!(parse_v1(b"PROXY TCP4 \xff 1 2 3").is_err());
     }
 
+    #[tokio::test]
+    async fn a_v1_header_split_at_its_crlf_is_read_whole_and_no_further() {
+        // Over real TCP: the CR arrives, the reader takes what came and waits (it is not
+        // finished), then the LF and a CONNECT's first bytes arrive; it returns the header and
+        // leaves the CONNECT in the socket.
+        use std::future::Future;
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        client
+            .write_all(b"PROXY TCP4 192.0.2.1 192.0.2.2 1000 1883\r")
+            .await
+            .unwrap();
+        server.readable().await.unwrap();
+        let mut reading = Box::pin(read_header(&mut server));
+        // One poll: whatever it can do with the bytes there, then it must wait.
+        let first =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(reading.as_mut().poll(cx))).await;
+        assert!(first.is_pending(), "the CR alone ends nothing");
+        client.write_all(b"\n\x10\x0c").await.unwrap();
+        let header = tokio::time::timeout(std::time::Duration::from_secs(5), reading)
+            .await
+            .expect("the header, once its LF came")
+            .unwrap();
+        assert_eq!(header.client, Some("192.0.2.1:1000".parse().unwrap()));
+        let mut rest = [0u8; 2];
+        server.read_exact(&mut rest).await.unwrap();
+        assert_eq!(rest, [0x10, 0x0c]);
+    }
+
     #[test]
     fn v1_line_end_may_straddle_reads() {
         assert_eq!(line_end(Some(b'\r'), b"\n\x10\x0c"), Some(1));

@@ -131,7 +131,8 @@ async fn connections_handed_to_other_workers_keep_the_named_address() {
 #[tokio::test]
 async fn a_header_split_across_writes_is_read_whole() {
     // The broker takes only the header's bytes, however they arrive: here the CR and LF of a
-    // v1 header in two writes, the CONNECT behind the LF.
+    // v1 header in two writes, the CONNECT behind the LF (TCP may still bring them together;
+    // src/proxy_protocol.rs's tests hold the reader between the two).
     let (broker, mut hooks) = broker_with_hooks(|c| c.listener.proxy_protocol = true);
     let mut raw = Raw::connect(broker.local_addr()).await;
     raw.send(b"PROXY TCP4 192.0.2.1 192.0.2.2 1000 1883\r")
