@@ -108,7 +108,7 @@ async fn bridge_state_shows_in_sys_metrics_and_the_admin_api() {
         api["bridges"][0],
         serde_json::json!({
             "name": "central", "address": central.local_addr().to_string(),
-            "connected": true, "subscribed": true, "queued": 0, "sent": 2, "received": 1,
+            "connected_to": central.local_addr().to_string(), "connected": true, "subscribed": true, "queued": 0, "sent": 2, "received": 1,
             "dropped": 0,
         })
     );

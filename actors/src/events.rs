@@ -5,6 +5,8 @@ use bytes::Bytes;
 use switchboard_mqtt::QoS;
 use thiserror::Error;
 
+use crate::options::BrokerAddress;
+
 /// Identifies one enqueued message for the life of a connection actor (and across restarts with a
 /// durable queue).
 pub type MessageId = u64;
@@ -60,6 +62,8 @@ pub enum ConnectionEvent {
     Connected {
         /// Whether the broker kept the session (subscriptions are then not sent again).
         session_present: bool,
+        /// The broker reached: the connection's own, or one of its `failover` brokers.
+        broker: BrokerAddress,
     },
     /// The link went down; a reconnect follows unless stopped.
     Disconnected(LinkDown),
@@ -67,8 +71,11 @@ pub enum ConnectionEvent {
     ConnectFailed {
         /// What failed.
         failure: ConnectFailure,
-        /// Delay before the next attempt.
+        /// Delay before the next attempt: zero when the next of the connection's brokers is
+        /// tried at once.
         retry_in: std::time::Duration,
+        /// The broker this attempt was made to.
+        broker: BrokerAddress,
     },
     /// SUBACK for a filter: the granted QoS, or `None` if the broker refused it (0x80).
     SubscriptionGranted {

@@ -37,7 +37,7 @@ pub use events::{
     ConnectFailure, ConnectionEvent, DropReason, EnqueueError, LinkDown, MessageId, PendingAck,
     Received,
 };
-pub use options::{Backoff, ConnectionOptions, Overflow, Will};
+pub use options::{Backoff, BrokerAddress, ConnectionOptions, Overflow, Will};
 pub use publisher::{Publish, PublishEvery, Publisher};
 pub use request::{Envelope, Request, RequestError, Requester};
 pub use switchboard_mqtt::{MessageProperties, ProtocolVersion, QoS};

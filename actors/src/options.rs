@@ -51,6 +51,51 @@ impl Backoff {
     }
 }
 
+/// A broker to connect to: a host name or IP address, and a port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BrokerAddress {
+    /// Host name or IP address (an IPv6 address without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl BrokerAddress {
+    /// The broker at `host:port`.
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        BrokerAddress {
+            host: host.into(),
+            port,
+        }
+    }
+
+    /// Parses `host:port` (`[v6 address]:port` for IPv6); `None` without a host, or with a port
+    /// that is not 1 to 65535.
+    pub fn parse(address: &str) -> Option<Self> {
+        let (host, port) = address.rsplit_once(':')?;
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let port: u16 = port.parse().ok()?;
+        if host.is_empty() || port == 0 || host.contains(['[', ']']) {
+            return None;
+        }
+        Some(BrokerAddress::new(host, port))
+    }
+}
+
+impl std::fmt::Display for BrokerAddress {
+    /// `host:port`, an IPv6 address in brackets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
 /// A will: published by the broker if this connection is lost without DISCONNECT.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Will {
@@ -71,6 +116,13 @@ pub struct ConnectionOptions {
     pub host: String,
     /// Broker port.
     pub port: u16,
+    /// Further brokers to try, in order, when the one in use cannot be reached (a standby, or
+    /// the other nodes of a cluster). A connection stays on the broker it reached: after losing
+    /// it, it tries that one again first, then each of the others in turn at once, and waits
+    /// out the backoff only when a whole round failed. Each attempt still takes up to
+    /// `connect_timeout`. Not used with [`Transport::Custom`], which opens its own streams.
+    /// Default: none.
+    pub failover: Vec<BrokerAddress>,
     /// Client identifier.
     pub client_id: String,
     /// Keep-alive; a PINGREQ is sent after this long without sending, and the link is considered
@@ -127,6 +179,7 @@ impl ConnectionOptions {
         ConnectionOptions {
             host: host.into(),
             port,
+            failover: Vec::new(),
             client_id: client_id.into(),
             keep_alive: Duration::from_secs(30),
             clean_session: true,
@@ -151,6 +204,29 @@ impl ConnectionOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn broker_addresses_parse_and_print_back() {
+        let parsed = BrokerAddress::parse("central.example:1883");
+        assert_eq!(parsed, Some(BrokerAddress::new("central.example", 1883)));
+        let v6 = BrokerAddress::parse("[::1]:8883").expect("v6");
+        assert_eq!(v6, BrokerAddress::new("::1", 8883));
+        assert_eq!(v6.to_string(), "[::1]:8883");
+        assert_eq!(
+            BrokerAddress::new("10.0.0.1", 1883).to_string(),
+            "10.0.0.1:1883"
+        );
+        for bad in [
+            "central.example",
+            ":1883",
+            "host:0",
+            "host:99999",
+            "[::1:1883",
+            "h:x",
+        ] {
+            assert_eq!(BrokerAddress::parse(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn backoff_grows_is_capped_and_jittered() {

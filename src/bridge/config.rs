@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
-use switchboard_actors::TlsOptions;
+use serde::{Deserialize, Deserializer};
+use switchboard_actors::{BrokerAddress, TlsOptions};
 
 use crate::config::ConfigError;
 
@@ -113,8 +113,11 @@ fn default_reconnect_max() -> Duration {
 pub struct BridgeConfig {
     /// Names the bridge in logs, `$SYS`, metrics and the API; letters, digits, `-`, `_`, `.`.
     pub name: String,
-    /// The remote broker, `host:port` (`[v6 address]:port` for IPv6).
-    pub address: String,
+    /// The remote broker, `host:port` (`[v6 address]:port` for IPv6); or several, an array of
+    /// them: the bridge connects to the first it reaches, and on losing it tries that one, then
+    /// the others in turn.
+    #[serde(deserialize_with = "one_or_several")]
+    pub address: Vec<String>,
     /// `"3.1.1"` (default) or `"5"`.
     #[serde(default)]
     pub protocol: BridgeProtocol,
@@ -179,18 +182,18 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-/// Splits `host:port` (`[v6]:port` too).
-pub fn split_address(address: &str) -> Option<(String, u16)> {
-    let (host, port) = address.rsplit_once(':')?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    let port: u16 = port.parse().ok()?;
-    if host.is_empty() || port == 0 || host.contains(['[', ']']) {
-        return None;
+/// `address`: a string, or an array of strings.
+fn one_or_several<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged, expecting = "`host:port`, or an array of them")]
+    enum OneOrSeveral {
+        One(String),
+        Several(Vec<String>),
     }
-    Some((host.to_string(), port))
+    Ok(match OneOrSeveral::deserialize(deserializer)? {
+        OneOrSeveral::One(address) => vec![address],
+        OneOrSeveral::Several(addresses) => addresses,
+    })
 }
 
 /// This machine's host name, for the default client id.
@@ -206,6 +209,38 @@ pub(crate) fn hostname() -> String {
 }
 
 impl BridgeConfig {
+    /// The remote brokers of `address`, in order; an error names the entry that is not
+    /// `host:port`.
+    pub fn brokers(&self) -> Result<Vec<BrokerAddress>, ConfigError> {
+        if self.address.is_empty() {
+            return Err(invalid(
+                &self.name,
+                "address",
+                "an empty array; name a broker",
+            ));
+        }
+        let several = self.address.len() > 1;
+        self.address
+            .iter()
+            .enumerate()
+            .map(|(i, address)| {
+                BrokerAddress::parse(address).ok_or_else(|| {
+                    let key = if several {
+                        format!("address[{i}]")
+                    } else {
+                        "address".to_string()
+                    };
+                    invalid(&self.name, key, format!("`{address}` is not host:port"))
+                })
+            })
+            .collect()
+    }
+
+    /// `address` as logs and the admin API show it: the brokers separated by commas.
+    pub fn address_list(&self) -> String {
+        self.address.join(", ")
+    }
+
     /// The client id used at the remote.
     pub fn remote_client_id(&self) -> String {
         self.client_id
@@ -223,13 +258,7 @@ impl BridgeConfig {
                 "a bridge name is 1 to 64 letters, digits, '-', '_' or '.'",
             ));
         }
-        if split_address(&self.address).is_none() {
-            return Err(invalid(
-                name,
-                "address",
-                format!("`{}` is not host:port", self.address),
-            ));
-        }
+        self.brokers()?;
         if self.client_id.as_deref().is_some_and(str::is_empty) {
             return Err(invalid(
                 name,
@@ -377,17 +406,36 @@ pub fn check_all(bridges: &[BridgeConfig]) -> Result<Vec<BridgeSecrets>, ConfigE
 mod tests {
     use super::*;
 
+    fn bridge(address: &str) -> Result<crate::Config, ConfigError> {
+        crate::Config::from_toml(&format!(
+            "[[bridge]]\nname = \"central\"\naddress = {address}\n\
+             topics = [{{ pattern = \"a\", direction = \"in\" }}]\n"
+        ))
+    }
+
     #[test]
-    fn addresses_split() {
+    fn an_address_is_one_broker_or_an_array_of_them() {
+        let one = bridge("\"central.example:1883\"").expect("one");
+        let brokers = one.bridge[0].brokers().expect("parsed");
+        assert_eq!(brokers, [BrokerAddress::new("central.example", 1883)]);
+        let two = bridge("[\"[::1]:8883\", \"b.example:1884\"]").expect("two");
+        let brokers = two.bridge[0].brokers().expect("parsed");
         assert_eq!(
-            split_address("central.example:1883"),
-            Some(("central.example".into(), 1883))
+            brokers,
+            [
+                BrokerAddress::new("::1", 8883),
+                BrokerAddress::new("b.example", 1884)
+            ]
         );
-        assert_eq!(split_address("[::1]:8883"), Some(("::1".into(), 8883)));
-        assert_eq!(split_address("central.example"), None);
-        assert_eq!(split_address(":1883"), None);
-        assert_eq!(split_address("host:0"), None);
-        assert_eq!(split_address("host:99999"), None);
+        assert_eq!(two.bridge[0].address_list(), "[::1]:8883, b.example:1884");
+        let err = bridge("[\"a:1\", \"b\"]")
+            .expect_err("not host:port")
+            .to_string();
+        assert!(err.contains("`address[1]`: `b` is not host:port"), "{err}");
+        let err = bridge("[]").expect_err("empty").to_string();
+        assert!(err.contains("`address`: an empty array"), "{err}");
+        let err = bridge("1883").expect_err("a number").to_string();
+        assert!(err.contains("`host:port`, or an array of them"), "{err}");
     }
 
     #[test]

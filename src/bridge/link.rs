@@ -18,14 +18,14 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use switchboard_actors::{
-    Acknowledge, Backoff, ConnectFailure, ConnectionEvent, ConnectionOptions, Connector, Enqueue,
-    ManagedConnection, MessageId, Overflow, PendingAck, PendingCount, ProtocolVersion, QoS,
-    Received, Stop, Subscribe, Transport,
+    Acknowledge, Backoff, BrokerAddress, ConnectFailure, ConnectionEvent, ConnectionOptions,
+    Connector, Enqueue, ManagedConnection, MessageId, Overflow, PendingAck, PendingCount,
+    ProtocolVersion, QoS, Received, Stop, Subscribe, Transport,
 };
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
-use super::config::{split_address, BridgeConfig, BridgeOverflow, BridgeProtocol, BridgeSecrets};
+use super::config::{BridgeConfig, BridgeOverflow, BridgeProtocol, BridgeSecrets};
 use super::status::BridgeStatus;
 use super::topics::TopicMap;
 
@@ -140,9 +140,11 @@ impl Bridge {
 
     fn remote_options(&self) -> ConnectionOptions {
         let config = &self.config;
-        // Checked at start-up; an unparsable address cannot reach here.
-        let (host, port) = split_address(&config.address).unwrap_or_default();
-        let mut options = ConnectionOptions::new(host, port, config.remote_client_id());
+        // Checked at start-up: an unparsable address cannot reach here.
+        let mut brokers = config.brokers().unwrap_or_default().into_iter();
+        let first = brokers.next().unwrap_or_else(|| BrokerAddress::new("", 0));
+        let mut options = ConnectionOptions::new(first.host, first.port, config.remote_client_id());
+        options.failover = brokers.collect();
         options.keep_alive = config.keep_alive;
         options.clean_session = config.clean_session;
         options.credentials = config
@@ -221,6 +223,7 @@ impl Bridge {
         match event {
             ConnectionEvent::Connected {
                 session_present: false,
+                ..
             } => {
                 let filters = match side {
                     Side::Local => self.map.local_subscriptions(),
@@ -256,22 +259,31 @@ impl Bridge {
     fn on_remote(&mut self, event: ConnectionEvent, ctx: &mut Context<Self>) {
         let name = self.config.name.as_str();
         match event {
-            ConnectionEvent::Connected { session_present } => {
+            ConnectionEvent::Connected {
+                session_present,
+                broker,
+            } => {
                 self.status.link.set_connected(true);
-                info!(bridge = %name, address = %self.config.address, session_present, "bridge connected");
+                self.status.set_remote(Some(broker.to_string()));
+                info!(bridge = %name, address = %broker, session_present, "bridge connected");
             }
             ConnectionEvent::Disconnected(reason) => {
                 self.status.link.set_connected(false);
-                warn!(bridge = %name, address = %self.config.address, ?reason, "bridge link down; QoS 1/2 messages going out are queued until it returns");
+                self.status.set_remote(None);
+                warn!(bridge = %name, address = %self.config.address_list(), ?reason, "bridge link down; QoS 1/2 messages going out are queued until it returns");
             }
-            ConnectionEvent::ConnectFailed { failure, retry_in } => {
+            ConnectionEvent::ConnectFailed {
+                failure,
+                retry_in,
+                broker,
+            } => {
                 let retry_in = format!("{retry_in:.1?}");
                 match failure {
                     ConnectFailure::Refused(code) => {
-                        warn!(bridge = %name, address = %self.config.address, code, %retry_in, "the remote broker refused the bridge's CONNECT (4 or 0x86: bad user name or password, 5 or 0x87: not authorized); retrying")
+                        warn!(bridge = %name, address = %broker, code, %retry_in, "the remote broker refused the bridge's CONNECT (4 or 0x86: bad user name or password, 5 or 0x87: not authorized); retrying")
                     }
                     other => {
-                        warn!(bridge = %name, address = %self.config.address, failure = ?other, %retry_in, "cannot connect the bridge; retrying")
+                        warn!(bridge = %name, address = %broker, failure = ?other, %retry_in, "cannot connect the bridge; retrying")
                     }
                 }
             }
@@ -499,7 +511,7 @@ impl Actor for Bridge {
         );
         self.local = Some(local);
         self.remote = Some(remote);
-        info!(bridge = %self.config.name, address = %self.config.address, protocol = ?self.config.protocol, client_id = %self.config.remote_client_id(), "bridge started");
+        info!(bridge = %self.config.name, address = %self.config.address_list(), protocol = ?self.config.protocol, client_id = %self.config.remote_client_id(), "bridge started");
         ctx.run_interval(QUEUE_POLL, |act, ctx| act.poll_queue(ctx));
     }
 }

@@ -255,7 +255,7 @@ impl Handler<ApplyBridges> for Bridges {
                     if !changes.restarted.contains(&config.name) {
                         changes.added.push(config.name.clone());
                     }
-                    let status = Arc::new(BridgeStatus::new(&config.name, &config.address));
+                    let status = Arc::new(BridgeStatus::new(&config.name, &config.address_list()));
                     let password = secret.password.clone();
                     let (ready, local_ready) = oneshot::channel();
                     readiness.push(local_ready);

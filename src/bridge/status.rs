@@ -12,10 +12,12 @@ use crate::metrics::LinkCounters;
 pub struct BridgeStatus {
     /// The bridge's `name`.
     pub name: String,
-    /// The remote broker's `address`.
+    /// The remote brokers' `address`, separated by commas.
     pub address: String,
     /// Up or not, and the message counts.
     pub link: LinkCounters,
+    /// The broker of `address` the link is up to (`host:port`), while it is.
+    remote: RwLock<Option<String>>,
     subscribed: AtomicBool,
     queued: AtomicU64,
 }
@@ -25,8 +27,10 @@ pub struct BridgeStatus {
 pub struct BridgeSnapshot {
     /// The bridge's `name`.
     pub name: String,
-    /// The remote broker's `address`.
+    /// The remote brokers' `address`, separated by commas.
     pub address: String,
+    /// The one of them the link is up to, while it is.
+    pub connected_to: Option<String>,
     /// Whether the link to the remote broker is up (CONNACK received).
     pub connected: bool,
     /// Whether every subscription of the bridge, here and at the remote, is granted: messages
@@ -49,9 +53,16 @@ impl BridgeStatus {
             name: name.to_string(),
             address: address.to_string(),
             link: LinkCounters::default(),
+            remote: RwLock::new(None),
             subscribed: AtomicBool::new(false),
             queued: AtomicU64::new(0),
         }
+    }
+
+    /// Records which broker the link is up to (`None`: it is down).
+    pub(super) fn set_remote(&self, broker: Option<String>) {
+        // A poisoned lock only means a writer panicked mid-store; the value is whole.
+        *self.remote.write().unwrap_or_else(|e| e.into_inner()) = broker;
     }
 
     /// Records whether every subscription is granted on both sides.
@@ -70,6 +81,11 @@ impl BridgeStatus {
         BridgeSnapshot {
             name: self.name.clone(),
             address: self.address.clone(),
+            connected_to: self
+                .remote
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
             connected,
             subscribed: self.subscribed.load(Ordering::Relaxed),
             queued: self.queued.load(Ordering::Relaxed),

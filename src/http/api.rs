@@ -74,7 +74,7 @@ async fn list_bridges(
     let bridges = state.metrics.bridges.snapshots();
     Ok(HttpResponse::Ok().json(json!({
         "bridges": bridges.iter().map(|b| json!({
-            "name": b.name, "address": b.address, "connected": b.connected,
+            "name": b.name, "address": b.address, "connected_to": b.connected_to, "connected": b.connected,
             "subscribed": b.subscribed, "queued": b.queued, "sent": b.sent,
             "received": b.received, "dropped": b.dropped,
         })).collect::<Vec<_>>(),

@@ -10,8 +10,29 @@ use super::{eventually, packets, Raw};
 
 /// A `[[bridge]]` named `central` to `address`, with these `topics` entries and extra keys.
 pub fn bridge_toml(address: SocketAddr, protocol: &str, topics: &str, extra: &str) -> String {
+    bridge_toml_to(&[address], protocol, topics, extra)
+}
+
+/// [`bridge_toml`] with several remote brokers, `address` as an array.
+pub fn bridge_toml_to(
+    addresses: &[SocketAddr],
+    protocol: &str,
+    topics: &str,
+    extra: &str,
+) -> String {
+    let address = match addresses {
+        [one] => format!("\"{one}\""),
+        several => format!(
+            "[{}]",
+            several
+                .iter()
+                .map(|a| format!("\"{a}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
     format!(
-        "[[bridge]]\nname = \"central\"\naddress = \"{address}\"\nprotocol = \"{protocol}\"\n\
+        "[[bridge]]\nname = \"central\"\naddress = {address}\nprotocol = \"{protocol}\"\n\
          client_id = \"site-1AB\"\nreconnect_initial = \"50ms\"\nreconnect_max = \"200ms\"\n\
          {extra}\ntopics = [\n{topics}\n]\n"
     )

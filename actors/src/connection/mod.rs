@@ -3,6 +3,7 @@
 //! publishes in a bounded (optionally durable) queue, and pipelines QoS 1/2 with an inflight
 //! window.
 
+mod brokers;
 mod from_broker;
 mod messages;
 mod outgoing;
@@ -29,6 +30,8 @@ use crate::codec::{
     ClientCodec, ClientCodecError, Connect5, Incoming,
 };
 use crate::durable::DurableLog;
+use brokers::{AfterFailure, BrokerRotation};
+
 use crate::events::{ConnectFailure, ConnectionEvent, DropReason, LinkDown, MessageId};
 use crate::options::ConnectionOptions;
 use crate::queue::{Outgoing, PendingQueue};
@@ -71,6 +74,8 @@ impl Message for LinkItem {
 /// [`Enqueue`], [`Subscribe`], [`PendingCount`], [`Stop`]; hear from it with [`AddListener`].
 pub struct ManagedConnection {
     options: ConnectionOptions,
+    /// The brokers it may connect to, and which one it tries.
+    brokers: BrokerRotation,
     generation: u64,
     link: Link,
     read_handle: Option<SpawnHandle>,
@@ -100,6 +105,7 @@ impl ManagedConnection {
     pub fn new(options: ConnectionOptions) -> Self {
         let queue = PendingQueue::new(options.queue_capacity, options.overflow);
         ManagedConnection {
+            brokers: BrokerRotation::new(&options),
             options,
             generation: 0,
             link: Link::Down,
@@ -148,10 +154,11 @@ impl ManagedConnection {
         self.link = Link::Connecting;
         self.generation += 1;
         let generation = self.generation;
+        let broker = self.brokers.current();
         let open = crate::transport::open(
             self.options.transport.clone(),
-            self.options.host.clone(),
-            self.options.port,
+            broker.host.clone(),
+            broker.port,
         );
         let connect = tokio::time::timeout(self.options.connect_timeout, open);
         ctx.spawn(connect.into_actor(self).map(move |result, act, ctx| {
@@ -238,12 +245,25 @@ impl ManagedConnection {
         self.flush(ctx);
     }
 
+    /// An attempt failed: the next of the brokers at once, or after the backoff when every
+    /// one of them failed in this round.
     fn connect_failed(&mut self, ctx: &mut Context<Self>, failure: ConnectFailure) {
         self.link = Link::Down;
-        let retry_in = self.options.backoff.delay(self.attempt);
-        self.attempt = self.attempt.saturating_add(1);
-        debug!(client_id = %self.options.client_id, ?failure, ?retry_in, "connect failed");
-        self.emit(ConnectionEvent::ConnectFailed { failure, retry_in });
+        let broker = self.brokers.current().clone();
+        let retry_in = match self.brokers.failed() {
+            AfterFailure::TryNext => Duration::ZERO,
+            AfterFailure::BackOff => {
+                let delay = self.options.backoff.delay(self.attempt);
+                self.attempt = self.attempt.saturating_add(1);
+                delay
+            }
+        };
+        debug!(client_id = %self.options.client_id, %broker, ?failure, ?retry_in, next = %self.brokers.current(), "connect failed");
+        self.emit(ConnectionEvent::ConnectFailed {
+            failure,
+            retry_in,
+            broker,
+        });
         self.schedule_reconnect(ctx, retry_in);
     }
 
@@ -274,7 +294,7 @@ impl ManagedConnection {
             return self.connect_failed(ctx, failure);
         }
         if let Some(reason) = down {
-            info!(client_id = %self.options.client_id, ?reason, "disconnected from the broker");
+            info!(client_id = %self.options.client_id, broker = %self.brokers.current(), ?reason, "disconnected from the broker");
             self.emit(ConnectionEvent::Disconnected(reason));
             let retry_in = self.options.backoff.delay(self.attempt);
             self.attempt = self.attempt.saturating_add(1);
@@ -301,8 +321,13 @@ impl ManagedConnection {
     fn on_connected(&mut self, ctx: &mut Context<Self>, session_present: bool) {
         self.link = Link::Up;
         self.attempt = 0;
-        info!(client_id = %self.options.client_id, session_present, "connected to the broker");
-        self.emit(ConnectionEvent::Connected { session_present });
+        self.brokers.reached();
+        let broker = self.brokers.current().clone();
+        info!(client_id = %self.options.client_id, %broker, session_present, "connected to the broker");
+        self.emit(ConnectionEvent::Connected {
+            session_present,
+            broker,
+        });
         self.session_present = session_present;
         // Without a session the broker has none of our subscriptions: send them all again. With
         // one, send only those never acknowledged (the link may have dropped before the SUBACK).

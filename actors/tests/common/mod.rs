@@ -25,6 +25,9 @@ use tokio::task::JoinHandle;
 /// How long any single expected event may take.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// How long [`Inbox::find`] may skip other events before the one it waits for.
+pub const FIND_WITHIN: Duration = Duration::from_secs(30);
+
 /// A broker on `port` (0 = any free port).
 pub fn broker_on(port: u16) -> BackgroundBroker {
     let mut config = Config::default();
@@ -71,14 +74,20 @@ impl<M: std::fmt::Debug> Inbox<M> {
             .expect("probe alive")
     }
 
-    /// Skips messages until `pick` returns `Some`.
+    /// Skips messages until `pick` returns `Some`; panics if none did within [`FIND_WITHIN`]
+    /// (a stream of other events, such as failed attempts, does not make it wait for ever).
     pub async fn find<T>(&mut self, mut pick: impl FnMut(&M) -> Option<T>) -> T {
-        loop {
-            let m = self.next().await;
-            if let Some(found) = pick(&m) {
-                return found;
+        let search = async {
+            loop {
+                let m = self.next().await;
+                if let Some(found) = pick(&m) {
+                    return found;
+                }
             }
-        }
+        };
+        tokio::time::timeout(FIND_WITHIN, search)
+            .await
+            .expect("the awaited event within the timeout")
     }
 
     /// Messages already received, without waiting.
@@ -159,7 +168,9 @@ pub async fn assert_not_subscribed_again(
 pub async fn connected(events: &mut Inbox<ConnectionEvent>) -> bool {
     events
         .find(|e| match e {
-            ConnectionEvent::Connected { session_present } => Some(*session_present),
+            ConnectionEvent::Connected {
+                session_present, ..
+            } => Some(*session_present),
             _ => None,
         })
         .await

@@ -1,0 +1,229 @@
+//! A managed connection with several brokers (`ConnectionOptions::failover`), over loopback TCP
+//! to real Switchboard brokers: it moves to the next broker at once when the one it is on goes,
+//! subscribes there again, sends what it queued meanwhile, stays there, and backs off only
+//! after a whole round of brokers failed.
+
+mod common;
+
+use std::time::Duration;
+
+use actix::Actor;
+use common::*;
+use switchboard_actors::{
+    BrokerAddress, ConnectFailure, ConnectionEvent, Enqueue, QoS, Received, Subscribe,
+};
+
+/// Waits for the next `Connected` and returns the broker it names and its session flag.
+async fn connected_to(events: &mut Inbox<ConnectionEvent>) -> (BrokerAddress, bool) {
+    events
+        .find(|e| match e {
+            ConnectionEvent::Connected {
+                session_present,
+                broker,
+            } => Some((broker.clone(), *session_present)),
+            _ => None,
+        })
+        .await
+}
+
+/// Waits for the next `ConnectFailed` and returns the broker it names and the delay before the
+/// next attempt.
+async fn failed_at(events: &mut Inbox<ConnectionEvent>) -> (BrokerAddress, Duration) {
+    events
+        .find(|e| match e {
+            ConnectionEvent::ConnectFailed {
+                broker, retry_in, ..
+            } => Some((broker.clone(), *retry_in)),
+            _ => None,
+        })
+        .await
+}
+
+fn at(port: u16) -> BrokerAddress {
+    BrokerAddress::new("127.0.0.1", port)
+}
+
+/// Enqueues QoS 1 messages `range` on `topic` (payload: the number).
+async fn enqueue_numbered(
+    device: &actix::Addr<switchboard_actors::ManagedConnection>,
+    topic: &str,
+    range: std::ops::Range<u32>,
+) {
+    for n in range {
+        device
+            .send(Enqueue::new(topic, format!("{n}"), QoS::AtLeastOnce))
+            .await
+            .expect("the connection")
+            .expect("queued");
+    }
+}
+
+fn numbered(range: std::ops::Range<u32>) -> Vec<String> {
+    range.map(|n| n.to_string()).collect()
+}
+
+#[actix_rt::test]
+async fn a_device_moves_to_the_next_broker_when_its_own_goes_and_back_when_that_one_goes() {
+    let (broker_a, broker_b) = (broker_on(0), broker_on(0));
+    // The device reaches each broker through a proxy, so the test decides when one is gone
+    // (a cut proxy closes every connection, and each new one at once).
+    let mut proxy_a = Proxy::start(0, broker_a.local_addr()).await;
+    let mut proxy_b = Proxy::start(0, broker_b.local_addr()).await;
+    let response = "detrd/status/response/1AB.ENTER.DETRD";
+    let request = "detrd/status/request/1AB.ENTER.DETRD";
+    let (app_a, mut at_a, _) =
+        consumer_with(options(broker_a.local_addr().port(), "app-a"), response).await;
+    let (app_b, mut at_b, _) =
+        consumer_with(options(broker_b.local_addr().port(), "app-b"), response).await;
+
+    let mut radar_options = options(proxy_a.port, "1AB.ENTER.DETRD");
+    radar_options.failover = vec![at(proxy_b.port)];
+    radar_options.clean_session = false;
+    let (radar, mut events) = connection(radar_options);
+    let (requests, mut radar_inbox) = probe::<Received>();
+    switchboard_actors::Consumer::new(
+        radar.clone(),
+        vec![(request.to_string(), QoS::AtLeastOnce)],
+        requests,
+    )
+    .start();
+    assert_eq!(connected_to(&mut events).await, (at(proxy_a.port), false));
+    granted(&mut events, request).await;
+    enqueue_numbered(&radar, response, 0..20).await;
+    assert_eq!(receive(&mut at_a, 20).await, numbered(0..20));
+    events
+        .find(|e| matches!(e, ConnectionEvent::MessageDelivered(20)).then_some(()))
+        .await;
+
+    // Broker A goes: one attempt at it, then at once broker B, where the device has no session
+    // and subscribes again; what it queued meanwhile goes there, each message once, in order.
+    proxy_a.cut();
+    disconnected(&mut events).await;
+    enqueue_numbered(&radar, response, 20..40).await;
+    assert_eq!(
+        failed_at(&mut events).await,
+        (at(proxy_a.port), Duration::ZERO),
+        "the next broker is tried at once"
+    );
+    assert_eq!(connected_to(&mut events).await, (at(proxy_b.port), false));
+    granted(&mut events, request).await;
+    assert_eq!(receive(&mut at_b, 20).await, numbered(20..40));
+    app_b
+        .send(Enqueue::new(request, "{}", QoS::AtLeastOnce))
+        .await
+        .expect("the app's connection")
+        .expect("queued");
+    assert_eq!(receive(&mut radar_inbox, 1).await, ["{}"]);
+
+    // A is back, but the device stays where it is until B goes: then B is tried first (it is
+    // where the device was), and A right after it.
+    proxy_a.resume();
+    proxy_b.cut();
+    disconnected(&mut events).await;
+    assert_eq!(
+        failed_at(&mut events).await,
+        (at(proxy_b.port), Duration::ZERO)
+    );
+    let (back_at, session_present) = connected_to(&mut events).await;
+    assert_eq!(back_at, at(proxy_a.port));
+    assert!(
+        session_present,
+        "broker A kept the device's session (clean session 0)"
+    );
+    enqueue_numbered(&radar, response, 40..50).await;
+    assert_eq!(receive(&mut at_a, 10).await, numbered(40..50));
+    app_a
+        .send(Enqueue::new(request, "again", QoS::AtLeastOnce))
+        .await
+        .expect("the app's connection")
+        .expect("queued");
+    assert_eq!(receive(&mut radar_inbox, 1).await, ["again"]);
+    assert!(
+        at_b.drain_ready().is_empty(),
+        "nothing went to broker B after the device left it"
+    );
+}
+
+#[actix_rt::test]
+async fn a_round_that_fails_at_every_broker_backs_off_then_starts_again() {
+    let broker = broker_on(0);
+    // Three brokers that close every connection before CONNACK, the second of which opens later.
+    let mut proxies = Vec::new();
+    for _ in 0..3 {
+        let mut proxy = Proxy::start(0, broker.local_addr()).await;
+        proxy.cut();
+        proxies.push(proxy);
+    }
+    let ports: Vec<u16> = proxies.iter().map(|p| p.port).collect();
+    let mut device_options = options(ports[0], "gate-1AB");
+    device_options.failover = vec![at(ports[1]), at(ports[2])];
+    let (_device, mut events) = connection(device_options);
+    for _round in 0..2 {
+        assert_eq!(failed_at(&mut events).await, (at(ports[0]), Duration::ZERO));
+        assert_eq!(failed_at(&mut events).await, (at(ports[1]), Duration::ZERO));
+        let (last, backoff) = failed_at(&mut events).await;
+        assert_eq!(last, at(ports[2]));
+        // The test's backoff starts at 20 ms, with jitter down to half of it.
+        assert!(backoff >= Duration::from_millis(10), "{backoff:?}");
+    }
+    let failure = events
+        .find(|e| match e {
+            ConnectionEvent::ConnectFailed { failure, .. } => Some(failure.clone()),
+            _ => None,
+        })
+        .await;
+    assert!(
+        matches!(failure, ConnectFailure::Network(_)),
+        "closed before CONNACK: {failure:?}"
+    );
+    proxies[1].resume();
+    assert_eq!(connected_to(&mut events).await, (at(ports[1]), false));
+}
+
+#[actix_rt::test]
+async fn a_broker_that_refuses_the_connect_counts_as_down() {
+    // Broker A is full (one connection, taken), so it answers CONNACK 0x03 (server
+    // unavailable); B takes the device.
+    let mut full = switchboard::Config::default();
+    full.listener.port = 0;
+    full.listener.workers = 1;
+    full.http.port = 0;
+    full.limits.max_connections = 1;
+    let broker_a = switchboard::BackgroundBroker::start(full).expect("broker starts");
+    let (_first, mut first_events) = connection(options(broker_a.local_addr().port(), "first"));
+    connected(&mut first_events).await;
+    let broker_b = broker_on(0);
+    let mut device_options = options(broker_a.local_addr().port(), "gate-1AB");
+    device_options.failover = vec![at(broker_b.local_addr().port())];
+    let (device, mut events) = connection(device_options);
+    let failure = events
+        .find(|e| match e {
+            ConnectionEvent::ConnectFailed {
+                failure,
+                retry_in,
+                broker,
+            } => Some((failure.clone(), *retry_in, broker.clone())),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        failure,
+        (
+            ConnectFailure::Refused(3),
+            Duration::ZERO,
+            at(broker_a.local_addr().port())
+        )
+    );
+    assert_eq!(
+        connected_to(&mut events).await,
+        (at(broker_b.local_addr().port()), false)
+    );
+    device
+        .send(Subscribe {
+            filter: "gate/1AB/cmd".into(),
+            qos: QoS::AtLeastOnce,
+        })
+        .await
+        .expect("the connection");
+    granted(&mut events, "gate/1AB/cmd").await;
+}
