@@ -227,3 +227,46 @@ async fn a_broker_that_refuses_the_connect_counts_as_down() {
         .expect("the connection");
     granted(&mut events, "gate/1AB/cmd").await;
 }
+
+#[actix_rt::test]
+async fn switchboard_pub_delivers_through_its_failover_broker() {
+    use actix::Actor;
+    const BIN: &str = env!("CARGO_BIN_EXE_switchboard-pub");
+    let broker = broker_on(0);
+    let (conn, mut events) = connection(options(broker.local_addr().port(), "app"));
+    let (sink, mut received) = probe::<Received>();
+    switchboard_actors::Consumer::new(
+        conn,
+        vec![("gate/1AB/state".into(), QoS::AtLeastOnce)],
+        sink,
+    )
+    .start();
+    granted(&mut events, "gate/1AB/state").await;
+    let mut down = Proxy::start(0, broker.local_addr()).await;
+    down.cut();
+    let failover = format!("127.0.0.1:{}", broker.local_addr().port());
+    let run = tokio::process::Command::new(BIN)
+        .args(["--port", &down.port.to_string(), "--failover", &failover])
+        .args(["--topic", "gate/1AB/state", "--message", "closed"])
+        .args(["--count", "3", "--wait", "10"])
+        .output()
+        .await
+        .expect("switchboard-pub runs");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(receive(&mut received, 3).await, vec!["closed"; 3]);
+
+    let refused = tokio::process::Command::new(BIN)
+        .args(["--topic", "t", "--failover", "central.example"])
+        .output()
+        .await
+        .expect("switchboard-pub runs");
+    assert!(!refused.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&refused.stderr).trim(),
+        "switchboard-pub: --failover: `central.example` is not host:port"
+    );
+}

@@ -6,7 +6,8 @@
 //!     --message '{"state":"ok"}' --count 10 --queue /var/lib/radar/queue
 //! ```
 //!
-//! With `--queue`, messages not yet delivered stay in the file if the process dies, and the next
+//! `--failover HOST:PORT` (repeated) names brokers to try when the first is down. With `--queue`,
+//! messages not yet delivered stay in the file if the process dies, and the next
 //! run (even with `--count 0`) sends them first. It prints `queued N` once its messages are
 //! queued, and exits when nothing is pending (or after `--wait` seconds, with status 2).
 
@@ -15,12 +16,14 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use switchboard_actors::{
-    ConnectionOptions, Enqueue, ManagedConnection, PendingCount, ProtocolVersion, QoS,
+    BrokerAddress, ConnectionOptions, Enqueue, ManagedConnection, PendingCount, ProtocolVersion,
+    QoS,
 };
 
 struct Args {
     host: String,
     port: u16,
+    failover: Vec<BrokerAddress>,
     id: String,
     topic: String,
     qos: QoS,
@@ -35,6 +38,7 @@ fn parse() -> Result<Args, String> {
     let mut args = Args {
         host: "127.0.0.1".into(),
         port: 1883,
+        failover: Vec::new(),
         id: format!("switchboard-pub-{}", std::process::id()),
         topic: String::new(),
         qos: QoS::AtLeastOnce,
@@ -50,6 +54,12 @@ fn parse() -> Result<Args, String> {
         match flag.as_str() {
             "--host" => args.host = value()?,
             "--port" => args.port = value()?.parse().map_err(|e| format!("--port: {e}"))?,
+            "--failover" => {
+                let address = value()?;
+                let broker = BrokerAddress::parse(&address)
+                    .ok_or(format!("--failover: `{address}` is not host:port"))?;
+                args.failover.push(broker);
+            }
             "--id" => args.id = value()?,
             "--topic" => args.topic = value()?,
             "--qos" => {
@@ -74,8 +84,8 @@ fn parse() -> Result<Args, String> {
                     Duration::from_secs(value()?.parse().map_err(|e| format!("--wait: {e}"))?)
             }
             "-h" | "--help" => return Err(
-                "usage: switchboard-pub --topic T [--host H] [--port P] [--id ID] [--qos 0|1|2] \
-                            [--message M] [--count N] [--queue FILE] [--wait SECONDS] [--mqtt 3.1.1|5]"
+                "usage: switchboard-pub --topic T [--host H] [--port P] [--failover HOST:PORT]... \
+                            [--id ID] [--qos 0|1|2] [--message M] [--count N] [--queue FILE] [--wait SECONDS] [--mqtt 3.1.1|5]"
                     .into(),
             ),
             other => return Err(format!("unknown argument {other}")),
@@ -98,6 +108,7 @@ async fn main() -> ExitCode {
     };
     let mut options = ConnectionOptions::new(args.host.clone(), args.port, args.id.clone());
     options.clean_session = true;
+    options.failover = args.failover.clone();
     options.durable_queue = args.queue.clone();
     options.protocol = args.protocol;
     let connection = ManagedConnection::start_with(options, Vec::new());
