@@ -22,6 +22,8 @@ use tracing::{debug, info, warn};
 
 pub use messages::*;
 
+use brokers::{AfterFailure, BrokerRotation};
+
 use switchboard_mqtt::codec::{write_ack, Ack};
 use switchboard_mqtt::QoS;
 
@@ -30,8 +32,6 @@ use crate::codec::{
     ClientCodec, ClientCodecError, Connect5, Incoming,
 };
 use crate::durable::DurableLog;
-use brokers::{AfterFailure, BrokerRotation};
-
 use crate::events::{ConnectFailure, ConnectionEvent, DropReason, LinkDown, MessageId};
 use crate::options::ConnectionOptions;
 use crate::queue::{Outgoing, PendingQueue};
