@@ -25,6 +25,9 @@ pub enum LinkDown {
     DisconnectedByBroker(u8),
     /// [`Stop`](crate::Stop) was asked for.
     Stopped,
+    /// The connection left a `failover` broker because the first one answers again
+    /// ([`ConnectionOptions::return_to_first`](crate::ConnectionOptions)); it connects there now.
+    BackToFirstBroker,
 }
 
 /// Why a connection attempt failed.

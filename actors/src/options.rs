@@ -123,6 +123,11 @@ pub struct ConnectionOptions {
     /// `connect_timeout`. Not used with [`Transport::Custom`], which opens its own streams.
     /// Default: none.
     pub failover: Vec<BrokerAddress>,
+    /// While connected to one of the `failover` brokers, look this often whether the first
+    /// broker accepts TCP connections again, and go back to it when it does (Mosquitto's bridge
+    /// with `round_robin false`: a main broker and standbys). `None` (the default): stay on the
+    /// broker reached until it goes (brokers as equals, such as the nodes of a cluster).
+    pub return_to_first: Option<Duration>,
     /// Client identifier.
     pub client_id: String,
     /// Keep-alive; a PINGREQ is sent after this long without sending, and the link is considered
@@ -180,6 +185,7 @@ impl ConnectionOptions {
             host: host.into(),
             port,
             failover: Vec::new(),
+            return_to_first: None,
             client_id: client_id.into(),
             keep_alive: Duration::from_secs(30),
             clean_session: true,

@@ -145,6 +145,49 @@ async fn a_device_moves_to_the_next_broker_when_its_own_goes_and_back_when_that_
 }
 
 #[actix_rt::test]
+async fn with_return_to_first_a_device_goes_back_to_its_first_broker_once_it_answers() {
+    let broker_a = broker_on(0);
+    let port_a = broker_a.local_addr().port();
+    let broker_b = broker_on(0);
+    let response = "detrd/status/response/1AB.ENTER.DETRD";
+    let (_app_b, mut at_b, _) =
+        consumer_with(options(broker_b.local_addr().port(), "app-b"), response).await;
+    let mut radar_options = options(port_a, "1AB.ENTER.DETRD");
+    radar_options.failover = vec![at(broker_b.local_addr().port())];
+    radar_options.return_to_first = Some(Duration::from_millis(100));
+    let (radar, mut events) = connection(radar_options);
+    assert_eq!(connected_to(&mut events).await, (at(port_a), false));
+
+    // A goes: the radar is on B, and looks at A now and then (refused meanwhile).
+    drop(broker_a);
+    disconnected(&mut events).await;
+    assert_eq!(
+        connected_to(&mut events).await.0,
+        at(broker_b.local_addr().port())
+    );
+    enqueue_numbered(&radar, response, 0..5).await;
+    assert_eq!(receive(&mut at_b, 5).await, numbered(0..5));
+    events
+        .find(|e| matches!(e, ConnectionEvent::MessageDelivered(5)).then_some(()))
+        .await;
+
+    // A is back on its port: the radar leaves B and connects there.
+    let _broker_a = broker_on(port_a);
+    let (_app_a, mut at_a, _) = consumer_with(options(port_a, "app-a"), response).await;
+    let reason = events
+        .find(|e| match e {
+            ConnectionEvent::Disconnected(reason) => Some(reason.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(reason, switchboard_actors::LinkDown::BackToFirstBroker);
+    assert_eq!(connected_to(&mut events).await, (at(port_a), false));
+    enqueue_numbered(&radar, response, 5..10).await;
+    assert_eq!(receive(&mut at_a, 5).await, numbered(5..10));
+    assert!(at_b.drain_ready().is_empty(), "nothing more went to B");
+}
+
+#[actix_rt::test]
 async fn a_round_that_fails_at_every_broker_backs_off_then_starts_again() {
     let broker = broker_on(0);
     // Three brokers that close every connection before CONNACK, the second of which opens later.

@@ -118,6 +118,12 @@ pub struct BridgeConfig {
     /// the others in turn.
     #[serde(deserialize_with = "one_or_several")]
     pub address: Vec<String>,
+    /// With several `address`es: `false` (default, as Mosquitto's): the first is the main
+    /// broker, and while the bridge is on another it looks every `reconnect_max` whether the
+    /// first answers again and goes back to it; `true`: the brokers are equals, and the bridge
+    /// stays on the one it reached until that one goes (the nodes of a cluster).
+    #[serde(default)]
+    pub round_robin: bool,
     /// `"3.1.1"` (default) or `"5"`.
     #[serde(default)]
     pub protocol: BridgeProtocol,

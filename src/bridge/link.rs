@@ -19,7 +19,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use switchboard_actors::{
     Acknowledge, Backoff, BrokerAddress, ConnectFailure, ConnectionEvent, ConnectionOptions,
-    Connector, Enqueue, ManagedConnection, MessageId, Overflow, PendingAck, PendingCount,
+    Connector, Enqueue, LinkDown, ManagedConnection, MessageId, Overflow, PendingAck, PendingCount,
     ProtocolVersion, QoS, Received, Stop, Subscribe, Transport,
 };
 use tokio::sync::oneshot;
@@ -145,6 +145,7 @@ impl Bridge {
         let first = brokers.next().unwrap_or_else(|| BrokerAddress::new("", 0));
         let mut options = ConnectionOptions::new(first.host, first.port, config.remote_client_id());
         options.failover = brokers.collect();
+        options.return_to_first = (!config.round_robin).then_some(config.reconnect_max);
         options.keep_alive = config.keep_alive;
         options.clean_session = config.clean_session;
         options.credentials = config
@@ -266,6 +267,11 @@ impl Bridge {
                 self.status.link.set_connected(true);
                 self.status.set_remote(Some(broker.to_string()));
                 info!(bridge = %name, address = %broker, session_present, "bridge connected");
+            }
+            ConnectionEvent::Disconnected(LinkDown::BackToFirstBroker) => {
+                self.status.link.set_connected(false);
+                self.status.set_remote(None);
+                info!(bridge = %name, address = %self.config.address_list(), "the bridge's first remote broker answers again; the bridge goes back to it");
             }
             ConnectionEvent::Disconnected(reason) => {
                 self.status.link.set_connected(false);

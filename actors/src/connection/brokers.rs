@@ -62,6 +62,22 @@ impl BrokerRotation {
     pub(super) fn reached(&mut self) {
         self.failed_in_round = 0;
     }
+
+    /// The connection's own broker, the first of the list.
+    pub(super) fn first(&self) -> &BrokerAddress {
+        &self.brokers[0]
+    }
+
+    /// Whether the broker in use (or tried) is the first.
+    pub(super) fn on_first(&self) -> bool {
+        self.current == 0
+    }
+
+    /// The next attempt goes to the first broker, in a fresh round.
+    pub(super) fn go_to_first(&mut self) {
+        self.current = 0;
+        self.failed_in_round = 0;
+    }
 }
 
 #[cfg(test)]

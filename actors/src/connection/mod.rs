@@ -3,6 +3,7 @@
 //! publishes in a bounded (optionally durable) queue, and pipelines QoS 1/2 with an inflight
 //! window.
 
+mod back_to_first;
 mod brokers;
 mod from_broker;
 mod messages;
@@ -76,6 +77,8 @@ pub struct ManagedConnection {
     options: ConnectionOptions,
     /// The brokers it may connect to, and which one it tries.
     brokers: BrokerRotation,
+    /// When to look whether the first broker answers again (`return_to_first`).
+    next_look_at_first: Option<Instant>,
     generation: u64,
     link: Link,
     read_handle: Option<SpawnHandle>,
@@ -106,6 +109,7 @@ impl ManagedConnection {
         let queue = PendingQueue::new(options.queue_capacity, options.overflow);
         ManagedConnection {
             brokers: BrokerRotation::new(&options),
+            next_look_at_first: None,
             options,
             generation: 0,
             link: Link::Down,
@@ -311,6 +315,7 @@ impl ManagedConnection {
                     LinkDown::Network(e) | LinkDown::Protocol(e) => ConnectFailure::Network(e),
                     LinkDown::DisconnectedByBroker(code) => ConnectFailure::Refused(code),
                     LinkDown::Stopped => ConnectFailure::Network("stopped".into()),
+                    LinkDown::BackToFirstBroker => ConnectFailure::Network("moved".into()),
                 };
                 self.drop_link(ctx, None, Some(failure))
             }
@@ -322,6 +327,7 @@ impl ManagedConnection {
         self.link = Link::Up;
         self.attempt = 0;
         self.brokers.reached();
+        self.plan_return_to_first();
         let broker = self.brokers.current().clone();
         info!(client_id = %self.options.client_id, %broker, session_present, "connected to the broker");
         self.emit(ConnectionEvent::Connected {
@@ -449,7 +455,9 @@ impl ManagedConnection {
                     self.out.extend_from_slice(&[0xC0, 0x00]);
                     self.flush(ctx);
                 }
+                self.look_at_first_if_due(ctx);
             }
+            Link::Up => self.look_at_first_if_due(ctx),
             Link::AwaitingConnAck { since } if since.elapsed() > self.options.connect_timeout => {
                 self.drop_link(ctx, None, Some(ConnectFailure::Timeout));
             }
