@@ -43,6 +43,8 @@ pub enum Incoming {
         code: u8,
         /// (5.0) The largest packet the broker accepts, if it says.
         maximum_packet_size: Option<u32>,
+        /// (5.0) With 0x9C Use another server or 0x9D Server moved: where to go instead.
+        server_reference: Option<String>,
     },
     /// PUBLISH.
     Publish {
@@ -75,8 +77,9 @@ pub enum Incoming {
     UnsubAck,
     /// PINGRESP.
     PingResp,
-    /// An MQTT 5 server DISCONNECT with its reason code.
-    Disconnect(u8),
+    /// An MQTT 5 server DISCONNECT with its reason code, and its Server Reference (with 0x9C Use
+    /// another server or 0x9D Server moved: where to go instead).
+    Disconnect(u8, Option<String>),
 }
 
 /// Decodes the packets a broker sends, in the protocol of the connection.
@@ -119,7 +122,7 @@ impl Decoder for ClientCodec {
         if self.protocol.is_v5() {
             if frame[..] == [0xE0, 0x00] {
                 // mqttbytes v5 refuses a bare DISCONNECT (reason 0x00 by omission).
-                return Ok(Some(Incoming::Disconnect(0)));
+                return Ok(Some(Incoming::Disconnect(0, None)));
             }
             if frame[0] >> 4 == 3 {
                 return publish_v5(frame.freeze()).map(Some);
@@ -142,6 +145,7 @@ fn from_v4(packet: v4::Packet) -> Result<Incoming, ClientCodecError> {
             session_present: ack.session_present,
             code: ack.code as u8,
             maximum_packet_size: None,
+            server_reference: None,
         },
         v4::Packet::Publish(p) => Incoming::Publish {
             topic: p.topic,
@@ -200,7 +204,8 @@ fn from_v5(packet: v5::Packet) -> Result<Incoming, ClientCodecError> {
         v5::Packet::ConnAck(ack) => Incoming::ConnAck {
             session_present: ack.session_present,
             code: ack.code as u8,
-            maximum_packet_size: ack.properties.and_then(|p| p.max_packet_size),
+            maximum_packet_size: ack.properties.as_ref().and_then(|p| p.max_packet_size),
+            server_reference: ack.properties.and_then(|p| p.server_reference),
         },
         // A PUBLISH never comes here: `publish_v5` reads it.
         v5::Packet::PubAck(a) => Incoming::PubAck(a.pkid, a.reason as u8),
@@ -221,7 +226,10 @@ fn from_v5(packet: v5::Packet) -> Result<Incoming, ClientCodecError> {
         ),
         v5::Packet::UnsubAck(_) => Incoming::UnsubAck,
         v5::Packet::PingResp => Incoming::PingResp,
-        v5::Packet::Disconnect(d) => Incoming::Disconnect(d.reason_code as u8),
+        v5::Packet::Disconnect(d) => Incoming::Disconnect(
+            d.reason_code as u8,
+            d.properties.and_then(|p| p.server_reference),
+        ),
         _ => {
             return Err(ClientCodecError::Malformed(
                 mqttbytes::Error::MalformedPacket,
@@ -426,6 +434,7 @@ mod tests {
                 session_present: true,
                 code: 0,
                 maximum_packet_size: None,
+                server_reference: None,
             })
         ));
         assert_eq!(
@@ -460,7 +469,7 @@ mod tests {
         // A bare DISCONNECT is reason 0x00; a PUBLISH without its property length ends the link
         // instead of waiting for bytes that belong to the next packet.
         let got = decode_all(ProtocolVersion::V5, &[0xE0, 0x00]);
-        assert_eq!(got, vec![Ok(Incoming::Disconnect(0))]);
+        assert_eq!(got, vec![Ok(Incoming::Disconnect(0, None))]);
         let got = decode_all(
             ProtocolVersion::V5,
             &[0x30, 0x03, 0x00, 0x01, b'a', 0xD0, 0x00],

@@ -85,6 +85,31 @@ impl BrokerAddress {
     }
 }
 
+impl BrokerAddress {
+    /// The first server of an MQTT 5 Server Reference (section 4.11: references separated by
+    /// spaces, each a name with an optional `:port`, a name with a colon in brackets), its port
+    /// `default_port` when it names none.
+    pub fn from_server_reference(reference: &str, default_port: u16) -> Option<Self> {
+        let first = reference.split_whitespace().next()?;
+        if let Some(bracketed) = first.strip_prefix('[') {
+            let (host, rest) = bracketed.split_once(']')?;
+            let port = match rest.strip_prefix(':') {
+                Some(port) => port.parse().ok()?,
+                None if rest.is_empty() => default_port,
+                None => return None,
+            };
+            return (!host.is_empty() && port != 0).then(|| BrokerAddress::new(host, port));
+        }
+        match first.split_once(':') {
+            Some((host, port)) => {
+                let port: u16 = port.parse().ok()?;
+                (!host.is_empty() && port != 0).then(|| BrokerAddress::new(host, port))
+            }
+            None => Some(BrokerAddress::new(first, default_port)),
+        }
+    }
+}
+
 impl std::fmt::Display for BrokerAddress {
     /// `host:port`, an IPv6 address in brackets.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -231,6 +256,27 @@ mod tests {
             "h:x",
         ] {
             assert_eq!(BrokerAddress::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_server_reference_names_its_first_server() {
+        let reference = |r: &str| BrokerAddress::from_server_reference(r, 1883);
+        assert_eq!(
+            reference("b.example"),
+            Some(BrokerAddress::new("b.example", 1883))
+        );
+        assert_eq!(
+            reference("b.example:8883 c.example:1883"),
+            Some(BrokerAddress::new("b.example", 8883))
+        );
+        assert_eq!(
+            reference("[::1]:1884"),
+            Some(BrokerAddress::new("::1", 1884))
+        );
+        assert_eq!(reference("[::1]"), Some(BrokerAddress::new("::1", 1883)));
+        for bad in ["", "  ", "b:x", ":1883", "[::1", "[::1]x", "[]:1", "b:0"] {
+            assert_eq!(reference(bad), None, "{bad:?}");
         }
     }
 

@@ -313,3 +313,121 @@ async fn switchboard_pub_delivers_through_its_failover_broker() {
         "switchboard-pub: --failover: `central.example` is not host:port"
     );
 }
+
+/// Reads one MQTT packet from a fake broker's socket.
+async fn read_packet(socket: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut head = vec![0u8; 2];
+    socket.read_exact(&mut head).await.expect("a packet");
+    let (mut len, mut shift, mut last) = ((head[1] & 0x7F) as usize, 7, head[1]);
+    while last & 0x80 != 0 {
+        let mut b = [0u8; 1];
+        socket.read_exact(&mut b).await.expect("a length byte");
+        len |= ((b[0] & 0x7F) as usize) << shift;
+        (shift, last) = (shift + 7, b[0]);
+    }
+    let mut body = vec![0u8; len];
+    socket.read_exact(&mut body).await.expect("a body");
+    body
+}
+
+/// An MQTT 5 CONNACK or DISCONNECT (`first_byte` 0x20 or 0xE0) with this reason code and a
+/// Server Reference property (0x1C).
+fn with_server_reference(first_byte: u8, code: u8, reference: &str) -> Vec<u8> {
+    let mut properties = vec![0x1C];
+    properties.extend_from_slice(&(reference.len() as u16).to_be_bytes());
+    properties.extend_from_slice(reference.as_bytes());
+    let mut body = if first_byte == 0x20 {
+        vec![0x00, code]
+    } else {
+        vec![code]
+    };
+    body.push(properties.len() as u8);
+    body.extend(properties);
+    let mut packet = vec![first_byte, body.len() as u8];
+    packet.extend(body);
+    packet
+}
+
+/// A fake MQTT 5 broker that takes one connection and answers its CONNECT with `answer`.
+async fn fake_broker_answering(
+    answer: Vec<u8>,
+) -> (u16, tokio::task::JoinHandle<tokio::net::TcpStream>) {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let port = listener.local_addr().expect("addr").port();
+    let fake = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.expect("a connection");
+        let connect = read_packet(&mut socket).await;
+        assert_eq!(&connect[..6], b"\x00\x04MQTT", "a CONNECT");
+        socket.write_all(&answer).await.expect("answered");
+        socket // the listener is dropped: a second attempt here would be refused
+    });
+    (port, fake)
+}
+
+#[actix_rt::test]
+async fn an_mqtt5_broker_that_answers_use_another_server_sends_the_device_there() {
+    let broker = broker_on(0);
+    let real = at(broker.local_addr().port());
+    let connack = with_server_reference(0x20, 0x9C, &format!("127.0.0.1:{}", real.port));
+    let (fake_port, fake) = fake_broker_answering(connack).await;
+    let mut device_options = options(fake_port, "gate-1AB");
+    device_options.protocol = switchboard_actors::ProtocolVersion::V5;
+    let (_device, mut events) = connection(device_options);
+    let failure = events
+        .find(|e| match e {
+            ConnectionEvent::ConnectFailed {
+                failure,
+                retry_in,
+                broker,
+            } => Some((failure.clone(), *retry_in, broker.clone())),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        failure,
+        (ConnectFailure::Refused(0x9C), Duration::ZERO, at(fake_port)),
+        "[MQTT-4.11] the server it names is tried at once"
+    );
+    assert_eq!(connected_to(&mut events).await, (real, false));
+    drop(fake);
+}
+
+#[actix_rt::test]
+async fn an_mqtt5_broker_that_disconnects_with_server_moved_is_replaced_for_good() {
+    use tokio::io::AsyncWriteExt;
+    let broker = broker_on(0);
+    let mut proxy = Proxy::start(0, broker.local_addr()).await;
+    let moved_to = at(proxy.port);
+    let (fake_port, fake) = fake_broker_answering(vec![0x20, 0x03, 0x00, 0x00, 0x00]).await;
+    let mut device_options = options(fake_port, "gate-1AB");
+    device_options.protocol = switchboard_actors::ProtocolVersion::V5;
+    let (_device, mut events) = connection(device_options);
+    assert_eq!(connected_to(&mut events).await, (at(fake_port), false));
+    let mut socket = fake.await.expect("the fake broker");
+    let disconnect = with_server_reference(0xE0, 0x9D, &format!("127.0.0.1:{}", proxy.port));
+    socket.write_all(&disconnect).await.expect("sent");
+    let reason = events
+        .find(|e| match e {
+            ConnectionEvent::Disconnected(reason) => Some(reason.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        reason,
+        switchboard_actors::LinkDown::DisconnectedByBroker(0x9D)
+    );
+    assert_eq!(connected_to(&mut events).await, (moved_to.clone(), false));
+
+    // The server moved for good: after losing it, the device tries it again, never the old one.
+    proxy.cut();
+    for _ in 0..3 {
+        let (failed_at, _) = failed_at(&mut events).await;
+        assert_eq!(failed_at, moved_to);
+    }
+    proxy.resume();
+    assert_eq!(connected_to(&mut events).await, (moved_to, false));
+}

@@ -67,7 +67,7 @@ impl ManagedConnection {
             self.next_look_at_first = Some(Instant::now());
             return;
         };
-        let left = self.brokers.current().clone();
+        let left = self.attempt_broker.clone();
         info!(client_id = %self.options.client_id, %left, first = %self.brokers.first(), "the first broker answers again; moving back to it");
         let mut last = std::mem::take(&mut self.out);
         last.extend_from_slice(&[0xE0, 0x00]);

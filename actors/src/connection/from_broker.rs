@@ -10,6 +10,8 @@ use switchboard_mqtt::QoS;
 use super::{Awaiting, Link, ManagedConnection};
 use crate::codec::Incoming;
 use crate::events::{ConnectFailure, ConnectionEvent, LinkDown, PendingAck, Received};
+use crate::options::BrokerAddress;
+use crate::transport::Transport;
 
 impl ManagedConnection {
     pub(super) fn on_packet(&mut self, ctx: &mut Context<Self>, packet: Incoming) {
@@ -18,6 +20,7 @@ impl ManagedConnection {
                 session_present,
                 code,
                 maximum_packet_size,
+                server_reference,
             } => {
                 // [MQTT-3.2.2-15] nothing larger than this goes to the broker.
                 self.server_max_packet = maximum_packet_size.map(|m| m as usize);
@@ -27,7 +30,9 @@ impl ManagedConnection {
                 if code == 0 {
                     self.on_connected(ctx, session_present);
                 } else {
-                    warn!(client_id = %self.options.client_id, code, "broker refused the connection");
+                    if !self.follow_redirect(code, server_reference.as_deref()) {
+                        warn!(client_id = %self.options.client_id, code, "broker refused the connection");
+                    }
                     self.drop_link(ctx, None, Some(ConnectFailure::Refused(code)));
                 }
             }
@@ -99,8 +104,10 @@ impl ManagedConnection {
                 }
             }
             Incoming::UnsubAck | Incoming::PingResp => {}
-            Incoming::Disconnect(code) => {
-                info!(client_id = %self.options.client_id, code, "the broker closed the connection with DISCONNECT");
+            Incoming::Disconnect(code, server_reference) => {
+                if !self.follow_redirect(code, server_reference.as_deref()) {
+                    info!(client_id = %self.options.client_id, code, "the broker closed the connection with DISCONNECT");
+                }
                 return self.link_lost(ctx, LinkDown::DisconnectedByBroker(code));
             }
         }
@@ -108,4 +115,37 @@ impl ManagedConnection {
         self.flush(ctx);
         self.check_stop(ctx);
     }
+
+    /// MQTT 5 server redirection (section 4.11): with 0x9C Use another server or 0x9D Server
+    /// moved and a Server Reference, the next attempt goes there at once (0x9D: for good, in
+    /// place of the broker in use). Returns whether it is followed (not over MQTT 3.1.1, nor
+    /// with a custom transport, nor with a reference that names no server, nor beyond a few
+    /// redirects in a row).
+    fn follow_redirect(&mut self, code: u8, server_reference: Option<&str>) -> bool {
+        let (USE_ANOTHER_SERVER | SERVER_MOVED) = code else {
+            return false;
+        };
+        if !self.options.protocol.is_v5() || matches!(self.options.transport, Transport::Custom(_))
+        {
+            return false;
+        }
+        let Some(to) = server_reference
+            .and_then(|r| BrokerAddress::from_server_reference(r, self.attempt_broker.port))
+        else {
+            return false;
+        };
+        let from = self.attempt_broker.clone();
+        let permanent = code == SERVER_MOVED;
+        if !self.brokers.redirect(to.clone(), permanent) {
+            warn!(client_id = %self.options.client_id, %from, %to, "too many redirects in a row; not followed");
+            return false;
+        }
+        info!(client_id = %self.options.client_id, %from, %to, code, permanent, "the broker sends the connection to another server");
+        true
+    }
 }
+
+/// MQTT 5 reason code 0x9C Use another server.
+const USE_ANOTHER_SERVER: u8 = 0x9C;
+/// MQTT 5 reason code 0x9D Server moved.
+const SERVER_MOVED: u8 = 0x9D;

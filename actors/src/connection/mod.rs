@@ -34,7 +34,7 @@ use crate::codec::{
 };
 use crate::durable::DurableLog;
 use crate::events::{ConnectFailure, ConnectionEvent, DropReason, LinkDown, MessageId};
-use crate::options::ConnectionOptions;
+use crate::options::{BrokerAddress, ConnectionOptions};
 use crate::queue::{Outgoing, PendingQueue};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +77,8 @@ pub struct ManagedConnection {
     options: ConnectionOptions,
     /// The brokers it may connect to, and which one it tries.
     brokers: BrokerRotation,
+    /// The broker of the attempt under way, or of the link up.
+    attempt_broker: BrokerAddress,
     /// When to look whether the first broker answers again (`return_to_first`).
     next_look_at_first: Option<Instant>,
     generation: u64,
@@ -109,6 +111,7 @@ impl ManagedConnection {
         let queue = PendingQueue::new(options.queue_capacity, options.overflow);
         ManagedConnection {
             brokers: BrokerRotation::new(&options),
+            attempt_broker: BrokerAddress::new(options.host.clone(), options.port),
             next_look_at_first: None,
             options,
             generation: 0,
@@ -158,11 +161,11 @@ impl ManagedConnection {
         self.link = Link::Connecting;
         self.generation += 1;
         let generation = self.generation;
-        let broker = self.brokers.current();
+        self.attempt_broker = self.brokers.current().clone();
         let open = crate::transport::open(
             self.options.transport.clone(),
-            broker.host.clone(),
-            broker.port,
+            self.attempt_broker.host.clone(),
+            self.attempt_broker.port,
         );
         let connect = tokio::time::timeout(self.options.connect_timeout, open);
         ctx.spawn(connect.into_actor(self).map(move |result, act, ctx| {
@@ -249,17 +252,21 @@ impl ManagedConnection {
         self.flush(ctx);
     }
 
-    /// An attempt failed: the next of the brokers at once, or after the backoff when every
-    /// one of them failed in this round.
+    /// An attempt failed: the next of the brokers at once (or the one the broker sent the
+    /// connection to), or after the backoff when every one of them failed in this round.
     fn connect_failed(&mut self, ctx: &mut Context<Self>, failure: ConnectFailure) {
         self.link = Link::Down;
-        let broker = self.brokers.current().clone();
-        let retry_in = match self.brokers.failed() {
-            AfterFailure::TryNext => Duration::ZERO,
-            AfterFailure::BackOff => {
-                let delay = self.options.backoff.delay(self.attempt);
-                self.attempt = self.attempt.saturating_add(1);
-                delay
+        let broker = self.attempt_broker.clone();
+        let retry_in = if self.brokers.take_redirected() {
+            Duration::ZERO
+        } else {
+            match self.brokers.failed() {
+                AfterFailure::TryNext => Duration::ZERO,
+                AfterFailure::BackOff => {
+                    let delay = self.options.backoff.delay(self.attempt);
+                    self.attempt = self.attempt.saturating_add(1);
+                    delay
+                }
             }
         };
         debug!(client_id = %self.options.client_id, %broker, ?failure, ?retry_in, next = %self.brokers.current(), "connect failed");
@@ -298,10 +305,15 @@ impl ManagedConnection {
             return self.connect_failed(ctx, failure);
         }
         if let Some(reason) = down {
-            info!(client_id = %self.options.client_id, broker = %self.brokers.current(), ?reason, "disconnected from the broker");
+            info!(client_id = %self.options.client_id, broker = %self.attempt_broker, ?reason, "disconnected from the broker");
             self.emit(ConnectionEvent::Disconnected(reason));
-            let retry_in = self.options.backoff.delay(self.attempt);
-            self.attempt = self.attempt.saturating_add(1);
+            let retry_in = if self.brokers.take_redirected() {
+                Duration::ZERO
+            } else {
+                let delay = self.options.backoff.delay(self.attempt);
+                self.attempt = self.attempt.saturating_add(1);
+                delay
+            };
             self.schedule_reconnect(ctx, retry_in);
         }
     }
@@ -328,7 +340,7 @@ impl ManagedConnection {
         self.attempt = 0;
         self.brokers.reached();
         self.plan_return_to_first();
-        let broker = self.brokers.current().clone();
+        let broker = self.attempt_broker.clone();
         info!(client_id = %self.options.client_id, %broker, session_present, "connected to the broker");
         self.emit(ConnectionEvent::Connected {
             session_present,

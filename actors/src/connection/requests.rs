@@ -151,7 +151,7 @@ impl Handler<AddListener> for ManagedConnection {
             // A late listener learns the current state.
             msg.0.do_send(ConnectionEvent::Connected {
                 session_present: self.session_present,
-                broker: self.brokers.current().clone(),
+                broker: self.attempt_broker.clone(),
             });
         }
         self.listeners.push(msg.0);
