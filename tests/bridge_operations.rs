@@ -98,6 +98,10 @@ async fn bridge_state_shows_in_sys_metrics_and_the_admin_api() {
         "switchboard_bridge_messages_received_total{bridge=\"central\"} 1",
         "switchboard_bridge_messages_dropped_total{bridge=\"central\"} 0",
         "switchboard_bridge_queued_messages{bridge=\"central\"} 0",
+        &format!(
+            "switchboard_bridge_remote{{bridge=\"central\",address=\"{}\"}} 1",
+            central.local_addr()
+        ),
     ] {
         assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
     }

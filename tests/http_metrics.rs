@@ -359,3 +359,37 @@ async fn both_exposition_formats_parse_with_their_types() {
     assert_eq!(openmetrics.get(expiry), pki.server_not_after as f64);
     assert_eq!(classic.get(expiry), pki.server_not_after as f64);
 }
+
+/// The bridges' families parse too, the one with two labels (which remote a bridge is on)
+/// among them.
+#[tokio::test]
+async fn the_bridge_families_parse_with_their_types() {
+    if !prometheus_parser_available() {
+        return;
+    }
+    let central = common::broker();
+    let topics = r#"{ pattern = "gate/#", direction = "out", qos = 1 },"#;
+    let toml = common::bridge::bridge_toml(central.local_addr(), "3.1.1", topics, "");
+    let site = common::bridge::site(&toml, |_| {});
+    common::bridge::bridge_ready(&site).await;
+    let http = site.http_local_addr().expect("http on");
+    let remote = format!(
+        "switchboard_bridge_remote{{address=\"{}\",bridge=\"central\"}}",
+        central.local_addr()
+    );
+    for openmetrics in [true, false] {
+        let scrape = scrape_as(http, None, openmetrics).await;
+        for (family, kind) in [
+            ("switchboard_bridge_connected", "gauge"),
+            ("switchboard_bridge_remote", "gauge"),
+            ("switchboard_bridge_messages_sent", "counter"),
+        ] {
+            assert_eq!(
+                scrape.types.get(family).map(String::as_str),
+                Some(kind),
+                "{family}"
+            );
+        }
+        assert_eq!(scrape.get(&remote), 1.0, "openmetrics: {openmetrics}");
+    }
+}

@@ -125,6 +125,7 @@ fn bridges(
         "bridge",
         each(|b| u64::from(b.connected)),
     )?;
+    remotes(e, bridges)?;
     labelled(
         e,
         MetricType::Gauge,
@@ -157,6 +158,30 @@ fn bridges(
         "bridge",
         each(|b| b.dropped),
     )
+}
+
+/// `switchboard_bridge_remote{bridge, address} 1` for each bridge whose link is up: which of its
+/// `address`es it is on (a standby, when the main broker is down).
+fn remotes(
+    e: &mut DescriptorEncoder,
+    bridges: &[crate::bridge::BridgeSnapshot],
+) -> std::fmt::Result {
+    let mut family = e.encode_descriptor(
+        "switchboard_bridge_remote",
+        "1 for the remote broker (one of the bridge's addresses) its link is up to",
+        None,
+        MetricType::Gauge,
+    )?;
+    for bridge in bridges {
+        if let Some(remote) = &bridge.connected_to {
+            let labels = [
+                ("bridge", bridge.name.as_str()),
+                ("address", remote.as_str()),
+            ];
+            ConstGauge::new(1i64).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
 }
 
 impl Collector for Scrape {
