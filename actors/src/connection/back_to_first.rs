@@ -17,11 +17,13 @@ use crate::transport::Transport;
 
 impl ManagedConnection {
     /// Notes, once connected, when to look at the first broker next (never while on it, nor
-    /// without `return_to_first`, nor with a custom transport, whose streams have no address).
+    /// without `return_to_first`, nor with a custom transport, whose streams have no address,
+    /// nor on a server a broker sent the connection to with 0x9C: that lasts while it works).
     pub(super) fn plan_return_to_first(&mut self) {
         self.next_look_at_first = match self.options.return_to_first {
             Some(every)
                 if !self.brokers.on_first()
+                    && !self.brokers.on_detour()
                     && !matches!(self.options.transport, Transport::Custom(_)) =>
             {
                 Some(Instant::now() + every)

@@ -119,6 +119,11 @@ impl BrokerRotation {
         self.detour.is_none() && self.current == 0
     }
 
+    /// Whether the broker in use is one a broker sent the connection to (0x9C).
+    pub(super) fn on_detour(&self) -> bool {
+        self.detour.is_some()
+    }
+
     /// The next attempt goes to the first broker, in a fresh round.
     pub(super) fn go_to_first(&mut self) {
         self.detour = None;
@@ -147,7 +152,7 @@ mod tests {
         assert!(brokers.take_redirected());
         assert!(!brokers.take_redirected(), "told once");
         assert_eq!(brokers.current().to_string(), "c:3");
-        assert!(!brokers.on_first());
+        assert!(!brokers.on_first() && brokers.on_detour());
         // The detour fails: a failure of a:1, which sent it there.
         assert_eq!(brokers.failed(), AfterFailure::TryNext);
         assert_eq!(brokers.current().to_string(), "b:2");
