@@ -17,10 +17,17 @@ const MOSQUITTO_LINE: &str = "alice:$7$101$KkuAleRaWpH/W1vd$mcZbfAMv/O/YmRFUKsgg
 fn password_file(dir: &tempfile::TempDir) -> std::path::PathBuf {
     let path = dir.path().join("passwords");
     std::fs::write(&path, format!("{MOSQUITTO_LINE}\n")).expect("write");
+    set_password(&path, "1AB.ENTER.DETRD", "radar-pw");
+    path
+}
+
+/// `switchboard passwd` (1,000 rounds): adds `user` to the file at `path`, or changes its
+/// password.
+fn set_password(path: &std::path::Path, user: &str, password: &str) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .args(["passwd", "--iterations", "1000"])
-        .arg(&path)
-        .arg("1AB.ENTER.DETRD")
+        .arg(path)
+        .arg(user)
         .stdin(Stdio::piped())
         .spawn()
         .expect("switchboard passwd runs");
@@ -28,10 +35,9 @@ fn password_file(dir: &tempfile::TempDir) -> std::path::PathBuf {
         .stdin
         .take()
         .expect("stdin")
-        .write_all(b"radar-pw\n")
+        .write_all(format!("{password}\n").as_bytes())
         .expect("password");
     assert!(child.wait().expect("exit").success());
-    path
 }
 
 async fn connack(addr: std::net::SocketAddr, user: Option<&str>, password: Option<&[u8]>) -> u8 {
@@ -68,6 +74,44 @@ async fn password_file_users_get_in_and_nobody_else() {
     assert_eq!(connack(addr, Some("alice"), None).await, 4, "no password");
     // With a password file, anonymous clients are refused unless allowed.
     assert_eq!(connack(addr, None, None).await, 5);
+}
+
+/// A password that verified once is not checked with PBKDF2 again (src/auth/verified.rs), so a
+/// changed password must end it: after `switchboard passwd` and a SIGHUP, the old password is
+/// refused, even for a user who connected with it before, and the new one gets in.
+#[tokio::test]
+async fn a_changed_password_is_refused_after_a_reload_though_it_verified_before() {
+    use common::child::{listening_addr, sighup, spawn, wait_line, BrokerProcess};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = password_file(&dir);
+    let config = dir.path().join("switchboard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[auth]\npassword_file = \"{}\"\n[http]\nenabled = false\n",
+            path.display()
+        ),
+    )
+    .expect("config");
+    let (child, logs) = spawn(&["--port", "0", "-c", config.to_str().expect("utf-8")]);
+    let child = BrokerProcess(child);
+    let addr = listening_addr(&wait_line(&logs, "switchboard listening on"));
+    let radar = Some("1AB.ENTER.DETRD");
+    for _ in 0..2 {
+        assert_eq!(connack(addr, radar, Some(b"radar-pw")).await, 0);
+    }
+    assert_eq!(connack(addr, radar, Some(b"new-pw")).await, 4);
+
+    set_password(&path, "1AB.ENTER.DETRD", "new-pw");
+    sighup(&child.0);
+    wait_line(&logs, "SIGHUP: password and ACL files reloaded");
+    assert_eq!(
+        connack(addr, radar, Some(b"radar-pw")).await,
+        4,
+        "the old password, verified before the reload"
+    );
+    assert_eq!(connack(addr, radar, Some(b"new-pw")).await, 0);
+    assert_eq!(connack(addr, Some("alice"), Some(b"s3cret")).await, 0);
 }
 
 #[tokio::test]

@@ -121,6 +121,13 @@ pub struct Args {
     /// QoS 1/2 messages are kept on disk.
     #[arg(long)]
     pub persistent_subscribers: bool,
+    /// Every client connects with this user name (a broker with a password file), and
+    /// `--password`.
+    #[arg(long, requires = "password")]
+    pub username: Option<String>,
+    /// The password of `--username`.
+    #[arg(long, requires = "username")]
+    pub password: Option<String>,
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,

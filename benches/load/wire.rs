@@ -2,6 +2,7 @@
 //! (MQTT 5), PUBLISH from a pre-encoded template patched in place, and a minimal frame splitter.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 use bytes::BytesMut;
 use switchboard::codec::properties::put_var_int;
@@ -33,6 +34,14 @@ pub fn set_persistent_subscribers(on: bool) {
 /// Whether subscribers keep a persistent session.
 pub fn persistent_subscribers() -> bool {
     PERSISTENT_SUBSCRIBERS.load(Ordering::Relaxed)
+}
+
+/// The user name and password every client connects with (`--username`); set once at start.
+static CREDENTIALS: OnceLock<(String, String)> = OnceLock::new();
+
+/// Makes every client of this run connect with this user name and password.
+pub fn set_credentials(user: &str, password: &str) {
+    let _ = CREDENTIALS.set((user.to_string(), password.to_string()));
 }
 
 fn string(out: &mut Vec<u8>, s: &str) {
@@ -162,10 +171,13 @@ where
 
 /// A CONNECT frame, with clean session / clean start as `clean` says.
 pub fn connect(client_id: &str, keep_alive: u16, clean: bool) -> Vec<u8> {
+    let credentials = CREDENTIALS.get();
     if mqtt5() {
         let mut body = Vec::new();
         string(&mut body, "MQTT");
-        body.extend([5, if clean { 0x02 } else { 0x00 }]);
+        // User Name and Password flags (0xC0) with credentials.
+        let login = if credentials.is_some() { 0xC0 } else { 0 };
+        body.extend([5, login | if clean { 0x02 } else { 0x00 }]);
         body.extend(keep_alive.to_be_bytes());
         if clean {
             body.push(0); // no properties
@@ -174,11 +186,18 @@ pub fn connect(client_id: &str, keep_alive: u16, clean: bool) -> Vec<u8> {
             body.extend(3600u32.to_be_bytes());
         }
         string(&mut body, client_id);
+        if let Some((user, password)) = credentials {
+            string(&mut body, user);
+            string(&mut body, password);
+        }
         return framed(0x10, body);
     }
     let mut connect = mqttbytes::v4::Connect::new(client_id);
     connect.keep_alive = keep_alive;
     connect.clean_session = clean;
+    if let Some((user, password)) = credentials {
+        connect.set_login(user, password);
+    }
     let mut buf = BytesMut::new();
     connect.write(&mut buf).expect("CONNECT encodes");
     buf.to_vec()

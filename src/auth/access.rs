@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use actix::prelude::*;
 use tracing::info;
 
-use super::{AclError, AclFile, Authenticator, PasswordFile, PasswordFileError, ReplacePasswords};
+use super::{AclError, AclFile, Authenticator, PasswordFile, PasswordFileError, Passwords};
 use crate::config::AuthConfig;
 
 /// Why access control could not be (re)loaded.
@@ -27,6 +27,8 @@ pub struct AccessControl {
     config: AuthConfig,
     allow_anonymous: bool,
     authenticator: Option<Addr<Authenticator>>,
+    /// The users the authenticator's threads check against (replaced by a reload).
+    passwords: Option<Arc<Passwords>>,
     acl: RwLock<Option<Arc<AclFile>>>,
     /// Bumped when the ACL is replaced, so Sessions can keep their copy until it changes instead
     /// of taking the lock for every packet.
@@ -37,15 +39,20 @@ impl AccessControl {
     /// Loads the files named in `config` for a listener bound to `bind`; starts the
     /// Authenticator's `SyncArbiter` when there is a password file. Call inside an actix `System`.
     pub fn load(config: &AuthConfig, bind: IpAddr) -> Result<AccessControl, AccessError> {
-        let authenticator = match &config.password_file {
+        let (authenticator, passwords) = match &config.password_file {
             Some(path) => {
-                let passwords = Arc::new(PasswordFile::load(path)?);
-                info!(users = passwords.len(), path = %path.display(), "password file loaded");
-                Some(SyncArbiter::start(1, move || {
-                    Authenticator::new(passwords.clone())
-                }))
+                let file = Arc::new(PasswordFile::load(path)?);
+                info!(users = file.len(), path = %path.display(), "password file loaded");
+                let passwords = Arc::new(Passwords::new(file));
+                let shared = passwords.clone();
+                // One thread per core: a restart's reconnect storm pays the file's PBKDF2 once
+                // per device, and spreads it over the machine.
+                let threads = std::thread::available_parallelism().map_or(1, usize::from);
+                let authenticator =
+                    SyncArbiter::start(threads, move || Authenticator::new(shared.clone()));
+                (Some(authenticator), Some(passwords))
             }
-            None => None,
+            None => (None, None),
         };
         let acl = match &config.acl_file {
             Some(path) => {
@@ -59,6 +66,7 @@ impl AccessControl {
             config: config.clone(),
             allow_anonymous: config.anonymous_allowed(bind),
             authenticator,
+            passwords,
             acl: RwLock::new(acl),
             acl_generation: AtomicU64::new(0),
         })
@@ -75,9 +83,9 @@ impl AccessControl {
             Some(path) => Some(Arc::new(AclFile::load(path)?)),
             None => None,
         };
-        if let (Some(passwords), Some(authenticator)) = (passwords, &self.authenticator) {
-            info!(users = passwords.len(), "password file reloaded");
-            authenticator.do_send(ReplacePasswords(passwords));
+        if let (Some(file), Some(passwords)) = (passwords, &self.passwords) {
+            passwords.replace(file);
+            info!(users = passwords.users(), "password file reloaded");
         }
         if let Some(acl) = acl {
             info!("ACL file reloaded");

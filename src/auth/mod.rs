@@ -5,8 +5,9 @@ mod access;
 mod acl;
 mod authenticator;
 mod password_file;
+mod verified;
 
 pub use access::{AccessControl, AccessError};
 pub use acl::{AclError, AclFile, SubscribeAccess};
-pub use authenticator::{Authenticator, CheckPassword, ReplacePasswords};
+pub use authenticator::{Authenticator, CheckPassword, Passwords};
 pub use password_file::{hash_line, PasswordFile, PasswordFileError};
