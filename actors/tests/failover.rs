@@ -26,17 +26,27 @@ async fn connected_to(events: &mut Inbox<ConnectionEvent>) -> (BrokerAddress, bo
         .await
 }
 
-/// Waits for the next `ConnectFailed` and returns the broker it names and the delay before the
-/// next attempt.
-async fn failed_at(events: &mut Inbox<ConnectionEvent>) -> (BrokerAddress, Duration) {
+/// Waits for the next `ConnectFailed`: what failed, the delay before the next attempt, and the
+/// broker it names.
+async fn next_failure(
+    events: &mut Inbox<ConnectionEvent>,
+) -> (ConnectFailure, Duration, BrokerAddress) {
     events
         .find(|e| match e {
             ConnectionEvent::ConnectFailed {
-                broker, retry_in, ..
-            } => Some((broker.clone(), *retry_in)),
+                failure,
+                retry_in,
+                broker,
+            } => Some((failure.clone(), *retry_in, broker.clone())),
             _ => None,
         })
         .await
+}
+
+/// [`next_failure`]'s broker and delay.
+async fn failed_at(events: &mut Inbox<ConnectionEvent>) -> (BrokerAddress, Duration) {
+    let (_, retry_in, broker) = next_failure(events).await;
+    (broker, retry_in)
 }
 
 fn at(port: u16) -> BrokerAddress {
@@ -209,12 +219,7 @@ async fn a_round_that_fails_at_every_broker_backs_off_then_starts_again() {
         // The test's backoff starts at 20 ms, with jitter down to half of it.
         assert!(backoff >= Duration::from_millis(10), "{backoff:?}");
     }
-    let failure = events
-        .find(|e| match e {
-            ConnectionEvent::ConnectFailed { failure, .. } => Some(failure.clone()),
-            _ => None,
-        })
-        .await;
+    let (failure, _, _) = next_failure(&mut events).await;
     assert!(
         matches!(failure, ConnectFailure::Network(_)),
         "closed before CONNACK: {failure:?}"
@@ -239,16 +244,7 @@ async fn a_broker_that_refuses_the_connect_counts_as_down() {
     let mut device_options = options(broker_a.local_addr().port(), "gate-1AB");
     device_options.failover = vec![at(broker_b.local_addr().port())];
     let (device, mut events) = connection(device_options);
-    let failure = events
-        .find(|e| match e {
-            ConnectionEvent::ConnectFailed {
-                failure,
-                retry_in,
-                broker,
-            } => Some((failure.clone(), *retry_in, broker.clone())),
-            _ => None,
-        })
-        .await;
+    let failure = next_failure(&mut events).await;
     assert_eq!(
         failure,
         (
@@ -377,20 +373,11 @@ async fn an_mqtt5_broker_that_answers_use_another_server_sends_the_device_there(
     let mut device_options = options(fake_port, "gate-1AB");
     device_options.protocol = switchboard_actors::ProtocolVersion::V5;
     let (_device, mut events) = connection(device_options);
-    let failure = events
-        .find(|e| match e {
-            ConnectionEvent::ConnectFailed {
-                failure,
-                retry_in,
-                broker,
-            } => Some((failure.clone(), *retry_in, broker.clone())),
-            _ => None,
-        })
-        .await;
+    let failure = next_failure(&mut events).await;
     assert_eq!(
         failure,
         (ConnectFailure::Refused(0x9C), Duration::ZERO, at(fake_port)),
-        "[MQTT-4.11] the server it names is tried at once"
+        "the server it names is tried at once (section 4.11)"
     );
     assert_eq!(connected_to(&mut events).await, (real, false));
     drop(fake);
