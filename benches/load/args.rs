@@ -128,6 +128,10 @@ pub struct Args {
     /// The password of `--username`.
     #[arg(long, requires = "username")]
     pub password: Option<String>,
+    /// With `--username U`: connect as `U0`, `U1`, ... `U<N-1>` in turn, all with `--password`
+    /// (a fleet of devices with users of their own, each first seen by the broker); 0: as `U`.
+    #[arg(long, default_value_t = 0, requires = "username")]
+    pub users: u64,
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,

@@ -72,7 +72,7 @@ fn run(args: Args) -> Result<(), String> {
     wire::set_mqtt5(args.mqtt == "5");
     wire::set_persistent_subscribers(args.persistent_subscribers);
     if let (Some(user), Some(password)) = (&args.username, &args.password) {
-        wire::set_credentials(user, password);
+        wire::set_credentials(user, password, args.users);
     }
     let target = broker::Target::resolve(&args)?;
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -1,7 +1,7 @@
 //! MQTT bytes for the harness: CONNECT/SUBSCRIBE via mqttbytes (MQTT 3.1.1) or byte by byte
 //! (MQTT 5), PUBLISH from a pre-encoded template patched in place, and a minimal frame splitter.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use bytes::BytesMut;
@@ -36,12 +36,27 @@ pub fn persistent_subscribers() -> bool {
     PERSISTENT_SUBSCRIBERS.load(Ordering::Relaxed)
 }
 
-/// The user name and password every client connects with (`--username`); set once at start.
-static CREDENTIALS: OnceLock<(String, String)> = OnceLock::new();
+/// The user name and password every client connects with (`--username`), and with `--users N`
+/// how many numbered users take turns; set once at start.
+static CREDENTIALS: OnceLock<(String, String, u64)> = OnceLock::new();
 
-/// Makes every client of this run connect with this user name and password.
-pub fn set_credentials(user: &str, password: &str) {
-    let _ = CREDENTIALS.set((user.to_string(), password.to_string()));
+/// CONNECTs written with `--users`: the next one's user number.
+static NEXT_USER: AtomicU64 = AtomicU64::new(0);
+
+/// Makes every client of this run connect with this user name and password (with `users` > 0,
+/// as `user0` .. `user<users-1>` in turn).
+pub fn set_credentials(user: &str, password: &str, users: u64) {
+    let _ = CREDENTIALS.set((user.to_string(), password.to_string(), users));
+}
+
+/// The user name and password of the next CONNECT, if any.
+fn next_credentials() -> Option<(String, &'static str)> {
+    let (user, password, users) = CREDENTIALS.get()?;
+    let user = match users {
+        0 => user.clone(),
+        n => format!("{user}{}", NEXT_USER.fetch_add(1, Ordering::Relaxed) % n),
+    };
+    Some((user, password.as_str()))
 }
 
 fn string(out: &mut Vec<u8>, s: &str) {
@@ -171,7 +186,7 @@ where
 
 /// A CONNECT frame, with clean session / clean start as `clean` says.
 pub fn connect(client_id: &str, keep_alive: u16, clean: bool) -> Vec<u8> {
-    let credentials = CREDENTIALS.get();
+    let credentials = next_credentials();
     if mqtt5() {
         let mut body = Vec::new();
         string(&mut body, "MQTT");
@@ -186,7 +201,7 @@ pub fn connect(client_id: &str, keep_alive: u16, clean: bool) -> Vec<u8> {
             body.extend(3600u32.to_be_bytes());
         }
         string(&mut body, client_id);
-        if let Some((user, password)) = credentials {
+        if let Some((user, password)) = &credentials {
             string(&mut body, user);
             string(&mut body, password);
         }
@@ -196,7 +211,7 @@ pub fn connect(client_id: &str, keep_alive: u16, clean: bool) -> Vec<u8> {
     connect.keep_alive = keep_alive;
     connect.clean_session = clean;
     if let Some((user, password)) = credentials {
-        connect.set_login(user, password);
+        connect.set_login(user, password.to_string());
     }
     let mut buf = BytesMut::new();
     connect.write(&mut buf).expect("CONNECT encodes");
