@@ -7,20 +7,6 @@ use std::net::SocketAddr;
 use common::bridge::{bridge_ready, bridge_toml, site};
 use common::eventually;
 
-/// Collects what a Consumer hands it into a channel.
-struct Collect(tokio::sync::mpsc::UnboundedSender<switchboard_actors::Received>);
-
-impl actix::Actor for Collect {
-    type Context = actix::Context<Self>;
-}
-
-impl actix::Handler<switchboard_actors::Received> for Collect {
-    type Result = ();
-    fn handle(&mut self, msg: switchboard_actors::Received, _: &mut actix::Context<Self>) {
-        let _ = self.0.send(msg);
-    }
-}
-
 /// The seed's scenario across two brokers: the gate and the radar on a site broker, the app on
 /// a central one, a bridge between them. Every status request the app sends is answered.
 async fn gate_demo_across_two_brokers(protocol: &str) {
@@ -59,9 +45,9 @@ async fn gate_demo_across_two_brokers(protocol: &str) {
     };
     // The app, on the central broker, first: it hears each device announce itself.
     let app = ManagedConnection::start_with(at(central.local_addr(), "detrd-app"), Vec::new());
-    let (tx, mut states) = tokio::sync::mpsc::unbounded_channel();
+    let (sink, mut states) = common::forward::forward();
     let filters = vec![("detrd/state/+".to_string(), QoS::AtLeastOnce)];
-    Consumer::new(app.clone(), filters, Collect(tx).start().recipient()).start();
+    Consumer::new(app.clone(), filters, sink).start();
     let requester = Requester::new(
         app.clone(),
         "detrd/status/response/+",

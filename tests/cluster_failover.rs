@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use common::cluster::{child_node, next_payload, node, until_routed};
+use common::forward::forward;
 use common::nats::Nats;
 use common::{options, peer};
 use switchboard_actors::{
@@ -16,26 +17,6 @@ use switchboard_actors::{
     ManagedConnection, QoS, Received,
 };
 use tokio::sync::mpsc;
-
-/// Forwards what it is sent into a channel.
-struct Forward<M>(mpsc::UnboundedSender<M>);
-
-impl<M: Message<Result = ()> + Send + 'static> Actor for Forward<M> {
-    type Context = Context<Self>;
-}
-
-impl<M: Message<Result = ()> + Send + 'static> Handler<M> for Forward<M> {
-    type Result = ();
-    fn handle(&mut self, msg: M, _: &mut Context<Self>) {
-        let _ = self.0.send(msg);
-    }
-}
-
-fn forward<M: Message<Result = ()> + Send + 'static>() -> (Recipient<M>, mpsc::UnboundedReceiver<M>)
-{
-    let (tx, rx) = mpsc::unbounded_channel();
-    (Forward(tx).start().recipient(), rx)
-}
 
 /// The next event `pick` takes, skipping others; panics after 20 s.
 async fn find<T>(
