@@ -68,6 +68,21 @@ async fn enqueue_numbered(
     }
 }
 
+/// The app publishes `payload` on `request` (QoS 1), and the device's consumer `inbox` gets it:
+/// the device is subscribed on the app's broker.
+async fn ask(
+    app: &actix::Addr<switchboard_actors::ManagedConnection>,
+    request: &str,
+    payload: &str,
+    inbox: &mut Inbox<Received>,
+) {
+    app.send(Enqueue::new(request, payload.to_string(), QoS::AtLeastOnce))
+        .await
+        .expect("the app's connection")
+        .expect("queued");
+    assert_eq!(receive(inbox, 1).await, [payload]);
+}
+
 fn numbered(range: std::ops::Range<u32>) -> Vec<String> {
     range.map(|n| n.to_string()).collect()
 }
@@ -118,12 +133,7 @@ async fn a_device_moves_to_the_next_broker_when_its_own_goes_and_back_when_that_
     assert_eq!(connected_to(&mut events).await, (at(proxy_b.port), false));
     granted(&mut events, request).await;
     assert_eq!(receive(&mut at_b, 20).await, numbered(20..40));
-    app_b
-        .send(Enqueue::new(request, "{}", QoS::AtLeastOnce))
-        .await
-        .expect("the app's connection")
-        .expect("queued");
-    assert_eq!(receive(&mut radar_inbox, 1).await, ["{}"]);
+    ask(&app_b, request, "{}", &mut radar_inbox).await;
 
     // A is back, but the device stays where it is until B goes: then B is tried first (it is
     // where the device was), and A right after it.
@@ -142,12 +152,7 @@ async fn a_device_moves_to_the_next_broker_when_its_own_goes_and_back_when_that_
     );
     enqueue_numbered(&radar, response, 40..50).await;
     assert_eq!(receive(&mut at_a, 10).await, numbered(40..50));
-    app_a
-        .send(Enqueue::new(request, "again", QoS::AtLeastOnce))
-        .await
-        .expect("the app's connection")
-        .expect("queued");
-    assert_eq!(receive(&mut radar_inbox, 1).await, ["again"]);
+    ask(&app_a, request, "again", &mut radar_inbox).await;
     assert!(
         at_b.drain_ready().is_empty(),
         "nothing went to broker B after the device left it"
