@@ -24,8 +24,14 @@ fn password_file(dir: &tempfile::TempDir) -> std::path::PathBuf {
 /// `switchboard passwd` (1,000 rounds): adds `user` to the file at `path`, or changes its
 /// password.
 fn set_password(path: &std::path::Path, user: &str, password: &str) {
+    set_password_rounds(path, user, password, 1000);
+}
+
+/// `switchboard passwd --iterations rounds`: adds `user` to the file at `path`, or changes its
+/// password.
+fn set_password_rounds(path: &std::path::Path, user: &str, password: &str, rounds: u32) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(["passwd", "--iterations", "1000"])
+        .args(["passwd", "--iterations", &rounds.to_string()])
         .arg(path)
         .arg(user)
         .stdin(Stdio::piped())
@@ -74,6 +80,39 @@ async fn password_file_users_get_in_and_nobody_else() {
     assert_eq!(connack(addr, Some("alice"), None).await, 4, "no password");
     // With a password file, anonymous clients are refused unless allowed.
     assert_eq!(connack(addr, None, None).await, 5);
+}
+
+/// How long the broker takes to answer this CONNECT, the shortest of three tries.
+async fn shortest_refusal(addr: std::net::SocketAddr, user: &str) -> std::time::Duration {
+    let mut shortest = std::time::Duration::MAX;
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        assert_eq!(connack(addr, Some(user), Some(b"a-guess")).await, 4);
+        shortest = shortest.min(started.elapsed());
+    }
+    shortest
+}
+
+/// A refusal must not tell who has an account: an unknown user name is checked against a decoy
+/// with the file's rounds (src/auth/password_file.rs), so its CONNACK 4 comes no sooner than a
+/// wrong password's. With 10,000 rounds the wrong password takes some 150 ms in a debug build
+/// and an unknown user, unchecked, about 1 ms; the decoy makes them alike, and the test allows
+/// a factor of two for a busy machine.
+#[tokio::test]
+async fn an_unknown_user_is_refused_no_sooner_than_a_wrong_password() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("passwords");
+    for gate in ["gate-1AB", "gate-2CD", "gate-3EF"] {
+        set_password_rounds(&path, gate, "gate-secret", 10_000);
+    }
+    let broker = broker_with(|c| c.auth.password_file = Some(path));
+    let addr = broker.local_addr();
+    let wrong_password = shortest_refusal(addr, "gate-1AB").await;
+    let unknown_user = shortest_refusal(addr, "gate-9ZZ").await;
+    assert!(
+        unknown_user * 2 >= wrong_password,
+        "unknown user refused in {unknown_user:?}, a wrong password in {wrong_password:?}"
+    );
 }
 
 /// A password that verified once is not checked with PBKDF2 again (src/auth/verified.rs), so a

@@ -1,6 +1,10 @@
 //! The password file format `mosquitto_passwd` writes, read as it is: one `user:hash` per line,
 //! hash `$7$<iterations>$<salt>$<PBKDF2-HMAC-SHA512>` or the older `$6$<salt>$<SHA512(password +
 //! salt)>`, salt and hash in standard base64.
+//!
+//! A user name the file does not have is checked against a decoy hash with the file's usual
+//! parameters, so that a refusal takes as long for an unknown user as for a wrong password:
+//! the time of a CONNACK 4 does not tell who has an account.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -44,10 +48,62 @@ enum Hash {
     },
 }
 
+impl Hash {
+    /// Whether `password` hashes to this, in time that does not depend on how much matches.
+    fn matches(&self, password: &[u8]) -> bool {
+        match self {
+            Hash::Pbkdf2Sha512 {
+                iterations,
+                salt,
+                hash,
+            } => {
+                let mut out = vec![0u8; hash.len()];
+                pbkdf2::pbkdf2_hmac::<Sha512>(password, salt, *iterations, &mut out);
+                constant_time_eq(&out, hash)
+            }
+            Hash::Sha512 { salt, hash } => {
+                let mut digest = Sha512::new();
+                digest.update(password);
+                digest.update(salt);
+                constant_time_eq(&digest.finalize(), hash)
+            }
+        }
+    }
+
+    /// A hash no password is checked as right against (its result is never used), costing what
+    /// checking the file's most common kind of line costs: PBKDF2 with the iteration count most
+    /// of its `$7$` lines have (the higher on a tie), else a `$6$` SHA512. None for an empty file.
+    fn decoy_for<'a>(hashes: impl Iterator<Item = &'a Hash>) -> Option<Hash> {
+        let mut rounds: HashMap<u32, usize> = HashMap::new();
+        let mut any = false;
+        for hash in hashes {
+            any = true;
+            if let Hash::Pbkdf2Sha512 { iterations, .. } = hash {
+                *rounds.entry(*iterations).or_default() += 1;
+            }
+        }
+        let mut salt = vec![0u8; 12];
+        // The decoy's salt need not be secret or even random: nothing ever matches it.
+        let _ = getrandom::getrandom(&mut salt);
+        let hash = vec![0u8; 64];
+        match rounds.into_iter().max_by_key(|&(n, count)| (count, n)) {
+            Some((iterations, _)) => Some(Hash::Pbkdf2Sha512 {
+                iterations,
+                salt,
+                hash,
+            }),
+            None if any => Some(Hash::Sha512 { salt, hash }),
+            None => None,
+        }
+    }
+}
+
 /// Users and their password hashes.
 #[derive(Debug, Clone, Default)]
 pub struct PasswordFile {
     users: HashMap<String, Hash>,
+    /// What a user name not in the file is checked against ([`Hash::decoy_for`]).
+    decoy: Option<Hash>,
 }
 
 impl PasswordFile {
@@ -100,7 +156,8 @@ impl PasswordFile {
             };
             users.insert(user.to_string(), hash);
         }
-        Ok(PasswordFile { users })
+        let decoy = Hash::decoy_for(users.values());
+        Ok(PasswordFile { users, decoy })
     }
 
     /// Number of users.
@@ -114,27 +171,17 @@ impl PasswordFile {
     }
 
     /// Whether `password` is `user`'s password. Slow on purpose (PBKDF2): call it off the
-    /// broker's actors, e.g. through [`Authenticator`](super::Authenticator).
+    /// broker's actors, e.g. through [`Authenticator`](super::Authenticator). A user the file
+    /// does not have costs as much as a wrong password (the module doc).
     pub fn verify(&self, user: &str, password: &[u8]) -> bool {
-        let Some(hash) = self.users.get(user) else {
-            return false;
-        };
-        match hash {
-            Hash::Pbkdf2Sha512 {
-                iterations,
-                salt,
-                hash,
-            } => {
-                let mut out = vec![0u8; hash.len()];
-                pbkdf2::pbkdf2_hmac::<Sha512>(password, salt, *iterations, &mut out);
-                constant_time_eq(&out, hash)
+        match (self.users.get(user), &self.decoy) {
+            (Some(hash), _) => hash.matches(password),
+            (None, Some(decoy)) => {
+                // Kept from being optimised away: its time is the point.
+                std::hint::black_box(decoy.matches(password));
+                false
             }
-            Hash::Sha512 { salt, hash } => {
-                let mut digest = Sha512::new();
-                digest.update(password);
-                digest.update(salt);
-                constant_time_eq(&digest.finalize(), hash)
-            }
+            (None, None) => false,
         }
     }
 }
@@ -194,6 +241,44 @@ mod tests {
             STANDARD.encode(d.finalize())
         );
         assert!(PasswordFile::parse(&line).unwrap().verify("u", b"pw"));
+    }
+
+    fn decoy_rounds(file: &PasswordFile) -> Option<u32> {
+        match file.decoy.as_ref()? {
+            Hash::Pbkdf2Sha512 { iterations, .. } => Some(*iterations),
+            Hash::Sha512 { .. } => Some(0),
+        }
+    }
+
+    #[test]
+    fn unknown_users_are_checked_against_the_files_usual_rounds() {
+        let text = [
+            hash_line("a", b"pw", 20).unwrap(),
+            hash_line("b", b"pw", 30).unwrap(),
+            hash_line("c", b"pw", 20).unwrap(),
+            MOSQUITTO_LINE.to_string(),
+        ]
+        .join("\n");
+        let file = PasswordFile::parse(&text).unwrap();
+        assert_eq!(decoy_rounds(&file), Some(20), "most lines have 20 rounds");
+        assert!(!file.verify("nobody", b"pw"));
+        let tie = PasswordFile::parse(
+            &[
+                hash_line("a", b"pw", 20).unwrap(),
+                hash_line("b", b"pw", 30).unwrap(),
+            ]
+            .join("\n"),
+        )
+        .unwrap();
+        assert_eq!(decoy_rounds(&tie), Some(30), "the higher on a tie");
+        let salted = PasswordFile::parse("u:$6$AA==$AA==").unwrap();
+        assert_eq!(decoy_rounds(&salted), Some(0), "SHA512 only");
+        assert!(!salted.verify("nobody", b""));
+        assert_eq!(
+            decoy_rounds(&PasswordFile::parse("# none\n").unwrap()),
+            None
+        );
+        assert!(!PasswordFile::default().verify("nobody", b""));
     }
 
     #[test]
