@@ -115,6 +115,86 @@ async fn an_unknown_user_is_refused_no_sooner_than_a_wrong_password() {
     );
 }
 
+/// The nice values of this process's threads (`/proc/self/task/*/stat`, the 19th field).
+fn thread_nice_values() -> Vec<i64> {
+    let mut values = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").expect("/proc") {
+        let Ok(stat) = std::fs::read_to_string(task.expect("task").path().join("stat")) else {
+            continue; // a thread that ended meanwhile
+        };
+        // After the command name in parentheses: state is field 3, nice field 19.
+        let after_name = &stat[stat.rfind(')').expect("stat's name") + 2..];
+        if let Some(nice) = after_name.split(' ').nth(16) {
+            values.push(nice.parse().expect("nice is a number"));
+        }
+    }
+    values
+}
+
+/// A device whose password verified before reconnects at once while wrong passwords keep the
+/// Authenticator's threads busy: the Session checks what verified before itself, and never
+/// queues behind the flood (before, a known gate waited some 300 ms behind 20 guessers with a
+/// 100,000-round file, docs/security.md). The flood's checks run 10 nicer, behind the traffic.
+#[tokio::test]
+async fn a_known_device_reconnects_past_a_flood_of_wrong_passwords() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("passwords");
+    set_password_rounds(&path, "gate-1AB", "gate-secret", 10_000);
+    let broker = broker_with(|c| c.auth.password_file = Some(path));
+    let addr = broker.local_addr();
+    assert_eq!(
+        connack(addr, Some("gate-1AB"), Some(b"gate-secret")).await,
+        0
+    );
+    // 20 guesses at once, each some 150 ms of PBKDF2 in a debug build.
+    let (refused_tx, mut refused) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..20 {
+        let refused_tx = refused_tx.clone();
+        tokio::spawn(async move {
+            let client_id = format!("guess-{i}");
+            let spec = ConnectSpec {
+                client_id: &client_id,
+                username: Some("gate-1AB"),
+                password: Some(b"guess"),
+                ..Default::default()
+            };
+            let (_raw, code) = Raw::connect_with(addr, spec).await;
+            let _ = refused_tx.send(code);
+        });
+    }
+    drop(refused_tx);
+    // The first refusal: the Authenticator is working through the flood.
+    assert_eq!(refused.recv().await, Some(4));
+    assert_eq!(
+        connack(addr, Some("gate-1AB"), Some(b"gate-secret")).await,
+        0,
+        "the gate reconnects"
+    );
+    let mut refused_before_the_gate = 1;
+    while let Ok(code) = refused.try_recv() {
+        assert_eq!(code, 4);
+        refused_before_the_gate += 1;
+    }
+    assert!(
+        refused_before_the_gate < 10,
+        "the gate waited behind {refused_before_the_gate} of 20 wrong passwords"
+    );
+    let mut refused_in_all = refused_before_the_gate;
+    while let Some(code) = refused.recv().await {
+        assert_eq!(code, 4, "every guess refused");
+        refused_in_all += 1;
+    }
+    assert_eq!(refused_in_all, 20);
+    // Threads inherit their nice value: the broker's run at the test's, the Authenticator's
+    // at 10 more (at most 19).
+    let nice = thread_nice_values();
+    let traffic = nice.iter().min().copied().expect("threads");
+    assert!(
+        nice.contains(&(traffic + 10).min(19)),
+        "an Authenticator thread 10 nicer than {traffic}: {nice:?}"
+    );
+}
+
 /// A password that verified once is not checked with PBKDF2 again (src/auth/verified.rs), so a
 /// changed password must end it: after `switchboard passwd` and a SIGHUP, the old password is
 /// refused, even for a user who connected with it before, and the new one gets in.

@@ -103,6 +103,14 @@ impl AccessControl {
         self.authenticator.as_ref()
     }
 
+    /// Whether `password` verified for `user` before (so no PBKDF2 and no trip to the
+    /// Authenticator is needed); false without a password file.
+    pub fn password_verified_before(&self, user: &str, password: &[u8]) -> bool {
+        self.passwords
+            .as_ref()
+            .is_some_and(|passwords| passwords.verified_before(user, password))
+    }
+
     /// Whether a CONNECT without a user name is accepted.
     pub fn allow_anonymous(&self) -> bool {
         self.allow_anonymous

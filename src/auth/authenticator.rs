@@ -1,5 +1,7 @@
-//! The Authenticator actor: checks passwords on `SyncArbiter` threads (one per core), the
-//! password file's PBKDF2 once per user and password ([`VerifiedPasswords`]).
+//! The Authenticator actor: checks passwords on `SyncArbiter` threads (one per core, behind the
+//! traffic: `low_priority.rs`), the password file's PBKDF2 once per user and password
+//! ([`VerifiedPasswords`]). A Session asks [`Passwords::verified_before`] itself first, so a
+//! device that reconnects never waits in the Authenticator's queue behind slow checks.
 
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -36,10 +38,16 @@ impl Passwords {
         self.verified.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether `password` verified for `user` before, against the file in force: one keyed
+    /// SHA-256, cheap enough for a Session's thread. False says nothing (ask [`check`](Self::check)).
+    pub fn verified_before(&self, user: &str, password: &[u8]) -> bool {
+        self.verified().holds(user, password)
+    }
+
     /// Whether `password` is `user`'s: at once if it verified before, else with the file's
     /// PBKDF2 (slow on purpose: call it off the broker's actors), which no lock is held for.
     pub fn check(&self, user: &str, password: &[u8]) -> bool {
-        if self.verified().holds(user, password) {
+        if self.verified_before(user, password) {
             return true;
         }
         let file = self.file();
@@ -83,6 +91,11 @@ impl Authenticator {
 
 impl Actor for Authenticator {
     type Context = SyncContext<Self>;
+
+    /// Runs on the actor's own thread, once: puts that thread behind the traffic.
+    fn started(&mut self, _: &mut SyncContext<Self>) {
+        super::low_priority::yield_to_traffic();
+    }
 }
 
 /// Sent by a Session to the Authenticator for a CONNECT with a user name: answers whether the

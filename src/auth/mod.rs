@@ -4,6 +4,7 @@
 mod access;
 mod acl;
 mod authenticator;
+mod low_priority;
 mod password_file;
 mod verified;
 

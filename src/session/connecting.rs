@@ -117,6 +117,16 @@ impl Session {
                 info!(addr = %self.peer, client_id = %connect.client_id, "anonymous connection refused");
                 self.refuse(ctx, ConnectReturnCode::NotAuthorized)
             }
+            (Some(username), Some(_))
+                if access.password_verified_before(
+                    username,
+                    connect.password.as_deref().unwrap_or_default(),
+                ) =>
+            {
+                // A device reconnecting: its password verified before, so it does not wait in
+                // the Authenticator's queue behind slow checks (wrong passwords in a flood).
+                self.intercept_connect(connect, ctx)
+            }
             (Some(username), Some(authenticator)) => {
                 let check = CheckPassword {
                     username: username.clone(),
