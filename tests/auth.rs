@@ -195,6 +195,75 @@ async fn a_known_device_reconnects_past_a_flood_of_wrong_passwords() {
     );
 }
 
+/// A CONNECT from the loopback address `source`: its CONNACK's return code.
+async fn connack_from(
+    addr: std::net::SocketAddr,
+    source: std::net::Ipv4Addr,
+    spec: ConnectSpec<'_>,
+) -> u8 {
+    let mut raw = Raw::connect_from(addr, source).await;
+    raw.send(&spec.encode()).await;
+    let connack = raw.expect().await;
+    assert_eq!(connack.byte1, 0x20, "CONNACK expected");
+    connack.body[1]
+}
+
+/// A flood of guesses from one address does not hold back the first CONNECT of a device from
+/// another: each address has its own lane into the Authenticator's queue, as deep as it has
+/// threads (src/auth/lanes.rs). 20 guesses from 127.0.0.2 (some 150 ms of PBKDF2 each in a
+/// debug build), then a device never seen before from 127.0.0.3, whose password must be
+/// checked too: it is let in while most guesses still wait (before lanes, behind all of them).
+#[tokio::test]
+async fn a_flood_from_one_address_does_not_hold_back_another() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("passwords");
+    for gate in ["gate-1AB", "gate-2CD"] {
+        set_password_rounds(&path, gate, "gate-secret", 10_000);
+    }
+    let broker = broker_with(|c| c.auth.password_file = Some(path));
+    let addr = broker.local_addr();
+    let flood_source = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    let (refused_tx, mut refused) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..20 {
+        let refused_tx = refused_tx.clone();
+        tokio::spawn(async move {
+            let client_id = format!("guess-{i}");
+            let spec = ConnectSpec {
+                client_id: &client_id,
+                username: Some("gate-1AB"),
+                password: Some(b"guess"),
+                ..Default::default()
+            };
+            let _ = refused_tx.send(connack_from(addr, flood_source, spec).await);
+        });
+    }
+    drop(refused_tx);
+    assert_eq!(refused.recv().await, Some(4), "the flood is being checked");
+    let device = ConnectSpec {
+        client_id: "gate-2CD",
+        username: Some("gate-2CD"),
+        password: Some(b"gate-secret"),
+        ..Default::default()
+    };
+    let device_source = std::net::Ipv4Addr::new(127, 0, 0, 3);
+    assert_eq!(connack_from(addr, device_source, device).await, 0);
+    let mut refused_before_the_device = 1;
+    while let Ok(code) = refused.try_recv() {
+        assert_eq!(code, 4);
+        refused_before_the_device += 1;
+    }
+    assert!(
+        refused_before_the_device < 10,
+        "the device waited behind {refused_before_the_device} of 20 guesses"
+    );
+    let mut refused_in_all = refused_before_the_device;
+    while let Some(code) = refused.recv().await {
+        assert_eq!(code, 4, "every guess is checked and refused, in its lane");
+        refused_in_all += 1;
+    }
+    assert_eq!(refused_in_all, 20);
+}
+
 /// A password that verified once is not checked with PBKDF2 again (src/auth/verified.rs), so a
 /// changed password must end it: after `switchboard passwd` and a SIGHUP, the old password is
 /// refused, even for a user who connected with it before, and the new one gets in.

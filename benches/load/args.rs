@@ -117,6 +117,11 @@ pub struct Args {
     /// `proxy_protocol = true`.
     #[arg(long)]
     pub proxy_protocol: bool,
+    /// Connection scenarios on loopback: every connection from this one loopback address
+    /// (e.g. 127.0.0.200) instead of spread over 127.0.0.2-65, as a single attacker or many
+    /// devices behind one NAT are to the broker.
+    #[arg(long, value_name = "IPV4")]
+    pub source_address: Option<std::net::Ipv4Addr>,
     /// Subscribers keep a persistent session (clean session 0): with `[persistence]`, their
     /// QoS 1/2 messages are kept on disk.
     #[arg(long)]

@@ -71,6 +71,9 @@ fn run(args: Args) -> Result<(), String> {
     let _ = switchboard::fd_limit::raise_fd_limit();
     wire::set_mqtt5(args.mqtt == "5");
     wire::set_persistent_subscribers(args.persistent_subscribers);
+    if let Some(source) = args.source_address {
+        wire::set_source_address(source);
+    }
     if let (Some(user), Some(password)) = (&args.username, &args.password) {
         wire::set_credentials(user, password, args.users);
     }

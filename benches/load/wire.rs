@@ -40,6 +40,16 @@ pub fn persistent_subscribers() -> bool {
 /// how many numbered users take turns; set once at start.
 static CREDENTIALS: OnceLock<(String, String, u64)> = OnceLock::new();
 
+/// `--source-address`: the one loopback address every spread connection comes from; set once
+/// at start.
+static SOURCE_ADDRESS: OnceLock<std::net::Ipv4Addr> = OnceLock::new();
+
+/// Makes every connection that would spread over [`SOURCE_ADDRESSES`] come from `source`
+/// instead (one client address, as a single attacker or a NAT is to the broker).
+pub fn set_source_address(source: std::net::Ipv4Addr) {
+    let _ = SOURCE_ADDRESS.set(source);
+}
+
 /// CONNECTs written with `--users`: the next one's user number.
 static NEXT_USER: AtomicU64 = AtomicU64::new(0);
 
@@ -133,7 +143,9 @@ pub async fn connect_spread(
         return tokio::net::TcpStream::connect(addr).await;
     }
     let host = 2 + (n % u64::from(SOURCE_ADDRESSES)) as u32;
-    let source = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(127, 0, 0, 0)) + host);
+    let source = SOURCE_ADDRESS.get().copied().unwrap_or_else(|| {
+        std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(127, 0, 0, 0)) + host)
+    });
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.bind(std::net::SocketAddr::from((source, 0)))?;
     socket.connect(addr).await

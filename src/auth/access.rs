@@ -8,7 +8,9 @@ use std::sync::{Arc, RwLock};
 use actix::prelude::*;
 use tracing::info;
 
-use super::{AclError, AclFile, Authenticator, PasswordFile, PasswordFileError, Passwords};
+use super::{
+    AclError, AclFile, Authenticator, CheckLanes, PasswordFile, PasswordFileError, Passwords,
+};
 use crate::config::AuthConfig;
 
 /// Why access control could not be (re)loaded.
@@ -27,6 +29,8 @@ pub struct AccessControl {
     config: AuthConfig,
     allow_anonymous: bool,
     authenticator: Option<Addr<Authenticator>>,
+    /// Each client address's lane into the Authenticator's queue (`lanes.rs`).
+    check_lanes: Arc<CheckLanes>,
     /// The users the authenticator's threads check against (replaced by a reload).
     passwords: Option<Arc<Passwords>>,
     acl: RwLock<Option<Arc<AclFile>>>,
@@ -39,15 +43,15 @@ impl AccessControl {
     /// Loads the files named in `config` for a listener bound to `bind`; starts the
     /// Authenticator's `SyncArbiter` when there is a password file. Call inside an actix `System`.
     pub fn load(config: &AuthConfig, bind: IpAddr) -> Result<AccessControl, AccessError> {
+        // One thread per core: a restart's reconnect storm pays the file's PBKDF2 once per
+        // device, and spreads it over the machine; one address may keep them all busy.
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
         let (authenticator, passwords) = match &config.password_file {
             Some(path) => {
                 let file = Arc::new(PasswordFile::load(path)?);
                 info!(users = file.len(), path = %path.display(), "password file loaded");
                 let passwords = Arc::new(Passwords::new(file));
                 let shared = passwords.clone();
-                // One thread per core: a restart's reconnect storm pays the file's PBKDF2 once
-                // per device, and spreads it over the machine.
-                let threads = std::thread::available_parallelism().map_or(1, usize::from);
                 let authenticator =
                     SyncArbiter::start(threads, move || Authenticator::new(shared.clone()));
                 (Some(authenticator), Some(passwords))
@@ -66,6 +70,7 @@ impl AccessControl {
             config: config.clone(),
             allow_anonymous: config.anonymous_allowed(bind),
             authenticator,
+            check_lanes: CheckLanes::new(threads),
             passwords,
             acl: RwLock::new(acl),
             acl_generation: AtomicU64::new(0),
@@ -101,6 +106,11 @@ impl AccessControl {
     /// The password checker, when a password file is configured.
     pub fn authenticator(&self) -> Option<&Addr<Authenticator>> {
         self.authenticator.as_ref()
+    }
+
+    /// The lanes a Session enters before it asks the [`authenticator`](Self::authenticator).
+    pub fn check_lanes(&self) -> &Arc<CheckLanes> {
+        &self.check_lanes
     }
 
     /// Whether `password` verified for `user` before (so no PBKDF2 and no trip to the

@@ -4,6 +4,7 @@
 mod access;
 mod acl;
 mod authenticator;
+mod lanes;
 mod low_priority;
 mod password_file;
 mod verified;
@@ -11,4 +12,5 @@ mod verified;
 pub use access::{AccessControl, AccessError};
 pub use acl::{AclError, AclFile, SubscribeAccess};
 pub use authenticator::{Authenticator, CheckPassword, Passwords};
+pub use lanes::{CheckLanes, LanePlace};
 pub use password_file::{hash_line, PasswordFile, PasswordFileError};

@@ -132,7 +132,17 @@ impl Session {
                     username: username.clone(),
                     password: connect.password.clone().unwrap_or_default(),
                 };
-                ctx.wait(authenticator.send(check).into_actor(self).map(move |answer, act, ctx| {
+                // In this address's lane (`auth/lanes.rs`): a flood from one address does not
+                // hold back the checks of others.
+                let place = access.check_lanes().enter(self.peer.ip());
+                let authenticator = authenticator.clone();
+                let checked = async move {
+                    let place = place.await;
+                    let answer = authenticator.send(check).await;
+                    drop(place);
+                    answer
+                };
+                ctx.wait(checked.into_actor(self).map(move |answer, act, ctx| {
                     match answer {
                         Ok(true) => act.intercept_connect(connect, ctx),
                         Ok(false) => {

@@ -267,6 +267,19 @@ impl Raw {
         }
     }
 
+    /// Connects from the loopback address `source` (127.0.0.2, ...: each a client address of
+    /// its own to the broker).
+    pub async fn connect_from(addr: SocketAddr, source: std::net::Ipv4Addr) -> Raw {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::from((source, 0)))
+            .expect("bind a loopback source address");
+        Raw {
+            stream: socket.connect(addr).await.expect("tcp connect"),
+            buf: BytesMut::new(),
+        }
+    }
+
     /// Connects, sends the CONNECT described by `spec`, and returns the connection with the
     /// CONNACK return code.
     pub async fn connect_with(addr: SocketAddr, spec: packets::ConnectSpec<'_>) -> (Raw, u8) {
