@@ -64,6 +64,40 @@ enum Command {
         /// TOML configuration file.
         file: PathBuf,
     },
+    /// Install a backup as the durable state of a directory, for a broker to start on.
+    ///
+    /// The backup is what `GET /api/v1/persistence/backup` on a running broker's HTTP port
+    /// answers (e.g. `curl -fo backup.log http://127.0.0.1:8080/api/v1/persistence/backup`).
+    /// Every record of it is read back first: a damaged or cut backup is refused, naming the
+    /// offset, and nothing is installed. The directory is created if missing and must hold no
+    /// log; then point `[persistence] dir` at it and start the broker.
+    Restore {
+        /// The backup file.
+        backup: PathBuf,
+        /// The persistence directory to install it in.
+        dir: PathBuf,
+    },
+}
+
+/// `switchboard restore BACKUP DIR`.
+fn restore(backup: &std::path::Path, dir: &std::path::Path) -> ExitCode {
+    switchboard::init_logging("info");
+    match switchboard::persistence::restore(backup, dir) {
+        Ok(restored) => {
+            info!(
+                backup = %backup.display(),
+                dir = %dir.display(),
+                records = restored.records,
+                bytes = restored.bytes,
+                "backup restored: start the broker with [persistence] dir set to this directory"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!(backup = %backup.display(), "{e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `switchboard check FILE`: what start-up would say of `file`, short of binding its ports.
@@ -138,6 +172,9 @@ fn main() -> ExitCode {
     }
     if let Some(Command::Check { file }) = &cli.command {
         return check(file);
+    }
+    if let Some(Command::Restore { backup, dir }) = &cli.command {
+        return restore(backup, dir);
     }
     let default_level = if cli.verbose { "debug" } else { "info" };
     // The config says how to log; an error reading it is logged as text.

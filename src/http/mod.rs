@@ -6,6 +6,7 @@
 //! JSON object `{"error": "..."}` with a 4xx or 5xx status.
 
 mod api;
+mod backup;
 mod dashboard;
 pub mod feed;
 pub mod prometheus;
@@ -259,6 +260,7 @@ pub fn start(
                     .route("/health/live", web::get().to(live))
                     .route("/health/ready", web::get().to(ready))
                     .route("/events", web::get().to(dashboard::events))
+                    .route("/persistence/backup", web::get().to(backup::backup))
                     .configure(api::routes),
             )
             .default_service(web::to(not_found))

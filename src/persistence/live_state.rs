@@ -251,6 +251,32 @@ impl LiveState {
         }
     }
 
+    /// Writes every live frame, in a snapshot's order, to a backup file at `path` (see
+    /// [`Log::write_backup`]); the log and the live state stay as they are. Returns its size.
+    pub fn write_backup(&self, log: &Log, path: &std::path::Path) -> Result<u64, PersistenceError> {
+        let slots = &self.slots;
+        let mut ids: Vec<u64> = self
+            .queued
+            .iter()
+            .filter(|(_, entry)| {
+                slots[entry.slot.index as usize].generation == entry.slot.generation
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        let queued_frames = ids
+            .iter()
+            .filter_map(|id| self.queued.get(id))
+            .flat_map(QueuedFrames::frames);
+        log.write_backup(
+            self.by_key
+                .values()
+                .flat_map(Frames::as_slice)
+                .chain(queued_frames),
+            path,
+        )
+    }
+
     /// Writes every live frame to a new snapshot segment of `log` (each session before what
     /// belongs to it, queued messages last, in id order) and notes where each is now. Entries
     /// of sessions gone are dropped first.

@@ -222,14 +222,16 @@ pub fn scan(dir: &Path, repair: bool) -> Result<Scanned, PersistenceError> {
 }
 
 /// Damage found at one offset.
-struct Damage {
-    what: &'static str,
+pub(super) struct Damage {
+    /// What is wrong there.
+    pub(super) what: &'static str,
     /// Whether the bad frame runs to (or past) the end of the file: what a write cut short
     /// leaves.
     reaches_end: bool,
 }
 
-fn frame_at(data: &[u8], offset: usize) -> Result<(Record, usize), Damage> {
+/// The record framed at `offset` of `data`, and where the next frame starts.
+pub(super) fn frame_at(data: &[u8], offset: usize) -> Result<(Record, usize), Damage> {
     let rest = &data[offset..];
     if rest.len() < FRAME_HEADER {
         return Err(Damage {
@@ -357,6 +359,69 @@ impl Log {
             .map_err(|e| PersistenceError::io(&segment_path(&self.dir, self.current_id), e))
     }
 
+    /// Writes a snapshot segment holding the `live` frames (read from where they are, in that
+    /// order), then `trailer`, to a new file at `path`, synced; `moved` learns where each frame
+    /// is in it, as segment `id`. Returns its size.
+    fn write_snapshot<'a>(
+        &self,
+        live: impl Iterator<Item = &'a FrameAt>,
+        path: &Path,
+        (id, mut moved): (u64, impl FnMut(FrameAt)),
+        trailer: &[u8],
+    ) -> Result<u64, PersistenceError> {
+        let mut file = File::create(path).map_err(|e| PersistenceError::io(path, e))?;
+        let mut written = 0u64;
+        let mut buffer = Record::LogFormat(LOG_FORMAT).to_frame();
+        Record::Snapshot.write_frame(&mut buffer);
+        let mut reader = FrameReader::new(&self.dir);
+        for at in live {
+            moved(FrameAt {
+                segment: id,
+                offset: written + buffer.len() as u64 + reader.pending(),
+                len: at.len,
+            });
+            reader.read(at, &mut buffer)?;
+            if buffer.len() >= 1 << 20 {
+                reader.finish(&mut buffer)?;
+                file.write_all(&buffer)
+                    .map_err(|e| PersistenceError::io(path, e))?;
+                written += buffer.len() as u64;
+                buffer.clear();
+            }
+        }
+        reader.finish(&mut buffer)?;
+        buffer.extend_from_slice(trailer);
+        file.write_all(&buffer)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| PersistenceError::io(path, e))?;
+        Ok(written + buffer.len() as u64)
+    }
+
+    /// A new file name in the log's directory for a backup: `backup-<ms>-<n>.log.tmp`, which a
+    /// start deletes if it is still there (`segment_ids`).
+    pub fn backup_path(&self) -> PathBuf {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.dir
+            .join(format!("backup-{}-{n}.log.tmp", super::unix_ms_now()))
+    }
+
+    /// Writes the `live` frames as a log of one segment to `path` (a backup: the log's first
+    /// segment, `0000000000000001.log`, of a directory to restore into), synced, ending with
+    /// its format record again as an end mark (`backup.rs`). Returns its size.
+    pub fn write_backup<'a>(
+        &self,
+        live: impl Iterator<Item = &'a FrameAt>,
+        path: &Path,
+    ) -> Result<u64, PersistenceError> {
+        let end_mark = Record::LogFormat(LOG_FORMAT).to_frame();
+        let written = self.write_snapshot(live, path, (1, |_| {}), &end_mark);
+        if written.is_err() {
+            let _ = fs::remove_file(path);
+        }
+        written
+    }
+
     /// Bytes on disk in every segment.
     pub fn total_bytes(&self) -> u64 {
         self.total_bytes
@@ -374,32 +439,8 @@ impl Log {
         let id = self.current_id + 1;
         let path = segment_path(&self.dir, id);
         let tmp = path.with_extension("log.tmp");
-        let mut file = File::create(&tmp).map_err(|e| PersistenceError::io(&tmp, e))?;
-        let mut written = 0u64;
-        let mut buffer = Record::LogFormat(LOG_FORMAT).to_frame();
-        Record::Snapshot.write_frame(&mut buffer);
-        let mut reader = FrameReader::new(&self.dir);
         let mut moved = Vec::new();
-        for at in live {
-            moved.push(FrameAt {
-                segment: id,
-                offset: written + buffer.len() as u64 + reader.pending(),
-                len: at.len,
-            });
-            reader.read(at, &mut buffer)?;
-            if buffer.len() >= 1 << 20 {
-                reader.finish(&mut buffer)?;
-                file.write_all(&buffer)
-                    .map_err(|e| PersistenceError::io(&tmp, e))?;
-                written += buffer.len() as u64;
-                buffer.clear();
-            }
-        }
-        reader.finish(&mut buffer)?;
-        file.write_all(&buffer)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| PersistenceError::io(&tmp, e))?;
-        written += buffer.len() as u64;
+        let written = self.write_snapshot(live, &tmp, (id, |at| moved.push(at)), &[])?;
         fs::rename(&tmp, &path).map_err(|e| PersistenceError::io(&path, e))?;
         sync_dir(&self.dir)?;
         let old_current = segment_path(&self.dir, self.current_id);

@@ -17,6 +17,7 @@
 //! checksummed records (`record.rs`; the ones written for every message are framed from borrowed
 //! fields, `record_ref.rs`), compacted into a snapshot when it grows to twice the live state.
 
+mod backup;
 mod batch_thread;
 mod durable_waiters;
 mod frame;
@@ -41,6 +42,7 @@ use actix::prelude::*;
 use thiserror::Error;
 use tracing::info;
 
+pub use backup::{restore, BackupError, BackupFile, RestoreError, Restored};
 pub use durable_waiters::DurableTo;
 pub use live::LiveKind;
 pub use record::{Record, RecordError, SessionUser, LOG_FORMAT};

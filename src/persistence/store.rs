@@ -12,6 +12,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use actix::Recipient;
 use tracing::warn;
 
+use super::backup::BackupRequest;
 use super::durable_waiters::{DurableTo, Waiters, Watch};
 use super::record::Record;
 use super::record_ref::Framed;
@@ -63,6 +64,8 @@ pub(super) struct Pending {
     pub(super) has_changes: bool,
     /// Who waits for everything submitted to be synced (graceful shutdown).
     pub(super) flushes: Vec<Sender<()>>,
+    /// Who waits for a backup of everything submitted before they asked (`backup.rs`).
+    pub(super) backups: Vec<BackupRequest>,
     /// How the writer sleeps on [`StoreShared::wake_writer`].
     pub(super) writer: WriterState,
     /// Submitters waiting on [`StoreShared::room`]: the writer wakes them after a drain only
@@ -134,8 +137,8 @@ impl StoreShared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Called by the writer with the queue locked: takes everything pending into `frames` and
-    /// `flushes` (swapping buffers, so that each side keeps reusing its own), lets go of the
+    /// Called by the writer with the queue locked: takes everything pending into `frames`,
+    /// `flushes` and `backups` (swapping buffers, so that each side keeps reusing its own), lets go of the
     /// lock, and tells submitters there is room. Returns the last change taken (if any) and
     /// whether every [`Store`] is gone.
     pub(super) fn take_drain(
@@ -143,12 +146,14 @@ impl StoreShared {
         mut pending: MutexGuard<'_, Pending>,
         frames: &mut Vec<u8>,
         flushes: &mut Vec<Sender<()>>,
+        backups: &mut Vec<BackupRequest>,
     ) -> (Option<u64>, bool) {
         pending.writer = WriterState::Busy;
         frames.clear();
         std::mem::swap(frames, &mut pending.frames);
         self.pending_bytes.store(0, Ordering::Relaxed);
         flushes.append(&mut pending.flushes);
+        backups.append(&mut pending.backups);
         let seq = std::mem::take(&mut pending.has_changes).then_some(pending.seq);
         let closed = pending.closed;
         let room_waited = pending.waiting_for_room > 0;
@@ -216,7 +221,7 @@ impl Store {
         Store(Arc::new(Handle(shared)))
     }
 
-    fn shared(&self) -> &Arc<StoreShared> {
+    pub(super) fn shared(&self) -> &Arc<StoreShared> {
         &self.0 .0
     }
 
@@ -459,7 +464,7 @@ mod tests {
             std::thread::yield_now();
         };
         let (mut frames, mut flushes) = (Vec::new(), Vec::new());
-        let (seq, closed) = shared.take_drain(pending, &mut frames, &mut flushes);
+        let (seq, closed) = shared.take_drain(pending, &mut frames, &mut flushes, &mut Vec::new());
         assert_eq!((seq, closed), (Some(n as u64), false));
         let seq = done
             .recv_timeout(std::time::Duration::from_secs(10))

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info};
 
+use super::backup::BackupFile;
 use super::batch_thread::run_as_batch_thread;
 use super::frame::seal_frames;
 use super::live::{live_key_of_body, LiveKind};
@@ -16,6 +17,7 @@ use super::log::{FrameAt, Log};
 use super::record::{Record, FRAME_HEADER};
 use super::store::{StoreShared, WriterState, NAP, NAPS_BEFORE_SLEEP};
 use super::syncer::Syncer;
+use super::PersistenceError;
 use crate::config::FsyncPolicy;
 
 /// How long the writer waits before it tries a failed write or sync again.
@@ -68,6 +70,7 @@ impl Writer {
         let mut unsynced = false;
         let mut frames = Vec::new();
         let mut flushes = Vec::new();
+        let mut backups = Vec::new();
         let mut ready = Vec::new();
         let mut key = Vec::new();
         let mut naps = 0;
@@ -79,7 +82,11 @@ impl Writer {
             }
             let (seq, closed) = {
                 let mut pending = shared.lock_pending();
-                while !pending.has_changes && pending.flushes.is_empty() && !pending.closed {
+                while !pending.has_changes
+                    && pending.flushes.is_empty()
+                    && pending.backups.is_empty()
+                    && !pending.closed
+                {
                     let sync_in = (unsynced && self.policy == FsyncPolicy::Interval)
                         .then(|| self.interval.saturating_sub(last_sync.elapsed()));
                     if sync_in == Some(Duration::ZERO) {
@@ -103,7 +110,7 @@ impl Writer {
                 if pending.has_changes {
                     naps = 0;
                 }
-                shared.take_drain(pending, &mut frames, &mut flushes)
+                shared.take_drain(pending, &mut frames, &mut flushes, &mut backups)
             };
             let frames_at = self.log.end();
             if !frames.is_empty() {
@@ -170,6 +177,11 @@ impl Writer {
             // After the waiters are told: keeping the live state current is for compaction,
             // which runs on this thread after it, and no acknowledgement waits for it.
             self.track_all(frames_at, &frames, &mut key);
+            // With this drain tracked, the live state holds everything submitted before each
+            // backup was asked for.
+            for request in backups.drain(..) {
+                request.answer(self.write_backup());
+            }
             self.maybe_compact();
         }
     }
@@ -250,6 +262,19 @@ impl Writer {
             millis = started.elapsed().as_millis() as u64,
             "persistence writer: live state built"
         );
+    }
+
+    /// Writes a backup of the live state to a new file in the log's directory (`backup.rs`).
+    fn write_backup(&self) -> Result<BackupFile, PersistenceError> {
+        let started = Instant::now();
+        let path = self.log.backup_path();
+        let bytes = self.live.write_backup(&self.log, &path)?;
+        info!(
+            bytes,
+            millis = started.elapsed().as_millis() as u64,
+            "persistence backup written"
+        );
+        Ok(BackupFile { path, bytes })
     }
 
     fn maybe_compact(&mut self) {

@@ -6,6 +6,7 @@
 //! per Session per turn.
 
 mod admin;
+mod backup;
 mod client;
 mod cluster;
 mod connecting;
@@ -30,6 +31,7 @@ pub use admin::{
     AdminPublish, ClientFilters, ClientSummary, GetClient, Kick, Kicked, ListClients, ListRetained,
     ListSubscriptions, Page, SessionReport, SubscriptionSummary,
 };
+pub use backup::BackUp;
 pub use cluster::{
     exempt_from_acl, ConnectedElsewhere, RetainedAmong, RetainedPublished, SharedShare,
     WatchRetained, CLUSTER_CLIENT_ID, INTERNAL_CLIENT_PREFIX,

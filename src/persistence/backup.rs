@@ -1,0 +1,169 @@
+//! Backups of a running broker, and restoring one.
+//!
+//! A backup is what a compaction writes, to a file of its own: a log of one segment holding
+//! the live state, as of everything submitted to the store before the backup was asked for
+//! (so everything acknowledged by then). The writer thread writes it between two commits,
+//! reading the live frames back from the log as a compaction does, into a new file in the
+//! persistence directory (`backup-<ms>-<n>.log.tmp`, deleted by the next start if it is still
+//! there); whoever asked reads it and deletes it (the admin API streams it:
+//! `GET /api/v1/persistence/backup`). Commits wait meanwhile, as during a compaction.
+//!
+//! Restoring is putting that file in an empty directory as its first segment
+//! (`0000000000000001.log`): [`restore`] does that after reading every record of it back, so a
+//! damaged or cut backup is refused with the error a start would give, before anything is
+//! installed.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+use tokio::sync::oneshot;
+
+use super::log::{frame_at, sync_dir};
+use super::{PersistenceError, Record, Store, LOG_FORMAT};
+
+/// A backup the writer wrote: where, and its size.
+#[derive(Debug)]
+pub struct BackupFile {
+    /// The file, in the persistence directory: the asker reads it, then deletes it.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub bytes: u64,
+}
+
+/// Why there is no backup.
+#[derive(Debug, Error)]
+pub enum BackupError {
+    /// The broker keeps no durable state (`[persistence] dir` is not set).
+    #[error("persistence is off ([persistence] dir is not set): there is nothing to back up")]
+    Off,
+    /// The writer could not write it.
+    #[error("the backup could not be written: {0}")]
+    Failed(#[from] PersistenceError),
+    /// The writer stopped before it wrote it (the broker is shutting down).
+    #[error("the broker is shutting down; no backup was written")]
+    Stopped,
+}
+
+/// A backup asked of the writer thread, and who waits for it.
+pub(super) struct BackupRequest {
+    done: oneshot::Sender<Result<BackupFile, PersistenceError>>,
+}
+
+impl BackupRequest {
+    /// Called by the writer: tells whoever asked. If they have gone, the file is deleted.
+    pub(super) fn answer(self, written: Result<BackupFile, PersistenceError>) {
+        if let Err(Ok(orphan)) = self.done.send(written) {
+            let _ = fs::remove_file(orphan.path);
+        }
+    }
+}
+
+impl Store {
+    /// Asks the writer thread for a backup of everything submitted so far (see the module
+    /// doc). The answer comes once it is written.
+    pub fn backup(
+        &self,
+    ) -> impl std::future::Future<Output = Result<BackupFile, BackupError>> + 'static {
+        let (done, answer) = oneshot::channel();
+        let accepted = {
+            let mut pending = self.shared().lock_pending();
+            if pending.closed {
+                false
+            } else {
+                pending.backups.push(BackupRequest { done });
+                true
+            }
+        };
+        if accepted {
+            self.shared().wake_writer.notify_one();
+        }
+        async move {
+            match answer.await {
+                Ok(written) => Ok(written?),
+                Err(_) => Err(BackupError::Stopped),
+            }
+        }
+    }
+}
+
+/// Why a backup could not be restored.
+#[derive(Debug, Error)]
+pub enum RestoreError {
+    /// The directory already holds a log: restoring would mix two states.
+    #[error("{0} already holds a log (*.log files): restore into an empty or new directory, then point [persistence] dir at it")]
+    NotEmpty(PathBuf),
+    /// A file operation failed, or the backup does not read back whole.
+    #[error(transparent)]
+    Persistence(#[from] PersistenceError),
+}
+
+/// What a restored backup holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restored {
+    /// Records read back from it.
+    pub records: usize,
+    /// Its size in bytes.
+    pub bytes: u64,
+}
+
+/// Installs the backup at `backup` as the log of `dir` (created if missing; it must hold no
+/// log), after reading every record of it back; a backup that does not read back whole is
+/// refused with the error a start would give (file and offset) and nothing is left in `dir`.
+pub fn restore(backup: &Path, dir: &Path) -> Result<Restored, RestoreError> {
+    fs::create_dir_all(dir).map_err(|e| PersistenceError::io(dir, e))?;
+    let has_log = fs::read_dir(dir)
+        .map_err(|e| PersistenceError::io(dir, e))?
+        .filter_map(Result::ok)
+        .any(|entry| entry.file_name().to_string_lossy().ends_with(".log"));
+    if has_log {
+        return Err(RestoreError::NotEmpty(dir.to_path_buf()));
+    }
+    let records = read_backup(backup)?;
+    let first = dir.join(format!("{:016}.log", 1));
+    let tmp = first.with_extension("log.tmp");
+    let bytes = fs::copy(backup, &tmp).map_err(|e| PersistenceError::io(backup, e))?;
+    fs::File::open(&tmp)
+        .and_then(|file| file.sync_all())
+        .map_err(|e| PersistenceError::io(&tmp, e))?;
+    fs::rename(&tmp, &first).map_err(|e| PersistenceError::io(&first, e))?;
+    sync_dir(dir)?;
+    Ok(Restored { records, bytes })
+}
+
+/// Reads every record of the backup at `path` back, strictly: any damage is an error naming
+/// the offset, and so is a backup without its end mark (a download cut short between two
+/// records). Returns how many records of state it holds.
+fn read_backup(path: &Path) -> Result<usize, PersistenceError> {
+    let data = fs::read(path).map_err(|e| PersistenceError::io(path, e))?;
+    let damaged = |offset: usize, what| PersistenceError::Damaged {
+        path: path.to_path_buf(),
+        offset: offset as u64,
+        what,
+    };
+    let (mut offset, mut records, mut ends_with_mark) = (0, 0, false);
+    while offset < data.len() {
+        let (record, next) = frame_at(&data, offset).map_err(|d| damaged(offset, d.what))?;
+        ends_with_mark = false;
+        match record {
+            Record::LogFormat(found) if found > LOG_FORMAT => {
+                return Err(PersistenceError::NewerFormat {
+                    path: path.to_path_buf(),
+                    found,
+                    reads: LOG_FORMAT,
+                })
+            }
+            Record::LogFormat(_) => ends_with_mark = offset > 0,
+            Record::Snapshot => {}
+            _ => records += 1,
+        }
+        offset = next;
+    }
+    if !ends_with_mark {
+        return Err(damaged(
+            offset,
+            "not a whole backup: it does not end with its end mark (cut short?)",
+        ));
+    }
+    Ok(records)
+}
