@@ -29,7 +29,7 @@
 //! | [`cluster`] | clustering on NATS: the link that shares this node's traffic with the other nodes |
 //! | [`auth`] | password file, ACL file, the authenticator thread |
 //! | [`config`] | every setting, its default, loading and checking the TOML file |
-//! | [`persistence`] | durable state: the log of changes, its writer thread, recovery at start |
+//! | [`persistence`] | durable state: the log of changes, its writer thread, recovery at start, backups |
 //! | [`metrics`], [`traffic`], [`drops`] | counters (traffic per worker thread); messages dropped for slow clients, with rate-limited warnings |
 //! | `logging` | the `tracing` set-up of the binary and the examples |
 //! | `log_gate` | at most one log line per interval about an event that comes in floods |
