@@ -5,7 +5,7 @@
 //! a core at 100,000 rounds), and wrong passwords and unknown user names always do. A peer
 //! that sends such CONNECTs in a loop would otherwise take every core from the Sessions with
 //! a few connections (measured: 20 at a time cut the delivered rate of 8 window-1 pairs
-//! beside them to a third, `docs/security.md`). At nice 10 a thread weighs about a tenth of a
+//! beside them to a third: `docs/benchmarks.md`, "A flood of wrong passwords"). At nice 10 a thread weighs about a tenth of a
 //! normal one in the scheduler: PBKDF2 still runs at full speed on an idle core, and gives way
 //! to routing on a busy one.
 

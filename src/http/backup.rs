@@ -17,8 +17,8 @@ pub async fn backup(
     state: web::Data<HttpState>,
 ) -> Result<HttpResponse, ApiError> {
     state.authorize(&req).map_err(ApiError::unauthorized)?;
-    // No timeout: a large state takes as long as a compaction to write. A client that goes
-    // away drops this request, and the writer deletes the file it then writes for nobody.
+    // No timeout: a large state takes as long as a compaction to write. If the client goes
+    // away meanwhile, the file written for nobody is deleted with the answer nobody takes.
     let written = match state.registry.send(BackUp).await {
         Ok(Ok(written)) => written,
         Ok(Err(e @ BackupError::Off)) => return Err(ApiError::new(404, e.to_string())),
@@ -27,16 +27,14 @@ pub async fn backup(
         Err(_) => return Err(ApiError::unavailable("the broker's registry has stopped")),
     };
     let file = std::fs::File::open(&written.path);
-    // Unlinked at once: the open file stays readable, and nothing is left behind whatever
+    let (path, bytes) = (written.path.clone(), written.bytes);
+    // Deletes the file: the open one stays readable, and nothing is left behind whatever
     // becomes of the download.
-    let _ = std::fs::remove_file(&written.path);
+    drop(written);
     let file = file.map_err(|e| {
         ApiError::new(
             500,
-            format!(
-                "the backup {} could not be read: {e}",
-                written.path.display()
-            ),
+            format!("the backup {} could not be read: {e}", path.display()),
         )
     })?;
     let body = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
@@ -49,5 +47,5 @@ pub async fn backup(
                 unix_ms_now()
             ),
         ))
-        .body(SizedStream::new(written.bytes, body)))
+        .body(SizedStream::new(bytes, body)))
 }

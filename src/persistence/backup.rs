@@ -5,8 +5,9 @@
 //! (so everything acknowledged by then). The writer thread writes it between two commits,
 //! reading the live frames back from the log as a compaction does, into a new file in the
 //! persistence directory (`backup-<ms>-<n>.log.tmp`, deleted by the next start if it is still
-//! there); whoever asked reads it and deletes it (the admin API streams it:
-//! `GET /api/v1/persistence/backup`). Commits wait meanwhile, as during a compaction.
+//! there); whoever asked opens it, and it is deleted when the answer ([`BackupFile`]) is
+//! dropped (the admin API streams it: `GET /api/v1/persistence/backup`). Commits wait
+//! meanwhile, as during a compaction.
 //!
 //! Restoring is putting that file in an empty directory as its first segment
 //! (`0000000000000001.log`): [`restore`] does that after reading every record of it back, so a
@@ -22,13 +23,21 @@ use tokio::sync::oneshot;
 use super::log::{frame_at, sync_dir};
 use super::{PersistenceError, Record, Store, LOG_FORMAT};
 
-/// A backup the writer wrote: where, and its size.
+/// A backup the writer wrote: where, and its size. The file is deleted when this is dropped
+/// (open it first: an open file stays readable), so a backup nobody takes is not left behind,
+/// wherever the answer stops on its way.
 #[derive(Debug)]
 pub struct BackupFile {
-    /// The file, in the persistence directory: the asker reads it, then deletes it.
+    /// The file, in the persistence directory.
     pub path: PathBuf,
     /// Its size in bytes.
     pub bytes: u64,
+}
+
+impl Drop for BackupFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
 }
 
 /// Why there is no backup.
@@ -51,11 +60,10 @@ pub(super) struct BackupRequest {
 }
 
 impl BackupRequest {
-    /// Called by the writer: tells whoever asked. If they have gone, the file is deleted.
+    /// Called by the writer: tells whoever asked (if they have gone, the file goes with the
+    /// answer: [`BackupFile`]'s drop).
     pub(super) fn answer(self, written: Result<BackupFile, PersistenceError>) {
-        if let Err(Ok(orphan)) = self.done.send(written) {
-            let _ = fs::remove_file(orphan.path);
-        }
+        let _ = self.done.send(written);
     }
 }
 

@@ -138,8 +138,8 @@ impl StoreShared {
     }
 
     /// Called by the writer with the queue locked: takes everything pending into `frames`,
-    /// `flushes` and `backups` (swapping buffers, so that each side keeps reusing its own), lets go of the
-    /// lock, and tells submitters there is room. Returns the last change taken (if any) and
+    /// `flushes` and `backups` (swapping buffers, so that each side keeps reusing its own),
+    /// lets go of the lock, and tells submitters there is room. Returns the last change taken (if any) and
     /// whether every [`Store`] is gone.
     pub(super) fn take_drain(
         &self,
