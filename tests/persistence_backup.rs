@@ -140,6 +140,78 @@ async fn a_backup_of_a_running_broker_restores_what_was_acknowledged_before_it()
     drop(running);
 }
 
+/// Backups taken one after another while retained messages churn and the log compacts every
+/// few hundred milliseconds: the backup thread copies frames out of segments that a compaction
+/// would delete, so the writer holds compactions until the copy is done. Every backup must
+/// restore whole, with every topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_taken_while_the_log_compacts_are_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("running");
+    let running = broker_with(|c| {
+        c.persistence.dir = Some(state);
+        c.persistence.compact_min_bytes = 1024 * 1024;
+    });
+    let (addr, http) = (
+        running.local_addr(),
+        running.http_local_addr().expect("http"),
+    );
+    const TOPICS: usize = 5000;
+    let payload = vec![b'x'; 1000];
+    let (mut app, _) = Raw::handshake(addr, "app", true).await;
+    for n in 0..TOPICS {
+        retain(
+            &mut app,
+            &format!("load/{n}"),
+            &payload,
+            (n % 60_000) as u16 + 1,
+        )
+        .await;
+    }
+    // Churn: half the topics set again and again (5 MB of live state, compacted at 10 MB of log).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut n = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // QoS 0, 100 at a time: tens of megabytes a second, a compaction every few
+                // tens of milliseconds.
+                let mut burst = Vec::new();
+                for _ in 0..100 {
+                    // Odd topics only: the even ones stay where the last compaction put them,
+                    // so a backup reads from two segments in turn, opening each again and again.
+                    let topic = format!("load/{}", (2 * n + 1) % TOPICS);
+                    burst.extend(packets::publish(&topic, &payload, 0, 0, true, false));
+                    n += 1;
+                }
+                app.send(&burst).await;
+            }
+            app.ping().await;
+            n
+        })
+    };
+    for round in 0..8 {
+        let backup = dir.path().join(format!("backup-{round}.log"));
+        let fetched = curl_backup(http, &backup);
+        assert!(
+            fetched.status.success(),
+            "backup {round}: {}",
+            String::from_utf8_lossy(&fetched.stderr)
+        );
+        let target = dir.path().join(format!("restored-{round}"));
+        let (ok, log) = restore(&backup, &target);
+        assert!(ok, "backup {round} does not restore: {log}");
+        assert!(
+            log.contains(&format!("records={TOPICS}")),
+            "backup {round}: {log}"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let churned = churn.await.expect("churn");
+    assert!(churned > TOPICS, "the log churned: {churned} messages");
+}
+
 #[tokio::test]
 async fn damaged_cut_and_misplaced_backups_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");

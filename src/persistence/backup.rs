@@ -2,12 +2,13 @@
 //!
 //! A backup is what a compaction writes, to a file of its own: a log of one segment holding
 //! the live state, as of everything submitted to the store before the backup was asked for
-//! (so everything acknowledged by then). The writer thread writes it between two commits,
-//! reading the live frames back from the log as a compaction does, into a new file in the
+//! (so everything acknowledged by then). Between two commits the writer thread lists where the
+//! live frames are (a pause of tens of milliseconds for a million records); a backup thread
+//! then reads them back from the segments as a compaction does, while the writer goes on
+//! appending past them (and compacts only once the copy is done), into a new file in the
 //! persistence directory (`backup-<ms>-<n>.log.tmp`, deleted by the next start if it is still
-//! there); whoever asked opens it, and it is deleted when the answer ([`BackupFile`]) is
-//! dropped (the admin API streams it: `GET /api/v1/persistence/backup`). Commits wait
-//! meanwhile, as during a compaction.
+//! there). Whoever asked opens it, and it is deleted when the answer ([`BackupFile`]) is
+//! dropped (the admin API streams it: `GET /api/v1/persistence/backup`).
 //!
 //! Restoring is putting that file in an empty directory as its first segment
 //! (`0000000000000001.log`): [`restore`] does that after reading every record of it back, so a
@@ -49,8 +50,9 @@ pub enum BackupError {
     /// The writer could not write it.
     #[error("the backup could not be written: {0}")]
     Failed(#[from] PersistenceError),
-    /// The writer stopped before it wrote it (the broker is shutting down).
-    #[error("the broker is shutting down; no backup was written")]
+    /// No backup was written: the broker is shutting down, or no thread could be started for
+    /// it (said in the log).
+    #[error("no backup was written: the broker is shutting down, or could not start a thread for it (see its log)")]
     Stopped,
 }
 

@@ -251,9 +251,10 @@ impl LiveState {
         }
     }
 
-    /// Writes every live frame, in a snapshot's order, to a backup file at `path` (see
-    /// [`Log::write_backup`]); the log and the live state stay as they are. Returns its size.
-    pub fn write_backup(&self, log: &Log, path: &std::path::Path) -> Result<u64, PersistenceError> {
+    /// Where every live frame is, in a snapshot's order (each session before what belongs to
+    /// it, queued messages last, in id order), those of sessions gone left out: what a backup
+    /// copies ([`write_backup`](super::log::write_backup)).
+    pub fn live_frames(&self) -> Vec<FrameAt> {
         let slots = &self.slots;
         let mut ids: Vec<u64> = self
             .queued
@@ -268,13 +269,12 @@ impl LiveState {
             .iter()
             .filter_map(|id| self.queued.get(id))
             .flat_map(QueuedFrames::frames);
-        log.write_backup(
-            self.by_key
-                .values()
-                .flat_map(Frames::as_slice)
-                .chain(queued_frames),
-            path,
-        )
+        self.by_key
+            .values()
+            .flat_map(Frames::as_slice)
+            .chain(queued_frames)
+            .copied()
+            .collect()
     }
 
     /// Writes every live frame to a new snapshot segment of `log` (each session before what

@@ -359,42 +359,9 @@ impl Log {
             .map_err(|e| PersistenceError::io(&segment_path(&self.dir, self.current_id), e))
     }
 
-    /// Writes a snapshot segment holding the `live` frames (read from where they are, in that
-    /// order), then `trailer`, to a new file at `path`, synced; `moved` learns where each frame
-    /// is in it, as segment `id`. Returns its size.
-    fn write_snapshot<'a>(
-        &self,
-        live: impl Iterator<Item = &'a FrameAt>,
-        path: &Path,
-        (id, mut moved): (u64, impl FnMut(FrameAt)),
-        trailer: &[u8],
-    ) -> Result<u64, PersistenceError> {
-        let mut file = File::create(path).map_err(|e| PersistenceError::io(path, e))?;
-        let mut written = 0u64;
-        let mut buffer = Record::LogFormat(LOG_FORMAT).to_frame();
-        Record::Snapshot.write_frame(&mut buffer);
-        let mut reader = FrameReader::new(&self.dir);
-        for at in live {
-            moved(FrameAt {
-                segment: id,
-                offset: written + buffer.len() as u64 + reader.pending(),
-                len: at.len,
-            });
-            reader.read(at, &mut buffer)?;
-            if buffer.len() >= 1 << 20 {
-                reader.finish(&mut buffer)?;
-                file.write_all(&buffer)
-                    .map_err(|e| PersistenceError::io(path, e))?;
-                written += buffer.len() as u64;
-                buffer.clear();
-            }
-        }
-        reader.finish(&mut buffer)?;
-        buffer.extend_from_slice(trailer);
-        file.write_all(&buffer)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| PersistenceError::io(path, e))?;
-        Ok(written + buffer.len() as u64)
+    /// The directory the log is in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// A new file name in the log's directory for a backup: `backup-<ms>-<n>.log.tmp`, which a
@@ -404,22 +371,6 @@ impl Log {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.dir
             .join(format!("backup-{}-{n}.log.tmp", super::unix_ms_now()))
-    }
-
-    /// Writes the `live` frames as a log of one segment to `path` (a backup: the log's first
-    /// segment, `0000000000000001.log`, of a directory to restore into), synced, ending with
-    /// its format record again as an end mark (`backup.rs`). Returns its size.
-    pub fn write_backup<'a>(
-        &self,
-        live: impl Iterator<Item = &'a FrameAt>,
-        path: &Path,
-    ) -> Result<u64, PersistenceError> {
-        let end_mark = Record::LogFormat(LOG_FORMAT).to_frame();
-        let written = self.write_snapshot(live, path, (1, |_| {}), &end_mark);
-        if written.is_err() {
-            let _ = fs::remove_file(path);
-        }
-        written
     }
 
     /// Bytes on disk in every segment.
@@ -440,7 +391,13 @@ impl Log {
         let path = segment_path(&self.dir, id);
         let tmp = path.with_extension("log.tmp");
         let mut moved = Vec::new();
-        let written = self.write_snapshot(live, &tmp, (id, |at| moved.push(at)), &[])?;
+        let snapshot = Snapshot {
+            dir: &self.dir,
+            id,
+            trailer: &[],
+            sync: true,
+        };
+        let written = snapshot.write(live, &tmp, |at| moved.push(at))?;
         fs::rename(&tmp, &path).map_err(|e| PersistenceError::io(&path, e))?;
         sync_dir(&self.dir)?;
         let old_current = segment_path(&self.dir, self.current_id);
@@ -459,6 +416,76 @@ impl Log {
         }
         Ok(moved)
     }
+}
+
+/// How a snapshot segment is written: the live frames read back from the segments of `dir`,
+/// after a format record and a snapshot marker, then `trailer`.
+struct Snapshot<'a> {
+    dir: &'a Path,
+    /// The segment id its frames' new places are given in.
+    id: u64,
+    trailer: &'a [u8],
+    /// Whether the file is synced before it is closed (a compaction's; a backup is streamed
+    /// and deleted, and `restore` syncs its copy).
+    sync: bool,
+}
+
+impl Snapshot<'_> {
+    /// Writes the `live` frames (read from where they are, in that order) to a new file at
+    /// `path`; `moved` learns where each frame is in it. Returns its size.
+    fn write<'f>(
+        &self,
+        live: impl Iterator<Item = &'f FrameAt>,
+        path: &Path,
+        mut moved: impl FnMut(FrameAt),
+    ) -> Result<u64, PersistenceError> {
+        let mut file = File::create(path).map_err(|e| PersistenceError::io(path, e))?;
+        let mut written = 0u64;
+        let mut buffer = Record::LogFormat(LOG_FORMAT).to_frame();
+        Record::Snapshot.write_frame(&mut buffer);
+        let mut reader = FrameReader::new(self.dir);
+        for at in live {
+            moved(FrameAt {
+                segment: self.id,
+                offset: written + buffer.len() as u64 + reader.pending(),
+                len: at.len,
+            });
+            reader.read(at, &mut buffer)?;
+            if buffer.len() >= 1 << 20 {
+                reader.finish(&mut buffer)?;
+                file.write_all(&buffer)
+                    .map_err(|e| PersistenceError::io(path, e))?;
+                written += buffer.len() as u64;
+                buffer.clear();
+            }
+        }
+        reader.finish(&mut buffer)?;
+        buffer.extend_from_slice(self.trailer);
+        file.write_all(&buffer)
+            .and_then(|()| if self.sync { file.sync_all() } else { Ok(()) })
+            .map_err(|e| PersistenceError::io(path, e))?;
+        Ok(written + buffer.len() as u64)
+    }
+}
+
+/// Writes the `live` frames of the log in `dir` as a log of one segment to `path` (a backup:
+/// the first segment, `0000000000000001.log`, of a directory to restore into), ending with
+/// its format record again as an end mark (`backup.rs`). Returns its size. Safe on another
+/// thread than the writer's while no compaction deletes the segments the frames are in: the
+/// writer only appends past them.
+pub fn write_backup(dir: &Path, live: &[FrameAt], path: &Path) -> Result<u64, PersistenceError> {
+    let end_mark = Record::LogFormat(LOG_FORMAT).to_frame();
+    let snapshot = Snapshot {
+        dir,
+        id: 1,
+        trailer: &end_mark,
+        sync: false,
+    };
+    let written = snapshot.write(live.iter(), path, |_| {});
+    if written.is_err() {
+        let _ = fs::remove_file(path);
+    }
+    written
 }
 
 /// Reads frames back from the segments for a compaction, one read for a run of frames that

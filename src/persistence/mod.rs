@@ -224,6 +224,7 @@ pub fn open(config: &PersistenceConfig) -> Result<Option<Recovered>, Persistence
         policy: config.fsync,
         interval: config.fsync_interval,
         compact_floor: config.compact_min_bytes,
+        backups: Vec::new(),
     };
     // Seeded per process like the standard hasher, and cheaper per topic than its SipHash.
     let mut retained: HashMap<String, Arc<Message>, foldhash::fast::RandomState> =

@@ -8,16 +8,15 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info};
 
-use super::backup::BackupFile;
+use super::backup::{BackupFile, BackupRequest};
 use super::batch_thread::run_as_batch_thread;
 use super::frame::seal_frames;
 use super::live::{live_key_of_body, LiveKind};
 use super::live_state::LiveState;
-use super::log::{FrameAt, Log};
+use super::log::{write_backup, FrameAt, Log};
 use super::record::{Record, FRAME_HEADER};
 use super::store::{StoreShared, WriterState, NAP, NAPS_BEFORE_SLEEP};
 use super::syncer::Syncer;
-use super::PersistenceError;
 use crate::config::FsyncPolicy;
 
 /// How long the writer waits before it tries a failed write or sync again.
@@ -40,6 +39,8 @@ pub struct Writer {
     /// The log is compacted when it is larger than twice the live state and than this
     /// (`compact_min_bytes`).
     pub(super) compact_floor: u64,
+    /// Backup threads started and maybe still copying (`backup.rs`).
+    pub(super) backups: Vec<std::thread::JoinHandle<()>>,
 }
 
 /// The little-endian u32 at `at` of `bytes` (0 past the end), as a length.
@@ -172,6 +173,9 @@ impl Writer {
             if closed {
                 // Joins the syncing thread, idle since the flush above.
                 drop(syncer);
+                for backup in self.backups.drain(..) {
+                    let _ = backup.join();
+                }
                 return;
             }
             // After the waiters are told: keeping the live state current is for compaction,
@@ -180,7 +184,7 @@ impl Writer {
             // With this drain tracked, the live state holds everything submitted before each
             // backup was asked for.
             for request in backups.drain(..) {
-                request.answer(self.write_backup());
+                self.start_backup(request);
             }
             self.maybe_compact();
         }
@@ -264,22 +268,52 @@ impl Writer {
         );
     }
 
-    /// Writes a backup of the live state to a new file in the log's directory (`backup.rs`).
-    fn write_backup(&self) -> Result<BackupFile, PersistenceError> {
-        let started = Instant::now();
+    /// Starts writing a backup of the live state as it stands to a new file in the log's
+    /// directory, on a thread of its own (`backup.rs`): this thread only lists where the live
+    /// frames are, and goes on committing while the backup thread copies them (no compaction
+    /// deletes a segment meanwhile: [`maybe_compact`](Self::maybe_compact) waits for it).
+    fn start_backup(&mut self, request: BackupRequest) {
+        let listed = Instant::now();
+        let frames = self.live.live_frames();
+        let listed_millis = listed.elapsed().as_millis() as u64;
+        let dir = self.log.dir().to_path_buf();
         let path = self.log.backup_path();
-        let bytes = self.live.write_backup(&self.log, &path)?;
-        info!(
-            bytes,
-            millis = started.elapsed().as_millis() as u64,
-            "persistence backup written"
-        );
-        Ok(BackupFile { path, bytes })
+        let copy = move || {
+            let started = Instant::now();
+            let written = write_backup(&dir, &frames, &path).map(|bytes| {
+                info!(
+                    bytes,
+                    frames = frames.len(),
+                    listed_millis,
+                    millis = started.elapsed().as_millis() as u64,
+                    "persistence backup written"
+                );
+                BackupFile { path, bytes }
+            });
+            if let Err(e) = &written {
+                error!(error = %e, "persistence backup failed");
+            }
+            request.answer(written);
+        };
+        match std::thread::Builder::new()
+            .name("switchboard-backup".into())
+            .spawn(copy)
+        {
+            Ok(thread) => self.backups.push(thread),
+            // The request went with the closure: its asker hears that no backup was written.
+            Err(e) => error!(error = %e, "cannot start a thread for a persistence backup"),
+        }
+    }
+
+    /// Whether a backup thread is still copying frames out of the segments.
+    fn backing_up(&mut self) -> bool {
+        self.backups.retain(|thread| !thread.is_finished());
+        !self.backups.is_empty()
     }
 
     fn maybe_compact(&mut self) {
         let total = self.log.total_bytes();
-        if total <= self.compact_floor || total <= 2 * self.live.bytes() {
+        if total <= self.compact_floor || total <= 2 * self.live.bytes() || self.backing_up() {
             return;
         }
         let started = Instant::now();
