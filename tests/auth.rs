@@ -146,45 +146,18 @@ async fn a_known_device_reconnects_past_a_flood_of_wrong_passwords() {
         connack(addr, Some("gate-1AB"), Some(b"gate-secret")).await,
         0
     );
-    // 20 guesses at once, each some 150 ms of PBKDF2 in a debug build.
-    let (refused_tx, mut refused) = tokio::sync::mpsc::unbounded_channel();
-    for i in 0..20 {
-        let refused_tx = refused_tx.clone();
-        tokio::spawn(async move {
-            let client_id = format!("guess-{i}");
-            let spec = ConnectSpec {
-                client_id: &client_id,
-                username: Some("gate-1AB"),
-                password: Some(b"guess"),
-                ..Default::default()
-            };
-            let (_raw, code) = Raw::connect_with(addr, spec).await;
-            let _ = refused_tx.send(code);
-        });
-    }
-    drop(refused_tx);
-    // The first refusal: the Authenticator is working through the flood.
-    assert_eq!(refused.recv().await, Some(4));
+    let mut flood = Flood::start(addr, None).await;
     assert_eq!(
         connack(addr, Some("gate-1AB"), Some(b"gate-secret")).await,
         0,
         "the gate reconnects"
     );
-    let mut refused_before_the_gate = 1;
-    while let Ok(code) = refused.try_recv() {
-        assert_eq!(code, 4);
-        refused_before_the_gate += 1;
-    }
+    let refused_before_the_gate = flood.refused_by_now();
     assert!(
         refused_before_the_gate < 10,
         "the gate waited behind {refused_before_the_gate} of 20 wrong passwords"
     );
-    let mut refused_in_all = refused_before_the_gate;
-    while let Some(code) = refused.recv().await {
-        assert_eq!(code, 4, "every guess refused");
-        refused_in_all += 1;
-    }
-    assert_eq!(refused_in_all, 20);
+    flood.all_refused().await;
     // Threads inherit their nice value: the broker's run at the test's, the Authenticator's
     // at 10 more (at most 19).
     let nice = thread_nice_values();
@@ -222,23 +195,7 @@ async fn a_flood_from_one_address_does_not_hold_back_another() {
     }
     let broker = broker_with(|c| c.auth.password_file = Some(path));
     let addr = broker.local_addr();
-    let flood_source = std::net::Ipv4Addr::new(127, 0, 0, 2);
-    let (refused_tx, mut refused) = tokio::sync::mpsc::unbounded_channel();
-    for i in 0..20 {
-        let refused_tx = refused_tx.clone();
-        tokio::spawn(async move {
-            let client_id = format!("guess-{i}");
-            let spec = ConnectSpec {
-                client_id: &client_id,
-                username: Some("gate-1AB"),
-                password: Some(b"guess"),
-                ..Default::default()
-            };
-            let _ = refused_tx.send(connack_from(addr, flood_source, spec).await);
-        });
-    }
-    drop(refused_tx);
-    assert_eq!(refused.recv().await, Some(4), "the flood is being checked");
+    let mut flood = Flood::start(addr, Some(std::net::Ipv4Addr::new(127, 0, 0, 2))).await;
     let device = ConnectSpec {
         client_id: "gate-2CD",
         username: Some("gate-2CD"),
@@ -247,21 +204,73 @@ async fn a_flood_from_one_address_does_not_hold_back_another() {
     };
     let device_source = std::net::Ipv4Addr::new(127, 0, 0, 3);
     assert_eq!(connack_from(addr, device_source, device).await, 0);
-    let mut refused_before_the_device = 1;
-    while let Ok(code) = refused.try_recv() {
-        assert_eq!(code, 4);
-        refused_before_the_device += 1;
-    }
+    let refused_before_the_device = flood.refused_by_now();
     assert!(
         refused_before_the_device < 10,
         "the device waited behind {refused_before_the_device} of 20 guesses"
     );
-    let mut refused_in_all = refused_before_the_device;
-    while let Some(code) = refused.recv().await {
-        assert_eq!(code, 4, "every guess is checked and refused, in its lane");
-        refused_in_all += 1;
+    flood.all_refused().await;
+}
+
+/// 20 CONNECTs of `gate-1AB` with a wrong password at once (some 150 ms of PBKDF2 each in a
+/// debug build), from `source` or the default loopback address: their refusals as they come.
+struct Flood {
+    refusals: tokio::sync::mpsc::UnboundedReceiver<u8>,
+    refused: usize,
+}
+
+impl Flood {
+    /// Sends the 20 CONNECTs and waits for the first refusal: the Authenticator is then
+    /// working through the flood.
+    async fn start(addr: std::net::SocketAddr, source: Option<std::net::Ipv4Addr>) -> Flood {
+        let (refused_tx, refusals) = tokio::sync::mpsc::unbounded_channel();
+        for i in 0..20 {
+            let refused_tx = refused_tx.clone();
+            tokio::spawn(async move {
+                let client_id = format!("guess-{i}");
+                let spec = ConnectSpec {
+                    client_id: &client_id,
+                    username: Some("gate-1AB"),
+                    password: Some(b"guess"),
+                    ..Default::default()
+                };
+                let code = match source {
+                    Some(source) => connack_from(addr, source, spec).await,
+                    None => Raw::connect_with(addr, spec).await.1,
+                };
+                let _ = refused_tx.send(code);
+            });
+        }
+        let mut flood = Flood {
+            refusals,
+            refused: 0,
+        };
+        assert_eq!(
+            flood.refusals.recv().await,
+            Some(4),
+            "the flood is being checked"
+        );
+        flood.refused = 1;
+        flood
     }
-    assert_eq!(refused_in_all, 20);
+
+    /// How many guesses were refused by now.
+    fn refused_by_now(&mut self) -> usize {
+        while let Ok(code) = self.refusals.try_recv() {
+            assert_eq!(code, 4, "a guess refused");
+            self.refused += 1;
+        }
+        self.refused
+    }
+
+    /// Waits for the rest: every guess is checked and refused.
+    async fn all_refused(mut self) {
+        while let Some(code) = self.refusals.recv().await {
+            assert_eq!(code, 4, "a guess refused");
+            self.refused += 1;
+        }
+        assert_eq!(self.refused, 20);
+    }
 }
 
 /// A password that verified once is not checked with PBKDF2 again (src/auth/verified.rs), so a

@@ -20,6 +20,14 @@ fn persistent_broker(dir: &Path) -> switchboard::BackgroundBroker {
     broker_with(move |c| c.persistence.dir = Some(dir))
 }
 
+/// A broker with its state in `dir`, its HTTP address, and a client `app` connected to it.
+async fn serving(dir: &Path) -> (switchboard::BackgroundBroker, std::net::SocketAddr, Raw) {
+    let broker = persistent_broker(dir);
+    let http = broker.http_local_addr().expect("http");
+    let (app, _) = Raw::handshake(broker.local_addr(), "app", true).await;
+    (broker, http, app)
+}
+
 /// `curl -fsS -o <to> http://<http>/api/v1/persistence/backup`, as docs/persistence.md says.
 fn curl_backup(http: std::net::SocketAddr, to: &Path) -> std::process::Output {
     Command::new("curl")
@@ -54,16 +62,16 @@ async fn retain(publisher: &mut Raw, topic: &str, payload: &[u8], pid: u16) {
 #[tokio::test]
 async fn a_backup_of_a_running_broker_restores_what_was_acknowledged_before_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let running = persistent_broker(&dir.path().join("running"));
-    let (addr, http) = (
-        running.local_addr(),
-        running.http_local_addr().expect("http"),
-    );
-    let (mut app, _) = Raw::handshake(addr, "app", true).await;
+    let (running, http, mut app) = serving(&dir.path().join("running")).await;
     retain(&mut app, "gate/1AB/state", b"closed", 1).await;
     retain(&mut app, "gate/2CD/state", b"open", 2).await;
     // A radar's persistent session, offline, with three status requests queued for it.
-    Raw::leave_subscribed(addr, "radar-1AB", "detrd/status/request/1AB").await;
+    Raw::leave_subscribed(
+        running.local_addr(),
+        "radar-1AB",
+        "detrd/status/request/1AB",
+    )
+    .await;
     for pid in 3..=5 {
         app.send(&packets::publish(
             "detrd/status/request/1AB",
@@ -215,12 +223,7 @@ async fn backups_taken_while_the_log_compacts_are_whole() {
 #[tokio::test]
 async fn damaged_cut_and_misplaced_backups_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let running = persistent_broker(&dir.path().join("running"));
-    let (addr, http) = (
-        running.local_addr(),
-        running.http_local_addr().expect("http"),
-    );
-    let (mut app, _) = Raw::handshake(addr, "app", true).await;
+    let (_running, http, mut app) = serving(&dir.path().join("running")).await;
     for (pid, gate) in ["1AB", "2CD", "3EF"].into_iter().enumerate() {
         retain(
             &mut app,
