@@ -12,8 +12,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::live::{split_queued_key, LiveKind};
-use super::log::{FrameAt, Log};
-use super::PersistenceError;
+use super::log::FrameAt;
+#[cfg(test)]
+use super::{log::Log, PersistenceError};
 
 /// Where a live key's frames are: most keys have one (a retained message, a subscription).
 #[derive(Debug)]
@@ -277,40 +278,70 @@ impl LiveState {
             .collect()
     }
 
-    /// Writes every live frame to a new snapshot segment of `log` (each session before what
-    /// belongs to it, queued messages last, in id order) and notes where each is now. Entries
-    /// of sessions gone are dropped first.
-    pub fn compact_into(&mut self, log: &mut Log) -> Result<(), PersistenceError> {
+    /// Drops the entries of sessions gone (a compaction's first step).
+    pub fn drop_dead(&mut self) {
         let slots = &self.slots;
         self.queued.retain(|_, entry| {
             slots[entry.slot.index as usize].generation == entry.slot.generation
         });
-        let mut ids: Vec<u64> = self.queued.keys().copied().collect();
-        ids.sort_unstable();
-        let queued = &self.queued;
-        let queued_frames = ids
-            .iter()
-            .filter_map(|id| queued.get(id))
-            .flat_map(QueuedFrames::frames);
-        let moved = log.compact(
-            self.by_key
-                .values()
-                .flat_map(Frames::as_slice)
-                .chain(queued_frames),
-        )?;
-        // Where the frames are now, in the order they were read.
-        let mut moved = moved.into_iter();
-        let by_key = self.by_key.values_mut().flat_map(Frames::as_mut_slice);
-        for (at, now) in by_key.zip(&mut moved) {
-            *at = now;
-        }
-        for id in &ids {
-            if let Some(entry) = self.queued.get_mut(id) {
-                for (at, now) in entry.frames_mut().zip(&mut moved) {
-                    *at = now;
+    }
+
+    /// After a compaction's snapshot: every live frame in a segment up to `superseded_up_to`
+    /// is one of the frames `listed` (by [`live_frames`](Self::live_frames) when the
+    /// compaction started) and is now at the same place in `moved`. Since then entries were
+    /// only added, removed or given frames in later segments, and the order is by key and by
+    /// id as it was, so the frames still in those segments are `listed`'s, in its order: one
+    /// walk finds them. Returns false if one was not found (then its segment must stay).
+    pub fn remap(&mut self, listed: &[FrameAt], moved: &[FrameAt], superseded_up_to: u64) -> bool {
+        let mut next = 0;
+        let mut all_found = true;
+        let mut remap_one = |at: &mut FrameAt| {
+            if at.segment > superseded_up_to {
+                return;
+            }
+            while next < listed.len() && listed[next] != *at {
+                next += 1;
+            }
+            match moved.get(next) {
+                Some(now) if next < listed.len() => {
+                    *at = *now;
+                    next += 1;
                 }
+                _ => all_found = false,
+            }
+        };
+        for frames in self.by_key.values_mut() {
+            frames.as_mut_slice().iter_mut().for_each(&mut remap_one);
+        }
+        let slots = &self.slots;
+        let mut ids: Vec<u64> = self
+            .queued
+            .iter()
+            .filter(|(_, entry)| {
+                slots[entry.slot.index as usize].generation == entry.slot.generation
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        for id in ids {
+            if let Some(entry) = self.queued.get_mut(&id) {
+                entry.frames_mut().for_each(&mut remap_one);
             }
         }
+        all_found
+    }
+
+    /// A whole compaction at once, on this thread: what the writer does with a thread between
+    /// listing and remapping (`writer.rs`).
+    #[cfg(test)]
+    pub fn compact_into(&mut self, log: &mut Log) -> Result<(), PersistenceError> {
+        self.drop_dead();
+        let listed = self.live_frames();
+        let rotated = log.rotate_for_snapshot()?;
+        let (moved, written) =
+            super::log::write_snapshot_segment(log.dir(), rotated.snapshot_id, &listed)?;
+        assert!(self.remap(&listed, &moved, rotated.snapshot_id - 1));
+        log.finish_snapshot(rotated, written);
         Ok(())
     }
 }
@@ -476,13 +507,14 @@ mod tests {
                 "queued b 5",
             ]
         );
+        // The snapshot's segment: its format record, the marker and the live frames; the
+        // segment started after it for what came meanwhile: its format record.
+        let format_record = Record::LogFormat(crate::persistence::LOG_FORMAT)
+            .to_frame()
+            .len() as u64;
         assert_eq!(
             log.total_bytes(),
-            bytes
-                + Record::LogFormat(crate::persistence::LOG_FORMAT)
-                    .to_frame()
-                    .len() as u64
-                + Record::Snapshot.to_frame().len() as u64
+            bytes + format_record + Record::Snapshot.to_frame().len() as u64 + format_record
         );
         // The frames are where the snapshot put them: a second compaction copies them again.
         live.compact_into(&mut log).expect("compact again");

@@ -1,7 +1,8 @@
 //! The log on disk: numbered segment files (`0000000000000001.log`, ...) of framed records,
 //! appended to at the end of the newest. Compaction writes the whole live state as a new
 //! segment that starts with a [`Record::Snapshot`] and then deletes the older ones, so the
-//! directory stays bounded by live state, not by traffic.
+//! directory stays bounded by live state, not by traffic: it starts a segment after the
+//! snapshot's for what comes meanwhile, and writes the snapshot on a thread of its own.
 //!
 //! Every segment this build starts begins with a [`Record::LogFormat`]: a later build that
 //! changes the format can then be refused by this one with a clear error, not read as damage.
@@ -168,9 +169,11 @@ pub fn scan(dir: &Path, repair: bool) -> Result<Scanned, PersistenceError> {
                 }
             }
         }
-        // Segment 1 is the log's first; every later one is a compaction's, and starts with a
-        // snapshot of everything before it. The oldest segment here being a later one without
-        // a snapshot means the segments before it are gone.
+        // Segment 1 is the log's first; every later one is a compaction's snapshot of
+        // everything before it, or follows one (the segment a compaction starts for what comes
+        // while it writes the snapshot), and a compaction deletes the older segments only once
+        // its snapshot is in place. The oldest segment here being a later one without a
+        // snapshot means the segments before it are gone.
         if index == 0 && id != 1 && starts_with_snapshot != Some(true) {
             if !repair {
                 return Err(PersistenceError::SegmentsMissing { path });
@@ -378,43 +381,93 @@ impl Log {
         self.total_bytes
     }
 
-    /// Replaces every segment by one holding the `live` frames (read from where they are, in
-    /// that order) after a snapshot marker: written to a temporary file, synced, renamed into
-    /// place, the directory synced, then the older segments deleted. A crash at any point leaves
-    /// a log that reads back the same state. What was appended before needs no sync: the synced
-    /// snapshot supersedes it. Returns where each frame is now, in the same order.
-    pub fn compact<'a>(
-        &mut self,
-        live: impl Iterator<Item = &'a FrameAt>,
-    ) -> Result<Vec<FrameAt>, PersistenceError> {
-        let id = self.current_id + 1;
-        let path = segment_path(&self.dir, id);
-        let tmp = path.with_extension("log.tmp");
-        let mut moved = Vec::new();
-        let snapshot = Snapshot {
-            dir: &self.dir,
-            id,
-            trailer: &[],
-            sync: true,
-        };
-        let written = snapshot.write(live, &tmp, |at| moved.push(at))?;
-        fs::rename(&tmp, &path).map_err(|e| PersistenceError::io(&path, e))?;
-        sync_dir(&self.dir)?;
-        let old_current = segment_path(&self.dir, self.current_id);
-        self.current = OpenOptions::new()
+    /// Starts a compaction: syncs the segment being appended to (so that no later segment
+    /// survives a power cut that it does not), and starts the one after next, with its format
+    /// record, for what comes next; the one between is the snapshot's, written meanwhile by
+    /// [`write_snapshot_segment`]. A crash at any point leaves a log that reads back the same
+    /// state: without the snapshot, the segments follow on; with it, it supersedes the older.
+    pub fn rotate_for_snapshot(&mut self) -> Result<Rotated, PersistenceError> {
+        self.sync()?;
+        let snapshot_id = self.current_id + 1;
+        let next_id = self.current_id + 2;
+        let path = segment_path(&self.dir, next_id);
+        let file = OpenOptions::new()
+            .create_new(true)
             .write(true)
             .open(&path)
             .map_err(|e| PersistenceError::io(&path, e))?;
-        self.current_id = id;
-        self.total_bytes = written;
-        self.current_bytes = written;
-        self.allocated = written;
-        for old in self.older.drain(..).chain(std::iter::once(old_current)) {
+        sync_dir(&self.dir)?;
+        self.older.push(segment_path(&self.dir, self.current_id));
+        let superseded = self.older.clone();
+        self.current = file;
+        self.current_id = next_id;
+        self.current_bytes = 0;
+        self.allocated = 0;
+        self.append(&Record::LogFormat(LOG_FORMAT).to_frame())?;
+        Ok(Rotated {
+            snapshot_id,
+            superseded,
+        })
+    }
+
+    /// Ends a compaction whose snapshot segment (`written` bytes) is in place: deletes the
+    /// segments it supersedes.
+    pub fn finish_snapshot(&mut self, rotated: Rotated, written: u64) {
+        self.older.retain(|path| !rotated.superseded.contains(path));
+        self.older
+            .push(segment_path(&self.dir, rotated.snapshot_id));
+        self.total_bytes = written + self.current_bytes;
+        // Newest first: a crash between two deletions leaves the oldest segments, which read
+        // as before, not a later one without a snapshot before the snapshot (which start-up
+        // would take for segments gone missing).
+        for old in rotated.superseded.into_iter().rev() {
             if let Err(e) = fs::remove_file(&old) {
                 warn!(file = %old.display(), error = %e, "could not delete a compacted segment");
             }
         }
-        Ok(moved)
+    }
+}
+
+/// A compaction under way: the segment its snapshot takes, and those it supersedes (every
+/// segment before it).
+#[derive(Debug)]
+pub struct Rotated {
+    /// The snapshot's segment id.
+    pub snapshot_id: u64,
+    superseded: Vec<PathBuf>,
+}
+
+/// Writes segment `id` of the log in `dir` as a snapshot holding the `live` frames (read from
+/// where they are, in that order): to a temporary file, synced, renamed into place, the
+/// directory synced. Returns where each frame is now, in the same order, and the segment's
+/// size. Runs on a thread of its own while the writer appends to the segment after it.
+pub fn write_snapshot_segment(
+    dir: &Path,
+    id: u64,
+    live: &[FrameAt],
+) -> Result<(Vec<FrameAt>, u64), PersistenceError> {
+    let path = segment_path(dir, id);
+    let tmp = path.with_extension("log.tmp");
+    let mut moved = Vec::with_capacity(live.len());
+    let snapshot = Snapshot {
+        dir,
+        id,
+        trailer: &[],
+        sync: true,
+    };
+    let written = snapshot
+        .write(live.iter(), &tmp, |at| moved.push(at))
+        .and_then(|written| {
+            fs::rename(&tmp, &path).map_err(|e| PersistenceError::io(&path, e))?;
+            sync_dir(dir)?;
+            Ok(written)
+        });
+    match written {
+        Ok(written) => Ok((moved, written)),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
     }
 }
 

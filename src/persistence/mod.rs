@@ -225,6 +225,8 @@ pub fn open(config: &PersistenceConfig) -> Result<Option<Recovered>, Persistence
         interval: config.fsync_interval,
         compact_floor: config.compact_min_bytes,
         backups: Vec::new(),
+        backups_copying: Default::default(),
+        compaction: None,
     };
     // Seeded per process like the standard hasher, and cheaper per topic than its SipHash.
     let mut retained: HashMap<String, Arc<Message>, foldhash::fast::RandomState> =

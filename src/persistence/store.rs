@@ -73,6 +73,8 @@ pub(super) struct Pending {
     pub(super) waiting_for_room: usize,
     /// Every [`Store`] is gone: the writer syncs and ends.
     pub(super) closed: bool,
+    /// A compaction's or a backup's thread has finished: the writer ends the compaction.
+    pub(super) helper_done: bool,
 }
 
 /// What the [`Store`] handles and the writer thread share.
@@ -163,6 +165,13 @@ impl StoreShared {
         }
         self.caught_up.notify_waiters();
         (seq, closed)
+    }
+
+    /// Called by a compaction's or a backup's thread when it is done: wakes the writer, which
+    /// may be asleep with nothing to commit, to end the compaction.
+    pub(super) fn helper_done(&self) {
+        self.lock_pending().helper_done = true;
+        self.wake_writer.notify_one();
     }
 
     /// The last change the writer reported durable.

@@ -13,10 +13,11 @@ use super::batch_thread::run_as_batch_thread;
 use super::frame::seal_frames;
 use super::live::{live_key_of_body, LiveKind};
 use super::live_state::LiveState;
-use super::log::{write_backup, FrameAt, Log};
+use super::log::{write_backup, write_snapshot_segment, FrameAt, Log, Rotated};
 use super::record::{Record, FRAME_HEADER};
 use super::store::{StoreShared, WriterState, NAP, NAPS_BEFORE_SLEEP};
 use super::syncer::Syncer;
+use super::PersistenceError;
 use crate::config::FsyncPolicy;
 
 /// How long the writer waits before it tries a failed write or sync again.
@@ -39,8 +40,12 @@ pub struct Writer {
     /// The log is compacted when it is larger than twice the live state and than this
     /// (`compact_min_bytes`).
     pub(super) compact_floor: u64,
-    /// Backup threads started and maybe still copying (`backup.rs`).
+    /// Backup threads started (joined at the end) and how many still copy (`backup.rs`):
+    /// each counts itself out before it wakes the writer.
     pub(super) backups: Vec<std::thread::JoinHandle<()>>,
+    pub(super) backups_copying: Arc<std::sync::atomic::AtomicUsize>,
+    /// The compaction under way, if any.
+    pub(super) compaction: Option<Compaction>,
 }
 
 /// The little-endian u32 at `at` of `bytes` (0 past the end), as a length.
@@ -86,6 +91,7 @@ impl Writer {
                 while !pending.has_changes
                     && pending.flushes.is_empty()
                     && pending.backups.is_empty()
+                    && !pending.helper_done
                     && !pending.closed
                 {
                     let sync_in = (unsynced && self.policy == FsyncPolicy::Interval)
@@ -111,6 +117,7 @@ impl Writer {
                 if pending.has_changes {
                     naps = 0;
                 }
+                pending.helper_done = false;
                 shared.take_drain(pending, &mut frames, &mut flushes, &mut backups)
             };
             let frames_at = self.log.end();
@@ -176,6 +183,9 @@ impl Writer {
                 for backup in self.backups.drain(..) {
                     let _ = backup.join();
                 }
+                // Waits for a snapshot under way, so that the older segments go now, not at
+                // the next compaction (a start reads the same state either way).
+                self.finish_compaction(true);
                 return;
             }
             // After the waiters are told: keeping the live state current is for compaction,
@@ -184,9 +194,9 @@ impl Writer {
             // With this drain tracked, the live state holds everything submitted before each
             // backup was asked for.
             for request in backups.drain(..) {
-                self.start_backup(request);
+                self.start_backup(request, &shared);
             }
-            self.maybe_compact();
+            self.maybe_compact(&shared);
         }
     }
 
@@ -272,12 +282,15 @@ impl Writer {
     /// directory, on a thread of its own (`backup.rs`): this thread only lists where the live
     /// frames are, and goes on committing while the backup thread copies them (no compaction
     /// deletes a segment meanwhile: [`maybe_compact`](Self::maybe_compact) waits for it).
-    fn start_backup(&mut self, request: BackupRequest) {
+    fn start_backup(&mut self, request: BackupRequest, shared: &Arc<StoreShared>) {
         let listed = Instant::now();
         let frames = self.live.live_frames();
         let listed_millis = listed.elapsed().as_millis() as u64;
         let dir = self.log.dir().to_path_buf();
         let path = self.log.backup_path();
+        let shared = shared.clone();
+        let copying = self.backups_copying.clone();
+        copying.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let copy = move || {
             let started = Instant::now();
             let written = write_backup(&dir, &frames, &path).map(|bytes| {
@@ -294,39 +307,162 @@ impl Writer {
                 error!(error = %e, "persistence backup failed");
             }
             request.answer(written);
+            copying.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            shared.helper_done();
         };
         match std::thread::Builder::new()
             .name("switchboard-backup".into())
             .spawn(copy)
         {
-            Ok(thread) => self.backups.push(thread),
+            Ok(thread) => {
+                self.backups.retain(|thread| !thread.is_finished());
+                self.backups.push(thread);
+            }
             // The request went with the closure: its asker hears that no backup was written.
-            Err(e) => error!(error = %e, "cannot start a thread for a persistence backup"),
+            Err(e) => {
+                self.backups_copying
+                    .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                error!(error = %e, "cannot start a thread for a persistence backup")
+            }
         }
     }
 
     /// Whether a backup thread is still copying frames out of the segments.
-    fn backing_up(&mut self) -> bool {
-        self.backups.retain(|thread| !thread.is_finished());
-        !self.backups.is_empty()
+    fn backing_up(&self) -> bool {
+        self.backups_copying
+            .load(std::sync::atomic::Ordering::Acquire)
+            > 0
     }
 
-    fn maybe_compact(&mut self) {
+    /// Compacts when the log has grown past twice the live state (and `compact_min_bytes`):
+    /// starts a compaction, or ends the one under way once its thread is done.
+    fn maybe_compact(&mut self, shared: &Arc<StoreShared>) {
+        if self.compaction.is_some() {
+            // Not while a backup copies frames out of the segments it would delete.
+            if !self.backing_up() {
+                self.finish_compaction(false);
+            }
+            return;
+        }
         let total = self.log.total_bytes();
         if total <= self.compact_floor || total <= 2 * self.live.bytes() || self.backing_up() {
             return;
         }
+        self.start_compaction(total, shared);
+    }
+
+    /// Lists where the live frames are, starts a new segment for what comes next, and hands
+    /// the writing of the snapshot to a thread of its own: this thread goes on committing.
+    fn start_compaction(&mut self, before_bytes: u64, shared: &Arc<StoreShared>) {
         let started = Instant::now();
-        match self.live.compact_into(&mut self.log) {
-            Ok(()) => {
+        self.live.drop_dead();
+        let listed = self.live.live_frames();
+        let rotated = match self.log.rotate_for_snapshot() {
+            Ok(rotated) => rotated,
+            Err(e) => {
+                return error!(error = %e, "persistence log compaction could not start; will retry")
+            }
+        };
+        let (dir, id, shared) = (
+            self.log.dir().to_path_buf(),
+            rotated.snapshot_id,
+            shared.clone(),
+        );
+        debug!(
+            segment = id,
+            frames = listed.len(),
+            "persistence log compaction started"
+        );
+        let (done, snapshotted) = std::sync::mpsc::channel();
+        let write = move || {
+            let written =
+                write_snapshot_segment(&dir, id, &listed).map(|(moved, written)| Snapshotted {
+                    listed,
+                    moved,
+                    written,
+                });
+            let _ = done.send(written);
+            shared.helper_done();
+        };
+        match std::thread::Builder::new()
+            .name("switchboard-compact".into())
+            .spawn(write)
+        {
+            Ok(thread) => {
+                self.compaction = Some(Compaction {
+                    rotated,
+                    snapshotted,
+                    thread,
+                    started,
+                    paused_millis: started.elapsed().as_millis() as u64,
+                    before_bytes,
+                })
+            }
+            // The log stays whole: its segments follow on; the next drain tries again.
+            Err(e) => error!(error = %e, "cannot start a thread for a persistence log compaction"),
+        }
+    }
+
+    /// Takes the snapshot written by the compaction's thread, if it is done (with `wait`, once
+    /// it is): where each live frame is now; then deletes the segments it supersedes.
+    fn finish_compaction(&mut self, wait: bool) {
+        let Some(compaction) = &self.compaction else {
+            return;
+        };
+        let result = if wait {
+            compaction.snapshotted.recv().ok()
+        } else {
+            match compaction.snapshotted.try_recv() {
+                Err(std::sync::mpsc::TryRecvError::Empty) => return,
+                result => result.ok(),
+            }
+        };
+        let Some(compaction) = self.compaction.take() else {
+            return;
+        };
+        let _ = compaction.thread.join();
+        let superseded_up_to = compaction.rotated.snapshot_id - 1;
+        match result {
+            Some(Ok(done)) => {
+                let remapped = Instant::now();
+                if !self.live.remap(&done.listed, &done.moved, superseded_up_to) {
+                    // Never expected; the older segments stay, so nothing is lost.
+                    return error!("persistence log compaction: a live record was not in the snapshot; keeping the older segments");
+                }
+                self.log.finish_snapshot(compaction.rotated, done.written);
                 info!(
-                    before_bytes = total,
+                    before_bytes = compaction.before_bytes,
                     after_bytes = self.log.total_bytes(),
-                    millis = started.elapsed().as_millis() as u64,
+                    millis = compaction.started.elapsed().as_millis() as u64,
+                    paused_millis =
+                        compaction.paused_millis + remapped.elapsed().as_millis() as u64,
                     "persistence log compacted"
                 );
             }
-            Err(e) => error!(error = %e, "persistence log compaction failed; will retry"),
+            Some(Err(e)) => error!(error = %e, "persistence log compaction failed; will retry"),
+            None => {
+                error!("persistence log compaction thread ended without a snapshot; will retry")
+            }
         }
     }
+}
+
+/// A compaction under way (`maybe_compact`): its thread writes the snapshot segment.
+pub(super) struct Compaction {
+    rotated: Rotated,
+    /// What the thread wrote, sent before it wakes this one.
+    snapshotted: std::sync::mpsc::Receiver<Result<Snapshotted, PersistenceError>>,
+    thread: std::thread::JoinHandle<()>,
+    started: Instant,
+    /// How long this thread spent starting it (listing and rotating).
+    paused_millis: u64,
+    before_bytes: u64,
+}
+
+/// What a compaction's thread wrote: the frames it was given, where each is now, and the
+/// snapshot segment's size.
+struct Snapshotted {
+    listed: Vec<FrameAt>,
+    moved: Vec<FrameAt>,
+    written: u64,
 }
