@@ -254,7 +254,7 @@ impl LiveState {
 
     /// Where every live frame is, in a snapshot's order (each session before what belongs to
     /// it, queued messages last, in id order), those of sessions gone left out: what a backup
-    /// copies ([`write_backup`](super::log::write_backup)).
+    /// copies ([`write_backup`](super::snapshot::write_backup)).
     pub fn live_frames(&self) -> Vec<FrameAt> {
         let slots = &self.slots;
         let mut ids: Vec<u64> = self
@@ -339,7 +339,7 @@ impl LiveState {
         let listed = self.live_frames();
         let rotated = log.rotate_for_snapshot()?;
         let (moved, written) =
-            super::log::write_snapshot_segment(log.dir(), rotated.snapshot_id, &listed)?;
+            super::snapshot::write_snapshot_segment(log.dir(), rotated.snapshot_id, &listed)?;
         assert!(self.remap(&listed, &moved, rotated.snapshot_id - 1));
         log.finish_snapshot(rotated, written);
         Ok(())

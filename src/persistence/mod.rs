@@ -26,6 +26,7 @@ mod live_state;
 mod log;
 mod record;
 mod record_ref;
+mod snapshot;
 mod store;
 mod syncer;
 mod wake;

@@ -13,8 +13,9 @@ use super::batch_thread::run_as_batch_thread;
 use super::frame::seal_frames;
 use super::live::{live_key_of_body, LiveKind};
 use super::live_state::LiveState;
-use super::log::{write_backup, write_snapshot_segment, FrameAt, Log, Rotated};
+use super::log::{FrameAt, Log, Rotated};
 use super::record::{Record, FRAME_HEADER};
+use super::snapshot::{write_backup, write_snapshot_segment};
 use super::store::{StoreShared, WriterState, NAP, NAPS_BEFORE_SLEEP};
 use super::syncer::Syncer;
 use super::PersistenceError;
@@ -427,6 +428,8 @@ impl Writer {
                 let remapped = Instant::now();
                 if !self.live.remap(&done.listed, &done.moved, superseded_up_to) {
                     // Never expected; the older segments stay, so nothing is lost.
+                    self.log
+                        .keep_snapshot_beside(compaction.rotated, done.written);
                     return error!("persistence log compaction: a live record was not in the snapshot; keeping the older segments");
                 }
                 self.log.finish_snapshot(compaction.rotated, done.written);
