@@ -338,8 +338,12 @@ impl LiveState {
         self.drop_dead();
         let listed = self.live_frames();
         let rotated = log.rotate_for_snapshot()?;
-        let (moved, written) =
-            super::snapshot::write_snapshot_segment(log.dir(), rotated.snapshot_id, &listed)?;
+        let (moved, written) = super::snapshot::write_snapshot_segment(
+            log.dir(),
+            rotated.snapshot_id,
+            &rotated.previous,
+            &listed,
+        )?;
         assert!(self.remap(&listed, &moved, rotated.snapshot_id - 1));
         log.finish_snapshot(rotated, written);
         Ok(())

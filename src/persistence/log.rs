@@ -380,13 +380,14 @@ impl Log {
         self.total_bytes
     }
 
-    /// Starts a compaction: syncs the segment being appended to (so that no later segment
-    /// survives a power cut that it does not), and starts the one after next, with its format
-    /// record, for what comes next; the one between is the snapshot's, written meanwhile by
-    /// [`write_snapshot_segment`]. A crash at any point leaves a log that reads back the same
-    /// state: without the snapshot, the segments follow on; with it, it supersedes the older.
+    /// Starts a compaction: starts the segment after next, with its format record, for what
+    /// comes next; the one between is the snapshot's, written meanwhile by
+    /// [`write_snapshot_segment`](super::snapshot::write_snapshot_segment), which first syncs
+    /// the segment appended to until now (not this thread: with `fsync = "always"` it is synced
+    /// already, and otherwise its tail is what the policy may lose). A crash at any point leaves
+    /// a log that reads back the same state: without the snapshot, the segments follow on; with
+    /// it, it supersedes the older.
     pub fn rotate_for_snapshot(&mut self) -> Result<Rotated, PersistenceError> {
-        self.sync()?;
         let snapshot_id = self.current_id + 1;
         let next_id = self.current_id + 2;
         let path = segment_path(&self.dir, next_id);
@@ -396,7 +397,8 @@ impl Log {
             .open(&path)
             .map_err(|e| PersistenceError::io(&path, e))?;
         sync_dir(&self.dir)?;
-        self.older.push(segment_path(&self.dir, self.current_id));
+        let previous = segment_path(&self.dir, self.current_id);
+        self.older.push(previous.clone());
         let superseded = self.older.clone();
         self.current = file;
         self.current_id = next_id;
@@ -405,6 +407,7 @@ impl Log {
         self.append(&Record::LogFormat(LOG_FORMAT).to_frame())?;
         Ok(Rotated {
             snapshot_id,
+            previous,
             superseded,
         })
     }
@@ -444,6 +447,8 @@ impl Log {
 pub struct Rotated {
     /// The snapshot's segment id.
     pub snapshot_id: u64,
+    /// The segment appended to until the compaction started.
+    pub previous: PathBuf,
     superseded: Vec<PathBuf>,
 }
 

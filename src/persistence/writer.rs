@@ -364,9 +364,10 @@ impl Writer {
                 return error!(error = %e, "persistence log compaction could not start; will retry")
             }
         };
-        let (dir, id, shared) = (
+        let (dir, id, previous, shared) = (
             self.log.dir().to_path_buf(),
             rotated.snapshot_id,
+            rotated.previous.clone(),
             shared.clone(),
         );
         debug!(
@@ -377,10 +378,12 @@ impl Writer {
         let (done, snapshotted) = std::sync::mpsc::channel();
         let write = move || {
             let written =
-                write_snapshot_segment(&dir, id, &listed).map(|(moved, written)| Snapshotted {
-                    listed,
-                    moved,
-                    written,
+                write_snapshot_segment(&dir, id, &previous, &listed).map(|(moved, written)| {
+                    Snapshotted {
+                        listed,
+                        moved,
+                        written,
+                    }
                 });
             let _ = done.send(written);
             shared.helper_done();
