@@ -116,8 +116,9 @@ async fn live_state_survives_compactions_in_a_row_and_kill_9() {
 async fn kill_9_while_a_compaction_writes_its_snapshot_loses_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
-    // 2,000 retained messages of 1 KB: a snapshot of 2 MB, written over some milliseconds.
-    let gates: Vec<_> = (0..2000u16)
+    // 9,000 retained messages of 1 KB: a live state past 8 MiB, compacted on a thread of its
+    // own (src/persistence/writer.rs), its snapshot written over some milliseconds.
+    let gates: Vec<_> = (0..9000u16)
         .map(|n| {
             let mut payload = n.to_be_bytes().to_vec();
             payload.resize(1000, 7);

@@ -341,7 +341,7 @@ impl LiveState {
         let (moved, written) = super::snapshot::write_snapshot_segment(
             log.dir(),
             rotated.snapshot_id,
-            &rotated.previous,
+            Some(&rotated.previous),
             &listed,
         )?;
         assert!(self.remap(&listed, &moved, rotated.snapshot_id - 1));

@@ -419,13 +419,56 @@ impl Log {
         self.older
             .push(segment_path(&self.dir, rotated.snapshot_id));
         self.total_bytes = written + self.current_bytes;
-        // Newest first: a crash between two deletions leaves the oldest segments, which read
-        // as before, not a later one without a snapshot before the snapshot (which start-up
-        // would take for segments gone missing).
-        for old in rotated.superseded.into_iter().rev() {
-            if let Err(e) = fs::remove_file(&old) {
-                warn!(file = %old.display(), error = %e, "could not delete a compacted segment");
-            }
+        delete_superseded(rotated.superseded);
+    }
+
+    /// A compaction on this thread, for a small live state: writes the `live` frames as the
+    /// snapshot segment and appends after them there, as the segment being appended to (so
+    /// the one before needs no sync: the synced snapshot supersedes it). Returns where each
+    /// frame is now and what to pass to [`finish_in_place`](Self::finish_in_place) once the
+    /// live state notes it.
+    pub fn compact_in_place(
+        &mut self,
+        live: &[FrameAt],
+    ) -> Result<(Vec<FrameAt>, Rotated), PersistenceError> {
+        let id = self.current_id + 1;
+        let (moved, written) = super::snapshot::write_snapshot_segment(&self.dir, id, None, live)?;
+        let path = segment_path(&self.dir, id);
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| PersistenceError::io(&path, e))?;
+        let previous = segment_path(&self.dir, self.current_id);
+        let mut superseded = std::mem::take(&mut self.older);
+        superseded.push(previous.clone());
+        self.current = file;
+        self.current_id = id;
+        self.total_bytes = written;
+        self.current_bytes = written;
+        self.allocated = written;
+        Ok((
+            moved,
+            Rotated {
+                snapshot_id: id,
+                previous,
+                superseded,
+            },
+        ))
+    }
+
+    /// Ends [`compact_in_place`](Self::compact_in_place): deletes the segments it supersedes.
+    pub fn finish_in_place(&mut self, rotated: Rotated) {
+        delete_superseded(rotated.superseded);
+    }
+}
+
+/// Deletes the segments a snapshot supersedes, newest first: a crash between two deletions
+/// leaves the oldest segments, which read as before, not a later one without a snapshot before
+/// the snapshot (which start-up would take for segments gone missing).
+fn delete_superseded(superseded: Vec<PathBuf>) {
+    for old in superseded.into_iter().rev() {
+        if let Err(e) = fs::remove_file(&old) {
+            warn!(file = %old.display(), error = %e, "could not delete a compacted segment");
         }
     }
 }

@@ -13,20 +13,22 @@ use super::record::{Record, LOG_FORMAT};
 use super::PersistenceError;
 
 /// Writes segment `id` of the log in `dir` as a snapshot holding the `live` frames (read from
-/// where they are, in that order): syncs `previous` (the segment appended to until then, so
-/// that no later segment outlives its tail), then writes to a temporary file, synced, renamed
-/// into place, the directory synced. Returns where each frame is now, in the same order, and
-/// the segment's size. Runs on a thread of its own while the writer appends to the segment
-/// after it.
+/// where they are, in that order): syncs `previous` if given (the segment appended to until
+/// then, when the writer goes on in a segment after the snapshot's: so that no later segment
+/// outlives its tail), then writes to a temporary file, synced, renamed into place, the
+/// directory synced. Returns where each frame is now, in the same order, and the segment's
+/// size.
 pub fn write_snapshot_segment(
     dir: &Path,
     id: u64,
-    previous: &Path,
+    previous: Option<&Path>,
     live: &[FrameAt],
 ) -> Result<(Vec<FrameAt>, u64), PersistenceError> {
-    File::open(previous)
-        .and_then(|file| file.sync_data())
-        .map_err(|e| PersistenceError::io(previous, e))?;
+    if let Some(previous) = previous {
+        File::open(previous)
+            .and_then(|file| file.sync_data())
+            .map_err(|e| PersistenceError::io(previous, e))?;
+    }
     let path = segment_path(dir, id);
     let tmp = path.with_extension("log.tmp");
     let mut moved = Vec::with_capacity(live.len());
