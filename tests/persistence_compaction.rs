@@ -29,6 +29,30 @@ async fn publish_acked(publisher: &mut Raw, messages: &[(String, Vec<u8>, bool)]
     }
 }
 
+/// Every retained message under `site/#`, as a new subscriber gets them, sorted by topic.
+async fn retained_under_site(addr: std::net::SocketAddr) -> Vec<(String, Vec<u8>)> {
+    let (mut reader, _) = Raw::handshake(addr, "reader", true).await;
+    reader.subscribe(1, &[("site/#", 1)], &[1]).await;
+    let mut got: Vec<(String, Vec<u8>)> = reader
+        .drain_acking()
+        .await
+        .into_iter()
+        .map(|p| (p.topic, p.payload))
+        .collect();
+    got.sort();
+    got
+}
+
+/// The `(topic, payload)` of retained `messages`, sorted by topic.
+fn sorted_retained(messages: &[(String, Vec<u8>, bool)]) -> Vec<(String, Vec<u8>)> {
+    let mut want: Vec<(String, Vec<u8>)> = messages
+        .iter()
+        .map(|(topic, payload, _)| (topic.clone(), payload.clone()))
+        .collect();
+    want.sort();
+    want
+}
+
 /// `n` as the two-byte payload the checks below read back.
 fn numbered(topic: String, n: u16, retain: bool) -> (String, Vec<u8>, bool) {
     (topic, n.to_be_bytes().to_vec(), retain)
@@ -76,18 +100,11 @@ async fn live_state_survives_compactions_in_a_row_and_kill_9() {
     kill_9(child);
 
     let (child, _logs, addr) = start_broker_with(&state, "never", "info", SMALL_LOG);
-    let (mut reader, _) = Raw::handshake(addr, "reader", true).await;
-    reader.subscribe(1, &[("site/#", 1)], &[1]).await;
-    let mut got: Vec<(String, Vec<u8>)> = reader
-        .drain_acking()
-        .await
-        .into_iter()
-        .map(|p| (p.topic, p.payload))
-        .collect();
-    got.sort();
-    let mut want: Vec<(String, Vec<u8>)> = gates.into_iter().map(|(t, p, _)| (t, p)).collect();
-    want.sort();
-    assert_eq!(got, want, "every retained message, with its payload");
+    assert_eq!(
+        retained_under_site(addr).await,
+        sorted_retained(&gates),
+        "every retained message, with its payload"
+    );
 
     // [MQTT-3.2.2-2] the session is there; [MQTT-4.4.0-1] the 10 in flight come again first,
     // with DUP, then the 20 queued, in order.
@@ -149,20 +166,8 @@ async fn kill_9_while_a_compaction_writes_its_snapshot_loses_nothing() {
         assert!(started.contains("frames="), "{started}");
 
         let (child, _logs, addr) = start_broker_with(&state, "never", "info", SMALL_LOG);
-        let (mut reader, _) = Raw::handshake(addr, "reader", true).await;
-        reader.subscribe(1, &[("site/#", 1)], &[1]).await;
-        let mut got: Vec<(String, Vec<u8>)> = reader
-            .drain_acking()
-            .await
-            .into_iter()
-            .map(|p| (p.topic, p.payload))
-            .collect();
-        got.sort();
-        let mut want: Vec<(String, Vec<u8>)> = gates
-            .iter()
-            .map(|(t, p, _)| (t.clone(), p.clone()))
-            .collect();
-        want.sort();
+        let got = retained_under_site(addr).await;
+        let want = sorted_retained(&gates);
         assert!(
             got == want,
             "round {round}: {} of {} retained messages came back",

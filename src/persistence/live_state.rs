@@ -252,10 +252,9 @@ impl LiveState {
         }
     }
 
-    /// Where every live frame is, in a snapshot's order (each session before what belongs to
-    /// it, queued messages last, in id order), those of sessions gone left out: what a backup
-    /// copies ([`write_backup`](super::snapshot::write_backup)).
-    pub fn live_frames(&self) -> Vec<FrameAt> {
+    /// The ids of the live queued messages (of sessions still there), in order: a snapshot's
+    /// order for them.
+    fn live_queued_ids(&self) -> Vec<u64> {
         let slots = &self.slots;
         let mut ids: Vec<u64> = self
             .queued
@@ -266,6 +265,14 @@ impl LiveState {
             .map(|(id, _)| *id)
             .collect();
         ids.sort_unstable();
+        ids
+    }
+
+    /// Where every live frame is, in a snapshot's order (each session before what belongs to
+    /// it, queued messages last, in id order), those of sessions gone left out: what a backup
+    /// copies ([`write_backup`](super::snapshot::write_backup)).
+    pub fn live_frames(&self) -> Vec<FrameAt> {
+        let ids = self.live_queued_ids();
         let queued_frames = ids
             .iter()
             .filter_map(|id| self.queued.get(id))
@@ -313,16 +320,7 @@ impl LiveState {
         for frames in self.by_key.values_mut() {
             frames.as_mut_slice().iter_mut().for_each(&mut remap_one);
         }
-        let slots = &self.slots;
-        let mut ids: Vec<u64> = self
-            .queued
-            .iter()
-            .filter(|(_, entry)| {
-                slots[entry.slot.index as usize].generation == entry.slot.generation
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        ids.sort_unstable();
+        let ids = self.live_queued_ids();
         for id in ids {
             if let Some(entry) = self.queued.get_mut(&id) {
                 entry.frames_mut().for_each(&mut remap_one);
