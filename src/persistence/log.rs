@@ -107,6 +107,7 @@ pub fn scan(dir: &Path, repair: bool) -> Result<Scanned, PersistenceError> {
         let path = segment_path(dir, id);
         let data = fs::read(&path).map_err(|e| PersistenceError::io(&path, e))?;
         let is_last = Some(id) == last_id;
+        let may_end_torn = is_last || superseded_unsynced(dir, &ids, index);
         // Records end where only zeros are left (space written ahead, see the module doc).
         let written_end = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
         let mut offset = 0usize;
@@ -147,7 +148,7 @@ pub fn scan(dir: &Path, repair: bool) -> Result<Scanned, PersistenceError> {
                             reaches_end: true,
                         },
                     };
-                    let torn = is_last && damage.reaches_end;
+                    let torn = may_end_torn && damage.reaches_end;
                     if !torn && !repair {
                         return Err(PersistenceError::Damaged {
                             path,
@@ -221,6 +222,38 @@ pub fn scan(dir: &Path, repair: bool) -> Result<Scanned, PersistenceError> {
         log.append(&Record::LogFormat(LOG_FORMAT).to_frame())?;
     }
     Ok(Scanned { log, records })
+}
+
+/// Whether segment `ids[index]`, not the last, may end in a torn tail: a compaction was
+/// superseding it when the broker stopped, and nothing synced it since it stopped growing.
+/// Either the segment after it is missing (the compaction had started the one after next and
+/// its snapshot was not in place yet), or that segment is the snapshot, which supersedes it.
+fn superseded_unsynced(dir: &Path, ids: &[u64], index: usize) -> bool {
+    match (ids.get(index), ids.get(index + 1)) {
+        (Some(&id), Some(&next)) => {
+            next != id + 1 || starts_with_snapshot(&segment_path(dir, next))
+        }
+        _ => false,
+    }
+}
+
+/// Whether the segment at `path` opens with a snapshot marker (after its format record).
+fn starts_with_snapshot(path: &Path) -> bool {
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
+    let mut head = [0u8; 64];
+    let Ok(read) = file.read_at(&mut head, 0) else {
+        return false;
+    };
+    let mut offset = 0;
+    while let Ok((record, next)) = frame_at(&head[..read], offset) {
+        match record {
+            Record::LogFormat(_) => offset = next,
+            record => return matches!(record, Record::Snapshot),
+        }
+    }
+    false
 }
 
 /// Damage found at one offset.
@@ -460,6 +493,15 @@ impl Log {
     pub fn finish_in_place(&mut self, rotated: Rotated) {
         delete_superseded(rotated.superseded);
     }
+
+    /// Keeps a compaction's snapshot segment, in place, among the older segments without
+    /// deleting those it supersedes (the live state could not be moved onto it): the next
+    /// compaction supersedes all of them.
+    pub fn keep_snapshot_beside(&mut self, rotated: Rotated, written: u64) {
+        self.older
+            .push(segment_path(&self.dir, rotated.snapshot_id));
+        self.total_bytes += written;
+    }
 }
 
 /// Deletes the segments a snapshot supersedes, newest first: a crash between two deletions
@@ -470,17 +512,6 @@ fn delete_superseded(superseded: Vec<PathBuf>) {
         if let Err(e) = fs::remove_file(&old) {
             warn!(file = %old.display(), error = %e, "could not delete a compacted segment");
         }
-    }
-}
-
-impl Log {
-    /// Keeps a compaction's snapshot segment, in place, among the older segments without
-    /// deleting those it supersedes (the live state could not be moved onto it): the next
-    /// compaction supersedes all of them.
-    pub fn keep_snapshot_beside(&mut self, rotated: Rotated, written: u64) {
-        self.older
-            .push(segment_path(&self.dir, rotated.snapshot_id));
-        self.total_bytes += written;
     }
 }
 
@@ -500,4 +531,48 @@ pub fn sync_dir(dir: &Path) -> Result<(), PersistenceError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| PersistenceError::io(dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Segment `id` of `dir` holding its format record, `more` frames, then a record cut short.
+    fn segment(dir: &Path, id: u64, more: &[Record], torn: bool) {
+        let mut bytes = Record::LogFormat(LOG_FORMAT).to_frame();
+        for record in more {
+            record.write_frame(&mut bytes);
+        }
+        if torn {
+            let cut = Record::RetainClear("gate/1AB/state".into()).to_frame();
+            bytes.extend_from_slice(&cut[..cut.len() - 3]);
+        }
+        fs::write(segment_path(dir, id), bytes).expect("write");
+    }
+
+    #[test]
+    fn a_torn_tail_is_damage_but_where_a_compaction_superseded_it_unsynced() {
+        let gate = || Record::RetainClear("gate/2CD/state".into());
+        // Before a gap: a compaction had started segment 3; its snapshot (2) was not in place.
+        let dir = tempfile::tempdir().expect("tempdir");
+        segment(dir.path(), 1, &[gate()], true);
+        segment(dir.path(), 3, &[gate()], false);
+        assert!(
+            scan(dir.path(), false).is_ok(),
+            "torn before a compaction's gap"
+        );
+        // Before the snapshot that supersedes it.
+        let dir = tempfile::tempdir().expect("tempdir");
+        segment(dir.path(), 1, &[gate()], true);
+        segment(dir.path(), 2, &[Record::Snapshot, gate()], false);
+        assert!(scan(dir.path(), false).is_ok(), "torn before its snapshot");
+        // Before a segment that simply follows it: damage.
+        let dir = tempfile::tempdir().expect("tempdir");
+        segment(dir.path(), 1, &[gate()], true);
+        segment(dir.path(), 2, &[gate()], false);
+        assert!(matches!(
+            scan(dir.path(), false),
+            Err(PersistenceError::Damaged { .. })
+        ));
+    }
 }

@@ -48,9 +48,10 @@ pub struct Writer {
     /// The log is compacted when it is larger than twice the live state and than this
     /// (`compact_min_bytes`).
     pub(super) compact_floor: u64,
-    /// Backup threads started (joined at the end) and how many still copy (`backup.rs`):
-    /// each counts itself out before it wakes the writer.
+    /// Backup threads started (joined at the end: `backup.rs`).
     pub(super) backups: Vec<std::thread::JoinHandle<()>>,
+    /// How many backup threads still copy frames: each counts itself out before it wakes the
+    /// writer, so a compaction waiting for it ends at once.
     pub(super) backups_copying: Arc<std::sync::atomic::AtomicUsize>,
     /// The compaction under way, if any.
     pub(super) compaction: Option<Compaction>,
