@@ -222,3 +222,119 @@ async fn a_session_taken_over_on_another_worker_gets_the_rest_of_a_burst() {
     // [MQTT-3.1.4-3] the new connection takes the session over; nothing routed to it is lost.
     check_moved(&move_mid_burst(true).await);
 }
+
+/// Messages in the stream of [`a_persistent_client_reconnecting_again_and_again_gets_every_message_in_order`].
+const STREAM: u32 = 20_000;
+
+/// Reconnections of its subscriber during the stream.
+const MOVES: u32 = 40;
+
+/// How far its publisher may run ahead of what the subscriber has: far enough that it is
+/// routing whenever the subscriber reconnects.
+const AHEAD: u32 = 4_000;
+
+/// Messages per chunk of its publisher: small, so that it routes often.
+const STREAM_CHUNK: u32 = 20;
+
+#[tokio::test]
+async fn a_persistent_client_reconnecting_again_and_again_gets_every_message_in_order() {
+    // [MQTT-4.6.0-6] [MQTT-4.4.0-1]: a publisher streams QoS 1 messages without waiting while a
+    // persistent subscriber reconnects 40 times, each time on the other worker. Each reconnection
+    // attaches while the publisher's worker routes: what it routed to the Registry while the
+    // subscriber was away must reach the subscriber before what it routes straight to the new
+    // connection (once that went the other way round, and 68 messages came last).
+    let broker = two_worker_broker();
+    let addr = broker.local_addr();
+    let (mut sub, _) = Raw::handshake(addr, "hopper", false).await;
+    sub.subscribe(1, &[("hop/#", 1)], &[1]).await;
+    let (progress, mut subscriber_has) = tokio::sync::watch::channel(0u32);
+    let publisher = tokio::spawn(async move {
+        let (mut publisher, _) = Raw::handshake(addr, "streamer", true).await;
+        let mut next = 0u32;
+        while next < STREAM {
+            subscriber_has
+                .wait_for(|&has| next < has + AHEAD)
+                .await
+                .expect("the subscriber's progress");
+            let mut frames = Vec::new();
+            for n in next..(next + STREAM_CHUNK).min(STREAM) {
+                let pid = u16::try_from(n % 65_535 + 1).expect("fits");
+                frames.extend(packets::publish(
+                    "hop/x",
+                    &n.to_be_bytes(),
+                    1,
+                    pid,
+                    false,
+                    false,
+                ));
+            }
+            publisher.send(&frames).await;
+            next += STREAM_CHUNK;
+        }
+        publisher.sync().await; // every message routed
+    });
+    // Retained messages keep the Registry busy, so that what it has to do for a reconnection
+    // waits behind them while the publisher's worker routes.
+    let (stop_loading, mut loading_stopped) = tokio::sync::oneshot::channel::<()>();
+    let loader = tokio::spawn(async move {
+        let (mut loader, _) = Raw::handshake(addr, "retainer", true).await;
+        let mut round = 0u16;
+        while loading_stopped.try_recv().is_err() {
+            let mut frames = Vec::new();
+            for n in 0..CHUNK {
+                let topic = format!("load/{n}");
+                frames.extend(packets::publish(
+                    &topic,
+                    &round.to_be_bytes(),
+                    0,
+                    0,
+                    true,
+                    false,
+                ));
+            }
+            loader.send(&frames).await;
+            round = round.wrapping_add(1);
+        }
+    });
+    let mut got: Vec<(u32, bool)> = Vec::new();
+    let mut first = std::collections::HashSet::new();
+    let mut moves = 0;
+    while first.len() < STREAM as usize {
+        let publish = parse_publish(&sub.expect().await);
+        let n = u32::from_be_bytes(publish.payload[..4].try_into().expect("4 bytes"));
+        got.push((n, publish.dup));
+        sub.send(&packets::ack(0x40, publish.pid)).await;
+        if first.insert(n) {
+            let _ = progress.send(first.len() as u32);
+        }
+        if moves < MOVES && first.len() as u32 >= (moves + 1) * (STREAM / (MOVES + 1)) {
+            // Dropped with messages unread; the next connection goes to the other worker.
+            drop(sub);
+            let present;
+            (sub, present) = Raw::handshake(addr, "hopper", false).await;
+            assert!(present, "[MQTT-3.2.2-3] the session is resumed");
+            moves += 1;
+        }
+    }
+    publisher.await.expect("publisher");
+    let _ = stop_loading.send(());
+    loader.await.expect("loader");
+    let rest = sub.drain_acking().await;
+    got.extend(rest.iter().map(|p| (sequence32(&p.payload), p.dup)));
+    let mut seen = std::collections::HashSet::new();
+    let mut order = Vec::new();
+    for &(n, dup) in &got {
+        if seen.insert(n) {
+            order.push(n);
+        } else {
+            assert!(dup, "message {n} repeated without DUP [MQTT-3.3.1-1]");
+        }
+    }
+    let out_of_order = order.windows(2).find(|w| w[1] != w[0] + 1);
+    assert_eq!(out_of_order, None, "[MQTT-4.6.0-6] in order");
+    assert_eq!(order.len(), STREAM as usize, "every message");
+}
+
+fn sequence32(payload: &[u8]) -> u32 {
+    u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]])
+}

@@ -294,7 +294,7 @@ impl Handler<Kick> for Registry {
                 session_removed: msg.remove_session,
             });
         }
-        if msg.remove_session && client.pending.is_none() && client.attached.is_none() {
+        if msg.remove_session && !client.connect_in_progress() && client.attached.is_none() {
             let token = client.timer_token;
             self.expire(key, token, ctx);
             return Some(Kicked {

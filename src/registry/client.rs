@@ -59,8 +59,13 @@ pub(super) struct Client {
     /// Stored session while offline; none while there is nothing in it (boxed: most clients
     /// never keep one, and every record pays for its width).
     pub stored: Option<Box<SessionState>>,
-    /// A CONNECT with this id waiting for the current connection to finish detaching.
+    /// A CONNECT with this id waiting for the current connection to finish detaching, or for
+    /// the one in `finishing` to be attached (which it then takes over).
     pub pending: Option<Box<Connect>>,
+    /// The CONNECT being attached: the route table already sends the workers' deliveries
+    /// straight to its Session, which reads none of them before its answer, while the Registry
+    /// takes in what was routed here before (see `Registry::begin_connect`).
+    pub finishing: Option<Box<Connect>>,
     /// Identifies the timers (session expiry, will delay) allowed to act on this client; a new
     /// connection takes a new token, which cancels them.
     pub timer_token: u64,
@@ -115,6 +120,12 @@ impl Client {
         }
     }
 
+    /// Whether a connection with this id is on its way in (waiting or being attached): its
+    /// stored session must stay.
+    pub fn connect_in_progress(&self) -> bool {
+        self.pending.is_some() || self.finishing.is_some()
+    }
+
     /// Counts `n` messages dropped from this client's offline queue, with a rate-limited
     /// warning naming it.
     pub fn offline_drops(&mut self, metrics: &Metrics, n: u64) {
@@ -137,6 +148,7 @@ impl Client {
             outgoing: None,
             stored: None,
             pending: None,
+            finishing: None,
             timer_token: 0,
             delayed_will: None,
             drops: None,

@@ -167,7 +167,7 @@ impl Handler<ConnectedElsewhere> for Registry {
             attached.session.send(ToSession::Takeover);
             return true;
         }
-        if msg.clean_start && client.pending.is_none() && client.attached.is_none() {
+        if msg.clean_start && !client.connect_in_progress() && client.attached.is_none() {
             info!(client_id = %msg.client_id, node = %msg.node, "the client connected on another node of the cluster; its stored session here ends");
             let token = client.timer_token;
             self.expire(key, token, ctx);

@@ -1,7 +1,8 @@
 //! How a connection attaches to its client: a new client id at once; a known one (stored
 //! session, takeover, a CONNECT that replaced another) after a barrier on the route table, so
-//! that every delivery a worker sent the Registry for it while it was not connected is in its
-//! session before deliveries start going straight to the new Session.
+//! that every delivery a worker sent the Registry for it while it was not connected is in the
+//! session handed to the new Session, and every later one goes straight to that Session behind
+//! it.
 
 use std::sync::Arc;
 
@@ -15,20 +16,29 @@ use crate::hooks::ClientConnected;
 use crate::routing::{Reader, Target};
 
 impl Registry {
-    /// Parks `msg` on the client and attaches it once every [`Stored`](super::Stored) matched
-    /// before now is handled: taking the table's write lock waits for the workers still
-    /// routing, whose `Stored` are then in this mailbox ahead of the [`FinishConnect`] sent
-    /// here. A CONNECT parked already loses to this one (dropping its reply closes it).
+    /// Attaches `msg` to a client whose deliveries went through the Registry until now, once
+    /// every [`Stored`](super::Stored) matched for it before is handled. Under one write lock
+    /// the route table starts sending the workers' deliveries straight to the new Session,
+    /// which handles nothing from its mailbox before its [`ConnectOutcome`]: they come after
+    /// what the outcome carries. Taking that lock waits for the workers still routing, whose
+    /// `Stored` are then in this mailbox ahead of the [`FinishConnect`] sent here, and go into
+    /// the stored session the outcome hands over. (Switching the target only at the attach
+    /// let a `Stored` routed between the two reach the client after later messages sent
+    /// straight to it [MQTT-4.6.0-6].) A clean start ends the old session first, so that
+    /// nothing its subscriptions match reaches the new connection [MQTT-3.1.2-6].
     pub(super) fn begin_connect(&mut self, key: ClientKey, msg: Connect, ctx: &mut Context<Self>) {
+        if msg.clean_session {
+            self.clear_session(key);
+        }
         let Some(client) = self.client(key) else {
             return;
         };
-        let already_finishing = client.pending.is_some() && client.attached.is_none();
-        client.pending = Some(Box::new(msg));
-        if !already_finishing {
-            drop(self.routes.write());
-            ctx.address().do_send(FinishConnect(key));
-        }
+        let session = msg.session.clone();
+        client.finishing = Some(Box::new(msg));
+        self.routes
+            .write()
+            .set_target(key, Some(Target::Online(session)));
+        ctx.address().do_send(FinishConnect(key));
     }
 
     /// Attaches the connection in `msg` to the client and answers it.
@@ -40,7 +50,8 @@ impl Registry {
     ) {
         if msg.clean_session {
             // [MQTT-3.1.2-6] (3.1.1) [MQTT-3.1.2-4] (5.0) a clean session / clean start
-            // discards any previous session.
+            // discards any previous session (and what was routed to it while this connection
+            // was on its way in).
             self.clear_session(key);
         }
         self.next_token += 1;
@@ -86,7 +97,8 @@ impl Registry {
             state,
         };
         if let Err(ConnectOutcome { state, .. }) = msg.reply.send(outcome) {
-            // The Session is gone already: keep what it would have resumed.
+            // The Session is gone already (its worker stopped): keep what it would have
+            // resumed. What the workers sent straight to it went with its mailbox.
             debug!(client_id = %client_id, "session vanished before CONNACK");
             self.end_session(key, msg.conn, state, ctx);
             return;
@@ -98,8 +110,9 @@ impl Registry {
             let will = client.attached.as_ref().and_then(|a| a.will.clone());
             self.persist_will(key, will.as_deref().map(|w| (0, w)));
         }
-        // From here on workers deliver to the Session directly. The Session handles nothing
-        // from its mailbox before the reply, so what `state` holds comes first.
+        // Workers deliver to the Session directly (a parked CONNECT's target was set in
+        // `begin_connect`; a new client id's is set here). The Session handles nothing from its
+        // mailbox before the reply, so what `state` holds comes first.
         self.routes
             .write()
             .set_target(key, Some(Target::Online(session)));
@@ -158,6 +171,9 @@ impl Handler<Connect> for Registry {
             return;
         };
         match &mut client.attached {
+            // One connection is being attached: this one takes it over once it is, and a
+            // CONNECT already waiting loses to this one (dropping its reply closes it).
+            None if client.finishing.is_some() => client.pending = Some(Box::new(msg)),
             None => self.begin_connect(key, msg, ctx),
             Some(attached) => {
                 // [MQTT-3.1.4-2] the existing connection is closed; this one waits for its state.
@@ -176,14 +192,19 @@ impl Handler<FinishConnect> for Registry {
 
     fn handle(&mut self, msg: FinishConnect, ctx: &mut Context<Self>) {
         let key = msg.0;
+        let Some(connect) = self.client(key).and_then(|c| c.finishing.take()) else {
+            return;
+        };
+        self.complete_connect(key, *connect, ctx);
+        // A CONNECT that came meanwhile takes the new connection over [MQTT-3.1.4-2]; the
+        // Session reads what was sent to it first, then this.
         let Some(client) = self.client(key) else {
             return;
         };
-        if client.attached.is_some() {
-            return;
-        }
-        if let Some(connect) = client.pending.take() {
-            self.complete_connect(key, *connect, ctx);
+        if client.pending.is_some() {
+            if let Some(attached) = client.attached.as_ref().filter(|a| !a.detaching) {
+                attached.session.send(ToSession::Takeover);
+            }
         }
     }
 }

@@ -72,7 +72,8 @@ impl Registry {
         let Some(client) = self.client(key) else {
             return;
         };
-        if client.timer_token != token || client.attached.is_some() || client.pending.is_some() {
+        if client.timer_token != token || client.attached.is_some() || client.connect_in_progress()
+        {
             return;
         }
         let will = client.delayed_will.take();

@@ -245,7 +245,7 @@ impl RouteTable {
         self.targets.get(key.0 as usize).and_then(Option::as_ref)
     }
 
-    /// Whether `key` is connected (and not detaching).
+    /// Whether `key` is connected (and not detaching), or its connection is being attached.
     pub fn is_online(&self, key: ClientKey) -> bool {
         matches!(self.target(key), Some(Target::Online(_)))
     }
