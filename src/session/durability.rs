@@ -32,6 +32,24 @@ pub(super) enum Reply {
     },
 }
 
+/// A delivery or a SUBACK/UNSUBACK that waits for a store change before it reaches the client.
+pub(super) enum Held {
+    /// Deliveries ([`Deliver::after`] is the change).
+    Deliver(Deliver),
+    /// A SUBACK or UNSUBACK and the change it waits for.
+    Reply(u64, Reply),
+}
+
+impl Held {
+    /// The store change this waits for.
+    fn after(&self) -> u64 {
+        match self {
+            Held::Deliver(deliver) => deliver.after,
+            Held::Reply(after, _) => *after,
+        }
+    }
+}
+
 /// What a Session holds back until a store change is durable: its acknowledgements (in the
 /// order the packets came `[MQTT-4.6.0-2]`), deliveries and SUBACK/UNSUBACKs; and what it has
 /// to submit with its next burst. Also made, without a store, for an MQTT 5 publisher, whose
@@ -44,10 +62,12 @@ pub(super) struct DeferredAcks {
     pub(super) durable: u64,
     /// Inbound QoS 2 ids taken since the last burst was routed, to record with it.
     pub(super) inbound_qos2: Vec<u16>,
-    /// Deliveries that wait for a store change before they reach the client ([`Deliver::after`]).
-    held: VecDeque<Deliver>,
-    /// SUBACK/UNSUBACK waiting for their store change, in order.
-    replies: VecDeque<(u64, Reply)>,
+    /// Deliveries and SUBACK/UNSUBACKs that wait for a store change, in the order they came:
+    /// each goes out only after those before it. A subscription's retained messages wait for
+    /// the same change as its SUBACK, and messages matched under the old table come before
+    /// it; two queues let one overtake the other when the change became durable between the
+    /// Session's turns.
+    held: VecDeque<Held>,
     /// The Session's own record that its output waits for to be durable (a QoS 2 sending, or
     /// the last of too many not yet durable where written is durable).
     pub(super) output_after: u64,
@@ -161,12 +181,8 @@ impl DeferredAcks {
     /// Session waits for the lowest change still open.
     fn next_step(&self) -> NextStep {
         let durable = self.durable;
-        let ready = self.acks.has_ready(durable)
-            || self.held.front().is_some_and(|d| d.after <= durable)
-            || self
-                .replies
-                .front()
-                .is_some_and(|(after, _)| *after <= durable);
+        let ready =
+            self.acks.has_ready(durable) || self.held.front().is_some_and(|h| h.after() <= durable);
         if ready {
             return NextStep::Release;
         }
@@ -179,8 +195,7 @@ impl DeferredAcks {
         let durable = self.durable;
         self.acks
             .awaited()
-            .chain(self.held.front().map(|deliver| deliver.after))
-            .chain(self.replies.front().map(|(after, _)| *after))
+            .chain(self.held.front().map(Held::after))
             .chain([self.output_after])
             .filter(|&seq| seq > durable)
             .min()
@@ -264,15 +279,12 @@ impl Session {
         ) else {
             return Some(deliver);
         };
-        if acks.held.is_empty() {
-            if deliver.after <= acks.durable {
-                return Some(deliver);
-            }
-            if acks.wait_for(store, deliver.after, ctx) {
-                return Some(deliver);
-            }
+        if acks.held.is_empty()
+            && (deliver.after <= acks.durable || acks.wait_for(store, deliver.after, ctx))
+        {
+            return Some(deliver);
         }
-        acks.held.push_back(deliver);
+        acks.held.push_back(Held::Deliver(deliver));
         None
     }
 
@@ -290,51 +302,39 @@ impl Session {
         ) else {
             return Some(reply);
         };
-        if acks.replies.is_empty() {
-            if after <= acks.durable {
-                return Some(reply);
-            }
-            if acks.wait_for(store, after, ctx) {
-                return Some(reply);
-            }
+        if acks.held.is_empty() && (after <= acks.durable || acks.wait_for(store, after, ctx)) {
+            return Some(reply);
         }
-        acks.replies.push_back((after, reply));
+        acks.held.push_back(Held::Reply(after, reply));
         None
     }
 
-    /// The kept SUBACK/UNSUBACKs whose store change is now durable, in order.
-    fn ready_replies(&mut self) -> Vec<Reply> {
+    /// What is held and may go out now: up to the first whose store change is not durable.
+    fn ready_held(&mut self) -> Vec<Held> {
         let Some(acks) = self.deferred_acks.as_deref_mut() else {
             return Vec::new();
         };
         let mut ready = Vec::new();
-        while acks
-            .replies
-            .front()
-            .is_some_and(|(after, _)| *after <= acks.durable)
-        {
-            ready.extend(acks.replies.pop_front().map(|(_, reply)| reply));
-        }
-        ready
-    }
-
-    /// The held deliveries whose store change is now durable, in order.
-    fn ready_deliveries(&mut self) -> Vec<Deliver> {
-        let Some(acks) = self.deferred_acks.as_deref_mut() else {
-            return Vec::new();
-        };
-        let mut ready = Vec::new();
-        while acks.held.front().is_some_and(|d| d.after <= acks.durable) {
+        while acks.held.front().is_some_and(|h| h.after() <= acks.durable) {
             ready.extend(acks.held.pop_front());
         }
         ready
     }
 
-    /// Everything still held, for the stored session when the connection ends.
+    /// The deliveries still held, for the stored session when the connection ends (a SUBACK
+    /// or UNSUBACK still held has no connection left to go to).
     pub(super) fn take_held(&mut self) -> Vec<Deliver> {
         self.deferred_acks
             .as_deref_mut()
-            .map(|acks| acks.held.drain(..).collect())
+            .map(|acks| {
+                acks.held
+                    .drain(..)
+                    .filter_map(|held| match held {
+                        Held::Deliver(deliver) => Some(deliver),
+                        Held::Reply(..) => None,
+                    })
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -350,12 +350,14 @@ impl Handler<Durable> for Session {
         };
         acks.answered(msg.0);
         self.release_acks();
-        // A SUBACK goes before the retained messages of its subscriptions.
-        for reply in self.ready_replies() {
-            self.write_reply(reply);
-        }
-        for deliver in self.ready_deliveries() {
-            self.take_deliveries(deliver.deliveries, deliver.retained, ctx);
+        // In the order they came: a SUBACK before the retained messages of its subscriptions.
+        for held in self.ready_held() {
+            match held {
+                Held::Reply(_, reply) => self.write_reply(reply),
+                Held::Deliver(deliver) => {
+                    self.take_deliveries(deliver.deliveries, deliver.retained, ctx);
+                }
+            }
         }
         // Also while closing: what waited for the disk is the last output.
         self.flush(ctx);
@@ -426,11 +428,11 @@ mod tests {
             waiting_for: 700,
             ..DeferredAcks::default()
         };
-        acks.held.push_back(Deliver {
+        acks.held.push_back(Held::Deliver(Deliver {
             deliveries: Vec::new(),
             after: 701,
             retained: false,
-        });
+        }));
         acks.answered(700);
         assert_eq!(acks.next_step(), NextStep::WaitFor(701), "not durable yet");
         acks.durable = 701;
@@ -444,7 +446,7 @@ mod tests {
         acks.durable = 703;
         assert_eq!(acks.next_step(), NextStep::Release);
         assert_eq!(ready(&mut acks), vec![(Ack::PubRel, 1)]);
-        acks.replies.push_back((
+        acks.held.push_back(Held::Reply(
             704,
             Reply::SubAck {
                 pid: 2,
@@ -454,11 +456,37 @@ mod tests {
         assert_eq!(acks.next_step(), NextStep::WaitFor(704));
         acks.durable = 704;
         assert_eq!(acks.next_step(), NextStep::Release);
-        acks.replies.clear();
+        acks.held.clear();
 
         // Only the output's own change is left, durable: nothing to do.
         acks.output_after = 704;
         assert_eq!(acks.next_step(), NextStep::Nothing);
+    }
+
+    #[test]
+    fn a_delivery_behind_a_held_suback_waits_for_it() {
+        // A message matched under the new table needs no change of its own, but it came
+        // behind the SUBACK that waits for the subscription's record: it goes after it.
+        let mut acks = DeferredAcks {
+            waiting_for: 100,
+            ..DeferredAcks::default()
+        };
+        acks.held.push_back(Held::Reply(
+            100,
+            Reply::SubAck {
+                pid: 1,
+                codes: vec![1],
+            },
+        ));
+        acks.held.push_back(Held::Deliver(Deliver {
+            deliveries: Vec::new(),
+            after: 0,
+            retained: false,
+        }));
+        acks.answered(90);
+        assert_eq!(acks.next_step(), NextStep::WaitFor(100));
+        acks.answered(100);
+        assert_eq!(acks.next_step(), NextStep::Release);
     }
 
     #[test]
