@@ -119,17 +119,22 @@ pub struct Restored {
 
 /// Installs the backup at `backup` as the log of `dir` (created if missing; it must hold no
 /// log), after reading every record of it back; a backup that does not read back whole is
-/// refused with the error a start would give (file and offset) and nothing is left in `dir`.
+/// refused with the error a start would give (file and offset), before `dir` is made or
+/// anything is put in it.
 pub fn restore(backup: &Path, dir: &Path) -> Result<Restored, RestoreError> {
-    fs::create_dir_all(dir).map_err(|e| PersistenceError::io(dir, e))?;
-    let has_log = fs::read_dir(dir)
-        .map_err(|e| PersistenceError::io(dir, e))?
-        .filter_map(Result::ok)
-        .any(|entry| entry.file_name().to_string_lossy().ends_with(".log"));
+    let has_log = match fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .any(|entry| entry.file_name().to_string_lossy().ends_with(".log")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(PersistenceError::io(dir, e).into()),
+    };
     if has_log {
         return Err(RestoreError::NotEmpty(dir.to_path_buf()));
     }
+    // Checked whole before anything is made: a refused backup leaves no directory behind.
     let records = read_backup(backup)?;
+    fs::create_dir_all(dir).map_err(|e| PersistenceError::io(dir, e))?;
     let first = dir.join(format!("{:016}.log", 1));
     let tmp = first.with_extension("log.tmp");
     let bytes = fs::copy(backup, &tmp).map_err(|e| PersistenceError::io(backup, e))?;
