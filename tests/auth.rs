@@ -110,22 +110,19 @@ async fn password_file_users_get_in_and_nobody_else() {
     assert_eq!(connack(addr, None, None).await, 5);
 }
 
-/// How long the broker takes to answer this CONNECT, the shortest of three tries.
-async fn shortest_refusal(addr: std::net::SocketAddr, user: &str) -> std::time::Duration {
-    let mut shortest = std::time::Duration::MAX;
-    for _ in 0..3 {
-        let started = std::time::Instant::now();
-        assert_eq!(connack(addr, Some(user), Some(b"a-guess")).await, 4);
-        shortest = shortest.min(started.elapsed());
-    }
-    shortest
+/// How long the broker takes to refuse a CONNECT of `user` with a wrong password.
+async fn refusal(addr: std::net::SocketAddr, user: &str) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    assert_eq!(connack(addr, Some(user), Some(b"a-guess")).await, 4);
+    started.elapsed()
 }
 
 /// A refusal must not tell who has an account: an unknown user name is checked against a decoy
 /// with the file's rounds (src/auth/password_file.rs), so its CONNACK 4 comes no sooner than a
 /// wrong password's. With 10,000 rounds the wrong password takes some 150 ms in a debug build
 /// and an unknown user, unchecked, about 1 ms; the decoy makes them alike, and the test allows
-/// a factor of two for a busy machine.
+/// a factor of two for a busy machine. (Three tries of each, one kind after the other, once
+/// saw a wrong password's shortest at 406 ms beside a build, against 161 ms.)
 #[tokio::test]
 async fn an_unknown_user_is_refused_no_sooner_than_a_wrong_password() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -135,8 +132,14 @@ async fn an_unknown_user_is_refused_no_sooner_than_a_wrong_password() {
     }
     let broker = broker_with(|c| c.auth.password_file = Some(path));
     let addr = broker.local_addr();
-    let wrong_password = shortest_refusal(addr, "gate-1AB").await;
-    let unknown_user = shortest_refusal(addr, "gate-9ZZ").await;
+    // The shortest of five tries each, taken in turn, so that a busy moment of the machine
+    // (another test binary, a build) slows both alike rather than one of them.
+    let (mut wrong_password, mut unknown_user) =
+        (std::time::Duration::MAX, std::time::Duration::MAX);
+    for _ in 0..5 {
+        wrong_password = wrong_password.min(refusal(addr, "gate-1AB").await);
+        unknown_user = unknown_user.min(refusal(addr, "gate-9ZZ").await);
+    }
     assert!(
         unknown_user * 2 >= wrong_password,
         "unknown user refused in {unknown_user:?}, a wrong password in {wrong_password:?}"

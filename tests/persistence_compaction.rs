@@ -83,6 +83,9 @@ async fn live_state_survives_compactions_in_a_row_and_kill_9() {
         assert_eq!(p.payload, n.to_be_bytes());
     }
     drop(radar);
+    // Published once the broker has seen the connection end: sent into the closed connection
+    // before that, some would be in flight too (and come again with DUP).
+    common::child::wait_line(&logs, "client disconnected");
     let queued: Vec<_> = (10..30u16)
         .map(|n| numbered(format!("fleet/{n}"), n, false))
         .collect();
