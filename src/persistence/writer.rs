@@ -508,3 +508,7 @@ struct Snapshotted {
     moved: Vec<FrameAt>,
     written: u64,
 }
+
+#[cfg(test)]
+#[path = "writer_tests.rs"]
+mod tests;

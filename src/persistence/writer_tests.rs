@@ -1,0 +1,175 @@
+//! Unit tests of `writer.rs`: no compaction deletes the segments a backup is copying out of.
+//!
+//! The writer's loop is driven by hand here (append a commit, track it, ask for a compaction),
+//! and a backup thread's copying is stood for by its count, so that a test can hold the
+//! "copy" open as long as it likes: a real copy of a few megabytes ends before a test could
+//! catch a compaction under it.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::*;
+use crate::config::PersistenceConfig;
+use crate::message::{Message, QoS};
+use crate::persistence::{open, StoreShared};
+
+/// The writer of a fresh log in `dir`, compacting from 64 KiB.
+fn writer_in(dir: &std::path::Path) -> Writer {
+    let config = PersistenceConfig {
+        dir: Some(dir.to_path_buf()),
+        fsync: FsyncPolicy::Never,
+        compact_min_bytes: 64 * 1024,
+        ..Default::default()
+    };
+    let mut recovered = open(&config).expect("open").expect("a directory");
+    recovered.writer.take().expect("a writer")
+}
+
+/// Appends `records` as one commit and tracks them, as the writer's loop does.
+fn commit(writer: &mut Writer, records: impl IntoIterator<Item = Record>) {
+    let mut frames = Vec::new();
+    for record in records {
+        record.write_frame(&mut frames);
+    }
+    let at = writer.log.end();
+    writer.log.append(&frames).expect("append");
+    writer.track_all(at, &frames, &mut Vec::new());
+}
+
+fn retained(topic: &str, payload: &Bytes) -> Record {
+    Record::RetainSet(Arc::new(Message::new(
+        topic,
+        payload.clone(),
+        QoS::AtLeastOnce,
+        true,
+    )))
+}
+
+/// The log's segment files in `dir`, sorted.
+fn segments(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".log"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// The retained messages a start reads back from `dir`: (topic, payload).
+fn read_back(dir: &std::path::Path) -> Vec<(String, Bytes)> {
+    let config = PersistenceConfig {
+        dir: Some(dir.to_path_buf()),
+        ..Default::default()
+    };
+    let recovered = open(&config).expect("reopen").expect("a directory");
+    let mut all: Vec<_> = recovered
+        .retained
+        .iter()
+        .map(|m| (m.topic.clone(), m.payload.clone()))
+        .collect();
+    all.sort();
+    all
+}
+
+#[test]
+fn a_small_compaction_waits_for_a_backup_copying_and_runs_after_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut writer = writer_in(dir.path());
+    let shared = Arc::new(StoreShared::new(1, false));
+    // One gate's state set 2,000 times: one live record, a log far past twice it.
+    let payload = Bytes::from(vec![b'c'; 100]);
+    for _ in 0..2_000 {
+        commit(&mut writer, [retained("gate/1AB/state", &payload)]);
+    }
+    let before = (writer.log.total_bytes(), segments(dir.path()));
+    assert!(before.0 > 64 * 1024, "past the floor: {}", before.0);
+
+    writer.backups_copying.store(1, Ordering::Release);
+    writer.maybe_compact(&shared);
+    assert!(writer.compaction.is_none());
+    assert_eq!(
+        (writer.log.total_bytes(), segments(dir.path())),
+        before,
+        "no compaction while a backup copies frames out of the segments"
+    );
+
+    writer.backups_copying.store(0, Ordering::Release);
+    writer.maybe_compact(&shared);
+    assert!(
+        writer.log.total_bytes() < before.0 / 10,
+        "compacted once the copy is done: {} bytes of {}",
+        writer.log.total_bytes(),
+        before.0
+    );
+    drop(writer);
+    assert_eq!(read_back(dir.path()), [("gate/1AB/state".into(), payload)]);
+}
+
+#[test]
+fn a_compaction_on_its_thread_deletes_nothing_until_a_backup_has_copied() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut writer = writer_in(dir.path());
+    let shared = Arc::new(StoreShared::new(1, false));
+    // 2,200 topics of 4 KiB (past the 8 MiB a compaction's own thread takes), set three
+    // times: the log is past twice the live state.
+    let topics: Vec<String> = (0..2_200).map(|n| format!("gate/{n}/state")).collect();
+    for round in 0..3u8 {
+        let payload = Bytes::from(vec![b'a' + round; 4096]);
+        commit(&mut writer, topics.iter().map(|t| retained(t, &payload)));
+    }
+    assert!(writer.live.bytes() >= COMPACT_ON_A_THREAD_FROM);
+    let older = segments(dir.path());
+    writer.maybe_compact(&shared);
+    assert!(
+        writer.compaction.is_some(),
+        "a compaction on its own thread"
+    );
+
+    // A backup starts copying while the snapshot is written; the snapshot is done.
+    writer.backups_copying.store(1, Ordering::Release);
+    {
+        let mut pending = shared.lock_pending();
+        while !pending.helper_done {
+            let (p, timeout) = shared
+                .wake_writer
+                .wait_timeout(pending, Duration::from_secs(60))
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            pending = p;
+            assert!(!timeout.timed_out(), "the snapshot was not written in 60 s");
+        }
+    }
+    writer.maybe_compact(&shared);
+    assert!(
+        writer.compaction.is_some(),
+        "not finished while a backup copies"
+    );
+    for name in &older {
+        assert!(
+            dir.path().join(name).exists(),
+            "{name} deleted under a backup copying from it"
+        );
+    }
+
+    writer.backups_copying.store(0, Ordering::Release);
+    writer.maybe_compact(&shared);
+    assert!(
+        writer.compaction.is_none(),
+        "finished once the copy is done"
+    );
+    let after = segments(dir.path());
+    assert!(
+        older.iter().all(|name| !after.contains(name)),
+        "the superseded segments go: {older:?} -> {after:?}"
+    );
+    drop(writer);
+    let last = Bytes::from(vec![b'c'; 4096]);
+    let mut expected: Vec<(String, Bytes)> =
+        topics.into_iter().map(|t| (t, last.clone())).collect();
+    expected.sort();
+    assert_eq!(read_back(dir.path()), expected);
+}
