@@ -369,3 +369,20 @@ impl Peer5 {
         }
     }
 }
+
+/// A subscriber with the given CONNECT properties, subscribed to `filter` at QoS `qos`.
+pub async fn subscriber5(
+    addr: std::net::SocketAddr,
+    id: &str,
+    props: Props,
+    filter: &str,
+    qos: u8,
+) -> Raw {
+    let (mut raw, ack) = Raw::connect5(addr, &connect5(id, true, 60, &props, None)).await;
+    assert_eq!(ack.code, mqttbytes::v5::ConnectReturnCode::Success);
+    assert_eq!(
+        raw.subscribe5(1, &Props::new(), &[(filter, qos)]).await,
+        vec![qos]
+    );
+    raw
+}
