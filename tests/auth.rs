@@ -7,7 +7,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use common::packets::ConnectSpec;
-use common::{broker_with, Raw};
+use common::{broker_with, eventually_within, Raw};
 use switchboard::{BackgroundBroker, BrokerError};
 
 /// Written by `mosquitto_passwd -b -c FILE alice s3cret` (Mosquitto 2.0.11).
@@ -287,6 +287,110 @@ impl Flood {
         }
         assert_eq!(self.refused, 20);
     }
+}
+
+/// CONNECTs whose clients close their connections while the password waits to be checked give
+/// up their place (src/session/socket.rs, `peer_gone`): 20 from one address, each closed as
+/// soon as it is sent, their user's 20,000 rounds some 300 ms of PBKDF2 each in a debug build.
+/// Their connections end without waiting for a check, and none is checked and refused. Before,
+/// each held its connection until its turn in the lane came and its check ran: 20 refusals
+/// for nobody, and a flood of such CONNECTs kept connections open for as long as the checks
+/// took.
+#[tokio::test]
+async fn connects_closed_while_their_password_waits_are_not_checked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("passwords");
+    set_password_rounds(&path, "gate-1AB", "gate-secret", 20_000);
+    let broker = broker_with(|c| c.auth.password_file = Some(path));
+    let addr = broker.local_addr();
+    let metrics = broker.metrics();
+    for i in 0..20 {
+        let client_id = format!("gone-{i}");
+        let spec = ConnectSpec {
+            client_id: &client_id,
+            username: Some("gate-1AB"),
+            password: Some(b"guess"),
+            ..Default::default()
+        };
+        let mut raw = Raw::connect_from(addr, std::net::Ipv4Addr::new(127, 0, 0, 4)).await;
+        raw.send(&spec.encode()).await;
+        drop(raw);
+    }
+    eventually_within(CHECK_WAIT, || {
+        let metrics = metrics.clone();
+        async move {
+            let now = metrics.snapshot();
+            now.connections_total == 20 && now.connections_current == 0
+        }
+    })
+    .await;
+    let refused = metrics.snapshot().auth_failures;
+    assert!(
+        refused < 5,
+        "{refused} of the 20 CONNECTs closed before their check were checked and refused"
+    );
+}
+
+/// A client may send packets right behind its CONNECT and close its side at once, without
+/// waiting for the CONNACK (a one-shot publisher): those packets are still served once its
+/// password is checked. A retained PUBLISH and a DISCONNECT behind the CONNECT, in one write,
+/// then end of stream from the client while its check (20,000 rounds) runs.
+#[tokio::test]
+async fn packets_sent_behind_a_connect_are_served_though_the_client_closed_its_side() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("passwords");
+    set_password_rounds(&path, "gate-1AB", "gate-secret", 20_000);
+    let broker = broker_with(|c| c.auth.password_file = Some(path));
+    let addr = broker.local_addr();
+    let gate = ConnectSpec {
+        client_id: "gate-1AB",
+        username: Some("gate-1AB"),
+        password: Some(b"gate-secret"),
+        ..Default::default()
+    };
+    let mut one_shot = Raw::connect(addr).await;
+    let mut bytes = gate.encode();
+    bytes.extend(common::packets::publish(
+        "gate/1AB/state",
+        b"closed",
+        0,
+        0,
+        true,
+        false,
+    ));
+    bytes.extend([0xE0, 0x00]);
+    one_shot.send(&bytes).await;
+    one_shot
+        .stream
+        .shutdown()
+        .await
+        .expect("end of stream sent");
+    let mut connack = [0u8; 4];
+    tokio::time::timeout(CHECK_WAIT, one_shot.stream.read_exact(&mut connack))
+        .await
+        .expect("a CONNACK within the wait")
+        .expect("a CONNACK");
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "accepted");
+
+    let app = ConnectSpec {
+        client_id: "app",
+        ..gate
+    };
+    let mut app_raw = Raw::connect(addr).await;
+    app_raw.send(&app.encode()).await;
+    let connack = app_raw.expect().await;
+    assert_eq!((connack.byte1, &connack.body[..]), (0x20, &[0u8, 0][..]));
+    app_raw.subscribe(1, &[("gate/#", 0)], &[0]).await;
+    let retained = common::packets::parse_publish(&app_raw.expect().await);
+    assert_eq!(
+        (
+            retained.topic.as_str(),
+            &retained.payload[..],
+            retained.retain
+        ),
+        ("gate/1AB/state", &b"closed"[..], true)
+    );
 }
 
 /// A password that verified once is not checked with PBKDF2 again (src/auth/verified.rs), so a

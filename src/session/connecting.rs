@@ -1,7 +1,10 @@
 //! How a Session answers CONNECT: checks, the password, the connect interceptor, registration
 //! with the Registry, and CONNACK (or a refusal).
 
+use std::pin::pin;
+
 use actix::prelude::*;
+use futures_util::future::{select, Either};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
@@ -142,7 +145,21 @@ impl Session {
                     drop(place);
                     answer
                 };
+                // A client that closed its connection meanwhile gives up its place in the
+                // lane (or the check under way, if the Authenticator has not begun it): a
+                // flood of CONNECTs closed at once does not keep connections or PBKDF2 runs.
+                let gone = self.stream.peer_gone();
+                let checked = async move {
+                    match select(pin!(checked), pin!(gone)).await {
+                        Either::Left((answer, _)) => Some(answer),
+                        Either::Right(((), _)) => None,
+                    }
+                };
                 ctx.wait(checked.into_actor(self).map(move |answer, act, ctx| {
+                    let Some(answer) = answer else {
+                        let why = "connection closed by peer while its password waited to be checked";
+                        return act.close(ctx, DisconnectReason::Network(why.into()));
+                    };
                     match answer {
                         Ok(true) => act.intercept_connect(connect, ctx),
                         Ok(false) => {

@@ -51,6 +51,8 @@ pub(super) struct PacketReader {
     done: bool,
     /// When the last read that brought bytes returned.
     read_at: CompactInstant,
+    /// Whether the first packet (the CONNECT) was returned.
+    first_returned: bool,
 }
 
 impl PacketReader {
@@ -62,6 +64,7 @@ impl PacketReader {
             metrics,
             done: false,
             read_at: CompactInstant::now(),
+            first_returned: false,
         }
     }
 
@@ -98,6 +101,10 @@ impl Stream for PacketReader {
             if !this.buf.is_empty() {
                 match this.codec.decode(&mut this.buf) {
                     Ok(Some(packet)) => {
+                        if !this.first_returned {
+                            this.first_returned = true;
+                            this.stream.note_more_behind_first(!this.buf.is_empty());
+                        }
                         let read_at = this.read_at;
                         PACKET_READ_AT.with(|at| at.set(read_at));
                         return Poll::Ready(Some(Ok(packet)));

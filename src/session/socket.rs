@@ -7,7 +7,7 @@
 //! and on every write. Both sides of the stream live on the Session's thread and each borrow
 //! lasts one poll, so one cell serves both.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -40,17 +40,67 @@ impl Stream {
 /// The stream, shared by the Session's packet reader and its writer. Once taken back for a
 /// lingering close ([`SharedStream::take_back`]), reads see end of stream and writes fail.
 #[derive(Clone)]
-pub(super) struct SharedStream(Rc<RefCell<Option<Stream>>>);
+pub(super) struct SharedStream(Rc<Shared>);
+
+/// What a [`SharedStream`] shares: the stream, and what its packet reader left unread.
+struct Shared {
+    stream: RefCell<Option<Stream>>,
+    /// Whether the packet reader held more bytes when it returned the connection's first
+    /// packet (the CONNECT): packets sent right behind it, which a Session waiting on a
+    /// password check has not read yet ([`SharedStream::peer_gone`]).
+    more_behind_first: Cell<bool>,
+}
 
 impl SharedStream {
     /// Shares `stream`.
     pub(super) fn new(stream: Stream) -> Self {
-        SharedStream(Rc::new(RefCell::new(Some(stream))))
+        SharedStream(Rc::new(Shared {
+            stream: RefCell::new(Some(stream)),
+            more_behind_first: Cell::new(false),
+        }))
+    }
+
+    /// Called by the packet reader as it returns the first packet: whether it holds more.
+    pub(super) fn note_more_behind_first(&self, more: bool) {
+        self.0.more_behind_first.set(more);
+    }
+
+    /// Resolves once the peer of a plain TCP connection has closed or reset it with nothing of
+    /// it left unread: neither in the socket nor in the packet reader behind the CONNECT. A
+    /// Session that waits for a password check reads nothing meanwhile (`ctx.wait`), so this is
+    /// how it learns that nobody waits for the answer. Never resolves for another stream (TLS,
+    /// WebSocket: their close is data to decode), nor while unread bytes wait (a client may
+    /// send packets behind its CONNECT and then close its side; those are still served).
+    ///
+    /// It polls the socket's read readiness with the Session's own task waker, the one the
+    /// packet reader registers, which is not polled while the Session waits.
+    pub(super) fn peer_gone(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let shared = self.0.clone();
+        std::future::poll_fn(move |cx| {
+            if shared.more_behind_first.get() {
+                return Poll::Pending;
+            }
+            match &*shared.stream.borrow() {
+                None => Poll::Ready(()),
+                Some(Stream::Tcp(tcp)) => {
+                    let mut byte = [0u8; 1];
+                    let mut peeked = ReadBuf::new(&mut byte);
+                    match tcp.poll_peek(cx, &mut peeked) {
+                        // End of stream, or reset.
+                        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(()),
+                        // Bytes wait: the client is still there (nothing wakes this again,
+                        // and nothing needs to: the check's answer ends the wait).
+                        Poll::Ready(Ok(_)) | Poll::Pending => Poll::Pending,
+                    }
+                }
+                Some(Stream::Other(_)) => Poll::Pending,
+            }
+        })
     }
 
     /// Takes the stream out; the reader sees end of stream and writes fail from now on.
     pub(super) fn take_back(&self) -> Option<Stream> {
-        self.0.borrow_mut().take()
+        self.0.stream.borrow_mut().take()
     }
 
     /// Writes what of `buf` a plain TCP socket takes now, without waiting: `Some(n)` for `n > 0`
@@ -58,7 +108,7 @@ impl SharedStream {
     /// socket is full, failed, taken, or is not plain TCP. The caller then writes
     /// asynchronously, which meets (and reports) a failure again.
     pub(super) fn try_write_now(&self, buf: &[u8]) -> Option<usize> {
-        match &*self.0.borrow() {
+        match &*self.0.stream.borrow() {
             Some(Stream::Tcp(tcp)) => tcp.try_write(buf).ok().filter(|&n| n > 0),
             _ => None,
         }
@@ -76,7 +126,7 @@ impl AsyncRead for SharedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.0.borrow_mut().as_mut() {
+        match self.0.stream.borrow_mut().as_mut() {
             Some(stream) => Pin::new(stream).poll_read(cx, buf),
             None => Poll::Ready(Ok(())),
         }
@@ -89,7 +139,7 @@ impl SharedStream {
         &self,
         poll: impl FnOnce(Pin<&mut Stream>) -> Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
-        match self.0.borrow_mut().as_mut() {
+        match self.0.stream.borrow_mut().as_mut() {
             Some(stream) => poll(Pin::new(stream)),
             None => Poll::Ready(Err(taken())),
         }
@@ -115,6 +165,7 @@ impl AsyncWrite for SharedStream {
 
     fn is_write_vectored(&self) -> bool {
         self.0
+            .stream
             .borrow()
             .as_ref()
             .is_some_and(Stream::is_write_vectored)
