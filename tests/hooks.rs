@@ -127,3 +127,90 @@ async fn lifecycle_events_reach_registered_actors() {
         other => panic!("unexpected events: {other:?}"),
     }
 }
+
+/// A connect interceptor that says on `asked` who it was asked about, and accepts: a client
+/// whose id starts with `held-` once the test notifies `answer`, any other at once.
+struct HeldAnswers {
+    asked: tokio::sync::mpsc::UnboundedSender<String>,
+    answer: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl actix::Actor for HeldAnswers {
+    type Context = actix::Context<Self>;
+}
+
+impl actix::Handler<switchboard::hooks::AuthorizeConnect> for HeldAnswers {
+    type Result = actix::ResponseFuture<switchboard::hooks::ConnectDecision>;
+
+    fn handle(
+        &mut self,
+        q: switchboard::hooks::AuthorizeConnect,
+        _: &mut Self::Context,
+    ) -> Self::Result {
+        let answer = self.answer.clone();
+        let held = q.client_id.starts_with("held-");
+        let _ = self.asked.send(q.client_id);
+        Box::pin(async move {
+            if held {
+                answer.notified().await;
+            }
+            switchboard::hooks::ConnectDecision::Accept
+        })
+    }
+}
+
+/// A client that closes its connection while the connect interceptor has not answered (an
+/// interceptor may ask a service of its own, and take its time) is not waited for: its
+/// connection ends at once, and the interceptor's late answer connects nobody.
+#[tokio::test]
+async fn a_connect_closed_before_the_interceptor_answers_is_not_waited_for() {
+    use actix::Actor;
+    let (asked_tx, mut asked) = tokio::sync::mpsc::unbounded_channel();
+    let answer = std::sync::Arc::new(tokio::sync::Notify::new());
+    let held = answer.clone();
+    let broker = switchboard::BackgroundBroker::start_with(common::test_config(), move |b| {
+        b.interceptors(switchboard::hooks::Interceptors {
+            connect: Some(
+                HeldAnswers {
+                    asked: asked_tx,
+                    answer: held,
+                }
+                .start()
+                .recipient(),
+            ),
+            ..Default::default()
+        })
+    })
+    .expect("broker starts");
+    let addr = broker.local_addr();
+    let metrics = broker.metrics();
+    let mut gone = Raw::connect(addr).await;
+    gone.send(&packets::connect("held-1AB", true, 60)).await;
+    let client_id = tokio::time::timeout(common::WAIT, asked.recv())
+        .await
+        .expect("the interceptor is asked");
+    assert_eq!(client_id.as_deref(), Some("held-1AB"));
+    drop(gone);
+    common::eventually(|| {
+        let metrics = metrics.clone();
+        async move { metrics.snapshot().connections_current == 0 }
+    })
+    .await;
+    answer.notify_one();
+    // The interceptor's answer goes nowhere; the broker serves the next client.
+    let mut next = Raw::connect(addr).await;
+    next.send(&packets::connect("next-1AB", true, 60)).await;
+    assert_eq!(
+        tokio::time::timeout(common::WAIT, asked.recv())
+            .await
+            .expect("asked"),
+        Some("next-1AB".into())
+    );
+    let connack = next.expect().await;
+    assert_eq!((connack.byte1, &connack.body[..]), (0x20, &[0u8, 0][..]));
+    assert_eq!(
+        metrics.snapshot().connects,
+        1,
+        "only the second client connected"
+    );
+}

@@ -146,19 +146,12 @@ impl Session {
                     answer
                 };
                 // A client that closed its connection meanwhile gives up its place in the
-                // lane (or the check under way, if the Authenticator has not begun it): a
-                // flood of CONNECTs closed at once does not keep connections or PBKDF2 runs.
-                let gone = self.stream.peer_gone();
-                let checked = async move {
-                    match select(pin!(checked), pin!(gone)).await {
-                        Either::Left((answer, _)) => Some(answer),
-                        Either::Right(((), _)) => None,
-                    }
-                };
+                // lane (or the check, if the Authenticator has not begun it): a flood of
+                // CONNECTs closed at once does not keep connections or PBKDF2 runs.
+                let checked = self.unless_peer_gone(checked);
                 ctx.wait(checked.into_actor(self).map(move |answer, act, ctx| {
                     let Some(answer) = answer else {
-                        let why = "connection closed by peer while its password waited to be checked";
-                        return act.close(ctx, DisconnectReason::Network(why.into()));
+                        return act.close_peer_gone(ctx, "its password was checked");
                     };
                     match answer {
                         Ok(true) => act.intercept_connect(connect, ctx),
@@ -176,6 +169,28 @@ impl Session {
             }
             _ => self.intercept_connect(connect, ctx),
         }
+    }
+
+    /// `wait`'s output, or `None` if the client closes its connection first
+    /// ([`SharedStream::peer_gone`](super::socket::SharedStream::peer_gone)): for what a
+    /// Session waits on before its CONNACK, reading nothing meanwhile.
+    fn unless_peer_gone<T>(
+        &self,
+        wait: impl std::future::Future<Output = T>,
+    ) -> impl std::future::Future<Output = Option<T>> {
+        let gone = self.stream.peer_gone();
+        async move {
+            match select(pin!(wait), pin!(gone)).await {
+                Either::Left((answer, _)) => Some(answer),
+                Either::Right(((), _)) => None,
+            }
+        }
+    }
+
+    /// Closes a connection whose client went away before `what` (its CONNECT never answered).
+    fn close_peer_gone(&mut self, ctx: &mut Context<Self>, what: &str) {
+        let why = format!("connection closed by peer before {what}");
+        self.close(ctx, DisconnectReason::Network(why));
     }
 
     /// `tls.use_identity_as_username`: the certificate's Common Name is the user name, in place
@@ -204,11 +219,15 @@ impl Session {
             password: connect.password.clone(),
             user_properties: connect.properties.user_properties.clone(),
         };
+        // A client that closed its connection meanwhile is not waited for: the interceptor
+        // (user code, perhaps asking a service of its own) may take its time.
         ctx.wait(
-            interceptor
-                .send(question)
+            self.unless_peer_gone(interceptor.send(question))
                 .into_actor(self)
                 .map(move |answer, act, ctx| {
+                    let Some(answer) = answer else {
+                        return act.close_peer_gone(ctx, "the connect interceptor answered");
+                    };
                     match answer {
                         Ok(ConnectDecision::Accept) => act.register(connect, ctx),
                         Ok(ConnectDecision::Refuse(code))
