@@ -117,6 +117,11 @@ pub struct Args {
     /// `proxy_protocol = true`.
     #[arg(long)]
     pub proxy_protocol: bool,
+    /// connect-storm over plain TCP: send the CONNECT and close the connection at once, without
+    /// waiting for the CONNACK (a flood of guesses that does not wait for answers); each
+    /// CONNECT sent counts as an operation.
+    #[arg(long)]
+    pub close_at_once: bool,
     /// Connection scenarios on loopback: every connection from this one loopback address
     /// (e.g. 127.0.0.200) instead of spread over 127.0.0.2-65, as a single attacker or many
     /// devices behind one NAT are to the broker.

@@ -179,19 +179,26 @@ fn tls_connector(
 
 /// One connect of the storm: TCP (from a spread source address), a PROXY protocol header with
 /// `proxy`, TLS when `tls` is given, CONNECT, CONNACK, DISCONNECT. Returns the time from the
-/// start to the CONNACK.
+/// start to the CONNACK (with `close_at_once`, over plain TCP: to the CONNECT sent, after which
+/// the connection is closed, no CONNACK awaited).
 async fn connect_once(
     addr: SocketAddr,
     id: &str,
     spread: u64,
     tls: Option<&tokio_rustls::TlsConnector>,
     proxy: bool,
+    close_at_once: bool,
 ) -> std::io::Result<Duration> {
     let t0 = Instant::now();
     let mut tcp = wire::connect_spread(addr, spread).await?;
     tcp.set_nodelay(true)?;
     if proxy {
         tcp.write_all(&wire::proxy_v2_header(spread, addr)).await?;
+    }
+    if close_at_once && tls.is_none() {
+        tcp.write_all(&wire::connect(id, wire::KEEP_ALIVE, true))
+            .await?;
+        return Ok(t0.elapsed());
     }
     let Some(tls) = tls else {
         let mut stream = wire::mqtt_connect(tcp, id, true).await?;
@@ -223,7 +230,7 @@ pub async fn connect_storm(
         .map(|ca| tls_connector(ca, args.tls_resume))
         .transpose()?;
     let tls = Rc::new(tls);
-    let proxy = args.proxy_protocol;
+    let (proxy, close_at_once) = (args.proxy_protocol, args.close_at_once);
     let cpu = crate::procstat::CpuClock::start(pid);
     let started = Instant::now();
     let deadline = Duration::from_secs_f64(args.duration);
@@ -242,7 +249,7 @@ pub async fn connect_storm(
                         n += 1;
                         let spread = (worker as u64).wrapping_mul(7919).wrapping_add(n);
                         let tls = tls.as_ref().as_ref();
-                        match connect_once(addr, &id, spread, tls, proxy).await {
+                        match connect_once(addr, &id, spread, tls, proxy, close_at_once).await {
                             Ok(took) => {
                                 let _ = latency.borrow_mut().record(took.as_micros().max(1) as u64);
                                 let (ok, fail) = counts.get();

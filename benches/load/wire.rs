@@ -87,7 +87,7 @@ pub const STAMP: usize = 20;
 
 /// Keep-alive the harness's clients ask for, in seconds: longer than any measured run, so they
 /// never need to ping; not 0, which rumqttd refuses.
-const KEEP_ALIVE: u16 = 300;
+pub const KEEP_ALIVE: u16 = 300;
 
 /// Connects, sends CONNECT (keep-alive [`KEEP_ALIVE`]) and checks that CONNACK accepts it.
 pub async fn handshake(
