@@ -46,8 +46,8 @@ pub(super) struct SharedStream(Rc<Shared>);
 struct Shared {
     stream: RefCell<Option<Stream>>,
     /// Whether the packet reader held more bytes when it returned the connection's first
-    /// packet (the CONNECT): packets sent right behind it, which a Session waiting on a
-    /// password check has not read yet ([`SharedStream::peer_gone`]).
+    /// packet (the CONNECT): packets sent right behind it, which a Session waiting before its
+    /// CONNACK has not read yet ([`SharedStream::peer_gone`]).
     more_behind_first: Cell<bool>,
 }
 
@@ -67,8 +67,8 @@ impl SharedStream {
 
     /// Resolves once the peer of a plain TCP connection has closed or reset it with nothing of
     /// it left unread: neither in the socket nor in the packet reader behind the CONNECT. A
-    /// Session that waits for a password check reads nothing meanwhile (`ctx.wait`), so this is
-    /// how it learns that nobody waits for the answer. Never resolves for another stream (TLS,
+    /// Session that waits for a password check or a connect interceptor reads nothing
+    /// meanwhile (`ctx.wait`), so this is how it learns that nobody waits for the answer. Never resolves for another stream (TLS,
     /// WebSocket: their close is data to decode), nor while unread bytes wait (a client may
     /// send packets behind its CONNECT and then close its side; those are still served).
     ///
