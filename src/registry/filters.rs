@@ -34,6 +34,11 @@ impl Filters {
         }
     }
 
+    /// Whether there are no subscriptions.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Whether `filter` is held.
     pub fn contains_key(&self, filter: &str) -> bool {
         match self {

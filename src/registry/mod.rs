@@ -223,12 +223,16 @@ impl Registry {
         client.stored = None;
         drop(client.take_held());
         let gone = std::mem::take(&mut client.persisted).then(|| client.id.to_string());
-        let mut table = self.routes.write();
-        for (filter, _) in client.subscriptions.drain() {
-            table.unsubscribe(&filter, key);
+        // The route table's durable mark is set only with `persisted`: a client with neither
+        // subscriptions nor that mark (a clean start cleared at its barrier and again at its
+        // attach, a clean client's every end) costs the workers no write lock.
+        if !client.subscriptions.is_empty() || gone.is_some() {
+            let mut table = self.routes.write();
+            for (filter, _) in client.subscriptions.drain() {
+                table.unsubscribe(&filter, key);
+            }
+            table.set_durable(key, None);
         }
-        table.set_durable(key, None);
-        drop(table);
         if let Some(client_id) = gone {
             self.persist(Record::SessionGone(client_id));
         }
