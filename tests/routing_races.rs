@@ -301,7 +301,7 @@ async fn a_persistent_client_reconnecting_again_and_again_gets_every_message_in_
     let mut moves = 0;
     while first.len() < STREAM as usize {
         let publish = parse_publish(&sub.expect().await);
-        let n = u32::from_be_bytes(publish.payload[..4].try_into().expect("4 bytes"));
+        let n = sequence32(&publish.payload);
         got.push((n, publish.dup));
         sub.send(&packets::ack(0x40, publish.pid)).await;
         if first.insert(n) {
@@ -335,6 +335,7 @@ async fn a_persistent_client_reconnecting_again_and_again_gets_every_message_in_
     assert_eq!(order.len(), STREAM as usize, "every message");
 }
 
+/// The stream's sequence number: the payload's first four bytes.
 fn sequence32(payload: &[u8]) -> u32 {
     u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]])
 }
