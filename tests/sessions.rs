@@ -290,3 +290,57 @@ async fn a_clean_session_ends_with_its_connection_however_fast_the_client_comes_
     assert_eq!(publisher.expect().await.byte1, 0x40);
     assert!(device.sync().await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_takes_over_a_clean_one_gets_nothing_routed_to_the_clean_one() {
+    // [MQTT-3.1.2-6] the state of a clean session is not reused by any later one: a persistent
+    // session that takes over a clean one's client id starts empty [MQTT-3.2.2-1], even while
+    // messages are being routed to the clean one as it ends (a worker that matched one before
+    // the clean session was cleared hands it to the Registry after).
+    let broker = broker();
+    let addr = broker.local_addr();
+    let streaming = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    // Publishers keep the worker routing, so that a takeover lands while it matches.
+    let mut streamers = Vec::new();
+    for n in 0..4 {
+        let streaming = streaming.clone();
+        streamers.push(tokio::spawn(async move {
+            let (mut publisher, _) = Raw::handshake(addr, &format!("streamer-{n}"), true).await;
+            let burst: Vec<u8> = (1..=100u16)
+                .flat_map(|pid| packets::publish("switch/t", b"m", 1, pid, false, false))
+                .collect();
+            while streaming.load(std::sync::atomic::Ordering::Relaxed) {
+                publisher.send(&burst).await;
+                for _ in 0..100 {
+                    assert_eq!(publisher.expect().await.byte1, 0x40, "PUBACK");
+                }
+            }
+        }));
+    }
+    for round in 0..200 {
+        let (mut clean, _) = Raw::handshake(addr, "switching", true).await;
+        // A shared subscriber's Session hands its state back to the Registry as it ends (for
+        // the other members), as a resumed one's does: deliveries matched for it meanwhile
+        // reach the Registry.
+        clean
+            .subscribe(1, &[("$share/g/switch/t", 1), ("switch/t", 1)], &[1, 1])
+            .await;
+        assert_eq!(
+            clean.expect().await.packet_type(),
+            3,
+            "round {round}: a PUBLISH"
+        );
+        let (mut kept, present) = Raw::handshake(addr, "switching", false).await;
+        assert!(!present, "round {round}: no session to resume");
+        let got = kept.sync().await;
+        assert!(
+            got.is_empty(),
+            "round {round}: the new session subscribed to nothing, yet got {} packets",
+            got.len()
+        );
+    }
+    streaming.store(false, std::sync::atomic::Ordering::Relaxed);
+    for streamer in streamers {
+        streamer.await.expect("streamer");
+    }
+}

@@ -44,8 +44,9 @@ pub(super) struct Outgoing {
 /// One client id's entry.
 pub(super) struct Client {
     pub id: Arc<str>,
-    /// Tells this client from earlier ones in the same slot: a [`Stored`](crate::routing::Stored)
-    /// delivery matched for an earlier one is dropped.
+    /// Tells this client from earlier ones in the same slot, and its session from the ones it
+    /// ended (each clear takes a new one): a [`Stored`](crate::routing::Stored) delivery
+    /// matched for an earlier one is dropped.
     pub generation: u32,
     /// Session Expiry Interval of the current (or last) connection, in seconds: 0 ends the
     /// session with the connection, `u32::MAX` never.

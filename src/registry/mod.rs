@@ -227,11 +227,20 @@ impl Registry {
         // subscriptions nor that mark (a clean start cleared at its barrier and again at its
         // attach, a clean client's every end) costs the workers no write lock.
         if !client.subscriptions.is_empty() || gone.is_some() {
+            // What a worker matched for this session before the lock below is taken may still
+            // be on its way here (`Stored`): it ends with the session. A new generation tells
+            // it from the next session's deliveries [MQTT-3.1.2-6].
+            self.next_generation = self.next_generation.wrapping_add(1);
+            client.generation = self.next_generation;
             let mut table = self.routes.write();
             for (filter, _) in client.subscriptions.drain() {
                 table.unsubscribe(&filter, key);
             }
             table.set_durable(key, None);
+            if let Some(Target::Registry { .. }) = table.target(key) {
+                let generation = client.generation;
+                table.set_target(key, Some(Target::Registry { generation }));
+            }
         }
         if let Some(client_id) = gone {
             self.persist(Record::SessionGone(client_id));
