@@ -192,6 +192,55 @@ async fn qos2_in_flight_stays_with_its_member_across_a_reconnect() {
 }
 
 #[tokio::test]
+async fn a_lone_member_gets_what_it_did_not_ack_again_as_it_was() {
+    // With no other member to take them, a leaving member's messages stay in its session as
+    // they were: the one in flight is sent again with DUP and its packet identifier
+    // [MQTT-4.4.0-1] [MQTT-3.3.1-1], and the queued ones keep their place in the session's
+    // queue. (They were put back behind the plain subscription's, the one in flight as a new
+    // message.)
+    let broker = broker_with(|c| c.sessions.max_inflight = 1);
+    let addr = broker.local_addr();
+    let session = Props::new().u32(common::v5::prop::SESSION_EXPIRY, 60);
+    let (mut member, _) =
+        Raw::connect5(addr, &connect5("lone-member", true, 60, &session, None)).await;
+    member
+        .subscribe5(
+            1,
+            &Props::new(),
+            &[("$share/g/lone/shared", 1), ("lone/plain", 1)],
+        )
+        .await;
+    let mut publisher = Raw::handshake5(addr, "lone-pub").await;
+    for (pid, topic) in [(1, "lone/shared"), (2, "lone/shared"), (3, "lone/plain")] {
+        let payload = [pid as u8];
+        publisher
+            .send(&publish5(topic, &payload, 1, pid, false, &Props::new()))
+            .await;
+        assert_eq!(publisher.expect().await.byte1, 0x40);
+    }
+    // The window holds one: the first is in flight, the other two queued behind it.
+    let first = publish_of(&member.expect().await);
+    assert_eq!(&first.payload[..], [1]);
+    member.send(&disconnect5(0, &Props::new())).await;
+    member.expect_closed().await;
+    let (mut member, ack) =
+        Raw::connect5(addr, &connect5("lone-member", false, 60, &session, None)).await;
+    assert!(ack.session_present);
+    let again = publish_of(&member.expect().await);
+    assert!(again.dup, "sent again, with DUP");
+    assert_eq!((again.pkid, &again.payload[..]), (first.pkid, &[1u8][..]));
+    member.send(&packets::ack(0x40, again.pkid)).await;
+    let mut rest = Vec::new();
+    for _ in 0..2 {
+        let next = publish_of(&member.expect().await);
+        assert!(!next.dup);
+        rest.push(next.payload[0]);
+        member.send(&packets::ack(0x40, next.pkid)).await;
+    }
+    assert_eq!(rest, [2, 3], "in the order they were published");
+}
+
+#[tokio::test]
 async fn mqtt311_clients_can_be_members() {
     let broker = broker();
     let addr = broker.local_addr();

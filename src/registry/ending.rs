@@ -11,7 +11,7 @@ use super::{client_in, ClientKey, ConnId, Detach, Registry, SessionEnded, ToSess
 use crate::hooks::ClientDisconnected;
 use crate::message::Delivery;
 use crate::queue::QueueLimits;
-use crate::session_state::{InflightStage, SessionState};
+use crate::session_state::{InflightEntry, InflightStage, SessionState};
 
 impl Registry {
     /// Final step of a disconnect: hands shared-subscription messages the client did not
@@ -92,7 +92,9 @@ impl Registry {
     /// Gives the shared-subscription deliveries a leaving client did not acknowledge to another
     /// connected member of their group (MQTT 5 section 4.8.2): QoS 1 messages in flight and
     /// messages not sent yet. A QoS 2 message in flight stays with the client [MQTT-4.8.2-4]
-    /// [MQTT-4.8.2-5]. Without another connected member the delivery stays in the session.
+    /// [MQTT-4.8.2-5]. Without another connected member the delivery stays in the session where
+    /// it was: one in flight is sent again with its packet identifier when the client resumes
+    /// [MQTT-4.4.0-1], and one queued keeps its place [MQTT-4.6.0-6].
     fn redistribute(
         &mut self,
         key: ClientKey,
@@ -105,51 +107,55 @@ impl Registry {
             state.queue.extend(held);
             return;
         }
-        let mut moving = Vec::new();
-        let mut kept = std::collections::VecDeque::new();
+        let mut inflight = std::collections::VecDeque::new();
         for entry in std::mem::take(&mut state.inflight) {
-            if entry.delivery.group().is_some() && entry.stage == InflightStage::AwaitingPubAck {
-                moving.push(entry.delivery);
-            } else {
-                kept.push_back(entry);
+            if entry.stage != InflightStage::AwaitingPubAck {
+                inflight.push_back(entry);
+            } else if let Some(delivery) = self.hand_to_other_member(key, entry.delivery, ctx) {
+                inflight.push_back(InflightEntry { delivery, ..entry });
             }
         }
-        state.inflight = kept;
+        state.inflight = inflight;
         let queue = std::mem::take(&mut state.queue);
         for delivery in queue.into_iter().chain(held) {
-            if delivery.group().is_some() {
-                moving.push(delivery);
-            } else {
+            if let Some(delivery) = self.hand_to_other_member(key, delivery, ctx) {
                 state.queue.push_back(delivery);
             }
         }
-        for delivery in moving {
-            let Some(group) = delivery.group() else {
-                continue;
-            };
-            let pick = self
-                .routes
-                .read()
-                .pick_other_member(group, key, &delivery.message.topic);
-            match pick {
-                Some((member, options)) => {
-                    // It leaves this session (on disk too); the member's keeps it if durable.
-                    self.persist_done(key, delivery.durable_id().into_iter().collect());
-                    debug!(
-                        group,
-                        "redistributing an unacknowledged shared-subscription message"
-                    );
-                    let redelivery = Delivery::new(
-                        delivery.message.clone(),
-                        delivery.message.qos.min(options.qos),
-                        delivery.retain,
-                    )
-                    .with_extras(options.id.into_iter().collect(), Some(group));
-                    self.deliver(member, redelivery, ctx);
-                }
-                None => state.queue.push_back(delivery),
-            }
-        }
+    }
+
+    /// Hands a shared-subscription `delivery` of the leaving `key` to another connected member
+    /// of its group, if one is there; gives it back otherwise (and for any other delivery).
+    fn hand_to_other_member(
+        &mut self,
+        key: ClientKey,
+        delivery: Delivery,
+        ctx: &mut Context<Self>,
+    ) -> Option<Delivery> {
+        let Some(group) = delivery.group() else {
+            return Some(delivery);
+        };
+        let pick = self
+            .routes
+            .read()
+            .pick_other_member(group, key, &delivery.message.topic);
+        let Some((member, options)) = pick else {
+            return Some(delivery);
+        };
+        // It leaves this session (on disk too); the member's keeps it if durable.
+        self.persist_done(key, delivery.durable_id().into_iter().collect());
+        debug!(
+            group,
+            "redistributing an unacknowledged shared-subscription message"
+        );
+        let redelivery = Delivery::new(
+            delivery.message.clone(),
+            delivery.message.qos.min(options.qos),
+            delivery.retain,
+        )
+        .with_extras(options.id.into_iter().collect(), Some(group));
+        self.deliver(member, redelivery, ctx);
+        None
     }
 }
 
