@@ -171,6 +171,47 @@ async fn delete_disconnects_and_removes_the_session_when_asked() {
 }
 
 #[tokio::test]
+async fn subscriptions_show_their_mqtt5_options() {
+    let (broker, _hooks) = broker_with_hooks(|_| {});
+    let (addr, http) = (broker.local_addr(), broker.http_local_addr().expect("http"));
+    let mut radar = Raw::handshake5(addr, "radar-5").await;
+    let props = Props::new().var(v5::prop::SUBSCRIPTION_ID, 42);
+    radar
+        .subscribe5(
+            1,
+            &props,
+            &[("detrd/status/request/+", v5::options(2, true, true, 2))],
+        )
+        .await;
+    let (mut gate, _) = Raw::handshake(addr, "gate-3", true).await;
+    gate.subscribe(1, &[("gate/3/cmd", 1)], &[1]).await;
+    let want_radar = serde_json::json!({
+        "filter": "detrd/status/request/+", "qos": 2, "no_local": true,
+        "retain_as_published": true, "retain_handling": 2, "subscription_id": 42,
+    });
+    // An MQTT 3.1.1 subscription has the defaults.
+    let want_gate = serde_json::json!({
+        "filter": "gate/3/cmd", "qos": 1, "no_local": false,
+        "retain_as_published": false, "retain_handling": 0, "subscription_id": null,
+    });
+    let radar_json = get(http, "/api/v1/clients/radar-5", None).await.json();
+    assert_eq!(radar_json["subscriptions"], serde_json::json!([want_radar]));
+    let gate_json = get(http, "/api/v1/clients/gate-3", None).await.json();
+    assert_eq!(gate_json["subscriptions"], serde_json::json!([want_gate]));
+    let listed = get(http, "/api/v1/subscriptions", None).await.json();
+    let mut radar_listed = want_radar.clone();
+    radar_listed["client_id"] = "radar-5".into();
+    radar_listed["connected"] = true.into();
+    assert!(
+        listed["subscriptions"]
+            .as_array()
+            .expect("a list")
+            .contains(&radar_listed),
+        "{listed}"
+    );
+}
+
+#[tokio::test]
 async fn subscriptions_retained_and_publish() {
     let (broker, mut hooks) = broker_with_hooks(|c| {
         c.sys.interval = std::time::Duration::ZERO;

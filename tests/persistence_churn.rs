@@ -8,7 +8,7 @@
 //! go out when a client drops; QoS 2 flows left at every stage; clients that acknowledge what
 //! they get and clients that do not, so that messages stay in flight and queue up. The log is
 //! kept small, so compactions run through the churn. Once every client has gone, the admin
-//! API's view of the sessions (subscriptions with their QoS, messages in flight and queued) and
+//! API's view of the sessions (subscriptions with their options, messages in flight and queued) and
 //! of the retained messages is taken; the broker is killed with SIGKILL (or, every other
 //! round, stopped with SIGTERM) and started again on its directory; the view must be the same.
 //! Then each session's messages are read back: as many as it had in flight and queued.
@@ -307,7 +307,7 @@ async fn list_all(http: SocketAddr, path: &str, key: &str) -> Vec<serde_json::Va
     }
 }
 
-/// What the broker holds: every session (subscriptions with QoS, messages in flight and
+/// What the broker holds: every session (subscriptions with their options, messages in flight and
 /// queued) and every retained message, by client id and by topic.
 #[derive(Debug, PartialEq)]
 struct Held {

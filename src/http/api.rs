@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{ApiError, HttpState};
-use crate::message::{Message, QoS};
+use crate::message::{Message, QoS, SubscriptionOptions};
 use crate::registry::{
     AdminPublish, ClientSummary, GetClient, Kick, ListClients, ListRetained, ListSubscriptions,
     SessionReport, ToSession,
@@ -142,10 +142,27 @@ async fn client_json(client: ClientSummary) -> Value {
         "connected_since_ms": client.connected_since_ms,
         "session_expiry": (client.session_expiry != u32::MAX).then_some(client.session_expiry),
         "subscriptions": client.subscriptions.iter()
-            .map(|(filter, qos)| json!({ "filter": filter, "qos": *qos as u8 }))
+            .map(|(filter, options)| {
+                let mut entry = options_json(options);
+                entry["filter"] = json!(filter);
+                entry
+            })
             .collect::<Vec<_>>(),
         "inflight": report.map(|r| r.inflight),
         "queued": report.map(|r| r.queued),
+    })
+}
+
+/// A subscription's options as the API shows them: `qos`, and MQTT 5's `no_local`,
+/// `retain_as_published`, `retain_handling` and `subscription_id` (`null` for none; an MQTT
+/// 3.1.1 subscription has the defaults).
+fn options_json(options: &SubscriptionOptions) -> Value {
+    json!({
+        "qos": options.qos as u8,
+        "no_local": options.no_local,
+        "retain_as_published": options.retain_as_published,
+        "retain_handling": options.retain_handling,
+        "subscription_id": options.id,
     })
 }
 
@@ -237,10 +254,13 @@ async fn list_subscriptions(
     let page = ask(&state, ask_page).await?;
     Ok(HttpResponse::Ok().json(json!({
         "total": page.total, "offset": offset, "limit": limit,
-        "subscriptions": page.items.iter().map(|s| json!({
-            "client_id": s.client_id, "filter": s.filter, "qos": s.qos as u8,
-            "connected": s.connected,
-        })).collect::<Vec<_>>(),
+        "subscriptions": page.items.iter().map(|s| {
+            let mut entry = options_json(&s.options);
+            entry["client_id"] = json!(s.client_id);
+            entry["filter"] = json!(s.filter);
+            entry["connected"] = json!(s.connected);
+            entry
+        }).collect::<Vec<_>>(),
     })))
 }
 

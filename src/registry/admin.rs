@@ -9,7 +9,7 @@ use actix::prelude::*;
 use tracing::info;
 
 use super::{client_in, Registry, SessionHandle, ToSession};
-use crate::message::{Message, ProtocolVersion, QoS};
+use crate::message::{Message, ProtocolVersion, SubscriptionOptions};
 
 /// One client as the admin API shows it.
 #[derive(Debug, Clone)]
@@ -26,8 +26,8 @@ pub struct ClientSummary {
     pub connected_since_ms: Option<u64>,
     /// Session Expiry Interval in seconds (`u32::MAX`: never).
     pub session_expiry: u32,
-    /// Filters with their QoS, sorted by filter.
-    pub subscriptions: Vec<(String, QoS)>,
+    /// Filters with their options, sorted by filter.
+    pub subscriptions: Vec<(String, SubscriptionOptions)>,
     /// QoS 1/2 messages in flight and queued, for an offline session (a connected one's come
     /// from its Session: see [`ToSession::Report`]).
     pub stored_inflight: usize,
@@ -71,8 +71,9 @@ pub struct SubscriptionSummary {
     pub client_id: String,
     /// Its filter (with the `$share/{group}/` prefix for a shared subscription).
     pub filter: String,
-    /// Its maximum QoS.
-    pub qos: QoS,
+    /// Its options (maximum QoS, and for MQTT 5 No Local, Retain As Published, Retain
+    /// Handling and the Subscription Identifier).
+    pub options: SubscriptionOptions,
     /// Whether its client is connected.
     pub connected: bool,
 }
@@ -158,12 +159,12 @@ fn page<T>(items: Vec<T>, offset: usize, limit: usize) -> Page<T> {
 impl Registry {
     fn summary(&self, key: super::ClientKey) -> Option<ClientSummary> {
         let client = self.clients.get(key.0 as usize)?.as_deref()?;
-        let mut subscriptions: Vec<(String, QoS)> = client
+        let mut subscriptions: Vec<(String, SubscriptionOptions)> = client
             .subscriptions
             .iter()
-            .map(|(filter, options)| (filter.clone(), options.qos))
+            .map(|(filter, options)| (filter.clone(), *options))
             .collect();
-        subscriptions.sort();
+        subscriptions.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let attached = client.attached.as_ref().filter(|a| !a.detaching);
         let stored = client.stored.as_deref();
         Some(ClientSummary {
@@ -252,7 +253,7 @@ impl Handler<ListSubscriptions> for Registry {
                     all.push(SubscriptionSummary {
                         client_id: client.id.to_string(),
                         filter: filter.clone(),
-                        qos: options.qos,
+                        options: *options,
                         connected,
                     });
                 }
