@@ -7,7 +7,8 @@
 //! every QoS, some retained, some retained clears, some MQTT 5 ones with an expiry; wills that
 //! go out when a client drops; QoS 2 flows left at every stage; clients that acknowledge what
 //! they get and clients that do not, so that messages stay in flight and queue up. The log is
-//! kept small, so compactions run through the churn. Once every client has gone, the admin
+//! kept small, so compactions run through the churn; each round's broker has the next `fsync`
+//! policy. Once every client has gone, the admin
 //! API's view of the sessions (subscriptions with their options, messages in flight and queued) and
 //! of the retained messages is taken; the broker is killed with SIGKILL (or, every other
 //! round, stopped with SIGTERM) and started again on its directory; the view must be the same.
@@ -80,8 +81,11 @@ struct Broker {
     http: SocketAddr,
 }
 
-fn start(state: &std::path::Path) -> Broker {
-    let config = write_config(state, "interval", SMALL_LOG);
+/// The `fsync` policy of each round's broker, in turn (one state directory throughout).
+const POLICIES: [&str; 3] = ["interval", "always", "never"];
+
+fn start(state: &std::path::Path, fsync: &str) -> Broker {
+    let config = write_config(state, fsync, SMALL_LOG);
     let (child, logs) = spawn_with_log(&["--port", "0", "--config", &config], "info");
     let process = BrokerProcess(child);
     let (mut mqtt, mut http) = (None, None);
@@ -439,7 +443,7 @@ async fn what_churn_leaves_behind_survives_a_restart_whole() {
     let secs = env_number("CHURN_SECS", 3);
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
-    let mut broker = start(&state);
+    let mut broker = start(&state, POLICIES[0]);
     let mut compactions = 0;
     for round in 0..rounds {
         let lives = churn(broker.mqtt, secs, round).await;
@@ -457,7 +461,7 @@ async fn what_churn_leaves_behind_survives_a_restart_whole() {
         } else {
             stop_gracefully(broker).await;
         }
-        broker = start(&state);
+        broker = start(&state, POLICIES[(round as usize + 1) % POLICIES.len()]);
         let after = held(broker.http).await;
         let messages: u64 = before
             .sessions
@@ -465,7 +469,8 @@ async fn what_churn_leaves_behind_survives_a_restart_whole() {
             .map(|s| s["inflight"].as_u64().unwrap_or(0) + s["queued"].as_u64().unwrap_or(0))
             .sum();
         eprintln!(
-            "round {round}: {lives} client lives, {} sessions holding {messages} messages, {} retained, {compactions} compactions so far, then {}",
+            "round {round} (fsync = {:?}): {lives} client lives, {} sessions holding {messages} messages, {} retained, {compactions} compactions so far, then {}",
+            POLICIES[round as usize % POLICIES.len()],
             before.sessions.len(),
             before.retained.len(),
             if kill { "SIGKILL" } else { "SIGTERM" },
