@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use common::child::{listening_addr, spawn_with_log, BrokerProcess};
 use common::durable::{kill_9, write_config};
 use common::packets;
+use common::rng::Rng;
 use common::v5::{self, prop, Props, Will5};
 use common::Raw;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -54,17 +55,6 @@ const FILTERS: [&str; 7] = [
     "$share/g/churn/#",
     "$share/h/other/#",
 ];
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self, below: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % below
-    }
-}
 
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)

@@ -15,19 +15,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::rng::Rng;
 use switchboard::registry::{GetStats, ListRetained, RegistryStats};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self, below: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % below
-    }
-}
 
 const TOPICS: [&str; 4] = ["soak/a/x", "soak/b/x", "soak/c/x", "other/d"];
 const FILTERS: [&str; 6] = [

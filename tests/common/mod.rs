@@ -15,6 +15,7 @@ pub mod mosquitto;
 pub mod nats;
 pub mod packets;
 pub mod pki;
+pub mod rng;
 pub mod tls;
 pub mod v5;
 
