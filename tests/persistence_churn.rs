@@ -7,21 +7,25 @@
 //! every QoS, some retained, some retained clears, some MQTT 5 ones with an expiry; wills that
 //! go out when a client drops; QoS 2 flows left at every stage; clients that acknowledge what
 //! they get and clients that do not, so that messages stay in flight and queue up. The log is
-//! kept small, so compactions run through the churn; each round's broker has the next `fsync`
-//! policy. Once every client has gone, the admin
-//! API's view of the sessions (subscriptions with their options, messages in flight and queued) and
-//! of the retained messages is taken; the broker is killed with SIGKILL (or, every other
-//! round, stopped with SIGTERM) and started again on its directory; the view must be the same.
-//! Then each session's messages are read back: as many as it had in flight and queued.
+//! kept small, so compactions run through the churn; the rounds take the `fsync` policies in
+//! turn, and one worker thread or two. A round ends in one of three ways, in turn ([`Ending`]): once every client has
+//! gone, the admin API's view of the sessions (subscriptions with their options, messages in
+//! flight and queued) and of the retained messages is taken, the broker is killed with SIGKILL
+//! or stopped with SIGTERM and started again on its directory, and the view must be the same;
+//! or the broker is killed in the middle of the churn at a compaction, and must start
+//! again on what it left (the next round's comparison then starts from that). At the end each
+//! session's messages are read back: as many as it had in flight and queued.
 //!
-//! CI runs three short rounds; a long run is on demand:
-//! `CHURN_ROUNDS=20 CHURN_SECS=30 cargo test --release --test persistence_churn -- --nocapture`
+//! CI runs three short rounds, one of each ending; a long run is on demand:
+//! `CHURN_ROUNDS=18 CHURN_SECS=10 cargo test --release --test persistence_churn -- --nocapture`
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::child::{listening_addr, spawn_with_log, BrokerProcess};
@@ -71,12 +75,46 @@ struct Broker {
     http: SocketAddr,
 }
 
-/// The `fsync` policy of each round's broker, in turn (one state directory throughout).
+/// The `fsync` policies (one state directory throughout).
 const POLICIES: [&str; 3] = ["interval", "always", "never"];
 
-fn start(state: &std::path::Path, fsync: &str) -> Broker {
-    let config = write_config(state, fsync, SMALL_LOG);
-    let (child, logs) = spawn_with_log(&["--port", "0", "--config", &config], "info");
+/// Round `round`'s policy: over nine rounds each [`Ending`] meets each policy.
+fn policy(round: u64) -> &'static str {
+    POLICIES[((round + round / 3) % 3) as usize]
+}
+
+/// How a round ends, in turn.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Ending {
+    /// Once every client has gone: SIGKILL, and the state read back must be the same.
+    Kill,
+    /// In the middle of the churn, as a compaction starts (its snapshot is being written beside
+    /// new records), or one done in place ends: SIGKILL, and the broker must start again on
+    /// what is on disk.
+    Crash,
+    /// Once every client has gone: SIGTERM, and the state read back must be the same.
+    Stop,
+}
+
+const ENDINGS: [Ending; 3] = [Ending::Kill, Ending::Crash, Ending::Stop];
+
+/// Worker threads running Sessions in round `round`: one (the default on two cores) and two
+/// in turn, so that Sessions of one client id also meet on different threads.
+fn workers(round: u64) -> u64 {
+    1 + round % 2
+}
+
+/// The broker for round `round`: its policy and workers, and for a crash its writer's debug
+/// lines (where a compaction starts).
+fn start(state: &std::path::Path, round: u64) -> Broker {
+    let more = format!("{SMALL_LOG}\n[listener]\nworkers = {}", workers(round));
+    let config = write_config(state, policy(round), &more);
+    let round = round as usize;
+    let log = match ENDINGS[round % ENDINGS.len()] {
+        Ending::Crash => "info,switchboard::persistence::writer=debug",
+        _ => "info",
+    };
+    let (child, logs) = spawn_with_log(&["--port", "0", "--config", &config], log);
     let process = BrokerProcess(child);
     let (mut mqtt, mut http) = (None, None);
     while mqtt.is_none() || http.is_none() {
@@ -255,16 +293,18 @@ async fn client_life(addr: SocketAddr, rng: &mut Rng) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Runs `CLIENTS` clients' lives at a time against `addr` for `secs`; returns the lives.
-async fn churn(addr: SocketAddr, secs: u64, round: u64) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(secs);
+/// Runs `CLIENTS` clients' lives at a time against `addr` for `churn_for`, or until `stop` is set;
+/// returns the lives.
+async fn churn(addr: SocketAddr, churn_for: Duration, round: u64, stop: Arc<AtomicBool>) -> u64 {
+    let deadline = Instant::now() + churn_for;
     let mut workers = Vec::new();
     for w in 0..CLIENTS {
+        let stop = stop.clone();
         workers.push(tokio::spawn(async move {
             let seed = (round * CLIENTS + w + 1).wrapping_mul(0x2545_F491_4F6C_DD1D);
             let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ seed);
             let mut lives = 0;
-            while Instant::now() < deadline {
+            while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
                 // A life cut short by the broker (a takeover, a refused packet) is part of it.
                 let _ = client_life(addr, &mut rng).await;
                 lives += 1;
@@ -410,6 +450,39 @@ async fn read_back(mqtt: SocketAddr, id: &str) -> usize {
     count
 }
 
+/// How long a crash round's churn may go on for a compaction to start.
+const COMPACTION_WAIT: Duration = Duration::from_secs(90);
+
+/// Waits until the broker logs a compaction starting, or one done in place ending (from now on:
+/// what it logged before is skipped).
+fn compaction_started(logs: &Receiver<String>) {
+    // What the broker logged before now: the round so far.
+    while logs.try_recv().is_ok() {}
+    let mut last = std::collections::VecDeque::new();
+    loop {
+        match logs.recv_timeout(COMPACTION_WAIT) {
+            // One on a thread of its own starts (its snapshot is being written beside new
+            // records), or a small one done in place has ended.
+            Ok(line)
+                if line.contains("persistence log compaction started")
+                    || line.contains("persistence log compacted") =>
+            {
+                return
+            }
+            Ok(line) => {
+                last.push_back(line);
+                if last.len() > 40 {
+                    last.pop_front();
+                }
+            }
+            Err(e) => panic!(
+                "no compaction started ({e}); the broker's last lines:\n{}",
+                Vec::from(last).join("\n")
+            ),
+        }
+    }
+}
+
 /// The last 40 of `history`'s lines about client `id`.
 fn lines_of<'a>(history: &'a [String], id: &str) -> Vec<&'a String> {
     let field = format!("client_id={id}");
@@ -433,10 +506,35 @@ async fn what_churn_leaves_behind_survives_a_restart_whole() {
     let secs = env_number("CHURN_SECS", 3);
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
-    let mut broker = start(&state, POLICIES[0]);
+    let mut broker = start(&state, 0);
     let mut compactions = 0;
     for round in 0..rounds {
-        let lives = churn(broker.mqtt, secs, round).await;
+        let ending = ENDINGS[round as usize % ENDINGS.len()];
+        let policy = policy(round);
+        if ending == Ending::Crash {
+            let stop = Arc::new(AtomicBool::new(false));
+            // Churn until a compaction starts after `secs` of it (the log must grow to twice
+            // the live state first), and kill it then.
+            let churn_for = Duration::from_secs(secs) + COMPACTION_WAIT;
+            let churning = tokio::spawn(churn(broker.mqtt, churn_for, round, stop.clone()));
+            tokio::time::sleep(Duration::from_secs(secs)).await; // a round's worth of churn first
+            tokio::task::block_in_place(|| compaction_started(&broker.logs));
+            kill_9(broker.process);
+            stop.store(true, Ordering::Relaxed);
+            let lives = churning.await.expect("churn");
+            // Start-up truncates a torn tail and refuses any other damage: it must start.
+            broker = start(&state, round + 1);
+            let after = held(broker.http).await;
+            eprintln!(
+                "round {round} (fsync = {policy:?}, workers = {}): {lives} client lives, SIGKILL at a compaction; started again with {} sessions, {} retained",
+                workers(round),
+                after.sessions.len(),
+                after.retained.len(),
+            );
+            continue;
+        }
+        let no_stop = Arc::new(AtomicBool::new(false));
+        let lives = churn(broker.mqtt, Duration::from_secs(secs), round, no_stop).await;
         all_gone(broker.http).await;
         write_barrier(broker.mqtt, broker.http).await;
         let before = held(broker.http).await;
@@ -445,13 +543,12 @@ async fn what_churn_leaves_behind_survives_a_restart_whole() {
             .iter()
             .filter(|l| l.contains("persistence log compacted"))
             .count();
-        let kill = round % 2 == 0;
-        if kill {
+        if ending == Ending::Kill {
             kill_9(broker.process);
         } else {
             stop_gracefully(broker).await;
         }
-        broker = start(&state, POLICIES[(round as usize + 1) % POLICIES.len()]);
+        broker = start(&state, round + 1);
         let after = held(broker.http).await;
         let messages: u64 = before
             .sessions
@@ -459,11 +556,11 @@ async fn what_churn_leaves_behind_survives_a_restart_whole() {
             .map(|s| s["inflight"].as_u64().unwrap_or(0) + s["queued"].as_u64().unwrap_or(0))
             .sum();
         eprintln!(
-            "round {round} (fsync = {:?}): {lives} client lives, {} sessions holding {messages} messages, {} retained, {compactions} compactions so far, then {}",
-            POLICIES[round as usize % POLICIES.len()],
+            "round {round} (fsync = {policy:?}, workers = {}): {lives} client lives, {} sessions holding {messages} messages, {} retained, {compactions} compactions so far, then {}",
+            workers(round),
             before.sessions.len(),
             before.retained.len(),
-            if kill { "SIGKILL" } else { "SIGTERM" },
+            if ending == Ending::Kill { "SIGKILL" } else { "SIGTERM" },
         );
         let differ: Vec<&String> = before
             .sessions
