@@ -27,6 +27,18 @@ fn set_password(path: &std::path::Path, user: &str, password: &str) {
     set_password_rounds(path, user, password, 1000);
 }
 
+/// A broker whose password file holds `gates`, each with the password `gate-secret` hashed
+/// with `rounds` PBKDF2 rounds; the file's directory is returned with it, to live as long.
+fn broker_with_gates(gates: &[&str], rounds: u32) -> (tempfile::TempDir, BackgroundBroker) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("passwords");
+    for gate in gates {
+        set_password_rounds(&path, gate, "gate-secret", rounds);
+    }
+    let broker = broker_with(|c| c.auth.password_file = Some(path));
+    (dir, broker)
+}
+
 /// `switchboard passwd --iterations rounds`: adds `user` to the file at `path`, or changes its
 /// password.
 fn set_password_rounds(path: &std::path::Path, user: &str, password: &str, rounds: u32) {
@@ -125,12 +137,7 @@ async fn refusal(addr: std::net::SocketAddr, user: &str) -> std::time::Duration 
 /// saw a wrong password's shortest at 406 ms beside a build, against 161 ms.)
 #[tokio::test]
 async fn an_unknown_user_is_refused_no_sooner_than_a_wrong_password() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("passwords");
-    for gate in ["gate-1AB", "gate-2CD", "gate-3EF"] {
-        set_password_rounds(&path, gate, "gate-secret", 10_000);
-    }
-    let broker = broker_with(|c| c.auth.password_file = Some(path));
+    let (_dir, broker) = broker_with_gates(&["gate-1AB", "gate-2CD", "gate-3EF"], 10_000);
     let addr = broker.local_addr();
     // The shortest of five tries each, taken in turn, so that a busy moment of the machine
     // (another test binary, a build) slows both alike rather than one of them.
@@ -168,10 +175,7 @@ fn thread_nice_values() -> Vec<i64> {
 /// 100,000-round file, docs/security.md). The flood's checks run 10 nicer, behind the traffic.
 #[tokio::test]
 async fn a_known_device_reconnects_past_a_flood_of_wrong_passwords() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("passwords");
-    set_password_rounds(&path, "gate-1AB", "gate-secret", 2_000);
-    let broker = broker_with(|c| c.auth.password_file = Some(path));
+    let (_dir, broker) = broker_with_gates(&["gate-1AB"], 2_000);
     let addr = broker.local_addr();
     assert_eq!(
         connack(addr, Some("gate-1AB"), Some(b"gate-secret")).await,
@@ -206,12 +210,7 @@ async fn a_known_device_reconnects_past_a_flood_of_wrong_passwords() {
 /// (before lanes, behind all of them).
 #[tokio::test]
 async fn a_flood_from_one_address_does_not_hold_back_another() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("passwords");
-    for gate in ["gate-1AB", "gate-2CD"] {
-        set_password_rounds(&path, gate, "gate-secret", 2_000);
-    }
-    let broker = broker_with(|c| c.auth.password_file = Some(path));
+    let (_dir, broker) = broker_with_gates(&["gate-1AB", "gate-2CD"], 2_000);
     let addr = broker.local_addr();
     let mut flood = Flood::start(addr, Some(std::net::Ipv4Addr::new(127, 0, 0, 2))).await;
     let device = ConnectSpec {
@@ -299,10 +298,7 @@ impl Flood {
 /// took.
 #[tokio::test]
 async fn connects_closed_while_their_password_waits_are_not_checked() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("passwords");
-    set_password_rounds(&path, "gate-1AB", "gate-secret", 20_000);
-    let broker = broker_with(|c| c.auth.password_file = Some(path));
+    let (_dir, broker) = broker_with_gates(&["gate-1AB"], 20_000);
     let addr = broker.local_addr();
     let metrics = broker.metrics();
     for i in 0..20 {
@@ -339,10 +335,7 @@ async fn connects_closed_while_their_password_waits_are_not_checked() {
 #[tokio::test]
 async fn packets_sent_behind_a_connect_are_served_though_the_client_closed_its_side() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("passwords");
-    set_password_rounds(&path, "gate-1AB", "gate-secret", 20_000);
-    let broker = broker_with(|c| c.auth.password_file = Some(path));
+    let (_dir, broker) = broker_with_gates(&["gate-1AB"], 20_000);
     let addr = broker.local_addr();
     let gate = ConnectSpec {
         client_id: "gate-1AB",
