@@ -42,3 +42,66 @@ pub struct SessionState {
     /// these is not routed again (exactly once).
     pub inbound_qos2: HashSet<u16>,
 }
+
+/// One QoS 1/2 message a session holds, as the admin API lists it.
+#[derive(Debug, Clone)]
+pub struct HeldMessage {
+    /// The message, with the QoS and RETAIN flag this client gets it with.
+    pub delivery: Delivery,
+    /// Its packet identifier and stage once sent; none while it is queued.
+    pub sent: Option<(u16, InflightStage)>,
+}
+
+/// A page of what a session holds: its messages in flight (in send order) then queued (in
+/// order), and its inbound QoS 2 identifiers awaiting PUBREL. Built by the Registry for an
+/// offline session and by the Session for a connected one; read by the admin API.
+#[derive(Debug, Clone, Default)]
+pub struct HeldMessages {
+    /// Messages in flight and queued, before paging.
+    pub total: usize,
+    /// The messages of the page.
+    pub items: Vec<HeldMessage>,
+    /// Inbound QoS 2 identifiers awaiting PUBREL, sorted.
+    pub awaiting_pubrel: Vec<u16>,
+}
+
+impl HeldMessages {
+    /// `limit` messages from `offset` of `inflight` followed by `queued` (`total` of them in
+    /// all), and the inbound QoS 2 identifiers `awaiting_pubrel`.
+    pub fn page<'a>(
+        inflight: impl Iterator<Item = &'a InflightEntry>,
+        queued: impl Iterator<Item = &'a Delivery>,
+        total: usize,
+        awaiting_pubrel: impl Iterator<Item = u16>,
+        offset: usize,
+        limit: usize,
+    ) -> Self {
+        let inflight = inflight.map(|entry| HeldMessage {
+            delivery: entry.delivery.clone(),
+            sent: Some((entry.pid, entry.stage)),
+        });
+        let queued = queued.map(|delivery| HeldMessage {
+            delivery: delivery.clone(),
+            sent: None,
+        });
+        let mut awaiting_pubrel: Vec<u16> = awaiting_pubrel.collect();
+        awaiting_pubrel.sort_unstable();
+        HeldMessages {
+            total,
+            items: inflight.chain(queued).skip(offset).take(limit).collect(),
+            awaiting_pubrel,
+        }
+    }
+
+    /// The page of a stored (offline) session.
+    pub fn of_stored(state: &SessionState, offset: usize, limit: usize) -> Self {
+        Self::page(
+            state.inflight.iter(),
+            state.queue.iter(),
+            state.inflight.len() + state.queue.len(),
+            state.inbound_qos2.iter().copied(),
+            offset,
+            limit,
+        )
+    }
+}

@@ -106,12 +106,12 @@ fn will_on_disk(dir: &Path, device: &str) -> Option<Duration> {
         .iter()
         .find(|s| s.client_id == device)
         .expect("the session is kept");
-    session.will.as_ref().map(|(will, left)| {
+    session.will.as_ref().map(|(will, due_ms)| {
         assert_eq!(
             (will.topic.as_str(), &will.payload[..]),
             ("gates/3/status", &b"offline"[..])
         );
-        *left
+        Duration::from_millis(due_ms.saturating_sub(persistence::unix_ms_now()))
     })
 }
 

@@ -1,4 +1,5 @@
-//! The admin API under `/api/v1`: clients (list, one, disconnect), subscriptions, retained
+//! The admin API under `/api/v1`: clients (list, one, disconnect; their messages in
+//! `client_messages.rs`), subscriptions, retained
 //! messages, publishing, bridges, the cluster. JSON in and out; a bad request gets a 4xx with `{"error": "..."}`
 //! saying what is wrong.
 
@@ -13,7 +14,7 @@ use super::{ApiError, HttpState};
 use crate::message::{Message, QoS, SubscriptionOptions};
 use crate::registry::{
     AdminPublish, ClientSummary, GetClient, Kick, ListClients, ListRetained, ListSubscriptions,
-    SessionReport, ToSession,
+    SessionReport, ToSession, WillSummary,
 };
 
 /// Page size when none is asked for.
@@ -21,7 +22,7 @@ const DEFAULT_LIMIT: usize = 50;
 /// The largest page served.
 const MAX_LIMIT: usize = 1000;
 /// How long a connected client's Session has to report its counts.
-const REPORT_TIMEOUT: Duration = Duration::from_secs(1);
+pub(super) const REPORT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The API's routes, mounted under `/api/v1`.
 pub fn routes(config: &mut web::ServiceConfig) {
@@ -29,6 +30,10 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/clients", web::get().to(list_clients))
         .route("/clients/{id}", web::get().to(get_client))
         .route("/clients/{id}", web::delete().to(kick_client))
+        .route(
+            "/clients/{id}/messages",
+            web::get().to(super::client_messages::client_messages),
+        )
         .route("/subscriptions", web::get().to(list_subscriptions))
         .route("/retained", web::get().to(list_retained))
         .route("/publish", web::post().to(publish))
@@ -84,15 +89,15 @@ async fn list_bridges(
 /// `offset`, `limit` and `search` of a list request, checked.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
+pub(super) struct ListQuery {
     offset: Option<usize>,
     limit: Option<usize>,
-    search: Option<String>,
-    filter: Option<String>,
+    pub(super) search: Option<String>,
+    pub(super) filter: Option<String>,
 }
 
 /// Parses the query string; a 400 names what is wrong.
-fn list_query(req: &HttpRequest) -> Result<(usize, usize, ListQuery), ApiError> {
+pub(super) fn list_query(req: &HttpRequest) -> Result<(usize, usize, ListQuery), ApiError> {
     let query: ListQuery = serde_urlencoded::from_str(req.query_string())
         .map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))?;
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
@@ -105,7 +110,7 @@ fn list_query(req: &HttpRequest) -> Result<(usize, usize, ListQuery), ApiError> 
 }
 
 /// The token check of every API route.
-fn guard(req: &HttpRequest, state: &HttpState) -> Result<(), ApiError> {
+pub(super) fn guard(req: &HttpRequest, state: &HttpState) -> Result<(), ApiError> {
     state.authorize(req).map_err(ApiError::unauthorized)
 }
 
@@ -150,6 +155,22 @@ async fn client_json(client: ClientSummary) -> Value {
             .collect::<Vec<_>>(),
         "inflight": report.map(|r| r.inflight),
         "queued": report.map(|r| r.queued),
+        "will": client.will.as_ref().map(will_json),
+    })
+}
+
+/// A client's will: topic, payload, QoS, RETAIN, Will Delay Interval, and for an offline
+/// session's delayed will when it goes out (`due_ms`, Unix milliseconds).
+fn will_json(summary: &WillSummary) -> Value {
+    let will = &summary.will;
+    json!({
+        "topic": will.topic,
+        "payload": std::str::from_utf8(&will.payload).ok(),
+        "payload_base64": base64::engine::general_purpose::STANDARD.encode(&will.payload),
+        "qos": will.qos as u8,
+        "retain": will.retain,
+        "delay": will.delay,
+        "due_ms": summary.due_ms,
     })
 }
 
@@ -167,7 +188,7 @@ fn options_json(options: &SubscriptionOptions) -> Value {
 }
 
 /// Asks the Registry; a 503 when it does not answer.
-async fn ask<M>(state: &HttpState, msg: M) -> Result<M::Result, ApiError>
+pub(super) async fn ask<M>(state: &HttpState, msg: M) -> Result<M::Result, ApiError>
 where
     M: actix::Message + Send + 'static,
     M::Result: Send,
@@ -176,7 +197,7 @@ where
     state.ask(msg).await.map_err(ApiError::unavailable)
 }
 
-fn not_found(id: &str) -> ApiError {
+pub(super) fn not_found(id: &str) -> ApiError {
     ApiError::new(404, format!("no client {id:?}"))
 }
 

@@ -7,6 +7,7 @@
 
 mod api;
 mod backup;
+mod client_messages;
 mod dashboard;
 pub mod feed;
 pub mod prometheus;

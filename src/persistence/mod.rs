@@ -149,9 +149,10 @@ pub struct RecoveredSession {
     /// Its messages in flight (to re-send with their packet ids) and queued, and its inbound
     /// QoS 2 ids awaiting PUBREL.
     pub state: SessionState,
-    /// Its will and how long until it is published (zero: at start). A will armed when the
-    /// broker stopped counts its delay from start-up, as the session's expiry does.
-    pub will: Option<(LastWill, Duration)>,
+    /// Its will and when it is due, Unix milliseconds (at or before now: at start). A will
+    /// armed when the broker stopped counts its delay from start-up, as the session's expiry
+    /// does.
+    pub will: Option<(LastWill, u64)>,
     /// Who its client last connected as, if that was recorded (only with an ACL).
     pub user: Option<SessionUser>,
 }
@@ -404,11 +405,11 @@ pub fn open(config: &PersistenceConfig) -> Result<Option<Recovered>, Persistence
         // A will resumes its delay where it stood; one armed at the stop (the connection
         // ended with the broker) starts its delay now [MQTT-3.1.3-9].
         let will = session.will.map(|(deadline, will)| {
-            let after = match deadline {
-                0 => Duration::from_secs(u64::from(will.delay.min(session.expiry))),
-                at => Duration::from_millis(at.saturating_sub(now_ms)),
+            let due_ms = match deadline {
+                0 => now_ms.saturating_add(u64::from(will.delay.min(session.expiry)) * 1000),
+                at => at,
             };
-            (will, after)
+            (will, due_ms)
         });
         live_sessions.push(RecoveredSession {
             client_id,

@@ -1,5 +1,5 @@
 //! What the admin API (`src/http/api.rs`) asks of the Registry: pages of clients,
-//! subscriptions and retained messages, disconnecting a client (and removing its session), and
+//! subscriptions and retained messages, a client's held messages, disconnecting a client (and removing its session), and
 //! publishing. Each message is sent by the HTTP server and handled by the Registry.
 
 use std::net::SocketAddr;
@@ -9,7 +9,8 @@ use actix::prelude::*;
 use tracing::info;
 
 use super::{client_in, Registry, SessionHandle, ToSession};
-use crate::message::{Message, ProtocolVersion, SubscriptionOptions};
+use crate::message::{LastWill, Message, ProtocolVersion, SubscriptionOptions};
+use crate::session_state::HeldMessages;
 
 /// One client as the admin API shows it.
 #[derive(Debug, Clone)]
@@ -35,6 +36,40 @@ pub struct ClientSummary {
     pub stored_queued: usize,
     /// Where to ask a connected client's Session for its counts.
     pub session: Option<Arc<dyn SessionHandle>>,
+    /// The will: a connected client's, or an offline session's waiting for its Will Delay
+    /// Interval, with when it is due.
+    pub will: Option<WillSummary>,
+}
+
+/// A client's will as the admin API shows it.
+#[derive(Debug, Clone)]
+pub struct WillSummary {
+    /// The will.
+    pub will: LastWill,
+    /// When it goes out, Unix milliseconds: set for an offline session's delayed will, none
+    /// while its client is connected.
+    pub due_ms: Option<u64>,
+}
+
+/// Sent by the HTTP server to the Registry: a page of a client's messages in flight and
+/// queued, and its inbound QoS 2 ids awaiting PUBREL. `None` when no such client is known.
+#[derive(Message)]
+#[rtype(result = "Option<ClientMessages>")]
+pub struct GetClientMessages {
+    /// The client.
+    pub client_id: String,
+    /// Messages skipped.
+    pub offset: usize,
+    /// Messages at most.
+    pub limit: usize,
+}
+
+/// The Registry's answer to [`GetClientMessages`].
+pub enum ClientMessages {
+    /// An offline session's page, from what the Registry stores.
+    Stored(HeldMessages),
+    /// A connected client: its Session holds them ([`ToSession::Messages`]).
+    Connected(Arc<dyn SessionHandle>),
 }
 
 /// A page of a sorted list, and how many entries the whole list has.
@@ -178,6 +213,17 @@ impl Registry {
             stored_inflight: stored.map_or(0, |s| s.inflight.len()),
             stored_queued: stored.map_or(0, |s| s.queue.len()),
             session: attached.map(|a| a.session.clone()),
+            will: match (attached, client.delayed_will.as_deref()) {
+                (Some(attached), _) => attached.will.as_deref().map(|will| WillSummary {
+                    will: will.clone(),
+                    due_ms: None,
+                }),
+                (None, Some(delayed)) => Some(WillSummary {
+                    will: delayed.will.clone(),
+                    due_ms: Some(delayed.due_ms),
+                }),
+                (None, None) => None,
+            },
         })
     }
 }
@@ -215,6 +261,22 @@ impl Handler<GetClient> for Registry {
     fn handle(&mut self, msg: GetClient, _: &mut Context<Self>) -> Option<ClientSummary> {
         let key = *self.by_id.get(msg.0.as_str())?;
         self.summary(key)
+    }
+}
+
+impl Handler<GetClientMessages> for Registry {
+    type Result = Option<ClientMessages>;
+
+    fn handle(&mut self, msg: GetClientMessages, _: &mut Context<Self>) -> Self::Result {
+        let key = *self.by_id.get(msg.client_id.as_str())?;
+        let client = self.clients.get(key.0 as usize)?.as_deref()?;
+        if let Some(attached) = client.attached.as_ref().filter(|a| !a.detaching) {
+            return Some(ClientMessages::Connected(attached.session.clone()));
+        }
+        Some(ClientMessages::Stored(match client.stored.as_deref() {
+            Some(stored) => HeldMessages::of_stored(stored, msg.offset, msg.limit),
+            None => HeldMessages::default(),
+        }))
     }
 }
 

@@ -41,6 +41,13 @@ pub(super) struct Outgoing {
     pub held: VecDeque<Delivery>,
 }
 
+/// A will waiting for its Will Delay Interval, and when it is due.
+pub(super) struct DelayedWill {
+    pub will: LastWill,
+    /// When it goes out, Unix milliseconds (kept on disk as is: a restart resumes the delay).
+    pub due_ms: u64,
+}
+
 /// One client id's entry.
 pub(super) struct Client {
     pub id: Arc<str>,
@@ -72,7 +79,7 @@ pub(super) struct Client {
     pub timer_token: u64,
     /// A will waiting for its Will Delay Interval `[MQTT-3.1.3-9]` (boxed: rare, and every
     /// client record pays for its width).
-    pub delayed_will: Option<Box<LastWill>>,
+    pub delayed_will: Option<Box<DelayedWill>>,
     /// Messages dropped from the offline queue and not yet reported in a warning.
     pub drops: Option<Box<DropLog>>,
     /// Whether the store holds this session (its expiry interval was above 0).

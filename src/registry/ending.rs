@@ -83,9 +83,9 @@ impl Registry {
             info!(client_id = %client_id, "session expired");
         }
         self.remove_client(key);
-        if let Some(will) = will {
+        if let Some(delayed) = will {
             // [MQTT-3.1.3-9] published when the session ends, if that comes before the delay.
-            self.publish_will(&client_id, key, &will, ctx);
+            self.publish_will(&client_id, key, &delayed.will, ctx);
         }
     }
 
@@ -199,8 +199,9 @@ impl Handler<Detach> for Registry {
                 // (5.0) published after the Will Delay Interval or when the session ends,
                 // whichever comes first [MQTT-3.1.2-8], unless the client reconnects before
                 // [MQTT-3.1.3-9].
-                let delay = Duration::from_secs(u64::from(will.delay.min(expiry)));
-                self.delay_will(msg.key, token, will, delay, ctx);
+                let delay_ms = u64::from(will.delay.min(expiry)) * 1000;
+                let due_ms = crate::persistence::unix_ms_now().saturating_add(delay_ms);
+                self.delay_will(msg.key, token, *will, due_ms, ctx);
             }
             // A normal DISCONNECT discards the will [MQTT-3.1.2-10].
             (false, Some(_)) => self.persist_will(msg.key, None),

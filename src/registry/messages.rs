@@ -41,6 +41,16 @@ pub enum ToSession {
     Kick,
     /// The admin API asks for the Session's QoS 1/2 counts, answered on the channel.
     Report(oneshot::Sender<super::SessionReport>),
+    /// The admin API asks for a page of the Session's messages in flight and queued, and its
+    /// inbound QoS 2 ids awaiting PUBREL, answered on `reply`.
+    Messages {
+        /// Messages skipped.
+        offset: usize,
+        /// Messages at most.
+        limit: usize,
+        /// Where the page goes.
+        reply: oneshot::Sender<crate::session_state::HeldMessages>,
+    },
 }
 
 /// Sent by a Session to the Registry once its CONNECT passed validation and the connect

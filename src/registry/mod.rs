@@ -28,8 +28,9 @@ use actix::prelude::*;
 use tracing::info;
 
 pub use admin::{
-    AdminPublish, ClientFilters, ClientSummary, GetClient, Kick, Kicked, ListClients, ListRetained,
-    ListSubscriptions, Page, SessionReport, SubscriptionSummary,
+    AdminPublish, ClientFilters, ClientMessages, ClientSummary, GetClient, GetClientMessages, Kick,
+    Kicked, ListClients, ListRetained, ListSubscriptions, Page, SessionReport, SubscriptionSummary,
+    WillSummary,
 };
 pub use backup::BackUp;
 pub use cluster::{

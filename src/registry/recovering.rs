@@ -85,8 +85,8 @@ impl Handler<Recover> for Registry {
             self.route(Arc::new(will.to_message()), None, ctx);
         }
         for (key, will) in recovered_wills {
-            if let Some((will, left)) = will {
-                self.recover_will(key, will, left, ctx);
+            if let Some((will, due_ms)) = will {
+                self.recover_will(key, will, due_ms, ctx);
             }
         }
     }

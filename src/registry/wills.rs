@@ -8,6 +8,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use tracing::debug;
 
+use super::client::DelayedWill;
 use super::{client_in, ClientKey, Registry};
 use crate::message::LastWill;
 use crate::persistence::{unix_ms_now, Record};
@@ -25,23 +26,22 @@ impl Registry {
         self.route(Arc::new(will.to_message()), Some(key), ctx);
     }
 
-    /// Holds `will` of `key`'s session for `delay`, then publishes it unless the client came
-    /// back (`token` no longer current) or the session ended first.
+    /// Holds `will` of `key`'s session until `due_ms` (Unix milliseconds), then publishes it
+    /// unless the client came back (`token` no longer current) or the session ended first.
     pub(super) fn delay_will(
         &mut self,
         key: ClientKey,
         token: u64,
-        will: Box<LastWill>,
-        delay: Duration,
+        will: LastWill,
+        due_ms: u64,
         ctx: &mut Context<Self>,
     ) {
-        let deadline = unix_ms_now()
-            .saturating_add(delay.as_millis() as u64)
-            .max(1);
-        self.persist_will(key, Some((deadline, &will)));
+        let due_ms = due_ms.max(1);
+        self.persist_will(key, Some((due_ms, &will)));
         if let Some(client) = self.client(key) {
-            client.delayed_will = Some(will);
+            client.delayed_will = Some(Box::new(DelayedWill { will, due_ms }));
         }
+        let delay = Duration::from_millis(due_ms.saturating_sub(unix_ms_now()));
         ctx.run_later(delay, move |act, ctx| act.fire_will(key, token, ctx));
     }
 
@@ -53,11 +53,11 @@ impl Registry {
         if client.timer_token != token {
             return;
         }
-        let Some(will) = client.delayed_will.take() else {
+        let Some(delayed) = client.delayed_will.take() else {
             return;
         };
         let client_id = client.id.clone();
-        self.publish_will(&client_id, key, &will, ctx);
+        self.publish_will(&client_id, key, &delayed.will, ctx);
         self.persist_will(key, None);
     }
 
@@ -83,23 +83,23 @@ impl Registry {
     }
 
     /// The will of a session read back at start: published now if its delay passed while the
-    /// broker was down, else held for what is left of it.
+    /// broker was down, else held until it is due (`due_ms`, Unix milliseconds).
     pub(super) fn recover_will(
         &mut self,
         key: ClientKey,
         will: LastWill,
-        left: Duration,
+        due_ms: u64,
         ctx: &mut Context<Self>,
     ) {
         let Some(client) = self.client(key) else {
             return;
         };
         let (client_id, token) = (client.id.clone(), client.timer_token);
-        if left.is_zero() {
+        if due_ms <= unix_ms_now() {
             self.publish_will(&client_id, key, &will, ctx);
             self.persist_will(key, None);
         } else {
-            self.delay_will(key, token, Box::new(will), left, ctx);
+            self.delay_will(key, token, will, due_ms, ctx);
         }
     }
 }

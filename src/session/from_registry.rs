@@ -61,6 +61,20 @@ impl Handler<ToSession> for Session {
                     queued: self.outbound.queued(),
                 });
             }
+            ToSession::Messages {
+                offset,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(crate::session_state::HeldMessages::page(
+                    self.outbound.inflight(),
+                    self.outbound.queue(),
+                    self.outbound.inflight_len() + self.outbound.queued(),
+                    self.inbound_qos2.iter(),
+                    offset,
+                    limit,
+                ));
+            }
         }
     }
 }

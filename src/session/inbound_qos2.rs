@@ -31,6 +31,11 @@ impl InboundQos2 {
         self.0.as_deref().map_or(0, HashSet::len)
     }
 
+    /// The identifiers held, in no order.
+    pub fn iter(&self) -> impl Iterator<Item = u16> + '_ {
+        self.0.as_deref().into_iter().flatten().copied()
+    }
+
     /// Gives up the identifiers, for the stored session.
     pub fn take(&mut self) -> HashSet<u16> {
         self.0.take().map(|set| *set).unwrap_or_default()

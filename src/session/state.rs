@@ -154,6 +154,11 @@ impl Outbound {
         self.flow.iter().flat_map(|f| f.inflight.iter())
     }
 
+    /// Messages waiting for a window slot, in order.
+    pub fn queue(&self) -> impl Iterator<Item = &Delivery> {
+        self.flow.iter().flat_map(|f| f.queue.iter())
+    }
+
     /// Number of messages waiting for a window slot.
     pub fn queued(&self) -> usize {
         self.flow.as_deref().map_or(0, |f| f.queue.len())
