@@ -69,14 +69,6 @@ struct QueuedFrames {
 }
 
 impl QueuedFrames {
-    fn frames_mut(&mut self) -> impl Iterator<Item = &mut FrameAt> {
-        std::iter::once(&mut self.first).chain(self.rest.as_mut_slice())
-    }
-
-    fn frames(&self) -> impl Iterator<Item = &FrameAt> {
-        std::iter::once(&self.first).chain(self.rest.as_slice())
-    }
-
     fn bytes(&self) -> u64 {
         u64::from(self.first.len) + self.rest.bytes()
     }
@@ -268,20 +260,40 @@ impl LiveState {
         ids
     }
 
+    /// The frames of the live queued messages `ids` after their first (`Sent`, `Released`),
+    /// in log order, each with its message's id and its index among them: a snapshot writes
+    /// them in this order, so that a session's messages are read back as sent in the order
+    /// they were sent [MQTT-4.6.0-1].
+    fn later_frames_in_log_order(&self, ids: &[u64]) -> Vec<(FrameAt, u64, usize)> {
+        let mut later: Vec<(FrameAt, u64, usize)> = ids
+            .iter()
+            .filter_map(|id| self.queued.get(id).map(|entry| (id, entry)))
+            .flat_map(|(id, entry)| {
+                let frames = entry.rest.as_slice().iter();
+                frames.enumerate().map(move |(i, at)| (*at, *id, i))
+            })
+            .collect();
+        later.sort_unstable_by_key(|(at, _, _)| (at.segment, at.offset));
+        later
+    }
+
     /// Where every live frame is, in a snapshot's order (each session before what belongs to
-    /// it, queued messages last, in id order), those of sessions gone left out: what a backup
-    /// copies ([`write_backup`](super::snapshot::write_backup)).
+    /// it; then the queued messages' `Queued` records in id order; then their later records in
+    /// log order), those of sessions gone left out: what a backup copies
+    /// ([`write_backup`](super::snapshot::write_backup)).
     pub fn live_frames(&self) -> Vec<FrameAt> {
         let ids = self.live_queued_ids();
-        let queued_frames = ids
+        let firsts = ids
             .iter()
             .filter_map(|id| self.queued.get(id))
-            .flat_map(QueuedFrames::frames);
+            .map(|entry| entry.first);
+        let later = self.later_frames_in_log_order(&ids);
         self.by_key
             .values()
             .flat_map(Frames::as_slice)
-            .chain(queued_frames)
             .copied()
+            .chain(firsts)
+            .chain(later.into_iter().map(|(at, _, _)| at))
             .collect()
     }
 
@@ -296,9 +308,9 @@ impl LiveState {
     /// After a compaction's snapshot: every live frame in a segment up to `superseded_up_to`
     /// is one of the frames `listed` (by [`live_frames`](Self::live_frames) when the
     /// compaction started) and is now at the same place in `moved`. Since then entries were
-    /// only added, removed or given frames in later segments, and the order is by key and by
-    /// id as it was, so the frames still in those segments are `listed`'s, in its order: one
-    /// walk finds them. Returns false if one was not found (then its segment must stay).
+    /// only added, removed or given frames in later segments, and the order (by key, by id,
+    /// by place in the log) is as it was, so the frames still in those segments are
+    /// `listed`'s, in its order: one walk finds them. Returns false if one was not found (then its segment must stay).
     pub fn remap(&mut self, listed: &[FrameAt], moved: &[FrameAt], superseded_up_to: u64) -> bool {
         let mut next = 0;
         let mut all_found = true;
@@ -321,9 +333,16 @@ impl LiveState {
             frames.as_mut_slice().iter_mut().for_each(&mut remap_one);
         }
         let ids = self.live_queued_ids();
+        let later = self.later_frames_in_log_order(&ids);
         for id in ids {
             if let Some(entry) = self.queued.get_mut(&id) {
-                entry.frames_mut().for_each(&mut remap_one);
+                remap_one(&mut entry.first);
+            }
+        }
+        for (_, id, i) in later {
+            let entry = self.queued.get_mut(&id);
+            if let Some(at) = entry.and_then(|e| e.rest.as_mut_slice().get_mut(i)) {
+                remap_one(at);
             }
         }
         all_found
@@ -504,9 +523,9 @@ mod tests {
                 "session b",
                 "sub b f",
                 "queued a 2",
-                "sent a 2",
                 "queued a 4",
                 "queued b 5",
+                "sent a 2",
             ]
         );
         // The snapshot's segment: its format record, the marker and the live frames; the
@@ -522,5 +541,65 @@ mod tests {
         live.compact_into(&mut log).expect("compact again");
         let again = scan(dir.path(), false).expect("scan");
         assert_eq!(again.records.len(), 7);
+    }
+
+    /// [MQTT-4.6.0-1] messages in flight are sent again in the order they were first sent,
+    /// which need not be the order of their ids (two workers route to one session; the
+    /// Registry hands over what it held): a compaction keeps that order, and start-up reads
+    /// it back.
+    #[test]
+    fn messages_sent_out_of_id_order_come_back_in_the_order_sent_after_a_compaction() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = scan(dir.path(), false).expect("scan").log;
+        let mut live = LiveState::default();
+        let message = |payload: &'static [u8]| {
+            let message = Message::new("t", Bytes::from_static(payload), QoS::AtLeastOnce, false);
+            Delivery::new(Arc::new(message), QoS::AtLeastOnce, false)
+        };
+        let (first, second, third) = (message(b"1"), message(b"2"), message(b"3"));
+        let sent = |id, pid| Record::Sent {
+            client_id: "a".into(),
+            id,
+            pid,
+        };
+        append(
+            &mut log,
+            &mut live,
+            &[
+                Record::SessionSet {
+                    client_id: "a".into(),
+                    expiry: 3600,
+                    offline_since: 0,
+                    user: None,
+                },
+                Record::queued("a".into(), 1, &first),
+                Record::queued("a".into(), 2, &second),
+                Record::queued("a".into(), 3, &third),
+                sent(3, 10),
+                sent(2, 11),
+            ],
+        );
+        live.compact_into(&mut log).expect("compact");
+        // Sent after the compaction: the last of the three.
+        append(&mut log, &mut live, &[sent(1, 12)]);
+        drop(log);
+        let config = crate::config::PersistenceConfig {
+            dir: Some(dir.path().to_path_buf()),
+            ..Default::default()
+        };
+        let recovered = crate::persistence::open(&config)
+            .expect("reads back")
+            .expect("a directory");
+        let session = &recovered.sessions[0];
+        let in_flight: Vec<(u16, &[u8])> = session
+            .state
+            .inflight
+            .iter()
+            .map(|e| (e.pid, &e.delivery.message.payload[..]))
+            .collect();
+        assert_eq!(
+            in_flight,
+            [(10, &b"3"[..]), (11, &b"2"[..]), (12, &b"1"[..])]
+        );
     }
 }

@@ -178,6 +178,9 @@ struct QueuedInLog {
     delivery: Delivery,
     pid: Option<u16>,
     released: bool,
+    /// When it was sent, in the order of the log's `Sent` records: the order a resumed client
+    /// gets the messages in flight again [MQTT-4.6.0-1].
+    sent_order: u64,
 }
 
 /// A session as the records build it up.
@@ -235,6 +238,7 @@ pub fn open(config: &PersistenceConfig) -> Result<Option<Recovered>, Persistence
         HashMap::default();
     let mut sessions: BTreeMap<String, SessionInLog> = BTreeMap::new();
     let mut max_id = 0;
+    let mut sent_records = 0u64;
     let records = scanned.records.len();
     writer.read_back.reserve_exact(records);
     for (record, at) in scanned.records {
@@ -299,6 +303,7 @@ pub fn open(config: &PersistenceConfig) -> Result<Option<Recovered>, Persistence
                         delivery,
                         pid: None,
                         released: false,
+                        sent_order: 0,
                     };
                     session.queued.insert(id, queued);
                 }
@@ -306,6 +311,8 @@ pub fn open(config: &PersistenceConfig) -> Result<Option<Recovered>, Persistence
             Record::Sent { client_id, id, pid } => {
                 if let Some(q) = queued_in(&mut sessions, &client_id, id) {
                     q.pid = Some(pid);
+                    sent_records += 1;
+                    q.sent_order = sent_records;
                 }
             }
             Record::Released { client_id, id } => {
@@ -378,6 +385,9 @@ pub fn open(config: &PersistenceConfig) -> Result<Option<Recovered>, Persistence
             inbound_qos2: session.inbound_qos2.into_iter().collect(),
             ..SessionState::default()
         };
+        // In flight in the order sent [MQTT-4.6.0-1]; queued in id order, which keeps each
+        // publisher's order [MQTT-4.6.0-6] (its messages take ids as they are routed).
+        let mut in_flight = Vec::new();
         for (id, queued) in session.queued {
             // [MQTT-3.3.2-5] a message whose expiry passed while the broker was down is gone;
             // one already sent is still re-sent (its receiver may hold it).
@@ -390,18 +400,23 @@ pub fn open(config: &PersistenceConfig) -> Result<Option<Recovered>, Persistence
             }
             queued_messages += 1;
             match queued.pid {
-                Some(pid) => state.inflight.push_back(InflightEntry {
-                    pid,
-                    stage: match (queued.released, queued.delivery.qos) {
-                        (true, _) => InflightStage::AwaitingPubComp,
-                        (false, QoS::ExactlyOnce) => InflightStage::AwaitingPubRec,
-                        (false, _) => InflightStage::AwaitingPubAck,
+                Some(pid) => in_flight.push((
+                    queued.sent_order,
+                    InflightEntry {
+                        pid,
+                        stage: match (queued.released, queued.delivery.qos) {
+                            (true, _) => InflightStage::AwaitingPubComp,
+                            (false, QoS::ExactlyOnce) => InflightStage::AwaitingPubRec,
+                            (false, _) => InflightStage::AwaitingPubAck,
+                        },
+                        delivery: queued.delivery,
                     },
-                    delivery: queued.delivery,
-                }),
+                )),
                 None => state.queue.push_back(queued.delivery),
             }
         }
+        in_flight.sort_unstable_by_key(|(sent_order, _)| *sent_order);
+        state.inflight = in_flight.into_iter().map(|(_, entry)| entry).collect();
         // A will resumes its delay where it stood; one armed at the stop (the connection
         // ended with the broker) starts its delay now [MQTT-3.1.3-9].
         let will = session.will.map(|(deadline, will)| {
