@@ -4,24 +4,31 @@
 //! 32 clients at a time, MQTT 3.1.1 and 5 at random, from a pool of 60 client ids (so sessions
 //! are taken over and resumed): persistent sessions (3.1.1 without clean session, MQTT 5 with
 //! an expiry) and clean ones; subscriptions of every QoS, shared ones among them; publishes of
-//! every QoS, some retained, some retained clears, some MQTT 5 ones with an expiry; wills that
-//! go out when a client drops; QoS 2 flows left at every stage; clients that acknowledge what
-//! they get and clients that do not, so that messages stay in flight and queue up. The log is
-//! kept small, so compactions run through the churn; the rounds take the `fsync` policies in
-//! turn, and one worker thread or two. A round ends in one of three ways, in turn ([`Ending`]): once every client has
-//! gone, the admin API's view of the sessions (subscriptions with their options, messages in
-//! flight and queued) and of the retained messages is taken, the broker is killed with SIGKILL
-//! or stopped with SIGTERM and started again on its directory, and the view must be the same;
-//! or the broker is killed in the middle of the churn at a compaction, and must start
-//! again on what it left (the next round's comparison then starts from that). At the end each
-//! session's messages are read back: as many as it had in flight and queued.
+//! every QoS, some retained, some retained clears, some MQTT 5 ones with an expiry, each
+//! payload naming its publisher's life and its place in it; wills that go out when a client
+//! drops, half of them delayed past the run (so that sessions keep them); QoS 2 flows left at
+//! every stage; clients that acknowledge what they get and clients that do not, so that
+//! messages stay in flight and queue up. The log is kept small, so compactions run through the
+//! churn; the rounds take the `fsync` policies in turn, and one worker thread or two.
+//!
+//! A round ends in one of three ways, in turn ([`Ending`]): once every client has gone, the
+//! admin API's view (`view.rs`) of the sessions (subscriptions with their options, the will
+//! with when it is due, inbound QoS 2 ids, every message in flight and queued with its packet
+//! id, stage and content) and of the retained messages is taken, the broker is killed with
+//! SIGKILL or stopped with SIGTERM and started again on its directory, and the view must be the
+//! same: messages in flight in the same order, queued ones the same with each publisher's in
+//! its order; or the broker is killed in the middle of the churn at a compaction, and must
+//! start again on what it left (the next round's comparison then starts from that). Every view
+//! holds each publisher's messages in the order published. At the end each session's messages
+//! are read back over MQTT and must be what the admin API listed.
 //!
 //! CI runs three short rounds, one of each ending; a long run is on demand:
 //! `CHURN_ROUNDS=18 CHURN_SECS=10 cargo test --release --test persistence_churn -- --nocapture`
 
 mod common;
+#[path = "persistence_churn/view.rs"]
+mod view;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
@@ -33,8 +40,8 @@ use common::durable::{kill_9, write_config};
 use common::packets;
 use common::rng::Rng;
 use common::v5::{self, prop, Props, Will5};
-use common::Raw;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use view::{all_gone, held, listed, read_back, write_barrier};
 
 /// Compacts once the log passes 1 MiB and twice the live state.
 const SMALL_LOG: &str = "compact_min_bytes = 1048576";
@@ -201,7 +208,7 @@ fn split_frame(buf: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
 }
 
 /// One MQTT 5 packet of a client's life.
-fn packet_v5(rng: &mut Rng, pid: u16) -> Vec<u8> {
+fn packet_v5(rng: &mut Rng, life: u64, pid: u16) -> Vec<u8> {
     let filter = FILTERS[rng.next(FILTERS.len() as u64) as usize];
     match rng.next(6) {
         0 => {
@@ -223,14 +230,14 @@ fn packet_v5(rng: &mut Rng, pid: u16) -> Vec<u8> {
                 props = props.u32(prop::MESSAGE_EXPIRY, 3600);
             }
             let retain = rng.next(8) == 0;
-            let payload = payload(rng, retain);
+            let payload = payload(rng, retain, life, pid);
             v5::publish5(topic, &payload, rng.next(3) as u8, pid, retain, &props)
         }
     }
 }
 
 /// One MQTT 3.1.1 packet of a client's life.
-fn packet_v3(rng: &mut Rng, pid: u16) -> Vec<u8> {
+fn packet_v3(rng: &mut Rng, life: u64, pid: u16) -> Vec<u8> {
     let filter = FILTERS[rng.next(FILTERS.len() as u64) as usize];
     match rng.next(6) {
         0 => packets::subscribe(pid, &[(filter, rng.next(3) as u8)]),
@@ -238,24 +245,28 @@ fn packet_v3(rng: &mut Rng, pid: u16) -> Vec<u8> {
         _ => {
             let topic = TOPICS[rng.next(TOPICS.len() as u64) as usize];
             let retain = rng.next(8) == 0;
-            let payload = payload(rng, retain);
+            let payload = payload(rng, retain, life, pid);
             packets::publish(topic, &payload, rng.next(3) as u8, pid, retain, false)
         }
     }
 }
 
-/// Up to 2 KB; a retained one empty one time in four (a clear).
-fn payload(rng: &mut Rng, retain: bool) -> Vec<u8> {
+/// Up to 2 KB after `{life}/{pid}/` (which publisher's life, and where in it: see
+/// [`view::publisher_order`]); a retained one empty one time in four (a clear).
+fn payload(rng: &mut Rng, retain: bool, life: u64, pid: u16) -> Vec<u8> {
     if retain && rng.next(4) == 0 {
         return Vec::new();
     }
-    let fill = b'a' + rng.next(26) as u8;
-    vec![fill; rng.next(2048) as usize + 1]
+    let fill = char::from(b'a' + rng.next(26) as u8);
+    let mut payload = format!("{life:08x}/{pid:02}/");
+    payload.extend(std::iter::repeat_n(fill, rng.next(2048) as usize + 1));
+    payload.into_bytes()
 }
 
 /// One client's life: connect, up to 30 packets, then DISCONNECT or a dropped connection.
 async fn client_life(addr: SocketAddr, rng: &mut Rng) -> std::io::Result<()> {
     let id = format!("churn-{}", rng.next(IDS));
+    let life = rng.next(1 << 32);
     let v5 = rng.next(2) == 0;
     let acks = rng.next(3) > 0;
     let mut s = tokio::net::TcpStream::connect(addr).await?;
@@ -263,12 +274,18 @@ async fn client_life(addr: SocketAddr, rng: &mut Rng) -> std::io::Result<()> {
     let connect = if v5 {
         let expiry = [0, 3600, 3600][rng.next(3) as usize];
         let props = Props::new().u32(prop::SESSION_EXPIRY, expiry);
+        // Half the wills wait for the session's end (a delay past the test's run), so that
+        // dropped sessions keep theirs, on disk too.
+        let will_props = match rng.next(2) {
+            0 => Props::new(),
+            _ => Props::new().u32(prop::WILL_DELAY, 7200),
+        };
         let will = Will5 {
             topic: &will_topic,
             payload: b"gone",
             qos: rng.next(3) as u8,
             retain: rng.next(2) == 0,
-            props: Props::new(),
+            props: will_props,
         };
         let will = (rng.next(4) == 0).then_some(&will);
         v5::connect5(&id, rng.next(3) == 0, 60, &props, will)
@@ -280,9 +297,9 @@ async fn client_life(addr: SocketAddr, rng: &mut Rng) -> std::io::Result<()> {
     for n in 0..rng.next(30) + 1 {
         let pid = (n + 1) as u16;
         let packet = if v5 {
-            packet_v5(rng, pid)
+            packet_v5(rng, life, pid)
         } else {
-            packet_v3(rng, pid)
+            packet_v3(rng, life, pid)
         };
         s.write_all(&packet).await?;
         answer(&mut s, &mut buf, acks).await?;
@@ -317,137 +334,6 @@ async fn churn(addr: SocketAddr, churn_for: Duration, round: u64, stop: Arc<Atom
         lives += w.await.expect("client task");
     }
     lives
-}
-
-/// GETs an admin API list page by page; returns its entries under `key`.
-async fn list_all(http: SocketAddr, path: &str, key: &str) -> Vec<serde_json::Value> {
-    let mut all = Vec::new();
-    loop {
-        let page = common::http::get(
-            http,
-            &format!("{path}offset={}&limit=1000", all.len()),
-            None,
-        )
-        .await;
-        assert_eq!(page.status, 200, "{path}: {}", page.body);
-        let page = page.json();
-        let items = page[key].as_array().expect("a list").clone();
-        let total = page["total"].as_u64().expect("a total") as usize;
-        let last = items.is_empty();
-        all.extend(items);
-        if all.len() >= total || last {
-            return all;
-        }
-    }
-}
-
-/// What the broker holds: every session (subscriptions with their options, messages in flight and
-/// queued) and every retained message, by client id and by topic.
-#[derive(Debug, PartialEq)]
-struct Held {
-    sessions: BTreeMap<String, serde_json::Value>,
-    retained: BTreeMap<String, serde_json::Value>,
-}
-
-async fn held(http: SocketAddr) -> Held {
-    let sessions = list_all(http, "/api/v1/clients?", "clients")
-        .await
-        .into_iter()
-        .map(|c| (c["client_id"].as_str().expect("id").to_string(), c))
-        .collect();
-    let retained = list_all(http, "/api/v1/retained?filter=churn/%23&", "messages")
-        .await
-        .into_iter()
-        .chain(list_all(http, "/api/v1/retained?filter=other/%23&", "messages").await)
-        .map(|m| (m["topic"].as_str().expect("topic").to_string(), m))
-        .collect();
-    Held { sessions, retained }
-}
-
-/// Waits until no client is connected.
-async fn all_gone(http: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let clients = list_all(http, "/api/v1/clients?", "clients").await;
-        if clients.iter().all(|c| c["connected"] == false) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "clients still connected: {clients:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await; // polling the admin API
-    }
-}
-
-/// Everything submitted to the writer before this is written once it returns: a retained QoS 1
-/// message (and its clear) to a topic no filter matches, whose PUBACK waits for its record.
-async fn write_barrier(mqtt: SocketAddr, http: SocketAddr) {
-    let (mut raw, _) = Raw::handshake(mqtt, "churn-barrier", true).await;
-    raw.publish_acked("barrier/marker", b"x", 1, true).await;
-    raw.publish_acked("barrier/marker", b"", 2, true).await;
-    raw.send(&[0xE0, 0x00]).await;
-    raw.expect_closed().await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while list_all(http, "/api/v1/clients?search=churn-barrier&", "clients")
-        .await
-        .iter()
-        .any(|c| c["client_id"] == "churn-barrier")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the barrier client's clean session ends"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await; // polling the admin API
-    }
-}
-
-/// Resumes `id`'s session (MQTT 3.1.1) and reads everything it has, acknowledging each message
-/// through its QoS flow; returns the PUBLISHes and PUBRELs (a QoS 2 message past PUBREC comes
-/// back as its PUBREL).
-async fn read_back(mqtt: SocketAddr, id: &str) -> usize {
-    let (mut raw, present) = Raw::handshake(mqtt, id, false).await;
-    assert!(present, "{id}'s session is there");
-    let mut count = 0;
-    // QoS 2 messages this connection answered with PUBREC: their PUBREL is not another message.
-    let mut received = std::collections::HashSet::new();
-    loop {
-        let mut frames = raw.sync().await;
-        if frames.is_empty() {
-            if received.is_empty() {
-                break;
-            }
-            // A PUBREL waits for its record, and may come after the barrier's UNSUBACK.
-            frames.push(raw.expect().await);
-        }
-        for frame in frames {
-            match frame.packet_type() {
-                3 => {
-                    let publish = packets::parse_publish(&frame);
-                    count += 1;
-                    match publish.qos {
-                        1 => raw.send(&packets::ack(0x40, publish.pid)).await,
-                        2 => {
-                            received.insert(publish.pid);
-                            raw.send(&packets::ack(0x50, publish.pid)).await
-                        }
-                        _ => {}
-                    }
-                }
-                6 => {
-                    if !received.remove(&frame.pid()) {
-                        count += 1;
-                    }
-                    raw.send(&packets::ack(0x70, frame.pid())).await;
-                }
-                other => panic!("{id}: a packet of type {other} while reading back"),
-            }
-        }
-    }
-    // Leave the session empty rather than gone: a clean CONNECT would end it.
-    raw.send(&[0xE0, 0x00]).await;
-    raw.expect_closed().await;
-    count
 }
 
 /// How long a crash round's churn may go on for a compaction to start.
@@ -497,6 +383,24 @@ fn lines_of<'a>(history: &'a [String], id: &str) -> Vec<&'a String> {
     about[about.len().saturating_sub(40)..].to_vec()
 }
 
+/// [MQTT-4.6.0-6] each session holds each publisher's messages to a topic in the order they
+/// were published.
+fn in_publishers_order(held: &view::Held, round: u64, when: &str) {
+    let out_of_order: Vec<String> = held
+        .sessions
+        .iter()
+        .flat_map(|(id, session)| {
+            view::out_of_order(listed(session))
+                .into_iter()
+                .map(move |line| format!("{id}: {line}"))
+        })
+        .collect();
+    assert!(
+        out_of_order.is_empty(),
+        "round {round}, {when}: messages out of their publisher's order: {out_of_order:#?}"
+    );
+}
+
 /// [MQTT-3.1.2-4] / [MQTT-4.1.0-1]: a session's state (subscriptions, QoS 1/2 messages not
 /// yet completed and queued) and the retained messages outlive the broker process, after any
 /// history of takeovers, resumptions, clean starts, wills and compactions.
@@ -538,6 +442,7 @@ async fn what_churn_leaves_behind_survives_a_restart_whole() {
         all_gone(broker.http).await;
         write_barrier(broker.mqtt, broker.http).await;
         let before = held(broker.http).await;
+        in_publishers_order(&before, round, "before the restart");
         let history: Vec<String> = broker.logs.try_iter().collect();
         compactions += history
             .iter()
@@ -550,11 +455,8 @@ async fn what_churn_leaves_behind_survives_a_restart_whole() {
         }
         broker = start(&state, round + 1);
         let after = held(broker.http).await;
-        let messages: u64 = before
-            .sessions
-            .values()
-            .map(|s| s["inflight"].as_u64().unwrap_or(0) + s["queued"].as_u64().unwrap_or(0))
-            .sum();
+        in_publishers_order(&after, round, "after the restart");
+        let messages = before.messages();
         eprintln!(
             "round {round} (fsync = {policy:?}, workers = {}): {lives} client lives, {} sessions holding {messages} messages, {} retained, {compactions} compactions so far, then {}",
             workers(round),
@@ -565,15 +467,19 @@ async fn what_churn_leaves_behind_survives_a_restart_whole() {
         let differ: Vec<&String> = before
             .sessions
             .iter()
-            .filter(|(id, session)| after.sessions.get(*id) != Some(session))
+            .filter(|(id, session)| {
+                let after = after.sessions.get(*id).unwrap_or(&serde_json::Value::Null);
+                !view::differences(session, after).is_empty()
+            })
             .map(|(id, _)| id)
             .collect();
         for id in &differ {
-            eprintln!(
-                "{id} before: {}\n{id} after: {:?}\nwhat the broker logged of it:",
-                before.sessions[*id],
-                after.sessions.get(*id)
-            );
+            let after = after.sessions.get(*id).unwrap_or(&serde_json::Value::Null);
+            eprintln!("{id} differs after the restart:");
+            for difference in view::differences(&before.sessions[*id], after) {
+                eprintln!("  {difference}");
+            }
+            eprintln!("what the broker logged of it:");
             for line in lines_of(&history, id) {
                 eprintln!("  {line}");
             }
@@ -593,16 +499,10 @@ async fn what_churn_leaves_behind_survives_a_restart_whole() {
         );
     }
     assert!(compactions > 0, "the log was compacted during the churn");
-    // Each session gives back what it held.
+    // Each session gives back what it held, as the admin API listed it.
     let last = held(broker.http).await;
     for (id, session) in &last.sessions {
-        let holds =
-            session["inflight"].as_u64().unwrap_or(0) + session["queued"].as_u64().unwrap_or(0);
-        assert_eq!(
-            read_back(broker.mqtt, id).await as u64,
-            holds,
-            "{id}'s messages"
-        );
+        read_back(broker.mqtt, id, listed(session)).await;
     }
     kill_9(broker.process);
 }
