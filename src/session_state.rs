@@ -76,19 +76,22 @@ impl HeldMessages {
         offset: usize,
         limit: usize,
     ) -> Self {
-        let inflight = inflight.map(|entry| HeldMessage {
-            delivery: entry.delivery.clone(),
-            sent: Some((entry.pid, entry.stage)),
-        });
-        let queued = queued.map(|delivery| HeldMessage {
-            delivery: delivery.clone(),
-            sent: None,
-        });
+        let inflight = inflight.map(|entry| (&entry.delivery, Some((entry.pid, entry.stage))));
+        let queued = queued.map(|delivery| (delivery, None));
+        let items = inflight
+            .chain(queued)
+            .skip(offset)
+            .take(limit)
+            .map(|(delivery, sent)| HeldMessage {
+                delivery: delivery.clone(),
+                sent,
+            })
+            .collect();
         let mut awaiting_pubrel: Vec<u16> = awaiting_pubrel.collect();
         awaiting_pubrel.sort_unstable();
         HeldMessages {
             total,
-            items: inflight.chain(queued).skip(offset).take(limit).collect(),
+            items,
             awaiting_pubrel,
         }
     }

@@ -1,7 +1,6 @@
 //! The admin API under `/api/v1`: clients (list, one, disconnect; their messages in
-//! `client_messages.rs`), subscriptions, retained
-//! messages, publishing, bridges, the cluster. JSON in and out; a bad request gets a 4xx with `{"error": "..."}`
-//! saying what is wrong.
+//! `client_messages.rs`), subscriptions, retained messages, publishing, bridges, the cluster.
+//! JSON in and out; a bad request gets a 4xx with `{"error": "..."}` saying what is wrong.
 
 use std::time::Duration;
 

@@ -310,7 +310,8 @@ impl LiveState {
     /// compaction started) and is now at the same place in `moved`. Since then entries were
     /// only added, removed or given frames in later segments, and the order (by key, by id,
     /// by place in the log) is as it was, so the frames still in those segments are
-    /// `listed`'s, in its order: one walk finds them. Returns false if one was not found (then its segment must stay).
+    /// `listed`'s, in its order: one walk finds them. Returns false if one was not found (then
+    /// its segment must stay).
     pub fn remap(&mut self, listed: &[FrameAt], moved: &[FrameAt], superseded_up_to: u64) -> bool {
         let mut next = 0;
         let mut all_found = true;

@@ -1,6 +1,7 @@
 //! What the admin API (`src/http/api.rs`) asks of the Registry: pages of clients,
-//! subscriptions and retained messages, a client's held messages, disconnecting a client (and removing its session), and
-//! publishing. Each message is sent by the HTTP server and handled by the Registry.
+//! subscriptions and retained messages, a client's held messages, disconnecting a client (and
+//! removing its session), and publishing. Each message is sent by the HTTP server and handled
+//! by the Registry.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
