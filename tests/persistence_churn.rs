@@ -19,7 +19,8 @@
 //! same: messages in flight in the same order, queued ones the same with each publisher's in
 //! its order; or the broker is killed in the middle of the churn at a compaction, and must
 //! start again on what it left (the next round's comparison then starts from that). Every view
-//! holds each publisher's messages in the order published. At the end each session's messages
+//! holds each publisher's messages in the order published (among those through plain MQTT 5
+//! subscriptions). At the end each session's messages
 //! are read back over MQTT and must be what the admin API listed.
 //!
 //! CI runs three short rounds, one of each ending; a long run is on demand:
