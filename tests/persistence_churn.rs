@@ -11,8 +11,10 @@
 //! messages stay in flight and queue up. The log is kept small, so compactions run through the
 //! churn; the rounds take the `fsync` policies in turn, and one worker thread or two.
 //!
-//! A round ends in one of three ways, in turn ([`Ending`]): once every client has gone, the
-//! admin API's view (`view.rs`) of the sessions (subscriptions with their options, the will
+//! A round ends in one of three ways, in turn ([`Ending`]): once every client has gone (and,
+//! before a SIGKILL, a third of the sessions resumed by idle clients that hold what they are
+//! sent, so that the Sessions hold that state, not the Registry), the admin API's view
+//! (`view.rs`) of the sessions (subscriptions with their options, the will
 //! with when it is due, inbound QoS 2 ids, every message in flight and queued with its packet
 //! id, stage and content) and of the retained messages is taken, the broker is killed with
 //! SIGKILL or stopped with SIGTERM and started again on its directory, and the view must be the
@@ -448,6 +450,12 @@ async fn what_churn_leaves_behind_survives_a_restart_whole() {
         let no_stop = Arc::new(AtomicBool::new(false));
         let lives = churn(broker.mqtt, Duration::from_secs(secs), round, no_stop).await;
         all_gone(broker.http).await;
+        // Before a SIGKILL a third of the sessions are resumed and left connected, holding
+        // what they are sent: their state is then the Session's, not the Registry's.
+        let resumed = match ending {
+            Ending::Kill => view::resume_some(broker.mqtt, broker.http, 3).await,
+            _ => Vec::new(),
+        };
         write_barrier(broker.mqtt, broker.http).await;
         let before = held(broker.http).await;
         in_publishers_order(&before, round, "before the restart");
@@ -458,6 +466,7 @@ async fn what_churn_leaves_behind_survives_a_restart_whole() {
             .count();
         if ending == Ending::Kill {
             kill_9(broker.process);
+            drop(resumed);
         } else {
             stop_gracefully(broker).await;
         }
@@ -466,9 +475,10 @@ async fn what_churn_leaves_behind_survives_a_restart_whole() {
         in_publishers_order(&after, round, "after the restart");
         let messages = before.messages();
         eprintln!(
-            "round {round} (fsync = {policy:?}, workers = {}): {lives} client lives, {} sessions holding {messages} messages, {} retained, {compactions} compactions so far, then {}",
+            "round {round} (fsync = {policy:?}, workers = {}): {lives} client lives, {} sessions ({} connected) holding {messages} messages, {} retained, {compactions} compactions so far, then {}",
             workers(round),
             before.sessions.len(),
+            before.sessions.values().filter(|s| s["connected"] == true).count(),
             before.retained.len(),
             if ending == Ending::Kill { "SIGKILL" } else { "SIGTERM" },
         );
