@@ -9,9 +9,12 @@
 mod common;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use common::durable::{
-    cut_log_at_last_sync, kill_9, start_broker, start_broker_logging, stream_then_kill,
+    cut_log_at_last_sync, kill_9, start_broker, start_broker_logging, start_broker_with,
+    stream_then_kill,
 };
 use common::packets;
 use common::Raw;
@@ -325,6 +328,92 @@ async fn a_retained_message_in_flight_to_a_persistent_session_is_sent_again_afte
 #[tokio::test]
 async fn a_retained_message_in_flight_to_a_persistent_session_is_sent_again_after_a_restart() {
     retained_message_in_flight_is_sent_again(true).await;
+}
+
+/// Publishes QoS 0 bursts to a subscriber that reads them, until `flooding` is cleared.
+async fn flood(addr: std::net::SocketAddr, flooding: Arc<AtomicBool>) {
+    let (mut reader, _) = Raw::handshake(addr, "flood-reader", true).await;
+    reader.subscribe(1, &[("flood/#", 0)], &[0]).await;
+    let (mut writer, _) = Raw::handshake(addr, "flood-writer", true).await;
+    let burst: Vec<u8> = (0..50)
+        .flat_map(|_| packets::publish("flood/x", &[0; 64], 0, 0, false, false))
+        .collect();
+    let draining = tokio::spawn(async move { while reader.recv().await.is_some() {} });
+    while flooding.load(Ordering::Relaxed) {
+        writer.send(&burst).await;
+        writer.sync().await;
+    }
+    drop(writer);
+    draining.abort();
+}
+
+/// A device whose new persistent session's first packet, right behind its CONNECT, is a QoS 2
+/// PUBLISH: the id is kept with the session, so after a kill the PUBLISH sent again is not
+/// routed again [MQTT-4.3.3-2]. (Its record used to race the session's own: the Registry
+/// recorded the session after answering the CONNECT, and a Session on another thread could
+/// record the id first, which start-up then dropped as belonging to no session.)
+#[tokio::test]
+async fn a_qos2_publish_right_behind_a_new_sessions_connect_is_delivered_once_across_kill_9() {
+    const DEVICES: u16 = 200;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    // Two workers, one of them busy routing a flood: the route table is read-locked at any
+    // moment, and the Registry's write to it (a new session's durable mark) waits.
+    let (child, _logs, addr) =
+        start_broker_with(&state, "always", "info", "[listener]\nworkers = 2");
+    let (mut sub, _) = Raw::handshake(addr, "gate-sub", false).await;
+    sub.subscribe(1, &[("gate/+/state", 1)], &[1]).await;
+    let flooding = Arc::new(AtomicBool::new(true));
+    let flood = tokio::spawn(flood(addr, flooding.clone()));
+    let mut devices = Vec::new();
+    for n in 0..DEVICES {
+        let id = format!("gate-{n}");
+        let mut bytes = packets::connect(&id, false, 60);
+        bytes.extend(packets::publish(
+            &format!("gate/{n}/state"),
+            b"closed",
+            2,
+            1,
+            false,
+            false,
+        ));
+        let mut device = Raw::connect(addr).await;
+        device.send(&bytes).await;
+        assert_eq!(device.expect().await.byte1, 0x20, "CONNACK");
+        let rec = device.expect().await;
+        assert_eq!((rec.byte1, rec.pid()), (0x50, 1), "PUBREC");
+        devices.push(device);
+    }
+    flooding.store(false, Ordering::Relaxed);
+    flood.await.expect("flood");
+    let before = sub.drain_acking().await;
+    assert_eq!(before.len(), usize::from(DEVICES));
+    // Killed before any device's PUBREL.
+    kill_9(child);
+    drop((sub, devices));
+
+    let (child, _logs, addr) = start_broker(&state, "always");
+    let (mut sub, present) = Raw::handshake(addr, "gate-sub", false).await;
+    assert!(present);
+    for n in 0..DEVICES {
+        let (mut device, present) = Raw::handshake(addr, &format!("gate-{n}"), false).await;
+        assert!(present, "gate-{n}'s session is kept");
+        // Sent again, DUP set: acknowledged, not routed again.
+        let topic = format!("gate/{n}/state");
+        device
+            .send(&packets::publish(&topic, b"closed", 2, 1, false, true))
+            .await;
+        let rec = device.expect().await;
+        assert_eq!((rec.byte1, rec.pid()), (0x50, 1), "PUBREC again");
+        device.send(&packets::ack(0x62, 1)).await;
+        assert_eq!(device.expect().await.byte1, 0x70, "PUBCOMP");
+    }
+    // Only what the subscriber had not acknowledged on disk may come again, with DUP set; a
+    // message routed a second time would come without it.
+    let again = sub.drain_acking().await;
+    let routed_again: Vec<&String> = again.iter().filter(|p| !p.dup).map(|p| &p.topic).collect();
+    assert!(routed_again.is_empty(), "routed again: {routed_again:?}");
+    kill_9(child);
 }
 
 #[tokio::test]

@@ -90,6 +90,10 @@ impl Registry {
             };
             self.routes.write().set_reader(key, Some(reader));
         }
+        // The session is recorded before the Session hears its answer: from then on it may
+        // record what its client sends (an inbound QoS 2 id) from its own thread, and start-up
+        // drops any record of a session that comes before the session's own.
+        self.persist_session(key, false);
         let outcome = ConnectOutcome {
             key,
             client_id: client_id.clone(),
@@ -103,7 +107,6 @@ impl Registry {
             self.end_session(key, msg.conn, state, ctx);
             return;
         }
-        self.persist_session(key, false);
         // Armed while connected: a crash publishes it at the next start. None cancels a will
         // that was delayed.
         if let Some(client) = self.client(key).filter(|c| c.persisted) {
