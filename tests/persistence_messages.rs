@@ -357,8 +357,8 @@ async fn a_qos2_publish_right_behind_a_new_sessions_connect_is_delivered_once_ac
     const DEVICES: u16 = 200;
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
-    // Two workers, one of them busy routing a flood: the route table is read-locked at any
-    // moment, and the Registry's write to it (a new session's durable mark) waits.
+    // Two workers, one of them busy routing a flood, so that the route table is often
+    // read-locked and the Registry's write to it (a new session's durable mark) may wait.
     let (child, _logs, addr) =
         start_broker_with(&state, "always", "info", "[listener]\nworkers = 2");
     let (mut sub, _) = Raw::handshake(addr, "gate-sub", false).await;
