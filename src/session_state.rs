@@ -66,27 +66,27 @@ pub struct HeldMessages {
 }
 
 impl HeldMessages {
-    /// `limit` messages from `offset` of `inflight` followed by `queued` (`total` of them in
-    /// all), and the inbound QoS 2 identifiers `awaiting_pubrel`.
+    /// `limit` messages from `offset` of `inflight` followed by `queued`, and the inbound QoS 2
+    /// identifiers `awaiting_pubrel`. Only the page's messages are cloned.
     pub fn page<'a>(
         inflight: impl Iterator<Item = &'a InflightEntry>,
         queued: impl Iterator<Item = &'a Delivery>,
-        total: usize,
         awaiting_pubrel: impl Iterator<Item = u16>,
         offset: usize,
         limit: usize,
     ) -> Self {
         let inflight = inflight.map(|entry| (&entry.delivery, Some((entry.pid, entry.stage))));
         let queued = queued.map(|delivery| (delivery, None));
-        let items = inflight
-            .chain(queued)
-            .skip(offset)
-            .take(limit)
-            .map(|(delivery, sent)| HeldMessage {
-                delivery: delivery.clone(),
-                sent,
-            })
-            .collect();
+        let (mut total, mut items) = (0, Vec::new());
+        for (delivery, sent) in inflight.chain(queued) {
+            if (offset..offset.saturating_add(limit)).contains(&total) {
+                items.push(HeldMessage {
+                    delivery: delivery.clone(),
+                    sent,
+                });
+            }
+            total += 1;
+        }
         let mut awaiting_pubrel: Vec<u16> = awaiting_pubrel.collect();
         awaiting_pubrel.sort_unstable();
         HeldMessages {
@@ -101,7 +101,6 @@ impl HeldMessages {
         Self::page(
             state.inflight.iter(),
             state.queue.iter(),
-            state.inflight.len() + state.queue.len(),
             state.inbound_qos2.iter().copied(),
             offset,
             limit,

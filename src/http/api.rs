@@ -13,7 +13,7 @@ use super::{ApiError, HttpState};
 use crate::message::{Message, QoS, SubscriptionOptions};
 use crate::registry::{
     AdminPublish, ClientSummary, GetClient, Kick, ListClients, ListRetained, ListSubscriptions,
-    SessionReport, ToSession, WillSummary,
+    SessionHandle, SessionReport, ToSession, WillSummary,
 };
 
 /// Page size when none is asked for.
@@ -21,7 +21,7 @@ const DEFAULT_LIMIT: usize = 50;
 /// The largest page served.
 const MAX_LIMIT: usize = 1000;
 /// How long a connected client's Session has to report its counts.
-pub(super) const REPORT_TIMEOUT: Duration = Duration::from_secs(1);
+const REPORT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The API's routes, mounted under `/api/v1`.
 pub fn routes(config: &mut web::ServiceConfig) {
@@ -124,15 +124,7 @@ fn protocol_name(protocol: crate::ProtocolVersion) -> &'static str {
 /// A client as JSON, with a connected client's counts asked of its Session.
 async fn client_json(client: ClientSummary) -> Value {
     let report = match &client.session {
-        Some(session) => {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            // A Session that has stopped drops the message, and with it `tx`: `rx` ends at once.
-            session.send(ToSession::Report(tx));
-            tokio::time::timeout(REPORT_TIMEOUT, rx)
-                .await
-                .ok()
-                .and_then(Result::ok)
-        }
+        Some(session) => ask_session(session.as_ref(), ToSession::Report).await,
         None => Some(SessionReport {
             inflight: client.stored_inflight,
             queued: client.stored_queued,
@@ -158,19 +150,41 @@ async fn client_json(client: ClientSummary) -> Value {
     })
 }
 
+/// Asks a connected client's Session: `ask` wraps the channel its answer comes back on. `None`
+/// if it does not answer within [`REPORT_TIMEOUT`] (a Session that has stopped drops the
+/// message, and with it the sender: the wait ends at once).
+pub(super) async fn ask_session<T>(
+    session: &dyn SessionHandle,
+    ask: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> ToSession,
+) -> Option<T> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    session.send(ask(reply));
+    tokio::time::timeout(REPORT_TIMEOUT, answer)
+        .await
+        .ok()
+        .and_then(Result::ok)
+}
+
+/// `entry` with a message's payload added: as text (`payload`, `null` when not UTF-8) and as
+/// base64 (`payload_base64`).
+pub(super) fn with_payload(mut entry: Value, payload: &[u8]) -> Value {
+    entry["payload"] = json!(std::str::from_utf8(payload).ok());
+    entry["payload_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(payload));
+    entry
+}
+
 /// A client's will: topic, payload, QoS, RETAIN, Will Delay Interval, and for an offline
 /// session's delayed will when it goes out (`due_ms`, Unix milliseconds).
 fn will_json(summary: &WillSummary) -> Value {
     let will = &summary.will;
-    json!({
+    let entry = json!({
         "topic": will.topic,
-        "payload": std::str::from_utf8(&will.payload).ok(),
-        "payload_base64": base64::engine::general_purpose::STANDARD.encode(&will.payload),
         "qos": will.qos as u8,
         "retain": will.retain,
         "delay": will.delay,
         "due_ms": summary.due_ms,
-    })
+    });
+    with_payload(entry, &will.payload)
 }
 
 /// A subscription's options as the API shows them: `qos`, and MQTT 5's `no_local`,
@@ -302,15 +316,11 @@ async fn list_retained(
         limit,
     };
     let page = ask(&state, ask_page).await?;
-    let base64 = &base64::engine::general_purpose::STANDARD;
     Ok(HttpResponse::Ok().json(json!({
         "total": page.total, "offset": offset, "limit": limit,
-        "messages": page.items.iter().map(|m| json!({
-            "topic": m.topic,
-            "payload": std::str::from_utf8(&m.payload).ok(),
-            "payload_base64": base64.encode(&m.payload),
-            "qos": m.qos as u8,
-        })).collect::<Vec<_>>(),
+        "messages": page.items.iter().map(|m| {
+            with_payload(json!({ "topic": m.topic, "qos": m.qos as u8 }), &m.payload)
+        }).collect::<Vec<_>>(),
     })))
 }
 

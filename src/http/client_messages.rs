@@ -5,10 +5,9 @@
 //! its Session.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use base64::Engine;
 use serde_json::{json, Value};
 
-use super::api::{ask, guard, list_query, not_found, REPORT_TIMEOUT};
+use super::api::{ask, ask_session, guard, list_query, not_found, with_payload};
 use super::{ApiError, HttpState};
 use crate::registry::{ClientMessages, GetClientMessages, ToSession};
 use crate::session_state::{HeldMessage, HeldMessages, InflightStage};
@@ -34,20 +33,14 @@ pub(super) async fn client_messages(
     let (connected, held) = match ask(&state, asked).await?.ok_or_else(|| not_found(&id))? {
         ClientMessages::Stored(held) => (false, held),
         ClientMessages::Connected(session) => {
-            let (reply, answer) = tokio::sync::oneshot::channel();
-            // A Session that has stopped drops the message, and with it `reply`.
-            session.send(ToSession::Messages {
+            let ask = |reply| ToSession::Messages {
                 offset,
                 limit,
                 reply,
-            });
-            let held = tokio::time::timeout(REPORT_TIMEOUT, answer)
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .ok_or_else(|| {
-                    ApiError::unavailable(&format!("client {:?} did not answer", id.as_str()))
-                })?;
+            };
+            let held = ask_session(session.as_ref(), ask).await.ok_or_else(|| {
+                ApiError::unavailable(&format!("client {:?} did not answer", id.as_str()))
+            })?;
             (true, held)
         }
     };
@@ -78,15 +71,14 @@ fn message_json(held: &HeldMessage, now: std::time::Instant) -> Value {
         Some((pid, InflightStage::AwaitingPubRec)) => (Some(pid), "awaiting_pubrec"),
         Some((pid, InflightStage::AwaitingPubComp)) => (Some(pid), "awaiting_pubcomp"),
     };
-    json!({
+    let entry = json!({
         "state": state,
         "pid": pid,
         "topic": message.topic,
         "qos": delivery.qos as u8,
         "retain": delivery.retain,
-        "payload": std::str::from_utf8(&message.payload).ok(),
-        "payload_base64": base64::engine::general_purpose::STANDARD.encode(&message.payload),
         "message_expiry_interval": message.remaining_expiry(now),
         "subscription_ids": delivery.subscription_ids(),
-    })
+    });
+    with_payload(entry, &message.payload)
 }

@@ -55,6 +55,13 @@ use crate::config::PersistenceConfig;
 use crate::message::{Delivery, LastWill, Message, QoS, SubscriptionOptions};
 use crate::session_state::{InflightEntry, InflightStage, SessionState};
 
+/// When a will whose connection ended at `now_ms` (Unix milliseconds) goes out: after its Will
+/// Delay Interval or when its session (of `session_expiry` seconds) ends, whichever comes first
+/// [MQTT-3.1.2-8].
+pub fn will_due_ms(will: &LastWill, session_expiry: u32, now_ms: u64) -> u64 {
+    now_ms.saturating_add(u64::from(will.delay.min(session_expiry)) * 1000)
+}
+
 /// Now, in milliseconds since the Unix epoch (the wall clock of session and will deadlines).
 pub fn unix_ms_now() -> u64 {
     SystemTime::now()
@@ -421,7 +428,7 @@ pub fn open(config: &PersistenceConfig) -> Result<Option<Recovered>, Persistence
         // ended with the broker) starts its delay now [MQTT-3.1.3-9].
         let will = session.will.map(|(deadline, will)| {
             let due_ms = match deadline {
-                0 => now_ms.saturating_add(u64::from(will.delay.min(session.expiry)) * 1000),
+                0 => will_due_ms(&will, session.expiry, now_ms),
                 at => at,
             };
             (will, due_ms)

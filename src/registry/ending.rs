@@ -199,8 +199,8 @@ impl Handler<Detach> for Registry {
                 // (5.0) published after the Will Delay Interval or when the session ends,
                 // whichever comes first [MQTT-3.1.2-8], unless the client reconnects before
                 // [MQTT-3.1.3-9].
-                let delay_ms = u64::from(will.delay.min(expiry)) * 1000;
-                let due_ms = crate::persistence::unix_ms_now().saturating_add(delay_ms);
+                let now_ms = crate::persistence::unix_ms_now();
+                let due_ms = crate::persistence::will_due_ms(&will, expiry, now_ms);
                 self.delay_will(msg.key, token, *will, due_ms, ctx);
             }
             // A normal DISCONNECT discards the will [MQTT-3.1.2-10].

@@ -69,7 +69,6 @@ impl Handler<ToSession> for Session {
                 let _ = reply.send(crate::session_state::HeldMessages::page(
                     self.outbound.inflight(),
                     self.outbound.queue(),
-                    self.outbound.inflight_len() + self.outbound.queued(),
                     self.inbound_qos2.iter(),
                     offset,
                     limit,

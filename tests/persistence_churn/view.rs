@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use serde_json::Value;
@@ -14,6 +14,11 @@ use crate::common::{packets, Raw};
 
 /// GETs an admin API list page by page; returns its entries under `key`.
 pub async fn list_all(http: SocketAddr, path: &str, key: &str) -> Vec<Value> {
+    list_with_page(http, path, key).await.0
+}
+
+/// [`list_all`], and the last page read (what it says beside the entries).
+async fn list_with_page(http: SocketAddr, path: &str, key: &str) -> (Vec<Value>, Value) {
     let mut all = Vec::new();
     loop {
         let page = crate::common::http::get(
@@ -29,7 +34,7 @@ pub async fn list_all(http: SocketAddr, path: &str, key: &str) -> Vec<Value> {
         let last = items.is_empty();
         all.extend(items);
         if all.len() >= total || last {
-            return all;
+            return (all, page);
         }
     }
 }
@@ -60,13 +65,12 @@ pub async fn held(http: SocketAddr) -> Held {
     for mut client in list_all(http, "/api/v1/clients?", "clients").await {
         let id = client["client_id"].as_str().expect("id").to_string();
         let path = format!("/api/v1/clients/{id}/messages?");
-        let mut messages = list_all(http, &path, "messages").await;
+        let (mut messages, page) = list_with_page(http, &path, "messages").await;
         for message in &mut messages {
             // What is left of an expiry counts down between two looks.
             message["message_expiry_interval"] = Value::Null;
         }
-        let first = crate::common::http::get(http, &format!("{path}limit=1"), None).await;
-        client["awaiting_pubrel"] = first.json()["awaiting_pubrel"].clone();
+        client["awaiting_pubrel"] = page["awaiting_pubrel"].clone();
         client["messages"] = Value::Array(messages);
         sessions.insert(id, client);
     }
@@ -81,18 +85,11 @@ pub async fn held(http: SocketAddr) -> Held {
 
 /// Waits until no client is connected.
 pub async fn all_gone(http: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    crate::common::eventually_within(Duration::from_secs(30), || async {
         let clients = list_all(http, "/api/v1/clients?", "clients").await;
-        if clients.iter().all(|c| c["connected"] == false) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "clients still connected: {clients:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await; // polling the admin API
-    }
+        clients.iter().all(|c| c["connected"] == false)
+    })
+    .await;
 }
 
 /// Everything submitted to the writer before this is written once it returns: a retained QoS 1
@@ -103,18 +100,13 @@ pub async fn write_barrier(mqtt: SocketAddr, http: SocketAddr) {
     raw.publish_acked("barrier/marker", b"", 2, true).await;
     raw.send(&[0xE0, 0x00]).await;
     raw.expect_closed().await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while list_all(http, "/api/v1/clients?search=churn-barrier&", "clients")
-        .await
-        .iter()
-        .any(|c| c["client_id"] == "churn-barrier")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the barrier client's clean session ends"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await; // polling the admin API
-    }
+    // The barrier client's clean session ends.
+    crate::common::eventually_within(Duration::from_secs(30), || async {
+        let path = "/api/v1/clients?search=churn-barrier&";
+        let clients = list_all(http, path, "clients").await;
+        !clients.iter().any(|c| c["client_id"] == "churn-barrier")
+    })
+    .await;
 }
 
 /// Resumes every `nth` session (MQTT 3.1.1) with a client that acknowledges nothing and stays
