@@ -358,3 +358,113 @@ async fn a_will_payload_that_is_not_the_utf8_it_claims_is_refused_with_0x99() {
     assert_eq!(ack.code, ConnectReturnCode::PayloadFormatInvalid);
     raw.expect_closed().await;
 }
+
+#[tokio::test]
+async fn a_connect_that_does_not_conform_gets_a_connack_saying_why_then_the_connection_closes() {
+    // [MQTT-3.1.4-1] a CONNECT that does not conform to section 3.1 closes the connection.
+    // MQTT 5 lets the server say why first (section 4.13): a CONNACK with a reason code from
+    // its table [MQTT-3.2.2-8], Session Present 0 [MQTT-3.2.2-6], then the connection closes
+    // [MQTT-3.2.2-7]; never a DISCONNECT, as no CONNACK of success came [MQTT-3.14.0-1].
+    let broker = broker();
+    let will_on_a_wildcard = Will5 {
+        topic: "gate/+/state",
+        payload: b"gone",
+        qos: 0,
+        retain: false,
+        props: Props::new(),
+    };
+    let cases = [
+        (
+            connect5(
+                "rm0",
+                true,
+                30,
+                &Props::new().u16(prop::RECEIVE_MAXIMUM, 0),
+                None,
+            ),
+            ConnectReturnCode::ProtocolError,
+            "Receive Maximum of 0",
+        ),
+        (
+            connect5(
+                "mps0",
+                true,
+                30,
+                &Props::new().u32(prop::MAXIMUM_PACKET_SIZE, 0),
+                None,
+            ),
+            ConnectReturnCode::ProtocolError,
+            "Maximum Packet Size of 0",
+        ),
+        (
+            connect5(
+                "twice",
+                true,
+                30,
+                &Props::new()
+                    .u32(prop::SESSION_EXPIRY, 1)
+                    .u32(prop::SESSION_EXPIRY, 2),
+                None,
+            ),
+            ConnectReturnCode::ProtocolError,
+            "more than once",
+        ),
+        (
+            // Payload Format Indicator belongs to PUBLISH and the will, not to CONNECT.
+            connect5(
+                "misplaced",
+                true,
+                30,
+                &Props::new().byte(prop::PAYLOAD_FORMAT, 1),
+                None,
+            ),
+            ConnectReturnCode::MalformedPacket,
+            "not allowed",
+        ),
+        (
+            connect5(
+                "wildcard-will",
+                true,
+                30,
+                &Props::new(),
+                Some(&will_on_a_wildcard),
+            ),
+            ConnectReturnCode::TopicNameInvalid,
+            "wildcard",
+        ),
+    ];
+    for (connect, code, why) in cases {
+        let (mut raw, ack) = Raw::connect5(broker.local_addr(), &connect).await;
+        assert_eq!(ack.code, code, "{why}");
+        assert!(!ack.session_present);
+        let reason = ack.properties.and_then(|p| p.reason_string);
+        assert!(
+            reason.as_deref().is_some_and(|r| r.contains(why)),
+            "the reason string names the fault ({why}): {reason:?}"
+        );
+        raw.expect_closed().await;
+    }
+    // None of them became a client.
+    let stats = broker
+        .registry()
+        .send(switchboard::registry::GetStats)
+        .await
+        .unwrap();
+    assert_eq!(stats.clients_online + stats.sessions_offline, 0);
+}
+
+#[tokio::test]
+async fn an_mqtt_3_1_1_connect_that_does_not_conform_closes_without_a_connack() {
+    // [MQTT-3.1.4-1] (3.1.1: "close the Network Connection without sending a CONNACK"); the
+    // same fault as above (an unknown property is not possible in 3.1.1, so a will on a
+    // wildcard topic) gets no answer in MQTT 3.1.1.
+    let broker = broker();
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x06, 0, 30];
+    for field in [&b"wildcard-will"[..], b"gate/+/state", b"gone"] {
+        body.extend((field.len() as u16).to_be_bytes());
+        body.extend(field);
+    }
+    let mut raw = Raw::connect(broker.local_addr()).await;
+    raw.send(&packets::frame(0x10, &body)).await;
+    raw.expect_closed().await;
+}

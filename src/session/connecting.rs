@@ -12,7 +12,7 @@ use super::packets::reason;
 use super::{Phase, Session};
 use crate::auth::CheckPassword;
 use crate::codec::properties::{id, PropertyWriter};
-use crate::codec::{self, Connect as ConnectPacket};
+use crate::codec::{self, CodecError, Connect as ConnectPacket};
 use crate::hooks::{AuthorizeConnect, ConnectDecision, DisconnectReason};
 use crate::message::{ConnectReturnCode, ProtocolVersion};
 use crate::registry::{self, ConnectOutcome};
@@ -64,6 +64,25 @@ impl Session {
             ctx,
             DisconnectReason::Network(format!("refused with CONNACK {}", code as u8)),
         );
+    }
+
+    /// Answers a CONNECT that could not be decoded, where a CONNACK is due, before the caller
+    /// closes the connection: an unsupported protocol level gets CONNACK 0x01
+    /// [MQTT-3.1.2-2]; an MQTT 5 CONNECT that does not conform gets a CONNACK with the error's
+    /// reason code and, as its Reason String, what was wrong (section 4.13). A malformed
+    /// MQTT 3.1.1 CONNECT gets none [MQTT-3.1.4-1].
+    pub(super) fn refuse_bad_connect(&mut self, error: &CodecError) {
+        if error.wants_protocol_version_connack() {
+            codec::write_connack(
+                &mut self.out,
+                false,
+                ConnectReturnCode::UnacceptableProtocolVersion,
+            );
+        } else if let Some(code) = error.v5_connack_code() {
+            let mut props = PropertyWriter::new();
+            props.string(id::REASON_STRING, &error.to_string());
+            codec::write_connack_v5(&mut self.out, false, code, &props);
+        }
     }
 
     pub(super) fn on_connect(&mut self, connect: ConnectPacket, ctx: &mut Context<Self>) {

@@ -553,13 +553,8 @@ impl StreamHandler<Result<Packet, CodecError>> for Session {
                 self.close(ctx, DisconnectReason::Network(e.to_string()));
             }
             Err(e) => {
-                if e.wants_protocol_version_connack() && self.phase == Phase::AwaitingConnect {
-                    // [MQTT-3.1.2-2] unsupported level: CONNACK 0x01, then close.
-                    codec::write_connack(
-                        &mut self.out,
-                        false,
-                        crate::ConnectReturnCode::UnacceptableProtocolVersion,
-                    );
+                if self.phase == Phase::AwaitingConnect {
+                    self.refuse_bad_connect(&e);
                 }
                 self.protocol_error(ctx, &e);
             }

@@ -211,6 +211,22 @@ pub(super) fn parse_connect(mut body: Bytes) -> Result<Connect, CodecError> {
         }
         _ => return Err(CodecError::InvalidProtocolName),
     };
+    parse_connect_fields(body, protocol, bridge).map_err(|error| {
+        if protocol.is_v5() {
+            CodecError::Connect5(Box::new(error))
+        } else {
+            error
+        }
+    })
+}
+
+/// Parses what follows the protocol level of a CONNECT: flags, keep-alive, properties (MQTT 5)
+/// and payload.
+fn parse_connect_fields(
+    mut body: Bytes,
+    protocol: ProtocolVersion,
+    bridge: bool,
+) -> Result<Connect, CodecError> {
     if body.remaining() < 3 {
         return Err(CodecError::Protocol("CONNECT truncated in variable header"));
     }

@@ -39,7 +39,7 @@ pub enum CodecError {
         flags: u8,
     },
     /// A string that is not well-formed UTF-8 or contains U+0000 `[MQTT-1.5.3-1]` `[MQTT-1.5.3-2]`.
-    #[error("invalid UTF-8 string")]
+    #[error("string not well-formed UTF-8 or containing U+0000 [MQTT-1.5.3-1] [MQTT-1.5.3-2]")]
     InvalidUtf8,
     /// The protocol name is neither `MQTT` nor `MQIsdp` `[MQTT-3.1.2-1]`.
     #[error("invalid protocol name")]
@@ -60,6 +60,11 @@ pub enum CodecError {
     /// `[MQTT-3.3.2-8]` `[MQTT-3.3.2-9]`.
     #[error("invalid topic alias {0}")]
     TopicAliasInvalid(u16),
+    /// An MQTT 5 CONNECT that does not conform to section 3.1 `[MQTT-3.1.4-1]`: the error
+    /// found in it. The broker answers it with a CONNACK carrying that error's reason code
+    /// (section 4.13) before closing, where MQTT 3.1.1 closes without a CONNACK.
+    #[error(transparent)]
+    Connect5(Box<CodecError>),
 }
 
 impl CodecError {
@@ -68,9 +73,22 @@ impl CodecError {
         matches!(self, CodecError::UnsupportedProtocolLevel(_))
     }
 
+    /// For an MQTT 5 CONNECT that failed validation, the reason code of the CONNACK that
+    /// refuses it: one of the CONNACK codes [MQTT-3.2.2-8], 0x80 or above [MQTT-3.2.2-7].
+    pub fn v5_connack_code(&self) -> Option<u8> {
+        let CodecError::Connect5(inner) = self else {
+            return None;
+        };
+        Some(match inner.reason_code() {
+            code @ (0x81 | 0x82 | 0x90 | 0x95) => code,
+            _ => 0x80,
+        })
+    }
+
     /// The MQTT 5 reason code a DISCONNECT (or CONNACK) for this error carries (section 4.13).
     pub fn reason_code(&self) -> u8 {
         match self {
+            CodecError::Connect5(inner) => inner.reason_code(),
             CodecError::Io(_) => 0x80,
             CodecError::PacketTooLarge { .. } => 0x95,
             CodecError::Protocol(_)
