@@ -319,3 +319,147 @@ async fn legacy_connect(addr: std::net::SocketAddr, client_id: &str) -> Raw {
     assert_eq!((connack.byte1, connack.body), (0x20, vec![0, 0]));
     raw
 }
+
+#[tokio::test]
+async fn connect_flags_and_the_fields_present_must_agree_or_the_connection_closes_unanswered() {
+    // [MQTT-3.1.4-1] a CONNECT that does not conform closes the connection without a CONNACK
+    // (3.1.1 has no return code for it [MQTT-3.2.2-6]). Each case breaks one rule of section 3.1.
+    let will = Some(("gate/1/status", &b"offline"[..], 0, false));
+    let cases: [(&str, ConnectSpec<'_>); 8] = [
+        // [MQTT-3.1.2-11] no will flag, yet a will topic and message in the payload
+        // (encoded, then the flag taken away).
+        (
+            "will fields without the will flag",
+            ConnectSpec {
+                will,
+                flags_override: Some(0x02),
+                ..Default::default()
+            },
+        ),
+        // [MQTT-3.1.2-15] will retain without the will flag.
+        (
+            "will retain without the will flag",
+            ConnectSpec {
+                flags_override: Some(0x02 | 0x20),
+                ..Default::default()
+            },
+        ),
+        // [MQTT-3.1.2-14] will QoS 3.
+        (
+            "will QoS 3",
+            ConnectSpec {
+                will,
+                flags_override: Some(0x02 | 0x04 | 0x18),
+                ..Default::default()
+            },
+        ),
+        // [MQTT-3.1.2-9] the will flag, but no will topic and message.
+        (
+            "will flag without a will",
+            ConnectSpec {
+                flags_override: Some(0x02 | 0x04),
+                ..Default::default()
+            },
+        ),
+        // [MQTT-3.1.2-18] a user name without the user name flag.
+        (
+            "user name without its flag",
+            ConnectSpec {
+                username: Some("gate"),
+                flags_override: Some(0x02),
+                ..Default::default()
+            },
+        ),
+        // [MQTT-3.1.2-19] the user name flag without a user name.
+        (
+            "user name flag without a user name",
+            ConnectSpec {
+                flags_override: Some(0x02 | 0x80),
+                ..Default::default()
+            },
+        ),
+        // [MQTT-3.1.2-20] a password without the password flag.
+        (
+            "password without its flag",
+            ConnectSpec {
+                username: Some("gate"),
+                password: Some(b"pw"),
+                flags_override: Some(0x02 | 0x80),
+                ..Default::default()
+            },
+        ),
+        // [MQTT-3.1.2-21] the password flag without a password.
+        (
+            "password flag without a password",
+            ConnectSpec {
+                username: Some("gate"),
+                flags_override: Some(0x02 | 0x80 | 0x40),
+                ..Default::default()
+            },
+        ),
+    ];
+    let broker = broker();
+    for (what, spec) in cases {
+        let spec = ConnectSpec {
+            client_id: "x",
+            ..spec
+        };
+        let mut raw = Raw::connect(broker.local_addr()).await;
+        raw.send(&spec.encode()).await;
+        assert_eq!(raw.recv().await, None, "{what}: closed without CONNACK");
+    }
+    assert_eq!(broker.metrics().snapshot().protocol_errors, 8);
+}
+
+#[tokio::test]
+async fn nothing_a_client_sends_behind_a_refused_connect_is_processed() {
+    // [MQTT-3.1.4-5] once the CONNECT is refused nothing after it is processed: a retained
+    // PUBLISH written in the same segment as a CONNECT of an unsupported level, or of an
+    // empty client id without clean session, is not stored. The refusal's CONNACK carries
+    // Session Present 0 [MQTT-3.2.2-4] and the connection closes [MQTT-3.2.2-5].
+    let broker = broker();
+    let addr = broker.local_addr();
+    let refused = [
+        (
+            ConnectSpec {
+                client_id: "lvl",
+                level: 6,
+                ..Default::default()
+            },
+            0x01,
+        ),
+        (
+            ConnectSpec {
+                client_id: "",
+                clean: false,
+                ..Default::default()
+            },
+            0x02,
+        ),
+    ];
+    for (spec, code) in refused {
+        let mut bytes = spec.encode();
+        bytes.extend(packets::publish(
+            "refused/state",
+            b"stored?",
+            0,
+            0,
+            true,
+            false,
+        ));
+        let mut raw = Raw::connect(addr).await;
+        raw.send(&bytes).await;
+        let connack = raw.expect().await;
+        assert_eq!(
+            (connack.byte1, connack.body.as_slice()),
+            (0x20, &[0, code][..])
+        );
+        raw.expect_closed().await;
+    }
+    let (mut sub, _) = Raw::handshake(addr, "checker", true).await;
+    sub.subscribe(1, &[("refused/#", 0)], &[0]).await;
+    assert!(
+        sub.sync().await.is_empty(),
+        "no retained message was stored"
+    );
+}

@@ -7,8 +7,9 @@ use common::packets::{self, frame};
 use common::{broker, broker_with, Raw};
 use switchboard::registry::GetStats;
 
-/// Sends `bad` after a valid CONNECT and asserts the connection is closed, that the broker keeps
-/// serving others, and that the error was counted.
+/// Sends `bad` after a valid CONNECT and asserts the connection is closed (a protocol violation
+/// closes the connection it came on [MQTT-4.8.0-1]), that the broker keeps serving others, and
+/// that the error was counted.
 async fn closes_after_connect(bad: &[u8]) {
     let broker = broker();
     let addr = broker.local_addr();
@@ -58,8 +59,8 @@ async fn publish_rules() {
     closes_after_connect(&frame(0x36, &[0, 1, b'a', 0, 1])).await; // QoS 3 [MQTT-3.3.1-4]
     closes_after_connect(&packets::publish("a", b"x", 0, 0, false, true)).await; // DUP on QoS 0 [MQTT-3.3.1-2]
     closes_after_connect(&packets::publish("a", b"x", 1, 0, false, false)).await; // packet id 0 [MQTT-2.3.1-1]
-    closes_after_connect(&frame(0x30, &[0, 2, 0xC3, 0x28])).await; // invalid UTF-8 [MQTT-1.5.3-1]
-    closes_after_connect(&frame(0x30, &[0, 3, b'a', 0, b'b'])).await; // U+0000 [MQTT-1.5.3-2]
+    closes_after_connect(&frame(0x30, &[0, 2, 0xC3, 0x28])).await; // invalid UTF-8 [MQTT-1.5.3-1] [MQTT-3.3.2-1]
+    closes_after_connect(&frame(0x30, &[0, 3, b'a', 0, b'b'])).await; // U+0000 [MQTT-1.5.3-2] [MQTT-4.7.3-2]
     closes_after_connect(&frame(0x30, &[0, 9, b'a'])).await; // topic longer than the packet
 }
 
@@ -69,7 +70,9 @@ async fn subscribe_rules() {
     closes_after_connect(&frame(0x82, &[0, 1, 0, 1, b'a', 0x04])).await; // reserved bits [MQTT-3-8.3-4]
     closes_after_connect(&frame(0x82, &[0, 1, 0, 1, b'a', 0x03])).await; // QoS 3 [MQTT-3-8.3-4]
     closes_after_connect(&frame(0xA2, &[0, 1])).await; // UNSUBSCRIBE without filter [MQTT-3.10.3-2]
-    closes_after_connect(&frame(0x82, &[0, 1, 0, 2, 0xFF, 0xFE, 0])).await; // invalid UTF-8 filter
+    closes_after_connect(&frame(0x82, &[0, 1, 0, 2, 0xFF, 0xFE, 0])).await; // invalid UTF-8 filter [MQTT-3.8.3-1]
+    closes_after_connect(&frame(0x82, &[0, 1, 0, 3, b'a', 0, b'b', 0])).await; // U+0000 in a filter [MQTT-4.7.3-2]
+    closes_after_connect(&frame(0xA2, &[0, 1, 0, 2, 0xFF, 0xFE])).await; // invalid UTF-8 in UNSUBSCRIBE [MQTT-3.10.3-1]
 }
 
 #[tokio::test]

@@ -402,3 +402,140 @@ async fn a_publish_read_while_another_clients_subscribe_waits_for_the_registry_w
         }
     }
 }
+
+#[tokio::test]
+async fn several_filters_in_one_subscribe_or_unsubscribe_act_as_several_packets_answered_once() {
+    // [MQTT-3.8.4-4] a SUBSCRIBE of several filters is handled as a sequence of SUBSCRIBEs
+    // with one SUBACK [MQTT-3.8.4-1], carrying the request's packet identifier
+    // [MQTT-3.8.4-2] [MQTT-2.3.1-7] and one code per filter in their order [MQTT-3.9.3-1],
+    // each one of 0x00, 0x01, 0x02 or 0x80 [MQTT-3.9.3-2]; an UNSUBSCRIBE of several filters
+    // likewise, with one UNSUBACK [MQTT-3.10.4-6].
+    let broker = broker();
+    let addr = broker.local_addr();
+    let (mut sub, _) = Raw::handshake(addr, "several", true).await;
+    sub.subscribe(
+        0xBEEF,
+        &[("m/a", 0), ("m/b", 2), ("m/#/x", 1), ("m/c", 1)],
+        &[0, 2, 0x80, 1],
+    )
+    .await;
+    let (mut publisher, _) = Raw::handshake(addr, "several-pub", true).await;
+    for topic in ["m/a", "m/b", "m/c"] {
+        publisher
+            .send(&packets::publish(
+                topic,
+                topic.as_bytes(),
+                2,
+                7,
+                false,
+                false,
+            ))
+            .await;
+        assert_eq!(publisher.expect().await.byte1, 0x50, "PUBREC");
+        publisher.send(&packets::ack(0x62, 7)).await;
+        assert_eq!(publisher.expect().await.byte1, 0x70, "PUBCOMP");
+    }
+    publisher.sync().await;
+    let got: Vec<(String, u8)> = sub
+        .sync()
+        .await
+        .iter()
+        .map(|frame| {
+            let publish = parse_publish(frame);
+            (publish.topic, publish.qos)
+        })
+        .collect();
+    // Each filter granted its own QoS: as three SUBSCRIBEs would have.
+    assert_eq!(
+        got,
+        [
+            ("m/a".to_owned(), 0),
+            ("m/b".to_owned(), 2),
+            ("m/c".to_owned(), 1)
+        ]
+    );
+    sub.send(&packets::unsubscribe(0xCAFE, &["m/a", "m/c", "m/none"]))
+        .await;
+    let unsuback = sub.expect().await;
+    assert_eq!((unsuback.byte1, unsuback.pid()), (0xB0, 0xCAFE));
+    for topic in ["m/a", "m/b", "m/c"] {
+        publisher
+            .send(&packets::publish(
+                topic,
+                topic.as_bytes(),
+                0,
+                0,
+                false,
+                false,
+            ))
+            .await;
+    }
+    publisher.sync().await;
+    let left: Vec<String> = sub
+        .sync()
+        .await
+        .iter()
+        .map(|frame| parse_publish(frame).topic)
+        .collect();
+    assert_eq!(left, ["m/b"], "only the filter not unsubscribed is left");
+}
+
+#[tokio::test]
+async fn a_delivery_has_the_brokers_own_dup_flag_not_the_publishers() {
+    // [MQTT-3.3.1-3] the DUP flag of an incoming PUBLISH is not propagated: a first delivery
+    // has DUP 0 at QoS 1 [MQTT-4.3.2-1] and at QoS 0 [MQTT-4.3.1-1], whatever the publisher sent.
+    let broker = broker();
+    let addr = broker.local_addr();
+    let (mut at_qos1, _) = Raw::handshake(addr, "dup-1", true).await;
+    at_qos1.subscribe(1, &[("dup/t", 1)], &[1]).await;
+    let (mut at_qos0, _) = Raw::handshake(addr, "dup-0", true).await;
+    at_qos0.subscribe(1, &[("dup/t", 0)], &[0]).await;
+    let (mut publisher, _) = Raw::handshake(addr, "dup-pub", true).await;
+    // A re-sent PUBLISH, as after a reconnect: DUP 1.
+    publisher
+        .send(&packets::publish("dup/t", b"again", 1, 9, false, true))
+        .await;
+    assert_eq!(publisher.expect().await.byte1, 0x40);
+    let to_qos1 = parse_publish(&at_qos1.expect().await);
+    assert_eq!(
+        (to_qos1.qos, to_qos1.dup, to_qos1.retain),
+        (1, false, false)
+    );
+    assert_ne!(to_qos1.pid, 0);
+    let to_qos0 = parse_publish(&at_qos0.expect().await);
+    assert_eq!(
+        (to_qos0.qos, to_qos0.dup, to_qos0.retain),
+        (0, false, false)
+    );
+}
+
+#[tokio::test]
+async fn topics_are_matched_byte_for_byte_with_a_byte_order_mark_kept() {
+    // [MQTT-1.5.3-3] 0xEF 0xBB 0xBF is U+FEFF wherever it appears and is not stripped, and
+    // matching normalises nothing [MQTT-4.7.3-4]: a topic that starts with it reaches only the
+    // filter that starts with it too, and arrives with it.
+    let broker = broker();
+    let addr = broker.local_addr();
+    let (mut with_bom, _) = Raw::handshake(addr, "bom", true).await;
+    with_bom.subscribe(1, &[("\u{feff}gate/1", 0)], &[0]).await;
+    let (mut plain, _) = Raw::handshake(addr, "no-bom", true).await;
+    plain
+        .subscribe(1, &[("gate/1", 0), ("GATE/1", 0)], &[0, 0])
+        .await;
+    let (mut publisher, _) = Raw::handshake(addr, "bom-pub", true).await;
+    publisher
+        .send(&packets::publish(
+            "\u{feff}gate/1",
+            b"x",
+            0,
+            0,
+            false,
+            false,
+        ))
+        .await;
+    publisher.sync().await;
+    let got = with_bom.sync().await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(parse_publish(&got[0]).topic, "\u{feff}gate/1");
+    assert!(plain.sync().await.is_empty(), "no normalised match");
+}

@@ -337,3 +337,96 @@ async fn retained_messages_past_a_lowered_limit_are_kept_after_a_restart() {
         .collect();
     assert_eq!(got, expected);
 }
+
+#[tokio::test]
+async fn a_qos0_retained_message_replaces_the_last_and_a_message_without_retain_changes_nothing() {
+    // [MQTT-3.3.1-7] a QoS 0 message with RETAIN 1 discards the message retained before it
+    // (this broker keeps the new one); [MQTT-3.3.1-12] one with RETAIN 0 is not stored and
+    // neither removes nor replaces the retained message, an empty one included.
+    let broker = broker();
+    let addr = broker.local_addr();
+    let (mut publisher, _) = Raw::handshake(addr, "replacer", true).await;
+    publisher
+        .send(&packets::publish(
+            "gate/9/state",
+            b"closed",
+            1,
+            1,
+            true,
+            false,
+        ))
+        .await;
+    assert_eq!(publisher.expect().await.byte1, 0x40);
+    publisher
+        .send(&packets::publish(
+            "gate/9/state",
+            b"open",
+            0,
+            0,
+            true,
+            false,
+        ))
+        .await;
+    publisher
+        .send(&packets::publish(
+            "gate/9/state",
+            b"live",
+            0,
+            0,
+            false,
+            false,
+        ))
+        .await;
+    publisher
+        .send(&packets::publish("gate/9/state", b"", 1, 2, false, false))
+        .await;
+    assert_eq!(publisher.expect().await.byte1, 0x40);
+    publisher.sync().await;
+    let (mut late, _) = Raw::handshake(addr, "late-9", true).await;
+    late.subscribe(1, &[("gate/9/state", 1)], &[1]).await;
+    let got: Vec<_> = late.sync().await.iter().map(parse_publish).collect();
+    assert_eq!(got.len(), 1, "one retained message per topic");
+    assert_eq!(
+        (got[0].payload.as_slice(), got[0].qos, got[0].retain),
+        (&b"open"[..], 0, true)
+    );
+}
+
+#[tokio::test]
+async fn retained_messages_outlive_the_session_that_published_them() {
+    // [MQTT-3.1.2-7] retained messages are not part of a session: they stay when the
+    // publisher's session ends, a clean one by its disconnection and a persistent one by a
+    // clean-session reconnection.
+    let broker = broker();
+    let addr = broker.local_addr();
+    for (client_id, clean) in [("clean-publisher", true), ("kept-publisher", false)] {
+        let (mut publisher, _) = Raw::handshake(addr, client_id, clean).await;
+        let topic = format!("gate/{client_id}/state");
+        publisher
+            .send(&packets::publish(&topic, b"closed", 1, 1, true, false))
+            .await;
+        assert_eq!(publisher.expect().await.byte1, 0x40);
+        publisher.send(&[0xE0, 0x00]).await;
+        publisher.expect_closed().await;
+        if !clean {
+            // Its session ends: a clean session takes its place, and is ended in turn.
+            let (mut again, present) = Raw::handshake(addr, client_id, true).await;
+            assert!(!present);
+            again.send(&[0xE0, 0x00]).await;
+            again.expect_closed().await;
+        }
+    }
+    let (mut sub, _) = Raw::handshake(addr, "reader", true).await;
+    sub.subscribe(1, &[("gate/+/state", 0)], &[0]).await;
+    let mut topics: Vec<String> = sub
+        .sync()
+        .await
+        .iter()
+        .map(|frame| parse_publish(frame).topic)
+        .collect();
+    topics.sort();
+    assert_eq!(
+        topics,
+        ["gate/clean-publisher/state", "gate/kept-publisher/state"]
+    );
+}
