@@ -420,17 +420,9 @@ async fn several_filters_in_one_subscribe_or_unsubscribe_act_as_several_packets_
     )
     .await;
     let (mut publisher, _) = Raw::handshake(addr, "several-pub", true).await;
+    let on = |topic: &str, qos: u8| packets::publish(topic, topic.as_bytes(), qos, 7, false, false);
     for topic in ["m/a", "m/b", "m/c"] {
-        publisher
-            .send(&packets::publish(
-                topic,
-                topic.as_bytes(),
-                2,
-                7,
-                false,
-                false,
-            ))
-            .await;
+        publisher.send(&on(topic, 2)).await;
         assert_eq!(publisher.expect().await.byte1, 0x50, "PUBREC");
         publisher.send(&packets::ack(0x62, 7)).await;
         assert_eq!(publisher.expect().await.byte1, 0x70, "PUBCOMP");
@@ -459,16 +451,7 @@ async fn several_filters_in_one_subscribe_or_unsubscribe_act_as_several_packets_
     let unsuback = sub.expect().await;
     assert_eq!((unsuback.byte1, unsuback.pid()), (0xB0, 0xCAFE));
     for topic in ["m/a", "m/b", "m/c"] {
-        publisher
-            .send(&packets::publish(
-                topic,
-                topic.as_bytes(),
-                0,
-                0,
-                false,
-                false,
-            ))
-            .await;
+        publisher.send(&on(topic, 0)).await;
     }
     publisher.sync().await;
     let left: Vec<String> = sub
