@@ -468,3 +468,35 @@ async fn an_mqtt_3_1_1_connect_that_does_not_conform_closes_without_a_connack() 
     raw.send(&packets::frame(0x10, &body)).await;
     raw.expect_closed().await;
 }
+
+#[tokio::test]
+async fn a_connect_above_the_maximum_packet_size_gets_connack_0x95_in_mqtt_5_and_nothing_in_3_1_1()
+{
+    // Refused on its announced length, before it is read whole: MQTT 5 answers with 0x95
+    // Packet too large (a CONNACK reason code [MQTT-3.2.2-8]) and closes [MQTT-3.2.2-7];
+    // MQTT 3.1.1 closes without a CONNACK [MQTT-3.1.4-1].
+    let broker = broker_with(|c| c.limits.max_packet_size = 1024);
+    let big_will = Will5 {
+        topic: "gate/1/status",
+        payload: &[b'x'; 2000],
+        qos: 0,
+        retain: false,
+        props: Props::new(),
+    };
+    let (mut raw, ack) = Raw::connect5(
+        broker.local_addr(),
+        &connect5("big", true, 30, &Props::new(), Some(&big_will)),
+    )
+    .await;
+    assert_eq!(ack.code, ConnectReturnCode::PacketTooLarge);
+    assert!(!ack.session_present);
+    raw.expect_closed().await;
+    let spec = packets::ConnectSpec {
+        client_id: "big-3",
+        will: Some(("gate/1/status", &[b'x'; 2000], 0, false)),
+        ..Default::default()
+    };
+    let mut raw = Raw::connect(broker.local_addr()).await;
+    raw.send(&spec.encode()).await;
+    raw.expect_closed().await;
+}

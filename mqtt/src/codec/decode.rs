@@ -154,10 +154,17 @@ impl Decoder for MqttCodec {
                 return Ok(None);
             }
             Err(mqttbytes::Error::PayloadSizeLimitExceeded(size)) => {
-                return Err(CodecError::PacketTooLarge {
+                let too_large = CodecError::PacketTooLarge {
                     size,
                     max: self.max_packet_size,
-                })
+                };
+                // An MQTT 5 CONNECT too large is answered with CONNACK 0x95 (section 4.13):
+                // told by its protocol name and level, when the first read holds them.
+                return Err(if self.first_packet && is_mqtt5_connect(src) {
+                    CodecError::Connect5(Box::new(too_large))
+                } else {
+                    too_large
+                });
             }
             Err(e) => return Err(CodecError::Malformed(e)),
         };
@@ -222,6 +229,13 @@ fn check_first_byte(
         return Err(CodecError::InvalidFlags { packet_type, flags });
     }
     Ok(())
+}
+
+/// Whether `src`, a CONNECT whose fixed header has been read whole, starts its variable header
+/// with protocol name `MQTT` and level 5.
+fn is_mqtt5_connect(src: &[u8]) -> bool {
+    let header = fixed_header_len(src);
+    src.get(header..header + 7) == Some(&[0, 4, b'M', b'Q', b'T', b'T', 5][..])
 }
 
 /// Length of the fixed header (type byte plus remaining-length bytes) of a complete frame.
