@@ -87,6 +87,21 @@ async fn response_information_and_capped_session_expiry_are_announced() {
         Some(60),
         "cut to the configured maximum"
     );
+    // Request Response Information 0 (and absent, which means 0): none [MQTT-3.1.2-28]. A
+    // CONNECT without an Authentication Method gets none back [MQTT-4.12.0-6].
+    for props in [
+        Props::new().byte(prop::REQUEST_RESPONSE_INFO, 0),
+        Props::new(),
+    ] {
+        let (_raw, ack) = Raw::connect5(
+            broker.local_addr(),
+            &connect5("rr0", true, 30, &props, None),
+        )
+        .await;
+        let props = ack.properties.expect("CONNACK properties");
+        assert_eq!(props.response_information, None);
+        assert_eq!(props.authentication_method, None);
+    }
 }
 
 #[tokio::test]
@@ -102,7 +117,8 @@ async fn refusals_carry_mqtt5_reason_codes_and_a_reason_string() {
     assert!(ack.properties.and_then(|p| p.reason_string).is_some());
     raw.expect_closed().await;
 
-    // An extended authentication method the broker does not support: 0x8C.
+    // An extended authentication method the broker does not support: 0x8C, then the
+    // connection closes [MQTT-4.12.0-1].
     let broker = common::broker();
     let props = Props::new().str(prop::AUTH_METHOD, "SCRAM-SHA-1");
     let (mut raw, ack) = Raw::connect5(
@@ -122,6 +138,16 @@ async fn a_taken_over_session_gets_disconnect_0x8e() {
     let _second = Raw::handshake5(broker.local_addr(), "same").await;
     let frame = first.expect().await;
     assert_eq!(disconnect_reason(&frame), 0x8E);
+    // A server's DISCONNECT never carries a Session Expiry Interval [MQTT-3.14.2-2].
+    let Packet5::Disconnect(disconnect) = decode5(&frame) else {
+        panic!("DISCONNECT expected, got {frame:?}");
+    };
+    assert_eq!(
+        disconnect
+            .properties
+            .and_then(|p| p.session_expiry_interval),
+        None
+    );
     first.expect_closed().await;
 }
 
@@ -186,6 +212,8 @@ async fn malformed_and_oversized_packets_get_the_right_disconnect_reason() {
         // AUTH outside an extended authentication (section 4.12): a protocol error.
         ("unexpected AUTH", vec![0xF0, 0x00], 0x82),
     ];
+    // A Malformed Packet or Protocol Error: DISCONNECT with its reason code, then the connection
+    // closes [MQTT-4.13.1-1].
     for (what, bytes, code) in cases {
         let mut raw = Raw::handshake5(broker.local_addr(), what).await;
         raw.send(&bytes).await;
@@ -499,4 +527,31 @@ async fn a_connect_above_the_maximum_packet_size_gets_connack_0x95_in_mqtt_5_and
     let mut raw = Raw::connect(broker.local_addr()).await;
     raw.send(&spec.encode()).await;
     raw.expect_closed().await;
+}
+
+#[tokio::test]
+async fn connect_flags_that_break_the_rules_get_0x81_or_0x82() {
+    // MQTT 5 calls a set reserved flag [MQTT-3.1.2-3] and a Will QoS of 3 [MQTT-3.1.2-12] a
+    // Malformed Packet (0x81); Will QoS or Will Retain without the Will Flag break
+    // [MQTT-3.1.2-11] and [MQTT-3.1.2-13] (0x82). Each gets its CONNACK, then the connection
+    // closes [MQTT-3.1.4-1] [MQTT-3.2.2-7].
+    let broker = broker();
+    let will = [&[0u8, 0][..], &[0, 1, b't'], &[0, 1, b'm']].concat(); // no properties, topic, payload
+    let cases: [(u8, &[u8], ConnectReturnCode); 4] = [
+        (0x02 | 0x01, &[], ConnectReturnCode::MalformedPacket),
+        (
+            0x02 | 0x04 | 0x18,
+            &will,
+            ConnectReturnCode::MalformedPacket,
+        ),
+        (0x02 | 0x08, &[], ConnectReturnCode::ProtocolError),
+        (0x02 | 0x20, &[], ConnectReturnCode::ProtocolError),
+    ];
+    for (flags, will, code) in cases {
+        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, flags, 0, 30, 0, 0, 1, b'f'];
+        body.extend_from_slice(will);
+        let (mut raw, ack) = Raw::connect5(broker.local_addr(), &packets::frame(0x10, &body)).await;
+        assert_eq!(ack.code, code, "flags {flags:#04x}");
+        raw.expect_closed().await;
+    }
 }

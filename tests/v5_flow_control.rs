@@ -156,3 +156,44 @@ async fn a_topic_alias_on_a_dropped_message_is_not_used_later() {
     );
     assert_eq!(got.properties.and_then(|p| p.topic_alias), Some(1));
 }
+
+#[tokio::test]
+async fn a_client_at_its_receive_maximum_still_gets_every_other_packet() {
+    // [MQTT-3.3.4-10] the broker does not hold back packets other than PUBLISH while the
+    // client's Receive Maximum is used up, and goes on with them [MQTT-4.9.0-3]: PINGRESP,
+    // SUBACK and UNSUBACK come at once, the held message once a PUBACK makes room.
+    let broker = broker();
+    let addr = broker.local_addr();
+    let mut sub = subscriber5(
+        addr,
+        "rm-full",
+        Props::new().u16(prop::RECEIVE_MAXIMUM, 1),
+        "full",
+        1,
+    )
+    .await;
+    let mut publisher = Raw::handshake5(addr, "rm-full-pub").await;
+    for n in 1..=2u16 {
+        publisher
+            .send(&publish5("full", &[n as u8], 1, n, false, &Props::new()))
+            .await;
+        assert_eq!(publisher.expect().await.byte1, 0x40);
+    }
+    let first = publish_of(&sub.expect().await);
+    sub.send(&[0xC0, 0x00]).await;
+    assert_eq!(
+        sub.expect().await.byte1,
+        0xD0,
+        "PINGRESP while the window is full"
+    );
+    sub.send(&common::v5::subscribe5(7, &Props::new(), &[("other", 0)]))
+        .await;
+    let suback = sub.expect().await;
+    assert_eq!((suback.byte1, suback.pid()), (0x90, 7));
+    sub.send(&common::v5::unsubscribe5(8, &["other"])).await;
+    let unsuback = sub.expect().await;
+    assert_eq!((unsuback.byte1, unsuback.pid()), (0xB0, 8));
+    sub.send(&packets::ack(0x40, first.pkid)).await;
+    let second = publish_of(&sub.expect().await);
+    assert_eq!(&second.payload[..], &[2][..]);
+}

@@ -21,7 +21,8 @@ async fn offline_sessions(broker: &switchboard::BackgroundBroker) -> usize {
 
 #[tokio::test]
 async fn a_session_is_kept_for_its_expiry_interval_then_freed() {
-    // [MQTT-3.1.2-23] stored while the interval runs; then the session and its subscriptions go.
+    // [MQTT-3.1.2-23] stored while the interval runs; then the session and its subscriptions go
+    // [MQTT-4.1.0-2].
     let broker = broker();
     let addr = broker.local_addr();
     let props = Props::new().u32(prop::SESSION_EXPIRY, 1);

@@ -232,8 +232,17 @@ fn parse_connect_fields(
     }
     let flags = body.get_u8();
     let keep_alive = body.get_u16();
+    // MQTT 5 calls these two a Malformed Packet (0x81; sections 3.1.2.3 and 3.1.2.6), 3.1.1 a
+    // protocol violation; either closes the connection.
+    let malformed_in_5 = |what: &'static str| {
+        if protocol.is_v5() {
+            CodecError::Malformed5("CONNECT", what)
+        } else {
+            CodecError::Protocol(what)
+        }
+    };
     if flags & FLAG_RESERVED != 0 {
-        return Err(CodecError::Protocol(
+        return Err(malformed_in_5(
             "CONNECT reserved flag is set [MQTT-3.1.2-3]",
         ));
     }
@@ -245,8 +254,8 @@ fn parse_connect_fields(
             "will QoS or will retain set without the will flag [MQTT-3.1.2-11] [MQTT-3.1.2-13] [MQTT-3.1.2-15]",
         ));
     }
-    let will_qos =
-        QoS::from_u8(will_qos_bits).ok_or(CodecError::Protocol("will QoS 3 [MQTT-3.1.2-14]"))?;
+    let will_qos = QoS::from_u8(will_qos_bits)
+        .ok_or_else(|| malformed_in_5("will QoS 3 (3.1.1 [MQTT-3.1.2-14], 5.0 [MQTT-3.1.2-12])"))?;
     let has_username = flags & FLAG_USERNAME != 0;
     let has_password = flags & FLAG_PASSWORD != 0;
     // MQTT 5 allows a password without a user name (section 3.1.2.9).
