@@ -7,7 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::v5::{
-    connect5, decode5, disconnect5, disconnect_reason, prop, publish5, Packet5, Props, Will5,
+    connect5, decode5, disconnect5, disconnect_reason, prop, publish5, publish_of, Packet5, Props,
+    Will5,
 };
 use common::{broker, broker_with, packets, Raw};
 use mqttbytes::v5::ConnectReturnCode;
@@ -211,6 +212,24 @@ async fn malformed_and_oversized_packets_get_the_right_disconnect_reason() {
         ),
         // AUTH outside an extended authentication (section 4.12): a protocol error.
         ("unexpected AUTH", vec![0xF0, 0x00], 0x82),
+        // Topics that are not well-formed UTF-8 [MQTT-1.5.4-1] (ill-formed; a surrogate) or
+        // that hold U+0000 [MQTT-1.5.4-2]: malformed. (Topic length, topic, property length 0,
+        // payload.)
+        (
+            "ill-formed UTF-8",
+            packets::frame(0x30, &[0, 2, 0xC3, 0x28, 0, b'x']),
+            0x81,
+        ),
+        (
+            "a surrogate",
+            packets::frame(0x30, &[0, 3, 0xED, 0xA0, 0x80, 0, b'x']),
+            0x81,
+        ),
+        (
+            "U+0000",
+            packets::frame(0x30, &[0, 3, b'a', 0, b'b', 0, b'x']),
+            0x81,
+        ),
     ];
     // A Malformed Packet or Protocol Error: DISCONNECT with its reason code, then the connection
     // closes [MQTT-4.13.1-1].
@@ -554,4 +573,31 @@ async fn connect_flags_that_break_the_rules_get_0x81_or_0x82() {
         assert_eq!(ack.code, code, "flags {flags:#04x}");
         raw.expect_closed().await;
     }
+}
+
+#[tokio::test]
+async fn a_byte_order_mark_in_an_mqtt_5_topic_is_kept() {
+    // [MQTT-1.5.4-3] 0xEF 0xBB 0xBF is U+FEFF wherever it appears and is not stripped: the
+    // subscriber of the topic that starts with it gets the message with it.
+    let broker = broker();
+    let addr = broker.local_addr();
+    let mut sub = Raw::handshake5(addr, "bom5").await;
+    assert_eq!(
+        sub.subscribe5(1, &Props::new(), &[("\u{feff}radar/1", 0)])
+            .await,
+        [0]
+    );
+    let mut publisher = Raw::handshake5(addr, "bom5-pub").await;
+    publisher
+        .send(&publish5(
+            "\u{feff}radar/1",
+            b"x",
+            0,
+            0,
+            false,
+            &Props::new(),
+        ))
+        .await;
+    let got = publish_of(&sub.expect().await);
+    assert_eq!(got.topic, "\u{feff}radar/1");
 }
