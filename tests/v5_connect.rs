@@ -551,13 +551,16 @@ async fn a_connect_above_the_maximum_packet_size_gets_connack_0x95_in_mqtt_5_and
 #[tokio::test]
 async fn connect_flags_that_break_the_rules_get_0x81_or_0x82() {
     // MQTT 5 calls a set reserved flag [MQTT-3.1.2-3] and a Will QoS of 3 [MQTT-3.1.2-12] a
-    // Malformed Packet (0x81); Will QoS or Will Retain without the Will Flag break
+    // Malformed Packet (0x81), as is a CONNECT that ends inside a field; Will QoS or Will
+    // Retain without the Will Flag break
     // [MQTT-3.1.2-11] and [MQTT-3.1.2-13] (0x82). Each gets its CONNACK, then the connection
     // closes [MQTT-3.1.4-1] [MQTT-3.2.2-7].
     let broker = broker();
     let will = [&[0u8, 0][..], &[0, 1, b't'], &[0, 1, b'm']].concat(); // no properties, topic, payload
-    let cases: [(u8, &[u8], ConnectReturnCode); 4] = [
+    let cases: [(u8, &[u8], ConnectReturnCode); 5] = [
         (0x02 | 0x01, &[], ConnectReturnCode::MalformedPacket),
+        // The Password Flag, and the packet ends before a password [MQTT-3.1.2-19]: malformed.
+        (0x02 | 0x40, &[], ConnectReturnCode::MalformedPacket),
         (
             0x02 | 0x04 | 0x18,
             &will,

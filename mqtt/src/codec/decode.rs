@@ -376,12 +376,19 @@ fn decode_unsubscribe(mut body: Bytes) -> Result<Packet, CodecError> {
 
 /// Reads a length-prefixed binary field.
 pub(super) fn read_binary(body: &mut Bytes) -> Result<Bytes, CodecError> {
+    // A packet that ends inside a field cannot be parsed: malformed (MQTT 5: 0x81).
     if body.remaining() < 2 {
-        return Err(CodecError::Protocol("field truncated before its length"));
+        return Err(CodecError::Malformed5(
+            "packet",
+            "field truncated before its length",
+        ));
     }
     let len = body.get_u16() as usize;
     if body.remaining() < len {
-        return Err(CodecError::Protocol("field longer than the packet"));
+        return Err(CodecError::Malformed5(
+            "packet",
+            "field longer than the packet",
+        ));
     }
     Ok(body.split_to(len))
 }

@@ -50,7 +50,7 @@ pub enum CodecError {
     /// A bad topic name in PUBLISH or in a will.
     #[error("invalid topic: {0}")]
     Topic(#[from] TopicError),
-    /// An MQTT 5 packet that cannot be parsed (reason code 0x81): packet, and what is wrong.
+    /// A packet that cannot be parsed (MQTT 5 reason code 0x81): packet, and what is wrong.
     #[error("malformed {0}: {1}")]
     Malformed5(&'static str, &'static str),
     /// An MQTT 5 packet that breaks a rule (reason code 0x82): packet, and which rule.
