@@ -557,8 +557,10 @@ async fn connect_flags_that_break_the_rules_get_0x81_or_0x82() {
     // closes [MQTT-3.1.4-1] [MQTT-3.2.2-7].
     let broker = broker();
     let will = [&[0u8, 0][..], &[0, 1, b't'], &[0, 1, b'm']].concat(); // no properties, topic, payload
-    let cases: [(u8, &[u8], ConnectReturnCode); 5] = [
+    let cases: [(u8, &[u8], ConnectReturnCode); 6] = [
         (0x02 | 0x01, &[], ConnectReturnCode::MalformedPacket),
+        // A byte after the last field the flags announce: malformed too.
+        (0x02, &[0xFF], ConnectReturnCode::MalformedPacket),
         // The Password Flag, and the packet ends before a password [MQTT-3.1.2-19]: malformed.
         (0x02 | 0x40, &[], ConnectReturnCode::MalformedPacket),
         (

@@ -227,13 +227,8 @@ fn parse_connect_fields(
     protocol: ProtocolVersion,
     bridge: bool,
 ) -> Result<Connect, CodecError> {
-    if body.remaining() < 3 {
-        return Err(CodecError::Protocol("CONNECT truncated in variable header"));
-    }
-    let flags = body.get_u8();
-    let keep_alive = body.get_u16();
-    // MQTT 5 calls these two a Malformed Packet (0x81; sections 3.1.2.3 and 3.1.2.6), 3.1.1 a
-    // protocol violation; either closes the connection.
+    // MQTT 5 calls these a Malformed Packet (0x81; a set reserved flag and Will QoS 3 in
+    // sections 3.1.2.3 and 3.1.2.6), 3.1.1 a protocol violation; either closes the connection.
     let malformed_in_5 = |what: &'static str| {
         if protocol.is_v5() {
             CodecError::Malformed5("CONNECT", what)
@@ -241,6 +236,11 @@ fn parse_connect_fields(
             CodecError::Protocol(what)
         }
     };
+    if body.remaining() < 3 {
+        return Err(malformed_in_5("CONNECT truncated in variable header"));
+    }
+    let flags = body.get_u8();
+    let keep_alive = body.get_u16();
     if flags & FLAG_RESERVED != 0 {
         return Err(malformed_in_5(
             "CONNECT reserved flag is set [MQTT-3.1.2-3]",
@@ -314,7 +314,7 @@ fn parse_connect_fields(
         None
     };
     if body.has_remaining() {
-        return Err(CodecError::Protocol("trailing bytes after CONNECT payload"));
+        return Err(malformed_in_5("trailing bytes after CONNECT payload"));
     }
     Ok(Connect {
         protocol,
