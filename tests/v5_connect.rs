@@ -606,3 +606,50 @@ async fn a_byte_order_mark_in_an_mqtt_5_topic_is_kept() {
     let got = publish_of(&sub.expect().await);
     assert_eq!(got.topic, "\u{feff}radar/1");
 }
+
+#[tokio::test]
+async fn nothing_behind_a_refused_mqtt_5_connect_is_processed() {
+    // [MQTT-3.1.4-6] a refused CONNECT: nothing the client sent after it is processed, here a
+    // retained PUBLISH written in the same segment as a CONNECT the broker refuses (no
+    // anonymous clients: 0x87), then the connection closes [MQTT-3.2.2-7].
+    let broker = broker_with(|c| c.auth.allow_anonymous = Some(false));
+    let addr = broker.local_addr();
+    let mut bytes = connect5("anon", true, 30, &Props::new(), None);
+    bytes.extend(publish5(
+        "refused/state",
+        b"kept?",
+        0,
+        0,
+        true,
+        &Props::new(),
+    ));
+    let (mut raw, ack) = Raw::connect5(addr, &bytes).await;
+    assert_eq!(ack.code, ConnectReturnCode::NotAuthorized);
+    raw.expect_closed().await;
+    // Had it been processed, the retained message would have gone to the Registry before the
+    // connection closed, ahead of this question.
+    let stored = broker
+        .registry()
+        .send(switchboard::registry::ListRetained {
+            filter: "refused/#".into(),
+            offset: 0,
+            limit: 10,
+        })
+        .await
+        .expect("registry")
+        .total;
+    assert_eq!(stored, 0, "no retained message was stored");
+}
+
+#[tokio::test]
+async fn a_second_connect_gets_disconnect_0x82_and_never_a_second_connack() {
+    // [MQTT-3.1.0-2] a second CONNECT is a Protocol Error: DISCONNECT 0x82 and close, and no
+    // second CONNACK [MQTT-3.2.0-2].
+    let broker = broker();
+    let mut raw = Raw::handshake5(broker.local_addr(), "twice").await;
+    raw.send(&connect5("twice", true, 30, &Props::new(), None))
+        .await;
+    let frame = raw.expect().await;
+    assert_eq!(disconnect_reason(&frame), 0x82);
+    raw.expect_closed().await;
+}

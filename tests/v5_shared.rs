@@ -289,3 +289,33 @@ async fn shared_subscriptions_get_no_retained_messages_and_leave_with_unsubscrib
         .expect("registry");
     assert_eq!(stats.subscriptions, 0);
 }
+
+#[tokio::test]
+async fn a_shared_subscription_needs_a_share_name_without_wildcards_and_a_filter() {
+    // [MQTT-4.8.2-1] `$share/`, then a ShareName of at least one character; [MQTT-4.8.2-2]
+    // without `/`, `+` or `#`, followed by `/` and a Topic Filter. Those that are not get
+    // SUBACK 0x8F Topic Filter invalid, each in its place [MQTT-3.9.3-1]; the good one is granted.
+    let broker = broker();
+    let mut member = Raw::handshake5(broker.local_addr(), "names").await;
+    let codes = member
+        .subscribe5(
+            1,
+            &Props::new(),
+            &[
+                ("$share//jobs/#", 1),
+                ("$share/g+/jobs/#", 1),
+                ("$share/g#/jobs", 1),
+                ("$share/workers", 1),
+                ("$share/workers/", 1),
+                ("$share/workers/jobs/#", 1),
+            ],
+        )
+        .await;
+    assert_eq!(codes, [0x8F, 0x8F, 0x8F, 0x8F, 0x8F, 1]);
+    let stats = broker
+        .registry()
+        .send(switchboard::registry::GetStats)
+        .await
+        .expect("registry");
+    assert_eq!(stats.subscriptions, 1, "only the good one");
+}
