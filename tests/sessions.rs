@@ -149,6 +149,9 @@ async fn unacknowledged_messages_are_resent_with_dup_on_reconnect() {
     );
     sub.send(&packets::ack(0x40, resent.pid)).await;
     sub.send(&packets::ack(0x70, q2)).await;
+    // The Session has read both acknowledgements once this barrier returns: the next
+    // connection cannot take the session over before they count.
+    assert!(sub.sync().await.is_empty());
     drop(sub);
     let (mut sub, _) = Raw::handshake(addr, "device", false).await;
     assert!(
