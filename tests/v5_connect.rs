@@ -212,6 +212,12 @@ async fn malformed_and_oversized_packets_get_the_right_disconnect_reason() {
         ),
         // AUTH outside an extended authentication (section 4.12): a protocol error.
         ("unexpected AUTH", vec![0xF0, 0x00], 0x82),
+        // A zero-length Topic Name without a Topic Alias: a protocol error (section 3.3.2.3.4).
+        (
+            "empty topic, no alias",
+            publish5("", b"x", 0, 0, false, &Props::new()),
+            0x82,
+        ),
         // Topics that are not well-formed UTF-8 [MQTT-1.5.4-1] (ill-formed; a surrogate) or
         // that hold U+0000 [MQTT-1.5.4-2]: malformed. (Topic length, topic, property length 0,
         // payload.)

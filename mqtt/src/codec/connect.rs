@@ -139,7 +139,13 @@ pub(super) fn take_message_property(
         id::RESPONSE_TOPIC => {
             let topic = value.into_string();
             // [MQTT-3.3.2-13] [MQTT-3.3.2-14] the Response Topic is a topic name: no wildcards.
-            validate_topic_name(&topic)?;
+            // Breaking it is a Protocol Error (0x82); 0x90 names the packet's own Topic Name.
+            validate_topic_name(&topic).map_err(|_| {
+                CodecError::Protocol5(
+                    packet,
+                    "Response Topic is not a valid topic name [MQTT-3.3.2-14]",
+                )
+            })?;
             props.response_topic = Some(topic);
         }
         id::CORRELATION_DATA => props.correlation_data = Some(value.into_bytes()),

@@ -96,6 +96,13 @@ impl MqttCodec {
                     .insert(alias, topic.clone());
             }
         }
+        if topic.is_empty() {
+            // Without a Topic Alias to stand for it (section 3.3.2.3.4).
+            return Err(CodecError::Protocol5(
+                "PUBLISH",
+                "zero-length Topic Name without a Topic Alias",
+            ));
+        }
         validate_topic_name(&topic)?;
         let payload = body;
         if properties.payload_format == Some(1) && std::str::from_utf8(&payload).is_err() {
