@@ -23,6 +23,7 @@ mod read_access;
 mod reader;
 mod socket;
 mod state;
+mod tls_peer;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -207,15 +208,6 @@ impl Session {
     /// Starts a Session for an accepted plain TCP socket, on the current arbiter.
     pub fn start(stream: TcpStream, peer: SocketAddr, shared: Arc<SessionShared>) -> Addr<Session> {
         Session::start_with(Stream::Tcp(stream), peer, shared)
-    }
-
-    /// Starts a Session for a TLS connection whose handshake is done, on the current arbiter.
-    pub fn start_tls(
-        stream: tokio_rustls::server::TlsStream<TcpStream>,
-        peer: SocketAddr,
-        shared: Arc<SessionShared>,
-    ) -> Addr<Session> {
-        Session::start_with(Stream::other(stream), peer, shared)
     }
 
     /// Starts a Session for any byte stream (a WebSocket connection, say) whose handshakes are

@@ -8,6 +8,7 @@
 //! lasts one poll, so one cell serves both.
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -15,6 +16,8 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+use super::tls_peer::{TlsBeneath, FIRST_PAUSE, LAST_PAUSE};
 
 /// What a stream other than plain TCP must be.
 pub(super) trait Duplex: AsyncRead + AsyncWrite + Unpin {}
@@ -25,15 +28,34 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Duplex for T {}
 pub(super) enum Stream {
     /// A plain TCP socket.
     Tcp(TcpStream),
-    /// Any other stream, boxed twice: the outer box is a thin pointer, so that this is no
-    /// wider than TCP's own.
-    Other(Box<Box<dyn Duplex>>),
+    /// Any other stream, boxed twice: the outer box (which also holds what a TLS stream's
+    /// socket tells) is a thin pointer, so that this is no wider than TCP's own.
+    Other(Box<OtherStream>),
+}
+
+/// A stream other than plain TCP.
+pub(super) struct OtherStream {
+    duplex: Box<dyn Duplex>,
+    /// The TCP socket beneath a TLS stream ([`SharedStream::peer_gone`]).
+    tls: Option<TlsBeneath>,
 }
 
 impl Stream {
     /// Any other stream than plain TCP.
     pub(super) fn other<S: AsyncRead + AsyncWrite + Unpin + 'static>(stream: S) -> Self {
-        Stream::Other(Box::new(Box::new(stream)))
+        Stream::Other(Box::new(OtherStream {
+            duplex: Box::new(stream),
+            tls: None,
+        }))
+    }
+
+    /// A TLS stream over TCP whose handshake is done.
+    pub(super) fn tls(stream: tokio_rustls::server::TlsStream<TcpStream>) -> Self {
+        let tls = Some(TlsBeneath::of(&stream));
+        Stream::Other(Box::new(OtherStream {
+            duplex: Box::new(stream),
+            tls,
+        }))
     }
 }
 
@@ -65,17 +87,21 @@ impl SharedStream {
         self.0.more_behind_first.set(more);
     }
 
-    /// Resolves once the peer of a plain TCP connection has closed or reset it with nothing of
-    /// it left unread: neither in the socket nor in the packet reader behind the CONNECT. A
-    /// Session that waits for a password check or a connect interceptor reads nothing
-    /// meanwhile (`ctx.wait`), so this is how it learns that nobody waits for the answer. Never resolves for another stream (TLS,
-    /// WebSocket: their close is data to decode), nor while unread bytes wait (a client may
-    /// send packets behind its CONNECT and then close its side; those are still served).
+    /// Resolves once the peer of a plain TCP or a TLS connection has closed or reset it with
+    /// nothing of it left unread: neither in the socket nor in the packet reader behind the
+    /// CONNECT. A Session that waits for a password check or a connect interceptor reads
+    /// nothing meanwhile (`ctx.wait`), so this is how it learns that nobody waits for the
+    /// answer. Never resolves while unread bytes wait (a client may send packets behind its
+    /// CONNECT and then close its side; those are still served), nor for another stream (a
+    /// WebSocket, whose library may hold frames read and not yet handed on).
     ///
-    /// It polls the socket's read readiness with the Session's own task waker, the one the
-    /// packet reader registers, which is not polled while the Session waits.
-    pub(super) fn peer_gone(&self) -> impl std::future::Future<Output = ()> + 'static {
+    /// Over plain TCP it polls the socket's read readiness with the Session's own task waker,
+    /// the one the packet reader registers, which is not polled while the Session waits. Over
+    /// TLS it looks at the socket beneath on a timer (`tls_peer.rs`).
+    pub(super) fn peer_gone(&self) -> impl Future<Output = ()> + 'static {
         let shared = self.0.clone();
+        let mut pause: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        let mut next_pause = FIRST_PAUSE;
         std::future::poll_fn(move |cx| {
             if shared.more_behind_first.get() {
                 return Poll::Pending;
@@ -93,7 +119,24 @@ impl SharedStream {
                         Poll::Ready(Ok(_)) | Poll::Pending => Poll::Pending,
                     }
                 }
-                Some(Stream::Other(_)) => Poll::Pending,
+                Some(Stream::Other(other)) => {
+                    let Some(tls) = other.tls else {
+                        return Poll::Pending;
+                    };
+                    loop {
+                        if let Some(sleep) = pause.as_mut() {
+                            if sleep.as_mut().poll(cx).is_pending() {
+                                return Poll::Pending;
+                            }
+                            // The stream is still held (checked above): its socket is open.
+                            if tls.client_gone() {
+                                return Poll::Ready(());
+                            }
+                        }
+                        pause = Some(Box::pin(tokio::time::sleep(next_pause)));
+                        next_pause = (next_pause * 2).min(LAST_PAUSE);
+                    }
+                }
             }
         })
     }
@@ -188,7 +231,7 @@ impl AsyncRead for Stream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            Stream::Other(other) => Pin::new(&mut ***other).poll_read(cx, buf),
+            Stream::Other(other) => Pin::new(&mut *other.duplex).poll_read(cx, buf),
         }
     }
 }
@@ -201,7 +244,7 @@ impl AsyncWrite for Stream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Tcp(tcp) => Pin::new(tcp).poll_write(cx, buf),
-            Stream::Other(other) => Pin::new(&mut ***other).poll_write(cx, buf),
+            Stream::Other(other) => Pin::new(&mut *other.duplex).poll_write(cx, buf),
         }
     }
 
@@ -212,28 +255,28 @@ impl AsyncWrite for Stream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Tcp(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
-            Stream::Other(other) => Pin::new(&mut ***other).poll_write_vectored(cx, bufs),
+            Stream::Other(other) => Pin::new(&mut *other.duplex).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
             Stream::Tcp(tcp) => tcp.is_write_vectored(),
-            Stream::Other(other) => other.is_write_vectored(),
+            Stream::Other(other) => other.duplex.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(tcp) => Pin::new(tcp).poll_flush(cx),
-            Stream::Other(other) => Pin::new(&mut ***other).poll_flush(cx),
+            Stream::Other(other) => Pin::new(&mut *other.duplex).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(tcp) => Pin::new(tcp).poll_shutdown(cx),
-            Stream::Other(other) => Pin::new(&mut ***other).poll_shutdown(cx),
+            Stream::Other(other) => Pin::new(&mut *other.duplex).poll_shutdown(cx),
         }
     }
 }

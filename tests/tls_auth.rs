@@ -1,0 +1,263 @@
+//! Passwords over TLS: a client that closes its connection while its password waits to be
+//! checked gives up its place, as over plain TCP (`tests/auth.rs`), and one that sends packets
+//! behind its CONNECT before closing is still served (src/session/tls_peer.rs).
+
+mod common;
+
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::packets::ConnectSpec;
+use common::pki::Pki;
+use common::tls::client_config;
+use common::{broker_with, eventually_within, Raw};
+use switchboard::BackgroundBroker;
+use tokio::io::AsyncWriteExt;
+use tokio_rustls::rustls::version::{TLS12, TLS13};
+use tokio_rustls::rustls::{ClientConfig, SupportedProtocolVersion};
+
+/// How long the checks may take: they run at nice 10 (src/auth/low_priority.rs), so on a busy
+/// machine far longer than the tests' usual wait.
+const CHECK_WAIT: Duration = Duration::from_secs(120);
+
+/// A broker with a TLS listener and a password file holding `gate-1AB` (password
+/// `gate-secret`, 20,000 PBKDF2 rounds: some 300 ms a check in a debug build).
+fn tls_broker_with_a_gate(pki: &Pki) -> (tempfile::TempDir, BackgroundBroker) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("passwords");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["passwd", "--iterations", "20000"])
+        .arg(&path)
+        .arg("gate-1AB")
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("switchboard passwd runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"gate-secret\n")
+        .expect("password");
+    assert!(child.wait().expect("exit").success());
+    let broker = broker_with(|c| {
+        c.auth.password_file = Some(path);
+        c.tls.port = Some(0);
+        pki.serve(&mut c.tls, false);
+    });
+    (dir, broker)
+}
+
+/// A TLS connection to `addr` from the loopback address `source`, its handshake done.
+async fn tls_from(
+    addr: SocketAddr,
+    source: Ipv4Addr,
+    config: &Arc<ClientConfig>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from((source, 0)))
+        .expect("bind a loopback source address");
+    let tcp = socket.connect(addr).await.expect("tcp connect");
+    let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
+    let name = "localhost".try_into().expect("server name");
+    tokio::time::timeout(common::WAIT, connector.connect(name, tcp))
+        .await
+        .expect("handshake in time")
+        .expect("handshake")
+}
+
+/// How the clients of [`closed_while_the_password_waits`] leave.
+#[derive(Clone, Copy)]
+enum Leaving {
+    /// close_notify and end of stream right behind the CONNECT: what a TLS library sends on a
+    /// clean close. The broker's TLS layer mostly reads it with the CONNECT.
+    CloseNotifyAtOnce,
+    /// The same once the broker has read the CONNECT (a device that gave up waiting for its
+    /// CONNACK): the close_notify then waits alone in the socket.
+    CloseNotifyOnceRead,
+    /// The TCP connection dropped without a close_notify (a reset where the server's TLS 1.3
+    /// session tickets are unread, an end of stream otherwise).
+    Dropped,
+}
+
+/// 20 clients from one address over TLS `version` send a CONNECT with a wrong password and
+/// leave at once, `leaving` so. Their connections must end without waiting for the checks, and
+/// (but for a few begun before the close was seen) none of them is checked and refused.
+/// Before src/session/tls_peer.rs, each TLS connection waited for its turn in the address's
+/// lane and its check: 20 refusals for nobody, and a flood of such CONNECTs kept connections
+/// open for as long as the checks took.
+async fn closed_while_the_password_waits(
+    version: &'static SupportedProtocolVersion,
+    leaving: Leaving,
+    source: Ipv4Addr,
+) {
+    let pki = Pki::new("1AB.ENTER.DETRD");
+    let (_dir, broker) = tls_broker_with_a_gate(&pki);
+    let addr = broker.tls_local_addr().expect("TLS listener");
+    let metrics = broker.metrics();
+    let config = client_config(&pki, version, false);
+    // Clients that sent their close_notify keep their side open to read, as one waiting for
+    // the server's close does: dropped, a TLS 1.3 client resets the connection (the server's
+    // session tickets unread), which is [`Leaving::Dropped`]'s case.
+    let mut closed_cleanly = Vec::new();
+    for i in 0..20u64 {
+        let client_id = format!("gone-{i}");
+        let spec = ConnectSpec {
+            client_id: &client_id,
+            username: Some("gate-1AB"),
+            password: Some(b"guess"),
+            ..Default::default()
+        };
+        let mut tls = tls_from(addr, source, &config).await;
+        tls.write_all(&spec.encode()).await.expect("CONNECT sent");
+        tls.flush().await.expect("CONNECT flushed");
+        if let Leaving::CloseNotifyOnceRead = leaving {
+            eventually_within(common::WAIT, || {
+                let read = metrics.traffic.totals().packets_received;
+                async move { read == i + 1 }
+            })
+            .await;
+        }
+        match leaving {
+            Leaving::CloseNotifyAtOnce | Leaving::CloseNotifyOnceRead => {
+                tls.shutdown()
+                    .await
+                    .expect("close_notify and end of stream");
+                closed_cleanly.push(tls);
+            }
+            Leaving::Dropped => {
+                let (tcp, _) = tls.into_inner();
+                drop(tcp);
+            }
+        }
+    }
+    eventually_within(CHECK_WAIT, || {
+        let metrics = metrics.clone();
+        async move {
+            let now = metrics.snapshot();
+            now.connections_total == 20 && now.connections_current == 0
+        }
+    })
+    .await;
+    let refused = metrics.snapshot().auth_failures;
+    assert!(
+        refused < 5,
+        "{refused} of the 20 TLS CONNECTs closed before their check were checked and refused"
+    );
+}
+
+#[tokio::test]
+async fn tls_1_3_connects_closed_at_once_while_their_password_waits_are_not_checked() {
+    let source = Ipv4Addr::new(127, 0, 0, 5);
+    closed_while_the_password_waits(&TLS13, Leaving::CloseNotifyAtOnce, source).await;
+}
+
+/// The close_notify alone in the socket: a TLS 1.3 record of 24 bytes.
+#[tokio::test]
+async fn tls_1_3_connects_closed_after_a_wait_while_their_password_waits_are_not_checked() {
+    let source = Ipv4Addr::new(127, 0, 0, 6);
+    closed_while_the_password_waits(&TLS13, Leaving::CloseNotifyOnceRead, source).await;
+}
+
+/// TLS 1.2's AES-GCM records carry an explicit nonce: its close_notify is 31 bytes.
+#[tokio::test]
+async fn tls_1_2_connects_closed_after_a_wait_while_their_password_waits_are_not_checked() {
+    let source = Ipv4Addr::new(127, 0, 0, 7);
+    closed_while_the_password_waits(&TLS12, Leaving::CloseNotifyOnceRead, source).await;
+}
+
+#[tokio::test]
+async fn tls_connects_dropped_while_their_password_waits_are_not_checked() {
+    let source = Ipv4Addr::new(127, 0, 0, 9);
+    closed_while_the_password_waits(&TLS13, Leaving::Dropped, source).await;
+}
+
+/// A one-shot publisher over TLS sends its CONNECT, then a retained PUBLISH and a DISCONNECT,
+/// and closes at once (close_notify, end of stream) while its password is checked: the PUBLISH
+/// is still served, as over plain TCP (`tests/auth.rs`). In one write with the CONNECT, the
+/// broker's TLS layer reads them with it; sent `once_read`, after the broker has read the
+/// CONNECT, they wait in the socket before the close_notify, more bytes than it alone.
+async fn packets_behind_a_connect_served_though_the_client_closed(
+    once_read: bool,
+    source: Ipv4Addr,
+) {
+    use tokio::io::AsyncReadExt;
+    let pki = Pki::new("1AB.ENTER.DETRD");
+    let (_dir, broker) = tls_broker_with_a_gate(&pki);
+    let addr = broker.tls_local_addr().expect("TLS listener");
+    let config = client_config(&pki, &TLS13, false);
+    let gate = ConnectSpec {
+        client_id: "gate-1AB",
+        username: Some("gate-1AB"),
+        password: Some(b"gate-secret"),
+        ..Default::default()
+    };
+    let metrics = broker.metrics();
+    let mut one_shot = tls_from(addr, source, &config).await;
+    let mut bytes = gate.encode();
+    if once_read {
+        one_shot.write_all(&bytes).await.expect("CONNECT sent");
+        one_shot.flush().await.expect("CONNECT flushed");
+        eventually_within(common::WAIT, || {
+            let read = metrics.traffic.totals().packets_received;
+            async move { read == 1 }
+        })
+        .await;
+        bytes.clear();
+    }
+    bytes.extend(common::packets::publish(
+        "gate/1AB/state",
+        b"closed",
+        0,
+        0,
+        true,
+        false,
+    ));
+    bytes.extend([0xE0, 0x00]);
+    one_shot.write_all(&bytes).await.expect("packets sent");
+    one_shot
+        .shutdown()
+        .await
+        .expect("close_notify and end of stream");
+    let mut connack = [0u8; 4];
+    tokio::time::timeout(CHECK_WAIT, one_shot.read_exact(&mut connack))
+        .await
+        .expect("a CONNACK within the wait")
+        .expect("a CONNACK");
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "accepted");
+
+    // The password verified, so the app's CONNECT with it is not checked again.
+    let app = ConnectSpec {
+        client_id: "app",
+        ..gate
+    };
+    let mut app_raw = Raw::connect(broker.local_addr()).await;
+    app_raw.send(&app.encode()).await;
+    let connack = app_raw.expect().await;
+    assert_eq!((connack.byte1, &connack.body[..]), (0x20, &[0u8, 0][..]));
+    app_raw.subscribe(1, &[("gate/#", 0)], &[0]).await;
+    let retained = common::packets::parse_publish(&app_raw.expect().await);
+    assert_eq!(
+        (
+            retained.topic.as_str(),
+            &retained.payload[..],
+            retained.retain
+        ),
+        ("gate/1AB/state", &b"closed"[..], true)
+    );
+}
+
+#[tokio::test]
+async fn packets_sent_with_a_connect_over_tls_are_served_though_the_client_closed() {
+    packets_behind_a_connect_served_though_the_client_closed(false, Ipv4Addr::new(127, 0, 0, 10))
+        .await;
+}
+
+#[tokio::test]
+async fn packets_sent_after_a_connect_over_tls_are_served_though_the_client_closed() {
+    packets_behind_a_connect_served_though_the_client_closed(true, Ipv4Addr::new(127, 0, 0, 11))
+        .await;
+}
