@@ -5,12 +5,15 @@
 # (`gate`, `switchboard passwd`'s default 100,000 rounds), alternating the order per run.
 #
 #   BROKERS="before after mosquitto" RUNS=3 benches/close_flood.sh
+#   TLS=1 BROKERS="before after mosquitto" RUNS=3 benches/close_flood.sh   # over TLS 1.3
 #
 # Per broker and run: CONNECTs sent per second (`load --scenario connect-storm --close-at-once`,
-# `--concurrency` 4, 5 s, each flood from a loopback address of its own), the connections the
-# broker still holds for them when the flood ends (CLOSE-WAIT: the client closed, the broker has
-# not), how long until it holds none (at most 30 s), and the broker's CPU seconds from the start
-# of the flood to then. Loopback only.
+# `--concurrency` 4, 5 s, each flood from a loopback address of its own; with TLS=1 over each
+# broker's TLS listener, every connection a full handshake, then the CONNECT, close_notify and
+# end of stream), the connections the broker still holds for them when the flood ends (its open
+# sockets beyond those it had before: the client closed, the broker has not), how long until it
+# holds none (at most 30 s), and the broker's CPU seconds from the start of the flood to then.
+# Loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN_DIR=${BIN_DIR:-target/ab}
@@ -29,9 +32,31 @@ cargo build --release --bin switchboard 2>/dev/null
 printf 'gate-secret\n' | target/release/switchboard passwd "$work/passwords" gate >/dev/null
 chmod 644 "$work/passwords"
 printf '[auth]\npassword_file = "%s"\n' "$work/passwords" > "$work/switchboard.toml"
-mosquitto_conf "$work/mosquitto.conf" "$MQ_PORT" "password_file $work/passwords"
+flood_args=()
+if [ "${TLS:-0}" = 1 ]; then
+  command -v openssl >/dev/null || { echo "TLS=1 needs openssl" >&2; exit 1; }
+  # A CA and a server certificate for localhost, both ECDSA P-256, as benches/tls_storm.sh.
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj "/CN=bench CA" -keyout "$work/ca.key" -out "$work/ca.pem" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -subj "/CN=localhost" -keyout "$work/server.key" -out "$work/server.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' > "$work/san.ext"
+  openssl x509 -req -in "$work/server.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" \
+    -CAcreateserial -days 2 -extfile "$work/san.ext" -out "$work/server.pem" 2>/dev/null
+  chmod a+r "$work"/*.pem "$work"/*.key
+  SB_TLS=$((SB_PORT + 10)) MQ_TLS=$((MQ_PORT + 10))
+  printf '[tls]\nport = %s\ncert_file = "%s"\nkey_file = "%s"\n' "$SB_TLS" \
+    "$work/server.pem" "$work/server.key" >> "$work/switchboard.toml"
+  mosquitto_conf "$work/mosquitto.conf" "$MQ_PORT" "password_file $work/passwords" \
+    "listener $MQ_TLS 127.0.0.1" "certfile $work/server.pem" "keyfile $work/server.key"
+  flood_args=(--tls-ca "$work/ca.pem")
+else
+  mosquitto_conf "$work/mosquitto.conf" "$MQ_PORT" "password_file $work/passwords"
+fi
 
-held() { ss -Htn state close-wait "( sport = :$1 )" | wc -l; }
+sockets() { find "/proc/$1/fd" -lname 'socket:*' 2>/dev/null | wc -l; }
+# The broker's sockets beyond the $base it had before the flood.
+held() { echo $(($(sockets "$pid") - base)); }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 source_no=0
@@ -51,23 +76,29 @@ for run_no in $(seq "$RUNS"); do
     fi
     pid=$!
     wait_for_port "$port" || { echo "$broker did not open port $port" >&2; exit 1; }
+    flood_port=$port
+    if [ "${TLS:-0}" = 1 ]; then
+      if [ "$broker" = mosquitto ]; then flood_port=$MQ_TLS; else flood_port=$SB_TLS; fi
+      wait_for_port "$flood_port" || { echo "$broker did not open port $flood_port" >&2; exit 1; }
+    fi
+    base=$(sockets "$pid")
     before=$(cpu_ticks "$pid")
-    sent=$("$LOAD" --addr "127.0.0.1:$port" --broker-pid "$pid" --scenario connect-storm \
-      --concurrency 4 --username gate --password wrong --close-at-once \
+    sent=$("$LOAD" --addr "127.0.0.1:$flood_port" --broker-pid "$pid" --scenario connect-storm \
+      --concurrency 4 --username gate --password wrong --close-at-once "${flood_args[@]}" \
       --source-address "127.0.200.$source_no" --duration 5 --warmup 0 --quiet --json \
       | python3 -c 'import json, sys; print(round(json.load(sys.stdin)["sent_per_s"]))')
     ended=$(date +%s.%N)
-    at_end=$(held "$port")
+    at_end=$(held)
     drained="over 30"
     for _ in $(seq 300); do
-      if [ "$(held "$port")" -eq 0 ]; then
+      if [ "$(held)" -le 0 ]; then
         drained=$(python3 -c "import time; print(round(time.time() - $ended, 1))")
         break
       fi
-      sleep 0.1 # polling: nothing announces that a socket left CLOSE-WAIT
+      sleep 0.1 # polling: nothing announces that a broker let a socket go
     done
     cpu=$(python3 -c "print(round(($(cpu_ticks "$pid") - $before) / $(getconf CLK_TCK), 1))")
-    echo "run $run_no $broker: $sent CONNECTs/s; held at the end $at_end, still held 30 s later $(held "$port"); none held after $drained s; broker CPU $cpu s"
+    echo "run $run_no $broker: $sent CONNECTs/s; held at the end $at_end, still held 30 s later $(held); none held after $drained s; broker CPU $cpu s"
     # Killed: a build that still holds thousands of connections may take its time to stop.
     kill -9 "$pid"
     wait "$pid" 2>/dev/null || true

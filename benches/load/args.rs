@@ -117,9 +117,9 @@ pub struct Args {
     /// `proxy_protocol = true`.
     #[arg(long)]
     pub proxy_protocol: bool,
-    /// connect-storm over plain TCP: send the CONNECT and close the connection at once, without
-    /// waiting for the CONNACK (a flood of guesses that does not wait for answers); each
-    /// CONNECT sent counts as an operation.
+    /// connect-storm: send the CONNECT and close the connection at once (over TLS with
+    /// `--tls-ca`: close_notify, then end of stream), without waiting for the CONNACK (a flood
+    /// of guesses that does not wait for answers); each CONNECT sent counts as an operation.
     #[arg(long)]
     pub close_at_once: bool,
     /// Connection scenarios on loopback: every connection from this one loopback address
