@@ -1,14 +1,14 @@
 //! MQTT 5 connection handling: CONNACK properties and reason codes, assigned client identifiers,
-//! server keep-alive, session takeover and every server-initiated DISCONNECT with its reason, and
-//! the codec guards against mqttbytes' v5 faults. Raw bytes in, mqttbytes' v5 reader out.
+//! server keep-alive, session takeover with DISCONNECT 0x8E, and CONNECTs that break a rule.
+//! Raw bytes in, mqttbytes' v5 reader out. (Packets after the CONNECT that break a rule, and
+//! the client's DISCONNECT: `tests/v5_errors.rs`.)
 
 mod common;
 
 use std::time::Duration;
 
 use common::v5::{
-    connect5, decode5, disconnect5, disconnect_reason, prop, publish5, publish_of, Packet5, Props,
-    Will5,
+    connect5, decode5, disconnect_reason, prop, publish5, publish_of, Packet5, Props, Will5,
 };
 use common::{broker, broker_with, packets, Raw};
 use mqttbytes::v5::ConnectReturnCode;
@@ -41,6 +41,36 @@ async fn connack_announces_what_the_broker_accepts() {
         props.server_keep_alive, None,
         "the client's keep-alive is honoured"
     );
+}
+
+#[tokio::test]
+async fn the_first_packet_back_is_a_connack_whose_reserved_flags_are_clear() {
+    // [MQTT-3.2.0-1] the broker's first packet is the CONNACK, [MQTT-3.1.4-5] with reason code
+    // 0x00, and [MQTT-3.2.2-1] the reserved bits of its flags byte are 0.
+    let broker = broker();
+    let mut raw = Raw::connect(broker.local_addr()).await;
+    raw.send(&connect5("flags", true, 30, &Props::new(), None))
+        .await;
+    let frame = raw.expect().await;
+    assert_eq!(frame.byte1, 0x20, "CONNACK first, with flags 0000");
+    assert_eq!(frame.body[0], 0, "Session Present 0, reserved bits 0");
+    assert_eq!(frame.body[1], 0, "reason code 0x00");
+}
+
+#[tokio::test]
+async fn without_a_server_keep_alive_the_client_keep_alive_applies() {
+    // [MQTT-3.2.2-22] no Server Keep Alive in the CONNACK: the client's 1 s keep-alive is the
+    // one enforced, 1.5 x 1 s of silence closing the connection with 0x8D [MQTT-3.1.2-22].
+    let broker = broker();
+    let (mut raw, ack) = Raw::connect5(
+        broker.local_addr(),
+        &connect5("own-keep-alive", true, 1, &Props::new(), None),
+    )
+    .await;
+    assert_eq!(ack.properties.and_then(|p| p.server_keep_alive), None);
+    let frame = raw.expect().await;
+    assert_eq!(disconnect_reason(&frame), 0x8D);
+    raw.expect_closed().await;
 }
 
 #[tokio::test]
@@ -107,7 +137,8 @@ async fn response_information_and_capped_session_expiry_are_announced() {
 
 #[tokio::test]
 async fn refusals_carry_mqtt5_reason_codes_and_a_reason_string() {
-    // [MQTT-3.2.2-6] [MQTT-3.2.2-7] a refusing CONNACK has a code >= 0x80, then the connection closes.
+    // [MQTT-3.2.2-6] [MQTT-3.2.2-7] a refusing CONNACK has a code >= 0x80, then the connection closes;
+    // here an authorisation check that failed [MQTT-3.1.4-2].
     let broker = broker_with(|c| c.auth.allow_anonymous = Some(false));
     let (mut raw, ack) = Raw::connect5(
         broker.local_addr(),
@@ -150,159 +181,6 @@ async fn a_taken_over_session_gets_disconnect_0x8e() {
         None
     );
     first.expect_closed().await;
-}
-
-#[tokio::test]
-async fn malformed_and_oversized_packets_get_the_right_disconnect_reason() {
-    let broker = broker_with(|c| c.limits.max_packet_size = 64);
-    let cases: Vec<(&str, Vec<u8>, u8)> = vec![
-        // A property not allowed in PUBLISH (Session Expiry): malformed, 0x81.
-        (
-            "foreign property",
-            publish5(
-                "a",
-                b"x",
-                0,
-                0,
-                false,
-                &Props::new().u32(prop::SESSION_EXPIRY, 1),
-            ),
-            0x81,
-        ),
-        // A property twice: protocol error, 0x82 (section 2.2.2.2).
-        (
-            "duplicate property",
-            publish5(
-                "a",
-                b"x",
-                0,
-                0,
-                false,
-                &Props::new()
-                    .byte(prop::PAYLOAD_FORMAT, 0)
-                    .byte(prop::PAYLOAD_FORMAT, 0),
-            ),
-            0x82,
-        ),
-        // Larger than the Maximum Packet Size announced: 0x95 (section 3.2.2.3.6).
-        (
-            "too large",
-            publish5("a", &[0u8; 100], 0, 0, false, &Props::new()),
-            0x95,
-        ),
-        // mqttbytes guard: a PUBLISH without its property length is malformed, and the
-        // connection is closed rather than left waiting for bytes that belong to the next packet.
-        (
-            "missing property length",
-            packets::frame(0x30, &[0, 1, b'a']),
-            0x81,
-        ),
-        // Topic Alias 0 [MQTT-3.3.2-8].
-        (
-            "topic alias 0",
-            publish5(
-                "a",
-                b"x",
-                0,
-                0,
-                false,
-                &Props::new().u16(prop::TOPIC_ALIAS, 0),
-            ),
-            0x94,
-        ),
-        // AUTH outside an extended authentication (section 4.12): a protocol error.
-        ("unexpected AUTH", vec![0xF0, 0x00], 0x82),
-        // A zero-length Topic Name without a Topic Alias: a protocol error (section 3.3.2.3.4).
-        (
-            "empty topic, no alias",
-            publish5("", b"x", 0, 0, false, &Props::new()),
-            0x82,
-        ),
-        // Topics that are not well-formed UTF-8 [MQTT-1.5.4-1] (ill-formed; a surrogate) or
-        // that hold U+0000 [MQTT-1.5.4-2]: malformed. (Topic length, topic, property length 0,
-        // payload.)
-        (
-            "ill-formed UTF-8",
-            packets::frame(0x30, &[0, 2, 0xC3, 0x28, 0, b'x']),
-            0x81,
-        ),
-        (
-            "a surrogate",
-            packets::frame(0x30, &[0, 3, 0xED, 0xA0, 0x80, 0, b'x']),
-            0x81,
-        ),
-        (
-            "U+0000",
-            packets::frame(0x30, &[0, 3, b'a', 0, b'b', 0, b'x']),
-            0x81,
-        ),
-    ];
-    // A Malformed Packet or Protocol Error: DISCONNECT with its reason code, then the connection
-    // closes [MQTT-4.13.1-1].
-    for (what, bytes, code) in cases {
-        let mut raw = Raw::handshake5(broker.local_addr(), what).await;
-        raw.send(&bytes).await;
-        let frame = raw.expect().await;
-        assert_eq!(disconnect_reason(&frame), code, "{what}: {frame:?}");
-        match decode5(&frame) {
-            Packet5::Disconnect(d) => assert!(
-                d.properties.and_then(|p| p.reason_string).is_some(),
-                "{what}: a reason string"
-            ),
-            other => panic!("{what}: {other:?}"),
-        }
-        raw.expect_closed().await;
-    }
-}
-
-#[tokio::test]
-async fn bare_disconnect_ends_cleanly_and_drops_the_will_but_0x04_publishes_it() {
-    // mqttbytes guard: `e0 00` (reason 0x00 by omission, section 3.14.2.1) is a clean
-    // DISCONNECT, and the will is discarded [MQTT-3.1.2-10]; reason 0x04 publishes it
-    // [MQTT-3.1.2-8].
-    let broker = broker();
-    let mut watcher = Raw::handshake5(broker.local_addr(), "watcher").await;
-    let codes = watcher
-        .subscribe5(1, &Props::new(), &[("wills/#", 0)])
-        .await;
-    assert_eq!(codes, vec![0]);
-    for (client, disconnect) in [
-        ("bare", vec![0xE0, 0x00]),
-        ("with-will", disconnect5(0x04, &Props::new())),
-    ] {
-        let will = Will5 {
-            topic: &format!("wills/{client}"),
-            payload: b"gone",
-            qos: 0,
-            retain: false,
-            props: Props::new(),
-        };
-        let (mut raw, ack) = Raw::connect5(
-            broker.local_addr(),
-            &connect5(client, true, 30, &Props::new(), Some(&will)),
-        )
-        .await;
-        assert_eq!(ack.code, ConnectReturnCode::Success);
-        raw.send(&disconnect).await;
-        raw.expect_closed().await;
-    }
-    // Only the second will arrives; the barrier proves the first one would have come before.
-    let frame = watcher.expect().await;
-    let publish = common::v5::publish_of(&frame);
-    assert_eq!(publish.topic, "wills/with-will");
-    assert!(watcher.sync5().await.is_empty());
-}
-
-#[tokio::test]
-async fn disconnect_may_not_raise_a_session_expiry_of_zero() {
-    // Section 3.14.2.2.2: a protocol error, so the broker answers DISCONNECT 0x82.
-    let broker = broker();
-    let mut raw = Raw::handshake5(broker.local_addr(), "zero").await;
-    raw.send(&disconnect5(0, &Props::new().u32(prop::SESSION_EXPIRY, 60)))
-        .await;
-    let frame = raw.expect().await;
-    assert_eq!(disconnect_reason(&frame), 0x82);
-    raw.expect_closed().await;
 }
 
 #[tokio::test]
@@ -645,17 +523,4 @@ async fn nothing_behind_a_refused_mqtt_5_connect_is_processed() {
         .expect("registry")
         .total;
     assert_eq!(stored, 0, "no retained message was stored");
-}
-
-#[tokio::test]
-async fn a_second_connect_gets_disconnect_0x82_and_never_a_second_connack() {
-    // [MQTT-3.1.0-2] a second CONNECT is a Protocol Error: DISCONNECT 0x82 and close, and no
-    // second CONNACK [MQTT-3.2.0-2].
-    let broker = broker();
-    let mut raw = Raw::handshake5(broker.local_addr(), "twice").await;
-    raw.send(&connect5("twice", true, 30, &Props::new(), None))
-        .await;
-    let frame = raw.expect().await;
-    assert_eq!(disconnect_reason(&frame), 0x82);
-    raw.expect_closed().await;
 }

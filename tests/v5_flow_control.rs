@@ -9,7 +9,10 @@ use common::{broker, broker_with, broker_with_hooks, packets, Raw};
 
 #[tokio::test]
 async fn the_broker_sends_no_more_unacknowledged_messages_than_the_client_receive_maximum() {
-    // [MQTT-3.3.4-9]
+    // [MQTT-3.3.4-9] and [MQTT-4.9.0-1]: its send quota starts at the client's Receive Maximum.
+    // The messages go as QoS 1 PUBLISH packets with DUP 0 [MQTT-4.3.2-2], each with a packet
+    // id not in use [MQTT-4.3.2-1] [MQTT-2.2.1-4], in the order they were published
+    // [MQTT-4.6.0-5].
     let broker = broker();
     let addr = broker.local_addr();
     let mut sub = subscriber5(
@@ -38,6 +41,12 @@ async fn the_broker_sends_no_more_unacknowledged_messages_than_the_client_receiv
         (&second.payload[..], &third.payload[..]),
         (&[2u8][..], &[3u8][..])
     );
+    for message in [&first, &second, &third] {
+        assert_eq!((message.qos as u8, message.dup), (1, false));
+        assert_ne!(message.pkid, 0);
+    }
+    assert_ne!(first.pkid, second.pkid);
+    assert_ne!(third.pkid, second.pkid, "the id of one still in flight");
     assert!(sub.sync5().await.is_empty(), "still two in flight");
 }
 
@@ -160,7 +169,8 @@ async fn a_topic_alias_on_a_dropped_message_is_not_used_later() {
 #[tokio::test]
 async fn a_client_at_its_receive_maximum_still_gets_every_other_packet() {
     // [MQTT-3.3.4-10] the broker does not hold back packets other than PUBLISH while the
-    // client's Receive Maximum is used up, and goes on with them [MQTT-4.9.0-3]: PINGRESP,
+    // client's Receive Maximum is used up, and goes on with them [MQTT-4.9.0-3]: PINGRESP
+    // [MQTT-3.12.4-1],
     // SUBACK and UNSUBACK come at once, the held message once a PUBACK makes room.
     let broker = broker();
     let addr = broker.local_addr();
@@ -196,4 +206,34 @@ async fn a_client_at_its_receive_maximum_still_gets_every_other_packet() {
     sub.send(&packets::ack(0x40, first.pkid)).await;
     let second = publish_of(&sub.expect().await);
     assert_eq!(&second.payload[..], &[2][..]);
+}
+
+#[tokio::test]
+async fn a_reason_string_is_left_out_where_the_ack_would_exceed_the_client_maximum_packet_size() {
+    // [MQTT-3.9.2-1] a SUBACK and [MQTT-3.11.2-1] an UNSUBACK carry their Reason String only
+    // where the packet then stays within the client's Maximum Packet Size; the reason codes
+    // are sent either way. (With a larger maximum, both come with one: tests/v5_subscribe.rs.)
+    let broker = broker();
+    let props = Props::new().u32(prop::MAXIMUM_PACKET_SIZE, 16);
+    let (mut client, _) = Raw::connect5(
+        broker.local_addr(),
+        &connect5("tight", true, 60, &props, None),
+    )
+    .await;
+    client
+        .send(&common::v5::subscribe5(
+            1,
+            &Props::new(),
+            &[("a/#/b", 0), ("ok", 1)],
+        ))
+        .await;
+    let suback = client.expect().await;
+    assert_eq!(suback.byte1, 0x90);
+    assert_eq!(common::v5::ack_codes(&suback), vec![0x8F, 1]);
+    assert_eq!(common::v5::ack_reason_string(&suback), None);
+    client.send(&common::v5::unsubscribe5(2, &["never"])).await;
+    let unsuback = client.expect().await;
+    assert_eq!(unsuback.byte1, 0xB0);
+    assert_eq!(common::v5::ack_codes(&unsuback), vec![0x11]);
+    assert_eq!(common::v5::ack_reason_string(&unsuback), None);
 }

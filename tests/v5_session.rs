@@ -205,3 +205,54 @@ async fn a_pubrel_repeated_in_a_resumed_session_completes_with_success() {
     let rel = raw.expect().await;
     assert_eq!((rel.byte1, rel.pid(), ack_code(&rel)), (0x62, 11, 0));
 }
+
+#[tokio::test]
+async fn a_message_refused_with_a_reason_code_is_not_sent_again_on_resume() {
+    // [MQTT-4.4.0-2] a PUBACK with a reason code of 0x80 or above acknowledges the message:
+    // it is not sent again when the session resumes, though the one after it, never
+    // acknowledged, is. [MQTT-3.2.2-2] a Clean Start 1 CONNECT gets Session Present 0 even
+    // where a session existed, and [MQTT-3.1.4-4] starts a new one.
+    let broker = broker();
+    let addr = broker.local_addr();
+    let props = Props::new().u32(prop::SESSION_EXPIRY, 300);
+    let (mut device, _) = Raw::connect5(addr, &connect5("refusing", true, 60, &props, None)).await;
+    device.subscribe5(1, &Props::new(), &[("cmd/#", 1)]).await;
+    let mut app = Raw::handshake5(addr, "commander").await;
+    for (pid, payload) in [(1, &b"refused"[..]), (2, &b"unacked"[..])] {
+        app.send(&publish5("cmd/1", payload, 1, pid, false, &Props::new()))
+            .await;
+        assert_eq!(app.expect().await.byte1, 0x40);
+    }
+    let refused = publish_of(&device.expect().await);
+    assert_eq!(&refused.payload[..], b"refused");
+    let [hi, lo] = refused.pkid.to_be_bytes();
+    // PUBACK 0x80, Unspecified error (packet id, reason code, no properties).
+    device.send(&packets::frame(0x40, &[hi, lo, 0x80])).await;
+    let unacked = publish_of(&device.expect().await);
+    assert_eq!(&unacked.payload[..], b"unacked");
+    assert!(device.sync5().await.is_empty());
+    drop(device);
+
+    let (mut device, ack) =
+        Raw::connect5(addr, &connect5("refusing", false, 60, &props, None)).await;
+    assert!(ack.session_present);
+    let again = publish_of(&device.expect().await);
+    assert_eq!((&again.payload[..], again.dup), (&b"unacked"[..], true));
+    device.send(&packets::ack(0x40, again.pkid)).await;
+    assert!(
+        device.sync5().await.is_empty(),
+        "the refused one is not sent again"
+    );
+    drop(device);
+
+    let (mut device, ack) =
+        Raw::connect5(addr, &connect5("refusing", true, 60, &props, None)).await;
+    assert!(!ack.session_present, "[MQTT-3.2.2-2]");
+    app.send(&publish5("cmd/1", b"after", 1, 3, false, &Props::new()))
+        .await;
+    assert_eq!(app.expect().await.byte1, 0x40);
+    assert!(
+        device.sync5().await.is_empty(),
+        "the new session has no subscription"
+    );
+}

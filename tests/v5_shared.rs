@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::v5::{connect5, disconnect5, publish5, publish_of, Props};
+use common::v5::{connect5, disconnect5, prop, publish5, publish_of, Props};
 use common::{broker, broker_with, packets, Raw};
 use switchboard::config::SharedStrategy;
 
@@ -318,4 +318,71 @@ async fn a_shared_subscription_needs_a_share_name_without_wildcards_and_a_filter
         .await
         .expect("registry");
     assert_eq!(stats.subscriptions, 1, "only the good one");
+}
+
+#[tokio::test]
+async fn a_shared_and_a_plain_subscription_of_one_client_each_get_a_copy_with_their_identifier() {
+    // [MQTT-3.3.4-5] where the broker sends several PUBLISH packets for one message (one for
+    // the plain subscription, one for the shared one), each carries the Subscription Identifier
+    // of the subscription it is for.
+    let broker = broker();
+    let addr = broker.local_addr();
+    let mut client = Raw::handshake5(addr, "both").await;
+    client
+        .subscribe5(
+            1,
+            &Props::new().var(prop::SUBSCRIPTION_ID, 7),
+            &[("ids/1", 1)],
+        )
+        .await;
+    client
+        .subscribe5(
+            2,
+            &Props::new().var(prop::SUBSCRIPTION_ID, 9),
+            &[("$share/g/ids/1", 1)],
+        )
+        .await;
+    let mut publisher = Raw::handshake5(addr, "both-pub").await;
+    publish_n(&mut publisher, "ids/1", 1, 1).await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let copy = publish_of(&client.expect().await);
+        client.send(&packets::ack(0x40, copy.pkid)).await;
+        ids.push(copy.properties.map(|p| p.subscription_identifiers));
+    }
+    ids.sort();
+    assert_eq!(ids, vec![Some(vec![7]), Some(vec![9])]);
+    assert!(client.sync5().await.is_empty(), "two copies, no more");
+}
+
+#[tokio::test]
+async fn a_message_a_member_refuses_with_a_reason_code_is_not_handed_to_another() {
+    // [MQTT-4.8.2-6] a PUBACK with a reason code of 0x80 or above: the message is discarded,
+    // not sent to another member, even once the refusing member has gone.
+    let (broker, mut hooks) = common::broker_with_hooks(|_| {});
+    let addr = broker.local_addr();
+    let mut refuser = Raw::handshake5(addr, "refuser").await;
+    refuser
+        .subscribe5(1, &Props::new(), &[("$share/g/jobs", 1)])
+        .await;
+    let mut publisher = Raw::handshake5(addr, "jobs-pub").await;
+    publish_n(&mut publisher, "jobs", 1, 1).await;
+    let job = publish_of(&refuser.expect().await);
+    // PUBACK 0x83, Implementation specific error (packet id, reason code, no properties).
+    let [hi, lo] = job.pkid.to_be_bytes();
+    refuser.send(&packets::frame(0x40, &[hi, lo, 0x83])).await;
+    assert!(refuser.sync5().await.is_empty());
+    let mut other = Raw::handshake5(addr, "other-member").await;
+    other
+        .subscribe5(1, &Props::new(), &[("$share/g/jobs", 1)])
+        .await;
+    refuser.send(&disconnect5(0, &Props::new())).await;
+    refuser.expect_closed().await;
+    // The Registry has ended its session (where what it left unacknowledged is handed on)
+    // before the hook; the barrier then comes after anything handed to `other`.
+    hooks.disconnected("refuser").await;
+    assert!(
+        other.sync5().await.is_empty(),
+        "the refused job went nowhere"
+    );
 }

@@ -209,3 +209,140 @@ async fn malformed_subscription_options_close_the_connection() {
         client.expect_closed().await;
     }
 }
+
+#[tokio::test]
+async fn filters_that_break_the_wildcard_rules_are_refused_and_dollar_topics_escape_wildcards() {
+    // [MQTT-4.7.1-1] `#` only last and alone in its level; [MQTT-4.7.1-2] `+` alone in its
+    // level; [MQTT-4.7.3-1] at least one character: each refused with 0x8F, the valid ones
+    // granted, one code per filter that shows the QoS granted or the failure [MQTT-3.8.4-7].
+    let broker = broker();
+    let addr = broker.local_addr();
+    let mut sub = Raw::handshake5(addr, "rules").await;
+    let codes = sub
+        .subscribe5(
+            1,
+            &Props::new(),
+            &[
+                ("a/#/b", 0),
+                ("a#", 0),
+                ("a+/b", 0),
+                ("", 0),
+                ("#", 1),
+                ("+/x", 1),
+            ],
+        )
+        .await;
+    assert_eq!(codes, vec![0x8F, 0x8F, 0x8F, 0x8F, 1, 1]);
+    // [MQTT-4.7.2-1] a topic starting with `$` is matched by neither `#` nor `+/x`; the plain
+    // one is, and comes with the Topic Name it was published to [MQTT-3.3.2-3] (once, for the
+    // two filters that match it).
+    let mut publisher = Raw::handshake5(addr, "rules-pub").await;
+    for topic in ["$app/x", "app/x"] {
+        publisher
+            .send(&publish5(topic, b"m", 0, 0, false, &Props::new()))
+            .await;
+    }
+    let got = publish_of(&sub.expect().await);
+    assert_eq!(got.topic, "app/x");
+    assert!(sub.sync5().await.is_empty(), "nothing from `$app/x`");
+}
+
+#[tokio::test]
+async fn one_subscribe_of_many_filters_is_handled_as_a_sequence_with_one_suback() {
+    // [MQTT-3.8.4-1] a SUBACK, [MQTT-3.8.4-2] with the SUBSCRIBE's packet id (checked by
+    // `Raw::subscribe5`), [MQTT-3.8.4-5] the filters taken in turn: the second `q/1` replaces
+    // the first [MQTT-3.8.4-3], so a QoS 2 message comes once, at the QoS granted last.
+    // [MQTT-3.8.4-8] a message comes at the lower of its own QoS and the QoS granted.
+    let broker = broker();
+    let addr = broker.local_addr();
+    let mut sub = Raw::handshake5(addr, "sequence").await;
+    let codes = sub
+        .subscribe5(0x1234, &Props::new(), &[("q/1", 0), ("q/1", 1), ("q/0", 0)])
+        .await;
+    assert_eq!(codes, vec![0, 1, 0]);
+    let mut publisher = Raw::handshake5(addr, "sequence-pub").await;
+    for (pid, topic) in [(1, "q/1"), (2, "q/0")] {
+        publisher
+            .send(&publish5(topic, b"m", 2, pid, false, &Props::new()))
+            .await;
+        assert_eq!(publisher.expect().await.byte1, 0x50, "PUBREC");
+        publisher.send(&common::packets::ack(0x62, pid)).await;
+        assert_eq!(publisher.expect().await.byte1, 0x70, "PUBCOMP");
+    }
+    let first = publish_of(&sub.expect().await);
+    assert_eq!((first.topic.as_str(), first.qos as u8), ("q/1", 1));
+    sub.send(&common::packets::ack(0x40, first.pkid)).await;
+    let second = publish_of(&sub.expect().await);
+    assert_eq!((second.topic.as_str(), second.qos as u8), ("q/0", 0));
+    assert!(sub.sync5().await.is_empty(), "each once");
+}
+
+#[tokio::test]
+async fn one_unsubscribe_of_many_filters_ends_them_in_turn_with_one_unsuback() {
+    // [MQTT-3.10.4-1] a filter that matches a subscription deletes it, [MQTT-3.10.4-2] and no
+    // message for it is added after; [MQTT-3.10.4-4] an UNSUBACK, [MQTT-3.10.4-5] also where a
+    // filter deleted nothing; [MQTT-3.10.4-6] several filters are handled in turn, with one
+    // UNSUBACK.
+    let broker = broker();
+    let addr = broker.local_addr();
+    let mut sub = Raw::handshake5(addr, "unsub").await;
+    sub.subscribe5(1, &Props::new(), &[("u/1", 0), ("u/2", 0)])
+        .await;
+    sub.send(&unsubscribe5(7, &["u/1", "u/2", "u/3"])).await;
+    let unsuback = sub.expect().await;
+    assert_eq!((unsuback.byte1, unsuback.pid()), (0xB0, 7));
+    assert_eq!(ack_codes(&unsuback), vec![0x00, 0x00, 0x11]);
+    let mut publisher = Raw::handshake5(addr, "unsub-pub").await;
+    for topic in ["u/1", "u/2"] {
+        publisher
+            .send(&publish5(topic, b"m", 1, 1, false, &Props::new()))
+            .await;
+        assert_eq!(publisher.expect().await.byte1, 0x40);
+    }
+    assert!(sub.sync5().await.is_empty(), "nothing after the UNSUBACK");
+}
+
+#[tokio::test]
+async fn a_retained_message_is_replaced_and_an_empty_one_clears_it() {
+    // [MQTT-3.3.1-5] a retained PUBLISH replaces the topic's retained message; [MQTT-3.3.1-6]
+    // one with an empty payload removes it (and is delivered to subscribers as usual), and
+    // [MQTT-3.3.1-7] is not stored itself: a later subscriber gets nothing.
+    let broker = broker();
+    let addr = broker.local_addr();
+    let mut publisher = Raw::handshake5(addr, "state-pub").await;
+    for (pid, payload) in [(1, &b"open"[..]), (2, &b"closed"[..])] {
+        publisher
+            .send(&publish5(
+                "gate/1/state",
+                payload,
+                1,
+                pid,
+                true,
+                &Props::new(),
+            ))
+            .await;
+        assert_eq!(publisher.expect().await.byte1, 0x40);
+    }
+    let mut first = Raw::handshake5(addr, "state-sub-1").await;
+    first
+        .subscribe5(1, &Props::new(), &[("gate/+/state", 0)])
+        .await;
+    let kept = publish_of(&first.expect().await);
+    assert_eq!((&kept.payload[..], kept.retain), (&b"closed"[..], true));
+    assert!(
+        first.sync5().await.is_empty(),
+        "one retained message per topic"
+    );
+
+    publisher
+        .send(&publish5("gate/1/state", b"", 1, 3, true, &Props::new()))
+        .await;
+    assert_eq!(publisher.expect().await.byte1, 0x40);
+    let cleared = publish_of(&first.expect().await);
+    assert!(cleared.payload.is_empty(), "delivered as usual");
+    let mut second = Raw::handshake5(addr, "state-sub-2").await;
+    second
+        .subscribe5(1, &Props::new(), &[("gate/+/state", 0)])
+        .await;
+    assert!(second.sync5().await.is_empty(), "nothing retained now");
+}

@@ -202,6 +202,10 @@ fn check_first_byte(
     match packet_type {
         // AUTH exists in MQTT 5, but only within an extended authentication, which the broker
         // never starts (it refuses every Authentication Method in CONNACK).
+        // Its reserved flags are judged first: set, the packet is malformed [MQTT-3.15.1-1].
+        15 if protocol.is_v5() && !first_packet && flags != 0 => {
+            return Err(CodecError::InvalidFlags { packet_type, flags })
+        }
         15 if protocol.is_v5() && !first_packet => {
             return Err(CodecError::Protocol5(
                 "AUTH",
