@@ -209,10 +209,11 @@ async fn a_client_at_its_receive_maximum_still_gets_every_other_packet() {
 }
 
 #[tokio::test]
-async fn a_reason_string_is_left_out_where_the_ack_would_exceed_the_client_maximum_packet_size() {
-    // [MQTT-3.9.2-1] a SUBACK and [MQTT-3.11.2-1] an UNSUBACK carry their Reason String only
-    // where the packet then stays within the client's Maximum Packet Size; the reason codes
-    // are sent either way. (With a larger maximum, both come with one: tests/v5_subscribe.rs.)
+async fn a_reason_string_is_left_out_where_the_packet_would_exceed_the_client_maximum_size() {
+    // [MQTT-3.9.2-1] a SUBACK, [MQTT-3.11.2-1] an UNSUBACK, [MQTT-3.4.2-2] a PUBACK and
+    // [MQTT-3.14.2-3] a DISCONNECT carry their Reason String only where the packet then stays
+    // within the client's Maximum Packet Size; the reason codes are sent either way. (With a
+    // larger maximum they come with one: tests/v5_subscribe.rs, tests/v5_errors.rs.)
     let broker = broker();
     let props = Props::new().u32(prop::MAXIMUM_PACKET_SIZE, 16);
     let (mut client, _) = Raw::connect5(
@@ -236,4 +237,30 @@ async fn a_reason_string_is_left_out_where_the_ack_would_exceed_the_client_maxim
     assert_eq!(unsuback.byte1, 0xB0);
     assert_eq!(common::v5::ack_codes(&unsuback), vec![0x11]);
     assert_eq!(common::v5::ack_reason_string(&unsuback), None);
+    // A payload that says it is UTF-8 and is not: PUBACK 0x99 (packet id, reason code, and no
+    // property block, or an empty one).
+    client
+        .send(&publish5(
+            "pfi",
+            &[0xFF],
+            1,
+            9,
+            false,
+            &Props::new().byte(prop::PAYLOAD_FORMAT, 1),
+        ))
+        .await;
+    let puback = client.expect().await;
+    assert_eq!(
+        (puback.byte1, puback.pid(), puback.body[2]),
+        (0x40, 9, 0x99)
+    );
+    assert!(
+        puback.body.len() == 3 || puback.body[3..] == [0],
+        "{puback:?}"
+    );
+    // A SUBSCRIBE without a filter: DISCONNECT 0x82, without its reason string.
+    client.send(&packets::frame(0x82, &[0, 3, 0])).await;
+    let frame = client.expect().await;
+    assert_eq!(frame.body, vec![0x82, 0], "reason code, empty properties");
+    client.expect_closed().await;
 }

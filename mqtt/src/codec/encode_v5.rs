@@ -187,7 +187,7 @@ pub fn ack_reason_string(codes: &[u8], failure_from: u8) -> Option<String> {
 }
 
 /// Writes a server DISCONNECT with a reason code and, when given, a reason string, unless it
-/// would make the packet larger than the client's Maximum Packet Size `[MQTT-3.14.2-4]`.
+/// would make the packet larger than the client's Maximum Packet Size `[MQTT-3.14.2-3]`.
 pub fn write_disconnect_v5(
     out: &mut BytesMut,
     reason: u8,
@@ -283,7 +283,7 @@ mod tests {
         write_disconnect_v5(&mut out, 0x8D, Some("keep-alive timeout"), None);
         assert!(out.len() > 20);
         let mut small = BytesMut::new();
-        // [MQTT-3.14.2-4]
+        // [MQTT-3.14.2-3]
         write_disconnect_v5(&mut small, 0x8D, Some("keep-alive timeout"), Some(10));
         assert_eq!(&small[..], &[0xE0, 2, 0x8D, 0][..]);
     }
