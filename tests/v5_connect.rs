@@ -74,6 +74,50 @@ async fn without_a_server_keep_alive_the_client_keep_alive_applies() {
 }
 
 #[tokio::test]
+async fn a_connect_for_another_protocol_or_level_is_not_taken_as_mqtt_5() {
+    // [MQTT-3.1.2-1] a protocol name other than `MQTT`: the connection closes, nothing
+    // answered. [MQTT-3.1.2-2] a level the broker does not speak (6): refused with a CONNACK
+    // (in the 3.1.1 form, which every level's client reads; code 0x01), then closed.
+    let broker = broker();
+    let mut named = connect5("named", true, 30, &Props::new(), None);
+    named[4..8].copy_from_slice(b"MQTX");
+    let mut raw = Raw::connect(broker.local_addr()).await;
+    raw.send(&named).await;
+    raw.expect_closed().await;
+    let mut levelled = connect5("levelled", true, 30, &Props::new(), None);
+    assert_eq!(levelled[8], 5, "the protocol level");
+    levelled[8] = 6;
+    let mut raw = Raw::connect(broker.local_addr()).await;
+    raw.send(&levelled).await;
+    let frame = raw.expect().await;
+    assert_eq!((frame.byte1, &frame.body[..]), (0x20, &[0, 1][..]));
+    raw.expect_closed().await;
+}
+
+#[tokio::test]
+async fn a_client_id_of_letters_and_digits_is_taken_and_a_reserved_one_refused_with_0x85() {
+    // [MQTT-3.1.3-3] [MQTT-3.1.3-4] the client id, the payload's first field, a UTF-8 string;
+    // [MQTT-3.1.3-5] 1 to 23 letters and digits are accepted. [MQTT-3.1.3-8] one the broker
+    // refuses (the prefix of its own internal clients, here from the network) gets CONNACK
+    // 0x85, Client Identifier not valid, and the connection closes.
+    let broker = broker();
+    let (_raw, ack) = Raw::connect5(
+        broker.local_addr(),
+        &connect5("Gate1AB2345678901234567", true, 30, &Props::new(), None)[..],
+    )
+    .await;
+    assert_eq!(ack.code, ConnectReturnCode::Success);
+    let reserved = format!("{}x", switchboard::session::INTERNAL_CLIENT_PREFIX);
+    let (mut raw, ack) = Raw::connect5(
+        broker.local_addr(),
+        &connect5(&reserved, true, 30, &Props::new(), None),
+    )
+    .await;
+    assert_eq!(ack.code, ConnectReturnCode::ClientIdentifierNotValid);
+    raw.expect_closed().await;
+}
+
+#[tokio::test]
 async fn empty_client_id_gets_an_assigned_identifier_even_without_clean_start() {
     // [MQTT-3.1.3-6] [MQTT-3.1.3-7] [MQTT-3.2.2-16]
     let broker = broker();
@@ -467,7 +511,8 @@ async fn connect_flags_that_break_the_rules_get_0x81_or_0x82() {
 #[tokio::test]
 async fn a_byte_order_mark_in_an_mqtt_5_topic_is_kept() {
     // [MQTT-1.5.4-3] 0xEF 0xBB 0xBF is U+FEFF wherever it appears and is not stripped: the
-    // subscriber of the topic that starts with it gets the message with it.
+    // subscriber of the topic that starts with it gets the message with it (topics are not
+    // normalised [MQTT-4.7.3-4]).
     let broker = broker();
     let addr = broker.local_addr();
     let mut sub = Raw::handshake5(addr, "bom5").await;

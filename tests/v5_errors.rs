@@ -106,7 +106,7 @@ async fn malformed_and_oversized_packets_get_the_right_disconnect_reason() {
             packets::frame(0x38, &[0, 1, b'a', 0, b'x']),
             0x81,
         ),
-        // A wildcard in a Topic Name [MQTT-3.3.2-2]: 0x90, Topic Name invalid.
+        // A wildcard in a Topic Name [MQTT-3.3.2-2] [MQTT-4.7.0-1]: 0x90, Topic Name invalid.
         (
             "wildcard in the Topic Name",
             publish5("a/+", b"x", 0, 0, false, &Props::new()),

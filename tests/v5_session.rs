@@ -256,3 +256,84 @@ async fn a_message_refused_with_a_reason_code_is_not_sent_again_on_resume() {
         "the new session has no subscription"
     );
 }
+
+#[tokio::test]
+async fn a_qos_2_delivery_stays_unacknowledged_until_its_pubrec_even_across_a_resume() {
+    // [MQTT-4.3.3-1] a packet id not in use, [MQTT-4.3.3-2] QoS 2 and DUP 0 the first time;
+    // [MQTT-4.3.3-3] unacknowledged until the PUBREC: sent again (DUP 1) when the session
+    // resumes, then PUBREL for the PUBREC and nothing more after the PUBCOMP.
+    let broker = broker();
+    let addr = broker.local_addr();
+    let props = Props::new().u32(prop::SESSION_EXPIRY, 60);
+    let (mut device, _) = Raw::connect5(addr, &connect5("q2-device", true, 60, &props, None)).await;
+    device.subscribe5(1, &Props::new(), &[("q2/#", 2)]).await;
+    let mut app = Raw::handshake5(addr, "q2-app").await;
+    app.send(&publish5(
+        "q2/1",
+        b"exactly once",
+        2,
+        5,
+        false,
+        &Props::new(),
+    ))
+    .await;
+    assert_eq!(app.expect().await.byte1, 0x50, "PUBREC");
+    let first = publish_of(&device.expect().await);
+    assert_eq!((first.qos as u8, first.dup), (2, false));
+    assert_ne!(first.pkid, 0);
+    drop(device);
+
+    let (mut device, ack) =
+        Raw::connect5(addr, &connect5("q2-device", false, 60, &props, None)).await;
+    assert!(ack.session_present);
+    let again = publish_of(&device.expect().await);
+    assert_eq!(
+        (again.pkid, again.qos as u8, again.dup, &again.payload[..]),
+        (first.pkid, 2, true, &b"exactly once"[..])
+    );
+    device.send(&packets::ack(0x50, again.pkid)).await;
+    let rel = device.expect().await;
+    assert_eq!((rel.byte1, rel.pid()), (0x62, again.pkid), "PUBREL");
+    device.send(&packets::ack(0x70, again.pkid)).await;
+    assert!(device.sync5().await.is_empty(), "delivered once");
+}
+
+#[tokio::test]
+async fn a_will_keeps_its_retain_flag() {
+    // [MQTT-3.1.2-14] a will with Will Retain 0 is published as a plain message: delivered,
+    // not kept; [MQTT-3.1.2-15] with Will Retain 1 it is kept as the topic's retained message.
+    let broker = broker();
+    let addr = broker.local_addr();
+    let mut watcher = Raw::handshake5(addr, "will-watcher").await;
+    watcher
+        .subscribe5(1, &Props::new(), &[("wills/+/status", 0)])
+        .await;
+    for (device, retain) in [("plain", false), ("kept", true)] {
+        let topic = format!("wills/{device}/status");
+        let will = Will5 {
+            topic: &topic,
+            payload: b"offline",
+            qos: 0,
+            retain,
+            props: Props::new(),
+        };
+        let (raw, _) = Raw::connect5(
+            addr,
+            &connect5(device, true, 60, &Props::new(), Some(&will)),
+        )
+        .await;
+        drop(raw);
+        let got = publish_of(&watcher.expect().await);
+        assert_eq!(got.topic, topic);
+        assert!(!got.retain, "a live delivery");
+    }
+    let mut late = Raw::handshake5(addr, "late-watcher").await;
+    late.subscribe5(1, &Props::new(), &[("wills/+/status", 0)])
+        .await;
+    let kept = publish_of(&late.expect().await);
+    assert_eq!(
+        (kept.topic.as_str(), kept.retain),
+        ("wills/kept/status", true)
+    );
+    assert!(late.sync5().await.is_empty(), "the plain will was not kept");
+}

@@ -273,7 +273,11 @@ async fn one_subscribe_of_many_filters_is_handled_as_a_sequence_with_one_suback(
     assert_eq!((first.topic.as_str(), first.qos as u8), ("q/1", 1));
     sub.send(&common::packets::ack(0x40, first.pkid)).await;
     let second = publish_of(&sub.expect().await);
-    assert_eq!((second.topic.as_str(), second.qos as u8), ("q/0", 0));
+    // A QoS 0 delivery: QoS 0 and DUP 0 [MQTT-4.3.1-1].
+    assert_eq!(
+        (second.topic.as_str(), second.qos as u8, second.dup),
+        ("q/0", 0, false)
+    );
     assert!(sub.sync5().await.is_empty(), "each once");
 }
 
