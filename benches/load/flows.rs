@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::args::{Args, Scenario};
+use crate::conn::{self, Conn};
 use crate::report::Measured;
 use crate::wire::{self, PublishTemplate};
 
@@ -117,8 +117,10 @@ async fn subscriber(
     ready: tokio::sync::mpsc::Sender<()>,
 ) -> std::io::Result<()> {
     let id = format!("bench-sub-{index}");
-    let mut stream = wire::handshake_with(addr, &id, !wire::persistent_subscribers()).await?;
+    let mut stream = conn::handshake(addr, &id, !wire::persistent_subscribers()).await?;
     stream.write_all(&wire::subscribe(1, &filters, qos)).await?;
+    // TLS may hold records back until flushed; on TCP this is free.
+    stream.flush().await?;
     let mut buf = Vec::with_capacity(64 * 1024);
     loop {
         stream.read_buf(&mut buf).await?;
@@ -179,6 +181,7 @@ async fn subscriber(
         buf.drain(..used);
         if !acks.is_empty() {
             stream.write_all(&acks).await?;
+            stream.flush().await?;
             acks.clear();
         }
     }
@@ -202,7 +205,7 @@ async fn publisher(
     pacing: Pacing,
     shared: Rc<Shared>,
 ) -> std::io::Result<()> {
-    let mut stream = wire::handshake(addr, &format!("bench-pub-{index}")).await?;
+    let mut stream = conn::handshake(addr, &format!("bench-pub-{index}"), true).await?;
     let templates: Vec<PublishTemplate> = topics
         .iter()
         .map(|t| PublishTemplate::new(t, args.payload, args.qos, false))
@@ -250,6 +253,7 @@ async fn publisher(
             sent_by.set(sent_by.get() + batch);
             shared.sent.set(shared.sent.get() + batch);
             stream.write_all(&out).await?;
+            stream.flush().await?;
             out.clear();
         }
         // Acknowledgements from the broker (PUBACK / PUBREC -> PUBREL / PUBCOMP).
@@ -271,6 +275,7 @@ async fn publisher(
             }
         } else if !out.is_empty() {
             stream.write_all(&out).await?;
+            stream.flush().await?;
             out.clear();
         }
     }
@@ -283,6 +288,7 @@ async fn publisher(
         }
         if !out.is_empty() {
             stream.write_all(&out).await?;
+            stream.flush().await?;
             out.clear();
         }
     }
@@ -296,7 +302,7 @@ async fn publisher(
 /// system call until the broker sends again. `try_read_buf` clears it only on `EAGAIN`, which
 /// cost one `recvfrom` more per PUBACK at window 1 (3.0 per message against the floor's 2.0).
 fn read_acks(
-    stream: &mut TcpStream,
+    stream: &mut Conn,
     inbox: &mut Vec<u8>,
     out: &mut Vec<u8>,
 ) -> std::io::Result<Option<u32>> {
@@ -343,6 +349,9 @@ pub async fn run(
     addr: std::net::SocketAddr,
     broker_pid: Option<u32>,
 ) -> Result<FlowResult, String> {
+    if let Some(ca) = &args.tls_ca {
+        conn::use_tls(ca)?;
+    }
     let plan = plan(args.scenario, args.clients, args.topics);
     let subscribe_addr = args.subscribe_addr.unwrap_or(addr);
     let shared = Shared::new(plan.publishers.len());

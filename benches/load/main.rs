@@ -14,6 +14,7 @@
 mod args;
 mod broker;
 mod churn;
+mod conn;
 mod fleet;
 mod flows;
 mod procstat;
@@ -91,6 +92,11 @@ fn run(args: Args) -> Result<(), String> {
         scenario: serde_json::to_value(args.scenario)
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
+            // Over TLS (`--tls-ca`) the scenario is named so, apart from its TCP rows.
+            .map(|name| match &args.tls_ca {
+                Some(_) => format!("{name} over TLS"),
+                None => name,
+            })
             .unwrap_or_default(),
         qos: args.qos,
         clients: args.clients,

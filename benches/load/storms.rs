@@ -149,34 +149,6 @@ pub async fn retained(
     })
 }
 
-/// TLS 1.3 to the broker, trusting the CA certificates of `ca_file` (PEM), for `localhost`,
-/// resuming earlier sessions if `resume`.
-fn tls_connector(
-    ca_file: &std::path::Path,
-    resume: bool,
-) -> Result<tokio_rustls::TlsConnector, String> {
-    use tokio_rustls::rustls::{version, ClientConfig, RootCertStore};
-    let mut roots = RootCertStore::empty();
-    let certificates =
-        switchboard_actors::transport::certificates(ca_file).map_err(|e| e.to_string())?;
-    for certificate in certificates {
-        roots.add(certificate).map_err(|e| e.to_string())?;
-    }
-    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&version::TLS13])
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    if !resume {
-        // Full handshakes, as after a broker restart, when no earlier session can be resumed.
-        config.resumption = tokio_rustls::rustls::client::Resumption::disabled();
-    }
-    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
-        config,
-    )))
-}
-
 /// One connect of the storm: TCP (from a spread source address), a PROXY protocol header with
 /// `proxy`, TLS when `tls` is given, CONNECT, CONNACK, DISCONNECT. Returns the time from the
 /// start to the CONNACK (with `close_at_once`: to the CONNECT sent, after which the connection
@@ -236,7 +208,7 @@ pub async fn connect_storm(
     let tls = args
         .tls_ca
         .as_deref()
-        .map(|ca| tls_connector(ca, args.tls_resume))
+        .map(|ca| crate::conn::tls_connector(ca, args.tls_resume))
         .transpose()?;
     let tls = Rc::new(tls);
     let (proxy, close_at_once) = (args.proxy_protocol, args.close_at_once);
