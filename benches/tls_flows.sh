@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Message traffic over TLS, as fleets in the field send it: the realistic rows of compare.sh
-# (QoS 1, window 1 with 8 pairs; open loop at 20,000 msgs/s over 1,000 pairs) and the pipelined
-# pairs, every client over TLS 1.3 (ECDSA P-256), against Switchboard's TLS listener and
-# Mosquitto's, alternating the order per run. Prints the medians and each run's CPU ratio.
+# (QoS 1, window 1 with 8 and 200 pairs; open loop at 20,000 msgs/s over 1,000 pairs; the
+# fleet: 1,000 devices, 10,000 requests/s) and the pipelined pairs, every client over TLS 1.3
+# (ECDSA P-256), against Switchboard's TLS listener and Mosquitto's, alternating the order per
+# run. Prints the medians and each run's CPU ratio.
 #
 #   RUNS=3 DURATION=5 benches/tls_flows.sh
 #
@@ -11,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-5}
-ROWS=${ROWS:-"w1_8 open pipe1"}
+ROWS=${ROWS:-"w1_8 w1_200 open fleet pipe1"}
 OUT=${OUT:-target/tls-flows.jsonl}
 BIN=target/release/switchboard
 SB_PORT=${SB_PORT:-18860}
@@ -72,6 +73,7 @@ for run_no in $(seq "$RUNS"); do
         w1_200) args="--scenario pairs --qos 1 --window 1 --clients 200" ;;
         open) args="--scenario pairs --qos 1 --rate 20000 --clients 1000" ;;
         pipe1) args="--scenario pairs --qos 1 --clients 8" ;;
+        fleet) args="--scenario fleet --qos 1 --clients 1000 --rate 10000" ;;
         *) echo "unknown row $row" >&2; exit 2 ;;
       esac
       # shellcheck disable=SC2086

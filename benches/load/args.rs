@@ -103,8 +103,9 @@ pub struct Args {
     /// make them (0: none).
     #[arg(long, default_value_t = 0.0)]
     pub churn_beside: f64,
-    /// connect-storm and the message scenarios (pairs, fan-in, fan-out, wildcard): connect over
-    /// TLS (1.3, server name `localhost`), trusting the CA certificates in this PEM file.
+    /// connect-storm and the message scenarios (pairs, fan-in, fan-out, wildcard, fleet):
+    /// connect over TLS (1.3, server name `localhost`), trusting the CA certificates in this PEM
+    /// file.
     #[arg(long, value_name = "CA_FILE")]
     pub tls_ca: Option<PathBuf>,
     /// With `--tls-ca`: resume earlier TLS sessions (as devices reconnecting after a network

@@ -17,9 +17,9 @@ use hdrhistogram::Histogram;
 use switchboard::codec::{write_publish, write_publish_v5, PublishExtras, PublishHeader};
 use switchboard::{MessageProperties, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::args::Args;
+use crate::conn::{self, Conn};
 use crate::report::Measured;
 use crate::wire;
 
@@ -59,7 +59,7 @@ impl Counters {
 
 /// One client's side of the QoS 1/2 handshakes, and its PUBLISH encoder.
 struct Link {
-    stream: TcpStream,
+    stream: Conn,
     inbox: Vec<u8>,
     out: Vec<u8>,
     qos: u8,
@@ -78,7 +78,7 @@ struct Incoming {
 impl Link {
     async fn open(addr: SocketAddr, id: &str, qos: u8, mqtt5: bool) -> std::io::Result<Link> {
         Ok(Link {
-            stream: wire::handshake(addr, id).await?,
+            stream: conn::handshake(addr, id, true).await?,
             inbox: Vec::with_capacity(4096),
             out: Vec::with_capacity(4096),
             qos,
@@ -90,6 +90,8 @@ impl Link {
     async fn subscribe(&mut self, filter: &str) -> std::io::Result<()> {
         let frame = wire::subscribe(1, &[filter.to_string()], self.qos);
         self.stream.write_all(&frame).await?;
+        // TLS may hold records back until flushed; on TCP this is free.
+        self.stream.flush().await?;
         loop {
             if self.stream.read_buf(&mut self.inbox).await? == 0 {
                 return Err(std::io::Error::other("closed before SUBACK"));
@@ -157,6 +159,7 @@ impl Link {
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
             self.stream.write_all(&self.out).await?;
+            self.stream.flush().await?;
             self.out.clear();
         }
         Ok(())
@@ -390,6 +393,9 @@ pub async fn run(
     addr: SocketAddr,
     broker_pid: Option<u32>,
 ) -> Result<FleetResult, String> {
+    if let Some(ca) = &args.tls_ca {
+        conn::use_tls(ca)?;
+    }
     let counters = Rc::new(Counters {
         start: Instant::now(),
         published: Cell::new(0),
