@@ -34,16 +34,7 @@ chmod 644 "$work/passwords"
 printf '[auth]\npassword_file = "%s"\n' "$work/passwords" > "$work/switchboard.toml"
 flood_args=()
 if [ "${TLS:-0}" = 1 ]; then
-  command -v openssl >/dev/null || { echo "TLS=1 needs openssl" >&2; exit 1; }
-  # A CA and a server certificate for localhost, both ECDSA P-256, as benches/tls_storm.sh.
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-    -subj "/CN=bench CA" -keyout "$work/ca.key" -out "$work/ca.pem" 2>/dev/null
-  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-    -subj "/CN=localhost" -keyout "$work/server.key" -out "$work/server.csr" 2>/dev/null
-  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' > "$work/san.ext"
-  openssl x509 -req -in "$work/server.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" \
-    -CAcreateserial -days 2 -extfile "$work/san.ext" -out "$work/server.pem" 2>/dev/null
-  chmod a+r "$work"/*.pem "$work"/*.key
+  make_tls_files
   SB_TLS=$((SB_PORT + 10)) MQ_TLS=$((MQ_PORT + 10))
   printf '[tls]\nport = %s\ncert_file = "%s"\nkey_file = "%s"\n' "$SB_TLS" \
     "$work/server.pem" "$work/server.key" >> "$work/switchboard.toml"

@@ -1,5 +1,6 @@
-# Shared by the comparison scripts (ab.sh, spike.sh); sourced, not run: the harness binary, a
-# Mosquitto configuration, the alternating order of runs, and waiting for a broker's port.
+# Shared by the comparison scripts (ab.sh, spike.sh, the TLS ones); sourced, not run: the
+# harness binary, a Mosquitto configuration, TLS files, the alternating order of runs, and
+# waiting for a broker's port.
 
 MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 
@@ -7,6 +8,54 @@ MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 make_work_dir() {
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
+}
+
+# Writes a CA and a server certificate for localhost and 127.0.0.1, both ECDSA P-256, into
+# $work: ca.pem, server.pem and server.key (readable by the user `mosquitto`, as which
+# Mosquitto started as root reads them).
+make_tls_files() {
+  command -v openssl >/dev/null || { echo "$0 needs openssl" >&2; exit 1; }
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj "/CN=bench CA" -keyout "$work/ca.key" -out "$work/ca.pem" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -subj "/CN=localhost" -keyout "$work/server.key" -out "$work/server.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' > "$work/san.ext"
+  openssl x509 -req -in "$work/server.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" \
+    -CAcreateserial -days 2 -extfile "$work/san.ext" -out "$work/server.pem" 2>/dev/null
+  chmod a+rx "$work"
+  chmod a+r "$work"/*.pem "$work"/*.key
+}
+
+# After make_tls_files: $work/switchboard.toml (plain TCP on $1, TLS on $2, no HTTP server) and
+# $work/mosquitto.conf (plain TCP on $3, TLS on $4), both serving server.pem.
+tls_broker_confs() {
+  cat > "$work/switchboard.toml" <<TOML
+[listener]
+port = $1
+[http]
+enabled = false
+[tls]
+port = $2
+cert_file = "$work/server.pem"
+key_file = "$work/server.key"
+TOML
+  mosquitto_conf "$work/mosquitto.conf" "$3" \
+    "listener $4 127.0.0.1" "certfile $work/server.pem" "keyfile $work/server.key"
+}
+
+# After tls_broker_confs: starts `mosquitto` or `switchboard` (target/release) as $1, sets pid,
+# plain and tls to its process and ports, and returns once its TLS port is open.
+start_tls_broker() {
+  if [ "$1" = mosquitto ]; then
+    "$MOSQUITTO" -c "$work/mosquitto.conf" 2>/dev/null &
+    pid=$!
+    plain=$MQ_PORT tls=$MQ_TLS
+  else
+    RUST_LOG=warn target/release/switchboard -c "$work/switchboard.toml" 2>/dev/null &
+    pid=$!
+    plain=$SB_PORT tls=$SB_TLS
+  fi
+  wait_for_port "$tls" || { echo "$1 did not open port $tls" >&2; exit 1; }
 }
 
 # Starts broker $1 (`mosquitto`, with "$work/mosquitto.conf", or a build in $BIN_DIR) listening

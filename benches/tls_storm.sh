@@ -22,51 +22,18 @@ MQ_TLS=${MQ_TLS:-18853}
 
 # shellcheck source=benches/lib.sh
 . benches/lib.sh
-command -v openssl >/dev/null || { echo "tls_storm.sh needs openssl" >&2; exit 1; }
 cargo build --release 2>/dev/null
 build_harness
 make_work_dir
 
-# A CA and a server certificate for localhost and 127.0.0.1, both ECDSA P-256.
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-  -subj "/CN=bench CA" -keyout "$work/ca.key" -out "$work/ca.pem" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-  -subj "/CN=localhost" -keyout "$work/server.key" -out "$work/server.csr" 2>/dev/null
-printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' > "$work/san.ext"
-openssl x509 -req -in "$work/server.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" \
-  -CAcreateserial -days 2 -extfile "$work/san.ext" -out "$work/server.pem" 2>/dev/null
-# Mosquitto started as root reads its files as the user `mosquitto`.
-chmod a+rx "$work"
-chmod a+r "$work"/*.pem "$work"/*.key
-
-cat > "$work/switchboard.toml" <<TOML
-[listener]
-port = $SB_PORT
-[http]
-enabled = false
-[tls]
-port = $SB_TLS
-cert_file = "$work/server.pem"
-key_file = "$work/server.key"
-TOML
-mosquitto_conf "$work/mosquitto.conf" "$MQ_PORT" \
-  "listener $MQ_TLS 127.0.0.1" "cafile $work/ca.pem" "certfile $work/server.pem" \
-  "keyfile $work/server.key"
+make_tls_files
+tls_broker_confs "$SB_PORT" "$SB_TLS" "$MQ_PORT" "$MQ_TLS"
 
 rm -f "$OUT"
 BROKERS="switchboard mosquitto"
 for run_no in $(seq "$RUNS"); do
   for broker in $(run_order "$run_no"); do
-    if [ "$broker" = mosquitto ]; then
-      "$MOSQUITTO" -c "$work/mosquitto.conf" 2>/dev/null &
-      pid=$!
-      plain=$MQ_PORT tls=$MQ_TLS
-    else
-      RUST_LOG=warn target/release/switchboard -c "$work/switchboard.toml" 2>/dev/null &
-      pid=$!
-      plain=$SB_PORT tls=$SB_TLS
-    fi
-    wait_for_port "$tls" || { echo "$broker did not open port $tls" >&2; exit 1; }
+    start_tls_broker "$broker"
     echo "run $run_no: $broker" >&2
     for transport in tcp tls tls-resumed; do
       case $transport in

@@ -3,11 +3,11 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use common::packets::ConnectSpec;
-use common::{broker_with, eventually_within, Raw};
+use common::passwords::{
+    app_sees_the_one_shot_state, closed_connects_ended_unchecked, set_password_rounds, CHECK_WAIT,
+};
+use common::{broker_with, Raw};
 use switchboard::{BackgroundBroker, BrokerError};
 
 /// Written by `mosquitto_passwd -b -c FILE alice s3cret` (Mosquitto 2.0.11).
@@ -38,30 +38,6 @@ fn broker_with_gates(gates: &[&str], rounds: u32) -> (tempfile::TempDir, Backgro
     let broker = broker_with(|c| c.auth.password_file = Some(path));
     (dir, broker)
 }
-
-/// `switchboard passwd --iterations rounds`: adds `user` to the file at `path`, or changes its
-/// password.
-fn set_password_rounds(path: &std::path::Path, user: &str, password: &str, rounds: u32) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(["passwd", "--iterations", &rounds.to_string()])
-        .arg(path)
-        .arg(user)
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("switchboard passwd runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{password}\n").as_bytes())
-        .expect("password");
-    assert!(child.wait().expect("exit").success());
-}
-
-/// How long a CONNACK may take here: password checks run at nice 10
-/// (src/auth/low_priority.rs), so on a machine busy with other work they wait for the CPU far
-/// longer than the tests' usual wait.
-const CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Sends the CONNECT `spec` from the loopback address `source` (or the default one) and
 /// returns its CONNACK's return code.
@@ -313,19 +289,7 @@ async fn connects_closed_while_their_password_waits_are_not_checked() {
         raw.send(&spec.encode()).await;
         drop(raw);
     }
-    eventually_within(CHECK_WAIT, || {
-        let metrics = metrics.clone();
-        async move {
-            let now = metrics.snapshot();
-            now.connections_total == 20 && now.connections_current == 0
-        }
-    })
-    .await;
-    let refused = metrics.snapshot().auth_failures;
-    assert!(
-        refused < 5,
-        "{refused} of the 20 CONNECTs closed before their check were checked and refused"
-    );
+    closed_connects_ended_unchecked(metrics, 20, "CONNECTs").await;
 }
 
 /// A client may send packets right behind its CONNECT and close its side at once, without
@@ -367,24 +331,7 @@ async fn packets_sent_behind_a_connect_are_served_though_the_client_closed_its_s
         .expect("a CONNACK");
     assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "accepted");
 
-    let app = ConnectSpec {
-        client_id: "app",
-        ..gate
-    };
-    let mut app_raw = Raw::connect(addr).await;
-    app_raw.send(&app.encode()).await;
-    let connack = app_raw.expect().await;
-    assert_eq!((connack.byte1, &connack.body[..]), (0x20, &[0u8, 0][..]));
-    app_raw.subscribe(1, &[("gate/#", 0)], &[0]).await;
-    let retained = common::packets::parse_publish(&app_raw.expect().await);
-    assert_eq!(
-        (
-            retained.topic.as_str(),
-            &retained.payload[..],
-            retained.retain
-        ),
-        ("gate/1AB/state", &b"closed"[..], true)
-    );
+    app_sees_the_one_shot_state(addr, gate).await;
 }
 
 /// A password that verified once is not checked with PBKDF2 again (src/auth/verified.rs), so a

@@ -4,44 +4,27 @@
 
 mod common;
 
-use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::packets::ConnectSpec;
+use common::passwords::{
+    app_sees_the_one_shot_state, closed_connects_ended_unchecked, set_password_rounds, CHECK_WAIT,
+};
 use common::pki::Pki;
 use common::tls::client_config;
-use common::{broker_with, eventually_within, Raw};
+use common::{broker_with, eventually_within};
 use switchboard::BackgroundBroker;
 use tokio::io::AsyncWriteExt;
 use tokio_rustls::rustls::version::{TLS12, TLS13};
 use tokio_rustls::rustls::{ClientConfig, SupportedProtocolVersion};
-
-/// How long the checks may take: they run at nice 10 (src/auth/low_priority.rs), so on a busy
-/// machine far longer than the tests' usual wait.
-const CHECK_WAIT: Duration = Duration::from_secs(120);
 
 /// A broker with a TLS listener and a password file holding `gate-1AB` (password
 /// `gate-secret`, 20,000 PBKDF2 rounds: some 300 ms a check in a debug build).
 fn tls_broker_with_a_gate(pki: &Pki) -> (tempfile::TempDir, BackgroundBroker) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("passwords");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(["passwd", "--iterations", "20000"])
-        .arg(&path)
-        .arg("gate-1AB")
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("switchboard passwd runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"gate-secret\n")
-        .expect("password");
-    assert!(child.wait().expect("exit").success());
+    set_password_rounds(&path, "gate-1AB", "gate-secret", 20_000);
     let broker = broker_with(|c| {
         c.auth.password_file = Some(path);
         c.tls.port = Some(0);
@@ -134,19 +117,7 @@ async fn closed_while_the_password_waits(
             }
         }
     }
-    eventually_within(CHECK_WAIT, || {
-        let metrics = metrics.clone();
-        async move {
-            let now = metrics.snapshot();
-            now.connections_total == 20 && now.connections_current == 0
-        }
-    })
-    .await;
-    let refused = metrics.snapshot().auth_failures;
-    assert!(
-        refused < 5,
-        "{refused} of the 20 TLS CONNECTs closed before their check were checked and refused"
-    );
+    closed_connects_ended_unchecked(metrics, 20, "TLS CONNECTs").await;
 }
 
 #[tokio::test]
@@ -230,24 +201,7 @@ async fn packets_behind_a_connect_served_though_the_client_closed(
     assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "accepted");
 
     // The password verified, so the app's CONNECT with it is not checked again.
-    let app = ConnectSpec {
-        client_id: "app",
-        ..gate
-    };
-    let mut app_raw = Raw::connect(broker.local_addr()).await;
-    app_raw.send(&app.encode()).await;
-    let connack = app_raw.expect().await;
-    assert_eq!((connack.byte1, &connack.body[..]), (0x20, &[0u8, 0][..]));
-    app_raw.subscribe(1, &[("gate/#", 0)], &[0]).await;
-    let retained = common::packets::parse_publish(&app_raw.expect().await);
-    assert_eq!(
-        (
-            retained.topic.as_str(),
-            &retained.payload[..],
-            retained.retain
-        ),
-        ("gate/1AB/state", &b"closed"[..], true)
-    );
+    app_sees_the_one_shot_state(broker.local_addr(), gate).await;
 }
 
 #[tokio::test]

@@ -14,6 +14,7 @@ mod interop;
 pub mod mosquitto;
 pub mod nats;
 pub mod packets;
+pub mod passwords;
 pub mod pki;
 pub mod rng;
 pub mod tls;
