@@ -43,15 +43,18 @@ TOML
     "listener $4 127.0.0.1" "certfile $work/server.pem" "keyfile $work/server.key"
 }
 
-# After tls_broker_confs: starts `mosquitto` or `switchboard` (target/release) as $1, sets pid,
-# plain and tls to its process and ports, and returns once its TLS port is open.
+# After tls_broker_confs: starts $1, `mosquitto`, `switchboard` (target/release) or a build in
+# ${BIN_DIR:-target/ab}, sets pid, plain and tls to its process and ports, and returns once its
+# TLS port is open.
 start_tls_broker() {
+  local bin=target/release/switchboard
+  [ "$1" = switchboard ] || bin="${BIN_DIR:-target/ab}/$1"
   if [ "$1" = mosquitto ]; then
     "$MOSQUITTO" -c "$work/mosquitto.conf" 2>/dev/null &
     pid=$!
     plain=$MQ_PORT tls=$MQ_TLS
   else
-    RUST_LOG=warn target/release/switchboard -c "$work/switchboard.toml" 2>/dev/null &
+    RUST_LOG=warn "$bin" -c "$work/switchboard.toml" 2>/dev/null &
     pid=$!
     plain=$SB_PORT tls=$SB_TLS
   fi

@@ -6,6 +6,7 @@
 # run. Prints the medians and each run's CPU ratio.
 #
 #   RUNS=3 DURATION=5 benches/tls_flows.sh
+#   BROKERS="old new mosquitto" benches/tls_flows.sh   # builds in target/ab, as for ab.sh
 #
 # Loopback only; every run is bounded in time.
 set -euo pipefail
@@ -29,7 +30,7 @@ make_tls_files
 tls_broker_confs "$SB_PORT" "$SB_TLS" "$MQ_PORT" "$MQ_TLS"
 
 rm -f "$OUT"
-BROKERS="switchboard mosquitto"
+BROKERS=${BROKERS:-"switchboard mosquitto"}
 for run_no in $(seq "$RUNS"); do
   for broker in $(run_order "$run_no"); do
     start_tls_broker "$broker"

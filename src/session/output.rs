@@ -73,10 +73,15 @@ impl Session {
             // The buffer goes to the write whole; deliveries written meanwhile take a spare one.
             let mut buf = std::mem::take(&mut self.out);
             let written = Written::count(&buf);
-            // A plain TCP socket with room takes the write at once: no task to spawn, poll and
-            // drop for it (two per message at window 1: the PUBLISH out and the PUBACK back).
-            match writer.try_write_now(&buf) {
-                Some(n) if n == buf.len() => {
+            // A stream with room takes the write at once: no task to spawn, poll and drop for it
+            // (two per message at window 1: the PUBLISH out and the PUBACK back). Another stream
+            // than plain TCP (TLS) is flushed too; what it did not flush goes as a task.
+            let taken = match writer.try_write_now(&buf) {
+                Some(n) => Some((n, true)),
+                None => writer.try_write_other_now(&buf),
+            };
+            match taken {
+                Some((n, true)) if n == buf.len() => {
                     self.shared.metrics.traffic.written(&written);
                     output_pool::give_back(buf);
                     self.writer = Some(writer);
@@ -87,8 +92,8 @@ impl Session {
                     self.maybe_stop(ctx);
                     return;
                 }
-                // The rest is written as below, once the socket has room.
-                Some(n) => buf.advance(n),
+                // The rest (or only the flush) is written as below, once the socket has room.
+                Some((n, _)) => buf.advance(n),
                 None => {}
             }
             self.spawn_write(ctx, writer, buf, written);

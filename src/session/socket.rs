@@ -12,7 +12,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -144,6 +144,29 @@ impl SharedStream {
     /// Takes the stream out; the reader sees end of stream and writes fail from now on.
     pub(super) fn take_back(&self) -> Option<Stream> {
         self.0.stream.borrow_mut().take()
+    }
+
+    /// Writes what of `buf` a stream other than plain TCP (TLS, WebSocket, a bridge's pipe) takes
+    /// now, and flushes it if it can, without waiting: `Some((n, flushed))` for `n > 0` bytes
+    /// taken; `None` where nothing was (the stream is full, failed, taken, or plain TCP). The
+    /// stream is polled with a waker that wakes nothing, so unless all of `buf` was taken and
+    /// flushed the caller writes and flushes the rest as a task, whose polls register the
+    /// Session's own waker.
+    pub(super) fn try_write_other_now(&self, buf: &[u8]) -> Option<(usize, bool)> {
+        let mut stream = self.0.stream.borrow_mut();
+        let Some(Stream::Other(other)) = stream.as_mut() else {
+            return None;
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+        let taken = match Pin::new(&mut *other.duplex).poll_write(&mut cx, buf) {
+            Poll::Ready(Ok(n)) if n > 0 => n,
+            _ => return None,
+        };
+        let flushed = matches!(
+            Pin::new(&mut *other.duplex).poll_flush(&mut cx),
+            Poll::Ready(Ok(()))
+        );
+        Some((taken, flushed))
     }
 
     /// Writes what of `buf` a plain TCP socket takes now, without waiting: `Some(n)` for `n > 0`
