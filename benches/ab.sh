@@ -50,29 +50,7 @@ for run_no in $(seq "$RUNS"); do
     start_broker "$broker" "$port"
     echo "run $run_no: $broker" >&2
     for row in $ROWS; do
-      case $row in
-        w1_8) args="--scenario pairs --qos 1 --window 1 --clients 8" ;;
-        w1a_8) args="--scenario pairs --qos 1 --window 1 --clients 8 --window-acked" ;;
-        w1_200) args="--scenario pairs --qos 1 --window 1 --clients 200" ;;
-        q0_200) args="--scenario pairs --qos 0 --window 1 --clients 200" ;;
-        open) args="--scenario pairs --qos 1 --rate 20000 --clients 1000" ;;
-        fleet) args="--scenario fleet --qos 1 --clients 1000 --rate 10000" ;;
-        fleet20) args="--scenario fleet --qos 1 --clients 1000 --rate 20000" ;;
-        pipe0) args="--scenario pairs --qos 0 --clients 8" ;;
-        pipe1) args="--scenario pairs --qos 1 --clients 8" ;;
-        fanout) args="--scenario fan-out --qos 0 --clients 8" ;;
-        fanout1) args="--scenario fan-out --qos 1 --clients 8" ;;
-        fanin0) args="--scenario fan-in --qos 0 --clients 8" ;;
-        fanin) args="--scenario fan-in --qos 1 --clients 8" ;;
-        idle) args="--scenario idle --clients 10000 --concurrency 200" ;;
-        idle_max) args="--scenario idle --clients ${IDLE_MAX:-19000} --concurrency 200" ;;
-        storm) args="--scenario connect-storm --concurrency 20" ;;
-        retained) args="--scenario retained --clients 20 --topics 1000" ;;
-        wild) args="--scenario wildcard --clients 8 --topics 100" ;;
-        r10k) args="--scenario pairs --qos 1 --rate 10000 --clients 100" ;;
-        r10k_idle) args="--scenario pairs --qos 1 --rate 10000 --clients 100 --idle-beside 10000 --concurrency 200" ;;
-        *) echo "unknown row $row" >&2; exit 2 ;;
-      esac
+      set_row_args "$row"
       # shellcheck disable=SC2086
       "$LOAD" --addr "127.0.0.1:$port" --broker-pid "$pid" --label "$broker" --quiet \
         --out "$OUT" $args $LOAD_ARGS --duration "$DURATION" >/dev/null

@@ -7,6 +7,7 @@
 #
 #   RUNS=3 DURATION=5 benches/tls_flows.sh
 #   BROKERS="old new mosquitto" benches/tls_flows.sh   # builds in target/ab, as for ab.sh
+# ROWS takes the rows of ab.sh that speak TLS (the message scenarios and the fleet).
 #
 # Loopback only; every run is bounded in time.
 set -euo pipefail
@@ -36,14 +37,7 @@ for run_no in $(seq "$RUNS"); do
     start_tls_broker "$broker"
     echo "run $run_no: $broker" >&2
     for row in $ROWS; do
-      case $row in
-        w1_8) args="--scenario pairs --qos 1 --window 1 --clients 8" ;;
-        w1_200) args="--scenario pairs --qos 1 --window 1 --clients 200" ;;
-        open) args="--scenario pairs --qos 1 --rate 20000 --clients 1000" ;;
-        pipe1) args="--scenario pairs --qos 1 --clients 8" ;;
-        fleet) args="--scenario fleet --qos 1 --clients 1000 --rate 10000" ;;
-        *) echo "unknown row $row" >&2; exit 2 ;;
-      esac
+      set_row_args "$row"
       # shellcheck disable=SC2086
       "$LOAD" --addr "127.0.0.1:$tls" --broker-pid "$pid" --label "$broker" --quiet \
         --tls-ca "$work/ca.pem" --out "$OUT" $args --duration "$DURATION" >/dev/null

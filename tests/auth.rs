@@ -5,7 +5,8 @@ mod common;
 
 use common::packets::ConnectSpec;
 use common::passwords::{
-    app_sees_the_one_shot_state, closed_connects_ended_unchecked, set_password_rounds, CHECK_WAIT,
+    app_sees_the_one_shot_state, closed_connects_ended_unchecked, one_shot_packets,
+    set_password_rounds, CHECK_WAIT,
 };
 use common::{broker_with, Raw};
 use switchboard::{BackgroundBroker, BrokerError};
@@ -309,15 +310,7 @@ async fn packets_sent_behind_a_connect_are_served_though_the_client_closed_its_s
     };
     let mut one_shot = Raw::connect(addr).await;
     let mut bytes = gate.encode();
-    bytes.extend(common::packets::publish(
-        "gate/1AB/state",
-        b"closed",
-        0,
-        0,
-        true,
-        false,
-    ));
-    bytes.extend([0xE0, 0x00]);
+    bytes.extend(one_shot_packets());
     one_shot.send(&bytes).await;
     one_shot
         .stream

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use common::packets::ConnectSpec;
 use common::passwords::{
-    app_sees_the_one_shot_state, closed_connects_ended_unchecked, set_password_rounds, CHECK_WAIT,
+    app_sees_the_one_shot_state, closed_connects_ended_unchecked, one_shot_packets,
+    set_password_rounds, CHECK_WAIT,
 };
 use common::pki::Pki;
 use common::tls::client_config;
@@ -179,15 +180,7 @@ async fn packets_behind_a_connect_served_though_the_client_closed(
         .await;
         bytes.clear();
     }
-    bytes.extend(common::packets::publish(
-        "gate/1AB/state",
-        b"closed",
-        0,
-        0,
-        true,
-        false,
-    ));
-    bytes.extend([0xE0, 0x00]);
+    bytes.extend(one_shot_packets());
     one_shot.write_all(&bytes).await.expect("packets sent");
     one_shot
         .shutdown()

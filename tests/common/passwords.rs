@@ -50,6 +50,15 @@ pub async fn closed_connects_ended_unchecked(
     );
 }
 
+/// What a one-shot `gate` publisher sends behind its CONNECT before it closes: a retained
+/// `gate/1AB/state` = `closed` (QoS 0), then a DISCONNECT ([`app_sees_the_one_shot_state`]
+/// checks it was served).
+pub fn one_shot_packets() -> Vec<u8> {
+    let mut bytes = super::packets::publish("gate/1AB/state", b"closed", 0, 0, true, false);
+    bytes.extend([0xE0, 0x00]);
+    bytes
+}
+
 /// Connects `app` (client id `app`, with `gate`'s user name and password, which verified
 /// already, so it is not checked again), subscribes to `gate/#` and asserts the retained
 /// message a one-shot `gate` publisher left: `gate/1AB/state` = `closed`.
