@@ -436,9 +436,9 @@ async fn handshakes(
             let stream = tls.accept(stream).await.map_err(tls_failed)?;
             if identity_as_username {
                 let identity = client_identity(&stream);
-                Session::start_tls_certified(stream, peer, sessions, identity);
+                Session::start_certified(stream, peer, sessions, identity);
             } else {
-                Session::start_tls(stream, peer, sessions);
+                Session::start_stream(stream, peer, sessions);
             }
         }
         (Some(tls), Some(path)) => {

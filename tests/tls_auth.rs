@@ -1,6 +1,7 @@
 //! Passwords over TLS: a client that closes its connection while its password waits to be
 //! checked gives up its place, as over plain TCP (`tests/auth.rs`), and one that sends packets
-//! behind its CONNECT before closing is still served (src/session/tls_peer.rs).
+//! behind its CONNECT before closing is still served (src/session/socket.rs, `peer_gone`: a
+//! waiting Session reads its TLS stream once, where a clean close is a close_notify alert).
 
 mod common;
 
@@ -70,7 +71,7 @@ enum Leaving {
 /// 20 clients from one address over TLS `version` send a CONNECT with a wrong password and
 /// leave at once, `leaving` so. Their connections must end without waiting for the checks, and
 /// (but for a few begun before the close was seen) none of them is checked and refused.
-/// Before src/session/tls_peer.rs, each TLS connection waited for its turn in the address's
+/// Before 5c7f3aa, each TLS connection waited for its turn in the address's
 /// lane and its check: 20 refusals for nobody, and a flood of such CONNECTs kept connections
 /// open for as long as the checks took.
 async fn closed_while_the_password_waits(
@@ -127,14 +128,14 @@ async fn tls_1_3_connects_closed_at_once_while_their_password_waits_are_not_chec
     closed_while_the_password_waits(&TLS13, Leaving::CloseNotifyAtOnce, source).await;
 }
 
-/// The close_notify alone in the socket: a TLS 1.3 record of 24 bytes.
+/// The close_notify alone in the socket.
 #[tokio::test]
 async fn tls_1_3_connects_closed_after_a_wait_while_their_password_waits_are_not_checked() {
     let source = Ipv4Addr::new(127, 0, 0, 6);
     closed_while_the_password_waits(&TLS13, Leaving::CloseNotifyOnceRead, source).await;
 }
 
-/// TLS 1.2's AES-GCM records carry an explicit nonce: its close_notify is 31 bytes.
+/// The same under TLS 1.2.
 #[tokio::test]
 async fn tls_1_2_connects_closed_after_a_wait_while_their_password_waits_are_not_checked() {
     let source = Ipv4Addr::new(127, 0, 0, 7);

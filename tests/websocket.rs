@@ -1,7 +1,7 @@
 //! MQTT over WebSocket (`[websocket]`, MQTT 5 chapter 6) with two independent clients, MQTT.js
 //! (npm) and paho-mqtt (PyPI), both protocol versions; across transports (WebSocket publisher,
 //! TCP subscriber and the reverse); over `wss://`; and raw frames: split packets, text
-//! messages, malformed frames, a wrong path.
+//! messages, malformed frames, a wrong path; clients that close while their password waits.
 
 mod common;
 
@@ -9,7 +9,14 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
-use common::{broker_with, mqttjs_available, mqttjs_dir, packets, paho_available, Raw};
+use common::packets::ConnectSpec;
+use common::passwords::{
+    app_sees_the_one_shot_state, closed_connects_ended_unchecked, one_shot_packets,
+    set_password_rounds, CHECK_WAIT,
+};
+use common::{
+    broker_with, eventually_within, mqttjs_available, mqttjs_dir, packets, paho_available, Raw,
+};
 use switchboard::BackgroundBroker;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -142,9 +149,10 @@ fn paho_over_websocket_both_versions() {
     );
 }
 
-/// A client-side WebSocket connection made by hand, for the frames no library would send.
-struct RawWs {
-    stream: TcpStream,
+/// A client-side WebSocket connection made by hand, for the frames no library would send: over
+/// plain TCP, or over TLS (`wss://`).
+struct RawWs<S = TcpStream> {
+    stream: S,
     buf: Vec<u8>,
 }
 
@@ -152,7 +160,14 @@ impl RawWs {
     /// Sends the opening handshake for `path` offering `mqtt`; returns the connection and the
     /// response head.
     async fn open(addr: SocketAddr, path: &str) -> (RawWs, String) {
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        RawWs::open_on(stream, addr, path).await
+    }
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> RawWs<S> {
+    /// [`RawWs::open`] on `stream`, connected to `addr`.
+    async fn open_on(mut stream: S, addr: SocketAddr, path: &str) -> (RawWs<S>, String) {
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
@@ -198,6 +213,11 @@ impl RawWs {
 
     /// The next frame from the server: (opcode, payload); `None` once the server closed.
     async fn next(&mut self) -> Option<(u8, Vec<u8>)> {
+        self.next_within(common::WAIT).await
+    }
+
+    /// [`RawWs::next`], each read given `within`.
+    async fn next_within(&mut self, within: std::time::Duration) -> Option<(u8, Vec<u8>)> {
         loop {
             if self.buf.len() >= 2 {
                 let len = usize::from(self.buf[1] & 0x7f);
@@ -217,7 +237,7 @@ impl RawWs {
                 }
             }
             let mut chunk = [0u8; 4096];
-            let n = tokio::time::timeout(common::WAIT, self.stream.read(&mut chunk))
+            let n = tokio::time::timeout(within, self.stream.read(&mut chunk))
                 .await
                 .expect("a frame or EOF in time")
                 .unwrap_or(0);
@@ -412,4 +432,141 @@ async fn mqttjs_over_wss_with_its_certificate_as_its_identity() {
     std::fs::write(&cert, &pki.client.0).expect("cert");
     std::fs::write(&key, &pki.client.1).expect("key");
     mqttjs_round_trip(&url, "secure/ws-client/gate", &[&ca, &cert, &key]);
+}
+
+/// A broker with WebSocket listeners (`ws://`, and `wss://` with `pki`'s certificate) and a
+/// password file holding `gate-1AB` (password `gate-secret`, 20,000 PBKDF2 rounds: some 300 ms
+/// a check in a debug build).
+fn ws_broker_with_a_gate(pki: &common::pki::Pki) -> (tempfile::TempDir, BackgroundBroker) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("passwords");
+    set_password_rounds(&path, "gate-1AB", "gate-secret", 20_000);
+    let broker = broker_with(|c| {
+        c.auth.password_file = Some(path);
+        c.websocket.port = Some(0);
+        c.websocket.tls_port = Some(0);
+        pki.serve(&mut c.tls, false);
+    });
+    (dir, broker)
+}
+
+/// How the clients of [`ws_closed_while_the_password_waits`] leave.
+#[derive(Clone, Copy, PartialEq)]
+enum Leaving {
+    /// A Close frame, what a WebSocket library sends; the TCP connection stays open for the
+    /// server's Close, as a WebSocket client's does.
+    Close,
+    /// The TCP connection dropped.
+    Dropped,
+    /// Over `wss://`: a Close frame, then close_notify and end of stream.
+    CloseOverTls,
+}
+
+/// Sends a Close frame (status 1000, normal closure).
+async fn send_close<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(conn: &mut RawWs<S>) {
+    conn.frame(0x88, &[0x03, 0xE8]).await;
+}
+
+/// 20 WebSocket clients send a CONNECT with a wrong password and, once the broker has read it,
+/// leave, `leaving` so. Their connections must end without waiting for the checks, and (but
+/// for a few begun before the close was seen) none of them is checked and refused. Before the
+/// Session read its stream while it waited (src/session/socket.rs, `peer_gone`), each waited
+/// for its turn in the address's lane and its check: 20 refusals for nobody.
+async fn ws_closed_while_the_password_waits(leaving: Leaving) {
+    let pki = common::pki::Pki::new("ws-client");
+    let (_dir, broker) = ws_broker_with_a_gate(&pki);
+    let ws = broker.websocket_local_addr().expect("ws listener");
+    let wss = broker.websocket_tls_local_addr().expect("wss listener");
+    let tls = common::tls::client_config(&pki, &tokio_rustls::rustls::version::TLS13, false);
+    let metrics = broker.metrics();
+    let mut closed = Vec::new();
+    let mut closed_over_tls = Vec::new();
+    for i in 0..20u64 {
+        let client_id = format!("gone-{i}");
+        let connect = ConnectSpec {
+            client_id: &client_id,
+            username: Some("gate-1AB"),
+            password: Some(b"guess"),
+            ..Default::default()
+        }
+        .encode();
+        let connect_read = || {
+            eventually_within(common::WAIT, || {
+                let read = metrics.traffic.totals().packets_received;
+                async move { read == i + 1 }
+            })
+        };
+        if leaving == Leaving::CloseOverTls {
+            let tcp = TcpStream::connect(wss).await.expect("connect");
+            let connector = tokio_rustls::TlsConnector::from(tls.clone());
+            let name = "localhost".try_into().expect("server name");
+            let stream = connector.connect(name, tcp).await.expect("TLS handshake");
+            let (mut conn, _) = RawWs::open_on(stream, wss, "/mqtt").await;
+            conn.binary(&connect).await;
+            connect_read().await;
+            send_close(&mut conn).await;
+            conn.stream.shutdown().await.expect("close_notify");
+            closed_over_tls.push(conn);
+            continue;
+        }
+        let (mut conn, _) = RawWs::open(ws, "/mqtt").await;
+        conn.binary(&connect).await;
+        connect_read().await;
+        if leaving == Leaving::Close {
+            send_close(&mut conn).await;
+            closed.push(conn);
+        } else {
+            drop(conn);
+        }
+    }
+    closed_connects_ended_unchecked(metrics, 20, "WebSocket CONNECTs").await;
+}
+
+#[tokio::test]
+async fn websocket_connects_closed_while_their_password_waits_are_not_checked() {
+    ws_closed_while_the_password_waits(Leaving::Close).await;
+}
+
+#[tokio::test]
+async fn websocket_connects_dropped_while_their_password_waits_are_not_checked() {
+    ws_closed_while_the_password_waits(Leaving::Dropped).await;
+}
+
+#[tokio::test]
+async fn wss_connects_closed_while_their_password_waits_are_not_checked() {
+    ws_closed_while_the_password_waits(Leaving::CloseOverTls).await;
+}
+
+/// A one-shot publisher over WebSocket sends its CONNECT and, once the broker has read it, a
+/// retained PUBLISH and a DISCONNECT, then a Close frame, while its password is checked: the
+/// PUBLISH is still served, as over plain TCP (`tests/auth.rs`) and TLS (`tests/tls_auth.rs`).
+#[tokio::test]
+async fn packets_sent_after_a_connect_over_websocket_are_served_though_the_client_closed() {
+    let pki = common::pki::Pki::new("ws-client");
+    let (_dir, broker) = ws_broker_with_a_gate(&pki);
+    let ws = broker.websocket_local_addr().expect("ws listener");
+    let metrics = broker.metrics();
+    let gate = ConnectSpec {
+        client_id: "gate-1AB",
+        username: Some("gate-1AB"),
+        password: Some(b"gate-secret"),
+        ..Default::default()
+    };
+    let (mut one_shot, _) = RawWs::open(ws, "/mqtt").await;
+    one_shot.binary(&gate.encode()).await;
+    eventually_within(common::WAIT, || {
+        let read = metrics.traffic.totals().packets_received;
+        async move { read == 1 }
+    })
+    .await;
+    one_shot.binary(&one_shot_packets()).await;
+    send_close(&mut one_shot).await;
+    let (opcode, connack) = one_shot.next_within(CHECK_WAIT).await.expect("a CONNACK");
+    assert_eq!(
+        (opcode, connack.as_slice()),
+        (0x2, &[0x20, 0x02, 0x00, 0x00][..]),
+        "accepted"
+    );
+    // The password verified, so the app's CONNECT with it is not checked again.
+    app_sees_the_one_shot_state(broker.local_addr(), gate).await;
 }

@@ -23,7 +23,6 @@ mod read_access;
 mod reader;
 mod socket;
 mod state;
-mod tls_peer;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -210,8 +209,8 @@ impl Session {
         Session::start_with(Stream::Tcp(stream), peer, shared)
     }
 
-    /// Starts a Session for any byte stream (a WebSocket connection, say) whose handshakes are
-    /// done, on the current arbiter.
+    /// Starts a Session for any byte stream (TLS, a WebSocket connection, or both) whose
+    /// handshakes are done, on the current arbiter.
     pub fn start_stream<S>(stream: S, peer: SocketAddr, shared: Arc<SessionShared>) -> Addr<Session>
     where
         S: AsyncRead + AsyncWrite + Unpin + 'static,

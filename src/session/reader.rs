@@ -53,9 +53,6 @@ pub(super) struct PacketReader {
     read_at: CompactInstant,
     /// Whether the first packet (the CONNECT) was returned.
     first_returned: bool,
-    /// Whether the last read filled all the room it was given: the stream (a TLS one's
-    /// decrypted bytes, say) may hold more that did not fit.
-    last_read_full: bool,
 }
 
 impl PacketReader {
@@ -68,7 +65,6 @@ impl PacketReader {
             done: false,
             read_at: CompactInstant::now(),
             first_returned: false,
-            last_read_full: false,
         }
     }
 
@@ -80,7 +76,6 @@ impl PacketReader {
         match Pin::new(&mut self.stream).poll_read(cx, &mut read) {
             Poll::Ready(Ok(())) => {
                 let filled = read.filled();
-                self.last_read_full = filled.len() == SCRATCH;
                 if !filled.is_empty() {
                     // A fresh allocation: nothing of the last one is kept alive by this buffer.
                     self.buf = BytesMut::with_capacity(filled.len().max(256));
@@ -108,10 +103,8 @@ impl Stream for PacketReader {
                     Ok(Some(packet)) => {
                         if !this.first_returned {
                             this.first_returned = true;
-                            // Bytes behind it here, or maybe in the stream if the last read
-                            // filled its room.
-                            let more = !this.buf.is_empty() || this.last_read_full;
-                            this.stream.note_more_behind_first(more);
+                            // Bytes behind it here (those in the stream are seen there).
+                            this.stream.note_more_behind_first(!this.buf.is_empty());
                         }
                         let read_at = this.read_at;
                         PACKET_READ_AT.with(|at| at.set(read_at));
@@ -132,13 +125,7 @@ impl Stream for PacketReader {
                 if this.buf.capacity() == this.buf.len() {
                     this.buf.reserve(256);
                 }
-                let room = this.buf.capacity() - this.buf.len();
-                let read =
-                    tokio_util::io::poll_read_buf(Pin::new(&mut this.stream), cx, &mut this.buf);
-                if let Poll::Ready(Ok(n)) = read {
-                    this.last_read_full = n == room;
-                }
-                read
+                tokio_util::io::poll_read_buf(Pin::new(&mut this.stream), cx, &mut this.buf)
             };
             match read {
                 Poll::Pending => return Poll::Pending,

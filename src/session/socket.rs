@@ -17,7 +17,7 @@ use std::task::{Context, Poll, Waker};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::tls_peer::{TlsBeneath, FIRST_PAUSE, LAST_PAUSE};
+use bytes::{Buf, Bytes};
 
 /// What a stream other than plain TCP must be.
 pub(super) trait Duplex: AsyncRead + AsyncWrite + Unpin {}
@@ -36,8 +36,66 @@ pub(super) enum Stream {
 /// A stream other than plain TCP.
 pub(super) struct OtherStream {
     duplex: Box<dyn Duplex>,
-    /// The TCP socket beneath a TLS stream ([`SharedStream::peer_gone`]).
-    tls: Option<TlsBeneath>,
+    /// What [`SharedStream::peer_gone`] read while its Session waited, which the packet reader
+    /// is handed before anything else.
+    ahead: ReadAhead,
+}
+
+/// What a waiting Session's stream brought before its packet reader asked: bytes, then maybe
+/// its end.
+#[derive(Default)]
+struct ReadAhead {
+    bytes: Bytes,
+    /// How the stream ended (end of stream, or an error), if it did.
+    end: Option<io::Result<()>>,
+}
+
+/// The most [`SharedStream::peer_gone`] reads ahead of the packet reader: one read. Any byte
+/// read means the client is still there (it sent a packet behind its CONNECT), so it reads no
+/// more after that.
+const READ_AHEAD: usize = 2048;
+
+impl OtherStream {
+    /// Reads once, into the read-ahead, unless something was read ahead already: `Ready` once
+    /// the stream has ended (closed, reset, or failed) with nothing read ahead of the end.
+    fn poll_ended(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.ahead.bytes.is_empty() {
+            return Poll::Pending;
+        }
+        if self.ahead.end.is_some() {
+            return Poll::Ready(());
+        }
+        let mut chunk = [0u8; READ_AHEAD];
+        let mut read = ReadBuf::new(&mut chunk);
+        match Pin::new(&mut *self.duplex).poll_read(cx, &mut read) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(())) if !read.filled().is_empty() => {
+                self.ahead.bytes = Bytes::copy_from_slice(read.filled());
+                Poll::Pending
+            }
+            Poll::Ready(end) => {
+                self.ahead.end = Some(end);
+                Poll::Ready(())
+            }
+        }
+    }
+
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.ahead.bytes.is_empty() {
+            let n = self.ahead.bytes.len().min(buf.remaining());
+            buf.put_slice(&self.ahead.bytes[..n]);
+            self.ahead.bytes.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        match self.ahead.end.take() {
+            // An error is returned once; then the stream reads as ended.
+            Some(end) => {
+                self.ahead.end = Some(Ok(()));
+                Poll::Ready(end)
+            }
+            None => Pin::new(&mut *self.duplex).poll_read(cx, buf),
+        }
+    }
 }
 
 impl Stream {
@@ -45,16 +103,7 @@ impl Stream {
     pub(super) fn other<S: AsyncRead + AsyncWrite + Unpin + 'static>(stream: S) -> Self {
         Stream::Other(Box::new(OtherStream {
             duplex: Box::new(stream),
-            tls: None,
-        }))
-    }
-
-    /// A TLS stream over TCP whose handshake is done.
-    pub(super) fn tls(stream: tokio_rustls::server::TlsStream<TcpStream>) -> Self {
-        let tls = Some(TlsBeneath::of(&stream));
-        Stream::Other(Box::new(OtherStream {
-            duplex: Box::new(stream),
-            tls,
+            ahead: ReadAhead::default(),
         }))
     }
 }
@@ -87,26 +136,26 @@ impl SharedStream {
         self.0.more_behind_first.set(more);
     }
 
-    /// Resolves once the peer of a plain TCP or a TLS connection has closed or reset it with
-    /// nothing of it left unread: neither in the socket nor in the packet reader behind the
-    /// CONNECT. A Session that waits for a password check or a connect interceptor reads
-    /// nothing meanwhile (`ctx.wait`), so this is how it learns that nobody waits for the
-    /// answer. Never resolves while unread bytes wait (a client may send packets behind its
-    /// CONNECT and then close its side; those are still served), nor for another stream (a
-    /// WebSocket, whose library may hold frames read and not yet handed on).
+    /// Resolves once the client has closed or reset its connection with nothing of it left
+    /// unread: neither in the stream nor in the packet reader behind the CONNECT. A Session
+    /// that waits for a password check or a connect interceptor reads no packets meanwhile
+    /// (`ctx.wait`), so this is how it learns that nobody waits for the answer. Never resolves
+    /// while unread bytes wait (a client may send packets behind its CONNECT and then close
+    /// its side; those are still served).
     ///
-    /// Over plain TCP it polls the socket's read readiness with the Session's own task waker,
-    /// the one the packet reader registers, which is not polled while the Session waits. Over
-    /// TLS it looks at the socket beneath on a timer (`tls_peer.rs`).
+    /// Both ways poll with the Session's own task waker, the one the packet reader registers,
+    /// which is not polled while the Session waits. A plain TCP socket is peeked at. Any other
+    /// stream (TLS, WebSocket, both) is read, once: what a peek would see there is a TLS
+    /// record or a WebSocket frame, and a client's clean close is one (a close_notify alert, a
+    /// Close frame) that only its stream's own reader can tell from a packet. What that read
+    /// brings is kept for the packet reader ([`OtherStream::poll_read`]).
     pub(super) fn peer_gone(&self) -> impl Future<Output = ()> + 'static {
         let shared = self.0.clone();
-        let mut pause: Option<Pin<Box<tokio::time::Sleep>>> = None;
-        let mut next_pause = FIRST_PAUSE;
         std::future::poll_fn(move |cx| {
             if shared.more_behind_first.get() {
                 return Poll::Pending;
             }
-            match &*shared.stream.borrow() {
+            match &mut *shared.stream.borrow_mut() {
                 None => Poll::Ready(()),
                 Some(Stream::Tcp(tcp)) => {
                     let mut byte = [0u8; 1];
@@ -119,24 +168,7 @@ impl SharedStream {
                         Poll::Ready(Ok(_)) | Poll::Pending => Poll::Pending,
                     }
                 }
-                Some(Stream::Other(other)) => {
-                    let Some(tls) = other.tls else {
-                        return Poll::Pending;
-                    };
-                    loop {
-                        if let Some(sleep) = pause.as_mut() {
-                            if sleep.as_mut().poll(cx).is_pending() {
-                                return Poll::Pending;
-                            }
-                            // The stream is still held (checked above): its socket is open.
-                            if tls.client_gone() {
-                                return Poll::Ready(());
-                            }
-                        }
-                        pause = Some(Box::pin(tokio::time::sleep(next_pause)));
-                        next_pause = (next_pause * 2).min(LAST_PAUSE);
-                    }
-                }
+                Some(Stream::Other(other)) => other.poll_ended(cx),
             }
         })
     }
@@ -254,7 +286,7 @@ impl AsyncRead for Stream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            Stream::Other(other) => Pin::new(&mut *other.duplex).poll_read(cx, buf),
+            Stream::Other(other) => other.poll_read(cx, buf),
         }
     }
 }
@@ -315,6 +347,48 @@ mod tests {
             std::mem::size_of::<TcpStream>()
         );
         assert_eq!(std::mem::size_of::<Option<SharedStream>>(), 8);
+    }
+
+    /// Polls `future` once.
+    fn poll_once(future: &mut Pin<Box<impl Future<Output = ()>>>) -> Poll<()> {
+        future
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    #[tokio::test]
+    async fn a_stream_closed_with_nothing_unread_is_gone_and_reads_as_ended() {
+        use tokio::io::AsyncReadExt;
+        let (near, far) = tokio::io::duplex(64);
+        let mut shared = SharedStream::new(Stream::other(near));
+        let mut gone = Box::pin(shared.peer_gone());
+        assert!(poll_once(&mut gone).is_pending(), "the client is there");
+        drop(far);
+        assert!(poll_once(&mut gone).is_ready(), "the client closed");
+        let mut rest = Vec::new();
+        assert_eq!(shared.read_to_end(&mut rest).await.expect("end"), 0);
+    }
+
+    #[tokio::test]
+    async fn bytes_read_while_waiting_keep_the_client_and_are_read_first() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (near, mut far) = tokio::io::duplex(64);
+        let mut shared = SharedStream::new(Stream::other(near));
+        far.write_all(b"packet").await.expect("write to the pipe");
+        drop(far);
+        let mut gone = Box::pin(shared.peer_gone());
+        for _ in 0..3 {
+            assert!(
+                poll_once(&mut gone).is_pending(),
+                "a packet waits: the client is still served"
+            );
+        }
+        let mut rest = Vec::new();
+        shared
+            .read_to_end(&mut rest)
+            .await
+            .expect("the packet, then end");
+        assert_eq!(rest, b"packet");
     }
 
     #[tokio::test]
