@@ -347,3 +347,42 @@ async fn a_session_that_takes_over_a_clean_one_gets_nothing_routed_to_the_clean_
         streamer.await.expect("streamer");
     }
 }
+
+#[tokio::test]
+async fn an_unsubscribe_completes_the_deliveries_begun_and_starts_no_new_ones() {
+    // [MQTT-3.10.4-3] QoS 1 and 2 messages sent before the UNSUBSCRIBE are delivered to the
+    // end: the QoS 2 one's PUBREC gets its PUBREL after the UNSUBACK, and the unacknowledged
+    // QoS 1 one comes again (DUP) when the session resumes; what is published after the UNSUBACK
+    // is not sent [MQTT-3.10.4-2].
+    let broker = broker();
+    let addr = broker.local_addr();
+    let (mut device, _) = Raw::handshake(addr, "un-device", false).await;
+    device.subscribe(1, &[("un/#", 2)], &[2]).await;
+    let (mut app, _) = Raw::handshake(addr, "un-app", true).await;
+    app.send(&packets::publish("un/two", b"2", 2, 1, false, false))
+        .await;
+    assert_eq!(app.expect().await.byte1, 0x50, "PUBREC");
+    app.publish_acked("un/one", b"1", 2, false).await;
+    let two = parse_publish(&device.expect().await);
+    let one = parse_publish(&device.expect().await);
+    assert_eq!((two.qos, one.qos), (2, 1));
+    device.send(&packets::unsubscribe(3, &["un/#"])).await;
+    let unsuback = device.expect().await;
+    assert_eq!((unsuback.byte1, unsuback.pid()), (0xB0, 3), "UNSUBACK");
+    app.publish_acked("un/three", b"3", 3, false).await;
+    device.send(&packets::ack(0x50, two.pid)).await;
+    let rel = device.expect().await;
+    assert_eq!((rel.byte1, rel.pid()), (0x62, two.pid), "PUBREL");
+    device.send(&packets::ack(0x70, two.pid)).await;
+    drop(device);
+
+    let (mut device, present) = Raw::handshake(addr, "un-device", false).await;
+    assert!(present);
+    let again = parse_publish(&device.expect().await);
+    assert_eq!(
+        (again.topic.as_str(), again.pid, again.dup),
+        ("un/one", one.pid, true)
+    );
+    device.send(&packets::ack(0x40, again.pid)).await;
+    assert!(device.sync().await.is_empty(), "un/three was not sent");
+}

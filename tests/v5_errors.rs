@@ -149,7 +149,7 @@ async fn malformed_and_oversized_packets_get_the_right_disconnect_reason() {
         ),
     ];
     // A Malformed Packet or Protocol Error: DISCONNECT with its reason code, then the connection
-    // closes [MQTT-4.13.1-1].
+    // closes [MQTT-4.13.1-1], as it must after any DISCONNECT of 0x80 or more [MQTT-4.13.2-1].
     for (what, bytes, code) in cases {
         let mut raw = Raw::handshake5(broker.local_addr(), what).await;
         raw.send(&bytes).await;
@@ -227,4 +227,32 @@ async fn a_second_connect_gets_disconnect_0x82_and_never_a_second_connack() {
     let frame = raw.expect().await;
     assert_eq!(disconnect_reason(&frame), 0x82);
     raw.expect_closed().await;
+}
+
+#[tokio::test]
+async fn a_first_packet_other_than_connect_closes_the_connection_unanswered() {
+    // [MQTT-3.1.0-1] the first packet from a client must be CONNECT: an MQTT 5 AUTH, PUBLISH or
+    // SUBSCRIBE in its place gets neither a CONNACK nor a DISCONNECT (no protocol version is
+    // known yet to write one in), and the connection closes.
+    let broker = broker();
+    let cases: [(&str, Vec<u8>); 3] = [
+        ("AUTH", vec![0xF0, 0x00]),
+        (
+            "PUBLISH",
+            publish5("first/publish", b"x", 0, 0, false, &Props::new()),
+        ),
+        (
+            "SUBSCRIBE",
+            common::v5::subscribe5(1, &Props::new(), &[("first/#", 0)]),
+        ),
+    ];
+    for (what, bytes) in cases {
+        let mut raw = Raw::connect(broker.local_addr()).await;
+        raw.send(&bytes).await;
+        if let Some(frame) = raw.recv().await {
+            panic!("{what} first: the connection closes unanswered, got {frame:?}");
+        }
+    }
+    // Their connections are over on the broker's side too.
+    common::eventually(|| async { broker.metrics().snapshot().connections_current == 0 }).await;
 }

@@ -128,7 +128,8 @@ async fn message_expiry_counts_down_while_queued_and_expired_messages_are_droppe
     let (mut sub, ack) = Raw::connect5(addr, &connect5("offline", false, 60, &session, None)).await;
     assert!(ack.session_present);
     // [MQTT-3.3.2-5] the expired message is not delivered; [MQTT-3.3.2-6] the other carries
-    // what remains of its interval.
+    // what remains of its interval. Both were added to the offline session's state when the
+    // broker took them [MQTT-4.5.0-1].
     let got = publish_of(&sub.expect().await);
     assert_eq!(got.topic, "exp/long");
     let left = got
@@ -437,4 +438,88 @@ async fn a_publish_interceptor_sees_mqtt5_properties_and_a_rewrite_keeps_them() 
         sub.sync5().await.is_empty(),
         "the message without a tenant was dropped"
     );
+}
+
+#[tokio::test]
+async fn an_inbound_qos_2_flow_completes_after_its_message_expired() {
+    // [MQTT-4.3.3-13] the broker, as a QoS 2 receiver, answers the PUBREL with PUBCOMP though
+    // the message's Message Expiry Interval ran out in between; the message reached its
+    // subscriber once, when it was taken.
+    let broker = broker();
+    let addr = broker.local_addr();
+    let mut sub = Raw::handshake5(addr, "late-sub").await;
+    sub.subscribe5(1, &Props::new(), &[("late/#", 2)]).await;
+    let mut publisher = Raw::handshake5(addr, "late-pub").await;
+    let short = Props::new().u32(prop::MESSAGE_EXPIRY, 1);
+    publisher
+        .send(&publish5("late/1", b"slow", 2, 7, false, &short))
+        .await;
+    let rec = publisher.expect().await;
+    assert_eq!((rec.byte1, rec.pid()), (0x50, 7), "PUBREC");
+    let got = publish_of(&sub.expect().await);
+    assert_eq!(&got.payload[..], b"slow");
+    // Letting the 1 s expiry pass is the point of this test.
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    publisher.send(&packets::ack(0x62, 7)).await;
+    let comp = publisher.expect().await;
+    assert_eq!((comp.byte1, comp.pid()), (0x70, 7), "PUBCOMP");
+    assert_eq!(
+        comp.body.get(2).copied().unwrap_or(0),
+        0x00,
+        "success (a PUBCOMP may leave a 0x00 out)"
+    );
+    sub.send(&packets::ack(0x50, got.pkid)).await;
+    assert_eq!(sub.expect().await.byte1, 0x62, "PUBREL");
+    sub.send(&packets::ack(0x70, got.pkid)).await;
+    assert!(sub.sync5().await.is_empty(), "delivered once");
+}
+
+/// The bytes of a Variable Byte Integer's minimal encoding of `value`.
+fn var_int_len(value: usize) -> usize {
+    match value {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    }
+}
+
+#[tokio::test]
+async fn remaining_lengths_are_encoded_in_the_fewest_bytes() {
+    // [MQTT-1.5.5-1] the broker's PUBLISH to a subscriber uses the fewest bytes for its
+    // Remaining Length on each side of every boundary: 127 and 128, 16,383 and 16,384.
+    use tokio::io::AsyncReadExt;
+    let broker = broker();
+    let addr = broker.local_addr();
+    let topic = "vbi/t";
+    let mut sub = Raw::handshake5(addr, "vbi-sub").await;
+    sub.subscribe5(1, &Props::new(), &[("vbi/#", 0)]).await;
+    let mut publisher = Raw::handshake5(addr, "vbi-pub").await;
+    // A QoS 0 PUBLISH to the subscriber: topic length and topic, an empty property length,
+    // the payload.
+    let overhead = 2 + topic.len() + 1;
+    for remaining in [127usize, 128, 16_383, 16_384] {
+        let payload = vec![b'x'; remaining - overhead];
+        publisher
+            .send(&publish5(topic, &payload, 0, 0, false, &Props::new()))
+            .await;
+        let mut first = [0u8; 1];
+        sub.stream.read_exact(&mut first).await.expect("header");
+        assert_eq!(first[0], 0x30, "a QoS 0 PUBLISH");
+        let (mut value, mut bytes, mut shift) = (0usize, 0usize, 0);
+        loop {
+            let mut byte = [0u8; 1];
+            sub.stream.read_exact(&mut byte).await.expect("length");
+            value |= usize::from(byte[0] & 0x7F) << shift;
+            bytes += 1;
+            shift += 7;
+            if byte[0] & 0x80 == 0 {
+                break;
+            }
+        }
+        assert_eq!(value, remaining, "the PUBLISH as sent");
+        assert_eq!(bytes, var_int_len(value), "{value} in the fewest bytes");
+        let mut body = vec![0u8; value];
+        sub.stream.read_exact(&mut body).await.expect("body");
+    }
 }

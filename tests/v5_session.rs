@@ -337,3 +337,80 @@ async fn a_will_keeps_its_retain_flag() {
     );
     assert!(late.sync5().await.is_empty(), "the plain will was not kept");
 }
+
+#[tokio::test]
+async fn messages_sent_before_they_expired_are_sent_again_after_it() {
+    // [MQTT-4.3.3-7] a QoS 2 PUBLISH once sent is not expired, and neither is a QoS 1 one whose
+    // onward delivery began [MQTT-3.3.2-5]: unacknowledged, both come again (DUP 1) when the
+    // session resumes after their Message Expiry Interval ran out.
+    let broker = broker();
+    let addr = broker.local_addr();
+    let session = Props::new().u32(prop::SESSION_EXPIRY, 60);
+    let (mut device, _) =
+        Raw::connect5(addr, &connect5("exp-device", true, 60, &session, None)).await;
+    device.subscribe5(1, &Props::new(), &[("sent/#", 2)]).await;
+    let mut app = Raw::handshake5(addr, "exp-app").await;
+    let short = Props::new().u32(prop::MESSAGE_EXPIRY, 1);
+    app.send(&publish5("sent/q2", b"two", 2, 1, false, &short))
+        .await;
+    assert_eq!(app.expect().await.byte1, 0x50, "PUBREC");
+    app.send(&publish5("sent/q1", b"one", 1, 2, false, &short))
+        .await;
+    assert_eq!(app.expect().await.byte1, 0x40, "PUBACK");
+    let q2 = publish_of(&device.expect().await);
+    let q1 = publish_of(&device.expect().await);
+    assert_eq!((q2.qos as u8, q1.qos as u8), (2, 1));
+    device.send(&disconnect5(0, &Props::new())).await;
+    device.expect_closed().await;
+    // Letting the 1 s expiries pass is the point of this test.
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+
+    let (mut device, ack) =
+        Raw::connect5(addr, &connect5("exp-device", false, 60, &session, None)).await;
+    assert!(ack.session_present);
+    for sent in [&q2, &q1] {
+        let again = publish_of(&device.expect().await);
+        assert_eq!(
+            (again.pkid, again.dup, &again.payload[..]),
+            (sent.pkid, true, &sent.payload[..]),
+            "sent again though expired"
+        );
+    }
+    device.send(&packets::ack(0x50, q2.pkid)).await;
+    let rel = device.expect().await;
+    assert_eq!((rel.byte1, rel.pid()), (0x62, q2.pkid), "PUBREL");
+    device.send(&packets::ack(0x70, q2.pkid)).await;
+    device.send(&packets::ack(0x40, q1.pkid)).await;
+    assert!(device.sync5().await.is_empty(), "nothing more");
+}
+
+#[tokio::test]
+async fn a_session_outlives_its_expiry_interval_while_its_connection_is_open() {
+    // [MQTT-4.1.0-1] the session state is not discarded while the connection is open: the
+    // Session Expiry Interval counts from the end of the connection, not from the CONNECT.
+    let broker = broker();
+    let addr = broker.local_addr();
+    let session = Props::new().u32(prop::SESSION_EXPIRY, 1);
+    let (mut device, _) =
+        Raw::connect5(addr, &connect5("long-lived", true, 60, &session, None)).await;
+    device.subscribe5(1, &Props::new(), &[("held/#", 1)]).await;
+    // Letting the 1 s interval pass while connected is the point of this test.
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    let mut app = Raw::handshake5(addr, "held-app").await;
+    app.send(&publish5("held/1", b"still", 1, 1, false, &Props::new()))
+        .await;
+    assert_eq!(app.expect().await.byte1, 0x40, "PUBACK");
+    let got = publish_of(&device.expect().await);
+    assert_eq!(
+        &got.payload[..],
+        b"still",
+        "the subscription is still there"
+    );
+    // Unacknowledged, then the connection ends: the session (and the message) are kept.
+    drop(device);
+    let (mut device, ack) =
+        Raw::connect5(addr, &connect5("long-lived", false, 60, &session, None)).await;
+    assert!(ack.session_present, "kept after the connection ended");
+    let again = publish_of(&device.expect().await);
+    assert_eq!((again.pkid, again.dup), (got.pkid, true));
+}

@@ -350,3 +350,81 @@ async fn a_retained_message_is_replaced_and_an_empty_one_clears_it() {
         .await;
     assert!(second.sync5().await.is_empty(), "nothing retained now");
 }
+
+#[tokio::test]
+async fn an_unsubscribe_completes_the_deliveries_begun_and_starts_no_new_ones() {
+    // [MQTT-3.10.4-3] QoS 1 and 2 messages sent before the UNSUBSCRIBE are delivered to the
+    // end: the QoS 2 one's PUBREC gets its PUBREL after the UNSUBACK, and the unacknowledged
+    // QoS 1 one comes again (DUP) when the session resumes; what is published after the UNSUBACK
+    // is not sent [MQTT-3.10.4-2].
+    use common::v5::{connect5, disconnect5};
+    let broker = broker();
+    let addr = broker.local_addr();
+    let session = Props::new().u32(prop::SESSION_EXPIRY, 60);
+    let (mut device, _) =
+        Raw::connect5(addr, &connect5("un-device", true, 60, &session, None)).await;
+    device.subscribe5(1, &Props::new(), &[("un/#", 2)]).await;
+    let mut app = Raw::handshake5(addr, "un-app").await;
+    app.send(&publish5("un/two", b"2", 2, 1, false, &Props::new()))
+        .await;
+    assert_eq!(app.expect().await.byte1, 0x50, "PUBREC");
+    app.send(&publish5("un/one", b"1", 1, 2, false, &Props::new()))
+        .await;
+    assert_eq!(app.expect().await.byte1, 0x40, "PUBACK");
+    let two = publish_of(&device.expect().await);
+    let one = publish_of(&device.expect().await);
+    assert_eq!((two.qos as u8, one.qos as u8), (2, 1));
+    device.send(&unsubscribe5(3, &["un/#"])).await;
+    let unsuback = device.expect().await;
+    assert_eq!((unsuback.byte1, ack_codes(&unsuback)), (0xB0, vec![0x00]));
+    app.send(&publish5("un/three", b"3", 1, 3, false, &Props::new()))
+        .await;
+    assert_eq!(app.expect().await.byte1, 0x40, "PUBACK");
+    device.send(&common::packets::ack(0x50, two.pkid)).await;
+    let rel = device.expect().await;
+    assert_eq!((rel.byte1, rel.pid()), (0x62, two.pkid), "PUBREL");
+    device.send(&common::packets::ack(0x70, two.pkid)).await;
+    device.send(&disconnect5(0, &Props::new())).await;
+    device.expect_closed().await;
+
+    let (mut device, ack) =
+        Raw::connect5(addr, &connect5("un-device", false, 60, &session, None)).await;
+    assert!(ack.session_present);
+    let again = publish_of(&device.expect().await);
+    assert_eq!(
+        (again.topic.as_str(), again.pkid, again.dup),
+        ("un/one", one.pkid, true)
+    );
+    device.send(&common::packets::ack(0x40, again.pkid)).await;
+    assert!(device.sync5().await.is_empty(), "un/three was not sent");
+}
+
+#[tokio::test]
+async fn a_topic_and_a_filter_of_65535_bytes_are_served() {
+    // [MQTT-4.7.3-3] a topic name or filter may encode to 65,535 bytes, no more: the longest
+    // there can be is subscribed to exactly and through a wildcard, and published on, with
+    // `limits.max_topic_length` raised to the protocol's own limit (its default of 1,024 bytes
+    // refuses longer ones: tests/limits.rs).
+    let broker = broker_with(|c| c.limits.max_topic_length = 65_535);
+    let addr = broker.local_addr();
+    let topic = format!("long/{}", "t".repeat(65_535 - 5));
+    assert_eq!(topic.len(), 65_535);
+    let mut exact = Raw::handshake5(addr, "long-exact").await;
+    assert_eq!(
+        exact.subscribe5(1, &Props::new(), &[(&topic, 1)]).await,
+        vec![1]
+    );
+    let mut wild = Raw::handshake5(addr, "long-wild").await;
+    assert_eq!(
+        wild.subscribe5(1, &Props::new(), &[("long/+", 1)]).await,
+        vec![1]
+    );
+    let mut app = Raw::handshake5(addr, "long-app").await;
+    app.send(&publish5(&topic, b"far", 1, 1, false, &Props::new()))
+        .await;
+    assert_eq!(app.expect().await.byte1, 0x40, "PUBACK");
+    for sub in [&mut exact, &mut wild] {
+        let got = publish_of(&sub.expect().await);
+        assert_eq!((got.topic.len(), &got.payload[..]), (65_535, &b"far"[..]));
+    }
+}

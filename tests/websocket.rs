@@ -1,25 +1,18 @@
 //! MQTT over WebSocket (`[websocket]`, MQTT 5 chapter 6) with two independent clients, MQTT.js
 //! (npm) and paho-mqtt (PyPI), both protocol versions; across transports (WebSocket publisher,
-//! TCP subscriber and the reverse); over `wss://`; and raw frames: split packets, text
-//! messages, malformed frames, a wrong path; clients that close while their password waits.
+//! TCP subscriber and the reverse); over `wss://`; and raw frames (`common/ws.rs`), both
+//! protocol versions: split packets, text messages, malformed frames, a wrong path. Passwords
+//! over WebSocket: `tests/websocket_auth.rs`.
 
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
-use common::packets::ConnectSpec;
-use common::passwords::{
-    app_sees_the_one_shot_state, closed_connects_ended_unchecked, one_shot_packets,
-    set_password_rounds, CHECK_WAIT,
-};
-use common::{
-    broker_with, eventually_within, mqttjs_available, mqttjs_dir, packets, paho_available, Raw,
-};
+use common::ws::RawWs;
+use common::{broker_with, mqttjs_available, mqttjs_dir, packets, paho_available, Raw};
 use switchboard::BackgroundBroker;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
 
 fn ws_broker() -> BackgroundBroker {
     broker_with(|c| c.websocket.port = Some(0))
@@ -149,116 +142,6 @@ fn paho_over_websocket_both_versions() {
     );
 }
 
-/// A client-side WebSocket connection made by hand, for the frames no library would send: over
-/// plain TCP, or over TLS (`wss://`).
-struct RawWs<S = TcpStream> {
-    stream: S,
-    buf: Vec<u8>,
-}
-
-impl RawWs {
-    /// Sends the opening handshake for `path` offering `mqtt`; returns the connection and the
-    /// response head.
-    async fn open(addr: SocketAddr, path: &str) -> (RawWs, String) {
-        let stream = TcpStream::connect(addr).await.expect("connect");
-        RawWs::open_on(stream, addr, path).await
-    }
-}
-
-impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> RawWs<S> {
-    /// [`RawWs::open`] on `stream`, connected to `addr`.
-    async fn open_on(mut stream: S, addr: SocketAddr, path: &str) -> (RawWs<S>, String) {
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-             Sec-WebSocket-Protocol: mqtt\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await.expect("write");
-        let mut buf = Vec::new();
-        let head = loop {
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).to_string();
-                buf.drain(..end + 4);
-                break head;
-            }
-            let mut chunk = [0u8; 1024];
-            let n = tokio::time::timeout(common::WAIT, stream.read(&mut chunk))
-                .await
-                .expect("handshake answer in time")
-                .expect("read");
-            assert!(
-                n > 0,
-                "closed during the handshake: {:?}",
-                String::from_utf8_lossy(&buf)
-            );
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        (RawWs { stream, buf }, head)
-    }
-
-    /// Sends one masked frame (clients must mask, RFC 6455 section 5.3).
-    async fn frame(&mut self, first_byte: u8, payload: &[u8]) {
-        let mask = [0x37u8, 0xfa, 0x21, 0x3d];
-        let mut frame = vec![first_byte];
-        assert!(payload.len() < 126);
-        frame.push(0x80 | payload.len() as u8);
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        self.stream.write_all(&frame).await.expect("write");
-    }
-
-    async fn binary(&mut self, payload: &[u8]) {
-        self.frame(0x82, payload).await;
-    }
-
-    /// The next frame from the server: (opcode, payload); `None` once the server closed.
-    async fn next(&mut self) -> Option<(u8, Vec<u8>)> {
-        self.next_within(common::WAIT).await
-    }
-
-    /// [`RawWs::next`], each read given `within`.
-    async fn next_within(&mut self, within: std::time::Duration) -> Option<(u8, Vec<u8>)> {
-        loop {
-            if self.buf.len() >= 2 {
-                let len = usize::from(self.buf[1] & 0x7f);
-                let (len, at) = match len {
-                    126 if self.buf.len() >= 4 => (
-                        usize::from(u16::from_be_bytes([self.buf[2], self.buf[3]])),
-                        4,
-                    ),
-                    126 | 127 => (usize::MAX, 0),
-                    n => (n, 2),
-                };
-                if len != usize::MAX && self.buf.len() >= at + len {
-                    let opcode = self.buf[0] & 0x0f;
-                    let payload = self.buf[at..at + len].to_vec();
-                    self.buf.drain(..at + len);
-                    return Some((opcode, payload));
-                }
-            }
-            let mut chunk = [0u8; 4096];
-            let n = tokio::time::timeout(within, self.stream.read(&mut chunk))
-                .await
-                .expect("a frame or EOF in time")
-                .unwrap_or(0);
-            if n == 0 {
-                return None;
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    /// Asserts the server ends the connection: a Close frame or EOF, and no MQTT data.
-    async fn expect_closed(&mut self) {
-        while let Some((opcode, payload)) = self.next().await {
-            assert_eq!(
-                opcode, 0x8,
-                "expected a Close frame, got {opcode:#x} {payload:?}"
-            );
-        }
-    }
-}
-
 #[tokio::test]
 async fn packets_split_and_joined_across_frames() {
     // [MQTT-6.0.0-2] packets need not align with frames: a CONNECT in three frames, then a
@@ -297,6 +180,57 @@ async fn packets_split_and_joined_across_frames() {
         [&pingresp[..], &suback[..]].concat(),
     ];
     assert!(in_either_order.contains(&replies), "{replies:?}");
+}
+
+/// The next `count` MQTT packets from binary frames, wherever the frames split them; `bytes`
+/// holds what is read and not yet a whole packet.
+async fn read_packets(conn: &mut RawWs, bytes: &mut Vec<u8>, count: usize) -> Vec<common::Frame> {
+    let mut frames = Vec::new();
+    while frames.len() < count {
+        if let Some((frame, used)) = packets::split_frame(bytes) {
+            bytes.drain(..used);
+            frames.push(frame);
+            continue;
+        }
+        let (opcode, payload) = conn.next().await.expect("a binary frame");
+        assert_eq!(opcode, 0x2, "binary frames only [MQTT-6.0.0-1]");
+        bytes.extend(payload);
+    }
+    frames
+}
+
+#[tokio::test]
+async fn mqtt5_packets_split_and_joined_across_frames_and_a_text_message_closes() {
+    // The same rules for an MQTT 5 client: the subprotocol `mqtt` selected [MQTT-6.0.0-4];
+    // packets that do not align with frames [MQTT-6.0.0-2]: a CONNECT in two frames, then a
+    // SUBSCRIBE and a PUBLISH in one; a text message closes the connection [MQTT-6.0.0-1].
+    use common::v5::{connect5, decode5, publish5, subscribe5, Packet5, Props};
+    let broker = ws_broker();
+    let ws = broker.websocket_local_addr().expect("ws listener");
+    let (mut conn, head) = RawWs::open(ws, "/mqtt").await;
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-protocol: mqtt"),
+        "{head}"
+    );
+    let connect = connect5("raw-ws-5", true, 60, &Props::new(), None);
+    conn.binary(&connect[..7]).await;
+    conn.binary(&connect[7..]).await;
+    let mut bytes = Vec::new();
+    let mut frames = read_packets(&mut conn, &mut bytes, 1).await;
+    let mut both = subscribe5(1, &Props::new(), &[("raw5/#", 0)]);
+    both.extend(publish5("raw5/t", b"over ws", 0, 0, false, &Props::new()));
+    conn.binary(&both).await;
+    frames.extend(read_packets(&mut conn, &mut bytes, 2).await);
+    let kinds: Vec<u8> = frames.iter().map(|f| f.byte1 & 0xF0).collect();
+    // The PUBLISH goes through the Registry after the SUBSCRIBE: the SUBACK comes first.
+    assert_eq!(kinds, vec![0x20, 0x90, 0x30], "CONNACK, SUBACK, PUBLISH");
+    match decode5(&frames[2]) {
+        Packet5::Publish(p) => assert_eq!(&p.payload[..], b"over ws"),
+        other => panic!("{other:?}"),
+    }
+    conn.frame(0x81, b"hello").await;
+    conn.expect_closed().await;
 }
 
 #[tokio::test]
@@ -432,141 +366,4 @@ async fn mqttjs_over_wss_with_its_certificate_as_its_identity() {
     std::fs::write(&cert, &pki.client.0).expect("cert");
     std::fs::write(&key, &pki.client.1).expect("key");
     mqttjs_round_trip(&url, "secure/ws-client/gate", &[&ca, &cert, &key]);
-}
-
-/// A broker with WebSocket listeners (`ws://`, and `wss://` with `pki`'s certificate) and a
-/// password file holding `gate-1AB` (password `gate-secret`, 20,000 PBKDF2 rounds: some 300 ms
-/// a check in a debug build).
-fn ws_broker_with_a_gate(pki: &common::pki::Pki) -> (tempfile::TempDir, BackgroundBroker) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("passwords");
-    set_password_rounds(&path, "gate-1AB", "gate-secret", 20_000);
-    let broker = broker_with(|c| {
-        c.auth.password_file = Some(path);
-        c.websocket.port = Some(0);
-        c.websocket.tls_port = Some(0);
-        pki.serve(&mut c.tls, false);
-    });
-    (dir, broker)
-}
-
-/// How the clients of [`ws_closed_while_the_password_waits`] leave.
-#[derive(Clone, Copy, PartialEq)]
-enum Leaving {
-    /// A Close frame, what a WebSocket library sends; the TCP connection stays open for the
-    /// server's Close, as a WebSocket client's does.
-    Close,
-    /// The TCP connection dropped.
-    Dropped,
-    /// Over `wss://`: a Close frame, then close_notify and end of stream.
-    CloseOverTls,
-}
-
-/// Sends a Close frame (status 1000, normal closure).
-async fn send_close<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(conn: &mut RawWs<S>) {
-    conn.frame(0x88, &[0x03, 0xE8]).await;
-}
-
-/// 20 WebSocket clients send a CONNECT with a wrong password and, once the broker has read it,
-/// leave, `leaving` so. Their connections must end without waiting for the checks, and (but
-/// for a few begun before the close was seen) none of them is checked and refused. Before the
-/// Session read its stream while it waited (src/session/socket.rs, `peer_gone`), each waited
-/// for its turn in the address's lane and its check: 20 refusals for nobody.
-async fn ws_closed_while_the_password_waits(leaving: Leaving) {
-    let pki = common::pki::Pki::new("ws-client");
-    let (_dir, broker) = ws_broker_with_a_gate(&pki);
-    let ws = broker.websocket_local_addr().expect("ws listener");
-    let wss = broker.websocket_tls_local_addr().expect("wss listener");
-    let tls = common::tls::client_config(&pki, &tokio_rustls::rustls::version::TLS13, false);
-    let metrics = broker.metrics();
-    let mut closed = Vec::new();
-    let mut closed_over_tls = Vec::new();
-    for i in 0..20u64 {
-        let client_id = format!("gone-{i}");
-        let connect = ConnectSpec {
-            client_id: &client_id,
-            username: Some("gate-1AB"),
-            password: Some(b"guess"),
-            ..Default::default()
-        }
-        .encode();
-        let connect_read = || {
-            eventually_within(common::WAIT, || {
-                let read = metrics.traffic.totals().packets_received;
-                async move { read == i + 1 }
-            })
-        };
-        if leaving == Leaving::CloseOverTls {
-            let tcp = TcpStream::connect(wss).await.expect("connect");
-            let connector = tokio_rustls::TlsConnector::from(tls.clone());
-            let name = "localhost".try_into().expect("server name");
-            let stream = connector.connect(name, tcp).await.expect("TLS handshake");
-            let (mut conn, _) = RawWs::open_on(stream, wss, "/mqtt").await;
-            conn.binary(&connect).await;
-            connect_read().await;
-            send_close(&mut conn).await;
-            conn.stream.shutdown().await.expect("close_notify");
-            closed_over_tls.push(conn);
-            continue;
-        }
-        let (mut conn, _) = RawWs::open(ws, "/mqtt").await;
-        conn.binary(&connect).await;
-        connect_read().await;
-        if leaving == Leaving::Close {
-            send_close(&mut conn).await;
-            closed.push(conn);
-        } else {
-            drop(conn);
-        }
-    }
-    closed_connects_ended_unchecked(metrics, 20, "WebSocket CONNECTs").await;
-}
-
-#[tokio::test]
-async fn websocket_connects_closed_while_their_password_waits_are_not_checked() {
-    ws_closed_while_the_password_waits(Leaving::Close).await;
-}
-
-#[tokio::test]
-async fn websocket_connects_dropped_while_their_password_waits_are_not_checked() {
-    ws_closed_while_the_password_waits(Leaving::Dropped).await;
-}
-
-#[tokio::test]
-async fn wss_connects_closed_while_their_password_waits_are_not_checked() {
-    ws_closed_while_the_password_waits(Leaving::CloseOverTls).await;
-}
-
-/// A one-shot publisher over WebSocket sends its CONNECT and, once the broker has read it, a
-/// retained PUBLISH and a DISCONNECT, then a Close frame, while its password is checked: the
-/// PUBLISH is still served, as over plain TCP (`tests/auth.rs`) and TLS (`tests/tls_auth.rs`).
-#[tokio::test]
-async fn packets_sent_after_a_connect_over_websocket_are_served_though_the_client_closed() {
-    let pki = common::pki::Pki::new("ws-client");
-    let (_dir, broker) = ws_broker_with_a_gate(&pki);
-    let ws = broker.websocket_local_addr().expect("ws listener");
-    let metrics = broker.metrics();
-    let gate = ConnectSpec {
-        client_id: "gate-1AB",
-        username: Some("gate-1AB"),
-        password: Some(b"gate-secret"),
-        ..Default::default()
-    };
-    let (mut one_shot, _) = RawWs::open(ws, "/mqtt").await;
-    one_shot.binary(&gate.encode()).await;
-    eventually_within(common::WAIT, || {
-        let read = metrics.traffic.totals().packets_received;
-        async move { read == 1 }
-    })
-    .await;
-    one_shot.binary(&one_shot_packets()).await;
-    send_close(&mut one_shot).await;
-    let (opcode, connack) = one_shot.next_within(CHECK_WAIT).await.expect("a CONNACK");
-    assert_eq!(
-        (opcode, connack.as_slice()),
-        (0x2, &[0x20, 0x02, 0x00, 0x00][..]),
-        "accepted"
-    );
-    // The password verified, so the app's CONNECT with it is not checked again.
-    app_sees_the_one_shot_state(broker.local_addr(), gate).await;
 }

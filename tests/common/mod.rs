@@ -19,6 +19,7 @@ pub mod pki;
 pub mod rng;
 pub mod tls;
 pub mod v5;
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -349,28 +350,9 @@ impl Raw {
     }
 
     fn parse(&mut self) -> Option<Frame> {
-        if self.buf.len() < 2 {
-            return None;
-        }
-        let mut len = 0usize;
-        let mut shift = 0;
-        let mut i = 1;
-        loop {
-            let byte = *self.buf.get(i)?;
-            len |= ((byte & 0x7F) as usize) << shift;
-            i += 1;
-            if byte & 0x80 == 0 {
-                break;
-            }
-            shift += 7;
-        }
-        if self.buf.len() < i + len {
-            return None;
-        }
-        let byte1 = self.buf[0];
-        self.buf.advance(i);
-        let body = self.buf.split_to(len).to_vec();
-        Some(Frame { byte1, body })
+        let (frame, used) = packets::split_frame(&self.buf)?;
+        self.buf.advance(used);
+        Some(frame)
     }
 
     /// The next packet; panics if the connection closed.

@@ -140,6 +140,28 @@ pub fn unsubscribe(pid: u16, filters: &[&str]) -> Vec<u8> {
     frame(0xA2, &body)
 }
 
+/// The first whole packet in `bytes`, and how many bytes it took; `None` while it is not whole.
+pub fn split_frame(bytes: &[u8]) -> Option<(super::Frame, usize)> {
+    let (mut len, mut shift, mut at) = (0usize, 0, 1);
+    loop {
+        let byte = *bytes.get(at)?;
+        len |= usize::from(byte & 0x7F) << shift;
+        at += 1;
+        if byte & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+    }
+    let body = bytes.get(at..at + len)?.to_vec();
+    Some((
+        super::Frame {
+            byte1: bytes[0],
+            body,
+        },
+        at + len,
+    ))
+}
+
 /// PUBACK, PUBREC, PUBREL or PUBCOMP by first byte.
 pub fn ack(byte1: u8, pid: u16) -> Vec<u8> {
     frame(byte1, &pid.to_be_bytes())
