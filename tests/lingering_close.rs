@@ -68,22 +68,12 @@ fn write_while_closed_by(
     }
 }
 
-/// Splits a byte stream into (first byte, body) packets.
+/// Splits a byte stream into (first byte, body) packets, up to its last whole one.
 fn frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
     let mut out = Vec::new();
-    while bytes.len() >= 2 {
-        let (mut len, mut i, mut shift) = (0usize, 1, 0);
-        loop {
-            let byte = bytes[i];
-            len |= usize::from(byte & 0x7F) << shift;
-            i += 1;
-            if byte & 0x80 == 0 {
-                break;
-            }
-            shift += 7;
-        }
-        out.push((bytes[0], bytes[i..i + len].to_vec()));
-        bytes = &bytes[i + len..];
+    while let Some((frame, used)) = packets::split_frame(bytes) {
+        out.push((frame.byte1, frame.body));
+        bytes = &bytes[used..];
     }
     out
 }

@@ -176,7 +176,7 @@ async fn answer(
         buf.extend_from_slice(&chunk[..n]);
     }
     let mut out = Vec::new();
-    while let Some((byte1, body, used)) = split_frame(buf) {
+    while let Some((common::Frame { byte1, body }, used)) = packets::split_frame(buf) {
         if acks {
             match byte1 >> 4 {
                 3 if (byte1 >> 1) & 3 > 0 => {
@@ -193,22 +193,6 @@ async fn answer(
         buf.drain(..used);
     }
     s.write_all(&out).await
-}
-
-/// The first whole packet in `buf`: its first byte, its body and the bytes it takes.
-fn split_frame(buf: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
-    let (mut len, mut shift, mut i) = (0usize, 0, 1);
-    loop {
-        let byte = *buf.get(i)?;
-        len |= usize::from(byte & 0x7F) << shift;
-        i += 1;
-        if byte & 0x80 == 0 {
-            break;
-        }
-        shift += 7;
-    }
-    let body = buf.get(i..i + len)?;
-    Some((buf[0], body.to_vec(), i + len))
 }
 
 /// One MQTT 5 packet of a client's life.
