@@ -256,3 +256,34 @@ async fn a_first_packet_other_than_connect_closes_the_connection_unanswered() {
     // Their connections are over on the broker's side too.
     common::eventually(|| async { broker.metrics().snapshot().connections_current == 0 }).await;
 }
+
+#[tokio::test]
+async fn a_disconnect_with_a_reason_code_the_spec_does_not_define_publishes_the_will() {
+    // Only reason 0x00 discards the will [MQTT-3.1.2-10]; a client DISCONNECT with a code the
+    // spec does not define for it (0x05) is not a normal one, so the will goes out, as for
+    // 0x04 and the error codes (docs/conformance.md, "Choices where the spec leaves room").
+    let broker = broker();
+    let mut watcher = Raw::handshake5(broker.local_addr(), "odd-watcher").await;
+    watcher
+        .subscribe5(1, &Props::new(), &[("odd-wills/#", 0)])
+        .await;
+    let will = Will5 {
+        topic: "odd-wills/device",
+        payload: b"gone",
+        qos: 0,
+        retain: false,
+        props: Props::new(),
+    };
+    let (mut raw, _) = Raw::connect5(
+        broker.local_addr(),
+        &connect5("odd-device", true, 30, &Props::new(), Some(&will)),
+    )
+    .await;
+    raw.send(&disconnect5(0x05, &Props::new())).await;
+    raw.expect_closed().await;
+    let publish = common::v5::publish_of(&watcher.expect().await);
+    assert_eq!(
+        (publish.topic.as_str(), &publish.payload[..]),
+        ("odd-wills/device", &b"gone"[..])
+    );
+}
