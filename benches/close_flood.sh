@@ -6,11 +6,13 @@
 #
 #   BROKERS="before after mosquitto" RUNS=3 benches/close_flood.sh
 #   TLS=1 BROKERS="before after mosquitto" RUNS=3 benches/close_flood.sh   # over TLS 1.3
+#   WS=1 BROKERS="before after mosquitto" RUNS=3 benches/close_flood.sh    # over WebSocket
 #
 # Per broker and run: CONNECTs sent per second (`load --scenario connect-storm --close-at-once`,
 # `--concurrency` 4, 5 s, each flood from a loopback address of its own; with TLS=1 over each
 # broker's TLS listener, every connection a full handshake, then the CONNECT, close_notify and
-# end of stream), the connections the broker still holds for them when the flood ends (its open
+# end of stream; with WS=1 over each broker's WebSocket listener at /mqtt, the upgrade, then the
+# CONNECT in a binary frame, a Close frame and end of stream), the connections the broker still holds for them when the flood ends (its open
 # sockets beyond those it had before: the client closed, the broker has not), how long until it
 # holds none (at most 30 s), and the broker's CPU seconds from the start of the flood to then.
 # Loopback only.
@@ -41,6 +43,12 @@ if [ "${TLS:-0}" = 1 ]; then
   mosquitto_conf "$work/mosquitto.conf" "$MQ_PORT" "password_file $work/passwords" \
     "listener $MQ_TLS 127.0.0.1" "certfile $work/server.pem" "keyfile $work/server.key"
   flood_args=(--tls-ca "$work/ca.pem")
+elif [ "${WS:-0}" = 1 ]; then
+  SB_WS=$((SB_PORT + 20)) MQ_WS=$((MQ_PORT + 20))
+  printf '[websocket]\nport = %s\n' "$SB_WS" >> "$work/switchboard.toml"
+  mosquitto_conf "$work/mosquitto.conf" "$MQ_PORT" "password_file $work/passwords" \
+    "listener $MQ_WS 127.0.0.1" "protocol websockets"
+  flood_args=(--ws-path /mqtt)
 else
   mosquitto_conf "$work/mosquitto.conf" "$MQ_PORT" "password_file $work/passwords"
 fi
@@ -70,8 +78,10 @@ for run_no in $(seq "$RUNS"); do
     flood_port=$port
     if [ "${TLS:-0}" = 1 ]; then
       if [ "$broker" = mosquitto ]; then flood_port=$MQ_TLS; else flood_port=$SB_TLS; fi
-      wait_for_port "$flood_port" || { echo "$broker did not open port $flood_port" >&2; exit 1; }
+    elif [ "${WS:-0}" = 1 ]; then
+      if [ "$broker" = mosquitto ]; then flood_port=$MQ_WS; else flood_port=$SB_WS; fi
     fi
+    wait_for_port "$flood_port" || { echo "$broker did not open port $flood_port" >&2; exit 1; }
     base=$(sockets "$pid")
     before=$(cpu_ticks "$pid")
     sent=$("$LOAD" --addr "127.0.0.1:$flood_port" --broker-pid "$pid" --scenario connect-storm \

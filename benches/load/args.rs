@@ -123,6 +123,16 @@ pub struct Args {
     /// of guesses that does not wait for answers); each CONNECT sent counts as an operation.
     #[arg(long)]
     pub close_at_once: bool,
+    /// connect-storm with `--close-at-once`: over WebSocket at this path (the upgrade offering
+    /// `mqtt`, the CONNECT in one binary frame, then a Close frame and end of stream), as a
+    /// WebSocket client that gives up closes.
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "close_at_once",
+        conflicts_with = "tls_ca"
+    )]
+    pub ws_path: Option<String>,
     /// Connection scenarios on loopback: every connection from this one loopback address
     /// (e.g. 127.0.0.200) instead of spread over 127.0.0.2-65, as a single attacker or many
     /// devices behind one NAT are to the broker.

@@ -21,6 +21,7 @@ mod procstat;
 mod report;
 mod storms;
 mod wire;
+mod ws;
 
 use std::io::Write as _;
 use std::process::ExitCode;

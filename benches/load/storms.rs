@@ -149,23 +149,49 @@ pub async fn retained(
     })
 }
 
-/// One connect of the storm: TCP (from a spread source address), a PROXY protocol header with
-/// `proxy`, TLS when `tls` is given, CONNECT, CONNACK, DISCONNECT. Returns the time from the
+/// How a connection of the storm is made, beyond TCP.
+#[derive(Clone, Copy)]
+struct Over<'a> {
+    /// TLS, with this client.
+    tls: Option<&'a tokio_rustls::TlsConnector>,
+    /// A PROXY protocol header first.
+    proxy: bool,
+    /// The CONNECT sent and the connection closed at once, no CONNACK awaited.
+    close_at_once: bool,
+    /// WebSocket at this path (only with `close_at_once`).
+    ws_path: Option<&'a str>,
+}
+
+/// One connect of the storm: TCP (from a spread source address), a PROXY protocol header,
+/// TLS or WebSocket, CONNECT, CONNACK, DISCONNECT, as `over` says. Returns the time from the
 /// start to the CONNACK (with `close_at_once`: to the CONNECT sent, after which the connection
 /// is closed, no CONNACK awaited).
 async fn connect_once(
     addr: SocketAddr,
     id: &str,
     spread: u64,
-    tls: Option<&tokio_rustls::TlsConnector>,
-    proxy: bool,
-    close_at_once: bool,
+    over: Over<'_>,
 ) -> std::io::Result<Duration> {
+    let Over {
+        tls,
+        proxy,
+        close_at_once,
+        ws_path,
+    } = over;
     let t0 = Instant::now();
     let mut tcp = wire::connect_spread(addr, spread).await?;
     tcp.set_nodelay(true)?;
     if proxy {
         tcp.write_all(&wire::proxy_v2_header(spread, addr)).await?;
+    }
+    if let Some(path) = ws_path.filter(|_| close_at_once) {
+        // The CONNECT in a binary frame, a Close frame, end of stream.
+        crate::ws::upgrade(&mut tcp, addr, path).await?;
+        let mut frames = crate::ws::frame(0x2, &wire::connect(id, wire::KEEP_ALIVE, true));
+        frames.extend(crate::ws::close());
+        tcp.write_all(&frames).await?;
+        tcp.shutdown().await?;
+        return Ok(t0.elapsed());
     }
     if close_at_once && tls.is_none() {
         tcp.write_all(&wire::connect(id, wire::KEEP_ALIVE, true))
@@ -199,7 +225,8 @@ async fn connect_once(
 }
 
 /// CONNECT, CONNACK, DISCONNECT, close; `--concurrency` at a time for `--duration` seconds;
-/// over TLS with `--tls-ca`, after a PROXY protocol header with `--proxy-protocol`.
+/// over TLS with `--tls-ca`, after a PROXY protocol header with `--proxy-protocol`; with
+/// `--close-at-once` also over WebSocket (`--ws-path`).
 pub async fn connect_storm(
     args: &Args,
     addr: SocketAddr,
@@ -212,6 +239,7 @@ pub async fn connect_storm(
         .transpose()?;
     let tls = Rc::new(tls);
     let (proxy, close_at_once) = (args.proxy_protocol, args.close_at_once);
+    let ws_path: Rc<Option<String>> = Rc::new(args.ws_path.clone());
     let cpu = crate::procstat::CpuClock::start(pid);
     let started = Instant::now();
     let deadline = Duration::from_secs_f64(args.duration);
@@ -223,14 +251,20 @@ pub async fn connect_storm(
             let mut tasks = Vec::new();
             for worker in 0..args.concurrency.max(1) {
                 let (latency, counts, tls) = (latency.clone(), counts.clone(), tls.clone());
+                let ws_path = ws_path.clone();
                 tasks.push(tokio::task::spawn_local(async move {
                     let mut n = 0u64;
                     while started.elapsed() < deadline {
                         let id = format!("bench-cs-{worker}-{n}");
                         n += 1;
                         let spread = (worker as u64).wrapping_mul(7919).wrapping_add(n);
-                        let tls = tls.as_ref().as_ref();
-                        match connect_once(addr, &id, spread, tls, proxy, close_at_once).await {
+                        let over = Over {
+                            tls: tls.as_ref().as_ref(),
+                            proxy,
+                            close_at_once,
+                            ws_path: ws_path.as_deref(),
+                        };
+                        match connect_once(addr, &id, spread, over).await {
                             Ok(took) => {
                                 let _ = latency.borrow_mut().record(took.as_micros().max(1) as u64);
                                 let (ok, fail) = counts.get();
