@@ -5,8 +5,8 @@ mod common;
 
 use common::packets::ConnectSpec;
 use common::passwords::{
-    app_sees_the_one_shot_state, closed_connects_ended_unchecked, one_shot_packets,
-    set_password_rounds, CHECK_WAIT,
+    app_sees_the_one_shot_state, closed_connects_ended_unchecked, gate_1ab, guess,
+    one_shot_packets, set_password_rounds, CHECK_WAIT,
 };
 use common::{broker_with, Raw};
 use switchboard::{BackgroundBroker, BrokerError};
@@ -224,12 +224,7 @@ impl Flood {
             let refused_tx = refused_tx.clone();
             tokio::spawn(async move {
                 let client_id = format!("guess-{i}");
-                let spec = ConnectSpec {
-                    client_id: &client_id,
-                    username: Some("gate-1AB"),
-                    password: Some(b"guess"),
-                    ..Default::default()
-                };
+                let spec = guess(&client_id);
                 let _ = refused_tx.send(connack_of(addr, source, spec).await);
             });
         }
@@ -280,12 +275,7 @@ async fn connects_closed_while_their_password_waits_are_not_checked() {
     let metrics = broker.metrics();
     for i in 0..20 {
         let client_id = format!("gone-{i}");
-        let spec = ConnectSpec {
-            client_id: &client_id,
-            username: Some("gate-1AB"),
-            password: Some(b"guess"),
-            ..Default::default()
-        };
+        let spec = guess(&client_id);
         let mut raw = Raw::connect_from(addr, std::net::Ipv4Addr::new(127, 0, 0, 4)).await;
         raw.send(&spec.encode()).await;
         drop(raw);
@@ -302,12 +292,7 @@ async fn packets_sent_behind_a_connect_are_served_though_the_client_closed_its_s
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (_dir, broker) = broker_with_gates(&["gate-1AB"], 20_000);
     let addr = broker.local_addr();
-    let gate = ConnectSpec {
-        client_id: "gate-1AB",
-        username: Some("gate-1AB"),
-        password: Some(b"gate-secret"),
-        ..Default::default()
-    };
+    let gate = gate_1ab();
     let mut one_shot = Raw::connect(addr).await;
     let mut bytes = gate.encode();
     bytes.extend(one_shot_packets());

@@ -8,14 +8,13 @@ mod common;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use common::packets::ConnectSpec;
+use common::broker_with;
 use common::passwords::{
-    app_sees_the_one_shot_state, closed_connects_ended_unchecked, one_shot_packets,
-    set_password_rounds, CHECK_WAIT,
+    app_sees_the_one_shot_state, closed_connects_ended_unchecked, gate_1ab, guess,
+    one_shot_packets, packets_read, set_password_rounds, CHECK_WAIT,
 };
 use common::pki::Pki;
 use common::tls::client_config;
-use common::{broker_with, eventually_within};
 use switchboard::BackgroundBroker;
 use tokio::io::AsyncWriteExt;
 use tokio_rustls::rustls::version::{TLS12, TLS13};
@@ -90,21 +89,12 @@ async fn closed_while_the_password_waits(
     let mut closed_cleanly = Vec::new();
     for i in 0..20u64 {
         let client_id = format!("gone-{i}");
-        let spec = ConnectSpec {
-            client_id: &client_id,
-            username: Some("gate-1AB"),
-            password: Some(b"guess"),
-            ..Default::default()
-        };
+        let spec = guess(&client_id);
         let mut tls = tls_from(addr, source, &config).await;
         tls.write_all(&spec.encode()).await.expect("CONNECT sent");
         tls.flush().await.expect("CONNECT flushed");
         if let Leaving::CloseNotifyOnceRead = leaving {
-            eventually_within(common::WAIT, || {
-                let read = metrics.traffic.totals().packets_received;
-                async move { read == i + 1 }
-            })
-            .await;
+            packets_read(metrics, i + 1).await;
         }
         match leaving {
             Leaving::CloseNotifyAtOnce | Leaving::CloseNotifyOnceRead => {
@@ -162,23 +152,14 @@ async fn packets_behind_a_connect_served_though_the_client_closed(
     let (_dir, broker) = tls_broker_with_a_gate(&pki);
     let addr = broker.tls_local_addr().expect("TLS listener");
     let config = client_config(&pki, &TLS13, false);
-    let gate = ConnectSpec {
-        client_id: "gate-1AB",
-        username: Some("gate-1AB"),
-        password: Some(b"gate-secret"),
-        ..Default::default()
-    };
+    let gate = gate_1ab();
     let metrics = broker.metrics();
     let mut one_shot = tls_from(addr, source, &config).await;
     let mut bytes = gate.encode();
     if once_read {
         one_shot.write_all(&bytes).await.expect("CONNECT sent");
         one_shot.flush().await.expect("CONNECT flushed");
-        eventually_within(common::WAIT, || {
-            let read = metrics.traffic.totals().packets_received;
-            async move { read == 1 }
-        })
-        .await;
+        packets_read(metrics, 1).await;
         bytes.clear();
     }
     bytes.extend(one_shot_packets());

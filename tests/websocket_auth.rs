@@ -5,13 +5,12 @@
 
 mod common;
 
-use common::packets::ConnectSpec;
+use common::broker_with;
 use common::passwords::{
-    app_sees_the_one_shot_state, closed_connects_ended_unchecked, one_shot_packets,
-    set_password_rounds, CHECK_WAIT,
+    app_sees_the_one_shot_state, closed_connects_ended_unchecked, gate_1ab, guess,
+    one_shot_packets, packets_read, set_password_rounds, CHECK_WAIT,
 };
 use common::ws::RawWs;
-use common::{broker_with, eventually_within};
 use switchboard::BackgroundBroker;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -60,19 +59,7 @@ async fn ws_closed_while_the_password_waits(leaving: Leaving) {
     let mut closed_over_tls = Vec::new();
     for i in 0..20u64 {
         let client_id = format!("gone-{i}");
-        let connect = ConnectSpec {
-            client_id: &client_id,
-            username: Some("gate-1AB"),
-            password: Some(b"guess"),
-            ..Default::default()
-        }
-        .encode();
-        let connect_read = || {
-            eventually_within(common::WAIT, || {
-                let read = metrics.traffic.totals().packets_received;
-                async move { read == i + 1 }
-            })
-        };
+        let connect = guess(&client_id).encode();
         if leaving == Leaving::CloseOverTls {
             let tcp = TcpStream::connect(wss).await.expect("connect");
             let connector = tokio_rustls::TlsConnector::from(tls.clone());
@@ -80,7 +67,7 @@ async fn ws_closed_while_the_password_waits(leaving: Leaving) {
             let stream = connector.connect(name, tcp).await.expect("TLS handshake");
             let (mut conn, _) = RawWs::open_on(stream, wss, "/mqtt").await;
             conn.binary(&connect).await;
-            connect_read().await;
+            packets_read(metrics, i + 1).await;
             conn.close().await;
             conn.stream.shutdown().await.expect("close_notify");
             closed_over_tls.push(conn);
@@ -88,7 +75,7 @@ async fn ws_closed_while_the_password_waits(leaving: Leaving) {
         }
         let (mut conn, _) = RawWs::open(ws, "/mqtt").await;
         conn.binary(&connect).await;
-        connect_read().await;
+        packets_read(metrics, i + 1).await;
         if leaving == Leaving::Close {
             conn.close().await;
             closed.push(conn);
@@ -123,19 +110,10 @@ async fn packets_sent_after_a_connect_over_websocket_are_served_though_the_clien
     let (_dir, broker) = ws_broker_with_a_gate(&pki);
     let ws = broker.websocket_local_addr().expect("ws listener");
     let metrics = broker.metrics();
-    let gate = ConnectSpec {
-        client_id: "gate-1AB",
-        username: Some("gate-1AB"),
-        password: Some(b"gate-secret"),
-        ..Default::default()
-    };
+    let gate = gate_1ab();
     let (mut one_shot, _) = RawWs::open(ws, "/mqtt").await;
     one_shot.binary(&gate.encode()).await;
-    eventually_within(common::WAIT, || {
-        let read = metrics.traffic.totals().packets_received;
-        async move { read == 1 }
-    })
-    .await;
+    packets_read(metrics, 1).await;
     one_shot.binary(&one_shot_packets()).await;
     one_shot.close().await;
     let (opcode, connack) = one_shot.next_within(CHECK_WAIT).await.expect("a CONNACK");

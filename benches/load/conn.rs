@@ -2,12 +2,10 @@
 //! field talk to their broker over TLS, so its cost belongs in the figures).
 
 use std::io;
-use std::pin::Pin;
 use std::sync::OnceLock;
-use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
 
 use crate::wire;
 
@@ -49,20 +47,15 @@ pub fn tls_connector(
     )))
 }
 
-/// One client connection.
-pub enum Conn {
-    Tcp(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
+/// One client connection: plain TCP, or TLS (boxed: a TLS stream is large).
+pub type Conn = Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
 
-impl Conn {
-    /// Waits until the socket has bytes to read. Over TLS, the caller has read until its read
-    /// would wait, so nothing decrypted is left behind in the TLS layer.
-    pub async fn readable(&self) -> io::Result<()> {
-        match self {
-            Conn::Tcp(tcp) => tcp.readable().await,
-            Conn::Tls(tls) => tls.get_ref().0.readable().await,
-        }
+/// Waits until the socket of `conn` has bytes to read. Over TLS, the caller has read until its
+/// read would wait, so nothing decrypted is left behind in the TLS layer.
+pub async fn readable(conn: &Conn) -> io::Result<()> {
+    match conn {
+        Either::Left(tcp) => tcp.readable().await,
+        Either::Right(tls) => tls.get_ref().0.readable().await,
     }
 }
 
@@ -70,7 +63,7 @@ impl Conn {
 /// clean session flag as given (see [`wire::handshake_with`]).
 pub async fn handshake(addr: std::net::SocketAddr, id: &str, clean: bool) -> io::Result<Conn> {
     let Some(tls) = TLS.get() else {
-        return Ok(Conn::Tcp(wire::handshake_with(addr, id, clean).await?));
+        return Ok(Either::Left(wire::handshake_with(addr, id, clean).await?));
     };
     let tcp = TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
@@ -78,45 +71,5 @@ pub async fn handshake(addr: std::net::SocketAddr, id: &str, clean: bool) -> io:
         .map_err(io::Error::other)?;
     let stream = tls.connect(name, tcp).await?;
     let stream = wire::mqtt_connect(stream, id, clean).await?;
-    Ok(Conn::Tls(Box::new(stream)))
-}
-
-impl AsyncRead for Conn {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Tcp(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            Conn::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Conn {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Tcp(tcp) => Pin::new(tcp).poll_write(cx, buf),
-            Conn::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Tcp(tcp) => Pin::new(tcp).poll_flush(cx),
-            Conn::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Tcp(tcp) => Pin::new(tcp).poll_shutdown(cx),
-            Conn::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
-        }
-    }
+    Ok(Either::Right(Box::new(stream)))
 }

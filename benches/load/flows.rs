@@ -270,7 +270,7 @@ async fn publisher(
             tokio::select! {
                 _ = shared.wake[index].notified(), if pacing.rate.is_none() => {}
                 _ = ticker.tick(), if pacing.rate.is_some() => {}
-                _ = stream.readable() => {}
+                _ = conn::readable(&stream) => {}
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
         } else if !out.is_empty() {
@@ -282,7 +282,7 @@ async fn publisher(
     // Stay connected while the run drains (a broker may drop the unfinished QoS 1/2 messages of a
     // client that disconnects), answering PUBRECs, until the run drops this task.
     loop {
-        stream.readable().await?;
+        conn::readable(&stream).await?;
         if read_acks(&mut stream, &mut inbox, &mut out)?.is_none() {
             return Ok(());
         }

@@ -76,11 +76,7 @@ impl Session {
             // A stream with room takes the write at once: no task to spawn, poll and drop for it
             // (two per message at window 1: the PUBLISH out and the PUBACK back). Another stream
             // than plain TCP (TLS) is flushed too; what it did not flush goes as a task.
-            let taken = match writer.try_write_now(&buf) {
-                Some(n) => Some((n, true)),
-                None => writer.try_write_other_now(&buf),
-            };
-            match taken {
+            match writer.try_write_at_once(&buf) {
                 Some((n, true)) if n == buf.len() => {
                     self.shared.metrics.traffic.written(&written);
                     output_pool::give_back(buf);

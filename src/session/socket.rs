@@ -28,8 +28,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Duplex for T {}
 pub(super) enum Stream {
     /// A plain TCP socket.
     Tcp(TcpStream),
-    /// Any other stream, boxed twice: the outer box (which also holds what a TLS stream's
-    /// socket tells) is a thin pointer, so that this is no wider than TCP's own.
+    /// Any other stream, boxed twice: the outer box (which also holds what was read ahead
+    /// while the Session waited) is a thin pointer, so that this is no wider than TCP's own.
     Other(Box<OtherStream>),
 }
 
@@ -178,37 +178,32 @@ impl SharedStream {
         self.0.stream.borrow_mut().take()
     }
 
-    /// Writes what of `buf` a stream other than plain TCP (TLS, WebSocket, a bridge's pipe) takes
-    /// now, and flushes it if it can, without waiting: `Some((n, flushed))` for `n > 0` bytes
-    /// taken; `None` where nothing was (the stream is full, failed, taken, or plain TCP). The
-    /// stream is polled with a waker that wakes nothing, so unless all of `buf` was taken and
-    /// flushed the caller writes and flushes the rest as a task, whose polls register the
-    /// Session's own waker.
-    pub(super) fn try_write_other_now(&self, buf: &[u8]) -> Option<(usize, bool)> {
-        let mut stream = self.0.stream.borrow_mut();
-        let Some(Stream::Other(other)) = stream.as_mut() else {
-            return None;
-        };
-        let mut cx = Context::from_waker(Waker::noop());
-        let taken = match Pin::new(&mut *other.duplex).poll_write(&mut cx, buf) {
-            Poll::Ready(Ok(n)) if n > 0 => n,
-            _ => return None,
-        };
-        let flushed = matches!(
-            Pin::new(&mut *other.duplex).poll_flush(&mut cx),
-            Poll::Ready(Ok(()))
-        );
-        Some((taken, flushed))
-    }
-
-    /// Writes what of `buf` a plain TCP socket takes now, without waiting: `Some(n)` for `n > 0`
-    /// bytes written (maybe fewer than `buf` holds). `None` where nothing was written: the
-    /// socket is full, failed, taken, or is not plain TCP. The caller then writes
-    /// asynchronously, which meets (and reports) a failure again.
-    pub(super) fn try_write_now(&self, buf: &[u8]) -> Option<usize> {
-        match &*self.0.stream.borrow() {
-            Some(Stream::Tcp(tcp)) => tcp.try_write(buf).ok().filter(|&n| n > 0),
-            _ => None,
+    /// Writes what of `buf` the stream takes now, without waiting: `Some((n, flushed))` for
+    /// `n > 0` bytes taken (maybe fewer than `buf` holds); `None` where nothing was (the
+    /// stream is full, failed or taken). A plain TCP socket needs no flush. Any other stream
+    /// (TLS, WebSocket, a bridge's pipe) is flushed if it can be, polled with a waker that
+    /// wakes nothing. Unless all of `buf` was taken and flushed, the caller writes and flushes
+    /// the rest as a task, whose polls register the Session's own waker and meet (and report)
+    /// a failure again.
+    pub(super) fn try_write_at_once(&self, buf: &[u8]) -> Option<(usize, bool)> {
+        match self.0.stream.borrow_mut().as_mut()? {
+            Stream::Tcp(tcp) => tcp
+                .try_write(buf)
+                .ok()
+                .filter(|&n| n > 0)
+                .map(|n| (n, true)),
+            Stream::Other(other) => {
+                let mut cx = Context::from_waker(Waker::noop());
+                let taken = match Pin::new(&mut *other.duplex).poll_write(&mut cx, buf) {
+                    Poll::Ready(Ok(n)) if n > 0 => n,
+                    _ => return None,
+                };
+                let flushed = matches!(
+                    Pin::new(&mut *other.duplex).poll_flush(&mut cx),
+                    Poll::Ready(Ok(()))
+                );
+                Some((taken, flushed))
+            }
         }
     }
 }
@@ -414,6 +409,6 @@ mod tests {
             .await
             .expect_err("written after take");
         assert_eq!(refused.kind(), io::ErrorKind::NotConnected);
-        assert!(shared.try_write_now(b"ef").is_none());
+        assert!(shared.try_write_at_once(b"ef").is_none());
     }
 }

@@ -29,6 +29,36 @@ pub fn set_password_rounds(path: &std::path::Path, user: &str, password: &str, r
     assert!(child.wait().expect("exit").success());
 }
 
+/// The device `gate-1AB` with its right password (`gate-secret`).
+pub fn gate_1ab() -> super::packets::ConnectSpec<'static> {
+    super::packets::ConnectSpec {
+        client_id: "gate-1AB",
+        username: Some("gate-1AB"),
+        password: Some(b"gate-secret"),
+        ..Default::default()
+    }
+}
+
+/// A guess at `gate-1AB`'s password (`guess`), as a flood of wrong passwords sends it, from
+/// the client `client_id`.
+pub fn guess(client_id: &str) -> super::packets::ConnectSpec<'_> {
+    super::packets::ConnectSpec {
+        client_id,
+        username: Some("gate-1AB"),
+        password: Some(b"guess"),
+        ..Default::default()
+    }
+}
+
+/// Waits until the broker has read `count` packets in all (a CONNECT it now waits on).
+pub async fn packets_read(metrics: &switchboard::metrics::Metrics, count: u64) {
+    super::eventually_within(super::WAIT, || {
+        let read = metrics.traffic.totals().packets_received;
+        async move { read == count }
+    })
+    .await;
+}
+
 /// Waits until the broker has had `total` connections and holds none, then asserts that fewer
 /// than 5 of them had their password checked and refused: CONNECTs whose clients closed while
 /// their check waited give up their place (src/session/socket.rs, `peer_gone`). A few may be
