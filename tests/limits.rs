@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::packets::{self, parse_publish};
+use common::packets::{self, parse_publish, ConnectSpec};
 use common::{broker_with, broker_with_hooks, Raw};
 use switchboard::hooks::DisconnectReason;
 
@@ -129,4 +129,113 @@ async fn connections_over_the_per_address_rate_are_refused() {
     // One token may have come back if the ten connects took over 200 ms.
     assert!((5..=6).contains(&accepted), "{accepted} accepted");
     assert_eq!(broker.metrics().snapshot().limits_hit, 10 - accepted);
+}
+
+/// A topic of `levels` levels of `level` (`a/a/...`).
+fn deep_topic(level: &str, levels: usize) -> String {
+    vec![level; levels].join("/")
+}
+
+#[tokio::test]
+async fn a_will_topic_over_the_length_or_level_limit_refuses_the_connect() {
+    // A will is published as a PUBLISH is, and may be retained: its topic is held to the same
+    // limits. MQTT 5 refuses with 0x90 Topic Name invalid ("the Will Topic Name is not
+    // malformed, but is not accepted by this Server", section 3.2.2.2); 3.1.1 with 5 Not
+    // authorized; the connection is closed after the CONNACK [MQTT-3.2.2-5].
+    let broker = broker_with(|_| {}); // defaults: 1,024 bytes, 32 levels
+    let addr = broker.local_addr();
+    let too_deep = deep_topic("a", 33);
+    let too_long = "l".repeat(1025);
+    let cases = [
+        (4, too_deep.as_str(), 5),
+        (5, &too_deep, 0x90),
+        (4, &too_long, 5),
+    ];
+    for (level, topic, code) in cases {
+        let spec = ConnectSpec {
+            level,
+            client_id: "deep-will",
+            will: Some((topic, b"gone", 1, true)),
+            ..Default::default()
+        };
+        let (mut refused, got) = Raw::connect_with(addr, spec).await;
+        assert_eq!(
+            got,
+            code,
+            "MQTT level {level}, a will topic of {} bytes",
+            topic.len()
+        );
+        refused.expect_closed().await;
+    }
+    assert_eq!(broker.metrics().snapshot().limits_hit, 3);
+    // At the limits it is accepted.
+    let spec = ConnectSpec {
+        client_id: "deep-will",
+        will: Some((&deep_topic("a", 32), b"gone", 1, true)),
+        ..Default::default()
+    };
+    assert_eq!(Raw::connect_with(addr, spec).await.1, 0);
+}
+
+#[tokio::test]
+async fn topics_of_the_most_levels_are_routed_retained_and_cleared() {
+    // With the limits raised to what the protocol allows (65,535 bytes [MQTT-4.7.3-3]), a topic
+    // of 32,768 levels is matched by a filter of as many, retained, cleared and unsubscribed
+    // from. Before 2026-12-05 matching, removing and freeing recursed per level, and a retained
+    // will on such a topic overflowed a worker's stack and aborted the broker.
+    let broker = broker_with(|c| {
+        c.limits.max_topic_length = 65_535;
+        c.limits.max_topic_levels = 40_000;
+    });
+    let addr = broker.local_addr();
+    let deep = deep_topic("a", 32_768);
+    let all_plus = deep_topic("+", 32_768);
+    assert_eq!((deep.len(), all_plus.len()), (65_535, 65_535));
+    let (mut plus, _) = Raw::handshake(addr, "plus", true).await;
+    plus.subscribe(1, &[(&all_plus, 1)], &[1]).await;
+    let (mut everything, _) = Raw::handshake(addr, "everything", true).await;
+    everything.subscribe(1, &[("#", 1)], &[1]).await;
+    let spec = ConnectSpec {
+        client_id: "deep-will",
+        will: Some((&deep, b"gone", 1, true)),
+        ..Default::default()
+    };
+    let (gone, code) = Raw::connect_with(addr, spec).await;
+    assert_eq!(code, 0);
+    drop(gone);
+    for subscriber in [&mut plus, &mut everything] {
+        let will = parse_publish(&subscriber.expect().await);
+        assert_eq!(
+            (will.topic.len(), &will.payload[..]),
+            (65_535, &b"gone"[..])
+        );
+        assert_eq!(will.topic, deep);
+    }
+    // Retained: a later subscriber to `#` gets it; cleared, the next one does not.
+    let (mut late, _) = Raw::handshake(addr, "late", true).await;
+    late.subscribe(1, &[("#", 0)], &[0]).await;
+    let retained: Vec<_> = late.sync().await.iter().map(parse_publish).collect();
+    assert_eq!(retained.len(), 1);
+    assert!(retained[0].retain && retained[0].topic == deep);
+    late.send(&packets::publish(&deep, b"", 0, 0, true, false))
+        .await;
+    late.sync().await;
+    let (mut later, _) = Raw::handshake(addr, "later", true).await;
+    later.subscribe(1, &[("#", 0)], &[0]).await;
+    assert!(
+        later.sync().await.is_empty(),
+        "the retained message is cleared"
+    );
+    // The clearing message itself reaches the subscribers [MQTT-3.3.1-10], with RETAIN 0
+    // [MQTT-3.3.1-9].
+    let cleared: Vec<_> = plus.sync().await.iter().map(parse_publish).collect();
+    assert_eq!(cleared.len(), 1);
+    assert!(cleared[0].payload.is_empty() && !cleared[0].retain);
+    // Unsubscribed, the deep filter matches nothing more; the broker serves on.
+    plus.send(&packets::unsubscribe(2, &[&all_plus])).await;
+    assert_eq!(plus.expect().await.byte1, 0xB0);
+    late.send(&packets::publish(&deep, b"after", 0, 0, false, false))
+        .await;
+    late.sync().await;
+    assert!(plus.sync().await.is_empty());
 }

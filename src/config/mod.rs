@@ -166,7 +166,7 @@ pub struct LimitsConfig {
     /// Most subscriptions one client may hold; further filters get SUBACK 0x80. Default 1000.
     pub max_subscriptions_per_client: usize,
     /// Longest topic name or filter in bytes. A longer PUBLISH topic closes the connection, a
-    /// longer filter gets SUBACK 0x80. Default 1024.
+    /// longer filter gets SUBACK 0x80, a longer will topic refuses the CONNECT. Default 1024.
     pub max_topic_length: usize,
     /// Most levels in a topic name or filter, treated like `max_topic_length`. Default 32.
     pub max_topic_levels: usize,

@@ -115,6 +115,22 @@ impl Session {
             let v5 = Some(reason::PAYLOAD_FORMAT_INVALID);
             return self.refuse_with(ctx, ConnectReturnCode::NotAuthorized, v5);
         }
+        if let Some(will) = connect
+            .will
+            .as_ref()
+            .filter(|w| !self.topic_within_limits(&w.topic))
+        {
+            // A will's topic is held to the limits of a PUBLISH's (it is published as one, and
+            // may be retained): refused with 0x90 Topic Name invalid (5.0), or 5 Not authorized
+            // (3.1.1, which has no closer code), rather than accepted with its will dropped.
+            self.shared.metrics.add_limits_hit(1);
+            warn!(addr = %self.peer, client_id = %connect.client_id, levels = will.topic.split('/').count(), bytes = will.topic.len(), "refusing a will topic over limits.max_topic_length or limits.max_topic_levels");
+            let v5 = connect
+                .protocol
+                .is_v5()
+                .then_some(reason::TOPIC_NAME_INVALID);
+            return self.refuse_with(ctx, ConnectReturnCode::NotAuthorized, v5);
+        }
         if connect.properties.authentication_method.is_some() {
             // No extended authentication method is supported (section 4.12).
             info!(addr = %self.peer, "refusing an extended authentication method");

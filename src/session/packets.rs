@@ -23,6 +23,7 @@ pub(super) mod reason {
     pub const UNSPECIFIED: u8 = 0x80;
     pub const NOT_AUTHORIZED: u8 = 0x87;
     pub const TOPIC_FILTER_INVALID: u8 = 0x8F;
+    pub const TOPIC_NAME_INVALID: u8 = 0x90;
     pub const PACKET_ID_NOT_FOUND: u8 = 0x92;
     pub const RECEIVE_MAXIMUM_EXCEEDED: u8 = 0x93;
     pub const QUOTA_EXCEEDED: u8 = 0x97;
@@ -148,7 +149,7 @@ impl Session {
 
     /// Whether a topic name or filter is within `limits.max_topic_length` and
     /// `limits.max_topic_levels`.
-    fn topic_within_limits(&self, topic: &str) -> bool {
+    pub(super) fn topic_within_limits(&self, topic: &str) -> bool {
         let limits = &self.shared.config.limits;
         topic.len() <= limits.max_topic_length
             && topic.bytes().filter(|&b| b == b'/').count() < limits.max_topic_levels

@@ -86,6 +86,9 @@ impl ConnectSpec<'_> {
         }
         body.extend(string(self.client_id.as_bytes()));
         if let Some((topic, payload, _, _)) = self.will {
+            if self.level == 5 {
+                body.push(0); // will property length
+            }
             body.extend(string(topic.as_bytes()));
             body.extend(string(payload));
         }

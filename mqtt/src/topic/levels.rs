@@ -109,9 +109,17 @@ impl<N> Levels<N> {
         }
     }
 
+    /// Moves every child into `into`, leaving none.
+    pub(super) fn take_all(&mut self, into: &mut Vec<N>) {
+        match self.0.take() {
+            None => {}
+            Some(Children::One(one)) => into.push(one.1),
+            Some(Children::Many(map)) => into.extend(map.into_values()),
+        }
+    }
+
     /// How many children there are.
-    #[cfg(test)]
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         match &self.0 {
             None => 0,
             Some(Children::One(_)) => 1,

@@ -1,6 +1,10 @@
 //! The retained-message store: one message per topic name, looked up by topic filter through a
 //! trie of topic levels (a subscription walks only the branches its filter can match).
 //!
+//! Nothing here recurses over the levels of a topic: a topic name may have 32,768 levels (65,535
+//! bytes of `a/a/...`), and a walk, removal or drop a frame per level would overflow a thread's
+//! stack, so each keeps the levels still to see in a list of its own.
+//!
 //! A level's children are [`Levels`]: a million retained messages on `site/{n}/gate/{id}/state`
 //! make a million levels with one child each, and one such child costs one small box, not a
 //! hash map (which took 438 of the bytes each such message cost; `docs/benchmarks.md`, series
@@ -28,15 +32,39 @@ impl<T> Node<T> {
         self.children.is_empty() && self.value.is_none()
     }
 
+    /// Whether the node holds nothing but one child (it goes when that child goes).
+    fn holds_one_child_only(&self) -> bool {
+        self.value.is_none() && self.children.len() == 1
+    }
+
+    /// Every value at this node and below it; with `skip_dollar`, not below children whose level
+    /// starts with `$`.
     fn visit_all(&self, skip_dollar: bool, visit: &mut impl FnMut(&T)) {
-        if let Some(v) = &self.value {
-            visit(v);
-        }
-        for (level, child) in self.children.iter() {
-            if skip_dollar && level.starts_with('$') {
-                continue;
+        let mut pending = vec![(self, skip_dollar)];
+        while let Some((node, skip_dollar)) = pending.pop() {
+            if let Some(v) = &node.value {
+                visit(v);
             }
-            child.visit_all(false, visit);
+            for (level, child) in node.children.iter() {
+                if !(skip_dollar && level.starts_with('$')) {
+                    pending.push((child, false));
+                }
+            }
+        }
+    }
+}
+
+impl<T> Drop for Node<T> {
+    /// Frees the levels below one by one: dropping a deep topic's chain of levels recursively
+    /// would overflow the stack.
+    fn drop(&mut self) {
+        if self.children.is_empty() {
+            return;
+        }
+        let mut below = Vec::new();
+        self.children.take_all(&mut below);
+        while let Some(mut node) = below.pop() {
+            node.children.take_all(&mut below);
         }
     }
 }
@@ -102,52 +130,68 @@ impl<T> RetainedStore<T> {
     /// Removes the retained message of `topic` `[MQTT-3.3.1-10]`, pruning empty levels.
     pub fn remove(&mut self, topic: &str) -> Option<T> {
         let levels: Vec<&str> = topic.split('/').collect();
-        let removed = Self::remove_at(&mut self.root, &levels);
-        if removed.is_some() {
-            self.len -= 1;
+        // If the topic's level is left empty, it goes with the levels above it that hold
+        // nothing but the way to it: from the shallowest level below the root where a run of
+        // levels holding one child only starts, found first without changing anything.
+        let mut node = &self.root;
+        let mut run_from = None;
+        for (depth, level) in levels.iter().enumerate() {
+            if depth > 0 && node.holds_one_child_only() {
+                run_from.get_or_insert(depth);
+            } else {
+                run_from = None;
+            }
+            node = node.children.get(level)?;
         }
-        removed
+        let cut = run_from.unwrap_or(levels.len());
+        let parent = Self::descend_mut(&mut self.root, &levels[..cut - 1])?;
+        let (removed, emptied) = {
+            let top = parent.children.get_mut(levels[cut - 1])?;
+            let node = Self::descend_mut(top, &levels[cut..])?;
+            (node.value.take()?, node.is_empty())
+        };
+        self.len -= 1;
+        if emptied {
+            parent.children.remove(levels[cut - 1]);
+        }
+        Some(removed)
     }
 
-    fn remove_at(node: &mut Node<T>, levels: &[&str]) -> Option<T> {
-        let Some((&level, rest)) = levels.split_first() else {
-            return node.value.take();
-        };
-        let child = node.children.get_mut(level)?;
-        let removed = Self::remove_at(child, rest);
-        if child.is_empty() {
-            node.children.remove(level);
+    /// The node at `levels` below `node`, if there is one.
+    fn descend_mut<'n>(mut node: &'n mut Node<T>, levels: &[&str]) -> Option<&'n mut Node<T>> {
+        for level in levels {
+            node = node.children.get_mut(level)?;
         }
-        removed
+        Some(node)
     }
 
     /// Calls `visit` for every retained message whose topic matches `filter` (a validated topic
     /// filter). Wildcards in the first level do not match topics starting with `$` `[MQTT-4.7.2-1]`.
     pub fn for_each_match(&self, filter: &str, mut visit: impl FnMut(&T)) {
         let levels: Vec<&str> = filter.split('/').collect();
-        Self::walk(&self.root, &levels, true, &mut visit);
-    }
-
-    fn walk(node: &Node<T>, levels: &[&str], at_root: bool, visit: &mut impl FnMut(&T)) {
-        let Some((&level, rest)) = levels.split_first() else {
-            if let Some(v) = &node.value {
-                visit(v);
-            }
-            return;
-        };
-        match level {
-            "#" => node.visit_all(at_root, visit),
-            "+" => {
-                for (name, child) in node.children.iter() {
-                    if at_root && name.starts_with('$') {
-                        continue;
-                    }
-                    Self::walk(child, rest, false, visit);
+        // Each entry: a node, and how many of the filter's levels it matched.
+        let mut pending = vec![(&self.root, 0)];
+        while let Some((node, matched)) = pending.pop() {
+            let at_root = matched == 0;
+            let Some(&level) = levels.get(matched) else {
+                if let Some(v) = &node.value {
+                    visit(v);
                 }
-            }
-            literal => {
-                if let Some(child) = node.children.get(literal) {
-                    Self::walk(child, rest, false, visit);
+                continue;
+            };
+            match level {
+                "#" => node.visit_all(at_root, &mut visit),
+                "+" => {
+                    for (name, child) in node.children.iter() {
+                        if !(at_root && name.starts_with('$')) {
+                            pending.push((child, matched + 1));
+                        }
+                    }
+                }
+                literal => {
+                    if let Some(child) = node.children.get(literal) {
+                        pending.push((child, matched + 1));
+                    }
                 }
             }
         }
@@ -236,5 +280,43 @@ mod tests {
             assert_eq!(store.remove(topics[t]), Some(value));
         }
         assert!(store.root.is_empty(), "empty levels are pruned");
+    }
+
+    /// A topic of 32,768 levels (the 65,535 bytes a topic may take) is stored, matched, removed
+    /// and dropped on a thread with a 256 KiB stack: nothing recurses per level (it overflowed
+    /// the 2 MiB stack of a broker's worker before 2026-12-05).
+    #[test]
+    fn a_topic_of_the_most_levels_needs_no_stack_per_level() {
+        std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(|| {
+                let deep = vec!["a"; 32_768].join("/");
+                assert_eq!(deep.len(), 65_535);
+                let beside = format!("{}/b", &deep[..deep.len() - 2]);
+                let all_plus = vec!["+"; 32_768].join("/");
+                let mut s = RetainedStore::new();
+                s.insert(&deep, "deep");
+                s.insert(&beside, "beside");
+                s.insert("a", "top");
+                assert_eq!(found(&s, "#"), vec!["beside", "deep", "top"]);
+                assert_eq!(found(&s, &all_plus), vec!["beside", "deep"]);
+                assert_eq!(found(&s, &deep), vec!["deep"]);
+                assert_eq!(s.remove(&deep), Some("deep"));
+                assert_eq!(found(&s, "#"), vec!["beside", "top"]);
+                assert_eq!(s.remove(&beside), Some("beside"));
+                assert_eq!(found(&s, "a/#"), vec!["top"]);
+                assert!(
+                    s.root
+                        .children
+                        .get("a")
+                        .is_some_and(|a| a.children.is_empty()),
+                    "the levels below `a` are pruned"
+                );
+                s.insert(&deep, "again");
+                drop(s);
+            })
+            .expect("spawn")
+            .join()
+            .expect("no stack overflow");
     }
 }

@@ -2,10 +2,13 @@
 //!
 //! Matching a topic name walks only the branches that can match (the literal level, `+` and `#`),
 //! so its cost depends on the depth of the topic and the number of matching filters, not on the
-//! number of subscriptions.
+//! number of subscriptions. Nothing recurses over levels: a filter or topic may have 32,768 of
+//! them, and a frame per level would overflow a thread's stack.
 
 use std::collections::HashMap;
 use std::hash::Hash;
+
+use smallvec::SmallVec;
 
 use super::subscribers::Subscribers;
 
@@ -15,6 +18,10 @@ type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// A node's children by literal level text.
 type Children<K, V> = Map<Box<str>, Node<K, V>>;
+
+/// A branch of a topic's match still to walk: a node, and the part of the topic below it
+/// (`None` once every level is matched).
+type Pending<'t, 'n, K, V> = (&'n Node<K, V>, Option<&'t str>);
 
 /// One level of the trie. A fleet's filters end in a level of their own per device
 /// (`detrd/status/request/{id}`), so most nodes are leaves with one subscriber: a node is 48
@@ -50,6 +57,39 @@ impl<K, V> Node<K, V> {
             && self.plus.is_none()
             && self.multi.is_empty()
             && self.exact.is_empty()
+    }
+
+    /// Whether the node holds nothing but one child (it goes when that child goes).
+    fn holds_one_child_only(&self) -> bool {
+        let children = self.children.as_ref().map_or(0, |c| c.len());
+        self.multi.is_empty()
+            && self.exact.is_empty()
+            && children + self.plus.is_some() as usize == 1
+    }
+
+    /// Moves every child into `into`, leaving none.
+    fn take_children(&mut self, into: &mut Vec<Node<K, V>>) {
+        if let Some(children) = self.children.take() {
+            into.extend(children.into_values());
+        }
+        if let Some(plus) = self.plus.take() {
+            into.push(*plus);
+        }
+    }
+}
+
+impl<K, V> Drop for Node<K, V> {
+    /// Frees the levels below one by one: dropping a deep filter's chain of levels recursively
+    /// would overflow the stack.
+    fn drop(&mut self) {
+        if self.children.is_none() && self.plus.is_none() {
+            return;
+        }
+        let mut below = Vec::new();
+        self.take_children(&mut below);
+        while let Some(mut node) = below.pop() {
+            node.take_children(&mut below);
+        }
     }
 }
 
@@ -119,71 +159,119 @@ impl<K: Copy + Eq + Hash, V> SubscriptionTrie<K, V> {
     /// Removes `key`'s subscription to `filter`, pruning levels left empty. Returns its value.
     pub fn remove(&mut self, filter: &str, key: K) -> Option<V> {
         let levels: Vec<&str> = filter.split('/').collect();
-        let removed = Self::remove_at(&mut self.root, &levels, key);
-        if removed.is_some() {
-            self.len -= 1;
-        }
-        removed
-    }
-
-    fn remove_at(node: &mut Node<K, V>, levels: &[&str], key: K) -> Option<V> {
-        let Some((&level, rest)) = levels.split_first() else {
-            return node.exact.remove(&key);
+        let (path, multi) = match levels.split_last() {
+            Some((&"#", above)) => (above, true),
+            _ => (&levels[..], false),
         };
-        if level == "#" && rest.is_empty() {
-            return node.multi.remove(&key);
-        }
-        if level == "+" {
-            let child = node.plus.as_deref_mut()?;
-            let removed = Self::remove_at(child, rest, key);
-            if child.is_empty() {
-                node.plus = None;
+        let take = |node: &mut Node<K, V>| {
+            if multi {
+                node.multi.remove(&key)
+            } else {
+                node.exact.remove(&key)
             }
-            removed
-        } else {
-            let children = node.children.as_deref_mut()?;
-            let child = children.get_mut(level)?;
-            let removed = Self::remove_at(child, rest, key);
-            if child.is_empty() {
-                children.remove(level);
-                if children.is_empty() {
-                    node.children = None;
+        };
+        if path.is_empty() {
+            let removed = take(&mut self.root)?;
+            self.len -= 1;
+            return Some(removed);
+        }
+        // If the filter's level is left empty, it goes with the levels above it that hold
+        // nothing but the way to it: from the shallowest level below the root where a run of
+        // levels holding one child only starts, found first without changing anything.
+        let mut node = &self.root;
+        let mut run_from = None;
+        for (depth, &level) in path.iter().enumerate() {
+            if depth > 0 && node.holds_one_child_only() {
+                run_from.get_or_insert(depth);
+            } else {
+                run_from = None;
+            }
+            node = Self::child(node, level)?;
+        }
+        let cut = run_from.unwrap_or(path.len());
+        let parent = Self::descend_mut(&mut self.root, &path[..cut - 1])?;
+        let (removed, emptied) = {
+            let top = Self::child_mut(&mut *parent, path[cut - 1])?;
+            let node = Self::descend_mut(top, &path[cut..])?;
+            (take(node)?, node.is_empty())
+        };
+        self.len -= 1;
+        if emptied {
+            match path[cut - 1] {
+                "+" => parent.plus = None,
+                level => {
+                    if let Some(children) = parent.children.as_deref_mut() {
+                        children.remove(level);
+                        if children.is_empty() {
+                            parent.children = None;
+                        }
+                    }
                 }
             }
-            removed
         }
+        Some(removed)
+    }
+
+    /// The child of `node` at filter level `level`.
+    fn child<'n>(node: &'n Node<K, V>, level: &str) -> Option<&'n Node<K, V>> {
+        match level {
+            "+" => node.plus.as_deref(),
+            _ => node.children.as_ref()?.get(level),
+        }
+    }
+
+    /// The child of `node` at filter level `level`, to change.
+    fn child_mut<'n>(node: &'n mut Node<K, V>, level: &str) -> Option<&'n mut Node<K, V>> {
+        match level {
+            "+" => node.plus.as_deref_mut(),
+            _ => node.children.as_deref_mut()?.get_mut(level),
+        }
+    }
+
+    /// The node at filter levels `levels` below `node`, if there is one.
+    fn descend_mut<'n>(
+        mut node: &'n mut Node<K, V>,
+        levels: &[&str],
+    ) -> Option<&'n mut Node<K, V>> {
+        for &level in levels {
+            node = Self::child_mut(node, level)?;
+        }
+        Some(node)
     }
 
     /// Calls `visit` for every subscription whose filter matches `topic`, a topic name. A subscriber
     /// with several matching filters is visited once per filter. Topics starting with `$` are not
     /// matched by a filter starting with a wildcard `[MQTT-4.7.2-1]`.
+    ///
+    /// Depth first, the literal level's branch before the `+` branch: each entry of `pending` is
+    /// a node and the part of the topic below it (`None` once every level is matched).
     pub fn for_each_match(&self, topic: &str, mut visit: impl FnMut(K, &V)) {
         let dollar = topic.starts_with('$');
-        Self::walk(&self.root, topic.split('/'), true, dollar, &mut visit);
-    }
-
-    fn walk<'t>(
-        node: &Node<K, V>,
-        mut levels: std::str::Split<'t, char>,
-        at_root: bool,
-        dollar: bool,
-        visit: &mut impl FnMut(K, &V),
-    ) {
-        let wildcards_allowed = !(at_root && dollar);
-        if wildcards_allowed {
-            // `a/#` matches `a` itself as well as everything below it [MQTT-4.7.1-2].
-            node.multi.for_each(visit);
-        }
-        let Some(level) = levels.next() else {
-            node.exact.for_each(visit);
-            return;
-        };
-        if let Some(child) = node.children.as_ref().and_then(|c| c.get(level)) {
-            Self::walk(child, levels.clone(), false, dollar, visit);
-        }
-        if wildcards_allowed {
-            if let Some(child) = node.plus.as_deref() {
-                Self::walk(child, levels, false, dollar, visit);
+        let mut pending: SmallVec<[Pending<'_, '_, K, V>; 16]> = SmallVec::new();
+        pending.push((&self.root, Some(topic)));
+        let mut at_root = true;
+        while let Some((node, rest)) = pending.pop() {
+            let wildcards_allowed = !(at_root && dollar);
+            at_root = false;
+            if wildcards_allowed {
+                // `a/#` matches `a` itself as well as everything below it [MQTT-4.7.1-2].
+                node.multi.for_each(&mut visit);
+            }
+            let Some(rest) = rest else {
+                node.exact.for_each(&mut visit);
+                continue;
+            };
+            let (level, below) = match rest.split_once('/') {
+                Some((level, below)) => (level, Some(below)),
+                None => (rest, None),
+            };
+            if wildcards_allowed {
+                if let Some(child) = node.plus.as_deref() {
+                    pending.push((child, below));
+                }
+            }
+            if let Some(child) = node.children.as_ref().and_then(|c| c.get(level)) {
+                pending.push((child, below));
             }
         }
     }
@@ -319,5 +407,39 @@ mod tests {
             assert_eq!(trie.remove(filters[f], key), Some(value));
         }
         assert!(trie.root.is_empty(), "empty levels are pruned");
+    }
+
+    /// Filters of 32,768 levels (the 65,535 bytes a filter may take) are held, matched, removed
+    /// and dropped on a thread with a 256 KiB stack: nothing recurses per level (a topic that
+    /// deep overflowed the 2 MiB stack of a broker's worker before 2026-12-05).
+    #[test]
+    fn filters_of_the_most_levels_need_no_stack_per_level() {
+        std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(|| {
+                let deep = vec!["a"; 32_768].join("/");
+                assert_eq!(deep.len(), 65_535);
+                let all_plus = vec!["+"; 32_768].join("/");
+                let most_then_hash = format!("{}/#", &deep[..deep.len() - 2]);
+                let mut t: SubscriptionTrie<u32, u8> = SubscriptionTrie::new();
+                t.insert(&deep, 1, 0);
+                t.insert(&all_plus, 2, 0);
+                t.insert(&most_then_hash, 3, 0);
+                t.insert("a/#", 4, 0);
+                assert_eq!(matches(&t, &deep), vec![1, 2, 3, 4]);
+                assert_eq!(matches(&t, &format!("{deep}/a")), vec![3, 4]);
+                assert_eq!(t.remove(&all_plus, 2), Some(0));
+                assert_eq!(t.remove(&deep, 1), Some(0));
+                assert_eq!(matches(&t, &deep), vec![3, 4]);
+                assert_eq!(t.remove(&most_then_hash, 3), Some(0));
+                assert_eq!(t.remove("a/#", 4), Some(0));
+                assert!(t.root.is_empty(), "empty levels are pruned");
+                t.insert(&deep, 1, 0);
+                t.insert(&all_plus, 2, 0);
+                drop(t);
+            })
+            .expect("spawn")
+            .join()
+            .expect("no stack overflow");
     }
 }
