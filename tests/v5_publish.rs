@@ -257,6 +257,40 @@ async fn outbound_topic_aliases_stay_within_the_client_maximum() {
 }
 
 #[tokio::test]
+async fn outbound_topic_aliases_stay_within_the_broker_maximum_too() {
+    // A client announcing 65,535 gets at most `limits.outbound_topic_alias_maximum`: each
+    // alias holds a topic for the connection's life. Within both maximums [MQTT-3.3.2-11].
+    let broker = broker_with(|c| c.limits.outbound_topic_alias_maximum = 2);
+    let addr = broker.local_addr();
+    let mut aliased = subscriber5(
+        addr,
+        "greedy",
+        Props::new().u16(prop::TOPIC_ALIAS_MAXIMUM, u16::MAX),
+        "t/#",
+        0,
+    )
+    .await;
+    let mut publisher = Raw::handshake5(addr, "t-pub").await;
+    for topic in ["t/a", "t/b", "t/c", "t/a", "t/c"] {
+        publisher
+            .send(&publish5(topic, b"x", 0, 0, false, &Props::new()))
+            .await;
+    }
+    let expected = [
+        ("t/a", Some(1)),
+        ("t/b", Some(2)),
+        ("t/c", None),
+        ("", Some(1)),
+        ("t/c", None),
+    ];
+    for (topic, alias) in expected {
+        let got = publish_of(&aliased.expect().await);
+        assert_eq!(got.topic, topic);
+        assert_eq!(got.properties.and_then(|p| p.topic_alias), alias);
+    }
+}
+
+#[tokio::test]
 async fn refused_publishes_get_negative_acknowledgements() {
     let broker = broker();
     let mut raw = Raw::handshake5(broker.local_addr(), "neg").await;

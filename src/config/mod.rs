@@ -182,6 +182,11 @@ pub struct LimitsConfig {
     /// Topic aliases an MQTT 5 client may set towards the broker (announced as Topic Alias
     /// Maximum in CONNACK); 0 turns inbound aliases off. Default 64.
     pub topic_alias_maximum: u16,
+    /// Topic aliases the broker assigns towards one MQTT 5 client at most, whatever larger
+    /// Topic Alias Maximum the client announces: each holds a topic for the life of the
+    /// connection, so a client announcing 65,535 would otherwise hold as many topics of up to
+    /// `max_topic_length` bytes. 0 assigns none. Default 64.
+    pub outbound_topic_alias_maximum: u16,
     /// Most topics holding a retained message (the broker's own `$SYS` topics aside). At the
     /// limit, a retained message for a new topic is delivered but not stored (counted in
     /// `limits_hit`, warned of); updates and clears of stored topics go on. 0: no limit, the
@@ -203,6 +208,7 @@ impl Default for LimitsConfig {
             max_connection_rate: 200,
             rate_limit_loopback: false,
             topic_alias_maximum: 64,
+            outbound_topic_alias_maximum: 64,
             max_retained_messages: 0,
         }
     }

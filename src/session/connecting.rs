@@ -377,7 +377,11 @@ impl Session {
                             connack.string(id::RESPONSE_INFO, &format!("{prefix}{client_id}"));
                         }
                         codec::write_connack_v5(&mut act.out, session_present, 0, &connack);
-                        act.aliases = super::OutboundAliases::new(props.topic_alias_maximum);
+                        act.aliases = super::OutboundAliases::new(
+                            props
+                                .topic_alias_maximum
+                                .min(act.shared.config.limits.outbound_topic_alias_maximum),
+                        );
                         act.outbound.limit_window(props.receive_maximum);
                     } else {
                         // MQTT 3.1's CONNACK has no Session Present flag: that byte is reserved
