@@ -44,6 +44,18 @@ pub fn filter_matches(filter: &str, topic: &str) -> bool {
     topic_levels.next().is_none()
 }
 
+/// Runs `test` on a thread with a 256 KiB stack, for the tests of the trie and the retained
+/// store that hold topics of 32,768 levels: a frame per level would overflow it.
+#[cfg(test)]
+fn on_a_small_stack(test: impl FnOnce() + Send + 'static) {
+    std::thread::Builder::new()
+        .stack_size(256 << 10)
+        .spawn(test)
+        .expect("spawn")
+        .join()
+        .expect("no stack overflow");
+}
+
 /// A small deterministic random source for the model tests of the trie and the retained store:
 /// each call gives a number below its bound.
 #[cfg(test)]
