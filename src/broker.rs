@@ -231,7 +231,7 @@ impl Broker {
         let bridges = {
             let environment = crate::bridge::BridgeEnvironment {
                 local: crate::bridge::local_connector(shared.clone()),
-                max_packet_size: shared.config.limits.max_packet_size,
+                limits: shared.config.limits.clone(),
                 queue_dir: shared
                     .config
                     .persistence
@@ -362,7 +362,7 @@ async fn start_cluster(
         subjects: crate::cluster::subjects::Subjects::new(&cluster.name, &node),
         node,
         local: crate::bridge::local_connector(shared.clone()),
-        max_packet_size: shared.config.limits.max_packet_size,
+        limits: shared.config.limits.clone(),
         registry: registry.clone(),
         metrics: shared.metrics.clone(),
         subscribe_wait: cluster.subscribe_wait,

@@ -286,3 +286,25 @@ async fn a_full_queue_for_a_down_remote_drops_the_oldest_and_counts_it() {
     let expected: Vec<String> = (5..15).map(|n: u16| n.to_string()).collect();
     assert_eq!(payloads, expected, "the five oldest were dropped");
 }
+
+#[tokio::test]
+async fn a_message_from_the_remote_over_this_brokers_topic_limits_is_dropped_not_retried() {
+    if !common::mosquitto_broker_available() {
+        return;
+    }
+    // Mosquitto takes topics of up to 200 levels; this broker 32 by default. Published here as
+    // it is, a deeper topic would close the bridge's local connection, and again after every
+    // reconnect, with everything behind it stuck; it is dropped and counted instead.
+    let central = Mosquitto::start("", false);
+    let topics = r#"{ pattern = "deep/#", direction = "in", qos = 1 },"#;
+    let site = site(&bridge_toml(central.addr, "5", topics, ""), |_| {});
+    bridge_ready(&site).await;
+    let (mut local_sub, _) = Raw::handshake(site.local_addr(), "site-sub", true).await;
+    local_sub.subscribe(1, &[("deep/#", 1)], &[1]).await;
+    let (mut remote_pub, _) = Raw::handshake(central.addr, "app", true).await;
+    let too_deep = format!("deep/{}", vec!["a"; 40].join("/"));
+    publish_all(&mut remote_pub, &[&too_deep, "deep/marker"]).await;
+    let got = read_until(&mut local_sub, "deep/marker").await;
+    assert_eq!(topics_of(&got), vec!["deep/marker"]);
+    assert_eq!(status(&site).dropped, 1);
+}

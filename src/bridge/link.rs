@@ -37,8 +37,9 @@ const QUEUE_POLL: Duration = Duration::from_millis(500);
 pub struct BridgeEnvironment {
     /// Opens an in-process connection to this broker (a Session on a worker).
     pub local: Connector,
-    /// `limits.max_packet_size`: the largest packet either side takes.
-    pub max_packet_size: usize,
+    /// `[limits]`: `max_packet_size` is the largest packet either side takes; what would break
+    /// a limit here is dropped ([`over_local_limits`](super::over_local_limits)).
+    pub limits: crate::config::LimitsConfig,
     /// Where the queue for the remote is kept (`<persistence.dir>/bridges`), if anywhere. With
     /// it, the local client's session is persistent too, so that this broker keeps what is
     /// routed to the bridge across a restart.
@@ -152,7 +153,7 @@ impl Bridge {
             .username
             .clone()
             .map(|user| (user, self.secrets.password.clone().unwrap_or_default()));
-        options.max_packet_size = self.environment.max_packet_size;
+        options.max_packet_size = self.environment.limits.max_packet_size;
         options.backoff = Backoff {
             initial: config.reconnect_initial,
             max: config.reconnect_max,
@@ -193,7 +194,7 @@ impl Bridge {
         let mut options = super::in_process_options(
             &self.local_client_id(),
             self.environment.local.clone(),
-            self.environment.max_packet_size,
+            self.environment.limits.max_packet_size,
         );
         options.clean_session = self.environment.queue_dir.is_none();
         options
@@ -397,12 +398,15 @@ impl Bridge {
             return self.acknowledge_remote(ack);
         };
         self.status.link.add_received();
-        let size = publish_size_bound(&topic, message.payload.len(), message.properties.as_ref());
-        if size > self.environment.max_packet_size {
-            // Renamed here it would exceed `limits.max_packet_size`, and this broker would close
-            // the bridge's local connection on it, again after every reconnect.
+        let limits = &self.environment.limits;
+        if let Some(over) = super::over_local_limits(
+            limits,
+            &topic,
+            message.payload.len(),
+            message.properties.as_ref(),
+        ) {
             self.status.link.add_dropped();
-            warn!(bridge = %self.config.name, %topic, size, "a message from the remote is too large for this broker once renamed; dropped");
+            warn!(bridge = %self.config.name, %topic, over, "a message from the remote, renamed for this broker, is over its limits; dropped");
             return self.acknowledge_remote(ack);
         }
         let enqueue = Enqueue {

@@ -21,7 +21,6 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 pub use config::{BridgeConfig, BridgeProtocol, BridgeTls, BridgeTopic, Direction};
-pub(crate) use link::publish_size_bound;
 pub use link::BridgeEnvironment;
 pub use status::{BridgeSnapshot, BridgeStatus, BridgeStatuses};
 pub use topics::TopicMap;
@@ -52,6 +51,31 @@ pub fn local_connector(shared: Arc<SessionShared>) -> Connector {
 /// Messages waiting in an in-process client's queue to be published here; the local side is
 /// in-process and never down, so this only absorbs bursts.
 const LOCAL_QUEUE: usize = 100_000;
+
+/// Why a message from elsewhere (a bridge's remote, another cluster node) would break one of
+/// this broker's `[limits]` if a broker-internal client published it here as it is: over
+/// `max_packet_size` once encoded, or a topic over `max_topic_length` or `max_topic_levels`.
+/// Such a message is dropped instead: published, it would close the internal client's
+/// connection, and again after every reconnect, as the client sends it anew.
+pub(crate) fn over_local_limits(
+    limits: &crate::config::LimitsConfig,
+    topic: &str,
+    payload: usize,
+    properties: Option<&switchboard_actors::MessageProperties>,
+) -> Option<String> {
+    let size = link::publish_size_bound(topic, payload, properties);
+    if size > limits.max_packet_size {
+        return Some(format!("{size} bytes, over limits.max_packet_size"));
+    }
+    if !limits.topic_within(topic) {
+        return Some(format!(
+            "a topic of {} bytes and {} levels, over limits.max_topic_length or limits.max_topic_levels",
+            topic.len(),
+            topic.split('/').count()
+        ));
+    }
+    None
+}
 
 /// The options of a broker-internal MQTT 5 client of this broker (a bridge's local side, the
 /// cluster link's) over `local`: No Local and Retain As Published on its subscriptions, manual

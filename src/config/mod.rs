@@ -194,6 +194,14 @@ pub struct LimitsConfig {
     pub max_retained_messages: usize,
 }
 
+impl LimitsConfig {
+    /// Whether a topic name or filter is within `max_topic_length` and `max_topic_levels`.
+    pub fn topic_within(&self, topic: &str) -> bool {
+        topic.len() <= self.max_topic_length
+            && topic.bytes().filter(|&b| b == b'/').count() < self.max_topic_levels
+    }
+}
+
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {

@@ -150,9 +150,7 @@ impl Session {
     /// Whether a topic name or filter is within `limits.max_topic_length` and
     /// `limits.max_topic_levels`.
     pub(super) fn topic_within_limits(&self, topic: &str) -> bool {
-        let limits = &self.shared.config.limits;
-        topic.len() <= limits.max_topic_length
-            && topic.bytes().filter(|&b| b == b'/').count() < limits.max_topic_levels
+        self.shared.config.limits.topic_within(topic)
     }
 
     /// Closes this one connection for going over a configured limit; logged and counted.

@@ -91,8 +91,9 @@ pub struct ClusterEnvironment {
     pub node: String,
     /// Opens an in-process connection to this broker.
     pub local: Connector,
-    /// `limits.max_packet_size`.
-    pub max_packet_size: usize,
+    /// `[limits]`: `max_packet_size` for the local client; a message from another node over
+    /// one is dropped ([`over_local_limits`](crate::bridge::over_local_limits)).
+    pub limits: crate::config::LimitsConfig,
     /// The Registry: hooks, filters, retained messages, takeovers.
     pub registry: Addr<Registry>,
     /// Where the link's state is shown (`/metrics`).
@@ -189,7 +190,7 @@ impl ClusterLink {
         let mut options = crate::bridge::in_process_options(
             CLUSTER_CLIENT_ID,
             self.env.local.clone(),
-            self.env.max_packet_size,
+            self.env.limits.max_packet_size,
         );
         options.skip_retained = true;
         options
@@ -199,13 +200,13 @@ impl ClusterLink {
     fn take_in(&mut self, message: ClusterMessage) {
         let Some(local) = &self.local else { return };
         let properties = message.properties.as_ref();
-        let size =
-            crate::bridge::publish_size_bound(&message.topic, message.payload.len(), properties);
-        if size > self.env.max_packet_size {
-            // Another node took it under a larger `limits.max_packet_size`; this broker would
-            // close the link's local connection on it.
+        let (topic, payload) = (&message.topic, message.payload.len());
+        if let Some(over) =
+            crate::bridge::over_local_limits(&self.env.limits, topic, payload, properties)
+        {
+            // Another node took it under larger limits.
             self.status().add_dropped();
-            warn!(topic = %message.topic, size, "a message from another node is larger than this node's limits.max_packet_size; dropped");
+            warn!(topic = %message.topic, over, "a message from another node is over this node's limits; dropped");
             return;
         }
         self.status().add_received();
