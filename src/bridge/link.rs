@@ -38,7 +38,7 @@ pub struct BridgeEnvironment {
     /// Opens an in-process connection to this broker (a Session on a worker).
     pub local: Connector,
     /// `[limits]`: `max_packet_size` is the largest packet either side takes; what would break
-    /// a limit here is dropped ([`over_local_limits`](super::over_local_limits)).
+    /// a limit here is dropped (`bridge::over_local_limits`).
     pub limits: crate::config::LimitsConfig,
     /// Where the queue for the remote is kept (`<persistence.dir>/bridges`), if anywhere. With
     /// it, the local client's session is persistent too, so that this broker keeps what is

@@ -92,7 +92,7 @@ pub struct ClusterEnvironment {
     /// Opens an in-process connection to this broker.
     pub local: Connector,
     /// `[limits]`: `max_packet_size` for the local client; a message from another node over
-    /// one is dropped ([`over_local_limits`](crate::bridge::over_local_limits)).
+    /// one is dropped (`bridge::over_local_limits`).
     pub limits: crate::config::LimitsConfig,
     /// The Registry: hooks, filters, retained messages, takeovers.
     pub registry: Addr<Registry>,
