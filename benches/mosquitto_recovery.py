@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 
-from mqtt_packets import connect, free_port, packet, string
+from mqtt_packets import connect, free_port, packet, recv_exactly, string
 
 RETAINED = int(os.environ.get("RETAINED", "1000000"))
 SESSIONS = int(os.environ.get("SESSIONS", "100000"))
@@ -54,16 +54,6 @@ def wait_listening(port, deadline_s=600):
         except OSError:
             time.sleep(0.002)
     raise SystemExit("mosquitto did not listen")
-
-
-def recv_exactly(sock, n):
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise SystemExit("connection closed")
-        data += chunk
-    return data
 
 
 def load_retained(port):

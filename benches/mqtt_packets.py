@@ -1,8 +1,11 @@
-"""MQTT 3.1.1 packets as bytes, for the benchmark scripts that speak to a broker without a
-client library (`mosquitto_recovery.py`, `suback_latency.py`)."""
+"""MQTT 3.1.1 packets as bytes, and the socket chores around them, for the benchmark scripts that
+speak to a broker without a client library (`mosquitto_recovery.py`, `suback_latency.py`,
+`retained_stall.py`)."""
 
 import socket
 import struct
+import sys
+import time
 
 
 def remaining_length(n):
@@ -41,3 +44,26 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_for_port(port, deadline=10.0):
+    """Returns once something listens on 127.0.0.1:`port`; exits after `deadline` seconds."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.02)  # polling the port: a broker gives no other sign that it listens
+    sys.exit(f"nothing listens on 127.0.0.1:{port}")
+
+
+def recv_exactly(sock, n):
+    """`n` bytes from `sock`; exits if the connection closes first."""
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            sys.exit("connection closed")
+        data += chunk
+    return data

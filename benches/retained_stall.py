@@ -25,9 +25,12 @@ import socket
 import statistics
 import struct
 import subprocess
+import sys
 import tempfile
 import threading
 import time
+
+from mqtt_packets import connect, free_port, packet, recv_exactly, string, wait_for_port
 
 COUNT = int(os.environ.get("COUNT", "200000"))
 RUNS = int(os.environ.get("RUNS", "3"))
@@ -35,71 +38,28 @@ KINDS = os.environ.get("KINDS", "switchboard mosquitto").split()
 SWITCHBOARD = os.environ.get("SWITCHBOARD", "target/release/switchboard")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port):
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port)).close()
-            return
-        except OSError:
-            time.sleep(0.05)  # polling the port: a broker gives no other sign that it listens
-    raise RuntimeError(f"nothing listens on {port}")
-
-
-def string(b):
-    return struct.pack(">H", len(b)) + b
-
-
-def remaining_length(n):
-    out = b""
-    while True:
-        digit, n = n % 128, n // 128
-        out += bytes([digit | (128 if n else 0)])
-        if not n:
-            return out
-
-
-def packet(byte1, body):
-    return bytes([byte1]) + remaining_length(len(body)) + body
-
-
-def recv_exact(sock, n):
-    got = b""
-    while len(got) < n:
-        more = sock.recv(n - len(got))
-        if not more:
-            raise RuntimeError("connection closed")
-        got += more
-    return got
-
-
-def connect(port, client_id):
+def connect_client(port, client_id):
+    """A connected MQTT 3.1.1 client (clean session), its CONNACK read."""
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    body = string(b"MQTT") + bytes([4, 2]) + struct.pack(">H", 600) + string(client_id.encode())
-    sock.sendall(packet(0x10, body))
-    if recv_exact(sock, 4) != b"\x20\x02\x00\x00":
-        raise RuntimeError("CONNACK refused")
+    sock.sendall(connect(client_id, True, keep_alive=600))
+    if recv_exactly(sock, 4) != b"\x20\x02\x00\x00":
+        sys.exit("CONNACK refused")
     return sock
 
 
 def load(port):
-    loader = connect(port, "loader")
+    loader = connect_client(port, "loader")
     batch = bytearray()
     for n in range(COUNT):
-        topic = f"site/{n // 1000}/gate/{n}/state".encode()
+        topic = f"site/{n // 1000}/gate/{n}/state"
         batch += packet(0x31, string(topic) + b"closed")
         if len(batch) > 1 << 20:
             loader.sendall(batch)
             batch = bytearray()
     loader.sendall(batch + b"\xc0\x00")
-    if recv_exact(loader, 2) != b"\xd0\x00":
-        raise RuntimeError("no PINGRESP after the load")
+    if recv_exactly(loader, 2) != b"\xd0\x00":
+        sys.exit("no PINGRESP after the load")
     return loader
 
 
@@ -118,15 +78,15 @@ def one_run(kind):
     try:
         wait_for_port(port)
         loader = load(port)
-        probe = connect(port, "probe")
-        greedy = connect(port, "greedy")
+        probe = connect_client(port, "probe")
+        greedy = connect_client(port, "greedy")
         rtts, stop = [], threading.Event()
 
         def ping():
             while not stop.is_set():
                 start = time.perf_counter()
                 probe.sendall(b"\xc0\x00")
-                recv_exact(probe, 2)
+                recv_exactly(probe, 2)
                 rtts.append(time.perf_counter() - start)
                 time.sleep(0.001)
 
@@ -134,14 +94,14 @@ def one_run(kind):
         pinger.start()
         time.sleep(0.2)
         start = time.perf_counter()
-        greedy.sendall(packet(0x82, struct.pack(">H", 1) + string(b"#") + b"\x00"))
+        greedy.sendall(packet(0x82, struct.pack("!H", 1) + string("#") + b"\x00"))
         # The SUBACK and every retained message: read until all of them came.
         received, suback = bytearray(), None
         expected = sum(4 + len(f"site/{n // 1000}/gate/{n}/state") + 6 for n in range(COUNT))
         while len(received) < expected + 5:
             more = greedy.recv(1 << 20)
             if not more:
-                raise RuntimeError("the subscriber was disconnected")
+                sys.exit("the subscriber was disconnected")
             received += more
             if suback is None and b"\x90\x03\x00\x01\x00" in received[:64]:
                 suback = time.perf_counter() - start

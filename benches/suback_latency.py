@@ -30,24 +30,13 @@ import tempfile
 import time
 import urllib.request
 
-from mqtt_packets import connect, free_port, packet, string
+from mqtt_packets import connect, free_port, packet, string, wait_for_port
 
 RUNS = int(os.environ.get("RUNS", "3"))
 COUNT = int(os.environ.get("COUNT", "500"))
 KINDS = os.environ.get("KINDS", "switchboard cluster2 cluster3 mosquitto").split()
 SWITCHBOARD = os.environ.get("SWITCHBOARD", "target/release/switchboard")
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-
-
-def wait_for_port(port, deadline=10.0):
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.02)
-    sys.exit(f"nothing listens on 127.0.0.1:{port}")
 
 
 def read_packet(sock):
