@@ -30,7 +30,7 @@ import tempfile
 import time
 import urllib.request
 
-from mqtt_packets import connect, free_port, packet, string, wait_for_port
+from mqtt_packets import connect, free_port, packet, recv_exactly, string, wait_for_port
 
 RUNS = int(os.environ.get("RUNS", "3"))
 COUNT = int(os.environ.get("COUNT", "500"))
@@ -51,13 +51,7 @@ def read_packet(sock):
         shift += 7
         if not byte & 0x80:
             break
-    body = b""
-    while len(body) < length:
-        chunk = sock.recv(length - len(body))
-        if not chunk:
-            sys.exit("the broker closed the connection")
-        body += chunk
-    return first[0], body
+    return first[0], recv_exactly(sock, length)
 
 
 def measure(port, run):
