@@ -10,6 +10,11 @@
 //! Full for a while: the log's writes fail with ENOSPC. Nothing is acknowledged until the writer
 //! could write it (the log says why, naming the file), then everything is, and all of it is
 //! there after a SIGKILL and a restart.
+//!
+//! Slow to sync, with `fsync = "always"`: a message every persistent subscriber of which is
+//! connected and acknowledges it is acknowledged to its publisher without waiting for the sync
+//! (there is nothing left for a power cut to lose), in order; one that an offline session keeps
+//! still waits for it.
 
 mod common;
 
@@ -228,4 +233,93 @@ async fn a_full_disk_delays_the_acknowledgements_and_loses_nothing() {
         retained.insert(publish.topic);
     }
     assert_eq!(retained.len(), 100, "every retained message, once");
+}
+
+/// How long strace holds each `fdatasync` of the settlement test.
+const SYNC_DELAY: Duration = Duration::from_secs(3);
+
+/// Publishes QoS 1 `payload` to `topic` with packet id `pid` and returns once its PUBACK came
+/// (waiting up to 30 s, longer than any sync here).
+async fn publish_until_acked(publisher: &mut Raw, topic: &str, payload: &[u8], pid: u16) {
+    publisher
+        .send(&packets::publish(topic, payload, 1, pid, false, false))
+        .await;
+    let frame = publisher
+        .recv_within(Duration::from_secs(30))
+        .await
+        .expect("PUBACK, not a closed connection");
+    assert_eq!((frame.packet_type(), frame.pid()), (4, pid), "{frame:?}");
+}
+
+#[tokio::test]
+async fn with_fsync_always_a_message_its_subscribers_acknowledged_is_acknowledged_before_the_sync()
+{
+    if !strace_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let (broker, _logs, addr) = start_broker_with(&state, "always", "info", "");
+    // A persistent subscriber that stays connected and acknowledges what it gets, and one that
+    // is offline: what it matches is kept on disk for it.
+    Raw::leave_subscribed(addr, "gate-offline", "gate/2/state").await;
+    let (mut online, _) = Raw::handshake(addr, "gate-online", false).await;
+    online.subscribe(1, &[("gate/+/state", 1)], &[1]).await;
+    let (mut publisher, _) = Raw::handshake(addr, "gate-app", true).await;
+    let mut strace = inject(
+        broker.0.id(),
+        "fdatasync",
+        &format!("delay_enter={}", SYNC_DELAY.as_micros()),
+    );
+
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while got.len() < 17 {
+            let publish = packets::parse_publish(&online.expect().await);
+            online.send(&packets::ack(0x40, publish.pid)).await;
+            got.push((publish.topic, publish.payload));
+        }
+        (online, got)
+    });
+    // Each message goes to the connected subscriber alone: its PUBACK settles the message, and
+    // the publisher's PUBACK goes out then, not after the sync (each one 3 s here, so 16 of
+    // them would take 48 s and the first alone 3 s).
+    let started = std::time::Instant::now();
+    for n in 1..=16u8 {
+        publish_until_acked(&mut publisher, "gate/1/state", &[n], u16::from(n)).await;
+    }
+    let settled_in = started.elapsed();
+    assert!(
+        settled_in < SYNC_DELAY,
+        "16 PUBACKs took {settled_in:?}: they waited for a sync of {SYNC_DELAY:?}"
+    );
+    // One that the offline session keeps too waits for the sync that makes it durable (the
+    // connected subscriber's PUBACK does not settle it).
+    let started = std::time::Instant::now();
+    publish_until_acked(&mut publisher, "gate/2/state", b"kept", 17).await;
+    let synced_in = started.elapsed();
+    assert!(
+        synced_in >= SYNC_DELAY,
+        "the PUBACK came after {synced_in:?}, before a sync of {SYNC_DELAY:?} could end"
+    );
+    let (_online, got) = reader.await.expect("reader");
+    let expected: Vec<(String, Vec<u8>)> = (1..=16u8)
+        .map(|n| ("gate/1/state".to_string(), vec![n]))
+        .chain([("gate/2/state".to_string(), b"kept".to_vec())])
+        .collect();
+    assert_eq!(got, expected, "in order, each once");
+    let _ = strace.kill();
+    let _ = strace.wait();
+    kill_9(broker);
+
+    // What waited for the sync is there after a SIGKILL and a restart.
+    let (_again, _logs, addr) = start_broker_with(&state, "always", "info", "");
+    let (mut offline, present) = Raw::handshake(addr, "gate-offline", false).await;
+    assert!(present, "the offline session was kept");
+    let kept = offline.drain_acking().await;
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(
+        (kept[0].topic.as_str(), kept[0].payload.as_slice()),
+        ("gate/2/state", &b"kept"[..])
+    );
 }

@@ -374,6 +374,7 @@ impl Registry {
                 deliveries: batch,
                 after,
                 retained: false,
+                settlement: None,
             }));
         }
     }

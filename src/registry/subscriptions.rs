@@ -118,6 +118,7 @@ impl Registry {
                     deliveries: std::mem::take(&mut retained),
                     after,
                     retained: true,
+                    settlement: None,
                 }));
             }
         }

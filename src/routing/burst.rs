@@ -9,7 +9,7 @@ use std::sync::Arc;
 use actix::dev::SendError;
 use actix::prelude::*;
 
-use super::{ClientKey, Deliver, Routes, Target};
+use super::{ClientKey, Deliver, Routes, Settlement, Target};
 use crate::message::{Delivery, Message, QoS, SubscriptionOptions};
 use crate::persistence::{Record, RecordRef, Store};
 
@@ -98,6 +98,11 @@ pub struct BurstDurability<'a> {
     pub records: Vec<Record>,
     /// Whether the deliveries may reach their clients only once all of it is durable.
     pub hold: bool,
+    /// With `fsync = "always"`, the publisher's [`Settlement`] for this burst: armed when every
+    /// delivery kept on disk is QoS 1 to a connected client and the burst has no records of
+    /// its own, so that the acknowledgements may go out once those clients have acknowledged
+    /// the deliveries, if that comes before the sync.
+    pub settlement: Option<&'a Arc<Settlement>>,
 }
 
 /// What [`route_burst`] did.
@@ -111,6 +116,10 @@ pub struct BurstRouted {
     /// message `i` (of the first 64). An MQTT 5 publisher's acknowledgement of one carries
     /// 0x10 No matching subscribers.
     pub unmatched: u64,
+    /// Whether the burst's [`BurstDurability::settlement`] was armed and handed to the
+    /// subscribers: it then settles the acknowledgements too. Not armed, it may serve the next
+    /// burst.
+    pub settlement_armed: bool,
 }
 
 thread_local! {
@@ -171,20 +180,29 @@ fn route_with(
     scratch.matches = matches;
     let mut durable_after = None;
     let mut after = 0;
+    let mut settlement = None;
     if let Some(BurstDurability {
         store,
         records,
         hold,
+        settlement: offered,
     }) = durability
     {
         let mut to_record = !records.is_empty();
+        // Only deliveries whose clients' PUBACKs can settle them: QoS 1 to connected clients,
+        // and no record of the publisher's own (an inbound QoS 2 id) that must be durable.
+        let mut settles = offered.is_some() && records.is_empty() && !hold;
+        let mut kept = 0;
         for (key, batch) in scratch.batches.iter_mut() {
             if table.durable(*key).is_none() {
                 continue;
             }
+            let online = table.is_online(*key);
             for delivery in batch.iter_mut().filter(|d| d.qos != QoS::AtMostOnce) {
                 delivery.set_durable_id(Some(store.next_id()));
                 to_record = true;
+                settles &= online && delivery.qos == QoS::AtLeastOnce;
+                kept += 1;
             }
         }
         if to_record {
@@ -205,15 +223,26 @@ fn route_with(
                 after = seq;
             }
         }
+        if let (true, Some(offered)) = (settles && kept > 0, offered) {
+            // Counted before any delivery is sent: a PUBACK may come back on another worker.
+            offered.arm(kept);
+            settlement = Some(offered);
+        }
     }
     let mut stored = Vec::new();
     for (key, batch) in scratch.batches.drain(..) {
         match table.target(key) {
-            Some(Target::Online(session)) => session.deliver(Deliver {
-                deliveries: batch,
-                after,
-                retained: false,
-            }),
+            Some(Target::Online(session)) => {
+                let settlement = settlement
+                    .filter(|_| batch.iter().any(|d| d.durable_id().is_some()))
+                    .cloned();
+                session.deliver(Deliver {
+                    deliveries: batch,
+                    after,
+                    retained: false,
+                    settlement,
+                })
+            }
             Some(Target::Registry { generation }) => {
                 let generation = *generation;
                 let kept = batch
@@ -248,5 +277,6 @@ fn route_with(
         room,
         durable_after,
         unmatched,
+        settlement_armed: settlement.is_some(),
     }
 }

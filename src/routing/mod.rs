@@ -15,6 +15,7 @@
 //! routed after the change too.
 
 mod burst;
+mod settlement;
 mod shared;
 
 pub use shared::{spread_hash, Share};
@@ -25,6 +26,9 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use actix::prelude::*;
 
 pub use burst::{route_burst, BurstDurability, BurstRouted, RegistryRoom, Stored, StoredDelivery};
+#[cfg(test)]
+pub(crate) use settlement::tests as settlement_tests;
+pub use settlement::{Settled, Settlement};
 use shared::SharedGroups;
 
 use crate::auth::{AccessControl, AclFile};
@@ -55,6 +59,9 @@ pub struct Deliver {
     /// more retained messages than its output bound holds gets every one, as live traffic
     /// cannot (it is dropped for a client that does not keep up).
     pub retained: bool,
+    /// With `fsync = "always"`: the burst's [`Settlement`], counted down by the client's
+    /// PUBACKs of the deliveries here that are kept on disk; `None` for none.
+    pub settlement: Option<Arc<Settlement>>,
 }
 
 impl Deliver {
@@ -64,6 +71,7 @@ impl Deliver {
             deliveries,
             after: 0,
             retained: false,
+            settlement: None,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! says so (0x10 No matching subscribers).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use actix::prelude::*;
 
@@ -13,6 +14,7 @@ use super::peer::write_ack_coded;
 use super::Session;
 use crate::codec::{self, Ack};
 use crate::message::QoS;
+use crate::routing::Settlement;
 
 /// What a batch of acknowledgements waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +32,29 @@ type HeldAck = (Ack, u16, u8);
 /// The most emptied batches of acknowledgements a Session keeps for reuse.
 const SPARE_BATCHES: usize = 2;
 
+/// Acknowledgements handed over together, and what they wait for.
+struct Batch {
+    /// What they wait for.
+    wait: AckWait,
+    /// The acknowledgements, in packet order.
+    acks: Vec<HeldAck>,
+    /// With `fsync = "always"`: the burst's deliveries whose PUBACKs end the wait too, if
+    /// they come before the sync.
+    settlement: Option<Arc<Settlement>>,
+}
+
+impl Batch {
+    /// Whether the wait is over by `durable`, or settled by the subscribers' PUBACKs.
+    fn is_ready(&self, durable: u64) -> bool {
+        match self.wait {
+            AckWait::Routed => false,
+            AckWait::Durable(seq) => {
+                seq <= durable || self.settlement.as_ref().is_some_and(|s| s.is_settled())
+            }
+        }
+    }
+}
+
 /// Acknowledgements held back, in the order their packets came: those of packets not handed
 /// over yet, then batches each waiting for a burst to be routed or a store change to be
 /// durable.
@@ -38,13 +63,13 @@ pub(super) struct HeldAcks {
     /// Of packets not handed over yet.
     pending: Vec<HeldAck>,
     /// Handed over, each batch with what it waits for, oldest first.
-    waiting: VecDeque<(AckWait, Vec<HeldAck>)>,
+    waiting: VecDeque<Batch>,
     /// Emptied batches kept for the next ones (at most [`SPARE_BATCHES`]): a pipelined
     /// publisher hands a batch over with every burst, which would otherwise grow a new list
     /// from nothing each time.
     spare: Vec<Vec<HeldAck>>,
     /// The store change the pending acknowledgements need themselves (a PUBREL's record).
-    pending_needs: u64,
+    pub(super) pending_needs: u64,
     /// (MQTT 5) The pending acknowledgements of the messages in the burst being read, as
     /// (position in `pending`, position in the burst): once the burst is routed here, those
     /// whose message reached no subscriber carry 0x10 ([`HeldAcks::mark_unmatched`]).
@@ -75,24 +100,38 @@ impl HeldAcks {
 
     /// The store changes the held acknowledgements wait for (some may be durable already).
     pub(super) fn awaited(&self) -> impl Iterator<Item = u64> + '_ {
-        let batches = self.waiting.iter().filter_map(|(wait, _)| match wait {
-            AckWait::Durable(seq) => Some(*seq),
+        let batches = self.waiting.iter().filter_map(|batch| match batch.wait {
+            AckWait::Durable(seq) => Some(seq),
             AckWait::Routed => None,
         });
         batches.chain([self.pending_needs])
     }
 
-    /// Whether the oldest batch waits for a store change durable by `durable`: what
-    /// [`HeldAcks::take_ready`] would release now.
+    /// Whether the oldest batch waits for a store change durable by `durable` (or settled):
+    /// what [`HeldAcks::take_ready`] would release now.
     pub(super) fn has_ready(&self, durable: u64) -> bool {
-        matches!(self.waiting.front(), Some((AckWait::Durable(seq), _)) if *seq <= durable)
+        self.waiting.front().is_some_and(|b| b.is_ready(durable))
+    }
+
+    /// [`HeldAcks::hand_over_settled`] without a settlement.
+    #[cfg(test)]
+    pub(super) fn hand_over(&mut self, wait: AckWait) -> AckWait {
+        self.hand_over_settled(wait, None)
     }
 
     /// Moves the pending acknowledgements behind `wait`, or behind what they need themselves
     /// if that comes later; returns the wait. A wait for [`AckWait::Routed`] always gets a
-    /// batch, empty or not: each of the Registry's answers is for one burst, in order.
-    pub(super) fn hand_over(&mut self, wait: AckWait) -> AckWait {
+    /// batch, empty or not: each of the Registry's answers is for one burst, in order. The
+    /// burst's `settlement`, if any, ends the wait too when it is settled first; not when the
+    /// acknowledgements need a change of their own (a PUBREL's record), which only its sync
+    /// makes safe.
+    pub(super) fn hand_over_settled(
+        &mut self,
+        wait: AckWait,
+        settlement: Option<Arc<Settlement>>,
+    ) -> AckWait {
         let needs = std::mem::take(&mut self.pending_needs);
+        let settlement = settlement.filter(|_| needs == 0);
         let wait = match wait {
             // The Registry answers once everything submitted before the burst is durable, and
             // says which of its messages reached no subscriber.
@@ -110,7 +149,11 @@ impl HeldAcks {
         if !self.pending.is_empty() || wait == AckWait::Routed {
             let next = self.spare.pop().unwrap_or_default();
             let acks = std::mem::replace(&mut self.pending, next);
-            self.waiting.push_back((wait, acks));
+            self.waiting.push_back(Batch {
+                wait,
+                acks,
+                settlement,
+            });
         }
         wait
     }
@@ -145,25 +188,18 @@ impl HeldAcks {
     /// message `i`) carry 0x10 No matching subscribers.
     fn routed(&mut self, unmatched: u64) {
         let marks = self.routed_marks.pop_front().unwrap_or_default();
-        if let Some(entry) = self.waiting.iter_mut().find(|e| e.0 == AckWait::Routed) {
-            entry.0 = AckWait::Durable(0);
-            mark(&mut entry.1, marks, unmatched);
+        if let Some(batch) = self.waiting.iter_mut().find(|b| b.wait == AckWait::Routed) {
+            batch.wait = AckWait::Durable(0);
+            mark(&mut batch.acks, marks, unmatched);
         }
     }
 
-    /// Hands the acknowledgements whose wait is over by `durable` to `each`, in order; tells
-    /// whether there were any. Their emptied batches are kept for reuse.
+    /// Hands the acknowledgements whose wait is over by `durable` (or settled) to `each`, in
+    /// order; tells whether there were any. Their emptied batches are kept for reuse.
     pub(super) fn take_ready(&mut self, durable: u64, mut each: impl FnMut(Ack, u16, u8)) -> bool {
         let mut any = false;
-        while let Some((wait, _)) = self.waiting.front() {
-            let done = match wait {
-                AckWait::Routed => false,
-                AckWait::Durable(seq) => *seq <= durable,
-            };
-            if !done {
-                break;
-            }
-            if let Some((_, mut acks)) = self.waiting.pop_front() {
+        while self.has_ready(durable) {
+            if let Some(Batch { mut acks, .. }) = self.waiting.pop_front() {
                 any |= !acks.is_empty();
                 for (ack, pid, code) in acks.drain(..) {
                     each(ack, pid, code);
@@ -279,6 +315,18 @@ impl Session {
     /// Moves the pending acknowledgements behind `wait` (asking the writer to say when it is
     /// durable), and writes those whose wait is over.
     pub(super) fn settle_acks(&mut self, wait: AckWait, ctx: &mut Context<Self>) {
+        self.settle_acks_or_settled(wait, None, ctx);
+    }
+
+    /// [`Session::settle_acks`], for a burst whose `settlement` ends the wait too if its
+    /// subscribers acknowledge its deliveries before the sync (see
+    /// [`Settlement`](crate::routing::Settlement)).
+    pub(super) fn settle_acks_or_settled(
+        &mut self,
+        wait: AckWait,
+        settlement: Option<Arc<Settlement>>,
+        ctx: &mut Context<Self>,
+    ) {
         let Some(acks) = self.deferred_acks.as_deref_mut() else {
             return;
         };
@@ -294,7 +342,7 @@ impl Session {
             }
             return;
         }
-        if let AckWait::Durable(seq) = acks.acks.hand_over(wait) {
+        if let AckWait::Durable(seq) = acks.acks.hand_over_settled(wait, settlement) {
             if let Some(store) = self.shared.store.as_ref() {
                 acks.wait_for(store, seq, ctx);
             }

@@ -88,6 +88,8 @@ pub(super) struct DeferredAcks {
     pub(super) changes: Vec<DurableChange>,
     /// This Session as the store's writer tells it, made at its first wait.
     durable_to: Option<DurableTo>,
+    /// Its part in settlements (`fsync = "always"`), as publisher and as subscriber.
+    pub(super) settling: super::settlement::Settling,
     /// The change of a wait the store has not answered yet (0: none known). A later change
     /// waits behind it without a wait of its own: the [`Durable`] that answers it carries
     /// everything durable by then, and the Session then waits for what is still open
@@ -432,6 +434,7 @@ mod tests {
             deliveries: Vec::new(),
             after: 701,
             retained: false,
+            settlement: None,
         }));
         acks.answered(700);
         assert_eq!(acks.next_step(), NextStep::WaitFor(701), "not durable yet");
@@ -482,6 +485,7 @@ mod tests {
             deliveries: Vec::new(),
             after: 0,
             retained: false,
+            settlement: None,
         }));
         acks.answered(90);
         assert_eq!(acks.next_step(), NextStep::WaitFor(100));

@@ -81,7 +81,10 @@ impl Handler<ToSession> for Session {
 impl Handler<Deliver> for Session {
     type Result = ();
 
-    fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
+    fn handle(&mut self, mut msg: Deliver, ctx: &mut Context<Self>) {
+        if let Some(settlement) = msg.settlement.take() {
+            self.note_settling(&msg.deliveries, settlement);
+        }
         if let Some(deliver) = self.hold_delivery(msg, ctx) {
             self.take_deliveries(deliver.deliveries, deliver.retained, ctx);
         }

@@ -57,12 +57,18 @@ impl Session {
             && !self.to_route.iter().any(|m| m.retain)
             && !self.shared.routes.change_pending()
         {
+            let settlement = if inbound.is_empty() {
+                self.offer_settlement(ctx)
+            } else {
+                None
+            };
             let durability = self.shared.store.as_ref().map(|store| BurstDurability {
                 store,
                 // Deliveries of a QoS 2 message wait for its id to be on disk: a crash before
                 // that cannot then deliver it twice when the client sends it again.
                 hold: !inbound.is_empty(),
                 records: inbound,
+                settlement: settlement.as_ref(),
             });
             let routed = route_burst(
                 &self.shared.routes,
@@ -74,9 +80,10 @@ impl Session {
             self.to_route.clear();
             self.mark_unmatched(routed.unmatched);
             // This burst's acknowledgements, after those still waiting, once what it kept on
-            // disk is durable.
+            // disk is durable, or its subscribers acknowledged it all.
             let wait = AckWait::Durable(routed.durable_after.unwrap_or(0));
-            self.settle_acks(wait, ctx);
+            let settlement = self.armed_settlement(settlement, routed.settlement_armed);
+            self.settle_acks_or_settled(wait, settlement, ctx);
             self.wait_for_writer(ctx);
             match routed.room {
                 RegistryRoom::Room => {}

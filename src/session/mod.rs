@@ -21,6 +21,7 @@ mod packets;
 mod peer;
 mod read_access;
 mod reader;
+mod settlement;
 mod socket;
 mod state;
 

@@ -60,6 +60,7 @@ impl Session {
         match packet {
             Packet::Publish(publish) => self.on_publish(publish, ctx),
             Packet::PubAck(pid) => {
+                self.settle_delivery(pid);
                 let result = self.outbound.puback(pid);
                 self.on_ack(pid, result, "PUBACK")
             }

@@ -337,6 +337,13 @@ impl Raw {
             .expect("a packet or EOF within the timeout")
     }
 
+    /// [`Raw::recv`], panicking after `within` instead of [`WAIT`].
+    pub async fn recv_within(&mut self, within: Duration) -> Option<Frame> {
+        tokio::time::timeout(within, self.recv_inner())
+            .await
+            .expect("a packet or EOF within the timeout")
+    }
+
     async fn recv_inner(&mut self) -> Option<Frame> {
         loop {
             if let Some(frame) = self.parse() {
