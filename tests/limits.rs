@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::packets::{self, parse_publish, ConnectSpec};
-use common::{broker_with, broker_with_hooks, Raw};
+use common::{broker_with, broker_with_hooks, v5, Raw};
 use switchboard::hooks::DisconnectReason;
 
 #[tokio::test]
@@ -45,7 +45,7 @@ async fn topics_over_the_length_or_level_limit() {
             &[0, 0x80, 0x80],
         )
         .await;
-    // A PUBLISH over a limit closes only that connection.
+    // A PUBLISH over a limit closes only that connection (3.1.1 has no refusal short of it).
     let (mut deep, _) = Raw::handshake(addr, "deep", true).await;
     deep.send(&packets::publish("a/b/c/d", b"x", 0, 0, false, false))
         .await;
@@ -69,6 +69,64 @@ async fn topics_over_the_length_or_level_limit() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].payload, b"ok".to_vec());
     assert_eq!(broker.metrics().snapshot().limits_hit, 4);
+}
+
+#[tokio::test]
+async fn an_mqtt5_publish_over_the_topic_limits_is_refused_with_0x90_and_the_connection_stays() {
+    let broker = broker_with(|c| {
+        c.limits.max_topic_length = 16;
+        c.limits.max_topic_levels = 3;
+    });
+    let addr = broker.local_addr();
+    let props = v5::Props::new();
+    let (mut witness, _) = Raw::handshake(addr, "witness", true).await;
+    witness.subscribe(1, &[("a/#", 1)], &[1]).await;
+    let connect = v5::connect5("deep5", true, 60, &props, None);
+    let (mut publisher, _) = Raw::connect5(addr, &connect).await;
+    // QoS 1 and 2 over the levels or the length: PUBACK / PUBREC with 0x90 Topic Name Invalid
+    // ("not accepted by this Server", section 3.4.2.1), in their place among the others
+    // [MQTT-4.6.0-2], and no PUBREL is due after the error PUBREC (section 4.3.3).
+    let mut burst = v5::publish5("a/b/c", b"1", 1, 1, false, &props);
+    burst.extend(v5::publish5("a/b/c/d", b"2", 1, 2, false, &props));
+    burst.extend(v5::publish5(
+        "a/abcdefghijklmnopq",
+        b"3",
+        2,
+        3,
+        false,
+        &props,
+    ));
+    burst.extend(v5::publish5("a/b", b"4", 1, 4, false, &props));
+    publisher.send(&burst).await;
+    let acks: Vec<(u8, u16, u8)> = publisher
+        .sync5()
+        .await
+        .iter()
+        .map(|f| (f.byte1, f.pid(), f.body.get(2).copied().unwrap_or(0)))
+        .collect();
+    assert_eq!(
+        acks,
+        vec![(0x40, 1, 0), (0x40, 2, 0x90), (0x50, 3, 0x90), (0x40, 4, 0)]
+    );
+    let got: Vec<Vec<u8>> = witness
+        .drain_acking()
+        .await
+        .into_iter()
+        .map(|p| p.payload)
+        .collect();
+    assert_eq!(
+        got,
+        vec![b"1".to_vec(), b"4".to_vec()],
+        "the refused ones went nowhere"
+    );
+    assert_eq!(broker.metrics().snapshot().limits_hit, 2);
+    // QoS 0 has no acknowledgement to refuse with: DISCONNECT 0x90 says it.
+    publisher
+        .send(&v5::publish5("a/b/c/d", b"5", 0, 0, false, &props))
+        .await;
+    assert_eq!(v5::disconnect_reason(&publisher.expect().await), 0x90);
+    publisher.expect_closed().await;
+    assert_eq!(broker.metrics().snapshot().limits_hit, 3);
 }
 
 #[tokio::test]

@@ -154,12 +154,8 @@ impl Session {
         self.shared.config.limits.topic_within(topic)
     }
 
-    /// Closes this one connection for going over a configured limit; logged and counted.
-    fn limit_hit(&mut self, ctx: &mut Context<Self>, what: &'static str) {
-        self.limit_hit_with(ctx, what, reason::QUOTA_EXCEEDED)
-    }
-
-    /// [`Session::limit_hit`] with the MQTT 5 reason code the DISCONNECT carries.
+    /// Closes this one connection for going over a configured limit, logged and counted; (5.0)
+    /// its DISCONNECT carries reason `code`.
     fn limit_hit_with(&mut self, ctx: &mut Context<Self>, what: &'static str, code: u8) {
         self.disconnect_code = Some(Box::new((code, what.to_string())));
         self.shared.metrics.add_limits_hit(1);
@@ -168,6 +164,22 @@ impl Session {
             ctx,
             DisconnectReason::ProtocolError(format!("limit: {what}")),
         );
+    }
+
+    /// A PUBLISH whose topic is over `limits.max_topic_length` or `limits.max_topic_levels`;
+    /// counted in `limits_hit`. (5.0) At QoS 1 or 2 it is refused with 0x90 Topic Name Invalid
+    /// ("not accepted by this Server") and the connection stays: a client that would send it
+    /// again gets the same answer, where a closed connection makes it reconnect and send it
+    /// again, and what it queued behind it waits. At QoS 0 there is no acknowledgement to carry
+    /// the refusal: DISCONNECT 0x90 says it. 3.1.1 has no refusal short of closing.
+    fn topic_over_limits(&mut self, qos: QoS, pid: u16, topic: &str, ctx: &mut Context<Self>) {
+        const WHAT: &str = "PUBLISH topic over the topic length or level limit";
+        if !self.peer_options.protocol.is_v5() || qos == QoS::AtMostOnce {
+            return self.limit_hit_with(ctx, WHAT, reason::TOPIC_NAME_INVALID);
+        }
+        self.shared.metrics.add_limits_hit(1);
+        info!(client_id = %self.client_id(), levels = topic.split('/').count(), bytes = topic.len(), "publish refused with 0x90: {WHAT}");
+        self.refuse_publish(qos, pid, reason::TOPIC_NAME_INVALID, ctx);
     }
 
     fn on_ack(&mut self, pid: u16, result: AckResult, name: &str) {
@@ -192,7 +204,7 @@ impl Session {
         message.received_at = Some(self.last_received.instant());
         let qos = message.qos;
         if !self.topic_within_limits(&message.topic) {
-            return self.limit_hit(ctx, "PUBLISH topic over the topic length or level limit");
+            return self.topic_over_limits(qos, pid, &message.topic, ctx);
         }
         if qos == QoS::ExactlyOnce
             && self.inbound_qos2.count() >= self.shared.config.limits.max_inbound_qos2
