@@ -1,0 +1,203 @@
+//! Tests of the MQTT 3.1.1 decoder (`decode.rs`).
+
+use super::*;
+
+/// Decodes `bytes` as the packet after a CONNECT (or as the CONNECT itself).
+fn decode(bytes: &[u8]) -> Result<Option<Packet>, CodecError> {
+    let mut codec = MqttCodec::new(1024);
+    codec.first_packet = bytes.first() == Some(&0x10);
+    codec.decode(&mut BytesMut::from(bytes))
+}
+
+#[test]
+fn garbage_is_refused_on_its_first_byte() {
+    let mut codec = MqttCodec::new(1024);
+    assert!(codec
+        .decode(&mut BytesMut::from(&b"GET / HTTP/1.1"[..]))
+        .is_err());
+    let mut codec = MqttCodec::new(1024);
+    assert!(
+        codec.decode(&mut BytesMut::from(&[0x30u8][..])).is_err(),
+        "[MQTT-3.1.0-1]"
+    );
+    let mut codec = MqttCodec::new(1024);
+    assert!(matches!(
+        codec.decode(&mut BytesMut::from(&[0x10u8][..])),
+        Ok(None)
+    ));
+}
+
+#[test]
+fn partial_frames_wait_for_more() {
+    assert!(matches!(decode(&[0x30]), Ok(None)));
+    assert!(matches!(decode(&[0x30, 0x05, 0x00]), Ok(None)));
+}
+
+#[test]
+fn qos0_publish_keeps_its_frame() {
+    let frame = [0x30, 0x06, 0x00, 0x01, b'a', b'x', b'y', b'z'];
+    let Ok(Some(Packet::Publish(p))) = decode(&frame) else {
+        panic!("not a publish")
+    };
+    assert_eq!(p.message.topic, "a");
+    assert_eq!(&p.message.payload[..], b"xyz");
+    assert_eq!(&p.message.qos0_frame()[..], &frame[..]);
+}
+
+#[test]
+fn publish_rules() {
+    // QoS 3 [MQTT-3.3.1-4]
+    assert!(decode(&[0x36, 0x05, 0x00, 0x01, b'a', 0x00, 0x01]).is_err());
+    // DUP on QoS 0 [MQTT-3.3.1-2]
+    assert!(decode(&[0x38, 0x03, 0x00, 0x01, b'a']).is_err());
+    // wildcard in topic name [MQTT-3.3.2-2]
+    assert!(decode(&[0x30, 0x03, 0x00, 0x01, b'#']).is_err());
+    // packet id 0 at QoS 1 [MQTT-2.3.1-1]
+    assert!(decode(&[0x32, 0x05, 0x00, 0x01, b'a', 0x00, 0x00]).is_err());
+    // invalid UTF-8 [MQTT-1.5.3-1]
+    assert!(matches!(
+        decode(&[0x30, 0x03, 0x00, 0x01, 0xFF]),
+        Err(CodecError::InvalidUtf8)
+    ));
+    // topic length beyond the frame
+    assert!(decode(&[0x30, 0x03, 0x00, 0x09, b'a']).is_err());
+}
+
+#[test]
+fn subscribe_rules() {
+    let ok = [0x82, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x01];
+    assert!(matches!(
+        decode(&ok),
+        Ok(Some(Packet::Subscribe { pid: 1, .. }))
+    ));
+    // wrong fixed header flags [MQTT-3.8.1-1]
+    assert!(decode(&[0x80, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x01]).is_err());
+    // no filter [MQTT-3.8.3-3]
+    assert!(decode(&[0x82, 0x02, 0x00, 0x01]).is_err());
+    // reserved bits in options [MQTT-3-8.3-4]
+    assert!(decode(&[0x82, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x05]).is_err());
+    // unsubscribe without filter [MQTT-3.10.3-2]
+    assert!(decode(&[0xA2, 0x02, 0x00, 0x01]).is_err());
+}
+
+#[test]
+fn mqtt_3_1_may_set_dup_on_pubrel_subscribe_and_unsubscribe() {
+    let mut legacy = MqttCodec::new(1024);
+    legacy.first_packet = false;
+    legacy.protocol = ProtocolVersion::V3_1;
+    let mut decode_3_1 = |bytes: &[u8]| legacy.decode(&mut BytesMut::from(bytes));
+    // A PUBREL sent again after reconnecting, DUP set, as 3.1 clients do.
+    assert!(matches!(
+        decode_3_1(&[0x6A, 0x02, 0x00, 0x07]),
+        Ok(Some(Packet::PubRel(7)))
+    ));
+    assert!(matches!(
+        decode_3_1(&[0x8A, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x01]),
+        Ok(Some(Packet::Subscribe { pid: 1, .. }))
+    ));
+    assert!(matches!(
+        decode_3_1(&[0xAA, 0x05, 0x00, 0x02, 0x00, 0x01, b'a']),
+        Ok(Some(Packet::Unsubscribe { pid: 2, .. }))
+    ));
+    // Other flags stay wrong, and 3.1.1 fixes them at 0010 [MQTT-3.6.1-1].
+    assert!(decode_3_1(&[0x6B, 0x02, 0x00, 0x07]).is_err());
+    assert!(decode(&[0x6A, 0x02, 0x00, 0x07]).is_err());
+}
+
+#[test]
+fn other_packets() {
+    assert!(matches!(decode(&[0xC0, 0x00]), Ok(Some(Packet::PingReq))));
+    assert!(matches!(
+        decode(&[0xE0, 0x00]),
+        Ok(Some(Packet::Disconnect { reason: 0, .. }))
+    ));
+    assert!(matches!(
+        decode(&[0x62, 0x02, 0x00, 0x07]),
+        Ok(Some(Packet::PubRel(7)))
+    ));
+    assert!(
+        decode(&[0x60, 0x02, 0x00, 0x07]).is_err(),
+        "PUBREL flags [MQTT-3.6.1-1]"
+    );
+    assert!(
+        decode(&[0xE1, 0x00]).is_err(),
+        "reserved flags [MQTT-2.2.2-2]"
+    );
+    assert!(matches!(
+        decode(&[0x00, 0x00]),
+        Err(CodecError::InvalidPacketType(0))
+    ));
+    assert!(matches!(
+        decode(&[0xF0, 0x00]),
+        Err(CodecError::InvalidPacketType(15))
+    ));
+    assert!(matches!(
+        decode(&[0x20, 0x02, 0, 0]),
+        Err(CodecError::UnexpectedPacketType(2))
+    ));
+}
+
+#[test]
+fn oversized_and_bad_length() {
+    let mut buf = BytesMut::from(&[0x30u8, 0xFF, 0x7F][..]);
+    let mut codec = MqttCodec::new(1024);
+    codec.first_packet = false;
+    assert!(matches!(
+        codec.decode(&mut buf),
+        Err(CodecError::PacketTooLarge { .. })
+    ));
+    assert!(decode(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]).is_err());
+}
+
+fn connect_frame(name: &str, level: u8, flags: u8, tail: &[u8]) -> Vec<u8> {
+    let mut body = vec![0, name.len() as u8];
+    body.extend_from_slice(name.as_bytes());
+    body.extend_from_slice(&[level, flags, 0, 60]);
+    body.extend_from_slice(tail);
+    let mut frame = vec![0x10, body.len() as u8];
+    frame.extend(body);
+    frame
+}
+
+#[test]
+fn connect_rules() {
+    let id = [0u8, 1, b'c'];
+    let ok = decode(&connect_frame("MQTT", 4, 0x02, &id));
+    assert!(matches!(ok, Ok(Some(Packet::Connect(_)))));
+    let v31 = decode(&connect_frame("MQIsdp", 3, 0x02, &id));
+    assert!(
+        matches!(v31, Ok(Some(Packet::Connect(c))) if c.protocol == crate::ProtocolVersion::V3_1)
+    );
+    assert!(matches!(
+        decode(&connect_frame("MQTT", 6, 0x02, &id)),
+        Err(CodecError::UnsupportedProtocolLevel(6))
+    ));
+    // A bridge's CONNECT: the protocol level with its high bit set (not for MQTT 5).
+    let bridge = decode(&connect_frame("MQTT", 0x84, 0x02, &id));
+    assert!(
+        matches!(&bridge, Ok(Some(Packet::Connect(c))) if c.bridge && c.protocol == crate::ProtocolVersion::V3_1_1),
+        "{bridge:?}"
+    );
+    assert!(matches!(
+        decode(&connect_frame("MQTT", 4, 0x02, &id)),
+        Ok(Some(Packet::Connect(c))) if !c.bridge
+    ));
+    assert!(matches!(
+        decode(&connect_frame("MQTT", 0x85, 0x02, &id)),
+        Err(CodecError::UnsupportedProtocolLevel(0x85))
+    ));
+    assert!(matches!(
+        decode(&connect_frame("MQTX", 4, 0x02, &id)),
+        Err(CodecError::InvalidProtocolName)
+    ));
+    // reserved flag [MQTT-3.1.2-3]
+    assert!(decode(&connect_frame("MQTT", 4, 0x03, &id)).is_err());
+    // will QoS without will flag [MQTT-3.1.2-13]
+    assert!(decode(&connect_frame("MQTT", 4, 0x0A, &id)).is_err());
+    // will retain without will flag [MQTT-3.1.2-15]
+    assert!(decode(&connect_frame("MQTT", 4, 0x22, &id)).is_err());
+    // password without user name [MQTT-3.1.2-22]
+    assert!(decode(&connect_frame("MQTT", 4, 0x42, &[0, 1, b'c', 0, 1, b'p'])).is_err());
+    // trailing garbage
+    assert!(decode(&connect_frame("MQTT", 4, 0x02, &[0, 1, b'c', 9])).is_err());
+}
