@@ -10,9 +10,12 @@
 //! Only a burst whose every kept delivery is QoS 1 to a connected client gets one
 //! ([`route_burst`](super::route_burst)): a delivery to a client that is not connected, a
 //! QoS 2 delivery, an inbound QoS 2 id or a retained message leaves the acknowledgements to the
-//! sync, as before.
+//! sync, as before. The publisher's Session offers one only while none of its earlier
+//! acknowledgements is held (a client that waits for its PUBACK before it publishes again),
+//! and marks it [`Settlement::released`] when the sync came first, so that the subscribers'
+//! PUBACKs do not wake it for nothing.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -31,6 +34,9 @@ pub struct Settled;
 pub struct Settlement {
     /// Deliveries not acknowledged yet; 0 before the settlement is armed.
     unacknowledged: AtomicUsize,
+    /// The publisher no longer waits for it (the acknowledgements went out after the write):
+    /// the last delivery's acknowledgement then tells it nothing.
+    released: AtomicBool,
     /// The publisher's Session.
     publisher: Arc<Recipient<Settled>>,
 }
@@ -51,6 +57,7 @@ impl Settlement {
     pub fn new(publisher: Arc<Recipient<Settled>>) -> Self {
         Settlement {
             unacknowledged: AtomicUsize::new(0),
+            released: AtomicBool::new(false),
             publisher,
         }
     }
@@ -65,16 +72,23 @@ impl Settlement {
         self.unacknowledged.load(Ordering::Acquire) == 0
     }
 
-    /// One of the deliveries was acknowledged by its client; the last one tells the publisher.
-    /// Called once per delivery (by the subscriber's Session, which forgets the delivery's
-    /// part in the settlement as it calls this); more calls than deliveries change nothing.
+    /// The publisher's acknowledgements that waited for this went out without it (what they
+    /// waited for was written first): the subscribers' PUBACKs need not tell it any more.
+    pub fn released(&self) {
+        self.released.store(true, Ordering::Relaxed);
+    }
+
+    /// One of the deliveries was acknowledged by its client; the last one tells the publisher,
+    /// unless it no longer waits. Called once per delivery (by the subscriber's Session, which
+    /// forgets the delivery's part in the settlement as it calls this); more calls than
+    /// deliveries change nothing.
     pub fn acknowledged(&self) {
         let counted =
             self.unacknowledged
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
                     left.checked_sub(1)
                 });
-        if counted == Ok(1) {
+        if counted == Ok(1) && !self.released.load(Ordering::Relaxed) {
             self.publisher.do_send(Settled);
         }
     }

@@ -107,6 +107,11 @@ impl HeldAcks {
         batches.chain([self.pending_needs])
     }
 
+    /// Whether acknowledgements handed over earlier still wait.
+    pub(super) fn any_waiting(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
     /// Whether the oldest batch waits for a store change durable by `durable` (or settled):
     /// what [`HeldAcks::take_ready`] would release now.
     pub(super) fn has_ready(&self, durable: u64) -> bool {
@@ -131,7 +136,13 @@ impl HeldAcks {
         settlement: Option<Arc<Settlement>>,
     ) -> AckWait {
         let needs = std::mem::take(&mut self.pending_needs);
-        let settlement = settlement.filter(|_| needs == 0);
+        let settlement = match settlement {
+            Some(settlement) if needs != 0 || self.pending.is_empty() => {
+                settlement.released();
+                None
+            }
+            settlement => settlement,
+        };
         let wait = match wait {
             // The Registry answers once everything submitted before the burst is durable, and
             // says which of its messages reached no subscriber.
@@ -199,7 +210,15 @@ impl HeldAcks {
     pub(super) fn take_ready(&mut self, durable: u64, mut each: impl FnMut(Ack, u16, u8)) -> bool {
         let mut any = false;
         while self.has_ready(durable) {
-            if let Some(Batch { mut acks, .. }) = self.waiting.pop_front() {
+            if let Some(Batch {
+                mut acks,
+                settlement,
+                ..
+            }) = self.waiting.pop_front()
+            {
+                if let Some(settlement) = settlement {
+                    settlement.released();
+                }
                 any |= !acks.is_empty();
                 for (ack, pid, code) in acks.drain(..) {
                     each(ack, pid, code);
@@ -337,6 +356,9 @@ impl Session {
                 write_ack_coded(out, peer, ack, pid, code)
             });
         if let Some(any) = written {
+            if let Some(settlement) = settlement {
+                settlement.released();
+            }
             if any && !self.closing {
                 self.flush(ctx);
             }
