@@ -1,7 +1,7 @@
 //! A Session's part in [`Settlement`]s (`fsync = "always"`): as a publisher, it offers one to
-//! each burst it routes and releases the burst's acknowledgements when it hears [`Settled`];
-//! as a subscriber, it counts a settlement down when its client acknowledges a delivery the
-//! settlement waits for.
+//! a burst it routes while none of its acknowledgements is held, and releases the burst's
+//! acknowledgements when it hears [`Settled`]; as a subscriber, it counts a settlement down
+//! when its client acknowledges a delivery the settlement waits for.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
