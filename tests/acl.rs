@@ -342,12 +342,7 @@ async fn a_denied_publish_is_acknowledged_in_order_with_persistence_on() {
     burst.extend(v5::publish5("secrets/a", b"denied", 1, 2, false, &props));
     burst.extend(v5::publish5("plant/b", b"allowed", 1, 3, false, &props));
     publisher.send(&burst).await;
-    let acks: Vec<(u8, u16, u8)> = publisher
-        .sync5()
-        .await
-        .iter()
-        .map(|f| (f.byte1, f.pid(), f.body.get(2).copied().unwrap_or(0)))
-        .collect();
+    let acks = v5::ack_reasons(&publisher.sync5().await);
     assert_eq!(
         acks,
         vec![(0x40, 1, 0x10), (0x40, 2, 0x87), (0x40, 3, 0x10)]

@@ -294,12 +294,7 @@ async fn mqtt_3_1_client_resending_pubrel_with_dup_completes_its_qos2_flow() {
     let suback = second.expect().await;
     assert_eq!((suback.byte1, suback.body), (0x90, vec![0, 2, 1]));
 
-    let delivered: Vec<Vec<u8>> = subscriber
-        .drain_acking()
-        .await
-        .into_iter()
-        .map(|p| p.payload)
-        .collect();
+    let delivered: Vec<Vec<u8>> = subscriber.drain_payloads().await;
     assert_eq!(delivered, vec![b"once".to_vec()]);
 }
 

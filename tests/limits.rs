@@ -98,22 +98,12 @@ async fn an_mqtt5_publish_over_the_topic_limits_is_refused_with_0x90_and_the_con
     ));
     burst.extend(v5::publish5("a/b", b"4", 1, 4, false, &props));
     publisher.send(&burst).await;
-    let acks: Vec<(u8, u16, u8)> = publisher
-        .sync5()
-        .await
-        .iter()
-        .map(|f| (f.byte1, f.pid(), f.body.get(2).copied().unwrap_or(0)))
-        .collect();
+    let acks = v5::ack_reasons(&publisher.sync5().await);
     assert_eq!(
         acks,
         vec![(0x40, 1, 0), (0x40, 2, 0x90), (0x50, 3, 0x90), (0x40, 4, 0)]
     );
-    let got: Vec<Vec<u8>> = witness
-        .drain_acking()
-        .await
-        .into_iter()
-        .map(|p| p.payload)
-        .collect();
+    let got: Vec<Vec<u8>> = witness.drain_payloads().await;
     assert_eq!(
         got,
         vec![b"1".to_vec(), b"4".to_vec()],

@@ -131,12 +131,7 @@ async fn a_backup_of_a_running_broker_restores_what_was_acknowledged_before_it()
     // [MQTT-3.2.2-2] the session is resumed: present, subscribed, its queue delivered in order.
     let (mut radar, present) = Raw::handshake(addr, "radar-1AB", false).await;
     assert!(present, "session present after the restore");
-    let queued: Vec<Vec<u8>> = radar
-        .drain_acking()
-        .await
-        .into_iter()
-        .map(|p| p.payload)
-        .collect();
+    let queued: Vec<Vec<u8>> = radar.drain_payloads().await;
     assert_eq!(
         queued,
         vec![

@@ -6,18 +6,9 @@
 
 mod common;
 
-use common::v5::{connect5, options, prop, publish5, subscribe5, Props};
+use common::v5::{ack_reasons, connect5, options, prop, publish5, subscribe5, Props};
 use common::{broker, broker_with, packets, Frame, Raw};
 use switchboard::registry::Freeze;
-
-/// Each acknowledgement as (packet type byte, packet id, reason code: 0 when omitted).
-fn acks(frames: &[Frame]) -> Vec<(u8, u16, u8)> {
-    frames
-        .iter()
-        .filter(|f| matches!(f.byte1, 0x40 | 0x50 | 0x70))
-        .map(|f| (f.byte1, f.pid(), f.body.get(2).copied().unwrap_or(0)))
-        .collect()
-}
 
 /// MQTT 5 PUBLISH packets without properties, one after another in one buffer: each as
 /// (topic, payload, QoS, packet id, RETAIN).
@@ -77,10 +68,10 @@ async fn requests_to_every_kind_of_gate(addr: std::net::SocketAddr) -> Vec<(u8, 
         ("detrd/status/request/2CD", b"status?", 2, 5, false),
     ]))
     .await;
-    let mut got = acks(&app.sync5().await);
+    let mut got = ack_reasons(&app.sync5().await);
     // The QoS 2 flow goes on after a 0x10 PUBREC (a code below 0x80): PUBREL, PUBCOMP.
     app.send(&[0x62, 0x02, 0x00, 0x05]).await;
-    got.extend(acks(&[app.expect().await]));
+    got.extend(ack_reasons(&[app.expect().await]));
     got
 }
 
@@ -132,12 +123,12 @@ async fn a_publishers_own_no_local_subscription_is_no_subscriber() {
     assert_eq!(app.expect().await.byte1, 0x90);
     app.send(&publish5("app/echo", b"me", 1, 1, false, &Props::new()))
         .await;
-    assert_eq!(acks(&app.sync5().await), vec![(0x40, 1, 0x10)]);
+    assert_eq!(ack_reasons(&app.sync5().await), vec![(0x40, 1, 0x10)]);
     let mut other = Raw::handshake5(addr, "other").await;
     other.subscribe5(1, &Props::new(), &[("app/#", 1)]).await;
     app.send(&publish5("app/echo", b"you", 1, 2, false, &Props::new()))
         .await;
-    assert_eq!(acks(&app.sync5().await), vec![(0x40, 2, 0)]);
+    assert_eq!(ack_reasons(&app.sync5().await), vec![(0x40, 2, 0)]);
 }
 
 #[tokio::test]
@@ -195,7 +186,7 @@ async fn a_burst_the_registry_routes_says_so_too() {
     thaw.send(()).expect("the Registry is frozen");
     frames.extend(app.sync5().await);
     assert_eq!(
-        acks(&frames),
+        ack_reasons(&frames),
         vec![(0x40, 1, 0), (0x40, 2, 0x10), (0x40, 3, 0x10)],
         "{frames:?}"
     );

@@ -412,6 +412,12 @@ impl Raw {
         }
     }
 
+    /// [`Raw::drain_acking`], the payloads alone.
+    pub async fn drain_payloads(&mut self) -> Vec<Vec<u8>> {
+        let got = self.drain_acking().await;
+        got.into_iter().map(|p| p.payload).collect()
+    }
+
     /// Sends QoS 1 PUBLISH packets to `topic`, one per `(n, size)`: a payload of `size` bytes
     /// whose first byte is `n`, packet identifier `n + 1`.
     pub async fn publish_numbered(

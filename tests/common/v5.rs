@@ -216,6 +216,16 @@ pub fn disconnect_reason(frame: &Frame) -> u8 {
     frame.body.first().copied().unwrap_or(0)
 }
 
+/// Each PUBACK, PUBREC or PUBCOMP among `frames` as (packet type byte, packet id, reason code:
+/// 0 when omitted).
+pub fn ack_reasons(frames: &[Frame]) -> Vec<(u8, u16, u8)> {
+    frames
+        .iter()
+        .filter(|f| matches!(f.byte1, 0x40 | 0x50 | 0x70))
+        .map(|f| (f.byte1, f.pid(), f.body.get(2).copied().unwrap_or(0)))
+        .collect()
+}
+
 /// The reason codes of a SUBACK or UNSUBACK (after packet id and property block).
 pub fn ack_codes(frame: &Frame) -> Vec<u8> {
     let (len, at) = props_len(&frame.body[2..]);
