@@ -186,6 +186,44 @@ async fn a_message_over_the_brokers_maximum_packet_size_is_dropped_not_sent() {
 }
 
 #[actix_rt::test]
+async fn a_topic_over_the_brokers_limits_is_refused_and_the_next_message_goes_on() {
+    // The broker takes at most 32 topic levels by default: over MQTT 5 it refuses the message
+    // with 0x90 and keeps the connection, so the queue behind it is not stuck behind a message
+    // that a reconnect would only send again.
+    let broker = broker_on(0);
+    let port = broker.local_addr().port();
+    let (conn, mut events) = connection(speaking(port, "sender", ProtocolVersion::V5));
+    connected(&mut events).await;
+    let deep = vec!["level"; 40].join("/");
+    let refused = conn
+        .send(Enqueue::new(deep, "x", QoS::AtLeastOnce))
+        .await
+        .expect("actor")
+        .expect("queued");
+    let next = conn
+        .send(Enqueue::new("t/next", "ok", QoS::AtLeastOnce))
+        .await
+        .expect("actor")
+        .expect("queued");
+    let mut outcomes = Vec::new();
+    while outcomes.len() < 2 {
+        match events.next().await {
+            ConnectionEvent::MessageDropped(id, reason) => outcomes.push((id, Some(reason))),
+            ConnectionEvent::MessageDelivered(id) => outcomes.push((id, None)),
+            ConnectionEvent::Disconnected(why) => panic!("the link dropped: {why:?}"),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        outcomes,
+        [
+            (refused, Some(switchboard_actors::DropReason::Refused(0x90))),
+            (next, None)
+        ]
+    );
+}
+
+#[actix_rt::test]
 async fn message_expiry_is_sent_as_what_remains_and_a_message_that_ran_out_is_dropped() {
     // [MQTT-3.3.2-6] the interval sent is what remains of it; one that ran out while queued is
     // not sent at all ([MQTT-3.3.2-5] is the broker's side of the same rule).
