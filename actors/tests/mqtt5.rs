@@ -8,8 +8,8 @@ use actix::prelude::*;
 use common::*;
 use switchboard_actors::fleet::{status_request_topic, GateBarrier, GateStatus};
 use switchboard_actors::{
-    ConnectionEvent, ConnectionOptions, DeviceActor, Enqueue, LinkDown, ProtocolVersion, QoS,
-    Request, Requester,
+    ConnectionEvent, ConnectionOptions, DeviceActor, Enqueue, LinkDown, MessageId, ProtocolVersion,
+    QoS, Request, Requester,
 };
 
 fn speaking(port: u16, id: &str, protocol: ProtocolVersion) -> ConnectionOptions {
@@ -144,6 +144,24 @@ async fn an_mqtt5_negative_puback_is_reported_as_a_dropped_message() {
     );
 }
 
+/// What became of the next `n` messages, in the order the events came: dropped (with why) or
+/// delivered. Panics if the link drops meanwhile.
+async fn outcomes(
+    events: &mut Inbox<ConnectionEvent>,
+    n: usize,
+) -> Vec<(MessageId, Option<switchboard_actors::DropReason>)> {
+    let mut outcomes = Vec::new();
+    while outcomes.len() < n {
+        match events.next().await {
+            ConnectionEvent::MessageDropped(id, reason) => outcomes.push((id, Some(reason))),
+            ConnectionEvent::MessageDelivered(id) => outcomes.push((id, None)),
+            ConnectionEvent::Disconnected(why) => panic!("the link dropped: {why:?}"),
+            _ => {}
+        }
+    }
+    outcomes
+}
+
 #[actix_rt::test]
 async fn a_message_over_the_brokers_maximum_packet_size_is_dropped_not_sent() {
     // [MQTT-3.2.2-15] the client must not send a packet over the Maximum Packet Size the
@@ -167,17 +185,8 @@ async fn a_message_over_the_brokers_maximum_packet_size_is_dropped_not_sent() {
         .await
         .unwrap()
         .unwrap();
-    let mut outcomes = Vec::new();
-    while outcomes.len() < 2 {
-        match events.next().await {
-            ConnectionEvent::MessageDropped(id, reason) => outcomes.push((id, Some(reason))),
-            ConnectionEvent::MessageDelivered(id) => outcomes.push((id, None)),
-            ConnectionEvent::Disconnected(why) => panic!("the link dropped: {why:?}"),
-            _ => {}
-        }
-    }
     assert_eq!(
-        outcomes,
+        outcomes(&mut events, 2).await,
         [
             (big, Some(switchboard_actors::DropReason::TooLarge)),
             (small, None)
@@ -205,17 +214,8 @@ async fn a_topic_over_the_brokers_limits_is_refused_and_the_next_message_goes_on
         .await
         .expect("actor")
         .expect("queued");
-    let mut outcomes = Vec::new();
-    while outcomes.len() < 2 {
-        match events.next().await {
-            ConnectionEvent::MessageDropped(id, reason) => outcomes.push((id, Some(reason))),
-            ConnectionEvent::MessageDelivered(id) => outcomes.push((id, None)),
-            ConnectionEvent::Disconnected(why) => panic!("the link dropped: {why:?}"),
-            _ => {}
-        }
-    }
     assert_eq!(
-        outcomes,
+        outcomes(&mut events, 2).await,
         [
             (refused, Some(switchboard_actors::DropReason::Refused(0x90))),
             (next, None)

@@ -60,8 +60,10 @@ impl Session {
         match packet {
             Packet::Publish(publish) => self.on_publish(publish, ctx),
             Packet::PubAck(pid) => {
-                self.settle_delivery(pid);
-                let result = self.outbound.puback(pid);
+                let (result, kept) = self.outbound.puback_kept(pid);
+                if let Some(id) = kept {
+                    self.settle_delivery(id);
+                }
                 self.on_ack(pid, result, "PUBACK")
             }
             Packet::PubRec(pid, code) if code >= 0x80 => {

@@ -11,7 +11,6 @@ use actix::prelude::*;
 use super::Session;
 use crate::message::{Delivery, QoS};
 use crate::routing::{Settled, Settlement};
-use crate::session_state::InflightStage;
 
 /// The most deliveries a subscriber's Session keeps a settlement for. One its client never
 /// acknowledges (dropped by the queue's bounds, or too large for the client) is forgotten once
@@ -93,24 +92,13 @@ impl Session {
         }
     }
 
-    /// As a subscriber, before the window takes PUBACK `pid`: if the delivery it acknowledges
-    /// counts towards a settlement, it now has.
-    pub(super) fn settle_delivery(&mut self, pid: u16) {
+    /// As a subscriber, once its client acknowledged the delivery kept on disk under durable
+    /// id `id`: if that delivery counts towards a settlement, it now has.
+    pub(super) fn settle_delivery(&mut self, id: u64) {
         let Some(acks) = self.deferred_acks.as_deref_mut() else {
             return;
         };
         let settling = &mut acks.settling.deliveries;
-        if settling.is_empty() {
-            return;
-        }
-        let acknowledged = self
-            .outbound
-            .inflight()
-            .find(|e| e.pid == pid && e.stage == InflightStage::AwaitingPubAck)
-            .and_then(|e| e.delivery.durable_id());
-        let Some(id) = acknowledged else {
-            return;
-        };
         // PUBACKs come in the order of sending, nearly always: the oldest is the one.
         if let Some(at) = settling.iter().position(|(kept, _)| *kept == id) {
             if let Some((_, settlement)) = settling.remove(at) {

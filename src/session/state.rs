@@ -230,9 +230,15 @@ impl Outbound {
 
     /// PUBACK received.
     pub fn puback(&mut self, pid: u16) -> AckResult {
+        self.puback_kept(pid).0
+    }
+
+    /// PUBACK received: what it did, and the durable id of the delivery it completed, if that
+    /// one was kept on disk ([`Delivery::durable_id`]).
+    pub fn puback_kept(&mut self, pid: u16) -> (AckResult, Option<u64>) {
         self.flow
             .as_deref_mut()
-            .map_or(AckResult::Unknown, |f| f.puback(pid))
+            .map_or((AckResult::Unknown, None), |f| f.puback(pid))
     }
 
     /// PUBREC received: the message is now owned by the receiver `[MQTT-4.3.3-1]`.
@@ -428,15 +434,17 @@ impl Flow {
     }
 
     /// PUBACK received.
-    fn puback(&mut self, pid: u16) -> AckResult {
+    fn puback(&mut self, pid: u16) -> (AckResult, Option<u64>) {
         match self.position(pid, InflightStage::AwaitingPubAck) {
             Some(i) => {
-                if let Some(entry) = self.inflight.remove(i) {
-                    self.removed(&entry);
+                let entry = self.inflight.remove(i);
+                if let Some(entry) = &entry {
+                    self.removed(entry);
                 }
-                AckResult::Completed
+                let kept = entry.and_then(|e| e.delivery.durable_id());
+                (AckResult::Completed, kept)
             }
-            None => AckResult::Unknown,
+            None => (AckResult::Unknown, None),
         }
     }
 

@@ -133,7 +133,7 @@ fn durable_deliveries_leave_a_journal_of_sends_releases_and_completions() {
     let pids: Vec<u16> =
         std::iter::from_fn(|| o.next_to_send(now, |_| true).map(|e| e.pid)).collect();
     assert_eq!(pids, vec![1, 2, 3]);
-    assert_eq!(o.puback(1), AckResult::Completed);
+    assert_eq!(o.puback_kept(1), (AckResult::Completed, Some(101)));
     assert_eq!(o.pubrec(2), AckResult::SendPubRel);
     assert_eq!(
         o.pubrec(2),
@@ -141,7 +141,11 @@ fn durable_deliveries_leave_a_journal_of_sends_releases_and_completions() {
         "a repeated PUBREC records nothing"
     );
     assert_eq!(o.pubcomp(2), AckResult::Completed);
-    assert_eq!(o.puback(3), AckResult::Completed, "not durable: no record");
+    assert_eq!(
+        o.puback_kept(3),
+        (AckResult::Completed, None),
+        "not durable: no record"
+    );
     use DurableChange::*;
     assert_eq!(
         taken(&mut o),
