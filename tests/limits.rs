@@ -45,7 +45,8 @@ async fn topics_over_the_length_or_level_limit() {
             &[0, 0x80, 0x80],
         )
         .await;
-    // A PUBLISH over a limit closes only that connection (3.1.1 has no refusal short of it).
+    // A QoS 0 PUBLISH over a limit closes only that connection (3.1.1 has no refusal short of
+    // it, and no acknowledgement to carry one).
     let (mut deep, _) = Raw::handshake(addr, "deep", true).await;
     deep.send(&packets::publish("a/b/c/d", b"x", 0, 0, false, false))
         .await;
@@ -69,6 +70,67 @@ async fn topics_over_the_length_or_level_limit() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].payload, b"ok".to_vec());
     assert_eq!(broker.metrics().snapshot().limits_hit, 4);
+}
+
+#[tokio::test]
+async fn an_mqtt311_qos1_or_2_publish_over_the_topic_limits_is_acknowledged_and_dropped() {
+    let broker = broker_with(|c| {
+        c.limits.max_topic_length = 16;
+        c.limits.max_topic_levels = 3;
+    });
+    let addr = broker.local_addr();
+    let (mut witness, _) = Raw::handshake(addr, "witness", true).await;
+    witness.subscribe(1, &[("a/#", 1)], &[1]).await;
+    let (mut device, _) = Raw::handshake(addr, "device", false).await;
+    // 3.1.1 has no negative PUBACK: the refused ones are acknowledged as usual (as a publish the
+    // ACL denies), in their place among the others [MQTT-4.6.0-2]; closing the connection
+    // would have the device send them again after its reconnect, forever [MQTT-4.4.0-1].
+    let mut burst = packets::publish("a/b/c", b"1", 1, 1, false, false);
+    burst.extend(packets::publish("a/b/c/d", b"2", 1, 2, false, false));
+    burst.extend(packets::publish(
+        "a/abcdefghijklmnopq",
+        b"3",
+        2,
+        3,
+        false,
+        false,
+    ));
+    burst.extend(packets::publish("a/b", b"4", 1, 4, false, false));
+    device.send(&burst).await;
+    let acks: Vec<(u8, u16)> = device
+        .sync()
+        .await
+        .iter()
+        .map(|f| (f.byte1, f.pid()))
+        .collect();
+    assert_eq!(acks, vec![(0x40, 1), (0x40, 2), (0x50, 3), (0x40, 4)]);
+    // The refused QoS 2 id completes its handshake [MQTT-4.3.3-2]: a DUP re-send of it is not
+    // routed either, and PUBREL gets PUBCOMP.
+    device
+        .send(&packets::publish(
+            "a/abcdefghijklmnopq",
+            b"3",
+            2,
+            3,
+            false,
+            true,
+        ))
+        .await;
+    device.send(&packets::ack(0x62, 3)).await;
+    let acks: Vec<(u8, u16)> = device
+        .sync()
+        .await
+        .iter()
+        .map(|f| (f.byte1, f.pid()))
+        .collect();
+    assert_eq!(acks, vec![(0x50, 3), (0x70, 3)]);
+    let got = witness.drain_payloads().await;
+    assert_eq!(
+        got,
+        vec![b"1".to_vec(), b"4".to_vec()],
+        "the refused ones went nowhere, and the connection stayed"
+    );
+    assert_eq!(broker.metrics().snapshot().limits_hit, 3);
 }
 
 #[tokio::test]

@@ -169,18 +169,25 @@ impl Session {
     }
 
     /// A PUBLISH whose topic is over `limits.max_topic_length` or `limits.max_topic_levels`;
-    /// counted in `limits_hit`. (5.0) At QoS 1 or 2 it is refused with 0x90 Topic Name Invalid
-    /// ("not accepted by this Server") and the connection stays: a client that would send it
-    /// again gets the same answer, where a closed connection makes it reconnect and send it
-    /// again, and what it queued behind it waits. At QoS 0 there is no acknowledgement to carry
-    /// the refusal: DISCONNECT 0x90 says it. 3.1.1 has no refusal short of closing.
+    /// counted in `limits_hit`. At QoS 1 or 2 it is refused and the connection stays: a
+    /// closed connection would make a client that queues reconnect and send it again, forever,
+    /// with what it queued behind it waiting. (5.0) The refusal is PUBACK/PUBREC 0x90 Topic
+    /// Name Invalid ("not accepted by this Server"). 3.1.1 has no negative acknowledgement: the
+    /// message is acknowledged and dropped, as a publish the ACL denies, and logged as a
+    /// warning, since the client cannot tell. At QoS 0 there is no acknowledgement to carry the
+    /// refusal and no client sends it again: the connection is closed, (5.0) DISCONNECT 0x90.
     fn topic_over_limits(&mut self, qos: QoS, pid: u16, topic: &str, ctx: &mut Context<Self>) {
         const WHAT: &str = "PUBLISH topic over the topic length or level limit";
-        if !self.peer_options.protocol.is_v5() || qos == QoS::AtMostOnce {
+        if qos == QoS::AtMostOnce {
             return self.limit_hit_with(ctx, WHAT, reason::TOPIC_NAME_INVALID);
         }
         self.shared.metrics.add_limits_hit(1);
-        info!(client_id = %self.client_id(), levels = topic.split('/').count(), bytes = topic.len(), "publish refused with 0x90: {WHAT}");
+        let (levels, bytes) = (topic.split('/').count(), topic.len());
+        if self.peer_options.protocol.is_v5() {
+            info!(client_id = %self.client_id(), levels, bytes, "publish refused with 0x90: {WHAT}");
+        } else {
+            warn!(client_id = %self.client_id(), levels, bytes, "publish acknowledged and dropped (MQTT 3.1.1 has no refusal): {WHAT}");
+        }
         self.refuse_publish(qos, pid, reason::TOPIC_NAME_INVALID, ctx);
     }
 
