@@ -4,7 +4,7 @@
 mod common;
 
 use common::packets::{self, frame};
-use common::{broker, broker_with, Raw};
+use common::{broker, broker_with, Frame, Raw};
 use switchboard::registry::GetStats;
 
 /// Sends `bad` after a valid CONNECT and asserts the connection is closed (a protocol violation
@@ -86,6 +86,52 @@ async fn packets_over_the_size_limit() {
     fits.send(&packets::publish("t", &[0u8; 1000], 1, 1, false, false))
         .await;
     assert_eq!(fits.expect().await.byte1, 0x40);
+}
+
+#[tokio::test]
+async fn an_mqtt311_qos1_or_2_publish_over_the_size_limit_is_acknowledged_and_dropped() {
+    let broker = broker_with(|c| c.limits.max_packet_size = 1024);
+    let addr = broker.local_addr();
+    let (mut witness, _) = Raw::handshake(addr, "witness", true).await;
+    witness.subscribe(1, &[("cam/#", 1)], &[1]).await;
+    let (mut camera, _) = Raw::handshake(addr, "camera", false).await;
+    // 3.1.1 has no negative acknowledgement: acknowledged and dropped, in order among the
+    // others [MQTT-4.6.0-2], the connection kept, so that a client that queues does not send
+    // it again after a reconnect [MQTT-4.4.0-1]. Its bytes are skipped, never held: 64 KiB
+    // past the limit of 1 KiB.
+    let mut burst = packets::publish("cam/1", b"small", 1, 1, false, false);
+    burst.extend(packets::publish(
+        "cam/1",
+        &[7u8; 65_536],
+        1,
+        2,
+        false,
+        false,
+    ));
+    burst.extend(packets::publish("cam/1", &[8u8; 4_000], 2, 3, false, false));
+    burst.extend(packets::publish("cam/1", b"after", 1, 4, false, false));
+    camera.send(&burst).await;
+    let acks: Vec<(u8, u16)> = camera
+        .sync()
+        .await
+        .iter()
+        .map(|f| (f.byte1, f.pid()))
+        .collect();
+    assert_eq!(acks, vec![(0x40, 1), (0x40, 2), (0x50, 3), (0x40, 4)]);
+    // The dropped QoS 2 message's flow completes [MQTT-4.3.3-2].
+    camera.send(&packets::ack(0x62, 3)).await;
+    assert_eq!(
+        camera.expect().await,
+        Frame {
+            byte1: 0x70,
+            body: vec![0, 3]
+        }
+    );
+    assert_eq!(
+        witness.drain_payloads().await,
+        vec![b"small".to_vec(), b"after".to_vec()]
+    );
+    assert_eq!(broker.metrics().snapshot().limits_hit, 2);
 }
 
 #[tokio::test]

@@ -59,6 +59,12 @@ impl Session {
         let (key, packet) = key;
         match packet {
             Packet::Publish(publish) => self.on_publish(publish, ctx),
+            Packet::OversizedPublish {
+                qos,
+                pid,
+                topic,
+                size,
+            } => self.publish_too_large(qos, pid, &topic, size, ctx),
             Packet::PubAck(pid) => {
                 let (result, kept) = self.outbound.puback_kept(pid);
                 if let Some(id) = kept {
@@ -189,6 +195,24 @@ impl Session {
             warn!(client_id = %self.client_id(), levels, bytes, "publish acknowledged and dropped (MQTT 3.1.1 has no refusal): {WHAT}");
         }
         self.refuse_publish(qos, pid, reason::TOPIC_NAME_INVALID, ctx);
+    }
+
+    /// (3.1.1) A QoS 1 or 2 PUBLISH over `limits.max_packet_size`, its head read and the rest
+    /// skipped by the codec: acknowledged and dropped, as a publish the ACL denies, counted in
+    /// `limits_hit` and warned of. Closing the connection would have a client that queues
+    /// reconnect and send it again, forever.
+    fn publish_too_large(
+        &mut self,
+        qos: QoS,
+        pid: u16,
+        topic: &str,
+        size: usize,
+        ctx: &mut Context<Self>,
+    ) {
+        self.shared.metrics.add_limits_hit(1);
+        let max = self.shared.config.limits.max_packet_size;
+        warn!(client_id = %self.client_id(), topic, size, max, "publish acknowledged and dropped (MQTT 3.1.1 has no refusal): larger than limits.max_packet_size");
+        self.refuse_publish(qos, pid, 0, ctx);
     }
 
     fn on_ack(&mut self, pid: u16, result: AckResult, name: &str) {

@@ -7,6 +7,7 @@ use mqttbytes::v4;
 use tokio_util::codec::Decoder;
 
 use super::connect::{parse_connect, Connect};
+use super::oversized::{read_oversized_head, OversizedHead};
 use super::CodecError;
 use crate::message::{Message, ProtocolVersion, QoS, SubscriptionOptions};
 use crate::topic::validate_topic_name;
@@ -57,6 +58,18 @@ pub enum Packet {
     },
     /// PINGREQ.
     PingReq,
+    /// (3.1.1) A QoS 1 or 2 PUBLISH larger than the maximum packet size: its head, read so
+    /// that it can be acknowledged and dropped; the codec skips the rest as it arrives.
+    OversizedPublish {
+        /// Its QoS (1 or 2).
+        qos: QoS,
+        /// Its packet identifier.
+        pid: u16,
+        /// Its topic, as far as it is UTF-8 (for the log).
+        topic: String,
+        /// Its remaining length.
+        size: usize,
+    },
     /// DISCONNECT, with its (MQTT 5) reason code and new Session Expiry Interval.
     Disconnect {
         /// Reason code (0 for MQTT 3.1.1): 0x04 asks for the will to be published.
@@ -71,7 +84,7 @@ impl Packet {
     pub fn name(&self) -> &'static str {
         match self {
             Packet::Connect(_) => "CONNECT",
-            Packet::Publish(_) => "PUBLISH",
+            Packet::Publish(_) | Packet::OversizedPublish { .. } => "PUBLISH",
             Packet::PubAck(_) => "PUBACK",
             Packet::PubRec(..) => "PUBREC",
             Packet::PubRel(_) => "PUBREL",
@@ -101,6 +114,9 @@ pub struct MqttCodec {
     pub(super) aliases: Option<Box<HashMap<u16, String>>>,
     /// Packets decoded since the read buffer last ran dry.
     burst: u32,
+    /// Bytes of a too-large PUBLISH still to come, dropped as they arrive
+    /// ([`Packet::OversizedPublish`]).
+    skipping: usize,
 }
 
 /// Least room for the next read into an empty buffer (frames split off it shrink what is left).
@@ -121,6 +137,7 @@ impl MqttCodec {
             topic_alias_maximum: 0,
             aliases: None,
             burst: 0,
+            skipping: 0,
         }
     }
 
@@ -136,6 +153,14 @@ impl Decoder for MqttCodec {
     type Error = CodecError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Packet>, CodecError> {
+        if self.skipping > 0 {
+            let here = self.skipping.min(src.len());
+            src.advance(here);
+            self.skipping -= here;
+            if self.skipping > 0 {
+                return Ok(None);
+            }
+        }
         // Judge the first byte as soon as it arrives, so garbage is refused without waiting for
         // the length it seems to announce.
         let Some(&byte1) = src.first() else {
@@ -154,6 +179,16 @@ impl Decoder for MqttCodec {
                 return Ok(None);
             }
             Err(mqttbytes::Error::PayloadSizeLimitExceeded(size)) => {
+                if byte1 >> 4 == 3 && !self.first_packet && !self.protocol.is_v5() {
+                    match read_oversized_head(src, byte1) {
+                        OversizedHead::Read { packet, skip } => {
+                            self.skipping = skip;
+                            return Ok(Some(packet));
+                        }
+                        OversizedHead::NeedMore => return Ok(None),
+                        OversizedHead::NotSkippable => {}
+                    }
+                }
                 let too_large = CodecError::PacketTooLarge {
                     size,
                     max: self.max_packet_size,

@@ -201,3 +201,105 @@ fn connect_rules() {
     // trailing garbage
     assert!(decode(&connect_frame("MQTT", 4, 0x02, &[0, 1, b'c', 9])).is_err());
 }
+
+/// A QoS `qos` PUBLISH to `topic` with packet id `pid` and `payload` bytes of payload.
+fn publish_frame(qos: u8, topic: &str, pid: u16, payload: usize) -> Vec<u8> {
+    let remaining = 2 + topic.len() + 2 + payload;
+    let mut frame = vec![0x30 | (qos << 1)];
+    let mut left = remaining;
+    loop {
+        let byte = (left % 128) as u8;
+        left /= 128;
+        frame.push(if left > 0 { byte | 0x80 } else { byte });
+        if left == 0 {
+            break;
+        }
+    }
+    frame.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    frame.extend_from_slice(topic.as_bytes());
+    frame.extend_from_slice(&pid.to_be_bytes());
+    frame.extend(std::iter::repeat_n(b'p', payload));
+    frame
+}
+
+/// A codec past the CONNECT of a client of `protocol`, with a maximum packet size of 1 KiB.
+fn connected(protocol: ProtocolVersion) -> MqttCodec {
+    let mut codec = MqttCodec::new(1024);
+    codec.first_packet = false;
+    codec.protocol = protocol;
+    codec
+}
+
+#[test]
+fn a_too_large_mqtt311_qos1_publish_gives_its_head_and_the_rest_is_skipped() {
+    let mut codec = connected(ProtocolVersion::V3_1_1);
+    let mut wire = publish_frame(1, "gate/1/photo", 7, 5000);
+    wire.extend_from_slice(&[0xC0, 0x00]); // PINGREQ behind it
+                                           // As a socket gives it: in pieces, the head itself split.
+    let mut buf = BytesMut::new();
+    let mut decoded = Vec::new();
+    for piece in wire.chunks(9) {
+        buf.extend_from_slice(piece);
+        while let Some(packet) = codec.decode(&mut buf).expect("no error") {
+            decoded.push(packet);
+        }
+        assert!(buf.len() < 64, "the skipped bytes are not held");
+    }
+    assert_eq!(decoded.len(), 2, "{decoded:?}");
+    let Packet::OversizedPublish {
+        qos,
+        pid,
+        topic,
+        size,
+    } = &decoded[0]
+    else {
+        panic!("not an oversized publish: {:?}", decoded[0]);
+    };
+    assert_eq!(
+        (*qos, *pid, topic.as_str(), *size),
+        (QoS::AtLeastOnce, 7, "gate/1/photo", 5016)
+    );
+    assert!(matches!(decoded[1], Packet::PingReq));
+}
+
+#[test]
+fn a_too_large_mqtt311_qos2_publish_read_whole_at_once_is_skipped_too() {
+    let mut codec = connected(ProtocolVersion::V3_1_1);
+    let mut wire = BytesMut::from(&publish_frame(2, "t", 9, 2000)[..]);
+    let packet = codec.decode(&mut wire).expect("no error");
+    assert!(matches!(
+        packet,
+        Some(Packet::OversizedPublish {
+            qos: QoS::ExactlyOnce,
+            pid: 9,
+            ..
+        })
+    ));
+    assert!(wire.is_empty());
+    assert_eq!(codec.skipping, 0);
+}
+
+#[test]
+fn a_too_large_publish_that_cannot_be_skipped_is_refused() {
+    // QoS 0: nothing to acknowledge; MQTT 5: the client was told the maximum (CONNACK);
+    // a packet id of 0 [MQTT-2.3.1-1]; a topic longer than the packet.
+    let cases = [
+        (ProtocolVersion::V3_1_1, publish_frame(0, "t", 0, 2000)),
+        (ProtocolVersion::V5, publish_frame(1, "t", 1, 2000)),
+        (ProtocolVersion::V3_1_1, publish_frame(1, "t", 0, 2000)),
+    ];
+    for (protocol, frame) in cases {
+        let mut codec = connected(protocol);
+        assert!(matches!(
+            codec.decode(&mut BytesMut::from(&frame[..])),
+            Err(CodecError::PacketTooLarge { .. })
+        ));
+    }
+    let mut codec = connected(ProtocolVersion::V3_1_1);
+    let mut frame = vec![0x32, 0x88, 0x08, 0xFF, 0xFF];
+    frame.extend(std::iter::repeat_n(b't', 2000));
+    assert!(matches!(
+        codec.decode(&mut BytesMut::from(&frame[..])),
+        Err(CodecError::PacketTooLarge { .. })
+    ));
+}

@@ -11,6 +11,7 @@ mod decode_v5;
 mod encode;
 mod encode_v5;
 mod error;
+mod oversized;
 pub mod properties;
 mod server_publish;
 

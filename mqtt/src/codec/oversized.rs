@@ -1,0 +1,89 @@
+//! A QoS 1 or 2 PUBLISH from an MQTT 3.1.1 client larger than the maximum packet size: its
+//! head (topic and packet id) is read so that the Session can acknowledge and drop it, and the
+//! rest is skipped as it arrives, never held. Closing the connection instead would have a
+//! client that queues send it again after each reconnect [MQTT-4.4.0-1], forever, with
+//! everything it queued behind it stuck: 3.1.1 has no other way to refuse it. (An MQTT 5
+//! client was told the maximum in CONNACK and breaks it: DISCONNECT 0x95 for that.)
+
+use bytes::{Buf, BytesMut};
+
+use super::decode::Packet;
+use crate::message::QoS;
+
+/// What reading the head of a too-large PUBLISH came to.
+pub(super) enum OversizedHead {
+    /// Not a PUBLISH that can be skipped (QoS 0, or its head is malformed): the packet is
+    /// refused as too large, as any other.
+    NotSkippable,
+    /// The head is not all here yet.
+    NeedMore,
+    /// The head, as a packet; `skip` more bytes of it are still to come and to be dropped.
+    Read {
+        /// [`Packet::OversizedPublish`].
+        packet: Packet,
+        /// Bytes of the packet not yet read.
+        skip: usize,
+    },
+}
+
+/// Reads the head of the too-large PUBLISH at the start of `src`, whose first byte `byte1`
+/// is judged already, and takes what `src` holds of it off `src`.
+pub(super) fn read_oversized_head(src: &mut BytesMut, byte1: u8) -> OversizedHead {
+    let qos = match QoS::from_u8((byte1 >> 1) & 0b11) {
+        Some(qos @ (QoS::AtLeastOnce | QoS::ExactlyOnce)) => qos,
+        _ => return OversizedHead::NotSkippable,
+    };
+    let Some((remaining, header_len)) = remaining_length(src) else {
+        return OversizedHead::NotSkippable;
+    };
+    let Some(topic_len) = u16_at(src, header_len) else {
+        return OversizedHead::NeedMore;
+    };
+    let topic_len = usize::from(topic_len);
+    // Topic length, topic and packet id: within the packet, or it is malformed.
+    let head = 2 + topic_len + 2;
+    if head > remaining {
+        return OversizedHead::NotSkippable;
+    }
+    let Some(pid) = u16_at(src, header_len + 2 + topic_len) else {
+        // At most 65,541 bytes of head: held until they are all here.
+        src.reserve(header_len + head - src.len());
+        return OversizedHead::NeedMore;
+    };
+    if pid == 0 {
+        // [MQTT-2.3.1-1] a QoS 1 or 2 PUBLISH has a non-zero packet id.
+        return OversizedHead::NotSkippable;
+    }
+    let topic = &src[header_len + 2..header_len + 2 + topic_len];
+    let topic = String::from_utf8_lossy(topic).into_owned();
+    let total = header_len + remaining;
+    let here = src.len().min(total);
+    src.advance(here);
+    OversizedHead::Read {
+        packet: Packet::OversizedPublish {
+            qos,
+            pid,
+            topic,
+            size: remaining,
+        },
+        skip: total - here,
+    }
+}
+
+/// The remaining length and the fixed header's length, if the fixed header is whole.
+fn remaining_length(src: &[u8]) -> Option<(usize, usize)> {
+    let mut length = 0usize;
+    for (at, byte) in src.iter().enumerate().skip(1).take(4) {
+        length += usize::from(byte & 0x7F) << (7 * (at - 1));
+        if byte & 0x80 == 0 {
+            return Some((length, at + 1));
+        }
+    }
+    None
+}
+
+/// The big-endian u16 at `at`, if `src` holds it.
+fn u16_at(src: &[u8], at: usize) -> Option<u16> {
+    let bytes = src.get(at..at + 2)?;
+    <[u8; 2]>::try_from(bytes).ok().map(u16::from_be_bytes)
+}
