@@ -3,7 +3,8 @@
 //! sending 3,000 QoS 1 messages, 100 at a time; an app hearing 0x10 No matching subscribers;
 //! and MQTT.js using what MQTT 5 adds (topic aliases both ways, subscription identifiers,
 //! properties, No Local, Retain Handling, request/response, a shared subscription, Maximum
-//! Packet Size, UNSUBACK reason codes, a resumed session), over TCP and over WebSocket. The
+//! Packet Size, UNSUBACK reason codes, a resumed session), over TCP and over WebSocket; and
+//! MQTT.js over 3.1.1 sending messages over the broker's packet size limit. The
 //! scripts are in `tests/interop/mqttjs/`; `.ci/run` installs their dependencies with `npm ci`.
 
 mod common;
@@ -93,6 +94,27 @@ fn mqttjs_takes_no_matching_subscribers_as_a_success() {
         result["listened"],
         serde_json::json!({"error": null, "reason_code": 0})
     );
+}
+
+#[test]
+fn mqttjs_over_mqtt_3_1_1_gets_a_message_over_the_size_limit_acknowledged_and_goes_on() {
+    // 3.1.1 has no refusal: a QoS 1/2 PUBLISH over `limits.max_packet_size` is acknowledged
+    // and dropped, the connection kept. Closed instead, MQTT.js (a persistent session) sends
+    // it again after each reconnect [MQTT-4.4.0-1], and what it queued behind it never goes.
+    if !mqttjs_available() {
+        return;
+    }
+    let broker = common::broker_with(|c| c.limits.max_packet_size = 64 * 1024);
+    let result = run_script(
+        "too_large.js",
+        &[&broker.local_addr().port().to_string(), "200000"],
+    );
+    assert_eq!(result["large_qos1"], "acknowledged", "{result}");
+    assert_eq!(result["large_qos2"], "acknowledged", "{result}");
+    assert_eq!(result["small"], "acknowledged", "{result}");
+    assert_eq!(result["connects"], 1, "no reconnect: {result}");
+    assert_eq!(result["closes"], 0, "{result}");
+    assert_eq!(broker.metrics().snapshot().limits_hit, 2);
 }
 
 #[test]
