@@ -215,3 +215,59 @@ async fn a_message_too_large_here_once_renamed_is_dropped_and_the_rest_flows() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn over_mqtt311_a_message_from_the_remote_over_the_size_limit_is_acknowledged_and_dropped() {
+    let central = common::broker();
+    let topics = r#"{ pattern = "cmd/#", direction = "in", qos = 2 },"#;
+    let site = site(
+        &bridge_toml(central.local_addr(), "3.1.1", topics, ""),
+        |c| {
+            c.limits.max_packet_size = 300;
+        },
+    );
+    bridge_ready(&site).await;
+    let (mut local_sub, _) = Raw::handshake(site.local_addr(), "site-sub", true).await;
+    local_sub.subscribe(1, &[("cmd/#", 1)], &[1]).await;
+    let (mut app, _) = Raw::handshake(central.local_addr(), "app", true).await;
+    let connects = central.metrics().snapshot().connects;
+    // Over 3.1.1 the bridge cannot tell the remote its limit, nor refuse a message: the link
+    // reads the head, skips the rest, acknowledges it (PUBACK; PUBREC, then PUBCOMP) and drops
+    // it. Closing the link would have the remote send it again after every reconnect
+    // [MQTT-4.4.0-1], with what came after it stuck.
+    app.send(&packets::publish(
+        "cmd/big",
+        &[b'x'; 1000],
+        1,
+        1,
+        false,
+        false,
+    ))
+    .await;
+    assert_eq!(app.expect().await.byte1, 0x40);
+    app.send(&packets::publish(
+        "cmd/big",
+        &[b'y'; 2000],
+        2,
+        2,
+        false,
+        false,
+    ))
+    .await;
+    assert_eq!(app.expect().await.byte1, 0x50);
+    app.send(&packets::ack(0x62, 2)).await;
+    assert_eq!(app.expect().await.byte1, 0x70);
+    publish_all(&mut app, &["cmd/ok"]).await;
+    let got = read_until(&mut local_sub, "cmd/ok").await;
+    assert_eq!(topics_of(&got), ["cmd/ok"]);
+    eventually(|| async {
+        let s = status(&site);
+        (s.dropped, s.received, s.connected) == (2, 1, true)
+    })
+    .await;
+    assert_eq!(
+        central.metrics().snapshot().connects,
+        connects,
+        "the link was not closed and opened again"
+    );
+}

@@ -97,6 +97,16 @@ pub enum ConnectionEvent {
     MessageDelivered(MessageId),
     /// A message was dropped.
     MessageDropped(MessageId, DropReason),
+    /// (3.1.1) A QoS 1/2 message from the broker larger than the connection's
+    /// `max_packet_size`: acknowledged to the broker (3.1.1 has no refusal, and a closed
+    /// connection would have the broker send it again after every reconnect) and dropped,
+    /// never read whole.
+    MessageTooLarge {
+        /// Its topic, as far as it is UTF-8.
+        topic: String,
+        /// Its size (remaining length) in bytes.
+        size: usize,
+    },
 }
 
 /// A received QoS 1/2 message not yet acknowledged to the broker (see

@@ -472,3 +472,41 @@ async fn a_bridge_connection_gets_neither_its_own_messages_back_nor_retain_clear
         "not its own message; RETAIN as published"
     );
 }
+
+#[actix_rt::test]
+async fn a_message_over_max_packet_size_from_an_mqtt311_broker_is_acknowledged_and_dropped() {
+    // 3.1.1 cannot tell the broker the connection's limit, nor refuse a message: the
+    // connection reads the head, skips the rest, acknowledges it and reports it. Closing the
+    // link would have the broker send it again after every reconnect [MQTT-4.4.0-1].
+    let broker = broker_on(0);
+    let port = broker.local_addr().port();
+    let (_app, mut received, mut events) = consumer(port, "camera-viewer", "cam/#", |o| {
+        o.clean_session = false;
+        o.max_packet_size = 512;
+    })
+    .await;
+    let (publisher, _) = connection(options(port, "camera"));
+    for (topic, size) in [("cam/1/photo", 4_000), ("cam/1/state", 5)] {
+        publisher
+            .send(Enqueue::new(topic, vec![b'x'; size], QoS::AtLeastOnce))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let (topic, size) = events
+        .find(|e| match e {
+            ConnectionEvent::MessageTooLarge { topic, size } => Some((topic.clone(), *size)),
+            ConnectionEvent::Disconnected(down) => panic!("the link went down: {down:?}"),
+            _ => None,
+        })
+        .await;
+    assert_eq!((topic.as_str(), size), ("cam/1/photo", 4_000 + 2 + 11 + 2));
+    assert_eq!(receive(&mut received, 1).await, vec!["xxxxx"]);
+    assert!(
+        !events
+            .drain_ready()
+            .iter()
+            .any(|e| matches!(e, ConnectionEvent::Disconnected(_))),
+        "no reconnect"
+    );
+}

@@ -313,6 +313,9 @@ impl Bridge {
                     "a message for the remote was dropped"
                 );
             }
+            // (3.1.1) Over `limits.max_packet_size`: acknowledged to the remote and dropped by
+            // the link (which warned), so that the remote does not send it again forever.
+            ConnectionEvent::MessageTooLarge { .. } => self.status.link.add_dropped(),
         }
     }
 

@@ -9,7 +9,7 @@ use tracing::{debug, info, warn};
 use super::peer::write_ack_coded;
 use super::{AckResult, Phase, Session};
 use crate::auth::{AclFile, SubscribeAccess};
-use crate::codec::{self, Ack, Packet, Publish as PublishPacket};
+use crate::codec::{self, Ack, OversizedPublish, Packet, Publish as PublishPacket};
 use crate::hooks::{
     AuthorizePublish, AuthorizeSubscribe, DisconnectReason, PublishDecision, SubscribeDecision,
 };
@@ -59,12 +59,7 @@ impl Session {
         let (key, packet) = key;
         match packet {
             Packet::Publish(publish) => self.on_publish(publish, ctx),
-            Packet::OversizedPublish {
-                qos,
-                pid,
-                topic,
-                size,
-            } => self.publish_too_large(qos, pid, &topic, size, ctx),
+            Packet::OversizedPublish(head) => self.publish_too_large(head, ctx),
             Packet::PubAck(pid) => {
                 let (result, kept) = self.outbound.puback_kept(pid);
                 if let Some(id) = kept {
@@ -201,18 +196,11 @@ impl Session {
     /// skipped by the codec: acknowledged and dropped, as a publish the ACL denies, counted in
     /// `limits_hit` and warned of. Closing the connection would have a client that queues
     /// reconnect and send it again, forever.
-    fn publish_too_large(
-        &mut self,
-        qos: QoS,
-        pid: u16,
-        topic: &str,
-        size: usize,
-        ctx: &mut Context<Self>,
-    ) {
+    fn publish_too_large(&mut self, head: OversizedPublish, ctx: &mut Context<Self>) {
         self.shared.metrics.add_limits_hit(1);
         let max = self.shared.config.limits.max_packet_size;
-        warn!(client_id = %self.client_id(), topic, size, max, "publish acknowledged and dropped (MQTT 3.1.1 has no refusal): larger than limits.max_packet_size");
-        self.refuse_publish(qos, pid, 0, ctx);
+        warn!(client_id = %self.client_id(), topic = %head.topic, size = head.size, max, "publish acknowledged and dropped (MQTT 3.1.1 has no refusal): larger than limits.max_packet_size");
+        self.refuse_publish(head.qos, head.pid, 0, ctx);
     }
 
     fn on_ack(&mut self, pid: u16, result: AckResult, name: &str) {

@@ -4,7 +4,7 @@
 use actix::prelude::*;
 use tracing::{info, warn};
 
-use switchboard_mqtt::codec::{write_ack, Ack};
+use switchboard_mqtt::codec::{write_ack, Ack, OversizedPublish};
 use switchboard_mqtt::QoS;
 
 use super::{Awaiting, Link, ManagedConnection};
@@ -77,6 +77,7 @@ impl ManagedConnection {
                     });
                 }
             }
+            Incoming::OversizedPublish(head) => self.too_large_from_broker(head),
             Incoming::PubAck(pid, code) if code >= 0x80 => self.refused(pid, code),
             Incoming::PubAck(pid, _) => self.complete(pid, Awaiting::Ack),
             Incoming::PubRec(pid, code) if code >= 0x80 => self.refused(pid, code),
@@ -114,6 +115,25 @@ impl ManagedConnection {
         self.pump();
         self.flush(ctx);
         self.check_stop(ctx);
+    }
+
+    /// (3.1.1) A QoS 1/2 message from the broker over `max_packet_size`, its rest skipped by
+    /// the codec: acknowledged, so that the broker does not send it again after every
+    /// reconnect, and dropped; the listeners hear of it. (An MQTT 5 broker was told the
+    /// maximum in CONNECT [MQTT-3.1.2-24] and sends nothing larger.)
+    fn too_large_from_broker(&mut self, head: OversizedPublish) {
+        warn!(client_id = %self.options.client_id, topic = %head.topic, size = head.size, max = self.options.max_packet_size, "a message from the broker over max_packet_size was acknowledged and dropped (MQTT 3.1.1 has no refusal)");
+        if head.qos == QoS::ExactlyOnce {
+            // Its PUBREL is answered as any other's.
+            self.inbound_qos2.insert(head.pid);
+            write_ack(&mut self.out, Ack::PubRec, head.pid);
+        } else {
+            write_ack(&mut self.out, Ack::PubAck, head.pid);
+        }
+        self.emit(ConnectionEvent::MessageTooLarge {
+            topic: head.topic,
+            size: head.size,
+        });
     }
 
     /// MQTT 5 server redirection (section 4.11): with 0x9C Use another server or 0x9D Server

@@ -7,7 +7,7 @@ use mqttbytes::v4;
 use tokio_util::codec::Decoder;
 
 use super::connect::{parse_connect, Connect};
-use super::oversized::{read_oversized_head, OversizedHead};
+use super::oversized::{read_oversized_head, skip_rest, OversizedHead, OversizedPublish};
 use super::CodecError;
 use crate::message::{Message, ProtocolVersion, QoS, SubscriptionOptions};
 use crate::topic::validate_topic_name;
@@ -60,16 +60,7 @@ pub enum Packet {
     PingReq,
     /// (3.1.1) A QoS 1 or 2 PUBLISH larger than the maximum packet size: its head, read so
     /// that it can be acknowledged and dropped; the codec skips the rest as it arrives.
-    OversizedPublish {
-        /// Its QoS (1 or 2).
-        qos: QoS,
-        /// Its packet identifier.
-        pid: u16,
-        /// Its topic, as far as it is UTF-8 (for the log).
-        topic: String,
-        /// Its remaining length.
-        size: usize,
-    },
+    OversizedPublish(OversizedPublish),
     /// DISCONNECT, with its (MQTT 5) reason code and new Session Expiry Interval.
     Disconnect {
         /// Reason code (0 for MQTT 3.1.1): 0x04 asks for the will to be published.
@@ -84,7 +75,7 @@ impl Packet {
     pub fn name(&self) -> &'static str {
         match self {
             Packet::Connect(_) => "CONNECT",
-            Packet::Publish(_) | Packet::OversizedPublish { .. } => "PUBLISH",
+            Packet::Publish(_) | Packet::OversizedPublish(_) => "PUBLISH",
             Packet::PubAck(_) => "PUBACK",
             Packet::PubRec(..) => "PUBREC",
             Packet::PubRel(_) => "PUBREL",
@@ -153,13 +144,8 @@ impl Decoder for MqttCodec {
     type Error = CodecError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Packet>, CodecError> {
-        if self.skipping > 0 {
-            let here = self.skipping.min(src.len());
-            src.advance(here);
-            self.skipping -= here;
-            if self.skipping > 0 {
-                return Ok(None);
-            }
+        if self.skipping > 0 && !skip_rest(&mut self.skipping, src) {
+            return Ok(None);
         }
         // Judge the first byte as soon as it arrives, so garbage is refused without waiting for
         // the length it seems to announce.
@@ -179,11 +165,11 @@ impl Decoder for MqttCodec {
                 return Ok(None);
             }
             Err(mqttbytes::Error::PayloadSizeLimitExceeded(size)) => {
-                if byte1 >> 4 == 3 && !self.first_packet && !self.protocol.is_v5() {
+                if !self.first_packet && !self.protocol.is_v5() {
                     match read_oversized_head(src, byte1) {
-                        OversizedHead::Read { packet, skip } => {
+                        OversizedHead::Read { head, skip } => {
                             self.skipping = skip;
-                            return Ok(Some(packet));
+                            return Ok(Some(Packet::OversizedPublish(head)));
                         }
                         OversizedHead::NeedMore => return Ok(None),
                         OversizedHead::NotSkippable => {}

@@ -20,4 +20,5 @@ pub use decode::{MqttCodec, Packet, Publish, BURST_READ_BUFFER};
 pub use encode::*;
 pub use encode_v5::*;
 pub use error::CodecError;
+pub use oversized::{read_oversized_head, skip_rest, OversizedHead, OversizedPublish};
 pub use server_publish::{decode_server_publish_v5, ServerPublish};

@@ -7,30 +7,46 @@
 
 use bytes::{Buf, BytesMut};
 
-use super::decode::Packet;
 use crate::message::QoS;
 
-/// What reading the head of a too-large PUBLISH came to.
-pub(super) enum OversizedHead {
+/// The head of a too-large QoS 1 or 2 PUBLISH over MQTT 3.1.1: what is needed to acknowledge
+/// it and to say what was dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OversizedPublish {
+    /// Its QoS (1 or 2).
+    pub qos: QoS,
+    /// Its packet identifier.
+    pub pid: u16,
+    /// Its topic, as far as it is UTF-8 (for the log).
+    pub topic: String,
+    /// Its remaining length.
+    pub size: usize,
+}
+
+/// What reading the head of a too-large PUBLISH came to ([`read_oversized_head`]).
+#[derive(Debug)]
+pub enum OversizedHead {
     /// Not a PUBLISH that can be skipped (QoS 0, or its head is malformed): the packet is
     /// refused as too large, as any other.
     NotSkippable,
     /// The head is not all here yet.
     NeedMore,
-    /// The head, as a packet; `skip` more bytes of it are still to come and to be dropped.
+    /// The head; `skip` more bytes of the packet are still to come, to be dropped as they
+    /// arrive ([`skip_rest`]).
     Read {
-        /// [`Packet::OversizedPublish`].
-        packet: Packet,
+        /// The head.
+        head: OversizedPublish,
         /// Bytes of the packet not yet read.
         skip: usize,
     },
 }
 
-/// Reads the head of the too-large PUBLISH at the start of `src`, whose first byte `byte1`
-/// is judged already, and takes what `src` holds of it off `src`.
-pub(super) fn read_oversized_head(src: &mut BytesMut, byte1: u8) -> OversizedHead {
+/// Reads the head of the too-large MQTT 3.1.1 PUBLISH at the start of `src`, whose first byte
+/// is `byte1` (already judged) and whose announced length went over the limit, and takes what
+/// `src` holds of the packet off `src`. Used by the broker's codec and by the device client's.
+pub fn read_oversized_head(src: &mut BytesMut, byte1: u8) -> OversizedHead {
     let qos = match QoS::from_u8((byte1 >> 1) & 0b11) {
-        Some(qos @ (QoS::AtLeastOnce | QoS::ExactlyOnce)) => qos,
+        Some(qos @ (QoS::AtLeastOnce | QoS::ExactlyOnce)) if byte1 >> 4 == 3 => qos,
         _ => return OversizedHead::NotSkippable,
     };
     let Some((remaining, header_len)) = remaining_length(src) else {
@@ -60,7 +76,7 @@ pub(super) fn read_oversized_head(src: &mut BytesMut, byte1: u8) -> OversizedHea
     let here = src.len().min(total);
     src.advance(here);
     OversizedHead::Read {
-        packet: Packet::OversizedPublish {
+        head: OversizedPublish {
             qos,
             pid,
             topic,
@@ -68,6 +84,15 @@ pub(super) fn read_oversized_head(src: &mut BytesMut, byte1: u8) -> OversizedHea
         },
         skip: total - here,
     }
+}
+
+/// Drops from `src` what it holds of the `left` bytes still to skip, counting them off;
+/// returns whether all are skipped (and the next packet may start in `src`).
+pub fn skip_rest(left: &mut usize, src: &mut BytesMut) -> bool {
+    let here = (*left).min(src.len());
+    src.advance(here);
+    *left -= here;
+    *left == 0
 }
 
 /// The remaining length and the fixed header's length, if the fixed header is whole.
