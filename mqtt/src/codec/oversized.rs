@@ -1,9 +1,10 @@
-//! A QoS 1 or 2 PUBLISH from an MQTT 3.1.1 client larger than the maximum packet size: its
-//! head (topic and packet id) is read so that the Session can acknowledge and drop it, and the
-//! rest is skipped as it arrives, never held. Closing the connection instead would have a
-//! client that queues send it again after each reconnect [MQTT-4.4.0-1], forever, with
-//! everything it queued behind it stuck: 3.1.1 has no other way to refuse it. (An MQTT 5
-//! client was told the maximum in CONNACK and breaks it: DISCONNECT 0x95 for that.)
+//! A QoS 1 or 2 PUBLISH over MQTT 3.1.1 larger than the maximum packet size: its head (topic
+//! and packet id) is read so that the receiver can acknowledge and drop it, and the rest is
+//! skipped as it arrives, never held. Closing the connection instead would have a sender that
+//! queues send it again after each reconnect [MQTT-4.4.0-1], forever, with everything it
+//! queued behind it stuck: 3.1.1 has no other way to refuse it. Used by the broker's codec
+//! (from clients) and by the device client's (from a broker). (Over MQTT 5 the limit was
+//! announced, in CONNACK or CONNECT, and a larger packet breaks it: DISCONNECT 0x95.)
 
 use bytes::{Buf, BytesMut};
 
@@ -43,7 +44,7 @@ pub enum OversizedHead {
 
 /// Reads the head of the too-large MQTT 3.1.1 PUBLISH at the start of `src`, whose first byte
 /// is `byte1` (already judged) and whose announced length went over the limit, and takes what
-/// `src` holds of the packet off `src`. Used by the broker's codec and by the device client's.
+/// `src` holds of the packet off `src`.
 pub fn read_oversized_head(src: &mut BytesMut, byte1: u8) -> OversizedHead {
     let qos = match QoS::from_u8((byte1 >> 1) & 0b11) {
         Some(qos @ (QoS::AtLeastOnce | QoS::ExactlyOnce)) if byte1 >> 4 == 3 => qos,
