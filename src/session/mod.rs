@@ -85,6 +85,9 @@ pub struct SessionShared {
     pub access: Arc<crate::auth::AccessControl>,
     /// Durable state (`[persistence]`), if configured.
     pub store: Option<crate::persistence::Store>,
+    /// MQTT 3.1.1 publishes acknowledged and dropped (over a limit), warned of at most once a
+    /// second over all Sessions: a client may send them as fast as it likes.
+    pub(crate) dropped_publishes: std::sync::Mutex<crate::log_gate::LogGate>,
     next_conn: AtomicU64,
 }
 
@@ -108,6 +111,9 @@ impl SessionShared {
             metrics,
             access,
             store,
+            dropped_publishes: std::sync::Mutex::new(crate::log_gate::LogGate::new(
+                std::time::Duration::from_secs(1),
+            )),
             next_conn: AtomicU64::new(1),
         }
     }

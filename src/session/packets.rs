@@ -186,20 +186,36 @@ impl Session {
         let (levels, bytes) = (topic.split('/').count(), topic.len());
         if self.peer_options.protocol.is_v5() {
             info!(client_id = %self.client_id(), levels, bytes, "publish refused with 0x90: {WHAT}");
-        } else {
-            warn!(client_id = %self.client_id(), levels, bytes, "publish acknowledged and dropped (MQTT 3.1.1 has no refusal): {WHAT}");
+        } else if let Some(dropped) = self.dropped_publish_line() {
+            warn!(client_id = %self.client_id(), levels, bytes, dropped, "publish acknowledged and dropped (MQTT 3.1.1 has no refusal): {WHAT}");
         }
         self.refuse_publish(qos, pid, reason::TOPIC_NAME_INVALID, ctx);
     }
 
+    /// Whether a warning about a 3.1.1 publish acknowledged and dropped may go out now (at most
+    /// once a second over all Sessions), and if so how many it reports.
+    fn dropped_publish_line(&self) -> Option<u64> {
+        // A poisoned lock only means a logging call panicked; the gate is still usable.
+        let mut gate = self
+            .shared
+            .dropped_publishes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        gate.event(std::time::Instant::now())
+    }
+
     /// (3.1.1) A QoS 1 or 2 PUBLISH over `limits.max_packet_size`, its head read and the rest
     /// skipped by the codec: acknowledged and dropped, as a publish the ACL denies, counted in
-    /// `limits_hit` and warned of. Closing the connection would have a client that queues
-    /// reconnect and send it again, forever.
+    /// `limits_hit` and warned of (at most once a second). Closing the connection would have
+    /// a client that queues reconnect and send it again, forever.
     fn publish_too_large(&mut self, head: OversizedPublish, ctx: &mut Context<Self>) {
         self.shared.metrics.add_limits_hit(1);
-        let max = self.shared.config.limits.max_packet_size;
-        warn!(client_id = %self.client_id(), topic = %head.topic, size = head.size, max, "publish acknowledged and dropped (MQTT 3.1.1 has no refusal): larger than limits.max_packet_size");
+        if let Some(dropped) = self.dropped_publish_line() {
+            let max = self.shared.config.limits.max_packet_size;
+            // Its first 200 characters: a topic may be 65,535 bytes long.
+            let topic: String = head.topic.chars().take(200).collect();
+            warn!(client_id = %self.client_id(), topic, size = head.size, max, dropped, "publish acknowledged and dropped (MQTT 3.1.1 has no refusal): larger than limits.max_packet_size");
+        }
         self.refuse_publish(head.qos, head.pid, 0, ctx);
     }
 
