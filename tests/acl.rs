@@ -325,12 +325,7 @@ async fn a_denied_publish_is_acknowledged_in_order_with_persistence_on() {
     burst.extend(packets::publish("secrets/a", b"denied", 1, 2, false, false));
     burst.extend(packets::publish("plant/b", b"allowed", 1, 3, false, false));
     publisher.send(&burst).await;
-    let acks: Vec<(u8, u16)> = publisher
-        .sync()
-        .await
-        .iter()
-        .map(|f| (f.byte1, f.pid()))
-        .collect();
+    let acks = publisher.sync_acks().await;
     assert_eq!(acks, vec![(0x40, 1), (0x40, 2), (0x40, 3)]);
 
     // MQTT 5: the denied one's PUBACK carries 0x87 Not authorized, still in its place; the

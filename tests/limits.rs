@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use common::packets::{self, parse_publish, ConnectSpec};
 use common::{broker_with, broker_with_hooks, v5, Raw};
 use switchboard::hooks::DisconnectReason;
+use switchboard::BackgroundBroker;
 
 #[tokio::test]
 async fn subscriptions_over_the_per_client_limit_get_0x80() {
@@ -25,12 +26,17 @@ async fn subscriptions_over_the_per_client_limit_get_0x80() {
     assert_eq!(broker.metrics().snapshot().limits_hit, 2);
 }
 
-#[tokio::test]
-async fn topics_over_the_length_or_level_limit() {
-    let broker = broker_with(|c| {
+/// A broker taking topics of at most 16 bytes and 3 levels.
+fn topic_limited_broker() -> BackgroundBroker {
+    broker_with(|c| {
         c.limits.max_topic_length = 16;
         c.limits.max_topic_levels = 3;
-    });
+    })
+}
+
+#[tokio::test]
+async fn topics_over_the_length_or_level_limit() {
+    let broker = topic_limited_broker();
     let addr = broker.local_addr();
     let (mut witness, _) = Raw::handshake(addr, "witness", true).await;
     // Filters over a limit are refused, and the connection stays.
@@ -74,10 +80,7 @@ async fn topics_over_the_length_or_level_limit() {
 
 #[tokio::test]
 async fn an_mqtt311_qos1_or_2_publish_over_the_topic_limits_is_acknowledged_and_dropped() {
-    let broker = broker_with(|c| {
-        c.limits.max_topic_length = 16;
-        c.limits.max_topic_levels = 3;
-    });
+    let broker = topic_limited_broker();
     let addr = broker.local_addr();
     let (mut witness, _) = Raw::handshake(addr, "witness", true).await;
     witness.subscribe(1, &[("a/#", 1)], &[1]).await;
@@ -97,12 +100,7 @@ async fn an_mqtt311_qos1_or_2_publish_over_the_topic_limits_is_acknowledged_and_
     ));
     burst.extend(packets::publish("a/b", b"4", 1, 4, false, false));
     device.send(&burst).await;
-    let acks: Vec<(u8, u16)> = device
-        .sync()
-        .await
-        .iter()
-        .map(|f| (f.byte1, f.pid()))
-        .collect();
+    let acks = device.sync_acks().await;
     assert_eq!(acks, vec![(0x40, 1), (0x40, 2), (0x50, 3), (0x40, 4)]);
     // The refused QoS 2 id completes its handshake [MQTT-4.3.3-2]: a DUP re-send of it is not
     // routed either, and PUBREL gets PUBCOMP.
@@ -117,12 +115,7 @@ async fn an_mqtt311_qos1_or_2_publish_over_the_topic_limits_is_acknowledged_and_
         ))
         .await;
     device.send(&packets::ack(0x62, 3)).await;
-    let acks: Vec<(u8, u16)> = device
-        .sync()
-        .await
-        .iter()
-        .map(|f| (f.byte1, f.pid()))
-        .collect();
+    let acks = device.sync_acks().await;
     assert_eq!(acks, vec![(0x50, 3), (0x70, 3)]);
     let got = witness.drain_payloads().await;
     assert_eq!(
@@ -135,10 +128,7 @@ async fn an_mqtt311_qos1_or_2_publish_over_the_topic_limits_is_acknowledged_and_
 
 #[tokio::test]
 async fn an_mqtt5_publish_over_the_topic_limits_is_refused_with_0x90_and_the_connection_stays() {
-    let broker = broker_with(|c| {
-        c.limits.max_topic_length = 16;
-        c.limits.max_topic_levels = 3;
-    });
+    let broker = topic_limited_broker();
     let addr = broker.local_addr();
     let props = v5::Props::new();
     let (mut witness, _) = Raw::handshake(addr, "witness", true).await;

@@ -111,12 +111,7 @@ async fn an_mqtt311_qos1_or_2_publish_over_the_size_limit_is_acknowledged_and_dr
     burst.extend(packets::publish("cam/1", &[8u8; 4_000], 2, 3, false, false));
     burst.extend(packets::publish("cam/1", b"after", 1, 4, false, false));
     camera.send(&burst).await;
-    let acks: Vec<(u8, u16)> = camera
-        .sync()
-        .await
-        .iter()
-        .map(|f| (f.byte1, f.pid()))
-        .collect();
+    let acks = camera.sync_acks().await;
     assert_eq!(acks, vec![(0x40, 1), (0x40, 2), (0x50, 3), (0x40, 4)]);
     // The dropped QoS 2 message's flow completes [MQTT-4.3.3-2].
     camera.send(&packets::ack(0x62, 3)).await;

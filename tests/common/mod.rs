@@ -392,6 +392,13 @@ impl Raw {
         }
     }
 
+    /// [`Raw::sync`], each packet as (first byte, packet id): for a client that only gets
+    /// acknowledgements before the barrier.
+    pub async fn sync_acks(&mut self) -> Vec<(u8, u16)> {
+        let frames = self.sync().await;
+        frames.iter().map(|f| (f.byte1, f.pid())).collect()
+    }
+
     /// Receives everything the broker has for this client, acknowledging each QoS 1 PUBLISH as
     /// it comes (PUBACK), until a barrier through the Registry ([`Raw::sync`]) brings nothing
     /// more; returns the PUBLISH packets in the order they came.
