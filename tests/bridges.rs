@@ -1,7 +1,8 @@
 //! Outgoing bridges (`[[bridge]]`) against real remote brokers: Debian's Mosquitto over MQTT
 //! 3.1.1 and 5, and another Switchboard. Out, in, both, prefixes both ways; messages queued while
 //! the remote is down arrive in order, a full queue drops the oldest; `both` on one topic does
-//! not echo.
+//! not echo; a message from the remote over this broker's topic or size limits is dropped, not
+//! retried forever.
 
 mod common;
 
@@ -307,4 +308,32 @@ async fn a_message_from_the_remote_over_this_brokers_topic_limits_is_dropped_not
     let got = read_until(&mut local_sub, "deep/marker").await;
     assert_eq!(topics_of(&got), vec!["deep/marker"]);
     assert_eq!(status(&site).dropped, 1);
+}
+
+#[tokio::test]
+async fn a_message_from_a_mosquitto_3_1_1_remote_over_this_brokers_size_limit_is_dropped_not_retried(
+) {
+    if !common::mosquitto_broker_available() {
+        return;
+    }
+    // Over 3.1.1 the bridge cannot tell Mosquitto its limit. Mosquitto keeps the bridge's
+    // session (clean_session false, the default) and sends an unacknowledged message again
+    // after every reconnect [MQTT-4.4.0-1]: had the link closed on it, nothing after it would
+    // ever come. It is skipped, acknowledged, dropped and counted instead.
+    let central = Mosquitto::start("", false);
+    let topics = r#"{ pattern = "cam/#", direction = "in", qos = 1 },"#;
+    let site = site(&bridge_toml(central.addr, "3.1.1", topics, ""), |c| {
+        c.limits.max_packet_size = 1024;
+    });
+    bridge_ready(&site).await;
+    let (mut local_sub, _) = Raw::handshake(site.local_addr(), "site-sub", true).await;
+    local_sub.subscribe(1, &[("cam/#", 1)], &[1]).await;
+    let (mut remote_pub, _) = Raw::handshake(central.addr, "camera", true).await;
+    let photo = packets::publish("cam/1/photo", &[7u8; 100_000], 1, 1, false, false);
+    remote_pub.send(&photo).await;
+    assert_eq!(remote_pub.expect().await.byte1, 0x40);
+    publish_all(&mut remote_pub, &["cam/1/state"]).await;
+    let got = read_until(&mut local_sub, "cam/1/state").await;
+    assert_eq!(topics_of(&got), vec!["cam/1/state"]);
+    eventually(|| async { status(&site).dropped == 1 }).await;
 }
