@@ -9,8 +9,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use mqttbytes::{v4, v5};
 use switchboard_mqtt::codec::properties::{id, put_var_int, var_int_len, PropertyWriter};
 use switchboard_mqtt::codec::{
-    decode_server_publish_v5, read_oversized_head, skip_rest, write_publish, write_publish_v5,
-    CodecError, OversizedHead, OversizedPublish, PublishExtras, PublishHeader,
+    decode_server_publish_v5, read_oversized_head, reserve_for_frame, skip_rest, write_publish,
+    write_publish_v5, CodecError, OversizedHead, OversizedPublish, PublishExtras, PublishHeader,
 };
 use switchboard_mqtt::{MessageProperties, ProtocolVersion, QoS};
 
@@ -124,7 +124,7 @@ impl Decoder for ClientCodec {
         let header = match mqttbytes::check(src.iter(), self.max_packet_size) {
             Ok(header) => header,
             Err(mqttbytes::Error::InsufficientBytes(more)) => {
-                src.reserve(more);
+                reserve_for_frame(src, more);
                 return Ok(None);
             }
             Err(e @ mqttbytes::Error::PayloadSizeLimitExceeded(_)) if !self.protocol.is_v5() => {

@@ -110,6 +110,17 @@ pub struct MqttCodec {
     skipping: usize,
 }
 
+/// The most room reserved at once for the rest of a partly read packet. A header announces
+/// up to `max_packet_size` (1 MiB by default, 256 MiB at most); the buffer grows towards it as
+/// the bytes come, doubling, instead of taking it all on the header's word.
+pub const MAX_RESERVE_AHEAD: usize = 64 * 1024;
+
+/// Makes room in `src` for the next read of a packet still `more` bytes short: all of it up to
+/// [`MAX_RESERVE_AHEAD`]. Used by the broker's codec and the device client's.
+pub fn reserve_for_frame(src: &mut BytesMut, more: usize) {
+    src.reserve(more.min(MAX_RESERVE_AHEAD));
+}
+
 /// Least room for the next read into an empty buffer (frames split off it shrink what is left).
 const MIN_READ_ROOM: usize = 256;
 /// A connection that delivers this many packets per read gets a [`BURST_READ_BUFFER`].
@@ -161,7 +172,7 @@ impl Decoder for MqttCodec {
         let header = match mqttbytes::check(src.iter(), self.max_packet_size) {
             Ok(header) => header,
             Err(mqttbytes::Error::InsufficientBytes(more)) => {
-                src.reserve(more);
+                reserve_for_frame(src, more);
                 return Ok(None);
             }
             Err(mqttbytes::Error::PayloadSizeLimitExceeded(size)) => {

@@ -300,3 +300,30 @@ fn a_too_large_publish_that_cannot_be_skipped_is_refused() {
         Err(CodecError::PacketTooLarge { .. })
     ));
 }
+
+#[test]
+fn a_header_announcing_a_large_packet_does_not_reserve_all_of_it() {
+    let mut codec = MqttCodec::new(4 << 20);
+    codec.first_packet = false;
+    let wire = publish_frame(1, "t", 1, 1_000_000);
+    // The header alone: the buffer takes no more than the most reserved ahead.
+    let mut buf = BytesMut::from(&wire[..8]);
+    assert!(matches!(codec.decode(&mut buf), Ok(None)));
+    assert!(
+        buf.capacity() <= 8 + MAX_RESERVE_AHEAD,
+        "{} reserved on a header's word",
+        buf.capacity()
+    );
+    // The rest as it comes: the buffer grows with it and the packet is whole.
+    let mut decoded = None;
+    for piece in wire[8..].chunks(100_000) {
+        buf.extend_from_slice(piece);
+        if let Some(packet) = codec.decode(&mut buf).expect("no error") {
+            decoded = Some(packet);
+        }
+    }
+    let Some(Packet::Publish(publish)) = decoded else {
+        panic!("no PUBLISH");
+    };
+    assert_eq!(publish.message.payload.len(), 1_000_000);
+}

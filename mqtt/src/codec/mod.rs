@@ -16,7 +16,9 @@ pub mod properties;
 mod server_publish;
 
 pub use connect::{Connect, ConnectProperties};
-pub use decode::{MqttCodec, Packet, Publish, BURST_READ_BUFFER};
+pub use decode::{
+    reserve_for_frame, MqttCodec, Packet, Publish, BURST_READ_BUFFER, MAX_RESERVE_AHEAD,
+};
 pub use encode::*;
 pub use encode_v5::*;
 pub use error::CodecError;
