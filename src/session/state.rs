@@ -228,11 +228,6 @@ impl Outbound {
         Some(delivery)
     }
 
-    /// PUBACK received.
-    pub fn puback(&mut self, pid: u16) -> AckResult {
-        self.puback_kept(pid).0
-    }
-
     /// PUBACK received: what it did, and the durable id of the delivery it completed, if that
     /// one was kept on disk ([`Delivery::durable_id`]).
     pub fn puback_kept(&mut self, pid: u16) -> (AckResult, Option<u64>) {

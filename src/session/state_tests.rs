@@ -64,8 +64,8 @@ fn window_limits_inflight_and_keeps_order() {
         o.next_to_send(Instant::now(), |_| true).is_none(),
         "window of 2 is full"
     );
-    assert_eq!(o.puback(2), AckResult::Completed);
-    assert_eq!(o.puback(2), AckResult::Unknown);
+    assert_eq!(o.puback_kept(2).0, AckResult::Completed);
+    assert_eq!(o.puback_kept(2).0, AckResult::Unknown);
     assert_eq!(
         o.next_to_send(Instant::now(), |_| true).map(payload),
         Some(2)
@@ -83,7 +83,7 @@ fn qos2_handshake() {
         .map(|e| e.pid)
         .expect("sent");
     assert_eq!(
-        o.puback(pid),
+        o.puback_kept(pid).0,
         AckResult::Unknown,
         "PUBACK does not finish QoS 2"
     );
@@ -268,11 +268,11 @@ fn a_resumed_window_narrower_than_the_last_sends_its_messages_again_as_room_free
         "nothing queued goes before the held ones"
     );
 
-    assert_eq!(o.puback(1), AckResult::Completed);
+    assert_eq!(o.puback_kept(1).0, AckResult::Completed);
     assert_eq!(o.next_to_resend().map(payload), Some(2));
     assert!(o.next_to_resend().is_none());
     // A PUBACK from the last connection for one still held: it is done, not sent again.
-    assert_eq!(o.puback(4), AckResult::Completed);
+    assert_eq!(o.puback_kept(4).0, AckResult::Completed);
     assert_eq!(o.pubcomp(3), AckResult::Completed);
     assert_eq!(
         o.next_to_resend().map(|e| (payload(e), e.stage)),
@@ -283,7 +283,7 @@ fn a_resumed_window_narrower_than_the_last_sends_its_messages_again_as_room_free
         o.next_to_send(Instant::now(), |_| true).is_none(),
         "2 and 5 fill it"
     );
-    assert_eq!(o.puback(2), AckResult::Completed);
+    assert_eq!(o.puback_kept(2).0, AckResult::Completed);
     assert_eq!(
         o.next_to_send(Instant::now(), |_| true).map(payload),
         Some(6),

@@ -71,7 +71,10 @@ pub fn read_oversized_head(src: &mut BytesMut, byte1: u8) -> OversizedHead {
         // [MQTT-2.3.1-1] a QoS 1 or 2 PUBLISH has a non-zero packet id.
         return OversizedHead::NotSkippable;
     }
-    let topic = &src[header_len + 2..header_len + 2 + topic_len];
+    let Some(topic) = src.get(header_len + 2..header_len + 2 + topic_len) else {
+        // Not reached: the packet id after the topic is here.
+        return OversizedHead::NeedMore;
+    };
     let topic = String::from_utf8_lossy(topic).into_owned();
     let total = header_len + remaining;
     let here = src.len().min(total);
