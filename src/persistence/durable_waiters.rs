@@ -27,8 +27,41 @@ const NONE: u64 = u64::MAX;
 /// One actix thread's entry in a store: the lowest change one of its waiters waits for
 /// ([`NONE`] for none), and where to send the task that tells them.
 pub(super) struct ThreadWaiters {
+    /// What the writer looks at to tell the thread: it takes it ([`NONE`]) when it sends the
+    /// task, which puts back what is still waited for.
     wants: AtomicU64,
+    /// The lowest change a waiter listed on the thread waits for, kept by the thread alone
+    /// (the writer never takes it): what [`Waiters::any_waiting_upto`] reads, so that a sync
+    /// is never skipped while the writer holds `wants`.
+    listed: AtomicU64,
+    /// [`Durable`]s sent to waiters of the thread and not yet handled (or dropped): a waiter
+    /// told is off the list, and lists its next change as it handles what it was told, so
+    /// until then it counts as waiting.
+    told: AtomicU64,
     arbiter: ArbiterHandle,
+}
+
+/// Carried by a [`Durable`] told to a waiter on an actix thread: counted in its thread's
+/// [`ThreadWaiters::told`] until the message is handled or dropped.
+pub(crate) struct Told(Arc<ThreadWaiters>);
+
+impl Told {
+    fn new(thread: &Arc<ThreadWaiters>) -> Self {
+        thread.told.fetch_add(1, Ordering::SeqCst);
+        Told(thread.clone())
+    }
+}
+
+impl Drop for Told {
+    fn drop(&mut self) {
+        self.0.told.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl std::fmt::Debug for Told {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Told")
+    }
 }
 
 /// Which of the writer's reports a list of waiters waits for.
@@ -59,6 +92,16 @@ impl DurableTo {
     /// Tells `to`.
     pub fn new(to: Recipient<Durable>) -> Self {
         DurableTo(Rc::new(to))
+    }
+}
+
+impl LocalWaiters {
+    /// Sets the thread's [`ThreadWaiters::listed`] to what its list now holds.
+    fn relist(&self) {
+        let lowest = self.waiting.iter().map(|(wanted, _)| *wanted).min();
+        self.thread
+            .listed
+            .store(lowest.unwrap_or(NONE), Ordering::SeqCst);
     }
 }
 
@@ -124,6 +167,8 @@ impl Waiters {
                     };
                     let thread = Arc::new(ThreadWaiters {
                         wants: AtomicU64::new(NONE),
+                        listed: AtomicU64::new(NONE),
+                        told: AtomicU64::new(0),
                         arbiter,
                     });
                     lock(&self.threads).push(thread.clone());
@@ -138,15 +183,47 @@ impl Waiters {
             };
             let entry = &mut local[at];
             entry.waiting.push((seq, to.clone()));
+            entry.thread.listed.fetch_min(seq, Ordering::SeqCst);
             entry.thread.wants.fetch_min(seq, Ordering::SeqCst);
             // After the store to `wants` (both sequentially consistent): either this sees the
             // writer's new report, or the writer sees what this thread wants.
             if watch.reached(shared) >= seq {
                 entry.waiting.pop();
+                entry.relist();
                 return true;
             }
             false
         })
+    }
+
+    /// Whether a waiter is listed for a change up to `seq`. For the syncing thread, which
+    /// skips a sync nobody waits for: a waiter listed after this looked then sees the skip
+    /// ([`StoreShared::note_skipped`]) and asks for the sync.
+    pub(super) fn any_waiting_upto(&self, seq: u64) -> bool {
+        // `told` first: a waiter lists its next change before its `Durable` is dropped.
+        lock(&self.threads).iter().any(|thread| {
+            thread.told.load(Ordering::SeqCst) > 0 || thread.listed.load(Ordering::SeqCst) <= seq
+        }) || lock(&self.others).iter().any(|(wanted, _)| *wanted <= seq)
+    }
+
+    /// Takes `to`'s waits on this thread off the list: what it waited for no longer matters
+    /// to it (a publisher whose acknowledgements its subscribers settled).
+    pub(super) fn withdraw(&self, shared: &StoreShared, to: &DurableTo) {
+        let watch = self.watch;
+        LOCAL.with(|local| {
+            let mut local = local.borrow_mut();
+            let Some(entry) = local
+                .iter_mut()
+                .find(|l| l.store == shared.id && l.watch == watch)
+            else {
+                return;
+            };
+            entry
+                .waiting
+                .retain(|(_, listed)| !Rc::ptr_eq(&listed.0, &to.0));
+            // `wants` may stay lower: the writer then sends a task that tells nobody.
+            entry.relist();
+        });
     }
 
     /// [`Waiters::wait`] on a thread without an Arbiter: the writer tells `to` itself.
@@ -192,7 +269,7 @@ impl Waiters {
         // What is durable, which for waiters on what is written may be less than `seq`.
         let durable = shared.durable();
         for to in ready.drain(..) {
-            to.do_send(Durable(durable));
+            to.do_send(Durable(durable, None));
         }
     }
 }
@@ -212,15 +289,17 @@ fn tell_local(shared: &StoreShared, watch: Watch) {
             let reached = watch.reached(shared);
             let durable = shared.durable();
             let mut lowest = NONE;
+            let thread = &entry.thread;
             entry.waiting.retain(|(wanted, to)| {
                 if *wanted <= reached {
-                    to.0.do_send(Durable(durable));
+                    to.0.do_send(Durable(durable, Some(Told::new(thread))));
                     false
                 } else {
                     lowest = lowest.min(*wanted);
                     true
                 }
             });
+            entry.relist();
             if lowest == NONE {
                 return;
             }
@@ -234,14 +313,14 @@ fn tell_local(shared: &StoreShared, watch: Watch) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::persistence::store::Store;
     use actix::prelude::*;
     use std::sync::mpsc;
 
     /// Passes on every [`Durable`] it gets.
-    struct Waiter(mpsc::Sender<u64>);
+    pub(in crate::persistence) struct Waiter(pub(in crate::persistence) mpsc::Sender<u64>);
 
     impl Actor for Waiter {
         type Context = Context<Self>;
@@ -272,7 +351,7 @@ mod tests {
     }
 
     /// Asserts that the waiter is told nothing while this thread's tasks run a while.
-    async fn assert_not_told(heard: &mpsc::Receiver<u64>, why: &str) {
+    pub(in crate::persistence) async fn assert_not_told(heard: &mpsc::Receiver<u64>, why: &str) {
         for _ in 0..50 {
             actix_rt::task::yield_now().await;
         }
@@ -280,7 +359,7 @@ mod tests {
     }
 
     /// The next change the waiter was told of, after letting this thread's tasks run.
-    async fn next_told(heard: &mpsc::Receiver<u64>) -> u64 {
+    pub(in crate::persistence) async fn next_told(heard: &mpsc::Receiver<u64>) -> u64 {
         for _ in 0..100_000 {
             if let Ok(seq) = heard.try_recv() {
                 return seq;
@@ -343,6 +422,36 @@ mod tests {
             );
             report_from_writer(&shared, 3);
             assert_eq!(next_told(&heard).await, 3);
+        });
+    }
+
+    #[test]
+    fn a_withdrawn_wait_is_no_longer_listed_nor_told() {
+        let shared = Arc::new(StoreShared::new(1, true));
+        let store = Store::new(shared.clone());
+        let (told, heard) = mpsc::channel();
+        let (other_told, other_heard) = mpsc::channel();
+        actix_rt::System::new().block_on(async {
+            let to = DurableTo::new(Waiter(told).start().recipient());
+            let other = DurableTo::new(Waiter(other_told).start().recipient());
+            assert!(!shared.anyone_waits_upto(9), "nobody listed yet");
+            assert!(!store.notify_when_durable(3, &to));
+            assert!(!store.notify_when_durable(8, &other));
+            assert!(shared.anyone_waits_upto(3));
+            store.withdraw_durable_wait(&to);
+            assert!(
+                !shared.anyone_waits_upto(7),
+                "the wait for 3 is gone; the one for 8 is later"
+            );
+            assert!(shared.anyone_waits_upto(8), "the other waiter's stays");
+            report_from_writer(&shared, 5);
+            assert_not_told(&heard, "a withdrawn wait is not told").await;
+            report_from_writer(&shared, 8);
+            assert_eq!(next_told(&other_heard).await, 8);
+            assert!(
+                !shared.anyone_waits_upto(u64::MAX - 1),
+                "told: off the list"
+            );
         });
     }
 }

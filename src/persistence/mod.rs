@@ -138,9 +138,21 @@ impl PersistenceError {
 /// ([`Store::notify_when_durable`]): every change up to this sequence number is written (and
 /// synced, as the policy asks). Also to a Session that asked [`Store::notify_when_written`],
 /// once its change is written, with what is durable then (which may be less).
-#[derive(Message, Debug, Clone, Copy)]
+#[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub struct Durable(pub u64);
+pub struct Durable(
+    pub u64,
+    /// Held for its `Drop`: the waiter it was told to has handled it (or it was dropped).
+    #[allow(dead_code)]
+    Option<durable_waiters::Told>,
+);
+
+impl Durable {
+    /// What a Session or the Registry tells itself: everything up to `seq` is durable.
+    pub fn at(seq: u64) -> Self {
+        Durable(seq, None)
+    }
+}
 
 /// A persistent session read back at start.
 #[derive(Debug)]

@@ -9,6 +9,16 @@
 //! thread as before, with no hand-over between threads on the acknowledgement's path. It runs
 //! at most [`MAX_UNSYNCED_BYTES`] ahead of the syncs: on a slow disk its queue then fills, and
 //! the Sessions stop reading, as without this thread.
+//!
+//! A sync nobody waits for is skipped: the job is parked instead, and the next sync covers
+//! its bytes. That is where every wait was withdrawn (a publisher's PUBACK its subscribers
+//! settled, `routing::Settlement`) or none was made (a subscriber's record of a PUBACK). The
+//! syncing thread decides as it takes a job, which has waited behind the sync under way, and
+//! the writer as it hands one over. Either way the skip is noted in the store before the
+//! waiters are looked at once more, and a waiter looks at the skip after it is listed
+//! (both sequentially consistent): a waiter listed meanwhile is either seen, and the sync
+//! made, or sees the skip and asks for it ([`SyncerLink::sync_skipped`]). At most
+//! [`MAX_UNSYNCED_BYTES`] go unsynced this way; a flush or the end syncs what is parked.
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -45,6 +55,9 @@ struct State {
     /// The next sync to make; a later hand-over replaces it (its sync covers the earlier one's
     /// bytes, or a compaction's synced snapshot superseded them).
     next: Option<SyncJob>,
+    /// A sync skipped because nobody waited for it: made if someone asks, else covered by the
+    /// next one.
+    parked: Option<SyncJob>,
     /// A sync is under way.
     busy: bool,
     /// [`SyncJob::appended`] of the last sync done.
@@ -74,6 +87,24 @@ impl Shared {
     }
 }
 
+/// The store's handle on the syncing thread: for a waiter whose change's sync was skipped.
+pub(super) struct SyncerLink(Arc<Shared>);
+
+impl SyncerLink {
+    /// Queues the parked sync, if there is one and nothing is queued (what is queued covers
+    /// it).
+    pub(super) fn sync_skipped(&self) {
+        let mut state = self.0.lock();
+        if let Some(parked) = state.parked.take() {
+            if state.next.is_none() {
+                state.next = Some(parked);
+            }
+            drop(state);
+            self.0.changed.notify_all();
+        }
+    }
+}
+
 /// The writer's handle on its syncing thread; dropping it lets the thread finish what is
 /// queued and joins it.
 pub(super) struct Syncer {
@@ -88,6 +119,7 @@ impl Syncer {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
         });
+        store.link_syncer(SyncerLink(shared.clone()));
         let for_thread = shared.clone();
         let thread = std::thread::Builder::new()
             .name("switchboard-persistence-sync".into())
@@ -110,6 +142,38 @@ impl Syncer {
         self.shared.changed.notify_all();
     }
 
+    /// Hands `job` over unless nobody waits for it: then parks it (or, while a sync is under
+    /// way, queues it, and the syncing thread decides as it takes it). Not beyond
+    /// [`MAX_UNSYNCED_BYTES`] unsynced.
+    pub(super) fn hand_or_park(&self, job: SyncJob, store: &StoreShared) {
+        let seq = job.seq;
+        {
+            let mut state = self.shared.lock();
+            let idle = !state.busy && state.next.is_none();
+            if !idle || over_bound(&state, &job) || store.anyone_waits_upto(seq) {
+                state.next = Some(job);
+                drop(state);
+                self.shared.changed.notify_all();
+                return;
+            }
+            state.parked = Some(job);
+        }
+        store.note_skipped(seq);
+        if store.anyone_waits_upto(seq) {
+            SyncerLink(self.shared.clone()).sync_skipped();
+        }
+    }
+
+    /// Waits until no sync is under way or queued ([`Syncer::wait_idle`]), then takes the
+    /// parked sync off, for the writer to make (a flush); returns its change. Under one lock:
+    /// a parked sync this thread took up meanwhile is done when this returns.
+    pub(super) fn idle_and_take_parked(&self) -> Option<u64> {
+        let mut state = self
+            .shared
+            .wait_while(|state| state.busy || state.next.is_some());
+        state.parked.take().map(|job| job.seq)
+    }
+
     /// Waits while the writer, having appended `appended` bytes in all, is more than
     /// [`MAX_UNSYNCED_BYTES`] ahead of the last sync done and a sync is under way or queued.
     pub(super) fn wait_within(&self, appended: u64) {
@@ -124,6 +188,14 @@ impl Syncer {
     pub(super) fn note_synced(&self, appended: u64) {
         let mut state = self.shared.lock();
         state.synced = state.synced.max(appended);
+        // Covered; the writer reports its own change, a later one, durable next.
+        if state
+            .parked
+            .as_ref()
+            .is_some_and(|p| p.appended <= appended)
+        {
+            state.parked = None;
+        }
     }
 
     /// Waits until no sync is under way or queued: every change handed over is durable and
@@ -146,18 +218,45 @@ impl Drop for Syncer {
     }
 }
 
-/// The syncing thread: each queued job synced, then reported durable, until closed.
+/// Whether syncing `job` is due whoever waits: the writer has appended too far beyond the
+/// last sync.
+fn over_bound(state: &State, job: &SyncJob) -> bool {
+    job.appended.saturating_sub(state.synced) > MAX_UNSYNCED_BYTES
+}
+
+/// The syncing thread: each queued job synced, then reported durable, until closed; a job
+/// nobody waits for is parked instead.
 fn run(shared: &Shared, store: &Arc<StoreShared>) {
     run_as_batch_thread();
     let mut ready = Vec::new();
     loop {
         let job = {
             let mut state = shared.wait_while(|state| state.next.is_none() && !state.closed);
-            let Some(job) = state.next.take() else {
+            // At the end, what is parked is synced too.
+            let Some(job) = state.next.take().or_else(|| state.parked.take()) else {
                 return;
             };
-            state.busy = true;
-            job
+            if state.closed || over_bound(&state, &job) || store.anyone_waits_upto(job.seq) {
+                state.busy = true;
+                job
+            } else {
+                let seq = job.seq;
+                state.parked = Some(job);
+                drop(state);
+                // The writer may wait for this thread to be idle (a flush).
+                shared.changed.notify_all();
+                store.note_skipped(seq);
+                if !store.anyone_waits_upto(seq) {
+                    continue;
+                }
+                let mut state = shared.lock();
+                let Some(job) = state.parked.take() else {
+                    // Taken by a flush, or queued by a waiter: handled there.
+                    continue;
+                };
+                state.busy = true;
+                job
+            }
         };
         while let Err(e) = job.file.sync_data() {
             error!(error = %e, segment = %job.segment.display(), "cannot sync the persistence log; trying again in 1 s, nothing more is acknowledged until it can");
@@ -170,6 +269,9 @@ fn run(shared: &Shared, store: &Arc<StoreShared>) {
             let mut state = shared.lock();
             state.busy = false;
             state.synced = state.synced.max(job.appended);
+            if state.parked.as_ref().is_some_and(|p| p.seq <= job.seq) {
+                state.parked = None;
+            }
         }
         shared.changed.notify_all();
     }
@@ -194,25 +296,90 @@ mod tests {
 
     #[test]
     fn each_change_handed_over_is_reported_durable_once_synced_and_the_last_is_not_lost_at_close() {
+        use crate::persistence::durable_waiters::tests::{next_told, Waiter};
+        use crate::persistence::durable_waiters::DurableTo;
+        use crate::persistence::store::Store;
+        use actix::Actor;
+
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Arc::new(StoreShared::new(1, true));
-        let syncer = Syncer::start(store.clone()).expect("thread");
+        let shared = Arc::new(StoreShared::new(1, true));
+        let store = Store::new(shared.clone());
+        let syncer = Syncer::start(shared.clone()).expect("thread");
         assert!(!syncer.is_busy());
-        syncer.hand(job(dir.path(), 5));
-        syncer.wait_idle();
-        assert_eq!(store.durable(), 5, "reported once synced");
-        assert!(store.written() >= 5, "durable is written too");
-        // Handed while one may be under way: the later one replaces what is queued.
-        syncer.hand(job(dir.path(), 6));
-        syncer.hand(job(dir.path(), 7));
-        syncer.wait_idle();
-        assert_eq!(store.durable(), 7);
+        let (told, heard) = std::sync::mpsc::channel();
+        actix_rt::System::new().block_on(async {
+            let to = DurableTo::new(Waiter(told).start().recipient());
+            assert!(!store.notify_when_durable(5, &to));
+            syncer.hand(job(dir.path(), 5));
+            assert_eq!(next_told(&heard).await, 5, "reported once synced");
+            assert!(shared.written() >= 5, "durable is written too");
+            // Handed while one may be under way: the later one replaces what is queued.
+            assert!(!store.notify_when_durable(6, &to));
+            syncer.hand(job(dir.path(), 6));
+            syncer.hand(job(dir.path(), 7));
+            assert!(next_told(&heard).await >= 6);
+        });
         // Idle, the writer never waits for it, however far ahead it has appended.
         syncer.wait_within(u64::MAX);
         syncer.note_synced(100);
-        // A job still queued when the writer ends is synced before the thread ends.
+        // A job still queued when the writer ends is synced before the thread ends, waited
+        // for or not.
         syncer.hand(job(dir.path(), 8));
         drop(syncer);
-        assert_eq!(store.durable(), 8);
+        assert_eq!(shared.durable(), 8);
+    }
+
+    #[test]
+    fn a_sync_nobody_waits_for_is_skipped_until_someone_asks_and_made_at_the_end() {
+        use crate::persistence::durable_waiters::tests::{next_told, Waiter};
+        use crate::persistence::durable_waiters::DurableTo;
+        use crate::persistence::store::Store;
+        use actix::Actor;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shared = Arc::new(StoreShared::new(1, true));
+        let store = Store::new(shared.clone());
+        let syncer = Syncer::start(shared.clone()).expect("thread");
+        let (told, heard) = std::sync::mpsc::channel();
+        actix_rt::System::new().block_on(async {
+            let to = DurableTo::new(Waiter(told).start().recipient());
+            // Nobody waits: parked, not synced, not reported.
+            syncer.hand_or_park(job(dir.path(), 5), &shared);
+            syncer.wait_idle();
+            assert_eq!(shared.durable(), 0, "skipped");
+            // A waiter listed after the skip asks for the sync.
+            assert!(!store.notify_when_durable(4, &to));
+            assert_eq!(next_told(&heard).await, 5, "synced once asked");
+            // Queued while one is under way: the syncing thread decides as it takes it.
+            syncer.hand(job(dir.path(), 6));
+            syncer.wait_idle();
+            assert_eq!(shared.durable(), 5, "nobody waited for 6");
+            // A waiter listed first: synced at once.
+            assert!(!store.notify_when_durable(7, &to));
+            syncer.hand_or_park(job(dir.path(), 7), &shared);
+            assert_eq!(next_told(&heard).await, 7);
+            // A flush takes what is parked, to sync it itself.
+            syncer.hand_or_park(job(dir.path(), 8), &shared);
+            assert_eq!(syncer.idle_and_take_parked(), Some(8));
+            assert_eq!(syncer.idle_and_take_parked(), None);
+        });
+        // The end syncs what is parked.
+        syncer.hand_or_park(job(dir.path(), 9), &shared);
+        syncer.wait_idle();
+        assert_eq!(shared.durable(), 7);
+        drop(syncer);
+        assert_eq!(shared.durable(), 9, "synced at the end");
+    }
+
+    #[test]
+    fn a_sync_nobody_waits_for_is_made_anyway_past_the_unsynced_bound() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shared = Arc::new(StoreShared::new(1, true));
+        let syncer = Syncer::start(shared.clone()).expect("thread");
+        let mut far = job(dir.path(), 3);
+        far.appended = MAX_UNSYNCED_BYTES + 1;
+        syncer.hand_or_park(far, &shared);
+        syncer.wait_idle();
+        assert_eq!(shared.durable(), 3, "too far beyond the last sync to skip");
     }
 }

@@ -149,12 +149,19 @@ impl Writer {
                 shared.report_written(seq, &mut ready);
             }
             let flushing = !flushes.is_empty() || closed;
+            let mut to_report = seq;
             if let (Some(syncer), true) = (&syncer, flushing) {
-                // What was handed over is synced before the flush's own sync is reported.
-                syncer.wait_idle();
+                // What was handed over is synced before the flush's own sync is reported, and
+                // a sync skipped because nobody waited is made now, by this thread.
+                if let Some(parked) = syncer.idle_and_take_parked() {
+                    unsynced = true;
+                    to_report = to_report.max(Some(parked));
+                }
             }
             let sync_due = match self.policy {
-                FsyncPolicy::Always => unsynced,
+                // Every commit, even one that appended nothing: an earlier one's sync may
+                // be parked, so that its report must come from a sync too.
+                FsyncPolicy::Always => unsynced || seq.is_some(),
                 FsyncPolicy::Interval => unsynced && last_sync.elapsed() >= self.interval,
                 FsyncPolicy::Never => false,
             } || (flushing && unsynced);
@@ -180,7 +187,7 @@ impl Writer {
                 // What a power-loss test cuts the log back to.
                 debug!(segment = %segment.display(), offset, "persistence log synced");
             }
-            if let (Some(seq), false) = (seq, handed) {
+            if let (Some(seq), false) = (to_report, handed) {
                 shared.report_durable(seq, &mut ready);
             }
             for done in flushes.drain(..) {
@@ -213,12 +220,23 @@ impl Writer {
     /// nothing new to sync: `seq` is durable only after the sync under way) or while more
     /// changes wait, so that this thread appends them meanwhile; returns whether it did. If
     /// not, this thread syncs (if `sync_due`) and reports, as a lone commit (a device's message
-    /// and its PUBACK) is best served: with no hand-over between threads. Never while
-    /// flushing: the syncing thread is idle then.
+    /// and its PUBACK) is best served: with no hand-over between threads. Unless nobody
+    /// waits for it: then it is parked with the syncing thread, and made only if someone
+    /// asks before a later sync covers it. Never while flushing: the syncing thread is idle
+    /// then.
     fn hand_sync(&self, syncer: &Syncer, seq: u64, sync_due: bool, shared: &StoreShared) -> bool {
         let more_waiting = sync_due && shared.lock_pending().has_changes;
         if !syncer.is_busy() && !more_waiting {
-            return false;
+            if !sync_due || shared.anyone_waits_upto(seq) {
+                return false;
+            }
+            return match self.log.sync_job(seq) {
+                Some(job) => {
+                    syncer.hand_or_park(job, shared);
+                    true
+                }
+                None => false,
+            };
         }
         match self.log.sync_job(seq) {
             Some(job) => {

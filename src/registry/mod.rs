@@ -426,7 +426,7 @@ impl Registry {
                         .durable_to
                         .get_or_insert_with(|| DurableTo::new(ctx.address().recipient()));
                     if store.notify_when_durable(seq, to) {
-                        ctx.notify(Durable(seq));
+                        ctx.notify(Durable::at(seq));
                     }
                 }
             }

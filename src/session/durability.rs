@@ -341,6 +341,26 @@ impl Session {
     }
 }
 
+impl Session {
+    /// Nothing open any more (settled): the wait out is taken back, so that the sync is not
+    /// made for nobody.
+    pub(super) fn withdraw_settled_wait(&mut self) {
+        let (Some(store), Some(acks)) = (
+            self.shared.store.as_ref(),
+            self.deferred_acks.as_deref_mut(),
+        ) else {
+            return;
+        };
+        if acks.waiting_for == 0 || acks.lowest_open().is_some() {
+            return;
+        }
+        if let Some(to) = acks.durable_to.as_ref() {
+            store.withdraw_durable_wait(to);
+        }
+        acks.waiting_for = 0;
+    }
+}
+
 impl Handler<Durable> for Session {
     type Result = ();
 
@@ -380,10 +400,10 @@ impl Session {
         };
         match acks.next_step() {
             NextStep::Nothing => {}
-            NextStep::Release => ctx.notify(Durable(acks.durable)),
+            NextStep::Release => ctx.notify(Durable::at(acks.durable)),
             NextStep::WaitFor(lowest) => {
                 if acks.wait_for(store, lowest, ctx) {
-                    ctx.notify(Durable(acks.durable));
+                    ctx.notify(Durable::at(acks.durable));
                 }
             }
         }

@@ -117,6 +117,8 @@ impl Handler<Settled> for Session {
         if self.release_acks() && !self.closing {
             self.flush(ctx);
         }
+        // Nothing else waiting for the sync: it need not be made for this Session.
+        self.withdraw_settled_wait();
     }
 }
 
