@@ -209,15 +209,7 @@ impl Waiters {
     /// Takes `to`'s waits on this thread off the list: what it waited for no longer matters
     /// to it (a publisher whose acknowledgements its subscribers settled).
     pub(super) fn withdraw(&self, shared: &StoreShared, to: &DurableTo) {
-        let watch = self.watch;
-        LOCAL.with(|local| {
-            let mut local = local.borrow_mut();
-            let Some(entry) = local
-                .iter_mut()
-                .find(|l| l.store == shared.id && l.watch == watch)
-            else {
-                return;
-            };
+        with_local(shared, self.watch, |entry| {
             entry
                 .waiting
                 .retain(|(_, listed)| !Rc::ptr_eq(&listed.0, &to.0));
@@ -274,17 +266,23 @@ impl Waiters {
     }
 }
 
+/// Runs `f` on this thread's list of waiters on `watch` for `shared`'s store, if it has one.
+fn with_local(shared: &StoreShared, watch: Watch, f: impl FnOnce(&mut LocalWaiters)) {
+    LOCAL.with(|local| {
+        let mut local = local.borrow_mut();
+        if let Some(entry) = local
+            .iter_mut()
+            .find(|l| l.store == shared.id && l.watch == watch)
+        {
+            f(entry);
+        }
+    });
+}
+
 /// On a thread the writer sent this to: tells this thread's waiters on `watch` whose change
 /// has reached it, with what is durable.
 fn tell_local(shared: &StoreShared, watch: Watch) {
-    LOCAL.with(|local| {
-        let mut local = local.borrow_mut();
-        let Some(entry) = local
-            .iter_mut()
-            .find(|l| l.store == shared.id && l.watch == watch)
-        else {
-            return;
-        };
+    with_local(shared, watch, |entry| {
         loop {
             let reached = watch.reached(shared);
             let durable = shared.durable();
