@@ -196,16 +196,7 @@ async fn a_message_too_large_here_once_renamed_is_dropped_and_the_rest_flows() {
         .await;
     // Fits the remote link (about 215 bytes); renamed here it would be over 400.
     let (mut app, _) = Raw::handshake(central.local_addr(), "app", true).await;
-    app.send(&packets::publish(
-        "cmd/big",
-        &[b'x'; 200],
-        1,
-        1,
-        false,
-        false,
-    ))
-    .await;
-    assert_eq!(app.expect().await.byte1, 0x40);
+    app.publish_acked("cmd/big", &[b'x'; 200], 1, false).await;
     publish_all(&mut app, &["cmd/ok"]).await;
     let got = read_until(&mut local_sub, &format!("{prefix}cmd/ok")).await;
     assert_eq!(topics_of(&got), [format!("{prefix}cmd/ok").as_str()]);
@@ -235,16 +226,7 @@ async fn over_mqtt311_a_message_from_the_remote_over_the_size_limit_is_acknowled
     // reads the head, skips the rest, acknowledges it (PUBACK; PUBREC, then PUBCOMP) and drops
     // it. Closing the link would have the remote send it again after every reconnect
     // [MQTT-4.4.0-1], with what came after it stuck.
-    app.send(&packets::publish(
-        "cmd/big",
-        &[b'x'; 1000],
-        1,
-        1,
-        false,
-        false,
-    ))
-    .await;
-    assert_eq!(app.expect().await.byte1, 0x40);
+    app.publish_acked("cmd/big", &[b'x'; 1000], 1, false).await;
     app.send(&packets::publish(
         "cmd/big",
         &[b'y'; 2000],

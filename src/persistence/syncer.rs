@@ -146,22 +146,19 @@ impl Syncer {
     /// way, queues it, and the syncing thread decides as it takes it). Not beyond
     /// [`MAX_UNSYNCED_BYTES`] unsynced.
     pub(super) fn hand_or_park(&self, job: SyncJob, store: &StoreShared) {
-        let seq = job.seq;
-        {
-            let mut state = self.shared.lock();
-            let idle = !state.busy && state.next.is_none();
-            if !idle || over_bound(&state, &job) || store.anyone_waits_upto(seq) {
-                state.next = Some(job);
-                drop(state);
-                self.shared.changed.notify_all();
-                return;
+        let state = self.shared.lock();
+        let idle = !state.busy && state.next.is_none();
+        let (mut state, job) = if idle && !must_sync(&state, &job, store) {
+            match park(&self.shared, state, job, store) {
+                Some(taken_back) => taken_back,
+                None => return,
             }
-            state.parked = Some(job);
-        }
-        store.note_skipped(seq);
-        if store.anyone_waits_upto(seq) {
-            SyncerLink(self.shared.clone()).sync_skipped();
-        }
+        } else {
+            (state, job)
+        };
+        state.next = Some(job);
+        drop(state);
+        self.shared.changed.notify_all();
     }
 
     /// Waits until no sync is under way or queued ([`Syncer::wait_idle`]), then takes the
@@ -218,10 +215,35 @@ impl Drop for Syncer {
     }
 }
 
-/// Whether syncing `job` is due whoever waits: the writer has appended too far beyond the
-/// last sync.
-fn over_bound(state: &State, job: &SyncJob) -> bool {
+/// Whether `job` must be synced: someone waits for a change up to it, or the writer has
+/// appended too far beyond the last sync for it to wait longer.
+fn must_sync(state: &State, job: &SyncJob, store: &StoreShared) -> bool {
     job.appended.saturating_sub(state.synced) > MAX_UNSYNCED_BYTES
+        || store.anyone_waits_upto(job.seq)
+}
+
+/// Parks `job`, which nobody waits for, notes the skip in the store, and looks at the
+/// waiters once more: if one listed itself meanwhile, takes the job back (if nobody else
+/// did), under the lock it returns.
+fn park<'a>(
+    shared: &'a Shared,
+    mut state: MutexGuard<'a, State>,
+    job: SyncJob,
+    store: &StoreShared,
+) -> Option<(MutexGuard<'a, State>, SyncJob)> {
+    let seq = job.seq;
+    state.parked = Some(job);
+    drop(state);
+    // The writer may wait for this thread to be idle (a flush).
+    shared.changed.notify_all();
+    store.note_skipped(seq);
+    if !store.anyone_waits_upto(seq) {
+        return None;
+    }
+    let mut state = shared.lock();
+    // None: taken by a flush, or queued by a waiter, and handled there.
+    let job = state.parked.take()?;
+    Some((state, job))
 }
 
 /// The syncing thread: each queued job synced, then reported durable, until closed; a job
@@ -236,27 +258,16 @@ fn run(shared: &Shared, store: &Arc<StoreShared>) {
             let Some(job) = state.next.take().or_else(|| state.parked.take()) else {
                 return;
             };
-            if state.closed || over_bound(&state, &job) || store.anyone_waits_upto(job.seq) {
-                state.busy = true;
-                job
+            let (mut state, job) = if state.closed || must_sync(&state, &job, store) {
+                (state, job)
             } else {
-                let seq = job.seq;
-                state.parked = Some(job);
-                drop(state);
-                // The writer may wait for this thread to be idle (a flush).
-                shared.changed.notify_all();
-                store.note_skipped(seq);
-                if !store.anyone_waits_upto(seq) {
-                    continue;
+                match park(shared, state, job, store) {
+                    Some(taken_back) => taken_back,
+                    None => continue,
                 }
-                let mut state = shared.lock();
-                let Some(job) = state.parked.take() else {
-                    // Taken by a flush, or queued by a waiter: handled there.
-                    continue;
-                };
-                state.busy = true;
-                job
-            }
+            };
+            state.busy = true;
+            job
         };
         while let Err(e) = job.file.sync_data() {
             error!(error = %e, segment = %job.segment.display(), "cannot sync the persistence log; trying again in 1 s, nothing more is acknowledged until it can");
@@ -280,6 +291,29 @@ fn run(shared: &Shared, store: &Arc<StoreShared>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::persistence::durable_waiters::tests::{next_told, Waiter};
+    use crate::persistence::durable_waiters::DurableTo;
+    use crate::persistence::store::Store;
+    use actix::Actor;
+
+    /// A store with its syncing thread, no writer (the tests hand the jobs), and a directory
+    /// for the jobs' files.
+    struct Fixture {
+        dir: tempfile::TempDir,
+        shared: Arc<StoreShared>,
+        store: Store,
+        syncer: Syncer,
+    }
+
+    fn fixture() -> Fixture {
+        let shared = Arc::new(StoreShared::new(1, true));
+        Fixture {
+            dir: tempfile::tempdir().expect("tempdir"),
+            store: Store::new(shared.clone()),
+            syncer: Syncer::start(shared.clone()).expect("thread"),
+            shared,
+        }
+    }
 
     /// A job syncing a new file in `dir`, for change `seq`.
     fn job(dir: &std::path::Path, seq: u64) -> SyncJob {
@@ -296,15 +330,12 @@ mod tests {
 
     #[test]
     fn each_change_handed_over_is_reported_durable_once_synced_and_the_last_is_not_lost_at_close() {
-        use crate::persistence::durable_waiters::tests::{next_told, Waiter};
-        use crate::persistence::durable_waiters::DurableTo;
-        use crate::persistence::store::Store;
-        use actix::Actor;
-
-        let dir = tempfile::tempdir().expect("tempdir");
-        let shared = Arc::new(StoreShared::new(1, true));
-        let store = Store::new(shared.clone());
-        let syncer = Syncer::start(shared.clone()).expect("thread");
+        let Fixture {
+            dir,
+            shared,
+            store,
+            syncer,
+        } = fixture();
         assert!(!syncer.is_busy());
         let (told, heard) = std::sync::mpsc::channel();
         actix_rt::System::new().block_on(async {
@@ -331,15 +362,12 @@ mod tests {
 
     #[test]
     fn a_sync_nobody_waits_for_is_skipped_until_someone_asks_and_made_at_the_end() {
-        use crate::persistence::durable_waiters::tests::{next_told, Waiter};
-        use crate::persistence::durable_waiters::DurableTo;
-        use crate::persistence::store::Store;
-        use actix::Actor;
-
-        let dir = tempfile::tempdir().expect("tempdir");
-        let shared = Arc::new(StoreShared::new(1, true));
-        let store = Store::new(shared.clone());
-        let syncer = Syncer::start(shared.clone()).expect("thread");
+        let Fixture {
+            dir,
+            shared,
+            store,
+            syncer,
+        } = fixture();
         let (told, heard) = std::sync::mpsc::channel();
         actix_rt::System::new().block_on(async {
             let to = DurableTo::new(Waiter(told).start().recipient());
@@ -373,9 +401,12 @@ mod tests {
 
     #[test]
     fn a_sync_nobody_waits_for_is_made_anyway_past_the_unsynced_bound() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let shared = Arc::new(StoreShared::new(1, true));
-        let syncer = Syncer::start(shared.clone()).expect("thread");
+        let Fixture {
+            dir,
+            shared,
+            syncer,
+            ..
+        } = fixture();
         let mut far = job(dir.path(), 3);
         far.appended = MAX_UNSYNCED_BYTES + 1;
         syncer.hand_or_park(far, &shared);

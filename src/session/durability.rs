@@ -339,9 +339,7 @@ impl Session {
             })
             .unwrap_or_default()
     }
-}
 
-impl Session {
     /// Nothing open any more (settled): the wait out is taken back, so that the sync is not
     /// made for nobody.
     pub(super) fn withdraw_settled_wait(&mut self) {
