@@ -14,7 +14,8 @@
 # publishers that also wait for their PUBACK, as devices do, or `--churn-beside 2000` for one
 # more client making 2,000 subscription changes a second beside the traffic).
 # ROWS picks rows: w1_8 w1_200 q0_200 open fleet fleet20 pipe0 pipe1 fanout fanout1 fanin0 fanin
-# w1a_8 (window 1, 8 pairs, each publisher also waiting for its PUBACK: `--window-acked`)
+# w1a_8 (window 1, 8 pairs, each publisher also waiting for its PUBACK: `--window-acked`;
+# w1a_200 and w1a_2000 the same with 200 and 2,000 pairs)
 # idle (10,000 idle connections: RSS per connection) idle_max (IDLE_MAX of them, default 19,000:
 # near a 20,000 descriptor limit) storm (connect storm, 20 at a time)
 # r10k (100 pairs at 10k msgs/s in all) r10k_idle (the same with 10,000 idle connections beside)

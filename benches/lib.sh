@@ -68,6 +68,8 @@ set_row_args() {
     w1_8) args="--scenario pairs --qos 1 --window 1 --clients 8" ;;
     w1a_8) args="--scenario pairs --qos 1 --window 1 --clients 8 --window-acked" ;;
     w1_200) args="--scenario pairs --qos 1 --window 1 --clients 200" ;;
+    w1a_200) args="--scenario pairs --qos 1 --window 1 --clients 200 --window-acked" ;;
+    w1a_2000) args="--scenario pairs --qos 1 --window 1 --clients 2000 --window-acked" ;;
     q0_200) args="--scenario pairs --qos 0 --window 1 --clients 200" ;;
     open) args="--scenario pairs --qos 1 --rate 20000 --clients 1000" ;;
     fleet) args="--scenario fleet --qos 1 --clients 1000 --rate 10000" ;;

@@ -139,7 +139,8 @@ pub struct Args {
     #[arg(long, value_name = "IPV4")]
     pub source_address: Option<std::net::Ipv4Addr>,
     /// Subscribers keep a persistent session (clean session 0): with `[persistence]`, their
-    /// QoS 1/2 messages are kept on disk.
+    /// QoS 1/2 messages are kept on disk. In the fleet every client subscribes, so the devices,
+    /// the app and the telemetry collector all keep one.
     #[arg(long)]
     pub persistent_subscribers: bool,
     /// Every client connects with this user name (a broker with a password file), and

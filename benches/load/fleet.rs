@@ -78,7 +78,9 @@ struct Incoming {
 impl Link {
     async fn open(addr: SocketAddr, id: &str, qos: u8, mqtt5: bool) -> std::io::Result<Link> {
         Ok(Link {
-            stream: conn::handshake(addr, id, true).await?,
+            // Every fleet client subscribes: with `--persistent-subscribers` all of them keep
+            // a persistent session, as devices whose requests must wait for them do.
+            stream: conn::handshake(addr, id, !wire::persistent_subscribers()).await?,
             inbox: Vec::with_capacity(4096),
             out: Vec::with_capacity(4096),
             qos,
