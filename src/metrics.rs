@@ -14,6 +14,7 @@ pub struct Metrics {
     qos0_dropped_slow_consumer: AtomicU64,
     online_queue_dropped: AtomicU64,
     offline_queue_dropped: AtomicU64,
+    offline_total_dropped: AtomicU64,
     slow_consumer_disconnects: AtomicU64,
     protocol_errors: AtomicU64,
     limits_hit: AtomicU64,
@@ -95,6 +96,9 @@ pub struct MetricsSnapshot {
     pub online_queue_dropped: u64,
     /// QoS 1/2 messages dropped by a full offline-session queue.
     pub offline_queue_dropped: u64,
+    /// QoS 1/2 messages for clients that are not connected, dropped at
+    /// `sessions.max_offline_queued_bytes`.
+    pub offline_total_dropped: u64,
     /// Clients disconnected because their QoS 1/2 queue overflowed while online
     /// (`sessions.queue_overflow = "disconnect"`).
     pub slow_consumer_disconnects: u64,
@@ -122,11 +126,12 @@ pub struct MetricsSnapshot {
 
 impl MetricsSnapshot {
     /// Messages not delivered: QoS 0 for a full output buffer, full queues online and offline,
-    /// expired, too large for the client (what `$SYS` and the dashboard call dropped).
+    /// the bound on all offline sessions together, expired, too large for the client (what `$SYS` and the dashboard call dropped).
     pub fn messages_dropped(&self) -> u64 {
         self.qos0_dropped_slow_consumer
             + self.online_queue_dropped
             + self.offline_queue_dropped
+            + self.offline_total_dropped
             + self.expired_dropped
             + self.too_large_dropped
     }
@@ -208,6 +213,7 @@ impl Metrics {
     counter!(add_qos0_dropped, qos0_dropped_slow_consumer);
     counter!(add_online_queue_dropped, online_queue_dropped);
     counter!(add_offline_queue_dropped, offline_queue_dropped);
+    counter!(add_offline_total_dropped, offline_total_dropped);
     counter!(add_slow_consumer_disconnects, slow_consumer_disconnects);
     counter!(add_protocol_errors, protocol_errors);
     counter!(add_limits_hit, limits_hit);
@@ -267,6 +273,7 @@ impl Metrics {
             qos0_dropped_slow_consumer: get(&self.qos0_dropped_slow_consumer),
             online_queue_dropped: get(&self.online_queue_dropped),
             offline_queue_dropped: get(&self.offline_queue_dropped),
+            offline_total_dropped: get(&self.offline_total_dropped),
             slow_consumer_disconnects: get(&self.slow_consumer_disconnects),
             protocol_errors: get(&self.protocol_errors),
             limits_hit: get(&self.limits_hit),

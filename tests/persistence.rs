@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::durable::{kill_9, start_broker, start_broker_with, stream_then_kill};
+use common::durable::{kill_9, start_broker, start_broker_with, stream_then_kill, terminate};
 use common::packets;
 use common::Raw;
 use switchboard::config::PersistenceConfig;
@@ -317,6 +317,52 @@ async fn persistent_sessions_and_their_subscriptions_survive_kill_9() {
         clean.sync().await.is_empty(),
         "clean-3 has no subscription any more"
     );
+    kill_9(child);
+}
+
+#[tokio::test]
+async fn a_message_dropped_at_the_offline_bound_stays_dropped_after_a_restart() {
+    // The worker that matched it for a persistent session kept it on disk: its drop at
+    // `sessions.max_offline_queued_bytes` is recorded, so a restart does not bring it back.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let bound = "\n[sessions]\nmax_offline_queued_bytes = 1024\n";
+    let (child, logs, addr) = start_broker_with(&state, "interval", "info", bound);
+    let (mut sub, _) = Raw::handshake(addr, "away", false).await;
+    sub.subscribe(1, &[("t", 1)], &[1]).await;
+    sub.send(&[0xE0, 0x00]).await; // DISCONNECT
+    sub.expect_closed().await;
+    // From here on its messages are held for it offline.
+    common::child::wait_line(&logs, "client disconnected");
+    let (mut publisher, _) = Raw::handshake(addr, "pub", true).await;
+    for n in 1..=5u8 {
+        // 1 + 300 bytes each: three fit under 1024.
+        let mut payload = vec![0u8; 300];
+        payload[0] = n;
+        publisher
+            .send(&packets::publish(
+                "t",
+                &payload,
+                1,
+                u16::from(n),
+                false,
+                false,
+            ))
+            .await;
+    }
+    // Each PUBACK waits for what its message kept on disk.
+    publisher.sync_acks().await;
+    terminate(child);
+    let (child, _logs, addr) = start_broker_with(&state, "interval", "info", bound);
+    let (mut sub, present) = Raw::handshake(addr, "away", false).await;
+    assert!(present);
+    let kept: Vec<u8> = sub
+        .drain_acking()
+        .await
+        .iter()
+        .map(|p| p.payload[0])
+        .collect();
+    assert_eq!(kept, vec![1, 2, 3], "the two dropped are not back");
     kill_9(child);
 }
 

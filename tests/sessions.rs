@@ -217,6 +217,64 @@ async fn offline_queue_with_the_disconnect_policy_drops_oldest() {
     );
 }
 
+/// The first byte of each message `sub` gets now, acknowledging each.
+async fn first_bytes(sub: &mut Raw) -> Vec<u8> {
+    let frames = sub.sync().await;
+    for frame in &frames {
+        let publish = parse_publish(frame);
+        sub.send(&packets::ack(0x40, publish.pid)).await;
+    }
+    frames.iter().map(|f| parse_publish(f).payload[0]).collect()
+}
+
+#[tokio::test]
+async fn all_offline_sessions_together_are_bounded_by_max_offline_queued_bytes() {
+    // Each message weighs 2 + 300 bytes (topic and payload); each client's own bound is far.
+    let (broker, _hooks) = broker_with_hooks(|c| c.sessions.max_offline_queued_bytes = 1024);
+    let addr = broker.local_addr();
+    for (id, topic) in [("away-a", "ta"), ("away-b", "tb")] {
+        let (mut sub, _) = Raw::handshake(addr, id, false).await;
+        sub.subscribe(1, &[(topic, 1)], &[1]).await;
+    }
+    common::eventually(|| async {
+        let stats = broker.registry().send(GetStats).await.unwrap();
+        stats.clients_online == 0 && stats.sessions_offline == 2
+    })
+    .await;
+    let (mut publisher, _) = Raw::handshake(addr, "pub", true).await;
+    let mut pid = 0;
+    let mut publish = |topic: &'static str, first: u8| {
+        pid += 1;
+        let mut payload = vec![0u8; 300];
+        payload[0] = first;
+        packets::publish(topic, &payload, 1, pid, false, false)
+    };
+    // 604 bytes for one client, then 302 for the other fit; the next two do not.
+    for (topic, n) in [("ta", 1), ("ta", 2), ("tb", 1), ("tb", 2), ("tb", 3)] {
+        publisher.send(&publish(topic, n)).await;
+    }
+    publisher.sync().await;
+    let dropped = broker.metrics().snapshot();
+    assert_eq!(
+        (dropped.offline_total_dropped, dropped.offline_queue_dropped),
+        (2, 0),
+        "dropped for the bound on all offline sessions, not for a client's own"
+    );
+    // A client that resumes takes what it held out of the count: room again.
+    let (mut a, _) = Raw::handshake(addr, "away-a", false).await;
+    assert_eq!(first_bytes(&mut a).await, vec![1, 2]);
+    publisher.send(&publish("tb", 4)).await;
+    publisher.sync().await;
+    let (mut b, _) = Raw::handshake(addr, "away-b", false).await;
+    assert_eq!(
+        first_bytes(&mut b).await,
+        vec![1, 4],
+        "kept in order, none after a drop lost"
+    );
+    assert_eq!(broker.metrics().snapshot().offline_total_dropped, 2);
+    assert_eq!(broker.metrics().snapshot().messages_dropped(), 2);
+}
+
 #[tokio::test]
 async fn takeover_hands_the_session_to_the_new_connection() {
     // [MQTT-3.1.4-2] with clean session 0 the new connection resumes the session.

@@ -236,6 +236,10 @@ pub struct SessionConfig {
     pub max_queued_bytes: usize,
     /// What a full queue does, online or offline. Default `drop_oldest`.
     pub queue_overflow: QueueOverflow,
+    /// Bytes (topic, payload and properties) of the QoS 1/2 messages held for all the clients
+    /// that are not connected, together; at the bound a new message for one of them is dropped
+    /// and counted, whatever `queue_overflow` says. 0, the default: no bound.
+    pub max_offline_queued_bytes: usize,
     /// Bytes a Session may hold unwritten for a slow reader; QoS 0 messages beyond it are dropped
     /// and counted. Default 1 MiB.
     pub max_outbound_bytes: usize,
@@ -284,6 +288,7 @@ impl Default for SessionConfig {
             max_queued_messages: DEFAULT_MAX_QUEUED_MESSAGES,
             max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
             queue_overflow: QueueOverflow::DropOldest,
+            max_offline_queued_bytes: 0,
             max_outbound_bytes: 1024 * 1024,
             registry_mailbox: 1024,
             max_session_expiry: None,
@@ -442,6 +447,12 @@ impl Config {
         if sessions.max_queued_bytes < 1024 {
             return invalid("sessions.max_queued_bytes", "must be at least 1024");
         }
+        if sessions.max_offline_queued_bytes != 0 && sessions.max_offline_queued_bytes < 1024 {
+            return invalid(
+                "sessions.max_offline_queued_bytes",
+                "must be 0 (no bound) or at least 1024",
+            );
+        }
         if sessions.max_outbound_bytes < 1024 {
             return invalid("sessions.max_outbound_bytes", "must be at least 1024");
         }
@@ -514,6 +525,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("tls.watch_interval"), "{err}");
+    }
+
+    #[test]
+    fn the_bound_on_all_offline_sessions_is_off_or_at_least_1024() {
+        assert_eq!(Config::default().sessions.max_offline_queued_bytes, 0);
+        let c = Config::from_toml("[sessions]\nmax_offline_queued_bytes = 1073741824\n")
+            .expect("a gigabyte");
+        assert_eq!(c.sessions.max_offline_queued_bytes, 1 << 30);
+        let err = Config::from_toml("[sessions]\nmax_offline_queued_bytes = 10\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sessions.max_offline_queued_bytes"), "{err}");
     }
 
     #[test]

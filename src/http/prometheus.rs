@@ -244,6 +244,7 @@ impl Collector for Scrape {
                 ("output_buffer_full", m.qos0_dropped_slow_consumer),
                 ("queue_full", m.online_queue_dropped),
                 ("offline_queue_full", m.offline_queue_dropped),
+                ("offline_total_full", m.offline_total_dropped),
                 ("expired", m.expired_dropped),
                 ("too_large", m.too_large_dropped),
                 ("not_authorized", m.acl_denied),

@@ -10,7 +10,7 @@ use actix::prelude::*;
 use tracing::{debug, info};
 
 use super::client::Attached;
-use super::{ClientKey, Connect, ConnectOutcome, FinishConnect, Registry, ToSession};
+use super::{client_in, ClientKey, Connect, ConnectOutcome, FinishConnect, Registry, ToSession};
 use crate::drops::DropLog;
 use crate::hooks::ClientConnected;
 use crate::routing::{Reader, Target};
@@ -56,13 +56,14 @@ impl Registry {
         }
         self.next_token += 1;
         let token = self.next_token;
-        let Some(client) = self.client(key) else {
+        let Some(client) = client_in(&mut self.clients, key) else {
             return;
         };
         // [MQTT-3.2.2-2] [MQTT-3.2.2-3] a session is present if the last connection with this
         // id kept one (persistent / expiry above 0); a new or clean one has none.
         let session_present = !msg.clean_session && client.session_expiry > 0;
         let state = client.stored.take().map(|s| *s).unwrap_or_default();
+        self.offline_bytes.note_resumed(&state);
         DropLog::flush(&mut client.drops, &client.id);
         client.drops = None;
         client.session_expiry = msg.session_expiry;

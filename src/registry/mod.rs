@@ -13,6 +13,7 @@ mod connecting;
 mod ending;
 mod filters;
 mod messages;
+mod offline_bytes;
 mod persisting;
 mod recovering;
 mod retained_writes;
@@ -102,6 +103,8 @@ pub struct Registry {
     hold_after: u64,
     /// `limits.max_retained_messages`, and how many topics hold a retained message.
     retained_limit: retained_writes::RetainedLimit,
+    /// `sessions.max_offline_queued_bytes` and the bytes offline sessions hold.
+    offline_bytes: offline_bytes::OfflineBytes,
     /// How often the `$SYS` topics are published (`sys.interval`); zero: never.
     sys_interval: std::time::Duration,
     /// What the `$SYS` topics were last published with.
@@ -160,6 +163,9 @@ impl Registry {
             hold_after: 0,
             retained_limit: retained_writes::RetainedLimit::new(
                 config.limits.max_retained_messages,
+            ),
+            offline_bytes: offline_bytes::OfflineBytes::new(
+                config.sessions.max_offline_queued_bytes,
             ),
             sys_interval: config.sys.interval,
             sys: sys_topics::SysTopics::new(),
@@ -296,6 +302,14 @@ impl Registry {
     }
 
     fn deliver(&mut self, key: ClientKey, mut delivery: Delivery, ctx: &mut Context<Self>) {
+        let Some(client) = client_in(&mut self.clients, key) else {
+            return;
+        };
+        // Not connected, or its connection ending: what it is sent now is held for it offline.
+        let offline = client.attached.as_ref().is_none_or(|a| a.detaching);
+        if offline && delivery.qos != QoS::AtMostOnce && !self.offline_room_for(key, &delivery) {
+            return;
+        }
         let Some(client) = client_in(&mut self.clients, key) else {
             return;
         };

@@ -95,6 +95,15 @@ pub fn cut_log_at_last_sync(logs: Receiver<String>) {
     file.set_len(offset).expect("cut");
 }
 
+/// Stops the broker with SIGTERM (a graceful shutdown: what it changed is flushed and synced)
+/// and reaps it.
+pub fn terminate(mut child: impl BorrowMut<Child>) {
+    let child = child.borrow_mut();
+    // SAFETY: a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().expect("reaped");
+}
+
 /// Kills the broker with SIGKILL and reaps it.
 pub fn kill_9(mut child: impl BorrowMut<Child>) {
     let child = child.borrow_mut();

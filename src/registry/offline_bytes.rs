@@ -1,0 +1,194 @@
+//! `sessions.max_offline_queued_bytes`: one bound on the QoS 1/2 messages held for all the
+//! clients that are not connected, together.
+//!
+//! Each client's queue has bounds of its own (`max_queued_messages`, `max_queued_bytes`), but a
+//! fleet of persistent devices that all go offline (a site's network down for a night) could
+//! still hold clients x `max_queued_bytes`. At this bound a new message for a client that is not
+//! connected is not kept: it is dropped, counted (`offline_total_dropped`; on `/metrics` the
+//! reason `offline_total_full`) and warned of at most once per 10 s, whatever `queue_overflow`
+//! says. What is held stays, and connected clients are not affected. 0, the default: no bound.
+//!
+//! What it counts: the topic, payload and properties of each message queued or in flight in an
+//! offline session (as `max_queued_bytes` does). The Registry keeps an estimate that is never
+//! below the true total: the total as last recounted over the stored sessions, plus every
+//! message queued for an offline client since and every session that went offline since, with
+//! what it held, less every session resumed since, with what it held then (at most what was
+//! counted for it: an offline session only loses messages). A message for a client whose
+//! connection is ending is checked and counted as it comes, and once more with the rest of the
+//! session as it goes offline: counted twice until the next recount, never missed. Other
+//! removals (a queue's own bound, an expired session, an admin's clear) only lower the true
+//! total and are left to the next recount. The total is recounted (a walk over the clients, at
+//! most once per [`RECOUNT_EVERY`]) only when a message would take the estimate over the bound:
+//! far from it the check is one addition per message.
+
+use std::time::{Duration, Instant};
+
+use tracing::warn;
+
+use super::{ClientKey, Registry};
+use crate::drops::WARNING_INTERVAL;
+use crate::log_gate::LogGate;
+use crate::message::Delivery;
+use crate::session_state::SessionState;
+
+/// The least time between two recounts while messages arrive at the bound: a recount walks
+/// every client, and a burst at the bound would otherwise walk them per message. A message
+/// dropped within this of a recount may have fitted after something left (a client resumed).
+const RECOUNT_EVERY: Duration = Duration::from_millis(100);
+
+/// The bound and the estimate the Registry checks it against.
+#[derive(Debug)]
+pub(super) struct OfflineBytes {
+    /// `sessions.max_offline_queued_bytes`; 0: no bound.
+    max: usize,
+    /// Never below the bytes all offline sessions hold.
+    estimate: usize,
+    /// When the last recount was made.
+    recounted_at: Option<Instant>,
+    /// Drops, warned of at most once per [`WARNING_INTERVAL`].
+    drops: LogGate,
+}
+
+impl OfflineBytes {
+    /// Nothing counted yet; `max` 0 is no bound.
+    pub(super) fn new(max: usize) -> Self {
+        OfflineBytes {
+            max,
+            estimate: 0,
+            recounted_at: None,
+            drops: LogGate::new(WARNING_INTERVAL),
+        }
+    }
+
+    /// Whether there is a bound at all.
+    fn bounded(&self) -> bool {
+        self.max != 0
+    }
+
+    /// Whether `bytes` more fit under the bound by the estimate.
+    fn fits(&self, bytes: usize) -> bool {
+        self.estimate.saturating_add(bytes) <= self.max
+    }
+
+    /// Counts `bytes` more held offline.
+    fn add(&mut self, bytes: usize) {
+        if self.bounded() {
+            self.estimate = self.estimate.saturating_add(bytes);
+        }
+    }
+
+    /// Counts what a session that has just gone offline holds.
+    pub(super) fn note_gone_offline(&mut self, state: &SessionState) {
+        if self.bounded() {
+            self.add(held_bytes(state));
+        }
+    }
+
+    /// Takes off what a session that has just resumed held offline.
+    pub(super) fn note_resumed(&mut self, state: &SessionState) {
+        if self.bounded() {
+            self.estimate = self.estimate.saturating_sub(held_bytes(state));
+        }
+    }
+}
+
+/// Bytes of the messages `state` holds: queued and in flight.
+fn held_bytes(state: &SessionState) -> usize {
+    let inflight: usize = state
+        .inflight
+        .iter()
+        .map(|entry| entry.delivery.message.size())
+        .sum();
+    state.queue.bytes() + inflight
+}
+
+impl Registry {
+    /// Whether `delivery`, for the offline client `key`, may be kept within the bound; counts
+    /// it if so. If not, it is dropped here: counted, warned of, and (kept on disk by the
+    /// worker that matched it) recorded done.
+    pub(super) fn offline_room_for(&mut self, key: ClientKey, delivery: &Delivery) -> bool {
+        if !self.offline_bytes.bounded() {
+            return true;
+        }
+        let size = delivery.message.size();
+        if !self.offline_bytes.fits(size) {
+            let now = Instant::now();
+            let due = self
+                .offline_bytes
+                .recounted_at
+                .is_none_or(|at| now.duration_since(at) >= RECOUNT_EVERY);
+            if due {
+                self.recount_offline_bytes(now);
+            }
+        }
+        if self.offline_bytes.fits(size) {
+            self.offline_bytes.add(size);
+            return true;
+        }
+        self.metrics.add_offline_total_dropped(1);
+        self.persist_done(key, delivery.durable_id().into_iter().collect());
+        if let Some(dropped) = self.offline_bytes.drops.event(Instant::now()) {
+            let client_id = self
+                .clients
+                .get(key.0 as usize)
+                .and_then(Option::as_deref)
+                .map(|client| client.id.to_string())
+                .unwrap_or_default();
+            warn!(
+                client_id,
+                dropped,
+                held = self.offline_bytes.estimate,
+                max = self.offline_bytes.max,
+                "message for a client that is not connected dropped: sessions.max_offline_queued_bytes reached (counts since the last warning; at most one warning per 10 s)"
+            );
+        }
+        false
+    }
+
+    /// Recounts the bytes every offline session holds (after recovery, and at the bound).
+    pub(super) fn recount_offline_bytes(&mut self, now: Instant) {
+        if !self.offline_bytes.bounded() {
+            return;
+        }
+        let total = self
+            .clients
+            .iter()
+            .filter_map(|client| client.as_deref()?.stored.as_deref())
+            .map(held_bytes)
+            .sum();
+        self.offline_bytes.estimate = total;
+        self.offline_bytes.recounted_at = Some(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_bound_counts_nothing_and_everything_fits() {
+        let mut bytes = OfflineBytes::new(0);
+        bytes.add(1 << 40);
+        assert_eq!(bytes.estimate, 0);
+        assert!(!bytes.bounded());
+    }
+
+    #[test]
+    fn the_estimate_saturates_and_never_wraps() {
+        let mut bytes = OfflineBytes::new(1000);
+        bytes.add(600);
+        assert!(bytes.fits(400) && !bytes.fits(401));
+        bytes.add(usize::MAX);
+        assert_eq!(bytes.estimate, usize::MAX);
+        assert!(!bytes.fits(1));
+        let mut resumed = SessionState::default();
+        let qos = crate::message::QoS::AtLeastOnce;
+        let message = crate::message::Message::new("t", vec![0; 10].into(), qos, false);
+        resumed
+            .queue
+            .push_back(Delivery::new(std::sync::Arc::new(message), qos, false));
+        bytes.estimate = 5;
+        bytes.note_resumed(&resumed);
+        assert_eq!(bytes.estimate, 0, "never below zero");
+    }
+}
