@@ -13,8 +13,13 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 
+/// How long dropping a [`BackgroundBroker`] waits for its persistence writer to write what it
+/// was given and release the directory.
+const WRITER_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A broker running in its own actix `System` on a background thread. Dropping it stops the
-/// broker and joins the thread.
+/// broker and waits for its threads, the persistence writer's included (up to 10 s): a broker
+/// started next on the same directory is not refused.
 pub struct BackgroundBroker {
     local_addr: SocketAddr,
     tls_local_addr: Option<SocketAddr>,
@@ -68,8 +73,10 @@ impl BackgroundBroker {
                     system: System::current(),
                     thread: None,
                 }));
+                // The System's own tasks (the listeners, the bridges) go with its runner; then
+                // the broker's threads end, and the store's writer lets go of its directory.
                 let _ = runner.run();
-                drop(running);
+                running.stop_and_wait(WRITER_GRACE);
             })
             .map_err(|_| BrokerError::ThreadExited)?;
         let mut broker = started_rx.recv().map_err(|_| BrokerError::ThreadExited)??;

@@ -176,10 +176,12 @@ impl Broker {
         };
         // The Registry takes the store and the recovered state as its first message, before
         // any connection is accepted.
+        let mut writer_ended = None;
         let store = match recovered {
             None => None,
             Some(mut recovered) => match recovered.start() {
-                Ok(store) => {
+                Ok((store, ended)) => {
+                    writer_ended = Some(ended);
                     registry.do_send(crate::registry::Recover {
                         store: store.clone(),
                         retained: std::mem::take(&mut recovered.retained),
@@ -338,6 +340,7 @@ impl Broker {
             registry_arbiter,
             bridges,
             cluster,
+            writer_ended,
         })
     }
 }
@@ -461,6 +464,8 @@ pub struct RunningBroker {
     bridges: Addr<Bridges>,
     /// The cluster link, with `[cluster]`.
     cluster: Option<Addr<crate::cluster::ClusterLink>>,
+    /// With `[persistence]`: tells when the writer thread has let go of the directory.
+    writer_ended: Option<crate::persistence::WriterEnded>,
 }
 
 impl RunningBroker {
@@ -549,6 +554,27 @@ impl RunningBroker {
         // Everything changed so far is synced before the process goes.
         let _ = self.registry.send(crate::registry::FlushStore).await;
         self.stop();
+    }
+
+    /// Stops every thread the broker started and waits for them to end: the worker and
+    /// Registry threads, and with `[persistence]` (up to `within`) the writer, once it has
+    /// written what it was given and released the directory's lock, so that a broker started
+    /// next on the same directory in this process is not refused as a second one. For use after
+    /// the actix System's runner has returned and been dropped (its own tasks, the listeners
+    /// among them, hold the store too); [`BackgroundBroker`](crate::BackgroundBroker) does so
+    /// when dropped.
+    pub fn stop_and_wait(self, within: std::time::Duration) {
+        self.stop_accepting.cancel();
+        for arbiter in self.workers.into_iter().chain(self.registry_arbiter) {
+            arbiter.stop();
+            let _ = arbiter.join();
+        }
+        if let Some(ended) = self.writer_ended {
+            if !ended.wait(within) {
+                tracing::warn!(waited = ?within, "the persistence writer has not ended: its directory may stay locked for a while");
+            }
+        }
+        info!(addr = %self.local_addr, "switchboard stopped");
     }
 
     /// Stops accepting, drops every connection and stops the actors' threads at once.

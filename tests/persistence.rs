@@ -321,6 +321,32 @@ async fn persistent_sessions_and_their_subscriptions_survive_kill_9() {
 }
 
 #[tokio::test]
+async fn an_embedded_broker_dropped_lets_the_next_one_open_its_directory() {
+    // A `BackgroundBroker` dropped waits for its writer to end: the lock is free at once for the
+    // next one in this process, and what was acknowledged is there.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    for round in 0..3u8 {
+        let broker = common::broker_with(|c| c.persistence.dir = Some(state.clone()));
+        let addr = broker.local_addr();
+        let kept: Vec<String> = retained_under(addr, "embedded/#")
+            .await
+            .into_iter()
+            .map(|(topic, _)| topic)
+            .collect();
+        let expected: Vec<String> = (0..round).map(|n| format!("embedded/{n}")).collect();
+        assert_eq!(kept, expected, "round {round}");
+        let (mut publisher, _) = Raw::handshake(addr, "embedder", true).await;
+        let topic = format!("embedded/{round}");
+        publisher
+            .send(&packets::publish(&topic, b"x", 1, 1, true, false))
+            .await;
+        assert_eq!(publisher.expect().await.byte1, 0x40, "PUBACK");
+        drop((publisher, broker));
+    }
+}
+
+#[tokio::test]
 async fn a_message_dropped_at_the_offline_bound_stays_dropped_after_a_restart() {
     // The worker that matched it for a persistent session kept it on disk: its drop at
     // `sessions.max_offline_queued_bytes` is recorded, so a restart does not bring it back.

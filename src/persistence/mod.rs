@@ -488,9 +488,23 @@ fn queued_in<'a>(
     sessions.get_mut(client_id)?.queued.get_mut(&id)
 }
 
+/// Tells when the writer thread has ended: it ends once every [`Store`] handle is gone, having
+/// written what it was given, and with it the directory's lock is released.
+pub struct WriterEnded(std::sync::mpsc::Receiver<()>);
+
+impl WriterEnded {
+    /// Waits up to `within` for the writer thread to end; whether it has.
+    pub fn wait(&self, within: Duration) -> bool {
+        matches!(
+            self.0.recv_timeout(within),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+        )
+    }
+}
+
 impl Recovered {
     /// Starts the writer thread; it reports durability to whoever asks the [`Store`].
-    pub fn start(&mut self) -> Result<Store, PersistenceError> {
+    pub fn start(&mut self) -> Result<(Store, WriterEnded), PersistenceError> {
         let Some(writer) = self.writer.take() else {
             return Err(PersistenceError::io(
                 Path::new("persistence writer thread"),
@@ -500,10 +514,15 @@ impl Recovered {
         let syncs_each_commit = writer.policy == crate::config::FsyncPolicy::Always;
         let shared = Arc::new(StoreShared::new(self.next_id, syncs_each_commit));
         let for_writer = shared.clone();
+        // Dropped as the thread ends, after the writer (and its lock) went at the end of `run`.
+        let (ended_tx, ended) = std::sync::mpsc::channel::<()>();
         std::thread::Builder::new()
             .name("switchboard-persistence".into())
-            .spawn(move || writer.run(for_writer))
+            .spawn(move || {
+                let _ended = ended_tx;
+                writer.run(for_writer);
+            })
             .map_err(|e| PersistenceError::io(Path::new("persistence writer thread"), e))?;
-        Ok(Store::new(shared))
+        Ok((Store::new(shared), WriterEnded(ended)))
     }
 }
