@@ -346,23 +346,21 @@ async fn an_embedded_broker_dropped_lets_the_next_one_open_its_directory() {
     }
 }
 
-#[tokio::test]
-async fn a_message_dropped_at_the_offline_bound_stays_dropped_after_a_restart() {
-    // The worker that matched it for a persistent session kept it on disk: its drop at
-    // `sessions.max_offline_queued_bytes` is recorded, so a restart does not bring it back.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let state = dir.path().join("state");
-    let bound = "\n[sessions]\nmax_offline_queued_bytes = 1024\n";
-    let (child, logs, addr) = start_broker_with(&state, "interval", "info", bound);
+/// `sessions.max_offline_queued_bytes = 1024` for [`start_broker_with`].
+const OFFLINE_BOUND: &str = "\n[sessions]\nmax_offline_queued_bytes = 1024\n";
+
+/// Subscribes `away` to `t` at QoS 1 with a persistent session and disconnects it (waiting for
+/// the broker's log line: from there on its messages are held offline), then publishes five
+/// QoS 1 messages of 1 + 300 bytes to `t` (the first payload byte numbers them) and waits for
+/// their PUBACKs, each of which waits for what its message kept on disk.
+async fn away_then_five(addr: std::net::SocketAddr, logs: &std::sync::mpsc::Receiver<String>) {
     let (mut sub, _) = Raw::handshake(addr, "away", false).await;
     sub.subscribe(1, &[("t", 1)], &[1]).await;
     sub.send(&[0xE0, 0x00]).await; // DISCONNECT
     sub.expect_closed().await;
-    // From here on its messages are held for it offline.
-    common::child::wait_line(&logs, "client disconnected");
+    common::child::wait_line(logs, "client disconnected");
     let (mut publisher, _) = Raw::handshake(addr, "pub", true).await;
     for n in 1..=5u8 {
-        // 1 + 300 bytes each: three fit under 1024.
         let mut payload = vec![0u8; 300];
         payload[0] = n;
         publisher
@@ -376,19 +374,58 @@ async fn a_message_dropped_at_the_offline_bound_stays_dropped_after_a_restart() 
             ))
             .await;
     }
-    // Each PUBACK waits for what its message kept on disk.
     publisher.sync_acks().await;
-    terminate(child);
-    let (child, _logs, addr) = start_broker_with(&state, "interval", "info", bound);
+}
+
+/// The first payload byte of each message `away` gets as it resumes.
+async fn away_gets(addr: std::net::SocketAddr) -> Vec<u8> {
     let (mut sub, present) = Raw::handshake(addr, "away", false).await;
     assert!(present);
-    let kept: Vec<u8> = sub
-        .drain_acking()
+    sub.drain_acking()
         .await
         .iter()
         .map(|p| p.payload[0])
-        .collect();
-    assert_eq!(kept, vec![1, 2, 3], "the two dropped are not back");
+        .collect()
+}
+
+#[tokio::test]
+async fn a_message_dropped_at_the_offline_bound_stays_dropped_after_a_restart() {
+    // The worker that matched it for a persistent session kept it on disk: its drop at
+    // `sessions.max_offline_queued_bytes` is recorded, so a restart does not bring it back.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let (child, logs, addr) = start_broker_with(&state, "interval", "info", OFFLINE_BOUND);
+    away_then_five(addr, &logs).await;
+    terminate(child);
+    let (child, _logs, addr) = start_broker_with(&state, "interval", "info", OFFLINE_BOUND);
+    assert_eq!(
+        away_gets(addr).await,
+        vec![1, 2, 3],
+        "three fit; the two dropped are not back"
+    );
+    kill_9(child);
+}
+
+#[tokio::test]
+async fn offline_sessions_read_back_over_a_new_bound_are_kept_and_counted() {
+    // Queued without a bound, read back with one they exceed: all kept, warned of, and the
+    // next message for an offline client is dropped.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let (child, logs, addr) = start_broker_with(&state, "interval", "info", "");
+    away_then_five(addr, &logs).await;
+    terminate(child);
+    let (child, logs, addr) = start_broker_with(&state, "interval", "info", OFFLINE_BOUND);
+    let (mut publisher, _) = Raw::handshake(addr, "pub", true).await;
+    publisher
+        .send(&packets::publish("t", &[6; 300], 1, 6, false, false))
+        .await;
+    publisher.sync_acks().await;
+    // Dropped for the bound, against what was read back.
+    let warning = common::child::wait_line(&logs, "max_offline_queued_bytes reached");
+    assert_eq!(common::child::log_number(&warning, "held"), 5 * 301);
+    assert_eq!(common::child::log_number(&warning, "dropped"), 1);
+    assert_eq!(away_gets(addr).await, vec![1, 2, 3, 4, 5]);
     kill_9(child);
 }
 

@@ -145,6 +145,21 @@ impl Registry {
         false
     }
 
+    /// After recovery: counts what the offline sessions read back hold, and warns if that is
+    /// over the bound (lowered since, or set for the first time): all of it is kept, and new
+    /// messages for clients that are not connected are dropped until it is under.
+    pub(super) fn count_recovered_offline_bytes(&mut self) {
+        self.recount_offline_bytes(Instant::now());
+        let bytes = &self.offline_bytes;
+        if bytes.bounded() && bytes.estimate > bytes.max {
+            warn!(
+                held = bytes.estimate,
+                max = bytes.max,
+                "the offline sessions read back hold more than sessions.max_offline_queued_bytes: all kept; new messages for clients that are not connected are dropped until under"
+            );
+        }
+    }
+
     /// Recounts the bytes every offline session holds (after recovery, and at the bound).
     pub(super) fn recount_offline_bytes(&mut self, now: Instant) {
         if !self.offline_bytes.bounded() {

@@ -79,7 +79,7 @@ impl Handler<Recover> for Registry {
             recovered_wills.push((key, session.will));
         }
         self.store = Some(msg.store);
-        self.recount_offline_bytes(std::time::Instant::now());
+        self.count_recovered_offline_bytes();
         // Wills go out once every session is back, so that their subscriptions get them.
         for (client_id, will) in msg.wills_of_ended {
             debug!(client_id = %client_id, topic = %will.topic, "publishing the will of a session that expired while the broker was down");
