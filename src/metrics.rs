@@ -126,7 +126,8 @@ pub struct MetricsSnapshot {
 
 impl MetricsSnapshot {
     /// Messages not delivered: QoS 0 for a full output buffer, full queues online and offline,
-    /// the bound on all offline sessions together, expired, too large for the client (what `$SYS` and the dashboard call dropped).
+    /// the bound on all offline sessions together, expired, too large for the client (what
+    /// `$SYS` and the dashboard call dropped).
     pub fn messages_dropped(&self) -> u64 {
         self.qos0_dropped_slow_consumer
             + self.online_queue_dropped

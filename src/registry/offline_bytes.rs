@@ -181,7 +181,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn no_bound_counts_nothing_and_everything_fits() {
+    fn no_bound_counts_nothing() {
         let mut bytes = OfflineBytes::new(0);
         bytes.add(1 << 40);
         assert_eq!(bytes.estimate, 0);
