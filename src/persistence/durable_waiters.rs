@@ -34,6 +34,9 @@ pub(super) struct ThreadWaiters {
     /// (the writer never takes it): what [`Waiters::any_waiting_upto`] reads, so that a sync
     /// is never skipped while the writer holds `wants`.
     listed: AtomicU64,
+    /// The same for the waits no settlement may end (all but a publisher's wait for a burst
+    /// its subscribers may settle first): [`Waiters::any_firm_waiting_upto`] reads it.
+    firm: AtomicU64,
     /// [`Durable`]s sent to waiters of the thread and not yet handled (or dropped): a waiter
     /// told is off the list, and lists its next change as it handles what it was told, so
     /// until then it counts as waiting.
@@ -96,12 +99,18 @@ impl DurableTo {
 }
 
 impl LocalWaiters {
-    /// Sets the thread's [`ThreadWaiters::listed`] to what its list now holds.
+    /// Sets the thread's [`ThreadWaiters::listed`] and [`ThreadWaiters::firm`] to what its
+    /// list now holds.
     fn relist(&self) {
-        let lowest = self.waiting.iter().map(|(wanted, _)| *wanted).min();
-        self.thread
-            .listed
-            .store(lowest.unwrap_or(NONE), Ordering::SeqCst);
+        let (mut lowest, mut firm) = (NONE, NONE);
+        for wait in &self.waiting {
+            lowest = lowest.min(wait.wanted);
+            if wait.firm {
+                firm = firm.min(wait.wanted);
+            }
+        }
+        self.thread.listed.store(lowest, Ordering::SeqCst);
+        self.thread.firm.store(firm, Ordering::SeqCst);
     }
 }
 
@@ -113,8 +122,18 @@ struct LocalWaiters {
     watch: Watch,
     /// This thread's entry in the store.
     thread: Arc<ThreadWaiters>,
-    /// (change waited for, who to tell).
-    waiting: Vec<(u64, DurableTo)>,
+    /// Who waits, for what.
+    waiting: Vec<Wait>,
+}
+
+/// One waiter's wait in its thread's list.
+struct Wait {
+    /// The change waited for.
+    wanted: u64,
+    /// Who to tell.
+    to: DurableTo,
+    /// Whether no settlement may end it first.
+    firm: bool,
 }
 
 thread_local! {
@@ -149,8 +168,9 @@ impl Waiters {
     }
 
     /// Lists `to` as waiting for change `seq` of `shared` to reach this list's [`Watch`],
-    /// unless it has by then; returns whether it has.
-    pub(super) fn wait(&self, shared: &StoreShared, seq: u64, to: &DurableTo) -> bool {
+    /// unless it has by then; returns whether it has. A wait that is not `firm` may be ended
+    /// first by a settlement (and then withdrawn).
+    pub(super) fn wait(&self, shared: &StoreShared, seq: u64, to: &DurableTo, firm: bool) -> bool {
         let watch = self.watch;
         LOCAL.with(|local| {
             let mut local = local.borrow_mut();
@@ -168,6 +188,7 @@ impl Waiters {
                     let thread = Arc::new(ThreadWaiters {
                         wants: AtomicU64::new(NONE),
                         listed: AtomicU64::new(NONE),
+                        firm: AtomicU64::new(NONE),
                         told: AtomicU64::new(0),
                         arbiter,
                     });
@@ -182,8 +203,15 @@ impl Waiters {
                 }
             };
             let entry = &mut local[at];
-            entry.waiting.push((seq, to.clone()));
+            entry.waiting.push(Wait {
+                wanted: seq,
+                to: to.clone(),
+                firm,
+            });
             entry.thread.listed.fetch_min(seq, Ordering::SeqCst);
+            if firm {
+                entry.thread.firm.fetch_min(seq, Ordering::SeqCst);
+            }
             entry.thread.wants.fetch_min(seq, Ordering::SeqCst);
             // After the store to `wants` (both sequentially consistent): either this sees the
             // writer's new report, or the writer sees what this thread wants.
@@ -206,13 +234,21 @@ impl Waiters {
         }) || lock(&self.others).iter().any(|(wanted, _)| *wanted <= seq)
     }
 
+    /// Whether a waiter no settlement may end is listed for a change up to `seq` (a waiter on
+    /// a thread without an Arbiter always counts). For the writer, which gives the others a
+    /// moment to be settled before it syncs a lone commit.
+    pub(super) fn any_firm_waiting_upto(&self, seq: u64) -> bool {
+        lock(&self.threads)
+            .iter()
+            .any(|thread| thread.firm.load(Ordering::SeqCst) <= seq)
+            || lock(&self.others).iter().any(|(wanted, _)| *wanted <= seq)
+    }
+
     /// Takes `to`'s waits on this thread off the list: what it waited for no longer matters
     /// to it (a publisher whose acknowledgements its subscribers settled).
     pub(super) fn withdraw(&self, shared: &StoreShared, to: &DurableTo) {
         with_local(shared, self.watch, |entry| {
-            entry
-                .waiting
-                .retain(|(_, listed)| !Rc::ptr_eq(&listed.0, &to.0));
+            entry.waiting.retain(|wait| !Rc::ptr_eq(&wait.to.0, &to.0));
             // `wants` may stay lower: the writer then sends a task that tells nobody.
             entry.relist();
         });
@@ -288,12 +324,12 @@ fn tell_local(shared: &StoreShared, watch: Watch) {
             let durable = shared.durable();
             let mut lowest = NONE;
             let thread = &entry.thread;
-            entry.waiting.retain(|(wanted, to)| {
-                if *wanted <= reached {
-                    to.0.do_send(Durable(durable, Some(Told::new(thread))));
+            entry.waiting.retain(|wait| {
+                if wait.wanted <= reached {
+                    wait.to.0.do_send(Durable(durable, Some(Told::new(thread))));
                     false
                 } else {
-                    lowest = lowest.min(*wanted);
+                    lowest = lowest.min(wait.wanted);
                     true
                 }
             });
@@ -448,6 +484,37 @@ pub(super) mod tests {
             assert_eq!(next_told(&other_heard).await, 8);
             assert!(
                 !shared.anyone_waits_upto(u64::MAX - 1),
+                "told: off the list"
+            );
+        });
+    }
+
+    #[test]
+    fn a_wait_a_settlement_may_end_is_listed_but_not_firm() {
+        let shared = Arc::new(StoreShared::new(1, true));
+        let store = Store::new(shared.clone());
+        let (told, heard) = mpsc::channel();
+        let (firm_told, firm_heard) = mpsc::channel();
+        actix_rt::System::new().block_on(async {
+            let publisher = DurableTo::new(Waiter(told).start().recipient());
+            let firm = DurableTo::new(Waiter(firm_told).start().recipient());
+            assert!(!store.notify_when_durable_unless_settled(3, &publisher));
+            assert!(shared.anyone_waits_upto(3), "listed: a sync is made for it");
+            assert!(
+                !shared.anyone_firm_waits_upto(u64::MAX - 1),
+                "but the writer may give its settlement a moment"
+            );
+            assert!(!store.notify_when_durable(6, &firm));
+            assert!(!shared.anyone_firm_waits_upto(5));
+            assert!(
+                shared.anyone_firm_waits_upto(6),
+                "a firm wait is not held back"
+            );
+            report_from_writer(&shared, 6);
+            assert_eq!(next_told(&heard).await, 6);
+            assert_eq!(next_told(&firm_heard).await, 6);
+            assert!(
+                !shared.anyone_firm_waits_upto(u64::MAX - 1),
                 "told: off the list"
             );
         });

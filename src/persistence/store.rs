@@ -216,6 +216,11 @@ impl StoreShared {
         self.waiters.any_waiting_upto(seq)
     }
 
+    /// Whether someone no settlement may end waits for a change up to `seq` to be durable.
+    pub(super) fn anyone_firm_waits_upto(&self, seq: u64) -> bool {
+        self.waiters.any_firm_waiting_upto(seq)
+    }
+
     /// Called by the syncing thread as it skips the sync of everything up to change `seq`,
     /// before it looks for waiters once more: a waiter listed meanwhile sees it.
     pub(super) fn note_skipped(&self, seq: u64) {
@@ -378,11 +383,24 @@ impl Store {
     /// Whether change `seq` is durable; if not, `to` gets [`Durable`] once it is (told on its
     /// own thread, with the other waiters there), and the writer is woken for it.
     pub fn notify_when_durable(&self, seq: u64, to: &DurableTo) -> bool {
+        self.notify_when_durable_as(seq, to, true)
+    }
+
+    /// [`Store::notify_when_durable`] for a wait that a settlement may end first (a
+    /// publisher's PUBACKs for a burst its subscribers may acknowledge before the sync; it is
+    /// then withdrawn): with `fsync = "always"` the writer gives such waits a moment
+    /// ([`SETTLE_GRACE`](super::writer::SETTLE_GRACE)) before it syncs a lone commit, and
+    /// skips the sync if they were all withdrawn meanwhile.
+    pub fn notify_when_durable_unless_settled(&self, seq: u64, to: &DurableTo) -> bool {
+        self.notify_when_durable_as(seq, to, false)
+    }
+
+    fn notify_when_durable_as(&self, seq: u64, to: &DurableTo, firm: bool) -> bool {
         if self.durable() >= seq {
             return true;
         }
         let shared = self.shared();
-        if shared.waiters.wait(shared, seq, to) {
+        if shared.waiters.wait(shared, seq, to, firm) {
             return true;
         }
         shared.sync_if_skipped(seq);
@@ -409,7 +427,7 @@ impl Store {
         if self.written() >= seq {
             return true;
         }
-        if shared.written_waiters.wait(shared, seq, to) {
+        if shared.written_waiters.wait(shared, seq, to, true) {
             return true;
         }
         self.wake_for_waiter();

@@ -80,6 +80,13 @@ pub(super) struct HeldAcks {
 }
 
 impl HeldAcks {
+    /// Whether the newest batch held may be settled by its subscribers before the sync.
+    pub(super) fn newest_settles(&self) -> bool {
+        self.waiting
+            .back()
+            .is_some_and(|batch| batch.settlement.is_some())
+    }
+
     /// Holds `ack` of packet `pid`, with reason `code`, behind those held before it.
     pub(super) fn push(&mut self, ack: Ack, pid: u16, code: u8) {
         self.pending.push((ack, pid, code));
@@ -366,7 +373,11 @@ impl Session {
         }
         if let AckWait::Durable(seq) = acks.acks.hand_over_settled(wait, settlement) {
             if let Some(store) = self.shared.store.as_ref() {
-                acks.wait_for(store, seq, ctx);
+                if acks.acks.newest_settles() {
+                    acks.wait_for_unless_settled(store, seq, ctx);
+                } else {
+                    acks.wait_for(store, seq, ctx);
+                }
             }
         }
         // Called after the read turn that took the packets (their burst is routed then): the

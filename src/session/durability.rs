@@ -96,6 +96,9 @@ pub(super) struct DeferredAcks {
     /// ([`Session::wait_for_open`]). So a Session that hands over many bursts within one commit
     /// has one wait, and one [`Durable`] to handle, not one per burst.
     waiting_for: u64,
+    /// Whether that wait is firm: not one a settlement may end first (then a firm change
+    /// behind it needs a wait of its own, or the writer could hold its sync back for it).
+    waiting_firm: bool,
 }
 
 /// What a Session does, after a [`Durable`], for what it still holds
@@ -125,17 +128,39 @@ impl DeferredAcks {
     /// Makes sure this Session hears once change `seq` is durable; true if it already is
     /// (then [`DeferredAcks::durable`] says so).
     pub(super) fn wait_for(&mut self, store: &Store, seq: u64, ctx: &Context<Session>) -> bool {
-        match self.wait_needed(store.durable(), seq) {
+        self.wait_for_as(store, seq, ctx, true)
+    }
+
+    /// [`DeferredAcks::wait_for`] for a publisher's acknowledgements that its subscribers may
+    /// settle first ([`Store::notify_when_durable_unless_settled`]).
+    pub(super) fn wait_for_unless_settled(
+        &mut self,
+        store: &Store,
+        seq: u64,
+        ctx: &Context<Session>,
+    ) -> bool {
+        self.wait_for_as(store, seq, ctx, false)
+    }
+
+    fn wait_for_as(&mut self, store: &Store, seq: u64, ctx: &Context<Session>, firm: bool) -> bool {
+        match self.wait_needed(store.durable(), seq, firm) {
             WaitNeeded::Durable => return true,
             WaitNeeded::Behind => return false,
             WaitNeeded::Own => {}
         }
-        if store.notify_when_durable(seq, self.durable_to(ctx)) {
+        let to = self.durable_to(ctx);
+        let durable = if firm {
+            store.notify_when_durable(seq, to)
+        } else {
+            store.notify_when_durable_unless_settled(seq, to)
+        };
+        if durable {
             self.durable = self.durable.max(seq);
             return true;
         }
         // A wait for a later change may still be out: it is answered too, and does no harm.
         self.waiting_for = seq;
+        self.waiting_firm = firm;
         false
     }
 
@@ -156,12 +181,17 @@ impl DeferredAcks {
             .get_or_insert_with(|| DurableTo::new(ctx.address().recipient()))
     }
 
-    /// Whether change `seq` needs a wait of its own, given what the store says is durable.
-    fn wait_needed(&mut self, store_durable: u64, seq: u64) -> WaitNeeded {
+    /// Whether change `seq` needs a wait of its own, given what the store says is durable; a
+    /// `firm` one (that no settlement may end) does behind a wait that is not.
+    fn wait_needed(&mut self, store_durable: u64, seq: u64, firm: bool) -> WaitNeeded {
         self.durable = self.durable.max(store_durable);
         if seq <= self.durable {
             WaitNeeded::Durable
-        } else if self.waiting_for != 0 && self.waiting_for <= seq {
+        } else if self.waiting_for != 0
+            && self.waiting_for <= seq
+            // Behind a wait a settlement may end, a firm change waits on its own.
+            && (self.waiting_firm || !firm)
+        {
             WaitNeeded::Behind
         } else {
             WaitNeeded::Own
@@ -425,17 +455,37 @@ mod tests {
     #[test]
     fn later_changes_wait_behind_the_wait_that_is_out() {
         let mut acks = DeferredAcks::default();
-        assert_eq!(acks.wait_needed(0, 5), WaitNeeded::Own);
+        assert_eq!(acks.wait_needed(0, 5, true), WaitNeeded::Own);
         acks.waiting_for = 5;
-        assert_eq!(acks.wait_needed(0, 7), WaitNeeded::Behind);
-        assert_eq!(acks.wait_needed(0, 5), WaitNeeded::Behind);
+        acks.waiting_firm = true;
+        assert_eq!(acks.wait_needed(0, 7, true), WaitNeeded::Behind);
+        assert_eq!(acks.wait_needed(0, 5, true), WaitNeeded::Behind);
         assert_eq!(
-            acks.wait_needed(0, 3),
+            acks.wait_needed(0, 3, true),
             WaitNeeded::Own,
             "an earlier change would wait too long behind a later one"
         );
-        assert_eq!(acks.wait_needed(7, 7), WaitNeeded::Durable);
+        assert_eq!(acks.wait_needed(7, 7, true), WaitNeeded::Durable);
         assert_eq!(acks.durable, 7, "what the store said is kept");
+    }
+
+    #[test]
+    fn a_firm_change_does_not_wait_behind_a_wait_a_settlement_may_end() {
+        // A publisher's PUBACKs its subscribers may settle (the writer may hold that sync back
+        // a moment for them) are out; a QoS 2 sending behind them must not be held back too.
+        let mut acks = DeferredAcks {
+            waiting_for: 5,
+            waiting_firm: false,
+            ..DeferredAcks::default()
+        };
+        assert_eq!(acks.wait_needed(0, 7, false), WaitNeeded::Behind);
+        assert_eq!(acks.wait_needed(0, 7, true), WaitNeeded::Own);
+        acks.waiting_firm = true;
+        assert_eq!(
+            acks.wait_needed(0, 9, false),
+            WaitNeeded::Behind,
+            "behind a firm one"
+        );
     }
 
     #[test]
