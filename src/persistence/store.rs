@@ -389,7 +389,7 @@ impl Store {
     /// [`Store::notify_when_durable`] for a wait that a settlement may end first (a
     /// publisher's PUBACKs for a burst its subscribers may acknowledge before the sync; it is
     /// then withdrawn): with `fsync = "always"` the writer gives such waits a moment
-    /// ([`SETTLE_GRACE`](super::writer::SETTLE_GRACE)) before it syncs a lone commit, and
+    /// (200 µs, `SETTLE_GRACE` in `writer.rs`) before it syncs a lone commit, and
     /// skips the sync if they were all withdrawn meanwhile.
     pub fn notify_when_durable_unless_settled(&self, seq: u64, to: &DurableTo) -> bool {
         self.notify_when_durable_as(seq, to, false)
