@@ -75,6 +75,19 @@ fn u32_at(bytes: &[u8], at: usize) -> usize {
         .map_or(0, |b: [u8; 4]| u32::from_le_bytes(b) as usize)
 }
 
+/// Whether nobody waits for a change up to `seq` to be durable, once the waiters a settlement
+/// may end (and only they) have had [`SETTLE_GRACE`] to be settled and withdraw.
+fn nobody_waits_after_grace(shared: &StoreShared, seq: u64) -> bool {
+    if !shared.anyone_waits_upto(seq) {
+        return true;
+    }
+    if shared.anyone_firm_waits_upto(seq) {
+        return false;
+    }
+    std::thread::sleep(SETTLE_GRACE);
+    !shared.anyone_waits_upto(seq)
+}
+
 impl Writer {
     /// Runs until every [`Store`](super::Store) is gone, then syncs and returns. What is
     /// durable is reported through `shared` to whoever waits for it.
@@ -238,18 +251,8 @@ impl Writer {
     fn hand_sync(&self, syncer: &Syncer, seq: u64, sync_due: bool, shared: &StoreShared) -> bool {
         let more_waiting = sync_due && shared.lock_pending().has_changes;
         if !syncer.is_busy() && !more_waiting {
-            if !sync_due {
+            if !sync_due || !nobody_waits_after_grace(shared, seq) {
                 return false;
-            }
-            if shared.anyone_waits_upto(seq) {
-                // Publishers whose subscribers may still settle them: a moment for that.
-                if shared.anyone_firm_waits_upto(seq) {
-                    return false;
-                }
-                std::thread::sleep(SETTLE_GRACE);
-                if shared.anyone_waits_upto(seq) {
-                    return false;
-                }
             }
             return match self.log.sync_job(seq) {
                 Some(job) => {

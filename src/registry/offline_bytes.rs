@@ -129,9 +129,7 @@ impl Registry {
         self.persist_done(key, delivery.durable_id().into_iter().collect());
         if let Some(dropped) = self.offline_bytes.drops.event(Instant::now()) {
             let client_id = self
-                .clients
-                .get(key.0 as usize)
-                .and_then(Option::as_deref)
+                .client(key)
                 .map(|client| client.id.to_string())
                 .unwrap_or_default();
             warn!(
@@ -161,7 +159,7 @@ impl Registry {
     }
 
     /// Recounts the bytes every offline session holds (after recovery, and at the bound).
-    pub(super) fn recount_offline_bytes(&mut self, now: Instant) {
+    fn recount_offline_bytes(&mut self, now: Instant) {
         if !self.offline_bytes.bounded() {
             return;
         }

@@ -80,13 +80,6 @@ pub(super) struct HeldAcks {
 }
 
 impl HeldAcks {
-    /// Whether the newest batch held may be settled by its subscribers before the sync.
-    pub(super) fn newest_settles(&self) -> bool {
-        self.waiting
-            .back()
-            .is_some_and(|batch| batch.settlement.is_some())
-    }
-
     /// Holds `ack` of packet `pid`, with reason `code`, behind those held before it.
     pub(super) fn push(&mut self, ack: Ack, pid: u16, code: u8) {
         self.pending.push((ack, pid, code));
@@ -128,20 +121,20 @@ impl HeldAcks {
     /// [`HeldAcks::hand_over_settled`] without a settlement.
     #[cfg(test)]
     pub(super) fn hand_over(&mut self, wait: AckWait) -> AckWait {
-        self.hand_over_settled(wait, None)
+        self.hand_over_settled(wait, None).0
     }
 
     /// Moves the pending acknowledgements behind `wait`, or behind what they need themselves
-    /// if that comes later; returns the wait. A wait for [`AckWait::Routed`] always gets a
-    /// batch, empty or not: each of the Registry's answers is for one burst, in order. The
-    /// burst's `settlement`, if any, ends the wait too when it is settled first; not when the
-    /// acknowledgements need a change of their own (a PUBREL's record), which only its sync
-    /// makes safe.
+    /// if that comes later; returns the wait, and whether the burst's `settlement` was kept
+    /// for it. A wait for [`AckWait::Routed`] always gets a batch, empty or not: each of the
+    /// Registry's answers is for one burst, in order. The burst's `settlement`, if any, ends
+    /// the wait too when it is settled first; not when the acknowledgements need a change of
+    /// their own (a PUBREL's record), which only its sync makes safe.
     pub(super) fn hand_over_settled(
         &mut self,
         wait: AckWait,
         settlement: Option<Arc<Settlement>>,
-    ) -> AckWait {
+    ) -> (AckWait, bool) {
         let needs = std::mem::take(&mut self.pending_needs);
         let settlement = match settlement {
             Some(settlement) if needs != 0 || self.pending.is_empty() => {
@@ -150,6 +143,7 @@ impl HeldAcks {
             }
             settlement => settlement,
         };
+        let settles = settlement.is_some();
         let wait = match wait {
             // The Registry answers once everything submitted before the burst is durable, and
             // says which of its messages reached no subscriber.
@@ -173,7 +167,7 @@ impl HeldAcks {
                 settlement,
             });
         }
-        wait
+        (wait, settles)
     }
 
     /// Hands the pending acknowledgements to `each` at once when nothing before them waits and
@@ -371,9 +365,9 @@ impl Session {
             }
             return;
         }
-        if let AckWait::Durable(seq) = acks.acks.hand_over_settled(wait, settlement) {
+        if let (AckWait::Durable(seq), settles) = acks.acks.hand_over_settled(wait, settlement) {
             if let Some(store) = self.shared.store.as_ref() {
-                if acks.acks.newest_settles() {
+                if settles {
                     acks.wait_for_unless_settled(store, seq, ctx);
                 } else {
                     acks.wait_for(store, seq, ctx);
