@@ -379,6 +379,7 @@ impl Log {
                 segment,
                 offset: self.current_bytes,
                 appended: self.appended,
+                written: std::time::Instant::now(),
             }),
             Err(e) => {
                 warn!(error = %e, segment = %segment.display(), "cannot hand the sync over; syncing on the writer");

@@ -19,11 +19,18 @@
 //! (both sequentially consistent): a waiter listed meanwhile is either seen, and the sync
 //! made, or sees the skip and asks for it ([`SyncerLink::sync_skipped`]). At most
 //! [`MAX_UNSYNCED_BYTES`] go unsynced this way; a flush or the end syncs what is parked.
+//!
+//! A job whose only waiters are publishers their subscribers may settle
+//! ([`Store::notify_when_durable_unless_settled`](super::Store::notify_when_durable_unless_settled))
+//! is given [`SETTLE_GRACE`] from its write before the syncing thread decides: a commit is
+//! written some 20 µs after its publish, before a device's subscriber can have answered, so
+//! without it nearly every job found someone waiting.
 
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tracing::{debug, error};
 
@@ -33,6 +40,15 @@ use super::writer::RETRY_AFTER;
 
 /// How far the writer may append ahead of the last sync done ([`Syncer::wait_within`]).
 pub(super) const MAX_UNSYNCED_BYTES: u64 = 4 << 20;
+
+/// With `fsync = "always"`, how long after a commit's write the syncing thread waits before it
+/// decides on its sync when the only waiters are publishers whose subscribers may settle their
+/// acknowledgements first: a device's round trip on loopback. If they are all settled by then,
+/// the sync is skipped (parked). With a waiter listed that no settlement may end, the sync is
+/// made at once; one that lists itself during the grace waits out the rest of it. Measured in
+/// `docs/benchmarks.md`, "Settlements given a moment before a lone commit's sync" (the grace
+/// on the writer's lone commits only) and "The settlements' moment on the syncing thread".
+pub(super) const SETTLE_GRACE: Duration = Duration::from_micros(200);
 
 /// A sync the writer hands over: the change to report durable once `file` is synced, and where
 /// the log ended then (for the debug line a power-loss test cuts the log back to).
@@ -47,6 +63,8 @@ pub(super) struct SyncJob {
     pub(super) offset: u64,
     /// The bytes the writer had appended in all, then.
     pub(super) appended: u64,
+    /// When the writer had appended it: [`SETTLE_GRACE`] counts from here.
+    pub(super) written: Instant,
 }
 
 /// What the writer and the syncing thread share.
@@ -58,7 +76,8 @@ struct State {
     /// A sync skipped because nobody waited for it: made if someone asks, else covered by the
     /// next one.
     parked: Option<SyncJob>,
-    /// A sync is under way.
+    /// A sync is under way, or the syncing thread gives a job's settlements their moment
+    /// before it decides.
     busy: bool,
     /// [`SyncJob::appended`] of the last sync done.
     synced: u64,
@@ -70,6 +89,8 @@ struct Shared {
     state: Mutex<State>,
     /// The syncing thread waits on it for work, the writer for it to be idle.
     changed: Condvar,
+    /// [`SETTLE_GRACE`] (longer in tests).
+    grace: Duration,
 }
 
 impl Shared {
@@ -115,9 +136,15 @@ pub(super) struct Syncer {
 impl Syncer {
     /// Starts the syncing thread of `store`.
     pub(super) fn start(store: Arc<StoreShared>) -> std::io::Result<Syncer> {
+        Syncer::start_with_grace(store, SETTLE_GRACE)
+    }
+
+    /// [`Syncer::start`] giving settlements `grace` instead of [`SETTLE_GRACE`].
+    fn start_with_grace(store: Arc<StoreShared>, grace: Duration) -> std::io::Result<Syncer> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
+            grace,
         });
         store.link_syncer(SyncerLink(shared.clone()));
         let for_thread = shared.clone();
@@ -134,6 +161,14 @@ impl Syncer {
     pub(super) fn is_busy(&self) -> bool {
         let state = self.shared.lock();
         state.busy || state.next.is_some()
+    }
+
+    /// Whether the thread has a job in hand and none queued: syncing it, or giving its
+    /// settlements their moment.
+    #[cfg(test)]
+    fn has_one_in_hand(&self) -> bool {
+        let state = self.shared.lock();
+        state.busy && state.next.is_none()
     }
 
     /// Queues `job`, after the sync under way if there is one.
@@ -222,6 +257,36 @@ fn must_sync(state: &State, job: &SyncJob, store: &StoreShared) -> bool {
         || store.anyone_waits_upto(job.seq)
 }
 
+/// Whether `job`'s sync may be spared if its waiters are settled within [`SETTLE_GRACE`]:
+/// someone waits for it, but only publishers whose subscribers may settle them, and the
+/// writer is not too far ahead of the syncs (nor closed) for it to wait.
+fn settlements_may_spare(state: &State, job: &SyncJob, store: &StoreShared) -> bool {
+    !state.closed
+        && job.appended.saturating_sub(state.synced) <= MAX_UNSYNCED_BYTES
+        && store.anyone_waits_upto(job.seq)
+        && !store.anyone_firm_waits_upto(job.seq)
+}
+
+/// Waits, unlocked and counted busy (a flush waits for it, the writer queues the next job
+/// meanwhile), until [`SETTLE_GRACE`] has passed since `job` was written; returns the lock
+/// again with the thread not busy, for the decision.
+fn give_settlements_their_moment<'a>(
+    shared: &'a Shared,
+    mut state: MutexGuard<'a, State>,
+    job: &SyncJob,
+) -> MutexGuard<'a, State> {
+    let left = (job.written + shared.grace).saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return state;
+    }
+    state.busy = true;
+    drop(state);
+    std::thread::sleep(left);
+    let mut state = shared.lock();
+    state.busy = false;
+    state
+}
+
 /// Parks `job`, which nobody waits for, notes the skip in the store, and looks at the
 /// waiters once more: if one listed itself meanwhile, takes the job back (if nobody else
 /// did), under the lock it returns.
@@ -257,6 +322,11 @@ fn run(shared: &Shared, store: &Arc<StoreShared>) {
             // At the end, what is parked is synced too.
             let Some(job) = state.next.take().or_else(|| state.parked.take()) else {
                 return;
+            };
+            let state = if settlements_may_spare(&state, &job, store) {
+                give_settlements_their_moment(shared, state, &job)
+            } else {
+                state
             };
             let (mut state, job) = if state.closed || must_sync(&state, &job, store) {
                 (state, job)
@@ -306,11 +376,16 @@ mod tests {
     }
 
     fn fixture() -> Fixture {
+        fixture_with_grace(SETTLE_GRACE)
+    }
+
+    /// [`fixture`] whose syncing thread gives settlements `grace`.
+    fn fixture_with_grace(grace: Duration) -> Fixture {
         let shared = Arc::new(StoreShared::new(1, true));
         Fixture {
             dir: tempfile::tempdir().expect("tempdir"),
             store: Store::new(shared.clone()),
-            syncer: Syncer::start(shared.clone()).expect("thread"),
+            syncer: Syncer::start_with_grace(shared.clone(), grace).expect("thread"),
             shared,
         }
     }
@@ -325,6 +400,7 @@ mod tests {
             segment,
             offset: 0,
             appended: seq,
+            written: Instant::now(),
         }
     }
 
@@ -397,6 +473,50 @@ mod tests {
         assert_eq!(shared.durable(), 7);
         drop(syncer);
         assert_eq!(shared.durable(), 9, "synced at the end");
+    }
+
+    #[test]
+    fn waits_a_settlement_may_end_are_given_their_moment_and_others_are_not() {
+        // Long enough that the test's steps all fall within it.
+        let grace = Duration::from_secs(1);
+        let Fixture {
+            dir,
+            shared,
+            store,
+            syncer,
+        } = fixture_with_grace(grace);
+        let (told, heard) = std::sync::mpsc::channel();
+        actix_rt::System::new().block_on(async {
+            let to = DurableTo::new(Waiter(told).start().recipient());
+            // Only a publisher its subscribers may settle waits: the sync waits for the grace.
+            assert!(!store.notify_when_durable_unless_settled(5, &to));
+            syncer.hand_or_park(job(dir.path(), 5), &shared);
+            while !syncer.has_one_in_hand() && shared.durable() == 0 {
+                std::thread::yield_now();
+            }
+            assert_eq!(shared.durable(), 0, "not synced at once");
+            // Settled within it: withdrawn, and the sync is skipped.
+            store.withdraw_durable_wait(&to);
+            syncer.wait_idle();
+            assert_eq!(
+                shared.durable(),
+                0,
+                "skipped: nobody waited after the grace"
+            );
+            // A wait no settlement may end: synced at once (the grace would outlast the
+            // waiter's patience here).
+            let asked = Instant::now();
+            assert!(!store.notify_when_durable(6, &to));
+            syncer.hand_or_park(job(dir.path(), 6), &shared);
+            assert_eq!(next_told(&heard).await, 6);
+            assert!(asked.elapsed() < grace, "synced without the grace");
+            // One a settlement may end but that is not settled: synced after the grace.
+            assert!(!store.notify_when_durable_unless_settled(7, &to));
+            syncer.hand_or_park(job(dir.path(), 7), &shared);
+            syncer.wait_idle();
+            assert_eq!(shared.durable(), 7, "synced once the grace passed");
+            assert_eq!(next_told(&heard).await, 7);
+        });
     }
 
     #[test]

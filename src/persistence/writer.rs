@@ -31,16 +31,6 @@ const COMPACT_ON_A_THREAD_FROM: u64 = 8 << 20;
 /// How long the writer waits before it tries a failed write or sync again.
 pub(super) const RETRY_AFTER: Duration = Duration::from_secs(1);
 
-/// With `fsync = "always"`, how long the writer waits before it syncs a lone commit whose only
-/// waiters are publishers whose subscribers may settle their acknowledgements first
-/// ([`Store::notify_when_durable_unless_settled`](super::Store::notify_when_durable_unless_settled)):
-/// a device's round trip on loopback. If they are all settled by then, the sync is skipped
-/// (parked, as any sync nobody waits for). With a waiter listed that no settlement may end,
-/// the commit is synced at once; one that lists itself during the grace waits out the rest of
-/// it. Measured on the fleet with persistent sessions: a fifth of the syncs
-/// (`docs/benchmarks.md`, "Settlements given a moment before a lone commit's sync").
-pub(super) const SETTLE_GRACE: Duration = Duration::from_micros(200);
-
 /// The writer's state: the log, and the live records (for compaction).
 pub struct Writer {
     pub(super) log: Log,
@@ -73,19 +63,6 @@ fn u32_at(bytes: &[u8], at: usize) -> usize {
         .get(at..at + 4)
         .and_then(|b| b.try_into().ok())
         .map_or(0, |b: [u8; 4]| u32::from_le_bytes(b) as usize)
-}
-
-/// Whether nobody waits for a change up to `seq` to be durable, once the waiters a settlement
-/// may end (and only they) have had [`SETTLE_GRACE`] to be settled and withdraw.
-fn nobody_waits_after_grace(shared: &StoreShared, seq: u64) -> bool {
-    if !shared.anyone_waits_upto(seq) {
-        return true;
-    }
-    if shared.anyone_firm_waits_upto(seq) {
-        return false;
-    }
-    std::thread::sleep(SETTLE_GRACE);
-    !shared.anyone_waits_upto(seq)
 }
 
 impl Writer {
@@ -244,14 +221,14 @@ impl Writer {
     /// changes wait, so that this thread appends them meanwhile; returns whether it did. If
     /// not, this thread syncs (if `sync_due`) and reports, as a lone commit (a device's message
     /// and its PUBACK) is best served: with no hand-over between threads. Unless nobody
-    /// waits for it, or only publishers whose subscribers settled them within
-    /// [`SETTLE_GRACE`]: then it is parked with the syncing thread, and made only if someone
-    /// asks before a later sync covers it. Never while flushing: the syncing thread is idle
-    /// then.
+    /// waits for it (then it is parked with the syncing thread, and made only if someone asks
+    /// before a later sync covers it), or only publishers whose subscribers may settle them
+    /// (then the syncing thread gives them their moment, `syncer::SETTLE_GRACE`, and this
+    /// thread goes on appending). Never while flushing: the syncing thread is idle then.
     fn hand_sync(&self, syncer: &Syncer, seq: u64, sync_due: bool, shared: &StoreShared) -> bool {
         let more_waiting = sync_due && shared.lock_pending().has_changes;
         if !syncer.is_busy() && !more_waiting {
-            if !sync_due || !nobody_waits_after_grace(shared, seq) {
+            if !sync_due || shared.anyone_firm_waits_upto(seq) {
                 return false;
             }
             return match self.log.sync_job(seq) {
