@@ -323,3 +323,62 @@ async fn with_fsync_always_a_message_its_subscribers_acknowledged_is_acknowledge
         ("gate/2/state", &b"kept"[..])
     );
 }
+
+#[tokio::test]
+async fn with_fsync_always_a_publisher_ahead_of_its_pubacks_has_them_settled_before_the_sync() {
+    if !strace_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let (broker, _logs, addr) = start_broker_with(&state, "always", "info", "");
+    let (mut collector, _) = Raw::handshake(addr, "radar-collector", false).await;
+    collector.subscribe(1, &[("radar/+/speed", 1)], &[1]).await;
+    let (mut radar, _) = Raw::handshake(addr, "radar-7", true).await;
+    let mut strace = inject(
+        broker.0.id(),
+        "fdatasync",
+        &format!("delay_enter={}", SYNC_DELAY.as_micros()),
+    );
+
+    // Each message is published once the one before it has reached the collector, which holds
+    // its PUBACKs back until it has all three: each is routed on its own while the radar's
+    // PUBACKs of those before it are still held.
+    let started = std::time::Instant::now();
+    let mut received = Vec::new();
+    for n in 1..=3u8 {
+        radar
+            .send(&packets::publish(
+                "radar/7/speed",
+                &[n],
+                1,
+                u16::from(n),
+                false,
+                false,
+            ))
+            .await;
+        let publish = packets::parse_publish(&collector.expect().await);
+        assert_eq!(publish.payload, [n], "in order");
+        received.push(publish.pid);
+    }
+    for pid in received {
+        collector.send(&packets::ack(0x40, pid)).await;
+    }
+    // The collector has them all: the radar's PUBACKs go out without waiting for a sync (3 s
+    // each here), in the order of its PUBLISH packets [MQTT-4.6.0-2].
+    for pid in 1..=3u16 {
+        let frame = radar
+            .recv_within(Duration::from_secs(30))
+            .await
+            .expect("PUBACK, not a closed connection");
+        assert_eq!((frame.packet_type(), frame.pid()), (4, pid), "{frame:?}");
+    }
+    let settled_in = started.elapsed();
+    assert!(
+        settled_in < SYNC_DELAY,
+        "3 PUBACKs took {settled_in:?}: they waited for a sync of {SYNC_DELAY:?}"
+    );
+    let _ = strace.kill();
+    let _ = strace.wait();
+    kill_9(broker);
+}

@@ -10,9 +10,10 @@
 //! Only a burst whose every kept delivery is QoS 1 to a connected client gets one
 //! ([`route_burst`](super::route_burst)): a delivery to a client that is not connected, a
 //! QoS 2 delivery, an inbound QoS 2 id or a retained message leaves the acknowledgements to the
-//! sync, as before. The publisher's Session offers one only while none of its earlier
-//! acknowledgements is held (a client that waits for its PUBACK before it publishes again),
-//! and marks it [`Settlement::released`] when the sync came first, so that the subscribers'
+//! sync, as before. The publisher's Session offers one only while each of its earlier
+//! acknowledgements still held waits for a settlement too, a few bursts at most (a client that
+//! waits for its PUBACK before it publishes again, or publishes again a little before it), and
+//! marks it [`Settlement::released`] when the sync came first, so that the subscribers'
 //! PUBACKs do not wake it for nothing.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

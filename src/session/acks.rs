@@ -107,9 +107,11 @@ impl HeldAcks {
         batches.chain([self.pending_needs])
     }
 
-    /// Whether acknowledgements handed over earlier still wait.
-    pub(super) fn any_waiting(&self) -> bool {
-        !self.waiting.is_empty()
+    /// Whether fewer than `most` batches wait and each of them may be settled by its
+    /// subscribers' PUBACKs: a settlement offered to the next burst could then release its
+    /// acknowledgements before a sync (a firm batch ahead would hold them until the sync).
+    pub(super) fn fewer_waiting_all_settling(&self, most: usize) -> bool {
+        self.waiting.len() < most && self.waiting.iter().all(|b| b.settlement.is_some())
     }
 
     /// Whether the oldest batch waits for a store change durable by `durable` (or settled):

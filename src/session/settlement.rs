@@ -1,5 +1,6 @@
 //! A Session's part in [`Settlement`]s (`fsync = "always"`): as a publisher, it offers one to
-//! a burst it routes while none of its acknowledgements is held, and releases the burst's
+//! a burst it routes while its acknowledgements still held all wait for settlements (a few at
+//! most), and releases the burst's
 //! acknowledgements when it hears [`Settled`]; as a subscriber, it counts a settlement down
 //! when its client acknowledges a delivery the settlement waits for.
 
@@ -18,6 +19,13 @@ use crate::routing::{Settled, Settlement};
 /// a settlement.
 const MAX_SETTLING: usize = 1024;
 
+/// The most bursts of a publisher whose acknowledgements wait for a settlement at once. A
+/// client that publishes again before its PUBACK came (paced by its subscriber's answer, or
+/// sending a few at a time) still has its next bursts settled; one with many bursts in flight
+/// (pipelined) is spared the cost of a settlement per burst, an allocation and a wake-up of
+/// its Session for each, where the sync releases a whole run of bursts at once.
+const MAX_SETTLING_BURSTS: usize = 4;
+
 /// What a Session keeps for settlements.
 #[derive(Default)]
 pub(super) struct Settling {
@@ -32,19 +40,19 @@ pub(super) struct Settling {
 
 impl Session {
     /// The settlement to offer the burst about to be routed: with `fsync = "always"`, where the
-    /// acknowledgements would otherwise wait for a sync, and only when none of the publisher's
-    /// earlier acknowledgements is still held. A client that publishes one message and waits
+    /// acknowledgements would otherwise wait for a sync, and only while each of the
+    /// publisher's earlier acknowledgements still held waits for a settlement too, and fewer
+    /// than [`MAX_SETTLING_BURSTS`] of them. A client that publishes one message and waits
     /// for its PUBACK (a device) then gets it a round trip through the subscribers after the
-    /// PUBLISH instead of after the sync. One that goes on publishing meanwhile (a pipelined
-    /// one, or one paced by something else) is not held up by its PUBACKs, and its earlier
-    /// batch would go first anyway: it is spared the settlement's cost, an allocation per burst
-    /// and, when the PUBACKs come before the sync, a second wake-up of its Session.
+    /// PUBLISH instead of after the sync; so does one that publishes again a little before
+    /// (its PUBACKs still in order), and the sync is not needed for either. One with more
+    /// bursts out, or behind a batch only the sync releases, is spared the settlement's cost.
     pub(super) fn offer_settlement(&mut self, ctx: &Context<Self>) -> Option<Arc<Settlement>> {
         if !self.shared.store.as_ref()?.syncs_each_commit() {
             return None;
         }
         let acks = self.deferred_acks.as_deref_mut()?;
-        if acks.acks.any_waiting() {
+        if !acks.acks.fewer_waiting_all_settling(MAX_SETTLING_BURSTS) {
             return None;
         }
         let settling = &mut acks.settling;
