@@ -388,8 +388,8 @@ impl Store {
 
     /// [`Store::notify_when_durable`] for a wait that a settlement may end first (a
     /// publisher's PUBACKs for a burst its subscribers may acknowledge before the sync; it is
-    /// then withdrawn): with `fsync = "always"` the writer gives such waits a moment
-    /// (200 µs, `SETTLE_GRACE` in `writer.rs`) before it syncs a lone commit, and
+    /// then withdrawn): with `fsync = "always"` the syncing thread gives such waits a moment
+    /// (200 µs from the commit's write, `SETTLE_GRACE` in `syncer.rs`) before it syncs, and
     /// skips the sync if they were all withdrawn meanwhile.
     pub fn notify_when_durable_unless_settled(&self, seq: u64, to: &DurableTo) -> bool {
         self.notify_when_durable_as(seq, to, false)
@@ -404,7 +404,7 @@ impl Store {
             return true;
         }
         shared.sync_if_skipped(seq);
-        self.wake_for_waiter();
+        self.wake_for_waiter(firm);
         false
     }
 
@@ -430,14 +430,22 @@ impl Store {
         if shared.written_waiters.wait(shared, seq, to, true) {
             return true;
         }
-        self.wake_for_waiter();
+        self.wake_for_waiter(true);
         false
     }
 
-    /// Someone waits for a change: the writer takes what is pending now, not when its nap ends.
-    fn wake_for_waiter(&self) {
+    /// Someone waits for a change: the writer takes what is pending now, not when its nap ends;
+    /// unless the wait is not `firm` (a settlement may end it first: the subscribers' PUBACKs
+    /// usually come before a commit would be written and synced, and then neither is
+    /// needed for it), and the writer naps: then the nap's end takes it, within [`NAP`].
+    fn wake_for_waiter(&self, firm: bool) {
         let mut pending = self.shared().lock_pending();
-        if pending.writer != WriterState::Busy && pending.has_changes {
+        let sleeping = if firm {
+            pending.writer != WriterState::Busy
+        } else {
+            pending.writer == WriterState::Asleep
+        };
+        if sleeping && pending.has_changes {
             pending.writer = WriterState::Busy;
             drop(pending);
             self.shared().wake_writer.notify_one();

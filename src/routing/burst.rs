@@ -217,7 +217,16 @@ fn route_with(
                     })
                 })
             });
-            let seq = store.submit_all(records.iter().map(RecordRef::Record).chain(queued));
+            let records = records.iter().map(RecordRef::Record).chain(queued);
+            // A burst its subscribers' PUBACKs will settle does not wake the writer: nobody
+            // needs its records written before those PUBACKs come, and the writer's next nap's
+            // end (or a firm wait) takes them; if the PUBACKs do not come in time, the
+            // publisher's wait wakes a writer that sleeps.
+            let seq = if settles && kept > 0 {
+                store.submit_quietly(records)
+            } else {
+                store.submit_all(records)
+            };
             durable_after = Some(seq);
             if hold {
                 after = seq;
