@@ -197,7 +197,7 @@ async fn a_full_disk_delays_the_acknowledgements_and_loses_nothing() {
     let (mut publisher, _) = Raw::handshake(addr, "gate-1AB", true).await;
     // The disk is full for the writer's next three writes (each retried a second later).
     let pid = broker.0.id();
-    let mut strace = inject(pid, "pwrite64", "error=ENOSPC:when=1..3");
+    let strace = inject(pid, "pwrite64", "error=ENOSPC:when=1..3");
     for n in 1..=100u16 {
         let topic = format!("gate/{n}/state");
         let frame = packets::publish(&topic, b"closed", 1, n, true, false);
@@ -218,8 +218,7 @@ async fn a_full_disk_delays_the_acknowledgements_and_loses_nothing() {
         assert!(!acked[pid - 1], "PUBACK {pid} twice");
         acked[pid - 1] = true;
     }
-    let _ = strace.kill();
-    let _ = strace.wait();
+    stop_tracing(strace);
     kill_9(broker);
 
     let (_again, _logs, addr) = start_broker_with(&state, "always", "info", "");
@@ -235,8 +234,24 @@ async fn a_full_disk_delays_the_acknowledgements_and_loses_nothing() {
     assert_eq!(retained.len(), 100, "every retained message, once");
 }
 
-/// How long strace holds each `fdatasync` of the settlement test.
+/// How long strace holds each `fdatasync` of the settlement tests.
 const SYNC_DELAY: Duration = Duration::from_secs(3);
+
+/// Holds each `fdatasync` of the running broker `pid` for [`SYNC_DELAY`] until the strace it
+/// returns is stopped ([`stop_tracing`]).
+fn hold_every_sync(pid: u32) -> std::process::Child {
+    inject(
+        pid,
+        "fdatasync",
+        &format!("delay_enter={}", SYNC_DELAY.as_micros()),
+    )
+}
+
+/// Stops `strace`, which detaches it from the broker.
+fn stop_tracing(mut strace: std::process::Child) {
+    let _ = strace.kill();
+    let _ = strace.wait();
+}
 
 /// Publishes QoS 1 `payload` to `topic` with packet id `pid` and returns once its PUBACK came
 /// (waiting up to 30 s, longer than any sync here).
@@ -266,11 +281,7 @@ async fn with_fsync_always_a_message_its_subscribers_acknowledged_is_acknowledge
     let (mut online, _) = Raw::handshake(addr, "gate-online", false).await;
     online.subscribe(1, &[("gate/+/state", 1)], &[1]).await;
     let (mut publisher, _) = Raw::handshake(addr, "gate-app", true).await;
-    let mut strace = inject(
-        broker.0.id(),
-        "fdatasync",
-        &format!("delay_enter={}", SYNC_DELAY.as_micros()),
-    );
+    let strace = hold_every_sync(broker.0.id());
 
     let reader = tokio::spawn(async move {
         let mut got = Vec::new();
@@ -308,8 +319,7 @@ async fn with_fsync_always_a_message_its_subscribers_acknowledged_is_acknowledge
         .chain([("gate/2/state".to_string(), b"kept".to_vec())])
         .collect();
     assert_eq!(got, expected, "in order, each once");
-    let _ = strace.kill();
-    let _ = strace.wait();
+    stop_tracing(strace);
     kill_9(broker);
 
     // What waited for the sync is there after a SIGKILL and a restart.
@@ -335,11 +345,7 @@ async fn with_fsync_always_a_publisher_ahead_of_its_pubacks_has_them_settled_bef
     let (mut collector, _) = Raw::handshake(addr, "radar-collector", false).await;
     collector.subscribe(1, &[("radar/+/speed", 1)], &[1]).await;
     let (mut radar, _) = Raw::handshake(addr, "radar-7", true).await;
-    let mut strace = inject(
-        broker.0.id(),
-        "fdatasync",
-        &format!("delay_enter={}", SYNC_DELAY.as_micros()),
-    );
+    let strace = hold_every_sync(broker.0.id());
 
     // Each message is published once the one before it has reached the collector, which holds
     // its PUBACKs back until it has all three: each is routed on its own while the radar's
@@ -378,7 +384,6 @@ async fn with_fsync_always_a_publisher_ahead_of_its_pubacks_has_them_settled_bef
         settled_in < SYNC_DELAY,
         "3 PUBACKs took {settled_in:?}: they waited for a sync of {SYNC_DELAY:?}"
     );
-    let _ = strace.kill();
-    let _ = strace.wait();
+    stop_tracing(strace);
     kill_9(broker);
 }

@@ -235,8 +235,9 @@ impl Waiters {
     }
 
     /// Whether a waiter no settlement may end is listed for a change up to `seq` (a waiter on
-    /// a thread without an Arbiter always counts). For the writer, which gives the others a
-    /// moment to be settled before it syncs a lone commit.
+    /// a thread without an Arbiter always counts). For the writer, which syncs a lone commit
+    /// itself only for such a waiter, and the syncing thread, which gives the others a moment
+    /// to be settled before it syncs.
     pub(super) fn any_firm_waiting_upto(&self, seq: u64) -> bool {
         lock(&self.threads)
             .iter()
@@ -502,7 +503,7 @@ pub(super) mod tests {
             assert!(shared.anyone_waits_upto(3), "listed: a sync is made for it");
             assert!(
                 !shared.anyone_firm_waits_upto(u64::MAX - 1),
-                "but the writer may give its settlement a moment"
+                "but the syncing thread may give its settlement a moment"
             );
             assert!(!store.notify_when_durable(6, &firm));
             assert!(!shared.anyone_firm_waits_upto(5));

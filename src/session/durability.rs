@@ -97,7 +97,8 @@ pub(super) struct DeferredAcks {
     /// has one wait, and one [`Durable`] to handle, not one per burst.
     waiting_for: u64,
     /// Whether that wait is firm: not one a settlement may end first (then a firm change
-    /// behind it needs a wait of its own, or the writer could hold its sync back for it).
+    /// behind it needs a wait of its own, or the syncing thread could hold its sync back for
+    /// it).
     waiting_firm: bool,
 }
 
@@ -471,8 +472,8 @@ mod tests {
 
     #[test]
     fn a_firm_change_does_not_wait_behind_a_wait_a_settlement_may_end() {
-        // A publisher's PUBACKs its subscribers may settle (the writer may hold that sync back
-        // a moment for them) are out; a QoS 2 sending behind them must not be held back too.
+        // A publisher's PUBACKs its subscribers may settle (the syncing thread may hold that
+        // sync back a moment for them) are out; a QoS 2 sending behind them must not wait too.
         let mut acks = DeferredAcks {
             waiting_for: 5,
             waiting_firm: false,
