@@ -179,7 +179,7 @@ impl Broker {
         let mut writer_ended = None;
         let store = match recovered {
             None => None,
-            Some(mut recovered) => match recovered.start() {
+            Some(mut recovered) => match recovered.start(metrics.persistence.clone()) {
                 Ok((store, ended)) => {
                     writer_ended = Some(ended);
                     registry.do_send(crate::registry::Recover {

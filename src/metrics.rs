@@ -33,6 +33,8 @@ pub struct Metrics {
     pub cluster: crate::cluster::ClusterStatus,
     /// When the TLS listeners' server certificate expires, in Unix seconds; 0 without TLS.
     tls_certificate_expiry: AtomicI64,
+    /// The persistence writer's commits and syncs (`[persistence]`).
+    pub persistence: std::sync::Arc<crate::persistence::PersistenceStats>,
 }
 
 /// Whether a link to another server is up, and its message counts: a bridge's, the cluster

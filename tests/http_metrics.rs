@@ -393,3 +393,95 @@ async fn the_bridge_families_parse_with_their_types() {
         assert_eq!(scrape.get(&remote), 1.0, "openmetrics: {openmetrics}");
     }
 }
+
+/// With `[persistence]`: what offline sessions hold, and the writer's commits, syncs and log
+/// size, move with the traffic; without it, no `switchboard_persistence_*` family is shown.
+#[tokio::test]
+async fn offline_queues_and_the_persistence_writer_are_measured() {
+    if !prometheus_parser_available() {
+        return;
+    }
+    let in_memory = broker_with(|c| c.sys.interval = Duration::ZERO);
+    let scraped = scrape(in_memory.http_local_addr().expect("http on"), None).await;
+    assert!(
+        !scraped
+            .types
+            .keys()
+            .any(|name| name.starts_with("switchboard_persistence_")),
+        "in memory: {:?}",
+        scraped.types.keys()
+    );
+    assert_eq!(scraped.get("switchboard_offline_queued_messages{}"), 0.0);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = broker_with(|c| {
+        c.sys.interval = Duration::ZERO;
+        c.persistence.dir = Some(dir.path().join("state"));
+        c.persistence.fsync = switchboard::config::FsyncPolicy::Always;
+    });
+    let (addr, http) = (broker.local_addr(), broker.http_local_addr().expect("http"));
+    let before = scrape(http, None).await;
+    for (name, kind) in [
+        ("switchboard_offline_queued_messages", "gauge"),
+        ("switchboard_offline_queued_bytes", "gauge"),
+        ("switchboard_persistence_commits", "counter"),
+        ("switchboard_persistence_appended_bytes", "counter"),
+        ("switchboard_persistence_write_failures", "counter"),
+        ("switchboard_persistence_sync_failures", "counter"),
+        ("switchboard_persistence_compactions", "counter"),
+        ("switchboard_persistence_log_bytes", "gauge"),
+        ("switchboard_persistence_live_bytes", "gauge"),
+        ("switchboard_persistence_sync_duration_seconds", "histogram"),
+    ] {
+        assert_eq!(
+            before.types.get(name).map(String::as_str),
+            Some(kind),
+            "{name}"
+        );
+    }
+    assert_eq!(before.get("switchboard_offline_queued_messages{}"), 0.0);
+
+    // A gate that went away subscribed; three commands for it are acknowledged, so kept.
+    Raw::leave_subscribed(addr, "gate-away", "gate/+/cmd").await;
+    let (mut app, _) = Raw::handshake(addr, "app", true).await;
+    let payloads: [&[u8]; 3] = [b"open", b"close", b"open-slowly"];
+    for (pid, payload) in (1..).zip(payloads) {
+        app.publish_acked("gate/1/cmd", payload, pid, false).await;
+    }
+    let held = scrape(http, None).await;
+    let delta = |sample: &str| held.get(sample) - before.get(sample);
+    assert_eq!(held.get("switchboard_offline_queued_messages{}"), 3.0);
+    let bytes: usize = payloads.iter().map(|p| "gate/1/cmd".len() + p.len()).sum();
+    assert_eq!(
+        held.get("switchboard_offline_queued_bytes{}"),
+        bytes as f64,
+        "topic and payload of each"
+    );
+    // Each PUBACK waited for its commit's sync (`always`, nobody online to settle it).
+    assert!(delta("switchboard_persistence_commits_total{}") >= 3.0);
+    assert!(delta("switchboard_persistence_appended_bytes_total{}") >= bytes as f64);
+    assert!(delta("switchboard_persistence_sync_duration_seconds_count{}") >= 3.0);
+    assert_eq!(
+        held.get("switchboard_persistence_sync_duration_seconds_count{}"),
+        held.get("switchboard_persistence_sync_duration_seconds_bucket{le=\"+Inf\"}"),
+    );
+    assert!(held.get("switchboard_persistence_log_bytes{}") >= bytes as f64);
+    assert!(held.get("switchboard_persistence_live_bytes{}") >= bytes as f64);
+    assert_eq!(
+        held.get("switchboard_persistence_write_failures_total{}"),
+        0.0
+    );
+    assert_eq!(
+        held.get("switchboard_persistence_sync_failures_total{}"),
+        0.0
+    );
+
+    // The gate comes back without subscribing again and takes them: nothing is held now.
+    let (mut gate, present) = Raw::handshake(addr, "gate-away", false).await;
+    assert!(present, "[MQTT-3.2.2-2] session present");
+    let got = gate.drain_payloads().await;
+    assert_eq!(got.len(), 3, "{got:?}");
+    let resumed = scrape(http, None).await;
+    assert_eq!(resumed.get("switchboard_offline_queued_messages{}"), 0.0);
+    assert_eq!(resumed.get("switchboard_offline_queued_bytes{}"), 0.0);
+}

@@ -182,6 +182,7 @@ async fn metrics(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse 
         bridges: state.metrics.bridges.snapshots(),
         tls_certificate_expiry: state.metrics.tls_certificate_expiry(),
         cluster: state.metrics.cluster.snapshot(),
+        persistence: state.metrics.persistence.snapshot(),
     };
     let openmetrics = req
         .headers()

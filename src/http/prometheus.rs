@@ -8,6 +8,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 
 use crate::metrics::{DisconnectKind, MetricsSnapshot};
+use crate::persistence::{PersistenceSnapshot, SYNC_BOUNDS};
 use crate::registry::RegistryStats;
 use crate::traffic::{TrafficTotals, LATENCY_BOUNDS};
 
@@ -63,6 +64,8 @@ pub struct Scrape {
     pub tls_certificate_expiry: Option<i64>,
     /// The cluster link's state, with `[cluster]`.
     pub cluster: Option<crate::cluster::ClusterSnapshot>,
+    /// The persistence writer's counters, with `[persistence]`.
+    pub persistence: Option<PersistenceSnapshot>,
 }
 
 const QOS_LABELS: [&str; 3] = ["0", "1", "2"];
@@ -104,6 +107,66 @@ fn labelled<'a>(
         }
     }
     Ok(())
+}
+
+/// The persistence writer's metrics (`[persistence]` only).
+fn persistence(e: &mut DescriptorEncoder, p: &PersistenceSnapshot) -> std::fmt::Result {
+    counter(
+        e,
+        "switchboard_persistence_commits",
+        "Commits that appended records to the persistence log (one per drain of the writer's queue)",
+        p.commits,
+    )?;
+    counter(
+        e,
+        "switchboard_persistence_appended_bytes",
+        "Bytes appended to the persistence log by commits",
+        p.appended_bytes,
+    )?;
+    counter(
+        e,
+        "switchboard_persistence_write_failures",
+        "Appends to the persistence log that failed (retried each second; nothing more is acknowledged meanwhile)",
+        p.write_failures,
+    )?;
+    counter(
+        e,
+        "switchboard_persistence_sync_failures",
+        "fdatasyncs of the persistence log that failed (retried each second)",
+        p.sync_failures,
+    )?;
+    counter(
+        e,
+        "switchboard_persistence_compactions",
+        "Compactions of the persistence log finished",
+        p.compactions,
+    )?;
+    gauge(
+        e,
+        "switchboard_persistence_log_bytes",
+        "Size of the persistence log's segments on disk",
+        p.log_bytes,
+    )?;
+    gauge(
+        e,
+        "switchboard_persistence_live_bytes",
+        "Bytes of the persistence log's records still live (what a compaction keeps)",
+        p.live_bytes,
+    )?;
+    // Per bucket: the encoder makes them cumulative.
+    let buckets: Vec<(f64, u64)> = SYNC_BOUNDS
+        .iter()
+        .copied()
+        .chain([f64::INFINITY])
+        .zip(p.sync_buckets)
+        .collect();
+    let mut histogram = e.encode_descriptor(
+        "switchboard_persistence_sync_duration_seconds",
+        "Time each fdatasync of the persistence log took (retries included)",
+        None,
+        MetricType::Histogram,
+    )?;
+    histogram.encode_histogram::<NoLabelSet>(p.sync_seconds, p.syncs, &buckets, None)
 }
 
 /// The bridges' metrics, labelled `bridge="<name>"` (none without bridges).
@@ -218,6 +281,21 @@ impl Collector for Scrape {
             "Retained messages",
             s.retained as u64,
         )?;
+        gauge(
+            e,
+            "switchboard_offline_queued_messages",
+            "QoS 1/2 messages queued or in flight for persistent sessions whose client is not connected",
+            s.offline_messages as u64,
+        )?;
+        gauge(
+            e,
+            "switchboard_offline_queued_bytes",
+            "Bytes (topic, payload, properties) of the messages held for clients that are not connected",
+            s.offline_bytes as u64,
+        )?;
+        if let Some(p) = &self.persistence {
+            persistence(e, p)?;
+        }
         labelled(
             e,
             MetricType::Counter,

@@ -406,7 +406,7 @@ pub(super) mod tests {
 
     #[test]
     fn a_waiter_is_told_on_its_own_thread_once_its_change_is_durable() {
-        let shared = Arc::new(StoreShared::new(1, true));
+        let shared = Arc::new(StoreShared::new(1, true, Default::default()));
         let store = Store::new(shared.clone());
         let (told, heard) = mpsc::channel();
         actix_rt::System::new().block_on(async {
@@ -434,7 +434,7 @@ pub(super) mod tests {
 
     #[test]
     fn a_wait_for_a_write_is_told_before_the_sync_with_what_is_durable_then() {
-        let shared = Arc::new(StoreShared::new(1, true));
+        let shared = Arc::new(StoreShared::new(1, true, Default::default()));
         let store = Store::new(shared.clone());
         let (told, heard) = mpsc::channel();
         actix_rt::System::new().block_on(async {
@@ -462,7 +462,7 @@ pub(super) mod tests {
 
     #[test]
     fn a_withdrawn_wait_is_no_longer_listed_nor_told() {
-        let shared = Arc::new(StoreShared::new(1, true));
+        let shared = Arc::new(StoreShared::new(1, true, Default::default()));
         let store = Store::new(shared.clone());
         let (told, heard) = mpsc::channel();
         let (other_told, other_heard) = mpsc::channel();
@@ -492,7 +492,7 @@ pub(super) mod tests {
 
     #[test]
     fn a_wait_a_settlement_may_end_is_listed_but_not_firm() {
-        let shared = Arc::new(StoreShared::new(1, true));
+        let shared = Arc::new(StoreShared::new(1, true, Default::default()));
         let store = Store::new(shared.clone());
         let (told, heard) = mpsc::channel();
         let (firm_told, firm_heard) = mpsc::channel();

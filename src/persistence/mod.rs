@@ -16,6 +16,8 @@
 //! those changes keep go out. The log (`log.rs`) is a directory of segment files of
 //! checksummed records (`record.rs`; the ones written for every message are framed from borrowed
 //! fields, `record_ref.rs`), compacted into a snapshot when it grows to twice the live state.
+//! The writer and the syncing thread count their commits, syncs, failures and compactions for
+//! `/metrics` (`stats.rs`: per commit and per sync, never per message).
 
 mod backup;
 mod batch_thread;
@@ -27,6 +29,7 @@ mod log;
 mod record;
 mod record_ref;
 mod snapshot;
+mod stats;
 mod store;
 mod syncer;
 mod wake;
@@ -48,6 +51,7 @@ pub use durable_waiters::DurableTo;
 pub use live::LiveKind;
 pub use record::{Record, RecordError, SessionUser, LOG_FORMAT};
 pub use record_ref::{Framed, RecordRef};
+pub use stats::{PersistenceSnapshot, PersistenceStats, SYNC_BOUNDS};
 pub use store::{Store, StoreShared};
 use writer::Writer;
 
@@ -503,8 +507,12 @@ impl WriterEnded {
 }
 
 impl Recovered {
-    /// Starts the writer thread; it reports durability to whoever asks the [`Store`].
-    pub fn start(&mut self) -> Result<(Store, WriterEnded), PersistenceError> {
+    /// Starts the writer thread; it reports durability to whoever asks the [`Store`], and
+    /// counts its commits and syncs into `stats` (shown on `/metrics`).
+    pub fn start(
+        &mut self,
+        stats: Arc<PersistenceStats>,
+    ) -> Result<(Store, WriterEnded), PersistenceError> {
         let Some(writer) = self.writer.take() else {
             return Err(PersistenceError::io(
                 Path::new("persistence writer thread"),
@@ -512,7 +520,7 @@ impl Recovered {
             ));
         };
         let syncs_each_commit = writer.policy == crate::config::FsyncPolicy::Always;
-        let shared = Arc::new(StoreShared::new(self.next_id, syncs_each_commit));
+        let shared = Arc::new(StoreShared::new(self.next_id, syncs_each_commit, stats));
         let for_writer = shared.clone();
         // Dropped as the thread ends, after the writer (and its lock) went at the end of `run`.
         let (ended_tx, ended) = std::sync::mpsc::channel::<()>();

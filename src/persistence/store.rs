@@ -16,6 +16,7 @@ use super::backup::BackupRequest;
 use super::durable_waiters::{DurableTo, Waiters, Watch};
 use super::record::Record;
 use super::record_ref::Framed;
+use super::stats::PersistenceStats;
 use super::syncer::SyncerLink;
 use super::wake::wake_soon;
 use super::Durable;
@@ -115,12 +116,14 @@ pub struct StoreShared {
     skipped: AtomicU64,
     /// The syncing thread, once started: where that ask goes.
     syncer: OnceLock<SyncerLink>,
+    /// What the writer and the syncing thread count, for `/metrics`.
+    pub(super) stats: Arc<PersistenceStats>,
 }
 
 impl StoreShared {
     /// Shared state for a store whose next queued-message id is `next_id`, whose writer syncs
-    /// each commit or not (`fsync = "always"`).
-    pub(super) fn new(next_id: u64, syncs_each_commit: bool) -> Self {
+    /// each commit or not (`fsync = "always"`), and counts what it does into `stats`.
+    pub(super) fn new(next_id: u64, syncs_each_commit: bool, stats: Arc<PersistenceStats>) -> Self {
         StoreShared {
             pending: Mutex::new(Pending::default()),
             wake_writer: Condvar::new(),
@@ -137,6 +140,7 @@ impl StoreShared {
             syncs_each_commit,
             skipped: AtomicU64::new(0),
             syncer: OnceLock::new(),
+            stats,
         }
     }
 

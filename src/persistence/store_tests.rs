@@ -8,7 +8,7 @@ use bytes::Bytes;
 #[tokio::test]
 async fn a_session_waits_for_room_while_the_writer_is_behind_and_not_after() {
     // No writer thread: the test drains the queue itself, as the writer would.
-    let shared = Arc::new(StoreShared::new(1, true));
+    let shared = Arc::new(StoreShared::new(1, true, Default::default()));
     let store = Store::new(shared.clone());
     assert!(!store.is_behind());
     let payload = Bytes::from(vec![1u8; 64 * 1024]);
@@ -31,7 +31,7 @@ async fn a_session_waits_for_room_while_the_writer_is_behind_and_not_after() {
 #[test]
 fn a_submitter_past_the_bound_waits_for_a_drain_and_is_woken_by_it() {
     // No writer thread: the test drains the queue as the writer does.
-    let shared = Arc::new(StoreShared::new(1, true));
+    let shared = Arc::new(StoreShared::new(1, true, Default::default()));
     let store = Store::new(shared.clone());
     let payload = Bytes::from(vec![1u8; 1 << 20]);
     let retained = |n: usize| {
@@ -87,7 +87,7 @@ fn store_with_sleeping_writer(
     std::thread::JoinHandle<()>,
     std::sync::mpsc::Receiver<()>,
 ) {
-    let shared = Arc::new(StoreShared::new(1, !wake_at_once));
+    let shared = Arc::new(StoreShared::new(1, !wake_at_once, Default::default()));
     shared.lock_pending().writer = WriterState::Asleep;
     let (woken, wake_seen) = std::sync::mpsc::channel();
     let store = Store::new(shared.clone());

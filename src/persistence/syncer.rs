@@ -339,10 +339,13 @@ fn run(shared: &Shared, store: &Arc<StoreShared>) {
             state.busy = true;
             job
         };
+        let started = Instant::now();
         while let Err(e) = job.file.sync_data() {
+            store.stats.add_sync_failure();
             error!(error = %e, segment = %job.segment.display(), "cannot sync the persistence log; trying again in 1 s, nothing more is acknowledged until it can");
             std::thread::sleep(RETRY_AFTER);
         }
+        store.stats.add_sync(started.elapsed());
         // What a power-loss test cuts the log back to.
         debug!(segment = %job.segment.display(), offset = job.offset, "persistence log synced");
         store.report_durable(job.seq, &mut ready);
@@ -381,7 +384,7 @@ mod tests {
 
     /// [`fixture`] whose syncing thread gives settlements `grace`.
     fn fixture_with_grace(grace: Duration) -> Fixture {
-        let shared = Arc::new(StoreShared::new(1, true));
+        let shared = Arc::new(StoreShared::new(1, true, Default::default()));
         Fixture {
             dir: tempfile::tempdir().expect("tempdir"),
             store: Store::new(shared.clone()),

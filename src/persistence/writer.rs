@@ -81,6 +81,10 @@ impl Writer {
                     .ok()
             });
         self.build_live();
+        shared.stats.note_started();
+        shared
+            .stats
+            .set_sizes(self.log.total_bytes(), self.live.bytes());
         let mut last_sync = Instant::now();
         let mut unsynced = false;
         let mut frames = Vec::new();
@@ -136,9 +140,11 @@ impl Writer {
                 // Nothing of this commit (nor after it) is acknowledged until it is written:
                 // the same bytes are written again at the same offset.
                 while let Err(e) = self.log.append(&frames) {
+                    shared.stats.add_write_failure();
                     error!(error = %e, "cannot write the persistence log; trying again in 1 s, nothing more is acknowledged until it can");
                     std::thread::sleep(RETRY_AFTER);
                 }
+                shared.stats.add_commit(frames.len());
                 unsynced = true;
             }
             // Written is what survives `kill -9`: with a sync to come for this very commit,
@@ -174,11 +180,14 @@ impl Writer {
             if handed {
                 unsynced = false;
             } else if sync_due {
+                let started = Instant::now();
                 while let Err(e) = self.log.sync() {
+                    shared.stats.add_sync_failure();
                     error!(error = %e, "cannot sync the persistence log; trying again in 1 s, nothing more is acknowledged until it can");
                     std::thread::sleep(RETRY_AFTER);
                 }
                 last_sync = Instant::now();
+                shared.stats.add_sync(last_sync.duration_since(started));
                 unsynced = false;
                 if let Some(syncer) = &syncer {
                     syncer.note_synced(self.log.appended());
@@ -213,6 +222,9 @@ impl Writer {
                 self.start_backup(request, &shared);
             }
             self.maybe_compact(&shared);
+            shared
+                .stats
+                .set_sizes(self.log.total_bytes(), self.live.bytes());
         }
     }
 
@@ -367,8 +379,8 @@ impl Writer {
     fn maybe_compact(&mut self, shared: &Arc<StoreShared>) {
         if self.compaction.is_some() {
             // Not while a backup copies frames out of the segments it would delete.
-            if !self.backing_up() {
-                self.finish_compaction(false);
+            if !self.backing_up() && self.finish_compaction(false) {
+                shared.stats.add_compaction();
             }
             return;
         }
@@ -377,15 +389,17 @@ impl Writer {
             return;
         }
         if self.live.bytes() < COMPACT_ON_A_THREAD_FROM {
-            self.compact_here(total);
+            if self.compact_here(total) {
+                shared.stats.add_compaction();
+            }
         } else {
             self.start_compaction(total, shared);
         }
     }
 
     /// A compaction of a small live state, on this thread: the snapshot becomes the segment
-    /// appended to, so the one before needs no sync.
-    fn compact_here(&mut self, before_bytes: u64) {
+    /// appended to, so the one before needs no sync. Returns whether it was done.
+    fn compact_here(&mut self, before_bytes: u64) -> bool {
         let started = Instant::now();
         self.live.drop_dead();
         let listed = self.live.live_frames();
@@ -396,6 +410,7 @@ impl Writer {
                     self.log.finish_in_place(rotated);
                 } else {
                     error!("persistence log compaction: a live record was not in the snapshot; keeping the older segments");
+                    return false;
                 }
                 info!(
                     before_bytes,
@@ -403,8 +418,12 @@ impl Writer {
                     millis = started.elapsed().as_millis() as u64,
                     "persistence log compacted"
                 );
+                true
             }
-            Err(e) => error!(error = %e, "persistence log compaction failed; will retry"),
+            Err(e) => {
+                error!(error = %e, "persistence log compaction failed; will retry");
+                false
+            }
         }
     }
 
@@ -463,21 +482,22 @@ impl Writer {
     }
 
     /// Takes the snapshot written by the compaction's thread, if it is done (with `wait`, once
-    /// it is): where each live frame is now; then deletes the segments it supersedes.
-    fn finish_compaction(&mut self, wait: bool) {
+    /// it is): where each live frame is now; then deletes the segments it supersedes. Returns
+    /// whether a compaction finished so.
+    fn finish_compaction(&mut self, wait: bool) -> bool {
         let Some(compaction) = &self.compaction else {
-            return;
+            return false;
         };
         let result = if wait {
             compaction.snapshotted.recv().ok()
         } else {
             match compaction.snapshotted.try_recv() {
-                Err(std::sync::mpsc::TryRecvError::Empty) => return,
+                Err(std::sync::mpsc::TryRecvError::Empty) => return false,
                 result => result.ok(),
             }
         };
         let Some(compaction) = self.compaction.take() else {
-            return;
+            return false;
         };
         let _ = compaction.thread.join();
         let superseded_up_to = compaction.rotated.snapshot_id - 1;
@@ -488,7 +508,8 @@ impl Writer {
                     // Never expected; the older segments stay, so nothing is lost.
                     self.log
                         .keep_snapshot_beside(compaction.rotated, done.written);
-                    return error!("persistence log compaction: a live record was not in the snapshot; keeping the older segments");
+                    error!("persistence log compaction: a live record was not in the snapshot; keeping the older segments");
+                    return false;
                 }
                 self.log.finish_snapshot(compaction.rotated, done.written);
                 info!(
@@ -499,10 +520,15 @@ impl Writer {
                         compaction.paused_millis + remapped.elapsed().as_millis() as u64,
                     "persistence log compacted"
                 );
+                true
             }
-            Some(Err(e)) => error!(error = %e, "persistence log compaction failed; will retry"),
+            Some(Err(e)) => {
+                error!(error = %e, "persistence log compaction failed; will retry");
+                false
+            }
             None => {
-                error!("persistence log compaction thread ended without a snapshot; will retry")
+                error!("persistence log compaction thread ended without a snapshot; will retry");
+                false
             }
         }
     }

@@ -80,7 +80,7 @@ fn read_back(dir: &std::path::Path) -> Vec<(String, Bytes)> {
 fn a_small_compaction_waits_for_a_backup_copying_and_runs_after_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut writer = writer_in(dir.path());
-    let shared = Arc::new(StoreShared::new(1, false));
+    let shared = Arc::new(StoreShared::new(1, false, Default::default()));
     // One gate's state set 2,000 times: one live record, a log far past twice it.
     let payload = Bytes::from(vec![b'c'; 100]);
     for _ in 0..2_000 {
@@ -114,7 +114,7 @@ fn a_small_compaction_waits_for_a_backup_copying_and_runs_after_it() {
 fn a_compaction_on_its_thread_deletes_nothing_until_a_backup_has_copied() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut writer = writer_in(dir.path());
-    let shared = Arc::new(StoreShared::new(1, false));
+    let shared = Arc::new(StoreShared::new(1, false, Default::default()));
     // 2,200 topics of 4 KiB (past the 8 MiB a compaction's own thread takes), set three
     // times: the log is past twice the live state.
     let topics: Vec<String> = (0..2_200).map(|n| format!("gate/{n}/state")).collect();

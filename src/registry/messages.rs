@@ -300,6 +300,10 @@ pub struct RegistryStats {
     pub subscriptions: usize,
     /// Retained messages.
     pub retained: usize,
+    /// QoS 1/2 messages queued or in flight in the sessions of clients that are not connected.
+    pub offline_messages: usize,
+    /// Their bytes (topic, payload and properties, as `sessions.max_queued_bytes` counts).
+    pub offline_bytes: usize,
 }
 
 /// Diagnostics for tests: sent by a test to the Registry, it blocks the Registry's thread until

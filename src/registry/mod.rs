@@ -503,12 +503,17 @@ impl Handler<AddHooks> for Registry {
 impl Handler<GetStats> for Registry {
     type Result = RegistryStats;
 
+    /// Walks the offline sessions for what they hold: one pass over the client table per
+    /// scrape, `$SYS` update or dashboard tick, not per message.
     fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> RegistryStats {
+        let (offline_messages, offline_bytes) = offline_bytes::held_offline(&self.clients);
         RegistryStats {
             clients_online: self.online,
             sessions_offline: self.by_id.len() - self.online,
             subscriptions: self.routes.read().subscriptions(),
             retained: self.retained.len(),
+            offline_messages,
+            offline_bytes,
         }
     }
 }

@@ -92,6 +92,22 @@ impl OfflineBytes {
     }
 }
 
+/// The messages held in the sessions of the clients in `clients` that are not connected, and
+/// their bytes.
+pub(super) fn held_offline(clients: &[Option<Box<super::client::Client>>]) -> (usize, usize) {
+    clients
+        .iter()
+        .flatten()
+        .filter(|client| client.attached.is_none())
+        .filter_map(|client| client.stored.as_deref())
+        .fold((0, 0), |(messages, bytes), state| {
+            (
+                messages + state.queue.len() + state.inflight.len(),
+                bytes + held_bytes(state),
+            )
+        })
+}
+
 /// Bytes of the messages `state` holds: queued and in flight.
 fn held_bytes(state: &SessionState) -> usize {
     let inflight: usize = state

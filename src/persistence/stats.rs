@@ -1,0 +1,160 @@
+//! What the persistence writer and its syncing thread have done, for `/metrics`: commits,
+//! bytes appended, syncs and how long each took, failed writes and syncs (a full or failing
+//! disk, retried every second while nothing more is acknowledged), compactions, and the log's
+//! size against the live state's. Counted per commit or per sync, never per message.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds, in seconds, of the sync-duration histogram's buckets (then `+Inf`): from a
+/// fast SSD's `fdatasync` to a disk that stalls.
+pub const SYNC_BOUNDS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// The writer's counters, shared as `Arc` with the broker's [`Metrics`](crate::metrics::Metrics).
+/// Written by the writer thread and the syncing thread; read by a scrape.
+#[derive(Debug, Default)]
+pub struct PersistenceStats {
+    /// The writer thread has started (`[persistence]` with a `dir`).
+    started: AtomicBool,
+    commits: AtomicU64,
+    appended_bytes: AtomicU64,
+    syncs: AtomicU64,
+    sync_nanos: AtomicU64,
+    /// Syncs by [`SYNC_BOUNDS`] bucket, the last one `+Inf` (not cumulative).
+    sync_buckets: [AtomicU64; SYNC_BOUNDS.len() + 1],
+    write_failures: AtomicU64,
+    sync_failures: AtomicU64,
+    compactions: AtomicU64,
+    log_bytes: AtomicU64,
+    live_bytes: AtomicU64,
+}
+
+/// A copy of [`PersistenceStats`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PersistenceSnapshot {
+    /// Commits that appended records to the log (one per drain of the writer's queue).
+    pub commits: u64,
+    /// Bytes appended to the log by commits (compaction's snapshots not included).
+    pub appended_bytes: u64,
+    /// `fdatasync`s of the log made, by the writer or its syncing thread.
+    pub syncs: u64,
+    /// Their total duration, in seconds.
+    pub sync_seconds: f64,
+    /// Syncs by [`SYNC_BOUNDS`] bucket, the last one `+Inf` (not cumulative).
+    pub sync_buckets: [u64; SYNC_BOUNDS.len() + 1],
+    /// Appends to the log that failed (each retried after a second).
+    pub write_failures: u64,
+    /// Syncs of the log that failed (each retried after a second).
+    pub sync_failures: u64,
+    /// Compactions finished.
+    pub compactions: u64,
+    /// The log's segments and snapshot on disk, in bytes, as of the last commit.
+    pub log_bytes: u64,
+    /// The bytes of the records still live in it (what a compaction would keep).
+    pub live_bytes: u64,
+}
+
+impl PersistenceStats {
+    /// Marks the store as started: a scrape shows these counters from now on.
+    pub(super) fn note_started(&self) {
+        self.started.store(true, Ordering::Relaxed);
+    }
+
+    /// Counts a commit that appended `bytes`.
+    pub(super) fn add_commit(&self, bytes: usize) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.appended_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a sync that took `took`.
+    pub(super) fn add_sync(&self, took: Duration) {
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.sync_nanos.fetch_add(nanos, Ordering::Relaxed);
+        let seconds = took.as_secs_f64();
+        let bucket = SYNC_BOUNDS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(SYNC_BOUNDS.len());
+        if let Some(count) = self.sync_buckets.get(bucket) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a failed append to the log.
+    pub(super) fn add_write_failure(&self) {
+        self.write_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a failed sync of the log.
+    pub(super) fn add_sync_failure(&self) {
+        self.sync_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a finished compaction.
+    pub(super) fn add_compaction(&self) {
+        self.compactions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records the log's size on disk and the live state's.
+    pub(super) fn set_sizes(&self, log_bytes: u64, live_bytes: u64) {
+        self.log_bytes.store(log_bytes, Ordering::Relaxed);
+        self.live_bytes.store(live_bytes, Ordering::Relaxed);
+    }
+
+    /// The counters, or `None` while no store has started (persistence off).
+    pub fn snapshot(&self) -> Option<PersistenceSnapshot> {
+        if !self.started.load(Ordering::Relaxed) {
+            return None;
+        }
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        Some(PersistenceSnapshot {
+            commits: get(&self.commits),
+            appended_bytes: get(&self.appended_bytes),
+            syncs: get(&self.syncs),
+            sync_seconds: get(&self.sync_nanos) as f64 / 1e9,
+            sync_buckets: std::array::from_fn(|i| self.sync_buckets.get(i).map_or(0, get)),
+            write_failures: get(&self.write_failures),
+            sync_failures: get(&self.sync_failures),
+            compactions: get(&self.compactions),
+            log_bytes: get(&self.log_bytes),
+            live_bytes: get(&self.live_bytes),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_is_shown_before_the_store_starts() {
+        let stats = PersistenceStats::default();
+        stats.add_commit(10);
+        assert_eq!(stats.snapshot(), None);
+        stats.note_started();
+        assert_eq!(stats.snapshot().map(|s| s.commits), Some(1));
+    }
+
+    #[test]
+    fn each_sync_lands_in_the_first_bucket_that_holds_it() {
+        let stats = PersistenceStats::default();
+        stats.note_started();
+        stats.add_sync(Duration::from_micros(80));
+        stats.add_sync(Duration::from_micros(100));
+        stats.add_sync(Duration::from_micros(300));
+        stats.add_sync(Duration::from_secs(3));
+        let Some(snapshot) = stats.snapshot() else {
+            panic!("started");
+        };
+        assert_eq!(snapshot.syncs, 4);
+        assert_eq!(snapshot.sync_buckets[0], 2, "at most 100 µs");
+        assert_eq!(snapshot.sync_buckets[2], 1, "at most 500 µs");
+        assert_eq!(snapshot.sync_buckets[SYNC_BOUNDS.len()], 1, "+Inf");
+        assert_eq!(snapshot.sync_buckets.iter().sum::<u64>(), 4);
+        assert!((snapshot.sync_seconds - 3.00048).abs() < 1e-9);
+    }
+}
