@@ -94,6 +94,22 @@ async fn the_event_stream_carries_lifecycle_events_and_counters() {
     assert_eq!(first["type"], "connected", "{first}");
     let stats = wait_for_event(&mut events, |e| e["type"] == "stats").await;
     assert_eq!(stats["clients"], 0);
+    assert_eq!(stats["offline_messages"], 0);
+    // A gate that went away subscribed: what is held for it shows in the next summaries.
+    Raw::leave_subscribed(broker.local_addr(), "gate-away", "gate/+/cmd").await;
+    let (mut app, _) = Raw::handshake(broker.local_addr(), "app", true).await;
+    app.publish_acked("gate/1/cmd", b"open", 1, false).await;
+    app.publish_acked("gate/1/cmd", b"close", 2, false).await;
+    let held = wait_for_event(&mut events, |e| {
+        e["type"] == "stats" && e["offline_messages"] == 2
+    })
+    .await;
+    assert_eq!(held["sessions_offline"], 1);
+    assert_eq!(
+        held["offline_bytes"],
+        2 * "gate/1/cmd".len() + "open".len() + "close".len(),
+        "topic and payload of each"
+    );
 }
 
 #[tokio::test]

@@ -149,6 +149,8 @@ impl Feed {
                         "connections": connections,
                         "clients": stats.clients_online,
                         "sessions_offline": stats.sessions_offline,
+                        "offline_messages": stats.offline_messages,
+                        "offline_bytes": stats.offline_bytes,
                         "subscriptions": stats.subscriptions,
                         "retained": stats.retained,
                         "received_per_s": rates.0,
