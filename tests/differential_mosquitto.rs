@@ -20,7 +20,8 @@
 //!
 //! `DIFFERENTIAL_SCRIPTS=1000 cargo test --test differential_mosquitto` runs more scripts than
 //! the few of each kind CI runs; `DIFFERENTIAL_FIRST=N` adds N to every test's first seed, so
-//! that a hunt can cover seeds no earlier hunt ran. `.ci/run` installs Mosquitto; without it,
+//! that a hunt can cover seeds no earlier hunt ran; `DIFFERENTIAL_FSYNC=always` runs the scripts
+//! with restarts against that policy instead of `interval`. `.ci/run` installs Mosquitto; without it,
 //! this test says so and passes (but under CI).
 
 mod common;

@@ -12,6 +12,13 @@ use switchboard::BackgroundBroker;
 /// that, like Mosquitto's here, it never fills in a script.
 pub const WINDOW: u16 = u16::MAX;
 
+/// The `fsync` policy of Switchboard's process with `[persistence]`: `DIFFERENTIAL_FSYNC` when
+/// set (a hunt over `always`, whose settlements change what the acknowledgements wait for),
+/// else `interval`, as CI runs it.
+fn fsync_policy() -> String {
+    std::env::var("DIFFERENTIAL_FSYNC").unwrap_or_else(|_| "interval".to_string())
+}
+
 /// One broker, as a script reaches it.
 pub enum Server {
     /// Switchboard in this process, without persistence: it cannot restart.
@@ -42,7 +49,7 @@ impl Server {
         let state = dir.path().join("state");
         let more =
             format!("[listener]\nworkers = {workers}\n[sessions]\nmax_inflight = {WINDOW}\n");
-        let (process, _logs, addr) = start_broker_with(&state, "interval", "info", &more);
+        let (process, _logs, addr) = start_broker_with(&state, &fsync_policy(), "info", &more);
         Server::Process {
             process: Some(process),
             addr,
@@ -100,7 +107,8 @@ impl Server {
                 if let Some(mut stopped) = process.take() {
                     stopped.0.wait().expect("stopped");
                 }
-                let (started, _logs, new_addr) = start_broker_with(state, "interval", "info", more);
+                let (started, _logs, new_addr) =
+                    start_broker_with(state, &fsync_policy(), "info", more);
                 *process = Some(started);
                 *addr = new_addr;
             }
