@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use common::child::{listening_addr, spawn_command, wait_line, BIN};
+use common::child::{listening_addr, log_number, spawn_command, wait_line, BIN};
 use common::durable::{kill_9, start_broker_with, write_config};
 use common::{packets, strace_available, Raw};
 
@@ -274,7 +274,7 @@ async fn with_fsync_always_a_message_its_subscribers_acknowledged_is_acknowledge
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
-    let (broker, _logs, addr) = start_broker_with(&state, "always", "info", "");
+    let (broker, logs, addr) = start_broker_with(&state, "always", "info", "");
     // A persistent subscriber that stays connected and acknowledges what it gets, and one that
     // is offline: what it matches is kept on disk for it.
     Raw::leave_subscribed(addr, "gate-offline", "gate/2/state").await;
@@ -312,6 +312,13 @@ async fn with_fsync_always_a_message_its_subscribers_acknowledged_is_acknowledge
     assert!(
         synced_in >= SYNC_DELAY,
         "the PUBACK came after {synced_in:?}, before a sync of {SYNC_DELAY:?} could end"
+    );
+    // A sync that long is warned of, with how long it took.
+    let slow = wait_line(&logs, "persistence log sync was slow");
+    let millis = log_number(&slow, "millis");
+    assert!(
+        millis >= SYNC_DELAY.as_millis() as u64 - 100,
+        "a sync held {SYNC_DELAY:?} took {millis} ms: {slow}"
     );
     let (_online, got) = reader.await.expect("reader");
     let expected: Vec<(String, Vec<u8>)> = (1..=16u8)

@@ -1,10 +1,23 @@
 //! What the persistence writer and its syncing thread have done, for `/metrics`: commits,
 //! bytes appended, syncs and how long each took, failed writes and syncs (a full or failing
 //! disk, retried every second while nothing more is acknowledged), compactions, and the log's
-//! size against the live state's. Counted per commit or per sync, never per message.
+//! size against the live state's. Counted per commit or per sync, never per message. A sync
+//! of [`SLOW_SYNC`] or more is also warned of in the log, at most once per
+//! [`WARNING_INTERVAL`].
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tracing::warn;
+
+use crate::drops::WARNING_INTERVAL;
+use crate::log_gate::LogGate;
+
+/// A sync this long or longer is warned of: every acknowledgement with `fsync = "always"`
+/// waited for it, and with the other policies the writer's next commits did.
+pub const SLOW_SYNC: Duration = Duration::from_secs(1);
 
 /// Upper bounds, in seconds, of the sync-duration histogram's buckets (then `+Inf`): from a
 /// fast SSD's `fdatasync` to a disk that stalls.
@@ -14,7 +27,7 @@ pub const SYNC_BOUNDS: [f64; 12] = [
 
 /// The writer's counters, shared as `Arc` with the broker's [`Metrics`](crate::metrics::Metrics).
 /// Written by the writer thread and the syncing thread; read by a scrape.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PersistenceStats {
     /// The writer thread has started (`[persistence]` with a `dir`).
     started: AtomicBool,
@@ -29,6 +42,27 @@ pub struct PersistenceStats {
     compactions: AtomicU64,
     log_bytes: AtomicU64,
     live_bytes: AtomicU64,
+    /// Slow syncs, warned of at most once per [`WARNING_INTERVAL`].
+    slow_syncs: Mutex<LogGate>,
+}
+
+impl Default for PersistenceStats {
+    fn default() -> Self {
+        PersistenceStats {
+            started: AtomicBool::default(),
+            commits: AtomicU64::default(),
+            appended_bytes: AtomicU64::default(),
+            syncs: AtomicU64::default(),
+            sync_nanos: AtomicU64::default(),
+            sync_buckets: Default::default(),
+            write_failures: AtomicU64::default(),
+            sync_failures: AtomicU64::default(),
+            compactions: AtomicU64::default(),
+            log_bytes: AtomicU64::default(),
+            live_bytes: AtomicU64::default(),
+            slow_syncs: Mutex::new(LogGate::new(WARNING_INTERVAL)),
+        }
+    }
 }
 
 /// A copy of [`PersistenceStats`] at one moment.
@@ -69,8 +103,23 @@ impl PersistenceStats {
             .fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
-    /// Counts a sync that took `took`.
-    pub(super) fn add_sync(&self, took: Duration) {
+    /// Counts a sync of `segment` that took `took`, and warns of it if it took [`SLOW_SYNC`]
+    /// or more (at most once per [`WARNING_INTERVAL`], with the count of slow ones since).
+    pub(super) fn add_sync(&self, took: Duration, segment: &Path) {
+        if took >= SLOW_SYNC {
+            let mut gate = self
+                .slow_syncs
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some(slow) = gate.event(Instant::now()) {
+                warn!(
+                    millis = took.as_millis() as u64,
+                    slow_syncs = slow,
+                    segment = %segment.display(),
+                    "persistence log sync was slow: what waited for it (acknowledgements with fsync = \"always\") waited as long"
+                );
+            }
+        }
         self.syncs.fetch_add(1, Ordering::Relaxed);
         let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
         self.sync_nanos.fetch_add(nanos, Ordering::Relaxed);
@@ -143,10 +192,11 @@ mod tests {
     fn each_sync_lands_in_the_first_bucket_that_holds_it() {
         let stats = PersistenceStats::default();
         stats.note_started();
-        stats.add_sync(Duration::from_micros(80));
-        stats.add_sync(Duration::from_micros(100));
-        stats.add_sync(Duration::from_micros(300));
-        stats.add_sync(Duration::from_secs(3));
+        let segment = Path::new("0000000000000001.log");
+        stats.add_sync(Duration::from_micros(80), segment);
+        stats.add_sync(Duration::from_micros(100), segment);
+        stats.add_sync(Duration::from_micros(300), segment);
+        stats.add_sync(Duration::from_secs(3), segment);
         let Some(snapshot) = stats.snapshot() else {
             panic!("started");
         };

@@ -345,7 +345,7 @@ fn run(shared: &Shared, store: &Arc<StoreShared>) {
             error!(error = %e, segment = %job.segment.display(), "cannot sync the persistence log; trying again in 1 s, nothing more is acknowledged until it can");
             std::thread::sleep(RETRY_AFTER);
         }
-        store.stats.add_sync(started.elapsed());
+        store.stats.add_sync(started.elapsed(), &job.segment);
         // What a power-loss test cuts the log back to.
         debug!(segment = %job.segment.display(), offset = job.offset, "persistence log synced");
         store.report_durable(job.seq, &mut ready);

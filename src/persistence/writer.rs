@@ -187,12 +187,14 @@ impl Writer {
                     std::thread::sleep(RETRY_AFTER);
                 }
                 last_sync = Instant::now();
-                shared.stats.add_sync(last_sync.duration_since(started));
+                let (segment, offset) = self.log.position();
+                shared
+                    .stats
+                    .add_sync(last_sync.duration_since(started), &segment);
                 unsynced = false;
                 if let Some(syncer) = &syncer {
                     syncer.note_synced(self.log.appended());
                 }
-                let (segment, offset) = self.log.position();
                 // What a power-loss test cuts the log back to.
                 debug!(segment = %segment.display(), offset, "persistence log synced");
             }
