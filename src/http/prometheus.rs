@@ -144,7 +144,7 @@ fn persistence(e: &mut DescriptorEncoder, p: &PersistenceSnapshot) -> std::fmt::
     gauge(
         e,
         "switchboard_persistence_log_bytes",
-        "Size of the persistence log's segments on disk",
+        "Bytes of records in the persistence log's segments (the segment written to runs up to 1 MiB of zeros ahead)",
         p.log_bytes,
     )?;
     gauge(

@@ -84,7 +84,8 @@ pub struct PersistenceSnapshot {
     pub sync_failures: u64,
     /// Compactions finished.
     pub compactions: u64,
-    /// The log's segments and snapshot on disk, in bytes, as of the last commit.
+    /// The bytes of records in the log's segments (snapshot included), as of the last commit;
+    /// the segment being written runs up to 1 MiB of zeros ahead of its records.
     pub log_bytes: u64,
     /// The bytes of the records still live in it (what a compaction would keep).
     pub live_bytes: u64,
