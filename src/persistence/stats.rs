@@ -149,7 +149,7 @@ impl PersistenceStats {
         self.compactions.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Records the log's size on disk and the live state's.
+    /// Records the bytes of records in the log and the live state's.
     pub(super) fn set_sizes(&self, log_bytes: u64, live_bytes: u64) {
         self.log_bytes.store(log_bytes, Ordering::Relaxed);
         self.live_bytes.store(live_bytes, Ordering::Relaxed);
