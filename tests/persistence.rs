@@ -184,6 +184,24 @@ fn the_log_stays_bounded_by_live_state_under_churn() {
         .sum();
     // 20 MB were written; live state is one message.
     assert!(on_disk < 10 * 1024 * 1024, "{on_disk} bytes on disk");
+    // `/metrics` counts it so: the bytes appended, the compactions, a log of a few MiB.
+    let stats = broker
+        .metrics()
+        .persistence
+        .snapshot()
+        .expect("persistence on");
+    assert!(
+        stats.appended_bytes >= 20 * 1000 * 1000,
+        "{} bytes appended",
+        stats.appended_bytes
+    );
+    assert!(stats.compactions >= 2, "{} compactions", stats.compactions);
+    assert!(stats.log_bytes < 10 * 1024 * 1024, "{stats:?}");
+    assert!(
+        stats.live_bytes < 64 * 1024,
+        "one retained message: {stats:?}"
+    );
+    assert_eq!((stats.write_failures, stats.sync_failures), (0, 0));
 }
 
 #[tokio::test]
