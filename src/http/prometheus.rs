@@ -153,20 +153,33 @@ fn persistence(e: &mut DescriptorEncoder, p: &PersistenceSnapshot) -> std::fmt::
         "Bytes of the persistence log's records still live (what a compaction keeps)",
         p.live_bytes,
     )?;
-    // Per bucket: the encoder makes them cumulative.
-    let buckets: Vec<(f64, u64)> = SYNC_BOUNDS
+    histogram(
+        e,
+        "switchboard_persistence_sync_duration_seconds",
+        "Time each fdatasync of the persistence log took (retries included)",
+        (&SYNC_BOUNDS, &p.sync_buckets),
+        p.sync_seconds,
+    )
+}
+
+/// A histogram of `counts` per bucket (not cumulative: the encoder adds them up) under the
+/// upper `bounds`, the last count for `+Inf`, whose values add up to `sum`.
+fn histogram(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    (bounds, counts): (&[f64], &[u64]),
+    sum: f64,
+) -> std::fmt::Result {
+    let buckets: Vec<(f64, u64)> = bounds
         .iter()
         .copied()
         .chain([f64::INFINITY])
-        .zip(p.sync_buckets)
+        .zip(counts.iter().copied())
         .collect();
-    let mut histogram = e.encode_descriptor(
-        "switchboard_persistence_sync_duration_seconds",
-        "Time each fdatasync of the persistence log took (retries included)",
-        None,
-        MetricType::Histogram,
-    )?;
-    histogram.encode_histogram::<NoLabelSet>(p.sync_seconds, p.syncs, &buckets, None)
+    let count = counts.iter().sum();
+    let mut family = e.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    family.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
 }
 
 /// The bridges' metrics, labelled `bridge="<name>"` (none without bridges).
@@ -447,20 +460,13 @@ impl Collector for Scrape {
                 metric.metric_type(),
             )?)?;
         }
-        let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS
-            .iter()
-            .copied()
-            .chain([f64::INFINITY])
-            .zip(t.latency_buckets)
-            .collect();
-        let count = t.latency_buckets.iter().sum();
-        let mut histogram = e.encode_descriptor(
+        histogram(
+            e,
             "switchboard_delivery_latency_seconds",
             "Time from reading a PUBLISH to encoding it for a subscriber (live deliveries: not re-sends, nor retained messages sent on subscribing)",
-            None,
-            MetricType::Histogram,
-        )?;
-        histogram.encode_histogram::<NoLabelSet>(t.latency_sum_seconds, count, &buckets, None)
+            (&LATENCY_BOUNDS, &t.latency_buckets),
+            t.latency_sum_seconds,
+        )
     }
 }
 
