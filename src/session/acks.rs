@@ -114,6 +114,20 @@ impl HeldAcks {
         self.waiting.len() < most && self.waiting.iter().all(|b| b.settlement.is_some())
     }
 
+    /// Whether change `seq` is waited for here only by batches that their subscribers'
+    /// PUBACKs may settle first: at least one batch waits for it, each with a settlement, and
+    /// the pending acknowledgements do not need it themselves.
+    pub(super) fn only_settling_wait_for(&self, seq: u64) -> bool {
+        let mut for_seq = self
+            .waiting
+            .iter()
+            .filter(|b| b.wait == AckWait::Durable(seq))
+            .peekable();
+        for_seq.peek().is_some()
+            && for_seq.all(|b| b.settlement.is_some())
+            && self.pending_needs != seq
+    }
+
     /// Whether the oldest batch waits for a store change durable by `durable` (or settled):
     /// what [`HeldAcks::take_ready`] would release now.
     pub(super) fn has_ready(&self, durable: u64) -> bool {

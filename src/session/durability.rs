@@ -223,6 +223,15 @@ impl DeferredAcks {
             .map_or(NextStep::Nothing, NextStep::WaitFor)
     }
 
+    /// Whether what waits for change `seq` may all be ended by settlements: only batches of
+    /// acknowledgements with one (no delivery, reply or output of this Session waits for it).
+    /// Its wait is then one a settlement may end, as when those batches were handed over.
+    fn open_wait_settles(&self, seq: u64) -> bool {
+        self.acks.only_settling_wait_for(seq)
+            && self.held.front().is_none_or(|h| h.after() != seq)
+            && self.output_after != seq
+    }
+
     /// The lowest change something here still waits for, if any is not durable.
     fn lowest_open(&self) -> Option<u64> {
         let durable = self.durable;
@@ -419,7 +428,9 @@ impl Handler<Durable> for Session {
 impl Session {
     /// After a [`Durable`]: releases what became durable meanwhile (this Session tells itself
     /// again), or waits for the lowest change still open, which may have waited behind the one
-    /// just answered; if that is durable by now, this Session tells itself too.
+    /// just answered; if that is durable by now, this Session tells itself too. A wait that
+    /// only settle-able batches need stays one a settlement may end: listed firm, a publisher's
+    /// later bursts would have the syncing thread sync for them at once.
     fn wait_for_open(&mut self, ctx: &mut Context<Self>) {
         let (Some(store), Some(acks)) = (
             self.shared.store.as_ref(),
@@ -431,7 +442,12 @@ impl Session {
             NextStep::Nothing => {}
             NextStep::Release => ctx.notify(Durable::at(acks.durable)),
             NextStep::WaitFor(lowest) => {
-                if acks.wait_for(store, lowest, ctx) {
+                let durable = if acks.open_wait_settles(lowest) {
+                    acks.wait_for_unless_settled(store, lowest, ctx)
+                } else {
+                    acks.wait_for(store, lowest, ctx)
+                };
+                if durable {
                     ctx.notify(Durable::at(acks.durable));
                 }
             }
@@ -468,6 +484,43 @@ mod tests {
         );
         assert_eq!(acks.wait_needed(7, 7, true), WaitNeeded::Durable);
         assert_eq!(acks.durable, 7, "what the store said is kept");
+    }
+
+    #[actix_rt::test]
+    async fn a_wait_left_to_settling_bursts_alone_stays_one_a_settlement_may_end() {
+        // After a Durable, the lowest change still open is waited for again: if only bursts
+        // their subscribers may settle wait for it, that wait must not be firm, or the syncing
+        // thread would sync at once for a publisher its subscribers were about to settle.
+        let (settlement, _publisher) = crate::routing::settlement_tests::settlement();
+        // One delivery not acknowledged yet (a settlement never armed counts as settled).
+        settlement.arm(1);
+        let mut acks = DeferredAcks::default();
+        acks.acks.push(Ack::PubAck, 1, 0);
+        acks.acks
+            .hand_over_settled(AckWait::Durable(9), Some(settlement.clone()));
+        assert_eq!(acks.next_step(), NextStep::WaitFor(9));
+        assert!(acks.open_wait_settles(9));
+        assert!(!acks.open_wait_settles(10), "nothing waits for 10");
+        // A firm batch for the same change (a PUBREL's record, a burst without settlement).
+        acks.acks.push(Ack::PubAck, 2, 0);
+        acks.acks.hand_over_settled(AckWait::Durable(9), None);
+        assert!(!acks.open_wait_settles(9), "a firm batch waits for 9 too");
+
+        let mut acks = DeferredAcks::default();
+        acks.acks.push(Ack::PubAck, 3, 0);
+        acks.acks
+            .hand_over_settled(AckWait::Durable(9), Some(settlement.clone()));
+        acks.output_after = 9;
+        assert!(!acks.open_wait_settles(9), "the output waits for 9");
+        acks.output_after = 0;
+        acks.held.push_back(Held::Reply(
+            9,
+            Reply::SubAck {
+                pid: 4,
+                codes: vec![1],
+            },
+        ));
+        assert!(!acks.open_wait_settles(9), "a SUBACK waits for 9");
     }
 
     #[test]
