@@ -24,7 +24,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::child::{listening_addr, log_number, spawn_command, wait_line, BIN};
-use common::durable::{kill_9, start_broker_with, write_config};
+use common::durable::{kill_9, start_broker_and_http, start_broker_with, write_config};
 use common::{packets, strace_available, Raw};
 
 /// Messages published, and the payload of each: 48 MiB in all, three times what the writer may
@@ -193,7 +193,7 @@ async fn a_full_disk_delays_the_acknowledgements_and_loses_nothing() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
-    let (broker, logs, addr) = start_broker_with(&state, "always", "info", "");
+    let (broker, logs, addr, http) = start_broker_and_http(&state, "always", "info", "", 0);
     let (mut publisher, _) = Raw::handshake(addr, "gate-1AB", true).await;
     // The disk is full for the writer's next three writes (each retried a second later).
     let pid = broker.0.id();
@@ -219,6 +219,14 @@ async fn a_full_disk_delays_the_acknowledgements_and_loses_nothing() {
         acked[pid - 1] = true;
     }
     stop_tracing(strace);
+    // `/metrics` counts the three failed writes.
+    let metrics = common::http::get(http, "/metrics", None).await;
+    let failures = metrics
+        .body
+        .lines()
+        .find_map(|line| line.strip_prefix("switchboard_persistence_write_failures_total "))
+        .unwrap_or_else(|| panic!("no write failures counted: {}", metrics.body));
+    assert_eq!(failures.trim(), "3", "one per failed write");
     kill_9(broker);
 
     let (_again, _logs, addr) = start_broker_with(&state, "always", "info", "");

@@ -49,15 +49,41 @@ pub fn start_broker_on(
     more: &str,
     port: u16,
 ) -> (BrokerProcess, Receiver<String>, std::net::SocketAddr) {
+    let (child, logs, addr, _http) = start_broker_and_http(dir, fsync, log, more, port);
+    (child, logs, addr)
+}
+
+/// [`start_broker_on`], also returning the address of its HTTP server (`/metrics`), which
+/// start-up logs between what it recovered and its listener.
+pub fn start_broker_and_http(
+    dir: &Path,
+    fsync: &str,
+    log: &str,
+    more: &str,
+    port: u16,
+) -> (
+    BrokerProcess,
+    Receiver<String>,
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+) {
     let config = write_config(dir, fsync, more);
     let port = port.to_string();
     let (child, logs) = spawn_with_log(&["--port", &port, "--config", &config], log);
     let child = BrokerProcess(child);
-    // Start-up logs its progress: reading, then what was recovered, then listening.
+    // Start-up logs its progress: reading, then what was recovered, then the HTTP server,
+    // then listening.
     wait_line(&logs, "reading persisted state");
     wait_line(&logs, "persisted state recovered");
+    let http = wait_line(&logs, "dashboard, metrics and admin API on http://");
+    let http = http
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP address in {http:?}"));
     let addr = listening_addr(&wait_line(&logs, "switchboard listening on"));
-    (child, logs, addr)
+    (child, logs, addr, http)
 }
 
 /// Writes a config file beside `dir` that keeps the broker's state in `dir` with the `fsync`
