@@ -402,3 +402,72 @@ async fn with_fsync_always_a_publisher_ahead_of_its_pubacks_has_them_settled_bef
     stop_tracing(strace);
     kill_9(broker);
 }
+
+#[tokio::test]
+async fn with_fsync_always_a_failed_sync_stops_the_acknowledgements_until_a_restart() {
+    if !strace_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let (broker, logs, addr, http) = start_broker_and_http(&state, "always", "info", "", 0);
+    Raw::leave_subscribed(addr, "gate-offline", "gate/+/state").await;
+    let (mut publisher, _) = Raw::handshake(addr, "gate-app", true).await;
+    publish_until_acked(&mut publisher, "gate/1/state", b"before", 1).await;
+    // The next `fdatasync` fails with EIO. A later one would succeed, and say nothing about
+    // what the failed one could not write: nothing is acknowledged that waits for the disk.
+    let strace = inject(broker.0.id(), "fdatasync", "error=EIO:when=1");
+    publisher
+        .send(&packets::publish(
+            "gate/1/state",
+            b"unsure",
+            1,
+            2,
+            false,
+            false,
+        ))
+        .await;
+    let error = wait_line(&logs, "cannot sync the persistence log");
+    assert!(error.contains("until the broker restarts"), "{error}");
+    publisher
+        .send(&packets::publish(
+            "gate/1/state",
+            b"after",
+            1,
+            3,
+            false,
+            false,
+        ))
+        .await;
+    let nothing = tokio::time::timeout(Duration::from_secs(3), publisher.recv()).await;
+    assert!(
+        nothing.is_err(),
+        "a PUBACK (or a close) came for what a failed sync may not have written: {nothing:?}"
+    );
+    let ready = common::http::get(http, "/api/v1/health/ready", None).await;
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    let metrics = common::http::get(http, "/metrics", None).await;
+    assert!(
+        metrics
+            .body
+            .lines()
+            .any(|line| line == "switchboard_persistence_durability_lost 1"),
+        "{}",
+        metrics.body
+    );
+    stop_tracing(strace);
+    kill_9(broker);
+
+    // Started again, the broker reads back what is on disk and acknowledges again.
+    let (_again, _logs, addr) = start_broker_with(&state, "always", "info", "");
+    let (mut offline, present) = Raw::handshake(addr, "gate-offline", false).await;
+    assert!(present, "the offline session was kept");
+    let kept = offline.drain_payloads().await;
+    assert_eq!(
+        kept.first().map(Vec::as_slice),
+        Some(&b"before"[..]),
+        "{kept:?}"
+    );
+    let (mut publisher, _) = Raw::handshake(addr, "gate-app", true).await;
+    publish_until_acked(&mut publisher, "gate/1/state", b"again", 4).await;
+}

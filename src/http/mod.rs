@@ -205,10 +205,17 @@ async fn live() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "live" }))
 }
 
-/// Ready when the broker accepts connections and its Registry answers.
+/// Ready when the broker accepts connections, its Registry answers, and (with
+/// `fsync = "always"`) no sync of its log has failed.
 async fn ready(state: web::Data<HttpState>) -> HttpResponse {
     if state.stopping.is_cancelled() {
         return error(503, "the broker is shutting down");
+    }
+    if state.metrics.persistence.durability_lost() {
+        return error(
+            503,
+            "a sync of the persistence log failed: nothing that waits for the disk is acknowledged until the broker restarts",
+        );
     }
     match state.registry_stats().await {
         Ok(stats) => HttpResponse::Ok().json(serde_json::json!({

@@ -153,6 +153,12 @@ fn persistence(e: &mut DescriptorEncoder, p: &PersistenceSnapshot) -> std::fmt::
         "Bytes of the persistence log's records still live (what a compaction keeps)",
         p.live_bytes,
     )?;
+    gauge(
+        e,
+        "switchboard_persistence_durability_lost",
+        "1 once a sync failed with fsync = \"always\": nothing that waits for the disk is acknowledged until a restart",
+        u64::from(p.durability_lost),
+    )?;
     histogram(
         e,
         "switchboard_persistence_sync_duration_seconds",

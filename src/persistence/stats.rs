@@ -44,6 +44,8 @@ pub struct PersistenceStats {
     live_bytes: AtomicU64,
     /// Slow syncs, warned of at most once per [`WARNING_INTERVAL`].
     slow_syncs: Mutex<LogGate>,
+    /// With `fsync = "always"`, a sync failed: nothing is reported durable any more.
+    durability_lost: AtomicBool,
 }
 
 impl Default for PersistenceStats {
@@ -61,6 +63,7 @@ impl Default for PersistenceStats {
             log_bytes: AtomicU64::default(),
             live_bytes: AtomicU64::default(),
             slow_syncs: Mutex::new(LogGate::new(WARNING_INTERVAL)),
+            durability_lost: AtomicBool::default(),
         }
     }
 }
@@ -89,6 +92,9 @@ pub struct PersistenceSnapshot {
     pub log_bytes: u64,
     /// The bytes of the records still live in it (what a compaction would keep).
     pub live_bytes: u64,
+    /// With `fsync = "always"`, a sync failed: nothing waiting for the disk is acknowledged
+    /// until a restart ([`PersistenceStats::durability_lost`]).
+    pub durability_lost: bool,
 }
 
 impl PersistenceStats {
@@ -134,6 +140,20 @@ impl PersistenceStats {
         }
     }
 
+    /// With `fsync = "always"`, a sync of the log failed. After a failed `fdatasync` the
+    /// kernel may have dropped what it could not write, and a later sync that succeeds does not
+    /// say it reached the disk, so nothing is reported durable from then on: what waits for
+    /// the disk is not acknowledged until the broker restarts and reads the log back. Returns
+    /// whether this is the first such failure.
+    pub(super) fn note_durability_lost(&self) -> bool {
+        !self.durability_lost.swap(true, Ordering::SeqCst)
+    }
+
+    /// Whether a failed sync stopped every report of durability (`fsync = "always"`).
+    pub fn durability_lost(&self) -> bool {
+        self.durability_lost.load(Ordering::SeqCst)
+    }
+
     /// Counts a failed append to the log.
     pub(super) fn add_write_failure(&self) {
         self.write_failures.fetch_add(1, Ordering::Relaxed);
@@ -172,6 +192,7 @@ impl PersistenceStats {
             compactions: get(&self.compactions),
             log_bytes: get(&self.log_bytes),
             live_bytes: get(&self.live_bytes),
+            durability_lost: self.durability_lost(),
         })
     }
 }

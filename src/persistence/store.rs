@@ -204,6 +204,11 @@ impl StoreShared {
     /// that no list of waiters is reported on by two threads at once.
     pub(super) fn report_durable(self: &Arc<Self>, seq: u64, ready: &mut Vec<Recipient<Durable>>) {
         self.written.fetch_max(seq, Ordering::SeqCst);
+        if self.syncs_each_commit && self.stats.durability_lost() {
+            // A sync failed: nothing later is known to be on disk
+            // (`PersistenceStats::note_durability_lost`); who waits for it waits for a restart.
+            return;
+        }
         self.durable.fetch_max(seq, Ordering::SeqCst);
         self.waiters.report(self, seq, ready);
     }

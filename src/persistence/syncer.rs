@@ -36,7 +36,6 @@ use tracing::{debug, error};
 
 use super::batch_thread::run_as_batch_thread;
 use super::store::StoreShared;
-use super::writer::RETRY_AFTER;
 
 /// How far the writer may append ahead of the last sync done ([`Syncer::wait_within`]).
 pub(super) const MAX_UNSYNCED_BYTES: u64 = 4 << 20;
@@ -340,14 +339,18 @@ fn run(shared: &Shared, store: &Arc<StoreShared>) {
             job
         };
         let started = Instant::now();
-        while let Err(e) = job.file.sync_data() {
+        if let Err(e) = job.file.sync_data() {
+            // Not retried: a later success would not say the data is on disk. Nothing is
+            // reported durable from now on (`StoreShared::report_durable`).
             store.stats.add_sync_failure();
-            error!(error = %e, segment = %job.segment.display(), "cannot sync the persistence log; trying again in 1 s, nothing more is acknowledged until it can");
-            std::thread::sleep(RETRY_AFTER);
+            if store.stats.note_durability_lost() {
+                error!(error = %e, segment = %job.segment.display(), "cannot sync the persistence log: what was written since the last sync may not be on disk, and a later sync cannot prove it is; nothing that waits for the disk is acknowledged until the broker restarts");
+            }
+        } else {
+            store.stats.add_sync(started.elapsed(), &job.segment);
+            // What a power-loss test cuts the log back to.
+            debug!(segment = %job.segment.display(), offset = job.offset, "persistence log synced");
         }
-        store.stats.add_sync(started.elapsed(), &job.segment);
-        // What a power-loss test cuts the log back to.
-        debug!(segment = %job.segment.display(), offset = job.offset, "persistence log synced");
         store.report_durable(job.seq, &mut ready);
         {
             let mut state = shared.lock();

@@ -181,22 +181,33 @@ impl Writer {
                 unsynced = false;
             } else if sync_due {
                 let started = Instant::now();
+                let mut synced = true;
                 while let Err(e) = self.log.sync() {
                     shared.stats.add_sync_failure();
+                    if self.policy == FsyncPolicy::Always {
+                        // Not retried: a later success would not say the data is on disk.
+                        synced = false;
+                        if shared.stats.note_durability_lost() {
+                            error!(error = %e, segment = %self.log.position().0.display(), "cannot sync the persistence log: what was written since the last sync may not be on disk, and a later sync cannot prove it is; nothing that waits for the disk is acknowledged until the broker restarts");
+                        }
+                        break;
+                    }
                     error!(error = %e, "cannot sync the persistence log; trying again in 1 s, nothing more is acknowledged until it can");
                     std::thread::sleep(RETRY_AFTER);
                 }
                 last_sync = Instant::now();
                 let (segment, offset) = self.log.position();
-                shared
-                    .stats
-                    .add_sync(last_sync.duration_since(started), &segment);
                 unsynced = false;
                 if let Some(syncer) = &syncer {
                     syncer.note_synced(self.log.appended());
                 }
-                // What a power-loss test cuts the log back to.
-                debug!(segment = %segment.display(), offset, "persistence log synced");
+                if synced {
+                    shared
+                        .stats
+                        .add_sync(last_sync.duration_since(started), &segment);
+                    // What a power-loss test cuts the log back to.
+                    debug!(segment = %segment.display(), offset, "persistence log synced");
+                }
             }
             if let (Some(seq), false) = (to_report, handed) {
                 shared.report_durable(seq, &mut ready);
