@@ -220,13 +220,11 @@ async fn a_full_disk_delays_the_acknowledgements_and_loses_nothing() {
     }
     stop_tracing(strace);
     // `/metrics` counts the three failed writes.
-    let metrics = common::http::get(http, "/metrics", None).await;
-    let failures = metrics
-        .body
-        .lines()
-        .find_map(|line| line.strip_prefix("switchboard_persistence_write_failures_total "))
-        .unwrap_or_else(|| panic!("no write failures counted: {}", metrics.body));
-    assert_eq!(failures.trim(), "3", "one per failed write");
+    assert_eq!(
+        sample(http, "switchboard_persistence_write_failures_total").await,
+        "3",
+        "one per failed write"
+    );
     kill_9(broker);
 
     let (_again, _logs, addr) = start_broker_with(&state, "always", "info", "");
@@ -240,6 +238,19 @@ async fn a_full_disk_delays_the_acknowledgements_and_loses_nothing() {
         retained.insert(publish.topic);
     }
     assert_eq!(retained.len(), 100, "every retained message, once");
+}
+
+/// The value of the unlabelled sample `name` on the `/metrics` of the broker whose HTTP server
+/// is at `http` (the classic text format).
+async fn sample(http: std::net::SocketAddr, name: &str) -> String {
+    let metrics = common::http::get(http, "/metrics", None).await;
+    let prefix = format!("{name} ");
+    metrics
+        .body
+        .lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .map(|value| value.trim().to_string())
+        .unwrap_or_else(|| panic!("no sample {name} in {}", metrics.body))
 }
 
 /// How long strace holds each `fdatasync` of the settlement tests.
@@ -446,14 +457,9 @@ async fn with_fsync_always_a_failed_sync_stops_the_acknowledgements_until_a_rest
     );
     let ready = common::http::get(http, "/api/v1/health/ready", None).await;
     assert_eq!(ready.status, 503, "{}", ready.body);
-    let metrics = common::http::get(http, "/metrics", None).await;
-    assert!(
-        metrics
-            .body
-            .lines()
-            .any(|line| line == "switchboard_persistence_durability_lost 1"),
-        "{}",
-        metrics.body
+    assert_eq!(
+        sample(http, "switchboard_persistence_durability_lost").await,
+        "1"
     );
     stop_tracing(strace);
     kill_9(broker);
