@@ -140,16 +140,20 @@ impl PersistenceStats {
         }
     }
 
-    /// With `fsync = "always"`, a sync of the log failed. After a failed `fdatasync` the
-    /// kernel may have dropped what it could not write, and a later sync that succeeds does not
-    /// say it reached the disk, so nothing is reported durable from then on: what waits for
-    /// the disk is not acknowledged until the broker restarts and reads the log back. Returns
-    /// whether this is the first such failure.
-    pub(super) fn note_durability_lost(&self) -> bool {
-        !self.durability_lost.swap(true, Ordering::SeqCst)
+    /// With `fsync = "always"`, a sync of `segment` failed with `error`. After a failed
+    /// `fdatasync` the kernel may have dropped what it could not write, and a later sync that
+    /// succeeds does not say it reached the disk, so nothing is reported durable from then on:
+    /// what waits for the disk is not acknowledged until the broker restarts and reads the log
+    /// back. Counted, and logged the first time.
+    pub(super) fn lose_durability(&self, error: &dyn std::fmt::Display, segment: &Path) {
+        self.add_sync_failure();
+        if !self.durability_lost.swap(true, Ordering::SeqCst) {
+            tracing::error!(error = %error, segment = %segment.display(), "cannot sync the persistence log: what was written since the last sync may not be on disk, and a later sync cannot prove it is; nothing that waits for the disk is acknowledged until the broker restarts");
+        }
     }
 
-    /// Whether a failed sync stopped every report of durability (`fsync = "always"`).
+    /// Whether a failed sync stopped every report of durability (`fsync = "always"`,
+    /// [`Self::lose_durability`]).
     pub fn durability_lost(&self) -> bool {
         self.durability_lost.load(Ordering::SeqCst)
     }

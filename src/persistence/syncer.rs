@@ -32,7 +32,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tracing::{debug, error};
+use tracing::debug;
 
 use super::batch_thread::run_as_batch_thread;
 use super::store::StoreShared;
@@ -342,10 +342,7 @@ fn run(shared: &Shared, store: &Arc<StoreShared>) {
         if let Err(e) = job.file.sync_data() {
             // Not retried: a later success would not say the data is on disk. Nothing is
             // reported durable from now on (`StoreShared::report_durable`).
-            store.stats.add_sync_failure();
-            if store.stats.note_durability_lost() {
-                error!(error = %e, segment = %job.segment.display(), "cannot sync the persistence log: what was written since the last sync may not be on disk, and a later sync cannot prove it is; nothing that waits for the disk is acknowledged until the broker restarts");
-            }
+            store.stats.lose_durability(&e, &job.segment);
         } else {
             store.stats.add_sync(started.elapsed(), &job.segment);
             // What a power-loss test cuts the log back to.

@@ -183,15 +183,13 @@ impl Writer {
                 let started = Instant::now();
                 let mut synced = true;
                 while let Err(e) = self.log.sync() {
-                    shared.stats.add_sync_failure();
                     if self.policy == FsyncPolicy::Always {
                         // Not retried: a later success would not say the data is on disk.
                         synced = false;
-                        if shared.stats.note_durability_lost() {
-                            error!(error = %e, segment = %self.log.position().0.display(), "cannot sync the persistence log: what was written since the last sync may not be on disk, and a later sync cannot prove it is; nothing that waits for the disk is acknowledged until the broker restarts");
-                        }
+                        shared.stats.lose_durability(&e, &self.log.position().0);
                         break;
                     }
+                    shared.stats.add_sync_failure();
                     error!(error = %e, "cannot sync the persistence log; trying again in 1 s, nothing more is acknowledged until it can");
                     std::thread::sleep(RETRY_AFTER);
                 }
