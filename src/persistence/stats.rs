@@ -152,8 +152,8 @@ impl PersistenceStats {
         }
     }
 
-    /// Whether a failed sync stopped every report of durability (`fsync = "always"`,
-    /// [`Self::lose_durability`]).
+    /// Whether a failed sync stopped every report of durability (`fsync = "always"`): from
+    /// then on nothing is reported durable until a restart.
     pub fn durability_lost(&self) -> bool {
         self.durability_lost.load(Ordering::SeqCst)
     }
