@@ -74,6 +74,7 @@ async fn the_event_stream_carries_lifecycle_events_and_counters() {
     let mut events = open_events(http).await;
     let stats = wait_for_event(&mut events, |e| e["type"] == "stats").await;
     assert!(stats["connections"].is_u64(), "{stats}");
+    assert!(stats["persistence"].is_null(), "in memory: {stats}");
     let (mut gate, _) = Raw::handshake(broker.local_addr(), "gate-1AB", true).await;
     let connected = wait_for_event(&mut events, |e| e["type"] == "connected").await;
     assert_eq!(connected["client_id"], "gate-1AB");
@@ -110,6 +111,56 @@ async fn the_event_stream_carries_lifecycle_events_and_counters() {
         2 * "gate/1/cmd".len() + "open".len() + "close".len(),
         "topic and payload of each"
     );
+}
+
+#[tokio::test]
+async fn with_persistence_the_summaries_carry_the_log_figures() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = broker_with(|c| c.persistence.dir = Some(dir.path().join("state")));
+    let http = broker.http_local_addr().expect("http");
+    let mut events = open_events(http).await;
+    let (mut app, _) = Raw::handshake(broker.local_addr(), "app", true).await;
+    // A retained QoS 1 message is kept: acknowledged once it is in the log.
+    app.publish_acked("gate/1AB/state", b"closed", 1, true)
+        .await;
+    let stats = wait_for_event(&mut events, |e| {
+        e["type"] == "stats" && e["persistence"]["commits_total"].as_u64() >= Some(1)
+    })
+    .await;
+    let persistence = &stats["persistence"];
+    assert_eq!(persistence["fsync"], "interval", "the default: {stats}");
+    assert!(
+        persistence["log_bytes"].as_u64() > Some(0),
+        "the retained message is in the log: {stats}"
+    );
+    for healthy in ["writes_failing", "syncs_failing", "durability_lost"] {
+        assert_eq!(persistence[healthy], false, "{healthy}: {stats}");
+    }
+}
+
+#[test]
+fn in_chromium_the_page_shows_the_persistence_log() {
+    if !browser_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = broker_with(|c| {
+        c.persistence.dir = Some(dir.path().join("state"));
+        c.persistence.fsync = switchboard::config::FsyncPolicy::Always;
+    });
+    let shown = drive_page(&broker, &["--persistence", "ok"]);
+    assert_eq!(shown["fsync"], "always", "{shown}");
+    assert_eq!(shown["commits"], "0", "no traffic: {shown}");
+    assert!(
+        shown["persistence"]
+            .as_str()
+            .is_some_and(|text| text.contains("Writing and syncing")),
+        "{shown}"
+    );
+    // A broker in memory shows no such section.
+    let in_memory = common::broker();
+    let shown = drive_page(&in_memory, &["--persistence", "hidden"]);
+    assert_eq!(shown["hidden"], true, "{shown}");
 }
 
 #[tokio::test]

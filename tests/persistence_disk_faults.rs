@@ -25,7 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::child::{listening_addr, log_number, spawn_command, wait_line, BIN};
 use common::durable::{kill_9, start_broker_and_http, start_broker_with, write_config};
-use common::{packets, strace_available, Raw};
+use common::{browser_available, packets, run_browser_script, strace_available, Raw};
 
 /// Messages published, and the payload of each: 48 MiB in all, three times what the writer may
 /// have pending before Sessions stop reading (16 MiB).
@@ -206,6 +206,11 @@ async fn a_full_disk_delays_the_acknowledgements_and_loses_nothing() {
     let error = wait_line(&logs, "cannot write the persistence log");
     assert!(error.contains("No space left on device"), "{error}");
     assert!(error.contains(".log"), "names the file: {error}");
+    // Until a write succeeds (the third retry, 3 s on), `/metrics` says writes are failing.
+    assert_eq!(
+        sample(http, "switchboard_persistence_writes_failing").await,
+        "1"
+    );
     // Acknowledged once written, each once, none lost.
     let mut acked = [false; 100];
     for _ in 0..100 {
@@ -224,6 +229,11 @@ async fn a_full_disk_delays_the_acknowledgements_and_loses_nothing() {
         sample(http, "switchboard_persistence_write_failures_total").await,
         "3",
         "one per failed write"
+    );
+    assert_eq!(
+        sample(http, "switchboard_persistence_writes_failing").await,
+        "0",
+        "a write has succeeded since"
     );
     kill_9(broker);
 
@@ -461,6 +471,29 @@ async fn with_fsync_always_a_failed_sync_stops_the_acknowledgements_until_a_rest
         sample(http, "switchboard_persistence_durability_lost").await,
         "1"
     );
+    // The one failed sync is counted; it is not tried again.
+    assert_eq!(
+        sample(http, "switchboard_persistence_sync_failures_total").await,
+        "1"
+    );
+    // The dashboard says so too.
+    if browser_available() {
+        let url = format!("http://{http}/");
+        let shown = tokio::task::spawn_blocking(move || {
+            run_browser_script(
+                "drive.js",
+                [url.as_str(), "--persistence", "durability-lost"],
+            )
+        })
+        .await
+        .expect("drive.js");
+        assert!(
+            shown["persistence"]
+                .as_str()
+                .is_some_and(|text| text.contains("until the broker restarts")),
+            "{shown}"
+        );
+    }
     stop_tracing(strace);
     kill_9(broker);
 

@@ -100,7 +100,7 @@ pub struct Config {
 
 /// When the persistence log is synced to disk (`persistence.fsync`), and so what an
 /// acknowledgement promises.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FsyncPolicy {
     /// PUBACK/PUBREC after the change is written and `fdatasync`ed: survives power loss.

@@ -1,7 +1,7 @@
 //! The dashboard's live feed: an actor that receives the Registry's lifecycle events (as a hook,
 //! installed when the first page subscribes, so a broker nobody watches pays nothing) and, from
-//! then on, a once-a-second summary of the counters, and broadcasts both as JSON to every open page
-//! (`GET /api/v1/events`, server-sent events).
+//! then on, a once-a-second summary of the counters (with `[persistence]`, the log's too), and
+//! broadcasts both as JSON to every open page (`GET /api/v1/events`, server-sent events).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -137,6 +137,19 @@ impl Feed {
         self.last = Some((now, received, sent, dropped));
         let suppressed = self.budget.take_suppressed();
         let connections = metrics.connections_current;
+        let persistence = self.metrics.persistence.snapshot().map(|p| {
+            json!({
+                "fsync": p.fsync,
+                "log_bytes": p.log_bytes,
+                "live_bytes": p.live_bytes,
+                "commits_total": p.commits,
+                "syncs_total": p.syncs,
+                "compactions_total": p.compactions,
+                "writes_failing": p.writes_failing,
+                "syncs_failing": p.syncs_failing,
+                "durability_lost": p.durability_lost,
+            })
+        });
         self.registry
             .send(GetStats)
             .into_actor(self)
@@ -157,6 +170,7 @@ impl Feed {
                         "sent_per_s": rates.1,
                         "dropped_per_s": rates.2,
                         "events_suppressed": suppressed,
+                        "persistence": persistence,
                     })
                     .to_string(),
                 );

@@ -132,7 +132,7 @@ fn persistence(e: &mut DescriptorEncoder, p: &PersistenceSnapshot) -> std::fmt::
     counter(
         e,
         "switchboard_persistence_sync_failures",
-        "fdatasyncs of the persistence log that failed (retried each second)",
+        "fdatasyncs of the persistence log that failed (retried each second, except with fsync = \"always\": see durability_lost)",
         p.sync_failures,
     )?;
     counter(
@@ -158,6 +158,18 @@ fn persistence(e: &mut DescriptorEncoder, p: &PersistenceSnapshot) -> std::fmt::
         "switchboard_persistence_durability_lost",
         "1 once a sync failed with fsync = \"always\": nothing that waits for the disk is acknowledged until a restart",
         u64::from(p.durability_lost),
+    )?;
+    gauge(
+        e,
+        "switchboard_persistence_writes_failing",
+        "1 while the last append to the persistence log failed (a full disk): nothing more is acknowledged until one succeeds",
+        u64::from(p.writes_failing),
+    )?;
+    gauge(
+        e,
+        "switchboard_persistence_syncs_failing",
+        "1 while the last fdatasync of the persistence log failed (retried each second): nothing more that waits for the disk is acknowledged until one succeeds",
+        u64::from(p.syncs_failing),
     )?;
     histogram(
         e,

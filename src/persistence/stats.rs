@@ -7,11 +7,12 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tracing::warn;
 
+use crate::config::FsyncPolicy;
 use crate::drops::WARNING_INTERVAL;
 use crate::log_gate::LogGate;
 
@@ -31,6 +32,8 @@ pub const SYNC_BOUNDS: [f64; 12] = [
 pub struct PersistenceStats {
     /// The writer thread has started (`[persistence]` with a `dir`).
     started: AtomicBool,
+    /// Its `fsync` policy, set as it starts.
+    policy: OnceLock<FsyncPolicy>,
     commits: AtomicU64,
     appended_bytes: AtomicU64,
     syncs: AtomicU64,
@@ -46,12 +49,17 @@ pub struct PersistenceStats {
     slow_syncs: Mutex<LogGate>,
     /// With `fsync = "always"`, a sync failed: nothing is reported durable any more.
     durability_lost: AtomicBool,
+    /// The last append failed; the next that succeeds clears it.
+    writes_failing: AtomicBool,
+    /// The last sync failed; the next that succeeds clears it.
+    syncs_failing: AtomicBool,
 }
 
 impl Default for PersistenceStats {
     fn default() -> Self {
         PersistenceStats {
             started: AtomicBool::default(),
+            policy: OnceLock::new(),
             commits: AtomicU64::default(),
             appended_bytes: AtomicU64::default(),
             syncs: AtomicU64::default(),
@@ -64,13 +72,17 @@ impl Default for PersistenceStats {
             live_bytes: AtomicU64::default(),
             slow_syncs: Mutex::new(LogGate::new(WARNING_INTERVAL)),
             durability_lost: AtomicBool::default(),
+            writes_failing: AtomicBool::default(),
+            syncs_failing: AtomicBool::default(),
         }
     }
 }
 
 /// A copy of [`PersistenceStats`] at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PersistenceSnapshot {
+    /// When the log is synced (`persistence.fsync`).
+    pub fsync: FsyncPolicy,
     /// Commits that appended records to the log (one per drain of the writer's queue).
     pub commits: u64,
     /// Bytes appended to the log by commits (compaction's snapshots not included).
@@ -83,8 +95,14 @@ pub struct PersistenceSnapshot {
     pub sync_buckets: [u64; SYNC_BOUNDS.len() + 1],
     /// Appends to the log that failed (each retried after a second).
     pub write_failures: u64,
-    /// Syncs of the log that failed (each retried after a second).
+    /// Syncs of the log that failed (each retried after a second; with `fsync = "always"`
+    /// not retried, see `durability_lost`).
     pub sync_failures: u64,
+    /// The last append failed: nothing more is acknowledged until one succeeds.
+    pub writes_failing: bool,
+    /// The last sync failed (retried each second; until one succeeds nothing more that
+    /// waits for the disk is acknowledged).
+    pub syncs_failing: bool,
     /// Compactions finished.
     pub compactions: u64,
     /// The bytes of records in the log's segments (snapshot included), as of the last commit;
@@ -98,13 +116,15 @@ pub struct PersistenceSnapshot {
 }
 
 impl PersistenceStats {
-    /// Marks the store as started: a scrape shows these counters from now on.
-    pub(super) fn note_started(&self) {
+    /// Marks the store as started with `policy`: a scrape shows these counters from now on.
+    pub(super) fn note_started(&self, policy: FsyncPolicy) {
+        let _ = self.policy.set(policy);
         self.started.store(true, Ordering::Relaxed);
     }
 
-    /// Counts a commit that appended `bytes`.
+    /// Counts a commit that appended `bytes`: its append succeeded.
     pub(super) fn add_commit(&self, bytes: usize) {
+        self.writes_failing.store(false, Ordering::Relaxed);
         self.commits.fetch_add(1, Ordering::Relaxed);
         self.appended_bytes
             .fetch_add(bytes as u64, Ordering::Relaxed);
@@ -127,6 +147,7 @@ impl PersistenceStats {
                 );
             }
         }
+        self.syncs_failing.store(false, Ordering::Relaxed);
         self.syncs.fetch_add(1, Ordering::Relaxed);
         let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
         self.sync_nanos.fetch_add(nanos, Ordering::Relaxed);
@@ -160,11 +181,13 @@ impl PersistenceStats {
 
     /// Counts a failed append to the log.
     pub(super) fn add_write_failure(&self) {
+        self.writes_failing.store(true, Ordering::Relaxed);
         self.write_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a failed sync of the log.
     pub(super) fn add_sync_failure(&self) {
+        self.syncs_failing.store(true, Ordering::Relaxed);
         self.sync_failures.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -184,8 +207,10 @@ impl PersistenceStats {
         if !self.started.load(Ordering::Relaxed) {
             return None;
         }
+        let fsync = *self.policy.get()?;
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         Some(PersistenceSnapshot {
+            fsync,
             commits: get(&self.commits),
             appended_bytes: get(&self.appended_bytes),
             syncs: get(&self.syncs),
@@ -197,6 +222,8 @@ impl PersistenceStats {
             log_bytes: get(&self.log_bytes),
             live_bytes: get(&self.live_bytes),
             durability_lost: self.durability_lost(),
+            writes_failing: self.writes_failing.load(Ordering::Relaxed),
+            syncs_failing: self.syncs_failing.load(Ordering::Relaxed),
         })
     }
 }
@@ -210,14 +237,41 @@ mod tests {
         let stats = PersistenceStats::default();
         stats.add_commit(10);
         assert_eq!(stats.snapshot(), None);
-        stats.note_started();
+        stats.note_started(FsyncPolicy::Interval);
         assert_eq!(stats.snapshot().map(|s| s.commits), Some(1));
+    }
+
+    #[test]
+    fn a_failing_write_or_sync_is_shown_until_the_next_one_succeeds() {
+        let stats = PersistenceStats::default();
+        stats.note_started(FsyncPolicy::Interval);
+        let failing = |stats: &PersistenceStats| {
+            stats
+                .snapshot()
+                .map(|s| (s.writes_failing, s.syncs_failing))
+        };
+        assert_eq!(failing(&stats), Some((false, false)));
+        stats.add_write_failure();
+        stats.add_write_failure();
+        stats.add_sync_failure();
+        assert_eq!(failing(&stats), Some((true, true)));
+        stats.add_commit(10);
+        assert_eq!(failing(&stats), Some((false, true)));
+        stats.add_sync(Duration::from_micros(80), Path::new("0000000000000001.log"));
+        assert_eq!(failing(&stats), Some((false, false)));
+        assert_eq!(
+            stats
+                .snapshot()
+                .map(|s| (s.fsync, s.write_failures, s.sync_failures)),
+            Some((FsyncPolicy::Interval, 2, 1)),
+            "the totals stay"
+        );
     }
 
     #[test]
     fn each_sync_lands_in_the_first_bucket_that_holds_it() {
         let stats = PersistenceStats::default();
-        stats.note_started();
+        stats.note_started(FsyncPolicy::Always);
         let segment = Path::new("0000000000000001.log");
         stats.add_sync(Duration::from_micros(80), segment);
         stats.add_sync(Duration::from_micros(100), segment);

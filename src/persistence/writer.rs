@@ -81,7 +81,7 @@ impl Writer {
                     .ok()
             });
         self.build_live();
-        shared.stats.note_started();
+        shared.stats.note_started(self.policy);
         shared
             .stats
             .set_sizes(self.log.total_bytes(), self.live.bytes());

@@ -5,6 +5,11 @@
 //   node drive.js URL --bridge NAME               check: the bridges table shows NAME connected
 //   node drive.js URL --cluster NODE PEER         check: the cluster table shows this node NODE
 //                                                 connected to NATS, and the other node PEER
+//   node drive.js URL --persistence STATE         check: the persistence section shows STATE
+//                                                 (ok, writes-failing, syncs-failing,
+//                                                 durability-lost); prints its text and cards;
+//                                                 with STATE hidden, whether the section is
+//                                                 hidden once the first summary came
 // Prints one JSON object per step; exits 1 with {"error": ...} on failure, within 30 s (plus
 // the wait of a screenshot).
 const puppeteer = require('puppeteer-core');
@@ -56,6 +61,29 @@ setTimeout(() => fail(`timed out after ${budget} s`), budget * 1000);
     await page.waitForSelector(peer, { timeout: 10000, visible: true });
     const cells = (e) => Array.from(e.cells, (c) => c.textContent);
     say({ node: await page.$eval(self, cells), peer: await page.$eval(peer, cells) });
+    await finish(browser);
+    return;
+  }
+  if (clientId === '--persistence' && third === 'hidden') {
+    await page.goto(url, { waitUntil: 'domcontentloaded' });
+    await page.waitForFunction(() => document.getElementById('c-connections').textContent !== '–', { timeout: 10000 });
+    say({ hidden: await page.$eval('#persistence-section', (e) => e.hidden) });
+    await finish(browser);
+    return;
+  }
+  if (clientId === '--persistence') {
+    await page.goto(url, { waitUntil: 'domcontentloaded' });
+    const state = `#persistence-state[data-state="${third}"]`;
+    await page.waitForSelector(state, { timeout: 10000, visible: true });
+    // The rates need two summaries.
+    await page.waitForFunction(() => document.getElementById('p-commits').textContent !== '–', { timeout: 10000 });
+    const text = (id) => page.$eval(id, (e) => e.textContent);
+    say({
+      persistence: await text(state),
+      fsync: await text('#p-fsync'),
+      log: await text('#p-log'),
+      commits: await text('#p-commits'),
+    });
     await finish(browser);
     return;
   }
