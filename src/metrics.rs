@@ -23,6 +23,7 @@ pub struct Metrics {
     too_large_dropped: AtomicU64,
     connects: AtomicU64,
     auth_failures: AtomicU64,
+    sessions_expired: AtomicU64,
     /// Ends of MQTT connections by [`DisconnectKind`].
     disconnects: [AtomicU64; DisconnectKind::ALL.len()],
     /// Packets, PUBLISHes and bytes each way, counted per worker thread.
@@ -121,6 +122,9 @@ pub struct MetricsSnapshot {
     /// CONNECTs refused for their credentials: no user name where one is required, a wrong
     /// password, or an interceptor's Bad user name or password / Not authorized.
     pub auth_failures: u64,
+    /// Persistent sessions (expiry above 0) ended because their expiry interval passed while
+    /// their client was away, those found expired in the persistence log at start included.
+    pub sessions_expired: u64,
     /// Ends of accepted MQTT connections, by [`DisconnectKind`] (indexed as
     /// [`DisconnectKind::ALL`]).
     pub disconnects: [u64; DisconnectKind::ALL.len()],
@@ -225,6 +229,7 @@ impl Metrics {
     counter!(add_too_large_dropped, too_large_dropped);
     counter!(add_connects, connects);
     counter!(add_auth_failures, auth_failures);
+    counter!(add_sessions_expired, sessions_expired);
 
     /// An accepted MQTT connection ended for `reason`.
     pub fn disconnected(&self, reason: &DisconnectReason) {
@@ -285,6 +290,7 @@ impl Metrics {
             too_large_dropped: get(&self.too_large_dropped),
             connects: get(&self.connects),
             auth_failures: get(&self.auth_failures),
+            sessions_expired: get(&self.sessions_expired),
             disconnects: std::array::from_fn(|at| get(&self.disconnects[at])),
         }
     }

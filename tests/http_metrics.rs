@@ -431,6 +431,8 @@ async fn offline_queues_and_the_persistence_writer_are_measured() {
         ("switchboard_persistence_compactions", "counter"),
         ("switchboard_persistence_log_bytes", "gauge"),
         ("switchboard_persistence_live_bytes", "gauge"),
+        ("switchboard_persistence_writes_failing", "gauge"),
+        ("switchboard_persistence_syncs_failing", "gauge"),
         ("switchboard_persistence_sync_duration_seconds", "histogram"),
     ] {
         assert_eq!(
@@ -475,6 +477,12 @@ async fn offline_queues_and_the_persistence_writer_are_measured() {
         held.get("switchboard_persistence_sync_failures_total{}"),
         0.0
     );
+    for healthy in [
+        "switchboard_persistence_writes_failing{}",
+        "switchboard_persistence_syncs_failing{}",
+    ] {
+        assert_eq!(held.get(healthy), 0.0, "{healthy}");
+    }
 
     // The gate comes back without subscribing again and takes them: nothing is held now.
     let (mut gate, present) = Raw::handshake(addr, "gate-away", false).await;
@@ -484,4 +492,42 @@ async fn offline_queues_and_the_persistence_writer_are_measured() {
     let resumed = scrape(http, None).await;
     assert_eq!(resumed.get("switchboard_offline_queued_messages{}"), 0.0);
     assert_eq!(resumed.get("switchboard_offline_queued_bytes{}"), 0.0);
+}
+
+#[tokio::test]
+async fn retained_bytes_follow_every_set_replace_and_clear() {
+    if !prometheus_parser_available() {
+        return;
+    }
+    // No `$SYS` messages: the retained store holds only what the test publishes.
+    let broker = broker_with(|c| c.sys.interval = Duration::ZERO);
+    let (addr, http) = (broker.local_addr(), broker.http_local_addr().expect("http"));
+    let (mut gate, _) = Raw::handshake(addr, "gate-1AB", true).await;
+    let retained = |topic: &str, payload: &str| (topic.len() + payload.len()) as f64;
+    let steps: [(&str, &str, f64); 4] = [
+        ("gate/1/state", "closed", retained("gate/1/state", "closed")),
+        // Replaced: the old message's bytes go.
+        ("gate/1/state", "open", retained("gate/1/state", "open")),
+        (
+            "gate/2/state",
+            "closed",
+            retained("gate/1/state", "open") + retained("gate/2/state", "closed"),
+        ),
+        // An empty retained message clears the topic's [MQTT-3.3.1-10].
+        ("gate/1/state", "", retained("gate/2/state", "closed")),
+    ];
+    for (pid, (topic, payload, bytes)) in (1..).zip(steps) {
+        gate.publish_acked(topic, payload.as_bytes(), pid, true)
+            .await;
+        let scraped = scrape(http, None).await;
+        assert_eq!(
+            scraped.get("switchboard_retained_bytes{}"),
+            bytes,
+            "after {topic} = {payload:?}"
+        );
+    }
+    let scraped = scrape(http, None).await;
+    assert_eq!(scraped.types["switchboard_retained_bytes"], "gauge");
+    assert_eq!(scraped.types["switchboard_sessions_expired"], "counter");
+    assert_eq!(scraped.get("switchboard_sessions_expired_total{}"), 0.0);
 }

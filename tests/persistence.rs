@@ -7,7 +7,9 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::durable::{kill_9, start_broker, start_broker_with, stream_then_kill, terminate};
+use common::durable::{
+    kill_9, start_broker, start_broker_and_http, start_broker_with, stream_then_kill, terminate,
+};
 use common::packets;
 use common::Raw;
 use switchboard::config::PersistenceConfig;
@@ -286,7 +288,7 @@ async fn persistent_sessions_and_their_subscriptions_survive_kill_9() {
     // Wall-clock time passes while the broker is down: more than short's 1 s expiry.
     std::thread::sleep(Duration::from_millis(1100));
 
-    let (child, _logs, addr) = start_broker(&state, "always");
+    let (child, _logs, addr, http) = start_broker_and_http(&state, "always", "info", "", 0);
     // [MQTT-3.2.2-2] the sessions are present, and their subscriptions work without a new
     // SUBSCRIBE, with the QoS granted before.
     let (mut radar, present) = Raw::handshake(addr, "radar-1", false).await;
@@ -299,6 +301,15 @@ async fn persistent_sessions_and_their_subscriptions_survive_kill_9() {
     assert!(
         !ack.session_present,
         "[MQTT-3.1.2-23] expired while the broker was down"
+    );
+    let metrics = common::http::get(http, "/metrics", None).await;
+    assert!(
+        metrics
+            .body
+            .lines()
+            .any(|line| line == "switchboard_sessions_expired_total 1"),
+        "found expired at start, counted: {}",
+        metrics.body
     );
     let (mut app, _) = Raw::handshake(addr, "app", true).await;
     app.send(&packets::publish(

@@ -169,7 +169,19 @@ async fn sys_topics_read_with_mosquitto_sub() {
             .await;
         assert_eq!(publisher.expect().await.byte1, 0x40);
     }
-    assert_eq!(sub.drain_acking().await.len(), 10);
+    // One command for the gate that is away: its session holds it.
+    publisher
+        .send(&packets::publish(
+            "gate/1/cmd",
+            b"open",
+            1,
+            11,
+            false,
+            false,
+        ))
+        .await;
+    assert_eq!(publisher.expect().await.byte1, 0x40);
+    assert_eq!(sub.drain_acking().await.len(), 11);
 
     let mut mosquitto_sub = tokio::process::Command::new("mosquitto_sub")
         .args(["-h", "127.0.0.1", "-p", &addr.port().to_string()])
@@ -183,7 +195,7 @@ async fn sys_topics_read_with_mosquitto_sub() {
     let mut lines = BufReader::new(stdout).lines();
     let mut values = HashMap::new();
     read_until(&mut lines, &mut values, |v| {
-        number(v, "publish/messages/received") == Some(10.0)
+        number(v, "publish/messages/received") == Some(11.0)
             && number(v, "clients/connected") == Some(3.0)
             && number(v, "subscriptions/count") == Some(3.0)
             && number(v, "load/sockets") == Some(3.0)
@@ -210,8 +222,21 @@ async fn sys_topics_read_with_mosquitto_sub() {
         number(v, "retained messages/count") == Some(v.len() as f64 + 1.0)
     })
     .await;
-    // 10 publishes in, 10 deliveries out (plus the `$SYS` ones to mosquitto_sub).
-    assert!(number(&values, "publish/messages/sent").is_some_and(|n| n >= 10.0));
+    // The message store, as Mosquitto counts it: the retained messages and the one command
+    // held for the gate that is away, and at least their topics' and payloads' bytes.
+    read_until(&mut lines, &mut values, |v| {
+        number(v, "store/messages/count")
+            == number(v, "retained messages/count").map(|retained| retained + 1.0)
+    })
+    .await;
+    let held = "gate/1/state".len() + "closed".len() + "gate/1/cmd".len() + "open".len();
+    assert!(
+        number(&values, "store/messages/bytes").is_some_and(|n| n >= held as f64),
+        "{values:?}"
+    );
+    assert_eq!(number(&values, "clients/expired"), Some(0.0));
+    // 11 publishes in, 11 deliveries out (plus the `$SYS` ones to mosquitto_sub).
+    assert!(number(&values, "publish/messages/sent").is_some_and(|n| n >= 11.0));
     assert!(number(&values, "messages/received").is_some_and(|n| n > 10.0));
     assert!(number(&values, "bytes/received").is_some_and(|n| n > 0.0));
     assert!(number(&values, "bytes/sent").is_some_and(|n| n > 0.0));
@@ -226,6 +251,25 @@ async fn sys_topics_read_with_mosquitto_sub() {
                 })
             })
         })
+    })
+    .await;
+    // An MQTT 5 client whose session is kept 1 s after it goes: once that has passed, the
+    // session is counted expired.
+    let mut brief = Raw::connect(addr).await;
+    brief
+        .send(&v5::connect5(
+            "sys-brief",
+            true,
+            60,
+            &Props::new().u32(0x11, 1),
+            None,
+        ))
+        .await;
+    assert_eq!(brief.expect().await.byte1, 0x20, "CONNACK");
+    brief.send(&[0xE0, 0x00]).await;
+    brief.expect_closed().await;
+    read_until(&mut lines, &mut values, |v| {
+        number(v, "clients/expired") == Some(1.0) && number(v, "clients/disconnected") == Some(1.0)
     })
     .await;
     let _ = mosquitto_sub.kill().await;

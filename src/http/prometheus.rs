@@ -314,6 +314,12 @@ impl Collector for Scrape {
         )?;
         gauge(
             e,
+            "switchboard_retained_bytes",
+            "Bytes (topic, payload, properties) of the retained messages",
+            s.retained_bytes as u64,
+        )?;
+        gauge(
+            e,
             "switchboard_offline_queued_messages",
             "QoS 1/2 messages queued or in flight for persistent sessions whose client is not connected",
             s.offline_messages as u64,
@@ -405,6 +411,12 @@ impl Collector for Scrape {
             "switchboard_auth_failures",
             "CONNECTs refused for their credentials",
             m.auth_failures,
+        )?;
+        counter(
+            e,
+            "switchboard_sessions_expired",
+            "Persistent sessions ended because their expiry interval passed while their client was away",
+            m.sessions_expired,
         )?;
         counter(
             e,

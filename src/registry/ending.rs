@@ -82,6 +82,7 @@ impl Registry {
         let client_id = client.id.clone();
         if expiry > 0 {
             info!(client_id = %client_id, "session expired");
+            self.metrics.add_sessions_expired(1);
         }
         self.remove_client(key);
         if let Some(delayed) = will {

@@ -300,6 +300,8 @@ pub struct RegistryStats {
     pub subscriptions: usize,
     /// Retained messages.
     pub retained: usize,
+    /// Their bytes (topic, payload and properties), the `$SYS` ones included.
+    pub retained_bytes: usize,
     /// QoS 1/2 messages queued or in flight in the sessions of clients that are not connected.
     pub offline_messages: usize,
     /// Their bytes (topic, payload and properties, as `sessions.max_queued_bytes` counts).

@@ -512,6 +512,7 @@ impl Handler<GetStats> for Registry {
             sessions_offline: self.by_id.len() - self.online,
             subscriptions: self.routes.read().subscriptions(),
             retained: self.retained.len(),
+            retained_bytes: self.retained_limit.bytes,
             offline_messages,
             offline_bytes,
         }

@@ -40,6 +40,12 @@ impl Handler<Recover> for Registry {
             self.recover_retained(message);
         }
         self.warn_if_over_retained_limit();
+        let sessions_expired = msg
+            .ended
+            .iter()
+            .filter(|record| matches!(record, Record::SessionGone(_)))
+            .count();
+        self.metrics.add_sessions_expired(sessions_expired as u64);
         if !msg.ended.is_empty() {
             msg.store.submit_all(msg.ended);
         }

@@ -1,5 +1,6 @@
 //! The Registry's writes to the retained store: setting and clearing a topic's retained message,
-//! and `limits.max_retained_messages`, which bounds how many topics may hold one.
+//! `limits.max_retained_messages`, which bounds how many topics may hold one, and the bytes they
+//! hold (for `/metrics` and `$SYS`).
 //!
 //! At the limit, a retained message for a topic that has none yet is delivered to the current
 //! subscribers but not stored, against `[MQTT-3.3.1-5]`: the limit is off unless configured. A
@@ -25,6 +26,9 @@ pub(super) struct RetainedLimit {
     max: usize,
     /// Topics with a retained message now, the broker's own not counted.
     stored: usize,
+    /// The bytes (topic, payload, properties: [`Message::size`]) of every retained message
+    /// now, the broker's own included.
+    pub(super) bytes: usize,
     /// Refusals, warned of at most once per [`WARNING_INTERVAL`].
     refusals: LogGate,
 }
@@ -35,6 +39,7 @@ impl RetainedLimit {
         RetainedLimit {
             max,
             stored: 0,
+            bytes: 0,
             refusals: LogGate::new(WARNING_INTERVAL),
         }
     }
@@ -52,14 +57,8 @@ impl Registry {
         if !own && self.retained_limit.full() && !self.retained.contains(&message.topic) {
             return self.refuse_retained(&message.topic, from);
         }
-        if self
-            .retained
-            .insert(&message.topic, message.clone())
-            .is_none()
-            && !own
-        {
-            self.retained_limit.stored += 1;
-        }
+        let replaced = self.retained.insert(&message.topic, message.clone());
+        self.count_retained(Some(message), replaced.as_ref(), own);
         // The broker's own `$SYS` messages are made afresh after a restart.
         if !own {
             self.persist(Record::RetainSet(message.clone()));
@@ -70,9 +69,27 @@ impl Registry {
     /// lowered since (it is warned of once, after).
     pub(super) fn recover_retained(&mut self, message: Arc<Message>) {
         let own = reserved_for_broker(&message.topic);
-        let topic = Arc::clone(&message);
-        if self.retained.insert(&topic.topic, message).is_none() && !own {
-            self.retained_limit.stored += 1;
+        let replaced = self.retained.insert(&message.topic, Arc::clone(&message));
+        self.count_retained(Some(&message), replaced.as_ref(), own);
+    }
+
+    /// Counts `added` in place of `replaced` (either may be none) in the retained store's
+    /// figures; `own`: a topic of the broker's own, which the limit does not count.
+    fn count_retained(
+        &mut self,
+        added: Option<&Arc<Message>>,
+        replaced: Option<&Arc<Message>>,
+        own: bool,
+    ) {
+        let counts = &mut self.retained_limit;
+        counts.bytes = (counts.bytes + added.map_or(0, |m| m.size()))
+            .saturating_sub(replaced.map_or(0, |m| m.size()));
+        if !own {
+            match (added.is_some(), replaced.is_some()) {
+                (true, false) => counts.stored += 1,
+                (false, true) => counts.stored = counts.stored.saturating_sub(1),
+                _ => {}
+            }
         }
     }
 
@@ -91,9 +108,8 @@ impl Registry {
 
     /// Clears `topic`'s retained message (an empty retained PUBLISH, or its expiry).
     pub(super) fn remove_retained(&mut self, topic: &str) {
-        if self.retained.remove(topic).is_some() && !reserved_for_broker(topic) {
-            self.retained_limit.stored = self.retained_limit.stored.saturating_sub(1);
-        }
+        let removed = self.retained.remove(topic);
+        self.count_retained(None, removed.as_ref(), reserved_for_broker(topic));
         self.persist(Record::RetainClear(topic.to_string()));
     }
 

@@ -87,6 +87,12 @@ struct Figures {
     connections_current: u64,
     subscriptions: usize,
     retained: usize,
+    /// Messages held: retained ones, and QoS 1/2 ones of the sessions of clients that are not
+    /// connected (Mosquitto's "message store").
+    stored_messages: usize,
+    /// Their bytes: topic, payload and properties.
+    stored_bytes: usize,
+    sessions_expired: u64,
     dropped: u64,
     traffic: TrafficTotals,
 }
@@ -104,6 +110,7 @@ impl Registry {
 
     fn sys_figures(&self) -> Figures {
         let metrics = self.metrics.snapshot();
+        let (offline_messages, offline_bytes) = super::offline_bytes::held_offline(&self.clients);
         Figures {
             uptime: self.sys.started.elapsed(),
             clients_connected: self.online,
@@ -112,6 +119,9 @@ impl Registry {
             connections_current: metrics.connections_current,
             subscriptions: self.routes.read().subscriptions(),
             retained: self.retained.len(),
+            stored_messages: self.retained.len() + offline_messages,
+            stored_bytes: self.retained_limit.bytes + offline_bytes,
+            sessions_expired: metrics.sessions_expired,
             dropped: metrics.messages_dropped(),
             traffic: self.metrics.traffic.totals(),
         }
@@ -149,6 +159,18 @@ impl Registry {
             (
                 "clients/maximum".into(),
                 self.sys.clients_maximum.to_string(),
+            ),
+            (
+                "clients/expired".into(),
+                figures.sessions_expired.to_string(),
+            ),
+            (
+                "store/messages/count".into(),
+                figures.stored_messages.to_string(),
+            ),
+            (
+                "store/messages/bytes".into(),
+                figures.stored_bytes.to_string(),
             ),
             ("messages/received".into(), t.packets_received.to_string()),
             ("messages/sent".into(), t.packets_sent.to_string()),
