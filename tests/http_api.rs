@@ -1,6 +1,6 @@
 //! The admin API under `/api/v1` against a real broker over real TCP: clients (paged, searched,
 //! one, disconnected with and without their session), subscriptions, retained messages,
-//! publishing, and the 4xx answers with JSON errors.
+//! publishing, the persistence writer's state, and the 4xx answers with JSON errors.
 
 mod common;
 
@@ -346,6 +346,7 @@ async fn the_token_guards_every_api_route() {
         ("GET", "/api/v1/subscriptions"),
         ("GET", "/api/v1/retained"),
         ("POST", "/api/v1/publish"),
+        ("GET", "/api/v1/persistence"),
     ] {
         let response = request(http, method, path, None, None).await;
         assert_eq!(response.status, 401, "{method} {path}");
@@ -357,4 +358,42 @@ async fn the_token_guards_every_api_route() {
         get(http, "/api/v1/clients", Some("t0ken")).await.status,
         200
     );
+}
+
+#[tokio::test]
+async fn persistence_says_what_the_writer_does() {
+    let in_memory = common::broker();
+    let http = in_memory.http_local_addr().expect("http");
+    let off = get(http, "/api/v1/persistence", None).await;
+    assert_eq!(off.status, 200);
+    assert_eq!(off.json(), serde_json::json!({ "enabled": false }));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = common::broker_with(|c| {
+        c.persistence.dir = Some(dir.path().join("state"));
+        c.persistence.fsync = switchboard::config::FsyncPolicy::Always;
+    });
+    let http = broker.http_local_addr().expect("http");
+    let (mut gate, _) = Raw::handshake(broker.local_addr(), "gate-1AB", true).await;
+    // A retained QoS 1 message is acknowledged once its record is synced (`always`).
+    gate.publish_acked("gate/1AB/state", b"closed", 1, true)
+        .await;
+    let on = get(http, "/api/v1/persistence", None).await;
+    assert_eq!(on.status, 200, "{}", on.body);
+    let status = on.json();
+    assert_eq!(status["enabled"], true, "{status}");
+    assert_eq!(status["fsync"], "always", "{status}");
+    assert!(status["commits_total"].as_u64() >= Some(1), "{status}");
+    assert!(status["syncs_total"].as_u64() >= Some(1), "{status}");
+    let record = "gate/1AB/state".len() + "closed".len();
+    assert!(
+        status["log_bytes"].as_u64() >= Some(record as u64),
+        "{status}"
+    );
+    for counter in ["write_failures_total", "sync_failures_total"] {
+        assert_eq!(status[counter], 0, "{counter}: {status}");
+    }
+    for healthy in ["writes_failing", "syncs_failing", "durability_lost"] {
+        assert_eq!(status[healthy], false, "{healthy}: {status}");
+    }
 }

@@ -137,19 +137,11 @@ impl Feed {
         self.last = Some((now, received, sent, dropped));
         let suppressed = self.budget.take_suppressed();
         let connections = metrics.connections_current;
-        let persistence = self.metrics.persistence.snapshot().map(|p| {
-            json!({
-                "fsync": p.fsync,
-                "log_bytes": p.log_bytes,
-                "live_bytes": p.live_bytes,
-                "commits_total": p.commits,
-                "syncs_total": p.syncs,
-                "compactions_total": p.compactions,
-                "writes_failing": p.writes_failing,
-                "syncs_failing": p.syncs_failing,
-                "durability_lost": p.durability_lost,
-            })
-        });
+        let persistence = self
+            .metrics
+            .persistence
+            .snapshot()
+            .map(|p| super::persistence::summary(&p));
         self.registry
             .send(GetStats)
             .into_actor(self)

@@ -10,6 +10,7 @@ mod backup;
 mod client_messages;
 mod dashboard;
 pub mod feed;
+mod persistence;
 pub mod prometheus;
 
 use std::net::SocketAddr;
@@ -269,6 +270,7 @@ pub fn start(
                     .route("/health/live", web::get().to(live))
                     .route("/health/ready", web::get().to(ready))
                     .route("/events", web::get().to(dashboard::events))
+                    .route("/persistence", web::get().to(persistence::status))
                     .route("/persistence/backup", web::get().to(backup::backup))
                     .configure(api::routes),
             )
