@@ -105,6 +105,9 @@ async fn the_event_stream_carries_lifecycle_events_and_counters() {
         e["type"] == "stats" && e["offline_messages"] == 2
     })
     .await;
+    // The `$SYS` messages are retained (their exact bytes: tests/http_metrics.rs).
+    assert!(held["retained"].as_u64() > Some(0), "{held}");
+    assert!(held["retained_bytes"].as_u64() > Some(0), "{held}");
     assert_eq!(held["sessions_offline"], 1);
     assert_eq!(
         held["offline_bytes"],

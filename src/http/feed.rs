@@ -158,6 +158,7 @@ impl Feed {
                         "offline_bytes": stats.offline_bytes,
                         "subscriptions": stats.subscriptions,
                         "retained": stats.retained,
+                        "retained_bytes": stats.retained_bytes,
                         "received_per_s": rates.0,
                         "sent_per_s": rates.1,
                         "dropped_per_s": rates.2,
