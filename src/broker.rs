@@ -393,8 +393,9 @@ struct Preflight {
 }
 
 impl Preflight {
-    /// Checks `config` (a connect interceptor stands in for a password file on a public bind)
-    /// and reads its password, ACL and TLS files (the cluster's too).
+    /// Checks `config` (a connect interceptor stands in for a password file on a public bind),
+    /// reads its password, ACL and TLS files (the cluster's too), and looks at the persistence
+    /// directory's path without creating or locking it.
     fn of(config: &Config, has_interceptor: bool) -> Result<Preflight, BrokerError> {
         config.validate()?;
         let bind = config.listener.bind;
@@ -429,6 +430,9 @@ impl Preflight {
             false => None,
         };
         let cluster_tls = config.cluster.tls_options()?;
+        if let Some(dir) = &config.persistence.dir {
+            crate::persistence::check_dir(dir)?;
+        }
         Ok(Preflight {
             access,
             server_tls,

@@ -336,6 +336,27 @@ fn check_says_whether_a_config_would_start_without_binding_its_ports() {
     let (ok, text) = run_check(&config);
     assert!(ok, "{text}");
 
+    // A persistence directory that is a file is refused; one still to be made is not made.
+    let file = dir.path().join("state-file");
+    std::fs::write(&file, b"not a directory").expect("file");
+    std::fs::write(
+        &config,
+        format!("[persistence]\ndir = {:?}\n", file.display().to_string()),
+    )
+    .expect("config");
+    let (ok, text) = run_check(&config);
+    assert!(!ok, "{text}");
+    assert!(text.contains("persistence.dir"), "{text}");
+    let to_make = dir.path().join("state");
+    std::fs::write(
+        &config,
+        format!("[persistence]\ndir = {:?}\n", to_make.display().to_string()),
+    )
+    .expect("config");
+    let (ok, text) = run_check(&config);
+    assert!(ok, "{text}");
+    assert!(!to_make.exists(), "check made {}", to_make.display());
+
     // A cluster node name that cannot be a NATS token, a URL that is not NATS's, unreadable TLS
     // files, a node timeout too short to tell a busy node from a dead one, and a wait that is
     // not a duration.

@@ -121,27 +121,34 @@ fn a_directory_that_is_a_file_is_refused_clearly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("state");
     std::fs::write(&file, b"not a directory").expect("write");
-    let config = dir.path().join("switchboard.toml");
-    std::fs::write(
-        &config,
-        format!("[persistence]\ndir = {:?}\n", file.display().to_string()),
-    )
-    .expect("config");
-    let out = std::process::Command::new(common::child::BIN)
-        .args(["--port", "0", "--http-port", "0", "--config"])
-        .arg(&config)
-        .output()
-        .expect("runs");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains(&format!(
-            "persistence.dir {} is not a directory",
-            file.display()
-        )),
-        "stderr: {stderr}"
-    );
-    assert!(!stderr.contains("panicked"), "stderr: {stderr}");
+    // The file itself, and a path that would have to be made under it: each refused, naming
+    // the file.
+    for configured in [file.clone(), file.join("sessions")] {
+        let config = dir.path().join("switchboard.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[persistence]\ndir = {:?}\n",
+                configured.display().to_string()
+            ),
+        )
+        .expect("config");
+        let out = std::process::Command::new(common::child::BIN)
+            .args(["--port", "0", "--http-port", "0", "--config"])
+            .arg(&config)
+            .output()
+            .expect("runs");
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!(
+                "persistence.dir: {} is not a directory",
+                file.display()
+            )),
+            "stderr: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "stderr: {stderr}");
+    }
 }
 
 /// Publishes `rounds` x 1,000 retained QoS 1 messages of 1,000 bytes to one topic, each round

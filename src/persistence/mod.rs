@@ -84,12 +84,12 @@ pub enum PersistenceError {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// `persistence.dir` names something that is not a directory.
+    /// `persistence.dir` names something that is not a directory, or a path under a file.
     #[error(
-        "persistence.dir {path} is not a directory; name a directory, or a path to create one at"
+        "persistence.dir: {path} is not a directory; name a directory, or a path to create one at"
     )]
     NotADirectory {
-        /// The path configured.
+        /// The path configured, or the file on its way.
         path: PathBuf,
     },
     /// Another process holds the directory's lock.
@@ -218,15 +218,31 @@ struct SessionInLog {
     user: Option<SessionUser>,
 }
 
+/// What start-up refuses of `dir` before it creates or locks anything: a path that is not a
+/// directory, or one that would have to be made under a file. Touches nothing (`switchboard
+/// check` asks it beside a running broker).
+pub fn check_dir(dir: &Path) -> Result<(), PersistenceError> {
+    // The nearest part of the path that exists; a relative path's is at worst `.`.
+    let existing = dir
+        .ancestors()
+        .find(|part| part.as_os_str().is_empty() || part.exists());
+    match existing {
+        Some(part) if !part.as_os_str().is_empty() && !part.is_dir() => {
+            Err(PersistenceError::NotADirectory {
+                path: part.to_path_buf(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Opens the directory of `config` (creating it), takes its lock, and reads the log back.
 pub fn open(config: &PersistenceConfig) -> Result<Option<Recovered>, PersistenceError> {
     let Some(dir) = &config.dir else {
         return Ok(None);
     };
     let started = Instant::now();
-    if dir.exists() && !dir.is_dir() {
-        return Err(PersistenceError::NotADirectory { path: dir.clone() });
-    }
+    check_dir(dir)?;
     fs::create_dir_all(dir).map_err(|e| PersistenceError::io(dir, e))?;
     let lock_path = dir.join("lock");
     let lock = OpenOptions::new()
