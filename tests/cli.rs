@@ -337,23 +337,18 @@ fn check_says_whether_a_config_would_start_without_binding_its_ports() {
     assert!(ok, "{text}");
 
     // A persistence directory that is a file is refused; one still to be made is not made.
+    let check_persistence_dir = |state: &std::path::Path| {
+        let text = format!("[persistence]\ndir = {:?}\n", state.display().to_string());
+        std::fs::write(&config, text).expect("config");
+        run_check(&config)
+    };
     let file = dir.path().join("state-file");
     std::fs::write(&file, b"not a directory").expect("file");
-    std::fs::write(
-        &config,
-        format!("[persistence]\ndir = {:?}\n", file.display().to_string()),
-    )
-    .expect("config");
-    let (ok, text) = run_check(&config);
+    let (ok, text) = check_persistence_dir(&file);
     assert!(!ok, "{text}");
     assert!(text.contains("persistence.dir"), "{text}");
     let to_make = dir.path().join("state");
-    std::fs::write(
-        &config,
-        format!("[persistence]\ndir = {:?}\n", to_make.display().to_string()),
-    )
-    .expect("config");
-    let (ok, text) = run_check(&config);
+    let (ok, text) = check_persistence_dir(&to_make);
     assert!(ok, "{text}");
     assert!(!to_make.exists(), "check made {}", to_make.display());
 

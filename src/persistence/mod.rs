@@ -17,7 +17,8 @@
 //! checksummed records (`record.rs`; the ones written for every message are framed from borrowed
 //! fields, `record_ref.rs`), compacted into a snapshot when it grows to twice the live state.
 //! The writer and the syncing thread count their commits, syncs, failures and compactions for
-//! `/metrics` (`stats.rs`: per commit and per sync, never per message).
+//! `/metrics`, the dashboard and the admin API (`stats.rs`: per commit and per sync, never per
+//! message).
 
 mod backup;
 mod batch_thread;

@@ -1,9 +1,10 @@
-//! What the persistence writer and its syncing thread have done, for `/metrics`: commits,
-//! bytes appended, syncs and how long each took, failed writes and syncs (a full or failing
-//! disk, retried every second while nothing more is acknowledged), compactions, and the log's
-//! size against the live state's. Counted per commit or per sync, never per message. A sync
-//! of [`SLOW_SYNC`] or more is also warned of in the log, at most once per
-//! [`WARNING_INTERVAL`].
+//! What the persistence writer and its syncing thread have done, for `/metrics`, the dashboard
+//! and `GET /api/v1/persistence`: the policy, commits, bytes appended, syncs and how long each
+//! took, failed writes and syncs (a full or failing disk: retried every second while nothing
+//! more is acknowledged, but a failed sync under `fsync = "always"` loses durability until a
+//! restart), whether the last write or sync failed, compactions, and the log's size against
+//! the live state's. Counted per commit or per sync, never per message. A sync of
+//! [`SLOW_SYNC`] or more is also warned of in the log, at most once per [`WARNING_INTERVAL`].
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -206,7 +206,7 @@ impl StoreShared {
         self.written.fetch_max(seq, Ordering::SeqCst);
         if self.syncs_each_commit && self.stats.durability_lost() {
             // A sync failed: nothing later is known to be on disk
-            // (`PersistenceStats::note_durability_lost`); who waits for it waits for a restart.
+            // (`PersistenceStats::lose_durability`); who waits for it waits for a restart.
             return;
         }
         self.durable.fetch_max(seq, Ordering::SeqCst);
