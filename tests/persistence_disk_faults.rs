@@ -206,11 +206,15 @@ async fn a_full_disk_delays_the_acknowledgements_and_loses_nothing() {
     let error = wait_line(&logs, "cannot write the persistence log");
     assert!(error.contains("No space left on device"), "{error}");
     assert!(error.contains(".log"), "names the file: {error}");
-    // Until a write succeeds (the third retry, 3 s on), `/metrics` says writes are failing.
+    // Until a write succeeds (the third retry, 3 s on), `/metrics` says writes are failing,
+    // and the broker is not ready: it acknowledges nothing that waits for the disk.
     assert_eq!(
         sample(http, "switchboard_persistence_writes_failing").await,
         "1"
     );
+    let ready = common::http::get(http, "/api/v1/health/ready", None).await;
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert!(ready.body.contains("cannot be written"), "{}", ready.body);
     // Acknowledged once written, each once, none lost.
     let mut acked = [false; 100];
     for _ in 0..100 {
@@ -235,6 +239,8 @@ async fn a_full_disk_delays_the_acknowledgements_and_loses_nothing() {
         "0",
         "a write has succeeded since"
     );
+    let ready = common::http::get(http, "/api/v1/health/ready", None).await;
+    assert_eq!(ready.status, 200, "ready again: {}", ready.body);
     kill_9(broker);
 
     let (_again, _logs, addr) = start_broker_with(&state, "always", "info", "");
@@ -509,4 +515,71 @@ async fn with_fsync_always_a_failed_sync_stops_the_acknowledgements_until_a_rest
     );
     let (mut publisher, _) = Raw::handshake(addr, "gate-app", true).await;
     publish_until_acked(&mut publisher, "gate/1/state", b"again", 4).await;
+}
+
+#[tokio::test]
+async fn with_fsync_interval_a_failing_sync_holds_the_acknowledgements_and_readiness_until_one_succeeds(
+) {
+    if !strace_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let (broker, logs, addr, http) = start_broker_and_http(&state, "interval", "info", "", 0);
+    Raw::leave_subscribed(addr, "gate-offline", "gate/+/state").await;
+    let (mut publisher, _) = Raw::handshake(addr, "gate-app", true).await;
+    // The writer's next two `fdatasync`s fail with EIO; it tries again each second.
+    let strace = inject(broker.0.id(), "fdatasync", "error=EIO:when=1..2");
+    // Acknowledged once written (`interval`), then synced within the second: that sync fails.
+    publish_until_acked(&mut publisher, "gate/1/state", b"written", 1).await;
+    let error = wait_line(&logs, "cannot sync the persistence log; trying again");
+    assert!(error.contains("Input/output error"), "{error}");
+    // The writer retries the sync before it writes anything more: this message waits.
+    publisher
+        .send(&packets::publish(
+            "gate/1/state",
+            b"held",
+            1,
+            2,
+            false,
+            false,
+        ))
+        .await;
+    let ready = common::http::get(http, "/api/v1/health/ready", None).await;
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert!(ready.body.contains("cannot be synced"), "{}", ready.body);
+    assert_eq!(
+        sample(http, "switchboard_persistence_syncs_failing").await,
+        "1"
+    );
+    // The third try succeeds; then the held message is written and acknowledged.
+    let frame = publisher
+        .recv_within(Duration::from_secs(30))
+        .await
+        .expect("PUBACK once a sync succeeds");
+    assert_eq!((frame.packet_type(), frame.pid()), (4, 2), "{frame:?}");
+    stop_tracing(strace);
+    assert_eq!(
+        sample(http, "switchboard_persistence_syncs_failing").await,
+        "0",
+        "a sync has succeeded since"
+    );
+    assert_eq!(
+        sample(http, "switchboard_persistence_sync_failures_total").await,
+        "2",
+        "one per failed sync"
+    );
+    let ready = common::http::get(http, "/api/v1/health/ready", None).await;
+    assert_eq!(ready.status, 200, "ready again: {}", ready.body);
+    // Neither message was lost, nor the durability: no restart is needed.
+    assert_eq!(
+        sample(http, "switchboard_persistence_durability_lost").await,
+        "0"
+    );
+    kill_9(broker);
+    let (_again, _logs, addr) = start_broker_with(&state, "interval", "info", "");
+    let (mut offline, present) = Raw::handshake(addr, "gate-offline", false).await;
+    assert!(present, "the offline session was kept");
+    let kept = offline.drain_payloads().await;
+    assert_eq!(kept, [b"written".to_vec(), b"held".to_vec()]);
 }

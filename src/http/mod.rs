@@ -206,16 +206,30 @@ async fn live() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "live" }))
 }
 
-/// Ready when the broker accepts connections, its Registry answers, and (with
-/// `fsync = "always"`) no sync of its log has failed.
+/// Ready when the broker accepts connections, its Registry answers, and it can acknowledge what
+/// waits for the disk: no append or sync of its log is failing now, and (with
+/// `fsync = "always"`) none has failed since the start.
 async fn ready(state: web::Data<HttpState>) -> HttpResponse {
     if state.stopping.is_cancelled() {
         return error(503, "the broker is shutting down");
     }
-    if state.metrics.persistence.durability_lost() {
+    let persistence = &state.metrics.persistence;
+    if persistence.durability_lost() {
         return error(
             503,
             "a sync of the persistence log failed: nothing that waits for the disk is acknowledged until the broker restarts",
+        );
+    }
+    if persistence.writes_failing() {
+        return error(
+            503,
+            "the persistence log cannot be written (a full disk?): nothing more that waits for the disk is acknowledged until a write succeeds (tried again each second)",
+        );
+    }
+    if persistence.syncs_failing() {
+        return error(
+            503,
+            "the persistence log cannot be synced: nothing more that waits for the disk is acknowledged until a sync succeeds (tried again each second)",
         );
     }
     match state.registry_stats().await {

@@ -180,6 +180,18 @@ impl PersistenceStats {
         self.durability_lost.load(Ordering::SeqCst)
     }
 
+    /// Whether the last append to the log failed (a full disk): it is retried each second, and
+    /// nothing more that waits for the disk is acknowledged until one succeeds.
+    pub fn writes_failing(&self) -> bool {
+        self.writes_failing.load(Ordering::Relaxed)
+    }
+
+    /// Whether the last `fdatasync` of the log failed (`interval` and `never`, which retry it
+    /// each second, holding back what comes after; `always` loses durability instead).
+    pub fn syncs_failing(&self) -> bool {
+        self.syncs_failing.load(Ordering::Relaxed)
+    }
+
     /// Counts a failed append to the log.
     pub(super) fn add_write_failure(&self) {
         self.writes_failing.store(true, Ordering::Relaxed);
