@@ -42,7 +42,7 @@ pub use state::{AckResult, Outbound};
 use self::deadlines::{CompactInstant, NO_DEADLINE};
 use self::linger::linger;
 use self::peer::{disconnect_code, OutboundAliases, PeerOptions};
-use self::reader::PacketReader;
+use self::reader::{PacketReader, ReadEvent};
 use self::socket::{SharedStream, Stream};
 use crate::codec::{self, CodecError, MqttCodec, Packet};
 use crate::config::Config;
@@ -357,6 +357,10 @@ impl Session {
         self.closing = true;
         // Once: `closing` is set above.
         ctx.cancel_future(self.read_handle);
+        // A turn end asked of the reader will not come from it now.
+        if self.stream.take_turn_end() {
+            self.schedule_turn_end(ctx);
+        }
         if let Phase::Connected { key, .. } = self.phase {
             self.shared.metrics.disconnected(&reason);
             // What the client published goes to the Registry before its will can
@@ -531,8 +535,12 @@ impl Actor for Session {
     }
 }
 
-impl StreamHandler<Result<Packet, CodecError>> for Session {
-    fn handle(&mut self, item: Result<Packet, CodecError>, ctx: &mut Context<Self>) {
+impl StreamHandler<ReadEvent> for Session {
+    fn handle(&mut self, event: ReadEvent, ctx: &mut Context<Self>) {
+        let item = match event {
+            ReadEvent::Packet(item) => item,
+            ReadEvent::TurnEnd => return self.end_turn(ctx),
+        };
         if self.closing {
             return;
         }
@@ -558,6 +566,10 @@ impl StreamHandler<Result<Packet, CodecError>> for Session {
             }
         }
         self.flush_after_turn(ctx);
+        // The reader has just turned busy: a turn end asked of it may not come for a while.
+        if self.stream.reader_busy() && self.stream.take_turn_end() {
+            self.schedule_turn_end(ctx);
+        }
     }
 
     fn finished(&mut self, ctx: &mut Context<Self>) {

@@ -44,11 +44,8 @@ impl Session {
                 let output_due = !self.out.is_empty() && !self.socket_dead;
                 if output_due && self.writer.is_some() && !self.write_scheduled {
                     self.write_scheduled = true;
-                    // Runs once the handlers and streams ready now have run.
-                    ctx.spawn(fut::ready(()).map(|(), act: &mut Session, ctx| {
-                        act.write_scheduled = false;
-                        act.flush(ctx);
-                    }));
+                    // Runs once the handlers and the packet reader ready now have run.
+                    self.schedule_turn_end(ctx);
                 }
                 // With a write scheduled, the records of what was sent and acknowledged go to
                 // the store with it, once the turn's packets are handled: one submission for

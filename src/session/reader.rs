@@ -40,6 +40,24 @@ pub(super) fn packet_read_at() -> CompactInstant {
     PACKET_READ_AT.with(Cell::get)
 }
 
+/// What the packet reader gives its Session.
+pub(super) enum ReadEvent {
+    /// A packet read, or why none could be.
+    Packet(Result<Packet, CodecError>),
+    /// The end of the Session's turn, asked for by [`SharedStream::want_turn_end`]: the
+    /// reader has read what there is to read now. The Session routes what it read and writes
+    /// its output then, so the packets of a read burst and the deliveries its mailbox held go
+    /// out together. actix polls the reader after the Session's wait futures and mailbox in
+    /// every poll of its task, so a turn end asked for by a handler comes in the same poll,
+    /// with no future spawned for it.
+    TurnEnd,
+}
+
+/// Packets returned in a row, without the socket running dry, after which the reader counts as
+/// busy ([`SharedStream::reader_busy`]): actix's stream handling takes 16 items per poll of the
+/// Session's task before it lets the Session's other futures run.
+const BUSY_AFTER: u8 = 15;
+
 /// The stream of packets a Session reads (see the module documentation).
 pub(super) struct PacketReader {
     stream: SharedStream,
@@ -53,6 +71,8 @@ pub(super) struct PacketReader {
     read_at: CompactInstant,
     /// Whether the first packet (the CONNECT) was returned.
     first_returned: bool,
+    /// Packets returned since the socket last ran dry.
+    in_a_row: u8,
 }
 
 impl PacketReader {
@@ -65,7 +85,18 @@ impl PacketReader {
             done: false,
             read_at: CompactInstant::now(),
             first_returned: false,
+            in_a_row: 0,
         }
+    }
+
+    /// The socket has run dry (or the stream is over): a [`ReadEvent::TurnEnd`] if the
+    /// Session asked for one.
+    fn ran_dry(&mut self) -> Option<ReadEvent> {
+        if self.in_a_row > 0 {
+            self.in_a_row = 0;
+            self.stream.set_reader_busy(false);
+        }
+        self.stream.take_turn_end().then_some(ReadEvent::TurnEnd)
     }
 
     /// Reads into the stack and copies what came into a buffer of its size: `Ok(0)` at end
@@ -90,13 +121,13 @@ impl PacketReader {
 }
 
 impl Stream for PacketReader {
-    type Item = Result<Packet, CodecError>;
+    type Item = ReadEvent;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         loop {
             if this.done {
-                return Poll::Ready(None);
+                return Poll::Ready(this.ran_dry());
             }
             if !this.buf.is_empty() {
                 match this.codec.decode(&mut this.buf) {
@@ -108,12 +139,16 @@ impl Stream for PacketReader {
                         }
                         let read_at = this.read_at;
                         PACKET_READ_AT.with(|at| at.set(read_at));
-                        return Poll::Ready(Some(Ok(packet)));
+                        this.in_a_row = this.in_a_row.saturating_add(1);
+                        if this.in_a_row == BUSY_AFTER {
+                            this.stream.set_reader_busy(true);
+                        }
+                        return Poll::Ready(Some(ReadEvent::Packet(Ok(packet))));
                     }
                     Ok(None) => {}
                     Err(e) => {
                         this.done = true;
-                        return Poll::Ready(Some(Err(e)));
+                        return Poll::Ready(Some(ReadEvent::Packet(Err(e))));
                     }
                 }
             }
@@ -128,10 +163,15 @@ impl Stream for PacketReader {
                 tokio_util::io::poll_read_buf(Pin::new(&mut this.stream), cx, &mut this.buf)
             };
             match read {
-                Poll::Pending => return Poll::Pending,
+                // Nothing more to read now: the Session's turn ends, if it asked.
+                Poll::Pending => {
+                    return this
+                        .ran_dry()
+                        .map_or(Poll::Pending, |end| Poll::Ready(Some(end)))
+                }
                 Poll::Ready(Err(e)) => {
                     this.done = true;
-                    return Poll::Ready(Some(Err(CodecError::Io(e))));
+                    return Poll::Ready(Some(ReadEvent::Packet(Err(CodecError::Io(e)))));
                 }
                 Poll::Ready(Ok(0)) => {
                     this.done = true;
@@ -140,9 +180,10 @@ impl Stream for PacketReader {
                             io::ErrorKind::UnexpectedEof,
                             "bytes remaining on stream",
                         );
-                        return Poll::Ready(Some(Err(CodecError::Io(e))));
+                        return Poll::Ready(Some(ReadEvent::Packet(Err(CodecError::Io(e)))));
                     }
-                    return Poll::Ready(None);
+                    // A turn end asked for comes first; the end of the stream on the next poll.
+                    continue;
                 }
                 Poll::Ready(Ok(n)) => {
                     this.read_at = CompactInstant::now();

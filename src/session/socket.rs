@@ -120,6 +120,14 @@ struct Shared {
     /// packet (the CONNECT): packets sent right behind it, which a Session waiting before its
     /// CONNACK has not read yet ([`SharedStream::peer_gone`]).
     more_behind_first: Cell<bool>,
+    /// The Session has work for the end of its turn (routing a read burst, writing its output):
+    /// its packet reader returns [`ReadEvent::TurnEnd`](super::reader::ReadEvent) once it has
+    /// nothing more to read now.
+    turn_end_wanted: Cell<bool>,
+    /// The packet reader has returned packets in a row without the socket running dry, and
+    /// actix may hand the Session's task back before it does: see
+    /// [`Session::schedule_turn_end`](super::Session).
+    reader_busy: Cell<bool>,
 }
 
 impl SharedStream {
@@ -128,7 +136,31 @@ impl SharedStream {
         SharedStream(Rc::new(Shared {
             stream: RefCell::new(Some(stream)),
             more_behind_first: Cell::new(false),
+            turn_end_wanted: Cell::new(false),
+            reader_busy: Cell::new(false),
         }))
+    }
+
+    /// Asks the packet reader for a [`ReadEvent::TurnEnd`](super::reader::ReadEvent) once it
+    /// has read what there is to read now.
+    pub(super) fn want_turn_end(&self) {
+        self.0.turn_end_wanted.set(true);
+    }
+
+    /// Whether a turn end was asked for since the last call (the packet reader's).
+    pub(super) fn take_turn_end(&self) -> bool {
+        self.0.turn_end_wanted.replace(false)
+    }
+
+    /// Set by the packet reader: whether it has returned packets in a row without the socket
+    /// running dry.
+    pub(super) fn set_reader_busy(&self, busy: bool) {
+        self.0.reader_busy.set(busy);
+    }
+
+    /// Whether the packet reader is busy (see [`SharedStream::set_reader_busy`]).
+    pub(super) fn reader_busy(&self) -> bool {
+        self.0.reader_busy.get()
     }
 
     /// Called by the packet reader as it returns the first packet: whether it holds more.
