@@ -167,3 +167,31 @@ async fn random_garbage_after_connect_never_takes_the_broker_down() {
     let (mut alive, _) = Raw::handshake(addr, "alive", true).await;
     alive.ping().await;
 }
+
+/// Packets read before a malformed one in the same read are still served: the connection is
+/// closed for the bad packet [MQTT-4.8.0-1], but the PUBLISH packets in front of it were valid
+/// and reach their subscriber (a Session routes a read burst at the end of its turn, and a
+/// close routes what is still queued).
+#[tokio::test]
+async fn publishes_read_in_front_of_a_malformed_packet_are_still_delivered() {
+    let broker = broker();
+    let addr = broker.local_addr();
+    let (mut witness, _) = Raw::handshake(addr, "witness", true).await;
+    witness.subscribe(1, &[("w", 1)], &[1]).await;
+    let (mut raw, _) = Raw::handshake(addr, "offender", true).await;
+    let mut burst = packets::publish("w", b"first", 0, 0, false, false);
+    burst.extend(packets::publish("w", b"second", 1, 1, false, false));
+    burst.extend([0xC1, 0x00]); // PINGREQ with flags [MQTT-2.2.2-2]
+    raw.send(&burst).await;
+    // The PUBACK of the valid QoS 1 PUBLISH may come before the close; nothing else does.
+    while let Some(frame) = raw.recv().await {
+        assert_eq!((frame.packet_type(), frame.pid()), (4, 1), "{frame:?}");
+    }
+    for payload in [&b"first"[..], b"second"] {
+        let publish = packets::parse_publish(&witness.expect().await);
+        assert_eq!(publish.payload, payload);
+        if publish.qos > 0 {
+            witness.send(&packets::ack(0x40, publish.pid)).await;
+        }
+    }
+}
