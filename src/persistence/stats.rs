@@ -186,8 +186,9 @@ impl PersistenceStats {
         self.writes_failing.load(Ordering::Relaxed)
     }
 
-    /// Whether the last `fdatasync` of the log failed (`interval` and `never`, which retry it
-    /// each second, holding back what comes after; `always` loses durability instead).
+    /// Whether the last `fdatasync` of the log failed: `interval` and `never` try it again each
+    /// second, holding back what comes after; with `always` one failure loses durability until
+    /// a restart ([`PersistenceStats::durability_lost`]), whatever later syncs do.
     pub fn syncs_failing(&self) -> bool {
         self.syncs_failing.load(Ordering::Relaxed)
     }
