@@ -212,9 +212,7 @@ async fn a_full_disk_delays_the_acknowledgements_and_loses_nothing() {
         sample(http, "switchboard_persistence_writes_failing").await,
         "1"
     );
-    let ready = common::http::get(http, "/api/v1/health/ready", None).await;
-    assert_eq!(ready.status, 503, "{}", ready.body);
-    assert!(ready.body.contains("cannot be written"), "{}", ready.body);
+    assert_ready(http, 503, "cannot be written").await;
     // Acknowledged once written, each once, none lost.
     let mut acked = [false; 100];
     for _ in 0..100 {
@@ -239,8 +237,7 @@ async fn a_full_disk_delays_the_acknowledgements_and_loses_nothing() {
         "0",
         "a write has succeeded since"
     );
-    let ready = common::http::get(http, "/api/v1/health/ready", None).await;
-    assert_eq!(ready.status, 200, "ready again: {}", ready.body);
+    assert_ready(http, 200, "ready").await;
     kill_9(broker);
 
     let (_again, _logs, addr) = start_broker_with(&state, "always", "info", "");
@@ -267,6 +264,14 @@ async fn sample(http: std::net::SocketAddr, name: &str) -> String {
         .find_map(|line| line.strip_prefix(prefix.as_str()))
         .map(|value| value.trim().to_string())
         .unwrap_or_else(|| panic!("no sample {name} in {}", metrics.body))
+}
+
+/// Asserts that `/api/v1/health/ready` of the broker whose HTTP server is at `http` answers
+/// `status`, saying `says`.
+async fn assert_ready(http: std::net::SocketAddr, status: u16, says: &str) {
+    let ready = common::http::get(http, "/api/v1/health/ready", None).await;
+    assert_eq!(ready.status, status, "{}", ready.body);
+    assert!(ready.body.contains(says), "{}", ready.body);
 }
 
 /// How long strace holds each `fdatasync` of the settlement tests.
@@ -471,8 +476,7 @@ async fn with_fsync_always_a_failed_sync_stops_the_acknowledgements_until_a_rest
         nothing.is_err(),
         "a PUBACK (or a close) came for what a failed sync may not have written: {nothing:?}"
     );
-    let ready = common::http::get(http, "/api/v1/health/ready", None).await;
-    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert_ready(http, 503, "until the broker restarts").await;
     assert_eq!(
         sample(http, "switchboard_persistence_durability_lost").await,
         "1"
@@ -545,9 +549,7 @@ async fn with_fsync_interval_a_failing_sync_holds_the_acknowledgements_and_readi
             false,
         ))
         .await;
-    let ready = common::http::get(http, "/api/v1/health/ready", None).await;
-    assert_eq!(ready.status, 503, "{}", ready.body);
-    assert!(ready.body.contains("cannot be synced"), "{}", ready.body);
+    assert_ready(http, 503, "cannot be synced").await;
     assert_eq!(
         sample(http, "switchboard_persistence_syncs_failing").await,
         "1"
@@ -569,8 +571,7 @@ async fn with_fsync_interval_a_failing_sync_holds_the_acknowledgements_and_readi
         "2",
         "one per failed sync"
     );
-    let ready = common::http::get(http, "/api/v1/health/ready", None).await;
-    assert_eq!(ready.status, 200, "ready again: {}", ready.body);
+    assert_ready(http, 200, "ready").await;
     // Neither message was lost, nor the durability: no restart is needed.
     assert_eq!(
         sample(http, "switchboard_persistence_durability_lost").await,
