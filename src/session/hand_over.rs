@@ -1,6 +1,8 @@
 //! What a Session does with the messages its client publishes: it routes each read burst on its
 //! own worker by the route table ([`route_burst`]), straight into the subscribers' mailboxes, or
 //! hands the burst to the Registry when the Registry must see it first (a retained message).
+//! The burst is routed, and the turn's output written, at the end of the Session's turn
+//! ([`Session::schedule_turn_end`], [`Session::end_turn`]).
 
 use std::sync::Arc;
 
