@@ -1,6 +1,7 @@
-//! Traffic counters (packets, PUBLISHes by QoS, bytes, each way) kept per worker thread, so that
-//! counting a packet is a write to a cache line only that thread writes: no lock and no shared
-//! write per message. Readers (`$SYS`, metrics) sum the slots of every thread.
+//! Traffic counters (packets, PUBLISHes by QoS, bytes, each way), and the gauge of QoS 1/2
+//! messages held for connected clients, kept per worker thread, so that counting a packet is a
+//! write to a cache line only that thread writes: no lock and no shared write per message.
+//! Readers (`$SYS`, metrics) sum the slots of every thread.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +21,11 @@ struct Slot {
     /// the last counts those above every bound), and the sum in nanoseconds.
     latency_buckets: [AtomicU64; LATENCY_BOUNDS.len() + 1],
     latency_sum_ns: AtomicU64,
+    /// QoS 1/2 messages in flight or queued in the Sessions on this thread: the sum of the
+    /// changes they reported ([`Traffic::held_changed`]) in two's complement, so that the
+    /// wrapping sum over the slots is what is held even where one slot took a Session's count
+    /// and another its taking back (a thread that counted for more brokers than it remembers).
+    held_messages: AtomicU64,
 }
 
 /// Upper bounds, in seconds, of the buckets of the in-broker delivery latency histogram.
@@ -130,6 +136,9 @@ pub struct TrafficTotals {
     pub latency_buckets: [u64; LATENCY_BOUNDS.len() + 1],
     /// Sum of the latencies counted, in seconds.
     pub latency_sum_seconds: f64,
+    /// QoS 1/2 messages in flight or queued for connected clients, now (a gauge: each Session
+    /// brings its count up to date when it writes, so it may lag a turn behind).
+    pub held_for_connected: u64,
 }
 
 impl TrafficTotals {
@@ -220,6 +229,16 @@ impl Traffic {
         });
     }
 
+    /// A Session's QoS 1/2 messages in flight or queued changed by `change` since it last
+    /// said ([`crate::session::Outbound::take_held_change`]); nothing to do for no change.
+    pub fn held_changed(&self, change: i64) {
+        if change == 0 {
+            return;
+        }
+        // Two's complement: adding the bits of a negative change subtracts it.
+        self.local(|slot| bump(&slot.held_messages, change as u64));
+    }
+
     /// The counters of every thread, summed.
     pub fn totals(&self) -> TrafficTotals {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -242,6 +261,9 @@ impl Traffic {
                 *total += get(bucket);
             }
             totals.latency_sum_seconds += get(&slot.latency_sum_ns) as f64 / 1e9;
+            totals.held_for_connected = totals
+                .held_for_connected
+                .wrapping_add(get(&slot.held_messages));
         }
         totals
     }
@@ -305,6 +327,24 @@ mod tests {
         assert_eq!(totals.publishes_sent, [0, 0, 2]);
         assert_eq!(totals.bytes_sent, 40);
         assert_eq!(second.totals().publishes_received, [1, 0, 0]);
+    }
+
+    #[test]
+    fn held_messages_are_a_gauge_summed_over_the_threads() {
+        let traffic = Arc::new(Traffic::default());
+        traffic.held_changed(5);
+        let other = traffic.clone();
+        std::thread::spawn(move || {
+            other.held_changed(3);
+            // Taken back on another slot than it was counted on: the sum still holds.
+            other.held_changed(-4);
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(traffic.totals().held_for_connected, 4);
+        traffic.held_changed(-1);
+        traffic.held_changed(0);
+        assert_eq!(traffic.totals().held_for_connected, 3);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::http::{get, request_with};
-use common::{broker_with, packets, prometheus_parser_available, Raw};
+use common::{broker_with, eventually, packets, prometheus_parser_available, Raw};
 
 /// Samples of one scrape, parsed by `tests/interop/parse_metrics.py`.
 struct Scrape {
@@ -530,4 +530,101 @@ async fn retained_bytes_follow_every_set_replace_and_clear() {
     assert_eq!(scraped.types["switchboard_retained_bytes"], "gauge");
     assert_eq!(scraped.types["switchboard_sessions_expired"], "counter");
     assert_eq!(scraped.get("switchboard_sessions_expired_total{}"), 0.0);
+}
+
+/// QoS 1 messages waiting for a connected client that has not acknowledged them count in
+/// `switchboard_online_queued_messages`, in flight and queued behind the client's window alike,
+/// and in `$SYS/broker/store/messages/count` (Mosquitto's message store counts them too); they
+/// leave it as the client acknowledges them, and move to the offline gauge when the client goes
+/// away with a persistent session.
+#[tokio::test]
+async fn messages_held_for_connected_clients_are_measured() {
+    if !prometheus_parser_available() {
+        return;
+    }
+    let broker = broker_with(|c| {
+        c.sys.interval = Duration::from_millis(100);
+        c.sessions.max_inflight = 2;
+    });
+    let (addr, http) = (broker.local_addr(), broker.http_local_addr().expect("http"));
+    let held = || async move {
+        let scraped = scrape(http, None).await;
+        (
+            scraped.get("switchboard_online_queued_messages{}"),
+            scraped.get("switchboard_offline_queued_messages{}"),
+        )
+    };
+    assert_eq!(held().await, (0.0, 0.0));
+    assert_eq!(
+        scrape(http, None)
+            .await
+            .types
+            .get("switchboard_online_queued_messages")
+            .map(String::as_str),
+        Some("gauge")
+    );
+
+    // A gate with a persistent session reads its commands but acknowledges none yet.
+    let (mut gate, _) = Raw::handshake(addr, "gate-slow", false).await;
+    gate.subscribe(1, &[("gate/+/cmd", 1)], &[1]).await;
+    let (mut app, _) = Raw::handshake(addr, "app", true).await;
+    for pid in 1..=5 {
+        app.publish_acked("gate/1/cmd", b"open", pid, false).await;
+    }
+    // Its window of 2 went out; 3 wait behind it.
+    let sent: Vec<_> = gate
+        .sync()
+        .await
+        .iter()
+        .map(packets::parse_publish)
+        .collect();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    eventually(|| async { held().await == (5.0, 0.0) }).await;
+
+    // `$SYS`: the retained messages (the `$SYS` ones) and the 5.
+    let (mut reader, _) = Raw::handshake(addr, "sys-reader", true).await;
+    reader
+        .subscribe(
+            1,
+            &[
+                ("$SYS/broker/store/messages/count", 0),
+                ("$SYS/broker/retained messages/count", 0),
+            ],
+            &[0, 0],
+        )
+        .await;
+    let mut values = HashMap::new();
+    while values.get("store") != values.get("retained").map(|r: &f64| r + 5.0).as_ref() {
+        let publish = packets::parse_publish(&reader.expect().await);
+        let value: f64 = String::from_utf8_lossy(&publish.payload)
+            .parse()
+            .expect("a number");
+        let key = if publish.topic.contains("store") {
+            "store"
+        } else {
+            "retained"
+        };
+        values.insert(key, value);
+    }
+
+    // Acknowledging the first lets the third out: 4 held.
+    gate.send(&packets::ack(0x40, sent[0].pid)).await;
+    let third = packets::parse_publish(&gate.expect().await);
+    assert_eq!(third.payload, b"open");
+    eventually(|| async { held().await == (4.0, 0.0) }).await;
+    // Acknowledging the rest as they come: none held.
+    gate.send(&packets::ack(0x40, sent[1].pid)).await;
+    gate.send(&packets::ack(0x40, third.pid)).await;
+    assert_eq!(gate.drain_acking().await.len(), 2);
+    eventually(|| async { held().await == (0.0, 0.0) }).await;
+
+    // Two more, read and not acknowledged, and the gate's connection drops: its session keeps
+    // them, and the gauges say where they are now.
+    for pid in 6..=7 {
+        app.publish_acked("gate/1/cmd", b"close", pid, false).await;
+    }
+    assert_eq!(gate.sync().await.len(), 2);
+    eventually(|| async { held().await == (2.0, 0.0) }).await;
+    drop(gate);
+    eventually(|| async { held().await == (0.0, 2.0) }).await;
 }

@@ -330,6 +330,12 @@ impl Collector for Scrape {
             "Bytes (topic, payload, properties) of the messages held for clients that are not connected",
             s.offline_bytes as u64,
         )?;
+        gauge(
+            e,
+            "switchboard_online_queued_messages",
+            "QoS 1/2 messages queued or in flight for connected clients",
+            t.held_for_connected,
+        )?;
         if let Some(p) = &self.persistence {
             persistence(e, p)?;
         }

@@ -87,10 +87,11 @@ struct Figures {
     connections_current: u64,
     subscriptions: usize,
     retained: usize,
-    /// Messages held: retained ones, and QoS 1/2 ones of the sessions of clients that are not
-    /// connected (Mosquitto's "message store").
+    /// Messages held: retained ones, and the QoS 1/2 ones queued or in flight for clients,
+    /// connected or not (Mosquitto's "message store").
     stored_messages: usize,
-    /// Their bytes: topic, payload and properties.
+    /// The bytes (topic, payload and properties) of the retained messages and of those held for
+    /// clients that are not connected (a connected client's are not summed).
     stored_bytes: usize,
     sessions_expired: u64,
     dropped: u64,
@@ -111,6 +112,9 @@ impl Registry {
     fn sys_figures(&self) -> Figures {
         let metrics = self.metrics.snapshot();
         let (offline_messages, offline_bytes) = super::offline_bytes::held_offline(&self.clients);
+        let traffic = self.metrics.traffic.totals();
+        // Retained messages, and the QoS 1/2 messages held for clients, connected or not.
+        let held = offline_messages + usize::try_from(traffic.held_for_connected).unwrap_or(0);
         Figures {
             uptime: self.sys.started.elapsed(),
             clients_connected: self.online,
@@ -119,11 +123,11 @@ impl Registry {
             connections_current: metrics.connections_current,
             subscriptions: self.routes.read().subscriptions(),
             retained: self.retained.len(),
-            stored_messages: self.retained.len() + offline_messages,
+            stored_messages: self.retained.len() + held,
             stored_bytes: self.retained_limit.bytes + offline_bytes,
             sessions_expired: metrics.sessions_expired,
             dropped: metrics.messages_dropped(),
-            traffic: self.metrics.traffic.totals(),
+            traffic,
         }
     }
 

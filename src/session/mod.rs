@@ -507,6 +507,8 @@ impl Actor for Session {
 
     fn stopped(&mut self, _: &mut Context<Self>) {
         self.disarm_deadline();
+        let held = self.outbound.uncount_held();
+        self.shared.metrics.traffic.held_changed(held);
         if let Phase::Connected { client_id, .. } = &self.phase {
             DropLog::flush(&mut self.drops, client_id);
         }

@@ -42,6 +42,9 @@ pub struct Outbound {
     flow: Option<Box<Flow>>,
     /// The window's size, for when the flow is allocated.
     max_inflight: u16,
+    /// Messages in the window and the queue as last counted in the broker's gauge of messages
+    /// held for connected clients ([`Outbound::take_held_change`]).
+    counted: u32,
 }
 
 impl Outbound {
@@ -50,7 +53,24 @@ impl Outbound {
         Outbound {
             flow: None,
             max_inflight: max_inflight.max(1),
+            counted: 0,
         }
+    }
+
+    /// How many more messages (or, negative, fewer) the window and the queue hold than when
+    /// this was last called: what the broker's gauge of messages held for connected clients
+    /// ([`crate::traffic::Traffic::held_changed`]) is to add for this client.
+    pub fn take_held_change(&mut self) -> i64 {
+        let held = u32::try_from(self.inflight_len() + self.queued()).unwrap_or(u32::MAX);
+        let change = i64::from(held) - i64::from(self.counted);
+        self.counted = held;
+        change
+    }
+
+    /// Takes back from the gauge all this flow counted in it (the Session is ending, and what
+    /// it holds goes to the Registry or is dropped): the change to apply, zero or negative.
+    pub fn uncount_held(&mut self) -> i64 {
+        -i64::from(std::mem::take(&mut self.counted))
     }
 
     fn flow_mut(&mut self) -> &mut Flow {
