@@ -36,9 +36,12 @@ impl Session {
 
     fn write_out(&mut self, ctx: &mut Context<Self>, at_once: bool) {
         // Every packet, delivery and turn end comes through here: the gauge of messages held
-        // for connected clients follows this client's window and queue.
-        let held_change = self.outbound.take_held_change();
-        self.shared.metrics.traffic.held_changed(held_change);
+        // for connected clients follows this client's window and queue. With a write scheduled
+        // for the end of the turn, that write counts them, once for all the turn's packets.
+        if !self.write_scheduled {
+            let held_change = self.outbound.take_held_change();
+            self.shared.metrics.traffic.held_changed(held_change);
+        }
         loop {
             if self.outbound.paces_output() {
                 let limit = self.shared.config.sessions.max_outbound_bytes;
