@@ -26,6 +26,8 @@ struct Slot {
     /// wrapping sum over the slots is what is held even where one slot took a Session's count
     /// and another its taking back (a thread that counted for more brokers than it remembers).
     held_messages: AtomicU64,
+    /// Their bytes (topic, payload, properties), summed the same way.
+    held_bytes: AtomicU64,
 }
 
 /// Upper bounds, in seconds, of the buckets of the in-broker delivery latency histogram.
@@ -139,6 +141,8 @@ pub struct TrafficTotals {
     /// QoS 1/2 messages in flight or queued for connected clients, now (a gauge: each Session
     /// brings its count up to date when it writes, so it may lag a turn behind).
     pub held_for_connected: u64,
+    /// Their bytes: topic, payload and properties.
+    pub held_bytes_for_connected: u64,
 }
 
 impl TrafficTotals {
@@ -229,14 +233,18 @@ impl Traffic {
         });
     }
 
-    /// A Session's QoS 1/2 messages in flight or queued changed by `change` since it last
-    /// said ([`crate::session::Outbound::take_held_change`]); nothing to do for no change.
-    pub fn held_changed(&self, change: i64) {
-        if change == 0 {
+    /// A Session's QoS 1/2 messages in flight or queued, and their bytes, changed by
+    /// `(messages, bytes)` since it last said ([`crate::session::Outbound::take_held_change`]);
+    /// nothing to do for no change.
+    pub fn held_changed(&self, (messages, bytes): (i64, i64)) {
+        if messages == 0 && bytes == 0 {
             return;
         }
         // Two's complement: adding the bits of a negative change subtracts it.
-        self.local(|slot| bump(&slot.held_messages, change as u64));
+        self.local(|slot| {
+            bump(&slot.held_messages, messages as u64);
+            bump(&slot.held_bytes, bytes as u64);
+        });
     }
 
     /// The counters of every thread, summed.
@@ -264,6 +272,9 @@ impl Traffic {
             totals.held_for_connected = totals
                 .held_for_connected
                 .wrapping_add(get(&slot.held_messages));
+            totals.held_bytes_for_connected = totals
+                .held_bytes_for_connected
+                .wrapping_add(get(&slot.held_bytes));
         }
         totals
     }
@@ -332,19 +343,27 @@ mod tests {
     #[test]
     fn held_messages_are_a_gauge_summed_over_the_threads() {
         let traffic = Arc::new(Traffic::default());
-        traffic.held_changed(5);
+        traffic.held_changed((5, 500));
         let other = traffic.clone();
         std::thread::spawn(move || {
-            other.held_changed(3);
+            other.held_changed((3, 30));
             // Taken back on another slot than it was counted on: the sum still holds.
-            other.held_changed(-4);
+            other.held_changed((-4, -400));
         })
         .join()
         .expect("thread");
-        assert_eq!(traffic.totals().held_for_connected, 4);
-        traffic.held_changed(-1);
-        traffic.held_changed(0);
-        assert_eq!(traffic.totals().held_for_connected, 3);
+        let totals = traffic.totals();
+        assert_eq!(
+            (totals.held_for_connected, totals.held_bytes_for_connected),
+            (4, 130)
+        );
+        traffic.held_changed((-1, -30));
+        traffic.held_changed((0, 0));
+        let totals = traffic.totals();
+        assert_eq!(
+            (totals.held_for_connected, totals.held_bytes_for_connected),
+            (3, 100)
+        );
     }
 
     #[test]

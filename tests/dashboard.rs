@@ -97,6 +97,7 @@ async fn the_event_stream_carries_lifecycle_events_and_counters() {
     assert_eq!(stats["clients"], 0);
     assert_eq!(stats["offline_messages"], 0);
     assert_eq!(stats["online_messages"], 0);
+    assert_eq!(stats["online_bytes"], 0);
     // A gate that went away subscribed: what is held for it shows in the next summaries.
     Raw::leave_subscribed(broker.local_addr(), "gate-away", "gate/+/cmd").await;
     let (mut app, _) = Raw::handshake(broker.local_addr(), "app", true).await;

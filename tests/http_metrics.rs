@@ -533,8 +533,9 @@ async fn retained_bytes_follow_every_set_replace_and_clear() {
 }
 
 /// QoS 1 messages waiting for a connected client that has not acknowledged them count in
-/// `switchboard_online_queued_messages`, in flight and queued behind the client's window alike,
-/// and in `$SYS/broker/store/messages/count` (Mosquitto's message store counts them too); they
+/// `switchboard_online_queued_messages` (their bytes in `switchboard_online_queued_bytes`), in
+/// flight and queued behind the client's window alike, and in
+/// `$SYS/broker/store/messages/count` (Mosquitto's message store counts them too); they
 /// leave it as the client acknowledges them, and move to the offline gauge when the client goes
 /// away with a persistent session.
 #[tokio::test]
@@ -547,22 +548,26 @@ async fn messages_held_for_connected_clients_are_measured() {
         c.sessions.max_inflight = 2;
     });
     let (addr, http) = (broker.local_addr(), broker.http_local_addr().expect("http"));
+    // (messages held for connected clients, their bytes, messages held offline)
     let held = || async move {
         let scraped = scrape(http, None).await;
         (
             scraped.get("switchboard_online_queued_messages{}"),
+            scraped.get("switchboard_online_queued_bytes{}"),
             scraped.get("switchboard_offline_queued_messages{}"),
         )
     };
-    assert_eq!(held().await, (0.0, 0.0));
-    assert_eq!(
-        scrape(http, None)
-            .await
-            .types
-            .get("switchboard_online_queued_messages")
-            .map(String::as_str),
-        Some("gauge")
-    );
+    assert_eq!(held().await, (0.0, 0.0, 0.0));
+    let types = scrape(http, None).await.types;
+    for name in [
+        "switchboard_online_queued_messages",
+        "switchboard_online_queued_bytes",
+    ] {
+        assert_eq!(types.get(name).map(String::as_str), Some("gauge"), "{name}");
+    }
+    // What each message weighs: topic and payload.
+    let open = ("gate/1/cmd".len() + "open".len()) as f64;
+    let close = ("gate/1/cmd".len() + "close".len()) as f64;
 
     // A gate with a persistent session reads its commands but acknowledges none yet.
     let (mut gate, _) = Raw::handshake(addr, "gate-slow", false).await;
@@ -579,7 +584,7 @@ async fn messages_held_for_connected_clients_are_measured() {
         .map(packets::parse_publish)
         .collect();
     assert_eq!(sent.len(), 2, "{sent:?}");
-    eventually(|| async { held().await == (5.0, 0.0) }).await;
+    eventually(|| async { held().await == (5.0, 5.0 * open, 0.0) }).await;
 
     // `$SYS`: the retained messages (the `$SYS` ones) and the 5.
     let (mut reader, _) = Raw::handshake(addr, "sys-reader", true).await;
@@ -611,12 +616,12 @@ async fn messages_held_for_connected_clients_are_measured() {
     gate.send(&packets::ack(0x40, sent[0].pid)).await;
     let third = packets::parse_publish(&gate.expect().await);
     assert_eq!(third.payload, b"open");
-    eventually(|| async { held().await == (4.0, 0.0) }).await;
+    eventually(|| async { held().await == (4.0, 4.0 * open, 0.0) }).await;
     // Acknowledging the rest as they come: none held.
     gate.send(&packets::ack(0x40, sent[1].pid)).await;
     gate.send(&packets::ack(0x40, third.pid)).await;
     assert_eq!(gate.drain_acking().await.len(), 2);
-    eventually(|| async { held().await == (0.0, 0.0) }).await;
+    eventually(|| async { held().await == (0.0, 0.0, 0.0) }).await;
 
     // Two more, read and not acknowledged, and the gate's connection drops: its session keeps
     // them, and the gauges say where they are now.
@@ -624,7 +629,7 @@ async fn messages_held_for_connected_clients_are_measured() {
         app.publish_acked("gate/1/cmd", b"close", pid, false).await;
     }
     assert_eq!(gate.sync().await.len(), 2);
-    eventually(|| async { held().await == (2.0, 0.0) }).await;
+    eventually(|| async { held().await == (2.0, 2.0 * close, 0.0) }).await;
     drop(gate);
-    eventually(|| async { held().await == (0.0, 2.0) }).await;
+    eventually(|| async { held().await == (0.0, 0.0, 2.0) }).await;
 }

@@ -137,7 +137,7 @@ impl Feed {
         self.last = Some((now, received, sent, dropped));
         let suppressed = self.budget.take_suppressed();
         let connections = metrics.connections_current;
-        let online_messages = traffic.held_for_connected;
+        let online = (traffic.held_for_connected, traffic.held_bytes_for_connected);
         let persistence = self
             .metrics
             .persistence
@@ -157,7 +157,8 @@ impl Feed {
                         "sessions_offline": stats.sessions_offline,
                         "offline_messages": stats.offline_messages,
                         "offline_bytes": stats.offline_bytes,
-                        "online_messages": online_messages,
+                        "online_messages": online.0,
+                        "online_bytes": online.1,
                         "subscriptions": stats.subscriptions,
                         "retained": stats.retained,
                         "retained_bytes": stats.retained_bytes,

@@ -336,6 +336,12 @@ impl Collector for Scrape {
             "QoS 1/2 messages queued or in flight for connected clients",
             t.held_for_connected,
         )?;
+        gauge(
+            e,
+            "switchboard_online_queued_bytes",
+            "Bytes (topic, payload, properties) of the messages held for connected clients",
+            t.held_bytes_for_connected,
+        )?;
         if let Some(p) = &self.persistence {
             persistence(e, p)?;
         }

@@ -90,8 +90,7 @@ struct Figures {
     /// Messages held: retained ones, and the QoS 1/2 ones queued or in flight for clients,
     /// connected or not (Mosquitto's "message store").
     stored_messages: usize,
-    /// The bytes (topic, payload and properties) of the retained messages and of those held for
-    /// clients that are not connected (a connected client's are not summed).
+    /// Their bytes: topic, payload and properties.
     stored_bytes: usize,
     sessions_expired: u64,
     dropped: u64,
@@ -115,6 +114,8 @@ impl Registry {
         let traffic = self.metrics.traffic.totals();
         // Retained messages, and the QoS 1/2 messages held for clients, connected or not.
         let held = offline_messages + usize::try_from(traffic.held_for_connected).unwrap_or(0);
+        let held_bytes =
+            offline_bytes + usize::try_from(traffic.held_bytes_for_connected).unwrap_or(0);
         Figures {
             uptime: self.sys.started.elapsed(),
             clients_connected: self.online,
@@ -124,7 +125,7 @@ impl Registry {
             subscriptions: self.routes.read().subscriptions(),
             retained: self.retained.len(),
             stored_messages: self.retained.len() + held,
-            stored_bytes: self.retained_limit.bytes + offline_bytes,
+            stored_bytes: self.retained_limit.bytes + held_bytes,
             sessions_expired: metrics.sessions_expired,
             dropped: metrics.messages_dropped(),
             traffic,

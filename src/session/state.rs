@@ -42,9 +42,6 @@ pub struct Outbound {
     flow: Option<Box<Flow>>,
     /// The window's size, for when the flow is allocated.
     max_inflight: u16,
-    /// Messages in the window and the queue as last counted in the broker's gauge of messages
-    /// held for connected clients ([`Outbound::take_held_change`]).
-    counted: u32,
 }
 
 impl Outbound {
@@ -53,24 +50,41 @@ impl Outbound {
         Outbound {
             flow: None,
             max_inflight: max_inflight.max(1),
-            counted: 0,
         }
     }
 
-    /// How many more messages (or, negative, fewer) the window and the queue hold than when
-    /// this was last called: what the broker's gauge of messages held for connected clients
-    /// ([`crate::traffic::Traffic::held_changed`]) is to add for this client.
-    pub fn take_held_change(&mut self) -> i64 {
-        let held = u32::try_from(self.inflight_len() + self.queued()).unwrap_or(u32::MAX);
-        let change = i64::from(held) - i64::from(self.counted);
-        self.counted = held;
+    /// How many more messages and bytes (or, negative, fewer) the window and the queue hold
+    /// than when this was last called: what the broker's gauge of messages held for connected
+    /// clients ([`crate::traffic::Traffic::held_changed`]) is to add for this client.
+    pub fn take_held_change(&mut self) -> (i64, i64) {
+        // Without a flow nothing was ever held, nor counted.
+        let Some(flow) = self.flow.as_deref_mut() else {
+            return (0, 0);
+        };
+        let held = (
+            flow.inflight.len() + flow.queue.len(),
+            flow.inflight_bytes + flow.queue.bytes(),
+        );
+        // Counts and bytes of what is in memory: far below 2^63, so the differences fit.
+        let change = (
+            held.0.wrapping_sub(flow.counted.0) as i64,
+            held.1.wrapping_sub(flow.counted.1) as i64,
+        );
+        flow.counted = held;
         change
     }
 
     /// Takes back from the gauge all this flow counted in it (the Session is ending, and what
     /// it holds goes to the Registry or is dropped): the change to apply, zero or negative.
-    pub fn uncount_held(&mut self) -> i64 {
-        -i64::from(std::mem::take(&mut self.counted))
+    pub fn uncount_held(&mut self) -> (i64, i64) {
+        let Some(flow) = self.flow.as_deref_mut() else {
+            return (0, 0);
+        };
+        let (messages, bytes) = std::mem::take(&mut flow.counted);
+        (
+            0usize.wrapping_sub(messages) as i64,
+            0usize.wrapping_sub(bytes) as i64,
+        )
     }
 
     fn flow_mut(&mut self) -> &mut Flow {
@@ -150,6 +164,7 @@ impl Outbound {
         }
         let flow = self.flow_mut();
         flow.last_pid = inflight.back().map_or(0, |e| e.pid);
+        flow.inflight_bytes = inflight.iter().map(|e| e.delivery.message.size()).sum();
         flow.inflight = inflight;
         flow.queue = queue;
     }
@@ -160,6 +175,7 @@ impl Outbound {
             Some(flow) => {
                 // The next connection decides again what its window holds back.
                 flow.unsent.clear();
+                flow.inflight_bytes = 0;
                 (
                     std::mem::take(&mut flow.inflight),
                     std::mem::take(&mut flow.queue),
@@ -275,6 +291,11 @@ impl Outbound {
 #[derive(Debug)]
 struct Flow {
     inflight: VecDeque<InflightEntry>,
+    /// The bytes (topic, payload, properties) of the messages in `inflight`.
+    inflight_bytes: usize,
+    /// Messages in the window and the queue, and their bytes, as last counted in the broker's
+    /// gauge of messages held for connected clients ([`Outbound::take_held_change`]).
+    counted: (usize, usize),
     queue: DeliveryQueue,
     max_inflight: usize,
     last_pid: u16,
@@ -297,6 +318,8 @@ impl Flow {
     fn new(max_inflight: u16) -> Self {
         Flow {
             inflight: VecDeque::new(),
+            inflight_bytes: 0,
+            counted: (0, 0),
             queue: DeliveryQueue::default(),
             max_inflight: usize::from(max_inflight.max(1)),
             last_pid: 0,
@@ -355,6 +378,9 @@ impl Flow {
     }
 
     fn removed(&mut self, entry: &InflightEntry) {
+        self.inflight_bytes = self
+            .inflight_bytes
+            .saturating_sub(entry.delivery.message.size());
         if let Some(id) = entry.delivery.durable_id() {
             self.journal.push(DurableChange::Done(id));
         }
@@ -424,6 +450,7 @@ impl Flow {
             self.journal
                 .push(DurableChange::Sent(id, pid, delivery.qos));
         }
+        self.inflight_bytes += delivery.message.size();
         self.inflight.push_back(InflightEntry {
             pid,
             delivery,

@@ -290,3 +290,44 @@ fn a_resumed_window_narrower_than_the_last_sends_its_messages_again_as_room_free
         "then the queue"
     );
 }
+
+#[test]
+fn held_changes_follow_the_window_and_the_queue_in_messages_and_bytes() {
+    let mut o = Outbound::new(2);
+    assert_eq!(o.take_held_change(), (0, 0), "nothing ever held");
+    // A resumed session's two unacknowledged messages, then three new ones: two wait.
+    let mut inflight = VecDeque::new();
+    for pid in [1u16, 2] {
+        inflight.push_back(InflightEntry {
+            pid,
+            delivery: delivery(0, QoS::AtLeastOnce),
+            stage: InflightStage::AwaitingPubAck,
+        });
+    }
+    o.restore(inflight, DeliveryQueue::default());
+    for n in 1..=3 {
+        o.push(delivery(n, QoS::AtLeastOnce), &UNBOUNDED);
+    }
+    // Each weighs 2 bytes: topic "t" and a 1-byte payload.
+    assert_eq!(o.take_held_change(), (5, 10));
+    assert_eq!(o.take_held_change(), (0, 0), "counted once");
+    assert_eq!(o.puback_kept(1).0, AckResult::Completed);
+    let sent = o.next_to_send(Instant::now(), |_| true).map(|e| e.pid);
+    assert!(sent.is_some());
+    assert_eq!(
+        o.take_held_change(),
+        (-1, -2),
+        "one acknowledged, one moved up"
+    );
+    assert!(o.discard(2));
+    assert_eq!(o.take_held_change(), (-1, -2));
+    // Given up to the Registry: what is left is taken back from the gauge.
+    let (window, queue) = o.take();
+    assert_eq!(window.len() + queue.len(), 3);
+    assert_eq!(o.take_held_change(), (-3, -6));
+    assert_eq!(o.uncount_held(), (0, 0));
+    // A Session that ends holding messages takes back all it counted.
+    o.push(delivery(9, QoS::AtLeastOnce), &UNBOUNDED);
+    assert_eq!(o.take_held_change(), (1, 2));
+    assert_eq!(o.uncount_held(), (-1, -2));
+}
