@@ -26,6 +26,17 @@ const UNBOUNDED: QueueLimits = QueueLimits {
     overflow: crate::config::QueueOverflow::DropOldest,
 };
 
+/// A resumed session's window: QoS 1 messages with these packet ids, awaiting PUBACK.
+fn unacknowledged(pids: &[u16]) -> VecDeque<InflightEntry> {
+    pids.iter()
+        .map(|&pid| InflightEntry {
+            pid,
+            delivery: delivery(0, QoS::AtLeastOnce),
+            stage: InflightStage::AwaitingPubAck,
+        })
+        .collect()
+}
+
 fn payload(e: &InflightEntry) -> u8 {
     e.delivery.message.payload[0]
 }
@@ -101,15 +112,7 @@ fn qos2_handshake() {
 #[test]
 fn packet_ids_skip_zero_and_ids_in_use() {
     let mut o = Outbound::new(3);
-    let mut inflight = VecDeque::new();
-    for pid in [65535u16, 1] {
-        inflight.push_back(InflightEntry {
-            pid,
-            delivery: delivery(0, QoS::AtLeastOnce),
-            stage: InflightStage::AwaitingPubAck,
-        });
-    }
-    o.restore(inflight, DeliveryQueue::default());
+    o.restore(unacknowledged(&[65535, 1]), DeliveryQueue::default());
     o.push(delivery(1, QoS::AtLeastOnce), &UNBOUNDED);
     assert_eq!(
         o.next_to_send(Instant::now(), |_| true).map(|e| e.pid),
@@ -296,15 +299,7 @@ fn held_changes_follow_the_window_and_the_queue_in_messages_and_bytes() {
     let mut o = Outbound::new(2);
     assert_eq!(o.take_held_change(), (0, 0), "nothing ever held");
     // A resumed session's two unacknowledged messages, then three new ones: two wait.
-    let mut inflight = VecDeque::new();
-    for pid in [1u16, 2] {
-        inflight.push_back(InflightEntry {
-            pid,
-            delivery: delivery(0, QoS::AtLeastOnce),
-            stage: InflightStage::AwaitingPubAck,
-        });
-    }
-    o.restore(inflight, DeliveryQueue::default());
+    o.restore(unacknowledged(&[1, 2]), DeliveryQueue::default());
     for n in 1..=3 {
         o.push(delivery(n, QoS::AtLeastOnce), &UNBOUNDED);
     }
