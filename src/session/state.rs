@@ -65,10 +65,10 @@ impl Outbound {
             flow.inflight.len() + flow.queue.len(),
             flow.inflight_bytes + flow.queue.bytes(),
         );
-        // Counts and bytes of what is in memory: far below 2^63, so the differences fit.
+        // Counts and bytes of what is in memory: far below 2^63, so the casts keep them.
         let change = (
-            held.0.wrapping_sub(flow.counted.0) as i64,
-            held.1.wrapping_sub(flow.counted.1) as i64,
+            held.0 as i64 - flow.counted.0 as i64,
+            held.1 as i64 - flow.counted.1 as i64,
         );
         flow.counted = held;
         change
@@ -81,10 +81,7 @@ impl Outbound {
             return (0, 0);
         };
         let (messages, bytes) = std::mem::take(&mut flow.counted);
-        (
-            0usize.wrapping_sub(messages) as i64,
-            0usize.wrapping_sub(bytes) as i64,
-        )
+        (-(messages as i64), -(bytes as i64))
     }
 
     fn flow_mut(&mut self) -> &mut Flow {
