@@ -107,7 +107,7 @@ async fn the_event_stream_carries_lifecycle_events_and_counters() {
         e["type"] == "stats" && e["offline_messages"] == 2
     })
     .await;
-    // The `$SYS` messages are retained (their exact bytes: tests/http_metrics.rs).
+    // The `$SYS` messages are retained (their exact bytes: tests/http_metrics_gauges.rs).
     assert!(held["retained"].as_u64() > Some(0), "{held}");
     assert!(held["retained_bytes"].as_u64() > Some(0), "{held}");
     assert_eq!(held["sessions_offline"], 1);

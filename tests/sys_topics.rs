@@ -11,17 +11,6 @@ use common::v5::{self, Props};
 use common::{broker_with, mosquitto_clients_available, packets, Frame, Raw};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-/// Bytes a frame took on the wire: its first byte, its Remaining Length and its body.
-fn wire_len(frame: &Frame) -> u64 {
-    let mut length_bytes = 1;
-    let mut n = frame.body.len() >> 7;
-    while n > 0 {
-        length_bytes += 1;
-        n >>= 7;
-    }
-    (1 + length_bytes + frame.body.len()) as u64
-}
-
 /// What a test sent and received, to compare with the broker's counters.
 #[derive(Default)]
 struct Tally {
@@ -46,7 +35,7 @@ impl Tally {
     async fn expect(&mut self, raw: &mut Raw) -> Frame {
         let frame = raw.expect().await;
         self.packets_received += 1;
-        self.bytes_received += wire_len(&frame);
+        self.bytes_received += frame.wire_len();
         if frame.packet_type() == 3 {
             self.publishes_received[usize::from((frame.byte1 >> 1) & 3)] += 1;
         }

@@ -11,6 +11,7 @@ pub mod forward;
 pub mod haproxy;
 pub mod http;
 mod interop;
+pub mod metrics;
 pub mod mosquitto;
 pub mod nats;
 pub mod packets;
@@ -245,6 +246,17 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// Bytes the frame took on the wire: its first byte, its Remaining Length and its body.
+    pub fn wire_len(&self) -> u64 {
+        let mut length_bytes = 1;
+        let mut n = self.body.len() >> 7;
+        while n > 0 {
+            length_bytes += 1;
+            n >>= 7;
+        }
+        (1 + length_bytes + self.body.len()) as u64
+    }
+
     pub fn packet_type(&self) -> u8 {
         self.byte1 >> 4
     }
