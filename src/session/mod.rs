@@ -487,6 +487,11 @@ impl Session {
             }
         }
         self.submit_durable_changes();
+        // What it holds leaves the gauge of messages held for connected clients before the
+        // Registry, on another thread with two workers, counts it offline: a scrape between
+        // the two never sees it twice.
+        let held = self.outbound.uncount_held();
+        self.shared.metrics.traffic.held_changed(held);
         let (inflight, queue) = self.outbound.take();
         SessionState {
             inflight,
