@@ -151,6 +151,36 @@ fn a_directory_that_is_a_file_is_refused_clearly() {
     }
 }
 
+#[test]
+fn a_directory_that_cannot_be_made_is_refused_clearly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // procfs takes no new directories, even from root: the create fails as a missing parent
+    // or a denied permission would.
+    let configured = std::path::Path::new("/proc/switchboard-test/state");
+    let config = dir.path().join("switchboard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[persistence]\ndir = {:?}\n",
+            configured.display().to_string()
+        ),
+    )
+    .expect("config");
+    let out = std::process::Command::new(common::child::BIN)
+        .args(["--port", "0", "--http-port", "0", "--config"])
+        .arg(&config)
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("persistence.dir: cannot use /proc/switchboard-test/state: ")
+            && stderr.contains("the broker's user must be able to create it and write in it"),
+        "stderr: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "stderr: {stderr}");
+}
+
 /// Publishes `rounds` x 1,000 retained QoS 1 messages of 1,000 bytes to one topic, each round
 /// waiting for its PUBACKs: a megabyte of log per round, one message of live state.
 async fn overwrite_one_topic(publisher: &mut Raw, rounds: u16) {

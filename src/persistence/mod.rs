@@ -93,6 +93,14 @@ pub enum PersistenceError {
         /// The path configured, or the file on its way.
         path: PathBuf,
     },
+    /// `persistence.dir` could not be created, or its lock file not made in it.
+    #[error("persistence.dir: cannot use {path}: {source}; the broker's user must be able to create it and write in it")]
+    DirUnusable {
+        /// The directory, or the lock file in it.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
     /// Another process holds the directory's lock.
     #[error(
         "{path} is in use by another broker (its lock file is held); one broker per directory"
@@ -244,14 +252,20 @@ pub fn open(config: &PersistenceConfig) -> Result<Option<Recovered>, Persistence
     };
     let started = Instant::now();
     check_dir(dir)?;
-    fs::create_dir_all(dir).map_err(|e| PersistenceError::io(dir, e))?;
+    fs::create_dir_all(dir).map_err(|source| PersistenceError::DirUnusable {
+        path: dir.clone(),
+        source,
+    })?;
     let lock_path = dir.join("lock");
     let lock = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&lock_path)
-        .map_err(|e| PersistenceError::io(&lock_path, e))?;
+        .map_err(|source| PersistenceError::DirUnusable {
+            path: lock_path.clone(),
+            source,
+        })?;
     match lock.try_lock() {
         Ok(()) => {}
         Err(fs::TryLockError::WouldBlock) => {
