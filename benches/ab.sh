@@ -22,6 +22,10 @@
 # retained (20 subscribers, each getting 1,000 retained messages, as in compare.sh)
 # wild (8 pipelined pairs, QoS 0, each subscriber through a wildcard over 100 topics, as in
 # compare.sh).
+# KERNEL_SHARE=1 also samples each broker (not the harness) with `perf record` over the middle
+# of each row (DURATION at least 4) and prints, per broker and row, the medians of its CPU per
+# delivered message split into the kernel's part (the TCP work of each packet, the system
+# calls, the wake-ups: the floor no change to a broker's code goes below) and user space.
 # Loopback only; every run is bounded in time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,11 +36,40 @@ DURATION=${DURATION:-4}
 ROWS=${ROWS:-"w1_8 w1_200 open fleet"}
 LOAD_ARGS=${LOAD_ARGS:-}
 BROKERS=${BROKERS:-"new mosquitto"}
+KERNEL_SHARE=${KERNEL_SHARE:-0}
 SB_PORT=${SB_PORT:-18840}
 MQ_PORT=${MQ_PORT:-18841}
 
 # shellcheck source=benches/lib.sh
 . benches/lib.sh
+if [ "$KERNEL_SHARE" = 1 ]; then
+  command -v perf >/dev/null || { echo "KERNEL_SHARE=1 needs perf" >&2; exit 1; }
+  [ "$DURATION" -ge 4 ] || { echo "KERNEL_SHARE=1 needs DURATION of 4 or more" >&2; exit 2; }
+fi
+
+# Runs row $row against $broker (pid $pid, port $port), its report appended to $OUT; with
+# KERNEL_SHARE=1, with the share of the broker's samples spent in the kernel added to it.
+run_row() {
+  if [ "$KERNEL_SHARE" != 1 ]; then
+    # shellcheck disable=SC2086
+    "$LOAD" --addr "127.0.0.1:$port" --broker-pid "$pid" --label "$broker" --quiet \
+      --out "$OUT" $args $LOAD_ARGS --duration "$DURATION" >/dev/null
+    return
+  fi
+  # shellcheck disable=SC2086
+  "$LOAD" --addr "127.0.0.1:$port" --broker-pid "$pid" --label "$broker" --quiet \
+    --out "$work/row.jsonl" $args $LOAD_ARGS --duration "$DURATION" >/dev/null &
+  local load_pid=$! kernel
+  sleep 1 # past the harness's connects: the samples are of the traffic alone
+  perf record -q -F 997 -p "$pid" -o "$work/perf.data" -- sleep $((DURATION - 2)) >/dev/null 2>&1
+  wait "$load_pid"
+  kernel=$(perf report -i "$work/perf.data" --no-children -g none --sort dso 2>/dev/null \
+    | awk '/%/ && !/^#/ { gsub("%", "", $1); all += $1; if ($2 == "[kernel.kallsyms]") k += $1 }
+           END { if (all > 0) printf "%.4f", k / all; else print "null" }')
+  tail -1 "$work/row.jsonl" | jq -c --arg row "$row" --argjson run "$run_no" \
+    --argjson kernel "$kernel" '. + {row: $row, run: $run, kernel_share: $kernel}' >> "$OUT"
+}
+
 build_harness
 make_work_dir
 if [ -n "${MOSQUITTO_LINE:-}" ]; then
@@ -52,11 +85,27 @@ for run_no in $(seq "$RUNS"); do
     echo "run $run_no: $broker" >&2
     for row in $ROWS; do
       set_row_args "$row"
-      # shellcheck disable=SC2086
-      "$LOAD" --addr "127.0.0.1:$port" --broker-pid "$pid" --label "$broker" --quiet \
-        --out "$OUT" $args $LOAD_ARGS --duration "$DURATION" >/dev/null
+      run_row
     done
     kill "$pid"; wait "$pid" 2>/dev/null || true
   done
 done
 "$LOAD" --table "$OUT"
+[ "$KERNEL_SHARE" = 1 ] || exit 0
+python3 - "$OUT" <<'PY'
+import json, statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    if r.get("kernel_share") is None:
+        continue
+    cpu = r["broker_cpu_us_per_msg"]
+    rows.setdefault((r["row"], r["label"]), []).append(
+        (r["delivered_per_s"], cpu, cpu * r["kernel_share"], cpu * (1 - r["kernel_share"])))
+print()
+print("| row | broker | runs | msgs/s | CPU µs/msg | kernel | user space |")
+print("|---|---|---|---|---|---|---|")
+for (row, label), runs in sorted(rows.items()):
+    rate, cpu, kernel, user = (statistics.median(x[i] for x in runs) for i in range(4))
+    print(f"| {row} | {label} | {len(runs)} | {rate:,.0f} | {cpu:.2f} | {kernel:.2f} | {user:.2f} |")
+PY
