@@ -124,22 +124,7 @@ fn a_directory_that_is_a_file_is_refused_clearly() {
     // The file itself, and a path that would have to be made under it: each refused, naming
     // the file.
     for configured in [file.clone(), file.join("sessions")] {
-        let config = dir.path().join("switchboard.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[persistence]\ndir = {:?}\n",
-                configured.display().to_string()
-            ),
-        )
-        .expect("config");
-        let out = std::process::Command::new(common::child::BIN)
-            .args(["--port", "0", "--http-port", "0", "--config"])
-            .arg(&config)
-            .output()
-            .expect("runs");
-        assert!(!out.status.success());
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = refused_start(dir.path(), &configured);
         assert!(
             stderr.contains(&format!(
                 "persistence.dir: {} is not a directory",
@@ -147,17 +132,13 @@ fn a_directory_that_is_a_file_is_refused_clearly() {
             )),
             "stderr: {stderr}"
         );
-        assert!(!stderr.contains("panicked"), "stderr: {stderr}");
     }
 }
 
-#[test]
-fn a_directory_that_cannot_be_made_is_refused_clearly() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    // procfs takes no new directories, even from root: the create fails as a missing parent
-    // or a denied permission would.
-    let configured = std::path::Path::new("/proc/switchboard-test/state");
-    let config = dir.path().join("switchboard.toml");
+/// Starts the broker with `persistence.dir = configured` (its configuration file written in
+/// `scratch`), checks that it refuses to start without a panic, and returns what it printed.
+fn refused_start(scratch: &std::path::Path, configured: &std::path::Path) -> String {
+    let config = scratch.join("switchboard.toml");
     std::fs::write(
         &config,
         format!(
@@ -172,13 +153,25 @@ fn a_directory_that_cannot_be_made_is_refused_clearly() {
         .output()
         .expect("runs");
     assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "stderr: {stderr}");
+    stderr
+}
+
+#[test]
+fn a_directory_that_cannot_be_made_is_refused_clearly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // procfs takes no new directories, even from root: the create fails as a missing parent
+    // or a denied permission would.
+    let stderr = refused_start(
+        dir.path(),
+        std::path::Path::new("/proc/switchboard-test/state"),
+    );
     assert!(
         stderr.contains("persistence.dir: cannot use /proc/switchboard-test/state: ")
             && stderr.contains("the broker's user must be able to create it and write in it"),
         "stderr: {stderr}"
     );
-    assert!(!stderr.contains("panicked"), "stderr: {stderr}");
 }
 
 /// Publishes `rounds` x 1,000 retained QoS 1 messages of 1,000 bytes to one topic, each round
