@@ -313,7 +313,10 @@ impl Config {
         let deserializer = toml::Deserializer::new(text);
         let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let key = e.path().to_string();
-            let message = e.inner().message().to_string();
+            let mut message = e.inner().message().to_string();
+            if message.ends_with("expected a duration") {
+                message.push_str(" such as \"500ms\", \"30s\", \"2m\" or \"1h 30m\"");
+            }
             match crate::bridge::config::name_the_bridge(text, &key) {
                 Some((bridge, key)) => ConfigError::Bridge {
                     bridge,
@@ -555,6 +558,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("listener") && err.contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn a_duration_that_does_not_parse_is_shown_how_to_write_one() {
+        let err = Config::from_toml("[persistence]\nfsync_interval = \"1 fortnight\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("persistence.fsync_interval")
+                && err.contains("expected a duration such as \"500ms\", \"30s\""),
+            "{err}"
+        );
     }
 
     #[test]
