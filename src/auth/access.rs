@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use actix::prelude::*;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{
     AclError, AclFile, Authenticator, CheckLanes, PasswordFile, PasswordFileError, Passwords,
@@ -62,6 +62,7 @@ impl AccessControl {
             Some(path) => {
                 let acl = AclFile::load(path)?;
                 info!(path = %path.display(), "ACL file loaded");
+                warn_of_doubtful_rules(path, &acl);
                 Some(Arc::new(acl))
             }
             None => None,
@@ -85,7 +86,11 @@ impl AccessControl {
             None => None,
         };
         let acl = match &self.config.acl_file {
-            Some(path) => Some(Arc::new(AclFile::load(path)?)),
+            Some(path) => {
+                let acl = AclFile::load(path)?;
+                warn_of_doubtful_rules(path, &acl);
+                Some(Arc::new(acl))
+            }
             None => None,
         };
         if let (Some(file), Some(passwords)) = (passwords, &self.passwords) {
@@ -138,5 +143,20 @@ impl AccessControl {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
+    }
+}
+
+/// Logs a warning for each rule of `acl` that names no access and has a space in its topic
+/// ([`AclFile::doubtful_rules`]): the file is used as Mosquitto would use it, but a misspelt
+/// `read` or `deny` there grants or denies nothing the writer meant.
+fn warn_of_doubtful_rules(path: &std::path::Path, acl: &AclFile) {
+    for line in acl.doubtful_rules() {
+        warn!(
+            path = %path.display(),
+            line,
+            "ACL rule names no access (read, write, readwrite or deny) and its topic holds a \
+             space: read as readwrite for a topic with a space in it, as Mosquitto reads it; \
+             check the spelling of its first word"
+        );
     }
 }

@@ -89,6 +89,10 @@ pub struct AclFile {
     anonymous: Vec<Rule>,
     users: HashMap<String, Vec<Rule>>,
     patterns: Vec<Rule>,
+    /// Lines (1-based) of rules without an access keyword whose topic holds a space, as
+    /// `topic raed gate/#` has: read as Mosquitto reads them, one `readwrite` rule for the
+    /// topic `raed gate/#`, and listed for a warning ([`AclFile::doubtful_rules`]).
+    doubtful: Vec<usize>,
 }
 
 impl AclFile {
@@ -126,7 +130,12 @@ impl AclFile {
                         Some(("write", t)) => (Access::Write, t.trim()),
                         Some(("readwrite", t)) => (Access::ReadWrite, t.trim()),
                         Some(("deny", t)) => (Access::Deny, t.trim()),
-                        _ => (Access::ReadWrite, rest),
+                        _ => {
+                            if rest.contains(char::is_whitespace) {
+                                acl.doubtful.push(i + 1);
+                            }
+                            (Access::ReadWrite, rest)
+                        }
                     };
                     if topic.is_empty() {
                         return Err(bad("a rule needs a topic"));
@@ -147,6 +156,14 @@ impl AclFile {
             }
         }
         Ok(acl)
+    }
+
+    /// The lines of rules that name no access and whose topic holds a space: most likely a
+    /// misspelt access word (`topic raed gate/#`), read as a `readwrite` rule for a topic with
+    /// a space in it, as Mosquitto reads it. [`AccessControl`](super::AccessControl) warns of
+    /// them when it loads the file.
+    pub fn doubtful_rules(&self) -> &[usize] {
+        &self.doubtful
     }
 
     /// The rules that apply to a client: its user's (or the anonymous ones), then every
@@ -461,5 +478,22 @@ pattern readwrite devices/%u/#
         let err = AclFile::parse("user a\ntopic\n").unwrap_err().to_string();
         assert!(err.contains("line 2"), "{err}");
         assert!(AclFile::parse("allow all").is_err());
+    }
+
+    #[test]
+    fn a_rule_whose_first_word_is_no_access_is_read_as_mosquitto_reads_it_and_listed() {
+        let acl = AclFile::parse(
+            "user gate\ntopic raed gate/#\ntopic read gate/state\ntopic gate/a b\ntopic gate/c\n",
+        )
+        .unwrap();
+        assert_eq!(acl.doubtful_rules(), &[2, 4]);
+        // `raed gate/#` is one topic with a space: it grants nothing under `gate/`.
+        assert!(!acl.may_read(Some("gate"), "c1", "gate/1"));
+        assert!(acl.may_publish(Some("gate"), "c1", "raed gate/#"));
+        assert!(acl.may_read(Some("gate"), "c1", "gate/state"));
+        assert!(AclFile::parse("topic readwrite a b\n")
+            .unwrap()
+            .doubtful_rules()
+            .is_empty());
     }
 }
