@@ -92,6 +92,16 @@ async fn clients_paged_searched_and_one_by_one() {
         assert_eq!(response.status, 400, "{bad}");
         assert!(response.json()["error"].is_string(), "{bad}");
     }
+    let words = get(http, "/api/v1/clients?limit=ten", None).await;
+    assert_eq!(words.status, 400);
+    let error = words.json()["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.starts_with("bad query string (offset and limit take whole numbers"),
+        "{error}"
+    );
 }
 
 #[tokio::test]

@@ -97,8 +97,11 @@ pub(super) struct ListQuery {
 
 /// Parses the query string; a 400 names what is wrong.
 pub(super) fn list_query(req: &HttpRequest) -> Result<(usize, usize, ListQuery), ApiError> {
-    let query: ListQuery = serde_urlencoded::from_str(req.query_string())
-        .map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))?;
+    let query: ListQuery = serde_urlencoded::from_str(req.query_string()).map_err(|e| {
+        ApiError::bad_request(format!(
+            "bad query string (offset and limit take whole numbers; search and filter, text): {e}"
+        ))
+    })?;
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > MAX_LIMIT {
         return Err(ApiError::bad_request(format!(
