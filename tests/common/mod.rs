@@ -248,12 +248,7 @@ pub struct Frame {
 impl Frame {
     /// Bytes the frame took on the wire: its first byte, its Remaining Length and its body.
     pub fn wire_len(&self) -> u64 {
-        let mut length_bytes = 1;
-        let mut n = self.body.len() >> 7;
-        while n > 0 {
-            length_bytes += 1;
-            n >>= 7;
-        }
+        let length_bytes = switchboard::codec::properties::var_int_len(self.body.len());
         (1 + length_bytes + self.body.len()) as u64
     }
 
