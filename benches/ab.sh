@@ -14,6 +14,8 @@
 # publishers that also wait for their PUBACK, as devices do, or `--churn-beside 2000` for one
 # more client making 2,000 subscription changes a second beside the traffic).
 # ROWS picks rows: w1_8 w1_200 q0_200 open fleet fleet20 pipe0 pipe1 fanout fanout1 fanin0 fanin
+# fleet10k (10,000 devices, one status request a second each: 10,000 requests/s, as `fleet`
+# with ten times the connections; each process needs 10,010 descriptors)
 # w1a_8 (window 1, 8 pairs, each publisher also waiting for its PUBACK: `--window-acked`;
 # w1a_200 and w1a_2000 the same with 200 and 2,000 pairs)
 # idle (10,000 idle connections: RSS per connection) idle_max (IDLE_MAX of them, default 19,000:

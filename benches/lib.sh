@@ -74,6 +74,7 @@ set_row_args() {
     open) args="--scenario pairs --qos 1 --rate 20000 --clients 1000" ;;
     fleet) args="--scenario fleet --qos 1 --clients 1000 --rate 10000" ;;
     fleet20) args="--scenario fleet --qos 1 --clients 1000 --rate 20000" ;;
+    fleet10k) args="--scenario fleet --qos 1 --clients 10000 --rate 10000" ;;
     pipe0) args="--scenario pairs --qos 0 --clients 8" ;;
     pipe1) args="--scenario pairs --qos 1 --clients 8" ;;
     fanout) args="--scenario fan-out --qos 0 --clients 8" ;;
