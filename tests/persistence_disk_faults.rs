@@ -25,6 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::child::{listening_addr, log_number, spawn_command, wait_line, BIN};
 use common::durable::{kill_9, start_broker_and_http, start_broker_with, write_config};
+use common::faults::{assert_ready, inject, publish_until_acked, sample, stop_tracing};
 use common::{browser_available, packets, run_browser_script, strace_available, Raw};
 
 /// Messages published, and the payload of each: 48 MiB in all, three times what the writer may
@@ -152,40 +153,6 @@ async fn a_slow_disk_holds_the_publisher_back_and_loses_nothing() {
     }
 }
 
-/// Attaches strace to the running broker `pid` (all its threads) with this fault injection;
-/// returns once every thread is traced. Killing strace detaches it.
-fn inject(pid: u32, syscall: &str, fault: &str) -> std::process::Child {
-    let strace = Command::new("strace")
-        .args(["-f", "-qq", "-o", "/dev/null", "-p", &pid.to_string()])
-        .args(["-e", &format!("trace={syscall}")])
-        .args(["-e", &format!("inject={syscall}:{fault}")])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("strace runs");
-    let traced = || {
-        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the broker's threads");
-        tasks.flatten().all(|task| {
-            std::fs::read_to_string(task.path().join("status")).is_ok_and(|status| {
-                status
-                    .lines()
-                    .any(|l| l.starts_with("TracerPid:") && l.trim_end() != "TracerPid:\t0")
-            })
-        })
-    };
-    // Attaching takes strace a moment per thread; nothing else says when it is done.
-    let deadline = std::time::Instant::now() + common::WAIT;
-    while !traced() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "strace did not attach"
-        );
-        std::thread::yield_now();
-    }
-    strace
-}
-
 #[tokio::test]
 async fn a_full_disk_delays_the_acknowledgements_and_loses_nothing() {
     if !strace_available() {
@@ -253,27 +220,6 @@ async fn a_full_disk_delays_the_acknowledgements_and_loses_nothing() {
     assert_eq!(retained.len(), 100, "every retained message, once");
 }
 
-/// The value of the unlabelled sample `name` on the `/metrics` of the broker whose HTTP server
-/// is at `http` (the classic text format).
-async fn sample(http: std::net::SocketAddr, name: &str) -> String {
-    let metrics = common::http::get(http, "/metrics", None).await;
-    let prefix = format!("{name} ");
-    metrics
-        .body
-        .lines()
-        .find_map(|line| line.strip_prefix(prefix.as_str()))
-        .map(|value| value.trim().to_string())
-        .unwrap_or_else(|| panic!("no sample {name} in {}", metrics.body))
-}
-
-/// Asserts that `/api/v1/health/ready` of the broker whose HTTP server is at `http` answers
-/// `status`, saying `says`.
-async fn assert_ready(http: std::net::SocketAddr, status: u16, says: &str) {
-    let ready = common::http::get(http, "/api/v1/health/ready", None).await;
-    assert_eq!(ready.status, status, "{}", ready.body);
-    assert!(ready.body.contains(says), "{}", ready.body);
-}
-
 /// How long strace holds each `fdatasync` of the settlement tests.
 const SYNC_DELAY: Duration = Duration::from_secs(3);
 
@@ -285,25 +231,6 @@ fn hold_every_sync(pid: u32) -> std::process::Child {
         "fdatasync",
         &format!("delay_enter={}", SYNC_DELAY.as_micros()),
     )
-}
-
-/// Stops `strace`, which detaches it from the broker.
-fn stop_tracing(mut strace: std::process::Child) {
-    let _ = strace.kill();
-    let _ = strace.wait();
-}
-
-/// Publishes QoS 1 `payload` to `topic` with packet id `pid` and returns once its PUBACK came
-/// (waiting up to 30 s, longer than any sync here).
-async fn publish_until_acked(publisher: &mut Raw, topic: &str, payload: &[u8], pid: u16) {
-    publisher
-        .send(&packets::publish(topic, payload, 1, pid, false, false))
-        .await;
-    let frame = publisher
-        .recv_within(Duration::from_secs(30))
-        .await
-        .expect("PUBACK, not a closed connection");
-    assert_eq!((frame.packet_type(), frame.pid()), (4, pid), "{frame:?}");
 }
 
 #[tokio::test]
@@ -519,68 +446,4 @@ async fn with_fsync_always_a_failed_sync_stops_the_acknowledgements_until_a_rest
     );
     let (mut publisher, _) = Raw::handshake(addr, "gate-app", true).await;
     publish_until_acked(&mut publisher, "gate/1/state", b"again", 4).await;
-}
-
-#[tokio::test]
-async fn with_fsync_interval_a_failing_sync_holds_the_acknowledgements_and_readiness_until_one_succeeds(
-) {
-    if !strace_available() {
-        return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let state = dir.path().join("state");
-    let (broker, logs, addr, http) = start_broker_and_http(&state, "interval", "info", "", 0);
-    Raw::leave_subscribed(addr, "gate-offline", "gate/+/state").await;
-    let (mut publisher, _) = Raw::handshake(addr, "gate-app", true).await;
-    // The writer's next two `fdatasync`s fail with EIO; it tries again each second.
-    let strace = inject(broker.0.id(), "fdatasync", "error=EIO:when=1..2");
-    // Acknowledged once written (`interval`), then synced within the second: that sync fails.
-    publish_until_acked(&mut publisher, "gate/1/state", b"written", 1).await;
-    let error = wait_line(&logs, "cannot sync the persistence log; trying again");
-    assert!(error.contains("Input/output error"), "{error}");
-    // The writer retries the sync before it writes anything more: this message waits.
-    publisher
-        .send(&packets::publish(
-            "gate/1/state",
-            b"held",
-            1,
-            2,
-            false,
-            false,
-        ))
-        .await;
-    assert_ready(http, 503, "cannot be synced").await;
-    assert_eq!(
-        sample(http, "switchboard_persistence_syncs_failing").await,
-        "1"
-    );
-    // The third try succeeds; then the held message is written and acknowledged.
-    let frame = publisher
-        .recv_within(Duration::from_secs(30))
-        .await
-        .expect("PUBACK once a sync succeeds");
-    assert_eq!((frame.packet_type(), frame.pid()), (4, 2), "{frame:?}");
-    stop_tracing(strace);
-    assert_eq!(
-        sample(http, "switchboard_persistence_syncs_failing").await,
-        "0",
-        "a sync has succeeded since"
-    );
-    assert_eq!(
-        sample(http, "switchboard_persistence_sync_failures_total").await,
-        "2",
-        "one per failed sync"
-    );
-    assert_ready(http, 200, "ready").await;
-    // Neither message was lost, nor the durability: no restart is needed.
-    assert_eq!(
-        sample(http, "switchboard_persistence_durability_lost").await,
-        "0"
-    );
-    kill_9(broker);
-    let (_again, _logs, addr) = start_broker_with(&state, "interval", "info", "");
-    let (mut offline, present) = Raw::handshake(addr, "gate-offline", false).await;
-    assert!(present, "the offline session was kept");
-    let kept = offline.drain_payloads().await;
-    assert_eq!(kept, [b"written".to_vec(), b"held".to_vec()]);
 }

@@ -24,6 +24,7 @@ mod backup;
 mod batch_thread;
 mod durable_waiters;
 mod frame;
+mod interval_sync;
 mod live;
 mod live_state;
 mod log;

@@ -11,6 +11,7 @@ use tracing::{debug, error, info};
 use super::backup::{BackupFile, BackupRequest};
 use super::batch_thread::run_as_batch_thread;
 use super::frame::seal_frames;
+use super::interval_sync::IntervalSyncer;
 use super::live::{live_key_of_body, LiveKind};
 use super::live_state::LiveState;
 use super::log::{FrameAt, Log, Rotated};
@@ -57,6 +58,16 @@ pub struct Writer {
     pub(super) compaction: Option<Compaction>,
 }
 
+/// The syncing thread `thread` started, if one was asked for: on an error, none (logged), and the
+/// writer syncs on its own.
+fn started<T>(thread: Option<std::io::Result<T>>) -> Option<T> {
+    thread?
+        .map_err(|e| {
+            error!(error = %e, "cannot start the persistence syncing thread; the writer syncs on its own")
+        })
+        .ok()
+}
+
 /// The little-endian u32 at `at` of `bytes` (0 past the end), as a length.
 fn u32_at(bytes: &[u8], at: usize) -> usize {
     bytes
@@ -71,15 +82,12 @@ impl Writer {
     pub fn run(mut self, shared: Arc<StoreShared>) {
         run_as_batch_thread();
         // With `fsync = "always"`, a second thread syncs while this one appends.
-        let syncer = (self.policy == FsyncPolicy::Always)
-            .then(|| Syncer::start(shared.clone()))
-            .and_then(|started| {
-                started
-                    .map_err(|e| {
-                        error!(error = %e, "cannot start the persistence syncing thread; the writer syncs on its own")
-                    })
-                    .ok()
-            });
+        let syncer =
+            started((self.policy == FsyncPolicy::Always).then(|| Syncer::start(shared.clone())));
+        // With `fsync = "interval"`, one makes the periodic syncs while this one appends.
+        let interval_syncer = started(
+            (self.policy == FsyncPolicy::Interval).then(|| IntervalSyncer::start(shared.clone())),
+        );
         self.build_live();
         shared.stats.note_started(self.policy);
         shared
@@ -133,6 +141,10 @@ impl Writer {
                 pending.helper_done = false;
                 shared.take_drain(pending, &mut frames, &mut flushes, &mut backups)
             };
+            if let Some(syncer) = &interval_syncer {
+                // A failed sync holds every commit after it until one succeeds.
+                syncer.wait_while_failing();
+            }
             let frames_at = self.log.end();
             if !frames.is_empty() {
                 // Submitters frame without the CRCs: computed here, off their threads.
@@ -177,7 +189,14 @@ impl Writer {
                 }
                 _ => false,
             };
-            if handed {
+            // With `interval` a change is durable once written (reported below either way).
+            let handed_interval = interval_syncer
+                .as_ref()
+                .is_some_and(|s| s.take_over(&self.log, seq, flushing, sync_due));
+            if handed_interval {
+                last_sync = Instant::now();
+            }
+            if handed || handed_interval {
                 unsynced = false;
             } else if sync_due {
                 let started = Instant::now();
@@ -214,8 +233,9 @@ impl Writer {
                 let _ = done.send(());
             }
             if closed {
-                // Joins the syncing thread, idle since the flush above.
+                // Joins the syncing threads, idle since the flush above.
                 drop(syncer);
+                drop(interval_syncer);
                 for backup in self.backups.drain(..) {
                     let _ = backup.join();
                 }

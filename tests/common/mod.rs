@@ -7,6 +7,7 @@ pub mod bridge;
 pub mod child;
 pub mod cluster;
 pub mod durable;
+pub mod faults;
 pub mod forward;
 pub mod haproxy;
 pub mod http;
