@@ -4,12 +4,17 @@
 //! messages, a persistent session, its messages in flight (sent, not acknowledged: re-sent with
 //! DUP) and its queued messages all come back. A compaction writes its snapshot on a thread
 //! of its own while the writer goes on: a `kill -9` in the middle of one loses nothing either.
+//! The superseded segments are deleted on a thread of their own too: no acknowledgement waits
+//! for their deletion.
 
 mod common;
 
-use common::durable::{kill_9, start_broker_with};
+use std::time::{Duration, Instant};
+
+use common::durable::{kill_9, start_broker_and_http, start_broker_with};
+use common::faults::{inject, stop_tracing};
 use common::packets::{self, parse_publish};
-use common::Raw;
+use common::{strace_available, Raw};
 
 /// Compacts once the log passes 1 MiB and twice the live state.
 const SMALL_LOG: &str = "compact_min_bytes = 1048576";
@@ -179,4 +184,43 @@ async fn kill_9_while_a_compaction_writes_its_snapshot_loses_nothing() {
         );
         kill_9(child);
     }
+}
+
+/// Deleting the segments a compaction superseded holds no commit: with every `unlink` held for
+/// 2 s under strace, a publisher overwriting one retained message (so that the log is compacted
+/// and its first segment superseded) has each PUBACK well within that, through the compaction
+/// and until the first segment is gone. On the writer's thread a 67 MB segment's deletion took
+/// 22 ms here, and every acknowledgement waited for it.
+#[tokio::test]
+async fn deleting_a_compacted_segment_holds_no_acknowledgement() {
+    if !strace_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let (broker, _logs, addr, _http) = start_broker_and_http(&state, "never", "info", SMALL_LOG, 0);
+    let first_segment = state.join("0000000000000001.log");
+    assert!(first_segment.exists(), "the log starts in segment 1");
+    let (mut publisher, _) = Raw::handshake(addr, "gate-app", true).await;
+    let strace = inject(broker.0.id(), "unlink", "delay_enter=2000000");
+    let mut slowest = Duration::ZERO;
+    let mut pid = 0u16;
+    while first_segment.exists() {
+        pid = pid % 65_000 + 1;
+        let sent = Instant::now();
+        let frame = packets::publish("gate/1AB/state", &[7u8; 1000], 1, pid, true, false);
+        publisher.send(&frame).await;
+        let ack = publisher
+            .recv_within(Duration::from_secs(30))
+            .await
+            .expect("PUBACK, not a closed connection");
+        assert_eq!((ack.packet_type(), ack.pid()), (4, pid), "{ack:?}");
+        slowest = slowest.max(sent.elapsed());
+    }
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a PUBACK waited {slowest:?} while each unlink took 2 s"
+    );
+    stop_tracing(strace);
+    kill_9(broker);
 }

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use tracing::warn;
 
 use super::record::{Record, RecordError, FRAME_HEADER, LOG_FORMAT, MAX_RECORD};
+use super::segment_deleter::SegmentDeleter;
 use super::syncer::SyncJob;
 use super::PersistenceError;
 
@@ -42,6 +43,8 @@ pub struct Log {
     older: Vec<PathBuf>,
     /// Bytes appended since the log was opened (compaction does not take them back).
     appended: u64,
+    /// Deletes the segments compactions superseded, off the writer's thread.
+    deleter: SegmentDeleter,
 }
 
 /// What a scan of the directory found.
@@ -216,6 +219,7 @@ pub fn scan(dir: &Path, repair: bool) -> Result<Scanned, PersistenceError> {
         allocated,
         older,
         appended: 0,
+        deleter: SegmentDeleter::default(),
     };
     if last_id.is_none() {
         // A new log: its first segment starts with its format, synced with what follows.
@@ -453,7 +457,7 @@ impl Log {
         self.older
             .push(segment_path(&self.dir, rotated.snapshot_id));
         self.total_bytes = written + self.current_bytes;
-        delete_superseded(rotated.superseded);
+        self.deleter.delete(rotated.superseded);
     }
 
     /// A compaction on this thread, for a small live state: writes the `live` frames as the
@@ -492,7 +496,14 @@ impl Log {
 
     /// Ends [`compact_in_place`](Self::compact_in_place): deletes the segments it supersedes.
     pub fn finish_in_place(&mut self, rotated: Rotated) {
-        delete_superseded(rotated.superseded);
+        self.deleter.delete(rotated.superseded);
+    }
+
+    #[cfg(test)]
+    /// Waits until the segments every finished compaction superseded are deleted (they go on
+    /// a thread of their own: `segment_deleter.rs`).
+    pub fn wait_deleted(&self) {
+        self.deleter.wait_deleted();
     }
 
     /// Keeps a compaction's snapshot segment, in place, among the older segments without
@@ -502,26 +513,6 @@ impl Log {
         self.older
             .push(segment_path(&self.dir, rotated.snapshot_id));
         self.total_bytes += written;
-    }
-}
-
-/// Deletes the segments a snapshot supersedes, newest first: a crash between two deletions
-/// leaves the oldest segments, which read as before, not a later one without a snapshot before
-/// the snapshot (which start-up would take for segments gone missing).
-fn delete_superseded(superseded: Vec<PathBuf>) {
-    delete_superseded_with(superseded, |old| fs::remove_file(old));
-}
-
-/// [`delete_superseded`] with `remove` for `fs::remove_file` (a test stops it part way, as a
-/// crash would).
-fn delete_superseded_with(
-    superseded: Vec<PathBuf>,
-    mut remove: impl FnMut(&Path) -> std::io::Result<()>,
-) {
-    for old in superseded.into_iter().rev() {
-        if let Err(e) = remove(&old) {
-            warn!(file = %old.display(), error = %e, "could not delete a compacted segment");
-        }
     }
 }
 

@@ -28,7 +28,7 @@ fn a_crash_between_two_deletions_of_a_compaction_leaves_a_log_that_reads() {
     segment(dir.path(), 4, &[Record::Snapshot, gate()], false);
     let superseded = (1..=3).map(|id| segment_path(dir.path(), id)).collect();
     let mut deleted = 0;
-    delete_superseded_with(superseded, |old| {
+    super::super::segment_deleter::delete_newest_first(superseded, |old| {
         if deleted == 1 {
             return Err(std::io::Error::other("the broker died here"));
         }

@@ -30,6 +30,7 @@ mod live_state;
 mod log;
 mod record;
 mod record_ref;
+mod segment_deleter;
 mod snapshot;
 mod stats;
 mod store;

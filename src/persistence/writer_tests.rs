@@ -161,6 +161,7 @@ fn a_compaction_on_its_thread_deletes_nothing_until_a_backup_has_copied() {
         writer.compaction.is_none(),
         "finished once the copy is done"
     );
+    writer.log.wait_deleted();
     let after = segments(dir.path());
     assert!(
         older.iter().all(|name| !after.contains(name)),
