@@ -450,8 +450,8 @@ impl Log {
         })
     }
 
-    /// Ends a compaction whose snapshot segment (`written` bytes) is in place: deletes the
-    /// segments it supersedes.
+    /// Ends a compaction whose snapshot segment (`written` bytes) is in place: hands the
+    /// segments it supersedes to the deleting thread.
     pub fn finish_snapshot(&mut self, rotated: Rotated, written: u64) {
         self.older.retain(|path| !rotated.superseded.contains(path));
         self.older
@@ -494,14 +494,15 @@ impl Log {
         ))
     }
 
-    /// Ends [`compact_in_place`](Self::compact_in_place): deletes the segments it supersedes.
+    /// Ends [`compact_in_place`](Self::compact_in_place): hands the segments it supersedes to
+    /// the deleting thread.
     pub fn finish_in_place(&mut self, rotated: Rotated) {
         self.deleter.delete(rotated.superseded);
     }
 
-    #[cfg(test)]
     /// Waits until the segments every finished compaction superseded are deleted (they go on
     /// a thread of their own: `segment_deleter.rs`).
+    #[cfg(test)]
     pub fn wait_deleted(&self) {
         self.deleter.wait_deleted();
     }

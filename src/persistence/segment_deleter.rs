@@ -85,8 +85,8 @@ impl SegmentDeleter {
         }
     }
 
-    #[cfg(test)]
     /// Waits until every set handed over is deleted.
+    #[cfg(test)]
     pub(super) fn wait_deleted(&self) {
         let sets = self.pending.sets.lock().unwrap_or_else(|p| p.into_inner());
         drop(
