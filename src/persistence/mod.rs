@@ -12,10 +12,13 @@
 //! after a submission at once or at the end of the thread's turn (`wake.rs`). With
 //! `fsync = "always"` a syncing thread (`syncer.rs`) syncs while the writer appends the next
 //! commits, and the writer reports what is written (what survives `kill -9`) before what is
-//! synced. Only then do the acknowledgements of what
+//! synced; with `fsync = "interval"` one (`interval_sync.rs`) makes the periodic sync, so that
+//! no commit waits behind it. Only then do the acknowledgements of what
 //! those changes keep go out. The log (`log.rs`) is a directory of segment files of
 //! checksummed records (`record.rs`; the ones written for every message are framed from borrowed
-//! fields, `record_ref.rs`), compacted into a snapshot when it grows to twice the live state.
+//! fields, `record_ref.rs`), compacted into a snapshot when it grows to twice the live state;
+//! the segments a snapshot supersedes are deleted on a thread of their own
+//! (`segment_deleter.rs`).
 //! The writer and the syncing thread count their commits, syncs, failures and compactions for
 //! `/metrics`, the dashboard and the admin API (`stats.rs`: per commit and per sync, never per
 //! message).
