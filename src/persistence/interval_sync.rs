@@ -12,19 +12,21 @@
 //! on its own thread. What power loss can take is then what was acknowledged in up to
 //! `fsync_interval`, and during the sync under way.
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use tracing::{debug, error};
 
 use super::batch_thread::run_as_batch_thread;
+use super::guarded::Guarded;
 use super::log::Log;
 use super::store::StoreShared;
 use super::syncer::SyncJob;
 use super::writer::RETRY_AFTER;
 
-/// What the writer and the syncing thread share.
+/// What the writer and the syncing thread share (behind a [`Guarded`]: the thread waits on it
+/// for work, the writer for it to be idle or no longer failing).
 #[derive(Default)]
 struct State {
     /// The next sync to make.
@@ -37,40 +39,17 @@ struct State {
     closed: bool,
 }
 
-struct Shared {
-    state: Mutex<State>,
-    /// The thread waits on it for work; the writer for it to be idle or no longer failing.
-    changed: Condvar,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn wait_while(&self, blocked: impl FnMut(&mut State) -> bool) -> MutexGuard<'_, State> {
-        self.changed
-            .wait_while(self.lock(), blocked)
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
 /// The writer's handle on its interval syncing thread; dropping it lets the thread make what is
 /// queued and joins it.
 pub(super) struct IntervalSyncer {
-    shared: Arc<Shared>,
+    shared: Arc<Guarded<State>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl IntervalSyncer {
     /// Starts the syncing thread; `store` is where it counts its syncs and failures.
     pub(super) fn start(store: Arc<StoreShared>) -> std::io::Result<IntervalSyncer> {
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
-            changed: Condvar::new(),
-        });
+        let shared = Arc::new(Guarded::default());
         let for_thread = shared.clone();
         let thread = std::thread::Builder::new()
             .name("switchboard-persistence-sync".into())
@@ -84,7 +63,7 @@ impl IntervalSyncer {
     /// Queues the sync of `job`, made once the one under way (if any) is done.
     fn hand(&self, job: SyncJob) {
         self.shared.lock().next = Some(job);
-        self.shared.changed.notify_all();
+        self.shared.notify_all();
     }
 
     /// The writer's periodic sync after a commit of change `seq` to `log`: with a flush, waits
@@ -136,7 +115,7 @@ impl IntervalSyncer {
 impl Drop for IntervalSyncer {
     fn drop(&mut self) {
         self.shared.lock().closed = true;
-        self.shared.changed.notify_all();
+        self.shared.notify_all();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -145,7 +124,7 @@ impl Drop for IntervalSyncer {
 
 /// The syncing thread: each job synced (tried again every [`RETRY_AFTER`] until it succeeds),
 /// until closed with nothing queued.
-fn run(shared: &Shared, store: &StoreShared) {
+fn run(shared: &Guarded<State>, store: &StoreShared) {
     run_as_batch_thread();
     loop {
         let job = {
@@ -171,7 +150,7 @@ fn run(shared: &Shared, store: &StoreShared) {
             state.busy = false;
             state.failing = false;
         }
-        shared.changed.notify_all();
+        shared.notify_all();
     }
 }
 

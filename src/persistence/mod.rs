@@ -27,6 +27,7 @@ mod backup;
 mod batch_thread;
 mod durable_waiters;
 mod frame;
+mod guarded;
 mod interval_sync;
 mod live;
 mod live_state;

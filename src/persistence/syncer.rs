@@ -28,13 +28,14 @@
 
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tracing::debug;
 
 use super::batch_thread::run_as_batch_thread;
+use super::guarded::Guarded;
 use super::store::StoreShared;
 
 /// How far the writer may append ahead of the last sync done ([`Syncer::wait_within`]).
@@ -85,25 +86,17 @@ struct State {
 }
 
 struct Shared {
-    state: Mutex<State>,
     /// The syncing thread waits on it for work, the writer for it to be idle.
-    changed: Condvar,
+    state: Guarded<State>,
     /// [`SETTLE_GRACE`] (longer in tests).
     grace: Duration,
 }
 
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
+impl std::ops::Deref for Shared {
+    type Target = Guarded<State>;
 
-    /// Waits on [`Shared::changed`] while `blocked` holds for the state.
-    fn wait_while(&self, blocked: impl FnMut(&mut State) -> bool) -> MutexGuard<'_, State> {
-        self.changed
-            .wait_while(self.lock(), blocked)
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn deref(&self) -> &Guarded<State> {
+        &self.state
     }
 }
 
@@ -120,7 +113,7 @@ impl SyncerLink {
                 state.next = Some(parked);
             }
             drop(state);
-            self.0.changed.notify_all();
+            self.0.notify_all();
         }
     }
 }
@@ -141,8 +134,7 @@ impl Syncer {
     /// [`Syncer::start`] giving settlements `grace` instead of [`SETTLE_GRACE`].
     fn start_with_grace(store: Arc<StoreShared>, grace: Duration) -> std::io::Result<Syncer> {
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
-            changed: Condvar::new(),
+            state: Guarded::default(),
             grace,
         });
         store.link_syncer(SyncerLink(shared.clone()));
@@ -173,7 +165,7 @@ impl Syncer {
     /// Queues `job`, after the sync under way if there is one.
     pub(super) fn hand(&self, job: SyncJob) {
         self.shared.lock().next = Some(job);
-        self.shared.changed.notify_all();
+        self.shared.notify_all();
     }
 
     /// Hands `job` over unless nobody waits for it: then parks it (or, while a sync is under
@@ -192,7 +184,7 @@ impl Syncer {
         };
         state.next = Some(job);
         drop(state);
-        self.shared.changed.notify_all();
+        self.shared.notify_all();
     }
 
     /// Waits until no sync is under way or queued ([`Syncer::wait_idle`]), then takes the
@@ -242,7 +234,7 @@ impl Syncer {
 impl Drop for Syncer {
     fn drop(&mut self) {
         self.shared.lock().closed = true;
-        self.shared.changed.notify_all();
+        self.shared.notify_all();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -299,7 +291,7 @@ fn park<'a>(
     state.parked = Some(job);
     drop(state);
     // The writer may wait for this thread to be idle (a flush).
-    shared.changed.notify_all();
+    shared.notify_all();
     store.note_skipped(seq);
     if !store.anyone_waits_upto(seq) {
         return None;
@@ -357,7 +349,7 @@ fn run(shared: &Shared, store: &Arc<StoreShared>) {
                 state.parked = None;
             }
         }
-        shared.changed.notify_all();
+        shared.notify_all();
     }
 }
 
