@@ -114,6 +114,12 @@ impl LiveState {
         self.bytes
     }
 
+    /// How many records the live state holds, queued messages of sessions gone included until
+    /// the next compaction drops them: what a snapshot reads back, frame by frame.
+    pub fn records(&self) -> usize {
+        self.by_key.len() + self.queued.len()
+    }
+
     /// Makes `frame` the live value of `key` (a key read back at start, where most are set
     /// once): [`LiveState::track`] with [`LiveKind::Set`], without copying the key.
     pub fn set_owned(&mut self, key: Vec<u8>, frame: FrameAt) {

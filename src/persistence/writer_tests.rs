@@ -60,6 +60,19 @@ fn segments(dir: &std::path::Path) -> Vec<String> {
     names
 }
 
+/// Waits until a compaction's thread has written its snapshot and woken the writer.
+fn wait_for_the_snapshot(shared: &StoreShared) {
+    let mut pending = shared.lock_pending();
+    while !pending.helper_done {
+        let (p, timeout) = shared
+            .wake_writer
+            .wait_timeout(pending, Duration::from_secs(60))
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        pending = p;
+        assert!(!timeout.timed_out(), "the snapshot was not written in 60 s");
+    }
+}
+
 /// The retained messages a start reads back from `dir`: (topic, payload).
 fn read_back(dir: &std::path::Path) -> Vec<(String, Bytes)> {
     let config = PersistenceConfig {
@@ -132,17 +145,7 @@ fn a_compaction_on_its_thread_deletes_nothing_until_a_backup_has_copied() {
 
     // A backup starts copying while the snapshot is written; the snapshot is done.
     writer.backups_copying.store(1, Ordering::Release);
-    {
-        let mut pending = shared.lock_pending();
-        while !pending.helper_done {
-            let (p, timeout) = shared
-                .wake_writer
-                .wait_timeout(pending, Duration::from_secs(60))
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            pending = p;
-            assert!(!timeout.timed_out(), "the snapshot was not written in 60 s");
-        }
-    }
+    wait_for_the_snapshot(&shared);
     writer.maybe_compact(&shared);
     assert!(
         writer.compaction.is_some(),
@@ -169,6 +172,37 @@ fn a_compaction_on_its_thread_deletes_nothing_until_a_backup_has_copied() {
     );
     drop(writer);
     let last = Bytes::from(vec![b'c'; 4096]);
+    let mut expected: Vec<(String, Bytes)> =
+        topics.into_iter().map(|t| (t, last.clone())).collect();
+    expected.sort();
+    assert_eq!(read_back(dir.path()), expected);
+}
+
+#[test]
+fn a_live_state_of_many_small_records_is_compacted_on_a_thread_of_its_own() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut writer = writer_in(dir.path());
+    let shared = Arc::new(StoreShared::new(1, false, Default::default()));
+    // 5,000 gates' states of 8 bytes, set twice (a snapshot would copy them frame by frame):
+    // a live state far below 8 MiB, but of more records than the writer copies itself.
+    let topics: Vec<String> = (0..5_000).map(|n| format!("gate/{n}/state")).collect();
+    for round in 0..3u8 {
+        let payload = Bytes::from(vec![b'a' + round; 8]);
+        commit(&mut writer, topics.iter().map(|t| retained(t, &payload)));
+    }
+    assert!(writer.live.bytes() < COMPACT_ON_A_THREAD_FROM);
+    assert!(writer.live.records() >= COMPACT_ON_A_THREAD_FROM_RECORDS);
+    writer.maybe_compact(&shared);
+    assert!(
+        writer.compaction.is_some(),
+        "compacted beside the writer, not on it"
+    );
+    // Once the thread has written the snapshot, the writer ends the compaction.
+    wait_for_the_snapshot(&shared);
+    writer.maybe_compact(&shared);
+    assert!(writer.compaction.is_none(), "finished");
+    drop(writer);
+    let last = Bytes::from(vec![b'c'; 8]);
     let mut expected: Vec<(String, Bytes)> =
         topics.into_iter().map(|t| (t, last.clone())).collect();
     expected.sort();
