@@ -388,6 +388,13 @@ async fn persistence_says_what_the_writer_does() {
     // A retained QoS 1 message is acknowledged once its record is synced (`always`).
     gate.publish_acked("gate/1AB/state", b"closed", 1, true)
         .await;
+    let record = "gate/1AB/state".len() + "closed".len();
+    // The writer sets the log's size after it reports the commit: the PUBACK may come first.
+    common::eventually(|| async move {
+        let on = get(http, "/api/v1/persistence", None).await;
+        on.json()["log_bytes"].as_u64() >= Some(record as u64)
+    })
+    .await;
     let on = get(http, "/api/v1/persistence", None).await;
     assert_eq!(on.status, 200, "{}", on.body);
     let status = on.json();
@@ -395,7 +402,6 @@ async fn persistence_says_what_the_writer_does() {
     assert_eq!(status["fsync"], "always", "{status}");
     assert!(status["commits_total"].as_u64() >= Some(1), "{status}");
     assert!(status["syncs_total"].as_u64() >= Some(1), "{status}");
-    let record = "gate/1AB/state".len() + "closed".len();
     assert!(
         status["log_bytes"].as_u64() >= Some(record as u64),
         "{status}"
