@@ -19,7 +19,7 @@ use std::time::Instant;
 use tracing::{debug, error};
 
 use super::batch_thread::run_as_batch_thread;
-use super::guarded::Guarded;
+use super::guarded::{Guarded, SyncingState};
 use super::log::Log;
 use super::store::StoreShared;
 use super::syncer::SyncJob;
@@ -37,6 +37,16 @@ struct State {
     failing: bool,
     /// The writer is done: make what is queued, then end.
     closed: bool,
+}
+
+impl SyncingState for State {
+    fn busy_or_queued(&self) -> bool {
+        self.busy || self.next.is_some()
+    }
+
+    fn close(&mut self) {
+        self.closed = true;
+    }
 }
 
 /// The writer's handle on its interval syncing thread; dropping it lets the thread make what is
@@ -105,20 +115,13 @@ impl IntervalSyncer {
 
     /// Waits until no sync is under way or queued: everything handed over is synced.
     fn wait_idle(&self) {
-        drop(
-            self.shared
-                .wait_while(|state| state.busy || state.next.is_some()),
-        );
+        self.shared.wait_idle();
     }
 }
 
 impl Drop for IntervalSyncer {
     fn drop(&mut self) {
-        self.shared.lock().closed = true;
-        self.shared.notify_all();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.shared.close_and_join(&mut self.thread);
     }
 }
 
@@ -158,20 +161,7 @@ fn run(shared: &Guarded<State>, store: &StoreShared) {
 mod tests {
     use super::*;
     use crate::config::FsyncPolicy;
-    use std::fs::File;
-
-    fn job(dir: &std::path::Path, seq: u64) -> SyncJob {
-        let segment = dir.join(format!("{seq}.log"));
-        let file = File::create(&segment).expect("create");
-        SyncJob {
-            seq,
-            file,
-            segment,
-            offset: 0,
-            appended: 0,
-            written: Instant::now(),
-        }
-    }
+    use crate::persistence::syncer::tests::job;
 
     fn started_store() -> Arc<StoreShared> {
         let store = Arc::new(StoreShared::new(1, false, Default::default()));

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use tracing::debug;
 
 use super::batch_thread::run_as_batch_thread;
-use super::guarded::Guarded;
+use super::guarded::{Guarded, SyncingState};
 use super::store::StoreShared;
 
 /// How far the writer may append ahead of the last sync done ([`Syncer::wait_within`]).
@@ -100,6 +100,16 @@ impl std::ops::Deref for Shared {
     }
 }
 
+impl SyncingState for State {
+    fn busy_or_queued(&self) -> bool {
+        self.busy || self.next.is_some()
+    }
+
+    fn close(&mut self) {
+        self.closed = true;
+    }
+}
+
 /// The store's handle on the syncing thread: for a waiter whose change's sync was skipped.
 pub(super) struct SyncerLink(Arc<Shared>);
 
@@ -151,7 +161,7 @@ impl Syncer {
     /// Whether a sync is under way or queued.
     pub(super) fn is_busy(&self) -> bool {
         let state = self.shared.lock();
-        state.busy || state.next.is_some()
+        state.busy_or_queued()
     }
 
     /// Whether the thread has a job in hand and none queued: syncing it, or giving its
@@ -191,9 +201,7 @@ impl Syncer {
     /// parked sync off, for the writer to make (a flush); returns its change. Under one lock:
     /// a parked sync this thread took up meanwhile is done when this returns.
     pub(super) fn idle_and_take_parked(&self) -> Option<u64> {
-        let mut state = self
-            .shared
-            .wait_while(|state| state.busy || state.next.is_some());
+        let mut state = self.shared.wait_while(|state| state.busy_or_queued());
         state.parked.take().map(|job| job.seq)
     }
 
@@ -201,8 +209,7 @@ impl Syncer {
     /// [`MAX_UNSYNCED_BYTES`] ahead of the last sync done and a sync is under way or queued.
     pub(super) fn wait_within(&self, appended: u64) {
         drop(self.shared.wait_while(|state| {
-            (state.busy || state.next.is_some())
-                && appended.saturating_sub(state.synced) > MAX_UNSYNCED_BYTES
+            state.busy_or_queued() && appended.saturating_sub(state.synced) > MAX_UNSYNCED_BYTES
         }));
     }
 
@@ -224,20 +231,13 @@ impl Syncer {
     /// Waits until no sync is under way or queued: every change handed over is durable and
     /// reported.
     pub(super) fn wait_idle(&self) {
-        drop(
-            self.shared
-                .wait_while(|state| state.busy || state.next.is_some()),
-        );
+        self.shared.wait_idle();
     }
 }
 
 impl Drop for Syncer {
     fn drop(&mut self) {
-        self.shared.lock().closed = true;
-        self.shared.notify_all();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.shared.close_and_join(&mut self.thread);
     }
 }
 
@@ -354,7 +354,7 @@ fn run(shared: &Shared, store: &Arc<StoreShared>) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::persistence::durable_waiters::tests::{next_told, Waiter};
     use crate::persistence::durable_waiters::DurableTo;
@@ -386,7 +386,7 @@ mod tests {
     }
 
     /// A job syncing a new file in `dir`, for change `seq`.
-    fn job(dir: &std::path::Path, seq: u64) -> SyncJob {
+    pub(in crate::persistence) fn job(dir: &std::path::Path, seq: u64) -> SyncJob {
         let segment = dir.join(format!("{seq}.log"));
         let file = File::create(&segment).expect("create");
         SyncJob {
