@@ -25,6 +25,7 @@
 
 mod backup;
 mod batch_thread;
+mod compaction;
 mod durable_waiters;
 mod frame;
 mod guarded;
@@ -292,6 +293,7 @@ pub fn open(config: &PersistenceConfig) -> Result<Option<Recovered>, Persistence
         backups: Vec::new(),
         backups_copying: Default::default(),
         compaction: None,
+        slow_disk_compactions_left: 0,
     };
     // Seeded per process like the standard hasher, and cheaper per topic than its SipHash.
     let mut retained: HashMap<String, Arc<Message>, foldhash::fast::RandomState> =

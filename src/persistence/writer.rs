@@ -10,31 +10,17 @@ use tracing::{debug, error, info};
 
 use super::backup::{BackupFile, BackupRequest};
 use super::batch_thread::run_as_batch_thread;
+use super::compaction::Compaction;
 use super::frame::seal_frames;
 use super::interval_sync::IntervalSyncer;
 use super::live::{live_key_of_body, LiveKind};
 use super::live_state::LiveState;
-use super::log::{FrameAt, Log, Rotated};
+use super::log::{FrameAt, Log};
 use super::record::{Record, FRAME_HEADER};
-use super::snapshot::{write_backup, write_snapshot_segment};
+use super::snapshot::write_backup;
 use super::store::{StoreShared, WriterState, NAP, NAPS_BEFORE_SLEEP};
 use super::syncer::Syncer;
-use super::PersistenceError;
 use crate::config::FsyncPolicy;
-
-/// A live state this large or larger is compacted on a thread of its own (its snapshot takes
-/// the writer tens of milliseconds or more to write); a smaller one on the writer thread,
-/// where the snapshot becomes the segment appended to and the one before needs no sync (a
-/// compaction on a thread syncs it: with a small live state and fast churn, compactions come
-/// several times a second, and those syncs cost 8% of the pipelined `interval` rate).
-const COMPACT_ON_A_THREAD_FROM: u64 = 8 << 20;
-
-/// A live state of this many records or more is compacted on a thread of its own too, however
-/// few its bytes: a snapshot reads each frame back from where it is in the log, and 10,000
-/// persistent sessions (20,000 records, 1 MB) took the writer some 17 ms to copy, while the
-/// listing and the walk the writer keeps on a thread's compaction cost it a few. Below it (a
-/// pipelined stream's few hundred messages in flight) compacting here stays the cheaper.
-const COMPACT_ON_A_THREAD_FROM_RECORDS: usize = 4096;
 
 /// How long the writer waits before it tries a failed write or sync again.
 pub(super) const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -61,8 +47,11 @@ pub struct Writer {
     /// How many backup threads still copy frames: each counts itself out before it wakes the
     /// writer, so a compaction waiting for it ends at once.
     pub(super) backups_copying: Arc<std::sync::atomic::AtomicUsize>,
-    /// The compaction under way, if any.
+    /// The compaction under way, if any (`compaction.rs`).
     pub(super) compaction: Option<Compaction>,
+    /// Compactions still to run on a thread of their own after one on this thread found the
+    /// disk slow to sync (`compaction.rs`).
+    pub(super) slow_disk_compactions_left: u32,
 }
 
 /// The syncing thread `thread` started, if one was asked for: on an error, none (logged), and the
@@ -406,192 +395,11 @@ impl Writer {
     }
 
     /// Whether a backup thread is still copying frames out of the segments.
-    fn backing_up(&self) -> bool {
+    pub(super) fn backing_up(&self) -> bool {
         self.backups_copying
             .load(std::sync::atomic::Ordering::Acquire)
             > 0
     }
-
-    /// Compacts when the log has grown past twice the live state (and `compact_min_bytes`):
-    /// starts a compaction, or ends the one under way once its thread is done.
-    fn maybe_compact(&mut self, shared: &Arc<StoreShared>) {
-        if self.compaction.is_some() {
-            // Not while a backup copies frames out of the segments it would delete.
-            if !self.backing_up() && self.finish_compaction(false) {
-                shared.stats.add_compaction();
-            }
-            return;
-        }
-        let total = self.log.total_bytes();
-        if total <= self.compact_floor || total <= 2 * self.live.bytes() || self.backing_up() {
-            return;
-        }
-        if self.live.bytes() < COMPACT_ON_A_THREAD_FROM
-            && self.live.records() < COMPACT_ON_A_THREAD_FROM_RECORDS
-        {
-            if self.compact_here(total) {
-                shared.stats.add_compaction();
-            }
-        } else {
-            self.start_compaction(total, shared);
-        }
-    }
-
-    /// A compaction of a small live state, on this thread: the snapshot becomes the segment
-    /// appended to, so the one before needs no sync. Returns whether it was done.
-    fn compact_here(&mut self, before_bytes: u64) -> bool {
-        let started = Instant::now();
-        self.live.drop_dead();
-        let listed = self.live.live_frames();
-        match self.log.compact_in_place(&listed) {
-            Ok((moved, rotated)) => {
-                // Nothing changed since the listing: every frame is found.
-                if self.live.remap(&listed, &moved, rotated.snapshot_id - 1) {
-                    self.log.finish_in_place(rotated);
-                } else {
-                    error!("persistence log compaction: a live record was not in the snapshot; keeping the older segments");
-                    return false;
-                }
-                info!(
-                    before_bytes,
-                    after_bytes = self.log.total_bytes(),
-                    millis = started.elapsed().as_millis() as u64,
-                    "persistence log compacted"
-                );
-                true
-            }
-            Err(e) => {
-                error!(error = %e, "persistence log compaction failed; will retry");
-                false
-            }
-        }
-    }
-
-    /// Lists where the live frames are, starts a new segment for what comes next, and hands
-    /// the writing of the snapshot to a thread of its own: this thread goes on committing.
-    fn start_compaction(&mut self, before_bytes: u64, shared: &Arc<StoreShared>) {
-        let started = Instant::now();
-        self.live.drop_dead();
-        let listed = self.live.live_frames();
-        let rotated = match self.log.rotate_for_snapshot() {
-            Ok(rotated) => rotated,
-            Err(e) => {
-                return error!(error = %e, "persistence log compaction could not start; will retry")
-            }
-        };
-        let (dir, id, previous, shared) = (
-            self.log.dir().to_path_buf(),
-            rotated.snapshot_id,
-            rotated.previous.clone(),
-            shared.clone(),
-        );
-        debug!(
-            segment = id,
-            frames = listed.len(),
-            "persistence log compaction started"
-        );
-        let (done, snapshotted) = std::sync::mpsc::channel();
-        let write = move || {
-            let written = write_snapshot_segment(&dir, id, Some(&previous), &listed).map(
-                |(moved, written)| Snapshotted {
-                    listed,
-                    moved,
-                    written,
-                },
-            );
-            let _ = done.send(written);
-            shared.helper_done();
-        };
-        match std::thread::Builder::new()
-            .name("switchboard-compact".into())
-            .spawn(write)
-        {
-            Ok(thread) => {
-                self.compaction = Some(Compaction {
-                    rotated,
-                    snapshotted,
-                    thread,
-                    started,
-                    paused_millis: started.elapsed().as_millis() as u64,
-                    before_bytes,
-                })
-            }
-            // The log stays whole: its segments follow on; the next drain tries again.
-            Err(e) => error!(error = %e, "cannot start a thread for a persistence log compaction"),
-        }
-    }
-
-    /// Takes the snapshot written by the compaction's thread, if it is done (with `wait`, once
-    /// it is): where each live frame is now; then deletes the segments it supersedes. Returns
-    /// whether a compaction finished so.
-    fn finish_compaction(&mut self, wait: bool) -> bool {
-        let Some(compaction) = &self.compaction else {
-            return false;
-        };
-        let result = if wait {
-            compaction.snapshotted.recv().ok()
-        } else {
-            match compaction.snapshotted.try_recv() {
-                Err(std::sync::mpsc::TryRecvError::Empty) => return false,
-                result => result.ok(),
-            }
-        };
-        let Some(compaction) = self.compaction.take() else {
-            return false;
-        };
-        let _ = compaction.thread.join();
-        let superseded_up_to = compaction.rotated.snapshot_id - 1;
-        match result {
-            Some(Ok(done)) => {
-                let remapped = Instant::now();
-                if !self.live.remap(&done.listed, &done.moved, superseded_up_to) {
-                    // Never expected; the older segments stay, so nothing is lost.
-                    self.log
-                        .keep_snapshot_beside(compaction.rotated, done.written);
-                    error!("persistence log compaction: a live record was not in the snapshot; keeping the older segments");
-                    return false;
-                }
-                self.log.finish_snapshot(compaction.rotated, done.written);
-                info!(
-                    before_bytes = compaction.before_bytes,
-                    after_bytes = self.log.total_bytes(),
-                    millis = compaction.started.elapsed().as_millis() as u64,
-                    paused_millis =
-                        compaction.paused_millis + remapped.elapsed().as_millis() as u64,
-                    "persistence log compacted"
-                );
-                true
-            }
-            Some(Err(e)) => {
-                error!(error = %e, "persistence log compaction failed; will retry");
-                false
-            }
-            None => {
-                error!("persistence log compaction thread ended without a snapshot; will retry");
-                false
-            }
-        }
-    }
-}
-
-/// A compaction under way (`maybe_compact`): its thread writes the snapshot segment.
-pub(super) struct Compaction {
-    rotated: Rotated,
-    /// What the thread wrote, sent before it wakes this one.
-    snapshotted: std::sync::mpsc::Receiver<Result<Snapshotted, PersistenceError>>,
-    thread: std::thread::JoinHandle<()>,
-    started: Instant,
-    /// How long this thread spent starting it (listing and rotating).
-    paused_millis: u64,
-    before_bytes: u64,
-}
-
-/// What a compaction's thread wrote: the frames it was given, where each is now, and the
-/// snapshot segment's size.
-struct Snapshotted {
-    listed: Vec<FrameAt>,
-    moved: Vec<FrameAt>,
-    written: u64,
 }
 
 #[cfg(test)]

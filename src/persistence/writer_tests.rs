@@ -1,4 +1,5 @@
-//! Unit tests of `writer.rs`: no compaction deletes the segments a backup is copying out of.
+//! Unit tests of `writer.rs` and `compaction.rs`: no compaction deletes the segments a backup
+//! is copying out of, and where a compaction runs.
 //!
 //! The writer's loop is driven by hand here (append a commit, track it, ask for a compaction),
 //! and a backup thread's copying is stood for by its count, so that a test can hold the
@@ -14,6 +15,10 @@ use bytes::Bytes;
 use super::*;
 use crate::config::PersistenceConfig;
 use crate::message::{Message, QoS};
+use crate::persistence::compaction::{
+    COMPACT_ON_A_THREAD_FROM, COMPACT_ON_A_THREAD_FROM_RECORDS, ON_A_THREAD_AFTER_A_SLOW_ONE,
+    SLOW_IN_PLACE,
+};
 use crate::persistence::{open, StoreShared};
 
 /// The writer of a fresh log in `dir`, compacting from 64 KiB.
@@ -207,4 +212,52 @@ fn a_live_state_of_many_small_records_is_compacted_on_a_thread_of_its_own() {
         topics.into_iter().map(|t| (t, last.clone())).collect();
     expected.sort();
     assert_eq!(read_back(dir.path()), expected);
+}
+
+#[test]
+fn after_a_slow_compaction_on_the_writer_the_next_ones_run_beside_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut writer = writer_in(dir.path());
+    let shared = Arc::new(StoreShared::new(1, false, Default::default()));
+    // One gate's state set 2,000 times: one live record, a log far past twice it.
+    let churn = |writer: &mut Writer, salt: u32| {
+        let mut payload = Bytes::new();
+        for round in 0..2_000u32 {
+            payload = Bytes::from((round ^ salt).to_be_bytes().repeat(25));
+            commit(writer, [retained("gate/1AB/state", &payload)]);
+        }
+        payload
+    };
+    // A fast disk: the writer compacts the small live state itself, at once.
+    churn(&mut writer, 0);
+    writer.note_in_place_took(SLOW_IN_PLACE / 5);
+    writer.maybe_compact(&shared);
+    assert!(
+        writer.compaction.is_none(),
+        "compacted on the writer's thread"
+    );
+    assert!(writer.log.total_bytes() < 64 * 1024, "compacted");
+
+    // One took 5 ms or more (its syncs): the next ones go to a thread of their own, while the
+    // writer goes on committing; after them it tries one itself again.
+    writer.note_in_place_took(SLOW_IN_PLACE);
+    for n in 0..ON_A_THREAD_AFTER_A_SLOW_ONE {
+        let payload = churn(&mut writer, n + 1);
+        writer.maybe_compact(&shared);
+        assert!(
+            writer.compaction.is_some(),
+            "compaction {n} beside the writer"
+        );
+        // Committed while the snapshot is written, into the segment after it.
+        commit(&mut writer, [retained("gate/1AB/state", &payload)]);
+        wait_for_the_snapshot(&shared);
+        shared.lock_pending().helper_done = false;
+        writer.maybe_compact(&shared);
+        assert!(writer.compaction.is_none(), "compaction {n} finished");
+    }
+    let last = churn(&mut writer, u32::MAX);
+    writer.maybe_compact(&shared);
+    assert!(writer.compaction.is_none(), "on the writer's thread again");
+    drop(writer);
+    assert_eq!(read_back(dir.path()), [("gate/1AB/state".into(), last)]);
 }
