@@ -1,8 +1,8 @@
 //! When and how the writer compacts its log: once the log has grown past twice the live state,
 //! a snapshot of the live frames replaces every segment before it. A small live state is
 //! compacted on the writer's thread (the snapshot becomes the segment appended to), a large
-//! one, or any soon after one on the writer's thread found the disk slow to sync, on a thread
-//! of its own while the writer goes on committing.
+//! one, or any soon after one on the writer's thread held it long (a disk slow to sync), on a
+//! thread of its own while the writer goes on committing.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,12 +29,13 @@ pub(super) const COMPACT_ON_A_THREAD_FROM: u64 = 8 << 20;
 /// pipelined stream's few hundred messages in flight) compacting here stays the cheaper.
 pub(super) const COMPACT_ON_A_THREAD_FROM_RECORDS: usize = 4096;
 
-/// A compaction on the writer's thread that took this long or longer found the disk slow to
-/// sync: it syncs its snapshot and the directory before the next commit, two syncs that every
-/// acknowledgement waiting for that commit waits for (about 1 ms here, tens of milliseconds or
-/// more on a memory card or a network volume). The next [`ON_A_THREAD_AFTER_A_SLOW_ONE`]
-/// compactions then run on a thread of their own whatever the live state's size, which holds
-/// the writer for one sync only (the directory's, for the segment it goes on in).
+/// A compaction on the writer's thread that held it this long or longer (every commit waited)
+/// sends the next [`ON_A_THREAD_AFTER_A_SLOW_ONE`] to a thread of their own whatever the live
+/// state's size. Mostly a disk slow to sync: such a compaction syncs its snapshot and the
+/// directory before the next commit, about 1 ms here, tens of milliseconds or more on a memory
+/// card or a network volume; one on a thread holds the writer for one sync only (the
+/// directory's, for the segment it goes on in). A live state near the thresholds above can
+/// take that long to copy too, and is then as well served beside the writer.
 pub(super) const SLOW_IN_PLACE: Duration = Duration::from_millis(5);
 
 /// How many compactions go to a thread of their own after one on the writer's thread was slow,
@@ -208,8 +209,8 @@ impl Writer {
         }
     }
 
-    /// A compaction on this thread took `took`: if that is [`SLOW_IN_PLACE`] or more (its
-    /// syncs were slow), the next [`ON_A_THREAD_AFTER_A_SLOW_ONE`] go to a thread of their own.
+    /// A compaction on this thread took `took`: if that is [`SLOW_IN_PLACE`] or more, the next
+    /// [`ON_A_THREAD_AFTER_A_SLOW_ONE`] go to a thread of their own.
     pub(super) fn note_in_place_took(&mut self, took: Duration) {
         if took >= SLOW_IN_PLACE {
             self.slow_disk_compactions_left = ON_A_THREAD_AFTER_A_SLOW_ONE;

@@ -16,7 +16,8 @@
 //! no commit waits behind it. Only then do the acknowledgements of what
 //! those changes keep go out. The log (`log.rs`) is a directory of segment files of
 //! checksummed records (`record.rs`; the ones written for every message are framed from borrowed
-//! fields, `record_ref.rs`), compacted into a snapshot when it grows to twice the live state;
+//! fields, `record_ref.rs`), compacted into a snapshot when it grows to twice the live state
+//! (`compaction.rs`: on the writer's thread or beside it);
 //! the segments a snapshot supersedes are deleted on a thread of their own
 //! (`segment_deleter.rs`).
 //! The writer and the syncing thread count their commits, syncs, failures and compactions for
