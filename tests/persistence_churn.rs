@@ -114,14 +114,14 @@ fn workers(round: u64) -> u64 {
     1 + round % 2
 }
 
-/// The broker for round `round`: its policy and workers, and for a crash its writer's debug
-/// lines (where a compaction starts).
+/// The broker for round `round`: its policy and workers, and for a crash the debug lines of
+/// its compactions (where one starts).
 fn start(state: &std::path::Path, round: u64) -> Broker {
     let more = format!("{SMALL_LOG}\n[listener]\nworkers = {}", workers(round));
     let config = write_config(state, policy(round), &more);
     let round = round as usize;
     let log = match ENDINGS[round % ENDINGS.len()] {
-        Ending::Crash => "info,switchboard::persistence::writer=debug",
+        Ending::Crash => "info,switchboard::persistence::compaction=debug",
         _ => "info",
     };
     let (child, logs) = spawn_with_log(&["--port", "0", "--config", &config], log);

@@ -142,7 +142,7 @@ async fn kill_9_while_a_compaction_writes_its_snapshot_loses_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
     // 9,000 retained messages of 1 KB: a live state past 8 MiB, compacted on a thread of its
-    // own (src/persistence/writer.rs), its snapshot written over some milliseconds.
+    // own (src/persistence/compaction.rs), its snapshot written over some milliseconds.
     let gates: Vec<_> = (0..9000u16)
         .map(|n| {
             let mut payload = n.to_be_bytes().to_vec();
@@ -153,7 +153,7 @@ async fn kill_9_while_a_compaction_writes_its_snapshot_loses_nothing() {
     let churn: Vec<_> = (0..500)
         .map(|_| ("churn/one".to_string(), vec![7u8; 1000], true))
         .collect();
-    let log = "info,switchboard::persistence::writer=debug";
+    let log = "info,switchboard::persistence::compaction=debug";
     for round in 0..5 {
         let (child, logs, addr) = start_broker_with(&state, "never", log, SMALL_LOG);
         let (mut publisher, _) = Raw::handshake(addr, "site", true).await;
