@@ -139,7 +139,7 @@ fn run(shared: &Guarded<State>, store: &StoreShared) {
             job
         };
         let started = Instant::now();
-        while let Err(e) = job.file.sync_data() {
+        while let Err(e) = job.sync() {
             // Failing before the line is logged: whoever reads the line finds the writer held.
             shared.lock().failing = true;
             store.stats.add_sync_failure();

@@ -17,9 +17,11 @@
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tracing::warn;
 
+use super::dir_entries::DirEntries;
 use super::record::{Record, RecordError, FRAME_HEADER, LOG_FORMAT, MAX_RECORD};
 use super::segment_deleter::SegmentDeleter;
 use super::syncer::SyncJob;
@@ -45,6 +47,8 @@ pub struct Log {
     appended: u64,
     /// Deletes the segments compactions superseded, off the writer's thread.
     deleter: SegmentDeleter,
+    /// The directory's entries not yet synced: synced with the next sync of the log's data.
+    entries: Arc<DirEntries>,
 }
 
 /// What a scan of the directory found.
@@ -220,6 +224,7 @@ pub fn scan(dir: &Path, repair: bool) -> Result<Scanned, PersistenceError> {
         older,
         appended: 0,
         deleter: SegmentDeleter::default(),
+        entries: Arc::new(DirEntries::new(dir.to_path_buf())),
     };
     if last_id.is_none() {
         // A new log: its first segment starts with its format, synced with what follows.
@@ -380,6 +385,7 @@ impl Log {
             Ok(file) => Some(SyncJob {
                 seq,
                 file,
+                entries: self.entries.clone(),
                 segment,
                 offset: self.current_bytes,
                 appended: self.appended,
@@ -392,11 +398,14 @@ impl Log {
         }
     }
 
-    /// Makes what was appended durable (`fdatasync`).
+    /// Makes what was appended durable (`fdatasync`), and the directory's new entries.
     pub fn sync(&mut self) -> Result<(), PersistenceError> {
         self.current
             .sync_data()
-            .map_err(|e| PersistenceError::io(&segment_path(&self.dir, self.current_id), e))
+            .map_err(|e| PersistenceError::io(&segment_path(&self.dir, self.current_id), e))?;
+        self.entries
+            .sync_if_changed()
+            .map_err(|e| PersistenceError::io(&self.dir, e))
     }
 
     /// The directory the log is in.
@@ -434,7 +443,9 @@ impl Log {
             .write(true)
             .open(&path)
             .map_err(|e| PersistenceError::io(&path, e))?;
-        sync_dir(&self.dir)?;
+        // Synced by the next sync of the log (the segment's data first), not here: nothing
+        // written to the new segment counts as synced before its name is.
+        self.entries.changed();
         let previous = segment_path(&self.dir, self.current_id);
         self.older.push(previous.clone());
         let superseded = self.older.clone();

@@ -27,6 +27,7 @@
 mod backup;
 mod batch_thread;
 mod compaction;
+mod dir_entries;
 mod durable_waiters;
 mod frame;
 mod guarded;

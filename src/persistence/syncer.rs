@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use tracing::debug;
 
 use super::batch_thread::run_as_batch_thread;
+use super::dir_entries::DirEntries;
 use super::guarded::{Guarded, SyncingState};
 use super::store::StoreShared;
 
@@ -57,6 +58,8 @@ pub(super) struct SyncJob {
     pub(super) seq: u64,
     /// The segment it was appended to (a second handle on it).
     pub(super) file: File,
+    /// The log directory's entries not yet synced, synced after the segment.
+    pub(super) entries: Arc<DirEntries>,
     /// That segment's path.
     pub(super) segment: PathBuf,
     /// The segment's length after the append.
@@ -65,6 +68,15 @@ pub(super) struct SyncJob {
     pub(super) appended: u64,
     /// When the writer had appended it: [`SETTLE_GRACE`] counts from here.
     pub(super) written: Instant,
+}
+
+impl SyncJob {
+    /// Syncs the segment's data, then the log directory if a segment was started since its
+    /// last sync (`dir_entries.rs`): only then is what was appended durable.
+    pub(super) fn sync(&self) -> std::io::Result<()> {
+        self.file.sync_data()?;
+        self.entries.sync_if_changed()
+    }
 }
 
 /// What the writer and the syncing thread share.
@@ -331,7 +343,7 @@ fn run(shared: &Shared, store: &Arc<StoreShared>) {
             job
         };
         let started = Instant::now();
-        if let Err(e) = job.file.sync_data() {
+        if let Err(e) = job.sync() {
             // Not retried: a later success would not say the data is on disk. Nothing is
             // reported durable from now on (`StoreShared::report_durable`).
             store.stats.lose_durability(&e, &job.segment);
@@ -392,6 +404,7 @@ pub(super) mod tests {
         SyncJob {
             seq,
             file,
+            entries: Arc::new(DirEntries::new(dir.to_path_buf())),
             segment,
             offset: 0,
             appended: seq,
