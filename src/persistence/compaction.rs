@@ -33,8 +33,9 @@ pub(super) const COMPACT_ON_A_THREAD_FROM_RECORDS: usize = 4096;
 /// sends the next [`ON_A_THREAD_AFTER_A_SLOW_ONE`] to a thread of their own whatever the live
 /// state's size. Mostly a disk slow to sync: such a compaction syncs its snapshot and the
 /// directory before the next commit, about 1 ms here, tens of milliseconds or more on a memory
-/// card or a network volume; one on a thread holds the writer for one sync only (the
-/// directory's, for the segment it goes on in). A live state near the thresholds above can
+/// card or a network volume; one on a thread holds the writer for no sync (the directory's
+/// sync for the segment it goes on in comes with the log's next sync: `dir_entries.rs`). A
+/// live state near the thresholds above can
 /// take that long to copy too, and is then as well served beside the writer.
 pub(super) const SLOW_IN_PLACE: Duration = Duration::from_millis(5);
 
