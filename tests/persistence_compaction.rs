@@ -36,14 +36,24 @@ async fn publish_acked(publisher: &mut Raw, messages: &[(String, Vec<u8>, bool)]
 
 /// Every retained message under `site/#`, as a new subscriber gets them, sorted by topic.
 async fn retained_under_site(addr: std::net::SocketAddr) -> Vec<(String, Vec<u8>)> {
-    let (mut reader, _) = Raw::handshake(addr, "reader", true).await;
-    reader.subscribe(1, &[("site/#", 1)], &[1]).await;
-    let mut got: Vec<(String, Vec<u8>)> = reader
-        .drain_acking()
-        .await
-        .into_iter()
-        .map(|p| (p.topic, p.payload))
-        .collect();
+    retained_under(addr, &["site/#".to_string()]).await
+}
+
+/// Every retained message matching `filters`, each filter's as a new subscriber gets them
+/// (fewer than a session's queue holds: 10,000), sorted by topic.
+async fn retained_under(addr: std::net::SocketAddr, filters: &[String]) -> Vec<(String, Vec<u8>)> {
+    let mut got = Vec::new();
+    for filter in filters {
+        let (mut reader, _) = Raw::handshake(addr, "reader", true).await;
+        reader.subscribe(1, &[(filter.as_str(), 1)], &[1]).await;
+        got.extend(
+            reader
+                .drain_acking()
+                .await
+                .into_iter()
+                .map(|p| (p.topic, p.payload)),
+        );
+    }
     got.sort();
     got
 }
@@ -141,13 +151,14 @@ async fn live_state_survives_compactions_in_a_row_and_kill_9() {
 async fn kill_9_while_a_compaction_writes_its_snapshot_loses_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
-    // 9,000 retained messages of 1 KB: a live state past 8 MiB, compacted on a thread of its
-    // own (src/persistence/compaction.rs), its snapshot written over some milliseconds.
-    let gates: Vec<_> = (0..9000u16)
+    // 40,000 retained messages of 250 bytes: a live state past 8 MiB, compacted on a thread
+    // of its own (src/persistence/compaction.rs), its snapshot written over some milliseconds
+    // while the writer lists the retained messages for it in three slices between commits.
+    let gates: Vec<_> = (0..40_000u16)
         .map(|n| {
             let mut payload = n.to_be_bytes().to_vec();
-            payload.resize(1000, 7);
-            (format!("site/{n}/gate"), payload, true)
+            payload.resize(250, 7);
+            (format!("site/{}/{n}/gate", n / 5000), payload, true)
         })
         .collect();
     let churn: Vec<_> = (0..500)
@@ -174,7 +185,8 @@ async fn kill_9_while_a_compaction_writes_its_snapshot_loses_nothing() {
         assert!(started.contains("frames="), "{started}");
 
         let (child, _logs, addr) = start_broker_with(&state, "never", "info", SMALL_LOG);
-        let got = retained_under_site(addr).await;
+        let groups: Vec<String> = (0..8).map(|k| format!("site/{k}/#")).collect();
+        let got = retained_under(addr, &groups).await;
         let want = sorted_retained(&gates);
         assert!(
             got == want,

@@ -2,15 +2,21 @@
 //! a snapshot of the live frames replaces every segment before it. A small live state is
 //! compacted on the writer's thread (the snapshot becomes the segment appended to), a large
 //! one, or any soon after one on the writer's thread held it long (a disk slow to sync), on a
-//! thread of its own while the writer goes on committing.
+//! thread of its own while the writer goes on committing. The writer lists the frames for
+//! that thread (sessions and what belongs to them at once, retained messages slice by slice
+//! between commits) and, once the snapshot is written, notes where they are now, slice by
+//! slice too: however many retained messages there are, no commit waits for more than one
+//! slice.
 
+use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info};
 
+use super::live_state::RetainedCursor;
 use super::log::{FrameAt, Rotated};
-use super::snapshot::write_snapshot_segment;
+use super::snapshot::{write_listed_snapshot_segment, Listed};
 use super::store::StoreShared;
 use super::writer::Writer;
 use super::PersistenceError;
@@ -39,6 +45,14 @@ pub(super) const COMPACT_ON_A_THREAD_FROM_RECORDS: usize = 4096;
 /// take that long to copy too, and is then as well served beside the writer.
 pub(super) const SLOW_IN_PLACE: Duration = Duration::from_millis(5);
 
+/// How many retained messages a compaction on a thread lists, or notes the new places of,
+/// between two commits: a fraction of a millisecond of the writer's time on a free core (a
+/// whole listing of 1,000,000 retained messages took 46 ms, the noting after it 24 ms, and
+/// every commit waited). Under load the longest step, 5-8 ms, is set by the scheduler more
+/// than by the slice: 16,384 measured 7-17 ms (docs/benchmarks.md, "A compaction's listing in
+/// slices").
+pub(super) const COMPACTION_SLICE: usize = 4_096;
+
 /// How many compactions go to a thread of their own after one on the writer's thread was slow,
 /// before the writer tries one itself again (a disk slow for a moment is not taken as slow for
 /// good: on a fast disk a compaction on a thread costs more, its syncs among them).
@@ -49,8 +63,7 @@ impl Writer {
     /// starts a compaction, or ends the one under way once its thread is done.
     pub(super) fn maybe_compact(&mut self, shared: &Arc<StoreShared>) {
         if self.compaction.is_some() {
-            // Not while a backup copies frames out of the segments it would delete.
-            if !self.backing_up() && self.finish_compaction(false) {
+            if self.compaction_step(false) {
                 shared.stats.add_compaction();
             }
             return;
@@ -104,12 +117,15 @@ impl Writer {
         }
     }
 
-    /// Lists where the live frames are, starts a new segment for what comes next, and hands
-    /// the writing of the snapshot to a thread of its own: this thread goes on committing.
+    /// Starts a compaction beside this thread: lists where the live frames are but the retained
+    /// messages', starts a new segment for what comes next, and hands the writing of the
+    /// snapshot to a thread of its own, then lists the first slice of retained messages for
+    /// it. This thread goes on committing, and lists the rest slice by slice between commits
+    /// ([`compaction_step`](Self::compaction_step)).
     fn start_compaction(&mut self, before_bytes: u64, shared: &Arc<StoreShared>) {
         let started = Instant::now();
         self.live.drop_dead();
-        let listed = self.live.live_frames();
+        let listed = self.live.live_frames_but_retained();
         let rotated = match self.log.rotate_for_snapshot() {
             Ok(rotated) => rotated,
             Err(e) => {
@@ -127,10 +143,11 @@ impl Writer {
             frames = listed.len(),
             "persistence log compaction started"
         );
+        let (to_thread, slices) = std::sync::mpsc::channel();
         let (done, snapshotted) = std::sync::mpsc::channel();
         let write = move || {
-            let written = write_snapshot_segment(&dir, id, Some(&previous), &listed).map(
-                |(moved, written)| Snapshotted {
+            let written = write_listed_snapshot_segment(&dir, id, Some(&previous), &slices).map(
+                |(listed, moved, written)| Snapshotted {
                     listed,
                     moved,
                     written,
@@ -139,75 +156,168 @@ impl Writer {
             let _ = done.send(written);
             shared.helper_done();
         };
-        match std::thread::Builder::new()
+        let thread = match std::thread::Builder::new()
             .name("switchboard-compact".into())
             .spawn(write)
         {
-            Ok(thread) => {
-                self.compaction = Some(Compaction {
-                    rotated,
-                    snapshotted,
-                    thread,
-                    started,
-                    paused_millis: started.elapsed().as_millis() as u64,
-                    before_bytes,
-                })
-            }
+            Ok(thread) => thread,
             // The log stays whole: its segments follow on; the next drain tries again.
-            Err(e) => error!(error = %e, "cannot start a thread for a persistence log compaction"),
+            Err(e) => {
+                return error!(error = %e, "cannot start a thread for a persistence log compaction")
+            }
+        };
+        let but_retained = listed.len();
+        // The thread is there to take it (and a failed send is its failure, reported by it).
+        let _ = to_thread.send(Listed::Frames(listed));
+        self.compaction = Some(Compaction {
+            rotated,
+            but_retained,
+            listing: Some(Listing {
+                cursor: RetainedCursor::default(),
+                to_thread,
+            }),
+            snapshotted,
+            thread: Some(thread),
+            remapping: None,
+            started,
+            paused: Pauses::default(),
+            before_bytes,
+        });
+        let listed_the_rest = started.elapsed();
+        // The first slice, in the same hold of this thread as the listing before it.
+        self.compaction_step(false);
+        if let Some(compaction) = &mut self.compaction {
+            compaction.paused.add_to_last(listed_the_rest);
         }
     }
 
-    /// Takes the snapshot written by the compaction's thread, if it is done (with `wait`, once
-    /// it is): where each live frame is now; then deletes the segments it supersedes. Returns
-    /// whether a compaction finished so.
-    pub(super) fn finish_compaction(&mut self, wait: bool) -> bool {
-        let Some(compaction) = &self.compaction else {
+    /// Takes the next step of the compaction under way, if any: lists the next slice of
+    /// retained messages for its thread; or, once the thread has written the snapshot and no
+    /// backup copies frames out of the segments it supersedes, notes where the frames it
+    /// listed are now, the retained messages' slice by slice; then deletes those segments.
+    /// Each step holds this thread (every commit) for one slice at most, whatever the live
+    /// state's size. With `all` it takes every step at once, waiting for the thread (at
+    /// shutdown). Returns whether a compaction finished so.
+    pub(super) fn compaction_step(&mut self, all: bool) -> bool {
+        let started = Instant::now();
+        let max = if all { usize::MAX } else { COMPACTION_SLICE };
+        let backing_up = self.backing_up();
+        let Some(compaction) = &mut self.compaction else {
             return false;
         };
-        let result = if wait {
-            compaction.snapshotted.recv().ok()
-        } else {
-            match compaction.snapshotted.try_recv() {
-                Err(std::sync::mpsc::TryRecvError::Empty) => return false,
-                result => result.ok(),
+        let up_to = compaction.rotated.snapshot_id - 1;
+        if let Some(listing) = &mut compaction.listing {
+            let mut frames = Vec::with_capacity(max.min(COMPACTION_SLICE));
+            let last = self
+                .live
+                .list_retained(&mut listing.cursor, up_to, max, &mut frames);
+            // A failed send is the thread gone: its result says why.
+            let sent = listing.to_thread.send(Listed::Frames(frames)).is_ok()
+                && (!last || listing.to_thread.send(Listed::End).is_ok());
+            if last || !sent {
+                compaction.listing = None;
             }
-        };
-        let Some(compaction) = self.compaction.take() else {
-            return false;
-        };
-        let _ = compaction.thread.join();
-        let superseded_up_to = compaction.rotated.snapshot_id - 1;
-        match result {
-            Some(Ok(done)) => {
-                let remapped = Instant::now();
-                if !self.live.remap(&done.listed, &done.moved, superseded_up_to) {
-                    // Never expected; the older segments stay, so nothing is lost.
-                    self.log
-                        .keep_snapshot_beside(compaction.rotated, done.written);
-                    error!("persistence log compaction: a live record was not in the snapshot; keeping the older segments");
-                    return false;
-                }
-                self.log.finish_snapshot(compaction.rotated, done.written);
-                info!(
-                    before_bytes = compaction.before_bytes,
-                    after_bytes = self.log.total_bytes(),
-                    millis = compaction.started.elapsed().as_millis() as u64,
-                    paused_millis =
-                        compaction.paused_millis + remapped.elapsed().as_millis() as u64,
-                    "persistence log compacted"
-                );
-                true
-            }
-            Some(Err(e)) => {
-                error!(error = %e, "persistence log compaction failed; will retry");
-                false
-            }
-            None => {
-                error!("persistence log compaction thread ended without a snapshot; will retry");
-                false
+            compaction.paused.add(started.elapsed());
+            if !all {
+                return false;
             }
         }
+        // Not while a backup copies frames out of the segments it would delete.
+        if backing_up && !all {
+            return false;
+        }
+        if compaction.remapping.is_none() {
+            let result = if all {
+                compaction.snapshotted.recv().ok()
+            } else {
+                match compaction.snapshotted.try_recv() {
+                    Err(std::sync::mpsc::TryRecvError::Empty) => return false,
+                    result => result.ok(),
+                }
+            };
+            if let Some(thread) = compaction.thread.take() {
+                let _ = thread.join();
+            }
+            let done = match result {
+                Some(Ok(done)) => done,
+                Some(Err(e)) => {
+                    self.compaction = None;
+                    error!(error = %e, "persistence log compaction failed; will retry");
+                    return false;
+                }
+                None => {
+                    self.compaction = None;
+                    error!(
+                        "persistence log compaction thread ended without a snapshot; will retry"
+                    );
+                    return false;
+                }
+            };
+            let n = compaction.but_retained;
+            let found = self
+                .live
+                .remap_but_retained(&done.listed[..n], &done.moved[..n], up_to);
+            compaction.remapping = Some(Remapping {
+                done,
+                cursor: RetainedCursor::default(),
+                next: 0,
+                found,
+            });
+        }
+        let Some(remapping) = &mut compaction.remapping else {
+            return false;
+        };
+        let n = compaction.but_retained;
+        let last = self.live.remap_retained(
+            &mut remapping.cursor,
+            &remapping.done.listed[n..],
+            &remapping.done.moved[n..],
+            &mut remapping.next,
+            up_to,
+            max,
+            &mut remapping.found,
+        );
+        compaction.paused.add(started.elapsed());
+        if !last {
+            return false;
+        }
+        let Some(Compaction {
+            rotated,
+            remapping: Some(remapping),
+            started,
+            paused,
+            before_bytes,
+            ..
+        }) = self.compaction.take()
+        else {
+            return false;
+        };
+        if !remapping.found {
+            // Never expected; the older segments stay, so nothing is lost.
+            self.log
+                .keep_snapshot_beside(rotated, remapping.done.written);
+            error!("persistence log compaction: a live record was not in the snapshot; keeping the older segments");
+            return false;
+        }
+        self.log.finish_snapshot(rotated, remapping.done.written);
+        info!(
+            before_bytes,
+            after_bytes = self.log.total_bytes(),
+            millis = started.elapsed().as_millis() as u64,
+            paused_millis = paused.total.as_millis() as u64,
+            longest_pause_micros = paused.longest.as_micros() as u64,
+            steps = paused.steps,
+            "persistence log compacted"
+        );
+        true
+    }
+
+    /// Whether the compaction under way has a step to take now, without waiting for its
+    /// thread: the writer does not sleep then.
+    pub(super) fn compaction_has_a_step(&self) -> bool {
+        self.compaction.as_ref().is_some_and(|compaction| {
+            compaction.listing.is_some() || (compaction.remapping.is_some() && !self.backing_up())
+        })
     }
 
     /// A compaction on this thread took `took`: if that is [`SLOW_IN_PLACE`] or more, the next
@@ -219,16 +329,76 @@ impl Writer {
     }
 }
 
-/// A compaction under way (`maybe_compact`): its thread writes the snapshot segment.
+/// A compaction under way (`maybe_compact`): its thread writes the snapshot segment from what
+/// this thread lists, slice by slice; then this thread notes where the frames are now, slice
+/// by slice.
 pub(super) struct Compaction {
     rotated: Rotated,
+    /// How many frames were listed at the start (all but the retained messages'): the first
+    /// ones of the snapshot.
+    but_retained: usize,
+    /// The listing of the retained messages, while it goes on.
+    listing: Option<Listing>,
     /// What the thread wrote, sent before it wakes this one.
     snapshotted: std::sync::mpsc::Receiver<Result<Snapshotted, PersistenceError>>,
-    thread: std::thread::JoinHandle<()>,
+    /// The thread, until it is joined.
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// The noting of where the frames are now, once the snapshot is written.
+    remapping: Option<Remapping>,
     started: Instant,
-    /// How long this thread spent starting it (listing and rotating).
-    paused_millis: u64,
+    /// How long this thread spent on it.
+    paused: Pauses,
     before_bytes: u64,
+}
+
+impl Compaction {
+    /// Whether the writer still lists retained messages for it.
+    #[cfg(test)]
+    pub(super) fn listing_retained(&self) -> bool {
+        self.listing.is_some()
+    }
+}
+
+/// The retained messages listed so far, and where the frames go.
+struct Listing {
+    cursor: RetainedCursor,
+    to_thread: Sender<Listed>,
+}
+
+/// Where the frames are noted so far, after the snapshot.
+struct Remapping {
+    done: Snapshotted,
+    /// The retained messages done.
+    cursor: RetainedCursor,
+    /// The index among the retained messages' listed frames the walk is at.
+    next: usize,
+    /// False once a frame listed was not found.
+    found: bool,
+}
+
+/// How long a compaction held the writer's thread, in all and at most at once.
+#[derive(Default)]
+struct Pauses {
+    total: Duration,
+    longest: Duration,
+    last: Duration,
+    steps: u32,
+}
+
+impl Pauses {
+    fn add(&mut self, step: Duration) {
+        self.total += step;
+        self.longest = self.longest.max(step);
+        self.last = step;
+        self.steps += 1;
+    }
+
+    /// Adds `more` to the last step.
+    fn add_to_last(&mut self, more: Duration) {
+        self.total += more;
+        self.last += more;
+        self.longest = self.longest.max(self.last);
+    }
 }
 
 /// What a compaction's thread wrote: the frames it was given, where each is now, and the

@@ -10,6 +10,7 @@
 //! messages after every session, in id order.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 
 use super::live::{split_queued_key, LiveKind};
 use super::log::FrameAt;
@@ -89,6 +90,90 @@ struct Slot {
     generation: u32,
     /// The bytes of its live queued messages' frames.
     bytes: u64,
+}
+
+/// The key prefix of every retained message in the live state.
+const RETAINED_PREFIX: &[u8] = b"r:";
+
+/// The first key after every retained message's (`;` follows `:`).
+const AFTER_RETAINED: &[u8] = b"r;";
+
+/// A range of keys in the live state.
+type KeyRange<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+
+/// The keys before the retained messages' and after them: everything but retained messages.
+fn not_retained() -> (KeyRange<'static>, KeyRange<'static>) {
+    (
+        (Bound::Unbounded, Bound::Excluded(RETAINED_PREFIX)),
+        (Bound::Included(AFTER_RETAINED), Bound::Unbounded),
+    )
+}
+
+/// Where a listing or a remap of the retained messages goes on from, slice by slice (a
+/// compaction on a thread: `compaction.rs`).
+#[derive(Debug, Default)]
+pub struct RetainedCursor {
+    /// The key of the last retained message done (none: from the first).
+    after: Option<Vec<u8>>,
+}
+
+impl RetainedCursor {
+    /// The retained messages' keys still to do.
+    fn range(&self) -> KeyRange<'_> {
+        let from = match &self.after {
+            Some(key) => Bound::Excluded(key.as_slice()),
+            None => Bound::Included(RETAINED_PREFIX),
+        };
+        (from, Bound::Excluded(AFTER_RETAINED))
+    }
+}
+
+/// One walk of a remap: the frames listed when a compaction started (`listed`, in the order
+/// the walk meets those still live) and where each is now (`moved`).
+struct RemapWalk<'a> {
+    listed: &'a [FrameAt],
+    moved: &'a [FrameAt],
+    superseded_up_to: u64,
+    /// The index in `listed` the walk is at.
+    next: usize,
+    all_found: bool,
+}
+
+impl<'a> RemapWalk<'a> {
+    fn new(listed: &'a [FrameAt], moved: &'a [FrameAt], superseded_up_to: u64) -> Self {
+        RemapWalk {
+            listed,
+            moved,
+            superseded_up_to,
+            next: 0,
+            all_found: true,
+        }
+    }
+
+    /// Moves each of `frames` to where it is now, if it is in a superseded segment.
+    fn remap_all(&mut self, frames: &mut Frames) {
+        frames
+            .as_mut_slice()
+            .iter_mut()
+            .for_each(|at| self.remap(at));
+    }
+
+    /// Moves `at` to where it is now, if it is in a superseded segment.
+    fn remap(&mut self, at: &mut FrameAt) {
+        if at.segment > self.superseded_up_to {
+            return;
+        }
+        while self.next < self.listed.len() && self.listed[self.next] != *at {
+            self.next += 1;
+        }
+        match self.moved.get(self.next) {
+            Some(now) if self.next < self.listed.len() => {
+                *at = *now;
+                self.next += 1;
+            }
+            _ => self.all_found = false,
+        }
+    }
 }
 
 /// The writer's live state (see the module doc).
@@ -303,6 +388,111 @@ impl LiveState {
             .collect()
     }
 
+    /// Where every live frame is but those of retained messages, in a snapshot's order: what
+    /// a compaction on a thread lists at once when it starts (sessions and what belongs to
+    /// them must be read back as they stood at one moment), before it lists the retained
+    /// messages slice by slice ([`list_retained`](Self::list_retained)).
+    pub fn live_frames_but_retained(&self) -> Vec<FrameAt> {
+        let ids = self.live_queued_ids();
+        let firsts = ids
+            .iter()
+            .filter_map(|id| self.queued.get(id))
+            .map(|entry| entry.first);
+        let later = self.later_frames_in_log_order(&ids);
+        let (before, after) = not_retained();
+        self.by_key
+            .range::<[u8], _>(before)
+            .chain(self.by_key.range::<[u8], _>(after))
+            .flat_map(|(_, frames)| frames.as_slice())
+            .copied()
+            .chain(firsts)
+            .chain(later.into_iter().map(|(at, _, _)| at))
+            .collect()
+    }
+
+    /// Lists into `out` the frames of at most `max` retained messages after `cursor`'s key (from
+    /// the first without one), those in segments up to `up_to` alone (a frame in a later
+    /// segment was written after the compaction started, and is read back after its
+    /// snapshot), and moves the cursor past them. Returns whether it reached the last.
+    ///
+    /// Retained messages are independent of each other and of everything else, so a snapshot
+    /// may take each as it stands when the listing reaches it: whatever changed it after the
+    /// compaction started is in the segments after the snapshot, read back after it.
+    pub fn list_retained(
+        &self,
+        cursor: &mut RetainedCursor,
+        up_to: u64,
+        max: usize,
+        out: &mut Vec<FrameAt>,
+    ) -> bool {
+        let mut last = None;
+        for (seen, (key, frames)) in self.by_key.range::<[u8], _>(cursor.range()).enumerate() {
+            if seen == max {
+                cursor.after = last.map(<[u8]>::to_vec);
+                return false;
+            }
+            last = Some(key.as_slice());
+            out.extend(frames.as_slice().iter().filter(|at| at.segment <= up_to));
+        }
+        cursor.after = None;
+        true
+    }
+
+    /// After a compaction's snapshot, as [`remap`](Self::remap) for the frames that
+    /// [`live_frames_but_retained`](Self::live_frames_but_retained) listed (`listed`, now at
+    /// `moved`), every retained message's left as it is.
+    pub fn remap_but_retained(
+        &mut self,
+        listed: &[FrameAt],
+        moved: &[FrameAt],
+        superseded_up_to: u64,
+    ) -> bool {
+        let mut walk = RemapWalk::new(listed, moved, superseded_up_to);
+        let (before, after) = not_retained();
+        for (_, frames) in self.by_key.range_mut::<[u8], _>(before) {
+            walk.remap_all(frames);
+        }
+        for (_, frames) in self.by_key.range_mut::<[u8], _>(after) {
+            walk.remap_all(frames);
+        }
+        self.remap_queued(&mut walk);
+        walk.all_found
+    }
+
+    /// After a compaction's snapshot, as [`remap`](Self::remap) for at most `max` retained
+    /// messages after `cursor`'s key, of the frames [`list_retained`](Self::list_retained)
+    /// listed (`listed`, now at `moved`; `next` the index in them the walk goes on from, 0 at
+    /// first). Returns whether it reached the last, and `found` is false once a frame was not
+    /// found.
+    #[allow(clippy::too_many_arguments)]
+    pub fn remap_retained(
+        &mut self,
+        cursor: &mut RetainedCursor,
+        listed: &[FrameAt],
+        moved: &[FrameAt],
+        next: &mut usize,
+        superseded_up_to: u64,
+        max: usize,
+        found: &mut bool,
+    ) -> bool {
+        let mut walk = RemapWalk::new(listed, moved, superseded_up_to);
+        walk.next = *next;
+        let mut last = None;
+        let mut done = true;
+        for (seen, (key, frames)) in self.by_key.range_mut::<[u8], _>(cursor.range()).enumerate() {
+            if seen == max {
+                done = false;
+                break;
+            }
+            walk.remap_all(frames);
+            last = Some(key);
+        }
+        *next = walk.next;
+        *found &= walk.all_found;
+        cursor.after = if done { None } else { last.cloned() };
+        done
+    }
+
     /// Drops the entries of sessions gone (a compaction's first step).
     pub fn drop_dead(&mut self) {
         let slots = &self.slots;
@@ -319,40 +509,30 @@ impl LiveState {
     /// `listed`'s, in its order: one walk finds them. Returns false if one was not found (then
     /// its segment must stay).
     pub fn remap(&mut self, listed: &[FrameAt], moved: &[FrameAt], superseded_up_to: u64) -> bool {
-        let mut next = 0;
-        let mut all_found = true;
-        let mut remap_one = |at: &mut FrameAt| {
-            if at.segment > superseded_up_to {
-                return;
-            }
-            while next < listed.len() && listed[next] != *at {
-                next += 1;
-            }
-            match moved.get(next) {
-                Some(now) if next < listed.len() => {
-                    *at = *now;
-                    next += 1;
-                }
-                _ => all_found = false,
-            }
-        };
+        let mut walk = RemapWalk::new(listed, moved, superseded_up_to);
         for frames in self.by_key.values_mut() {
-            frames.as_mut_slice().iter_mut().for_each(&mut remap_one);
+            walk.remap_all(frames);
         }
+        self.remap_queued(&mut walk);
+        walk.all_found
+    }
+
+    /// The queued messages' part of a remap: their first frames in id order, then their later
+    /// ones in log order, as listed.
+    fn remap_queued(&mut self, walk: &mut RemapWalk) {
         let ids = self.live_queued_ids();
         let later = self.later_frames_in_log_order(&ids);
         for id in ids {
             if let Some(entry) = self.queued.get_mut(&id) {
-                remap_one(&mut entry.first);
+                walk.remap(&mut entry.first);
             }
         }
         for (_, id, i) in later {
             let entry = self.queued.get_mut(&id);
             if let Some(at) = entry.and_then(|e| e.rest.as_mut_slice().get_mut(i)) {
-                remap_one(at);
+                walk.remap(at);
             }
         }
-        all_found
     }
 
     /// A whole compaction at once, on this thread: what the writer does with a thread between

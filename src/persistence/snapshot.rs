@@ -7,6 +7,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::mpsc::Receiver;
 
 use super::log::{segment_path, sync_dir, FrameAt};
 use super::record::{Record, LOG_FORMAT};
@@ -24,6 +25,65 @@ pub fn write_snapshot_segment(
     previous: Option<&Path>,
     live: &[FrameAt],
 ) -> Result<(Vec<FrameAt>, u64), PersistenceError> {
+    let mut moved = Vec::with_capacity(live.len());
+    let written = write_snapshot_segment_with(dir, id, previous, |snapshot| {
+        for at in live {
+            moved.push(snapshot.add(at)?);
+        }
+        Ok(())
+    })?;
+    Ok((moved, written))
+}
+
+/// What a compaction's writer lists for its thread, slice by slice (`compaction.rs`).
+pub enum Listed {
+    /// Frames to write next, in this order.
+    Frames(Vec<FrameAt>),
+    /// Every frame was listed: the snapshot is complete.
+    End,
+}
+
+/// A snapshot segment written from the frames the writer lists as it goes ([`Listed`],
+/// received from `slices` until `End`), as [`write_snapshot_segment`] does with a list given
+/// at once. Returns the frames listed, where each is now (in the same order), and the
+/// segment's size. If `slices` closes before `End` (the writer stopped), nothing is renamed
+/// into place.
+pub fn write_listed_snapshot_segment(
+    dir: &Path,
+    id: u64,
+    previous: Option<&Path>,
+    slices: &Receiver<Listed>,
+) -> Result<(Vec<FrameAt>, Vec<FrameAt>, u64), PersistenceError> {
+    let (mut listed, mut moved) = (Vec::new(), Vec::new());
+    let written = write_snapshot_segment_with(dir, id, previous, |snapshot| loop {
+        match slices.recv() {
+            Ok(Listed::Frames(frames)) => {
+                moved.reserve(frames.len());
+                for at in &frames {
+                    moved.push(snapshot.add(at)?);
+                }
+                listed.extend(frames);
+            }
+            Ok(Listed::End) => return Ok(()),
+            Err(_) => {
+                return Err(PersistenceError::io(
+                    dir,
+                    std::io::Error::other("compaction abandoned: the writer stopped listing"),
+                ))
+            }
+        }
+    })?;
+    Ok((listed, moved, written))
+}
+
+/// Writes segment `id` as a snapshot of the frames `fill` adds (see
+/// [`write_snapshot_segment`]). Returns its size.
+fn write_snapshot_segment_with(
+    dir: &Path,
+    id: u64,
+    previous: Option<&Path>,
+    fill: impl FnOnce(&mut SnapshotFile) -> Result<(), PersistenceError>,
+) -> Result<u64, PersistenceError> {
     if let Some(previous) = previous {
         File::open(previous)
             .and_then(|file| file.sync_data())
@@ -31,76 +91,81 @@ pub fn write_snapshot_segment(
     }
     let path = segment_path(dir, id);
     let tmp = path.with_extension("log.tmp");
-    let mut moved = Vec::with_capacity(live.len());
-    let snapshot = Snapshot {
-        dir,
-        id,
-        trailer: &[],
-        sync: true,
-    };
-    let written = snapshot
-        .write(live.iter(), &tmp, |at| moved.push(at))
+    let written = SnapshotFile::create(dir, id, &tmp)
+        .and_then(|mut snapshot| {
+            fill(&mut snapshot)?;
+            snapshot.finish(&[], true)
+        })
         .and_then(|written| {
             fs::rename(&tmp, &path).map_err(|e| PersistenceError::io(&path, e))?;
             sync_dir(dir)?;
             Ok(written)
         });
-    match written {
-        Ok(written) => Ok((moved, written)),
-        Err(e) => {
-            let _ = fs::remove_file(&tmp);
-            Err(e)
-        }
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
     }
+    written
 }
 
-/// How a snapshot segment is written: the live frames read back from the segments of `dir`,
-/// after a format record and a snapshot marker, then `trailer`.
-struct Snapshot<'a> {
-    dir: &'a Path,
+/// A snapshot segment being written: the live frames read back from the segments of `dir`
+/// after a format record and a snapshot marker, frame by frame.
+struct SnapshotFile<'a> {
+    path: &'a Path,
+    file: File,
     /// The segment id its frames' new places are given in.
     id: u64,
-    trailer: &'a [u8],
-    /// Whether the file is synced before it is closed (a compaction's; a backup is streamed
-    /// and deleted, and `restore` syncs its copy).
-    sync: bool,
+    /// Bytes written to the file so far.
+    written: u64,
+    /// Bytes to write next.
+    buffer: Vec<u8>,
+    reader: FrameReader<'a>,
 }
 
-impl Snapshot<'_> {
-    /// Writes the `live` frames (read from where they are, in that order) to a new file at
-    /// `path`; `moved` learns where each frame is in it. Returns its size.
-    fn write<'f>(
-        &self,
-        live: impl Iterator<Item = &'f FrameAt>,
-        path: &Path,
-        mut moved: impl FnMut(FrameAt),
-    ) -> Result<u64, PersistenceError> {
-        let mut file = File::create(path).map_err(|e| PersistenceError::io(path, e))?;
-        let mut written = 0u64;
+impl<'a> SnapshotFile<'a> {
+    /// A new file at `path` for a snapshot in segment `id` of the log in `dir`.
+    fn create(dir: &'a Path, id: u64, path: &'a Path) -> Result<Self, PersistenceError> {
+        let file = File::create(path).map_err(|e| PersistenceError::io(path, e))?;
         let mut buffer = Record::LogFormat(LOG_FORMAT).to_frame();
         Record::Snapshot.write_frame(&mut buffer);
-        let mut reader = FrameReader::new(self.dir);
-        for at in live {
-            moved(FrameAt {
-                segment: self.id,
-                offset: written + buffer.len() as u64 + reader.pending(),
-                len: at.len,
-            });
-            reader.read(at, &mut buffer)?;
-            if buffer.len() >= 1 << 20 {
-                reader.finish(&mut buffer)?;
-                file.write_all(&buffer)
-                    .map_err(|e| PersistenceError::io(path, e))?;
-                written += buffer.len() as u64;
-                buffer.clear();
-            }
+        Ok(SnapshotFile {
+            path,
+            file,
+            id,
+            written: 0,
+            buffer,
+            reader: FrameReader::new(dir),
+        })
+    }
+
+    /// Adds the frame `at` (read from where it is); returns where it is in this file.
+    fn add(&mut self, at: &FrameAt) -> Result<FrameAt, PersistenceError> {
+        let now = FrameAt {
+            segment: self.id,
+            offset: self.written + self.buffer.len() as u64 + self.reader.pending(),
+            len: at.len,
+        };
+        self.reader.read(at, &mut self.buffer)?;
+        if self.buffer.len() >= 1 << 20 {
+            self.reader.finish(&mut self.buffer)?;
+            self.file
+                .write_all(&self.buffer)
+                .map_err(|e| PersistenceError::io(self.path, e))?;
+            self.written += self.buffer.len() as u64;
+            self.buffer.clear();
         }
-        reader.finish(&mut buffer)?;
-        buffer.extend_from_slice(self.trailer);
-        file.write_all(&buffer)
-            .and_then(|()| if self.sync { file.sync_all() } else { Ok(()) })
-            .map_err(|e| PersistenceError::io(path, e))?;
-        Ok(written + buffer.len() as u64)
+        Ok(now)
+    }
+
+    /// Writes what is left, then `trailer`, and syncs the file if `sync` (a compaction's; a
+    /// backup is streamed and deleted, and `restore` syncs its copy). Returns its size.
+    fn finish(mut self, trailer: &[u8], sync: bool) -> Result<u64, PersistenceError> {
+        self.reader.finish(&mut self.buffer)?;
+        self.buffer.extend_from_slice(trailer);
+        self.file
+            .write_all(&self.buffer)
+            .and_then(|()| if sync { self.file.sync_all() } else { Ok(()) })
+            .map_err(|e| PersistenceError::io(self.path, e))?;
+        Ok(self.written + self.buffer.len() as u64)
     }
 }
 
@@ -111,13 +176,12 @@ impl Snapshot<'_> {
 /// writer only appends past them.
 pub fn write_backup(dir: &Path, live: &[FrameAt], path: &Path) -> Result<u64, PersistenceError> {
     let end_mark = Record::LogFormat(LOG_FORMAT).to_frame();
-    let snapshot = Snapshot {
-        dir,
-        id: 1,
-        trailer: &end_mark,
-        sync: false,
-    };
-    let written = snapshot.write(live.iter(), path, |_| {});
+    let written = SnapshotFile::create(dir, 1, path).and_then(|mut snapshot| {
+        for at in live {
+            snapshot.add(at)?;
+        }
+        snapshot.finish(&end_mark, false)
+    });
     if written.is_err() {
         let _ = fs::remove_file(path);
     }

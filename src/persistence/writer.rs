@@ -103,6 +103,8 @@ impl Writer {
                 // reading, as when it syncs each commit itself.
                 syncer.wait_within(self.log.appended());
             }
+            // A compaction's next slice is taken without waiting for a change to commit.
+            let compaction_step = self.compaction_has_a_step();
             let (seq, closed) = {
                 let mut pending = shared.lock_pending();
                 while !pending.has_changes
@@ -110,6 +112,7 @@ impl Writer {
                     && pending.backups.is_empty()
                     && !pending.helper_done
                     && !pending.closed
+                    && !compaction_step
                 {
                     let sync_in = (unsynced && self.policy == FsyncPolicy::Interval)
                         .then(|| self.interval.saturating_sub(last_sync.elapsed()));
@@ -237,7 +240,7 @@ impl Writer {
                 }
                 // Waits for a snapshot under way, so that the older segments go now, not at
                 // the next compaction (a start reads the same state either way).
-                self.finish_compaction(true);
+                self.compaction_step(true);
                 return;
             }
             // After the waiters are told: keeping the live state current is for compaction,
