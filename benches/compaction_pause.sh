@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# What a compaction of a large live state does to the traffic beside it: each broker is loaded
+# with RETAINED retained messages of 64 bytes (default 1,000,000: 110 MB of live state), then
+# 8 QoS 1 window-1 pairs with persistent subscribers run for DURATION seconds (default 12),
+# over which the log doubles and one compaction runs. Builds in $BIN_DIR are started with
+# `[persistence]` in a fresh directory (`fsync = "interval"`), Mosquitto (`mosquitto`, in
+# memory: it has no compaction) beside them for the same traffic; the order alternates by run.
+#
+#   BROKERS="old new mosquitto" RUNS=3 OUT=target/compaction-pause.jsonl benches/compaction_pause.sh
+#
+# Each run appends the pairs' report to $OUT (rate, round-trip percentiles and the slowest) and
+# prints it with the broker's "persistence log compacted" line: its `paused_millis` (every
+# commit waited that long in all) and, from 2026-12-06, `longest_pause_micros` (at most at
+# once). Loopback only; every run is bounded in time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN_DIR=${BIN_DIR:-target/ab}
+OUT=${OUT:-target/compaction-pause.jsonl}
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-12}
+RETAINED=${RETAINED:-1000000}
+BROKERS=${BROKERS:-"new mosquitto"}
+MOSQUITTO=${MOSQUITTO:-mosquitto}
+
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
+build_harness
+make_work_dir
+
+for run in $(seq "$RUNS"); do
+  for broker in $(run_order "$run"); do
+    port=$(free_port)
+    if [ "$broker" = mosquitto ]; then
+      mosquitto_conf "$work/mosquitto.conf" "$port"
+      "$MOSQUITTO" -c "$work/mosquitto.conf" 2>/dev/null &
+    else
+      rm -rf "$work/state" && mkdir -p "$work/state"
+      printf '[persistence]\ndir = "%s/state"\nfsync = "interval"\n' "$work" > "$work/sb.toml"
+      RUST_LOG=info timeout $((DURATION + 120)) "$BIN_DIR/$broker" -c "$work/sb.toml" \
+        --port "$port" --http-port 0 > "$work/broker.log" 2>&1 &
+    fi
+    pid=$!
+    wait_for_port "$port" || { echo "$broker did not open port $port" >&2; exit 1; }
+    "$LOAD" --addr "127.0.0.1:$port" --broker-pid "$pid" --quiet --scenario retained \
+      --topics "$RETAINED" --clients 1 --out /dev/null > /dev/null
+    "$LOAD" --addr "127.0.0.1:$port" --broker-pid "$pid" --label "$broker" --quiet \
+      --scenario pairs --qos 1 --clients 8 --window 1 --persistent-subscribers \
+      --duration "$DURATION" --out "$OUT" > /dev/null
+    kill "$pid" && wait "$pid" 2>/dev/null || true
+    compacted="(in memory)"
+    if [ "$broker" != mosquitto ]; then
+      compacted=$(grep -o 'persistence log compacted.*' "$work/broker.log" | tr '\n' ' ')
+    fi
+    tail -1 "$OUT" | jq -r --arg c "$compacted" --argjson run "$run" \
+      '"run \($run) \(.label): \(.delivered_per_s | floor) msgs/s, p99 \(.latency_us.p99) µs, p99.9 \(.latency_us.p999) µs, slowest \(.latency_us.max) µs; \($c)"'
+  done
+done
