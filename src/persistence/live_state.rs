@@ -373,19 +373,7 @@ impl LiveState {
     /// log order), those of sessions gone left out: what a backup copies
     /// ([`write_backup`](super::snapshot::write_backup)).
     pub fn live_frames(&self) -> Vec<FrameAt> {
-        let ids = self.live_queued_ids();
-        let firsts = ids
-            .iter()
-            .filter_map(|id| self.queued.get(id))
-            .map(|entry| entry.first);
-        let later = self.later_frames_in_log_order(&ids);
-        self.by_key
-            .values()
-            .flat_map(Frames::as_slice)
-            .copied()
-            .chain(firsts)
-            .chain(later.into_iter().map(|(at, _, _)| at))
-            .collect()
+        self.frames_with_queued(self.by_key.values())
     }
 
     /// Where every live frame is but those of retained messages, in a snapshot's order: what
@@ -393,17 +381,23 @@ impl LiveState {
     /// them must be read back as they stood at one moment), before it lists the retained
     /// messages slice by slice ([`list_retained`](Self::list_retained)).
     pub fn live_frames_but_retained(&self) -> Vec<FrameAt> {
+        let (before, after) = not_retained();
+        let keyed = self.by_key.range::<[u8], _>(before);
+        let keyed = keyed.chain(self.by_key.range::<[u8], _>(after));
+        self.frames_with_queued(keyed.map(|(_, frames)| frames))
+    }
+
+    /// The frames of `keyed`, then those of the live queued messages: their `Queued` records
+    /// in id order, then their later records in log order.
+    fn frames_with_queued<'a>(&'a self, keyed: impl Iterator<Item = &'a Frames>) -> Vec<FrameAt> {
         let ids = self.live_queued_ids();
         let firsts = ids
             .iter()
             .filter_map(|id| self.queued.get(id))
             .map(|entry| entry.first);
         let later = self.later_frames_in_log_order(&ids);
-        let (before, after) = not_retained();
-        self.by_key
-            .range::<[u8], _>(before)
-            .chain(self.by_key.range::<[u8], _>(after))
-            .flat_map(|(_, frames)| frames.as_slice())
+        keyed
+            .flat_map(Frames::as_slice)
             .copied()
             .chain(firsts)
             .chain(later.into_iter().map(|(at, _, _)| at))
