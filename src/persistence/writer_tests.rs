@@ -15,8 +15,7 @@ use bytes::Bytes;
 
 use super::*;
 use crate::config::PersistenceConfig;
-use crate::message::{Delivery, SubscriptionOptions};
-use crate::message::{Message, QoS};
+use crate::message::{Delivery, Message, QoS, SubscriptionOptions};
 use crate::persistence::compaction::{
     COMPACTION_SLICE, COMPACT_ON_A_THREAD_FROM, COMPACT_ON_A_THREAD_FROM_RECORDS,
     ON_A_THREAD_AFTER_A_SLOW_ONE, SLOW_IN_PLACE,
@@ -310,9 +309,10 @@ fn a_compaction_lists_and_notes_many_retained_messages_slice_by_slice_between_co
     let dir = tempfile::tempdir().expect("tempdir");
     let mut writer = writer_in(dir.path());
     let shared = Arc::new(StoreShared::new(1, false, Default::default()));
-    // Three slices' worth of retained messages, and a persistent session with a
-    // subscription and two messages queued: the session is listed at once when the compaction
-    // starts, the retained messages slice by slice; set three times, so that the log is past twice the live state.
+    // Three slices' worth of retained messages, set three times (the log is past twice the
+    // live state), and a persistent session with a subscription and two messages queued: the
+    // session is listed at once when the compaction starts, the retained messages slice by
+    // slice.
     let count = 3 * COMPACTION_SLICE - 100;
     let topic = |n: usize| format!("gate/{n:06}/state");
     let mut model: BTreeMap<String, Bytes> = BTreeMap::new();
