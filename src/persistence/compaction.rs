@@ -253,7 +253,13 @@ impl Writer {
                     return false;
                 }
             };
-            let n = compaction.but_retained;
+            // The thread wrote at least what was listed first (clamped all the same: a frame
+            // not found keeps the older segments, where an index out of range would panic).
+            let n = compaction
+                .but_retained
+                .min(done.listed.len())
+                .min(done.moved.len());
+            compaction.but_retained = n;
             let found = self
                 .live
                 .remap_but_retained(&done.listed[..n], &done.moved[..n], up_to);
