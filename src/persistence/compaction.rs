@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info};
 
-use super::live_state::RetainedCursor;
+use super::live_state::{LiveState, RetainedCursor, RetainedRemap};
 use super::log::{FrameAt, Rotated};
 use super::snapshot::{write_listed_snapshot_segment, Listed};
 use super::store::StoreShared;
@@ -47,8 +47,8 @@ pub(super) const SLOW_IN_PLACE: Duration = Duration::from_millis(5);
 
 /// How many retained messages a compaction on a thread lists, or notes the new places of,
 /// between two commits: a fraction of a millisecond of the writer's time on a free core (a
-/// whole listing of 1,000,000 retained messages took 46 ms, the noting after it 24 ms, and
-/// every commit waited). Under load the longest step, 5-8 ms, is set by the scheduler more
+/// whole listing of 1,000,000 retained messages took 46 ms, the noting after it 24 ms, timed
+/// alone in a scratch test; every commit waited for both). Under load the longest step, 5-8 ms, is set by the scheduler more
 /// than by the slice: 16,384 measured 7-17 ms (docs/benchmarks.md, "A compaction's listing in
 /// slices").
 pub(super) const COMPACTION_SLICE: usize = 4_096;
@@ -205,18 +205,8 @@ impl Writer {
         let Some(compaction) = &mut self.compaction else {
             return false;
         };
-        let up_to = compaction.rotated.snapshot_id - 1;
-        if let Some(listing) = &mut compaction.listing {
-            let mut frames = Vec::with_capacity(max.min(COMPACTION_SLICE));
-            let last = self
-                .live
-                .list_retained(&mut listing.cursor, up_to, max, &mut frames);
-            // A failed send is the thread gone: its result says why.
-            let sent = listing.to_thread.send(Listed::Frames(frames)).is_ok()
-                && (!last || listing.to_thread.send(Listed::End).is_ok());
-            if last || !sent {
-                compaction.listing = None;
-            }
+        if compaction.listing.is_some() {
+            compaction.list_next(&self.live, max);
             compaction.paused.add(started.elapsed());
             if !all {
                 return false;
@@ -227,66 +217,23 @@ impl Writer {
             return false;
         }
         if compaction.remapping.is_none() {
-            let result = if all {
-                compaction.snapshotted.recv().ok()
-            } else {
-                match compaction.snapshotted.try_recv() {
-                    Err(std::sync::mpsc::TryRecvError::Empty) => return false,
-                    result => result.ok(),
+            match compaction.take_snapshot(&mut self.live, all) {
+                Taken::NotYet => return false,
+                Taken::Failed => {
+                    self.compaction = None;
+                    return false;
                 }
-            };
-            if let Some(thread) = compaction.thread.take() {
-                let _ = thread.join();
+                Taken::Snapshot => {}
             }
-            let done = match result {
-                Some(Ok(done)) => done,
-                Some(Err(e)) => {
-                    self.compaction = None;
-                    error!(error = %e, "persistence log compaction failed; will retry");
-                    return false;
-                }
-                None => {
-                    self.compaction = None;
-                    error!(
-                        "persistence log compaction thread ended without a snapshot; will retry"
-                    );
-                    return false;
-                }
-            };
-            // The thread wrote at least what was listed first (clamped all the same: a frame
-            // not found keeps the older segments, where an index out of range would panic).
-            let n = compaction
-                .but_retained
-                .min(done.listed.len())
-                .min(done.moved.len());
-            compaction.but_retained = n;
-            let found = self
-                .live
-                .remap_but_retained(&done.listed[..n], &done.moved[..n], up_to);
-            compaction.remapping = Some(Remapping {
-                done,
-                cursor: RetainedCursor::default(),
-                next: 0,
-                found,
-            });
         }
-        let Some(remapping) = &mut compaction.remapping else {
-            return false;
-        };
-        let n = compaction.but_retained;
-        let last = self.live.remap_retained(
-            &mut remapping.cursor,
-            &remapping.done.listed[n..],
-            &remapping.done.moved[n..],
-            &mut remapping.next,
-            up_to,
-            max,
-            &mut remapping.found,
-        );
+        let last = compaction.remap_next(&mut self.live, max);
         compaction.paused.add(started.elapsed());
-        if !last {
-            return false;
-        }
+        last && self.finish_compaction()
+    }
+
+    /// Ends the compaction whose every frame's new place is noted: deletes the segments it
+    /// supersedes. Returns whether it did.
+    fn finish_compaction(&mut self) -> bool {
         let Some(Compaction {
             rotated,
             remapping: Some(remapping),
@@ -298,7 +245,7 @@ impl Writer {
         else {
             return false;
         };
-        if !remapping.found {
+        if !remapping.walk.found() {
             // Never expected; the older segments stay, so nothing is lost.
             self.log
                 .keep_snapshot_beside(rotated, remapping.done.written);
@@ -357,11 +304,100 @@ pub(super) struct Compaction {
     before_bytes: u64,
 }
 
+/// What [`Compaction::take_snapshot`] found.
+enum Taken {
+    /// The thread is still writing the snapshot.
+    NotYet,
+    /// It failed (logged): the compaction is given up, the log stays whole.
+    Failed,
+    /// The snapshot is written; the frames listed at once are noted at their new places.
+    Snapshot,
+}
+
 impl Compaction {
     /// Whether the writer still lists retained messages for it.
     #[cfg(test)]
     pub(super) fn listing_retained(&self) -> bool {
         self.listing.is_some()
+    }
+
+    /// The last segment the snapshot supersedes.
+    fn superseded_up_to(&self) -> u64 {
+        self.rotated.snapshot_id - 1
+    }
+
+    /// Lists the next `max` retained messages of `live` for the thread; the listing ends with
+    /// the last, or when the thread is gone (its result says why).
+    fn list_next(&mut self, live: &LiveState, max: usize) {
+        let up_to = self.superseded_up_to();
+        let Some(listing) = &mut self.listing else {
+            return;
+        };
+        let mut frames = Vec::with_capacity(max.min(COMPACTION_SLICE));
+        let last = live.list_retained(&mut listing.cursor, up_to, max, &mut frames);
+        let sent = listing.to_thread.send(Listed::Frames(frames)).is_ok()
+            && (!last || listing.to_thread.send(Listed::End).is_ok());
+        if last || !sent {
+            self.listing = None;
+        }
+    }
+
+    /// Takes the snapshot from the thread if it is written (with `wait`, once it is), and
+    /// notes in `live` where the frames listed at once are now.
+    fn take_snapshot(&mut self, live: &mut LiveState, wait: bool) -> Taken {
+        let result = if wait {
+            self.snapshotted.recv().ok()
+        } else {
+            match self.snapshotted.try_recv() {
+                Err(std::sync::mpsc::TryRecvError::Empty) => return Taken::NotYet,
+                result => result.ok(),
+            }
+        };
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        let done = match result {
+            Some(Ok(done)) => done,
+            Some(Err(e)) => {
+                error!(error = %e, "persistence log compaction failed; will retry");
+                return Taken::Failed;
+            }
+            None => {
+                error!("persistence log compaction thread ended without a snapshot; will retry");
+                return Taken::Failed;
+            }
+        };
+        // The thread wrote at least what was listed first (clamped all the same: a frame not
+        // found keeps the older segments, where an index out of range would panic).
+        let n = self
+            .but_retained
+            .min(done.listed.len())
+            .min(done.moved.len());
+        self.but_retained = n;
+        let found =
+            live.remap_but_retained(&done.listed[..n], &done.moved[..n], self.superseded_up_to());
+        self.remapping = Some(Remapping {
+            done,
+            walk: RetainedRemap::new(found),
+        });
+        Taken::Snapshot
+    }
+
+    /// Notes in `live` where the next `max` retained messages' frames are now. Returns whether
+    /// it reached the last.
+    fn remap_next(&mut self, live: &mut LiveState, max: usize) -> bool {
+        let (n, up_to) = (self.but_retained, self.superseded_up_to());
+        let Some(remapping) = &mut self.remapping else {
+            return false;
+        };
+        let done = &remapping.done;
+        live.remap_retained(
+            &mut remapping.walk,
+            &done.listed[n..],
+            &done.moved[n..],
+            up_to,
+            max,
+        )
     }
 }
 
@@ -374,12 +410,8 @@ struct Listing {
 /// Where the frames are noted so far, after the snapshot.
 struct Remapping {
     done: Snapshotted,
-    /// The retained messages done.
-    cursor: RetainedCursor,
-    /// The index among the retained messages' listed frames the walk is at.
-    next: usize,
-    /// False once a frame listed was not found.
-    found: bool,
+    /// How far the retained messages are noted.
+    walk: RetainedRemap,
 }
 
 /// How long a compaction held the writer's thread, in all and at most at once.

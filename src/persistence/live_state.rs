@@ -128,6 +128,35 @@ impl RetainedCursor {
     }
 }
 
+/// How far the noting of the retained messages' new places has gone, slice by slice (a
+/// compaction on a thread: `compaction.rs`).
+#[derive(Debug)]
+pub struct RetainedRemap {
+    /// The retained messages done.
+    cursor: RetainedCursor,
+    /// The index among the retained messages' listed frames the walk is at.
+    next: usize,
+    /// False once a frame listed was not found.
+    found: bool,
+}
+
+impl RetainedRemap {
+    /// A walk from the first retained message; `found` is false if a frame listed before
+    /// them was not found.
+    pub fn new(found: bool) -> Self {
+        RetainedRemap {
+            cursor: RetainedCursor::default(),
+            next: 0,
+            found,
+        }
+    }
+
+    /// Whether every frame listed was found.
+    pub fn found(&self) -> bool {
+        self.found
+    }
+}
+
 /// One walk of a remap: the frames listed when a compaction started (`listed`, in the order
 /// the walk meets those still live) and where each is now (`moved`).
 struct RemapWalk<'a> {
@@ -454,36 +483,35 @@ impl LiveState {
     }
 
     /// After a compaction's snapshot, as [`remap`](Self::remap) for at most `max` retained
-    /// messages after `cursor`'s key, of the frames [`list_retained`](Self::list_retained)
-    /// listed (`listed`, now at `moved`; `next` the index in them the walk goes on from, 0 at
-    /// first). Returns whether it reached the last, and `found` is false once a frame was not
-    /// found.
-    #[allow(clippy::too_many_arguments)]
+    /// messages after where `walk` stands, of the frames [`list_retained`](Self::list_retained)
+    /// listed (`listed`, now at `moved`). Returns whether it reached the last.
     pub fn remap_retained(
         &mut self,
-        cursor: &mut RetainedCursor,
+        walk: &mut RetainedRemap,
         listed: &[FrameAt],
         moved: &[FrameAt],
-        next: &mut usize,
         superseded_up_to: u64,
         max: usize,
-        found: &mut bool,
     ) -> bool {
-        let mut walk = RemapWalk::new(listed, moved, superseded_up_to);
-        walk.next = *next;
+        let mut remap = RemapWalk::new(listed, moved, superseded_up_to);
+        remap.next = walk.next;
         let mut last = None;
         let mut done = true;
-        for (seen, (key, frames)) in self.by_key.range_mut::<[u8], _>(cursor.range()).enumerate() {
+        for (seen, (key, frames)) in self
+            .by_key
+            .range_mut::<[u8], _>(walk.cursor.range())
+            .enumerate()
+        {
             if seen == max {
                 done = false;
                 break;
             }
-            walk.remap_all(frames);
+            remap.remap_all(frames);
             last = Some(key);
         }
-        *next = walk.next;
-        *found &= walk.all_found;
-        cursor.after = if done { None } else { last.cloned() };
+        walk.next = remap.next;
+        walk.found &= remap.all_found;
+        walk.cursor.after = if done { None } else { last.cloned() };
         done
     }
 

@@ -104,7 +104,7 @@ impl Writer {
                 syncer.wait_within(self.log.appended());
             }
             // A compaction's next slice is taken without waiting for a change to commit.
-            let compaction_step = self.compaction_has_a_step();
+            let compaction_ready = self.compaction_has_a_step();
             let (seq, closed) = {
                 let mut pending = shared.lock_pending();
                 while !pending.has_changes
@@ -112,7 +112,7 @@ impl Writer {
                     && pending.backups.is_empty()
                     && !pending.helper_done
                     && !pending.closed
-                    && !compaction_step
+                    && !compaction_ready
                 {
                     let sync_in = (unsynced && self.policy == FsyncPolicy::Interval)
                         .then(|| self.interval.saturating_sub(last_sync.elapsed()));
