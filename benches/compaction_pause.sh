@@ -8,6 +8,10 @@
 #
 #   BROKERS="old new mosquitto" RUNS=3 OUT=target/compaction-pause.jsonl benches/compaction_pause.sh
 #
+# With SESSIONS=N (and RETAINED=0) the state is N persistent sessions instead (device-{i}, each
+# subscribed to detrd/status/request/{i} and cfg/# at QoS 1, then disconnected), loaded over
+# the network by benches/mosquitto_recovery.py's loader: what a fleet's stored sessions weigh.
+#
 # Each run appends the pairs' report to $OUT (rate, round-trip percentiles and the slowest) and
 # prints it with the broker's "persistence log compacted" line: its `paused_millis` (every
 # commit waited that long in all) and, from 2026-12-06, `longest_pause_micros` (at most at
@@ -19,6 +23,7 @@ OUT=${OUT:-target/compaction-pause.jsonl}
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-12}
 RETAINED=${RETAINED:-1000000}
+SESSIONS=${SESSIONS:-0}
 BROKERS=${BROKERS:-"new mosquitto"}
 MOSQUITTO=${MOSQUITTO:-mosquitto}
 
@@ -41,8 +46,14 @@ for run in $(seq "$RUNS"); do
     fi
     pid=$!
     wait_for_port "$port" || { echo "$broker did not open port $port" >&2; exit 1; }
-    "$LOAD" --addr "127.0.0.1:$port" --broker-pid "$pid" --quiet --scenario retained \
-      --topics "$RETAINED" --clients 1 --out /dev/null > /dev/null
+    if [ "$RETAINED" -gt 0 ]; then
+      "$LOAD" --addr "127.0.0.1:$port" --broker-pid "$pid" --quiet --scenario retained \
+        --topics "$RETAINED" --clients 1 --out /dev/null > /dev/null
+    fi
+    if [ "$SESSIONS" -gt 0 ]; then
+      SESSIONS=$SESSIONS python3 -c "import asyncio, sys; sys.path.insert(0, 'benches'); \
+import mosquitto_recovery as m; asyncio.run(m.load_sessions($port))"
+    fi
     "$LOAD" --addr "127.0.0.1:$port" --broker-pid "$pid" --label "$broker" --quiet \
       --scenario pairs --qos 1 --clients 8 --window 1 --persistent-subscribers \
       --duration "$DURATION" --out "$OUT" > /dev/null

@@ -3,10 +3,11 @@
 //! compacted on the writer's thread (the snapshot becomes the segment appended to), a large
 //! one, or any soon after one on the writer's thread held it long (a disk slow to sync), on a
 //! thread of its own while the writer goes on committing. The writer lists the frames for
-//! that thread (sessions and what belongs to them at once, retained messages slice by slice
-//! between commits) and, once the snapshot is written, notes where they are now, slice by
-//! slice too: however many retained messages there are, no commit waits for more than one
-//! slice.
+//! that thread slice by slice between commits (sessions and what belongs to them as they stood
+//! when it started, then the queued messages listed then, then the retained messages) and,
+//! once the snapshot is written, notes where they are now, slice by slice too: however many
+//! sessions or retained messages there are, no commit waits for more than one slice
+//! (`live_state_slices.rs`).
 
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info};
 
-use super::live_state::{LiveState, RetainedCursor, RetainedRemap};
+use super::live_state::{KeyCursor, KeyPart, LiveState, SlicedRemap};
 use super::log::{FrameAt, Rotated};
 use super::snapshot::{write_listed_snapshot_segment, Listed};
 use super::store::StoreShared;
@@ -45,12 +46,12 @@ pub(super) const COMPACT_ON_A_THREAD_FROM_RECORDS: usize = 4096;
 /// take that long to copy too, and is then as well served beside the writer.
 pub(super) const SLOW_IN_PLACE: Duration = Duration::from_millis(5);
 
-/// How many retained messages a compaction on a thread lists, or notes the new places of,
-/// between two commits: a fraction of a millisecond of the writer's time on a free core (a
-/// whole listing of 1,000,000 retained messages took 46 ms, the noting after it 24 ms, timed
-/// alone in a scratch test; every commit waited for both). Under load the longest step, 5-8 ms, is set by the scheduler more
-/// than by the slice: 16,384 measured 7-17 ms (docs/benchmarks.md, "A compaction's listing in
-/// slices").
+/// How many keys (a session, a subscription, a retained message...) a compaction on a thread
+/// lists, or notes the new places of, between two commits: a fraction of a millisecond of the
+/// writer's time on a free core (a whole listing of 1,000,000 retained messages took 46 ms, the
+/// noting after it 24 ms, timed alone in a scratch test; every commit waited for both). Under
+/// load the longest step, 3-8 ms, is set by the scheduler more than by the slice: 16,384
+/// measured 7-17 ms (docs/benchmarks.md, "A compaction's listing in slices").
 pub(super) const COMPACTION_SLICE: usize = 4_096;
 
 /// How many compactions go to a thread of their own after one on the writer's thread was slow,
@@ -117,15 +118,15 @@ impl Writer {
         }
     }
 
-    /// Starts a compaction beside this thread: lists where the live frames are but the retained
-    /// messages', starts a new segment for what comes next, and hands the writing of the
-    /// snapshot to a thread of its own, then lists the first slice of retained messages for
-    /// it. This thread goes on committing, and lists the rest slice by slice between commits
+    /// Starts a compaction beside this thread: lists where the live queued messages' frames
+    /// are, starts a new segment for what comes next, hands the writing of the snapshot to a
+    /// thread of its own, and lists the first slice of the sessions' frames for it. This thread
+    /// goes on committing, and lists the rest slice by slice between commits
     /// ([`compaction_step`](Self::compaction_step)).
     fn start_compaction(&mut self, before_bytes: u64, shared: &Arc<StoreShared>) {
         let started = Instant::now();
         self.live.drop_dead();
-        let listed = self.live.live_frames_but_retained();
+        let queued = self.live.live_queued_frames();
         let rotated = match self.log.rotate_for_snapshot() {
             Ok(rotated) => rotated,
             Err(e) => {
@@ -140,7 +141,7 @@ impl Writer {
         );
         debug!(
             segment = id,
-            frames = listed.len(),
+            queued = queued.len(),
             "persistence log compaction started"
         );
         let (to_thread, slices) = std::sync::mpsc::channel();
@@ -166,14 +167,13 @@ impl Writer {
                 return error!(error = %e, "cannot start a thread for a persistence log compaction")
             }
         };
-        let but_retained = listed.len();
-        // The thread is there to take it (and a failed send is its failure, reported by it).
-        let _ = to_thread.send(Listed::Frames(listed));
+        // From here on a session's key changed ahead of the listing keeps its frames of now.
+        self.live.begin_session_listing(rotated.snapshot_id - 1);
         self.compaction = Some(Compaction {
             rotated,
-            but_retained,
             listing: Some(Listing {
-                cursor: RetainedCursor::default(),
+                queued: Some(queued),
+                retained: KeyCursor::default(),
                 to_thread,
             }),
             snapshotted,
@@ -183,18 +183,18 @@ impl Writer {
             paused: Pauses::default(),
             before_bytes,
         });
-        let listed_the_rest = started.elapsed();
+        let listed_queued = started.elapsed();
         // The first slice, in the same hold of this thread as the listing before it.
         self.compaction_step(false);
         if let Some(compaction) = &mut self.compaction {
-            compaction.paused.add_to_last(listed_the_rest);
+            compaction.paused.add_to_last(listed_queued);
         }
     }
 
     /// Takes the next step of the compaction under way, if any: lists the next slice of
-    /// retained messages for its thread; or, once the thread has written the snapshot and no
-    /// backup copies frames out of the segments it supersedes, notes where the frames it
-    /// listed are now, the retained messages' slice by slice; then deletes those segments.
+    /// sessions or retained messages for its thread; or, once the thread has written the
+    /// snapshot and no backup copies frames out of the segments it supersedes, notes where the
+    /// frames it listed are now, slice by slice; then deletes those segments.
     /// Each step holds this thread (every commit) for one slice at most, whatever the live
     /// state's size. With `all` it takes every step at once, waiting for the thread (at
     /// shutdown). Returns whether a compaction finished so.
@@ -206,7 +206,10 @@ impl Writer {
             return false;
         };
         if compaction.listing.is_some() {
-            compaction.list_next(&self.live, max);
+            compaction.list_next(&mut self.live, max);
+            while all && compaction.listing.is_some() {
+                compaction.list_next(&mut self.live, max);
+            }
             compaction.paused.add(started.elapsed());
             if !all {
                 return false;
@@ -217,7 +220,7 @@ impl Writer {
             return false;
         }
         if compaction.remapping.is_none() {
-            match compaction.take_snapshot(&mut self.live, all) {
+            match compaction.take_snapshot(all) {
                 Taken::NotYet => return false,
                 Taken::Failed => {
                     self.compaction = None;
@@ -226,7 +229,10 @@ impl Writer {
                 Taken::Snapshot => {}
             }
         }
-        let last = compaction.remap_next(&mut self.live, max);
+        let mut last = compaction.remap_next(&mut self.live, max);
+        while all && !last {
+            last = compaction.remap_next(&mut self.live, max);
+        }
         compaction.paused.add(started.elapsed());
         last && self.finish_compaction()
     }
@@ -287,10 +293,7 @@ impl Writer {
 /// by slice.
 pub(super) struct Compaction {
     rotated: Rotated,
-    /// How many frames were listed at the start (all but the retained messages'): the first
-    /// ones of the snapshot.
-    but_retained: usize,
-    /// The listing of the retained messages, while it goes on.
+    /// The listing of the frames for the thread, while it goes on.
     listing: Option<Listing>,
     /// What the thread wrote, sent before it wakes this one.
     snapshotted: std::sync::mpsc::Receiver<Result<Snapshotted, PersistenceError>>,
@@ -310,14 +313,14 @@ enum Taken {
     NotYet,
     /// It failed (logged): the compaction is given up, the log stays whole.
     Failed,
-    /// The snapshot is written; the frames listed at once are noted at their new places.
+    /// The snapshot is written.
     Snapshot,
 }
 
 impl Compaction {
-    /// Whether the writer still lists retained messages for it.
+    /// Whether the writer still lists frames for it.
     #[cfg(test)]
-    pub(super) fn listing_retained(&self) -> bool {
+    pub(super) fn listing(&self) -> bool {
         self.listing.is_some()
     }
 
@@ -326,25 +329,39 @@ impl Compaction {
         self.rotated.snapshot_id - 1
     }
 
-    /// Lists the next `max` retained messages of `live` for the thread; the listing ends with
-    /// the last, or when the thread is gone (its result says why).
-    fn list_next(&mut self, live: &LiveState, max: usize) {
+    /// Lists the frames of the next `max` keys of `live` for the thread: sessions (with the
+    /// queued messages listed at the start after them), then retained messages. The listing
+    /// ends with the last, or when the thread is gone (its result says why).
+    fn list_next(&mut self, live: &mut LiveState, max: usize) {
         let up_to = self.superseded_up_to();
         let Some(listing) = &mut self.listing else {
             return;
         };
-        let mut frames = Vec::with_capacity(max.min(COMPACTION_SLICE));
-        let last = live.list_retained(&mut listing.cursor, up_to, max, &mut frames);
+        let mut frames = Vec::new();
+        let mut left = max;
+        let mut last = false;
+        if listing.queued.is_some() {
+            let (done, seen) = live.list_sessions(left, &mut frames);
+            left -= seen;
+            if done {
+                frames.extend(listing.queued.take().unwrap_or_default());
+            }
+        }
+        if listing.queued.is_none() && left > 0 {
+            let (done, _) = live.list_retained(&mut listing.retained, up_to, left, &mut frames);
+            last = done;
+        }
         let sent = listing.to_thread.send(Listed::Frames(frames)).is_ok()
             && (!last || listing.to_thread.send(Listed::End).is_ok());
         if last || !sent {
+            // Abandoned with the thread, the sessions' listing keeps nothing more.
+            live.end_session_listing();
             self.listing = None;
         }
     }
 
-    /// Takes the snapshot from the thread if it is written (with `wait`, once it is), and
-    /// notes in `live` where the frames listed at once are now.
-    fn take_snapshot(&mut self, live: &mut LiveState, wait: bool) -> Taken {
+    /// Takes the snapshot from the thread if it is written (with `wait`, once it is).
+    fn take_snapshot(&mut self, wait: bool) -> Taken {
         let result = if wait {
             self.snapshotted.recv().ok()
         } else {
@@ -367,51 +384,63 @@ impl Compaction {
                 return Taken::Failed;
             }
         };
-        // The thread wrote at least what was listed first (clamped all the same: a frame not
-        // found keeps the older segments, where an index out of range would panic).
-        let n = self
-            .but_retained
-            .min(done.listed.len())
-            .min(done.moved.len());
-        self.but_retained = n;
-        let found =
-            live.remap_but_retained(&done.listed[..n], &done.moved[..n], self.superseded_up_to());
         self.remapping = Some(Remapping {
             done,
-            walk: RetainedRemap::new(found),
+            walk: SlicedRemap::new(),
+            part: KeyPart::Sessions,
         });
         Taken::Snapshot
     }
 
-    /// Notes in `live` where the next `max` retained messages' frames are now. Returns whether
-    /// it reached the last.
+    /// Notes in `live` where the frames of the next `max` keys are now, in the order they were
+    /// listed: sessions, then (at once) queued messages, then retained messages. Returns
+    /// whether it reached the last.
     fn remap_next(&mut self, live: &mut LiveState, max: usize) -> bool {
-        let (n, up_to) = (self.but_retained, self.superseded_up_to());
+        let up_to = self.superseded_up_to();
         let Some(remapping) = &mut self.remapping else {
             return false;
         };
-        let done = &remapping.done;
-        live.remap_retained(
-            &mut remapping.walk,
-            &done.listed[n..],
-            &done.moved[n..],
-            up_to,
-            max,
-        )
+        let frames = (
+            remapping.done.listed.as_slice(),
+            remapping.done.moved.as_slice(),
+        );
+        let mut left = max;
+        if remapping.part == KeyPart::Sessions {
+            let (done, seen) =
+                live.remap_keys(KeyPart::Sessions, &mut remapping.walk, frames, up_to, left);
+            left -= seen;
+            if !done {
+                return false;
+            }
+            live.remap_queued_of(&mut remapping.walk, frames, up_to);
+            remapping.part = KeyPart::Retained;
+        }
+        if left == 0 {
+            return false;
+        }
+        let (done, _) =
+            live.remap_keys(KeyPart::Retained, &mut remapping.walk, frames, up_to, left);
+        done
     }
 }
 
-/// The retained messages listed so far, and where the frames go.
+/// The listing of a compaction's frames for its thread.
 struct Listing {
-    cursor: RetainedCursor,
+    /// The live queued messages' frames, listed at the start, sent once the sessions' are
+    /// (none after: the retained messages are listed then).
+    queued: Option<Vec<FrameAt>>,
+    /// How far the retained messages are listed.
+    retained: KeyCursor,
     to_thread: Sender<Listed>,
 }
 
 /// Where the frames are noted so far, after the snapshot.
 struct Remapping {
     done: Snapshotted,
-    /// How far the retained messages are noted.
-    walk: RetainedRemap,
+    /// How far the frames are noted.
+    walk: SlicedRemap,
+    /// Which keys' frames are noted now.
+    part: KeyPart,
 }
 
 /// How long a compaction held the writer's thread, in all and at most at once.

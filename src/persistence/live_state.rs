@@ -10,7 +10,6 @@
 //! messages after every session, in id order.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ops::Bound;
 
 use super::live::{split_queued_key, LiveKind};
 use super::log::FrameAt;
@@ -98,112 +97,11 @@ const RETAINED_PREFIX: &[u8] = b"r:";
 /// The first key after every retained message's (`;` follows `:`).
 const AFTER_RETAINED: &[u8] = b"r;";
 
-/// A range of keys in the live state.
-type KeyRange<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+#[path = "live_state_slices.rs"]
+mod slices;
 
-/// The keys before the retained messages' and after them: everything but retained messages.
-fn not_retained() -> (KeyRange<'static>, KeyRange<'static>) {
-    (
-        (Bound::Unbounded, Bound::Excluded(RETAINED_PREFIX)),
-        (Bound::Included(AFTER_RETAINED), Bound::Unbounded),
-    )
-}
-
-/// Where a listing or a remap of the retained messages goes on from, slice by slice (a
-/// compaction on a thread: `compaction.rs`).
-#[derive(Debug, Default)]
-pub struct RetainedCursor {
-    /// The key of the last retained message done (none: from the first).
-    after: Option<Vec<u8>>,
-}
-
-impl RetainedCursor {
-    /// The retained messages' keys still to do.
-    fn range(&self) -> KeyRange<'_> {
-        let from = match &self.after {
-            Some(key) => Bound::Excluded(key.as_slice()),
-            None => Bound::Included(RETAINED_PREFIX),
-        };
-        (from, Bound::Excluded(AFTER_RETAINED))
-    }
-}
-
-/// How far the noting of the retained messages' new places has gone, slice by slice (a
-/// compaction on a thread: `compaction.rs`).
-#[derive(Debug)]
-pub struct RetainedRemap {
-    /// The retained messages done.
-    cursor: RetainedCursor,
-    /// The index among the retained messages' listed frames the walk is at.
-    next: usize,
-    /// False once a frame listed was not found.
-    found: bool,
-}
-
-impl RetainedRemap {
-    /// A walk from the first retained message; `found` is false if a frame listed before
-    /// them was not found.
-    pub fn new(found: bool) -> Self {
-        RetainedRemap {
-            cursor: RetainedCursor::default(),
-            next: 0,
-            found,
-        }
-    }
-
-    /// Whether every frame listed was found.
-    pub fn found(&self) -> bool {
-        self.found
-    }
-}
-
-/// One walk of a remap: the frames listed when a compaction started (`listed`, in the order
-/// the walk meets those still live) and where each is now (`moved`).
-struct RemapWalk<'a> {
-    listed: &'a [FrameAt],
-    moved: &'a [FrameAt],
-    superseded_up_to: u64,
-    /// The index in `listed` the walk is at.
-    next: usize,
-    all_found: bool,
-}
-
-impl<'a> RemapWalk<'a> {
-    fn new(listed: &'a [FrameAt], moved: &'a [FrameAt], superseded_up_to: u64) -> Self {
-        RemapWalk {
-            listed,
-            moved,
-            superseded_up_to,
-            next: 0,
-            all_found: true,
-        }
-    }
-
-    /// Moves each of `frames` to where it is now, if it is in a superseded segment.
-    fn remap_all(&mut self, frames: &mut Frames) {
-        frames
-            .as_mut_slice()
-            .iter_mut()
-            .for_each(|at| self.remap(at));
-    }
-
-    /// Moves `at` to where it is now, if it is in a superseded segment.
-    fn remap(&mut self, at: &mut FrameAt) {
-        if at.segment > self.superseded_up_to {
-            return;
-        }
-        while self.next < self.listed.len() && self.listed[self.next] != *at {
-            self.next += 1;
-        }
-        match self.moved.get(self.next) {
-            Some(now) if self.next < self.listed.len() => {
-                *at = *now;
-                self.next += 1;
-            }
-            _ => self.all_found = false,
-        }
-    }
-}
+pub use slices::{KeyCursor, KeyPart, SlicedRemap};
+use slices::{RemapWalk, SessionListing};
 
 /// The writer's live state (see the module doc).
 #[derive(Default)]
@@ -220,6 +118,9 @@ pub struct LiveState {
     free_slots: Vec<u32>,
     /// The bytes of every live frame.
     bytes: u64,
+    /// The listing of the sessions' keys for a compaction on a thread, while it goes on: it
+    /// keeps what a commit changes ahead of it (`live_state_slices.rs`).
+    listing: Option<SessionListing>,
 }
 
 impl LiveState {
@@ -238,6 +139,11 @@ impl LiveState {
     /// once): [`LiveState::track`] with [`LiveKind::Set`], without copying the key.
     pub fn set_owned(&mut self, key: Vec<u8>, frame: FrameAt) {
         self.bytes += u64::from(frame.len);
+        if let Some(listing) = &mut self.listing {
+            if let Some(old) = self.by_key.get(&key) {
+                listing.keep(&key, old);
+            }
+        }
         if let Some(old) = self.by_key.insert(key, Frames::One(frame)) {
             self.bytes -= old.bytes();
         }
@@ -251,6 +157,9 @@ impl LiveState {
             LiveKind::Set => {
                 self.bytes += len;
                 if let Some(live) = self.by_key.get_mut(key) {
+                    if let Some(listing) = &mut self.listing {
+                        listing.keep(key, live);
+                    }
                     self.bytes -= live.bytes();
                     *live = Frames::One(frame);
                 } else {
@@ -265,6 +174,9 @@ impl LiveState {
             }
             LiveKind::Remove => {
                 if let Some(old) = self.by_key.remove(key) {
+                    if let Some(listing) = &mut self.listing {
+                        listing.keep(key, &old);
+                    }
                     self.bytes -= old.bytes();
                 }
             }
@@ -350,6 +262,9 @@ impl LiveState {
             .collect();
         for k in gone {
             if let Some(old) = self.by_key.remove(&k) {
+                if let Some(listing) = &mut self.listing {
+                    listing.keep(&k, &old);
+                }
                 self.bytes -= old.bytes();
             }
         }
@@ -402,117 +317,29 @@ impl LiveState {
     /// log order), those of sessions gone left out: what a backup copies
     /// ([`write_backup`](super::snapshot::write_backup)).
     pub fn live_frames(&self) -> Vec<FrameAt> {
-        self.frames_with_queued(self.by_key.values())
+        let mut frames: Vec<FrameAt> = self
+            .by_key
+            .values()
+            .flat_map(Frames::as_slice)
+            .copied()
+            .collect();
+        frames.extend(self.live_queued_frames());
+        frames
     }
 
-    /// Where every live frame is but those of retained messages, in a snapshot's order: what
-    /// a compaction on a thread lists at once when it starts (sessions and what belongs to
-    /// them must be read back as they stood at one moment), before it lists the retained
-    /// messages slice by slice ([`list_retained`](Self::list_retained)).
-    pub fn live_frames_but_retained(&self) -> Vec<FrameAt> {
-        let (before, after) = not_retained();
-        let keyed = self.by_key.range::<[u8], _>(before);
-        let keyed = keyed.chain(self.by_key.range::<[u8], _>(after));
-        self.frames_with_queued(keyed.map(|(_, frames)| frames))
-    }
-
-    /// The frames of `keyed`, then those of the live queued messages: their `Queued` records
-    /// in id order, then their later records in log order.
-    fn frames_with_queued<'a>(&'a self, keyed: impl Iterator<Item = &'a Frames>) -> Vec<FrameAt> {
+    /// Where the live queued messages' frames are, in a snapshot's order: their `Queued`
+    /// records in id order, then their later records in log order. A compaction on a thread
+    /// lists them at once when it starts, and sends them to its thread after the sessions'.
+    pub fn live_queued_frames(&self) -> Vec<FrameAt> {
         let ids = self.live_queued_ids();
         let firsts = ids
             .iter()
             .filter_map(|id| self.queued.get(id))
             .map(|entry| entry.first);
         let later = self.later_frames_in_log_order(&ids);
-        keyed
-            .flat_map(Frames::as_slice)
-            .copied()
-            .chain(firsts)
+        firsts
             .chain(later.into_iter().map(|(at, _, _)| at))
             .collect()
-    }
-
-    /// Lists into `out` the frames of at most `max` retained messages after `cursor`'s key (from
-    /// the first without one), those in segments up to `up_to` alone (a frame in a later
-    /// segment was written after the compaction started, and is read back after its
-    /// snapshot), and moves the cursor past them. Returns whether it reached the last.
-    ///
-    /// Retained messages are independent of each other and of everything else, so a snapshot
-    /// may take each as it stands when the listing reaches it: whatever changed it after the
-    /// compaction started is in the segments after the snapshot, read back after it.
-    pub fn list_retained(
-        &self,
-        cursor: &mut RetainedCursor,
-        up_to: u64,
-        max: usize,
-        out: &mut Vec<FrameAt>,
-    ) -> bool {
-        let mut last = None;
-        for (seen, (key, frames)) in self.by_key.range::<[u8], _>(cursor.range()).enumerate() {
-            if seen == max {
-                cursor.after = last.map(<[u8]>::to_vec);
-                return false;
-            }
-            last = Some(key.as_slice());
-            out.extend(frames.as_slice().iter().filter(|at| at.segment <= up_to));
-        }
-        cursor.after = None;
-        true
-    }
-
-    /// After a compaction's snapshot, as [`remap`](Self::remap) for the frames that
-    /// [`live_frames_but_retained`](Self::live_frames_but_retained) listed (`listed`, now at
-    /// `moved`), every retained message's left as it is.
-    pub fn remap_but_retained(
-        &mut self,
-        listed: &[FrameAt],
-        moved: &[FrameAt],
-        superseded_up_to: u64,
-    ) -> bool {
-        let mut walk = RemapWalk::new(listed, moved, superseded_up_to);
-        let (before, after) = not_retained();
-        for (_, frames) in self.by_key.range_mut::<[u8], _>(before) {
-            walk.remap_all(frames);
-        }
-        for (_, frames) in self.by_key.range_mut::<[u8], _>(after) {
-            walk.remap_all(frames);
-        }
-        self.remap_queued(&mut walk);
-        walk.all_found
-    }
-
-    /// After a compaction's snapshot, as [`remap`](Self::remap) for at most `max` retained
-    /// messages after where `walk` stands, of the frames [`list_retained`](Self::list_retained)
-    /// listed (`listed`, now at `moved`). Returns whether it reached the last.
-    pub fn remap_retained(
-        &mut self,
-        walk: &mut RetainedRemap,
-        listed: &[FrameAt],
-        moved: &[FrameAt],
-        superseded_up_to: u64,
-        max: usize,
-    ) -> bool {
-        let mut remap = RemapWalk::new(listed, moved, superseded_up_to);
-        remap.next = walk.next;
-        let mut last = None;
-        let mut done = true;
-        for (seen, (key, frames)) in self
-            .by_key
-            .range_mut::<[u8], _>(walk.cursor.range())
-            .enumerate()
-        {
-            if seen == max {
-                done = false;
-                break;
-            }
-            remap.remap_all(frames);
-            last = Some(key);
-        }
-        walk.next = remap.next;
-        walk.found &= remap.all_found;
-        walk.cursor.after = if done { None } else { last.cloned() };
-        done
     }
 
     /// Drops the entries of sessions gone (a compaction's first step).

@@ -6,7 +6,6 @@
 //! "copy" open as long as it likes: a real copy of a few megabytes ends before a test could
 //! catch a compaction under it.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -289,166 +288,16 @@ fn after_a_slow_compaction_on_the_writer_the_next_ones_run_beside_it() {
     assert_eq!(read_back(dir.path()), [("gate/1AB/state".into(), last)]);
 }
 
-/// Takes compaction steps until the listing of the retained messages is done; returns how many
-/// it took.
+/// Takes compaction steps until the listing of the frames for its thread is done; returns how
+/// many it took.
 fn list_all(writer: &mut Writer, shared: &Arc<StoreShared>) -> usize {
     let mut steps = 0;
-    while writer
-        .compaction
-        .as_ref()
-        .is_some_and(|c| c.listing_retained())
-    {
+    while writer.compaction.as_ref().is_some_and(|c| c.listing()) {
         writer.maybe_compact(shared);
         steps += 1;
     }
     steps
 }
 
-#[test]
-fn a_compaction_lists_and_notes_many_retained_messages_slice_by_slice_between_commits() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut writer = writer_in(dir.path());
-    let shared = Arc::new(StoreShared::new(1, false, Default::default()));
-    // Three slices' worth of retained messages, set three times (the log is past twice the
-    // live state), and a persistent session with a subscription and two messages queued: the
-    // session is listed at once when the compaction starts, the retained messages slice by
-    // slice.
-    let count = 3 * COMPACTION_SLICE - 100;
-    let topic = |n: usize| format!("gate/{n:06}/state");
-    let mut model: BTreeMap<String, Bytes> = BTreeMap::new();
-    let delivery = Delivery::new(
-        Arc::new(Message::new(
-            "q",
-            Bytes::from_static(b"m"),
-            QoS::AtLeastOnce,
-            false,
-        )),
-        QoS::AtLeastOnce,
-        false,
-    );
-    commit(
-        &mut writer,
-        [
-            Record::SessionSet {
-                client_id: "dev1".into(),
-                expiry: 3600,
-                offline_since: 0,
-                user: None,
-            },
-            Record::Subscribe {
-                client_id: "dev1".into(),
-                filter: "detrd/status/request/dev1".into(),
-                options: SubscriptionOptions::qos(QoS::AtLeastOnce),
-            },
-            Record::queued("dev1".into(), 1, &delivery),
-            Record::queued("dev1".into(), 2, &delivery),
-        ],
-    );
-    for round in 0..3u8 {
-        let payload = Bytes::from(vec![b'a' + round; 8]);
-        let all: Vec<Record> = (0..count)
-            .map(|n| {
-                model.insert(topic(n), payload.clone());
-                retained(&topic(n), &payload)
-            })
-            .collect();
-        commit(&mut writer, all);
-    }
-    let set = |writer: &mut Writer, model: &mut BTreeMap<String, Bytes>, t: &str, v: &[u8]| {
-        let payload = Bytes::copy_from_slice(v);
-        model.insert(t.to_string(), payload.clone());
-        commit(writer, [retained(t, &payload)]);
-    };
-    let clear = |writer: &mut Writer, model: &mut BTreeMap<String, Bytes>, t: &str| {
-        model.remove(t);
-        commit(writer, [Record::RetainClear(t.to_string())]);
-    };
-
-    writer.maybe_compact(&shared);
-    assert!(
-        writer
-            .compaction
-            .as_ref()
-            .is_some_and(|c| c.listing_retained()),
-        "started, one slice listed"
-    );
-    // Changes behind the listing and ahead of it, while it goes on.
-    set(&mut writer, &mut model, &topic(0), b"behind");
-    set(&mut writer, &mut model, &topic(count - 1), b"ahead");
-    clear(&mut writer, &mut model, &topic(1));
-    clear(&mut writer, &mut model, &topic(count - 2));
-    set(&mut writer, &mut model, "a/new/before", b"new");
-    set(&mut writer, &mut model, "z/new/after", b"new");
-    commit(
-        &mut writer,
-        [Record::Done {
-            client_id: "dev1".into(),
-            id: 1,
-        }],
-    );
-    let steps = list_all(&mut writer, &shared);
-    assert_eq!(steps, 2, "the other two slices, one step each");
-
-    // The snapshot written; where its frames are is noted slice by slice too.
-    wait_for_the_snapshot(&shared);
-    writer.maybe_compact(&shared);
-    assert!(writer.compaction.is_some(), "one slice noted");
-    set(&mut writer, &mut model, &topic(2), b"during the noting");
-    clear(&mut writer, &mut model, &topic(count - 3));
-    let (mut steps, mut finished) = (0, false);
-    while writer.compaction.is_some() {
-        finished = writer.compaction_step(false);
-        steps += 1;
-        assert!(steps <= 3, "one step a slice");
-    }
-    assert_eq!(steps, 2);
-    assert!(finished, "the compaction finished, not given up");
-    writer.log.wait_deleted();
-    assert!(
-        writer.log.total_bytes() < 2 * writer.live.bytes(),
-        "compacted: {} bytes for {} live",
-        writer.log.total_bytes(),
-        writer.live.bytes()
-    );
-
-    // The frames' new places are right: a second compaction, from them, reads them all back.
-    let payload = Bytes::from_static(b"third round");
-    let all: Vec<Record> = (0..count)
-        .step_by(2)
-        .map(|n| {
-            model.insert(topic(n), payload.clone());
-            retained(&topic(n), &payload)
-        })
-        .collect();
-    commit(&mut writer, all.clone());
-    commit(&mut writer, all);
-    writer.maybe_compact(&shared);
-    assert!(writer.compaction.is_some(), "a second compaction");
-    list_all(&mut writer, &shared);
-    wait_for_the_snapshot(&shared);
-    let mut finished = false;
-    while writer.compaction.is_some() {
-        finished = writer.compaction_step(false);
-    }
-    assert!(
-        finished,
-        "the second compaction read every frame from where it was noted"
-    );
-    drop(writer);
-    let (retained, sessions) = read_back_all(dir.path());
-    let expected: Vec<(String, Bytes)> = model.into_iter().collect();
-    assert!(
-        retained == expected,
-        "{} retained read back, {} expected",
-        retained.len(),
-        expected.len()
-    );
-    assert_eq!(
-        sessions,
-        [(
-            "dev1".to_string(),
-            vec!["detrd/status/request/dev1".to_string()],
-            1
-        )]
-    );
-}
+#[path = "compaction_slices_tests.rs"]
+mod slices;

@@ -1,0 +1,306 @@
+//! Unit tests of a compaction on a thread of its own taking its steps slice by slice between
+//! commits (`compaction.rs`, `live_state_slices.rs`): whatever commits change meanwhile, the
+//! snapshot holds the live state and the frames' new places are noted right. The writer is
+//! driven by hand, as in `writer_tests.rs`, whose helpers these use.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::*;
+
+#[test]
+fn a_compaction_lists_and_notes_many_retained_messages_slice_by_slice_between_commits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut writer = writer_in(dir.path());
+    let shared = Arc::new(StoreShared::new(1, false, Default::default()));
+    // Three slices' worth of retained messages, set three times (the log is past twice the
+    // live state), and a persistent session with a subscription and two messages queued: the
+    // session is listed at once when the compaction starts, the retained messages slice by
+    // slice.
+    let count = 3 * COMPACTION_SLICE - 100;
+    let topic = |n: usize| format!("gate/{n:06}/state");
+    let mut model: BTreeMap<String, Bytes> = BTreeMap::new();
+    let delivery = Delivery::new(
+        Arc::new(Message::new(
+            "q",
+            Bytes::from_static(b"m"),
+            QoS::AtLeastOnce,
+            false,
+        )),
+        QoS::AtLeastOnce,
+        false,
+    );
+    commit(
+        &mut writer,
+        [
+            Record::SessionSet {
+                client_id: "dev1".into(),
+                expiry: 3600,
+                offline_since: 0,
+                user: None,
+            },
+            Record::Subscribe {
+                client_id: "dev1".into(),
+                filter: "detrd/status/request/dev1".into(),
+                options: SubscriptionOptions::qos(QoS::AtLeastOnce),
+            },
+            Record::queued("dev1".into(), 1, &delivery),
+            Record::queued("dev1".into(), 2, &delivery),
+        ],
+    );
+    for round in 0..3u8 {
+        let payload = Bytes::from(vec![b'a' + round; 8]);
+        let all: Vec<Record> = (0..count)
+            .map(|n| {
+                model.insert(topic(n), payload.clone());
+                retained(&topic(n), &payload)
+            })
+            .collect();
+        commit(&mut writer, all);
+    }
+    let set = |writer: &mut Writer, model: &mut BTreeMap<String, Bytes>, t: &str, v: &[u8]| {
+        let payload = Bytes::copy_from_slice(v);
+        model.insert(t.to_string(), payload.clone());
+        commit(writer, [retained(t, &payload)]);
+    };
+    let clear = |writer: &mut Writer, model: &mut BTreeMap<String, Bytes>, t: &str| {
+        model.remove(t);
+        commit(writer, [Record::RetainClear(t.to_string())]);
+    };
+
+    writer.maybe_compact(&shared);
+    assert!(
+        writer.compaction.as_ref().is_some_and(|c| c.listing()),
+        "started, one slice listed"
+    );
+    // Changes behind the listing and ahead of it, while it goes on.
+    set(&mut writer, &mut model, &topic(0), b"behind");
+    set(&mut writer, &mut model, &topic(count - 1), b"ahead");
+    clear(&mut writer, &mut model, &topic(1));
+    clear(&mut writer, &mut model, &topic(count - 2));
+    set(&mut writer, &mut model, "a/new/before", b"new");
+    set(&mut writer, &mut model, "z/new/after", b"new");
+    commit(
+        &mut writer,
+        [Record::Done {
+            client_id: "dev1".into(),
+            id: 1,
+        }],
+    );
+    let steps = list_all(&mut writer, &shared);
+    eprintln!("DEBUG steps {steps}");
+    assert_eq!(steps, 2, "the other two slices, one step each");
+
+    // The snapshot written; where its frames are is noted slice by slice too.
+    wait_for_the_snapshot(&shared);
+    writer.maybe_compact(&shared);
+    assert!(writer.compaction.is_some(), "one slice noted");
+    set(&mut writer, &mut model, &topic(2), b"during the noting");
+    clear(&mut writer, &mut model, &topic(count - 3));
+    let (mut steps, mut finished) = (0, false);
+    while writer.compaction.is_some() {
+        finished = writer.compaction_step(false);
+        steps += 1;
+        assert!(steps <= 3, "one step a slice");
+    }
+    assert_eq!(steps, 2);
+    assert!(finished, "the compaction finished, not given up");
+    writer.log.wait_deleted();
+    assert!(
+        writer.log.total_bytes() < 2 * writer.live.bytes(),
+        "compacted: {} bytes for {} live",
+        writer.log.total_bytes(),
+        writer.live.bytes()
+    );
+
+    // The frames' new places are right: a second compaction, from them, reads them all back.
+    let payload = Bytes::from_static(b"third round");
+    let all: Vec<Record> = (0..count)
+        .step_by(2)
+        .map(|n| {
+            model.insert(topic(n), payload.clone());
+            retained(&topic(n), &payload)
+        })
+        .collect();
+    commit(&mut writer, all.clone());
+    commit(&mut writer, all);
+    writer.maybe_compact(&shared);
+    assert!(writer.compaction.is_some(), "a second compaction");
+    list_all(&mut writer, &shared);
+    wait_for_the_snapshot(&shared);
+    let mut finished = false;
+    while writer.compaction.is_some() {
+        finished = writer.compaction_step(false);
+    }
+    assert!(
+        finished,
+        "the second compaction read every frame from where it was noted"
+    );
+    drop(writer);
+    let (retained, sessions) = read_back_all(dir.path());
+    let expected: Vec<(String, Bytes)> = model.into_iter().collect();
+    assert!(
+        retained == expected,
+        "{} retained read back, {} expected",
+        retained.len(),
+        expected.len()
+    );
+    assert_eq!(
+        sessions,
+        [(
+            "dev1".to_string(),
+            vec!["detrd/status/request/dev1".to_string()],
+            1
+        )]
+    );
+}
+
+#[test]
+fn sessions_are_listed_slice_by_slice_as_they_stood_when_the_compaction_started() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut writer = writer_in(dir.path());
+    let shared = Arc::new(StoreShared::new(1, false, Default::default()));
+    // Over two slices' worth of sessions with a subscription each (two keys a session), their
+    // records written three times over: the log is past twice the live state.
+    let count = COMPACTION_SLICE + 300;
+    let client = |n: usize| format!("dev{n:05}");
+    let session = |client_id: &str, expiry: u32| Record::SessionSet {
+        client_id: client_id.into(),
+        expiry,
+        offline_since: 0,
+        user: None,
+    };
+    let subscribe = |client_id: &str, filter: &str| Record::Subscribe {
+        client_id: client_id.into(),
+        filter: filter.into(),
+        options: SubscriptionOptions::qos(QoS::AtLeastOnce),
+    };
+    let request = |client_id: &str| format!("detrd/status/request/{client_id}");
+    let mut model: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for round in 0..3u32 {
+        let all: Vec<Record> = (0..count)
+            .flat_map(|n| {
+                let id = client(n);
+                model.insert(id.clone(), vec![request(&id)]);
+                [session(&id, 3600 + round), subscribe(&id, &request(&id))]
+            })
+            .collect();
+        commit(&mut writer, all);
+    }
+
+    writer.maybe_compact(&shared);
+    assert!(
+        writer.compaction.as_ref().is_some_and(|c| c.listing()),
+        "started on a thread, one slice of sessions listed"
+    );
+    // Commits while the listing goes on. Ahead of it: sessions stored again (a device
+    // reconnecting), which replaces each one's own record while its subscription stays: a
+    // snapshot of the sessions as they stand when the listing reaches them would hold the
+    // subscription without the session, and start-up would drop it. And a subscription
+    // removed, one added, a session gone and a new one.
+    let ahead = |n: usize| client(count - 1 - n);
+    for n in 0..50 {
+        commit(&mut writer, [session(&ahead(n), 7200)]);
+    }
+    commit(&mut writer, [session(&ahead(0), 7201)]);
+    commit(
+        &mut writer,
+        [Record::Unsubscribe {
+            client_id: ahead(1),
+            filter: request(&ahead(1)),
+        }],
+    );
+    model.insert(ahead(1), vec![]);
+    commit(&mut writer, [subscribe(&ahead(2), "cfg/#")]);
+    model.insert(ahead(2), vec!["cfg/#".into(), request(&ahead(2))]);
+    commit(&mut writer, [Record::SessionGone(ahead(3))]);
+    model.remove(&ahead(3));
+    commit(&mut writer, [Record::SessionGone(ahead(4))]);
+    commit(&mut writer, [session(&ahead(4), 60)]);
+    model.insert(ahead(4), vec![]);
+    commit(
+        &mut writer,
+        [session("zz-new", 60), subscribe("zz-new", "cfg/#")],
+    );
+    model.insert("zz-new".into(), vec!["cfg/#".into()]);
+    // Behind it.
+    commit(&mut writer, [session(&client(0), 1)]);
+    commit(&mut writer, [subscribe(&client(1), "cfg/#")]);
+    model.insert(client(1), vec!["cfg/#".into(), request(&client(1))]);
+    let steps = list_all(&mut writer, &shared);
+    assert_eq!(steps, 2, "the other two slices of keys, one step each");
+
+    wait_for_the_snapshot(&shared);
+    let mut finished = false;
+    let mut steps = 0;
+    while writer.compaction.is_some() {
+        finished = writer.compaction_step(false);
+        steps += 1;
+        if steps == 1 {
+            // Noted slice by slice too: a change between the slices.
+            commit(&mut writer, [Record::SessionGone(client(count / 2 + 7))]);
+            model.remove(&client(count / 2 + 7));
+        }
+    }
+    assert_eq!(steps, 3, "three slices of keys to note, one step each");
+    assert!(finished, "every frame was found in the snapshot");
+    writer.log.wait_deleted();
+    // Read back as it stands now (from a copy: the writer holds the directory).
+    assert_sessions_read_back(copy_of(dir.path()).path(), &model);
+
+    // The frames' new places are right: a second compaction reads them all back.
+    let all: Vec<Record> = model.keys().map(|id| session(id, 3600)).collect();
+    for _ in 0..4 {
+        commit(&mut writer, all.clone());
+    }
+    writer.maybe_compact(&shared);
+    assert!(writer.compaction.is_some(), "a second compaction");
+    list_all(&mut writer, &shared);
+    wait_for_the_snapshot(&shared);
+    let mut finished = false;
+    while writer.compaction.is_some() {
+        finished = writer.compaction_step(false);
+    }
+    assert!(
+        finished,
+        "the second compaction read every frame where it was noted"
+    );
+    drop(writer);
+    assert_sessions_read_back(dir.path(), &model);
+}
+
+/// A copy of the log's segment files in `dir`, in a directory of its own.
+fn copy_of(dir: &std::path::Path) -> tempfile::TempDir {
+    let copy = tempfile::tempdir().expect("tempdir");
+    for name in segments(dir) {
+        std::fs::copy(dir.join(&name), copy.path().join(&name)).expect("copy a segment");
+    }
+    copy
+}
+
+/// Asserts that a start reads back from `dir` the sessions of `model` (client id -> its
+/// filters, sorted), naming the first few that differ.
+fn assert_sessions_read_back(dir: &std::path::Path, model: &BTreeMap<String, Vec<String>>) {
+    let (_, sessions) = read_back_all(dir);
+    let read: BTreeMap<String, Vec<String>> = sessions
+        .into_iter()
+        .map(|(id, mut filters, _)| {
+            filters.sort();
+            (id, filters)
+        })
+        .collect();
+    let differ: Vec<_> = model
+        .iter()
+        .filter(|(id, filters)| read.get(*id) != Some(filters))
+        .map(|(id, filters)| (id, filters, read.get(id)))
+        .take(5)
+        .collect();
+    assert!(
+        differ.is_empty() && read.len() == model.len(),
+        "{} sessions read back, {} expected; (id, expected, read back): {differ:?}",
+        read.len(),
+        model.len()
+    );
+}
