@@ -50,6 +50,7 @@ impl Registry {
             let dropped = state.queue.trim(&limits, limits.overflow);
             let done = state.queue.take_dropped_durable();
             self.offline_bytes.note_gone_offline(&state);
+            self.offline_bytes.note_stored(key, &state);
             client.stored = Some(Box::new(state));
             client.offline_drops(&self.metrics, dropped);
             self.persist_session(key, true);

@@ -344,6 +344,7 @@ impl Registry {
                 };
                 let done = stored.queue.take_dropped_durable();
                 client.offline_drops(&self.metrics, dropped);
+                self.offline_bytes.note_queued(key);
                 self.persist_done(key, done);
             }
         }
@@ -503,10 +504,11 @@ impl Handler<AddHooks> for Registry {
 impl Handler<GetStats> for Registry {
     type Result = RegistryStats;
 
-    /// Walks the offline sessions for what they hold: one pass over the client table per
-    /// scrape, `$SYS` update or dashboard tick, not per message.
+    /// Walks the offline sessions for what they hold: one pass over the clients that may hold
+    /// messages (not the whole client table) per scrape, `$SYS` update or dashboard tick, not
+    /// per message.
     fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> RegistryStats {
-        let (offline_messages, offline_bytes) = offline_bytes::held_offline(&self.clients);
+        let (offline_messages, offline_bytes) = self.held_offline();
         RegistryStats {
             clients_online: self.online,
             sessions_offline: self.by_id.len() - self.online,

@@ -57,6 +57,7 @@ impl Handler<Recover> for Registry {
             };
             client.session_expiry = session.expiry;
             client.persisted = true;
+            self.offline_bytes.note_stored(key, &session.state);
             client.stored = Some(Box::new(session.state));
             let id = client.id.clone();
             let token = client.timer_token;

@@ -108,9 +108,9 @@ impl Registry {
         ctx.run_interval(interval, |act, ctx| act.publish_sys_topics(ctx));
     }
 
-    fn sys_figures(&self) -> Figures {
+    fn sys_figures(&mut self) -> Figures {
         let metrics = self.metrics.snapshot();
-        let (offline_messages, offline_bytes) = super::offline_bytes::held_offline(&self.clients);
+        let (offline_messages, offline_bytes) = self.held_offline();
         let traffic = self.metrics.traffic.totals();
         // Retained messages, and the QoS 1/2 messages held for clients, connected or not.
         let held = offline_messages + usize::try_from(traffic.held_for_connected).unwrap_or(0);
