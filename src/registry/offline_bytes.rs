@@ -18,8 +18,8 @@
 //! session as it goes offline: counted twice until the next recount, never missed. Other
 //! removals (a queue's own bound, an expired session, an admin's clear) only lower the true
 //! total and are left to the next recount. The total is recounted (a walk over the clients that
-//! may hold messages, at most once per [`RECOUNT_EVERY`]) only when a message would take the estimate over the bound:
-//! far from it the check is one addition per message.
+//! may hold messages, at most once per [`RECOUNT_EVERY`]) only when a message would take the
+//! estimate over the bound: far from it the check is one addition per message.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -52,10 +52,11 @@ pub(super) struct OfflineBytes {
     /// The clients whose stored session may hold messages: each given a stored session that
     /// holds some, or a message queued into one, since a walk last found it holding none (a
     /// superset). The walks for the figures ([`Registry::held_offline`]) and for the bound's
-    /// recount visit these alone: a walk of the whole client table took the Registry's thread
-    /// 40-60 ms with 100,000 sessions, at every `$SYS` update and every scrape, and every
-    /// client on its thread waited (docs/benchmarks.md, "100,000 stored sessions and the
-    /// `$SYS` update"). Slots are the broker's own numbers: a fixed hash.
+    /// recount visit these alone: with 100,000 stored sessions a walk of the whole client
+    /// table, at every `$SYS` update and every scrape, held the Registry's thread so long that
+    /// the round trips of the clients on it waited up to 40-101 ms (docs/benchmarks.md,
+    /// "100,000 stored sessions: a compaction's listing and the `$SYS` update"). Slots are the
+    /// broker's own numbers: a fixed hash.
     holding: HashSet<ClientKey, foldhash::fast::FixedState>,
 }
 
@@ -249,6 +250,65 @@ mod tests {
         assert!(!bytes.bounded());
     }
 
+    /// A stored session holding one QoS 1 message of `payload` bytes on topic `t`.
+    fn holding_one(payload: usize) -> SessionState {
+        let mut state = SessionState::default();
+        let qos = crate::message::QoS::AtLeastOnce;
+        let message = crate::message::Message::new("t", vec![0; payload].into(), qos, false);
+        state
+            .queue
+            .push_back(Delivery::new(std::sync::Arc::new(message), qos, false));
+        state
+    }
+
+    #[test]
+    fn the_walk_visits_the_clients_noted_and_forgets_those_that_hold_nothing() {
+        let mut bytes = OfflineBytes::new(0);
+        let mut clients: Vec<Option<Box<Client>>> = (0..5)
+            .map(|n| Some(Box::new(Client::new(format!("c{n}").into(), 0))))
+            .collect();
+        let mut give = |clients: &mut Vec<Option<Box<Client>>>, n: usize, state: SessionState| {
+            bytes.note_stored(ClientKey(n as u32), &state);
+            if let Some(client) = clients[n].as_deref_mut() {
+                client.stored = Some(Box::new(state));
+            }
+        };
+        // Two holding messages, one stored session holding none, two clients never offline.
+        give(&mut clients, 0, holding_one(10));
+        give(&mut clients, 1, SessionState::default());
+        give(&mut clients, 3, holding_one(20));
+        assert_eq!(
+            bytes.holding.len(),
+            2,
+            "a session holding nothing is not noted"
+        );
+        let walk = |bytes: &mut OfflineBytes, clients: &[Option<Box<Client>>]| {
+            let mut seen = Vec::new();
+            walk_holding(&mut bytes.holding, clients, |client, state| {
+                seen.push((client.id.to_string(), held_bytes(state)));
+            });
+            seen.sort();
+            seen
+        };
+        assert_eq!(
+            walk(&mut bytes, &clients),
+            [("c0".to_string(), 11), ("c3".to_string(), 21)]
+        );
+        // c0 is emptied (resumed and acknowledged), c3 forgotten by the table: both go.
+        if let Some(c0) = clients[0].as_deref_mut() {
+            c0.stored = Some(Box::default());
+        }
+        clients[3] = None;
+        assert_eq!(walk(&mut bytes, &clients), []);
+        assert!(bytes.holding.is_empty());
+        // A message queued for c1 later notes it again.
+        if let Some(c1) = clients[1].as_deref_mut() {
+            c1.stored = Some(Box::new(holding_one(5)));
+        }
+        bytes.note_queued(ClientKey(1));
+        assert_eq!(walk(&mut bytes, &clients), [("c1".to_string(), 6)]);
+    }
+
     #[test]
     fn the_estimate_saturates_and_never_wraps() {
         let mut bytes = OfflineBytes::new(1000);
@@ -257,12 +317,7 @@ mod tests {
         bytes.add(usize::MAX);
         assert_eq!(bytes.estimate, usize::MAX);
         assert!(!bytes.fits(1));
-        let mut resumed = SessionState::default();
-        let qos = crate::message::QoS::AtLeastOnce;
-        let message = crate::message::Message::new("t", vec![0; 10].into(), qos, false);
-        resumed
-            .queue
-            .push_back(Delivery::new(std::sync::Arc::new(message), qos, false));
+        let resumed = holding_one(10);
         bytes.estimate = 5;
         bytes.note_resumed(&resumed);
         assert_eq!(bytes.estimate, 0, "never below zero");
