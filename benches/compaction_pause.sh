@@ -2,7 +2,7 @@
 # What a compaction of a large live state does to the traffic beside it: each broker is loaded
 # with RETAINED retained messages of 64 bytes (default 1,000,000: 110 MB of live state), then
 # 8 QoS 1 window-1 pairs with persistent subscribers run for DURATION seconds (default 12),
-# over which the log doubles and one compaction runs. Builds in $BIN_DIR are started with
+# over which the log doubles and a compaction runs (with SESSIONS below, three or four). Builds in $BIN_DIR are started with
 # `[persistence]` in a fresh directory (`fsync = "interval"`), Mosquitto (`mosquitto`, in
 # memory: it has no compaction) beside them for the same traffic; the order alternates by run.
 #

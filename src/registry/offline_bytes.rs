@@ -54,7 +54,7 @@ pub(super) struct OfflineBytes {
     /// superset). The walks for the figures ([`Registry::held_offline`]) and for the bound's
     /// recount visit these alone: with 100,000 stored sessions a walk of the whole client
     /// table, at every `$SYS` update and every scrape, held the Registry's thread so long that
-    /// the round trips of the clients on it waited up to 40-101 ms (docs/benchmarks.md,
+    /// the round trips of the clients on it waited up to 81-101 ms (docs/benchmarks.md,
     /// "100,000 stored sessions: a compaction's listing and the `$SYS` update"). Slots are the
     /// broker's own numbers: a fixed hash.
     holding: HashSet<ClientKey, foldhash::fast::FixedState>,
