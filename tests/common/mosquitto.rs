@@ -1,5 +1,6 @@
 //! Debian's Mosquitto as a peer broker in a child process, on a free loopback port: started,
-//! stopped (gracefully, so it saves its state) and started again on the same port.
+//! stopped (gracefully, so it saves its state) and started again on the same port (or, if
+//! another process took it meanwhile, on another).
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -89,7 +90,9 @@ impl Mosquitto {
             // Ready when it answers a CONNECT: an external process, which gives no event.
             let deadline = std::time::Instant::now() + super::WAIT;
             loop {
-                if super::answers_mqtt(self.addr) {
+                // What answers must be this Mosquitto: while it restarted, its port was free,
+                // and another test's broker may have taken it (then this one exits).
+                if super::answers_mqtt(self.addr) && listens_on(child.id(), self.addr.port()) {
                     self.child = Some(child);
                     return;
                 }
@@ -120,6 +123,31 @@ impl Mosquitto {
             let _ = child.wait();
         }
     }
+}
+
+/// Whether process `pid` holds the socket listening on 127.0.0.1:`port` (`/proc/net/tcp`'s
+/// listening sockets, by inode, among the process's open files). Where its files cannot be
+/// read (another user's process), whatever answers on the port is taken for it.
+fn listens_on(pid: u32, port: u16) -> bool {
+    let local = format!("0100007F:{port:04X}");
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let sockets: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let listening = fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"0A");
+            let inode = fields.get(9).filter(|_| listening)?;
+            Some(format!("socket:[{inode}]"))
+        })
+        .collect();
+    let Ok(files) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return true;
+    };
+    files
+        .flatten()
+        .filter_map(|file| std::fs::read_link(file.path()).ok())
+        .any(|target| sockets.iter().any(|s| target.as_os_str() == s.as_str()))
 }
 
 impl Drop for Mosquitto {
