@@ -155,18 +155,6 @@ fn sessions_are_listed_slice_by_slice_as_they_stood_when_the_compaction_started(
     // records written three times over: the log is past twice the live state.
     let count = COMPACTION_SLICE + 300;
     let client = |n: usize| format!("dev{n:05}");
-    let session = |client_id: &str, expiry: u32| Record::SessionSet {
-        client_id: client_id.into(),
-        expiry,
-        offline_since: 0,
-        user: None,
-    };
-    let subscribe = |client_id: &str, filter: &str| Record::Subscribe {
-        client_id: client_id.into(),
-        filter: filter.into(),
-        options: SubscriptionOptions::qos(QoS::AtLeastOnce),
-    };
-    let request = |client_id: &str| format!("detrd/status/request/{client_id}");
     let mut model: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for round in 0..3u32 {
         let all: Vec<Record> = (0..count)
@@ -247,6 +235,69 @@ fn sessions_are_listed_slice_by_slice_as_they_stood_when_the_compaction_started(
     compact_from_the_noted_places(&mut writer, &shared);
     drop(writer);
     assert_sessions_read_back(dir.path(), &model);
+}
+
+fn session(client_id: &str, expiry: u32) -> Record {
+    Record::SessionSet {
+        client_id: client_id.into(),
+        expiry,
+        offline_since: 0,
+        user: None,
+    }
+}
+
+fn subscribe(client_id: &str, filter: &str) -> Record {
+    Record::Subscribe {
+        client_id: client_id.into(),
+        filter: filter.into(),
+        options: SubscriptionOptions::qos(QoS::AtLeastOnce),
+    }
+}
+
+fn request(client_id: &str) -> String {
+    format!("detrd/status/request/{client_id}")
+}
+
+#[test]
+fn at_shutdown_a_compaction_under_way_takes_every_step_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut writer = writer_in(dir.path());
+    let shared = Arc::new(StoreShared::new(1, false, Default::default()));
+    // Over a slice's worth of sessions and of retained messages, written three times over.
+    let count = COMPACTION_SLICE + 300;
+    let mut sessions: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut retained_model: BTreeMap<String, Bytes> = BTreeMap::new();
+    for round in 0..3u8 {
+        let payload = Bytes::from(vec![b'a' + round; 8]);
+        let all: Vec<Record> = (0..count)
+            .flat_map(|n| {
+                let (id, topic) = (format!("dev{n:05}"), format!("gate/{n:06}/state"));
+                sessions.insert(id.clone(), vec![request(&id)]);
+                retained_model.insert(topic.clone(), payload.clone());
+                [
+                    session(&id, 3600),
+                    subscribe(&id, &request(&id)),
+                    retained(&topic, &payload),
+                ]
+            })
+            .collect();
+        commit(&mut writer, all);
+    }
+    writer.maybe_compact(&shared);
+    assert!(
+        writer.compaction.as_ref().is_some_and(|c| c.listing()),
+        "started on a thread, one slice listed"
+    );
+    // What the writer does as it stops: the rest of the listing, the snapshot, every note.
+    assert!(writer.compaction_step(true), "finished in one call");
+    assert!(writer.compaction.is_none());
+    drop(writer);
+    assert_sessions_read_back(dir.path(), &sessions);
+    let expected: Vec<(String, Bytes)> = retained_model.into_iter().collect();
+    assert!(
+        read_back(dir.path()) == expected,
+        "every retained message read back"
+    );
 }
 
 /// Runs a second compaction to its end, which reads every live frame from where the first one

@@ -205,6 +205,37 @@ fn next_listed<'a>(
     }
 }
 
+/// Lists into `out` the frames of at most `max` of `part`'s keys after `cursor`'s, each from
+/// `kept` where it has the key (those already filtered), else from `live` those in segments up
+/// to `up_to`. Returns the last key listed if it stopped at `max` (none: it reached the last),
+/// and how many it listed. `max` is at least 1 (the callers answer 0 themselves).
+fn list_keys(
+    live: &BTreeMap<Vec<u8>, Frames>,
+    kept: &BTreeMap<Vec<u8>, Vec<FrameAt>>,
+    cursor: &KeyCursor,
+    part: KeyPart,
+    (up_to, max): (u64, usize),
+    out: &mut Vec<FrameAt>,
+) -> (Option<Vec<u8>>, usize) {
+    let mut seen = 0;
+    for range in cursor.ranges(part).into_iter().flatten() {
+        let mut live = live.range::<[u8], _>(range).peekable();
+        let mut kept = kept.range::<[u8], _>(range).peekable();
+        while let Some((key, frames, was_kept)) = next_listed(&mut live, &mut kept) {
+            if was_kept {
+                out.extend_from_slice(frames);
+            } else {
+                out.extend(frames.iter().filter(|at| at.segment <= up_to));
+            }
+            seen += 1;
+            if seen == max {
+                return (Some(key.to_vec()), seen);
+            }
+        }
+    }
+    (None, seen)
+}
+
 impl LiveState {
     /// Starts listing the sessions' keys for a compaction whose snapshot supersedes the
     /// segments up to `up_to` ([`list_sessions`](Self::list_sessions)): from now on, until
@@ -233,30 +264,14 @@ impl LiveState {
         if max == 0 {
             return (false, 0);
         }
-        let up_to = listing.up_to;
-        let mut seen = 0;
-        let mut stopped_after = None;
-        'ranges: for range in listing
-            .cursor
-            .ranges(KeyPart::Sessions)
-            .into_iter()
-            .flatten()
-        {
-            let mut live = self.by_key.range::<[u8], _>(range).peekable();
-            let mut kept = listing.kept.range::<[u8], _>(range).peekable();
-            while let Some((key, frames, was_kept)) = next_listed(&mut live, &mut kept) {
-                if was_kept {
-                    out.extend_from_slice(frames);
-                } else {
-                    out.extend(frames.iter().filter(|at| at.segment <= up_to));
-                }
-                seen += 1;
-                if seen == max {
-                    stopped_after = Some(key.to_vec());
-                    break 'ranges;
-                }
-            }
-        }
+        let (stopped_after, seen) = list_keys(
+            &self.by_key,
+            &listing.kept,
+            &listing.cursor,
+            KeyPart::Sessions,
+            (listing.up_to, max),
+            out,
+        );
         match stopped_after {
             Some(after) => {
                 listing.cursor.after = Some(after);
@@ -284,18 +299,15 @@ impl LiveState {
         if max == 0 {
             return (false, 0);
         }
-        let mut seen = 0;
-        let mut stopped_after = None;
-        for range in cursor.ranges(KeyPart::Retained).into_iter().flatten() {
-            for (key, frames) in self.by_key.range::<[u8], _>(range) {
-                out.extend(frames.as_slice().iter().filter(|at| at.segment <= up_to));
-                seen += 1;
-                if seen == max {
-                    stopped_after = Some(key.clone());
-                    break;
-                }
-            }
-        }
+        // Retained messages are taken as they stand: nothing is kept for them.
+        let (stopped_after, seen) = list_keys(
+            &self.by_key,
+            &BTreeMap::new(),
+            cursor,
+            KeyPart::Retained,
+            (up_to, max),
+            out,
+        );
         let done = stopped_after.is_none();
         cursor.after = stopped_after;
         (done, seen)
