@@ -11,6 +11,8 @@
 # With SESSIONS=N (and RETAINED=0) the state is N persistent sessions instead (device-{i}, each
 # subscribed to detrd/status/request/{i} and cfg/# at QoS 1, then disconnected), loaded over
 # the network by benches/mosquitto_recovery.py's loader: what a fleet's stored sessions weigh.
+# QUEUED=K then publishes K QoS 1 messages of 64 bytes to cfg/all (mosquitto_pub), each queued
+# for every one of those offline sessions: SESSIONS x K messages held for offline devices.
 # FSYNC sets the builds' policy (default interval); FSYNC=memory runs them without
 # `[persistence]`, for what the stored sessions cost beside the traffic without a disk.
 #
@@ -26,6 +28,7 @@ RUNS=${RUNS:-3}
 DURATION=${DURATION:-12}
 RETAINED=${RETAINED:-1000000}
 SESSIONS=${SESSIONS:-0}
+QUEUED=${QUEUED:-0}
 FSYNC=${FSYNC:-interval}
 BROKERS=${BROKERS:-"new mosquitto"}
 MOSQUITTO=${MOSQUITTO:-mosquitto}
@@ -63,6 +66,9 @@ for run in $(seq "$RUNS"); do
     if [ "$SESSIONS" -gt 0 ]; then
       SESSIONS=$SESSIONS python3 -c "import asyncio, sys; sys.path.insert(0, 'benches'); \
 import mosquitto_recovery as m; asyncio.run(m.load_sessions($port))"
+      for _ in $(seq "$QUEUED"); do
+        mosquitto_pub -p "$port" -q 1 -t cfg/all -m "$(printf '%064d' 0)"
+      done
     fi
     "$LOAD" --addr "127.0.0.1:$port" --broker-pid "$broker_pid" --label "$broker" --quiet \
       --scenario pairs --qos 1 --clients 8 --window 1 --persistent-subscribers \

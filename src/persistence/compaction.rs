@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use tracing::{debug, error, info};
 
 use super::live_state::{KeyCursor, KeyPart, LiveState, SlicedRemap};
-use super::log::{FrameAt, Rotated};
-use super::snapshot::{write_listed_snapshot_segment, Listed};
+use super::log::Rotated;
+use super::queued_listing::QueuedListing;
+use super::snapshot::{write_listed_snapshot_segment, Listed, ListedSnapshot};
 use super::store::StoreShared;
 use super::writer::Writer;
 use super::PersistenceError;
@@ -125,8 +126,8 @@ impl Writer {
     /// ([`compaction_step`](Self::compaction_step)).
     fn start_compaction(&mut self, before_bytes: u64, shared: &Arc<StoreShared>) {
         let started = Instant::now();
-        self.live.drop_dead();
-        let queued = self.live.live_queued_frames();
+        // One pass, which drops the entries of sessions gone too; sorted by the thread.
+        let queued = self.live.take_queued_listing();
         let rotated = match self.log.rotate_for_snapshot() {
             Ok(rotated) => rotated,
             Err(e) => {
@@ -147,13 +148,7 @@ impl Writer {
         let (to_thread, slices) = std::sync::mpsc::channel();
         let (done, snapshotted) = std::sync::mpsc::channel();
         let write = move || {
-            let written = write_listed_snapshot_segment(&dir, id, Some(&previous), &slices).map(
-                |(listed, moved, written)| Snapshotted {
-                    listed,
-                    moved,
-                    written,
-                },
-            );
+            let written = write_listed_snapshot_segment(&dir, id, Some(&previous), &slices);
             let _ = done.send(written);
             shared.helper_done();
         };
@@ -295,7 +290,7 @@ pub(super) struct Compaction {
     /// The listing of the frames for the thread, while it goes on.
     listing: Option<Listing>,
     /// What the thread wrote, sent before it wakes this one.
-    snapshotted: std::sync::mpsc::Receiver<Result<Snapshotted, PersistenceError>>,
+    snapshotted: std::sync::mpsc::Receiver<Result<ListedSnapshot, PersistenceError>>,
     /// The thread, until it is joined.
     thread: Option<std::thread::JoinHandle<()>>,
     /// The noting of where the frames are now, once the snapshot is written.
@@ -339,18 +334,23 @@ impl Compaction {
         let mut frames = Vec::new();
         let mut left = max;
         let mut last = false;
+        let mut sent = true;
         if listing.queued.is_some() {
             let (done, seen) = live.list_sessions(left, &mut frames);
             left -= seen;
             if done {
-                frames.extend(listing.queued.take().unwrap_or_default());
+                let queued = listing.queued.take().unwrap_or_default();
+                let sessions = Listed::Frames(std::mem::take(&mut frames));
+                sent = listing.to_thread.send(sessions).is_ok()
+                    && listing.to_thread.send(Listed::Queued(queued)).is_ok();
             }
         }
         if listing.queued.is_none() && left > 0 {
             let (done, _) = live.list_retained(&mut listing.retained, up_to, left, &mut frames);
             last = done;
         }
-        let sent = listing.to_thread.send(Listed::Frames(frames)).is_ok()
+        sent = sent
+            && listing.to_thread.send(Listed::Frames(frames)).is_ok()
             && (!last || listing.to_thread.send(Listed::End).is_ok());
         if last || !sent {
             // Abandoned with the thread, the sessions' listing keeps nothing more.
@@ -386,33 +386,46 @@ impl Compaction {
         self.remapping = Some(Remapping {
             done,
             walk: SlicedRemap::new(),
-            part: KeyPart::Sessions,
+            part: RemapPart::Sessions,
         });
         Taken::Snapshot
     }
 
-    /// Notes in `live` where the frames of the next `max` keys are now, in the order they were
-    /// listed: sessions, then (at once) queued messages, then retained messages. Returns
-    /// whether it reached the last.
+    /// Notes in `live` where the frames of the next `max` keys (or queued messages' frames)
+    /// are now, in the order they were listed: sessions, then queued messages, then retained
+    /// messages. Returns whether it reached the last.
     fn remap_next(&mut self, live: &mut LiveState, max: usize) -> bool {
         let up_to = self.superseded_up_to();
         let Some(remapping) = &mut self.remapping else {
             return false;
         };
-        let frames = (
-            remapping.done.listed.as_slice(),
-            remapping.done.moved.as_slice(),
-        );
+        let done = &remapping.done;
+        let frames = (done.listed.as_slice(), done.moved.as_slice());
         let mut left = max;
-        if remapping.part == KeyPart::Sessions {
+        if remapping.part == RemapPart::Sessions {
             let (done, seen) =
                 live.remap_keys(KeyPart::Sessions, &mut remapping.walk, frames, up_to, left);
             left -= seen;
             if !done {
                 return false;
             }
-            live.remap_queued_of(&mut remapping.walk, frames, up_to);
-            remapping.part = KeyPart::Retained;
+            remapping.part = RemapPart::Queued(0);
+        }
+        if let RemapPart::Queued(mut next) = remapping.part {
+            if let Some((start, listing)) = &done.queued {
+                let moved = done.moved.get(*start..).unwrap_or_default();
+                let mut found = true;
+                let (all, seen) =
+                    live.remap_queued_slice(listing, moved, &mut next, left, &mut found);
+                left -= seen;
+                remapping.walk.note_found(found);
+                if !all {
+                    remapping.part = RemapPart::Queued(next);
+                    return false;
+                }
+                remapping.walk.go_on_from(start + listing.len());
+            }
+            remapping.part = RemapPart::Retained;
         }
         if left == 0 {
             return false;
@@ -427,7 +440,7 @@ impl Compaction {
 struct Listing {
     /// The live queued messages' frames, listed at the start, sent once the sessions' are
     /// (none after: the retained messages are listed then).
-    queued: Option<Vec<FrameAt>>,
+    queued: Option<QueuedListing>,
     /// How far the retained messages are listed.
     retained: KeyCursor,
     to_thread: Sender<Listed>,
@@ -435,11 +448,22 @@ struct Listing {
 
 /// Where the frames are noted so far, after the snapshot.
 struct Remapping {
-    done: Snapshotted,
-    /// How far the frames are noted.
+    done: ListedSnapshot,
+    /// How far the sessions' and the retained messages' frames are noted.
     walk: SlicedRemap,
-    /// Which keys' frames are noted now.
-    part: KeyPart,
+    /// Which frames are noted now.
+    part: RemapPart,
+}
+
+/// Which part of a snapshot's frames a compaction notes the new places of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RemapPart {
+    /// The sessions', by key.
+    Sessions,
+    /// The queued messages', by id: the next index in their listing.
+    Queued(usize),
+    /// The retained messages', by key.
+    Retained,
 }
 
 /// How long a compaction held the writer's thread, in all and at most at once.
@@ -465,12 +489,4 @@ impl Pauses {
         self.last += more;
         self.longest = self.longest.max(self.last);
     }
-}
-
-/// What a compaction's thread wrote: the frames it was given, where each is now, and the
-/// snapshot segment's size.
-struct Snapshotted {
-    listed: Vec<FrameAt>,
-    moved: Vec<FrameAt>,
-    written: u64,
 }

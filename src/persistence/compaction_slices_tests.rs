@@ -90,7 +90,6 @@ fn a_compaction_lists_and_notes_many_retained_messages_slice_by_slice_between_co
         }],
     );
     let steps = list_all(&mut writer, &shared);
-    eprintln!("DEBUG steps {steps}");
     assert_eq!(steps, 2, "the other two slices, one step each");
 
     // The snapshot written; where its frames are is noted slice by slice too.
@@ -235,6 +234,195 @@ fn sessions_are_listed_slice_by_slice_as_they_stood_when_the_compaction_started(
     compact_from_the_noted_places(&mut writer, &shared);
     drop(writer);
     assert_sessions_read_back(dir.path(), &model);
+}
+
+/// What a session holds in the test below: its messages in flight as (durable id, packet id)
+/// in the order sent, and those queued by durable id.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Held {
+    inflight: Vec<(u64, u16)>,
+    queued: std::collections::BTreeSet<u64>,
+}
+
+#[test]
+fn queued_messages_are_listed_in_one_pass_and_noted_by_id_slice_by_slice() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut writer = writer_in(dir.path());
+    let shared = Arc::new(StoreShared::new(1, false, Default::default()));
+    // Ten offline devices, each with a subscription and 1,000 messages held (10,000: three
+    // slices to note), the first 20 of each sent in an order of their own; then churn (messages
+    // queued and done) past twice the live state.
+    let client = |n: usize| format!("dev{n:02}");
+    let delivery = Delivery::new(
+        Arc::new(Message::new(
+            "cfg/all",
+            Bytes::from_static(b"setting"),
+            QoS::AtLeastOnce,
+            false,
+        )),
+        QoS::AtLeastOnce,
+        false,
+    );
+    let queued = |c: &str, id: u64| Record::queued(c.to_string(), id, &delivery);
+    let sent = |c: &str, id: u64, pid: u16| Record::Sent {
+        client_id: c.to_string(),
+        id,
+        pid,
+    };
+    let done = |c: &str, id: u64| Record::Done {
+        client_id: c.to_string(),
+        id,
+    };
+    let mut model: BTreeMap<String, Held> = BTreeMap::new();
+    let mut next_id = 1u64;
+    for n in 0..10 {
+        let c = client(n);
+        let held = model.entry(c.clone()).or_default();
+        let mut records = vec![session(&c, 3600), subscribe(&c, "cfg/#")];
+        let ids: Vec<u64> = (next_id..next_id + 1000).collect();
+        next_id += 1000;
+        records.extend(ids.iter().map(|&id| queued(&c, id)));
+        held.queued.extend(&ids);
+        // Sent from the 20th back to the first: the order read back is this one, not the ids'.
+        for (pid, &id) in (1..).zip(ids[..20].iter().rev()) {
+            records.push(sent(&c, id, pid));
+            held.queued.remove(&id);
+            held.inflight.push((id, pid));
+        }
+        commit(&mut writer, records);
+    }
+    for _ in 0..40 {
+        let ids: Vec<u64> = (next_id..next_id + 500).collect();
+        next_id += 500;
+        commit(&mut writer, ids.iter().map(|&id| queued("dev00", id)));
+        commit(&mut writer, ids.iter().map(|&id| done("dev00", id)));
+    }
+
+    writer.maybe_compact(&shared);
+    assert!(writer.compaction.is_some(), "started on a thread");
+    // While the listing goes on: messages listed done, sent, released; a session gone with its
+    // messages; new messages queued and sent.
+    let first = |n: usize| 1 + 1000 * n as u64;
+    let apply = |writer: &mut Writer, records: Vec<Record>, model: &mut BTreeMap<String, Held>| {
+        for record in &records {
+            match record {
+                Record::Queued { client_id, id, .. } => {
+                    model
+                        .entry(client_id.clone())
+                        .or_default()
+                        .queued
+                        .insert(*id);
+                }
+                Record::Sent { client_id, id, pid } => {
+                    let held = model.entry(client_id.clone()).or_default();
+                    held.queued.remove(id);
+                    held.inflight.push((*id, *pid));
+                }
+                Record::Done { client_id, id } => {
+                    let held = model.entry(client_id.clone()).or_default();
+                    held.queued.remove(id);
+                    held.inflight.retain(|(i, _)| i != id);
+                }
+                Record::SessionGone(client_id) => {
+                    model.remove(client_id);
+                }
+                _ => {}
+            }
+        }
+        commit(writer, records);
+    };
+    apply(
+        &mut writer,
+        vec![done("dev01", first(1)), done("dev01", first(1) + 500)],
+        &mut model,
+    );
+    apply(
+        &mut writer,
+        vec![sent("dev03", first(3) + 700, 900)],
+        &mut model,
+    );
+    apply(
+        &mut writer,
+        vec![Record::SessionGone(client(2))],
+        &mut model,
+    );
+    apply(
+        &mut writer,
+        vec![queued("dev04", next_id), sent("dev04", next_id, 901)],
+        &mut model,
+    );
+    next_id += 1;
+    list_all(&mut writer, &shared);
+
+    wait_for_the_snapshot(&shared);
+    let (mut steps, mut finished) = (0, false);
+    while writer.compaction.is_some() {
+        finished = writer.compaction_step(false);
+        steps += 1;
+        if steps == 1 {
+            // Between two slices of the noting (past id 4,078 now): ahead of it and behind it.
+            let records = vec![
+                done("dev01", first(1) + 900),
+                sent("dev03", first(3) + 800, 903),
+                done("dev09", first(9) + 999),
+                sent("dev08", first(8) + 998, 902),
+                done("dev05", first(5) + 19),
+                Record::Released {
+                    client_id: "dev06".into(),
+                    id: first(6) + 3,
+                },
+                queued("dev07", next_id),
+            ];
+            next_id += 1;
+            apply(&mut writer, records, &mut model);
+        }
+        assert!(steps <= 4, "one step a slice");
+    }
+    // 18 keys of sessions, then the 10,000 first frames and 200 later ones listed at the start
+    // (dev02's among them: it went after), 4,096 a step: three steps.
+    assert_eq!(steps, 3, "noted slice by slice");
+    assert!(finished, "every frame was found in the snapshot");
+    writer.log.wait_deleted();
+    assert_held_read_back(copy_of(dir.path()).path(), &model);
+
+    // The frames' new places are right: a second compaction reads them all back.
+    for _ in 0..40 {
+        let ids: Vec<u64> = (next_id..next_id + 500).collect();
+        next_id += 500;
+        commit(&mut writer, ids.iter().map(|&id| queued("dev00", id)));
+        commit(&mut writer, ids.iter().map(|&id| done("dev00", id)));
+    }
+    compact_from_the_noted_places(&mut writer, &shared);
+    drop(writer);
+    assert_held_read_back(dir.path(), &model);
+}
+
+/// Asserts that a start reads back from `dir` the messages `model` says each session holds,
+/// in flight in the order sent and queued in id order.
+fn assert_held_read_back(dir: &std::path::Path, model: &BTreeMap<String, Held>) {
+    let config = PersistenceConfig {
+        dir: Some(dir.to_path_buf()),
+        ..Default::default()
+    };
+    let recovered = open(&config).expect("reopen").expect("a directory");
+    let read: BTreeMap<String, Held> = recovered
+        .sessions
+        .iter()
+        .map(|s| {
+            let inflight = s.state.inflight.iter();
+            let queued = s.state.queue.iter();
+            let id = |d: &Delivery| d.durable_id().unwrap_or(0);
+            let held = Held {
+                inflight: inflight.map(|e| (id(&e.delivery), e.pid)).collect(),
+                queued: queued.map(id).collect(),
+            };
+            (s.client_id.clone(), held)
+        })
+        .collect();
+    assert_eq!(read.len(), model.len(), "sessions read back");
+    for (client_id, held) in model {
+        assert_eq!(read.get(client_id), Some(held), "{client_id}");
+    }
 }
 
 fn session(client_id: &str, expiry: u32) -> Record {

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::live::{split_queued_key, LiveKind};
 use super::log::FrameAt;
+use super::queued_listing::QueuedListing;
 #[cfg(test)]
 use super::{log::Log, PersistenceError};
 
@@ -340,6 +341,76 @@ impl LiveState {
         firsts
             .chain(later.into_iter().map(|(at, _, _)| at))
             .collect()
+    }
+
+    /// Lists where the live queued messages' frames are, in no order, and drops the entries
+    /// of sessions gone, in one pass: what a compaction on a thread takes of them when it
+    /// starts (its thread sorts the listing, `queued_listing.rs`).
+    pub fn take_queued_listing(&mut self) -> QueuedListing {
+        let slots = &self.slots;
+        let mut listing = QueuedListing {
+            firsts: Vec::with_capacity(self.queued.len()),
+            later: Vec::new(),
+        };
+        self.queued.retain(|&id, entry| {
+            if slots[entry.slot.index as usize].generation != entry.slot.generation {
+                return false;
+            }
+            listing.firsts.push((id, entry.first));
+            let later = entry.rest.as_slice().iter().zip(0..);
+            listing
+                .later
+                .extend(later.map(|(&at, index)| (at, id, index)));
+            true
+        });
+        listing
+    }
+
+    /// After a compaction's snapshot: notes where the frames of `listing` (sorted, as its
+    /// thread wrote them) from index `*next` on are now, `max` at most; `moved` holds where each
+    /// of its frames is now, in its order. A message done since the listing is passed over;
+    /// one whose frame is not the one listed (never expected) clears `found`, and then the
+    /// older segments stay. Returns whether it reached the end, and how many it noted.
+    pub fn remap_queued_slice(
+        &mut self,
+        listing: &QueuedListing,
+        moved: &[FrameAt],
+        next: &mut usize,
+        max: usize,
+        found: &mut bool,
+    ) -> (bool, usize) {
+        let end = listing.len().min(next.saturating_add(max));
+        let start = *next;
+        let firsts = listing.firsts.len();
+        for index in start..end {
+            let Some(&now) = moved.get(index) else {
+                *found = false;
+                break;
+            };
+            let (old, id, later) = match index.checked_sub(firsts) {
+                None => {
+                    let (id, old) = listing.firsts[index];
+                    (old, id, None)
+                }
+                Some(i) => {
+                    let (old, id, later) = listing.later[i];
+                    (old, id, Some(later as usize))
+                }
+            };
+            let Some(entry) = self.queued.get_mut(&id) else {
+                continue;
+            };
+            let frame = match later {
+                None => Some(&mut entry.first),
+                Some(later) => entry.rest.as_mut_slice().get_mut(later),
+            };
+            match frame {
+                Some(frame) if *frame == old => *frame = now,
+                _ => *found = false,
+            }
+        }
+        *next = end;
+        (end == listing.len(), end - start)
     }
 
     /// Drops the entries of sessions gone (a compaction's first step).

@@ -131,6 +131,17 @@ impl SlicedRemap {
     pub fn found(&self) -> bool {
         self.found
     }
+
+    /// Notes whether the frames of a part noted apart (the queued messages', by id) were
+    /// found.
+    pub fn note_found(&mut self, found: bool) {
+        self.found &= found;
+    }
+
+    /// Goes on from the frame listed at `index`, after a part noted apart.
+    pub fn go_on_from(&mut self, index: usize) {
+        self.next = index;
+    }
 }
 
 /// One walk of a remap: the frames listed when a compaction started (`listed`, in the order
@@ -347,20 +358,5 @@ impl LiveState {
         let done = stopped_after.is_none();
         walk.cursor.after = stopped_after;
         (done, seen)
-    }
-
-    /// After a compaction's snapshot, the queued messages' part of the frames listed (between
-    /// the sessions' and the retained messages'), at once.
-    pub fn remap_queued_of(
-        &mut self,
-        walk: &mut SlicedRemap,
-        (listed, moved): (&[FrameAt], &[FrameAt]),
-        superseded_up_to: u64,
-    ) {
-        let mut remap = RemapWalk::new(listed, moved, superseded_up_to);
-        remap.next = walk.next;
-        self.remap_queued(&mut remap);
-        walk.next = remap.next;
-        walk.found &= remap.all_found;
     }
 }

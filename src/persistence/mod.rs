@@ -35,6 +35,7 @@ mod interval_sync;
 mod live;
 mod live_state;
 mod log;
+mod queued_listing;
 mod record;
 mod record_ref;
 mod segment_deleter;

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::mpsc::Receiver;
 
 use super::log::{segment_path, sync_dir, FrameAt};
+use super::queued_listing::QueuedListing;
 use super::record::{Record, LOG_FORMAT};
 use super::PersistenceError;
 
@@ -39,22 +40,38 @@ pub fn write_snapshot_segment(
 pub enum Listed {
     /// Frames to write next, in this order.
     Frames(Vec<FrameAt>),
+    /// The queued messages, listed in no order: the thread sorts them into a snapshot's
+    /// order and writes them next (`queued_listing.rs`).
+    Queued(QueuedListing),
     /// Every frame was listed: the snapshot is complete.
     End,
 }
 
+/// What [`write_listed_snapshot_segment`] wrote.
+pub struct ListedSnapshot {
+    /// The frames listed, in the order written.
+    pub listed: Vec<FrameAt>,
+    /// Where each of them is now, in the same order.
+    pub moved: Vec<FrameAt>,
+    /// The segment's size.
+    pub written: u64,
+    /// The queued messages' listing as sorted and written, and the index in `listed` of its
+    /// first frame; `None` if none was sent.
+    pub queued: Option<(usize, QueuedListing)>,
+}
+
 /// A snapshot segment written from the frames the writer lists as it goes ([`Listed`],
 /// received from `slices` until `End`), as [`write_snapshot_segment`] does with a list given
-/// at once. Returns the frames listed, where each is now (in the same order), and the
-/// segment's size. If `slices` closes before `End` (the writer stopped), nothing is renamed
-/// into place.
+/// at once. If `slices` closes before `End` (the writer stopped), nothing is renamed into
+/// place.
 pub fn write_listed_snapshot_segment(
     dir: &Path,
     id: u64,
     previous: Option<&Path>,
     slices: &Receiver<Listed>,
-) -> Result<(Vec<FrameAt>, Vec<FrameAt>, u64), PersistenceError> {
+) -> Result<ListedSnapshot, PersistenceError> {
     let (mut listed, mut moved) = (Vec::new(), Vec::new());
+    let mut queued = None;
     let written = write_snapshot_segment_with(dir, id, previous, |snapshot| loop {
         match slices.recv() {
             Ok(Listed::Frames(frames)) => {
@@ -63,6 +80,17 @@ pub fn write_listed_snapshot_segment(
                     moved.push(snapshot.add(at)?);
                 }
                 listed.extend(frames);
+            }
+            Ok(Listed::Queued(mut listing)) => {
+                listing.sort();
+                let start = listed.len();
+                moved.reserve(listing.len());
+                listed.reserve(listing.len());
+                for at in listing.frames() {
+                    moved.push(snapshot.add(&at)?);
+                    listed.push(at);
+                }
+                queued = Some((start, listing));
             }
             Ok(Listed::End) => return Ok(()),
             Err(_) => {
@@ -73,7 +101,12 @@ pub fn write_listed_snapshot_segment(
             }
         }
     })?;
-    Ok((listed, moved, written))
+    Ok(ListedSnapshot {
+        listed,
+        moved,
+        written,
+        queued,
+    })
 }
 
 /// Writes segment `id` as a snapshot of the frames `fill` adds (see
