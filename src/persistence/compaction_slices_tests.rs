@@ -299,9 +299,13 @@ fn queued_messages_are_listed_in_one_pass_and_noted_by_id_slice_by_slice() {
     }
 
     writer.maybe_compact(&shared);
-    assert!(writer.compaction.is_some(), "started on a thread");
-    // While the listing goes on: messages listed done, sent, released; a session gone with its
-    // messages; new messages queued and sent.
+    assert!(
+        writer.compaction.as_ref().is_some_and(|c| c.listing()),
+        "started on a thread, the sessions and the first ids of the queued messages listed"
+    );
+    // While the walk of the queued messages goes on (past id 4,076 now, of 30,000 to look
+    // at: the churn's are done): messages done, sent; sessions gone with their messages; new
+    // messages queued and sent; behind the walk and ahead of it.
     let first = |n: usize| 1 + 1000 * n as u64;
     let apply = |writer: &mut Writer, records: Vec<Record>, model: &mut BTreeMap<String, Held>| {
         for record in &records {
@@ -352,7 +356,14 @@ fn queued_messages_are_listed_in_one_pass_and_noted_by_id_slice_by_slice() {
         &mut model,
     );
     next_id += 1;
-    list_all(&mut writer, &shared);
+    let ahead = vec![
+        done("dev08", first(8) + 5),
+        sent("dev09", first(9) + 600, 904),
+        Record::SessionGone(client(6)),
+    ];
+    apply(&mut writer, ahead, &mut model);
+    let steps = list_all(&mut writer, &shared);
+    assert_eq!(steps, 7, "the other 25,924 ids, 4,096 a step");
 
     wait_for_the_snapshot(&shared);
     let (mut steps, mut finished) = (0, false);
@@ -368,8 +379,8 @@ fn queued_messages_are_listed_in_one_pass_and_noted_by_id_slice_by_slice() {
                 sent("dev08", first(8) + 998, 902),
                 done("dev05", first(5) + 19),
                 Record::Released {
-                    client_id: "dev06".into(),
-                    id: first(6) + 3,
+                    client_id: "dev07".into(),
+                    id: first(7) + 3,
                 },
                 queued("dev07", next_id),
             ];
@@ -378,8 +389,9 @@ fn queued_messages_are_listed_in_one_pass_and_noted_by_id_slice_by_slice() {
         }
         assert!(steps <= 4, "one step a slice");
     }
-    // 18 keys of sessions, then the 10,000 first frames and 200 later ones listed at the start
-    // (dev02's among them: it went after), 4,096 a step: three steps.
+    // 16 keys of sessions, then the frames listed: 8,999 first ones (dev02's among them: it
+    // went behind the walk; not dev06's, nor the one done ahead of it) and 179 later ones,
+    // 4,096 a step: three steps.
     assert_eq!(steps, 3, "noted slice by slice");
     assert!(finished, "every frame was found in the snapshot");
     writer.log.wait_deleted();

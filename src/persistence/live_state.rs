@@ -13,7 +13,6 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::live::{split_queued_key, LiveKind};
 use super::log::FrameAt;
-use super::queued_listing::QueuedListing;
 #[cfg(test)]
 use super::{log::Log, PersistenceError};
 
@@ -101,6 +100,10 @@ const AFTER_RETAINED: &[u8] = b"r;";
 #[path = "live_state_slices.rs"]
 mod slices;
 
+#[path = "live_state_queued.rs"]
+mod queued;
+
+pub use queued::QueuedCursor;
 pub use slices::{KeyCursor, KeyPart, SlicedRemap};
 use slices::{RemapWalk, SessionListing};
 
@@ -112,6 +115,10 @@ pub struct LiveState {
     by_key: BTreeMap<Vec<u8>, Frames>,
     /// Queued messages by durable id. The ids are the broker's, not a client's: a fixed hash.
     queued: HashMap<u64, QueuedFrames, foldhash::fast::FixedState>,
+    /// The ids of `queued` in the order their `Queued` records came, and of some done since
+    /// (pruned by each compaction): what a compaction on a thread walks, slice by slice, to
+    /// list them (`live_state_queued.rs`).
+    queued_order: Vec<u64>,
     /// A session's key prefix -> its slot. Client ids are a client's: a seeded hash.
     slot_of: HashMap<Vec<u8>, u32, foldhash::fast::RandomState>,
     slots: Vec<Slot>,
@@ -194,8 +201,9 @@ impl LiveState {
                     first: frame,
                     rest: Frames::None,
                 };
-                if let Some(old) = self.queued.insert(id, entry) {
-                    self.forget(&old);
+                match self.queued.insert(id, entry) {
+                    Some(old) => self.forget(&old),
+                    None => self.queued_order.push(id),
                 }
             }
             LiveKind::QueuedAppend => {
@@ -343,82 +351,16 @@ impl LiveState {
             .collect()
     }
 
-    /// Lists where the live queued messages' frames are, in no order, and drops the entries
-    /// of sessions gone, in one pass: what a compaction on a thread takes of them when it
-    /// starts (its thread sorts the listing, `queued_listing.rs`).
-    pub fn take_queued_listing(&mut self) -> QueuedListing {
-        let slots = &self.slots;
-        let mut listing = QueuedListing {
-            firsts: Vec::with_capacity(self.queued.len()),
-            later: Vec::new(),
-        };
-        self.queued.retain(|&id, entry| {
-            if slots[entry.slot.index as usize].generation != entry.slot.generation {
-                return false;
-            }
-            listing.firsts.push((id, entry.first));
-            let later = entry.rest.as_slice().iter().zip(0..);
-            listing
-                .later
-                .extend(later.map(|(&at, index)| (at, id, index)));
-            true
-        });
-        listing
-    }
-
-    /// After a compaction's snapshot: notes where the frames of `listing` (sorted, as its
-    /// thread wrote them) from index `*next` on are now, `max` at most; `moved` holds where each
-    /// of its frames is now, in its order. A message done since the listing is passed over;
-    /// one whose frame is not the one listed (never expected) clears `found`, and then the
-    /// older segments stay. Returns whether it reached the end, and how many it noted.
-    pub fn remap_queued_slice(
-        &mut self,
-        listing: &QueuedListing,
-        moved: &[FrameAt],
-        next: &mut usize,
-        max: usize,
-        found: &mut bool,
-    ) -> (bool, usize) {
-        let end = listing.len().min(next.saturating_add(max));
-        let start = *next;
-        let firsts = listing.firsts.len();
-        for index in start..end {
-            let Some(&now) = moved.get(index) else {
-                *found = false;
-                break;
-            };
-            let (old, id, later) = match index.checked_sub(firsts) {
-                None => {
-                    let (id, old) = listing.firsts[index];
-                    (old, id, None)
-                }
-                Some(i) => {
-                    let (old, id, later) = listing.later[i];
-                    (old, id, Some(later as usize))
-                }
-            };
-            let Some(entry) = self.queued.get_mut(&id) else {
-                continue;
-            };
-            let frame = match later {
-                None => Some(&mut entry.first),
-                Some(later) => entry.rest.as_mut_slice().get_mut(later),
-            };
-            match frame {
-                Some(frame) if *frame == old => *frame = now,
-                _ => *found = false,
-            }
-        }
-        *next = end;
-        (end == listing.len(), end - start)
-    }
-
     /// Drops the entries of sessions gone (a compaction's first step).
     pub fn drop_dead(&mut self) {
         let slots = &self.slots;
         self.queued.retain(|_, entry| {
             slots[entry.slot.index as usize].generation == entry.slot.generation
         });
+        // A compaction on this thread: a small live state, so the order is made again from it
+        // (it needs none: a listing at once sorts by id).
+        self.queued_order.clear();
+        self.queued_order.extend(self.queued.keys());
     }
 
     /// After a compaction's snapshot: every live frame in a segment up to `superseded_up_to`
