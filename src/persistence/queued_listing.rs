@@ -5,7 +5,7 @@
 //! ([`LiveState::remap_queued_slice`]). So the writer, which every commit waits for, never
 //! sorts them nor walks them all in one step: with a million messages held for offline
 //! devices, listing them sorted when a compaction started and walking them in that order when
-//! it ended held every commit 130-210 ms each time.
+//! it ended held every commit 120-210 ms each time.
 //!
 //! [`LiveState::list_queued`]: super::live_state::LiveState::list_queued
 //! [`LiveState::remap_queued_slice`]: super::live_state::LiveState::remap_queued_slice
