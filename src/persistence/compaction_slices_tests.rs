@@ -1,7 +1,7 @@
 //! Unit tests of a compaction on a thread of its own taking its steps slice by slice between
-//! commits (`compaction.rs`, `live_state_slices.rs`): whatever commits change meanwhile, the
-//! snapshot holds the live state and the frames' new places are noted right. The writer is
-//! driven by hand, as in `writer_tests.rs`, whose helpers these use.
+//! commits (`compaction.rs`, `live_state_slices.rs`, `live_state_queued.rs`): whatever commits
+//! change meanwhile, the snapshot holds the live state and the frames' new places are noted
+//! right. The writer is driven by hand, as in `writer_tests.rs`, whose helpers these use.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -245,7 +245,7 @@ struct Held {
 }
 
 #[test]
-fn queued_messages_are_listed_in_one_pass_and_noted_by_id_slice_by_slice() {
+fn queued_messages_are_walked_and_noted_by_id_slice_by_slice() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut writer = writer_in(dir.path());
     let shared = Arc::new(StoreShared::new(1, false, Default::default()));
