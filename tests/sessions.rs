@@ -275,6 +275,83 @@ async fn all_offline_sessions_together_are_bounded_by_max_offline_queued_bytes()
     assert_eq!(broker.metrics().snapshot().messages_dropped(), 2);
 }
 
+/// Waits until the Registry counts `expected` (messages, bytes) held for offline sessions.
+async fn held_offline_becomes(broker: &switchboard::BackgroundBroker, expected: (usize, usize)) {
+    common::eventually(|| async {
+        let stats = broker.registry().send(GetStats).await.unwrap();
+        (stats.offline_messages, stats.offline_bytes) == expected
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn what_offline_sessions_hold_is_counted_exactly_through_every_change() {
+    // The figures are kept as sessions change, not walked (a debug build also checks them
+    // against a walk at every `GetStats`). Each message weighs its topic and payload: 2 bytes.
+    let (broker, _hooks) = broker_with_hooks(|c| {
+        c.sessions.max_queued_messages = 3;
+        c.sessions.max_queued_bytes = 1024;
+        c.sessions.queue_overflow = QueueOverflow::DropOldest;
+    });
+    let addr = broker.local_addr();
+    let (mut publisher, _) = Raw::handshake(addr, "pub", true).await;
+    // "keeper" leaves with one message in flight, "away" with nothing.
+    let (mut keeper, _) = Raw::handshake(addr, "keeper", false).await;
+    keeper.subscribe(1, &[("k", 1)], &[1]).await;
+    publisher
+        .send(&packets::publish("k", &[0], 1, 1, false, false))
+        .await;
+    keeper.expect().await;
+    drop(keeper);
+    let (mut away, _) = Raw::handshake(addr, "away", false).await;
+    away.subscribe(1, &[("o", 1)], &[1]).await;
+    drop(away);
+    held_offline_becomes(&broker, (1, 2)).await;
+    // Five queued for "away", which keeps the newest 3 (its own bound); one over its byte
+    // bound is not kept at all.
+    for n in 1..=5u8 {
+        publisher
+            .send(&packets::publish(
+                "o",
+                &[n],
+                1,
+                u16::from(n) + 1,
+                false,
+                false,
+            ))
+            .await;
+    }
+    publisher
+        .send(&packets::publish("o", &[9; 1100], 1, 7, false, false))
+        .await;
+    publisher.sync().await;
+    held_offline_becomes(&broker, (4, 8)).await;
+    // "keeper" resumes: its message is taken off; it leaves again without acknowledging the
+    // copy sent again [MQTT-4.4.0-1], which is counted again.
+    let (mut keeper, present) = Raw::handshake(addr, "keeper", false).await;
+    assert!(present);
+    assert!(parse_publish(&keeper.expect().await).dup);
+    held_offline_becomes(&broker, (3, 6)).await;
+    drop(keeper);
+    held_offline_becomes(&broker, (4, 8)).await;
+    // A clean start ends "away"'s session with what it held [MQTT-3.1.2-6].
+    let (away, present) = Raw::handshake(addr, "away", true).await;
+    assert!(!present);
+    held_offline_becomes(&broker, (1, 2)).await;
+    drop(away);
+    // The admin API ends "keeper"'s session.
+    let kicked = broker
+        .registry()
+        .send(switchboard::registry::Kick {
+            client_id: "keeper".into(),
+            remove_session: true,
+        })
+        .await
+        .unwrap();
+    assert!(kicked.is_some_and(|k| k.session_removed));
+    held_offline_becomes(&broker, (0, 0)).await;
+}
+
 #[tokio::test]
 async fn takeover_hands_the_session_to_the_new_connection() {
     // [MQTT-3.1.4-2] with clean session 0 the new connection resumes the session.

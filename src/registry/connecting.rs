@@ -62,8 +62,7 @@ impl Registry {
         // [MQTT-3.2.2-2] [MQTT-3.2.2-3] a session is present if the last connection with this
         // id kept one (persistent / expiry above 0); a new or clean one has none.
         let session_present = !msg.clean_session && client.session_expiry > 0;
-        let state = client.stored.take().map(|s| *s).unwrap_or_default();
-        self.offline_bytes.note_resumed(&state);
+        let state = self.offline_bytes.take(client).unwrap_or_default();
         DropLog::flush(&mut client.drops, &client.id);
         client.drops = None;
         client.session_expiry = msg.session_expiry;

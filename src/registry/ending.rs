@@ -49,9 +49,7 @@ impl Registry {
             // what was held during the detach appended.
             let dropped = state.queue.trim(&limits, limits.overflow);
             let done = state.queue.take_dropped_durable();
-            self.offline_bytes.note_gone_offline(&state);
-            self.offline_bytes.note_stored(key, &state);
-            client.stored = Some(Box::new(state));
+            self.offline_bytes.store(client, state);
             client.offline_drops(&self.metrics, dropped);
             self.persist_session(key, true);
             self.persist_done(key, done);

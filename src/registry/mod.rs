@@ -208,6 +208,9 @@ impl Registry {
 
     fn remove_client(&mut self, key: ClientKey) {
         if let Some(client) = self.clients.get_mut(key.0 as usize).and_then(Option::take) {
+            if let Some(state) = client.stored.as_deref() {
+                self.offline_bytes.forget(state);
+            }
             if client.persisted {
                 self.persist(Record::SessionGone(client.id.to_string()));
             }
@@ -227,7 +230,7 @@ impl Registry {
         let Some(client) = client_in(&mut self.clients, key) else {
             return;
         };
-        client.stored = None;
+        self.offline_bytes.take(client);
         drop(client.take_held());
         let gone = std::mem::take(&mut client.persisted).then(|| client.id.to_string());
         // The route table's durable mark is set only with `persisted`: a client with neither
@@ -337,14 +340,16 @@ impl Registry {
             None => {
                 let limits = QueueLimits::from_config(&self.config);
                 let stored = client.stored.get_or_insert_with(Box::default);
+                let before = offline_bytes::queue_size(stored);
                 let dropped = match stored.queue.push_bounded(delivery, &limits) {
                     Pushed::Queued { dropped } => dropped,
                     // Nobody to disconnect: an offline session drops the oldest.
                     Pushed::Overflowed => stored.queue.trim(&limits, QueueOverflow::DropOldest),
                 };
+                self.offline_bytes
+                    .queue_changed(before, offline_bytes::queue_size(stored));
                 let done = stored.queue.take_dropped_durable();
                 client.offline_drops(&self.metrics, dropped);
-                self.offline_bytes.note_queued(key);
                 self.persist_done(key, done);
             }
         }
@@ -504,9 +509,8 @@ impl Handler<AddHooks> for Registry {
 impl Handler<GetStats> for Registry {
     type Result = RegistryStats;
 
-    /// Walks the offline sessions for what they hold: one pass over the clients that may hold
-    /// messages (not the whole client table) per scrape, `$SYS` update or dashboard tick, not
-    /// per message.
+    /// What the offline sessions hold is counted as it changes: a scrape, `$SYS` update or
+    /// dashboard tick walks nothing.
     fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> RegistryStats {
         let (offline_messages, offline_bytes) = self.held_offline();
         RegistryStats {

@@ -57,8 +57,7 @@ impl Handler<Recover> for Registry {
             };
             client.session_expiry = session.expiry;
             client.persisted = true;
-            self.offline_bytes.note_stored(key, &session.state);
-            client.stored = Some(Box::new(session.state));
+            self.offline_bytes.store(client, session.state);
             let id = client.id.clone();
             let token = client.timer_token;
             let mut table = self.routes.write();
@@ -86,7 +85,7 @@ impl Handler<Recover> for Registry {
             recovered_wills.push((key, session.will));
         }
         self.store = Some(msg.store);
-        self.count_recovered_offline_bytes();
+        self.warn_if_recovered_over_offline_bound();
         // Wills go out once every session is back, so that their subscriptions get them.
         for (client_id, will) in msg.wills_of_ended {
             debug!(client_id = %client_id, topic = %will.topic, "publishing the will of a session that expired while the broker was down");
