@@ -221,6 +221,91 @@ async fn subscriptions_show_their_mqtt5_options() {
     );
 }
 
+/// `(client_id, filter)` of each subscription on a page of `/api/v1/subscriptions`.
+fn subscription_rows(page: &serde_json::Value) -> Vec<(String, String)> {
+    page["subscriptions"]
+        .as_array()
+        .expect("subscriptions")
+        .iter()
+        .map(|s| (s["client_id"].to_string(), s["filter"].to_string()))
+        .map(|(c, f)| {
+            (
+                c.trim_matches('"').to_string(),
+                f.trim_matches('"').to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn pages_of_subscriptions_split_a_client_and_searches_count_every_match() {
+    // Pages come from the Registry's index in client id order, each client's filters sorted
+    // (a page may end inside a client's); a search counts every match, in the client id or in
+    // the filter, case-insensitively.
+    let (broker, _hooks) = broker_with_hooks(|c| {
+        c.sys.interval = std::time::Duration::ZERO;
+    });
+    let (addr, http) = (broker.local_addr(), broker.http_local_addr().expect("http"));
+    let mut kept = Vec::new();
+    for (id, filters) in [
+        ("b-dev", vec![("z/1", 1), ("m/1", 0), ("b/1", 1)]),
+        ("c-Gate", vec![("c2", 0), ("c1", 1)]),
+        ("a-app", vec![("x", 1), ("$share/g/s", 1)]),
+    ] {
+        let (mut client, _) = Raw::handshake(addr, id, true).await;
+        let granted: Vec<u8> = filters.iter().map(|(_, qos)| *qos).collect();
+        client.subscribe(1, &filters, &granted).await;
+        kept.push(client);
+    }
+    let want: Vec<(String, String)> = [
+        ("a-app", "$share/g/s"),
+        ("a-app", "x"),
+        ("b-dev", "b/1"),
+        ("b-dev", "m/1"),
+        ("b-dev", "z/1"),
+        ("c-Gate", "c1"),
+        ("c-Gate", "c2"),
+    ]
+    .iter()
+    .map(|(c, f)| (c.to_string(), f.to_string()))
+    .collect();
+    let mut paged = Vec::new();
+    for offset in (0..8).step_by(2) {
+        let page = get(
+            http,
+            &format!("/api/v1/subscriptions?offset={offset}&limit=2"),
+            None,
+        )
+        .await
+        .json();
+        assert_eq!(page["total"], 7, "at offset {offset}");
+        paged.extend(subscription_rows(&page));
+    }
+    assert_eq!(
+        paged, want,
+        "the pages, one after another, are the whole list"
+    );
+    let gate = get(http, "/api/v1/subscriptions?search=gate", None)
+        .await
+        .json();
+    assert_eq!(subscription_rows(&gate), want[5..].to_vec(), "by client id");
+    let second = get(
+        http,
+        "/api/v1/subscriptions?search=/1&offset=1&limit=1",
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(second["total"], 3, "by filter");
+    assert_eq!(subscription_rows(&second), want[3..4].to_vec());
+    let clients = get(http, "/api/v1/clients?search=-&offset=1&limit=1", None)
+        .await
+        .json();
+    assert_eq!(clients["total"], 3);
+    assert_eq!(clients["clients"][0]["client_id"], "b-dev");
+    drop(kept);
+}
+
 #[tokio::test]
 async fn subscriptions_retained_and_publish() {
     let (broker, mut hooks) = broker_with_hooks(|c| {

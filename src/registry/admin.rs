@@ -193,7 +193,8 @@ fn page<T>(items: Vec<T>, offset: usize, limit: usize) -> Page<T> {
 }
 
 impl Registry {
-    fn summary(&self, key: super::ClientKey) -> Option<ClientSummary> {
+    /// One client as the admin API shows it, if its slot holds one.
+    pub(super) fn summary(&self, key: super::ClientKey) -> Option<ClientSummary> {
         let client = self.clients.get(key.0 as usize)?.as_deref()?;
         let mut subscriptions: Vec<(String, SubscriptionOptions)> = client
             .subscriptions
@@ -226,33 +227,6 @@ impl Registry {
                 (None, None) => None,
             },
         })
-    }
-}
-
-impl Handler<ListClients> for Registry {
-    type Result = Page<ClientSummary>;
-
-    fn handle(&mut self, msg: ListClients, _: &mut Context<Self>) -> Page<ClientSummary> {
-        let search = msg.search.map(|s| s.to_lowercase());
-        let mut ids: Vec<(&Arc<str>, super::ClientKey)> = self
-            .by_id
-            .iter()
-            .filter(|(id, _)| {
-                search
-                    .as_deref()
-                    .is_none_or(|s| id.to_lowercase().contains(s))
-            })
-            .map(|(id, key)| (id, *key))
-            .collect();
-        ids.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let total = ids.len();
-        let items = ids
-            .into_iter()
-            .skip(msg.offset)
-            .take(msg.limit)
-            .filter_map(|(_, key)| self.summary(key))
-            .collect();
-        Page { total, items }
     }
 }
 
@@ -293,37 +267,6 @@ impl Handler<ClientFilters> for Registry {
             .flat_map(|client| client.subscriptions.keys().cloned())
             .collect();
         MessageResult(filters)
-    }
-}
-
-impl Handler<ListSubscriptions> for Registry {
-    type Result = Page<SubscriptionSummary>;
-
-    fn handle(
-        &mut self,
-        msg: ListSubscriptions,
-        _: &mut Context<Self>,
-    ) -> Page<SubscriptionSummary> {
-        let search = msg.search.map(|s| s.to_lowercase());
-        let mut all: Vec<SubscriptionSummary> = Vec::new();
-        for client in self.clients.iter().flatten() {
-            let connected = client.attached.as_ref().is_some_and(|a| !a.detaching);
-            for (filter, options) in &client.subscriptions {
-                let wanted = search.as_deref().is_none_or(|s| {
-                    filter.to_lowercase().contains(s) || client.id.to_lowercase().contains(s)
-                });
-                if wanted {
-                    all.push(SubscriptionSummary {
-                        client_id: client.id.to_string(),
-                        filter: filter.clone(),
-                        options: *options,
-                        connected,
-                    });
-                }
-            }
-        }
-        all.sort_unstable_by(|a, b| (&a.client_id, &a.filter).cmp(&(&b.client_id, &b.filter)));
-        page(all, msg.offset, msg.limit)
     }
 }
 

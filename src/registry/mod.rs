@@ -6,6 +6,7 @@
 //! per Session per turn.
 
 mod admin;
+mod admin_pages;
 mod backup;
 mod client;
 mod cluster;
@@ -22,7 +23,7 @@ mod subscriptions;
 mod sys_topics;
 mod wills;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -67,6 +68,9 @@ pub struct Registry {
     clients: Vec<Option<Box<Client>>>,
     free_slots: Vec<u32>,
     by_id: HashMap<Arc<str>, ClientKey>,
+    /// The same, in client id order: the admin API's pages (`admin_pages.rs`) read it instead
+    /// of sorting the table. Changed only where a client record is made or removed.
+    by_order: BTreeMap<Arc<str>, ClientKey>,
     /// The subscriptions and where each client's deliveries go; written here only.
     routes: Routes,
     /// Whether the route table keeps who each client connected as (with an ACL at start; see
@@ -144,6 +148,7 @@ impl Registry {
             clients: Vec::new(),
             free_slots: Vec::new(),
             by_id: HashMap::new(),
+            by_order: BTreeMap::new(),
             keeps_readers,
             routes,
             retained: RetainedStore::new(),
@@ -199,6 +204,7 @@ impl Registry {
                 ClientKey((self.clients.len() - 1) as u32)
             }
         };
+        self.by_order.insert(id.clone(), key);
         self.by_id.insert(id, key);
         self.routes
             .write()
@@ -221,6 +227,7 @@ impl Registry {
             table.set_target(key, None);
             drop(table);
             self.by_id.remove(&client.id);
+            self.by_order.remove(&client.id);
             self.free_slots.push(key.0);
         }
     }
