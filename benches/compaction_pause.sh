@@ -15,6 +15,10 @@
 # for every one of those offline sessions: SESSIONS x K messages held for offline devices.
 # FSYNC sets the builds' policy (default interval); FSYNC=memory runs them without
 # `[persistence]`, for what the stored sessions cost beside the traffic without a disk.
+# POLL_ADMIN=MS asks each build, while the pairs run, for the first page of the admin API's
+# clients and subscriptions every MS milliseconds (what an open dashboard does while lifecycle
+# events come: benches/admin_poll.py); the pages' answer times go to ${OUT%.jsonl}-admin.jsonl
+# and into the printed line. Mosquitto, which has no such API, runs the pairs alone.
 #
 # Each run appends the pairs' report to $OUT (rate, round-trip percentiles and the slowest) and
 # prints it with the broker's "persistence log compacted" line: its `paused_millis` (every
@@ -31,6 +35,8 @@ SESSIONS=${SESSIONS:-0}
 QUEUED=${QUEUED:-0}
 FSYNC=${FSYNC:-interval}
 BROKERS=${BROKERS:-"new mosquitto"}
+POLL_ADMIN=${POLL_ADMIN:-}
+ADMIN_OUT=${OUT%.jsonl}-admin.jsonl
 MOSQUITTO=${MOSQUITTO:-mosquitto}
 
 # shellcheck source=benches/lib.sh
@@ -51,8 +57,9 @@ for run in $(seq "$RUNS"); do
       else
         printf '[persistence]\ndir = "%s/state"\nfsync = "%s"\n' "$work" "$FSYNC" > "$work/sb.toml"
       fi
+      http_port=$(free_port)
       RUST_LOG=info timeout $((DURATION + 120)) "$BIN_DIR/$broker" -c "$work/sb.toml" \
-        --port "$port" --http-port 0 > "$work/broker.log" 2>&1 &
+        --port "$port" --http-port "$http_port" > "$work/broker.log" 2>&1 &
     fi
     pid=$!
     wait_for_port "$port" || { echo "$broker did not open port $port" >&2; exit 1; }
@@ -70,15 +77,28 @@ import mosquitto_recovery as m; asyncio.run(m.load_sessions($port))"
         mosquitto_pub -p "$port" -q 1 -t cfg/all -m "$(printf '%064d' 0)"
       done
     fi
+    poller=""
+    polled=""
+    if [ -n "$POLL_ADMIN" ] && [ "$broker" != mosquitto ]; then
+      python3 benches/admin_poll.py "http://127.0.0.1:$http_port" "$POLL_ADMIN" "$DURATION" \
+        "$work/poll.json" &
+      poller=$!
+    fi
     "$LOAD" --addr "127.0.0.1:$port" --broker-pid "$broker_pid" --label "$broker" --quiet \
       --scenario pairs --qos 1 --clients 8 --window 1 --persistent-subscribers \
       --duration "$DURATION" --out "$OUT" > /dev/null
+    if [ -n "$poller" ]; then
+      wait "$poller"
+      jq -c --arg b "$broker" --argjson run "$run" '{label: $b, run: $run} + .' "$work/poll.json" \
+        >> "$ADMIN_OUT"
+      polled=$(jq -r '"admin pages: \(.pages), median \(.median_ms) ms, p99 \(.p99_ms) ms, slowest \(.slowest_ms) ms; "' "$work/poll.json")
+    fi
     kill "$pid" && wait "$pid" 2>/dev/null || true
     compacted="(in memory)"
     if [ "$broker" != mosquitto ] && [ "$FSYNC" != memory ]; then
       compacted=$(grep -o 'persistence log compacted.*' "$work/broker.log" | tr '\n' ' ' || true)
     fi
-    tail -1 "$OUT" | jq -r --arg c "$compacted" --argjson run "$run" \
-      '"run \($run) \(.label): \(.delivered_per_s | floor) msgs/s, p99 \(.latency_us.p99) µs, p99.9 \(.latency_us.p999) µs, slowest \(.latency_us.max) µs; \($c)"'
+    tail -1 "$OUT" | jq -r --arg c "$compacted" --arg p "$polled" --argjson run "$run" \
+      '"run \($run) \(.label): \(.delivered_per_s | floor) msgs/s, p99 \(.latency_us.p99) µs, p99.9 \(.latency_us.p999) µs, slowest \(.latency_us.max) µs; \($p)\($c)"'
   done
 done
