@@ -227,12 +227,9 @@ fn subscription_rows(page: &serde_json::Value) -> Vec<(String, String)> {
         .as_array()
         .expect("subscriptions")
         .iter()
-        .map(|s| (s["client_id"].to_string(), s["filter"].to_string()))
-        .map(|(c, f)| {
-            (
-                c.trim_matches('"').to_string(),
-                f.trim_matches('"').to_string(),
-            )
+        .map(|s| {
+            let text = |field: &str| s[field].as_str().expect(field).to_string();
+            (text("client_id"), text("filter"))
         })
         .collect()
 }

@@ -65,26 +65,26 @@ impl Handler<ListSubscriptions> for Registry {
             let Some(client) = self.clients.get(key.0 as usize).and_then(|c| c.as_deref()) else {
                 continue;
             };
+            // With a search, a client whose id matches shows every filter; another, those that
+            // match.
             let all = needle
                 .as_deref()
                 .is_none_or(|needle| contains_folded(&client.id, needle));
+            let wanted = |filter: &str| {
+                all || needle
+                    .as_deref()
+                    .is_some_and(|needle| contains_folded(filter, needle))
+            };
             let matching = if all {
                 client.subscriptions.len()
             } else {
-                let needle = needle.as_deref().unwrap_or_default();
-                client
-                    .subscriptions
-                    .keys()
-                    .filter(|filter| contains_folded(filter, needle))
-                    .count()
+                client.subscriptions.keys().filter(|f| wanted(f)).count()
             };
             if seen < end && seen + matching > msg.offset {
                 let mut filters: Vec<(&String, &SubscriptionOptions)> = client
                     .subscriptions
                     .iter()
-                    .filter(|(filter, _)| {
-                        all || contains_folded(filter, needle.as_deref().unwrap_or_default())
-                    })
+                    .filter(|(filter, _)| wanted(filter))
                     .collect();
                 filters.sort_unstable_by(|a, b| a.0.cmp(b.0));
                 let from = msg.offset.saturating_sub(seen);
