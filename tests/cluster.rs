@@ -329,7 +329,7 @@ async fn a_node_sends_the_cluster_only_what_other_nodes_subscribe_to() {
         2
     );
 
-    // B's client lets go of telemetry/#: B tells A (1 s after an UNSUBSCRIBE), and A stops.
+    // B's client lets go of telemetry/#, its last holder there: B tells A, and A stops.
     watcher
         .client
         .unsubscribe("telemetry/#")

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::liveness::filter_hash;
 use super::subjects::Subjects;
 use crate::topic::parse_shared;
 
@@ -29,6 +30,8 @@ pub struct Interest {
     /// By subject: its subscription id, and how many filters need it.
     subjects: BTreeMap<String, (u64, usize)>,
     next_sid: u64,
+    /// The [`digest`](super::liveness::digest) of `filters`' keys, kept as they change.
+    digest: u64,
 }
 
 impl Interest {
@@ -38,6 +41,7 @@ impl Interest {
             filters: BTreeMap::new(),
             subjects: BTreeMap::new(),
             next_sid: first_sid,
+            digest: 0,
         }
     }
 
@@ -46,14 +50,14 @@ impl Interest {
         self.filters.len()
     }
 
+    /// The digest of the filters held (`liveness::digest`), without a walk.
+    pub fn digest(&self) -> u64 {
+        self.digest
+    }
+
     /// Every filter held.
     pub fn filters(&self) -> impl Iterator<Item = &String> {
         self.filters.keys()
-    }
-
-    /// Whether a shared group (`$share/...`) is held.
-    pub fn holds_shared_groups(&self) -> bool {
-        self.shared_filters().next().is_some()
     }
 
     /// The shared groups' filters held (`$share/{group}/{filter}`), without looking at the
@@ -84,14 +88,16 @@ impl Interest {
             *filters += 1;
         }
         self.filters.insert(filter.to_string(), wanted);
+        self.digest = self.digest.wrapping_add(filter_hash(filter));
         changes
     }
 
     /// No client here holds `filter` any more.
-    fn remove(&mut self, filter: &str) -> Vec<InterestChange> {
+    pub fn remove(&mut self, filter: &str) -> Vec<InterestChange> {
         let Some(subjects) = self.filters.remove(filter) else {
             return Vec::new();
         };
+        self.digest = self.digest.wrapping_sub(filter_hash(filter));
         let mut changes = vec![InterestChange::Drops(filter.to_string())];
         for subject in subjects {
             if let Some((sid, filters)) = self.subjects.get_mut(&subject) {
@@ -171,7 +177,11 @@ mod tests {
         assert_eq!(interest.add("$SYS/#", &subjects), []);
         assert_eq!(interest.add("$share/g/$SYS/#", &subjects), []);
         assert_eq!(interest.len(), 3);
-        assert!(interest.holds_shared_groups());
+        assert_eq!(
+            interest.digest(),
+            super::super::liveness::digest(interest.filters())
+        );
+        assert_eq!(interest.shared_filters().count(), 1);
         assert_eq!(
             interest.reconcile(&set(&["a"]), &subjects),
             [
@@ -188,7 +198,8 @@ mod tests {
             ]
         );
         assert_eq!(interest.len(), 0);
-        assert!(!interest.holds_shared_groups());
+        assert_eq!(interest.digest(), 0);
+        assert_eq!(interest.shared_filters().count(), 0);
         assert_eq!(
             interest.reconcile(&set(&["$share/g/b/+"]), &subjects),
             [

@@ -12,14 +12,20 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// An order-independent digest of a set of filters: the wrapping sum of each filter's 64-bit
-/// FNV-1a hash. Every node computes it alike (no random seed), and the sum of a set does not
-/// depend on the order it is walked in.
+/// FNV-1a hash ([`filter_hash`]). Every node computes it alike (no random seed), and the sum of
+/// a set does not depend on the order it is walked in; the link keeps it as a running sum,
+/// adding a filter's hash as it comes and subtracting it as it goes, so that a heartbeat walks
+/// no set.
 pub fn digest<'a>(filters: impl IntoIterator<Item = &'a String>) -> u64 {
-    filters.into_iter().fold(0u64, |sum, filter| {
-        let hash = filter.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
-        sum.wrapping_add(hash)
+    filters
+        .into_iter()
+        .fold(0u64, |sum, filter| sum.wrapping_add(filter_hash(filter)))
+}
+
+/// One filter's part of a [`digest`]: its 64-bit FNV-1a hash.
+pub fn filter_hash(filter: &str) -> u64 {
+    filter.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
 }
 

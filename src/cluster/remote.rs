@@ -6,9 +6,14 @@
 //! announces then goes, without a moment in which one it still holds is missing.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 
 use super::interest::plain_filter;
+use super::liveness::filter_hash;
 use crate::topic::parse_shared;
+
+/// What a shared subscription's filter starts with (MQTT 5 section 4.8.2).
+const SHARED_PREFIX: &str = "$share/";
 
 /// A change of the link's local subscriptions.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +33,8 @@ pub struct RemoteInterest {
     renewing: BTreeMap<String, BTreeSet<String>>,
     /// By filter: how many nodes want it.
     wanted: BTreeMap<String, usize>,
+    /// By node: the digest of its filters (`liveness::digest`), kept as they change.
+    digests: BTreeMap<String, u64>,
 }
 
 impl RemoteInterest {
@@ -56,7 +63,13 @@ impl RemoteInterest {
             return None;
         }
         let held = self.nodes.get(node)?;
-        Some((held.len() as u64, super::liveness::digest(held)))
+        let digest = self.digests.get(node).copied().unwrap_or(0);
+        debug_assert_eq!(
+            digest,
+            super::liveness::digest(held),
+            "{node}'s running digest"
+        );
+        Some((held.len() as u64, digest))
     }
 
     /// `node` announces all its filters again from now on (it (re)joined).
@@ -88,6 +101,7 @@ impl RemoteInterest {
             .unwrap_or_default();
         let changes = self.apply(node, &[], &held);
         self.nodes.remove(node);
+        self.digests.remove(node);
         changes
     }
 
@@ -101,10 +115,12 @@ impl RemoteInterest {
             }
         }
         let held = self.nodes.entry(node.to_string()).or_default();
+        let digest = self.digests.entry(node.to_string()).or_default();
         // The link subscribes to a shared group's plain filter: it forwards what matches, and
         // never joins the group.
         for filter in added {
             if held.insert(filter.clone()) {
+                *digest = digest.wrapping_add(filter_hash(filter));
                 let plain = plain_filter(filter);
                 let count = self.wanted.entry(plain.to_string()).or_default();
                 *count += 1;
@@ -115,6 +131,7 @@ impl RemoteInterest {
         }
         for filter in removed {
             if held.remove(filter) {
+                *digest = digest.wrapping_sub(filter_hash(filter));
                 let plain = plain_filter(filter);
                 if let Some(count) = self.wanted.get_mut(plain) {
                     *count -= 1;
@@ -130,11 +147,16 @@ impl RemoteInterest {
 
     /// The shared groups (share name, filter) the other nodes hold, each with the nodes that
     /// hold it: they spread its messages among them (each message of a group goes to one
-    /// member in the whole cluster, MQTT 5 section 4.8.2).
+    /// member in the whole cluster, MQTT 5 section 4.8.2). Asked at every announcement heard,
+    /// it reads only each node's `$share/` filters (a range of its ordered set), not the
+    /// fleet's others.
     pub fn shared_groups(&self) -> BTreeMap<(String, String), BTreeSet<String>> {
         let mut groups: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
         for (node, filters) in &self.nodes {
-            for filter in filters {
+            let shared = filters
+                .range::<str, _>((Bound::Included(SHARED_PREFIX), Bound::Unbounded))
+                .take_while(|filter| filter.starts_with(SHARED_PREFIX));
+            for filter in shared {
                 if let Some(Ok(shared)) = parse_shared(filter) {
                     groups
                         .entry((shared.group.to_string(), shared.filter.to_string()))
@@ -239,5 +261,11 @@ mod tests {
         assert_eq!(remote.end("b"), [LocalChange::Unsubscribe("x".into())]);
         assert_eq!(remote.end("b"), []);
         assert_eq!(remote.len(), 2);
+        let walked = crate::cluster::liveness::digest(&strings(&["y", "z"]));
+        assert_eq!(remote.picture_of("b"), Some((2, walked)));
+        remote.forget("b");
+        assert_eq!(remote.picture_of("b"), None);
+        remote.apply("b", &strings(&["y", "z"]), &[]);
+        assert_eq!(remote.picture_of("b"), Some((2, walked)), "as after a walk");
     }
 }

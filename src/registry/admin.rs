@@ -127,13 +127,6 @@ pub struct ListSubscriptions {
     pub search: Option<String>,
 }
 
-/// Sent by the cluster link to the Registry: every distinct filter this node's clients are
-/// subscribed to (bridges' local clients included, the link's own not), `$share/{group}/`
-/// prefixes included: what the other nodes must send this one.
-#[derive(Message)]
-#[rtype(result = "std::collections::BTreeSet<String>")]
-pub struct ClientFilters;
-
 /// Sent by the HTTP server to the Registry: retained messages whose topic matches `filter` (a
 /// valid topic filter), sorted by topic, paged.
 #[derive(Message)]
@@ -252,21 +245,6 @@ impl Handler<GetClientMessages> for Registry {
             Some(stored) => HeldMessages::of_stored(stored, msg.offset, msg.limit),
             None => HeldMessages::default(),
         }))
-    }
-}
-
-impl Handler<ClientFilters> for Registry {
-    type Result = MessageResult<ClientFilters>;
-
-    fn handle(&mut self, _: ClientFilters, _: &mut Context<Self>) -> Self::Result {
-        let filters = self
-            .clients
-            .iter()
-            .flatten()
-            .filter(|client| &*client.id != super::CLUSTER_CLIENT_ID)
-            .flat_map(|client| client.subscriptions.keys().cloned())
-            .collect();
-        MessageResult(filters)
     }
 }
 

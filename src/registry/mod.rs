@@ -12,6 +12,7 @@ mod client;
 mod cluster;
 mod connecting;
 mod ending;
+mod filter_watch;
 mod filters;
 mod messages;
 mod offline_bytes;
@@ -30,8 +31,8 @@ use actix::prelude::*;
 use tracing::info;
 
 pub use admin::{
-    AdminPublish, ClientFilters, ClientMessages, ClientSummary, GetClient, GetClientMessages, Kick,
-    Kicked, ListClients, ListRetained, ListSubscriptions, Page, SessionReport, SubscriptionSummary,
+    AdminPublish, ClientMessages, ClientSummary, GetClient, GetClientMessages, Kick, Kicked,
+    ListClients, ListRetained, ListSubscriptions, Page, SessionReport, SubscriptionSummary,
     WillSummary,
 };
 pub use backup::BackUp;
@@ -39,6 +40,7 @@ pub use cluster::{
     exempt_from_acl, ConnectedElsewhere, RetainedAmong, RetainedPublished, SharedShare,
     WatchRetained, CLUSTER_CLIENT_ID, INTERNAL_CLIENT_PREFIX,
 };
+pub use filter_watch::{FilterChange, FiltersChanged, ReleaseUnheld, WatchFilters};
 pub use messages::*;
 pub use recovering::Recover;
 pub use subscribe_barrier::{AwaitInterest, HoldSubscribes};
@@ -113,6 +115,9 @@ pub struct Registry {
     sys_interval: std::time::Duration,
     /// What the `$SYS` topics were last published with.
     sys: sys_topics::SysTopics,
+    /// The holders of each filter, counted while the cluster link watches: the link is told of
+    /// each new holder and of a filter's last holder leaving (`filter_watch.rs`).
+    filter_watch: filter_watch::FilterWatch,
     /// The cluster link, told of each retained message published here.
     retained_watcher: Option<Recipient<RetainedPublished>>,
     /// The cluster link, asked before each SUBSCRIBE is taken (`subscribe_barrier.rs`).
@@ -174,6 +179,7 @@ impl Registry {
             ),
             sys_interval: config.sys.interval,
             sys: sys_topics::SysTopics::new(),
+            filter_watch: Default::default(),
             retained_watcher: None,
             subscribe_barrier: None,
             behind_barrier: HashMap::new(),
@@ -223,9 +229,11 @@ impl Registry {
             let mut table = self.routes.write();
             for filter in client.subscriptions.keys() {
                 table.unsubscribe(filter, key);
+                self.filter_watch.released(&client.id, filter);
             }
             table.set_target(key, None);
             drop(table);
+            self.filter_watch.flush();
             self.by_id.remove(&client.id);
             self.by_order.remove(&client.id);
             self.free_slots.push(key.0);
@@ -252,7 +260,9 @@ impl Registry {
             let mut table = self.routes.write();
             for (filter, _) in client.subscriptions.drain() {
                 table.unsubscribe(&filter, key);
+                self.filter_watch.released(&client.id, &filter);
             }
+            self.filter_watch.flush();
             table.set_durable(key, None);
             if let Some(Target::Registry { .. }) = table.target(key) {
                 let generation = client.generation;
@@ -517,9 +527,15 @@ impl Handler<GetStats> for Registry {
     type Result = RegistryStats;
 
     /// What the offline sessions hold is counted as it changes: a scrape, `$SYS` update or
-    /// dashboard tick walks nothing.
+    /// dashboard tick walks nothing. (Debug builds check that count, and the cluster link's
+    /// count of each filter's holders, against a walk of every client.)
     fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> RegistryStats {
         let (offline_messages, offline_bytes) = self.held_offline();
+        debug_assert!(
+            self.filter_watch
+                .counts_agree(self.clients.iter().flatten().map(|c| &**c)),
+            "the holders of the filters miscounted"
+        );
         RegistryStats {
             clients_online: self.online,
             sessions_offline: self.by_id.len() - self.online,

@@ -78,12 +78,16 @@ impl Handler<Recover> for Registry {
             drop(table);
             if let Some(client) = client_in(&mut self.clients, key) {
                 client.subscriptions = session.subscriptions.into_iter().collect();
+                for filter in client.subscriptions.keys() {
+                    self.filter_watch.held(&client.id, filter, true);
+                }
             }
             if let Some(after) = session.expires_in {
                 ctx.run_later(after, move |act, ctx| act.expire(key, token, ctx));
             }
             recovered_wills.push((key, session.will));
         }
+        self.filter_watch.flush();
         self.store = Some(msg.store);
         self.warn_if_recovered_over_offline_bound();
         // Wills go out once every session is back, so that their subscriptions get them.

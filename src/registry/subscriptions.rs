@@ -130,7 +130,8 @@ impl Registry {
         for delivery in retained {
             self.deliver(msg.key, delivery, ctx);
         }
-        for (filter, options, _) in granted {
+        for (filter, options, existed) in granted {
+            self.filter_watch.held(&client_id, &filter, !existed);
             info!(client_id = %client_id, filter = %filter, qos = options.qos as u8, "client subscribed");
             let event = ClientSubscribed {
                 client_id: client_id.clone(),
@@ -141,6 +142,7 @@ impl Registry {
                 hook.do_send(event.clone());
             }
         }
+        self.filter_watch.flush();
     }
 }
 
@@ -187,6 +189,10 @@ impl Registry {
                 after,
             }));
         }
+        for filter in &removed {
+            self.filter_watch.released(&client_id, filter);
+        }
+        self.filter_watch.flush();
         for filter in removed {
             info!(client_id = %client_id, filter = %filter, "client unsubscribed");
             let event = ClientUnsubscribed {

@@ -14,8 +14,8 @@ use crate::cluster::envelope::Envelope;
 use crate::cluster::interest::{plain_filter, InterestChange};
 use crate::registry::AwaitInterest;
 
-/// How long past its wait a filter asked for is kept by a reconcile if the Registry does not
-/// list it (its SUBSCRIBE was dropped, or the Registry is slow to take it).
+/// How long past its wait a filter asked for is kept if the Registry does not take its
+/// SUBSCRIBE (it was dropped with its connection, or the Registry is slow to take it).
 const KEEP_ASKED: Duration = Duration::from_secs(10);
 
 impl Handler<AwaitInterest> for ClusterLink {

@@ -5,6 +5,7 @@
 //! Hello, announces all its filters and then InterestEnd; the others answer with all of theirs.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use actix::prelude::*;
 use switchboard_actors::{QoS, Subscribe, Unsubscribe};
@@ -14,8 +15,7 @@ use super::ClusterLink;
 use crate::cluster::envelope::Envelope;
 use crate::cluster::interest::InterestChange;
 use crate::cluster::remote::LocalChange;
-use crate::hooks::{ClientDisconnected, ClientSubscribed, ClientUnsubscribed};
-use crate::registry::{ClientFilters, SharedShare, CLUSTER_CLIENT_ID};
+use crate::registry::{FilterChange, FiltersChanged, ReleaseUnheld, SharedShare, WatchFilters};
 use crate::routing::Share;
 use crate::topic::parse_shared;
 
@@ -243,17 +243,16 @@ impl ClusterLink {
         }
     }
 
-    /// Makes the NATS subscriptions those of the filters the Registry lists now.
-    pub(super) fn reconcile(&mut self, ctx: &mut Context<Self>) {
+    /// Watches the Registry's filters: takes the list they make now (with those asked for
+    /// whose SUBSCRIBE the Registry may not have taken yet), and each change after it
+    /// ([`FiltersChanged`]), which waits in the mailbox until this list is applied.
+    pub(super) fn watch_filters(&mut self, ctx: &mut Context<Self>) {
         self.env
             .registry
-            .send(ClientFilters)
+            .send(WatchFilters(ctx.address().recipient()))
             .into_actor(self)
             .map(|filters, act, ctx| {
                 if let Ok(mut filters) = filters {
-                    // Filters whose SUBSCRIBE the Registry may not have taken yet stay.
-                    let now = std::time::Instant::now();
-                    act.asked_recently.retain(|_, kept_until| *kept_until > now);
                     filters.extend(act.asked_recently.keys().cloned());
                     let changes = act.interest.reconcile(&filters, &act.env.subjects);
                     act.apply(changes, ctx);
@@ -261,57 +260,48 @@ impl ClusterLink {
             })
             .wait(ctx);
     }
-}
 
-impl Handler<ClientSubscribed> for ClusterLink {
-    type Result = ();
-
-    fn handle(&mut self, event: ClientSubscribed, ctx: &mut Context<Self>) {
-        // The link's own subscriptions are the other nodes' filters, not this node's.
-        if &*event.client_id != CLUSTER_CLIENT_ID {
-            // Taken by the Registry: the Registry lists it from now on.
-            self.asked_recently.remove(&event.filter);
-            let changes = self.interest.add(&event.filter, &self.env.subjects);
-            self.apply(changes, ctx);
+    /// Filters asked for whose wait is over at `now` are no longer kept for their SUBSCRIBE
+    /// (its connection ended before the Registry took it): those no client holds go, by the
+    /// Registry's answer in order with its other changes ([`ReleaseUnheld`]). Called with the
+    /// liveness tick: the map holds only SUBSCRIBEs in flight or dropped, since every one the
+    /// Registry takes is removed at its [`FilterChange::Held`].
+    pub(super) fn stop_waiting_for_dropped(&mut self, now: Instant) {
+        let mut expired = Vec::new();
+        self.asked_recently.retain(|filter, kept_until| {
+            let keep = *kept_until > now;
+            if !keep {
+                expired.push(filter.clone());
+            }
+            keep
+        });
+        if !expired.is_empty() {
+            self.env.registry.do_send(ReleaseUnheld(expired));
         }
     }
 }
 
-impl Handler<ClientUnsubscribed> for ClusterLink {
+impl Handler<FiltersChanged> for ClusterLink {
     type Result = ();
 
-    fn handle(&mut self, _: ClientUnsubscribed, ctx: &mut Context<Self>) {
-        self.reconcile_soon(ctx);
-    }
-}
-
-impl Handler<ClientDisconnected> for ClusterLink {
-    type Result = ();
-
-    /// A clean session's subscriptions end with its connection. A stale filter only costs
-    /// traffic until the next check, but a shared group this node no longer has members of
-    /// keeps the other nodes' members standing by: with groups held, the check comes soon.
-    /// (Without, a reconnect storm does not make the Registry list every filter each second.)
-    fn handle(&mut self, event: ClientDisconnected, ctx: &mut Context<Self>) {
-        let internal = event
-            .client_id
-            .starts_with(crate::registry::INTERNAL_CLIENT_PREFIX);
-        if !internal && self.interest.holds_shared_groups() {
-            self.reconcile_soon(ctx);
+    /// A client here took a filter, or a filter's last holder here let go: NATS subscriptions
+    /// and an announcement where the interest changed. A filter asked for whose SUBSCRIBE is
+    /// still on its way stays held.
+    fn handle(&mut self, FiltersChanged(changes): FiltersChanged, ctx: &mut Context<Self>) {
+        let mut interest = Vec::new();
+        for change in changes {
+            match change {
+                FilterChange::Held(filter) => {
+                    self.asked_recently.remove(&filter);
+                    interest.extend(self.interest.add(&filter, &self.env.subjects));
+                }
+                FilterChange::Released(filter) => {
+                    if !self.asked_recently.contains_key(&filter) {
+                        interest.extend(self.interest.remove(&filter));
+                    }
+                }
+            }
         }
-    }
-}
-
-impl ClusterLink {
-    /// Compares the interest with the Registry's list in a moment (several changes in that
-    /// time cost one look): another client may still hold a filter one let go.
-    fn reconcile_soon(&mut self, ctx: &mut Context<Self>) {
-        if !self.reconcile_pending {
-            self.reconcile_pending = true;
-            ctx.run_later(super::RECONCILE_SOON, |act, ctx| {
-                act.reconcile_pending = false;
-                act.reconcile(ctx);
-            });
-        }
+        self.apply(interest, ctx);
     }
 }

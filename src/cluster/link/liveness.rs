@@ -9,7 +9,6 @@ use tracing::{info, warn};
 
 use super::ClusterLink;
 use crate::cluster::envelope::Envelope;
-use crate::cluster::liveness::digest;
 
 impl ClusterLink {
     /// Starts saying this node is alive, and watching the others.
@@ -18,14 +17,20 @@ impl ClusterLink {
     }
 
     fn liveness_tick(&mut self, ctx: &mut Context<Self>) {
+        self.stop_waiting_for_dropped(Instant::now());
         if !self.status().is_connected() {
             // Nothing is heard while NATS is down: the others are judged once it is back.
             return;
         }
+        debug_assert_eq!(
+            self.interest.digest(),
+            crate::cluster::liveness::digest(self.interest.filters()),
+            "the running digest of this node's filters"
+        );
         let alive = Envelope::Alive {
             node: self.env.node.clone(),
             filters: self.interest.len() as u64,
-            digest: digest(self.interest.filters()),
+            digest: self.interest.digest(),
         };
         self.queue_envelope(self.env.subjects.interest(), alive, ctx);
         for node in self.liveness.silent(Instant::now()) {

@@ -50,15 +50,6 @@ use outbox::Outbox;
 
 pub use crate::registry::CLUSTER_CLIENT_ID;
 
-/// How often the link compares its NATS subscriptions with the filters of this node's
-/// clients. A new filter is subscribed at once (the hook); one nobody holds any more (a clean
-/// session ended, a session expired) only costs traffic until then.
-const RECONCILE: Duration = Duration::from_secs(30);
-
-/// How soon after an UNSUBSCRIBE the link looks at the filters again (several unsubscribes in
-/// that time cost one look).
-const RECONCILE_SOON: Duration = Duration::from_secs(1);
-
 /// How long a starting node waits for the retained messages of the cluster before it stops
 /// guarding the newer ones that came live (no other node may be running).
 const SYNC_WAIT: Duration = Duration::from_secs(60);
@@ -138,14 +129,15 @@ pub struct ClusterLink {
     /// for the retained messages (`retained_sync.rs`).
     cleared: ClearedTopics,
     local_ready: Option<oneshot::Sender<()>>,
-    reconcile_pending: bool,
     /// This node's SUBSCRIBEs waiting for the other nodes (`barrier.rs`).
     asks: Asks,
     /// The other nodes' asks this node answers.
     answers: Answers,
     /// Filters asked for whose SUBSCRIBE the Registry may not have taken yet (it waits for
-    /// the answers): a reconcile keeps them until their `ClientSubscribed` hook comes, or
-    /// until the deadline here (the SUBSCRIBE was dropped: its connection ended).
+    /// the answers): held until the Registry says a client holds them
+    /// ([`FilterChange::Held`](crate::registry::FilterChange::Held))
+    /// or until the deadline here (the SUBSCRIBE was dropped: its connection ended), even when
+    /// the Registry says another client let go of them meanwhile.
     asked_recently: HashMap<String, Instant>,
     /// When the other nodes were last heard from (`liveness.rs`).
     liveness: Liveness,
@@ -176,7 +168,6 @@ impl ClusterLink {
             resync_on_connect: false,
             cleared: ClearedTopics::default(),
             local_ready: Some(local_ready),
-            reconcile_pending: false,
             asks: Asks::new(),
             answers: Answers::new(),
             asked_recently: HashMap::new(),
@@ -344,11 +335,7 @@ impl Actor for ClusterLink {
         // Ask for the cluster's retained messages once subscribed (the client sends its
         // subscriptions before anything published).
         self.request_sync(HashSet::new(), ctx);
-        let hooks = LifecycleHooks::new()
-            .on_connected(me.clone().recipient())
-            .on_disconnected(me.clone().recipient())
-            .on_subscribed(me.clone().recipient())
-            .on_unsubscribed(me.clone().recipient());
+        let hooks = LifecycleHooks::new().on_connected(me.clone().recipient());
         self.env.registry.do_send(AddHooks(hooks));
         self.env
             .registry
@@ -360,8 +347,7 @@ impl Actor for ClusterLink {
         }
         let local = ManagedConnection::start_with(self.local_options(), vec![me.recipient()]);
         self.local = Some(local);
-        self.reconcile(ctx);
-        ctx.run_interval(RECONCILE, |act, ctx| act.reconcile(ctx));
+        self.watch_filters(ctx);
         self.watch_liveness(ctx);
         info!(node = %self.env.node, servers = ?self.env.servers.iter().map(ToString::to_string).collect::<Vec<_>>(), "cluster link started");
     }

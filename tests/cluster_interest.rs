@@ -1,0 +1,110 @@
+//! Clustering on NATS: what a node tells the other nodes of its clients' filters as they come
+//! and go. The Registry counts each filter's holders and tells the cluster link of a filter's
+//! first holder and of its last one leaving, in order with every other change; the other nodes
+//! then stop forwarding what nobody here reads at once, not at a periodic check. Two nodes on a
+//! Debian nats-server (a real one, on a free loopback port), rumqttc clients.
+
+mod common;
+
+use rumqttc::QoS;
+use switchboard::registry::{GetClient, Kick};
+use switchboard::BackgroundBroker;
+
+use common::cluster::*;
+use common::nats::Nats;
+use common::{options, peer, Peer};
+
+/// Subscribes `watcher` (on B) to `marker/{n}` and waits until A's link subscribes to it: every
+/// change of B's filters before it has reached A by then (B announces its changes in order, and
+/// A's link makes them in order). Answers A's link's other subscriptions, sorted: what A
+/// forwards to B.
+async fn after_marker(watcher: &mut Peer, a: &BackgroundBroker, n: u32) -> Vec<String> {
+    let marker = format!("marker/{n}");
+    watcher.subscribe(&marker, QoS::AtLeastOnce).await;
+    common::eventually(|| async { link_subscriptions(a).await.contains(&marker) }).await;
+    let mut filters = link_subscriptions(a).await;
+    filters.retain(|filter| !filter.starts_with("marker/"));
+    filters.sort();
+    filters
+}
+
+/// Whether `broker` has a record of `client_id` (connected or not), and whether it is connected.
+async fn client_state(broker: &BackgroundBroker, client_id: &str) -> Option<bool> {
+    let client = broker.registry().send(GetClient(client_id.into())).await;
+    client.expect("registry").map(|client| client.connected)
+}
+
+/// A filter held by two clients of B stays in the cluster when one unsubscribes, and leaves
+/// it when the other's session ends [MQTT-3.1.2-6] (a clean session's DISCONNECT), a shared
+/// group's with its last member; a stored session's filter leaves when the session is removed
+/// (the admin API's kick, as at its expiry). Each one is gone from A before a subscription
+/// B's client makes right after it reaches A: before 2026-12-07 the link learnt of a filter
+/// nobody held by listing every client's filters, 1 s after an UNSUBSCRIBE, after a disconnect
+/// only while shared groups were held, and otherwise every 30 s.
+#[tokio::test]
+async fn a_filter_leaves_the_cluster_with_its_last_holder_and_not_before() {
+    if !common::nats_available() {
+        return;
+    }
+    let nats = Nats::start();
+    let a = node(&nats, "a", |_| {});
+    let b = node(&nats, "b", |_| {});
+    common::eventually(|| async { knows_nodes(&a, &["b"]).await && knows_nodes(&b, &["a"]).await })
+        .await;
+    let mut watcher = peer(options(b.local_addr(), "b-watcher")).await;
+    let mut first = peer(options(b.local_addr(), "b-first")).await;
+    let mut last = peer(options(b.local_addr(), "b-last")).await;
+    first.subscribe("gate/+/state", QoS::AtLeastOnce).await;
+    last.subscribe("gate/+/state", QoS::AtLeastOnce).await;
+    last.subscribe("$share/workers/jobs/#", QoS::AtLeastOnce)
+        .await;
+    let mut stored = options(b.local_addr(), "b-radar");
+    stored.set_clean_session(false);
+    let mut radar = peer(stored).await;
+    radar.subscribe("radar/#", QoS::AtLeastOnce).await;
+    radar.disconnect().await;
+    common::eventually(|| async { client_state(&b, "b-radar").await == Some(false) }).await;
+    assert_eq!(
+        after_marker(&mut watcher, &a, 1).await,
+        ["gate/+/state", "jobs/#", "radar/#"]
+    );
+
+    // One of the two holders lets go: the filter stays.
+    first
+        .client
+        .unsubscribe("gate/+/state")
+        .await
+        .expect("queued");
+    loop {
+        if let Ok(rumqttc::Incoming::UnsubAck(_)) = first.next().await {
+            break;
+        }
+    }
+    assert_eq!(
+        after_marker(&mut watcher, &a, 2).await,
+        ["gate/+/state", "jobs/#", "radar/#"]
+    );
+
+    // The last holder's clean session ends with its connection: both of its filters go.
+    last.disconnect().await;
+    common::eventually(|| async { client_state(&b, "b-last").await.is_none() }).await;
+    assert_eq!(after_marker(&mut watcher, &a, 3).await, ["radar/#"]);
+
+    // The stored session is removed: its filter goes though no client was connected with it.
+    let kicked = b
+        .registry()
+        .send(Kick {
+            client_id: "b-radar".into(),
+            remove_session: true,
+        })
+        .await
+        .expect("registry")
+        .expect("a known client");
+    assert!(kicked.session_removed);
+    assert!(after_marker(&mut watcher, &a, 4).await.is_empty());
+    // Debug builds check B's counts of the filters' holders against a walk of its clients.
+    b.registry()
+        .send(switchboard::registry::GetStats)
+        .await
+        .expect("registry");
+}
