@@ -19,6 +19,18 @@
 # clients and subscriptions every MS milliseconds (what an open dashboard does while lifecycle
 # events come: benches/admin_poll.py); the pages' answer times go to ${OUT%.jsonl}-admin.jsonl
 # and into the printed line. Mosquitto, which has no such API, runs the pairs alone.
+# CLUSTER=1 makes each build a node of a one-node cluster (`[cluster]`, a fresh `nats-server`
+# on a free port for each run; Debian's nats-server): what the cluster link's bookkeeping of
+# the node's filters costs beside the traffic with SESSIONS devices holding their own filters.
+# Mosquitto, which has no clustering, runs the pairs alone. Set DURATION above 30 for a run to
+# see the link's periodic check (every 30 s) before 2026-12-07. CLUSTER=2 adds a second node
+# of the same build (`peer`) that takes the SESSIONS, the QUEUED messages and the RECONNECTS
+# below, while the pairs run on the first, measured one: what a node pays for another node's
+# fleet. The pairs start once the measured node knows all of the peer's filters. (Mosquitto
+# takes all of it itself, as the one broker of such a fleet.)
+# RECONNECTS=RATE adds, beside the pairs and for every broker, a member of a shared group
+# (`mosquitto_sub -t '$share/bench/jobs/#'`, as a backend's worker) and RATE clean devices a
+# second that connect and disconnect (benches/reconnects.py).
 #
 # Each run appends the pairs' report to $OUT (rate, round-trip percentiles and the slowest) and
 # prints it with the broker's "persistence log compacted" line: its `paused_millis` (every
@@ -36,6 +48,8 @@ QUEUED=${QUEUED:-0}
 FSYNC=${FSYNC:-interval}
 BROKERS=${BROKERS:-"new mosquitto"}
 POLL_ADMIN=${POLL_ADMIN:-}
+CLUSTER=${CLUSTER:-}
+RECONNECTS=${RECONNECTS:-}
 ADMIN_OUT=${OUT%.jsonl}-admin.jsonl
 MOSQUITTO=${MOSQUITTO:-mosquitto}
 
@@ -43,6 +57,9 @@ MOSQUITTO=${MOSQUITTO:-mosquitto}
 . benches/lib.sh
 build_harness
 make_work_dir
+nats_pid=""
+peer_pid=""
+trap 'rm -rf "$work"; kill $nats_pid $peer_pid 2>/dev/null || true' EXIT
 
 for run in $(seq "$RUNS"); do
   for broker in $(run_order "$run"); do
@@ -57,6 +74,14 @@ for run in $(seq "$RUNS"); do
       else
         printf '[persistence]\ndir = "%s/state"\nfsync = "%s"\n' "$work" "$FSYNC" > "$work/sb.toml"
       fi
+      if [ -n "$CLUSTER" ]; then
+        nats_port=$(free_port)
+        nats-server -a 127.0.0.1 -p "$nats_port" > "$work/nats.log" 2>&1 &
+        nats_pid=$!
+        wait_for_port "$nats_port" || { echo "nats-server did not open $nats_port" >&2; exit 1; }
+        printf '[cluster]\nnats_url = "nats://127.0.0.1:%s"\nnode = "bench"\n' "$nats_port" \
+          >> "$work/sb.toml"
+      fi
       http_port=$(free_port)
       RUST_LOG=info timeout $((DURATION + 120)) "$BIN_DIR/$broker" -c "$work/sb.toml" \
         --port "$port" --http-port "$http_port" > "$work/broker.log" 2>&1 &
@@ -66,16 +91,35 @@ for run in $(seq "$RUNS"); do
     # The broker itself, not the `timeout` around a build: the harness reads its CPU and RSS.
     broker_pid=$(pgrep -P "$pid" | head -1 || true)
     broker_pid=${broker_pid:-$pid}
+    fleet_port=$port
+    if [ "$CLUSTER" = 2 ] && [ "$broker" != mosquitto ]; then
+      fleet_port=$(free_port)
+      sed 's/^node = "bench"$/node = "peer"/' "$work/sb.toml" > "$work/peer.toml"
+      RUST_LOG=warn timeout $((DURATION + 600)) "$BIN_DIR/$broker" -c "$work/peer.toml" \
+        --port "$fleet_port" --http-port 0 > "$work/peer.log" 2>&1 &
+      peer_pid=$!
+      wait_for_port "$fleet_port" || { echo "the peer did not open $fleet_port" >&2; exit 1; }
+    fi
     if [ "$RETAINED" -gt 0 ]; then
       "$LOAD" --addr "127.0.0.1:$port" --broker-pid "$broker_pid" --quiet --scenario retained \
         --topics "$RETAINED" --clients 1 --out /dev/null > /dev/null
     fi
     if [ "$SESSIONS" -gt 0 ]; then
       SESSIONS=$SESSIONS python3 -c "import asyncio, sys; sys.path.insert(0, 'benches'); \
-import mosquitto_recovery as m; asyncio.run(m.load_sessions($port))"
+import mosquitto_recovery as m; asyncio.run(m.load_sessions($fleet_port))"
       for _ in $(seq "$QUEUED"); do
-        mosquitto_pub -p "$port" -q 1 -t cfg/all -m "$(printf '%064d' 0)"
+        mosquitto_pub -p "$fleet_port" -q 1 -t cfg/all -m "$(printf '%064d' 0)"
       done
+    fi
+    if [ -n "$peer_pid" ]; then
+      # The measured node knows every filter of the peer's fleet (and cfg/#) before the pairs.
+      want=$((SESSIONS + 1))
+      for _ in $(seq 1200); do
+        held=$(curl -s "http://127.0.0.1:$http_port/api/v1/cluster" | jq '[.nodes[].filters] | add // 0')
+        [ "$held" -ge "$want" ] && break
+        sleep 0.5 # polling the admin API: the node gives no other sign
+      done
+      [ "$held" -ge "$want" ] || { echo "$broker knows $held of the peer's $want filters" >&2; exit 1; }
     fi
     poller=""
     polled=""
@@ -84,9 +128,21 @@ import mosquitto_recovery as m; asyncio.run(m.load_sessions($port))"
         "$work/poll.json" &
       poller=$!
     fi
+    churn=""
+    if [ -n "$RECONNECTS" ]; then
+      mosquitto_sub -p "$fleet_port" -q 1 -t '$share/bench/jobs/#' > /dev/null &
+      member=$!
+      python3 benches/reconnects.py "$fleet_port" "$RECONNECTS" "$DURATION" > "$work/reconnects" &
+      churn=$!
+    fi
     "$LOAD" --addr "127.0.0.1:$port" --broker-pid "$broker_pid" --label "$broker" --quiet \
       --scenario pairs --qos 1 --clients 8 --window 1 --persistent-subscribers \
       --duration "$DURATION" --out "$OUT" > /dev/null
+    if [ -n "$churn" ]; then
+      wait "$churn"
+      kill "$member" && wait "$member" 2>/dev/null || true
+      polled="$(cat "$work/reconnects") reconnects; "
+    fi
     if [ -n "$poller" ]; then
       wait "$poller"
       jq -c --arg b "$broker" --argjson run "$run" '{label: $b, run: $run} + .' "$work/poll.json" \
@@ -94,6 +150,14 @@ import mosquitto_recovery as m; asyncio.run(m.load_sessions($port))"
       polled=$(jq -r '"admin pages: \(.pages), median \(.median_ms) ms, p99 \(.p99_ms) ms, slowest \(.slowest_ms) ms; "' "$work/poll.json")
     fi
     kill "$pid" && wait "$pid" 2>/dev/null || true
+    if [ -n "$peer_pid" ]; then
+      kill "$peer_pid" && wait "$peer_pid" 2>/dev/null || true
+      peer_pid=""
+    fi
+    if [ -n "$nats_pid" ]; then
+      kill "$nats_pid" && wait "$nats_pid" 2>/dev/null || true
+      nats_pid=""
+    fi
     compacted="(in memory)"
     if [ "$broker" != mosquitto ] && [ "$FSYNC" != memory ]; then
       compacted=$(grep -o 'persistence log compacted.*' "$work/broker.log" | tr '\n' ' ' || true)
