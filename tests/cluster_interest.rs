@@ -1,10 +1,12 @@
 //! Clustering on NATS: what a node tells the other nodes of its clients' filters as they come
 //! and go. The Registry counts each filter's holders and tells the cluster link of a filter's
 //! first holder and of its last one leaving, in order with every other change; the other nodes
-//! then stop forwarding what nobody here reads at once, not at a periodic check. Two nodes on a
-//! Debian nats-server (a real one, on a free loopback port), rumqttc clients.
+//! then stop forwarding what nobody here reads at once, not at a periodic check. Nodes on a
+//! Debian nats-server (a real one, on a free loopback port), rumqttc clients and raw bytes.
 
 mod common;
+
+use std::time::Duration;
 
 use rumqttc::QoS;
 use switchboard::registry::{GetClient, Kick};
@@ -12,7 +14,7 @@ use switchboard::BackgroundBroker;
 
 use common::cluster::*;
 use common::nats::Nats;
-use common::{options, peer, Peer};
+use common::{options, peer, Peer, Raw};
 
 /// Subscribes `watcher` (on B) to `marker/{n}` and waits until A's link subscribes to it: every
 /// change of B's filters before it has reached A by then (B announces its changes in order, and
@@ -107,4 +109,45 @@ async fn a_filter_leaves_the_cluster_with_its_last_holder_and_not_before() {
         .send(switchboard::registry::GetStats)
         .await
         .expect("registry");
+}
+
+/// A SUBSCRIBE held at the subscribe barrier (a killed node is waited for) whose connection
+/// ends before the Registry takes it leaves no filter behind: the link holds the filter it
+/// announced for it through the wait and 10 s more, then the Registry, asked, says no client
+/// holds it, and the node drops it and tells the others (they stop forwarding it).
+#[tokio::test]
+async fn a_filter_asked_for_by_a_subscribe_dropped_at_the_barrier_goes() {
+    if !common::nats_available() {
+        return;
+    }
+    const WAIT: Duration = Duration::from_secs(1);
+    let nats = Nats::start();
+    let a = node(&nats, "a", |config| {
+        config.cluster.subscribe_wait = WAIT;
+        // Heartbeats (and the check of filters asked for) every second.
+        config.cluster.node_timeout = Duration::from_secs(3);
+    });
+    let b = node(&nats, "b", |_| {});
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut c, _logs, _) = child_node(&nats, "c", "", dir.path());
+    common::eventually(|| async { knows_nodes(&a, &["b", "c"]).await }).await;
+    c.0.kill().expect("SIGKILL");
+    c.0.wait().expect("reaped");
+
+    let (mut device, _) = Raw::handshake(a.local_addr(), "a-device", true).await;
+    device
+        .send(&common::packets::subscribe(1, &[("orphan/#", 1)]))
+        .await;
+    // Announced at the ask, before the wait for c: b forwards it to a meanwhile.
+    common::eventually(|| async { link_subscriptions(&b).await.contains(&"orphan/#".into()) })
+        .await;
+    drop(device);
+    common::eventually(|| async { client_state(&a, "a-device").await.is_none() }).await;
+    assert_eq!(cluster_api(&a).await["filters"], 1, "held while asked for");
+
+    common::eventually_within(WAIT + Duration::from_secs(20), || async {
+        cluster_api(&a).await["filters"] == 0
+    })
+    .await;
+    common::eventually(|| async { link_subscriptions(&b).await.is_empty() }).await;
 }
