@@ -306,13 +306,8 @@ async fn a_killed_node_is_waited_for_once_and_then_not() {
     }
     const WAIT: Duration = Duration::from_secs(3);
     let nats = Nats::start();
-    let a = node(&nats, "a", |config| config.cluster.subscribe_wait = WAIT);
-    let b = node(&nats, "b", |_| {});
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (mut c, _logs, _) = child_node(&nats, "c", "", dir.path());
-    common::eventually(|| async { knows_nodes(&a, &["b", "c"]).await }).await;
-    c.0.kill().expect("SIGKILL");
-    c.0.wait().expect("reaped");
+    let [a, b] =
+        two_nodes_and_a_killed_one(&nats, |config| config.cluster.subscribe_wait = WAIT).await;
 
     let mut subscriber = peer(options(a.local_addr(), "a-app")).await;
     let on_b = peer(options(b.local_addr(), "b-gate")).await;

@@ -49,10 +49,7 @@ async fn a_filter_leaves_the_cluster_with_its_last_holder_and_not_before() {
         return;
     }
     let nats = Nats::start();
-    let a = node(&nats, "a", |_| {});
-    let b = node(&nats, "b", |_| {});
-    common::eventually(|| async { knows_nodes(&a, &["b"]).await && knows_nodes(&b, &["a"]).await })
-        .await;
+    let [a, b] = two_nodes(&nats).await;
     let mut watcher = peer(options(b.local_addr(), "b-watcher")).await;
     let mut first = peer(options(b.local_addr(), "b-first")).await;
     let mut last = peer(options(b.local_addr(), "b-last")).await;
@@ -122,17 +119,12 @@ async fn a_filter_asked_for_by_a_subscribe_dropped_at_the_barrier_goes() {
     }
     const WAIT: Duration = Duration::from_secs(1);
     let nats = Nats::start();
-    let a = node(&nats, "a", |config| {
+    let [a, b] = two_nodes_and_a_killed_one(&nats, |config| {
         config.cluster.subscribe_wait = WAIT;
         // Heartbeats (and the check of filters asked for) every second.
         config.cluster.node_timeout = Duration::from_secs(3);
-    });
-    let b = node(&nats, "b", |_| {});
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (mut c, _logs, _) = child_node(&nats, "c", "", dir.path());
-    common::eventually(|| async { knows_nodes(&a, &["b", "c"]).await }).await;
-    c.0.kill().expect("SIGKILL");
-    c.0.wait().expect("reaped");
+    })
+    .await;
 
     let (mut device, _) = Raw::handshake(a.local_addr(), "a-device", true).await;
     device

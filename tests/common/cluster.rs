@@ -64,6 +64,32 @@ pub async fn knows_nodes(broker: &BackgroundBroker, nodes: &[&str]) -> bool {
     names == nodes
 }
 
+/// Nodes a and b on `nats`, once each knows the other: a SUBACK waits only for the nodes its
+/// node knows of.
+pub async fn two_nodes(nats: &Nats) -> [BackgroundBroker; 2] {
+    let nodes = [node(nats, "a", |_| {}), node(nats, "b", |_| {})];
+    for (broker, other) in nodes.iter().zip(["b", "a"]) {
+        super::eventually(|| async { knows_nodes(broker, &[other]).await }).await;
+    }
+    nodes
+}
+
+/// Nodes a (made with `adjust`) and b on `nats`, once a knows b and a node c, which was then
+/// killed (SIGKILL: no goodbye): a's next SUBSCRIBE waits `cluster.subscribe_wait` for c.
+pub async fn two_nodes_and_a_killed_one(
+    nats: &Nats,
+    adjust: impl FnOnce(&mut Config),
+) -> [BackgroundBroker; 2] {
+    let a = node(nats, "a", adjust);
+    let b = node(nats, "b", |_| {});
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut c, _logs, _) = child_node(nats, "c", "", dir.path());
+    super::eventually(|| async { knows_nodes(&a, &["b", "c"]).await }).await;
+    c.0.kill().expect("SIGKILL");
+    c.0.wait().expect("reaped");
+    [a, b]
+}
+
 /// Nodes a, b and c on `nats`, once each knows the other two: a SUBACK waits only for the
 /// nodes its node knows of.
 pub async fn three_nodes(nats: &Nats) -> [BackgroundBroker; 3] {
