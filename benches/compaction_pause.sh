@@ -30,7 +30,8 @@
 # takes all of it itself, as the one broker of such a fleet.)
 # RECONNECTS=RATE adds, beside the pairs and for every broker, a member of a shared group
 # (`mosquitto_sub -t '$share/bench/jobs/#'`, as a backend's worker) and RATE clean devices a
-# second that connect and disconnect (benches/reconnects.py).
+# second that connect, subscribe to a command topic of their own and disconnect
+# (benches/reconnects.py): with CLUSTER=2 on the peer, like the sessions.
 #
 # Each run appends the pairs' report to $OUT (rate, round-trip percentiles and the slowest) and
 # prints it with the broker's "persistence log compacted" line: its `paused_millis` (every
