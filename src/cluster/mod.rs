@@ -8,6 +8,7 @@
 //! have a subscriber for it. Retained messages go to every node; a starting node takes them
 //! from one that runs. `docs/clustering.md` covers what is shared and what stays on a node.
 
+mod asked;
 mod barrier;
 mod cleared;
 mod config;

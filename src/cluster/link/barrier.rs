@@ -33,7 +33,7 @@ impl Handler<AwaitInterest> for ClusterLink {
                 continue; // `$SYS` and the like stay on each node
             }
             changes.extend(self.interest.add(filter, &self.env.subjects));
-            self.asked_recently.insert(filter.clone(), kept_until);
+            self.asked_recently.ask(filter, kept_until);
             if !filters.iter().any(|f| f == plain) {
                 filters.push(plain.to_string());
             }

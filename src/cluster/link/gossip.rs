@@ -253,7 +253,7 @@ impl ClusterLink {
             .into_actor(self)
             .map(|filters, act, ctx| {
                 if let Ok(mut filters) = filters {
-                    filters.extend(act.asked_recently.keys().cloned());
+                    filters.extend(act.asked_recently.filters().cloned());
                     let changes = act.interest.reconcile(&filters, &act.env.subjects);
                     act.apply(changes, ctx);
                 }
@@ -264,17 +264,10 @@ impl ClusterLink {
     /// Filters asked for whose wait is over at `now` are no longer kept for their SUBSCRIBE
     /// (its connection ended before the Registry took it): those no client holds go, by the
     /// Registry's answer in order with its other changes ([`ReleaseUnheld`]). Called with the
-    /// liveness tick: the map holds only SUBSCRIBEs in flight or dropped, since every one the
-    /// Registry takes is removed at its [`FilterChange::Held`].
+    /// liveness tick: only SUBSCRIBEs in flight or dropped are counted there, since each one
+    /// the Registry takes is counted off at its [`FilterChange::Held`].
     pub(super) fn stop_waiting_for_dropped(&mut self, now: Instant) {
-        let mut expired = Vec::new();
-        self.asked_recently.retain(|filter, kept_until| {
-            let keep = *kept_until > now;
-            if !keep {
-                expired.push(filter.clone());
-            }
-            keep
-        });
+        let expired = self.asked_recently.expire(now);
         if !expired.is_empty() {
             self.env.registry.do_send(ReleaseUnheld(expired));
         }
@@ -292,11 +285,11 @@ impl Handler<FiltersChanged> for ClusterLink {
         for change in changes {
             match change {
                 FilterChange::Held(filter) => {
-                    self.asked_recently.remove(&filter);
+                    self.asked_recently.taken(&filter);
                     interest.extend(self.interest.add(&filter, &self.env.subjects));
                 }
                 FilterChange::Released(filter) => {
-                    if !self.asked_recently.contains_key(&filter) {
+                    if !self.asked_recently.waits_for(&filter) {
                         interest.extend(self.interest.remove(&filter));
                     }
                 }

@@ -21,7 +21,7 @@ mod outbound;
 mod outbox;
 mod retained_sync;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -31,6 +31,7 @@ use switchboard_actors::{
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
+use super::asked::AskedFilters;
 use super::barrier::{Answers, Asks};
 use super::cleared::ClearedTopics;
 use super::envelope::{ClusterMessage, Envelope};
@@ -133,12 +134,12 @@ pub struct ClusterLink {
     asks: Asks,
     /// The other nodes' asks this node answers.
     answers: Answers,
-    /// Filters asked for whose SUBSCRIBE the Registry may not have taken yet (it waits for
-    /// the answers): held until the Registry says a client holds them
-    /// ([`FilterChange::Held`](crate::registry::FilterChange::Held))
-    /// or until the deadline here (the SUBSCRIBE was dropped: its connection ended), even when
-    /// the Registry says another client let go of them meanwhile.
-    asked_recently: HashMap<String, Instant>,
+    /// Filters asked for whose SUBSCRIBEs the Registry may not have taken yet (it waits for
+    /// the answers): held until the Registry has taken each SUBSCRIBE asked for
+    /// ([`FilterChange::Held`](crate::registry::FilterChange::Held)), or until their wait is
+    /// over (a SUBSCRIBE dropped with its connection), even when the Registry says another
+    /// client let go of them meanwhile (`cluster/asked.rs`).
+    asked_recently: AskedFilters,
     /// When the other nodes were last heard from (`liveness.rs`).
     liveness: Liveness,
     /// This node's share of each shared group (share name, filter) other nodes hold, as told
@@ -170,7 +171,7 @@ impl ClusterLink {
             local_ready: Some(local_ready),
             asks: Asks::new(),
             answers: Answers::new(),
-            asked_recently: HashMap::new(),
+            asked_recently: AskedFilters::default(),
             liveness,
             shares: BTreeMap::new(),
             foreign: LogGate::new(WARNING_INTERVAL),
