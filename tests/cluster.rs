@@ -155,16 +155,6 @@ async fn retained_messages_reach_every_node_and_a_node_that_starts_later() {
     until_routed(&from_c.client, &mut [&mut watcher], "probe/from-c").await;
 }
 
-/// Whether node `broker` has a session (connected or stored) of `client_id`.
-async fn has_session(broker: &BackgroundBroker, client_id: &str) -> Option<bool> {
-    let client = broker
-        .registry()
-        .send(switchboard::registry::GetClient(client_id.into()))
-        .await
-        .expect("registry");
-    client.map(|c| c.connected)
-}
-
 /// [MQTT-3.1.4-2], across nodes: a client that connects on node B with the id of a client
 /// connected on node A ends A's connection (reason: taken over), and with a clean start its
 /// session there [MQTT-3.1.2-6]; a persistent session stays on A for when it comes back.

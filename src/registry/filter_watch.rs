@@ -101,20 +101,27 @@ impl FilterWatch {
 
     /// Whether the counts are those of `clients` (a walk of them all: debug builds' check).
     pub fn counts_agree<'a>(&self, clients: impl Iterator<Item = &'a super::Client>) -> bool {
-        if self.watcher.is_none() {
-            return self.holders.is_empty();
+        match self.watcher {
+            None => self.holders.is_empty(),
+            Some(_) => self.holders == holders_of(clients),
         }
-        let mut walked: HashMap<&str, u32> = HashMap::new();
-        for client in clients.filter(|client| &*client.id != CLUSTER_CLIENT_ID) {
-            for filter in client.subscriptions.keys() {
-                *walked.entry(filter.as_str()).or_default() += 1;
+    }
+}
+
+/// How many of `clients` (the cluster link's own left out) hold each filter, by a walk.
+fn holders_of<'a>(clients: impl Iterator<Item = &'a super::Client>) -> HashMap<Box<str>, u32> {
+    let mut holders: HashMap<Box<str>, u32> = HashMap::new();
+    for client in clients.filter(|client| &*client.id != CLUSTER_CLIENT_ID) {
+        for filter in client.subscriptions.keys() {
+            match holders.get_mut(filter.as_str()) {
+                Some(count) => *count += 1,
+                None => {
+                    holders.insert(filter.as_str().into(), 1);
+                }
             }
         }
-        walked.len() == self.holders.len()
-            && walked
-                .iter()
-                .all(|(filter, count)| self.holders.get(*filter) == Some(count))
     }
+    holders
 }
 
 impl Handler<WatchFilters> for Registry {
@@ -124,13 +131,7 @@ impl Handler<WatchFilters> for Registry {
         let watch = &mut self.filter_watch;
         watch.watcher = Some(msg.0);
         watch.pending.clear();
-        watch.holders.clear();
-        let clients = self.clients.iter().flatten();
-        for client in clients.filter(|client| &*client.id != CLUSTER_CLIENT_ID) {
-            for filter in client.subscriptions.keys() {
-                *watch.holders.entry(filter.as_str().into()).or_default() += 1;
-            }
-        }
+        watch.holders = holders_of(self.clients.iter().flatten().map(|c| &**c));
         MessageResult(watch.holders.keys().map(|f| f.to_string()).collect())
     }
 }

@@ -131,6 +131,17 @@ pub fn child_node(
     (child, logs, addr)
 }
 
+/// Whether node `broker` has a session (connected or stored) of `client_id`: `None` if not,
+/// else whether it is connected.
+pub async fn has_session(broker: &BackgroundBroker, client_id: &str) -> Option<bool> {
+    let client = broker
+        .registry()
+        .send(switchboard::registry::GetClient(client_id.into()))
+        .await
+        .expect("registry");
+    client.map(|c| c.connected)
+}
+
 /// The payload of the retained message `broker` holds for `topic`, if any.
 pub async fn retained_on(broker: &BackgroundBroker, topic: &str) -> Option<Vec<u8>> {
     let page = broker
