@@ -65,12 +65,7 @@ impl FilterWatch {
             return;
         }
         if new {
-            match self.holders.get_mut(filter) {
-                Some(count) => *count += 1,
-                None => {
-                    self.holders.insert(filter.into(), 1);
-                }
-            }
+            add_holder(&mut self.holders, filter);
         }
         self.pending.push(FilterChange::Held(filter.to_string()));
     }
@@ -113,15 +108,20 @@ fn holders_of<'a>(clients: impl Iterator<Item = &'a super::Client>) -> HashMap<B
     let mut holders: HashMap<Box<str>, u32> = HashMap::new();
     for client in clients.filter(|client| &*client.id != CLUSTER_CLIENT_ID) {
         for filter in client.subscriptions.keys() {
-            match holders.get_mut(filter.as_str()) {
-                Some(count) => *count += 1,
-                None => {
-                    holders.insert(filter.as_str().into(), 1);
-                }
-            }
+            add_holder(&mut holders, filter);
         }
     }
     holders
+}
+
+/// One more holder of `filter` (its key made only for the first).
+fn add_holder(holders: &mut HashMap<Box<str>, u32>, filter: &str) {
+    match holders.get_mut(filter) {
+        Some(count) => *count += 1,
+        None => {
+            holders.insert(filter.into(), 1);
+        }
+    }
 }
 
 impl Handler<WatchFilters> for Registry {
