@@ -137,3 +137,77 @@ async fn a_filter_asked_for_by_a_subscribe_dropped_at_the_barrier_goes() {
     .await;
     common::eventually(|| async { link_subscriptions(&b).await.is_empty() }).await;
 }
+
+/// A node holding many filters gets back onto NATS while the other nodes are busy. Its link
+/// subscribes to each filter's subject again with its CONNECT and counts as connected at the
+/// PONG of the PING after them; NATS routes to a subscription as soon as it has taken it, so
+/// a busy cluster's messages (here: each client connecting to A, announced to every node) come
+/// before that PONG. Before 2026-12-07 the link took such a message for the server's error,
+/// dropped the connection and tried again, 2 s later, into the same: B stayed off the cluster
+/// for as long as A was busy (seen with 100,000 filters and a peer's Hello).
+#[tokio::test]
+async fn a_node_with_many_filters_rejoins_nats_while_the_others_are_busy() {
+    if !common::nats_available() {
+        return;
+    }
+    let mut nats = Nats::start();
+    let [a, b] = two_nodes(&nats).await;
+    // 20 clients of B with 1,000 filters each (`limits.max_subscriptions_per_client`).
+    let mut fleet = Vec::new();
+    for client in 0..20u32 {
+        let id = format!("fleet-{client}");
+        let mut raw = Raw::handshake(b.local_addr(), &id, true).await.0;
+        let filters: Vec<String> = (0..1000)
+            .map(|i| format!("dev/{}/cmd", client * 1000 + i))
+            .collect();
+        let filters: Vec<(&str, u8)> = filters.iter().map(|f| (f.as_str(), 0)).collect();
+        raw.subscribe(1, &filters, &[0; 1000]).await;
+        fleet.push(raw);
+    }
+    let mut app = peer(options(b.local_addr(), "app")).await;
+    app.subscribe("detrd/status/response/+", QoS::AtLeastOnce)
+        .await;
+    let radar = peer(options(a.local_addr(), "radar-1")).await;
+    let topic = "detrd/status/response/probe";
+    until_routed(&radar.client, &mut [&mut app], topic).await;
+
+    // Devices keep connecting to A, from before NATS goes until both links are back.
+    let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let churn = {
+        let (busy, addr) = (busy.clone(), a.local_addr());
+        tokio::spawn(async move {
+            let mut connects = 0u32;
+            while busy.load(std::sync::atomic::Ordering::Relaxed) {
+                let id = format!("gate-{connects}");
+                let mut gate = Raw::handshake(addr, &id, true).await.0;
+                gate.send(&[0xE0, 0x00]).await;
+                gate.expect_closed().await;
+                connects += 1;
+            }
+            connects
+        })
+    };
+    nats.stop();
+    common::eventually(|| async { !linked(&a) && !linked(&b) }).await;
+    nats.resume();
+    // Each link retries with a backoff of up to 2 s; B takes its 20,000 subscriptions again.
+    let relinked = || async { linked(&a) && linked(&b) };
+    common::eventually_within(Duration::from_secs(20), relinked).await;
+    busy.store(false, std::sync::atomic::Ordering::Relaxed);
+    let connects = churn.await.expect("the devices' task");
+    assert!(connects > 0);
+
+    until_routed(&radar.client, &mut [&mut app], topic).await;
+    radar
+        .client
+        .publish(
+            "detrd/status/response/radar-1",
+            QoS::AtLeastOnce,
+            false,
+            "ok",
+        )
+        .await
+        .expect("queued");
+    let answer = ("detrd/status/response/radar-1".to_string(), b"ok".to_vec());
+    assert_eq!(next_payload(&mut app).await, answer);
+}

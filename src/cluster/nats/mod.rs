@@ -7,6 +7,7 @@
 //!
 //! Protocol: <https://docs.nats.io/reference/reference-protocols/nats-protocol>.
 
+mod handshake;
 mod wire;
 
 use std::collections::BTreeMap;
@@ -16,11 +17,10 @@ use actix::prelude::*;
 use bytes::{BufMut, Bytes, BytesMut};
 use switchboard_actors::transport::TlsOptions;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use wire::{parse_frame, put_pub, read_line, sub_line, Frame, NatsError};
+use wire::{parse_frame, put_pub, sub_line, Frame, NatsError};
 pub use wire::{parse_urls, NatsServer};
 
 /// How often the client PINGs an idle server; two unanswered PINGs end the connection.
@@ -29,6 +29,11 @@ const PING_INTERVAL: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Publications waiting for the connection (room in it is the link's backpressure).
 const PUBLISH_QUEUE: usize = 8192;
+/// Most payload bytes handed to the owner in one `NatsMessages`, so that a read of many
+/// (another node's whole fleet of filters, announced when it rejoins) is taken by the link in
+/// turns of about one announcement each, with the other actors' turns on its thread between
+/// them, not in one.
+const HAND_OVER_BYTES: usize = 64 * 1024;
 /// Most bytes gathered into one write.
 const WRITE_BATCH: usize = 64 * 1024;
 
@@ -63,7 +68,8 @@ pub struct Inbound {
     pub payload: Bytes,
 }
 
-/// Sent by the NATS client to its owner: the messages of one read, in wire order. The client
+/// Sent by the NATS client to its owner: the messages of one read (or a part of them holding
+/// `HAND_OVER_BYTES` of payload), in wire order. The client
 /// reads no more until this is handled (the owner's backpressure on NATS).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -162,6 +168,27 @@ impl NatsClient {
     }
 }
 
+/// Messages read and not yet handed to the owner, and their payloads' bytes.
+#[derive(Default)]
+struct Batch {
+    messages: Vec<Inbound>,
+    bytes: usize,
+}
+
+impl Batch {
+    /// Adds `message`; answers the batch once it holds `HAND_OVER_BYTES`, to be handed over
+    /// before more is parsed.
+    fn push(&mut self, message: Inbound) -> Option<Vec<Inbound>> {
+        self.bytes += message.payload.len();
+        self.messages.push(message);
+        if self.bytes < HAND_OVER_BYTES {
+            return None;
+        }
+        self.bytes = 0;
+        Some(std::mem::take(&mut self.messages))
+    }
+}
+
 /// A connection to a NATS server: TCP, or TLS over it.
 trait Stream: AsyncRead + AsyncWrite + Unpin {}
 
@@ -202,13 +229,15 @@ impl Task {
             let server = self.servers[next % self.servers.len()].clone();
             next += 1;
             match self.connect(&server).await {
-                Ok((stream, buffer, max_payload)) => {
+                Ok(connected) => {
                     backoff = Duration::from_millis(100);
                     self.events.do_send(NatsEvent::Up {
                         server: server.to_string(),
-                        max_payload,
+                        max_payload: connected.max_payload,
                     });
-                    let error = self.serve(stream, buffer).await;
+                    let error = self
+                        .serve(connected.stream, connected.buffer, connected.early)
+                        .await;
                     self.events.do_send(NatsEvent::Down {
                         error: error.to_string(),
                     });
@@ -251,90 +280,43 @@ impl Task {
         }
     }
 
-    async fn connect(
+    /// Runs one connection until it fails; `early` (the messages that came before the
+    /// connection was up) goes to the owner first.
+    async fn serve(
         &mut self,
-        server: &NatsServer,
-    ) -> Result<(Box<dyn Stream>, BytesMut, usize), NatsError> {
-        let connecting = async {
-            let mut tcp = TcpStream::connect((server.host.as_str(), server.port)).await?;
-            tcp.set_nodelay(true)?;
-            let mut buffer = BytesMut::with_capacity(16 * 1024);
-            // The server's INFO comes in plain text; TLS, if any, starts after it.
-            let info = read_line(&mut tcp, &mut buffer).await?;
-            let info = info
-                .strip_prefix("INFO ")
-                .ok_or_else(|| NatsError::Protocol(format!("expected INFO, got `{info}`")))?;
-            let info: Info = serde_json::from_str(info)
-                .map_err(|e| NatsError::Protocol(format!("INFO: {e}")))?;
-            let mut stream: Box<dyn Stream> = match &self.tls {
-                Some(tls) => Box::new(tls.connect(&server.host, tcp).await?),
-                None if info.tls_required => {
-                    let why = "the NATS server requires TLS: set cluster.tls";
-                    return Err(NatsError::Protocol(why.into()));
-                }
-                None => Box::new(tcp),
-            };
-            let mut connect = serde_json::json!({
-                "verbose": false,
-                "pedantic": false,
-                "echo": false,
-                "lang": "rust-switchboard",
-                "version": env!("CARGO_PKG_VERSION"),
-                "protocol": 1,
-                "name": self.name,
-            });
-            if let Some((user, password)) = &server.user {
-                connect["user"] = user.as_str().into();
-                connect["pass"] = password.as_str().into();
-            }
-            if let Some(token) = &server.token {
-                connect["auth_token"] = token.as_str().into();
-            }
-            // Everything subscribed so far goes with the CONNECT, before the PING: its PONG (and
-            // so `NatsEvent::Up`) means the server has the subscriptions.
-            while let Ok(control) = self.control.try_recv() {
-                self.remember(control);
-            }
-            let mut out = format!("CONNECT {connect}\r\n").into_bytes();
-            for (sid, (subject, queue)) in &self.subscriptions {
-                out.extend_from_slice(sub_line(*sid, subject, queue.as_deref()).as_bytes());
-            }
-            out.extend_from_slice(b"PING\r\n");
-            stream.write_all(&out).await?;
-            // The PING's PONG says the CONNECT (and the subscriptions) were taken.
-            loop {
-                let line = read_line(&mut stream, &mut buffer).await?;
-                match line.as_str() {
-                    "PONG" => break,
-                    "PING" => stream.write_all(b"PONG\r\n").await?,
-                    "+OK" => {}
-                    other if other.starts_with("INFO ") => {}
-                    other => {
-                        let error = other.strip_prefix("-ERR ").unwrap_or(other);
-                        return Err(NatsError::Server(error.to_string()));
-                    }
-                }
-            }
-            Ok((stream, buffer, info.max_payload))
-        };
-        tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-            .await
-            .map_err(|_| NatsError::Timeout(CONNECT_TIMEOUT))?
-    }
-
-    /// Runs one connection until it fails.
-    async fn serve(&mut self, stream: Box<dyn Stream>, mut buffer: BytesMut) -> NatsError {
+        stream: Box<dyn Stream>,
+        mut buffer: BytesMut,
+        early: Vec<Inbound>,
+    ) -> NatsError {
         let (mut reader, mut writer) = tokio::io::split(stream);
         let mut out = BytesMut::with_capacity(WRITE_BATCH);
         let mut ping = tokio::time::interval(PING_INTERVAL);
         ping.tick().await;
         let mut unanswered = 0u32;
+        let mut early = early;
         loop {
             // What the server sent before is handled before more is read.
-            let mut inbound = Vec::new();
+            let mut batch = Batch::default();
+            for message in std::mem::take(&mut early) {
+                if let Some(full) = batch.push(message) {
+                    if self.messages.send(NatsMessages(full)).await.is_err() {
+                        return NatsError::Protocol("the cluster link stopped".into());
+                    }
+                }
+            }
             loop {
                 match parse_frame(&mut buffer) {
-                    Ok(Some(Frame::Message(message))) => inbound.push(message),
+                    Ok(Some(Frame::Message(message))) => {
+                        if let Some(full) = batch.push(message) {
+                            if self.messages.send(NatsMessages(full)).await.is_err() {
+                                return NatsError::Protocol("the cluster link stopped".into());
+                            }
+                            // The thread's sockets are looked at before the next batch: without
+                            // this, this task and the link kept each other busy for 30 ms and
+                            // more on a rejoining node's 100,000 filters.
+                            tokio::task::yield_now().await;
+                        }
+                    }
                     Ok(Some(Frame::Ping)) => out.put_slice(b"PONG\r\n"),
                     Ok(Some(Frame::Pong)) => unanswered = 0,
                     Ok(Some(Frame::Other)) => {}
@@ -350,6 +332,7 @@ impl Task {
                     Err(e) => return e,
                 }
             }
+            let inbound = batch.messages;
             if !inbound.is_empty() && self.messages.send(NatsMessages(inbound)).await.is_err() {
                 return NatsError::Protocol("the cluster link stopped".into());
             }
