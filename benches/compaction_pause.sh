@@ -32,6 +32,11 @@
 # (`mosquitto_sub -t '$share/bench/jobs/#'`, as a backend's worker) and RATE clean devices a
 # second that connect, subscribe to a command topic of their own and disconnect
 # (benches/reconnects.py): with CLUSTER=2 on the peer, like the sessions.
+# NATS_BLIP=S (with CLUSTER) restarts the nats-server S seconds into the pairs, on the same
+# port: every node loses NATS, reconnects, says Hello and announces all its filters again, and
+# each answers the others' Hello with all of its own (with CLUSTER=2 the peer's whole fleet
+# reaches the measured node twice): what a rejoin costs the traffic beside it. The run's line
+# then gives how many of the peer's filters the measured node knows at the end.
 #
 # Each run appends the pairs' report to $OUT (rate, round-trip percentiles and the slowest) and
 # prints it with the broker's "persistence log compacted" line: its `paused_millis` (every
@@ -51,6 +56,7 @@ BROKERS=${BROKERS:-"new mosquitto"}
 POLL_ADMIN=${POLL_ADMIN:-}
 CLUSTER=${CLUSTER:-}
 RECONNECTS=${RECONNECTS:-}
+NATS_BLIP=${NATS_BLIP:-}
 ADMIN_OUT=${OUT%.jsonl}-admin.jsonl
 MOSQUITTO=${MOSQUITTO:-mosquitto}
 
@@ -60,7 +66,7 @@ build_harness
 make_work_dir
 nats_pid=""
 peer_pid=""
-trap 'rm -rf "$work"; kill $nats_pid $peer_pid 2>/dev/null || true' EXIT
+trap 'rm -rf "$work"; kill $nats_pid $peer_pid $(cat "$work/nats.pid" 2>/dev/null) 2>/dev/null || true' EXIT
 
 for run in $(seq "$RUNS"); do
   for broker in $(run_order "$run"); do
@@ -136,19 +142,38 @@ import mosquitto_recovery as m; asyncio.run(m.load_sessions($fleet_port))"
       python3 benches/reconnects.py "$fleet_port" "$RECONNECTS" "$DURATION" > "$work/reconnects" &
       churn=$!
     fi
+    blipper=""
+    if [ -n "$NATS_BLIP" ] && [ -n "$nats_pid" ]; then
+      rm -f "$work/nats.pid"
+      (
+        sleep "$NATS_BLIP" # a moment in the run to disturb, not a synchronisation
+        kill "$nats_pid"
+        while kill -0 "$nats_pid" 2>/dev/null; do sleep 0.01; done
+        nats-server -a 127.0.0.1 -p "$nats_port" >> "$work/nats.log" 2>&1 &
+        echo $! > "$work/nats.pid"
+      ) &
+      blipper=$!
+    fi
     "$LOAD" --addr "127.0.0.1:$port" --broker-pid "$broker_pid" --label "$broker" --quiet \
       --scenario pairs --qos 1 --clients 8 --window 1 --persistent-subscribers \
       --duration "$DURATION" --out "$OUT" > /dev/null
+    if [ -n "$blipper" ]; then
+      wait "$blipper"
+      nats_pid=$(cat "$work/nats.pid")
+      known=$(curl -s "http://127.0.0.1:$http_port/api/v1/cluster" | jq '[.nodes[].filters] | add // 0')
+      joins=$(grep -c 'cluster: connected to NATS' "$work/broker.log" || true)
+      polled="connected to NATS $joins times, knows $known filters of other nodes; "
+    fi
     if [ -n "$churn" ]; then
       wait "$churn"
       kill "$member" && wait "$member" 2>/dev/null || true
-      polled="$(cat "$work/reconnects") reconnects; "
+      polled="$polled$(cat "$work/reconnects") reconnects; "
     fi
     if [ -n "$poller" ]; then
       wait "$poller"
       jq -c --arg b "$broker" --argjson run "$run" '{label: $b, run: $run} + .' "$work/poll.json" \
         >> "$ADMIN_OUT"
-      polled=$(jq -r '"admin pages: \(.pages), median \(.median_ms) ms, p99 \(.p99_ms) ms, slowest \(.slowest_ms) ms; "' "$work/poll.json")
+      polled=$polled$(jq -r '"admin pages: \(.pages), median \(.median_ms) ms, p99 \(.p99_ms) ms, slowest \(.slowest_ms) ms; "' "$work/poll.json")
     fi
     kill "$pid" && wait "$pid" 2>/dev/null || true
     if [ -n "$peer_pid" ]; then
