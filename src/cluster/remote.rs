@@ -24,17 +24,27 @@ pub enum LocalChange {
     Unsubscribe(String),
 }
 
+/// One other node's filters.
+#[derive(Debug, Default)]
+struct NodeFilters {
+    /// Its filters, each with the renewal it was last announced in.
+    filters: BTreeMap<String, u64>,
+    /// How many times it has begun announcing all its filters again (its Hellos): the renewal
+    /// an announcement of a filter now marks it with.
+    renewal: u64,
+    /// Between its Hello and its InterestEnd.
+    renewing: bool,
+    /// The digest of its filters (`liveness::digest`), kept as they change.
+    digest: u64,
+}
+
 /// The filters of every other node.
 #[derive(Debug, Default)]
 pub struct RemoteInterest {
     /// By node: its filters.
-    nodes: BTreeMap<String, BTreeSet<String>>,
-    /// By node: the filters announced since it began announcing all of them again.
-    renewing: BTreeMap<String, BTreeSet<String>>,
+    nodes: BTreeMap<String, NodeFilters>,
     /// By filter: how many nodes want it.
     wanted: BTreeMap<String, usize>,
-    /// By node: the digest of its filters (`liveness::digest`), kept as they change.
-    digests: BTreeMap<String, u64>,
 }
 
 impl RemoteInterest {
@@ -52,86 +62,88 @@ impl RemoteInterest {
     pub fn nodes(&self) -> Vec<(String, usize)> {
         self.nodes
             .iter()
-            .map(|(node, filters)| (node.clone(), filters.len()))
+            .map(|(node, held)| (node.clone(), held.filters.len()))
             .collect()
     }
 
     /// How many filters `node` holds as this node knows them, and their digest
     /// (`liveness::digest`); `None` for a node not known, or one announcing all of them again.
     pub fn picture_of(&self, node: &str) -> Option<(u64, u64)> {
-        if self.renewing.contains_key(node) {
-            return None;
-        }
-        let held = self.nodes.get(node)?;
-        let digest = self.digests.get(node).copied().unwrap_or(0);
+        let held = self.nodes.get(node).filter(|held| !held.renewing)?;
         debug_assert_eq!(
-            digest,
-            super::liveness::digest(held),
+            held.digest,
+            super::liveness::digest(held.filters.keys()),
             "{node}'s running digest"
         );
-        Some((held.len() as u64, digest))
+        Some((held.filters.len() as u64, held.digest))
     }
 
-    /// `node` announces all its filters again from now on (it (re)joined).
+    /// `node` announces all its filters again from now on (it (re)joined): each announced
+    /// from now on is marked with a new renewal.
     pub fn begin(&mut self, node: &str) {
-        self.nodes.entry(node.to_string()).or_default();
-        self.renewing.insert(node.to_string(), BTreeSet::new());
+        let held = self.nodes.entry(node.to_string()).or_default();
+        held.renewal += 1;
+        held.renewing = true;
     }
 
-    /// `node` has announced all its filters: those it did not announce again go.
+    /// `node` has announced all its filters: those it did not announce again (marked with an
+    /// older renewal) go. One pass over its filters, none copied but those that go.
     pub fn end(&mut self, node: &str) -> Vec<LocalChange> {
-        let Some(renewed) = self.renewing.remove(node) else {
+        let Some(held) = self.nodes.get_mut(node).filter(|held| held.renewing) else {
             return Vec::new();
         };
-        let gone: Vec<String> = self
-            .nodes
-            .get(node)
-            .map(|held| held.difference(&renewed).cloned().collect())
-            .unwrap_or_default();
+        held.renewing = false;
+        let renewal = held.renewal;
+        let gone: Vec<String> = held
+            .filters
+            .iter()
+            .filter(|(_, &marked)| marked < renewal)
+            .map(|(filter, _)| filter.clone())
+            .collect();
         self.apply(node, &[], &gone)
     }
 
     /// `node` is gone (it said so): all its filters go, and the node with them.
     pub fn forget(&mut self, node: &str) -> Vec<LocalChange> {
-        self.renewing.remove(node);
         let held: Vec<String> = self
             .nodes
             .get(node)
-            .map(|held| held.iter().cloned().collect())
+            .map(|held| held.filters.keys().cloned().collect())
             .unwrap_or_default();
         let changes = self.apply(node, &[], &held);
         self.nodes.remove(node);
-        self.digests.remove(node);
         changes
     }
 
     /// `node` added and removed these filters.
     pub fn apply(&mut self, node: &str, added: &[String], removed: &[String]) -> Vec<LocalChange> {
         let mut changes = Vec::new();
-        if let Some(renewed) = self.renewing.get_mut(node) {
-            renewed.extend(added.iter().cloned());
-            for filter in removed {
-                renewed.remove(filter);
-            }
+        if !self.nodes.contains_key(node) {
+            self.nodes.insert(node.to_string(), NodeFilters::default());
         }
-        let held = self.nodes.entry(node.to_string()).or_default();
-        let digest = self.digests.entry(node.to_string()).or_default();
+        let Some(held) = self.nodes.get_mut(node) else {
+            return changes;
+        };
+        let renewal = held.renewal;
         // The link subscribes to a shared group's plain filter: it forwards what matches, and
         // never joins the group.
         for filter in added {
-            if held.insert(filter.clone()) {
-                *digest = digest.wrapping_add(filter_hash(filter));
-                let plain = plain_filter(filter);
-                let count = self.wanted.entry(plain.to_string()).or_default();
-                *count += 1;
-                if *count == 1 {
-                    changes.push(LocalChange::Subscribe(plain.to_string()));
-                }
+            if let Some(marked) = held.filters.get_mut(filter.as_str()) {
+                *marked = renewal; // announced again: no copy, no insertion
+                continue;
+            }
+            held.filters.insert(filter.clone(), renewal);
+            held.digest = held.digest.wrapping_add(filter_hash(filter));
+            let plain = plain_filter(filter);
+            let count = self.wanted.entry(plain.to_string()).or_default();
+            *count += 1;
+            if *count == 1 {
+                changes.push(LocalChange::Subscribe(plain.to_string()));
             }
         }
         for filter in removed {
-            if held.remove(filter) {
-                *digest = digest.wrapping_sub(filter_hash(filter));
+            if held.filters.remove(filter.as_str()).is_some() {
+                held.digest = held.digest.wrapping_sub(filter_hash(filter));
                 let plain = plain_filter(filter);
                 if let Some(count) = self.wanted.get_mut(plain) {
                     *count -= 1;
@@ -148,13 +160,15 @@ impl RemoteInterest {
     /// The shared groups (share name, filter) the other nodes hold, each with the nodes that
     /// hold it: they spread its messages among them (each message of a group goes to one
     /// member in the whole cluster, MQTT 5 section 4.8.2). Asked at every announcement heard,
-    /// it reads only each node's `$share/` filters (a range of its ordered set), not the
+    /// it reads only each node's `$share/` filters (a range of its ordered map), not the
     /// fleet's others.
     pub fn shared_groups(&self) -> BTreeMap<(String, String), BTreeSet<String>> {
         let mut groups: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
-        for (node, filters) in &self.nodes {
-            let shared = filters
+        for (node, held) in &self.nodes {
+            let shared = held
+                .filters
                 .range::<str, _>((Bound::Included(SHARED_PREFIX), Bound::Unbounded))
+                .map(|(filter, _)| filter)
                 .take_while(|filter| filter.starts_with(SHARED_PREFIX));
             for filter in shared {
                 if let Some(Ok(shared)) = parse_shared(filter) {
@@ -267,5 +281,28 @@ mod tests {
         assert_eq!(remote.picture_of("b"), None);
         remote.apply("b", &strings(&["y", "z"]), &[]);
         assert_eq!(remote.picture_of("b"), Some((2, walked)), "as after a walk");
+    }
+
+    #[test]
+    fn only_the_latest_renewal_counts_and_removals_during_it_go_at_once() {
+        let mut remote = RemoteInterest::new();
+        remote.apply("b", &strings(&["x", "y", "w"]), &[]);
+        remote.begin("b");
+        remote.apply("b", &strings(&["x"]), &[]);
+        // b said Hello again before its InterestEnd: what it announced before is not enough.
+        remote.begin("b");
+        assert_eq!(
+            remote.apply("b", &strings(&["y"]), &strings(&["w"])),
+            [LocalChange::Unsubscribe("w".into())]
+        );
+        assert_eq!(remote.picture_of("b"), None, "renewing");
+        assert_eq!(remote.end("b"), [LocalChange::Unsubscribe("x".into())]);
+        assert_eq!(remote.nodes(), [("b".to_string(), 1)]);
+        let walked = crate::cluster::liveness::digest(&strings(&["y"]));
+        assert_eq!(remote.picture_of("b"), Some((1, walked)));
+        // An InterestEnd of a node that never said Hello changes nothing.
+        remote.apply("c", &strings(&["y"]), &[]);
+        assert_eq!(remote.end("c"), []);
+        assert_eq!(remote.nodes().len(), 2);
     }
 }
