@@ -7,7 +7,7 @@ use tokio::net::TcpStream;
 use tracing::warn;
 
 use super::wire::{parse_frame, read_line, sub_line, Frame, NatsError, NatsServer};
-use super::{Inbound, Info, Stream, Task, CONNECT_TIMEOUT};
+use super::{Batch, Info, Stream, Task, CONNECT_TIMEOUT};
 
 /// Subscriptions sent before each PING while connecting.
 const SUBSCRIBE_CHUNK: usize = 10_000;
@@ -24,14 +24,7 @@ pub(super) struct Connected {
     /// The server's `max_payload`.
     pub(super) max_payload: usize,
     /// Messages that came before the last PONG, in wire order.
-    pub(super) early: Vec<Inbound>,
-}
-
-/// Messages read while connecting, and their payloads' bytes.
-#[derive(Default)]
-struct Early {
-    messages: Vec<Inbound>,
-    bytes: usize,
+    pub(super) early: Batch,
 }
 
 impl Task {
@@ -68,7 +61,7 @@ impl Task {
             self.remember(control);
         }
         let mut out = format!("CONNECT {connect}\r\n").into_bytes();
-        let mut early = Early::default();
+        let mut early = Batch::default();
         let mut subscriptions = self.subscriptions.iter().peekable();
         loop {
             for (sid, (subject, queue)) in subscriptions.by_ref().take(SUBSCRIBE_CHUNK) {
@@ -91,7 +84,7 @@ impl Task {
             stream,
             buffer,
             max_payload: info.max_payload,
-            early: early.messages,
+            early,
         })
     }
 
@@ -129,20 +122,19 @@ impl Task {
 async fn until_pong<S: AsyncRead + tokio::io::AsyncWrite + Unpin>(
     stream: &mut S,
     buffer: &mut BytesMut,
-    early: &mut Early,
+    early: &mut Batch,
 ) -> Result<(), NatsError> {
     loop {
         match parse_frame(buffer)? {
             Some(Frame::Pong) => return Ok(()),
             Some(Frame::Ping) => stream.write_all(b"PONG\r\n").await?,
             Some(Frame::Message(message)) => {
-                early.bytes += message.payload.len();
+                early.push(message);
                 if early.bytes > EARLY_BYTES {
                     let why =
                         "more than 64 MiB of messages before the server took the subscriptions";
                     return Err(NatsError::Protocol(why.into()));
                 }
-                early.messages.push(message);
             }
             Some(Frame::Other) => {}
             Some(Frame::Error(error)) if error.contains("Permissions Violation") => {

@@ -168,7 +168,9 @@ impl NatsClient {
     }
 }
 
-/// Messages read and not yet handed to the owner, and their payloads' bytes.
+/// Messages read and not yet handed to the owner, and their payloads' bytes: while
+/// connecting (bounded by `handshake::EARLY_BYTES`), and on a connection that is up (handed
+/// over at `HAND_OVER_BYTES`).
 #[derive(Default)]
 struct Batch {
     messages: Vec<Inbound>,
@@ -176,16 +178,16 @@ struct Batch {
 }
 
 impl Batch {
-    /// Adds `message`; answers the batch once it holds `HAND_OVER_BYTES`, to be handed over
-    /// before more is parsed.
-    fn push(&mut self, message: Inbound) -> Option<Vec<Inbound>> {
+    /// Adds `message`.
+    fn push(&mut self, message: Inbound) {
         self.bytes += message.payload.len();
         self.messages.push(message);
-        if self.bytes < HAND_OVER_BYTES {
-            return None;
-        }
+    }
+
+    /// Every message, leaving the batch empty.
+    fn take(&mut self) -> Vec<Inbound> {
         self.bytes = 0;
-        Some(std::mem::take(&mut self.messages))
+        std::mem::take(&mut self.messages)
     }
 }
 
@@ -292,8 +294,9 @@ impl Task {
     /// tasks (its sockets) run before more is handed over: without that, this task and the
     /// link kept each other busy for 12-37 ms on a rejoining node's 100,000 filters.
     async fn add(&self, batch: &mut Batch, message: Inbound) -> Result<(), NatsError> {
-        if let Some(full) = batch.push(message) {
-            self.hand_over(full).await?;
+        batch.push(message);
+        if batch.bytes >= HAND_OVER_BYTES {
+            self.hand_over(batch.take()).await?;
             tokio::task::yield_now().await;
         }
         Ok(())
@@ -305,22 +308,22 @@ impl Task {
         &mut self,
         stream: Box<dyn Stream>,
         mut buffer: BytesMut,
-        early: Vec<Inbound>,
+        early: Batch,
     ) -> NatsError {
         let (mut reader, mut writer) = tokio::io::split(stream);
         let mut out = BytesMut::with_capacity(WRITE_BATCH);
         let mut ping = tokio::time::interval(PING_INTERVAL);
         ping.tick().await;
         let mut unanswered = 0u32;
-        let mut early = early;
+        // What came before the connection was up goes first, in order.
+        let mut batch = Batch::default();
+        for message in early.messages {
+            if let Err(e) = self.add(&mut batch, message).await {
+                return e;
+            }
+        }
         loop {
             // What the server sent before is handled before more is read.
-            let mut batch = Batch::default();
-            for message in std::mem::take(&mut early) {
-                if let Err(e) = self.add(&mut batch, message).await {
-                    return e;
-                }
-            }
             loop {
                 match parse_frame(&mut buffer) {
                     Ok(Some(Frame::Message(message))) => {
@@ -344,7 +347,7 @@ impl Task {
                 }
             }
             if !batch.messages.is_empty() {
-                if let Err(e) = self.hand_over(batch.messages).await {
+                if let Err(e) = self.hand_over(batch.take()).await {
                     return e;
                 }
             }
