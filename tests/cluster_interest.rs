@@ -211,3 +211,67 @@ async fn a_node_with_many_filters_rejoins_nats_while_the_others_are_busy() {
     let answer = ("detrd/status/response/radar-1".to_string(), b"ok".to_vec());
     assert_eq!(next_payload(&mut app).await, answer);
 }
+
+/// A node's picture of another node that holds 20,000 filters is renewed in slices (about
+/// 64 KiB of filters each, one per turn of the other node's link, since 2026-12-07): A is made
+/// to picture B wrongly (a forged announcement adds a filter B never held and takes away the
+/// last of B's in order), B's heartbeat disagrees, A asks B for everything again, and B
+/// announces it slice by slice while one of its clients subscribes. The filter B never held
+/// goes only at B's InterestEnd, after the last slice; the one taken away comes back with that
+/// slice; the one subscribed during the slices stays. A's picture is then B's, exactly.
+#[tokio::test]
+async fn a_picture_renewed_in_slices_ends_as_the_nodes_filters_are() {
+    if !common::nats_available() {
+        return;
+    }
+    let timeout = Duration::from_millis(1500);
+    let nats = Nats::start();
+    let a = node(&nats, "a", |config| config.cluster.node_timeout = timeout);
+    let b = node(&nats, "b", |config| config.cluster.node_timeout = timeout);
+    let mut held: Vec<String> = Vec::new();
+    let mut fleet = Vec::new();
+    for client in 0..20u32 {
+        let id = format!("fleet-{client}");
+        let mut raw = Raw::handshake(b.local_addr(), &id, true).await.0;
+        let filters: Vec<String> = (0..1000)
+            .map(|i| format!("dev/{}/cmd", client * 1000 + i))
+            .collect();
+        let pairs: Vec<(&str, u8)> = filters.iter().map(|f| (f.as_str(), 0)).collect();
+        raw.subscribe(1, &pairs, &[0; 1000]).await;
+        held.extend(filters);
+        fleet.push(raw);
+    }
+    held.sort();
+    common::eventually(|| async { link_subscriptions(&a).await.len() == held.len() }).await;
+
+    let last = held.last().expect("filters").clone();
+    let forged = switchboard::cluster::Envelope::Interest {
+        node: "b".into(),
+        added: vec!["phantom/#".into()],
+        removed: vec![last.clone()],
+    };
+    nats.publish("switchboard.i", &forged.encode());
+    let wrong = || async {
+        let filters = link_subscriptions(&a).await;
+        filters.contains(&"phantom/#".to_string()) && !filters.contains(&last)
+    };
+    common::eventually(wrong).await;
+    // B's next heartbeat disagrees with A's picture: B announces all of its filters again.
+    let mut late = peer(options(b.local_addr(), "late")).await;
+    late.subscribe("late/1", QoS::AtLeastOnce).await;
+    held.push("late/1".to_string());
+    held.sort();
+    let exact = || async {
+        let mut filters = link_subscriptions(&a).await;
+        filters.sort();
+        filters == held
+    };
+    common::eventually(exact).await;
+    let device = peer(options(a.local_addr(), "a-device")).await;
+    device
+        .client
+        .publish("late/1", QoS::AtLeastOnce, false, "t")
+        .await
+        .expect("queued");
+    assert_eq!(late.next_publish().await.topic, "late/1");
+}

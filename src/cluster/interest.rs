@@ -60,6 +60,15 @@ impl Interest {
         self.filters.keys()
     }
 
+    /// The filters held after `after` (all of them for `None`), in order.
+    pub fn filters_after(&self, after: Option<&str>) -> impl Iterator<Item = &String> {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.filters
+            .range::<str, _>((from, Bound::Unbounded))
+            .map(|(filter, _)| filter)
+    }
+
     /// The shared groups' filters held (`$share/{group}/{filter}`), without looking at the
     /// others.
     pub fn shared_filters(&self) -> impl Iterator<Item = &String> {

@@ -13,6 +13,7 @@ mod barrier;
 mod cleared;
 mod config;
 mod envelope;
+mod full_announcement;
 mod interest;
 mod link;
 mod liveness;

@@ -13,6 +13,7 @@ use tracing::debug;
 
 use super::ClusterLink;
 use crate::cluster::envelope::Envelope;
+use crate::cluster::full_announcement::FullAnnouncement;
 use crate::cluster::interest::InterestChange;
 use crate::cluster::remote::LocalChange;
 use crate::registry::{FilterChange, FiltersChanged, ReleaseUnheld, SharedShare, WatchFilters};
@@ -107,19 +108,52 @@ impl ClusterLink {
         self.queue_envelope(subject.to_string(), envelope, ctx);
     }
 
-    /// Announces every filter this node holds.
-    pub(super) fn announce_all(&mut self, ctx: &mut Context<Self>) {
-        let all: Vec<String> = self.interest.filters().cloned().collect();
-        self.announce(all, Vec::new(), true, ctx);
+    /// Announces every filter this node holds, a slice per turn of the link
+    /// ([`ClusterLink::announce_slice`]); from the first again when an announcement of all of
+    /// them is under way. With `ends`, InterestEnd follows the last slice.
+    pub(super) fn announce_all(&mut self, ends: bool, ctx: &mut Context<Self>) {
+        match &mut self.announcing {
+            Some(under_way) => under_way.restart(ends),
+            None => {
+                self.announcing = Some(FullAnnouncement::new(ends));
+                self.announce_slice(ctx);
+            }
+        }
+    }
+
+    /// The next slice of the announcement of all filters under way, and, unless that was the
+    /// last, the next one after the thread has run its other tasks (the Sessions beside the
+    /// link wait a slice, not a fleet).
+    fn announce_slice(&mut self, ctx: &mut Context<Self>) {
+        let Some(under_way) = self.announcing.as_mut() else {
+            return;
+        };
+        let slice = under_way.next_slice(&self.interest, ANNOUNCEMENT_BYTES);
+        let (done, ends) = (under_way.done(), under_way.ends());
+        let subject = self.env.subjects.interest();
+        if let Some(filters) = slice {
+            self.queue_interest(&subject, filters, Vec::new(), ctx);
+        }
+        if done {
+            self.announcing = None;
+            if ends {
+                let node = self.env.node.clone();
+                self.queue_envelope(subject, Envelope::InterestEnd { node }, ctx);
+            }
+            return;
+        }
+        tokio::task::yield_now()
+            .into_actor(self)
+            .map(|(), act, ctx| act.announce_slice(ctx))
+            .spawn(ctx);
     }
 
     /// This node is connected to NATS (again): Hello, all its filters, InterestEnd.
     pub(super) fn join(&mut self, ctx: &mut Context<Self>) {
         let subject = self.env.subjects.interest();
         let node = self.env.node.clone();
-        self.queue_envelope(subject.clone(), Envelope::Hello { node: node.clone() }, ctx);
-        self.announce_all(ctx);
-        self.queue_envelope(subject, Envelope::InterestEnd { node }, ctx);
+        self.queue_envelope(subject, Envelope::Hello { node }, ctx);
+        self.announce_all(true, ctx);
     }
 
     /// An announcement of another node's.
@@ -129,7 +163,7 @@ impl ClusterLink {
                 self.heard(&node);
                 self.remote.begin(&node);
                 // The new node learns what this one holds.
-                self.announce_all(ctx);
+                self.announce_all(false, ctx);
                 return;
             }
             Envelope::Interest {

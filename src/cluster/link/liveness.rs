@@ -22,17 +22,27 @@ impl ClusterLink {
             // Nothing is heard while NATS is down: the others are judged once it is back.
             return;
         }
-        debug_assert_eq!(
-            self.interest.digest(),
-            crate::cluster::liveness::digest(self.interest.filters()),
-            "the running digest of this node's filters"
-        );
-        let alive = Envelope::Alive {
-            node: self.env.node.clone(),
-            filters: self.interest.len() as u64,
-            digest: self.interest.digest(),
-        };
-        self.queue_envelope(self.env.subjects.interest(), alive, ctx);
+        // While all this node's filters are announced again, the others picture a part of
+        // them until the last slice: a count and digest of all of them now would have them
+        // ask for everything again.
+        if self.announcing.is_none() {
+            debug_assert_eq!(
+                self.interest.digest(),
+                crate::cluster::liveness::digest(self.interest.filters()),
+                "the running digest of this node's filters"
+            );
+            let alive = Envelope::Alive {
+                node: self.env.node.clone(),
+                filters: self.interest.len() as u64,
+                digest: self.interest.digest(),
+            };
+            self.queue_envelope(self.env.subjects.interest(), alive, ctx);
+        }
+        self.judge_silent();
+    }
+
+    /// Forgets the nodes not heard from within `cluster.node_timeout`.
+    fn judge_silent(&mut self) {
         for node in self.liveness.silent(Instant::now()) {
             self.env.metrics.cluster.add_node_timed_out();
             warn!(%node, timeout = ?self.env.node_timeout, "cluster: a node was not heard from within cluster.node_timeout; its filters are dropped until it speaks again");

@@ -35,6 +35,7 @@ use super::asked::AskedFilters;
 use super::barrier::{Answers, Asks};
 use super::cleared::ClearedTopics;
 use super::envelope::{ClusterMessage, Envelope};
+use super::full_announcement::FullAnnouncement;
 use super::interest::Interest;
 use super::liveness::Liveness;
 use super::nats::{NatsClient, NatsEvent, NatsMessages, NatsServer};
@@ -116,6 +117,8 @@ pub struct ClusterLink {
     interest: Interest,
     /// The filters of the other nodes' clients: the link's local subscriptions.
     remote: RemoteInterest,
+    /// An announcement of all this node's filters under way, a slice per turn (`gossip.rs`).
+    announcing: Option<FullAnnouncement>,
     /// While a sync request is answered: the topics of retained messages that came live
     /// meanwhile (newer than the answer's).
     syncing: Option<HashSet<String>>,
@@ -163,6 +166,7 @@ impl ClusterLink {
             pumping: false,
             interest: Interest::new(FIRST_FILTER_SID),
             remote: RemoteInterest::new(),
+            announcing: None,
             syncing: None,
             sync_round: 0,
             retained_while_down: HashSet::new(),
