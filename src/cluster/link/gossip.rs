@@ -54,22 +54,15 @@ impl ClusterLink {
             .chain(&removed)
             .any(|filter| filter.starts_with("$share/"));
         if !added.is_empty() || !removed.is_empty() {
-            self.announce(added, removed, false, ctx);
+            self.announce(added, removed, ctx);
         }
         if groups_changed {
             self.spread_shared_groups();
         }
     }
 
-    /// Tells the other nodes, in announcements of bounded size; with `always`, in one (empty)
-    /// at least, so that they know of this node.
-    fn announce(
-        &mut self,
-        added: Vec<String>,
-        removed: Vec<String>,
-        always: bool,
-        ctx: &mut Context<Self>,
-    ) {
+    /// Tells the other nodes, in announcements of bounded size.
+    fn announce(&mut self, added: Vec<String>, removed: Vec<String>, ctx: &mut Context<Self>) {
         let subject = self.env.subjects.interest();
         let mut part = (Vec::new(), Vec::new(), 0);
         let all = added
@@ -88,7 +81,7 @@ impl ClusterLink {
                 self.queue_interest(&subject, added, removed, ctx);
             }
         }
-        if part.2 > 0 || always {
+        if part.2 > 0 {
             self.queue_interest(&subject, part.0, part.1, ctx);
         }
     }
