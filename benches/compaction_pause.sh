@@ -37,6 +37,16 @@
 # each answers the others' Hello with all of its own (with CLUSTER=2 the peer's whole fleet
 # reaches the measured node twice): what a rejoin costs the traffic beside it. The run's line
 # then gives how many of the peer's filters the measured node knows at the end.
+# FLEET=here (with CLUSTER=2) puts the SESSIONS, QUEUED and RECONNECTS on the measured node
+# instead, the peer holding none: what a node pays for its own fleet in the cluster (with
+# NATS_BLIP, its own rejoin: its Hello, all its filters, and its answer to the peer's Hello).
+# The pairs then start once the peer knows all of the measured node's filters, and the line
+# gives how many of them the peer knows at the end.
+# PAIRS_RATE=R paces the pairs at R messages a second in all (open loop, as devices that
+# publish a few messages a second) instead of each publishing its next message once its last
+# is delivered (window 1): the broker and the harness then leave the cores some room, and the
+# slowest round trip shows what holds the broker's thread rather than what the machine's
+# two cores share.
 #
 # Each run appends the pairs' report to $OUT (rate, round-trip percentiles and the slowest) and
 # prints it with the broker's "persistence log compacted" line: its `paused_millis` (every
@@ -57,6 +67,8 @@ POLL_ADMIN=${POLL_ADMIN:-}
 CLUSTER=${CLUSTER:-}
 RECONNECTS=${RECONNECTS:-}
 NATS_BLIP=${NATS_BLIP:-}
+FLEET=${FLEET:-}
+PAIRS_RATE=${PAIRS_RATE:-}
 ADMIN_OUT=${OUT%.jsonl}-admin.jsonl
 MOSQUITTO=${MOSQUITTO:-mosquitto}
 
@@ -99,13 +111,21 @@ for run in $(seq "$RUNS"); do
     broker_pid=$(pgrep -P "$pid" | head -1 || true)
     broker_pid=${broker_pid:-$pid}
     fleet_port=$port
+    # The node that must know all of the fleet's filters before the pairs: the other one.
+    knower_http=${http_port:-}
     if [ "$CLUSTER" = 2 ] && [ "$broker" != mosquitto ]; then
-      fleet_port=$(free_port)
+      peer_port=$(free_port)
+      peer_http=$(free_port)
       sed 's/^node = "bench"$/node = "peer"/' "$work/sb.toml" > "$work/peer.toml"
       RUST_LOG=warn timeout $((DURATION + 600)) "$BIN_DIR/$broker" -c "$work/peer.toml" \
-        --port "$fleet_port" --http-port 0 > "$work/peer.log" 2>&1 &
+        --port "$peer_port" --http-port "$peer_http" > "$work/peer.log" 2>&1 &
       peer_pid=$!
-      wait_for_port "$fleet_port" || { echo "the peer did not open $fleet_port" >&2; exit 1; }
+      wait_for_port "$peer_port" || { echo "the peer did not open $peer_port" >&2; exit 1; }
+      if [ "$FLEET" = here ]; then
+        knower_http=$peer_http
+      else
+        fleet_port=$peer_port
+      fi
     fi
     if [ "$RETAINED" -gt 0 ]; then
       "$LOAD" --addr "127.0.0.1:$port" --broker-pid "$broker_pid" --quiet --scenario retained \
@@ -119,14 +139,14 @@ import mosquitto_recovery as m; asyncio.run(m.load_sessions($fleet_port))"
       done
     fi
     if [ -n "$peer_pid" ]; then
-      # The measured node knows every filter of the peer's fleet (and cfg/#) before the pairs.
+      # The other node knows every filter of the fleet's node (and cfg/#) before the pairs.
       want=$((SESSIONS + 1))
       for _ in $(seq 1200); do
-        held=$(curl -s "http://127.0.0.1:$http_port/api/v1/cluster" | jq '[.nodes[].filters] | add // 0')
+        held=$(curl -s "http://127.0.0.1:$knower_http/api/v1/cluster" | jq '[.nodes[].filters] | add // 0')
         [ "$held" -ge "$want" ] && break
         sleep 0.5 # polling the admin API: the node gives no other sign
       done
-      [ "$held" -ge "$want" ] || { echo "$broker knows $held of the peer's $want filters" >&2; exit 1; }
+      [ "$held" -ge "$want" ] || { echo "$broker: the other node knows $held of the fleet's $want filters" >&2; exit 1; }
     fi
     poller=""
     polled=""
@@ -154,15 +174,19 @@ import mosquitto_recovery as m; asyncio.run(m.load_sessions($fleet_port))"
       ) &
       blipper=$!
     fi
+    pace=(--window 1)
+    [ -n "$PAIRS_RATE" ] && pace=(--rate "$PAIRS_RATE")
     "$LOAD" --addr "127.0.0.1:$port" --broker-pid "$broker_pid" --label "$broker" --quiet \
-      --scenario pairs --qos 1 --clients 8 --window 1 --persistent-subscribers \
+      --scenario pairs --qos 1 --clients 8 "${pace[@]}" --persistent-subscribers \
       --duration "$DURATION" --out "$OUT" > /dev/null
     if [ -n "$blipper" ]; then
       wait "$blipper"
       nats_pid=$(cat "$work/nats.pid")
-      known=$(curl -s "http://127.0.0.1:$http_port/api/v1/cluster" | jq '[.nodes[].filters] | add // 0')
+      known=$(curl -s "http://127.0.0.1:$knower_http/api/v1/cluster" | jq '[.nodes[].filters] | add // 0')
       joins=$(grep -c 'cluster: connected to NATS' "$work/broker.log" || true)
-      polled="connected to NATS $joins times, knows $known filters of other nodes; "
+      knower=measured
+      [ "$FLEET" = here ] && knower=peer
+      polled="connected to NATS $joins times, the $knower node knows $known filters of the other; "
     fi
     if [ -n "$churn" ]; then
       wait "$churn"
