@@ -381,10 +381,8 @@ async fn a_wrong_picture_of_another_nodes_filters_is_repaired() {
     if !common::nats_available() {
         return;
     }
-    let timeout = Duration::from_millis(1500);
     let nats = Nats::start();
-    let a = node(&nats, "a", |config| config.cluster.node_timeout = timeout);
-    let b = node(&nats, "b", |config| config.cluster.node_timeout = timeout);
+    let [a, b] = two_nodes_timing_out(&nats, Duration::from_millis(1500));
     let mut app = peer(options(b.local_addr(), "b-app")).await;
     app.subscribe("telemetry/#", QoS::AtLeastOnce).await;
     common::eventually(|| async { link_subscriptions(&a).await == ["telemetry/#"] }).await;

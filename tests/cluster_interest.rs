@@ -30,6 +30,24 @@ async fn after_marker(watcher: &mut Peer, a: &BackgroundBroker, n: u32) -> Vec<S
     filters
 }
 
+/// 20 clients of `broker` with 1,000 filters each (`limits.max_subscriptions_per_client`),
+/// `dev/{n}/cmd`: their connections, to keep open, and the filters.
+async fn fleet_of_20_000(broker: &BackgroundBroker) -> (Vec<Raw>, Vec<String>) {
+    let (mut fleet, mut held) = (Vec::new(), Vec::new());
+    for client in 0..20u32 {
+        let id = format!("fleet-{client}");
+        let mut raw = Raw::handshake(broker.local_addr(), &id, true).await.0;
+        let filters: Vec<String> = (0..1000)
+            .map(|i| format!("dev/{}/cmd", client * 1000 + i))
+            .collect();
+        let pairs: Vec<(&str, u8)> = filters.iter().map(|f| (f.as_str(), 0)).collect();
+        raw.subscribe(1, &pairs, &[0; 1000]).await;
+        held.extend(filters);
+        fleet.push(raw);
+    }
+    (fleet, held)
+}
+
 /// A filter held by two clients of B stays in the cluster when one unsubscribes, and leaves
 /// it when the other's session ends [MQTT-3.1.2-6] (a clean session's DISCONNECT), a shared
 /// group's with its last member; a stored session's filter leaves when the session is removed
@@ -152,18 +170,7 @@ async fn a_node_with_many_filters_rejoins_nats_while_the_others_are_busy() {
     }
     let mut nats = Nats::start();
     let [a, b] = two_nodes(&nats).await;
-    // 20 clients of B with 1,000 filters each (`limits.max_subscriptions_per_client`).
-    let mut fleet = Vec::new();
-    for client in 0..20u32 {
-        let id = format!("fleet-{client}");
-        let mut raw = Raw::handshake(b.local_addr(), &id, true).await.0;
-        let filters: Vec<String> = (0..1000)
-            .map(|i| format!("dev/{}/cmd", client * 1000 + i))
-            .collect();
-        let filters: Vec<(&str, u8)> = filters.iter().map(|f| (f.as_str(), 0)).collect();
-        raw.subscribe(1, &filters, &[0; 1000]).await;
-        fleet.push(raw);
-    }
+    let (_fleet, _) = fleet_of_20_000(&b).await;
     let mut app = peer(options(b.local_addr(), "app")).await;
     app.subscribe("detrd/status/response/+", QoS::AtLeastOnce)
         .await;
@@ -224,23 +231,9 @@ async fn a_picture_renewed_in_slices_ends_as_the_nodes_filters_are() {
     if !common::nats_available() {
         return;
     }
-    let timeout = Duration::from_millis(1500);
     let nats = Nats::start();
-    let a = node(&nats, "a", |config| config.cluster.node_timeout = timeout);
-    let b = node(&nats, "b", |config| config.cluster.node_timeout = timeout);
-    let mut held: Vec<String> = Vec::new();
-    let mut fleet = Vec::new();
-    for client in 0..20u32 {
-        let id = format!("fleet-{client}");
-        let mut raw = Raw::handshake(b.local_addr(), &id, true).await.0;
-        let filters: Vec<String> = (0..1000)
-            .map(|i| format!("dev/{}/cmd", client * 1000 + i))
-            .collect();
-        let pairs: Vec<(&str, u8)> = filters.iter().map(|f| (f.as_str(), 0)).collect();
-        raw.subscribe(1, &pairs, &[0; 1000]).await;
-        held.extend(filters);
-        fleet.push(raw);
-    }
+    let [a, b] = two_nodes_timing_out(&nats, Duration::from_millis(1500));
+    let (_fleet, mut held) = fleet_of_20_000(&b).await;
     held.sort();
     common::eventually(|| async { link_subscriptions(&a).await.len() == held.len() }).await;
 

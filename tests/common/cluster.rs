@@ -74,6 +74,12 @@ pub async fn two_nodes(nats: &Nats) -> [BackgroundBroker; 2] {
     nodes
 }
 
+/// Nodes a and b on `nats`, each forgetting a node not heard from within `timeout`
+/// (`cluster.node_timeout`): their heartbeats, three per timeout, come that much sooner.
+pub fn two_nodes_timing_out(nats: &Nats, timeout: std::time::Duration) -> [BackgroundBroker; 2] {
+    ["a", "b"].map(|name| node(nats, name, |config| config.cluster.node_timeout = timeout))
+}
+
 /// Nodes a (made with `adjust`) and b on `nats`, once a knows b and a node c, which was then
 /// killed (SIGKILL: no goodbye): a's next SUBSCRIBE waits `cluster.subscribe_wait` for c.
 pub async fn two_nodes_and_a_killed_one(
