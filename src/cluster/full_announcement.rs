@@ -38,10 +38,7 @@ impl FullAnnouncement {
     /// From the first filter again (another node said Hello, and needs all of them from now
     /// on); an InterestEnd owed stays owed.
     pub fn restart(&mut self, ends: bool) {
-        *self = FullAnnouncement {
-            ends: self.ends || ends,
-            ..FullAnnouncement::new(ends)
-        };
+        *self = FullAnnouncement::new(self.ends || ends);
     }
 
     /// The next filters to announce, about `bytes` of them (each counted with 4 bytes of
