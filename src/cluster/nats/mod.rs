@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use wire::{parse_frame, put_pub, sub_line, Frame, NatsError};
+use wire::{parse_frame, put_pub, put_sub, Frame, NatsError};
 pub use wire::{parse_urls, NatsServer};
 
 /// How often the client PINGs an idle server; two unanswered PINGs end the connection.
@@ -371,7 +371,7 @@ impl Task {
                     };
                     match &control {
                         Control::Subscribe { sid, subject, queue } => {
-                            out.put_slice(sub_line(*sid, subject, queue.as_deref()).as_bytes());
+                            put_sub(&mut out, *sid, subject, queue.as_deref());
                         }
                         Control::Unsubscribe { sid } => {
                             out.put_slice(format!("UNSUB {sid}\r\n").as_bytes());

@@ -88,12 +88,34 @@ pub(super) enum NatsError {
     Timeout(Duration),
 }
 
-/// `SUB <subject> [queue] <sid>`.
-pub(super) fn sub_line(sid: u64, subject: &str, queue: Option<&str>) -> String {
-    match queue {
-        Some(queue) => format!("SUB {subject} {queue} {sid}\r\n"),
-        None => format!("SUB {subject} {sid}\r\n"),
+/// `SUB <subject> [queue] <sid>`, written in place: a node that gets back onto NATS writes one
+/// per filter it holds (100,001 for a fleet of 100,000 devices), with no line allocated for each.
+pub(super) fn put_sub(out: &mut BytesMut, sid: u64, subject: &str, queue: Option<&str>) {
+    out.put_slice(b"SUB ");
+    out.put_slice(subject.as_bytes());
+    if let Some(queue) = queue {
+        out.put_u8(b' ');
+        out.put_slice(queue.as_bytes());
     }
+    out.put_u8(b' ');
+    put_decimal(out, sid);
+    out.put_slice(b"\r\n");
+}
+
+/// `n` in decimal ASCII.
+fn put_decimal(out: &mut BytesMut, mut n: u64) {
+    // u64::MAX has 20 digits.
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.put_slice(&digits[start..]);
 }
 
 /// `PUB <subject> <size>` and the payload.
@@ -245,6 +267,18 @@ mod tests {
             panic!("an error")
         };
         assert_eq!(e, "Stale Connection");
+    }
+
+    #[test]
+    fn sub_lines_name_the_subject_the_queue_and_the_sid() {
+        let mut out = BytesMut::new();
+        put_sub(&mut out, 0, "switchboard.f.a", None);
+        put_sub(&mut out, 42, "s.g", Some("q"));
+        put_sub(&mut out, u64::MAX, "x", None);
+        assert_eq!(
+            &out[..],
+            &b"SUB switchboard.f.a 0\r\nSUB s.g q 42\r\nSUB x 18446744073709551615\r\n"[..]
+        );
     }
 
     #[test]
