@@ -327,3 +327,114 @@ fn a_header_announcing_a_large_packet_does_not_reserve_all_of_it() {
     };
     assert_eq!(publish.message.payload.len(), 1_000_000);
 }
+
+#[test]
+fn packets_back_to_back_are_each_taken_whole() {
+    // Acknowledgements are read where they lie, PUBLISH frames split off: each leaves the
+    // buffer at the next packet's first byte.
+    let mut wire = Vec::new();
+    wire.extend_from_slice(&[0x40, 0x02, 0x00, 0x07]); // PUBACK 7
+    wire.extend_from_slice(&publish_frame(1, "a/b", 9, 3));
+    wire.extend_from_slice(&[0x50, 0x02, 0x01, 0x00]); // PUBREC 256
+    wire.extend_from_slice(&[0x31, 0x04, 0x00, 0x01, b'r', b'x']); // QoS 0, retained
+    wire.extend_from_slice(&[0x70, 0x02, 0x00, 0x02]); // PUBCOMP 2
+    wire.extend_from_slice(&[0xC0, 0x00]);
+    let mut codec = connected(ProtocolVersion::V3_1_1);
+    let mut buf = BytesMut::from(&wire[..]);
+    let mut packets = Vec::new();
+    while let Some(packet) = codec.decode(&mut buf).expect("no error") {
+        packets.push(packet);
+    }
+    assert!(buf.is_empty());
+    let [Packet::PubAck(7), Packet::Publish(qos1), Packet::PubRec(256, 0), Packet::Publish(retained), Packet::PubComp(2), Packet::PingReq] =
+        &packets[..]
+    else {
+        panic!("{packets:?}")
+    };
+    assert_eq!((qos1.pid, &qos1.message.topic[..]), (9, "a/b"));
+    assert_eq!(&qos1.message.payload[..], b"ppp");
+    assert_eq!(qos1.message.qos, QoS::AtLeastOnce);
+    assert!(retained.message.retain);
+    assert_eq!(&retained.message.payload[..], b"x");
+    // The packet id of an acknowledgement is 2 bytes exactly, and never 0 [MQTT-2.3.1-1].
+    assert!(decode(&[0x40, 0x03, 0x00, 0x07, 0x00]).is_err());
+    assert!(decode(&[0x40, 0x01, 0x07]).is_err());
+    assert!(decode(&[0x40, 0x02, 0x00, 0x00]).is_err());
+}
+
+/// What mqttbytes' `v4::Publish::read` made of a PUBLISH frame, with the checks the decoder
+/// made around it before it read frames in place: the reference for the decoder's own reading.
+fn publish_as_mqttbytes_read_it(frame: &[u8]) -> Result<(String, u16, Vec<u8>, u8, bool), String> {
+    let byte1 = frame[0];
+    if (byte1 >> 1) & 0x03 == 3 {
+        return Err(format!(
+            "{:?}",
+            CodecError::Protocol("PUBLISH with QoS 3 [MQTT-3.3.1-4]")
+        ));
+    }
+    if byte1 & 0x08 != 0 && (byte1 >> 1) & 0x03 == 0 {
+        return Err(format!(
+            "{:?}",
+            CodecError::Protocol("DUP set on a QoS 0 PUBLISH [MQTT-3.3.1-2]")
+        ));
+    }
+    let header = mqttbytes::check(frame.iter(), 1024).expect("a whole frame");
+    let publish =
+        mqttbytes::v4::Publish::read(header, Bytes::copy_from_slice(frame)).map_err(|e| {
+            format!(
+                "{:?}",
+                match e {
+                    mqttbytes::Error::TopicNotUtf8 => CodecError::InvalidUtf8,
+                    mqttbytes::Error::PacketIdZero => CodecError::Protocol(
+                        "QoS > 0 PUBLISH with packet identifier 0 [MQTT-2.3.1-1]"
+                    ),
+                    other => CodecError::Malformed(other),
+                }
+            )
+        })?;
+    validate_topic_name(&publish.topic).map_err(|e| format!("{:?}", CodecError::Topic(e)))?;
+    Ok((
+        publish.topic,
+        publish.pkid,
+        publish.payload.to_vec(),
+        publish.qos as u8,
+        publish.retain,
+    ))
+}
+
+proptest::proptest! {
+    /// The decoder reads every PUBLISH as mqttbytes did, errors included: topic lengths
+    /// short of, at and past the frame's end, topics with wildcards, U+0000 or bad UTF-8
+    /// [MQTT-1.5.3-1] [MQTT-3.3.2-2], a missing or zero packet id [MQTT-2.3.1-1], QoS 3
+    /// [MQTT-3.3.1-4] and DUP at QoS 0 [MQTT-3.3.1-2].
+    #[test]
+    fn publish_frames_read_as_mqttbytes_read_them(
+        flags in 0u8..16,
+        topic in proptest::collection::vec(proptest::sample::select(vec![b'a', b'/', b'#', b'+', 0, 0xC3, 0xA9, 0xFF]), 0..6),
+        length_off in -2i32..3,
+        pid in proptest::sample::select(vec![0u16, 1, 0x0100, 0xFFFF]),
+        payload in proptest::collection::vec(proptest::num::u8::ANY, 0..5),
+        cut in 0usize..20,
+    ) {
+        let topic_length = (topic.len() as i32 + length_off).max(0) as u16;
+        let mut body = topic_length.to_be_bytes().to_vec();
+        body.extend_from_slice(&topic);
+        body.extend_from_slice(&pid.to_be_bytes());
+        body.extend_from_slice(&payload);
+        body.truncate(body.len().saturating_sub(cut % 6));
+        let mut frame = vec![0x30 | flags, body.len() as u8];
+        frame.extend_from_slice(&body);
+        let ours = match decode(&frame) {
+            Ok(Some(Packet::Publish(p))) => Ok((
+                p.message.topic.clone(),
+                p.pid,
+                p.message.payload.to_vec(),
+                p.message.qos as u8,
+                p.message.retain,
+            )),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(format!("{e:?}")),
+        };
+        proptest::prop_assert_eq!(ours, publish_as_mqttbytes_read_it(&frame));
+    }
+}

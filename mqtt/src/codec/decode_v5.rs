@@ -39,11 +39,15 @@ const MAX_SUBSCRIPTION_ID: u32 = 268_435_455;
 impl MqttCodec {
     /// Decodes one complete MQTT 5 frame; the fixed header was checked already.
     pub(super) fn decode_v5(&mut self, frame: Bytes) -> Result<Packet, CodecError> {
-        let packet_type = frame[0] >> 4;
-        let mut body = frame.slice(fixed_header_len(&frame)..);
+        let byte1 = frame[0];
+        let packet_type = byte1 >> 4;
+        // The frame becomes the body: no reference counted for a slice of it.
+        let header_length = fixed_header_len(&frame);
+        let mut body = frame;
+        body.advance(header_length);
         match packet_type {
             1 => Ok(Packet::Connect(Box::new(parse_connect(body)?))),
-            3 => self.decode_publish(frame[0], body),
+            3 => self.decode_publish(byte1, body),
             4 => Ok(Packet::PubAck(read_ack(&mut body, "PUBACK")?.0)),
             5 => {
                 let (pid, reason) = read_ack(&mut body, "PUBREC")?;
