@@ -291,8 +291,8 @@ pub(super) fn fixed_header_len(frame: &[u8]) -> usize {
 /// An acknowledgement is read where it lies and a PUBLISH's topic and packet id are read from
 /// its frame in place: splitting a `Bytes` off a shared buffer counts a reference to the
 /// buffer's allocation, an atomic operation, and dropping it another. A PUBLISH took eight of
-/// them and a PUBACK four, now two and none (about 1% of the broker's CPU on pipelined QoS 1
-/// pairs: docs/benchmarks.md, "Frames read in place").
+/// them and a PUBACK four, now two and none (1-3% less CPU per message on pipelined pairs,
+/// none measurable at window 1: docs/benchmarks.md, "Frames read in place").
 fn decode_frame(src: &mut BytesMut, frame_length: usize) -> Result<Packet, CodecError> {
     let packet_type = src[0] >> 4;
     let header_length = fixed_header_len(src);
