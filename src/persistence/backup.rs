@@ -15,13 +15,15 @@
 //! damaged or cut backup is refused with the error a start would give, before anything is
 //! installed.
 
-use std::fs;
+use std::fs::{self, File};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 use tokio::sync::oneshot;
 
 use super::log::{frame_at, sync_dir};
+use super::record::{FRAME_HEADER, MAX_RECORD};
 use super::{PersistenceError, Record, Store, LOG_FORMAT};
 
 /// A backup the writer wrote: where, and its size. The file is deleted when this is dropped
@@ -62,6 +64,16 @@ pub(super) struct BackupRequest {
 }
 
 impl BackupRequest {
+    /// A request, and where its answer comes (the writer's tests ask the writer directly).
+    #[cfg(test)]
+    pub(super) fn new() -> (
+        Self,
+        oneshot::Receiver<Result<BackupFile, PersistenceError>>,
+    ) {
+        let (done, answer) = oneshot::channel();
+        (BackupRequest { done }, answer)
+    }
+
     /// Called by the writer: tells whoever asked (if they have gone, the file goes with the
     /// answer: [`BackupFile`]'s drop).
     pub(super) fn answer(self, written: Result<BackupFile, PersistenceError>) {
@@ -95,6 +107,117 @@ impl Store {
             }
         }
     }
+}
+
+/// Copies the records of the log's `segments` (in order, each with where its records end:
+/// `None` for up to the zeros written ahead of them) to a new file at `path`, as a log of one
+/// segment ending with its end mark: what the log reads back as now, its records not yet
+/// compacted away included. Each segment's format record is left out (the file has its own),
+/// and every frame's checksum is checked on the way: a damaged frame fails the backup with its
+/// file and offset. Returns the file's size. Safe beside the writer thread while no compaction
+/// deletes the segments: the writer only appends past the ends given.
+pub(super) fn copy_log(
+    segments: &[(PathBuf, Option<u64>)],
+    path: &Path,
+) -> Result<u64, PersistenceError> {
+    let written = copy_log_to(segments, path);
+    if written.is_err() {
+        let _ = fs::remove_file(path);
+    }
+    written
+}
+
+fn copy_log_to(segments: &[(PathBuf, Option<u64>)], path: &Path) -> Result<u64, PersistenceError> {
+    let io = |e| PersistenceError::io(path, e);
+    let mut out = BufWriter::with_capacity(1 << 20, File::create(path).map_err(io)?);
+    let format = Record::LogFormat(LOG_FORMAT).to_frame();
+    out.write_all(&format).map_err(io)?;
+    let mut written = format.len() as u64;
+    for (segment, end) in segments {
+        written += copy_segment(segment, *end, &mut out)?;
+    }
+    // The end mark: a backup cut short on its way is told by its absence.
+    out.write_all(&format)
+        .and_then(|()| out.flush())
+        .map_err(io)?;
+    Ok(written + format.len() as u64)
+}
+
+/// Copies the frames of `segment` up to `end` (or up to the zeros written ahead of them) to
+/// `out`, its first record left out if it is the segment's format. Returns the bytes copied.
+fn copy_segment(
+    segment: &Path,
+    end: Option<u64>,
+    out: &mut impl Write,
+) -> Result<u64, PersistenceError> {
+    let io = |e| PersistenceError::io(segment, e);
+    let file = File::open(segment).map_err(io)?;
+    let limit = match end {
+        Some(end) => end,
+        None => file.metadata().map_err(io)?.len(),
+    };
+    let mut reader = BufReader::with_capacity(1 << 20, file).take(limit);
+    let damaged = |offset: u64, what| PersistenceError::Damaged {
+        path: segment.to_path_buf(),
+        offset,
+        what,
+    };
+    let (mut offset, mut copied) = (0u64, 0u64);
+    let mut frame = Vec::new();
+    loop {
+        let mut header = [0u8; FRAME_HEADER];
+        let got = read_full(&mut reader, &mut header).map_err(io)?;
+        if got == 0 {
+            break;
+        }
+        if got < FRAME_HEADER {
+            return Err(damaged(offset, "record header cut short"));
+        }
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        if len == 0 && end.is_none() {
+            // The zeros written ahead: no record is empty.
+            break;
+        }
+        if len == 0 || len > MAX_RECORD {
+            return Err(damaged(offset, "record length out of range"));
+        }
+        frame.clear();
+        frame.extend_from_slice(&header);
+        frame.resize(FRAME_HEADER + len, 0);
+        if read_full(&mut reader, &mut frame[FRAME_HEADER..]).map_err(io)? < len {
+            return Err(damaged(offset, "record cut short"));
+        }
+        if crc32fast::hash(&frame[FRAME_HEADER..]) != crc {
+            return Err(damaged(offset, "record checksum mismatch"));
+        }
+        let format = offset == 0
+            && matches!(
+                Record::decode(&frame[FRAME_HEADER..]),
+                Ok(Record::LogFormat(_))
+            );
+        if !format {
+            out.write_all(&frame)
+                .map_err(|e| PersistenceError::io(segment, e))?;
+            copied += frame.len() as u64;
+        }
+        offset += frame.len() as u64;
+    }
+    Ok(copied)
+}
+
+/// Reads into `buffer` until it is full or the reader ends; returns how much was read.
+fn read_full(reader: &mut impl Read, buffer: &mut [u8]) -> std::io::Result<usize> {
+    let mut read = 0;
+    while read < buffer.len() {
+        match reader.read(&mut buffer[read..]) {
+            Ok(0) => break,
+            Ok(n) => read += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(read)
 }
 
 /// Why a backup could not be restored.

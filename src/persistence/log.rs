@@ -422,6 +422,21 @@ impl Log {
             .join(format!("backup-{}-{n}.log.tmp", super::unix_ms_now()))
     }
 
+    /// The log's segments in order, each with where its records end: the older ones whole
+    /// (their records run up to the zeros written ahead of them, or to their end), the one
+    /// appended to up to where the next record goes. Their records, copied in this order, read
+    /// back as the log does now (a backup of a large live state: `backup.rs`).
+    pub fn segments_to_copy(&self) -> Vec<(PathBuf, Option<u64>)> {
+        let mut segments: Vec<_> = self.older.iter().map(|path| (path.clone(), None)).collect();
+        // Zero-padded ids: the names sort as the ids do.
+        segments.sort();
+        segments.push((
+            segment_path(&self.dir, self.current_id),
+            Some(self.current_bytes),
+        ));
+        segments
+    }
+
     /// Bytes on disk in every segment.
     pub fn total_bytes(&self) -> u64 {
         self.total_bytes

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info};
 
-use super::backup::{BackupFile, BackupRequest};
+use super::backup::{copy_log, BackupFile, BackupRequest};
 use super::batch_thread::run_as_batch_thread;
-use super::compaction::Compaction;
+use super::compaction::{Compaction, COMPACT_ON_A_THREAD_FROM, COMPACT_ON_A_THREAD_FROM_RECORDS};
 use super::frame::seal_frames;
 use super::interval_sync::IntervalSyncer;
 use super::live::{live_key_of_body, LiveKind};
@@ -52,6 +52,14 @@ pub struct Writer {
     /// Compactions still to run on a thread of their own after one on this thread found the
     /// disk slow to sync (`compaction.rs`).
     pub(super) slow_disk_compactions_left: u32,
+}
+
+/// What a backup's thread copies (`Writer::start_backup`).
+enum BackupSource {
+    /// The live frames, where they are in the log.
+    Frames(Vec<FrameAt>),
+    /// The log's segments, each with where its records end (`Log::segments_to_copy`).
+    Log(Vec<(std::path::PathBuf, Option<u64>)>),
 }
 
 /// The syncing thread `thread` started, if one was asked for: on an error, none (logged), and the
@@ -349,13 +357,24 @@ impl Writer {
     }
 
     /// Starts writing a backup of the live state as it stands to a new file in the log's
-    /// directory, on a thread of its own (`backup.rs`): this thread only lists where the live
-    /// frames are, and goes on committing while the backup thread copies them (no compaction
-    /// deletes a segment meanwhile: [`maybe_compact`](Self::maybe_compact) waits for it).
+    /// directory, on a thread of its own (`backup.rs`), and goes on committing while that
+    /// thread copies (no compaction deletes a segment meanwhile:
+    /// [`maybe_compact`](Self::maybe_compact) waits for it). Of a small live state this thread
+    /// lists where the live frames are (a millisecond or less), and the backup holds them
+    /// alone; a large one's listing would hold every commit for tens of milliseconds (a
+    /// million retained messages: 37-60 ms), so the backup thread copies the log's records as
+    /// they stand instead, those not compacted away yet included (at most about twice the live
+    /// state: a compaction starts there). Either reads back as the log does now.
     fn start_backup(&mut self, request: BackupRequest, shared: &Arc<StoreShared>) {
         let listed = Instant::now();
-        let frames = self.live.live_frames();
-        let listed_millis = listed.elapsed().as_millis() as u64;
+        let large = self.live.bytes() >= COMPACT_ON_A_THREAD_FROM
+            || self.live.records() >= COMPACT_ON_A_THREAD_FROM_RECORDS;
+        let source = if large {
+            BackupSource::Log(self.log.segments_to_copy())
+        } else {
+            BackupSource::Frames(self.live.live_frames())
+        };
+        let listed_micros = listed.elapsed().as_micros() as u64;
         let dir = self.log.dir().to_path_buf();
         let path = self.log.backup_path();
         let shared = shared.clone();
@@ -363,11 +382,17 @@ impl Writer {
         copying.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let copy = move || {
             let started = Instant::now();
-            let written = write_backup(&dir, &frames, &path).map(|bytes| {
+            let (written, frames) = match &source {
+                BackupSource::Frames(frames) => {
+                    (write_backup(&dir, frames, &path), Some(frames.len()))
+                }
+                BackupSource::Log(segments) => (copy_log(segments, &path), None),
+            };
+            let written = written.map(|bytes| {
                 info!(
                     bytes,
-                    frames = frames.len(),
-                    listed_millis,
+                    frames,
+                    listed_micros,
                     millis = started.elapsed().as_millis() as u64,
                     "persistence backup written"
                 );

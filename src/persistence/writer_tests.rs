@@ -19,7 +19,7 @@ use crate::persistence::compaction::{
     COMPACTION_SLICE, COMPACT_ON_A_THREAD_FROM, COMPACT_ON_A_THREAD_FROM_RECORDS,
     ON_A_THREAD_AFTER_A_SLOW_ONE, SLOW_IN_PLACE,
 };
-use crate::persistence::{open, StoreShared};
+use crate::persistence::{open, restore, StoreShared};
 
 /// The writer of a fresh log in `dir`, compacting from 64 KiB.
 fn writer_in(dir: &std::path::Path) -> Writer {
@@ -290,6 +290,120 @@ fn after_a_slow_compaction_on_the_writer_the_next_ones_run_beside_it() {
 
 /// Takes compaction steps until the listing of the frames for its thread is done; returns how
 /// many it took.
+/// Ends the compaction under way: lists it, waits for its snapshot, notes it.
+fn finish_the_compaction(writer: &mut Writer, shared: &Arc<StoreShared>) {
+    list_all(writer, shared);
+    wait_for_the_snapshot(shared);
+    while writer.compaction.is_some() {
+        writer.maybe_compact(shared);
+    }
+}
+
+/// Asks `writer` for a backup and waits for its thread's answer.
+fn back_up(
+    writer: &mut Writer,
+    shared: &Arc<StoreShared>,
+) -> Result<BackupFile, crate::persistence::PersistenceError> {
+    let (request, answer) = crate::persistence::backup::BackupRequest::new();
+    writer.start_backup(request, shared);
+    answer.blocking_recv().expect("the backup thread answers")
+}
+
+#[test]
+fn a_large_live_state_is_backed_up_as_its_log_reads_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut writer = writer_in(dir.path());
+    let shared = Arc::new(StoreShared::new(1, false, Default::default()));
+    // 5,000 gates' states (more records than a backup lists at once), set three times, then
+    // compacted: a snapshot segment, and the segment after it.
+    let topics: Vec<String> = (0..5_000).map(|n| format!("gate/{n}/state")).collect();
+    let set = |writer: &mut Writer, topics: &[String], round: u8| {
+        let payload = Bytes::from(vec![round; 16]);
+        commit(writer, topics.iter().map(|t| retained(t, &payload)));
+    };
+    for round in 0..3 {
+        set(&mut writer, &topics, b'a' + round);
+    }
+    writer.maybe_compact(&shared);
+    finish_the_compaction(&mut writer, &shared);
+    // After it: half the gates set again, the last 100 cleared, then every gate set twice
+    // more, which starts the next compaction (its snapshot not in place yet: the segments
+    // now are the snapshot, the one after it up to its zeros, and the one appended to).
+    set(&mut writer, &topics[..2_500], b'd');
+    commit(
+        &mut writer,
+        topics[4_900..]
+            .iter()
+            .map(|t| Record::RetainClear(t.clone())),
+    );
+    set(&mut writer, &topics[..4_900], b'e');
+    set(&mut writer, &topics[..1_000], b'f');
+    writer.maybe_compact(&shared);
+    assert!(writer.compaction.is_some(), "a compaction under way");
+    let live = writer.live.records();
+
+    let backup = back_up(&mut writer, &shared).expect("a backup");
+    let restored_dir = tempfile::tempdir().expect("tempdir");
+    let restored = restore(&backup.path, &restored_dir.path().join("state")).expect("restored");
+    drop(backup);
+    assert!(
+        restored.records > live,
+        "the log's records copied, not the live ones listed: {} of {live} live",
+        restored.records
+    );
+    finish_the_compaction(&mut writer, &shared);
+    drop(writer);
+
+    let mut expected: Vec<(String, Bytes)> = topics[..4_900]
+        .iter()
+        .enumerate()
+        .map(|(n, t)| {
+            (
+                t.clone(),
+                Bytes::from(vec![if n < 1_000 { b'f' } else { b'e' }; 16]),
+            )
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(read_back(&restored_dir.path().join("state")), expected);
+    assert_eq!(read_back(dir.path()), expected);
+}
+
+#[test]
+fn a_damaged_record_fails_a_large_backup_with_its_file_and_offset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut writer = writer_in(dir.path());
+    let shared = Arc::new(StoreShared::new(1, false, Default::default()));
+    let topics: Vec<String> = (0..5_000).map(|n| format!("gate/{n}/state")).collect();
+    for round in 0..3u8 {
+        let payload = Bytes::from(vec![b'a' + round; 16]);
+        commit(&mut writer, topics.iter().map(|t| retained(t, &payload)));
+    }
+    writer.maybe_compact(&shared);
+    finish_the_compaction(&mut writer, &shared);
+    writer.log.wait_deleted();
+    // A byte of the snapshot segment flipped, past its first records.
+    let snapshot = dir.path().join(&segments(dir.path())[0]);
+    let mut bytes = std::fs::read(&snapshot).expect("read");
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0xFF;
+    std::fs::write(&snapshot, &bytes).expect("write");
+
+    match back_up(&mut writer, &shared) {
+        Err(crate::persistence::PersistenceError::Damaged { path, offset, .. }) => {
+            assert_eq!(path, snapshot);
+            assert!(offset <= at as u64, "at {offset}, the flipped byte at {at}");
+        }
+        other => panic!("a damaged segment named: {other:?}"),
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("read dir")
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("backup-"))
+        .collect();
+    assert!(left.is_empty(), "no half-written backup left: {left:?}");
+}
+
 fn list_all(writer: &mut Writer, shared: &Arc<StoreShared>) -> usize {
     let mut steps = 0;
     while writer.compaction.as_ref().is_some_and(|c| c.listing()) {
