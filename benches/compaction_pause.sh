@@ -47,6 +47,10 @@
 # is delivered (window 1): the broker and the harness then leave the cores some room, and the
 # slowest round trip shows what holds the broker's thread rather than what the machine's
 # two cores share.
+# BACKUP_AT=S fetches a backup of each build (`GET /api/v1/persistence/backup`, to a file in
+# the work directory) S seconds into the pairs; the run's line gives how long the fetch took,
+# the backup's size, and the broker's "persistence backup written" line (`listed_micros`: how
+# long the writer, and every commit with it, was held). Mosquitto runs the pairs alone.
 #
 # Each run appends the pairs' report to $OUT (rate, round-trip percentiles and the slowest) and
 # prints it with the broker's "persistence log compacted" line: its `paused_millis` (every
@@ -69,6 +73,7 @@ RECONNECTS=${RECONNECTS:-}
 NATS_BLIP=${NATS_BLIP:-}
 FLEET=${FLEET:-}
 PAIRS_RATE=${PAIRS_RATE:-}
+BACKUP_AT=${BACKUP_AT:-}
 ADMIN_OUT=${OUT%.jsonl}-admin.jsonl
 MOSQUITTO=${MOSQUITTO:-mosquitto}
 
@@ -174,6 +179,15 @@ import mosquitto_recovery as m; asyncio.run(m.load_sessions($fleet_port))"
       ) &
       blipper=$!
     fi
+    backer=""
+    if [ -n "$BACKUP_AT" ] && [ "$broker" != mosquitto ]; then
+      (
+        sleep "$BACKUP_AT" # a moment in the run to take it, not a synchronisation
+        curl -fsS -o "$work/backup.log" -w '%{time_total} s, %{size_download} bytes' \
+          "http://127.0.0.1:$http_port/api/v1/persistence/backup" > "$work/backup.took"
+      ) &
+      backer=$!
+    fi
     pace=(--window 1)
     [ -n "$PAIRS_RATE" ] && pace=(--rate "$PAIRS_RATE")
     "$LOAD" --addr "127.0.0.1:$port" --broker-pid "$broker_pid" --label "$broker" --quiet \
@@ -187,6 +201,11 @@ import mosquitto_recovery as m; asyncio.run(m.load_sessions($fleet_port))"
       knower=measured
       [ "$FLEET" = here ] && knower=peer
       polled="connected to NATS $joins times, the $knower node knows $known filters of the other; "
+    fi
+    if [ -n "$backer" ]; then
+      wait "$backer" || true
+      polled="${polled}backup fetched in $(cat "$work/backup.took"): $(grep -o 'persistence backup written.*' "$work/broker.log" || true); "
+      rm -f "$work/backup.log"
     fi
     if [ -n "$churn" ]; then
       wait "$churn"
