@@ -167,7 +167,9 @@ fn copy_segment(
     loop {
         let mut header = [0u8; FRAME_HEADER];
         let got = read_full(&mut reader, &mut header).map_err(io)?;
-        if got == 0 {
+        if got == 0 || (end.is_none() && header.iter().all(|&b| b == 0)) {
+            // The segment's end, or the zeros written ahead of its records (no record is
+            // empty), however few of them there are before the file's end.
             break;
         }
         if got < FRAME_HEADER {
@@ -175,10 +177,6 @@ fn copy_segment(
         }
         let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
         let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        if len == 0 && end.is_none() {
-            // The zeros written ahead: no record is empty.
-            break;
-        }
         if len == 0 || len > MAX_RECORD {
             return Err(damaged(offset, "record length out of range"));
         }

@@ -404,6 +404,40 @@ fn a_damaged_record_fails_a_large_backup_with_its_file_and_offset() {
     assert!(left.is_empty(), "no half-written backup left: {left:?}");
 }
 
+#[test]
+fn a_log_copy_stops_at_the_zeros_written_ahead_however_few() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let payload = Bytes::from_static(b"closed");
+    let format = Record::LogFormat(crate::persistence::LOG_FORMAT).to_frame();
+    let mut first = format.clone();
+    retained("gate/1/state", &payload).write_frame(&mut first);
+    let records = first.len() as u64;
+    // Three zeros ahead: fewer than a record's header.
+    first.extend_from_slice(&[0, 0, 0]);
+    let mut second = format.clone();
+    retained("gate/2/state", &payload).write_frame(&mut second);
+    let second_end = second.len() as u64;
+    // Records past the end given are not copied (the writer appends there meanwhile).
+    retained("gate/3/state", &payload).write_frame(&mut second);
+    second.resize(second.len() + 4096, 0);
+    let (a, b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+    std::fs::write(&a, &first).expect("write");
+    std::fs::write(&b, &second).expect("write");
+    let copy = dir.path().join("copy.log");
+    let bytes = crate::persistence::backup::copy_log(&[(a, None), (b, Some(second_end))], &copy)
+        .expect("copied");
+    let copied = std::fs::read(&copy).expect("read");
+    assert_eq!(bytes, copied.len() as u64);
+    let mut expected = format.clone();
+    expected.extend_from_slice(&first[format.len()..records as usize]);
+    expected.extend_from_slice(&second[format.len()..second_end as usize]);
+    expected.extend_from_slice(&format);
+    assert_eq!(
+        copied, expected,
+        "the records of both, between a format and an end mark"
+    );
+}
+
 fn list_all(writer: &mut Writer, shared: &Arc<StoreShared>) -> usize {
     let mut steps = 0;
     while writer.compaction.as_ref().is_some_and(|c| c.listing()) {
