@@ -361,8 +361,8 @@ impl Writer {
     /// thread copies (no compaction deletes a segment meanwhile:
     /// [`maybe_compact`](Self::maybe_compact) waits for it). Of a small live state this thread
     /// lists where the live frames are (a millisecond or less), and the backup holds them
-    /// alone; a large one's listing would hold every commit for tens of milliseconds (a
-    /// million retained messages: 37-60 ms), so the backup thread copies the log's records as
+    /// alone; a large one's listing would hold every commit for tens of milliseconds or more (a
+    /// million retained messages: 37-175 ms), so the backup thread copies the log's records as
     /// they stand instead, those not compacted away yet included (at most about twice the live
     /// state: a compaction starts there). Either reads back as the log does now.
     fn start_backup(&mut self, request: BackupRequest, shared: &Arc<StoreShared>) {
