@@ -213,11 +213,7 @@ fn a_live_state_of_many_small_records_is_compacted_on_a_thread_of_its_own() {
     let shared = Arc::new(StoreShared::new(1, false, Default::default()));
     // 5,000 gates' states of 8 bytes, set twice (a snapshot would copy them frame by frame):
     // a live state far below 8 MiB, but of more records than the writer copies itself.
-    let topics: Vec<String> = (0..5_000).map(|n| format!("gate/{n}/state")).collect();
-    for round in 0..3u8 {
-        let payload = Bytes::from(vec![b'a' + round; 8]);
-        commit(&mut writer, topics.iter().map(|t| retained(t, &payload)));
-    }
+    let topics = gates_set_three_times(&mut writer, 5_000, 8);
     assert!(writer.live.bytes() < COMPACT_ON_A_THREAD_FROM);
     assert!(writer.live.records() >= COMPACT_ON_A_THREAD_FROM_RECORDS);
     writer.maybe_compact(&shared);
@@ -290,6 +286,17 @@ fn after_a_slow_compaction_on_the_writer_the_next_ones_run_beside_it() {
 
 /// Takes compaction steps until the listing of the frames for its thread is done; returns how
 /// many it took.
+/// `count` gates' states of `size` bytes, each set three times (payloads of `a`, `b`, then
+/// `c`): their topics.
+fn gates_set_three_times(writer: &mut Writer, count: usize, size: usize) -> Vec<String> {
+    let topics: Vec<String> = (0..count).map(|n| format!("gate/{n}/state")).collect();
+    for round in 0..3u8 {
+        let payload = Bytes::from(vec![b'a' + round; size]);
+        commit(writer, topics.iter().map(|t| retained(t, &payload)));
+    }
+    topics
+}
+
 /// Ends the compaction under way: lists it, waits for its snapshot, notes it.
 fn finish_the_compaction(writer: &mut Writer, shared: &Arc<StoreShared>) {
     list_all(writer, shared);
@@ -316,14 +323,11 @@ fn a_large_live_state_is_backed_up_as_its_log_reads_back() {
     let shared = Arc::new(StoreShared::new(1, false, Default::default()));
     // 5,000 gates' states (more records than a backup lists at once), set three times, then
     // compacted: a snapshot segment, and the segment after it.
-    let topics: Vec<String> = (0..5_000).map(|n| format!("gate/{n}/state")).collect();
+    let topics = gates_set_three_times(&mut writer, 5_000, 16);
     let set = |writer: &mut Writer, topics: &[String], round: u8| {
         let payload = Bytes::from(vec![round; 16]);
         commit(writer, topics.iter().map(|t| retained(t, &payload)));
     };
-    for round in 0..3 {
-        set(&mut writer, &topics, b'a' + round);
-    }
     writer.maybe_compact(&shared);
     finish_the_compaction(&mut writer, &shared);
     // After it: half the gates set again, the last 100 cleared, then every gate set twice
@@ -374,11 +378,7 @@ fn a_damaged_record_fails_a_large_backup_with_its_file_and_offset() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut writer = writer_in(dir.path());
     let shared = Arc::new(StoreShared::new(1, false, Default::default()));
-    let topics: Vec<String> = (0..5_000).map(|n| format!("gate/{n}/state")).collect();
-    for round in 0..3u8 {
-        let payload = Bytes::from(vec![b'a' + round; 16]);
-        commit(&mut writer, topics.iter().map(|t| retained(t, &payload)));
-    }
+    gates_set_three_times(&mut writer, 5_000, 16);
     writer.maybe_compact(&shared);
     finish_the_compaction(&mut writer, &shared);
     writer.log.wait_deleted();
