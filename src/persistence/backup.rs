@@ -180,6 +180,10 @@ fn copy_segment(
         if len == 0 || len > MAX_RECORD {
             return Err(damaged(offset, "record length out of range"));
         }
+        if offset + (FRAME_HEADER + len) as u64 > limit {
+            // Told before the frame's buffer is made: a damaged length is not an allocation.
+            return Err(damaged(offset, "record cut short"));
+        }
         frame.clear();
         frame.extend_from_slice(&header);
         frame.resize(FRAME_HEADER + len, 0);
