@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 use tokio::sync::oneshot;
 
+use super::frame::header_fields;
 use super::log::{frame_at, sync_dir};
 use super::record::{FRAME_HEADER, MAX_RECORD};
 use super::{PersistenceError, Record, Store, LOG_FORMAT};
@@ -175,8 +176,7 @@ fn copy_segment(
         if got < FRAME_HEADER {
             return Err(damaged(offset, "record header cut short"));
         }
-        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        let (len, crc) = header_fields(&header);
         if len == 0 || len > MAX_RECORD {
             return Err(damaged(offset, "record length out of range"));
         }

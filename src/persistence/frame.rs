@@ -22,6 +22,16 @@ pub(super) fn frame_unsealed(out: &mut Vec<u8>, write_body: impl FnOnce(&mut Vec
     out[start..start + 4].copy_from_slice(&(body_len as u32).to_le_bytes());
 }
 
+/// The body's length and its CRC-32, as a frame's `header` holds them (what the log's readers
+/// check a frame against).
+pub(super) fn header_fields(header: &[u8; FRAME_HEADER]) -> (usize, u32) {
+    let [l0, l1, l2, l3, c0, c1, c2, c3] = *header;
+    (
+        u32::from_le_bytes([l0, l1, l2, l3]) as usize,
+        u32::from_le_bytes([c0, c1, c2, c3]),
+    )
+}
+
 /// Fills in the CRC-32 of each frame in `frames`, a run of whole frames as [`frame_unsealed`]
 /// appends them. A length that runs past the end (never framed so) stops the walk there.
 pub(super) fn seal_frames(frames: &mut [u8]) {

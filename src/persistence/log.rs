@@ -22,6 +22,7 @@ use std::sync::Arc;
 use tracing::warn;
 
 use super::dir_entries::DirEntries;
+use super::frame::header_fields;
 use super::record::{Record, RecordError, FRAME_HEADER, LOG_FORMAT, MAX_RECORD};
 use super::segment_deleter::SegmentDeleter;
 use super::syncer::SyncJob;
@@ -277,14 +278,13 @@ pub(super) struct Damage {
 /// The record framed at `offset` of `data`, and where the next frame starts.
 pub(super) fn frame_at(data: &[u8], offset: usize) -> Result<(Record, usize), Damage> {
     let rest = &data[offset..];
-    if rest.len() < FRAME_HEADER {
+    let Some(header) = rest.first_chunk::<FRAME_HEADER>() else {
         return Err(Damage {
             what: "record header cut short",
             reaches_end: true,
         });
-    }
-    let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-    let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
+    };
+    let (len, crc) = header_fields(header);
     if len > MAX_RECORD {
         return Err(Damage {
             what: "record length out of range",
