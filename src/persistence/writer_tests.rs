@@ -284,8 +284,6 @@ fn after_a_slow_compaction_on_the_writer_the_next_ones_run_beside_it() {
     assert_eq!(read_back(dir.path()), [("gate/1AB/state".into(), last)]);
 }
 
-/// Takes compaction steps until the listing of the frames for its thread is done; returns how
-/// many it took.
 /// `count` gates' states of `size` bytes, each set three times (payloads of `a`, `b`, then
 /// `c`): their topics.
 fn gates_set_three_times(writer: &mut Writer, count: usize, size: usize) -> Vec<String> {
@@ -438,6 +436,8 @@ fn a_log_copy_stops_at_the_zeros_written_ahead_however_few() {
     );
 }
 
+/// Takes compaction steps until the listing of the frames for its thread is done; returns how
+/// many it took.
 fn list_all(writer: &mut Writer, shared: &Arc<StoreShared>) -> usize {
     let mut steps = 0;
     while writer.compaction.as_ref().is_some_and(|c| c.listing()) {
