@@ -190,6 +190,9 @@ async fn subscriber(
 struct Pacing {
     /// Open loop: messages per second for this publisher.
     rate: Option<f64>,
+    /// Open loop: when this publisher's first message of a period is due, spread over one
+    /// period by the publisher's index, so that publishers do not all send in the same instant.
+    first_due: Instant,
     /// Closed loop: messages not yet delivered everywhere.
     window: u64,
     recipients: u64,
@@ -215,18 +218,13 @@ async fn publisher(
     let mut seq = 0u64;
     let mut pid = 0u16;
     let mut unacked = 0u32; // QoS 1/2 packet ids in use at the broker
-    let mut budget = 0.0f64;
-    let mut last_tick = Instant::now();
-    let mut ticker = tokio::time::interval(Duration::from_millis(5));
+    let mut schedule = pacing
+        .rate
+        .map(|rate| Schedule::new(rate, pacing.first_due));
     let sent_by = &shared.sent_by[index];
     while !shared.stop.get() {
-        let mut allowed = match pacing.rate {
-            Some(rate) => {
-                let now = Instant::now();
-                budget = (budget + rate * now.duration_since(last_tick).as_secs_f64()).min(rate);
-                last_tick = now;
-                budget as u64
-            }
+        let mut allowed = match &schedule {
+            Some(schedule) => schedule.due(Instant::now()),
             None => {
                 let delivered = shared.delivered_from[index].get();
                 let in_pipe = (sent_by.get() * pacing.recipients).saturating_sub(delivered);
@@ -249,7 +247,9 @@ async fn publisher(
             if args.qos > 0 {
                 unacked += batch as u32;
             }
-            budget -= batch as f64;
+            if let Some(schedule) = &mut schedule {
+                schedule.sent(batch, Instant::now());
+            }
             sent_by.set(sent_by.get() + batch);
             shared.sent.set(shared.sent.get() + batch);
             stream.write_all(&out).await?;
@@ -269,7 +269,7 @@ async fn publisher(
         if batch == 0 && out.is_empty() {
             tokio::select! {
                 _ = shared.wake[index].notified(), if pacing.rate.is_none() => {}
-                _ = ticker.tick(), if pacing.rate.is_some() => {}
+                _ = next_due(&schedule) => {}
                 _ = conn::readable(&stream) => {}
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
@@ -291,6 +291,62 @@ async fn publisher(
             stream.flush().await?;
             out.clear();
         }
+    }
+}
+
+/// An open-loop publisher's timetable: one message every `period`, from `next` on. The
+/// publisher sends what is due and sleeps until the next message is, so messages leave one by
+/// one at the rate asked (within the timer's millisecond), not in bursts on a coarser tick.
+struct Schedule {
+    period: Duration,
+    /// When the next message is due.
+    next: Instant,
+}
+
+impl Schedule {
+    /// Most of a backlog kept when the harness falls behind: it catches up by at most one
+    /// second's worth of messages, the rest is not sent.
+    const MOST_BEHIND: Duration = Duration::from_secs(1);
+
+    fn new(rate: f64, first_due: Instant) -> Schedule {
+        let period = Duration::from_secs_f64(1.0 / rate.max(1e-6));
+        // A publisher whose handshake ended after its first slot keeps its phase and starts at
+        // the next slot of its own, not at once with every other late one.
+        let now = Instant::now();
+        let mut next = first_due;
+        if next < now {
+            let behind = now.duration_since(next).as_nanos();
+            let periods = behind.div_ceil(period.as_nanos().max(1));
+            next += period.saturating_mul(u32::try_from(periods).unwrap_or(u32::MAX));
+        }
+        Schedule { period, next }
+    }
+
+    /// How many messages are due at `now`.
+    fn due(&self, now: Instant) -> u64 {
+        if now < self.next {
+            return 0;
+        }
+        let late = now.duration_since(self.next).as_nanos() / self.period.as_nanos().max(1);
+        u64::try_from(late).unwrap_or(u64::MAX).saturating_add(1)
+    }
+
+    /// Records `count` messages sent at `now`.
+    fn sent(&mut self, count: u64, now: Instant) {
+        self.next += self
+            .period
+            .saturating_mul(u32::try_from(count).unwrap_or(u32::MAX));
+        if let Some(oldest) = now.checked_sub(Self::MOST_BEHIND) {
+            self.next = self.next.max(oldest);
+        }
+    }
+}
+
+/// Resolves when an open-loop publisher's next message is due; never for a closed loop.
+async fn next_due(schedule: &Option<Schedule>) {
+    match schedule {
+        Some(schedule) => tokio::time::sleep_until(schedule.next.into()).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -375,9 +431,13 @@ pub async fn run(
                     .map_err(|_| "subscribers did not get their SUBACK within 30 s".to_string())?;
             }
             let per_publisher_rate = args.rate.map(|r| r as f64 / plan.publishers.len() as f64);
+            let epoch = Instant::now();
+            let publishers = plan.publishers.len() as f64;
             for (i, topics) in plan.publishers.iter().cloned().enumerate() {
+                let phase = per_publisher_rate.map_or(0.0, |rate| i as f64 / publishers / rate);
                 let pacing = Pacing {
                     rate: per_publisher_rate,
+                    first_due: epoch + Duration::from_secs_f64(phase),
                     window: args.window.max(1),
                     recipients: plan.recipients,
                     acked_window: (args.window_acked && args.rate.is_none())
