@@ -50,8 +50,9 @@ pub struct Args {
     /// Payload bytes (at least 20: publisher, sequence number and timestamp travel in it).
     #[arg(long, default_value_t = 64)]
     pub payload: usize,
-    /// Open loop: total publish rate in messages/s (fleet: status requests/s). Without it, closed
-    /// loop with `--window`.
+    /// Open loop: total publish rate in messages/s (fleet: status requests/s), shared evenly by
+    /// the publishers, each sending on its own timetable with its phase spread over one period.
+    /// Without it, closed loop with `--window`.
     #[arg(long)]
     pub rate: Option<u64>,
     /// Closed loop: messages per publisher published and not yet delivered to every subscriber.
