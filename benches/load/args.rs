@@ -53,7 +53,7 @@ pub struct Args {
     /// Open loop: total publish rate in messages/s (fleet: status requests/s), shared evenly by
     /// the publishers, each sending on its own timetable with its phase spread over one period.
     /// Without it, closed loop with `--window`.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub rate: Option<u64>,
     /// Closed loop: messages per publisher published and not yet delivered to every subscriber.
     #[arg(long, default_value_t = 100)]

@@ -188,11 +188,8 @@ async fn subscriber(
 }
 
 struct Pacing {
-    /// Open loop: messages per second for this publisher.
-    rate: Option<f64>,
-    /// Open loop: when this publisher's first message of a period is due, spread over one
-    /// period by the publisher's index, so that publishers do not all send in the same instant.
-    first_due: Instant,
+    /// Open loop: this publisher's timetable.
+    schedule: Option<Schedule>,
     /// Closed loop: messages not yet delivered everywhere.
     window: u64,
     recipients: u64,
@@ -218,9 +215,10 @@ async fn publisher(
     let mut seq = 0u64;
     let mut pid = 0u16;
     let mut unacked = 0u32; // QoS 1/2 packet ids in use at the broker
-    let mut schedule = pacing
-        .rate
-        .map(|rate| Schedule::new(rate, pacing.first_due));
+    let mut schedule = pacing.schedule;
+    if let Some(schedule) = &mut schedule {
+        schedule.start(Instant::now());
+    }
     let sent_by = &shared.sent_by[index];
     while !shared.stop.get() {
         let mut allowed = match &schedule {
@@ -268,7 +266,7 @@ async fn publisher(
         }
         if batch == 0 && out.is_empty() {
             tokio::select! {
-                _ = shared.wake[index].notified(), if pacing.rate.is_none() => {}
+                _ = shared.wake[index].notified(), if schedule.is_none() => {}
                 _ = next_due(&schedule) => {}
                 _ = conn::readable(&stream) => {}
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
@@ -308,18 +306,28 @@ impl Schedule {
     /// second's worth of messages, the rest is not sent.
     const MOST_BEHIND: Duration = Duration::from_secs(1);
 
-    fn new(rate: f64, first_due: Instant) -> Schedule {
-        let period = Duration::from_secs_f64(1.0 / rate.max(1e-6));
-        // A publisher whose handshake ended after its first slot keeps its phase and starts at
-        // the next slot of its own, not at once with every other late one.
-        let now = Instant::now();
-        let mut next = first_due;
-        if next < now {
-            let behind = now.duration_since(next).as_nanos();
-            let periods = behind.div_ceil(period.as_nanos().max(1));
-            next += period.saturating_mul(u32::try_from(periods).unwrap_or(u32::MAX));
+    /// The timetable of publisher `index` of `publishers` sharing `rate` messages/s: its first
+    /// message is due `index / publishers` of a period after `epoch`.
+    fn new(rate: u64, index: usize, publishers: usize, epoch: Instant) -> Schedule {
+        let publishers = publishers.max(1);
+        let period = Duration::from_secs_f64(publishers as f64 / rate.max(1) as f64);
+        let phase = period.mul_f64(index as f64 / publishers as f64);
+        Schedule {
+            period,
+            next: epoch + phase,
         }
-        Schedule { period, next }
+    }
+
+    /// Moves a first message due before `now` (the publisher's handshake ended after it) to its
+    /// next slot, so that late publishers keep their phases instead of all sending at once.
+    fn start(&mut self, now: Instant) {
+        if self.next < now {
+            let behind = now.duration_since(self.next).as_nanos();
+            let periods = behind.div_ceil(self.period.as_nanos().max(1));
+            self.next += self
+                .period
+                .saturating_mul(u32::try_from(periods).unwrap_or(u32::MAX));
+        }
     }
 
     /// How many messages are due at `now`.
@@ -430,14 +438,13 @@ pub async fn run(
                     .await
                     .map_err(|_| "subscribers did not get their SUBACK within 30 s".to_string())?;
             }
-            let per_publisher_rate = args.rate.map(|r| r as f64 / plan.publishers.len() as f64);
             let epoch = Instant::now();
-            let publishers = plan.publishers.len() as f64;
+            let publishers = plan.publishers.len();
             for (i, topics) in plan.publishers.iter().cloned().enumerate() {
-                let phase = per_publisher_rate.map_or(0.0, |rate| i as f64 / publishers / rate);
                 let pacing = Pacing {
-                    rate: per_publisher_rate,
-                    first_due: epoch + Duration::from_secs_f64(phase),
+                    schedule: args
+                        .rate
+                        .map(|rate| Schedule::new(rate, i, publishers, epoch)),
                     window: args.window.max(1),
                     recipients: plan.recipients,
                     acked_window: (args.window_acked && args.rate.is_none())
