@@ -28,6 +28,10 @@
 # of each row (DURATION at least 4) and prints, per broker and row, the medians of its CPU per
 # delivered message split into the kernel's part (the TCP work of each packet, the system
 # calls, the wake-ups: the floor no change to a broker's code goes below) and user space.
+# PIN=split places every thread of each broker on CPU 1 and the harness on CPU 0; PIN=same puts
+# the harness on CPU 1 beside the broker (`taskset`). Where the scheduler puts the threads moves
+# both brokers' CPU per message by about a quarter on a 2-core machine ("The open loop paced
+# message by message", "Pinned", in docs/benchmarks.md); pinning holds that still.
 # Loopback only; every run is bounded in time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,11 +43,22 @@ ROWS=${ROWS:-"w1_8 w1_200 open fleet"}
 LOAD_ARGS=${LOAD_ARGS:-}
 BROKERS=${BROKERS:-"new mosquitto"}
 KERNEL_SHARE=${KERNEL_SHARE:-0}
+PIN=${PIN:-}
 SB_PORT=${SB_PORT:-18840}
 MQ_PORT=${MQ_PORT:-18841}
 
 # shellcheck source=benches/lib.sh
 . benches/lib.sh
+case "$PIN" in
+  "") harness_cpu=() ;;
+  split) harness_cpu=(taskset -c 0) ;;
+  same) harness_cpu=(taskset -c 1) ;;
+  *) echo "PIN is split or same" >&2; exit 2 ;;
+esac
+if [ -n "$PIN" ]; then
+  command -v taskset >/dev/null || { echo "PIN needs taskset" >&2; exit 1; }
+  [ "$(nproc)" -ge 2 ] || { echo "PIN needs 2 CPUs" >&2; exit 1; }
+fi
 if [ "$KERNEL_SHARE" = 1 ]; then
   command -v perf >/dev/null || { echo "KERNEL_SHARE=1 needs perf" >&2; exit 1; }
   [ "$DURATION" -ge 4 ] || { echo "KERNEL_SHARE=1 needs DURATION of 4 or more" >&2; exit 2; }
@@ -54,13 +69,13 @@ fi
 run_row() {
   if [ "$KERNEL_SHARE" != 1 ]; then
     # shellcheck disable=SC2086
-    "$LOAD" --addr "127.0.0.1:$port" --broker-pid "$pid" --label "$broker" --quiet \
-      --out "$OUT" $args $LOAD_ARGS --duration "$DURATION" >/dev/null
+    "${harness_cpu[@]}" "$LOAD" --addr "127.0.0.1:$port" --broker-pid "$pid" --label "$broker" \
+      --quiet --out "$OUT" $args $LOAD_ARGS --duration "$DURATION" >/dev/null
     return
   fi
   # shellcheck disable=SC2086
-  "$LOAD" --addr "127.0.0.1:$port" --broker-pid "$pid" --label "$broker" --quiet \
-    --out "$work/row.jsonl" $args $LOAD_ARGS --duration "$DURATION" >/dev/null &
+  "${harness_cpu[@]}" "$LOAD" --addr "127.0.0.1:$port" --broker-pid "$pid" --label "$broker" \
+    --quiet --out "$work/row.jsonl" $args $LOAD_ARGS --duration "$DURATION" >/dev/null &
   local load_pid=$! kernel
   sleep 1 # past the harness's connects: the samples are of the traffic alone
   perf record -q -F 997 -p "$pid" -o "$work/perf.data" -- sleep $((DURATION - 2)) >/dev/null 2>&1
@@ -84,6 +99,7 @@ for run_no in $(seq "$RUNS"); do
   for broker in $(run_order "$run_no"); do
     if [ "$broker" = mosquitto ]; then port=$MQ_PORT; else port=$SB_PORT; fi
     start_broker "$broker" "$port"
+    [ -z "$PIN" ] || taskset -a -p -c 1 "$pid" >/dev/null
     echo "run $run_no: $broker" >&2
     for row in $ROWS; do
       set_row_args "$row"
