@@ -323,11 +323,15 @@ impl Schedule {
     fn start(&mut self, now: Instant) {
         if self.next < now {
             let behind = now.duration_since(self.next).as_nanos();
-            let periods = behind.div_ceil(self.period.as_nanos().max(1));
-            self.next += self
-                .period
-                .saturating_mul(u32::try_from(periods).unwrap_or(u32::MAX));
+            self.advance(behind.div_ceil(self.period.as_nanos().max(1)));
         }
+    }
+
+    /// Moves the next message `periods` periods later.
+    fn advance(&mut self, periods: impl TryInto<u32>) {
+        self.next += self
+            .period
+            .saturating_mul(periods.try_into().unwrap_or(u32::MAX));
     }
 
     /// How many messages are due at `now`.
@@ -341,9 +345,7 @@ impl Schedule {
 
     /// Records `count` messages sent at `now`.
     fn sent(&mut self, count: u64, now: Instant) {
-        self.next += self
-            .period
-            .saturating_mul(u32::try_from(count).unwrap_or(u32::MAX));
+        self.advance(count);
         if let Some(oldest) = now.checked_sub(Self::MOST_BEHIND) {
             self.next = self.next.max(oldest);
         }
