@@ -1,7 +1,9 @@
 //! At most one log line per interval about an event that can come in floods (failed accepts,
-//! connections over the per-address rate, refused retained messages), each line with the count
-//! of events since the one before.
+//! connections over the per-address rate, refused retained messages, publishes and
+//! subscriptions a client may send again and again), each line with the count of events since
+//! the one before.
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// When the next line about one kind of event may go out, and how many events it will report.
@@ -25,7 +27,13 @@ impl LogGate {
     /// Counts one event at `now`. When a line is due, returns how many events it reports (this
     /// one and those held back since the last line).
     pub(crate) fn event(&mut self, now: Instant) -> Option<u64> {
-        self.since_line += 1;
+        self.events(1, now)
+    }
+
+    /// Counts `n` events at `now` (a packet's refused filters, say) as [`LogGate::event`] counts
+    /// one.
+    pub(crate) fn events(&mut self, n: u64, now: Instant) -> Option<u64> {
+        self.since_line += n;
         if self
             .last_line
             .is_some_and(|at| now.duration_since(at) < self.every)
@@ -44,6 +52,14 @@ impl LogGate {
     }
 }
 
+/// [`LogGate::events`] on a gate that Sessions on several threads share. A poisoned lock only
+/// means a logging call panicked; the gate is still usable.
+pub(crate) fn shared_events(gate: &Mutex<LogGate>, n: u64) -> Option<u64> {
+    gate.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .events(n, Instant::now())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,5 +75,24 @@ mod tests {
         assert!(gate.reset());
         assert!(!gate.reset(), "nothing logged since");
         assert_eq!(gate.event(t0 + Duration::from_secs(11)), Some(1));
+    }
+
+    #[test]
+    fn a_batch_of_events_counts_as_that_many() {
+        let gate = Mutex::new(LogGate::new(Duration::from_secs(3600)));
+        assert_eq!(
+            shared_events(&gate, 195),
+            Some(195),
+            "the first batch is logged whole"
+        );
+        assert_eq!(shared_events(&gate, 100), None);
+        assert_eq!(shared_events(&gate, 5), None);
+        let mut gate = gate.into_inner().expect("not poisoned");
+        let later = Instant::now() + Duration::from_secs(3600);
+        assert_eq!(
+            gate.events(1, later),
+            Some(106),
+            "held back, then reported together"
+        );
     }
 }

@@ -48,6 +48,7 @@ pub use subscribe_barrier::{AwaitInterest, HoldSubscribes};
 use self::client::Client;
 use crate::config::{Config, QueueOverflow, SessionConfig};
 use crate::hooks::LifecycleHooks;
+use crate::log_gate::LogGate;
 use crate::message::{Delivery, Message, QoS, SubscriptionOptions};
 use crate::metrics::Metrics;
 use crate::persistence::{Durable, DurableTo, Record, Store};
@@ -63,6 +64,9 @@ const BATCH_LIMIT: usize = 256;
 pub struct Registry {
     config: SessionConfig,
     max_subscriptions: usize,
+    /// Filters refused for `max_subscriptions`, warned of at most once a second with the count
+    /// since the last warning (`subscriptions.rs`): a client may subscribe past it in a loop.
+    limit_refusals: LogGate,
     metrics: Arc<Metrics>,
     hooks: LifecycleHooks,
     /// Client records by slot, boxed: the vector grows by doubling, and an idle fleet should not
@@ -148,6 +152,7 @@ impl Registry {
         Registry {
             config: config.sessions.clone(),
             max_subscriptions: config.limits.max_subscriptions_per_client,
+            limit_refusals: LogGate::new(std::time::Duration::from_secs(1)),
             metrics,
             hooks,
             clients: Vec::new(),

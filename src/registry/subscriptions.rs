@@ -29,13 +29,19 @@ impl Registry {
         let mut granted = Vec::with_capacity(msg.filters.len());
         // The cluster link holds every filter the other nodes' clients hold.
         let bounded = &*client_id != super::CLUSTER_CLIENT_ID;
+        // Over the limit: one line for the packet (its first refused filter, how many), at most
+        // one a second (`limit_refusals`), not one per filter.
+        let mut over_limit: Option<(String, u64)> = None;
         for (position, filter, options) in msg.filters {
             let existed = client.subscriptions.contains_key(&filter);
             if !existed && client.subscriptions.len() >= max_subscriptions && bounded {
-                warn!(client_id = %client_id, filter = %filter, limit = max_subscriptions, "subscription refused: limit of subscriptions per client");
                 metrics.add_limits_hit(1);
                 if let Some(code) = codes.get_mut(position) {
                     *code = msg.quota_code;
+                }
+                match &mut over_limit {
+                    Some((_, count)) => *count += 1,
+                    None => over_limit = Some((filter, 1)),
                 }
                 continue;
             }
@@ -48,6 +54,13 @@ impl Registry {
             .filter(|a| !a.detaching)
             .map(|a| a.session.clone());
         let now = Instant::now();
+        if let Some((filter, in_packet)) = over_limit {
+            if let Some(refused) = self.limit_refusals.events(in_packet, now) {
+                // Its first 200 characters: a filter may be 65,535 bytes long.
+                let filter: String = filter.chars().take(200).collect();
+                warn!(client_id = %client_id, filter = %filter, in_packet, refused, limit = max_subscriptions, "subscription refused: limit of subscriptions per client");
+            }
+        }
         let mut retained = Vec::new();
         let mut expired = Vec::new();
         for (filter, options, existed) in &granted {

@@ -22,6 +22,7 @@ mod packets;
 mod peer;
 mod read_access;
 mod reader;
+mod refusal_lines;
 mod settlement;
 mod socket;
 mod state;
@@ -76,9 +77,9 @@ pub struct SessionShared {
     pub access: Arc<crate::auth::AccessControl>,
     /// Durable state (`[persistence]`), if configured.
     pub store: Option<crate::persistence::Store>,
-    /// MQTT 3.1.1 publishes acknowledged and dropped (over a limit), warned of at most once a
-    /// second over all Sessions: a client may send them as fast as it likes.
-    pub(crate) dropped_publishes: std::sync::Mutex<crate::log_gate::LogGate>,
+    /// The lines about refused publishes and subscriptions, at most one a second for each kind
+    /// over all Sessions: a client may send them as fast as it likes.
+    refusal_lines: refusal_lines::RefusalLines,
     next_conn: AtomicU64,
 }
 
@@ -102,9 +103,7 @@ impl SessionShared {
             metrics,
             access,
             store,
-            dropped_publishes: std::sync::Mutex::new(crate::log_gate::LogGate::new(
-                std::time::Duration::from_secs(1),
-            )),
+            refusal_lines: refusal_lines::RefusalLines::new(),
             next_conn: AtomicU64::new(1),
         }
     }

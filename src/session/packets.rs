@@ -7,6 +7,7 @@ use futures_util::future::join_all;
 use tracing::{debug, info, warn};
 
 use super::peer::write_ack_coded;
+use super::refusal_lines::{Refusal, RefusedFilters};
 use super::{AckResult, Phase, Session};
 use crate::auth::{AclFile, SubscribeAccess};
 use crate::codec::{self, Ack, OversizedPublish, Packet, Publish as PublishPacket};
@@ -185,23 +186,19 @@ impl Session {
         self.shared.metrics.add_limits_hit(1);
         let (levels, bytes) = (topic.split('/').count(), topic.len());
         if self.peer_options.protocol.is_v5() {
-            info!(client_id = %self.client_id(), levels, bytes, "publish refused with 0x90: {WHAT}");
-        } else if let Some(dropped) = self.dropped_publish_line() {
+            if let Some(refused) = self.refusal_line(Refusal::Topic, 1) {
+                info!(client_id = %self.client_id(), levels, bytes, refused, "publish refused with 0x90: {WHAT}");
+            }
+        } else if let Some(dropped) = self.refusal_line(Refusal::Dropped, 1) {
             warn!(client_id = %self.client_id(), levels, bytes, dropped, "publish acknowledged and dropped (MQTT 3.1.1 has no refusal): {WHAT}");
         }
         self.refuse_publish(qos, pid, reason::TOPIC_NAME_INVALID, ctx);
     }
 
-    /// Whether a warning about a 3.1.1 publish acknowledged and dropped may go out now (at most
-    /// once a second over all Sessions), and if so how many it reports.
-    fn dropped_publish_line(&self) -> Option<u64> {
-        // A poisoned lock only means a logging call panicked; the gate is still usable.
-        let mut gate = self
-            .shared
-            .dropped_publishes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        gate.event(std::time::Instant::now())
+    /// Counts `n` refusals of `kind`: whether a line about them may go out now (at most once a
+    /// second for each kind over all Sessions), and if so how many it reports.
+    fn refusal_line(&self, kind: Refusal, n: u64) -> Option<u64> {
+        self.shared.refusal_lines.count(kind, n)
     }
 
     /// (3.1.1) A QoS 1 or 2 PUBLISH over `limits.max_packet_size`, its head read and the rest
@@ -210,7 +207,7 @@ impl Session {
     /// a client that queues reconnect and send it again, forever.
     fn publish_too_large(&mut self, head: OversizedPublish, ctx: &mut Context<Self>) {
         self.shared.metrics.add_limits_hit(1);
-        if let Some(dropped) = self.dropped_publish_line() {
+        if let Some(dropped) = self.refusal_line(Refusal::Dropped, 1) {
             let max = self.shared.config.limits.max_packet_size;
             // Its first 200 characters: a topic may be 65,535 bytes long.
             let topic: String = head.topic.chars().take(200).collect();
@@ -256,7 +253,9 @@ impl Session {
         }
         if payload_invalid {
             // (5.0) Payload Format Indicator 1 with a payload that is not UTF-8 (section 3.3.2.3.2).
-            info!(client_id = %self.client_id(), topic = %message.topic, "publish refused: payload is not the UTF-8 its format indicator claims");
+            if let Some(refused) = self.refusal_line(Refusal::Payload, 1) {
+                info!(client_id = %self.client_id(), topic = %message.topic, refused, "publish refused: payload is not the UTF-8 its format indicator claims");
+            }
             return self.refuse_publish(qos, pid, reason::PAYLOAD_FORMAT_INVALID, ctx);
         }
         self.refresh_acl();
@@ -264,7 +263,9 @@ impl Session {
             // Dropped. 3.1.1 has no negative PUBACK: acknowledged as usual, and a QoS 2 id is
             // remembered so that PUBREL completes the handshake. 5.0: 0x87 Not authorized.
             self.shared.metrics.add_acl_denied(1);
-            info!(client_id = %self.client_id(), topic = %message.topic, "publish denied: the ACL forbids it, or the topic is the broker's own ($SYS)");
+            if let Some(refused) = self.refusal_line(Refusal::Denied, 1) {
+                info!(client_id = %self.client_id(), topic = %message.topic, refused, "publish denied: the ACL forbids it, or the topic is the broker's own ($SYS)");
+            }
             return self.refuse_publish(qos, pid, reason::NOT_AUTHORIZED, ctx);
         }
         if qos == QoS::ExactlyOnce && !self.inbound_qos2.insert(pid) {
@@ -358,6 +359,7 @@ impl Session {
         self.refresh_acl();
         let acl = self.acl.1.clone();
         let mut requests: Vec<SubscribeRequest> = Vec::with_capacity(filters.len());
+        let mut refused = RefusedFilters::default();
         for (filter, mut options) in filters {
             if self.peer_options.bridge && parse_shared(&filter).is_none() {
                 // A bridge's messages do not come back to it, and retained ones stay retained
@@ -369,11 +371,16 @@ impl Session {
             match refusal {
                 None => requests.push(Ok((filter, options))),
                 Some((code, why)) => {
-                    info!(client_id = %client_id, filter = %filter, why = %why, "subscription refused");
+                    refused.note(filter, why);
                     requests.push(Err(code));
                 }
             }
         }
+        refused.log(
+            &self.shared.refusal_lines,
+            &client_id,
+            "subscription refused",
+        );
         let Some(interceptor) = self.shared.interceptors.subscribe.clone() else {
             return self.subscribe(key, pid, requests, ctx);
         };
@@ -401,19 +408,27 @@ impl Session {
         ctx.wait(decide.into_actor(self).map(move |answers, act, ctx| {
             // A rewritten filter is judged as the client's own was: the interceptor may narrow
             // what the limits and the ACL grant, never widen it.
+            let mut refused = RefusedFilters::default();
             let granted = answers
                 .into_iter()
                 .map(|answer| {
                     let (filter, options, rewritten) = answer?;
                     if rewritten {
-                        if let Some((code, why)) = act.judge_filter(&filter, acl.as_deref(), &client_id) {
-                            info!(client_id = %client_id, filter = %filter, why = %why, "subscription refused: the interceptor's rewrite");
+                        if let Some((code, why)) =
+                            act.judge_filter(&filter, acl.as_deref(), &client_id)
+                        {
+                            refused.note(filter, why);
                             return Err(code);
                         }
                     }
                     Ok((filter, options))
                 })
                 .collect();
+            refused.log(
+                &act.shared.refusal_lines,
+                &client_id,
+                "subscription refused: the interceptor's rewrite",
+            );
             act.subscribe(key, pid, granted, ctx);
             act.flush(ctx);
         }));
