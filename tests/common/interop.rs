@@ -49,6 +49,13 @@ pub fn gmqtt_available() -> bool {
     required_under_ci(found, "python3 with gmqtt", "pip install gmqtt==0.8.0")
 }
 
+/// Whether python3 with amqtt (an asyncio MQTT 3.1.1 client with its own protocol code) is
+/// there (see [`required_under_ci`]).
+pub fn amqtt_available() -> bool {
+    let found = succeeds("python3", &["-c", "import amqtt.client"]);
+    required_under_ci(found, "python3 with amqtt", "pip install amqtt==0.12.1")
+}
+
 /// Whether python3 with prometheus-client (the official Prometheus text parser) is there (see
 /// [`required_under_ci`]).
 pub fn prometheus_parser_available() -> bool {
