@@ -14,62 +14,42 @@ use crate::log_gate::{shared_events, LogGate};
 /// How often a line about one kind of refusal may go out.
 const EVERY: Duration = Duration::from_secs(1);
 
-/// One gate per kind of refusal, so that a flood of one kind does not hide the first line of
-/// another.
-#[derive(Debug)]
-pub(crate) struct RefusalLines {
-    /// MQTT 3.1.1 publishes acknowledged and dropped (over a limit): the client cannot tell.
-    dropped: Mutex<LogGate>,
-    /// Publishes the ACL denies.
-    denied: Mutex<LogGate>,
-    /// (5.0) Publishes refused for a topic over the limits (0x90).
-    topic: Mutex<LogGate>,
-    /// (5.0) Publishes refused for a payload that is not the UTF-8 it claims (0x99).
-    payload: Mutex<LogGate>,
-    /// Filters of a SUBSCRIBE refused by the Session (the ACL, the filter limits, an
-    /// interceptor's rewrite).
-    subscriptions: Mutex<LogGate>,
-}
-
-/// A kind of refusal [`RefusalLines`] keeps a gate for.
+/// A kind of refusal, with a gate of its own in [`RefusalLines`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Refusal {
-    /// See [`RefusalLines::dropped`].
+    /// MQTT 3.1.1 publishes acknowledged and dropped (over a limit): the client cannot tell.
     Dropped,
-    /// See [`RefusalLines::denied`].
+    /// Publishes the ACL denies.
     Denied,
-    /// See [`RefusalLines::topic`].
+    /// (5.0) Publishes refused for a topic over the limits (0x90).
     Topic,
-    /// See [`RefusalLines::payload`].
+    /// (5.0) Publishes refused for a payload that is not the UTF-8 it claims (0x99).
     Payload,
-    /// See [`RefusalLines::subscriptions`].
+    /// Filters of a SUBSCRIBE refused by the Session (the ACL, the filter limits, an
+    /// interceptor's rewrite).
     Subscriptions,
 }
+
+impl Refusal {
+    /// How many kinds there are.
+    const KINDS: usize = Refusal::Subscriptions as usize + 1;
+}
+
+/// One gate per kind of refusal, so that a flood of one kind does not hide the first line of
+/// another; indexed by [`Refusal`].
+#[derive(Debug)]
+pub(crate) struct RefusalLines([Mutex<LogGate>; Refusal::KINDS]);
 
 impl RefusalLines {
     /// No line out yet.
     pub(crate) fn new() -> Self {
-        let gate = || Mutex::new(LogGate::new(EVERY));
-        RefusalLines {
-            dropped: gate(),
-            denied: gate(),
-            topic: gate(),
-            payload: gate(),
-            subscriptions: gate(),
-        }
+        RefusalLines(std::array::from_fn(|_| Mutex::new(LogGate::new(EVERY))))
     }
 
     /// Counts `n` refusals of `kind`; when a line about them is due, returns how many it
     /// reports (these and those held back since the last line).
     pub(crate) fn count(&self, kind: Refusal, n: u64) -> Option<u64> {
-        let gate = match kind {
-            Refusal::Dropped => &self.dropped,
-            Refusal::Denied => &self.denied,
-            Refusal::Topic => &self.topic,
-            Refusal::Payload => &self.payload,
-            Refusal::Subscriptions => &self.subscriptions,
-        };
-        shared_events(gate, n)
+        shared_events(&self.0[kind as usize], n)
     }
 }
 
