@@ -248,7 +248,7 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, Box<dyn std::error:
 
 #[actix_rt::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    switchboard::init_logging("info");
+    let _log = switchboard::init_logging("info");
     let report = run(DemoOptions::parse()).await?;
     info!(
         cycles = report.cycles,

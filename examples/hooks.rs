@@ -137,7 +137,7 @@ pub fn install(broker: Broker) -> Broker {
 
 #[actix_rt::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    switchboard::init_logging("info");
+    let _log = switchboard::init_logging("info");
     let running = install(Broker::new(Config::default())).start().await?;
     info!("press Ctrl-C to stop");
     tokio::signal::ctrl_c().await?;

@@ -68,7 +68,7 @@ pub use switchboard_mqtt::{codec, message, topic};
 pub use background::BackgroundBroker;
 pub use broker::{Broker, BrokerError, RunningBroker};
 pub use config::Config;
-pub use logging::{init_logging, init_logging_as};
+pub use logging::{init_logging, init_logging_as, log_lines_dropped, LogGuard};
 pub use message::{
     ConnectReturnCode, MessageProperties, ProtocolVersion, QoS, SubscriptionOptions,
 };

@@ -81,7 +81,7 @@ enum Command {
 
 /// `switchboard restore BACKUP DIR`.
 fn restore(backup: &std::path::Path, dir: &std::path::Path) -> ExitCode {
-    switchboard::init_logging("info");
+    let _log = switchboard::init_logging("info");
     match switchboard::persistence::restore(backup, dir) {
         Ok(restored) => {
             info!(
@@ -103,7 +103,7 @@ fn restore(backup: &std::path::Path, dir: &std::path::Path) -> ExitCode {
 /// `switchboard check FILE`: what start-up would say of `file`, short of binding its ports.
 fn check(file: &std::path::Path) -> ExitCode {
     // Errors and the files' summaries (users, certificate expiry) go to the log, as at start.
-    switchboard::init_logging("info");
+    let _log = switchboard::init_logging("info");
     let config = match Config::from_file(file) {
         Ok(config) => config,
         Err(e) => {
@@ -177,19 +177,20 @@ fn main() -> ExitCode {
         return restore(backup, dir);
     }
     let default_level = if cli.verbose { "debug" } else { "info" };
-    // The config says how to log; an error reading it is logged as text.
+    // The config says how to log; an error reading it is logged as text. The guard is held to
+    // the end of `main`: dropped, it writes out the lines still queued.
     let mut config = match &cli.config {
         Some(path) => match Config::from_file(path) {
             Ok(config) => config,
             Err(e) => {
-                switchboard::init_logging(default_level);
+                let _log = switchboard::init_logging(default_level);
                 error!("{e}");
                 return ExitCode::FAILURE;
             }
         },
         None => Config::default(),
     };
-    switchboard::init_logging_as(default_level, config.log.format);
+    let _log = switchboard::init_logging_as(default_level, &config.log);
     if let Some(port) = cli.port {
         config.listener.port = port;
     }

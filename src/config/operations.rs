@@ -47,11 +47,29 @@ pub enum LogFormat {
 }
 
 /// `[log]` settings of the binary (`RUST_LOG` still sets the levels).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `"text"` (default) or `"json"`.
     pub format: LogFormat,
+    /// Lines that may wait for the thread writing the log to standard error. When it falls
+    /// behind (standard error not read, or read slower than the broker logs), lines past this
+    /// are dropped, counted in `switchboard_log_lines_dropped_total` and reported in a WARN
+    /// line once lines go out again: the broker never waits for its log. Default 16,384.
+    pub buffer_lines: usize,
+}
+
+/// `log.buffer_lines` by default: a few MB of lines at most, and room for the lifecycle lines
+/// of a connect storm's first 170 ms or so (two lines a connection, 47,000 connections a second).
+pub const DEFAULT_LOG_BUFFER_LINES: usize = 16_384;
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::default(),
+            buffer_lines: DEFAULT_LOG_BUFFER_LINES,
+        }
+    }
 }
 
 /// `[http]` settings: the HTTP server of the dashboard (`/`), `/metrics` and the API under

@@ -184,6 +184,7 @@ async fn metrics(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse 
         tls_certificate_expiry: state.metrics.tls_certificate_expiry(),
         cluster: state.metrics.cluster.snapshot(),
         persistence: state.metrics.persistence.snapshot(),
+        log_lines_dropped: crate::logging::log_lines_dropped(),
     };
     let openmetrics = req
         .headers()

@@ -66,6 +66,9 @@ pub struct Scrape {
     pub cluster: Option<crate::cluster::ClusterSnapshot>,
     /// The persistence writer's counters, with `[persistence]`.
     pub persistence: Option<PersistenceSnapshot>,
+    /// Log lines dropped because standard error was not read fast enough
+    /// ([`crate::log_lines_dropped`]); `None` when the program did not set up its log so.
+    pub log_lines_dropped: Option<u64>,
 }
 
 const QOS_LABELS: [&str; 3] = ["0", "1", "2"];
@@ -491,6 +494,14 @@ impl Collector for Scrape {
                 "switchboard_cluster_nodes_timed_out",
                 "Nodes forgotten for not being heard from within cluster.node_timeout",
                 cluster.nodes_timed_out,
+            )?;
+        }
+        if let Some(dropped) = self.log_lines_dropped {
+            counter(
+                e,
+                "switchboard_log_lines_dropped",
+                "Log lines dropped because standard error was not read as fast as the broker logged (log.buffer_lines)",
+                dropped,
             )?;
         }
         if let Some(expiry) = self.tls_certificate_expiry {
