@@ -7,6 +7,11 @@
 //! in the pipe. Now the queue fills, the lines past it are dropped and counted
 //! ([`log_lines_dropped`], `switchboard_log_lines_dropped_total` in `/metrics`), and once lines
 //! go out again a WARN line says how many were lost.
+//!
+//! The price is that lines still queued when the process is killed (SIGKILL, an abort) are lost.
+//! `log.buffer_lines = 0` keeps the old way for those who need every line out before the broker
+//! acts on it (an audit trail, a test reading the log as a record of what happened): each
+//! thread writes its own lines and waits for standard error.
 
 use std::io::{BufWriter, IsTerminal};
 use std::sync::OnceLock;
@@ -14,13 +19,22 @@ use std::time::Duration;
 
 use tracing::warn;
 use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
 
-/// How many lines dropped for a full queue, once logging is set up by [`init_logging`] or
+/// How lines reach standard error, once logging is set up by [`init_logging`] or
 /// [`init_logging_as`].
-static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
+static WRITTEN: OnceLock<Written> = OnceLock::new();
+
+/// How lines reach standard error.
+enum Written {
+    /// Each thread writes its own (`log.buffer_lines = 0`): nothing is ever dropped.
+    Synchronously,
+    /// Through the queue; what a full queue dropped.
+    Queued(ErrorCounter),
+}
 
 /// How often the count of dropped lines is looked at, and a WARN line written if it grew.
 const DROPS_CHECKED_EVERY: Duration = Duration::from_secs(1);
@@ -33,7 +47,7 @@ const WRITE_BUFFER: usize = 64 * 1024;
 /// lines still queued, waiting about a second at most for a standard error that is not read.
 #[must_use = "dropping the guard stops the log's writer thread: hold it until the program ends"]
 pub struct LogGuard {
-    _writer: WorkerGuard,
+    _writer: Option<WorkerGuard>,
 }
 
 /// Installs a `tracing` subscriber writing to standard error, filtered by `RUST_LOG` when it is
@@ -46,21 +60,41 @@ pub fn init_logging(default_filter: &str) -> LogGuard {
 
 /// [`init_logging`] with the `[log]` settings: with [`LogFormat::Json`] each event is one JSON
 /// object per line, its fields (`client_id`, `addr`, `reason`, ...) beside `timestamp`,
-/// `level`, `target` and `message`; `log.buffer_lines` lines at most wait for the writer thread.
+/// `level`, `target` and `message`; `log.buffer_lines` lines at most wait for the writer thread
+/// (0: no writer thread, each thread writes its own lines).
 pub fn init_logging_as(default_filter: &str, log: &LogConfig) -> LogGuard {
+    if log.buffer_lines == 0 {
+        install(default_filter, log.format, std::io::stderr);
+        let _ = WRITTEN.set(Written::Synchronously);
+        return LogGuard { _writer: None };
+    }
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(true)
-        .buffered_lines_limit(log.buffer_lines.max(1))
+        .buffered_lines_limit(log.buffer_lines)
         .thread_name("switchboard-log")
         .finish(BufWriter::with_capacity(WRITE_BUFFER, std::io::stderr()));
     let dropped = writer.error_counter();
+    install(default_filter, log.format, writer);
+    if WRITTEN.set(Written::Queued(dropped.clone())).is_ok() {
+        watch_drops(dropped);
+    }
+    LogGuard {
+        _writer: Some(guard),
+    }
+}
+
+/// Installs the global subscriber, writing with `writer`.
+fn install<W>(default_filter: &str, format: LogFormat, writer: W)
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     // actix-web's server logs its own start and stop at info: not the broker's business.
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("{default_filter},actix_server=warn")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
-    match log.format {
+    match format {
         LogFormat::Text => builder.with_ansi(colour_wanted()).init(),
         LogFormat::Json => builder
             .json()
@@ -69,16 +103,15 @@ pub fn init_logging_as(default_filter: &str, log: &LogConfig) -> LogGuard {
             .with_span_list(false)
             .init(),
     }
-    if DROPPED.set(dropped.clone()).is_ok() {
-        watch_drops(dropped);
-    }
-    LogGuard { _writer: guard }
 }
 
 /// Log lines dropped since start because the queue for standard error was full; `None` when the
 /// program did not set up its log with [`init_logging`] (a broker embedded in another program).
 pub fn log_lines_dropped() -> Option<u64> {
-    DROPPED.get().map(|dropped| dropped.dropped_lines() as u64)
+    WRITTEN.get().map(|written| match written {
+        Written::Synchronously => 0,
+        Written::Queued(dropped) => dropped.dropped_lines() as u64,
+    })
 }
 
 /// Starts the thread that says, in a WARN line, how many log lines were dropped since the last

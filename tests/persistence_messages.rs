@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use common::durable::{
-    cut_log_at_last_sync, kill_9, start_broker, start_broker_logging, start_broker_with,
+    cut_log_at_last_sync, kill_9, start_broker, start_broker_reporting_syncs, start_broker_with,
     stream_then_kill,
 };
 use common::packets;
@@ -53,8 +53,7 @@ async fn qos1_stream_survives_kill_9(fsync: &str, subscriber_online: bool) {
 async fn qos1_stream_survives(fsync: &str, subscriber_online: bool, power_loss: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
-    let (child, logs, addr) =
-        start_broker_logging(&state, fsync, "info,switchboard::persistence=debug");
+    let (child, logs, addr) = start_broker_reporting_syncs(&state, fsync);
     let (mut sub, _) = Raw::handshake(addr, "radar-sub", false).await;
     sub.subscribe(1, &[("fleet/#", 1)], &[1]).await;
     let reader = if subscriber_online {
@@ -451,8 +450,7 @@ async fn with_fsync_always_a_log_cut_back_to_its_last_synced_offset_keeps_every_
 ) {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
-    let (child, logs, addr) =
-        start_broker_logging(&state, "always", "info,switchboard::persistence=debug");
+    let (child, logs, addr) = start_broker_reporting_syncs(&state, "always");
     let (mut sub, _) = Raw::handshake(addr, "radar-sub", false).await;
     sub.subscribe(1, &[("fleet/#", 1)], &[1]).await;
     sub.send(&[0xE0, 0x00]).await;
@@ -485,8 +483,7 @@ async fn with_fsync_always_a_suback_or_unsuback_means_the_change_survives_power_
     // is durable before it goes out.
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
-    let (child, logs, addr) =
-        start_broker_logging(&state, "always", "info,switchboard::persistence=debug");
+    let (child, logs, addr) = start_broker_reporting_syncs(&state, "always");
     let (mut panel, _) = Raw::handshake(addr, "panel", false).await;
     panel.subscribe(1, &[("keep/a", 1)], &[1]).await;
     panel.subscribe(2, &[("drop/b", 1)], &[1]).await;

@@ -351,8 +351,8 @@ impl Config {
                 "must be at least 1048576 (1 MiB)",
             );
         }
-        if self.log.buffer_lines == 0 || self.log.buffer_lines > 1 << 20 {
-            return invalid("log.buffer_lines", "must be between 1 and 1048576");
+        if self.log.buffer_lines > 1 << 20 {
+            return invalid("log.buffer_lines", "must be at most 1048576");
         }
         if limits.max_packet_size < 2 || limits.max_packet_size > 268_435_455 {
             return invalid("limits.max_packet_size", "must be between 2 and 268435455");
@@ -591,14 +591,14 @@ mod tests {
         assert!(err.contains("persistence.compact_min_bytes"), "{err}");
         let c = Config::from_toml("[persistence]\ncompact_min_bytes = 8388608\n").expect("valid");
         assert_eq!(c.persistence.compact_min_bytes, 8 << 20);
-        for lines in [0, (1 << 20) + 1] {
-            let err = Config::from_toml(&format!("[log]\nbuffer_lines = {lines}\n"))
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains("log.buffer_lines"), "{err}");
+        let err = Config::from_toml("[log]\nbuffer_lines = 1048577\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("log.buffer_lines"), "{err}");
+        for lines in [0, 1024] {
+            let c = Config::from_toml(&format!("[log]\nbuffer_lines = {lines}\n")).expect("valid");
+            assert_eq!(c.log.buffer_lines, lines);
         }
-        let c = Config::from_toml("[log]\nbuffer_lines = 1024\n").expect("valid");
-        assert_eq!(c.log.buffer_lines, 1024);
         assert_eq!(Config::default().log.buffer_lines, 16_384);
     }
 }

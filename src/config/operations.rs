@@ -55,7 +55,10 @@ pub struct LogConfig {
     /// Lines that may wait for the thread writing the log to standard error. When it falls
     /// behind (standard error not read, or read slower than the broker logs), lines past this
     /// are dropped, counted in `switchboard_log_lines_dropped_total` and reported in a WARN
-    /// line once lines go out again: the broker never waits for its log. Default 16,384.
+    /// line once lines go out again: the broker never waits for its log. Lines still queued
+    /// when the process is killed are lost. 0: no queue, each thread writes its own lines and
+    /// waits (every line is out before the broker goes on; a reader that stops stops the
+    /// broker). Default 16,384.
     pub buffer_lines: usize,
 }
 

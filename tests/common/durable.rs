@@ -30,6 +30,21 @@ pub fn start_broker_logging(
     start_broker_with(dir, fsync, log, "")
 }
 
+/// [`start_broker`] with the writer's syncs in the log (`switchboard::persistence=debug`), each
+/// line out before the broker acts on the sync (`log.buffer_lines = 0`: with the default queue,
+/// lines still queued at a SIGKILL are lost), for [`cut_log_at_last_sync`].
+pub fn start_broker_reporting_syncs(
+    dir: &Path,
+    fsync: &str,
+) -> (BrokerProcess, Receiver<String>, std::net::SocketAddr) {
+    start_broker_with(
+        dir,
+        fsync,
+        "info,switchboard::persistence=debug",
+        "\n[log]\nbuffer_lines = 0\n",
+    )
+}
+
 /// [`start_broker_logging`] with `more` appended to the `[persistence]` table.
 pub fn start_broker_with(
     dir: &Path,
@@ -102,8 +117,8 @@ pub fn write_config(dir: &Path, fsync: &str, more: &str) -> String {
 }
 
 /// Power loss keeps what was synced: cuts the log back to the last offset the writer reported
-/// synced (`switchboard::persistence=debug`), as the page cache would be lost. Reads the log
-/// lines of a killed broker to their end.
+/// synced, as the page cache would be lost. Reads the log lines of a killed broker started by
+/// [`start_broker_reporting_syncs`] to their end.
 pub fn cut_log_at_last_sync(logs: Receiver<String>) {
     let last = logs
         .iter()
