@@ -1,8 +1,8 @@
 //! Log set-up for the binary and the examples: `tracing` to standard error, `RUST_LOG` first.
 //!
-//! The threads that serve clients never write to standard error themselves. Each line goes into
-//! a queue of `log.buffer_lines` lines, and a thread of its own (`switchboard-log`) writes the
-//! queue out. A reader of standard error that stops reading (a pipe nobody drains, a stalled log
+//! By default the threads that serve clients never write to standard error themselves. Each
+//! line goes into a queue of `log.buffer_lines` lines, and a thread of its own
+//! (`switchboard-log`) writes the queue out. A reader of standard error that stops reading (a pipe nobody drains, a stalled log
 //! shipper, a paused terminal) used to stop the whole broker at the first line that did not fit
 //! in the pipe. Now the queue fills, the lines past it are dropped and counted
 //! ([`log_lines_dropped`], `switchboard_log_lines_dropped_total` in `/metrics`), and once lines
