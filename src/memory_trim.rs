@@ -5,7 +5,9 @@
 //! `malloc_trim` does the same for memory allocated through glibc (everything, where the library
 //! runs with the system allocator). Without the feature only glibc's is called, and no jemalloc
 //! is built. The broker does both when the connection count has fallen to half of its peak since the last
-//! trim, checking every few seconds: no cost while connections stay, and none per connection.
+//! trim, checking every few seconds: no cost while connections stay, and none per connection;
+//! and, with `[persistence]`, when a compaction gave back the room that a spike of queued
+//! messages left in the writer's live state.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,6 +75,20 @@ fn trim() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// Returns freed memory to the OS once the persistence writer has given back the room
+/// (`room_bytes`) that a spike of queued messages left in its live state (a compaction after
+/// they were delivered or dropped), and logs it. Called on a thread of the writer's, beside it.
+pub(crate) fn trim_after_queued_messages_went(room_bytes: usize) {
+    let before = resident_bytes();
+    trim();
+    info!(
+        room_bytes,
+        rss_before = before.unwrap_or(0),
+        rss_after = resident_bytes().unwrap_or(0),
+        "returned freed memory to the OS after queued messages went"
+    );
 }
 
 /// Checks the connection count every few seconds for the broker's life and trims after a fall.

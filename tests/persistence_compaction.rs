@@ -236,3 +236,41 @@ async fn deleting_a_compacted_segment_holds_no_acknowledgement() {
     stop_tracing(strace);
     kill_9(broker);
 }
+
+#[tokio::test]
+async fn the_room_of_messages_held_for_a_session_gone_is_given_back_after_a_compaction() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let more = format!("{SMALL_LOG}\n[sessions]\nmax_queued_messages = 30000");
+    let (child, logs, addr) = start_broker_with(&state, "never", "info", &more);
+
+    // 20,000 messages held for a device that is away.
+    let (mut device, _) = Raw::handshake(addr, "away", false).await;
+    device.subscribe(1, &[("held/#", 1)], &[1]).await;
+    drop(device);
+    common::child::wait_line(&logs, "client disconnected");
+    let (mut publisher, _) = Raw::handshake(addr, "app", true).await;
+    let held: Vec<_> = (0..20_000u32)
+        .map(|n| (format!("held/{}", n % 100), n.to_be_bytes().to_vec(), false))
+        .collect();
+    publish_acked(&mut publisher, &held).await;
+
+    // The device comes back with a clean session: the 20,000 are dropped with its session
+    // [MQTT-3.1.2-6]. The writer's live state kept their room until a compaction drops them.
+    let (device, present) = Raw::handshake(addr, "away", true).await;
+    assert!(!present, "a clean session starts empty");
+    drop(device);
+    let churn: Vec<_> = (0..1500)
+        .map(|_| ("churn/one".to_string(), vec![7u8; 1000], true))
+        .collect();
+    publish_acked(&mut publisher, &churn).await;
+    let line = common::child::wait_line(&logs, "after queued messages went");
+    let room = common::child::log_number(&line, "room_bytes");
+    // A map entry (its id, its session's slot, where its frames are) and an id in the order
+    // for each message, at least.
+    assert!(
+        room >= 20_000 * 40,
+        "room given back: {room} bytes ({line})"
+    );
+    kill_9(child);
+}

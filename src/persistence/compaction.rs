@@ -97,6 +97,7 @@ impl Writer {
                 // Nothing changed since the listing: every frame is found.
                 if self.live.remap(&listed, &moved, rotated.snapshot_id - 1) {
                     self.log.finish_in_place(rotated);
+                    self.give_back_spare_room();
                 } else {
                     error!("persistence log compaction: a live record was not in the snapshot; keeping the older segments");
                     return false;
@@ -252,6 +253,7 @@ impl Writer {
             return false;
         }
         self.log.finish_snapshot(rotated, written);
+        self.give_back_spare_room();
         info!(
             before_bytes,
             after_bytes = self.log.total_bytes(),
@@ -262,6 +264,18 @@ impl Writer {
             "persistence log compacted"
         );
         true
+    }
+
+    /// After a compaction: the room a spike of queued messages left, freed beside, and the
+    /// pages it freed returned to the OS there.
+    fn give_back_spare_room(&mut self) {
+        if let Some(spare) = self.live.take_spare_room() {
+            let room_bytes = spare.bytes();
+            beside(move || {
+                drop(spare);
+                crate::memory_trim::trim_after_queued_messages_went(room_bytes);
+            });
+        }
     }
 
     /// Whether the compaction under way has a step to take now, without waiting for its
@@ -460,7 +474,11 @@ struct Listing {
 /// frames, some 80 MB, whose unmapping took the writer's thread 10-12 ms of CPU in one step.
 /// If no thread can be started, here.
 fn free_beside(done: ListedSnapshot) {
-    let free = move || drop(done);
+    beside(move || drop(done));
+}
+
+/// Runs `free` on a thread of its own (`switchboard-free`), or here if none can be started.
+fn beside(free: impl FnOnce() + Send + 'static) {
     if let Err(e) = std::thread::Builder::new()
         .name("switchboard-free".into())
         .spawn(free)

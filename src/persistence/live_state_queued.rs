@@ -12,9 +12,36 @@
 //! is not listed (its `Done`, read back after the snapshot, finds nothing to remove), and one
 //! whose session has gone since is dropped, as a compaction drops those of sessions gone.
 
+use std::collections::HashMap;
+
 use super::super::log::FrameAt;
 use super::super::queued_listing::QueuedListing;
-use super::LiveState;
+use super::{LiveState, QueuedFrames};
+
+/// Below room for this many, a queued messages' map or order keeps what it has: not worth
+/// making again.
+const KEPT_ROOM: usize = 4096;
+
+/// The queued messages' map is made again only while it holds at most this many: the writer
+/// moves them into the new one between two commits.
+const MOST_MOVED: usize = 65_536;
+
+/// The room a spike of queued messages left in the writer's live state, taken out of it
+/// ([`LiveState::take_spare_room`]): the old map and order, empty, their memory still
+/// allocated, for the caller to free off the writer's thread.
+#[derive(Default)]
+pub struct SpareRoom {
+    queued: HashMap<u64, QueuedFrames, foldhash::fast::FixedState>,
+    order: Vec<u64>,
+}
+
+impl SpareRoom {
+    /// The bytes of room it holds (the map's entries, not its control bytes).
+    pub fn bytes(&self) -> usize {
+        self.queued.capacity() * std::mem::size_of::<(u64, QueuedFrames)>()
+            + self.order.capacity() * std::mem::size_of::<u64>()
+    }
+}
 
 /// How far a compaction's walk of the queued messages has gone.
 #[derive(Debug, Default)]
@@ -163,5 +190,30 @@ impl LiveState {
         }
         *next = end;
         (end == listing.len(), end - start)
+    }
+
+    /// Gives back the room that a spike of queued messages gone left: a map and an order keep
+    /// their room when entries leave them, so a broker that once held a million messages for
+    /// offline devices would keep some 80 MB for them after they were delivered or dropped.
+    /// Where either holds less than a quarter of its room (the map, at most [`MOST_MOVED`]
+    /// messages), it is made again with room for twice what it holds; the old ones are
+    /// returned (`None` if neither was). Called once a compaction has dropped what was done
+    /// and what belonged to sessions gone.
+    pub fn take_spare_room(&mut self) -> Option<SpareRoom> {
+        let mut spare = SpareRoom::default();
+        let held = self.queued.len();
+        if held <= MOST_MOVED && self.queued.capacity() > 4 * held.max(KEPT_ROOM) {
+            let hasher = self.queued.hasher().clone();
+            let mut queued = HashMap::with_capacity_and_hasher(2 * held.max(KEPT_ROOM), hasher);
+            queued.extend(self.queued.drain());
+            spare.queued = std::mem::replace(&mut self.queued, queued);
+        }
+        let held = self.queued_order.len();
+        if self.queued_order.capacity() > 4 * held.max(KEPT_ROOM) {
+            let mut order = Vec::with_capacity(2 * held.max(KEPT_ROOM));
+            order.extend_from_slice(&self.queued_order);
+            spare.order = std::mem::replace(&mut self.queued_order, order);
+        }
+        (spare.bytes() > 0).then_some(spare)
     }
 }

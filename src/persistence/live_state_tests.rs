@@ -237,3 +237,29 @@ fn messages_sent_out_of_id_order_come_back_in_the_order_sent_after_a_compaction(
         [(10, &b"3"[..]), (11, &b"2"[..]), (12, &b"1"[..])]
     );
 }
+
+#[test]
+fn the_room_of_queued_messages_gone_is_given_back_and_what_is_live_stays() {
+    let mut live = LiveState::default();
+    live.track(LiveKind::Set, &session("gone"), at(0, 10));
+    live.track(LiveKind::Set, &session("stays"), at(10, 10));
+    for id in 0..20_000 {
+        live.track(LiveKind::QueuedSet, &queued("gone", id), at(20 + id, 1));
+    }
+    for id in 20_000..20_100 {
+        live.track(LiveKind::QueuedSet, &queued("stays", id), at(20 + id, 1));
+    }
+    assert!(live.take_spare_room().is_none(), "all of it is live");
+    live.track(LiveKind::RemovePrefix, &session("gone"), at(30_000, 5));
+    live.drop_dead();
+    let (records, bytes) = (live.records(), live.bytes());
+    assert_eq!(records, 1 + 100, "the session that stays and its messages");
+    let spare = live.take_spare_room().expect("room given back");
+    assert!(spare.bytes() >= 20_000 * 40, "{} bytes", spare.bytes());
+    assert!(live.queued.capacity() < 20_000 && live.queued_order.capacity() < 20_000);
+    assert_eq!((live.records(), live.bytes()), (records, bytes));
+    let mut ids = live.live_queued_ids();
+    ids.sort_unstable();
+    assert_eq!(ids, (20_000..20_100).collect::<Vec<u64>>());
+    assert!(live.take_spare_room().is_none(), "once");
+}
