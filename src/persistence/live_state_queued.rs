@@ -22,8 +22,9 @@ use super::{LiveState, QueuedFrames};
 /// making again.
 const KEPT_ROOM: usize = 4096;
 
-/// The queued messages' map is made again only while it holds at most this many: the writer
-/// moves them into the new one between two commits.
+/// The queued messages' map is made again only while it holds at most this many, and their
+/// order while it holds at most four times as many ids (2 MB): the writer moves them between
+/// two commits.
 const MOST_MOVED: usize = 65_536;
 
 /// The room a spike of queued messages left in the writer's live state, taken out of it
@@ -193,12 +194,12 @@ impl LiveState {
     }
 
     /// Gives back the room that a spike of queued messages gone left: a map and an order keep
-    /// their room when entries leave them, so a broker that once held a million messages for
-    /// offline devices would keep some 80 MB for them after they were delivered or dropped.
-    /// Where either holds less than a quarter of its room (the map, at most [`MOST_MOVED`]
-    /// messages), it is made again with room for twice what it holds; the old ones are
-    /// returned (`None` if neither was). Called once a compaction has dropped what was done
-    /// and what belonged to sessions gone.
+    /// their room when entries leave them, so a broker that once held 400,000 messages for
+    /// offline devices kept some 50 MB for them after they were delivered or dropped. Where
+    /// either holds less than a quarter of its room (and at most [`MOST_MOVED`] messages, or
+    /// four times as many ids), it is made again with room for twice what it holds; the old
+    /// ones are returned (`None` if neither was). Called once a compaction has dropped what was
+    /// done and what belonged to sessions gone.
     pub fn take_spare_room(&mut self) -> Option<SpareRoom> {
         let mut spare = SpareRoom::default();
         let held = self.queued.len();
@@ -209,7 +210,7 @@ impl LiveState {
             spare.queued = std::mem::replace(&mut self.queued, queued);
         }
         let held = self.queued_order.len();
-        if self.queued_order.capacity() > 4 * held.max(KEPT_ROOM) {
+        if held <= 4 * MOST_MOVED && self.queued_order.capacity() > 4 * held.max(KEPT_ROOM) {
             let mut order = Vec::with_capacity(2 * held.max(KEPT_ROOM));
             order.extend_from_slice(&self.queued_order);
             spare.order = std::mem::replace(&mut self.queued_order, order);
