@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Memory after a spike of messages held for offline devices: for each broker (Switchboard builds
+# in BIN_DIR with `[persistence]`, `fsync = "interval"`, in a fresh directory each run; and
+# Mosquitto in memory), alternating per run: SESSIONS persistent sessions (`device-{i}`, QoS 1
+# on `detrd/status/request/{i}` and `cfg/#`, then disconnected), QUEUED QoS 1 messages to
+# `cfg/all` (each held for every session), then every device back with a clean session (what
+# was held for it dropped), then 120 retained messages of 64 KB on one topic (a log of 7.5 MB
+# to compact); prints the broker's RSS at start, with the sessions, with the messages held,
+# right after the devices came back, and AFTER seconds after the retained messages, then the
+# medians per broker.
+#
+#   BROKERS="old new mosquitto" RUNS=3 benches/held_spike.sh
+#
+# Needs mosquitto_pub and Python 3. Loopback only; every run is bounded in time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN_DIR=${BIN_DIR:-target/ab}
+RUNS=${RUNS:-3}
+SESSIONS=${SESSIONS:-20000}
+QUEUED=${QUEUED:-20}
+AFTER=${AFTER:-12}
+BROKERS=${BROKERS:-"new mosquitto"}
+PORT=${PORT:-18862}
+
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
+make_work_dir
+mosquitto_conf "$work/mosquitto.conf" "$PORT" "max_queued_messages 1000"
+head -c 65536 /dev/zero | tr '\0' x > "$work/big"
+rss_mb() { awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+# Every device connects with a clean session and leaves: its stored session is discarded.
+clear_sessions() {
+  SESSIONS=$SESSIONS python3 - "$PORT" <<'PY'
+import asyncio, os, sys
+sys.path.insert(0, "benches")
+from mqtt_packets import connect
+
+async def one(port, i, gate):
+    async with gate:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(connect(f"device-{i}", True))
+        await reader.readexactly(4)  # CONNACK
+        writer.write(b"\xe0\x00")
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+async def main(port):
+    gate = asyncio.Semaphore(200)
+    await asyncio.gather(*(one(port, i, gate) for i in range(int(os.environ["SESSIONS"]))))
+
+asyncio.run(main(int(sys.argv[1])))
+PY
+}
+for run_no in $(seq "$RUNS"); do
+  for broker in $(run_order "$run_no"); do
+    if [ "$broker" = mosquitto ]; then
+      start_broker mosquitto "$PORT"
+    else
+      rm -rf "$work/state"
+      printf '[persistence]\ndir = "%s"\nfsync = "interval"\ncompact_min_bytes = 4194304\n' \
+        "$work/state" > "$work/switchboard.toml"
+      RUST_LOG=warn "$BIN_DIR/$broker" --port "$PORT" --http-port 0 -c "$work/switchboard.toml" 2>/dev/null &
+      pid=$!
+      wait_for_port "$PORT" || { echo "$broker did not open port $PORT" >&2; exit 1; }
+    fi
+    start=$(rss_mb "$pid")
+    SESSIONS=$SESSIONS python3 -c "import asyncio, sys; sys.path.insert(0, 'benches'); \
+import mosquitto_recovery as m; asyncio.run(m.load_sessions($PORT))"
+    sessions=$(rss_mb "$pid")
+    for _ in $(seq "$QUEUED"); do
+      mosquitto_pub -p "$PORT" -q 1 -t cfg/all -m "$(printf '%064d' 0)"
+    done
+    held=$(rss_mb "$pid")
+    clear_sessions
+    cleared=$(rss_mb "$pid")
+    for _ in $(seq 120); do
+      mosquitto_pub -p "$PORT" -q 1 -r -t spike/big -f "$work/big"
+    done
+    sleep "$AFTER" # the interval measured, not a wait for an event
+    later=$(rss_mb "$pid")
+    echo "$broker $start $sessions $held $cleared $later" | tee -a "$work/rows"
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+  done
+done
+echo "| RSS, MB (median of $RUNS) | start | $SESSIONS sessions | $((SESSIONS * QUEUED)) held | devices back, clean | ${AFTER} s later |"
+echo "|---|---|---|---|---|---|"
+for broker in $BROKERS; do
+  awk -v b="$broker" '$1 == b' "$work/rows" | python3 -c '
+import sys, statistics
+rows = [list(map(float, l.split()[1:])) for l in sys.stdin]
+cols = [statistics.median(c) for c in zip(*rows)]
+print("| " + sys.argv[1] + " | " + " | ".join(f"{c:.1f}" for c in cols) + " |")' "$broker"
+done
