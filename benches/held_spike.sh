@@ -28,30 +28,6 @@ make_work_dir
 mosquitto_conf "$work/mosquitto.conf" "$PORT" "max_queued_messages 1000"
 head -c 65536 /dev/zero | tr '\0' x > "$work/big"
 rss_mb() { awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
-# Every device connects with a clean session and leaves: its stored session is discarded.
-clear_sessions() {
-  SESSIONS=$SESSIONS python3 - "$PORT" <<'PY'
-import asyncio, os, sys
-sys.path.insert(0, "benches")
-from mqtt_packets import connect
-
-async def one(port, i, gate):
-    async with gate:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(connect(f"device-{i}", True))
-        await reader.readexactly(4)  # CONNACK
-        writer.write(b"\xe0\x00")
-        await writer.drain()
-        writer.close()
-        await writer.wait_closed()
-
-async def main(port):
-    gate = asyncio.Semaphore(200)
-    await asyncio.gather(*(one(port, i, gate) for i in range(int(os.environ["SESSIONS"]))))
-
-asyncio.run(main(int(sys.argv[1])))
-PY
-}
 for run_no in $(seq "$RUNS"); do
   for broker in $(run_order "$run_no"); do
     if [ "$broker" = mosquitto ]; then
@@ -72,7 +48,8 @@ import mosquitto_recovery as m; asyncio.run(m.load_sessions($PORT))"
       mosquitto_pub -p "$PORT" -q 1 -t cfg/all -m "$(printf '%064d' 0)"
     done
     held=$(rss_mb "$pid")
-    clear_sessions
+    SESSIONS=$SESSIONS python3 -c "import asyncio, sys; sys.path.insert(0, 'benches'); \
+import mosquitto_recovery as m; asyncio.run(m.clear_sessions($PORT))"
     cleared=$(rss_mb "$pid")
     for _ in $(seq 120); do
       mosquitto_pub -p "$PORT" -q 1 -r -t spike/big -f "$work/big"

@@ -96,6 +96,24 @@ async def load_sessions(port):
     await asyncio.gather(*(one_session(port, i, gate) for i in range(SESSIONS)))
 
 
+async def clear_one(port, i, gate):
+    """Device i back with a clean session, then gone: its stored session is discarded."""
+    async with gate:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(connect(f"device-{i}", True))
+        await reader.readexactly(4)  # CONNACK
+        writer.write(b"\xe0\x00")
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+
+async def clear_sessions(port):
+    """The sessions of load_sessions, each discarded by its device coming back clean."""
+    gate = asyncio.Semaphore(200)
+    await asyncio.gather(*(clear_one(port, i, gate) for i in range(SESSIONS)))
+
+
 def stop(process):
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=600)

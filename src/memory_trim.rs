@@ -81,14 +81,18 @@ fn trim() {
 /// (`room_bytes`) that a spike of queued messages left in its live state (a compaction after
 /// they were delivered or dropped), and logs it. Called on a thread of the writer's, beside it.
 pub(crate) fn trim_after_queued_messages_went(room_bytes: usize) {
-    let before = resident_bytes();
-    trim();
+    let (rss_before, rss_after) = trim_measured();
     info!(
         room_bytes,
-        rss_before = before.unwrap_or(0),
-        rss_after = resident_bytes().unwrap_or(0),
-        "returned freed memory to the OS after queued messages went"
+        rss_before, rss_after, "returned freed memory to the OS after queued messages went"
     );
+}
+
+/// [`trim`], returning the resident bytes before and after it (0 where unreadable).
+fn trim_measured() -> (u64, u64) {
+    let before = resident_bytes().unwrap_or(0);
+    trim();
+    (before, resident_bytes().unwrap_or(0))
 }
 
 /// Checks the connection count every few seconds for the broker's life and trims after a fall.
@@ -99,13 +103,10 @@ pub async fn trim_after_spikes(metrics: Arc<Metrics>) {
         // The peak counts the spikes that came and went between two looks.
         let (peak, connections) = metrics.take_connections_peak();
         if policy.should_trim(peak, connections) {
-            let before = resident_bytes();
-            trim();
+            let (rss_before, rss_after) = trim_measured();
             info!(
                 connections,
-                rss_before = before.unwrap_or(0),
-                rss_after = resident_bytes().unwrap_or(0),
-                "returned freed memory to the OS after connections closed"
+                rss_before, rss_after, "returned freed memory to the OS after connections closed"
             );
         }
     }
