@@ -62,10 +62,4 @@ import mosquitto_recovery as m; asyncio.run(m.clear_sessions($PORT))"
 done
 echo "| RSS, MB (median of $RUNS) | start | $SESSIONS sessions | $((SESSIONS * QUEUED)) held | devices back, clean | ${AFTER} s later |"
 echo "|---|---|---|---|---|---|"
-for broker in $BROKERS; do
-  awk -v b="$broker" '$1 == b' "$work/rows" | python3 -c '
-import sys, statistics
-rows = [list(map(float, l.split()[1:])) for l in sys.stdin]
-cols = [statistics.median(c) for c in zip(*rows)]
-print("| " + sys.argv[1] + " | " + " | ".join(f"{c:.1f}" for c in cols) + " |")' "$broker"
-done
+median_rows "$work/rows"

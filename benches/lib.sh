@@ -140,3 +140,16 @@ wait_for_port() {
   done
   return 1
 }
+
+# Prints, for each broker of $BROKERS, one table row of the medians of its lines in $1 (lines
+# of "broker value value ..."), each divided by $2 (1 if not given), to one decimal.
+median_rows() {
+  local file=$1 divisor=${2:-1} broker
+  for broker in $BROKERS; do
+    awk -v b="$broker" '$1 == b' "$file" | python3 -c '
+import sys, statistics
+rows = [list(map(float, l.split()[1:])) for l in sys.stdin]
+cols = [statistics.median(c) / float(sys.argv[2]) for c in zip(*rows)]
+print("| " + sys.argv[1] + " | " + " | ".join(f"{c:.1f}" for c in cols) + " |")' "$broker" "$divisor"
+  done
+}

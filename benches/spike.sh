@@ -38,10 +38,4 @@ for run_no in $(seq "$RUNS"); do
 done
 echo "| RSS, MB (median of $RUNS) | start | peak | after close | ${AFTER} s later |"
 echo "|---|---|---|---|---|"
-for broker in $BROKERS; do
-  awk -v b="$broker" '$1 == b' "$work/rows" | python3 -c '
-import sys, statistics
-rows = [list(map(int, l.split()[1:])) for l in sys.stdin]
-cols = [statistics.median(c) / 1024 for c in zip(*rows)]
-print("| " + sys.argv[1] + " | " + " | ".join(f"{c:.1f}" for c in cols) + " |")' "$broker"
-done
+median_rows "$work/rows" 1024
