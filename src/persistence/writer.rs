@@ -72,6 +72,23 @@ fn started<T>(thread: Option<std::io::Result<T>>) -> Option<T> {
         .ok()
 }
 
+/// Room a drain buffer keeps, whatever came through it: far more than a busy drain takes (a
+/// pipelined one takes a few KB).
+const KEPT_DRAIN_ROOM: usize = 1 << 20;
+
+/// Called by the writer once the drain in `frames` is written and tracked: a buffer with more
+/// than [`KEPT_DRAIN_ROOM`] of room whose drain filled at most a quarter of it is made
+/// smaller. The writer's buffer and the submitters' trade places at each drain
+/// (`StoreShared::take_drain`), so the room one drain of a spike took (a message to tens of
+/// thousands of offline sessions: a `Queued` record each, payload included) leaves both of them
+/// within two ordinary drains instead of staying for the broker's life.
+fn give_back_drain_room(frames: &mut Vec<u8>) {
+    if frames.capacity() > KEPT_DRAIN_ROOM && frames.len() <= frames.capacity() / 4 {
+        frames.clear();
+        frames.shrink_to(KEPT_DRAIN_ROOM);
+    }
+}
+
 /// The little-endian u32 at `at` of `bytes` (0 past the end), as a length.
 fn u32_at(bytes: &[u8], at: usize) -> usize {
     bytes
@@ -254,6 +271,7 @@ impl Writer {
             // After the waiters are told: keeping the live state current is for compaction,
             // which runs on this thread after it, and no acknowledgement waits for it.
             self.track_all(frames_at, &frames, &mut key);
+            give_back_drain_room(&mut frames);
             // With this drain tracked, the live state holds everything submitted before each
             // backup was asked for.
             for request in backups.drain(..) {

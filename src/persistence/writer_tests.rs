@@ -449,3 +449,32 @@ fn list_all(writer: &mut Writer, shared: &Arc<StoreShared>) -> usize {
 
 #[path = "compaction_slices_tests.rs"]
 mod slices;
+
+#[test]
+fn a_drain_buffer_gives_back_a_spikes_room_once_ordinary_drains_follow() {
+    // A spike's drain: 8 MiB, the room stays while that drain is in it.
+    let mut frames = vec![0u8; 8 << 20];
+    give_back_drain_room(&mut frames);
+    assert!(
+        frames.capacity() >= 8 << 20,
+        "the drain that needed it keeps it"
+    );
+
+    // An ordinary drain through the same buffer next time: the room goes, to what is kept.
+    frames.clear();
+    frames.extend_from_slice(&[1u8; 4096]);
+    give_back_drain_room(&mut frames);
+    assert!(
+        frames.capacity() <= KEPT_DRAIN_ROOM,
+        "room kept: {}",
+        frames.capacity()
+    );
+
+    // A busy drain within what is kept is left alone: no churn on steady traffic.
+    let mut busy = Vec::with_capacity(KEPT_DRAIN_ROOM);
+    busy.extend_from_slice(&[2u8; 1024]);
+    let before = busy.as_ptr();
+    give_back_drain_room(&mut busy);
+    assert_eq!(busy.as_ptr(), before);
+    assert_eq!(busy.len(), 1024);
+}

@@ -66,7 +66,51 @@ const LINEAR: usize = 16;
 /// reserves at most 64 * 65 / 2 deliveries (about 50 KB), until its batches are handed on.
 const BATCH_ROOM: usize = 64;
 
+/// Entries each part of the scratch space keeps room for when it gives room back.
+const KEPT_SCRATCH: usize = 1024;
+
+/// Room, in entries, above which a part of the scratch space gives room back: a burst to more
+/// clients (one message to a fleet) gets what it needs, and gives it back at the next
+/// ordinary burst ([`Scratch::give_back_room`]). Four times [`KEPT_SCRATCH`], so that a part
+/// cut back (a map rounds its room up) is not cut again at every burst.
+const SCRATCH_GIVEN_BACK_ABOVE: usize = 4 * KEPT_SCRATCH;
+
 impl Scratch {
+    /// Called after a burst that matched at most `matches_used` subscriptions per message and
+    /// reached `batches_used` clients: a part with room for more than
+    /// [`SCRATCH_GIVEN_BACK_ABOVE`] entries that this burst filled to a quarter or less is cut
+    /// back to [`KEPT_SCRATCH`], so that a worker keeps the room of its largest fan-out only
+    /// until an ordinary burst follows it.
+    fn give_back_room(&mut self, matches_used: usize, batches_used: usize) {
+        if self.matches.capacity() <= SCRATCH_GIVEN_BACK_ABOVE
+            && self.batches.capacity() <= SCRATCH_GIVEN_BACK_ABOVE
+            && self.index.capacity() <= SCRATCH_GIVEN_BACK_ABOVE
+        {
+            return;
+        }
+        self.cut_back(matches_used, batches_used);
+    }
+
+    /// [`Scratch::give_back_room`] where some part has the room of a fan-out: out of the
+    /// routing path's own code, which every burst runs.
+    #[cold]
+    #[inline(never)]
+    fn cut_back(&mut self, matches_used: usize, batches_used: usize) {
+        let spare = |room: usize, used: usize| room > SCRATCH_GIVEN_BACK_ABOVE && used <= room / 4;
+        if spare(self.matches.capacity(), matches_used) {
+            self.matches.clear();
+            self.matches.shrink_to(KEPT_SCRATCH);
+        }
+        if spare(self.batches.capacity(), batches_used) {
+            self.batches.clear();
+            self.batches.shrink_to(KEPT_SCRATCH);
+        }
+        if spare(self.index.capacity(), batches_used) {
+            self.index.clear();
+            self.index.shrink_to(KEPT_SCRATCH);
+        }
+    }
+
     /// Appends `delivery` to `key`'s batch, keeping the order of the burst; `messages_left` is
     /// how many messages of the burst are still to route, this one included.
     fn add(&mut self, key: ClientKey, delivery: Delivery, messages_left: usize) {
@@ -166,6 +210,7 @@ fn route_with(
     let table = routes.read();
     let mut matches = std::mem::take(&mut scratch.matches);
     let mut unmatched = 0u64;
+    let mut most_matches = 0;
     for (routed, message) in messages.iter().enumerate() {
         let messages_left = messages.len() - routed;
         let mut reached = false;
@@ -173,6 +218,7 @@ fn route_with(
             reached = true;
             scratch.add(key, delivery, messages_left)
         });
+        most_matches = most_matches.max(matches.len());
         if !reached && routed < 64 {
             unmatched |= 1 << routed;
         }
@@ -239,6 +285,7 @@ fn route_with(
         }
     }
     let mut stored = Vec::new();
+    let batches_used = scratch.batches.len();
     for (key, batch) in scratch.batches.drain(..) {
         match table.target(key) {
             Some(Target::Online(session)) => {
@@ -282,10 +329,47 @@ fn route_with(
         }
     };
     drop(table);
+    scratch.give_back_room(most_matches, batches_used);
     BurstRouted {
         room,
         durable_after,
         unmatched,
         settlement_armed: settlement.is_some(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_workers_scratch_gives_back_a_fan_outs_room_at_the_next_ordinary_burst() {
+        let mut scratch = Scratch::default();
+        scratch.matches.reserve(20_000);
+        scratch.batches.reserve(20_000);
+        scratch.index.reserve(20_000);
+        // The fan-out itself: its room stays while it is in use.
+        scratch.give_back_room(20_000, 20_000);
+        assert!(scratch.matches.capacity() >= 20_000);
+        assert!(scratch.batches.capacity() >= 20_000);
+        assert!(scratch.index.capacity() >= 20_000);
+        // A burst to one subscriber next.
+        scratch.give_back_room(1, 1);
+        for room in [
+            scratch.matches.capacity(),
+            scratch.batches.capacity(),
+            scratch.index.capacity(),
+        ] {
+            assert!(room <= SCRATCH_GIVEN_BACK_ABOVE, "room kept: {room}");
+        }
+        // What is kept is not cut again at every burst.
+        let (matches, batches) = (scratch.matches.as_ptr(), scratch.batches.as_ptr());
+        let index = scratch.index.capacity();
+        scratch.index.insert(ClientKey(7), 0);
+        scratch.give_back_room(1, 1);
+        assert_eq!(scratch.matches.as_ptr(), matches);
+        assert_eq!(scratch.batches.as_ptr(), batches);
+        assert_eq!(scratch.index.get(&ClientKey(7)), Some(&0), "not cleared");
+        assert_eq!(scratch.index.capacity(), index);
     }
 }
