@@ -27,19 +27,9 @@ PORT=${PORT:-18862}
 make_work_dir
 mosquitto_conf "$work/mosquitto.conf" "$PORT" "max_queued_messages 1000"
 head -c 65536 /dev/zero | tr '\0' x > "$work/big"
-rss_mb() { awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 for run_no in $(seq "$RUNS"); do
   for broker in $(run_order "$run_no"); do
-    if [ "$broker" = mosquitto ]; then
-      start_broker mosquitto "$PORT"
-    else
-      rm -rf "$work/state"
-      printf '[persistence]\ndir = "%s"\nfsync = "interval"\ncompact_min_bytes = 4194304\n' \
-        "$work/state" > "$work/switchboard.toml"
-      RUST_LOG=warn "$BIN_DIR/$broker" --port "$PORT" --http-port 0 -c "$work/switchboard.toml" 2>/dev/null &
-      pid=$!
-      wait_for_port "$PORT" || { echo "$broker did not open port $PORT" >&2; exit 1; }
-    fi
+    start_spike_broker "$broker" "$PORT" "compact_min_bytes = 4194304"
     start=$(rss_mb "$pid")
     SESSIONS=$SESSIONS python3 -c "import asyncio, sys; sys.path.insert(0, 'benches'); \
 import mosquitto_recovery as m; asyncio.run(m.load_sessions($PORT))"

@@ -104,6 +104,30 @@ start_broker() {
   wait_for_port "$2" || { echo "$1 did not open port $2" >&2; exit 1; }
 }
 
+# For the memory spikes (held_spike.sh, fanout_spike.sh): starts broker $1 listening on port $2,
+# Mosquitto as start_broker does, a Switchboard build in $BIN_DIR with `[persistence]`
+# (`fsync = "interval"`, then any further lines given) in a fresh directory under $work and no
+# HTTP server; sets pid, and returns once the port is open.
+start_spike_broker() {
+  local broker=$1 port=$2
+  shift 2
+  if [ "$broker" = mosquitto ]; then
+    start_broker mosquitto "$port"
+    return
+  fi
+  rm -rf "$work/state"
+  {
+    printf '[persistence]\ndir = "%s"\nfsync = "interval"\n' "$work/state"
+    if [ $# -gt 0 ]; then printf '%s\n' "$@"; fi
+  } > "$work/switchboard.toml"
+  RUST_LOG=warn "$BIN_DIR/$broker" --port "$port" --http-port 0 -c "$work/switchboard.toml" 2>/dev/null &
+  pid=$!
+  wait_for_port "$port" || { echo "$broker did not open port $port" >&2; exit 1; }
+}
+
+# The resident memory of process $1 in MB, one decimal.
+rss_mb() { awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+
 # Builds the load harness and sets LOAD to its binary.
 build_harness() {
   cargo bench --bench load --no-run 2>/dev/null
